@@ -1,0 +1,1014 @@
+"""The single-node broker: topics, the publish path, reads, consumer groups,
+retention and the memory budget, on top of the LMDB tier.
+
+This is an adapter: it owns time (an injected ``IReactorTime``) and storage
+(:class:`~sprawl.storage.lmdb.LmdbStore`) and drives the pure cores
+(:class:`~sprawl.log.partition.PartitionLog`,
+:class:`~sprawl.delivery.groups.ConsumerGroup`, retention policy).  Every
+partition has a leader, an epoch and replicas even with one node, so the
+replication issue extends this rather than replacing it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from sprawl.config import TOPIC_NAME, NodeConfig
+from sprawl.delivery.groups import ConsumerGroup, DeadLetter, Delivery, GroupConfig
+from sprawl.errors import (
+    BadRequest,
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Unavailable,
+)
+from sprawl.log.dedup import DedupWindow
+from sprawl.log.partition import PartitionLog
+from sprawl.log.record import Record
+from sprawl.log.segments import Segment, expired_segments
+from sprawl.storage import keys
+from sprawl.storage.lmdb import LmdbStore, Op
+from sprawl.topics import STORAGE_KINDS, Topic, TopicConfig
+
+log = Logger()
+
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+ACKS = ("quorum", "leader", "none")
+
+
+@dataclass
+class PublishResult:
+    """What a publish acknowledges, and where the data is."""
+
+    offsets: list[int]
+    ids: list[str]
+    partitions: list[int]
+    duplicates: list[bool]
+    stored: str  # "lmdb" (fsynced), "memory" (ephemeral) or "pending" (acks=none)
+
+
+class _IdSource:
+    """Cheap unique message ids for messages published without one."""
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        return f"{self.prefix}{self.n:x}"
+
+
+class Broker:
+    """Topics and their partitions on one node."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: LmdbStore,
+        clock: Any,
+        node_id: str,
+        metrics: Any = None,
+    ):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.node_id = node_id
+        self.metrics = metrics
+        self.topics: dict[str, Topic] = {}
+        self._watchers: dict[tuple[str, int], set[Callable[[], None]]] = {}
+        self._stored_waiters: dict[tuple[str, int], list[tuple[int, Deferred[None]]]] = {}
+        self._ids = _IdSource()
+        self._next_uid = 1
+        self._ticker = LoopingCall(self.tick)
+        self._ticker.clock = clock
+        self._last_retention = 0.0
+        self._dirty_groups: set[tuple[str, str]] = set()
+        self._ephemeral_checkpoint: dict[tuple[int, int], int] = {}
+        self.stopping = False
+        self.max_pending_bytes = max(64 * 1000**2, config.memory_budget // 2)
+        self.published_total = 0
+        self.published_bytes_total = 0
+        self.deduplicated_total = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds (message timestamps, leases, retention)."""
+        return int(self.clock.seconds() * 1000)
+
+    def recover(self) -> None:
+        """Rebuild topics, partitions, groups and dedup windows from LMDB."""
+        store = self.store
+        raw = store.get("meta", b"node/next_uid")
+        if raw:
+            self._next_uid = int(raw)
+        now = self.now_ms()
+        for _k, v in store.scan("meta", b"topic/"):
+            cfg = TopicConfig.from_dict(_json_decode(v))
+            self._next_uid = max(self._next_uid, cfg.uid + 1)
+            topic = self._make_topic(cfg)
+            for lg in topic.logs:
+                self._recover_partition(cfg, lg, now)
+            for _gk, gv in store.scan("meta", b"group/" + keys.topic_prefix(cfg.uid)):
+                state = _json_decode(gv)
+                g = ConsumerGroup.from_state(state["name"], state, now)
+                g.ensure_partitions({lg.partition: lg.log_start for lg in topic.logs})
+                topic.groups[g.name] = g
+            self.topics[cfg.name] = topic
+        log.info("recovered {n} topics from {path}", n=len(self.topics), path=store.path)
+
+    def _recover_partition(self, cfg: TopicConfig, lg: PartitionLog, now: int) -> None:
+        store = self.store
+        uid, p = cfg.uid, lg.partition
+        last = store.last_record_offset(uid, p)
+        stored_end = last + 1 if last is not None else 0
+        meta_raw = store.get("meta", keys.partition_meta_key(uid, p))
+        meta = _json_decode(meta_raw) if meta_raw else {}
+        segs = [
+            Segment.from_tuple(_json_decode(v))
+            for _k, v in store.scan("segments", keys.partition_prefix(uid, p))
+        ]
+        segs = [s for s in segs if s.base < stored_end]
+        if segs:
+            segs[-1].last = min(segs[-1].last, stored_end - 1)
+        next_offset = max(stored_end, int(meta.get("next_offset", 0)))
+        lg.segments = segs
+        lg.next_offset = next_offset
+        lg.stored_end = next_offset
+        lg.high_watermark = next_offset
+        lg.log_start = segs[0].base if segs else next_offset
+        lg.log_start = max(lg.log_start, int(meta.get("log_start", 0)))
+        if segs and next_offset > stored_end:
+            segs[-1].sealed = True  # an ephemeral gap follows; start a new segment
+        # Rebuild the dedup window from the newest stored records.
+        window_start = now - int(self.config.dedup_window * 1000)
+        start = max(lg.log_start, stored_end - 100_000)
+        for r in store.read_records_sync(uid, p, start, 100_000, stored_end):
+            if r.id is not None and r.timestamp >= window_start:
+                self._topic_dedup_remember(cfg.name, r)
+
+    def _topic_dedup_remember(self, name: str, r: Record) -> None:
+        t = self.topics.get(name)
+        if t is not None and r.id is not None:
+            t.dedup.remember(r.id, r.partition, r.offset, r.timestamp)
+
+    def start(self) -> None:
+        """Start periodic work (leases, retention, budgets)."""
+        self._ticker.start(0.1, now=False)
+
+    def stop(self) -> Deferred[None]:
+        """Stop taking work; checkpoint; wait for queued commits."""
+        self.stopping = True
+        if self._ticker.running:
+            self._ticker.stop()
+        self._checkpoint_ephemeral(force=True)
+        self._flush_dirty_groups()
+        d: Deferred[None] = self.store.write([], 0)
+        d.addErrback(lambda f: None)
+        return d
+
+    def _make_topic(self, cfg: TopicConfig) -> Topic:
+        logs = [
+            PartitionLog(
+                cfg.name,
+                p,
+                durable=cfg.durable,
+                leader=self.node_id,
+                epoch=1,
+                replicas=[self.node_id],
+                segment_bytes=cfg.segment_bytes,
+                segment_age_ms=cfg.segment_ms,
+            )
+            for p in range(cfg.partitions)
+        ]
+        window = DedupWindow(int(self.config.dedup_window * 1000))
+        return Topic(cfg, logs, window)
+
+    # -- topics ----------------------------------------------------------------
+
+    def get_topic(self, name: str) -> Topic:
+        """The topic, or :class:`NotFound`."""
+        t = self.topics.get(name)
+        if t is None:
+            check_topic_name(name)
+            raise NotFound(f"topic {name!r} does not exist", code="topic_not_found")
+        return t
+
+    def topic_config_from(self, name: str, body: dict[str, Any], base: TopicConfig | None) -> TopicConfig:
+        """Validate a ``PUT /v1/topics/{topic}`` body into a config."""
+        check_topic_name(name)
+        c = self.config
+        cfg = TopicConfig(
+            name=name,
+            uid=base.uid if base else 0,
+            partitions=base.partitions if base else c.default_partitions,
+            replication_factor=base.replication_factor if base else 1,
+            storage=base.storage if base else "durable",
+            retention_ms=base.retention_ms if base else c.retention_ms,
+            retention_bytes=base.retention_bytes if base else c.retention_bytes,
+            max_message_bytes=base.max_message_bytes if base else c.max_message_bytes,
+            segment_bytes=base.segment_bytes if base else c.segment_bytes,
+            segment_ms=base.segment_ms if base else int(c.segment_age * 1000),
+            created_ms=base.created_ms if base else self.now_ms(),
+        )
+        allowed = {
+            "partitions",
+            "replication_factor",
+            "storage",
+            "retention_ms",
+            "retention_bytes",
+            "max_message_bytes",
+            "segment_bytes",
+            "segment_ms",
+        }
+        unknown = set(body) - allowed
+        if unknown:
+            raise BadRequest(f"unknown topic field(s): {', '.join(sorted(unknown))}", code="invalid_field")
+        for k in ("partitions", "replication_factor", "max_message_bytes", "segment_bytes", "segment_ms"):
+            if k in body:
+                v = body[k]
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise BadRequest(f"{k} must be a positive integer", code="invalid_field")
+                setattr(cfg, k, v)
+        for k in ("retention_ms", "retention_bytes"):
+            if k in body:
+                v = body[k]
+                if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                    raise BadRequest(f"{k} must be a positive integer or null", code="invalid_field")
+                setattr(cfg, k, v)
+        if "storage" in body:
+            if body["storage"] not in STORAGE_KINDS:
+                raise BadRequest("storage must be 'durable' or 'ephemeral'", code="invalid_field")
+            cfg.storage = body["storage"]
+        if cfg.partitions > 1024:
+            raise BadRequest("partitions must be at most 1024", code="invalid_field")
+        if cfg.max_message_bytes > c.max_body_bytes:
+            raise BadRequest(
+                f"max_message_bytes must be at most the node's body limit ({c.max_body_bytes})",
+                code="invalid_field",
+            )
+        if cfg.replication_factor > 1:
+            # One node: there is nowhere to put more replicas yet.
+            raise BadRequest(
+                "replication_factor must be 1 on a single-node cluster", code="invalid_field"
+            )
+        if base is not None:
+            if cfg.partitions < base.partitions:
+                raise Conflict("partitions can only grow", code="partitions_shrink")
+            if cfg.storage != base.storage:
+                raise Conflict("storage of an existing topic cannot change", code="storage_change")
+        return cfg
+
+    def put_topic(self, name: str, body: dict[str, Any]) -> Deferred[tuple[Topic, bool]]:
+        """Create a topic or update its config; fires with (topic, created) once persisted."""
+        if self.stopping:
+            raise Unavailable("node is stopping", code="stopping")
+        existing = self.topics.get(name)
+        cfg = self.topic_config_from(name, body, existing.config if existing else None)
+        ops: list[Op] = []
+        if existing is None:
+            cfg.uid = self._next_uid
+            self._next_uid += 1
+            ops.append(("p", "meta", b"node/next_uid", str(self._next_uid).encode()))
+            topic = self._make_topic(cfg)
+            self.topics[name] = topic
+            created = True
+        else:
+            topic = existing
+            old_n = len(topic.logs)
+            topic.config = cfg
+            for lg in topic.logs:
+                lg.segment_bytes = cfg.segment_bytes
+                lg.segment_age_ms = cfg.segment_ms
+            if cfg.partitions > old_n:
+                extra = self._make_topic(cfg).logs[old_n:]
+                topic.logs.extend(extra)
+                for g in topic.groups.values():
+                    g.ensure_partitions({lg.partition: 0 for lg in extra})
+            created = False
+        ops.append(("p", "meta", keys.topic_meta_key(name), _json_encode(cfg.to_dict())))
+        d = self.store.write(ops)
+        d.addCallback(lambda _: (topic, created))
+        d.addErrback(self._storage_error)
+        return d
+
+    def ensure_topic(self, name: str) -> Deferred[Topic]:
+        """The topic, created with defaults if auto-creation is on."""
+        t = self.topics.get(name)
+        if t is not None:
+            return succeed(t)
+        check_topic_name(name)
+        if not self.config.auto_create_topics:
+            raise NotFound(f"topic {name!r} does not exist", code="topic_not_found")
+        d = self.put_topic(name, {})
+        d.addCallback(lambda r: r[0])
+        return d
+
+    def delete_topic(self, name: str) -> Deferred[None]:
+        """Delete a topic with all its data and groups, in one transaction."""
+        t = self.get_topic(name)
+        del self.topics[name]
+        uid = t.config.uid
+        pre = keys.topic_prefix(uid)
+        nxt = keys.topic_prefix(uid + 1)
+        ops: list[Op] = [
+            ("d", "meta", keys.topic_meta_key(name)),
+            ("r", "records", pre, nxt),
+            ("r", "segments", pre, nxt),
+            ("r", "meta", b"group/" + pre, b"group/" + nxt),
+            ("r", "meta", b"part/" + pre, b"part/" + nxt),
+        ]
+        for lg in t.logs:
+            self._notify(name, lg.partition)
+            for _off, w in self._stored_waiters.pop((name, lg.partition), []):
+                w.errback(NotFound(f"topic {name!r} was deleted", code="topic_not_found"))
+        d = self.store.write(ops)
+        d.addErrback(self._storage_error)
+        return d
+
+    def describe_topic(self, t: Topic) -> dict[str, Any]:
+        """``GET /v1/topics/{topic}``."""
+        parts = []
+        for lg in t.logs:
+            d = lg.describe()
+            hs = lg.hot_start
+            mem_n = max(0, lg.next_offset - hs) if lg.hot else 0
+            lmdb_low = lg.log_start
+            lmdb_high = lg.stored_end if t.config.durable else min(lg.stored_end, hs)
+            lmdb_bytes = sum(s.bytes for s in lg.segments if s.base < lmdb_high)
+            d["tiers"] = {
+                "memory": {
+                    "low": hs if lg.hot else None,
+                    "high": lg.next_offset if lg.hot else None,
+                    "messages": mem_n,
+                    "bytes": lg.hot_bytes,
+                },
+                "lmdb": {
+                    "low": lmdb_low if lmdb_high > lmdb_low else None,
+                    "high": lmdb_high if lmdb_high > lmdb_low else None,
+                    "messages": max(0, lmdb_high - lmdb_low),
+                    "bytes": lmdb_bytes,
+                },
+                "s3": {"enabled": False, "low": None, "high": None, "messages": 0, "bytes": 0},
+            }
+            parts.append(d)
+        out = t.config.to_dict()
+        out.pop("uid", None)
+        out["messages"] = sum(max(0, lg.high_watermark - lg.log_start) for lg in t.logs)
+        out["bytes"] = sum(p["bytes"] for p in parts)
+        out["groups"] = sorted(t.groups)
+        out["partition_details"] = parts
+        return out
+
+    def summarize_topic(self, t: Topic) -> dict[str, Any]:
+        """One line of ``GET /v1/topics``."""
+        return {
+            "name": t.name,
+            "partitions": len(t.logs),
+            "replication_factor": t.config.replication_factor,
+            "storage": t.config.storage,
+            "messages": sum(max(0, lg.high_watermark - lg.log_start) for lg in t.logs),
+            "bytes": sum(s.bytes for lg in t.logs for s in lg.segments),
+            "high_watermarks": [lg.high_watermark for lg in t.logs],
+            "groups": len(t.groups),
+        }
+
+    # -- publish ---------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuse writes the node cannot honour: stopping, storage broken or full, backlog."""
+        if self.stopping:
+            raise Unavailable("node is stopping", code="stopping")
+        if self.store.failed is not None:
+            raise Unavailable(f"storage failed: {self.store.failed}", code="storage_failed")
+        if self.store.used_bytes > self.config.disk_budget:
+            raise InsufficientStorage(
+                "disk budget exhausted; nothing was written (raise --disk-budget or set retention)",
+                code="disk_budget_exhausted",
+            )
+        if self.store.pending_bytes > self.max_pending_bytes:
+            raise Overloaded("too much unflushed data; retry shortly", retry_after=1)
+
+    def publish(self, topic: Topic, records: list[Record], acks: str) -> Deferred[PublishResult]:
+        """Append ``records`` (offsets unassigned) to ``topic``.
+
+        Fires once the ``acks`` level holds: for a durable topic with acks
+        ``leader``/``quorum``, after the records are fsynced in LMDB (with one
+        node, the quorum is this node); for an ephemeral topic, once they are
+        in memory; with ``acks=none``, at once.
+        """
+        self.check_writable()
+        cfg = topic.config
+        for r in records:
+            if len(r.payload) > cfg.max_message_bytes:
+                raise PayloadTooLarge(
+                    f"message of {len(r.payload)} bytes exceeds max_message_bytes {cfg.max_message_bytes}",
+                    code="message_too_large",
+                )
+        if not cfg.durable:
+            unstored = sum(lg.hot_bytes for t in self.topics.values() for lg in t.logs)
+            if unstored > self.config.memory_budget * 2:
+                raise Overloaded("memory budget exceeded; ephemeral spill is behind", retry_after=1)
+        now = self.now_ms()
+        dedup = topic.dedup
+        n = len(records)
+        offsets = [0] * n
+        parts = [0] * n
+        dup = [False] * n
+        by_part: dict[int, list[Record]] = {}
+        batch_ids: dict[str, int] = {}
+        ids = self._ids
+        for i, r in enumerate(records):
+            r.timestamp = now
+            if r.id is None:
+                r.id = ids.next()
+            else:
+                hit = dedup.lookup(r.id, now)
+                if hit is None and r.id in batch_ids:
+                    j = batch_ids[r.id]
+                    hit = (parts[j], -1 - j)
+                if hit is not None:
+                    parts[i], offsets[i] = hit
+                    dup[i] = True
+                    continue
+                batch_ids[r.id] = i
+            p = topic.partition_for(r.key)
+            parts[i] = p
+            by_part.setdefault(p, []).append(r)
+        ops: list[Op] = []
+        nbytes = 0
+        waits: list[Deferred[None]] = []
+        uid = cfg.uid
+        name = cfg.name
+        put_records = self.store.put_records
+        for p, recs in by_part.items():
+            lg = topic.logs[p]
+            changed = lg.append(recs, now)
+            if cfg.durable:
+                ops.extend(put_records(uid, p, recs))
+                for s in changed:
+                    ops.append(
+                        ("p", "segments", keys.segment_key(uid, p, s.base), _json_encode(s.to_tuple()))
+                    )
+                nbytes += sum(r.size for r in recs)
+        for i, r in enumerate(records):
+            if not dup[i]:
+                offsets[i] = r.offset
+            elif offsets[i] < 0:
+                offsets[i] = records[-1 - offsets[i]].offset
+        for rid, i in batch_ids.items():
+            r = records[i]
+            dedup.remember(rid, r.partition, r.offset, now)
+        self.published_total += len(records) - sum(dup)
+        self.published_bytes_total += nbytes
+        self.deduplicated_total += sum(dup)
+        if self.metrics is not None:
+            self.metrics.published(name, len(records) - sum(dup), sum(len(r.payload) for r in records))
+        if cfg.durable:
+            if ops:
+                d = self.store.write(ops, nbytes)
+                d.addCallback(self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()})
+                d.addErrback(self._commit_failed, name, list(by_part))
+            if acks != "none":
+                # Wait for every offset in the answer (duplicates too) to be stored.
+                high: dict[int, int] = {}
+                for p, o in zip(parts, offsets):
+                    high[p] = max(high.get(p, -1), o)
+                for p, o in high.items():
+                    waits.append(self.wait_stored(name, p, o))
+        else:
+            for p in by_part:
+                self._notify(name, p)
+        if acks == "none":
+            stored = "pending" if cfg.durable else "memory"
+        else:
+            stored = "lmdb" if cfg.durable else "memory"
+        result = PublishResult(offsets, [r.id or "" for r in records], parts, dup, stored)
+        if not waits:
+            return succeed(result)
+        dl = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
+        dl.addCallback(lambda _: result)
+        dl.addErrback(lambda f: f.value.subFailure)
+        return dl  # type: ignore[return-value]
+
+    def _committed(self, _: object, name: str, ends: dict[int, int]) -> None:
+        t = self.topics.get(name)
+        if t is None:
+            return
+        for p, end in ends.items():
+            lg = t.logs[p]
+            if lg.stored(end):
+                self._notify(name, p)
+            waiters = self._stored_waiters.get((name, p))
+            if waiters:
+                keep = []
+                for off, w in waiters:
+                    if off < lg.stored_end:
+                        w.callback(None)
+                    else:
+                        keep.append((off, w))
+                self._stored_waiters[(name, p)] = keep
+
+    def _commit_failed(self, f: Any, name: str, partitions: list[int]) -> None:
+        err = Unavailable(f"storage failed: {f.value}", code="storage_failed")
+        for key, waiters in list(self._stored_waiters.items()):
+            for _off, w in waiters:
+                w.errback(err)
+            self._stored_waiters[key] = []
+
+    def _storage_error(self, f: Any) -> Any:
+        if f.check(Unavailable, NotFound):
+            return f
+        raise Unavailable(f"storage failed: {f.value}", code="storage_failed")
+
+    def wait_stored(self, name: str, partition: int, offset: int) -> Deferred[None]:
+        """Fires once ``offset`` of the partition is fsynced."""
+        t = self.topics.get(name)
+        if t is None:
+            return succeed(None)
+        lg = t.logs[partition]
+        if offset < lg.stored_end:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stored_waiters.setdefault((name, partition), []).append((offset, d))
+        return d
+
+    # -- watching and reading --------------------------------------------------
+
+    def watch(self, name: str, partition: int, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` whenever the partition's high watermark moves (or it is deleted).
+
+        Returns a function that stops watching.
+        """
+        key = (name, partition)
+        self._watchers.setdefault(key, set()).add(fn)
+
+        def unwatch() -> None:
+            s = self._watchers.get(key)
+            if s is not None:
+                s.discard(fn)
+                if not s:
+                    del self._watchers[key]
+
+        return unwatch
+
+    def _notify(self, name: str, partition: int) -> None:
+        fns = self._watchers.get((name, partition))
+        if fns:
+            for fn in list(fns):
+                try:
+                    fn()
+                except Exception:
+                    log.failure("watcher of {topic}/{partition} failed", topic=name, partition=partition)
+
+    def read(self, topic: Topic, partition: int, start: int, limit: int) -> Deferred[list[Record]]:
+        """Visible records from ``start`` (below the high watermark), hot tail or LMDB."""
+        lg = topic.logs[partition]
+        if start < lg.log_start:
+            start = lg.log_start
+        got = lg.read_hot(start, limit)
+        if got is not None:
+            return succeed(got)
+        end = min(lg.hot_start, lg.high_watermark, lg.stored_end)
+        d = self.store.read_records(topic.config.uid, partition, start, limit, end)
+
+        def fill(recs: list[Record]) -> list[Record]:
+            if len(recs) < limit:
+                more = lg.read_hot(max(lg.hot_start, recs[-1].offset + 1 if recs else start), limit - len(recs))
+                if more:
+                    recs.extend(more)
+            return recs
+
+        d.addCallback(fill)
+        return d
+
+    def find_time(self, topic: Topic, partition: int, ts_ms: int) -> Deferred[int]:
+        """The first offset whose timestamp is at or after ``ts_ms``."""
+        lg = topic.logs[partition]
+        seg = lg.segment_for_time(ts_ms)
+        if seg is None:
+            return succeed(lg.high_watermark)
+        for r in lg.hot:
+            if r.timestamp >= ts_ms and r.offset >= seg.base:
+                return succeed(r.offset)
+        uid = topic.config.uid
+        end = min(lg.stored_end, seg.last + 1)
+
+        def scan() -> int:
+            start = seg.base
+            while start < end:
+                recs = self.store.read_records_sync(uid, partition, start, 1000, end)
+                if not recs:
+                    break
+                for r in recs:
+                    if r.timestamp >= ts_ms:
+                        return r.offset
+                start = recs[-1].offset + 1
+            return end
+
+        return self.store.call_reader(scan)
+
+    # -- consumer groups -------------------------------------------------------
+
+    def put_group(self, topic: Topic, name: str, body: dict[str, Any]) -> Deferred[tuple[ConsumerGroup, bool]]:
+        """Create or update a consumer group; fires once persisted."""
+        check_group_name(name)
+        allowed = {"start", "ack_deadline_ms", "max_deliveries", "dead_letter_topic", "max_in_flight"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise BadRequest(f"unknown group field(s): {', '.join(sorted(unknown))}", code="invalid_field")
+        g = topic.groups.get(name)
+        cfg = GroupConfig(**g.config.to_dict()) if g else GroupConfig()
+        if "start" in body:
+            if body["start"] not in ("earliest", "latest"):
+                raise BadRequest("start must be 'earliest' or 'latest'", code="invalid_field")
+            cfg.start = body["start"]
+        for k, lo in (("ack_deadline_ms", 1), ("max_deliveries", 0), ("max_in_flight", 1)):
+            if k in body:
+                v = body[k]
+                if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > 2**31:
+                    raise BadRequest(f"{k} must be an integer >= {lo}", code="invalid_field")
+                setattr(cfg, k, v)
+        if "dead_letter_topic" in body:
+            v = body["dead_letter_topic"]
+            if v is not None:
+                if not isinstance(v, str):
+                    raise BadRequest("dead_letter_topic must be a topic name", code="invalid_field")
+                check_topic_name(v)
+                if v == topic.name:
+                    raise BadRequest("dead_letter_topic must differ from the topic", code="invalid_field")
+            cfg.dead_letter_topic = v
+        created = g is None
+        if g is None:
+            if cfg.start == "earliest":
+                starts = {lg.partition: lg.log_start for lg in topic.logs}
+            else:
+                starts = {lg.partition: lg.high_watermark for lg in topic.logs}
+            g = ConsumerGroup(name, cfg, starts)
+            topic.groups[name] = g
+        else:
+            g.config = cfg
+        d = self._persist_group(topic, g)
+        d.addCallback(lambda _: (g, created))
+        return d
+
+    def get_group(self, topic: Topic, name: str) -> ConsumerGroup:
+        """The group, or :class:`NotFound`."""
+        g = topic.groups.get(name)
+        if g is None:
+            check_group_name(name)
+            raise NotFound(f"group {name!r} does not exist on topic {topic.name!r}", code="group_not_found")
+        return g
+
+    def delete_group(self, topic: Topic, name: str) -> Deferred[None]:
+        """Forget a group and its state."""
+        self.get_group(topic, name)
+        del topic.groups[name]
+        d = self.store.write([("d", "meta", keys.group_meta_key(topic.config.uid, name))])
+        d.addErrback(self._storage_error)
+        return d
+
+    def _persist_group(self, topic: Topic, g: ConsumerGroup) -> Deferred[None]:
+        self._dirty_groups.discard((topic.name, g.name))
+        state = g.to_state()
+        state["name"] = g.name
+        d = self.store.write([("p", "meta", keys.group_meta_key(topic.config.uid, g.name), _json_encode(state))])
+        d.addErrback(self._storage_error)
+        return d
+
+    def _flush_dirty_groups(self) -> None:
+        dirty, self._dirty_groups = self._dirty_groups, set()
+        for tname, gname in dirty:
+            t = self.topics.get(tname)
+            g = t.groups.get(gname) if t else None
+            if t is not None and g is not None:
+                self._persist_group(t, g).addErrback(lambda f: None)
+
+    def pull(self, topic: Topic, g: ConsumerGroup, max_count: int, wait_ms: int) -> Deferred[list[tuple[Delivery, Record]]]:
+        """Lease up to ``max_count`` messages, waiting up to ``wait_ms`` for some."""
+        deadline = self.clock.seconds() + wait_ms / 1000.0
+
+        def attempt() -> Deferred[list[tuple[Delivery, Record]]]:
+            if topic.groups.get(g.name) is not g:
+                raise NotFound(f"group {g.name!r} was deleted", code="group_not_found")
+            self._run_group_tick(topic, g)
+            deliveries = g.pull(max_count, self.now_ms(), topic.visible())
+            if deliveries:
+                self._dirty_groups.add((topic.name, g.name))
+                return self._load_deliveries(topic, g, deliveries)
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                return succeed([])
+            due = g.next_due_ms()
+            if due is not None:
+                remaining = min(remaining, max(0.001, due / 1000.0 - self.clock.seconds()))
+            return self._wait_any(topic, remaining).addCallback(lambda _: attempt())
+
+        return attempt()
+
+    def _load_deliveries(
+        self, topic: Topic, g: ConsumerGroup, deliveries: list[Delivery]
+    ) -> Deferred[list[tuple[Delivery, Record]]]:
+        by_part: dict[int, list[Delivery]] = {}
+        for dv in deliveries:
+            by_part.setdefault(dv.partition, []).append(dv)
+        reads = []
+        for p, dvs in by_part.items():
+            offs = sorted(dv.offset for dv in dvs)
+            reads.append(self._read_offsets(topic, p, offs))
+
+        def combine(results: list[Any]) -> list[tuple[Delivery, Record]]:
+            found: dict[tuple[int, int], Record] = {}
+            for ok, recs in results:
+                if ok:
+                    for r in recs:
+                        found[(r.partition, r.offset)] = r
+            out = []
+            for dv in deliveries:
+                r = found.get((dv.partition, dv.offset))
+                if r is not None:
+                    out.append((dv, r))
+                else:
+                    # Deleted by retention meanwhile: nothing to deliver; settle it.
+                    g.ack(dv.ack_id, self.now_ms())
+            return out
+
+        return DeferredList(reads, consumeErrors=True).addCallback(combine)
+
+    def _read_offsets(self, topic: Topic, p: int, offs: list[int]) -> Deferred[list[Record]]:
+        lo, hi = offs[0], offs[-1]
+        want = set(offs)
+        if hi - lo + 1 <= 4 * len(offs):
+            d = self._read_span(topic, p, lo, hi + 1)
+            return d.addCallback(lambda recs: [r for r in recs if r.offset in want])
+        ds = [self._read_span(topic, p, o, o + 1) for o in offs]
+        return DeferredList(ds, consumeErrors=True).addCallback(
+            lambda res: [r for ok, recs in res if ok for r in recs]
+        )
+
+    def _read_span(self, topic: Topic, p: int, lo: int, hi: int) -> Deferred[list[Record]]:
+        out: list[Record] = []
+
+        def step(start: int) -> Deferred[list[Record]]:
+            d = self.read(topic, p, start, hi - start)
+
+            def got(recs: list[Record]) -> Any:
+                recs = [r for r in recs if r.offset < hi]
+                out.extend(recs)
+                if not recs or recs[-1].offset + 1 >= hi:
+                    return out
+                return step(recs[-1].offset + 1)
+
+            return d.addCallback(got)
+
+        return step(lo)
+
+    def _wait_any(self, topic: Topic, seconds: float) -> Deferred[None]:
+        """Fires when any partition of ``topic`` gets new data, or after ``seconds``."""
+        unwatchers: list[Callable[[], None]] = []
+
+        def fire() -> None:
+            if not d.called:
+                for u in unwatchers:
+                    u()
+                if timer.active():
+                    timer.cancel()
+                d.callback(None)
+
+        def cancel(_: Deferred[None]) -> None:
+            for u in unwatchers:
+                u()
+            if timer.active():
+                timer.cancel()
+
+        d: Deferred[None] = Deferred(cancel)
+        timer = self.clock.callLater(seconds, fire)
+        for lg in topic.logs:
+            unwatchers.append(self.watch(topic.name, lg.partition, fire))
+        return d
+
+    def ack(self, topic: Topic, g: ConsumerGroup, ack_ids: list[str]) -> Deferred[dict[str, str]]:
+        """Ack deliveries; fires with {ack_id: refusal reason} once the state is persisted."""
+        now = self.now_ms()
+        self._run_group_tick(topic, g)
+        refused: dict[str, str] = {}
+        for a in ack_ids:
+            why = g.ack(a, now)
+            if why is not None:
+                refused[a] = why
+        d = self._persist_group(topic, g)
+        return d.addCallback(lambda _: refused)
+
+    def nack(self, topic: Topic, g: ConsumerGroup, ack_ids: list[str], delay_ms: int) -> Deferred[dict[str, str]]:
+        """Nack deliveries for redelivery after ``delay_ms``."""
+        now = self.now_ms()
+        self._run_group_tick(topic, g)
+        refused: dict[str, str] = {}
+        dead: list[DeadLetter] = []
+        for a in ack_ids:
+            why, dl = g.nack(a, delay_ms, now)
+            if why is not None:
+                refused[a] = why
+            if dl is not None:
+                dead.append(dl)
+        d = self._dead_letter(topic, g, dead) if dead else succeed(None)
+        d.addCallback(lambda _: self._persist_group(topic, g))
+        return d.addCallback(lambda _: refused)
+
+    def _run_group_tick(self, topic: Topic, g: ConsumerGroup) -> None:
+        dead = g.tick(self.now_ms())
+        if dead:
+            d = self._dead_letter(topic, g, dead)
+            d.addCallback(lambda _: self._persist_group(topic, g))
+            d.addErrback(lambda f: log.failure("dead-lettering failed", f))
+
+    def _dead_letter(self, topic: Topic, g: ConsumerGroup, dead: list[DeadLetter]) -> Deferred[None]:
+        """Copy exhausted messages to the group's dead-letter topic."""
+        dlq = g.config.dead_letter_topic
+        if self.metrics is not None:
+            self.metrics.dead_lettered(topic.name, g.name, len(dead))
+        if not dlq:
+            return succeed(None)
+        reads = [self._read_span(topic, d.partition, d.offset, d.offset + 1) for d in dead]
+        attempts = {(d.partition, d.offset): d.attempts for d in dead}
+
+        def publish(results: list[Any]) -> Any:
+            recs = []
+            for ok, found in results:
+                if not ok:
+                    continue
+                for r in found:
+                    headers = dict(r.headers or {})
+                    headers.update(
+                        {
+                            "sprawl-dlq-topic": topic.name,
+                            "sprawl-dlq-partition": str(r.partition),
+                            "sprawl-dlq-offset": str(r.offset),
+                            "sprawl-dlq-group": g.name,
+                            "sprawl-dlq-attempts": str(attempts[(r.partition, r.offset)]),
+                        }
+                    )
+                    recs.append(Record(-1, 0, 0, None, r.key, headers, r.payload, r.is_text))
+            if not recs:
+                return None
+            d = self.ensure_topic(dlq)
+            d.addCallback(lambda t: self.publish(t, recs, "leader"))
+            return d
+
+        return DeferredList(reads, consumeErrors=True).addCallback(publish)
+
+    # -- periodic work -----------------------------------------------------------
+
+    def tick(self) -> None:
+        """Leases, dirty group state, retention, the memory budget, checkpoints."""
+        now_s = self.clock.seconds()
+        for t in list(self.topics.values()):
+            for g in list(t.groups.values()):
+                self._run_group_tick(t, g)
+        self._flush_dirty_groups()
+        if now_s - self._last_retention >= 1.0:
+            self._last_retention = now_s
+            self.apply_retention()
+            now = self.now_ms()
+            for t in self.topics.values():
+                t.dedup.expire(now)
+            self._checkpoint_ephemeral()
+        self.enforce_memory_budget()
+
+    def apply_retention(self) -> int:
+        """Delete whole expired segments at every tier; returns segments deleted."""
+        now = self.now_ms()
+        total = 0
+        for t in list(self.topics.values()):
+            cfg = t.config
+            if cfg.retention_ms is None and cfg.retention_bytes is None:
+                continue
+            ops: list[Op] = []
+            for lg in t.logs:
+                n = expired_segments(lg.segments, now, cfg.retention_ms, cfg.retention_bytes)
+                if not n:
+                    continue
+                gone = lg.drop_segments(n)
+                total += len(gone)
+                uid, p = cfg.uid, lg.partition
+                lo = keys.record_key(uid, p, gone[0].base)
+                hi = keys.record_key(uid, p, gone[-1].last + 1)
+                ops.append(("r", "records", lo, hi))
+                ops.append(("r", "segments", lo, hi))
+                ops.append(
+                    (
+                        "p",
+                        "meta",
+                        keys.partition_meta_key(uid, p),
+                        _json_encode({"log_start": lg.log_start, "next_offset": lg.next_offset}),
+                    )
+                )
+                log.info(
+                    "retention deleted {n} segment(s) of {topic}/{partition} below offset {low}",
+                    n=len(gone),
+                    topic=t.name,
+                    partition=p,
+                    low=lg.log_start,
+                )
+            if ops:
+                self.store.write(ops).addErrback(lambda f: log.failure("retention commit failed", f))
+        return total
+
+    def enforce_memory_budget(self) -> None:
+        """Keep hot tails within ``--memory-budget``: evict stored records,
+        spill ephemeral ones to LMDB first."""
+        budget = self.config.memory_budget
+        logs = [lg for t in self.topics.values() for lg in t.logs]
+        total = sum(lg.hot_bytes for lg in logs)
+        if total <= budget:
+            return
+        target = int(budget * 0.8)
+        for lg in sorted(logs, key=lambda x: x.hot_bytes, reverse=True):
+            if total <= target:
+                break
+            share = max(0, lg.hot_bytes - (total - target))
+            total -= lg.evict(share)
+        if total > budget:
+            self._spill_ephemeral()
+
+    def _spill_ephemeral(self) -> None:
+        for t in self.topics.values():
+            if t.config.durable:
+                continue
+            uid = t.config.uid
+            for lg in t.logs:
+                recs = lg.unstored()
+                if not recs:
+                    continue
+                p = lg.partition
+                ops = self.store.put_records(uid, p, recs)
+                for s in lg.segments:
+                    if s.last >= recs[0].offset:
+                        ops.append(("p", "segments", keys.segment_key(uid, p, s.base), _json_encode(s.to_tuple())))
+                end = recs[-1].offset + 1
+                d = self.store.write(ops, sum(r.size for r in recs))
+
+                def spilled(_: object, lg: PartitionLog = lg, end: int = end) -> None:
+                    lg.stored(end)
+
+                d.addCallback(spilled)
+                d.addErrback(lambda f: log.failure("ephemeral spill failed", f))
+
+    def _checkpoint_ephemeral(self, force: bool = False) -> None:
+        """Remember ephemeral partitions' log ends so offsets are not reused after a restart."""
+        ops: list[Op] = []
+        for t in self.topics.values():
+            if t.config.durable:
+                continue
+            for lg in t.logs:
+                key = (t.config.uid, lg.partition)
+                if self._ephemeral_checkpoint.get(key) != lg.next_offset or force:
+                    self._ephemeral_checkpoint[key] = lg.next_offset
+                    ops.append(
+                        (
+                            "p",
+                            "meta",
+                            keys.partition_meta_key(*key),
+                            _json_encode({"log_start": lg.log_start, "next_offset": lg.next_offset}),
+                        )
+                    )
+        if ops:
+            self.store.write(ops).addErrback(lambda f: None)
+
+
+_GROUP_NAME = TOPIC_NAME
+
+
+def check_topic_name(name: str) -> None:
+    """Topic names are ``[A-Za-z0-9._-]{1,249}``."""
+    if not isinstance(name, str) or not TOPIC_NAME.match(name):
+        raise BadRequest(
+            "topic names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_topic_name"
+        )
+
+
+def check_group_name(name: str) -> None:
+    """Group names follow the topic name rule."""
+    if not isinstance(name, str) or not _GROUP_NAME.match(name):
+        raise BadRequest(
+            "group names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_group_name"
+        )
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch (for callers without a clock)."""
+    return int(time.time() * 1000)

@@ -1,0 +1,200 @@
+"""Node configuration: parsing of sizes, durations and addresses, and the
+validated :class:`NodeConfig` every service is built from.
+
+Pure: no Twisted import.  ``sprawl.tap`` maps command-line options, the
+``SPRAWL_*`` environment and an optional config file onto :class:`NodeConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sprawl.errors import ConfigError
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUM_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``"256MB"``, ``"4GiB"``, ``"1000"`` into bytes.
+
+    Decimal units (KB, MB, GB) are powers of 1000, binary ones (KiB, MiB) of 1024.
+    """
+    if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(f"size must not be negative: {text}")
+        return text
+    m = _NUM_UNIT.match(str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 256MB, 4GiB, 1000)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse ``"1h"``, ``"30s"``, ``"250ms"``, ``"7d"`` or a number of seconds."""
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ConfigError(f"duration must not be negative: {text}")
+        return float(text)
+    m = _NUM_UNIT.match(str(text))
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 250ms, 30s, 1h, 7d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+def parse_port(text: str | int) -> int:
+    """A TCP/UDP port number; 0 asks the OS for a free one."""
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Parse ``host:port`` or ``[v6]:port``."""
+    text = text.strip()
+    m = re.match(r"^\[([^\]]+)\]:(\d+)$", text) or re.match(r"^([^:\s]+):(\d+)$", text)
+    if not m:
+        raise ConfigError(f"not host:port: {text!r}")
+    port = parse_port(m.group(2))
+    if port == 0:
+        raise ConfigError(f"seed port must not be 0: {text!r}")
+    return m.group(1), port
+
+
+def parse_seeds(text: str | list[str]) -> list[tuple[str, int]]:
+    """A comma-separated list of ``host:port`` seeds."""
+    items = text if isinstance(text, list) else [s for s in str(text).split(",") if s.strip()]
+    return [parse_hostport(s) for s in items]
+
+
+def normalize_endpoint_url(url: str) -> str:
+    """Accept a scheme-less S3 endpoint (``localhost:9000``) as ``http://``."""
+    url = url.strip()
+    if not url:
+        return url
+    if "://" not in url:
+        url = "http://" + url
+    return url
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs to start, validated.
+
+    Cluster fields (seeds, bind, advertise, replication factor) are parsed and
+    validated now; the gossip, Raft and replication services act on them.
+    """
+
+    node_id: str | None = None
+    data_dir: str = "./sprawl-data"
+    bind_addr: str = "0.0.0.0"
+    bind_port: int = 7946
+    advertise_addr: str | None = None
+    http_addr: str = "0.0.0.0"
+    http_port: int = 8080
+    http_endpoint: str | None = None
+    seeds: list[tuple[str, int]] = field(default_factory=list)
+    replication_factor: int = 3
+    memory_budget: int = 256 * 1000**2
+    disk_budget: int = 4 * 1000**3
+    segment_bytes: int = 64 * 1000**2
+    segment_age: float = 3600.0
+    disk_to_s3_age: float = 3600.0
+    s3_endpoint: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    default_partitions: int = 1
+    auto_create_topics: bool = True
+    max_body_bytes: int = 8 * 1000**2
+    max_message_bytes: int = 1000**2
+    max_batch_messages: int = 10_000
+    dedup_window: float = 600.0
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+    flush_interval: float = 0.0
+    log_format: str = "text"
+
+    def validate(self) -> NodeConfig:
+        """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
+        if self.node_id is not None and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.node_id):
+            raise ConfigError(f"--node-id must match [A-Za-z0-9._-]{{1,64}}: {self.node_id!r}")
+        if not self.data_dir:
+            raise ConfigError("--data-dir must not be empty")
+        parse_port(self.bind_port)
+        parse_port(self.http_port)
+        if self.replication_factor < 1:
+            raise ConfigError("--replication-factor must be at least 1")
+        if self.memory_budget < 1000**2:
+            raise ConfigError("--memory-budget must be at least 1MB")
+        if self.disk_budget < 10 * 1000**2:
+            raise ConfigError("--disk-budget must be at least 10MB")
+        if self.segment_bytes < 1000:
+            raise ConfigError("--segment-bytes must be at least 1KB")
+        if self.default_partitions < 1 or self.default_partitions > 1024:
+            raise ConfigError("--partitions must be 1..1024")
+        if self.max_message_bytes > self.max_body_bytes:
+            raise ConfigError("--max-message-bytes must not exceed --max-body-bytes")
+        if bool(self.s3_endpoint) != bool(self.s3_bucket):
+            raise ConfigError("--s3-endpoint and --s3-bucket go together (S3 tier is off without both)")
+        if self.s3_endpoint:
+            self.s3_endpoint = normalize_endpoint_url(self.s3_endpoint)
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("--log-format must be text or json")
+        return self
+
+    @property
+    def http_listen(self) -> str:
+        """The HTTP listener as a Twisted endpoint string."""
+        if self.http_endpoint:
+            return self.http_endpoint
+        addr = self.http_addr.replace(":", "\\:")
+        return f"tcp:{self.http_port}:interface={addr}"
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a JSON config file whose keys are option names (``http-port`` or ``http_port``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    known = {f.name for f in fields(NodeConfig)}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        name = k.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown option {k!r}")
+        out[name] = v
+    return out

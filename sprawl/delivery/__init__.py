@@ -1,0 +1,1 @@
+"""Sprawl delivery package."""

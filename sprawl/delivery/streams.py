@@ -1,0 +1,234 @@
+"""Server-Sent Events streams: one cursor per partition, frames written as
+the high watermark moves, with producer flow control.
+
+A stream is an ``IPushProducer`` registered on the HTTP request.  When the
+client's socket buffer fills, Twisted pauses it and it stops writing; its
+cursors stay where they are.  On resume it catches up from the hot tail or
+LMDB.  So a slow client costs the node one cursor, not a growing buffer.  A
+client paused for longer than ``slow_timeout`` is told why and disconnected;
+it can resume with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sprawl.log.record import Record
+
+log = Logger()
+
+CHUNK = 1000
+
+
+@implementer(IPushProducer)
+class SSEStream:
+    """One SSE client reading one or more partitions of a topic."""
+
+    def __init__(
+        self,
+        broker: Any,
+        topic: Any,
+        cursors: dict[int, int],
+        request: Any,
+        clock: Any,
+        *,
+        registry: StreamRegistry,
+        heartbeat: float = 15.0,
+        slow_timeout: float = 30.0,
+    ):
+        self.broker = broker
+        self.topic = topic
+        self.cursors = dict(cursors)
+        self.request = request
+        self.clock = clock
+        self.registry = registry
+        self.heartbeat = heartbeat
+        self.slow_timeout = slow_timeout
+        self.paused = False
+        self.closed = False
+        self.reading: set[int] = set()
+        self.done: Deferred[None] = Deferred(lambda _: self.close())
+        self._unwatch: list[Callable[[], None]] = []
+        self._heartbeat_call: Any = None
+        self._slow_call: Any = None
+        self.sent = 0
+
+    def start(self) -> Deferred[None]:
+        """Send headers, start watching partitions, write what is already visible."""
+        req = self.request
+        req.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        req.setHeader(b"cache-control", b"no-cache")
+        req.setHeader(b"x-accel-buffering", b"no")
+        req.registerProducer(self, True)
+        req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.topic.name.encode())
+        self.registry.add(self)
+        name = self.topic.name
+        for p in self.cursors:
+            self._unwatch.append(self.broker.watch(name, p, lambda p=p: self._pump(p)))
+        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+        for p in list(self.cursors):
+            self._pump(p)
+        return self.done
+
+    def _beat(self) -> None:
+        if self.closed:
+            return
+        if self.broker.topics.get(self.topic.name) is not self.topic:
+            self._end(b"event: error\ndata: {\"code\":\"topic_deleted\",\"message\":\"the topic was deleted\"}\n\n")
+            return
+        if not self.paused:
+            self.request.write(b": keepalive\n\n")
+        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+
+    def _pump(self, p: int) -> None:
+        """Write every visible record of partition ``p`` past the cursor."""
+        if self.closed or self.paused or p in self.reading:
+            return
+        topic = self.topic
+        if self.broker.topics.get(topic.name) is not topic:
+            self._end(b"event: error\ndata: {\"code\":\"topic_deleted\",\"message\":\"the topic was deleted\"}\n\n")
+            return
+        lg = topic.logs[p]
+        for _ in range(1000):
+            start = self.cursors[p]
+            if start < lg.log_start:
+                start = self.cursors[p] = lg.log_start
+            recs = lg.read_hot(start, CHUNK)
+            if recs is None:
+                self._read_storage(p, start)
+                return
+            if not recs:
+                return
+            self._send(p, recs)
+            if self.paused or self.closed:
+                return
+
+    def _read_storage(self, p: int, start: int) -> None:
+        self.reading.add(p)
+        d = self.broker.read(self.topic, p, start, CHUNK)
+
+        def got(recs: list[Record]) -> None:
+            self.reading.discard(p)
+            if self.closed:
+                return
+            if recs:
+                self._send(p, recs)
+            else:
+                lg = self.topic.logs[p]
+                # A gap (ephemeral data lost in a restart): skip to what exists.
+                self.cursors[p] = max(self.cursors[p], lg.hot_start if start < lg.hot_start else start)
+                if self.cursors[p] == start:
+                    return
+            self._pump(p)
+
+        def failed(f: Any) -> None:
+            self.reading.discard(p)
+            log.failure("stream read of {topic}/{p} failed", f, topic=self.topic.name, p=p)
+            self._end(b"event: error\ndata: {\"code\":\"read_failed\",\"message\":\"storage read failed\"}\n\n")
+
+        d.addCallbacks(got, failed)
+
+    def _send(self, p: int, recs: list[Record]) -> None:
+        self.request.write(b"".join([r.to_sse() for r in recs]))
+        self.cursors[p] = recs[-1].offset + 1
+        self.sent += len(recs)
+        m = self.broker.metrics
+        if m is not None:
+            m.delivered(self.topic.name, "stream", len(recs), sum(len(r.payload) for r in recs))
+
+    # -- IPushProducer -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The client's buffer is full: stop writing, start the slow-client clock."""
+        self.paused = True
+        if self._slow_call is None and self.slow_timeout > 0:
+            self._slow_call = self.clock.callLater(self.slow_timeout, self._too_slow)
+
+    def resumeProducing(self) -> None:
+        """The client caught up: write from the cursors again."""
+        self.paused = False
+        if self._slow_call is not None and self._slow_call.active():
+            self._slow_call.cancel()
+        self._slow_call = None
+        for p in list(self.cursors):
+            self._pump(p)
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.close()
+
+    def _too_slow(self) -> None:
+        self._slow_call = None
+        if self.closed:
+            return
+        m = self.broker.metrics
+        if m is not None:
+            m.slow_consumers_disconnected.inc()
+        body = msgspec.json.encode(
+            {
+                "code": "slow_consumer",
+                "message": f"client read too slowly for {self.slow_timeout:g}s; resume with Last-Event-ID",
+                "cursors": {str(p): o for p, o in self.cursors.items()},
+            }
+        )
+        self._end(b"event: error\ndata: " + body + b"\n\n")
+
+    def _end(self, last: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.request.write(last)
+        except Exception:
+            pass
+        self.close()
+        try:
+            self.request.unregisterProducer()
+            self.request.finish()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Stop watching and release timers (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.registry.discard(self)
+        for u in self._unwatch:
+            u()
+        self._unwatch = []
+        for c in (self._heartbeat_call, self._slow_call):
+            if c is not None and c.active():
+                c.cancel()
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class StreamRegistry:
+    """The open streams of a node (for metrics and shutdown)."""
+
+    def __init__(self) -> None:
+        self.streams: set[SSEStream] = set()
+
+    def add(self, s: SSEStream) -> None:
+        """Track a stream."""
+        self.streams.add(s)
+
+    def discard(self, s: SSEStream) -> None:
+        """Forget a stream."""
+        self.streams.discard(s)
+
+    def count(self) -> int:
+        """Open streams."""
+        return len(self.streams)
+
+    def close_all(self) -> None:
+        """End every stream (node shutdown)."""
+        for s in list(self.streams):
+            s._end(b"event: error\ndata: {\"code\":\"stopping\",\"message\":\"node is stopping\"}\n\n")

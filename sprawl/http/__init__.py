@@ -1,0 +1,1 @@
+"""Sprawl http package."""

@@ -1,0 +1,782 @@
+"""The HTTP API (v1 and the seed-compatible routes): a Klein app on an instance.
+
+Every error is ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
+Handlers validate first and only then touch state, so a bad request never
+changes anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import msgspec
+from klein import Klein
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from sprawl import __version__
+from sprawl.broker import ACKS, Broker, PublishResult
+from sprawl.delivery.streams import SSEStream, StreamRegistry
+from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError
+from sprawl.log.record import Record
+
+log = Logger()
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+JSON = b"application/json"
+MAX_WAIT_MS = 30_000
+MAX_FETCH = 10_000
+
+
+class NodeInfo:
+    """What the API says about the node itself (filled by the composition root)."""
+
+    def __init__(self, node_id: str, http: str = "", peer: str = "", started: float = 0.0):
+        self.node_id = node_id
+        self.http = http
+        self.peer = peer
+        self.started = started or time.time()
+        self.ready = False
+        self.not_ready_reason = "starting"
+
+
+def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Time a handler, count its status, and render its result as JSON."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: SprawlAPI, request: Any, *args: Any, **kw: Any) -> Any:
+            started = time.perf_counter()
+            method = request.method.decode("ascii", "replace")
+            try:
+                result = fn(self, request, *args, **kw)
+            except Exception as e:  # validated synchronously
+                result = Failure(e)
+            if isinstance(result, Deferred):
+                d = result
+            elif isinstance(result, Failure):
+                from twisted.internet.defer import fail
+
+                d = fail(result)
+            else:
+                d = succeed(result)
+
+            def ok(value: Any) -> Any:
+                if isinstance(value, (bytes, str)) or value is None:
+                    return value
+                request.setHeader(b"content-type", JSON)
+                return _encode(value)
+
+            def err(f: Failure) -> bytes:
+                return self._render_error(request, f)
+
+            def observe(value: Any) -> Any:
+                m = self.metrics
+                if m is not None:
+                    m.http_request_duration.labels(name, method).observe(time.perf_counter() - started)
+                    m.http_requests.labels(name, method, str(request.code)).inc()
+                return value
+
+            d.addCallbacks(ok, err)
+            d.addBoth(observe)
+            return d
+
+        return wrapper
+
+    return deco
+
+
+class SprawlAPI:
+    """The node's HTTP API.  ``resource()`` gives the twisted.web resource."""
+
+    app = Klein()
+
+    def __init__(self, broker: Broker, info: NodeInfo, clock: Any, metrics: Any = None):
+        self.broker = broker
+        self.info = info
+        self.clock = clock
+        self.metrics = metrics
+        self.streams = StreamRegistry()
+        if metrics is not None:
+            metrics.broker = broker
+            metrics.streams = self.streams
+
+    def resource(self) -> Any:
+        """The twisted.web resource serving this API."""
+        return self.app.resource()
+
+    # -- errors ------------------------------------------------------------------
+
+    def _render_error(self, request: Any, f: Failure) -> bytes:
+        e = f.value
+        if isinstance(e, SprawlError):
+            status, code, message = e.status, e.code, e.message
+            if isinstance(e, Overloaded):
+                request.setHeader(b"retry-after", str(max(1, int(e.retry_after))).encode())
+            if e.status == 503:
+                request.setHeader(b"retry-after", b"1")
+        else:
+            log.failure("unexpected error serving {method} {path}", f, method=request.method, path=request.path)
+            status, code, message = 500, "internal_error", "internal error; see the node's log"
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", JSON)
+        return _encode({"error": {"code": code, "message": message}})
+
+    @app.handle_errors(HTTPException)
+    def _http_exception(self, request: Any, failure: Failure) -> bytes:
+        e = failure.value
+        request.setHeader(b"content-type", JSON)
+        if isinstance(e, MethodNotAllowed):
+            request.setResponseCode(405)
+            allowed = ", ".join(e.valid_methods or [])
+            if allowed:
+                request.setHeader(b"allow", allowed.encode())
+            return _encode(
+                {"error": {"code": "method_not_allowed", "message": f"method not allowed here; allowed: {allowed}"}}
+            )
+        if isinstance(e, RouteNotFound):
+            request.setResponseCode(404)
+            return _encode({"error": {"code": "not_found", "message": "no such route"}})
+        request.setResponseCode(e.code or 400)
+        return _encode({"error": {"code": "bad_request", "message": e.description or "bad request"}})
+
+    # -- helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _json_body(request: Any, required: bool = True) -> Any:
+        raw = request.content.read() if request.content is not None else b""
+        if not raw.strip():
+            if required:
+                raise BadRequest("request body must be a JSON object", code="invalid_json")
+            return {}
+        try:
+            body = _decode(raw)
+        except msgspec.DecodeError as e:
+            raise BadRequest(f"malformed JSON: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object", code="invalid_json")
+        return body
+
+    @staticmethod
+    def _arg(request: Any, name: str) -> str | None:
+        v = request.args.get(name.encode())
+        if not v:
+            return None
+        try:
+            return v[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"query parameter {name} is not UTF-8", code="invalid_parameter") from None
+
+    def _int_arg(self, request: Any, name: str, default: int | None, lo: int, hi: int) -> int | None:
+        v = self._arg(request, name)
+        if v is None or v == "":
+            return default
+        try:
+            n = int(v)
+        except ValueError:
+            raise BadRequest(f"query parameter {name} must be an integer", code="invalid_parameter") from None
+        if not lo <= n <= hi:
+            raise BadRequest(f"query parameter {name} must be in {lo}..{hi}", code="invalid_parameter")
+        return n
+
+    # -- publish -------------------------------------------------------------------
+
+    def _parse_messages(self, request: Any) -> tuple[list[Record], str]:
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        max_batch = self.broker.config.max_batch_messages
+        if ctype == JSON or ctype.endswith(b"+json"):
+            body = self._json_body(request)
+            unknown = set(body) - {"messages", "acks"}
+            if unknown:
+                raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="invalid_field")
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise BadRequest("messages must be a non-empty array", code="invalid_messages")
+            if len(msgs) > max_batch:
+                raise PayloadTooLarge(f"at most {max_batch} messages per request", code="batch_too_large")
+            acks = body.get("acks", "quorum")
+            records = [parse_message(m, i) for i, m in enumerate(msgs)]
+        else:
+            raw = request.content.read() if request.content is not None else b""
+            acks = self._arg(request, "acks") or "quorum"
+            key = self._arg(request, "key")
+            mid = self._arg(request, "id")
+            if mid is not None:
+                check_id(mid, 0)
+            try:
+                raw.decode("utf-8")
+                is_text = ctype.startswith(b"text/") or ctype in (b"", b"application/x-www-form-urlencoded")
+            except UnicodeDecodeError:
+                is_text = False
+            records = [Record(-1, 0, 0, mid, key, None, raw, is_text)]
+        if acks not in ACKS:
+            raise BadRequest("acks must be one of quorum, leader, none", code="invalid_acks")
+        return records, acks
+
+    @staticmethod
+    def _publish_answer(res: PublishResult, acks: str) -> dict[str, Any]:
+        return {
+            "offsets": res.offsets,
+            "ids": res.ids,
+            "partitions": res.partitions,
+            "duplicates": res.duplicates,
+            "acks": acks,
+            "stored": res.stored,
+        }
+
+    @app.route("/v1/topics/<string:topic>/messages", methods=["POST"])
+    @_route("publish")
+    def publish(self, request: Any, topic: str) -> Any:
+        records, acks = self._parse_messages(request)
+        d = self.broker.ensure_topic(topic)
+        d.addCallback(lambda t: self.broker.publish(t, records, acks))
+        d.addCallback(self._publish_answer, acks)
+        return d
+
+    # -- fetch ---------------------------------------------------------------------
+
+    def _start_spec(self, request: Any) -> tuple[str | int | None, int | None]:
+        frm = self._arg(request, "from")
+        from_time = self._int_arg(request, "from_time", None, 0, 2**63 - 1)
+        if frm is not None and from_time is not None:
+            raise BadRequest("give from or from_time, not both", code="invalid_parameter")
+        if frm is None:
+            return None, from_time
+        if frm in ("earliest", "latest"):
+            return frm, None
+        try:
+            off = int(frm)
+        except ValueError:
+            raise BadRequest("from must be an offset, earliest or latest", code="invalid_parameter") from None
+        if off < 0:
+            raise BadRequest("from must not be negative", code="invalid_parameter")
+        return off, None
+
+    def _partitions(self, request: Any, t: Any) -> list[int]:
+        p = self._int_arg(request, "partition", None, 0, 1023)
+        if p is None:
+            return [lg.partition for lg in t.logs]
+        if p >= len(t.logs):
+            raise NotFound(f"topic {t.name!r} has no partition {p}", code="partition_not_found")
+        return [p]
+
+    def _resolve(self, t: Any, parts: list[int], spec: str | int | None, from_time: int | None, default: str) -> Deferred[dict[int, int]]:
+        out: dict[int, int] = {}
+        ds = []
+        for p in parts:
+            lg = t.logs[p]
+            if from_time is not None:
+                d = self.broker.find_time(t, p, from_time)
+                d.addCallback(lambda off, p=p: out.__setitem__(p, off))
+                ds.append(d)
+            else:
+                out[p] = lg.resolve_start(spec if spec is not None else default)
+        if not ds:
+            return succeed(out)
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults(ds, consumeErrors=True).addCallback(lambda _: out)
+
+    @app.route("/v1/topics/<string:topic>/messages", methods=["GET"])
+    @_route("fetch")
+    def fetch(self, request: Any, topic: str) -> Any:
+        t = self.broker.get_topic(topic)
+        spec, from_time = self._start_spec(request)
+        parts = self._partitions(request, t)
+        limit = self._int_arg(request, "limit", 100, 1, MAX_FETCH) or 100
+        wait_ms = self._int_arg(request, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
+        deadline = self.clock.seconds() + wait_ms / 1000.0
+
+        def read(starts: dict[int, int]) -> Any:
+            ds = [self.broker.read(t, p, starts[p], limit) for p in parts]
+            from twisted.internet.defer import gatherResults
+
+            return gatherResults(ds, consumeErrors=True).addCallback(answer, starts)
+
+        def answer(results: list[list[Record]], starts: dict[int, int]) -> Any:
+            recs: list[Record] = []
+            nexts = dict(starts)
+            for p, got in zip(parts, results):
+                if got:
+                    nexts[p] = got[-1].offset + 1
+                    recs.extend(got)
+            if not recs and self.clock.seconds() < deadline and self.broker.topics.get(topic) is t:
+                remaining = deadline - self.clock.seconds()
+                wait = self.broker._wait_any(t, remaining)
+                request.notifyFinish().addErrback(lambda _: wait.cancel())
+                return wait.addCallback(lambda _: read(starts))
+            if len(parts) > 1:
+                recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+                recs = recs[:limit]
+                nexts = dict(starts)
+                for r in recs:
+                    nexts[r.partition] = max(nexts[r.partition], r.offset + 1)
+            m = self.metrics
+            if m is not None and recs:
+                m.delivered(topic, "fetch", len(recs), sum(len(r.payload) for r in recs))
+            hw = {p: t.logs[p].high_watermark for p in parts}
+            body = b'{"messages":[' + b",".join(r.to_json() for r in recs) + b"]"
+            body += b',"next":' + _encode(nexts[parts[0]] if len(parts) == 1 else None)
+            body += b',"high_watermark":' + _encode(hw[parts[0]] if len(parts) == 1 else sum(hw.values()))
+            body += b',"next_by_partition":' + _encode({str(p): o for p, o in nexts.items()})
+            body += b',"high_watermarks":' + _encode({str(p): o for p, o in hw.items()}) + b"}"
+            request.setHeader(b"content-type", JSON)
+            return body
+
+        return self._resolve(t, parts, spec, from_time, "earliest").addCallback(read)
+
+    # -- SSE -------------------------------------------------------------------------
+
+    @app.route("/v1/topics/<string:topic>/stream", methods=["GET"])
+    def stream(self, request: Any, topic: str) -> Any:
+        started = time.perf_counter()
+        try:
+            t = self.broker.get_topic(topic)
+            spec, from_time = self._start_spec(request)
+            parts = self._partitions(request, t)
+            resume = parse_last_event_id(request.getHeader(b"last-event-id"))
+        except SprawlError as e:
+            return self._render_error(request, Failure(e))
+
+        def go(starts: dict[int, int]) -> Any:
+            for p, off in resume.items():
+                if p in starts:
+                    starts[p] = t.logs[p].resolve_start(off + 1)
+            s = SSEStream(self.broker, t, starts, request, self.clock, registry=self.streams)
+            if self.metrics is not None:
+                self.metrics.http_request_duration.labels("stream", "GET").observe(time.perf_counter() - started)
+                self.metrics.http_requests.labels("stream", "GET", "200").inc()
+            return s.start()
+
+        d = self._resolve(t, parts, spec, from_time, "latest")
+        d.addCallback(go)
+        def failed(f: Failure) -> Any:
+            if request.finished or request._disconnected:
+                return None
+            return self._render_error(request, f)
+
+        d.addErrback(failed)
+        return d
+
+    @app.route("/v1/topics/<string:topic>/ws", methods=["GET"])
+    @_route("websocket")
+    def websocket(self, request: Any, topic: str) -> Any:
+        self.broker.get_topic(topic)
+        raise SprawlError(
+            "WebSocket streaming is not available in this version; use /stream (SSE) or long-poll",
+            code="not_implemented",
+            status=501,
+        )
+
+    # -- topics ------------------------------------------------------------------------
+
+    @app.route("/v1/topics", methods=["GET"])
+    @_route("topics")
+    def list_topics(self, request: Any) -> Any:
+        b = self.broker
+        return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
+
+    @app.route("/v1/topics/<string:topic>", methods=["PUT"])
+    @_route("topic_put")
+    def put_topic(self, request: Any, topic: str) -> Any:
+        body = self._json_body(request, required=False)
+
+        def answer(r: tuple[Any, bool]) -> Any:
+            t, created = r
+            request.setResponseCode(201 if created else 200)
+            return self.broker.describe_topic(t)
+
+        return self.broker.put_topic(topic, body).addCallback(answer)
+
+    @app.route("/v1/topics/<string:topic>", methods=["GET"])
+    @_route("topic_get")
+    def get_topic(self, request: Any, topic: str) -> Any:
+        return self.broker.describe_topic(self.broker.get_topic(topic))
+
+    @app.route("/v1/topics/<string:topic>", methods=["DELETE"])
+    @_route("topic_delete")
+    def delete_topic(self, request: Any, topic: str) -> Any:
+        def answer(_: object) -> bytes:
+            request.setResponseCode(204)
+            return b""
+
+        return self.broker.delete_topic(topic).addCallback(answer)
+
+    # -- groups --------------------------------------------------------------------------
+
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>", methods=["PUT"])
+    @_route("group_put")
+    def put_group(self, request: Any, topic: str, group: str) -> Any:
+        body = self._json_body(request, required=False)
+        d = self.broker.ensure_topic(topic)
+
+        def made(t: Any) -> Any:
+            def answer(r: tuple[Any, bool]) -> Any:
+                g, created = r
+                request.setResponseCode(201 if created else 200)
+                return g.describe(t.high_watermarks())
+
+            return self.broker.put_group(t, group, body).addCallback(answer)
+
+        return d.addCallback(made)
+
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>", methods=["GET"])
+    @_route("group_get")
+    def get_group(self, request: Any, topic: str, group: str) -> Any:
+        t = self.broker.get_topic(topic)
+        g = self.broker.get_group(t, group)
+        return g.describe(t.high_watermarks())
+
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>", methods=["DELETE"])
+    @_route("group_delete")
+    def delete_group(self, request: Any, topic: str, group: str) -> Any:
+        t = self.broker.get_topic(topic)
+
+        def answer(_: object) -> bytes:
+            request.setResponseCode(204)
+            return b""
+
+        return self.broker.delete_group(t, group).addCallback(answer)
+
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>/pull", methods=["POST"])
+    @_route("group_pull")
+    def pull(self, request: Any, topic: str, group: str) -> Any:
+        body = self._json_body(request, required=False)
+        unknown = set(body) - {"max", "wait_ms"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="invalid_field")
+        mx = body.get("max", 10)
+        wait_ms = body.get("wait_ms", 0)
+        if not isinstance(mx, int) or isinstance(mx, bool) or not 1 <= mx <= MAX_FETCH:
+            raise BadRequest(f"max must be an integer 1..{MAX_FETCH}", code="invalid_field")
+        if not isinstance(wait_ms, int) or isinstance(wait_ms, bool) or not 0 <= wait_ms <= MAX_WAIT_MS:
+            raise BadRequest(f"wait_ms must be an integer 0..{MAX_WAIT_MS}", code="invalid_field")
+        t = self.broker.get_topic(topic)
+        g = self.broker.get_group(t, group)
+        d = self.broker.pull(t, g, mx, wait_ms)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def answer(got: list[Any]) -> bytes:
+            parts = []
+            for dv, r in got:
+                j = r.to_json()
+                parts.append(
+                    j[:-1]
+                    + b',"ack_id":"%s","delivery_attempt":%d,"ack_deadline":%d}'
+                    % (dv.ack_id.encode(), dv.attempt, dv.deadline_ms)
+                )
+            m = self.metrics
+            if m is not None and got:
+                m.delivered(topic, "group", len(got), sum(len(r.payload) for _, r in got))
+            request.setHeader(b"content-type", JSON)
+            return b'{"messages":[' + b",".join(parts) + b"]}"
+
+        return d.addCallback(answer)
+
+    def _ack_ids(self, body: dict[str, Any], extra: set[str]) -> list[str]:
+        unknown = set(body) - ({"ack_ids"} | extra)
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="invalid_field")
+        ids = body.get("ack_ids")
+        if not isinstance(ids, list) or not all(isinstance(a, str) for a in ids):
+            raise BadRequest("ack_ids must be an array of strings", code="invalid_field")
+        if len(ids) > MAX_FETCH:
+            raise PayloadTooLarge(f"at most {MAX_FETCH} ack ids per request", code="batch_too_large")
+        return ids
+
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>/ack", methods=["POST"])
+    @_route("group_ack")
+    def ack(self, request: Any, topic: str, group: str) -> Any:
+        ids = self._ack_ids(self._json_body(request), set())
+        t = self.broker.get_topic(topic)
+        g = self.broker.get_group(t, group)
+        d = self.broker.ack(t, g, ids)
+        return d.addCallback(lambda refused: {"acked": len(ids) - len(refused), "refused": refused})
+
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>/nack", methods=["POST"])
+    @_route("group_nack")
+    def nack(self, request: Any, topic: str, group: str) -> Any:
+        body = self._json_body(request)
+        ids = self._ack_ids(body, {"delay_ms"})
+        delay = body.get("delay_ms", 0)
+        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= 86_400_000:
+            raise BadRequest("delay_ms must be an integer 0..86400000", code="invalid_field")
+        t = self.broker.get_topic(topic)
+        g = self.broker.get_group(t, group)
+        d = self.broker.nack(t, g, ids, delay)
+        return d.addCallback(lambda refused: {"nacked": len(ids) - len(refused), "refused": refused})
+
+    # -- cluster -------------------------------------------------------------------------
+
+    def _member(self) -> dict[str, Any]:
+        return {
+            "id": self.info.node_id,
+            "peer": self.info.peer,
+            "http": self.info.http,
+            "state": "alive",
+            "incarnation": 0,
+            "version": __version__,
+        }
+
+    def _cluster(self) -> dict[str, Any]:
+        nid = self.info.node_id
+        return {
+            "node_id": nid,
+            "leader": nid,
+            "term": 1,
+            "mode": "single-node",
+            "members": [self._member()],
+            "raft": {"role": "leader", "term": 1, "commit_index": 0, "applied": 0, "voters": [nid]},
+        }
+
+    def _placement(self) -> dict[str, Any]:
+        return {
+            "topics": {
+                name: {
+                    str(lg.partition): {"replicas": list(lg.replicas), "leader": lg.leader, "epoch": lg.epoch}
+                    for lg in t.logs
+                }
+                for name, t in sorted(self.broker.topics.items())
+            }
+        }
+
+    @app.route("/v1/cluster", methods=["GET"])
+    @_route("cluster")
+    def cluster(self, request: Any) -> Any:
+        return self._cluster()
+
+    @app.route("/v1/cluster/placement", methods=["GET"])
+    @_route("placement")
+    def placement(self, request: Any) -> Any:
+        return self._placement()
+
+    # -- health and metrics ------------------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    @_route("healthz")
+    def healthz(self, request: Any) -> Any:
+        return {"status": "ok", "node_id": self.info.node_id}
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.broker.stopping:
+            return False, "node is stopping"
+        if self.broker.store.failed is not None:
+            return False, f"storage failed: {self.broker.store.failed}"
+        if not self.info.ready:
+            return False, self.info.not_ready_reason
+        return True, "ready"
+
+    @app.route("/readyz", methods=["GET"])
+    @_route("readyz")
+    def readyz(self, request: Any) -> Any:
+        ok, why = self._readiness()
+        if not ok:
+            request.setResponseCode(503)
+            return {"ready": False, "reason": why, "error": {"code": "not_ready", "message": why}}
+        return {"ready": True, "leader": self.info.node_id, "node_id": self.info.node_id}
+
+    @app.route("/metrics", methods=["GET"])
+    @_route("metrics")
+    def metrics_text(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.render() if self.metrics is not None else b""
+
+    @app.route("/", methods=["GET"])
+    @_route("dashboard")
+    def dashboard(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return resources.files("sprawl.http").joinpath("static/index.html").read_bytes()
+
+    # -- seed-compatible routes ----------------------------------------------------------------
+
+    @app.route("/publish", methods=["POST"])
+    @_route("seed_publish")
+    def seed_publish(self, request: Any) -> Any:
+        body = self._json_body(request)
+        topic = body.get("topic")
+        if not isinstance(topic, str):
+            raise BadRequest("topic must be a string", code="invalid_field")
+        if "payload" not in body:
+            raise BadRequest("payload is required", code="invalid_field")
+        payload = body["payload"]
+        data = payload.encode() if isinstance(payload, str) else _encode(payload)
+        mid = body.get("id")
+        if mid is not None:
+            check_id(mid, 0)
+        headers = None
+        ttl = body.get("ttl")
+        if ttl is not None:
+            if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
+                raise BadRequest("ttl must be a non-negative number of seconds", code="invalid_field")
+            headers = {"ttl": str(ttl)}
+        rec = Record(-1, 0, 0, mid, None, headers, data, True)
+        d = self.broker.ensure_topic(topic)
+        d.addCallback(lambda t: self.broker.publish(t, [rec], "quorum"))
+        return d.addCallback(
+            lambda r: {"status": "published", "id": r.ids[0], "offset": r.offsets[0], "partition": r.partitions[0]}
+        )
+
+    @app.route("/subscribe", methods=["POST"])
+    @_route("seed_subscribe")
+    def seed_subscribe(self, request: Any) -> Any:
+        body = self._json_body(request)
+        topics = body.get("topics")
+        if not isinstance(topics, list) or not topics or not all(isinstance(x, str) for x in topics):
+            raise BadRequest("topics must be a non-empty array of topic names", code="invalid_field")
+        gid = body.get("id")
+        if gid is None:
+            import uuid
+
+            gid = "sub-" + uuid.uuid4().hex[:12]
+        if not isinstance(gid, str):
+            raise BadRequest("id must be a string", code="invalid_field")
+        from sprawl.broker import check_group_name, check_topic_name
+
+        check_group_name(gid)
+        for name in topics:
+            check_topic_name(name)
+        from twisted.internet.defer import gatherResults
+
+        def one(name: str) -> Deferred[Any]:
+            d = self.broker.ensure_topic(name)
+            return d.addCallback(
+                lambda t: self.broker.put_group(t, gid, {}) if gid not in t.groups else None
+            )
+
+        d = gatherResults([one(n) for n in topics], consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        return d.addCallback(lambda _: {"status": "subscribed", "id": gid, "topics": topics})
+
+    @app.route("/status", methods=["GET"])
+    @_route("seed_status")
+    def seed_status(self, request: Any) -> Any:
+        ok, why = self._readiness()
+        return {
+            "status": "ok" if ok else "degraded",
+            "reason": why,
+            "node_id": self.info.node_id,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.info.started, 3),
+            "cluster_members": [self._member()],
+            "topics": len(self.broker.topics),
+            "raft": self._cluster()["raft"],
+        }
+
+    @app.route("/health", methods=["GET"])
+    @_route("seed_health")
+    def seed_health(self, request: Any) -> Any:
+        return {"status": "healthy", "node_id": self.info.node_id}
+
+    @app.route("/topics", methods=["GET"])
+    @_route("seed_topics")
+    def seed_topics(self, request: Any) -> Any:
+        b = self.broker
+        return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
+
+    @app.route("/dht", methods=["GET"])
+    @_route("seed_dht")
+    def seed_dht(self, request: Any) -> Any:
+        out = self._placement()
+        out["node_id"] = self.info.node_id
+        out["members"] = [self.info.node_id]
+        return out
+
+    @app.route("/store", methods=["GET"])
+    @_route("seed_store")
+    def seed_store(self, request: Any) -> Any:
+        b = self.broker
+        return {
+            "node_id": self.info.node_id,
+            "lmdb": {
+                "path": b.store.path,
+                "used_bytes": b.store.used_bytes,
+                "disk_budget": b.config.disk_budget,
+                "commits": b.store.commits,
+            },
+            "memory": {
+                "hot_bytes": sum(lg.hot_bytes for t in b.topics.values() for lg in t.logs),
+                "memory_budget": b.config.memory_budget,
+            },
+            "s3": {"enabled": False},
+            "topics": {
+                name: {str(p["partition"]): p["tiers"] for p in b.describe_topic(t)["partition_details"]}
+                for name, t in sorted(b.topics.items())
+            },
+        }
+
+
+def check_id(mid: Any, i: int) -> None:
+    """Message ids are 1-256 character strings."""
+    if not isinstance(mid, str) or not 1 <= len(mid) <= 256:
+        raise BadRequest(f"messages[{i}].id must be a string of 1-256 characters", code="invalid_message")
+
+
+def parse_message(m: Any, i: int) -> Record:
+    """Validate one publish item into a :class:`Record` (offset unassigned)."""
+    if not isinstance(m, dict):
+        raise BadRequest(f"messages[{i}] must be an object", code="invalid_message")
+    unknown = set(m) - {"payload", "payload_b64", "key", "headers", "id"}
+    if unknown:
+        raise BadRequest(f"messages[{i}] has unknown field(s): {', '.join(sorted(unknown))}", code="invalid_message")
+    if "payload" in m:
+        if "payload_b64" in m:
+            raise BadRequest(f"messages[{i}] has both payload and payload_b64", code="invalid_message")
+        p = m["payload"]
+        if not isinstance(p, str):
+            raise BadRequest(f"messages[{i}].payload must be a string", code="invalid_message")
+        data, is_text = p.encode("utf-8", "surrogatepass"), True
+    elif "payload_b64" in m:
+        p = m["payload_b64"]
+        if not isinstance(p, str):
+            raise BadRequest(f"messages[{i}].payload_b64 must be a base64 string", code="invalid_message")
+        try:
+            data, is_text = base64.b64decode(p, validate=True), False
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"messages[{i}].payload_b64 is not valid base64", code="invalid_message") from None
+    else:
+        raise BadRequest(f"messages[{i}] needs payload or payload_b64", code="invalid_message")
+    key = m.get("key")
+    if key is not None and (not isinstance(key, str) or len(key) > 1024):
+        raise BadRequest(f"messages[{i}].key must be a string of at most 1024 characters", code="invalid_message")
+    headers = m.get("headers")
+    if headers is not None:
+        if (
+            not isinstance(headers, dict)
+            or len(headers) > 64
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise BadRequest(f"messages[{i}].headers must map strings to strings (at most 64)", code="invalid_message")
+        headers = headers or None
+    mid = m.get("id")
+    if mid is not None:
+        check_id(mid, i)
+    return Record(-1, 0, 0, mid, key, headers, data, is_text)
+
+
+def parse_last_event_id(value: bytes | None) -> dict[int, int]:
+    """``P:OFFSET`` or a comma-separated list of them → {partition: offset}."""
+    if not value:
+        return {}
+    out: dict[int, int] = {}
+    try:
+        text = value.decode("ascii")
+        for item in text.split(","):
+            p, o = item.strip().split(":")
+            pi, oi = int(p), int(o)
+            if pi < 0 or oi < 0:
+                raise ValueError
+            out[pi] = oi
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Last-Event-ID must be PARTITION:OFFSET", code="invalid_last_event_id") from None
+    return out

@@ -1,0 +1,48 @@
+"""Idempotent publish: remember message ids for a time window.
+
+Pure: no Twisted import.  A message whose ``id`` was seen within the window
+gets the first occurrence's partition and offset back instead of a new offset.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class DedupWindow:
+    """Message id → (partition, offset) for ids seen in the last ``window_ms``."""
+
+    def __init__(self, window_ms: int, max_ids: int = 1_000_000):
+        self.window_ms = window_ms
+        self.max_ids = max_ids
+        self._seen: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def lookup(self, msg_id: str, now_ms: int) -> tuple[int, int] | None:
+        """The (partition, offset) of ``msg_id`` if seen within the window."""
+        hit = self._seen.get(msg_id)
+        if hit is None or hit[2] < now_ms - self.window_ms:
+            return None
+        return hit[0], hit[1]
+
+    def remember(self, msg_id: str, partition: int, offset: int, ts_ms: int) -> None:
+        """Record an id's first occurrence."""
+        self._seen[msg_id] = (partition, offset, ts_ms)
+        self._seen.move_to_end(msg_id)
+        if len(self._seen) > self.max_ids:
+            self._seen.popitem(last=False)
+
+    def expire(self, now_ms: int) -> int:
+        """Forget ids older than the window; returns how many were dropped."""
+        n = 0
+        cutoff = now_ms - self.window_ms
+        seen = self._seen
+        while seen:
+            k, v = next(iter(seen.items()))
+            if v[2] >= cutoff:
+                break
+            seen.popitem(last=False)
+            n += 1
+        return n

@@ -1,0 +1,212 @@
+"""The partition log core: offsets, the hot tail, the high watermark, epochs.
+
+Pure: no Twisted import, no I/O.  The storage adapter persists what
+:meth:`PartitionLog.append` assigns and reports back with
+:meth:`PartitionLog.stored`; the log decides what consumers may see.
+
+Offsets below ``log_start`` were deleted by retention.  Offsets in
+``[log_start, stored_end)`` are in LMDB; the hot tail holds the newest records
+in memory (some of which may not be stored yet).  ``high_watermark`` is the
+first offset consumers may *not* see: for a durable topic it is the stored
+(fsynced) end, so an acked message is never un-seen; for an ephemeral topic it
+is the log end.  With replication (later) it becomes the offset stored on a
+majority of replicas.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from sprawl.log.record import Record
+from sprawl.log.segments import Segment
+
+
+class PartitionLog:
+    """Offsets, hot tail, high watermark and leadership of one partition."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        *,
+        durable: bool = True,
+        leader: str | None = None,
+        epoch: int = 0,
+        replicas: Iterable[str] = (),
+        log_start: int = 0,
+        next_offset: int = 0,
+        segments: list[Segment] | None = None,
+        segment_bytes: int = 64 * 1000**2,
+        segment_age_ms: int = 3_600_000,
+    ):
+        self.topic = topic
+        self.partition = partition
+        self.durable = durable
+        self.leader = leader
+        self.epoch = epoch
+        self.replicas = list(replicas) or ([leader] if leader else [])
+        self.log_start = log_start
+        self.next_offset = next_offset
+        self.stored_end = next_offset
+        self.high_watermark = next_offset
+        self.segments: list[Segment] = segments or []
+        self.segment_bytes = segment_bytes
+        self.segment_age_ms = segment_age_ms
+        self.hot: deque[Record] = deque()
+        self.hot_bytes = 0
+        self.appended_total = 0
+        self.appended_bytes_total = 0
+
+    # -- writing -----------------------------------------------------------
+
+    def append(self, records: list[Record], now_ms: int) -> list[Segment]:
+        """Assign offsets to ``records``, add them to the hot tail.
+
+        Returns the segments whose metadata changed (the active one, and the
+        previous one when it was sealed by this append), for the storage
+        adapter to persist alongside the records.
+        """
+        changed: list[Segment] = []
+        for r in records:
+            off = self.next_offset
+            r.offset = off
+            r.partition = self.partition
+            self.next_offset = off + 1
+            seg = self.segments[-1] if self.segments else None
+            if seg is None or seg.sealed or self._should_roll(seg, now_ms):
+                if seg is not None and not seg.sealed:
+                    seg.sealed = True
+                    if not changed or changed[-1] is not seg:
+                        changed.append(seg)
+                seg = Segment(off, off, 0, r.timestamp, r.timestamp)
+                self.segments.append(seg)
+            seg.last = off
+            seg.bytes += r.size
+            seg.last_ts = max(seg.last_ts, r.timestamp)
+            if not changed or changed[-1] is not seg:
+                changed.append(seg)
+            self.hot.append(r)
+            self.hot_bytes += r.size
+            self.appended_bytes_total += r.size
+        self.appended_total += len(records)
+        if not self.durable:
+            self.high_watermark = self.next_offset
+        return changed
+
+    def _should_roll(self, seg: Segment, now_ms: int) -> bool:
+        return seg.bytes >= self.segment_bytes or now_ms - seg.first_ts >= self.segment_age_ms
+
+    def stored(self, end: int) -> bool:
+        """Storage reports offsets below ``end`` durably stored.
+
+        Returns True when the high watermark moved (consumers may have new data).
+        """
+        if end <= self.stored_end:
+            return False
+        self.stored_end = min(end, self.next_offset)
+        if self.durable and self.stored_end > self.high_watermark:
+            self.high_watermark = self.stored_end
+            return True
+        return False
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def hot_start(self) -> int:
+        """The first offset held in memory (``next_offset`` when the tail is empty)."""
+        return self.hot[0].offset if self.hot else self.next_offset
+
+    def read_hot(self, start: int, limit: int, end: int | None = None) -> list[Record] | None:
+        """Records ``start .. min(end, high_watermark)`` from memory.
+
+        Returns None when ``start`` lies below the hot tail (read storage),
+        an empty list when nothing is visible yet.
+        """
+        hw = self.high_watermark if end is None else min(end, self.high_watermark)
+        if start >= hw:
+            return []
+        hs = self.hot_start
+        if start < hs:
+            return None
+        i = start - hs
+        j = min(hw - hs, i + limit)
+        if i == 0 and j == len(self.hot):
+            return list(self.hot)
+        hot = self.hot
+        return [hot[k] for k in range(i, j)]
+
+    def unstored(self) -> list[Record]:
+        """Hot records not yet stored (ephemeral records waiting for a spill)."""
+        return [r for r in self.hot if r.offset >= self.stored_end]
+
+    def evict(self, target_bytes: int) -> int:
+        """Drop stored records from the front of the hot tail until it holds at
+        most ``target_bytes``; returns bytes freed.  Unstored records stay."""
+        freed = 0
+        hot = self.hot
+        while hot and self.hot_bytes > target_bytes and hot[0].offset < self.stored_end:
+            r = hot.popleft()
+            self.hot_bytes -= r.size
+            freed += r.size
+        return freed
+
+    # -- retention -----------------------------------------------------------
+
+    def drop_segments(self, count: int) -> list[Segment]:
+        """Remove the ``count`` oldest segments; advance ``log_start``.
+
+        Returns the removed segments so storage can delete their ranges.
+        """
+        if count <= 0:
+            return []
+        gone, self.segments = self.segments[:count], self.segments[count:]
+        new_start = self.segments[0].base if self.segments else self.next_offset
+        self.log_start = max(self.log_start, new_start)
+        if not self.segments:
+            # Everything went: the offsets keep counting from next_offset.
+            self.stored_end = max(self.stored_end, self.next_offset)
+            self.high_watermark = max(self.high_watermark, self.next_offset)
+        hot = self.hot
+        while hot and hot[0].offset < self.log_start:
+            r = hot.popleft()
+            self.hot_bytes -= r.size
+        return gone
+
+    # -- positions -------------------------------------------------------------
+
+    def resolve_start(self, spec: str | int) -> int:
+        """Turn ``earliest`` / ``latest`` / an offset into a start offset.
+
+        An offset below ``log_start`` (deleted by retention) starts at
+        ``log_start``; one past the end waits at the end.
+        """
+        if spec == "earliest":
+            return self.log_start
+        if spec == "latest":
+            return self.high_watermark
+        off = int(spec)
+        if off < self.log_start:
+            return self.log_start
+        return min(off, self.high_watermark)
+
+    def segment_for_time(self, ts_ms: int) -> Segment | None:
+        """The first segment holding a message at or after ``ts_ms``."""
+        for s in self.segments:
+            if s.last_ts >= ts_ms:
+                return s
+        return None
+
+    def describe(self) -> dict:
+        """The partition as ``GET /v1/topics/{topic}`` shows it."""
+        return {
+            "partition": self.partition,
+            "leader": self.leader,
+            "epoch": self.epoch,
+            "replicas": list(self.replicas),
+            "low": self.log_start,
+            "high_watermark": self.high_watermark,
+            "log_end": self.next_offset,
+            "segments": len(self.segments),
+            "bytes": sum(s.bytes for s in self.segments),
+        }

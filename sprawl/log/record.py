@@ -1,0 +1,112 @@
+"""The message record and its two encodings: storage (msgpack) and API (JSON).
+
+Pure: no Twisted import.  A :class:`Record` caches its JSON and SSE encodings
+so fan-out to many subscribers encodes each message once.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import msgspec
+
+_mp_encode = msgspec.msgpack.Encoder().encode
+_mp_decode = msgspec.msgpack.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+
+
+class Record:
+    """One message at one offset of one partition."""
+
+    __slots__ = (
+        "offset",
+        "partition",
+        "timestamp",
+        "id",
+        "key",
+        "headers",
+        "payload",
+        "is_text",
+        "_json",
+        "_sse",
+    )
+
+    def __init__(
+        self,
+        offset: int,
+        partition: int,
+        timestamp: int,
+        id: str | None,
+        key: str | None,
+        headers: dict[str, str] | None,
+        payload: bytes,
+        is_text: bool,
+    ):
+        self.offset = offset
+        self.partition = partition
+        self.timestamp = timestamp
+        self.id = id
+        self.key = key
+        self.headers = headers
+        self.payload = payload
+        self.is_text = is_text
+        self._json: bytes | None = None
+        self._sse: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes this record holds in memory and on disk."""
+        return len(self.payload) + 64 + (len(self.key) if self.key else 0)
+
+    def to_storage(self) -> bytes:
+        """The value stored in LMDB (the key carries topic, partition and offset)."""
+        return _mp_encode(
+            (self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text)
+        )
+
+    @classmethod
+    def from_storage(cls, partition: int, offset: int, data: bytes) -> Record:
+        """Rebuild a record from its LMDB value; raises ``ValueError`` on corruption."""
+        try:
+            ts, id_, key, headers, payload, is_text = _mp_decode(data)
+        except (msgspec.DecodeError, ValueError, TypeError) as e:
+            raise ValueError(f"corrupt record at {partition}:{offset}: {e}") from None
+        return cls(offset, partition, ts, id_, key, headers, payload, is_text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as the API shows it."""
+        d: dict[str, Any] = {
+            "offset": self.offset,
+            "partition": self.partition,
+            "id": self.id,
+            "timestamp": self.timestamp,
+            "key": self.key,
+            "headers": self.headers or {},
+        }
+        if self.is_text:
+            d["payload"] = self.payload.decode("utf-8", "replace")
+        else:
+            d["payload_b64"] = base64.b64encode(self.payload).decode("ascii")
+        return d
+
+    def to_json(self) -> bytes:
+        """The message as JSON bytes, encoded once and cached."""
+        j = self._json
+        if j is None:
+            j = self._json = _json_encode(self.to_dict())
+        return j
+
+    def to_sse(self) -> bytes:
+        """The message as one Server-Sent Events frame, encoded once and cached."""
+        s = self._sse
+        if s is None:
+            s = self._sse = b"id: %d:%d\ndata: %s\n\n" % (
+                self.partition,
+                self.offset,
+                self.to_json(),
+            )
+        return s
+
+    def __repr__(self) -> str:
+        return f"Record({self.partition}:{self.offset} id={self.id!r} {len(self.payload)}B)"

@@ -1,0 +1,172 @@
+"""Prometheus metrics of one node, on a registry of its own.
+
+Counters on the hot path are incremented once per request (never per
+message); gauges that describe state (high watermarks, tier bytes, lag) are
+read from the broker at scrape time by a custom collector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class NodeMetrics:
+    """All metrics of one node; ``render()`` gives the text exposition."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.published_messages = Counter(
+            "sprawl_published_messages", "Messages appended, by topic", ["topic"], registry=r
+        )
+        self.published_bytes = Counter(
+            "sprawl_published_bytes", "Payload bytes appended, by topic", ["topic"], registry=r
+        )
+        self.delivered_messages = Counter(
+            "sprawl_delivered_messages",
+            "Messages delivered to consumers, by topic and mode (fetch, stream, group)",
+            ["topic", "mode"],
+            registry=r,
+        )
+        self.delivered_bytes = Counter(
+            "sprawl_delivered_bytes",
+            "Payload bytes delivered to consumers, by topic and mode",
+            ["topic", "mode"],
+            registry=r,
+        )
+        self.dead_lettered_messages = Counter(
+            "sprawl_dead_lettered_messages",
+            "Messages that used up max_deliveries, by topic and group",
+            ["topic", "group"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "sprawl_http_requests", "HTTP requests, by route, method and status", ["route", "method", "status"], registry=r
+        )
+        self.http_request_duration = Histogram(
+            "sprawl_http_request_duration_seconds",
+            "Time from request to response (streams: to the first byte), by route",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected_requests = Counter(
+            "sprawl_rejected_requests",
+            "Requests refused before any work, by reason (oversize, overloaded, bad_request)",
+            ["reason"],
+            registry=r,
+        )
+        self.slow_consumers_disconnected = Counter(
+            "sprawl_slow_consumers_disconnected", "Stream clients cut off for being too slow", registry=r
+        )
+        self.broker: Any = None
+        self.streams: Any = None
+        r.register(_StateCollector(self))
+
+    def published(self, topic: str, n: int, nbytes: int) -> None:
+        """Count one publish request's messages."""
+        self.published_messages.labels(topic).inc(n)
+        self.published_bytes.labels(topic).inc(nbytes)
+
+    def delivered(self, topic: str, mode: str, n: int, nbytes: int) -> None:
+        """Count messages handed to consumers."""
+        self.delivered_messages.labels(topic, mode).inc(n)
+        self.delivered_bytes.labels(topic, mode).inc(nbytes)
+
+    def dead_lettered(self, topic: str, group: str, n: int) -> None:
+        """Count dead-lettered messages."""
+        self.dead_lettered_messages.labels(topic, group).inc(n)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition format 0.0.4."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    """Gauges read from the broker and storage at scrape time."""
+
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        broker = self.metrics.broker
+        if broker is None:
+            return
+        hw = GaugeMetricFamily(
+            "sprawl_partition_high_watermark", "First offset consumers cannot see yet", labels=["topic", "partition"]
+        )
+        low = GaugeMetricFamily(
+            "sprawl_partition_log_start_offset", "Oldest offset still stored", labels=["topic", "partition"]
+        )
+        tier = GaugeMetricFamily(
+            "sprawl_partition_tier_bytes", "Bytes of a partition per storage tier", labels=["topic", "partition", "tier"]
+        )
+        lag = GaugeMetricFamily(
+            "sprawl_group_lag_messages", "Visible messages a group has not acked", labels=["topic", "group"]
+        )
+        inflight = GaugeMetricFamily(
+            "sprawl_group_in_flight_messages", "Messages leased to a group's consumers", labels=["topic", "group"]
+        )
+        for t in broker.topics.values():
+            hws = t.high_watermarks()
+            for lg in t.logs:
+                p = str(lg.partition)
+                hw.add_metric([t.name, p], lg.high_watermark)
+                low.add_metric([t.name, p], lg.log_start)
+                tier.add_metric([t.name, p, "memory"], lg.hot_bytes)
+                tier.add_metric([t.name, p, "lmdb"], sum(s.bytes for s in lg.segments))
+            for g in t.groups.values():
+                lag.add_metric([t.name, g.name], g.lag(hws))
+                inflight.add_metric([t.name, g.name], g.in_flight)
+        yield hw
+        yield low
+        yield tier
+        yield lag
+        yield inflight
+        topics = GaugeMetricFamily("sprawl_topics", "Topics on this node")
+        topics.add_metric([], len(broker.topics))
+        yield topics
+        store = broker.store
+        used = GaugeMetricFamily("sprawl_lmdb_used_bytes", "Bytes of the LMDB map in use")
+        used.add_metric([], store.used_bytes)
+        yield used
+        budget = GaugeMetricFamily("sprawl_disk_budget_bytes", "The --disk-budget")
+        budget.add_metric([], broker.config.disk_budget)
+        yield budget
+        mem = GaugeMetricFamily("sprawl_memory_hot_bytes", "Bytes held in hot tails in memory")
+        mem.add_metric([], sum(lg.hot_bytes for t in broker.topics.values() for lg in t.logs))
+        yield mem
+        mbudget = GaugeMetricFamily("sprawl_memory_budget_bytes", "The --memory-budget")
+        mbudget.add_metric([], broker.config.memory_budget)
+        yield mbudget
+        pend = GaugeMetricFamily("sprawl_lmdb_pending_bytes", "Bytes queued for the next LMDB commit")
+        pend.add_metric([], store.pending_bytes)
+        yield pend
+        commits = CounterMetricFamily("sprawl_lmdb_commits", "LMDB write transactions committed (fsynced)")
+        commits.add_metric([], store.commits)
+        yield commits
+        dup = CounterMetricFamily("sprawl_deduplicated_messages", "Publishes answered from the dedup window")
+        dup.add_metric([], broker.deduplicated_total)
+        yield dup
+        streams = self.metrics.streams
+        if streams is not None:
+            subs = GaugeMetricFamily("sprawl_stream_subscribers", "Open SSE / long-poll stream clients")
+            subs.add_metric([], streams.count())
+            yield subs

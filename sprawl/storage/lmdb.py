@@ -1,0 +1,283 @@
+"""The LMDB tier: one environment, a dedicated writer thread with group
+commit, and a small reader pool.
+
+Every write transaction runs start to finish on the single writer thread.
+Writes queued during one reactor turn (and while the previous commit is in
+flight) are committed together in one transaction, which LMDB fsyncs before
+the commit returns (``sync=True``); only then do the callers' Deferreds fire.
+So when a publish is acked "stored in lmdb", it is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lmdb
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from sprawl.log.record import Record
+from sprawl.storage import keys
+
+log = Logger()
+
+Op = tuple  # ("p", db, key, value) | ("d", db, key) | ("r", db, start, end)
+
+DBS = ("meta", "records", "segments")
+
+
+class StorageFull(Exception):
+    """LMDB reached its map size; nothing of the failed batch was written."""
+
+
+class LmdbStore:
+    """The durable tier of one node."""
+
+    def __init__(self, path: str, *, reactor: Any, map_size: int = 64 * 1024**3):
+        self.path = path
+        self.reactor = reactor
+        self.map_size = map_size
+        self.env: lmdb.Environment | None = None
+        self.dbs: dict[str, Any] = {}
+        self._writer = ThreadPool(minthreads=1, maxthreads=1, name="sprawl-lmdb-writer")
+        self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
+        self._ops: list[Op] = []
+        self._waiters: list[Deferred[None]] = []
+        self._pending_bytes = 0
+        self._scheduled = False
+        self._in_flight = False
+        self._in_flight_bytes = 0
+        self._stopping: Deferred[None] | None = None
+        self.commits = 0
+        self.committed_ops = 0
+        self.last_commit_seconds = 0.0
+        self.used_bytes = 0
+        self.failed: Exception | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the environment.  Called once at startup."""
+        os.makedirs(self.path, exist_ok=True)
+        self.env = lmdb.open(
+            self.path,
+            map_size=self.map_size,
+            max_dbs=len(DBS) + 2,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            max_readers=64,
+        )
+        for name in DBS:
+            self.dbs[name] = self.env.open_db(name.encode())
+        self._update_used()
+        self._writer.start()
+        self._readers.start()
+
+    def close(self) -> Deferred[None]:
+        """Commit what is queued, stop the threads, close the environment."""
+        d: Deferred[None] = Deferred()
+
+        def finish(_: object = None) -> None:
+            self._writer.stop()
+            self._readers.stop()
+            if self.env is not None:
+                self.env.close()
+                self.env = None
+            d.callback(None)
+
+        if self._ops or self._waiters or self._in_flight:
+            self._stopping = Deferred()
+            self._stopping.addBoth(finish)
+            self._schedule()
+        else:
+            finish()
+        return d
+
+    # -- writing ---------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued for or in the current commit (for backpressure)."""
+        return self._pending_bytes + self._in_flight_bytes
+
+    def write(self, ops: list[Op], nbytes: int = 0) -> Deferred[None]:
+        """Queue ``ops`` for the next group commit; fires once they are on disk."""
+        if self.failed is not None:
+            from twisted.internet.defer import fail
+
+            return fail(self.failed)
+        d: Deferred[None] = Deferred()
+        self._ops.extend(ops)
+        self._waiters.append(d)
+        self._pending_bytes += nbytes
+        self._schedule()
+        return d
+
+    def put_records(self, uid: int, partition: int, records: list[Record]) -> list[Op]:
+        """Ops storing ``records`` of one partition."""
+        rk = keys.record_key
+        return [("p", "records", rk(uid, partition, r.offset), r.to_storage()) for r in records]
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._in_flight:
+            self._scheduled = True
+            self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._in_flight:
+            return
+        if not self._ops and not self._waiters:
+            if self._stopping is not None:
+                stopping, self._stopping = self._stopping, None
+                stopping.callback(None)
+            return
+        ops, self._ops = self._ops, []
+        waiters, self._waiters = self._waiters, []
+        self._in_flight = True
+        self._in_flight_bytes, self._pending_bytes = self._pending_bytes, 0
+        started = self.reactor.seconds()
+        d = deferToThreadPool(self.reactor, self._writer, self._commit, ops)
+
+        def done(result: object) -> None:
+            self._in_flight = False
+            self._in_flight_bytes = 0
+            self.commits += 1
+            self.committed_ops += len(ops)
+            self.last_commit_seconds = self.reactor.seconds() - started
+            if isinstance(result, Exception):
+                # A failed commit poisons the store: later batches must not
+                # commit past a gap, so everything queued fails too and the
+                # node stops taking writes (readyz says why).
+                self.failed = result
+                waiters.extend(self._waiters)
+                self._ops, self._waiters, self._pending_bytes = [], [], 0
+            for w in waiters:
+                if isinstance(result, Exception):
+                    w.errback(result)
+                else:
+                    w.callback(None)
+            if self._ops or self._waiters:
+                self._schedule()
+            elif self._stopping is not None:
+                stopping, self._stopping = self._stopping, None
+                stopping.callback(None)
+
+        def failed(f: Any) -> None:
+            log.failure("LMDB commit of {n} ops failed", f, n=len(ops))
+            done(f.value)
+
+        d.addCallbacks(done, failed)
+
+    def _commit(self, ops: list[Op]) -> None:
+        """Writer thread: apply ``ops`` in one transaction (fsynced on commit)."""
+        env = self.env
+        assert env is not None
+        dbs = self.dbs
+        try:
+            with env.begin(write=True) as txn:
+                for op in ops:
+                    kind = op[0]
+                    if kind == "p":
+                        txn.put(op[2], op[3], db=dbs[op[1]])
+                    elif kind == "d":
+                        txn.delete(op[2], db=dbs[op[1]])
+                    elif kind == "r":
+                        self._delete_range(txn, dbs[op[1]], op[2], op[3])
+        except lmdb.MapFullError:
+            raise StorageFull("LMDB map is full") from None
+        self._update_used()
+
+    @staticmethod
+    def _delete_range(txn: Any, db: Any, start: bytes, end: bytes) -> None:
+        cur = txn.cursor(db=db)
+        if not cur.set_range(start):
+            return
+        while cur.key() < end:
+            if not cur.delete():
+                break
+
+    def _update_used(self) -> None:
+        env = self.env
+        if env is not None:
+            info = env.info()
+            self.used_bytes = (info["last_pgno"] + 1) * env.stat()["psize"]
+
+    # -- reading ---------------------------------------------------------------
+
+    def read_records(
+        self, uid: int, partition: int, start: int, limit: int, end: int
+    ) -> Deferred[list[Record]]:
+        """Records ``[start, end)`` of one partition, at most ``limit``, on a reader thread."""
+        return deferToThreadPool(
+            self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end
+        )
+
+    def read_records_sync(
+        self, uid: int, partition: int, start: int, limit: int, end: int
+    ) -> list[Record]:
+        """Blocking form of :meth:`read_records` (reader threads and startup only)."""
+        env = self.env
+        if env is None:
+            return []
+        out: list[Record] = []
+        first = keys.record_key(uid, partition, start)
+        stop = keys.record_key(uid, partition, end)
+        from_storage = Record.from_storage
+        with env.begin(db=self.dbs["records"], buffers=False) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(first):
+                return out
+            for k, v in cur:
+                if k >= stop or len(out) >= limit:
+                    break
+                off = keys.parse_record_key(k)[2]
+                out.append(from_storage(partition, off, v))
+        return out
+
+    def call_reader(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a read-only function on the reader pool."""
+        return deferToThreadPool(self.reactor, self._readers, fn, *args)
+
+    def last_record_offset(self, uid: int, partition: int) -> int | None:
+        """Highest stored offset of a partition (startup recovery)."""
+        env = self.env
+        assert env is not None
+        with env.begin(db=self.dbs["records"]) as txn:
+            cur = txn.cursor()
+            nxt = keys.partition_prefix(uid, partition + 1) + b"\x00" * 8
+            if cur.set_range(nxt):
+                if not cur.prev():
+                    return None
+            elif not cur.last():
+                return None
+            u, p, off = keys.parse_record_key(cur.key())
+            if (u, p) != (uid, partition):
+                return None
+            return off
+
+    def scan(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """All (key, value) pairs under ``prefix`` (startup recovery)."""
+        env = self.env
+        assert env is not None
+        with env.begin(db=self.dbs[db]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                yield bytes(k), bytes(v)
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        """One value (startup and rare lookups)."""
+        env = self.env
+        assert env is not None
+        with env.begin(db=self.dbs[db]) as txn:
+            v = txn.get(key)
+            return bytes(v) if v is not None else None

@@ -1,0 +1,314 @@
+"""The composition root: ``twistd sprawl`` options and the node's services.
+
+Only this module touches the global reactor.  Services start in dependency
+order (storage → broker → peer listener → HTTP) and stop in reverse, so on
+SIGTERM the node stops accepting requests, finishes queued commits and closes
+LMDB cleanly: everything acked is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python import usage
+
+from sprawl import __version__
+from sprawl.config import (
+    ConfigError,
+    NodeConfig,
+    load_config_file,
+    parse_duration,
+    parse_port,
+    parse_seeds,
+    parse_size,
+)
+
+log = Logger()
+
+# option name → (NodeConfig field, parser)
+_OPTIONS: dict[str, tuple[str, Any]] = {
+    "node-id": ("node_id", str),
+    "data-dir": ("data_dir", str),
+    "bind-addr": ("bind_addr", str),
+    "bind-port": ("bind_port", parse_port),
+    "advertise-addr": ("advertise_addr", str),
+    "http-addr": ("http_addr", str),
+    "http-port": ("http_port", parse_port),
+    "http-endpoint": ("http_endpoint", str),
+    "seeds": ("seeds", parse_seeds),
+    "replication-factor": ("replication_factor", int),
+    "memory-budget": ("memory_budget", parse_size),
+    "disk-budget": ("disk_budget", parse_size),
+    "segment-bytes": ("segment_bytes", parse_size),
+    "segment-age": ("segment_age", parse_duration),
+    "disk-to-s3-age": ("disk_to_s3_age", parse_duration),
+    "s3-endpoint": ("s3_endpoint", str),
+    "s3-bucket": ("s3_bucket", str),
+    "s3-prefix": ("s3_prefix", str),
+    "s3-region": ("s3_region", str),
+    "partitions": ("default_partitions", int),
+    "max-body-bytes": ("max_body_bytes", parse_size),
+    "max-message-bytes": ("max_message_bytes", parse_size),
+    "dedup-window": ("dedup_window", parse_duration),
+    "retention-ms": ("retention_ms", int),
+    "retention-bytes": ("retention_bytes", parse_size),
+    "log-format": ("log_format", str),
+}
+
+_DOCS = {
+    "node-id": "Node id (default: generated once, kept in DATA_DIR/node_id).",
+    "data-dir": "Data directory [default: ./sprawl-data].",
+    "bind-addr": "Peer address: UDP gossip and the TCP peer channel [default: 0.0.0.0].",
+    "bind-port": "Peer port; 0 picks a free one [default: 7946].",
+    "advertise-addr": "Address other nodes use to reach this one (NAT, containers).",
+    "http-addr": "HTTP listen address [default: 0.0.0.0].",
+    "http-port": "HTTP port; 0 picks a free one [default: 8080].",
+    "http-endpoint": "HTTP listener as a Twisted endpoint string (overrides addr/port).",
+    "seeds": "Comma-separated host:port peers to join.",
+    "replication-factor": "Default replication factor of new topics [default: 3, capped by cluster size].",
+    "memory-budget": "Bytes of messages kept in memory [default: 256MB].",
+    "disk-budget": "Bytes LMDB may use before publishes are refused [default: 4GB].",
+    "segment-bytes": "Segment size [default: 64MB].",
+    "segment-age": "Roll a segment after this age [default: 1h].",
+    "disk-to-s3-age": "Move sealed segments to S3 after this age [default: 1h].",
+    "s3-endpoint": "S3 endpoint URL (S3 tier off when absent).",
+    "s3-bucket": "S3 bucket.",
+    "s3-prefix": "S3 key prefix.",
+    "s3-region": "S3 region [default: us-east-1].",
+    "partitions": "Partitions of auto-created topics [default: 1].",
+    "max-body-bytes": "Largest HTTP request body [default: 8MB].",
+    "max-message-bytes": "Default largest message of a topic [default: 1MB].",
+    "dedup-window": "How long message ids are remembered for idempotent publish [default: 10m].",
+    "retention-ms": "Default retention by age of new topics, in ms (none by default).",
+    "retention-bytes": "Default retention by size of new topics (none by default).",
+    "log-format": "text or json [default: text].",
+    "config": "JSON file of options (keys as option names).",
+}
+
+_ALIASES = {"bindAddr": "bind-addr", "bindPort": "bind-port", "httpAddr": "http-addr", "httpPort": "http-port"}
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd sprawl`` (see ``twistd sprawl --help``)."""
+
+    synopsis = "[options]"
+    longdesc = "Sprawl: an HTTP-native distributed pub/sub broker. With no options: a durable single node on :8080."
+    optParameters = [[name, None, None, _DOCS[name]] for name in (*_OPTIONS, "config")]
+    optFlags = [["no-auto-create", None, "Refuse publishes to topics that do not exist."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for alias, name in _ALIASES.items():
+            setattr(self, "opt_" + alias, self._alias(name))
+
+    def _alias(self, name: str) -> Any:
+        def set_value(value: str) -> None:
+            self[name] = value
+
+        set_value.__doc__ = f"Alias of --{name}."
+        return set_value
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"sprawl {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        """Build and validate the :class:`NodeConfig`."""
+        try:
+            self["node_config"] = build_config(self, os.environ)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
+    """Defaults < config file < environment (``SPRAWL_*``, ``MINIO_*``) < command line."""
+    values: dict[str, Any] = {}
+    cfg_path = opts.get("config") or environ.get("SPRAWL_CONFIG")
+    if cfg_path:
+        for k, v in load_config_file(cfg_path).items():
+            values[k] = v
+    if environ.get("MINIO_ENDPOINT"):
+        values["s3_endpoint"] = environ["MINIO_ENDPOINT"]
+    if environ.get("MINIO_ACCESS_KEY"):
+        values["s3_access_key"] = environ["MINIO_ACCESS_KEY"]
+    if environ.get("MINIO_SECRET_KEY"):
+        values["s3_secret_key"] = environ["MINIO_SECRET_KEY"]
+    for env_name, field in (("SPRAWL_S3_ACCESS_KEY", "s3_access_key"), ("SPRAWL_S3_SECRET_KEY", "s3_secret_key")):
+        if environ.get(env_name):
+            values[field] = environ[env_name]
+    parsed: dict[str, Any] = {}
+    for name, (field, parse) in _OPTIONS.items():
+        env_name = "SPRAWL_" + name.upper().replace("-", "_")
+        raw = opts.get(name)
+        if raw is None:
+            raw = environ.get(env_name)
+        if raw is None and field in values:
+            raw = values[field]
+        if raw is None:
+            continue
+        try:
+            parsed[field] = parse(raw) if not (parse is int and isinstance(raw, int)) else raw
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"--{name}: {e}") from None
+    values.update(parsed)
+    if opts.get("no-auto-create") or environ.get("SPRAWL_NO_AUTO_CREATE") in ("1", "true", "yes"):
+        values["auto_create_topics"] = False
+    return NodeConfig(**values).validate()
+
+
+def load_node_id(data_dir: str, override: str | None) -> str:
+    """The node id: ``--node-id``, else DATA_DIR/node_id, generated once."""
+    path = os.path.join(data_dir, "node_id")
+    if override:
+        return override
+    try:
+        with open(path) as f:
+            nid = f.read().strip()
+            if nid:
+                return nid
+    except FileNotFoundError:
+        pass
+    nid = f"{socket.gethostname().split('.')[0][:24]}-{uuid.uuid4().hex[:8]}"
+    nid = "".join(c if c.isalnum() or c in "._-" else "-" for c in nid)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(nid + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return nid
+
+
+class _PeerPlaceholder(Protocol):
+    """Holds the peer port until the peer channel (gossip/Raft) is built."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"SPRAWL-PEER 0 single-node\n")
+        self.transport.loseConnection()
+
+
+def _quiet_factory(proto: type[Protocol]) -> Factory:
+    f = Factory.forProtocol(proto)
+    f.noisy = False
+    return f
+
+
+class NodeService(service.Service):
+    """One Sprawl node: storage, broker, peer port and HTTP API."""
+
+    def __init__(self, config: NodeConfig, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.reactor = reactor
+        self.http_port: Any = None
+        self.peer_port: Any = None
+        self.broker: Any = None
+        self.store: Any = None
+        self.api: Any = None
+
+    def startService(self) -> None:
+        """Open storage, recover, listen.  Failure to listen stops the process."""
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+
+        def failed(f: Any) -> None:
+            log.failure("sprawl node failed to start", f)
+            self.reactor.stop()
+
+        d.addErrback(failed)
+
+    async def _start(self) -> None:
+        from sprawl.broker import Broker
+        from sprawl.http.api import NodeInfo, SprawlAPI
+        from sprawl.http.server import make_site
+        from sprawl.metrics import NodeMetrics
+        from sprawl.storage.lmdb import LmdbStore
+
+        c = self.config
+        os.makedirs(c.data_dir, exist_ok=True)
+        node_id = load_node_id(c.data_dir, c.node_id)
+        map_size = max(c.disk_budget * 2, 1 << 30)
+        self.store = LmdbStore(os.path.join(c.data_dir, "lmdb"), reactor=self.reactor, map_size=map_size)
+        self.store.open()
+        metrics = NodeMetrics()
+        self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
+        self.broker.recover()
+        self.broker.start()
+        self.peer_port = await serverFromString(
+            self.reactor, f"tcp:{c.bind_port}:interface={c.bind_addr.replace(':', chr(92) + ':')}"
+        ).listen(_quiet_factory(_PeerPlaceholder))
+        peer_port = self.peer_port.getHost().port
+        advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        info = NodeInfo(node_id, peer=f"{advertise}:{peer_port}", started=time.time())
+        self.api = SprawlAPI(self.broker, info, self.reactor, metrics)
+        site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
+        self.http_port = await serverFromString(self.reactor, c.http_listen).listen(site)
+        host = self.http_port.getHost()
+        http_port = getattr(host, "port", 0)
+        http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        info.http = f"http://{http_addr}:{http_port}"
+        write_ports(c.data_dir, http_port, peer_port)
+        info.ready = True
+        log.info(
+            "sprawl {version} node {node_id} serving HTTP on {http} (peer port {peer}), data in {data_dir}",
+            version=__version__,
+            node_id=node_id,
+            http=info.http,
+            peer=peer_port,
+            data_dir=os.path.abspath(c.data_dir),
+        )
+
+    def stopService(self) -> Any:
+        """Stop listening, end streams, commit what is queued, close LMDB."""
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.api is not None:
+            self.api.info.ready = False
+            self.api.info.not_ready_reason = "node is stopping"
+        if self.broker is not None:
+            self.broker.stopping = True
+        if self.http_port is not None:
+            await self.http_port.stopListening()
+        if self.api is not None:
+            self.api.streams.close_all()
+        if self.peer_port is not None:
+            await self.peer_port.stopListening()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.store is not None and self.store.env is not None:
+            await self.store.close()
+        log.info("sprawl node stopped cleanly")
+
+
+def write_ports(data_dir: str, http: int, peer: int) -> None:
+    """Write DATA_DIR/ports.json atomically for tests and scripts."""
+    path = os.path.join(data_dir, "ports.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"http": http, "peer": peer}, f)
+    os.replace(tmp, path)
+
+
+def makeService(options: Options) -> service.IService:
+    """The ``twistd sprawl`` service."""
+    config: NodeConfig = options["node_config"]
+    top = service.MultiService()
+    NodeService(config).setServiceParent(top)
+    return top
