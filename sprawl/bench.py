@@ -38,11 +38,11 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 __all__ = [
+    "MIN_SIZE",
     "BenchConfig",
     "BenchError",
     "BenchResult",
     "Endpoint",
-    "MIN_SIZE",
     "make_payload",
     "percentile",
     "run_bench",
@@ -246,7 +246,7 @@ class Endpoint:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(factory, self.host, self.port, ssl=context), timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise BenchError(f"{self.url}: cannot connect: {_describe_exc(exc)}") from exc
         return protocol
 
@@ -276,7 +276,7 @@ def _error_text(status: int, body: bytes) -> str:
     try:
         err = msgspec.json.decode(body)["error"]
         return f"{err['code']}: {err['message']}"
-    except Exception:
+    except (msgspec.DecodeError, KeyError, TypeError, IndexError):
         text = body.decode("utf-8", "replace").strip().splitlines()
         return f"HTTP {status}" + (f": {text[0][:200]}" if text else "")
 
@@ -298,7 +298,7 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 class _Dechunker:
     """Incremental decoder of ``Transfer-Encoding: chunked`` bodies."""
 
-    __slots__ = ("_raw", "_left", "_trailer", "done")
+    __slots__ = ("_left", "_raw", "_trailer", "done")
 
     def __init__(self) -> None:
         self._raw = b""
@@ -355,11 +355,11 @@ class _HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._until_close = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._waiter is not None and not self._waiter.done():
             if self._until_close and self._need >= 0:
@@ -378,7 +378,7 @@ class _HttpConnection(asyncio.Protocol):
         self.transport.write(data)
         return self._waiter
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
         while buf:
             if self._need < 0:
@@ -475,7 +475,7 @@ class HttpClient:
             conn = self._conn = await self.endpoint.connect(_HttpConnection, self.timeout)
         try:
             return await asyncio.wait_for(conn.request(data), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.close()
             raise BenchError(f"{self.endpoint.url}: no answer within {self.timeout:g} s") from None
 
@@ -523,11 +523,11 @@ class _SseReader(asyncio.Protocol):
         self._tail = b""
         self._error_body = b""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
         if self._status and self._status != 200:
             self.error = _error_text(self._status, self._error_body)
         elif self.error is None:
@@ -538,7 +538,7 @@ class _SseReader(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
         if not self._in_body:
             data = self._head + data
             idx = data.find(b"\r\n\r\n")
@@ -649,7 +649,7 @@ class SubscriberGroup:
             await asyncio.wait_for(
                 asyncio.gather(*(r.headers_seen for r in self.readers)), spec.ready_timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BenchError(
                 f"subscriber streams did not open within {spec.ready_timeout:g} s"
             ) from None
@@ -723,9 +723,8 @@ async def _subscriber_main(
     conn.send(("ready", group.warnings))
     try:
         while not group.finished():
-            if conn.poll():
-                if conn.recv() == "stop":
-                    break
+            if conn.poll() and conn.recv() == "stop":
+                break
             conn.send(("progress", group.delivered()))
             await asyncio.sleep(0.1)
     except (EOFError, OSError):
@@ -919,7 +918,7 @@ def _topic_shape(desc: Any) -> tuple[int | None, int | None]:
     """(partitions, replication factor) from a topic description of any reasonable shape."""
     if not isinstance(desc, dict):
         return None, None
-    config = desc.get("config") if isinstance(desc.get("config"), dict) else {}
+    config: dict[str, Any] = desc["config"] if isinstance(desc.get("config"), dict) else {}
     parts = desc.get("partitions", config.get("partitions"))
     rf = desc.get("replication_factor", config.get("replication_factor"))
     count: int | None = None

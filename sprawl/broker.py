@@ -122,7 +122,7 @@ class Broker:
             self._next_uid = max(self._next_uid, cfg.uid + 1)
             topic = self._make_topic(cfg)
             for lg in topic.logs:
-                self._recover_partition(cfg, lg, now)
+                self._recover_partition(topic, lg, now)
             for _gk, gv in store.scan("meta", b"group/" + keys.topic_prefix(cfg.uid)):
                 state = _json_decode(gv)
                 g = ConsumerGroup.from_state(state["name"], state, now)
@@ -131,8 +131,9 @@ class Broker:
             self.topics[cfg.name] = topic
         log.info("recovered {n} topics from {path}", n=len(self.topics), path=store.path)
 
-    def _recover_partition(self, cfg: TopicConfig, lg: PartitionLog, now: int) -> None:
+    def _recover_partition(self, topic: Topic, lg: PartitionLog, now: int) -> None:
         store = self.store
+        cfg = topic.config
         uid, p = cfg.uid, lg.partition
         last = store.last_record_offset(uid, p)
         stored_end = last + 1 if last is not None else 0
@@ -159,12 +160,7 @@ class Broker:
         start = max(lg.log_start, stored_end - 100_000)
         for r in store.read_records_sync(uid, p, start, 100_000, stored_end):
             if r.id is not None and r.timestamp >= window_start:
-                self._topic_dedup_remember(cfg.name, r)
-
-    def _topic_dedup_remember(self, name: str, r: Record) -> None:
-        t = self.topics.get(name)
-        if t is not None and r.id is not None:
-            t.dedup.remember(r.id, r.partition, r.offset, r.timestamp)
+                topic.dedup.remember(r.id, r.partition, r.offset, r.timestamp)
 
     def start(self) -> None:
         """Start periodic work (leases, retention, budgets)."""

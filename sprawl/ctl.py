@@ -1,0 +1,1286 @@
+"""``sprawlctl``: the command-line client of a Sprawl cluster.
+
+Every command except ``bench`` speaks plain synchronous HTTP (:mod:`http.client`) to the first
+node of ``-n URL[,URL...]`` that answers; a node that refuses the connection or times out is
+skipped. Failures end with a non-zero exit status and one line on stderr::
+
+    sprawlctl: error: not_found: topic 'x' does not exist
+
+``bench`` drives :mod:`sprawl.bench`, which has its own minimal asyncio HTTP client.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, NoReturn
+from urllib.parse import quote, urlencode, urlsplit
+
+import click
+
+from sprawl import __version__
+
+DEFAULT_URL = "http://localhost:8080"
+#: Messages per publish request when reading stdin or repeating with ``-c``.
+PUBLISH_BATCH = 500
+#: How many times in a row ``subscribe`` reconnects a dropped stream before giving up.
+STREAM_RETRIES = 5
+
+_ACKS = click.Choice(["quorum", "leader", "none"])
+_STORAGE = click.Choice(["durable", "ephemeral"])
+_START = click.Choice(["earliest", "latest"])
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+
+class CtlError(click.ClickException):
+    """A failure reported as one ``sprawlctl: error: ...`` line and exit status 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Write the one-line error to stderr."""
+        _error_line(self.format_message())
+
+
+def _error_line(message: str) -> None:
+    text = " ".join(message.split()) or "failed"
+    click.echo(f"sprawlctl: error: {text}", err=True)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP client
+
+
+def parse_urls(values: Iterable[str]) -> list[str]:
+    """Split ``-n`` values on commas, add ``http://`` where no scheme is given, drop dupes."""
+    urls: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip().rstrip("/")
+            if not item:
+                continue
+            if "://" not in item:
+                item = "http://" + item
+            parts = urlsplit(item)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise click.BadParameter(f"not an http(s) URL: {item}", param_hint="'-n'")
+            if item not in urls:
+                urls.append(item)
+    return urls or [DEFAULT_URL]
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human description of a network failure."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed by the server"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def error_text(status: int, body: bytes) -> str:
+    """``code: message`` from a Sprawl error body, or the status and start of the body."""
+    try:
+        err = json.loads(body)["error"]
+        return f"{err['code']}: {err['message']}"
+    except (ValueError, KeyError, TypeError):
+        lines = body.decode("utf-8", "replace").strip().splitlines()
+        reason = http.client.responses.get(status, "")
+        return f"HTTP {status} {reason}".rstrip() + (f": {lines[0][:200]}" if lines else "")
+
+
+@dataclass
+class Reply:
+    """One HTTP answer."""
+
+    url: str
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+    elapsed: float
+
+    def json(self) -> Any:
+        """The body decoded as JSON (None when empty)."""
+        if not self.body:
+            return None
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise CtlError(f"{self.url}: answer is not JSON: {self.body[:80]!r}") from None
+
+    def check(self, *ok: int) -> Reply:
+        """Raise :class:`CtlError` with the server's error unless the status is 2xx (or ``ok``)."""
+        if (self.status in ok) if ok else (200 <= self.status < 300):
+            return self
+        raise CtlError(error_text(self.status, self.body))
+
+
+class Client:
+    """Synchronous JSON-over-HTTP client with fail-over across a list of node URLs."""
+
+    def __init__(self, urls: Sequence[str], timeout: float = 10.0) -> None:
+        self.urls = list(urls)
+        self.timeout = timeout
+
+    def _connection(self, url: str, timeout: float | None) -> http.client.HTTPConnection:
+        parts = urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        assert parts.hostname is not None
+        return cls(parts.hostname, parts.port, timeout=timeout)
+
+    @staticmethod
+    def _target(url: str, path: str, query: dict[str, Any] | None) -> str:
+        base = urlsplit(url).path.rstrip("/")
+        if query:
+            clean = {k: v for k, v in query.items() if v is not None}
+            if clean:
+                path += "?" + urlencode(clean)
+        return base + path
+
+    def _down(self, errors: list[str]) -> NoReturn:
+        what = "the node" if len(self.urls) == 1 else "any node"
+        raise CtlError(f"cannot reach {what}: " + "; ".join(errors))
+
+    def _prefer(self, url: str) -> None:
+        """Try ``url`` first from now on (it answered)."""
+        if self.urls[0] != url:
+            self.urls.remove(url)
+            self.urls.insert(0, url)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        body: bytes | None = None,
+        content_type: str = "application/octet-stream",
+        query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send one request to the first node that answers and return its reply.
+
+        A node that cannot be connected to is skipped. A node that times out or drops the
+        connection after the request was sent is skipped only for idempotent methods, so a
+        publish is never silently sent twice.
+        """
+        hdrs = {"Accept": "application/json", "User-Agent": f"sprawlctl/{__version__}"}
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            content_type = "application/json"
+        if body is not None:
+            hdrs["Content-Type"] = content_type
+        hdrs.update(headers or {})
+        timeout = self.timeout if timeout is None else timeout
+        errors: list[str] = []
+        for url in list(self.urls):
+            conn = self._connection(url, timeout)
+            try:
+                try:
+                    conn.connect()
+                except OSError as exc:
+                    errors.append(f"{url}: {_reason(exc)}")
+                    continue
+                start = time.monotonic()
+                try:
+                    conn.request(method, self._target(url, path, query), body, hdrs)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    if method in _IDEMPOTENT:
+                        errors.append(f"{url}: {_reason(exc)}")
+                        continue
+                    raise CtlError(
+                        f"{url}: {_reason(exc)} (the request may or may not have been applied)"
+                    ) from None
+                self._prefer(url)
+                return Reply(url, resp.status, resp.headers, data, time.monotonic() - start)
+            finally:
+                conn.close()
+        self._down(errors)
+
+    def call(self, method: str, path: str, json_body: Any = None, **kwargs: Any) -> Any:
+        """:meth:`request`, fail on an error status, and return the decoded JSON answer."""
+        return self.request(method, path, json_body, **kwargs).check().json()
+
+    def stream(
+        self, path: str, query: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Open a long-lived GET (an SSE stream) on the first node that answers.
+
+        The connect and the response head are bounded by the timeout; reading the body is not.
+        """
+        hdrs = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        hdrs.update(headers or {})
+        errors: list[str] = []
+        for url in list(self.urls):
+            conn = self._connection(url, self.timeout)
+            try:
+                conn.request("GET", self._target(url, path, query), headers=hdrs)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                errors.append(f"{url}: {_reason(exc)}")
+                continue
+            if resp.status != 200:
+                data = resp.read()
+                conn.close()
+                raise CtlError(error_text(resp.status, data))
+            if conn.sock is not None:
+                conn.sock.settimeout(None)
+            self._prefer(url)
+            return conn, resp
+        self._down(errors)
+
+
+def _topic_path(topic: str, *rest: str) -> str:
+    return "/".join(["/v1/topics", quote(topic, safe="")] + [quote(r, safe="") for r in rest])
+
+
+# --------------------------------------------------------------------------------------------
+# output helpers
+
+
+def _write_line(data: bytes) -> None:
+    """Write one line of bytes to stdout and flush it (pipes see messages as they arrive)."""
+    click.echo(data)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, sort_keys=False))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print rows as left-aligned columns under upper-case headers."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    for row in [list(headers), *cells]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _human_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return _cell(n)
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)  # unreachable
+
+
+def message_bytes(msg: dict[str, Any]) -> bytes:
+    """A message's payload as bytes (``payload`` as UTF-8, or ``payload_b64`` decoded)."""
+    if "payload_b64" in msg and msg.get("payload") is None:
+        try:
+            return base64.b64decode(msg["payload_b64"])
+        except (ValueError, TypeError):
+            return str(msg["payload_b64"]).encode()
+    payload = msg.get("payload")
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogateescape")
+    return json.dumps(payload).encode()
+
+
+def _emit_message(msg: dict[str, Any], as_json: bool) -> None:
+    _write_line(json.dumps(msg).encode() if as_json else message_bytes(msg))
+
+
+def _payload_field(data: bytes | str) -> dict[str, str]:
+    """``{"payload": text}`` for UTF-8 input, else ``{"payload_b64": ...}``."""
+    if isinstance(data, str):
+        return {"payload": data}
+    try:
+        return {"payload": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"payload_b64": base64.b64encode(data).decode("ascii")}
+
+
+# --------------------------------------------------------------------------------------------
+# the command group
+
+
+class _Cli(click.Group):
+    """The root group: reports every failure as one line on stderr."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; exit with 0, 1 (failure), 2 (usage) or 130 (interrupted)."""
+        code: int
+        try:
+            rv = super().main(
+                args, prog_name or "sprawlctl", complete_var, standalone_mode=False, **extra
+            )
+            code = rv if isinstance(rv, int) else 0
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _error_line(exc.format_message() + hint)
+            code = exc.exit_code
+        except click.ClickException as exc:
+            exc.show() if isinstance(exc, CtlError) else _error_line(exc.format_message())
+            code = exc.exit_code
+        except click.Abort:
+            _error_line("interrupted")
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-n", "--nodes", "nodes", multiple=True, envvar="SPRAWL_URL", metavar="URL[,URL...]",
+    help=f"Node URLs to use, in order of preference (env SPRAWL_URL; default {DEFAULT_URL}). "
+    "A node that is down is skipped.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+    envvar="SPRAWL_TIMEOUT", help="Seconds to wait for a node to connect and answer.",
+)
+@click.version_option(__version__, prog_name="sprawlctl")
+@click.pass_context
+def cli(ctx: click.Context, nodes: tuple[str, ...], timeout: float) -> None:
+    """Operate a Sprawl pub/sub cluster over its HTTP API."""
+    ctx.obj = Client(parse_urls(nodes), timeout)
+
+
+def _client(ctx: click.Context) -> Client:
+    client = ctx.find_object(Client)
+    assert client is not None
+    return client
+
+
+# --------------------------------------------------------------------------------------------
+# publish
+
+
+def _stdin_bytes() -> IO[bytes]:
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return buffer  # type: ignore[no-any-return]
+    return io.BytesIO(sys.stdin.read().encode("utf-8", "surrogateescape"))
+
+
+def _read_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    for line in stream:
+        if line.endswith(b"\n"):
+            line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+        yield line
+
+
+def _batches(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _print_publish(answer: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(answer)
+        return
+    if not isinstance(answer, dict):
+        raise CtlError(f"unexpected publish answer: {answer!r}"[:200])
+    offsets = answer.get("offsets") or []
+    ids = answer.get("ids") or [None] * len(offsets)
+    parts = answer.get("partitions") or [None] * len(offsets)
+    for offset, partition, msg_id in zip(offsets, parts, ids):
+        click.echo(f"offset={offset} partition={_cell(partition)} id={_cell(msg_id)}")
+
+
+@cli.command()
+@click.option("-t", "--topic", required=True, help="Topic to publish to.")
+@click.option(
+    "-m", "-p", "--message", "--payload", "message", metavar="MSG",
+    help="Message text; '-' reads stdin, one message per line.",
+)
+@click.option(
+    "-f", "--file", "path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+    help="Send the file's bytes as one message; '-' reads stdin, one message per line.",
+)
+@click.option(
+    "-c", "--count", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Publish the message this many times (batched).",
+)
+@click.option("-k", "--key", help="Partitioning key.")
+@click.option("--id", "msg_id", help="Message id for idempotent publish.")
+@click.option(
+    "-H", "--header", "headers", multiple=True, metavar="NAME=VALUE", help="Message header."
+)
+@click.option("--acks", type=_ACKS, help="Wait for quorum (default), leader or no acknowledgement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def publish(
+    ctx: click.Context, topic: str, message: str | None, path: str | None, count: int,
+    key: str | None, msg_id: str | None, headers: tuple[str, ...], acks: str | None,
+    as_json: bool,
+) -> None:
+    """Publish messages to a topic; prints offset, partition and id of each."""
+    client = _client(ctx)
+    if (message is None) == (path is None):
+        raise click.UsageError("give exactly one of -m/--message and -f/--file")
+    header_map: dict[str, str] = {}
+    for spec in headers:
+        name, sep, value = spec.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {spec!r}", param_hint="'--header'")
+        header_map[name] = value
+    extra: dict[str, Any] = {}
+    if key is not None:
+        extra["key"] = key
+    if header_map:
+        extra["headers"] = header_map
+    if msg_id is not None:
+        extra["id"] = msg_id
+    url_path = _topic_path(topic, "messages")
+
+    def send(messages: list[dict[str, Any]]) -> None:
+        body: dict[str, Any] = {"messages": messages}
+        if acks is not None:
+            body["acks"] = acks
+        _print_publish(client.call("POST", url_path, body), as_json)
+
+    if message == "-" or path == "-":
+        if count != 1 or msg_id is not None:
+            raise click.UsageError("-c and --id cannot be used when reading messages from stdin")
+        lines = _read_lines(_stdin_bytes())
+        for batch in _batches(({**_payload_field(ln), **extra} for ln in lines), PUBLISH_BATCH):
+            send(batch)
+        return
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise CtlError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if count == 1 and not extra and acks is None:
+            # One raw message: the body is the payload, byte for byte.
+            reply = client.request("POST", url_path, body=data).check()
+            _print_publish(reply.json(), as_json)
+            return
+        item: dict[str, Any] = {**_payload_field(data), **extra}
+    else:
+        assert message is not None
+        item = {"payload": message, **extra}
+    remaining = count
+    while remaining:
+        n = min(remaining, PUBLISH_BATCH)
+        send([item] * n)
+        remaining -= n
+
+
+# --------------------------------------------------------------------------------------------
+# subscribe
+
+
+@dataclass
+class SseEvent:
+    """One server-sent event."""
+
+    event: str
+    id: str | None
+    data: str
+
+
+def sse_events(lines: Iterable[bytes]) -> Iterator[SseEvent]:
+    """Parse an SSE byte stream given as lines (comments and retry fields are skipped)."""
+    data: list[str] = []
+    event = ""
+    event_id: str | None = None
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data:
+                yield SseEvent(event or "message", event_id, "\n".join(data))
+            data, event, event_id = [], "", None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id":
+            event_id = value
+
+
+def _response_lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
+    while True:
+        try:
+            line = resp.readline()
+        except (OSError, http.client.HTTPException):
+            return
+        if not line:
+            return
+        yield line
+
+
+def _stream_subscribe(
+    client: Client, topic: str, start: str, partition: int | None, count: int | None,
+    as_json: bool,
+) -> None:
+    received = 0
+    last_id: str | None = None
+    failures = 0
+    path = _topic_path(topic, "stream")
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else None
+        try:
+            conn, resp = client.stream(path, {"from": start, "partition": partition}, headers)
+        except CtlError:
+            if received == 0 or failures >= STREAM_RETRIES:
+                raise
+            failures += 1
+            time.sleep(min(0.5 * 2**failures, 5.0))
+            continue
+        try:
+            for event in sse_events(_response_lines(resp)):
+                if event.event == "error":
+                    raise CtlError(_sse_error(event.data))
+                if event.event != "message":
+                    continue
+                try:
+                    msg = json.loads(event.data)
+                except ValueError:
+                    raise CtlError(f"malformed event data: {event.data[:80]!r}") from None
+                _emit_message(msg, as_json)
+                received += 1
+                failures = 0
+                last_id = event.id or last_id
+                if count is not None and received >= count:
+                    return
+        finally:
+            conn.close()
+        failures += 1
+        if failures > STREAM_RETRIES:
+            raise CtlError(f"stream of topic {topic!r} ended; gave up after {STREAM_RETRIES} retries")
+        time.sleep(min(0.25 * 2**failures, 5.0))
+
+
+def _sse_error(data: str) -> str:
+    try:
+        err = json.loads(data)
+        err = err.get("error", err)
+        return f"{err['code']}: {err['message']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return data.strip() or "stream error"
+
+
+def _group_subscribe(
+    client: Client, topic: str, group: str, start: str, count: int | None, as_json: bool,
+    wait_ms: int,
+) -> None:
+    client.call("PUT", _topic_path(topic, "groups", group), {"start": start})
+    pull_path = _topic_path(topic, "groups", group, "pull")
+    ack_path = _topic_path(topic, "groups", group, "ack")
+    timeout = client.timeout + wait_ms / 1000
+    received = 0
+    while count is None or received < count:
+        want = 100 if count is None else min(100, count - received)
+        answer = client.call("POST", pull_path, {"max": want, "wait_ms": wait_ms}, timeout=timeout)
+        messages = (answer or {}).get("messages") or []
+        for msg in messages:
+            _emit_message(msg, as_json)
+        if messages:
+            client.call("POST", ack_path, {"ack_ids": [m["ack_id"] for m in messages]})
+        received += len(messages)
+
+
+@cli.command()
+@click.option("-t", "--topic", required=True, help="Topic to read.")
+@click.option(
+    "--from", "start", default="latest", show_default=True, metavar="earliest|latest|N",
+    help="Where to start: earliest, latest or an offset.",
+)
+@click.option("--partition", type=click.IntRange(min=0), help="Read only this partition.")
+@click.option("--group", help="Consume as a member of this consumer group (pull + ack).")
+@click.option("-c", "--count", type=click.IntRange(min=1), help="Stop after this many messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print each whole message as JSON.")
+@click.option(
+    "--wait-ms", type=click.IntRange(min=0), default=5000, show_default=True,
+    help="Long-poll time of each group pull.",
+)
+@click.pass_context
+def subscribe(
+    ctx: click.Context, topic: str, start: str, partition: int | None, group: str | None,
+    count: int | None, as_json: bool, wait_ms: int,
+) -> None:
+    """Print each message's payload on its own line as it arrives (Ctrl-C stops)."""
+    client = _client(ctx)
+    if start not in ("earliest", "latest") and not start.isdigit():
+        raise click.BadParameter("expected earliest, latest or an offset", param_hint="'--from'")
+    try:
+        if group is not None:
+            if start not in ("earliest", "latest"):
+                raise click.BadParameter(
+                    "with --group only earliest or latest", param_hint="'--from'"
+                )
+            if partition is not None:
+                raise click.UsageError("--partition cannot be combined with --group")
+            _group_subscribe(client, topic, group, start, count, as_json, wait_ms)
+        else:
+            _stream_subscribe(client, topic, start, partition, count, as_json)
+    except KeyboardInterrupt:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# topics
+
+
+@cli.group()
+def topics() -> None:
+    """List, create, describe and delete topics."""
+
+
+def _partition_count(value: Any) -> Any:
+    return len(value) if isinstance(value, (list, dict)) else value
+
+
+@topics.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def topics_list(ctx: click.Context, as_json: bool) -> None:
+    """List topics with their size."""
+    answer = _client(ctx).call("GET", "/v1/topics")
+    if as_json:
+        _print_json(answer)
+        return
+    rows = []
+    for t in (answer or {}).get("topics", []):
+        config = t.get("config") if isinstance(t.get("config"), dict) else {}
+        rows.append([
+            t.get("name"),
+            _partition_count(t.get("partitions", config.get("partitions"))),
+            t.get("replication_factor", config.get("replication_factor")),
+            t.get("storage", config.get("storage")),
+            t.get("messages"),
+            _human_bytes(t.get("bytes")),
+        ])
+    _table(["NAME", "PARTITIONS", "RF", "STORAGE", "MESSAGES", "BYTES"], rows)
+
+
+@topics.command("create")
+@click.argument("name")
+@click.option("--partitions", type=click.IntRange(min=1), help="Number of partitions.")
+@click.option("--replication-factor", type=click.IntRange(min=1), help="Replicas per partition.")
+@click.option("--storage", type=_STORAGE, help="durable (fsynced, default) or ephemeral (memory).")
+@click.option("--retention-ms", type=click.IntRange(min=0), help="Delete messages older than this.")
+@click.option("--retention-bytes", type=click.IntRange(min=0), help="Keep at most this many bytes.")
+@click.option("--max-message-bytes", type=click.IntRange(min=1), help="Largest message accepted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def topics_create(
+    ctx: click.Context, name: str, partitions: int | None, replication_factor: int | None,
+    storage: str | None, retention_ms: int | None, retention_bytes: int | None,
+    max_message_bytes: int | None, as_json: bool,
+) -> None:
+    """Create a topic (or update the settings of an existing one)."""
+    body = {
+        k: v
+        for k, v in {
+            "partitions": partitions, "replication_factor": replication_factor,
+            "storage": storage, "retention_ms": retention_ms, "retention_bytes": retention_bytes,
+            "max_message_bytes": max_message_bytes,
+        }.items()
+        if v is not None
+    }
+    reply = _client(ctx).request("PUT", _topic_path(name), body).check()
+    if as_json:
+        _print_json(reply.json())
+    else:
+        click.echo(f"topic {name} {'created' if reply.status == 201 else 'updated'}")
+
+
+def _describe_partitions(parts: Any) -> list[tuple[Any, dict[str, Any]]]:
+    if isinstance(parts, dict):
+        return [(k, v) for k, v in parts.items() if isinstance(v, dict)]
+    if isinstance(parts, list):
+        return [(p.get("partition", p.get("id", i)), p) for i, p in enumerate(parts)
+                if isinstance(p, dict)]
+    return []
+
+
+def _tiers_text(tiers: Any) -> str:
+    if not isinstance(tiers, dict) or not tiers:
+        return "-"
+    out = []
+    for name, info in tiers.items():
+        if isinstance(info, dict):
+            fields = ", ".join(
+                f"{k}={_human_bytes(v) if k == 'bytes' else _cell(v)}" for k, v in info.items()
+            )
+            out.append(f"{name}({fields})")
+        else:
+            out.append(f"{name}={_cell(info)}")
+    return " ".join(out)
+
+
+@topics.command("describe")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def topics_describe(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show a topic's settings and every partition's replicas, offsets and tiers."""
+    desc = _client(ctx).call("GET", _topic_path(name))
+    if as_json:
+        _print_json(desc)
+        return
+    if not isinstance(desc, dict):
+        raise CtlError(f"unexpected answer: {desc!r}"[:200])
+    parts = _describe_partitions(desc.get("partitions"))
+    for key, value in desc.items():
+        if key == "partitions" and parts:
+            click.echo(f"partitions: {len(parts)}")
+        elif isinstance(value, dict) and key == "config":
+            for ckey, cvalue in value.items():
+                click.echo(f"{ckey}: {_cell(cvalue)}")
+        else:
+            click.echo(f"{key}: {_cell(value)}")
+    if parts:
+        click.echo("")
+        _table(
+            ["PARTITION", "LEADER", "EPOCH", "REPLICAS", "LOW", "HIGH_WATERMARK", "TIERS"],
+            [
+                [pid, p.get("leader"), p.get("epoch"), p.get("replicas"), p.get("low"),
+                 p.get("high_watermark"), _tiers_text(p.get("tiers"))]
+                for pid, p in parts
+            ],
+        )
+
+
+@topics.command("delete")
+@click.argument("name")
+@click.pass_context
+def topics_delete(ctx: click.Context, name: str) -> None:
+    """Delete a topic and all its messages."""
+    _client(ctx).request("DELETE", _topic_path(name)).check()
+    click.echo(f"topic {name} deleted")
+
+
+# --------------------------------------------------------------------------------------------
+# groups
+
+
+@cli.group()
+def groups() -> None:
+    """Create, inspect and consume through consumer groups."""
+
+
+@groups.command("create")
+@click.argument("topic")
+@click.argument("group")
+@click.option("--start", type=_START, help="Where a new group starts (default: server's).")
+@click.option("--ack-deadline-ms", type=click.IntRange(min=1), help="Lease time of a message.")
+@click.option("--max-deliveries", type=click.IntRange(min=1), help="Attempts before dead-letter.")
+@click.option("--dead-letter-topic", help="Where messages go after --max-deliveries attempts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def groups_create(
+    ctx: click.Context, topic: str, group: str, start: str | None, ack_deadline_ms: int | None,
+    max_deliveries: int | None, dead_letter_topic: str | None, as_json: bool,
+) -> None:
+    """Create a consumer group on a topic (or update its settings)."""
+    body = {
+        k: v
+        for k, v in {
+            "start": start, "ack_deadline_ms": ack_deadline_ms,
+            "max_deliveries": max_deliveries, "dead_letter_topic": dead_letter_topic,
+        }.items()
+        if v is not None
+    }
+    reply = _client(ctx).request("PUT", _topic_path(topic, "groups", group), body).check()
+    if as_json:
+        _print_json(reply.json())
+    else:
+        click.echo(f"group {group} on {topic} {'created' if reply.status == 201 else 'ready'}")
+
+
+@groups.command("describe")
+@click.argument("topic")
+@click.argument("group")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def groups_describe(ctx: click.Context, topic: str, group: str, as_json: bool) -> None:
+    """Show a group's committed offsets, lag, in-flight and dead-lettered counts."""
+    desc = _client(ctx).call("GET", _topic_path(topic, "groups", group))
+    if as_json or not isinstance(desc, dict):
+        _print_json(desc)
+        return
+    for key, value in desc.items():
+        click.echo(f"{key}: {_cell(value)}")
+
+
+@groups.command("pull")
+@click.argument("topic")
+@click.argument("group")
+@click.option("--max", "max_", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Most messages to lease.")
+@click.option("--wait-ms", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Long-poll this long when nothing is available.")
+@click.option("--json", "as_json", is_flag=True, help="Print each message as JSON.")
+@click.pass_context
+def groups_pull(
+    ctx: click.Context, topic: str, group: str, max_: int, wait_ms: int, as_json: bool
+) -> None:
+    """Lease messages; prints ack_id, attempt, partition, offset and payload of each."""
+    client = _client(ctx)
+    answer = client.call(
+        "POST", _topic_path(topic, "groups", group, "pull"), {"max": max_, "wait_ms": wait_ms},
+        timeout=client.timeout + wait_ms / 1000,
+    )
+    for msg in (answer or {}).get("messages") or []:
+        if as_json:
+            _print_json(msg)
+            continue
+        payload = message_bytes(msg).decode("utf-8", "replace")
+        click.echo(
+            f"ack_id={msg.get('ack_id')} attempt={_cell(msg.get('delivery_attempt'))} "
+            f"partition={_cell(msg.get('partition'))} offset={_cell(msg.get('offset'))} "
+            f"payload={payload}"
+        )
+
+
+def _settle(ctx: click.Context, verb: str, topic: str, group: str, body: dict[str, Any]) -> None:
+    answer = _client(ctx).call("POST", _topic_path(topic, "groups", group, verb), body)
+    done_key = "acked" if verb == "ack" else "nacked"
+    done = (answer or {}).get(done_key)
+    wanted = len(body["ack_ids"])
+    click.echo(f"{done_key} {_cell(done)}")
+    if isinstance(done, int) and done < wanted:
+        detail = {k: v for k, v in (answer or {}).items() if k != done_key}
+        raise CtlError(
+            f"only {done} of {wanted} ack ids were accepted"
+            + (f": {json.dumps(detail)}" if detail else " (expired or unknown)")
+        )
+
+
+@groups.command("ack")
+@click.argument("topic")
+@click.argument("group")
+@click.argument("ack_ids", nargs=-1, required=True)
+@click.pass_context
+def groups_ack(ctx: click.Context, topic: str, group: str, ack_ids: tuple[str, ...]) -> None:
+    """Acknowledge leased messages (fails when a lease has expired)."""
+    _settle(ctx, "ack", topic, group, {"ack_ids": list(ack_ids)})
+
+
+@groups.command("nack")
+@click.argument("topic")
+@click.argument("group")
+@click.argument("ack_ids", nargs=-1, required=True)
+@click.option("--delay-ms", type=click.IntRange(min=0), help="Redeliver after this delay.")
+@click.pass_context
+def groups_nack(
+    ctx: click.Context, topic: str, group: str, ack_ids: tuple[str, ...], delay_ms: int | None
+) -> None:
+    """Give leased messages back for redelivery."""
+    body: dict[str, Any] = {"ack_ids": list(ack_ids)}
+    if delay_ms is not None:
+        body["delay_ms"] = delay_ms
+    _settle(ctx, "nack", topic, group, body)
+
+
+# --------------------------------------------------------------------------------------------
+# cluster
+
+
+@cli.group()
+def cluster() -> None:
+    """Inspect cluster membership, Raft state and partition placement."""
+
+
+def _members_table(members: Any, leader: Any) -> None:
+    rows = [
+        [("*" if m.get("id") == leader else "") + _cell(m.get("id")), m.get("state"),
+         m.get("incarnation"), m.get("peer"), m.get("http")]
+        for m in (members or []) if isinstance(m, dict)
+    ]
+    _table(["ID", "STATE", "INCARNATION", "PEER", "HTTP"], rows)
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.pass_context
+def cluster_status(ctx: click.Context, as_json: bool) -> None:
+    """Show this node's view: id, Raft leader and term, members."""
+    info = _client(ctx).call("GET", "/v1/cluster")
+    if as_json or not isinstance(info, dict):
+        _print_json(info)
+        return
+    click.echo(f"node: {_cell(info.get('node_id'))}")
+    click.echo(f"leader: {_cell(info.get('leader'))}")
+    click.echo(f"term: {_cell(info.get('term'))}")
+    raft = info.get("raft")
+    if isinstance(raft, dict):
+        click.echo(f"raft: {_cell(raft)}")
+    for key, value in info.items():
+        if key not in ("node_id", "leader", "term", "raft", "members"):
+            click.echo(f"{key}: {_cell(value)}")
+    click.echo("")
+    _members_table(info.get("members"), info.get("leader"))
+
+
+@cluster.command("members")
+@click.option("--json", "as_json", is_flag=True, help="Print the members as JSON.")
+@click.pass_context
+def cluster_members(ctx: click.Context, as_json: bool) -> None:
+    """List members with their gossip state (* marks the Raft leader)."""
+    info = _client(ctx).call("GET", "/v1/cluster") or {}
+    if as_json:
+        _print_json(info.get("members"))
+        return
+    _members_table(info.get("members"), info.get("leader"))
+
+
+@cluster.command("placement")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.option("-t", "--topic", help="Only this topic.")
+@click.pass_context
+def cluster_placement(ctx: click.Context, as_json: bool, topic: str | None) -> None:
+    """Show which nodes hold each partition, and its leader and epoch."""
+    info = _client(ctx).call("GET", "/v1/cluster/placement") or {}
+    if as_json:
+        _print_json(info)
+        return
+    rows = []
+    placement = info.get("topics") or {}
+    for name in sorted(placement):
+        if topic is not None and name != topic:
+            continue
+        parts = placement[name] or {}
+        items = parts.items() if isinstance(parts, dict) else enumerate(parts)
+        for pid, p in sorted(items, key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0):
+            p = p if isinstance(p, dict) else {}
+            rows.append([name, pid, p.get("leader"), p.get("epoch"), p.get("replicas")])
+    _table(["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS"], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# diagnose
+
+
+@dataclass
+class NodeReport:
+    """What ``diagnose`` learnt about one node."""
+
+    url: str
+    up: bool = False
+    ready: bool = False
+    problem: str | None = None
+    health_ms: float | None = None
+    ready_reason: str | None = None
+    cluster: dict[str, Any] | None = None
+
+
+def _probe(url: str, timeout: float) -> NodeReport:
+    report = NodeReport(url)
+    client = Client([url], timeout)
+    try:
+        health = client.request("GET", "/healthz")
+    except CtlError as exc:
+        report.problem = str(exc.message).rsplit(": ", 1)[-1]
+        return report
+    report.health_ms = health.elapsed * 1000
+    report.up = health.status == 200
+    if not report.up:
+        report.problem = f"unhealthy: {error_text(health.status, health.body)}"
+        return report
+    try:
+        ready = client.request("GET", "/readyz")
+        report.ready = ready.status == 200
+        if not report.ready:
+            report.ready_reason = _ready_reason(ready)
+        cluster_reply = client.request("GET", "/v1/cluster")
+        if cluster_reply.status == 200:
+            info = cluster_reply.json()
+            report.cluster = info if isinstance(info, dict) else None
+    except CtlError as exc:
+        report.up = False
+        report.problem = str(exc.message).rsplit(": ", 1)[-1]
+    return report
+
+
+def _ready_reason(reply: Reply) -> str:
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        text = reply.body.decode("utf-8", "replace").strip()
+        return text.splitlines()[0][:200] if text else f"HTTP {reply.status}"
+    if isinstance(body, dict):
+        if isinstance(body.get("error"), dict):
+            err = body["error"]
+            return str(err.get("message") or err.get("code"))
+        for key in ("reason", "message", "status"):
+            if body.get(key):
+                return str(body[key])
+    return json.dumps(body)[:200]
+
+
+def _problems(reports: list[NodeReport]) -> list[str]:
+    problems = []
+    for r in reports:
+        if not r.up:
+            problems.append(f"{r.url}: down ({r.problem})")
+        elif not r.ready:
+            problems.append(f"{r.url}: not ready: {r.ready_reason}")
+    views = [(r.url, r.cluster) for r in reports if r.cluster is not None]
+    for url, info in views:
+        if not info.get("leader"):
+            problems.append(f"{url}: knows no Raft leader")
+        for m in info.get("members") or []:
+            if isinstance(m, dict) and m.get("state") not in (None, "alive"):
+                problems.append(f"{url}: sees member {m.get('id')} as {m.get('state')}")
+    leaders = {str(info.get("leader")) for _, info in views if info.get("leader")}
+    if len(leaders) > 1:
+        problems.append(
+            "nodes disagree on the leader: "
+            + ", ".join(f"{url} says {info.get('leader')}" for url, info in views)
+        )
+    member_sets = {
+        url: sorted(
+            str(m.get("id")) for m in info.get("members") or []
+            if isinstance(m, dict) and m.get("state") in (None, "alive")
+        )
+        for url, info in views
+    }
+    if len({tuple(v) for v in member_sets.values()}) > 1:
+        problems.append(
+            "nodes disagree on the alive members: "
+            + "; ".join(f"{url} sees {','.join(ids) or 'none'}" for url, ids in member_sets.items())
+        )
+    ids: dict[str, str] = {}
+    for url, info in views:
+        node_id = str(info.get("node_id"))
+        if node_id in ids:
+            problems.append(f"{url} and {ids[node_id]} are the same node {node_id}")
+        ids[node_id] = url
+    return problems
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def diagnose(ctx: click.Context, as_json: bool) -> None:
+    """Check every node given with -n: health, readiness, cluster view; list problems."""
+    client = _client(ctx)
+    reports = [_probe(url, client.timeout) for url in client.urls]
+    problems = _problems(reports)
+    if as_json:
+        _print_json({
+            "nodes": [r.__dict__ for r in reports],
+            "problems": problems,
+        })
+    else:
+        for r in reports:
+            click.echo(r.url)
+            if not r.up:
+                click.echo(f"  health:  DOWN ({r.problem})")
+                continue
+            click.echo(f"  health:  ok ({r.health_ms:.1f} ms)")
+            click.echo("  ready:   yes" if r.ready else f"  ready:   NO ({r.ready_reason})")
+            info = r.cluster
+            if info is None:
+                click.echo("  cluster: no answer")
+                continue
+            raft: dict[str, Any] = info["raft"] if isinstance(info.get("raft"), dict) else {}
+            members = [m for m in info.get("members") or [] if isinstance(m, dict)]
+            states: dict[str, int] = {}
+            for m in members:
+                states[str(m.get("state"))] = states.get(str(m.get("state")), 0) + 1
+            click.echo(
+                f"  node:    {_cell(info.get('node_id'))} (raft {_cell(raft.get('role'))}, "
+                f"term {_cell(info.get('term', raft.get('term')))})"
+            )
+            click.echo(f"  leader:  {_cell(info.get('leader'))}")
+            click.echo(
+                f"  members: {len(members)} ("
+                + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
+            )
+        click.echo("")
+        if problems:
+            click.echo("problems:")
+            for p in problems:
+                click.echo(f"  - {p}")
+        else:
+            click.echo("no problems found")
+    bad = sum(1 for r in reports if not (r.up and r.ready))
+    if bad:
+        raise CtlError(f"{bad} of {len(reports)} node(s) down or not ready")
+
+
+# --------------------------------------------------------------------------------------------
+# bench
+
+
+class _ProgressLine:
+    """A cheap one-line progress display on stderr, redrawn at most 5 times a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, published: int, pub_total: int, delivered: int, del_total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        width = 30
+        done = published / pub_total if pub_total else 1.0
+        bar = "#" * int(done * width)
+        line = f"\r[{bar:<{width}}] published {published}/{pub_total}"
+        if del_total:
+            line += f"  delivered {delivered}/{del_total}"
+        click.echo(line, nl=False, err=True)
+        self._shown = True
+
+    def close(self) -> None:
+        """Erase the line."""
+        if self._shown:
+            click.echo("\r\x1b[2K", nl=False, err=True)
+
+
+def _ms(summary: Any) -> str:
+    if summary is None:
+        return "n/a"
+    return f"p50 {summary.p50:.2f}  p99 {summary.p99:.2f}  max {summary.max:.2f}"
+
+
+@cli.command()
+@click.option("--topic", help="Topic to use (default: a fresh one, deleted afterwards).")
+@click.option("--messages", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Messages to publish.")
+@click.option("--size", type=click.IntRange(min=19), default=100, show_default=True,
+              help="Payload bytes per message (at least 19: the send timestamp).")
+@click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Messages per publish request.")
+@click.option("--publishers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Concurrent publishing connections.")
+@click.option("--subscribers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="SSE subscribers reading from latest.")
+@click.option("--acks", type=_ACKS, default="quorum", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Total msgs/s to publish at (0 = as fast as possible).")
+@click.option("--storage", type=_STORAGE, default="durable", show_default=True,
+              help="Storage of the created topic.")
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions of the created topic.")
+@click.option("--replication-factor", type=click.IntRange(min=1),
+              help="Replication factor of the created topic.")
+@click.option("--keep-topic", is_flag=True, help="Do not delete the fresh topic afterwards.")
+@click.option("--inline-subscribers", is_flag=True,
+              help="Run subscribers in this process instead of a child process.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Stop waiting for deliveries after this many seconds without one.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress line on stderr (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+@click.pass_context
+def bench(
+    ctx: click.Context, topic: str | None, messages: int, size: int, batch: int,
+    publishers: int, subscribers: int, acks: str, rate: float, storage: str,
+    partitions: int | None, replication_factor: int | None, keep_topic: bool,
+    inline_subscribers: bool, drain_timeout: float, progress: bool | None, as_json: bool,
+) -> None:
+    """Measure publish and delivery throughput and latency."""
+    from sprawl.bench import BenchConfig, BenchError, run_bench
+
+    client = _client(ctx)
+    config = BenchConfig(
+        urls=list(client.urls), topic=topic, messages=messages, size=size, batch=batch,
+        publishers=publishers, subscribers=subscribers, acks=acks, rate=rate, storage=storage,
+        partitions=partitions, replication_factor=replication_factor, keep_topic=keep_topic,
+        subscriber_process=not inline_subscribers, timeout=max(client.timeout, 30.0),
+        drain_timeout=drain_timeout,
+    )
+    if progress is None:
+        progress = sys.stderr.isatty()
+    line = _ProgressLine(progress)
+    try:
+        result = run_bench(config, line)
+    except BenchError as exc:
+        raise CtlError(str(exc)) from None
+    finally:
+        line.close()
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        r = result
+        click.echo(
+            f"publish:   {r.published} msgs in {r.publish_seconds:.2f} s = "
+            f"{r.publish_msgs_per_s:,.0f} msgs/s, {r.publish_mb_per_s:.2f} MB/s"
+            + (f" ({r.throttled} throttled requests)" if r.throttled else "")
+        )
+        click.echo(f"publish request latency ms: {_ms(r.publish_latency_ms)}")
+        if r.subscribers:
+            click.echo(
+                f"delivered: {r.delivered}/{r.delivery_target} msgs in {r.delivery_seconds:.2f} s"
+                f" = {r.delivered_msgs_per_s:,.0f} msgs/s, {r.delivered_mb_per_s:.2f} MB/s"
+                f" (total of {r.subscribers} subscriber{'s' if r.subscribers != 1 else ''})"
+            )
+            click.echo(f"end-to-end latency ms: {_ms(r.e2e_latency_ms)}")
+        click.echo(
+            f"payload {r.size} B, acks {r.acks}, batch {r.batch}, publishers {r.publishers}, "
+            f"subscribers {r.subscribers}, replication {_cell(r.replication_factor)}, "
+            f"partitions {_cell(r.partitions)}, storage {r.storage}"
+            + (f", rate {r.rate:g} msgs/s" if r.rate else "")
+            + f", topic {r.topic}"
+        )
+        for warning in r.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    if not result.complete:
+        raise CtlError(
+            f"subscribers received {result.delivered} of {result.delivery_target} messages"
+        )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="sprawlctl")
+
+
+if __name__ == "__main__":
+    main()

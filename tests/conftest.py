@@ -1,0 +1,54 @@
+"""Shared fixtures: real ``twistd sprawl`` nodes, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from sprawl.testing import NodeProcess
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile("long", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+class NodeFactory:
+    """Starts nodes for one test and stops every one of them afterwards."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.nodes: list[NodeProcess] = []
+
+    def __call__(self, *args: str, name: str | None = None, data_dir: Path | None = None) -> NodeProcess:
+        """Start a node (fresh data dir unless given) and wait until it serves."""
+        d = data_dir or self.base / (name or f"node{len(self.nodes)}")
+        node = NodeProcess(d, *args)
+        self.nodes.append(node)
+        return node.start()
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            n.kill()
+
+
+@pytest.fixture
+def sprawl_nodes(tmp_path: Path) -> Iterator[NodeFactory]:
+    """A factory of real nodes; all are killed when the test ends."""
+    f = NodeFactory(tmp_path)
+    try:
+        yield f
+    finally:
+        f.cleanup()
+
+
+@pytest.fixture
+def sprawl_node(sprawl_nodes: NodeFactory) -> NodeProcess:
+    """One real single-node broker (``.url``, ``.data_dir``, ``.stop()``, ``.kill()``)."""
+    return sprawl_nodes()
