@@ -32,6 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -454,7 +455,10 @@ class HttpClient:
         self._conn: _HttpConnection | None = None
 
     def build(
-        self, method: str, path: str, body: bytes | None = None,
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
         content_type: bytes = b"application/json",
     ) -> bytes:
         """Serialise a request for :meth:`send`."""
@@ -462,11 +466,7 @@ class HttpClient:
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), ep.path(path), ep.host_header)
         if body is None:
             return head + b"\r\n"
-        return (
-            head
-            + b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body))
-            + body
-        )
+        return head + b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body)) + body
 
     async def send(self, data: bytes) -> Response:
         """Send a request built by :meth:`build` and wait for its response."""
@@ -479,9 +479,7 @@ class HttpClient:
             self.close()
             raise BenchError(f"{self.endpoint.url}: no answer within {self.timeout:g} s") from None
 
-    async def request(
-        self, method: str, path: str, json_body: Any = None
-    ) -> tuple[Response, Any]:
+    async def request(self, method: str, path: str, json_body: Any = None) -> tuple[Response, Any]:
         """Send a JSON request; answer the response and its decoded JSON body (or None)."""
         body = None if json_body is None else msgspec.json.encode(json_body)
         resp = await self.send(self.build(method, path, body))
@@ -635,10 +633,7 @@ class SubscriberGroup:
         path = f"/v1/topics/{quote(spec.topic, safe='')}/stream?from=latest"
         for i in range(spec.count):
             ep = endpoints[i % len(endpoints)]
-            hist = self.hist
-            reader: _SseReader = await ep.connect(
-                lambda i=i, hist=hist: _SseReader(i, hist), spec.timeout  # type: ignore[misc]
-            )
+            reader: _SseReader = await ep.connect(partial(_SseReader, i, self.hist), spec.timeout)
             self.readers.append(reader)
             assert reader.transport is not None
             reader.transport.write(
@@ -650,9 +645,7 @@ class SubscriberGroup:
                 asyncio.gather(*(r.headers_seen for r in self.readers)), spec.ready_timeout
             )
         except TimeoutError:
-            raise BenchError(
-                f"subscriber streams did not open within {spec.ready_timeout:g} s"
-            ) from None
+            raise BenchError(f"subscriber streams did not open within {spec.ready_timeout:g} s") from None
         # The server should send a comment as soon as the stream is positioned at `latest`;
         # without one, waiting a moment is the best we can do.
         done, pending = await asyncio.wait(
@@ -661,9 +654,7 @@ class SubscriberGroup:
         for fut in done:
             fut.result()
         if pending:
-            self.warnings.append(
-                "server sent no initial SSE comment; streams assumed positioned after 2 s"
-            )
+            self.warnings.append("server sent no initial SSE comment; streams assumed positioned after 2 s")
 
     def delivered(self) -> int:
         """Bench messages received so far by all subscribers."""
@@ -710,9 +701,7 @@ def _subscriber_worker(conn: multiprocessing.connection.Connection, spec: Subscr
         conn.close()
 
 
-async def _subscriber_main(
-    conn: multiprocessing.connection.Connection, spec: SubscriberSpec
-) -> None:
+async def _subscriber_main(conn: multiprocessing.connection.Connection, spec: SubscriberSpec) -> None:
     group = SubscriberGroup(spec)
     try:
         await group.open()
@@ -743,7 +732,9 @@ class _ChildSubscribers:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_subscriber_worker, args=(child_conn, spec), name="sprawl-bench-subscribers",
+            target=_subscriber_worker,
+            args=(child_conn, spec),
+            name="sprawl-bench-subscribers",
             daemon=True,
         )
         self._proc.start()
@@ -812,11 +803,16 @@ class _ChildSubscribers:
             self.kill()
 
     def kill(self) -> None:
-        """Make sure the child is gone."""
-        self._proc.join(timeout=2)
+        """Make sure the child is gone: ask it to stop, then terminate it."""
+        if self._proc.is_alive() and self._report is None:
+            try:
+                self._conn.send("stop")
+            except OSError:
+                pass
+        self._proc.join(timeout=5)
         if self._proc.is_alive():
             self._proc.terminate()
-            self._proc.join(timeout=2)
+            self._proc.join(timeout=5)
         self._conn.close()
 
 
@@ -951,7 +947,7 @@ async def _live_endpoints(config: BenchConfig) -> list[Endpoint]:
             client.close()
 
     alive = await asyncio.gather(*(probe(ep) for ep in endpoints))
-    live = [ep for ep, ok in zip(endpoints, alive) if ok]
+    live = [ep for ep, ok in zip(endpoints, alive, strict=True) if ok]
     if not live:
         raise BenchError("no node is reachable: " + "; ".join(problems or ["not healthy"]))
     return live
@@ -982,8 +978,11 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
     try:
         if config.subscribers:
             spec = SubscriberSpec(
-                urls=[ep.url for ep in endpoints], topic=topic, count=config.subscribers,
-                expected=config.messages, timeout=config.timeout,
+                urls=[ep.url for ep in endpoints],
+                topic=topic,
+                count=config.subscribers,
+                expected=config.messages,
+                timeout=config.timeout,
                 ready_timeout=config.ready_timeout,
             )
             subs = _ChildSubscribers(spec) if config.subscriber_process else _InlineSubscribers(spec)
@@ -991,8 +990,7 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
 
         state = _PublishState(config)
         clients = [
-            HttpClient(endpoints[i % len(endpoints)], config.timeout)
-            for i in range(config.publishers)
+            HttpClient(endpoints[i % len(endpoints)], config.timeout) for i in range(config.publishers)
         ]
         delivery_target = config.messages * config.subscribers
 
@@ -1013,6 +1011,9 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if publishing.done() and not publishing.cancelled():
+                publishing.exception()  # retrieved: no "never retrieved" warning
         publish_ns = time.time_ns() - start_ns
 
         report: SubscriberReport | None = None
@@ -1026,9 +1027,7 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
                 if delivered != last_delivered:
                     last_delivered, idle_since = delivered, time.monotonic()
                 elif time.monotonic() - idle_since > config.drain_timeout:
-                    warnings.append(
-                        f"no delivery for {config.drain_timeout:g} s; stopped waiting"
-                    )
+                    warnings.append(f"no delivery for {config.drain_timeout:g} s; stopped waiting")
                     break
                 report_progress()
                 await asyncio.sleep(0.05)
@@ -1054,19 +1053,32 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
     deliver_s = (report.last_ns - start_ns) / 1e9 if report and report.last_ns else 0.0
     payload_mb = config.size / 1e6
     return BenchResult(
-        topic=topic, messages=config.messages, size=config.size, batch=config.batch,
-        publishers=config.publishers, subscribers=config.subscribers, acks=config.acks,
-        rate=config.rate, storage=config.storage, partitions=partitions, replication_factor=rf,
-        published=state.published, publish_seconds=publish_s,
+        topic=topic,
+        messages=config.messages,
+        size=config.size,
+        batch=config.batch,
+        publishers=config.publishers,
+        subscribers=config.subscribers,
+        acks=config.acks,
+        rate=config.rate,
+        storage=config.storage,
+        partitions=partitions,
+        replication_factor=rf,
+        published=state.published,
+        publish_seconds=publish_s,
         publish_msgs_per_s=state.published / publish_s if publish_s else 0.0,
         publish_mb_per_s=state.published * payload_mb / publish_s if publish_s else 0.0,
         publish_requests=state.requests,
         publish_latency_ms=LatencySummary(
-            p50=percentile(pub_lat, 0.5) / 1000, p99=percentile(pub_lat, 0.99) / 1000,
+            p50=percentile(pub_lat, 0.5) / 1000,
+            p99=percentile(pub_lat, 0.99) / 1000,
             max=percentile(pub_lat, 1.0) / 1000,
-        ) if pub_lat else None,
+        )
+        if pub_lat
+        else None,
         throttled=state.throttled,
-        delivered=delivered, delivery_target=config.messages * config.subscribers,
+        delivered=delivered,
+        delivery_target=config.messages * config.subscribers,
         delivery_seconds=deliver_s,
         delivered_msgs_per_s=delivered / deliver_s if deliver_s > 0 else 0.0,
         delivered_mb_per_s=delivered * payload_mb / deliver_s if deliver_s > 0 else 0.0,

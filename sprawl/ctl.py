@@ -216,11 +216,16 @@ class Client:
         return self.request(method, path, json_body, **kwargs).check().json()
 
     def stream(
-        self, path: str, query: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+        self,
+        path: str,
+        query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        read_timeout: float | None = None,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Open a long-lived GET (an SSE stream) on the first node that answers.
 
-        The connect and the response head are bounded by the timeout; reading the body is not.
+        The connect and the response head are bounded by the timeout; each later read of the
+        body by ``read_timeout`` (None = unbounded).
         """
         hdrs = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         hdrs.update(headers or {})
@@ -239,7 +244,7 @@ class Client:
                 conn.close()
                 raise CtlError(error_text(resp.status, data))
             if conn.sock is not None:
-                conn.sock.settimeout(None)
+                conn.sock.settimeout(read_timeout)
             self._prefer(url)
             return conn, resp
         self._down(errors)
@@ -279,9 +284,9 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
     for row in [list(headers), *cells]:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
 def _human_bytes(n: Any) -> str:
@@ -340,9 +345,7 @@ class _Cli(click.Group):
         """Run the CLI; exit with 0, 1 (failure), 2 (usage) or 130 (interrupted)."""
         code: int
         try:
-            rv = super().main(
-                args, prog_name or "sprawlctl", complete_var, standalone_mode=False, **extra
-            )
+            rv = super().main(args, prog_name or "sprawlctl", complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
@@ -364,13 +367,22 @@ class _Cli(click.Group):
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-n", "--nodes", "nodes", multiple=True, envvar="SPRAWL_URL", metavar="URL[,URL...]",
+    "-n",
+    "--nodes",
+    "nodes",
+    multiple=True,
+    envvar="SPRAWL_URL",
+    metavar="URL[,URL...]",
     help=f"Node URLs to use, in order of preference (env SPRAWL_URL; default {DEFAULT_URL}). "
     "A node that is down is skipped.",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-    envvar="SPRAWL_TIMEOUT", help="Seconds to wait for a node to connect and answer.",
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    envvar="SPRAWL_TIMEOUT",
+    help="Seconds to wait for a node to connect and answer.",
 )
 @click.version_option(__version__, prog_name="sprawlctl")
 @click.pass_context
@@ -425,35 +437,53 @@ def _print_publish(answer: Any, as_json: bool) -> None:
     offsets = answer.get("offsets") or []
     ids = answer.get("ids") or [None] * len(offsets)
     parts = answer.get("partitions") or [None] * len(offsets)
-    for offset, partition, msg_id in zip(offsets, parts, ids):
+    for offset, partition, msg_id in zip(offsets, parts, ids, strict=False):
         click.echo(f"offset={offset} partition={_cell(partition)} id={_cell(msg_id)}")
 
 
 @cli.command()
 @click.option("-t", "--topic", required=True, help="Topic to publish to.")
 @click.option(
-    "-m", "-p", "--message", "--payload", "message", metavar="MSG",
+    "-m",
+    "-p",
+    "--message",
+    "--payload",
+    "message",
+    metavar="MSG",
     help="Message text; '-' reads stdin, one message per line.",
 )
 @click.option(
-    "-f", "--file", "path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+    "-f",
+    "--file",
+    "path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, allow_dash=True),
     help="Send the file's bytes as one message; '-' reads stdin, one message per line.",
 )
 @click.option(
-    "-c", "--count", type=click.IntRange(min=1), default=1, show_default=True,
+    "-c",
+    "--count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
     help="Publish the message this many times (batched).",
 )
 @click.option("-k", "--key", help="Partitioning key.")
 @click.option("--id", "msg_id", help="Message id for idempotent publish.")
-@click.option(
-    "-H", "--header", "headers", multiple=True, metavar="NAME=VALUE", help="Message header."
-)
+@click.option("-H", "--header", "headers", multiple=True, metavar="NAME=VALUE", help="Message header.")
 @click.option("--acks", type=_ACKS, help="Wait for quorum (default), leader or no acknowledgement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
 @click.pass_context
 def publish(
-    ctx: click.Context, topic: str, message: str | None, path: str | None, count: int,
-    key: str | None, msg_id: str | None, headers: tuple[str, ...], acks: str | None,
+    ctx: click.Context,
+    topic: str,
+    message: str | None,
+    path: str | None,
+    count: int,
+    key: str | None,
+    msg_id: str | None,
+    headers: tuple[str, ...],
+    acks: str | None,
     as_json: bool,
 ) -> None:
     """Publish messages to a topic; prints offset, partition and id of each."""
@@ -547,10 +577,17 @@ def sse_events(lines: Iterable[bytes]) -> Iterator[SseEvent]:
             event_id = value
 
 
+class _Idle(Exception):
+    """No message arrived within ``--idle-timeout``."""
+
+
 def _response_lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
+    """Lines of a streamed body until it ends or breaks; a read timeout raises :class:`_Idle`."""
     while True:
         try:
             line = resp.readline()
+        except TimeoutError:
+            raise _Idle from None
         except (OSError, http.client.HTTPException):
             return
         if not line:
@@ -559,22 +596,30 @@ def _response_lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
 
 
 def _stream_subscribe(
-    client: Client, topic: str, start: str, partition: int | None, count: int | None,
+    client: Client,
+    topic: str,
+    start: str,
+    partition: int | None,
+    count: int | None,
     as_json: bool,
-) -> None:
+    idle_timeout: float | None,
+) -> int:
+    """Print messages from the SSE stream; reconnect (with Last-Event-ID) when it drops."""
     received = 0
     last_id: str | None = None
     failures = 0
+    last_message = time.monotonic()
     path = _topic_path(topic, "stream")
+    query = {"from": start, "partition": partition}
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else None
         try:
-            conn, resp = client.stream(path, {"from": start, "partition": partition}, headers)
+            conn, resp = client.stream(path, query, headers, read_timeout=idle_timeout)
         except CtlError:
             if received == 0 or failures >= STREAM_RETRIES:
                 raise
             failures += 1
-            time.sleep(min(0.5 * 2**failures, 5.0))
+            time.sleep(min(0.25 * 2**failures, 5.0))
             continue
         try:
             for event in sse_events(_response_lines(resp)):
@@ -589,14 +634,19 @@ def _stream_subscribe(
                 _emit_message(msg, as_json)
                 received += 1
                 failures = 0
+                last_message = time.monotonic()
                 last_id = event.id or last_id
                 if count is not None and received >= count:
-                    return
+                    return received
+            if idle_timeout and time.monotonic() - last_message > idle_timeout:
+                raise _Idle
+        except _Idle:
+            return received
         finally:
             conn.close()
         failures += 1
         if failures > STREAM_RETRIES:
-            raise CtlError(f"stream of topic {topic!r} ended; gave up after {STREAM_RETRIES} retries")
+            raise CtlError(f"stream of {topic!r} keeps ending; gave up after {STREAM_RETRIES} retries")
         time.sleep(min(0.25 * 2**failures, 5.0))
 
 
@@ -610,29 +660,50 @@ def _sse_error(data: str) -> str:
 
 
 def _group_subscribe(
-    client: Client, topic: str, group: str, start: str, count: int | None, as_json: bool,
+    client: Client,
+    topic: str,
+    group: str,
+    start: str,
+    count: int | None,
+    as_json: bool,
     wait_ms: int,
-) -> None:
+    idle_timeout: float | None,
+) -> int:
+    """Pull, print and ack messages through consumer group ``group``."""
     client.call("PUT", _topic_path(topic, "groups", group), {"start": start})
     pull_path = _topic_path(topic, "groups", group, "pull")
     ack_path = _topic_path(topic, "groups", group, "ack")
-    timeout = client.timeout + wait_ms / 1000
     received = 0
+    last_message = time.monotonic()
     while count is None or received < count:
+        wait = wait_ms
+        if idle_timeout:
+            left = idle_timeout - (time.monotonic() - last_message)
+            if left <= 0:
+                break
+            wait = min(wait, int(left * 1000) + 1)
         want = 100 if count is None else min(100, count - received)
-        answer = client.call("POST", pull_path, {"max": want, "wait_ms": wait_ms}, timeout=timeout)
+        answer = client.call(
+            "POST", pull_path, {"max": want, "wait_ms": wait}, timeout=client.timeout + wait / 1000
+        )
         messages = (answer or {}).get("messages") or []
         for msg in messages:
             _emit_message(msg, as_json)
         if messages:
             client.call("POST", ack_path, {"ack_ids": [m["ack_id"] for m in messages]})
+            last_message = time.monotonic()
         received += len(messages)
+    return received
 
 
 @cli.command()
 @click.option("-t", "--topic", required=True, help="Topic to read.")
 @click.option(
-    "--from", "start", default="latest", show_default=True, metavar="earliest|latest|N",
+    "--from",
+    "start",
+    default="latest",
+    show_default=True,
+    metavar="earliest|latest|N",
     help="Where to start: earliest, latest or an offset.",
 )
 @click.option("--partition", type=click.IntRange(min=0), help="Read only this partition.")
@@ -640,13 +711,31 @@ def _group_subscribe(
 @click.option("-c", "--count", type=click.IntRange(min=1), help="Stop after this many messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print each whole message as JSON.")
 @click.option(
-    "--wait-ms", type=click.IntRange(min=0), default=5000, show_default=True,
+    "--wait-ms",
+    type=click.IntRange(min=0),
+    default=5000,
+    show_default=True,
     help="Long-poll time of each group pull.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="S",
+    help="Stop after S seconds without a message (0 = never); with -c, fewer than -c "
+    "messages is then an error.",
 )
 @click.pass_context
 def subscribe(
-    ctx: click.Context, topic: str, start: str, partition: int | None, group: str | None,
-    count: int | None, as_json: bool, wait_ms: int,
+    ctx: click.Context,
+    topic: str,
+    start: str,
+    partition: int | None,
+    group: str | None,
+    count: int | None,
+    as_json: bool,
+    wait_ms: int,
+    idle_timeout: float,
 ) -> None:
     """Print each message's payload on its own line as it arrives (Ctrl-C stops)."""
     client = _client(ctx)
@@ -655,16 +744,20 @@ def subscribe(
     try:
         if group is not None:
             if start not in ("earliest", "latest"):
-                raise click.BadParameter(
-                    "with --group only earliest or latest", param_hint="'--from'"
-                )
+                raise click.BadParameter("with --group only earliest or latest", param_hint="'--from'")
             if partition is not None:
                 raise click.UsageError("--partition cannot be combined with --group")
-            _group_subscribe(client, topic, group, start, count, as_json, wait_ms)
+            received = _group_subscribe(
+                client, topic, group, start, count, as_json, wait_ms, idle_timeout or None
+            )
         else:
-            _stream_subscribe(client, topic, start, partition, count, as_json)
+            received = _stream_subscribe(
+                client, topic, start, partition, count, as_json, idle_timeout or None
+            )
     except KeyboardInterrupt:
-        pass
+        return
+    if count is not None and received < count:
+        raise CtlError(f"received {received} of {count} messages within --idle-timeout")
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,14 +785,16 @@ def topics_list(ctx: click.Context, as_json: bool) -> None:
     rows = []
     for t in (answer or {}).get("topics", []):
         config = t.get("config") if isinstance(t.get("config"), dict) else {}
-        rows.append([
-            t.get("name"),
-            _partition_count(t.get("partitions", config.get("partitions"))),
-            t.get("replication_factor", config.get("replication_factor")),
-            t.get("storage", config.get("storage")),
-            t.get("messages"),
-            _human_bytes(t.get("bytes")),
-        ])
+        rows.append(
+            [
+                t.get("name"),
+                _partition_count(t.get("partitions", config.get("partitions"))),
+                t.get("replication_factor", config.get("replication_factor")),
+                t.get("storage", config.get("storage")),
+                t.get("messages"),
+                _human_bytes(t.get("bytes")),
+            ]
+        )
     _table(["NAME", "PARTITIONS", "RF", "STORAGE", "MESSAGES", "BYTES"], rows)
 
 
@@ -714,16 +809,25 @@ def topics_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
 @click.pass_context
 def topics_create(
-    ctx: click.Context, name: str, partitions: int | None, replication_factor: int | None,
-    storage: str | None, retention_ms: int | None, retention_bytes: int | None,
-    max_message_bytes: int | None, as_json: bool,
+    ctx: click.Context,
+    name: str,
+    partitions: int | None,
+    replication_factor: int | None,
+    storage: str | None,
+    retention_ms: int | None,
+    retention_bytes: int | None,
+    max_message_bytes: int | None,
+    as_json: bool,
 ) -> None:
     """Create a topic (or update the settings of an existing one)."""
     body = {
         k: v
         for k, v in {
-            "partitions": partitions, "replication_factor": replication_factor,
-            "storage": storage, "retention_ms": retention_ms, "retention_bytes": retention_bytes,
+            "partitions": partitions,
+            "replication_factor": replication_factor,
+            "storage": storage,
+            "retention_ms": retention_ms,
+            "retention_bytes": retention_bytes,
             "max_message_bytes": max_message_bytes,
         }.items()
         if v is not None
@@ -735,28 +839,37 @@ def topics_create(
         click.echo(f"topic {name} {'created' if reply.status == 201 else 'updated'}")
 
 
-def _describe_partitions(parts: Any) -> list[tuple[Any, dict[str, Any]]]:
+def _describe_partitions(desc: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """Per-partition details of a topic description (a list or a dict keyed by partition)."""
+    parts = desc.get("partition_details")
+    if parts is None:
+        parts = desc.get("partitions")
     if isinstance(parts, dict):
         return [(k, v) for k, v in parts.items() if isinstance(v, dict)]
     if isinstance(parts, list):
-        return [(p.get("partition", p.get("id", i)), p) for i, p in enumerate(parts)
-                if isinstance(p, dict)]
+        return [(p.get("partition", p.get("id", i)), p) for i, p in enumerate(parts) if isinstance(p, dict)]
     return []
 
 
-def _tiers_text(tiers: Any) -> str:
-    if not isinstance(tiers, dict) or not tiers:
-        return "-"
-    out = []
-    for name, info in tiers.items():
-        if isinstance(info, dict):
-            fields = ", ".join(
-                f"{k}={_human_bytes(v) if k == 'bytes' else _cell(v)}" for k, v in info.items()
-            )
-            out.append(f"{name}({fields})")
-        else:
-            out.append(f"{name}={_cell(info)}")
-    return " ".join(out)
+def _tier_text(name: str, info: Any) -> str:
+    if not isinstance(info, dict):
+        return f"{name} {_cell(info)}"
+    if info.get("enabled") is False:
+        return f"{name} off"
+    if "low" in info and "high" in info:
+        if info["low"] is None or info["low"] == info["high"]:
+            return f"{name} empty"
+        text = f"{name} [{info['low']},{info['high']})"
+        if "messages" in info:
+            text += f" {info['messages']} msgs"
+        if "bytes" in info:
+            text += f" {_human_bytes(info['bytes'])}"
+        return text
+    fields = " ".join(f"{k}={_human_bytes(v) if k == 'bytes' else _cell(v)}" for k, v in info.items())
+    return f"{name} {fields}"
+
+
+_PARTITION_COLUMNS = ("leader", "epoch", "replicas", "low", "high_watermark")
 
 
 @topics.command("describe")
@@ -771,22 +884,40 @@ def topics_describe(ctx: click.Context, name: str, as_json: bool) -> None:
         return
     if not isinstance(desc, dict):
         raise CtlError(f"unexpected answer: {desc!r}"[:200])
-    parts = _describe_partitions(desc.get("partitions"))
+    parts = _describe_partitions(desc)
     for key, value in desc.items():
-        if key == "partitions" and parts:
-            click.echo(f"partitions: {len(parts)}")
-        elif isinstance(value, dict) and key == "config":
+        if key == "partition_details" or (key == "partitions" and not isinstance(value, int)):
+            continue
+        if isinstance(value, dict) and key == "config":
             for ckey, cvalue in value.items():
                 click.echo(f"{ckey}: {_cell(cvalue)}")
+        elif key == "bytes":
+            click.echo(f"{key}: {_human_bytes(value)}")
         else:
             click.echo(f"{key}: {_cell(value)}")
-    if parts:
+    if not isinstance(desc.get("partitions"), int) and parts:
+        click.echo(f"partitions: {len(parts)}")
+    if not parts:
+        return
+    extra = [k for k in ("log_end", "bytes") if any(k in p for _, p in parts)]
+    click.echo("")
+    _table(
+        ["PARTITION", *(c.upper() for c in _PARTITION_COLUMNS), *(c.upper() for c in extra)],
+        [
+            [
+                pid,
+                *(p.get(c) for c in _PARTITION_COLUMNS),
+                *(_human_bytes(p.get(c)) if c == "bytes" else p.get(c) for c in extra),
+            ]
+            for pid, p in parts
+        ],
+    )
+    if any(isinstance(p.get("tiers"), dict) for _, p in parts):
         click.echo("")
         _table(
-            ["PARTITION", "LEADER", "EPOCH", "REPLICAS", "LOW", "HIGH_WATERMARK", "TIERS"],
+            ["PARTITION", "TIERS"],
             [
-                [pid, p.get("leader"), p.get("epoch"), p.get("replicas"), p.get("low"),
-                 p.get("high_watermark"), _tiers_text(p.get("tiers"))]
+                [pid, "   ".join(_tier_text(k, v) for k, v in (p.get("tiers") or {}).items())]
                 for pid, p in parts
             ],
         )
@@ -820,15 +951,23 @@ def groups() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
 @click.pass_context
 def groups_create(
-    ctx: click.Context, topic: str, group: str, start: str | None, ack_deadline_ms: int | None,
-    max_deliveries: int | None, dead_letter_topic: str | None, as_json: bool,
+    ctx: click.Context,
+    topic: str,
+    group: str,
+    start: str | None,
+    ack_deadline_ms: int | None,
+    max_deliveries: int | None,
+    dead_letter_topic: str | None,
+    as_json: bool,
 ) -> None:
     """Create a consumer group on a topic (or update its settings)."""
     body = {
         k: v
         for k, v in {
-            "start": start, "ack_deadline_ms": ack_deadline_ms,
-            "max_deliveries": max_deliveries, "dead_letter_topic": dead_letter_topic,
+            "start": start,
+            "ack_deadline_ms": ack_deadline_ms,
+            "max_deliveries": max_deliveries,
+            "dead_letter_topic": dead_letter_topic,
         }.items()
         if v is not None
     }
@@ -857,19 +996,25 @@ def groups_describe(ctx: click.Context, topic: str, group: str, as_json: bool) -
 @groups.command("pull")
 @click.argument("topic")
 @click.argument("group")
-@click.option("--max", "max_", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Most messages to lease.")
-@click.option("--wait-ms", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Long-poll this long when nothing is available.")
+@click.option(
+    "--max", "max_", type=click.IntRange(min=1), default=10, show_default=True, help="Most messages to lease."
+)
+@click.option(
+    "--wait-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Long-poll this long when nothing is available.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print each message as JSON.")
 @click.pass_context
-def groups_pull(
-    ctx: click.Context, topic: str, group: str, max_: int, wait_ms: int, as_json: bool
-) -> None:
+def groups_pull(ctx: click.Context, topic: str, group: str, max_: int, wait_ms: int, as_json: bool) -> None:
     """Lease messages; prints ack_id, attempt, partition, offset and payload of each."""
     client = _client(ctx)
     answer = client.call(
-        "POST", _topic_path(topic, "groups", group, "pull"), {"max": max_, "wait_ms": wait_ms},
+        "POST",
+        _topic_path(topic, "groups", group, "pull"),
+        {"max": max_, "wait_ms": wait_ms},
         timeout=client.timeout + wait_ms / 1000,
     )
     for msg in (answer or {}).get("messages") or []:
@@ -891,11 +1036,14 @@ def _settle(ctx: click.Context, verb: str, topic: str, group: str, body: dict[st
     wanted = len(body["ack_ids"])
     click.echo(f"{done_key} {_cell(done)}")
     if isinstance(done, int) and done < wanted:
-        detail = {k: v for k, v in (answer or {}).items() if k != done_key}
-        raise CtlError(
-            f"only {done} of {wanted} ack ids were accepted"
-            + (f": {json.dumps(detail)}" if detail else " (expired or unknown)")
-        )
+        refused = (answer or {}).get("refused")
+        if isinstance(refused, dict) and refused:
+            why = ", ".join(f"{k} ({v})" for k, v in refused.items())
+        elif isinstance(refused, list) and refused:
+            why = ", ".join(map(str, refused))
+        else:
+            why = "expired or unknown"
+        raise CtlError(f"{verb} refused for {wanted - done} of {wanted} ack ids: {why}")
 
 
 @groups.command("ack")
@@ -935,11 +1083,18 @@ def cluster() -> None:
 
 def _members_table(members: Any, leader: Any) -> None:
     rows = [
-        [("*" if m.get("id") == leader else "") + _cell(m.get("id")), m.get("state"),
-         m.get("incarnation"), m.get("peer"), m.get("http")]
-        for m in (members or []) if isinstance(m, dict)
+        [
+            m.get("id"),
+            m.get("state"),
+            m.get("incarnation"),
+            m.get("peer"),
+            m.get("http"),
+            "*" if leader is not None and m.get("id") == leader else "",
+        ]
+        for m in (members or [])
+        if isinstance(m, dict)
     ]
-    _table(["ID", "STATE", "INCARNATION", "PEER", "HTTP"], rows)
+    _table(["ID", "STATE", "INCARNATION", "PEER", "HTTP", "LEADER"], rows)
 
 
 @cluster.command("status")
@@ -968,7 +1123,7 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the members as JSON.")
 @click.pass_context
 def cluster_members(ctx: click.Context, as_json: bool) -> None:
-    """List members with their gossip state (* marks the Raft leader)."""
+    """List members with their gossip state and addresses; * marks the Raft leader."""
     info = _client(ctx).call("GET", "/v1/cluster") or {}
     if as_json:
         _print_json(info.get("members"))
@@ -1082,7 +1237,8 @@ def _problems(reports: list[NodeReport]) -> list[str]:
         )
     member_sets = {
         url: sorted(
-            str(m.get("id")) for m in info.get("members") or []
+            str(m.get("id"))
+            for m in info.get("members") or []
             if isinstance(m, dict) and m.get("state") in (None, "alive")
         )
         for url, info in views
@@ -1110,10 +1266,12 @@ def diagnose(ctx: click.Context, as_json: bool) -> None:
     reports = [_probe(url, client.timeout) for url in client.urls]
     problems = _problems(reports)
     if as_json:
-        _print_json({
-            "nodes": [r.__dict__ for r in reports],
-            "problems": problems,
-        })
+        _print_json(
+            {
+                "nodes": [r.__dict__ for r in reports],
+                "problems": problems,
+            }
+        )
     else:
         for r in reports:
             click.echo(r.url)
@@ -1138,7 +1296,8 @@ def diagnose(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  leader:  {_cell(info.get('leader'))}")
             click.echo(
                 f"  members: {len(members)} ("
-                + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
+                + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                + ")"
             )
         click.echo("")
         if problems:
@@ -1192,48 +1351,109 @@ def _ms(summary: Any) -> str:
 
 @cli.command()
 @click.option("--topic", help="Topic to use (default: a fresh one, deleted afterwards).")
-@click.option("--messages", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Messages to publish.")
-@click.option("--size", type=click.IntRange(min=19), default=100, show_default=True,
-              help="Payload bytes per message (at least 19: the send timestamp).")
-@click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Messages per publish request.")
-@click.option("--publishers", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Concurrent publishing connections.")
-@click.option("--subscribers", type=click.IntRange(min=0), default=1, show_default=True,
-              help="SSE subscribers reading from latest.")
+@click.option(
+    "--messages", type=click.IntRange(min=1), default=100_000, show_default=True, help="Messages to publish."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=19),
+    default=100,
+    show_default=True,
+    help="Payload bytes per message (at least 19: the send timestamp).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Messages per publish request.",
+)
+@click.option(
+    "--publishers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Concurrent publishing connections.",
+)
+@click.option(
+    "--subscribers",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="SSE subscribers reading from latest.",
+)
 @click.option("--acks", type=_ACKS, default="quorum", show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="Total msgs/s to publish at (0 = as fast as possible).")
-@click.option("--storage", type=_STORAGE, default="durable", show_default=True,
-              help="Storage of the created topic.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Total msgs/s to publish at (0 = as fast as possible).",
+)
+@click.option(
+    "--storage", type=_STORAGE, default="durable", show_default=True, help="Storage of the created topic."
+)
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions of the created topic.")
-@click.option("--replication-factor", type=click.IntRange(min=1),
-              help="Replication factor of the created topic.")
+@click.option(
+    "--replication-factor", type=click.IntRange(min=1), help="Replication factor of the created topic."
+)
 @click.option("--keep-topic", is_flag=True, help="Do not delete the fresh topic afterwards.")
-@click.option("--inline-subscribers", is_flag=True,
-              help="Run subscribers in this process instead of a child process.")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Stop waiting for deliveries after this many seconds without one.")
-@click.option("--progress/--no-progress", default=None,
-              help="Show a progress line on stderr (default: when stderr is a terminal).")
+@click.option(
+    "--inline-subscribers", is_flag=True, help="Run subscribers in this process instead of a child process."
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Stop waiting for deliveries after this many seconds without one.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress line on stderr (default: when stderr is a terminal).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.pass_context
 def bench(
-    ctx: click.Context, topic: str | None, messages: int, size: int, batch: int,
-    publishers: int, subscribers: int, acks: str, rate: float, storage: str,
-    partitions: int | None, replication_factor: int | None, keep_topic: bool,
-    inline_subscribers: bool, drain_timeout: float, progress: bool | None, as_json: bool,
+    ctx: click.Context,
+    topic: str | None,
+    messages: int,
+    size: int,
+    batch: int,
+    publishers: int,
+    subscribers: int,
+    acks: str,
+    rate: float,
+    storage: str,
+    partitions: int | None,
+    replication_factor: int | None,
+    keep_topic: bool,
+    inline_subscribers: bool,
+    drain_timeout: float,
+    progress: bool | None,
+    as_json: bool,
 ) -> None:
     """Measure publish and delivery throughput and latency."""
     from sprawl.bench import BenchConfig, BenchError, run_bench
 
     client = _client(ctx)
     config = BenchConfig(
-        urls=list(client.urls), topic=topic, messages=messages, size=size, batch=batch,
-        publishers=publishers, subscribers=subscribers, acks=acks, rate=rate, storage=storage,
-        partitions=partitions, replication_factor=replication_factor, keep_topic=keep_topic,
-        subscriber_process=not inline_subscribers, timeout=max(client.timeout, 30.0),
+        urls=list(client.urls),
+        topic=topic,
+        messages=messages,
+        size=size,
+        batch=batch,
+        publishers=publishers,
+        subscribers=subscribers,
+        acks=acks,
+        rate=rate,
+        storage=storage,
+        partitions=partitions,
+        replication_factor=replication_factor,
+        keep_topic=keep_topic,
+        subscriber_process=not inline_subscribers,
+        timeout=max(client.timeout, 30.0),
         drain_timeout=drain_timeout,
     )
     if progress is None:
@@ -1272,9 +1492,7 @@ def bench(
         for warning in r.warnings:
             click.echo(f"warning: {warning}", err=True)
     if not result.complete:
-        raise CtlError(
-            f"subscribers received {result.delivered} of {result.delivery_target} messages"
-        )
+        raise CtlError(f"subscribers received {result.delivered} of {result.delivery_target} messages")
 
 
 def main() -> None:

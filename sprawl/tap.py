@@ -107,17 +107,23 @@ class Options(usage.Options):
     optParameters = [[name, None, None, _DOCS[name]] for name in (*_OPTIONS, "config")]
     optFlags = [["no-auto-create", None, "Refuse publishes to topics that do not exist."]]
 
-    def __init__(self) -> None:
-        super().__init__()
-        for alias, name in _ALIASES.items():
-            setattr(self, "opt_" + alias, self._alias(name))
+    # The seed's camelCase names.  usage.Options finds ``opt_*`` handlers on
+    # the class (not the instance), so they are real methods here.
+    def opt_bindAddr(self, value: str) -> None:
+        """Alias of --bind-addr."""
+        self["bind-addr"] = value
 
-    def _alias(self, name: str) -> Any:
-        def set_value(value: str) -> None:
-            self[name] = value
+    def opt_bindPort(self, value: str) -> None:
+        """Alias of --bind-port."""
+        self["bind-port"] = value
 
-        set_value.__doc__ = f"Alias of --{name}."
-        return set_value
+    def opt_httpAddr(self, value: str) -> None:
+        """Alias of --http-addr."""
+        self["http-addr"] = value
+
+    def opt_httpPort(self, value: str) -> None:
+        """Alias of --http-port."""
+        self["http-port"] = value
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -145,6 +151,10 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
         values["s3_access_key"] = environ["MINIO_ACCESS_KEY"]
     if environ.get("MINIO_SECRET_KEY"):
         values["s3_secret_key"] = environ["MINIO_SECRET_KEY"]
+    if environ.get("MINIO_ENDPOINT") and not values.get("s3_bucket"):
+        # The seed's environment names no bucket: without a default, a node
+        # given only MINIO_* would refuse to start (endpoint needs a bucket).
+        values["s3_bucket"] = environ.get("MINIO_BUCKET") or "sprawl"
     for env_name, field in (("SPRAWL_S3_ACCESS_KEY", "s3_access_key"), ("SPRAWL_S3_SECRET_KEY", "s3_secret_key")):
         if environ.get(env_name):
             values[field] = environ[env_name]
@@ -163,6 +173,9 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
         except (ConfigError, ValueError) as e:
             raise ConfigError(f"--{name}: {e}") from None
     values.update(parsed)
+    if "max_body_bytes" in values and "max_message_bytes" not in values:
+        # A small --max-body-bytes alone lowers the default message limit with it.
+        values["max_message_bytes"] = min(values["max_body_bytes"], NodeConfig.max_message_bytes)
     if opts.get("no-auto-create") or environ.get("SPRAWL_NO_AUTO_CREATE") in ("1", "true", "yes"):
         values["auto_create_topics"] = False
     return NodeConfig(**values).validate()

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 from klein import Klein
+from klein.resource import KleinResource
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -97,6 +98,21 @@ def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return deco
 
 
+class _JSONErrorsResource(KleinResource):
+    """Klein's resource, but a URL that is not UTF-8 gets the JSON error shape
+    (Klein itself answers such URLs with a plain-text 400)."""
+
+    def render(self, request: Any) -> Any:
+        try:
+            b"/".join(request.postpath or []).decode("utf-8")
+            (request.getRequestHostname() or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", JSON)
+            return _encode({"error": {"code": "invalid_url", "message": "the URL is not valid UTF-8"}})
+        return super().render(request)
+
+
 class SprawlAPI:
     """The node's HTTP API.  ``resource()`` gives the twisted.web resource."""
 
@@ -114,7 +130,7 @@ class SprawlAPI:
 
     def resource(self) -> Any:
         """The twisted.web resource serving this API."""
-        return self.app.resource()
+        return _JSONErrorsResource(self.app)
 
     # -- errors ------------------------------------------------------------------
 
@@ -162,7 +178,7 @@ class SprawlAPI:
             return {}
         try:
             body = _decode(raw)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:  # invalid UTF-8 raises the latter
             raise BadRequest(f"malformed JSON: {e}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", code="invalid_json")
@@ -195,7 +211,20 @@ class SprawlAPI:
     def _parse_messages(self, request: Any) -> tuple[list[Record], str]:
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         max_batch = self.broker.config.max_batch_messages
+        # The raw-body query parameters are checked whatever the body (a JSON batch ignores them).
+        q_acks, q_key, q_id = self._arg(request, "acks"), self._arg(request, "key"), self._arg(request, "id")
+        if q_acks and q_acks not in ACKS:
+            raise BadRequest("acks must be one of quorum, leader, none", code="invalid_acks")
+        if q_key is not None and len(q_key) > 1024:
+            raise BadRequest("query parameter key must be at most 1024 characters", code="invalid_parameter")
+        if q_id is not None and not 1 <= len(q_id) <= 256:
+            raise BadRequest("query parameter id must be 1-256 characters", code="invalid_parameter")
         if ctype == JSON or ctype.endswith(b"+json"):
+            raw = request.content.read() if request.content is not None else b""
+            fast = _fast_publish(raw, max_batch)
+            if fast is not None:
+                return fast
+            request.content.seek(0)
             body = self._json_body(request)
             unknown = set(body) - {"messages", "acks"}
             if unknown:
@@ -209,11 +238,7 @@ class SprawlAPI:
             records = [parse_message(m, i) for i, m in enumerate(msgs)]
         else:
             raw = request.content.read() if request.content is not None else b""
-            acks = self._arg(request, "acks") or "quorum"
-            key = self._arg(request, "key")
-            mid = self._arg(request, "id")
-            if mid is not None:
-                check_id(mid, 0)
+            acks, key, mid = q_acks or "quorum", q_key, q_id
             try:
                 raw.decode("utf-8")
                 is_text = ctype.startswith(b"text/") or ctype in (b"", b"application/x-www-form-urlencoded")
@@ -720,6 +745,53 @@ def check_id(mid: Any, i: int) -> None:
     """Message ids are 1-256 character strings."""
     if not isinstance(mid, str) or not 1 <= len(mid) <= 256:
         raise BadRequest(f"messages[{i}].id must be a string of 1-256 characters", code="invalid_message")
+
+
+class _InMessage(msgspec.Struct, forbid_unknown_fields=True):
+    payload: str | None = None
+    payload_b64: str | None = None
+    key: str | None = None
+    headers: dict[str, str] | None = None
+    id: str | None = None
+
+
+class _PublishBody(msgspec.Struct, forbid_unknown_fields=True):
+    messages: list[_InMessage]
+    acks: str = "quorum"
+
+
+_publish_decoder = msgspec.json.Decoder(_PublishBody)
+
+
+def _fast_publish(raw: bytes, max_batch: int) -> tuple[list[Record], str] | None:
+    """Typed decoding of a well-formed publish body (the hot path).
+
+    Returns None when anything is off, so the precise validator reports it.
+    """
+    try:
+        body = _publish_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    msgs = body.messages
+    if not msgs or len(msgs) > max_batch or body.acks not in ACKS:
+        return None
+    out = []
+    append = out.append
+    for m in msgs:
+        p = m.payload
+        if p is None or m.payload_b64 is not None:
+            return None
+        mid = m.id
+        key = m.key
+        headers = m.headers
+        if (
+            (mid is not None and not 1 <= len(mid) <= 256)
+            or (key is not None and len(key) > 1024)
+            or (headers is not None and len(headers) > 64)
+        ):
+            return None
+        append(Record(-1, 0, 0, mid, key, headers or None, p.encode("utf-8", "surrogatepass"), True))
+    return out, body.acks
 
 
 def parse_message(m: Any, i: int) -> Record:

@@ -167,6 +167,12 @@ class PartitionLog:
             # Everything went: the offsets keep counting from next_offset.
             self.stored_end = max(self.stored_end, self.next_offset)
             self.high_watermark = max(self.high_watermark, self.next_offset)
+        elif self.high_watermark < self.log_start:
+            # Retention took offsets not stored yet (a commit in flight): they
+            # are gone either way, and the visible range must not start past
+            # its end (log_start <= high_watermark).
+            self.stored_end = max(self.stored_end, self.log_start)
+            self.high_watermark = self.log_start
         hot = self.hot
         while hot and hot[0].offset < self.log_start:
             r = hot.popleft()

@@ -25,7 +25,7 @@ from sprawl.storage import keys
 
 log = Logger()
 
-Op = tuple  # ("p", db, key, value) | ("d", db, key) | ("r", db, start, end)
+Op = tuple  # ("p", db, key, value) | ("m", db, [(key, value)...]) | ("d", db, key) | ("r", db, start, end)
 
 DBS = ("meta", "records", "segments")
 
@@ -121,7 +121,7 @@ class LmdbStore:
     def put_records(self, uid: int, partition: int, records: list[Record]) -> list[Op]:
         """Ops storing ``records`` of one partition."""
         rk = keys.record_key
-        return [("p", "records", rk(uid, partition, r.offset), r.to_storage()) for r in records]
+        return [("m", "records", [(rk(uid, partition, r.offset), r.to_storage()) for r in records])]
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._in_flight:
@@ -183,7 +183,9 @@ class LmdbStore:
             with env.begin(write=True) as txn:
                 for op in ops:
                     kind = op[0]
-                    if kind == "p":
+                    if kind == "m":
+                        txn.cursor(db=dbs[op[1]]).putmulti(op[2])
+                    elif kind == "p":
                         txn.put(op[2], op[3], db=dbs[op[1]])
                     elif kind == "d":
                         txn.delete(op[2], db=dbs[op[1]])

@@ -1,0 +1,279 @@
+"""The benchmark engine: its parsers in isolation, and short runs against a real node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sprawl import bench
+from sprawl.bench import BenchConfig, BenchError, run_bench
+from sprawl.ctl import cli
+
+# --------------------------------------------------------------------------------------------
+# pure pieces
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def test_dechunker_handles_every_split_point() -> None:
+    body = [b"hello ", b"chunked", b" world" * 20]
+    wire = chunked(*body)
+    for cut in range(len(wire) + 1):
+        d = bench._Dechunker()
+        got = d.feed(wire[:cut]) + d.feed(wire[cut:])
+        assert got == b"".join(body), cut
+        assert d.done
+
+
+def test_dechunker_byte_at_a_time_with_extension_and_trailer() -> None:
+    wire = b"5;ext=1\r\nabcde\r\n3\r\nfgh\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    d = bench._Dechunker()
+    out = b"".join(d.feed(wire[i : i + 1]) for i in range(len(wire)))
+    assert out == b"abcdefgh" and d.done
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_http_connection_parses_responses_split_anywhere() -> None:
+    responses = [
+        b'HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: application/json\r\n\r\n{"offsets":1}',
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunked(b'{"error":', b'{"code":"overloaded","message":"slow down"}}'),
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ]
+
+    async def scenario(cut: int) -> list[bench.Response]:
+        conn = bench._HttpConnection()
+        conn.connection_made(FakeTransport())
+        got = []
+        for wire in responses:
+            fut = conn.request(b"GET / HTTP/1.1\r\n\r\n")
+            conn.data_received(wire[:cut])
+            conn.data_received(wire[cut:])
+            got.append(await fut)
+        return got
+
+    for cut in range(0, 120):
+        ok, throttled, empty = asyncio.run(scenario(cut))
+        assert (ok.status, ok.body) == (200, b'{"offsets":1}')
+        assert throttled.status == 429 and throttled.headers["retry-after"] == "0.5"
+        assert throttled.error_text() == "overloaded: slow down"
+        assert (empty.status, empty.body) == (204, b"")
+
+
+def sse_wire(stamps: list[int], size: int = 40) -> bytes:
+    events = []
+    for i, ts in enumerate(stamps):
+        payload = bench.make_payload(size, ts).decode()
+        msg = json.dumps({"offset": i, "partition": 0, "payload": payload}, separators=(",", ":"))
+        events.append(b"id: 0:%d\ndata: %s\n\n" % (i, msg.encode()))
+    return b"".join(events)
+
+
+def test_sse_reader_counts_messages_and_latency_across_splits() -> None:
+    now = time.time_ns()
+    stamps = [now - 5_000_000] * 3 + [now - 1_000_000] * 2  # 5 ms and 1 ms old
+    body = b": sprawl stream\n\n" + sse_wire(stamps)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = head + chunked(body[:50], body[50:])
+
+    async def scenario(cut: int) -> tuple[int, Counter[int]]:
+        hist: Counter[int] = Counter()
+        reader = bench._SseReader(0, hist)
+        reader.connection_made(FakeTransport())
+        reader.data_received(wire[:cut])
+        reader.data_received(wire[cut:])
+        assert reader.headers_seen.done() and reader.ready.done()
+        return reader.count, hist
+
+    for cut in range(1, len(wire), 7):
+        count, hist = asyncio.run(scenario(cut))
+        assert count == 5
+        assert sum(hist.values()) == 5
+        assert all(900 <= us < 60_000_000 for us in hist)
+
+
+def test_sse_reader_reports_http_errors() -> None:
+    async def scenario() -> str | None:
+        reader = bench._SseReader(3, Counter())
+        reader.connection_made(FakeTransport())
+        body = b'{"error":{"code":"topic_not_found","message":"no such topic"}}'
+        reader.data_received(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        reader.connection_lost(None)
+        with pytest.raises(BenchError, match="topic_not_found"):
+            await reader.headers_seen
+        return reader.error
+
+    assert asyncio.run(scenario()) == "topic_not_found: no such topic"
+
+
+def test_percentiles_and_histogram() -> None:
+    assert bench.percentile([], 0.5) == 0.0
+    values = list(range(1, 101))
+    assert bench.percentile(values, 0.5) == 50
+    assert bench.percentile(values, 0.99) == 99
+    assert bench.percentile(values, 1.0) == 100
+    summary = bench._histogram_summary({1000: 50, 2000: 49, 9000: 1})
+    assert summary is not None and (summary.p50, summary.p99, summary.max) == (1.0, 2.0, 9.0)
+    assert bench._histogram_summary({}) is None
+    for us in (0, 5, 1023, 1024, 123_456, 9_999_999):
+        q = bench._quantize_us(us)
+        assert q <= us and us - q <= max(us // 512, 0)
+
+
+def test_payload_and_config_validation() -> None:
+    p = bench.make_payload(30, 1_700_000_000_000_000_000)
+    assert p == b"1700000000000000000" + b"x" * 11
+    assert len(bench.make_payload(19)) == 19
+    BenchConfig().validate()
+    for bad in ({"size": 18}, {"messages": 0}, {"batch": 0}, {"acks": "all"}, {"storage": "x"}, {"rate": -1}):
+        with pytest.raises(BenchError):
+            BenchConfig(**bad).validate()  # type: ignore[arg-type]
+    assert bench._retry_after("2") == 2.0
+    assert bench._retry_after(None) == 0.1
+    assert bench._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
+    assert bench._topic_shape({"partitions": 2, "replication_factor": 3}) == (2, 3)
+    assert bench._topic_shape({"partitions": [{"replicas": ["a", "b"]}]}) == (1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# against a real node
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def topic_names(url: str) -> list[str]:
+    result = CliRunner().invoke(cli, ["-n", url, "topics", "list", "--json"])
+    assert result.exit_code == 0, result.stderr
+    return [t["name"] for t in json.loads(result.stdout)["topics"]]
+
+
+@pytest.mark.integration
+def test_bench_cli_json_reports_numbers(sprawl_node: Any) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "-n",
+            sprawl_node.url,
+            "bench",
+            "--messages",
+            "2000",
+            "--size",
+            "64",
+            "--batch",
+            "50",
+            "--publishers",
+            "2",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["published"] == 2000 and r["delivered"] == 2000 and r["per_subscriber"] == [2000]
+    assert r["publish_requests"] == 40
+    for key in ("publish_msgs_per_s", "publish_mb_per_s", "delivered_msgs_per_s", "delivered_mb_per_s"):
+        assert r[key] > 0, key
+    for key in ("e2e_latency_ms", "publish_latency_ms"):
+        lat = r[key]
+        assert 0 <= lat["p50"] <= lat["p99"] <= lat["max"], key
+        assert lat["max"] > 0
+    assert r["replication_factor"] == 1 and r["acks"] == "quorum" and r["size"] == 64
+    assert r["topic"] not in topic_names(sprawl_node.url)  # the fresh topic is cleaned up
+
+
+@pytest.mark.integration
+def test_bench_cli_text_with_several_inline_subscribers(sprawl_node: Any) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "-n",
+            sprawl_node.url,
+            "bench",
+            "--messages",
+            "2000",
+            "--subscribers",
+            "3",
+            "--inline-subscribers",
+            "--topic",
+            "kept",
+            "--storage",
+            "ephemeral",
+            "--acks",
+            "leader",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "publish:   2000 msgs" in out and "msgs/s" in out and "MB/s" in out
+    assert "delivered: 6000/6000 msgs" in out and "total of 3 subscribers" in out
+    assert "end-to-end latency ms: p50" in out and "publish request latency ms: p50" in out
+    assert "payload 100 B, acks leader, batch 100, publishers 4, subscribers 3, replication 1" in out
+    assert "kept" in topic_names(sprawl_node.url)  # a named topic is kept
+
+
+@pytest.mark.integration
+def test_run_bench_paces_with_rate(sprawl_node: Any) -> None:
+    config = BenchConfig(
+        urls=[sprawl_node.url],
+        messages=400,
+        batch=10,
+        publishers=2,
+        rate=2000,
+        subscribers=1,
+        subscriber_process=False,
+    )
+    r = run_bench(config)
+    assert r.published == 400 and r.delivered == 400
+    # 40 batches scheduled 5 ms apart: the last one leaves at 195 ms.
+    assert r.publish_seconds >= 0.19
+    assert r.publish_msgs_per_s <= 2000 * 1.1
+    assert r.e2e_latency_ms is not None and r.e2e_latency_ms.max > 0
+
+
+@pytest.mark.integration
+def test_run_bench_without_subscribers_and_progress(sprawl_node: Any) -> None:
+    seen: list[tuple[int, int, int, int]] = []
+    r = run_bench(
+        BenchConfig(urls=[sprawl_node.url], messages=500, batch=100, subscribers=0), lambda *a: seen.append(a)
+    )
+    assert r.published == 500 and r.delivered == 0 and r.e2e_latency_ms is None and r.complete
+    assert seen[-1][:2] == (500, 500)
+
+
+def test_bench_against_dead_node_is_a_one_line_error(dead_url: str) -> None:
+    result = CliRunner().invoke(cli, ["-n", dead_url, "bench", "--messages", "10"])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "sprawlctl: error: no node is reachable"
+    )

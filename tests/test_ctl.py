@@ -1,0 +1,434 @@
+"""``sprawlctl`` against a real single-node broker (the ``sprawl_node`` fixture).
+
+Every command runs in-process through :class:`click.testing.CliRunner` except the Ctrl-C test,
+which needs a real process to signal. Subscriptions always pass ``-c`` and ``--idle-timeout``
+so a missing message fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from sprawl.ctl import cli, parse_urls, sse_events
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+IDLE = "10"  # seconds a subscription may wait for a message before the test fails
+
+
+def ctl(url: str, *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Result:
+    """Run ``sprawlctl -n URL ARGS...`` in-process."""
+    runner = CliRunner()
+    return runner.invoke(
+        cli, ["-n", url, "--timeout", "10", *args], input=input, env=env, catch_exceptions=False
+    )
+
+
+def ok(result: Result) -> str:
+    """Assert success and return stdout."""
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.stderr}"
+    return result.stdout
+
+
+def one_line_error(result: Result) -> str:
+    """Assert failure with exactly one ``sprawlctl: error:`` line on stderr; return it."""
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sprawlctl: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback URL whose port is bound but not listening: connections are refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def make_topic(url: str, name: str, *opts: str) -> None:
+    ok(ctl(url, "topics", "create", name, "--partitions", "1", *opts))
+
+
+# --------------------------------------------------------------------------------------------
+# publish / subscribe
+
+
+def test_publish_then_subscribe_prints_payloads_in_order(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "orders")
+    sent = [f"message {i}" for i in range(20)]
+    for text in sent:
+        out = ok(ctl(url, "publish", "-t", "orders", "-m", text))
+        assert re.fullmatch(r"offset=\d+ partition=0 id=\S+\n", out)
+    out = ok(ctl(url, "subscribe", "-t", "orders", "--from", "earliest", "-c", "20", "--idle-timeout", IDLE))
+    assert out.splitlines() == sent
+
+
+def test_publish_prints_offset_partition_id_per_message(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "counted")
+    out = ok(ctl(url, "publish", "-t", "counted", "-p", "x", "-c", "3", "-k", "k1"))
+    offsets = [int(m.group(1)) for m in re.finditer(r"^offset=(\d+) partition=0 id=\S+$", out, re.M)]
+    assert offsets == [0, 1, 2]
+    answer = json.loads(ok(ctl(url, "publish", "-t", "counted", "-m", "y", "--acks", "leader", "--json")))
+    assert answer["offsets"] == [3] and answer["partitions"] == [0] and len(answer["ids"]) == 1
+    out = ok(
+        ctl(
+            url,
+            "subscribe",
+            "-t",
+            "counted",
+            "--from",
+            "1",
+            "--partition",
+            "0",
+            "-c",
+            "3",
+            "--json",
+            "--idle-timeout",
+            IDLE,
+        )
+    )
+    msgs = [json.loads(line) for line in out.splitlines()]
+    assert [(m["offset"], m["payload"]) for m in msgs] == [(1, "x"), (2, "x"), (3, "y")]
+    assert msgs[0]["key"] == "k1"
+
+
+def test_publish_with_id_is_idempotent(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "idem")
+    first = ok(ctl(url, "publish", "-t", "idem", "-m", "once", "--id", "order-7"))
+    again = ok(ctl(url, "publish", "-t", "idem", "-m", "once", "--id", "order-7"))
+    assert first == again
+    assert "id=order-7" in first
+
+
+def test_publish_stdin_lines_one_message_each_in_batches(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "lines")
+    lines = [f"line-{i}" for i in range(1203)]  # three requests of at most 500
+    out = ok(ctl(url, "publish", "-t", "lines", "-m", "-", input="\n".join(lines) + "\n"))
+    assert len(out.splitlines()) == len(lines)
+    ok(ctl(url, "publish", "-t", "lines", "-f", "-", input="from-f-dash\r\n"))
+    out = ok(
+        ctl(
+            url,
+            "subscribe",
+            "-t",
+            "lines",
+            "--from",
+            "earliest",
+            "-c",
+            str(len(lines) + 1),
+            "--idle-timeout",
+            IDLE,
+        )
+    )
+    assert out.splitlines() == [*lines, "from-f-dash"]
+
+
+def test_publish_file_sends_its_bytes_as_one_message(sprawl_node: Any, tmp_path: Path) -> None:
+    url = sprawl_node.url
+    make_topic(url, "files")
+    data = bytes(range(256)) * 3
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    out = ok(ctl(url, "publish", "-t", "files", "-f", str(path)))
+    assert len(out.splitlines()) == 1
+    ok(ctl(url, "publish", "-t", "files", "-f", str(path), "-k", "with-key"))  # JSON + payload_b64 form
+    result = ctl(url, "subscribe", "-t", "files", "--from", "earliest", "-c", "2", "--idle-timeout", IDLE)
+    ok(result)
+    assert result.stdout_bytes == (data + b"\n") * 2
+
+
+def test_subscribe_group_pulls_prints_and_acks(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "jobs")
+    ok(ctl(url, "publish", "-t", "jobs", "-m", "-", input="j1\nj2\nj3\n"))
+    out = ok(
+        ctl(
+            url,
+            "subscribe",
+            "-t",
+            "jobs",
+            "--group",
+            "workers",
+            "--from",
+            "earliest",
+            "-c",
+            "3",
+            "--idle-timeout",
+            IDLE,
+        )
+    )
+    assert out.splitlines() == ["j1", "j2", "j3"]
+    desc = json.loads(ok(ctl(url, "groups", "describe", "jobs", "workers", "--json")))
+    assert desc["lag"] == 0 and desc["in_flight"] == 0
+
+
+def test_subscribe_with_too_few_messages_fails_after_idle_timeout(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "quiet")
+    ok(ctl(url, "publish", "-t", "quiet", "-m", "only"))
+    result = ctl(url, "subscribe", "-t", "quiet", "--from", "earliest", "-c", "2", "--idle-timeout", "0.5")
+    assert result.stdout == "only\n"
+    assert "received 1 of 2" in one_line_error(result)
+
+
+def test_subscribe_ctrl_c_exits_zero_without_traceback(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "live")
+    ok(ctl(url, "publish", "-t", "live", "-m", "first"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bin" / "sprawlctl"),
+            "-n",
+            url,
+            "subscribe",
+            "-t",
+            "live",
+            "--from",
+            "earliest",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(timeout=20), "no message within 20 s"
+        assert proc.stdout.readline() == b"first\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert b"Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# topics and groups
+
+
+def test_topics_create_list_describe_delete(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    out = ok(
+        ctl(
+            url,
+            "topics",
+            "create",
+            "metrics",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+            "--storage",
+            "ephemeral",
+            "--retention-ms",
+            "60000",
+            "--retention-bytes",
+            "1000000",
+        )
+    )
+    assert out == "topic metrics created\n"
+    assert ok(ctl(url, "topics", "create", "metrics", "--partitions", "3")) == "topic metrics updated\n"
+    ok(ctl(url, "publish", "-t", "metrics", "-m", "m", "-c", "5"))
+
+    table = ok(ctl(url, "topics", "list")).splitlines()
+    assert table[0].split()[:2] == ["NAME", "PARTITIONS"]
+    row = next(line.split() for line in table[1:] if line.split()[0] == "metrics")
+    assert row[1] == "3"
+    listed = json.loads(ok(ctl(url, "topics", "list", "--json")))
+    assert [t["messages"] for t in listed["topics"] if t["name"] == "metrics"] == [5]
+
+    text = ok(ctl(url, "topics", "describe", "metrics"))
+    assert "partitions: 3" in text and "storage: ephemeral" in text and "retention_ms: 60000" in text
+    assert re.search(r"^PARTITION\s+LEADER\s+EPOCH\s+REPLICAS\s+LOW\s+HIGH_WATERMARK", text, re.M)
+    assert re.search(r"^PARTITION\s+TIERS", text, re.M) and "memory" in text
+    desc = json.loads(ok(ctl(url, "topics", "describe", "metrics", "--json")))
+    assert desc["name"] == "metrics"
+
+    assert ok(ctl(url, "topics", "delete", "metrics")) == "topic metrics deleted\n"
+    assert "metrics" not in [
+        t["name"] for t in json.loads(ok(ctl(url, "topics", "list", "--json")))["topics"]
+    ]
+    line = one_line_error(ctl(url, "topics", "describe", "metrics"))
+    assert "metrics" in line and "not" in line
+
+
+def test_groups_create_pull_ack_nack_describe(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "tasks")
+    ok(ctl(url, "publish", "-t", "tasks", "-m", "-", input="t1\nt2\nt3\n"))
+    assert "created" in ok(
+        ctl(
+            url,
+            "groups",
+            "create",
+            "tasks",
+            "g",
+            "--start",
+            "earliest",
+            "--ack-deadline-ms",
+            "60000",
+            "--max-deliveries",
+            "5",
+        )
+    )
+
+    pulled = ok(ctl(url, "groups", "pull", "tasks", "g", "--max", "10")).splitlines()
+    found = [
+        re.match(r"ack_id=(\S+) attempt=(\d+) partition=0 offset=(\d+) payload=(.*)$", line)
+        for line in pulled
+    ]
+    assert all(found), pulled
+    assert [(m.group(2), m.group(4)) for m in found if m] == [("1", "t1"), ("1", "t2"), ("1", "t3")]
+    ack_ids = [m.group(1) for m in found if m]
+
+    assert ok(ctl(url, "groups", "ack", "tasks", "g", *ack_ids[:2])) == "acked 2\n"
+    assert ok(ctl(url, "groups", "nack", "tasks", "g", ack_ids[2], "--delay-ms", "0")) == "nacked 1\n"
+    again = [
+        json.loads(line)
+        for line in ok(ctl(url, "groups", "pull", "tasks", "g", "--json", "--wait-ms", "5000")).splitlines()
+    ]
+    assert [(m["payload"], m["delivery_attempt"]) for m in again] == [("t3", 2)]
+    ok(ctl(url, "groups", "ack", "tasks", "g", again[0]["ack_id"]))
+
+    desc = ok(ctl(url, "groups", "describe", "tasks", "g"))
+    assert re.search(r"^lag: 0$", desc, re.M) and re.search(r"^in_flight: 0$", desc, re.M)
+    # Acking twice is refused: the message is no longer leased.
+    result = ctl(url, "groups", "ack", "tasks", "g", ack_ids[0])
+    assert "ack refused" in one_line_error(result)
+
+
+# --------------------------------------------------------------------------------------------
+# errors and node selection
+
+
+def test_bad_topic_name_is_a_one_line_error(sprawl_node: Any) -> None:
+    line = one_line_error(ctl(sprawl_node.url, "publish", "-t", "bad name!", "-m", "x"))
+    assert "topic" in line
+
+
+def test_usage_error_is_one_line(sprawl_node: Any) -> None:
+    result = ctl(sprawl_node.url, "publish", "-t", "x")
+    assert result.exit_code == 2
+    one_line_error(result)
+
+
+def test_dead_url_first_then_live_one_works(sprawl_node: Any, dead_url: str) -> None:
+    make_topic(sprawl_node.url, "failover")
+    out = ok(ctl(f"{dead_url},{sprawl_node.url}", "publish", "-t", "failover", "-m", "hi"))
+    assert out.startswith("offset=0 ")
+    assert "failover" in ok(ctl(f"{dead_url},{sprawl_node.url}", "topics", "list"))
+    out = ok(
+        ctl(
+            f"{dead_url},{sprawl_node.url}",
+            "subscribe",
+            "-t",
+            "failover",
+            "--from",
+            "earliest",
+            "-c",
+            "1",
+            "--idle-timeout",
+            IDLE,
+        )
+    )
+    assert out == "hi\n"
+
+
+def test_all_urls_down_is_a_one_line_error(dead_url: str) -> None:
+    line = one_line_error(ctl(dead_url, "topics", "list"))
+    assert "cannot reach" in line and "connection refused" in line
+
+
+def test_sprawl_url_environment_variable(sprawl_node: Any) -> None:
+    result = CliRunner().invoke(cli, ["cluster", "status"], env={"SPRAWL_URL": sprawl_node.url})
+    assert "leader:" in ok(result)
+
+
+def test_cluster_status_members_placement(sprawl_node: Any) -> None:
+    url = sprawl_node.url
+    make_topic(url, "placed")
+    info = json.loads(ok(ctl(url, "cluster", "status", "--json")))
+    node_id = info["node_id"]
+    status = ok(ctl(url, "cluster", "status"))
+    assert f"node: {node_id}" in status and "ID" in status
+    members = ok(ctl(url, "cluster", "members")).splitlines()
+    assert members[0].split()[:2] == ["ID", "STATE"]
+    assert any(line.split()[:2] == [node_id, "alive"] for line in members[1:])
+    placement = ok(ctl(url, "cluster", "placement")).splitlines()
+    assert ["placed", "0", node_id] == next(
+        line.split()[:3] for line in placement if line.startswith("placed")
+    )
+
+
+def test_diagnose_healthy_node(sprawl_node: Any) -> None:
+    out = ok(ctl(sprawl_node.url, "diagnose"))
+    assert "health:  ok" in out and "ready:   yes" in out and "no problems found" in out
+
+
+def test_diagnose_fails_when_a_node_is_down(sprawl_node: Any, dead_url: str) -> None:
+    result = ctl(f"{dead_url},{sprawl_node.url}", "diagnose")
+    line = one_line_error(result)
+    assert "1 of 2" in line
+    assert f"{dead_url}\n  health:  DOWN (connection refused)" in result.stdout
+    assert "ready:   yes" in result.stdout  # the live node is still reported
+    report = json.loads(ctl(f"{dead_url},{sprawl_node.url}", "diagnose", "--json").stdout)
+    assert [n["up"] for n in report["nodes"]] == [False, True]
+
+
+# --------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def test_parse_urls() -> None:
+    assert parse_urls([]) == ["http://localhost:8080"]
+    assert parse_urls(["a:1,http://b:2/", "a:1"]) == ["http://a:1", "http://b:2"]
+
+
+def test_sse_events_parsing() -> None:
+    raw = [
+        b": hello\n",
+        b"retry: 1000\n",
+        b"\n",
+        b"id: 0:5\n",
+        b'data: {"a":\n',
+        b"data: 1}\n",
+        b"\n",
+        b"event: error\n",
+        b"data: x\n",
+        b"\n",
+    ]
+    events = list(sse_events(raw))
+    assert [(e.event, e.id, e.data) for e in events] == [
+        ("message", "0:5", '{"a":\n1}'),
+        ("error", None, "x"),
+    ]

@@ -1,0 +1,193 @@
+"""The pure partition log core: offsets, hot tail, high watermark, segments, eviction, retention."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sprawl.log.partition import PartitionLog
+from sprawl.log.record import Record
+
+
+def rec(size: int = 10, ts: int = 0) -> Record:
+    """A record with ``size`` payload bytes and no offset yet."""
+    return Record(-1, -1, ts, None, None, None, b"x" * size, True)
+
+
+def check_segments(lg: PartitionLog) -> None:
+    """Segments are contiguous, cover [log_start, next_offset) and only the last is open."""
+    if not lg.segments:
+        return
+    assert lg.segments[0].base == lg.log_start
+    for a, b in zip(lg.segments, lg.segments[1:]):
+        assert a.last + 1 == b.base
+        assert a.sealed
+    assert lg.segments[-1].last == lg.next_offset - 1
+
+
+# One step of a random workload: append a batch, report storage, evict, drop segments.
+_op = st.one_of(
+    st.tuples(st.just("append"), st.lists(st.integers(0, 300), min_size=0, max_size=8)),
+    st.tuples(st.just("stored"), st.integers(0, 80)),
+    st.tuples(st.just("evict"), st.integers(0, 2000)),
+    st.tuples(st.just("drop"), st.integers(0, 3)),
+    st.tuples(st.just("tick"), st.integers(0, 5_000)),
+)
+
+
+@given(durable=st.booleans(), ops=st.lists(_op, max_size=40))
+def test_random_workload_invariants(durable: bool, ops: list) -> None:
+    """Across random appends/stores/evictions/retention drops: offsets are dense and
+    monotonic, the high watermark never goes backwards, segments tile the log, and
+    eviction never drops a record that is not stored."""
+    lg = PartitionLog("t", 3, durable=durable, segment_bytes=500, segment_age_ms=10_000)
+    now = 0
+    seen_offsets: list[int] = []
+    hw = lg.high_watermark
+    for kind, arg in ops:
+        if kind == "append":
+            before = lg.next_offset
+            batch = [rec(n, now) for n in arg]
+            lg.append(batch, now)
+            assert [r.offset for r in batch] == list(range(before, before + len(batch)))
+            assert all(r.partition == 3 for r in batch)
+            seen_offsets.extend(r.offset for r in batch)
+            assert lg.next_offset == before + len(batch)
+        elif kind == "stored":
+            lg.stored(arg)
+            assert lg.stored_end <= lg.next_offset
+        elif kind == "evict":
+            unstored_before = [r.offset for r in lg.hot if r.offset >= lg.stored_end]
+            freed = lg.evict(arg)
+            assert freed >= 0
+            unstored_after = [r.offset for r in lg.hot if r.offset >= lg.stored_end]
+            assert unstored_after == unstored_before
+            if lg.hot and lg.hot[0].offset < lg.stored_end:
+                assert lg.hot_bytes <= arg
+        elif kind == "drop":
+            n_before = len(lg.segments)
+            gone = lg.drop_segments(arg)
+            assert len(gone) == min(arg, n_before)
+            assert all(r.offset >= lg.log_start for r in lg.hot)
+        else:
+            now += arg
+        assert lg.high_watermark >= hw, "high watermark went backwards"
+        hw = lg.high_watermark
+        assert lg.log_start <= lg.high_watermark <= lg.next_offset
+        if not durable:
+            assert lg.high_watermark == lg.next_offset
+        assert lg.hot_bytes == sum(r.size for r in lg.hot)
+        assert [r.offset for r in lg.hot] == list(range(lg.hot_start, lg.hot_start + len(lg.hot)))
+        check_segments(lg)
+    assert seen_offsets == list(range(len(seen_offsets)))
+
+
+@given(
+    n=st.integers(0, 40),
+    stored=st.integers(0, 40),
+    evict_to=st.integers(0, 40),
+    start=st.integers(0, 45),
+    limit=st.integers(1, 50),
+    end=st.one_of(st.none(), st.integers(0, 45)),
+)
+def test_read_hot_returns_exactly_the_visible_range(
+    n: int, stored: int, evict_to: int, start: int, limit: int, end: int | None
+) -> None:
+    """read_hot gives offsets start..min(end, HW, start+limit); None below the hot tail;
+    [] at or past the visible end."""
+    lg = PartitionLog("t", 0, durable=True)
+    lg.append([rec(10) for _ in range(n)], 0)
+    lg.stored(stored)
+    lg.evict(evict_to * rec(10).size)
+    hw = lg.high_watermark if end is None else min(end, lg.high_watermark)
+    got = lg.read_hot(start, limit, end)
+    if start >= hw:
+        assert got == []
+    elif start < lg.hot_start:
+        assert got is None
+    else:
+        assert got is not None
+        assert [r.offset for r in got] == list(range(start, min(hw, start + limit)))
+
+
+def test_durable_high_watermark_follows_storage() -> None:
+    """A durable log shows nothing until stored; stored() reports movement once."""
+    lg = PartitionLog("t", 0, durable=True)
+    lg.append([rec(), rec(), rec()], 0)
+    assert lg.high_watermark == 0
+    assert lg.read_hot(0, 10) == []
+    assert lg.stored(2) is True
+    assert lg.high_watermark == 2
+    assert lg.stored(2) is False
+    assert lg.stored(1) is False
+    assert lg.high_watermark == 2
+    assert lg.stored(99) is True
+    assert lg.high_watermark == 3, "stored end is capped by the log end"
+    assert [r.offset for r in lg.unstored()] == []
+
+
+def test_ephemeral_high_watermark_is_log_end() -> None:
+    """An ephemeral log is visible at once; its records stay unstored until a spill."""
+    lg = PartitionLog("t", 0, durable=False)
+    lg.append([rec(), rec()], 0)
+    assert lg.high_watermark == 2
+    assert [r.offset for r in lg.unstored()] == [0, 1]
+    assert lg.evict(0) == 0, "unstored records are never evicted"
+    lg.stored(1)
+    assert [r.offset for r in lg.unstored()] == [1]
+    assert lg.evict(0) == rec().size
+    assert lg.hot_start == 1
+
+
+def test_segments_roll_by_size_and_age() -> None:
+    """A segment closes once it reaches segment_bytes or segment_age_ms; the
+    sealed one is reported as changed by the append that sealed it."""
+    size = rec(36).size  # 100 bytes
+    lg = PartitionLog("t", 0, segment_bytes=3 * size, segment_age_ms=1000)
+    changed = lg.append([rec(36) for _ in range(3)], 0)
+    assert len(lg.segments) == 1 and len(changed) == 1
+    changed = lg.append([rec(36, ts=10)], 10)
+    assert len(lg.segments) == 2
+    assert changed == lg.segments, "the sealed and the new segment both changed"
+    assert lg.segments[0].sealed and (lg.segments[0].base, lg.segments[0].last) == (0, 2)
+    lg.append([rec(36, ts=500)], 500)
+    assert len(lg.segments) == 2
+    lg.append([rec(36, ts=1010)], 1010)
+    assert len(lg.segments) == 3, "age rolls the segment"
+    assert (lg.segments[1].base, lg.segments[1].last) == (3, 4)
+    assert lg.segments[1].first_ts == 10 and lg.segments[1].last_ts == 500
+
+
+def test_drop_all_segments_keeps_counting() -> None:
+    """Dropping every segment empties the log; offsets continue from the old end."""
+    lg = PartitionLog("t", 0, durable=True, segment_bytes=1000)
+    lg.append([rec() for _ in range(5)], 0)
+    lg.stored(5)
+    gone = lg.drop_segments(5)
+    assert len(gone) == 1
+    assert lg.log_start == 5 and lg.high_watermark == 5
+    assert not lg.hot and lg.hot_bytes == 0
+    batch = [rec()]
+    lg.append(batch, 1)
+    assert batch[0].offset == 5
+    assert lg.segments[0].base == 5
+    assert lg.drop_segments(0) == []
+
+
+def test_resolve_start_and_segment_for_time() -> None:
+    """earliest/latest/offsets resolve inside [log_start, HW]; time finds the segment."""
+    lg = PartitionLog("t", 0, durable=True, segment_bytes=rec().size * 2)
+    for ts in range(6):
+        lg.append([rec(ts=ts * 100)], ts * 100)
+    lg.stored(6)
+    lg.drop_segments(1)
+    assert lg.resolve_start("earliest") == 2
+    assert lg.resolve_start("latest") == 6
+    assert lg.resolve_start(0) == 2
+    assert lg.resolve_start("4") == 4
+    assert lg.resolve_start(99) == 6
+    assert lg.segment_for_time(250).base == 2
+    assert lg.segment_for_time(301).base == 4
+    assert lg.segment_for_time(10_000) is None
+    d = lg.describe()
+    assert (d["low"], d["high_watermark"], d["log_end"], d["segments"]) == (2, 6, 6, 2)
