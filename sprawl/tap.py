@@ -63,7 +63,6 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "dedup-window": ("dedup_window", parse_duration),
     "retention-ms": ("retention_ms", int),
     "retention-bytes": ("retention_bytes", parse_size),
-    "log-format": ("log_format", str),
 }
 
 _DOCS = {
@@ -92,7 +91,6 @@ _DOCS = {
     "dedup-window": "How long message ids are remembered for idempotent publish [default: 10m].",
     "retention-ms": "Default retention by age of new topics, in ms (none by default).",
     "retention-bytes": "Default retention by size of new topics (none by default).",
-    "log-format": "text or json [default: text].",
     "config": "JSON file of options (keys as option names).",
 }
 
