@@ -1048,6 +1048,12 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
         admin.close()
 
     publish_s = publish_ns / 1e9
+    if config.rate and publish_s and state.published / publish_s < 0.9 * config.rate:
+        warnings.append(
+            f"publishing reached only {state.published / publish_s:,.0f} of --rate "
+            f"{config.rate:g} msgs/s: the node is slower, or there are too few --publishers "
+            "for its request latency"
+        )
     pub_lat = sorted(state.latencies_us)
     delivered = sum(report.counts) if report else 0
     deliver_s = (report.last_ns - start_ns) / 1e9 if report and report.last_ns else 0.0

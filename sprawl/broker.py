@@ -98,6 +98,7 @@ class Broker:
         self._last_retention = 0.0
         self._dirty_groups: set[tuple[str, str]] = set()
         self._ephemeral_checkpoint: dict[tuple[int, int], int] = {}
+        self._spilling: dict[tuple[int, int], int] = {}  # (uid, p) → end of the spill queued
         self.stopping = False
         self.max_pending_bytes = max(64 * 1000**2, config.memory_budget // 2)
         self.published_total = 0
@@ -259,9 +260,7 @@ class Broker:
             )
         if cfg.replication_factor > 1:
             # One node: there is nowhere to put more replicas yet.
-            raise BadRequest(
-                "replication_factor must be 1 on a single-node cluster", code="invalid_field"
-            )
+            raise BadRequest("replication_factor must be 1 on a single-node cluster", code="invalid_field")
         if base is not None:
             if cfg.partitions < base.partitions:
                 raise Conflict("partitions can only grow", code="partitions_shrink")
@@ -297,7 +296,7 @@ class Broker:
                     g.ensure_partitions({lg.partition: 0 for lg in extra})
             created = False
         ops.append(("p", "meta", keys.topic_meta_key(name), _json_encode(cfg.to_dict())))
-        d = self.store.write(ops)
+        d: Deferred[Any] = self.store.write(ops)
         d.addCallback(lambda _: (topic, created))
         d.addErrback(self._storage_error)
         return d
@@ -310,7 +309,7 @@ class Broker:
         check_topic_name(name)
         if not self.config.auto_create_topics:
             raise NotFound(f"topic {name!r} does not exist", code="topic_not_found")
-        d = self.put_topic(name, {})
+        d: Deferred[Any] = self.put_topic(name, {})
         d.addCallback(lambda r: r[0])
         return d
 
@@ -477,12 +476,14 @@ class Broker:
         if cfg.durable:
             if ops:
                 d = self.store.write(ops, nbytes)
-                d.addCallback(self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()})
+                d.addCallback(
+                    self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid
+                )
                 d.addErrback(self._commit_failed, name, list(by_part))
             if acks != "none":
                 # Wait for every offset in the answer (duplicates too) to be stored.
                 high: dict[int, int] = {}
-                for p, o in zip(parts, offsets):
+                for p, o in zip(parts, offsets, strict=False):
                     high[p] = max(high.get(p, -1), o)
                 for p, o in high.items():
                     waits.append(self.wait_stored(name, p, o))
@@ -496,15 +497,15 @@ class Broker:
         result = PublishResult(offsets, [r.id or "" for r in records], parts, dup, stored)
         if not waits:
             return succeed(result)
-        dl = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
+        dl: Deferred[Any] = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
         dl.addCallback(lambda _: result)
-        dl.addErrback(lambda f: f.value.subFailure)
+        dl.addErrback(_first_failure)
         return dl  # type: ignore[return-value]
 
-    def _committed(self, _: object, name: str, ends: dict[int, int]) -> None:
+    def _committed(self, _: object, name: str, ends: dict[int, int], uid: int | None = None) -> None:
         t = self.topics.get(name)
-        if t is None:
-            return
+        if t is None or (uid is not None and t.config.uid != uid):
+            return  # deleted (maybe recreated under the same name): not this topic's records
         for p, end in ends.items():
             lg = t.logs[p]
             if lg.stored(end):
@@ -584,7 +585,9 @@ class Broker:
 
         def fill(recs: list[Record]) -> list[Record]:
             if len(recs) < limit:
-                more = lg.read_hot(max(lg.hot_start, recs[-1].offset + 1 if recs else start), limit - len(recs))
+                more = lg.read_hot(
+                    max(lg.hot_start, recs[-1].offset + 1 if recs else start), limit - len(recs)
+                )
                 if more:
                     recs.extend(more)
             return recs
@@ -620,7 +623,9 @@ class Broker:
 
     # -- consumer groups -------------------------------------------------------
 
-    def put_group(self, topic: Topic, name: str, body: dict[str, Any]) -> Deferred[tuple[ConsumerGroup, bool]]:
+    def put_group(
+        self, topic: Topic, name: str, body: dict[str, Any]
+    ) -> Deferred[tuple[ConsumerGroup, bool]]:
         """Create or update a consumer group; fires once persisted."""
         check_group_name(name)
         allowed = {"start", "ack_deadline_ms", "max_deliveries", "dead_letter_topic", "max_in_flight"}
@@ -658,7 +663,7 @@ class Broker:
             topic.groups[name] = g
         else:
             g.config = cfg
-        d = self._persist_group(topic, g)
+        d: Deferred[Any] = self._persist_group(topic, g)
         d.addCallback(lambda _: (g, created))
         return d
 
@@ -682,7 +687,9 @@ class Broker:
         self._dirty_groups.discard((topic.name, g.name))
         state = g.to_state()
         state["name"] = g.name
-        d = self.store.write([("p", "meta", keys.group_meta_key(topic.config.uid, g.name), _json_encode(state))])
+        d = self.store.write(
+            [("p", "meta", keys.group_meta_key(topic.config.uid, g.name), _json_encode(state))]
+        )
         d.addErrback(self._storage_error)
         return d
 
@@ -694,7 +701,9 @@ class Broker:
             if t is not None and g is not None:
                 self._persist_group(t, g).addErrback(lambda f: None)
 
-    def pull(self, topic: Topic, g: ConsumerGroup, max_count: int, wait_ms: int) -> Deferred[list[tuple[Delivery, Record]]]:
+    def pull(
+        self, topic: Topic, g: ConsumerGroup, max_count: int, wait_ms: int
+    ) -> Deferred[list[tuple[Delivery, Record]]]:
         """Lease up to ``max_count`` messages, waiting up to ``wait_ms`` for some."""
         deadline = self.clock.seconds() + wait_ms / 1000.0
 
@@ -809,7 +818,9 @@ class Broker:
         d = self._persist_group(topic, g)
         return d.addCallback(lambda _: refused)
 
-    def nack(self, topic: Topic, g: ConsumerGroup, ack_ids: list[str], delay_ms: int) -> Deferred[dict[str, str]]:
+    def nack(
+        self, topic: Topic, g: ConsumerGroup, ack_ids: list[str], delay_ms: int
+    ) -> Deferred[dict[str, str]]:
         """Nack deliveries for redelivery after ``delay_ms``."""
         now = self.now_ms()
         self._run_group_tick(topic, g)
@@ -947,15 +958,19 @@ class Broker:
                 continue
             uid = t.config.uid
             for lg in t.logs:
-                recs = lg.unstored()
+                p = lg.partition
+                queued = self._spilling.get((uid, p), 0)
+                recs = [r for r in lg.unstored() if r.offset >= queued]
                 if not recs:
                     continue
-                p = lg.partition
                 ops = self.store.put_records(uid, p, recs)
                 for s in lg.segments:
                     if s.last >= recs[0].offset:
-                        ops.append(("p", "segments", keys.segment_key(uid, p, s.base), _json_encode(s.to_tuple())))
+                        ops.append(
+                            ("p", "segments", keys.segment_key(uid, p, s.base), _json_encode(s.to_tuple()))
+                        )
                 end = recs[-1].offset + 1
+                self._spilling[(uid, p)] = end  # later ticks spill only what follows
                 d = self.store.write(ops, sum(r.size for r in recs))
 
                 def spilled(_: object, lg: PartitionLog = lg, end: int = end) -> None:
@@ -989,20 +1004,21 @@ class Broker:
 _GROUP_NAME = TOPIC_NAME
 
 
+def _first_failure(f: Any) -> Any:
+    """Unwrap the failure of a ``fireOnOneErrback`` DeferredList."""
+    return f.value.subFailure
+
+
 def check_topic_name(name: str) -> None:
     """Topic names are ``[A-Za-z0-9._-]{1,249}``."""
     if not isinstance(name, str) or not TOPIC_NAME.match(name):
-        raise BadRequest(
-            "topic names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_topic_name"
-        )
+        raise BadRequest("topic names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_topic_name")
 
 
 def check_group_name(name: str) -> None:
     """Group names follow the topic name rule."""
     if not isinstance(name, str) or not _GROUP_NAME.match(name):
-        raise BadRequest(
-            "group names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_group_name"
-        )
+        raise BadRequest("group names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_group_name")
 
 
 def wall_clock_ms() -> int:

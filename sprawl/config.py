@@ -34,7 +34,7 @@ _SIZE_UNITS = {
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUM_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")  # \Z: "$" would let a trailing newline through
 
 
 def parse_size(text: str | int) -> int:

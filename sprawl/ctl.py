@@ -37,6 +37,8 @@ _ACKS = click.Choice(["quorum", "leader", "none"])
 _STORAGE = click.Choice(["durable", "ephemeral"])
 _START = click.Choice(["earliest", "latest"])
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+#: Raised by click >= 8.2 for a bare group invocation; it shows the help, not an error line.
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", click.UsageError)
 
 
 class CtlError(click.ClickException):
@@ -172,9 +174,9 @@ class Client:
     ) -> Reply:
         """Send one request to the first node that answers and return its reply.
 
-        A node that cannot be connected to is skipped. A node that times out or drops the
-        connection after the request was sent is skipped only for idempotent methods, so a
-        publish is never silently sent twice.
+        A node that cannot be connected to is skipped. A node that times out, drops the
+        connection after the request was sent or answers 503 (unavailable) is skipped only for
+        idempotent methods, so a publish is never silently sent twice.
         """
         hdrs = {"Accept": "application/json", "User-Agent": f"sprawlctl/{__version__}"}
         if json_body is not None:
@@ -185,6 +187,7 @@ class Client:
         hdrs.update(headers or {})
         timeout = self.timeout if timeout is None else timeout
         errors: list[str] = []
+        unavailable: Reply | None = None
         for url in list(self.urls):
             conn = self._connection(url, timeout)
             try:
@@ -205,10 +208,16 @@ class Client:
                     raise CtlError(
                         f"{url}: {_reason(exc)} (the request may or may not have been applied)"
                     ) from None
+                reply = Reply(url, resp.status, resp.headers, data, time.monotonic() - start)
+                if reply.status == 503 and method in _IDEMPOTENT:
+                    unavailable = unavailable or reply
+                    continue
                 self._prefer(url)
-                return Reply(url, resp.status, resp.headers, data, time.monotonic() - start)
+                return reply
             finally:
                 conn.close()
+        if unavailable is not None:
+            return unavailable
         self._down(errors)
 
     def call(self, method: str, path: str, json_body: Any = None, **kwargs: Any) -> Any:
@@ -347,7 +356,7 @@ class _Cli(click.Group):
         try:
             rv = super().main(args, prog_name or "sprawlctl", complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except _NO_ARGS_IS_HELP as exc:
             exc.show()
             code = exc.exit_code
         except click.UsageError as exc:
@@ -355,7 +364,10 @@ class _Cli(click.Group):
             _error_line(exc.format_message() + hint)
             code = exc.exit_code
         except click.ClickException as exc:
-            exc.show() if isinstance(exc, CtlError) else _error_line(exc.format_message())
+            if isinstance(exc, CtlError):
+                exc.show()
+            else:
+                _error_line(exc.format_message())
             code = exc.exit_code
         except click.Abort:
             _error_line("interrupted")
@@ -991,6 +1003,16 @@ def groups_describe(ctx: click.Context, topic: str, group: str, as_json: bool) -
         return
     for key, value in desc.items():
         click.echo(f"{key}: {_cell(value)}")
+
+
+@groups.command("delete")
+@click.argument("topic")
+@click.argument("group")
+@click.pass_context
+def groups_delete(ctx: click.Context, topic: str, group: str) -> None:
+    """Delete a consumer group (its offsets and leases)."""
+    _client(ctx).request("DELETE", _topic_path(topic, "groups", group)).check()
+    click.echo(f"group {group} on {topic} deleted")
 
 
 @groups.command("pull")

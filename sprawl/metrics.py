@@ -55,7 +55,10 @@ class NodeMetrics:
             registry=r,
         )
         self.http_requests = Counter(
-            "sprawl_http_requests", "HTTP requests, by route, method and status", ["route", "method", "status"], registry=r
+            "sprawl_http_requests",
+            "HTTP requests, by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.http_request_duration = Histogram(
             "sprawl_http_request_duration_seconds",
@@ -110,19 +113,25 @@ class _StateCollector:
         if broker is None:
             return
         hw = GaugeMetricFamily(
-            "sprawl_partition_high_watermark", "First offset consumers cannot see yet", labels=["topic", "partition"]
+            "sprawl_partition_high_watermark",
+            "First offset consumers cannot see yet",
+            labels=["topic", "partition"],
         )
         low = GaugeMetricFamily(
             "sprawl_partition_log_start_offset", "Oldest offset still stored", labels=["topic", "partition"]
         )
         tier = GaugeMetricFamily(
-            "sprawl_partition_tier_bytes", "Bytes of a partition per storage tier", labels=["topic", "partition", "tier"]
+            "sprawl_partition_tier_bytes",
+            "Bytes of a partition per storage tier",
+            labels=["topic", "partition", "tier"],
         )
         lag = GaugeMetricFamily(
             "sprawl_group_lag_messages", "Visible messages a group has not acked", labels=["topic", "group"]
         )
         inflight = GaugeMetricFamily(
-            "sprawl_group_in_flight_messages", "Messages leased to a group's consumers", labels=["topic", "group"]
+            "sprawl_group_in_flight_messages",
+            "Messages leased to a group's consumers",
+            labels=["topic", "group"],
         )
         for t in broker.topics.values():
             hws = t.high_watermarks()

@@ -94,14 +94,21 @@ _DOCS = {
     "config": "JSON file of options (keys as option names).",
 }
 
-_ALIASES = {"bindAddr": "bind-addr", "bindPort": "bind-port", "httpAddr": "http-addr", "httpPort": "http-port"}
+_ALIASES = {
+    "bindAddr": "bind-addr",
+    "bindPort": "bind-port",
+    "httpAddr": "http-addr",
+    "httpPort": "http-port",
+}
 
 
 class Options(usage.Options):
     """Command-line options of ``twistd sprawl`` (see ``twistd sprawl --help``)."""
 
     synopsis = "[options]"
-    longdesc = "Sprawl: an HTTP-native distributed pub/sub broker. With no options: a durable single node on :8080."
+    longdesc = (
+        "Sprawl: an HTTP-native distributed pub/sub broker. With no options: a durable single node on :8080."
+    )
     optParameters = [[name, None, None, _DOCS[name]] for name in (*_OPTIONS, "config")]
     optFlags = [["no-auto-create", None, "Refuse publishes to topics that do not exist."]]
 
@@ -153,7 +160,10 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
         # The seed's environment names no bucket: without a default, a node
         # given only MINIO_* would refuse to start (endpoint needs a bucket).
         values["s3_bucket"] = environ.get("MINIO_BUCKET") or "sprawl"
-    for env_name, field in (("SPRAWL_S3_ACCESS_KEY", "s3_access_key"), ("SPRAWL_S3_SECRET_KEY", "s3_secret_key")):
+    for env_name, field in (
+        ("SPRAWL_S3_ACCESS_KEY", "s3_access_key"),
+        ("SPRAWL_S3_SECRET_KEY", "s3_secret_key"),
+    ):
         if environ.get(env_name):
             values[field] = environ[env_name]
     parsed: dict[str, Any] = {}
@@ -206,11 +216,12 @@ class _PeerPlaceholder(Protocol):
     """Holds the peer port until the peer channel (gossip/Raft) is built."""
 
     def connectionMade(self) -> None:
-        self.transport.write(b"SPRAWL-PEER 0 single-node\n")
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        transport.write(b"SPRAWL-PEER 0 single-node\n")
+        transport.loseConnection()
 
 
-def _quiet_factory(proto: type[Protocol]) -> Factory:
+def _quiet_factory(proto: type[Protocol]) -> Any:
     f = Factory.forProtocol(proto)
     f.noisy = False
     return f
@@ -317,7 +328,7 @@ def write_ports(data_dir: str, http: int, peer: int) -> None:
     os.replace(tmp, path)
 
 
-def makeService(options: Options) -> service.IService:
+def makeService(options: Options) -> Any:
     """The ``twistd sprawl`` service."""
     config: NodeConfig = options["node_config"]
     top = service.MultiService()

@@ -190,7 +190,7 @@ def test_subscribe_with_too_few_messages_fails_after_idle_timeout(sprawl_node: A
     url = sprawl_node.url
     make_topic(url, "quiet")
     ok(ctl(url, "publish", "-t", "quiet", "-m", "only"))
-    result = ctl(url, "subscribe", "-t", "quiet", "--from", "earliest", "-c", "2", "--idle-timeout", "0.5")
+    result = ctl(url, "subscribe", "-t", "quiet", "--from", "earliest", "-c", "2", "--idle-timeout", "2")
     assert result.stdout == "only\n"
     assert "received 1 of 2" in one_line_error(result)
 
@@ -325,6 +325,8 @@ def test_groups_create_pull_ack_nack_describe(sprawl_node: Any) -> None:
     # Acking twice is refused: the message is no longer leased.
     result = ctl(url, "groups", "ack", "tasks", "g", ack_ids[0])
     assert "ack refused" in one_line_error(result)
+    assert ok(ctl(url, "groups", "delete", "tasks", "g")) == "group g on tasks deleted\n"
+    one_line_error(ctl(url, "groups", "describe", "tasks", "g"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,17 +43,23 @@ def test_acked_publishes_survive_kill_9(sprawl_nodes):
     for i in range(20):
         res = _post(
             f"{node.url}/v1/topics/orders/messages",
-            {"messages": [{"payload": f"m{i}-{j}", "id": f"id-{i}-{j}"} for j in range(50)], "acks": "leader"},
+            {
+                "messages": [{"payload": f"m{i}-{j}", "id": f"id-{i}-{j}"} for j in range(50)],
+                "acks": "leader",
+            },
         )
         assert res["stored"] == "lmdb"
-        acked.extend(zip(res["ids"], res["offsets"]))
+        acked.extend(zip(res["ids"], res["offsets"], strict=False))
     node.kill()
     node.start()
     msgs = _read_all(node.url, "orders")
     assert [(m["id"], m["offset"]) for m in msgs] == acked
     assert [m["payload"] for m in msgs][:2] == ["m0-0", "m0-1"]
     # Offsets continue after the restart; a duplicate id still answers its first offset.
-    res = _post(f"{node.url}/v1/topics/orders/messages", {"messages": [{"payload": "new"}, {"payload": "x", "id": "id-0-0"}]})
+    res = _post(
+        f"{node.url}/v1/topics/orders/messages",
+        {"messages": [{"payload": "new"}, {"payload": "x", "id": "id-0-0"}]},
+    )
     assert res["offsets"] == [1000, 0]
     assert res["duplicates"] == [False, True]
     node.stop()
@@ -63,7 +69,9 @@ def test_sigterm_stops_cleanly_with_data_on_disk(sprawl_nodes):
     """SIGTERM exits 0 after committing; a restart serves the same node id and data."""
     node = sprawl_nodes(name="n")
     before = _get(f"{node.url}/v1/cluster")["node_id"]
-    _post(f"{node.url}/v1/topics/t/messages", {"messages": [{"payload": "a"}, {"payload": "b"}], "acks": "none"})
+    _post(
+        f"{node.url}/v1/topics/t/messages", {"messages": [{"payload": "a"}, {"payload": "b"}], "acks": "none"}
+    )
     # twistd re-raises the signal after a clean shutdown, so the status is -SIGTERM.
     assert node.stop() in (0, -signal.SIGTERM)
     assert "stopped cleanly" in node.log_text()

@@ -19,7 +19,7 @@ def check_segments(lg: PartitionLog) -> None:
     if not lg.segments:
         return
     assert lg.segments[0].base == lg.log_start
-    for a, b in zip(lg.segments, lg.segments[1:]):
+    for a, b in zip(lg.segments, lg.segments[1:], strict=False):
         assert a.last + 1 == b.base
         assert a.sealed
     assert lg.segments[-1].last == lg.next_offset - 1

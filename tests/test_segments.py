@@ -13,7 +13,9 @@ from sprawl.log.segments import Segment, expired_segments
 @st.composite
 def segment_lists(draw: st.DrawFn) -> list[Segment]:
     """Contiguous segments with non-decreasing timestamps; all but the last sealed."""
-    sizes = draw(st.lists(st.tuples(st.integers(1, 20), st.integers(1, 5000), st.integers(0, 1000)), max_size=12))
+    sizes = draw(
+        st.lists(st.tuples(st.integers(1, 20), st.integers(1, 5000), st.integers(0, 1000)), max_size=12)
+    )
     out: list[Segment] = []
     base, ts = 0, 0
     for count, nbytes, gap in sizes:
@@ -41,7 +43,9 @@ def test_size_retention_keeps_the_active_segment_and_deletes_the_fewest(
 
 
 @given(segs=segment_lists(), now=st.integers(0, 15_000), retention_ms=st.integers(1, 5_000))
-def test_age_retention_deletes_exactly_the_expired_prefix(segs: list[Segment], now: int, retention_ms: int) -> None:
+def test_age_retention_deletes_exactly_the_expired_prefix(
+    segs: list[Segment], now: int, retention_ms: int
+) -> None:
     """By age: exactly the oldest segments whose newest message is older than the
     retention go (possibly all of them)."""
     n = expired_segments(segs, now, retention_ms, None)

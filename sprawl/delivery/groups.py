@@ -113,9 +113,7 @@ class ConsumerGroup:
     @property
     def in_flight(self) -> int:
         """Offsets currently leased to a consumer."""
-        return sum(
-            1 for c in self.cursors.values() for s in c.pending.values() if s.state == LEASED
-        )
+        return sum(1 for c in self.cursors.values() for s in c.pending.values() if s.state == LEASED)
 
     def committed(self) -> dict[int, int]:
         """Per partition: the offset below which everything is acked or dead-lettered."""
@@ -132,9 +130,7 @@ class ConsumerGroup:
 
     # -- delivery --------------------------------------------------------------
 
-    def pull(
-        self, max_count: int, now_ms: int, visible: dict[int, tuple[int, int]]
-    ) -> list[Delivery]:
+    def pull(self, max_count: int, now_ms: int, visible: dict[int, tuple[int, int]]) -> list[Delivery]:
         """Lease up to ``max_count`` offsets.
 
         ``visible`` maps partition → (log_start, high_watermark).  Redeliveries
@@ -191,6 +187,7 @@ class ConsumerGroup:
                 for off in [o for o in c.pending if o < low]:
                     del c.pending[off]
                 c.committed = low
+                self._advance(c)  # acked offsets right after the deleted ones
             if c.next < low:
                 c.next = low
 
@@ -245,7 +242,7 @@ class ConsumerGroup:
         out: list[DeadLetter] = []
         leases = self._leases
         while leases and leases[0][0] <= now_ms:
-            deadline, p, off, attempt = heapq.heappop(leases)
+            _deadline, p, off, attempt = heapq.heappop(leases)
             c = self.cursors.get(p)
             st = c.pending.get(off) if c else None
             if st is None or st.state != LEASED or st.attempts != attempt:

@@ -81,7 +81,7 @@ class SSEStream:
         if self.closed:
             return
         if self.broker.topics.get(self.topic.name) is not self.topic:
-            self._end(b"event: error\ndata: {\"code\":\"topic_deleted\",\"message\":\"the topic was deleted\"}\n\n")
+            self._end(b'event: error\ndata: {"code":"topic_deleted","message":"the topic was deleted"}\n\n')
             return
         if not self.paused:
             self.request.write(b": keepalive\n\n")
@@ -93,7 +93,7 @@ class SSEStream:
             return
         topic = self.topic
         if self.broker.topics.get(topic.name) is not topic:
-            self._end(b"event: error\ndata: {\"code\":\"topic_deleted\",\"message\":\"the topic was deleted\"}\n\n")
+            self._end(b'event: error\ndata: {"code":"topic_deleted","message":"the topic was deleted"}\n\n')
             return
         lg = topic.logs[p]
         for _ in range(1000):
@@ -131,7 +131,7 @@ class SSEStream:
         def failed(f: Any) -> None:
             self.reading.discard(p)
             log.failure("stream read of {topic}/{p} failed", f, topic=self.topic.name, p=p)
-            self._end(b"event: error\ndata: {\"code\":\"read_failed\",\"message\":\"storage read failed\"}\n\n")
+            self._end(b'event: error\ndata: {"code":"read_failed","message":"storage read failed"}\n\n')
 
         d.addCallbacks(got, failed)
 
@@ -161,8 +161,14 @@ class SSEStream:
             self._pump(p)
 
     def stopProducing(self) -> None:
-        """The connection is gone."""
-        self.close()
+        """The connection is gone: release everything now.
+
+        ``done`` is left alone: the HTTP layer sees the connection loss right
+        after this and cancels it.  Firing it here would make the HTTP layer
+        finish a request whose connection is going away, with this producer
+        still registered (a critical "Producer was not unregistered" log).
+        """
+        self.close(fire_done=False)
 
     def _too_slow(self) -> None:
         self._slow_call = None
@@ -183,18 +189,21 @@ class SSEStream:
     def _end(self, last: bytes) -> None:
         if self.closed:
             return
+        # Unregister and finish *before* close() fires ``done``: the HTTP layer
+        # finishes the request itself when ``done`` fires first, and finishing
+        # with the producer still registered logs a critical RuntimeError.
         try:
             self.request.write(last)
         except Exception:
             pass
-        self.close()
         try:
             self.request.unregisterProducer()
             self.request.finish()
         except Exception:
             pass
+        self.close()
 
-    def close(self) -> None:
+    def close(self, fire_done: bool = True) -> None:
         """Stop watching and release timers (idempotent)."""
         if self.closed:
             return
@@ -206,7 +215,7 @@ class SSEStream:
         for c in (self._heartbeat_call, self._slow_call):
             if c is not None and c.active():
                 c.cancel()
-        if not self.done.called:
+        if fire_done and not self.done.called:
             self.done.callback(None)
 
 
@@ -231,4 +240,4 @@ class StreamRegistry:
     def close_all(self) -> None:
         """End every stream (node shutdown)."""
         for s in list(self.streams):
-            s._end(b"event: error\ndata: {\"code\":\"stopping\",\"message\":\"node is stopping\"}\n\n")
+            s._end(b'event: error\ndata: {"code":"stopping","message":"node is stopping"}\n\n')

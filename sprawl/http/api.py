@@ -18,14 +18,14 @@ from typing import Any
 import msgspec
 from klein import Klein
 from klein.resource import KleinResource
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from sprawl import __version__
-from sprawl.broker import ACKS, Broker, PublishResult
+from sprawl.broker import ACKS, Broker, PublishResult, check_group_name
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError
 from sprawl.log.record import Record
@@ -79,7 +79,9 @@ def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 request.setHeader(b"content-type", JSON)
                 return _encode(value)
 
-            def err(f: Failure) -> bytes:
+            def err(f: Failure) -> bytes | None:
+                if f.check(CancelledError) and (request.finished or getattr(request, "_disconnected", False)):
+                    return None  # the client went away mid long-poll: nobody to answer
                 return self._render_error(request, f)
 
             def observe(value: Any) -> Any:
@@ -143,7 +145,9 @@ class SprawlAPI:
             if e.status == 503:
                 request.setHeader(b"retry-after", b"1")
         else:
-            log.failure("unexpected error serving {method} {path}", f, method=request.method, path=request.path)
+            log.failure(
+                "unexpected error serving {method} {path}", f, method=request.method, path=request.path
+            )
             status, code, message = 500, "internal_error", "internal error; see the node's log"
         request.setResponseCode(status)
         request.setHeader(b"content-type", JSON)
@@ -159,11 +163,17 @@ class SprawlAPI:
             if allowed:
                 request.setHeader(b"allow", allowed.encode())
             return _encode(
-                {"error": {"code": "method_not_allowed", "message": f"method not allowed here; allowed: {allowed}"}}
+                {
+                    "error": {
+                        "code": "method_not_allowed",
+                        "message": f"method not allowed here; allowed: {allowed}",
+                    }
+                }
             )
         if isinstance(e, RouteNotFound):
             request.setResponseCode(404)
             return _encode({"error": {"code": "not_found", "message": "no such route"}})
+        assert isinstance(e, HTTPException)
         request.setResponseCode(e.code or 400)
         return _encode({"error": {"code": "bad_request", "message": e.description or "bad request"}})
 
@@ -264,7 +274,7 @@ class SprawlAPI:
     @_route("publish")
     def publish(self, request: Any, topic: str) -> Any:
         records, acks = self._parse_messages(request)
-        d = self.broker.ensure_topic(topic)
+        d: Deferred[Any] = self.broker.ensure_topic(topic)
         d.addCallback(lambda t: self.broker.publish(t, records, acks))
         d.addCallback(self._publish_answer, acks)
         return d
@@ -296,14 +306,16 @@ class SprawlAPI:
             raise NotFound(f"topic {t.name!r} has no partition {p}", code="partition_not_found")
         return [p]
 
-    def _resolve(self, t: Any, parts: list[int], spec: str | int | None, from_time: int | None, default: str) -> Deferred[dict[int, int]]:
+    def _resolve(
+        self, t: Any, parts: list[int], spec: str | int | None, from_time: int | None, default: str
+    ) -> Deferred[dict[int, int]]:
         out: dict[int, int] = {}
         ds = []
         for p in parts:
             lg = t.logs[p]
             if from_time is not None:
-                d = self.broker.find_time(t, p, from_time)
-                d.addCallback(lambda off, p=p: out.__setitem__(p, off))
+                d: Deferred[Any] = self.broker.find_time(t, p, from_time)
+                d.addCallback(_setter(out, p))
                 ds.append(d)
             else:
                 out[p] = lg.resolve_start(spec if spec is not None else default)
@@ -332,7 +344,7 @@ class SprawlAPI:
         def answer(results: list[list[Record]], starts: dict[int, int]) -> Any:
             recs: list[Record] = []
             nexts = dict(starts)
-            for p, got in zip(parts, results):
+            for p, got in zip(parts, results, strict=False):
                 if got:
                     nexts[p] = got[-1].offset + 1
                     recs.extend(got)
@@ -380,12 +392,15 @@ class SprawlAPI:
                     starts[p] = t.logs[p].resolve_start(off + 1)
             s = SSEStream(self.broker, t, starts, request, self.clock, registry=self.streams)
             if self.metrics is not None:
-                self.metrics.http_request_duration.labels("stream", "GET").observe(time.perf_counter() - started)
+                self.metrics.http_request_duration.labels("stream", "GET").observe(
+                    time.perf_counter() - started
+                )
                 self.metrics.http_requests.labels("stream", "GET", "200").inc()
             return s.start()
 
         d = self._resolve(t, parts, spec, from_time, "latest")
         d.addCallback(go)
+
         def failed(f: Failure) -> Any:
             if request.finished or request._disconnected:
                 return None
@@ -444,6 +459,7 @@ class SprawlAPI:
     @_route("group_put")
     def put_group(self, request: Any, topic: str, group: str) -> Any:
         body = self._json_body(request, required=False)
+        check_group_name(group)  # before ensure_topic: a bad name must not create the topic
         d = self.broker.ensure_topic(topic)
 
         def made(t: Any) -> Any:
@@ -646,10 +662,15 @@ class SprawlAPI:
                 raise BadRequest("ttl must be a non-negative number of seconds", code="invalid_field")
             headers = {"ttl": str(ttl)}
         rec = Record(-1, 0, 0, mid, None, headers, data, True)
-        d = self.broker.ensure_topic(topic)
+        d: Deferred[Any] = self.broker.ensure_topic(topic)
         d.addCallback(lambda t: self.broker.publish(t, [rec], "quorum"))
         return d.addCallback(
-            lambda r: {"status": "published", "id": r.ids[0], "offset": r.offsets[0], "partition": r.partitions[0]}
+            lambda r: {
+                "status": "published",
+                "id": r.ids[0],
+                "offset": r.offsets[0],
+                "partition": r.partitions[0],
+            }
         )
 
     @app.route("/subscribe", methods=["POST"])
@@ -675,12 +696,10 @@ class SprawlAPI:
 
         def one(name: str) -> Deferred[Any]:
             d = self.broker.ensure_topic(name)
-            return d.addCallback(
-                lambda t: self.broker.put_group(t, gid, {}) if gid not in t.groups else None
-            )
+            return d.addCallback(lambda t: self.broker.put_group(t, gid, {}) if gid not in t.groups else None)
 
-        d = gatherResults([one(n) for n in topics], consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        d: Deferred[Any] = gatherResults([one(n) for n in topics], consumeErrors=True)
+        d.addErrback(_unwrap_first_error)
         return d.addCallback(lambda _: {"status": "subscribed", "id": gid, "topics": topics})
 
     @app.route("/status", methods=["GET"])
@@ -741,6 +760,19 @@ class SprawlAPI:
         }
 
 
+def _setter(out: dict[int, int], key: int) -> Callable[[int], None]:
+    def set_value(value: int) -> None:
+        out[key] = value
+
+    return set_value
+
+
+def _unwrap_first_error(f: Failure) -> Any:
+    """``gatherResults`` wraps the first failure; answer with the original."""
+    sub = getattr(f.value, "subFailure", None)
+    return sub if sub is not None else f
+
+
 def check_id(mid: Any, i: int) -> None:
     """Message ids are 1-256 character strings."""
     if not isinstance(mid, str) or not 1 <= len(mid) <= 256:
@@ -749,7 +781,7 @@ def check_id(mid: Any, i: int) -> None:
 
 class _InMessage(msgspec.Struct, forbid_unknown_fields=True):
     payload: str | None = None
-    payload_b64: str | None = None
+    payload_b64: str | msgspec.UnsetType = msgspec.UNSET  # null must not pass as absent
     key: str | None = None
     headers: dict[str, str] | None = None
     id: str | None = None
@@ -775,11 +807,11 @@ def _fast_publish(raw: bytes, max_batch: int) -> tuple[list[Record], str] | None
     msgs = body.messages
     if not msgs or len(msgs) > max_batch or body.acks not in ACKS:
         return None
-    out = []
+    out: list[Record] = []
     append = out.append
     for m in msgs:
         p = m.payload
-        if p is None or m.payload_b64 is not None:
+        if p is None or m.payload_b64 is not msgspec.UNSET:
             return None
         mid = m.id
         key = m.key
@@ -800,7 +832,9 @@ def parse_message(m: Any, i: int) -> Record:
         raise BadRequest(f"messages[{i}] must be an object", code="invalid_message")
     unknown = set(m) - {"payload", "payload_b64", "key", "headers", "id"}
     if unknown:
-        raise BadRequest(f"messages[{i}] has unknown field(s): {', '.join(sorted(unknown))}", code="invalid_message")
+        raise BadRequest(
+            f"messages[{i}] has unknown field(s): {', '.join(sorted(unknown))}", code="invalid_message"
+        )
     if "payload" in m:
         if "payload_b64" in m:
             raise BadRequest(f"messages[{i}] has both payload and payload_b64", code="invalid_message")
@@ -815,12 +849,16 @@ def parse_message(m: Any, i: int) -> Record:
         try:
             data, is_text = base64.b64decode(p, validate=True), False
         except (binascii.Error, ValueError):
-            raise BadRequest(f"messages[{i}].payload_b64 is not valid base64", code="invalid_message") from None
+            raise BadRequest(
+                f"messages[{i}].payload_b64 is not valid base64", code="invalid_message"
+            ) from None
     else:
         raise BadRequest(f"messages[{i}] needs payload or payload_b64", code="invalid_message")
     key = m.get("key")
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
-        raise BadRequest(f"messages[{i}].key must be a string of at most 1024 characters", code="invalid_message")
+        raise BadRequest(
+            f"messages[{i}].key must be a string of at most 1024 characters", code="invalid_message"
+        )
     headers = m.get("headers")
     if headers is not None:
         if (
@@ -828,7 +866,9 @@ def parse_message(m: Any, i: int) -> Record:
             or len(headers) > 64
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
         ):
-            raise BadRequest(f"messages[{i}].headers must map strings to strings (at most 64)", code="invalid_message")
+            raise BadRequest(
+                f"messages[{i}].headers must map strings to strings (at most 64)", code="invalid_message"
+            )
         headers = headers or None
     mid = m.get("id")
     if mid is not None:

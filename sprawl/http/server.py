@@ -23,6 +23,12 @@ class BoundedRequest(Request):
     _oversize = False
     _received = 0
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        # Form bodies are message payloads here, never request arguments: no
+        # multipart parsing (memory, and a bare 400 without the JSON shape).
+        kw.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(*args, **kw)
+
     def gotLength(self, length: int | None) -> None:
         """Keep bodies in memory (never a temp file); flag declared oversize."""
         if length is not None and length > self.max_body:
@@ -38,6 +44,7 @@ class BoundedRequest(Request):
             self._oversize = True
             self.content = io.BytesIO()
             return
+        assert self.content is not None
         self.content.write(data)
 
     def process(self) -> None:
@@ -76,7 +83,12 @@ class QuietSite(Site):
 
 
 def make_site(
-    resource: IResource, *, max_body: int, metrics: Any = None, timeout: float = 75.0, access_log: bool = False
+    resource: IResource,
+    *,
+    max_body: int,
+    metrics: Any = None,
+    timeout: float = 75.0,
+    access_log: bool = False,
 ) -> Site:
     """A Site whose requests bound their bodies and whose idle connections time out."""
 

@@ -40,7 +40,7 @@ class DedupWindow:
         cutoff = now_ms - self.window_ms
         seen = self._seen
         while seen:
-            k, v = next(iter(seen.items()))
+            _k, v = next(iter(seen.items()))
             if v[2] >= cutoff:
                 break
             seen.popitem(last=False)

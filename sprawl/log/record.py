@@ -20,16 +20,16 @@ class Record:
     """One message at one offset of one partition."""
 
     __slots__ = (
-        "offset",
-        "partition",
-        "timestamp",
-        "id",
-        "key",
-        "headers",
-        "payload",
-        "is_text",
         "_json",
         "_sse",
+        "headers",
+        "id",
+        "is_text",
+        "key",
+        "offset",
+        "partition",
+        "payload",
+        "timestamp",
     )
 
     def __init__(
@@ -61,9 +61,7 @@ class Record:
 
     def to_storage(self) -> bytes:
         """The value stored in LMDB (the key carries topic, partition and offset)."""
-        return _mp_encode(
-            (self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text)
-        )
+        return _mp_encode((self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text))
 
     @classmethod
     def from_storage(cls, partition: int, offset: int, data: bytes) -> Record:

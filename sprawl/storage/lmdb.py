@@ -207,8 +207,16 @@ class LmdbStore:
     def _update_used(self) -> None:
         env = self.env
         if env is not None:
-            info = env.info()
-            self.used_bytes = (info["last_pgno"] + 1) * env.stat()["psize"]
+            # Pages holding live data, not the file's high-water mark
+            # (last_pgno never shrinks): LMDB reuses the pages retention frees,
+            # so the disk budget must count them as free again.
+            st = env.stat()
+            pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+            with env.begin() as txn:
+                for db in self.dbs.values():
+                    s = txn.stat(db)
+                    pages += s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+            self.used_bytes = pages * st["psize"]
 
     # -- reading ---------------------------------------------------------------
 
@@ -220,9 +228,7 @@ class LmdbStore:
             self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end
         )
 
-    def read_records_sync(
-        self, uid: int, partition: int, start: int, limit: int, end: int
-    ) -> list[Record]:
+    def read_records_sync(self, uid: int, partition: int, start: int, limit: int, end: int) -> list[Record]:
         """Blocking form of :meth:`read_records` (reader threads and startup only)."""
         env = self.env
         if env is None:

@@ -1,0 +1,657 @@
+"""The Broker adapter on a real LMDB and the real reactor, with a task.Clock for
+its own time: publish/read, durability, consumer groups, retention, the memory
+budget, ephemeral spill, recovery, topic deletion and storage failure."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, DeferredQueue
+from twisted.internet.task import Clock
+
+from sprawl.broker import Broker
+from sprawl.config import NodeConfig
+from sprawl.errors import InsufficientStorage, Unavailable
+from sprawl.log.record import Record
+from sprawl.storage import keys
+from sprawl.storage.lmdb import LmdbStore
+from sprawl.topics import Topic
+
+T0 = 1_700_000_000.0  # the Clock's start, in seconds
+
+
+class Node:
+    """A store + broker pair on one data dir (like tap.NodeService, minus HTTP)."""
+
+    def __init__(self, path: Path, clock: Clock, **cfg: Any):
+        self.path = path
+        self.clock = clock
+        self.config = NodeConfig(data_dir=str(path), **cfg)
+        self.store = LmdbStore(str(path / "lmdb"), reactor=reactor, map_size=256 * 1024**2)
+        self.store.open()
+        self.broker = Broker(self.config, self.store, clock, "node-1")
+        self.broker.recover()
+
+    async def close(self) -> None:
+        """Checkpoint and flush like a clean shutdown, then close LMDB."""
+        if self.store.env is not None:
+            await self.broker.stop()
+            await self.store.close()
+
+    async def synced(self) -> None:
+        """Wait until every write queued so far is committed (writes commit in order)."""
+        await self.store.write([])
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
+    """Opens nodes on tmp_path (one Clock shared, so restarts keep time); closes all at the end."""
+    clock = Clock()
+    clock.advance(T0)
+    opened: list[Node] = []
+
+    def make(**cfg: Any) -> Node:
+        n = Node(tmp_path, clock, **cfg)
+        opened.append(n)
+        return n
+
+    yield make
+    for n in opened:
+        await n.close()
+
+
+def msg(
+    payload: str | bytes, *, id: str | None = None, key: str | None = None, headers: dict | None = None
+) -> Record:
+    """A message as the HTTP layer builds it (offset and timestamp unassigned)."""
+    if isinstance(payload, str):
+        return Record(-1, 0, 0, id, key, headers, payload.encode(), True)
+    return Record(-1, 0, 0, id, key, headers, payload, False)
+
+
+async def topic(n: Node, name: str, **body: Any) -> Topic:
+    """Create (or update) a topic and wait until it is persisted."""
+    t, _created = await n.broker.put_topic(name, body)
+    return t
+
+
+async def read_all(n: Node, t: Topic, p: int = 0, start: int = 0) -> list[Record]:
+    """Every visible record of a partition from ``start``, page by page (bounded)."""
+    out: list[Record] = []
+    for _ in range(1000):
+        got = await n.broker.read(t, p, start, 50)
+        if not got:
+            return out
+        out.extend(got)
+        start = got[-1].offset + 1
+    raise AssertionError("read did not finish")
+
+
+class WriterGate:
+    """Holds every LMDB commit on the writer thread until the test releases it."""
+
+    def __init__(self, store: LmdbStore):
+        self.entered: DeferredQueue[None] = DeferredQueue()  # one item per held commit
+        self._go = threading.Semaphore(0)
+        self._passthrough = False
+        self._orig = store._commit
+        store._commit = self._commit  # type: ignore[method-assign]
+
+    def _commit(self, ops: list[Any]) -> None:
+        if not self._passthrough:
+            reactor.callFromThread(self.entered.put, None)
+            assert self._go.acquire(timeout=30), "commit never released"
+        self._orig(ops)
+
+    def release(self) -> None:
+        """Let one held commit go."""
+        self._go.release()
+
+    def open(self) -> None:
+        """Stop holding commits (and let a held one go)."""
+        self._passthrough = True
+        self._go.release()
+
+
+# -- publish and read ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_read_round_trip(nodes: Callable[..., Node]) -> None:
+    """Published messages (text and binary, keys, headers, ids) read back in order
+    with dense offsets and the broker's timestamp."""
+    n = nodes()
+    t = await topic(n, "orders")
+    res = await n.broker.publish(
+        t, [msg("a", id="x1", key="k", headers={"h": "1"}), msg(b"\x00\xff"), msg("c")], "quorum"
+    )
+    assert res.offsets == [0, 1, 2] and res.partitions == [0, 0, 0] and res.stored == "lmdb"
+    assert res.ids[0] == "x1" and all(res.ids) and len(set(res.ids)) == 3
+    got = await read_all(n, t)
+    assert [(r.offset, r.payload, r.is_text) for r in got] == [
+        (0, b"a", True),
+        (1, b"\x00\xff", False),
+        (2, b"c", True),
+    ]
+    assert got[0].key == "k" and got[0].headers == {"h": "1"} and got[0].timestamp == int(T0 * 1000)
+    assert t.logs[0].high_watermark == 3
+    assert [r.offset for r in n.store.read_records_sync(t.config.uid, 0, 0, 10, 10)] == [0, 1, 2]
+    res = await n.broker.publish(t, [msg("d")], "leader")
+    assert res.offsets == [3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_durable_publish_fires_only_after_commit(nodes: Callable[..., Node]) -> None:
+    """The publish Deferred does not fire, and readers see nothing, until the
+    writer thread has committed the records."""
+    n = nodes()
+    t = await topic(n, "d")
+    gate = WriterGate(n.store)
+    commits = n.store.commits
+    d = n.broker.publish(t, [msg("one"), msg("two")], "quorum")
+    await gate.entered.get()
+    try:
+        assert not d.called, "acked before the commit"
+        assert await n.broker.read(t, 0, 0, 10) == [], "visible before the commit"
+    finally:
+        gate.open()
+    res = await d
+    assert n.store.commits == commits + 1
+    assert res.offsets == [0, 1]
+    assert len(await read_all(n, t)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_publishes_share_commits(nodes: Callable[..., Node]) -> None:
+    """100 publishes issued together are committed in far fewer transactions."""
+    n = nodes()
+    t = await topic(n, "g", partitions=3)
+    before = n.store.commits
+    ds = [n.broker.publish(t, [msg(f"m{i}", key=str(i))], "quorum") for i in range(100)]
+    results = await DeferredList(ds, fireOnOneErrback=True)
+    assert n.store.commits - before < 100
+    assert n.store.commits - before <= 2
+    offs = sorted((r.partitions[0], r.offsets[0]) for _ok, r in results)
+    by_part: dict[int, list[int]] = {}
+    for p, o in offs:
+        by_part.setdefault(p, []).append(o)
+    assert all(v == list(range(len(v))) for v in by_part.values()), "dense offsets per partition"
+    assert sum(len(v) for v in by_part.values()) == 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_ids_return_the_first_offset(nodes: Callable[..., Node]) -> None:
+    """An id seen within the dedup window (earlier or in the same batch) gets the
+    first offset and is not stored again; after the window it is new."""
+    n = nodes(dedup_window=60)
+    t = await topic(n, "dd")
+    a = await n.broker.publish(t, [msg("x", id="A"), msg("y", id="B"), msg("x2", id="A")], "quorum")
+    assert a.offsets == [0, 1, 0] and a.duplicates == [False, False, True]
+    b = await n.broker.publish(t, [msg("again", id="B")], "quorum")
+    assert b.offsets == [1] and b.duplicates == [True]
+    assert t.logs[0].next_offset == 2
+    n.clock.advance(61)
+    c = await n.broker.publish(t, [msg("late", id="A")], "quorum")
+    assert c.offsets == [2] and c.duplicates == [False]
+
+
+# -- consumer groups ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_pull_ack_and_lag(nodes: Callable[..., Node]) -> None:
+    """Pull leases messages with attempt 1; acks commit; lag counts the rest."""
+    n = nodes()
+    t = await topic(n, "work")
+    await n.broker.publish(t, [msg(f"job{i}") for i in range(5)], "quorum")
+    g, created = await n.broker.put_group(t, "workers", {"ack_deadline_ms": 10_000})
+    assert created
+    got = await n.broker.pull(t, g, 3, 0)
+    assert [(dv.offset, dv.attempt, r.payload) for dv, r in got] == [
+        (0, 1, b"job0"),
+        (1, 1, b"job1"),
+        (2, 1, b"job2"),
+    ]
+    refused = await n.broker.ack(t, g, [got[0][0].ack_id, got[1][0].ack_id, "0-99-1", "junk"])
+    assert refused == {"0-99-1": "unknown", "junk": "malformed"}
+    desc = g.describe(t.high_watermarks())
+    assert desc["committed"] == {"0": 2} and desc["lag"] == 3 and desc["in_flight"] == 1
+    rest = await n.broker.pull(t, g, 10, 0)
+    assert [dv.offset for dv, _r in rest] == [3, 4]
+    await n.broker.ack(t, g, [dv.ack_id for dv, _ in [got[2], *rest]])
+    assert g.lag(t.high_watermarks()) == 0
+    assert await n.broker.pull(t, g, 10, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_expiry_redelivers_with_attempt_two(nodes: Callable[..., Node]) -> None:
+    """After the ack deadline (Clock advanced, broker.tick()), the message comes
+    back as attempt 2 and the first attempt's ack is refused."""
+    n = nodes()
+    t = await topic(n, "lease")
+    await n.broker.publish(t, [msg("m")], "quorum")
+    g, _ = await n.broker.put_group(t, "g", {"ack_deadline_ms": 5000})
+    ((first, _r),) = await n.broker.pull(t, g, 1, 0)
+    n.clock.advance(4.999)
+    n.broker.tick()
+    assert await n.broker.pull(t, g, 1, 0) == [], "still leased"
+    n.clock.advance(0.001)
+    n.broker.tick()
+    ((second, rec),) = await n.broker.pull(t, g, 1, 0)
+    assert (second.offset, second.attempt, rec.payload) == (0, 2, b"m")
+    assert await n.broker.ack(t, g, [first.ack_id]) == {first.ack_id: "unknown"}
+    assert await n.broker.ack(t, g, [second.ack_id]) == {}
+    assert g.committed() == {0: 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_after_deadline_is_refused_as_expired(nodes: Callable[..., Node]) -> None:
+    """An ack arriving after the deadline is refused with "expired"."""
+    n = nodes()
+    t = await topic(n, "exp")
+    await n.broker.publish(t, [msg("m")], "quorum")
+    g, _ = await n.broker.put_group(t, "g", {"ack_deadline_ms": 1000})
+    ((dv, _r),) = await n.broker.pull(t, g, 1, 0)
+    n.clock.advance(2)
+    assert await n.broker.ack(t, g, [dv.ack_id]) == {dv.ack_id: "expired"}
+    assert g.committed() == {0: 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_with_delay(nodes: Callable[..., Node]) -> None:
+    """A nacked message is not redelivered before delay_ms, then comes back as attempt 2."""
+    n = nodes()
+    t = await topic(n, "nack")
+    await n.broker.publish(t, [msg("m")], "quorum")
+    g, _ = await n.broker.put_group(t, "g", {})
+    ((dv, _r),) = await n.broker.pull(t, g, 1, 0)
+    assert await n.broker.nack(t, g, [dv.ack_id], 3000) == {}
+    assert await n.broker.nack(t, g, [dv.ack_id], 0) == {dv.ack_id: "unknown"}
+    n.clock.advance(2.9)
+    assert await n.broker.pull(t, g, 1, 0) == []
+    n.clock.advance(0.1)
+    ((again, _r),) = await n.broker.pull(t, g, 1, 0)
+    assert (again.offset, again.attempt) == (0, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_pull_wakes_on_publish_and_times_out(nodes: Callable[..., Node]) -> None:
+    """pull(wait_ms) waits for data: a publish wakes it; with none, the Clock ends it."""
+    n = nodes()
+    t = await topic(n, "lp")
+    g, _ = await n.broker.put_group(t, "g", {})
+    d = n.broker.pull(t, g, 5, 10_000)
+    assert not d.called
+    await n.broker.publish(t, [msg("hello")], "quorum")
+    got = await d
+    assert [r.payload for _dv, r in got] == [b"hello"]
+    d2 = n.broker.pull(t, g, 5, 10_000)
+    n.clock.advance(9.9)
+    assert not d2.called
+    n.clock.advance(0.2)
+    assert await d2 == []
+    assert not n.clock.getDelayedCalls(), "the wait left no timers behind"
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_deliveries_dead_letters_with_headers(nodes: Callable[..., Node]) -> None:
+    """After max_deliveries failed deliveries (nack or lease expiry) the message is
+    copied once to the dead-letter topic with sprawl-dlq-* headers and settled."""
+    n = nodes()
+    t = await topic(n, "jobs")
+    await n.broker.publish(t, [msg("bad", key="k1", headers={"orig": "yes"}), msg("slow")], "quorum")
+    g, _ = await n.broker.put_group(
+        t, "g", {"max_deliveries": 2, "dead_letter_topic": "jobs.dlq", "ack_deadline_ms": 1000}
+    )
+    for attempt in (1, 2):
+        got = await n.broker.pull(t, g, 2, 0)
+        assert [dv.attempt for dv, _ in got] == [attempt, attempt]
+        bad = [dv for dv, _ in got if dv.offset == 0]
+        await n.broker.nack(t, g, [bad[0].ack_id], 0)
+        if attempt == 1:
+            n.clock.advance(1)
+            n.broker.tick()  # "slow" (offset 1) expires: attempt 2 next
+    n.clock.advance(1)
+    n.broker.tick()  # "slow" expires a second time: dead-lettered by the tick
+    await n.synced()
+    assert await n.broker.pull(t, g, 10, 0) == []
+    assert g.committed() == {0: 2} and g.dead_lettered == 2
+    dlq = n.broker.get_topic("jobs.dlq")
+    dead = await read_all(n, dlq)
+    assert sorted(r.payload for r in dead) == [b"bad", b"slow"]
+    by_payload = {r.payload: r for r in dead}
+    h = by_payload[b"bad"].headers
+    assert h["orig"] == "yes" and by_payload[b"bad"].key == "k1"
+    assert h["sprawl-dlq-topic"] == "jobs" and h["sprawl-dlq-group"] == "g"
+    assert (h["sprawl-dlq-partition"], h["sprawl-dlq-offset"], h["sprawl-dlq-attempts"]) == ("0", "0", "2")
+    assert by_payload[b"slow"].headers["sprawl-dlq-offset"] == "1"
+    assert g.describe(t.high_watermarks())["lag"] == 0
+
+
+# -- retention, memory budget, ephemeral spill ----------------------------------
+
+
+async def fill(n: Node, t: Topic, count: int, size: int = 100, start: int = 0) -> None:
+    """Publish ``count`` messages of ``size`` payload bytes, numbered from ``start``."""
+    await n.broker.publish(
+        t, [msg(f"{i:08d}".ljust(size, "-")) for i in range(start, start + count)], "quorum"
+    )
+
+
+def lmdb_offsets(n: Node, t: Topic, p: int = 0) -> list[int]:
+    """Offsets of the partition's records in LMDB."""
+    return [r.offset for r in n.store.read_records_sync(t.config.uid, p, 0, 10**6, 2**62)]
+
+
+def lmdb_segment_bases(n: Node, t: Topic, p: int = 0) -> list[int]:
+    """Base offsets of the partition's segment metadata in LMDB."""
+    return [
+        keys.parse_record_key(k)[2]
+        for k, _v in n.store.scan("segments", keys.partition_prefix(t.config.uid, p))
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_by_bytes_deletes_whole_oldest_segments(nodes: Callable[..., Node]) -> None:
+    """Size retention deletes whole oldest segments (never the active one) from
+    memory and LMDB; reads start at the new low; the rest is intact."""
+    n = nodes()
+    t = await topic(n, "sized", segment_bytes=1000, retention_bytes=3000)
+    await fill(n, t, 60)
+    lg = t.logs[0]
+    assert len(lg.segments) > 4
+    bases_before = [s.base for s in lg.segments]
+    deleted = n.broker.apply_retention()
+    await n.synced()
+    assert deleted > 0
+    assert lg.log_start in bases_before and lg.log_start == lg.segments[0].base > 0
+    assert sum(s.bytes for s in lg.segments) <= 3000 and len(lg.segments) >= 1
+    assert lmdb_offsets(n, t) == list(range(lg.log_start, 60))
+    assert lmdb_segment_bases(n, t) == [s.base for s in lg.segments]
+    got = await read_all(n, t)
+    assert [r.offset for r in got] == list(range(lg.log_start, 60))
+    assert got[0].payload.startswith(f"{lg.log_start:08d}".encode())
+    assert n.broker.apply_retention() == 0, "nothing more to delete"
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_by_age_via_tick(nodes: Callable[..., Node]) -> None:
+    """Age retention (run by tick) deletes segments whose newest message is older
+    than retention_ms, eventually the active one too; offsets keep counting."""
+    n = nodes()
+    t = await topic(n, "aged", segment_bytes=1000, retention_ms=5000)
+    lg = t.logs[0]
+    await fill(n, t, 20)
+    n.clock.advance(3)
+    await fill(n, t, 20, start=20)
+    n.clock.advance(3)
+    n.broker.tick()
+    await n.synced()
+    cutoff = n.broker.now_ms() - 5000
+    assert lg.log_start > 0 and all(s.last_ts >= cutoff for s in lg.segments)
+    assert lmdb_offsets(n, t) == list(range(lg.log_start, 40))
+    n.clock.advance(10)
+    n.broker.tick()
+    await n.synced()
+    assert lg.segments == [] and lg.log_start == 40 == lg.high_watermark
+    assert lmdb_offsets(n, t) == [] and lmdb_segment_bases(n, t) == []
+    assert await read_all(n, t) == []
+    res = await n.broker.publish(t, [msg("after")], "quorum")
+    assert res.offsets == [40]
+    assert [r.payload for r in await read_all(n, t)] == [b"after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_budget_evicts_and_reads_fall_back_to_lmdb(nodes: Callable[..., Node]) -> None:
+    """Past the memory budget the hot tail shrinks, and reads across the
+    LMDB/memory boundary still return every message in order."""
+    n = nodes(memory_budget=5000)
+    t = await topic(n, "big")
+    await fill(n, t, 100)
+    lg = t.logs[0]
+    assert lg.hot_bytes > 5000
+    n.broker.tick()
+    assert lg.hot_bytes <= 5000 and lg.hot_start > 0
+    got = await read_all(n, t)
+    assert [r.offset for r in got] == list(range(100))
+    assert all(r.payload.startswith(f"{r.offset:08d}".encode()) for r in got)
+    one = await n.broker.read(t, 0, lg.hot_start - 2, 4)
+    assert [r.offset for r in one] == list(range(lg.hot_start - 2, lg.hot_start + 2))
+
+
+@pytest_twisted.ensureDeferred
+async def test_ephemeral_topic_spills_past_the_memory_budget(nodes: Callable[..., Node]) -> None:
+    """An ephemeral topic acks from memory without writing LMDB; past the budget its
+    records spill to LMDB, are evicted from memory, and stay readable."""
+    n = nodes(memory_budget=20_000)
+    t = await topic(n, "eph", storage="ephemeral")
+    lg = t.logs[0]
+    res = await n.broker.publish(t, [msg(f"{i:08d}".ljust(200, "-")) for i in range(100)], "quorum")
+    assert res.stored == "memory" and res.offsets == list(range(100))
+    assert lg.high_watermark == 100
+    assert lmdb_offsets(n, t) == []
+    n.broker.tick()  # nothing stored to evict: spill
+    await n.synced()
+    assert lmdb_offsets(n, t) == list(range(100))
+    assert lg.unstored() == []
+    n.broker.tick()  # now stored records can be evicted
+    assert lg.hot_bytes <= 20_000 and lg.hot_start > 0
+    got = await read_all(n, t)
+    assert [r.offset for r in got] == list(range(100))
+    assert all(r.payload.startswith(f"{r.offset:08d}".encode()) for r in got)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spill_in_flight_is_not_repeated(nodes: Callable[..., Node]) -> None:
+    """Ticks while a spill is queued or committing do not queue the same records again."""
+    n = nodes(memory_budget=20_000)
+    t = await topic(n, "eph3", storage="ephemeral")
+    await n.broker.publish(t, [msg("x" * 200) for _ in range(100)], "quorum")
+    spill = sum(r.size for r in t.logs[0].hot)
+    pending = n.store.pending_bytes
+    n.broker.tick()
+    assert n.store.pending_bytes == pending + spill
+    n.broker.tick()
+    n.broker.tick()
+    assert n.store.pending_bytes == pending + spill, "the same records were spilled twice"
+    await n.synced()
+    await n.broker.publish(t, [msg("y" * 200) for _ in range(100)], "quorum")
+    n.broker.tick()
+    assert t.logs[0].hot_start == 100, "the spilled records were evicted"
+    assert n.store.pending_bytes == spill, "only the new records spill next"
+    await n.synced()
+    assert lmdb_offsets(n, t) == list(range(200))
+
+
+@pytest_twisted.ensureDeferred
+async def test_ephemeral_topic_under_budget_never_touches_lmdb_records(nodes: Callable[..., Node]) -> None:
+    """Below the budget an ephemeral topic writes no records to LMDB."""
+    n = nodes()
+    t = await topic(n, "eph2", storage="ephemeral")
+    await n.broker.publish(t, [msg("a"), msg("b")], "none")
+    n.broker.tick()
+    await n.synced()
+    assert lmdb_offsets(n, t) == []
+    assert [r.payload for r in await read_all(n, t)] == [b"a", b"b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_disk_budget_refuses_then_retention_makes_room(nodes: Callable[..., Node]) -> None:
+    """Past --disk-budget publishes are refused with 507 and nothing is written;
+    once retention deletes data, publishes are accepted again."""
+    n = nodes(disk_budget=400_000)
+    t = await topic(n, "full", segment_bytes=1000)
+    refused = None
+    for i in range(50):
+        try:
+            await fill(n, t, 100, size=1000, start=i * 100)
+        except InsufficientStorage as e:
+            refused = e
+            break
+    assert refused is not None and refused.status == 507
+    end = t.logs[0].next_offset
+    assert end == t.logs[0].high_watermark, "nothing of the refused batch was appended"
+    await topic(n, "full", retention_bytes=5000)
+    assert n.broker.apply_retention() > 0
+    await n.synced()
+    res = await n.broker.publish(t, [msg("room again")], "quorum")
+    assert res.offsets == [end]
+
+
+# -- recovery -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_recovers_topics_offsets_segments_groups_and_dedup(nodes: Callable[..., Node]) -> None:
+    """Close and reopen on the same directory: topic configs, offsets, segments,
+    retention low, group committed offsets and attempts, and the dedup window
+    are all as they were; offsets continue; ephemeral offsets are not reused."""
+    n = nodes()
+    t = await topic(n, "keep", partitions=2, segment_bytes=1000, retention_bytes=4000)
+    await n.broker.publish(
+        t, [msg(f"{i:04d}".ljust(100, "."), id=f"id{i}", key=str(i)) for i in range(80)], "quorum"
+    )
+    n.broker.apply_retention()
+    e = await topic(n, "eph", storage="ephemeral")
+    await n.broker.publish(e, [msg("e1"), msg("e2")], "quorum")
+    g, _ = await n.broker.put_group(t, "g", {"ack_deadline_ms": 60_000, "max_deliveries": 5})
+    got = await n.broker.pull(t, g, 6, 0)
+    await n.broker.ack(t, g, [dv.ack_id for dv, _ in got[:3]])
+    leased = {(dv.partition, dv.offset): dv.attempt for dv, _ in got[3:]}
+    before = {
+        "logs": [
+            (lg.log_start, lg.next_offset, lg.high_watermark, [s.to_tuple() for s in lg.segments])
+            for lg in t.logs
+        ],
+        "committed": g.committed(),
+        "config": t.config.to_dict(),
+        "group": g.config.to_dict(),
+    }
+    await n.close()
+
+    n2 = nodes()
+    t2 = n2.broker.get_topic("keep")
+    g2 = t2.groups["g"]
+    after = {
+        "logs": [
+            (lg.log_start, lg.next_offset, lg.high_watermark, [s.to_tuple() for s in lg.segments])
+            for lg in t2.logs
+        ],
+        "committed": g2.committed(),
+        "config": t2.config.to_dict(),
+        "group": g2.config.to_dict(),
+    }
+    assert after == before
+    again = await n2.broker.pull(t2, g2, 10, 0)
+    redelivered = {
+        (dv.partition, dv.offset): dv.attempt for dv, _ in again if (dv.partition, dv.offset) in leased
+    }
+    assert redelivered == {k: a + 1 for k, a in leased.items()}, (
+        "leased offsets come back with the next attempt"
+    )
+    acked = {(dv.partition, dv.offset) for dv, _ in got[:3]}
+    assert not acked & {(dv.partition, dv.offset) for dv, _ in again}
+    # Dedup window: an id published before the restart returns its first offset.
+    last_id = "id79"
+    res = await n2.broker.publish(t2, [msg("dup", id=last_id, key="79")], "quorum")
+    assert res.duplicates == [True]
+    rec_79 = [r for lg in t2.logs for r in await read_all(n2, t2, lg.partition) if r.id == last_id]
+    assert len(rec_79) == 1 and res.offsets == [rec_79[0].offset]
+    fresh = await n2.broker.publish(t2, [msg("new", key="0")], "quorum")
+    p = fresh.partitions[0]
+    assert fresh.offsets == [before["logs"][p][1]], "offsets continue after the restart"
+    e2 = n2.broker.get_topic("eph")
+    assert e2.config.storage == "ephemeral"
+    res = await n2.broker.publish(e2, [msg("e3")], "quorum")
+    assert res.offsets == [2], "ephemeral offsets are not reused after a restart"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_topic_removes_all_data(nodes: Callable[..., Node]) -> None:
+    """Deleting a topic removes its records, segments, groups and partition
+    metadata; a topic recreated with the same name starts empty, also after a restart."""
+    n = nodes()
+    t = await topic(n, "gone", segment_bytes=1000, retention_bytes=2000)
+    await fill(n, t, 40)
+    n.broker.apply_retention()
+    await n.broker.put_group(t, "g", {})
+    old_uid = t.config.uid
+    await n.broker.delete_topic("gone")
+    pre = keys.topic_prefix(old_uid)
+    assert list(n.store.scan("records", pre)) == []
+    assert list(n.store.scan("segments", pre)) == []
+    assert list(n.store.scan("meta", b"group/" + pre)) == []
+    assert list(n.store.scan("meta", b"part/" + pre)) == []
+    assert n.store.get("meta", keys.topic_meta_key("gone")) is None
+    t2 = await topic(n, "gone")
+    assert t2.config.uid != old_uid
+    assert t2.logs[0].high_watermark == 0 and t2.groups == {}
+    assert await read_all(n, t2) == []
+    await n.close()
+    n2 = nodes()
+    t3 = n2.broker.get_topic("gone")
+    assert t3.logs[0].next_offset == 0 and t3.logs[0].log_start == 0 and t3.groups == {}
+    assert (await n2.broker.publish(t3, [msg("fresh")], "quorum")).offsets == [0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_recreated_topic_is_not_acked_by_the_deleted_topics_commit(nodes: Callable[..., Node]) -> None:
+    """A commit of the deleted topic that lands after a same-name topic was
+    recreated must not mark the new topic's unstored records as stored."""
+    n = nodes()
+    t = await topic(n, "re")
+    gate = WriterGate(n.store)
+    old = n.broker.publish(t, [msg(f"old{i}") for i in range(5)], "quorum")
+    old.addErrback(lambda f: None)  # fails: its topic is deleted below
+    await gate.entered.get()  # the old topic's commit is in flight
+    n.broker.delete_topic("re").addErrback(lambda f: None)
+    created = n.broker.put_topic("re", {})
+    t2 = n.broker.topics["re"]
+    new = n.broker.publish(t2, [msg("new0"), msg("new1")], "quorum")
+    gate.release()
+    await gate.entered.get()  # the old commit's callbacks ran; the next commit is held
+    try:
+        assert not new.called, "the new topic's publish was acked before its commit"
+        assert t2.logs[0].high_watermark == 0
+    finally:
+        gate.open()
+    await created
+    res = await new
+    assert res.offsets == [0, 1]
+    assert [r.payload for r in await read_all(n, t2)] == [b"new0", b"new1"]
+
+
+# -- storage failure ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_storage_failure_fails_publishes_cleanly(nodes: Callable[..., Node], tmp_path: Path) -> None:
+    """A failing commit fails the publish with Unavailable; later publishes are
+    refused at once; nothing unacked becomes visible and what was stored stays intact."""
+    n = nodes()
+    t = await topic(n, "fragile")
+    await n.broker.publish(t, [msg("ok0"), msg("ok1")], "quorum")
+
+    def broken(ops: list[Any]) -> None:
+        raise OSError(5, "Input/output error")
+
+    n.store._commit = broken  # type: ignore[method-assign]
+    with pytest.raises(Unavailable) as e:
+        await n.broker.publish(t, [msg("lost")], "quorum")
+    assert e.value.code == "storage_failed"
+    with pytest.raises(Unavailable):
+        n.broker.publish(t, [msg("refused")], "quorum")
+    assert t.logs[0].high_watermark == 2
+    assert [r.payload for r in await read_all(n, t)] == [b"ok0", b"ok1"]
+    n.broker.tick()  # periodic work must not blow up on a failed store
+    await n.close()
+    n2 = nodes()
+    t2 = n2.broker.get_topic("fragile")
+    assert t2.logs[0].next_offset == 2
+    assert [r.payload for r in await read_all(n2, t2)] == [b"ok0", b"ok1"]

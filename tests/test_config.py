@@ -1,0 +1,259 @@
+"""Option parsing (sizes, durations, ports, seeds), NodeConfig validation and
+``build_config`` precedence: CLI > SPRAWL_* env > config file > defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.python import usage
+
+from sprawl.config import (
+    ConfigError,
+    NodeConfig,
+    load_config_file,
+    normalize_endpoint_url,
+    parse_duration,
+    parse_hostport,
+    parse_port,
+    parse_seeds,
+    parse_size,
+)
+from sprawl.tap import Options, build_config
+
+_SIZE_MULT = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "kb": 1000,
+    "k": 1000,
+    "KiB": 1024,
+    "MB": 10**6,
+    "MiB": 2**20,
+    "GB": 10**9,
+}
+_SIZE_MULT |= {"GiB": 2**30, "TB": 10**12, "TiB": 2**40}
+
+
+@given(n=st.integers(0, 10**6), unit=st.sampled_from(sorted(_SIZE_MULT)), space=st.sampled_from(["", " "]))
+def test_parse_size_units(n: int, unit: str, space: str) -> None:
+    """Decimal units are powers of 1000, binary ones of 1024; case and a space are allowed."""
+    assert parse_size(f"{n}{space}{unit}") == n * _SIZE_MULT[unit]
+
+
+def test_parse_size_fractions_ints_and_errors() -> None:
+    """Fractions round down to bytes; ints pass; junk and negatives are ConfigErrors."""
+    assert parse_size("1.5KB") == 1500
+    assert parse_size("0.5MiB") == 512 * 1024
+    assert parse_size(4096) == 4096
+    for bad in ("", "MB", "12XB", "-5", "1e3", "1,000", "1 2MB", -1):
+        with pytest.raises(ConfigError):
+            parse_size(bad)
+
+
+@given(n=st.integers(0, 10**6))
+def test_parse_duration_units(n: int) -> None:
+    """ms, s (or none), m, h, d."""
+    assert parse_duration(f"{n}ms") == pytest.approx(n / 1000)
+    assert parse_duration(f"{n}s") == n == parse_duration(str(n))
+    assert parse_duration(f"{n}m") == n * 60
+    assert parse_duration(f"{n}h") == n * 3600
+    assert parse_duration(f"{n}d") == n * 86400
+
+
+def test_parse_duration_errors_and_numbers() -> None:
+    """Numbers are seconds; unknown units and negatives are refused."""
+    assert parse_duration(2.5) == 2.5
+    assert parse_duration("250ms") == 0.25
+    for bad in ("1w", "soon", "", "-1s", -3):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)
+
+
+@given(port=st.integers(0, 65535))
+def test_parse_port_range(port: int) -> None:
+    """Every port 0..65535 parses, as int or text."""
+    assert parse_port(port) == port == parse_port(str(port))
+
+
+@pytest.mark.parametrize("bad", [-1, 65536, "http", "", None, "80.5"])
+def test_parse_port_errors(bad: object) -> None:
+    """Out of range or non-numeric ports are ConfigErrors."""
+    with pytest.raises(ConfigError):
+        parse_port(bad)  # type: ignore[arg-type]
+
+
+def test_seeds() -> None:
+    """Comma-separated host:port, IPv6 in brackets, blanks ignored; port 0 refused."""
+    assert parse_seeds("a:1, b.example:7946,,[::1]:80 ") == [("a", 1), ("b.example", 7946), ("::1", 80)]
+    assert parse_seeds(["x:2"]) == [("x", 2)]
+    assert parse_seeds("") == []
+    assert parse_hostport(" 10.0.0.1:7946 ") == ("10.0.0.1", 7946)
+    for bad in ("nohost", "a:", ":80", "a:0", "a:99999", "::1:80", "a b:1"):
+        with pytest.raises(ConfigError):
+            parse_hostport(bad)
+
+
+def test_normalize_endpoint_url() -> None:
+    """A scheme-less S3 endpoint gets http://; others are kept."""
+    assert normalize_endpoint_url("localhost:9000") == "http://localhost:9000"
+    assert normalize_endpoint_url(" https://s3.example ") == "https://s3.example"
+    assert normalize_endpoint_url("") == ""
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("node_id", "bad id!", "--node-id"),
+        ("data_dir", "", "--data-dir"),
+        ("http_port", 70000, "port"),
+        ("replication_factor", 0, "--replication-factor"),
+        ("memory_budget", 1000, "--memory-budget"),
+        ("disk_budget", 1000, "--disk-budget"),
+        ("segment_bytes", 10, "--segment-bytes"),
+        ("default_partitions", 0, "--partitions"),
+        ("max_message_bytes", 10**9, "--max-message-bytes"),
+        ("s3_endpoint", "localhost:9000", "--s3-bucket"),
+    ],
+)
+def test_validate_errors(field: str, value: object, message: str) -> None:
+    """Each cross-field rule gives a ConfigError naming the option."""
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig(**{field: value}).validate()
+
+
+def test_validate_defaults_and_listen() -> None:
+    """The defaults validate; the HTTP listener is an endpoint string (IPv6 escaped)."""
+    c = NodeConfig().validate()
+    assert c.http_listen == "tcp:8080:interface=0.0.0.0"
+    assert NodeConfig(http_addr="::1", http_port=0).http_listen == "tcp:0:interface=\\:\\:1"
+    assert NodeConfig(http_endpoint="unix:/tmp/s").http_listen == "unix:/tmp/s"
+    c = NodeConfig(s3_endpoint="minio:9000", s3_bucket="b").validate()
+    assert c.s3_endpoint == "http://minio:9000"
+
+
+def test_load_config_file(tmp_path: Path) -> None:
+    """Dashed or underscored keys; unknown keys, bad JSON, non-objects and missing files refused."""
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"http-port": 9000, "data_dir": "/d"}))
+    assert load_config_file(str(p)) == {"http_port": 9000, "data_dir": "/d"}
+    for text, msg in (('{"nope": 1}', "unknown option"), ("{", "not valid JSON"), ("[1]", "JSON object")):
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            load_config_file(str(p))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(str(tmp_path / "missing.json"))
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No SPRAWL_* / MINIO_* variables leak in from the environment."""
+    import os
+
+    for k in list(os.environ):
+        if k.startswith(("SPRAWL_", "MINIO_")):
+            monkeypatch.delenv(k)
+    return monkeypatch
+
+
+def parse(*argv: str) -> NodeConfig:
+    """Parse a twistd sprawl command line the way twistd does."""
+    o = Options()
+    o.parseOptions(list(argv))
+    return o["node_config"]
+
+
+def test_no_options_is_the_default_node(clean_env: pytest.MonkeyPatch) -> None:
+    """With nothing set: port 8080, data in ./sprawl-data, no S3, auto-create on."""
+    c = parse()
+    assert c == NodeConfig().validate()
+    assert (c.http_port, c.bind_port, c.data_dir, c.s3_endpoint) == (8080, 7946, "./sprawl-data", None)
+
+
+def test_precedence_cli_env_file_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each option comes from the CLI if given, else SPRAWL_*, else the config file, else the default."""
+    cfg = tmp_path / "sprawl.json"
+    cfg.write_text(
+        json.dumps({"http-port": 1111, "bind-port": 2222, "memory-budget": "64MB", "segment_bytes": "2MB"})
+    )
+    clean_env.setenv("SPRAWL_HTTP_PORT", "3333")
+    clean_env.setenv("SPRAWL_BIND_PORT", "4444")
+    c = parse("--config", str(cfg), "--http-port", "5555")
+    assert c.http_port == 5555, "CLI beats env"
+    assert c.bind_port == 4444, "env beats file"
+    assert c.memory_budget == 64 * 10**6, "file beats default"
+    assert c.segment_bytes == 2 * 10**6
+    assert c.disk_budget == NodeConfig.disk_budget, "default"
+    clean_env.setenv("SPRAWL_CONFIG", str(cfg))
+    clean_env.delenv("SPRAWL_HTTP_PORT")
+    assert parse().http_port == 1111, "SPRAWL_CONFIG names the file too"
+
+
+def test_seed_aliases(clean_env: pytest.MonkeyPatch) -> None:
+    """--bindAddr --bindPort --httpAddr --httpPort --seeds behave like the dashed names."""
+    c = parse("--bindAddr", "10.1.2.3", "--bindPort", "0", "--httpAddr", "127.0.0.1", "--httpPort", "0")
+    assert (c.bind_addr, c.bind_port, c.http_addr, c.http_port) == ("10.1.2.3", 0, "127.0.0.1", 0)
+    c = parse("--seeds", "a:1,b:2", "--bind-addr", "::1")
+    assert c.seeds == [("a", 1), ("b", 2)] and c.bind_addr == "::1"
+
+
+def test_env_for_every_kind_of_option(clean_env: pytest.MonkeyPatch) -> None:
+    """SPRAWL_* variables cover sizes, durations, seeds and flags."""
+    clean_env.setenv("SPRAWL_MEMORY_BUDGET", "2MiB")
+    clean_env.setenv("SPRAWL_DEDUP_WINDOW", "90s")
+    clean_env.setenv("SPRAWL_SEEDS", "h:7946")
+    clean_env.setenv("SPRAWL_DATA_DIR", "/var/lib/sprawl")
+    clean_env.setenv("SPRAWL_NO_AUTO_CREATE", "1")
+    c = parse()
+    assert c.memory_budget == 2 * 2**20
+    assert c.dedup_window == 90.0
+    assert c.seeds == [("h", 7946)]
+    assert c.data_dir == "/var/lib/sprawl"
+    assert c.auto_create_topics is False
+    assert parse("--no-auto-create").auto_create_topics is False
+
+
+def test_minio_env(clean_env: pytest.MonkeyPatch) -> None:
+    """The seed's MINIO_* variables configure S3 (scheme-less endpoint accepted);
+    SPRAWL_S3_* and the CLI override them."""
+    clean_env.setenv("MINIO_ENDPOINT", "localhost:9000")
+    clean_env.setenv("MINIO_ACCESS_KEY", "ak")
+    clean_env.setenv("MINIO_SECRET_KEY", "sk")
+    c = parse()
+    assert c.s3_endpoint == "http://localhost:9000"
+    assert (c.s3_access_key, c.s3_secret_key) == ("ak", "sk")
+    assert c.s3_bucket, "MINIO_* alone must give a startable node"
+    clean_env.setenv("SPRAWL_S3_ACCESS_KEY", "ak2")
+    clean_env.setenv("SPRAWL_S3_ENDPOINT", "https://s3.example")
+    c = parse("--s3-bucket", "mine")
+    assert (c.s3_endpoint, c.s3_bucket, c.s3_access_key) == ("https://s3.example", "mine", "ak2")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--http-port", "http"], "--http-port"),
+        (["--memory-budget", "lots"], "--memory-budget"),
+        (["--seeds", "nohost"], "--seeds"),
+        (["--replication-factor", "three"], "--replication-factor"),
+        (["--segment-age", "1w"], "--segment-age"),
+        (["--memory-budget", "10KB"], "--memory-budget"),
+        (["--s3-endpoint", "x:1"], "--s3-bucket"),
+    ],
+)
+def test_bad_options_are_usage_errors(clean_env: pytest.MonkeyPatch, argv: list[str], message: str) -> None:
+    """A bad value stops option parsing with a message naming the option."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv)
+
+
+def test_bad_env_value_names_the_option(clean_env: pytest.MonkeyPatch) -> None:
+    """An invalid SPRAWL_* value is reported like the matching option."""
+    clean_env.setenv("SPRAWL_BIND_PORT", "99999")
+    with pytest.raises(ConfigError, match="--bind-port"):
+        build_config({}, {"SPRAWL_BIND_PORT": "99999"})
+    with pytest.raises(usage.UsageError, match="--bind-port"):
+        parse()

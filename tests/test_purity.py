@@ -1,0 +1,54 @@
+"""Pure cores never import Twisted (the direction of imports in the design)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PURE = [
+    "sprawl.config",
+    "sprawl.errors",
+    "sprawl.topics",
+    "sprawl.log.partition",
+    "sprawl.log.segments",
+    "sprawl.log.dedup",
+    "sprawl.log.record",
+    "sprawl.delivery.groups",
+    "sprawl.storage.keys",
+]
+
+_PROBE = """
+import importlib, sys
+bad = []
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    leaked = sorted(m for m in sys.modules if m == "twisted" or m.startswith("twisted."))
+    if leaked:
+        bad.append(name + ": " + leaked[0])
+        break
+print("\\n".join(bad))
+sys.exit(1 if bad else 0)
+"""
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_core_does_not_import_twisted(module: str) -> None:
+    """Importing the module in a fresh interpreter leaves ``twisted`` out of sys.modules."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, module], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, f"{module} pulled in Twisted: {proc.stdout}{proc.stderr}"
+
+
+def test_probe_detects_twisted() -> None:
+    """The probe itself fails for a module that does import Twisted."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, "twisted.internet.task"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1 and "twisted" in proc.stdout

@@ -1,0 +1,241 @@
+"""The LMDB tier with the real reactor: group commit on the writer thread, reads,
+range deletes, failure poisoning, and clean shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+
+from sprawl.log.record import Record
+from sprawl.storage import keys
+from sprawl.storage.lmdb import LmdbStore, StorageFull
+
+
+def recs(start: int, n: int, size: int = 10, binary: bool = False) -> list[Record]:
+    """``n`` records at offsets ``start..`` with distinct payloads."""
+    out = []
+    for i in range(start, start + n):
+        payload = bytes([i % 256]) * size if binary else f"m{i}".encode().ljust(size, b".")
+        out.append(Record(i, 0, 1000 + i, f"id{i}", None, {"i": str(i)}, payload, not binary))
+    return out
+
+
+@pytest_twisted.async_yield_fixture
+async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
+    """An open store in tmp_path; closed (threads stopped) after the test."""
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
+    s.open()
+    yield s
+    if s.env is not None:
+        await s.close()
+
+
+class Gate:
+    """Holds the writer thread inside ``_commit`` until released (bounded wait)."""
+
+    def __init__(self, store: LmdbStore):
+        self.store = store
+        self.release = threading.Event()
+        self.entered: Deferred[None] = Deferred()
+        self.calls = 0
+        self._orig = store._commit
+        store._commit = self._commit  # type: ignore[method-assign]
+
+    def _commit(self, ops: list[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            reactor.callFromThread(self.entered.callback, None)
+            assert self.release.wait(30), "gate never released"
+        self._orig(ops)
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_read_round_trip(store: LmdbStore) -> None:
+    """Records written in one commit read back equal, binary payloads included;
+    limit and end bound the read; the last offset is found for recovery."""
+    rs = recs(0, 20) + recs(20, 5, binary=True)
+    await store.write(store.put_records(7, 0, rs))
+    await store.write(store.put_records(7, 1, recs(0, 3)))
+    got = await store.read_records(7, 0, 0, 1000, 1000)
+    assert [(r.offset, r.payload, r.is_text, r.headers, r.id) for r in got] == [
+        (r.offset, r.payload, r.is_text, r.headers, r.id) for r in rs
+    ]
+    assert [r.offset for r in await store.read_records(7, 0, 5, 3, 1000)] == [5, 6, 7]
+    assert [r.offset for r in await store.read_records(7, 0, 18, 100, 21)] == [18, 19, 20]
+    assert await store.read_records(7, 0, 25, 10, 100) == []
+    assert await store.read_records(8, 0, 0, 10, 100) == []
+    assert store.last_record_offset(7, 0) == 24
+    assert store.last_record_offset(7, 1) == 2
+    assert store.last_record_offset(7, 2) is None
+    assert store.last_record_offset(6, 0) is None
+    assert store.commits == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_meta_scan_get_and_deletes(store: LmdbStore) -> None:
+    """put/delete/range-delete ops in one transaction; scan by prefix; get."""
+    await store.write(
+        [("p", "meta", b"topic/a", b"1"), ("p", "meta", b"topic/b", b"2"), ("p", "meta", b"other", b"3")]
+        + store.put_records(1, 0, recs(0, 10))
+    )
+    assert list(store.scan("meta", b"topic/")) == [(b"topic/a", b"1"), (b"topic/b", b"2")]
+    assert store.get("meta", b"other") == b"3"
+    await store.write(
+        [
+            ("d", "meta", b"topic/a"),
+            ("d", "meta", b"never-there"),
+            ("r", "records", keys.record_key(1, 0, 2), keys.record_key(1, 0, 7)),
+        ]
+    )
+    assert store.get("meta", b"topic/a") is None
+    assert [r.offset for r in store.read_records_sync(1, 0, 0, 100, 100)] == [0, 1, 7, 8, 9]
+    await store.write([("r", "records", keys.topic_prefix(1), keys.topic_prefix(2))])
+    assert store.read_records_sync(1, 0, 0, 100, 100) == []
+    await store.write([("r", "records", keys.topic_prefix(1), keys.topic_prefix(2))])  # empty range
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_commit_batches_one_turn(store: LmdbStore) -> None:
+    """Many writes queued in one reactor turn share one fsynced transaction."""
+    ds = [store.write(store.put_records(1, 0, recs(i, 1)), 74) for i in range(200)]
+    assert store.pending_bytes == 200 * 74
+    assert not any(d.called for d in ds), "nothing is acked before the commit"
+    await DeferredList(ds, fireOnOneErrback=True)
+    assert store.commits < 200
+    assert store.commits == 1
+    assert store.committed_ops == 200
+    assert store.pending_bytes == 0
+    assert len(store.read_records_sync(1, 0, 0, 1000, 1000)) == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_during_a_commit_go_into_the_next_one(store: LmdbStore) -> None:
+    """While a commit is in flight, new writes wait (unacked) and then commit together."""
+    gate = Gate(store)
+    first = store.write(store.put_records(1, 0, recs(0, 1)))
+    await gate.entered
+    later = [store.write(store.put_records(1, 0, recs(i, 1))) for i in range(1, 51)]
+    try:
+        assert not first.called and not any(d.called for d in later)
+        assert store.read_records_sync(1, 0, 0, 100, 100) == [], "nothing visible before the commit"
+    finally:
+        gate.release.set()
+    await DeferredList([first, *later], fireOnOneErrback=True)
+    assert store.commits == 2
+    assert len(store.read_records_sync(1, 0, 0, 100, 100)) == 51
+
+
+_COUNT_RECORDS = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=5, readonly=True, lock=False)
+db = env.open_db(b"records", create=False)
+with env.begin(db=db) as txn:
+    print(txn.stat(db)["entries"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_is_on_disk_when_the_write_fires(store: LmdbStore, tmp_path: Path) -> None:
+    """When a write's Deferred fires, another process opening the same directory
+    already sees the committed records (checked from inside the callback)."""
+    seen: list[str] = []
+
+    def check(_: object) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-c", _COUNT_RECORDS, str(tmp_path / "lmdb")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        seen.append(proc.stdout.strip())
+
+    d = store.write(store.put_records(3, 0, recs(0, 4)))
+    assert not d.called
+    d.addCallback(check)
+    await d
+    assert seen == ["4"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_commit_poisons_the_store(store: LmdbStore) -> None:
+    """A commit that raises fails its writers and the ones queued behind it; later
+    writes fail at once; what was committed before stays intact."""
+    await store.write(store.put_records(1, 0, recs(0, 3)))
+    gate = Gate(store)
+    boom = RuntimeError("disk on fire")
+    orig = gate._orig
+
+    def broken(ops: list[Any]) -> None:
+        raise boom
+
+    gate._orig = broken
+    failing = store.write(store.put_records(1, 0, recs(3, 1)))
+    await gate.entered
+    queued = store.write(store.put_records(1, 0, recs(4, 1)))
+    gate.release.set()
+    for d in (failing, queued):
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            await d
+    assert store.failed is boom
+    with pytest.raises(RuntimeError):
+        await store.write([("p", "meta", b"x", b"y")])
+    gate._orig = orig
+    assert [r.offset for r in store.read_records_sync(1, 0, 0, 100, 100)] == [0, 1, 2]
+    assert store.get("meta", b"x") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_map_full_is_storage_full(tmp_path: Path) -> None:
+    """Filling the LMDB map fails the batch with StorageFull and writes nothing of it."""
+    s = LmdbStore(str(tmp_path / "small"), reactor=reactor, map_size=256 * 1024)
+    s.open()
+    try:
+        await s.write(s.put_records(1, 0, recs(0, 2)))
+        big = s.put_records(1, 0, recs(2, 200, size=4000))
+        with pytest.raises(StorageFull):
+            await s.write(big)
+        assert [r.offset for r in s.read_records_sync(1, 0, 0, 1000, 1000)] == [0, 1]
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    """close() commits queued writes before stopping; a reopened store has them."""
+    path = str(tmp_path / "lmdb")
+    s = LmdbStore(path, reactor=reactor)
+    s.open()
+    ds = [s.write(s.put_records(2, 0, recs(i, 1))) for i in range(10)]
+    await s.close()
+    assert all(d.called for d in ds)
+    assert s.env is None
+    s2 = LmdbStore(path, reactor=reactor)
+    s2.open()
+    try:
+        assert len(s2.read_records_sync(2, 0, 0, 100, 100)) == 10
+        assert s2.last_record_offset(2, 0) == 9
+        assert s2.used_bytes > 0
+    finally:
+        await s2.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_used_bytes_counts_live_data(store: LmdbStore) -> None:
+    """used_bytes (the disk budget's measure) grows with data and falls again when
+    a range delete frees pages, although the LMDB file never shrinks."""
+    empty = store.used_bytes
+    await store.write(store.put_records(1, 0, recs(0, 500, size=2000)))
+    full = store.used_bytes
+    assert full > empty + 500 * 2000
+    await store.write([("r", "records", keys.topic_prefix(1), keys.topic_prefix(2))])
+    assert store.used_bytes < empty + 100_000
