@@ -68,6 +68,39 @@ class PartitionLog:
         adapter to persist alongside the records.
         """
         changed: list[Segment] = []
+        if not records:
+            return changed
+        seg = self.segments[-1] if self.segments else None
+        total = 0
+        for r in records:
+            total += r.size
+        if (
+            seg is not None
+            and not seg.sealed
+            and seg.bytes + total < self.segment_bytes
+            and not self._should_roll(seg, now_ms)
+        ):
+            # Fast path: the whole batch fits the active segment.
+            off = self.next_offset
+            p = self.partition
+            last_ts = seg.last_ts
+            for r in records:
+                r.offset = off
+                r.partition = p
+                off += 1
+                if r.timestamp > last_ts:
+                    last_ts = r.timestamp
+            self.next_offset = off
+            seg.last = off - 1
+            seg.bytes += total
+            seg.last_ts = last_ts
+            self.hot.extend(records)
+            self.hot_bytes += total
+            self.appended_bytes_total += total
+            self.appended_total += len(records)
+            if not self.durable:
+                self.high_watermark = off
+            return [seg]
         for r in records:
             off = self.next_offset
             r.offset = off

@@ -29,6 +29,7 @@ class Record:
         "offset",
         "partition",
         "payload",
+        "size",
         "timestamp",
     )
 
@@ -51,13 +52,10 @@ class Record:
         self.headers = headers
         self.payload = payload
         self.is_text = is_text
+        #: Approximate bytes this record holds in memory and on disk.
+        self.size = len(payload) + 64 + (len(key) if key else 0)
         self._json: bytes | None = None
         self._sse: bytes | None = None
-
-    @property
-    def size(self) -> int:
-        """Approximate bytes this record holds in memory and on disk."""
-        return len(self.payload) + 64 + (len(self.key) if self.key else 0)
 
     def to_storage(self) -> bytes:
         """The value stored in LMDB (the key carries topic, partition and offset)."""
