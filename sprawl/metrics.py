@@ -76,9 +76,26 @@ class NodeMetrics:
         self.slow_consumers_disconnected = Counter(
             "sprawl_slow_consumers_disconnected", "Stream clients cut off for being too slow", registry=r
         )
+        self.lmdb_commit_duration = Histogram(
+            "sprawl_lmdb_commit_duration_seconds",
+            "Time from queueing a group commit to its fsynced completion",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lmdb_commit_ops = Histogram(
+            "sprawl_lmdb_commit_ops",
+            "Write operations per group commit",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
         self.broker: Any = None
         self.streams: Any = None
         r.register(_StateCollector(self))
+
+    def committed(self, seconds: float, ops: int) -> None:
+        """Record one LMDB group commit."""
+        self.lmdb_commit_duration.observe(seconds)
+        self.lmdb_commit_ops.observe(ops)
 
     def published(self, topic: str, n: int, nbytes: int) -> None:
         """Count one publish request's messages."""

@@ -74,15 +74,24 @@ def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 d = succeed(result)
 
             def ok(value: Any) -> Any:
-                if isinstance(value, (bytes, str)) or value is None:
+                if value is None:
                     return value
-                request.setHeader(b"content-type", JSON)
-                return _encode(value)
+                if isinstance(value, str):
+                    value = value.encode("utf-8")
+                elif not isinstance(value, bytes):
+                    request.setHeader(b"content-type", JSON)
+                    value = _encode(value)
+                if request.code != 204:
+                    # A known length: no chunked framing on every answer.
+                    request.setHeader(b"content-length", b"%d" % len(value))
+                return value
 
             def err(f: Failure) -> bytes | None:
                 if f.check(CancelledError) and (request.finished or getattr(request, "_disconnected", False)):
                     return None  # the client went away mid long-poll: nobody to answer
-                return self._render_error(request, f)
+                body = self._render_error(request, f)
+                request.setHeader(b"content-length", b"%d" % len(body))
+                return body
 
             def observe(value: Any) -> Any:
                 m = self.metrics

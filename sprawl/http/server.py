@@ -76,6 +76,25 @@ class QuietSite(Site):
 
     access_log = False
 
+    def buildProtocol(self, addr: Any) -> Any:
+        """Connections send small frames (acks, SSE events) at once: no Nagle delay."""
+        proto = super().buildProtocol(addr)
+        if proto is None:
+            return None
+        make_connection = proto.makeConnection
+
+        def with_nodelay(transport: Any) -> None:
+            set_nodelay = getattr(transport, "setTcpNoDelay", None)
+            if set_nodelay is not None:
+                try:
+                    set_nodelay(True)
+                except OSError:
+                    pass
+            make_connection(transport)
+
+        proto.makeConnection = with_nodelay
+        return proto
+
     def log(self, request: Any) -> None:
         """Write an access-log line only when asked for."""
         if self.access_log:

@@ -55,6 +55,8 @@ class LmdbStore:
         self.commits = 0
         self.committed_ops = 0
         self.last_commit_seconds = 0.0
+        #: Called with (seconds, ops) after each commit (metrics hook).
+        self.on_commit: Callable[[float, int], None] | None = None
         self.used_bytes = 0
         self.failed: Exception | None = None
 
@@ -150,6 +152,8 @@ class LmdbStore:
             self.commits += 1
             self.committed_ops += len(ops)
             self.last_commit_seconds = self.reactor.seconds() - started
+            if self.on_commit is not None:
+                self.on_commit(self.last_commit_seconds, len(ops))
             if isinstance(result, Exception):
                 # A failed commit poisons the store: later batches must not
                 # commit past a gap, so everything queued fails too and the
