@@ -398,6 +398,16 @@ class Broker:
         if self.store.pending_bytes > self.max_pending_bytes:
             raise Overloaded("too much unflushed data; retry shortly", retry_after=1)
 
+    @staticmethod
+    def check_message_sizes(records: list[Record], max_bytes: int) -> None:
+        """413 when a message exceeds ``max_bytes``."""
+        for r in records:
+            if len(r.payload) > max_bytes:
+                raise PayloadTooLarge(
+                    f"message of {len(r.payload)} bytes exceeds max_message_bytes {max_bytes}",
+                    code="message_too_large",
+                )
+
     def publish(self, topic: Topic, records: list[Record], acks: str) -> Deferred[PublishResult]:
         """Append ``records`` (offsets unassigned) to ``topic``.
 
@@ -606,6 +616,10 @@ class Broker:
         d = self.store.read_records(topic.config.uid, partition, start, limit, end)
 
         def fill(recs: list[Record]) -> list[Record]:
+            if not recs and start < lg.hot_start:
+                # A gap below the hot tail (an ephemeral tail lost in a
+                # restart): nothing is stored there, continue at the tail.
+                return lg.read_hot(lg.hot_start, limit) or []
             if len(recs) < limit:
                 more = lg.read_hot(
                     max(lg.hot_start, recs[-1].offset + 1 if recs else start), limit - len(recs)
@@ -649,13 +663,37 @@ class Broker:
         self, topic: Topic, name: str, body: dict[str, Any]
     ) -> Deferred[tuple[ConsumerGroup, bool]]:
         """Create or update a consumer group; fires once persisted."""
+        g = topic.groups.get(name)
+        cfg = self.group_config_from(topic.name, name, body, g.config if g else None)
+        created = g is None
+        if g is None:
+            if cfg.start == "earliest":
+                starts = {lg.partition: lg.log_start for lg in topic.logs}
+            else:
+                starts = {lg.partition: lg.high_watermark for lg in topic.logs}
+            g = ConsumerGroup(name, cfg, starts)
+            topic.groups[name] = g
+        else:
+            g.config = cfg
+        d: Deferred[Any] = self._persist_group(topic, g)
+        d.addCallback(lambda _: (g, created))
+        return d
+
+    def group_config_from(
+        self, topic_name: str, name: str, body: dict[str, Any], base: GroupConfig | None
+    ) -> GroupConfig:
+        """Validate a ``PUT .../groups/{group}`` body; touches no state.
+
+        A dead-letter topic must exist or be creatable (auto-create on), so a
+        message that runs out of deliveries always has somewhere to go.
+        """
+        check_topic_name(topic_name)
         check_group_name(name)
         allowed = {"start", "ack_deadline_ms", "max_deliveries", "dead_letter_topic", "max_in_flight"}
         unknown = set(body) - allowed
         if unknown:
             raise BadRequest(f"unknown group field(s): {', '.join(sorted(unknown))}", code="invalid_field")
-        g = topic.groups.get(name)
-        cfg = GroupConfig(**g.config.to_dict()) if g else GroupConfig()
+        cfg = GroupConfig(**base.to_dict()) if base else GroupConfig()
         if "start" in body:
             if body["start"] not in ("earliest", "latest"):
                 raise BadRequest("start must be 'earliest' or 'latest'", code="invalid_field")
@@ -672,22 +710,15 @@ class Broker:
                 if not isinstance(v, str):
                     raise BadRequest("dead_letter_topic must be a topic name", code="invalid_field")
                 check_topic_name(v)
-                if v == topic.name:
+                if v == topic_name:
                     raise BadRequest("dead_letter_topic must differ from the topic", code="invalid_field")
+                if v not in self.topics and not self.config.auto_create_topics:
+                    raise BadRequest(
+                        f"dead_letter_topic {v!r} does not exist and topics are not auto-created",
+                        code="dead_letter_topic_not_found",
+                    )
             cfg.dead_letter_topic = v
-        created = g is None
-        if g is None:
-            if cfg.start == "earliest":
-                starts = {lg.partition: lg.log_start for lg in topic.logs}
-            else:
-                starts = {lg.partition: lg.high_watermark for lg in topic.logs}
-            g = ConsumerGroup(name, cfg, starts)
-            topic.groups[name] = g
-        else:
-            g.config = cfg
-        d: Deferred[Any] = self._persist_group(topic, g)
-        d.addCallback(lambda _: (g, created))
-        return d
+        return cfg
 
     def get_group(self, topic: Topic, name: str) -> ConsumerGroup:
         """The group, or :class:`NotFound`."""

@@ -952,3 +952,31 @@ async def test_wrong_method_is_405(node: Node, path: str) -> None:
     r = await node.http.call("PATCH", path)
     assert_error(r, 405, "method_not_allowed")
     assert r.header("allow")
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_moves_past_a_gap_instead_of_stalling(tmp_path: Path) -> None:
+    """After a restart loses an ephemeral topic's unspilled tail, a fetch from inside the
+    gap answers ``next`` past it (at the high watermark), so a polling client moves on."""
+    n = Node(tmp_path, memory_budget=1_000_000)
+    try:
+        await n.create("eph", storage="ephemeral")
+        await n.publish("eph", [{"payload": "a" * 20_000} for _ in range(100)])
+        n.broker.tick()  # over budget: spill 0..99 to LMDB
+        await bounded(n.store.write([]))
+        n.broker.tick()  # then evict them from memory
+        await n.publish("eph", [{"payload": "b"} for _ in range(5)])  # 100..104 in memory only
+    finally:
+        await n.close()
+    n2 = Node(tmp_path, memory_budget=1_000_000)
+    try:
+        got = await n2.fetch("eph", **{"from": "98"})
+        assert [m["offset"] for m in got["messages"]] == [98, 99]
+        gap = await n2.fetch("eph", **{"from": str(got["next"])})
+        assert gap["messages"] == [] and gap["high_watermark"] == 105
+        assert gap["next"] == 105, "the cursor must move past the lost range"
+        await n2.publish("eph", [{"payload": "c"}])
+        after = await n2.fetch("eph", **{"from": str(gap["next"])})
+        assert [m["offset"] for m in after["messages"]] == [105]
+    finally:
+        await n2.close()

@@ -283,6 +283,10 @@ class SprawlAPI:
     @_route("publish")
     def publish(self, request: Any, topic: str) -> Any:
         records, acks = self._parse_messages(request)
+        if topic not in self.broker.topics:
+            # Refuse before auto-creating: a rejected publish must leave no topic behind.
+            self.broker.check_writable()
+            self.broker.check_message_sizes(records, self.broker.config.max_message_bytes)
         d: Deferred[Any] = self.broker.ensure_topic(topic)
         d.addCallback(lambda t: self.broker.publish(t, records, acks))
         d.addCallback(self._publish_answer, acks)
@@ -345,15 +349,22 @@ class SprawlAPI:
         deadline = self.clock.seconds() + wait_ms / 1000.0
 
         def read(starts: dict[int, int]) -> Any:
+            hws = {p: t.logs[p].high_watermark for p in parts}
             ds = [self.broker.read(t, p, starts[p], limit) for p in parts]
             from twisted.internet.defer import gatherResults
 
-            return gatherResults(ds, consumeErrors=True).addCallback(answer, starts)
+            return gatherResults(ds, consumeErrors=True).addCallback(answer, starts, hws)
 
-        def answer(results: list[list[Record]], starts: dict[int, int]) -> Any:
+        def answer(results: list[list[Record]], starts: dict[int, int], hws: dict[int, int]) -> Any:
             recs: list[Record] = []
+            for p, got in zip(parts, results, strict=True):
+                if not got and starts[p] < hws[p]:
+                    # Nothing exists below the high watermark seen before the
+                    # read (a gap: retention, or an ephemeral tail lost in a
+                    # restart): the cursor moves past it instead of stalling.
+                    starts[p] = hws[p]
             nexts = dict(starts)
-            for p, got in zip(parts, results, strict=False):
+            for p, got in zip(parts, results, strict=True):
                 if got:
                     nexts[p] = got[-1].offset + 1
                     recs.extend(got)
@@ -468,7 +479,10 @@ class SprawlAPI:
     @_route("group_put")
     def put_group(self, request: Any, topic: str, group: str) -> Any:
         body = self._json_body(request, required=False)
-        check_group_name(group)  # before ensure_topic: a bad name must not create the topic
+        # Validate before ensure_topic: a bad request must not create the topic.
+        existing = self.broker.topics.get(topic)
+        old = existing.groups.get(group) if existing else None
+        self.broker.group_config_from(topic, group, body, old.config if old else None)
         d = self.broker.ensure_topic(topic)
 
         def made(t: Any) -> Any:
@@ -696,7 +710,7 @@ class SprawlAPI:
             gid = "sub-" + uuid.uuid4().hex[:12]
         if not isinstance(gid, str):
             raise BadRequest("id must be a string", code="invalid_field")
-        from sprawl.broker import check_group_name, check_topic_name
+        from sprawl.broker import check_topic_name
 
         check_group_name(gid)
         for name in topics:
