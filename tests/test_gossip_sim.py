@@ -1,0 +1,412 @@
+"""The network simulator, and SWIM clusters on it.
+
+Cluster claims (issue 3): a cluster converges after everyone joins through
+one seed; a crashed node is declared dead by every member within a bound
+computed from the configuration and state; with 10% packet loss and no crash
+nobody is declared dead (false positives counted and reported); a healed
+partition re-merges into one view.  Sizes and durations are kept small for
+CI; ``SPRAWL_SIM_LONG=1`` runs bigger and longer versions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from sprawl.gossip import GossipConfig, Membership
+from sprawl.gossip.broadcast import retransmit_limit
+from sprawl.gossip.suspicion import suspicion_timeout
+from sprawl.sim import SimulationLimit, Simulator
+
+LONG = os.environ.get("SPRAWL_SIM_LONG") == "1"
+CFG = GossipConfig()
+TICK = 0.1
+
+# ------------------------------------------------------------ the simulator
+
+
+@dataclass
+class Out:
+    """What a test node returns: datagrams and events."""
+
+    datagrams: list[tuple[Any, bytes]]
+    events: list[Any]
+
+
+class Echo:
+    """A test node: records what it receives; answers ``ping`` with ``pong``;
+    on ``spam`` sends ``spam`` back forever (to hit the simulator's bounds)."""
+
+    def __init__(self, name: str, fanout: int = 1):
+        self.name = name
+        self.fanout = fanout
+        self.got: list[tuple[float, Any, bytes]] = []
+        self.ticks: list[float] = []
+
+    def tick(self, now: float) -> Out:
+        self.ticks.append(now)
+        return Out([], [])
+
+    def receive(self, src: Any, payload: bytes, now: float) -> Out:
+        self.got.append((now, src, payload))
+        if payload == b"ping":
+            return Out([(src, b"pong")], [("pong-sent", src)])
+        if payload == b"spam":
+            return Out([(src, b"spam")] * self.fanout, [])
+        return Out([], [])
+
+
+def echo_sim(n: int = 2, **kw: Any) -> Simulator:
+    """A simulator with ``n`` Echo nodes named 0..n-1."""
+    sim = Simulator(11, **kw)
+    for i in range(n):
+        sim.add_node(i, Echo(str(i)))
+    return sim
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_another() -> None:
+    """Determinism: the whole event history of a lossy, duplicating run of a
+    gossip cluster is a function of the seed."""
+
+    def run(seed: int) -> tuple[list[tuple[float, Any, str, str]], dict[str, int]]:
+        sim = gossip_cluster(12, seed=seed, loss=0.05, duplicate=0.05, delay=(0.001, 0.05))
+        sim.crash(addr(3))
+        sim.run_for(20)
+        return [(t, a, e.kind, e.member.node_id) for t, a, e in sim.events], dict(sim.stats)
+
+    first, again, other = run(5), run(5), run(6)
+    assert first == again
+    assert first != other
+
+
+def test_loss_duplication_and_delay_are_applied() -> None:
+    """Loss and duplication happen at about their probabilities, delays stay in
+    range, and random delays reorder datagrams."""
+    sim = echo_sim(loss=0.1, duplicate=0.2, delay=(0.01, 0.05))
+    n = 4000
+    for k in range(n):
+        sim.inject(0, 1, k.to_bytes(4, "big"))
+    sim.run_for(1)
+    got = sim.nodes[1].got
+    sent_copies = n + sim.stats["duplicated"]
+    assert 0.17 * n < sim.stats["duplicated"] < 0.23 * n
+    assert 0.08 * sent_copies < sim.stats["dropped_loss"] < 0.12 * sent_copies
+    assert len(got) == sent_copies - sim.stats["dropped_loss"] == sim.stats["delivered"]
+    assert all(0.01 <= t <= 0.05 for t, _, _ in got)
+    order = [int.from_bytes(p, "big") for _, _, p in got]
+    assert order != sorted(order)
+
+
+def test_blocks_partitions_and_heal() -> None:
+    """block() is one-directional; partition() blocks both ways across groups; heal() clears."""
+    sim = echo_sim(4)
+    sim.block(0, 1)
+    for a, b in [(0, 1), (1, 0), (2, 3)]:
+        sim.inject(a, b, b"x")
+    sim.run_for(1)
+    assert [len(sim.nodes[i].got) for i in range(4)] == [1, 0, 0, 1]
+    sim.heal()
+    sim.partition([0, 1], [2, 3])
+    for a, b in [(0, 1), (0, 2), (3, 1), (2, 3)]:
+        sim.inject(a, b, b"y")
+    sim.run_for(1)
+    assert [len(sim.nodes[i].got) for i in range(4)] == [1, 1, 0, 2]
+    sim.heal()
+    sim.inject(0, 2, b"z")
+    sim.run_for(1)
+    assert len(sim.nodes[2].got) == 1 and sim.stats["dropped_partition"] == 3
+
+
+def test_datagrams_in_flight_when_a_partition_starts_are_dropped() -> None:
+    """A partition also cuts datagrams already on the wire."""
+    sim = echo_sim(2, delay=(0.5, 0.5))
+    sim.inject(0, 1, b"x")
+    sim.run_for(0.1)
+    sim.block(0, 1)
+    sim.run_for(1)
+    assert sim.nodes[1].got == [] and sim.stats["dropped_partition"] == 1
+
+
+def test_replies_events_and_ticks_are_routed() -> None:
+    """Datagrams a node returns are delivered; events are logged; ticks are
+    periodic per node."""
+    sim = echo_sim(2, tick_interval=0.25)
+    sim.inject(0, 1, b"ping")
+    sim.run_for(2)
+    assert [p for _, _, p in sim.nodes[0].got] == [b"pong"]
+    assert [(a, e) for _, a, e in sim.events] == [(1, ("pong-sent", 0))]
+    ticks = sim.nodes[0].ticks
+    assert 7 <= len(ticks) <= 9
+    assert all(b - a == pytest.approx(0.25) for a, b in itertools.pairwise(ticks))
+
+
+def test_crash_and_restart_with_persisted_state() -> None:
+    """A crashed node gets nothing and stops ticking; restart builds a fresh
+    node (here from what the test kept in ``sim.disk``)."""
+    sim = echo_sim(2)
+    sim.disk[1] = {"generation": 1}
+    old = sim.crash(1)
+    n_ticks = len(old.ticks)
+    sim.inject(0, 1, b"lost")
+    sim.run_for(1)
+    assert old.got == [] and len(old.ticks) == n_ticks and sim.stats["dropped_down"] == 1
+    with pytest.raises(ValueError):
+        sim.restart(0, Echo("x"))  # not crashed
+
+    def factory(now: float) -> Echo:
+        sim.disk[1]["generation"] += 1
+        return Echo(f"gen{sim.disk[1]['generation']}")
+
+    new = sim.restart(1, factory)
+    sim.inject(0, 1, b"hello")
+    sim.run_for(1)
+    assert new.name == "gen2" and [p for _, _, p in new.got] == [b"hello"] and new.ticks
+
+
+def test_runaway_traffic_hits_the_bounds() -> None:
+    """A node storm is stopped by the simulator's bounds, not by hanging."""
+    sim = echo_sim(2, max_events_per_run=10_000)
+    sim.inject(0, 1, b"spam")
+    with pytest.raises(SimulationLimit):
+        sim.run_for(1000)
+    sim2 = Simulator(1, max_in_flight=500)
+    sim2.add_node(0, Echo("a", fanout=3))
+    sim2.add_node(1, Echo("b", fanout=3))
+    sim2.inject(0, 1, b"spam")
+    with pytest.raises(SimulationLimit):
+        sim2.run_for(1000)
+
+
+# ------------------------------------------------------------ gossip on it
+
+
+def addr(i: int) -> tuple[str, int]:
+    """The peer address of node ``i``."""
+    return ("10.0.0.1", 7000 + i)
+
+
+def nid(i: int) -> str:
+    """The node id of node ``i``."""
+    return f"node-{i:03d}"
+
+
+def meta(i: int) -> dict[str, Any]:
+    """Realistic metadata: HTTP address, version and load figures."""
+    return {"http": f"10.0.0.1:{8000 + i}", "v": "0.1.0", "load": {"led": i % 7, "mps": 12.5, "mem": 0.25}}
+
+
+def converged(sim: Simulator, n: int) -> bool:
+    """Every live node sees exactly ``n`` alive members."""
+    return all(sum(1 for m in x.members() if m.state == "alive") == n for x in sim.nodes.values())
+
+
+def gossip_cluster(
+    n: int, seed: int = 1, config: GossipConfig = CFG, join_over: float = 0.0, **simkw: Any
+) -> Simulator:
+    """``n`` nodes that all join through node 0 (spread over ``join_over``
+    seconds) and have converged."""
+    sim = Simulator(seed, **simkw)
+    for i in range(n):
+        sim.add_node(addr(i), Membership(nid(i), addr(i), meta(i), config, sim.node_rng(addr(i)), sim.now))
+    for i in range(1, n):
+        sim.run_for(join_over / n)
+        sim.call(addr(i), lambda m, now: m.join([addr(0)], now))
+    assert sim.run_until_true(lambda: converged(sim, n), 60), "cluster did not form"
+    return sim
+
+
+def sees(sim: Simulator, viewer: Any, subject: str) -> str | None:
+    """The state ``viewer`` holds for ``subject``."""
+    m = sim.nodes[viewer].member(subject)
+    return m.state if m else None
+
+
+def dead_events(sim: Simulator) -> list[tuple[float, Any, str]]:
+    """(time, viewer, subject) of every ``dead`` event so far."""
+    return [(t, a, e.member.node_id) for t, a, e in sim.events if e.kind == "dead"]
+
+
+def totals(sim: Simulator) -> dict[str, int]:
+    """Membership counters summed over the live nodes."""
+    out: dict[str, int] = {}
+    for m in sim.nodes.values():
+        for k, v in m.stats.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def detection_bound(sim: Simulator, victim: str, config: GossipConfig, delay_max: float) -> float:
+    """Latest time by which every member should hold ``victim`` dead, for a
+    crash now.  The first member to probe the crashed node suspects it one
+    probe period later; the suspicion reaches every member while the
+    accuser's gossip still carries it; each member's own timer then runs at
+    most the maximum suspicion timeout (confirmations only shorten it)::
+
+      first probe   min over members of probe_eta(victim) (each one's probe
+                    order and health multiplier)
+    + probe         max(probe_interval, 2 * probe_timeout) * multiplier + 2 ticks
+    + spread        retransmit_limit(n) * gossip_interval + max delay + 1 tick
+    + max timeout   suspicion_max_timeout_mult * suspicion_mult
+                    * max(1, log10 n) * probe_interval
+    """
+    now = sim.now
+    live = list(sim.nodes.values())
+    n = len(live) + 1
+    first_probe = min(e for e in (m.probe_eta(victim, now) for m in live) if e is not None)
+    mult = max(m.multiplier for m in live)
+    probe = max(config.probe_interval, 2 * config.probe_timeout) * mult + 2 * TICK
+    spread = retransmit_limit(config.retransmit_mult, n) * config.gossip_interval + delay_max + TICK
+    t_max = config.suspicion_max_timeout_mult * suspicion_timeout(
+        config.suspicion_mult, n, config.probe_interval
+    )
+    return first_probe + probe + spread + t_max
+
+
+def test_fifty_nodes_converge_after_joining_through_one_seed() -> None:
+    """50 nodes (200 with SPRAWL_SIM_LONG=1) join through one seed within one
+    second and every node sees every other alive within 10 s."""
+    n = 200 if LONG else 50
+    sim = Simulator(21)
+    for i in range(n):
+        sim.add_node(addr(i), Membership(nid(i), addr(i), meta(i), CFG, sim.node_rng(addr(i)), 0.0))
+    for i in range(1, n):
+        sim.run_for(1.0 / n)
+        sim.call(addr(i), lambda m, now: m.join([addr(0)], now))
+    t0 = sim.now
+    assert sim.run_until_true(lambda: converged(sim, n), 10.0)
+    print(f"\n{n} nodes converged {sim.now - t0:.1f} s after the last join")
+    assert all(m.joined for m in sim.nodes.values())
+    for m in sim.nodes.values():
+        other = m.member(nid(7))
+        assert other is not None and other.meta == meta(7)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.1])
+def test_crashed_node_is_declared_dead_by_every_member_within_the_bound(loss: float) -> None:
+    """After a crash, every member holds the node dead within the computed
+    bound (and not before the minimum suspicion timeout: nobody skips it)."""
+    n = 100 if LONG else 50
+    delay = (0.001, 0.005)
+    sim = gossip_cluster(n, seed=4, delay=delay)
+    sim.loss = loss
+    sim.run_for(10)
+    victim = random.Random(1).randrange(1, n)
+    bound = detection_bound(sim, nid(victim), CFG, delay[1])
+    t_crash = sim.now
+    sim.crash(addr(victim))
+    done = sim.run_until_true(
+        lambda: all(sees(sim, a, nid(victim)) == "dead" for a in sim.nodes),
+        bound - t_crash + 1,
+        check_every=TICK,
+    )
+    took = sim.now - t_crash
+    print(
+        f"\n{n} nodes, loss {loss:.0%}: all saw the crash as dead after {took:.1f} s (bound {bound - t_crash:.1f} s)"
+    )
+    assert done, f"not every member saw the crash within {bound - t_crash:.1f} s"
+    assert sim.now <= bound
+    t_min = suspicion_timeout(CFG.suspicion_mult, n, CFG.probe_interval)
+    first_dead = min(t for t, _, who in dead_events(sim) if who == nid(victim))
+    assert first_dead - t_crash >= t_min
+    assert {who for _, _, who in dead_events(sim)} == {nid(victim)}
+
+
+def test_no_member_is_declared_dead_under_ten_percent_loss() -> None:
+    """With 10% packet loss and no crash, probes fail now and then (false
+    suspicions) but every one is refuted: no member is ever declared dead.
+    The false-positive rates are reported."""
+    n, duration = (50, 3600.0) if LONG else (30, 300.0)
+    sim = gossip_cluster(n, seed=8)
+    before = totals(sim)
+    sim.loss = 0.1
+    sim.run_for(duration)
+    t = {k: v - before.get(k, 0) for k, v in totals(sim).items()}
+    node_hours = n * duration / 3600
+    print(
+        f"\n{n} nodes, {duration:.0f} s at 10% loss: {t['probes_sent']} probes, "
+        f"{t['probe_failures']} failed ({t['probe_failures'] / t['probes_sent']:.2%} false suspicions per probe), "
+        f"{t['refuted']} refuted, {t['suspicions']} suspect views, "
+        f"dead declared {t['dead_declared']} ({t['dead_declared'] / node_hours:.2f} per node-hour)"
+    )
+    assert t["probes_sent"] > 0.9 * n * duration / CFG.probe_interval / 2
+    assert t["probe_failures"] > 0  # the loss did bite
+    assert t["refuted"] >= t["probe_failures"] * 0.9
+    assert t["dead_declared"] == 0 and t["dead_seen"] == 0
+    assert not dead_events(sim)
+    assert converged(sim, n)
+
+
+def test_asymmetric_and_flaky_links_cause_no_false_death() -> None:
+    """One-way blocks between some pairs, plus duplication and heavy
+    reordering: indirect probes cover the broken links and nobody is declared dead."""
+    n = 12
+    sim = gossip_cluster(n, seed=9, duplicate=0.2, delay=(0.001, 0.15))
+    rng = random.Random(3)
+    for _ in range(10):
+        a, b = rng.sample(range(n), 2)
+        sim.block(addr(a), addr(b))
+    sim.run_for(120)
+    assert not dead_events(sim)
+    assert converged(sim, n)
+    assert totals(sim)["indirect_acks"] > 0
+
+
+def test_healed_partition_merges_into_one_view() -> None:
+    """Two halves cut apart declare each other dead (and forget each other
+    after dead_reclaim_time); once the cut heals, reconnect push-pulls to dead
+    members and unreachable seeds merge them back: every node sees all alive."""
+    n = 40 if LONG else 20
+    sim = gossip_cluster(n, seed=12)
+    left = [addr(i) for i in range(n // 2)]
+    right = [addr(i) for i in range(n // 2, n)]
+    sim.partition(left, right)
+    sim.run_for(60)
+    assert sees(sim, addr(0), nid(n - 1)) in ("dead", None)
+    assert sees(sim, addr(n - 1), nid(0)) in ("dead", None)
+    assert all(sees(sim, a, nid(1)) == "alive" for a in left)
+    sim.heal()
+    t_heal = sim.now
+    bound = CFG.reconnect_interval + 20.0
+    assert sim.run_until_true(lambda: converged(sim, n), bound)
+    print(f"\n{n} nodes re-merged {sim.now - t_heal:.1f} s after the partition healed")
+    # the halves never declared their own side dead
+    for _, viewer, who in dead_events(sim):
+        side = left if viewer in left else right
+        assert addr(int(who.split("-")[1])) not in side
+
+
+def test_crash_restart_is_accepted_by_the_whole_cluster() -> None:
+    """A node that crashes and restarts with a higher incarnation (persisted in
+    ``sim.disk`` by the test, as the adapter will in the data dir) rejoins and
+    every member sees it alive at the new incarnation."""
+    n = 20
+    sim = gossip_cluster(n, seed=13)
+    victim = addr(5)
+    sim.disk[victim] = {"incarnation": sim.nodes[victim].incarnation}
+    sim.crash(victim)
+    assert sim.run_until_true(lambda: all(sees(sim, a, nid(5)) == "dead" for a in sim.nodes), 60)
+
+    def restart(now: float) -> Membership:
+        inc = sim.disk[victim]["incarnation"] + 1
+        sim.disk[victim]["incarnation"] = inc
+        return Membership(nid(5), victim, meta(5), CFG, sim.node_rng(victim), now, incarnation=inc)
+
+    sim.restart(victim, restart)
+    sim.call(victim, lambda m, now: m.join([addr(0)], now))
+    assert sim.run_until_true(lambda: converged(sim, n), 10)
+    incs = {sim.nodes[a].member(nid(5)).incarnation for a in sim.nodes}
+    assert incs == {sim.disk[victim]["incarnation"]}
+
+
+def test_push_pull_period_scales_with_cluster_size() -> None:
+    """Sanity of the derived figures used in the bounds: the retransmit limit and
+    minimum suspicion timeout grow with log10(n)."""
+    assert retransmit_limit(4, 5) == 4 and retransmit_limit(4, 50) == 8 and retransmit_limit(4, 200) == 12
+    assert suspicion_timeout(4, 5, 1.0) == 4.0
+    assert suspicion_timeout(4, 200, 1.0) == pytest.approx(4 * math.log10(200))
