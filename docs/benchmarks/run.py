@@ -72,9 +72,9 @@ def main() -> None:
                     if r.e2e_latency_ms:
                         p50s.append(r.e2e_latency_ms.p50)
                         p99s.append(r.e2e_latency_ms.p99)
-                lat = f"{statistics.median(p50s):.1f} / {statistics.median(p99s):.1f}" if p50s else "–"
+                lat = f"{statistics.median(p50s):.1f} / {statistics.median(p99s):.1f}" if p50s else "-"
                 print(
-                    f"| {title} | {statistics.median(rates):,.0f} | {min(rates):,.0f}–{max(rates):,.0f} | {lat} |",
+                    f"| {title} | {statistics.median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | {lat} |",
                     flush=True,
                 )
             for _ in range(a.repeat):
