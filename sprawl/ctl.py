@@ -623,11 +623,23 @@ def _stream_subscribe(
     last_message = time.monotonic()
     path = _topic_path(topic, "stream")
     query = {"from": start, "partition": partition}
+    waiting_since: float | None = None
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else None
         try:
             conn, resp = client.stream(path, query, headers, read_timeout=idle_timeout)
-        except CtlError:
+        except CtlError as e:
+            if received == 0 and "topic_not_found" in e.format_message():
+                # Subscribers may start first: wait for the topic to appear
+                # (the first publish creates it), within --idle-timeout if set.
+                now = time.monotonic()
+                if waiting_since is None:
+                    waiting_since = now
+                    click.echo(f"waiting for topic {topic!r} to be created ...", err=True)
+                if idle_timeout and now - waiting_since > idle_timeout:
+                    raise
+                time.sleep(0.5)
+                continue
             if received == 0 or failures >= STREAM_RETRIES:
                 raise
             failures += 1

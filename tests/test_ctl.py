@@ -84,6 +84,16 @@ def test_publish_then_subscribe_prints_payloads_in_order(sprawl_node: Any) -> No
     assert out.splitlines() == sent
 
 
+def test_subscribe_to_a_missing_topic_waits_then_gives_up_after_idle_timeout(sprawl_node: Any) -> None:
+    """A subscriber may start before the first publish: it says it is waiting for the
+    topic, and with --idle-timeout the wait is bounded and ends in a clear error."""
+    result = ctl(sprawl_node.url, "subscribe", "-t", "not-yet", "-c", "1", "--idle-timeout", "1")
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert lines[0] == "waiting for topic 'not-yet' to be created ..."
+    assert lines[-1].startswith("sprawlctl: error: topic_not_found")
+
+
 def test_publish_prints_offset_partition_id_per_message(sprawl_node: Any) -> None:
     url = sprawl_node.url
     make_topic(url, "counted")
