@@ -7,6 +7,8 @@ Pure: no Twisted import.  ``sprawl.tap`` maps command-line options, the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -93,6 +95,51 @@ def parse_seeds(text: str | list[str]) -> list[tuple[str, int]]:
     return [parse_hostport(s) for s in items]
 
 
+#: Shortest cluster key accepted (HMAC-SHA256 wants at least this much secret).
+MIN_CLUSTER_KEY_BYTES = 16
+
+
+def parse_cluster_key(text: str | bytes) -> bytes:
+    """The gossip cluster key as bytes.
+
+    Accepted forms: ``hex:...``, ``base64:...`` or ``raw:...`` explicitly;
+    otherwise an even-length hex string, then a (padded) base64 string that
+    decodes to at least 16 bytes, then the raw UTF-8 string.  The result
+    must be at least 16 bytes.
+    """
+    if isinstance(text, bytes):
+        key = text
+    else:
+        s = str(text).strip()
+        low = s.lower()
+        try:
+            if low.startswith("hex:"):
+                key = bytes.fromhex(s[4:])
+            elif low.startswith("base64:"):
+                key = base64.b64decode(s[7:], validate=True)
+            elif low.startswith("raw:"):
+                key = s[4:].encode()
+            elif s and len(s) % 2 == 0 and re.fullmatch(r"[0-9A-Fa-f]+", s):
+                key = bytes.fromhex(s)
+            else:
+                key = _maybe_base64(s) or s.encode()
+        except (ValueError, binascii.Error) as e:
+            raise ConfigError(f"cluster key not decodable: {e}") from None
+    if len(key) < MIN_CLUSTER_KEY_BYTES:
+        raise ConfigError(f"cluster key must be at least {MIN_CLUSTER_KEY_BYTES} bytes (got {len(key)})")
+    return key
+
+
+def _maybe_base64(s: str) -> bytes | None:
+    if len(s) % 4 or not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", s):
+        return None
+    try:
+        key = base64.b64decode(s.replace("-", "+").replace("_", "/"), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return key if len(key) >= MIN_CLUSTER_KEY_BYTES else None
+
+
 def normalize_endpoint_url(url: str) -> str:
     """Accept a scheme-less S3 endpoint (``localhost:9000``) as ``http://``."""
     url = url.strip()
@@ -120,6 +167,8 @@ class NodeConfig:
     http_port: int = 8080
     http_endpoint: str | None = None
     seeds: list[tuple[str, int]] = field(default_factory=list)
+    #: Gossip packets are authenticated (HMAC-SHA256) with this key when set.
+    cluster_key: bytes | None = field(default=None, repr=False)
     replication_factor: int = 3
     memory_budget: int = 256 * 1000**2
     disk_budget: int = 4 * 1000**3
@@ -167,6 +216,8 @@ class NodeConfig:
             raise ConfigError("--s3-endpoint and --s3-bucket go together (S3 tier is off without both)")
         if self.s3_endpoint:
             self.s3_endpoint = normalize_endpoint_url(self.s3_endpoint)
+        if self.cluster_key is not None:
+            self.cluster_key = parse_cluster_key(self.cluster_key)
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be text or json")
         return self

@@ -90,7 +90,10 @@ class NodeMetrics:
         )
         self.broker: Any = None
         self.streams: Any = None
+        #: The gossip adapter (:class:`sprawl.gossip.udp.GossipNode`), if any.
+        self.gossip: Any = None
         r.register(_StateCollector(self))
+        r.register(_GossipCollector(self))
 
     def committed(self, seconds: float, ops: int) -> None:
         """Record one LMDB group commit."""
@@ -196,3 +199,50 @@ class _StateCollector:
             subs = GaugeMetricFamily("sprawl_stream_subscribers", "Open SSE / long-poll stream clients")
             subs.add_metric([], streams.count())
             yield subs
+
+
+class _GossipCollector:
+    """Gossip membership figures read from the adapter at scrape time."""
+
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        g = self.metrics.gossip
+        if g is None:
+            return
+        stats = g.stats
+        members = GaugeMetricFamily(
+            "sprawl_gossip_members", "Members in this node's gossip view, by state", labels=["state"]
+        )
+        for state, n in g.state_counts().items():
+            members.add_metric([state], n)
+        yield members
+        for name, key, doc in (
+            ("sprawl_gossip_probes", "probes_sent", "Failure-detector probes this node started"),
+            ("sprawl_gossip_probe_failures", "probe_failures", "Probes that got no ack, direct or indirect"),
+            ("sprawl_gossip_suspicions", "suspicions", "Members this node started to suspect"),
+            (
+                "sprawl_gossip_refuted",
+                "refuted",
+                "Suspicions of this node it refuted by bumping its incarnation (false positives)",
+            ),
+            ("sprawl_gossip_dead_declared", "dead_declared", "Suspects whose timeout ran out on this node"),
+            ("sprawl_gossip_packets_sent", "packets_sent", "Gossip datagrams sent"),
+            ("sprawl_gossip_packets_received", "packets_received", "Gossip datagrams accepted"),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], stats.get(key, 0))
+            yield c
+        dropped = CounterMetricFamily(
+            "sprawl_gossip_packets_dropped", "Gossip datagrams dropped, by reason", labels=["reason"]
+        )
+        for reason, n in g.dropped().items():
+            dropped.add_metric([reason], n)
+        yield dropped
+        inc = GaugeMetricFamily("sprawl_gossip_incarnation", "This node's gossip incarnation number")
+        inc.add_metric([], g.incarnation)
+        yield inc

@@ -1,7 +1,8 @@
 """The composition root: ``twistd sprawl`` options and the node's services.
 
 Only this module touches the global reactor.  Services start in dependency
-order (storage → broker → peer listener → HTTP) and stop in reverse, so on
+order (storage → broker → peer listener and gossip → HTTP) and stop in
+reverse (the gossip adapter announces a graceful leave first), so on
 SIGTERM the node stops accepting requests, finishes queued commits and closes
 LMDB cleanly: everything acked is on disk.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -29,11 +31,14 @@ from sprawl.config import (
     ConfigError,
     NodeConfig,
     load_config_file,
+    parse_cluster_key,
     parse_duration,
     parse_port,
     parse_seeds,
     parse_size,
 )
+from sprawl.gossip import GossipConfig
+from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer
 
 log = Logger()
 
@@ -48,6 +53,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "http-port": ("http_port", parse_port),
     "http-endpoint": ("http_endpoint", str),
     "seeds": ("seeds", parse_seeds),
+    "cluster-key": ("cluster_key", parse_cluster_key),
     "replication-factor": ("replication_factor", int),
     "memory-budget": ("memory_budget", parse_size),
     "disk-budget": ("disk_budget", parse_size),
@@ -75,7 +81,11 @@ _DOCS = {
     "http-addr": "HTTP listen address [default: 0.0.0.0].",
     "http-port": "HTTP port; 0 picks a free one [default: 8080].",
     "http-endpoint": "HTTP listener as a Twisted endpoint string (overrides addr/port).",
-    "seeds": "Comma-separated host:port peers to join.",
+    "seeds": "Comma-separated host:port peers to join (their --bind-port).",
+    "cluster-key": (
+        "Gossip key (hex, base64 or a string of 16+ bytes); every node needs the same one. "
+        "Prefer SPRAWL_CLUSTER_KEY: arguments are visible to other users."
+    ),
     "replication-factor": "Default replication factor of new topics [default: 3, capped by cluster size].",
     "memory-budget": "Bytes of messages kept in memory [default: 256MB].",
     "disk-budget": "Bytes LMDB may use before publishes are refused [default: 4GB].",
@@ -229,7 +239,7 @@ def _quiet_factory(proto: type[Protocol]) -> Any:
 
 
 class NodeService(service.Service):
-    """One Sprawl node: storage, broker, peer port and HTTP API."""
+    """One Sprawl node: storage, broker, peer port with gossip, and HTTP API."""
 
     def __init__(self, config: NodeConfig, reactor: Any = None):
         if reactor is None:
@@ -243,6 +253,37 @@ class NodeService(service.Service):
         self.broker: Any = None
         self.store: Any = None
         self.api: Any = None
+        self.gossip: GossipNode | None = None
+        self.udp_port: Any = None
+
+    def _make_gossip(self, node_id: str) -> GossipNode:
+        """The gossip adapter, its load figures read from the broker."""
+        import random
+
+        c = self.config
+        broker = self.broker
+        store = self.store
+
+        def load() -> LoadSample:
+            logs = [lg for t in broker.topics.values() for lg in t.logs]
+            return LoadSample(
+                partitions_led=sum(1 for lg in logs if lg.leader == node_id),
+                published_total=broker.published_total,
+                bytes_stored=store.used_bytes,
+                memory_hot_bytes=sum(lg.hot_bytes for lg in logs),
+            )
+
+        return GossipNode(
+            node_id,
+            GossipConfig(cluster_key=c.cluster_key),
+            self.reactor,
+            random.Random(),
+            c.data_dir,
+            seeds=c.seeds,
+            meta={"version": __version__},
+            load=load,
+            resolve=self.reactor.resolve,
+        )
 
     def startService(self) -> None:
         """Open storage, recover, listen.  Failure to listen stops the process."""
@@ -273,12 +314,27 @@ class NodeService(service.Service):
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
         self.broker.recover()
         self.broker.start()
-        self.peer_port = await serverFromString(
-            self.reactor, f"tcp:{c.bind_port}:interface={c.bind_addr.replace(':', chr(92) + ':')}"
-        ).listen(_quiet_factory(_PeerPlaceholder))
-        peer_port = self.peer_port.getHost().port
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        self.gossip = self._make_gossip(node_id)
+        bind = c.bind_addr.replace(":", chr(92) + ":")
+        self.peer_port, self.udp_port = await listen_peer(
+            self.reactor,
+            c.bind_addr,
+            c.bind_port,
+            lambda port: serverFromString(self.reactor, f"tcp:{port}:interface={bind}").listen(
+                _quiet_factory(_PeerPlaceholder)
+            ),
+            self.gossip,
+        )
+        peer_port = self.peer_port.getHost().port
+        advertise_ip = advertise
+        if not (isIPAddress(advertise) or isIPv6Address(advertise)):
+            advertise_ip = await self.reactor.resolve(advertise)
+        self.gossip.set_meta(peer=f"{advertise}:{peer_port}")
+        self.gossip.start((advertise_ip, peer_port))
+        metrics.gossip = self.gossip
         info = NodeInfo(node_id, peer=f"{advertise}:{peer_port}", started=time.time())
+        info.membership = self.gossip
         self.api = SprawlAPI(self.broker, info, self.reactor, metrics)
         site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
         self.http_port = await serverFromString(self.reactor, c.http_listen).listen(site)
@@ -286,6 +342,7 @@ class NodeService(service.Service):
         http_port = getattr(host, "port", 0)
         http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         info.http = f"http://{http_addr}:{http_port}"
+        self.gossip.set_meta(http=info.http)
         write_ports(c.data_dir, http_port, peer_port)
         # Everything built so far lives as long as the process: move it out of
         # the collector's way (records are not tracked at all), so collections
@@ -317,6 +374,8 @@ class NodeService(service.Service):
             await self.http_port.stopListening()
         if self.api is not None:
             self.api.streams.close_all()
+        if self.gossip is not None:
+            await self.gossip.stop()  # gossips the leave, then closes the UDP port
         if self.peer_port is not None:
             await self.peer_port.stopListening()
         if self.broker is not None:

@@ -50,6 +50,9 @@ class NodeInfo:
         self.started = started or time.time()
         self.ready = False
         self.not_ready_reason = "starting"
+        #: The gossip membership (``member_views()``, ``live_member_ids()``,
+        #: ``joined``), or None: then the node reports itself alone.
+        self.membership: Any = None
 
 
 def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -593,6 +596,19 @@ class SprawlAPI:
             "version": __version__,
         }
 
+    def _members(self) -> list[dict[str, Any]]:
+        """Every member gossip knows (this node included), or this node alone."""
+        m = self.info.membership
+        if m is None:
+            return [self._member()]
+        return list(m.member_views())
+
+    def _live_member_ids(self) -> list[str]:
+        m = self.info.membership
+        if m is None:
+            return [self.info.node_id]
+        return list(m.live_member_ids())
+
     def _cluster(self) -> dict[str, Any]:
         nid = self.info.node_id
         return {
@@ -600,7 +616,7 @@ class SprawlAPI:
             "leader": nid,
             "term": 1,
             "mode": "single-node",
-            "members": [self._member()],
+            "members": self._members(),
             "raft": {"role": "leader", "term": 1, "commit_index": 0, "applied": 0, "voters": [nid]},
         }
 
@@ -639,6 +655,9 @@ class SprawlAPI:
             return False, f"storage failed: {self.broker.store.failed}"
         if not self.info.ready:
             return False, self.info.not_ready_reason
+        m = self.info.membership
+        if m is not None and not m.joined:
+            return False, "joining the cluster: no seed has answered yet"
         return True, "ready"
 
     @app.route("/readyz", methods=["GET"])
@@ -735,7 +754,7 @@ class SprawlAPI:
             "node_id": self.info.node_id,
             "version": __version__,
             "uptime_s": round(time.time() - self.info.started, 3),
-            "cluster_members": [self._member()],
+            "cluster_members": self._members(),
             "topics": len(self.broker.topics),
             "raft": self._cluster()["raft"],
         }
@@ -756,7 +775,7 @@ class SprawlAPI:
     def seed_dht(self, request: Any) -> Any:
         out = self._placement()
         out["node_id"] = self.info.node_id
-        out["members"] = [self.info.node_id]
+        out["members"] = self._live_member_ids()
         return out
 
     @app.route("/store", methods=["GET"])

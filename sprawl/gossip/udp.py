@@ -1,0 +1,528 @@
+"""The Twisted adapter of the SWIM core: UDP socket, time, disk.
+
+:class:`GossipNode` is a ``DatagramProtocol`` that owns one
+:class:`~sprawl.gossip.membership.Membership` and everything the pure core
+does not: the socket (it sends every datagram the core returns and feeds it
+every datagram received), the clock (a ``LoopingCall`` ticks the core every
+0.1 s on an injected ``IReactorTime``), the seeds (joined with capped
+exponential backoff until one answers, and afterwards retried while any seed
+is not a live member, so a healed partition re-merges), the incarnation
+number (kept in ``DATA_DIR/gossip.json``, written atomically whenever it
+changes, and restarted at the saved value + 1 so a restarted node always
+outranks what the cluster remembers of it) and the node's metadata (its HTTP
+and peer addresses, version and load figures, refreshed every few seconds and
+re-gossiped only when they changed meaningfully).
+
+:func:`listen_peer` binds the TCP peer listener and this UDP socket on the
+same port number, as memberlist does (one peer address per node).
+
+This is the only module of :mod:`sprawl.gossip` that imports Twisted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from sprawl.gossip.membership import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    STAT_KEYS,
+    SUSPECT,
+    Address,
+    GossipConfig,
+    Member,
+    MemberEvent,
+    Membership,
+    Output,
+)
+
+log = Logger()
+
+STATE_FILE = "gossip.json"
+#: How often the core is ticked (it does only what is due).
+TICK_INTERVAL = 0.1
+#: How often load figures are sampled for the metadata.
+META_INTERVAL = 5.0
+#: How long the leave is gossiped before the socket closes on stop.
+LEAVE_GRACE = 0.5
+#: Join retry backoff: first retry, cap.
+JOIN_BACKOFF = (1.0, 30.0)
+#: Drop reasons, from the core's ``dropped_*`` counters and the adapter's own.
+DROP_REASONS = ("decode", "auth", "oversize", "version", "members_cap", "send_failed", "not_started")
+#: How member events read in the log.
+_CHANGES = {
+    "join": "joined",
+    "alive": "is alive again",
+    "suspect": "is suspected",
+    "dead": "is declared dead",
+    "left": "left",
+}
+#: Member states, for per-state counts.
+STATES = (ALIVE, SUSPECT, DEAD, LEFT)
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def load_incarnation(data_dir: str) -> int | None:
+    """The incarnation saved in ``DATA_DIR/gossip.json``, or None if there is
+    none (or it is unreadable: a fresh start at 0 is then the only option)."""
+    path = os.path.join(data_dir, STATE_FILE)
+    try:
+        with open(path) as f:
+            value = json.load(f).get("incarnation")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError) as e:
+        log.warn("ignoring unreadable {path}: {error}", path=path, error=str(e))
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    log.warn("ignoring {path}: no valid incarnation", path=path)
+    return None
+
+
+def save_incarnation(data_dir: str, incarnation: int) -> None:
+    """Write ``{"incarnation": N}`` to ``DATA_DIR/gossip.json`` atomically
+    (temporary file, fsync, rename)."""
+    path = os.path.join(data_dir, STATE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"incarnation": incarnation}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------- load figures
+
+
+@dataclass
+class LoadSample:
+    """Load figures of this node at one moment (read by the composition root)."""
+
+    partitions_led: int = 0
+    published_total: int = 0  # a counter: the rate is derived from two samples
+    bytes_stored: int = 0
+    memory_hot_bytes: int = 0
+
+
+def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """True when the load figures moved enough to be worth an incarnation bump
+    and a round of gossip: partitions led changed, or a figure changed by more
+    than 20% and more than a floor (1 msg/s, 1 MB)."""
+    if old is None:
+        return True
+    if old.get("led") != new.get("led"):
+        return True
+    floors = {"msgs_s": 1.0, "bytes": 1_000_000, "mem": 1_000_000}
+    for key, floor in floors.items():
+        a = float(old.get(key) or 0)
+        b = float(new.get(key) or 0)
+        if abs(a - b) > max(floor, 0.2 * max(abs(a), abs(b))):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------- the adapter
+
+
+class GossipNode(DatagramProtocol):
+    """One node's gossip membership on a UDP socket (see the module doc).
+
+    Life cycle: attach it to a socket (``reactor.listenUDP`` or
+    :func:`listen_peer`; tests call ``makeConnection`` with a fake transport),
+    then :meth:`start` with the advertised address, then :meth:`stop`.
+    """
+
+    noisy = False  # no "starting/stopping protocol" log lines
+
+    def __init__(
+        self,
+        node_id: str,
+        config: GossipConfig,
+        clock: Any,  # IReactorTime
+        rng: random.Random,
+        data_dir: str,
+        seeds: Sequence[Address] = (),
+        meta: dict[str, Any] | None = None,
+        load: Callable[[], LoadSample] | None = None,
+        resolve: Callable[[str], defer.Deferred[str]] | None = None,
+        tick_interval: float = TICK_INTERVAL,
+        meta_interval: float = META_INTERVAL,
+        leave_grace: float = LEAVE_GRACE,
+        join_backoff: tuple[float, float] = JOIN_BACKOFF,
+    ):
+        config.validate()
+        self.node_id = node_id
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.data_dir = data_dir
+        self.seeds = [(str(h), int(p)) for h, p in seeds]
+        self.base_meta = dict(meta or {})
+        self.load = load
+        self.resolve = resolve
+        self.tick_interval = tick_interval
+        self.meta_interval = meta_interval
+        self.leave_grace = leave_grace
+        self.join_backoff = join_backoff
+        self.membership: Membership | None = None
+        #: Counters of the adapter itself (the core's are in ``membership.stats``).
+        self.adapter_stats: dict[str, int] = {
+            "dropped_send_failed": 0,
+            "dropped_not_started": 0,
+            "join_attempts": 0,
+            "meta_updates": 0,
+        }
+        #: Listeners of member events (called with each :class:`MemberEvent`).
+        self.listeners: list[Callable[[MemberEvent], None]] = []
+        self._saved_incarnation: int | None = None
+        self._loop: task.LoopingCall | None = None
+        self._meta_loop: task.LoopingCall | None = None
+        self._join_call: Any = None
+        self._backoff = join_backoff[0]
+        self._resolved: dict[str, str] = {}
+        self._load_meta: dict[str, Any] | None = None
+        self._last_load: tuple[float, int] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, advertise: Address) -> None:
+        """Create the membership at ``advertise`` (the address peers use),
+        start ticking and join the seeds.  The incarnation starts one above
+        the saved one, and is saved before anything is sent."""
+        if self.membership is not None:
+            raise RuntimeError("gossip already started")
+        saved = load_incarnation(self.data_dir)
+        incarnation = 0 if saved is None else saved + 1
+        now = self.clock.seconds()
+        meta = dict(self.base_meta)
+        load = self._sample_load(now)
+        if load is not None:
+            meta["load"] = load
+            self._load_meta = load
+        self.membership = Membership(self.node_id, advertise, meta, self.config, self.rng, now, incarnation)
+        self._persist()
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.tick_interval, now=False).addErrback(self._loop_failed, "tick")
+        if self.load is not None:
+            self._meta_loop = task.LoopingCall(self._refresh_load)
+            self._meta_loop.clock = self.clock
+            self._meta_loop.start(self.meta_interval, now=False).addErrback(self._loop_failed, "load")
+        log.info(
+            "gossip: node {node_id} at {host}:{port}, incarnation {incarnation}, seeds {seeds}",
+            node_id=self.node_id,
+            host=advertise[0],
+            port=advertise[1],
+            incarnation=incarnation,
+            seeds=",".join(f"{h}:{p}" for h, p in self.seeds) or "none",
+        )
+        if self.seeds:
+            self._join_call = self.clock.callLater(0, self._join_attempt)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Leave gracefully: gossip the leave, keep ticking for ``leave_grace``
+        seconds (on the clock) so it spreads, then stop and close the socket."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._join_call is not None and self._join_call.active():
+            self._join_call.cancel()
+        self._join_call = None
+        if self._meta_loop is not None and self._meta_loop.running:
+            self._meta_loop.stop()
+        m = self.membership
+        if m is not None and not m.left:
+            self._apply(m.leave(self.clock.seconds()))
+            log.info("gossip: left the cluster (incarnation {incarnation})", incarnation=m.incarnation)
+            if self.leave_grace > 0 and self._loop is not None and self._loop.running:
+                await task.deferLater(self.clock, self.leave_grace, lambda: None)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        port: Any = self.transport
+        if port is not None and hasattr(port, "stopListening"):
+            await defer.maybeDeferred(port.stopListening)
+
+    def _loop_failed(self, failure: Any, which: str) -> None:
+        log.failure("gossip {which} loop failed", failure, which=which)
+
+    # ----------------------------------------------------------- core calls
+
+    def _tick(self) -> None:
+        m = self.membership
+        if m is None:
+            return
+        try:
+            self._apply(m.tick(self.clock.seconds()))
+        except Exception:  # a bug must not silently end failure detection
+            log.failure("gossip tick failed")
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Feed one datagram to the core (which never raises on bad input)."""
+        m = self.membership
+        if m is None:
+            self.adapter_stats["dropped_not_started"] += 1
+            return
+        self._apply(m.receive((addr[0], addr[1]), datagram, self.clock.seconds()))
+
+    def _apply(self, out: Output) -> None:
+        """Persist a changed incarnation, then send, then report events."""
+        self._persist()
+        transport: Any = self.transport
+        for addr, data in out.datagrams:
+            if transport is None:
+                self.adapter_stats["dropped_send_failed"] += 1
+                continue
+            try:
+                transport.write(data, addr)
+            except Exception as e:  # a bad address or a full buffer must not stop the node
+                self.adapter_stats["dropped_send_failed"] += 1
+                log.debug("gossip: send to {addr} failed: {error}", addr=addr, error=str(e))
+        for ev in out.events:
+            self._log_event(ev)
+            for listener in self.listeners:
+                try:
+                    listener(ev)
+                except Exception:
+                    log.failure("gossip event listener failed")
+
+    def _persist(self) -> None:
+        m = self.membership
+        if m is None or m.incarnation == self._saved_incarnation:
+            return
+        try:
+            save_incarnation(self.data_dir, m.incarnation)
+        except OSError as e:
+            log.error("gossip: cannot save the incarnation: {error}", error=str(e))
+            return
+        self._saved_incarnation = m.incarnation
+
+    def _log_event(self, ev: MemberEvent) -> None:
+        mem = ev.member
+        if ev.kind == "update":
+            log.debug(
+                "gossip: member {node_id} updated (incarnation {incarnation})",
+                node_id=mem.node_id,
+                incarnation=mem.incarnation,
+            )
+        elif ev.kind == "refuted":
+            log.info("gossip: refuted a suspicion (incarnation {incarnation})", incarnation=mem.incarnation)
+        else:
+            log.info(
+                "gossip: member {node_id} at {host}:{port} {change} (incarnation {incarnation})",
+                node_id=mem.node_id,
+                host=mem.addr[0],
+                port=mem.addr[1],
+                change=_CHANGES.get(ev.kind, ev.kind),
+                incarnation=mem.incarnation,
+            )
+
+    # ------------------------------------------------------------ joining
+
+    def _join_attempt(self) -> None:
+        self._join_call = None
+        if self._stopping:
+            return
+        defer.ensureDeferred(self._join_once()).addErrback(self._loop_failed, "join")
+
+    async def _join_once(self) -> None:
+        m = self.membership
+        if m is None or m.left or self._stopping:
+            return
+        seeds = await self._resolved_seeds()
+        if self._stopping:
+            return
+        live = {x.addr for x in m.members() if x.state in (ALIVE, SUSPECT) and x.node_id != m.node_id}
+        targets = [s for s in seeds if s != m.addr and (not m.joined or s not in live)]
+        if targets:
+            self.adapter_stats["join_attempts"] += 1
+            self._apply(m.join(targets, self.clock.seconds()))
+            delay = self._backoff
+            self._backoff = min(self._backoff * 2, self.join_backoff[1])
+        else:
+            # joined, and every seed is a live member: check again later
+            self._backoff = self.join_backoff[0]
+            delay = self.join_backoff[1]
+        delay *= self.rng.uniform(0.9, 1.1)
+        self._join_call = self.clock.callLater(delay, self._join_attempt)
+
+    async def _resolved_seeds(self) -> list[Address]:
+        out: list[Address] = []
+        for host, port in self.seeds:
+            if isIPAddress(host) or isIPv6Address(host):
+                out.append((host, port))
+                continue
+            ip = self._resolved.get(host)
+            if ip is None and self.resolve is not None:
+                try:
+                    ip = await self.resolve(host)
+                except Exception as e:
+                    log.warn("gossip: cannot resolve seed {host}: {error}", host=host, error=str(e))
+                    continue
+                self._resolved[host] = ip
+            if ip is not None:
+                out.append((ip, port))
+        return out
+
+    # ------------------------------------------------------------ metadata
+
+    def set_meta(self, **fields: Any) -> None:
+        """Change base metadata fields (e.g. ``http`` once HTTP listens) and
+        gossip the change."""
+        self.base_meta.update(fields)
+        self._publish_meta()
+
+    def _publish_meta(self) -> None:
+        m = self.membership
+        if m is None or m.left:
+            return
+        meta = dict(self.base_meta)
+        if self._load_meta is not None:
+            meta["load"] = self._load_meta
+        try:
+            m.set_meta(meta)
+        except ValueError as e:
+            log.error("gossip: metadata not accepted: {error}", error=str(e))
+            return
+        self.adapter_stats["meta_updates"] += 1
+        self._persist()
+
+    def _sample_load(self, now: float) -> dict[str, Any] | None:
+        if self.load is None:
+            return None
+        s = self.load()
+        rate = 0.0
+        if self._last_load is not None:
+            t0, n0 = self._last_load
+            if now > t0:
+                rate = max(0.0, (s.published_total - n0) / (now - t0))
+        self._last_load = (now, s.published_total)
+        return {
+            "led": int(s.partitions_led),
+            "msgs_s": round(rate, 1),
+            "bytes": int(s.bytes_stored),
+            "mem": int(s.memory_hot_bytes),
+        }
+
+    def _refresh_load(self) -> None:
+        new = self._sample_load(self.clock.seconds())
+        if new is None or not load_changed(self._load_meta, new):
+            return
+        self._load_meta = new
+        self._publish_meta()
+
+    # ------------------------------------------------------------- views
+
+    @property
+    def incarnation(self) -> int:
+        """This node's incarnation (0 before :meth:`start`)."""
+        return self.membership.incarnation if self.membership is not None else 0
+
+    @property
+    def joined(self) -> bool:
+        """True once a seed or member answered (or when there are no seeds)."""
+        m = self.membership
+        if m is None:
+            return False
+        return m.joined or not self.seeds
+
+    def members(self) -> list[Member]:
+        """Snapshots of every known member, this node included."""
+        return self.membership.members() if self.membership is not None else []
+
+    def member_views(self) -> list[dict[str, Any]]:
+        """Members as the HTTP API shows them, sorted by id."""
+        out = []
+        for mem in sorted(self.members(), key=lambda x: x.node_id):
+            meta = mem.meta
+            view: dict[str, Any] = {
+                "id": mem.node_id,
+                "peer": meta.get("peer") or f"{mem.addr[0]}:{mem.addr[1]}",
+                "http": meta.get("http", ""),
+                "state": mem.state,
+                "incarnation": mem.incarnation,
+            }
+            if "version" in meta:
+                view["version"] = meta["version"]
+            if "load" in meta:
+                view["load"] = meta["load"]
+            view["self"] = mem.node_id == self.node_id
+            out.append(view)
+        return out
+
+    def live_member_ids(self) -> list[str]:
+        """Ids of members alive or suspect (suspects still count as live)."""
+        return sorted(m.node_id for m in self.members() if m.state in (ALIVE, SUSPECT))
+
+    def state_counts(self) -> dict[str, int]:
+        """How many members (this node included) are in each state."""
+        counts = dict.fromkeys(STATES, 0)
+        for mem in self.members():
+            counts[mem.state] = counts.get(mem.state, 0) + 1
+        return counts
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The core's counters and the adapter's, in one dict."""
+        base = dict(self.membership.stats) if self.membership is not None else dict.fromkeys(STAT_KEYS, 0)
+        base.update(self.adapter_stats)
+        return base
+
+    def dropped(self) -> dict[str, int]:
+        """Packets dropped, by reason (see :data:`DROP_REASONS`)."""
+        s = self.stats
+        return {r: s.get("dropped_" + r, 0) for r in DROP_REASONS}
+
+
+# ------------------------------------------------------------- the peer port
+
+
+async def listen_peer(
+    reactor: Any,  # IReactorUDP
+    bind_addr: str,
+    port: int,
+    listen_tcp: Callable[[int], defer.Deferred[Any]],
+    protocol: DatagramProtocol,
+    attempts: int = 8,
+) -> tuple[Any, Any]:
+    """Bind the TCP peer listener, then UDP on the same port number.
+
+    ``listen_tcp(port)`` listens on TCP (port 0: the OS picks one).  If the
+    UDP port turns out to be taken, the TCP listener is closed and the pair
+    tried again (only when ``port`` is 0, at most ``attempts`` times): with a
+    fixed port there is nothing to retry.  Returns (tcp, udp) listening ports.
+    """
+    last: Exception | None = None
+    for _ in range(max(1, attempts)):
+        tcp = await listen_tcp(port)
+        chosen = tcp.getHost().port
+        try:
+            udp = reactor.listenUDP(chosen, protocol, interface=bind_addr)
+        except CannotListenError as e:
+            last = e
+            await defer.maybeDeferred(tcp.stopListening)
+            if port != 0:
+                raise
+            log.info("gossip: UDP port {port} is taken, trying another pair", port=chosen)
+            continue
+        return tcp, udp
+    assert last is not None
+    raise last
