@@ -140,6 +140,17 @@ class _StateCollector:
         low = GaugeMetricFamily(
             "sprawl_partition_log_start_offset", "Oldest offset still stored", labels=["topic", "partition"]
         )
+        end = GaugeMetricFamily(
+            "sprawl_partition_log_end_offset",
+            "Next offset the leader will assign",
+            labels=["topic", "partition"],
+        )
+        repl_lag = GaugeMetricFamily(
+            "sprawl_partition_replication_lag_messages",
+            "Messages appended but not yet below the high watermark (log end - HW): "
+            "not yet durable here, or not yet on a quorum once replication lands",
+            labels=["topic", "partition"],
+        )
         tier = GaugeMetricFamily(
             "sprawl_partition_tier_bytes",
             "Bytes of a partition per storage tier",
@@ -159,6 +170,8 @@ class _StateCollector:
                 p = str(lg.partition)
                 hw.add_metric([t.name, p], lg.high_watermark)
                 low.add_metric([t.name, p], lg.log_start)
+                end.add_metric([t.name, p], lg.next_offset)
+                repl_lag.add_metric([t.name, p], max(0, lg.next_offset - lg.high_watermark))
                 tier.add_metric([t.name, p, "memory"], lg.hot_bytes)
                 tier.add_metric([t.name, p, "lmdb"], sum(s.bytes for s in lg.segments))
             for g in t.groups.values():
@@ -166,6 +179,8 @@ class _StateCollector:
                 inflight.add_metric([t.name, g.name], g.in_flight)
         yield hw
         yield low
+        yield end
+        yield repl_lag
         yield tier
         yield lag
         yield inflight

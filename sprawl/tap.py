@@ -70,6 +70,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "dedup-window": ("dedup_window", parse_duration),
     "retention-ms": ("retention_ms", int),
     "retention-bytes": ("retention_bytes", parse_size),
+    "log-format": ("log_format", str),
 }
 
 _DOCS = {
@@ -102,6 +103,7 @@ _DOCS = {
     "dedup-window": "How long message ids are remembered for idempotent publish [default: 10m].",
     "retention-ms": "Default retention by age of new topics, in ms (none by default).",
     "retention-bytes": "Default retention by size of new topics (none by default).",
+    "log-format": "Log lines on stdout: text (one line per event) or json (one JSON object per line) [default: text].",
     "config": "JSON file of options (keys as option names).",
 }
 
@@ -349,6 +351,14 @@ class NodeService(service.Service):
         # on the hot path only walk young objects.
         gc.collect()
         gc.freeze()
+        if not getattr(self.reactor, "running", True):
+            # Services start in the reactor's "before startup" phase; twistd's
+            # SIGTERM handler is installed "during startup".  Announce readiness
+            # only once it is there, so a SIGTERM after the ready line always
+            # gets a clean stop.
+            running: defer.Deferred[None] = defer.Deferred()
+            self.reactor.callWhenRunning(running.callback, None)
+            await running
         info.ready = True
         log.info(
             "sprawl {version} node {node_id} serving HTTP on {http} (peer port {peer}), data in {data_dir}",
@@ -374,6 +384,7 @@ class NodeService(service.Service):
             await self.http_port.stopListening()
         if self.api is not None:
             self.api.streams.close_all()
+            self.api.close_dashboards()
         if self.gossip is not None:
             await self.gossip.stop()  # gossips the leave, then closes the UDP port
         if self.peer_port is not None:
@@ -396,7 +407,9 @@ def write_ports(data_dir: str, http: int, peer: int) -> None:
 
 def makeService(options: Options) -> Any:
     """The ``twistd sprawl`` service."""
+    from sprawl.logs import LoggingMultiService
+
     config: NodeConfig = options["node_config"]
-    top = service.MultiService()
+    top = LoggingMultiService(config.log_format)
     NodeService(config).setServiceParent(top)
     return top

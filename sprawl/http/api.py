@@ -12,7 +12,6 @@ import binascii
 import functools
 import time
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from sprawl import __version__
 from sprawl.broker import ACKS, Broker, PublishResult, check_group_name
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError
+from sprawl.http import dashboard as dashboard_ui
 from sprawl.log.record import Record
 
 log = Logger()
@@ -138,6 +138,8 @@ class SprawlAPI:
         self.clock = clock
         self.metrics = metrics
         self.streams = StreamRegistry()
+        #: Open dashboard feeds (``GET /v1/dashboard/stream``).
+        self.dashboards: set[dashboard_ui.DashboardStream] = set()
         if metrics is not None:
             metrics.broker = broker
             metrics.streams = self.streams
@@ -675,11 +677,61 @@ class SprawlAPI:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return self.metrics.render() if self.metrics is not None else b""
 
+    # -- dashboard ------------------------------------------------------------------------
+
     @app.route("/", methods=["GET"])
     @_route("dashboard")
     def dashboard(self, request: Any) -> Any:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return resources.files("sprawl.http").joinpath("static/index.html").read_bytes()
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"content-security-policy", dashboard_ui.CSP)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return dashboard_ui.index_html()
+
+    @app.route("/static/<string:name>", methods=["GET"])
+    @_route("static")
+    def static(self, request: Any, name: str) -> Any:
+        """The dashboard's stylesheet and script (a fixed allow-list, nothing else)."""
+        ctype = dashboard_ui.STATIC_FILES.get(name)
+        if ctype is None:
+            raise NotFound("no such static file", code="not_found")
+        data = dashboard_ui.static_bytes(name)
+        tag = dashboard_ui.etag(data)
+        request.setHeader(b"etag", tag)
+        # index.html links them as ?v=<hash of their content>: safe to cache for a day.
+        request.setHeader(b"cache-control", b"public, max-age=86400")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if tag in (request.getHeader(b"if-none-match") or b"").replace(b" ", b"").split(b","):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"content-type", ctype)
+        return data
+
+    @app.route("/v1/dashboard/stream", methods=["GET"])
+    def dashboard_stream(self, request: Any) -> Any:
+        """``text/event-stream`` of dashboard snapshots, one per second."""
+        if len(self.dashboards) >= dashboard_ui.MAX_STREAMS:
+            e = SprawlError(
+                f"at most {dashboard_ui.MAX_STREAMS} dashboards may be open on a node",
+                code="too_many_dashboards",
+                status=503,
+            )
+            return self._render_error(request, Failure(e))
+        s = dashboard_ui.DashboardStream(
+            request,
+            self.clock,
+            lambda: dashboard_ui.encode_snapshot(self),
+            registry=self.dashboards,
+            stopping=lambda: bool(self.broker.stopping),
+        )
+        if self.metrics is not None:
+            self.metrics.http_requests.labels("dashboard_stream", "GET", "200").inc()
+        return s.start()
+
+    def close_dashboards(self) -> None:
+        """End every dashboard stream (node shutdown)."""
+        for s in list(self.dashboards):
+            s._end(b'event: error\ndata: {"code":"stopping","message":"node is stopping"}\n\n')
 
     # -- seed-compatible routes ----------------------------------------------------------------
 
