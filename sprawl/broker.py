@@ -318,6 +318,8 @@ class Broker:
         t = self.get_topic(name)
         del self.topics[name]
         uid = t.config.uid
+        for lg in t.logs:
+            self._spilling.pop((uid, lg.partition), None)
         pre = keys.topic_prefix(uid)
         nxt = keys.topic_prefix(uid + 1)
         ops: list[Op] = [

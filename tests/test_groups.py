@@ -329,3 +329,20 @@ def test_ack_ids() -> None:
     assert g.ack("nope", 0) == "malformed"
     assert g.nack("nope", 0, 0) == ("malformed", None)
     assert g.ack("7-0-1", 0) == "unknown", "no such partition"
+
+
+def test_out_of_order_acks_behind_an_unacked_head_stay_bounded() -> None:
+    """Settled offsets waiting behind one unacked head offset are bounded (10x
+    max_in_flight per partition); acking the head lets delivery flow again."""
+    g = ConsumerGroup("g", GroupConfig(max_in_flight=5, ack_deadline_ms=10**9), {0: 0})
+    visible = {0: (0, 10_000)}
+    head = g.pull(1, 0, visible)[0]
+    for _ in range(100):
+        got = g.pull(10, 0, visible)
+        for d in got:
+            assert g.ack(d.ack_id, 0) is None
+    assert len(g.cursors[0].pending) <= 50
+    assert g.pull(10, 0, visible) == []
+    assert g.ack(head.ack_id, 0) is None
+    assert g.committed()[0] == g.cursors[0].next
+    assert len(g.pull(10, 0, visible)) == 5

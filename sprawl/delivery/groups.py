@@ -152,12 +152,15 @@ class ConsumerGroup:
         parts = sorted(self.cursors)
         n = len(parts)
         idle = 0
+        # Acks out of order leave settled offsets behind an unacked head; bound
+        # that bookkeeping too, not just the leases.
+        max_pending = self.config.max_in_flight * 10
         while len(out) < max_count and n and idle < n and in_flight < self.config.max_in_flight:
             p = parts[self._rr % n]
             self._rr += 1
             c = self.cursors[p]
             hw = visible.get(p, (c.next, c.next))[1]
-            if c.next >= hw:
+            if c.next >= hw or len(c.pending) >= max_pending:
                 idle += 1
                 continue
             idle = 0
