@@ -27,7 +27,8 @@ log = Logger()
 
 Op = tuple  # ("p", db, key, value) | ("m", db, [(key, value)...]) | ("d", db, key) | ("r", db, start, end)
 
-DBS = ("meta", "records", "segments")
+#: Named databases; ``raft_log``/``raft_meta`` hold the Raft state (:mod:`sprawl.raft.lmdb_storage`).
+DBS = ("meta", "records", "segments", "raft_log", "raft_meta")
 
 
 class StorageFull(Exception):

@@ -1,0 +1,330 @@
+"""Raft's stable storage in the node's LMDB environment.
+
+:class:`LmdbRaftStorage` offers the core the same read interface as
+:class:`~sprawl.raft.storage.MemoryStorage` (it *is* a
+:class:`~sprawl.raft.storage.Storage`), backed by two named databases of the
+:class:`~sprawl.storage.lmdb.LmdbStore`: ``raft_log`` (entries keyed by
+big-endian index, the lowest being the "dummy" at the compaction point) and
+``raft_meta`` (hard state; snapshot with its configuration).  Every record is
+checksummed (:mod:`sprawl.raft.codec`).
+
+Writes go through the store's single writer thread and group commit, so they
+are fsynced before their Deferred fires; the driver handles a Ready as
+``await storage.save_ready(rd)`` -> send messages -> apply -> ``advance``.
+The reads the core makes are served from an in-memory copy that is updated
+only when a write's commit has fired, so the core never sees state that is not
+yet durable.  (The whole uncompacted log is kept in memory: this storage is
+for cluster metadata, compacted behind snapshots.)  To keep a queue of writes
+consistent, each write is *planned* against a projection of the state after
+every write already queued (first and last index, snapshot), then queued; the
+commits fire in queue order, so the in-memory copy replays them in that order.
+
+Argument errors (a gap in appended entries, compacting beyond the log) raise
+immediately, as in ``MemoryStorage``; I/O errors errback the Deferred and poison
+this storage (as they poison the store).
+
+On open the state is verified -- every record's checksum and framing, the
+log's contiguity and term order, the snapshot and the commit index against the
+log -- and anything amiss raises :class:`~sprawl.raft.codec.RaftStorageCorrupt`
+naming the record and index.  Nothing is ever truncated or repaired silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.raft import codec
+from sprawl.raft.codec import CodecError, RaftStorageCorrupt
+from sprawl.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from sprawl.raft.node import Ready
+from sprawl.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM, MemoryStorage, UnavailableError
+from sprawl.storage.lmdb import LmdbStore, Op
+
+log = Logger()
+
+LOG_DB = "raft_log"
+META_DB = "raft_meta"
+
+_Apply = Callable[[], None]
+
+
+class _Cache(MemoryStorage):
+    """The durable state in memory, with the two restorations ``MemoryStorage`` lacks."""
+
+    @classmethod
+    def restore(cls, hs: HardState, snap: Snapshot, ents: list[Entry]) -> _Cache:
+        """A cache holding exactly what recovery read (``ents[0]`` is the dummy)."""
+        c = cls()
+        c.hard_state = hs
+        c._snapshot = snap
+        c._ents = ents
+        return c
+
+    def set_snapshot(self, snap: Snapshot) -> None:
+        """Record a snapshot already computed (and now durable)."""
+        self._snapshot = snap
+
+
+def _corrupt(what: str, index: int | None, reason: str) -> RaftStorageCorrupt:
+    err = RaftStorageCorrupt(what, index, reason)
+    log.critical("Refusing to start Raft from corrupt storage: {error}", error=str(err))
+    return err
+
+
+class LmdbRaftStorage:
+    """:class:`~sprawl.raft.storage.Storage` on LMDB, plus the driver's writes."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        """Recover (and verify) the state in an open ``store``; raises
+        :class:`RaftStorageCorrupt` if any of it fails verification."""
+        self.store = store
+        self._cache = self._load()
+        self._p_dummy = self._cache.first_index() - 1
+        self._p_last = self._cache.last_index()
+        self._p_snapshot = self._cache.snapshot()
+        self.failed: Exception | None = None
+
+    @classmethod
+    def open(cls, store: LmdbStore, conf_state: ConfState | None = None) -> Deferred[LmdbRaftStorage]:
+        """Recover from ``store``; if it holds no Raft state and ``conf_state``
+        is given, bootstrap a founding member (as ``MemoryStorage(conf_state)``)
+        durably first.  Fails with :class:`RaftStorageCorrupt` on bad state."""
+        try:
+            s = cls(store)
+        except RaftStorageCorrupt:
+            return fail(Failure())
+        d: Deferred[None]
+        if conf_state is not None and s.is_empty():
+            snap = Snapshot(SnapshotMeta(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, conf_state))
+            d = s.save(HardState(BOOTSTRAP_TERM, 0, BOOTSTRAP_INDEX), (), snap)
+        else:
+            d = s.store.write([])  # nothing to write; fire on the reactor like the other path
+        return d.addCallback(lambda _: s)
+
+    def is_empty(self) -> bool:
+        """Whether no Raft state was ever stored (a fresh node)."""
+        c = self._cache
+        return c.hard_state == HardState() and c.snapshot().is_empty() and c.last_index() == 0
+
+    # -- recovery ---------------------------------------------------------------
+
+    def _load(self) -> _Cache:
+        env = self.store.env
+        assert env is not None, "open the LmdbStore first"
+        dbs = self.store.dbs
+        with env.begin(buffers=False) as txn:
+            raw_hs = txn.get(codec.HARD_STATE_KEY, db=dbs[META_DB])
+            raw_snap = txn.get(codec.SNAPSHOT_KEY, db=dbs[META_DB])
+            try:
+                hs = codec.decode_hard_state(raw_hs) if raw_hs is not None else HardState()
+            except CodecError as e:
+                raise _corrupt("hard_state", None, str(e)) from None
+            try:
+                snap = codec.decode_snapshot(raw_snap) if raw_snap is not None else Snapshot()
+            except CodecError as e:
+                raise _corrupt("snapshot", None, str(e)) from None
+            ents = self._scan_log(txn.cursor(db=dbs[LOG_DB]))
+        if not ents:
+            ents = [Entry(snap.meta.term, snap.meta.index)]
+        dummy, last = ents[0].index, ents[-1].index
+        if not snap.is_empty():
+            si = snap.meta.index
+            if si > last:
+                raise _corrupt("snapshot", si, f"snapshot beyond the log's last index {last} (tail lost)")
+            if si >= dummy and ents[si - dummy].term != snap.meta.term:
+                raise _corrupt(
+                    "snapshot", si, f"snapshot term {snap.meta.term}, log has {ents[si - dummy].term}"
+                )
+        if hs.commit > last:
+            raise _corrupt(
+                "log", last + 1, f"hard state commits {hs.commit} beyond last index {last} (tail lost)"
+            )
+        return _Cache.restore(hs, snap, [Entry(ents[0].term, dummy), *ents[1:]])
+
+    @staticmethod
+    def _scan_log(cur: Any) -> list[Entry]:
+        ents: list[Entry] = []
+        for k, v in cur:
+            try:
+                index = codec.parse_log_key(k)
+            except CodecError as err:
+                prev = ents[-1].index if ents else None
+                raise _corrupt("log", prev, f"bad key after it: {err}") from None
+            try:
+                e = codec.decode_entry(v, index)
+            except CodecError as err:
+                raise _corrupt("log", index, str(err)) from None
+            if ents:
+                if index != ents[-1].index + 1:
+                    raise _corrupt("log", ents[-1].index + 1, f"missing (next stored entry is {index})")
+                if e.term < ents[-1].term:
+                    raise _corrupt("log", index, f"term {e.term} below the previous entry's {ents[-1].term}")
+            ents.append(e)
+        return ents
+
+    # -- reads (the Storage interface) -------------------------------------------
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        """See :meth:`Storage.initial_state` (durable state only)."""
+        return self._cache.initial_state()
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        """See :meth:`Storage.entries`."""
+        return self._cache.entries(lo, hi, max_size)
+
+    def term(self, index: int) -> int:
+        """See :meth:`Storage.term`."""
+        return self._cache.term(index)
+
+    def first_index(self) -> int:
+        """See :meth:`Storage.first_index`."""
+        return self._cache.first_index()
+
+    def last_index(self) -> int:
+        """See :meth:`Storage.last_index`."""
+        return self._cache.last_index()
+
+    def snapshot(self) -> Snapshot:
+        """See :meth:`Storage.snapshot`."""
+        return self._cache.snapshot()
+
+    @property
+    def hard_state(self) -> HardState:
+        """The durable hard state (as ``MemoryStorage.hard_state``)."""
+        return self._cache.hard_state
+
+    # -- writes (the driver's) ----------------------------------------------------
+
+    def save(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> Deferred[None]:
+        """Persist one Ready's snapshot, entries and hard state in a single
+        transaction; fires once they are on disk (and visible to reads)."""
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        if snapshot is not None:
+            self._plan_snapshot(snapshot, ops, applies)
+        self._plan_append(entries, ops, applies)
+        if hard_state is not None:
+            self._plan_hard_state(hard_state, ops, applies)
+        return self._submit(ops, applies)
+
+    def save_ready(self, rd: Ready) -> Deferred[None]:
+        """:meth:`save` what ``rd`` asks to persist (before sending its messages)."""
+        return self.save(rd.hard_state, rd.entries, rd.snapshot)
+
+    def set_hard_state(self, hs: HardState) -> Deferred[None]:
+        """Persist the hard state."""
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        self._plan_hard_state(hs, ops, applies)
+        return self._submit(ops, applies)
+
+    def append(self, entries: Sequence[Entry]) -> Deferred[None]:
+        """Persist entries, deleting any conflicting suffix (as ``MemoryStorage.append``)."""
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        self._plan_append(entries, ops, applies)
+        return self._submit(ops, applies)
+
+    def apply_snapshot(self, snap: Snapshot) -> Deferred[None]:
+        """Replace the whole log with a newer snapshot received from a leader."""
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        self._plan_snapshot(snap, ops, applies)
+        return self._submit(ops, applies)
+
+    def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Deferred[Snapshot]:
+        """Record a snapshot of the applied state at ``index`` (which must be
+        durable); fires with it (or with the newer one already recorded)."""
+        if self.failed is not None:
+            return fail(self.failed)
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        if index > self._p_snapshot.meta.index:
+            if index > self._p_last:
+                raise UnavailableError(index)
+            snap = Snapshot(SnapshotMeta(index, self._cache.term(index), conf_state), data)
+            ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+            applies.append(lambda: self._cache.set_snapshot(snap))
+            self._p_snapshot = snap
+        result = self._p_snapshot
+        return self._submit(ops, applies).addCallback(lambda _: result)
+
+    def compact(self, index: int) -> Deferred[None]:
+        """Delete the entries up to and including ``index``, keeping a dummy
+        (index and term) there.  The driver compacts up to a durable snapshot."""
+        if self.failed is not None:
+            return fail(self.failed)
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        if index > self._p_dummy:
+            if index > self._p_last:
+                raise UnavailableError(index)
+            term = self._cache.term(index)
+            ops.append(("r", LOG_DB, codec.log_key(0), codec.log_key(index)))
+            ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
+            applies.append(lambda: self._cache.compact(index))
+            self._p_dummy = index
+        return self._submit(ops, applies)
+
+    # -- planning: ops for the writer, replays for the cache once committed --------
+
+    def _plan_hard_state(self, hs: HardState, ops: list[Op], applies: list[_Apply]) -> None:
+        ops.append(("p", META_DB, codec.HARD_STATE_KEY, codec.encode_hard_state(hs)))
+        applies.append(lambda: self._cache.set_hard_state(hs))
+
+    def _plan_append(self, entries: Sequence[Entry], ops: list[Op], applies: list[_Apply]) -> None:
+        if not entries:
+            return
+        first = self._p_dummy + 1
+        ents = list(entries)
+        if ents[-1].index < first:
+            return  # all compacted already
+        if ents[0].index < first:
+            ents = ents[first - ents[0].index :]
+        if ents[0].index > self._p_last + 1:
+            raise UnavailableError(f"gap: missing log entry before {ents[0].index}")
+        ops.append(("m", LOG_DB, [(codec.log_key(e.index), codec.encode_entry(e)) for e in ents]))
+        if ents[-1].index < self._p_last:
+            ops.append(("r", LOG_DB, codec.log_key(ents[-1].index + 1), codec.LOG_KEY_END))
+        applies.append(lambda: self._cache.append(ents))
+        self._p_last = ents[-1].index
+
+    def _plan_snapshot(self, snap: Snapshot, ops: list[Op], applies: list[_Apply]) -> None:
+        if snap.meta.index <= self._p_snapshot.meta.index:
+            return
+        index, term = snap.meta.index, snap.meta.term
+        ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+        ops.append(("r", LOG_DB, codec.log_key(0), codec.LOG_KEY_END))
+        ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
+        applies.append(lambda: self._cache.apply_snapshot(snap))
+        self._p_snapshot = snap
+        self._p_dummy = self._p_last = index
+
+    def _submit(self, ops: list[Op], applies: list[_Apply]) -> Deferred[None]:
+        """Queue ``ops`` (even none: the Deferred then still fires in order
+        after every earlier write); replay ``applies`` once they are durable."""
+        if self.failed is not None:
+            return fail(self.failed)
+        nbytes = sum(len(op[3]) for op in ops if op[0] == "p")
+        nbytes += sum(len(v) for op in ops if op[0] == "m" for _, v in op[2])
+
+        def committed(_: object) -> None:
+            for apply in applies:
+                apply()
+
+        def failed(f: Failure) -> Failure:
+            if self.failed is None:
+                self.failed = f.value if isinstance(f.value, Exception) else RuntimeError(str(f.value))
+                log.failure("Raft storage write failed; storage is now read-only", f)
+            return f
+
+        d = self.store.write(ops, nbytes)
+        d.addCallbacks(committed, failed)
+        return d
