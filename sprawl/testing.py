@@ -155,3 +155,14 @@ class NodeProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def the_reactor() -> Any:
+    """The reactor pytest-twisted installed and runs, looked up at call time.
+
+    Tests never bind the global reactor at import: importing it at module level
+    would install the default reactor before the test runner chooses one.
+    """
+    from twisted.internet import reactor
+
+    return reactor

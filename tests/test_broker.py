@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, DeferredQueue
 from twisted.internet.task import Clock
 
@@ -21,6 +20,7 @@ from sprawl.errors import BadRequest, InsufficientStorage, Unavailable
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
+from sprawl.testing import the_reactor
 from sprawl.topics import Topic
 
 T0 = 1_700_000_000.0  # the Clock's start, in seconds
@@ -33,7 +33,7 @@ class Node:
         self.path = path
         self.clock = clock
         self.config = NodeConfig(data_dir=str(path), **cfg)
-        self.store = LmdbStore(str(path / "lmdb"), reactor=reactor, map_size=256 * 1024**2)
+        self.store = LmdbStore(str(path / "lmdb"), reactor=the_reactor(), map_size=256 * 1024**2)
         self.store.open()
         self.broker = Broker(self.config, self.store, clock, "node-1")
         self.broker.recover()
@@ -105,7 +105,7 @@ class WriterGate:
 
     def _commit(self, ops: list[Any]) -> None:
         if not self._passthrough:
-            reactor.callFromThread(self.entered.put, None)
+            the_reactor().callFromThread(self.entered.put, None)
             assert self._go.acquire(timeout=30), "commit never released"
         self._orig(ops)
 

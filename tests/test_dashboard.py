@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Protocol
@@ -31,6 +31,7 @@ from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
+from sprawl.testing import the_reactor
 
 WAIT = 10.0  # seconds: the bound on every real wait
 T0 = 1_700_000_000.0
@@ -39,7 +40,7 @@ STREAM = "/v1/dashboard/stream"
 
 def bounded(d: Deferred[Any], timeout: float = WAIT) -> Deferred[Any]:
     """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
-    return d.addTimeout(timeout, reactor)
+    return d.addTimeout(timeout, the_reactor())
 
 
 class SSEClient(Protocol):
@@ -133,7 +134,7 @@ class Server:
     def __init__(self, tmp_path: Path):
         self.clock = task.Clock()
         self.clock.advance(T0)
-        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=1 << 30)
+        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=1 << 30)
         self.store.open()
         self.metrics = NodeMetrics()
         config = NodeConfig(data_dir=str(tmp_path)).validate()
@@ -146,10 +147,10 @@ class Server:
         self.site = make_site(self.api.resource(), max_body=config.max_body_bytes, metrics=self.metrics)
         self.port: Any = None
         self.clients: list[SSEClient] = []
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.pool = HTTPConnectionPool(the_reactor(), persistent=False)
 
     async def listen(self) -> None:
-        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.site)
+        self.port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(self.site)
 
     @property
     def url(self) -> str:
@@ -159,7 +160,9 @@ class Server:
         """Open the dashboard stream and wait for its first snapshot (or an error answer)."""
         c = SSEClient(path)
         self.clients.append(c)
-        await bounded(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), c))
+        await bounded(
+            connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", self.port.getHost().port), c)
+        )
         await c.when(lambda: bool(c.snapshots()) or (c.status not in (None, 200) and c.lost))
         return c
 

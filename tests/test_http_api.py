@@ -1,7 +1,7 @@
 """The HTTP API in process: ``treq.testing.StubTreq`` against ``SprawlAPI.resource()``.
 
 A real :class:`LmdbStore` in ``tmp_path`` (its writer and reader threads report
-back through the real reactor) and a :class:`task.Clock` as the broker's and the
+back through the real the_reactor()) and a :class:`task.Clock` as the broker's and the
 API's clock, so timestamps, long-poll deadlines and lease expiry move only when a
 test advances them.
 
@@ -26,7 +26,7 @@ import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
@@ -36,6 +36,7 @@ from sprawl.config import NodeConfig
 from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
+from sprawl.testing import the_reactor
 
 BASE = "http://sprawl.test"
 WAIT = 10.0  # seconds: the bound on any real wait (an LMDB commit takes milliseconds)
@@ -44,7 +45,7 @@ T0 = 1_700_000_000.0  # the task.Clock's start, so timestamps look like real epo
 
 def bounded(d: Deferred[Any], timeout: float = WAIT) -> Deferred[Any]:
     """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
-    return d.addTimeout(timeout, reactor)
+    return d.addTimeout(timeout, the_reactor())
 
 
 class _Recorder(Resource):
@@ -145,7 +146,7 @@ class Node:
     def __init__(self, tmp_path: Path, **config: Any):
         self.clock = task.Clock()
         self.clock.advance(T0)
-        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=1 << 30)
+        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=1 << 30)
         self.store.open()
         self.metrics = NodeMetrics()
         self.config = NodeConfig(data_dir=str(tmp_path), **config).validate()

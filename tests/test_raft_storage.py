@@ -25,7 +25,6 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from sprawl.raft import codec
@@ -35,6 +34,7 @@ from sprawl.raft.messages import ConfState, Entry, EntryType, HardState, Snapsho
 from sprawl.raft.node import Config, RaftNode, Role
 from sprawl.raft.storage import CompactedError, MemoryStorage, UnavailableError
 from sprawl.storage.lmdb import LmdbStore
+from sprawl.testing import the_reactor
 
 T = TypeVar("T")
 CS = ConfState((1, 2, 3))
@@ -62,7 +62,7 @@ class Stores:
 
     def open(self) -> LmdbStore:
         """A freshly opened store on the path."""
-        s = LmdbStore(self.path, reactor=reactor, map_size=64 * 1024**2)
+        s = LmdbStore(self.path, reactor=the_reactor(), map_size=64 * 1024**2)
         s.open()
         self.opened.append(s)
         return s

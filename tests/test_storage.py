@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore, StorageFull
+from sprawl.testing import the_reactor
 
 
 def recs(start: int, n: int, size: int = 10, binary: bool = False) -> list[Record]:
@@ -32,7 +32,7 @@ def recs(start: int, n: int, size: int = 10, binary: bool = False) -> list[Recor
 @pytest_twisted.async_yield_fixture
 async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
     """An open store in tmp_path; closed (threads stopped) after the test."""
-    s = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=64 * 1024**2)
     s.open()
     yield s
     if s.env is not None:
@@ -53,7 +53,7 @@ class Gate:
     def _commit(self, ops: list[Any]) -> None:
         self.calls += 1
         if self.calls == 1:
-            reactor.callFromThread(self.entered.callback, None)
+            the_reactor().callFromThread(self.entered.callback, None)
             assert self.release.wait(30), "gate never released"
         self._orig(ops)
 
@@ -197,7 +197,7 @@ async def test_failed_commit_poisons_the_store(store: LmdbStore) -> None:
 @pytest_twisted.ensureDeferred
 async def test_map_full_is_storage_full(tmp_path: Path) -> None:
     """Filling the LMDB map fails the batch with StorageFull and writes nothing of it."""
-    s = LmdbStore(str(tmp_path / "small"), reactor=reactor, map_size=256 * 1024)
+    s = LmdbStore(str(tmp_path / "small"), reactor=the_reactor(), map_size=256 * 1024)
     s.open()
     try:
         await s.write(s.put_records(1, 0, recs(0, 2)))
@@ -213,13 +213,13 @@ async def test_map_full_is_storage_full(tmp_path: Path) -> None:
 async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     """close() commits queued writes before stopping; a reopened store has them."""
     path = str(tmp_path / "lmdb")
-    s = LmdbStore(path, reactor=reactor)
+    s = LmdbStore(path, reactor=the_reactor())
     s.open()
     ds = [s.write(s.put_records(2, 0, recs(i, 1))) for i in range(10)]
     await s.close()
     assert all(d.called for d in ds)
     assert s.env is None
-    s2 = LmdbStore(path, reactor=reactor)
+    s2 = LmdbStore(path, reactor=the_reactor())
     s2.open()
     try:
         assert len(s2.read_records_sync(2, 0, 0, 100, 100)) == 10

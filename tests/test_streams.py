@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Protocol
@@ -40,6 +40,7 @@ from sprawl.http.api import NodeInfo, SprawlAPI, parse_message
 from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
+from sprawl.testing import the_reactor
 
 WAIT = 10.0  # seconds: the bound on every real wait
 T0 = 1_700_000_000.0
@@ -47,7 +48,7 @@ T0 = 1_700_000_000.0
 
 def bounded(d: Deferred[Any], timeout: float = WAIT) -> Deferred[Any]:
     """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
-    return d.addTimeout(timeout, reactor)
+    return d.addTimeout(timeout, the_reactor())
 
 
 class SSEClient(Protocol):
@@ -161,7 +162,7 @@ class Server:
     def __init__(self, tmp_path: Path):
         self.clock = task.Clock()
         self.clock.advance(T0)
-        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=1 << 30)
+        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=1 << 30)
         self.store.open()
         self.metrics = NodeMetrics()
         config = NodeConfig(data_dir=str(tmp_path)).validate()
@@ -174,10 +175,10 @@ class Server:
         self.site = make_site(self.api.resource(), max_body=config.max_body_bytes, metrics=self.metrics)
         self.port: Any = None
         self.clients: list[SSEClient] = []
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.pool = HTTPConnectionPool(the_reactor(), persistent=False)
 
     async def listen(self) -> None:
-        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.site)
+        self.port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(self.site)
 
     @property
     def url(self) -> str:
@@ -190,7 +191,9 @@ class Server:
         c = SSEClient(path, headers)
         self.clients.append(c)
         before = set(self.api.streams.streams)
-        await bounded(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), c))
+        await bounded(
+            connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", self.port.getHost().port), c)
+        )
         if hello:
             await c.hello()
             assert c.status == 200, (c.head, c.body)
@@ -516,7 +519,7 @@ async def broker(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> Async
     """A broker on a real store with a task.Clock (``broker.clock``); nothing may log an error."""
     clock = task.Clock()
     clock.advance(T0)
-    store = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=1 << 30)
+    store = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=1 << 30)
     store.open()
     b = Broker(NodeConfig(data_dir=str(tmp_path)).validate(), store, clock, "node-a", NodeMetrics())
     b.recover()
@@ -603,14 +606,14 @@ async def test_real_node_streams_and_ends_streams_with_stopping_on_sigterm(spraw
     """Against a real twistd node: a stream gets published messages; SIGTERM ends it with a
     ``stopping`` error event and a closed connection, and the node logs no error doing so."""
     node = sprawl_node
-    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool = HTTPConnectionPool(the_reactor(), persistent=False)
     r = await bounded(
         treq.post(f"{node.url}/v1/topics/real/messages", json={"messages": [{"payload": "m0"}]}, pool=pool)
     )
     assert r.code == 200
     await bounded(r.content())
     c = SSEClient("/v1/topics/real/stream?from=earliest")
-    await bounded(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", node.http_port), c))
+    await bounded(connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", node.http_port), c))
     try:
         await c.wait_messages(1)
         r = await bounded(
