@@ -166,3 +166,12 @@ def the_reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+#: Seconds: the bound on every real wait in the in-process tests.
+WAIT = 10.0
+
+
+def bounded(d: Any, timeout: float = WAIT) -> Any:
+    """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
+    return d.addTimeout(timeout, the_reactor())

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from twisted.logger import globalLogPublisher
 
 from sprawl.testing import NodeProcess
 
@@ -52,3 +54,18 @@ def sprawl_nodes(tmp_path: Path) -> Iterator[NodeFactory]:
 def sprawl_node(sprawl_nodes: NodeFactory) -> NodeProcess:
     """One real single-node broker (``.url``, ``.data_dir``, ``.stop()``, ``.kill()``)."""
     return sprawl_nodes()
+
+
+@pytest.fixture
+def logged_failures() -> Iterator[list[dict[str, Any]]]:
+    """Failures and errors logged through twisted.logger during the test."""
+    seen: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if "log_failure" in event or (level is not None and level.name in ("error", "critical")):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.web.resource import Resource
 
 from sprawl.broker import Broker
@@ -36,16 +36,10 @@ from sprawl.config import NodeConfig
 from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import the_reactor
+from sprawl.testing import WAIT, bounded, the_reactor
 
 BASE = "http://sprawl.test"
-WAIT = 10.0  # seconds: the bound on any real wait (an LMDB commit takes milliseconds)
 T0 = 1_700_000_000.0  # the task.Clock's start, so timestamps look like real epoch milliseconds
-
-
-def bounded(d: Deferred[Any], timeout: float = WAIT) -> Deferred[Any]:
-    """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
-    return d.addTimeout(timeout, the_reactor())
 
 
 class _Recorder(Resource):
@@ -178,21 +172,6 @@ class Node:
         r = await self.http.put(f"/v1/topics/{topic}", json=body)
         assert r.code == 201, r
         return r.json()
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    """Failures and errors logged through twisted.logger during the test."""
-    seen: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        level = event.get("log_level")
-        if "log_failure" in event or (level is not None and level.name in ("error", "critical")):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield seen
-    globalLogPublisher.removeObserver(observer)
 
 
 @pytest_twisted.async_yield_fixture

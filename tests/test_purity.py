@@ -17,6 +17,21 @@ PURE = [
     "sprawl.log.record",
     "sprawl.delivery.groups",
     "sprawl.storage.keys",
+    "sprawl.sim",
+    "sprawl.gossip",
+    "sprawl.gossip.messages",
+    "sprawl.gossip.wire",
+    "sprawl.gossip.broadcast",
+    "sprawl.gossip.suspicion",
+    "sprawl.gossip.membership",
+    "sprawl.raft",
+    "sprawl.raft.messages",
+    "sprawl.raft.storage",
+    "sprawl.raft.log",
+    "sprawl.raft.quorum",
+    "sprawl.raft.progress",
+    "sprawl.raft.node",
+    "sprawl.raft.codec",
 ]
 
 _PROBE = """

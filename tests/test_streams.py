@@ -19,7 +19,7 @@ import base64
 import json
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Protocol
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.web.client import HTTPConnectionPool
 
 from sprawl.broker import Broker
@@ -40,15 +40,9 @@ from sprawl.http.api import NodeInfo, SprawlAPI, parse_message
 from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import the_reactor
+from sprawl.testing import WAIT, bounded, the_reactor
 
-WAIT = 10.0  # seconds: the bound on every real wait
 T0 = 1_700_000_000.0
-
-
-def bounded(d: Deferred[Any], timeout: float = WAIT) -> Deferred[Any]:
-    """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
-    return d.addTimeout(timeout, the_reactor())
 
 
 class SSEClient(Protocol):
@@ -230,21 +224,6 @@ class Server:
         await bounded(self.pool.closeCachedConnections())
         await bounded(self.broker.stop())
         await bounded(self.store.close())
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    """Failures and errors logged through twisted.logger during the test."""
-    seen: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        level = event.get("log_level")
-        if "log_failure" in event or (level is not None and level.name in ("error", "critical")):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield seen
-    globalLogPublisher.removeObserver(observer)
 
 
 @pytest_twisted.async_yield_fixture
