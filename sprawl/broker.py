@@ -104,6 +104,9 @@ class Broker:
         self.published_total = 0
         self.published_bytes_total = 0
         self.deduplicated_total = 0
+        #: How auto-created topics come to be: None creates them here; a
+        #: cluster node sets its Raft proposal path (see sprawl.cluster.control).
+        self.topic_creator: Callable[[str], Deferred[Topic]] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -309,6 +312,8 @@ class Broker:
         check_topic_name(name)
         if not self.config.auto_create_topics:
             raise NotFound(f"topic {name!r} does not exist", code="topic_not_found")
+        if self.topic_creator is not None:
+            return self.topic_creator(name)
         d: Deferred[Any] = self.put_topic(name, {})
         d.addCallback(lambda r: r[0])
         return d

@@ -191,6 +191,13 @@ class NodeConfig:
     retention_bytes: int | None = None
     flush_interval: float = 0.0
     log_format: str = "text"
+    #: Found a new one-voter Raft cluster when the Raft state is empty (the
+    #: default without --seeds; a node with seeds waits to be added).
+    bootstrap: bool | None = None
+    #: How long a Raft voter may stay dead (by gossip) before it is replaced.
+    raft_dead_grace: float = 30.0
+    #: Snapshot the metadata every this many applied entries.
+    raft_snapshot_entries: int = 1024
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""

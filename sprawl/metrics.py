@@ -92,8 +92,17 @@ class NodeMetrics:
         self.streams: Any = None
         #: The gossip adapter (:class:`sprawl.gossip.udp.GossipNode`), if any.
         self.gossip: Any = None
+        #: The cluster control (:class:`sprawl.cluster.control.ClusterControl`), if any.
+        self.raft: Any = None
+        self.raft_proposal_duration = Histogram(
+            "sprawl_raft_proposal_duration_seconds",
+            "Time from proposing a metadata change on this node to applying it here",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         r.register(_StateCollector(self))
         r.register(_GossipCollector(self))
+        r.register(_RaftCollector(self))
 
     def committed(self, seconds: float, ops: int) -> None:
         """Record one LMDB group commit."""
@@ -261,3 +270,69 @@ class _GossipCollector:
         inc = GaugeMetricFamily("sprawl_gossip_incarnation", "This node's gossip incarnation number")
         inc.add_metric([], g.incarnation)
         yield inc
+
+
+class _RaftCollector:
+    """Raft and peer-channel figures read from the cluster control at scrape time."""
+
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        ctl = self.metrics.raft
+        if ctl is None or ctl.driver is None:
+            return
+        drv = ctl.driver
+        node = drv.node
+        for name, value, doc in (
+            ("sprawl_raft_term", node.term, "This node's current Raft term"),
+            ("sprawl_raft_commit_index", node.log.committed, "Highest Raft log index known committed"),
+            ("sprawl_raft_applied_index", drv.applied, "Highest Raft log index applied to the metadata here"),
+            ("sprawl_raft_last_index", node.log.last_index(), "Last index of this node's Raft log"),
+            ("sprawl_raft_voters", len(node.voters), "Voters in the Raft configuration this node uses"),
+            ("sprawl_raft_learners", len(node.learners), "Learners in the Raft configuration this node uses"),
+            ("sprawl_raft_has_leader", 1 if node.lead else 0, "1 when this node knows a Raft leader"),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
+        role = GaugeMetricFamily("sprawl_raft_role", "1 for this node's Raft role", labels=["role"])
+        for r in ("follower", "pre-candidate", "candidate", "leader"):
+            role.add_metric([r], 1 if node.role.value == r else 0)
+        yield role
+        st = drv.stats
+        peer = ctl.channel.stats
+        for name, value, doc in (
+            ("sprawl_raft_elections", st.elections, "Elections this node started (as candidate)"),
+            ("sprawl_raft_leader_changes", st.leader_changes, "Times this node saw the leader change"),
+            ("sprawl_raft_proposals", st.proposals, "Metadata proposals made on this node"),
+            (
+                "sprawl_raft_proposals_failed",
+                st.proposals_failed,
+                "Proposals refused or not committed in time",
+            ),
+            ("sprawl_raft_snapshots_taken", st.snapshots_taken, "Metadata snapshots this node wrote"),
+            ("sprawl_raft_snapshots_installed", st.snapshots_installed, "Snapshots received from a leader"),
+            ("sprawl_peer_frames_sent", peer.frames_sent, "Frames written to peer connections"),
+            ("sprawl_peer_frames_received", peer.frames_received, "Frames received from peers"),
+            ("sprawl_peer_connects", peer.connects, "Outbound peer connection attempts"),
+            (
+                "sprawl_peer_handshake_failures",
+                peer.handshake_failures,
+                "Peer connections refused at the hello",
+            ),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            yield c
+        dropped = CounterMetricFamily(
+            "sprawl_peer_frames_dropped", "Peer frames dropped, by reason", labels=["reason"]
+        )
+        dropped.add_metric(["queue"], peer.frames_dropped_queue)
+        dropped.add_metric(["oversize"], peer.frames_dropped_oversize)
+        dropped.add_metric(["unhandled"], peer.frames_unhandled)
+        dropped.add_metric(["undecodable"], ctl.dropped_frames)
+        yield dropped

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -22,11 +23,11 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python import usage
 
 from sprawl import __version__
+from sprawl.cluster.control import ClusterControl
 from sprawl.config import (
     ConfigError,
     NodeConfig,
@@ -39,6 +40,7 @@ from sprawl.config import (
 )
 from sprawl.gossip import GossipConfig
 from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer
+from sprawl.peer.tcp import PeerChannel
 
 log = Logger()
 
@@ -71,6 +73,8 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "retention-ms": ("retention_ms", int),
     "retention-bytes": ("retention_bytes", parse_size),
     "log-format": ("log_format", str),
+    "raft-dead-grace": ("raft_dead_grace", parse_duration),
+    "raft-snapshot-entries": ("raft_snapshot_entries", int),
 }
 
 _DOCS = {
@@ -104,6 +108,8 @@ _DOCS = {
     "retention-ms": "Default retention by age of new topics, in ms (none by default).",
     "retention-bytes": "Default retention by size of new topics (none by default).",
     "log-format": "Log lines on stdout: text (one line per event) or json (one JSON object per line) [default: text].",
+    "raft-dead-grace": "How long a Raft voter may be dead (by gossip) before it is replaced [default: 30s].",
+    "raft-snapshot-entries": "Snapshot the cluster metadata every N Raft entries [default: 1024].",
     "config": "JSON file of options (keys as option names).",
 }
 
@@ -123,7 +129,14 @@ class Options(usage.Options):
         "Sprawl: an HTTP-native distributed pub/sub broker. With no options: a durable single node on :8080."
     )
     optParameters = [[name, None, None, _DOCS[name]] for name in (*_OPTIONS, "config")]
-    optFlags = [["no-auto-create", None, "Refuse publishes to topics that do not exist."]]
+    optFlags = [
+        ["no-auto-create", None, "Refuse publishes to topics that do not exist."],
+        [
+            "bootstrap",
+            None,
+            "Found a new cluster even though --seeds is given (default: only nodes without seeds do).",
+        ],
+    ]
 
     # The seed's camelCase names.  usage.Options finds ``opt_*`` handlers on
     # the class (not the instance), so they are real methods here.
@@ -199,6 +212,8 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
         values["max_message_bytes"] = min(values["max_body_bytes"], NodeConfig.max_message_bytes)
     if opts.get("no-auto-create") or environ.get("SPRAWL_NO_AUTO_CREATE") in ("1", "true", "yes"):
         values["auto_create_topics"] = False
+    if opts.get("bootstrap") or environ.get("SPRAWL_BOOTSTRAP") in ("1", "true", "yes"):
+        values["bootstrap"] = True
     return NodeConfig(**values).validate()
 
 
@@ -225,21 +240,6 @@ def load_node_id(data_dir: str, override: str | None) -> str:
     return nid
 
 
-class _PeerPlaceholder(Protocol):
-    """Holds the peer port until the peer channel (gossip/Raft) is built."""
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.write(b"SPRAWL-PEER 0 single-node\n")
-        transport.loseConnection()
-
-
-def _quiet_factory(proto: type[Protocol]) -> Any:
-    f = Factory.forProtocol(proto)
-    f.noisy = False
-    return f
-
-
 class NodeService(service.Service):
     """One Sprawl node: storage, broker, peer port with gossip, and HTTP API."""
 
@@ -257,6 +257,8 @@ class NodeService(service.Service):
         self.api: Any = None
         self.gossip: GossipNode | None = None
         self.udp_port: Any = None
+        self.channel: Any = None
+        self.control: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -318,26 +320,46 @@ class NodeService(service.Service):
         self.broker.start()
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         self.gossip = self._make_gossip(node_id)
+        self.channel = PeerChannel(node_id, self.reactor, random.Random(), c.cluster_key)
         bind = c.bind_addr.replace(":", chr(92) + ":")
         self.peer_port, self.udp_port = await listen_peer(
             self.reactor,
             c.bind_addr,
             c.bind_port,
             lambda port: serverFromString(self.reactor, f"tcp:{port}:interface={bind}").listen(
-                _quiet_factory(_PeerPlaceholder)
+                self.channel.server_factory()
             ),
             self.gossip,
         )
         peer_port = self.peer_port.getHost().port
+        peer = f"{advertise}:{peer_port}"
+        bootstrap = c.bootstrap if c.bootstrap is not None else not c.seeds
+        self.control = ClusterControl(
+            node_id,
+            self.broker,
+            self.store,
+            self.reactor,
+            self.channel,
+            self.gossip,
+            bootstrap=bootstrap,
+            dead_grace=c.raft_dead_grace,
+            snapshot_entries=c.raft_snapshot_entries,
+            peer=peer,
+        )
+        await self.control.start()
+        self.broker.topic_creator = self.control.ensure_topic
+        metrics.raft = self.control
+        self.control.on_proposal_latency = metrics.raft_proposal_duration.observe
         advertise_ip = advertise
         if not (isIPAddress(advertise) or isIPv6Address(advertise)):
             advertise_ip = await self.reactor.resolve(advertise)
-        self.gossip.set_meta(peer=f"{advertise}:{peer_port}")
+        self.gossip.set_meta(peer=peer)
         self.gossip.start((advertise_ip, peer_port))
         metrics.gossip = self.gossip
-        info = NodeInfo(node_id, peer=f"{advertise}:{peer_port}", started=time.time())
+        info = NodeInfo(node_id, peer=peer, started=time.time())
         info.membership = self.gossip
-        self.api = SprawlAPI(self.broker, info, self.reactor, metrics)
+        info.raft = self.control
+        self.api = SprawlAPI(self.broker, info, self.reactor, metrics, control=self.control)
         site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
         self.http_port = await serverFromString(self.reactor, c.http_listen).listen(site)
         host = self.http_port.getHost()
@@ -345,6 +367,11 @@ class NodeService(service.Service):
         http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         info.http = f"http://{http_addr}:{http_port}"
         self.gossip.set_meta(http=info.http)
+        self.control.http = info.http
+        if self.control.driver.node.voters == {self.control.raft_id}:
+            # A lone voter elects itself at once: wait for it (bounded), so a
+            # single node is ready the moment it says so.
+            await _bounded(self.reactor, self.control.leader_known(), 10.0)
         write_ports(c.data_dir, http_port, peer_port)
         # Everything built so far lives as long as the process: move it out of
         # the collector's way (records are not tracked at all), so collections
@@ -385,8 +412,12 @@ class NodeService(service.Service):
         if self.api is not None:
             self.api.streams.close_all()
             self.api.close_dashboards()
+        if self.control is not None:
+            self.control.stop()
         if self.gossip is not None:
             await self.gossip.stop()  # gossips the leave, then closes the UDP port
+        if self.channel is not None:
+            await self.channel.close()
         if self.peer_port is not None:
             await self.peer_port.stopListening()
         if self.broker is not None:
@@ -394,6 +425,18 @@ class NodeService(service.Service):
         if self.store is not None and self.store.env is not None:
             await self.store.close()
         log.info("sprawl node stopped cleanly")
+
+
+async def _bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:
+    """Wait for ``d`` at most ``seconds`` (then go on without it)."""
+    timer = reactor.callLater(seconds, d.cancel)
+    try:
+        await d
+    except defer.CancelledError:
+        log.warn("no Raft leader after {seconds} s; serving anyway (not ready)", seconds=seconds)
+    finally:
+        if timer.active():
+            timer.cancel()
 
 
 def write_ports(data_dir: str, http: int, peer: int) -> None:

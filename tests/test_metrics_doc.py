@@ -133,5 +133,15 @@ def test_units_in_names() -> None:
     for name, kind in documented_metrics().items():
         if name.startswith("sprawl_") and kind in ("gauge", "histogram"):
             assert name.endswith(_UNITS) or name.endswith(
-                ("_watermark", "_members", "_incarnation", "_subscribers", "_topics", "_ops")
+                (
+                    "_watermark",
+                    "_members",
+                    "_incarnation",
+                    "_subscribers",
+                    "_topics",
+                    "_ops",
+                    "_term",
+                    "_index",
+                )
+                + ("_role", "_has_leader", "_voters", "_learners")
             ), name

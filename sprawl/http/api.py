@@ -25,6 +25,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from sprawl import __version__
 from sprawl.broker import ACKS, Broker, PublishResult, check_group_name
+from sprawl.cluster.local import LocalControl
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError
 from sprawl.http import dashboard as dashboard_ui
@@ -53,6 +54,9 @@ class NodeInfo:
         #: The gossip membership (``member_views()``, ``live_member_ids()``,
         #: ``joined``), or None: then the node reports itself alone.
         self.membership: Any = None
+        #: The cluster control (``raft_view()``, ``leader_name``), or None:
+        #: then the node reports a single-node cluster it leads.
+        self.raft: Any = None
 
 
 def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -132,8 +136,11 @@ class SprawlAPI:
 
     app = Klein()
 
-    def __init__(self, broker: Broker, info: NodeInfo, clock: Any, metrics: Any = None):
+    def __init__(self, broker: Broker, info: NodeInfo, clock: Any, metrics: Any = None, control: Any = None):
         self.broker = broker
+        #: Where topic and group definitions change: Raft on a real node
+        #: (:class:`sprawl.cluster.control.ClusterControl`), or the broker.
+        self.control = control if control is not None else LocalControl(broker)
         self.info = info
         self.clock = clock
         self.metrics = metrics
@@ -450,7 +457,24 @@ class SprawlAPI:
     @_route("topics")
     def list_topics(self, request: Any) -> Any:
         b = self.broker
-        return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
+
+        def answer(_: object = None) -> Any:
+            return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
+
+        if self._linearizable(request):
+            return self.control.linearizable().addCallback(answer)
+        return answer()
+
+    @staticmethod
+    def _linearizable(request: Any) -> bool:
+        """``?consistency=linearizable``: answer only after a Raft ReadIndex
+        round confirms this node has applied everything committed before."""
+        raw = request.args.get(b"consistency", [b""])[0]
+        if raw in (b"", b"local"):
+            return False
+        if raw == b"linearizable":
+            return True
+        raise BadRequest("consistency must be 'local' or 'linearizable'", code="invalid_parameter")
 
     @app.route("/v1/topics/<string:topic>", methods=["PUT"])
     @_route("topic_put")
@@ -462,11 +486,15 @@ class SprawlAPI:
             request.setResponseCode(201 if created else 200)
             return self.broker.describe_topic(t)
 
-        return self.broker.put_topic(topic, body).addCallback(answer)
+        return self.control.put_topic(topic, body).addCallback(answer)
 
     @app.route("/v1/topics/<string:topic>", methods=["GET"])
     @_route("topic_get")
     def get_topic(self, request: Any, topic: str) -> Any:
+        if self._linearizable(request):
+            return self.control.linearizable().addCallback(
+                lambda _: self.broker.describe_topic(self.broker.get_topic(topic))
+            )
         return self.broker.describe_topic(self.broker.get_topic(topic))
 
     @app.route("/v1/topics/<string:topic>", methods=["DELETE"])
@@ -476,7 +504,7 @@ class SprawlAPI:
             request.setResponseCode(204)
             return b""
 
-        return self.broker.delete_topic(topic).addCallback(answer)
+        return self.control.delete_topic(topic).addCallback(answer)
 
     # -- groups --------------------------------------------------------------------------
 
@@ -496,7 +524,7 @@ class SprawlAPI:
                 request.setResponseCode(201 if created else 200)
                 return g.describe(t.high_watermarks())
 
-            return self.broker.put_group(t, group, body).addCallback(answer)
+            return self.control.put_group(t, group, body).addCallback(answer)
 
         return d.addCallback(made)
 
@@ -516,7 +544,7 @@ class SprawlAPI:
             request.setResponseCode(204)
             return b""
 
-        return self.broker.delete_group(t, group).addCallback(answer)
+        return self.control.delete_group(t, group).addCallback(answer)
 
     @app.route("/v1/topics/<string:topic>/groups/<string:group>/pull", methods=["POST"])
     @_route("group_pull")
@@ -613,13 +641,23 @@ class SprawlAPI:
 
     def _cluster(self) -> dict[str, Any]:
         nid = self.info.node_id
+        raft = self.info.raft
+        if raft is None:
+            return {
+                "node_id": nid,
+                "leader": nid,
+                "term": 1,
+                "mode": "single-node",
+                "members": self._members(),
+                "raft": {"role": "leader", "term": 1, "commit_index": 0, "applied": 0, "voters": [nid]},
+            }
+        view = raft.raft_view()
         return {
             "node_id": nid,
-            "leader": nid,
-            "term": 1,
-            "mode": "single-node",
+            "leader": view.get("leader") or None,
+            "term": view["term"],
             "members": self._members(),
-            "raft": {"role": "leader", "term": 1, "commit_index": 0, "applied": 0, "voters": [nid]},
+            "raft": view,
         }
 
     def _placement(self) -> dict[str, Any]:
@@ -636,6 +674,8 @@ class SprawlAPI:
     @app.route("/v1/cluster", methods=["GET"])
     @_route("cluster")
     def cluster(self, request: Any) -> Any:
+        if self._linearizable(request):
+            return self.control.linearizable().addCallback(lambda _: self._cluster())
         return self._cluster()
 
     @app.route("/v1/cluster/placement", methods=["GET"])
@@ -660,6 +700,9 @@ class SprawlAPI:
         m = self.info.membership
         if m is not None and not m.joined:
             return False, "joining the cluster: no seed has answered yet"
+        raft = self.info.raft
+        if raft is not None and not raft.leader_name:
+            return False, "no Raft leader known (election in progress, or no quorum of voters reachable)"
         return True, "ready"
 
     @app.route("/readyz", methods=["GET"])
@@ -669,7 +712,8 @@ class SprawlAPI:
         if not ok:
             request.setResponseCode(503)
             return {"ready": False, "reason": why, "error": {"code": "not_ready", "message": why}}
-        return {"ready": True, "leader": self.info.node_id, "node_id": self.info.node_id}
+        leader = self.info.raft.leader_name if self.info.raft is not None else self.info.node_id
+        return {"ready": True, "leader": leader, "node_id": self.info.node_id}
 
     @app.route("/metrics", methods=["GET"])
     @_route("metrics")

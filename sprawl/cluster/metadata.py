@@ -1,0 +1,204 @@
+"""The cluster metadata state machine that Raft replicates.  Pure.
+
+It holds topics and their configuration, partition placement (replicas,
+leader, leader epoch), consumer-group definitions and the names of the
+nodes Raft knows by number.  Voters themselves are Raft's configuration,
+not part of this state.
+
+Every command is a msgpack map with an ``op``; :meth:`Metadata.apply` is a
+deterministic function of the state and the command, so every node that
+applies the same log reaches the same state and computes the same result.
+A result is either a map of facts (``{"created": true}``) or
+``{"error": {"code", "message", "status"}}`` -- refusals are results, not
+exceptions, so a bad command never stops the log.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+
+#: Topic config fields the metadata keeps (the broker's TopicConfig, minus local ones).
+TOPIC_FIELDS = (
+    "partitions",
+    "replication_factor",
+    "storage",
+    "retention_ms",
+    "retention_bytes",
+    "max_message_bytes",
+    "segment_bytes",
+    "segment_ms",
+)
+
+Result = dict[str, Any]
+
+
+def _error(code: str, message: str, status: int) -> Result:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def encode_command(cmd: dict[str, Any]) -> bytes:
+    """The bytes of a command, as stored in a Raft entry."""
+    return msgspec.msgpack.encode(cmd)
+
+
+def decode_command(data: bytes) -> dict[str, Any] | None:
+    """A command from an entry, or None when the bytes are not one."""
+    try:
+        cmd = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return cmd if isinstance(cmd, dict) and isinstance(cmd.get("op"), str) else None
+
+
+class Metadata:
+    """The replicated cluster metadata (see the module docstring)."""
+
+    def __init__(self) -> None:
+        #: name -> {"config": {...}, "created_index": int, "groups": {name: config}}
+        self.topics: dict[str, dict[str, Any]] = {}
+        #: name -> [ {"replicas": [...], "leader": str, "epoch": int} per partition ]
+        self.placement: dict[str, list[dict[str, Any]]] = {}
+        #: node id -> {"raft_id": int, "peer": str, "http": str}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.applied = 0
+
+    # -- applying ------------------------------------------------------------
+
+    def apply(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Apply the command of entry ``index``; return its result."""
+        self.applied = index
+        op = cmd.get("op")
+        fn = getattr(self, "_op_" + op, None) if isinstance(op, str) else None
+        if fn is None:
+            return _error("unknown_command", f"unknown metadata command {op!r}", 400)
+        try:
+            return fn(index, cmd)  # type: ignore[no-any-return]
+        except (KeyError, TypeError, ValueError) as e:
+            return _error("malformed_command", f"malformed {op} command: {e}", 400)
+
+    def _op_put_topic(self, index: int, cmd: dict[str, Any]) -> Result:
+        name = cmd["name"]
+        config = {k: cmd["config"][k] for k in TOPIC_FIELDS if k in cmd["config"]}
+        existing = self.topics.get(name)
+        if existing is None:
+            self.topics[name] = {"config": config, "created_index": index, "groups": {}}
+            self._place(name, 0, config.get("partitions", 1), cmd.get("placement") or [])
+            return {"created": True, "created_index": index}
+        if cmd.get("if_absent"):
+            return {"created": False, "created_index": existing["created_index"]}
+        old = existing["config"]
+        if config.get("partitions", 1) < old.get("partitions", 1):
+            return _error("partitions_shrink", "partitions can only grow", 409)
+        if config.get("storage", "durable") != old.get("storage", "durable"):
+            return _error("storage_change", "storage of an existing topic cannot change", 409)
+        before = old.get("partitions", 1)
+        existing["config"] = config
+        self._place(name, before, config.get("partitions", 1), cmd.get("placement") or [])
+        return {"created": False, "created_index": existing["created_index"]}
+
+    def _place(self, name: str, lo: int, hi: int, proposed: list[Any]) -> None:
+        parts = self.placement.setdefault(name, [])
+        for p in range(lo, hi):
+            reps = list(proposed[p]) if p < len(proposed) and proposed[p] else []
+            parts.append({"replicas": reps, "leader": reps[0] if reps else "", "epoch": 1})
+
+    def _op_delete_topic(self, index: int, cmd: dict[str, Any]) -> Result:
+        name = cmd["name"]
+        if name not in self.topics:
+            return _error("topic_not_found", f"topic {name!r} does not exist", 404)
+        del self.topics[name]
+        self.placement.pop(name, None)
+        return {"deleted": True}
+
+    def _op_put_group(self, index: int, cmd: dict[str, Any]) -> Result:
+        topic, group = cmd["topic"], cmd["group"]
+        t = self.topics.get(topic)
+        if t is None:
+            return _error("topic_not_found", f"topic {topic!r} does not exist", 404)
+        created = group not in t["groups"]
+        t["groups"][group] = dict(cmd["config"])
+        return {"created": created}
+
+    def _op_delete_group(self, index: int, cmd: dict[str, Any]) -> Result:
+        topic, group = cmd["topic"], cmd["group"]
+        t = self.topics.get(topic)
+        if t is None or group not in t["groups"]:
+            return _error("group_not_found", f"group {group!r} does not exist on topic {topic!r}", 404)
+        del t["groups"][group]
+        return {"deleted": True}
+
+    def _op_put_node(self, index: int, cmd: dict[str, Any]) -> Result:
+        self.nodes[cmd["node_id"]] = {
+            "raft_id": int(cmd["raft_id"]),
+            "peer": str(cmd.get("peer", "")),
+            "http": str(cmd.get("http", "")),
+        }
+        return {"ok": True}
+
+    def _op_set_partition(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Commit a partition's replicas, leader and epoch; the epoch must grow (fencing)."""
+        name, p = cmd["topic"], int(cmd["partition"])
+        parts = self.placement.get(name)
+        if parts is None or not 0 <= p < len(parts):
+            return _error("partition_not_found", f"topic {name!r} has no partition {p}", 404)
+        cur = parts[p]
+        epoch = int(cmd["epoch"])
+        if epoch <= cur["epoch"]:
+            return _error("stale_epoch", f"epoch {epoch} is not above {cur['epoch']}", 409)
+        parts[p] = {"replicas": list(cmd["replicas"]), "leader": str(cmd["leader"]), "epoch": epoch}
+        return {"epoch": epoch}
+
+    def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:
+        return {"ok": True}
+
+    # -- views ---------------------------------------------------------------
+
+    def node_name(self, raft_id: int) -> str | None:
+        """The node id Raft knows as ``raft_id``, if registered."""
+        for name, n in self.nodes.items():
+            if n["raft_id"] == raft_id:
+                return name
+        return None
+
+    # -- snapshots -----------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (a Raft snapshot's data)."""
+        return msgspec.msgpack.encode(
+            {
+                "v": 1,
+                "applied": self.applied,
+                "topics": self.topics,
+                "placement": self.placement,
+                "nodes": self.nodes,
+            }
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> Metadata:
+        """The state a :meth:`snapshot` holds (empty bytes: the empty state)."""
+        m = cls()
+        if not data:
+            return m
+        raw = msgspec.msgpack.decode(data)
+        if not isinstance(raw, dict) or raw.get("v") != 1:
+            raise ValueError("not a sprawl metadata snapshot")
+        m.applied = int(raw["applied"])
+        m.topics = raw["topics"]
+        m.placement = raw["placement"]
+        m.nodes = raw["nodes"]
+        return m
+
+    def copy(self) -> Metadata:
+        """A deep copy (tests compare replicas)."""
+        return copy.deepcopy(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Metadata):
+            return NotImplemented
+        return (self.topics, self.placement, self.nodes) == (other.topics, other.placement, other.nodes)
+
+    __hash__ = None  # type: ignore[assignment]

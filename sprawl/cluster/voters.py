@@ -1,0 +1,75 @@
+"""Which membership change the Raft leader makes next.  Pure.
+
+The leader calls :func:`next_change` on every controller tick with what it
+sees; at most one change is in flight at a time (Raft's one-server rule), so
+the cluster walks towards its target one step per committed change:
+
+1. a live member that Raft does not know joins as a learner;
+2. a caught-up learner is promoted while there are fewer voters than the
+   target, or when it will replace a voter dead for longer than the grace;
+3. a voter dead for longer than the grace is removed -- only when the voters
+   left still hold a majority of the voters before the removal, so a cluster
+   never shrinks below a majority of what it was (1-of-2 is refused);
+4. a learner dead for longer than the grace is removed.
+
+The target is 1 voter below 3 live members, 3 below 5, else 5: even-sized
+voter sets add load without adding fault tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sprawl.raft.messages import ConfChange, ConfChangeType
+
+
+def target_voters(live_members: int, limit: int = 5) -> int:
+    """How many voters a cluster of ``live_members`` should have."""
+    n = min(live_members, limit)
+    if n >= 5:
+        return 5
+    if n >= 3:
+        return 3
+    return 1
+
+
+@dataclass(frozen=True)
+class View:
+    """What the leader knows when it decides."""
+
+    leader: int
+    voters: frozenset[int]
+    learners: frozenset[int]
+    #: Raft ids of members gossip reports alive or suspect (the leader included).
+    live: frozenset[int]
+    #: Raft id -> seconds it has been dead (gossip), for members in the configuration.
+    dead_for: dict[int, float] = field(default_factory=dict)
+    #: Learners that hold everything committed.
+    caught_up: frozenset[int] = frozenset()
+    grace: float = 30.0
+    max_voters: int = 5
+
+
+def next_change(v: View) -> ConfChange | None:
+    """The one change to propose now, or None."""
+    members = v.voters | v.learners
+    target = target_voters(len(v.live), v.max_voters)
+    dead_voters = sorted(n for n in v.voters if v.dead_for.get(n, 0.0) > v.grace and n != v.leader)
+    ready = sorted(n for n in v.learners if n in v.caught_up and n in v.live)
+    # 1. newcomers
+    for n in sorted(v.live - members):
+        return ConfChange(ConfChangeType.ADD_LEARNER, n)
+    live_voters = len(v.voters - set(dead_voters))
+    # 2. promotions
+    if ready and (len(v.voters) < target or (dead_voters and live_voters < target)):
+        return ConfChange(ConfChangeType.PROMOTE, ready[0])
+    # 3. dead voters
+    for n in dead_voters:
+        left = len(v.voters) - 1
+        if left >= len(v.voters) // 2 + 1:
+            return ConfChange(ConfChangeType.REMOVE, n)
+    # 4. dead learners
+    for n in sorted(v.learners):
+        if v.dead_for.get(n, 0.0) > v.grace:
+            return ConfChange(ConfChangeType.REMOVE, n)
+    return None

@@ -1,0 +1,308 @@
+"""The Raft driver: runs a :class:`~sprawl.raft.node.RaftNode` on a reactor.
+
+It owns time (a tick every ``tick_seconds``), the order of work and the
+waiting callers; the core owns the protocol and the storage owns the disk.
+Each Ready is handled strictly in the order Raft's safety needs:
+
+1. **persist** the snapshot, entries and hard state in one LMDB transaction
+   on the storage writer thread (:meth:`LmdbRaftStorage.save_ready`);
+2. **send** the messages (only now: a vote or an append acknowledgement must
+   never leave before what it promises is on disk);
+3. **apply** a received snapshot, then the committed entries, one at a time,
+   waiting for each application's own durable side effects;
+4. **advance** the core.
+
+Only one Ready is in flight at a time; messages that arrive meanwhile are
+stepped into the core at once and handled by the next Ready.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.raft.lmdb_storage import LmdbRaftStorage
+from sprawl.raft.messages import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+)
+from sprawl.raft.node import Config, ProposalDropped, RaftNode, Role
+
+log = Logger()
+
+#: The application's hooks: apply one committed normal entry (may return a
+#: Deferred that fires once its side effects are durable); replace the state
+#: with a snapshot's.
+ApplyEntry = Callable[[Entry], Any]
+RestoreSnapshot = Callable[[Snapshot], Any]
+
+
+class RaftStats:
+    """Counters and gauges for /metrics and /v1/cluster."""
+
+    def __init__(self) -> None:
+        self.elections = 0
+        self.leader_changes = 0
+        self.proposals = 0
+        self.proposals_failed = 0
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
+        self.ready_seconds_total = 0.0
+        self.readies = 0
+        self.last_leader_change = 0.0
+
+
+class RaftDriver:
+    """Drives one Raft peer (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage: LmdbRaftStorage,
+        config: Config,
+        reactor: Any,
+        rng: random.Random,
+        send: Callable[[Message], None],
+        apply: ApplyEntry,
+        restore: RestoreSnapshot,
+        *,
+        tick_seconds: float = 0.1,
+        snapshot_entries: int = 1024,
+        keep_entries: int = 256,
+        snapshot_data: Callable[[], bytes] = lambda: b"",
+    ) -> None:
+        self.storage = storage
+        self.reactor = reactor
+        self.node = RaftNode(config, storage, rng)
+        self.send = send
+        self.apply = apply
+        self.restore = restore
+        self.snapshot_data = snapshot_data
+        self.tick_seconds = tick_seconds
+        self.snapshot_entries = snapshot_entries
+        self.keep_entries = keep_entries
+        self.applied = storage.snapshot().meta.index if config.applied == 0 else config.applied
+        self.stats = RaftStats()
+        self.failed: Failure | None = None
+        #: Called after each entry is applied, with its index (for waiting readers).
+        self.on_applied: list[Callable[[int], None]] = []
+        #: Called when the role or leader changes.
+        self.on_soft_state: list[Callable[[], None]] = []
+        self._busy = False
+        self._loop: task.LoopingCall | None = None
+        self._reads: dict[bytes, defer.Deferred[int]] = {}
+        self._apply_waiters: list[tuple[int, defer.Deferred[None]]] = []
+        self._snapshotting = False
+        self._stopped = False
+        self._lead = self.node.lead
+        self._role = self.node.role
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start ticking (and handle anything already pending)."""
+        loop = task.LoopingCall(self.tick)
+        loop.clock = self.reactor
+        self._loop = loop
+        loop.start(self.tick_seconds, now=False).addErrback(self._crashed)
+        self.kick()
+
+    def stop(self) -> None:
+        """Stop ticking; waiting callers fail with :class:`ProposalDropped`."""
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for d in list(self._reads.values()):
+            if not d.called:
+                d.errback(ProposalDropped("node is stopping"))
+        self._reads.clear()
+
+    def _crashed(self, f: Failure) -> None:
+        self.failed = f
+        log.failure("Raft driver stopped after an error", f)
+
+    # -- inputs ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One logical clock tick."""
+        self.node.tick()
+        self.kick()
+
+    def step(self, m: Message) -> None:
+        """A message from a peer."""
+        if self._stopped:
+            return
+        if m.type in (MessageType.HUP, MessageType.BEAT, MessageType.CHECK_QUORUM):
+            return  # local-only types never come from the wire
+        self.node.step(m)
+        self.kick()
+
+    def propose(self, data: bytes) -> None:
+        """Propose ``data``; raises :class:`ProposalDropped` when no leader takes it."""
+        self.stats.proposals += 1
+        try:
+            self.node.propose(data)
+        except ProposalDropped:
+            self.stats.proposals_failed += 1
+            raise
+        self.kick()
+
+    def propose_conf_change(self, cc: ConfChange) -> None:
+        """Propose one membership change (leader only; raises :class:`ProposalDropped`)."""
+        self.node.propose_conf_change(cc)
+        self.kick()
+
+    def read_index(self) -> defer.Deferred[int]:
+        """Fires with an index once it is safe to read linearizably at it
+        (this node has applied it, and a quorum confirmed the leader)."""
+        ctx = os.urandom(12)
+        d: defer.Deferred[int] = defer.Deferred()
+        self.node.read_index(ctx)  # may raise ProposalDropped
+        self._reads[ctx] = d
+        self.kick()
+        return d
+
+    def wait_applied(self, index: int) -> defer.Deferred[None]:
+        """Fires once entry ``index`` has been applied here."""
+        if self.applied >= index:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._apply_waiters.append((index, d))
+        return d
+
+    def report_unreachable(self, raft_id: int) -> None:
+        """The transport lost its connection to ``raft_id``."""
+        self.node.report_unreachable(raft_id)
+
+    # -- views -----------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node leads."""
+        return self.node.role == Role.LEADER
+
+    @property
+    def leader(self) -> int:
+        """The Raft id of the known leader (0: none)."""
+        return self.node.lead
+
+    # -- the Ready loop ------------------------------------------------------
+
+    def kick(self) -> None:
+        """Handle pending Readies unless a handler already runs."""
+        if self._busy or self._stopped or self.failed is not None or not self.node.has_ready():
+            return
+        self._busy = True
+        defer.ensureDeferred(self._run()).addErrback(self._crashed)
+
+    async def _run(self) -> None:
+        try:
+            while self.node.has_ready() and not self._stopped:
+                rd = self.node.ready()
+                started = time.perf_counter()
+                if rd.soft_state is not None:
+                    self._soft_state_changed()
+                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                    await self.storage.save_ready(rd)
+                for m in rd.messages:
+                    self.send(m)
+                    if m.type == MessageType.SNAP:
+                        self.node.report_snapshot(m.to, True)
+                if rd.snapshot is not None:
+                    await defer.maybeDeferred(self.restore, rd.snapshot)
+                    self.applied = max(self.applied, rd.snapshot.meta.index)
+                    self.stats.snapshots_installed += 1
+                for e in rd.committed_entries:
+                    if e.index <= self.applied:
+                        continue
+                    if e.type == EntryType.CONF_CHANGE:
+                        self.node.apply_conf_change(ConfChange.decode(e.data))
+                    elif e.data:
+                        await defer.maybeDeferred(self.apply, e)
+                    self.applied = e.index
+                    self._applied(e.index)
+                for rs in rd.read_states:
+                    d = self._reads.pop(rs.request_ctx, None)
+                    if d is not None:
+                        self._answer_read(d, rs.index)
+                self.node.advance(rd)
+                self.stats.readies += 1
+                self.stats.ready_seconds_total += time.perf_counter() - started
+                self._maybe_snapshot()
+        finally:
+            self._busy = False
+
+    def _answer_read(self, d: defer.Deferred[int], index: int) -> None:
+        def fire(_: object) -> None:
+            if not d.called:
+                d.callback(index)
+
+        self.wait_applied(index).addCallback(fire)
+
+    def _applied(self, index: int) -> None:
+        if self._apply_waiters:
+            due = [w for w in self._apply_waiters if w[0] <= index]
+            if due:
+                self._apply_waiters = [w for w in self._apply_waiters if w[0] > index]
+                for _, d in due:
+                    d.callback(None)
+        for fn in self.on_applied:
+            fn(index)
+
+    def _soft_state_changed(self) -> None:
+        ss = self.node.soft_state()
+        if ss.role in (self._role,) and ss.lead == self._lead:
+            return
+        if ss.role == Role.CANDIDATE and self._role != Role.CANDIDATE:
+            self.stats.elections += 1
+        if ss.lead != self._lead:
+            self.stats.leader_changes += 1
+            self.stats.last_leader_change = time.time()
+            log.info(
+                "raft: leader is now {leader} (term {term}, this node {role})",
+                leader=ss.lead,
+                term=self.node.term,
+                role=ss.role.value,
+            )
+        self._lead, self._role = ss.lead, ss.role
+        for fn in self.on_soft_state:
+            fn()
+
+    def _maybe_snapshot(self) -> None:
+        snap_index = self.storage.snapshot().meta.index
+        if self._snapshotting or self.applied - snap_index < self.snapshot_entries:
+            return
+        self._snapshotting = True
+        index = self.applied
+        data = self.snapshot_data()
+        conf = self.node.conf_state()
+
+        def compact(_: object) -> Any:
+            self.stats.snapshots_taken += 1
+            upto = index - self.keep_entries
+            if upto > self.storage.first_index() - 1:
+                return self.storage.compact(upto)
+            return None
+
+        def done(result: Any) -> Any:
+            self._snapshotting = False
+            return result
+
+        d = self.storage.create_snapshot(index, conf, data)
+        d.addCallback(compact)
+        d.addBoth(done)
+        d.addErrback(lambda f: log.failure("raft snapshot failed", f))
+
+
+__all__ = ["ConfChangeType", "RaftDriver", "RaftStats"]
