@@ -122,6 +122,7 @@ class ClusterControl:
             self._restore,
             tick_seconds=self.tick_seconds,
             snapshot_entries=self.snapshot_entries,
+            keep_entries=max(self.snapshot_entries // 4, 1),
             snapshot_data=self.metadata_snapshot,
         )
         self.channel.handlers[RAFT] = self._received
