@@ -1145,7 +1145,13 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"term: {_cell(info.get('term'))}")
     raft = info.get("raft")
     if isinstance(raft, dict):
-        click.echo(f"raft: {_cell(raft)}")
+        click.echo(f"raft role: {_cell(raft.get('role'))}")
+        click.echo(f"commit/applied: {_cell(raft.get('commit_index'))}/{_cell(raft.get('applied'))}")
+        click.echo(f"voters: {', '.join(map(str, raft.get('voters') or [])) or '-'}")
+        click.echo(f"learners: {', '.join(map(str, raft.get('learners') or [])) or '-'}")
+        for key in ("snapshot_index", "elections", "leader_changes", "proposal_ms_p50"):
+            if key in raft:
+                click.echo(f"{key.replace('_', ' ')}: {_cell(raft[key])}")
     for key, value in info.items():
         if key not in ("node_id", "leader", "term", "raft", "members"):
             click.echo(f"{key}: {_cell(value)}")

@@ -393,6 +393,10 @@ def test_cluster_status_members_placement(sprawl_node: Any) -> None:
     node_id = info["node_id"]
     status = ok(ctl(url, "cluster", "status"))
     assert f"node: {node_id}" in status and "ID" in status
+    # a real node runs Raft: alone, it is the one voter and the leader
+    assert info["raft"]["role"] == "leader" and info["raft"]["voters"] == [node_id]
+    assert "raft role: leader" in status and f"voters: {node_id}" in status
+    assert f"leader: {node_id}" in status
     members = ok(ctl(url, "cluster", "members")).splitlines()
     assert members[0].split()[:2] == ["ID", "STATE"]
     assert any(line.split()[:2] == [node_id, "alive"] for line in members[1:])
