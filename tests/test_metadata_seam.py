@@ -164,3 +164,15 @@ async def test_proposal_without_leader_is_503(tmp_path: Path) -> None:
         ctl.stop()
         await broker.stop()
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_auto_creates_share_one_change(side: Side) -> None:
+    """Twenty publishes racing to a new topic all get the same topic; on the
+    Raft side they share a single proposal."""
+    c = side.control
+    before = c.driver.stats.proposals if side.kind == "raft" else 0
+    got = await defer.gatherResults([c.ensure_topic("racy") for _ in range(20)])
+    assert all(t is side.broker.topics["racy"] for t in got)
+    if side.kind == "raft":
+        assert c.driver.stats.proposals - before == 1

@@ -32,6 +32,12 @@ PURE = [
     "sprawl.raft.progress",
     "sprawl.raft.node",
     "sprawl.raft.codec",
+    "sprawl.peer",
+    "sprawl.peer.frames",
+    "sprawl.cluster",
+    "sprawl.cluster.metadata",
+    "sprawl.cluster.placement",
+    "sprawl.cluster.voters",
 ]
 
 _PROBE = """

@@ -88,6 +88,7 @@ class ClusterControl:
         self.names: dict[int, str] = {self.raft_id: node_id}
         self._waiting: dict[str, tuple[defer.Deferred[dict[str, Any]], float]] = {}
         self._last_alive: dict[int, float] = {}
+        self._creating: dict[str, defer.Deferred[Any]] = {}
         self._loop: task.LoopingCall | None = None
         self.proposal_seconds: list[float] = []
         #: Called with each answered proposal's latency (the metrics histogram).
@@ -125,6 +126,7 @@ class ClusterControl:
             keep_entries=max(self.snapshot_entries // 4, 1),
             snapshot_data=self.metadata_snapshot,
         )
+        self.driver.on_soft_state.append(self._leader_changed)
         self.channel.handlers[RAFT] = self._received
         self.channel.on_unreachable = self._unreachable
         now = self.reactor.seconds()
@@ -170,6 +172,16 @@ class ClusterControl:
         loop.clock = self.reactor
         loop.start(self.tick_seconds, now=True)
         return d
+
+    def _leader_changed(self) -> None:
+        drv = self.driver
+        assert drv is not None
+        log.info(
+            "raft: leader is {leader} (term {term}); this node is {role}",
+            leader=self.leader_name or "unknown",
+            term=drv.node.term,
+            role=drv.node.role.value,
+        )
 
     # -- the wire --------------------------------------------------------------------
 
@@ -298,13 +310,33 @@ class ClusterControl:
             return defer.succeed(t)
         if not self.broker.config.auto_create_topics:
             return defer.maybeDeferred(self.broker.get_topic, name)  # the 404
-        cmd = self._topic_command(name, {}, if_absent=True)
+        pending = self._creating.get(name)
+        if pending is None:
+            cmd = self._topic_command(name, {}, if_absent=True)
 
-        async def run() -> Any:
-            await self._propose_checked(cmd)
-            return self.broker.get_topic(name)
+            async def run() -> Failure | None:
+                try:
+                    await self._propose_checked(cmd)
+                    return None
+                except Exception:
+                    return Failure()
+                finally:
+                    self._creating.pop(name, None)
 
-        return defer.ensureDeferred(run())
+            # Concurrent publishes to a new topic share one proposal.
+            pending = self._creating[name] = defer.ensureDeferred(run())
+        waiter: defer.Deferred[Any] = defer.Deferred()
+
+        def settle(outcome: Failure | None) -> Failure | None:
+            if outcome is not None:
+                waiter.errback(outcome)
+            else:
+                waiter.callback(None)
+            return outcome
+
+        pending.addCallback(settle)
+        waiter.addCallback(lambda _: self.broker.get_topic(name))
+        return waiter
 
     def delete_topic(self, name: str) -> defer.Deferred[None]:
         """Delete a topic everywhere through Raft."""

@@ -80,30 +80,48 @@ class Metadata:
             return _error("malformed_command", f"malformed {op} command: {e}", 400)
 
     def _op_put_topic(self, index: int, cmd: dict[str, Any]) -> Result:
+        # Validate everything first: a refused command changes nothing.
         name = cmd["name"]
-        config = {k: cmd["config"][k] for k in TOPIC_FIELDS if k in cmd["config"]}
+        if not isinstance(name, str) or not name:
+            raise ValueError("name must be a non-empty string")
+        raw = cmd["config"]
+        if not isinstance(raw, dict):
+            raise TypeError("config must be a map")
+        config = {k: raw[k] for k in TOPIC_FIELDS if k in raw}
+        partitions = config.get("partitions", 1)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise ValueError("partitions must be a positive integer")
         existing = self.topics.get(name)
-        if existing is None:
-            self.topics[name] = {"config": config, "created_index": index, "groups": {}}
-            self._place(name, 0, config.get("partitions", 1), cmd.get("placement") or [])
-            return {"created": True, "created_index": index}
-        if cmd.get("if_absent"):
+        if existing is not None and cmd.get("if_absent"):
             return {"created": False, "created_index": existing["created_index"]}
-        old = existing["config"]
-        if config.get("partitions", 1) < old.get("partitions", 1):
-            return _error("partitions_shrink", "partitions can only grow", 409)
-        if config.get("storage", "durable") != old.get("storage", "durable"):
-            return _error("storage_change", "storage of an existing topic cannot change", 409)
-        before = old.get("partitions", 1)
+        before = existing["config"].get("partitions", 1) if existing is not None else 0
+        if existing is not None:
+            old = existing["config"]
+            if partitions < before:
+                return _error("partitions_shrink", "partitions can only grow", 409)
+            if config.get("storage", "durable") != old.get("storage", "durable"):
+                return _error("storage_change", "storage of an existing topic cannot change", 409)
+        new_parts = self._placements(before, partitions, cmd.get("placement") or [])
+        if existing is None:
+            existing = self.topics[name] = {"config": config, "created_index": index, "groups": {}}
+            self.placement[name] = new_parts
+            return {"created": True, "created_index": index}
         existing["config"] = config
-        self._place(name, before, config.get("partitions", 1), cmd.get("placement") or [])
+        self.placement.setdefault(name, []).extend(new_parts)
         return {"created": False, "created_index": existing["created_index"]}
 
-    def _place(self, name: str, lo: int, hi: int, proposed: list[Any]) -> None:
-        parts = self.placement.setdefault(name, [])
+    @staticmethod
+    def _placements(lo: int, hi: int, proposed: Any) -> list[dict[str, Any]]:
+        """Placement records of partitions ``lo..hi-1`` (epoch 1), validated."""
+        if not isinstance(proposed, list):
+            raise TypeError("placement must be a list")
+        out = []
         for p in range(lo, hi):
-            reps = list(proposed[p]) if p < len(proposed) and proposed[p] else []
-            parts.append({"replicas": reps, "leader": reps[0] if reps else "", "epoch": 1})
+            reps = proposed[p] if p < len(proposed) and proposed[p] else []
+            if not isinstance(reps, list) or not all(isinstance(r, str) for r in reps):
+                raise TypeError(f"placement of partition {p} must be a list of node ids")
+            out.append({"replicas": list(reps), "leader": reps[0] if reps else "", "epoch": 1})
+        return out
 
     def _op_delete_topic(self, index: int, cmd: dict[str, Any]) -> Result:
         name = cmd["name"]
@@ -186,10 +204,13 @@ class Metadata:
         raw = msgspec.msgpack.decode(data)
         if not isinstance(raw, dict) or raw.get("v") != 1:
             raise ValueError("not a sprawl metadata snapshot")
-        m.applied = int(raw["applied"])
-        m.topics = raw["topics"]
-        m.placement = raw["placement"]
-        m.nodes = raw["nodes"]
+        try:
+            m.applied = int(raw["applied"])
+            m.topics = raw["topics"]
+            m.placement = raw["placement"]
+            m.nodes = raw["nodes"]
+        except KeyError as e:
+            raise ValueError(f"metadata snapshot without {e}") from None
         return m
 
     def copy(self) -> Metadata:

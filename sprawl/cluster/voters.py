@@ -7,9 +7,11 @@ the cluster walks towards its target one step per committed change:
 1. a live member that Raft does not know joins as a learner;
 2. a caught-up learner is promoted while there are fewer voters than the
    target, or when it will replace a voter dead for longer than the grace;
-3. a voter dead for longer than the grace is removed -- only when the voters
-   left still hold a majority of the voters before the removal, so a cluster
-   never shrinks below a majority of what it was (1-of-2 is refused);
+3. a voter dead for longer than the grace is removed -- only when the number
+   of voters left is still a majority of the number before the removal, so a
+   cluster never shrinks below a majority of what it was (1-of-2 is
+   refused); whether the change can commit at all is Raft's business (it
+   needs a live majority of the current voters);
 4. a learner dead for longer than the grace is removed.
 
 The target is 1 voter below 3 live members, 3 below 5, else 5: even-sized

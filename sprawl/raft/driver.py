@@ -8,8 +8,8 @@ Each Ready is handled strictly in the order Raft's safety needs:
    on the storage writer thread (:meth:`LmdbRaftStorage.save_ready`);
 2. **send** the messages (only now: a vote or an append acknowledgement must
    never leave before what it promises is on disk);
-3. **apply** a received snapshot, then the committed entries, one at a time,
-   waiting for each application's own durable side effects;
+3. **apply** a received snapshot, then the committed entries in order,
+   waiting until every application's own durable side effects are done;
 4. **advance** the core.
 
 Only one Ready is in flight at a time; messages that arrive meanwhile are
@@ -223,15 +223,21 @@ class RaftDriver:
                     await defer.maybeDeferred(self.restore, rd.snapshot)
                     self.applied = max(self.applied, rd.snapshot.meta.index)
                     self.stats.snapshots_installed += 1
+                # Entries are applied in order without waiting for each one's
+                # durable side effects (the storage writer commits them in
+                # order, grouped); the Ready is done once all of them are.
+                side_effects: list[defer.Deferred[Any]] = []
                 for e in rd.committed_entries:
                     if e.index <= self.applied:
                         continue
                     if e.type == EntryType.CONF_CHANGE:
                         self.node.apply_conf_change(ConfChange.decode(e.data))
                     elif e.data:
-                        await defer.maybeDeferred(self.apply, e)
+                        side_effects.append(defer.maybeDeferred(self.apply, e))
                     self.applied = e.index
                     self._applied(e.index)
+                if side_effects:
+                    await defer.gatherResults(side_effects, consumeErrors=True)
                 for rs in rd.read_states:
                     d = self._reads.pop(rs.request_ctx, None)
                     if d is not None:
@@ -269,12 +275,6 @@ class RaftDriver:
         if ss.lead != self._lead:
             self.stats.leader_changes += 1
             self.stats.last_leader_change = time.time()
-            log.info(
-                "raft: leader is now {leader} (term {term}, this node {role})",
-                leader=ss.lead,
-                term=self.node.term,
-                role=ss.role.value,
-            )
         self._lead, self._role = ss.lead, ss.role
         for fn in self.on_soft_state:
             fn()

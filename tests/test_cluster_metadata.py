@@ -1,0 +1,361 @@
+"""The replicated cluster metadata state machine (:mod:`sprawl.cluster.metadata`): pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sprawl.cluster.metadata import Metadata, decode_command, encode_command
+
+
+def err(result: dict[str, Any]) -> tuple[str, int]:
+    """The (code, status) of an error result."""
+    assert set(result) == {"error"}, result
+    e = result["error"]
+    assert isinstance(e["message"], str) and e["message"]
+    return e["code"], e["status"]
+
+
+def topic(name: str = "t", idx: int = 1, **config: Any) -> tuple[Metadata, dict[str, Any]]:
+    """A Metadata holding topic ``name`` created at ``idx`` with ``config``, and the result."""
+    m = Metadata()
+    r = m.apply(idx, {"op": "put_topic", "name": name, "config": config})
+    return m, r
+
+
+def test_put_topic_creates_with_placement() -> None:
+    """A new topic is created with its known config fields only, one placement per partition
+    (replicas/leader from the proposal, epoch 1), and its creation index."""
+    m = Metadata()
+    r = m.apply(
+        7,
+        {
+            "op": "put_topic",
+            "name": "t",
+            "config": {"partitions": 2, "storage": "memory", "local_path": "/x"},
+            "placement": [["a", "b"], None],
+        },
+    )
+    assert r == {"created": True, "created_index": 7}
+    assert m.topics["t"] == {
+        "config": {"partitions": 2, "storage": "memory"},
+        "created_index": 7,
+        "groups": {},
+    }
+    assert m.placement["t"] == [
+        {"replicas": ["a", "b"], "leader": "a", "epoch": 1},
+        {"replicas": [], "leader": "", "epoch": 1},
+    ]
+    assert m.applied == 7
+
+
+def test_put_topic_update_grows_partitions() -> None:
+    """Updating an existing topic replaces its config, keeps the creation index and
+    places only the added partitions (existing placements untouched)."""
+    m, _ = topic(partitions=1, retention_ms=5)
+    m.placement["t"][0]["epoch"] = 4
+    r = m.apply(
+        9, {"op": "put_topic", "name": "t", "config": {"partitions": 3}, "placement": [[], ["x"], ["y"]]}
+    )
+    assert r == {"created": False, "created_index": 1}
+    assert m.topics["t"]["config"] == {"partitions": 3}
+    assert [p["replicas"] for p in m.placement["t"]] == [[], ["x"], ["y"]]
+    assert m.placement["t"][0]["epoch"] == 4
+
+
+def test_put_topic_if_absent_leaves_existing() -> None:
+    """if_absent on an existing topic changes nothing and reports the original creation."""
+    m, _ = topic(partitions=2)
+    before = m.copy()
+    r = m.apply(5, {"op": "put_topic", "name": "t", "config": {"partitions": 1}, "if_absent": True})
+    assert r == {"created": False, "created_index": 1}
+    assert m == before
+
+
+def test_partitions_cannot_shrink() -> None:
+    """Lowering partitions is refused with 409 partitions_shrink and leaves the state alone."""
+    m, _ = topic(partitions=3)
+    before = m.copy()
+    assert err(m.apply(2, {"op": "put_topic", "name": "t", "config": {"partitions": 2}})) == (
+        "partitions_shrink",
+        409,
+    )
+    assert m == before
+
+
+def test_partitions_shrink_against_default() -> None:
+    """A config without partitions means 1, so going from 2 to unspecified is a shrink."""
+    m, _ = topic(partitions=2)
+    assert err(m.apply(2, {"op": "put_topic", "name": "t", "config": {}}))[0] == "partitions_shrink"
+
+
+def test_storage_cannot_change() -> None:
+    """Changing storage (including implicitly from the durable default) is 409 storage_change."""
+    m, _ = topic(storage="memory")
+    before = m.copy()
+    assert err(m.apply(2, {"op": "put_topic", "name": "t", "config": {}})) == ("storage_change", 409)
+    assert err(m.apply(3, {"op": "put_topic", "name": "t", "config": {"storage": "durable"}})) == (
+        "storage_change",
+        409,
+    )
+    assert m == before
+
+
+def test_delete_topic() -> None:
+    """Deleting removes the topic and its placement; deleting a missing topic is 404."""
+    m, _ = topic()
+    assert m.apply(2, {"op": "delete_topic", "name": "t"}) == {"deleted": True}
+    assert m.topics == {} and m.placement == {}
+    assert err(m.apply(3, {"op": "delete_topic", "name": "t"})) == ("topic_not_found", 404)
+
+
+def test_recreated_topic_starts_fresh() -> None:
+    """A topic deleted and created again gets the new creation index, no old groups."""
+    m, _ = topic()
+    m.apply(2, {"op": "put_group", "topic": "t", "group": "g", "config": {}})
+    m.apply(3, {"op": "delete_topic", "name": "t"})
+    assert m.apply(4, {"op": "put_topic", "name": "t", "config": {}}) == {"created": True, "created_index": 4}
+    assert m.topics["t"]["groups"] == {}
+    assert len(m.placement["t"]) == 1
+
+
+def test_groups() -> None:
+    """put_group creates then updates (created flag); delete_group deletes, then 404s;
+    a group on a missing topic is 404 topic_not_found."""
+    m, _ = topic()
+    assert m.apply(2, {"op": "put_group", "topic": "t", "group": "g", "config": {"a": 1}}) == {
+        "created": True
+    }
+    assert m.apply(3, {"op": "put_group", "topic": "t", "group": "g", "config": {"a": 2}}) == {
+        "created": False
+    }
+    assert m.topics["t"]["groups"] == {"g": {"a": 2}}
+    assert err(m.apply(4, {"op": "put_group", "topic": "nope", "group": "g", "config": {}})) == (
+        "topic_not_found",
+        404,
+    )
+    assert m.apply(5, {"op": "delete_group", "topic": "t", "group": "g"}) == {"deleted": True}
+    assert err(m.apply(6, {"op": "delete_group", "topic": "t", "group": "g"})) == ("group_not_found", 404)
+    assert err(m.apply(7, {"op": "delete_group", "topic": "nope", "group": "g"})) == ("group_not_found", 404)
+
+
+def test_put_node_and_lookup() -> None:
+    """put_node registers/overwrites a node; node_name maps a raft id back to it."""
+    m = Metadata()
+    assert m.apply(1, {"op": "put_node", "node_id": "a", "raft_id": 3, "peer": "h:1"}) == {"ok": True}
+    assert m.nodes["a"] == {"raft_id": 3, "peer": "h:1", "http": ""}
+    m.apply(2, {"op": "put_node", "node_id": "a", "raft_id": 4})
+    assert m.node_name(4) == "a"
+    assert m.node_name(3) is None
+
+
+def test_set_partition_epoch_fencing() -> None:
+    """set_partition needs an epoch above the current one: equal or lower is 409
+    stale_epoch and changes nothing; a higher one replaces replicas/leader/epoch."""
+    m, _ = topic(partitions=2)
+    cmd = {"op": "set_partition", "topic": "t", "partition": 1, "replicas": ["a", "b"], "leader": "b"}
+    assert err(m.apply(2, {**cmd, "epoch": 1})) == ("stale_epoch", 409)
+    assert m.apply(3, {**cmd, "epoch": 5}) == {"epoch": 5}
+    assert m.placement["t"][1] == {"replicas": ["a", "b"], "leader": "b", "epoch": 5}
+    before = m.copy()
+    assert err(m.apply(4, {**cmd, "epoch": 4, "leader": "a"})) == ("stale_epoch", 409)
+    assert err(m.apply(5, {**cmd, "epoch": 5, "leader": "a"})) == ("stale_epoch", 409)
+    assert m == before
+
+
+@pytest.mark.parametrize(("t", "p"), [("t", 2), ("t", -1), ("nope", 0)])
+def test_set_partition_missing(t: str, p: int) -> None:
+    """A partition out of range (or of a missing topic) is 404 partition_not_found."""
+    m, _ = topic(partitions=2)
+    cmd = {"op": "set_partition", "topic": t, "partition": p, "replicas": [], "leader": "", "epoch": 9}
+    assert err(m.apply(2, cmd)) == ("partition_not_found", 404)
+
+
+@pytest.mark.parametrize("op", ["bogus", "", None, 5, "_place", "__init__"])
+def test_unknown_op(op: Any) -> None:
+    """An unknown or non-string op (including names of private methods) is 400 unknown_command."""
+    m, _ = topic()
+    before = m.copy()
+    assert err(m.apply(2, {"op": op, "name": "t"})) == ("unknown_command", 400)
+    assert m == before
+
+
+def test_missing_op() -> None:
+    """A command without an op is an unknown command, not an exception."""
+    assert err(Metadata().apply(1, {}))[0] == "unknown_command"
+
+
+MALFORMED = [
+    {"op": "put_topic"},
+    {"op": "put_topic", "name": "t"},
+    {"op": "put_topic", "name": "t", "config": 5},
+    {"op": "put_topic", "name": "t", "config": None},
+    {"op": "put_topic", "name": ["unhashable"], "config": {}},
+    {"op": "delete_topic"},
+    {"op": "put_group", "topic": "t", "group": "g"},
+    {"op": "put_group", "topic": "t", "group": "g", "config": "ab"},
+    {"op": "put_group", "topic": "t", "group": "g", "config": 3},
+    {"op": "delete_group", "topic": "t"},
+    {"op": "put_node", "node_id": "a"},
+    {"op": "put_node", "node_id": "a", "raft_id": "x"},
+    {"op": "set_partition", "topic": "t", "partition": "x", "epoch": 2, "replicas": [], "leader": ""},
+    {"op": "set_partition", "topic": "t", "partition": 0, "epoch": 2, "replicas": 5, "leader": ""},
+    {"op": "set_partition", "topic": "t", "partition": 0, "epoch": "late", "replicas": [], "leader": ""},
+    {"op": "set_partition", "topic": "t", "partition": 0, "epoch": 2, "leader": ""},
+]
+
+
+@pytest.mark.parametrize("cmd", MALFORMED)
+def test_malformed_command_is_an_error_result(cmd: dict[str, Any]) -> None:
+    """A malformed command yields a 400 malformed_command result (never an exception)
+    and leaves the state unchanged."""
+    m, _ = topic()
+    before = m.copy()
+    assert err(m.apply(2, cmd)) == ("malformed_command", 400)
+    assert m == before
+
+
+PARTIAL = [
+    pytest.param({"op": "put_topic", "name": "n", "config": {"partitions": "3"}}, id="create-partitions-str"),
+    pytest.param({"op": "put_topic", "name": "n", "config": {}, "placement": 5}, id="create-placement-int"),
+    pytest.param(
+        {"op": "put_topic", "name": "t", "config": {"partitions": 3}, "placement": [None, None, 7]},
+        id="update-placement-bad-entry",
+    ),
+]
+
+
+@pytest.mark.parametrize("cmd", PARTIAL)
+def test_malformed_put_topic_is_not_half_applied(cmd: dict[str, Any]) -> None:
+    """A put_topic whose partitions/placement are malformed is an error result AND changes
+    nothing: an error must not leave a topic whose config disagrees with its placement."""
+    m, _ = topic(partitions=1)
+    before = m.copy()
+    assert err(m.apply(2, cmd)) == ("malformed_command", 400)
+    assert m == before
+
+
+def test_decode_command() -> None:
+    """decode_command returns maps with a string op and None for anything else."""
+    assert decode_command(encode_command({"op": "noop"})) == {"op": "noop"}
+    for bad in (b"", b"\xc1", msgspec.msgpack.encode([1]), encode_command({"op": 1}), encode_command({})):
+        assert decode_command(bad) is None
+
+
+def test_snapshot_restore_round_trip() -> None:
+    """restore(snapshot()) gives an equal state (topics, placement, nodes, applied)."""
+    m, _ = topic(partitions=2, storage="memory")
+    m.apply(2, {"op": "put_group", "topic": "t", "group": "g", "config": {"x": [1, 2]}})
+    m.apply(3, {"op": "put_node", "node_id": "a", "raft_id": 1, "http": "h"})
+    m.apply(
+        4, {"op": "set_partition", "topic": "t", "partition": 0, "replicas": ["a"], "leader": "a", "epoch": 2}
+    )
+    r = Metadata.restore(m.snapshot())
+    assert r == m
+    assert r.applied == 4
+    assert Metadata.restore(b"") == Metadata()
+    assert Metadata() != m
+
+
+def test_restore_refuses_foreign_bytes() -> None:
+    """restore refuses a map that is not a version-1 metadata snapshot."""
+    with pytest.raises(ValueError):
+        Metadata.restore(encode_command({"v": 2}))
+    with pytest.raises(ValueError):
+        Metadata.restore(msgspec.msgpack.encode([1]))
+
+
+# -- determinism ---------------------------------------------------------------
+
+names = st.sampled_from(["a", "b", "c"])
+small = st.integers(-1, 4)
+anything = st.one_of(st.none(), st.integers(-2, 5), st.text(max_size=2), st.lists(names, max_size=2))
+commands = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "op": st.just("put_topic"),
+            "name": names,
+            "config": st.fixed_dictionaries(
+                {},
+                optional={
+                    "partitions": st.integers(0, 4),
+                    "storage": st.sampled_from(["durable", "memory"]),
+                    "retention_ms": small,
+                    "junk": small,
+                },
+            ),
+        },
+        optional={
+            "if_absent": st.booleans(),
+            "placement": st.lists(st.one_of(st.none(), st.lists(names, max_size=3)), max_size=4),
+        },
+    ),
+    st.fixed_dictionaries({"op": st.just("delete_topic"), "name": names}),
+    st.fixed_dictionaries(
+        {"op": st.just("put_group"), "topic": names, "group": names, "config": st.dictionaries(names, small)}
+    ),
+    st.fixed_dictionaries({"op": st.just("delete_group"), "topic": names, "group": names}),
+    st.fixed_dictionaries(
+        {"op": st.just("put_node"), "node_id": names, "raft_id": small}, optional={"peer": names}
+    ),
+    st.fixed_dictionaries(
+        {
+            "op": st.just("set_partition"),
+            "topic": names,
+            "partition": small,
+            "epoch": small,
+            "replicas": st.lists(names, max_size=3),
+            "leader": names,
+        }
+    ),
+    st.fixed_dictionaries({"op": st.sampled_from(["noop", "bogus"])}),
+    st.dictionaries(st.sampled_from(["op", "name", "topic", "config", "epoch"]), anything),
+)
+
+
+def wire(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The commands as a replica decodes them from log entries (None: not a command)."""
+    out = []
+    for c in cmds:
+        d = decode_command(encode_command(c))
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def replay(m: Metadata, cmds: list[dict[str, Any]], start: int = 1) -> list[dict[str, Any]]:
+    return [m.apply(start + i, c) for i, c in enumerate(cmds)]
+
+
+@given(st.lists(commands, max_size=25))
+def test_same_log_same_state_and_results(cmds: list[dict[str, Any]]) -> None:
+    """Two fresh replicas applying the same decoded log reach equal state and compute
+    equal results; no command raises."""
+    log = wire(cmds)
+    a, b = Metadata(), Metadata()
+    ra, rb = replay(a, log), replay(b, log)
+    assert ra == rb
+    assert a == b
+    assert a.snapshot() == b.snapshot()
+
+
+@given(st.lists(commands, max_size=25), st.integers(0, 25))
+def test_snapshot_at_any_prefix_then_replay_equals_full_replay(cmds: list[dict[str, Any]], cut: int) -> None:
+    """Restoring a snapshot taken after any prefix and replaying the rest gives the same
+    state and the same results for the rest as replaying the whole log."""
+    log = wire(cmds)
+    cut = min(cut, len(log))
+    full = Metadata()
+    full_results = replay(full, log)
+    part = Metadata()
+    replay(part, log[:cut])
+    restored = Metadata.restore(part.snapshot())
+    assert restored.applied == part.applied
+    rest = replay(restored, log[cut:], start=cut + 1)
+    assert rest == full_results[cut:]
+    assert restored == full
+    assert restored.snapshot() == full.snapshot()
