@@ -469,8 +469,11 @@ class SprawlAPI:
     def _linearizable(request: Any) -> bool:
         """``?consistency=linearizable``: answer only after a Raft ReadIndex
         round confirms this node has applied everything committed before."""
-        raw = request.args.get(b"consistency", [b""])[0]
-        if raw in (b"", b"local"):
+        values = request.args.get(b"consistency")
+        if not values:
+            return False
+        raw = values[0]
+        if raw == b"local":
             return False
         if raw == b"linearizable":
             return True
