@@ -406,6 +406,9 @@ async def test_slow_reader_is_cut_off_without_stopping_others(server: Server) ->
     # A small send buffer on the server side of the slow connection, so a few hundred KB fill
     # the path; then the slow client stops reading its socket.
     slow_stream.request.channel.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    # ... and a fixed small receive buffer on the client (no autotuning), so a
+    # paused client's kernel cannot soak up the backlog and unpause the stream.
+    slow.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.transport.pauseProducing()
     big = "x" * 32_000
     sent = 1
