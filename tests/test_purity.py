@@ -38,6 +38,11 @@ PURE = [
     "sprawl.cluster.metadata",
     "sprawl.cluster.placement",
     "sprawl.cluster.voters",
+    "sprawl.replication",
+    "sprawl.replication.epochs",
+    "sprawl.replication.messages",
+    "sprawl.replication.replica",
+    "sprawl.replication.failover",
 ]
 
 _PROBE = """

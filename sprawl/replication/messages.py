@@ -1,0 +1,88 @@
+"""Messages of partition replication.  Pure.
+
+Node ids are strings.  The adapter wraps each message with the partition it
+is about and carries the record payloads of an :class:`Append` beside it; the
+core only sees how many records a batch holds and which epochs wrote them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Append(msgspec.Struct, frozen=True, tag=True):
+    """Leader → follower: records ``[start, start + count)``.
+
+    ``prev_epoch`` is the epoch of the record at ``start - 1`` in the
+    leader's log (the follower must hold the same to accept); ``runs`` are
+    ``(epoch, first_offset)`` of the batch's records; ``hw`` is the leader's
+    high watermark.  ``count == 0`` is a heartbeat (it still carries ``hw``).
+    """
+
+    epoch: int
+    start: int
+    prev_epoch: int
+    count: int
+    runs: tuple[tuple[int, int], ...]
+    hw: int
+    #: The follower must drop its log and restart it at ``start`` (its end is
+    #: below the leader's log start: retention removed what it lacks).
+    reset: bool = False
+
+
+class AppendResp(msgspec.Struct, frozen=True, tag=True):
+    """Follower → leader.  ``ok``: the follower's log matches the leader's up
+    to ``end`` (durably).  Not ok: try again from ``end`` (the divergence
+    hint).  ``epoch`` is the follower's fenced epoch (above the leader's: the
+    leader is stale)."""
+
+    epoch: int
+    ok: bool
+    end: int
+
+
+class Fence(msgspec.Struct, frozen=True, tag=True):
+    """Controller → replica: promise to refuse any leader older than ``epoch``."""
+
+    epoch: int
+
+
+class FenceResp(msgspec.Struct, frozen=True, tag=True):
+    """Replica → controller: the promise holds (``ok``) and the replica's log
+    ends at ``end`` with a record of ``last_epoch``."""
+
+    epoch: int
+    ok: bool
+    last_epoch: int
+    end: int
+
+
+class Assign(msgspec.Struct, frozen=True, tag=True):
+    """Controller → replica: ``leader`` leads in ``epoch`` over ``replicas``."""
+
+    epoch: int
+    leader: str
+    replicas: tuple[str, ...]
+
+
+class LeaderBeat(msgspec.Struct, frozen=True, tag=True):
+    """Leader → controller, every tick: still leading ``epoch``, up to ``hw``."""
+
+    epoch: int
+    hw: int
+    end: int
+
+
+Message = Append | AppendResp | Fence | FenceResp | Assign | LeaderBeat
+
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(m: Message) -> bytes:
+    """msgpack bytes of a message."""
+    return msgspec.msgpack.encode(m)
+
+
+def decode(data: bytes) -> Message:
+    """Inverse of :func:`encode`; raises ``msgspec.DecodeError`` on bad input."""
+    return _decoder.decode(data)

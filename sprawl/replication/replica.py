@@ -1,0 +1,422 @@
+"""One replica of one partition: the leader or a follower.  Pure.
+
+The core decides; the adapter stores and sends.  Every call returns an
+:class:`Output`: first make its :attr:`Output.writes` durable (in order),
+then send its :attr:`Output.messages` -- the same rule as Raft's Ready, and
+for the same reason: an acknowledgement must never promise what is not on
+disk.  The leader's own appends count towards the high watermark only once
+the adapter reports them stored (:meth:`Replica.stored`).
+
+Safety rests on three rules (Raft's, with offsets for indexes and leader
+epochs for terms):
+
+* a follower accepts a batch only when it holds the leader's record before
+  it with the same epoch, and drops its own conflicting suffix -- never
+  anything below its high watermark (that would be losing committed data,
+  and raises :class:`SafetyError`);
+* the leader advances the high watermark to ``N`` only when a majority of
+  the replicas hold ``[0, N)`` and the record at ``N - 1`` is of its own
+  epoch (older records commit with it: Raft's §5.4.2); each new leader
+  writes a control record so that happens without waiting for a publish;
+* a replica that promised the controller epoch ``e`` (:class:`Fence`)
+  refuses every leader of an older epoch, so the controller can pick the
+  most up-to-date replica of a fenced majority as the next leader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sprawl.replication.epochs import EpochCache
+from sprawl.replication.messages import (
+    Append,
+    AppendResp,
+    Assign,
+    Fence,
+    FenceResp,
+    LeaderBeat,
+    Message,
+)
+
+LEADER = "leader"
+FOLLOWER = "follower"
+
+
+class SafetyError(AssertionError):
+    """An invariant of replication would break (a bug, never an input error)."""
+
+
+class NotLeader(Exception):
+    """This replica cannot take publishes now; ``leader`` is the hint (or None)."""
+
+    def __init__(self, leader: str | None, epoch: int) -> None:
+        super().__init__(f"not the leader (leader {leader!r}, epoch {epoch})")
+        self.leader = leader
+        self.epoch = epoch
+
+
+@dataclass
+class Write:
+    """Make the log durable as: drop records at ``truncate_to`` and after (if
+    set), then write ``count`` records at ``start`` -- taken from the incoming
+    batch after skipping its first ``skip`` records, or a control record when
+    ``control`` -- and store ``fenced_epoch`` / ``hw`` when set.  ``reset``
+    drops the whole log and restarts it at ``start`` (the leader no longer has
+    what this replica lacks)."""
+
+    truncate_to: int | None = None
+    start: int = 0
+    count: int = 0
+    skip: int = 0
+    epoch: int = 0
+    control: bool = False
+    reset: bool = False
+    fenced_epoch: int | None = None
+    led_epoch: int | None = None
+    hw: int | None = None
+
+
+@dataclass
+class Output:
+    """What the adapter must do, in order: writes, then messages."""
+
+    writes: list[Write] = field(default_factory=list)
+    messages: list[tuple[str, Message]] = field(default_factory=list)
+
+    def extend(self, other: Output) -> Output:
+        """Append ``other``'s work after this one's."""
+        self.writes.extend(other.writes)
+        self.messages.extend(other.messages)
+        return self
+
+
+@dataclass
+class _Follower:
+    match: int = 0  # the follower holds [0, match) as the leader does
+    next: int = 0  # the next offset to send
+    idle_ticks: int = 0  # ticks since we last sent anything
+    stalled_ticks: int = 0  # ticks with unacknowledged data outstanding
+
+
+class Replica:
+    """One replica's replication state (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        controller: str,
+        *,
+        cache: EpochCache | None = None,
+        fenced_epoch: int = 0,
+        led_epoch: int = 0,
+        hw: int = 0,
+        max_batch: int = 512,
+        max_in_flight: int = 4096,
+        retry_ticks: int = 3,
+    ) -> None:
+        self.id = node_id
+        self.controller = controller
+        self.cache = cache if cache is not None else EpochCache()
+        self.fenced_epoch = fenced_epoch
+        #: The last epoch this replica led (persisted): it never leads it twice.
+        self.led_epoch = led_epoch
+        self.hw = hw
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self.retry_ticks = retry_ticks
+        self.role = FOLLOWER
+        self.epoch = fenced_epoch
+        self.leader: str | None = None
+        self.replicas: tuple[str, ...] = ()
+        self.stored_end = self.cache.end  # on (re)start everything in the log is durable
+        self.followers: dict[str, _Follower] = {}
+        if hw > self.cache.end:
+            raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
+
+    # -- views -----------------------------------------------------------------------
+
+    @property
+    def end(self) -> int:
+        """The log end offset (next offset to be written)."""
+        return self.cache.end
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica leads its partition now."""
+        return self.role == LEADER
+
+    # -- the leader's side -----------------------------------------------------------
+
+    def append(self, count: int) -> tuple[int, Output]:
+        """Take ``count`` new records; returns their first offset and the work
+        (write them, send them on).  Raises :class:`NotLeader`."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader, self.epoch)
+        first = self.cache.end
+        self.cache.append(self.epoch, count)
+        out = Output(writes=[Write(start=first, count=count, epoch=self.epoch)])
+        for fid, f in self.followers.items():
+            if f.next == first:
+                out.extend(self._send(fid, f))
+        return first, out
+
+    def stored(self, end: int) -> Output:
+        """The adapter made this replica's own log durable up to ``end``."""
+        if end > self.stored_end:
+            self.stored_end = min(end, self.cache.end)
+        return self._advance_hw()
+
+    def _send(self, fid: str, f: _Follower, heartbeat: bool = False) -> Output:
+        cache = self.cache
+        out = Output()
+        if f.next < cache.log_start:
+            f.next = cache.log_start  # the follower resets to our log start
+            reset = True
+        else:
+            reset = False
+        count = max(0, min(cache.end - f.next, self.max_batch))
+        if f.next - f.match >= self.max_in_flight:
+            count = 0
+        if count == 0 and not heartbeat:
+            return out
+        start = f.next
+        runs = tuple(
+            (e, max(s, start)) for e, s in cache.runs if s < start + count and _run_end(cache, e) > start
+        )
+        msg = Append(
+            epoch=self.epoch,
+            start=start,
+            prev_epoch=cache.epoch_at(start - 1),
+            count=count,
+            runs=runs,
+            hw=self.hw,
+            reset=reset,
+        )
+        f.next = start + count
+        f.idle_ticks = 0
+        out.messages.append((fid, msg))
+        return out
+
+    def _on_append_resp(self, src: str, m: AppendResp) -> Output:
+        out = Output()
+        if m.epoch > self.epoch:
+            return self._step_down(m.epoch)
+        f = self.followers.get(src)
+        if f is None:
+            return out
+        if m.ok:
+            if m.end > f.match:
+                f.match = m.end
+                f.stalled_ticks = 0
+            f.next = max(f.next, f.match)
+            out.extend(self._advance_hw())
+        else:
+            f.next = max(f.match, min(m.end, f.next))
+            f.stalled_ticks = 0
+        return out.extend(self._send(src, f))
+
+    def _advance_hw(self) -> Output:
+        if self.role != LEADER or not self.replicas:
+            return Output()
+        ends = sorted(
+            [self.stored_end, *(self.followers[r].match for r in self.replicas if r in self.followers)],
+            reverse=True,
+        )
+        majority = len(self.replicas) // 2 + 1
+        if len(ends) < majority:
+            return Output()
+        n = ends[majority - 1]
+        if n > self.hw and self.cache.epoch_at(n - 1) == self.epoch:
+            self.hw = n
+            out = Output(writes=[Write(hw=n)])
+            for fid, f in self.followers.items():  # followers learn the new hw promptly
+                if f.next >= self.cache.end:
+                    out.extend(self._send(fid, f, heartbeat=True))
+            return out
+        return Output()
+
+    def _become_leader(self, epoch: int, replicas: tuple[str, ...]) -> Output:
+        self.role = LEADER
+        self.epoch = epoch
+        self.leader = self.id
+        self.replicas = replicas
+        self.followers = {r: _Follower(match=0, next=self.cache.end) for r in replicas if r != self.id}
+        self.fenced_epoch = max(self.fenced_epoch, epoch)
+        self.led_epoch = epoch
+        out = Output(writes=[Write(fenced_epoch=self.fenced_epoch, led_epoch=epoch)])
+        # The epoch's first record: a control record, so older records commit
+        # (with it) without waiting for a publish.
+        first = self.cache.end
+        self.cache.append(epoch, 1)
+        out.writes.append(Write(start=first, count=1, epoch=epoch, control=True))
+        for fid, f in self.followers.items():
+            out.extend(self._send(fid, f, heartbeat=True))
+        out.messages.append((self.controller, LeaderBeat(epoch, self.hw, self.cache.end)))
+        return out
+
+    def _step_down(self, epoch: int) -> Output:
+        out = Output()
+        if epoch > self.fenced_epoch:
+            self.fenced_epoch = epoch
+            out.writes.append(Write(fenced_epoch=epoch))
+        if epoch > self.epoch or self.role == LEADER:
+            self.role = FOLLOWER
+            self.leader = None
+            self.followers = {}
+            self.epoch = max(self.epoch, epoch)
+        return out
+
+    # -- the follower's side ---------------------------------------------------------
+
+    def _on_append(self, src: str, m: Append) -> Output:
+        out = Output()
+        cache = self.cache
+        if m.epoch < self.fenced_epoch:
+            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end)))
+            return out
+        if self.role == LEADER and m.epoch == self.epoch:
+            raise SafetyError(f"{src} sent appends of epoch {m.epoch}, which {self.id} leads")
+        if m.epoch > self.fenced_epoch or self.role == LEADER:
+            out.extend(self._step_down(m.epoch))
+        self.epoch = m.epoch
+        self.leader = src
+        self.role = FOLLOWER
+        if m.reset and m.start > cache.end:
+            if self.hw > m.start:
+                raise SafetyError(f"reset to {m.start} below high watermark {self.hw}")
+            cache.runs, cache.log_start, cache.end, cache.base_epoch = [], m.start, m.start, m.prev_epoch
+            self.stored_end = m.start
+            out.writes.append(Write(start=m.start, reset=True, epoch=m.prev_epoch))
+        if m.start > cache.end:
+            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end)))
+            return out
+        if m.start > cache.log_start and cache.epoch_at(m.start - 1) != m.prev_epoch:
+            ours = cache.epoch_at(m.start - 1)
+            hint = cache.first_offset_of(ours) if ours >= 0 else m.start - 1
+            if self.hw > m.start - 1:
+                raise SafetyError(
+                    f"leader of epoch {m.epoch} disagrees at offset {m.start - 1} below the "
+                    f"high watermark {self.hw}"
+                )
+            out.messages.append(
+                (src, AppendResp(self.fenced_epoch, False, max(hint, self.hw, cache.log_start)))
+            )
+            return out
+        batch_end = m.start + m.count
+        # Find the first offset where our log and the batch disagree.
+        conflict = None
+        for o in range(max(m.start, cache.log_start), min(batch_end, cache.end)):
+            if cache.epoch_at(o) != _epoch_in(m.runs, o):
+                conflict = o
+                break
+        write = Write()
+        if conflict is not None:
+            if conflict < self.hw:
+                raise SafetyError(f"truncating at {conflict} below the high watermark {self.hw}")
+            cache.truncate(conflict)
+            self.stored_end = min(self.stored_end, conflict)
+            write.truncate_to = conflict
+        first_new = max(m.start, cache.end)
+        if first_new < batch_end:
+            write.start = first_new
+            write.count = batch_end - first_new
+            write.skip = first_new - m.start
+            for e, s in m.runs:
+                run_end = _next_start(m.runs, e, batch_end)
+                lo, hi = max(s, first_new), run_end
+                if hi > lo:
+                    cache.append(e, hi - lo)
+            self.stored_end = cache.end
+        new_hw = max(self.hw, min(m.hw, batch_end))
+        if new_hw > self.hw:
+            self.hw = new_hw
+            write.hw = new_hw
+        if write.truncate_to is not None or write.count or write.hw is not None:
+            out.writes.append(write)
+        out.messages.append((src, AppendResp(self.fenced_epoch, True, batch_end)))
+        return out
+
+    def _on_fence(self, src: str, m: Fence) -> Output:
+        if m.epoch < self.fenced_epoch:
+            return Output(messages=[(src, FenceResp(m.epoch, False, self.cache.last_epoch, self.cache.end))])
+        out = self._step_down(m.epoch) if m.epoch > self.fenced_epoch else Output()
+        out.messages.append((src, FenceResp(m.epoch, True, self.cache.last_epoch, self.cache.end)))
+        return out
+
+    def _on_assign(self, src: str, m: Assign) -> Output:
+        if m.epoch < self.fenced_epoch:
+            return Output()
+        if m.leader == self.id:
+            if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so
+                return Output(messages=[(self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end))])
+            if self.led_epoch >= m.epoch:
+                # Led this epoch before a restart: leading it again could write a
+                # second, different record at an (offset, epoch) a follower
+                # already holds.  Stay silent; the controller moves to a new epoch.
+                return Output()
+            return self._become_leader(m.epoch, tuple(m.replicas))
+        if self.role == LEADER and self.epoch == m.epoch:
+            raise SafetyError(f"{m.leader} assigned epoch {m.epoch}, which {self.id} leads")
+        out = self._step_down(m.epoch)
+        self.epoch = m.epoch
+        self.leader = m.leader
+        self.replicas = tuple(m.replicas)
+        return out
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def receive(self, src: str, m: Message) -> Output:
+        """Handle one message."""
+        if isinstance(m, Append):
+            return self._on_append(src, m)
+        if isinstance(m, AppendResp):
+            return self._on_append_resp(src, m) if self.role == LEADER else Output()
+        if isinstance(m, Fence):
+            return self._on_fence(src, m)
+        if isinstance(m, Assign):
+            return self._on_assign(src, m)
+        return Output()
+
+    def tick(self) -> Output:
+        """One tick: a leader heartbeats idle followers, resends what seems
+        lost, and tells the controller it still leads."""
+        out = Output()
+        if self.role != LEADER:
+            return out
+        for fid, f in self.followers.items():
+            f.idle_ticks += 1
+            if f.next > f.match:
+                f.stalled_ticks += 1
+                if f.stalled_ticks >= self.retry_ticks:
+                    f.next = f.match  # assume the batches in flight were lost
+                    f.stalled_ticks = 0
+            if f.idle_ticks >= 1:
+                out.extend(self._send(fid, f, heartbeat=True))
+        out.messages.append((self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end)))
+        return out
+
+
+def _epoch_in(runs: tuple[tuple[int, int], ...], offset: int) -> int:
+    """The epoch of ``offset`` within a batch's runs."""
+    epoch = -1
+    for e, s in runs:
+        if s <= offset:
+            epoch = e
+        else:
+            break
+    return epoch
+
+
+def _next_start(runs: tuple[tuple[int, int], ...], epoch: int, end: int) -> int:
+    """Where the run of ``epoch`` in a batch ends."""
+    for i, (e, _s) in enumerate(runs):
+        if e == epoch:
+            return runs[i + 1][1] if i + 1 < len(runs) else end
+    return end
+
+
+def _run_end(cache: EpochCache, epoch: int) -> int:
+    for i, (e, _s) in enumerate(cache.runs):
+        if e == epoch:
+            return cache.runs[i + 1][1] if i + 1 < len(cache.runs) else cache.end
+    return cache.end

@@ -1,0 +1,131 @@
+"""Unit tests of the pure replication cores: the epoch cache, a leader and
+two followers exchanging messages by hand, and the controller's pick."""
+
+from __future__ import annotations
+
+import pytest
+
+from sprawl.replication.epochs import EpochCache
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import (
+    Append,
+    AppendResp,
+    Assign,
+    Fence,
+    FenceResp,
+    LeaderBeat,
+)
+from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, SafetyError
+
+
+def test_epoch_cache_answers_epochs_and_epoch_ends() -> None:
+    """Runs answer "which epoch wrote offset o" and "where does epoch e end"."""
+    c = EpochCache()
+    c.append(1, 5)
+    c.append(3, 4)
+    c.append(4, 3)
+    assert c.end == 12 and c.runs == [(1, 0), (3, 5), (4, 9)]
+    assert [c.epoch_at(o) for o in (0, 4, 5, 8, 9, 11)] == [1, 1, 3, 3, 4, 4]
+    assert c.epoch_at(12) == -1 and c.epoch_at(-1) == 0
+    assert c.end_of_epoch(2) == 5 and c.end_of_epoch(3) == 9 and c.end_of_epoch(9) == 12
+    assert c.first_offset_of(3) == 5 and c.last_epoch == 4
+    c.truncate(7)
+    assert c.end == 7 and c.runs == [(1, 0), (3, 5)]
+    with pytest.raises(ValueError):
+        c.append(2, 1)  # epochs never go back
+
+
+def test_leader_commits_on_a_majority_and_followers_learn_the_high_watermark() -> None:
+    """The high watermark moves only once a majority stores the records, and
+    reaches the followers; a non-leader refuses publishes with a hint."""
+    reps = ("a", "b", "c")
+    nodes = {r: Replica(r, "ctrl") for r in reps}
+    ctrl: list[tuple[str, object]] = []
+    out = nodes["a"].receive("ctrl", Assign(1, "a", reps))
+    out.extend(nodes["a"].stored(nodes["a"].end))
+    assert nodes["a"].is_leader and nodes["a"].hw == 0  # the control record alone is not committed yet
+    _route(out, nodes, ctrl, drop={"c"})
+    first, out = nodes["a"].append(3)
+    out.extend(nodes["a"].stored(nodes["a"].end))
+    assert first == 1 and nodes["a"].hw <= 1
+    _route(out, nodes, ctrl, drop={"c"})
+    assert nodes["a"].hw == 4  # a + b: a majority of 3
+    assert nodes["b"].hw == 4 and nodes["c"].end == 0
+    with pytest.raises(NotLeader) as e:
+        nodes["b"].append(1)
+    assert e.value.leader == "a"
+
+
+def _route(out: Output, nodes: dict[str, Replica], ctrl: list, drop: set[str]) -> None:
+    queue = [("a", dst, m) for dst, m in out.messages]
+    for _ in range(1000):
+        if not queue:
+            return
+        src, dst, m = queue.pop(0)
+        if dst == "ctrl":
+            ctrl.append((src, m))
+            continue
+        if dst in drop:
+            continue
+        node = nodes[dst]
+        res = node.receive(src, m)  # type: ignore[arg-type]
+        if node.role == LEADER:
+            res.extend(node.stored(node.end))
+        queue.extend((dst, d, mm) for d, mm in res.messages)
+    raise AssertionError("message storm")
+
+
+def test_follower_truncates_a_divergent_uncommitted_suffix() -> None:
+    """A follower holding records of an old epoch that the new leader lacks
+    drops them (above its high watermark) and takes the leader's."""
+    f = Replica("f", "ctrl")
+    f.receive("old", Append(epoch=1, start=0, prev_epoch=0, count=4, runs=((1, 0),), hw=2))
+    assert f.end == 4 and f.hw == 2
+    out = f.receive("new", Append(epoch=2, start=2, prev_epoch=1, count=2, runs=((2, 2),), hw=2))
+    assert out.writes[-1].truncate_to == 2
+    assert f.cache.runs == [(1, 0), (2, 2)] and f.end == 4
+    assert out.messages[-1][1] == AppendResp(2, True, 4)
+
+
+def test_follower_never_truncates_below_its_high_watermark() -> None:
+    """A leader that disagrees below the follower's high watermark is a safety bug, and raises."""
+    f = Replica("f", "ctrl")
+    f.receive("old", Append(epoch=1, start=0, prev_epoch=0, count=4, runs=((1, 0),), hw=4))
+    with pytest.raises(SafetyError):
+        f.receive("bad", Append(epoch=2, start=1, prev_epoch=1, count=2, runs=((2, 1),), hw=0))
+
+
+def test_fenced_replica_refuses_the_old_leader() -> None:
+    """After Fence(2) a replica answers epoch-1 appends with a refusal naming epoch 2."""
+    f = Replica("f", "ctrl")
+    out = f.receive("ctrl", Fence(2))
+    assert out.writes[0].fenced_epoch == 2 and out.messages == [("ctrl", FenceResp(2, True, 0, 0))]
+    out = f.receive("old", Append(epoch=1, start=0, prev_epoch=0, count=1, runs=((1, 0),), hw=0))
+    assert out.messages == [("old", AppendResp(2, False, 0))] and f.end == 0
+
+
+def test_a_restarted_leader_never_leads_the_same_epoch_again() -> None:
+    """Assign(e, me) after a restart at led_epoch e is ignored (a new epoch is needed)."""
+    r = Replica("a", "ctrl", fenced_epoch=3, led_epoch=3)
+    assert r.receive("ctrl", Assign(3, "a", ("a", "b", "c"))).messages == []
+    assert not r.is_leader
+    assert r.receive("ctrl", Assign(4, "a", ("a", "b", "c"))).writes[0].led_epoch == 4
+    assert r.is_leader
+
+
+def test_controller_picks_the_most_up_to_date_of_a_fenced_majority() -> None:
+    """Failover fences epoch+1, waits for a majority, picks max (last_epoch, end), commits, then assigns."""
+    c = FailoverCore(("a", "b", "c"), epoch=1, leader="a", beat_timeout_ticks=2)
+    for _ in range(2):  # within the timeout: only the (unconfirmed) assignment is repeated
+        assert c.tick().messages == [("a", Assign(1, "a", ("a", "b", "c")))]
+    out = c.tick()  # silent past the timeout
+    assert sorted(out.messages) == [("a", Fence(2)), ("b", Fence(2)), ("c", Fence(2))]
+    assert c.receive("b", FenceResp(2, True, 1, 7)).commit is None
+    out = c.receive("c", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "c" and out.commit.epoch == 2
+    assert c.leader == "a"  # nothing changes until committed
+    out = c.committed()
+    assert c.epoch == 2 and c.leader == "c"
+    assert ("c", Assign(2, "c", ("a", "b", "c"))) in out.messages
+    c.receive("c", LeaderBeat(2, 0, 10))
+    assert c.leader_confirmed
