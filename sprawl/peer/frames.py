@@ -27,6 +27,8 @@ import msgspec
 CHALLENGE = 1
 HELLO = 2
 RAFT = 3
+REQUEST = 4
+RESPONSE = 5
 
 #: Largest frame a node accepts by default (a Raft snapshot must fit).
 MAX_FRAME = 64 << 20

@@ -1,0 +1,189 @@
+"""Request/response calls over the peer channel (forwarding to partition
+leaders, replication catch-up).  An adapter on :class:`PeerChannel`.
+
+A call is a :data:`REQUEST` frame ``{id, method, hops, body}``; the answer is
+a :data:`RESPONSE` frame ``{id, ok, body}`` sent back on the answering node's
+own connection to the caller (connections are one-way).  Bodies are anything
+msgpack carries.  Every call has a deadline; calls to a peer whose connection
+fails are failed at once; the number of calls waiting is bounded; a request
+that has been forwarded ``max_hops`` times is refused (routing loops end).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.errors import Overloaded, SprawlError, Unavailable
+from sprawl.peer.frames import REQUEST, RESPONSE
+from sprawl.peer.tcp import PeerChannel
+
+log = Logger()
+
+Handler = Callable[[str, Any, int], Any]
+
+
+class RemoteError(SprawlError):
+    """The peer answered with an error (its status, code and message)."""
+
+
+class _Request(msgspec.Struct, frozen=True, array_like=True):
+    id: int
+    method: str
+    hops: int
+    body: Any
+
+
+class _Response(msgspec.Struct, frozen=True, array_like=True):
+    id: int
+    ok: bool
+    body: Any
+
+
+_req_decoder = msgspec.msgpack.Decoder(_Request)
+_resp_decoder = msgspec.msgpack.Decoder(_Response)
+
+
+class PeerRPC:
+    """Calls to and from peers (see the module docstring)."""
+
+    def __init__(
+        self,
+        channel: PeerChannel,
+        reactor: Any,
+        *,
+        timeout: float = 10.0,
+        max_pending: int = 10_000,
+        max_hops: int = 3,
+    ) -> None:
+        self.channel = channel
+        self.reactor = reactor
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.max_hops = max_hops
+        self.handlers: dict[str, Handler] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[str, defer.Deferred[Any], Any]] = {}
+        self.dropped = 0
+        channel.handlers[REQUEST] = self._on_request
+        channel.handlers[RESPONSE] = self._on_response
+        previous = channel.on_unreachable
+
+        def unreachable(peer: str) -> None:
+            previous(peer)
+            self._fail_peer(peer)
+
+        channel.on_unreachable = unreachable
+
+    def register(self, method: str, handler: Handler) -> None:
+        """Answer ``method`` with ``handler(caller, body, hops)`` (a value or a Deferred)."""
+        self.handlers[method] = handler
+
+    def call(
+        self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float | None = None
+    ) -> defer.Deferred[Any]:
+        """Call ``method`` on ``peer``; fires with its answer's body, or fails
+        with :class:`RemoteError`, or 503 ``peer_unreachable`` / ``peer_timeout``."""
+        if len(self._pending) >= self.max_pending:
+            return defer.fail(Overloaded("too many calls to peers in flight", retry_after=1))
+        rid = next(self._ids)
+        d: defer.Deferred[Any] = defer.Deferred()
+        payload = msgspec.msgpack.encode(_Request(rid, method, hops, body))
+        if not self.channel.send(peer, REQUEST, payload):
+            return defer.fail(Unavailable(f"peer {peer} cannot be reached now", code="peer_unreachable"))
+        timer = self.reactor.callLater(timeout if timeout is not None else self.timeout, self._expire, rid)
+        self._pending[rid] = (peer, d, timer)
+        return d
+
+    def _expire(self, rid: int) -> None:
+        entry = self._pending.pop(rid, None)
+        if entry is not None:
+            entry[1].errback(Unavailable(f"peer {entry[0]} did not answer in time", code="peer_timeout"))
+
+    def _fail_peer(self, peer: str) -> None:
+        for rid, (p, d, timer) in list(self._pending.items()):
+            if p == peer:
+                del self._pending[rid]
+                if timer.active():
+                    timer.cancel()
+                d.errback(Unavailable(f"connection to peer {peer} failed", code="peer_unreachable"))
+
+    def _on_response(self, peer: str, payload: bytes) -> None:
+        try:
+            r = _resp_decoder.decode(payload)
+        except msgspec.DecodeError:
+            self.dropped += 1
+            return
+        entry = self._pending.get(r.id)
+        if entry is None or entry[0] != peer:
+            self.dropped += 1  # late (timed out), or not ours
+            return
+        del self._pending[r.id]
+        if entry[2].active():
+            entry[2].cancel()
+        if r.ok:
+            entry[1].callback(r.body)
+            return
+        err = r.body if isinstance(r.body, dict) else {}
+        entry[1].errback(
+            RemoteError(
+                str(err.get("message", "peer error")),
+                code=str(err.get("code", "peer_error")),
+                status=int(err.get("status", 502)),
+            )
+        )
+
+    def _on_request(self, peer: str, payload: bytes) -> None:
+        try:
+            req = _req_decoder.decode(payload)
+        except msgspec.DecodeError:
+            self.dropped += 1
+            return
+        handler = self.handlers.get(req.method)
+        if handler is None:
+            self._answer(peer, req.id, False, _err(400, "unknown_method", f"no peer method {req.method!r}"))
+            return
+        if req.hops > self.max_hops:
+            self._answer(peer, req.id, False, _err(508, "routing_loop", "request forwarded too many times"))
+            return
+        d = defer.maybeDeferred(handler, peer, req.body, req.hops)
+
+        def ok(body: Any) -> None:
+            self._answer(peer, req.id, True, body)
+
+        def failed(f: Failure) -> None:
+            e = f.value
+            if isinstance(e, SprawlError):
+                self._answer(peer, req.id, False, _err(e.status, e.code, e.message))
+            else:
+                log.failure("peer method {method} failed", f, method=req.method)
+                self._answer(peer, req.id, False, _err(500, "internal_error", "the peer failed to answer"))
+
+        d.addCallbacks(ok, failed)
+
+    def _answer(self, peer: str, rid: int, ok: bool, body: Any) -> None:
+        try:
+            payload = msgspec.msgpack.encode(_Response(rid, ok, body))
+        except (TypeError, msgspec.EncodeError):
+            payload = msgspec.msgpack.encode(
+                _Response(rid, False, _err(500, "internal_error", "unencodable answer"))
+            )
+        self.channel.send(peer, RESPONSE, payload)
+
+    def close(self) -> None:
+        """Fail every call in flight (the node is stopping)."""
+        for rid, (_p, d, timer) in list(self._pending.items()):
+            del self._pending[rid]
+            if timer.active():
+                timer.cancel()
+            d.errback(Unavailable("node is stopping", code="stopping"))
+
+
+def _err(status: int, code: str, message: str) -> dict[str, Any]:
+    return {"status": status, "code": code, "message": message}
