@@ -140,6 +140,8 @@ class SprawlAPI:
         self.streams = StreamRegistry()
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards: set[dashboard_ui.DashboardStream] = set()
+        #: Options of WebSocket feeds (``slow_timeout``, ``ping_interval``, ``max_frame_bytes``).
+        self.ws_options: dict[str, Any] = {"max_frame_bytes": broker.config.max_body_bytes}
         if metrics is not None:
             metrics.broker = broker
             metrics.streams = self.streams
@@ -435,14 +437,61 @@ class SprawlAPI:
         return d
 
     @app.route("/v1/topics/<string:topic>/ws", methods=["GET"])
-    @_route("websocket")
     def websocket(self, request: Any, topic: str) -> Any:
-        self.broker.get_topic(topic)
-        raise SprawlError(
-            "WebSocket streaming is not available in this version; use /stream (SSE) or long-poll",
-            code="not_implemented",
-            status=501,
-        )
+        """Upgrade to a WebSocket feed (see :mod:`sprawl.http.websocket`).
+
+        The query is validated before the upgrade, so a bad one is a plain
+        4xx with the JSON error shape.
+        """
+        from sprawl.http import websocket as ws
+
+        try:
+            t = self.broker.get_topic(topic)
+            spec, from_time = self._start_spec(request)
+            parts = self._partitions(request, t)
+            lei = self._arg(request, "last_event_id")
+            if lei is not None and not lei:
+                raise BadRequest("last_event_id must be PARTITION:OFFSET", code="invalid_last_event_id")
+            resume = parse_last_event_id(lei.encode() if lei else None)
+            gname = self._arg(request, "group")
+            max_in_flight = self._int_arg(request, "max_in_flight", 100, 1, MAX_FETCH) or 100
+            g = None
+            if gname is not None:
+                if spec is not None or from_time is not None or resume:
+                    raise BadRequest(
+                        "group mode starts where the group is; from/from_time/last_event_id do not apply",
+                        code="invalid_parameter",
+                    )
+                g = self.broker.get_group(t, gname)
+            if not ws.is_upgrade(request):
+                raise SprawlError(
+                    "this route speaks WebSocket: send an Upgrade: websocket request",
+                    code="upgrade_required",
+                    status=426,
+                )
+        except SprawlError as e:
+            if e.status == 426:
+                request.setHeader(b"upgrade", b"websocket")
+            return self._render_error(request, Failure(e))
+        if g is not None:
+            return ws.ws_resource(self, t, group=g, max_in_flight=max_in_flight, **self.ws_options)
+
+        def go(starts: dict[int, int]) -> Any:
+            for p, off in resume.items():
+                if p in starts:
+                    starts[p] = t.logs[p].resolve_start(off + 1)
+            return ws.ws_resource(self, t, cursors=starts, **self.ws_options)
+
+        d = self._resolve(t, parts, spec, from_time, "latest")
+        d.addCallback(go)
+
+        def failed(f: Failure) -> Any:
+            if request.finished or request._disconnected:
+                return None
+            return self._render_error(request, f)
+
+        d.addErrback(failed)
+        return d
 
     # -- topics ------------------------------------------------------------------------
 
