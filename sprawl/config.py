@@ -191,6 +191,11 @@ class NodeConfig:
     retention_bytes: int | None = None
     flush_interval: float = 0.0
     log_format: str = "text"
+    #: Bytes a partition may have appended but not yet durably stored before
+    #: publishes to it get 429 ``backpressure`` (None: a quarter of the memory budget).
+    partition_backlog: int | None = None
+    #: Seconds a stream/WebSocket client may keep its socket full before it is cut off.
+    slow_consumer_timeout: float = 30.0
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -220,6 +225,10 @@ class NodeConfig:
             self.cluster_key = parse_cluster_key(self.cluster_key)
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be text or json")
+        if self.partition_backlog is not None and self.partition_backlog < 64 * 1000:
+            raise ConfigError("--partition-backlog must be at least 64KB")
+        if not 0 < self.slow_consumer_timeout <= 3600:
+            raise ConfigError("--slow-consumer-timeout must be in (0, 1h]")
         return self
 
     @property

@@ -71,6 +71,8 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "retention-ms": ("retention_ms", int),
     "retention-bytes": ("retention_bytes", parse_size),
     "log-format": ("log_format", str),
+    "partition-backlog": ("partition_backlog", parse_size),
+    "slow-consumer-timeout": ("slow_consumer_timeout", parse_duration),
 }
 
 _DOCS = {
@@ -105,6 +107,11 @@ _DOCS = {
     "retention-bytes": "Default retention by size of new topics (none by default).",
     "log-format": "Log lines on stdout: text (one line per event) or json (one JSON object per line) [default: text].",
     "config": "JSON file of options (keys as option names).",
+    "partition-backlog": (
+        "Bytes a partition may hold appended but not yet stored; beyond, publishes get 429 "
+        "backpressure with Retry-After [default: memory budget / 4]."
+    ),
+    "slow-consumer-timeout": "How long a stream/WebSocket client may stall before it is cut off [default: 30s].",
 }
 
 _ALIASES = {

@@ -141,7 +141,10 @@ class SprawlAPI:
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards: set[dashboard_ui.DashboardStream] = set()
         #: Options of WebSocket feeds (``slow_timeout``, ``ping_interval``, ``max_frame_bytes``).
-        self.ws_options: dict[str, Any] = {"max_frame_bytes": broker.config.max_body_bytes}
+        self.ws_options: dict[str, Any] = {
+            "max_frame_bytes": broker.config.max_body_bytes,
+            "slow_timeout": broker.config.slow_consumer_timeout,
+        }
         if metrics is not None:
             metrics.broker = broker
             metrics.streams = self.streams
@@ -417,7 +420,15 @@ class SprawlAPI:
             for p, off in resume.items():
                 if p in starts:
                     starts[p] = t.logs[p].resolve_start(off + 1)
-            s = SSEStream(self.broker, t, starts, request, self.clock, registry=self.streams)
+            s = SSEStream(
+                self.broker,
+                t,
+                starts,
+                request,
+                self.clock,
+                registry=self.streams,
+                slow_timeout=self.broker.config.slow_consumer_timeout,
+            )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(
                     time.perf_counter() - started
