@@ -882,6 +882,7 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
                 await asyncio.sleep(delay)
         item = b'{"payload":"%019d%s"}' % (time.time_ns(), pad)
         request = client.build("POST", path, head + b",".join([item] * n) + b"]}")
+        refusals = 0
         while True:
             t0 = time.perf_counter_ns()
             resp = await client.send(request)
@@ -889,12 +890,19 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
             state.requests += 1
             if resp.status == 429:
                 state.throttled += 1
+                refusals += 1
+                if refusals > MAX_THROTTLED_RETRIES:
+                    raise BenchError(f"publish refused {refusals} times in a row: {resp.error_text()}")
                 await asyncio.sleep(_retry_after(resp.headers.get("retry-after")))
                 continue
             if resp.status != 200:
                 raise BenchError(f"publish failed: {resp.error_text()}")
             break
         state.published += n
+
+
+#: Consecutive 429 answers to one publish before the run fails (each waits Retry-After).
+MAX_THROTTLED_RETRIES = 50
 
 
 def _retry_after(value: str | None) -> float:

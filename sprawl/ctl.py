@@ -128,6 +128,21 @@ class Reply:
         raise CtlError(error_text(self.status, self.body))
 
 
+#: How often a request answered 429 is sent again (after Retry-After) before giving up.
+MAX_429_RETRIES = 5
+#: The longest Retry-After sprawlctl honours, in seconds.
+MAX_RETRY_AFTER = 10.0
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """Seconds to wait from a ``Retry-After`` header: 1 s when absent or a date, at most 10 s."""
+    try:
+        seconds = float(value) if value else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 class Client:
     """Synchronous JSON-over-HTTP client with fail-over across a list of node URLs."""
 
@@ -160,7 +175,17 @@ class Client:
             self.urls.remove(url)
             self.urls.insert(0, url)
 
-    def request(
+    def request(self, method: str, path: str, json_body: Any = None, **kwargs: Any) -> Reply:
+        """:meth:`request_once`, sent again after the ``Retry-After`` delay while the node
+        answers 429 (a refused request wrote nothing), at most ``MAX_429_RETRIES`` times."""
+        for attempt in range(MAX_429_RETRIES + 1):
+            reply = self.request_once(method, path, json_body, **kwargs)
+            if reply.status != 429 or attempt == MAX_429_RETRIES:
+                return reply
+            time.sleep(retry_after_seconds(reply.headers.get("Retry-After")))
+        raise AssertionError("unreachable")
+
+    def request_once(
         self,
         method: str,
         path: str,
