@@ -1,0 +1,163 @@
+"""A real ``twistd sprawl`` process under a fast publisher and a client that
+never reads: the node's resident memory stays bounded, the slow client is cut
+off with a reason, and every acknowledged message is readable.
+
+RSS is read from ``/proc/PID/status`` (VmRSS and RssAnon) after every publish.
+Every wait is bounded; the node is stopped by the fixture.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status"),
+]
+
+MB = 1000**2
+
+
+def rss(pid: int) -> dict[str, int]:
+    """VmRSS and RssAnon of a process, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon"):
+            out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+def post(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body, {"content-type": "application/json"})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def open_stalled_sse(port: int, path: str) -> socket.socket:
+    """An SSE client with a tiny receive buffer that reads the response head, then stops reading."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, "stream closed before its head"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200"), head
+    return s
+
+
+def read_to_end(s: socket.socket, deadline: float) -> bytes:
+    """Everything the server sends until it closes (bounded by ``deadline``, monotonic)."""
+    data = []
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            chunk = s.recv(1 << 16)
+        except TimeoutError:
+            tail = b"".join(data)[-300:]
+            raise AssertionError(f"no end of stream; {sum(map(len, data))} bytes, ending {tail!r}") from None
+        if not chunk:
+            return b"".join(data)
+        data.append(chunk)
+    raise AssertionError("the node never closed the slow client's stream")
+
+
+def wait_cut_off(port: int, deadline: float) -> None:
+    """Poll /metrics (bounded) until the node reports a slow consumer disconnected."""
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        if "sprawl_slow_consumers_disconnected_total 1.0" in text:
+            return
+        select.select([], [], [], 0.1)  # poll interval, bounded by the deadline
+    raise AssertionError("the stalled client was never cut off")
+
+
+def test_slow_consumer_does_not_grow_the_node_and_is_cut_off(sprawl_nodes: Any) -> None:
+    """With --memory-budget 16MB, 120MB published while an SSE client never reads:
+    the node's RSS grows by far less than what was published, the stalled client
+    ends with a ``slow_consumer`` error event naming its cursor, and every
+    acknowledged message reads back."""
+    node = sprawl_nodes("--memory-budget", "16MB", "--slow-consumer-timeout", "3s")
+    port, pid = node.http_port, node.proc.pid
+    status, _, _ = post(port, "/v1/topics/big/messages", b'{"messages":[{"payload":"warm"}]}')
+    assert status == 200
+    slow = open_stalled_sse(port, "/v1/topics/big/stream?from=earliest")
+    try:
+        batch = json.dumps(
+            {"messages": [{"payload": f"{i:06d}" + "x" * 10_000} for i in range(100)]}
+        ).encode()
+        acked = 1
+        samples = []
+        throttled = 0
+        for i in range(120):
+            for _attempt in range(50):
+                status, headers, body = post(port, "/v1/topics/big/messages", batch)
+                if status != 429:
+                    break
+                throttled += 1
+                select.select([], [], [], min(float(headers.get("Retry-After", "1")), 1.0))  # bounded
+            assert status == 200, body
+            acked += len(json.loads(body)["offsets"])
+            samples.append(rss(pid))
+            if i == 9:
+                base = samples[-1]
+        peak_vm = max(s["VmRSS"] for s in samples[10:])
+        peak_anon = max(s["RssAnon"] for s in samples[10:])
+        print(
+            f"\nbaseline VmRSS {base['VmRSS'] / MB:.1f}MB RssAnon {base['RssAnon'] / MB:.1f}MB; "
+            f"peak VmRSS {peak_vm / MB:.1f}MB RssAnon {peak_anon / MB:.1f}MB; "
+            f"published {110 * len(batch) / MB:.0f}MB after the baseline; {throttled} throttled"
+        )
+        # 110MB went through after the baseline; the anonymous memory (message buffers, the
+        # stalled client's transport buffer) stays within the budget plus slack.
+        assert peak_anon - base["RssAnon"] < 40 * MB
+        assert peak_vm - base["VmRSS"] < 60 * MB
+        # The client still has not read a byte: the node cuts it off once the timeout passes.
+        wait_cut_off(port, time.monotonic() + 30)
+        text = read_to_end(slow, time.monotonic() + 30)
+    finally:
+        slow.close()
+    events = text.decode("utf-8", "replace").split("\n\n")
+    last = [e for e in events if e.strip()][-1]
+    assert last.startswith("event: error"), last[:200]
+    err = json.loads(last.split("data: ", 1)[1])
+    assert err["code"] == "slow_consumer" and "0" in err["cursors"]
+    assert err["cursors"]["0"] < acked, "the stalled client was sent everything: no pause happened"
+    # Every acknowledged message is readable, in order.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        seen = 0
+        nxt = 0
+        for _ in range(1000):
+            conn.request("GET", f"/v1/topics/big/messages?from={nxt}&limit=1000")
+            page = json.loads(conn.getresponse().read())
+            if not page["messages"]:
+                break
+            assert [m["offset"] for m in page["messages"]] == list(range(nxt, nxt + len(page["messages"])))
+            seen += len(page["messages"])
+            nxt = page["next"]
+        assert seen == acked
+    finally:
+        conn.close()
