@@ -196,6 +196,11 @@ class NodeConfig:
     partition_backlog: int | None = None
     #: Seconds a stream/WebSocket client may keep its socket full before it is cut off.
     slow_consumer_timeout: float = 30.0
+    #: Static bearer tokens (JSON file; see sprawl.auth).  Auth is off without it and a JWT secret.
+    auth_tokens: str | None = None
+    #: HS256 secret of bearer JWTs (prefer SPRAWL_JWT_SECRET or the file).
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_secret_file: str | None = None
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -229,6 +234,10 @@ class NodeConfig:
             raise ConfigError("--partition-backlog must be at least 64KB")
         if not 0 < self.slow_consumer_timeout <= 3600:
             raise ConfigError("--slow-consumer-timeout must be in (0, 1h]")
+        if self.auth_tokens or self.jwt_secret or self.jwt_secret_file:
+            from sprawl.auth import load_authenticator
+
+            load_authenticator(self.auth_tokens, self.jwt_secret, self.jwt_secret_file)  # fail early
         return self
 
     @property

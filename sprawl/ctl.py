@@ -146,15 +146,35 @@ def retry_after_seconds(value: str | None) -> float:
 class Client:
     """Synchronous JSON-over-HTTP client with fail-over across a list of node URLs."""
 
-    def __init__(self, urls: Sequence[str], timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        timeout: float = 10.0,
+        token: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         self.urls = list(urls)
         self.timeout = timeout
+        #: Bearer token sent with every request (``--token`` / ``SPRAWL_TOKEN``).
+        self.token = token
+        #: CA bundle (PEM) that https:// nodes' certificates must chain to (``--cacert``).
+        self.cacert = cacert
+
+    def __repr__(self) -> str:
+        return f"Client({self.urls!r}, token={'set' if self.token else 'none'})"
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _connection(self, url: str, timeout: float | None) -> http.client.HTTPConnection:
         parts = urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         assert parts.hostname is not None
-        return cls(parts.hostname, parts.port, timeout=timeout)
+        if parts.scheme == "https":
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=self.cacert)
+            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ctx)
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
     @staticmethod
     def _target(url: str, path: str, query: dict[str, Any] | None) -> str:
@@ -203,7 +223,11 @@ class Client:
         connection after the request was sent or answers 503 (unavailable) is skipped only for
         idempotent methods, so a publish is never silently sent twice.
         """
-        hdrs = {"Accept": "application/json", "User-Agent": f"sprawlctl/{__version__}"}
+        hdrs = {
+            "Accept": "application/json",
+            "User-Agent": f"sprawlctl/{__version__}",
+            **self._auth_headers(),
+        }
         if json_body is not None:
             body = json.dumps(json_body).encode()
             content_type = "application/json"
@@ -261,7 +285,7 @@ class Client:
         The connect and the response head are bounded by the timeout; each later read of the
         body by ``read_timeout`` (None = unbounded).
         """
-        hdrs = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        hdrs = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self._auth_headers()}
         hdrs.update(headers or {})
         errors: list[str] = []
         for url in list(self.urls):
@@ -421,11 +445,26 @@ class _Cli(click.Group):
     envvar="SPRAWL_TIMEOUT",
     help="Seconds to wait for a node to connect and answer.",
 )
+@click.option(
+    "--token",
+    envvar="SPRAWL_TOKEN",
+    metavar="TOKEN",
+    help="Bearer token for nodes with authentication on (env SPRAWL_TOKEN; prefer the variable: "
+    "arguments are visible to other users).",
+)
+@click.option(
+    "--cacert",
+    envvar="SPRAWL_CACERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA bundle that https:// nodes' certificates must chain to (env SPRAWL_CACERT).",
+)
 @click.version_option(__version__, prog_name="sprawlctl")
 @click.pass_context
-def cli(ctx: click.Context, nodes: tuple[str, ...], timeout: float) -> None:
+def cli(
+    ctx: click.Context, nodes: tuple[str, ...], timeout: float, token: str | None, cacert: str | None
+) -> None:
     """Operate a Sprawl pub/sub cluster over its HTTP API."""
-    ctx.obj = Client(parse_urls(nodes), timeout)
+    ctx.obj = Client(parse_urls(nodes), timeout, token=token, cacert=cacert)
 
 
 def _client(ctx: click.Context) -> Client:

@@ -73,6 +73,9 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "log-format": ("log_format", str),
     "partition-backlog": ("partition_backlog", parse_size),
     "slow-consumer-timeout": ("slow_consumer_timeout", parse_duration),
+    "auth-tokens": ("auth_tokens", str),
+    "jwt-secret": ("jwt_secret", str),
+    "jwt-secret-file": ("jwt_secret_file", str),
 }
 
 _DOCS = {
@@ -112,6 +115,12 @@ _DOCS = {
         "backpressure with Retry-After [default: memory budget / 4]."
     ),
     "slow-consumer-timeout": "How long a stream/WebSocket client may stall before it is cut off [default: 30s].",
+    "auth-tokens": (
+        "JSON file of bearer tokens with per-topic-pattern permissions (publish, subscribe, admin); "
+        "authentication is off without it and without a JWT secret."
+    ),
+    "jwt-secret": "HS256 secret (32+ bytes) of bearer JWTs. Prefer SPRAWL_JWT_SECRET or --jwt-secret-file.",
+    "jwt-secret-file": "File holding the HS256 secret of bearer JWTs.",
 }
 
 _ALIASES = {
@@ -345,6 +354,15 @@ class NodeService(service.Service):
         info = NodeInfo(node_id, peer=f"{advertise}:{peer_port}", started=time.time())
         info.membership = self.gossip
         self.api = SprawlAPI(self.broker, info, self.reactor, metrics)
+        from sprawl.auth import load_authenticator
+
+        self.api.auth = load_authenticator(c.auth_tokens, c.jwt_secret, c.jwt_secret_file)
+        if self.api.auth.enabled:
+            log.info(
+                "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
+                tokens=len(self.api.auth.tokens or ()),
+                jwt=self.api.auth.jwt is not None,
+            )
         site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
         self.http_port = await serverFromString(self.reactor, c.http_listen).listen(site)
         host = self.http_port.getHost()

@@ -32,6 +32,7 @@ PURE = [
     "sprawl.raft.progress",
     "sprawl.raft.node",
     "sprawl.raft.codec",
+    "sprawl.auth",
 ]
 
 _PROBE = """

@@ -342,3 +342,39 @@ def test_close_codes_are_in_the_application_range(n: int) -> None:
 
     for code in (w.CLOSE_SLOW_CONSUMER, w.CLOSE_TOPIC_DELETED, w.CLOSE_GROUP_DELETED, w.CLOSE_READ_FAILED):
         assert 4000 <= code <= 4999
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_auth_the_socket_needs_subscribe_and_publish_frames_need_publish(ws: WS) -> None:
+    """With authentication on, opening the socket needs subscribe (token in ``?access_token=``),
+    and a publish frame from a principal without publish gets a ``forbidden`` error frame and
+    writes nothing."""
+    from sprawl.auth import Authenticator, TokenTable
+
+    s = ws.server
+    await s.publish("a.t", ["m0"])
+    s.api.auth = Authenticator(
+        TokenTable.from_json(
+            {
+                "tokens": [
+                    {"name": "r", "token": "reader-token-0123456789", "permissions": {"a.*": ["subscribe"]}},
+                    {
+                        "name": "rw",
+                        "token": "rw-token-0123456789",
+                        "permissions": {"a.*": ["subscribe", "publish"]},
+                    },
+                ]
+            }
+        )
+    )
+    code, body = await s.request("GET", "/v1/topics/a.t/ws")
+    assert code == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+    r = await ws.connect("/v1/topics/a.t/ws?from=earliest&access_token=reader-token-0123456789")
+    await r.wait_messages(1)
+    ans = await r.request({"publish": {"payload": "nope"}}, "p")
+    assert ans["error"]["code"] == "forbidden"
+    rw = await ws.connect("/v1/topics/a.t/ws?from=earliest&access_token=rw-token-0123456789")
+    ans = await rw.request({"publish": {"payload": "yes"}}, "p")
+    assert ans["published"]["offsets"] == [1]
+    await r.wait_messages(2)
+    assert [m["payload"] for m in r.messages] == ["m0", "yes"]

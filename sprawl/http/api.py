@@ -127,6 +127,26 @@ class _JSONErrorsResource(KleinResource):
         return super().render(request)
 
 
+class _AuthorizingResource(_JSONErrorsResource):
+    """Checks the bearer token and the route's permission (see
+    :mod:`sprawl.http.authz`) before Klein routes the request; a no-op while
+    authentication is off."""
+
+    def __init__(self, app: Any, api: SprawlAPI):
+        super().__init__(app)
+        self._api = api
+
+    def render(self, request: Any) -> Any:
+        if self._api.auth.enabled:
+            from sprawl.http import authz
+
+            try:
+                request.sprawl_principal = authz.authorize(self._api, request)
+            except SprawlError as e:
+                return authz.refuse(request, e, self._api.metrics)
+        return super().render(request)
+
+
 class SprawlAPI:
     """The node's HTTP API.  ``resource()`` gives the twisted.web resource."""
 
@@ -138,6 +158,10 @@ class SprawlAPI:
         self.clock = clock
         self.metrics = metrics
         self.streams = StreamRegistry()
+        from sprawl.auth import Authenticator
+
+        #: Bearer-token authentication (off unless the node is given tokens or a JWT secret).
+        self.auth = Authenticator()
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards: set[dashboard_ui.DashboardStream] = set()
         #: Options of WebSocket feeds (``slow_timeout``, ``ping_interval``, ``max_frame_bytes``).
@@ -151,7 +175,7 @@ class SprawlAPI:
 
     def resource(self) -> Any:
         """The twisted.web resource serving this API."""
-        return _JSONErrorsResource(self.app)
+        return _AuthorizingResource(self.app, self)
 
     # -- errors ------------------------------------------------------------------
 
@@ -484,14 +508,17 @@ class SprawlAPI:
             if e.status == 426:
                 request.setHeader(b"upgrade", b"websocket")
             return self._render_error(request, Failure(e))
+        principal = getattr(request, "sprawl_principal", None)
         if g is not None:
-            return ws.ws_resource(self, t, group=g, max_in_flight=max_in_flight, **self.ws_options)
+            return ws.ws_resource(
+                self, t, group=g, max_in_flight=max_in_flight, principal=principal, **self.ws_options
+            )
 
         def go(starts: dict[int, int]) -> Any:
             for p, off in resume.items():
                 if p in starts:
                     starts[p] = t.logs[p].resolve_start(off + 1)
-            return ws.ws_resource(self, t, cursors=starts, **self.ws_options)
+            return ws.ws_resource(self, t, cursors=starts, principal=principal, **self.ws_options)
 
         d = self._resolve(t, parts, spec, from_time, "latest")
         d.addCallback(go)

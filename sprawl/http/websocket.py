@@ -415,6 +415,8 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         else:
             records = [parse_message(body, 0)]
         t = self.factory.topic
+        if self.factory.principal is not None:
+            self.factory.principal.require("publish", t.name)
         if broker.topics.get(t.name) is not t:
             raise SprawlError("the topic was deleted", code="topic_deleted", status=410)
         d = broker.publish(t, records, acks)
@@ -502,8 +504,11 @@ class SprawlWSFactory(WebSocketServerFactory):
         slow_timeout: float = 30.0,
         ping_interval: float = 20.0,
         max_frame_bytes: int = 8 * 1000**2,
+        principal: Any = None,
     ):
         super().__init__()
+        #: Who opened the socket (None while authentication is off).
+        self.principal = principal
         self.api = api
         self.topic = topic
         self.cursors = cursors
