@@ -201,6 +201,10 @@ class NodeConfig:
     #: HS256 secret of bearer JWTs (prefer SPRAWL_JWT_SECRET or the file).
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_secret_file: str | None = None
+    #: HTTPS: PEM certificate (chain) and key; with ``tls_ca`` clients must present certificates.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -238,6 +242,16 @@ class NodeConfig:
             from sprawl.auth import load_authenticator
 
             load_authenticator(self.auth_tokens, self.jwt_secret, self.jwt_secret_file)  # fail early
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_ca and not self.tls_cert:
+            raise ConfigError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+        if self.tls_cert and self.http_endpoint:
+            raise ConfigError("give --tls-cert/--tls-key or an ssl: --http-endpoint, not both")
+        if self.tls_cert and self.tls_key:
+            from sprawl.tlsconfig import check_pem_files
+
+            check_pem_files(self.tls_cert, self.tls_key, self.tls_ca)
         return self
 
     @property

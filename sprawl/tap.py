@@ -76,6 +76,9 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "auth-tokens": ("auth_tokens", str),
     "jwt-secret": ("jwt_secret", str),
     "jwt-secret-file": ("jwt_secret_file", str),
+    "tls-cert": ("tls_cert", str),
+    "tls-key": ("tls_key", str),
+    "tls-ca": ("tls_ca", str),
 }
 
 _DOCS = {
@@ -121,6 +124,9 @@ _DOCS = {
     ),
     "jwt-secret": "HS256 secret (32+ bytes) of bearer JWTs. Prefer SPRAWL_JWT_SECRET or --jwt-secret-file.",
     "jwt-secret-file": "File holding the HS256 secret of bearer JWTs.",
+    "tls-cert": "Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+    "tls-key": "PEM private key of --tls-cert.",
+    "tls-ca": "PEM CA bundle: HTTPS clients must present a certificate signed by it (mutual TLS).",
 }
 
 _ALIASES = {
@@ -364,11 +370,18 @@ class NodeService(service.Service):
                 jwt=self.api.auth.jwt is not None,
             )
         site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
-        self.http_port = await serverFromString(self.reactor, c.http_listen).listen(site)
+        if c.tls_cert and c.tls_key:
+            from sprawl.tlsconfig import server_endpoint
+
+            http_ep = server_endpoint(self.reactor, c.http_port, c.http_addr, c.tls_cert, c.tls_key, c.tls_ca)
+        else:
+            http_ep = serverFromString(self.reactor, c.http_listen)
+        self.http_port = await http_ep.listen(site)
         host = self.http_port.getHost()
         http_port = getattr(host, "port", 0)
         http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")
-        info.http = f"http://{http_addr}:{http_port}"
+        tls = bool(c.tls_cert) or (c.http_endpoint or "").startswith("ssl:")
+        info.http = f"{'https' if tls else 'http'}://{http_addr}:{http_port}"
         self.gossip.set_meta(http=info.http)
         write_ports(c.data_dir, http_port, peer_port)
         # Everything built so far lives as long as the process: move it out of

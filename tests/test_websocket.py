@@ -340,7 +340,13 @@ def test_close_codes_are_in_the_application_range(n: int) -> None:
     """Application close codes are in 4000-4999 as RFC 6455 asks."""
     from sprawl.http import websocket as w
 
-    for code in (w.CLOSE_SLOW_CONSUMER, w.CLOSE_TOPIC_DELETED, w.CLOSE_GROUP_DELETED, w.CLOSE_READ_FAILED):
+    for code in (
+        w.CLOSE_SLOW_CONSUMER,
+        w.CLOSE_TOPIC_DELETED,
+        w.CLOSE_GROUP_DELETED,
+        w.CLOSE_READ_FAILED,
+        w.CLOSE_GOING_AWAY,
+    ):
         assert 4000 <= code <= 4999
 
 
@@ -378,3 +384,14 @@ async def test_with_auth_the_socket_needs_subscribe_and_publish_frames_need_publ
     assert ans["published"]["offsets"] == [1]
     await r.wait_messages(2)
     assert [m["payload"] for m in r.messages] == ["m0", "yes"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_shutdown_closes_sockets_with_a_reason(ws: WS) -> None:
+    """Stopping the node's streams (shutdown) closes each socket with 4001 ``stopping``."""
+    await ws.server.publish("bye", ["m"])
+    c = await ws.connect("/v1/topics/bye/ws?from=earliest")
+    await c.wait_messages(1)
+    ws.server.api.streams.close_all()
+    await bounded(c.closed)
+    assert c.close_code == 4001 and (c.close_reason or "").startswith("stopping")

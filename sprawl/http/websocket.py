@@ -53,7 +53,8 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOPIC_DELETED = 4004
 CLOSE_GROUP_DELETED = 4005
 CLOSE_READ_FAILED = 4011
-CLOSE_GOING_AWAY = 1001
+#: The node is stopping (autobahn lets an endpoint send only 1000 or 3000-4999).
+CLOSE_GOING_AWAY = 4001
 
 #: Publishes a socket may have in flight before the node stops reading it.
 MAX_PENDING_PUBLISHES = 64
@@ -345,7 +346,11 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             self.transport.unregisterProducer()
         except Exception:
             pass
-        self.sendClose(code, reason)
+        try:
+            self.sendClose(code, reason)
+        except Exception:
+            log.failure("closing a websocket failed; dropping it")
+            self.dropConnection(abort=True)
 
     # -- client frames --------------------------------------------------------
 
