@@ -395,3 +395,22 @@ async def test_node_shutdown_closes_sockets_with_a_reason(ws: WS) -> None:
     ws.server.api.streams.close_all()
     await bounded(c.closed)
     assert c.close_code == 4001 and (c.close_reason or "").startswith("stopping")
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_of_every_length_encoding_arrive_intact(ws: WS) -> None:
+    """Messages of 7-bit, 16-bit and 64-bit frame lengths (batched into one write) decode intact."""
+    sizes = [0, 125, 126, 5000, 65535, 70_000]
+    await ws.server.publish("sizes", ["x" * n for n in sizes])
+    c = await ws.connect("/v1/topics/sizes/ws?from=earliest")
+    await c.wait_messages(len(sizes))
+    assert [len(m["payload"]) for m in c.messages] == sizes
+
+
+def test_text_frame_header_encodings() -> None:
+    """The three RFC 6455 payload-length encodings, unmasked, FIN + text opcode."""
+    from sprawl.http.websocket import text_frame
+
+    assert text_frame(b"a" * 5)[:2] == bytes([0x81, 5])
+    assert text_frame(b"a" * 200)[:4] == bytes([0x81, 126, 0, 200])
+    assert text_frame(b"a" * 70_000)[:10] == bytes([0x81, 127]) + (70_000).to_bytes(8, "big")

@@ -28,6 +28,7 @@ socket or touches state.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgspec
@@ -61,6 +62,17 @@ MAX_PENDING_PUBLISHES = 64
 #: Longest long-poll of a group feed; it re-polls after that.
 GROUP_POLL_MS = 25_000
 MAX_ACK_IDS = 10_000
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 5.2) -- what a
+    server sends when no extension (compression) is in use."""
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 class _Conn:
@@ -109,9 +121,13 @@ class WSStream(SSEStream):
         super()._pump(p)
 
     def _send(self, p: int, recs: list[Record]) -> None:
-        send = self.proto.sendMessage
-        for r in recs:
-            send(r.to_json(), isBinary=False)
+        proto = self.proto
+        if proto.can_write_raw():
+            # One write of ready-made frames instead of a sendMessage per record.
+            proto.transport.write(b"".join([text_frame(r.to_json()) for r in recs]))
+        else:
+            for r in recs:
+                proto.sendMessage(r.to_json(), isBinary=False)
         self.cursors[p] = recs[-1].offset + 1
         self.sent += len(recs)
         m = self.broker.metrics
@@ -208,16 +224,21 @@ class GroupFeed:
         self._pulling = None
         if self.closed:
             return  # leases lapse and the group redelivers
-        send = self.proto.sendMessage
+        frames = []
         for dv, r in items:
             j = r.to_json()
-            send(
+            frames.append(
                 j[:-1]
                 + b',"ack_id":"%s","delivery_attempt":%d,"ack_deadline":%d}'
-                % (dv.ack_id.encode(), dv.attempt, dv.deadline_ms),
-                isBinary=False,
+                % (dv.ack_id.encode(), dv.attempt, dv.deadline_ms)
             )
             self.outstanding[dv.ack_id] = dv.deadline_ms
+        proto = self.proto
+        if proto.can_write_raw():
+            proto.transport.write(b"".join([text_frame(f) for f in frames]))
+        else:
+            for f in frames:
+                proto.sendMessage(f, isBinary=False)
         self.sent += len(items)
         m = self.broker.metrics
         if m is not None and items:
@@ -337,6 +358,11 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         self._gone = True
         if self.feed is not None:
             self.feed.close()
+
+    def can_write_raw(self) -> bool:
+        """Whether message frames may be written to the transport directly: the
+        socket is open, and no extension (compression) changes the framing."""
+        return self.state == WebSocketServerProtocol.STATE_OPEN and self._perMessageCompress is None
 
     def close_feed(self, code: int, reason: str) -> None:
         """The feed ended (slow client, topic deleted, shutdown): close the socket with why."""
