@@ -133,3 +133,12 @@ async def test_websocket_over_tls(tmp_path: Path, pki: dict[str, str]) -> None:
             client.sendClose()
             await bounded(client.closed)
         await s.close()
+
+
+@pytest.mark.integration
+def test_ssl_endpoint_string_serves_https(sprawl_nodes: Any, pki: dict[str, str]) -> None:
+    """``--http-endpoint ssl:...`` (a Twisted endpoint string) serves HTTPS too."""
+    ep = f"ssl:0:interface=127.0.0.1:privateKey={pki['server_key']}:certKey={pki['server_cert']}"
+    node = sprawl_nodes("--http-endpoint", ep)
+    status, body = https_get(node.http_port, "/v1/cluster", ssl.create_default_context(cafile=pki["ca"]))
+    assert status == 200 and json.loads(body)["members"][0]["http"].startswith("https://")
