@@ -25,6 +25,7 @@ import asyncio
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import ssl
 import time
@@ -242,7 +243,9 @@ class Endpoint:
     async def connect(self, factory: Callable[[], asyncio.Protocol], timeout: float) -> Any:
         """Open a TCP (or TLS) connection running the protocol ``factory`` builds."""
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if self.tls else None
+        context = (
+            ssl.create_default_context(cafile=os.environ.get("SPRAWL_CACERT") or None) if self.tls else None
+        )
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(factory, self.host, self.port, ssl=context), timeout
@@ -446,6 +449,12 @@ class _HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
+def auth_header() -> bytes:
+    """``Authorization: Bearer`` from ``SPRAWL_TOKEN`` (set by ``sprawlctl --token``), or nothing."""
+    token = os.environ.get("SPRAWL_TOKEN")
+    return b"Authorization: Bearer %s\r\n" % token.encode("ascii", "replace") if token else b""
+
+
 class HttpClient:
     """A lazily (re)connected keep-alive client for one :class:`Endpoint`."""
 
@@ -453,6 +462,7 @@ class HttpClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self._conn: _HttpConnection | None = None
+        self._auth = auth_header()
 
     def build(
         self,
@@ -463,7 +473,12 @@ class HttpClient:
     ) -> bytes:
         """Serialise a request for :meth:`send`."""
         ep = self.endpoint
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), ep.path(path), ep.host_header)
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
+            method.encode(),
+            ep.path(path),
+            ep.host_header,
+            self._auth,
+        )
         if body is None:
             return head + b"\r\n"
         return head + b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body)) + body
@@ -638,7 +653,7 @@ class SubscriberGroup:
             assert reader.transport is not None
             reader.transport.write(
                 b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
-                b"Cache-Control: no-cache\r\n\r\n" % (ep.path(path), ep.host_header)
+                b"Cache-Control: no-cache\r\n%s\r\n" % (ep.path(path), ep.host_header, auth_header())
             )
         try:
             await asyncio.wait_for(

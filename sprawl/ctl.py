@@ -15,6 +15,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import socket
 import sys
 import time
@@ -1557,12 +1558,23 @@ def bench(
     if progress is None:
         progress = sys.stderr.isatty()
     line = _ProgressLine(progress)
+    # The bench's own HTTP clients (and its subscriber process) read these.
+    saved = {k: os.environ.get(k) for k in ("SPRAWL_TOKEN", "SPRAWL_CACERT")}
+    if client.token:
+        os.environ["SPRAWL_TOKEN"] = client.token
+    if client.cacert:
+        os.environ["SPRAWL_CACERT"] = client.cacert
     try:
         result = run_bench(config, line)
     except BenchError as exc:
         raise CtlError(str(exc)) from None
     finally:
         line.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     if as_json:
         _print_json(result.to_dict())
     else:

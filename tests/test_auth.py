@@ -401,3 +401,25 @@ def test_real_node_with_token_file_and_sprawlctl_token(sprawl_nodes: Any, tmp_pa
     log = node.log_text()
     assert "token-0123456789" not in log
     assert "authentication on" in log
+
+
+@pytest.mark.integration
+def test_bench_uses_the_token(sprawl_nodes: Any, tmp_path: Path) -> None:
+    """``sprawlctl --token T bench`` publishes and subscribes with the token; without it the
+    bench fails in one line (401)."""
+    from click.testing import CliRunner
+
+    from sprawl.ctl import cli
+
+    f = tmp_path / "tokens.json"
+    f.write_text(json.dumps(TOKENS))
+    node = sprawl_nodes("--auth-tokens", str(f))
+    args = ["-n", node.url, "bench", "--messages", "500", "--batch", "50", "--publishers", "2", "--json"]
+    bad = CliRunner().invoke(cli, args, env={"SPRAWL_TOKEN": ""}, catch_exceptions=False)
+    assert bad.exit_code != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    ok = CliRunner().invoke(
+        cli, ["--token", "root-token-0123456789xx", *args], env={"SPRAWL_TOKEN": ""}, catch_exceptions=False
+    )
+    assert ok.exit_code == 0, ok.stderr
+    r = json.loads(ok.stdout)
+    assert r["published"] == 500 and r["delivered"] == 500

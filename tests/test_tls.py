@@ -142,3 +142,15 @@ def test_ssl_endpoint_string_serves_https(sprawl_nodes: Any, pki: dict[str, str]
     node = sprawl_nodes("--http-endpoint", ep)
     status, body = https_get(node.http_port, "/v1/cluster", ssl.create_default_context(cafile=pki["ca"]))
     assert status == 200 and json.loads(body)["members"][0]["http"].startswith("https://")
+
+
+@pytest.mark.integration
+def test_bench_over_https_with_cacert(sprawl_nodes: Any, pki: dict[str, str]) -> None:
+    """``sprawlctl --cacert CA bench`` runs over HTTPS (publishers and SSE subscriber)."""
+    node = sprawl_nodes("--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"])
+    url = f"https://127.0.0.1:{node.http_port}"
+    args = ["-n", url, "--cacert", pki["ca"], "bench", "--messages", "500", "--batch", "50", "--json"]
+    r = CliRunner().invoke(cli, args, env={"SPRAWL_CACERT": ""}, catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["published"] == 500 and out["delivered"] == 500
