@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_streams import Server
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -414,3 +416,95 @@ def test_text_frame_header_encodings() -> None:
     assert text_frame(b"a" * 5)[:2] == bytes([0x81, 5])
     assert text_frame(b"a" * 200)[:4] == bytes([0x81, 126, 0, 200])
     assert text_frame(b"a" * 70_000)[:10] == bytes([0x81, 127]) + (70_000).to_bytes(8, "big")
+
+
+class _FakeTopic:
+    name = "fz"
+    groups: dict[str, Any] = {}
+
+
+class _FakeBroker:
+    """Records publishes; answers at once."""
+
+    def __init__(self) -> None:
+        from sprawl.config import NodeConfig
+
+        self.config = NodeConfig()
+        self.topic = _FakeTopic()
+        self.topics = {"fz": self.topic}
+        self.published: list[Any] = []
+
+    def publish(self, t: Any, records: list[Any], acks: str) -> Deferred[Any]:
+        from twisted.internet.defer import succeed
+
+        from sprawl.broker import PublishResult
+
+        self.published.append(records)
+        n = len(records)
+        return succeed(PublishResult(list(range(n)), ["i"] * n, [0] * n, [False] * n, "lmdb"))
+
+
+def _fuzz_protocol() -> tuple[Any, list[bytes], _FakeBroker]:
+    from sprawl.http.api import SprawlAPI
+    from sprawl.http.websocket import SprawlWSProtocol
+
+    broker = _FakeBroker()
+
+    class _Api:
+        metrics = None
+        _publish_answer = staticmethod(SprawlAPI._publish_answer)
+
+    _Api.broker = broker  # type: ignore[attr-defined]
+
+    class _Factory:
+        api = _Api()
+        topic = broker.topic
+        principal = None
+
+    proto = SprawlWSProtocol()
+    proto.factory = _Factory()  # type: ignore[assignment]
+    sent: list[bytes] = []
+    proto.sendMessage = lambda payload, isBinary=False: sent.append(payload)  # type: ignore[method-assign]
+    return proto, sent, broker
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {
+                "publish": st.dictionaries(
+                    st.sampled_from(
+                        ["payload", "payload_b64", "key", "id", "acks", "headers", "messages", "x"]
+                    ),
+                    st.none()
+                    | st.integers()
+                    | st.text(max_size=8)
+                    | st.lists(st.text(max_size=4), max_size=2),
+                    max_size=4,
+                )
+            }
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_fuzzed_client_frames_get_one_answer_and_never_raise(frame: bytes) -> None:
+    """Any client frame gets exactly one answer -- an error frame with code and message, or a
+    ``published`` answer for a valid publish -- and nothing is published by an invalid frame."""
+    proto, sent, broker = _fuzz_protocol()
+    proto.onMessage(frame, True)
+    assert len(sent) == 1, sent
+    answer = json.loads(sent[0])
+    if "error" in answer:
+        assert set(answer["error"]) >= {"code", "message"}
+        assert answer["error"]["code"] != "internal_error", answer
+        assert broker.published == []
+    else:
+        assert "published" in answer and len(broker.published) == 1
