@@ -508,3 +508,27 @@ def test_fuzzed_client_frames_get_one_answer_and_never_raise(frame: bytes) -> No
         assert broker.published == []
     else:
         assert "published" in answer and len(broker.published) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_node_pings_idle_sockets(ws: WS) -> None:
+    """autobahn's auto-ping: an idle socket is pinged every ``ping_interval`` and the client's
+    pong keeps it open."""
+    ws.server.api.ws_options["ping_interval"] = 0.5
+    await ws.server.publish("ping", ["m"])
+    pings: list[bytes] = []
+
+    class Pinged(WSClient):
+        def onPing(self, payload: bytes) -> None:
+            pings.append(payload)
+            super().onPing(payload)
+            self._check()
+
+    port = ws.server.port.getHost().port
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/v1/topics/ping/ws?from=earliest")
+    factory.protocol = Pinged
+    c: WSClient = await bounded(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port).connect(factory))
+    ws.clients.append(c)
+    await bounded(c.opened)
+    await c.when(lambda: len(pings) >= 2)
+    assert not c.closed.called
