@@ -70,6 +70,8 @@ def read_to_end(s: socket.socket, deadline: float) -> bytes:
         s.settimeout(max(0.1, deadline - time.monotonic()))
         try:
             chunk = s.recv(1 << 16)
+        except ConnectionResetError:
+            return b"".join(data)  # an aborted WebSocket after its close frame
         except TimeoutError:
             tail = b"".join(data)[-300:]
             raise AssertionError(f"no end of stream; {sum(map(len, data))} bytes, ending {tail!r}") from None
@@ -94,16 +96,39 @@ def wait_cut_off(port: int, deadline: float) -> None:
     raise AssertionError("the stalled client was never cut off")
 
 
-def test_slow_consumer_does_not_grow_the_node_and_is_cut_off(sprawl_nodes: Any) -> None:
-    """With --memory-budget 16MB, 120MB published while an SSE client never reads:
-    the node's RSS grows by far less than what was published, the stalled client
-    ends with a ``slow_consumer`` error event naming its cursor, and every
-    acknowledged message reads back."""
+def open_stalled_ws(port: int, path: str) -> socket.socket:
+    """A WebSocket client with a tiny receive buffer that completes the handshake, then stops reading."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, "closed before the handshake answer"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_slow_consumer_does_not_grow_the_node_and_is_cut_off(sprawl_nodes: Any, transport: str) -> None:
+    """With --memory-budget 16MB, 120MB published while an SSE or WebSocket client never
+    reads: the node's RSS grows by far less than what was published, the stalled client
+    ends with a ``slow_consumer`` error event (SSE) or close frame 4008 (WebSocket) naming
+    its cursor, and every acknowledged message reads back."""
     node = sprawl_nodes("--memory-budget", "16MB", "--slow-consumer-timeout", "3s")
     port, pid = node.http_port, node.proc.pid
     status, _, _ = post(port, "/v1/topics/big/messages", b'{"messages":[{"payload":"warm"}]}')
     assert status == 200
-    slow = open_stalled_sse(port, "/v1/topics/big/stream?from=earliest")
+    if transport == "sse":
+        slow = open_stalled_sse(port, "/v1/topics/big/stream?from=earliest")
+    else:
+        slow = open_stalled_ws(port, "/v1/topics/big/ws?from=earliest")
     try:
         batch = json.dumps(
             {"messages": [{"payload": f"{i:06d}" + "x" * 10_000} for i in range(100)]}
@@ -139,13 +164,26 @@ def test_slow_consumer_does_not_grow_the_node_and_is_cut_off(sprawl_nodes: Any) 
         text = read_to_end(slow, time.monotonic() + 30)
     finally:
         slow.close()
+    if transport == "ws":
+        # The close frame: 0x88, length, code 4008 (0x0fa8), then the reason with the cursor.
+        i = text.find(b"\x0f\xa8slow_consumer")
+        assert i > 0 and text[i - 2] == 0x88, text[-200:]
+        reason = text[i + 2 :].decode("utf-8", "replace")
+        cursor = int(reason.split("0:")[1].split()[0])
+        assert 0 < cursor < acked, "the stalled client was sent everything: no pause happened"
+        assert_all_readable(port, acked)
+        return
     events = text.decode("utf-8", "replace").split("\n\n")
     last = [e for e in events if e.strip()][-1]
     assert last.startswith("event: error"), last[:200]
     err = json.loads(last.split("data: ", 1)[1])
     assert err["code"] == "slow_consumer" and "0" in err["cursors"]
     assert err["cursors"]["0"] < acked, "the stalled client was sent everything: no pause happened"
-    # Every acknowledged message is readable, in order.
+    assert_all_readable(port, acked)
+
+
+def assert_all_readable(port: int, acked: int) -> None:
+    """Every acknowledged message is readable, in order."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         seen = 0
