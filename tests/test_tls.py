@@ -20,7 +20,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory
 from click.testing import CliRunner
 from test_streams import Server
 from test_websocket import WSClient
-from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.ctl import cli
@@ -154,3 +156,60 @@ def test_bench_over_https_with_cacert(sprawl_nodes: Any, pki: dict[str, str]) ->
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["published"] == 500 and out["delivered"] == 500
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class _Probe(Protocol):
+    def __init__(self) -> None:
+        self.got = b""
+        self.answered: Deferred[bytes] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"ping")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+        if self.got == b"ping" and not self.answered.called:
+            self.answered.callback(self.got)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.answered.called:
+            self.answered.errback(AssertionError(f"lost before the echo: {reason}"))
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsconfig_mutual_tls_for_any_channel(pki: dict[str, str]) -> None:
+    """server_options(ca=...) + client_options(cert=..., key=...) give mutual TLS on a raw TCP
+    channel (what the peer channel reuses); without a client certificate, or trusting another CA,
+    the handshake fails."""
+    ep = server_endpoint(the_reactor(), 0, "127.0.0.1", pki["server_cert"], pki["server_key"], pki["ca"])
+    port = await bounded(ep.listen(Factory.forProtocol(_Echo)))
+    try:
+        p = port.getHost().port
+
+        async def probe(opts: Any) -> bool:
+            proto = _Probe()
+            await bounded(connectProtocol(SSL4ClientEndpoint(the_reactor(), "127.0.0.1", p, opts), proto))
+            try:
+                await bounded(proto.answered)
+                return True
+            except AssertionError:
+                return False
+            finally:
+                proto.transport.loseConnection()
+                await bounded(proto.lost)
+
+        good = client_options("127.0.0.1", pki["ca"], pki["client_cert"], pki["client_key"])
+        assert await probe(good)
+        assert not await probe(client_options("127.0.0.1", pki["ca"]))  # no client certificate
+        assert not await probe(
+            client_options("127.0.0.1", pki["other_ca"], pki["client_cert"], pki["client_key"])
+        )
+    finally:
+        await bounded(port.stopListening())
