@@ -423,3 +423,20 @@ def test_bench_uses_the_token(sprawl_nodes: Any, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.stderr
     r = json.loads(ok.stdout)
     assert r["published"] == 500 and r["delivered"] == 500
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_paths_do_not_skip_the_check(node: Node) -> None:
+    """Doubled slashes, encoded slashes and unknown routes never reach a handler without a token."""
+    for path in [
+        "//v1/cluster",
+        "/v1//cluster",
+        "/v1/cluster/",
+        "/v1/topics/a%2Fb/messages",
+        "/nope",
+        "//metrics",
+    ]:
+        r = await node.http.get(path)
+        assert r.code == 401, (path, r)
+    r = await node.http.get("//v1/cluster", headers=BEARER["reader"])
+    assert r.code in (403, 404, 308), r
