@@ -532,3 +532,18 @@ async def test_the_node_pings_idle_sockets(ws: WS) -> None:
     await bounded(c.opened)
     await c.when(lambda: len(pings) >= 2)
     assert not c.closed.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_the_topic_closes_group_sockets_at_once(ws: WS) -> None:
+    """A group socket waiting in a long pull is closed with 4004 as soon as its topic is deleted."""
+    s = ws.server
+    await s.publish("gdel", ["m"])
+    code, _ = await s.request("PUT", "/v1/topics/gdel/groups/g", json={"start": "earliest"})
+    assert code == 201
+    c = await ws.connect("/v1/topics/gdel/ws?group=g")
+    await c.wait_messages(1)
+    code, _ = await s.request("DELETE", "/v1/topics/gdel")
+    assert code == 204
+    await bounded(c.closed)  # no clock advance: the pull's 25 s wait is not what ends it
+    assert c.close_code == 4004

@@ -191,12 +191,19 @@ class GroupFeed:
         self._pulling: Deferred[Any] | None = None
         self._slow_call: Any = None
         self._expiry_call: Any = None
+        self._unwatch: list[Any] = []
 
     def start(self) -> None:
         """Register on the transport and start pulling."""
         self.proto.transport.registerProducer(self, True)
         self.registry.add(self)  # type: ignore[arg-type]
+        for lg in self.topic.logs:  # notices a deleted topic at once (a pull would wait it out)
+            self._unwatch.append(self.broker.watch(self.topic.name, lg.partition, self._check_topic))
         self._next()
+
+    def _check_topic(self) -> None:
+        if not self.closed and self.broker.topics.get(self.topic.name) is not self.topic:
+            self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
 
     def _credit(self) -> int:
         now = self.broker.now_ms()
@@ -206,6 +213,9 @@ class GroupFeed:
 
     def _next(self) -> None:
         if self.closed or self.paused or self._pulling is not None:
+            return
+        if self.broker.topics.get(self.topic.name) is not self.topic:
+            self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
             return
         if self.topic.groups.get(self.group.name) is not self.group:
             self._close_with(CLOSE_GROUP_DELETED, "group_deleted: the group was deleted")
@@ -303,6 +313,9 @@ class GroupFeed:
             return
         self.closed = True
         self.registry.discard(self)  # type: ignore[arg-type]
+        for u in self._unwatch:
+            u()
+        self._unwatch = []
         if self._pulling is not None:
             d, self._pulling = self._pulling, None
             d.cancel()
