@@ -547,3 +547,12 @@ async def test_deleting_the_topic_closes_group_sockets_at_once(ws: WS) -> None:
     assert code == 204
     await bounded(c.closed)  # no clock advance: the pull's 25 s wait is not what ends it
     assert c.close_code == 4004
+
+
+@pytest_twisted.ensureDeferred
+async def test_from_time_resolves_in_storage_then_upgrades(ws: WS) -> None:
+    """``from_time`` is resolved by a storage scan (asynchronously) before the upgrade."""
+    await ws.server.publish("ft", ["a", "b"])
+    c = await ws.connect("/v1/topics/ft/ws?from_time=0")
+    await c.wait_messages(2)
+    assert c.offsets() == [0, 1]
