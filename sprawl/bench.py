@@ -25,6 +25,7 @@ import asyncio
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import ssl
 import time
@@ -242,7 +243,9 @@ class Endpoint:
     async def connect(self, factory: Callable[[], asyncio.Protocol], timeout: float) -> Any:
         """Open a TCP (or TLS) connection running the protocol ``factory`` builds."""
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if self.tls else None
+        context = (
+            ssl.create_default_context(cafile=os.environ.get("SPRAWL_CACERT") or None) if self.tls else None
+        )
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(factory, self.host, self.port, ssl=context), timeout
@@ -446,6 +449,12 @@ class _HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
+def auth_header() -> bytes:
+    """``Authorization: Bearer`` from ``SPRAWL_TOKEN`` (set by ``sprawlctl --token``), or nothing."""
+    token = os.environ.get("SPRAWL_TOKEN")
+    return b"Authorization: Bearer %s\r\n" % token.encode("ascii", "replace") if token else b""
+
+
 class HttpClient:
     """A lazily (re)connected keep-alive client for one :class:`Endpoint`."""
 
@@ -453,6 +462,7 @@ class HttpClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self._conn: _HttpConnection | None = None
+        self._auth = auth_header()
 
     def build(
         self,
@@ -463,7 +473,12 @@ class HttpClient:
     ) -> bytes:
         """Serialise a request for :meth:`send`."""
         ep = self.endpoint
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), ep.path(path), ep.host_header)
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
+            method.encode(),
+            ep.path(path),
+            ep.host_header,
+            self._auth,
+        )
         if body is None:
             return head + b"\r\n"
         return head + b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body)) + body
@@ -638,7 +653,7 @@ class SubscriberGroup:
             assert reader.transport is not None
             reader.transport.write(
                 b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
-                b"Cache-Control: no-cache\r\n\r\n" % (ep.path(path), ep.host_header)
+                b"Cache-Control: no-cache\r\n%s\r\n" % (ep.path(path), ep.host_header, auth_header())
             )
         try:
             await asyncio.wait_for(
@@ -882,6 +897,7 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
                 await asyncio.sleep(delay)
         item = b'{"payload":"%019d%s"}' % (time.time_ns(), pad)
         request = client.build("POST", path, head + b",".join([item] * n) + b"]}")
+        refusals = 0
         while True:
             t0 = time.perf_counter_ns()
             resp = await client.send(request)
@@ -889,12 +905,19 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
             state.requests += 1
             if resp.status == 429:
                 state.throttled += 1
+                refusals += 1
+                if refusals > MAX_THROTTLED_RETRIES:
+                    raise BenchError(f"publish refused {refusals} times in a row: {resp.error_text()}")
                 await asyncio.sleep(_retry_after(resp.headers.get("retry-after")))
                 continue
             if resp.status != 200:
                 raise BenchError(f"publish failed: {resp.error_text()}")
             break
         state.published += n
+
+
+#: Consecutive 429 answers to one publish before the run fails (each waits Retry-After).
+MAX_THROTTLED_RETRIES = 50
 
 
 def _retry_after(value: str | None) -> float:

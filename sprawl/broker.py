@@ -100,7 +100,13 @@ class Broker:
         self._ephemeral_checkpoint: dict[tuple[int, int], int] = {}
         self._spilling: dict[tuple[int, int], int] = {}  # (uid, p) → end of the spill queued
         self.stopping = False
-        self.max_pending_bytes = max(64 * 1000**2, config.memory_budget // 2)
+        # Unflushed data counts against --memory-budget: half of it at most,
+        # a quarter per partition unless --partition-backlog says otherwise.
+        self.max_pending_bytes = config.memory_budget // 2
+        self.partition_backlog = config.partition_backlog or max(64 * 1000, config.memory_budget // 4)
+        #: (topic uid, partition) → bytes appended and queued for LMDB, not yet committed.
+        self.backlog: dict[tuple[int, int], int] = {}
+        self._hot_added = 0
         self.published_total = 0
         self.published_bytes_total = 0
         self.deduplicated_total = 0
@@ -482,7 +488,10 @@ class Broker:
         waits: list[Deferred[None]] = []
         uid = cfg.uid
         name = cfg.name
+        if cfg.durable:
+            self.check_backlog(uid, name, by_part)
         put_records = self.store.put_records
+        sizes: dict[int, int] = {}
         for p, recs in by_part.items():
             lg = topic.logs[p]
             changed = lg.append(recs, now)
@@ -492,7 +501,15 @@ class Broker:
                     ops.append(
                         ("p", "segments", keys.segment_key(uid, p, s.base), _json_encode(s.to_tuple()))
                     )
-                nbytes += sum(r.size for r in recs)
+                size = sum(r.size for r in recs)
+                sizes[p] = size
+                nbytes += size
+        # The memory budget holds between ticks too: a fast publisher makes the
+        # eviction run as soon as an eighth of the budget was added.
+        self._hot_added += nbytes if cfg.durable else sum(r.size for recs in by_part.values() for r in recs)
+        if self._hot_added > self.config.memory_budget // 8:
+            self._hot_added = 0
+            self.enforce_memory_budget(spill=False)
         if fast:
             first = records[0].offset
             offsets = list(range(first, first + n))
@@ -514,7 +531,11 @@ class Broker:
             self.metrics.published(name, n - ndup, payload_bytes)
         if cfg.durable:
             if ops:
+                backlog = self.backlog
+                for p, size in sizes.items():
+                    backlog[(uid, p)] = backlog.get((uid, p), 0) + size
                 d = self.store.write(ops, nbytes)
+                d.addBoth(self._release_backlog, uid, sizes)
                 d.addCallback(
                     self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid
                 )
@@ -540,6 +561,31 @@ class Broker:
         dl.addCallback(lambda _: result)
         dl.addErrback(_first_failure)
         return dl  # type: ignore[return-value]
+
+    def check_backlog(self, uid: int, name: str, partitions: Any) -> None:
+        """429 ``backpressure`` when a partition's unflushed backlog is over its limit."""
+        backlog = self.backlog
+        limit = self.partition_backlog
+        for p in partitions:
+            if backlog.get((uid, p), 0) > limit:
+                if self.metrics is not None:
+                    self.metrics.rejected_requests.labels("backpressure").inc()
+                raise Overloaded(
+                    f"partition {name}/{p} has more than {limit} bytes waiting for storage; "
+                    "retry after the Retry-After delay",
+                    retry_after=1,
+                    code="backpressure",
+                )
+
+    def _release_backlog(self, result: Any, uid: int, sizes: dict[int, int]) -> Any:
+        backlog = self.backlog
+        for p, size in sizes.items():
+            left = backlog.get((uid, p), 0) - size
+            if left > 0:
+                backlog[(uid, p)] = left
+            else:
+                backlog.pop((uid, p), None)
+        return result
 
     def _committed(self, _: object, name: str, ends: dict[int, int], uid: int | None = None) -> None:
         t = self.topics.get(name)
@@ -995,9 +1041,9 @@ class Broker:
                 self.store.write(ops).addErrback(lambda f: log.failure("retention commit failed", f))
         return total
 
-    def enforce_memory_budget(self) -> None:
+    def enforce_memory_budget(self, spill: bool = True) -> None:
         """Keep hot tails within ``--memory-budget``: evict stored records,
-        spill ephemeral ones to LMDB first."""
+        spill ephemeral ones to LMDB first (on ticks; ``spill=False`` only evicts)."""
         budget = self.config.memory_budget
         logs = [lg for t in self.topics.values() for lg in t.logs]
         total = sum(lg.hot_bytes for lg in logs)
@@ -1009,7 +1055,7 @@ class Broker:
                 break
             share = max(0, lg.hot_bytes - (total - target))
             total -= lg.evict(share)
-        if total > budget:
+        if total > budget and spill:
             self._spill_ephemeral()
 
     def _spill_ephemeral(self) -> None:

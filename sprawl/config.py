@@ -198,6 +198,20 @@ class NodeConfig:
     raft_dead_grace: float = 30.0
     #: Snapshot the metadata every this many applied entries.
     raft_snapshot_entries: int = 1024
+    #: Bytes a partition may have appended but not yet durably stored before
+    #: publishes to it get 429 ``backpressure`` (None: a quarter of the memory budget).
+    partition_backlog: int | None = None
+    #: Seconds a stream/WebSocket client may keep its socket full before it is cut off.
+    slow_consumer_timeout: float = 30.0
+    #: Static bearer tokens (JSON file; see sprawl.auth).  Auth is off without it and a JWT secret.
+    auth_tokens: str | None = None
+    #: HS256 secret of bearer JWTs (prefer SPRAWL_JWT_SECRET or the file).
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_secret_file: str | None = None
+    #: HTTPS: PEM certificate (chain) and key; with ``tls_ca`` clients must present certificates.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -227,6 +241,24 @@ class NodeConfig:
             self.cluster_key = parse_cluster_key(self.cluster_key)
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be text or json")
+        if self.partition_backlog is not None and self.partition_backlog < 64 * 1000:
+            raise ConfigError("--partition-backlog must be at least 64KB")
+        if not 0 < self.slow_consumer_timeout <= 3600:
+            raise ConfigError("--slow-consumer-timeout must be in (0, 1h]")
+        if self.auth_tokens or self.jwt_secret or self.jwt_secret_file:
+            from sprawl.auth import load_authenticator
+
+            load_authenticator(self.auth_tokens, self.jwt_secret, self.jwt_secret_file)  # fail early
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_ca and not self.tls_cert:
+            raise ConfigError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+        if self.tls_cert and self.http_endpoint:
+            raise ConfigError("give --tls-cert/--tls-key or an ssl: --http-endpoint, not both")
+        if self.tls_cert and self.tls_key:
+            from sprawl.tlsconfig import check_pem_files
+
+            check_pem_files(self.tls_cert, self.tls_key, self.tls_ca)
         return self
 
     @property

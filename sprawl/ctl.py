@@ -15,6 +15,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import socket
 import sys
 import time
@@ -128,18 +129,53 @@ class Reply:
         raise CtlError(error_text(self.status, self.body))
 
 
+#: How often a request answered 429 is sent again (after Retry-After) before giving up.
+MAX_429_RETRIES = 5
+#: The longest Retry-After sprawlctl honours, in seconds.
+MAX_RETRY_AFTER = 10.0
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """Seconds to wait from a ``Retry-After`` header: 1 s when absent or a date, at most 10 s."""
+    try:
+        seconds = float(value) if value else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 class Client:
     """Synchronous JSON-over-HTTP client with fail-over across a list of node URLs."""
 
-    def __init__(self, urls: Sequence[str], timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        timeout: float = 10.0,
+        token: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         self.urls = list(urls)
         self.timeout = timeout
+        #: Bearer token sent with every request (``--token`` / ``SPRAWL_TOKEN``).
+        self.token = token
+        #: CA bundle (PEM) that https:// nodes' certificates must chain to (``--cacert``).
+        self.cacert = cacert
+
+    def __repr__(self) -> str:
+        return f"Client({self.urls!r}, token={'set' if self.token else 'none'})"
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _connection(self, url: str, timeout: float | None) -> http.client.HTTPConnection:
         parts = urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         assert parts.hostname is not None
-        return cls(parts.hostname, parts.port, timeout=timeout)
+        if parts.scheme == "https":
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=self.cacert)
+            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ctx)
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
     @staticmethod
     def _target(url: str, path: str, query: dict[str, Any] | None) -> str:
@@ -160,7 +196,17 @@ class Client:
             self.urls.remove(url)
             self.urls.insert(0, url)
 
-    def request(
+    def request(self, method: str, path: str, json_body: Any = None, **kwargs: Any) -> Reply:
+        """:meth:`request_once`, sent again after the ``Retry-After`` delay while the node
+        answers 429 (a refused request wrote nothing), at most ``MAX_429_RETRIES`` times."""
+        for attempt in range(MAX_429_RETRIES + 1):
+            reply = self.request_once(method, path, json_body, **kwargs)
+            if reply.status != 429 or attempt == MAX_429_RETRIES:
+                return reply
+            time.sleep(retry_after_seconds(reply.headers.get("Retry-After")))
+        raise AssertionError("unreachable")
+
+    def request_once(
         self,
         method: str,
         path: str,
@@ -178,7 +224,11 @@ class Client:
         connection after the request was sent or answers 503 (unavailable) is skipped only for
         idempotent methods, so a publish is never silently sent twice.
         """
-        hdrs = {"Accept": "application/json", "User-Agent": f"sprawlctl/{__version__}"}
+        hdrs = {
+            "Accept": "application/json",
+            "User-Agent": f"sprawlctl/{__version__}",
+            **self._auth_headers(),
+        }
         if json_body is not None:
             body = json.dumps(json_body).encode()
             content_type = "application/json"
@@ -236,7 +286,7 @@ class Client:
         The connect and the response head are bounded by the timeout; each later read of the
         body by ``read_timeout`` (None = unbounded).
         """
-        hdrs = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        hdrs = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self._auth_headers()}
         hdrs.update(headers or {})
         errors: list[str] = []
         for url in list(self.urls):
@@ -396,11 +446,26 @@ class _Cli(click.Group):
     envvar="SPRAWL_TIMEOUT",
     help="Seconds to wait for a node to connect and answer.",
 )
+@click.option(
+    "--token",
+    envvar="SPRAWL_TOKEN",
+    metavar="TOKEN",
+    help="Bearer token for nodes with authentication on (env SPRAWL_TOKEN; prefer the variable: "
+    "arguments are visible to other users).",
+)
+@click.option(
+    "--cacert",
+    envvar="SPRAWL_CACERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA bundle that https:// nodes' certificates must chain to (env SPRAWL_CACERT).",
+)
 @click.version_option(__version__, prog_name="sprawlctl")
 @click.pass_context
-def cli(ctx: click.Context, nodes: tuple[str, ...], timeout: float) -> None:
+def cli(
+    ctx: click.Context, nodes: tuple[str, ...], timeout: float, token: str | None, cacert: str | None
+) -> None:
     """Operate a Sprawl pub/sub cluster over its HTTP API."""
-    ctx.obj = Client(parse_urls(nodes), timeout)
+    ctx.obj = Client(parse_urls(nodes), timeout, token=token, cacert=cacert)
 
 
 def _client(ctx: click.Context) -> Client:
@@ -1499,12 +1564,23 @@ def bench(
     if progress is None:
         progress = sys.stderr.isatty()
     line = _ProgressLine(progress)
+    # The bench's own HTTP clients (and its subscriber process) read these.
+    saved = {k: os.environ.get(k) for k in ("SPRAWL_TOKEN", "SPRAWL_CACERT")}
+    if client.token:
+        os.environ["SPRAWL_TOKEN"] = client.token
+    if client.cacert:
+        os.environ["SPRAWL_CACERT"] = client.cacert
     try:
         result = run_bench(config, line)
     except BenchError as exc:
         raise CtlError(str(exc)) from None
     finally:
         line.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     if as_json:
         _print_json(result.to_dict())
     else:

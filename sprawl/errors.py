@@ -60,8 +60,8 @@ class Overloaded(SprawlError):
     status = 429
     code = "overloaded"
 
-    def __init__(self, message: str, retry_after: float = 1.0):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: float = 1.0, *, code: str | None = None):
+        super().__init__(message, code=code)
         self.retry_after = retry_after
 
 

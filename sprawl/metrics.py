@@ -212,6 +212,17 @@ class _StateCollector:
         pend = GaugeMetricFamily("sprawl_lmdb_pending_bytes", "Bytes queued for the next LMDB commit")
         pend.add_metric([], store.pending_bytes)
         yield pend
+        backlog = getattr(broker, "backlog", None)
+        if backlog is not None:
+            worst = GaugeMetricFamily(
+                "sprawl_partition_backlog_max_bytes",
+                "Largest unflushed backlog of any partition (429 backpressure past --partition-backlog)",
+            )
+            worst.add_metric([], max(backlog.values(), default=0))
+            yield worst
+            limit = GaugeMetricFamily("sprawl_partition_backlog_limit_bytes", "The --partition-backlog")
+            limit.add_metric([], broker.partition_backlog)
+            yield limit
         commits = CounterMetricFamily("sprawl_lmdb_commits", "LMDB write transactions committed (fsynced)")
         commits.add_metric([], store.commits)
         yield commits

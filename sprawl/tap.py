@@ -75,6 +75,14 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "log-format": ("log_format", str),
     "raft-dead-grace": ("raft_dead_grace", parse_duration),
     "raft-snapshot-entries": ("raft_snapshot_entries", int),
+    "partition-backlog": ("partition_backlog", parse_size),
+    "slow-consumer-timeout": ("slow_consumer_timeout", parse_duration),
+    "auth-tokens": ("auth_tokens", str),
+    "jwt-secret": ("jwt_secret", str),
+    "jwt-secret-file": ("jwt_secret_file", str),
+    "tls-cert": ("tls_cert", str),
+    "tls-key": ("tls_key", str),
+    "tls-ca": ("tls_ca", str),
 }
 
 _DOCS = {
@@ -111,6 +119,20 @@ _DOCS = {
     "raft-dead-grace": "How long a Raft voter may be dead (by gossip) before it is replaced [default: 30s].",
     "raft-snapshot-entries": "Snapshot the cluster metadata every N Raft entries [default: 1024].",
     "config": "JSON file of options (keys as option names).",
+    "partition-backlog": (
+        "Bytes a partition may hold appended but not yet stored; beyond, publishes get 429 "
+        "backpressure with Retry-After [default: memory budget / 4]."
+    ),
+    "slow-consumer-timeout": "How long a stream/WebSocket client may stall before it is cut off [default: 30s].",
+    "auth-tokens": (
+        "JSON file of bearer tokens with per-topic-pattern permissions (publish, subscribe, admin); "
+        "authentication is off without it and without a JWT secret."
+    ),
+    "jwt-secret": "HS256 secret (32+ bytes) of bearer JWTs. Prefer SPRAWL_JWT_SECRET or --jwt-secret-file.",
+    "jwt-secret-file": "File holding the HS256 secret of bearer JWTs.",
+    "tls-cert": "Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+    "tls-key": "PEM private key of --tls-cert.",
+    "tls-ca": "PEM CA bundle: HTTPS clients must present a certificate signed by it (mutual TLS).",
 }
 
 _ALIASES = {
@@ -360,12 +382,28 @@ class NodeService(service.Service):
         info.membership = self.gossip
         info.raft = self.control
         self.api = SprawlAPI(self.broker, info, self.reactor, metrics, control=self.control)
+        from sprawl.auth import load_authenticator
+
+        self.api.auth = load_authenticator(c.auth_tokens, c.jwt_secret, c.jwt_secret_file)
+        if self.api.auth.enabled:
+            log.info(
+                "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
+                tokens=len(self.api.auth.tokens or ()),
+                jwt=self.api.auth.jwt is not None,
+            )
         site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
-        self.http_port = await serverFromString(self.reactor, c.http_listen).listen(site)
+        if c.tls_cert and c.tls_key:
+            from sprawl.tlsconfig import server_endpoint
+
+            http_ep = server_endpoint(self.reactor, c.http_port, c.http_addr, c.tls_cert, c.tls_key, c.tls_ca)
+        else:
+            http_ep = serverFromString(self.reactor, c.http_listen)
+        self.http_port = await http_ep.listen(site)
         host = self.http_port.getHost()
         http_port = getattr(host, "port", 0)
         http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")
-        info.http = f"http://{http_addr}:{http_port}"
+        tls = bool(c.tls_cert) or (c.http_endpoint or "").startswith("ssl:")
+        info.http = f"{'https' if tls else 'http'}://{http_addr}:{http_port}"
         self.gossip.set_meta(http=info.http)
         self.control.http = info.http
         if self.control.driver.node.voters == {self.control.raft_id}:

@@ -175,3 +175,106 @@ WAIT = 10.0
 def bounded(d: Any, timeout: float = WAIT) -> Any:
     """``d``, failing with TimeoutError if it has not fired within ``timeout`` real seconds."""
     return d.addTimeout(timeout, the_reactor())
+
+
+def make_test_pki(
+    directory: Path | str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+) -> dict[str, str]:
+    """A throw-away CA, a server certificate for ``hosts`` and a client certificate, as PEM files.
+
+    Returns paths: ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key`` and
+    ``other_ca`` (an unrelated CA, for "does not verify" tests).  For tests and benchmarks only.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def write_key(k: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        path.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    def ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        k = key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(name(cn))
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(k, hashes.SHA256())
+        )
+        return k, cert
+
+    def leaf(
+        cn: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, server: bool
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        k = key()
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if server:
+            sans: list[x509.GeneralName] = []
+            for h in hosts:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+                except ValueError:
+                    sans.append(x509.DNSName(h))
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return k, b.sign(ca_key, hashes.SHA256())
+
+    ca_key, ca_cert = ca("sprawl test CA")
+    _other_key, other_cert = ca("unrelated test CA")
+    s_key, s_cert = leaf(hosts[0], ca_key, ca_cert, True)
+    c_key, c_cert = leaf("sprawl test client", ca_key, ca_cert, False)
+    pem = serialization.Encoding.PEM
+    paths = {
+        "ca": d / "ca.pem",
+        "other_ca": d / "other-ca.pem",
+        "server_cert": d / "server.pem",
+        "server_key": d / "server.key",
+        "client_cert": d / "client.pem",
+        "client_key": d / "client.key",
+    }
+    paths["ca"].write_bytes(ca_cert.public_bytes(pem))
+    paths["other_ca"].write_bytes(other_cert.public_bytes(pem))
+    paths["server_cert"].write_bytes(s_cert.public_bytes(pem))
+    write_key(s_key, paths["server_key"])
+    paths["client_cert"].write_bytes(c_cert.public_bytes(pem))
+    write_key(c_key, paths["client_key"])
+    return {k: str(v) for k, v in paths.items()}

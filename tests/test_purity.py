@@ -43,6 +43,7 @@ PURE = [
     "sprawl.replication.messages",
     "sprawl.replication.replica",
     "sprawl.replication.failover",
+    "sprawl.auth",
 ]
 
 _PROBE = """

@@ -131,6 +131,26 @@ class _JSONErrorsResource(KleinResource):
         return super().render(request)
 
 
+class _AuthorizingResource(_JSONErrorsResource):
+    """Checks the bearer token and the route's permission (see
+    :mod:`sprawl.http.authz`) before Klein routes the request; a no-op while
+    authentication is off."""
+
+    def __init__(self, app: Any, api: SprawlAPI):
+        super().__init__(app)
+        self._api = api
+
+    def render(self, request: Any) -> Any:
+        if self._api.auth.enabled:
+            from sprawl.http import authz
+
+            try:
+                request.sprawl_principal = authz.authorize(self._api, request)
+            except SprawlError as e:
+                return authz.refuse(request, e, self._api.metrics)
+        return super().render(request)
+
+
 class SprawlAPI:
     """The node's HTTP API.  ``resource()`` gives the twisted.web resource."""
 
@@ -145,15 +165,24 @@ class SprawlAPI:
         self.clock = clock
         self.metrics = metrics
         self.streams = StreamRegistry()
+        from sprawl.auth import Authenticator
+
+        #: Bearer-token authentication (off unless the node is given tokens or a JWT secret).
+        self.auth = Authenticator()
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards: set[dashboard_ui.DashboardStream] = set()
+        #: Options of WebSocket feeds (``slow_timeout``, ``ping_interval``, ``max_frame_bytes``).
+        self.ws_options: dict[str, Any] = {
+            "max_frame_bytes": broker.config.max_body_bytes,
+            "slow_timeout": broker.config.slow_consumer_timeout,
+        }
         if metrics is not None:
             metrics.broker = broker
             metrics.streams = self.streams
 
     def resource(self) -> Any:
         """The twisted.web resource serving this API."""
-        return _JSONErrorsResource(self.app)
+        return _AuthorizingResource(self.app, self)
 
     # -- errors ------------------------------------------------------------------
 
@@ -422,7 +451,15 @@ class SprawlAPI:
             for p, off in resume.items():
                 if p in starts:
                     starts[p] = t.logs[p].resolve_start(off + 1)
-            s = SSEStream(self.broker, t, starts, request, self.clock, registry=self.streams)
+            s = SSEStream(
+                self.broker,
+                t,
+                starts,
+                request,
+                self.clock,
+                registry=self.streams,
+                slow_timeout=self.broker.config.slow_consumer_timeout,
+            )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(
                     time.perf_counter() - started
@@ -442,14 +479,64 @@ class SprawlAPI:
         return d
 
     @app.route("/v1/topics/<string:topic>/ws", methods=["GET"])
-    @_route("websocket")
     def websocket(self, request: Any, topic: str) -> Any:
-        self.broker.get_topic(topic)
-        raise SprawlError(
-            "WebSocket streaming is not available in this version; use /stream (SSE) or long-poll",
-            code="not_implemented",
-            status=501,
-        )
+        """Upgrade to a WebSocket feed (see :mod:`sprawl.http.websocket`).
+
+        The query is validated before the upgrade, so a bad one is a plain
+        4xx with the JSON error shape.
+        """
+        from sprawl.http import websocket as ws
+
+        try:
+            t = self.broker.get_topic(topic)
+            spec, from_time = self._start_spec(request)
+            parts = self._partitions(request, t)
+            lei = self._arg(request, "last_event_id")
+            if lei is not None and not lei:
+                raise BadRequest("last_event_id must be PARTITION:OFFSET", code="invalid_last_event_id")
+            resume = parse_last_event_id(lei.encode() if lei else None)
+            gname = self._arg(request, "group")
+            max_in_flight = self._int_arg(request, "max_in_flight", 100, 1, MAX_FETCH) or 100
+            g = None
+            if gname is not None:
+                if spec is not None or from_time is not None or resume:
+                    raise BadRequest(
+                        "group mode starts where the group is; from/from_time/last_event_id do not apply",
+                        code="invalid_parameter",
+                    )
+                g = self.broker.get_group(t, gname)
+            if not ws.is_upgrade(request):
+                raise SprawlError(
+                    "this route speaks WebSocket: send an Upgrade: websocket request",
+                    code="upgrade_required",
+                    status=426,
+                )
+        except SprawlError as e:
+            if e.status == 426:
+                request.setHeader(b"upgrade", b"websocket")
+            return self._render_error(request, Failure(e))
+        principal = getattr(request, "sprawl_principal", None)
+        if g is not None:
+            return ws.ws_resource(
+                self, t, group=g, max_in_flight=max_in_flight, principal=principal, **self.ws_options
+            )
+
+        def go(starts: dict[int, int]) -> Any:
+            for p, off in resume.items():
+                if p in starts:
+                    starts[p] = t.logs[p].resolve_start(off + 1)
+            return ws.ws_resource(self, t, cursors=starts, principal=principal, **self.ws_options)
+
+        d = self._resolve(t, parts, spec, from_time, "latest")
+        d.addCallback(go)
+
+        def failed(f: Failure) -> Any:
+            if request.finished or request._disconnected:
+                return None
+            return self._render_error(request, f)
+
+        d.addErrback(failed)
+        return d
 
     # -- topics ------------------------------------------------------------------------
 

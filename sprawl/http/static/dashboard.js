@@ -497,7 +497,11 @@
   }
 
   function connect() {
-    const es = new EventSource("/v1/dashboard/stream");
+    // With authentication on, open the page as /?access_token=TOKEN (an admin token):
+    // EventSource cannot send an Authorization header, so the token rides in the query.
+    const token = new URLSearchParams(window.location.search).get("access_token");
+    const feed = "/v1/dashboard/stream" + (token ? "?access_token=" + encodeURIComponent(token) : "");
+    const es = new EventSource(feed);
     es.onopen = () => setLive("live", "pill-ok");
     es.onmessage = (ev) => {
       let s;

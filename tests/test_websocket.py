@@ -1,0 +1,558 @@
+"""WebSocket: ``GET /v1/topics/{topic}/ws`` with autobahn's client over real loopback TCP.
+
+The node is in-process (real LMDB, the API on ``tcp:0:interface=127.0.0.1``,
+a :class:`task.Clock` as broker and feed clock, as in test_streams), the
+client is autobahn's ``WebSocketClientProtocol``.  Waits are on frames or
+connection events with bounds in real seconds; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_streams import Server
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import formatEvent
+
+from sprawl.http.websocket import CLOSE_SLOW_CONSUMER, GroupFeed, WSStream
+from sprawl.testing import WAIT, bounded, the_reactor
+
+
+class WSClient(WebSocketClientProtocol):
+    """Collects frames; ``when(pred)`` waits (bounded) for a condition on them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[dict[str, Any]] = []
+        self.opened: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._waits: list[tuple[Callable[[], bool], Deferred[None]]] = []
+
+    def onOpen(self) -> None:
+        self.opened.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.frames.append(json.loads(payload))
+        self._check()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_code, self.close_reason = code, reason
+        waits, self._waits = self._waits, []
+        for _p, d in waits:
+            if not d.called:
+                d.errback(AssertionError(f"closed first ({code} {reason}); frames: {self.frames[-3:]}"))
+        if not self.opened.called:
+            self.opened.errback(AssertionError(f"closed before open: {code} {reason}"))
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def _check(self) -> None:
+        for item in list(self._waits):
+            pred, d = item
+            if pred():
+                self._waits.remove(item)
+                d.callback(None)
+
+    def when(self, pred: Callable[[], bool], timeout: float = WAIT) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waits.append((pred, d))
+        self._check()
+        return bounded(d, timeout)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [f for f in self.frames if "offset" in f]
+
+    def offsets(self) -> list[int]:
+        return [m["offset"] for m in self.messages]
+
+    def wait_messages(self, n: int) -> Deferred[None]:
+        return self.when(lambda: len(self.messages) >= n)
+
+    def send(self, frame: Any) -> None:
+        self.sendMessage(frame if isinstance(frame, bytes) else json.dumps(frame).encode())
+
+    async def request(self, frame: dict[str, Any], ref: str) -> dict[str, Any]:
+        """Send a frame with ``ref`` and wait for the answer carrying it."""
+        self.send({**frame, "ref": ref})
+        await self.when(lambda: any(f.get("ref") == ref for f in self.frames))
+        return next(f for f in self.frames if f.get("ref") == ref)
+
+
+class WS:
+    """Opens autobahn clients to the server and closes them all afterwards."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.clients: list[WSClient] = []
+
+    async def connect(self, path: str) -> WSClient:
+        port = self.server.port.getHost().port
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
+        factory.protocol = WSClient
+        factory.setProtocolOptions(closeHandshakeTimeout=2.0)
+        c: WSClient = await bounded(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port).connect(factory))
+        self.clients.append(c)
+        await bounded(c.opened)
+        return c
+
+    async def close(self) -> None:
+        for c in self.clients:
+            if not c.closed.called:
+                c.transport.resumeProducing()
+                c.sendClose()
+        for c in self.clients:
+            await bounded(c.closed)
+
+
+@pytest_twisted.async_yield_fixture
+async def ws(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[WS]:
+    """A node on a loopback port plus a WebSocket client opener; everything closed afterwards, and
+    nothing may have logged an error meanwhile."""
+    s = Server(tmp_path)
+    await s.listen()
+    w = WS(s)
+    try:
+        yield w
+    finally:
+        await w.close()
+        await s.close()
+    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
+
+
+def feeds(w: WS) -> list[Any]:
+    return [f for f in w.server.api.streams.streams if isinstance(f, (WSStream, GroupFeed))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribe_from_earliest_then_live(ws: WS) -> None:
+    """From ``earliest``: stored messages, then new ones, one JSON frame each, same shape as fetch."""
+    await ws.server.publish("w", ["m0", "m1"])
+    c = await ws.connect("/v1/topics/w/ws?from=earliest")
+    await c.wait_messages(2)
+    await ws.server.publish("w", ["m2"])
+    await c.wait_messages(3)
+    assert c.offsets() == [0, 1, 2]
+    assert [m["payload"] for m in c.messages] == ["m0", "m1", "m2"]
+    _, body = await ws.server.request("GET", "/v1/topics/w/messages?from=0")
+    assert json.loads(body)["messages"] == c.messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_over_the_socket_is_acked_and_delivered(ws: WS) -> None:
+    """A ``publish`` frame (single message or batch) is answered with offsets/ids and the messages
+    come back on the feed; an ``id`` published twice gets the first offset."""
+    await ws.server.publish("p", ["m0"])
+    c = await ws.connect("/v1/topics/p/ws?from=latest")
+    r1 = await c.request({"publish": {"payload": "hello", "key": "k", "id": "one"}}, "a")
+    assert r1["published"]["offsets"] == [1] and r1["published"]["ids"] == ["one"]
+    r2 = await c.request(
+        {"publish": {"messages": [{"payload": "x"}, {"payload_b64": "AAE="}], "acks": "leader"}}, "b"
+    )
+    assert r2["published"]["offsets"] == [2, 3]
+    r3 = await c.request({"publish": {"payload": "again", "id": "one"}}, "c")
+    assert r3["published"]["offsets"] == [1] and r3["published"]["duplicates"] == [True]
+    await c.wait_messages(3)
+    assert c.offsets() == [1, 2, 3]
+    assert c.messages[0]["key"] == "k" and c.messages[2]["payload_b64"] == "AAE="
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_frames_get_error_frames_and_change_nothing(ws: WS) -> None:
+    """Malformed frames are answered with ``{"error": {"code", "message"}}``; the socket stays open,
+    another client is untouched and nothing was written."""
+    await ws.server.publish("bad", ["m0"])
+    c = await ws.connect("/v1/topics/bad/ws?from=earliest")
+    other = await ws.connect("/v1/topics/bad/ws?from=earliest")
+    await c.wait_messages(1)
+    cases = [
+        b"not json",
+        b"[1,2]",
+        b'{"frobnicate": 1}',
+        b'{"publish": 5}',
+        b'{"publish": {"payload": 1}}',
+        b'{"publish": {"payload": "x", "acks": "all"}}',
+        b'{"publish": {"payload": "x", "extra": 1}}',
+        b'{"publish": {"messages": []}}',
+        b'{"ack": ["a"]}',  # no group on this socket
+        b'{"ack": 7}',
+        b'{"publish": {}, "ack": []}',
+        b"\xff\xfe",
+    ]
+    for raw in cases:
+        c.sendMessage(raw, isBinary=True)
+    await c.when(lambda: sum("error" in f for f in c.frames) >= len(cases))
+    errors = [f["error"] for f in c.frames if "error" in f]
+    assert all(set(e) >= {"code", "message"} for e in errors)
+    assert {e["code"] for e in errors} >= {"invalid_json", "invalid_frame", "invalid_message", "no_group"}
+    r = await c.request({"publish": {"payload": "good"}}, "ok")
+    assert r["published"]["offsets"] == [1]  # nothing was written by the bad frames
+    await other.wait_messages(2)
+    assert other.offsets() == [0, 1] and not other.closed.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_after_reconnect_loses_nothing(ws: WS) -> None:
+    """A client that reconnects with ``from`` = last offset + 1 gets exactly what it missed."""
+    assert (await ws.server.request("PUT", "/v1/topics/r"))[0] == 201
+    c = await ws.connect("/v1/topics/r/ws?from=earliest")
+    await ws.server.publish("r", [f"m{i}" for i in range(5)])
+    await c.wait_messages(5)
+    last = c.messages[-1]["offset"]
+    c.sendClose()
+    await bounded(c.closed)
+    await ws.server.publish("r", [f"m{i}" for i in range(5, 9)])
+    again = await ws.connect(f"/v1/topics/r/ws?from={last + 1}&partition=0")
+    await ws.server.publish("r", ["m9"])
+    await again.wait_messages(5)
+    assert c.offsets() + again.offsets() == list(range(10))
+    last_event = await ws.connect("/v1/topics/r/ws?last_event_id=0:7")
+    await last_event.wait_messages(2)
+    assert last_event.offsets() == [8, 9]
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_mode_leases_acks_and_redelivers(ws: WS) -> None:
+    """``?group=G``: messages carry ack ids, at most ``max_in_flight`` unacked are on the socket, an
+    ack frame frees credit; a socket that closes with unacked leases has them redelivered."""
+    s = ws.server
+    await s.publish("g", [f"m{i}" for i in range(6)])
+    code, _ = await s.request(
+        "PUT", "/v1/topics/g/groups/workers", json={"start": "earliest", "ack_deadline_ms": 5000}
+    )
+    assert code == 201
+    c = await ws.connect("/v1/topics/g/ws?group=workers&max_in_flight=2")
+    await c.wait_messages(2)
+    assert c.offsets() == [0, 1]
+    assert all(m["ack_id"] and m["delivery_attempt"] == 1 for m in c.messages)
+    r = await c.request({"ack": [c.messages[0]["ack_id"]]}, "a1")
+    assert r["acked"] == 1 and r["refused"] == {}
+    await c.wait_messages(3)
+    r = await c.request({"ack": {"ack_ids": [c.messages[1]["ack_id"], c.messages[2]["ack_id"]]}}, "a2")
+    assert r["acked"] == 2
+    await c.wait_messages(5)
+    assert c.offsets() == [0, 1, 2, 3, 4]
+    r = await c.request({"nack": {"ack_ids": [c.messages[3]["ack_id"]]}}, "n")
+    assert r["nacked"] == 1
+    await c.wait_messages(6)
+    # The socket closes holding leases on 4 and 5 (or 3's redelivery): another consumer gets them
+    # once the lease deadline passes.
+    held = {m["offset"] for m in c.messages[4:]}
+    c.sendClose()
+    await bounded(c.closed)
+    s.clock.advance(6)
+    d = await ws.connect("/v1/topics/g/ws?group=workers&max_in_flight=10")
+    await d.when(lambda: {m["offset"] for m in d.messages} >= held)
+    assert all(m["delivery_attempt"] >= 2 for m in d.messages)
+
+
+@pytest_twisted.ensureDeferred
+async def test_query_errors_and_plain_get_before_upgrade(ws: WS) -> None:
+    """Bad queries are plain 4xx JSON errors before any upgrade; a GET without Upgrade gets 426."""
+    s = ws.server
+    await s.publish("q", ["m"])
+    for path, status, code in [
+        ("/v1/topics/nope/ws", 404, "topic_not_found"),
+        ("/v1/topics/q/ws?from=-1", 400, "invalid_parameter"),
+        ("/v1/topics/q/ws?partition=9", 404, "partition_not_found"),
+        ("/v1/topics/q/ws?group=nobody", 404, "group_not_found"),
+        ("/v1/topics/q/ws", 426, "upgrade_required"),
+    ]:
+        got, body = await s.request("GET", path)
+        assert got == status, (path, body)
+        err = json.loads(body)["error"]
+        assert err["code"] == code or status == 404, (path, err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_websocket_client_pauses_the_feed_and_is_cut_off(ws: WS) -> None:
+    """A client that stops reading pauses its feed (the node stops reading from the broker for it);
+    after the slow timeout it is closed with code 4008 and a reason naming its cursor, and it
+    resumes from there without loss.  A fast client on the same topic gets everything meanwhile."""
+    s = ws.server
+    await s.publish("slow", ["m0"])
+    slow = await ws.connect("/v1/topics/slow/ws?from=earliest")
+    fast = await ws.connect("/v1/topics/slow/ws?from=earliest")
+    await slow.wait_messages(1)
+    await fast.wait_messages(1)
+    (slow_feed,) = [
+        f
+        for f in feeds(ws)
+        if f.sent == 1 and f.proto.transport.getPeer().port == slow.transport.getHost().port
+    ]
+    slow_feed.proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    slow.transport.pauseProducing()
+    big = "x" * 32_000
+    sent = 1
+    for _ in range(200):
+        if slow_feed.paused:
+            break
+        await s.publish("slow", [f"{sent + i}:{big}" for i in range(4)])
+        sent += 4
+        await fast.wait_messages(sent)
+    assert slow_feed.paused, "the slow client's feed was never paused"
+    cursor_at_pause = dict(slow_feed.cursors)
+    await s.publish("slow", [f"{sent}:{big}"])
+    sent += 1
+    await fast.wait_messages(sent)
+    assert slow_feed.cursors == cursor_at_pause  # nothing more read for it while paused
+    s.clock.advance(31)
+    assert slow_feed.closed
+    slow.transport.resumeProducing()
+    await bounded(slow.closed)
+    assert slow.close_code == CLOSE_SLOW_CONSUMER
+    assert slow.close_reason and slow.close_reason.startswith("slow_consumer")
+    got = slow.offsets()
+    assert got == list(range(len(got))) and len(got) < sent
+    assert f"0:{cursor_at_pause[0]}" in slow.close_reason
+    again = await ws.connect(f"/v1/topics/slow/ws?from={len(got)}")
+    await again.wait_messages(sent - len(got))
+    assert again.offsets() == list(range(len(got), sent))
+    assert fast.offsets() == list(range(sent)) and not fast.closed.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_the_topic_closes_its_sockets(ws: WS) -> None:
+    """A deleted topic ends its feeds with a close code and reason."""
+    s = ws.server
+    await s.publish("del", ["m"])
+    c = await ws.connect("/v1/topics/del/ws?from=earliest")
+    await c.wait_messages(1)
+    code, _ = await s.request("DELETE", "/v1/topics/del")
+    assert code == 204
+    s.clock.advance(16)
+    await bounded(c.closed)
+    assert c.close_code == 4004 and "topic_deleted" in (c.close_reason or "")
+
+
+@pytest.mark.parametrize("n", [1])
+def test_close_codes_are_in_the_application_range(n: int) -> None:
+    """Application close codes are in 4000-4999 as RFC 6455 asks."""
+    from sprawl.http import websocket as w
+
+    for code in (
+        w.CLOSE_SLOW_CONSUMER,
+        w.CLOSE_TOPIC_DELETED,
+        w.CLOSE_GROUP_DELETED,
+        w.CLOSE_READ_FAILED,
+        w.CLOSE_GOING_AWAY,
+    ):
+        assert 4000 <= code <= 4999
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_auth_the_socket_needs_subscribe_and_publish_frames_need_publish(ws: WS) -> None:
+    """With authentication on, opening the socket needs subscribe (token in ``?access_token=``),
+    and a publish frame from a principal without publish gets a ``forbidden`` error frame and
+    writes nothing."""
+    from sprawl.auth import Authenticator, TokenTable
+
+    s = ws.server
+    await s.publish("a.t", ["m0"])
+    s.api.auth = Authenticator(
+        TokenTable.from_json(
+            {
+                "tokens": [
+                    {"name": "r", "token": "reader-token-0123456789", "permissions": {"a.*": ["subscribe"]}},
+                    {
+                        "name": "rw",
+                        "token": "rw-token-0123456789",
+                        "permissions": {"a.*": ["subscribe", "publish"]},
+                    },
+                ]
+            }
+        )
+    )
+    code, body = await s.request("GET", "/v1/topics/a.t/ws")
+    assert code == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+    r = await ws.connect("/v1/topics/a.t/ws?from=earliest&access_token=reader-token-0123456789")
+    await r.wait_messages(1)
+    ans = await r.request({"publish": {"payload": "nope"}}, "p")
+    assert ans["error"]["code"] == "forbidden"
+    rw = await ws.connect("/v1/topics/a.t/ws?from=earliest&access_token=rw-token-0123456789")
+    ans = await rw.request({"publish": {"payload": "yes"}}, "p")
+    assert ans["published"]["offsets"] == [1]
+    await r.wait_messages(2)
+    assert [m["payload"] for m in r.messages] == ["m0", "yes"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_shutdown_closes_sockets_with_a_reason(ws: WS) -> None:
+    """Stopping the node's streams (shutdown) closes each socket with 4001 ``stopping``."""
+    await ws.server.publish("bye", ["m"])
+    c = await ws.connect("/v1/topics/bye/ws?from=earliest")
+    await c.wait_messages(1)
+    ws.server.api.streams.close_all()
+    await bounded(c.closed)
+    assert c.close_code == 4001 and (c.close_reason or "").startswith("stopping")
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_of_every_length_encoding_arrive_intact(ws: WS) -> None:
+    """Messages of 7-bit, 16-bit and 64-bit frame lengths (batched into one write) decode intact."""
+    sizes = [0, 125, 126, 5000, 65535, 70_000]
+    await ws.server.publish("sizes", ["x" * n for n in sizes])
+    c = await ws.connect("/v1/topics/sizes/ws?from=earliest")
+    await c.wait_messages(len(sizes))
+    assert [len(m["payload"]) for m in c.messages] == sizes
+
+
+def test_text_frame_header_encodings() -> None:
+    """The three RFC 6455 payload-length encodings, unmasked, FIN + text opcode."""
+    from sprawl.http.websocket import text_frame
+
+    assert text_frame(b"a" * 5)[:2] == bytes([0x81, 5])
+    assert text_frame(b"a" * 200)[:4] == bytes([0x81, 126, 0, 200])
+    assert text_frame(b"a" * 70_000)[:10] == bytes([0x81, 127]) + (70_000).to_bytes(8, "big")
+
+
+class _FakeTopic:
+    name = "fz"
+    groups: dict[str, Any] = {}
+
+
+class _FakeBroker:
+    """Records publishes; answers at once."""
+
+    def __init__(self) -> None:
+        from sprawl.config import NodeConfig
+
+        self.config = NodeConfig()
+        self.topic = _FakeTopic()
+        self.topics = {"fz": self.topic}
+        self.published: list[Any] = []
+
+    def publish(self, t: Any, records: list[Any], acks: str) -> Deferred[Any]:
+        from twisted.internet.defer import succeed
+
+        from sprawl.broker import PublishResult
+
+        self.published.append(records)
+        n = len(records)
+        return succeed(PublishResult(list(range(n)), ["i"] * n, [0] * n, [False] * n, "lmdb"))
+
+
+def _fuzz_protocol() -> tuple[Any, list[bytes], _FakeBroker]:
+    from sprawl.http.api import SprawlAPI
+    from sprawl.http.websocket import SprawlWSProtocol
+
+    broker = _FakeBroker()
+
+    class _Api:
+        metrics = None
+        _publish_answer = staticmethod(SprawlAPI._publish_answer)
+
+    _Api.broker = broker  # type: ignore[attr-defined]
+
+    class _Factory:
+        api = _Api()
+        topic = broker.topic
+        principal = None
+
+    proto = SprawlWSProtocol()
+    proto.factory = _Factory()  # type: ignore[assignment]
+    sent: list[bytes] = []
+    proto.sendMessage = lambda payload, isBinary=False: sent.append(payload)  # type: ignore[method-assign]
+    return proto, sent, broker
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {
+                "publish": st.dictionaries(
+                    st.sampled_from(
+                        ["payload", "payload_b64", "key", "id", "acks", "headers", "messages", "x"]
+                    ),
+                    st.none()
+                    | st.integers()
+                    | st.text(max_size=8)
+                    | st.lists(st.text(max_size=4), max_size=2),
+                    max_size=4,
+                )
+            }
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_fuzzed_client_frames_get_one_answer_and_never_raise(frame: bytes) -> None:
+    """Any client frame gets exactly one answer -- an error frame with code and message, or a
+    ``published`` answer for a valid publish -- and nothing is published by an invalid frame."""
+    proto, sent, broker = _fuzz_protocol()
+    proto.onMessage(frame, True)
+    assert len(sent) == 1, sent
+    answer = json.loads(sent[0])
+    if "error" in answer:
+        assert set(answer["error"]) >= {"code", "message"}
+        assert answer["error"]["code"] != "internal_error", answer
+        assert broker.published == []
+    else:
+        assert "published" in answer and len(broker.published) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_node_pings_idle_sockets(ws: WS) -> None:
+    """autobahn's auto-ping: an idle socket is pinged every ``ping_interval`` and the client's
+    pong keeps it open."""
+    ws.server.api.ws_options["ping_interval"] = 0.5
+    await ws.server.publish("ping", ["m"])
+    pings: list[bytes] = []
+
+    class Pinged(WSClient):
+        def onPing(self, payload: bytes) -> None:
+            pings.append(payload)
+            super().onPing(payload)
+            self._check()
+
+    port = ws.server.port.getHost().port
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/v1/topics/ping/ws?from=earliest")
+    factory.protocol = Pinged
+    c: WSClient = await bounded(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port).connect(factory))
+    ws.clients.append(c)
+    await bounded(c.opened)
+    await c.when(lambda: len(pings) >= 2)
+    assert not c.closed.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_the_topic_closes_group_sockets_at_once(ws: WS) -> None:
+    """A group socket waiting in a long pull is closed with 4004 as soon as its topic is deleted."""
+    s = ws.server
+    await s.publish("gdel", ["m"])
+    code, _ = await s.request("PUT", "/v1/topics/gdel/groups/g", json={"start": "earliest"})
+    assert code == 201
+    c = await ws.connect("/v1/topics/gdel/ws?group=g")
+    await c.wait_messages(1)
+    code, _ = await s.request("DELETE", "/v1/topics/gdel")
+    assert code == 204
+    await bounded(c.closed)  # no clock advance: the pull's 25 s wait is not what ends it
+    assert c.close_code == 4004
+
+
+@pytest_twisted.ensureDeferred
+async def test_from_time_resolves_in_storage_then_upgrades(ws: WS) -> None:
+    """``from_time`` is resolved by a storage scan (asynchronously) before the upgrade."""
+    await ws.server.publish("ft", ["a", "b"])
+    c = await ws.connect("/v1/topics/ft/ws?from_time=0")
+    await c.wait_messages(2)
+    assert c.offsets() == [0, 1]
