@@ -212,6 +212,11 @@ class NodeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    #: Peer channel TLS: with a cluster CA every peer connection is mutual TLS,
+    #: each side presenting ``peer_tls_cert`` (default: ``tls_cert``) signed by it.
+    cluster_ca: str | None = None
+    peer_tls_cert: str | None = None
+    peer_tls_key: str | None = None
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -259,7 +264,27 @@ class NodeConfig:
             from sprawl.tlsconfig import check_pem_files
 
             check_pem_files(self.tls_cert, self.tls_key, self.tls_ca)
+        if bool(self.peer_tls_cert) != bool(self.peer_tls_key):
+            raise ConfigError("--peer-tls-cert and --peer-tls-key go together")
+        if self.peer_tls_cert and not self.cluster_ca:
+            raise ConfigError("--peer-tls-cert needs --cluster-ca (peers verify each other against it)")
+        if self.cluster_ca:
+            cert, key = self.peer_tls_files
+            if not (cert and key):
+                raise ConfigError(
+                    "--cluster-ca needs a node certificate: --peer-tls-cert/--peer-tls-key or --tls-cert/--tls-key"
+                )
+            from sprawl.tlsconfig import check_pem_files
+
+            check_pem_files(cert, key, self.cluster_ca)
         return self
+
+    @property
+    def peer_tls_files(self) -> tuple[str | None, str | None]:
+        """The node certificate and key the peer channel presents."""
+        if self.peer_tls_cert:
+            return self.peer_tls_cert, self.peer_tls_key
+        return self.tls_cert, self.tls_key
 
     @property
     def http_listen(self) -> str:

@@ -83,6 +83,9 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "tls-cert": ("tls_cert", str),
     "tls-key": ("tls_key", str),
     "tls-ca": ("tls_ca", str),
+    "cluster-ca": ("cluster_ca", str),
+    "peer-tls-cert": ("peer_tls_cert", str),
+    "peer-tls-key": ("peer_tls_key", str),
 }
 
 _DOCS = {
@@ -133,6 +136,9 @@ _DOCS = {
     "tls-cert": "Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
     "tls-key": "PEM private key of --tls-cert.",
     "tls-ca": "PEM CA bundle: HTTPS clients must present a certificate signed by it (mutual TLS).",
+    "cluster-ca": "PEM CA of the cluster: the TCP peer channel becomes mutual TLS, peers verified against it.",
+    "peer-tls-cert": "PEM certificate this node presents to peers (server and client use) [default: --tls-cert].",
+    "peer-tls-key": "PEM key of --peer-tls-cert [default: --tls-key].",
 }
 
 _ALIASES = {
@@ -342,7 +348,7 @@ class NodeService(service.Service):
         self.broker.start()
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         self.gossip = self._make_gossip(node_id)
-        self.channel = PeerChannel(node_id, self.reactor, random.Random(), c.cluster_key)
+        self.channel = PeerChannel(node_id, self.reactor, random.Random(), c.cluster_key, **peer_tls(c))
         bind = c.bind_addr.replace(":", chr(92) + ":")
         self.peer_port, self.udp_port = await listen_peer(
             self.reactor,
@@ -463,6 +469,21 @@ class NodeService(service.Service):
         if self.store is not None and self.store.env is not None:
             await self.store.close()
         log.info("sprawl node stopped cleanly")
+
+
+def peer_tls(c: NodeConfig) -> dict[str, Any]:
+    """PeerChannel TLS arguments: mutual TLS against ``--cluster-ca``, or none."""
+    if not c.cluster_ca:
+        return {}
+    from sprawl.tlsconfig import client_options, server_options
+
+    cert, key = c.peer_tls_files
+    assert cert and key  # NodeConfig.validate checked
+    ca = c.cluster_ca
+    return {
+        "server_tls": server_options(cert, key, ca),
+        "client_tls": lambda host: client_options(host, ca, cert, key),
+    }
 
 
 async def _bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:

@@ -182,8 +182,9 @@ def make_test_pki(
 ) -> dict[str, str]:
     """A throw-away CA, a server certificate for ``hosts`` and a client certificate, as PEM files.
 
-    Returns paths: ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key`` and
-    ``other_ca`` (an unrelated CA, for "does not verify" tests).  For tests and benchmarks only.
+    Returns paths: ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key``,
+    ``peer_cert``/``peer_key`` (server and client use, for the peer channel), ``other_ca`` (an
+    unrelated CA, for "does not verify" tests) and ``stranger_cert``/``stranger_key`` (signed by it).  For tests and benchmarks only.
     """
     import datetime
     import ipaddress
@@ -229,7 +230,11 @@ def make_test_pki(
         return k, cert
 
     def leaf(
-        cn: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, server: bool
+        cn: str,
+        ca_key: ec.EllipticCurvePrivateKey,
+        ca_cert: x509.Certificate,
+        server: bool,
+        client: bool = False,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         k = key()
         b = (
@@ -243,7 +248,9 @@ def make_test_pki(
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if server and client
+                    else [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
                 ),
                 critical=False,
             )
@@ -262,6 +269,8 @@ def make_test_pki(
     _other_key, other_cert = ca("unrelated test CA")
     s_key, s_cert = leaf(hosts[0], ca_key, ca_cert, True)
     c_key, c_cert = leaf("sprawl test client", ca_key, ca_cert, False)
+    p_key, p_cert = leaf("sprawl test peer", ca_key, ca_cert, True, client=True)
+    o_key, o_cert = leaf("stranger", _other_key, other_cert, True, client=True)
     pem = serialization.Encoding.PEM
     paths = {
         "ca": d / "ca.pem",
@@ -270,6 +279,10 @@ def make_test_pki(
         "server_key": d / "server.key",
         "client_cert": d / "client.pem",
         "client_key": d / "client.key",
+        "peer_cert": d / "peer.pem",
+        "peer_key": d / "peer.key",
+        "stranger_cert": d / "stranger.pem",
+        "stranger_key": d / "stranger.key",
     }
     paths["ca"].write_bytes(ca_cert.public_bytes(pem))
     paths["other_ca"].write_bytes(other_cert.public_bytes(pem))
@@ -277,4 +290,8 @@ def make_test_pki(
     write_key(s_key, paths["server_key"])
     paths["client_cert"].write_bytes(c_cert.public_bytes(pem))
     write_key(c_key, paths["client_key"])
+    paths["peer_cert"].write_bytes(p_cert.public_bytes(pem))
+    write_key(p_key, paths["peer_key"])
+    paths["stranger_cert"].write_bytes(o_cert.public_bytes(pem))
+    write_key(o_key, paths["stranger_key"])
     return {k: str(v) for k, v in paths.items()}

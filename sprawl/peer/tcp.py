@@ -40,6 +40,13 @@ log = Logger()
 FrameHandler = Callable[[str, bytes], None]
 
 
+def _no_delay(transport: Any) -> None:
+    """Disable Nagle on the TCP socket (under TLS: on the transport below it)."""
+    t = getattr(transport, "transport", None) if not hasattr(transport, "setTcpNoDelay") else transport
+    if t is not None and hasattr(t, "setTcpNoDelay"):
+        t.setTcpNoDelay(True)
+
+
 class PeerStats:
     """Counters the metrics endpoint reads."""
 
@@ -67,7 +74,7 @@ class _Inbound(Protocol):
 
     def connectionMade(self) -> None:
         t: Any = self.transport
-        t.setTcpNoDelay(True)
+        _no_delay(t)
         t.write(encode_frame(CHALLENGE, self.challenge))
         self._timeout = self.channel.reactor.callLater(self.channel.handshake_timeout, self._expire)
         self.channel._inbound.add(self)
@@ -77,7 +84,7 @@ class _Inbound(Protocol):
         if self.peer is None:
             self.channel.stats.handshake_failures += 1
             log.warn("peer connection from {addr} sent no hello in time", addr=str(self.transport.getPeer()))
-            self.transport.loseConnection()
+            self.transport.abortConnection()  # (a TLS close would wait for a handshake that never came)
 
     def dataReceived(self, data: bytes) -> None:
         before = self.decoder.dropped
@@ -135,7 +142,7 @@ class _Outbound(Protocol):
 
     def connectionMade(self) -> None:
         t: Any = self.transport
-        t.setTcpNoDelay(True)
+        _no_delay(t)
         t.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
@@ -226,8 +233,12 @@ class _Sender:
         if addr is None:
             return
         self.connecting = True
-        self.channel.stats.connects += 1
-        self.channel.reactor.connectTCP(addr[0], addr[1], _OutboundFactory(self), timeout=5)
+        ch = self.channel
+        ch.stats.connects += 1
+        if ch.client_tls is not None:
+            ch.reactor.connectSSL(addr[0], addr[1], _OutboundFactory(self), ch.client_tls(addr[0]), timeout=5)
+        else:
+            ch.reactor.connectTCP(addr[0], addr[1], _OutboundFactory(self), timeout=5)
 
     def _connected(self, proto: _Outbound) -> None:
         self.connecting = False
@@ -301,6 +312,8 @@ class PeerChannel:
         backoff_base: float = 0.05,
         backoff_max: float = 2.0,
         handshake_timeout: float = 10.0,
+        server_tls: Any = None,
+        client_tls: Callable[[str], Any] | None = None,
     ) -> None:
         self.node_id = node_id
         self.reactor = reactor
@@ -312,6 +325,10 @@ class PeerChannel:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.handshake_timeout = handshake_timeout
+        #: TLS: the listener's context factory, and a function giving the
+        #: client context factory for a peer host (both None: plain TCP).
+        self.server_tls = server_tls
+        self.client_tls = client_tls
         self.handlers: dict[int, FrameHandler] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.senders: dict[str, _Sender] = {}
@@ -320,8 +337,8 @@ class PeerChannel:
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
 
-    def server_factory(self) -> Factory:
-        """The factory for the listening port."""
+    def server_factory(self) -> Any:
+        """The factory for the listening port (TLS-wrapped when ``server_tls`` is set)."""
         channel = self
 
         class _InboundFactory(Factory):
@@ -330,7 +347,14 @@ class PeerChannel:
             def buildProtocol(self, addr: Any) -> _Inbound:
                 return _Inbound(channel)
 
-        return _InboundFactory()
+        if self.server_tls is None:
+            return _InboundFactory()
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        inner: Any = _InboundFactory()
+        wrapped = TLSMemoryBIOFactory(self.server_tls, False, inner)
+        wrapped.noisy = False
+        return wrapped
 
     def set_address(self, peer: str, host: str, port: int) -> None:
         """Where ``peer`` listens.  A changed address drops the old connection."""
