@@ -711,9 +711,12 @@ class Broker:
         seg = lg.segment_for_time(ts_ms)
         if seg is None:
             return succeed(lg.high_watermark)
-        for r in lg.hot:
-            if r.timestamp >= ts_ms and r.offset >= seg.base:
-                return succeed(r.offset)
+        if lg.hot_start <= seg.base:
+            # The whole segment is in memory.  (Otherwise its start is in
+            # LMDB or S3, and the hot tail would skip what lies below it.)
+            for r in lg.hot:
+                if r.timestamp >= ts_ms and r.offset >= seg.base:
+                    return succeed(r.offset)
         uid = topic.config.uid
         end = min(lg.stored_end, seg.last + 1)
         if seg.remote is not None:
