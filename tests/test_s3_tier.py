@@ -144,6 +144,22 @@ def test_spill_restart_and_replay_every_tier(
         metrics = r.read().decode()
     assert "sprawl_s3_cache_misses_total" in metrics and 'tier="s3"' in metrics
 
+    # from_time lands inside a segment held in S3.
+    ts = got[37]["timestamp"]
+    status, body = call(f"{node.url}/v1/topics/ev/messages?from_time={ts}&limit=1")
+    assert status == 200 and body["messages"][0]["offset"] == min(
+        m["offset"] for m in got if m["timestamp"] >= ts
+    )
+
+    # sprawlctl shows the three tiers.
+    from click.testing import CliRunner
+
+    from sprawl.ctl import cli
+
+    res = CliRunner().invoke(cli, ["-n", node.url, "topics", "describe", "ev"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "s3 [0," in res.output and "lmdb [" in res.output and "memory [" in res.output
+
     # SSE from earliest.
     conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
     try:
