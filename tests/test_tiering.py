@@ -85,7 +85,7 @@ class MemoryS3:
 class Node:
     """Store + broker + tier on one data dir, sharing one fake object store across restarts."""
 
-    def __init__(self, path: Path, clock: Clock, s3: MemoryS3, **cfg: Any):
+    def __init__(self, path: Path, clock: Clock, s3: MemoryS3, chunk_bytes: int = 512 * 1024, **cfg: Any):
         self.store = LmdbStore(str(path / "lmdb"), reactor=the_reactor(), map_size=256 * 1024**2)
         self.store.open()
         self.config = NodeConfig(data_dir=str(path), **cfg)
@@ -96,6 +96,7 @@ class Node:
             clock,
             budget=self.config.disk_budget,
             age_ms=int(self.config.disk_to_s3_age * 1000),
+            chunk_bytes=chunk_bytes,
         )
         self.broker.tier = self.tier
         self.broker.recover()
@@ -283,3 +284,27 @@ async def test_find_time_below_the_hot_tail(env: Any) -> None:
     clock.advance(10)
     await fill(n, "t", 10)  # hot tail: offsets 60..69, later timestamps
     assert await bounded(n.broker.find_time(t, 0, ts0)) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_spans_chunks_and_the_cache_serves_it_again(env: Any) -> None:
+    """One read returns up to ``limit`` records across the chunks of a segment, each chunk
+    fetched once (ranged) and then served from the cache."""
+    make, _s3, _clock = env
+    n = make(chunk_bytes=300, segment_bytes=5000)
+    await fill(n, "t", 60)
+    await spill_all(n)
+    await n.close()
+    n = make(chunk_bytes=300, segment_bytes=5000)
+    t = n.broker.topics["t"]
+    seg = t.logs[0].segments[0]
+    assert seg.remote is not None and seg.count >= 20
+    got = await bounded(n.broker.read(t, 0, 3, 15))
+    assert [r.offset for r in got] == list(range(3, 18))
+    misses = n.tier.cache_misses
+    assert misses >= 5, "one ranged GET per chunk of ~2 records"
+    again = await bounded(n.broker.read(t, 0, 3, 15))
+    assert [r.payload for r in again] == [r.payload for r in got]
+    assert n.tier.cache_misses == misses and n.tier.cache_hits >= misses
+    tail = await bounded(n.broker.read(t, 0, seg.last - 1, 100))
+    assert [r.offset for r in tail] == [seg.last - 1, seg.last], "a read stops at the segment's end"

@@ -43,6 +43,7 @@ from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore, Op
 from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
 from sprawl.storage.segment_format import (
+    DEFAULT_CHUNK_BYTES,
     CorruptSegment,
     SegmentIndex,
     decode_chunk,
@@ -114,6 +115,7 @@ class S3Tier:
         concurrency: int = 2,
         cache_bytes: int = 64 * 1000**2,
         metrics: Any = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ):
         self.client = client
         self.store = store
@@ -122,6 +124,7 @@ class S3Tier:
         self.age_ms = age_ms
         self.concurrency = concurrency
         self.metrics = metrics
+        self.chunk_bytes = chunk_bytes
         self.cache = _ByteLRU(cache_bytes)
         self._indexes: OrderedDict[str, SegmentIndex] = OrderedDict()
         self._parts: dict[tuple[int, int], _PartState] = {}
@@ -340,7 +343,7 @@ class S3Tier:
                         break
                     yield keys.parse_record_key(k)[2], v
 
-        blob, index = encode_segment(rows())
+        blob, index = encode_segment(rows(), self.chunk_bytes)
         if index.base != seg.base or index.last != seg.last:
             raise S3Failure(
                 f"LMDB holds {index.base}-{index.last} of segment {seg.base}-{seg.last}; not uploading"
@@ -395,39 +398,31 @@ class S3Tier:
             self._indexes.popitem(last=False)
 
     def read(self, seg: Segment, partition: int, start: int, limit: int) -> Deferred[list[Record]]:
-        """Records of a remote segment from ``start``: at most ``limit``, from one chunk."""
+        """Records of a remote segment from ``start``: at most ``limit``, up to the segment's end."""
         return ensureDeferred(self._read(seg, partition, start, limit))
 
     async def _read(self, seg: Segment, partition: int, start: int, limit: int) -> list[Record]:
         remote = seg.remote
         assert remote is not None
+        out: list[Record] = []
         try:
             index = await self._index(remote)
             i = index.chunk_for(start)
-            chunk = index.chunks[i]
-            data = self.cache.get((remote.key, i))
-            if data is None:
-                self.cache_misses += 1
-                if self.metrics is not None:
-                    self.metrics.s3_cache_misses.inc()
-                started = time.perf_counter()
-                data = await self.client.get(remote.key, chunk[1], chunk[2])
-                if self.metrics is not None:
-                    self.metrics.s3_read_duration.observe(time.perf_counter() - started)
-                decoded = decode_chunk(data, chunk)
-                self.cache.put((remote.key, i), data)
-            else:
-                self.cache_hits += 1
-                if self.metrics is not None:
-                    self.metrics.s3_cache_hits.inc()
-                decoded = decode_chunk(data, chunk)
+            while i < len(index.chunks) and len(out) < limit:
+                for off, value in await self._chunk(remote, index, i):
+                    if off < start:
+                        continue
+                    if len(out) >= limit:
+                        break
+                    out.append(Record.from_storage(partition, off, value))
+                i += 1
         except ObjectMissing as e:
             self._read_failed(remote, f"object missing: {e}")
             raise TierReadError(
                 f"segment {remote.base}-{remote.last} is missing from S3 ({remote.key})",
                 code="s3_object_missing",
             ) from None
-        except CorruptSegment as e:
+        except (CorruptSegment, ValueError) as e:
             self._read_failed(remote, str(e))
             raise TierReadError(
                 f"segment {remote.base}-{remote.last} in S3 is corrupt ({remote.key}): {e}",
@@ -440,17 +435,27 @@ class S3Tier:
                 code="s3_unavailable",
                 status=503,
             ) from None
-        out: list[Record] = []
-        for off, value in decoded:
-            if off < start:
-                continue
-            if len(out) >= limit:
-                break
-            try:
-                out.append(Record.from_storage(partition, off, value))
-            except ValueError as e:
-                raise TierReadError(str(e), code="s3_object_corrupt") from None
         return out
+
+    async def _chunk(self, remote: RemoteObject, index: SegmentIndex, i: int) -> list[tuple[int, bytes]]:
+        """Chunk ``i`` of a segment object, checked and split into records (cached raw)."""
+        chunk = index.chunks[i]
+        data = self.cache.get((remote.key, i))
+        if data is not None:
+            self.cache_hits += 1
+            if self.metrics is not None:
+                self.metrics.s3_cache_hits.inc()
+            return decode_chunk(data, chunk)
+        self.cache_misses += 1
+        if self.metrics is not None:
+            self.metrics.s3_cache_misses.inc()
+        started = time.perf_counter()
+        data = await self.client.get(remote.key, chunk[1], chunk[2])
+        if self.metrics is not None:
+            self.metrics.s3_read_duration.observe(time.perf_counter() - started)
+        decoded = decode_chunk(data, chunk)
+        self.cache.put((remote.key, i), data)
+        return decoded
 
     def _read_failed(self, remote: RemoteObject, why: str) -> None:
         self._indexes.pop(remote.key, None)
