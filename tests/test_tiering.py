@@ -308,3 +308,23 @@ async def test_a_read_spans_chunks_and_the_cache_serves_it_again(env: Any) -> No
     assert n.tier.cache_misses == misses and n.tier.cache_hits >= misses
     tail = await bounded(n.broker.read(t, 0, seg.last - 1, 100))
     assert [r.offset for r in tail] == [seg.last - 1, seg.last], "a read stops at the segment's end"
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_deletes_are_retried_later(env: Any) -> None:
+    """Objects whose delete failed (S3 down) are retried on a later tick, after the retry delay."""
+    make, s3, clock = env
+    n = make()
+    t = await fill(n, "t", 60, retention_bytes=3000)
+    await spill_all(n)
+    s3.down = True
+    assert n.broker.apply_retention() >= 1
+    await bounded(n.store.write([]))
+    pending = n.tier.describe()["pending_deletes"]
+    assert pending >= 2 and not s3.deleted
+    s3.down = False
+    n.tier.tick([t], 0, n.broker.now_ms())
+    assert not s3.deleted, "not before the retry delay"
+    clock.advance(31)
+    n.tier.tick([t], 0, n.broker.now_ms())
+    assert len(s3.deleted) == pending and n.tier.describe()["pending_deletes"] == 0

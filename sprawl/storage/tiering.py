@@ -52,6 +52,9 @@ from sprawl.storage.segment_format import (
 
 log = Logger()
 
+#: Seconds between retries of object deletes that failed.
+DELETE_RETRY_SECONDS = 30.0
+
 
 class TierReadError(SprawlError):
     """Data below the LMDB range could not be read from the object store."""
@@ -129,6 +132,8 @@ class S3Tier:
         self._indexes: OrderedDict[str, SegmentIndex] = OrderedDict()
         self._parts: dict[tuple[int, int], _PartState] = {}
         self._pending_deletes: list[str] = []
+        #: Wall-clock seconds before which failed deletes are not retried.
+        self._delete_retry_at = 0.0
         self.in_flight = 0
         self.uploads = 0
         self.uploaded_bytes = 0
@@ -378,12 +383,22 @@ class S3Tier:
                 self.metrics.s3_deleted_objects.inc()
 
         def failed(f: Any) -> None:
+            first = not self._pending_deletes
             self._pending_deletes.append(key)
-            log.warn("S3 delete of {key} failed, will retry: {error}", key=key, error=str(f.value))
+            self._delete_retry_at = self.clock.seconds() + DELETE_RETRY_SECONDS
+            if first:  # one line per failing round, not one per object
+                log.warn(
+                    "S3 delete of {key} failed, retrying failed deletes every {every}s: {error}",
+                    key=key,
+                    every=DELETE_RETRY_SECONDS,
+                    error=str(f.value),
+                )
 
         d.addCallbacks(done, failed)
 
     def _retry_deletes(self) -> None:
+        if not self._pending_deletes or self.clock.seconds() < self._delete_retry_at:
+            return
         keys_, self._pending_deletes = self._pending_deletes, []
         for k in keys_:
             self._delete(k)
