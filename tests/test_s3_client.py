@@ -101,3 +101,28 @@ async def test_unreachable_endpoint_fails_after_retries() -> None:
             await bounded(c.head("k"), 60)
     finally:
         c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_does_not_wait_for_a_stuck_call() -> None:
+    """A call stuck in the pool (an unreachable store) does not block ``stop`` on the reactor
+    thread; its thread is a daemon, so it cannot hold up the process exit either."""
+    settings = S3Settings(endpoint="http://127.0.0.1:9", bucket="b", access_key="a", secret_key="b")
+    c = S3Client(settings, the_reactor())
+    release = threading.Event()
+    seen: list[threading.Thread] = []
+    entered = threading.Event()
+
+    def stuck() -> None:
+        seen.append(threading.current_thread())
+        entered.set()
+        release.wait(30)
+
+    d = c._call(stuck)
+    assert entered.wait(10)
+    assert c.in_flight == 1 and seen[0].daemon
+    c.stop()  # returns at once
+    assert not c.started
+    release.set()
+    await bounded(d, 10)
+    assert c.in_flight == 0

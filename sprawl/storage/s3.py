@@ -15,6 +15,7 @@ credential chain (``AWS_*`` environment, ``~/.aws``, instance metadata).
 from __future__ import annotations
 
 import base64
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 log = Logger()
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    t = threading.Thread(*args, **kwargs)
+    t.daemon = True
+    return t
 
 
 class ObjectMissing(Exception):
@@ -68,8 +75,13 @@ class S3Client:
         self.settings = settings
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=max(1, settings.concurrency), name="sprawl-s3")
+        # Daemon threads: a call stuck on an unreachable store (botocore
+        # timeouts and retries can take minutes) must not hold up the exit.
+        self.pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._client: Any = None
         self.started = False
+        #: Calls queued or running on the pool.
+        self.in_flight = 0
 
     def start(self) -> None:
         """Start the thread pool (the botocore client is built on first use, off the reactor)."""
@@ -78,10 +90,16 @@ class S3Client:
             self.started = True
 
     def stop(self) -> None:
-        """Stop the pool (waits for calls in flight)."""
-        if self.started:
-            self.pool.stop()
-            self.started = False
+        """Stop the pool.  Calls still in flight are abandoned (their daemon
+        threads end with the process) rather than waited for on the reactor
+        thread: nothing they do is needed once LMDB is closed."""
+        if not self.started:
+            return
+        self.started = False
+        if self.in_flight:
+            log.warn("abandoning {n} S3 call(s) in flight at shutdown", n=self.in_flight)
+            return
+        self.pool.stop()
 
     def _boto(self) -> Any:
         if self._client is None:
@@ -109,7 +127,14 @@ class S3Client:
     def _call(self, fn: Any, *args: Any) -> Deferred[Any]:
         if not self.started:
             self.start()
-        return deferToThreadPool(self.reactor, self.pool, self._guard, fn, *args)
+        self.in_flight += 1
+        d = deferToThreadPool(self.reactor, self.pool, self._guard, fn, *args)
+
+        def done(result: Any) -> Any:
+            self.in_flight -= 1
+            return result
+
+        return d.addBoth(done)
 
     @staticmethod
     def _guard(fn: Any, *args: Any) -> Any:
