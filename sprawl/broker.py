@@ -34,9 +34,11 @@ from sprawl.errors import (
     Unavailable,
 )
 from sprawl.log.dedup import DedupWindow
+from sprawl.log.manifest import decode_manifest, encode_manifest
 from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record
 from sprawl.log.segments import Segment, expired_segments
+from sprawl.log.spill import hard_limit
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore, Op
 from sprawl.topics import STORAGE_KINDS, Topic, TopicConfig
@@ -113,6 +115,9 @@ class Broker:
         #: How auto-created topics come to be: None creates them here; a
         #: cluster node sets its Raft proposal path (see sprawl.cluster.control).
         self.topic_creator: Callable[[str], Deferred[Topic]] | None = None
+        #: The S3 tier (:class:`sprawl.storage.tiering.S3Tier`), None when S3 is off.
+        self.tier: Any = None
+        self._last_spill = 0.0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -156,6 +161,15 @@ class Broker:
         segs = [s for s in segs if s.base < stored_end]
         if segs:
             segs[-1].last = min(segs[-1].last, stored_end - 1)
+        # Segments spilled to S3 come first (the manifest and the deletion of
+        # their records were one transaction, so they never overlap LMDB's).
+        manifest_raw = store.get("meta", keys.manifest_key(uid, p))
+        if manifest_raw:
+            remote = [o.to_segment() for o in decode_manifest(manifest_raw)]
+            if remote:
+                segs = [s for s in segs if s.base > remote[-1].last]
+                stored_end = max(stored_end, remote[-1].last + 1)
+                segs = remote + segs
         next_offset = max(stored_end, int(meta.get("next_offset", 0)))
         lg.segments = segs
         lg.next_offset = next_offset
@@ -328,9 +342,13 @@ class Broker:
         """Delete a topic with all its data and groups, in one transaction."""
         t = self.get_topic(name)
         del self.topics[name]
+        t.deleted = True
         uid = t.config.uid
+        remote = [s.remote for lg in t.logs for s in lg.segments if s.remote is not None]
         for lg in t.logs:
             self._spilling.pop((uid, lg.partition), None)
+            if self.tier is not None:
+                self.tier.forget(uid, lg.partition)
         pre = keys.topic_prefix(uid)
         nxt = keys.topic_prefix(uid + 1)
         ops: list[Op] = [
@@ -339,14 +357,24 @@ class Broker:
             ("r", "segments", pre, nxt),
             ("r", "meta", b"group/" + pre, b"group/" + nxt),
             ("r", "meta", b"part/" + pre, b"part/" + nxt),
+            ("r", "meta", b"s3m/" + pre, b"s3m/" + nxt),
         ]
         for lg in t.logs:
             self._notify(name, lg.partition)
             for _off, w in self._stored_waiters.pop((name, lg.partition), []):
                 w.errback(NotFound(f"topic {name!r} was deleted", code="topic_not_found"))
         d = self.store.write(ops)
+        if remote:
+            d.addCallback(lambda _: self._delete_remote(remote))
         d.addErrback(self._storage_error)
         return d
+
+    def _delete_remote(self, objects: list[Any]) -> None:
+        """Delete S3 objects no manifest names any more (after that manifest is committed)."""
+        if self.tier is not None:
+            self.tier.delete_objects(objects)
+        else:
+            log.warn("{n} S3 object(s) left behind: the S3 tier is off on this node", n=len(objects))
 
     def describe_topic(self, t: Topic) -> dict[str, Any]:
         """``GET /v1/topics/{topic}``."""
@@ -355,9 +383,10 @@ class Broker:
             d = lg.describe()
             hs = lg.hot_start
             mem_n = max(0, lg.next_offset - hs) if lg.hot else 0
-            lmdb_low = lg.log_start
+            remote = [s for s in lg.segments if s.remote is not None]
+            lmdb_low = max(lg.log_start, remote[-1].last + 1) if remote else lg.log_start
             lmdb_high = lg.stored_end if t.config.durable else min(lg.stored_end, hs)
-            lmdb_bytes = sum(s.bytes for s in lg.segments if s.base < lmdb_high)
+            lmdb_bytes = sum(s.bytes for s in lg.segments if s.base < lmdb_high and s.remote is None)
             d["tiers"] = {
                 "memory": {
                     "low": hs if lg.hot else None,
@@ -371,7 +400,7 @@ class Broker:
                     "messages": max(0, lmdb_high - lmdb_low),
                     "bytes": lmdb_bytes,
                 },
-                "s3": {"enabled": False, "low": None, "high": None, "messages": 0, "bytes": 0},
+                "s3": self._s3_tier_view(t, lg, remote),
             }
             parts.append(d)
         out = t.config.to_dict()
@@ -381,6 +410,21 @@ class Broker:
         out["groups"] = sorted(t.groups)
         out["partition_details"] = parts
         return out
+
+    def _s3_tier_view(self, t: Topic, lg: PartitionLog, remote: list[Segment]) -> dict[str, Any]:
+        """The ``s3`` entry of a partition's ``tiers``: range, bytes, objects and upload status."""
+        view: dict[str, Any] = {
+            "enabled": self.tier is not None,
+            "low": remote[0].base if remote else None,
+            "high": remote[-1].last + 1 if remote else None,
+            "messages": sum(s.count for s in remote),
+            "bytes": sum(s.bytes for s in remote),
+            "segments": len(remote),
+            "object_bytes": sum(s.remote.size for s in remote if s.remote is not None),
+        }
+        if self.tier is not None:
+            view.update(self.tier.partition_status(t.config.uid, lg.partition))
+        return view
 
     def summarize_topic(self, t: Topic) -> dict[str, Any]:
         """One line of ``GET /v1/topics``."""
@@ -403,13 +447,24 @@ class Broker:
             raise Unavailable("node is stopping", code="stopping")
         if self.store.failed is not None:
             raise Unavailable(f"storage failed: {self.store.failed}", code="storage_failed")
-        if self.store.used_bytes > self.config.disk_budget:
+        limit = self.disk_hard_limit
+        if self.store.used_bytes > limit:
+            why = ""
+            if self.tier is not None and self.tier.failing:
+                why = f" (S3 uploads are failing: {self.tier.last_error})"
             raise InsufficientStorage(
-                "disk budget exhausted; nothing was written (raise --disk-budget or set retention)",
-                code="disk_budget_exhausted",
+                f"disk budget exceeded: LMDB uses {self.store.used_bytes} of {limit} bytes{why}; "
+                "nothing was written (raise --disk-budget, set retention, or fix the S3 tier)",
+                code="disk_budget_exceeded",
             )
         if self.store.pending_bytes > self.max_pending_bytes:
             raise Overloaded("too much unflushed data; retry shortly", retry_after=1)
+
+    @property
+    def disk_hard_limit(self) -> int:
+        """LMDB bytes past which publishes are refused (the budget, or more with S3 behind it)."""
+        c = self.config
+        return hard_limit(c.disk_budget, self.tier is not None, c.disk_hard_limit)
 
     @staticmethod
     def check_message_sizes(records: list[Record], max_bytes: int) -> None:
@@ -665,10 +720,16 @@ class Broker:
         got = lg.read_hot(start, limit)
         if got is not None:
             return succeed(got)
+        seg = remote_segment(lg, start)
+        if seg is not None:
+            return self._read_remote(topic, lg, seg, start, limit)
         end = min(lg.hot_start, lg.high_watermark, lg.stored_end)
         d = self.store.read_records(topic.config.uid, partition, start, limit, end)
 
-        def fill(recs: list[Record]) -> list[Record]:
+        def fill(recs: list[Record]) -> Any:
+            if (not recs or recs[0].offset > start) and remote_segment(lg, start) is not None:
+                # The segment moved to S3 while this read was on its way to LMDB.
+                return self.read(topic, partition, start, limit)
             if not recs and start < lg.hot_start:
                 # A gap below the hot tail (an ephemeral tail lost in a
                 # restart): nothing is stored there, continue at the tail.
@@ -684,17 +745,33 @@ class Broker:
         d.addCallback(fill)
         return d
 
+    def _read_remote(
+        self, topic: Topic, lg: PartitionLog, seg: Segment, start: int, limit: int
+    ) -> Deferred[list[Record]]:
+        if self.tier is None:
+            raise Unavailable(
+                f"offsets {seg.base}-{seg.last} of {topic.name}/{lg.partition} are in S3, "
+                "and the S3 tier is not configured on this node",
+                code="s3_tier_disabled",
+            )
+        return self.tier.read(seg, lg.partition, start, limit)
+
     def find_time(self, topic: Topic, partition: int, ts_ms: int) -> Deferred[int]:
         """The first offset whose timestamp is at or after ``ts_ms``."""
         lg = topic.logs[partition]
         seg = lg.segment_for_time(ts_ms)
         if seg is None:
             return succeed(lg.high_watermark)
-        for r in lg.hot:
-            if r.timestamp >= ts_ms and r.offset >= seg.base:
-                return succeed(r.offset)
+        if lg.hot_start <= seg.base:
+            # The whole segment is in memory.  (Otherwise its start is in
+            # LMDB or S3, and the hot tail would skip what lies below it.)
+            for r in lg.hot:
+                if r.timestamp >= ts_ms and r.offset >= seg.base:
+                    return succeed(r.offset)
         uid = topic.config.uid
         end = min(lg.stored_end, seg.last + 1)
+        if seg.remote is not None:
+            return self._find_time_remote(topic, lg, seg, ts_ms)
 
         def scan() -> int:
             start = seg.base
@@ -709,6 +786,24 @@ class Broker:
             return end
 
         return self.store.call_reader(scan)
+
+    def _find_time_remote(self, topic: Topic, lg: PartitionLog, seg: Segment, ts_ms: int) -> Deferred[int]:
+        """``find_time`` inside a segment held in S3 (reads it chunk by chunk)."""
+
+        def step(start: int) -> Any:
+            if start > seg.last:
+                return start
+            d = self._read_remote(topic, lg, seg, start, 1_000_000)
+
+            def got(recs: list[Record]) -> Any:
+                for r in recs:
+                    if r.timestamp >= ts_ms:
+                        return r.offset
+                return step(recs[-1].offset + 1) if recs else seg.last + 1
+
+            return d.addCallback(got)
+
+        return step(seg.base)
 
     # -- consumer groups -------------------------------------------------------
 
@@ -842,12 +937,16 @@ class Broker:
             offs = sorted(dv.offset for dv in dvs)
             reads.append(self._read_offsets(topic, p, offs))
 
-        def combine(results: list[Any]) -> list[tuple[Delivery, Record]]:
+        def combine(results: list[Any]) -> Any:
             found: dict[tuple[int, int], Record] = {}
             for ok, recs in results:
-                if ok:
-                    for r in recs:
-                        found[(r.partition, r.offset)] = r
+                if not ok:
+                    # A read failed (e.g. a segment in S3 is unreachable or
+                    # damaged): fail the pull; the leases run out and the
+                    # messages are delivered again, never settled unread.
+                    return recs
+                for r in recs:
+                    found[(r.partition, r.offset)] = r
             out = []
             for dv in deliveries:
                 r = found.get((dv.partition, dv.offset))
@@ -867,9 +966,8 @@ class Broker:
             d = self._read_span(topic, p, lo, hi + 1)
             return d.addCallback(lambda recs: [r for r in recs if r.offset in want])
         ds = [self._read_span(topic, p, o, o + 1) for o in offs]
-        return DeferredList(ds, consumeErrors=True).addCallback(
-            lambda res: [r for ok, recs in res if ok for r in recs]
-        )
+        dl: Deferred[Any] = DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+        return dl.addCallbacks(lambda res: [r for _ok, recs in res for r in recs], _first_failure)
 
     def _read_span(self, topic: Topic, p: int, lo: int, hi: int) -> Deferred[list[Record]]:
         out: list[Record] = []
@@ -1001,6 +1099,9 @@ class Broker:
                 t.dedup.expire(now)
             self._checkpoint_ephemeral()
         self.enforce_memory_budget()
+        if self.tier is not None and now_s - self._last_spill >= 0.5:
+            self._last_spill = now_s
+            self.tier.tick(list(self.topics.values()), self.store.used_bytes, self.now_ms())
 
     def apply_retention(self) -> int:
         """Delete whole expired segments at every tier; returns segments deleted."""
@@ -1011,6 +1112,7 @@ class Broker:
             if cfg.retention_ms is None and cfg.retention_bytes is None:
                 continue
             ops: list[Op] = []
+            remote: list[Any] = []
             for lg in t.logs:
                 n = expired_segments(lg.segments, now, cfg.retention_ms, cfg.retention_bytes)
                 if not n:
@@ -1018,6 +1120,11 @@ class Broker:
                 gone = lg.drop_segments(n)
                 total += len(gone)
                 uid, p = cfg.uid, lg.partition
+                gone_remote = [s.remote for s in gone if s.remote is not None]
+                if gone_remote:
+                    remote.extend(gone_remote)
+                    left = [s.remote for s in lg.segments if s.remote is not None]
+                    ops.append(("p", "meta", keys.manifest_key(uid, p), encode_manifest(left)))
                 lo = keys.record_key(uid, p, gone[0].base)
                 hi = keys.record_key(uid, p, gone[-1].last + 1)
                 ops.append(("r", "records", lo, hi))
@@ -1038,7 +1145,10 @@ class Broker:
                     low=lg.log_start,
                 )
             if ops:
-                self.store.write(ops).addErrback(lambda f: log.failure("retention commit failed", f))
+                d = self.store.write(ops)
+                if remote:
+                    d.addCallback(_then, self._delete_remote, remote)
+                d.addErrback(lambda f: log.failure("retention commit failed", f))
         return total
 
     def enforce_memory_budget(self, spill: bool = True) -> None:
@@ -1130,3 +1240,20 @@ def check_group_name(name: str) -> None:
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch (for callers without a clock)."""
     return int(time.time() * 1000)
+
+
+def remote_segment(lg: PartitionLog, offset: int) -> Segment | None:
+    """The S3 segment holding ``offset``, if it lies below the LMDB range (remote segments come first)."""
+    for s in lg.segments:
+        if s.remote is None:
+            return None
+        if s.base <= offset <= s.last:
+            return s
+        if offset < s.base:
+            return None
+    return None
+
+
+def _then(_: object, fn: Callable[..., Any], *args: Any) -> Any:
+    """A callback that ignores the result and calls ``fn(*args)``."""
+    return fn(*args)

@@ -140,6 +140,18 @@ def _maybe_base64(s: str) -> bytes | None:
     return key if len(key) >= MIN_CLUSTER_KEY_BYTES else None
 
 
+def parse_bool(text: str | bool) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0``."""
+    if isinstance(text, bool):
+        return text
+    v = str(text).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"not a boolean: {text!r} (use true or false)")
+
+
 def normalize_endpoint_url(url: str) -> str:
     """Accept a scheme-less S3 endpoint (``localhost:9000``) as ``http://``."""
     url = url.strip()
@@ -181,6 +193,14 @@ class NodeConfig:
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
+    #: Create the bucket when it is missing.
+    s3_create_bucket: bool = True
+    #: Uploads (and S3 threads) in flight at once.
+    s3_concurrency: int = 2
+    #: Bytes of fetched segment chunks kept in memory for reads below LMDB.
+    s3_cache_bytes: int = 64 * 1000**2
+    #: LMDB bytes past which publishes are refused (default: the budget, or 1.5x it with S3).
+    disk_hard_limit: int | None = None
     default_partitions: int = 1
     auto_create_topics: bool = True
     max_body_bytes: int = 8 * 1000**2
@@ -242,6 +262,10 @@ class NodeConfig:
             raise ConfigError("--s3-endpoint and --s3-bucket go together (S3 tier is off without both)")
         if self.s3_endpoint:
             self.s3_endpoint = normalize_endpoint_url(self.s3_endpoint)
+        if not 1 <= self.s3_concurrency <= 64:
+            raise ConfigError("--s3-concurrency must be 1..64")
+        if self.disk_hard_limit is not None and self.disk_hard_limit < self.disk_budget:
+            raise ConfigError("--disk-hard-limit must not be below --disk-budget")
         if self.cluster_key is not None:
             self.cluster_key = parse_cluster_key(self.cluster_key)
         if self.log_format not in ("text", "json"):

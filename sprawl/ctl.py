@@ -947,15 +947,24 @@ def _tier_text(name: str, info: Any) -> str:
         return f"{name} off"
     if "low" in info and "high" in info:
         if info["low"] is None or info["low"] == info["high"]:
-            return f"{name} empty"
+            return f"{name} empty" + _tier_status(info)
         text = f"{name} [{info['low']},{info['high']})"
         if "messages" in info:
             text += f" {info['messages']} msgs"
         if "bytes" in info:
             text += f" {_human_bytes(info['bytes'])}"
-        return text
+        return text + _tier_status(info)
     fields = " ".join(f"{k}={_human_bytes(v) if k == 'bytes' else _cell(v)}" for k, v in info.items())
     return f"{name} {fields}"
+
+
+def _tier_status(info: dict[str, Any]) -> str:
+    """`` FAILING (error)`` for an S3 tier whose uploads fail, `` uploading`` while one runs."""
+    if info.get("status") == "failing":
+        return f" FAILING ({info.get('last_error') or 'unknown error'})"
+    if info.get("uploading"):
+        return " uploading"
+    return ""
 
 
 _PARTITION_COLUMNS = ("leader", "epoch", "replicas", "low", "high_watermark")

@@ -88,6 +88,37 @@ class NodeMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=r,
         )
+        self.s3_uploads = Counter(
+            "sprawl_s3_uploads", "Segments moved to S3 (uploaded, verified, deleted from LMDB)", registry=r
+        )
+        self.s3_uploaded_bytes = Counter(
+            "sprawl_s3_uploaded_bytes", "Bytes of segment objects uploaded to S3 and verified", registry=r
+        )
+        self.s3_upload_failures = Counter(
+            "sprawl_s3_upload_failures",
+            "Segment uploads that failed (the segment stayed in LMDB)",
+            registry=r,
+        )
+        self.s3_deleted_objects = Counter(
+            "sprawl_s3_deleted_objects", "S3 objects deleted by retention or topic deletes", registry=r
+        )
+        self.s3_read_duration = Histogram(
+            "sprawl_s3_read_duration_seconds",
+            "Time of one ranged GET of a segment chunk from S3",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.s3_read_failures = Counter(
+            "sprawl_s3_read_failures",
+            "Reads below LMDB that failed (missing, corrupt, unreachable)",
+            registry=r,
+        )
+        self.s3_cache_hits = Counter(
+            "sprawl_s3_cache_hits", "Reads below LMDB served from the local chunk cache", registry=r
+        )
+        self.s3_cache_misses = Counter(
+            "sprawl_s3_cache_misses", "Reads below LMDB that fetched a chunk from S3", registry=r
+        )
         self.broker: Any = None
         self.streams: Any = None
         #: The gossip adapter (:class:`sprawl.gossip.udp.GossipNode`), if any.
@@ -182,7 +213,8 @@ class _StateCollector:
                 end.add_metric([t.name, p], lg.next_offset)
                 repl_lag.add_metric([t.name, p], max(0, lg.next_offset - lg.high_watermark))
                 tier.add_metric([t.name, p, "memory"], lg.hot_bytes)
-                tier.add_metric([t.name, p, "lmdb"], sum(s.bytes for s in lg.segments))
+                tier.add_metric([t.name, p, "lmdb"], sum(s.bytes for s in lg.segments if s.remote is None))
+                tier.add_metric([t.name, p, "s3"], sum(s.bytes for s in lg.segments if s.remote is not None))
             for g in t.groups.values():
                 lag.add_metric([t.name, g.name], g.lag(hws))
                 inflight.add_metric([t.name, g.name], g.in_flight)

@@ -32,6 +32,7 @@ from sprawl.config import (
     ConfigError,
     NodeConfig,
     load_config_file,
+    parse_bool,
     parse_cluster_key,
     parse_duration,
     parse_port,
@@ -86,6 +87,10 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "cluster-ca": ("cluster_ca", str),
     "peer-tls-cert": ("peer_tls_cert", str),
     "peer-tls-key": ("peer_tls_key", str),
+    "s3-create-bucket": ("s3_create_bucket", parse_bool),
+    "s3-concurrency": ("s3_concurrency", int),
+    "s3-cache-bytes": ("s3_cache_bytes", parse_size),
+    "disk-hard-limit": ("disk_hard_limit", parse_size),
 }
 
 _DOCS = {
@@ -139,6 +144,12 @@ _DOCS = {
     "cluster-ca": "PEM CA of the cluster: the TCP peer channel becomes mutual TLS, peers verified against it.",
     "peer-tls-cert": "PEM certificate this node presents to peers (server and client use) [default: --tls-cert].",
     "peer-tls-key": "PEM key of --peer-tls-cert [default: --tls-key].",
+    "s3-create-bucket": "Create the S3 bucket when it is missing: true or false [default: true].",
+    "s3-concurrency": "S3 uploads in flight at once (and S3 client threads) [default: 2].",
+    "s3-cache-bytes": "Memory for segment chunks fetched from S3 by reads [default: 64MB].",
+    "disk-hard-limit": (
+        "LMDB bytes past which publishes get 507 [default: --disk-budget; 1.5x it when the S3 tier is on]."
+    ),
 }
 
 _ALIASES = {
@@ -287,6 +298,7 @@ class NodeService(service.Service):
         self.udp_port: Any = None
         self.channel: Any = None
         self.control: Any = None
+        self.s3_client: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -317,6 +329,42 @@ class NodeService(service.Service):
             resolve=self.reactor.resolve,
         )
 
+    def _make_tier(self, metrics: Any) -> Any:
+        """The S3 tier: a bounded-thread-pool client and the spill pipeline."""
+        from sprawl.storage.s3 import S3Client, S3Settings
+        from sprawl.storage.tiering import S3Tier
+
+        c = self.config
+        assert c.s3_endpoint and c.s3_bucket
+        settings = S3Settings(
+            endpoint=c.s3_endpoint,
+            bucket=c.s3_bucket,
+            prefix=c.s3_prefix,
+            region=c.s3_region,
+            access_key=c.s3_access_key,
+            secret_key=c.s3_secret_key,
+            create_bucket=c.s3_create_bucket,
+            concurrency=c.s3_concurrency + 2,  # uploads, plus room for reads and deletes
+        )
+        self.s3_client = S3Client(settings, self.reactor)
+        self.s3_client.start()
+        log.info(
+            "S3 tier on: {endpoint} bucket {bucket} prefix {prefix!r}",
+            endpoint=c.s3_endpoint,
+            bucket=c.s3_bucket,
+            prefix=c.s3_prefix,
+        )
+        return S3Tier(
+            self.s3_client,
+            self.store,
+            self.reactor,
+            budget=c.disk_budget,
+            age_ms=int(c.disk_to_s3_age * 1000),
+            concurrency=c.s3_concurrency,
+            cache_bytes=c.s3_cache_bytes,
+            metrics=metrics,
+        )
+
     def startService(self) -> None:
         """Open storage, recover, listen.  Failure to listen stops the process."""
         super().startService()
@@ -338,12 +386,14 @@ class NodeService(service.Service):
         c = self.config
         os.makedirs(c.data_dir, exist_ok=True)
         node_id = load_node_id(c.data_dir, c.node_id)
-        map_size = max(c.disk_budget * 2, 1 << 30)
+        map_size = max(c.disk_budget * 2, (c.disk_hard_limit or 0) * 4 // 3, 1 << 30)
         self.store = LmdbStore(os.path.join(c.data_dir, "lmdb"), reactor=self.reactor, map_size=map_size)
         self.store.open()
         metrics = NodeMetrics()
         self.store.on_commit = metrics.committed
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
+        if c.s3_endpoint and c.s3_bucket:
+            self.broker.tier = self._make_tier(metrics)
         self.broker.recover()
         self.broker.start()
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -468,6 +518,8 @@ class NodeService(service.Service):
             await self.broker.stop()
         if self.store is not None and self.store.env is not None:
             await self.store.close()
+        if self.s3_client is not None:
+            self.s3_client.stop()
         log.info("sprawl node stopped cleanly")
 
 

@@ -54,6 +54,8 @@ class Topic:
     dedup: DedupWindow
     groups: dict[str, ConsumerGroup] = field(default_factory=dict)
     rr: int = 0
+    #: Set when the topic is deleted (work in flight for it must not touch storage).
+    deleted: bool = False
 
     @property
     def name(self) -> str:

@@ -242,6 +242,9 @@ def test_minio_env(clean_env: pytest.MonkeyPatch) -> None:
         (["--segment-age", "1w"], "--segment-age"),
         (["--memory-budget", "10KB"], "--memory-budget"),
         (["--s3-endpoint", "x:1"], "--s3-bucket"),
+        (["--s3-create-bucket", "maybe"], "--s3-create-bucket"),
+        (["--s3-concurrency", "0"], "--s3-concurrency"),
+        (["--disk-budget", "1GB", "--disk-hard-limit", "500MB"], "--disk-hard-limit"),
     ],
 )
 def test_bad_options_are_usage_errors(clean_env: pytest.MonkeyPatch, argv: list[str], message: str) -> None:
@@ -257,3 +260,24 @@ def test_bad_env_value_names_the_option(clean_env: pytest.MonkeyPatch) -> None:
         build_config({}, {"SPRAWL_BIND_PORT": "99999"})
     with pytest.raises(usage.UsageError, match="--bind-port"):
         parse()
+
+
+def test_s3_tier_options(clean_env: pytest.MonkeyPatch) -> None:
+    """The S3 tier's settings parse from options and SPRAWL_* like every other option."""
+    c = parse("--s3-endpoint", "s3:9000", "--s3-bucket", "b", "--s3-create-bucket", "false")
+    assert (c.s3_endpoint, c.s3_create_bucket, c.s3_concurrency, c.disk_hard_limit) == (
+        "http://s3:9000",
+        False,
+        2,
+        None,
+    )
+    clean_env.setenv("SPRAWL_S3_CONCURRENCY", "5")
+    clean_env.setenv("SPRAWL_S3_CACHE_BYTES", "8MB")
+    clean_env.setenv("SPRAWL_DISK_HARD_LIMIT", "6GB")
+    c = parse("--disk-to-s3-age", "10m")
+    assert (c.s3_concurrency, c.s3_cache_bytes, c.disk_hard_limit, c.disk_to_s3_age) == (
+        5,
+        8 * 1000**2,
+        6 * 1000**3,
+        600.0,
+    )

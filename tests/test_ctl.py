@@ -448,3 +448,15 @@ def test_sse_events_parsing() -> None:
         ("message", "0:5", '{"a":\n1}'),
         ("error", None, "x"),
     ]
+
+
+def test_tier_text_shows_s3_ranges_and_failures() -> None:
+    """``topics describe`` prints each tier's range, and an S3 tier whose uploads fail says so."""
+    from sprawl.ctl import _tier_text
+
+    assert _tier_text("s3", {"enabled": False, "low": None, "high": None}) == "s3 off"
+    ok = {"enabled": True, "low": 0, "high": 50, "messages": 50, "bytes": 2048, "status": "ok"}
+    assert _tier_text("s3", ok).startswith("s3 [0,50) 50 msgs")
+    bad = dict(ok, status="failing", last_error="S3Failure: timeout")
+    assert _tier_text("s3", bad).endswith("FAILING (S3Failure: timeout)")
+    assert "FAILING" in _tier_text("s3", dict(bad, low=None, high=None))

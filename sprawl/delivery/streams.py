@@ -11,6 +11,7 @@ it can resume with ``Last-Event-ID``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sprawl.errors import SprawlError
 from sprawl.log.record import Record
 
 log = Logger()
@@ -131,7 +133,11 @@ class SSEStream:
         def failed(f: Any) -> None:
             self.reading.discard(p)
             log.failure("stream read of {topic}/{p} failed", f, topic=self.topic.name, p=p)
-            self._end(b'event: error\ndata: {"code":"read_failed","message":"storage read failed"}\n\n')
+            code, message = "read_failed", "storage read failed"
+            if isinstance(f.value, SprawlError):  # e.g. a segment in S3 missing or corrupt
+                code, message = f.value.code, f.value.message
+            body = json.dumps({"code": code, "message": message}).encode()
+            self._end(b"event: error\ndata: " + body + b"\n\n")
 
         d.addCallbacks(got, failed)
 

@@ -394,7 +394,9 @@ class SprawlAPI:
             ds = [self.broker.read(t, p, starts[p], limit) for p in parts]
             from twisted.internet.defer import gatherResults
 
-            return gatherResults(ds, consumeErrors=True).addCallback(answer, starts, hws)
+            d = gatherResults(ds, consumeErrors=True)
+            d.addErrback(_unwrap_first_error)  # e.g. a segment in S3 that cannot be read
+            return d.addCallback(answer, starts, hws)
 
         def answer(results: list[list[Record]], starts: dict[int, int], hws: dict[int, int]) -> Any:
             recs: list[Record] = []
@@ -974,13 +976,14 @@ class SprawlAPI:
                 "path": b.store.path,
                 "used_bytes": b.store.used_bytes,
                 "disk_budget": b.config.disk_budget,
+                "disk_hard_limit": b.disk_hard_limit,
                 "commits": b.store.commits,
             },
             "memory": {
                 "hot_bytes": sum(lg.hot_bytes for t in b.topics.values() for lg in t.logs),
                 "memory_budget": b.config.memory_budget,
             },
-            "s3": {"enabled": False},
+            "s3": b.tier.describe() if b.tier is not None else {"enabled": False},
             "topics": {
                 name: {str(p["partition"]): p["tiers"] for p in b.describe_topic(t)["partition_details"]}
                 for name, t in sorted(b.topics.items())

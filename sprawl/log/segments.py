@@ -7,6 +7,10 @@ size or age.  Retention and tiering act on whole segments.  Pure: no Twisted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sprawl.log.manifest import RemoteObject
 
 
 @dataclass
@@ -19,6 +23,8 @@ class Segment:
     first_ts: int
     last_ts: int
     sealed: bool = False
+    #: Where the segment lives in the object store once spilled (None: in LMDB).
+    remote: RemoteObject | None = None
 
     @property
     def count(self) -> int:
@@ -26,7 +32,7 @@ class Segment:
         return self.last - self.base + 1
 
     def to_tuple(self) -> tuple[int, int, int, int, int, bool]:
-        """Compact form for storage."""
+        """Compact form for storage (the LMDB ``segments`` database; not ``remote``)."""
         return (self.base, self.last, self.bytes, self.first_ts, self.last_ts, self.sealed)
 
     @classmethod

@@ -46,3 +46,8 @@ def group_meta_key(uid: int, group: str) -> bytes:
 def partition_meta_key(uid: int, partition: int) -> bytes:
     """Where a partition's log start / end checkpoint lives in the meta DB."""
     return b"part/" + _PART.pack(uid, partition)
+
+
+def manifest_key(uid: int, partition: int) -> bytes:
+    """Where a partition's S3 manifest lives in the meta DB."""
+    return b"s3m/" + _PART.pack(uid, partition)

@@ -1,0 +1,497 @@
+"""The S3 tier: the spill pipeline (LMDB → object store) and remote reads.
+
+An adapter: it owns the object store (:class:`~sprawl.storage.s3.S3Client`),
+reads and writes LMDB through :class:`~sprawl.storage.lmdb.LmdbStore` (its
+reader pool and its single writer thread) and asks the pure policy
+(:mod:`sprawl.log.spill`) what to move.
+
+Moving one sealed segment, in order (the rule: never delete a local copy
+before the remote one is verified):
+
+1. read its records from LMDB and frame them (:mod:`sprawl.storage.segment_format`)
+   on a reader thread;
+2. upload the segment object and its index, each with ``Content-MD5`` (the
+   store refuses a body that does not match) and its SHA-256 as metadata;
+3. ``HEAD`` both and check size, MD5 ETag and SHA-256 metadata;
+4. in one LMDB transaction: write the partition manifest with the new entry,
+   delete the segment's records and its segment row.
+
+A failure at any step leaves the records in LMDB; the partition retries with
+back-off, and the failure shows in ``/v1/topics/{t}``, ``/store``, metrics
+and the log.  An object uploaded for a segment that retention or a topic
+delete removed meanwhile is deleted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from sprawl.errors import SprawlError
+from sprawl.log.manifest import RemoteObject, encode_manifest, object_keys
+from sprawl.log.partition import PartitionLog
+from sprawl.log.record import Record
+from sprawl.log.segments import Segment
+from sprawl.log.spill import Candidate, choose_spills, retry_at
+from sprawl.storage import keys
+from sprawl.storage.lmdb import LmdbStore, Op
+from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
+from sprawl.storage.segment_format import (
+    DEFAULT_CHUNK_BYTES,
+    CorruptSegment,
+    SegmentIndex,
+    decode_chunk,
+    encode_segment,
+)
+
+log = Logger()
+
+#: Seconds between retries of object deletes that failed.
+DELETE_RETRY_SECONDS = 30.0
+
+
+class TierReadError(SprawlError):
+    """Data below the LMDB range could not be read from the object store."""
+
+    status = 502
+    code = "s3_read_failed"
+
+
+class _ByteLRU:
+    """A byte-bounded LRU cache."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.items: OrderedDict[Any, bytes] = OrderedDict()
+
+    def get(self, key: Any) -> bytes | None:
+        v = self.items.get(key)
+        if v is not None:
+            self.items.move_to_end(key)
+        return v
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
+        self.items[key] = value
+        self.bytes += len(value)
+        while self.bytes > self.max_bytes and self.items:
+            _k, v = self.items.popitem(last=False)
+            self.bytes -= len(v)
+
+    def discard_prefix(self, key: str) -> None:
+        for k in [k for k in self.items if k[0] == key]:
+            self.bytes -= len(self.items.pop(k))
+
+
+class _PartState:
+    __slots__ = ("busy", "failures", "last_error", "retry_at_ms")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.failures = 0
+        self.retry_at_ms = 0
+        self.last_error: str | None = None
+
+
+class S3Tier:
+    """Spill and read segments of durable topics to and from one bucket/prefix."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        store: LmdbStore,
+        clock: Any,
+        *,
+        budget: int,
+        age_ms: int,
+        concurrency: int = 2,
+        cache_bytes: int = 64 * 1000**2,
+        metrics: Any = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
+        self.client = client
+        self.store = store
+        self.clock = clock
+        self.budget = budget
+        self.age_ms = age_ms
+        self.concurrency = concurrency
+        self.metrics = metrics
+        self.chunk_bytes = chunk_bytes
+        self.cache = _ByteLRU(cache_bytes)
+        self._indexes: OrderedDict[str, SegmentIndex] = OrderedDict()
+        self._parts: dict[tuple[int, int], _PartState] = {}
+        self._pending_deletes: list[str] = []
+        #: Wall-clock seconds before which failed deletes are not retried.
+        self._delete_retry_at = 0.0
+        self.in_flight = 0
+        self.uploads = 0
+        self.uploaded_bytes = 0
+        self.failures = 0
+        self.deleted_objects = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.last_error: str | None = None
+        self.bucket_ready = False
+
+    # -- state -----------------------------------------------------------------
+
+    def _state(self, uid: int, p: int) -> _PartState:
+        st = self._parts.get((uid, p))
+        if st is None:
+            st = self._parts[(uid, p)] = _PartState()
+        return st
+
+    def partition_status(self, uid: int, p: int) -> dict[str, Any]:
+        """``status`` (``ok`` / ``failing``), ``uploading`` and the last error of a partition."""
+        st = self._parts.get((uid, p))
+        if st is None:
+            return {"status": "ok", "uploading": False, "last_error": None}
+        return {
+            "status": "failing" if st.failures else "ok",
+            "uploading": st.busy,
+            "last_error": st.last_error,
+        }
+
+    @property
+    def failing(self) -> bool:
+        """True while some partition's last upload attempt failed."""
+        return any(st.failures for st in self._parts.values())
+
+    def describe(self) -> dict[str, Any]:
+        """The node-wide view for ``/store``."""
+        s = self.client.settings
+        return {
+            "enabled": True,
+            "endpoint": s.endpoint,
+            "bucket": s.bucket,
+            "prefix": s.prefix,
+            "status": "failing" if self.failing else "ok",
+            "last_error": self.last_error,
+            "uploads": self.uploads,
+            "uploaded_bytes": self.uploaded_bytes,
+            "upload_failures": self.failures,
+            "uploads_in_flight": self.in_flight,
+            "deleted_objects": self.deleted_objects,
+            "pending_deletes": len(self._pending_deletes),
+            "cache_bytes": self.cache.bytes,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+        }
+
+    def forget(self, uid: int, p: int) -> None:
+        """Drop the bookkeeping of a deleted partition."""
+        self._parts.pop((uid, p), None)
+
+    # -- the spill pipeline ----------------------------------------------------
+
+    def tick(self, topics: Iterable[Any], used_bytes: int, now_ms: int) -> int:
+        """Start the uploads the policy asks for; returns how many started."""
+        if self.in_flight >= self.concurrency:
+            return 0
+        cands: list[Candidate] = []
+        where: dict[tuple[int, int], tuple[Any, PartitionLog]] = {}
+        for t in topics:
+            if not t.config.durable:
+                continue
+            uid = t.config.uid
+            for lg in t.logs:
+                st = self._state(uid, lg.partition)
+                if st.busy:
+                    continue
+                seg = next((s for s in lg.segments if s.remote is None), None)
+                if seg is None:
+                    continue
+                cands.append(Candidate((uid, lg.partition), seg, lg.stored_end, st.retry_at_ms))
+                where[(uid, lg.partition)] = (t, lg)
+        spills = choose_spills(
+            cands,
+            used_bytes=used_bytes,
+            budget=self.budget,
+            age_ms=self.age_ms,
+            now_ms=now_ms,
+            slots=self.concurrency - self.in_flight,
+        )
+        for sp in spills:
+            t, lg = where[sp.partition]  # type: ignore[index]
+            st = self._state(t.config.uid, lg.partition)
+            st.busy = True
+            self.in_flight += 1
+            d = ensureDeferred(self._spill(t, lg, sp.segment, sp.reason))
+            d.addErrback(self._spill_failed, t, lg, sp.segment)
+            d.addBoth(self._spill_done, st)
+        self._retry_deletes()
+        return len(spills)
+
+    def _spill_done(self, _: object, st: _PartState) -> None:
+        st.busy = False
+        self.in_flight -= 1
+
+    def _spill_failed(self, f: Any, t: Any, lg: PartitionLog, seg: Segment) -> None:
+        st = self._state(t.config.uid, lg.partition)
+        st.failures += 1
+        st.retry_at_ms = retry_at(st.failures, int(self.clock.seconds() * 1000))
+        st.last_error = f"{type(f.value).__name__}: {f.value}"
+        self.last_error = st.last_error
+        self.failures += 1
+        if self.metrics is not None:
+            self.metrics.s3_upload_failures.inc()
+        log.error(
+            "S3 upload of {topic}/{partition} segment {base}-{last} failed (attempt {n}); "
+            "the segment stays in LMDB: {error}",
+            topic=t.name,
+            partition=lg.partition,
+            base=seg.base,
+            last=seg.last,
+            n=st.failures,
+            error=st.last_error,
+        )
+
+    async def _ensure_bucket(self) -> None:
+        if not self.bucket_ready:
+            created = await self.client.ensure_bucket()
+            self.bucket_ready = True
+            if created:
+                log.info("created S3 bucket {bucket}", bucket=self.client.settings.bucket)
+
+    async def _spill(self, t: Any, lg: PartitionLog, seg: Segment, reason: str) -> None:
+        uid, p = t.config.uid, lg.partition
+        await self._ensure_bucket()
+        blob, index = await self.store.call_reader(self._encode, uid, p, seg)
+        idx_bytes = index.to_bytes()
+        seg_key, idx_key = object_keys(self.client.settings.prefix, t.name, p, seg.base, seg.last, uid)
+        idx_sha = hashlib.sha256(idx_bytes).hexdigest()
+        idx_md5 = hashlib.md5(idx_bytes).hexdigest()
+        meta = {"sha256": index.sha256, "first-offset": str(seg.base), "last-offset": str(seg.last)}
+        await self.client.put(seg_key, blob, index.md5, meta)
+        await self.client.put(idx_key, idx_bytes, idx_md5, {"sha256": idx_sha})
+        await self._verify(seg_key, len(blob), index.md5, index.sha256)
+        await self._verify(idx_key, len(idx_bytes), idx_md5, idx_sha)
+        remote = RemoteObject(
+            seg.base,
+            seg.last,
+            seg.bytes,
+            seg.first_ts,
+            seg.last_ts,
+            seg_key,
+            len(blob),
+            index.sha256,
+            idx_key,
+            len(idx_bytes),
+            idx_sha,
+        )
+        if t.deleted or not any(s is seg for s in lg.segments):
+            # Retention or a topic delete took the segment while it was uploading.
+            self.delete_objects([remote])
+            return
+        # Mark it remote first: any manifest written from now on (retention,
+        # another spill) includes it, and readers may use the verified copy.
+        seg.remote = remote
+        ops: list[Op] = [
+            ("p", "meta", keys.manifest_key(uid, p), encode_manifest(manifest_of(lg))),
+            ("r", "records", keys.record_key(uid, p, seg.base), keys.record_key(uid, p, seg.last + 1)),
+            ("d", "segments", keys.segment_key(uid, p, seg.base)),
+        ]
+        await self.store.write(ops)
+        self.index_cached(seg_key, index)
+        st = self._state(uid, p)
+        if st.failures:
+            log.info(
+                "S3 uploads of {topic}/{partition} work again after {n} failure(s)",
+                topic=t.name,
+                partition=p,
+                n=st.failures,
+            )
+        st.failures, st.retry_at_ms, st.last_error = 0, 0, None
+        if not self.failing:
+            self.last_error = None
+        self.uploads += 1
+        self.uploaded_bytes += len(blob)
+        if self.metrics is not None:
+            self.metrics.s3_uploads.inc()
+            self.metrics.s3_uploaded_bytes.inc(len(blob))
+        log.info(
+            "moved {topic}/{partition} segment {base}-{last} ({size} bytes) to S3 ({reason})",
+            topic=t.name,
+            partition=p,
+            base=seg.base,
+            last=seg.last,
+            size=len(blob),
+            reason=reason,
+        )
+
+    def _encode(self, uid: int, p: int, seg: Segment) -> tuple[bytes, SegmentIndex]:
+        """Reader thread: the segment's records from LMDB, framed."""
+        env = self.store.env
+        if env is None:
+            raise S3Failure("LMDB is closed")
+        first = keys.record_key(uid, p, seg.base)
+        stop = keys.record_key(uid, p, seg.last + 1)
+
+        def rows() -> Any:
+            with env.begin(db=self.store.dbs["records"], buffers=False) as txn:
+                cur = txn.cursor()
+                if not cur.set_range(first):
+                    return
+                for k, v in cur:
+                    if k >= stop:
+                        break
+                    yield keys.parse_record_key(k)[2], v
+
+        blob, index = encode_segment(rows(), self.chunk_bytes)
+        if index.base != seg.base or index.last != seg.last:
+            raise S3Failure(
+                f"LMDB holds {index.base}-{index.last} of segment {seg.base}-{seg.last}; not uploading"
+            )
+        return blob, index
+
+    async def _verify(self, key: str, size: int, md5_hex: str, sha: str) -> None:
+        h = await self.client.head(key)
+        if h["size"] != size:
+            raise S3Failure(f"verify {key}: size {h['size']}, expected {size}")
+        if h["etag"] and "-" not in h["etag"] and h["etag"] != md5_hex:
+            raise S3Failure(f"verify {key}: ETag {h['etag']} is not the MD5 {md5_hex}")
+        if h["metadata"].get("sha256") != sha:
+            raise S3Failure(f"verify {key}: sha256 metadata does not match")
+
+    # -- deletes ---------------------------------------------------------------
+
+    def delete_objects(self, objects: Iterable[RemoteObject]) -> None:
+        """Delete the objects of segments gone from every manifest (retried on later ticks)."""
+        for o in objects:
+            self._indexes.pop(o.key, None)
+            self.cache.discard_prefix(o.key)
+            for k in (o.key, o.index_key):
+                self._delete(k)
+
+    def _delete(self, key: str) -> None:
+        d = self.client.delete(key)
+
+        def done(_: object) -> None:
+            self.deleted_objects += 1
+            if self.metrics is not None:
+                self.metrics.s3_deleted_objects.inc()
+
+        def failed(f: Any) -> None:
+            first = not self._pending_deletes
+            self._pending_deletes.append(key)
+            self._delete_retry_at = self.clock.seconds() + DELETE_RETRY_SECONDS
+            if first:  # one line per failing round, not one per object
+                log.warn(
+                    "S3 delete of {key} failed, retrying failed deletes every {every}s: {error}",
+                    key=key,
+                    every=DELETE_RETRY_SECONDS,
+                    error=str(f.value),
+                )
+
+        d.addCallbacks(done, failed)
+
+    def _retry_deletes(self) -> None:
+        if not self._pending_deletes or self.clock.seconds() < self._delete_retry_at:
+            return
+        keys_, self._pending_deletes = self._pending_deletes, []
+        for k in keys_:
+            self._delete(k)
+
+    # -- reads -----------------------------------------------------------------
+
+    def index_cached(self, key: str, index: SegmentIndex) -> None:
+        """Remember a segment's index (bounded count)."""
+        self._indexes[key] = index
+        self._indexes.move_to_end(key)
+        while len(self._indexes) > 4096:
+            self._indexes.popitem(last=False)
+
+    def read(self, seg: Segment, partition: int, start: int, limit: int) -> Deferred[list[Record]]:
+        """Records of a remote segment from ``start``: at most ``limit``, up to the segment's end."""
+        return ensureDeferred(self._read(seg, partition, start, limit))
+
+    async def _read(self, seg: Segment, partition: int, start: int, limit: int) -> list[Record]:
+        remote = seg.remote
+        assert remote is not None
+        out: list[Record] = []
+        try:
+            index = await self._index(remote)
+            i = index.chunk_for(start)
+            while i < len(index.chunks) and len(out) < limit:
+                for off, value in await self._chunk(remote, index, i):
+                    if off < start:
+                        continue
+                    if len(out) >= limit:
+                        break
+                    out.append(Record.from_storage(partition, off, value))
+                i += 1
+        except ObjectMissing as e:
+            self._read_failed(remote, f"object missing: {e}")
+            raise TierReadError(
+                f"segment {remote.base}-{remote.last} is missing from S3 ({remote.key})",
+                code="s3_object_missing",
+            ) from None
+        except (CorruptSegment, ValueError) as e:
+            self._read_failed(remote, str(e))
+            raise TierReadError(
+                f"segment {remote.base}-{remote.last} in S3 is corrupt ({remote.key}): {e}",
+                code="s3_object_corrupt",
+            ) from None
+        except S3Failure as e:
+            self._read_failed(remote, str(e))
+            raise TierReadError(
+                f"S3 is unavailable reading segment {remote.base}-{remote.last}: {e}",
+                code="s3_unavailable",
+                status=503,
+            ) from None
+        return out
+
+    async def _chunk(self, remote: RemoteObject, index: SegmentIndex, i: int) -> list[tuple[int, bytes]]:
+        """Chunk ``i`` of a segment object, checked and split into records (cached raw)."""
+        chunk = index.chunks[i]
+        data = self.cache.get((remote.key, i))
+        if data is not None:
+            self.cache_hits += 1
+            if self.metrics is not None:
+                self.metrics.s3_cache_hits.inc()
+            return decode_chunk(data, chunk)
+        self.cache_misses += 1
+        if self.metrics is not None:
+            self.metrics.s3_cache_misses.inc()
+        started = time.perf_counter()
+        data = await self.client.get(remote.key, chunk[1], chunk[2])
+        if self.metrics is not None:
+            self.metrics.s3_read_duration.observe(time.perf_counter() - started)
+        decoded = decode_chunk(data, chunk)
+        self.cache.put((remote.key, i), data)
+        return decoded
+
+    def _read_failed(self, remote: RemoteObject, why: str) -> None:
+        self._indexes.pop(remote.key, None)
+        if self.metrics is not None:
+            self.metrics.s3_read_failures.inc()
+        log.error("S3 read of {key} failed: {error}", key=remote.key, error=why)
+
+    async def _index(self, remote: RemoteObject) -> SegmentIndex:
+        idx = self._indexes.get(remote.key)
+        if idx is not None:
+            return idx
+        data = await self.client.get(remote.index_key)
+        if len(data) != remote.index_size or hashlib.sha256(data).hexdigest() != remote.index_sha256:
+            raise CorruptSegment("index object does not match the manifest's checksum")
+        idx = SegmentIndex.from_bytes(data)
+        if idx.size != remote.size or idx.sha256 != remote.sha256:
+            raise CorruptSegment("index describes a different object than the manifest")
+        self.index_cached(remote.key, idx)
+        return idx
+
+
+def manifest_of(lg: PartitionLog) -> list[RemoteObject]:
+    """The partition's manifest: its remote segments, oldest first."""
+    return [s.remote for s in lg.segments if s.remote is not None]

@@ -1,0 +1,330 @@
+"""The S3 tier's pipeline in-process: a real LMDB and broker, a ``task.Clock`` for the broker's
+time, and an in-memory object store that can lose, damage or misreport objects.
+
+These check the ordering rules of the pipeline (nothing leaves LMDB before the remote copy is
+verified; the manifest and the LMDB delete commit together) without a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from sprawl.broker import Broker
+from sprawl.config import NodeConfig
+from sprawl.errors import InsufficientStorage
+from sprawl.log.record import Record
+from sprawl.storage import keys
+from sprawl.storage.lmdb import LmdbStore
+from sprawl.storage.s3 import ObjectMissing, S3Failure, S3Settings
+from sprawl.storage.tiering import S3Tier, TierReadError
+from sprawl.testing import bounded, the_reactor
+from sprawl.topics import Topic
+
+T0 = 1_700_000_000.0
+
+
+class MemoryS3:
+    """The :class:`~sprawl.storage.s3.S3Client` interface over a dict; failures on demand."""
+
+    def __init__(self) -> None:
+        self.settings = S3Settings(endpoint="http://fake", bucket="b", prefix="pre")
+        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.down = False
+        self.lie_about_size = False
+        self.deleted: list[str] = []
+
+    def _check(self) -> None:
+        if self.down:
+            raise S3Failure("connection refused")
+
+    def ensure_bucket(self) -> Deferred[bool]:
+        return fail(S3Failure("connection refused")) if self.down else succeed(False)
+
+    def put(self, key: str, body: bytes, md5_hex: str, metadata: dict[str, str]) -> Deferred[str]:
+        if self.down:
+            return fail(S3Failure("connection refused"))
+        assert hashlib.md5(body).hexdigest() == md5_hex
+        self.objects[key] = (body, dict(metadata))
+        return succeed(md5_hex)
+
+    def head(self, key: str) -> Deferred[dict[str, Any]]:
+        if self.down:
+            return fail(S3Failure("connection refused"))
+        if key not in self.objects:
+            return fail(ObjectMissing(key))
+        body, meta = self.objects[key]
+        size = len(body) + (1 if self.lie_about_size else 0)
+        return succeed({"size": size, "etag": hashlib.md5(body).hexdigest(), "metadata": meta})
+
+    def get(self, key: str, start: int | None = None, length: int | None = None) -> Deferred[bytes]:
+        if self.down:
+            return fail(S3Failure("connection refused"))
+        if key not in self.objects:
+            return fail(ObjectMissing(key))
+        body = self.objects[key][0]
+        if start is not None and length is not None:
+            body = body[start : start + length]
+        return succeed(body)
+
+    def delete(self, key: str) -> Deferred[None]:
+        if self.down:
+            return fail(S3Failure("connection refused"))
+        self.objects.pop(key, None)
+        self.deleted.append(key)
+        return succeed(None)
+
+
+class Node:
+    """Store + broker + tier on one data dir, sharing one fake object store across restarts."""
+
+    def __init__(self, path: Path, clock: Clock, s3: MemoryS3, chunk_bytes: int = 512 * 1024, **cfg: Any):
+        self.store = LmdbStore(str(path / "lmdb"), reactor=the_reactor(), map_size=256 * 1024**2)
+        self.store.open()
+        self.config = NodeConfig(data_dir=str(path), **cfg)
+        self.broker = Broker(self.config, self.store, clock, "node-1")
+        self.tier = S3Tier(
+            s3,  # type: ignore[arg-type]
+            self.store,
+            clock,
+            budget=self.config.disk_budget,
+            age_ms=int(self.config.disk_to_s3_age * 1000),
+            chunk_bytes=chunk_bytes,
+        )
+        self.broker.tier = self.tier
+        self.broker.recover()
+
+    async def close(self) -> None:
+        if self.store.env is not None:
+            await self.broker.stop()
+            await self.store.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[Callable[..., Node], MemoryS3, Clock]]:
+    """A node factory (restarts reuse the data dir and the object store), the store and the clock."""
+    clock = Clock()
+    clock.advance(T0)
+    s3 = MemoryS3()
+    opened: list[Node] = []
+
+    def make(**cfg: Any) -> Node:
+        cfg.setdefault("segment_bytes", 2000)
+        cfg.setdefault("disk_to_s3_age", 0.0)
+        n = Node(tmp_path, clock, s3, **cfg)
+        opened.append(n)
+        return n
+
+    yield make, s3, clock
+    for n in opened:
+        await n.close()
+
+
+async def fill(n: Node, name: str, count: int, **topic_cfg: Any) -> Topic:
+    """Create ``name`` and publish ``count`` 100-byte messages, 10 per request."""
+    t, _ = await n.broker.put_topic(name, topic_cfg)
+    for i in range(0, count, 10):
+        recs = [Record(-1, 0, 0, None, None, None, f"{j:04d}".encode() * 25, True) for j in range(i, i + 10)]
+        await bounded(n.broker.publish(t, recs, "leader"))
+    return t
+
+
+async def spill_all(n: Node) -> int:
+    """Run the tier until nothing more moves; returns how many segments moved."""
+    before = n.tier.uploads
+    for _ in range(200):
+        started = n.tier.tick(list(n.broker.topics.values()), n.store.used_bytes, n.broker.now_ms())
+        while n.tier.in_flight:
+            await bounded(n.store.write([]))  # let the pipeline's steps run
+        if not started:
+            break
+    return n.tier.uploads - before
+
+
+async def read_all(n: Node, t: Topic) -> list[Record]:
+    out: list[Record] = []
+    start = 0
+    for _ in range(1000):
+        got = await bounded(n.broker.read(t, 0, start, 50))
+        if not got:
+            return out
+        out.extend(got)
+        start = got[-1].offset + 1
+    raise AssertionError("read did not finish")
+
+
+def lmdb_offsets(n: Node, t: Topic) -> list[int]:
+    return [r.offset for r in n.store.read_records_sync(t.config.uid, 0, 0, 10**6, 10**6)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sealed_segments_move_and_replay_after_restart(env: Any, tmp_path: Path) -> None:
+    """Every sealed segment moves (object + index, manifest written, LMDB records gone); after a
+    restart the manifest brings them back as remote and a replay reads every offset in order."""
+    make, s3, _clock = env
+    n = make()
+    t = await fill(n, "t", 100)
+    moved = await spill_all(n)
+    segs = t.logs[0].segments
+    assert moved == len(segs) - 1 >= 3
+    assert all(s.remote is not None for s in segs[:-1]) and segs[-1].remote is None
+    assert lmdb_offsets(n, t) == list(range(segs[-1].base, 100))
+    assert len([k for k in s3.objects if k.endswith(".seg")]) == moved
+    assert n.store.get("meta", keys.manifest_key(t.config.uid, 0)) is not None
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    assert [s.remote is not None for s in t.logs[0].segments] == [True] * moved + [False]
+    got = await read_all(n, t)
+    assert [r.offset for r in got] == list(range(100))
+    assert got[42].payload == b"0042" * 25
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_leaves_lmdb_when_verification_fails(env: Any) -> None:
+    """An object whose HEAD does not match what was sent is not trusted: records stay in LMDB,
+    the partition reports ``failing`` and backs off; once verification passes, it moves."""
+    make, s3, clock = env
+    n = make()
+    t = await fill(n, "t", 60)
+    s3.lie_about_size = True
+    assert await spill_all(n) == 0
+    assert lmdb_offsets(n, t) == list(range(60))
+    status = n.tier.partition_status(t.config.uid, 0)
+    assert status["status"] == "failing" and "size" in status["last_error"]
+    assert n.broker.describe_topic(t)["partition_details"][0]["tiers"]["s3"]["status"] == "failing"
+    s3.lie_about_size = False
+    assert await spill_all(n) == 0, "backing off: no retry before the retry time"
+    clock.advance(2)
+    assert await spill_all(n) >= 1
+    assert n.tier.partition_status(t.config.uid, 0)["status"] == "ok"
+    assert [r.offset for r in await read_all(n, t)] == list(range(60))
+
+
+@pytest_twisted.ensureDeferred
+async def test_s3_down_keeps_data_and_the_hard_limit_refuses(env: Any) -> None:
+    """With the store down nothing moves or is lost; past the hard limit publishes get 507
+    ``disk_budget_exceeded`` naming the S3 error."""
+    make, s3, _clock = env
+    n = make(disk_budget=10 * 1000**2, disk_hard_limit=10 * 1000**2)
+    t = await fill(n, "t", 40)
+    s3.down = True
+    assert await spill_all(n) == 0
+    assert n.tier.failing and lmdb_offsets(n, t) == list(range(40))
+    n.store.used_bytes = n.broker.disk_hard_limit + 1  # as if LMDB had filled up
+    with pytest.raises(InsufficientStorage) as e:
+        n.broker.check_writable()
+    assert e.value.code == "disk_budget_exceeded" and "connection refused" in e.value.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_and_corrupt_objects_fail_reads(env: Any) -> None:
+    """A read below LMDB never returns made-up or partial data: a missing object is
+    ``s3_object_missing``, a damaged one ``s3_object_corrupt``."""
+    make, s3, _clock = env
+    n = make()
+    await fill(n, "t", 60)
+    await spill_all(n)
+    await n.close()
+    n = make()  # empty caches
+    t = n.broker.topics["t"]
+    seg_keys = sorted(k for k in s3.objects if k.endswith(".seg"))
+    body, meta = s3.objects[seg_keys[0]]
+    s3.objects[seg_keys[0]] = (body[:50] + bytes([body[50] ^ 1]) + body[51:], meta)
+    with pytest.raises(TierReadError) as e:
+        await bounded(n.broker.read(t, 0, 0, 10))
+    assert e.value.code == "s3_object_corrupt"
+    second = t.logs[0].segments[1]
+    del s3.objects[seg_keys[1]]
+    with pytest.raises(TierReadError) as e:
+        await bounded(n.broker.read(t, 0, second.base, 10))
+    assert e.value.code == "s3_object_missing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_and_topic_delete_remove_remote_objects(env: Any) -> None:
+    """Retention drops remote segments from the manifest first, then deletes their objects;
+    deleting the topic deletes the rest."""
+    make, s3, _clock = env
+    n = make()
+    t = await fill(n, "t", 60, retention_bytes=3000)
+    await spill_all(n)
+    remote_before = [s.remote for s in t.logs[0].segments if s.remote is not None]
+    assert len(remote_before) >= 2
+    assert n.broker.apply_retention() >= 1
+    await bounded(n.store.write([]))
+    kept = [s.remote for s in t.logs[0].segments if s.remote is not None]
+    gone = [o for o in remote_before if o not in kept]
+    assert gone and all(o.key in s3.deleted and o.index_key in s3.deleted for o in gone)
+    assert all(o.key in s3.objects for o in kept)
+    assert t.logs[0].log_start == t.logs[0].segments[0].base
+    await bounded(n.broker.delete_topic("t"))
+    assert not any(k.endswith(".seg") for k in s3.objects)
+
+
+@pytest_twisted.ensureDeferred
+async def test_find_time_below_the_hot_tail(env: Any) -> None:
+    """``from_time`` inside a segment below the hot tail (in S3 or LMDB) finds its first match,
+    not the first later record that happens to be in memory."""
+    make, _s3, clock = env
+    n = make()
+    t = await fill(n, "t", 60)
+    ts0 = t.logs[0].segments[0].first_ts
+    await spill_all(n)
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    clock.advance(10)
+    await fill(n, "t", 10)  # hot tail: offsets 60..69, later timestamps
+    assert await bounded(n.broker.find_time(t, 0, ts0)) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_spans_chunks_and_the_cache_serves_it_again(env: Any) -> None:
+    """One read returns up to ``limit`` records across the chunks of a segment, each chunk
+    fetched once (ranged) and then served from the cache."""
+    make, _s3, _clock = env
+    n = make(chunk_bytes=300, segment_bytes=5000)
+    await fill(n, "t", 60)
+    await spill_all(n)
+    await n.close()
+    n = make(chunk_bytes=300, segment_bytes=5000)
+    t = n.broker.topics["t"]
+    seg = t.logs[0].segments[0]
+    assert seg.remote is not None and seg.count >= 20
+    got = await bounded(n.broker.read(t, 0, 3, 15))
+    assert [r.offset for r in got] == list(range(3, 18))
+    misses = n.tier.cache_misses
+    assert misses >= 5, "one ranged GET per chunk of ~2 records"
+    again = await bounded(n.broker.read(t, 0, 3, 15))
+    assert [r.payload for r in again] == [r.payload for r in got]
+    assert n.tier.cache_misses == misses and n.tier.cache_hits >= misses
+    tail = await bounded(n.broker.read(t, 0, seg.last - 1, 100))
+    assert [r.offset for r in tail] == [seg.last - 1, seg.last], "a read stops at the segment's end"
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_deletes_are_retried_later(env: Any) -> None:
+    """Objects whose delete failed (S3 down) are retried on a later tick, after the retry delay."""
+    make, s3, clock = env
+    n = make()
+    t = await fill(n, "t", 60, retention_bytes=3000)
+    await spill_all(n)
+    s3.down = True
+    assert n.broker.apply_retention() >= 1
+    await bounded(n.store.write([]))
+    pending = n.tier.describe()["pending_deletes"]
+    assert pending >= 2 and not s3.deleted
+    s3.down = False
+    n.tier.tick([t], 0, n.broker.now_ms())
+    assert not s3.deleted, "not before the retry delay"
+    clock.advance(31)
+    n.tier.tick([t], 0, n.broker.now_ms())
+    assert len(s3.deleted) == pending and n.tier.describe()["pending_deletes"] == 0
