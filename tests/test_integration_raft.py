@@ -177,6 +177,19 @@ def test_three_nodes_elect_fail_over_and_catch_up_by_snapshot(sprawl_nodes: Any)
     print(f"restarted {old_name} caught up in {took2:.1f} s (snapshot index {view['snapshot_index']})")
     assert _get(back, "/readyz")[0] == 200
 
+    # Without a quorum there is no leader: /readyz says so, and changes are refused (not queued).
+    last = survivors[0]
+    back.kill()
+    survivors[1].kill()
+
+    def leaderless() -> bool:
+        status, body = _get(last, "/readyz")
+        return status == 503 and "no Raft leader" in body["reason"]
+
+    assert _wait(leaderless, ELECTION_BOUND + 5) is not None, _get(last, "/readyz")
+    status, body = _put(last, "/v1/topics/no-quorum", {})
+    assert status == 503 and body["error"]["code"] in ("no_leader", "proposal_timeout"), body
+
 
 def test_five_nodes_replace_a_dead_voter_and_take_it_back(sprawl_nodes: Any) -> None:
     """5 voters: a killed leader is replaced within the bound; after the grace
