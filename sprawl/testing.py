@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sprawl.peer.tcp import PeerChannel
 
 import sprawl
 
@@ -428,3 +434,82 @@ class SeaweedProcess:
                 p.kill()
                 p.wait(10)
         self.proc = None
+
+
+# -- the peer channel in tests ------------------------------------------------------
+
+
+def poll_until(cond: Callable[[], bool], bound: float, step: float = 0.1) -> float | None:
+    """Poll ``cond`` every ``step`` seconds (Event.wait, from a test thread
+    driving real processes) for at most ``bound`` seconds; the seconds it
+    took, or None if it never held."""
+    pause = threading.Event()
+    t0 = time.monotonic()
+    for _ in range(int(bound / step) + 2):
+        if cond():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > bound:
+            break
+        pause.wait(step)
+    return None
+
+
+async def until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait (polling the reactor, bounded by ``timeout`` real seconds) until ``pred()``."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        from twisted.internet import task
+
+        await task.deferLater(the_reactor(), 0.005, lambda: None)
+
+
+class PeerNet:
+    """Peer channels and listening ports of one test; :meth:`close` tears all of them down."""
+
+    def __init__(self) -> None:
+        self.channels: list[PeerChannel] = []
+        self.ports: list[Any] = []
+        self.got: dict[str, list[tuple[str, bytes]]] = {}
+
+    def channel(self, node_id: str, key: bytes | None = None, **kw: Any) -> PeerChannel:
+        """A channel whose RAFT frames are recorded in ``self.got[node_id]``."""
+        kw.setdefault("backoff_base", 0.01)
+        kw.setdefault("backoff_max", 0.05)
+        from sprawl.peer.frames import RAFT
+        from sprawl.peer.tcp import PeerChannel
+
+        ch = PeerChannel(node_id, the_reactor(), random.Random(1), key, **kw)
+        got = self.got.setdefault(node_id, [])
+        ch.handlers[RAFT] = lambda peer, payload: got.append((peer, payload))
+        self.channels.append(ch)
+        return ch
+
+    def listen(self, ch: PeerChannel, port: int = 0) -> Any:
+        p = the_reactor().listenTCP(port, ch.server_factory(), interface="127.0.0.1")
+        self.ports.append(p)
+        return p
+
+    async def unlisten(self, p: Any) -> None:
+        self.ports.remove(p)
+        await bounded(p.stopListening())
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await bounded(ch.close())
+        for p in list(self.ports):
+            await self.unlisten(p)
+
+        def quiet() -> bool:
+            return all(
+                not ch._inbound and all(s.proto is None and not s.connecting for s in ch.senders.values())
+                for ch in self.channels
+            )
+
+        await until(quiet, "every connection to close")
+
+
+def link_peers(a: PeerChannel, b: PeerChannel, port: Any) -> None:
+    """Tell ``a`` where ``b`` listens."""
+    a.set_address(b.node_id, "127.0.0.1", port.getHost().port)

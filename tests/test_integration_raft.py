@@ -22,17 +22,15 @@ The election bound, from the defaults in :class:`sprawl.cluster.control.ClusterC
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeProcess
+from sprawl.testing import NodeProcess, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,20 +68,6 @@ def _raft(node: NodeProcess) -> dict[str, Any]:
     return body["raft"] if status == 200 else {}
 
 
-def _wait(cond: Callable[[], bool], bound: float) -> float | None:
-    """Poll ``cond`` every 0.1 s (Event.wait) for at most ``bound`` seconds;
-    the seconds it took, or None if it never held."""
-    pause = threading.Event()
-    t0 = time.monotonic()
-    for _ in range(int(bound / 0.1) + 2):
-        if cond():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > bound:
-            break
-        pause.wait(0.1)
-    return None
-
-
 def _formed(nodes: list[NodeProcess], names: list[str]) -> bool:
     """Every node sees the same leader and all ``names`` as voters."""
     views = [_raft(n) for n in nodes]
@@ -98,7 +82,7 @@ def _start_cluster(sprawl_nodes: Any, n: int, *extra: str) -> tuple[list[NodePro
     with ThreadPoolExecutor(n - 1) as pool:
         rest = list(pool.map(lambda nm: sprawl_nodes("--node-id", nm, *seeds, *extra, name=nm), names[1:]))
     nodes = [first, *rest]
-    took = _wait(lambda: _formed(nodes, names), FORM_BOUND)
+    took = poll_until(lambda: _formed(nodes, names), FORM_BOUND)
     assert took is not None, f"no {n}-voter cluster formed: {[_raft(x) for x in nodes]}"
     print(f"\n{n} voters agreed on a leader {took:.1f} s after the last node started")
     return nodes, names
@@ -119,7 +103,7 @@ def _kill_leader(
         ls = {v.get("leader") for v in views}
         return len(ls) == 1 and None not in ls and "" not in ls and leader_name not in ls
 
-    took = _wait(new_leader, ELECTION_BOUND + 5)
+    took = poll_until(new_leader, ELECTION_BOUND + 5)
     assert took is not None, f"no new leader: {[_raft(s) for s in survivors]}"
     took = time.monotonic() - t0
     print(
@@ -166,7 +150,7 @@ def test_three_nodes_elect_fail_over_and_catch_up_by_snapshot(sprawl_nodes: Any)
         status, body = _get(back, "/v1/topics")
         return status == 200 and want <= {t["name"] for t in body["topics"]}
 
-    took2 = _wait(caught_up, CATCH_UP_BOUND)
+    took2 = poll_until(caught_up, CATCH_UP_BOUND)
     assert took2 is not None, _get(back, "/v1/topics")
     view = _raft(back)
     assert view["role"] == "follower" and view["snapshot_index"] >= snap_index - 8, view
@@ -186,7 +170,7 @@ def test_three_nodes_elect_fail_over_and_catch_up_by_snapshot(sprawl_nodes: Any)
         status, body = _get(last, "/readyz")
         return status == 503 and "no Raft leader" in body["reason"]
 
-    assert _wait(leaderless, ELECTION_BOUND + 5) is not None, _get(last, "/readyz")
+    assert poll_until(leaderless, ELECTION_BOUND + 5) is not None, _get(last, "/readyz")
     status, body = _put(last, "/v1/topics/no-quorum", {})
     assert status == 503 and body["error"]["code"] in ("no_leader", "proposal_timeout"), body
 
@@ -205,7 +189,7 @@ def test_five_nodes_replace_a_dead_voter_and_take_it_back(sprawl_nodes: Any) -> 
     def removed() -> bool:
         return all(_raft(s).get("voters") == rest for s in survivors)
 
-    assert _wait(removed, 3 + 15) is not None, [_raft(s) for s in survivors]
+    assert poll_until(removed, 3 + 15) is not None, [_raft(s) for s in survivors]
     for s in survivors:
         assert _get(s, "/v1/topics/acked-before?consistency=linearizable")[0] == 200
     status, _ = _put(survivors[0], "/v1/topics/acked-after", {})
@@ -215,5 +199,5 @@ def test_five_nodes_replace_a_dead_voter_and_take_it_back(sprawl_nodes: Any) -> 
     sprawl_nodes.nodes.append(back)
     back.start()
     everyone = [*survivors, back]
-    assert _wait(lambda: _formed(everyone, names), FORM_BOUND) is not None, [_raft(x) for x in everyone]
+    assert poll_until(lambda: _formed(everyone, names), FORM_BOUND) is not None, [_raft(x) for x in everyone]
     assert _get(back, "/v1/topics/acked-after?consistency=linearizable")[0] == 200

@@ -12,14 +12,13 @@ from twisted.internet import defer
 
 from sprawl.errors import Conflict, Unavailable
 from sprawl.peer.rpc import PeerRPC, RemoteError
-from sprawl.testing import WAIT, bounded
-from tests.test_peer_tcp import Net
+from sprawl.testing import WAIT, PeerNet, bounded
 
 
 @pytest_twisted.async_yield_fixture
-async def pair() -> AsyncIterator[tuple[Net, PeerRPC, PeerRPC, Any]]:
+async def pair() -> AsyncIterator[tuple[PeerNet, PeerRPC, PeerRPC, Any]]:
     """a and b, each listening and knowing the other's address."""
-    net = Net()
+    net = PeerNet()
     a, b = net.channel("a"), net.channel("b")
     pa, pb = net.listen(a), net.listen(b)
     a.set_address("b", "127.0.0.1", pb.getHost().port)
@@ -95,7 +94,7 @@ def test_rpc_registers_its_frame_kinds() -> None:
     """Building the adapter registers its frame handlers on the channel."""
     from sprawl.peer.frames import REQUEST, RESPONSE
 
-    net = Net()
+    net = PeerNet()
     ch = net.channel("z")
     PeerRPC(ch, ch.reactor)
     assert REQUEST in ch.handlers and RESPONSE in ch.handlers

@@ -4,93 +4,34 @@ two :class:`PeerChannel` s, OS-chosen ports, every wait bounded, everything clos
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
 
 from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
-from sprawl.testing import WAIT, bounded, the_reactor
+from sprawl.testing import PeerNet, link_peers, the_reactor, until
 
 KEY = b"cluster-key-0123456789abcdef0123"
 OTHER_KEY = b"another-key-0123456789abcdef0123"
 UNKNOWN_KIND = 99
 
 
-async def until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait (polling the reactor, bounded by ``timeout`` real seconds) until ``pred()``."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(the_reactor(), 0.005, lambda: None)
-
-
-class Net:
-    """Channels and listening ports of one test; :meth:`close` tears all of them down."""
-
-    def __init__(self) -> None:
-        self.channels: list[PeerChannel] = []
-        self.ports: list[Any] = []
-        self.got: dict[str, list[tuple[str, bytes]]] = {}
-
-    def channel(self, node_id: str, key: bytes | None = None, **kw: Any) -> PeerChannel:
-        """A channel whose RAFT frames are recorded in ``self.got[node_id]``."""
-        kw.setdefault("backoff_base", 0.01)
-        kw.setdefault("backoff_max", 0.05)
-        ch = PeerChannel(node_id, the_reactor(), random.Random(1), key, **kw)
-        got = self.got.setdefault(node_id, [])
-        ch.handlers[RAFT] = lambda peer, payload: got.append((peer, payload))
-        self.channels.append(ch)
-        return ch
-
-    def listen(self, ch: PeerChannel, port: int = 0) -> Any:
-        p = the_reactor().listenTCP(port, ch.server_factory(), interface="127.0.0.1")
-        self.ports.append(p)
-        return p
-
-    async def unlisten(self, p: Any) -> None:
-        self.ports.remove(p)
-        await bounded(p.stopListening())
-
-    async def close(self) -> None:
-        for ch in self.channels:
-            await bounded(ch.close())
-        for p in list(self.ports):
-            await self.unlisten(p)
-
-        def quiet() -> bool:
-            return all(
-                not ch._inbound and all(s.proto is None and not s.connecting for s in ch.senders.values())
-                for ch in self.channels
-            )
-
-        await until(quiet, "every connection to close")
-
-
 @pytest_twisted.async_yield_fixture
-async def net() -> AsyncIterator[Net]:
-    n = Net()
+async def net() -> AsyncIterator[PeerNet]:
+    n = PeerNet()
     try:
         yield n
     finally:
         await n.close()
 
 
-def link(a: PeerChannel, b: PeerChannel, port: Any) -> None:
-    """Tell ``a`` where ``b`` listens."""
-    a.set_address(b.node_id, "127.0.0.1", port.getHost().port)
-
-
 @pytest_twisted.ensureDeferred
-async def test_frames_arrive_in_order_with_sender_id(net: Net) -> None:
+async def test_frames_arrive_in_order_with_sender_id(net: PeerNet) -> None:
     """Frames A sends to B reach B's handler in send order, each tagged with A's node id."""
     a, b = net.channel("a"), net.channel("b")
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     payloads = [b"m%d" % i for i in range(50)]
     for p in payloads:
         assert a.send("b", RAFT, p)
@@ -103,10 +44,10 @@ async def test_frames_arrive_in_order_with_sender_id(net: Net) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_same_key_is_accepted(net: Net) -> None:
+async def test_same_key_is_accepted(net: PeerNet) -> None:
     """With the same cluster key on both sides the handshake succeeds and frames arrive."""
     a, b = net.channel("a", KEY), net.channel("b", KEY)
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"secret")
     await until(lambda: net.got["b"] != [], "the frame at b")
     assert net.got["b"] == [("a", b"secret")]
@@ -115,13 +56,13 @@ async def test_same_key_is_accepted(net: Net) -> None:
 
 @pytest.mark.parametrize(("a_key", "b_key"), [(OTHER_KEY, KEY), (None, KEY)], ids=["other-key", "no-key"])
 @pytest_twisted.ensureDeferred
-async def test_wrong_key_is_refused(net: Net, a_key: bytes | None, b_key: bytes) -> None:
+async def test_wrong_key_is_refused(net: PeerNet, a_key: bytes | None, b_key: bytes) -> None:
     """A sender with another key (or none) is refused by a keyed acceptor: the acceptor
     counts a handshake failure, delivers no frame, and the sender is told it is unreachable."""
     a, b = net.channel("a", a_key), net.channel("b", b_key)
     unreachable: list[str] = []
     a.on_unreachable = unreachable.append
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"x")
     await until(lambda: b.stats.handshake_failures >= 1 and bool(unreachable), "the refusal")
     assert net.got["b"] == []
@@ -130,13 +71,13 @@ async def test_wrong_key_is_refused(net: Net, a_key: bytes | None, b_key: bytes)
 
 
 @pytest_twisted.ensureDeferred
-async def test_unreachable_peer_drops_queue_and_recovers(net: Net) -> None:
+async def test_unreachable_peer_drops_queue_and_recovers(net: PeerNet) -> None:
     """While the peer's listener is down, queued frames are dropped and counted and
     on_unreachable names the peer; once a listener is back on the same port the sender
     reconnects by itself and frames are delivered again."""
     a, b = net.channel("a"), net.channel("b")
     port = net.listen(b)
-    link(a, b, port)
+    link_peers(a, b, port)
     number = port.getHost().port
     await net.unlisten(port)
     unreachable: list[str] = []
@@ -157,11 +98,11 @@ async def test_unreachable_peer_drops_queue_and_recovers(net: Net) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_queue_bound_while_connecting(net: Net) -> None:
+async def test_queue_bound_while_connecting(net: PeerNet) -> None:
     """While not yet connected at most queue_frames frames wait; further sends return
     False and are counted as dropped, and exactly the queued ones are delivered."""
     a, b = net.channel("a", queue_frames=3), net.channel("b")
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     results = [a.send("b", RAFT, b"%d" % i) for i in range(5)]
     assert results == [True, True, True, False, False]
     assert a.stats.frames_dropped_queue == 2
@@ -171,10 +112,10 @@ async def test_queue_bound_while_connecting(net: Net) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_queue_byte_bound(net: Net) -> None:
+async def test_queue_byte_bound(net: PeerNet) -> None:
     """A frame that would take the queue over queue_bytes is dropped (False, counted)."""
     a, b = net.channel("a", queue_bytes=30), net.channel("b")
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"x" * 10)  # 15 bytes on the wire
     assert not a.send("b", RAFT, b"y" * 11)  # 16 more would exceed 30
     assert a.send("b", RAFT, b"z" * 10)  # exactly 30
@@ -184,11 +125,11 @@ async def test_queue_byte_bound(net: Net) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_kind_counted_connection_kept(net: Net) -> None:
+async def test_unknown_kind_counted_connection_kept(net: PeerNet) -> None:
     """A frame of a kind with no handler is counted as unhandled and the frames after it
     on the same connection are still delivered."""
     a, b = net.channel("a"), net.channel("b")
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     assert a.send("b", UNKNOWN_KIND, b"?")
     assert a.send("b", RAFT, b"after")
     await until(lambda: net.got["b"] != [], "the frame after the unknown one")
@@ -200,7 +141,7 @@ async def test_unknown_kind_counted_connection_kept(net: Net) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_handler_exception_does_not_break_connection(net: Net) -> None:
+async def test_handler_exception_does_not_break_connection(net: PeerNet) -> None:
     """A handler raising on one frame does not stop later frames on that connection."""
     a, b = net.channel("a"), net.channel("b")
     seen: list[bytes] = []
@@ -211,7 +152,7 @@ async def test_handler_exception_does_not_break_connection(net: Net) -> None:
             raise RuntimeError("handler bug")
 
     b.handlers[RAFT] = handler
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"boom")
     assert a.send("b", RAFT, b"ok")
     await until(lambda: len(seen) >= 2, "both frames")
@@ -220,10 +161,10 @@ async def test_handler_exception_does_not_break_connection(net: Net) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversize_frame_skipped_over_tcp(net: Net) -> None:
+async def test_oversize_frame_skipped_over_tcp(net: PeerNet) -> None:
     """A frame over the acceptor's max_frame is counted and skipped; the next one arrives."""
     a, b = net.channel("a"), net.channel("b", max_frame=100)
-    link(a, b, net.listen(b))
+    link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"x" * 5000)
     assert a.send("b", RAFT, b"small")
     await until(lambda: net.got["b"] != [], "the small frame")

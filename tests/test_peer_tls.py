@@ -16,9 +16,7 @@ import pytest_twisted
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.peer.frames import RAFT
 from sprawl.tap import peer_tls
-from sprawl.testing import make_test_pki
-from tests.test_integration_raft import _wait
-from tests.test_peer_tcp import Net, link, until
+from sprawl.testing import PeerNet, link_peers, make_test_pki, poll_until, until
 
 
 def _tls(pki: dict[str, str], cert: str = "peer", ca: str = "ca") -> dict[str, Any]:
@@ -31,12 +29,12 @@ async def test_peers_of_the_cluster_ca_talk_and_strangers_do_not(tmp_path: Path)
     """a → b over mutual TLS delivers frames with a's id; a stranger (other
     CA) and a plain-TCP sender are refused before any frame is delivered."""
     pki = make_test_pki(tmp_path)
-    net = Net()
+    net = PeerNet()
     try:
         b = net.channel("b", handshake_timeout=0.3, **_tls(pki))
         port = net.listen(b)
         a = net.channel("a", **_tls(pki))
-        link(a, b, port)
+        link_peers(a, b, port)
         for i in range(3):
             a.send("b", RAFT, b"hello-%d" % i)
         await until(lambda: len(net.got["b"]) == 3, "frames over TLS")
@@ -44,7 +42,7 @@ async def test_peers_of_the_cluster_ca_talk_and_strangers_do_not(tmp_path: Path)
         stranger = net.channel("s", **_tls(pki, cert="stranger", ca="other_ca"))
         plain = net.channel("p")
         for ch in (stranger, plain):
-            link(ch, b, port)
+            link_peers(ch, b, port)
             ch.send("b", RAFT, b"let me in")
         await until(
             lambda: stranger.stats.connects >= 2 and plain.stats.connects >= 2, "retries after refusals"
@@ -84,4 +82,4 @@ def test_two_twistd_nodes_form_a_raft_group_over_tls(sprawl_nodes: Any, tmp_path
             names = {t["name"] for t in json.loads(r.read())["topics"]}
         return raft["leader"] == "ta" and "over-tls" in names
 
-    assert _wait(joined, 20.0) is not None
+    assert poll_until(joined, 20.0) is not None
