@@ -329,7 +329,7 @@ class NodeService(service.Service):
             resolve=self.reactor.resolve,
         )
 
-    def _make_tier(self, metrics: Any) -> Any:
+    def _make_tier(self, metrics: Any, node_id: str) -> Any:
         """The S3 tier: a bounded-thread-pool client and the spill pipeline."""
         from sprawl.storage.s3 import S3Client, S3Settings
         from sprawl.storage.tiering import S3Tier
@@ -363,6 +363,7 @@ class NodeService(service.Service):
             concurrency=c.s3_concurrency,
             cache_bytes=c.s3_cache_bytes,
             metrics=metrics,
+            node_id=node_id,
         )
 
     def startService(self) -> None:
@@ -393,7 +394,7 @@ class NodeService(service.Service):
         self.store.on_commit = metrics.committed
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
         if c.s3_endpoint and c.s3_bucket:
-            self.broker.tier = self._make_tier(metrics)
+            self.broker.tier = self._make_tier(metrics, node_id)
         self.broker.recover()
         self.broker.start()
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")

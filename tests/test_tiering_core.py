@@ -105,6 +105,11 @@ def test_object_keys_follow_the_layout() -> None:
         "pre/t/3/00000000000000000000-00000000000000000099.t7.idx",
     )
     assert object_keys("", "t", 0, 1, 2, 1)[0] == "t/0/00000000000000000001-00000000000000000002.t1.seg"
+    # two nodes sharing a bucket and prefix never write the same key
+    a = object_keys("pre", "t", 0, 0, 9, 1, "node-a")
+    b = object_keys("pre", "t", 0, 0, 9, 1, "node-b")
+    assert a[0] == "pre/t/0/00000000000000000000-00000000000000000009.t1.nnode-a.seg"
+    assert set(a).isdisjoint(b)
 
 
 def _seg(base: int, last_ts: int, nbytes: int = 100, sealed: bool = True) -> Segment:

@@ -60,7 +60,9 @@ def decode_manifest(data: bytes) -> list[RemoteObject]:
     return out
 
 
-def object_keys(prefix: str, topic: str, partition: int, base: int, last: int, uid: int) -> tuple[str, str]:
+def object_keys(
+    prefix: str, topic: str, partition: int, base: int, last: int, uid: int, node: str = ""
+) -> tuple[str, str]:
     """The segment object's key and its index's key.
 
     ``PREFIX/TOPIC/PARTITION/BASE-LAST.seg`` as in the design notes, with the
@@ -68,9 +70,18 @@ def object_keys(prefix: str, topic: str, partition: int, base: int, last: int, u
     topic deleted and re-created under the same name starts again at offset 0,
     and the old topic's objects (deleted asynchronously) must never be
     confused with the new ones.  Offsets are zero-padded so keys sort.
+
+    ``node`` (the uploading node's id) is appended too (``.tUID.nNODE``):
+    until partitions are replicated every node of a cluster holds its own
+    copy of a topic's partitions, with its own offsets and uids, so nodes
+    sharing a bucket and prefix must never write -- or delete -- each
+    other's objects.  Once only a partition's leader uploads (issue 5) the
+    node part can go.
     """
     pre = prefix.strip("/")
     stem = f"{topic}/{partition}/{base:020d}-{last:020d}.t{uid}"
+    if node:
+        stem += f".n{node}"
     if pre:
         stem = f"{pre}/{stem}"
     return stem + ".seg", stem + ".idx"

@@ -119,8 +119,11 @@ class S3Tier:
         cache_bytes: int = 64 * 1000**2,
         metrics: Any = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        node_id: str = "",
     ):
         self.client = client
+        #: Part of every object key this node writes (see ``object_keys``).
+        self.node_id = node_id
         self.store = store
         self.clock = clock
         self.budget = budget
@@ -269,7 +272,9 @@ class S3Tier:
         await self._ensure_bucket()
         blob, index = await self.store.call_reader(self._encode, uid, p, seg)
         idx_bytes = index.to_bytes()
-        seg_key, idx_key = object_keys(self.client.settings.prefix, t.name, p, seg.base, seg.last, uid)
+        seg_key, idx_key = object_keys(
+            self.client.settings.prefix, t.name, p, seg.base, seg.last, uid, self.node_id
+        )
         idx_sha = hashlib.sha256(idx_bytes).hexdigest()
         idx_md5 = hashlib.md5(idx_bytes).hexdigest()
         meta = {"sha256": index.sha256, "first-offset": str(seg.base), "last-offset": str(seg.last)}
