@@ -64,12 +64,7 @@ class SSEStream:
 
     def start(self) -> Deferred[None]:
         """Send headers, start watching partitions, write what is already visible."""
-        req = self.request
-        req.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        req.setHeader(b"cache-control", b"no-cache")
-        req.setHeader(b"x-accel-buffering", b"no")
-        req.registerProducer(self, True)
-        req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.topic.name.encode())
+        self._open()
         self.registry.add(self)
         name = self.topic.name
         for p in self.cursors:
@@ -79,15 +74,32 @@ class SSEStream:
             self._pump(p)
         return self.done
 
+    def _open(self) -> None:
+        """Register as the connection's producer and send the preamble (SSE headers)."""
+        req = self.request
+        req.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        req.setHeader(b"cache-control", b"no-cache")
+        req.setHeader(b"x-accel-buffering", b"no")
+        req.registerProducer(self, True)
+        req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.topic.name.encode())
+
     def _beat(self) -> None:
         if self.closed:
             return
         if self.broker.topics.get(self.topic.name) is not self.topic:
-            self._end(b'event: error\ndata: {"code":"topic_deleted","message":"the topic was deleted"}\n\n')
+            self._topic_deleted()
             return
         if not self.paused:
-            self.request.write(b": keepalive\n\n")
+            self._keepalive()
         self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+
+    def _keepalive(self) -> None:
+        """Keep an idle connection alive (an SSE comment)."""
+        self.request.write(b": keepalive\n\n")
+
+    def _topic_deleted(self) -> None:
+        """End the stream: its topic is gone."""
+        self._end(b'event: error\ndata: {"code":"topic_deleted","message":"the topic was deleted"}\n\n')
 
     def _pump(self, p: int) -> None:
         """Write every visible record of partition ``p`` past the cursor."""

@@ -93,30 +93,19 @@ class WSStream(SSEStream):
         super().__init__(*args, **kw)
         self.proto = proto
 
-    def start(self) -> Deferred[None]:
-        """Register on the transport, watch the partitions, send what is visible."""
+    def _open(self) -> None:
+        """Register on the transport (the HTTP upgrade already answered)."""
         self.proto.transport.registerProducer(self, True)
-        self.registry.add(self)
-        name = self.topic.name
-        for p in self.cursors:
-            self._unwatch.append(self.broker.watch(name, p, lambda p=p: self._pump(p)))
-        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
-        for p in list(self.cursors):
-            self._pump(p)
-        return self.done
 
-    def _beat(self) -> None:
-        # Keepalive is autobahn's ping; this only notices a deleted topic.
-        if self.closed:
-            return
-        if self.broker.topics.get(self.topic.name) is not self.topic:
-            self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
-            return
-        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+    def _keepalive(self) -> None:
+        """Nothing: keepalive is autobahn's ping; the beat only notices a deleted topic."""
+
+    def _topic_deleted(self) -> None:
+        self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
 
     def _pump(self, p: int) -> None:
         if not self.closed and not self.paused and self.broker.topics.get(self.topic.name) is not self.topic:
-            self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
+            self._topic_deleted()
             return
         super()._pump(p)
 
