@@ -508,6 +508,7 @@ class NodeService(service.Service):
             self.api.streams.close_all()
             self.api.close_dashboards()
         if self.control is not None:
+            await self.control.hand_off()
             self.control.stop()
         if self.gossip is not None:
             await self.gossip.stop()  # gossips the leave, then closes the UDP port

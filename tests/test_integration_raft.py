@@ -201,3 +201,20 @@ def test_five_nodes_replace_a_dead_voter_and_take_it_back(sprawl_nodes: Any) -> 
     everyone = [*survivors, back]
     assert poll_until(lambda: _formed(everyone, names), FORM_BOUND) is not None, [_raft(x) for x in everyone]
     assert _get(back, "/v1/topics/acked-after?consistency=linearizable")[0] == 200
+
+
+def test_a_stopping_leader_hands_leadership_over(sprawl_nodes: Any) -> None:
+    """SIGTERM of the leader: before it exits it hands leadership to a caught-up
+    voter (TimeoutNow), so the survivors have a leader at once instead of after
+    an election timeout (1-2 s), and changes keep committing."""
+    nodes, names = _start_cluster(sprawl_nodes, 3)
+    leader_name = _raft(nodes[0])["leader"]
+    leader = nodes[names.index(leader_name)]
+    survivors = [n for n in nodes if n is not leader]
+    assert leader.stop() is not None  # returns once the process has exited
+    views = [_raft(s) for s in survivors]
+    new = {v.get("leader") for v in views}
+    assert len(new) == 1 and leader_name not in new and "" not in new, views
+    assert "handed leadership to" in leader.log_path.read_text()
+    status, body = _put(survivors[0], "/v1/topics/after-hand-off", {})
+    assert status == 201, body

@@ -154,6 +154,56 @@ class ClusterControl:
             if not d.called:
                 d.errback(Unavailable("node is stopping", code="stopping"))
 
+    async def hand_off(self, timeout: float = 3.0) -> str | None:
+        """Before a graceful stop: if this node leads, hand leadership to the
+        most caught-up live voter (Raft's TimeoutNow) and wait, bounded, for it
+        to take over, so the cluster does not sit out an election timeout.
+        Returns the new leader's name, or None (not leading, alone, or the
+        transfer did not finish in time -- the stop goes on either way)."""
+        drv = self.driver
+        if drv is None or not drv.is_leader:
+            return None
+        node = drv.node
+        candidates = [
+            (pr.match, rid)
+            for rid, pr in node.progress.items()
+            if rid != self.raft_id and rid in node.voters and self.channel.connected(self.name_of(rid))
+        ]
+        if not candidates:
+            return None
+        _match, target = max(candidates)
+        drv.node.transfer_leadership(target)
+        drv.kick()
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def check() -> None:
+            if drv.leader not in (self.raft_id, 0) and not d.called:
+                d.callback(None)
+
+        loop = task.LoopingCall(check)
+        loop.clock = self.reactor
+        loop.start(0.01, now=True)
+
+        def give_up() -> None:
+            if not d.called:
+                d.callback(None)
+
+        timer = self.reactor.callLater(timeout, give_up)
+        try:
+            await d
+        finally:
+            if loop.running:
+                loop.stop()
+            if timer.active():
+                timer.cancel()
+        if drv.leader in (self.raft_id, 0):
+            log.warn(
+                "raft: leadership hand-off to {target} did not finish in time", target=self.name_of(target)
+            )
+            return None
+        log.info("raft: handed leadership to {leader} before stopping", leader=self.leader_name)
+        return self.leader_name
+
     def leader_known(self) -> defer.Deferred[None]:
         """Fires once a leader is known (checked once per tick); cancellable."""
 
