@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -191,3 +192,69 @@ def test_resolve_start_and_segment_for_time() -> None:
     assert lg.segment_for_time(10_000) is None
     d = lg.describe()
     assert (d["low"], d["high_watermark"], d["log_end"], d["segments"]) == (2, 6, 6, 2)
+
+
+def _copy(r: Record) -> Record:
+    return Record(r.offset, r.partition, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text)
+
+
+@given(
+    n=st.integers(1, 60),
+    cut=st.integers(0, 60),
+    stored=st.integers(0, 60),
+    evict=st.integers(0, 2000),
+    seg_bytes=st.integers(100, 2000),
+)
+def test_truncate_drops_the_suffix_and_keeps_the_log_consistent(
+    n: int, cut: int, stored: int, evict: int, seg_bytes: int
+) -> None:
+    """Truncation removes exactly the offsets from the cut on -- from the hot
+    tail and the segments -- keeps segments contiguous, refuses to go below
+    the high watermark, and the log continues at the cut (appends and
+    follower appends alike)."""
+    lg = PartitionLog("t", 0, durable=True, leader="n", segment_bytes=seg_bytes)
+    lg.append([rec(size=50, ts=i) for i in range(n)], now_ms=0)
+    lg.stored(min(stored, n))
+    lg.evict(evict)
+    hw = lg.high_watermark
+    if cut < hw:
+        with pytest.raises(ValueError):
+            lg.truncate(cut)
+        return
+    removed, changed = lg.truncate(cut)
+    end = min(cut, n)
+    assert lg.next_offset == end and lg.stored_end <= end
+    assert all(r.offset < end for r in lg.hot)
+    assert all(s.base >= end for s in removed)
+    assert all(s.last == end - 1 for s in changed)
+    check_segments(lg)
+    if lg.segments:
+        assert lg.segments[-1].last == end - 1
+    got = lg.read_hot(lg.hot_start, 1000, end)
+    assert got is not None and [r.offset for r in got] == list(
+        range(lg.hot_start, min(end, lg.high_watermark))
+    )
+    # a follower's batch continuing at the cut is taken; one leaving a gap is refused
+    batch = [rec(size=50, ts=100) for _ in range(3)]
+    for i, r in enumerate(batch):
+        r.offset = end + i
+    lg.append_at([_copy(r) for r in batch], now_ms=0)
+    assert lg.next_offset == end + 3
+    gap = _copy(batch[0])
+    gap.offset = end + 10
+    with pytest.raises(ValueError):
+        lg.append_at([gap], now_ms=0)
+    assert lg.next_offset == end + 3
+
+
+def test_truncate_refuses_a_range_in_the_object_store() -> None:
+    """A segment that moved to S3 is never truncated (only committed data moves there)."""
+    from sprawl.log.manifest import RemoteObject
+
+    lg = PartitionLog("t", 0, durable=False, leader="n", segment_bytes=100)
+    lg.append([rec(size=60) for _ in range(4)], now_ms=0)
+    lg.high_watermark = 0  # as if nothing were committed yet
+    s0 = lg.segments[0]
+    lg.segments[0].remote = RemoteObject(s0.base, s0.last, s0.bytes, 0, 0, "k.seg", 1, "00", "k.idx", 1, "00")
+    with pytest.raises(ValueError, match="object store"):
+        lg.truncate(0)

@@ -127,6 +127,62 @@ class PartitionLog:
             self.high_watermark = self.next_offset
         return changed
 
+    def append_at(self, records: list[Record], now_ms: int) -> list[Segment]:
+        """A follower's append: ``records`` already carry the leader's offsets,
+        which must continue this log exactly (else ``ValueError``, nothing
+        changed).  Returns the changed segments, as :meth:`append` does."""
+        if not records:
+            return []
+        first = records[0].offset
+        if first != self.next_offset or records[-1].offset != first + len(records) - 1:
+            raise ValueError(
+                f"records {first}..{records[-1].offset} do not continue the log at {self.next_offset}"
+            )
+        for i, r in enumerate(records):
+            if r.offset != first + i:
+                raise ValueError(f"records are not contiguous at {first + i}")
+        return self.append(records, now_ms)
+
+    def truncate(self, offset: int) -> tuple[list[Segment], list[Segment]]:
+        """Drop every offset from ``offset`` on (a follower's divergent,
+        uncommitted suffix, after a leader change).
+
+        Never below the high watermark or into a segment that moved to the
+        object store (``ValueError``; nothing changed).  Returns the segments
+        removed whole and the one shortened (if any), for the storage adapter
+        to delete and rewrite with the records at ``offset`` and after.
+        """
+        if offset >= self.next_offset:
+            return [], []
+        if offset < self.high_watermark:
+            raise ValueError(f"cannot truncate at {offset}: below the high watermark {self.high_watermark}")
+        if any(s.remote is not None and s.last >= offset for s in self.segments):
+            raise ValueError(f"cannot truncate at {offset}: that range is in the object store")
+        hot = self.hot
+        dropped_bytes = 0
+        while hot and hot[-1].offset >= offset:
+            r = hot.pop()
+            self.hot_bytes -= r.size
+            dropped_bytes += r.size
+        removed = [s for s in self.segments if s.base >= offset]
+        self.segments = [s for s in self.segments if s.base < offset]
+        changed: list[Segment] = []
+        if self.segments and self.segments[-1].last >= offset:
+            seg = self.segments[-1]
+            kept = offset - seg.base
+            # Bytes of the dropped tail are known when it was in memory;
+            # otherwise scale (segment bytes drive only rolling and retention).
+            gone = sum(s.bytes for s in removed)
+            if dropped_bytes - gone > 0:
+                seg.bytes = max(0, seg.bytes - (dropped_bytes - gone))
+            else:
+                seg.bytes = seg.bytes * kept // seg.count
+            seg.last = offset - 1
+            changed.append(seg)
+        self.next_offset = offset
+        self.stored_end = min(self.stored_end, offset)
+        return removed, changed
+
     def _should_roll(self, seg: Segment, now_ms: int) -> bool:
         return seg.bytes >= self.segment_bytes or now_ms - seg.first_ts >= self.segment_age_ms
 
