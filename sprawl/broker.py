@@ -642,6 +642,52 @@ class Broker:
                 backlog.pop((uid, p), None)
         return result
 
+    # -- replication: a follower's writes ------------------------------------------------
+
+    def append_replicated(self, topic: Topic, partition: int, records: list[Record]) -> Deferred[None]:
+        """Store a leader's batch at its offsets (a follower's write); fires once
+        the records are durable.  ``ValueError`` if they do not continue the log."""
+        self.check_writable()
+        lg = topic.logs[partition]
+        cfg = topic.config
+        changed = lg.append_at(records, self.now_ms())
+        if not records:
+            return succeed(None)
+        ops: list[Op] = list(self.store.put_records(cfg.uid, partition, records))
+        for seg in changed:
+            ops.append(
+                (
+                    "p",
+                    "segments",
+                    keys.segment_key(cfg.uid, partition, seg.base),
+                    _json_encode(seg.to_tuple()),
+                )
+            )
+        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records))
+        d.addCallback(self._committed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
+        d.addErrback(self._commit_failed, cfg.name, [partition])
+        return d
+
+    def truncate_partition(self, topic: Topic, partition: int, offset: int) -> Deferred[None]:
+        """Drop the records from ``offset`` on, in memory and in LMDB, in one
+        transaction (a follower's divergent, uncommitted suffix).  Never below
+        the high watermark (``ValueError``)."""
+        lg = topic.logs[partition]
+        uid = topic.config.uid
+        removed, changed = lg.truncate(offset)
+        ops: list[Op] = [
+            ("r", "records", keys.record_key(uid, partition, offset), keys.record_key(uid, partition + 1, 0))
+        ]
+        for seg in removed:
+            ops.append(("d", "segments", keys.segment_key(uid, partition, seg.base)))
+        for seg in changed:
+            ops.append(
+                ("p", "segments", keys.segment_key(uid, partition, seg.base), _json_encode(seg.to_tuple()))
+            )
+        d: Deferred[Any] = self.store.write(ops)
+        d.addErrback(self._storage_error)
+        return d
+
     def _committed(self, _: object, name: str, ends: dict[int, int], uid: int | None = None) -> None:
         t = self.topics.get(name)
         if t is None or (uid is not None and t.config.uid != uid):

@@ -696,3 +696,49 @@ async def test_group_body_is_validated_before_touching_state(nodes: Callable[...
     await topic(n, "present.dlq")
     g, created = await n.broker.put_group(t, "g", {"max_deliveries": 2, "dead_letter_topic": "present.dlq"})
     assert created and g.config.dead_letter_topic == "present.dlq"
+
+
+@pytest_twisted.ensureDeferred
+async def test_follower_append_and_truncate_on_lmdb(nodes: Callable[..., Node]) -> None:
+    """A follower stores a leader's batch at the leader's offsets; on a
+    replicated partition the high watermark moves only when told (what a
+    majority stored); truncation drops the uncommitted suffix from memory and
+    LMDB in one transaction, and a restart recovers exactly the kept prefix."""
+    leader = nodes()
+    t = (await leader.broker.put_topic("rep", {}))[0]
+    await leader.broker.publish(
+        t, [Record(0, 0, 0, None, None, None, b"m%d" % i, True) for i in range(10)], "leader"
+    )
+    batch = await leader.broker.read(t, 0, 0, 100)
+    assert [r.offset for r in batch] == list(range(10))
+    await leader.close()
+
+    follower = Node(leader.path / "follower", leader.clock)
+    try:
+        ft = (await follower.broker.put_topic("rep", {}))[0]
+        lg = ft.logs[0]
+        lg.replicated = True
+        copies = [
+            Record(r.offset, 0, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text) for r in batch
+        ]
+        await follower.broker.append_replicated(ft, 0, copies)
+        assert lg.stored_end == 10 and lg.high_watermark == 0  # stored here, not yet committed
+        with pytest.raises(ValueError):
+            follower.broker.append_replicated(ft, 0, copies[:1])  # does not continue the log
+        assert lg.advance_high_watermark(5) and lg.high_watermark == 5
+        assert not lg.advance_high_watermark(3)  # never backwards
+        with pytest.raises(ValueError):
+            follower.broker.truncate_partition(ft, 0, 4)  # below the high watermark
+        await follower.broker.truncate_partition(ft, 0, 7)
+        assert lg.next_offset == 7 and [r.offset for r in lg.hot] == list(range(7))
+        await follower.synced()
+    finally:
+        await follower.close()
+    again = Node(leader.path / "follower", leader.clock)
+    try:
+        rt = again.broker.topics["rep"]
+        assert rt.logs[0].next_offset == 7
+        got = await again.broker.read(rt, 0, 0, 100)
+        assert [r.payload for r in got] == [b"m%d" % i for i in range(7)]
+    finally:
+        await again.close()

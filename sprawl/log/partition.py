@@ -57,6 +57,10 @@ class PartitionLog:
         self.hot_bytes = 0
         self.appended_total = 0
         self.appended_bytes_total = 0
+        #: Replicated (replication factor > 1): the high watermark is what a
+        #: majority of replicas stored, set by :meth:`advance_high_watermark`,
+        #: not this node's own stored end.
+        self.replicated = False
 
     # -- writing -----------------------------------------------------------
 
@@ -194,10 +198,20 @@ class PartitionLog:
         if end <= self.stored_end:
             return False
         self.stored_end = min(end, self.next_offset)
-        if self.durable and self.stored_end > self.high_watermark:
+        if self.durable and not self.replicated and self.stored_end > self.high_watermark:
             self.high_watermark = self.stored_end
             return True
         return False
+
+    def advance_high_watermark(self, hw: int) -> bool:
+        """(Replicated partitions) a majority of replicas stored ``[0, hw)``;
+        the high watermark only moves forward, and never past this node's
+        own stored end.  Returns True when it moved."""
+        hw = min(hw, self.stored_end)
+        if hw <= self.high_watermark:
+            return False
+        self.high_watermark = hw
+        return True
 
     # -- reading -----------------------------------------------------------
 
