@@ -29,6 +29,7 @@ HELLO = 2
 RAFT = 3
 REQUEST = 4
 RESPONSE = 5
+REPLICATION = 6
 
 #: Largest frame a node accepts by default (a Raft snapshot must fit).
 MAX_FRAME = 64 << 20

@@ -1,0 +1,312 @@
+"""Replication on a node: the adapter between the pure replica and failover
+cores, the broker (records in memory and LMDB) and the peer channel.
+
+One :class:`PartitionReplication` per replicated partition this node holds;
+one :class:`ReplicationService` per node routes peer frames to them and to
+the failover cores the node runs as controller, and ticks them all.
+
+Every core output is handled in order on one chain per partition: its
+writes are made durable through the broker (follower appends, truncations,
+the leader's own records and control records), then its messages are sent
+-- an ``Append`` with the records it covers, read from the hot tail or LMDB.
+After the leader's own write the core hears the new stored end; whenever the
+core's high watermark moves, the partition's visible high watermark follows
+and publishes waiting for ``acks=quorum`` are answered.
+
+Not yet here (see docs/architecture.md, "Wiring plan"): the replica state
+(epoch runs, fenced and led epochs, high watermark) is kept in memory only,
+so a restarted replica starts as a fresh follower of the current leader; a
+control record is an ordinary record with a ``sprawl-control`` header that
+consumers still see; failover commits are not yet Raft proposals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.log.record import Record
+from sprawl.peer.frames import REPLICATION
+from sprawl.replication.epochs import EpochCache
+from sprawl.replication.failover import ControlOutput, FailoverCore
+from sprawl.replication.messages import Append, FenceResp, LeaderBeat, decode, encode
+from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
+
+log = Logger()
+
+CONTROL_HEADER = "sprawl-control"
+
+
+class _Envelope(msgspec.Struct, frozen=True, array_like=True):
+    topic: str
+    partition: int
+    message: bytes
+    records: list[tuple[int, int, str | None, str | None, dict[str, str] | None, bytes, bool]] = []
+
+
+def _pack(r: Record) -> Any:
+    return (r.offset, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text)
+
+
+def _unpack(t: Any, partition: int) -> Record:
+    offset, ts, id_, key, headers, payload, is_text = t
+    return Record(offset, partition, ts, id_, key, headers, payload, is_text)
+
+
+class PartitionReplication:
+    """One replicated partition on this node (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        controller: str,
+        broker: Any,
+        topic: Any,
+        partition: int,
+        send: Callable[[str, _Envelope], None],
+        *,
+        max_batch: int = 512,
+    ) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.partition = partition
+        self.send = send
+        lg = topic.logs[partition]
+        lg.replicated = True
+        self.log = lg
+        cache = EpochCache(log_start=lg.log_start, end=lg.log_start)
+        if lg.next_offset > lg.log_start:
+            cache.append(0, lg.next_offset - lg.log_start)  # records from before replication: epoch 0
+        self.core = Replica(
+            node_id, controller, cache=cache, hw=min(lg.high_watermark, cache.end), max_batch=max_batch
+        )
+        self._chain: defer.Deferred[Any] = defer.succeed(None)
+        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+        self.failed: Failure | None = None
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def publish(self, records: list[Record]) -> defer.Deferred[list[int]]:
+        """Append ``records`` as leader; fires with their offsets once a
+        majority of the replicas stored them (acks=quorum).  Raises
+        :class:`NotLeader` (with the leader hint) when this node does not lead."""
+        first, out = self.core.append(len(records))
+        now = self.broker.now_ms()
+        for i, r in enumerate(records):
+            r.offset = first + i
+            r.partition = self.partition
+            r.timestamp = now
+            if r.id is None:
+                r.id = self.broker._ids.next()
+        last = first + len(records) - 1
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((last, d))
+        self._handle(out, records)
+        return d.addCallback(lambda _: list(range(first, last + 1)))
+
+    def receive(self, src: str, message: Any, records: list[Record]) -> None:
+        """A replication message from a peer (the leader, a follower or the controller)."""
+        self._handle(self.core.receive(src, message), records)
+
+    def tick(self) -> None:
+        """Heartbeats and retransmission (leader), beats to the controller."""
+        self._handle(self.core.tick(), [])
+
+    # -- the output chain -----------------------------------------------------------
+
+    def _handle(self, out: Output, records: list[Record]) -> None:
+        if not out.writes and not out.messages:
+            return
+        self._chain.addCallback(lambda _: defer.ensureDeferred(self._run(out, records)))
+        self._chain.addErrback(self._crashed)
+
+    def _crashed(self, f: Failure) -> None:
+        self.failed = f
+        log.failure(
+            "replication of {topic}/{partition} stopped", f, topic=self.topic.name, partition=self.partition
+        )
+        for _off, d in self._waiters:
+            if not d.called:
+                d.errback(f)
+        self._waiters = []
+
+    async def _run(self, out: Output, records: list[Record]) -> None:
+        for _ in range(16):  # a leader's own write yields one follow-up output (bounded)
+            own = False
+            for w in out.writes:
+                own |= await self._write(w, records)
+            for dst, m in out.messages:
+                await self._send(dst, m)
+            self._advance_hw()
+            if not own:
+                return
+            out = self.core.stored(self.log.stored_end)
+            records = []
+
+    async def _write(self, w: Write, records: list[Record]) -> bool:
+        b, t, p = self.broker, self.topic, self.partition
+        if w.reset:
+            raise NotImplementedError(
+                "resetting a replica to the leader's log start (retention) is not wired yet"
+            )
+        if w.truncate_to is not None:
+            await b.truncate_partition(t, p, w.truncate_to)
+        if not w.count:
+            return False
+        if w.control:
+            recs = [
+                Record(w.start, p, b.now_ms(), None, None, {CONTROL_HEADER: f"epoch {w.epoch}"}, b"", True)
+            ]
+        elif self.core.role == LEADER and records and records[0].offset == w.start:
+            recs = records[: w.count]
+        else:
+            recs = records[w.skip : w.skip + w.count]
+        if len(recs) != w.count or recs[0].offset != w.start:
+            raise AssertionError(f"write of {w.count} at {w.start} without its records")
+        await b.append_replicated(t, p, recs)
+        return self.core.role == LEADER
+
+    async def _send(self, dst: str, m: Any) -> None:
+        recs: list[Record] = []
+        if isinstance(m, Append) and m.count:
+            recs = await self._records(m.start, m.count)
+            if len(recs) != m.count:
+                return  # not readable now (retention raced): the core retransmits
+        self.send(dst, _Envelope(self.topic.name, self.partition, encode(m), [_pack(r) for r in recs]))
+
+    async def _records(self, start: int, count: int) -> list[Record]:
+        lg = self.log
+        end = start + count
+        if start >= lg.hot_start:
+            hs = lg.hot_start
+            return [lg.hot[i] for i in range(start - hs, min(end, lg.next_offset) - hs)]
+        got: list[Record] = await self.broker.store.read_records(
+            self.topic.config.uid, self.partition, start, count, end
+        )
+        if got and got[-1].offset + 1 < end and end > lg.hot_start:
+            got += await self._records(got[-1].offset + 1, end - got[-1].offset - 1)
+        return got
+
+    def _advance_hw(self) -> None:
+        if self.log.advance_high_watermark(self.core.hw):
+            self.broker._notify(self.topic.name, self.partition)
+        hw = self.log.high_watermark
+        if self._waiters:
+            keep = []
+            for off, d in self._waiters:
+                if off < hw:
+                    d.callback(None)
+                elif self.core.role != LEADER:
+                    d.errback(NotLeader(self.core.leader, self.core.epoch))
+                else:
+                    keep.append((off, d))
+            self._waiters = keep
+
+
+class ReplicationService:
+    """Routes replication frames on one node and ticks its replicas and controller cores."""
+
+    def __init__(self, node_id: str, channel: Any, reactor: Any, *, tick_seconds: float = 0.1) -> None:
+        self.node_id = node_id
+        self.channel = channel
+        self.reactor = reactor
+        self.tick_seconds = tick_seconds
+        self.replicas: dict[tuple[str, int], PartitionReplication] = {}
+        #: Failover cores this node runs as the controller, by partition, with
+        #: the function that commits a choice (Raft, in the real node).
+        self.controllers: dict[tuple[str, int], FailoverCore] = {}
+        self.commit: Callable[[str, int, Any], defer.Deferred[None]] = lambda t, p, c: defer.succeed(None)
+        self.dropped = 0
+        channel.handlers[REPLICATION] = self._frame
+        self._loop: task.LoopingCall | None = None
+
+    def start(self) -> None:
+        """Start ticking."""
+        loop = task.LoopingCall(self.tick)
+        loop.clock = self.reactor
+        self._loop = loop
+        loop.start(self.tick_seconds, now=False)
+
+    def stop(self) -> None:
+        """Stop ticking."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def add(self, replica: PartitionReplication) -> None:
+        """Serve a replicated partition on this node."""
+        self.replicas[(replica.topic.name, replica.partition)] = replica
+
+    def replica(self, topic: str, partition: int, broker: Any, controller: str) -> PartitionReplication:
+        """The partition's replica here, created on first use."""
+        key = (topic, partition)
+        r = self.replicas.get(key)
+        if r is None:
+            r = PartitionReplication(
+                self.node_id, controller, broker, broker.topics[topic], partition, self._send_for(key)
+            )
+            self.replicas[key] = r
+        return r
+
+    def _send_for(self, key: tuple[str, int]) -> Callable[[str, _Envelope], None]:
+        def send(dst: str, env: _Envelope) -> None:
+            if dst == self.node_id:
+                self._deliver(self.node_id, env)
+            else:
+                self.channel.send(dst, REPLICATION, msgspec.msgpack.encode(env))
+
+        return send
+
+    def tick(self) -> None:
+        """Tick every replica and controller core."""
+        for r in list(self.replicas.values()):
+            r.tick()
+        for key, c in list(self.controllers.items()):
+            self._control(key, c.tick())
+
+    def _frame(self, peer: str, payload: bytes) -> None:
+        try:
+            env = msgspec.msgpack.decode(payload, type=_Envelope)
+        except msgspec.DecodeError:
+            self.dropped += 1
+            return
+        self._deliver(peer, env)
+
+    def _deliver(self, peer: str, env: _Envelope) -> None:
+        try:
+            m = decode(env.message)
+        except msgspec.DecodeError:
+            self.dropped += 1
+            return
+        key = (env.topic, env.partition)
+        c = self.controllers.get(key)
+        if c is not None and isinstance(m, FenceResp | LeaderBeat):
+            self._control(key, c.receive(peer, m))
+            return
+        r = self.replicas.get(key)
+        if r is None:
+            self.dropped += 1
+            return
+        r.receive(peer, m, [_unpack(t, env.partition) for t in env.records])
+
+    def _control(self, key: tuple[str, int], out: ControlOutput) -> None:
+        send = self._send_for(key)
+        for dst, m in out.messages:
+            send(dst, _Envelope(key[0], key[1], encode(m)))
+        if out.commit is not None:
+            c = self.controllers[key]
+
+            def committed(_: object) -> None:
+                self._control(key, c.committed(True))
+
+            def failed(f: Failure) -> None:
+                log.failure(
+                    "committing the leader of {topic}/{partition} failed", f, topic=key[0], partition=key[1]
+                )
+                self._control(key, c.committed(False))
+
+            self.commit(key[0], key[1], out.commit).addCallbacks(committed, failed)
