@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,6 +357,7 @@ class Broker:
             ("r", "segments", pre, nxt),
             ("r", "meta", b"group/" + pre, b"group/" + nxt),
             ("r", "meta", b"part/" + pre, b"part/" + nxt),
+            ("r", "meta", b"repl/" + pre, b"repl/" + nxt),
             ("r", "meta", b"s3m/" + pre, b"s3m/" + nxt),
         ]
         for lg in t.logs:
@@ -644,9 +645,12 @@ class Broker:
 
     # -- replication: a follower's writes ------------------------------------------------
 
-    def append_replicated(self, topic: Topic, partition: int, records: list[Record]) -> Deferred[None]:
-        """Store a leader's batch at its offsets (a follower's write); fires once
-        the records are durable.  ``ValueError`` if they do not continue the log."""
+    def append_replicated(
+        self, topic: Topic, partition: int, records: list[Record], extra_ops: Sequence[Op] = ()
+    ) -> Deferred[None]:
+        """Store a leader's batch at its offsets (a follower's write) -- with
+        ``extra_ops`` in the same transaction -- and fire once it is durable.
+        ``ValueError`` if the records do not continue the log."""
         self.check_writable()
         lg = topic.logs[partition]
         cfg = topic.config
@@ -654,39 +658,38 @@ class Broker:
         if not records:
             return succeed(None)
         ops: list[Op] = list(self.store.put_records(cfg.uid, partition, records))
-        for seg in changed:
-            ops.append(
-                (
-                    "p",
-                    "segments",
-                    keys.segment_key(cfg.uid, partition, seg.base),
-                    _json_encode(seg.to_tuple()),
-                )
-            )
+        ops.extend(self._segment_ops(cfg.uid, partition, changed))
+        ops.extend(extra_ops)
         d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records))
         d.addCallback(self._committed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
         d.addErrback(self._commit_failed, cfg.name, [partition])
         return d
 
-    def truncate_partition(self, topic: Topic, partition: int, offset: int) -> Deferred[None]:
+    def truncate_partition(
+        self, topic: Topic, partition: int, offset: int, extra_ops: Sequence[Op] = ()
+    ) -> Deferred[None]:
         """Drop the records from ``offset`` on, in memory and in LMDB, in one
-        transaction (a follower's divergent, uncommitted suffix).  Never below
-        the high watermark (``ValueError``)."""
+        transaction with ``extra_ops`` (a follower's divergent, uncommitted
+        suffix).  Never below the high watermark (``ValueError``)."""
         lg = topic.logs[partition]
         uid = topic.config.uid
         removed, changed = lg.truncate(offset)
         ops: list[Op] = [
             ("r", "records", keys.record_key(uid, partition, offset), keys.record_key(uid, partition + 1, 0))
         ]
-        for seg in removed:
-            ops.append(("d", "segments", keys.segment_key(uid, partition, seg.base)))
-        for seg in changed:
-            ops.append(
-                ("p", "segments", keys.segment_key(uid, partition, seg.base), _json_encode(seg.to_tuple()))
-            )
+        ops.extend(("d", "segments", keys.segment_key(uid, partition, seg.base)) for seg in removed)
+        ops.extend(self._segment_ops(uid, partition, changed))
+        ops.extend(extra_ops)
         d: Deferred[Any] = self.store.write(ops)
         d.addErrback(self._storage_error)
         return d
+
+    @staticmethod
+    def _segment_ops(uid: int, partition: int, segments: list[Segment]) -> list[Op]:
+        return [
+            ("p", "segments", keys.segment_key(uid, partition, seg.base), _json_encode(seg.to_tuple()))
+            for seg in segments
+        ]
 
     def _committed(self, _: object, name: str, ends: dict[int, int], uid: int | None = None) -> None:
         t = self.topics.get(name)

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import task
@@ -23,25 +24,29 @@ from sprawl.config import NodeConfig
 from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
 from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Append
 from sprawl.replication.replica import LEADER
 from sprawl.replication.service import CONTROL_HEADER, ReplicationService
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import WAIT, bounded, the_reactor
 
 IDS = ("r0", "r1", "r2")
-CONTROLLER = "r1"
+CONTROLLER = "ctl"  # a node of its own: killing a replica never kills the controller
 
 
 class Node:
-    """A broker, its peer channel and replication service."""
+    """A broker (none for the controller), its peer channel and replication service."""
 
     def __init__(self, nid: str, path: Path) -> None:
         reactor = the_reactor()
         self.id = nid
-        self.store = LmdbStore(str(path / nid / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
-        self.store.open()
-        self.broker = Broker(NodeConfig(data_dir=str(path / nid)), self.store, reactor, nid)
-        self.broker.recover()
+        self.store: Any = None
+        self.broker: Any = None
+        if nid != CONTROLLER:
+            self.store = LmdbStore(str(path / nid / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
+            self.store.open()
+            self.broker = Broker(NodeConfig(data_dir=str(path / nid)), self.store, reactor, nid)
+            self.broker.recover()
         self.channel = PeerChannel(nid, reactor, random.Random(1), backoff_base=0.01, backoff_max=0.05)
         self.port = reactor.listenTCP(0, self.channel.server_factory(), interface="127.0.0.1")
         self.service = ReplicationService(nid, self.channel, reactor, tick_seconds=0.02)
@@ -54,8 +59,9 @@ class Node:
         self.service.stop()
         await self.channel.close()
         await self.port.stopListening()
-        await self.broker.stop()
-        await self.store.close()
+        if self.broker is not None:
+            await self.broker.stop()
+            await self.store.close()
 
 
 async def until(cond: Callable[[], bool], what: str) -> None:
@@ -68,13 +74,14 @@ async def until(cond: Callable[[], bool], what: str) -> None:
 
 @pytest_twisted.async_yield_fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
-    nodes = {nid: Node(nid, tmp_path) for nid in IDS}
+    nodes = {nid: Node(nid, tmp_path) for nid in (*IDS, CONTROLLER)}
     try:
         for a in nodes.values():
             for b in nodes.values():
                 if a is not b:
                     a.channel.set_address(b.id, "127.0.0.1", b.port.getHost().port)
-        for n in nodes.values():
+        for nid in IDS:
+            n = nodes[nid]
             await n.broker.put_topic("orders", {})
             n.service.replica("orders", 0, n.broker, CONTROLLER)
         nodes[CONTROLLER].service.controllers[("orders", 0)] = FailoverCore(IDS, beat_timeout_ticks=10)
@@ -87,7 +94,11 @@ async def cluster(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
 
 
 def _leader(nodes: dict[str, Node]) -> Node | None:
-    ls = [n for n in nodes.values() if n.alive and n.service.replicas[("orders", 0)].core.role == LEADER]
+    ls = [
+        n
+        for n in nodes.values()
+        if n.alive and n.broker is not None and n.service.replicas[("orders", 0)].core.role == LEADER
+    ]
     return ls[0] if len(ls) == 1 else None
 
 
@@ -114,11 +125,12 @@ async def test_quorum_publishes_survive_the_leader(cluster: dict[str, Node]) -> 
         offsets = await bounded(first.service.replicas[("orders", 0)].publish(batch), WAIT)
         acked.update({r.payload: o for r, o in zip(batch, offsets, strict=True)})
     # acked = on a majority; every follower catches up with the same records
-    await until(lambda: all(_payloads(n) == _payloads(first) for n in cluster.values()), "followers in sync")
+    replicas = [cluster[nid] for nid in IDS]
+    await until(lambda: all(_payloads(n) == _payloads(first) for n in replicas), "followers in sync")
     assert _payloads(first) == [b"m%d" % i for i in range(20)]
     # followers see the leader's high watermark
     await until(
-        lambda: all(n.broker.topics["orders"].logs[0].high_watermark >= 21 for n in cluster.values()),
+        lambda: all(n.broker.topics["orders"].logs[0].high_watermark >= 21 for n in replicas),
         "high watermarks everywhere",
     )
 
@@ -146,9 +158,9 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
     assert leader is not None
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(2, 0)), WAIT)  # acked while the followers are there
-    for n in cluster.values():
-        if n is not leader:
-            await n.close()
+    for nid in IDS:
+        if cluster[nid] is not leader:
+            await cluster[nid].close()
     d = rep.publish(_msgs(3, 2))
     await task.deferLater(the_reactor(), 0.5, lambda: None)  # 25 replication ticks
     assert not d.called, "acknowledged without a majority"
@@ -157,3 +169,33 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
         > leader.broker.topics["orders"].logs[0].high_watermark
     )
     d.addErrback(lambda _: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], tmp_path: Path) -> None:
+    """The replica state is stored with the records: a follower restarted on
+    its data dir comes back with its epoch runs, its fence promise and a high
+    watermark no higher than what was committed, and still refuses a leader
+    of an older epoch."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    await bounded(leader.service.replicas[("orders", 0)].publish(_msgs(5, 0)), WAIT)
+    follower = next(cluster[nid] for nid in IDS if cluster[nid] is not leader)
+    before = follower.service.replicas[("orders", 0)].core
+    await until(lambda: before.end == 6, "the follower has the batch")
+    runs, fenced = list(before.cache.runs), before.fenced_epoch
+    await follower.close()
+    again = Node(follower.id, tmp_path)
+    try:
+        rep = again.service.replica("orders", 0, again.broker, CONTROLLER)
+        core = rep.core
+        assert core.cache.runs == runs and core.end == 6
+        assert core.fenced_epoch == fenced >= 1
+        assert core.hw <= 6 and again.broker.topics["orders"].logs[0].high_watermark <= core.hw
+        out = core.receive(
+            "stale", Append(epoch=fenced - 1, start=6, prev_epoch=fenced, count=0, runs=(), hw=0)
+        )
+        assert [m.ok for _dst, m in out.messages] == [False]
+    finally:
+        await again.close()

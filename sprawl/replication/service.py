@@ -13,11 +13,14 @@ After the leader's own write the core hears the new stored end; whenever the
 core's high watermark moves, the partition's visible high watermark follows
 and publishes waiting for ``acks=quorum`` are answered.
 
-Not yet here (see docs/architecture.md, "Wiring plan"): the replica state
-(epoch runs, fenced and led epochs, high watermark) is kept in memory only,
-so a restarted replica starts as a fresh follower of the current leader; a
-control record is an ordinary record with a ``sprawl-control`` header that
-consumers still see; failover commits are not yet Raft proposals.
+The replica state (epoch runs, fenced and led epochs, high watermark) is
+stored in the LMDB ``meta`` database with the records of each write (or on
+its own, before any message, when only a promise changed) and restored when
+the partition's replica is built again.
+
+Not yet here (see docs/architecture.md, "Wiring plan"): a control record is
+an ordinary record with a ``sprawl-control`` header that consumers still
+see; failover commits are not yet Raft proposals; no node builds replicas.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
 from sprawl.replication.messages import Append, FenceResp, LeaderBeat, decode, encode
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
+from sprawl.storage import keys
 
 log = Logger()
 
@@ -79,12 +83,21 @@ class PartitionReplication:
         lg = topic.logs[partition]
         lg.replicated = True
         self.log = lg
-        cache = EpochCache(log_start=lg.log_start, end=lg.log_start)
-        if lg.next_offset > lg.log_start:
-            cache.append(0, lg.next_offset - lg.log_start)  # records from before replication: epoch 0
-        self.core = Replica(
-            node_id, controller, cache=cache, hw=min(lg.high_watermark, cache.end), max_batch=max_batch
+        self.state_key = keys.replica_state_key(topic.config.uid, partition)
+        cache, fenced, led, hw = load_state(
+            broker.store.get("meta", self.state_key), lg.log_start, lg.next_offset
         )
+        self.core = Replica(
+            node_id,
+            controller,
+            cache=cache,
+            fenced_epoch=fenced,
+            led_epoch=led,
+            hw=hw,
+            max_batch=max_batch,
+        )
+        # Recovery made everything stored visible; only what is committed is.
+        lg.high_watermark = min(lg.high_watermark, hw)
         self._chain: defer.Deferred[Any] = defer.succeed(None)
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
@@ -148,6 +161,15 @@ class PartitionReplication:
             out = self.core.stored(self.log.stored_end)
             records = []
 
+    def _state_ops(self) -> list[tuple[Any, ...]]:
+        """The replica state as it stands, for the transaction of a write.
+
+        It may be ahead of that write (the core has moved on while earlier
+        outputs were being written): runs are cut back to the log end on
+        restart, and an early fenced/led epoch or high watermark only makes
+        the replica more careful."""
+        return [("p", "meta", self.state_key, dump_state(self.core))]
+
     async def _write(self, w: Write, records: list[Record]) -> bool:
         b, t, p = self.broker, self.topic, self.partition
         if w.reset:
@@ -155,8 +177,12 @@ class PartitionReplication:
                 "resetting a replica to the leader's log start (retention) is not wired yet"
             )
         if w.truncate_to is not None:
-            await b.truncate_partition(t, p, w.truncate_to)
+            await b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops())
         if not w.count:
+            if w.truncate_to is None and (
+                w.fenced_epoch is not None or w.led_epoch is not None or w.hw is not None
+            ):
+                await b.store.write(self._state_ops())  # promises are durable before any message leaves
             return False
         if w.control:
             recs = [
@@ -168,7 +194,7 @@ class PartitionReplication:
             recs = records[w.skip : w.skip + w.count]
         if len(recs) != w.count or recs[0].offset != w.start:
             raise AssertionError(f"write of {w.count} at {w.start} without its records")
-        await b.append_replicated(t, p, recs)
+        await b.append_replicated(t, p, recs, self._state_ops())
         return self.core.role == LEADER
 
     async def _send(self, dst: str, m: Any) -> None:
@@ -206,6 +232,39 @@ class PartitionReplication:
                 else:
                     keep.append((off, d))
             self._waiters = keep
+
+
+def dump_state(core: Replica) -> bytes:
+    """A replica's durable state as JSON bytes."""
+    c = core.cache
+    return msgspec.json.encode(
+        {
+            "runs": c.runs,
+            "log_start": c.log_start,
+            "base_epoch": c.base_epoch,
+            "fenced": core.fenced_epoch,
+            "led": core.led_epoch,
+            "hw": core.hw,
+        }
+    )
+
+
+def load_state(raw: bytes | None, log_start: int, end: int) -> tuple[EpochCache, int, int, int]:
+    """(epoch cache, fenced epoch, led epoch, high watermark) for a log holding
+    ``[log_start, end)``: from ``raw`` (cut back to the log end), or -- no
+    state yet -- records from before replication counted as epoch 0."""
+    cache = EpochCache(log_start=log_start, end=log_start)
+    if raw is None:
+        if end > log_start:
+            cache.append(0, end - log_start)
+        return cache, 0, 0, 0
+    st = msgspec.json.decode(raw)
+    cache.base_epoch = int(st.get("base_epoch", 0))
+    cache.runs = [(int(e), max(int(s), log_start)) for e, s in st["runs"] if int(s) < end]
+    cache.end = end
+    if not cache.runs and end > log_start:
+        cache.runs = [(cache.base_epoch, log_start)]
+    return cache, int(st["fenced"]), int(st["led"]), min(int(st["hw"]), end)
 
 
 class ReplicationService:

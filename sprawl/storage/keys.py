@@ -51,3 +51,9 @@ def partition_meta_key(uid: int, partition: int) -> bytes:
 def manifest_key(uid: int, partition: int) -> bytes:
     """Where a partition's S3 manifest lives in the meta DB."""
     return b"s3m/" + _PART.pack(uid, partition)
+
+
+def replica_state_key(uid: int, partition: int) -> bytes:
+    """Where a replicated partition's replica state (epoch runs, fenced and
+    led epochs, high watermark) lives in the meta DB."""
+    return b"repl/" + _PART.pack(uid, partition)
