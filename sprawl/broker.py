@@ -999,10 +999,11 @@ class Broker:
             out = []
             for dv in deliveries:
                 r = found.get((dv.partition, dv.offset))
-                if r is not None:
+                if r is not None and not r.control:
                     out.append((dv, r))
                 else:
-                    # Deleted by retention meanwhile: nothing to deliver; settle it.
+                    # Deleted by retention meanwhile, or a control record:
+                    # nothing to deliver; settle it.
                     g.ack(dv.ack_id, self.now_ms())
             return out
 

@@ -34,6 +34,7 @@ from twisted.web.resource import Resource
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.http.api import NodeInfo, SprawlAPI
+from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import WAIT, bounded, the_reactor
@@ -960,3 +961,27 @@ async def test_fetch_moves_past_a_gap_instead_of_stalling(tmp_path: Path) -> Non
         assert [m["offset"] for m in after["messages"]] == [105]
     finally:
         await n2.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_records_take_an_offset_but_are_never_delivered(node: Node) -> None:
+    """A control record (a new replication leader's epoch marker) is skipped by
+    fetch -- whose cursor moves past it, even when it is all there is -- and
+    settled unseen by consumer groups, so their lag still reaches 0."""
+    await node.publish("ctl", [{"payload": f"m{i}"} for i in range(3)])
+    t = node.broker.topics["ctl"]
+    marker = Record(3, 0, 0, None, None, None, b"", True, control=True)
+    await bounded(node.broker.append_replicated(t, 0, [marker]))
+    await node.publish("ctl", [{"payload": f"m{i}"} for i in range(3, 5)])
+    got = await node.fetch("ctl", **{"from": "earliest"})
+    assert payloads(got) == ["m0", "m1", "m2", "m3", "m4"]
+    assert [m["offset"] for m in got["messages"]] == [0, 1, 2, 4, 5] and got["next"] == 6
+    only = await node.fetch("ctl", **{"from": "3", "limit": "1"})
+    assert only["messages"] == [] and only["next"] == 4  # the cursor moved past the marker
+    r = await node.http.put("/v1/topics/ctl/groups/g", json={"start": "earliest"})
+    assert r.code == 201
+    pulled = (await node.http.post("/v1/topics/ctl/groups/g/pull", json={"max": 10})).json()["messages"]
+    assert [m["payload"] for m in pulled] == ["m0", "m1", "m2", "m3", "m4"]
+    r = await node.http.post("/v1/topics/ctl/groups/g/ack", json={"ack_ids": [m["ack_id"] for m in pulled]})
+    assert r.json()["acked"] == 5
+    assert (await node.http.get("/v1/topics/ctl/groups/g")).json()["lag"] == 0

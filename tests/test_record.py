@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,3 +77,13 @@ def test_size_counts_payload_and_key() -> None:
     a = Record(0, 0, 0, None, None, None, b"", True)
     b = Record(0, 0, 0, None, "kk", None, b"abc", True)
     assert b.size - a.size == 5
+
+
+def test_control_flag_survives_storage() -> None:
+    """A control record keeps its flag through LMDB's encoding; an ordinary one stays six fields."""
+    ctl = Record(7, 1, 5, None, None, None, b"", True, control=True)
+    back = Record.from_storage(1, 7, ctl.to_storage())
+    assert back.control and back.offset == 7
+    plain = Record(8, 1, 5, "id", None, None, b"x", True)
+    assert not Record.from_storage(1, 8, plain.to_storage()).control
+    assert len(msgspec.msgpack.decode(plain.to_storage())) == 6

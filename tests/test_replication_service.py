@@ -26,7 +26,7 @@ from sprawl.peer.tcp import PeerChannel
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Append
 from sprawl.replication.replica import LEADER
-from sprawl.replication.service import CONTROL_HEADER, ReplicationService
+from sprawl.replication.service import ReplicationService
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import WAIT, bounded, the_reactor
 
@@ -108,7 +108,7 @@ def _msgs(n: int, start: int) -> list[Record]:
 
 def _payloads(node: Node) -> list[bytes]:
     lg = node.broker.topics["orders"].logs[0]
-    return [r.payload for r in lg.hot if not (r.headers and CONTROL_HEADER in r.headers)]
+    return [r.payload for r in lg.hot if not r.control]
 
 
 @pytest_twisted.ensureDeferred

@@ -38,6 +38,7 @@ from sprawl.config import NodeConfig
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.http.api import NodeInfo, SprawlAPI, parse_message
 from sprawl.http.server import make_site
+from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import WAIT, bounded, the_reactor
@@ -620,3 +621,16 @@ async def test_real_node_streams_and_ends_streams_with_stopping_on_sigterm(spraw
     assert "stopped cleanly" in text
     for bad in ("Traceback", "Unhandled", "was not unregistered"):
         assert bad not in text, text[-3000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_records_are_skipped_by_streams(server: Server) -> None:
+    """An SSE stream never shows a control record; its cursor moves past it."""
+    await server.publish("ctl", ["m0", "m1"])
+    t = server.broker.topics["ctl"]
+    marker = Record(2, 0, 0, None, None, None, b"", True, control=True)
+    await bounded(server.broker.append_replicated(t, 0, [marker]))
+    await server.publish("ctl", ["m3"])
+    c = await server.connect("/v1/topics/ctl/stream?from=earliest")
+    await bounded(c.wait_messages(3))
+    assert c.offsets() == [0, 1, 3]

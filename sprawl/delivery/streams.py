@@ -30,6 +30,14 @@ CHUNK = 1000
 
 
 @implementer(IPushProducer)
+def deliverable(recs: list[Record]) -> list[Record]:
+    """``recs`` without control records (which take offsets but are never delivered)."""
+    for r in recs:
+        if r.control:
+            return [r for r in recs if not r.control]
+    return recs
+
+
 class SSEStream:
     """One SSE client reading one or more partitions of a topic."""
 
@@ -154,8 +162,11 @@ class SSEStream:
         d.addCallbacks(got, failed)
 
     def _send(self, p: int, recs: list[Record]) -> None:
+        self.cursors[p] = recs[-1].offset + 1  # past control records too
+        recs = deliverable(recs)
+        if not recs:
+            return
         self.request.write(b"".join([r.to_sse() for r in recs]))
-        self.cursors[p] = recs[-1].offset + 1
         self.sent += len(recs)
         m = self.broker.metrics
         if m is not None:

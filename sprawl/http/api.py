@@ -26,7 +26,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from sprawl import __version__
 from sprawl.broker import ACKS, Broker, PublishResult, check_group_name
 from sprawl.cluster.local import LocalControl
-from sprawl.delivery.streams import SSEStream, StreamRegistry
+from sprawl.delivery.streams import SSEStream, StreamRegistry, deliverable
 from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError
 from sprawl.http import dashboard as dashboard_ui
 from sprawl.log.record import Record
@@ -409,8 +409,10 @@ class SprawlAPI:
             nexts = dict(starts)
             for p, got in zip(parts, results, strict=True):
                 if got:
-                    nexts[p] = got[-1].offset + 1
-                    recs.extend(got)
+                    nexts[p] = got[-1].offset + 1  # past control records too
+                    recs.extend(deliverable(got))
+            if not recs and nexts != starts:
+                starts = nexts  # only control records: look again from past them
             if not recs and self.clock.seconds() < deadline and self.broker.topics.get(topic) is t:
                 remaining = deadline - self.clock.seconds()
                 wait = self.broker._wait_any(t, remaining)

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sprawl.broker import ACKS
-from sprawl.delivery.streams import SSEStream, StreamRegistry
+from sprawl.delivery.streams import SSEStream, StreamRegistry, deliverable
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
 from sprawl.log.record import Record
 
@@ -110,6 +110,10 @@ class WSStream(SSEStream):
         super()._pump(p)
 
     def _send(self, p: int, recs: list[Record]) -> None:
+        self.cursors[p] = recs[-1].offset + 1  # past control records too
+        recs = deliverable(recs)
+        if not recs:
+            return
         proto = self.proto
         if proto.can_write_raw():
             # One write of ready-made frames instead of a sendMessage per record.
@@ -117,7 +121,6 @@ class WSStream(SSEStream):
         else:
             for r in recs:
                 proto.sendMessage(r.to_json(), isBinary=False)
-        self.cursors[p] = recs[-1].offset + 1
         self.sent += len(recs)
         m = self.broker.metrics
         if m is not None:

@@ -35,6 +35,9 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     is_text: bool
     #: Approximate bytes this record holds in memory and on disk.
     size: int = 0
+    #: A control record (a new leader's epoch marker): it takes an offset but
+    #: is never delivered; consumers' cursors move past it.
+    control: bool = False
     _json: bytes | None = None
     _sse: bytes | None = None
 
@@ -43,16 +46,24 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
 
     def to_storage(self) -> bytes:
         """The value stored in LMDB (the key carries topic, partition and offset)."""
+        if self.control:
+            return _mp_encode(
+                (self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text, True)
+            )
         return _mp_encode((self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text))
 
     @classmethod
     def from_storage(cls, partition: int, offset: int, data: bytes) -> Record:
         """Rebuild a record from its LMDB value; raises ``ValueError`` on corruption."""
         try:
-            ts, id_, key, headers, payload, is_text = _mp_decode(data)
+            fields = _mp_decode(data)
+            ts, id_, key, headers, payload, is_text = fields[:6]
+            control = len(fields) == 7 and fields[6] is True
+            if len(fields) not in (6, 7):
+                raise ValueError(f"{len(fields)} fields")
         except (msgspec.DecodeError, ValueError, TypeError) as e:
             raise ValueError(f"corrupt record at {partition}:{offset}: {e}") from None
-        return cls(offset, partition, ts, id_, key, headers, payload, is_text)
+        return cls(offset, partition, ts, id_, key, headers, payload, is_text, control=control)
 
     def to_dict(self) -> dict[str, Any]:
         """The message as the API shows it."""

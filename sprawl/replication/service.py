@@ -18,9 +18,12 @@ stored in the LMDB ``meta`` database with the records of each write (or on
 its own, before any message, when only a promise changed) and restored when
 the partition's replica is built again.
 
-Not yet here (see docs/architecture.md, "Wiring plan"): a control record is
-an ordinary record with a ``sprawl-control`` header that consumers still
-see; failover commits are not yet Raft proposals; no node builds replicas.
+A new leader's control record is a :class:`Record` with ``control`` set:
+it takes an offset, and every consumer path skips it (fetch, SSE and
+WebSocket cursors move past it; a group settles it unseen).
+
+Not yet here (see docs/architecture.md, "Wiring plan"): failover commits
+are not yet Raft proposals, and no node builds replicas.
 """
 
 from __future__ import annotations
@@ -43,23 +46,21 @@ from sprawl.storage import keys
 
 log = Logger()
 
-CONTROL_HEADER = "sprawl-control"
-
 
 class _Envelope(msgspec.Struct, frozen=True, array_like=True):
     topic: str
     partition: int
     message: bytes
-    records: list[tuple[int, int, str | None, str | None, dict[str, str] | None, bytes, bool]] = []
+    records: list[tuple[int, int, str | None, str | None, dict[str, str] | None, bytes, bool, bool]] = []
 
 
 def _pack(r: Record) -> Any:
-    return (r.offset, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text)
+    return (r.offset, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text, r.control)
 
 
 def _unpack(t: Any, partition: int) -> Record:
-    offset, ts, id_, key, headers, payload, is_text = t
-    return Record(offset, partition, ts, id_, key, headers, payload, is_text)
+    offset, ts, id_, key, headers, payload, is_text, control = t
+    return Record(offset, partition, ts, id_, key, headers, payload, is_text, control=bool(control))
 
 
 class PartitionReplication:
@@ -185,9 +186,7 @@ class PartitionReplication:
                 await b.store.write(self._state_ops())  # promises are durable before any message leaves
             return False
         if w.control:
-            recs = [
-                Record(w.start, p, b.now_ms(), None, None, {CONTROL_HEADER: f"epoch {w.epoch}"}, b"", True)
-            ]
+            recs = [Record(w.start, p, b.now_ms(), None, None, None, b"", True, control=True)]
         elif self.core.role == LEADER and records and records[0].offset == w.start:
             recs = records[: w.count]
         else:
