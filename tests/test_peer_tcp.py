@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 
 from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
-from sprawl.testing import PeerNet, link_peers, the_reactor, until
+from sprawl.testing import PeerNet, bounded, link_peers, the_reactor, until
 
 KEY = b"cluster-key-0123456789abcdef0123"
 OTHER_KEY = b"another-key-0123456789abcdef0123"
@@ -180,3 +183,23 @@ def test_send_without_address_is_dropped() -> None:
     assert a.senders == {}
     assert a.stats.connects == 0
     assert not a.connected("nobody")
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_first_frame_is_refused_unbuffered(net: PeerNet) -> None:
+    """An unauthenticated connection announcing a first frame larger than any
+    hello is refused at once, by the declared length, with nothing buffered."""
+    b = net.channel("b")
+    port = net.listen(b)
+    lost: list[bool] = []
+
+    class Raw(Protocol):
+        def connectionLost(self, reason: Any = None) -> None:
+            lost.append(True)
+
+    proto = Raw()
+    await bounded(connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port.getHost().port), proto))
+    proto.transport.write((50 << 20).to_bytes(4, "big") + b"\x02" + b"x" * 1000)
+    await until(lambda: bool(lost), "the connection to be refused", timeout=2.0)  # not the 10 s hello timeout
+    assert b.stats.handshake_failures == 1
+    assert all(len(p.decoder._buf) < 2048 for p in b._inbound)

@@ -11,7 +11,8 @@ on connections it accepted.  The acceptor opens with a :data:`CHALLENGE`
 frame (16 random bytes); the connector answers with a :data:`HELLO` naming
 itself and, when the cluster has a key, proving it knows the key with an
 HMAC over the challenge and its name.  Nothing else is accepted before a
-valid hello.
+valid hello, and a first frame longer than :data:`MAX_HELLO` is refused by
+its declared length before any of it is buffered.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ REPLICATION = 6
 
 #: Largest frame a node accepts by default (a Raft snapshot must fit).
 MAX_FRAME = 64 << 20
+#: Largest hello (kind byte included): an unauthenticated peer never gets more buffered.
+MAX_HELLO = 1024
 #: Protocol version carried in the hello.
 VERSION = 1
 

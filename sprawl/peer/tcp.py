@@ -28,6 +28,7 @@ from sprawl.peer.frames import (
     CHALLENGE,
     HELLO,
     MAX_FRAME,
+    MAX_HELLO,
     FrameDecoder,
     HandshakeError,
     check_hello,
@@ -71,6 +72,8 @@ class _Inbound(Protocol):
         self.peer: str | None = None
         self.challenge = os.urandom(16)
         self._timeout: Any = None
+        self._head = b""
+        self._sized = False
 
     def connectionMade(self) -> None:
         t: Any = self.transport
@@ -87,6 +90,17 @@ class _Inbound(Protocol):
             self.transport.abortConnection()  # (a TLS close would wait for a handshake that never came)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.peer is None and not self._sized:
+            # The first frame must be a hello: refuse a larger one by its
+            # declared length, before buffering anything of it.
+            self._head += data[: 4 - len(self._head)]
+            if len(self._head) < 4:
+                self.decoder.feed(data)
+                return
+            self._sized = True
+            if int.from_bytes(self._head, "big") > MAX_HELLO:
+                self._refuse("first frame is too large to be a hello")
+                return
         before = self.decoder.dropped
         frames = self.decoder.feed(data)
         if self.decoder.dropped != before:
