@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import task
 
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
+from sprawl.errors import Overloaded
 from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
 from sprawl.replication.failover import FailoverCore
@@ -161,7 +163,10 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
     for nid in IDS:
         if cluster[nid] is not leader:
             await cluster[nid].close()
+    rep.max_waiting = 1
     d = rep.publish(_msgs(3, 2))
+    with pytest.raises(Overloaded):  # bounded: a second waiting publish is refused, not queued
+        rep.publish(_msgs(1, 5))
     await task.deferLater(the_reactor(), 0.5, lambda: None)  # 25 replication ticks
     assert not d.called, "acknowledged without a majority"
     assert (

@@ -36,6 +36,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprawl.errors import Overloaded
 from sprawl.log.record import Record
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.epochs import EpochCache
@@ -76,8 +77,12 @@ class PartitionReplication:
         send: Callable[[str, _Envelope], None],
         *,
         max_batch: int = 512,
+        max_waiting: int = 10_000,
     ) -> None:
         self.broker = broker
+        #: Publishes waiting for a majority at most (then 429): a leader cut
+        #: off from its followers must not queue publishes without bound.
+        self.max_waiting = max_waiting
         self.topic = topic
         self.partition = partition
         self.send = send
@@ -109,6 +114,8 @@ class PartitionReplication:
         """Append ``records`` as leader; fires with their offsets once a
         majority of the replicas stored them (acks=quorum).  Raises
         :class:`NotLeader` (with the leader hint) when this node does not lead."""
+        if len(self._waiters) >= self.max_waiting:
+            raise Overloaded("too many publishes waiting for replication; retry shortly", retry_after=1)
         first, out = self.core.append(len(records))
         now = self.broker.now_ms()
         for i, r in enumerate(records):
