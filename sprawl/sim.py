@@ -298,3 +298,31 @@ class Simulator:
                 raise SimulationLimit(f"more than {self.max_in_flight} datagrams in flight")
             self._in_flight += 1
             self._push(self.now + self.rng.uniform(*self.delay), _DELIVER, (src, dst, payload))
+
+
+def schedule_seeds(base: int, n: int, environ: Any = None) -> list[int]:
+    """The seeds of a batch of schedules: ``base .. base+n`` (ten times as many
+    with ``SPRAWL_SIM_LONG=1``), or the one seed ``SPRAWL_SIM_SEED`` names."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get("SPRAWL_SIM_SEED") is not None:
+        return [int(env["SPRAWL_SIM_SEED"])]
+    return [base + i for i in range(n * (10 if env.get("SPRAWL_SIM_LONG") == "1" else 1))]
+
+
+def run_schedules(seeds: list[int], run: Callable[[int], dict[str, int]], reproduce: str) -> dict[str, int]:
+    """Run ``run(seed)`` for every seed and sum the counts it returns; the
+    first failure is re-raised with the command that replays that seed alone
+    (``SPRAWL_SIM_SEED=<seed> <reproduce>``)."""
+    totals: dict[str, int] = {}
+    for seed in seeds:
+        try:
+            stats = run(seed)
+        except Exception as exc:
+            raise AssertionError(
+                f"seed {seed} failed: {exc!r}\nreproduce: SPRAWL_SIM_SEED={seed} {reproduce}"
+            ) from exc
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0) + v
+    return totals

@@ -46,9 +46,8 @@ from sprawl.raft import (
     Role,
 )
 from sprawl.raft.messages import MessageType, decode_message, encode_message
-from sprawl.sim import Simulator
+from sprawl.sim import Simulator, run_schedules, schedule_seeds
 
-LONG = os.environ.get("SPRAWL_SIM_LONG") == "1"
 ONE_SEED = os.environ.get("SPRAWL_SIM_SEED")
 TICK = 0.1
 SNAP_EVERY = 12
@@ -505,26 +504,12 @@ def run_schedule(seed: int, voters: int, steps: int) -> dict[str, int]:
 # ------------------------------------------------------------ the tests
 
 
-def _seeds(base: int, n: int) -> list[int]:
-    if ONE_SEED is not None:
-        return [int(ONE_SEED)]
-    return [base + i for i in range(n)]
-
-
 def _run_many(name: str, voters: int, base: int, n: int, steps: int) -> None:
-    totals: dict[str, int] = {}
     t0 = time.perf_counter()
-    seeds = _seeds(base, n * (10 if LONG else 1))
-    for seed in seeds:
-        try:
-            stats = run_schedule(seed, voters, steps)
-        except Exception as exc:
-            raise AssertionError(
-                f"seed {seed} failed: {exc!r}\nreproduce: SPRAWL_SIM_SEED={seed} "
-                f"/work/venv/bin/pytest tests/test_raft_sim.py -k {name}"
-            ) from exc
-        for k, v in stats.items():
-            totals[k] = totals.get(k, 0) + v
+    seeds = schedule_seeds(base, n)
+    totals = run_schedules(
+        seeds, lambda seed: run_schedule(seed, voters, steps), f"pytest tests/test_raft_sim.py -k {name}"
+    )
     elapsed = time.perf_counter() - t0
     print(f"{name}: {len(seeds)} schedules in {elapsed:.1f}s: {totals}")
     if ONE_SEED is None:

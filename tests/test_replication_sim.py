@@ -36,9 +36,8 @@ from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
 from sprawl.replication.messages import Append, decode, encode
 from sprawl.replication.replica import LEADER, Output, Replica, Write
-from sprawl.sim import Simulator
+from sprawl.sim import Simulator, run_schedules, schedule_seeds
 
-LONG = os.environ.get("SPRAWL_SIM_LONG") == "1"
 ONE_SEED = os.environ.get("SPRAWL_SIM_SEED")
 CTRL = "ctrl"
 
@@ -335,26 +334,14 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
     return world.counts
 
 
-def _seeds(base: int, n: int) -> list[int]:
-    if ONE_SEED is not None:
-        return [int(ONE_SEED)]
-    return [base + i for i in range(n * (10 if LONG else 1))]
-
-
 def _run_many(name: str, n_replicas: int, base: int, n: int, steps: int) -> None:
-    totals: dict[str, int] = {}
     t0 = time.perf_counter()
-    seeds = _seeds(base, n)
-    for seed in seeds:
-        try:
-            stats = run_schedule(seed, n_replicas, steps)
-        except Exception as exc:
-            raise AssertionError(
-                f"seed {seed} failed: {exc!r}\nreproduce: SPRAWL_SIM_SEED={seed} "
-                f"/work/venv/bin/pytest tests/test_replication_sim.py -k {name}"
-            ) from exc
-        for k, v in stats.items():
-            totals[k] = totals.get(k, 0) + v
+    seeds = schedule_seeds(base, n)
+    totals = run_schedules(
+        seeds,
+        lambda seed: run_schedule(seed, n_replicas, steps),
+        f"pytest tests/test_replication_sim.py -k {name}",
+    )
     print(f"{name}: {len(seeds)} schedules in {time.perf_counter() - t0:.1f}s: {totals}")
     if ONE_SEED is None:
         for what in ("acked", "crashes", "failovers", "moves", "controller_crashes"):
