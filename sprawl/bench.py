@@ -934,12 +934,20 @@ def _retry_after(value: str | None) -> float:
 
 
 def _topic_shape(desc: Any) -> tuple[int | None, int | None]:
-    """(partitions, replication factor) from a topic description of any reasonable shape."""
+    """(partitions, replication factor) from a topic description of any reasonable shape.
+
+    The replication factor is the replicas partition 0 really has when the
+    description lists them (a topic asking for 3 on a one-node cluster has 1)."""
     if not isinstance(desc, dict):
         return None, None
     config: dict[str, Any] = desc["config"] if isinstance(desc.get("config"), dict) else {}
     parts = desc.get("partitions", config.get("partitions"))
     rf = desc.get("replication_factor", config.get("replication_factor"))
+    details = desc.get("partition_details")
+    if isinstance(details, list) and details and isinstance(details[0], dict):
+        reps = details[0].get("replicas")
+        if isinstance(reps, list) and reps:
+            rf = len(reps)
     count: int | None = None
     first: Any = None
     if isinstance(parts, int):

@@ -236,7 +236,7 @@ class Broker:
             name=name,
             uid=base.uid if base else 0,
             partitions=base.partitions if base else c.default_partitions,
-            replication_factor=base.replication_factor if base else 1,
+            replication_factor=base.replication_factor if base else c.replication_factor,
             storage=base.storage if base else "durable",
             retention_ms=base.retention_ms if base else c.retention_ms,
             retention_bytes=base.retention_bytes if base else c.retention_bytes,
@@ -281,9 +281,8 @@ class Broker:
                 f"max_message_bytes must be at most the node's body limit ({c.max_body_bytes})",
                 code="invalid_field",
             )
-        if cfg.replication_factor > 1:
-            # One node: there is nowhere to put more replicas yet.
-            raise BadRequest("replication_factor must be 1 on a single-node cluster", code="invalid_field")
+        if cfg.replication_factor > 7:
+            raise BadRequest("replication_factor must be at most 7", code="invalid_field")
         if base is not None:
             if cfg.partitions < base.partitions:
                 raise Conflict("partitions can only grow", code="partitions_shrink")
@@ -477,8 +476,11 @@ class Broker:
                     code="message_too_large",
                 )
 
-    def publish(self, topic: Topic, records: list[Record], acks: str) -> Deferred[PublishResult]:
-        """Append ``records`` (offsets unassigned) to ``topic``.
+    def publish(
+        self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
+    ) -> Deferred[PublishResult]:
+        """Append ``records`` (offsets unassigned) to ``topic`` -- all of them to
+        ``partition`` when given (the cluster routed them), else by key.
 
         Fires once the ``acks`` level holds: for a durable topic with acks
         ``leader``/``quorum``, after the records are fsynced in LMDB (with one
@@ -513,7 +515,7 @@ class Broker:
         by_part: dict[int, list[Record]] = {}
         batch_ids: dict[str, int] = {}
         ids = self._ids
-        fast = not any_id and len(topic.logs) == 1
+        fast = not any_id and (len(topic.logs) == 1 or partition is not None)
         if fast:
             # The common case: one partition, no client ids, so no dedup.
             prefix, base = ids.prefix, ids.n
@@ -521,7 +523,9 @@ class Broker:
                 r.timestamp = now
                 r.id = f"{prefix}{k:x}"
             ids.n = base + n
-            by_part[0] = records
+            by_part[partition or 0] = records
+            if partition:
+                parts = [partition] * n
         for i, r in enumerate(records if not fast else ()):
             r.timestamp = now
             if r.id is None:
@@ -536,7 +540,7 @@ class Broker:
                     dup[i] = True
                     continue
                 batch_ids[r.id] = i
-            p = topic.partition_for(r.key)
+            p = topic.partition_for(r.key) if partition is None else partition
             parts[i] = p
             by_part.setdefault(p, []).append(r)
         ops: list[Op] = []

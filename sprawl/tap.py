@@ -298,6 +298,8 @@ class NodeService(service.Service):
         self.udp_port: Any = None
         self.channel: Any = None
         self.control: Any = None
+        self.plane: Any = None
+        self.rpc: Any = None
         self.s3_client: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
@@ -427,6 +429,15 @@ class NodeService(service.Service):
         )
         await self.control.start()
         self.broker.topic_creator = self.control.ensure_topic
+        from sprawl.cluster.dataplane import DataPlane
+        from sprawl.peer.rpc import PeerRPC
+
+        self.rpc = PeerRPC(self.channel, self.reactor)
+        self.plane = DataPlane(
+            node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
+        )
+        self.control.on_topic_changed = self.plane.sync_topic
+        self.plane.start()
         metrics.raft = self.control
         self.control.on_proposal_latency = metrics.raft_proposal_duration.observe
         advertise_ip = advertise
@@ -438,7 +449,7 @@ class NodeService(service.Service):
         info = NodeInfo(node_id, peer=peer, started=time.time())
         info.membership = self.gossip
         info.raft = self.control
-        self.api = SprawlAPI(self.broker, info, self.reactor, metrics, control=self.control)
+        self.api = SprawlAPI(self.broker, info, self.reactor, metrics, control=self.control, plane=self.plane)
         from sprawl.auth import load_authenticator
 
         self.api.auth = load_authenticator(c.auth_tokens, c.jwt_secret, c.jwt_secret_file)
@@ -507,6 +518,10 @@ class NodeService(service.Service):
         if self.api is not None:
             self.api.streams.close_all()
             self.api.close_dashboards()
+        if self.plane is not None:
+            self.plane.stop()
+        if self.rpc is not None:
+            self.rpc.close()
         if self.control is not None:
             await self.control.hand_off()
             self.control.stop()

@@ -453,6 +453,8 @@ def _fuzz_protocol() -> tuple[Any, list[bytes], _FakeBroker]:
     class _Api:
         metrics = None
         _publish_answer = staticmethod(SprawlAPI._publish_answer)
+        plane = None
+        publish_records = SprawlAPI.publish_records
 
     _Api.broker = broker  # type: ignore[attr-defined]
 

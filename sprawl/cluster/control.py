@@ -95,6 +95,9 @@ class ClusterControl:
         self.on_proposal_latency: Any = None
         self.dropped_frames = 0
         self.bad_entries = 0
+        #: Called with a topic's name after a change to it (or its placement)
+        #: is applied here, broker included (the data plane follows it).
+        self.on_topic_changed: Any = None
 
     # -- life ------------------------------------------------------------------
 
@@ -333,8 +336,12 @@ class ClusterControl:
             name, body, existing.config if existing and not if_absent else None
         )
         config = {k: getattr(cfg, k) for k in TOPIC_FIELDS}
-        nodes = sorted(self.metadata.nodes) or [self.node_id]
-        placement = [replicas(name, p, nodes, cfg.replication_factor) for p in range(cfg.partitions)]
+        nodes = self.live_nodes()
+        old = self.metadata.placement.get(name, [])
+        placement = [
+            list(old[p]["replicas"]) if p < len(old) else replicas(name, p, nodes, cfg.replication_factor)
+            for p in range(cfg.partitions)
+        ]
         return {
             "op": "put_topic",
             "name": name,
@@ -436,6 +443,8 @@ class ClusterControl:
         if cmd.get("op") == "put_node" and "error" not in result:
             self.names[int(cmd["raft_id"])] = cmd["node_id"]
         d = self._materialise(cmd) if "error" not in result else defer.succeed(None)
+        if "error" not in result and cmd.get("op") in ("put_topic", "delete_topic", "set_partition"):
+            d.addCallback(self._topic_changed, str(cmd.get("topic") or cmd.get("name")))
 
         def answer(_: object) -> None:
             w = self._waiting.pop(str(cmd.get("req", "")), None)
@@ -463,6 +472,13 @@ class ClusterControl:
             if t is not None and cmd["group"] in t.groups:
                 return self._quietly(self.broker.delete_group, t, cmd["group"])
         return defer.succeed(None)
+
+    def _topic_changed(self, _: object, name: str) -> None:
+        if self.on_topic_changed is not None:
+            try:
+                self.on_topic_changed(name)
+            except Exception:
+                log.failure("following the placement of {topic} failed", topic=name)
 
     def _quietly(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
         """Run a broker write; a refusal is logged, never stops the log."""
@@ -521,6 +537,8 @@ class ClusterControl:
                         await self._quietly(self.broker.delete_group, bt, g)
                 for g in t["groups"]:
                     await self._ensure_broker_group(name, g)
+            for name in sorted(set(self.metadata.placement) | set(self.broker.topics)):
+                self._topic_changed(None, name)
 
         return defer.ensureDeferred(reconcile())
 
@@ -596,6 +614,19 @@ class ClusterControl:
             pass
 
     # -- views ---------------------------------------------------------------------------
+
+    def live_nodes(self) -> list[str]:
+        """Registered nodes gossip sees alive (or suspect), this node included,
+        sorted: where new partitions are placed."""
+        states = {str(v["id"]): str(v["state"]) for v in self._members()}
+        live = {n for n in self.metadata.nodes if states.get(n) in ("alive", "suspect")}
+        live.add(self.node_id)
+        return sorted(live)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node is the Raft leader (the controller)."""
+        return self.driver is not None and self.driver.is_leader
 
     def name_of(self, raft_id: int) -> str:
         """A node's name for a Raft id ("" for none)."""

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from klein import Klein
 from klein.resource import KleinResource
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -156,8 +157,20 @@ class SprawlAPI:
 
     app = Klein()
 
-    def __init__(self, broker: Broker, info: NodeInfo, clock: Any, metrics: Any = None, control: Any = None):
+    def __init__(
+        self,
+        broker: Broker,
+        info: NodeInfo,
+        clock: Any,
+        metrics: Any = None,
+        control: Any = None,
+        plane: Any = None,
+    ):
         self.broker = broker
+        #: The cluster data plane (:class:`sprawl.cluster.dataplane.DataPlane`):
+        #: routes publishes to partition leaders and reads to replicas; None
+        #: on an in-process node, where the broker holds every partition.
+        self.plane = plane
         #: Where topic and group definitions change: Raft on a real node
         #: (:class:`sprawl.cluster.control.ClusterControl`), or the broker.
         self.control = control if control is not None else LocalControl(broker)
@@ -320,6 +333,12 @@ class SprawlAPI:
             "stored": res.stored,
         }
 
+    def publish_records(self, t: Any, records: list[Record], acks: str) -> Deferred[PublishResult]:
+        """Publish through the cluster (each partition's leader) or the broker."""
+        if self.plane is not None:
+            return self.plane.publish(t, records, acks)  # type: ignore[no-any-return]
+        return self.broker.publish(t, records, acks)
+
     @app.route("/v1/topics/<string:topic>/messages", methods=["POST"])
     @_route("publish")
     def publish(self, request: Any, topic: str) -> Any:
@@ -329,7 +348,7 @@ class SprawlAPI:
             self.broker.check_writable()
             self.broker.check_message_sizes(records, self.broker.config.max_message_bytes)
         d: Deferred[Any] = self.broker.ensure_topic(topic)
-        d.addCallback(lambda t: self.broker.publish(t, records, acks))
+        d.addCallback(lambda t: self.publish_records(t, records, acks))
         d.addCallback(self._publish_answer, acks)
         return d
 
@@ -388,6 +407,10 @@ class SprawlAPI:
         limit = self._int_arg(request, "limit", 100, 1, MAX_FETCH) or 100
         wait_ms = self._int_arg(request, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
         deadline = self.clock.seconds() + wait_ms / 1000.0
+        if self.plane is not None and any(self.plane.read_source(topic, p) for p in parts):
+            return defer.ensureDeferred(
+                self._fetch_routed(request, t, parts, spec, from_time, limit, wait_ms)
+            )
 
         def read(starts: dict[int, int]) -> Any:
             hws = {p: t.logs[p].high_watermark for p in parts}
@@ -437,6 +460,97 @@ class SprawlAPI:
             return body
 
         return self._resolve(t, parts, spec, from_time, "earliest").addCallback(read)
+
+    async def _fetch_routed(
+        self,
+        request: Any,
+        t: Any,
+        parts: list[int],
+        spec: str | int | None,
+        from_time: int | None,
+        limit: int,
+        wait_ms: int,
+    ) -> bytes:
+        """``GET .../messages`` when some partitions are held by other nodes:
+        each partition is read where it is held (here, or at its leader over
+        the peer channel); with ``wait_ms`` the answer comes as soon as any
+        partition has messages, or at the deadline."""
+        plane = self.plane
+
+        async def one(
+            p: int, start: str | int | None, ft: int | None, wait: int
+        ) -> tuple[list[Record], int, int]:
+            if plane.read_source(t.name, p) is not None:
+                got = await plane.fetch_remote(t.name, p, start, ft, limit, wait)
+                return got["records"], got["start"], got["hw"]
+            lg = t.logs[p]
+            if ft is not None:
+                s0 = int(await self.broker.find_time(t, p, ft))
+            else:
+                s0 = lg.resolve_start(start if start is not None else "earliest")
+            s0 = max(s0, lg.log_start)
+            recs = await self.broker.read(t, p, s0, limit) if s0 < lg.high_watermark else []
+            if not recs and wait:
+                await plane.changed(t.name, p, wait / 1000.0)
+                recs = await self.broker.read(t, p, s0, limit) if s0 < lg.high_watermark else []
+            return recs, s0, lg.high_watermark
+
+        def gather(ds: list[Any]) -> Any:
+            d = defer.gatherResults(ds, consumeErrors=True)
+            return d.addErrback(_unwrap_first_error)
+
+        results = await gather([defer.ensureDeferred(one(p, spec, from_time, 0)) for p in parts])
+        starts = {p: r[1] for p, r in zip(parts, results, strict=True)}
+        if wait_ms and not any(deliverable(r[0]) for r in results):
+            results = await self._first_with_messages(
+                [defer.ensureDeferred(one(p, starts[p], None, wait_ms)) for p in parts],
+                [([], starts[p], r[2]) for p, r in zip(parts, results, strict=True)],
+            )
+        recs: list[Record] = []
+        nexts = dict(starts)
+        hws: dict[int, int] = {}
+        for p, (got, _s0, hw) in zip(parts, results, strict=True):
+            hws[p] = hw
+            if got:
+                nexts[p] = got[-1].offset + 1  # past control records too
+                recs.extend(deliverable(got))
+        if len(parts) > 1:
+            recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+            recs = recs[:limit]
+            nexts = dict(starts)
+            for r in recs:
+                nexts[r.partition] = max(nexts[r.partition], r.offset + 1)
+        m = self.metrics
+        if m is not None and recs:
+            m.delivered(t.name, "fetch", len(recs), sum(len(r.payload) for r in recs))
+        body = b'{"messages":[' + b",".join(r.to_json() for r in recs) + b"]"
+        body += b',"next":' + _encode(nexts[parts[0]] if len(parts) == 1 else None)
+        body += b',"high_watermark":' + _encode(hws[parts[0]] if len(parts) == 1 else sum(hws.values()))
+        body += b',"next_by_partition":' + _encode({str(p): o for p, o in nexts.items()})
+        body += b',"high_watermarks":' + _encode({str(p): o for p, o in hws.items()}) + b"}"
+        request.setHeader(b"content-type", JSON)
+        return body
+
+    @staticmethod
+    async def _first_with_messages(pending: list[Deferred[Any]], fallback: list[Any]) -> list[Any]:
+        """Wait for the first of ``pending`` (one long-poll per partition) to
+        bring messages, or for all of them to end; the rest keep ``fallback``."""
+        first: Deferred[None] = Deferred()
+        done: dict[int, Any] = {}
+        ended: set[int] = set()
+
+        def settle(res: Any, i: int) -> None:
+            ended.add(i)
+            if not isinstance(res, Failure):
+                done[i] = res
+            brought = not isinstance(res, Failure) and bool(deliverable(res[0]))
+            if (brought or len(ended) == len(pending)) and not first.called:
+                first.callback(None)
+
+        for i, d in enumerate(pending):
+            d.addBoth(settle, i)
+        await first
+        return [done.get(i, fb) for i, fb in enumerate(fallback)]
 
     # -- SSE -------------------------------------------------------------------------
 
@@ -586,10 +700,15 @@ class SprawlAPI:
     @_route("topic_get")
     def get_topic(self, request: Any, topic: str) -> Any:
         if self._linearizable(request):
-            return self.control.linearizable().addCallback(
-                lambda _: self.broker.describe_topic(self.broker.get_topic(topic))
-            )
-        return self.broker.describe_topic(self.broker.get_topic(topic))
+            return self.control.linearizable().addCallback(lambda _: self._describe_topic(topic))
+        return self._describe_topic(topic)
+
+    def _describe_topic(self, topic: str) -> dict[str, Any]:
+        out = self.broker.describe_topic(self.broker.get_topic(topic))
+        if self.plane is not None:
+            for d in out["partition_details"]:
+                d.update(self.plane.partition_view(topic, d["partition"]))
+        return out
 
     @app.route("/v1/topics/<string:topic>", methods=["DELETE"])
     @_route("topic_delete")
@@ -746,13 +865,16 @@ class SprawlAPI:
                 "raft": {"role": "leader", "term": 1, "commit_index": 0, "applied": 0, "voters": [nid]},
             }
         view = raft.raft_view()
-        return {
+        out = {
             "node_id": nid,
             "leader": view.get("leader") or None,
             "term": view["term"],
             "members": self._members(),
             "raft": view,
         }
+        if self.plane is not None:
+            out["partitions"] = self.plane.summary()
+        return out
 
     def _placement(self) -> dict[str, Any]:
         return {
@@ -895,7 +1017,7 @@ class SprawlAPI:
             headers = {"ttl": str(ttl)}
         rec = Record(-1, 0, 0, mid, None, headers, data, True)
         d: Deferred[Any] = self.broker.ensure_topic(topic)
-        d.addCallback(lambda t: self.broker.publish(t, [rec], "quorum"))
+        d.addCallback(lambda t: self.publish_records(t, [rec], "quorum"))
         return d.addCallback(
             lambda r: {
                 "status": "published",

@@ -455,7 +455,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             self.factory.principal.require("publish", t.name)
         if broker.topics.get(t.name) is not t:
             raise SprawlError("the topic was deleted", code="topic_deleted", status=410)
-        d = broker.publish(t, records, acks)
+        d = api.publish_records(t, records, acks)
         self._inflight(1)
 
         def ok(res: Any) -> None:

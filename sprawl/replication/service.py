@@ -78,6 +78,7 @@ class PartitionReplication:
         *,
         max_batch: int = 512,
         max_waiting: int = 10_000,
+        committed_if_new: bool = False,
     ) -> None:
         self.broker = broker
         #: Publishes waiting for a majority at most (then 429): a leader cut
@@ -91,7 +92,7 @@ class PartitionReplication:
         self.log = lg
         self.state_key = keys.replica_state_key(topic.config.uid, partition)
         cache, fenced, led, hw = load_state(
-            broker.store.get("meta", self.state_key), lg.log_start, lg.next_offset
+            broker.store.get("meta", self.state_key), lg.log_start, lg.next_offset, committed_if_new
         )
         self.core = Replica(
             node_id,
@@ -255,15 +256,19 @@ def dump_state(core: Replica) -> bytes:
     )
 
 
-def load_state(raw: bytes | None, log_start: int, end: int) -> tuple[EpochCache, int, int, int]:
+def load_state(
+    raw: bytes | None, log_start: int, end: int, committed_if_new: bool = False
+) -> tuple[EpochCache, int, int, int]:
     """(epoch cache, fenced epoch, led epoch, high watermark) for a log holding
     ``[log_start, end)``: from ``raw`` (cut back to the log end), or -- no
-    state yet -- records from before replication counted as epoch 0."""
+    state yet -- records from before replication counted as epoch 0, all of
+    them committed when ``committed_if_new`` (the partition had this node as
+    its only replica, whose own fsync acknowledged them)."""
     cache = EpochCache(log_start=log_start, end=log_start)
     if raw is None:
         if end > log_start:
             cache.append(0, end - log_start)
-        return cache, 0, 0, 0
+        return cache, 0, 0, end if committed_if_new else 0
     st = msgspec.json.decode(raw)
     cache.base_epoch = int(st.get("base_epoch", 0))
     cache.runs = [(int(e), max(int(s), log_start)) for e, s in st["runs"] if int(s) < end]

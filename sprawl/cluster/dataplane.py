@@ -1,0 +1,696 @@
+"""The cluster data plane on one node: which partitions this node holds, who
+leads each, and where a publish or a read must go.  An adapter.
+
+* **Replicas from the placement.**  Every node applies the same Raft log; after
+  each ``put_topic`` / ``set_partition`` / ``delete_topic`` (and a snapshot)
+  :meth:`DataPlane.sync_topic` makes the local replicas match the applied
+  placement: a partition with more than one replica that lists this node gets a
+  :class:`~sprawl.replication.service.PartitionReplication`, which hears the
+  committed ``Assign(epoch, leader, replicas)``.  A partition whose only replica
+  is this node is served by the broker directly, as on a single node.
+* **The controller.**  The Raft leader runs a
+  :class:`~sprawl.replication.failover.FailoverCore` per replicated partition:
+  a leader silent for :attr:`beat_timeout_ticks` (or dead by gossip) is
+  replaced by fencing a majority and committing the best replica's new epoch
+  through Raft (``set_partition``).  It also keeps replica sets at the topic's
+  replication factor as nodes join, and replaces replicas dead longer than the
+  grace period, a few partitions at a time.
+* **Routing.**  A publish for a partition this node does not lead is forwarded
+  to its leader over the peer channel (:mod:`sprawl.peer.rpc`, hop limited).
+  A refusal that proves nothing was written (``not_leader``, ``no_leader``, a
+  peer that cannot be reached) is retried against the freshly applied
+  placement until :attr:`route_timeout` -- so clients ride through a failover
+  without seeing it -- then answered 503 ``no_leader``.  Reads are served
+  locally by any replica (below its high watermark: only committed records)
+  and forwarded otherwise.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.broker import PublishResult
+from sprawl.cluster.placement import replicas as rendezvous
+from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
+from sprawl.log.record import Record
+from sprawl.peer.rpc import PeerRPC
+from sprawl.replication.failover import Commit, FailoverCore
+from sprawl.replication.messages import Assign
+from sprawl.replication.replica import NotLeader
+from sprawl.replication.service import PartitionReplication, ReplicationService
+
+log = Logger()
+
+#: Errors after which a forwarded publish certainly wrote nothing: retry.
+_RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", "topic_not_found"}
+
+
+class NotLeaderError(Unavailable):
+    """This node does not lead the partition (``hint``: who does, if known)."""
+
+    code = "not_leader"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def pack_record(r: Record) -> list[Any]:
+    """A record as msgpack-able fields (for forwarding)."""
+    return [r.offset, r.partition, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text, r.control]
+
+
+def unpack_record(t: list[Any]) -> Record:
+    """Inverse of :func:`pack_record`."""
+    off, p, ts, id_, key, headers, payload, is_text, control = t
+    return Record(off, p, ts, id_, key, headers, payload, is_text, control=bool(control))
+
+
+class DataPlane:
+    """One node's view of the partitions (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        broker: Any,
+        control: Any,
+        channel: Any,
+        rpc: PeerRPC,
+        reactor: Any,
+        membership: Any = None,
+        *,
+        tick_seconds: float = 0.1,
+        beat_timeout_ticks: int = 20,
+        route_timeout: float = 10.0,
+        forward_timeout: float = 5.0,
+        max_moves: int = 4,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.broker = broker
+        self.control = control
+        self.channel = channel
+        self.rpc = rpc
+        self.reactor = reactor
+        self.membership = membership
+        self.tick_seconds = tick_seconds
+        self.beat_timeout_ticks = beat_timeout_ticks
+        self.route_timeout = route_timeout
+        self.forward_timeout = forward_timeout
+        self.max_moves = max_moves
+        self.rng = rng or random.Random()
+        self.service = ReplicationService(node_id, channel, reactor, tick_seconds=tick_seconds)
+        self.service.commit = self._commit
+        #: The epoch each local replica was last assigned (from the metadata).
+        self._assigned: dict[tuple[str, int], int] = {}
+        self._moving: set[tuple[str, int]] = set()
+        self._dead_since: dict[str, float] = {}
+        self._loop: task.LoopingCall | None = None
+        self.forwarded = 0
+        self.retried = 0
+        self.failovers = 0
+        rpc.register("publish", self._rpc_publish)
+        rpc.register("fetch", self._rpc_fetch)
+
+    # -- life ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build replicas from the applied metadata and start ticking."""
+        for name in list(self.control.metadata.placement):
+            self.sync_topic(name)
+        loop = task.LoopingCall(self.tick)
+        loop.clock = self.reactor
+        self._loop = loop
+        loop.start(self.tick_seconds, now=False).addErrback(
+            lambda f: log.failure("data plane tick stopped", f)
+        )
+
+    def stop(self) -> None:
+        """Stop ticking."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    # -- the placement -----------------------------------------------------------------
+
+    def placement(self, topic: str, partition: int) -> dict[str, Any] | None:
+        """The applied placement of one partition, or None."""
+        parts = self.control.metadata.placement.get(topic)
+        if parts is None or not 0 <= partition < len(parts):
+            return None
+        return parts[partition]  # type: ignore[no-any-return]
+
+    def is_local(self, topic: str, partition: int) -> bool:
+        """Whether the broker serves this partition alone here (this node is its only replica)."""
+        pl = self.placement(topic, partition)
+        if pl is None:
+            return True  # not (yet) in the metadata: the broker's own partition
+        reps = pl["replicas"]
+        return not reps or list(reps) == [self.node_id]
+
+    def holds(self, topic: str, partition: int) -> bool:
+        """Whether this node has the partition's committed records (local or a replica)."""
+        return self.is_local(topic, partition) or (topic, partition) in self.service.replicas
+
+    def sync_topic(self, name: str) -> None:
+        """Make this node's replicas of ``name`` match the applied placement."""
+        parts = self.control.metadata.placement.get(name)
+        t = self.broker.topics.get(name)
+        for key in [k for k in self.service.replicas if k[0] == name]:
+            r = self.service.replicas[key]
+            if parts is None or t is None or r.topic is not t:
+                self._drop(key)
+        if parts is None or t is None:
+            return
+        for p, pl in enumerate(parts):
+            if p >= len(t.logs):
+                break
+            lg = t.logs[p]
+            reps = [str(x) for x in pl["replicas"]]
+            leader, epoch = str(pl["leader"]), int(pl["epoch"])
+            if reps:
+                lg.replicas, lg.leader, lg.epoch = list(reps), leader, epoch
+            key = (name, p)
+            if len(reps) <= 1 or self.node_id not in reps:
+                if key in self.service.replicas:
+                    self._drop(key)
+                continue
+            existing = self.service.replicas.get(key)
+            if existing is not None:
+                r = existing
+            else:
+                r = PartitionReplication(
+                    self.node_id,
+                    self.control.leader_name or leader,
+                    self.broker,
+                    t,
+                    p,
+                    self.service._send_for(key),
+                    committed_if_new=leader == self.node_id,
+                )
+                self.service.add(r)
+            if epoch > self._assigned.get(key, 0):
+                self._assigned[key] = epoch
+                r.receive(self.control.leader_name or leader, Assign(epoch, leader, tuple(reps)), [])
+            c = self.service.controllers.get(key)
+            if c is not None:
+                self._sync_controller(c, pl)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        self.service.replicas.pop(key, None)
+        self._assigned.pop(key, None)
+
+    # -- the controller --------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Point replicas at the current controller, run the controller's work, tick replication."""
+        leader = self.control.leader_name
+        if leader:
+            for r in self.service.replicas.values():
+                r.core.controller = leader
+        if self.control.is_leader:
+            self._control_partitions()
+        elif self.service.controllers:
+            self.service.controllers.clear()
+            self._moving.clear()
+        self.service.tick()
+
+    def _sync_controller(self, c: FailoverCore, pl: dict[str, Any]) -> None:
+        epoch = int(pl["epoch"])
+        if epoch > c.epoch or (epoch == c.epoch and c.leader is None and c.committing is None):
+            c.epoch, c.leader = epoch, str(pl["leader"])
+            c.replicas = tuple(str(x) for x in pl["replicas"])
+            if c.committing is None:
+                c.fencing = None
+                c.silent_ticks = 0
+                c.leader_confirmed = False
+
+    def _control_partitions(self) -> None:
+        meta = self.control.metadata
+        states = self._member_states()
+        now = self.reactor.seconds()
+        for n, st in states.items():
+            if st == "dead":
+                self._dead_since.setdefault(n, now)
+            else:
+                self._dead_since.pop(n, None)
+        live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
+        moves = len(self._moving)
+        for name, parts in meta.placement.items():
+            topic = meta.topics.get(name)
+            if topic is None:
+                continue
+            rf = int(topic["config"].get("replication_factor", 1))
+            for p, pl in enumerate(parts):
+                key = (name, p)
+                reps = [str(x) for x in pl["replicas"]]
+                c = self.service.controllers.get(key)
+                if len(reps) > 1:
+                    if c is None:
+                        c = FailoverCore(
+                            tuple(reps),
+                            epoch=int(pl["epoch"]),
+                            leader=str(pl["leader"]),
+                            beat_timeout_ticks=self.beat_timeout_ticks,
+                        )
+                        self.service.controllers[key] = c
+                    else:
+                        self._sync_controller(c, pl)
+                    if (
+                        c.leader is not None
+                        and states.get(c.leader) == "dead"
+                        and c.fencing is None
+                        and c.committing is None
+                    ):
+                        log.info(
+                            "controller: leader {leader} of {topic}/{partition} is dead by gossip; failing over",
+                            leader=c.leader,
+                            topic=name,
+                            partition=p,
+                        )
+                        self.service._control(key, c.start_failover())
+                elif c is not None:
+                    del self.service.controllers[key]
+                if moves < self.max_moves and key not in self._moving:
+                    want = self._wanted_replicas(name, p, reps, rf, live, now, c)
+                    if want is not None:
+                        moves += 1
+                        self._move(key, pl, want)
+
+    def _wanted_replicas(
+        self,
+        name: str,
+        p: int,
+        reps: list[str],
+        rf: int,
+        live: list[str],
+        now: float,
+        c: FailoverCore | None,
+    ) -> list[str] | None:
+        """The replica set this partition should move to, or None to leave it."""
+        if c is not None and (c.fencing is not None or c.committing is not None or not c.leader_confirmed):
+            return None  # only a partition with a working leader changes its replicas
+        grace = float(getattr(self.control, "dead_grace", 30.0))
+        gone = {r for r in reps if r in self._dead_since and now - self._dead_since[r] >= grace}
+        keep = [r for r in reps if r not in gone]
+        target = min(rf, len(live))
+        if len(keep) >= target and not gone:
+            return None
+        if not keep:
+            return None
+        out = list(keep)
+        for n in rendezvous(name, p, live, len(live)):
+            if len(out) >= max(target, 1):
+                break
+            if n not in out:
+                out.append(n)
+        return out if out != reps else None
+
+    def _move(self, key: tuple[str, int], pl: dict[str, Any], want: list[str]) -> None:
+        leader = str(pl["leader"])
+        if leader not in want:
+            return
+        epoch = int(pl["epoch"]) + 1
+        self._moving.add(key)
+        log.info(
+            "controller: replicas of {topic}/{partition} become {replicas} (epoch {epoch})",
+            topic=key[0],
+            partition=key[1],
+            replicas=",".join(want),
+            epoch=epoch,
+        )
+
+        def done(_: object) -> None:
+            self._moving.discard(key)
+
+        self._propose_partition(key, epoch, leader, want).addBoth(done)
+
+    def _propose_partition(
+        self, key: tuple[str, int], epoch: int, leader: str, reps: list[str]
+    ) -> defer.Deferred[dict[str, Any]]:
+        cmd = {
+            "op": "set_partition",
+            "topic": key[0],
+            "partition": key[1],
+            "epoch": epoch,
+            "leader": leader,
+            "replicas": list(reps),
+        }
+        try:
+            d: defer.Deferred[dict[str, Any]] = self.control.propose(cmd)
+        except SprawlError as e:
+            return defer.fail(e)
+        return d
+
+    def _commit(self, topic: str, partition: int, c: Commit) -> defer.Deferred[None]:
+        """The failover core's choice, committed through Raft."""
+        self.failovers += 1
+        log.info(
+            "controller: {leader} leads {topic}/{partition} in epoch {epoch}",
+            leader=c.leader,
+            topic=topic,
+            partition=partition,
+            epoch=c.epoch,
+        )
+
+        def check(result: dict[str, Any]) -> None:
+            err = result.get("error")
+            if err:
+                raise SprawlError(err["message"], code=err["code"], status=err["status"])
+
+        return self._propose_partition((topic, partition), c.epoch, c.leader, list(c.replicas)).addCallback(
+            check
+        )
+
+    def _member_states(self) -> dict[str, str]:
+        if self.membership is None:
+            return {}
+        return {str(v["id"]): str(v["state"]) for v in self.membership.member_views()}
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, topic: Any, records: list[Record], acks: str) -> defer.Deferred[PublishResult]:
+        """Publish ``records`` to ``topic`` through each partition's leader."""
+        name = topic.name
+        n = len(topic.logs)
+        if all(self.is_local(name, p) for p in range(n)):
+            return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
+        self.broker.check_message_sizes(records, topic.config.max_message_bytes)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(topic.partition_for(r.key), []).append(i)
+        ds = [
+            defer.ensureDeferred(self._publish_partition(topic, p, [records[i] for i in idx], acks, 0))
+            for p, idx in groups.items()
+        ]
+
+        def combine(results: list[PublishResult]) -> PublishResult:
+            offsets = [0] * len(records)
+            ids = [""] * len(records)
+            parts = [0] * len(records)
+            dups = [False] * len(records)
+            stored = set()
+            for (p, idx), res in zip(groups.items(), results, strict=True):
+                stored.add(res.stored)
+                for j, i in enumerate(idx):
+                    offsets[i], ids[i], parts[i], dups[i] = res.offsets[j], res.ids[j], p, res.duplicates[j]
+            return PublishResult(offsets, ids, parts, dups, "/".join(sorted(stored)))
+
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return d.addCallback(combine)
+
+    async def _publish_partition(
+        self, topic: Any, p: int, records: list[Record], acks: str, hops: int
+    ) -> PublishResult:
+        """Publish to one partition: here when this node leads it, else at its
+        leader; retried through failovers until :attr:`route_timeout`."""
+        deadline = self.reactor.seconds() + self.route_timeout
+        last: SprawlError | None = None
+        for attempt in range(1000):
+            t = self.broker.topics.get(topic.name)
+            if t is None:
+                raise NotFound(f"topic {topic.name!r} does not exist", code="topic_not_found")
+            try:
+                return await self._publish_once(t, p, records, acks, hops)
+            except SprawlError as e:
+                if e.code not in _RETRYABLE or (e.code == "topic_not_found" and hops == 0):
+                    raise
+                last = e
+            except NotLeader as e:
+                last = NotLeaderError(str(e), e.leader)
+            if self.reactor.seconds() + 0.05 >= deadline:
+                break
+            self.retried += 1
+            await task.deferLater(self.reactor, min(0.05 * (attempt + 1), 0.25), lambda: None)
+        raise Unavailable(
+            f"partition {topic.name}/{p} has no reachable leader now ({last.message if last else 'no route'}); "
+            "retry shortly",
+            code="no_leader",
+        )
+
+    async def _publish_once(
+        self, t: Any, p: int, records: list[Record], acks: str, hops: int
+    ) -> PublishResult:
+        name = t.name
+        if self.is_local(name, p):
+            pl0 = self.placement(name, p)
+            if pl0 is not None and pl0["replicas"] and pl0["replicas"] != [self.node_id]:
+                raise Unavailable(f"partition {name}/{p} has no replicas", code="no_leader")
+            res: PublishResult = await self.broker.publish(t, records, acks, partition=p)
+            return res
+        r = self.service.replicas.get((name, p))
+        if r is not None and r.core.is_leader:
+            return await self._publish_replicated(t, r, records, acks)
+        pl = self.placement(name, p)
+        leader = str(pl["leader"]) if pl else ""
+        if not leader or leader == self.node_id:
+            raise Unavailable(f"partition {name}/{p} is between leaders", code="no_leader")
+        if hops >= self.rpc.max_hops:
+            raise NotLeaderError(f"this node does not lead {name}/{p}", leader)
+        self.forwarded += 1
+        body = {"topic": name, "partition": p, "acks": acks, "records": [pack_record(x) for x in records]}
+        answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=self.forward_timeout)
+        return PublishResult(
+            list(answer["offsets"]),
+            list(answer["ids"]),
+            [p] * len(records),
+            list(answer["duplicates"]),
+            str(answer["stored"]),
+        )
+
+    async def _publish_replicated(
+        self, t: Any, r: PartitionReplication, records: list[Record], acks: str
+    ) -> PublishResult:
+        """As the partition's leader: dedup, append, wait for the acks level."""
+        b = self.broker
+        b.check_writable()
+        now = b.now_ms()
+        dedup = t.dedup
+        n = len(records)
+        offsets: list[int] = [0] * n
+        dups = [False] * n
+        fresh: list[Record] = []
+        seen: dict[str, int] = {}
+        for i, rec in enumerate(records):
+            if rec.id is not None:
+                hit = dedup.lookup(rec.id, now)
+                if hit is not None and hit[0] == r.partition:
+                    offsets[i], dups[i] = hit[1], True
+                    continue
+                if rec.id in seen:
+                    dups[i] = True
+                    continue
+                seen[rec.id] = i
+            fresh.append(rec)
+        d = r.publish(fresh) if fresh else defer.succeed([])
+        for rec in fresh:
+            if rec.id in seen:
+                dedup.remember(rec.id, r.partition, rec.offset, now)
+        for i, rec in enumerate(records):
+            if dups[i] and rec.id in seen and records[seen[rec.id]] is not rec:
+                offsets[i] = records[seen[rec.id]].offset
+            elif not dups[i]:
+                offsets[i] = rec.offset
+        size = sum(len(x.payload) for x in fresh)
+        b.published_total += len(fresh)
+        b.published_bytes_total += size
+        b.deduplicated_total += n - len(fresh)
+        if b.metrics is not None:
+            b.metrics.published(t.name, len(fresh), size)
+        if acks == "quorum":
+            await d
+            stored = "quorum"
+        else:
+            d.addErrback(lambda f: None)  # the answer does not wait for it
+            if acks == "leader" and fresh:
+                await b.wait_stored(t.name, r.partition, max(x.offset for x in fresh))
+                stored = "lmdb"
+            else:
+                stored = "pending"
+        ids = [x.id or "" for x in records]
+        for i, rec in enumerate(records):
+            if dups[i] and rec.id is None:
+                ids[i] = ""
+        return PublishResult(offsets, ids, [r.partition] * n, dups, stored)
+
+    def _rpc_publish(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, Any]]:
+        if not isinstance(body, dict):
+            raise BadRequest("malformed forwarded publish", code="bad_request")
+        name, p, acks = str(body["topic"]), int(body["partition"]), str(body["acks"])
+        t = self.broker.topics.get(name)
+        if t is None:
+            raise NotFound(f"topic {name!r} does not exist here yet", code="topic_not_found")
+        if not 0 <= p < len(t.logs):
+            raise NotFound(f"topic {name!r} has no partition {p}", code="partition_not_found")
+        records = [unpack_record(x) for x in body["records"]]
+        for rec in records:
+            rec.offset, rec.partition, rec.timestamp = -1, p, 0
+
+        async def run() -> dict[str, Any]:
+            res = await self._publish_once(t, p, records, acks, hops)
+            return {
+                "offsets": res.offsets,
+                "ids": res.ids,
+                "duplicates": res.duplicates,
+                "stored": res.stored,
+            }
+
+        def not_leader(f: Failure) -> Failure:
+            e = f.value
+            if isinstance(e, NotLeader):
+                raise NotLeaderError(str(e), e.leader)
+            return f
+
+        return defer.ensureDeferred(run()).addErrback(not_leader)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read_source(self, topic: str, partition: int) -> str | None:
+        """Where to read a partition this node does not hold: its leader (None: read here)."""
+        if self.holds(topic, partition):
+            return None
+        pl = self.placement(topic, partition)
+        if pl is None:
+            return None
+        leader = str(pl["leader"])
+        return leader or (str(pl["replicas"][0]) if pl["replicas"] else None)
+
+    def fetch_remote(
+        self,
+        topic: str,
+        partition: int,
+        start: str | int | None,
+        from_time: int | None,
+        limit: int,
+        wait_ms: int,
+    ) -> defer.Deferred[dict[str, Any]]:
+        """Read a partition at the node that holds it: fires with
+        ``{"records": [Record], "start", "hw"}`` (records may include control ones)."""
+        src = self.read_source(topic, partition)
+        if src is None:
+            return defer.fail(Unavailable(f"no replica of {topic}/{partition} is known", code="no_leader"))
+        body = {
+            "topic": topic,
+            "partition": partition,
+            "start": start,
+            "from_time": from_time,
+            "limit": limit,
+            "wait_ms": wait_ms,
+        }
+        d = self.rpc.call(src, "fetch", body, hops=1, timeout=self.forward_timeout + wait_ms / 1000.0)
+
+        def got(answer: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "records": [unpack_record(x) for x in answer["records"]],
+                "start": int(answer["start"]),
+                "hw": int(answer["hw"]),
+                "log_start": int(answer.get("log_start", 0)),
+            }
+
+        return d.addCallback(got)
+
+    def _rpc_fetch(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, Any]]:
+        if not isinstance(body, dict):
+            raise BadRequest("malformed forwarded fetch", code="bad_request")
+        name, p = str(body["topic"]), int(body["partition"])
+        t = self.broker.get_topic(name)
+        if not 0 <= p < len(t.logs):
+            raise NotFound(f"topic {name!r} has no partition {p}", code="partition_not_found")
+        if not self.holds(name, p):
+            raise NotLeaderError(f"this node holds no replica of {name}/{p}", self.read_source(name, p))
+        limit = max(1, min(int(body.get("limit") or 100), 10_000))
+        wait = max(0.0, min(int(body.get("wait_ms") or 0), 60_000) / 1000.0)
+        lg = t.logs[p]
+        spec, from_time = body.get("start"), body.get("from_time")
+
+        async def run() -> dict[str, Any]:
+            if from_time is not None:
+                start = int(await self.broker.find_time(t, p, int(from_time)))
+            else:
+                start = lg.resolve_start(spec if spec is not None else "earliest")
+            deadline = self.reactor.seconds() + wait
+            for _ in range(10_000):
+                hw = lg.high_watermark
+                got = await self.broker.read(t, p, start, limit) if start < hw else []
+                if got or self.reactor.seconds() >= deadline or self.broker.topics.get(name) is not t:
+                    break
+                await self.changed(name, p, deadline - self.reactor.seconds())
+            return {
+                "records": [pack_record(x) for x in got],
+                "start": start,
+                "hw": lg.high_watermark,
+                "log_start": lg.log_start,
+            }
+
+        return defer.ensureDeferred(run())
+
+    def changed(self, name: str, p: int, seconds: float) -> defer.Deferred[None]:
+        """Fires when the partition's high watermark moves, or after ``seconds``."""
+        d: defer.Deferred[None] = defer.Deferred()
+        timer: Any = None
+
+        def fire() -> None:
+            unwatch()
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not d.called:
+                d.callback(None)
+
+        unwatch = self.broker.watch(name, p, fire)
+        timer = self.reactor.callLater(max(seconds, 0.0), fire)
+        return d
+
+    # -- views -------------------------------------------------------------------------
+
+    def partition_view(self, topic: str, partition: int) -> dict[str, Any]:
+        """This node's replica of one partition, for ``GET /v1/topics/{topic}``."""
+        r = self.service.replicas.get((topic, partition))
+        if r is None:
+            return {"role": "leader" if self.is_local(topic, partition) else "none"}
+        core = r.core
+        out: dict[str, Any] = {"role": core.role, "replica_epoch": core.epoch}
+        if core.is_leader:
+            out["followers"] = {f: st.match for f, st in core.followers.items()}
+            out["in_sync"] = sorted(
+                [self.node_id, *(f for f, st in core.followers.items() if st.match >= core.end)]
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``GET /v1/cluster``: partitions this node leads, and how
+        many of them are under-replicated (a replica behind, or fewer replicas
+        than the topic's replication factor allows)."""
+        leading = under = 0
+        meta = self.control.metadata
+        live = {n for n, st in self._member_states().items() if st in ("alive", "suspect")} | {self.node_id}
+        for (name, _p), r in self.service.replicas.items():
+            core = r.core
+            if not core.is_leader:
+                continue
+            leading += 1
+            rf = int(meta.topics.get(name, {}).get("config", {}).get("replication_factor", 1))
+            want = min(rf, len([n for n in meta.nodes if n in live]) or 1)
+            behind = any(st.match < core.end for st in core.followers.values())
+            if behind or len(core.replicas) < want:
+                under += 1
+        for name, parts in meta.placement.items():
+            for pl in parts:
+                if list(pl["replicas"]) == [self.node_id]:
+                    leading += 1
+                    rf = int(meta.topics.get(name, {}).get("config", {}).get("replication_factor", 1))
+                    if min(rf, len([n for n in meta.nodes if n in live])) > 1:
+                        under += 1
+        return {
+            "leading": leading,
+            "under_replicated": under,
+            "replicas": len(self.service.replicas),
+            "controller_partitions": len(self.service.controllers),
+            "forwarded": self.forwarded,
+            "retried": self.retried,
+            "failovers": self.failovers,
+        }
