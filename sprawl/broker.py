@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,9 @@ class Broker:
         #: How auto-created topics come to be: None creates them here; a
         #: cluster node sets its Raft proposal path (see sprawl.cluster.control).
         self.topic_creator: Callable[[str], Deferred[Topic]] | None = None
+        #: The partitions of a topic whose consumer-group state this node owns
+        #: (in a cluster: those it leads; None: all, as on a single node).
+        self.group_partitions: Callable[[Topic], Collection[int] | None] | None = None
         #: The S3 tier (:class:`sprawl.storage.tiering.S3Tier`), None when S3 is off.
         self.tier: Any = None
         self._last_spill = 0.0
@@ -956,19 +959,32 @@ class Broker:
                 self._persist_group(t, g).addErrback(lambda f: None)
 
     def pull(
-        self, topic: Topic, g: ConsumerGroup, max_count: int, wait_ms: int
+        self,
+        topic: Topic,
+        g: ConsumerGroup,
+        max_count: int,
+        wait_ms: int,
+        partitions: Collection[int] | None = None,
     ) -> Deferred[list[tuple[Delivery, Record]]]:
-        """Lease up to ``max_count`` messages, waiting up to ``wait_ms`` for some."""
+        """Lease up to ``max_count`` messages, waiting up to ``wait_ms`` for some.
+
+        Only partitions this node owns the group state of are leased from
+        (``partitions``, else :attr:`group_partitions`' answer; all of them on
+        a single node): in a cluster each partition's leader owns it."""
         deadline = self.clock.seconds() + wait_ms / 1000.0
+        if partitions is None and self.group_partitions is not None:
+            partitions = self.group_partitions(topic)
 
         def attempt() -> Deferred[list[tuple[Delivery, Record]]]:
             if topic.groups.get(g.name) is not g:
                 raise NotFound(f"group {g.name!r} was deleted", code="group_not_found")
             self._run_group_tick(topic, g)
-            deliveries = g.pull(max_count, self.now_ms(), topic.visible())
+            deliveries = g.pull(max_count, self.now_ms(), topic.visible(), partitions)
             if deliveries:
                 self._dirty_groups.add((topic.name, g.name))
-                return self._load_deliveries(topic, g, deliveries)
+                loaded = self._load_deliveries(topic, g, deliveries)
+                # Only control records (settled unseen): keep waiting, if there is time.
+                return loaded.addCallback(lambda got: got or again())
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
                 return succeed([])
@@ -976,6 +992,9 @@ class Broker:
             if due is not None:
                 remaining = min(remaining, max(0.001, due / 1000.0 - self.clock.seconds()))
             return self._wait_any(topic, remaining).addCallback(lambda _: attempt())
+
+        def again() -> Any:
+            return attempt() if deadline > self.clock.seconds() else []
 
         return attempt()
 

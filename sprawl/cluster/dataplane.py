@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from sprawl.broker import PublishResult
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
-from sprawl.log.record import Record
+from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.rpc import PeerRPC
 from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.messages import Assign
@@ -58,17 +58,6 @@ class NotLeaderError(Unavailable):
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
-
-
-def pack_record(r: Record) -> list[Any]:
-    """A record as msgpack-able fields (for forwarding)."""
-    return [r.offset, r.partition, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text, r.control]
-
-
-def unpack_record(t: list[Any]) -> Record:
-    """Inverse of :func:`pack_record`."""
-    off, p, ts, id_, key, headers, payload, is_text, control = t
-    return Record(off, p, ts, id_, key, headers, payload, is_text, control=bool(control))
 
 
 class DataPlane:
@@ -116,6 +105,10 @@ class DataPlane:
         self.failovers = 0
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
+        from sprawl.cluster.group_routes import GroupRoutes
+
+        #: Consumer groups, each partition's state owned by its leader.
+        self.groups = GroupRoutes(self)
 
     # -- life ------------------------------------------------------------------------
 
@@ -143,6 +136,13 @@ class DataPlane:
         if parts is None or not 0 <= partition < len(parts):
             return None
         return parts[partition]  # type: ignore[no-any-return]
+
+    def leads(self, topic: str, partition: int) -> bool:
+        """Whether this node leads the partition now (or holds it alone)."""
+        if self.is_local(topic, partition):
+            return True
+        r = self.service.replicas.get((topic, partition))
+        return r is not None and r.core.is_leader
 
     def is_local(self, topic: str, partition: int) -> bool:
         """Whether the broker serves this partition alone here (this node is its only replica)."""
@@ -192,6 +192,7 @@ class DataPlane:
                     self.service._send_for(key),
                     committed_if_new=leader == self.node_id,
                 )
+                r.on_records = lambda recs, t=t, p=p: self.groups.follow(t, p, recs)
                 self.service.add(r)
             if epoch > self._assigned.get(key, 0):
                 self._assigned[key] = epoch
@@ -218,6 +219,7 @@ class DataPlane:
             self.service.controllers.clear()
             self._moving.clear()
         self.service.tick()
+        self.groups.tick(self.reactor.seconds())
 
     def _sync_controller(self, c: FailoverCore, pl: dict[str, Any]) -> None:
         epoch = int(pl["epoch"])

@@ -11,6 +11,7 @@ so a restart keeps committed offsets, attempt counts and pending redeliveries.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,22 @@ class ConsumerGroup:
         """Messages visible to the group and not yet acked (summed over partitions)."""
         return sum(max(0, high_watermarks.get(p, c.committed) - c.committed) for p, c in self.cursors.items())
 
+    def checkpoint(self, partition: int) -> int | None:
+        """The partition's committed offset (None: no cursor)."""
+        c = self.cursors.get(partition)
+        return c.committed if c is not None else None
+
+    def adopt(self, partition: int, committed: int) -> None:
+        """Take the partition's leader's committed offset (this node follows
+        it): everything below is done, nothing is pending here."""
+        c = self.cursors.get(partition)
+        if c is None:
+            self.cursors[partition] = _Cursor(committed, committed)
+            return
+        c.committed = committed
+        c.next = committed
+        c.pending.clear()
+
     def ensure_partitions(self, starts: dict[int, int]) -> None:
         """Start cursors for partitions added to the topic."""
         for p, o in starts.items():
@@ -130,8 +147,14 @@ class ConsumerGroup:
 
     # -- delivery --------------------------------------------------------------
 
-    def pull(self, max_count: int, now_ms: int, visible: dict[int, tuple[int, int]]) -> list[Delivery]:
-        """Lease up to ``max_count`` offsets.
+    def pull(
+        self,
+        max_count: int,
+        now_ms: int,
+        visible: dict[int, tuple[int, int]],
+        only: Collection[int] | None = None,
+    ) -> list[Delivery]:
+        """Lease up to ``max_count`` offsets (of the partitions in ``only``, when given).
 
         ``visible`` maps partition → (log_start, high_watermark).  Redeliveries
         that are due go first (oldest offset first), then new offsets.
@@ -140,16 +163,22 @@ class ConsumerGroup:
         out: list[Delivery] = []
         deadline = now_ms + self.config.ack_deadline_ms
         ready = self._ready
+        skipped: list[tuple[int, int, int]] = []
         while ready and len(out) < max_count and ready[0][0] <= now_ms:
             due, p, off = heapq.heappop(ready)
             c = self.cursors.get(p)
             st = c.pending.get(off) if c else None
             if st is None or st.state != READY or st.due_ms != due:
                 continue
+            if only is not None and p not in only:
+                skipped.append((due, p, off))
+                continue
             out.append(self._lease(p, off, st, deadline))
             self.redelivered_total += 1
+        for item in skipped:
+            heapq.heappush(ready, item)
         in_flight = self.in_flight if len(out) < max_count else 0
-        parts = sorted(self.cursors)
+        parts = sorted(self.cursors if only is None else (p for p in self.cursors if p in only))
         n = len(parts)
         idle = 0
         # Acks out of order leave settled offsets behind an unacked head; bound

@@ -746,6 +746,8 @@ class SprawlAPI:
     def get_group(self, request: Any, topic: str, group: str) -> Any:
         t = self.broker.get_topic(topic)
         g = self.broker.get_group(t, group)
+        if self.plane is not None:
+            return defer.ensureDeferred(self.plane.groups.describe(t, group))
         return g.describe(t.high_watermarks())
 
     @app.route("/v1/topics/<string:topic>/groups/<string:group>", methods=["DELETE"])
@@ -774,7 +776,10 @@ class SprawlAPI:
             raise BadRequest(f"wait_ms must be an integer 0..{MAX_WAIT_MS}", code="invalid_field")
         t = self.broker.get_topic(topic)
         g = self.broker.get_group(t, group)
-        d = self.broker.pull(t, g, mx, wait_ms)
+        if self.plane is not None:
+            d = defer.ensureDeferred(self.plane.groups.pull(t, group, mx, wait_ms))
+        else:
+            d = self.broker.pull(t, g, mx, wait_ms)
         request.notifyFinish().addErrback(lambda _: d.cancel())
 
         def answer(got: list[Any]) -> bytes:
@@ -811,7 +816,10 @@ class SprawlAPI:
         ids = self._ack_ids(self._json_body(request), set())
         t = self.broker.get_topic(topic)
         g = self.broker.get_group(t, group)
-        d = self.broker.ack(t, g, ids)
+        if self.plane is not None:
+            d = defer.ensureDeferred(self.plane.groups.settle(t, group, ids, False))
+        else:
+            d = self.broker.ack(t, g, ids)
         return d.addCallback(lambda refused: {"acked": len(ids) - len(refused), "refused": refused})
 
     @app.route("/v1/topics/<string:topic>/groups/<string:group>/nack", methods=["POST"])
@@ -824,7 +832,10 @@ class SprawlAPI:
             raise BadRequest("delay_ms must be an integer 0..86400000", code="invalid_field")
         t = self.broker.get_topic(topic)
         g = self.broker.get_group(t, group)
-        d = self.broker.nack(t, g, ids, delay)
+        if self.plane is not None:
+            d = defer.ensureDeferred(self.plane.groups.settle(t, group, ids, True, delay))
+        else:
+            d = self.broker.nack(t, g, ids, delay)
         return d.addCallback(lambda refused: {"nacked": len(ids) - len(refused), "refused": refused})
 
     # -- cluster -------------------------------------------------------------------------

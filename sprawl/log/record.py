@@ -101,3 +101,14 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
 
     def __repr__(self) -> str:
         return f"Record({self.partition}:{self.offset} id={self.id!r} {len(self.payload)}B)"
+
+
+def pack_record(r: Record) -> list[Any]:
+    """A record as msgpack-able fields (for forwarding)."""
+    return [r.offset, r.partition, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text, r.control]
+
+
+def unpack_record(t: list[Any]) -> Record:
+    """Inverse of :func:`pack_record`."""
+    off, p, ts, id_, key, headers, payload, is_text, control = t
+    return Record(off, p, ts, id_, key, headers, payload, is_text, control=bool(control))

@@ -108,6 +108,8 @@ class PartitionReplication:
         self._chain: defer.Deferred[Any] = defer.succeed(None)
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
+        #: Called with the records a follower's write stored (group checkpoints ride in them).
+        self.on_records: Callable[[list[Record]], None] | None = None
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -202,6 +204,8 @@ class PartitionReplication:
         if len(recs) != w.count or recs[0].offset != w.start:
             raise AssertionError(f"write of {w.count} at {w.start} without its records")
         await b.append_replicated(t, p, recs, self._state_ops())
+        if self.core.role != LEADER and self.on_records is not None:
+            self.on_records(recs)
         return self.core.role == LEADER
 
     async def _send(self, dst: str, m: Any) -> None:
