@@ -236,7 +236,7 @@ class DataPlane:
         states = self._member_states()
         now = self.reactor.seconds()
         for n, st in states.items():
-            if st == "dead":
+            if st in ("dead", "left"):
                 self._dead_since.setdefault(n, now)
             else:
                 self._dead_since.pop(n, None)
@@ -264,7 +264,7 @@ class DataPlane:
                         self._sync_controller(c, pl)
                     if (
                         c.leader is not None
-                        and states.get(c.leader) == "dead"
+                        and states.get(c.leader) in ("dead", "left")
                         and c.fencing is None
                         and c.committing is None
                     ):
@@ -652,10 +652,20 @@ class DataPlane:
     def partition_view(self, topic: str, partition: int) -> dict[str, Any]:
         """This node's replica of one partition, for ``GET /v1/topics/{topic}``."""
         r = self.service.replicas.get((topic, partition))
+        t = self.broker.topics.get(topic)
+        groups = {}
+        if t is not None:
+            for name, g in t.groups.items():
+                c = g.checkpoint(partition)
+                if c is not None:
+                    groups[name] = c
         if r is None:
-            return {"role": "leader" if self.is_local(topic, partition) else "none"}
+            return {
+                "role": "leader" if self.is_local(topic, partition) else "none",
+                "groups_committed": groups,
+            }
         core = r.core
-        out: dict[str, Any] = {"role": core.role, "replica_epoch": core.epoch}
+        out: dict[str, Any] = {"role": core.role, "replica_epoch": core.epoch, "groups_committed": groups}
         if core.is_leader:
             out["followers"] = {f: st.match for f, st in core.followers.items()}
             out["in_sync"] = sorted(

@@ -1,0 +1,228 @@
+"""Integration: the data plane between real ``twistd sprawl`` processes on
+127.0.0.1 -- consumer groups whose partitions are led by different nodes,
+a lone node whose partitions grow to the replication factor as nodes join,
+and publishes forwarded to partition leaders with every acks level.
+
+Bounds: a cluster forms within :data:`FORM_BOUND` (as in the Raft tests); a
+partition whose leader was killed has a new one within :data:`FAILOVER_BOUND`
+-- the controller notices within its beat timeout (20 ticks of 0.1 s = 2 s)
+or sooner when gossip declares the node dead, fences a majority and commits
+the new epoch through Raft (milliseconds), with the rest left for scheduling
+three processes on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from sprawl.testing import NodeProcess, poll_until
+
+pytestmark = pytest.mark.integration
+
+FORM_BOUND = 30.0
+FAILOVER_BOUND = 10.0
+REPLICATE_BOUND = 30.0
+
+
+def _call(
+    node: NodeProcess, method: str, path: str, body: Any = None, timeout: float = 15
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        node.url + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _start(sprawl_nodes: Any, names: list[str], *extra: str) -> list[NodeProcess]:
+    first = sprawl_nodes("--node-id", names[0], *extra, name=names[0])
+    seeds = ("--seeds", f"127.0.0.1:{first.peer_port}")
+    with ThreadPoolExecutor(max(len(names) - 1, 1)) as pool:
+        rest = list(pool.map(lambda nm: sprawl_nodes("--node-id", nm, *seeds, *extra, name=nm), names[1:]))
+    nodes = [first, *rest]
+    _wait_voters(nodes, names)
+    return nodes
+
+
+def _wait_voters(nodes: list[NodeProcess], names: list[str]) -> None:
+    def formed() -> bool:
+        views = [_call(n, "GET", "/v1/cluster")[1] or {} for n in nodes]
+        return all(sorted((v.get("raft") or {}).get("voters", [])) == sorted(names) for v in views)
+
+    assert poll_until(formed, FORM_BOUND) is not None, "the cluster did not form"
+
+
+def _placement(node: NodeProcess, topic: str) -> dict[str, Any]:
+    status, body = _call(node, "GET", "/v1/cluster/placement")
+    assert status == 200, body
+    return body["topics"][topic]  # type: ignore[no-any-return]
+
+
+def _details(node: NodeProcess, topic: str) -> list[dict[str, Any]]:
+    status, body = _call(node, "GET", f"/v1/topics/{topic}")
+    return body["partition_details"] if status == 200 else []  # type: ignore[no-any-return]
+
+
+def _drain(nodes: list[NodeProcess], topic: str, group: str, bound: int = 200) -> list[str]:
+    """Pull and ack on the nodes in turn until a pull brings nothing; payloads in delivery order."""
+    out: list[str] = []
+    for i in range(bound):
+        node = nodes[i % len(nodes)]
+        status, body = _call(
+            node, "POST", f"/v1/topics/{topic}/groups/{group}/pull", {"max": 7, "wait_ms": 300}
+        )
+        assert status == 200, body
+        msgs = body["messages"]
+        if not msgs:
+            return out
+        out += [m["payload"] for m in msgs]
+        other = nodes[(i + 1) % len(nodes)]
+        status, acked = _call(
+            other, "POST", f"/v1/topics/{topic}/groups/{group}/ack", {"ack_ids": [m["ack_id"] for m in msgs]}
+        )
+        assert status == 200 and acked["acked"] == len(msgs), acked
+    raise AssertionError("the group never ran dry")
+
+
+def test_group_partitions_are_owned_by_their_leaders_and_survive_a_leader_kill(sprawl_nodes: Any) -> None:
+    """Pulls and acks on any node deliver each message once, however the
+    partitions' leaders are spread; once followers adopted the leaders'
+    checkpoints, killing a partition leader redelivers nothing acked."""
+    names = ["g0", "g1", "g2"]
+    nodes = _start(sprawl_nodes, names)
+    assert _call(nodes[0], "PUT", "/v1/topics/jobs", {"partitions": 3, "replication_factor": 3})[0] == 201
+    assert _call(nodes[1], "PUT", "/v1/topics/jobs/groups/workers", {"start": "earliest"})[0] == 201
+    leaders = {pl["leader"] for pl in _placement(nodes[2], "jobs").values()}
+    assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
+    for i in range(60):
+        msg = {"messages": [{"payload": f"job-{i}", "key": f"k{i}"}]}
+        status, body = _call(nodes[i % 3], "POST", "/v1/topics/jobs/messages", msg)
+        assert status == 200, body
+    first = _drain(nodes, "jobs", "workers")
+    assert sorted(first) == sorted(f"job-{i}" for i in range(60)), "each message exactly once"
+
+    def adopted() -> bool:
+        """Every replica holds the owner's committed offsets (the checkpoints arrived)."""
+        views = [_details(n, "jobs") for n in nodes]
+        if not all(views):
+            return False
+        for p in range(3):
+            owner = next((v[p] for v in views if v[p].get("role") == "leader"), None)
+            if owner is None:
+                return False
+            want = owner["groups_committed"].get("workers")
+            if want is None or any(v[p]["groups_committed"].get("workers") != want for v in views):
+                return False
+        return True
+
+    assert poll_until(adopted, 15) is not None, [_details(n, "jobs") for n in nodes]
+    victim_name = _placement(nodes[0], "jobs")["0"]["leader"]
+    victim = nodes[names.index(victim_name)]
+    survivors = [n for n in nodes if n is not victim]
+    victim.kill()
+
+    def published_after() -> bool:
+        status, _ = _call(
+            survivors[0], "POST", "/v1/topics/jobs/messages", {"messages": [{"payload": "late", "key": "k0"}]}
+        )
+        return status == 200
+
+    assert poll_until(published_after, FAILOVER_BOUND) is not None
+    again = _drain(survivors, "jobs", "workers")
+    assert again == ["late"], f"acked messages delivered again after the failover: {again}"
+
+
+def test_a_lone_node_grows_its_partitions_to_the_replication_factor(sprawl_nodes: Any) -> None:
+    """A topic made on a one-node cluster (replication factor 3, one replica
+    possible) gets two more replicas when two nodes join; they copy what the
+    first node acknowledged alone, which stays readable after it is killed."""
+    first = sprawl_nodes("--node-id", "solo", name="solo")
+    assert _call(first, "PUT", "/v1/topics/grow", {"partitions": 2})[0] == 201
+    assert all(pl["replicas"] == ["solo"] for pl in _placement(first, "grow").values())
+    for i in range(20):
+        status, body = _call(
+            first, "POST", "/v1/topics/grow/messages", {"messages": [{"payload": f"m{i}", "key": f"k{i}"}]}
+        )
+        assert status == 200 and body["stored"] == "lmdb", body
+    seeds = ("--seeds", f"127.0.0.1:{first.peer_port}")
+    others = [sprawl_nodes("--node-id", nm, *seeds, name=nm) for nm in ("j1", "j2")]
+    nodes = [first, *others]
+    _wait_voters(nodes, ["solo", "j1", "j2"])
+
+    def replicated() -> bool:
+        pls = _placement(first, "grow")
+        if not all(len(pl["replicas"]) == 3 for pl in pls.values()):
+            return False
+        views = [_details(n, "grow") for n in nodes]
+        return all(
+            v and all(d["log_end"] == d["high_watermark"] == views[0][p]["log_end"] for p, d in enumerate(v))
+            for v in views
+        )
+
+    assert poll_until(replicated, REPLICATE_BOUND) is not None, [_details(n, "grow") for n in nodes]
+    first.kill()
+
+    def all_readable() -> bool:
+        status, body = _call(others[0], "GET", "/v1/topics/grow/messages?from=earliest&limit=100")
+        return status == 200 and sorted(m["payload"] for m in body["messages"]) == sorted(
+            f"m{i}" for i in range(20)
+        )
+
+    assert poll_until(all_readable, FAILOVER_BOUND) is not None
+    status, body = _call(others[1], "POST", "/v1/topics/grow/messages", {"messages": [{"payload": "after"}]})
+    assert status == 200 and body["stored"] == "quorum", body
+
+
+def test_publishes_are_forwarded_to_leaders_with_every_acks_level(sprawl_nodes: Any) -> None:
+    """A node that leads none of a topic's partitions forwards each message
+    to its partition's leader; ``acks`` says what the answer waited for, and a
+    repeated id gets its first offset back through the forwarding."""
+    names = ["f0", "f1", "f2"]
+    nodes = _start(sprawl_nodes, names)
+    status, _ = _call(nodes[0], "PUT", "/v1/topics/fwd", {"partitions": 1, "replication_factor": 2})
+    assert status == 201
+    pl = _placement(nodes[0], "fwd")["0"]
+    assert len(pl["replicas"]) == 2
+    outsider = next(n for n, nm in zip(nodes, names, strict=True) if nm not in pl["replicas"])
+    follower = next(
+        n for n, nm in zip(nodes, names, strict=True) if nm in pl["replicas"] and nm != pl["leader"]
+    )
+    expect = {"quorum": "quorum", "leader": "lmdb", "none": "pending"}
+    offsets = []
+    for node in (outsider, follower):
+        for acks, stored in expect.items():
+            status, body = _call(
+                node, "POST", "/v1/topics/fwd/messages", {"messages": [{"payload": acks}], "acks": acks}
+            )
+            assert status == 200 and body["stored"] == stored, body
+            offsets += body["offsets"]
+    assert len(set(offsets)) == len(offsets)
+    status, a = _call(
+        outsider, "POST", "/v1/topics/fwd/messages", {"messages": [{"payload": "x", "id": "once"}]}
+    )
+    status2, b = _call(
+        follower, "POST", "/v1/topics/fwd/messages", {"messages": [{"payload": "x", "id": "once"}]}
+    )
+    assert status == status2 == 200 and a["offsets"] == b["offsets"] and b["duplicates"] == [True], (a, b)
+
+    def outsider_reads_all() -> bool:
+        status, body = _call(outsider, "GET", "/v1/topics/fwd/messages?from=earliest&limit=100")
+        return status == 200 and len(body["messages"]) == 7
+
+    assert poll_until(outsider_reads_all, 10) is not None
+    status, cluster = _call(outsider, "GET", "/v1/cluster")
+    assert cluster["partitions"]["forwarded"] >= 4, cluster[
+        "partitions"
+    ]  # its own three acks levels and the id
