@@ -188,7 +188,8 @@ async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], 
     await bounded(leader.service.replicas[("orders", 0)].publish(_msgs(5, 0)), WAIT)
     follower = next(cluster[nid] for nid in IDS if cluster[nid] is not leader)
     before = follower.service.replicas[("orders", 0)].core
-    await until(lambda: before.end == 6, "the follower has the batch")
+    stored = follower.broker.topics["orders"].logs[0]
+    await until(lambda: before.end == 6 and stored.stored_end == 6, "the follower stored the batch")
     runs, fenced = list(before.cache.runs), before.fenced_epoch
     await follower.close()
     again = Node(follower.id, tmp_path)

@@ -105,7 +105,8 @@ class PartitionReplication:
         )
         # Recovery made everything stored visible; only what is committed is.
         lg.high_watermark = min(lg.high_watermark, hw)
-        self._chain: defer.Deferred[Any] = defer.succeed(None)
+        self._queued: list[tuple[Output, list[Record]]] = []
+        self._running = False
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
@@ -144,13 +145,21 @@ class PartitionReplication:
     # -- the output chain -----------------------------------------------------------
 
     def _handle(self, out: Output, records: list[Record]) -> None:
+        # The core's high watermark moves the moment a majority reported their
+        # records durable: publishes waiting for it are answered now, not after
+        # the watermark itself is written down (it is an optimisation for
+        # restarts, never what makes a record committed).
+        self._advance_hw()
         if not out.writes and not out.messages:
             return
-        self._chain.addCallback(lambda _: defer.ensureDeferred(self._run(out, records)))
-        self._chain.addErrback(self._crashed)
+        self._queued.append((out, records))
+        if not self._running and self.failed is None:
+            self._running = True
+            defer.ensureDeferred(self._drain()).addErrback(self._crashed)
 
     def _crashed(self, f: Failure) -> None:
         self.failed = f
+        self._queued = []
         log.failure(
             "replication of {topic}/{partition} stopped", f, topic=self.topic.name, partition=self.partition
         )
@@ -159,18 +168,41 @@ class PartitionReplication:
                 d.errback(f)
         self._waiters = []
 
-    async def _run(self, out: Output, records: list[Record]) -> None:
-        for _ in range(16):  # a leader's own write yields one follow-up output (bounded)
-            own = False
+    async def _drain(self) -> None:
+        """Run the queued outputs in batches: every write of a batch is issued
+        at once (in order: the LMDB writer commits them in one group commit),
+        and only once all are durable are the batch's messages sent."""
+        try:
+            for _ in range(1_000_000):
+                if not self._queued:
+                    return
+                batch, self._queued = self._queued, []
+                await self._run_batch(batch)
+        finally:
+            self._running = False
+
+    async def _run_batch(self, batch: list[tuple[Output, list[Record]]]) -> None:
+        own: list[defer.Deferred[Any]] = []
+        writes: list[defer.Deferred[Any]] = []
+        for out, records in batch:
             for w in out.writes:
-                own |= await self._write(w, records)
+                d, mine = self._write(w, records)
+                if d is not None:
+                    # The leader's own records go to the followers while they are
+                    # written here (Raft's parallel leader write): the core counts
+                    # them towards the high watermark only once reported stored.
+                    # Everything else -- a follower's records, truncations and
+                    # promises -- is durable before any message leaves.
+                    (own if mine and _plain_append(w) else writes).append(d)
+        if writes:
+            await _gather(writes)
+        for out, _records in batch:
             for dst, m in out.messages:
                 await self._send(dst, m)
-            self._advance_hw()
-            if not own:
-                return
-            out = self.core.stored(self.log.stored_end)
-            records = []
+        if own:
+            await _gather(own)
+            self._handle(self.core.stored(self.log.stored_end), [])
+        self._advance_hw()
 
     def _state_ops(self) -> list[tuple[Any, ...]]:
         """The replica state as it stands, for the transaction of a write.
@@ -181,20 +213,23 @@ class PartitionReplication:
         the replica more careful."""
         return [("p", "meta", self.state_key, dump_state(self.core))]
 
-    async def _write(self, w: Write, records: list[Record]) -> bool:
+    def _write(self, w: Write, records: list[Record]) -> tuple[defer.Deferred[Any] | None, bool]:
+        """Issue one write (memory now, LMDB queued); returns its durability
+        Deferred and whether it stored the leader's own records."""
         b, t, p = self.broker, self.topic, self.partition
         if w.reset:
             raise NotImplementedError(
                 "resetting a replica to the leader's log start (retention) is not wired yet"
             )
+        ds: list[defer.Deferred[Any]] = []
         if w.truncate_to is not None:
-            await b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops())
+            ds.append(b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops()))
         if not w.count:
             if w.truncate_to is None and (
                 w.fenced_epoch is not None or w.led_epoch is not None or w.hw is not None
             ):
-                await b.store.write(self._state_ops())  # promises are durable before any message leaves
-            return False
+                ds.append(b.store.write(self._state_ops()))  # promises are durable before any message leaves
+            return _all(ds), False
         if w.control:
             recs = [Record(w.start, p, b.now_ms(), None, None, None, b"", True, control=True)]
         elif self.core.role == LEADER and records and records[0].offset == w.start:
@@ -203,10 +238,10 @@ class PartitionReplication:
             recs = records[w.skip : w.skip + w.count]
         if len(recs) != w.count or recs[0].offset != w.start:
             raise AssertionError(f"write of {w.count} at {w.start} without its records")
-        await b.append_replicated(t, p, recs, self._state_ops())
+        ds.append(b.append_replicated(t, p, recs, self._state_ops()))
         if self.core.role != LEADER and self.on_records is not None:
             self.on_records(recs)
-        return self.core.role == LEADER
+        return _all(ds), self.core.role == LEADER
 
     async def _send(self, dst: str, m: Any) -> None:
         recs: list[Record] = []
@@ -234,15 +269,43 @@ class PartitionReplication:
             self.broker._notify(self.topic.name, self.partition)
         hw = self.log.high_watermark
         if self._waiters:
-            keep = []
+            keep, done, lost = [], [], []
             for off, d in self._waiters:
                 if off < hw:
-                    d.callback(None)
+                    done.append(d)
                 elif self.core.role != LEADER:
-                    d.errback(NotLeader(self.core.leader, self.core.epoch))
+                    lost.append(d)
                 else:
                     keep.append((off, d))
-            self._waiters = keep
+            self._waiters = keep  # before any callback runs: a callback may publish again
+            for d in done:
+                d.callback(None)
+            for d in lost:
+                d.errback(NotLeader(self.core.leader, self.core.epoch))
+
+
+def _plain_append(w: Write) -> bool:
+    """A write of new records only: no truncation, control record or promise."""
+    return (
+        w.truncate_to is None
+        and not w.control
+        and not w.reset
+        and w.fenced_epoch is None
+        and w.led_epoch is None
+    )
+
+
+def _gather(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:
+    d = defer.gatherResults(ds, consumeErrors=True)
+    return d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+
+
+def _all(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any] | None:
+    if not ds:
+        return None
+    if len(ds) == 1:
+        return ds[0]
+    return defer.gatherResults(ds, consumeErrors=True)
 
 
 def dump_state(core: Replica) -> bytes:
