@@ -35,6 +35,27 @@ def test_epoch_cache_answers_epochs_and_epoch_ends() -> None:
         c.append(2, 1)  # epochs never go back
 
 
+def test_epoch_cache_advances_its_start_past_retention() -> None:
+    """Retention moving the log start keeps the epochs of what is left and
+    records the epoch just before the new start as the base epoch; the
+    start never moves back nor past the end."""
+    c = EpochCache()
+    c.append(1, 5)
+    c.append(3, 4)
+    c.append(4, 3)
+    c.advance_start(7)
+    assert c.log_start == 7 and c.base_epoch == 3 and c.runs == [(3, 7), (4, 9)]
+    assert [c.epoch_at(o) for o in (6, 7, 8, 9, 11)] == [3, 3, 3, 4, 4]
+    c.advance_start(9)
+    assert c.base_epoch == 3 and c.runs == [(4, 9)] and c.epoch_at(8) == 3
+    c.advance_start(2)  # never backwards
+    assert c.log_start == 9
+    c.advance_start(50)  # at most the end: an empty log
+    assert c.log_start == c.end == 12 and c.runs == [] and c.base_epoch == 4 and c.last_epoch == 4
+    c.append(5, 2)
+    assert c.runs == [(5, 12)] and c.epoch_at(11) == 4 and c.epoch_at(12) == 5
+
+
 def test_leader_commits_on_a_majority_and_followers_learn_the_high_watermark() -> None:
     """The high watermark moves only once a majority stores the records, and
     reaches the followers; a non-leader refuses publishes with a hint."""
