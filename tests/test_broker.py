@@ -742,3 +742,44 @@ async def test_follower_append_and_truncate_on_lmdb(nodes: Callable[..., Node]) 
         assert [r.payload for r in got] == [b"m%d" % i for i in range(7)]
     finally:
         await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_follower_reset_on_lmdb_survives_a_restart(nodes: Callable[..., Node]) -> None:
+    """A reset drops the partition's records and segment rows from memory and
+    LMDB in one transaction with the caller's ops; a restart brings the log
+    back empty at the new start, a follower's batch continues it there, and
+    a second restart keeps exactly that.  Never below the high watermark."""
+    n = nodes()
+    t = (await n.broker.put_topic("rep", {"segment_bytes": 200}))[0]
+    lg = t.logs[0]
+    lg.replicated = True
+    recs = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(10)]
+    await n.broker.append_replicated(t, 0, recs)
+    lg.advance_high_watermark(4)
+    assert len(lmdb_segment_bases(n, t)) > 1
+    with pytest.raises(ValueError):
+        n.broker.reset_partition(t, 0, 3)  # below the high watermark
+    assert lg.next_offset == 10 and lmdb_offsets(n, t) == list(range(10))
+    await n.broker.reset_partition(t, 0, 50, [("p", "meta", b"test/marker", b"reset")])
+    assert lg.log_start == lg.next_offset == lg.high_watermark == 50 and not lg.segments
+    assert lmdb_offsets(n, t) == [] and lmdb_segment_bases(n, t) == []
+    assert n.store.get("meta", b"test/marker") == b"reset"
+    await n.close()
+
+    again = nodes()
+    rt = again.broker.topics["rep"]
+    rl = rt.logs[0]
+    assert (rl.log_start, rl.next_offset, rl.high_watermark) == (50, 50, 50) and not rl.segments
+    assert await again.broker.read(rt, 0, 0, 100) == []
+    rl.replicated = True
+    more = [Record(50 + i, 0, 0, None, None, None, b"n%d" % i, True) for i in range(3)]
+    await again.broker.append_replicated(rt, 0, more)
+    rl.advance_high_watermark(53)
+    await again.close()
+
+    third = nodes()
+    tt = third.broker.topics["rep"]
+    assert (tt.logs[0].log_start, tt.logs[0].next_offset) == (50, 53)
+    got = await read_all(third, tt)
+    assert [(r.offset, r.payload) for r in got] == [(50 + i, b"n%d" % i) for i in range(3)]
