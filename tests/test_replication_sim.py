@@ -11,8 +11,10 @@ restart of replicas and of the controller, and leadership moved on purpose
 knows and counts a publish acknowledged when that leader's high watermark
 passes it (acks=quorum).
 
-Checked at every step: no two replicas lead the same epoch; each replica's
-high watermark never goes backwards (across restarts too); replicas agree
+Checked at every step: no two replicas lead the same epoch (every epoch's
+leader is recorded as a replica becomes it); each replica's high watermark
+never goes backwards -- neither a stored one nor the core's, in memory and
+as restored after a restart of that replica; replicas agree
 on every record below both their high watermarks; no replica truncates below
 its high watermark (the core raises).  After healing: a leader is confirmed,
 every replica holds the same log, and every acknowledged id is in it once,
@@ -34,7 +36,7 @@ import pytest
 
 from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
-from sprawl.replication.messages import Append, decode, encode
+from sprawl.replication.messages import Append, Assign, decode, encode
 from sprawl.replication.replica import LEADER, Output, Replica, Write
 from sprawl.sim import Simulator, run_schedules, schedule_seeds
 
@@ -51,11 +53,21 @@ class World:
     """What the checkers know across crashes."""
 
     leaders: dict[int, set[str]] = field(default_factory=dict)
+    #: The highest high watermark each replica has had (its core's, in memory
+    #: and as restored after a restart).
+    hw_seen: dict[str, int] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)  # id -> offset
     counts: dict[str, int] = field(default_factory=dict)
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
+
+    def check_hw(self, nid: str, hw: int) -> None:
+        """A replica's high watermark never goes backwards, across restarts too."""
+        seen = self.hw_seen.get(nid, 0)
+        if hw < seen:
+            raise SafetyViolation(f"the high watermark of {nid} went backwards: {seen} then {hw}")
+        self.hw_seen[nid] = hw
 
 
 def _pack(m: Any, payloads: list[tuple[str, bool]] | None = None) -> bytes:
@@ -89,6 +101,7 @@ class Node:
             max_batch=4,
             retry_ticks=3,
         )
+        world.check_hw(nid, self.core.hw)  # what a restart restores is not below what it had
         self.pending: list[tuple[str, int, int]] = []  # (id, epoch, offset) published here
 
     # the simulator's interface
@@ -126,6 +139,7 @@ class Node:
                 break
             out = self.core.stored(self.core.end)
             payloads = None
+        self.world.check_hw(self.id, self.core.hw)
         self.settle_acks()
         return sent
 
@@ -386,3 +400,53 @@ def test_the_checks_catch_a_broken_protocol(bug: str, monkeypatch: pytest.Monkey
     with pytest.raises(AssertionError):
         for seed in range(70_000, 70_400):
             run_schedule(seed, 3, 40)
+
+
+def _first_violations(seeds: range, match: str) -> list[str]:
+    """Run schedules until one fails with a message containing ``match``;
+    returns every failure message seen (other checks may fire first in
+    some schedules)."""
+    seen: list[str] = []
+    for seed in seeds:
+        try:
+            run_schedule(seed, 3, 40)
+        except AssertionError as e:
+            seen.append(str(e))
+            if match in str(e):
+                break
+    return seen
+
+
+def test_the_high_watermark_check_catches_a_replica_restored_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not vacuous: a replica whose restart forgets its stored high watermark
+    (an adapter restoring the state without it) is caught by the check that
+    a replica's high watermark never goes backwards."""
+    orig = Replica.__init__
+
+    def forgetful(self: Replica, *args: Any, **kwargs: Any) -> None:
+        kwargs["hw"] = 0
+        orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Replica, "__init__", forgetful)
+    seen = _first_violations(range(71_000, 71_100), "went backwards")
+    assert seen and "went backwards" in seen[-1], seen[:3]
+
+
+def test_the_one_leader_per_epoch_check_catches_a_second_leader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: a controller that also tells the previous leader to lead
+    the epoch it just committed for another replica is caught by the check
+    that no two replicas lead the same epoch."""
+    orig = FailoverCore.committed
+
+    def also_the_old_leader(self: FailoverCore, ok: bool = True) -> ControlOutput:
+        old = self.leader
+        out = orig(self, ok)
+        if old is not None and old != self.leader:
+            out.messages.append((old, Assign(self.epoch, old, self.replicas)))
+        return out
+
+    monkeypatch.setattr(FailoverCore, "committed", also_the_old_leader)
+    seen = _first_violations(range(72_000, 72_100), "two leaders in epoch")
+    assert seen and "two leaders in epoch" in seen[-1], seen[:3]
