@@ -6,8 +6,9 @@ Raft's, its state surviving its own crashes), driven by a harness that makes
 every output's writes durable before sending its messages, into a "disk"
 that survives crashes.  Faults drawn from the seed: message loss, delay
 (reordering), duplication, symmetric and one-way partitions, crash and
-restart of replicas and of the controller, and leadership moved on purpose
-(a live leader fenced).  A client publishes unique ids to the leader it
+restart of replicas and of the controller, leadership moved on purpose
+(a live leader fenced), and retention deleting a replica's committed
+prefix (so a follower behind the leader's log start is reset).  A client publishes unique ids to the leader it
 knows and counts a publish acknowledged when that leader's high watermark
 passes it (acks=quorum).
 
@@ -18,7 +19,7 @@ as restored after a restart of that replica; replicas agree
 on every record below both their high watermarks; no replica truncates below
 its high watermark (the core raises).  After healing: a leader is confirmed,
 every replica holds the same log, and every acknowledged id is in it once,
-at the offset it was acknowledged with.
+at the offset it was acknowledged with (from the highest log start on).
 
 ``SPRAWL_SIM_LONG=1`` runs 10x the schedules; ``SPRAWL_SIM_SEED=n`` runs one.
 """
@@ -147,6 +148,7 @@ class Node:
         d = self.disk
         log = d["log"]
         if w.reset:
+            self.world.count("resets")
             log.clear()
             d["log_start"], d["base_epoch"] = w.start, w.epoch
         if w.truncate_to is not None:
@@ -179,6 +181,23 @@ class Node:
                 raise SafetyViolation(f"{self.id} high watermark went back from {d['hw']} to {w.hw}")
             d["hw"] = w.hw
         return wrote_own and self.core.role == LEADER
+
+    def retain(self, upto: int) -> list[tuple[str, bytes]]:
+        """Retention: delete the records below ``upto`` (never past the high
+        watermark); the core's log starts there too (as the adapter does)."""
+        d = self.disk
+        new_start = min(upto, d["hw"])
+        k = new_start - d["log_start"]
+        if k <= 0:
+            return []
+        base = d["log"][k - 1][0]
+        del d["log"][:k]
+        d["log_start"], d["base_epoch"] = new_start, base
+        self.core.cache.advance_start(new_start)
+        if (self.core.cache.log_start, self.core.cache.base_epoch) != (new_start, base):
+            raise SafetyViolation(f"{self.id}'s epoch cache disagrees with its log after retention")
+        self.world.count("retained", k)
+        return []
 
     def settle_acks(self) -> None:
         c = self.core
@@ -270,7 +289,10 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
                 sim.call(ld.id, lambda n, now, b=batch: n.publish(b))
         r = rng.random() * 2
         alive = [n for n in ids if n in sim.nodes]
-        if r > 1.0 or r < 0.5:
+        if r < 0.1 and alive:
+            nid = rng.choice(alive)
+            sim.call(nid, lambda n, now: n.retain(n.disk["hw"] - rng.randint(0, 3)))
+        elif r > 1.0 or r < 0.5:
             pass
         elif r < 0.60 and alive:
             if len([n for n in ids if n in sim.crashed]) < n_replicas // 2 + 1:
@@ -327,11 +349,12 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
         raise SafetyViolation(f"no convergence after healing: {state}")
     ns = nodes()
     check_agreement(ns)
-    logs = {tuple(n.disk["log"]) for n in ns}
+    # Retention: compare from the highest log start (below it some replica deleted).
+    start = max(n.disk["log_start"] for n in ns)
+    logs = {tuple(n.disk["log"][start - n.disk["log_start"] :]) for n in ns}
     if len(logs) != 1:
         raise SafetyViolation("replicas hold different logs after converging")
-    final = ns[0].disk["log"]
-    start = ns[0].disk["log_start"]
+    final = ns[0].disk["log"][start - ns[0].disk["log_start"] :]
     seen: dict[str, int] = {}
     for o, (_e, pid, ctl) in enumerate(final, start):
         if not ctl:
@@ -339,7 +362,7 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
                 raise SafetyViolation(f"{pid} appears twice, at {seen[pid]} and {o}")
             seen[pid] = o
     for pid, off in world.acked.items():
-        if seen.get(pid) != off:
+        if off >= start and seen.get(pid) != off:
             raise SafetyViolation(
                 f"acknowledged {pid} at offset {off} is at {seen.get(pid)} in the final log"
             )
@@ -358,7 +381,7 @@ def _run_many(name: str, n_replicas: int, base: int, n: int, steps: int) -> None
     )
     print(f"{name}: {len(seeds)} schedules in {time.perf_counter() - t0:.1f}s: {totals}")
     if ONE_SEED is None:
-        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes"):
+        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes", "retained", "resets"):
             assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
 
 
