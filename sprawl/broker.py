@@ -1206,6 +1206,11 @@ class Broker:
             remote: list[Any] = []
             for lg in t.logs:
                 n = expired_segments(lg.segments, now, cfg.retention_ms, cfg.retention_bytes)
+                if lg.replicated:
+                    # Only what a majority stored: a replica deleting an
+                    # uncommitted record would reset its followers past it.
+                    while n and lg.segments[n - 1].last >= lg.high_watermark:
+                        n -= 1
                 if not n:
                     continue
                 gone = lg.drop_segments(n)

@@ -783,3 +783,24 @@ async def test_follower_reset_on_lmdb_survives_a_restart(nodes: Callable[..., No
     assert (tt.logs[0].log_start, tt.logs[0].next_offset) == (50, 53)
     got = await read_all(third, tt)
     assert [(r.offset, r.payload) for r in got] == [(50 + i, b"n%d" % i) for i in range(3)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_of_a_replicated_partition_keeps_what_is_not_committed(
+    nodes: Callable[..., Node],
+) -> None:
+    """On a replicated partition retention deletes only segments below the
+    high watermark (what a majority stored), however old or large."""
+    n = nodes()
+    t = await topic(n, "rep", segment_bytes=300, retention_bytes=300)
+    lg = t.logs[0]
+    lg.replicated = True
+    recs = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(40)]
+    await n.broker.append_replicated(t, 0, recs)
+    assert len(lg.segments) > 3
+    assert n.broker.apply_retention() == 0  # nothing committed yet
+    lg.advance_high_watermark(lg.segments[2].base)
+    assert n.broker.apply_retention() == 2
+    await n.synced()
+    assert lg.log_start == lg.segments[0].base <= lg.high_watermark
+    assert lmdb_offsets(n, t) == list(range(lg.log_start, 40))
