@@ -804,3 +804,31 @@ async def test_retention_of_a_replicated_partition_keeps_what_is_not_committed(
     await n.synced()
     assert lg.log_start == lg.segments[0].base <= lg.high_watermark
     assert lmdb_offsets(n, t) == list(range(lg.log_start, 40))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reset_drops_the_s3_manifest_and_then_its_objects(nodes: Callable[..., Node]) -> None:
+    """Segments of a reset log that moved to S3: the manifest goes in the
+    reset's transaction, and the objects it named are deleted once that
+    committed (a restart does not bring them back)."""
+    from sprawl.log.manifest import RemoteObject, encode_manifest
+
+    n = nodes()
+    t = (await n.broker.put_topic("rep", {"segment_bytes": 200}))[0]
+    lg = t.logs[0]
+    lg.replicated = True
+    recs = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(10)]
+    await n.broker.append_replicated(t, 0, recs)
+    seg = lg.segments[0]
+    seg.remote = RemoteObject(seg.base, seg.last, seg.bytes, 0, 0, "k.seg", 1, "00", "k.idx", 1, "00")
+    mkey = keys.manifest_key(t.config.uid, 0)
+    await n.store.write([("p", "meta", mkey, encode_manifest([seg.remote]))])
+    deleted: list[Any] = []
+    n.broker._delete_remote = deleted.extend  # type: ignore[method-assign]
+    await n.broker.reset_partition(t, 0, 20)
+    await n.synced()
+    assert n.store.get("meta", mkey) is None and deleted == [seg.remote]
+    await n.close()
+    again = nodes()
+    rl = again.broker.topics["rep"].logs[0]
+    assert (rl.log_start, rl.next_offset, rl.segments) == (20, 20, [])
