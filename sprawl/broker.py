@@ -691,6 +691,47 @@ class Broker:
         d.addErrback(self._storage_error)
         return d
 
+    def reset_partition(
+        self, topic: Topic, partition: int, start: int, extra_ops: Sequence[Op] = ()
+    ) -> Deferred[None]:
+        """Drop the partition's whole log and restart it empty at ``start``
+        (a follower whose end is below the leader's log start), in memory and
+        in LMDB -- records, segment rows, the S3 manifest, and the log start
+        checkpoint a restart recovers from -- in one transaction with
+        ``extra_ops``.  Never below the high watermark (``ValueError``).
+        Objects the manifest named are deleted from S3 once that commits."""
+        lg = topic.logs[partition]
+        uid = topic.config.uid
+        removed = lg.reset(start)
+        remote = [s.remote for s in removed if s.remote is not None]
+        self._spilling.pop((uid, partition), None)
+        lo, hi = keys.record_key(uid, partition, 0), keys.record_key(uid, partition + 1, 0)
+        ops: list[Op] = [
+            ("r", "records", lo, hi),
+            ("r", "segments", lo, hi),
+            ("d", "meta", keys.manifest_key(uid, partition)),
+            (
+                "p",
+                "meta",
+                keys.partition_meta_key(uid, partition),
+                _json_encode({"log_start": start, "next_offset": start}),
+            ),
+        ]
+        ops.extend(extra_ops)
+        log.info(
+            "reset {topic}/{partition} to an empty log at offset {start} ({n} segment(s) dropped)",
+            topic=topic.name,
+            partition=partition,
+            start=start,
+            n=len(removed),
+        )
+        self._notify(topic.name, partition)
+        d: Deferred[Any] = self.store.write(ops)
+        if remote:
+            d.addCallback(_then, self._delete_remote, remote)
+        d.addErrback(self._storage_error)
+        return d
+
     @staticmethod
     def _segment_ops(uid: int, partition: int, segments: list[Segment]) -> list[Op]:
         return [
@@ -1188,6 +1229,11 @@ class Broker:
             remote: list[Any] = []
             for lg in t.logs:
                 n = expired_segments(lg.segments, now, cfg.retention_ms, cfg.retention_bytes)
+                if lg.replicated:
+                    # Only what a majority stored: a replica deleting an
+                    # uncommitted record would reset its followers past it.
+                    while n and lg.segments[n - 1].last >= lg.high_watermark:
+                        n -= 1
                 if not n:
                     continue
                 gone = lg.drop_segments(n)

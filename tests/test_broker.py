@@ -742,3 +742,93 @@ async def test_follower_append_and_truncate_on_lmdb(nodes: Callable[..., Node]) 
         assert [r.payload for r in got] == [b"m%d" % i for i in range(7)]
     finally:
         await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_follower_reset_on_lmdb_survives_a_restart(nodes: Callable[..., Node]) -> None:
+    """A reset drops the partition's records and segment rows from memory and
+    LMDB in one transaction with the caller's ops; a restart brings the log
+    back empty at the new start, a follower's batch continues it there, and
+    a second restart keeps exactly that.  Never below the high watermark."""
+    n = nodes()
+    t = (await n.broker.put_topic("rep", {"segment_bytes": 200}))[0]
+    lg = t.logs[0]
+    lg.replicated = True
+    recs = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(10)]
+    await n.broker.append_replicated(t, 0, recs)
+    lg.advance_high_watermark(4)
+    assert len(lmdb_segment_bases(n, t)) > 1
+    with pytest.raises(ValueError):
+        n.broker.reset_partition(t, 0, 3)  # below the high watermark
+    assert lg.next_offset == 10 and lmdb_offsets(n, t) == list(range(10))
+    await n.broker.reset_partition(t, 0, 50, [("p", "meta", b"test/marker", b"reset")])
+    assert lg.log_start == lg.next_offset == lg.high_watermark == 50 and not lg.segments
+    assert lmdb_offsets(n, t) == [] and lmdb_segment_bases(n, t) == []
+    assert n.store.get("meta", b"test/marker") == b"reset"
+    await n.close()
+
+    again = nodes()
+    rt = again.broker.topics["rep"]
+    rl = rt.logs[0]
+    assert (rl.log_start, rl.next_offset, rl.high_watermark) == (50, 50, 50) and not rl.segments
+    assert await again.broker.read(rt, 0, 0, 100) == []
+    rl.replicated = True
+    more = [Record(50 + i, 0, 0, None, None, None, b"n%d" % i, True) for i in range(3)]
+    await again.broker.append_replicated(rt, 0, more)
+    rl.advance_high_watermark(53)
+    await again.close()
+
+    third = nodes()
+    tt = third.broker.topics["rep"]
+    assert (tt.logs[0].log_start, tt.logs[0].next_offset) == (50, 53)
+    got = await read_all(third, tt)
+    assert [(r.offset, r.payload) for r in got] == [(50 + i, b"n%d" % i) for i in range(3)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_of_a_replicated_partition_keeps_what_is_not_committed(
+    nodes: Callable[..., Node],
+) -> None:
+    """On a replicated partition retention deletes only segments below the
+    high watermark (what a majority stored), however old or large."""
+    n = nodes()
+    t = await topic(n, "rep", segment_bytes=300, retention_bytes=300)
+    lg = t.logs[0]
+    lg.replicated = True
+    recs = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(40)]
+    await n.broker.append_replicated(t, 0, recs)
+    assert len(lg.segments) > 3
+    assert n.broker.apply_retention() == 0  # nothing committed yet
+    lg.advance_high_watermark(lg.segments[2].base)
+    assert n.broker.apply_retention() == 2
+    await n.synced()
+    assert lg.log_start == lg.segments[0].base <= lg.high_watermark
+    assert lmdb_offsets(n, t) == list(range(lg.log_start, 40))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reset_drops_the_s3_manifest_and_then_its_objects(nodes: Callable[..., Node]) -> None:
+    """Segments of a reset log that moved to S3: the manifest goes in the
+    reset's transaction, and the objects it named are deleted once that
+    committed (a restart does not bring them back)."""
+    from sprawl.log.manifest import RemoteObject, encode_manifest
+
+    n = nodes()
+    t = (await n.broker.put_topic("rep", {"segment_bytes": 200}))[0]
+    lg = t.logs[0]
+    lg.replicated = True
+    recs = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(10)]
+    await n.broker.append_replicated(t, 0, recs)
+    seg = lg.segments[0]
+    seg.remote = RemoteObject(seg.base, seg.last, seg.bytes, 0, 0, "k.seg", 1, "00", "k.idx", 1, "00")
+    mkey = keys.manifest_key(t.config.uid, 0)
+    await n.store.write([("p", "meta", mkey, encode_manifest([seg.remote]))])
+    deleted: list[Any] = []
+    n.broker._delete_remote = deleted.extend  # type: ignore[method-assign]
+    await n.broker.reset_partition(t, 0, 20)
+    await n.synced()
+    assert n.store.get("meta", mkey) is None and deleted == [seg.remote]
+    await n.close()
+    again = nodes()
+    rl = again.broker.topics["rep"].logs[0]
+    assert (rl.log_start, rl.next_offset, rl.segments) == (20, 20, [])

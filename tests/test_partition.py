@@ -258,3 +258,62 @@ def test_truncate_refuses_a_range_in_the_object_store() -> None:
     lg.segments[0].remote = RemoteObject(s0.base, s0.last, s0.bytes, 0, 0, "k.seg", 1, "00", "k.idx", 1, "00")
     with pytest.raises(ValueError, match="object store"):
         lg.truncate(0)
+
+
+@given(
+    n=st.integers(0, 60),
+    stored=st.integers(0, 60),
+    evict=st.integers(0, 2000),
+    drop=st.integers(0, 3),
+    start=st.integers(0, 120),
+    seg_bytes=st.integers(100, 2000),
+)
+def test_reset_restarts_an_empty_log_at_the_start(
+    n: int, stored: int, evict: int, drop: int, start: int, seg_bytes: int
+) -> None:
+    """A reset drops every segment and hot record and restarts the log empty
+    at ``start`` (log start = end = stored end = high watermark); it refuses
+    to go below the high watermark, changing nothing; the log then continues
+    at ``start`` (follower appends and appends alike)."""
+    lg = PartitionLog("t", 0, durable=True, leader="n", segment_bytes=seg_bytes)
+    lg.replicated = True
+    lg.append([rec(size=50, ts=i) for i in range(n)], now_ms=0)
+    lg.stored(min(stored, n))
+    lg.advance_high_watermark(min(stored, n) // 2)
+    lg.evict(evict)
+    lg.drop_segments(drop)
+    hw, before = lg.high_watermark, list(lg.segments)
+    if start < hw:
+        with pytest.raises(ValueError):
+            lg.reset(start)
+        assert lg.high_watermark == hw and lg.segments == before
+        return
+    removed = lg.reset(start)
+    assert removed == before and lg.segments == []
+    assert not lg.hot and lg.hot_bytes == 0
+    assert lg.log_start == lg.next_offset == lg.stored_end == lg.high_watermark == start
+    assert lg.read_hot(start, 10) == [] and lg.resolve_start("earliest") == start
+    batch = [rec(size=50, ts=100) for _ in range(3)]
+    for i, r in enumerate(batch):
+        r.offset = start + i
+    lg.append_at([_copy(r) for r in batch], now_ms=0)
+    assert lg.next_offset == start + 3 and lg.segments[0].base == start
+    check_segments(lg)
+    assert lg.high_watermark == start  # replicated: moves only when told
+    lg.stored(start + 3)
+    assert lg.advance_high_watermark(start + 3)
+    assert [r.offset for r in lg.read_hot(start, 10) or []] == [start, start + 1, start + 2]
+
+
+def test_reset_drops_segments_in_the_object_store_too() -> None:
+    """Segments that moved to S3 are returned with the rest (the adapter deletes them)."""
+    from sprawl.log.manifest import RemoteObject
+
+    lg = PartitionLog("t", 0, durable=False, leader="n", segment_bytes=100)
+    lg.append([rec(size=60) for _ in range(4)], now_ms=0)
+    s0 = lg.segments[0]
+    s0.remote = RemoteObject(s0.base, s0.last, s0.bytes, 0, 0, "k.seg", 1, "00", "k.idx", 1, "00")
+    before = list(lg.segments)
+    removed = lg.reset(10)
+    assert removed == before and removed[0] is s0 and lg.segments == []
+    assert lg.log_start == lg.next_offset == lg.high_watermark == 10

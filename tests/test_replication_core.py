@@ -35,6 +35,27 @@ def test_epoch_cache_answers_epochs_and_epoch_ends() -> None:
         c.append(2, 1)  # epochs never go back
 
 
+def test_epoch_cache_advances_its_start_past_retention() -> None:
+    """Retention moving the log start keeps the epochs of what is left and
+    records the epoch just before the new start as the base epoch; the
+    start never moves back nor past the end."""
+    c = EpochCache()
+    c.append(1, 5)
+    c.append(3, 4)
+    c.append(4, 3)
+    c.advance_start(7)
+    assert c.log_start == 7 and c.base_epoch == 3 and c.runs == [(3, 7), (4, 9)]
+    assert [c.epoch_at(o) for o in (6, 7, 8, 9, 11)] == [3, 3, 3, 4, 4]
+    c.advance_start(9)
+    assert c.base_epoch == 3 and c.runs == [(4, 9)] and c.epoch_at(8) == 3
+    c.advance_start(2)  # never backwards
+    assert c.log_start == 9
+    c.advance_start(50)  # at most the end: an empty log
+    assert c.log_start == c.end == 12 and c.runs == [] and c.base_epoch == 4 and c.last_epoch == 4
+    c.append(5, 2)
+    assert c.runs == [(5, 12)] and c.epoch_at(11) == 4 and c.epoch_at(12) == 5
+
+
 def test_leader_commits_on_a_majority_and_followers_learn_the_high_watermark() -> None:
     """The high watermark moves only once a majority stores the records, and
     reaches the followers; a non-leader refuses publishes with a hint."""
@@ -129,3 +150,57 @@ def test_controller_picks_the_most_up_to_date_of_a_fenced_majority() -> None:
     assert ("c", Assign(2, "c", ("a", "b", "c"))) in out.messages
     c.receive("c", LeaderBeat(2, 0, 10))
     assert c.leader_confirmed
+
+
+def test_a_reset_restarts_a_follower_behind_or_diverged_at_the_leaders_log_start() -> None:
+    """A reset append restarts the follower's log empty at the leader's log
+    start -- when the follower ends before it, and when its (uncommitted)
+    record just before it is of another epoch (else the leader, unable to
+    send anything below its log start, would reset it forever) -- but never
+    drops records below the follower's high watermark."""
+    behind = Replica("b", "ctrl")
+    behind.cache.append(1, 3)
+    out = behind.receive(
+        "a", Append(epoch=2, start=10, prev_epoch=2, count=2, runs=((2, 10),), hw=11, reset=True)
+    )
+    resets = [(w.start, w.epoch) for w in out.writes if w.reset]
+    assert resets == [(10, 2)]  # then the batch, at 10
+    assert [(w.start, w.count) for w in out.writes if w.count] == [(10, 2)]
+    assert out.writes.index(next(w for w in out.writes if w.reset)) < out.writes.index(
+        next(w for w in out.writes if w.count)
+    )
+    assert (behind.cache.log_start, behind.end, behind.cache.base_epoch, behind.hw) == (10, 12, 2, 11)
+    assert [m.ok for _d, m in out.messages] == [True]
+
+    cache = EpochCache()
+    cache.append(1, 12)  # offsets 0..11 of epoch 1; the leader's 9 is of epoch 2
+    diverged = Replica("c", "ctrl", cache=cache, hw=2)
+    out = diverged.receive(
+        "a", Append(epoch=3, start=10, prev_epoch=2, count=2, runs=((3, 10),), hw=12, reset=True)
+    )
+    assert any(w.reset and w.start == 10 for w in out.writes)
+    assert (diverged.cache.log_start, diverged.end, diverged.cache.epoch_at(9)) == (10, 12, 2)
+    assert [m.ok for _d, m in out.messages] == [True]
+
+    cache = EpochCache()
+    cache.append(1, 12)
+    committed = Replica("d", "ctrl", cache=cache, hw=11)
+    with pytest.raises(SafetyError):
+        committed.receive("a", Append(epoch=3, start=10, prev_epoch=2, count=0, runs=(), hw=12, reset=True))
+
+
+def test_a_leader_whose_whole_log_went_to_retention_still_resets_a_follower() -> None:
+    """Retention took everything up to the leader's end: a follower behind it
+    is reset by an append with no records (else it would wait forever)."""
+    leader = Replica("a", "ctrl")
+    leader.receive("ctrl", Assign(1, "a", ("a", "b", "c")))
+    leader.stored(leader.end)
+    leader.cache.advance_start(leader.end)  # retention: nothing left
+    out = leader.receive("b", AppendResp(1, False, 0))
+    sent = [m for _d, m in out.messages if isinstance(m, Append)]
+    assert [(m.reset, m.start, m.count, m.prev_epoch) for m in sent] == [(True, 1, 0, 1)]
+    follower = Replica("b", "ctrl")
+    follower.receive("ctrl", Assign(1, "a", ("a", "b", "c")))
+    back = follower.receive("a", sent[0])
+    assert (follower.cache.log_start, follower.end, follower.cache.base_epoch) == (1, 1, 1)
+    assert [(m.ok, m.end) for _d, m in back.messages] == [(True, 1)]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_twisted
 from twisted.internet import task
@@ -28,7 +29,7 @@ from sprawl.peer.tcp import PeerChannel
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Append
 from sprawl.replication.replica import LEADER
-from sprawl.replication.service import ReplicationService
+from sprawl.replication.service import ReplicationService, load_state
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import WAIT, bounded, the_reactor
 
@@ -205,3 +206,164 @@ async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], 
         assert [m.ok for _dst, m in out.messages] == [False]
     finally:
         await again.close()
+
+
+def _log(node: Node) -> list[tuple[int, bytes, bool]]:
+    lg = node.broker.topics["orders"].logs[0]
+    return [(r.offset, r.payload, r.control) for r in lg.hot]
+
+
+def _join(cluster: dict[str, Node], node: Node) -> None:
+    """Put a (restarted) node into the cluster: addresses both ways, its replica, its ticks."""
+    cluster[node.id] = node  # the fixture closes it
+    for other in cluster.values():
+        if other is not node and other.alive:
+            other.channel.set_address(node.id, "127.0.0.1", node.port.getHost().port)
+            node.channel.set_address(other.id, "127.0.0.1", other.port.getHost().port)
+    node.service.replica("orders", 0, node.broker, CONTROLLER)
+    node.service.start()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_behind_the_leaders_log_start_is_reset(
+    cluster: dict[str, Node], tmp_path: Path
+) -> None:
+    """A follower that was away while retention removed, on the leader,
+    everything after its log end is reset: its log restarts empty at the
+    leader's log start and catches up, holding exactly the leader's records
+    from there on; restarted again, it comes back with that log and an epoch
+    cache that starts there (the base epoch is the leader's)."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(5, 0)), WAIT)
+    follower = next(cluster[nid] for nid in IDS if cluster[nid] is not leader)
+    await until(lambda: follower.service.replicas[("orders", 0)].core.end == 6, "the follower has the batch")
+    await follower.close()
+    # Unreachable, not just down: the leader's frames to it are dropped, so
+    # none read before the retention below can reach it later.
+    leader.channel.addresses.pop(follower.id)
+
+    await leader.broker.put_topic("orders", {"segment_bytes": 400, "retention_bytes": 800})
+    for k in range(1, 9):
+        await bounded(rep.publish(_msgs(5, 5 * k)), WAIT)
+    assert leader.broker.apply_retention() > 0
+    llg = leader.broker.topics["orders"].logs[0]
+    start = llg.log_start
+    assert start > 6, "retention removed what the follower lacks"
+    rep.tick()  # the core learns the new log start
+    assert rep.core.cache.log_start == start
+    # Acknowledged: everything the leader did before it (sends too) is done.
+    await bounded(rep.publish(_msgs(5, 45)), WAIT)
+
+    again = Node(follower.id, tmp_path)
+    _join(cluster, again)
+    flg = again.broker.topics["orders"].logs[0]
+    await until(lambda: _log(again) == _log(leader) and flg.next_offset == llg.next_offset, "caught up")
+    assert flg.log_start == start and _log(again)[0][0] == start
+    await until(lambda: flg.high_watermark == llg.high_watermark, "the leader's high watermark")
+    payloads = [p for _o, p, c in _log(again) if not c]
+    assert payloads[-1] == b"m49" and len(payloads) == len(set(payloads))
+    core = again.service.replicas[("orders", 0)].core
+    assert core.cache.log_start == start and core.cache.base_epoch == rep.core.cache.base_epoch
+
+    await again.close()
+    third = Node(follower.id, tmp_path)
+    try:
+        core3 = third.service.replica("orders", 0, third.broker, CONTROLLER).core
+        assert core3.cache.log_start == start and core3.end == llg.next_offset
+        assert core3.cache.base_epoch == rep.core.cache.base_epoch
+        assert core3.cache.runs == [(e, max(s, start)) for e, s in rep.core.cache.runs]
+        tlg = third.broker.topics["orders"].logs[0]
+        assert (tlg.log_start, tlg.next_offset) == (start, llg.next_offset)
+        got = await third.broker.read(third.broker.topics["orders"], 0, 0, 100)
+        assert got and [r.payload for r in got] == payloads[: len(got)]
+    finally:
+        await third.close()
+
+
+def test_load_state_follows_retention_and_never_trusts_an_unwritten_reset() -> None:
+    """Restoring the replica state: retention since it was stored moves the
+    log start and the base epoch comes from the stored runs; a reset's state
+    restores an empty log at its start with the leader's base epoch; runs of
+    a log start beyond the log on disk (a reset that never reached it) are
+    not trusted -- the records count as epoch 0, which claims the least."""
+    raw = msgspec.json.encode(
+        {"runs": [(1, 0), (3, 5), (4, 9)], "log_start": 0, "base_epoch": 0, "fenced": 4, "led": 0, "hw": 8}
+    )
+    cache, fenced, led, hw = load_state(raw, 7, 12)
+    assert (cache.log_start, cache.end, cache.base_epoch, cache.runs) == (7, 12, 3, [(3, 7), (4, 9)])
+    assert (fenced, led, hw) == (4, 0, 8)
+    reset = msgspec.json.encode(
+        {"runs": [(5, 50)], "log_start": 50, "base_epoch": 4, "fenced": 5, "led": 0, "hw": 3}
+    )
+    cache, *_ = load_state(reset, 50, 50)
+    assert (cache.log_start, cache.end, cache.base_epoch, cache.runs) == (50, 50, 4, [])
+    assert cache.epoch_at(49) == 4
+    cache, *_ = load_state(reset, 50, 53)
+    assert cache.runs == [(5, 50)] and cache.last_epoch == 5
+    cache, fenced, _led, hw = load_state(reset, 0, 10)
+    assert (cache.log_start, cache.end, cache.base_epoch, cache.runs) == (0, 10, 0, [(0, 0)])
+    assert (fenced, hw) == (5, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_state_written_before_a_pending_reset_keeps_the_stored_runs(tmp_path: Path) -> None:
+    """The core resets at once; its write follows on the chain, maybe behind
+    other writes that store the replica state.  Those store the runs of the
+    log on disk, not the reset's (which describe records not written yet);
+    the reset's own transaction stores the restarted log's."""
+    node = Node("r0", tmp_path)
+    try:
+        await node.broker.put_topic("orders", {})
+        rep = node.service.replica("orders", 0, node.broker, CONTROLLER)
+        recs = _msgs(2, 0)
+        for i, r in enumerate(recs):
+            r.offset = i
+        rep.receive("r1", Append(epoch=1, start=0, prev_epoch=0, count=2, runs=((1, 0),), hw=0), recs)
+        await until(lambda: node.broker.topics["orders"].logs[0].stored_end == 2, "two records stored")
+        out = rep.core.receive(
+            "r2", Append(epoch=3, start=40, prev_epoch=2, count=0, runs=(), hw=0, reset=True)
+        )
+        assert [(w.reset, w.fenced_epoch) for w in out.writes] == [(False, 3), (True, None)]
+        before = msgspec.json.decode(rep._state_ops()[0][3])
+        assert (before["runs"], before["log_start"], before["fenced"]) == ([[1, 0]], 0, 3)
+        at = msgspec.json.decode(rep._state_ops(reset=out.writes[1])[0][3])
+        assert (at["runs"], at["log_start"], at["base_epoch"]) == ([], 40, 2)
+    finally:
+        await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_in_the_object_store_move_the_start_a_leader_serves(tmp_path: Path) -> None:
+    """The catch-up read serves LMDB and memory only: once segments moved to
+    S3 the core's log starts after them (base epoch kept), so a follower
+    lacking them is reset to what this node can send rather than waiting
+    for records it cannot read; an append it cannot read is counted (and
+    logged, rate-limited), not sent."""
+    from sprawl.log.manifest import RemoteObject
+
+    node = Node("r0", tmp_path)
+    try:
+        await node.broker.put_topic("orders", {"segment_bytes": 200})
+        rep = node.service.replica("orders", 0, node.broker, CONTROLLER)
+        recs = _msgs(10, 0)
+        for i, r in enumerate(recs):
+            r.offset = i
+        runs = ((1, 0), (2, 4))
+        rep.receive("r1", Append(epoch=2, start=0, prev_epoch=0, count=10, runs=runs, hw=0), recs)
+        lg = node.broker.topics["orders"].logs[0]
+        await until(lambda: lg.stored_end == 10, "ten records stored")
+        assert len(lg.segments) > 2 and rep.servable_start() == 0
+        for seg in lg.segments[:2]:
+            seg.remote = RemoteObject(seg.base, seg.last, seg.bytes, 0, 0, "k", 1, "00", "i", 1, "00")
+        moved = lg.segments[1].last + 1
+        rep.tick()
+        assert rep.servable_start() == moved and lg.log_start == 0
+        assert rep.core.cache.log_start == moved
+        assert rep.core.cache.base_epoch == (1 if moved <= 4 else 2)
+        await rep._send("r2", Append(epoch=2, start=10, prev_epoch=2, count=2, runs=((2, 10),), hw=0))
+        assert rep.unreadable == 1
+    finally:
+        await node.close()

@@ -6,17 +6,20 @@ Raft's, its state surviving its own crashes), driven by a harness that makes
 every output's writes durable before sending its messages, into a "disk"
 that survives crashes.  Faults drawn from the seed: message loss, delay
 (reordering), duplication, symmetric and one-way partitions, crash and
-restart of replicas and of the controller, and leadership moved on purpose
-(a live leader fenced).  A client publishes unique ids to the leader it
+restart of replicas and of the controller, leadership moved on purpose
+(a live leader fenced), and retention deleting a replica's committed
+prefix (so a follower behind the leader's log start is reset).  A client publishes unique ids to the leader it
 knows and counts a publish acknowledged when that leader's high watermark
 passes it (acks=quorum).
 
-Checked at every step: no two replicas lead the same epoch; each replica's
-high watermark never goes backwards (across restarts too); replicas agree
+Checked at every step: no two replicas lead the same epoch (every epoch's
+leader is recorded as a replica becomes it); each replica's high watermark
+never goes backwards -- neither a stored one nor the core's, in memory and
+as restored after a restart of that replica; replicas agree
 on every record below both their high watermarks; no replica truncates below
 its high watermark (the core raises).  After healing: a leader is confirmed,
 every replica holds the same log, and every acknowledged id is in it once,
-at the offset it was acknowledged with.
+at the offset it was acknowledged with (from the highest log start on).
 
 ``SPRAWL_SIM_LONG=1`` runs 10x the schedules; ``SPRAWL_SIM_SEED=n`` runs one.
 """
@@ -34,7 +37,7 @@ import pytest
 
 from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
-from sprawl.replication.messages import Append, decode, encode
+from sprawl.replication.messages import Append, Assign, decode, encode
 from sprawl.replication.replica import LEADER, Output, Replica, Write
 from sprawl.sim import Simulator, run_schedules, schedule_seeds
 
@@ -51,11 +54,21 @@ class World:
     """What the checkers know across crashes."""
 
     leaders: dict[int, set[str]] = field(default_factory=dict)
+    #: The highest high watermark each replica has had (its core's, in memory
+    #: and as restored after a restart).
+    hw_seen: dict[str, int] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)  # id -> offset
     counts: dict[str, int] = field(default_factory=dict)
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
+
+    def check_hw(self, nid: str, hw: int) -> None:
+        """A replica's high watermark never goes backwards, across restarts too."""
+        seen = self.hw_seen.get(nid, 0)
+        if hw < seen:
+            raise SafetyViolation(f"the high watermark of {nid} went backwards: {seen} then {hw}")
+        self.hw_seen[nid] = hw
 
 
 def _pack(m: Any, payloads: list[tuple[str, bool]] | None = None) -> bytes:
@@ -89,6 +102,7 @@ class Node:
             max_batch=4,
             retry_ticks=3,
         )
+        world.check_hw(nid, self.core.hw)  # what a restart restores is not below what it had
         self.pending: list[tuple[str, int, int]] = []  # (id, epoch, offset) published here
 
     # the simulator's interface
@@ -126,6 +140,7 @@ class Node:
                 break
             out = self.core.stored(self.core.end)
             payloads = None
+        self.world.check_hw(self.id, self.core.hw)
         self.settle_acks()
         return sent
 
@@ -133,6 +148,7 @@ class Node:
         d = self.disk
         log = d["log"]
         if w.reset:
+            self.world.count("resets")
             log.clear()
             d["log_start"], d["base_epoch"] = w.start, w.epoch
         if w.truncate_to is not None:
@@ -165,6 +181,23 @@ class Node:
                 raise SafetyViolation(f"{self.id} high watermark went back from {d['hw']} to {w.hw}")
             d["hw"] = w.hw
         return wrote_own and self.core.role == LEADER
+
+    def retain(self, upto: int) -> list[tuple[str, bytes]]:
+        """Retention: delete the records below ``upto`` (never past the high
+        watermark); the core's log starts there too (as the adapter does)."""
+        d = self.disk
+        new_start = min(upto, d["hw"])
+        k = new_start - d["log_start"]
+        if k <= 0:
+            return []
+        base = d["log"][k - 1][0]
+        del d["log"][:k]
+        d["log_start"], d["base_epoch"] = new_start, base
+        self.core.cache.advance_start(new_start)
+        if (self.core.cache.log_start, self.core.cache.base_epoch) != (new_start, base):
+            raise SafetyViolation(f"{self.id}'s epoch cache disagrees with its log after retention")
+        self.world.count("retained", k)
+        return []
 
     def settle_acks(self) -> None:
         c = self.core
@@ -256,7 +289,10 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
                 sim.call(ld.id, lambda n, now, b=batch: n.publish(b))
         r = rng.random() * 2
         alive = [n for n in ids if n in sim.nodes]
-        if r > 1.0 or r < 0.5:
+        if r < 0.1 and alive:
+            nid = rng.choice(alive)
+            sim.call(nid, lambda n, now: n.retain(n.disk["hw"] - rng.randint(0, 3)))
+        elif r > 1.0 or r < 0.5:
             pass
         elif r < 0.60 and alive:
             if len([n for n in ids if n in sim.crashed]) < n_replicas // 2 + 1:
@@ -313,11 +349,12 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
         raise SafetyViolation(f"no convergence after healing: {state}")
     ns = nodes()
     check_agreement(ns)
-    logs = {tuple(n.disk["log"]) for n in ns}
+    # Retention: compare from the highest log start (below it some replica deleted).
+    start = max(n.disk["log_start"] for n in ns)
+    logs = {tuple(n.disk["log"][start - n.disk["log_start"] :]) for n in ns}
     if len(logs) != 1:
         raise SafetyViolation("replicas hold different logs after converging")
-    final = ns[0].disk["log"]
-    start = ns[0].disk["log_start"]
+    final = ns[0].disk["log"][start - ns[0].disk["log_start"] :]
     seen: dict[str, int] = {}
     for o, (_e, pid, ctl) in enumerate(final, start):
         if not ctl:
@@ -325,7 +362,7 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
                 raise SafetyViolation(f"{pid} appears twice, at {seen[pid]} and {o}")
             seen[pid] = o
     for pid, off in world.acked.items():
-        if seen.get(pid) != off:
+        if off >= start and seen.get(pid) != off:
             raise SafetyViolation(
                 f"acknowledged {pid} at offset {off} is at {seen.get(pid)} in the final log"
             )
@@ -344,7 +381,7 @@ def _run_many(name: str, n_replicas: int, base: int, n: int, steps: int) -> None
     )
     print(f"{name}: {len(seeds)} schedules in {time.perf_counter() - t0:.1f}s: {totals}")
     if ONE_SEED is None:
-        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes"):
+        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes", "retained", "resets"):
             assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
 
 
@@ -386,3 +423,53 @@ def test_the_checks_catch_a_broken_protocol(bug: str, monkeypatch: pytest.Monkey
     with pytest.raises(AssertionError):
         for seed in range(70_000, 70_400):
             run_schedule(seed, 3, 40)
+
+
+def _first_violations(seeds: range, match: str) -> list[str]:
+    """Run schedules until one fails with a message containing ``match``;
+    returns every failure message seen (other checks may fire first in
+    some schedules)."""
+    seen: list[str] = []
+    for seed in seeds:
+        try:
+            run_schedule(seed, 3, 40)
+        except AssertionError as e:
+            seen.append(str(e))
+            if match in str(e):
+                break
+    return seen
+
+
+def test_the_high_watermark_check_catches_a_replica_restored_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not vacuous: a replica whose restart forgets its stored high watermark
+    (an adapter restoring the state without it) is caught by the check that
+    a replica's high watermark never goes backwards."""
+    orig = Replica.__init__
+
+    def forgetful(self: Replica, *args: Any, **kwargs: Any) -> None:
+        kwargs["hw"] = 0
+        orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Replica, "__init__", forgetful)
+    seen = _first_violations(range(71_000, 71_100), "went backwards")
+    assert seen and "went backwards" in seen[-1], seen[:3]
+
+
+def test_the_one_leader_per_epoch_check_catches_a_second_leader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: a controller that also tells the previous leader to lead
+    the epoch it just committed for another replica is caught by the check
+    that no two replicas lead the same epoch."""
+    orig = FailoverCore.committed
+
+    def also_the_old_leader(self: FailoverCore, ok: bool = True) -> ControlOutput:
+        old = self.leader
+        out = orig(self, ok)
+        if old is not None and old != self.leader:
+            out.messages.append((old, Assign(self.epoch, old, self.replicas)))
+        return out
+
+    monkeypatch.setattr(FailoverCore, "committed", also_the_old_leader)
+    seen = _first_violations(range(72_000, 72_100), "two leaders in epoch")
+    assert seen and "two leaders in epoch" in seen[-1], seen[:3]

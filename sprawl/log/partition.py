@@ -187,6 +187,25 @@ class PartitionLog:
         self.stored_end = min(self.stored_end, offset)
         return removed, changed
 
+    def reset(self, start: int) -> list[Segment]:
+        """Drop the whole log and restart it empty at ``start`` (a follower
+        whose end is below the leader's log start: retention removed what it
+        lacks).
+
+        Afterwards ``log_start == next_offset == stored_end == high_watermark
+        == start``.  Never below the high watermark (``ValueError``; nothing
+        changed): consumers must not un-see records or see an offset twice.
+        Returns every segment removed (those with ``remote`` set live in the
+        object store), for the storage adapter to delete.
+        """
+        if start < self.high_watermark:
+            raise ValueError(f"cannot reset to {start}: below the high watermark {self.high_watermark}")
+        removed, self.segments = self.segments, []
+        self.hot.clear()
+        self.hot_bytes = 0
+        self.log_start = self.next_offset = self.stored_end = self.high_watermark = start
+        return removed
+
     def _should_roll(self, seg: Segment, now_ms: int) -> bool:
         return seg.bytes >= self.segment_bytes or now_ms - seg.first_ts >= self.segment_age_ms
 

@@ -58,6 +58,21 @@ class EpochCache:
         self.runs = [(e, s) for e, s in self.runs if s < offset]
         self.end = offset
 
+    def advance_start(self, offset: int) -> None:
+        """Retention removed the records below ``offset`` (at most the end):
+        the log now starts there, and the base epoch is the epoch of the
+        record just before it.  Never moves the start backwards."""
+        offset = min(offset, self.end)
+        if offset <= self.log_start:
+            return
+        base = self.epoch_at(offset - 1)
+        self.base_epoch = base if base >= 0 else self.base_epoch
+        kept = [(e, s) for e, s in self.runs if s >= offset]
+        if offset < self.end and (not kept or kept[0][1] > offset):
+            kept.insert(0, (self.epoch_at(offset), offset))
+        self.runs = kept
+        self.log_start = offset
+
     def first_offset_of(self, epoch: int) -> int:
         """The first offset written in ``epoch`` (``end`` if none)."""
         for e, s in self.runs:

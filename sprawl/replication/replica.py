@@ -62,7 +62,9 @@ class Write:
     batch after skipping its first ``skip`` records, or a control record when
     ``control`` -- and store ``fenced_epoch`` / ``hw`` when set.  ``reset``
     drops the whole log and restarts it at ``start`` (the leader no longer has
-    what this replica lacks)."""
+    what this replica lacks, or what it holds just before ``start`` diverges
+    from the leader's); ``epoch`` is then the epoch of the leader's record at
+    ``start - 1``, the new base epoch."""
 
     truncate_to: int | None = None
     start: int = 0
@@ -177,7 +179,7 @@ class Replica:
         count = max(0, min(cache.end - f.next, self.max_batch))
         if f.next - f.match >= self.max_in_flight:
             count = 0
-        if count == 0 and not heartbeat:
+        if count == 0 and not heartbeat and not reset:  # a reset goes out even with nothing to add
             return out
         start = f.next
         runs = tuple(
@@ -281,7 +283,16 @@ class Replica:
         self.epoch = m.epoch
         self.leader = src
         self.role = FOLLOWER
-        if m.reset and m.start > cache.end:
+        # A reset: the leader's log starts at ``m.start`` and we lack what
+        # comes before it, or what we hold just before it is not the leader's
+        # (an uncommitted suffix of an old epoch: the leader cannot send what
+        # would let us find where we diverge, so we start over).
+        diverged = (
+            cache.log_start < m.start <= cache.end
+            and cache.epoch_at(m.start - 1) != m.prev_epoch
+            and self.hw < m.start
+        )
+        if m.reset and (m.start > cache.end or diverged):
             if self.hw > m.start:
                 raise SafetyError(f"reset to {m.start} below high watermark {self.hw}")
             cache.runs, cache.log_start, cache.end, cache.base_epoch = [], m.start, m.start, m.prev_epoch

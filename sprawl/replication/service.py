@@ -18,6 +18,14 @@ stored in the LMDB ``meta`` database with the records of each write (or on
 its own, before any message, when only a promise changed) and restored when
 the partition's replica is built again.
 
+A follower whose log ends below the leader's log start is reset: its whole
+log is dropped and restarts empty there (:meth:`Broker.reset_partition`,
+with the replica state, in one transaction).  The core's log start follows
+this node's retention and S3 tier: a leader sends only what it can read
+from memory and LMDB, so it resets followers to the first offset it holds
+in LMDB (segments that moved to S3 are not sent; catching up from S3 is
+not built).
+
 A new leader's control record is a :class:`Record` with ``control`` set:
 it takes an offset, and every consumer path skips it (fetch, SSE and
 WebSocket cursors move past it; a group settles it unseen).
@@ -105,6 +113,18 @@ class PartitionReplication:
         )
         # Recovery made everything stored visible; only what is committed is.
         lg.high_watermark = min(lg.high_watermark, hw)
+        #: The epoch runs, log start and base epoch last stored with the log
+        #: they describe (see :meth:`_state_ops`).
+        self._stored_cache: tuple[list[tuple[int, int]], int, int] = (
+            list(cache.runs),
+            cache.log_start,
+            cache.base_epoch,
+        )
+        #: Appends this leader could not send because it no longer holds
+        #: their records (retention or the S3 tier raced the send).
+        self.unreadable = 0
+        self._unreadable_logged = float("-inf")
+        self._sync_log_start()
         self._queued: list[tuple[Output, list[Record]]] = []
         self._running = False
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
@@ -136,11 +156,34 @@ class PartitionReplication:
 
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
         """A replication message from a peer (the leader, a follower or the controller)."""
+        self._sync_log_start()
         self._handle(self.core.receive(src, message), records)
 
     def tick(self) -> None:
         """Heartbeats and retransmission (leader), beats to the controller."""
+        self._sync_log_start()
         self._handle(self.core.tick(), [])
+
+    def servable_start(self) -> int:
+        """The first offset this node can send to a follower: the log start,
+        or past the segments that moved to the object store (the catch-up
+        read serves only LMDB and memory)."""
+        lg = self.log
+        start = lg.log_start
+        for seg in lg.segments:
+            if seg.remote is None:
+                break
+            start = max(start, seg.last + 1)
+        return start
+
+    def _sync_log_start(self) -> None:
+        """Retention (or the S3 tier) moved the start of what this node can
+        send: the core's log starts there too, so a follower that lacks
+        records below it is reset to it instead of waiting for records this
+        node cannot read."""
+        start = self.servable_start()
+        if start > self.core.cache.log_start:
+            self.core.cache.advance_start(start)
 
     # -- the output chain -----------------------------------------------------------
 
@@ -204,24 +247,36 @@ class PartitionReplication:
             self._handle(self.core.stored(self.log.stored_end), [])
         self._advance_hw()
 
-    def _state_ops(self) -> list[tuple[Any, ...]]:
-        """The replica state as it stands, for the transaction of a write.
+    def _state_ops(self, reset: Write | None = None) -> list[tuple[Any, ...]]:
+        """The replica state as it stands, for the transaction of a write
+        (``reset``: the write that restarts the log at ``reset.start``).
 
         It may be ahead of that write (the core has moved on while earlier
         outputs were being written): runs are cut back to the log end on
         restart, and an early fenced/led epoch or high watermark only makes
-        the replica more careful."""
-        return [("p", "meta", self.state_key, dump_state(self.core))]
+        the replica more careful.  Not so a reset the chain has not written
+        yet: its runs describe a log that is not on disk, so until then the
+        runs stored with the log (or the empty log the reset writes) are
+        stored instead."""
+        c = self.core.cache
+        disk_end = reset.start if reset is not None else self.log.next_offset
+        if c.log_start <= disk_end:
+            cached = (list(c.runs), c.log_start, c.base_epoch)
+        elif reset is not None:
+            cached = ([], reset.start, reset.epoch)
+        else:
+            cached = self._stored_cache
+        self._stored_cache = cached
+        return [("p", "meta", self.state_key, dump_state(self.core, cached))]
 
     def _write(self, w: Write, records: list[Record]) -> tuple[defer.Deferred[Any] | None, bool]:
         """Issue one write (memory now, LMDB queued); returns its durability
         Deferred and whether it stored the leader's own records."""
         b, t, p = self.broker, self.topic, self.partition
-        if w.reset:
-            raise NotImplementedError(
-                "resetting a replica to the leader's log start (retention) is not wired yet"
-            )
         ds: list[defer.Deferred[Any]] = []
+        if w.reset:
+            # Everything this replica held lies below the leader's log start.
+            ds.append(b.reset_partition(t, p, w.start, self._state_ops(reset=w)))
         if w.truncate_to is not None:
             ds.append(b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops()))
         if not w.count:
@@ -247,9 +302,31 @@ class PartitionReplication:
         recs: list[Record] = []
         if isinstance(m, Append) and m.count:
             recs = await self._records(m.start, m.count)
-            if len(recs) != m.count:
-                return  # not readable now (retention raced): the core retransmits
+            if len(recs) != m.count or recs[0].offset != m.start:
+                # Not readable now (retention or the S3 tier raced the send):
+                # the core retransmits from the new log start after a few ticks.
+                self._unreadable(dst, m)
+                return
         self.send(dst, _Envelope(self.topic.name, self.partition, encode(m), [_pack(r) for r in recs]))
+
+    def _unreadable(self, dst: str, m: Append) -> None:
+        self.unreadable += 1
+        now = self.broker.clock.seconds()
+        if now - self._unreadable_logged >= 30:
+            self._unreadable_logged = now
+            log.warn(
+                "replication of {topic}/{partition} to {dst}: offsets {start}-{last} are not "
+                "readable here (log start {low}, servable from {servable}); retrying "
+                "({n} unsent so far)",
+                topic=self.topic.name,
+                partition=self.partition,
+                dst=dst,
+                start=m.start,
+                last=m.start + m.count - 1,
+                low=self.log.log_start,
+                servable=self.servable_start(),
+                n=self.unreadable,
+            )
 
     async def _records(self, start: int, count: int) -> list[Record]:
         lg = self.log
@@ -308,14 +385,16 @@ def _all(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any] | None:
     return defer.gatherResults(ds, consumeErrors=True)
 
 
-def dump_state(core: Replica) -> bytes:
-    """A replica's durable state as JSON bytes."""
+def dump_state(core: Replica, cached: tuple[list[tuple[int, int]], int, int] | None = None) -> bytes:
+    """A replica's durable state as JSON bytes; ``cached`` (runs, log start,
+    base epoch) instead of the core's epoch cache when given."""
     c = core.cache
+    runs, log_start, base_epoch = cached if cached is not None else (c.runs, c.log_start, c.base_epoch)
     return msgspec.json.encode(
         {
-            "runs": c.runs,
-            "log_start": c.log_start,
-            "base_epoch": c.base_epoch,
+            "runs": runs,
+            "log_start": log_start,
+            "base_epoch": base_epoch,
             "fenced": core.fenced_epoch,
             "led": core.led_epoch,
             "hw": core.hw,
@@ -327,21 +406,32 @@ def load_state(
     raw: bytes | None, log_start: int, end: int, committed_if_new: bool = False
 ) -> tuple[EpochCache, int, int, int]:
     """(epoch cache, fenced epoch, led epoch, high watermark) for a log holding
-    ``[log_start, end)``: from ``raw`` (cut back to the log end), or -- no
-    state yet -- records from before replication counted as epoch 0, all of
-    them committed when ``committed_if_new`` (the partition had this node as
-    its only replica, whose own fsync acknowledged them)."""
+    ``[log_start, end)``: from ``raw`` (cut back to the log end; when
+    retention moved the log start since, the base epoch is the stored runs'
+    epoch just before it), or -- no state yet -- records from before
+    replication counted as epoch 0, all of them committed when
+    ``committed_if_new`` (the partition had this node as its only replica,
+    whose own fsync acknowledged them)."""
     cache = EpochCache(log_start=log_start, end=log_start)
-    if raw is None:
+    st = msgspec.json.decode(raw) if raw is not None else None
+    stored_start = int(st.get("log_start", log_start)) if st is not None else log_start
+    if st is None or stored_start > end:
+        # No state, or (written before resets were guarded) the runs of a
+        # reset whose log never reached the disk: epoch 0 claims the least.
         if end > log_start:
             cache.append(0, end - log_start)
-        return cache, 0, 0, end if committed_if_new else 0
-    st = msgspec.json.decode(raw)
-    cache.base_epoch = int(st.get("base_epoch", 0))
-    cache.runs = [(int(e), max(int(s), log_start)) for e, s in st["runs"] if int(s) < end]
-    cache.end = end
-    if not cache.runs and end > log_start:
-        cache.runs = [(cache.base_epoch, log_start)]
+        if st is None:
+            return cache, 0, 0, end if committed_if_new else 0
+    else:
+        cache.runs = [(int(e), int(s)) for e, s in st["runs"] if int(s) < end]
+        cache.log_start = stored_start
+        cache.end = end
+        cache.base_epoch = int(st.get("base_epoch", 0))
+        if cache.runs and cache.runs[0][1] < stored_start:
+            cache.runs[0] = (cache.runs[0][0], stored_start)
+        if not cache.runs and end > stored_start:
+            cache.runs = [(cache.base_epoch, stored_start)]
+        cache.advance_start(log_start)  # retention since the state was stored
     return cache, int(st["fenced"]), int(st["led"]), min(int(st["hw"]), end)
 
 
