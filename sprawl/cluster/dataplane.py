@@ -383,8 +383,14 @@ class DataPlane:
             return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
         self.broker.check_message_sizes(records, topic.config.max_message_bytes)
         groups: dict[int, list[int]] = {}
-        for i, r in enumerate(records):
-            groups.setdefault(topic.partition_for(r.key), []).append(i)
+        if all(r.key is None for r in records):
+            # No keys: the whole batch goes to one partition (round robin per
+            # batch, Kafka's sticky partitioner) -- one leader, one replication
+            # round, instead of a slice for every leader.
+            groups[topic.partition_for(None)] = list(range(len(records)))
+        else:
+            for i, r in enumerate(records):
+                groups.setdefault(topic.partition_for(r.key), []).append(i)
         ds = [
             defer.ensureDeferred(self._publish_partition(topic, p, [records[i] for i in idx], acks, 0))
             for p, idx in groups.items()
