@@ -50,6 +50,10 @@ log = Logger()
 _RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", "topic_not_found"}
 
 
+#: What a publish answer's ``stored`` can say, the weakest promise first.
+_WEAKEST_FIRST = ("pending", "memory", "lmdb", "quorum")
+
+
 class NotLeaderError(Unavailable):
     """This node does not lead the partition (``hint``: who does, if known)."""
 
@@ -406,7 +410,8 @@ class DataPlane:
                 stored.add(res.stored)
                 for j, i in enumerate(idx):
                     offsets[i], ids[i], parts[i], dups[i] = res.offsets[j], res.ids[j], p, res.duplicates[j]
-            return PublishResult(offsets, ids, parts, dups, "/".join(sorted(stored)))
+            weakest = next((k for k in _WEAKEST_FIRST if k in stored), "pending")
+            return PublishResult(offsets, ids, parts, dups, weakest)
 
         d = defer.gatherResults(ds, consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)

@@ -215,7 +215,9 @@ class S3Tier:
                 seg = next((s for s in lg.segments if s.remote is None), None)
                 if seg is None:
                     continue
-                cands.append(Candidate((uid, lg.partition), seg, lg.stored_end, st.retry_at_ms))
+                cands.append(
+                    Candidate((uid, lg.partition), seg, min(lg.stored_end, lg.high_watermark), st.retry_at_ms)
+                )
                 where[(uid, lg.partition)] = (t, lg)
         spills = choose_spills(
             cands,
