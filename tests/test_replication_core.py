@@ -129,3 +129,71 @@ def test_controller_picks_the_most_up_to_date_of_a_fenced_majority() -> None:
     assert ("c", Assign(2, "c", ("a", "b", "c"))) in out.messages
     c.receive("c", LeaderBeat(2, 0, 10))
     assert c.leader_confirmed
+
+
+def _confirmed(c: FailoverCore) -> FailoverCore:
+    c.receive(str(c.leader), LeaderBeat(c.epoch, 0, 0))
+    assert c.leader_confirmed
+    return c
+
+
+def test_move_leader_chooses_the_preferred_replica_when_it_is_as_up_to_date() -> None:
+    """A deliberate move fences the next epoch; the preferred replica is
+    committed when its (last_epoch, end) equals the best answer's."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a"))
+    out = c.move_leader("b")
+    assert out is not None and sorted(out.messages) == [("a", Fence(2)), ("b", Fence(2)), ("c", Fence(2))]
+    assert c.busy and c.move_leader("c") is None  # one at a time
+    assert c.receive("a", FenceResp(2, True, 1, 9)).commit is None
+    out = c.receive("b", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "b" and out.commit.epoch == 2
+    c.committed()
+    assert (c.epoch, c.leader) == (2, "b")
+
+
+def test_move_leader_falls_back_to_the_best_when_the_preferred_is_behind() -> None:
+    """A preferred replica missing records is not chosen: the best is."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a"))
+    assert c.move_leader("b") is not None
+    c.receive("b", FenceResp(2, True, 1, 8))
+    out = c.receive("a", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "a"
+
+
+def test_move_leader_waits_a_bounded_time_for_the_preferred_answer() -> None:
+    """With a majority but no word from the preferred replica, the core
+    re-fences it and waits prefer_wait_ticks, then takes the best; an answer
+    in time is still taken."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", prefer_wait_ticks=4, retry_ticks=3))
+    assert c.move_leader("c") is not None
+    c.receive("a", FenceResp(2, True, 1, 9))
+    assert c.receive("b", FenceResp(2, True, 1, 9)).commit is None  # waiting for c
+    outs = [c.tick() for _ in range(4)]
+    assert all(o.commit is None for o in outs)
+    assert ("c", Fence(2)) in [m for o in outs for m in o.messages]  # re-asked
+    out = c.tick()
+    assert out.commit is not None and out.commit.leader == "a"  # best, ties go to replica order
+
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", prefer_wait_ticks=4))
+    assert c.move_leader("c") is not None
+    c.receive("a", FenceResp(2, True, 1, 9))
+    c.receive("b", FenceResp(2, True, 1, 9))
+    c.tick()
+    out = c.receive("c", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "c"
+
+
+def test_move_leader_refuses_non_replicas_and_the_leader_itself() -> None:
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a"))
+    assert c.move_leader("z") is None and c.move_leader("a") is None and not c.busy
+
+
+def test_a_refused_fence_retries_the_move_with_the_same_preference() -> None:
+    """Someone promised a later epoch: the move goes on at a later epoch, still preferring its target."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a"))
+    assert c.move_leader("b") is not None
+    out = c.receive("a", FenceResp(2, False, 0, 0))
+    assert ("b", Fence(3)) in out.messages
+    c.receive("a", FenceResp(3, True, 1, 9))
+    out = c.receive("b", FenceResp(3, True, 1, 9))
+    assert out.commit is not None and (out.commit.leader, out.commit.epoch) == ("b", 3)

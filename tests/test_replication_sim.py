@@ -7,7 +7,8 @@ every output's writes durable before sending its messages, into a "disk"
 that survives crashes.  Faults drawn from the seed: message loss, delay
 (reordering), duplication, symmetric and one-way partitions, crash and
 restart of replicas and of the controller, and leadership moved on purpose
-(a live leader fenced).  A client publishes unique ids to the leader it
+(a live leader fenced; half of those moves name a preferred replica, which
+the controller takes only if it is as up to date as the best answer).  A client publishes unique ids to the leader it
 knows and counts a publish acknowledged when that leader's high watermark
 passes it (acks=quorum).
 
@@ -198,6 +199,13 @@ class Controller:
     def move(self) -> list[tuple[str, bytes]]:
         return self.handle(self.core.start_failover())
 
+    def move_to(self, to: str) -> list[tuple[str, bytes]]:
+        out = self.core.move_leader(to)
+        if out is None:
+            return []
+        self.world.count("preferred_moves")
+        return self.handle(out)
+
     def handle(self, out: ControlOutput) -> list[tuple[str, bytes]]:
         sent = [(dst, _pack(m)) for dst, m in out.messages]
         if out.commit is not None:  # Raft commits it (durably) before anyone hears
@@ -206,6 +214,9 @@ class Controller:
                 raise SafetyViolation(f"epoch {c.epoch} committed twice")
             self.disk["epoch"], self.disk["leader"] = c.epoch, c.leader
             self.world.count("failovers")
+            f = self.core.fencing
+            if f is not None and f.prefer is not None:
+                self.world.count("preferred_won" if c.leader == f.prefer else "preferred_lost")
             sent += [(dst, _pack(m)) for dst, m in self.core.committed().messages]
         return sent
 
@@ -277,7 +288,11 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
         elif r < 0.88:
             sim.heal()
         elif r < 0.93 and CTRL in sim.nodes:
-            sim.call(CTRL, lambda c, now: c.move())
+            if rng.random() < 0.5:
+                sim.call(CTRL, lambda c, now: c.move())
+            else:
+                to = rng.choice(ids)
+                sim.call(CTRL, lambda c, now, to=to: c.move_to(to))
             world.count("moves")
         elif CTRL in sim.nodes:
             sim.crash(CTRL)
@@ -344,8 +359,9 @@ def _run_many(name: str, n_replicas: int, base: int, n: int, steps: int) -> None
     )
     print(f"{name}: {len(seeds)} schedules in {time.perf_counter() - t0:.1f}s: {totals}")
     if ONE_SEED is None:
-        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes"):
+        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes", "preferred_moves"):
             assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
+        assert totals.get("preferred_won", 0) > len(seeds) // 20, f"too few preferred_won: {totals}"
 
 
 def test_three_replica_schedules() -> None:
