@@ -274,3 +274,30 @@ def test_steady_load_never_flaps(case: tuple[list[str], list[PartitionLoad], Bal
         assert all(after[m.dst] <= d.upper + 1e-9 for m in d.moves)
     else:
         pytest.fail("moves never stopped under a steady load")
+
+
+def test_metrics_show_moves_and_load_ratios() -> None:
+    """Nothing is exported until a balancer is attached; then the moves by
+    reason and every node's load over the mean at the last decision."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sprawl.metrics import NodeMetrics
+
+    def samples(m: NodeMetrics) -> dict[tuple[str, str], float]:
+        out = {}
+        for fam in text_string_to_metric_families(m.render().decode()):
+            for s in fam.samples:
+                if s.name.startswith(("sprawl_balance", "sprawl_node_load")):
+                    out[(s.name, next(iter(s.labels.values()), ""))] = s.value
+        return out
+
+    m = NodeMetrics()
+    assert samples(m) == {}
+    b = Balancer(BalanceConfig(persist=1, max_moves=1))
+    m.balancer = b
+    assert samples(m) == {("sprawl_balance_moves_total", OVERLOADED): 0}
+    b.decide(0.0, skewed(), NODES)
+    got = samples(m)
+    assert got[("sprawl_balance_moves_total", OVERLOADED)] == 1
+    assert got[("sprawl_node_load_ratio", "a")] == pytest.approx(900 / (1100 / 3))
+    assert got[("sprawl_node_load_ratio", "c")] == pytest.approx(100 / (1100 / 3))
