@@ -7,8 +7,10 @@ every output's writes durable before sending its messages, into a "disk"
 that survives crashes.  Faults drawn from the seed: message loss, delay
 (reordering), duplication, symmetric and one-way partitions, crash and
 restart of replicas and of the controller, and leadership moved on purpose
-(a live leader fenced; half of those moves name a preferred replica, which
-the controller takes only if it is as up to date as the best answer).  A client publishes unique ids to the leader it
+(a live leader fenced; half of those moves name a preferred replica: the
+leader is asked to pause until it has caught up -- or not, if the leader is
+not confirmed or the pause runs out -- and the controller takes it only if it
+is as up to date as the best answer).  A client publishes unique ids to the leader it
 knows and counts a publish acknowledged when that leader's high watermark
 passes it (acks=quorum).
 
@@ -36,7 +38,7 @@ import pytest
 from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
 from sprawl.replication.messages import Append, decode, encode
-from sprawl.replication.replica import LEADER, Output, Replica, Write
+from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.sim import Simulator, run_schedules, schedule_seeds
 
 ONE_SEED = os.environ.get("SPRAWL_SIM_SEED")
@@ -101,7 +103,11 @@ class Node:
         return self.handle(self.core.receive(src, m), payloads)
 
     def publish(self, ids: list[str]) -> list[tuple[str, bytes]]:
-        first, out = self.core.append(len(ids))
+        try:
+            first, out = self.core.append(len(ids))
+        except NotLeader:  # paused for a handoff
+            self.world.count("refused_in_handoff")
+            return []
         for i, pid in enumerate(ids):
             self.pending.append((pid, self.core.epoch, first + i))
         return self.handle(out, [(pid, False) for pid in ids])

@@ -31,13 +31,28 @@ commit-before-assign rule is unchanged.  A preferred replica that is behind
 (for example it missed the old leader's last batch) is simply not chosen:
 the move fails safe, and the old leader (or whoever is best) leads the new
 epoch.
+
+So that the target is not behind merely because publishes keep arriving,
+a move to a confirmed leader first asks it to pause (:class:`Handoff`): it
+takes no publishes for up to ``handoff_ticks`` ticks and answers
+:class:`HandoffReady` once the target holds its whole log; the fencing
+starts then, or when ``handoff_ticks`` ran out without the answer.  The
+pause only delays the fencing; nothing above depends on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sprawl.replication.messages import Assign, Fence, FenceResp, LeaderBeat, Message
+from sprawl.replication.messages import (
+    Assign,
+    Fence,
+    FenceResp,
+    Handoff,
+    HandoffReady,
+    LeaderBeat,
+    Message,
+)
 
 
 @dataclass
@@ -80,6 +95,7 @@ class FailoverCore:
         beat_timeout_ticks: int = 10,
         retry_ticks: int = 3,
         prefer_wait_ticks: int = 6,
+        handoff_ticks: int = 10,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -88,6 +104,9 @@ class FailoverCore:
         self.beat_timeout_ticks = beat_timeout_ticks
         self.retry_ticks = retry_ticks
         self.prefer_wait_ticks = prefer_wait_ticks
+        self.handoff_ticks = handoff_ticks
+        #: A move waiting for the leader's :class:`HandoffReady`: (target, ticks waited).
+        self.handing_off: tuple[str, int] | None = None
         self.silent_ticks = 0
         self.fencing: _Fencing | None = None
         self.committing: Commit | None = None
@@ -106,6 +125,14 @@ class FailoverCore:
         out = ControlOutput()
         if self.committing is not None:
             return out
+        if self.handing_off is not None:
+            to, waited = self.handing_off
+            waited += 1
+            self.handing_off = (to, waited)
+            if waited > self.handoff_ticks:
+                return self.start_failover(to)  # no word from the leader: move anyway
+            if waited % self.retry_ticks == 0 and self.leader is not None:
+                out.messages.append((self.leader, Handoff(self.epoch, to, self.handoff_ticks - waited + 1)))
         if self.fencing is not None:
             f = self.fencing
             f.ticks += 1
@@ -127,13 +154,14 @@ class FailoverCore:
 
     @property
     def busy(self) -> bool:
-        """A failover (or move) is under way: fencing or committing."""
-        return self.fencing is not None or self.committing is not None
+        """A failover (or move) is under way: handing off, fencing or committing."""
+        return self.handing_off is not None or self.fencing is not None or self.committing is not None
 
     def start_failover(self, prefer: str | None = None) -> ControlOutput:
         """Fence a majority at the next epoch; with ``prefer``, choose that
         replica if it is as up to date as the best (see the module docstring)."""
         nxt = max(self.epoch, self.fencing.epoch if self.fencing else 0) + 1
+        self.handing_off = None
         self.fencing = _Fencing(nxt, prefer=prefer if prefer in self.replicas else None)
         self.leader_confirmed = False
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
@@ -144,11 +172,21 @@ class FailoverCore:
         None (and nothing starts) when ``to`` is not a replica, already
         leads, or a failover or move is under way.  Otherwise the outputs go
         out as any failover's: the commit that follows names ``to`` if it was
-        as up to date as the best of a fenced majority, else the best.  The
-        old leader is fenced meanwhile (publishes to it wait and retry)."""
+        as up to date as the best of a fenced majority, else the best.  A
+        confirmed leader is first asked to pause (``Handoff``, at most
+        ``handoff_ticks``; 0 skips it) so the target can catch up; then it is
+        fenced.  Publishes to it meanwhile are refused and retried."""
         if to not in self.replicas or to == self.leader or self.busy:
             return None
+        if self.handoff_ticks > 0 and self.leader is not None and self.leader_confirmed:
+            self.handing_off = (to, 0)
+            return ControlOutput(messages=[(self.leader, Handoff(self.epoch, to, self.handoff_ticks))])
         return self.start_failover(prefer=to)
+
+    def cancel_move(self) -> None:
+        """Forget a move still waiting for the leader's handoff (e.g. the
+        partition's epoch changed under it); a fencing already started goes on."""
+        self.handing_off = None
 
     def receive(self, src: str, m: Message) -> ControlOutput:
         """A replica's answer (fence) or a leader's heartbeat."""
@@ -157,6 +195,11 @@ class FailoverCore:
                 self.silent_ticks = 0
                 self.leader_confirmed = True
                 self.hw = max(self.hw, m.hw)
+            return ControlOutput()
+        if isinstance(m, HandoffReady):
+            h = self.handing_off
+            if h is not None and src == self.leader and m.epoch == self.epoch and m.to == h[0]:
+                return self.start_failover(h[0])
             return ControlOutput()
         if isinstance(m, FenceResp) and self.fencing is not None and src in self.replicas:
             f = self.fencing
