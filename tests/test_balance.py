@@ -205,6 +205,14 @@ def test_partitions_from_placement_and_gossip() -> None:
     ]
 
 
+def test_decisions_are_due_every_interval() -> None:
+    """``due`` paces decisions so ``persist`` counts decisions, not ticks."""
+    b = Balancer(BalanceConfig(interval=10.0))
+    assert b.due(0.0)
+    b.decide(0.0, skewed(), NODES)
+    assert not b.due(9.9) and b.due(10.0)
+
+
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError):
         BalanceConfig(threshold=0)

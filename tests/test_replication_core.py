@@ -279,7 +279,7 @@ def test_the_handoff_pause_is_bounded_on_both_sides() -> None:
     assert ("a", Handoff(1, "b", 2)) in outs[1].messages  # asked again
     out = c.tick()
     assert c.fencing is not None and c.fencing.prefer == "b" and ("b", Fence(2)) in out.messages
-    assert c.handing_off is None
+    assert c.handing_off is None and c.moving_to == "b"
 
 
 def test_a_stale_or_foreign_ready_is_ignored() -> None:
@@ -288,6 +288,7 @@ def test_a_stale_or_foreign_ready_is_ignored() -> None:
     assert c.receive("b", HandoffReady(1, "b", 5)).messages == []  # not from the leader
     assert c.receive("a", HandoffReady(0, "b", 5)).messages == []  # another epoch
     assert c.receive("a", HandoffReady(1, "c", 5)).messages == []  # another target
-    assert c.fencing is None and c.handing_off == ("b", 0)
+    assert c.fencing is None and c.handing_off == ("b", 0) and c.moving_to == "b"
     c.cancel_move()
+    assert c.moving_to is None
     assert not c.busy

@@ -76,6 +76,8 @@ class BalanceConfig:
     bytes_per_unit: float = 1024.0
     #: Partitions doing less than this (units/s) never move.
     min_partition_load: float = 1.0
+    #: Seconds between decisions (:meth:`Balancer.due`); gossip samples load every 5 s.
+    interval: float = 10.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -188,6 +190,11 @@ class Balancer:
         self.last: Decision | None = None
         #: Moves made, by reason.
         self.moves_total: dict[str, int] = {}
+
+    def due(self, now: float) -> bool:
+        """Whether a decision is due (``interval`` since the last one): call
+        :meth:`decide` only then, so ``persist`` counts decisions, not ticks."""
+        return self.last is None or now - self.last.at >= self.config.interval
 
     def _load(self, p: PartitionLoad, now: float) -> tuple[float, float, float]:
         c = self.config

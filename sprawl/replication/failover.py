@@ -157,6 +157,13 @@ class FailoverCore:
         """A failover (or move) is under way: handing off, fencing or committing."""
         return self.handing_off is not None or self.fencing is not None or self.committing is not None
 
+    @property
+    def moving_to(self) -> str | None:
+        """The target of a deliberate move under way (handing off or fencing), or None."""
+        if self.handing_off is not None:
+            return self.handing_off[0]
+        return self.fencing.prefer if self.fencing is not None else None
+
     def start_failover(self, prefer: str | None = None) -> ControlOutput:
         """Fence a majority at the next epoch; with ``prefer``, choose that
         replica if it is as up to date as the best (see the module docstring)."""
