@@ -309,3 +309,84 @@ def test_metrics_show_moves_and_load_ratios() -> None:
     assert got[("sprawl_balance_moves_total", OVERLOADED)] == 1
     assert got[("sprawl_node_load_ratio", "a")] == pytest.approx(900 / (1100 / 3))
     assert got[("sprawl_node_load_ratio", "c")] == pytest.approx(100 / (1100 / 3))
+
+
+def test_the_controller_loop_with_failover_cores_converges() -> None:
+    """The wiring the controller does, on pure cores: placement and gossiped
+    rates -> partitions_from -> decide (when due) -> move_leader on the
+    partition's FailoverCore -> handoff, fence, commit -> placement.  Six
+    equally hot partitions all led by one node end up spread, each move lands
+    on its target, and nothing moves once balanced."""
+    from sprawl.gossip.load import rates_by_node
+    from sprawl.replication.failover import ControlOutput, FailoverCore
+    from sprawl.replication.messages import Assign
+    from sprawl.replication.replica import Output, Replica
+
+    nodes = ("a", "b", "c")
+    keys = [("t", p) for p in range(6)]
+    ctl = {k: FailoverCore(nodes, epoch=1, leader="a") for k in keys}
+    reps = {k: {n: Replica(n, "ctl") for n in nodes} for k in keys}
+    placement = {"t": [{"leader": "a", "replicas": list(nodes), "epoch": 1} for _ in keys]}
+
+    def pump(k: tuple[str, int], first: list[tuple[str, str, object]]) -> None:
+        q = list(first)
+        while q:
+            src, dst, m = q.pop(0)
+            if dst == "ctl":
+                out = ctl[k].receive(src, m)  # type: ignore[arg-type]
+                q += control(k, out)
+                continue
+            r = reps[k][dst]
+            o: Output = r.receive(src, m)  # type: ignore[arg-type]
+            if r.is_leader and o.writes:
+                o.extend(r.stored(r.end))
+            q += [(dst, d, x) for d, x in o.messages]
+
+    def control(k: tuple[str, int], out: ControlOutput) -> list[tuple[str, str, object]]:
+        msgs = [("ctl", d, m) for d, m in out.messages]
+        if out.commit is not None:  # "Raft" commits at once
+            placement["t"][k[1]].update(leader=out.commit.leader, epoch=out.commit.epoch)
+            msgs += [("ctl", d, m) for d, m in ctl[k].committed().messages]
+        return msgs
+
+    for k in keys:  # epoch 1: a leads everything
+        pump(k, [("ctl", n, Assign(1, "a", nodes)) for n in nodes])
+
+    def gossip() -> list[dict[str, object]]:
+        views = []
+        for n in nodes:
+            led = [p for p, pl in enumerate(placement["t"]) if pl["leader"] == n]
+            rates = [{"topic": "t", "partition": p, "msgs_s": 200.0, "bytes_s": 0.0} for p in led]
+            views.append({"id": n, "state": "alive", "partition_rates": rates})
+        return views
+
+    b = Balancer(BalanceConfig(persist=2, max_moves=2, interval=1.0, cooldown=30.0))
+    moved: list[Move] = []
+    for tick in range(600):  # 0.1 s ticks
+        now = tick * 0.1
+        for k in keys:
+            for n in nodes:
+                o = reps[k][n].tick()
+                pump(k, [(n, d, m) for d, m in o.messages])
+            pump(k, control(k, ctl[k].tick()))
+        if b.due(now):
+            parts = partitions_from(
+                placement,
+                rates_by_node(gossip()),
+                lambda k: not ctl[k].busy and ctl[k].leader_confirmed,
+            )
+            in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
+            d = b.decide(now, parts, nodes, in_flight)
+            for mv in d.moves:
+                k = (mv.topic, mv.partition)
+                out2 = ctl[k].move_leader(mv.dst)
+                assert out2 is not None
+                moved.append(mv)
+                pump(k, control(k, out2))
+    leaders = [pl["leader"] for pl in placement["t"]]
+    assert sorted(leaders.count(n) for n in nodes) == [2, 2, 2], leaders
+    assert len(moved) == 4
+    for mv in moved:
+        assert placement["t"][mv.partition]["leader"] == mv.dst  # every move landed on its target
+        c = ctl[("t", mv.partition)]
+        assert c.history == {2: mv.dst} and reps[("t", mv.partition)][mv.dst].is_leader

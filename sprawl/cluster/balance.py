@@ -42,6 +42,22 @@ Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without
 copying data.
 
+How the controller uses it (``tests/test_balance.py`` runs this loop on
+pure cores)::
+
+    balancer = Balancer(BalanceConfig())          # NodeMetrics.balancer = balancer
+    # each controller tick, with now, live node ids, the applied placement:
+    if balancer.due(now):
+        rates = rates_by_node(membership.member_views())   # sprawl.gossip.load
+        parts = partitions_from(placement, rates,
+                                lambda k: k in controllers and not controllers[k].busy
+                                and controllers[k].leader_confirmed)
+        in_flight = sum(1 for c in controllers.values() if c.moving_to is not None)
+        for mv in balancer.decide(now, parts, live, in_flight).moves:
+            out = controllers[(mv.topic, mv.partition)].move_leader(mv.dst)
+            if out is not None:
+                send(out)                         # as any FailoverCore output
+
 The "why" view: :attr:`Balancer.last` (a :class:`Decision`; ``as_dict()``
 for ``GET /v1/cluster``) holds the last decision's per-node loads, mean,
 ``upper``, streaks, the moves and the reasons hot nodes did not shed;
