@@ -132,6 +132,11 @@ def test_partitions_not_movable_or_cold_are_skipped() -> None:
     parts = [replace(p, movable=p.partition != 0) for p in skewed()]
     b = Balancer(BalanceConfig(persist=1, max_moves=1))
     assert b.decide(0.0, parts, NODES).moves == [Move("t", 1, "a", "b", OVERLOADED)]
+    b = Balancer(BalanceConfig(persist=1, max_moves=1))
+    d = b.decide(0.0, [replace(p, movable=False) for p in skewed()], NODES)
+    assert d.moves == [] and d.held == [
+        "a: no replica below the mean can take any of its partitions (3 failing over or moving)"
+    ]
     cold = [part("t", p, "a", "ab", 0.5) for p in range(400)]
     b = Balancer(BalanceConfig(persist=1, min_load=100, min_partition_load=1.0))
     assert b.decide(0.0, cold, ["a", "b"]).moves == []

@@ -301,7 +301,7 @@ class Balancer:
     ) -> list[Move]:
         c = self.config
         out: list[Move] = []
-        cooling = 0
+        cooling = busy = 0
         for p in sorted(led, key=lambda q: (-pload[q.key], q.key)):
             if len(out) >= budget or loads[src] <= upper:
                 break
@@ -309,6 +309,7 @@ class Balancer:
             if units < c.min_partition_load:
                 break  # sorted: the rest are colder
             if not p.movable:
+                busy += 1
                 continue
             if p.key in self._moved:
                 cooling += 1
@@ -330,8 +331,11 @@ class Balancer:
             self.moves_total[OVERLOADED] = self.moves_total.get(OVERLOADED, 0) + 1
         if not out:
             why = "no replica below the mean can take any of its partitions"
-            if cooling:
-                why += f" ({cooling} in cooldown)"
+            extra = [f"{cooling} in cooldown"] * bool(cooling) + [f"{busy} failing over or moving"] * bool(
+                busy
+            )
+            if extra:
+                why += f" ({', '.join(extra)})"
             d.held.append(f"{src}: {why}")
         return out
 
