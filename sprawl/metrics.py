@@ -125,6 +125,8 @@ class NodeMetrics:
         self.gossip: Any = None
         #: The cluster control (:class:`sprawl.cluster.control.ClusterControl`), if any.
         self.raft: Any = None
+        #: The controller's load balancer (:class:`sprawl.cluster.balance.Balancer`), if any.
+        self.balancer: Any = None
         self.raft_proposal_duration = Histogram(
             "sprawl_raft_proposal_duration_seconds",
             "Time from proposing a metadata change on this node to applying it here",
@@ -134,6 +136,7 @@ class NodeMetrics:
         r.register(_StateCollector(self))
         r.register(_GossipCollector(self))
         r.register(_RaftCollector(self))
+        r.register(_BalanceCollector(self))
 
     def committed(self, seconds: float, ops: int) -> None:
         """Record one LMDB group commit."""
@@ -379,3 +382,39 @@ class _RaftCollector:
         dropped.add_metric(["unhandled"], peer.frames_unhandled)
         dropped.add_metric(["undecodable"], ctl.dropped_frames)
         yield dropped
+
+
+class _BalanceCollector:
+    """Load balancing figures read from the controller's balancer at scrape time:
+    moves made by reason, and each live node's load against the mean at the
+    last decision (the rest of the "why" is in ``GET /v1/cluster``)."""
+
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        b = self.metrics.balancer
+        if b is None:
+            return
+        moves = CounterMetricFamily(
+            "sprawl_balance_moves",
+            "Partition leaderships this node (as controller) moved to balance load, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted({"overloaded": 0, **b.moves_total}.items()):
+            moves.add_metric([reason], n)
+        yield moves
+        ratio = GaugeMetricFamily(
+            "sprawl_node_load_ratio",
+            "Each live node's publish load (msgs/s + KiB/s of the partitions it leads) over the "
+            "cluster mean, at the controller's last balancing decision",
+            labels=["node"],
+        )
+        last = b.last
+        if last is not None:
+            for node, v in sorted(last.nodes.items()):
+                ratio.add_metric([node], v.ratio)
+        yield ratio

@@ -312,11 +312,18 @@ class NodeService(service.Service):
 
         def load() -> LoadSample:
             logs = [lg for t in broker.topics.values() for lg in t.logs]
+            led = {
+                (name, p): (lg.appended_total, lg.appended_bytes_total)
+                for name, t in broker.topics.items()
+                for p, lg in enumerate(t.logs)
+                if lg.leader == node_id
+            }
             return LoadSample(
-                partitions_led=sum(1 for lg in logs if lg.leader == node_id),
+                partitions_led=len(led),
                 published_total=broker.published_total,
                 bytes_stored=store.used_bytes,
                 memory_hot_bytes=sum(lg.hot_bytes for lg in logs),
+                partitions=led,
             )
 
         return GossipNode(

@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
@@ -21,6 +22,7 @@ from twisted.internet.testing import FakeDatagramTransport
 
 from sprawl.config import ConfigError, NodeConfig, parse_cluster_key
 from sprawl.gossip import GossipConfig, wire
+from sprawl.gossip.load import MAX_PARTS, rates_by_node
 from sprawl.gossip.messages import Alive, Leave, Ping, PushPull, Suspect
 from sprawl.gossip.udp import (
     GossipNode,
@@ -329,6 +331,10 @@ def test_load_changed_thresholds() -> None:
     assert not load_changed(base, dict(base, mem=900_000))
     assert load_changed(base, dict(base, bytes=80_000_000))
     assert load_changed(base, dict(base, led=2))
+    assert load_changed(base, dict(base, parts=[["orders", 0, 500, 0]]))  # a hot partition appears
+    assert not load_changed(
+        dict(base, parts=[["orders", 0, 500, 0]]), dict(base, parts=[["orders", 0, 520, 0]])
+    )
 
 
 def test_a_keyed_node_ignores_packets_without_the_key(tmp_path: Path) -> None:
@@ -500,3 +506,43 @@ def test_cluster_key_option_and_environment(monkeypatch: pytest.MonkeyPatch) -> 
     cfg = build_config({}, {"SPRAWL_CLUSTER_KEY": "0123456789abcdef-key"})
     assert cfg.cluster_key == b"0123456789abcdef-key"
     assert build_config({}, {}).cluster_key is None
+
+
+def test_partition_rates_ride_the_gossip_to_peers(tmp_path: Path) -> None:
+    """The hottest led partitions' rates, derived from their counters between
+    two samples, travel in the metadata over the wire: a peer's
+    ``member_views()`` shows them, bounded by MAX_PARTS, and the metadata
+    stays under max_meta_bytes even with 249-byte topic names."""
+    clock = task.Clock()
+    net = Net(clock)
+    long = "t" * 249
+    keys = [(f"topic-{i}", i % 3) for i in range(38)] + [(long, 0), (long, 1)]
+    # partition i does 10*(i+1) msgs/s of 100 bytes; the long names are hottest
+    rates = {k: (10.0 * (i + 1), 1000.0 * (i + 1)) for i, k in enumerate(keys)}
+
+    def load() -> LoadSample:
+        t = clock.seconds()
+        return LoadSample(
+            partitions_led=40, partitions={k: (int(m * t), int(b * t)) for k, (m, b) in rates.items()}
+        )
+
+    nodes = []
+    for i in range(2):
+        g = make(tmp_path, clock, i, seeds=[addr(0)] if i else None, load=load if i else None)
+        net.attach(addr(i), g)
+        g.start(addr(i))
+        nodes.append(g)
+    net.run(20.0)
+    own = nodes[1].membership.meta
+    assert len(msgspec.msgpack.encode(own)) <= CFG.max_meta_bytes
+    seen = {v["id"]: v for v in nodes[0].member_views()}["n1"]
+    got = {(e["topic"], e["partition"]): (e["msgs_s"], e["bytes_s"]) for e in seen["partition_rates"]}
+    assert "parts" not in seen["load"] and seen["load"]["led"] == 40
+    assert 0 < len(got) <= MAX_PARTS
+    for k, (m, b) in got.items():
+        assert (m, b) == pytest.approx(rates[k], rel=0.01, abs=1)
+    # the hottest short-named partitions are all there
+    hottest_short = sorted((k for k in keys if k[0] != long), key=lambda k: -rates[k][0])[:10]
+    assert set(hottest_short) <= set(got)
+    assert rates_by_node(nodes[0].member_views())["n1"] == got
+    assert nodes[0].member_views()[0]["partition_rates"] == []  # n0 reports none

@@ -142,6 +142,7 @@ def test_units_in_names() -> None:
                     "_ops",
                     "_term",
                     "_index",
+                    "_ratio",
                 )
                 + ("_role", "_has_leader", "_voters", "_learners")
             ), name

@@ -13,6 +13,8 @@ from sprawl.replication.messages import (
     Assign,
     Fence,
     FenceResp,
+    Handoff,
+    HandoffReady,
     LeaderBeat,
 )
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, SafetyError
@@ -204,3 +206,164 @@ def test_a_leader_whose_whole_log_went_to_retention_still_resets_a_follower() ->
     back = follower.receive("a", sent[0])
     assert (follower.cache.log_start, follower.end, follower.cache.base_epoch) == (1, 1, 1)
     assert [(m.ok, m.end) for _d, m in back.messages] == [(True, 1)]
+
+
+def _confirmed(c: FailoverCore) -> FailoverCore:
+    c.receive(str(c.leader), LeaderBeat(c.epoch, 0, 0))
+    assert c.leader_confirmed
+    return c
+
+
+def test_move_leader_chooses_the_preferred_replica_when_it_is_as_up_to_date() -> None:
+    """A deliberate move fences the next epoch; the preferred replica is
+    committed when its (last_epoch, end) equals the best answer's."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", handoff_ticks=0))
+    out = c.move_leader("b")
+    assert out is not None and sorted(out.messages) == [("a", Fence(2)), ("b", Fence(2)), ("c", Fence(2))]
+    assert c.busy and c.move_leader("c") is None  # one at a time
+    assert c.receive("a", FenceResp(2, True, 1, 9)).commit is None
+    out = c.receive("b", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "b" and out.commit.epoch == 2
+    c.committed()
+    assert (c.epoch, c.leader) == (2, "b")
+
+
+def test_move_leader_falls_back_to_the_best_when_the_preferred_is_behind() -> None:
+    """A preferred replica missing records is not chosen: the best is."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", handoff_ticks=0))
+    assert c.move_leader("b") is not None
+    c.receive("b", FenceResp(2, True, 1, 8))
+    out = c.receive("a", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "a"
+
+
+def test_move_leader_waits_a_bounded_time_for_the_preferred_answer() -> None:
+    """With a majority but no word from the preferred replica, the core
+    re-fences it and waits prefer_wait_ticks, then takes the best; an answer
+    in time is still taken."""
+    c = _confirmed(
+        FailoverCore(
+            ("a", "b", "c"), epoch=1, leader="a", prefer_wait_ticks=4, retry_ticks=3, handoff_ticks=0
+        )
+    )
+    assert c.move_leader("c") is not None
+    c.receive("a", FenceResp(2, True, 1, 9))
+    assert c.receive("b", FenceResp(2, True, 1, 9)).commit is None  # waiting for c
+    outs = [c.tick() for _ in range(4)]
+    assert all(o.commit is None for o in outs)
+    assert ("c", Fence(2)) in [m for o in outs for m in o.messages]  # re-asked
+    out = c.tick()
+    assert out.commit is not None and out.commit.leader == "a"  # best, ties go to replica order
+
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", prefer_wait_ticks=4, handoff_ticks=0))
+    assert c.move_leader("c") is not None
+    c.receive("a", FenceResp(2, True, 1, 9))
+    c.receive("b", FenceResp(2, True, 1, 9))
+    c.tick()
+    out = c.receive("c", FenceResp(2, True, 1, 9))
+    assert out.commit is not None and out.commit.leader == "c"
+
+
+def test_move_leader_refuses_non_replicas_and_the_leader_itself() -> None:
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", handoff_ticks=0))
+    assert c.move_leader("z") is None and c.move_leader("a") is None and not c.busy
+
+
+def test_a_refused_fence_retries_the_move_with_the_same_preference() -> None:
+    """Someone promised a later epoch: the move goes on at a later epoch, still preferring its target."""
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", handoff_ticks=0))
+    assert c.move_leader("b") is not None
+    out = c.receive("a", FenceResp(2, False, 0, 0))
+    assert ("b", Fence(3)) in out.messages
+    c.receive("a", FenceResp(3, True, 1, 9))
+    out = c.receive("b", FenceResp(3, True, 1, 9))
+    assert out.commit is not None and (out.commit.leader, out.commit.epoch) == ("b", 3)
+
+
+def _pair() -> tuple[Replica, Replica]:
+    """Leader a and follower b of epoch 1, b caught up."""
+    a, b = Replica("a", "ctl"), Replica("b", "ctl")
+    out = a.receive("ctl", Assign(1, "a", ("a", "b")))
+    b.receive("ctl", Assign(1, "a", ("a", "b")))
+    _deliver(a, b, out)
+    return a, b
+
+
+def _deliver(a: Replica, b: Replica, out: Output) -> list[tuple[str, object]]:
+    """Run a <-> b traffic to quiescence; return what went to the controller."""
+    to_ctl: list[tuple[str, object]] = []
+    pending = [("a", dst, m) for dst, m in out.messages]
+    nodes = {"a": a, "b": b}
+    while pending:
+        src, dst, m = pending.pop(0)
+        if dst == "ctl":
+            to_ctl.append((src, m))
+            continue
+        o = nodes[dst].receive(src, m)  # type: ignore[arg-type]
+        if o.writes and nodes[dst].role == LEADER:
+            o.extend(nodes[dst].stored(nodes[dst].end))
+        pending += [(dst, d, x) for d, x in o.messages]
+    return to_ctl
+
+
+def test_a_handoff_pauses_the_leader_until_the_target_caught_up() -> None:
+    """The controller asks the leader to hand off: it refuses publishes,
+    says ready once the target holds its whole log, the controller fences and
+    the target -- now as up to date as the best -- is committed."""
+    a, b = _pair()
+    c = _confirmed(FailoverCore(("a", "b"), epoch=1, leader="a", handoff_ticks=10))
+    _first, out = a.append(3)
+    out.extend(a.stored(a.end))  # b has not answered yet: it is behind
+    out = c.move_leader("b")
+    assert out is not None and out.messages == [("a", Handoff(1, "b", 10))] and c.busy
+    ho = a.receive("ctl", Handoff(1, "b", 10))
+    assert ho.messages == []  # b is behind: not ready yet
+    with pytest.raises(NotLeader):
+        a.append(1)
+    to_ctl = _deliver(a, b, _first_batch(a))
+    ready = [m for _src, m in to_ctl if isinstance(m, HandoffReady)]
+    assert ready and set(ready) == {HandoffReady(1, "b", a.end)}
+    out = c.receive("a", ready[0])
+    assert sorted(out.messages) == [("a", Fence(2)), ("b", Fence(2))]
+    for r in (a, b):
+        ((_dst, resp),) = r.receive("ctl", Fence(2)).messages
+        got = c.receive(r.id, resp)
+    assert got.commit is not None and got.commit.leader == "b"
+
+
+def _first_batch(a: Replica) -> Output:
+    """What a leader sends its followers on a tick (resends included)."""
+    for f in a.followers.values():
+        f.next = f.match
+    return a.tick()
+
+
+def test_the_handoff_pause_is_bounded_on_both_sides() -> None:
+    """A leader resumes taking publishes after the pause; a controller that
+    hears no ready fences anyway (the move still prefers the target)."""
+    a, _b = _pair()
+    a.receive("ctl", Handoff(1, "b", 2))
+    a.tick()
+    with pytest.raises(NotLeader):
+        a.append(1)
+    a.tick()
+    a.append(1)  # resumed
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a", handoff_ticks=3, retry_ticks=2))
+    assert c.move_leader("b") is not None
+    outs = [c.tick() for _ in range(3)]
+    assert ("a", Handoff(1, "b", 2)) in outs[1].messages  # asked again
+    out = c.tick()
+    assert c.fencing is not None and c.fencing.prefer == "b" and ("b", Fence(2)) in out.messages
+    assert c.handing_off is None and c.moving_to == "b"
+
+
+def test_a_stale_or_foreign_ready_is_ignored() -> None:
+    c = _confirmed(FailoverCore(("a", "b", "c"), epoch=1, leader="a"))
+    assert c.move_leader("b") is not None
+    assert c.receive("b", HandoffReady(1, "b", 5)).messages == []  # not from the leader
+    assert c.receive("a", HandoffReady(0, "b", 5)).messages == []  # another epoch
+    assert c.receive("a", HandoffReady(1, "c", 5)).messages == []  # another target
+    assert c.fencing is None and c.handing_off == ("b", 0) and c.moving_to == "b"
+    c.cancel_move()
+    assert c.moving_to is None
+    assert not c.busy

@@ -7,8 +7,12 @@ every output's writes durable before sending its messages, into a "disk"
 that survives crashes.  Faults drawn from the seed: message loss, delay
 (reordering), duplication, symmetric and one-way partitions, crash and
 restart of replicas and of the controller, leadership moved on purpose
-(a live leader fenced), and retention deleting a replica's committed
-prefix (so a follower behind the leader's log start is reset).  A client publishes unique ids to the leader it
+(a live leader fenced; half of those moves name a preferred replica: the
+leader is asked to pause until it has caught up -- or not, if the leader is
+not confirmed or the pause runs out -- and the controller takes it only if it
+is as up to date as the best answer), and retention deleting a replica's
+committed prefix (so a follower behind the leader's log start is reset).  A
+client publishes unique ids to the leader it
 knows and counts a publish acknowledged when that leader's high watermark
 passes it (acks=quorum).
 
@@ -38,7 +42,7 @@ import pytest
 from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
 from sprawl.replication.messages import Append, Assign, decode, encode
-from sprawl.replication.replica import LEADER, Output, Replica, Write
+from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.sim import Simulator, run_schedules, schedule_seeds
 
 ONE_SEED = os.environ.get("SPRAWL_SIM_SEED")
@@ -114,7 +118,11 @@ class Node:
         return self.handle(self.core.receive(src, m), payloads)
 
     def publish(self, ids: list[str]) -> list[tuple[str, bytes]]:
-        first, out = self.core.append(len(ids))
+        try:
+            first, out = self.core.append(len(ids))
+        except NotLeader:  # paused for a handoff
+            self.world.count("refused_in_handoff")
+            return []
         for i, pid in enumerate(ids):
             self.pending.append((pid, self.core.epoch, first + i))
         return self.handle(out, [(pid, False) for pid in ids])
@@ -231,6 +239,13 @@ class Controller:
     def move(self) -> list[tuple[str, bytes]]:
         return self.handle(self.core.start_failover())
 
+    def move_to(self, to: str) -> list[tuple[str, bytes]]:
+        out = self.core.move_leader(to)
+        if out is None:
+            return []
+        self.world.count("preferred_moves")
+        return self.handle(out)
+
     def handle(self, out: ControlOutput) -> list[tuple[str, bytes]]:
         sent = [(dst, _pack(m)) for dst, m in out.messages]
         if out.commit is not None:  # Raft commits it (durably) before anyone hears
@@ -239,6 +254,9 @@ class Controller:
                 raise SafetyViolation(f"epoch {c.epoch} committed twice")
             self.disk["epoch"], self.disk["leader"] = c.epoch, c.leader
             self.world.count("failovers")
+            f = self.core.fencing
+            if f is not None and f.prefer is not None:
+                self.world.count("preferred_won" if c.leader == f.prefer else "preferred_lost")
             sent += [(dst, _pack(m)) for dst, m in self.core.committed().messages]
         return sent
 
@@ -313,7 +331,11 @@ def run_schedule(seed: int, n_replicas: int, steps: int) -> dict[str, int]:
         elif r < 0.88:
             sim.heal()
         elif r < 0.93 and CTRL in sim.nodes:
-            sim.call(CTRL, lambda c, now: c.move())
+            if rng.random() < 0.5:
+                sim.call(CTRL, lambda c, now: c.move())
+            else:
+                to = rng.choice(ids)
+                sim.call(CTRL, lambda c, now, to=to: c.move_to(to))
             world.count("moves")
         elif CTRL in sim.nodes:
             sim.crash(CTRL)
@@ -381,8 +403,18 @@ def _run_many(name: str, n_replicas: int, base: int, n: int, steps: int) -> None
     )
     print(f"{name}: {len(seeds)} schedules in {time.perf_counter() - t0:.1f}s: {totals}")
     if ONE_SEED is None:
-        for what in ("acked", "crashes", "failovers", "moves", "controller_crashes", "retained", "resets"):
+        for what in (
+            "acked",
+            "crashes",
+            "failovers",
+            "moves",
+            "controller_crashes",
+            "retained",
+            "resets",
+            "preferred_moves",
+        ):
             assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
+        assert totals.get("preferred_won", 0) > len(seeds) // 20, f"too few preferred_won: {totals}"
 
 
 def test_three_replica_schedules() -> None:

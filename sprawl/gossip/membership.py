@@ -178,8 +178,11 @@ class GossipConfig:
     gossip_to_the_dead_time: float = 30.0
     #: How often a push-pull is tried with a dead member or an unreachable seed.
     reconnect_interval: float = 30.0
-    #: Largest encoded metadata a node may carry.
-    max_meta_bytes: int = 512
+    #: Largest encoded metadata a node may carry (room for addresses, version
+    #: and load figures with the hottest partitions' rates, see
+    #: :mod:`sprawl.gossip.load`; with the 400 bytes of the rest of a member
+    #: record it must fit ``max_packet_bytes``).
+    max_meta_bytes: int = 896
     #: At most this many members are tracked (more are ignored and counted).
     max_members: int = 10_000
     #: At most this many updates wait for dissemination.

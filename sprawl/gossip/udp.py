@@ -25,15 +25,17 @@ import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from twisted.internet import defer, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from sprawl.gossip.load import PARTS_BUDGET, encode_parts, parts_changed, rates_between, view_rates
 from sprawl.gossip.membership import (
     ALIVE,
     DEAD,
@@ -117,12 +119,18 @@ class LoadSample:
     published_total: int = 0  # a counter: the rate is derived from two samples
     bytes_stored: int = 0
     memory_hot_bytes: int = 0
+    #: (topic, partition) -> (appended_total, appended_bytes_total) of the
+    #: partitions this node leads; counters, their rates are derived from
+    #: two samples and the hottest gossiped as ``load["parts"]``
+    #: (see :mod:`sprawl.gossip.load`).
+    partitions: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
 
 def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """True when the load figures moved enough to be worth an incarnation bump
     and a round of gossip: partitions led changed, or a figure changed by more
-    than 20% and more than a floor (1 msg/s, 1 MB)."""
+    than 20% and more than a floor (1 msg/s, 1 MB), or a partition's rate in
+    ``parts`` did (see :func:`sprawl.gossip.load.parts_changed`)."""
     if old is None:
         return True
     if old.get("led") != new.get("led"):
@@ -133,7 +141,7 @@ def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         b = float(new.get(key) or 0)
         if abs(a - b) > max(floor, 0.2 * max(abs(a), abs(b))):
             return True
-    return False
+    return parts_changed(old.get("parts") or [], new.get("parts") or [])
 
 
 # ----------------------------------------------------------------- the adapter
@@ -197,6 +205,7 @@ class GossipNode(DatagramProtocol):
         self._resolved: dict[str, str] = {}
         self._load_meta: dict[str, Any] | None = None
         self._last_load: tuple[float, int] | None = None
+        self._last_parts: dict[tuple[str, int], tuple[int, int]] = {}
         self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
@@ -414,13 +423,28 @@ class GossipNode(DatagramProtocol):
             t0, n0 = self._last_load
             if now > t0:
                 rate = max(0.0, (s.published_total - n0) / (now - t0))
+        rates = {}
+        if self._last_load is not None and now > self._last_load[0]:
+            rates = rates_between(self._last_parts, s.partitions, now - self._last_load[0])
         self._last_load = (now, s.published_total)
-        return {
+        self._last_parts = dict(s.partitions)
+        out: dict[str, Any] = {
             "led": int(s.partitions_led),
             "msgs_s": round(rate, 1),
             "bytes": int(s.bytes_stored),
             "mem": int(s.memory_hot_bytes),
         }
+        if rates:
+            parts = encode_parts(rates, self._parts_budget(out))
+            if parts:
+                out["parts"] = parts
+        return out
+
+    def _parts_budget(self, load: dict[str, Any]) -> int:
+        """Bytes left for ``load["parts"]`` under ``max_meta_bytes``."""
+        meta = dict(self.base_meta)
+        meta["load"] = dict(load, parts=[])
+        return min(PARTS_BUDGET, self.config.max_meta_bytes - len(msgspec.msgpack.encode(meta)) - 8)
 
     def _refresh_load(self) -> None:
         new = self._sample_load(self.clock.seconds())
@@ -449,7 +473,10 @@ class GossipNode(DatagramProtocol):
         return self.membership.members() if self.membership is not None else []
 
     def member_views(self) -> list[dict[str, Any]]:
-        """Members as the HTTP API shows them, sorted by id."""
+        """Members as the HTTP API shows them, sorted by id.  ``load`` is the
+        member's gossiped load figures, ``partition_rates`` the publish rates
+        of the hottest partitions it leads (``[{"topic", "partition",
+        "msgs_s", "bytes_s"}]``, see :mod:`sprawl.gossip.load`)."""
         out = []
         for mem in sorted(self.members(), key=lambda x: x.node_id):
             meta = mem.meta
@@ -462,8 +489,13 @@ class GossipNode(DatagramProtocol):
             }
             if "version" in meta:
                 view["version"] = meta["version"]
-            if "load" in meta:
-                view["load"] = meta["load"]
+            load = meta.get("load")
+            if isinstance(load, dict):
+                load = dict(load)
+                view["partition_rates"] = view_rates(load.pop("parts", None))
+                view["load"] = load
+            else:
+                view["partition_rates"] = []
             view["self"] = mem.node_id == self.node_id
             out.append(view)
         return out

@@ -14,13 +14,45 @@ partition's leader and epoch) before any replica hears of it --
 :meth:`FailoverCore.committed` is the adapter saying it is -- so one epoch
 never gets two leaders, even when a controller dies mid-failover and the
 next one fences the same epoch again.
+
+Moving leadership on purpose (load balancing): :meth:`FailoverCore.move_leader`
+runs the same fencing at the next epoch with a *preferred* replica.  Once a
+majority answered, the preferred replica is chosen only if it answered and
+its ``(last_epoch, end)`` equals the best among the answers; the core waits
+up to ``prefer_wait_ticks`` ticks for its answer, then takes the best replica
+as any failover does.  Why that is as safe as taking the best: the argument
+above needs only that the chosen replica (a) was fenced at the new epoch
+(it answered the fence, so it refuses the old leader from then on) and (b)
+is at least as up to date as every replica of a fenced majority -- the
+preferred one ranks equal to the best of them, so it holds every record
+acknowledged with ``acks=quorum`` (two logs with the same last epoch and end
+are both prefixes of that epoch's only leader's log, hence the same).  The
+commit-before-assign rule is unchanged.  A preferred replica that is behind
+(for example it missed the old leader's last batch) is simply not chosen:
+the move fails safe, and the old leader (or whoever is best) leads the new
+epoch.
+
+So that the target is not behind merely because publishes keep arriving,
+a move to a confirmed leader first asks it to pause (:class:`Handoff`): it
+takes no publishes for up to ``handoff_ticks`` ticks and answers
+:class:`HandoffReady` once the target holds its whole log; the fencing
+starts then, or when ``handoff_ticks`` ran out without the answer.  The
+pause only delays the fencing; nothing above depends on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sprawl.replication.messages import Assign, Fence, FenceResp, LeaderBeat, Message
+from sprawl.replication.messages import (
+    Assign,
+    Fence,
+    FenceResp,
+    Handoff,
+    HandoffReady,
+    LeaderBeat,
+    Message,
+)
 
 
 @dataclass
@@ -45,6 +77,10 @@ class _Fencing:
     epoch: int
     answers: dict[str, tuple[int, int]] = field(default_factory=dict)
     ticks: int = 0
+    #: The replica to choose if it is as up to date as the best (a deliberate move).
+    prefer: str | None = None
+    #: Ticks since a majority answered while waiting for ``prefer``.
+    waited: int = 0
 
 
 class FailoverCore:
@@ -58,6 +94,8 @@ class FailoverCore:
         leader: str | None = None,
         beat_timeout_ticks: int = 10,
         retry_ticks: int = 3,
+        prefer_wait_ticks: int = 6,
+        handoff_ticks: int = 10,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -65,6 +103,10 @@ class FailoverCore:
         self.leader = leader
         self.beat_timeout_ticks = beat_timeout_ticks
         self.retry_ticks = retry_ticks
+        self.prefer_wait_ticks = prefer_wait_ticks
+        self.handoff_ticks = handoff_ticks
+        #: A move waiting for the leader's :class:`HandoffReady`: (target, ticks waited).
+        self.handing_off: tuple[str, int] | None = None
         self.silent_ticks = 0
         self.fencing: _Fencing | None = None
         self.committing: Commit | None = None
@@ -83,14 +125,25 @@ class FailoverCore:
         out = ControlOutput()
         if self.committing is not None:
             return out
+        if self.handing_off is not None:
+            to, waited = self.handing_off
+            waited += 1
+            self.handing_off = (to, waited)
+            if waited > self.handoff_ticks:
+                return self.start_failover(to)  # no word from the leader: move anyway
+            if waited % self.retry_ticks == 0 and self.leader is not None:
+                out.messages.append((self.leader, Handoff(self.epoch, to, self.handoff_ticks - waited + 1)))
         if self.fencing is not None:
-            self.fencing.ticks += 1
-            if self.fencing.ticks % self.retry_ticks == 0:
-                out.messages.extend(
-                    (r, Fence(self.fencing.epoch)) for r in self.replicas if r not in self.fencing.answers
-                )
-            if self.fencing.ticks > self.beat_timeout_ticks * 3:
-                return self.start_failover()  # a majority stayed silent: try a later epoch
+            f = self.fencing
+            f.ticks += 1
+            if len(f.answers) >= self.majority:
+                f.waited += 1  # only while waiting for the preferred replica
+                if f.waited > self.prefer_wait_ticks:
+                    return self._choose(final=True)
+            if f.ticks % self.retry_ticks == 0:
+                out.messages.extend((r, Fence(f.epoch)) for r in self.replicas if r not in f.answers)
+            if f.ticks > self.beat_timeout_ticks * 3:
+                return self.start_failover(f.prefer)  # a majority stayed silent: try a later epoch
             return out
         self.silent_ticks += 1
         if self.leader is None or self.silent_ticks > self.beat_timeout_ticks:
@@ -99,12 +152,48 @@ class FailoverCore:
             out.messages.append((self.leader, Assign(self.epoch, self.leader, self.replicas)))
         return out
 
-    def start_failover(self) -> ControlOutput:
-        """Fence a majority at the next epoch (also: move leadership on purpose)."""
+    @property
+    def busy(self) -> bool:
+        """A failover (or move) is under way: handing off, fencing or committing."""
+        return self.handing_off is not None or self.fencing is not None or self.committing is not None
+
+    @property
+    def moving_to(self) -> str | None:
+        """The target of a deliberate move under way (handing off or fencing), or None."""
+        if self.handing_off is not None:
+            return self.handing_off[0]
+        return self.fencing.prefer if self.fencing is not None else None
+
+    def start_failover(self, prefer: str | None = None) -> ControlOutput:
+        """Fence a majority at the next epoch; with ``prefer``, choose that
+        replica if it is as up to date as the best (see the module docstring)."""
         nxt = max(self.epoch, self.fencing.epoch if self.fencing else 0) + 1
-        self.fencing = _Fencing(nxt)
+        self.handing_off = None
+        self.fencing = _Fencing(nxt, prefer=prefer if prefer in self.replicas else None)
         self.leader_confirmed = False
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
+
+    def move_leader(self, to: str) -> ControlOutput | None:
+        """Move leadership to the replica ``to`` on purpose (load balancing).
+
+        None (and nothing starts) when ``to`` is not a replica, already
+        leads, or a failover or move is under way.  Otherwise the outputs go
+        out as any failover's: the commit that follows names ``to`` if it was
+        as up to date as the best of a fenced majority, else the best.  A
+        confirmed leader is first asked to pause (``Handoff``, at most
+        ``handoff_ticks``; 0 skips it) so the target can catch up; then it is
+        fenced.  Publishes to it meanwhile are refused and retried."""
+        if to not in self.replicas or to == self.leader or self.busy:
+            return None
+        if self.handoff_ticks > 0 and self.leader is not None and self.leader_confirmed:
+            self.handing_off = (to, 0)
+            return ControlOutput(messages=[(self.leader, Handoff(self.epoch, to, self.handoff_ticks))])
+        return self.start_failover(prefer=to)
+
+    def cancel_move(self) -> None:
+        """Forget a move still waiting for the leader's handoff (e.g. the
+        partition's epoch changed under it); a fencing already started goes on."""
+        self.handing_off = None
 
     def receive(self, src: str, m: Message) -> ControlOutput:
         """A replica's answer (fence) or a leader's heartbeat."""
@@ -114,19 +203,39 @@ class FailoverCore:
                 self.leader_confirmed = True
                 self.hw = max(self.hw, m.hw)
             return ControlOutput()
+        if isinstance(m, HandoffReady):
+            h = self.handing_off
+            if h is not None and src == self.leader and m.epoch == self.epoch and m.to == h[0]:
+                return self.start_failover(h[0])
+            return ControlOutput()
         if isinstance(m, FenceResp) and self.fencing is not None and src in self.replicas:
             f = self.fencing
             if m.epoch != f.epoch:
                 return ControlOutput()
             if not m.ok:
-                return self.start_failover()  # someone promised a later epoch already
+                return self.start_failover(f.prefer)  # someone promised a later epoch already
             f.answers[src] = (m.last_epoch, m.end)
             if len(f.answers) >= self.majority and self.committing is None:
-                rank = {r: i for i, r in enumerate(self.replicas)}
-                best = max(f.answers, key=lambda r: (*f.answers[r], -rank[r]))
-                self.committing = Commit(f.epoch, best, self.replicas)
-                return ControlOutput(commit=self.committing)
+                return self._choose(final=False)
         return ControlOutput()
+
+    def _choose(self, final: bool) -> ControlOutput:
+        """With a fenced majority's answers: the preferred replica if it is as
+        up to date as the best, else the best; without the preferred one's
+        answer, wait unless ``final``."""
+        f = self.fencing
+        assert f is not None and self.committing is None
+        rank = {r: i for i, r in enumerate(self.replicas)}
+        best = max(f.answers, key=lambda r: (*f.answers[r], -rank[r]))
+        chosen = best
+        if f.prefer is not None:
+            if f.prefer in f.answers:
+                if f.answers[f.prefer] == f.answers[best]:
+                    chosen = f.prefer
+            elif not final:
+                return ControlOutput()  # give it prefer_wait_ticks to answer
+        self.committing = Commit(f.epoch, chosen, self.replicas)
+        return ControlOutput(commit=self.committing)
 
     def committed(self, ok: bool = True) -> ControlOutput:
         """The pending choice is committed (or failed to be: retry later)."""

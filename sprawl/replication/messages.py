@@ -73,7 +73,25 @@ class LeaderBeat(msgspec.Struct, frozen=True, tag=True):
     end: int
 
 
-Message = Append | AppendResp | Fence | FenceResp | Assign | LeaderBeat
+class Handoff(msgspec.Struct, frozen=True, tag=True):
+    """Controller → leader of ``epoch``: take no publishes for up to ``ticks``
+    ticks and say :class:`HandoffReady` once the replica ``to`` holds the
+    whole log (a deliberate leadership move is about to fence the epoch)."""
+
+    epoch: int
+    to: str
+    ticks: int
+
+
+class HandoffReady(msgspec.Struct, frozen=True, tag=True):
+    """Leader → controller: paused in ``epoch``, and ``to`` holds the log up to ``end``."""
+
+    epoch: int
+    to: str
+    end: int
+
+
+Message = Append | AppendResp | Fence | FenceResp | Assign | LeaderBeat | Handoff | HandoffReady
 
 _decoder = msgspec.msgpack.Decoder(Message)
 

@@ -21,6 +21,12 @@ epochs for terms):
 * a replica that promised the controller epoch ``e`` (:class:`Fence`)
   refuses every leader of an older epoch, so the controller can pick the
   most up-to-date replica of a fenced majority as the next leader.
+
+Before a deliberate leadership move the controller may ask the leader to
+pause (:class:`Handoff`): it refuses publishes (:class:`NotLeader`, no hint)
+for a bounded number of ticks and says :class:`HandoffReady` once the target
+replica holds its whole log, so the target ranks equal to the best when the
+controller fences.  The pause changes none of the rules above.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from sprawl.replication.messages import (
     Assign,
     Fence,
     FenceResp,
+    Handoff,
+    HandoffReady,
     LeaderBeat,
     Message,
 )
@@ -132,6 +140,8 @@ class Replica:
         self.replicas: tuple[str, ...] = ()
         self.stored_end = self.cache.end  # on (re)start everything in the log is durable
         self.followers: dict[str, _Follower] = {}
+        #: While handing off: (target replica, ticks left of the pause).
+        self.handoff: tuple[str, int] | None = None
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -154,6 +164,8 @@ class Replica:
         (write them, send them on).  Raises :class:`NotLeader`."""
         if self.role != LEADER:
             raise NotLeader(self.leader, self.epoch)
+        if self.handoff is not None:
+            raise NotLeader(None, self.epoch)  # paused: leadership is moving
         first = self.cache.end
         self.cache.append(self.epoch, count)
         out = Output(writes=[Write(start=first, count=count, epoch=self.epoch)])
@@ -215,7 +227,23 @@ class Replica:
         else:
             f.next = max(f.match, min(m.end, f.next))
             f.stalled_ticks = 0
-        return out.extend(self._send(src, f))
+        out.extend(self._send(src, f))
+        return out.extend(self._handoff_ready())
+
+    def _on_handoff(self, m: Handoff) -> Output:
+        if self.role != LEADER or m.epoch != self.epoch or m.to not in self.followers:
+            return Output()
+        self.handoff = (m.to, max(0, m.ticks))
+        return self._handoff_ready()
+
+    def _handoff_ready(self) -> Output:
+        if self.handoff is None or self.role != LEADER:
+            return Output()
+        to = self.handoff[0]
+        f = self.followers.get(to)
+        if f is None or f.match < self.cache.end:
+            return Output()
+        return Output(messages=[(self.controller, HandoffReady(self.epoch, to, self.cache.end))])
 
     def _advance_hw(self) -> Output:
         if self.role != LEADER or not self.replicas:
@@ -238,6 +266,7 @@ class Replica:
         return Output()
 
     def _become_leader(self, epoch: int, replicas: tuple[str, ...]) -> Output:
+        self.handoff = None
         self.role = LEADER
         self.epoch = epoch
         self.leader = self.id
@@ -265,6 +294,7 @@ class Replica:
             self.role = FOLLOWER
             self.leader = None
             self.followers = {}
+            self.handoff = None
             self.epoch = max(self.epoch, epoch)
         return out
 
@@ -386,6 +416,8 @@ class Replica:
             return self._on_fence(src, m)
         if isinstance(m, Assign):
             return self._on_assign(src, m)
+        if isinstance(m, Handoff):
+            return self._on_handoff(m)
         return Output()
 
     def tick(self) -> Output:
@@ -394,6 +426,10 @@ class Replica:
         out = Output()
         if self.role != LEADER:
             return out
+        if self.handoff is not None:
+            to, left = self.handoff
+            self.handoff = (to, left - 1) if left > 1 else None  # the pause is bounded
+            out.extend(self._handoff_ready())
         for fid, f in self.followers.items():
             f.idle_ticks += 1
             if f.next > f.match:

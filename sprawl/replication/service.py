@@ -49,7 +49,7 @@ from sprawl.log.record import Record
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
-from sprawl.replication.messages import Append, FenceResp, LeaderBeat, decode, encode
+from sprawl.replication.messages import Append, FenceResp, HandoffReady, LeaderBeat, decode, encode
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.storage import keys
 
@@ -511,7 +511,7 @@ class ReplicationService:
             return
         key = (env.topic, env.partition)
         c = self.controllers.get(key)
-        if c is not None and isinstance(m, FenceResp | LeaderBeat):
+        if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady):
             self._control(key, c.receive(peer, m))
             return
         r = self.replicas.get(key)

@@ -1,0 +1,376 @@
+"""Load-based balancing of partition leadership (design decision 3).  Pure.
+
+The controller calls :meth:`Balancer.decide` every few seconds with a view of
+the cluster -- every partition's leader, replicas and publish rate measured at
+its leader (from gossip, see :mod:`sprawl.gossip.load`) and the live nodes --
+and gets back at most ``max_moves`` leadership moves, each to a replica of
+the partition (so a move never copies data: it is a failover to a chosen
+replica, :meth:`sprawl.replication.failover.FailoverCore.move_leader`).
+
+Load.  A partition's load is ``msgs_s + bytes_s / bytes_per_unit`` "units"
+per second (by default a message costs as much as a KiB of payload); a node's
+load is the sum over the partitions it leads.  ``mean`` is the average over
+the live nodes and ``upper = mean * (1 + threshold)``.
+
+Rules (each has a unit test in ``tests/test_balance.py``):
+
+* a node is *hot* when its load is above ``upper`` AND at least ``min_load``
+  (an idle or lightly loaded cluster never moves anything);
+* a hot node sheds only once it has been hot for ``persist`` consecutive
+  decisions (hysteresis), and after it shed its count starts again from 0
+  (the gossiped rates lag behind a move by a sample or two);
+* a partition moves only to a live replica of it that is below ``mean`` and
+  stays at or below ``upper`` once it has the partition; the least loaded
+  such replica is taken;
+* a partition that moved is not moved again for ``cooldown`` seconds;
+* a partition doing less than ``min_partition_load`` is never moved, nor one
+  the controller marks not movable (a failover or replica move under way);
+* at most ``max_moves - in_flight`` moves per decision.
+
+Why there is no flapping: under a steady load the mean and ``upper`` do not
+change; a move takes load off a node above ``upper`` and never puts a node
+above ``upper``, so the total excess ``sum(max(0, load - upper))`` strictly
+falls with each move and no assignment of leaders can come back -- in
+particular no partition moves back and forth.  (``tests/test_balance.py``
+checks this with hypothesis.)
+
+Rates right after a move: until the new leader gossips the partition's rate
+(``None`` in the view), the balancer keeps counting the rate it moved, for
+``cooldown`` seconds, so the new leader does not look idle.
+
+Replica moves (moving a replica off a persistently hot node) are not done
+here: leadership moves inside the replica set cover the common case without
+copying data.
+
+How the controller uses it (``tests/test_balance.py`` runs this loop on
+pure cores)::
+
+    balancer = Balancer(BalanceConfig())          # NodeMetrics.balancer = balancer
+    # each controller tick, with now, live node ids, the applied placement:
+    if balancer.due(now):
+        rates = rates_by_node(membership.member_views())   # sprawl.gossip.load
+        parts = partitions_from(placement, rates,
+                                lambda k: k in controllers and not controllers[k].busy
+                                and controllers[k].leader_confirmed)
+        in_flight = sum(1 for c in controllers.values() if c.moving_to is not None)
+        for mv in balancer.decide(now, parts, live, in_flight).moves:
+            out = controllers[(mv.topic, mv.partition)].move_leader(mv.dst)
+            if out is not None:
+                send(out)                         # as any FailoverCore output
+
+The "why" view: :attr:`Balancer.last` (a :class:`Decision`; ``as_dict()``
+for ``GET /v1/cluster``) holds the last decision's per-node loads, mean,
+``upper``, streaks, the moves and the reasons hot nodes did not shed;
+:attr:`Balancer.moves_total` counts moves by reason for the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+#: The reason every move made here carries (a metrics label).
+OVERLOADED = "overloaded"
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """Tuning; the defaults suit a decision every ~10 s."""
+
+    #: A node is hot above ``mean * (1 + threshold)``.
+    threshold: float = 0.25
+    #: ... and at ``min_load`` units/s or more.
+    min_load: float = 100.0
+    #: Consecutive hot decisions before a node sheds.
+    persist: int = 3
+    #: Seconds before a moved partition may move again.
+    cooldown: float = 300.0
+    #: Moves per decision, in flight ones included.
+    max_moves: int = 2
+    #: Bytes/s that count as one unit (one message/s is one unit).
+    bytes_per_unit: float = 1024.0
+    #: Partitions doing less than this (units/s) never move.
+    min_partition_load: float = 1.0
+    #: Seconds between decisions (:meth:`Balancer.due`); gossip samples load every 5 s.
+    interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
+            raise ValueError("need threshold > 0, persist >= 1, max_moves >= 0")
+        if self.cooldown < 0 or self.min_load < 0 or self.bytes_per_unit <= 0:
+            raise ValueError("need cooldown >= 0, min_load >= 0, bytes_per_unit > 0")
+
+
+@dataclass(frozen=True)
+class PartitionLoad:
+    """One partition as the controller sees it."""
+
+    topic: str
+    partition: int
+    leader: str
+    replicas: tuple[str, ...]
+    #: Measured at the leader; None when the leader has not reported it.
+    msgs_s: float | None = None
+    bytes_s: float | None = None
+    #: False while a failover or a replica change of it is under way.
+    movable: bool = True
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+
+class Move(NamedTuple):
+    """Move ``topic``/``partition``'s leadership from ``src`` to ``dst``."""
+
+    topic: str
+    partition: int
+    src: str
+    dst: str
+    reason: str
+
+
+@dataclass
+class NodeLoad:
+    """One live node in a decision."""
+
+    #: Measured (units/s), before this decision's moves.
+    load: float
+    #: Expected once this decision's moves are done.
+    projected: float
+    msgs_s: float
+    bytes_s: float
+    leads: int
+    #: ``load / mean`` (0 when the mean is 0).
+    ratio: float
+    hot: bool
+    #: Consecutive decisions this node has been hot (after any shedding).
+    streak: int
+
+
+@dataclass
+class Decision:
+    """What one :meth:`Balancer.decide` saw and did (the "why" view)."""
+
+    at: float
+    mean: float
+    upper: float
+    threshold: float
+    min_load: float
+    persist: int
+    nodes: dict[str, NodeLoad] = field(default_factory=dict)
+    moves: list[Move] = field(default_factory=list)
+    #: Why hot nodes did not shed (or shed less), one line each.
+    held: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for ``GET /v1/cluster``."""
+        return {
+            "at": self.at,
+            "mean": round(self.mean, 3),
+            "upper": round(self.upper, 3),
+            "threshold": self.threshold,
+            "min_load": self.min_load,
+            "persist": self.persist,
+            "nodes": {
+                n: {
+                    "load": round(v.load, 3),
+                    "projected": round(v.projected, 3),
+                    "msgs_s": round(v.msgs_s, 3),
+                    "bytes_s": round(v.bytes_s, 3),
+                    "leads": v.leads,
+                    "ratio": round(v.ratio, 3),
+                    "hot": v.hot,
+                    "streak": v.streak,
+                }
+                for n, v in sorted(self.nodes.items())
+            },
+            "moves": [
+                {"topic": m.topic, "partition": m.partition, "from": m.src, "to": m.dst, "reason": m.reason}
+                for m in self.moves
+            ],
+            "held": list(self.held),
+        }
+
+
+class Balancer:
+    """Decides leadership moves; keeps the hysteresis and cooldown state."""
+
+    def __init__(self, config: BalanceConfig | None = None) -> None:
+        self.config = config or BalanceConfig()
+        self._streak: dict[str, int] = {}
+        #: key -> (time moved, load moved with it).
+        self._moved: dict[tuple[str, int], tuple[float, float]] = {}
+        #: The last decision (None before the first).
+        self.last: Decision | None = None
+        #: Moves made, by reason.
+        self.moves_total: dict[str, int] = {}
+
+    def due(self, now: float) -> bool:
+        """Whether a decision is due (``interval`` since the last one): call
+        :meth:`decide` only then, so ``persist`` counts decisions, not ticks."""
+        return self.last is None or now - self.last.at >= self.config.interval
+
+    def _load(self, p: PartitionLoad, now: float) -> tuple[float, float, float]:
+        c = self.config
+        if p.msgs_s is None and p.bytes_s is None:
+            moved = self._moved.get(p.key)
+            if moved is not None and now - moved[0] < c.cooldown:
+                return moved[1], 0.0, 0.0  # not reported by its new leader yet
+            return 0.0, 0.0, 0.0
+        m, b = max(0.0, p.msgs_s or 0.0), max(0.0, p.bytes_s or 0.0)
+        return m + b / c.bytes_per_unit, m, b
+
+    def decide(
+        self, now: float, partitions: Iterable[PartitionLoad], live: Iterable[str], in_flight: int = 0
+    ) -> Decision:
+        """One decision: the moves to make now (``Decision.moves``) and why.
+
+        ``partitions``: every partition with a leader; ``live``: the nodes
+        that may lead (alive or suspect); ``in_flight``: leadership moves
+        started earlier and not finished (they count against ``max_moves``).
+        """
+        c = self.config
+        nodes = sorted(set(live))
+        parts = list(partitions)
+        loads = dict.fromkeys(nodes, 0.0)
+        msgs = dict.fromkeys(nodes, 0.0)
+        byts = dict.fromkeys(nodes, 0.0)
+        leads = dict.fromkeys(nodes, 0)
+        pload: dict[tuple[str, int], float] = {}
+        for p in parts:
+            units, m, b = self._load(p, now)
+            pload[p.key] = units
+            if p.leader in loads:
+                loads[p.leader] += units
+                msgs[p.leader] += m
+                byts[p.leader] += b
+                leads[p.leader] += 1
+        mean = sum(loads.values()) / len(nodes) if nodes else 0.0
+        upper = mean * (1 + c.threshold)
+        self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
+        for n in list(self._streak):
+            if n not in loads:
+                del self._streak[n]
+        hot = {n for n in nodes if loads[n] > upper and loads[n] >= c.min_load}
+        for n in nodes:
+            self._streak[n] = self._streak.get(n, 0) + 1 if n in hot else 0
+        d = Decision(now, mean, upper, c.threshold, c.min_load, c.persist)
+        measured = dict(loads)
+        budget = max(0, c.max_moves - in_flight)
+        by_leader: dict[str, list[PartitionLoad]] = {}
+        for p in parts:
+            by_leader.setdefault(p.leader, []).append(p)
+        for src in sorted(hot, key=lambda n: (-loads[n], n)):
+            if self._streak[src] < c.persist:
+                d.held.append(f"{src}: hot for {self._streak[src]}/{c.persist} decisions")
+                continue
+            if budget <= 0:
+                d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
+                continue
+            shed = self._shed(src, by_leader.get(src, []), pload, loads, mean, upper, now, budget, d)
+            budget -= len(shed)
+            if shed:
+                self._streak[src] = 0
+        for n in nodes:
+            d.nodes[n] = NodeLoad(
+                load=measured[n],
+                projected=loads[n],
+                msgs_s=msgs[n],
+                bytes_s=byts[n],
+                leads=leads[n],
+                ratio=measured[n] / mean if mean > 0 else 0.0,
+                hot=n in hot,
+                streak=self._streak[n],
+            )
+        self.last = d
+        return d
+
+    def _shed(
+        self,
+        src: str,
+        led: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        loads: dict[str, float],
+        mean: float,
+        upper: float,
+        now: float,
+        budget: int,
+        d: Decision,
+    ) -> list[Move]:
+        c = self.config
+        out: list[Move] = []
+        cooling = busy = 0
+        for p in sorted(led, key=lambda q: (-pload[q.key], q.key)):
+            if len(out) >= budget or loads[src] <= upper:
+                break
+            units = pload[p.key]
+            if units < c.min_partition_load:
+                break  # sorted: the rest are colder
+            if not p.movable:
+                busy += 1
+                continue
+            if p.key in self._moved:
+                cooling += 1
+                continue
+            targets = [
+                r
+                for r in p.replicas
+                if r != src and r in loads and loads[r] < mean and loads[r] + units <= upper
+            ]
+            if not targets:
+                continue
+            dst = min(targets, key=lambda r: (loads[r], r))
+            loads[src] -= units
+            loads[dst] += units
+            self._moved[p.key] = (now, units)
+            mv = Move(p.topic, p.partition, src, dst, OVERLOADED)
+            out.append(mv)
+            d.moves.append(mv)
+            self.moves_total[OVERLOADED] = self.moves_total.get(OVERLOADED, 0) + 1
+        if not out:
+            why = "no replica below the mean can take any of its partitions"
+            extra = [f"{cooling} in cooldown"] * bool(cooling) + [f"{busy} failing over or moving"] * bool(
+                busy
+            )
+            if extra:
+                why += f" ({', '.join(extra)})"
+            d.held.append(f"{src}: {why}")
+        return out
+
+
+def partitions_from(
+    placement: Mapping[str, Sequence[Mapping[str, Any]]],
+    rates: Mapping[str, Mapping[tuple[str, int], tuple[float, float]]],
+    movable: Callable[[tuple[str, int]], bool] | None = None,
+) -> list[PartitionLoad]:
+    """The balancer's view from the applied placement (``metadata.placement``:
+    topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
+    (node -> {(topic, partition): (msgs_s, bytes_s)}, as
+    :func:`sprawl.gossip.load.rates_by_node` gives them).  A partition's
+    rate is taken only from its current leader's report (None if absent).
+    Partitions without a leader are left out; single-replica ones count
+    towards their leader's load but have nowhere to move."""
+    out: list[PartitionLoad] = []
+    for topic, parts in placement.items():
+        for p, pl in enumerate(parts):
+            leader = pl.get("leader")
+            reps = tuple(str(r) for r in pl.get("replicas") or ())
+            if not leader:
+                continue
+            leader = str(leader)
+            rate = rates.get(leader, {}).get((topic, p))
+            key = (topic, p)
+            out.append(
+                PartitionLoad(
+                    topic,
+                    p,
+                    leader,
+                    reps,
+                    msgs_s=None if rate is None else rate[0],
+                    bytes_s=None if rate is None else rate[1],
+                    movable=True if movable is None else movable(key),
+                )
+            )
+    return out

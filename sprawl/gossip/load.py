@@ -1,0 +1,140 @@
+"""Per-partition publish rates in the gossiped load figures.  Pure.
+
+A node gossips, in its metadata's ``load`` dict, the rates of the hottest
+partitions it leads under ``"parts"``: a list of ``[topic, partition, msgs_s,
+bytes_s]`` (integers per second), hottest first.  The list is bounded twice
+so the metadata stays under ``GossipConfig.max_meta_bytes`` (and a member's
+record fits one UDP packet): at most :data:`MAX_PARTS` entries and at most
+``budget`` encoded bytes (topic names can be 249 bytes long).  A partition
+not listed is colder than the coldest listed one, or not measured yet.
+
+:func:`decode_parts` reads what a peer sent, defensively (anything malformed
+is skipped); :func:`rates_by_node` turns ``member_views()`` into what
+:func:`sprawl.cluster.balance.partitions_from` takes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+#: At most this many partitions per node in the gossip.
+MAX_PARTS = 32
+#: Default byte budget of the encoded list.
+PARTS_BUDGET = 480
+#: Bytes/s counted like one message/s when ranking partitions by heat.
+BYTES_PER_UNIT = 1024.0
+#: A partition's rate must move by more than this (and 20%) to be re-gossiped.
+PART_FLOORS = (10.0, 100_000.0)
+
+Rates = dict[tuple[str, int], tuple[float, float]]
+
+
+def heat(msgs_s: float, bytes_s: float) -> float:
+    """The ranking used to pick the hottest partitions."""
+    return msgs_s + bytes_s / BYTES_PER_UNIT
+
+
+def rates_between(
+    old: Mapping[tuple[str, int], tuple[int, int]],
+    new: Mapping[tuple[str, int], tuple[int, int]],
+    seconds: float,
+) -> Rates:
+    """Rates from two samples of per-partition ``(appended_total,
+    appended_bytes_total)`` counters ``seconds`` apart; partitions missing
+    from ``old`` (just became led here) have no rate yet, and a counter that
+    went backwards (a partition recreated) counts as 0."""
+    if seconds <= 0:
+        return {}
+    out: Rates = {}
+    for key, (n1, b1) in new.items():
+        prev = old.get(key)
+        if prev is None:
+            continue
+        n0, b0 = prev
+        out[key] = (max(0, n1 - n0) / seconds, max(0, b1 - b0) / seconds)
+    return out
+
+
+def encode_parts(
+    rates: Mapping[tuple[str, int], tuple[float, float]], budget: int = PARTS_BUDGET
+) -> list[Any]:
+    """The hottest partitions, hottest first, as ``[topic, p, msgs_s, bytes_s]``
+    integer entries, at most :data:`MAX_PARTS` and ``budget`` encoded bytes
+    (the msgpack array header included)."""
+    order = sorted(rates.items(), key=lambda kv: (-heat(*kv[1]), kv[0]))
+    out: list[Any] = []
+    used = 3  # array header for up to 65535 entries
+    for (topic, p), (m, b) in order:
+        if len(out) >= MAX_PARTS:
+            break
+        entry = [topic, int(p), round(m), round(b)]
+        size = len(msgspec.msgpack.encode(entry))
+        if used + size > budget:
+            continue  # a long name; a shorter one may still fit
+        used += size
+        out.append(entry)
+    return out
+
+
+def decode_parts(raw: Any) -> Rates:
+    """Rates from a peer's ``"parts"`` list; malformed entries are skipped."""
+    out: Rates = {}
+    if not isinstance(raw, list):
+        return out
+    for e in raw[: MAX_PARTS * 2]:
+        if not isinstance(e, list | tuple) or len(e) != 4:
+            continue
+        topic, p, m, b = e
+        if not isinstance(topic, str) or not isinstance(p, int) or isinstance(p, bool) or p < 0:
+            continue
+        if not all(_rate(x) for x in (m, b)):
+            continue
+        out[(topic, p)] = (float(m), float(b))
+    return out
+
+
+def _rate(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+def parts_changed(old: Any, new: Any) -> bool:
+    """Whether a rate moved by more than 20% and a floor (10 msgs/s or
+    100 kB/s) between two encoded lists."""
+    a, b = decode_parts(old), decode_parts(new)
+    for key in a.keys() | b.keys():
+        ra, rb = a.get(key, (0.0, 0.0)), b.get(key, (0.0, 0.0))
+        for x, y, floor in zip(ra, rb, PART_FLOORS, strict=True):
+            if abs(x - y) > max(floor, 0.2 * max(x, y)):
+                return True
+    return False
+
+
+def view_rates(parts: Any) -> list[dict[str, Any]]:
+    """A ``"parts"`` list as JSON objects (for ``member_views()``)."""
+    return [
+        {"topic": t, "partition": p, "msgs_s": m, "bytes_s": b}
+        for (t, p), (m, b) in decode_parts(parts).items()
+    ]
+
+
+def rates_by_node(
+    views: Iterable[Mapping[str, Any]], states: tuple[str, ...] = ("alive", "suspect")
+) -> dict[str, Rates]:
+    """node -> {(topic, partition): (msgs_s, bytes_s)} from ``member_views()``
+    entries in one of ``states`` (their ``partition_rates``)."""
+    out: dict[str, Rates] = {}
+    for v in views:
+        if v.get("state") not in states:
+            continue
+        rates: Rates = {}
+        for e in v.get("partition_rates") or ():
+            try:
+                rates[(str(e["topic"]), int(e["partition"]))] = (float(e["msgs_s"]), float(e["bytes_s"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+        out[str(v.get("id"))] = rates
+    return out
