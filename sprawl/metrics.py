@@ -127,6 +127,8 @@ class NodeMetrics:
         self.raft: Any = None
         #: The controller's load balancer (:class:`sprawl.cluster.balance.Balancer`), if any.
         self.balancer: Any = None
+        #: The data plane (:class:`sprawl.cluster.dataplane.DataPlane`), if any.
+        self.plane: Any = None
         self.raft_proposal_duration = Histogram(
             "sprawl_raft_proposal_duration_seconds",
             "Time from proposing a metadata change on this node to applying it here",
@@ -137,6 +139,7 @@ class NodeMetrics:
         r.register(_GossipCollector(self))
         r.register(_RaftCollector(self))
         r.register(_BalanceCollector(self))
+        r.register(_DataPlaneCollector(self))
 
     def committed(self, seconds: float, ops: int) -> None:
         """Record one LMDB group commit."""
@@ -191,7 +194,7 @@ class _StateCollector:
         repl_lag = GaugeMetricFamily(
             "sprawl_partition_replication_lag_messages",
             "Messages appended but not yet below the high watermark (log end - HW): "
-            "not yet durable here, or not yet on a quorum once replication lands",
+            "not yet durable here, or (a replicated partition) not yet on a quorum",
             labels=["topic", "partition"],
         )
         tier = GaugeMetricFamily(
@@ -418,3 +421,54 @@ class _BalanceCollector:
             for node, v in sorted(last.nodes.items()):
                 ratio.add_metric([node], v.ratio)
         yield ratio
+
+
+class _DataPlaneCollector:
+    """The data plane's figures at scrape time: partitions led and
+    under-replicated, publishes forwarded and retried, failovers committed,
+    group checkpoints written and adopted."""
+
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        plane = self.metrics.plane
+        if plane is None:
+            return
+        s = plane.summary()
+        yield GaugeMetricFamily(
+            "sprawl_led_partitions", "Partitions this node leads (or holds alone)", value=s["leading"]
+        )
+        yield GaugeMetricFamily(
+            "sprawl_under_replicated_partitions",
+            "Partitions this node leads with a follower behind, or fewer replicas than the replication "
+            "factor allows",
+            value=s["under_replicated"],
+        )
+        yield CounterMetricFamily(
+            "sprawl_forwarded_publishes",
+            "Publishes of a partition led elsewhere, forwarded to its leader",
+            value=s["forwarded"],
+        )
+        yield CounterMetricFamily(
+            "sprawl_publish_retries",
+            "Publishes retried after a refusal that proved nothing was written (a failover under way)",
+            value=s["retried"],
+        )
+        yield CounterMetricFamily(
+            "sprawl_failovers", "Partition leaders this node committed as controller", value=s["failovers"]
+        )
+        groups = plane.groups
+        yield CounterMetricFamily(
+            "sprawl_group_checkpoints_written",
+            "Consumer-group checkpoints this node wrote into partitions it leads",
+            value=groups.checkpoints_written,
+        )
+        yield CounterMetricFamily(
+            "sprawl_group_checkpoints_adopted",
+            "Consumer-group checkpoints this node adopted as a follower",
+            value=groups.checkpoints_adopted,
+        )

@@ -444,6 +444,8 @@ class NodeService(service.Service):
             node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
         )
         self.control.on_topic_changed = self.plane.sync_topic
+        metrics.balancer = self.plane.balancer
+        metrics.plane = self.plane
         self.plane.start()
         metrics.raft = self.control
         self.control.on_proposal_latency = metrics.raft_proposal_duration.observe

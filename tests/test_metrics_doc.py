@@ -143,6 +143,7 @@ def test_units_in_names() -> None:
                     "_term",
                     "_index",
                     "_ratio",
+                    "_partitions",
                 )
                 + ("_role", "_has_leader", "_voters", "_learners")
             ), name

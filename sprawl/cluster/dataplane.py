@@ -35,8 +35,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.broker import PublishResult
+from sprawl.cluster.balance import BalanceConfig, Balancer, partitions_from
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
+from sprawl.gossip.load import rates_by_node
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.rpc import PeerRPC
 from sprawl.replication.failover import Commit, FailoverCore
@@ -104,6 +106,8 @@ class DataPlane:
         self._moving: set[tuple[str, int]] = set()
         self._dead_since: dict[str, float] = {}
         self._loop: task.LoopingCall | None = None
+        #: Load-based leadership balancing (decides only while this node is the controller).
+        self.balancer = Balancer(BalanceConfig())
         self.forwarded = 0
         self.retried = 0
         self.failovers = 0
@@ -227,6 +231,8 @@ class DataPlane:
 
     def _sync_controller(self, c: FailoverCore, pl: dict[str, Any]) -> None:
         epoch = int(pl["epoch"])
+        if epoch > c.epoch:
+            c.cancel_move()  # a pending leadership hand-off is for an epoch gone by
         if epoch > c.epoch or (epoch == c.epoch and c.leader is None and c.committing is None):
             c.epoch, c.leader = epoch, str(pl["leader"])
             c.replicas = tuple(str(x) for x in pl["replicas"])
@@ -286,6 +292,36 @@ class DataPlane:
                     if want is not None:
                         moves += 1
                         self._move(key, pl, want)
+        self._balance(now, live)
+
+    def _balance(self, now: float, live: list[str]) -> None:
+        """Move partition leadership off overloaded nodes (see :mod:`sprawl.cluster.balance`)."""
+        if self.membership is None or not self.balancer.due(now):
+            return
+        ctl = self.service.controllers
+
+        def movable(k: tuple[str, int]) -> bool:
+            c = ctl.get(k)
+            return c is not None and not c.busy and c.leader_confirmed and k not in self._moving
+
+        parts = partitions_from(
+            self.control.metadata.placement, rates_by_node(self.membership.member_views()), movable
+        )
+        in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
+        for mv in self.balancer.decide(now, parts, live, in_flight).moves:
+            key = (mv.topic, mv.partition)
+            c = ctl.get(key)
+            out = c.move_leader(mv.dst) if c is not None else None
+            if out is not None:
+                log.info(
+                    "controller: moving the leadership of {topic}/{partition} from {src} to {dst} ({reason})",
+                    topic=mv.topic,
+                    partition=mv.partition,
+                    src=mv.src,
+                    dst=mv.dst,
+                    reason=mv.reason,
+                )
+                self.service._control(key, out)
 
     def _wanted_replicas(
         self,
@@ -709,6 +745,9 @@ class DataPlane:
                     if min(rf, len([n for n in meta.nodes if n in live])) > 1:
                         under += 1
         return {
+            "balance": self.balancer.last.as_dict()
+            if self.control.is_leader and self.balancer.last
+            else None,
             "leading": leading,
             "under_replicated": under,
             "replicas": len(self.service.replicas),
