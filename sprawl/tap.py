@@ -527,15 +527,21 @@ class NodeService(service.Service):
         if self.api is not None:
             self.api.streams.close_all()
             self.api.close_dashboards()
+        if self.gossip is not None:
+            # Gossip the leave first: the controller moves the leadership of
+            # this node's partitions to other replicas at once (it fences this
+            # node, which still answers) instead of waiting out a beat timeout.
+            await self.gossip.stop()  # gossips the leave, then closes the UDP port
         if self.plane is not None:
+            moved = await self.plane.drain(3.0)
+            if not moved:
+                log.warn("stopping while still leading partitions (their leadership did not move in time)")
             self.plane.stop()
         if self.rpc is not None:
             self.rpc.close()
         if self.control is not None:
             await self.control.hand_off()
             self.control.stop()
-        if self.gossip is not None:
-            await self.gossip.stop()  # gossips the leave, then closes the UDP port
         if self.channel is not None:
             await self.channel.close()
         if self.peer_port is not None:

@@ -131,6 +131,20 @@ class DataPlane:
             lambda f: log.failure("data plane tick stopped", f)
         )
 
+    async def drain(self, timeout: float) -> bool:
+        """Before a graceful stop (this node already gossiped its leave): wait,
+        bounded by ``timeout`` seconds, until the controller moved the
+        leadership of every replicated partition this node leads elsewhere.
+        True when none is led here any more."""
+        deadline = self.reactor.seconds() + timeout
+        for _ in range(int(timeout / 0.05) + 2):
+            if not any(r.core.is_leader for r in self.service.replicas.values()):
+                return True
+            if self.reactor.seconds() >= deadline:
+                break
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+        return not any(r.core.is_leader for r in self.service.replicas.values())
+
     def stop(self) -> None:
         """Stop ticking."""
         if self._loop is not None and self._loop.running:
