@@ -761,8 +761,9 @@ class NodeCluster:
 
         Fully replicated: on every node, for every partition it is a replica
         of, ``log_end == high_watermark ==`` the leader's ``log_end``, the
-        leader is up, and ``/v1/cluster`` reports ``partitions.under_replicated == 0``
-        on every node.  With ``replicated=False`` (before partition replication
+        leader is up, the node's ``role`` (where given) agrees with the
+        placement, and ``/v1/cluster`` reports ``partitions.under_replicated
+        == 0`` on every node.  With ``replicated=False`` (before partition replication
         is wired every node keeps its own copy of every partition) it checks
         only that each node's ``log_end == high_watermark`` for every partition.
         """
@@ -801,6 +802,9 @@ class NodeCluster:
                         problems.append(f"{t}/{p}: leader {leader!r} is not up")
                         continue
                     lead = next((x for x in views[(leader, t)] if x.get("partition") == p), {})
+                    want_role = "leader" if n == leader else "follower"
+                    if pv.get("role", want_role) != want_role:
+                        problems.append(f"{n} {t}/{p}: role {pv.get('role')!r}, placement says {want_role}")
                     le, hw, lle = pv.get("log_end"), pv.get("high_watermark"), lead.get("log_end")
                     if le is None or not (le == hw == lle):
                         problems.append(f"{n} {t}/{p}: log_end {le}, hw {hw}, leader {leader} log_end {lle}")
