@@ -125,6 +125,13 @@ class Acked:
     failures: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
 
+    def by_partition(self) -> dict[tuple[str, int], set[tuple[int, str]]]:
+        """(topic, partition) -> {(offset, id)} acked there."""
+        out: dict[tuple[str, int], set[tuple[int, str]]] = {}
+        for (t, p, o), (mid, _) in self.at.items():
+            out.setdefault((t, p), set()).add((o, mid))
+        return out
+
     def record(self, topic: str, node: str, ids: list[str], answer: Any) -> None:
         with self.lock:
             for mid, p, off in zip(ids, answer["partitions"], answer["offsets"], strict=True):
@@ -188,7 +195,7 @@ def read_partition(cluster: NodeCluster, node: str, topic: str, partition: int) 
     raise AssertionError("unbounded read")
 
 
-def check_node(cluster: NodeCluster, node: str, acked: Acked) -> int:
+def check_node(cluster: NodeCluster, node: str, acked: dict[tuple[str, int], set[tuple[int, str]]]) -> int:
     """On ``node``: offsets come strictly increasing, and every acked (partition, offset)
     holds exactly the acked id, which appears exactly once.  Returns messages checked."""
     checked = 0
@@ -200,7 +207,7 @@ def check_node(cluster: NodeCluster, node: str, acked: Acked) -> int:
             ids = dict(log)
             seen = Counter(mid for _, mid in log)
             key_topic = topic if REPLICATED else f"{topic}@{node}"
-            want = {(o, v[0]) for (t, pp, o), v in acked.at.items() if t == key_topic and pp == p}
+            want = acked.get((key_topic, p), set())
             missing = [(o, mid) for o, mid in sorted(want) if ids.get(o) != mid]
             assert not missing, (
                 f"{node} {topic}/{p}: {len(missing)} acked messages missing or different, "
@@ -303,8 +310,9 @@ def test_acked_messages_survive_kills_and_stops(cluster_factory: Any) -> None:
     took = poll_until(replicated, REPLICATED_BOUND, step=0.5)
     assert took is not None, f"not fully replicated within {REPLICATED_BOUND:g} s: {problems[:10]}"
     print(f"fully replicated {took:.1f} s after the chaos")
+    by_partition = acked.by_partition()
     for name in cluster.names:
-        n = check_node(cluster, name, acked)
+        n = check_node(cluster, name, by_partition)
         print(f"{name}: {n} acked messages present exactly once at their offsets")
         if REPLICATED:
             assert n == len(acked.at)
