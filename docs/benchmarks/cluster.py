@@ -80,6 +80,7 @@ def throughput(cluster: NodeCluster, a: argparse.Namespace) -> BenchResult:
             acks="quorum",
             partitions=a.partitions,
             replication_factor=a.rf,
+            keep_topic=True,  # deleting it would load the nodes during the next measurement
             timeout=60.0,
         )
     )
@@ -102,6 +103,7 @@ def latency(cluster: NodeCluster, a: argparse.Namespace) -> tuple[BenchResult, s
             acks="quorum",
             partitions=a.partitions,
             replication_factor=a.rf,
+            keep_topic=True,  # deleting it would load the nodes during the next measurement
             timeout=60.0,
         )
     )
@@ -185,7 +187,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=500_000, help="messages in (a) [500000]")
     ap.add_argument("--rate", type=float, default=1000.0, help="msg/s in (b) [1000]")
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of (b) [20]")
-    ap.add_argument("--latency-publishers", type=int, default=8, help="connections publishing (b) [8]")
+    ap.add_argument("--latency-publishers", type=int, default=32, help="connections publishing (b) [32]")
     ap.add_argument("--kills", type=int, default=5, help="failovers measured in (c) [5]")
     ap.add_argument("--data-dir", help="parent of the nodes' data dirs (default: a temporary directory)")
     a = ap.parse_args()
