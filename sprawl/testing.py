@@ -756,6 +756,18 @@ class NodeCluster:
         parts = self.placement(via).get(topic, {})
         return {int(p): (v.get("leader") or None) for p, v in parts.items()}
 
+    def partition_report(self, topic: str, partition: int) -> dict[str, Any]:
+        """Every running node's view of one partition (its ``GET /v1/topics`` entry and its
+        placement entry): what a failure message should show."""
+        out: dict[str, Any] = {}
+        for n in self.up():
+            status, desc = self.get(n, f"/v1/topics/{topic}")
+            view = next((v for v in partition_views(desc) if v.get("partition") == partition), status)
+            if isinstance(view, dict):
+                view = {k: v for k, v in view.items() if k not in ("tiers",)}
+            out[n] = {"view": view, "placement": self.placement(n).get(topic, {}).get(str(partition))}
+        return out
+
     def replication_problems(self, topics: list[str], replicated: bool = True) -> list[str]:
         """What keeps ``topics`` from being fully replicated; empty when they are.
 

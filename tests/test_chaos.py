@@ -135,8 +135,11 @@ class Acked:
         return out
 
     def record(self, topic: str, node: str, ids: list[str], answer: Any) -> None:
+        got = [str(x) for x in answer.get("ids", ids)]  # the answer's order is authoritative
         with self.lock:
-            for mid, p, off in zip(ids, answer["partitions"], answer["offsets"], strict=True):
+            if sorted(got) != sorted(ids):
+                self.conflicts.append(f"published {ids}, acked ids {got}")
+            for mid, p, off in zip(got, answer["partitions"], answer["offsets"], strict=True):
                 # Without replication every node numbers its own copy: key the node in.
                 key = (topic if REPLICATED else f"{topic}@{node}", int(p), int(off))
                 prev = self.at.get(key)
@@ -311,6 +314,11 @@ def test_acked_messages_survive_kills_and_stops(cluster_factory: Any) -> None:
         return not problems
 
     took = poll_until(replicated, REPLICATED_BOUND, step=0.5)
+    if took is None:
+        for topic, parts in TOPICS.items():
+            for p in range(parts):
+                if any(f" {topic}/{p}:" in x for x in problems):
+                    print(f"{topic}/{p} on every node: {cluster.partition_report(topic, p)}")
     assert took is not None, f"not fully replicated within {REPLICATED_BOUND:g} s: {problems[:10]}"
     print(f"fully replicated {took:.1f} s after the chaos")
     by_partition = acked.by_partition()
