@@ -11,10 +11,11 @@ fresh topic with ``--partitions`` partitions and ``--rf`` replicas:
     batches of ``--batch`` with ``acks=quorum`` from ``--publishers`` concurrent
     keep-alive connections spread round robin over all three nodes
     (:mod:`sprawl.bench`, the engine of ``sprawlctl bench``; no subscriber).
-(b) **end-to-end latency** at a fixed ``--rate`` (default 1,000 msg/s, batches
-    of 1, ``acks=quorum``): published on node A, received on node C by an SSE
-    subscriber from ``latest``; each payload carries its send time, latency is
-    receive time - send time (same clock).
+(b) **end-to-end latency** at a fixed ``--rate`` (default 1,000 msg/s in
+    batches of ``--latency-batch`` = 1, ``acks=quorum``, ``--latency-publishers``
+    connections; the table states the rate reached): published on node A,
+    received on node C by an SSE subscriber from ``latest``; each payload
+    carries its send time, latency is receive time - send time (same clock).
 (c) **failover**: ``kill -9`` of the leader of partition 0 (from
     ``/v1/cluster/placement``), then the time until the first successful
     publish to partition 0 (a key that hashes to it) on a surviving node,
@@ -96,7 +97,7 @@ def latency(cluster: NodeCluster, a: argparse.Namespace) -> tuple[BenchResult, s
             subscriber_urls=[cluster.url(sub)],
             messages=int(a.rate * a.seconds),
             size=a.size,
-            batch=1,
+            batch=a.latency_batch,
             publishers=a.latency_publishers,
             subscribers=1,
             rate=a.rate,
@@ -187,7 +188,8 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=500_000, help="messages in (a) [500000]")
     ap.add_argument("--rate", type=float, default=1000.0, help="msg/s in (b) [1000]")
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of (b) [20]")
-    ap.add_argument("--latency-publishers", type=int, default=32, help="connections publishing (b) [32]")
+    ap.add_argument("--latency-batch", type=int, default=1, help="messages per publish in (b) [1]")
+    ap.add_argument("--latency-publishers", type=int, default=64, help="connections publishing (b) [64]")
     ap.add_argument("--kills", type=int, default=5, help="failovers measured in (c) [5]")
     ap.add_argument("--data-dir", help="parent of the nodes' data dirs (default: a temporary directory)")
     a = ap.parse_args()
@@ -230,9 +232,10 @@ def main() -> None:
     )
     e2e = lat.e2e_latency_ms
     print(
-        f"| (b) end-to-end latency | {a.rate:,.0f} msg/s for {a.seconds:g} s, batches of 1, "
-        f"publish on {pub}, SSE on {sub} | **p50 {ms(e2e and e2e.p50)} ms, p99 {ms(e2e and e2e.p99)} ms** "
-        f"(max {ms(e2e and e2e.max)}; {lat.delivered:,} of {lat.published:,} delivered) |"
+        f"| (b) end-to-end latency | {a.rate:,.0f} msg/s for {a.seconds:g} s, batches of {a.latency_batch}, "
+        f"{a.latency_publishers} connections, publish on {pub}, SSE on {sub} | "
+        f"**p50 {ms(e2e and e2e.p50)} ms, p99 {ms(e2e and e2e.p99)} ms** (max {ms(e2e and e2e.max)}; "
+        f"rate reached {lat.publish_msgs_per_s:,.0f} msg/s; {lat.delivered:,} of {lat.published:,} delivered) |"
     )
     print(
         f"| (c) failover: kill -9 of partition 0's leader → first acked publish to it | "
