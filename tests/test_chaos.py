@@ -51,7 +51,7 @@ REPLICATION_FACTOR = int(os.environ.get("SPRAWL_CHAOS_RF", "3"))
 REPLICATED = REPLICATION_FACTOR > 1
 #: Seconds of faults (the publisher runs the whole time).
 CHAOS_SECONDS = float(os.environ.get("SPRAWL_CHAOS_SECONDS", "35"))
-#: ``none`` (no faults: harness check), ``stop`` (SIGSTOP/SIGCONT only) or ``all``.
+#: ``none`` (no faults: harness check), ``stop`` (SIGSTOP/SIGCONT only), ``kill`` (kill -9 only) or ``all``.
 FAULTS = os.environ.get("SPRAWL_CHAOS_FAULTS", "all")
 #: Topic name -> partitions.
 TOPICS = {"chaos-a": 3, "chaos-b": 2, "chaos-c": 1}
@@ -240,6 +240,7 @@ def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[st
         kinds = {
             "none": ["idle"],
             "stop": ["stop"],
+            "kill": ["kill", "kill-partition-leader", "kill-raft-leader"],
             "all": ["kill", "kill-partition-leader", "kill-raft-leader", "stop"],
         }
         kind = rng.choice(kinds[FAULTS])
