@@ -821,3 +821,48 @@ class NodeCluster:
                     if le is None or not (le == hw == lle):
                         problems.append(f"{n} {t}/{p}: log_end {le}, hw {hw}, leader {leader} log_end {lle}")
         return problems
+
+
+def first_success(
+    attempt: Callable[[int], bool], bound: float, interval: float = 0.05, workers: int = 64
+) -> float | None:
+    """Seconds until the first ``attempt(i)`` returned True, or None within ``bound``.
+
+    A new attempt starts every ``interval`` seconds on a thread pool, whether
+    or not earlier ones answered: an attempt stuck on a dead node (until its
+    own timeout) does not delay the next, so the time measured is the
+    service's, not the client's timeout.  Exceptions count as failures.  At
+    most ``workers`` attempts are in flight; the pool is shut down before
+    returning (it waits for the attempts in flight, each bounded by its own
+    timeout).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.monotonic()
+    done = threading.Event()
+    first: list[float] = []
+    lock = threading.Lock()
+    slots = threading.Semaphore(workers)
+
+    def run(i: int) -> None:
+        try:
+            ok = attempt(i)
+        except Exception:
+            ok = False
+        finally:
+            slots.release()
+        if ok:
+            with lock:
+                if not first:
+                    first.append(time.monotonic() - t0)
+            done.set()
+
+    with ThreadPoolExecutor(workers) as pool:
+        for i in range(int(bound / interval) + 1):
+            if done.is_set() or time.monotonic() - t0 > bound:
+                break
+            if slots.acquire(timeout=max(0.0, bound - (time.monotonic() - t0))):
+                pool.submit(run, i)
+            done.wait(interval)
+        done.wait(max(0.0, bound - (time.monotonic() - t0)))
+    return first[0] if first and first[0] <= bound else None

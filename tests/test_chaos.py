@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeCluster, http_json, key_for_partition, poll_until
+from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
 
@@ -359,31 +359,27 @@ def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: A
     if not REPLICATED:
         c = a  # before the wiring only the publishing node holds what it acked
     key = key_for_partition(0, parts)
+    wrong: list[Any] = []  # answers for another partition than the key's
 
     sent: dict[int, str] = {}
+    lock = threading.Lock()
 
     def publish(mid: str, timeout: float = 2.0) -> bool:
         body = {"messages": [{"payload": mid, "id": mid, "key": key}], "acks": "quorum"}
         status, answer = http_json(cluster.url(a) + f"/v1/topics/{topic}/messages", "POST", body, timeout)
         if status == 200:
-            assert answer["partitions"] == [0], answer
-            sent[int(answer["offsets"][0])] = mid
+            with lock:
+                sent[int(answer["offsets"][0])] = mid
+                wrong.extend([] if answer["partitions"] == [0] else [answer])
         return status == 200
 
     for i in range(20):
         assert publish(f"before-{i}"), f"publish before the kill failed on {a}"
 
     cluster.kill(leader)
-    t0 = time.monotonic()
-    pause = threading.Event()
-    took = None
-    for i in range(int((FAILOVER_BOUND + 10) / 0.05)):
-        if publish(f"after-{i}"):
-            took = time.monotonic() - t0
-            break
-        if time.monotonic() - t0 > FAILOVER_BOUND + 10:
-            break
-        pause.wait(0.05)
+    # A new attempt every 50 ms, each waiting up to 2 s: an attempt stuck on the dead
+    # leader does not delay the next, so this measures the failover, not the timeout.
+    took = first_success(lambda i: publish(f"after-{i}"), FAILOVER_BOUND + 10, interval=0.05)
     assert took is not None, f"no publish to {topic}/0 succeeded within {FAILOVER_BOUND + 10:g} s"
     print(f"\nleader {leader} of {topic}/0 killed; first acked publish on {a} after {took:.2f} s")
     assert took <= FAILOVER_BOUND, f"failover took {took:.2f} s (bound {FAILOVER_BOUND:g} s)"
@@ -395,6 +391,7 @@ def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: A
         )
     for i in range(20):
         assert publish(f"later-{i}"), f"publish after the failover failed on {a}"
+    assert not wrong, wrong[:3]
 
     def all_there() -> bool:
         status, body = cluster.get(c, f"/v1/topics/{topic}/messages?partition=0&from=earliest&limit=1000")

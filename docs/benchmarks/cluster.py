@@ -18,8 +18,9 @@ fresh topic with ``--partitions`` partitions and ``--rf`` replicas:
     carries its send time, latency is receive time - send time (same clock).
 (c) **failover**: ``kill -9`` of the leader of partition 0 (from
     ``/v1/cluster/placement``), then the time until the first successful
-    publish to partition 0 (a key that hashes to it) on a surviving node,
-    retried every 20 ms with a 1 s timeout per attempt.  The killed node is
+    publish to partition 0 (a key that hashes to it) on a surviving node: a
+    new attempt every 20 ms, overlapping (each waits up to 2 s), so one stuck
+    on the dead leader does not delay the next.  The killed node is
     restarted and the cluster left to catch up between ``--kills`` runs.
 
 Prints a Markdown table.  Needs partition replication wired into the node
@@ -34,7 +35,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sprawl.bench import BenchConfig, BenchError, BenchResult, run_bench
-from sprawl.testing import NodeCluster, http_json, key_for_partition, poll_until
+from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, poll_until
 
 FORM_BOUND = 60.0
 CATCH_UP_BOUND = 60.0
@@ -136,7 +136,6 @@ def failover(cluster: NodeCluster, a: argparse.Namespace) -> list[tuple[float, s
     topic = f"failover-{int(time.time())}"
     create_topic(cluster, topic, a.partitions, a.rf)
     key = key_for_partition(0, a.partitions)
-    pause = threading.Event()
     out: list[tuple[float, str]] = []
     for k in range(a.kills):
         leader = cluster.partition_leaders(topic).get(0)
@@ -149,15 +148,7 @@ def failover(cluster: NodeCluster, a: argparse.Namespace) -> list[tuple[float, s
             raise SystemExit(f"publishing to {topic}/0 on {survivor} fails before the kill")
         was_raft_leader = cluster.raft_leader() == leader
         cluster.kill(leader)
-        t0 = time.monotonic()
-        took = None
-        for i in range(int(FAILOVER_GIVE_UP / 0.02) + 1):
-            if publish_once(url, key, i, 1.0):
-                took = time.monotonic() - t0
-                break
-            if time.monotonic() - t0 > FAILOVER_GIVE_UP:
-                break
-            pause.wait(0.02)
+        took = first_success(lambda i, u=url: publish_once(u, key, i, 2.0), FAILOVER_GIVE_UP, interval=0.02)
         if took is None:
             raise SystemExit(f"no publish to {topic}/0 succeeded {FAILOVER_GIVE_UP:g} s after the kill")
         note = f"killed {leader}" + (" (also the Raft leader)" if was_raft_leader else "")
@@ -239,7 +230,7 @@ def main() -> None:
     )
     print(
         f"| (c) failover: kill -9 of partition 0's leader → first acked publish to it | "
-        f"{len(times)} kills, retry every 20 ms | **median {statistics.median(times):.2f} s** "
+        f"{len(times)} kills, an attempt every 20 ms | **median {statistics.median(times):.2f} s** "
         f"({times[0]:.2f}-{times[-1]:.2f} s) |"
     )
     for w in tp.warnings + lat.warnings:
