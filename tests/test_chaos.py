@@ -1,9 +1,10 @@
 """Chaos: replicated topics on real ``twistd sprawl`` processes that are
 killed, restarted and stopped while a publisher records every acknowledgement.
 
-**Needs partition replication wired into the node.**  Until it is, creating
-a topic with ``replication_factor > 1`` is refused (400) and these tests fail
-at topic creation -- on purpose: nothing here is skipped.  The harness itself
+**Needs partition replication wired into the node** (main has it; this
+branch does not yet).  Without it, creating a topic with
+``replication_factor > 1`` is refused (400) and these tests fail at topic
+creation -- on purpose: nothing here is skipped.  The harness itself
 (starting, ``kill -9``, restart on the same data dir, SIGSTOP/SIGCONT, the
 publisher, the readers and the checks) can be exercised today with
 ``SPRAWL_CHAOS_RF=1``: every node then keeps its own copy of every topic (the
@@ -17,11 +18,15 @@ next fault.  With 5 Raft voters 4 remain (a majority of 5 is 3), and every
 partition has ``REPLICATION_FACTOR`` = 3 replicas on distinct nodes, so 2 of
 each replica set remain (a majority of 3 is 2): every quorum-acked record is
 on at least one surviving replica, and a leader can always be elected.
+A stopped node is not dead: when it continues it may still believe it leads
+(its peers moved on meanwhile) -- the stale-leader case the SIGSTOP faults
+are for.
 
 Sizes: ``SPRAWL_CHAOS_SECONDS`` of chaos (default 35 s; ``tox -e chaos``
 runs 600 s), ``SPRAWL_CHAOS_SEED`` for the schedule (default: random,
 printed -- rerun with it to replay the same schedule of faults; timing on
-real processes still varies).
+real processes still varies), ``SPRAWL_CHAOS_FAULTS`` = ``all`` (default),
+``kill``, ``stop`` or ``none``.
 """
 
 from __future__ import annotations
