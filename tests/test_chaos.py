@@ -223,8 +223,11 @@ def check_node(cluster: NodeCluster, node: str, acked: dict[tuple[str, int], set
                 f"{node} {topic}/{p}: {len(missing)} acked messages missing or different, "
                 f"first {[(o, mid, ids.get(o)) for o, mid in missing[:5]]}"
             )
-            twice = [mid for _, mid in want if seen[mid] != 1]
-            assert not twice, f"{node} {topic}/{p}: acked ids not exactly once: {twice[:5]}"
+            twice = sorted(mid for _, mid in want if seen[mid] != 1)
+            where = {mid: [o for o, m in log if m == mid] for mid in twice[:5]}
+            assert not twice, (
+                f"{node} {topic}/{p}: {len(twice)} acked ids not exactly once, at offsets {where}"
+            )
             checked += len(want)
     return checked
 
