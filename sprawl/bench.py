@@ -90,6 +90,8 @@ class BenchConfig:
     replication_factor: int | None = None
     keep_topic: bool = False
     subscriber_process: bool = True
+    #: Nodes the subscribers read from (round robin); empty: the same nodes as the publishers.
+    subscriber_urls: Sequence[str] = ()
     timeout: float = 30.0
     drain_timeout: float = 10.0
     ready_timeout: float = 10.0
@@ -1008,8 +1010,9 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
     clients: list[HttpClient] = []
     try:
         if config.subscribers:
+            sub_urls = [Endpoint.parse(u).url for u in config.subscriber_urls] or [ep.url for ep in endpoints]
             spec = SubscriberSpec(
-                urls=[ep.url for ep in endpoints],
+                urls=sub_urls,
                 topic=topic,
                 count=config.subscribers,
                 expected=config.messages,

@@ -518,3 +518,351 @@ class PeerNet:
 def link_peers(a: PeerChannel, b: PeerChannel, port: Any) -> None:
     """Tell ``a`` where ``b`` listens."""
     a.set_address(b.node_id, "127.0.0.1", port.getHost().port)
+
+
+# -- clusters of real nodes (chaos tests, cluster benchmarks) -------------------------
+
+
+def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """One JSON request with the standard library: ``(status, decoded body)``.
+
+    Status 0 (body None) when there is no HTTP answer at all: connection
+    refused or reset, or no answer within ``timeout`` (a killed or stopped node).
+    """
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        try:
+            raw = e.read()
+        except OSError:
+            raw = b""
+        status = e.code
+    except (OSError, ValueError):  # URLError, timeouts, resets, a half-written answer
+        return 0, None
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, None
+
+
+def key_for_partition(partition: int, partitions: int, prefix: str = "k") -> str:
+    """A message key the broker maps to ``partition`` (CRC-32 of the key modulo the partition count)."""
+    import zlib
+
+    for i in range(100_000):
+        key = f"{prefix}{i}"
+        if zlib.crc32(key.encode()) % partitions == partition:
+            return key
+    raise ValueError(f"no key for partition {partition} of {partitions}")
+
+
+def partition_views(topic_desc: Any) -> list[dict[str, Any]]:
+    """The per-partition entries of a ``GET /v1/topics/{topic}`` answer.
+
+    The contract names them ``partitions`` (a list); the node today answers
+    ``partitions`` as a count and the entries as ``partition_details``.
+    """
+    if not isinstance(topic_desc, dict):
+        return []
+    parts = topic_desc.get("partitions")
+    if isinstance(parts, list):
+        return [p for p in parts if isinstance(p, dict)]
+    details = topic_desc.get("partition_details")
+    return [p for p in details if isinstance(p, dict)] if isinstance(details, list) else []
+
+
+class NodeCluster:
+    """``n`` real ``twistd sprawl`` nodes on 127.0.0.1 forming one cluster, handled by name.
+
+    The first node founds the cluster; the others are seeded from it.  Nodes
+    can be killed (SIGKILL), restarted on their own data dir (same node id,
+    same ports when they are still free, else new ones from the OS; seeded
+    from a node that is up), stopped (SIGSTOP) and continued (SIGCONT).  The
+    class keeps no policy about how many nodes may be down at once: that is
+    the caller's.  :meth:`close` continues and kills every node; use it in a
+    ``finally`` or fixture finalizer.
+    """
+
+    def __init__(
+        self, base: Path | str, n: int, *extra: str, prefix: str = "n", startup_timeout: float = 30.0
+    ) -> None:
+        self.base = Path(base)
+        self.names = [f"{prefix}{i}" for i in range(n)]
+        self.extra = list(extra)
+        self.nodes = {nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout) for nm in self.names}
+        self.down: set[str] = set(self.names)  # not running (never started, or killed)
+        self.paused: set[str] = set()  # SIGSTOPped
+        self.events: list[tuple[float, str]] = []  # (monotonic time, what happened), for reports
+
+    def note(self, what: str) -> None:
+        """Record (and print) one thing that happened to the cluster."""
+        self.events.append((time.monotonic(), what))
+        print(f"[cluster {time.strftime('%H:%M:%S')}] {what}", flush=True)
+
+    # -- starting and stopping ----------------------------------------------------------
+
+    def start(self, form_bound: float = 60.0) -> NodeCluster:
+        """Start every node (the first founds the cluster) and wait until it is formed."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        first = self.names[0]
+        self._launch(first, None)
+        seeds = f"127.0.0.1:{self.nodes[first].peer_port}"
+        rest = self.names[1:]
+        if rest:
+            with ThreadPoolExecutor(len(rest)) as pool:
+                list(pool.map(lambda nm: self._launch(nm, seeds), rest))
+        took = poll_until(self.formed, form_bound)
+        if took is None:
+            raise RuntimeError(f"the {len(self.names)}-node cluster did not form: {self.raft_views()}")
+        self.note(f"{len(self.names)} nodes formed one cluster ({took:.1f} s after the last start)")
+        return self
+
+    def _launch(self, name: str, seeds: str | None, ports: tuple[int, int] | None = None) -> None:
+        node = self.nodes[name]
+        args = ["--node-id", name]
+        if seeds:
+            args += ["--seeds", seeds]
+        if ports:  # after NodeProcess's own "--http-port 0 --bind-port 0": the last one counts
+            args += ["--http-port", str(ports[0]), "--bind-port", str(ports[1])]
+        node.args = [*args, *self.extra]
+        node.start()
+        self.down.discard(name)
+
+    def close(self) -> None:
+        """Continue stopped nodes and kill every node (idempotent)."""
+        for name in self.names:
+            node = self.nodes[name]
+            if name in self.paused:
+                node.signal(signal.SIGCONT)
+            node.kill()
+        self.paused.clear()
+        self.down = set(self.names)
+
+    def __enter__(self) -> NodeCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` one node (continuing it first is unnecessary: SIGKILL works on stopped processes)."""
+        self.nodes[name].kill()
+        self.down.add(name)
+        self.paused.discard(name)
+        self.note(f"killed {name}")
+
+    def restart(self, name: str, same_ports: bool = True) -> None:
+        """Start a killed node again on its data dir, seeded from a node that is up.
+
+        With ``same_ports`` it asks for its old ports first (URLs stay valid);
+        if they are taken meanwhile it takes new ones from the OS.
+        """
+        node = self.nodes[name]
+        assert name in self.down, f"{name} is running"
+        seeds = ",".join(f"127.0.0.1:{self.nodes[o].peer_port}" for o in self.up() if o != name)
+        old = (node.http_port, node.peer_port)
+        if same_ports and old[0] and old[1]:
+            try:
+                self._launch(name, seeds, old)
+                self.note(f"restarted {name} on its ports {old[0]}/{old[1]}")
+                return
+            except RuntimeError as e:
+                self.note(f"{name} could not take its old ports again ({str(e).splitlines()[0]}); new ones")
+        self._launch(name, seeds)
+        self.note(f"restarted {name} on new ports {node.http_port}/{node.peer_port}")
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP one node: it keeps its sockets but answers nothing."""
+        self.nodes[name].signal(signal.SIGSTOP)
+        self.paused.add(name)
+        self.note(f"stopped (SIGSTOP) {name}")
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a stopped node."""
+        self.nodes[name].signal(signal.SIGCONT)
+        self.paused.discard(name)
+        self.note(f"continued (SIGCONT) {name}")
+
+    # -- views ----------------------------------------------------------------------------
+
+    def up(self) -> list[str]:
+        """Names of the nodes that run and are not stopped."""
+        return [n for n in self.names if n not in self.down and n not in self.paused]
+
+    def url(self, name: str) -> str:
+        """Base URL of a node (it changes when a restart had to take new ports)."""
+        return self.nodes[name].url
+
+    def get(self, name: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        """``GET`` on one node; status 0 when it does not answer."""
+        return http_json(self.url(name) + path, timeout=timeout)
+
+    def cluster_view(self, name: str) -> dict[str, Any]:
+        """The node's ``/v1/cluster`` (empty when it does not answer)."""
+        status, body = self.get(name, "/v1/cluster")
+        return body if status == 200 and isinstance(body, dict) else {}
+
+    def raft_views(self) -> dict[str, dict[str, Any]]:
+        """``raft`` of ``/v1/cluster`` on every node that is up."""
+        return {n: self.cluster_view(n).get("raft", {}) for n in self.up()}
+
+    def formed(self, names: list[str] | None = None) -> bool:
+        """Every node that is up names the same Raft leader (one that is up), and
+        sees all ``names`` (default: every node) as voters and ready."""
+        want = sorted(names or self.names)
+        views = self.raft_views()
+        if not views:
+            return False
+        leaders = {v.get("leader") for v in views.values()}
+        if len(leaders) != 1:
+            return False
+        leader = leaders.pop()
+        if not leader or leader not in self.up():
+            return False
+        if not all(v.get("voters") == want for v in views.values()):
+            return False
+        return all(self.get(n, "/readyz", timeout=2.0)[0] == 200 for n in self.up())
+
+    def raft_leader(self) -> str | None:
+        """The Raft leader a majority of the running nodes agree on, or None."""
+        from collections import Counter
+
+        votes = Counter(v.get("leader") for v in self.raft_views().values() if v.get("leader"))
+        if not votes:
+            return None
+        leader, count = votes.most_common(1)[0]
+        return str(leader) if count > len(self.names) // 2 or count == len(self.up()) else None
+
+    def placement(self, via: str | None = None) -> dict[str, Any]:
+        """``/v1/cluster/placement`` ``topics`` from ``via`` (default: the first node that answers)."""
+        for name in [via] if via else self.up():
+            status, body = self.get(name, "/v1/cluster/placement")
+            if status == 200 and isinstance(body, dict):
+                return dict(body.get("topics", {}))
+        return {}
+
+    def partition_leaders(self, topic: str, via: str | None = None) -> dict[int, str | None]:
+        """Partition → leader (None while there is none) of one topic, from the placement."""
+        parts = self.placement(via).get(topic, {})
+        return {int(p): (v.get("leader") or None) for p, v in parts.items()}
+
+    def partition_report(self, topic: str, partition: int) -> dict[str, Any]:
+        """Every running node's view of one partition (its ``GET /v1/topics`` entry and its
+        placement entry): what a failure message should show."""
+        out: dict[str, Any] = {}
+        for n in self.up():
+            status, desc = self.get(n, f"/v1/topics/{topic}")
+            view = next((v for v in partition_views(desc) if v.get("partition") == partition), status)
+            if isinstance(view, dict):
+                view = {k: v for k, v in view.items() if k not in ("tiers",)}
+            out[n] = {"view": view, "placement": self.placement(n).get(topic, {}).get(str(partition))}
+        return out
+
+    def replication_problems(self, topics: list[str], replicated: bool = True) -> list[str]:
+        """What keeps ``topics`` from being fully replicated; empty when they are.
+
+        Fully replicated: on every node, for every partition it is a replica
+        of, ``log_end == high_watermark ==`` the leader's ``log_end``, the
+        leader is up, the node's ``role`` (where given) agrees with the
+        placement, and ``/v1/cluster`` reports ``partitions.under_replicated
+        == 0`` on every node.  With ``replicated=False`` (before partition replication
+        is wired every node keeps its own copy of every partition) it checks
+        only that each node's ``log_end == high_watermark`` for every partition.
+        """
+        problems: list[str] = []
+        up = self.up()
+        if len(up) != len(self.names):
+            problems.append(f"nodes not up: {sorted(set(self.names) - set(up))}")
+        if replicated:
+            for n in up:
+                parts = self.cluster_view(n).get("partitions")
+                if not isinstance(parts, dict) or parts.get("under_replicated") != 0:
+                    problems.append(f"{n}: /v1/cluster partitions = {parts!r}")
+        placement = self.placement() if replicated else {}
+        views: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for n in up:
+            for t in topics:
+                status, desc = self.get(n, f"/v1/topics/{t}")
+                if status != 200:
+                    problems.append(f"{n}: GET /v1/topics/{t} -> {status}")
+                views[(n, t)] = partition_views(desc) if status == 200 else []
+        for t in topics:
+            for n in up:
+                for pv in views[(n, t)]:
+                    p = pv.get("partition")
+                    if not replicated:
+                        if pv.get("log_end") != pv.get("high_watermark"):
+                            problems.append(
+                                f"{n} {t}/{p}: log_end {pv.get('log_end')} != hw {pv.get('high_watermark')}"
+                            )
+                        continue
+                    place = placement.get(t, {}).get(str(p), {})
+                    if n not in place.get("replicas", []):
+                        continue
+                    leader = place.get("leader")
+                    if leader not in up:
+                        problems.append(f"{t}/{p}: leader {leader!r} is not up")
+                        continue
+                    lead = next((x for x in views[(leader, t)] if x.get("partition") == p), {})
+                    want_role = "leader" if n == leader else "follower"
+                    if pv.get("role", want_role) != want_role:
+                        problems.append(f"{n} {t}/{p}: role {pv.get('role')!r}, placement says {want_role}")
+                    le, hw, lle = pv.get("log_end"), pv.get("high_watermark"), lead.get("log_end")
+                    if le is None or not (le == hw == lle):
+                        problems.append(f"{n} {t}/{p}: log_end {le}, hw {hw}, leader {leader} log_end {lle}")
+        return problems
+
+
+def first_success(
+    attempt: Callable[[int], bool], bound: float, interval: float = 0.05, workers: int = 64
+) -> float | None:
+    """Seconds until the first ``attempt(i)`` returned True, or None within ``bound``.
+
+    A new attempt starts every ``interval`` seconds on a thread pool, whether
+    or not earlier ones answered: an attempt stuck on a dead node (until its
+    own timeout) does not delay the next, so the time measured is the
+    service's, not the client's timeout.  Exceptions count as failures.  At
+    most ``workers`` attempts are in flight; the pool is shut down before
+    returning (it waits for the attempts in flight, each bounded by its own
+    timeout).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.monotonic()
+    done = threading.Event()
+    first: list[float] = []
+    lock = threading.Lock()
+    slots = threading.Semaphore(workers)
+
+    def run(i: int) -> None:
+        try:
+            ok = attempt(i)
+        except Exception:
+            ok = False
+        finally:
+            slots.release()
+        if ok:
+            with lock:
+                if not first:
+                    first.append(time.monotonic() - t0)
+            done.set()
+
+    with ThreadPoolExecutor(workers) as pool:
+        for i in range(int(bound / interval) + 1):
+            if done.is_set() or time.monotonic() - t0 > bound:
+                break
+            if slots.acquire(timeout=max(0.0, bound - (time.monotonic() - t0))):
+                pool.submit(run, i)
+            done.wait(interval)
+        done.wait(max(0.0, bound - (time.monotonic() - t0)))
+    return first[0] if first and first[0] <= bound else None

@@ -277,3 +277,31 @@ def test_bench_against_dead_node_is_a_one_line_error(dead_url: str) -> None:
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(
         "sprawlctl: error: no node is reachable"
     )
+
+
+@pytest.mark.integration
+def test_run_bench_subscribers_read_from_their_own_nodes(sprawl_node: Any, dead_url: str) -> None:
+    """subscriber_urls (publish on node A, read on node C) is where the streams open: a dead
+    one there fails the run although the publishing node is up."""
+    ok = run_bench(
+        BenchConfig(
+            urls=[sprawl_node.url],
+            subscriber_urls=[sprawl_node.url],
+            messages=200,
+            batch=10,
+            subscribers=1,
+            subscriber_process=False,
+        )
+    )
+    assert ok.published == 200 and ok.delivered == 200
+    with pytest.raises(BenchError, match="cannot connect"):
+        run_bench(
+            BenchConfig(
+                urls=[sprawl_node.url],
+                subscriber_urls=[dead_url],
+                messages=10,
+                subscribers=1,
+                subscriber_process=False,
+                ready_timeout=5,
+            )
+        )
