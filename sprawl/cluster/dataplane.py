@@ -110,6 +110,8 @@ class DataPlane:
         self.balancer = Balancer(BalanceConfig())
         self.forwarded = 0
         self.retried = 0
+        #: Replicas built again after their adapter failed.
+        self.rebuilt = 0
         self.failovers = 0
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
@@ -231,6 +233,19 @@ class DataPlane:
 
     def tick(self) -> None:
         """Point replicas at the current controller, run the controller's work, tick replication."""
+        broken = [key for key, r in self.service.replicas.items() if r.failed is not None]
+        for key in broken:
+            # A replica whose adapter failed (its error is logged) is built
+            # again from what this node stored: it rejoins as a follower.
+            self.rebuilt += 1
+            log.warn(
+                "rebuilding the replica of {topic}/{partition} from its stored state",
+                topic=key[0],
+                partition=key[1],
+            )
+            self._drop(key)
+        for name in {key[0] for key in broken}:
+            self.sync_topic(name)
         leader = self.control.leader_name
         if leader:
             for r in self.service.replicas.values():
@@ -436,6 +451,13 @@ class DataPlane:
         if all(self.is_local(name, p) for p in range(n)):
             return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
         self.broker.check_message_sizes(records, topic.config.max_message_bytes)
+        ids = self.broker._ids
+        for r in records:
+            if r.id is None:
+                # Named here, before the first attempt: a publish retried
+                # through a failover carries the same id, and the partition's
+                # (new) leader answers it with the first copy's offset.
+                r.id = ids.next()
         groups: dict[int, list[int]] = {}
         if all(r.key is None for r in records):
             # No keys: the whole batch goes to one partition (round robin per
@@ -539,11 +561,13 @@ class DataPlane:
         dups = [False] * n
         fresh: list[Record] = []
         seen: dict[str, int] = {}
+        hits: list[int] = []
         for i, rec in enumerate(records):
             if rec.id is not None:
                 hit = dedup.lookup(rec.id, now)
                 if hit is not None and hit[0] == r.partition:
                     offsets[i], dups[i] = hit[1], True
+                    hits.append(hit[1])
                     continue
                 if rec.id in seen:
                     dups[i] = True
@@ -567,6 +591,8 @@ class DataPlane:
             b.metrics.published(t.name, len(fresh), size)
         if acks == "quorum":
             await d
+            if hits:
+                await r.wait_committed(max(hits))  # the first copies are committed too
             stored = "quorum"
         else:
             d.addErrback(lambda f: None)  # the answer does not wait for it
@@ -769,4 +795,5 @@ class DataPlane:
             "forwarded": self.forwarded,
             "retried": self.retried,
             "failovers": self.failovers,
+            "rebuilt": self.rebuilt,
         }

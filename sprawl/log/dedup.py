@@ -46,3 +46,12 @@ class DedupWindow:
             seen.popitem(last=False)
             n += 1
         return n
+
+    def forget_from(self, partition: int, offset: int) -> int:
+        """Forget the ids stored at ``offset`` or later in ``partition`` (a
+        replica truncated them: the offsets will hold other records).  Returns
+        how many were dropped."""
+        gone = [k for k, v in self._seen.items() if v[0] == partition and v[1] >= offset]
+        for k in gone:
+            del self._seen[k]
+        return len(gone)

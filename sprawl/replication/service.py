@@ -37,6 +37,7 @@ are not yet Raft proposals, and no node builds replicas.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -125,7 +126,9 @@ class PartitionReplication:
         self.unreadable = 0
         self._unreadable_logged = float("-inf")
         self._sync_log_start()
-        self._queued: list[tuple[Output, list[Record]]] = []
+        self._queued: list[_Queued] = []
+        #: Queued outputs that drop records (truncations, resets) not yet made.
+        self._pending_cuts = 0
         self._running = False
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
@@ -153,6 +156,18 @@ class PartitionReplication:
         self._waiters.append((last, d))
         self._handle(out, records)
         return d.addCallback(lambda _: list(range(first, last + 1)))
+
+    def wait_committed(self, offset: int) -> defer.Deferred[None]:
+        """Fires once ``offset`` is below the high watermark (a duplicate's
+        first copy, answered only once committed); fails with
+        :class:`NotLeader` if this replica stops leading first."""
+        if offset < self.log.high_watermark:
+            return defer.succeed(None)
+        if self.core.role != LEADER:
+            return defer.fail(NotLeader(self.core.leader, self.core.epoch))
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((offset, d))
+        return d
 
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
         """A replication message from a peer (the leader, a follower or the controller)."""
@@ -188,14 +203,23 @@ class PartitionReplication:
     # -- the output chain -----------------------------------------------------------
 
     def _handle(self, out: Output, records: list[Record]) -> None:
-        # The core's high watermark moves the moment a majority reported their
-        # records durable: publishes waiting for it are answered now, not after
-        # the watermark itself is written down (it is an optimisation for
-        # restarts, never what makes a record committed).
-        self._advance_hw()
+        """Queue one core output, with what the core was when it made it: its
+        role (which decides how the write finds its records and whether its
+        messages may leave before the write is durable) and its high
+        watermark (the partition shows it once the output's writes are made)."""
+        cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
+        if cuts:
+            self._pending_cuts += 1
+        if self._pending_cuts == 0:
+            # Nothing queued drops records the core already dropped, so the
+            # core's high watermark covers only records the log holds as the
+            # core does: publishes waiting for it are answered now, not after
+            # the watermark itself is written down (that is for restarts;
+            # it never makes a record committed).
+            self._advance_hw(self.core.hw)
         if not out.writes and not out.messages:
             return
-        self._queued.append((out, records))
+        self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
             self._running = True
             defer.ensureDeferred(self._drain()).addErrback(self._crashed)
@@ -224,28 +248,38 @@ class PartitionReplication:
         finally:
             self._running = False
 
-    async def _run_batch(self, batch: list[tuple[Output, list[Record]]]) -> None:
+    async def _run_batch(self, batch: list[_Queued]) -> None:
         own: list[defer.Deferred[Any]] = []
         writes: list[defer.Deferred[Any]] = []
-        for out, records in batch:
-            for w in out.writes:
-                d, mine = self._write(w, records)
+        stored_own = False  # records written as leader (new ones or a control record)
+        for q in batch:
+            for w in q.out.writes:
+                d = self._write(w, q.records, q.leader)
+                stored_own |= q.leader and w.count > 0
                 if d is not None:
                     # The leader's own records go to the followers while they are
                     # written here (Raft's parallel leader write): the core counts
                     # them towards the high watermark only once reported stored.
                     # Everything else -- a follower's records, truncations and
                     # promises -- is durable before any message leaves.
-                    (own if mine and _plain_append(w) else writes).append(d)
+                    (own if q.leader and w.count and _plain_append(w) else writes).append(d)
+            if q.cuts:
+                self._pending_cuts -= 1
+        # Every write of the batch is made in memory: the log is what the
+        # core was when it made the batch's last output.
+        hw = batch[-1].hw
+        self._advance_hw(hw)
         if writes:
             await _gather(writes)
-        for out, _records in batch:
-            for dst, m in out.messages:
+        for q in batch:
+            for dst, m in q.out.messages:
                 await self._send(dst, m)
         if own:
             await _gather(own)
+        if stored_own:
+            # The leader's own records are durable: the core may move the high watermark.
             self._handle(self.core.stored(self.log.stored_end), [])
-        self._advance_hw()
+        self._advance_hw(hw)
 
     def _state_ops(self, reset: Write | None = None) -> list[tuple[Any, ...]]:
         """The replica state as it stands, for the transaction of a write
@@ -269,34 +303,45 @@ class PartitionReplication:
         self._stored_cache = cached
         return [("p", "meta", self.state_key, dump_state(self.core, cached))]
 
-    def _write(self, w: Write, records: list[Record]) -> tuple[defer.Deferred[Any] | None, bool]:
-        """Issue one write (memory now, LMDB queued); returns its durability
-        Deferred and whether it stored the leader's own records."""
+    def _write(self, w: Write, records: list[Record], leader: bool) -> defer.Deferred[Any] | None:
+        """Issue one write (memory now, LMDB queued) of an output the core made
+        as leader (``leader``) or follower; returns its durability Deferred."""
         b, t, p = self.broker, self.topic, self.partition
         ds: list[defer.Deferred[Any]] = []
         if w.reset:
             # Everything this replica held lies below the leader's log start.
             ds.append(b.reset_partition(t, p, w.start, self._state_ops(reset=w)))
+            t.dedup.forget_from(p, 0)
         if w.truncate_to is not None:
             ds.append(b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops()))
+            t.dedup.forget_from(p, w.truncate_to)
         if not w.count:
             if w.truncate_to is None and (
                 w.fenced_epoch is not None or w.led_epoch is not None or w.hw is not None
             ):
                 ds.append(b.store.write(self._state_ops()))  # promises are durable before any message leaves
-            return _all(ds), False
+            return _all(ds)
         if w.control:
             recs = [Record(w.start, p, b.now_ms(), None, None, None, b"", True, control=True)]
-        elif self.core.role == LEADER and records and records[0].offset == w.start:
+        elif leader and records and records[0].offset == w.start:
             recs = records[: w.count]
         else:
             recs = records[w.skip : w.skip + w.count]
         if len(recs) != w.count or recs[0].offset != w.start:
             raise AssertionError(f"write of {w.count} at {w.start} without its records")
         ds.append(b.append_replicated(t, p, recs, self._state_ops()))
-        if self.core.role != LEADER and self.on_records is not None:
-            self.on_records(recs)
-        return _all(ds), self.core.role == LEADER
+        if not leader:
+            # A follower knows the ids of what it holds: as the next leader it
+            # answers a publish retried through the failover with the first
+            # offset instead of storing the message twice.
+            now = b.now_ms()
+            remember = t.dedup.remember
+            for r in recs:
+                if r.id is not None and not r.control:
+                    remember(r.id, p, r.offset, now)
+            if self.on_records is not None:
+                self.on_records(recs)
+        return _all(ds)
 
     async def _send(self, dst: str, m: Any) -> None:
         recs: list[Record] = []
@@ -341,8 +386,11 @@ class PartitionReplication:
             got += await self._records(got[-1].offset + 1, end - got[-1].offset - 1)
         return got
 
-    def _advance_hw(self) -> None:
-        if self.log.advance_high_watermark(self.core.hw):
+    def _advance_hw(self, core_hw: int) -> None:
+        """Show the partition up to ``core_hw`` (the core's high watermark as
+        of the outputs whose writes are made; capped at what is durable
+        here) and answer the publishes it covers."""
+        if self.log.advance_high_watermark(core_hw):
             self.broker._notify(self.topic.name, self.partition)
         hw = self.log.high_watermark
         if self._waiters:
@@ -359,6 +407,17 @@ class PartitionReplication:
                 d.callback(None)
             for d in lost:
                 d.errback(NotLeader(self.core.leader, self.core.epoch))
+
+
+@dataclass
+class _Queued:
+    """A core output waiting for the adapter, with the core's state when it was made."""
+
+    out: Output
+    records: list[Record]
+    hw: int
+    leader: bool
+    cuts: bool
 
 
 def _plain_append(w: Write) -> bool:
