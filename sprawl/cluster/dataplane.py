@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from sprawl.broker import PublishResult
 from sprawl.cluster.placement import replicas as rendezvous
+from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.log.record import Record
 from sprawl.peer.rpc import PeerRPC
@@ -114,6 +115,9 @@ class DataPlane:
         self.forwarded = 0
         self.retried = 0
         self.failovers = 0
+        #: SSE / WebSocket reads of partitions held elsewhere: one long-poll
+        #: per partition for all of this node's clients (decision 9a).
+        self.feeds = RemoteFeeds(self.fetch_remote, self.read_source, reactor, broker.notify)
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
 
@@ -134,6 +138,7 @@ class DataPlane:
         """Stop ticking."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self.feeds.stop()
 
     # -- the placement -----------------------------------------------------------------
 
@@ -693,4 +698,5 @@ class DataPlane:
             "forwarded": self.forwarded,
             "retried": self.retried,
             "failovers": self.failovers,
+            **self.feeds.view(),
         }
