@@ -1,0 +1,169 @@
+"""Integration: SSE and WebSocket clients on a node that holds no replica of
+some partitions (decision 9a), with two real ``twistd sprawl`` processes.
+
+A topic of 4 partitions with ``replication_factor`` 1 on two nodes leaves each
+partition's records on one node only.  Clients of the node ``x`` missing some
+partition get every message published on the other node ``y``, in order per
+partition; two clients of the same partition on ``x`` share one remote feed
+(``GET /v1/cluster`` → ``partitions.remote_feeds``); a client resumes with
+``Last-Event-ID`` without loss or duplicates; ``from=earliest`` catches up on
+history; the feeds stop when the last client leaves.  Every wait is bounded;
+every process and socket is closed by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sprawl.testing import FeedReader, NodeProcess, poll_until
+
+pytestmark = pytest.mark.integration
+
+FORM_BOUND = 30.0
+DELIVERY_BOUND = 20.0
+
+
+def _call(node: NodeProcess, path: str, body: Any = None, method: str = "GET") -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        node.url + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _leader(node: NodeProcess) -> str | None:
+    status, body = _call(node, "/v1/cluster")
+    return body["raft"].get("leader") or None if status == 200 else None
+
+
+def _placement(node: NodeProcess, topic: str) -> dict[int, list[str]]:
+    status, body = _call(node, "/v1/cluster/placement")
+    if status != 200 or topic not in body["topics"]:
+        return {}
+    return {int(p): list(v["replicas"]) for p, v in body["topics"][topic].items()}
+
+
+def _remote(node: NodeProcess) -> dict[str, Any]:
+    status, body = _call(node, "/v1/cluster")
+    return body.get("partitions", {}) if status == 200 else {}
+
+
+@pytest.fixture
+def readers() -> Iterator[list[FeedReader]]:
+    """Stream clients opened by a test; all closed at its end."""
+    opened: list[FeedReader] = []
+    yield opened
+    for r in opened:
+        r.close()
+
+
+def test_streams_on_a_node_without_the_partition(sprawl_nodes: Any, readers: list[FeedReader]) -> None:
+    a = sprawl_nodes("--node-id", "a", name="a")
+    b = sprawl_nodes("--node-id", "b", "--seeds", f"127.0.0.1:{a.peer_port}", name="b")
+    nodes = {"a": a, "b": b}
+
+    def formed() -> bool:
+        la, lb = _leader(a), _leader(b)
+        return la is not None and la == lb and '"b"' in json.dumps(_call(a, "/v1/cluster")[1])
+
+    assert poll_until(formed, FORM_BOUND) is not None, "the two nodes did not form a cluster"
+    # Both nodes are in the metadata before the topic is placed (else all of it lands on a).
+    assert poll_until(lambda: len(_call(a, "/v1/cluster")[1]["members"]) == 2, FORM_BOUND) is not None
+    status, body = _call(a, "/v1/topics/feed", {"partitions": 4, "replication_factor": 1}, "PUT")
+    assert status == 201, body
+    assert poll_until(lambda: len(_placement(a, "feed")) == len(_placement(b, "feed")) == 4, FORM_BOUND)
+    placement = _placement(a, "feed")
+    assert all(len(r) == 1 for r in placement.values()), placement
+    # x: the node missing most partitions (at least one, with RF 1 on two nodes); y: the other.
+    xname = max(nodes, key=lambda n: sum(n not in r for r in placement.values()))
+    x, y = nodes[xname], nodes["b" if xname == "a" else "a"]
+    missing = sorted(p for p, r in placement.items() if xname not in r)
+    assert missing, placement
+    p0 = missing[0]
+    print(f"\nplacement {placement}; streaming on {xname}, which holds none of {missing}")
+
+    def publish(n: int, tag: str) -> dict[int, list[int]]:
+        msgs = [{"payload": f"{tag}{i}", "key": f"k{i}"} for i in range(n)]
+        status, body = _call(y, "/v1/topics/feed/messages", {"messages": msgs}, "POST")
+        assert status == 200, body
+        out: dict[int, list[int]] = {}
+        for p, off in zip(body["partitions"], body["offsets"], strict=True):
+            out.setdefault(p, []).append(off)
+        return out
+
+    history = publish(20, "h")
+    assert any(p in missing for p in history), history
+
+    # Two clients of partition p0 on x (one from latest, one from earliest),
+    # one of every partition, and a WebSocket one of p0.
+    port = x.http_port
+    tail = FeedReader(port, f"/v1/topics/feed/stream?partition={p0}")
+    readers.append(tail)
+    early = FeedReader(port, f"/v1/topics/feed/stream?partition={p0}&from=earliest")
+    readers.append(early)
+    every = FeedReader(port, "/v1/topics/feed/stream?from=earliest")
+    readers.append(every)
+    ws = FeedReader(port, f"/v1/topics/feed/ws?partition={p0}&from=earliest", websocket=True)
+    readers.append(ws)
+
+    def subscribed() -> bool:
+        v = _remote(x)
+        return v.get("remote_subscribers") == len(missing) + 3
+
+    assert poll_until(subscribed, DELIVERY_BOUND), _remote(x)
+    view = _remote(x)
+    # One remote feed per missing partition, however many clients read it.
+    assert view["remote_feeds"] == view["remote_feeds_started"] == len(missing), view
+    assert all(r.status in (200, 101) for r in readers), [r.status for r in readers]
+
+    live = publish(60, "m")
+    want_all = {p: history.get(p, []) + live.get(p, []) for p in range(4)}
+    total = sum(len(v) for v in want_all.values())
+
+    def by_partition(r: FeedReader) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for m in r.received():
+            out.setdefault(m["partition"], []).append(m["offset"])
+        return out
+
+    assert poll_until(lambda: len(every.received()) >= total, DELIVERY_BOUND), (len(every.received()), total)
+    assert poll_until(lambda: len(early.received()) >= len(want_all[p0]), DELIVERY_BOUND)
+    assert poll_until(lambda: len(ws.received()) >= len(want_all[p0]), DELIVERY_BOUND)
+    assert poll_until(lambda: len(tail.received()) >= len(live.get(p0, [])), DELIVERY_BOUND)
+    assert by_partition(every) == {p: v for p, v in want_all.items() if v}
+    assert by_partition(early) == by_partition(ws) == {p0: want_all[p0]}
+    assert by_partition(tail) == ({p0: live[p0]} if live.get(p0) else {})
+    assert [m["payload"] for m in early.received()] == [
+        m["payload"] for m in every.received() if m["partition"] == p0
+    ]
+
+    # Resume: close the p0 client mid-stream and reconnect with Last-Event-ID.
+    seen = early.received()
+    cut = seen[len(seen) // 2]
+    early.close()
+    more = publish(20, "r")
+    again = FeedReader(
+        port, f"/v1/topics/feed/stream?partition={p0}", {"Last-Event-ID": f"{p0}:{cut['offset']}"}
+    )
+    readers.append(again)
+    rest = [o for o in want_all[p0] + more.get(p0, []) if o > cut["offset"]]
+    assert poll_until(lambda: len(again.received()) >= len(rest), DELIVERY_BOUND), (again.received(), rest)
+    assert [m["offset"] for m in again.received()] == rest
+
+    # The last client of a partition gone: its feed stops.
+    for r in readers:
+        r.close()
+    assert poll_until(lambda: _remote(x).get("remote_feeds") == 0, DELIVERY_BOUND), _remote(x)
+    assert _remote(x)["remote_subscribers"] == 0
