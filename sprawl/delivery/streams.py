@@ -29,7 +29,6 @@ log = Logger()
 CHUNK = 1000
 
 
-@implementer(IPushProducer)
 def deliverable(recs: list[Record]) -> list[Record]:
     """``recs`` without control records (which take offsets but are never delivered)."""
     for r in recs:
@@ -38,6 +37,7 @@ def deliverable(recs: list[Record]) -> list[Record]:
     return recs
 
 
+@implementer(IPushProducer)
 class SSEStream:
     """One SSE client reading one or more partitions of a topic."""
 
