@@ -173,3 +173,85 @@ def test_streams_on_a_node_without_the_partition(sprawl_nodes: Any, readers: lis
         r.close()
     assert _eventually(lambda: _remote(x).get("remote_feeds") == 0, DELIVERY_BOUND), _remote(x)
     assert _remote(x)["remote_subscribers"] == 0
+
+
+def test_a_stream_follows_the_partition_through_a_failover(
+    sprawl_nodes: Any, readers: list[FeedReader]
+) -> None:
+    """Four nodes, RF 3: a stream on the node outside a partition's replica set
+    keeps every acknowledged message, in order and once, while the partition's
+    leader is killed and another replica takes over (and, after the dead
+    grace, the streaming node may itself become a replica: the stream then
+    moves from the remote feed to the local log at its cursor)."""
+    grace = ("--raft-dead-grace", "2s")
+    names = ["n0", "n1", "n2", "n3"]
+    first = sprawl_nodes("--node-id", "n0", *grace, name="n0")
+    seeds = ("--seeds", f"127.0.0.1:{first.peer_port}")
+    nodes = {"n0": first}
+    for name in names[1:]:
+        nodes[name] = sprawl_nodes("--node-id", name, *seeds, *grace, name=name)
+
+    def formed() -> bool:
+        views = [_call(n, "/v1/cluster")[1] or {} for n in nodes.values()]
+        leaders = {(v.get("raft") or {}).get("leader") for v in views}
+        return (
+            len(leaders) == 1
+            and None not in leaders
+            and "" not in leaders
+            and all(len(v.get("members", [])) == 4 for v in views)
+        )
+
+    assert _eventually(formed, FORM_BOUND), [_call(n, "/v1/cluster")[1] for n in nodes.values()]
+    status, body = _call(first, "/v1/topics/fo", {"partitions": 4, "replication_factor": 3}, "PUT")
+    assert status == 201, body
+
+    def placed() -> bool:
+        ps = [_placement(n, "fo") for n in nodes.values()]
+        return all(len(p) == 4 and all(len(r) == 3 for r in p.values()) for p in ps)
+
+    assert _eventually(placed, FORM_BOUND), _placement(first, "fo")
+    raft_leader = _leader(first)
+
+    def leaders_of(via: NodeProcess) -> dict[int, str]:
+        _, b = _call(via, "/v1/cluster/placement")
+        return {int(p): v["leader"] for p, v in ((b or {}).get("topics") or {}).get("fo", {}).items()}
+
+    placement = _placement(first, "fo")
+    lead = leaders_of(first)
+    # A partition whose leader is not the Raft leader (the controller survives the kill).
+    p0 = next((p for p in sorted(placement) if lead[p] != raft_leader), 0)
+    victim = lead[p0]
+    xname = next(n for n in names if n not in placement[p0])
+    via = next(n for n in names if n not in (victim, xname))
+    x = nodes[xname]
+    print(f"\nplacement {placement}; {xname} streams {p0}, led by {victim}, which is killed")
+
+    sent: list[int] = []
+
+    def publish(tag: str, n: int, node: NodeProcess) -> None:
+        for i in range(n):
+            msg = {"payload": f"{tag}{i}", "key": f"{tag}{i}", "id": f"{tag}-{i}"}
+            status, body = 0, None
+            for _ in range(20):  # retried (idempotent by id) while a failover settles
+                status, body = _call(node, "/v1/topics/fo/messages", {"messages": [msg]}, "POST")
+                if status == 200:
+                    break
+                poll_until(lambda: False, 0.5)
+            assert status == 200, body
+            if body["partitions"][0] == p0:
+                sent.append(body["offsets"][0])
+
+    publish("a", 30, nodes[via])
+    r = FeedReader(x.http_port, f"/v1/topics/fo/stream?partition={p0}&from=earliest")
+    readers.append(r)
+    assert _eventually(lambda: len(r.received()) >= len(sent), DELIVERY_BOUND)
+    assert _remote(x)["remote_feeds"] == 1
+    nodes[victim].kill()
+    publish("b", 30, nodes[via])
+    assert _eventually(lambda: leaders_of(x).get(p0) not in (None, victim), FORM_BOUND), leaders_of(x)
+    publish("c", 30, x)
+    assert _eventually(lambda: len(r.received()) >= len(sent), 60), (len(r.received()), sent)
+    got = [m["offset"] for m in r.received()]
+    assert got == sorted(set(got)), got  # in order, once
+    assert set(sent) <= set(got), sorted(set(sent) - set(got))
+    print(f"placement after: {_placement(x, 'fo')}; {xname}'s view {_remote(x)}")
