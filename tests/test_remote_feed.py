@@ -23,6 +23,7 @@ from sprawl.cluster.dataplane import DataPlane, pack_record
 from sprawl.delivery.remote_feed import RemoteFeed, RemoteFeeds
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import NotFound, Unavailable
+from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record
 
 WAIT_MS = 20_000
@@ -404,6 +405,27 @@ def test_a_failed_catch_up_is_retried_and_a_hard_failure_ends_the_stream() -> No
     kind, data = req2.frames()[-1]
     assert (kind, data["code"]) == ("error", "read_failed")
     assert s2.closed
+
+
+def test_a_partition_that_becomes_held_here_is_read_locally_from_the_cursor() -> None:
+    """The node becomes a replica of the partition while a stream reads it
+    remotely: the stream releases the feed and reads the local log from its cursor."""
+    clock, h, b = task.Clock(), Holder(), FakeBroker()
+    where: dict[str, str | None] = {"source": "holder"}
+    feeds = RemoteFeeds(h.fetch, lambda t, p: where["source"], clock, b.notify)
+    lg = PartitionLog("t", 0, durable=False)
+    b.topic.logs = [lg]
+    h.publish(0, ["m0", "m1", "m2"])
+    s, req = stream(b, feeds, clock, 0)
+    clock.advance(0)
+    assert req.payloads() == ["m0", "m1", "m2"]
+    assert len(feeds.feeds) == 1
+    lg.append([Record(-1, 0, 0, None, None, None, f"m{i}".encode(), True) for i in range(6)], 1000)
+    where["source"] = None  # the placement now lists this node
+    b.notify("t", 0)
+    assert req.payloads() == ["m0", "m1", "m2", "m3", "m4", "m5"]
+    assert feeds.feeds == {} and s.cursors == {0: 6}
+    s.close()
 
 
 # -- a data plane following a failover ---------------------------------------------------------
