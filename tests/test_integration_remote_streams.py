@@ -122,17 +122,23 @@ def test_streams_on_a_node_without_the_partition(sprawl_nodes: Any, readers: lis
     readers.append(every)
     ws = FeedReader(port, f"/v1/topics/feed/ws?partition={p0}&from=earliest", websocket=True)
     readers.append(ws)
+    # Starts resolved at the holder: a timestamp, an offset.
+    timed = FeedReader(port, f"/v1/topics/feed/stream?partition={p0}&from_time=0")
+    readers.append(timed)
+    second = history[p0][1] if len(history.get(p0, [])) > 1 else 0
+    offset = FeedReader(port, f"/v1/topics/feed/stream?partition={p0}&from={second}")
+    readers.append(offset)
 
     def subscribed() -> bool:
         v = _remote(x)
-        return v.get("remote_subscribers") == len(missing) + 3
+        return v.get("remote_subscribers") == len(missing) + 5
 
     assert _eventually(subscribed, DELIVERY_BOUND), _remote(x)
     view = _remote(x)
     # One remote feed per missing partition, however many clients read it.
     assert view["remote_feeds"] == view["remote_feeds_started"] == len(missing), view
     assert _eventually(lambda: all(r.status is not None for r in readers), DELIVERY_BOUND)
-    assert [r.status for r in readers] == [200, 200, 200, 101]
+    assert [r.status for r in readers] == [200, 200, 200, 101, 200, 200]
 
     live = publish(60, "m")
     want_all = {p: history.get(p, []) + live.get(p, []) for p in range(4)}
@@ -149,7 +155,11 @@ def test_streams_on_a_node_without_the_partition(sprawl_nodes: Any, readers: lis
     assert _eventually(lambda: len(ws.received()) >= len(want_all[p0]), DELIVERY_BOUND)
     assert _eventually(lambda: len(tail.received()) >= len(live.get(p0, [])), DELIVERY_BOUND)
     assert by_partition(every) == {p: v for p, v in want_all.items() if v}
-    assert by_partition(early) == by_partition(ws) == {p0: want_all[p0]}
+    assert _eventually(lambda: len(timed.received()) >= len(want_all[p0]), DELIVERY_BOUND)
+    want_offset = [o for o in want_all[p0] if o >= second]
+    assert _eventually(lambda: len(offset.received()) >= len(want_offset), DELIVERY_BOUND)
+    assert by_partition(early) == by_partition(ws) == by_partition(timed) == {p0: want_all[p0]}
+    assert by_partition(offset) == {p0: want_offset}
     assert by_partition(tail) == ({p0: live[p0]} if live.get(p0) else {})
     assert [m["payload"] for m in early.received()] == [
         m["payload"] for m in every.received() if m["partition"] == p0
