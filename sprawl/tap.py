@@ -438,6 +438,7 @@ class NodeService(service.Service):
         )
         self.control.on_topic_changed = self.plane.sync_topic
         self.plane.start()
+        metrics.plane = self.plane
         metrics.raft = self.control
         self.control.on_proposal_latency = metrics.raft_proposal_duration.observe
         advertise_ip = advertise

@@ -137,6 +137,9 @@ def test_streams_on_a_node_without_the_partition(sprawl_nodes: Any, readers: lis
     view = _remote(x)
     # One remote feed per missing partition, however many clients read it.
     assert view["remote_feeds"] == view["remote_feeds_started"] == len(missing), view
+    with urllib.request.urlopen(x.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert f"sprawl_remote_feeds {float(len(missing))}" in text, text
     assert _eventually(lambda: all(r.status is not None for r in readers), DELIVERY_BOUND)
     assert [r.status for r in readers] == [200, 200, 200, 101, 200, 200]
 
