@@ -800,6 +800,10 @@ class Broker:
 
         return unwatch
 
+    def notify(self, name: str, partition: int) -> None:
+        """Wake the partition's watchers (e.g. a remote feed brought records)."""
+        self._notify(name, partition)
+
     def _notify(self, name: str, partition: int) -> None:
         fns = self._watchers.get((name, partition))
         if fns:

@@ -121,14 +121,14 @@ class NodeMetrics:
         )
         self.broker: Any = None
         self.streams: Any = None
+        #: The cluster data plane (:class:`sprawl.cluster.dataplane.DataPlane`), if any.
+        self.plane: Any = None
         #: The gossip adapter (:class:`sprawl.gossip.udp.GossipNode`), if any.
         self.gossip: Any = None
         #: The cluster control (:class:`sprawl.cluster.control.ClusterControl`), if any.
         self.raft: Any = None
         #: The controller's load balancer (:class:`sprawl.cluster.balance.Balancer`), if any.
         self.balancer: Any = None
-        #: The data plane (:class:`sprawl.cluster.dataplane.DataPlane`), if any.
-        self.plane: Any = None
         self.raft_proposal_duration = Histogram(
             "sprawl_raft_proposal_duration_seconds",
             "Time from proposing a metadata change on this node to applying it here",
@@ -272,6 +272,45 @@ class _StateCollector:
             subs = GaugeMetricFamily("sprawl_stream_subscribers", "Open SSE / long-poll stream clients")
             subs.add_metric([], streams.count())
             yield subs
+        plane = self.metrics.plane
+        if plane is not None:
+            v = plane.feeds.view()
+            for name, doc, key in (
+                (
+                    "sprawl_remote_feeds",
+                    "Remote feeds running (partitions held elsewhere read here)",
+                    "remote_feeds",
+                ),
+                (
+                    "sprawl_remote_feed_subscribers",
+                    "Local streams reading remote feeds",
+                    "remote_subscribers",
+                ),
+                (
+                    "sprawl_remote_feed_window_messages",
+                    "Records in remote feeds' windows",
+                    "remote_window_records",
+                ),
+                ("sprawl_remote_feed_window_bytes", "Bytes in remote feeds' windows", "remote_window_bytes"),
+            ):
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], v[key])
+                yield g
+            for name, doc, key in (
+                (
+                    "sprawl_remote_feeds_started",
+                    "Remote feeds started (a partition's first local stream)",
+                    "remote_feeds_started",
+                ),
+                (
+                    "sprawl_remote_catch_up_reads",
+                    "Stream reads sent to a holder below a feed's window",
+                    "remote_catch_ups",
+                ),
+            ):
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], v[key])
+                yield c
 
 
 class _GossipCollector:

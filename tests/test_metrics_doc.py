@@ -139,6 +139,7 @@ def test_units_in_names() -> None:
                     "_incarnation",
                     "_subscribers",
                     "_topics",
+                    "_feeds",
                     "_ops",
                     "_term",
                     "_index",

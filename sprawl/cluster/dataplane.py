@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from sprawl.broker import PublishResult
 from sprawl.cluster.balance import BalanceConfig, Balancer, partitions_from
 from sprawl.cluster.placement import replicas as rendezvous
+from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.gossip.load import rates_by_node
 from sprawl.log.record import Record, pack_record, unpack_record
@@ -113,6 +114,9 @@ class DataPlane:
         #: Replicas built again after their adapter failed.
         self.rebuilt = 0
         self.failovers = 0
+        #: SSE / WebSocket reads of partitions held elsewhere: one long-poll
+        #: per partition for all of this node's clients (decision 9a).
+        self.feeds = RemoteFeeds(self.fetch_remote, self.read_source, reactor, broker.notify)
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
         from sprawl.cluster.group_routes import GroupRoutes
@@ -151,6 +155,7 @@ class DataPlane:
         """Stop ticking."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self.feeds.stop()
 
     # -- the placement -----------------------------------------------------------------
 
@@ -786,7 +791,7 @@ class DataPlane:
                         under += 1
         return {
             "balance": self.balancer.last.as_dict()
-            if self.control.is_leader and self.balancer.last
+            if getattr(self.control, "is_leader", False) and self.balancer.last
             else None,
             "leading": leading,
             "under_replicated": under,
@@ -796,4 +801,5 @@ class DataPlane:
             "retried": self.retried,
             "failovers": self.failovers,
             "rebuilt": self.rebuilt,
+            **self.feeds.view(),
         }

@@ -29,7 +29,6 @@ log = Logger()
 CHUNK = 1000
 
 
-@implementer(IPushProducer)
 def deliverable(recs: list[Record]) -> list[Record]:
     """``recs`` without control records (which take offsets but are never delivered)."""
     for r in recs:
@@ -38,6 +37,7 @@ def deliverable(recs: list[Record]) -> list[Record]:
     return recs
 
 
+@implementer(IPushProducer)
 class SSEStream:
     """One SSE client reading one or more partitions of a topic."""
 
@@ -52,6 +52,7 @@ class SSEStream:
         registry: StreamRegistry,
         heartbeat: float = 15.0,
         slow_timeout: float = 30.0,
+        feeds: Any = None,
     ):
         self.broker = broker
         self.topic = topic
@@ -69,6 +70,11 @@ class SSEStream:
         self._heartbeat_call: Any = None
         self._slow_call: Any = None
         self.sent = 0
+        #: The node's remote feeds (:class:`sprawl.delivery.remote_feed.RemoteFeeds`),
+        #: for partitions held by other nodes; None on a node that holds every partition.
+        self.feeds = feeds
+        self._remote: dict[int, Any] = {}
+        self._retry_calls: dict[int, Any] = {}
 
     def start(self) -> Deferred[None]:
         """Send headers, start watching partitions, write what is already visible."""
@@ -117,6 +123,12 @@ class SSEStream:
         if self.broker.topics.get(topic.name) is not topic:
             self._end(b'event: error\ndata: {"code":"topic_deleted","message":"the topic was deleted"}\n\n')
             return
+        if self.feeds is not None:
+            if self.feeds.is_remote(topic.name, p):
+                self._pump_remote(p)
+                return
+            if p in self._remote:  # this node holds the partition now
+                self.feeds.release(self._remote.pop(p))
         lg = topic.logs[p]
         for _ in range(1000):
             start = self.cursors[p]
@@ -160,6 +172,68 @@ class SSEStream:
             self._end(b"event: error\ndata: " + body + b"\n\n")
 
         d.addCallbacks(got, failed)
+
+    # -- partitions held by other nodes ----------------------------------------
+
+    def _pump_remote(self, p: int) -> None:
+        """Write what the node's feed of partition ``p`` has past the cursor;
+        an offset older than the feed's window is read at the holder."""
+        feed = self._remote.get(p)
+        if feed is None:
+            feed = self._remote[p] = self.feeds.acquire(self.topic.name, p)
+        for _ in range(1000):
+            start = self.cursors[p]
+            recs = feed.read(start, CHUNK)
+            if recs is None:
+                self._catch_up(p, start)
+                return
+            if not recs:
+                return
+            self._send(p, recs)
+            if self.paused or self.closed:
+                return
+
+    def _catch_up(self, p: int, start: int) -> None:
+        self.reading.add(p)
+        d = self.feeds.catch_up(self.topic.name, p, start, CHUNK)
+
+        def got(answer: dict[str, Any]) -> None:
+            self.reading.discard(p)
+            if self.closed:
+                return
+            recs = answer["records"]
+            if recs:
+                self._send(p, recs)
+            else:
+                # Past the holder's log start (retention), or a gap below its
+                # high watermark: move on to what exists, as a fetch does.
+                nxt = max(start, int(answer["start"]))
+                if nxt == start and start < int(answer["hw"]):
+                    nxt = int(answer["hw"])
+                self.cursors[p] = max(self.cursors[p], nxt)
+                if self.cursors[p] == start:
+                    return
+            self._pump(p)
+
+        def failed(f: Any) -> None:
+            self.reading.discard(p)
+            if self.closed:
+                return
+            e = f.value
+            if isinstance(e, SprawlError) and e.status in (429, 503):
+                # The holder is unreachable or between leaders: try again shortly.
+                self._retry_calls[p] = self.clock.callLater(1.0, self._retry, p)
+                return
+            log.failure("stream catch-up read of {topic}/{p} failed", f, topic=self.topic.name, p=p)
+            message = f"remote read failed: {e.message if isinstance(e, SprawlError) else 'see the node log'}"
+            body = json.dumps({"code": "read_failed", "message": message}).encode()
+            self._end(b"event: error\ndata: " + body + b"\n\n")
+
+        d.addCallbacks(got, failed)
+
+    def _retry(self, p: int) -> None:
+        self._retry_calls.pop(p, None)
+        self._pump(p)
 
     def _send(self, p: int, recs: list[Record]) -> None:
         self.cursors[p] = recs[-1].offset + 1  # past control records too
@@ -241,7 +315,10 @@ class SSEStream:
         for u in self._unwatch:
             u()
         self._unwatch = []
-        for c in (self._heartbeat_call, self._slow_call):
+        for feed in self._remote.values():
+            self.feeds.release(feed)
+        self._remote = {}
+        for c in (self._heartbeat_call, self._slow_call, *self._retry_calls.values()):
             if c is not None and c.active():
                 c.cancel()
         if fire_done and not self.done.called:

@@ -398,6 +398,38 @@ class SprawlAPI:
 
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: out)
 
+    def _stream_starts(
+        self, t: Any, parts: list[int], spec: str | int | None, from_time: int | None, resume: dict[int, int]
+    ) -> Deferred[dict[int, int]]:
+        """Where an SSE / WebSocket stream starts on each partition (default
+        ``latest``; ``resume``, from ``Last-Event-ID``, wins).  A partition
+        held by another node is resolved there."""
+        plane = self.plane
+        remote = [p for p in parts if plane is not None and plane.read_source(t.name, p) is not None]
+        local = [p for p in parts if p not in remote]
+
+        def apply(starts: dict[int, int]) -> dict[int, int]:
+            for p, off in resume.items():
+                if p in starts and p not in remote:
+                    starts[p] = t.logs[p].resolve_start(off + 1)
+            return starts
+
+        d = self._resolve(t, local, spec, from_time, "latest").addCallback(apply)
+        if not remote:
+            return d
+        from twisted.internet.defer import gatherResults
+
+        out: dict[int, int] = {}
+        ds: list[Deferred[Any]] = [d.addCallback(out.update)]
+        for p in remote:
+            if p in resume:
+                r = plane.feeds.resolve(t.name, p, resume[p] + 1, None)
+            else:
+                r = plane.feeds.resolve(t.name, p, spec if spec is not None else "latest", from_time)
+            ds.append(r.addCallback(_setter(out, p)))
+        g = gatherResults(ds, consumeErrors=True).addErrback(_unwrap_first_error)
+        return g.addCallback(lambda _: {p: out[p] for p in parts})
+
     @app.route("/v1/topics/<string:topic>/messages", methods=["GET"])
     @_route("fetch")
     def fetch(self, request: Any, topic: str) -> Any:
@@ -566,9 +598,6 @@ class SprawlAPI:
             return self._render_error(request, Failure(e))
 
         def go(starts: dict[int, int]) -> Any:
-            for p, off in resume.items():
-                if p in starts:
-                    starts[p] = t.logs[p].resolve_start(off + 1)
             s = SSEStream(
                 self.broker,
                 t,
@@ -577,6 +606,7 @@ class SprawlAPI:
                 self.clock,
                 registry=self.streams,
                 slow_timeout=self.broker.config.slow_consumer_timeout,
+                feeds=self.plane.feeds if self.plane is not None else None,
             )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(
@@ -585,7 +615,7 @@ class SprawlAPI:
                 self.metrics.http_requests.labels("stream", "GET", "200").inc()
             return s.start()
 
-        d = self._resolve(t, parts, spec, from_time, "latest")
+        d = self._stream_starts(t, parts, spec, from_time, resume)
         d.addCallback(go)
 
         def failed(f: Failure) -> Any:
@@ -640,12 +670,9 @@ class SprawlAPI:
             )
 
         def go(starts: dict[int, int]) -> Any:
-            for p, off in resume.items():
-                if p in starts:
-                    starts[p] = t.logs[p].resolve_start(off + 1)
             return ws.ws_resource(self, t, cursors=starts, principal=principal, **self.ws_options)
 
-        d = self._resolve(t, parts, spec, from_time, "latest")
+        d = self._stream_starts(t, parts, spec, from_time, resume)
         d.addCallback(go)
 
         def failed(f: Failure) -> Any:

@@ -352,6 +352,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 api.clock,
                 registry=api.streams,
                 slow_timeout=f.slow_timeout,
+                feeds=api.plane.feeds if api.plane is not None else None,
             )
             self.feed.start()
         m = api.metrics
