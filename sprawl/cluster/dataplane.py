@@ -506,7 +506,7 @@ class DataPlane:
             if t is None:
                 raise NotFound(f"topic {topic.name!r} does not exist", code="topic_not_found")
             try:
-                return await self._publish_once(t, p, records, acks, hops)
+                return await self._publish_once(t, p, records, acks, hops, deadline)
             except SprawlError as e:
                 if e.code not in _RETRYABLE or (e.code == "topic_not_found" and hops == 0):
                     raise
@@ -524,7 +524,7 @@ class DataPlane:
         )
 
     async def _publish_once(
-        self, t: Any, p: int, records: list[Record], acks: str, hops: int
+        self, t: Any, p: int, records: list[Record], acks: str, hops: int, deadline: float
     ) -> PublishResult:
         name = t.name
         if self.is_local(name, p):
@@ -544,7 +544,8 @@ class DataPlane:
             raise NotLeaderError(f"this node does not lead {name}/{p}", leader)
         self.forwarded += 1
         body = {"topic": name, "partition": p, "acks": acks, "records": [pack_record(x) for x in records]}
-        answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=self.forward_timeout)
+        timeout = max(0.1, min(self.forward_timeout, deadline - self.reactor.seconds()))
+        answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),
@@ -626,7 +627,9 @@ class DataPlane:
             rec.offset, rec.partition, rec.timestamp = -1, p, 0
 
         async def run() -> dict[str, Any]:
-            res = await self._publish_once(t, p, records, acks, hops)
+            res = await self._publish_once(
+                t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout
+            )
             return {
                 "offsets": res.offsets,
                 "ids": res.ids,
