@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeProcess, poll_until
+from sprawl.testing import FeedReader, NodeProcess, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +226,30 @@ def test_publishes_are_forwarded_to_leaders_with_every_acks_level(sprawl_nodes: 
     assert cluster["partitions"]["forwarded"] >= 4, cluster[
         "partitions"
     ]  # its own three acks levels and the id
+
+
+def test_a_websocket_group_consumer_gets_every_partition_whoever_leads_it(sprawl_nodes: Any) -> None:
+    """A WebSocket in group mode on one node is fed from every partition's
+    leader (group state lives with each leader), each message once; its
+    leases are acked over HTTP on another node, at each partition's owner."""
+    names = ["w0", "w1", "w2"]
+    nodes = _start(sprawl_nodes, names)
+    assert _call(nodes[0], "PUT", "/v1/topics/wsg", {"partitions": 3, "replication_factor": 3})[0] == 201
+    assert _call(nodes[0], "PUT", "/v1/topics/wsg/groups/g", {"start": "earliest"})[0] == 201
+    leaders = {pl["leader"] for pl in _placement(nodes[0], "wsg").values()}
+    assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
+    reader = FeedReader(nodes[1].http_port, "/v1/topics/wsg/ws?group=g", websocket=True)
+    try:
+        for i in range(30):
+            msg = {"messages": [{"payload": f"w-{i}", "key": f"k{i}"}]}
+            assert _call(nodes[i % 3], "POST", "/v1/topics/wsg/messages", msg)[0] == 200
+        assert poll_until(lambda: len(reader.received()) >= 30, 20) is not None, len(reader.received())
+        got = reader.received()
+        assert sorted(m["payload"] for m in got) == sorted(f"w-{i}" for i in range(30))
+        assert len({m["partition"] for m in got}) == 3
+        status, acked = _call(
+            nodes[2], "POST", "/v1/topics/wsg/groups/g/ack", {"ack_ids": [m["ack_id"] for m in got]}
+        )
+        assert status == 200 and acked["acked"] == 30, acked
+    finally:
+        reader.close()

@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -166,11 +167,15 @@ class GroupFeed:
         registry: StreamRegistry,
         max_in_flight: int = 100,
         slow_timeout: float = 30.0,
+        pull: Any = None,
     ):
         self.proto = proto
         self.broker = broker
         self.topic = topic
         self.group = group
+        #: Leases ``(max, wait_ms)`` -> Deferred of (delivery, record) pairs: the
+        #: cluster's (from every partition's leader) or, by default, this broker's.
+        self.pull = pull or (lambda n, wait: broker.pull(topic, group, n, wait))
         self.clock = clock
         self.registry = registry
         self.max_in_flight = max_in_flight
@@ -219,7 +224,7 @@ class GroupFeed:
                 delay = max(0.001, (min(self.outstanding.values()) - self.broker.now_ms()) / 1000.0)
                 self._expiry_call = self.clock.callLater(delay, self._next)
             return
-        d = self._pulling = self.broker.pull(self.topic, self.group, credit, GROUP_POLL_MS)
+        d = self._pulling = self.pull(credit, GROUP_POLL_MS)
         d.addCallbacks(self._got, self._failed)
 
     def _got(self, items: list[Any]) -> None:
@@ -340,6 +345,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 registry=api.streams,
                 max_in_flight=f.max_in_flight,
                 slow_timeout=f.slow_timeout,
+                pull=_cluster_pull(api, f.topic, f.group),
             )
             self.feed.start()
         elif f.cursors is not None:
@@ -511,7 +517,11 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         t, g = feed.topic, feed.group
         if t.groups.get(g.name) is not g:
             raise SprawlError("the group was deleted", code="group_not_found", status=404)
-        d = broker.ack(t, g, ids) if op == "ack" else broker.nack(t, g, ids, delay)
+        if self.factory.api.plane is not None:
+            # Each ack id goes to the node owning its partition's group state.
+            d = defer.ensureDeferred(self.factory.api.plane.groups.settle(t, g.name, ids, op != "ack", delay))
+        else:
+            d = broker.ack(t, g, ids) if op == "ack" else broker.nack(t, g, ids, delay)
         key = "acked" if op == "ack" else "nacked"
 
         def ok(refused: dict[str, str]) -> None:
@@ -523,6 +533,14 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             self._error(e if isinstance(e, SprawlError) else SprawlError("internal error"), ref)
 
         d.addCallbacks(ok, failed)
+
+
+def _cluster_pull(api: Any, topic: Any, group: Any) -> Any:
+    """Group pulls through the cluster's group routes (None on a single node)."""
+    plane = getattr(api, "plane", None)
+    if plane is None:
+        return None
+    return lambda n, wait: defer.ensureDeferred(plane.groups.pull(topic, group.name, n, wait))
 
 
 class SprawlWSFactory(WebSocketServerFactory):
