@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.testing import FeedReader, NodeProcess, poll_until
 
 pytestmark = pytest.mark.integration
@@ -253,3 +254,49 @@ def test_a_websocket_group_consumer_gets_every_partition_whoever_leads_it(sprawl
         assert status == 200 and acked["acked"] == 30, acked
     finally:
         reader.close()
+
+
+def test_a_joining_node_takes_its_share_of_replicas(sprawl_nodes: Any) -> None:
+    """When a fourth node joins, every partition moves to the replica set
+    rendezvous hashing gives over the four nodes -- the new node gains the
+    partitions it ranks high for (added first, a replica dropped only once the
+    goal's replicas hold every committed record) -- and every acknowledged
+    message is on every new replica."""
+    names = ["s0", "s1", "s2"]
+    nodes = _start(sprawl_nodes, names)
+    status, _ = _call(nodes[0], "PUT", "/v1/topics/spread", {"partitions": 6, "replication_factor": 2})
+    assert status == 201
+    for i in range(60):
+        msg = {"messages": [{"payload": f"s-{i}", "key": f"k{i}"}]}
+        assert _call(nodes[i % 3], "POST", "/v1/topics/spread/messages", msg)[0] == 200
+    assert not any("s3" in pl["replicas"] for pl in _placement(nodes[0], "spread").values())
+    new = sprawl_nodes("--node-id", "s3", "--seeds", f"127.0.0.1:{nodes[0].peer_port}", name="s3")
+    everyone = [*nodes, new]
+
+    goal = {str(p): set(rendezvous("spread", p, ["s0", "s1", "s2", "s3"], 2)) for p in range(6)}
+    assert any("s3" in g for g in goal.values())
+
+    def moved() -> bool:
+        pls = _placement(nodes[1], "spread")
+        return {p: set(pl["replicas"]) for p, pl in pls.items()} == goal
+
+    assert poll_until(moved, REPLICATE_BOUND) is not None, _placement(nodes[1], "spread")
+    pls = _placement(nodes[1], "spread")
+
+    def settled() -> bool:
+        """Every replica holds its partition's log up to the leader's end."""
+        for p, pl in pls.items():
+            views = {
+                nm: _details(n, "spread") for nm, n in zip(["s0", "s1", "s2", "s3"], everyone, strict=True)
+            }
+            ends = [views[r][int(p)]["log_end"] if views[r] else -1 for r in pl["replicas"]]
+            hws = [views[r][int(p)]["high_watermark"] if views[r] else -2 for r in pl["replicas"]]
+            if len(set(ends)) != 1 or ends != hws:
+                return False
+        return True
+
+    assert poll_until(settled, REPLICATE_BOUND) is not None
+    status, body = _call(new, "GET", "/v1/topics/spread/messages?from=earliest&limit=1000")
+    assert status == 200 and sorted(m["payload"] for m in body["messages"]) == sorted(
+        f"s-{i}" for i in range(60)
+    )

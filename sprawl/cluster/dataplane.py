@@ -105,6 +105,9 @@ class DataPlane:
         #: The epoch each local replica was last assigned (from the metadata).
         self._assigned: dict[tuple[str, int], int] = {}
         self._moving: set[tuple[str, int]] = set()
+        #: The leaders' last word on which replicas hold their whole log.
+        self._sync_views: dict[tuple[str, int], tuple[float, set[str] | None]] = {}
+        self._asking: set[tuple[str, int]] = set()
         self._dead_since: dict[str, float] = {}
         self._loop: task.LoopingCall | None = None
         #: Load-based leadership balancing (decides only while this node is the controller).
@@ -119,6 +122,7 @@ class DataPlane:
         self.feeds = RemoteFeeds(self.fetch_remote, self.read_source, reactor, broker.notify)
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
+        rpc.register("partition_status", self._rpc_status)
         from sprawl.cluster.group_routes import GroupRoutes
 
         #: Consumer groups, each partition's state owned by its leader.
@@ -367,24 +371,86 @@ class DataPlane:
         now: float,
         c: FailoverCore | None,
     ) -> list[str] | None:
-        """The replica set this partition should move to, or None to leave it."""
-        if c is not None and (c.fencing is not None or c.committing is not None or not c.leader_confirmed):
+        """The replica set this partition should move to next, or None to leave it.
+
+        The goal is rendezvous hashing's top ``min(RF, eligible nodes)`` over
+        the *eligible* nodes: registered nodes alive by gossip, or dead for
+        less than the grace period (a node restarting keeps its partitions).
+        One step at a time, never below the replicas that hold the data:
+
+        * replicas dead past the grace period are dropped and the set is
+          filled up again (from the goal's order);
+        * a set smaller than the goal grows;
+        * a set the goal differs from first gains the goal's missing node
+          (one more replica than the goal), and only once every replica of
+          the goal holds every committed record does it lose one that is not
+          in the goal -- after the leadership moved, if it was the leader.
+        """
+        if c is not None and (
+            c.fencing is not None or c.committing is not None or not c.leader_confirmed or c.busy
+        ):
             return None  # only a partition with a working leader changes its replicas
         grace = float(getattr(self.control, "dead_grace", 30.0))
         gone = {r for r in reps if r in self._dead_since and now - self._dead_since[r] >= grace}
         keep = [r for r in reps if r not in gone]
-        target = min(rf, len(live))
-        if len(keep) >= target and not gone:
-            return None
         if not keep:
             return None
-        out = list(keep)
-        for n in rendezvous(name, p, live, len(live)):
-            if len(out) >= max(target, 1):
-                break
-            if n not in out:
-                out.append(n)
-        return out if out != reps else None
+        registered = set(self.control.metadata.nodes) | {self.node_id}
+        recently_dead = {n for n, since in self._dead_since.items() if now - since < grace}
+        eligible = sorted(n for n in registered if n in live or n in recently_dead)
+        target = max(min(rf, len(eligible)), 1)
+        ideal = rendezvous(name, p, eligible, target)
+        if gone or len(keep) < target:
+            out = list(keep)
+            for n in [*ideal, *rendezvous(name, p, live, len(live))]:
+                if len(out) >= target:
+                    break
+                if n not in out and n in live:
+                    out.append(n)
+            return out if out != reps else None
+        if set(keep) == set(ideal):
+            return None
+        if len(keep) <= target:
+            add = next((n for n in ideal if n not in keep and n in live), None)
+            return [*keep, add] if add is not None else None
+        extra = [r for r in keep if r not in ideal]
+        if not extra or c is None or c.leader is None:
+            return None
+        in_sync = self._in_sync((name, p), c.leader, now)
+        if in_sync is None or not set(ideal) <= in_sync:
+            return None  # the goal's new replicas are still catching up
+        if c.leader in extra:
+            out_ = c.move_leader(ideal[0])  # hand the leadership over first
+            if out_ is not None:
+                self.service._control((name, p), out_)
+            return None
+        return [r for r in keep if r != extra[0]]
+
+    def _in_sync(self, key: tuple[str, int], leader: str, now: float) -> set[str] | None:
+        """The replicas holding every committed record, as the leader last said
+        (asked over the peer channel at most once a second)."""
+        if leader == self.node_id:
+            return set(self.partition_view(*key).get("in_sync") or ())
+        at, seen = self._sync_views.get(key, (float("-inf"), None))
+        if now - at >= 1.0 and key not in self._asking:
+            self._asking.add(key)
+            d = self.rpc.call(
+                leader, "partition_status", {"topic": key[0], "partition": key[1]}, hops=1, timeout=2.0
+            )
+
+            def got(view: dict[str, Any]) -> None:
+                self._sync_views[key] = (self.reactor.seconds(), set(view.get("in_sync") or ()))
+
+            def done(_: object) -> None:
+                self._asking.discard(key)
+
+            d.addCallbacks(got, lambda f: None).addBoth(done)
+        return seen if now - at < 5.0 else None
+
+    def _rpc_status(self, caller: str, body: Any, hops: int) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("malformed partition status request", code="bad_request")
+        return self.partition_view(str(body["topic"]), int(body["partition"]))
 
     def _move(self, key: tuple[str, int], pl: dict[str, Any], want: list[str]) -> None:
         leader = str(pl["leader"])
@@ -764,7 +830,7 @@ class DataPlane:
         if core.is_leader:
             out["followers"] = {f: st.match for f, st in core.followers.items()}
             out["in_sync"] = sorted(
-                [self.node_id, *(f for f, st in core.followers.items() if st.match >= core.end)]
+                [self.node_id, *(f for f, st in core.followers.items() if st.match >= core.hw)]
             )
         return out
 
@@ -782,7 +848,7 @@ class DataPlane:
             leading += 1
             rf = int(meta.topics.get(name, {}).get("config", {}).get("replication_factor", 1))
             want = min(rf, len([n for n in meta.nodes if n in live]) or 1)
-            behind = any(st.match < core.end for st in core.followers.values())
+            behind = any(st.match < core.hw for st in core.followers.values())
             if behind or len(core.replicas) < want:
                 under += 1
         for name, parts in meta.placement.items():
