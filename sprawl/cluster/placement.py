@@ -7,6 +7,7 @@ top-``k`` set it enters or leaves.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -19,8 +20,13 @@ def weight(node_id: str, topic: str, partition: int) -> int:
 
 def replicas(topic: str, partition: int, nodes: Iterable[str], k: int) -> list[str]:
     """The ``k`` nodes of highest weight, first = preferred leader."""
-    ranked = sorted(set(nodes), key=lambda n: (weight(n, topic, partition), n), reverse=True)
-    return ranked[: max(k, 0)]
+    return list(_ranked(topic, partition, tuple(sorted(set(nodes))))[: max(k, 0)])
+
+
+@functools.lru_cache(maxsize=16384)
+def _ranked(topic: str, partition: int, nodes: tuple[str, ...]) -> tuple[str, ...]:
+    """Every node by falling weight (cached: the controller asks every tick)."""
+    return tuple(sorted(nodes, key=lambda n: (weight(n, topic, partition), n), reverse=True))
 
 
 def raft_id_of(node_id: str) -> int:
