@@ -218,6 +218,11 @@ def test_publishes_are_forwarded_to_leaders_with_every_acks_level(sprawl_nodes: 
     )
     assert status == status2 == 200 and a["offsets"] == b["offsets"] and b["duplicates"] == [True], (a, b)
 
+    status, _ = _call(nodes[0], "PUT", "/v1/topics/eph", {"storage": "ephemeral", "replication_factor": 3})
+    assert status == 201
+    status, body = _call(outsider, "POST", "/v1/topics/eph/messages", {"messages": [{"payload": "e"}]})
+    assert status == 200 and body["stored"] == "quorum", body  # replicated: stored on a majority
+
     def outsider_reads_all() -> bool:
         status, body = _call(outsider, "GET", "/v1/topics/fwd/messages?from=earliest&limit=100")
         return status == 200 and len(body["messages"]) == 7

@@ -102,7 +102,7 @@ class PartitionLog:
             self.hot_bytes += total
             self.appended_bytes_total += total
             self.appended_total += len(records)
-            if not self.durable:
+            if not self.durable and not self.replicated:
                 self.high_watermark = off
             return [seg]
         for r in records:
@@ -127,7 +127,7 @@ class PartitionLog:
             self.hot_bytes += r.size
             self.appended_bytes_total += r.size
         self.appended_total += len(records)
-        if not self.durable:
+        if not self.durable and not self.replicated:
             self.high_watermark = self.next_offset
         return changed
 
