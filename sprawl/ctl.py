@@ -1226,8 +1226,17 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
         for key in ("snapshot_index", "elections", "leader_changes", "proposal_ms_p50"):
             if key in raft:
                 click.echo(f"{key.replace('_', ' ')}: {_cell(raft[key])}")
+    parts = info.get("partitions")
+    if isinstance(parts, dict):
+        click.echo(
+            f"partitions led: {_cell(parts.get('leading'))}, "
+            f"under-replicated: {_cell(parts.get('under_replicated'))}, "
+            f"replicas here: {_cell(parts.get('replicas'))}, "
+            f"forwarded publishes: {_cell(parts.get('forwarded'))}, "
+            f"failovers committed: {_cell(parts.get('failovers'))}"
+        )
     for key, value in info.items():
-        if key not in ("node_id", "leader", "term", "raft", "members"):
+        if key not in ("node_id", "leader", "term", "raft", "members", "partitions"):
             click.echo(f"{key}: {_cell(value)}")
     click.echo("")
     _members_table(info.get("members"), info.get("leader"))
