@@ -262,7 +262,10 @@ class PartitionReplication:
                     # them towards the high watermark only once reported stored.
                     # Everything else -- a follower's records, truncations and
                     # promises -- is durable before any message leaves.
-                    (own if q.leader and w.count and _plain_append(w) else writes).append(d)
+                    # A write of the high watermark alone need not wait either: it
+                    # only spares a restart some catching up, it promises nothing.
+                    lazy = (q.leader and w.count and _plain_append(w)) or _hw_only(w)
+                    (own if lazy else writes).append(d)
             if q.cuts:
                 self._pending_cuts -= 1
         # Every write of the batch is made in memory: the log is what the
@@ -429,6 +432,11 @@ def _plain_append(w: Write) -> bool:
         and w.fenced_epoch is None
         and w.led_epoch is None
     )
+
+
+def _hw_only(w: Write) -> bool:
+    """A write of the replica state whose only news is a higher high watermark."""
+    return w.count == 0 and w.hw is not None and _plain_append(w)
 
 
 def _gather(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:
