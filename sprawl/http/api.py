@@ -473,23 +473,8 @@ class SprawlAPI:
                 wait = self.broker._wait_any(t, remaining)
                 request.notifyFinish().addErrback(lambda _: wait.cancel())
                 return wait.addCallback(lambda _: read(starts))
-            if len(parts) > 1:
-                recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
-                recs = recs[:limit]
-                nexts = dict(starts)
-                for r in recs:
-                    nexts[r.partition] = max(nexts[r.partition], r.offset + 1)
-            m = self.metrics
-            if m is not None and recs:
-                m.delivered(topic, "fetch", len(recs), sum(len(r.payload) for r in recs))
             hw = {p: t.logs[p].high_watermark for p in parts}
-            body = b'{"messages":[' + b",".join(r.to_json() for r in recs) + b"]"
-            body += b',"next":' + _encode(nexts[parts[0]] if len(parts) == 1 else None)
-            body += b',"high_watermark":' + _encode(hw[parts[0]] if len(parts) == 1 else sum(hw.values()))
-            body += b',"next_by_partition":' + _encode({str(p): o for p, o in nexts.items()})
-            body += b',"high_watermarks":' + _encode({str(p): o for p, o in hw.items()}) + b"}"
-            request.setHeader(b"content-type", JSON)
-            return body
+            return self._fetch_answer(request, topic, parts, recs, starts, nexts, hw, limit)
 
         return self._resolve(t, parts, spec, from_time, "earliest").addCallback(read)
 
@@ -546,6 +531,21 @@ class SprawlAPI:
             if got:
                 nexts[p] = got[-1].offset + 1  # past control records too
                 recs.extend(deliverable(got))
+        return self._fetch_answer(request, t.name, parts, recs, starts, nexts, hws, limit)
+
+    def _fetch_answer(
+        self,
+        request: Any,
+        topic: str,
+        parts: list[int],
+        recs: list[Record],
+        starts: dict[int, int],
+        nexts: dict[int, int],
+        hws: dict[int, int],
+        limit: int,
+    ) -> bytes:
+        """The body of ``GET .../messages``: over several partitions the oldest
+        ``limit`` messages by time, each partition's cursor past what it gave."""
         if len(parts) > 1:
             recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
             recs = recs[:limit]
@@ -554,7 +554,7 @@ class SprawlAPI:
                 nexts[r.partition] = max(nexts[r.partition], r.offset + 1)
         m = self.metrics
         if m is not None and recs:
-            m.delivered(t.name, "fetch", len(recs), sum(len(r.payload) for r in recs))
+            m.delivered(topic, "fetch", len(recs), sum(len(r.payload) for r in recs))
         body = b'{"messages":[' + b",".join(r.to_json() for r in recs) + b"]"
         body += b',"next":' + _encode(nexts[parts[0]] if len(parts) == 1 else None)
         body += b',"high_watermark":' + _encode(hws[parts[0]] if len(parts) == 1 else sum(hws.values()))
