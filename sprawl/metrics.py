@@ -135,6 +135,13 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "sprawl_gc_pause_seconds",
+            "Pauses of the Python garbage collector (the reactor does nothing meanwhile), by generation",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         r.register(_StateCollector(self))
         r.register(_GossipCollector(self))
         r.register(_RaftCollector(self))
@@ -511,3 +518,34 @@ class _DataPlaneCollector:
             "Consumer-group checkpoints this node adopted as a follower",
             value=groups.checkpoints_adopted,
         )
+
+
+class GCPauses:
+    """Times each garbage collection into ``histogram`` (``gc.callbacks``)."""
+
+    def __init__(self, histogram: Any, clock: Any = None) -> None:
+        import time
+
+        self.histogram = histogram
+        self.clock = clock or time.perf_counter
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self.clock()
+        else:
+            self.histogram.labels(str(info.get("generation", "?"))).observe(self.clock() - self._started)
+
+    def install(self) -> None:
+        """Start timing collections (once per process)."""
+        import gc
+
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        """Stop timing collections."""
+        import gc
+
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

@@ -493,6 +493,9 @@ class NodeService(service.Service):
         # on the hot path only walk young objects.
         gc.collect()
         gc.freeze()
+        from sprawl.metrics import GCPauses
+
+        GCPauses(metrics.gc_pause).install()
         if not getattr(self.reactor, "running", True):
             # Services start in the reactor's "before startup" phase; twistd's
             # SIGTERM handler is installed "during startup".  Announce readiness

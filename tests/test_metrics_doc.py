@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sprawl.testing import NodeProcess
@@ -148,3 +149,22 @@ def test_units_in_names() -> None:
                 )
                 + ("_role", "_has_leader", "_voters", "_learners")
             ), name
+
+
+def test_gc_pauses_are_timed_by_generation() -> None:
+    """A collection lands in ``sprawl_gc_pause_seconds`` under its generation."""
+    import gc
+
+    from sprawl.metrics import GCPauses, NodeMetrics
+
+    m = NodeMetrics()
+    ticks = iter([1.0, 1.25])
+    pauses = GCPauses(m.gc_pause, clock=lambda: next(ticks))
+    pauses.install()
+    try:
+        gc.collect(2)
+    finally:
+        pauses.remove()
+    text = generate_latest(m.registry).decode()
+    assert 'sprawl_gc_pause_seconds_count{generation="2"} 1.0' in text
+    assert 'sprawl_gc_pause_seconds_sum{generation="2"} 0.25' in text
