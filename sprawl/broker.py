@@ -1215,6 +1215,7 @@ class Broker:
             now = self.now_ms()
             for t in self.topics.values():
                 t.dedup.expire(now)
+                t.recent.expire(now)
             self._checkpoint_ephemeral()
         self.enforce_memory_budget()
         if self.tier is not None and now_s - self._last_spill >= 0.5:

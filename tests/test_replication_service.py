@@ -137,6 +137,14 @@ async def test_quorum_publishes_survive_the_leader(cluster: dict[str, Node]) -> 
         "high watermarks everywhere",
     )
 
+    # every follower knows the ids it stores (the next leader answers a
+    # publish retried through a failover with the first copy's offset)
+    ids = {r.id: o for r in first.broker.topics["orders"].logs[0].hot if not r.control for o in [r.offset]}
+    for n in replicas:
+        if n is not first:
+            recent = n.broker.topics["orders"].recent
+            assert all(recent.lookup(mid, n.broker.now_ms()) == (0, off) for mid, off in ids.items())
+
     old = first.id
     await first.close()  # the leader's node is gone
     await until(lambda: _leader(cluster) not in (None, first), "a new leader")

@@ -523,12 +523,14 @@ class DataPlane:
             return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
         self.broker.check_message_sizes(records, topic.config.max_message_bytes)
         ids = self.broker._ids
+        named: set[str] = set()
         for r in records:
             if r.id is None:
                 # Named here, before the first attempt: a publish retried
                 # through a failover carries the same id, and the partition's
                 # (new) leader answers it with the first copy's offset.
                 r.id = ids.next()
+                named.add(r.id)
         groups: dict[int, list[int]] = {}
         if all(r.key is None for r in records):
             # No keys: the whole batch goes to one partition (round robin per
@@ -539,7 +541,7 @@ class DataPlane:
             for i, r in enumerate(records):
                 groups.setdefault(topic.partition_for(r.key), []).append(i)
         ds = [
-            defer.ensureDeferred(self._publish_partition(topic, p, [records[i] for i in idx], acks, 0))
+            defer.ensureDeferred(self._publish_partition(topic, p, [records[i] for i in idx], acks, 0, named))
             for p, idx in groups.items()
         ]
 
@@ -561,7 +563,7 @@ class DataPlane:
         return d.addCallback(combine)
 
     async def _publish_partition(
-        self, topic: Any, p: int, records: list[Record], acks: str, hops: int
+        self, topic: Any, p: int, records: list[Record], acks: str, hops: int, named: set[str]
     ) -> PublishResult:
         """Publish to one partition: here when this node leads it, else at its
         leader; retried through failovers until :attr:`route_timeout`."""
@@ -572,7 +574,7 @@ class DataPlane:
             if t is None:
                 raise NotFound(f"topic {topic.name!r} does not exist", code="topic_not_found")
             try:
-                return await self._publish_once(t, p, records, acks, hops, deadline)
+                return await self._publish_once(t, p, records, acks, hops, deadline, named)
             except SprawlError as e:
                 if e.code not in _RETRYABLE or (e.code == "topic_not_found" and hops == 0):
                     raise
@@ -590,8 +592,17 @@ class DataPlane:
         )
 
     async def _publish_once(
-        self, t: Any, p: int, records: list[Record], acks: str, hops: int, deadline: float
+        self,
+        t: Any,
+        p: int,
+        records: list[Record],
+        acks: str,
+        hops: int,
+        deadline: float,
+        named: set[str],
     ) -> PublishResult:
+        """One attempt at the partition's leader (``named``: the ids this
+        cluster gave messages that came without one)."""
         name = t.name
         if self.is_local(name, p):
             pl0 = self.placement(name, p)
@@ -601,7 +612,7 @@ class DataPlane:
             return res
         r = self.service.replicas.get((name, p))
         if r is not None and r.core.is_leader:
-            return await self._publish_replicated(t, r, records, acks)
+            return await self._publish_replicated(t, r, records, acks, named)
         pl = self.placement(name, p)
         leader = str(pl["leader"]) if pl else ""
         if not leader or leader == self.node_id:
@@ -609,7 +620,13 @@ class DataPlane:
         if hops >= self.rpc.max_hops:
             raise NotLeaderError(f"this node does not lead {name}/{p}", leader)
         self.forwarded += 1
-        body = {"topic": name, "partition": p, "acks": acks, "records": [pack_record(x) for x in records]}
+        body = {
+            "topic": name,
+            "partition": p,
+            "acks": acks,
+            "records": [pack_record(x) for x in records],
+            "named": [x.id for x in records if x.id in named],
+        }
         timeout = max(0.1, min(self.forward_timeout, deadline - self.reactor.seconds()))
         answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
         return PublishResult(
@@ -621,13 +638,18 @@ class DataPlane:
         )
 
     async def _publish_replicated(
-        self, t: Any, r: PartitionReplication, records: list[Record], acks: str
+        self, t: Any, r: PartitionReplication, records: list[Record], acks: str, named: set[str]
     ) -> PublishResult:
-        """As the partition's leader: dedup, append, wait for the acks level."""
+        """As the partition's leader: dedup, append, wait for the acks level.
+
+        Client ids are remembered for the dedup window; ids this cluster gave
+        (``named``) only in the short window of recent ids, which is all a
+        retry through a failover needs."""
         b = self.broker
         b.check_writable()
         now = b.now_ms()
         dedup = t.dedup
+        recent = t.recent
         n = len(records)
         offsets: list[int] = [0] * n
         dups = [False] * n
@@ -636,7 +658,7 @@ class DataPlane:
         hits: list[int] = []
         for i, rec in enumerate(records):
             if rec.id is not None:
-                hit = dedup.lookup(rec.id, now)
+                hit = dedup.lookup(rec.id, now) or recent.lookup(rec.id, now)
                 if hit is not None and hit[0] == r.partition:
                     offsets[i], dups[i] = hit[1], True
                     hits.append(hit[1])
@@ -649,7 +671,7 @@ class DataPlane:
         d = r.publish(fresh) if fresh else defer.succeed([])
         for rec in fresh:
             if rec.id in seen:
-                dedup.remember(rec.id, r.partition, rec.offset, now)
+                (recent if rec.id in named else dedup).remember(rec.id, r.partition, rec.offset, now)
         for i, rec in enumerate(records):
             if dups[i] and rec.id in seen and records[seen[rec.id]] is not rec:
                 offsets[i] = records[seen[rec.id]].offset
@@ -689,12 +711,13 @@ class DataPlane:
         if not 0 <= p < len(t.logs):
             raise NotFound(f"topic {name!r} has no partition {p}", code="partition_not_found")
         records = [unpack_record(x) for x in body["records"]]
+        named = {str(x) for x in body.get("named") or ()}
         for rec in records:
             rec.offset, rec.partition, rec.timestamp = -1, p, 0
 
         async def run() -> dict[str, Any]:
             res = await self._publish_once(
-                t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout
+                t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout, named
             )
             return {
                 "offsets": res.offsets,

@@ -315,9 +315,11 @@ class PartitionReplication:
             # Everything this replica held lies below the leader's log start.
             ds.append(b.reset_partition(t, p, w.start, self._state_ops(reset=w)))
             t.dedup.forget_from(p, 0)
+            t.recent.forget_from(p, 0)
         if w.truncate_to is not None:
             ds.append(b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops()))
             t.dedup.forget_from(p, w.truncate_to)
+            t.recent.forget_from(p, w.truncate_to)
         if not w.count:
             if w.truncate_to is None and (
                 w.fenced_epoch is not None or w.led_epoch is not None or w.hw is not None
@@ -338,7 +340,7 @@ class PartitionReplication:
             # answers a publish retried through the failover with the first
             # offset instead of storing the message twice.
             now = b.now_ms()
-            remember = t.dedup.remember
+            remember = t.recent.remember
             for r in recs:
                 if r.id is not None and not r.control:
                     remember(r.id, p, r.offset, now)
