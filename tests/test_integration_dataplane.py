@@ -244,12 +244,17 @@ def test_a_websocket_group_consumer_gets_every_partition_whoever_leads_it(sprawl
     assert _call(nodes[0], "PUT", "/v1/topics/wsg/groups/g", {"start": "earliest"})[0] == 201
     leaders = {pl["leader"] for pl in _placement(nodes[0], "wsg").values()}
     assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
+    # the group is applied on every node a moment after the answer on the first
+    assert poll_until(lambda: _call(nodes[1], "GET", "/v1/topics/wsg/groups/g")[0] == 200, 10) is not None
     reader = FeedReader(nodes[1].http_port, "/v1/topics/wsg/ws?group=g", websocket=True)
     try:
         for i in range(30):
             msg = {"messages": [{"payload": f"w-{i}", "key": f"k{i}"}]}
             assert _call(nodes[i % 3], "POST", "/v1/topics/wsg/messages", msg)[0] == 200
-        assert poll_until(lambda: len(reader.received()) >= 30, 20) is not None, len(reader.received())
+        assert poll_until(lambda: len(reader.received()) >= 30, 20) is not None, (
+            reader.status,
+            len(reader.received()),
+        )
         got = reader.received()
         assert sorted(m["payload"] for m in got) == sorted(f"w-{i}" for i in range(30))
         assert len({m["partition"] for m in got}) == 3
