@@ -105,6 +105,11 @@ def test_group_partitions_are_owned_by_their_leaders_and_survive_a_leader_kill(s
     nodes = _start(sprawl_nodes, names)
     assert _call(nodes[0], "PUT", "/v1/topics/jobs", {"partitions": 3, "replication_factor": 3})[0] == 201
     assert _call(nodes[1], "PUT", "/v1/topics/jobs/groups/workers", {"start": "earliest"})[0] == 201
+
+    def group_everywhere() -> bool:
+        return all(_call(n, "GET", "/v1/topics/jobs/groups/workers")[0] == 200 for n in nodes)
+
+    assert poll_until(group_everywhere, 10) is not None
     leaders = {pl["leader"] for pl in _placement(nodes[2], "jobs").values()}
     assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
     for i in range(60):
