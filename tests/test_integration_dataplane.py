@@ -234,9 +234,20 @@ def test_publishes_are_forwarded_to_leaders_with_every_acks_level(sprawl_nodes: 
 
     assert poll_until(outsider_reads_all, 10) is not None
     status, cluster = _call(outsider, "GET", "/v1/cluster")
-    assert cluster["partitions"]["forwarded"] >= 4, cluster[
-        "partitions"
-    ]  # its own three acks levels and the id
+    # its own three acks levels and the id
+    assert cluster["partitions"]["forwarded"] >= 4, cluster["partitions"]
+
+    # a replicated topic deleted and made again starts empty everywhere
+    assert _call(follower, "DELETE", "/v1/topics/fwd")[0] == 204
+    assert _call(outsider, "PUT", "/v1/topics/fwd", {"replication_factor": 2})[0] == 201
+    status, body = _call(outsider, "POST", "/v1/topics/fwd/messages", {"messages": [{"payload": "again"}]})
+    assert status == 200 and body["offsets"] == [1], body  # offset 0 is the new leader's epoch marker
+
+    def only_the_new_message() -> bool:
+        views = [_call(n, "GET", "/v1/topics/fwd/messages?from=earliest&limit=100") for n in nodes]
+        return all(st == 200 and [m["payload"] for m in b["messages"]] == ["again"] for st, b in views)
+
+    assert poll_until(only_the_new_message, 10) is not None
 
 
 def test_a_websocket_group_consumer_gets_every_partition_whoever_leads_it(sprawl_nodes: Any) -> None:

@@ -289,6 +289,8 @@ class DataPlane:
             else:
                 self._dead_since.pop(n, None)
         live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
+        for key in [k for k in self.service.controllers if self.placement(*k) is None]:
+            del self.service.controllers[key]  # the topic (or partition) is gone
         moves = len(self._moving)
         for name, parts in meta.placement.items():
             topic = meta.topics.get(name)

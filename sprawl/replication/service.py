@@ -310,6 +310,8 @@ class PartitionReplication:
         """Issue one write (memory now, LMDB queued) of an output the core made
         as leader (``leader``) or follower; returns its durability Deferred."""
         b, t, p = self.broker, self.topic, self.partition
+        if t.deleted:
+            return None  # the topic was deleted meanwhile: its storage is gone, write nothing
         ds: list[defer.Deferred[Any]] = []
         if w.reset:
             # Everything this replica held lies below the leader's log start.
