@@ -46,6 +46,7 @@ from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.messages import Assign
 from sprawl.replication.replica import NotLeader
 from sprawl.replication.service import PartitionReplication, ReplicationService
+from sprawl.storage import keys
 
 log = Logger()
 
@@ -211,6 +212,8 @@ class DataPlane:
             if len(reps) <= 1 or self.node_id not in reps:
                 if key in self.service.replicas:
                     self._drop(key)
+                if reps == [self.node_id] and lg.replicated:
+                    self._alone(t, lg)
                 continue
             existing = self.service.replicas.get(key)
             if existing is not None:
@@ -233,6 +236,18 @@ class DataPlane:
             c = self.service.controllers.get(key)
             if c is not None:
                 self._sync_controller(c, pl)
+
+    def _alone(self, t: Any, lg: Any) -> None:
+        """This node became the partition's only replica: the broker serves it
+        directly again -- its high watermark follows the local fsync (what
+        this leader stored is all there is), and the replica state is
+        forgotten, so a later replica set starts from this log as committed."""
+        lg.replicated = False
+        if lg.stored_end > lg.high_watermark:
+            lg.high_watermark = lg.stored_end
+            self.broker._notify(t.name, lg.partition)
+        d = self.broker.store.write([("d", "meta", keys.replica_state_key(t.config.uid, lg.partition))])
+        d.addErrback(lambda f: log.warn("forgetting a replica state failed: {err}", err=str(f.value)))
 
     def _drop(self, key: tuple[str, int]) -> None:
         self.service.replicas.pop(key, None)
