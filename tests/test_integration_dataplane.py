@@ -13,16 +13,13 @@ three processes on a shared 2-core machine.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from sprawl.cluster.placement import replicas as rendezvous
-from sprawl.testing import FeedReader, NodeProcess, poll_until
+from sprawl.testing import FeedReader, NodeProcess, http_json, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +31,7 @@ REPLICATE_BOUND = 30.0
 def _call(
     node: NodeProcess, method: str, path: str, body: Any = None, timeout: float = 15
 ) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        node.url + path, data=data, method=method, headers={"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except (OSError, ValueError):
-        return 0, None
+    return http_json(node.url + path, method, body, timeout)
 
 
 def _start(sprawl_nodes: Any, names: list[str], *extra: str) -> list[NodeProcess]:
