@@ -118,6 +118,9 @@ class Broker:
         #: The partitions of a topic whose consumer-group state this node owns
         #: (in a cluster: those it leads; None: all, as on a single node).
         self.group_partitions: Callable[[Topic], Collection[int] | None] | None = None
+        #: Where the broker's own publishes (dead letters) go: in a cluster,
+        #: through each partition's leader; None: straight into this broker.
+        self.publisher: Callable[[Topic, list[Record], str], Deferred[PublishResult]] | None = None
         #: The S3 tier (:class:`sprawl.storage.tiering.S3Tier`), None when S3 is off.
         self.tier: Any = None
         self._last_spill = 0.0
@@ -1195,7 +1198,8 @@ class Broker:
             if not recs:
                 return None
             d = self.ensure_topic(dlq)
-            d.addCallback(lambda t: self.publish(t, recs, "leader"))
+            route = self.publisher or self.publish
+            d.addCallback(lambda t: route(t, recs, "leader"))
             return d
 
         return DeferredList(reads, consumeErrors=True).addCallback(publish)

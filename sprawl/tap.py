@@ -444,6 +444,7 @@ class NodeService(service.Service):
             node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
         )
         self.control.on_topic_changed = self.plane.sync_topic
+        self.broker.publisher = self.plane.publish
         metrics.balancer = self.plane.balancer
         metrics.plane = self.plane
         self.plane.start()

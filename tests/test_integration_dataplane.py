@@ -224,6 +224,36 @@ def test_publishes_are_forwarded_to_leaders_with_every_acks_level(sprawl_nodes: 
     # its own three acks levels and the id
     assert cluster["partitions"]["forwarded"] >= 4, cluster["partitions"]
 
+    # dead letters go through the dead-letter topic's leader like any publish
+    assert _call(nodes[0], "PUT", "/v1/topics/dlq", {"replication_factor": 3})[0] == 201
+    assert _call(nodes[0], "PUT", "/v1/topics/work", {"partitions": 2, "replication_factor": 3})[0] == 201
+    group = {"start": "earliest", "max_deliveries": 1, "dead_letter_topic": "dlq"}
+    assert _call(nodes[0], "PUT", "/v1/topics/work/groups/g", group)[0] == 201
+    for i in range(4):
+        assert (
+            _call(
+                nodes[i % 3],
+                "POST",
+                "/v1/topics/work/messages",
+                {"messages": [{"payload": f"bad-{i}", "key": f"k{i}"}]},
+            )[0]
+            == 200
+        )
+
+    def pulled_and_nacked() -> bool:
+        st, got = _call(nodes[1], "POST", "/v1/topics/work/groups/g/pull", {"max": 10, "wait_ms": 200})
+        if st == 200 and got["messages"]:
+            _call(
+                nodes[2],
+                "POST",
+                "/v1/topics/work/groups/g/nack",
+                {"ack_ids": [m["ack_id"] for m in got["messages"]]},
+            )
+        views = [_call(n, "GET", "/v1/topics/dlq/messages?from=earliest&limit=100") for n in nodes]
+        return all(st == 200 and len(b["messages"]) == 4 for st, b in views)
+
+    assert poll_until(pulled_and_nacked, 15) is not None
+
     # a replicated topic deleted and made again starts empty everywhere
     assert _call(follower, "DELETE", "/v1/topics/fwd")[0] == 204
     assert _call(outsider, "PUT", "/v1/topics/fwd", {"replication_factor": 2})[0] == 201
