@@ -17,6 +17,7 @@ from sprawl.cluster.balance import (
     Move,
     PartitionLoad,
     partitions_from,
+    replica_move,
 )
 
 NODES = ["a", "b", "c"]
@@ -395,3 +396,55 @@ def test_the_controller_loop_with_failover_cores_converges() -> None:
         assert placement["t"][mv.partition]["leader"] == mv.dst  # every move landed on its target
         c = ctl[("t", mv.partition)]
         assert c.history == {2: mv.dst} and reps[("t", mv.partition)][mv.dst].is_leader
+
+
+def stuck() -> list[PartitionLoad]:
+    """a and b lead everything hot and hold each other's replicas; c and d idle."""
+    return [
+        part("t", 0, "a", "ab", 300),
+        part("t", 1, "a", "ab", 300),
+        part("t", 2, "a", "ab", 300),
+        part("u", 0, "b", "ba", 300),
+        part("u", 1, "b", "ba", 300),
+        part("v", 0, "c", "cd", 10),
+        part("v", 1, "d", "dc", 5),
+    ]
+
+
+def test_a_persistently_hot_node_moves_a_replica_to_the_coolest_node() -> None:
+    """No replica of a's partitions is below the mean, so leadership cannot
+    move; once a has been hot for three times the persistence, its hottest
+    partition gets a replica on the least loaded node that holds none."""
+    b = Balancer(BalanceConfig(persist=2, max_moves=1))
+    nodes = ["a", "b", "c", "d"]
+    got = []
+    for i in range(8):
+        d = b.decide(i * 10.0, stuck(), nodes)
+        assert d.moves == []  # leadership has nowhere to go
+        got.append((d.nodes["a"].streak, replica_move(d, stuck(), nodes)))
+    assert all(mv is None for streak, mv in got if streak < 6)
+    first = next(mv for streak, mv in got if streak >= 6)
+    assert first == Move("t", 0, "a", "d", "persistently_hot")
+
+
+def test_replica_moves_respect_cooldown_and_leadership_moves() -> None:
+    """A partition moved recently is skipped for the next one; a node that shed
+    leadership in this decision moves no replica; a cool cluster moves none."""
+    b = Balancer(BalanceConfig(persist=1, max_moves=1))
+    nodes = ["a", "b", "c", "d"]
+    for i in range(3):
+        d = b.decide(i * 10.0, stuck(), nodes)
+    mv = replica_move(d, stuck(), nodes, recently_moved=lambda k: k == ("t", 0))
+    assert mv == Move("t", 1, "a", "d", "persistently_hot")
+    shed = replace(d, moves=[Move("t", 0, "a", "b", OVERLOADED), Move("u", 0, "b", "a", OVERLOADED)])
+    assert replica_move(shed, stuck(), nodes) is None
+    calm = Balancer(BalanceConfig(persist=1))
+    even = [
+        part("t", 0, "a", "ab", 100),
+        part("u", 0, "b", "ba", 100),
+        part("v", 0, "c", "cd", 100),
+        part("w", 0, "d", "dc", 100),
+    ]
+    for i in range(5):
+        d = calm.decide(i * 10.0, even, ["a", "b", "c", "d"])
+    assert replica_move(d, even, ["a", "b", "c", "d"]) is None

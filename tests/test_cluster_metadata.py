@@ -167,6 +167,19 @@ def test_set_partition_epoch_fencing() -> None:
     assert m == before
 
 
+def test_a_load_move_goal_stays_until_replaced() -> None:
+    """A set_partition with a goal keeps it through later commits without one
+    (failovers, replica steps); a malformed goal changes nothing."""
+    m, _ = topic(partitions=1)
+    cmd = {"op": "set_partition", "topic": "t", "partition": 0, "replicas": ["a", "b"], "leader": "a"}
+    assert m.apply(2, {**cmd, "epoch": 2, "goal": ["c", "b"]}) == {"epoch": 2}
+    assert m.apply(3, {**cmd, "epoch": 3, "replicas": ["a", "b", "c"]}) == {"epoch": 3}
+    assert m.placement["t"][0]["goal"] == ["c", "b"]
+    before = m.copy()
+    assert err(m.apply(4, {**cmd, "epoch": 4, "goal": []}))[0] == "malformed_command"
+    assert m == before and m.placement["t"][0]["epoch"] == 3
+
+
 @pytest.mark.parametrize(("t", "p"), [("t", 2), ("t", -1), ("nope", 0)])
 def test_set_partition_missing(t: str, p: int) -> None:
     """A partition out of range (or of a missing topic) is 404 partition_not_found."""

@@ -374,3 +374,56 @@ def partitions_from(
                 )
             )
     return out
+
+
+def replica_move(
+    decision: Decision,
+    partitions: Iterable[PartitionLoad],
+    live: Iterable[str],
+    *,
+    bytes_per_unit: float = 1024.0,
+    persist_factor: int = 3,
+    recently_moved: Callable[[tuple[str, int]], bool] | None = None,
+) -> Move | None:
+    """A replica to move off a *persistently* hot node, or None.
+
+    Leadership moves stay inside a partition's replica set; when every
+    replica of a hot node's partitions is as loaded, the node stays hot
+    decision after decision.  Once it has been hot for ``persist_factor``
+    times the decisions that trigger a leadership move, and this decision
+    moved nothing off it, its hottest movable partition gets a new replica on
+    the least loaded live node below the mean that does not hold one -- the
+    node replaces the hot one in the partition's replica set and takes over
+    its leadership (the controller copies first, then hands over).  At most
+    one per decision; ``recently_moved`` keeps a partition from moving again
+    too soon.
+    """
+    moved_from = {m.src for m in decision.moves}
+    hot = [
+        n
+        for n, v in decision.nodes.items()
+        if v.hot and v.streak >= persist_factor * decision.persist and n not in moved_from
+    ]
+    if not hot:
+        return None
+    src = max(hot, key=lambda n: decision.nodes[n].load)
+    live_set = set(live)
+    cool = sorted(
+        (n for n, v in decision.nodes.items() if n in live_set and n != src and v.load < decision.mean),
+        key=lambda n: (decision.nodes[n].load, n),
+    )
+
+    def load(p: PartitionLoad) -> float:
+        return (p.msgs_s or 0.0) + (p.bytes_s or 0.0) / bytes_per_unit
+
+    led = sorted(
+        (p for p in partitions if p.leader == src and p.movable and load(p) > 0),
+        key=lambda p: (-load(p), p.key),
+    )
+    for p in led:
+        if recently_moved is not None and recently_moved(p.key):
+            continue
+        dst = next((n for n in cool if n not in p.replicas), None)
+        if dst is not None:
+            return Move(p.topic, p.partition, src, dst, "persistently_hot")
+    return None

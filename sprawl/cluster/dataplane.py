@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.broker import PublishResult
-from sprawl.cluster.balance import BalanceConfig, Balancer, partitions_from
+from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
@@ -53,6 +53,9 @@ log = Logger()
 #: Errors after which a forwarded publish certainly wrote nothing: retry.
 _RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", "topic_not_found"}
 
+
+#: Seconds before a partition may have a replica moved for load again.
+REPLICA_MOVE_COOLDOWN = 600.0
 
 #: What a publish answer's ``stored`` can say, the weakest promise first.
 _WEAKEST_FIRST = ("pending", "memory", "lmdb", "quorum")
@@ -109,6 +112,8 @@ class DataPlane:
         #: The leaders' last word on which replicas hold their whole log.
         self._sync_views: dict[tuple[str, int], tuple[float, set[str] | None]] = {}
         self._asking: set[tuple[str, int]] = set()
+        #: When a partition last had a replica moved for load.
+        self._replica_moved: dict[tuple[str, int], float] = {}
         self._dead_since: dict[str, float] = {}
         self._loop: task.LoopingCall | None = None
         #: Load-based leadership balancing (decides only while this node is the controller).
@@ -343,7 +348,7 @@ class DataPlane:
                 elif c is not None:
                     del self.service.controllers[key]
                 if moves < self.max_moves and key not in self._moving:
-                    want = self._wanted_replicas(name, p, reps, rf, live, now, c)
+                    want = self._wanted_replicas(name, p, reps, rf, live, now, c, pl.get("goal"))
                     if want is not None:
                         moves += 1
                         self._move(key, pl, want)
@@ -363,7 +368,17 @@ class DataPlane:
             self.control.metadata.placement, rates_by_node(self.membership.member_views()), movable
         )
         in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
-        for mv in self.balancer.decide(now, parts, live, in_flight).moves:
+        decision = self.balancer.decide(now, parts, live, in_flight)
+        rm = replica_move(
+            decision,
+            parts,
+            live,
+            bytes_per_unit=self.balancer.config.bytes_per_unit,
+            recently_moved=lambda k: now - self._replica_moved.get(k, float("-inf")) < REPLICA_MOVE_COOLDOWN,
+        )
+        if rm is not None:
+            self._move_replica(rm, now)
+        for mv in decision.moves:
             key = (mv.topic, mv.partition)
             c = ctl.get(key)
             out = c.move_leader(mv.dst) if c is not None else None
@@ -387,6 +402,7 @@ class DataPlane:
         live: list[str],
         now: float,
         c: FailoverCore | None,
+        goal: list[str] | None = None,
     ) -> list[str] | None:
         """The replica set this partition should move to next, or None to leave it.
 
@@ -398,6 +414,8 @@ class DataPlane:
         * replicas dead past the grace period are dropped and the set is
           filled up again (from the goal's order);
         * a set smaller than the goal grows;
+        * a load move (:func:`sprawl.cluster.balance.replica_move`) sets its own
+          goal in the placement, used instead while all its nodes are eligible;
         * a set the goal differs from first gains the goal's missing node
           (one more replica than the goal), and only once every replica of
           the goal holds every committed record does it lose one that is not
@@ -416,7 +434,10 @@ class DataPlane:
         recently_dead = {n for n, since in self._dead_since.items() if now - since < grace}
         eligible = sorted(n for n in registered if n in live or n in recently_dead)
         target = max(min(rf, len(eligible)), 1)
-        ideal = rendezvous(name, p, eligible, target)
+        if goal and all(n in eligible for n in goal):
+            ideal = list(goal)[:target]  # a load move's target (while all of it is up)
+        else:
+            ideal = rendezvous(name, p, eligible, target)
         if gone or len(keep) < target:
             out = list(keep)
             for n in [*ideal, *rendezvous(name, p, live, len(live))]:
@@ -469,6 +490,34 @@ class DataPlane:
             raise BadRequest("malformed partition status request", code="bad_request")
         return self.partition_view(str(body["topic"]), int(body["partition"]))
 
+    def _move_replica(self, mv: Move, now: float) -> None:
+        """Steer a partition of a persistently hot node to a cooler one: a new
+        epoch whose goal swaps the hot replica for the cool node (first in the
+        goal: it takes the leadership once it holds every committed record)."""
+        key = (mv.topic, mv.partition)
+        pl = self.placement(*key)
+        if pl is None or key in self._moving:
+            return
+        reps = [str(x) for x in pl["replicas"]]
+        goal = [mv.dst, *(r for r in reps if r != mv.src)]
+        self._replica_moved[key] = now
+        self._moving.add(key)
+        totals = self.balancer.moves_total
+        totals[mv.reason] = totals.get(mv.reason, 0) + 1
+        log.info(
+            "controller: moving a replica of {topic}/{partition} from {src} to {dst} ({reason})",
+            topic=mv.topic,
+            partition=mv.partition,
+            src=mv.src,
+            dst=mv.dst,
+            reason=mv.reason,
+        )
+
+        def done(_: object) -> None:
+            self._moving.discard(key)
+
+        self._propose_partition(key, int(pl["epoch"]) + 1, str(pl["leader"]), reps, goal).addBoth(done)
+
     def _move(self, key: tuple[str, int], pl: dict[str, Any], want: list[str]) -> None:
         leader = str(pl["leader"])
         if leader not in want:
@@ -489,9 +538,9 @@ class DataPlane:
         self._propose_partition(key, epoch, leader, want).addBoth(done)
 
     def _propose_partition(
-        self, key: tuple[str, int], epoch: int, leader: str, reps: list[str]
+        self, key: tuple[str, int], epoch: int, leader: str, reps: list[str], goal: list[str] | None = None
     ) -> defer.Deferred[dict[str, Any]]:
-        cmd = {
+        cmd: dict[str, Any] = {
             "op": "set_partition",
             "topic": key[0],
             "partition": key[1],
@@ -499,6 +548,8 @@ class DataPlane:
             "leader": leader,
             "replicas": list(reps),
         }
+        if goal is not None:
+            cmd["goal"] = list(goal)
         try:
             d: defer.Deferred[dict[str, Any]] = self.control.propose(cmd)
         except SprawlError as e:

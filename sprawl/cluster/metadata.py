@@ -166,7 +166,19 @@ class Metadata:
         epoch = int(cmd["epoch"])
         if epoch <= cur["epoch"]:
             return _error("stale_epoch", f"epoch {epoch} is not above {cur['epoch']}", 409)
-        parts[p] = {"replicas": list(cmd["replicas"]), "leader": str(cmd["leader"]), "epoch": epoch}
+        entry: dict[str, Any] = {
+            "replicas": list(cmd["replicas"]),
+            "leader": str(cmd["leader"]),
+            "epoch": epoch,
+        }
+        # The replica set the controller steers towards instead of rendezvous
+        # hashing's choice (a load move); kept until a command replaces it.
+        goal = cmd["goal"] if "goal" in cmd else cur.get("goal")
+        if goal is not None:
+            if not isinstance(goal, list) or not goal or not all(isinstance(n, str) for n in goal):
+                raise TypeError("goal must be a non-empty list of node ids")
+            entry["goal"] = list(goal)
+        parts[p] = entry
         return {"epoch": epoch}
 
     def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:

@@ -1,0 +1,80 @@
+"""The controller's replica-set steps (``DataPlane._wanted_replicas``) with a
+load move's goal in the placement: the goal's node is added first, and the
+hot replica leaves only once the goal's replicas hold every committed record
+-- after its leadership moved, if it led."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import task
+
+from sprawl.cluster.dataplane import DataPlane
+from sprawl.cluster.metadata import Metadata
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Fence, LeaderBeat
+
+
+class _RPC:
+    max_hops = 3
+
+    def register(self, name: str, fn: Any) -> None:
+        pass
+
+
+def _plane(live: list[str]) -> tuple[DataPlane, task.Clock]:
+    clock = task.Clock()
+    meta = Metadata()
+    for i, n in enumerate(["a", "b", "c", "d"]):
+        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
+    control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=True)
+    broker = SimpleNamespace(topics={}, group_partitions=None, _ids=None, notify=lambda t, p: None)
+    plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), _RPC(), clock)  # type: ignore[arg-type]
+    return plane, clock
+
+
+def _confirmed(leader: str, reps: tuple[str, ...]) -> FailoverCore:
+    c = FailoverCore(reps, epoch=2, leader=leader)
+    c.receive(leader, LeaderBeat(2, 0, 0))
+    assert c.leader_confirmed
+    return c
+
+
+def test_a_goal_adds_its_node_first_then_drops_the_hot_replica() -> None:
+    """Goal [d, b, c] for replicas [a, b, c] led by b: add d; then, once the
+    goal holds every committed record, drop a (not the leader)."""
+    plane, _ = _plane(["a", "b", "c", "d"])
+    live = ["a", "b", "c", "d"]
+    goal = ["d", "b", "c"]
+    c = _confirmed("b", ("a", "b", "c"))
+    assert plane._wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c, goal) == ["a", "b", "c", "d"]
+    c4 = _confirmed("b", ("a", "b", "c", "d"))
+    plane._in_sync = lambda key, leader, now: {"b", "c"}  # type: ignore[method-assign]
+    assert (
+        plane._wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, goal) is None
+    )  # d catching up
+    plane._in_sync = lambda key, leader, now: {"a", "b", "c", "d"}  # type: ignore[method-assign]
+    assert plane._wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, goal) == ["b", "c", "d"]
+
+
+def test_a_hot_leader_hands_over_before_it_leaves() -> None:
+    """When the replica to drop leads, the controller moves the leadership to
+    the goal's first node instead (and changes no replicas yet)."""
+    plane, _ = _plane(["a", "b", "c", "d"])
+    live = ["a", "b", "c", "d"]
+    c4 = _confirmed("a", ("a", "b", "c", "d"))
+    plane._in_sync = lambda key, leader, now: {"a", "b", "c", "d"}  # type: ignore[method-assign]
+    sent: list[Any] = []
+    plane.service._control = lambda key, out: sent.extend(out.messages)  # type: ignore[method-assign]
+    assert plane._wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, ["d", "b", "c"]) is None
+    assert c4.moving_to == "d" and sent, "a hand-off (or fencing) towards d started"
+    assert all(not isinstance(m, Fence) or m.epoch == 3 for _dst, m in sent)
+
+
+def test_a_goal_with_a_node_gone_falls_back_to_rendezvous() -> None:
+    """A goal naming a node that is not eligible is ignored."""
+    plane, _ = _plane(["a", "b", "c"])
+    c = _confirmed("b", ("a", "b", "c"))
+    got = plane._wanted_replicas("t", 0, ["a", "b", "c"], 3, ["a", "b", "c"], 0.0, c, ["x", "b", "c"])
+    assert got is None  # rendezvous over a, b, c is the current set
