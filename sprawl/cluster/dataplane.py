@@ -17,10 +17,13 @@ leads each, and where a publish or a read must go.  An adapter.
   grace period, a few partitions at a time.
 * **Routing.**  A publish for a partition this node does not lead is forwarded
   to its leader over the peer channel (:mod:`sprawl.peer.rpc`, hop limited).
-  A refusal that proves nothing was written (``not_leader``, ``no_leader``, a
-  peer that cannot be reached) is retried against the freshly applied
-  placement until :attr:`route_timeout` -- so clients ride through a failover
-  without seeing it -- then answered 503 ``no_leader``.  Reads are served
+  A refusal (``not_leader``, ``no_leader``, a topic not applied there yet) or
+  a leader that cannot be reached or does not answer is retried against the
+  freshly applied placement until :attr:`route_timeout` -- so clients ride
+  through a failover without seeing it -- then answered 503 ``no_leader``.
+  Retrying is safe even when the first attempt was written: this node named
+  every message first, and the leader (old or new) answers a repeated id
+  with its first copy's offset.  Reads are served
   locally by any replica (below its high watermark: only committed records)
   and forwarded otherwise.
 """
@@ -50,7 +53,7 @@ from sprawl.storage import keys
 
 log = Logger()
 
-#: Errors after which a forwarded publish certainly wrote nothing: retry.
+#: Errors after which a publish is retried (the message ids make a repeat harmless).
 _RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", "topic_not_found"}
 
 
