@@ -56,7 +56,7 @@ class Topic:
     #: Ids of the last minute whatever their origin (a replica remembers every
     #: record it stores here): a publish retried through a failover finds its
     #: first copy at the new leader.
-    recent: DedupWindow = field(default_factory=lambda: DedupWindow(60_000, 200_000))
+    recent: DedupWindow = field(default_factory=lambda: DedupWindow(60_000, 500_000))
     rr: int = 0
     #: Set when the topic is deleted (work in flight for it must not touch storage).
     deleted: bool = False
