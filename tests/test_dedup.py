@@ -66,3 +66,31 @@ def test_window_matches_a_model(events: list[tuple[str, int]], window: int, prob
     dropped = w.expire(later)
     assert dropped == sum(1 for _o, t in model.values() if t < later - window)
     assert len(w) == len(model) - dropped
+
+
+def test_forget_from_drops_a_partitions_suffix_only() -> None:
+    """A truncated suffix's ids are forgotten -- in that partition, from the
+    offset on -- and the ids stored there again are remembered anew."""
+    w = DedupWindow(60_000)
+    for i in range(10):
+        w.remember(f"p0-{i}", 0, i, 1000)
+        w.remember(f"p1-{i}", 1, i, 1000)
+    assert w.forget_from(0, 7) == 3
+    assert w.lookup("p0-6", 1000) == (0, 6) and w.lookup("p0-7", 1000) is None
+    assert w.lookup("p1-9", 1000) == (1, 9)
+    w.remember("new-7", 0, 7, 1000)
+    assert w.forget_from(0, 7) == 1 and w.lookup("new-7", 1000) is None
+    assert w.forget_from(0, 0) == 7 and len(w) == 10
+
+
+def test_forget_from_skips_ids_the_window_dropped_or_moved() -> None:
+    """An id that expired, or was remembered again elsewhere, is not touched
+    by forgetting its old place; expiry trims the bookkeeping."""
+    w = DedupWindow(1_000, max_ids=100)
+    w.remember("a", 0, 1, 0)
+    w.remember("b", 0, 2, 5_000)
+    w.remember("a", 1, 5, 5_000)  # the same id, now elsewhere
+    assert w.forget_from(0, 0) == 1  # only b: a lives in partition 1 now
+    assert w.lookup("a", 5_000) == (1, 5)
+    w.expire(10_000)
+    assert len(w) == 0 and w._order == {}

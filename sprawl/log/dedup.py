@@ -6,7 +6,7 @@ gets the first occurrence's partition and offset back instead of a new offset.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 
 class DedupWindow:
@@ -16,6 +16,11 @@ class DedupWindow:
         self.window_ms = window_ms
         self.max_ids = max_ids
         self._seen: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        #: Per partition, (offset, id) in the order remembered -- offsets
+        #: ascending, as a partition's records are stored -- so forgetting a
+        #: truncated suffix costs what it drops, not a scan of the window.
+        #: May hold entries the window already dropped (trimmed in :meth:`expire`).
+        self._order: dict[int, deque[tuple[int, str]]] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -31,6 +36,10 @@ class DedupWindow:
         """Record an id's first occurrence."""
         self._seen[msg_id] = (partition, offset, ts_ms)
         self._seen.move_to_end(msg_id)
+        order = self._order.get(partition)
+        if order is None:
+            order = self._order[partition] = deque()
+        order.append((offset, msg_id))
         if len(self._seen) > self.max_ids:
             self._seen.popitem(last=False)
 
@@ -45,13 +54,32 @@ class DedupWindow:
                 break
             seen.popitem(last=False)
             n += 1
+        self._trim()
         return n
 
     def forget_from(self, partition: int, offset: int) -> int:
         """Forget the ids stored at ``offset`` or later in ``partition`` (a
         replica truncated them: the offsets will hold other records).  Returns
-        how many were dropped."""
-        gone = [k for k, v in self._seen.items() if v[0] == partition and v[1] >= offset]
-        for k in gone:
-            del self._seen[k]
-        return len(gone)
+        how many were dropped; costs what it drops."""
+        order = self._order.get(partition)
+        n = 0
+        while order and order[-1][0] >= offset:
+            off, mid = order.pop()
+            hit = self._seen.get(mid)
+            if hit is not None and hit[0] == partition and hit[1] == off:
+                del self._seen[mid]
+                n += 1
+        return n
+
+    def _trim(self) -> None:
+        """Drop order entries whose id the window no longer holds there."""
+        seen = self._seen
+        for p, order in list(self._order.items()):
+            while order:
+                off, mid = order[0]
+                hit = seen.get(mid)
+                if hit is not None and hit[0] == p and hit[1] == off:
+                    break
+                order.popleft()
+            if not order:
+                del self._order[p]
