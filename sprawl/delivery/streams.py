@@ -37,6 +37,33 @@ def deliverable(recs: list[Record]) -> list[Record]:
     return recs
 
 
+class SlowClientClock:
+    """Cuts a client off when it keeps its socket full for ``timeout`` seconds:
+    :meth:`start` when the transport pauses the producer, :meth:`stop` when
+    it resumes (or the stream ends); ``on_timeout`` runs once the time is up."""
+
+    def __init__(self, clock: Any, timeout: float, on_timeout: Callable[[], None]) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.on_timeout = on_timeout
+        self._call: Any = None
+
+    def start(self) -> None:
+        """The client stopped reading: start counting (once; 0 disables)."""
+        if self._call is None and self.timeout > 0:
+            self._call = self.clock.callLater(self.timeout, self._fire)
+
+    def stop(self) -> None:
+        """The client reads again, or the stream ends."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        self.on_timeout()
+
+
 @implementer(IPushProducer)
 class SSEStream:
     """One SSE client reading one or more partitions of a topic."""
@@ -68,7 +95,7 @@ class SSEStream:
         self.done: Deferred[None] = Deferred(lambda _: self.close())
         self._unwatch: list[Callable[[], None]] = []
         self._heartbeat_call: Any = None
-        self._slow_call: Any = None
+        self._slow = SlowClientClock(clock, slow_timeout, self._too_slow)
         self.sent = 0
         #: The node's remote feeds (:class:`sprawl.delivery.remote_feed.RemoteFeeds`),
         #: for partitions held by other nodes; None on a node that holds every partition.
@@ -251,15 +278,12 @@ class SSEStream:
     def pauseProducing(self) -> None:
         """The client's buffer is full: stop writing, start the slow-client clock."""
         self.paused = True
-        if self._slow_call is None and self.slow_timeout > 0:
-            self._slow_call = self.clock.callLater(self.slow_timeout, self._too_slow)
+        self._slow.start()
 
     def resumeProducing(self) -> None:
         """The client caught up: write from the cursors again."""
         self.paused = False
-        if self._slow_call is not None and self._slow_call.active():
-            self._slow_call.cancel()
-        self._slow_call = None
+        self._slow.stop()
         for p in list(self.cursors):
             self._pump(p)
 
@@ -274,7 +298,6 @@ class SSEStream:
         self.close(fire_done=False)
 
     def _too_slow(self) -> None:
-        self._slow_call = None
         if self.closed:
             return
         m = self.broker.metrics
@@ -318,7 +341,8 @@ class SSEStream:
         for feed in self._remote.values():
             self.feeds.release(feed)
         self._remote = {}
-        for c in (self._heartbeat_call, self._slow_call, *self._retry_calls.values()):
+        self._slow.stop()
+        for c in (self._heartbeat_call, *self._retry_calls.values()):
             if c is not None and c.active():
                 c.cancel()
         if fire_done and not self.done.called:

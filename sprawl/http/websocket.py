@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sprawl.broker import ACKS
-from sprawl.delivery.streams import SSEStream, StreamRegistry, deliverable
+from sprawl.delivery.streams import SlowClientClock, SSEStream, StreamRegistry, deliverable
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
 from sprawl.log.record import Record
 
@@ -128,7 +128,6 @@ class WSStream(SSEStream):
             m.delivered(self.topic.name, "websocket", len(recs), sum(len(r.payload) for r in recs))
 
     def _too_slow(self) -> None:
-        self._slow_call = None
         if self.closed:
             return
         m = self.broker.metrics
@@ -186,7 +185,7 @@ class GroupFeed:
         #: ack_id → lease deadline (ms) of what this socket holds unacked.
         self.outstanding: dict[str, int] = {}
         self._pulling: Deferred[Any] | None = None
-        self._slow_call: Any = None
+        self._slow = SlowClientClock(clock, slow_timeout, self._too_slow)
         self._expiry_call: Any = None
         self._unwatch: list[Any] = []
 
@@ -271,15 +270,12 @@ class GroupFeed:
     def pauseProducing(self) -> None:
         """The socket buffer is full: no more pulls; start the slow-client clock."""
         self.paused = True
-        if self._slow_call is None and self.slow_timeout > 0:
-            self._slow_call = self.clock.callLater(self.slow_timeout, self._too_slow)
+        self._slow.start()
 
     def resumeProducing(self) -> None:
         """The client caught up: pull again."""
         self.paused = False
-        if self._slow_call is not None and self._slow_call.active():
-            self._slow_call.cancel()
-        self._slow_call = None
+        self._slow.stop()
         self._next()
 
     def stopProducing(self) -> None:
@@ -287,7 +283,6 @@ class GroupFeed:
         self.close()
 
     def _too_slow(self) -> None:
-        self._slow_call = None
         if self.closed:
             return
         m = self.broker.metrics
@@ -316,9 +311,9 @@ class GroupFeed:
         if self._pulling is not None:
             d, self._pulling = self._pulling, None
             d.cancel()
-        for c in (self._slow_call, self._expiry_call):
-            if c is not None and c.active():
-                c.cancel()
+        self._slow.stop()
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
 
 
 class SprawlWSProtocol(WebSocketServerProtocol):
