@@ -157,13 +157,29 @@ class SSEStream:
             if p in self._remote:  # this node holds the partition now
                 self.feeds.release(self._remote.pop(p))
         lg = topic.logs[p]
+
+        def from_memory(start: int) -> list[Record] | None:
+            if start < lg.log_start:
+                self.cursors[p] = lg.log_start
+                start = lg.log_start
+            return lg.read_hot(start, CHUNK)
+
+        self._write_from(p, from_memory, self._read_storage)
+
+    def _write_from(
+        self,
+        p: int,
+        read_now: Callable[[int], list[Record] | None],
+        read_later: Callable[[int, int], None],
+    ) -> None:
+        """Write what ``read_now`` has past the cursor of ``p`` until the
+        client pushes back; where it has nothing in hand (None) ``read_later``
+        fetches from the cursor and pumps again."""
         for _ in range(1000):
             start = self.cursors[p]
-            if start < lg.log_start:
-                start = self.cursors[p] = lg.log_start
-            recs = lg.read_hot(start, CHUNK)
+            recs = read_now(start)
             if recs is None:
-                self._read_storage(p, start)
+                read_later(p, self.cursors[p])
                 return
             if not recs:
                 return
@@ -208,17 +224,7 @@ class SSEStream:
         feed = self._remote.get(p)
         if feed is None:
             feed = self._remote[p] = self.feeds.acquire(self.topic.name, p)
-        for _ in range(1000):
-            start = self.cursors[p]
-            recs = feed.read(start, CHUNK)
-            if recs is None:
-                self._catch_up(p, start)
-                return
-            if not recs:
-                return
-            self._send(p, recs)
-            if self.paused or self.closed:
-                return
+        self._write_from(p, lambda start: feed.read(start, CHUNK), self._catch_up)
 
     def _catch_up(self, p: int, start: int) -> None:
         self.reading.add(p)
