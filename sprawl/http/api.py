@@ -60,6 +60,15 @@ class NodeInfo:
         self.raft: Any = None
 
 
+def _json_error(request: Any, code: str, message: str) -> bytes:
+    """The body of a JSON error, with its ``Content-Length`` (never chunked
+    framing: streaming routes answer errors like every other route)."""
+    body = _encode({"error": {"code": code, "message": message}})
+    request.setHeader(b"content-type", JSON)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
 def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Time a handler, count its status, and render its result as JSON."""
 
@@ -97,9 +106,7 @@ def _route(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             def err(f: Failure) -> bytes | None:
                 if f.check(CancelledError) and (request.finished or getattr(request, "_disconnected", False)):
                     return None  # the client went away mid long-poll: nobody to answer
-                body = self._render_error(request, f)
-                request.setHeader(b"content-length", b"%d" % len(body))
-                return body
+                return self._render_error(request, f)
 
             def observe(value: Any) -> Any:
                 m = self.metrics
@@ -127,8 +134,7 @@ class _JSONErrorsResource(KleinResource):
             (request.getRequestHostname() or b"").decode("utf-8")
         except UnicodeDecodeError:
             request.setResponseCode(400)
-            request.setHeader(b"content-type", JSON)
-            return _encode({"error": {"code": "invalid_url", "message": "the URL is not valid UTF-8"}})
+            return _json_error(request, "invalid_url", "the URL is not valid UTF-8")
         return super().render(request)
 
 
@@ -213,32 +219,23 @@ class SprawlAPI:
             )
             status, code, message = 500, "internal_error", "internal error; see the node's log"
         request.setResponseCode(status)
-        request.setHeader(b"content-type", JSON)
-        return _encode({"error": {"code": code, "message": message}})
+        return _json_error(request, code, message)
 
     @app.handle_errors(HTTPException)
     def _http_exception(self, request: Any, failure: Failure) -> bytes:
         e = failure.value
-        request.setHeader(b"content-type", JSON)
         if isinstance(e, MethodNotAllowed):
             request.setResponseCode(405)
             allowed = ", ".join(e.valid_methods or [])
             if allowed:
                 request.setHeader(b"allow", allowed.encode())
-            return _encode(
-                {
-                    "error": {
-                        "code": "method_not_allowed",
-                        "message": f"method not allowed here; allowed: {allowed}",
-                    }
-                }
-            )
+            return _json_error(request, "method_not_allowed", f"method not allowed here; allowed: {allowed}")
         if isinstance(e, RouteNotFound):
             request.setResponseCode(404)
-            return _encode({"error": {"code": "not_found", "message": "no such route"}})
+            return _json_error(request, "not_found", "no such route")
         assert isinstance(e, HTTPException)
         request.setResponseCode(e.code or 400)
-        return _encode({"error": {"code": "bad_request", "message": e.description or "bad request"}})
+        return _json_error(request, "bad_request", e.description or "bad request")
 
     # -- helpers -------------------------------------------------------------------
 
