@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from sprawl.config import TOPIC_NAME, NodeConfig
 from sprawl.delivery.groups import ConsumerGroup, DeadLetter, Delivery, GroupConfig
+from sprawl.delivery.topic_waiters import TopicWaiters
 from sprawl.errors import (
     BadRequest,
     Conflict,
@@ -123,6 +124,8 @@ class Broker:
         self.publisher: Callable[[Topic, list[Record], str], Deferred[PublishResult]] | None = None
         #: The S3 tier (:class:`sprawl.storage.tiering.S3Tier`), None when S3 is off.
         self.tier: Any = None
+        #: Subscribers waiting for a topic to be created here (see ``LocalControl.wait_topic``).
+        self.new_topics = TopicWaiters()
         self._last_spill = 0.0
 
     # -- lifecycle -------------------------------------------------------------
@@ -325,6 +328,8 @@ class Broker:
             created = False
         ops.append(("p", "meta", keys.topic_meta_key(name), _json_encode(cfg.to_dict())))
         d: Deferred[Any] = self.store.write(ops)
+        if created:
+            d.addCallback(_then, self.new_topics.fire, name)
         d.addCallback(lambda _: (topic, created))
         d.addErrback(self._storage_error)
         return d

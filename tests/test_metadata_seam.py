@@ -176,3 +176,27 @@ async def test_concurrent_auto_creates_share_one_change(side: Side) -> None:
     assert all(t is side.broker.topics["racy"] for t in got)
     if side.kind == "raft":
         assert c.driver.stats.proposals - before == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_wait_topic_fires_once_the_topic_is_created_here(side: Side) -> None:
+    """``wait_topic`` fires once the topic exists here -- made by ``put_topic`` or auto-created
+    by ``ensure_topic`` -- and not for other names; a cancelled wait is forgotten."""
+    from sprawl.testing import bounded
+
+    put = side.control.wait_topic("later")
+    auto = side.control.wait_topic("auto")
+    other = side.control.wait_topic("never")
+    dropped = side.control.wait_topic("later")
+    dropped.cancel()
+    assert isinstance(await _fails(lambda: dropped, defer.CancelledError), defer.CancelledError)
+    assert not put.called and not auto.called
+    await side.control.put_topic("later", {"partitions": 2})
+    await bounded(put)
+    assert "later" in side.broker.topics
+    await side.broker.ensure_topic("auto")
+    await bounded(auto)
+    assert "auto" in side.broker.topics
+    assert not other.called
+    other.cancel()
+    assert isinstance(await _fails(lambda: other, defer.CancelledError), defer.CancelledError)

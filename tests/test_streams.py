@@ -377,7 +377,9 @@ async def test_stream_of_a_deleted_topic_ends_with_an_error_event(server: Server
 
 @pytest_twisted.ensureDeferred
 async def test_stream_of_a_missing_topic_is_a_404(server: Server) -> None:
-    """A stream of a topic that does not exist answers 404 with the JSON error shape."""
+    """Where topics are not auto-created, a stream of a topic that does not exist answers 404
+    with the JSON error shape (with auto-create it waits: tests/test_subscribe_first.py)."""
+    server.broker.config.auto_create_topics = False  # as --no-auto-create
     c = await server.connect("/v1/topics/nothing/stream", hello=False)
     await bounded(c.closed)
     assert c.status == 404

@@ -264,7 +264,7 @@ async def test_query_errors_and_plain_get_before_upgrade(ws: WS) -> None:
     s = ws.server
     await s.publish("q", ["m"])
     for path, status, code in [
-        ("/v1/topics/nope/ws", 404, "topic_not_found"),
+        ("/v1/topics/nope/ws?group=g", 404, "topic_not_found"),
         ("/v1/topics/q/ws?from=-1", 400, "invalid_parameter"),
         ("/v1/topics/q/ws?partition=9", 404, "partition_not_found"),
         ("/v1/topics/q/ws?group=nobody", 404, "group_not_found"),

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from sprawl.cluster import voters
 from sprawl.cluster.metadata import TOPIC_FIELDS, Metadata, decode_command, encode_command
 from sprawl.cluster.placement import raft_id_of, replicas
+from sprawl.delivery.topic_waiters import TopicWaiters
 from sprawl.errors import SprawlError, Unavailable
 from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
@@ -98,6 +99,8 @@ class ClusterControl:
         #: Called with a topic's name after a change to it (or its placement)
         #: is applied here, broker included (the data plane follows it).
         self.on_topic_changed: Any = None
+        #: Subscribers waiting for a topic to be created (see :meth:`wait_topic`).
+        self.new_topics = TopicWaiters()
 
     # -- life ------------------------------------------------------------------
 
@@ -479,6 +482,14 @@ class ClusterControl:
                 self.on_topic_changed(name)
             except Exception:
                 log.failure("following the placement of {topic} failed", topic=name)
+        if name in self.broker.topics:
+            self.new_topics.fire(name)
+
+    def wait_topic(self, name: str) -> defer.Deferred[None]:
+        """Fires once a topic ``name`` is created here: its creation applied,
+        broker and data plane included (it may have been made on any node);
+        cancel to stop waiting."""
+        return self.new_topics.wait(name)
 
     def _quietly(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
         """Run a broker write; a refusal is logged, never stops the log."""

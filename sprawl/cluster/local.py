@@ -39,6 +39,10 @@ class LocalControl:
         """Forget a group."""
         return self.broker.delete_group(topic, group)  # type: ignore[no-any-return]
 
+    def wait_topic(self, name: str) -> Deferred[None]:
+        """Fires once a topic ``name`` is created (committed to LMDB); cancel to stop waiting."""
+        return self.broker.new_topics.wait(name)  # type: ignore[no-any-return]
+
     def linearizable(self) -> Deferred[None]:
         """One node is always up to date with itself."""
         return succeed(None)

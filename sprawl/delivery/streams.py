@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -80,9 +80,12 @@ class SSEStream:
         heartbeat: float = 15.0,
         slow_timeout: float = 30.0,
         feeds: Any = None,
+        name: str | None = None,
     ):
         self.broker = broker
+        #: The topic; None while waiting for it to be created (:meth:`wait_for_topic`).
         self.topic = topic
+        self.name: str = topic.name if topic is not None else str(name)
         self.cursors = dict(cursors)
         self.request = request
         self.clock = clock
@@ -102,18 +105,60 @@ class SSEStream:
         self.feeds = feeds
         self._remote: dict[int, Any] = {}
         self._retry_calls: dict[int, Any] = {}
+        #: While waiting for the topic: fires with ``(topic, cursors)`` when it appears.
+        self._appearing: Deferred[Any] | None = None
 
     def start(self) -> Deferred[None]:
         """Send headers, start watching partitions, write what is already visible."""
         self._open()
         self.registry.add(self)
+        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+        self._follow()
+        return self.done
+
+    def wait_for_topic(self, appearing: Deferred[Any]) -> Deferred[None]:
+        """Open the stream of a topic that does not exist yet: headers and
+        heartbeats now, like any stream (it counts as one); reading starts
+        when ``appearing`` fires with ``(topic, cursors)``.  If it fails (say,
+        the asked partition does not exist in the topic created), the stream
+        ends with that error."""
+        self._open()
+        self.registry.add(self)
+        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+        self._appearing = appearing
+        appearing.addCallbacks(self._appeared, self._never_appeared)
+        return self.done
+
+    def _appeared(self, found: tuple[Any, dict[int, int]]) -> None:
+        self._appearing = None
+        if self.closed:
+            return
+        self.topic, cursors = found
+        self.cursors = dict(cursors)
+        self._follow()
+
+    def _never_appeared(self, f: Any) -> None:
+        self._appearing = None
+        if self.closed or f.check(CancelledError):
+            return
+        e = f.value
+        if isinstance(e, SprawlError):
+            self._fail(e.code, e.message)
+        else:
+            log.failure("waiting for topic {topic} failed", f, topic=self.name)
+            self._fail("internal_error", "internal error; see the node's log")
+
+    def _fail(self, code: str, message: str) -> None:
+        """End the stream with an error event."""
+        self._end(b"event: error\ndata: " + json.dumps({"code": code, "message": message}).encode() + b"\n\n")
+
+    def _follow(self) -> None:
+        """Watch the partitions of the cursors and write what is already visible."""
         name = self.topic.name
         for p in self.cursors:
             self._unwatch.append(self.broker.watch(name, p, lambda p=p: self._pump(p)))
-        self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
         for p in list(self.cursors):
             self._pump(p)
-        return self.done
 
     def _open(self) -> None:
         """Register as the connection's producer and send the preamble (SSE headers)."""
@@ -122,12 +167,12 @@ class SSEStream:
         req.setHeader(b"cache-control", b"no-cache")
         req.setHeader(b"x-accel-buffering", b"no")
         req.registerProducer(self, True)
-        req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.topic.name.encode())
+        req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.name.encode())
 
     def _beat(self) -> None:
         if self.closed:
             return
-        if self.broker.topics.get(self.topic.name) is not self.topic:
+        if self.topic is not None and self.broker.topics.get(self.topic.name) is not self.topic:
             self._topic_deleted()
             return
         if not self.paused:
@@ -351,6 +396,9 @@ class SSEStream:
         for c in (self._heartbeat_call, *self._retry_calls.values()):
             if c is not None and c.active():
                 c.cancel()
+        if self._appearing is not None:
+            d, self._appearing = self._appearing, None
+            d.cancel()
         if fire_done and not self.done.called:
             self.done.callback(None)
 

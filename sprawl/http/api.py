@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from klein import Klein
 from klein.resource import KleinResource
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,12 +25,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from sprawl import __version__
-from sprawl.broker import ACKS, Broker, PublishResult, check_group_name
+from sprawl.broker import ACKS, Broker, PublishResult, check_group_name, check_topic_name
 from sprawl.cluster.local import LocalControl
 from sprawl.delivery.streams import SSEStream, StreamRegistry, deliverable
-from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError
+from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError, Unavailable
 from sprawl.http import dashboard as dashboard_ui
 from sprawl.log.record import Record
+from sprawl.topics import Topic
 
 log = Logger()
 
@@ -427,14 +428,103 @@ class SprawlAPI:
         g = gatherResults(ds, consumeErrors=True).addErrback(_unwrap_first_error)
         return g.addCallback(lambda _: {p: out[p] for p in parts})
 
+    def _topic_or_wait(self, name: str) -> Any:
+        """The topic, or None when it does not exist yet and a subscription
+        waits for it (auto-create on: subscribing may come before the first
+        publish); 404 ``topic_not_found`` where topics are not auto-created."""
+        t = self.broker.topics.get(name)
+        if t is not None or not self.broker.config.auto_create_topics:
+            return t if t is not None else self.broker.get_topic(name)
+        check_topic_name(name)  # a name no topic can have is a 400, not a wait
+        return None
+
+    def _when_created(self, name: str, partition: int | None) -> Deferred[tuple[Any, dict[int, int]]]:
+        """Fires with ``(topic, cursors)`` once topic ``name`` exists here
+        (created here, or on another node and applied here).  A subscription
+        made before the topic existed resolved its start against an empty
+        topic, so every partition starts at offset 0, the topic's first
+        (``from=latest`` included: nothing published after it is missed); a
+        ``partition`` the topic lacks fails with 404 ``partition_not_found``.
+        Cancel to stop waiting."""
+        d: Deferred[Any] = succeed(None) if name in self.broker.topics else self.control.wait_topic(name)
+
+        def found(_: object) -> Any:
+            t = self.broker.topics.get(name)
+            if t is None:  # deleted again before it was looked at: wait on
+                return self._when_created(name, partition)
+            if partition is not None and partition >= len(t.logs):
+                raise NotFound(f"topic {name!r} has no partition {partition}", code="partition_not_found")
+            parts = [partition] if partition is not None else [lg.partition for lg in t.logs]
+            return t, dict.fromkeys(parts, 0)
+
+        return d.addCallback(found)
+
     @app.route("/v1/topics/<string:topic>/messages", methods=["GET"])
     @_route("fetch")
     def fetch(self, request: Any, topic: str) -> Any:
-        t = self.broker.get_topic(topic)
+        t = self.broker.topics.get(topic)
+        if t is None:
+            wait_ms = self._int_arg(request, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
+            if wait_ms and self._topic_or_wait(topic) is None:
+                return self._fetch_when_created(request, topic, wait_ms)
+            t = self.broker.get_topic(topic)  # the 404 (a plain fetch does not wait)
         spec, from_time = self._start_spec(request)
         parts = self._partitions(request, t)
         limit = self._int_arg(request, "limit", 100, 1, MAX_FETCH) or 100
         wait_ms = self._int_arg(request, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
+        return self._fetch(request, t, parts, spec, from_time, limit, wait_ms)
+
+    def _fetch_when_created(self, request: Any, topic: str, wait_ms: int) -> Deferred[Any]:
+        """A long-poll of a topic that does not exist yet: wait up to
+        ``wait_ms`` for it to be created, then long-poll it from its first
+        offset for the rest of the time.  Still missing at the deadline: 200
+        with no messages and ``next`` 0, where the topic will start."""
+        self._start_spec(request)  # validated; a start before the topic exists is its first offset
+        partition = self._int_arg(request, "partition", None, 0, 1023)
+        limit = self._int_arg(request, "limit", 100, 1, MAX_FETCH) or 100
+        deadline = self.clock.seconds() + wait_ms / 1000.0
+        appearing = self._when_created(topic, partition)
+        timer = self.clock.callLater(wait_ms / 1000.0, appearing.cancel)
+        request.notifyFinish().addErrback(lambda _: appearing.cancel())
+
+        async def run() -> Any:
+            try:
+                t, starts = await appearing
+            except CancelledError:
+                if request.finished or request._disconnected:
+                    raise  # the client left: nobody to answer
+                parts = [partition] if partition is not None else []
+                return self._fetch_answer(request, topic, parts, [], {}, {}, {}, limit, missing=True)
+            finally:
+                if timer.active():
+                    timer.cancel()
+            parts = sorted(starts)
+            for _ in range(1000):
+                left = max(0, int((deadline - self.clock.seconds()) * 1000))
+                try:
+                    return await self._fetch(request, t, parts, 0, None, limit, left)
+                except SprawlError as e:
+                    # A holder of the partition that has not applied the
+                    # topic's creation yet: try again until the deadline.
+                    if e.code != "topic_not_found" or self.broker.topics.get(topic) is not t or not left:
+                        raise
+                await task.deferLater(self.clock, min(0.1, left / 1000.0), lambda: None)
+            raise Unavailable(f"topic {topic!r} could not be read yet", code="topic_not_ready")
+
+        return Deferred.fromCoroutine(run())
+
+    def _fetch(
+        self,
+        request: Any,
+        t: Topic,
+        parts: list[int],
+        spec: str | int | None,
+        from_time: int | None,
+        limit: int,
+        wait_ms: int,
+    ) -> Any:
+        """``GET .../messages`` of an existing topic (see :meth:`fetch`)."""
+        topic = t.name
         deadline = self.clock.seconds() + wait_ms / 1000.0
         if self.plane is not None and any(self.plane.read_source(topic, p) for p in parts):
             return defer.ensureDeferred(
@@ -540,9 +630,17 @@ class SprawlAPI:
         nexts: dict[int, int],
         hws: dict[int, int],
         limit: int,
+        missing: bool = False,
     ) -> bytes:
         """The body of ``GET .../messages``: over several partitions the oldest
-        ``limit`` messages by time, each partition's cursor past what it gave."""
+        ``limit`` messages by time, each partition's cursor past what it gave.
+        ``missing``: the topic does not exist yet; every cursor is 0."""
+        if missing:
+            body = b'{"messages":[],"next":0,"high_watermark":0'
+            body += b',"next_by_partition":' + _encode({str(p): 0 for p in parts})
+            body += b',"high_watermarks":' + _encode({str(p): 0 for p in parts}) + b"}"
+            request.setHeader(b"content-type", JSON)
+            return body
         if len(parts) > 1:
             recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
             recs = recs[:limit]
@@ -587,9 +685,10 @@ class SprawlAPI:
     def stream(self, request: Any, topic: str) -> Any:
         started = time.perf_counter()
         try:
-            t = self.broker.get_topic(topic)
+            t = self._topic_or_wait(topic)
             spec, from_time = self._start_spec(request)
-            parts = self._partitions(request, t)
+            partition = self._int_arg(request, "partition", None, 0, 1023)
+            parts = self._partitions(request, t) if t is not None else []
             resume = parse_last_event_id(request.getHeader(b"last-event-id"))
         except SprawlError as e:
             return self._render_error(request, Failure(e))
@@ -604,14 +703,19 @@ class SprawlAPI:
                 registry=self.streams,
                 slow_timeout=self.broker.config.slow_consumer_timeout,
                 feeds=self.plane.feeds if self.plane is not None else None,
+                name=topic,
             )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(
                     time.perf_counter() - started
                 )
                 self.metrics.http_requests.labels("stream", "GET", "200").inc()
+            if t is None:
+                return s.wait_for_topic(self._when_created(topic, partition))
             return s.start()
 
+        if t is None:
+            return go({})
         d = self._stream_starts(t, parts, spec, from_time, resume)
         d.addCallback(go)
 
@@ -633,14 +737,16 @@ class SprawlAPI:
         from sprawl.http import websocket as ws
 
         try:
-            t = self.broker.get_topic(topic)
+            gname = self._arg(request, "group")
+            # A group lives in its topic: a group feed of a missing topic is a 404.
+            t = self.broker.get_topic(topic) if gname is not None else self._topic_or_wait(topic)
             spec, from_time = self._start_spec(request)
-            parts = self._partitions(request, t)
+            partition = self._int_arg(request, "partition", None, 0, 1023)
+            parts = self._partitions(request, t) if t is not None else []
             lei = self._arg(request, "last_event_id")
             if lei is not None and not lei:
                 raise BadRequest("last_event_id must be PARTITION:OFFSET", code="invalid_last_event_id")
             resume = parse_last_event_id(lei.encode() if lei else None)
-            gname = self._arg(request, "group")
             max_in_flight = self._int_arg(request, "max_in_flight", 100, 1, MAX_FETCH) or 100
             g = None
             if gname is not None:
@@ -664,6 +770,15 @@ class SprawlAPI:
         if g is not None:
             return ws.ws_resource(
                 self, t, group=g, max_in_flight=max_in_flight, principal=principal, **self.ws_options
+            )
+        if t is None:
+            return ws.ws_resource(
+                self,
+                None,
+                name=topic,
+                appearing=lambda: self._when_created(topic, partition),
+                principal=principal,
+                **self.ws_options,
             )
 
         def go(starts: dict[int, int]) -> Any:

@@ -55,6 +55,8 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOPIC_DELETED = 4004
 CLOSE_GROUP_DELETED = 4005
 CLOSE_READ_FAILED = 4011
+#: The socket waited for a topic that, once created, lacks the asked partition.
+CLOSE_NOT_FOUND = 4404
 #: The node is stopping (autobahn lets an endpoint send only 1000 or 3000-4999).
 CLOSE_GOING_AWAY = 4001
 
@@ -103,6 +105,11 @@ class WSStream(SSEStream):
 
     def _topic_deleted(self) -> None:
         self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
+
+    def _fail(self, code: str, message: str) -> None:
+        """End the feed with an error (a close code and ``code: message`` as the reason)."""
+        close = CLOSE_NOT_FOUND if code.endswith("not_found") else CLOSE_READ_FAILED
+        self._close_with(close, f"{code}: {message}"[:120])
 
     def _pump(self, p: int) -> None:
         if not self.closed and not self.paused and self.broker.topics.get(self.topic.name) is not self.topic:
@@ -343,19 +350,23 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 pull=_cluster_pull(api, f.topic, f.group),
             )
             self.feed.start()
-        elif f.cursors is not None:
+        elif f.cursors is not None or f.appearing is not None:
             self.feed = WSStream(
                 self,
                 api.broker,
                 f.topic,
-                f.cursors,
+                f.cursors or {},
                 None,
                 api.clock,
                 registry=api.streams,
                 slow_timeout=f.slow_timeout,
                 feeds=api.plane.feeds if api.plane is not None else None,
+                name=f.name,
             )
-            self.feed.start()
+            if f.appearing is not None:  # opened before the topic exists
+                self.feed.wait_for_topic(f.appearing())
+            else:
+                self.feed.start()
         m = api.metrics
         if m is not None:
             m.http_requests.labels("websocket", "GET", "101").inc()
@@ -453,11 +464,20 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         else:
             records = [parse_message(body, 0)]
         t = self.factory.topic
+        if t is None and isinstance(self.feed, WSStream):
+            t = self.feed.topic  # opened before the topic existed: None until it appears
+        name = t.name if t is not None else self.factory.name
         if self.factory.principal is not None:
-            self.factory.principal.require("publish", t.name)
-        if broker.topics.get(t.name) is not t:
+            self.factory.principal.require("publish", name)
+        if t is None:
+            # As POST .../messages: checked before the publish creates the topic.
+            broker.check_writable()
+            broker.check_message_sizes(records, broker.config.max_message_bytes)
+            d = broker.ensure_topic(name).addCallback(lambda t: api.publish_records(t, records, acks))
+        elif broker.topics.get(t.name) is not t:
             raise SprawlError("the topic was deleted", code="topic_deleted", status=410)
-        d = api.publish_records(t, records, acks)
+        else:
+            d = api.publish_records(t, records, acks)
         self._inflight(1)
 
         def ok(res: Any) -> None:
@@ -555,12 +575,19 @@ class SprawlWSFactory(WebSocketServerFactory):
         ping_interval: float = 20.0,
         max_frame_bytes: int = 8 * 1000**2,
         principal: Any = None,
+        name: str | None = None,
+        appearing: Any = None,
     ):
         super().__init__()
         #: Who opened the socket (None while authentication is off).
         self.principal = principal
         self.api = api
+        #: The topic, or None when the socket opens before it exists: then
+        #: ``appearing()`` (called once the socket is open) gives a Deferred
+        #: firing with ``(topic, cursors)`` when it is created.
         self.topic = topic
+        self.name: str = topic.name if topic is not None else str(name)
+        self.appearing = appearing
         self.cursors = cursors
         self.group = group
         self.max_in_flight = max_in_flight
