@@ -279,6 +279,15 @@ class _StateCollector:
             subs = GaugeMetricFamily("sprawl_stream_subscribers", "Open SSE / long-poll stream clients")
             subs.add_metric([], streams.count())
             yield subs
+        waiters = GaugeMetricFamily(
+            "sprawl_topic_waiting_subscribers",
+            "Subscriptions (SSE, WebSocket, long-poll) waiting for their topic to be created",
+        )
+        cluster_waiters = getattr(self.metrics.raft, "new_topics", None)  # a cluster node's waiters
+        waiters.add_metric(
+            [], broker.new_topics.count() + (cluster_waiters.count() if cluster_waiters else 0)
+        )
+        yield waiters
         plane = self.metrics.plane
         if plane is not None:
             v = plane.feeds.view()
