@@ -199,6 +199,8 @@ class NodeConfig:
     s3_concurrency: int = 2
     #: Bytes of fetched segment chunks kept in memory for reads below LMDB.
     s3_cache_bytes: int = 64 * 1000**2
+    #: Seconds between checks of the S3 bucket while the node runs (``/readyz``).
+    s3_check_interval: float = 10.0
     #: LMDB bytes past which publishes are refused (default: the budget, or 1.5x it with S3).
     disk_hard_limit: int | None = None
     default_partitions: int = 1
@@ -264,6 +266,8 @@ class NodeConfig:
             self.s3_endpoint = normalize_endpoint_url(self.s3_endpoint)
         if not 1 <= self.s3_concurrency <= 64:
             raise ConfigError("--s3-concurrency must be 1..64")
+        if not 0.1 <= self.s3_check_interval <= 3600:
+            raise ConfigError("--s3-check-interval must be 100ms..1h")
         if self.disk_hard_limit is not None and self.disk_hard_limit < self.disk_budget:
             raise ConfigError("--disk-hard-limit must not be below --disk-budget")
         if self.cluster_key is not None:

@@ -90,6 +90,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "s3-create-bucket": ("s3_create_bucket", parse_bool),
     "s3-concurrency": ("s3_concurrency", int),
     "s3-cache-bytes": ("s3_cache_bytes", parse_size),
+    "s3-check-interval": ("s3_check_interval", parse_duration),
     "disk-hard-limit": ("disk_hard_limit", parse_size),
 }
 
@@ -147,6 +148,7 @@ _DOCS = {
     "s3-create-bucket": "Create the S3 bucket when it is missing: true or false [default: true].",
     "s3-concurrency": "S3 uploads in flight at once (and S3 client threads) [default: 2].",
     "s3-cache-bytes": "Memory for segment chunks fetched from S3 by reads [default: 64MB].",
+    "s3-check-interval": "How often the running node checks its S3 bucket (/readyz says when it fails) [default: 10s].",
     "disk-hard-limit": (
         "LMDB bytes past which publishes get 507 [default: --disk-budget; 1.5x it when the S3 tier is on]."
     ),
@@ -301,6 +303,7 @@ class NodeService(service.Service):
         self.plane: Any = None
         self.rpc: Any = None
         self.s3_client: Any = None
+        self.bucket_watch: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -339,24 +342,16 @@ class NodeService(service.Service):
         )
 
     def _make_tier(self, metrics: Any, node_id: str) -> Any:
-        """The S3 tier: a bounded-thread-pool client and the spill pipeline."""
-        from sprawl.storage.s3 import S3Client, S3Settings
+        """The S3 tier: a bounded-thread-pool client, the spill pipeline and the bucket watch."""
+        from sprawl.storage.bucket_watch import BucketWatch
+        from sprawl.storage.s3 import S3Client
         from sprawl.storage.tiering import S3Tier
 
         c = self.config
-        assert c.s3_endpoint and c.s3_bucket
-        settings = S3Settings(
-            endpoint=c.s3_endpoint,
-            bucket=c.s3_bucket,
-            prefix=c.s3_prefix,
-            region=c.s3_region,
-            access_key=c.s3_access_key,
-            secret_key=c.s3_secret_key,
-            create_bucket=c.s3_create_bucket,
-            concurrency=c.s3_concurrency + 2,  # uploads, plus room for reads and deletes
-        )
-        self.s3_client = S3Client(settings, self.reactor)
+        self.s3_client = S3Client(s3_settings(c), self.reactor)
         self.s3_client.start()
+        self.bucket_watch = BucketWatch(self.s3_client, self.reactor, c.s3_check_interval)
+        self.bucket_watch.start()
         log.info(
             "S3 tier on: {endpoint} bucket {bucket} prefix {prefix!r}",
             endpoint=c.s3_endpoint,
@@ -459,6 +454,8 @@ class NodeService(service.Service):
         info = NodeInfo(node_id, peer=peer, started=time.time())
         info.membership = self.gossip
         info.raft = self.control
+        if self.bucket_watch is not None:
+            info.readiness_checks.append(lambda: self.bucket_watch.problem)
         self.api = SprawlAPI(self.broker, info, self.reactor, metrics, control=self.control, plane=self.plane)
         from sprawl.auth import load_authenticator
 
@@ -554,6 +551,8 @@ class NodeService(service.Service):
             await self.broker.stop()
         if self.store is not None and self.store.env is not None:
             await self.store.close()
+        if self.bucket_watch is not None:
+            self.bucket_watch.stop()
         if self.s3_client is not None:
             self.s3_client.stop()
         log.info("sprawl node stopped cleanly")
@@ -595,11 +594,43 @@ def write_ports(data_dir: str, http: int, peer: int) -> None:
     os.replace(tmp, path)
 
 
+def s3_settings(c: NodeConfig) -> Any:
+    """The S3 client settings of a node with the S3 tier on."""
+    from sprawl.storage.s3 import S3Settings
+
+    assert c.s3_endpoint and c.s3_bucket
+    return S3Settings(
+        endpoint=c.s3_endpoint,
+        bucket=c.s3_bucket,
+        prefix=c.s3_prefix,
+        region=c.s3_region,
+        access_key=c.s3_access_key,
+        secret_key=c.s3_secret_key,
+        create_bucket=c.s3_create_bucket,
+        concurrency=c.s3_concurrency + 2,  # uploads, plus room for reads, deletes and the bucket check
+    )
+
+
+def check_s3_at_start(c: NodeConfig) -> None:
+    """Refuse to start (exit status 1, one line on stderr) when the S3 tier is
+    asked for but cannot work: no usable client library, or a bucket that
+    cannot be reached or created.  Runs before the reactor: a few seconds at
+    most (see :func:`sprawl.storage.s3.check_at_start`)."""
+    from sprawl.storage.s3 import S3Unusable, check_at_start
+
+    try:
+        check_at_start(s3_settings(c))
+    except S3Unusable as e:
+        raise SystemExit(f"sprawl: cannot start: {e}") from None
+
+
 def makeService(options: Options) -> Any:
-    """The ``twistd sprawl`` service."""
+    """The ``twistd sprawl`` service (after the start-time checks)."""
     from sprawl.logs import LoggingMultiService
 
     config: NodeConfig = options["node_config"]
+    if config.s3_endpoint and config.s3_bucket:
+        check_s3_at_start(config)
     top = LoggingMultiService(config.log_format)
     NodeService(config).setServiceParent(top)
     return top

@@ -59,6 +59,9 @@ class NodeInfo:
         #: The cluster control (``raft_view()``, ``leader_name``), or None:
         #: then the node reports a single-node cluster it leads.
         self.raft: Any = None
+        #: More readiness conditions: each returns why the node is not ready, or None
+        #: (the S3 tier's bucket watch, :mod:`sprawl.storage.bucket_watch`).
+        self.readiness_checks: list[Callable[[], str | None]] = []
 
 
 def _json_error(request: Any, code: str, message: str) -> bytes:
@@ -1061,6 +1064,10 @@ class SprawlAPI:
             return False, "node is stopping"
         if self.broker.store.failed is not None:
             return False, f"storage failed: {self.broker.store.failed}"
+        for check in self.info.readiness_checks:
+            why = check()
+            if why:
+                return False, why
         if not self.info.ready:
             return False, self.info.not_ready_reason
         m = self.info.membership

