@@ -654,6 +654,15 @@ def sse_events(lines: Iterable[bytes]) -> Iterator[SseEvent]:
             event_id = value
 
 
+def _noting_wait(lines: Iterable[bytes], topic: str, say: bool) -> Iterator[bytes]:
+    """``lines``, saying on stderr (when ``say``) that the node waits for the topic to be created."""
+    for line in lines:
+        if say and line.startswith(b": waiting for topic "):
+            click.echo(f"waiting for topic {topic!r} to be created ...", err=True)
+            say = False
+        yield line
+
+
 class _Idle(Exception):
     """No message arrived within ``--idle-timeout``."""
 
@@ -711,7 +720,7 @@ def _stream_subscribe(
             time.sleep(min(0.25 * 2**failures, 5.0))
             continue
         try:
-            for event in sse_events(_response_lines(resp)):
+            for event in sse_events(_noting_wait(_response_lines(resp), topic, received == 0)):
                 if event.event == "error":
                     raise CtlError(_sse_error(event.data))
                 if event.event != "message":

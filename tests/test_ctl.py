@@ -86,12 +86,45 @@ def test_publish_then_subscribe_prints_payloads_in_order(sprawl_node: Any) -> No
 
 def test_subscribe_to_a_missing_topic_waits_then_gives_up_after_idle_timeout(sprawl_node: Any) -> None:
     """A subscriber may start before the first publish: it says it is waiting for the
-    topic, and with --idle-timeout the wait is bounded and ends in a clear error."""
+    topic (the node's stream waits for it), and with --idle-timeout the wait is bounded and
+    ends in a clear error."""
     result = ctl(sprawl_node.url, "subscribe", "-t", "not-yet", "-c", "1", "--idle-timeout", "1")
     assert result.exit_code != 0
     lines = result.stderr.splitlines()
-    assert lines[0] == "waiting for topic 'not-yet' to be created ..."
-    assert lines[-1].startswith("sprawlctl: error: topic_not_found")
+    assert lines[0] == "waiting for topic 'not-yet' to be created ...", lines
+    assert lines[-1] == "sprawlctl: error: received 0 of 1 messages within --idle-timeout", lines
+
+
+def test_subscribe_started_before_the_first_publish_gets_it(sprawl_node: Any) -> None:
+    """``subscribe --from latest`` started before the topic exists waits (the node holds the
+    stream open) and prints the first publish, which created the topic, and the next."""
+    import threading
+    import urllib.request
+
+    from sprawl.testing import http_json, poll_until
+
+    url = sprawl_node.url
+    results: list[Result] = []
+    sub = threading.Thread(
+        target=lambda: results.append(
+            ctl(url, "subscribe", "-t", "fresh", "--from", "latest", "-c", "2", "--idle-timeout", IDLE)
+        ),
+        daemon=True,
+    )
+    sub.start()
+
+    def waiting() -> bool:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            return "sprawl_topic_waiting_subscribers 1.0" in r.read().decode()
+
+    assert poll_until(waiting, 20) is not None, "the subscriber never waited for its topic"
+    for text in ("first", "second"):  # the publishes run here, not through a second CliRunner
+        status, body = http_json(f"{url}/v1/topics/fresh/messages", "POST", {"messages": [{"payload": text}]})
+        assert status == 200, body
+    sub.join(30)
+    assert not sub.is_alive() and results, "the subscriber did not finish"
+    assert ok(results[0]).splitlines() == ["first", "second"]
+    assert results[0].stderr.splitlines() == ["waiting for topic 'fresh' to be created ..."]
 
 
 def test_publish_prints_offset_partition_id_per_message(sprawl_node: Any) -> None:

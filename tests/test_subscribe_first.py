@@ -80,6 +80,7 @@ async def test_stream_of_a_missing_topic_waits_with_heartbeats_and_gets_the_firs
     gets the first publish -- which created the topic -- and what follows, in order."""
     c = await server.connect("/v1/topics/later/stream")
     assert "later" not in server.broker.topics
+    assert "waiting for topic later to be created" in c.comments
     assert server.api.streams.count() == 1
     assert server.broker.new_topics.count() == 1
     server.clock.advance(15)

@@ -123,6 +123,7 @@ class SSEStream:
         the asked partition does not exist in the topic created), the stream
         ends with that error."""
         self._open()
+        self._waiting_note()
         self.registry.add(self)
         self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
         self._appearing = appearing
@@ -168,6 +169,10 @@ class SSEStream:
         req.setHeader(b"x-accel-buffering", b"no")
         req.registerProducer(self, True)
         req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.name.encode())
+
+    def _waiting_note(self) -> None:
+        """Tell the client the topic does not exist yet (an SSE comment: curl shows it)."""
+        self.request.write(b": waiting for topic %s to be created\n\n" % self.name.encode())
 
     def _beat(self) -> None:
         if self.closed:

@@ -103,6 +103,9 @@ class WSStream(SSEStream):
     def _keepalive(self) -> None:
         """Nothing: keepalive is autobahn's ping; the beat only notices a deleted topic."""
 
+    def _waiting_note(self) -> None:
+        """Nothing: a socket's frames are messages and answers only."""
+
     def _topic_deleted(self) -> None:
         self._close_with(CLOSE_TOPIC_DELETED, "topic_deleted: the topic was deleted")
 
