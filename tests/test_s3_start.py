@@ -29,9 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from sprawl.storage.s3 import S3Settings, S3Unusable, check_at_start
-from sprawl.testing import SeaweedProcess, _pythonpath, free_port, http_json, poll_until, twistd_command
+from sprawl.testing import (
+    SeaweedProcess,
+    _pythonpath,
+    free_port,
+    http_json,
+    poll_until,
+    the_reactor,
+    twistd_command,
+    until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 
@@ -225,3 +235,48 @@ def test_readyz_reports_a_bucket_that_goes_away_and_comes_back(
     assert poll_until(lambda: _ready(node.url)[0] == 200, READY_BOUND) is not None, _ready(node.url)
     log = node.log_text()
     assert "/readyz reports not ready" in log and "answers again" in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_bucket_watch_probes_off_the_reactor_one_at_a_time(seaweed: SeaweedProcess) -> None:
+    """In process, with a ``task.Clock``: the watch probes once per interval on the S3 client's
+    pool, never starts a second probe while one runs, reports a deleted bucket as the problem and
+    clears it when the bucket is back."""
+    from twisted.internet import task
+
+    from sprawl.storage.bucket_watch import BucketWatch
+    from sprawl.storage.s3 import S3Client
+
+    bucket = f"probe-{uuid.uuid4().hex[:8]}"
+    settings = S3Settings(
+        endpoint=seaweed.endpoint,
+        bucket=bucket,
+        access_key=SeaweedProcess.ACCESS_KEY,
+        secret_key=SeaweedProcess.SECRET_KEY,
+    )
+    assert check_at_start(settings) is True
+    client = S3Client(settings, the_reactor())
+    clock = task.Clock()
+    watch = BucketWatch(client, clock, interval=5.0)
+    watch.start()
+    try:
+        clock.advance(4.9)
+        assert watch.probes == 0  # the start check has just seen it: first probe an interval later
+        clock.advance(0.1)
+        assert watch.probes == 1 and client.in_flight == 1  # queued on the pool, not run here
+        watch.probe()
+        clock.advance(5.0)
+        assert watch.probes == 1  # one at a time
+        await until(lambda: client.in_flight == 0, "the probe to finish", 30)
+        assert watch.problem is None and watch.failures == 0
+        seaweed.client().delete_bucket(Bucket=bucket)
+        clock.advance(5.0)
+        await until(lambda: client.in_flight == 0, "the probe to finish", 30)
+        assert watch.problem is not None and "no longer exists" in watch.problem and bucket in watch.problem
+        seaweed.client().create_bucket(Bucket=bucket)
+        clock.advance(5.0)
+        await until(lambda: client.in_flight == 0, "the probe to finish", 30)
+        assert watch.problem is None and watch.probes == 3
+    finally:
+        watch.stop()
+        client.stop()
