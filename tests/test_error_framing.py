@@ -5,23 +5,22 @@ A streaming route (SSE, WebSocket, the dashboard feed) answers its errors
 outside the JSON-rendering wrapper the other routes share, so each one is
 checked here over a real loopback HTTP/1.1 connection (the framing is what
 goes on the wire; an in-process client would not see it).  The node is the
-in-process one of test_streams (real LMDB, a task.Clock).
+in-process one of test_streams (real LMDB, a task.Clock; its ``server``
+fixture, imported by name).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from test_streams import Server
+from test_streams import server as server
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.logger import formatEvent
 
 from sprawl.http import dashboard as dashboard_ui
 from sprawl.testing import bounded, the_reactor
@@ -80,18 +79,6 @@ async def raw(
         k, _, v = line.partition(":")
         hdrs[k.strip().lower()] = v.strip()
     return {"status": int(lines[0].split()[1]), "headers": hdrs, "body": body}
-
-
-@pytest_twisted.async_yield_fixture
-async def server(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[Server]:
-    """An in-process node on a loopback port, closed afterwards; nothing may log an error."""
-    s = Server(tmp_path)
-    await s.listen()
-    try:
-        yield s
-    finally:
-        await s.close()
-    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
 
 
 def assert_framed(answer: dict[str, Any], status: int, code: str) -> None:

@@ -9,7 +9,7 @@ publish goes to ``a`` and creates the topic there; its creation reaches ``b``
 through Raft, and every subscriber gets the first message and what follows,
 from offset 0 -- through a remote feed for a topic placed on ``a``, locally for
 one placed on ``b``.  Every wait is bounded; every process and socket is closed
-by the test.
+by the test (the ``readers`` fixture is test_integration_remote_streams').
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_integration_remote_streams import readers as readers
 
 from sprawl.cluster.placement import replicas
 from sprawl.testing import FeedReader, NodeProcess, poll_until
@@ -65,15 +65,6 @@ def _topic_placed_on(node_id: str, prefix: str) -> str:
         if replicas(name, 0, ["a", "b"], 1) == [node_id]:
             return name
     raise AssertionError("no such name in 1000 tries")
-
-
-@pytest.fixture
-def readers() -> Iterator[list[FeedReader]]:
-    """Stream clients opened by a test; all closed at its end."""
-    opened: list[FeedReader] = []
-    yield opened
-    for r in opened:
-        r.close()
 
 
 class LongPoll:

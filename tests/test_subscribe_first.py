@@ -11,63 +11,25 @@ missing topic: ``PUT .../groups/G`` creates the topic as a publish would.
 SSE and WebSocket run over real loopback sockets against the in-process node
 of test_streams (real LMDB, a ``task.Clock`` for heartbeats); long-polls and
 groups go through ``StubTreq`` (test_http_api's ``Node``), where the clock
-moves the deadline.  Every wait is bounded; nothing sleeps.
+moves the deadline; the fixtures are theirs (imported by name).  Every wait
+is bounded; nothing sleeps.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest_twisted
 import treq
 from test_http_api import Node, assert_error
+from test_http_api import node as node
 from test_streams import Server
+from test_streams import server as server
 from test_websocket import WS
+from test_websocket import ws as ws
 from twisted.internet.defer import CancelledError
-from twisted.logger import formatEvent
 
 from sprawl.testing import bounded, until
-
-
-@pytest_twisted.async_yield_fixture
-async def server(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[Server]:
-    """An in-process node on a loopback port; closed afterwards; nothing may log an error."""
-    s = Server(tmp_path)
-    await s.listen()
-    try:
-        yield s
-    finally:
-        await s.close()
-    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
-
-
-@pytest_twisted.async_yield_fixture
-async def ws(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[WS]:
-    """The node plus a WebSocket client opener; everything closed afterwards."""
-    s = Server(tmp_path)
-    await s.listen()
-    w = WS(s)
-    try:
-        yield w
-    finally:
-        await w.close()
-        await s.close()
-    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
-
-
-@pytest_twisted.async_yield_fixture
-async def node(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[Node]:
-    """An in-process node behind StubTreq."""
-    n = Node(tmp_path)
-    try:
-        yield n
-    finally:
-        await n.close()
-    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
-
 
 # -- SSE -----------------------------------------------------------------------------------------
 
