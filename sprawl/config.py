@@ -216,6 +216,10 @@ class NodeConfig:
     #: Found a new one-voter Raft cluster when the Raft state is empty (the
     #: default without --seeds; a node with seeds waits to be added).
     bootstrap: bool | None = None
+    #: Recovery after losing a majority of the Raft voters for good: make this
+    #: node the only voter of a new cluster built from what it holds (refused
+    #: while a majority can still be reached).  Command line only.
+    force_new_cluster: bool = False
     #: How long a Raft voter may stay dead (by gossip) before it is replaced.
     raft_dead_grace: float = 30.0
     #: Snapshot the metadata every this many applied entries.

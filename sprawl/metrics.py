@@ -391,6 +391,7 @@ class _RaftCollector:
             return
         drv = ctl.driver
         node = drv.node
+        strength = ctl.strength()
         for name, value, doc in (
             ("sprawl_raft_term", node.term, "This node's current Raft term"),
             ("sprawl_raft_commit_index", node.log.committed, "Highest Raft log index known committed"),
@@ -399,9 +400,31 @@ class _RaftCollector:
             ("sprawl_raft_voters", len(node.voters), "Voters in the Raft configuration this node uses"),
             ("sprawl_raft_learners", len(node.learners), "Learners in the Raft configuration this node uses"),
             ("sprawl_raft_has_leader", 1 if node.lead else 0, "1 when this node knows a Raft leader"),
+            (
+                "sprawl_raft_target_voters",
+                strength.target,
+                "Voters the configuration should have for the members up now (1, 3 or 5)",
+            ),
+            (
+                "sprawl_raft_fault_tolerance",
+                strength.fault_tolerance,
+                "Voters that may fail while Raft keeps a majority (0 while below the target)",
+            ),
+            (
+                "sprawl_raft_fault_tolerant",
+                1 if strength.fault_tolerant else 0,
+                "1 when the voter target is reached and every voter is up (/readyz?fault_tolerant=1)",
+            ),
         ):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
+            yield g
+        if ctl.time_to_target is not None:
+            g = GaugeMetricFamily(
+                "sprawl_raft_time_to_target_seconds",
+                "Seconds from the last member joining (gossip) to the voter target, last measured as leader",
+            )
+            g.add_metric([], ctl.time_to_target)
             yield g
         role = GaugeMetricFamily("sprawl_raft_role", "1 for this node's Raft role", labels=["role"])
         for r in ("follower", "pre-candidate", "candidate", "leader"):
@@ -439,6 +462,7 @@ class _RaftCollector:
         dropped.add_metric(["oversize"], peer.frames_dropped_oversize)
         dropped.add_metric(["unhandled"], peer.frames_unhandled)
         dropped.add_metric(["undecodable"], ctl.dropped_frames)
+        dropped.add_metric(["other_cluster"], ctl.foreign_frames)
         yield dropped
 
 

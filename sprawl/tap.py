@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sprawl import __version__
-from sprawl.cluster.control import ClusterControl
+from sprawl.cluster.control import ClusterControl, StartRefused
 from sprawl.config import (
     ConfigError,
     NodeConfig,
@@ -177,6 +177,13 @@ class Options(usage.Options):
             None,
             "Found a new cluster even though --seeds is given (default: only nodes without seeds do).",
         ],
+        [
+            "force-new-cluster",
+            None,
+            "Recovery after a majority of the Raft voters is lost for good: make this node the only "
+            "voter of a new cluster built from what it holds (refused while a majority can still be "
+            "reached; see docs/operations.md).",
+        ],
     ]
 
     # The seed's camelCase names.  usage.Options finds ``opt_*`` handlers on
@@ -255,6 +262,9 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
         values["auto_create_topics"] = False
     if opts.get("bootstrap") or environ.get("SPRAWL_BOOTSTRAP") in ("1", "true", "yes"):
         values["bootstrap"] = True
+    # Deliberately no environment variable or config-file key: a recovery
+    # that must not be repeated by accident on every restart.
+    values["force_new_cluster"] = bool(opts.get("force-new-cluster"))
     return NodeConfig(**values).validate()
 
 
@@ -376,7 +386,11 @@ class NodeService(service.Service):
         d = defer.ensureDeferred(self._start())
 
         def failed(f: Any) -> None:
-            log.failure("sprawl node failed to start", f)
+            if f.check(StartRefused):
+                log.critical("{reason}", reason=f.value.message)
+                _exit_status_after_stop(self.reactor, 3)
+            else:
+                log.failure("sprawl node failed to start", f)
             self.reactor.stop()
 
         d.addErrback(failed)
@@ -428,6 +442,7 @@ class NodeService(service.Service):
             dead_grace=c.raft_dead_grace,
             snapshot_entries=c.raft_snapshot_entries,
             peer=peer,
+            force_new_cluster=c.force_new_cluster,
         )
         await self.control.start()
         self.broker.topic_creator = self.control.ensure_topic
@@ -435,6 +450,7 @@ class NodeService(service.Service):
         from sprawl.peer.rpc import PeerRPC
 
         self.rpc = PeerRPC(self.channel, self.reactor)
+        self.control.attach_rpc(self.rpc)
         self.plane = DataPlane(
             node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
         )
@@ -451,6 +467,10 @@ class NodeService(service.Service):
         self.gossip.set_meta(peer=peer)
         self.gossip.start((advertise_ip, peer_port))
         metrics.gossip = self.gossip
+        if c.force_new_cluster:
+            # Gossip runs (the others learn where this node is); Raft does not
+            # until the recovery is decided.
+            await self.control.force_new_cluster()
         info = NodeInfo(node_id, peer=peer, started=time.time())
         info.membership = self.gossip
         info.raft = self.control
@@ -481,7 +501,7 @@ class NodeService(service.Service):
         info.http = f"{'https' if tls else 'http'}://{http_addr}:{http_port}"
         self.gossip.set_meta(http=info.http)
         self.control.http = info.http
-        if self.control.driver.node.voters == {self.control.raft_id}:
+        if self.control.driver is not None and self.control.driver.node.voters == {self.control.raft_id}:
             # A lone voter elects itself at once: wait for it (bounded), so a
             # single node is ready the moment it says so.
             await _bounded(self.reactor, self.control.leader_known(), 10.0)
@@ -556,6 +576,21 @@ class NodeService(service.Service):
         if self.s3_client is not None:
             self.s3_client.stop()
         log.info("sprawl node stopped cleanly")
+
+
+def _exit_status_after_stop(reactor: Any, status: int) -> None:
+    """Make the process exit with ``status`` once the reactor has shut down
+    (twistd itself always exits 0): a refused start is an error to scripts."""
+    add = getattr(reactor, "addSystemEventTrigger", None)
+    if add is None:
+        return
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    add("after", "shutdown", leave)
 
 
 def peer_tls(c: NodeConfig) -> dict[str, Any]:

@@ -13,13 +13,26 @@ decisions live in pure modules (:mod:`sprawl.raft.node`,
 * The leader (the controller) adds nodes gossip finds as learners, promotes
   them up to 3 or 5 voters and replaces voters that stay dead longer than a
   grace period, one change at a time (:func:`sprawl.cluster.voters.next_change`).
+  It takes the next step as soon as the previous one is applied, a member
+  joins in gossip or a learner has caught up -- not at its next tick -- so a
+  forming cluster reaches its voter target within a second.
+* Raft frames carry the sender's *cluster id* (8 bytes before the message).
+  A node keeps only frames of its own cluster; a node without Raft state
+  adopts the id of the first leader that contacts it.  A cluster forced anew
+  after losing a majority (``--force-new-cluster``, :meth:`force_new_cluster`)
+  has a new id, so what is left of the old configuration can never exchange
+  Raft messages with it; a survivor of the old configuration that finds its
+  own majority gone and a forced cluster in gossip rejoins it (its Raft state
+  dropped, its partition data kept).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import struct
 import time
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -27,7 +40,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.cluster import voters
+from sprawl.cluster import recovery, voters
 from sprawl.cluster.metadata import TOPIC_FIELDS, Metadata, decode_command, encode_command
 from sprawl.cluster.placement import raft_id_of, replicas
 from sprawl.delivery.topic_waiters import TopicWaiters
@@ -36,12 +49,43 @@ from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
 from sprawl.raft.driver import RaftDriver
 from sprawl.raft.lmdb_storage import LmdbRaftStorage
-from sprawl.raft.messages import ConfState, Entry, Snapshot, decode_message, encode_message
+from sprawl.raft.messages import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+    decode_message,
+    encode_message,
+)
 from sprawl.raft.node import Config, ProposalDropped, Role
 
 log = Logger()
 
 _HISTORY = 512
+#: The cluster id before each Raft message on the wire.
+_CLUSTER = struct.Struct(">Q")
+#: Messages only a leader sends: a node without Raft state adopts the cluster of the first one.
+_LEADER_MESSAGES = (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP)
+#: Gossip states that count as up.
+_UP = ("alive", "suspect")
+#: Seconds what a node said about its cluster (on a Raft frame, in a status
+#: call) outranks its gossip metadata.
+_CLAIM_SECONDS = 30.0
+
+
+class StartRefused(SprawlError):
+    """The node must not start as asked (``--force-new-cluster`` while a
+    majority of the voters can still be reached, or with nothing to recover)."""
+
+
+def cluster_hex(cluster_id: int | None) -> str:
+    """A cluster id as the API and gossip show it ("" for none)."""
+    return format(cluster_id, "016x") if cluster_id else ""
 
 
 class ClusterControl:
@@ -66,6 +110,9 @@ class ClusterControl:
         max_voters: int = 5,
         peer: str = "",
         http: str = "",
+        force_new_cluster: bool = False,
+        rejoin_after: float = 5.0,
+        status_wait: float = 5.0,
     ) -> None:
         self.node_id = node_id
         self.raft_id = raft_id_of(node_id)
@@ -95,7 +142,37 @@ class ClusterControl:
         #: Called with each answered proposal's latency (the metrics histogram).
         self.on_proposal_latency: Any = None
         self.dropped_frames = 0
+        #: Raft frames of another cluster (dropped).
+        self.foreign_frames = 0
         self.bad_entries = 0
+        #: Start without Raft until :meth:`force_new_cluster` ran (``--force-new-cluster``).
+        self.forcing = force_new_cluster
+        #: Seconds without a leader before a survivor looks for a forced cluster to rejoin.
+        self.rejoin_after = rejoin_after
+        #: Seconds :meth:`force_new_cluster` asks the other nodes before deciding.
+        self.status_wait = status_wait
+        #: The cluster this node's Raft state belongs to (None: not yet known; 0: from before ids).
+        self.cluster_id: int | None = None
+        self.storage: LmdbRaftStorage | None = None
+        self.rpc: Any = None
+        self._soon_call: Any = None
+        self._registering: dict[str, float] = {}
+        #: A learner would be promoted once it has caught up: act when it has.
+        self._promote_waiting = False
+        self._leaderless_since: float | None = None
+        self._next_rejoin_check = 0.0
+        self._rejoining = False
+        self._foreign_logged: dict[str, float] = {}
+        #: node id -> (when, cluster id it said it is in).
+        self._claims: dict[str, tuple[float, str]] = {}
+        self._conf_seen: tuple[frozenset[int], frozenset[int]] | None = None
+        #: The cluster id this process forced (``--force-new-cluster``), or "".
+        self.forced = ""
+        #: When the live member set last grew (reactor seconds), while the target is not reached.
+        self._grew_at: float | None = None
+        #: Seconds from the last member joining (in gossip) to the voter target, as this leader saw it.
+        self.time_to_target: float | None = None
+
         #: Called with a topic's name after a change to it (or its placement)
         #: is applied here, broker included (the data plane follows it).
         self.on_topic_changed: Any = None
@@ -106,13 +183,43 @@ class ClusterControl:
 
     async def start(self) -> None:
         """Recover Raft state (bootstrapping a one-voter cluster on a fresh
-        founding node), restore the metadata, start ticking and listening."""
+        founding node), restore the metadata, start ticking and listening.
+        With ``force_new_cluster`` set, Raft itself waits for :meth:`force_new_cluster`."""
         conf = ConfState(voters=(self.raft_id,)) if self.bootstrap else None
-        storage = await LmdbRaftStorage.open(self.store, conf)
+        storage = await LmdbRaftStorage.open(self.store, conf, cluster_id=self._new_cluster_id())
+        self.storage = storage
         snap = storage.snapshot()
         self.metadata = Metadata.restore(snap.data)
         for name, n in self.metadata.nodes.items():
             self.names[int(n["raft_id"])] = name
+        self._set_cluster_id(storage.cluster_id if storage.cluster_id or storage.is_empty() else 0)
+        self.channel.handlers[RAFT] = self._received
+        self.channel.on_unreachable = self._unreachable
+        listeners = getattr(self.membership, "listeners", None)
+        if isinstance(listeners, list):
+            listeners.append(self._member_event)
+        if not self.forcing:
+            self._start_driver(storage)
+        loop = task.LoopingCall(self._control)
+        loop.clock = self.reactor
+        self._loop = loop
+        loop.start(max(self.tick_seconds * 5, 0.1), now=True).addErrback(
+            lambda f: log.failure("cluster control loop stopped", f)
+        )
+
+    def _new_cluster_id(self) -> int:
+        return self.rng.randrange(1, 1 << 64)
+
+    def _set_cluster_id(self, cluster_id: int | None) -> None:
+        self.cluster_id = cluster_id
+        set_meta = getattr(self.membership, "set_meta", None)
+        if set_meta is not None:
+            set_meta(cluster=cluster_hex(cluster_id))
+
+    def _start_driver(self, storage: LmdbRaftStorage) -> None:
+        """Run Raft on ``storage`` (the metadata already matches its snapshot)."""
+        self.storage = storage
+        snap = storage.snapshot()
         cfg = Config(
             id=self.raft_id,
             election_tick=self.election_ticks,
@@ -133,8 +240,7 @@ class ClusterControl:
             snapshot_data=self.metadata_snapshot,
         )
         self.driver.on_soft_state.append(self._leader_changed)
-        self.channel.handlers[RAFT] = self._received
-        self.channel.on_unreachable = self._unreachable
+        self.driver.on_advanced.append(self._advanced)
         now = self.reactor.seconds()
         for rid in (*self.driver.node.voters, *self.driver.node.learners):
             self._last_alive[rid] = now
@@ -142,17 +248,14 @@ class ClusterControl:
         if self.driver.node.voters == {self.raft_id}:
             self.driver.node.campaign()  # alone: no need to wait out an election timeout
             self.driver.kick()
-        loop = task.LoopingCall(self._control)
-        loop.clock = self.reactor
-        self._loop = loop
-        loop.start(max(self.tick_seconds * 5, 0.1), now=True).addErrback(
-            lambda f: log.failure("cluster control loop stopped", f)
-        )
 
     def stop(self) -> None:
         """Stop ticking; waiting callers are told the node is stopping."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._soon_call is not None and self._soon_call.active():
+            self._soon_call.cancel()
+        self._soon_call = None
         if self.driver is not None:
             self.driver.stop()
         for req, (d, _) in list(self._waiting.items()):
@@ -243,22 +346,65 @@ class ClusterControl:
 
     def _send(self, m: Any) -> None:
         name = self.names.get(m.to)
-        if name is None or not self.channel.send(name, RAFT, encode_message(m)):
+        frame = _CLUSTER.pack(self.cluster_id or 0) + encode_message(m)
+        if name is None or not self.channel.send(name, RAFT, frame):
             if self.driver is not None:
                 self.driver.report_unreachable(m.to)
 
     def _received(self, peer: str, payload: bytes) -> None:
+        if len(payload) < _CLUSTER.size:
+            self.dropped_frames += 1
+            return
+        (cluster,) = _CLUSTER.unpack_from(payload)
         try:
-            m = decode_message(payload)
+            m = decode_message(payload[_CLUSTER.size :])
         except (msgspec.DecodeError, ValueError):
             self.dropped_frames += 1
             return
         if m.to != self.raft_id or m.frm != raft_id_of(peer):
             self.dropped_frames += 1  # misaddressed or spoofed sender
             return
+        if self.driver is None:
+            return  # Raft not running (yet): a forced start still deciding, or a rejoin under way
+        self._claim(peer, cluster_hex(cluster))
+        if self.cluster_id is None:
+            if m.type not in _LEADER_MESSAGES:
+                self.foreign_frames += 1
+                return
+            self._adopt(cluster, peer)
+        elif cluster != self.cluster_id:
+            self.foreign_frames += 1
+            self._foreign(peer, cluster)
+            return
         self.names.setdefault(m.frm, peer)
-        if self.driver is not None:
-            self.driver.step(m)
+        self.driver.step(m)
+
+    def _adopt(self, cluster: int, peer: str) -> None:
+        """A node without Raft state joins the cluster of the first leader that
+        contacts it.  The id is written before anything Raft persists next
+        (the storage writes in order), so a restart keeps it."""
+        self._set_cluster_id(cluster)
+        log.info(
+            "raft: joining cluster {cluster} (first contact from {peer})",
+            cluster=cluster_hex(cluster),
+            peer=peer,
+        )
+        if cluster and self.storage is not None:
+            self.storage.set_cluster_id(cluster).addErrback(
+                lambda f: log.failure("raft: storing the cluster id failed", f)
+            )
+
+    def _foreign(self, peer: str, cluster: int) -> None:
+        now = self.reactor.seconds()
+        if now - self._foreign_logged.get(peer, float("-inf")) < 60.0:
+            return
+        self._foreign_logged[peer] = now
+        log.warn(
+            "raft: dropping messages from {peer}: it belongs to cluster {theirs}, this node to {ours}",
+            peer=peer,
+            theirs=cluster_hex(cluster) or "(none)",
+            ours=cluster_hex(self.cluster_id) or "(none)",
+        )
 
     def _unreachable(self, peer: str) -> None:
         if self.driver is not None:
@@ -535,6 +681,11 @@ class ClusterControl:
         for name, n in self.metadata.nodes.items():
             self.names[int(n["raft_id"])] = name
         log.info("raft: installed snapshot at index {index}", index=snap.meta.index)
+        return self._reconcile()
+
+    def _reconcile(self) -> defer.Deferred[Any]:
+        """Make the broker match the whole metadata (topics, groups) and tell
+        the data plane about every topic."""
 
         async def reconcile() -> None:
             for name in list(self.broker.topics):
@@ -560,12 +711,24 @@ class ClusterControl:
             return []
         return list(self.membership.member_views())
 
-    def _control(self) -> None:
-        """Refresh peer addresses from gossip; as leader, move membership one step."""
-        drv = self.driver
-        if drv is None:
-            return
-        now = self.reactor.seconds()
+    def is_foreign(self, view: dict[str, Any]) -> bool:
+        """Whether a gossip member view belongs to another Raft cluster: it is
+        not counted, added or given replicas until it joins this one.  Which
+        cluster a node is in comes from what it said itself lately -- the
+        cluster id on its Raft frames, or in a status call -- else from its
+        gossip metadata (which can take a while to spread)."""
+        claim = self._claims.get(str(view.get("id")))
+        if claim is not None and self.reactor.seconds() - claim[0] < _CLAIM_SECONDS:
+            theirs = claim[1]
+        else:
+            theirs = view.get("cluster") or ""
+        return bool(theirs) and self.cluster_id is not None and theirs != cluster_hex(self.cluster_id)
+
+    def _claim(self, peer: str, cluster: str) -> None:
+        self._claims[peer] = (self.reactor.seconds(), cluster)
+
+    def _refresh(self, now: float) -> set[int]:
+        """Peer addresses from gossip; the Raft ids of members up (this node included)."""
         live: set[int] = {self.raft_id}
         self._last_alive[self.raft_id] = now
         for view in self._members():
@@ -577,17 +740,88 @@ class ClusterControl:
             host, _, port = str(view["peer"]).rpartition(":")
             if host and port.isdigit():
                 self.channel.set_address(nid, host.strip("[]"), int(port))
-            if view["state"] in ("alive", "suspect"):
+            if view["state"] in _UP and not self.is_foreign(view):
                 live.add(rid)
                 self._last_alive[rid] = now
+        return live
+
+    def _soon(self) -> None:
+        """Run the controller step in the next reactor turn (once, however often asked)."""
+        if self._soon_call is None or not self._soon_call.active():
+            self._soon_call = self.reactor.callLater(0, self._control)
+
+    def _member_event(self, ev: Any) -> None:
+        """Gossip saw a member change: the controller looks at once."""
+        if ev.kind in ("join", "alive") and self.driver is not None:
+            st = self.strength()
+            if st.voters < st.target:
+                self._grew_at = self.reactor.seconds()  # the clock of time-to-target starts (again)
+        if ev.kind != "refuted":
+            self._soon()
+
+    def _advanced(self, applied: bool) -> None:
+        """After each Ready: a committed change was applied, or a learner the
+        controller waits for caught up -- take the next step now."""
+        drv = self.driver
+        if drv is None:
+            return
+        if applied:
+            conf = (frozenset(drv.node.voters), frozenset(drv.node.learners))
+            if conf != self._conf_seen:
+                self._conf_seen = conf
+                log.info(
+                    "raft: configuration applied: {voters} voters ({names}), {learners} learners",
+                    voters=len(conf[0]),
+                    names=", ".join(sorted(self.name_of(v) for v in conf[0])),
+                    learners=len(conf[1]),
+                )
+            self._check_target()
+        if drv.node.role != Role.LEADER:
+            return
+        if applied or (self._promote_waiting and any(drv.node.caught_up(r) for r in drv.node.learners)):
+            self._soon()
+
+    def _check_target(self) -> None:
+        """Log (once per growth of the membership) when the voter target is reached."""
+        if self._grew_at is None or self.driver is None:
+            return
+        st = self.strength()
+        if st.voters < st.target:
+            return
+        took = self.reactor.seconds() - self._grew_at
+        self._grew_at = None
+        if self.driver.node.role != Role.LEADER:
+            return
+        self.time_to_target = took
+        log.info(
+            "raft: voter target reached: {voters} voters of {target}, fault tolerance {ft}, "
+            "{seconds:.3f} s after the last member joined",
+            voters=st.voters,
+            target=st.target,
+            ft=st.fault_tolerance,
+            seconds=took,
+        )
+
+    def _control(self) -> None:
+        """Refresh peer addresses from gossip; as leader, move membership one step."""
+        self._soon_call = None
+        now = self.reactor.seconds()
+        live = self._refresh(now)
+        drv = self.driver
+        if drv is None:
+            return
+        if drv.leader:
+            self._leaderless_since = None
+        elif self._leaderless_since is None:
+            self._leaderless_since = now
+        elif now - self._leaderless_since >= self.rejoin_after:
+            self._maybe_rejoin(now)
         if drv.node.role != Role.LEADER:
             return
         node = drv.node
-        if node.pending_conf_index > drv.applied:
+        self._register_newcomers(live)
+        if node.pending_conf_index > node.log.applied:
             return  # one change at a time
-        if self.node_id not in self.metadata.nodes:
-            self._register(self.node_id, self.peer, self.http)
-            return
         conf = node.voters | node.learners
         for rid in conf:
             self._last_alive.setdefault(rid, now)
@@ -601,36 +835,64 @@ class ClusterControl:
             caught_up=frozenset(r for r in node.learners if node.caught_up(r)),
             grace=self.dead_grace,
             max_voters=self.max_voters,
+            addable=frozenset(int(n["raft_id"]) for n in self.metadata.nodes.values()),
         )
         cc = voters.next_change(state)
         if cc is None:
+            # Would a learner be promoted once caught up?  Then act the moment it is.
+            everyone = voters.next_change(replace(state, caught_up=frozenset(node.learners)))
+            self._promote_waiting = everyone is not None and everyone.type == ConfChangeType.PROMOTE
             return
+        self._promote_waiting = False
         name = self.names.get(cc.node_id, str(cc.node_id))
-        if cc.type == voters.ConfChangeType.ADD_LEARNER and name not in self.metadata.nodes:
-            m = next((v for v in self._members() if v["id"] == name), None)
-            self._register(name, str(m["peer"]) if m else "", str(m.get("http", "")) if m else "")
-            return
         try:
             drv.propose_conf_change(cc)
         except ProposalDropped:
             return
         log.info("raft: proposing {change} of {node}", change=cc.type.name.lower(), node=name)
 
+    def _register_newcomers(self, live: set[int]) -> None:
+        """Register (name and addresses, a normal entry) this node and every
+        live member the metadata does not know yet -- all at once: only the
+        configuration changes must go one at a time."""
+        now = self.reactor.seconds()
+        views = {str(v["id"]): v for v in self._members()}
+        wanted = [self.node_id] + sorted(self.names[r] for r in live if r in self.names)
+        for name in wanted:
+            if name in self.metadata.nodes:
+                self._registering.pop(name, None)
+                continue
+            if now - self._registering.get(name, float("-inf")) < self.proposal_timeout:
+                continue  # already proposed
+            if name == self.node_id:
+                peer, http = self.peer, self.http
+            else:
+                v = views.get(name, {})
+                peer, http = str(v.get("peer", "")), str(v.get("http", ""))
+            self._registering[name] = now
+            self._register(name, peer, http)
+
     def _register(self, name: str, peer: str, http: str) -> None:
         try:
-            self.propose(
+            d = self.propose(
                 {"op": "put_node", "node_id": name, "raft_id": raft_id_of(name), "peer": peer, "http": http}
             )
         except SprawlError:
-            pass
+            self._registering.pop(name, None)
+            return
+
+        def failed(_: Failure) -> None:
+            self._registering.pop(name, None)
+
+        d.addErrback(failed)
 
     # -- views ---------------------------------------------------------------------------
 
     def live_nodes(self) -> list[str]:
         """Registered nodes gossip sees alive (or suspect), this node included,
         sorted: where new partitions are placed."""
-        states = {str(v["id"]): str(v["state"]) for v in self._members()}
-        live = {n for n in self.metadata.nodes if states.get(n) in ("alive", "suspect")}
+        states = {str(v["id"]): "foreign" if self.is_foreign(v) else str(v["state"]) for v in self._members()}
+        live = {n for n in self.metadata.nodes if states.get(n) in _UP}
         live.add(self.node_id)
         return sorted(live)
 
@@ -655,16 +917,25 @@ class ClusterControl:
         drv = self.driver
         if drv is None:
             return {
-                "role": "starting",
+                "role": "recovering" if self.forcing or self._rejoining else "starting",
                 "term": 0,
                 "commit_index": 0,
                 "applied": 0,
                 "voters": [],
                 "learners": [],
+                "target_voters": voters.target_voters(len(self._live_ids()), self.max_voters),
+                "live_voters": 0,
+                "fault_tolerance": 0,
+                "fault_tolerant": False,
+                "cluster_id": cluster_hex(self.cluster_id),
             }
         n = drv.node
         lat = sorted(self.proposal_seconds)
         return {
+            **self.strength().as_dict(),
+            "cluster_id": cluster_hex(self.cluster_id),
+            "forced_new_cluster": self.forced or None,
+            "time_to_target_s": round(self.time_to_target, 3) if self.time_to_target is not None else None,
             "role": n.role.value,
             "term": n.term,
             "leader": self.leader_name,
@@ -678,3 +949,273 @@ class ClusterControl:
             "leader_changes": drv.stats.leader_changes,
             "proposal_ms_p50": round(lat[len(lat) // 2] * 1000, 3) if lat else None,
         }
+
+    def _live_ids(self) -> set[int]:
+        """Raft ids of the members gossip holds up (not of another cluster), this node included."""
+        live = {self.raft_id}
+        for v in self._members():
+            if v["state"] in _UP and not self.is_foreign(v):
+                live.add(raft_id_of(str(v["id"])))
+        return live
+
+    def strength(self) -> voters.Strength:
+        """How many voter failures the configuration this node applied survives now."""
+        drv = self.driver
+        if drv is None:
+            return voters.Strength(0, 0, 0, voters.target_voters(len(self._live_ids()), self.max_voters))
+        n = drv.node
+        return voters.strength(n.voters, n.learners, self._live_ids(), self.max_voters)
+
+    # -- the status other nodes ask for (recovery) ---------------------------------------
+
+    def attach_rpc(self, rpc: Any) -> None:
+        """Answer ``raft_status`` calls (what a recovering node asks) on ``rpc``."""
+        self.rpc = rpc
+        rpc.register("raft_status", self._rpc_status)
+
+    def _rpc_status(self, caller: str, body: Any, hops: int) -> dict[str, Any]:
+        # The caller says where it listens: a node restarted on a new port (or
+        # not yet in our gossip view) must still get the answer.
+        if isinstance(body, dict) and isinstance(body.get("peer"), str) and caller != self.node_id:
+            host, _, port = body["peer"].rpartition(":")
+            if host and port.isdigit() and 0 < int(port) < 65536:
+                self.channel.set_address(caller, host.strip("[]"), int(port))
+        if isinstance(body, dict) and isinstance(body.get("cluster"), str) and len(body["cluster"]) <= 16:
+            self._claim(caller, body["cluster"])
+        drv = self.driver
+        return {
+            "node_id": self.node_id,
+            "cluster": cluster_hex(self.cluster_id),
+            "role": drv.node.role.value if drv is not None else "recovering",
+            "leader": self.leader_name,
+            "term": drv.node.term if drv is not None else 0,
+            "voters": sorted(self.name_of(v) for v in drv.node.voters) if drv is not None else [],
+        }
+
+    async def _ask_status(self, names: list[str], wait: float, enough: Any) -> dict[str, dict[str, Any]]:
+        """Ask ``names`` for their Raft status every half second for at most
+        ``wait`` seconds (or until ``enough(answers)``); the answers by name."""
+        answers: dict[str, dict[str, Any]] = {}
+        if self.rpc is None or not names:
+            return answers
+        deadline = self.reactor.seconds() + wait
+        body = {"peer": self.peer}
+        for _ in range(int(wait / 0.5) + 2):
+            self._refresh(self.reactor.seconds())
+            missing = [n for n in names if n not in answers]
+            calls = []
+            for name in missing:
+                addr = self.metadata.nodes.get(name, {}).get("peer", "")
+                if not self.channel.connected(name):
+                    host, _, port = str(addr).rpartition(":")
+                    if host and port.isdigit() and not self._known_address(name):
+                        self.channel.set_address(name, host.strip("[]"), int(port))
+                d = self.rpc.call(name, "raft_status", body, timeout=0.5)
+                d.addCallbacks(
+                    lambda a, name=name: answers.__setitem__(name, a) if isinstance(a, dict) else None,
+                    lambda f: None,
+                )
+                calls.append(d)
+            if calls:
+                await defer.DeferredList(calls, consumeErrors=True)
+            if enough(answers) or len(answers) == len(names) or self.reactor.seconds() >= deadline:
+                break
+            await task.deferLater(self.reactor, 0.5, lambda: None)
+        return answers
+
+    def _known_address(self, name: str) -> bool:
+        return any(str(v["id"]) == name and not v.get("self") for v in self._members())
+
+    # -- recovery from a lost majority -------------------------------------------------------
+
+    def _replay(self, storage: LmdbRaftStorage) -> tuple[Metadata, set[int], int]:
+        """The metadata and voters after *every* entry ``storage`` holds (this
+        node's log taken as it is), and the last index."""
+        snap = storage.snapshot()
+        meta = Metadata.restore(snap.data)
+        conf_voters = set(snap.meta.conf_state.voters)
+        learners = set(snap.meta.conf_state.learners)
+        first, last = storage.first_index(), storage.last_index()
+        for i in range(first, last + 1, 256):
+            for e in storage.entries(i, min(i + 256, last + 1)):
+                if e.type == EntryType.CONF_CHANGE:
+                    # The same rules as RaftNode.apply_conf_change.
+                    cc = ConfChange.decode(e.data)
+                    nid = cc.node_id
+                    if cc.type == ConfChangeType.ADD_VOTER or (
+                        cc.type == ConfChangeType.PROMOTE and nid in learners
+                    ):
+                        learners.discard(nid)
+                        conf_voters.add(nid)
+                    elif cc.type == ConfChangeType.ADD_LEARNER and nid not in conf_voters:
+                        learners.add(nid)
+                    elif cc.type == ConfChangeType.REMOVE:
+                        conf_voters.discard(nid)
+                        learners.discard(nid)
+                elif e.data:
+                    cmd = decode_command(e.data)
+                    if cmd is not None:
+                        meta.apply(e.index, cmd)
+        return meta, conf_voters, last
+
+    async def force_new_cluster(self) -> None:
+        """``--force-new-cluster``: make this node the one voter of a new
+        cluster built from everything it holds -- unless a majority of its
+        voters can still be reached, which raises :class:`StartRefused`.
+
+        The other registered nodes are asked for their Raft status for
+        ``status_wait`` seconds; the voters that answer in this node's
+        cluster, with this node, must not be a majority.  Then, in one
+        transaction: the log is folded into a snapshot at its last index (the
+        entries this node holds are taken as committed), the configuration is
+        this node alone, the term moves past every term it knew, and the
+        cluster gets a new id.  Every partition keeps the replicas that
+        answered (:func:`sprawl.cluster.recovery.recover_placement`); the
+        broker is made to match the metadata, and Raft starts."""
+        storage = self.storage
+        assert storage is not None and self.driver is None, "call after start(), once"
+        if storage.is_empty():
+            raise StartRefused(
+                "--force-new-cluster: this node holds no Raft state to recover from",
+                code="nothing_to_recover",
+            )
+        meta, conf_voters, last = self._replay(storage)
+        for name, n in meta.nodes.items():
+            self.names[int(n["raft_id"])] = name
+        self.metadata = meta
+        voter_names = sorted(self.name_of(v) for v in conf_voters)
+        if conf_voters == {self.raft_id}:
+            log.warn("--force-new-cluster: this node is already the only voter; starting normally")
+            self.forcing = False
+            self._start_driver(storage)
+            return
+        others = sorted((set(meta.nodes) | set(voter_names)) - {self.node_id})
+        mine = cluster_hex(self.cluster_id)
+
+        def same_cluster(answers: dict[str, dict[str, Any]]) -> set[str]:
+            return {n for n, a in answers.items() if a.get("cluster") == mine}
+
+        log.warn(
+            "--force-new-cluster: asking {n} other nodes for {s:.0f} s whether a majority of the voters "
+            "({voters}) is still up",
+            n=len(others),
+            s=self.status_wait,
+            voters=", ".join(voter_names),
+        )
+        answers = await self._ask_status(
+            others,
+            self.status_wait,
+            lambda a: recovery.majority_reachable(voter_names, self.node_id, same_cluster(a)),
+        )
+        up = same_cluster(answers)
+        if recovery.majority_reachable(voter_names, self.node_id, up):
+            reach = sorted((up | {self.node_id}) & set(voter_names))
+            raise StartRefused(
+                f"--force-new-cluster refused: a majority of the voters can still be reached "
+                f"({', '.join(reach)} of {', '.join(voter_names)}): the cluster can still elect a "
+                "leader. Start the node without --force-new-cluster.",
+                code="majority_reachable",
+            )
+        lost = sorted(set(voter_names) - up - {self.node_id})
+        plan = recovery.recover_placement(meta.placement, self.node_id, up)
+        meta.placement = plan.placement
+        meta.applied = last
+        term = storage.term(last)
+        cluster = self._new_cluster_id()
+        snap = Snapshot(SnapshotMeta(last, term, ConfState(voters=(self.raft_id,))), meta.snapshot())
+        hs = HardState(max(storage.hard_state.term, term) + 1, 0, last)
+        self.storage = await storage.replace(snap, hs, cluster)
+        self._set_cluster_id(cluster)
+        self.forcing = False
+        self.forced = cluster_hex(cluster)
+        log.critical(
+            "FORCED A NEW CLUSTER {cluster}: this node is now its only voter, rebuilt from its log up to "
+            "index {index}. Lost voters: {lost}. Other survivors: {up}. Partitions kept here: {kept}, "
+            "led by other survivors: {handed}, lost with every replica (now empty here): {gone}.",
+            cluster=cluster_hex(cluster),
+            index=last,
+            lost=", ".join(lost) or "none",
+            up=", ".join(sorted(up)) or "none",
+            kept=len(plan.kept),
+            handed=len(plan.handed),
+            gone=len(plan.lost),
+        )
+        for topic, p in plan.lost[:50]:
+            log.critical(
+                "FORCED A NEW CLUSTER: partition {topic}/{partition} had no surviving replica; "
+                "its records are lost and it starts empty on this node",
+                topic=topic,
+                partition=p,
+            )
+        await self._reconcile()
+        self._start_driver(self.storage)
+        # Tell the other survivors at once (gossip spreads it too, in time):
+        # they rejoin this cluster once they see their own majority is gone.
+        for name in sorted(up):
+            self.rpc.call(
+                name, "raft_status", {"peer": self.peer, "cluster": self.forced}, timeout=2.0
+            ).addErrback(lambda f: None)
+
+    def _maybe_rejoin(self, now: float) -> None:
+        """No leader for a while: if gossip shows a member of another cluster
+        (one forced anew after this node's majority was lost), check that a
+        majority of this node's voters is really gone, then rejoin it."""
+        if self._rejoining or now < self._next_rejoin_check or self.driver is None:
+            return
+        others = [v for v in self._members() if v["state"] in _UP and self.is_foreign(v)]
+        if not others:
+            return
+        self._next_rejoin_check = now + max(self.rejoin_after, 1.0)
+        self._rejoining = True
+
+        async def run() -> None:
+            try:
+                await self._rejoin_if_lost(str(others[0]["id"]), str(others[0].get("cluster", "")))
+            finally:
+                self._rejoining = False
+
+        defer.ensureDeferred(run()).addErrback(lambda f: log.failure("raft: rejoining failed", f))
+
+    async def _rejoin_if_lost(self, seen: str, theirs: str) -> None:
+        drv = self.driver
+        if drv is None:
+            return
+        voter_names = sorted(self.name_of(v) for v in drv.node.voters)
+        mine = cluster_hex(self.cluster_id)
+
+        def same(answers: dict[str, dict[str, Any]]) -> set[str]:
+            return {n for n, a in answers.items() if a.get("cluster") == mine and n in voter_names}
+
+        others = [n for n in voter_names if n != self.node_id]
+        answers = await self._ask_status(
+            others,
+            min(self.status_wait, 3.0),
+            lambda a: recovery.majority_reachable(voter_names, self.node_id, same(a)),
+        )
+        if self.driver is not drv or drv.leader:
+            return  # a leader turned up meanwhile
+        if recovery.majority_reachable(voter_names, self.node_id, same(answers)):
+            return
+        log.critical(
+            "raft: this node's cluster {ours} has lost its majority ({voters}; reachable: {up}) and "
+            "{seen} belongs to cluster {theirs}: dropping this node's Raft state (partition data is "
+            "kept) and rejoining as a new member",
+            ours=mine or "(none)",
+            voters=", ".join(voter_names),
+            up=", ".join(sorted(same(answers) | {self.node_id})),
+            seen=seen,
+            theirs=theirs,
+        )
+        drv.stop()
+        self.driver = None
+        storage = self.storage
+        assert storage is not None
+        self.storage = await storage.replace(None, HardState(), None)
+        self._set_cluster_id(None)
+        self._leaderless_since = None
+        self._start_driver(self.storage)
+        if self.rpc is not None:
+            # Tell the forced cluster's node at once (gossip spreads it too, in time).
+            self.rpc.call(seen, "raft_status", {"peer": self.peer, "cluster": ""}, timeout=2.0).addErrback(
+                lambda f: None
+            )

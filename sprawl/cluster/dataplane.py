@@ -118,6 +118,7 @@ class DataPlane:
         #: When a partition last had a replica moved for load.
         self._replica_moved: dict[tuple[str, int], float] = {}
         self._dead_since: dict[str, float] = {}
+        self._foreign: set[str] = set()
         self._loop: task.LoopingCall | None = None
         #: Load-based leadership balancing (decides only while this node is the controller).
         self.balancer = Balancer(BalanceConfig())
@@ -311,6 +312,10 @@ class DataPlane:
                 self._dead_since.setdefault(n, now)
             else:
                 self._dead_since.pop(n, None)
+        # A member of another Raft cluster (a survivor of a lost majority that
+        # has not rejoined yet) keeps its replicas, like a node that just died,
+        # but gets no new ones.
+        self._foreign = {n for n, st in states.items() if st == "foreign"}
         live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
         for key in [k for k in self.service.controllers if self.placement(*k) is None]:
             del self.service.controllers[key]  # the topic (or partition) is gone
@@ -323,6 +328,13 @@ class DataPlane:
             for p, pl in enumerate(parts):
                 key = (name, p)
                 reps = [str(x) for x in pl["replicas"]]
+                if self._foreign.intersection(reps):
+                    # A replica still in another Raft cluster (a survivor that
+                    # has not rejoined after a forced recovery) hears neither
+                    # our assignments nor our fencing: leave the partition
+                    # alone until it has rejoined.
+                    self.service.controllers.pop(key, None)
+                    continue
                 c = self.service.controllers.get(key)
                 if len(reps) > 1:
                     if c is None:
@@ -434,7 +446,7 @@ class DataPlane:
         if not keep:
             return None
         registered = set(self.control.metadata.nodes) | {self.node_id}
-        recently_dead = {n for n, since in self._dead_since.items() if now - since < grace}
+        recently_dead = {n for n, since in self._dead_since.items() if now - since < grace} | self._foreign
         eligible = sorted(n for n in registered if n in live or n in recently_dead)
         target = max(min(rf, len(eligible)), 1)
         if goal and all(n in eligible for n in goal):
@@ -580,9 +592,15 @@ class DataPlane:
         )
 
     def _member_states(self) -> dict[str, str]:
+        """Gossip state by node id; ``foreign`` for a member of another Raft
+        cluster (it gets no replicas until it has joined this one)."""
         if self.membership is None:
             return {}
-        return {str(v["id"]): str(v["state"]) for v in self.membership.member_views()}
+        foreign = getattr(self.control, "is_foreign", None)
+        return {
+            str(v["id"]): "foreign" if foreign is not None and foreign(v) else str(v["state"])
+            for v in self.membership.member_views()
+        }
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -926,31 +944,54 @@ class DataPlane:
             out["in_sync"] = sorted(
                 [self.node_id, *(f for f, st in core.followers.items() if st.match >= core.hw)]
             )
+            full, want = self._full_strength(topic, core, self._member_states())
+            out["full_strength"] = full
+            out["replicas_wanted"] = want
         return out
+
+    def _wanted(self, topic: str, states: dict[str, str]) -> int:
+        """Replicas a partition of ``topic`` should have: its replication
+        factor, capped by the cluster's size -- every registered node,
+        dead ones included (a node down does not make the topic need fewer
+        copies), but not members of another cluster."""
+        meta = self.control.metadata
+        rf = int(meta.topics.get(topic, {}).get("config", {}).get("replication_factor", 1))
+        nodes = {n for n in meta.nodes if states.get(n) != "foreign"} | {self.node_id}
+        return max(1, min(rf, len(nodes)))
+
+    def _full_strength(self, topic: str, core: Any, states: dict[str, str]) -> tuple[bool, int]:
+        """Whether a partition this node leads is at full strength -- as many
+        replicas as :meth:`_wanted`, each up (by gossip) and holding every
+        committed record -- and how many it wants."""
+        want = self._wanted(topic, states)
+        known = self.membership is not None
+        good = 1 + sum(
+            1
+            for f, st in core.followers.items()
+            if st.match >= core.hw and (not known or states.get(f) in ("alive", "suspect"))
+        )
+        return good >= want, want
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``GET /v1/cluster``: partitions this node leads, and how
-        many of them are under-replicated (a replica behind, or fewer replicas
-        than the topic's replication factor allows)."""
+        many of them are under-replicated -- not at full strength: fewer
+        replicas up and holding every committed record than the topic's
+        replication factor (capped by the number of registered nodes)."""
         leading = under = 0
         meta = self.control.metadata
-        live = {n for n, st in self._member_states().items() if st in ("alive", "suspect")} | {self.node_id}
+        states = self._member_states()
         for (name, _p), r in self.service.replicas.items():
             core = r.core
             if not core.is_leader:
                 continue
             leading += 1
-            rf = int(meta.topics.get(name, {}).get("config", {}).get("replication_factor", 1))
-            want = min(rf, len([n for n in meta.nodes if n in live]) or 1)
-            behind = any(st.match < core.hw for st in core.followers.values())
-            if behind or len(core.replicas) < want:
+            if not self._full_strength(name, core, states)[0]:
                 under += 1
         for name, parts in meta.placement.items():
             for pl in parts:
                 if list(pl["replicas"]) == [self.node_id]:
                     leading += 1
-                    rf = int(meta.topics.get(name, {}).get("config", {}).get("replication_factor", 1))
-                    if min(rf, len([n for n in meta.nodes if n in live])) > 1:
+                    if self._wanted(name, states) > 1:
                         under += 1
         return {
             "balance": self.balancer.last.as_dict()

@@ -16,6 +16,15 @@ the cluster walks towards its target one step per committed change:
 
 The target is 1 voter below 3 live members, 3 below 5, else 5: even-sized
 voter sets add load without adding fault tolerance.
+
+A newcomer is added only once it is *addable* (its name and addresses are
+registered in the metadata); registering is a normal entry, so every
+newcomer is registered at once while the configuration changes go one at a
+time.
+
+:func:`strength` says how many voter failures the configuration survives
+now (:class:`Strength`): what ``GET /v1/cluster`` reports and what
+``/readyz?fault_tolerant=1`` waits for.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ class View:
     caught_up: frozenset[int] = frozenset()
     grace: float = 30.0
     max_voters: int = 5
+    #: Newcomers that may be added now (registered); None: every live one.
+    addable: frozenset[int] | None = None
 
 
 def next_change(v: View) -> ConfChange | None:
@@ -60,7 +71,8 @@ def next_change(v: View) -> ConfChange | None:
     ready = sorted(n for n in v.learners if n in v.caught_up and n in v.live)
     # 1. newcomers
     for n in sorted(v.live - members):
-        return ConfChange(ConfChangeType.ADD_LEARNER, n)
+        if v.addable is None or n in v.addable:
+            return ConfChange(ConfChangeType.ADD_LEARNER, n)
     live_voters = len(v.voters - set(dead_voters))
     # 2. promotions
     if ready and (len(v.voters) < target or (dead_voters and live_voters < target)):
@@ -75,3 +87,61 @@ def next_change(v: View) -> ConfChange | None:
         if v.dead_for.get(n, 0.0) > v.grace:
             return ConfChange(ConfChangeType.REMOVE, n)
     return None
+
+
+def quorum(voters: int) -> int:
+    """Votes a configuration of ``voters`` needs: a majority."""
+    return voters // 2 + 1
+
+
+@dataclass(frozen=True)
+class Strength:
+    """How fault-tolerant the Raft configuration is now (see :func:`strength`)."""
+
+    voters: int
+    live_voters: int
+    learners: int
+    target: int
+
+    @property
+    def fault_tolerance(self) -> int:
+        """Voters that may fail (on top of those already down) while a majority
+        remains -- 0 while the configuration is below its target, since a
+        configuration still growing is not what the cluster promises."""
+        if self.voters < self.target:
+            return 0
+        return max(0, self.live_voters - quorum(self.voters))
+
+    @property
+    def fault_tolerant(self) -> bool:
+        """The voter target is reached and every failure the target is sized
+        for can be survived now (1 voter: 0 failures; 3: 1; 5: 2).  A lone node
+        is as fault-tolerant as one node can be; ``/readyz?fault_tolerant=1``
+        answers 200 exactly when this holds."""
+        return self.voters >= self.target and self.fault_tolerance >= (self.target - 1) // 2
+
+    def as_dict(self) -> dict[str, int | bool]:
+        """The fields ``GET /v1/cluster`` shows in ``raft``."""
+        return {
+            "target_voters": self.target,
+            "live_voters": self.live_voters,
+            "fault_tolerance": self.fault_tolerance,
+            "fault_tolerant": self.fault_tolerant,
+        }
+
+
+def strength(
+    voters: frozenset[int] | set[int],
+    learners: frozenset[int] | set[int],
+    live: frozenset[int] | set[int],
+    max_voters: int = 5,
+) -> Strength:
+    """The configuration's strength: ``live`` are the Raft ids gossip holds
+    alive or suspect (this node included); the target is
+    :func:`target_voters` of how many that is."""
+    return Strength(
+        voters=len(voters),
+        live_voters=len(set(voters) & set(live)),
+        learners=len(learners),
+        target=target_voters(len(live), max_voters),
+    )

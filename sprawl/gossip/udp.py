@@ -489,6 +489,8 @@ class GossipNode(DatagramProtocol):
             }
             if "version" in meta:
                 view["version"] = meta["version"]
+            if meta.get("cluster"):
+                view["cluster"] = meta["cluster"]  # the member's Raft cluster id
             load = meta.get("load")
             if isinstance(load, dict):
                 load = dict(load)

@@ -1015,7 +1015,18 @@ class SprawlAPI:
                 "term": 1,
                 "mode": "single-node",
                 "members": self._members(),
-                "raft": {"role": "leader", "term": 1, "commit_index": 0, "applied": 0, "voters": [nid]},
+                "raft": {
+                    "role": "leader",
+                    "term": 1,
+                    "commit_index": 0,
+                    "applied": 0,
+                    "voters": [nid],
+                    "learners": [],
+                    "target_voters": 1,
+                    "live_voters": 1,
+                    "fault_tolerance": 0,
+                    "fault_tolerant": True,
+                },
             }
         view = raft.raft_view()
         out = {
@@ -1059,7 +1070,7 @@ class SprawlAPI:
     def healthz(self, request: Any) -> Any:
         return {"status": "ok", "node_id": self.info.node_id}
 
-    def _readiness(self) -> tuple[bool, str]:
+    def _readiness(self, fault_tolerant: bool = False) -> tuple[bool, str]:
         if self.broker.stopping:
             return False, "node is stopping"
         if self.broker.store.failed is not None:
@@ -1071,17 +1082,28 @@ class SprawlAPI:
         if not self.info.ready:
             return False, self.info.not_ready_reason
         m = self.info.membership
-        if m is not None and not m.joined:
-            return False, "joining the cluster: no seed has answered yet"
         raft = self.info.raft
+        if m is not None and not m.joined and not getattr(raft, "forced", ""):
+            # (a node that forced a new cluster founded it: its seeds may be gone)
+            return False, "joining the cluster: no seed has answered yet"
         if raft is not None and not raft.leader_name:
             return False, "no Raft leader known (election in progress, or no quorum of voters reachable)"
+        if fault_tolerant and raft is not None:
+            st = raft.strength()
+            if not st.fault_tolerant:
+                return False, (
+                    f"not fault-tolerant yet: {st.voters} Raft voters ({st.live_voters} up) of a target of "
+                    f"{st.target}; fault tolerance {st.fault_tolerance}"
+                )
         return True, "ready"
 
     @app.route("/readyz", methods=["GET"])
     @_route("readyz")
     def readyz(self, request: Any) -> Any:
-        ok, why = self._readiness()
+        flag = self._arg(request, "fault_tolerant")
+        if flag not in (None, "", "0", "1", "true", "false"):
+            raise BadRequest("query parameter fault_tolerant must be 1 or 0", code="invalid_parameter")
+        ok, why = self._readiness(fault_tolerant=flag in ("1", "true"))
         if not ok:
             request.setResponseCode(503)
             return {"ready": False, "reason": why, "error": {"code": "not_ready", "message": why}}

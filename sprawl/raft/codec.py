@@ -14,8 +14,9 @@ bytes (a property the tests fuzz).
 
 Key layout: the ``raft_log`` database is keyed by the entry index as 8 bytes
 big-endian (so LMDB's byte order is index order); ``raft_meta`` holds
-:data:`HARD_STATE_KEY` and :data:`SNAPSHOT_KEY` (the snapshot carries the
-configuration as of its index).  The lowest key of ``raft_log`` is the "dummy"
+:data:`HARD_STATE_KEY`, :data:`SNAPSHOT_KEY` (the snapshot carries the
+configuration as of its index) and :data:`CLUSTER_ID_KEY` (which cluster this
+Raft state belongs to: 8 bytes big-endian, non-zero).  The lowest key of ``raft_log`` is the "dummy"
 entry at the compaction point (index and term only), as ``MemoryStorage``'s
 ``_ents[0]``.
 """
@@ -34,6 +35,7 @@ from sprawl.raft.messages import Entry, HardState, Snapshot
 KIND_ENTRY = 0x45  # "E"
 KIND_HARD_STATE = 0x48  # "H"
 KIND_SNAPSHOT = 0x53  # "S"
+KIND_CLUSTER_ID = 0x43  # "C"
 
 #: The only record format version so far.
 VERSION = 1
@@ -48,6 +50,7 @@ OVERHEAD = _HEADER.size + _CRC.size
 #: ``raft_meta`` keys.
 HARD_STATE_KEY = b"hard_state"
 SNAPSHOT_KEY = b"snapshot"
+CLUSTER_ID_KEY = b"cluster_id"
 
 #: A key above every ``raft_log`` key (the open end of a range delete).
 LOG_KEY_END = b"\xff" * (_INDEX.size + 1)
@@ -172,3 +175,21 @@ def decode_snapshot(data: bytes) -> Snapshot:
     snap = _decode(KIND_SNAPSHOT, Snapshot, data)
     _check_non_negative("snapshot", snap.meta.index, snap.meta.term)
     return snap
+
+
+def encode_cluster_id(cluster_id: int) -> bytes:
+    """A cluster id (1 .. 2**64-1) as a checksummed record."""
+    if not 0 < cluster_id < 1 << 64:
+        raise ValueError(f"cluster id {cluster_id} out of range")
+    return _frame(KIND_CLUSTER_ID, _INDEX.pack(cluster_id))
+
+
+def decode_cluster_id(data: bytes) -> int:
+    """Inverse of :func:`encode_cluster_id` (:class:`CodecError` otherwise)."""
+    payload = _unframe(KIND_CLUSTER_ID, data)
+    if len(payload) != _INDEX.size:
+        raise CodecError(f"cluster id of {len(payload)} bytes")
+    value = int(_INDEX.unpack(payload)[0])
+    if value == 0:
+        raise CodecError("cluster id 0")
+    return value

@@ -99,6 +99,10 @@ class RaftDriver:
         self.on_applied: list[Callable[[int], None]] = []
         #: Called when the role or leader changes.
         self.on_soft_state: list[Callable[[], None]] = []
+        #: Called after each Ready is fully handled (advanced), with whether it
+        #: applied committed entries: the controller acts on a committed
+        #: change at once instead of at its next tick.
+        self.on_advanced: list[Callable[[bool], None]] = []
         self._busy = False
         self._loop: task.LoopingCall | None = None
         self._reads: dict[bytes, defer.Deferred[int]] = {}
@@ -243,6 +247,8 @@ class RaftDriver:
                     if d is not None:
                         self._answer_read(d, rs.index)
                 self.node.advance(rd)
+                for fn in self.on_advanced:
+                    fn(bool(rd.committed_entries))
                 self.stats.readies += 1
                 self.stats.ready_seconds_total += time.perf_counter() - started
                 self._maybe_snapshot()

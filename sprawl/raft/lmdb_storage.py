@@ -79,6 +79,8 @@ def _corrupt(what: str, index: int | None, reason: str) -> RaftStorageCorrupt:
 class LmdbRaftStorage:
     """:class:`~sprawl.raft.storage.Storage` on LMDB, plus the driver's writes."""
 
+    _cluster_id: int | None = None
+
     def __init__(self, store: LmdbStore) -> None:
         """Recover (and verify) the state in an open ``store``; raises
         :class:`RaftStorageCorrupt` if any of it fails verification."""
@@ -90,10 +92,13 @@ class LmdbRaftStorage:
         self.failed: Exception | None = None
 
     @classmethod
-    def open(cls, store: LmdbStore, conf_state: ConfState | None = None) -> Deferred[LmdbRaftStorage]:
+    def open(
+        cls, store: LmdbStore, conf_state: ConfState | None = None, cluster_id: int | None = None
+    ) -> Deferred[LmdbRaftStorage]:
         """Recover from ``store``; if it holds no Raft state and ``conf_state``
         is given, bootstrap a founding member (as ``MemoryStorage(conf_state)``)
-        durably first.  Fails with :class:`RaftStorageCorrupt` on bad state."""
+        of cluster ``cluster_id`` durably first.  Fails with
+        :class:`RaftStorageCorrupt` on bad state."""
         try:
             s = cls(store)
         except RaftStorageCorrupt:
@@ -101,10 +106,66 @@ class LmdbRaftStorage:
         d: Deferred[None]
         if conf_state is not None and s.is_empty():
             snap = Snapshot(SnapshotMeta(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, conf_state))
-            d = s.save(HardState(BOOTSTRAP_TERM, 0, BOOTSTRAP_INDEX), (), snap)
+            ops: list[Op] = []
+            applies: list[_Apply] = []
+            if cluster_id is not None:
+                s._plan_cluster_id(cluster_id, ops, applies)
+            s._plan_snapshot(snap, ops, applies)
+            s._plan_hard_state(HardState(BOOTSTRAP_TERM, 0, BOOTSTRAP_INDEX), ops, applies)
+            d = s._submit(ops, applies)
         else:
             d = s.store.write([])  # nothing to write; fire on the reactor like the other path
         return d.addCallback(lambda _: s)
+
+    # -- which cluster ------------------------------------------------------------
+
+    @property
+    def cluster_id(self) -> int | None:
+        """The id of the cluster this state belongs to (None: never set -- a
+        fresh node that has not yet heard from a leader, or state written
+        before cluster ids existed)."""
+        return self._cluster_id
+
+    def set_cluster_id(self, cluster_id: int) -> Deferred[None]:
+        """Persist the cluster id (a joining node adopts its first leader's)."""
+        ops: list[Op] = []
+        applies: list[_Apply] = []
+        self._plan_cluster_id(cluster_id, ops, applies)
+        return self._submit(ops, applies)
+
+    def _plan_cluster_id(self, cluster_id: int, ops: list[Op], applies: list[_Apply]) -> None:
+        ops.append(("p", META_DB, codec.CLUSTER_ID_KEY, codec.encode_cluster_id(cluster_id)))
+
+        def set_id() -> None:
+            self._cluster_id = cluster_id
+
+        applies.append(set_id)
+
+    def replace(
+        self, snapshot: Snapshot | None, hard_state: HardState, cluster_id: int | None
+    ) -> Deferred[LmdbRaftStorage]:
+        """Replace the whole Raft state in one transaction -- the log dropped,
+        then ``snapshot`` (None: none, an empty node), ``hard_state`` and
+        ``cluster_id`` (None: none) -- and fire with a storage recovered from
+        it.  This instance must not be used afterwards.  Only for recovery
+        from a lost majority: it discards what Raft promised before."""
+        if self.failed is not None:
+            return fail(self.failed)
+        ops: list[Op] = [
+            ("r", LOG_DB, codec.log_key(0), codec.LOG_KEY_END),
+            ("d", META_DB, codec.SNAPSHOT_KEY),
+            ("d", META_DB, codec.CLUSTER_ID_KEY),
+        ]
+        if snapshot is not None:
+            index, term = snapshot.meta.index, snapshot.meta.term
+            ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snapshot)))
+            ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
+        ops.append(("p", META_DB, codec.HARD_STATE_KEY, codec.encode_hard_state(hard_state)))
+        if cluster_id is not None:
+            ops.append(("p", META_DB, codec.CLUSTER_ID_KEY, codec.encode_cluster_id(cluster_id)))
+        d = self._submit(ops, [])
+        self.failed = RuntimeError("this Raft storage was replaced")
+        return d.addCallback(lambda _: LmdbRaftStorage(self.store))
 
     def is_empty(self) -> bool:
         """Whether no Raft state was ever stored (a fresh node)."""
@@ -120,6 +181,11 @@ class LmdbRaftStorage:
         with env.begin(buffers=False) as txn:
             raw_hs = txn.get(codec.HARD_STATE_KEY, db=dbs[META_DB])
             raw_snap = txn.get(codec.SNAPSHOT_KEY, db=dbs[META_DB])
+            raw_cid = txn.get(codec.CLUSTER_ID_KEY, db=dbs[META_DB])
+            try:
+                self._cluster_id = codec.decode_cluster_id(raw_cid) if raw_cid else None
+            except CodecError as e:
+                raise _corrupt("cluster_id", None, str(e)) from None
             try:
                 hs = codec.decode_hard_state(raw_hs) if raw_hs is not None else HardState()
             except CodecError as e:

@@ -284,7 +284,12 @@ class RaftNode:
             self.voters.discard(nid)
             self.learners.discard(nid)
         if self.role == Role.LEADER:
+            new_member = nid not in self.progress
             self._sync_progress()
+            if new_member and nid in self.progress and nid != self.id:
+                # Probe a new member at once rather than at the next heartbeat:
+                # the sooner it catches up, the sooner it can be promoted.
+                self._send_append(nid)
             if self.id not in self.voters:
                 self._become_follower(self.term, NONE)  # removed: step down
             elif self.lead_transferee != NONE and self.lead_transferee not in self.voters:
