@@ -1232,7 +1232,23 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"commit/applied: {_cell(raft.get('commit_index'))}/{_cell(raft.get('applied'))}")
         click.echo(f"voters: {', '.join(map(str, raft.get('voters') or [])) or '-'}")
         click.echo(f"learners: {', '.join(map(str, raft.get('learners') or [])) or '-'}")
-        for key in ("snapshot_index", "elections", "leader_changes", "proposal_ms_p50"):
+        if "target_voters" in raft:
+            voters = raft.get("voters") or []
+            ft = raft.get("fault_tolerance")
+            state = "fault-tolerant" if raft.get("fault_tolerant") else "NOT at full strength"
+            click.echo(
+                f"fault tolerance: {_cell(ft)} voter failure{'' if ft == 1 else 's'} "
+                f"({len(voters)} voters, {_cell(raft.get('live_voters'))} up, target {_cell(raft.get('target_voters'))}; "
+                f"{state})"
+            )
+        for key in (
+            "snapshot_index",
+            "elections",
+            "leader_changes",
+            "proposal_ms_p50",
+            "cluster_id",
+            "forced_new_cluster",
+        ):
             if key in raft:
                 click.echo(f"{key.replace('_', ' ')}: {_cell(raft[key])}")
     parts = info.get("partitions")

@@ -5,9 +5,12 @@ node K on the ports K-1 above (or ports chosen by the OS with
 ``--ports-auto``); every other node is seeded from node 1.  Data dirs are
 ``DATA_DIR/nodeK`` and each node's output goes to ``DATA_DIR/nodeK.log``.
 The script waits until every node sees all N members alive in
-``/v1/cluster``, prints each node's URL, the dashboard URL and a
-``cluster ready`` line, then waits for SIGINT or SIGTERM and stops every
-node with SIGTERM (SIGKILL after ``--stop-timeout``).  Exit status 0 when
+``/v1/cluster`` *and* answers ``/readyz?fault_tolerant=1`` (the Raft voter
+target -- 1, 3 or 5 voters -- is reached with every voter up, so the cluster
+survives what its size allows: with 3 nodes, any one of them dying), prints
+each node's URL, the dashboard URL and a ``cluster ready`` line with the
+voters and the fault tolerance, then waits for SIGINT or SIGTERM and stops
+every node with SIGTERM (SIGKILL after ``--stop-timeout``).  Exit status 0 when
 every node stopped cleanly.
 
 A plain script (stdlib only, no reactor): it supervises processes.
@@ -98,6 +101,17 @@ def _get_json(url: str) -> Any:
         return None
 
 
+def _status(url: str) -> int:
+    """The HTTP status of a GET (0 when the node does not answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
 class LocalCluster:
     """Starts, watches and stops the nodes."""
 
@@ -177,17 +191,26 @@ class LocalCluster:
             return 0
         return sum(1 for m in view.get("members", []) if m.get("state") == "alive")
 
+    def fault_tolerant(self, node: Node) -> bool:
+        """Whether *node* says the Raft voter target is reached with every voter up."""
+        return _status(node.url + "/readyz?fault_tolerant=1") == 200
+
     def wait_formed(self) -> None:
-        """Wait (bounded) until every node sees all N members alive."""
+        """Wait (bounded) until every node sees all N members alive and the
+        voter target is reached (``/readyz?fault_tolerant=1`` on every node)."""
         n = self.args.nodes
         deadline = time.monotonic() + self.args.timeout
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             self.check_running()
-            if all(self.alive_members(node) == n for node in self.nodes):
+            if all(self.alive_members(node) == n for node in self.nodes) and all(
+                self.fault_tolerant(node) for node in self.nodes
+            ):
                 return
-            self.stop_requested.wait(0.2)
+            self.stop_requested.wait(0.1)
         if not self.stop_requested.is_set():
-            raise RuntimeError(f"the cluster did not form within {self.args.timeout:g}s")
+            raise RuntimeError(
+                f"the cluster did not form (all members alive, voter target reached) within {self.args.timeout:g}s"
+            )
 
     def check_running(self) -> None:
         """Raise when a node exited on its own."""
@@ -213,7 +236,12 @@ class LocalCluster:
                 f"{node.name}: {node.url}  (peer 127.0.0.1:{node.peer_port}, pid {pid}, data {node.data_dir})"
             )
         self.say(f"dashboard: {first.url}/")
-        self.say(f"cluster ready: {len(self.nodes)} nodes; Ctrl-C stops them all")
+        raft = (_get_json(first.url + "/v1/cluster") or {}).get("raft") or {}
+        ft = raft.get("fault_tolerance", 0)
+        self.say(
+            f"cluster ready: {len(self.nodes)} nodes, {len(raft.get('voters') or [])} Raft voters "
+            f"(survives {ft} node failure{'' if ft == 1 else 's'}); Ctrl-C stops them all"
+        )
 
     def stop(self) -> bool:
         """SIGTERM every node, wait, SIGKILL stragglers; report.  True when all stopped cleanly."""

@@ -154,6 +154,9 @@ def test_dashboard_shows_live_topics_members_and_rates(
     state = _wait_for(browser, "the member list", lambda d: _cell(d, "#members tbody tr .state"))
     assert state == "alive", state
     assert _cell(browser, "#k-members").startswith("1 / 1")
+    # Raft's fault tolerance: a lone node is its one voter, at its target, and survives no failure.
+    _wait_for(browser, "the fault tolerance card", lambda d: _cell(d, "#k-ft") == "0")
+    assert _cell(browser, "#k-ft-sub") == "1 of 1 voters", _cell(browser, "#k-ft-sub")
 
     # Live: more messages show up without a reload (the page's own marker stays).
     browser.execute_script("window.__sprawlNoReload = 1;")

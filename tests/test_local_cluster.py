@@ -36,7 +36,8 @@ def _members(url: str) -> list[dict]:
 
 
 def test_local_cluster_starts_and_stops(tmp_path: Path) -> None:
-    """The script prints "cluster ready" once N nodes see N alive members; SIGINT stops every node, exit 0."""
+    """The script prints "cluster ready" once N nodes see N alive members and the Raft
+    voter target is reached; SIGINT stops every node, exit 0."""
     env = dict(os.environ, SPRAWL_CLUSTER_PYTHON=sys.executable)
     data = tmp_path / "cluster"
     proc = subprocess.Popen(
@@ -75,6 +76,15 @@ def test_local_cluster_starts_and_stops(tmp_path: Path) -> None:
             members = _members(url)
             assert sorted(m["id"] for m in members) == [f"node{k}" for k in range(1, N + 1)]
             assert all(m["state"] == "alive" for m in members), members
+        # "ready" means fault-tolerant: every node already counts 3 Raft voters, all up
+        # (before, the line came once gossip saw everyone -- often with one voter).
+        for url in urls:
+            with urllib.request.urlopen(url + "/v1/cluster", timeout=30) as r:
+                raft = json.loads(r.read())["raft"]
+            assert len(raft["voters"]) == N and raft["fault_tolerance"] == 1, raft
+            with urllib.request.urlopen(url + "/readyz?fault_tolerant=1", timeout=30) as r:
+                assert r.status == 200
+        assert "3 Raft voters (survives 1 node failure)" in seen[-1], seen[-1]
         node_pids = [
             int(ln.split("pid ")[1].split(",")[0]) for ln in seen if ln.startswith("node") and "pid " in ln
         ]

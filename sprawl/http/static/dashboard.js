@@ -299,6 +299,20 @@
     setText("k-leader", cluster.leader || "none");
     $("k-leader").title = String(cluster.leader || "");
     setText("k-term", "term " + fmtInt(cluster.term));
+    const voters = Array.isArray(raft.voters) ? raft.voters : [];
+    const learners = Array.isArray(raft.learners) ? raft.learners : [];
+    const ft = typeof raft.fault_tolerance === "number" ? raft.fault_tolerance : null;
+    setText("k-ft", ft === null ? "–" : String(ft));
+    $("k-ft").title = "voter failures Raft survives now";
+    const target = typeof raft.target_voters === "number" ? raft.target_voters : null;
+    const full = raft.fault_tolerant === true;
+    setText(
+      "k-ft-sub",
+      target === null
+        ? ""
+        : voters.length + " of " + target + " voters" + (full ? "" : " · not at full strength")
+    );
+    $("k-ft-sub").className = "sub" + (target !== null && !full ? " warn" : "");
     const dl = $("raft");
     dl.replaceChildren();
     const rows = [
@@ -307,7 +321,10 @@
       ["this node's role", raft.role || "–"],
       ["commit index", fmtInt(raft.commit_index)],
       ["applied", fmtInt(raft.applied)],
-      ["voters", Array.isArray(raft.voters) ? raft.voters.join(", ") || "–" : "–"],
+      ["voters", voters.join(", ") || "–"],
+      ["learners", learners.join(", ") || "–"],
+      ["voter target", target === null ? "–" : String(target)],
+      ["fault tolerance", ft === null ? "–" : ft + (ft === 1 ? " voter failure" : " voter failures")],
     ];
     for (const [k, v] of rows) {
       dl.appendChild(el("dt", null, k));
