@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sprawl.cluster.voters import View, next_change, target_voters
+from sprawl.cluster.voters import View, next_change, quorum, strength, target_voters
 from sprawl.raft.messages import ConfChange, ConfChangeType
 
 ADD, PROMOTE, REMOVE = ConfChangeType.ADD_LEARNER, ConfChangeType.PROMOTE, ConfChangeType.REMOVE
@@ -222,3 +222,71 @@ def test_walk_terminates_and_keeps_a_live_majority(v: View) -> None:
         pytest.fail(f"policy did not settle within {bound} steps: {v}")
     assert v.leader in v.voters
     assert v.live <= v.voters | v.learners
+
+
+# -- registration before addition ------------------------------------------------------
+
+
+def test_unregistered_newcomer_waits_and_others_go_on() -> None:
+    """A newcomer not yet registered (not addable) is not added; a registered one
+    is, and with none addable a caught-up learner is promoted meanwhile."""
+    v = replace(view({1}, learners={2}, live={1, 2, 3, 4}), addable=frozenset({4}))
+    assert next_change(v) == ConfChange(ADD, 4)
+    v = replace(view({1}, learners={2}, live={1, 2, 3}), addable=frozenset())
+    assert next_change(v) == ConfChange(PROMOTE, 2)
+
+
+# -- strength: how many failures the configuration survives ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("voters", "live_voters", "live_members", "ft", "tolerant"),
+    [
+        (1, 1, 1, 0, True),  # a lone node: its target is 1, it survives nothing and that is all it can
+        (1, 1, 3, 0, False),  # three members up, one voter: below the target of 3
+        (2, 2, 3, 0, False),  # still below the target: 2 voters survive nothing
+        (3, 3, 3, 1, True),
+        (3, 2, 2, 0, False),  # one voter down: the next failure loses the majority
+        (3, 3, 4, 1, True),  # a 4th member is a learner: 3 voters are the target
+        (3, 3, 5, 0, False),  # five members: the target is 5
+        (4, 3, 3, 0, False),  # 4 voters, 3 up: a majority of 4 is 3
+        (4, 4, 4, 1, True),
+        (5, 5, 5, 2, True),
+        (5, 4, 4, 1, False),  # one of five down: survives one more, not the two 5 voters promise
+        (5, 3, 3, 0, False),
+    ],
+)
+def test_strength_table(voters: int, live_voters: int, live_members: int, ft: int, tolerant: bool) -> None:
+    """Fault tolerance = voters up minus a majority of the voters (0 below the target);
+    fault-tolerant = at the target with every failure the target is sized for survivable."""
+    vs = frozenset(range(1, voters + 1))
+    up = frozenset(range(1, live_voters + 1)) | frozenset(range(100, 100 + live_members - live_voters))
+    s = strength(vs, frozenset(), up)
+    assert s.target == target_voters(live_members)
+    assert (s.fault_tolerance, s.fault_tolerant) == (ft, tolerant), s
+    assert s.as_dict()["fault_tolerance"] == ft
+
+
+@given(
+    st.integers(1, 7),
+    st.integers(0, 7),
+    st.integers(0, 4),
+)
+def test_fault_tolerance_is_exactly_what_survives(voters: int, down: int, extra: int) -> None:
+    """At the target, any ``fault_tolerance`` more voters may fail and a majority is
+    still up -- and one more failure than that loses it (the figure is exact);
+    with the majority already gone, or below the target, it is 0."""
+    down = min(down, voters)
+    vs = set(range(1, voters + 1))
+    up = set(range(down + 1, voters + 1)) | set(range(100, 100 + extra)) | {voters}  # this node is up
+    s = strength(vs, set(), up)
+    live = len(vs & up)
+    if s.voters < s.target:
+        assert s.fault_tolerance == 0
+        return
+    f = s.fault_tolerance
+    if live < quorum(voters):
+        assert f == 0  # the majority is already gone
+        return
+    assert live - f >= quorum(voters)
+    assert live - (f + 1) < quorum(voters)

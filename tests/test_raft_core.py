@@ -890,6 +890,23 @@ def test_add_learner_then_promote_once_caught_up() -> None:
     assert ld.log.committed < ld.log.last_index()  # 2 of 4 is not a majority
 
 
+def test_new_member_is_probed_as_soon_as_it_is_added() -> None:
+    """Membership: the leader contacts a member the moment its addition is
+    applied -- no heartbeat tick needed -- so a learner can be caught up (and
+    promoted) within a few round trips of being added."""
+    net = cluster(3)
+    net.elect(1)
+    ld = net.nodes[1]
+    net.propose(1, b"before")
+    fresh = make(4, storage=MemoryStorage())
+    net.nodes[4], net.applied[4], net.reads[4] = fresh, [], []
+    ld.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    seen = net.deliver()  # no tick at all
+    assert ld.learners == {4}
+    assert any(m.to == 4 for m in seen), "the new member was not contacted"
+    assert ld.caught_up(4) and fresh.log.last_index() == ld.log.last_index()
+
+
 def test_only_one_configuration_change_at_a_time() -> None:
     """Membership: a second config change is refused while one is unapplied."""
     net = cluster(3)

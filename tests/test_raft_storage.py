@@ -563,3 +563,98 @@ async def test_failed_write_changes_nothing_and_poisons(
     with pytest.raises(OSError):
         await s.set_hard_state(HardState(2, 0, 1))
     assert s.hard_state == HardState(1, 0, 1)
+
+
+# -- which cluster the state belongs to; replacing it (recovery) ---------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_id_bootstrapped_adopted_and_kept_across_restarts(stores: Stores) -> None:
+    """A founding node writes its cluster id with the bootstrap; a joining node has
+    none until it adopts one; either way a restart reads it back."""
+    store = stores.open()
+    s = await LmdbRaftStorage.open(store, CS, cluster_id=0xC1)
+    assert s.cluster_id == 0xC1
+    await store.close()
+    store = stores.open()
+    assert LmdbRaftStorage(store).cluster_id == 0xC1
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_joining_node_adopts_a_cluster_id(tmp_path: Path) -> None:
+    """Empty storage has no cluster id; ``set_cluster_id`` makes it durable."""
+    st_ = Stores(tmp_path)
+    try:
+        store = st_.open()
+        s = await LmdbRaftStorage.open(store, None, cluster_id=0xC1)  # not bootstrapping: ignored
+        assert s.cluster_id is None and s.is_empty()
+        await s.set_cluster_id(0xBEEF)
+        assert s.cluster_id == 0xBEEF
+        await store.close()
+        store = st_.open()
+        assert LmdbRaftStorage(store).cluster_id == 0xBEEF
+    finally:
+        await st_.close_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_corrupt_cluster_id_is_refused(stores: Stores) -> None:
+    """A damaged cluster id record refuses to open, like the other records."""
+    store = stores.open()
+    await LmdbRaftStorage.open(store, CS, cluster_id=7)
+    await store.close()
+    tamper(stores.path, b"raft_meta", lambda txn, dbi: txn.put(codec.CLUSTER_ID_KEY, b"\x43\x01junk"))
+    await expect_corrupt(stores, "cluster_id", None, "torn")
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_folds_the_log_into_one_snapshot(stores: Stores) -> None:
+    """``replace`` (``--force-new-cluster``): the whole log goes, the new snapshot,
+    hard state and cluster id are what a restart finds -- one transaction."""
+    path = await seeded(stores)
+    store = stores.open()
+    s = LmdbRaftStorage(store)
+    snap = Snapshot(SnapshotMeta(9, 1, ConfState((5,))), b"state")
+    fresh = await s.replace(snap, HardState(2, 0, 9), 0xF00D)
+    assert fresh.snapshot() == snap and fresh.first_index() == 10 and fresh.last_index() == 9
+    assert fresh.initial_state() == (HardState(2, 0, 9), ConfState((5,)))
+    assert fresh.cluster_id == 0xF00D
+    with pytest.raises(RuntimeError):
+        await s.save(HardState(3, 0, 9), [], None)  # the replaced instance is dead
+    await store.close()
+    store = stores.open()
+    again = LmdbRaftStorage(store)
+    assert state(again) == state(fresh) and again.cluster_id == 0xF00D
+    await store.close()
+    assert path
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_with_nothing_empties_the_node(stores: Stores) -> None:
+    """``replace(None, HardState(), None)`` (a survivor rejoining a forced cluster):
+    no log, no snapshot, no cluster id -- a fresh node as far as Raft knows."""
+    await seeded(stores)
+    store = stores.open()
+    fresh = await LmdbRaftStorage(store).replace(None, HardState(), None)
+    assert fresh.is_empty() and fresh.cluster_id is None
+    await store.close()
+    store = stores.open()
+    assert LmdbRaftStorage(store).is_empty()
+    await store.close()
+
+
+def test_codec_cluster_id() -> None:
+    """Cluster ids round-trip; 0, out-of-range and damaged records are refused."""
+    assert codec.decode_cluster_id(codec.encode_cluster_id(1)) == 1
+    assert codec.decode_cluster_id(codec.encode_cluster_id((1 << 64) - 1)) == (1 << 64) - 1
+    for bad in (0, 1 << 64, -1):
+        with pytest.raises(ValueError):
+            codec.encode_cluster_id(bad)
+    rec = bytearray(codec.encode_cluster_id(99))
+    rec[7] ^= 1
+    with pytest.raises(CodecError):
+        codec.decode_cluster_id(bytes(rec))
+    zero = codec._frame(codec.KIND_CLUSTER_ID, b"\0" * 8)
+    with pytest.raises(CodecError, match="cluster id 0"):
+        codec.decode_cluster_id(zero)

@@ -181,12 +181,14 @@ class ClusterControl:
 
     # -- life ------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, storage: Any = None) -> None:
         """Recover Raft state (bootstrapping a one-voter cluster on a fresh
         founding node), restore the metadata, start ticking and listening.
-        With ``force_new_cluster`` set, Raft itself waits for :meth:`force_new_cluster`."""
-        conf = ConfState(voters=(self.raft_id,)) if self.bootstrap else None
-        storage = await LmdbRaftStorage.open(self.store, conf, cluster_id=self._new_cluster_id())
+        With ``force_new_cluster`` set, Raft itself waits for :meth:`force_new_cluster`.
+        ``storage`` replaces the LMDB Raft storage (tests: one in memory)."""
+        if storage is None:
+            conf = ConfState(voters=(self.raft_id,)) if self.bootstrap else None
+            storage = await LmdbRaftStorage.open(self.store, conf, cluster_id=self._new_cluster_id())
         self.storage = storage
         snap = storage.snapshot()
         self.metadata = Metadata.restore(snap.data)

@@ -114,11 +114,13 @@ class Strength:
 
     @property
     def fault_tolerant(self) -> bool:
-        """The voter target is reached and every failure the target is sized
-        for can be survived now (1 voter: 0 failures; 3: 1; 5: 2).  A lone node
-        is as fault-tolerant as one node can be; ``/readyz?fault_tolerant=1``
-        answers 200 exactly when this holds."""
-        return self.voters >= self.target and self.fault_tolerance >= (self.target - 1) // 2
+        """The voter target is reached and every voter is up, so the cluster
+        survives every failure its size is meant to (3 voters: one; 5: two).
+        A lone node is as fault-tolerant as one node can be.  Not while a voter
+        is down, even when the members left up make a smaller target: a
+        3-voter configuration with one voter gone survives nothing more.
+        ``/readyz?fault_tolerant=1`` answers 200 exactly when this holds."""
+        return self.voters >= self.target and self.live_voters == self.voters
 
     def as_dict(self) -> dict[str, int | bool]:
         """The fields ``GET /v1/cluster`` shows in ``raft``."""
