@@ -1004,3 +1004,33 @@ def first_success(
             done.wait(interval)
         done.wait(max(0.0, bound - (time.monotonic() - t0)))
     return first[0] if first and first[0] <= bound else None
+
+
+def time_to_voters(log_paths: list[Path], voters: int) -> float | None:
+    """Seconds from the last member's gossip join to a ``voters``-voter Raft
+    configuration, from the nodes' own JSON logs (``--log-format json``): the
+    first time any node logged the member that joined last, to the first time
+    any node logged a configuration of ``voters`` voters applied.  None when
+    either is missing."""
+    first_seen: dict[str, float] = {}
+    reached: list[float] = []
+    for path in log_paths:
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(ev, dict) or "log_time" not in ev:
+                continue
+            t = float(ev["log_time"])
+            if ev.get("log_namespace") == "sprawl.gossip.udp" and ev.get("change") == "joined":
+                m = str(ev.get("node_id"))
+                first_seen[m] = min(first_seen.get(m, t), t)
+            elif (
+                str(ev.get("log_format", "")).startswith("raft: configuration applied")
+                and ev.get("voters") == voters
+            ):
+                reached.append(t)
+    if not first_seen or not reached:
+        return None
+    return min(reached) - max(first_seen.values())

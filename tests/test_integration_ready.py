@@ -21,7 +21,6 @@ a way back from a lost majority -- real ``twistd sprawl`` processes on 127.0.0.1
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -37,6 +36,7 @@ from sprawl.testing import (
     _pythonpath,
     http_json,
     poll_until,
+    time_to_voters,
     twistd_command,
 )
 
@@ -132,18 +132,6 @@ def test_founder_killed_at_fault_tolerant_readiness_always_fails_over(tmp_path: 
 # -- the voter target within a second --------------------------------------------------------
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict) and "log_time" in ev:
-            out.append(ev)
-    return out
-
-
 def test_five_nodes_reach_five_voters_within_a_second_of_forming(tmp_path: Path) -> None:
     """From the nodes' own logs: the first time any node logs the last member's
     gossip join, to the first time any node logs a 5-voter configuration, is
@@ -154,25 +142,10 @@ def test_five_nodes_reach_five_voters_within_a_second_of_forming(tmp_path: Path)
         c.start()
         views = c.raft_views()
         assert all(len(v.get("voters", [])) == 5 for v in views.values()), views
-        logs = {n: _events(c.nodes[n].log_path) for n in c.names}
     finally:
         c.close()
-    first_seen: dict[str, float] = {}
-    five: list[float] = []
-    for evs in logs.values():
-        for ev in evs:
-            if ev.get("log_namespace") == "sprawl.gossip.udp" and ev.get("change") == "joined":
-                m = str(ev["node_id"])
-                first_seen[m] = min(first_seen.get(m, float("inf")), float(ev["log_time"]))
-            if (
-                str(ev.get("log_format", "")).startswith("raft: configuration applied")
-                and ev.get("voters") == 5
-            ):
-                five.append(float(ev["log_time"]))
-    assert set(first_seen) >= set(c.names[1:]), first_seen
-    assert five, "no node logged a 5-voter configuration"
-    last_join = max(first_seen.values())
-    took = min(five) - last_join
+    took = time_to_voters([c.nodes[n].log_path for n in c.names], 5)
+    assert took is not None, "no join or no 5-voter configuration in the logs"
     print(f"5 voters {took:.3f} s after the last member's gossip join")
     assert took < TARGET_BOUND, f"5 voters only {took:.3f} s after the last member joined"
 
