@@ -406,7 +406,7 @@ class _RaftCollector:
                 "Voters the configuration should have for the members up now (1, 3 or 5)",
             ),
             (
-                "sprawl_raft_fault_tolerance",
+                "sprawl_raft_fault_tolerance_voters",
                 strength.fault_tolerance,
                 "Voters that may fail while Raft keeps a majority (0 while below the target)",
             ),
@@ -419,13 +419,12 @@ class _RaftCollector:
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             yield g
-        if ctl.time_to_target is not None:
-            g = GaugeMetricFamily(
-                "sprawl_raft_time_to_target_seconds",
-                "Seconds from the last member joining (gossip) to the voter target, last measured as leader",
-            )
-            g.add_metric([], ctl.time_to_target)
-            yield g
+        g = GaugeMetricFamily(
+            "sprawl_raft_time_to_target_seconds",
+            "Seconds from the last member joining (gossip) to the voter target, last measured as leader (NaN: never)",
+        )
+        g.add_metric([], ctl.time_to_target if ctl.time_to_target is not None else float("nan"))
+        yield g
         role = GaugeMetricFamily("sprawl_raft_role", "1 for this node's Raft role", labels=["role"])
         for r in ("follower", "pre-candidate", "candidate", "leader"):
             role.add_metric([r], 1 if node.role.value == r else 0)

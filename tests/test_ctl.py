@@ -430,6 +430,8 @@ def test_cluster_status_members_placement(sprawl_node: Any) -> None:
     assert info["raft"]["role"] == "leader" and info["raft"]["voters"] == [node_id]
     assert "raft role: leader" in status and f"voters: {node_id}" in status
     assert f"leader: {node_id}" in status
+    # how many failures it survives: none, and that is all a lone node can (its target is 1)
+    assert "fault tolerance: 0 voter failures (1 voters, 1 up, target 1; fault-tolerant)" in status, status
     members = ok(ctl(url, "cluster", "members")).splitlines()
     assert members[0].split()[:2] == ["ID", "STATE"]
     assert any(line.split()[:2] == [node_id, "alive"] for line in members[1:])

@@ -804,6 +804,39 @@ async def test_readyz_is_503_before_the_node_is_ready(node: Node) -> None:
     assert r.json()["reason"] == "starting"
 
 
+class _Raft:
+    """What /readyz reads of the cluster control: a leader and the voters' strength."""
+
+    def __init__(self, strength: Any) -> None:
+        self.leader_name = "node-a"
+        self.forced = ""
+        self._strength = strength
+
+    def strength(self) -> Any:
+        return self._strength
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_fault_tolerant(node: Node) -> None:
+    """``/readyz?fault_tolerant=1`` is 200 only when the voter target is reached with
+    every voter up; without the flag a leader is enough; a bad value is 400."""
+    from sprawl.cluster.voters import Strength
+
+    r = await node.http.get("/readyz?fault_tolerant=1")  # a lone node: its own target
+    assert r.code == 200, r
+    node.info.raft = _Raft(Strength(voters=1, live_voters=1, learners=2, target=3))
+    assert (await node.http.get("/readyz")).code == 200
+    r = await node.http.get("/readyz?fault_tolerant=1")
+    assert r.code == 503, r
+    assert "1 Raft voters (1 up) of a target of 3" in r.json()["reason"], r.json()
+    node.info.raft = _Raft(Strength(voters=3, live_voters=2, learners=0, target=1))  # a voter down
+    assert (await node.http.get("/readyz?fault_tolerant=true")).code == 503
+    node.info.raft = _Raft(Strength(voters=3, live_voters=3, learners=0, target=3))
+    assert (await node.http.get("/readyz?fault_tolerant=1")).code == 200
+    assert (await node.http.get("/readyz?fault_tolerant=0")).code == 200
+    assert_error(await node.http.get("/readyz?fault_tolerant=yes"), 400, "invalid_parameter")
+
+
 @pytest_twisted.ensureDeferred
 async def test_metrics_parse_and_count_publishes(node: Node) -> None:
     """/metrics is valid Prometheus text and counts published messages per topic."""

@@ -147,7 +147,7 @@ def test_units_in_names() -> None:
                     "_ratio",
                     "_partitions",
                 )
-                + ("_role", "_has_leader", "_voters", "_learners")
+                + ("_role", "_has_leader", "_fault_tolerant", "_voters", "_learners")
             ), name
 
 

@@ -1101,7 +1101,7 @@ class SprawlAPI:
     @_route("readyz")
     def readyz(self, request: Any) -> Any:
         flag = self._arg(request, "fault_tolerant")
-        if flag not in (None, "", "0", "1", "true", "false"):
+        if flag not in (None, "0", "1", "true", "false"):
             raise BadRequest("query parameter fault_tolerant must be 1 or 0", code="invalid_parameter")
         ok, why = self._readiness(fault_tolerant=flag in ("1", "true"))
         if not ok:
