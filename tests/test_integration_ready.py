@@ -252,8 +252,9 @@ def test_force_new_cluster_on_the_survivor_of_three(tmp_path: Path) -> None:
 
 def test_force_new_cluster_refused_while_a_majority_answers(tmp_path: Path) -> None:
     """With the other two voters up, ``--force-new-cluster`` refuses: the process
-    logs why and exits with status 3, having changed nothing; restarted
-    normally, the node rejoins its cluster."""
+    logs why and exits with status 3, having changed nothing (and refuses an
+    empty data dir the same way); restarted normally, the node rejoins its
+    cluster."""
     c = NodeCluster(tmp_path, 3)
     try:
         c.start()
@@ -292,6 +293,12 @@ def test_force_new_cluster_refused_while_a_majority_answers(tmp_path: Path) -> N
             -3000:
         ]
         assert "FORCED" not in out
+        # The wrong data dir (empty) is refused too, rather than founding an empty cluster.
+        empty = cmd[:]
+        empty[empty.index(str(node.data_dir))] = str(tmp_path / "empty")
+        proc = subprocess.run(empty, env=env, capture_output=True, timeout=60, text=True, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 3 and "holds no Raft state to recover from" in out, out[-3000:]
         c.restart(n2)
         assert poll_until(lambda: all(_ready(c.url(n)) for n in c.names), 30.0) is not None
         assert _raft(c.url(n2))["cluster_id"] == cluster_id

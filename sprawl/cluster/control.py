@@ -187,7 +187,9 @@ class ClusterControl:
         With ``force_new_cluster`` set, Raft itself waits for :meth:`force_new_cluster`.
         ``storage`` replaces the LMDB Raft storage (tests: one in memory)."""
         if storage is None:
-            conf = ConfState(voters=(self.raft_id,)) if self.bootstrap else None
+            # A forced recovery never founds a cluster: an empty data dir there
+            # is a mistake (it is refused), not a new cluster.
+            conf = ConfState(voters=(self.raft_id,)) if self.bootstrap and not self.forcing else None
             storage = await LmdbRaftStorage.open(self.store, conf, cluster_id=self._new_cluster_id())
         self.storage = storage
         snap = storage.snapshot()
@@ -719,12 +721,16 @@ class ClusterControl:
         cluster a node is in comes from what it said itself lately -- the
         cluster id on its Raft frames, or in a status call -- else from its
         gossip metadata (which can take a while to spread)."""
+        theirs = self.cluster_of(view)
+        return bool(theirs) and self.cluster_id is not None and theirs != cluster_hex(self.cluster_id)
+
+    def cluster_of(self, view: dict[str, Any]) -> str:
+        """The cluster id (hex, "" unknown) a member view's node is in, as it said
+        itself lately, else as its gossip metadata says."""
         claim = self._claims.get(str(view.get("id")))
         if claim is not None and self.reactor.seconds() - claim[0] < _CLAIM_SECONDS:
-            theirs = claim[1]
-        else:
-            theirs = view.get("cluster") or ""
-        return bool(theirs) and self.cluster_id is not None and theirs != cluster_hex(self.cluster_id)
+            return claim[1]
+        return str(view.get("cluster") or "")
 
     def _claim(self, peer: str, cluster: str) -> None:
         self._claims[peer] = (self.reactor.seconds(), cluster)
@@ -1172,7 +1178,7 @@ class ClusterControl:
 
         async def run() -> None:
             try:
-                await self._rejoin_if_lost(str(others[0]["id"]), str(others[0].get("cluster", "")))
+                await self._rejoin_if_lost(str(others[0]["id"]), self.cluster_of(others[0]))
             finally:
                 self._rejoining = False
 
@@ -1208,16 +1214,22 @@ class ClusterControl:
             seen=seen,
             theirs=theirs,
         )
+        try:
+            target: int | None = int(theirs, 16) or None
+        except ValueError:
+            target = None
         drv.stop()
         self.driver = None
         storage = self.storage
         assert storage is not None
-        self.storage = await storage.replace(None, HardState(), None)
-        self._set_cluster_id(None)
+        # An empty Raft state that already belongs to the forced cluster: it
+        # can only ever be added there -- never adopted back by what is left
+        # of the old configuration, where its forgotten votes would matter.
+        self.storage = await storage.replace(None, HardState(), target)
+        self._set_cluster_id(target)
         self._leaderless_since = None
         self._start_driver(self.storage)
         if self.rpc is not None:
             # Tell the forced cluster's node at once (gossip spreads it too, in time).
-            self.rpc.call(seen, "raft_status", {"peer": self.peer, "cluster": ""}, timeout=2.0).addErrback(
-                lambda f: None
-            )
+            body = {"peer": self.peer, "cluster": cluster_hex(target)}
+            self.rpc.call(seen, "raft_status", body, timeout=2.0).addErrback(lambda f: None)
