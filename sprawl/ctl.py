@@ -1374,6 +1374,13 @@ def _problems(reports: list[NodeReport]) -> list[str]:
     for url, info in views:
         if not info.get("leader"):
             problems.append(f"{url}: knows no Raft leader")
+        raft: dict[str, Any] = info["raft"] if isinstance(info.get("raft"), dict) else {}
+        if raft.get("fault_tolerant") is False and raft.get("leader"):
+            problems.append(
+                f"{url}: Raft is not fault-tolerant: {len(raft.get('voters') or [])} voters, "
+                f"{_cell(raft.get('live_voters'))} up, target {_cell(raft.get('target_voters'))} "
+                f"(survives {_cell(raft.get('fault_tolerance'))} more voter failures)"
+            )
         for m in info.get("members") or []:
             if isinstance(m, dict) and m.get("state") not in (None, "alive"):
                 problems.append(f"{url}: sees member {m.get('id')} as {m.get('state')}")

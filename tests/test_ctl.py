@@ -456,6 +456,23 @@ def test_diagnose_fails_when_a_node_is_down(sprawl_node: Any, dead_url: str) -> 
     assert [n["up"] for n in report["nodes"]] == [False, True]
 
 
+def test_diagnose_names_a_cluster_that_is_not_fault_tolerant() -> None:
+    """A node whose Raft configuration is below its target (or has a voter down) is
+    a problem diagnose names, with the figures; a fault-tolerant one is not."""
+    from sprawl.ctl import NodeReport, _problems
+
+    def report(raft: dict[str, Any]) -> NodeReport:
+        info = {"node_id": "a", "leader": "a", "members": [{"id": "a", "state": "alive"}], "raft": raft}
+        return NodeReport("http://a", up=True, ready=True, cluster=info)
+
+    weak = {"leader": "a", "voters": ["a"], "live_voters": 1, "target_voters": 3, "fault_tolerance": 0}
+    problems = _problems([report({**weak, "fault_tolerant": False})])
+    assert problems == [
+        "http://a: Raft is not fault-tolerant: 1 voters, 1 up, target 3 (survives 0 more voter failures)"
+    ]
+    assert _problems([report({**weak, "fault_tolerant": True})]) == []
+
+
 # --------------------------------------------------------------------------------------------
 # pure helpers
 
