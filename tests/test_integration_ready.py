@@ -22,7 +22,6 @@ a way back from a lost majority -- real ``twistd sprawl`` processes on 127.0.0.1
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,15 +29,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import (
-    NodeCluster,
-    NodeProcess,
-    _pythonpath,
-    http_json,
-    poll_until,
-    time_to_voters,
-    twistd_command,
-)
+from sprawl.testing import NodeCluster, NodeProcess, http_json, poll_until, time_to_voters
 
 pytestmark = pytest.mark.integration
 
@@ -250,6 +241,16 @@ def test_force_new_cluster_on_the_survivor_of_three(tmp_path: Path) -> None:
             n.kill()
 
 
+def _refused(node: NodeProcess, *args: str) -> str:
+    """Start ``node`` with ``args``, expecting it to refuse: exit status 3; its output."""
+    node.args = list(args)
+    with pytest.raises((RuntimeError, OSError)):  # it never serves (no ports.json)
+        node.start()
+    assert node.proc is not None
+    assert node.proc.wait(60) == 3, node.log_text()[-3000:]
+    return node.log_text()
+
+
 def test_force_new_cluster_refused_while_a_majority_answers(tmp_path: Path) -> None:
     """With the other two voters up, ``--force-new-cluster`` refuses: the process
     logs why and exits with status 3, having changed nothing (and refuses an
@@ -264,41 +265,14 @@ def test_force_new_cluster_refused_while_a_majority_answers(tmp_path: Path) -> N
         node.stop()
         c.down.add(n2)
         seeds = f"127.0.0.1:{c.nodes[n0].peer_port}"
-        cmd = [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "sprawl",
-            "--data-dir",
-            str(node.data_dir),
-            "--http-addr",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--bind-addr",
-            "127.0.0.1",
-            "--bind-port",
-            "0",
-            "--node-id",
-            n2,
-            "--seeds",
-            seeds,
-            "--force-new-cluster",
-        ]
-        env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
-        proc = subprocess.run(cmd, env=env, capture_output=True, timeout=60, text=True, check=False)
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 3, out[-3000:]
+        out = _refused(node, "--node-id", n2, "--seeds", seeds, "--force-new-cluster")
         assert "--force-new-cluster refused: a majority of the voters can still be reached" in out, out[
             -3000:
         ]
         assert "FORCED" not in out
         # The wrong data dir (empty) is refused too, rather than founding an empty cluster.
-        empty = cmd[:]
-        empty[empty.index(str(node.data_dir))] = str(tmp_path / "empty")
-        proc = subprocess.run(empty, env=env, capture_output=True, timeout=60, text=True, check=False)
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 3 and "holds no Raft state to recover from" in out, out[-3000:]
+        out = _refused(NodeProcess(tmp_path / "empty"), "--node-id", n2, "--force-new-cluster")
+        assert "holds no Raft state to recover from" in out, out[-3000:]
         c.restart(n2)
         assert poll_until(lambda: all(_ready(c.url(n)) for n in c.names), 30.0) is not None
         assert _raft(c.url(n2))["cluster_id"] == cluster_id
