@@ -73,6 +73,9 @@ _CLUSTER = struct.Struct(">Q")
 _LEADER_MESSAGES = (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP)
 #: Gossip states that count as up.
 _UP = ("alive", "suspect")
+#: How many times ``status_wait`` a recovering node keeps asking a node that
+#: gossip holds alive but has not answered yet.
+_STATUS_PATIENCE = 6
 #: Seconds what a node said about its cluster (on a Raft frame, in a status
 #: call) outranks its gossip metadata.
 _CLAIM_SECONDS = 30.0
@@ -1001,14 +1004,17 @@ class ClusterControl:
         }
 
     async def _ask_status(self, names: list[str], wait: float, enough: Any) -> dict[str, dict[str, Any]]:
-        """Ask ``names`` for their Raft status every half second for at most
-        ``wait`` seconds (or until ``enough(answers)``); the answers by name."""
+        """Ask ``names`` for their Raft status every half second until
+        ``enough(answers)`` or everyone answered, for ``wait`` seconds -- and
+        up to :data:`_STATUS_PATIENCE` times longer while one that has not
+        answered is alive by gossip (it is up: a slow answer must not make
+        it count as lost).  The answers by name."""
         answers: dict[str, dict[str, Any]] = {}
         if self.rpc is None or not names:
             return answers
-        deadline = self.reactor.seconds() + wait
+        start = self.reactor.seconds()
         body = {"peer": self.peer}
-        for _ in range(int(wait / 0.5) + 2):
+        for _ in range(int(wait * _STATUS_PATIENCE / 0.5) + 2):
             self._refresh(self.reactor.seconds())
             missing = [n for n in names if n not in answers]
             calls = []
@@ -1018,7 +1024,7 @@ class ClusterControl:
                     host, _, port = str(addr).rpartition(":")
                     if host and port.isdigit() and not self._known_address(name):
                         self.channel.set_address(name, host.strip("[]"), int(port))
-                d = self.rpc.call(name, "raft_status", body, timeout=0.5)
+                d = self.rpc.call(name, "raft_status", body, timeout=1.0)
                 d.addCallbacks(
                     lambda a, name=name: answers.__setitem__(name, a) if isinstance(a, dict) else None,
                     lambda f: None,
@@ -1026,7 +1032,13 @@ class ClusterControl:
                 calls.append(d)
             if calls:
                 await defer.DeferredList(calls, consumeErrors=True)
-            if enough(answers) or len(answers) == len(names) or self.reactor.seconds() >= deadline:
+            if enough(answers) or len(answers) == len(names):
+                break
+            took = self.reactor.seconds() - start
+            up = {str(v["id"]) for v in self._members() if v["state"] == "alive"}
+            if took >= wait and (
+                took >= wait * _STATUS_PATIENCE or not up.intersection(names) - set(answers)
+            ):
                 break
             await task.deferLater(self.reactor, 0.5, lambda: None)
         return answers
