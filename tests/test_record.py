@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sprawl.log.record import Record
+from sprawl.log.record import HEAD_BYTES, CorruptRecord, Record, check_stored
 
 _text = st.text(max_size=30)
 _records = st.builds(
@@ -86,4 +86,54 @@ def test_control_flag_survives_storage() -> None:
     assert back.control and back.offset == 7
     plain = Record(8, 1, 5, "id", None, None, b"x", True)
     assert not Record.from_storage(1, 8, plain.to_storage()).control
-    assert len(msgspec.msgpack.decode(plain.to_storage())) == 6
+    assert len(msgspec.msgpack.decode(plain.to_storage()[HEAD_BYTES:])) == 6
+
+
+@given(r=_records, data=st.data())
+def test_any_flipped_byte_fails_the_checksum(r: Record, data: st.DataObject) -> None:
+    """Flipping any bit of a stored value -- header, checksum or body -- is a
+    CorruptRecord naming the position, never a different record."""
+    value = bytearray(r.to_storage())
+    i = data.draw(st.integers(0, len(value) - 1))
+    value[i] ^= 1 << data.draw(st.integers(0, 7))
+    with pytest.raises(CorruptRecord, match=f"corrupt record at {r.partition}:{r.offset}"):
+        Record.from_storage(r.partition, r.offset, bytes(value), unchecked_ok=False)
+    with pytest.raises(CorruptRecord):
+        check_stored(r.partition, r.offset, bytes(value), unchecked_ok=False)
+
+
+@given(r=_records, other=st.integers(0, 2**63 - 1))
+def test_a_value_under_another_offset_fails(r: Record, other: int) -> None:
+    """The checksum covers the offset: a sound value read back under another
+    offset's key (a damaged key) is refused."""
+    if other == r.offset:
+        return
+    with pytest.raises(CorruptRecord, match="checksum mismatch"):
+        Record.from_storage(r.partition, other, r.to_storage())
+    assert check_stored(r.partition, r.offset, r.to_storage()) is True
+
+
+def test_values_written_before_checksums_read_as_unchecked() -> None:
+    """A bare msgpack value (what the store wrote before checksums) decodes
+    when unchecked records are allowed, and is damage where they are not."""
+    legacy = msgspec.msgpack.encode((5, "id", None, None, b"old", True))
+    r = Record.from_storage(0, 3, legacy)
+    assert (r.offset, r.id, r.payload) == (3, "id", b"old")
+    assert check_stored(0, 3, legacy) is False
+    with pytest.raises(CorruptRecord, match="no checksum"):
+        Record.from_storage(0, 3, legacy, unchecked_ok=False)
+    with pytest.raises(CorruptRecord, match="no checksum"):
+        check_stored(0, 3, legacy, unchecked_ok=False)
+
+
+def test_storage_value_layout() -> None:
+    """0xC1, the CRC32C of offset + body (big-endian), then the msgpack body."""
+    import struct
+
+    from crc32c import crc32c
+
+    r = Record(9, 0, 1, "a", None, None, b"p", True)
+    v = r.to_storage()
+    body = v[HEAD_BYTES:]
+    assert v[0] == 0xC1
+    assert struct.unpack(">I", v[1:5])[0] == crc32c(struct.pack(">Q", 9) + body)

@@ -2,18 +2,61 @@
 
 Pure: no Twisted import.  A :class:`Record` caches its JSON and SSE encodings
 so fan-out to many subscribers encodes each message once.
+
+**The storage value** (what LMDB stores under the record's key, and what a
+segment object frames) is ``0xC1 | crc32c u32 | body`` (big-endian), where
+``body`` is the msgpack array of the record's fields and the CRC32C covers
+the record's offset (u64, big-endian) followed by ``body``: a value that is
+damaged, or read back under another offset's key, fails the check.  ``0xC1``
+is the one byte msgpack never uses, so values written before checksums (a
+bare msgpack array) are still told apart and read as *unchecked*.
 """
 
 from __future__ import annotations
 
 import base64
+import struct
 from typing import Any
 
 import msgspec
+from crc32c import crc32c
 
 _mp_encode = msgspec.msgpack.Encoder().encode
 _mp_decode = msgspec.msgpack.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
+
+#: First byte of a checksummed storage value (msgpack never uses 0xC1).
+CHECKED = 0xC1
+_HEAD = struct.Struct(">BI")
+HEAD_BYTES = _HEAD.size
+_OFFSET = struct.Struct(">Q")
+
+
+class CorruptRecord(ValueError):
+    """A stored record fails its checksum or does not decode (the message
+    names the partition and offset)."""
+
+
+def stored_crc(offset: int, body: bytes | memoryview) -> int:
+    """The CRC32C of a storage value's body as kept at ``offset``."""
+    return crc32c(body, crc32c(_OFFSET.pack(offset)))
+
+
+def check_stored(partition: int, offset: int, data: bytes, *, unchecked_ok: bool = True) -> bool:
+    """Check a storage value without decoding it: True when its checksum
+    matches, False for a value written before checksums (allowed only with
+    ``unchecked_ok``, and then decoded to make sure it is whole); raises
+    :class:`CorruptRecord` otherwise."""
+    if data[:1] == b"\xc1":
+        if len(data) < HEAD_BYTES:
+            raise CorruptRecord(f"corrupt record at {partition}:{offset}: truncated header")
+        if _HEAD.unpack_from(data)[1] != stored_crc(offset, memoryview(data)[HEAD_BYTES:]):
+            raise CorruptRecord(f"corrupt record at {partition}:{offset}: checksum mismatch")
+        return True
+    if not unchecked_ok:
+        raise CorruptRecord(f"corrupt record at {partition}:{offset}: no checksum header")
+    Record.from_storage(partition, offset, data)
+    return False
 
 
 class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
@@ -45,24 +88,36 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
         self.size = len(self.payload) + 64 + (len(self.key) if self.key else 0)
 
     def to_storage(self) -> bytes:
-        """The value stored in LMDB (the key carries topic, partition and offset)."""
+        """The value stored in LMDB (the key carries topic, partition and
+        offset): the checksum header and the msgpack body (module docstring)."""
         if self.control:
-            return _mp_encode(
+            body = _mp_encode(
                 (self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text, True)
             )
-        return _mp_encode((self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text))
+        else:
+            body = _mp_encode((self.timestamp, self.id, self.key, self.headers, self.payload, self.is_text))
+        return _HEAD.pack(CHECKED, stored_crc(self.offset, body)) + body
 
     @classmethod
-    def from_storage(cls, partition: int, offset: int, data: bytes) -> Record:
-        """Rebuild a record from its LMDB value; raises ``ValueError`` on corruption."""
+    def from_storage(cls, partition: int, offset: int, data: bytes, *, unchecked_ok: bool = True) -> Record:
+        """Rebuild a record from its storage value, checking its checksum;
+        raises :class:`CorruptRecord` (a ``ValueError``) on a mismatch or
+        anything that does not decode.  A value written before checksums is
+        accepted only with ``unchecked_ok``."""
+        body: bytes | memoryview = data
+        if data[:1] == b"\xc1":
+            check_stored(partition, offset, data)
+            body = memoryview(data)[HEAD_BYTES:]
+        elif not unchecked_ok:
+            raise CorruptRecord(f"corrupt record at {partition}:{offset}: no checksum header")
         try:
-            fields = _mp_decode(data)
+            fields = _mp_decode(body)
             ts, id_, key, headers, payload, is_text = fields[:6]
             control = len(fields) == 7 and fields[6] is True
             if len(fields) not in (6, 7):
                 raise ValueError(f"{len(fields)} fields")
         except (msgspec.DecodeError, ValueError, TypeError) as e:
-            raise ValueError(f"corrupt record at {partition}:{offset}: {e}") from None
+            raise CorruptRecord(f"corrupt record at {partition}:{offset}: {e}") from None
         return cls(offset, partition, ts, id_, key, headers, payload, is_text, control=control)
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,10 +6,20 @@ Writes queued during one reactor turn (and while the previous commit is in
 flight) are committed together in one transaction, which LMDB fsyncs before
 the commit returns (``sync=True``); only then do the callers' Deferreds fire.
 So when a publish is acked "stored in lmdb", it is on disk.
+
+Every record value carries a CRC32C (:mod:`sprawl.log.record`) and every
+read checks it, with the keys it walks (:mod:`sprawl.storage.verify`): a
+damaged record raises :class:`~sprawl.log.damage.DamagedRange` instead of
+being skipped.  Records written before checksums existed are read as
+*unchecked*: at the first open of such a data dir the store notes, per
+partition, the offset below which records may lack a checksum
+(``meta`` key ``node/unchecked``); above it -- and in every data dir made
+since -- a record without one is damage.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +30,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from sprawl.log.record import Record
+from sprawl.log.record import CorruptRecord, Record, check_stored
 from sprawl.storage import keys
+from sprawl.storage.verify import Scan, scan_records
 
 log = Logger()
 
@@ -29,6 +40,9 @@ Op = tuple  # ("p", db, key, value) | ("m", db, [(key, value)...]) | ("d", db, k
 
 #: Named databases; ``raft_log``/``raft_meta`` hold the Raft state (:mod:`sprawl.raft.lmdb_storage`).
 DBS = ("meta", "records", "segments", "raft_log", "raft_meta")
+
+#: ``meta`` key: per partition, the offset below which records may predate checksums.
+UNCHECKED_KEY = b"node/unchecked"
 
 
 class StorageFull(Exception):
@@ -60,6 +74,8 @@ class LmdbStore:
         self.on_commit: Callable[[float, int], None] | None = None
         self.used_bytes = 0
         self.failed: Exception | None = None
+        #: (topic uid, partition) → the offset below which records may lack a checksum.
+        self.unchecked: dict[tuple[int, int], int] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -77,9 +93,32 @@ class LmdbStore:
         )
         for name in DBS:
             self.dbs[name] = self.env.open_db(name.encode())
+        self._load_unchecked()
         self._update_used()
         self._writer.start()
         self._readers.start()
+
+    def _load_unchecked(self) -> None:
+        """Know which records may predate checksums (see the module docstring):
+        read the note, or -- at the first open of a data dir -- make it from
+        the partitions' ends and write it."""
+        raw = self.get("meta", UNCHECKED_KEY)
+        if raw is not None:
+            self.unchecked = decode_unchecked(raw)
+            return
+        self.unchecked = partition_ends(self.env, self.dbs["records"])
+        if self.unchecked:
+            log.info(
+                "records of {n} partition(s) were written before record checksums: "
+                "they are read as unchecked below their current ends",
+                n=len(self.unchecked),
+            )
+        # At open, before the writer thread exists: nothing else writes yet.
+        self._commit([("p", "meta", UNCHECKED_KEY, encode_unchecked(self.unchecked))])
+
+    def unchecked_below(self, uid: int, partition: int) -> int:
+        """Records of the partition below this offset may lack a checksum."""
+        return self.unchecked.get((uid, partition), 0)
 
     def close(self) -> Deferred[None]:
         """Commit what is queued, stop the threads, close the environment."""
@@ -226,41 +265,77 @@ class LmdbStore:
     # -- reading ---------------------------------------------------------------
 
     def read_records(
-        self, uid: int, partition: int, start: int, limit: int, end: int
+        self,
+        uid: int,
+        partition: int,
+        start: int,
+        limit: int,
+        end: int,
+        dense: list[tuple[int, int]] | None = None,
     ) -> Deferred[list[Record]]:
-        """Records ``[start, end)`` of one partition, at most ``limit``, on a reader thread."""
+        """Records ``[start, end)`` of one partition, at most ``limit``, on a
+        reader thread, checked (see :meth:`read_records_sync`)."""
         return deferToThreadPool(
-            self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end
+            self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end, dense
         )
 
-    def read_records_sync(self, uid: int, partition: int, start: int, limit: int, end: int) -> list[Record]:
-        """Blocking form of :meth:`read_records` (reader threads and startup only)."""
+    def read_records_sync(
+        self,
+        uid: int,
+        partition: int,
+        start: int,
+        limit: int,
+        end: int,
+        dense: list[tuple[int, int]] | None = None,
+    ) -> list[Record]:
+        """Blocking form of :meth:`read_records` (reader threads and startup
+        only).  ``dense``: the offsets of ``[start, end)`` that must be
+        present (default: all); raises
+        :class:`~sprawl.log.damage.DamagedRange` at damage met before ``limit``."""
+        return self.scan_sync(uid, partition, start, end, dense=dense, limit=limit).records
+
+    def scan_sync(
+        self,
+        uid: int,
+        partition: int,
+        start: int,
+        end: int,
+        *,
+        dense: list[tuple[int, int]] | None = None,
+        limit: int = 1 << 62,
+        max_bytes: int = 1 << 62,
+        collect: str = "records",
+    ) -> Scan:
+        """A checked scan of one partition (:func:`sprawl.storage.verify.scan_records`)."""
         env = self.env
         if env is None:
-            return []
-        out: list[Record] = []
-        first = keys.record_key(uid, partition, start)
-        stop = keys.record_key(uid, partition, end)
-        from_storage = Record.from_storage
-        with env.begin(db=self.dbs["records"], buffers=False) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(first):
-                return out
-            for k, v in cur:
-                if k >= stop or len(out) >= limit:
-                    break
-                off = keys.parse_record_key(k)[2]
-                out.append(from_storage(partition, off, v))
-        return out
+            return Scan(next=start)
+        with env.begin(buffers=False) as txn:
+            return scan_records(
+                txn,
+                self.dbs["records"],
+                uid,
+                partition,
+                start,
+                end,
+                dense=dense,
+                unchecked_below=self.unchecked_below(uid, partition),
+                limit=limit,
+                max_bytes=max_bytes,
+                collect=collect,
+            )
 
     def call_reader(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run a read-only function on the reader pool."""
         return deferToThreadPool(self.reactor, self._readers, fn, *args)
 
     def last_record_offset(self, uid: int, partition: int) -> int | None:
-        """Highest stored offset of a partition (startup recovery)."""
+        """Highest stored offset of a partition whose record is sound
+        (startup recovery): walking back past entries that fail their
+        checksum (a damaged key may decode to any offset), at most 1,000."""
         env = self.env
         assert env is not None
+        below = self.unchecked_below(uid, partition)
         with env.begin(db=self.dbs["records"]) as txn:
             cur = txn.cursor()
             nxt = keys.partition_prefix(uid, partition + 1) + b"\x00" * 8
@@ -269,10 +344,24 @@ class LmdbStore:
                     return None
             elif not cur.last():
                 return None
-            u, p, off = keys.parse_record_key(cur.key())
-            if (u, p) != (uid, partition):
-                return None
-            return off
+            for _ in range(1000):
+                u, p, off = keys.parse_record_key(bytes(cur.key()))
+                if (u, p) != (uid, partition):
+                    return None
+                try:
+                    check_stored(partition, off, bytes(cur.value()), unchecked_ok=off < below)
+                    return off
+                except CorruptRecord:
+                    log.warn(
+                        "the last stored records of partition {uid}/{partition} include a damaged "
+                        "entry (offset {off} by its key); looking further back",
+                        uid=uid,
+                        partition=partition,
+                        off=off,
+                    )
+                if not cur.prev():
+                    return None
+            return None
 
     def scan(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """All (key, value) pairs under ``prefix`` (startup recovery)."""
@@ -294,3 +383,41 @@ class LmdbStore:
         with env.begin(db=self.dbs[db]) as txn:
             v = txn.get(key)
             return bytes(v) if v is not None else None
+
+
+def partition_ends(env: Any, db: Any) -> dict[tuple[int, int], int]:
+    """Every partition's end (last offset + 1) in the records database."""
+    out: dict[tuple[int, int], int] = {}
+    with env.begin(db=db) as txn:
+        cur = txn.cursor()
+        if not cur.first():
+            return out
+        for _ in range(1 << 32):
+            k = bytes(cur.key())
+            if len(k) != 16:
+                if not cur.next():
+                    break
+                continue
+            uid, p, _off = keys.parse_record_key(k)
+            nxt = keys.partition_prefix(uid, p + 1) + b"\x00" * 8
+            found = cur.set_range(nxt)
+            if found:
+                cur.prev()
+            else:
+                cur.last()
+            u2, p2, last = keys.parse_record_key(bytes(cur.key()))
+            out[(uid, p)] = (last if (u2, p2) == (uid, p) else _off) + 1
+            if not found or not cur.set_range(nxt):
+                break
+    return out
+
+
+def encode_unchecked(ends: dict[tuple[int, int], int]) -> bytes:
+    """The ``node/unchecked`` note as stored."""
+    return json.dumps({"v": 1, "parts": [[u, p, e] for (u, p), e in sorted(ends.items())]}).encode()
+
+
+def decode_unchecked(data: bytes) -> dict[tuple[int, int], int]:
+    """Inverse of :func:`encode_unchecked`."""
+    doc = json.loads(data)
+    return {(int(u), int(p)): int(e) for u, p, e in doc["parts"]}
