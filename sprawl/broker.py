@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -34,6 +34,7 @@ from sprawl.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from sprawl.log.damage import DamagedRange
 from sprawl.log.dedup import DedupWindow
 from sprawl.log.manifest import decode_manifest, encode_manifest
 from sprawl.log.partition import PartitionLog
@@ -41,6 +42,7 @@ from sprawl.log.record import Record
 from sprawl.log.segments import Segment, expired_segments
 from sprawl.log.spill import hard_limit
 from sprawl.storage import keys
+from sprawl.storage.integrity import Integrity
 from sprawl.storage.lmdb import LmdbStore, Op
 from sprawl.topics import STORAGE_KINDS, Topic, TopicConfig
 
@@ -126,6 +128,8 @@ class Broker:
         self.tier: Any = None
         #: Subscribers waiting for a topic to be created here (see ``LocalControl.wait_topic``).
         self.new_topics = TopicWaiters()
+        #: Damaged ranges found by reads, the start-time check and the scrub.
+        self.integrity = Integrity(self)
         self._last_spill = 0.0
 
     # -- lifecycle -------------------------------------------------------------
@@ -145,6 +149,7 @@ class Broker:
             cfg = TopicConfig.from_dict(_json_decode(v))
             self._next_uid = max(self._next_uid, cfg.uid + 1)
             topic = self._make_topic(cfg)
+            self.integrity.load(topic)
             for lg in topic.logs:
                 self._recover_partition(topic, lg, now)
             for _gk, gv in store.scan("meta", b"group/" + keys.topic_prefix(cfg.uid)):
@@ -167,6 +172,11 @@ class Broker:
             Segment.from_tuple(_json_decode(v))
             for _k, v in store.scan("segments", keys.partition_prefix(uid, p))
         ]
+        if cfg.durable and segs and segs[-1].last >= stored_end:
+            # A durable partition writes its records and segment rows in one
+            # transaction: a segment reaching past the last sound record means
+            # the tail is damaged (the check below names it), not that it is gone.
+            stored_end = segs[-1].last + 1
         segs = [s for s in segs if s.base < stored_end]
         if segs:
             segs[-1].last = min(segs[-1].last, stored_end - 1)
@@ -188,12 +198,21 @@ class Broker:
         lg.log_start = max(lg.log_start, int(meta.get("log_start", 0)))
         if segs and next_offset > stored_end:
             segs[-1].sealed = True  # an ephemeral gap follows; start a new segment
-        # Rebuild the dedup window from the newest stored records.
+        # Rebuild the dedup window from the newest stored records -- checked:
+        # this is the start-time check of the tail the node wrote last.
         window_start = now - int(self.config.dedup_window * 1000)
         start = max(lg.log_start, stored_end - 100_000)
-        for r in store.read_records_sync(uid, p, start, 100_000, stored_end):
-            if r.id is not None and r.timestamp >= window_start:
-                topic.dedup.remember(r.id, r.partition, r.offset, r.timestamp)
+        dense = self.integrity.dense(topic, lg, start, stored_end)
+        for _ in range(1000):
+            try:
+                for r in store.read_records_sync(uid, p, start, 100_000, stored_end, dense):
+                    if r.id is not None and r.timestamp >= window_start:
+                        topic.dedup.remember(r.id, r.partition, r.offset, r.timestamp)
+                break
+            except DamagedRange as d:
+                self.integrity.note(topic, p, d)
+                start = d.last + 1
+                dense = [(max(lo, start), hi) for lo, hi in dense if hi >= start]
 
     def start(self) -> None:
         """Start periodic work (leases, retention, budgets)."""
@@ -357,6 +376,7 @@ class Broker:
         remote = [s.remote for lg in t.logs for s in lg.segments if s.remote is not None]
         for lg in t.logs:
             self._spilling.pop((uid, lg.partition), None)
+            self.integrity.map.drop((uid, lg.partition))
             if self.tier is not None:
                 self.tier.forget(uid, lg.partition)
         pre = keys.topic_prefix(uid)
@@ -369,6 +389,7 @@ class Broker:
             ("r", "meta", b"part/" + pre, b"part/" + nxt),
             ("r", "meta", b"repl/" + pre, b"repl/" + nxt),
             ("r", "meta", b"s3m/" + pre, b"s3m/" + nxt),
+            ("r", "meta", b"dmg/" + pre, b"dmg/" + nxt),
         ]
         for lg in t.logs:
             self._notify(name, lg.partition)
@@ -413,6 +434,7 @@ class Broker:
                 },
                 "s3": self._s3_tier_view(t, lg, remote),
             }
+            d["damaged"] = self.integrity.partition_view(t, lg.partition)
             parts.append(d)
         out = t.config.to_dict()
         out.pop("uid", None)
@@ -725,6 +747,7 @@ class Broker:
                 _json_encode({"log_start": start, "next_offset": start}),
             ),
         ]
+        ops.extend(self.integrity.dropped(topic, partition))
         ops.extend(extra_ops)
         log.info(
             "reset {topic}/{partition} to an empty log at offset {start} ({n} segment(s) dropped)",
@@ -821,19 +844,37 @@ class Broker:
                 except Exception:
                     log.failure("watcher of {topic}/{partition} failed", topic=name, partition=partition)
 
-    def read(self, topic: Topic, partition: int, start: int, limit: int) -> Deferred[list[Record]]:
-        """Visible records from ``start`` (below the high watermark), hot tail or LMDB."""
+    def read(
+        self, topic: Topic, partition: int, start: int, limit: int, _attempt: int = 0
+    ) -> Deferred[list[Record]]:
+        """Visible records from ``start`` (below the high watermark), hot tail,
+        S3 or LMDB, checked: a damaged range met fails the read with
+        ``corrupt_record`` (after a repair, in a cluster) -- never a short read."""
         lg = topic.logs[partition]
         if start < lg.log_start:
             start = lg.log_start
         got = lg.read_hot(start, limit)
         if got is not None:
             return succeed(got)
+
+        def again() -> Deferred[list[Record]]:
+            return self.read(topic, partition, start, limit, _attempt + 1)
+
         seg = remote_segment(lg, start)
-        if seg is not None:
-            return self._read_remote(topic, lg, seg, start, limit)
         end = min(lg.hot_start, lg.high_watermark, lg.stored_end)
-        d = self.store.read_records(topic.config.uid, partition, start, limit, end)
+        hi = min(seg.last + 1 if seg is not None else end, start + limit) - 1
+        known = self.integrity.known(topic, partition, start, hi) if hi >= start else None
+        if known is not None:
+            return self.integrity.meet(topic, partition, known, again, _attempt)
+        if seg is not None:
+            try:
+                d = self._read_remote(topic, lg, seg, start, limit)
+            except Exception:
+                return fail()
+            return d.addErrback(self.integrity.read_failed, topic, partition, again, _attempt)
+        d = self.store.read_records(
+            topic.config.uid, partition, start, limit, end, self.integrity.dense(topic, lg, start, end)
+        )
 
         def fill(recs: list[Record]) -> Any:
             if (not recs or recs[0].offset > start) and remote_segment(lg, start) is not None:
@@ -852,6 +893,7 @@ class Broker:
             return recs
 
         d.addCallback(fill)
+        d.addErrback(self.integrity.read_failed, topic, partition, again, _attempt)
         return d
 
     def _read_remote(
@@ -865,8 +907,9 @@ class Broker:
             )
         return self.tier.read(seg, lg.partition, start, limit)
 
-    def find_time(self, topic: Topic, partition: int, ts_ms: int) -> Deferred[int]:
-        """The first offset whose timestamp is at or after ``ts_ms``."""
+    def find_time(self, topic: Topic, partition: int, ts_ms: int, _attempt: int = 0) -> Deferred[int]:
+        """The first offset whose timestamp is at or after ``ts_ms`` (a damaged
+        range on the way fails it with ``corrupt_record``, as a read)."""
         lg = topic.logs[partition]
         seg = lg.segment_for_time(ts_ms)
         if seg is None:
@@ -882,10 +925,13 @@ class Broker:
         if seg.remote is not None:
             return self._find_time_remote(topic, lg, seg, ts_ms)
 
+        dense = self.integrity.dense(topic, lg, seg.base, end)
+
         def scan() -> int:
             start = seg.base
             while start < end:
-                recs = self.store.read_records_sync(uid, partition, start, 1000, end)
+                part = [(max(lo, start), hi) for lo, hi in dense if hi >= start]
+                recs = self.store.read_records_sync(uid, partition, start, 1000, end, part)
                 if not recs:
                     break
                 for r in recs:
@@ -894,7 +940,11 @@ class Broker:
                 start = recs[-1].offset + 1
             return end
 
-        return self.store.call_reader(scan)
+        def again() -> Deferred[int]:
+            return self.find_time(topic, partition, ts_ms, _attempt + 1)
+
+        d: Deferred[int] = self.store.call_reader(scan)
+        return d.addErrback(self.integrity.read_failed, topic, partition, again, _attempt)
 
     def _find_time_remote(self, topic: Topic, lg: PartitionLog, seg: Segment, ts_ms: int) -> Deferred[int]:
         """``find_time`` inside a segment held in S3 (reads it chunk by chunk)."""
@@ -1262,6 +1312,7 @@ class Broker:
                 hi = keys.record_key(uid, p, gone[-1].last + 1)
                 ops.append(("r", "records", lo, hi))
                 ops.append(("r", "segments", lo, hi))
+                ops.extend(self.integrity.dropped(t, p, below=lg.log_start))
                 ops.append(
                     (
                         "p",

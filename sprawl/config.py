@@ -201,6 +201,8 @@ class NodeConfig:
     s3_cache_bytes: int = 64 * 1000**2
     #: Seconds between checks of the S3 bucket while the node runs (``/readyz``).
     s3_check_interval: float = 10.0
+    #: Bytes/s of stored records the background scrub reads back and checks (0: off).
+    scrub_rate: int = 4 * 1000**2
     #: LMDB bytes past which publishes are refused (default: the budget, or 1.5x it with S3).
     disk_hard_limit: int | None = None
     default_partitions: int = 1

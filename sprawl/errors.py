@@ -81,3 +81,28 @@ class InsufficientStorage(SprawlError):
 
 class ConfigError(ValueError):
     """An option or configuration file value is invalid."""
+
+
+class CorruptData(SprawlError):
+    """Stored records of a range do not read back as written (a checksum
+    mismatch, a damaged key, a gap, an unreadable page): the read that met
+    them fails rather than skipping them.  The error body names the range."""
+
+    status = 500
+    code = "corrupt_record"
+
+    def __init__(self, message: str, *, topic: str, partition: int, first: int, last: int, tier: str):
+        super().__init__(message)
+        self.details = {
+            "topic": topic,
+            "partition": partition,
+            "first_offset": first,
+            "last_offset": last,
+            "tier": tier,
+        }
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        """The error body, with the damaged range's topic, partition, offsets and tier."""
+        body = super().to_json()
+        body["error"].update(self.details)  # type: ignore[arg-type]
+        return body

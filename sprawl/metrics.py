@@ -119,6 +119,26 @@ class NodeMetrics:
         self.s3_cache_misses = Counter(
             "sprawl_s3_cache_misses", "Reads below LMDB that fetched a chunk from S3", registry=r
         )
+        self.damage_found = Counter(
+            "sprawl_damage_found",
+            "Damaged ranges found (a checksum mismatch, a damaged key, a gap, an unreadable page), by tier",
+            ["tier"],
+            registry=r,
+        )
+        self.damage_repaired = Counter(
+            "sprawl_damage_repaired", "Damaged ranges rewritten from a healthy replica", registry=r
+        )
+        self.damage_skipped = Counter(
+            "sprawl_damage_skipped", "Damaged ranges an operator skipped (readers pass over them)", registry=r
+        )
+        self.scrub_bytes = Counter(
+            "sprawl_scrub_scanned_bytes",
+            "Bytes of stored records the background scrub read back and checked",
+            registry=r,
+        )
+        self.scrub_passes = Counter(
+            "sprawl_scrub_passes", "Scrub passes finished over every partition", registry=r
+        )
         self.broker: Any = None
         self.streams: Any = None
         #: The cluster data plane (:class:`sprawl.cluster.dataplane.DataPlane`), if any.
@@ -271,6 +291,24 @@ class _StateCollector:
         commits = CounterMetricFamily("sprawl_lmdb_commits", "LMDB write transactions committed (fsynced)")
         commits.add_metric([], store.commits)
         yield commits
+        integrity = getattr(broker, "integrity", None)
+        if integrity is not None:
+            ranges = GaugeMetricFamily(
+                "sprawl_damaged_ranges",
+                "Ranges of stored records known damaged (reads answer corrupt_record) or skipped, by state",
+                labels=["state"],
+            )
+            for state in ("damaged", "skipped"):
+                ranges.add_metric([state], integrity.map.count(state))
+            yield ranges
+            scrub = getattr(integrity, "scrubber", None)
+            if scrub is not None and scrub.enabled:
+                prog = GaugeMetricFamily(
+                    "sprawl_scrub_progress_ratio",
+                    "Fraction of the current scrub pass done (1 between passes)",
+                )
+                prog.add_metric([], scrub.progress)
+                yield prog
         dup = CounterMetricFamily("sprawl_deduplicated_messages", "Publishes answered from the dedup window")
         dup.add_metric([], broker.deduplicated_total)
         yield dup

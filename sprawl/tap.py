@@ -91,6 +91,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "s3-concurrency": ("s3_concurrency", int),
     "s3-cache-bytes": ("s3_cache_bytes", parse_size),
     "s3-check-interval": ("s3_check_interval", parse_duration),
+    "scrub-rate": ("scrub_rate", parse_size),
     "disk-hard-limit": ("disk_hard_limit", parse_size),
 }
 
@@ -149,6 +150,10 @@ _DOCS = {
     "s3-concurrency": "S3 uploads in flight at once (and S3 client threads) [default: 2].",
     "s3-cache-bytes": "Memory for segment chunks fetched from S3 by reads [default: 64MB].",
     "s3-check-interval": "How often the running node checks its S3 bucket (/readyz says when it fails) [default: 10s].",
+    "scrub-rate": (
+        "Bytes per second of stored records the background scrub reads back and checks; "
+        "0 turns it off [default: 4MB]."
+    ),
     "disk-hard-limit": (
         "LMDB bytes past which publishes get 507 [default: --disk-budget; 1.5x it when the S3 tier is on]."
     ),
@@ -314,6 +319,7 @@ class NodeService(service.Service):
         self.rpc: Any = None
         self.s3_client: Any = None
         self.bucket_watch: Any = None
+        self.scrubber: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -413,8 +419,14 @@ class NodeService(service.Service):
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
         if c.s3_endpoint and c.s3_bucket:
             self.broker.tier = self._make_tier(metrics, node_id)
+            self.broker.tier.on_damage = self.broker.integrity.note
         self.broker.recover()
         self.broker.start()
+        from sprawl.storage.scrub import Scrubber
+
+        self.scrubber = Scrubber(self.broker, self.reactor, c.scrub_rate)
+        self.broker.integrity.scrubber = self.scrubber
+        self.scrubber.start()
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         self.gossip = self._make_gossip(node_id)
         self.channel = PeerChannel(node_id, self.reactor, random.Random(), c.cluster_key, **peer_tls(c))
@@ -567,6 +579,8 @@ class NodeService(service.Service):
             await self.channel.close()
         if self.peer_port is not None:
             await self.peer_port.stopListening()
+        if self.scrubber is not None:
+            self.scrubber.stop()
         if self.broker is not None:
             await self.broker.stop()
         if self.store is not None and self.store.env is not None:

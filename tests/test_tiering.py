@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
-from sprawl.errors import InsufficientStorage
+from sprawl.errors import CorruptData, InsufficientStorage
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
@@ -40,6 +40,10 @@ class MemoryS3:
         self.down = False
         self.lie_about_size = False
         self.deleted: list[str] = []
+        #: Keys fetched (whole or ranged), in order.
+        self.gets: list[str] = []
+        #: key → how many more GETs of it answer a damaged body (a bad transfer).
+        self.flaky: dict[str, int] = {}
 
     def _check(self) -> None:
         if self.down:
@@ -69,9 +73,13 @@ class MemoryS3:
             return fail(S3Failure("connection refused"))
         if key not in self.objects:
             return fail(ObjectMissing(key))
+        self.gets.append(key)
         body = self.objects[key][0]
         if start is not None and length is not None:
             body = body[start : start + length]
+        if self.flaky.get(key):
+            self.flaky[key] -= 1
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
         return succeed(body)
 
     def delete(self, key: str) -> Deferred[None]:
@@ -227,7 +235,9 @@ async def test_s3_down_keeps_data_and_the_hard_limit_refuses(env: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_missing_and_corrupt_objects_fail_reads(env: Any) -> None:
     """A read below LMDB never returns made-up or partial data: a missing object is
-    ``s3_object_missing``, a damaged one ``s3_object_corrupt``."""
+    ``s3_object_missing``; a damaged one is fetched again once, then answered
+    ``corrupt_record`` naming the chunk's offsets, noted as damage (once) and
+    shown in the topic's description."""
     make, s3, _clock = env
     n = make()
     await fill(n, "t", 60)
@@ -238,14 +248,46 @@ async def test_missing_and_corrupt_objects_fail_reads(env: Any) -> None:
     seg_keys = sorted(k for k in s3.objects if k.endswith(".seg"))
     body, meta = s3.objects[seg_keys[0]]
     s3.objects[seg_keys[0]] = (body[:50] + bytes([body[50] ^ 1]) + body[51:], meta)
-    with pytest.raises(TierReadError) as e:
-        await bounded(n.broker.read(t, 0, 0, 10))
-    assert e.value.code == "s3_object_corrupt"
+    first = t.logs[0].segments[0]
+    gets = len(s3.gets)
+    for _ in range(2):
+        with pytest.raises(CorruptData) as e:
+            await bounded(n.broker.read(t, 0, 0, 10))
+        assert e.value.code == "corrupt_record" and e.value.status == 500
+        assert e.value.details == {
+            "topic": "t",
+            "partition": 0,
+            "first_offset": first.base,
+            "last_offset": first.last,
+            "tier": "s3",
+        }
+    assert s3.gets[gets:].count(seg_keys[0]) == 2, "fetched again once, then known as damaged"
+    assert n.broker.integrity.found == {"lmdb": 0, "s3": 1}
+    view = n.broker.describe_topic(t)["partition_details"][0]["damaged"]
+    assert [(v["first_offset"], v["last_offset"], v["tier"]) for v in view] == [(first.base, first.last, "s3")]
     second = t.logs[0].segments[1]
     del s3.objects[seg_keys[1]]
-    with pytest.raises(TierReadError) as e:
+    with pytest.raises(TierReadError) as e2:
         await bounded(n.broker.read(t, 0, second.base, 10))
-    assert e.value.code == "s3_object_missing"
+    assert e2.value.code == "s3_object_missing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_transfer_is_fetched_again(env: Any) -> None:
+    """An object that fails its checksum once (a damaged transfer) is fetched
+    again and served; nothing is noted as damaged."""
+    make, s3, _clock = env
+    n = make()
+    await fill(n, "t", 60)
+    await spill_all(n)
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    seg_key = sorted(k for k in s3.objects if k.endswith(".seg"))[0]
+    s3.flaky[seg_key] = 1
+    got = await bounded(n.broker.read(t, 0, 0, 5))
+    assert [r.offset for r in got] == [0, 1, 2, 3, 4]
+    assert n.broker.tier.refetches == 1 and not n.broker.integrity.map
 
 
 @pytest_twisted.ensureDeferred

@@ -64,10 +64,11 @@ class NodeInfo:
         self.readiness_checks: list[Callable[[], str | None]] = []
 
 
-def _json_error(request: Any, code: str, message: str) -> bytes:
-    """The body of a JSON error, with its ``Content-Length`` (never chunked
-    framing: streaming routes answer errors like every other route)."""
-    body = _encode({"error": {"code": code, "message": message}})
+def _json_error(request: Any, code: str, message: str, doc: Any = None) -> bytes:
+    """The body of a JSON error (``doc``, or code and message), with its
+    ``Content-Length`` (never chunked framing: streaming routes answer
+    errors like every other route)."""
+    body = _encode(doc or {"error": {"code": code, "message": message}})
     request.setHeader(b"content-type", JSON)
     request.setHeader(b"content-length", b"%d" % len(body))
     return body
@@ -211,8 +212,10 @@ class SprawlAPI:
 
     def _render_error(self, request: Any, f: Failure) -> bytes:
         e = f.value
+        body: Any = None
         if isinstance(e, SprawlError):
             status, code, message = e.status, e.code, e.message
+            body = e.to_json()  # with the details some errors carry (corrupt_record: the range)
             if isinstance(e, Overloaded):
                 request.setHeader(b"retry-after", str(max(1, int(e.retry_after))).encode())
             if e.status == 503:
@@ -223,7 +226,7 @@ class SprawlAPI:
             )
             status, code, message = 500, "internal_error", "internal error; see the node's log"
         request.setResponseCode(status)
-        return _json_error(request, code, message)
+        return _json_error(request, code, message, body)
 
     @app.handle_errors(HTTPException)
     def _http_exception(self, request: Any, failure: Failure) -> bytes:
@@ -1063,6 +1066,48 @@ class SprawlAPI:
     def placement(self, request: Any) -> Any:
         return self._placement()
 
+    # -- damaged ranges ------------------------------------------------------------------------
+
+    @app.route("/v1/damage", methods=["GET"])
+    @_route("damage")
+    def damage(self, request: Any) -> Any:
+        """This node's damaged and skipped ranges, and the background scrub's progress."""
+        ig = self.broker.integrity
+        return {
+            "node_id": self.info.node_id,
+            "ranges": ig.ranges(),
+            "damaged": ig.map.count("damaged"),
+            "skipped": ig.map.count("skipped"),
+            "found": dict(ig.found),
+            "repaired": ig.repaired,
+            "skipped_total": ig.skipped,
+            "scrub": ig.scrubber.view() if ig.scrubber is not None else {"enabled": False},
+        }
+
+    @app.route("/v1/topics/<string:topic>/damage/skip", methods=["POST"])
+    @_route("damage_skip")
+    def skip_damage(self, request: Any, topic: str) -> Any:
+        """An operator gives up a damaged range of this node's copy of a
+        partition (nothing to repair it from): readers pass over it."""
+        body = self._json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object", code="invalid_body")
+        t = self.broker.get_topic(topic)
+        fields = {}
+        for name in ("partition", "first_offset", "last_offset"):
+            v = body.get(name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+                raise BadRequest(f"{name} must be a non-negative integer", code="invalid_parameter")
+            fields[name] = v
+        if fields["partition"] >= len(t.logs):
+            raise NotFound(
+                f"topic {topic!r} has no partition {fields['partition']}", code="partition_not_found"
+            )
+        if fields["last_offset"] < fields["first_offset"]:
+            raise BadRequest("last_offset must not be below first_offset", code="invalid_parameter")
+        d = self.broker.integrity.skip(t, fields["partition"], fields["first_offset"], fields["last_offset"])
+        return d.addCallback(lambda e: {"skipped": e})
+
     # -- health and metrics ------------------------------------------------------------------
 
     @app.route("/healthz", methods=["GET"])
@@ -1095,6 +1140,9 @@ class SprawlAPI:
                     f"not fault-tolerant yet: {st.voters} Raft voters ({st.live_voters} up) of a target of "
                     f"{st.target}; fault tolerance {st.fault_tolerance}"
                 )
+        damaged = self.broker.integrity.not_ready_reason()
+        if damaged is not None:
+            return False, damaged
         return True, "ready"
 
     @app.route("/readyz", methods=["GET"])

@@ -10,8 +10,9 @@ Route classes (by Klein endpoint name):
 * subscribe on the topic: fetch, ``/stream``, ``/ws`` (its publish frames
   also need publish), describing a topic or group, pull/ack/nack,
   ``POST /subscribe`` (each topic of the body);
-* admin on the topic: ``PUT``/``DELETE`` of topics and groups;
-* admin node-wide (admin on ``*``): ``/v1/cluster*``, ``/metrics``,
+* admin on the topic: ``PUT``/``DELETE`` of topics and groups, skipping a
+  damaged range (``POST /v1/topics/{t}/damage/skip``);
+* admin node-wide (admin on ``*``): ``/v1/cluster*``, ``/v1/damage``, ``/metrics``,
   ``/v1/dashboard/stream``, ``/status``, ``/dht``, ``/store``;
 * any valid token: ``GET /v1/topics`` and ``/topics`` (lists names).
 
@@ -46,9 +47,19 @@ TOPIC_RULES = {
     "delete_topic": "admin",
     "put_group": "admin",
     "delete_group": "admin",
+    "skip_damage": "admin",
 }
 NODE_ADMIN = frozenset(
-    {"cluster", "placement", "metrics_text", "dashboard_stream", "seed_status", "seed_dht", "seed_store"}
+    {
+        "cluster",
+        "placement",
+        "damage",
+        "metrics_text",
+        "dashboard_stream",
+        "seed_status",
+        "seed_dht",
+        "seed_store",
+    }
 )
 QUERY_TOKEN = frozenset({"stream", "websocket", "dashboard_stream"})
 

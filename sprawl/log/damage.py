@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 #: Where a damaged range was found.
 TIERS = ("lmdb", "s3")
 DAMAGED, SKIPPED = "damaged", "skipped"
+#: A partition: (topic uid, partition).
+Key = tuple[int, int]
 
 
 class DamagedRange(Exception):
@@ -66,30 +68,30 @@ class DamageEntry:
 
 
 class DamageMap:
-    """Damaged and skipped ranges per partition key (any hashable: the broker
-    uses ``(topic uid, partition)``), merged, sorted and bounded in count."""
+    """Damaged and skipped ranges per partition ``(topic uid, partition)``,
+    merged, sorted and bounded in count."""
 
     #: Ranges kept per partition; past it, the newest are merged into one.
     MAX_RANGES = 256
 
     def __init__(self) -> None:
-        self.parts: dict[object, list[DamageEntry]] = {}
+        self.parts: dict[Key, list[DamageEntry]] = {}
 
     # -- reading ---------------------------------------------------------------
 
-    def entries(self, key: object) -> list[DamageEntry]:
+    def entries(self, key: Key) -> list[DamageEntry]:
         """Every range of a partition, oldest offsets first."""
         return list(self.parts.get(key, ()))
 
-    def damaged(self, key: object) -> list[DamageEntry]:
+    def damaged(self, key: Key) -> list[DamageEntry]:
         """The ranges of a partition that are damaged (not skipped)."""
         return [e for e in self.parts.get(key, ()) if e.state == DAMAGED]
 
-    def skipped(self, key: object) -> list[tuple[int, int]]:
+    def skipped(self, key: Key) -> list[tuple[int, int]]:
         """``(first, last)`` of every skipped range: readers pass over them."""
         return [(e.first, e.last) for e in self.parts.get(key, ()) if e.state == SKIPPED]
 
-    def overlapping(self, key: object, lo: int, hi: int) -> DamageEntry | None:
+    def overlapping(self, key: Key, lo: int, hi: int) -> DamageEntry | None:
         """The first damaged (not skipped) range meeting ``lo..hi``, if any."""
         for e in self.parts.get(key, ()):
             if e.state == DAMAGED and e.first <= hi and e.last >= lo:
@@ -105,7 +107,7 @@ class DamageMap:
 
     # -- changing --------------------------------------------------------------
 
-    def add(self, key: object, first: int, last: int, reason: str, tier: str, now_ms: int) -> bool:
+    def add(self, key: Key, first: int, last: int, reason: str, tier: str, now_ms: int) -> bool:
         """Record ``first..last`` as damaged; True when any of it was not known
         (the caller logs and counts only then: once per range)."""
         if last < first:
@@ -132,7 +134,7 @@ class DamageMap:
         self.parts[key] = keep
         return True
 
-    def clear(self, key: object, first: int, last: int, state: str = DAMAGED) -> None:
+    def clear(self, key: Key, first: int, last: int, state: str = DAMAGED) -> None:
         """Forget ``first..last`` in ranges of ``state`` (repaired), splitting
         ranges that reach past it."""
         es = self.parts.get(key)
@@ -149,7 +151,7 @@ class DamageMap:
                 out.append(DamageEntry(last + 1, e.last, e.reason, e.tier, e.state, e.found_ms, e.attempts))
         self._set(key, out)
 
-    def skip(self, key: object, first: int, last: int, now_ms: int) -> bool:
+    def skip(self, key: Key, first: int, last: int, now_ms: int) -> bool:
         """An operator gives up ``first..last`` (nothing to repair it from):
         its damaged ranges become skipped.  False if no damaged range meets it."""
         hit = [
@@ -165,7 +167,7 @@ class DamageMap:
         es.sort(key=lambda e: e.first)
         return True
 
-    def drop_below(self, key: object, start: int) -> bool:
+    def drop_below(self, key: Key, start: int) -> bool:
         """Retention (or a reset) removed every offset below ``start``; True if that changed anything."""
         es = self.parts.get(key)
         if not es or es[0].first >= start:
@@ -180,11 +182,11 @@ class DamageMap:
         self._set(key, out)
         return True
 
-    def drop(self, key: object) -> None:
+    def drop(self, key: Key) -> None:
         """Forget a partition (its topic was deleted, or its log reset)."""
         self.parts.pop(key, None)
 
-    def _set(self, key: object, entries: list[DamageEntry]) -> None:
+    def _set(self, key: Key, entries: list[DamageEntry]) -> None:
         if entries:
             entries.sort(key=lambda e: e.first)
             self.parts[key] = entries
@@ -193,7 +195,7 @@ class DamageMap:
 
     # -- storage ---------------------------------------------------------------
 
-    def encode(self, key: object) -> bytes | None:
+    def encode(self, key: Key) -> bytes | None:
         """A partition's ranges as stored in LMDB ``meta`` (None: nothing to keep)."""
         es = self.parts.get(key)
         if not es:
@@ -201,7 +203,7 @@ class DamageMap:
         rows = [[e.first, e.last, e.reason, e.tier, e.state, e.found_ms] for e in es]
         return json.dumps({"v": 1, "ranges": rows}).encode()
 
-    def load(self, key: object, data: bytes) -> None:
+    def load(self, key: Key, data: bytes) -> None:
         """Restore a partition's ranges from :meth:`encode`'s bytes; ``ValueError`` if malformed."""
         try:
             doc = json.loads(data)

@@ -57,3 +57,8 @@ def replica_state_key(uid: int, partition: int) -> bytes:
     """Where a replicated partition's replica state (epoch runs, fenced and
     led epochs, high watermark) lives in the meta DB."""
     return b"repl/" + _PART.pack(uid, partition)
+
+
+def damage_key(uid: int, partition: int) -> bytes:
+    """Where a partition's damaged and skipped ranges live in the meta DB."""
+    return b"dmg/" + _PART.pack(uid, partition)

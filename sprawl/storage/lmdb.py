@@ -36,7 +36,9 @@ from sprawl.storage.verify import Scan, scan_records
 
 log = Logger()
 
-Op = tuple  # ("p", db, key, value) | ("m", db, [(key, value)...]) | ("d", db, key) | ("r", db, start, end)
+#: ("p", db, key, value) | ("m", db, [(key, value)...]) | ("d", db, key) | ("r", db, start, end)
+#: | ("x", db, fn): ``fn(env, txn, db)`` runs inside the transaction (a repair's rewrite).
+Op = tuple
 
 #: Named databases; ``raft_log``/``raft_meta`` hold the Raft state (:mod:`sprawl.raft.lmdb_storage`).
 DBS = ("meta", "records", "segments", "raft_log", "raft_meta")
@@ -235,6 +237,8 @@ class LmdbStore:
                         txn.delete(op[2], db=dbs[op[1]])
                     elif kind == "r":
                         self._delete_range(txn, dbs[op[1]], op[2], op[3])
+                    elif kind == "x":
+                        op[2](env, txn, dbs[op[1]])
         except lmdb.MapFullError:
             raise StorageFull("LMDB map is full") from None
         self._update_used()
@@ -331,37 +335,12 @@ class LmdbStore:
 
     def last_record_offset(self, uid: int, partition: int) -> int | None:
         """Highest stored offset of a partition whose record is sound
-        (startup recovery): walking back past entries that fail their
-        checksum (a damaged key may decode to any offset), at most 1,000."""
+        (startup recovery; see :func:`last_sound_offset`)."""
         env = self.env
         assert env is not None
-        below = self.unchecked_below(uid, partition)
-        with env.begin(db=self.dbs["records"]) as txn:
-            cur = txn.cursor()
-            nxt = keys.partition_prefix(uid, partition + 1) + b"\x00" * 8
-            if cur.set_range(nxt):
-                if not cur.prev():
-                    return None
-            elif not cur.last():
-                return None
-            for _ in range(1000):
-                u, p, off = keys.parse_record_key(bytes(cur.key()))
-                if (u, p) != (uid, partition):
-                    return None
-                try:
-                    check_stored(partition, off, bytes(cur.value()), unchecked_ok=off < below)
-                    return off
-                except CorruptRecord:
-                    log.warn(
-                        "the last stored records of partition {uid}/{partition} include a damaged "
-                        "entry (offset {off} by its key); looking further back",
-                        uid=uid,
-                        partition=partition,
-                        off=off,
-                    )
-                if not cur.prev():
-                    return None
-            return None
+        return last_sound_offset(
+            env, self.dbs["records"], uid, partition, self.unchecked_below(uid, partition)
+        )
 
     def scan(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """All (key, value) pairs under ``prefix`` (startup recovery)."""
@@ -421,3 +400,35 @@ def decode_unchecked(data: bytes) -> dict[tuple[int, int], int]:
     """Inverse of :func:`encode_unchecked`."""
     doc = json.loads(data)
     return {(int(u), int(p)): int(e) for u, p, e in doc["parts"]}
+
+
+def last_sound_offset(env: Any, db: Any, uid: int, partition: int, unchecked_below: int = 0) -> int | None:
+    """Highest offset of a partition whose record is sound: walking back from
+    its last key past entries that fail their checksum (a damaged key may
+    decode to any offset), at most 1,000 of them."""
+    with env.begin(db=db) as txn:
+        cur = txn.cursor()
+        nxt = keys.partition_prefix(uid, partition + 1) + b"\x00" * 8
+        if cur.set_range(nxt):
+            if not cur.prev():
+                return None
+        elif not cur.last():
+            return None
+        for _ in range(1000):
+            u, p, off = keys.parse_record_key(bytes(cur.key()))
+            if (u, p) != (uid, partition):
+                return None
+            try:
+                check_stored(partition, off, bytes(cur.value()), unchecked_ok=off < unchecked_below)
+                return off
+            except CorruptRecord:
+                log.warn(
+                    "the last stored records of partition {uid}/{partition} include a damaged "
+                    "entry (offset {off} by its key); looking further back",
+                    uid=uid,
+                    partition=partition,
+                    off=off,
+                )
+            if not cur.prev():
+                return None
+        return None

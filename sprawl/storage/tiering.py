@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from sprawl.errors import SprawlError
+from sprawl.log.damage import DamagedRange
 from sprawl.log.manifest import RemoteObject, encode_manifest, object_keys
 from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record
@@ -146,6 +147,11 @@ class S3Tier:
         self.cache_misses = 0
         self.last_error: str | None = None
         self.bucket_ready = False
+        #: ``(topic, partition, DamagedRange)``: damage met reading a segment
+        #: from LMDB to upload it (the broker's integrity notes it).
+        self.on_damage: Any = None
+        #: Objects fetched again after a checksum mismatch.
+        self.refetches = 0
 
     # -- state -----------------------------------------------------------------
 
@@ -243,6 +249,10 @@ class S3Tier:
         self.in_flight -= 1
 
     def _spill_failed(self, f: Any, t: Any, lg: PartitionLog, seg: Segment) -> None:
+        if f.check(DamagedRange) and self.on_damage is not None:
+            # The local copy is damaged: it is not uploaded (the range is
+            # repaired or skipped first) and stays in LMDB.
+            self.on_damage(t, lg.partition, f.value)
         st = self._state(t.config.uid, lg.partition)
         st.failures += 1
         st.retry_at_ms = retry_at(st.failures, int(self.clock.seconds() * 1000))
@@ -338,24 +348,16 @@ class S3Tier:
         )
 
     def _encode(self, uid: int, p: int, seg: Segment) -> tuple[bytes, SegmentIndex]:
-        """Reader thread: the segment's records from LMDB, framed."""
+        """Reader thread: the segment's records from LMDB, checked (every
+        offset present, every checksum sound: a damaged record is never
+        uploaded -- :class:`DamagedRange` instead), and framed."""
         env = self.store.env
         if env is None:
             raise S3Failure("LMDB is closed")
-        first = keys.record_key(uid, p, seg.base)
-        stop = keys.record_key(uid, p, seg.last + 1)
-
-        def rows() -> Any:
-            with env.begin(db=self.store.dbs["records"], buffers=False) as txn:
-                cur = txn.cursor()
-                if not cur.set_range(first):
-                    return
-                for k, v in cur:
-                    if k >= stop:
-                        break
-                    yield keys.parse_record_key(k)[2], v
-
-        blob, index = encode_segment(rows(), self.chunk_bytes)
+        rows = self.store.scan_sync(
+            uid, p, seg.base, seg.last + 1, dense=[(seg.base, seg.last)], collect="raw"
+        ).raw
+        blob, index = encode_segment(rows, self.chunk_bytes)
         if index.base != seg.base or index.last != seg.last:
             raise S3Failure(
                 f"LMDB holds {index.base}-{index.last} of segment {seg.base}-{seg.last}; not uploading"
@@ -424,13 +426,45 @@ class S3Tier:
         return ensureDeferred(self._read(seg, partition, start, limit))
 
     async def _read(self, seg: Segment, partition: int, start: int, limit: int) -> list[Record]:
+        """Read once; an object that fails a checksum is fetched again once
+        (a bad transfer), and if it fails again its range is damaged:
+        :class:`DamagedRange` (tier ``s3``) for the chunk's offsets, or the
+        whole segment's when its index is bad."""
         remote = seg.remote
         assert remote is not None
+        where = [remote.base, remote.last]
+        try:
+            return await self._read_checked(remote, partition, start, limit, where)
+        except (CorruptSegment, ValueError) as e:
+            self.refetches += 1
+            log.warn(
+                "S3 object {key} failed its checksum ({error}); fetching it again",
+                key=remote.key,
+                error=str(e),
+            )
+            self._indexes.pop(remote.key, None)
+            self.cache.discard_prefix(remote.key)
+        try:
+            return await self._read_checked(remote, partition, start, limit, where)
+        except (CorruptSegment, ValueError) as e:
+            self._read_failed(remote, str(e))
+            raise DamagedRange(
+                where[0], where[1], f"S3 object {remote.key} fails its checksum twice: {e}", "s3"
+            ) from None
+
+    async def _read_checked(
+        self, remote: RemoteObject, partition: int, start: int, limit: int, where: list[int]
+    ) -> list[Record]:
         out: list[Record] = []
+        where[:] = [remote.base, remote.last]
         try:
             index = await self._index(remote)
             i = index.chunk_for(start)
             while i < len(index.chunks) and len(out) < limit:
+                where[:] = [
+                    index.chunks[i][0],
+                    index.chunks[i + 1][0] - 1 if i + 1 < len(index.chunks) else index.last,
+                ]
                 for off, value in await self._chunk(remote, index, i):
                     if off < start:
                         continue
@@ -443,12 +477,6 @@ class S3Tier:
             raise TierReadError(
                 f"segment {remote.base}-{remote.last} is missing from S3 ({remote.key})",
                 code="s3_object_missing",
-            ) from None
-        except (CorruptSegment, ValueError) as e:
-            self._read_failed(remote, str(e))
-            raise TierReadError(
-                f"segment {remote.base}-{remote.last} in S3 is corrupt ({remote.key}): {e}",
-                code="s3_object_corrupt",
             ) from None
         except S3Failure as e:
             self._read_failed(remote, str(e))

@@ -194,7 +194,7 @@ def scan_records(
             else:
                 # A damaged entry: a value failing its checksum, or a key that is
                 # not the one expected here.  It stands for the offset expected.
-                if exp is None:
+                if exp is None or (mine and off is not None and off < exp):
                     if k >= stop:
                         break  # nothing more expected, and past the range
                     positioned = cur.next()
