@@ -1709,16 +1709,16 @@ def _s3_for_verify(endpoint: str | None, bucket: str | None, region: str) -> Any
 @click.option("--s3-bucket", help="Bucket of --s3-endpoint (env SPRAWL_S3_BUCKET).")
 @click.option("--s3-region", default="us-east-1", show_default=True, help="Region of --s3-endpoint.")
 @click.option(
-    "--wait-pass",
+    "--scrub",
     is_flag=True,
-    help="Online: wait for a scrub pass that starts after now to finish, then report.",
+    help="Online: start a scrub pass of every stored record now, wait for it, then report.",
 )
 @click.option(
     "--wait-timeout",
     type=click.FloatRange(min=0),
     default=3600.0,
     show_default=True,
-    help="Online: seconds --wait-pass waits at most.",
+    help="Online: seconds --scrub waits at most.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
@@ -1728,7 +1728,7 @@ def verify(
     s3_endpoint: str | None,
     s3_bucket: str | None,
     s3_region: str,
-    wait_pass: bool,
+    scrub: bool,
     wait_timeout: float,
     as_json: bool,
 ) -> None:
@@ -1737,8 +1737,8 @@ def verify(
     With DATA_DIR (the node stopped): open its LMDB read-only and check every
     stored record (checksums, keys, gaps) -- and with --s3-endpoint every S3
     object its manifests name.  Without DATA_DIR: ask the node (--nodes) for
-    what its reads and its background scrub found.  Exits 1 when anything is
-    damaged.
+    what its reads and its background scrub found (--scrub: scrub everything
+    now first).  Exits 1 when anything is damaged.
     """
     if data_dir is not None:
         from sprawl.storage.offline import verify_data_dir
@@ -1769,17 +1769,17 @@ def verify(
             ctx.exit(1)
         return
     client = _client(ctx)
-    answer = client.call("GET", "/v1/damage")
-    if wait_pass:
-        if not answer["scrub"].get("enabled"):
-            raise CtlError("the node's scrub is off (--scrub-rate 0)")
-        target = int(answer["scrub"]["passes"]) + (2 if answer["scrub"]["running"] else 1)
+    if scrub:
+        target = int(client.call("POST", "/v1/damage/scrub")["pass"])
         deadline = time.monotonic() + wait_timeout
-        while int(answer["scrub"]["passes"]) < target:
-            if time.monotonic() > deadline:
-                raise CtlError(f"no scrub pass finished within {wait_timeout:g}s")
-            time.sleep(1.0)
+        for _ in range(int(wait_timeout * 4) + 2):
             answer = client.call("GET", "/v1/damage")
+            if int(answer["scrub"]["passes"]) >= target:
+                break
+            if time.monotonic() > deadline:
+                raise CtlError(f"the scrub pass did not finish within {wait_timeout:g}s")
+            time.sleep(0.25)
+    answer = client.call("GET", "/v1/damage")
     if as_json:
         _print_json(answer)
     else:

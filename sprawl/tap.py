@@ -392,9 +392,24 @@ class NodeService(service.Service):
         d = defer.ensureDeferred(self._start())
 
         def failed(f: Any) -> None:
+            import lmdb
+
             if f.check(StartRefused):
                 log.critical("{reason}", reason=f.value.message)
                 _exit_status_after_stop(self.reactor, 3)
+            elif f.check(lmdb.Error):
+                # LMDB's own pages (not a record: those are checked and named
+                # per range) do not read or write back: the store is damaged.
+                log.critical(
+                    "the LMDB store in {path} is DAMAGED ({error}): the node refuses to start. "
+                    "`sprawlctl verify {data_dir}` lists what it can still read; restore the data "
+                    "dir, or (in a cluster) move it aside and start the node empty so it copies its "
+                    "partitions from the other replicas",
+                    path=os.path.join(self.config.data_dir, "lmdb"),
+                    data_dir=self.config.data_dir,
+                    error=str(f.value),
+                )
+                log.failure("sprawl node failed to start", f)
             else:
                 log.failure("sprawl node failed to start", f)
             self.reactor.stop()

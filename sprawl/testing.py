@@ -97,7 +97,8 @@ class NodeProcess:
         ready = threading.Event()
         self._reader = threading.Thread(target=self._drain, args=(self.proc, ready), daemon=True)
         self._reader.start()
-        if not ready.wait(self.startup_timeout) or self.proc.poll() is not None:
+        if not ready.wait(self.startup_timeout) or self.proc.poll() is not None or not ports.exists():
+            # (The output can end -- the process exiting -- before it is reaped.)
             out = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             self.kill()
             raise RuntimeError(f"sprawl node did not start within {self.startup_timeout}s:\n{out[-4000:]}")

@@ -1084,6 +1084,16 @@ class SprawlAPI:
             "scrub": ig.scrubber.view() if ig.scrubber is not None else {"enabled": False},
         }
 
+    @app.route("/v1/damage/scrub", methods=["POST"])
+    @_route("damage_scrub")
+    def scrub_now(self, request: Any) -> Any:
+        """Start a scrub pass now (or right after the running one)."""
+        sc = self.broker.integrity.scrubber
+        if sc is None or not sc.enabled:
+            raise SprawlError("the scrub is off on this node (--scrub-rate 0)", code="scrub_off", status=409)
+        request.setResponseCode(202)
+        return {"pass": sc.run_now(), "scrub": sc.view()}
+
     @app.route("/v1/topics/<string:topic>/damage/skip", methods=["POST"])
     @_route("damage_skip")
     def skip_damage(self, request: Any, topic: str) -> Any:

@@ -12,7 +12,7 @@ Route classes (by Klein endpoint name):
   ``POST /subscribe`` (each topic of the body);
 * admin on the topic: ``PUT``/``DELETE`` of topics and groups, skipping a
   damaged range (``POST /v1/topics/{t}/damage/skip``);
-* admin node-wide (admin on ``*``): ``/v1/cluster*``, ``/v1/damage``, ``/metrics``,
+* admin node-wide (admin on ``*``): ``/v1/cluster*``, ``/v1/damage*``, ``/metrics``,
   ``/v1/dashboard/stream``, ``/status``, ``/dht``, ``/store``;
 * any valid token: ``GET /v1/topics`` and ``/topics`` (lists names).
 
@@ -54,6 +54,7 @@ NODE_ADMIN = frozenset(
         "cluster",
         "placement",
         "damage",
+        "scrub_now",
         "metrics_text",
         "dashboard_stream",
         "seed_status",

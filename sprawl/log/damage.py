@@ -37,6 +37,8 @@ class DamagedRange(Exception):
         self.last = last
         self.reason = reason
         self.tier = tier
+        #: Bytes a scan read before it met the damage (for progress counts).
+        self.nbytes = 0
 
 
 @dataclass

@@ -15,6 +15,7 @@ its progress and findings; metrics ``sprawl_scrub_*``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
@@ -59,6 +60,7 @@ class Scrubber:
         self._call: Any = None
         self._running = False
         self._stopped = False
+        self._again = False
 
     @property
     def enabled(self) -> bool:
@@ -82,6 +84,20 @@ class Scrubber:
         self._stopped = True
         if self._call is not None and self._call.active():
             self._call.cancel()
+
+    def run_now(self) -> int:
+        """Start a pass now (``POST /v1/damage/scrub``): at once when idle, or
+        right after the running one.  Returns the number the pass will have
+        once done (``passes`` reaches it)."""
+        if not self.enabled:
+            raise ValueError("the scrub is off (--scrub-rate 0)")
+        if self._running:
+            self._again = True
+            return self.passes + 2
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = self.clock.callLater(0, self._run)
+        return self.passes + 1
 
     def view(self) -> dict[str, Any]:
         """The scrub's state for ``GET /v1/damage``."""
@@ -111,9 +127,11 @@ class Scrubber:
         def done(_: object) -> None:
             self._running = False
             if not self._stopped:
-                self._call = self.clock.callLater(self.pause, self._run)
+                again, self._again = self._again, False
+                self._call = self.clock.callLater(0 if again else self.pause, self._run)
 
         def failed(f: Any) -> None:
+            self.pass_started = None
             log.failure("scrub pass failed", f)
 
         d.addErrback(failed).addBoth(done)
@@ -161,14 +179,11 @@ class Scrubber:
             dense = integrity.dense(t, lg, pos, end)
             try:
                 scan = await store.call_reader(
-                    store.scan_sync,
+                    partial(store.scan_sync, dense=dense, max_bytes=self.chunk_bytes, collect="none"),
                     t.config.uid,
                     p,
                     pos,
                     end,
-                    dense=dense,
-                    max_bytes=self.chunk_bytes,
-                    collect="none",
                 )
                 nbytes, nxt = scan.nbytes, scan.next
                 if nxt <= pos:  # nothing more stored
@@ -180,7 +195,7 @@ class Scrubber:
                     integrity.note(t, p, d)
                     if known is None:
                         self.pass_found += 1
-                nbytes, nxt = 0, d.last + 1
+                nbytes, nxt = d.nbytes, d.last + 1
             self.pass_done += nbytes
             self.bytes_total += nbytes
             if b.metrics is not None:

@@ -100,6 +100,27 @@ def scan_records(
     partition: int,
     start: int,
     end: int,
+    **kw: Any,
+) -> Scan:
+    """Records of ``[start, end)`` in offset order, checked (see :func:`_scan`);
+    a :class:`DamagedRange` raised carries ``nbytes``, the value bytes read
+    before it."""
+    out = Scan(next=start)
+    try:
+        return _scan(txn, db, uid, partition, start, end, out, **kw)
+    except DamagedRange as d:
+        d.nbytes = out.nbytes
+        raise
+
+
+def _scan(
+    txn: Any,
+    db: Any,
+    uid: int,
+    partition: int,
+    start: int,
+    end: int,
+    out: Scan,
     *,
     dense: list[tuple[int, int]] | None = None,
     unchecked_below: int = 0,
@@ -120,7 +141,6 @@ def scan_records(
     if dense is None:
         dense = [(start, end - 1)] if end > start else []
     exp_of = _Expect(dense)
-    out = Scan(next=start)
     prefix = keys.partition_prefix(uid, partition)
     stop = keys.record_key(uid, partition, end)
     exp = exp_of.at_or_after(start)
@@ -318,5 +338,6 @@ def find_damage(
             break
         except DamagedRange as d:
             found.append(d)
+            nbytes += d.nbytes
             pos = d.last + 1
     return found, nbytes
