@@ -845,11 +845,13 @@ class Broker:
                     log.failure("watcher of {topic}/{partition} failed", topic=name, partition=partition)
 
     def read(
-        self, topic: Topic, partition: int, start: int, limit: int, _attempt: int = 0
+        self, topic: Topic, partition: int, start: int, limit: int, _attempt: int = 0, *, repair: bool = True
     ) -> Deferred[list[Record]]:
         """Visible records from ``start`` (below the high watermark), hot tail,
         S3 or LMDB, checked: a damaged range met fails the read with
-        ``corrupt_record`` (after a repair, in a cluster) -- never a short read."""
+        ``corrupt_record`` -- never a short read.  In a cluster (``repair``)
+        the range is first repaired from a healthy replica, or the read served
+        by one."""
         lg = topic.logs[partition]
         if start < lg.log_start:
             start = lg.log_start
@@ -858,20 +860,23 @@ class Broker:
             return succeed(got)
 
         def again() -> Deferred[list[Record]]:
-            return self.read(topic, partition, start, limit, _attempt + 1)
+            return self.read(topic, partition, start, limit, _attempt + 1, repair=repair)
+
+        ig = self.integrity
+        how = ig.how(topic, partition, start, limit, again, _attempt, repair)
 
         seg = remote_segment(lg, start)
         end = min(lg.hot_start, lg.high_watermark, lg.stored_end)
         hi = min(seg.last + 1 if seg is not None else end, start + limit) - 1
         known = self.integrity.known(topic, partition, start, hi) if hi >= start else None
         if known is not None:
-            return self.integrity.meet(topic, partition, known, again, _attempt)
+            return ig.meet(known, how)
         if seg is not None:
             try:
                 d = self._read_remote(topic, lg, seg, start, limit)
             except Exception:
                 return fail()
-            return d.addErrback(self.integrity.read_failed, topic, partition, again, _attempt)
+            return d.addErrback(ig.read_failed, how)
         d = self.store.read_records(
             topic.config.uid, partition, start, limit, end, self.integrity.dense(topic, lg, start, end)
         )
@@ -893,7 +898,7 @@ class Broker:
             return recs
 
         d.addCallback(fill)
-        d.addErrback(self.integrity.read_failed, topic, partition, again, _attempt)
+        d.addErrback(ig.read_failed, how)
         return d
 
     def _read_remote(
@@ -944,7 +949,8 @@ class Broker:
             return self.find_time(topic, partition, ts_ms, _attempt + 1)
 
         d: Deferred[int] = self.store.call_reader(scan)
-        return d.addErrback(self.integrity.read_failed, topic, partition, again, _attempt)
+        how = self.integrity.how(topic, partition, seg.base, 0, again, _attempt, repair=True)
+        return d.addErrback(self.integrity.read_failed, how)
 
     def _find_time_remote(self, topic: Topic, lg: PartitionLog, seg: Segment, ts_ms: int) -> Deferred[int]:
         """``find_time`` inside a segment held in S3 (reads it chunk by chunk)."""

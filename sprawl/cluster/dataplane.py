@@ -137,6 +137,10 @@ class DataPlane:
 
         #: Consumer groups, each partition's state owned by its leader.
         self.groups = GroupRoutes(self)
+        from sprawl.cluster.repair import Repairs
+
+        #: Damaged ranges rewritten from healthy replicas (sprawl/cluster/repair.py).
+        self.repairs = Repairs(self)
 
     # -- life ------------------------------------------------------------------------
 
@@ -290,6 +294,7 @@ class DataPlane:
             self._moving.clear()
         self.service.tick()
         self.groups.tick(self.reactor.seconds())
+        self.repairs.tick()
 
     def _sync_controller(self, c: FailoverCore, pl: dict[str, Any]) -> None:
         epoch = int(pl["epoch"])
@@ -940,13 +945,19 @@ class DataPlane:
         core = r.core
         out: dict[str, Any] = {"role": core.role, "replica_epoch": core.epoch, "groups_committed": groups}
         if core.is_leader:
+            # A replica whose copy of a range is damaged is not in sync until repaired.
+            damaged = self.repairs.damaged_replicas(topic, partition)
             out["followers"] = {f: st.match for f, st in core.followers.items()}
             out["in_sync"] = sorted(
-                [self.node_id, *(f for f, st in core.followers.items() if st.match >= core.hw)]
+                [
+                    *([self.node_id] if self.node_id not in damaged else []),
+                    *(f for f, st in core.followers.items() if st.match >= core.hw and f not in damaged),
+                ]
             )
-            full, want = self._full_strength(topic, core, self._member_states())
+            full, want = self._full_strength(topic, core, self._member_states(), partition)
             out["full_strength"] = full
             out["replicas_wanted"] = want
+            out["damaged_replicas"] = sorted(damaged)
         return out
 
     def _wanted(self, topic: str, states: dict[str, str]) -> int:
@@ -959,16 +970,21 @@ class DataPlane:
         nodes = {n for n in meta.nodes if states.get(n) != "foreign"} | {self.node_id}
         return max(1, min(rf, len(nodes)))
 
-    def _full_strength(self, topic: str, core: Any, states: dict[str, str]) -> tuple[bool, int]:
+    def _full_strength(
+        self, topic: str, core: Any, states: dict[str, str], partition: int | None = None
+    ) -> tuple[bool, int]:
         """Whether a partition this node leads is at full strength -- as many
-        replicas as :meth:`_wanted`, each up (by gossip) and holding every
-        committed record -- and how many it wants."""
+        replicas as :meth:`_wanted`, each up (by gossip), holding every
+        committed record and not reporting a damaged range -- and how many it wants."""
         want = self._wanted(topic, states)
         known = self.membership is not None
-        good = 1 + sum(
+        damaged = self.repairs.damaged_replicas(topic, partition) if partition is not None else set()
+        good = (self.node_id not in damaged) + sum(
             1
             for f, st in core.followers.items()
-            if st.match >= core.hw and (not known or states.get(f) in ("alive", "suspect"))
+            if st.match >= core.hw
+            and (not known or states.get(f) in ("alive", "suspect"))
+            and f not in damaged
         )
         return good >= want, want
 
@@ -985,7 +1001,7 @@ class DataPlane:
             if not core.is_leader:
                 continue
             leading += 1
-            if not self._full_strength(name, core, states)[0]:
+            if not self._full_strength(name, core, states, _p)[0]:
                 under += 1
         for name, parts in meta.placement.items():
             for pl in parts:
@@ -1006,4 +1022,5 @@ class DataPlane:
             "failovers": self.failovers,
             "rebuilt": self.rebuilt,
             **self.feeds.view(),
+            **self.repairs.view(),
         }

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import Overloaded
+from sprawl.log.damage import DamagedRange
 from sprawl.log.record import Record
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.epochs import EpochCache
@@ -353,7 +354,13 @@ class PartitionReplication:
     async def _send(self, dst: str, m: Any) -> None:
         recs: list[Record] = []
         if isinstance(m, Append) and m.count:
-            recs = await self._records(m.start, m.count)
+            try:
+                recs = await self._records(m.start, m.count)
+            except DamagedRange as d:
+                # This copy is damaged there: noted (and repaired from another
+                # replica); until then the range is not sent -- never skipped.
+                self.broker.integrity.note(self.topic, self.partition, d)
+                recs = []
             if len(recs) != m.count or recs[0].offset != m.start:
                 # Not readable now (retention or the S3 tier raced the send):
                 # the core retransmits from the new log start after a few ticks.
@@ -387,7 +394,12 @@ class PartitionReplication:
             hs = lg.hot_start
             return [lg.hot[i] for i in range(start - hs, min(end, lg.next_offset) - hs)]
         got: list[Record] = await self.broker.store.read_records(
-            self.topic.config.uid, self.partition, start, count, end
+            self.topic.config.uid,
+            self.partition,
+            start,
+            count,
+            end,
+            self.broker.integrity.dense(self.topic, lg, start, min(end, lg.stored_end)),
         )
         if got and got[-1].offset + 1 < end and end > lg.hot_start:
             got += await self._records(got[-1].offset + 1, end - got[-1].offset - 1)

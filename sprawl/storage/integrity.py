@@ -23,6 +23,7 @@ over offsets retention deleted.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -54,6 +55,9 @@ class Integrity:
         #: range from a healthy replica (True when it holds); None on a node
         #: with nothing to repair from.
         self.repairer: Callable[[Any, int, DamageEntry], Deferred[bool]] | None = None
+        #: ``(topic, partition, start, limit) -> Deferred[records] | None``: a
+        #: read served by a healthy replica (damage this node cannot rewrite).
+        self.elsewhere: Callable[[Any, int, int, int], Deferred[list[Record]] | None] | None = None
         #: The background scrub (:class:`sprawl.storage.scrub.Scrubber`), if any.
         self.scrubber: Any = None
         self.found = {"lmdb": 0, "s3": 0}
@@ -146,9 +150,20 @@ class Integrity:
 
     # -- reads that meet damage --------------------------------------------------
 
-    def read_failed(
-        self, f: Failure, topic: Any, partition: int, retry: Callable[[], Any], attempt: int
-    ) -> Any:
+    def how(
+        self,
+        topic: Any,
+        partition: int,
+        start: int,
+        limit: int,
+        retry: Callable[[], Any],
+        attempt: int,
+        repair: bool,
+    ) -> _Read:
+        """What a read that may meet damage needs to know to act on it."""
+        return _Read(topic, partition, start, limit, retry, attempt, repair)
+
+    def read_failed(self, f: Failure, r: _Read) -> Any:
         """Errback of a read: a damaged range is a race to read again (the
         segment moved to S3, retention or a reset took the range, the topic
         went), or damage: noted, repaired where a replica can, else answered."""
@@ -157,31 +172,50 @@ class Integrity:
         d = f.value
         assert isinstance(d, DamagedRange)
         b = self.broker
+        topic, partition = r.topic, r.partition
         lg = topic.logs[partition]
         if b.topics.get(topic.name) is not topic:
             raise NotFound(f"topic {topic.name!r} was deleted", code="topic_not_found")
         raced = d.tier == "lmdb" and (
             d.first < lg.log_start or _remote_at(lg, d.first) or d.first >= lg.stored_end
         )
-        if raced and attempt < MAX_READ_ATTEMPTS:
-            return retry()
-        return self.meet(topic, partition, self.note(topic, partition, d), retry, attempt)
+        if raced and r.attempt < MAX_READ_ATTEMPTS:
+            return r.retry()
+        return self.meet(self.note(topic, partition, d), r)
 
-    def meet(
-        self, topic: Any, partition: int, e: DamageEntry, retry: Callable[[], Any], attempt: int
-    ) -> Deferred[Any]:
-        """A read met the damaged range ``e``: repair it first where a replica
-        can (then read again), else fail with ``corrupt_record``."""
+    def meet(self, e: DamageEntry, r: _Read) -> Deferred[Any]:
+        """A read met the damaged range ``e``: in a cluster, repair it from a
+        healthy replica first (then read again), or -- a range this node cannot
+        rewrite -- have a healthy replica serve the read; else fail with
+        ``corrupt_record``."""
+        topic, partition = r.topic, r.partition
         lg = topic.logs[partition]
-        if self.repairer is not None and lg.replicated and attempt < MAX_READ_ATTEMPTS:
+        if not (r.repair and lg.replicated and r.attempt < MAX_READ_ATTEMPTS):
+            return fail(self.error(topic, partition, e))
+        if e.tier == "lmdb" and self.repairer is not None:
             d = self.repairer(topic, partition, e)
 
             def done(ok: bool) -> Any:
                 if ok:
-                    return retry()
+                    return r.retry()
                 raise self.error(topic, partition, e)
 
             return d.addCallback(done)
+        if self.elsewhere is not None and r.limit > 0:
+            served = self.elsewhere(topic, partition, r.start, min(r.limit, e.last + 1 - r.start))
+            if served is not None:
+
+                def failed(f: Failure) -> Any:
+                    log.warn(
+                        "no healthy replica served {topic}/{partition} from {start}: {err}",
+                        topic=topic.name,
+                        partition=partition,
+                        start=r.start,
+                        err=str(f.value),
+                    )
+                    raise self.error(topic, partition, e)
+
+                return served.addErrback(failed)
         return fail(self.error(topic, partition, e))
 
     # -- repair and skip -----------------------------------------------------------
@@ -336,6 +370,19 @@ class Integrity:
         )
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         return f"damaged partitions: {names}{more} (see GET /v1/damage)"
+
+
+@dataclass
+class _Read:
+    """A read in flight: where it started, how to try it again."""
+
+    topic: Any
+    partition: int
+    start: int
+    limit: int
+    retry: Callable[[], Any]
+    attempt: int
+    repair: bool
 
 
 def _remote_at(lg: Any, offset: int) -> bool:
