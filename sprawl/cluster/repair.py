@@ -94,6 +94,8 @@ class Repairs:
             return mine
         if e.tier != "lmdb":
             return defer.succeed(False)
+        if self._backoff.get((topic.name, partition, e.first), (0, 0.0))[1] > self.reactor.seconds():
+            return defer.succeed(False)  # failed a moment ago: not again for every read
         self._running[key] = waiters = [mine]
         done = defer.ensureDeferred(self._repair(topic, partition, e.first, e.last))
 
@@ -150,7 +152,12 @@ class Repairs:
         pl = self.plane.placement(name, partition)
         if pl is None:
             return []
-        reps = [str(r) for r in pl["replicas"] if str(r) != self.plane.node_id]
+        known = getattr(self.plane.channel, "addresses", None)
+        reps = [
+            str(r)
+            for r in pl["replicas"]
+            if str(r) != self.plane.node_id and (known is None or str(r) in known)  # (reachable at all)
+        ]
         leader = str(pl.get("leader") or "")
         return sorted(reps, key=lambda r: r != leader)
 
@@ -260,8 +267,8 @@ class Repairs:
                 if e.tier != "lmdb" or (t.name, p, e.first, e.last) in self._running:
                     continue
                 _n, at = self._backoff.get((t.name, p, e.first), (0, 0.0))
-                if at > now or e.last >= t.logs[p].high_watermark:
-                    continue  # backing off, or not all committed yet (the source serves only that)
+                if at > now or e.last >= t.logs[p].high_watermark or not self._sources(t.name, p):
+                    continue  # backing off, not all committed yet (sources serve only that), no peer known yet
                 self.repair(t, p, e)
 
     def _report(self, topic: Any, partition: int) -> None:

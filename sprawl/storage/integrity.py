@@ -101,17 +101,26 @@ class Integrity:
         return hit if hit is not None else DamageEntry(d.first, d.last, d.reason, d.tier)
 
     def error(self, topic: Any, partition: int, e: DamageEntry) -> CorruptData:
-        """The answer of a read that meets ``e``."""
-        return CorruptData(
+        """The answer of a read that meets ``e``: 500, or 503 (retry) while
+        other replicas may still repair it."""
+        replicated = self.repairer is not None and topic.logs[partition].replicated
+        err = CorruptData(
             f"offsets {e.first}-{e.last} of {topic.name}/{partition} are damaged in {e.tier} "
             f"({e.reason}); nothing in this range is served until it is repaired"
-            + ("" if self.repairer is not None else " or an operator skips it (sprawlctl damage skip)"),
+            + (
+                " from another replica (retry shortly)"
+                if replicated
+                else " or an operator skips it (sprawlctl damage skip)"
+            ),
             topic=topic.name,
             partition=partition,
             first=e.first,
             last=e.last,
             tier=e.tier,
         )
+        if replicated:
+            err.status = 503
+        return err
 
     def _persist(self, topic: Any, partition: int) -> None:
         uid = topic.config.uid
