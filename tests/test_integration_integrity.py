@@ -361,3 +361,55 @@ def test_a_damaged_replica_repairs_itself(sprawl_nodes: Any) -> None:
     msgs = read_all_from(victim)
     assert [m["offset"] for m in msgs] == offsets
     check_served(msgs, index)
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy-datadir.tar.gz"
+
+
+def test_a_data_dir_written_before_checksums_still_reads(sprawl_nodes: Any, tmp_path: Path) -> None:
+    """A data dir written by the version before record checksums
+    (tests/data/legacy-datadir.tar.gz: topic ``old``, 2 partitions, 61
+    messages, one of them binary) opens and reads whole; its records are
+    read as unchecked, new ones carry checksums, and damage to a new record
+    is still found."""
+    import base64
+    import tarfile
+
+    with tarfile.open(LEGACY) as tar:
+        tar.extractall(tmp_path, filter="data")
+    data_dir = tmp_path / "node"
+    code, out = verify_offline(data_dir)
+    assert code == 0, out
+    node = sprawl_nodes("--node-id", "legacy-node", "--scrub-rate", "0", data_dir=data_dir)
+    assert "read as unchecked" in node.log_text()
+    old: list[dict[str, Any]] = []
+    for p in (0, 1):
+        status, body = http_json(f"{node.url}/v1/topics/old/messages?from=0&limit=1000&partition={p}")
+        assert status == 200, body
+        old += body["messages"]
+    assert len(old) == 61
+    texts = sorted(m["payload"] for m in old if "payload" in m)
+    assert texts == sorted([f"old-0-{i}" for i in range(30)] + [f"old-1-{i}" for i in range(30)])
+    assert [base64.b64decode(m["payload_b64"]) for m in old if "payload_b64" in m] == [bytes(range(256))]
+    assert all(m["headers"]["n"] == m["payload"].rsplit("-", 1)[1] for m in old if "payload" in m)
+    assert http_json(f"{node.url}/readyz")[0] == 200
+    # New records, checked; a flipped byte in one of them is damage.
+    status, body = http_json(
+        f"{node.url}/v1/topics/old/messages", "POST", {"messages": [{"payload": "<new-one>" + "n" * 500}], "acks": "leader"}
+    )
+    assert status == 200, body
+    p, off = body["partitions"][0], body["offsets"][0]
+    node.stop()
+    path = data_dir / "lmdb" / "data.mdb"
+    data = bytearray(path.read_bytes())
+    for h in re.finditer(re.escape(b"<new-one>"), data):
+        data[h.start() + 20] ^= 0x01
+    path.write_bytes(bytes(data))
+    code, out = verify_offline(data_dir)
+    import json
+
+    found = json.loads(out)["damaged"]
+    assert code == 1 and [(d["partition"], d["first_offset"], d["last_offset"]) for d in found] == [(p, off, off)], out
+    node.start()
+    status, err = http_json(f"{node.url}/v1/topics/old/messages?from=0&limit=1000&partition={p}")
+    assert status == 500 and (err["error"]["first_offset"], err["error"]["last_offset"]) == (off, off), err
