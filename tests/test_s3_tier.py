@@ -197,33 +197,65 @@ def test_spill_restart_and_replay_every_tier(
 def test_corrupt_or_missing_object_is_an_error_not_data(
     seaweed: SeaweedProcess, sprawl_nodes: Any, s3_keys: None
 ) -> None:
-    """A damaged segment object answers 502 ``s3_object_corrupt``, a deleted one
-    ``s3_object_missing``; neither returns data."""
+    """A segment object with a flipped byte, and one truncated, are each
+    fetched again once and then named: a 500 ``corrupt_record`` for the
+    chunk's offsets (never data, never a short read), one log line, the
+    metric, ``/readyz``; ``sprawlctl verify --s3-endpoint`` finds both.  A
+    deleted object answers ``s3_object_missing``."""
+    from click.testing import CliRunner
+
+    from sprawl.ctl import cli
+
     prefix = f"c-{uuid.uuid4().hex[:8]}"
-    args = node_args(seaweed, prefix, "--segment-bytes", "20KB", "--disk-to-s3-age", "0s")
+    args = node_args(seaweed, prefix, "--segment-bytes", "20KB", "--disk-to-s3-age", "0s", "--scrub-rate", "0")
     node = sprawl_nodes(*args)
-    for i in range(4):
+    for i in range(6):
         publish(node, "bad", i * 50, 50)
-    tiers = wait_for("segments in S3", lambda: (v := s3_view(node, "bad"))["s3"]["segments"] >= 3 and v)
+    tiers = wait_for("segments in S3", lambda: (v := s3_view(node, "bad"))["s3"]["segments"] >= 4 and v)
     node.stop()  # the restarted node has nothing in memory: reads below LMDB go to S3
-    node = sprawl_nodes(*args, data_dir=node.data_dir)
     segs = [k for k in keys_under(seaweed, prefix) if k.endswith(".seg")]
+    bases = [int(k.rsplit("/", 1)[1].split("-")[0]) for k in segs]
+    lasts = [int(k.rsplit("/", 1)[1].split("-")[1].split(".")[0]) for k in segs]
     c = seaweed.client()
     body = bytearray(c.get_object(Bucket=BUCKET, Key=segs[0])["Body"].read())
     body[20] ^= 0xFF
     c.put_object(Bucket=BUCKET, Key=segs[0], Body=bytes(body))
-    status, err = call(f"{node.url}/v1/topics/bad/messages?from=earliest&limit=10")
-    assert status == 502 and err["error"]["code"] == "s3_object_corrupt", err
-    assert "corrupt" in err["error"]["message"]
-    second_base = int(segs[1].rsplit("/", 1)[1].split("-")[0])
-    c.delete_object(Bucket=BUCKET, Key=segs[1])
-    status, err = call(f"{node.url}/v1/topics/bad/messages?from={second_base}&limit=10")
+    body = c.get_object(Bucket=BUCKET, Key=segs[1])["Body"].read()
+    c.put_object(Bucket=BUCKET, Key=segs[1], Body=body[: len(body) // 2])  # truncated
+    r = CliRunner().invoke(
+        cli,
+        ["verify", str(node.data_dir), "--s3-endpoint", seaweed.endpoint, "--s3-bucket", BUCKET, "--json"],
+    )
+    assert r.exit_code == 1, r.output
+    found = [(d["first_offset"], d["last_offset"], d["tier"]) for d in json.loads(r.output)["damaged"]]
+    assert found == [(bases[0], lasts[0], "s3"), (bases[1], lasts[1], "s3")], r.output
+    node = sprawl_nodes(*args, data_dir=node.data_dir)
+    for start, first, last in ((0, bases[0], lasts[0]), (bases[1] + 3, bases[1], lasts[1])):
+        for _ in range(2):
+            status, err = call(f"{node.url}/v1/topics/bad/messages?from={start}&limit=10")
+            assert status == 500 and err["error"]["code"] == "corrupt_record", err
+            assert (err["error"]["first_offset"], err["error"]["last_offset"], err["error"]["tier"]) == (
+                first,
+                last,
+                "s3",
+            ), err
+    logged = node.log_text()
+    assert logged.count(f"DAMAGED: bad/0 offsets {bases[0]}-{lasts[0]} (s3)") == 1, logged[-3000:]
+    assert logged.count(f"DAMAGED: bad/0 offsets {bases[1]}-{lasts[1]} (s3)") == 1
+    assert logged.count("fetching it again") == 2, "each object fetched again once, then known damaged"
+    status, ready = call(f"{node.url}/readyz")
+    assert status == 503 and f"bad/0 offsets {bases[0]}-{lasts[0]} (s3)" in ready["reason"], ready
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as resp:
+        assert 'sprawl_damage_found_total{tier="s3"} 2.0' in resp.read().decode()
+    # An intact object still reads; a deleted one is missing, not damaged data.
+    status, ok = call(f"{node.url}/v1/topics/bad/messages?from={bases[2]}&limit=5")
+    assert status == 200 and [m["offset"] for m in ok["messages"]] == list(range(bases[2], bases[2] + 5)), ok
+    c.delete_object(Bucket=BUCKET, Key=segs[3])
+    status, err = call(f"{node.url}/v1/topics/bad/messages?from={bases[3]}&limit=10")
     assert status == 502 and err["error"]["code"] == "s3_object_missing", err
     # The LMDB range still reads.
     status, ok = call(f"{node.url}/v1/topics/bad/messages?from={tiers['lmdb']['low']}&limit=10")
     assert status == 200 and ok["messages"][0]["offset"] == tiers["lmdb"]["low"]
-    logged = node.log_text()
-    assert "S3 read of" in logged and "checksum mismatch" in logged
 
 
 def test_retention_deletes_remote_segments(seaweed: SeaweedProcess, sprawl_nodes: Any, s3_keys: None) -> None:

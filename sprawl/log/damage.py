@@ -120,7 +120,7 @@ class DamageMap:
         new = DamageEntry(first, last, reason, tier, DAMAGED, now_ms)
         keep: list[DamageEntry] = []
         for e in es:
-            if e.state == DAMAGED and e.first <= last + 1 and e.last >= first - 1:
+            if e.state == DAMAGED and e.first <= last and e.last >= first:
                 new.first, new.last = min(new.first, e.first), max(new.last, e.last)
                 new.found_ms = min(new.found_ms, e.found_ms) if e.found_ms else new.found_ms
                 new.attempts = max(new.attempts, e.attempts)
