@@ -39,9 +39,12 @@ def publish_all(node: NodeProcess, topic: str = "t", n: int = N, acks: str = "le
     offsets: list[int] = []
     for b in range(0, n, 100):
         msgs = [
-            {"payload": marker(i).decode() + "x" * (SIZE - 8), "id": f"id-{i}"} for i in range(b, min(n, b + 100))
+            {"payload": marker(i).decode() + "x" * (SIZE - 8), "id": f"id-{i}"}
+            for i in range(b, min(n, b + 100))
         ]
-        status, body = http_json(f"{node.url}/v1/topics/{topic}/messages", "POST", {"messages": msgs, "acks": acks})
+        status, body = http_json(
+            f"{node.url}/v1/topics/{topic}/messages", "POST", {"messages": msgs, "acks": acks}
+        )
         assert status == 200, body
         offsets.extend(body["offsets"])
     return offsets
@@ -76,13 +79,12 @@ def check_served(msgs: list[dict[str, Any]], index: dict[int, int] | None = None
 
 def metric(node: NodeProcess, name: str) -> float:
     """The value of one sample of the node's /metrics."""
-    status, _ = http_json(f"{node.url}/healthz")
     import urllib.request
 
     with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as r:
         text = r.read().decode()
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+        if line.startswith(name + " ") or (line.startswith(name + "{") and line.split(" ")[0] == name):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -119,7 +121,12 @@ def test_flipped_record_values_are_named_never_short(sprawl_nodes: Any) -> None:
     status, ready = http_json(f"{node.url}/readyz")
     assert status == 503 and "t/0 offsets 100-102" in ready["reason"] and "700-700" in ready["reason"], ready
     # Every read that meets a damaged range is an error naming it; never a short read.
-    for start, limit, rng in ((0, 10_000, (100, 102)), (50, 51, (100, 102)), (102, 1, (100, 102)), (600, 200, (700, 700))):
+    for start, limit, rng in (
+        (0, 10_000, (100, 102)),
+        (50, 51, (100, 102)),
+        (102, 1, (100, 102)),
+        (600, 200, (700, 700)),
+    ):
         status, err = read_range(node, start, limit)
         assert status == 500, (start, limit, err)
         e = err["error"]
@@ -140,7 +147,9 @@ def test_flipped_record_values_are_named_never_short(sprawl_nodes: Any) -> None:
     assert metric(node, 'sprawl_damage_found_total{tier="lmdb"}') == 2
     assert metric(node, 'sprawl_damaged_ranges{state="damaged"}') == 2
     status, dmg = http_json(f"{node.url}/v1/damage")
-    assert [(r["topic"], r["partition"], r["first_offset"], r["last_offset"], r["state"]) for r in dmg["ranges"]] == [
+    assert [
+        (r["topic"], r["partition"], r["first_offset"], r["last_offset"], r["state"]) for r in dmg["ranges"]
+    ] == [
         ("t", 0, 100, 102, "damaged"),
         ("t", 0, 700, 700, "damaged"),
     ]
@@ -152,7 +161,9 @@ def test_flipped_record_values_are_named_never_short(sprawl_nodes: Any) -> None:
     # The operator skips both ranges; readers pass over them, the rest is whole.
     r = CliRunner().invoke(cli, ["--nodes", node.url, "damage", "skip", "t", "0", "101", "101", "--yes"])
     assert r.exit_code == 0 and "offsets 100-102" in r.output, r.output
-    status, err = http_json(f"{node.url}/v1/topics/t/damage/skip", "POST", {"partition": 0, "first_offset": 5, "last_offset": 6})
+    status, err = http_json(
+        f"{node.url}/v1/topics/t/damage/skip", "POST", {"partition": 0, "first_offset": 5, "last_offset": 6}
+    )
     assert status == 404 and err["error"]["code"] == "damage_not_found"
     status, err = read_range(node, 0, 10_000)
     assert status == 500 and err["error"]["first_offset"] == 700
@@ -222,7 +233,9 @@ def test_scrub_finds_damage_on_a_live_node(sprawl_nodes: Any) -> None:
     import json
 
     answer = json.loads(r.output)
-    assert [(x["first_offset"], x["last_offset"], x["state"]) for x in answer["ranges"]] == [(300, 301, "damaged")]
+    assert [(x["first_offset"], x["last_offset"], x["state"]) for x in answer["ranges"]] == [
+        (300, 301, "damaged")
+    ]
     assert answer["scrub"]["passes"] >= 1 and answer["scrub"]["scanned_bytes"] >= N * SIZE
     assert metric(node, "sprawl_scrub_passes_total") >= 1
     assert metric(node, "sprawl_scrub_scanned_bytes_total") >= N * SIZE
@@ -253,7 +266,9 @@ def account_for_every_offset(node: NodeProcess) -> int:
             if e["first_offset"] > pos:
                 # Read up to the damage: it must be served whole.
                 status, ok = read_range(node, pos, e["first_offset"] - pos)
-                assert status == 200 and [m["offset"] for m in ok["messages"]] == list(range(pos, e["first_offset"])), ok
+                assert status == 200 and [m["offset"] for m in ok["messages"]] == list(
+                    range(pos, e["first_offset"])
+                ), ok
                 check_served(ok["messages"])
             damaged += e["last_offset"] - e["first_offset"] + 1
             pos = e["last_offset"] + 1
@@ -353,7 +368,9 @@ def test_a_damaged_replica_repairs_itself(sprawl_nodes: Any) -> None:
     assert metric(victim, "sprawl_damage_repaired_total") == 2
     # In sync again at the leader; the rewritten copy reads back whole from LMDB
     # (not the hot tail) after another restart, and sprawlctl verify agrees.
-    assert poll_until(lambda: victim.data_dir.name in (partition0(by_name[leader]).get("in_sync") or []), 30.0)
+    assert poll_until(
+        lambda: victim.data_dir.name in (partition0(by_name[leader]).get("in_sync") or []), 30.0
+    )
     victim.stop()
     code, out = verify_offline(victim.data_dir)
     assert code == 0, out
@@ -395,7 +412,9 @@ def test_a_data_dir_written_before_checksums_still_reads(sprawl_nodes: Any, tmp_
     assert http_json(f"{node.url}/readyz")[0] == 200
     # New records, checked; a flipped byte in one of them is damage.
     status, body = http_json(
-        f"{node.url}/v1/topics/old/messages", "POST", {"messages": [{"payload": "<new-one>" + "n" * 500}], "acks": "leader"}
+        f"{node.url}/v1/topics/old/messages",
+        "POST",
+        {"messages": [{"payload": "<new-one>" + "n" * 500}], "acks": "leader"},
     )
     assert status == 200, body
     p, off = body["partitions"][0], body["offsets"][0]
@@ -409,7 +428,9 @@ def test_a_data_dir_written_before_checksums_still_reads(sprawl_nodes: Any, tmp_
     import json
 
     found = json.loads(out)["damaged"]
-    assert code == 1 and [(d["partition"], d["first_offset"], d["last_offset"]) for d in found] == [(p, off, off)], out
+    assert code == 1 and [(d["partition"], d["first_offset"], d["last_offset"]) for d in found] == [
+        (p, off, off)
+    ], out
     node.start()
     status, err = http_json(f"{node.url}/v1/topics/old/messages?from=0&limit=1000&partition={p}")
     assert status == 500 and (err["error"]["first_offset"], err["error"]["last_offset"]) == (off, off), err

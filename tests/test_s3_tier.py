@@ -207,7 +207,9 @@ def test_corrupt_or_missing_object_is_an_error_not_data(
     from sprawl.ctl import cli
 
     prefix = f"c-{uuid.uuid4().hex[:8]}"
-    args = node_args(seaweed, prefix, "--segment-bytes", "20KB", "--disk-to-s3-age", "0s", "--scrub-rate", "0")
+    args = node_args(
+        seaweed, prefix, "--segment-bytes", "20KB", "--disk-to-s3-age", "0s", "--scrub-rate", "0"
+    )
     node = sprawl_nodes(*args)
     for i in range(6):
         publish(node, "bad", i * 50, 50)

@@ -264,7 +264,9 @@ async def test_missing_and_corrupt_objects_fail_reads(env: Any) -> None:
     assert s3.gets[gets:].count(seg_keys[0]) == 2, "fetched again once, then known as damaged"
     assert n.broker.integrity.found == {"lmdb": 0, "s3": 1}
     view = n.broker.describe_topic(t)["partition_details"][0]["damaged"]
-    assert [(v["first_offset"], v["last_offset"], v["tier"]) for v in view] == [(first.base, first.last, "s3")]
+    assert [(v["first_offset"], v["last_offset"], v["tier"]) for v in view] == [
+        (first.base, first.last, "s3")
+    ]
     second = t.logs[0].segments[1]
     del s3.objects[seg_keys[1]]
     with pytest.raises(TierReadError) as e2:

@@ -437,12 +437,16 @@ def replace_range(
 
 
 def _sound_beyond(k: bytes, v: bytes, prefix: bytes, partition: int, last: int) -> bool:
-    """An entry past the range that is what its key says (keep it)."""
+    """An entry past the range to keep (and stop at): a sound one, or a
+    record key of a later offset of this partition (damaged or not, it
+    stands for its own offset).  Anything else there is a damaged key."""
     if len(k) != 16:
         return False
     off = keys.parse_record_key(k)[2]
+    if k.startswith(prefix) and off > last:
+        return True
     try:
         check_stored(partition, off, v)
     except CorruptRecord:
         return False
-    return not k.startswith(prefix) or off > last
+    return True
