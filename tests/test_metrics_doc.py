@@ -146,6 +146,7 @@ def test_units_in_names() -> None:
                     "_index",
                     "_ratio",
                     "_partitions",
+                    "_ranges",
                 )
                 + ("_role", "_has_leader", "_fault_tolerant", "_voters", "_learners")
             ), name
