@@ -228,7 +228,9 @@ def test_scrub_finds_damage_on_a_live_node(sprawl_nodes: Any) -> None:
     status, body = read_range(node, 300, 2)
     assert status == 200, body  # served from memory: LMDB is not read
     flip_values(node.data_dir, [300, 301])
-    r = CliRunner().invoke(cli, ["--nodes", node.url, "verify", "--scrub", "--wait-timeout", "120", "--json"])
+    r = CliRunner().invoke(
+        cli, ["--nodes", node.url, "--timeout", "60", "verify", "--scrub", "--wait-timeout", "120", "--json"]
+    )
     assert r.exit_code == 1 and r.output.startswith("{"), (r.output, r.exception)
     import json
 
