@@ -180,10 +180,11 @@ class Repairs:
     def _rpc_repair_read(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, Any]]:
         """A damaged replica asks for ``first..last``: this node's checked copy,
         committed records only, bounded in count and bytes."""
-        if not isinstance(body, dict):
-            raise BadRequest("malformed repair read", code="bad_request")
-        name, p = str(body["topic"]), int(body["partition"])
-        first, last = int(body["first"]), int(body["last"])
+        try:
+            name, p = str(body["topic"]), int(body["partition"])
+            first, last = int(body["first"]), int(body["last"])
+        except (TypeError, KeyError, ValueError):
+            raise BadRequest("malformed repair read", code="bad_request") from None
         t = self.broker.get_topic(name)
         if not 0 <= p < len(t.logs) or not self.plane.holds(name, p):
             raise NotFound(f"this node holds no replica of {name}/{p}", code="partition_not_found")
@@ -286,9 +287,10 @@ class Repairs:
             self.plane.rpc.call(leader, "damage_report", body, hops=1, timeout=5.0).addErrback(lambda f: None)
 
     def _rpc_damage_report(self, caller: str, body: Any, hops: int) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise BadRequest("malformed damage report", code="bad_request")
-        key = (str(body["topic"]), int(body["partition"]))
+        try:
+            key = (str(body["topic"]), int(body["partition"]))
+        except (TypeError, KeyError, ValueError):
+            raise BadRequest("malformed damage report", code="bad_request") from None
         reps = self._damaged_followers.setdefault(key, {})
         if body.get("damaged"):
             reps[caller] = self.reactor.seconds() + REPORT_TTL

@@ -2,7 +2,9 @@
 
 A segment object is the segment's records in offset order, each framed as
 ``length u32 | offset u64 | record`` (big-endian; ``record`` is the same
-msgpack value LMDB stores).  The frames are grouped into chunks of about
+value LMDB stores: ``0xC1 | crc32c | msgpack``, so every record carries its
+own CRC32C inside the object and is checked when read back -- see
+:mod:`sprawl.log.record`; records written before checksums carry none).  The frames are grouped into chunks of about
 ``chunk_bytes``; the index (a small JSON object stored beside the segment)
 lists every chunk as ``[first_offset, position, length, crc32]``, so a reader
 fetches only the chunk holding the offset it wants (one ranged GET) and
