@@ -187,35 +187,82 @@ def test_random_lmdb_damage_is_named_or_refused(sprawl_nodes: Any) -> None:
     for several seeds: the node either refuses to start, naming the damaged
     store, or starts and every offset of the partition is either served as
     published or inside a range a corrupt_record error names -- never
-    silently missing."""
-    base = sprawl_nodes("--scrub-rate", "0", name="seed")
-    publish_all(base)
-    base.stop()
-    pristine = (base.data_dir / "lmdb" / "data.mdb").read_bytes()
+    silently missing.  (Here the start-time check reads every record back.)"""
+    node = sprawl_nodes("--scrub-rate", "0", name="seed")
+    publish_all(node)
+    node.stop()
+    outcomes = random_damage(node, range(8), 4096 * 2, None, N, check_served)
+    assert any(o.startswith("served") and not o.startswith("served, 0 ") for o in outcomes), outcomes
+
+
+OLD_N = 101_000  # past the 100,000 newest records the start-time check reads back
+
+
+def old_payload(i: int) -> str:
+    return f"<o{i:06d}>".ljust(100, "o")
+
+
+def check_old(msgs: list[dict[str, Any]], index: dict[int, int] | None = None) -> None:
+    for m in msgs:
+        assert m["payload"] == old_payload(m["offset"]), m["offset"]
+
+
+def test_random_damage_to_old_records_is_met_by_reads(sprawl_nodes: Any) -> None:
+    """Random bytes flipped in the pages of the oldest records -- which the
+    start-time check does not read back: the reads that reach them find the
+    damage (values, keys, gaps, unreadable pages) and name it; never a short
+    read (the report of issue 22)."""
+    node = sprawl_nodes("--scrub-rate", "0", "--memory-budget", "16MB", name="old")
+    for b in range(0, OLD_N, 5000):
+        msgs = [{"payload": old_payload(i)} for i in range(b, min(OLD_N, b + 5000))]
+        status, body = http_json(
+            f"{node.url}/v1/topics/t/messages", "POST", {"messages": msgs, "acks": "leader"}
+        )
+        assert status == 200 and body["offsets"][0] == b, body
+    node.stop()
+    data = (node.data_dir / "lmdb" / "data.mdb").read_bytes()
+    first = [data.find(old_payload(i).encode()[:9]) for i in (0, 2000)]
+    assert 0 < first[0] < first[1], first
+    outcomes = random_damage(node, range(4), first[0], first[1], OLD_N, check_old, page=2000)
+    assert any(o.startswith("served") and not o.startswith("served, 0 ") for o in outcomes), outcomes
+
+
+def random_damage(
+    node: NodeProcess,
+    seeds: Any,
+    lo: int,
+    hi: int | None,
+    n: int,
+    check: Any,
+    page: int = 100,
+) -> list[str]:
+    """For each seed: flip FLIPS random bits of the stopped node's pristine
+    data.mdb in ``[lo, hi)``, start it and account for every offset."""
+    path = node.data_dir / "lmdb" / "data.mdb"
+    pristine = path.read_bytes()
     outcomes = []
-    for seed in range(8):
+    for seed in seeds:
         rng = random.Random(seed)
         data = bytearray(pristine)
         for _ in range(FLIPS):
-            i = rng.randrange(4096 * 2, len(data))  # past the two meta pages
+            i = rng.randrange(lo, hi or len(data))
             data[i] ^= 1 << rng.randrange(8)
-        (base.data_dir / "lmdb" / "data.mdb").write_bytes(bytes(data))
-        before = len(base.log_text())
+        path.write_bytes(bytes(data))
+        before = len(node.log_text())
         try:
-            base.start()
+            node.start()
         except RuntimeError:
-            log = base.log_text()[before:]  # this start's lines
+            log = node.log_text()[before:]  # this start's lines
             assert re.search(r"DAMAGED|corrupt", log), log[-3000:]
             outcomes.append("refused")
             continue
         try:
-            covered = account_for_every_offset(base)
+            covered = account_for_every_offset(node, n, check, page)
             outcomes.append(f"served, {covered} damaged")
         finally:
-            base.stop()
+            node.stop()
     print("outcomes", outcomes)
-    assert len(outcomes) == 8
-    assert any(o.startswith("served") and not o.startswith("served, 0 ") for o in outcomes), outcomes
+    return outcomes
 
 
 def test_scrub_finds_damage_on_a_live_node(sprawl_nodes: Any) -> None:
@@ -249,37 +296,38 @@ def test_scrub_finds_damage_on_a_live_node(sprawl_nodes: Any) -> None:
     assert r.exit_code == 1 and "300-301" in r.output and "1 damaged range(s)" in r.output, r.output
 
 
-def account_for_every_offset(node: NodeProcess) -> int:
+def account_for_every_offset(
+    node: NodeProcess, n: int = N, check: Any = check_served, page: int = 100
+) -> int:
     """Read the partition from offset 0: every offset below the high watermark
     must be served (as published) or named by a corrupt_record error."""
     status, desc = http_json(f"{node.url}/v1/topics/t")
     assert status == 200, desc
     hw = desc["partition_details"][0]["high_watermark"]
-    assert hw == N, desc
-    pos, damaged = 0, 0
-    for _ in range(2 * N):
+    assert hw == n, desc
+    pos, damaged, limit = 0, 0, page
+    for _ in range(4 * n):
         if pos >= hw:
             return damaged
-        status, body = read_range(node, pos, 100)
+        status, body = read_range(node, pos, limit)
         if status == 500:
             e = body["error"]
-            assert e["code"] == "corrupt_record" and e["first_offset"] <= pos + 99, body
-            assert e["first_offset"] >= pos, ("a damaged range behind the cursor", pos, body)
+            assert e["code"] == "corrupt_record" and pos <= e["first_offset"] <= pos + limit - 1, (
+                pos,
+                limit,
+                body,
+            )
             if e["first_offset"] > pos:
-                # Read up to the damage: it must be served whole.
-                status, ok = read_range(node, pos, e["first_offset"] - pos)
-                assert status == 200 and [m["offset"] for m in ok["messages"]] == list(
-                    range(pos, e["first_offset"])
-                ), ok
-                check_served(ok["messages"])
+                limit = e["first_offset"] - pos  # the offsets before it: whole, or damaged earlier
+                continue
             damaged += e["last_offset"] - e["first_offset"] + 1
-            pos = e["last_offset"] + 1
+            pos, limit = e["last_offset"] + 1, page
             continue
         assert status == 200, body
         got = [m["offset"] for m in body["messages"]]
-        assert got == list(range(pos, min(hw, pos + 100))), ("a short read", pos, got[:5], got[-5:])
-        check_served(body["messages"])
-        pos += len(got)
+        assert got == list(range(pos, min(hw, pos + limit))), ("a short read", pos, got[:5], got[-5:])
+        check(body["messages"])
+        pos, limit = pos + len(got), page
     raise AssertionError("did not reach the high watermark")
 
 

@@ -322,6 +322,7 @@ class LmdbStore:
                 partition,
                 start,
                 end,
+                env=env,
                 dense=dense,
                 unchecked_below=self.unchecked_below(uid, partition),
                 limit=limit,

@@ -174,7 +174,7 @@ def _partition(
     dense = dense_ranges([(s.base, s.last) for s in segs], low, stored_end, skipped)
     with env.begin(buffers=False) as txn:
         found, nbytes = find_damage(
-            txn, dbs["records"], uid, p, low, stored_end, dense=dense, unchecked_below=below
+            txn, dbs["records"], uid, p, low, stored_end, dense=dense, unchecked_below=below, env=env
         )
     report.lmdb_bytes += nbytes
     for d in found:

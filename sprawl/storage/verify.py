@@ -122,6 +122,7 @@ def _scan(
     end: int,
     out: Scan,
     *,
+    env: Any = None,
     dense: list[tuple[int, int]] | None = None,
     unchecked_below: int = 0,
     limit: int = 1 << 62,
@@ -154,7 +155,9 @@ def _scan(
             if not positioned:
                 if exp is not None and strict:  # the walk ended while offsets were still expected
                     why = reason or "records missing: the key walk ended before the end of the segments"
-                    return _raise(bad, exp, exp_of.run_end(exp), why)
+                    return _raise(
+                        bad, exp, _probe(txn, env, db, uid, partition, exp, exp_of.run_end(exp)), why
+                    )
                 break
             k = cur.key()
             v = cur.value()
@@ -210,6 +213,8 @@ def _scan(
                 if exp is None or not strict:
                     break
                 last = min(exp_of.run_end(exp), off - 1 if mine else end - 1)
+                if not mine:  # past the partition: where do its keys resume, if anywhere?
+                    last = _probe(txn, env, db, uid, partition, exp, last)
                 return _raise(bad, exp, last, reason or "records missing where the segments hold offsets")
             else:
                 # A damaged entry: a value failing its checksum, or a key that is
@@ -232,7 +237,7 @@ def _scan(
     except lmdb.Error as e:
         if exp is None:
             raise DamagedRange(out.next, out.next, f"LMDB cannot read a page: {e}") from None
-        last = _probe(txn, db, uid, partition, exp, exp_of.run_end(exp))
+        last = _probe(txn, env, db, uid, partition, exp, exp_of.run_end(exp))
         return _raise(bad, exp, last, reason or f"LMDB cannot read a page: {e}")
     if bad:
         raise DamagedRange(bad[0], bad[1], reason)
@@ -265,22 +270,33 @@ def _why(partition: int, k: bytes, v: bytes, prefix: bytes, exp: int, unchecked_
             check_stored(partition, exp, v, unchecked_ok=exp < unchecked_below)
         except CorruptRecord as e:
             return str(e).split(": ", 2)[-1]
-    return f"key {bytes(k).hex()} found where offset {exp} belongs (a damaged key)"
+    return f"key {bytes(k).hex() or '(empty)'} found where offset {exp} belongs (a damaged key)"
 
 
-def _readable(txn: Any, db: Any, uid: int, partition: int, o: int) -> bool:
+def _readable(txn: Any, env: Any, db: Any, uid: int, partition: int, o: int) -> bool:
+    """Whether a fresh cursor reaches offset ``o`` and reads it sound.  In a
+    transaction of its own when the environment is known: LMDB marks a
+    transaction that met a damaged page as failed, and refuses every later
+    operation in it."""
     try:
-        cur = txn.cursor(db=db)
-        if not cur.set_range(keys.record_key(uid, partition, o)):
-            return True  # past the last key: nothing unreadable on the way
-        return _offset_of(cur.key(), keys.partition_prefix(uid, partition)) == o and _valid(
-            partition, o, cur.value(), 1 << 62
-        )
+        if env is not None:
+            with env.begin(db=db, buffers=False) as t:
+                return _reach(t, db, uid, partition, o)
+        return _reach(txn, db, uid, partition, o)
     except lmdb.Error:
         return False
 
 
-def _probe(txn: Any, db: Any, uid: int, partition: int, bad: int, hi: int) -> int:
+def _reach(txn: Any, db: Any, uid: int, partition: int, o: int) -> bool:
+    cur = txn.cursor(db=db)
+    if not cur.set_range(keys.record_key(uid, partition, o)):
+        return True  # past the last key: nothing unreadable on the way
+    return _offset_of(cur.key(), keys.partition_prefix(uid, partition)) == o and _valid(
+        partition, o, cur.value(), 1 << 62
+    )
+
+
+def _probe(txn: Any, env: Any, db: Any, uid: int, partition: int, bad: int, hi: int) -> int:
     """The last offset of the unreadable run starting at ``bad`` (at most
     ``hi``): an exponential then a binary search for the first offset a
     fresh cursor reaches and reads."""
@@ -289,22 +305,34 @@ def _probe(txn: Any, db: Any, uid: int, partition: int, bad: int, hi: int) -> in
         o = bad + step
         if o > hi:
             break
-        if _readable(txn, db, uid, partition, o):
+        if _readable(txn, env, db, uid, partition, o):
             good = o
             break
         lo_bad = o
         step *= 2
     if good is None:
-        return hi
+        if hi > lo_bad and _readable(txn, env, db, uid, partition, hi):
+            good = hi
+        else:
+            return hi
     for _ in range(MAX_PROBES // 2):
         if good - lo_bad <= 1:
             break
         mid = (lo_bad + good) // 2
-        if _readable(txn, db, uid, partition, mid):
+        if _readable(txn, env, db, uid, partition, mid):
             good = mid
         else:
             lo_bad = mid
     return good - 1
+
+
+def _scan_in(txn: Any, db: Any, *args: Any, env: Any = None, **kw: Any) -> Scan:
+    """A scan in a read transaction of its own when the environment is known
+    (one that met a damaged page is refused by LMDB from then on)."""
+    if env is None:
+        return scan_records(txn, db, *args, **kw)
+    with env.begin(db=db, buffers=False) as t:
+        return scan_records(t, db, *args, env=env, **kw)
 
 
 def find_damage(
@@ -318,6 +346,7 @@ def find_damage(
     dense: list[tuple[int, int]] | None = None,
     unchecked_below: int = 0,
     max_ranges: int = 1000,
+    env: Any = None,
 ) -> tuple[list[DamagedRange], int]:
     """Every damaged range of ``[start, end)`` (at most ``max_ranges``) and
     the value bytes examined: what ``sprawlctl verify`` prints."""
@@ -331,8 +360,17 @@ def find_damage(
             break
         part = [(max(lo, pos), hi) for lo, hi in dense if hi >= pos]
         try:
-            s = scan_records(
-                txn, db, uid, partition, pos, end, dense=part, unchecked_below=unchecked_below, collect="none"
+            s = _scan_in(
+                txn,
+                db,
+                uid,
+                partition,
+                pos,
+                end,
+                env=env,
+                dense=part,
+                unchecked_below=unchecked_below,
+                collect="none",
             )
             nbytes += s.nbytes
             break
