@@ -368,7 +368,8 @@ def test_a_damaged_replica_repairs_itself(sprawl_nodes: Any) -> None:
     from sprawl.testing import poll_until
 
     names = ["a", "b", "c"]
-    nodes = start_cluster(sprawl_nodes, names, "--scrub-rate", "0")
+    # A small memory budget: older records are read from LMDB, not the hot tail.
+    nodes = start_cluster(sprawl_nodes, names, "--scrub-rate", "0", "--memory-budget", "1MB")
     by_name = dict(zip(names, nodes, strict=True))
     status, body = http_json(f"{nodes[0].url}/v1/topics/t", "PUT", {"partitions": 1, "replication_factor": 3})
     assert status in (200, 201), body
@@ -428,6 +429,18 @@ def test_a_damaged_replica_repairs_itself(sprawl_nodes: Any) -> None:
     msgs = read_all_from(victim)
     assert [m["offset"] for m in msgs] == offsets
     check_served(msgs, index)
+
+    # The leader's own copy rots while it runs: a read there meets the damage,
+    # repairs it from a follower first and is served whole -- the leader never
+    # serves a damaged range while a healthy replica holds it.
+    leader_node = by_name[partition0(nodes[0])["leader"]]
+    flip_values(leader_node.data_dir, [300, 301, 302])
+    msgs = read_all_from(leader_node)
+    assert [m["offset"] for m in msgs] == offsets
+    check_served(msgs, index)
+    log = leader_node.log_text()
+    r3 = f"{offsets[300]}-{offsets[302]}"
+    assert f"DAMAGED: t/0 offsets {r3} (lmdb)" in log and f"REPAIRED: t/0 offsets {r3}" in log, log[-3000:]
 
 
 LEGACY = Path(__file__).parent / "data" / "legacy-datadir.tar.gz"
