@@ -180,33 +180,13 @@ def _scan(
                     mine = False
             else:
                 mine = False
+            took = False
             if mine and sound and off is not None and off == exp and not bad:
-                n += 1
-                out.nbytes += len(v)
-                if rec is not None:
-                    out.records.append(rec)
-                elif collect == "raw":
-                    out.raw.append((off, bytes(v)))
-                out.next = off + 1
-                exp = exp_of.at_or_after(off + 1)
-                if n >= limit or out.nbytes >= max_bytes:
-                    return out
+                took = True
             elif mine and sound and off == exp:
                 break  # a damaged run ends at a good record
             elif sound and off is not None and mine and (exp is None or off < exp or not strict):
-                if not bad:  # a sound record between segments (nothing was expected there)
-                    n += 1
-                    out.nbytes += len(v)
-                    if collect == "records":
-                        out.records.append(
-                            Record.from_storage(partition, off, v, unchecked_ok=off < unchecked_below)
-                        )
-                    elif collect == "raw":
-                        out.raw.append((off, bytes(v)))
-                    out.next = off + 1
-                    exp = exp_of.at_or_after(off + 1)
-                    if n >= limit or out.nbytes >= max_bytes:
-                        return out
+                took = not bad  # a sound record between segments (nothing was expected there)
             elif sound and off is not None:
                 # A sound entry past what is expected next (or past the
                 # partition): the offsets up to it are missing.
@@ -233,6 +213,21 @@ def _scan(
                 if nxt is None or nxt > exp + 1 or bad[2] >= MAX_EXTEND:
                     break  # the run reaches the end of a segment (or is long enough to name)
                 exp = nxt
+            if took and off is not None:
+                n += 1
+                out.nbytes += len(v)
+                if collect == "records":
+                    out.records.append(
+                        rec
+                        if rec is not None
+                        else Record.from_storage(partition, off, v, unchecked_ok=off < unchecked_below)
+                    )
+                elif collect == "raw":
+                    out.raw.append((off, bytes(v)))
+                out.next = off + 1
+                exp = exp_of.at_or_after(off + 1)
+                if n >= limit or out.nbytes >= max_bytes:
+                    return out
             positioned = cur.next()
     except lmdb.Error as e:
         if exp is None:
