@@ -36,7 +36,7 @@ from sprawl.errors import (
 )
 from sprawl.log.damage import DamagedRange
 from sprawl.log.dedup import DedupWindow
-from sprawl.log.manifest import decode_manifest, encode_manifest
+from sprawl.log.manifest import Manifest, RemoteObject, RemoteState, decode_manifest, encode_manifest
 from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record
 from sprawl.log.segments import Segment, expired_segments
@@ -44,6 +44,7 @@ from sprawl.log.spill import hard_limit
 from sprawl.storage import keys
 from sprawl.storage.integrity import Integrity
 from sprawl.storage.lmdb import LmdbStore, Op
+from sprawl.storage.remote_log import LocalRemoteLog
 from sprawl.topics import STORAGE_KINDS, Topic, TopicConfig
 
 log = Logger()
@@ -131,6 +132,18 @@ class Broker:
         #: Damaged ranges found by reads, the start-time check and the scrub.
         self.integrity = Integrity(self)
         self._last_spill = 0.0
+        #: Where the partitions' shared remote-segment lists live and how they
+        #: change (:mod:`sprawl.storage.remote_log`): this node's own on a lone
+        #: broker; the cluster sets its Raft-replicated one (None until then:
+        #: nothing moves to or is trimmed from S3).
+        self.remote_log: Any = LocalRemoteLog(self)
+        #: (uid, partition) -> this node's own uploads under the old per-node
+        #: keys that no shared list names (yet).
+        self._legacy: dict[tuple[int, int], list[RemoteObject]] = {}
+        #: Partitions with a retention trim of the shared list in flight.
+        self._trimming: set[tuple[int, int]] = set()
+        #: What each partition's log last followed (see :meth:`_needs_follow`).
+        self._followed: dict[tuple[int, int], Any] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -184,7 +197,10 @@ class Broker:
         # their records were one transaction, so they never overlap LMDB's).
         manifest_raw = store.get("meta", keys.manifest_key(uid, p))
         if manifest_raw:
-            remote = [o.to_segment() for o in decode_manifest(manifest_raw)]
+            manifest = decode_manifest(manifest_raw)
+            if manifest.legacy:
+                self._legacy[(uid, p)] = list(manifest.legacy)
+            remote = [o.to_segment() for o in manifest.objects]
             if remote:
                 segs = [s for s in segs if s.base > remote[-1].last]
                 stored_end = max(stored_end, remote[-1].last + 1)
@@ -373,10 +389,17 @@ class Broker:
         del self.topics[name]
         t.deleted = True
         uid = t.config.uid
+        # The shared objects this node's logs name, and its own legacy ones.
+        # Every replica deletes what it knows of: a DELETE of an object
+        # already gone is harmless, and the objects go as long as one replica
+        # of each partition is up (or comes back).
         remote = [s.remote for lg in t.logs for s in lg.segments if s.remote is not None]
         for lg in t.logs:
             self._spilling.pop((uid, lg.partition), None)
             self.integrity.map.drop((uid, lg.partition))
+            self._trimming.discard((uid, lg.partition))
+            own = self._legacy.pop((uid, lg.partition), [])
+            remote.extend(o for o in own if o not in remote)
             if self.tier is not None:
                 self.tier.forget(uid, lg.partition)
         pre = keys.topic_prefix(uid)
@@ -457,6 +480,12 @@ class Broker:
         }
         if self.tier is not None:
             view.update(self.tier.partition_status(t.config.uid, lg.partition))
+            # Only the partition's leader uploads (and trims); the others follow.
+            rl = self.remote_log
+            view["uploader"] = (
+                rl is not None and t.config.durable and rl.leader_epoch(t, lg.partition) is not None
+            )
+            view["legacy_segments"] = len(self._legacy.get((t.config.uid, lg.partition), ()))
         return view
 
     def summarize_topic(self, t: Topic) -> dict[str, Any]:
@@ -724,44 +753,159 @@ class Broker:
     def reset_partition(
         self, topic: Topic, partition: int, start: int, extra_ops: Sequence[Op] = ()
     ) -> Deferred[None]:
-        """Drop the partition's whole log and restart it empty at ``start``
+        """Drop the partition's local log and restart it empty at ``start``
         (a follower whose end is below the leader's log start), in memory and
-        in LMDB -- records, segment rows, the S3 manifest, and the log start
-        checkpoint a restart recovers from -- in one transaction with
-        ``extra_ops``.  Never below the high watermark (``ValueError``).
-        Objects the manifest named are deleted from S3 once that commits."""
+        in LMDB -- records, segment rows and the log start checkpoint a
+        restart recovers from -- in one transaction with ``extra_ops``.
+        Never below the high watermark (``ValueError``).
+
+        The shared remote segments stay: the log starts again where the
+        partition's does, with the shared segments below ``start`` at its
+        front (served from the object store), and nothing in S3 is deleted --
+        a replica's local delete never touches the shared copy (only this
+        node's own legacy objects go, once the shared list covers them)."""
         lg = topic.logs[partition]
         uid = topic.config.uid
+        state = self._shared_state(topic, partition)
         removed = lg.reset(start)
-        remote = [s.remote for s in removed if s.remote is not None]
         self._spilling.pop((uid, partition), None)
         lo, hi = keys.record_key(uid, partition, 0), keys.record_key(uid, partition + 1, 0)
-        ops: list[Op] = [
-            ("r", "records", lo, hi),
-            ("r", "segments", lo, hi),
-            ("d", "meta", keys.manifest_key(uid, partition)),
-            (
-                "p",
-                "meta",
-                keys.partition_meta_key(uid, partition),
-                _json_encode({"log_start": start, "next_offset": start}),
-            ),
-        ]
+        ops: list[Op] = [("r", "records", lo, hi), ("r", "segments", lo, hi)]
+        gone_legacy: list[RemoteObject] = []
+        if state is not None:
+            follow_ops, gone_legacy, _ = self._follow_ops(topic, partition, state)
+            ops.extend(follow_ops)
+        else:
+            ops.append(("d", "meta", keys.manifest_key(uid, partition)))
+            ops.append(self._log_start_op(uid, partition, lg))
         ops.extend(self.integrity.dropped(topic, partition))
         ops.extend(extra_ops)
         log.info(
-            "reset {topic}/{partition} to an empty log at offset {start} ({n} segment(s) dropped)",
+            "reset {topic}/{partition} to an empty local log at offset {start} ({n} segment(s) "
+            "dropped; the log starts at {low})",
             topic=topic.name,
             partition=partition,
             start=start,
             n=len(removed),
+            low=lg.log_start,
         )
         self._notify(topic.name, partition)
         d: Deferred[Any] = self.store.write(ops)
-        if remote:
-            d.addCallback(_then, self._delete_remote, remote)
+        if gone_legacy:
+            d.addCallback(_then, self._delete_remote, gone_legacy)
         d.addErrback(self._storage_error)
         return d
+
+    # -- the shared remote segments ------------------------------------------------
+
+    def legacy_keys(self, topic: Topic, partition: int) -> set[str]:
+        """Keys of this node's own uploads under the old per-node keys (not shared yet)."""
+        return {o.key for o in self._legacy.get((topic.config.uid, partition), ())}
+
+    def legacy_objects(self, topic: Topic, partition: int) -> list[RemoteObject]:
+        """This node's own uploads under the old per-node keys, oldest first."""
+        return list(self._legacy.get((topic.config.uid, partition), ()))
+
+    def _shared_state(self, topic: Topic, partition: int) -> RemoteState | None:
+        """The shared remote state this node follows (None: the S3 tier is off
+        here or the topic is not tiered)."""
+        if self.tier is None or not topic.config.durable or self.remote_log is None:
+            return None
+        state: RemoteState = self.remote_log.state(topic, partition)
+        return state
+
+    def follow_remote(self, topic: Topic, partition: int, state: RemoteState | None = None) -> Deferred[None]:
+        """Make the partition's log follow its shared remote state (``state``,
+        or the one committed): the shared segments below this replica's high
+        watermark become the front of its log, its local copies of them and
+        everything below the log start go from LMDB -- manifest, record and
+        row deletes in one transaction (durable when this fires).  Nothing in
+        S3 is deleted but this node's own legacy objects the shared list
+        covers.  Idempotent: without a change nothing is written."""
+        if topic.deleted or topic.name not in self.topics:
+            return succeed(None)
+        if state is None:
+            state = self._shared_state(topic, partition)
+            if state is None:
+                return succeed(None)
+        ops, gone_legacy, changed = self._follow_ops(topic, partition, state)
+        if not changed:
+            return succeed(None)
+        d: Deferred[Any] = self.store.write(ops)
+        if gone_legacy:
+            d.addCallback(_then, self._delete_remote, gone_legacy)
+        d.addErrback(self._storage_error)
+        return d
+
+    def _follow_ops(
+        self, topic: Topic, partition: int, state: RemoteState
+    ) -> tuple[list[Op], list[RemoteObject], bool]:
+        """Follow ``state`` in memory; the LMDB ops that make it durable, this
+        node's legacy objects to delete after they commit, and whether
+        anything changed."""
+        lg = topic.logs[partition]
+        uid = topic.config.uid
+        legacy = self._legacy.get((uid, partition), [])
+        before = lg.log_start
+        change = lg.follow_remote(state.start, state.objects, {o.key for o in legacy})
+        shared = {o.key for o in state.objects}
+        front = {s.remote.key for s in lg.segments if s.remote is not None}
+        keep: list[RemoteObject] = []
+        gone: list[RemoteObject] = []
+        for o in legacy:
+            if o.key in shared:
+                continue  # adopted: the shared list names it now
+            if o.key not in front and o.last < state.end:
+                gone.append(o)  # the shared segments (or retention) cover it
+            else:
+                keep.append(o)
+        legacy_changed = len(keep) != len(legacy)
+        if keep:
+            self._legacy[(uid, partition)] = keep
+        else:
+            self._legacy.pop((uid, partition), None)
+        ops: list[Op] = []
+        rk, sk = keys.record_key, keys.segment_key
+        for seg in change.dropped:
+            ops.append(("r", "records", rk(uid, partition, seg.base), rk(uid, partition, seg.last + 1)))
+            ops.append(("d", "segments", sk(uid, partition, seg.base)))
+        for old, seg in change.trimmed:
+            ops.append(("r", "records", rk(uid, partition, old), rk(uid, partition, seg.base)))
+            ops.append(("d", "segments", sk(uid, partition, old)))
+        ops.extend(self._segment_ops(uid, partition, [seg for _old, seg in change.trimmed]))
+        front_objs = [s.remote for s in lg.segments if s.remote is not None]
+        ops.append(
+            (
+                "p",
+                "meta",
+                keys.manifest_key(uid, partition),
+                encode_manifest(Manifest(state.start, front_objs, keep)),
+            )
+        )
+        ops.append(self._log_start_op(uid, partition, lg))
+        if change.changed:
+            log.info(
+                "{topic}/{partition} follows the shared remote segments: log start {low} (was {before}), "
+                "{n} remote segment(s) up to offset {high}, {d} local segment(s) dropped",
+                topic=topic.name,
+                partition=partition,
+                low=lg.log_start,
+                before=before,
+                n=len(front_objs),
+                high=front_objs[-1].last + 1 if front_objs else lg.log_start,
+                d=len(change.dropped),
+            )
+            self._notify(topic.name, partition)
+        return ops, gone, change.changed or legacy_changed
+
+    @staticmethod
+    def _log_start_op(uid: int, partition: int, lg: PartitionLog) -> Op:
+        return (
+            "p",
+            "meta",
+            keys.partition_meta_key(uid, partition),
+            _json_encode({"log_start": lg.log_start, "next_offset": lg.next_offset}),
+        )
 
     @staticmethod
     def _segment_ops(uid: int, partition: int, segments: list[Segment]) -> list[Op]:
@@ -866,6 +1010,16 @@ class Broker:
         how = ig.how(topic, partition, start, limit, again, _attempt, repair)
 
         seg = remote_segment(lg, start)
+        if seg is None:
+            hole = lg.remote_hole()
+            if hole is not None and hole[0] <= start < hole[1]:
+                return fail(
+                    Unavailable(
+                        f"offsets {hole[0]}-{hole[1] - 1} of {topic.name}/{partition} are not readable on "
+                        "this replica yet (its list of the partition's remote segments is behind); retry shortly",
+                        code="catching_up",
+                    )
+                )
         end = min(lg.hot_start, lg.high_watermark, lg.stored_end)
         hi = min(seg.last + 1 if seg is not None else end, start + limit) - 1
         known = self.integrity.known(topic, partition, start, hi) if hi >= start else None
@@ -1285,7 +1439,22 @@ class Broker:
         self.enforce_memory_budget()
         if self.tier is not None and now_s - self._last_spill >= 0.5:
             self._last_spill = now_s
-            self.tier.tick(list(self.topics.values()), self.store.used_bytes, self.now_ms())
+            self.tier_tick()
+
+    def tier_tick(self) -> int:
+        """One round of the S3 tier: logs follow their shared remote lists,
+        then uploads (of partitions this node leads) start; returns how many."""
+        if self.tier is None:
+            return 0
+        self.follow_all_remote()
+        started: int = self.tier.tick(
+            list(self.topics.values()),
+            self.store.used_bytes,
+            self.now_ms(),
+            self.remote_log,
+            self.legacy_objects,
+        )
+        return started
 
     def apply_retention(self) -> int:
         """Delete whole expired segments at every tier; returns segments deleted."""
@@ -1306,6 +1475,12 @@ class Broker:
                         n -= 1
                 if not n:
                     continue
+                if self.tier is not None and cfg.durable:
+                    # S3-tiered: the partition's leader trims the shared list
+                    # once, for every replica (they follow it).
+                    if self.remote_log is not None:
+                        total += self._retain_shared(t, lg, n)
+                    continue
                 gone = lg.drop_segments(n)
                 total += len(gone)
                 uid, p = cfg.uid, lg.partition
@@ -1313,7 +1488,8 @@ class Broker:
                 if gone_remote:
                     remote.extend(gone_remote)
                     left = [s.remote for s in lg.segments if s.remote is not None]
-                    ops.append(("p", "meta", keys.manifest_key(uid, p), encode_manifest(left)))
+                    manifest = Manifest(lg.log_start, left, self._legacy.get((uid, p), []))
+                    ops.append(("p", "meta", keys.manifest_key(uid, p), encode_manifest(manifest)))
                 lo = keys.record_key(uid, p, gone[0].base)
                 hi = keys.record_key(uid, p, gone[-1].last + 1)
                 ops.append(("r", "records", lo, hi))
@@ -1340,6 +1516,84 @@ class Broker:
                     d.addCallback(_then, self._delete_remote, remote)
                 d.addErrback(lambda f: log.failure("retention commit failed", f))
         return total
+
+    def _retain_shared(self, t: Topic, lg: PartitionLog, n: int) -> int:
+        """Retention of an S3-tiered partition: as its leader, commit the new
+        log start to the shared remote list (every replica follows it); then
+        delete the remote objects the list dropped -- once, here.  Returns
+        the segments it will delete (0 when not leading or already trimming)."""
+        key = (t.config.uid, lg.partition)
+        if key in self._trimming:
+            return 0
+        epoch = self.remote_log.leader_epoch(t, lg.partition)
+        if epoch is None:
+            return 0
+        start = lg.segments[n].base if n < len(lg.segments) else lg.next_offset
+        self._trimming.add(key)
+        d: Deferred[Any] = self.remote_log.trim(t, lg.partition, epoch, start)
+
+        def trimmed(gone: list[RemoteObject]) -> None:
+            log.info(
+                "retention moved the log start of {topic}/{partition} to {low} ({n} remote segment(s) dropped)",
+                topic=t.name,
+                partition=lg.partition,
+                low=start,
+                n=len(gone),
+            )
+            if gone:
+                self._delete_remote(gone)
+
+        def failed(f: Any) -> None:
+            log.warn(
+                "retention of {topic}/{partition} not committed (retried): {err}",
+                topic=t.name,
+                partition=lg.partition,
+                err=str(f.value),
+            )
+
+        d.addCallbacks(trimmed, failed)
+        d.addBoth(lambda _: self._trimming.discard(key))
+        return n
+
+    def follow_all_remote(self) -> None:
+        """Every tiered partition follows its shared remote state.  The Raft
+        apply path does so on every change; this catches up as high
+        watermarks pass remote segments (a follower installs a segment only
+        once it lies below its own high watermark).  Cheap: a partition is
+        looked at again only when its state or the part below its high
+        watermark changed.  (A lone broker's changes apply at once.)"""
+        if self.tier is None or self.remote_log is None or isinstance(self.remote_log, LocalRemoteLog):
+            return
+        for t in list(self.topics.values()):
+            if not t.config.durable:
+                continue
+            for lg in t.logs:
+                if self._needs_follow(t, lg):
+                    self.follow_remote(t, lg.partition).addErrback(self._follow_failed, t.name, lg.partition)
+
+    @staticmethod
+    def _follow_failed(f: Any, name: str, partition: int) -> None:
+        log.warn(
+            "following the remote segments of {topic}/{partition} failed: {err}",
+            topic=name,
+            partition=partition,
+            err=str(f.value),
+        )
+
+    def _needs_follow(self, t: Topic, lg: PartitionLog) -> bool:
+        """Whether the partition's shared state, or the part of it below the
+        log's high watermark, changed since it was last followed."""
+        state: RemoteState = self.remote_log.state(t, lg.partition)
+        objs, hw = state.objects, lg.high_watermark
+        i = len(objs)
+        while i and objs[i - 1].last >= hw:
+            i -= 1
+        mark = (state, i, min(state.start, hw), lg.log_start)
+        key = (t.config.uid, lg.partition)
+        if self._followed.get(key) == mark:
+            return False
+        self._followed[key] = mark
+        return True
 
     def enforce_memory_budget(self, spill: bool = True) -> None:
         """Keep hot tails within ``--memory-budget``: evict stored records,

@@ -203,6 +203,9 @@ class NodeConfig:
     s3_check_interval: float = 10.0
     #: Bytes/s of stored records the background scrub reads back and checks (0: off).
     scrub_rate: int = 4 * 1000**2
+    #: Seconds an object no shared remote list names must have existed before
+    #: the partition leader's sweep deletes it as an orphan.
+    s3_orphan_grace: float = 3600.0
     #: LMDB bytes past which publishes are refused (default: the budget, or 1.5x it with S3).
     disk_hard_limit: int | None = None
     default_partitions: int = 1

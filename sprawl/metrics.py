@@ -102,6 +102,11 @@ class NodeMetrics:
         self.s3_deleted_objects = Counter(
             "sprawl_s3_deleted_objects", "S3 objects deleted by retention or topic deletes", registry=r
         )
+        self.s3_orphans_deleted = Counter(
+            "sprawl_s3_orphans_deleted",
+            "S3 objects no shared remote list named (uploads whose commit never came), deleted by the sweep",
+            registry=r,
+        )
         self.s3_read_duration = Histogram(
             "sprawl_s3_read_duration_seconds",
             "Time of one ranged GET of a segment chunk from S3",

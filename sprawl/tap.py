@@ -92,6 +92,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "s3-cache-bytes": ("s3_cache_bytes", parse_size),
     "s3-check-interval": ("s3_check_interval", parse_duration),
     "scrub-rate": ("scrub_rate", parse_size),
+    "s3-orphan-grace": ("s3_orphan_grace", parse_duration),
     "disk-hard-limit": ("disk_hard_limit", parse_size),
 }
 
@@ -154,6 +155,7 @@ _DOCS = {
         "Bytes per second of stored records the background scrub reads back and checks; "
         "0 turns it off [default: 4MB]."
     ),
+    "s3-orphan-grace": "Age before an S3 object no remote segment list names is deleted as an orphan [default: 1h].",
     "disk-hard-limit": (
         "LMDB bytes past which publishes get 507 [default: --disk-budget; 1.5x it when the S3 tier is on]."
     ),
@@ -357,7 +359,7 @@ class NodeService(service.Service):
             resolve=self.reactor.resolve,
         )
 
-    def _make_tier(self, metrics: Any, node_id: str) -> Any:
+    def _make_tier(self, metrics: Any) -> Any:
         """The S3 tier: a bounded-thread-pool client, the spill pipeline and the bucket watch."""
         from sprawl.storage.bucket_watch import BucketWatch
         from sprawl.storage.s3 import S3Client
@@ -383,7 +385,7 @@ class NodeService(service.Service):
             concurrency=c.s3_concurrency,
             cache_bytes=c.s3_cache_bytes,
             metrics=metrics,
-            node_id=node_id,
+            orphan_grace=c.s3_orphan_grace,
         )
 
     def startService(self) -> None:
@@ -433,8 +435,12 @@ class NodeService(service.Service):
         self.store.on_commit = metrics.committed
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
         if c.s3_endpoint and c.s3_bucket:
-            self.broker.tier = self._make_tier(metrics, node_id)
+            self.broker.tier = self._make_tier(metrics)
             self.broker.tier.on_damage = self.broker.integrity.note
+        # The partitions' shared remote-segment lists live in the Raft
+        # metadata: nothing moves to (or is trimmed from) S3 until the data
+        # plane is up and says which partitions this node leads.
+        self.broker.remote_log = None
         self.broker.recover()
         self.broker.start()
         from sprawl.storage.scrub import Scrubber
@@ -485,6 +491,9 @@ class NodeService(service.Service):
         self.broker.publisher = self.plane.publish
         metrics.balancer = self.plane.balancer
         metrics.plane = self.plane
+        from sprawl.cluster.shared_tier import ClusterRemoteLog
+
+        self.broker.remote_log = ClusterRemoteLog(self.control, self.plane)
         self.plane.start()
         metrics.raft = self.control
         self.control.on_proposal_latency = metrics.raft_proposal_duration.observe

@@ -1035,3 +1035,118 @@ def time_to_voters(log_paths: list[Path], voters: int) -> float | None:
     if not first_seen or not reached:
         return None
     return min(reached) - max(first_seen.values())
+
+
+# -- an in-memory object store -----------------------------------------------------
+
+
+class MemoryS3:
+    """The :class:`~sprawl.storage.s3.S3Client` interface over a dict, with
+    failures on demand (``down``, ``lie_about_size``).  The contract tests in
+    ``tests/test_s3_client.py`` run it and the real client (against
+    SeaweedFS) through the same checks.  ``now`` gives the last-modified time
+    of what is put (Unix seconds; a test's ``task.Clock`` for one)."""
+
+    def __init__(self, bucket: str = "b", prefix: str = "pre", now: Callable[[], float] = time.time) -> None:
+        from sprawl.storage.s3 import S3Settings
+
+        self.settings = S3Settings(endpoint="http://fake", bucket=bucket, prefix=prefix)
+        self.now = now
+        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.modified: dict[str, float] = {}
+        self.down = False
+        self.lie_about_size = False
+        self.deleted: list[str] = []
+        self.puts: list[str] = []
+        #: Keys fetched (whole or ranged), in order.
+        self.gets: list[str] = []
+        #: key -> how many more GETs of it answer a damaged body (a bad transfer).
+        self.flaky: dict[str, int] = {}
+
+    def _failed(self) -> Any:
+        from twisted.internet.defer import fail
+
+        from sprawl.storage.s3 import S3Failure
+
+        return fail(S3Failure("connection refused"))
+
+    def ensure_bucket(self) -> Any:
+        from twisted.internet.defer import succeed
+
+        return self._failed() if self.down else succeed(False)
+
+    def put(self, key: str, body: bytes, md5_hex: str, metadata: dict[str, str]) -> Any:
+        import hashlib
+
+        from twisted.internet.defer import fail, succeed
+
+        from sprawl.storage.s3 import S3Failure
+
+        if self.down:
+            return self._failed()
+        if hashlib.md5(body).hexdigest() != md5_hex:
+            return fail(S3Failure("BadDigest: the Content-MD5 you specified did not match"))
+        self.objects[key] = (body, dict(metadata))
+        self.modified[key] = self.now()
+        self.puts.append(key)
+        return succeed(md5_hex)
+
+    def head(self, key: str) -> Any:
+        import hashlib
+
+        from twisted.internet.defer import fail, succeed
+
+        from sprawl.storage.s3 import ObjectMissing
+
+        if self.down:
+            return self._failed()
+        if key not in self.objects:
+            return fail(ObjectMissing(key))
+        body, meta = self.objects[key]
+        size = len(body) + (1 if self.lie_about_size else 0)
+        return succeed({"size": size, "etag": hashlib.md5(body).hexdigest(), "metadata": dict(meta)})
+
+    def get(self, key: str, start: int | None = None, length: int | None = None) -> Any:
+        from twisted.internet.defer import fail, succeed
+
+        from sprawl.storage.s3 import ObjectMissing
+
+        if self.down:
+            return self._failed()
+        if key not in self.objects:
+            return fail(ObjectMissing(key))
+        self.gets.append(key)
+        body = self.objects[key][0]
+        if start is not None and length is not None:
+            body = body[start : start + length]
+        if self.flaky.get(key):
+            self.flaky[key] -= 1
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        return succeed(body)
+
+    def delete(self, key: str) -> Any:
+        from twisted.internet.defer import succeed
+
+        if self.down:
+            return self._failed()
+        self.objects.pop(key, None)
+        self.modified.pop(key, None)
+        self.deleted.append(key)
+        return succeed(None)
+
+    def list_keys(self, prefix: str) -> Any:
+        from twisted.internet.defer import succeed
+
+        if self.down:
+            return self._failed()
+        return succeed(sorted(k for k in self.objects if k.startswith(prefix)))
+
+    def list_page(self, prefix: str, start_after: str | None = None, max_keys: int = 1000) -> Any:
+        from twisted.internet.defer import succeed
+
+        if self.down:
+            return self._failed()
+        keys = sorted(
+            k for k in self.objects if k.startswith(prefix) and (not start_after or k > start_after)
+        )
+        return succeed(([(k, self.modified[k]) for k in keys[:max_keys]], len(keys) > max_keys))

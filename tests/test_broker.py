@@ -807,11 +807,12 @@ async def test_retention_of_a_replicated_partition_keeps_what_is_not_committed(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_reset_drops_the_s3_manifest_and_then_its_objects(nodes: Callable[..., Node]) -> None:
-    """Segments of a reset log that moved to S3: the manifest goes in the
-    reset's transaction, and the objects it named are deleted once that
-    committed (a restart does not bring them back)."""
-    from sprawl.log.manifest import RemoteObject, encode_manifest
+async def test_a_reset_without_the_s3_tier_deletes_nothing_in_s3(nodes: Callable[..., Node]) -> None:
+    """A node without the S3 tier cannot serve remote segments: a reset
+    drops its manifest with the rest of the log, but deletes no object --
+    the remote copy is shared with the partition's other replicas (a restart
+    does not bring the segments back either)."""
+    from sprawl.log.manifest import Manifest, RemoteObject, encode_manifest
 
     n = nodes()
     t = (await n.broker.put_topic("rep", {"segment_bytes": 200}))[0]
@@ -822,12 +823,12 @@ async def test_a_reset_drops_the_s3_manifest_and_then_its_objects(nodes: Callabl
     seg = lg.segments[0]
     seg.remote = RemoteObject(seg.base, seg.last, seg.bytes, 0, 0, "k.seg", 1, "00", "k.idx", 1, "00")
     mkey = keys.manifest_key(t.config.uid, 0)
-    await n.store.write([("p", "meta", mkey, encode_manifest([seg.remote]))])
+    await n.store.write([("p", "meta", mkey, encode_manifest(Manifest(0, [seg.remote])))])
     deleted: list[Any] = []
     n.broker._delete_remote = deleted.extend  # type: ignore[method-assign]
     await n.broker.reset_partition(t, 0, 20)
     await n.synced()
-    assert n.store.get("meta", mkey) is None and deleted == [seg.remote]
+    assert n.store.get("meta", mkey) is None and deleted == []
     await n.close()
     again = nodes()
     rl = again.broker.topics["rep"].logs[0]

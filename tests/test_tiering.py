@@ -7,14 +7,12 @@ verified; the manifest and the LMDB delete commit together) without a network.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from sprawl.broker import Broker
@@ -23,71 +21,11 @@ from sprawl.errors import CorruptData, InsufficientStorage
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.storage.s3 import ObjectMissing, S3Failure, S3Settings
 from sprawl.storage.tiering import S3Tier, TierReadError
-from sprawl.testing import bounded, the_reactor
+from sprawl.testing import MemoryS3, bounded, the_reactor
 from sprawl.topics import Topic
 
 T0 = 1_700_000_000.0
-
-
-class MemoryS3:
-    """The :class:`~sprawl.storage.s3.S3Client` interface over a dict; failures on demand."""
-
-    def __init__(self) -> None:
-        self.settings = S3Settings(endpoint="http://fake", bucket="b", prefix="pre")
-        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
-        self.down = False
-        self.lie_about_size = False
-        self.deleted: list[str] = []
-        #: Keys fetched (whole or ranged), in order.
-        self.gets: list[str] = []
-        #: key → how many more GETs of it answer a damaged body (a bad transfer).
-        self.flaky: dict[str, int] = {}
-
-    def _check(self) -> None:
-        if self.down:
-            raise S3Failure("connection refused")
-
-    def ensure_bucket(self) -> Deferred[bool]:
-        return fail(S3Failure("connection refused")) if self.down else succeed(False)
-
-    def put(self, key: str, body: bytes, md5_hex: str, metadata: dict[str, str]) -> Deferred[str]:
-        if self.down:
-            return fail(S3Failure("connection refused"))
-        assert hashlib.md5(body).hexdigest() == md5_hex
-        self.objects[key] = (body, dict(metadata))
-        return succeed(md5_hex)
-
-    def head(self, key: str) -> Deferred[dict[str, Any]]:
-        if self.down:
-            return fail(S3Failure("connection refused"))
-        if key not in self.objects:
-            return fail(ObjectMissing(key))
-        body, meta = self.objects[key]
-        size = len(body) + (1 if self.lie_about_size else 0)
-        return succeed({"size": size, "etag": hashlib.md5(body).hexdigest(), "metadata": meta})
-
-    def get(self, key: str, start: int | None = None, length: int | None = None) -> Deferred[bytes]:
-        if self.down:
-            return fail(S3Failure("connection refused"))
-        if key not in self.objects:
-            return fail(ObjectMissing(key))
-        self.gets.append(key)
-        body = self.objects[key][0]
-        if start is not None and length is not None:
-            body = body[start : start + length]
-        if self.flaky.get(key):
-            self.flaky[key] -= 1
-            body = bytes([body[0] ^ 0xFF]) + body[1:]
-        return succeed(body)
-
-    def delete(self, key: str) -> Deferred[None]:
-        if self.down:
-            return fail(S3Failure("connection refused"))
-        self.objects.pop(key, None)
-        self.deleted.append(key)
-        return succeed(None)
 
 
 class Node:
@@ -120,7 +58,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[Callable[..., Node], Memory
     """A node factory (restarts reuse the data dir and the object store), the store and the clock."""
     clock = Clock()
     clock.advance(T0)
-    s3 = MemoryS3()
+    s3 = MemoryS3(now=clock.seconds)
     opened: list[Node] = []
 
     def make(**cfg: Any) -> Node:
@@ -148,7 +86,7 @@ async def spill_all(n: Node) -> int:
     """Run the tier until nothing more moves; returns how many segments moved."""
     before = n.tier.uploads
     for _ in range(200):
-        started = n.tier.tick(list(n.broker.topics.values()), n.store.used_bytes, n.broker.now_ms())
+        started = n.broker.tier_tick()
         while n.tier.in_flight:
             await bounded(n.store.write([]))  # let the pipeline's steps run
         if not started:
@@ -359,7 +297,7 @@ async def test_failed_deletes_are_retried_later(env: Any) -> None:
     """Objects whose delete failed (S3 down) are retried on a later tick, after the retry delay."""
     make, s3, clock = env
     n = make()
-    t = await fill(n, "t", 60, retention_bytes=3000)
+    await fill(n, "t", 60, retention_bytes=3000)
     await spill_all(n)
     s3.down = True
     assert n.broker.apply_retention() >= 1
@@ -367,8 +305,8 @@ async def test_failed_deletes_are_retried_later(env: Any) -> None:
     pending = n.tier.describe()["pending_deletes"]
     assert pending >= 2 and not s3.deleted
     s3.down = False
-    n.tier.tick([t], 0, n.broker.now_ms())
+    n.broker.tier_tick()
     assert not s3.deleted, "not before the retry delay"
     clock.advance(31)
-    n.tier.tick([t], 0, n.broker.now_ms())
+    n.broker.tier_tick()
     assert len(s3.deleted) == pending and n.tier.describe()["pending_deletes"] == 0

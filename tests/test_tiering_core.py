@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sprawl.log.manifest import RemoteObject, decode_manifest, encode_manifest, object_keys
+from sprawl.log.manifest import (
+    KeyInfo,
+    Manifest,
+    RemoteObject,
+    RemoteState,
+    decode_manifest,
+    encode_manifest,
+    object_keys,
+    parse_key,
+    partition_key_prefix,
+)
 from sprawl.log.segments import Segment
 from sprawl.log.spill import Candidate, choose_spills, hard_limit, retry_at
 from sprawl.storage.segment_format import (
@@ -82,34 +95,78 @@ def test_a_malformed_index_is_corrupt() -> None:
             SegmentIndex.from_bytes(data)
 
 
-def _obj(base: int, last: int) -> RemoteObject:
-    return RemoteObject(base, last, 10, 1, 2, f"k{base}.seg", 12, "ab", f"k{base}.idx", 3, "cd")
+def _obj(base: int, last: int, epoch: int = 0) -> RemoteObject:
+    return RemoteObject(base, last, 10, 1, 2, f"k{base}.seg", 12, "ab", f"k{base}.idx", 3, "cd", epoch)
 
 
 def test_manifest_round_trip_and_order_check() -> None:
-    """The manifest decodes to what was encoded; overlapping entries are refused."""
-    objs = [_obj(0, 9), _obj(10, 19)]
-    assert decode_manifest(encode_manifest(objs)) == objs
+    """The manifest decodes to what was encoded (start, objects, legacy);
+    overlapping entries are refused; a version 1 manifest (a node's own
+    uploads before the tier was shared) decodes with every object legacy."""
+    objs = [_obj(0, 9, 2), _obj(10, 19, 3)]
+    m = Manifest(5, objs, [_obj(20, 29)])
+    assert decode_manifest(encode_manifest(m)) == m
     seg = objs[1].to_segment()
     assert (seg.base, seg.last, seg.sealed, seg.remote) == (10, 19, True, objs[1])
     with pytest.raises(ValueError, match="order"):
-        decode_manifest(encode_manifest([_obj(0, 9), _obj(5, 19)]))
+        decode_manifest(encode_manifest(Manifest(0, [_obj(0, 9), _obj(5, 19)])))
     with pytest.raises(ValueError, match="corrupt"):
         decode_manifest(b"[1, 2]")
+    old = json.dumps({"v": 1, "segments": [_obj(0, 9).to_row()[:11], _obj(10, 19).to_row()[:11]]}).encode()
+    m1 = decode_manifest(old)
+    assert m1.objects == m1.legacy == [_obj(0, 9), _obj(10, 19)] and m1.start == 0
+
+
+@given(st.lists(st.one_of(st.integers(), st.text(max_size=3), st.none(), st.booleans()), max_size=14))
+def test_a_malformed_remote_row_is_a_value_error(row: list[Any]) -> None:
+    """Rows come from disk and from Raft commands: anything malformed is ``ValueError``."""
+    try:
+        o = RemoteObject.from_row(row)
+    except ValueError:
+        return
+    assert 0 <= o.base <= o.last and o.key
+
+
+def test_remote_state_adds_only_what_continues_it_and_trims_whole_segments() -> None:
+    """The shared list grows only at its end (or, empty, from anywhere at or
+    past its start); retention moves the start and drops whole segments."""
+    s = RemoteState(0).added([_obj(0, 9)])
+    assert s.end == 10 and s.keys() == {"k0.seg", "k0.idx"}
+    s = s.added([_obj(10, 19), _obj(20, 29)])
+    for bad in ([_obj(31, 40)], [_obj(25, 40)], [_obj(30, 39), _obj(41, 50)], []):
+        with pytest.raises(ValueError):
+            s.added(bad)
+    t, gone = s.trimmed(15)
+    assert (t.start, [o.base for o in t.objects], [o.base for o in gone]) == (15, [10, 20], [0])
+    assert t.trimmed(3)[0].start == 15, "the start never moves back"
+    empty, gone = t.trimmed(100)
+    assert (empty.start, empty.objects, empty.end, len(gone)) == (100, (), 100, 2)
+    with pytest.raises(ValueError, match="below the log start"):
+        empty.added([_obj(50, 99)])
+    assert empty.added([_obj(90, 120)]).end == 121
+    assert RemoteState.from_doc(s.to_doc()) == s
+    with pytest.raises(ValueError):
+        RemoteState.from_doc({"start": 0, "segments": [_obj(0, 9).to_row(), _obj(20, 29).to_row()]})
 
 
 def test_object_keys_follow_the_layout() -> None:
-    """``PREFIX/TOPIC/PARTITION/BASE-LAST.tUID.seg`` and its ``.idx``."""
-    assert object_keys("pre/", "t", 3, 0, 99, 7) == (
-        "pre/t/3/00000000000000000000-00000000000000000099.t7.seg",
-        "pre/t/3/00000000000000000000-00000000000000000099.t7.idx",
+    """``PREFIX/TOPIC/PARTITION/BASE-LAST.tINCARNATION.eEPOCH.seg`` and its ``.idx``:
+    no node in the key; two epochs (two leaders) never write the same key."""
+    assert object_keys("pre/", "t", 3, 0, 99, 7, 2) == (
+        "pre/t/3/00000000000000000000-00000000000000000099.t7.e2.seg",
+        "pre/t/3/00000000000000000000-00000000000000000099.t7.e2.idx",
     )
-    assert object_keys("", "t", 0, 1, 2, 1)[0] == "t/0/00000000000000000001-00000000000000000002.t1.seg"
-    # two nodes sharing a bucket and prefix never write the same key
-    a = object_keys("pre", "t", 0, 0, 9, 1, "node-a")
-    b = object_keys("pre", "t", 0, 0, 9, 1, "node-b")
-    assert a[0] == "pre/t/0/00000000000000000000-00000000000000000009.t1.nnode-a.seg"
-    assert set(a).isdisjoint(b)
+    assert object_keys("", "t", 0, 1, 2, 1, 0)[0] == "t/0/00000000000000000001-00000000000000000002.t1.e0.seg"
+    assert set(object_keys("pre", "t", 0, 0, 9, 1, 4)).isdisjoint(object_keys("pre", "t", 0, 0, 9, 1, 5))
+    assert partition_key_prefix("/pre/", "t", 3) == "pre/t/3/" and partition_key_prefix("", "t", 3) == "t/3/"
+    info = parse_key(object_keys("pre", "t", 0, 5, 9, 3, 8)[1])
+    assert info == KeyInfo(5, 9, 3, 8, None, True)
+    legacy = parse_key("pre/t/0/00000000000000000000-00000000000000000009.t1.nnode.e-a.seg")
+    assert legacy == KeyInfo(0, 9, 1, None, "node.e-a", False)
+    assert parse_key("pre/t/0/00000000000000000000-00000000000000000009.t1.seg") == KeyInfo(
+        0, 9, 1, None, None, False
+    )
+    assert parse_key("pre/t/0/notes.txt") is None and parse_key("pre/t/0/1-2.t1.e1.seg") is None
 
 
 def _seg(base: int, last_ts: int, nbytes: int = 100, sealed: bool = True) -> Segment:

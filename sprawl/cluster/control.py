@@ -627,6 +627,13 @@ class ClusterControl:
             t = self.broker.topics.get(cmd["topic"])
             if t is not None and cmd["group"] in t.groups:
                 return self._quietly(self.broker.delete_group, t, cmd["group"])
+        if op in ("remote_add", "remote_trim"):
+            # The partition's shared remote list changed: its log follows
+            # (the S3 tier; see sprawl.cluster.shared_tier).
+            t = self.broker.topics.get(cmd["topic"])
+            p = int(cmd["partition"])
+            if t is not None and 0 <= p < len(t.logs):
+                return self._quietly(self.broker.follow_remote, t, p)
         return defer.succeed(None)
 
     def _topic_changed(self, _: object, name: str) -> None:
@@ -706,6 +713,8 @@ class ClusterControl:
                         await self._quietly(self.broker.delete_group, bt, g)
                 for g in t["groups"]:
                     await self._ensure_broker_group(name, g)
+                for p in range(len(bt.logs) if bt is not None else 0):
+                    await self._quietly(self.broker.follow_remote, bt, p)
             for name in sorted(set(self.metadata.placement) | set(self.broker.topics)):
                 self._topic_changed(None, name)
 

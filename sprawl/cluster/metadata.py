@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from sprawl.log.manifest import RemoteObject, RemoteState
+
 #: Topic config fields the metadata keeps (the broker's TopicConfig, minus local ones).
 TOPIC_FIELDS = (
     "partitions",
@@ -63,6 +65,12 @@ class Metadata:
         self.placement: dict[str, list[dict[str, Any]]] = {}
         #: node id -> {"raft_id": int, "peer": str, "http": str}
         self.nodes: dict[str, dict[str, Any]] = {}
+        #: topic -> {partition: {"start": int, "segments": [row, ...]}}: the
+        #: partition's remote segments in the object store (the S3 tier,
+        #: shared by its replicas; see :class:`sprawl.log.manifest.RemoteState`).
+        self.remote: dict[str, dict[int, dict[str, Any]]] = {}
+        #: Parsed remote states, by partition: (the doc it was parsed from, the state).
+        self._remote_parsed: dict[tuple[str, int], tuple[Any, RemoteState]] = {}
         self.applied = 0
 
     # -- applying ------------------------------------------------------------
@@ -105,6 +113,7 @@ class Metadata:
         if existing is None:
             existing = self.topics[name] = {"config": config, "created_index": index, "groups": {}}
             self.placement[name] = new_parts
+            self.remote.pop(name, None)
             return {"created": True, "created_index": index}
         existing["config"] = config
         self.placement.setdefault(name, []).extend(new_parts)
@@ -129,6 +138,7 @@ class Metadata:
             return _error("topic_not_found", f"topic {name!r} does not exist", 404)
         del self.topics[name]
         self.placement.pop(name, None)
+        self.remote.pop(name, None)
         return {"deleted": True}
 
     def _op_put_group(self, index: int, cmd: dict[str, Any]) -> Result:
@@ -181,6 +191,68 @@ class Metadata:
         parts[p] = entry
         return {"epoch": epoch}
 
+    def _remote_target(self, cmd: dict[str, Any]) -> tuple[str, int, RemoteState] | Result:
+        """The partition a remote-segment command is for and its current state,
+        or the refusal: the topic (this incarnation of it: ``created_index``)
+        and partition must exist, and ``epoch`` must be the partition's
+        current leader epoch -- only its leader changes the list."""
+        name, p = cmd["topic"], int(cmd["partition"])
+        t = self.topics.get(name)
+        parts = self.placement.get(name)
+        if t is None or parts is None or int(cmd["created_index"]) != t["created_index"]:
+            return _error("topic_not_found", f"topic {name!r} does not exist", 404)
+        if not 0 <= p < len(parts):
+            return _error("partition_not_found", f"topic {name!r} has no partition {p}", 404)
+        epoch = int(cmd["epoch"])
+        if epoch != parts[p]["epoch"]:
+            return _error("stale_epoch", f"epoch {epoch} is not the current {parts[p]['epoch']}", 409)
+        return name, p, self.remote_state(name, p)
+
+    def _op_remote_add(self, index: int, cmd: dict[str, Any]) -> Result:
+        """The leader uploaded (or adopted) segments: append them to the
+        partition's remote list, which they must continue exactly."""
+        target = self._remote_target(cmd)
+        if isinstance(target, dict):
+            return target
+        name, p, state = target
+        rows = cmd["segments"]
+        if not isinstance(rows, list):
+            raise TypeError("segments must be a list")
+        objs = [RemoteObject.from_row(r) for r in rows]
+        try:
+            new = state.added(objs)
+        except ValueError as e:
+            return _error("remote_gap", str(e), 409)
+        self.remote.setdefault(name, {})[p] = new.to_doc()
+        return {"end": new.end}
+
+    def _op_remote_trim(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Retention (by the leader): the partition's log starts at ``start``;
+        remote segments wholly below it leave the list.  The result names
+        them, so the proposer deletes their objects -- once."""
+        target = self._remote_target(cmd)
+        if isinstance(target, dict):
+            return target
+        name, p, state = target
+        start = int(cmd["start"])
+        if start < 0:
+            raise ValueError("start must not be negative")
+        new, gone = state.trimmed(start)
+        self.remote.setdefault(name, {})[p] = new.to_doc()
+        return {"start": new.start, "dropped": [o.to_row() for o in gone]}
+
+    def remote_state(self, topic: str, partition: int) -> RemoteState:
+        """A partition's shared remote state (empty when nothing moved to the object store)."""
+        doc = self.remote.get(topic, {}).get(partition)
+        if doc is None:
+            return RemoteState()
+        cached = self._remote_parsed.get((topic, partition))
+        if cached is not None and cached[0] is doc:
+            return cached[1]
+        state = RemoteState.from_doc(doc)
+        self._remote_parsed[(topic, partition)] = (doc, state)
+        return state
+
     def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:
         return {"ok": True}
 
@@ -204,6 +276,7 @@ class Metadata:
                 "topics": self.topics,
                 "placement": self.placement,
                 "nodes": self.nodes,
+                "remote": self.remote,
             }
         )
 
@@ -221,6 +294,7 @@ class Metadata:
             m.topics = raw["topics"]
             m.placement = raw["placement"]
             m.nodes = raw["nodes"]
+            m.remote = raw.get("remote") or {}
         except KeyError as e:
             raise ValueError(f"metadata snapshot without {e}") from None
         return m
@@ -232,6 +306,11 @@ class Metadata:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Metadata):
             return NotImplemented
-        return (self.topics, self.placement, self.nodes) == (other.topics, other.placement, other.nodes)
+        return (self.topics, self.placement, self.nodes, self.remote) == (
+            other.topics,
+            other.placement,
+            other.nodes,
+            other.remote,
+        )
 
     __hash__ = None  # type: ignore[assignment]

@@ -1,26 +1,43 @@
-"""The partition manifest: which segments of a partition live in the object store.
+"""Remote segments: the shared metadata of a partition's segments in the object
+store, a node's manifest of them, and the object key layout.
 
-Pure: no Twisted, no I/O.  A manifest is a small list of :class:`RemoteObject`
-entries, one per spilled segment, oldest first, encoded as JSON.  In this
-single-node build it lives in the LMDB ``meta`` database (written in the same
-transaction that deletes the segment's records); being a plain structure, the
-replication work can carry it to every replica unchanged.
+Pure: no Twisted, no I/O.
+
+* :class:`RemoteObject` -- one segment in the object store: its offsets, its
+  two objects (segment and index) with their checksums, and the leader epoch
+  it was uploaded in.
+* :class:`RemoteState` -- the partition's *shared* remote metadata, the one
+  list every replica follows (replicated through the cluster metadata; on a
+  single node it is the node's own): the log start (offsets below it were
+  deleted by retention) and the remote segments, contiguous, oldest first.
+  :meth:`RemoteState.added` and :meth:`RemoteState.trimmed` are the only two
+  ways it changes, and they refuse what would leave a hole.
+* :class:`Manifest` -- what one node stores in LMDB ``meta``: the remote
+  segments at the front of its log (the shared ones it installed), the log
+  start, and its *legacy* objects: segments it uploaded itself under the old
+  per-node keys, kept readable until the shared list covers them.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import astuple, dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field, replace
 
 from sprawl.log.segments import Segment
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+
+#: A remote segment's row: base, last, bytes, first_ts, last_ts, key, size,
+#: sha256, index_key, index_size, index_sha256[, epoch].
+_ROW_TYPES = (int, int, int, int, int, str, int, str, str, int, str, int)
 
 
 @dataclass(frozen=True)
 class RemoteObject:
-    """One spilled segment: its offsets, its two objects and their checksums."""
+    """One segment in the object store: its offsets, its two objects and their checksums."""
 
     base: int
     last: int
@@ -34,54 +51,215 @@ class RemoteObject:
     index_key: str
     index_size: int
     index_sha256: str
+    #: The leader epoch it was uploaded (or adopted) in; 0 on a single node
+    #: and for objects of the old per-node layout.
+    epoch: int = 0
 
     def to_segment(self) -> Segment:
         """The sealed segment this object holds, marked remote."""
         return Segment(self.base, self.last, self.bytes, self.first_ts, self.last_ts, True, self)
 
+    def to_row(self) -> list[int | str]:
+        """The compact form stored in manifests and the cluster metadata."""
+        return list(astuple(self))
 
-def encode_manifest(objects: list[RemoteObject]) -> bytes:
-    """The manifest as stored (JSON: a version and one array per object)."""
-    return json.dumps({"v": MANIFEST_VERSION, "segments": [list(astuple(o)) for o in objects]}).encode()
+    @classmethod
+    def from_row(cls, row: object) -> RemoteObject:
+        """Inverse of :meth:`to_row` (11 fields: the old layout, epoch 0);
+        ``ValueError`` on anything malformed."""
+        if not isinstance(row, list | tuple) or len(row) not in (11, 12):
+            raise ValueError(f"a remote segment is a row of 11 or 12 fields, not {row!r:.80}")
+        for v, t in zip(row, _ROW_TYPES, strict=False):
+            if not isinstance(v, t) or isinstance(v, bool):
+                raise ValueError(f"a remote segment field is {type(v).__name__}, not {t.__name__}")
+        o = cls(*row)
+        if not 0 <= o.base <= o.last or o.size < 0 or o.index_size < 0 or o.epoch < 0 or not o.key:
+            raise ValueError(f"remote segment {o.base}-{o.last} is out of range")
+        return o
+
+    def starting_at(self, base: int) -> RemoteObject:
+        """The same object serving offsets from ``base`` on (``base`` within it):
+        readers skip the records before ``base``, which the object still holds."""
+        if base <= self.base:
+            return self
+        kept = self.last - base + 1
+        return replace(self, base=base, bytes=self.bytes * kept // (self.last - self.base + 1))
 
 
-def decode_manifest(data: bytes) -> list[RemoteObject]:
-    """Inverse of :func:`encode_manifest`; raises ``ValueError`` on anything malformed."""
+def _contiguous(objs: Sequence[RemoteObject]) -> bool:
+    return all(b.base == a.last + 1 for a, b in itertools.pairwise(objs))
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    """A partition's shared remote metadata: ``start`` (offsets below it are
+    deleted) and its remote segments, contiguous and oldest first."""
+
+    start: int = 0
+    objects: tuple[RemoteObject, ...] = ()
+
+    @property
+    def end(self) -> int:
+        """One past the last offset in the object store (``start`` when none is)."""
+        return self.objects[-1].last + 1 if self.objects else self.start
+
+    def keys(self) -> set[str]:
+        """Every object key the state names (segments and indexes)."""
+        return {k for o in self.objects for k in (o.key, o.index_key)}
+
+    def added(self, objs: Sequence[RemoteObject]) -> RemoteState:
+        """The state with ``objs`` appended; ``ValueError`` unless they are
+        contiguous, continue the list exactly (or, on an empty list, reach the
+        start) and hold something at or past the start."""
+        if not objs:
+            raise ValueError("no segments to add")
+        if not _contiguous(objs):
+            raise ValueError("the segments to add are not contiguous")
+        if objs[-1].last < self.start:
+            raise ValueError(f"segments {objs[0].base}-{objs[-1].last} lie below the log start {self.start}")
+        if self.objects and objs[0].base != self.end:
+            raise ValueError(f"segment {objs[0].base} does not continue the remote log at {self.end}")
+        return RemoteState(self.start, (*self.objects, *objs))
+
+    def trimmed(self, start: int) -> tuple[RemoteState, list[RemoteObject]]:
+        """Retention: the state starting at ``start`` (never moving back), and
+        the segments that drops (wholly below it)."""
+        start = max(self.start, start)
+        gone = [o for o in self.objects if o.last < start]
+        return RemoteState(start, self.objects[len(gone) :]), gone
+
+    def to_doc(self) -> dict[str, object]:
+        """The form kept in the cluster metadata."""
+        return {"start": self.start, "segments": [o.to_row() for o in self.objects]}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> RemoteState:
+        """Inverse of :meth:`to_doc`; ``ValueError`` on anything malformed."""
+        if not isinstance(doc, dict):
+            raise ValueError("remote state is not a map")
+        start = doc.get("start", 0)
+        rows = doc.get("segments", [])
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0 or not isinstance(rows, list):
+            raise ValueError("malformed remote state")
+        objs = tuple(RemoteObject.from_row(r) for r in rows)
+        if not _contiguous(objs):
+            raise ValueError("remote state segments are not contiguous")
+        return cls(start, objs)
+
+
+@dataclass
+class Manifest:
+    """One node's record of the remote segments at the front of its log."""
+
+    #: The log start the node last followed.
+    start: int = 0
+    #: The remote segments at the front of this node's log, oldest first.
+    objects: list[RemoteObject] = field(default_factory=list)
+    #: Segments this node uploaded under its own (old layout) keys that the
+    #: shared list does not name yet; deleted by this node once it covers them.
+    legacy: list[RemoteObject] = field(default_factory=list)
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    """The manifest as stored (JSON: a version, the start and one row per object)."""
+    return json.dumps(
+        {
+            "v": MANIFEST_VERSION,
+            "start": m.start,
+            "segments": [o.to_row() for o in m.objects],
+            "legacy": [o.to_row() for o in m.legacy],
+        }
+    ).encode()
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    """Inverse of :func:`encode_manifest`; raises ``ValueError`` on anything malformed.
+
+    A version 1 manifest (written before the tier was shared) holds only this
+    node's own uploads: every one of them is legacy."""
     try:
         doc = json.loads(data)
-        if doc.get("v") != MANIFEST_VERSION:
-            raise ValueError(f"unknown manifest version {doc.get('v')!r}")
-        out = [RemoteObject(*row) for row in doc["segments"]]
+        v = doc.get("v")
+        if v == 1:
+            objs = [RemoteObject.from_row(row) for row in doc["segments"]]
+            m = Manifest(objs[0].base if objs else 0, objs, list(objs))
+        elif v == MANIFEST_VERSION:
+            m = Manifest(
+                int(doc["start"]),
+                [RemoteObject.from_row(row) for row in doc["segments"]],
+                [RemoteObject.from_row(row) for row in doc.get("legacy", [])],
+            )
+        else:
+            raise ValueError(f"unknown manifest version {v!r}")
     except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
         raise ValueError(f"corrupt manifest: {e}") from None
-    for a, b in itertools.pairwise(out):
+    for a, b in itertools.pairwise(m.objects):
         if b.base <= a.last:
             raise ValueError("corrupt manifest: segments overlap or are out of order")
-    return out
+    return m
+
+
+def partition_key_prefix(prefix: str, topic: str, partition: int) -> str:
+    """The key prefix every object of one partition starts with (ends in ``/``)."""
+    pre = prefix.strip("/")
+    stem = f"{topic}/{partition}/"
+    return f"{pre}/{stem}" if pre else stem
 
 
 def object_keys(
-    prefix: str, topic: str, partition: int, base: int, last: int, uid: int, node: str = ""
+    prefix: str, topic: str, partition: int, base: int, last: int, incarnation: int, epoch: int
 ) -> tuple[str, str]:
     """The segment object's key and its index's key.
 
-    ``PREFIX/TOPIC/PARTITION/BASE-LAST.seg`` as in the design notes, with the
-    topic's numeric uid appended to the file name (``BASE-LAST.tUID.seg``): a
-    topic deleted and re-created under the same name starts again at offset 0,
-    and the old topic's objects (deleted asynchronously) must never be
-    confused with the new ones.  Offsets are zero-padded so keys sort.
+    ``PREFIX/TOPIC/PARTITION/BASE-LAST.tINCARNATION.eEPOCH.seg`` (and
+    ``.idx``), as in the design notes with two parts added and no node:
 
-    ``node`` (the uploading node's id) is appended too (``.tUID.nNODE``):
-    until partitions are replicated every node of a cluster holds its own
-    copy of a topic's partitions, with its own offsets and uids, so nodes
-    sharing a bucket and prefix must never write -- or delete -- each
-    other's objects.  Once only a partition's leader uploads (issue 5) the
-    node part can go.
+    * ``tINCARNATION`` -- which life of the topic name: a topic deleted and
+      re-created starts again at offset 0, and the old topic's objects
+      (deleted asynchronously) must never be confused with the new ones.  In
+      a cluster it is the Raft index that created the topic (the same on
+      every node); on a lone broker, its local uid.
+    * ``eEPOCH`` -- the leader epoch of the upload.  Two leaders never write
+      the same key, so an upload a deposed leader left behind can be told
+      from the current leader's and deleted safely (see
+      :func:`parse_key` and the orphan sweep).
+
+    Offsets are zero-padded so keys sort.
     """
-    pre = prefix.strip("/")
-    stem = f"{topic}/{partition}/{base:020d}-{last:020d}.t{uid}"
-    if node:
-        stem += f".n{node}"
-    if pre:
-        stem = f"{pre}/{stem}"
+    stem = partition_key_prefix(prefix, topic, partition) + f"{base:020d}-{last:020d}.t{incarnation}.e{epoch}"
     return stem + ".seg", stem + ".idx"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What an object's key says about it."""
+
+    base: int
+    last: int
+    #: The topic incarnation (new layout) or the uploading node's topic uid (old layout).
+    incarnation: int
+    #: The upload's leader epoch (new layout), None for the old layout.
+    epoch: int | None
+    #: The uploading node (old layout only: ``.tUID.nNODE``).
+    node: str | None
+    #: The index object rather than the segment.
+    index: bool
+
+
+_KEY = re.compile(r"^(\d{20})-(\d{20})\.t(\d+)(?:\.e(\d+)|\.n(.+))?\.(seg|idx)$")
+
+
+def parse_key(name: str) -> KeyInfo | None:
+    """The parts of an object key's last path element (None: not a segment object of ours)."""
+    m = _KEY.match(name.rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    base, last, inc, epoch, node, kind = m.groups()
+    return KeyInfo(
+        int(base),
+        int(last),
+        int(inc),
+        int(epoch) if epoch is not None else None,
+        node,
+        kind == "idx",
+    )

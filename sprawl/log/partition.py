@@ -16,10 +16,26 @@ majority of replicas.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 
+from sprawl.log.manifest import RemoteObject
 from sprawl.log.record import Record
 from sprawl.log.segments import Segment
+
+
+@dataclass
+class RemoteChange:
+    """What :meth:`PartitionLog.follow_remote` changed, for the storage adapter."""
+
+    #: Local segments removed whole (their records and rows go from LMDB).
+    dropped: list[Segment] = field(default_factory=list)
+    #: ``(old base, segment)``: local segments that now start later (the
+    #: records before the new base go from LMDB, the row moves).
+    trimmed: list[tuple[int, Segment]] = field(default_factory=list)
+    #: Remote segments no longer at the front of the log.
+    gone_remote: list[Segment] = field(default_factory=list)
+    changed: bool = False
 
 
 class PartitionLog:
@@ -205,6 +221,88 @@ class PartitionLog:
         self.hot_bytes = 0
         self.log_start = self.next_offset = self.stored_end = self.high_watermark = start
         return removed
+
+    def follow_remote(
+        self, start: int, objects: Sequence[RemoteObject], own: Collection[str] = ()
+    ) -> RemoteChange:
+        """Make the front of this log the partition's shared remote segments.
+
+        ``start`` and ``objects`` are the partition's shared remote state (the
+        log start set by retention; the segments in the object store,
+        contiguous).  Only what lies below this replica's high watermark is
+        followed -- committed records, the same on every replica -- so a
+        replica never drops a record it might still have to correct:
+
+        * the shared segments below the high watermark become the log's
+          remote prefix, replacing the one it had;
+        * local segments they cover are dropped (their LMDB copy is no longer
+          needed), and one they cover in part starts after them;
+        * everything below ``start`` goes (retention), the log start follows.
+
+        ``own`` names this node's legacy objects (its own uploads under the
+        old per-node keys): while they reach further than the shared segments
+        do, the remote prefix stays as it is (only retention applies).
+        """
+        hw = self.high_watermark
+        eff = min(start, hw)
+        n = 0
+        while n < len(self.segments) and self.segments[n].remote is not None:
+            n += 1
+        prefix, local = self.segments[:n], self.segments[n:]
+        want = [o for o in objects if eff <= o.last < hw]
+        legacy = [s for s in prefix if s.remote is not None and s.remote.key in own]
+        if legacy and (not want or want[-1].last < legacy[-1].last):
+            new_prefix = [s for s in prefix if s.last >= eff]
+        else:
+            known = {s.remote: s for s in prefix}
+            new_prefix = [known.get(o) or o.to_segment() for o in want]
+        covered = new_prefix[-1].last + 1 if new_prefix else None
+        out = RemoteChange()
+        kept: list[Segment] = []
+        for s in local:
+            if (covered is not None and s.last < covered) or s.last < eff:
+                out.dropped.append(s)
+                continue
+            if covered is not None and s.base < covered:
+                old = s.base
+                s.bytes = s.bytes * (s.last - covered + 1) // s.count
+                s.base = covered
+                out.trimmed.append((old, s))
+            kept.append(s)
+        keep_ids = {id(s) for s in new_prefix}
+        out.gone_remote = [s for s in prefix if id(s) not in keep_ids]
+        segs = new_prefix + kept
+        if segs:
+            log_start = max(eff, segs[0].base)
+        else:
+            log_start = min(max(self.log_start, eff), self.next_offset)
+        hot = self.hot
+        while hot and hot[0].offset < log_start:
+            r = hot.popleft()
+            self.hot_bytes -= r.size
+        out.changed = bool(
+            out.dropped
+            or out.trimmed
+            or out.gone_remote
+            or len(new_prefix) != len(prefix)
+            or log_start != self.log_start
+        )
+        self.segments = segs
+        self.log_start = log_start
+        return out
+
+    def remote_hole(self) -> tuple[int, int] | None:
+        """``(lo, hi)``: offsets between the remote prefix and the first local
+        record that this replica holds nowhere (it was reset past what its
+        view of the shared remote list covers yet); None when there is none."""
+        n = 0
+        while n < len(self.segments) and self.segments[n].remote is not None:
+            n += 1
+        if n == 0:
+            return None
+        lo = self.segments[n - 1].last + 1
+        hi = self.segments[n].base if n < len(self.segments) else self.next_offset
+        return (lo, hi) if hi > lo else None
 
     def _should_roll(self, seg: Segment, now_ms: int) -> bool:
         return seg.bytes >= self.segment_bytes or now_ms - seg.first_ts >= self.segment_age_ms

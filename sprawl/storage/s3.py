@@ -361,3 +361,20 @@ class S3Client:
             return out
 
         return self._call(run)
+
+    def list_page(
+        self, prefix: str, start_after: str | None = None, max_keys: int = 1000
+    ) -> Deferred[tuple[list[tuple[str, float]], bool]]:
+        """One page of the keys under ``prefix`` after ``start_after`` (at most
+        ``max_keys``, in key order), each with its last-modified time (Unix
+        seconds); and whether more follow."""
+
+        def run() -> tuple[list[tuple[str, float]], bool]:
+            kw: dict[str, Any] = {"Bucket": self.settings.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+            if start_after:
+                kw["StartAfter"] = start_after
+            r = self._boto().list_objects_v2(**kw)
+            page = [(str(o["Key"]), float(o["LastModified"].timestamp())) for o in r.get("Contents", [])]
+            return page[:max_keys], bool(r.get("IsTruncated"))
+
+        return self._call(run)

@@ -1,25 +1,38 @@
-"""The S3 tier: the spill pipeline (LMDB → object store) and remote reads.
+"""The S3 tier: the spill pipeline (LMDB → object store), remote reads and
+the upkeep of the bucket.  The tier is shared by a partition's replicas: one
+object per segment, uploaded by the partition's leader, named in one list that
+every replica follows (:mod:`sprawl.storage.remote_log`).
 
 An adapter: it owns the object store (:class:`~sprawl.storage.s3.S3Client`),
-reads and writes LMDB through :class:`~sprawl.storage.lmdb.LmdbStore` (its
-reader pool and its single writer thread) and asks the pure policy
-(:mod:`sprawl.log.spill`) what to move.
+reads LMDB through :class:`~sprawl.storage.lmdb.LmdbStore` (its reader pool)
+and asks the pure policy (:mod:`sprawl.log.spill`) what to move.
 
-Moving one sealed segment, in order (the rule: never delete a local copy
-before the remote one is verified):
+Moving one sealed segment of a partition this node *leads*, in order (the
+rule: never delete a local copy before the remote one is verified and named):
 
 1. read its records from LMDB and frame them (:mod:`sprawl.storage.segment_format`)
    on a reader thread;
-2. upload the segment object and its index, each with ``Content-MD5`` (the
-   store refuses a body that does not match) and its SHA-256 as metadata;
+2. upload the segment object and its index under keys that name the topic's
+   incarnation and the leader epoch (never a node), each with
+   ``Content-MD5`` (the store refuses a body that does not match) and its
+   SHA-256 as metadata;
 3. ``HEAD`` both and check size, MD5 ETag and SHA-256 metadata;
-4. in one LMDB transaction: write the partition manifest with the new entry,
-   delete the segment's records and its segment row.
+4. commit the segment to the partition's shared remote list as the leader of
+   that epoch (in a cluster: a Raft entry the metadata refuses from a
+   deposed leader); every replica's log then follows the list -- the
+   segment becomes remote and its LMDB copy goes, on the leader and on each
+   follower once the segment is below its high watermark.
 
 A failure at any step leaves the records in LMDB; the partition retries with
 back-off, and the failure shows in ``/v1/topics/{t}``, ``/store``, metrics
-and the log.  An object uploaded for a segment that retention or a topic
-delete removed meanwhile is deleted again.
+and the log.  An upload that was never named (its leader died or was deposed
+between steps 2 and 4) is an orphan: the leader's bounded *sweep* of the
+partition's prefix deletes objects no shared list names once they are older
+than the grace age, and only those of an epoch no later than its own (a
+newer leader's uploads are not its to judge).  Objects of the old per-node
+layout are deleted only by the node that wrote them, once the shared list
+covers them (:class:`~sprawl.log.manifest.Manifest`); a leader that still
+has such objects *adopts* them into the shared list first.
 """
 
 from __future__ import annotations
@@ -27,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -35,13 +49,13 @@ from twisted.logger import Logger
 
 from sprawl.errors import SprawlError
 from sprawl.log.damage import DamagedRange
-from sprawl.log.manifest import RemoteObject, encode_manifest, object_keys
+from sprawl.log.manifest import RemoteObject, RemoteState, object_keys, parse_key, partition_key_prefix
 from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record
 from sprawl.log.segments import Segment
 from sprawl.log.spill import Candidate, choose_spills, retry_at
 from sprawl.storage import keys
-from sprawl.storage.lmdb import LmdbStore, Op
+from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
 from sprawl.storage.segment_format import (
     DEFAULT_CHUNK_BYTES,
@@ -55,6 +69,10 @@ log = Logger()
 
 #: Seconds between retries of object deletes that failed.
 DELETE_RETRY_SECONDS = 30.0
+#: Keys listed per sweep of a partition's prefix (one page; the next sweep goes on from there).
+SWEEP_PAGE = 1000
+#: The longest pause between two sweeps of a partition this node leads.
+SWEEP_MAX_SECONDS = 300.0
 
 
 class TierReadError(SprawlError):
@@ -120,11 +138,9 @@ class S3Tier:
         cache_bytes: int = 64 * 1000**2,
         metrics: Any = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        node_id: str = "",
+        orphan_grace: float = 3600.0,
     ):
         self.client = client
-        #: Part of every object key this node writes (see ``object_keys``).
-        self.node_id = node_id
         self.store = store
         self.clock = clock
         self.budget = budget
@@ -152,6 +168,17 @@ class S3Tier:
         self.on_damage: Any = None
         #: Objects fetched again after a checksum mismatch.
         self.refetches = 0
+        #: Seconds an object no shared list names must have existed before
+        #: the sweep deletes it (an upload between its PUT and its commit is
+        #: younger than that).
+        self.orphan_grace = orphan_grace
+        self.sweep_every = max(1.0, min(SWEEP_MAX_SECONDS, orphan_grace))
+        self._swept_at: dict[tuple[int, int], float] = {}
+        self._sweep_cursor: dict[tuple[int, int], str] = {}
+        self.sweeping = False
+        self.sweeps = 0
+        self.orphans_deleted = 0
+        self.adopted = 0
 
     # -- state -----------------------------------------------------------------
 
@@ -193,6 +220,10 @@ class S3Tier:
             "uploads_in_flight": self.in_flight,
             "deleted_objects": self.deleted_objects,
             "pending_deletes": len(self._pending_deletes),
+            "sweeps": self.sweeps,
+            "orphans_deleted": self.orphans_deleted,
+            "orphan_grace_seconds": self.orphan_grace,
+            "legacy_adopted": self.adopted,
             "cache_bytes": self.cache.bytes,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
@@ -201,30 +232,65 @@ class S3Tier:
     def forget(self, uid: int, p: int) -> None:
         """Drop the bookkeeping of a deleted partition."""
         self._parts.pop((uid, p), None)
+        self._swept_at.pop((uid, p), None)
+        self._sweep_cursor.pop((uid, p), None)
 
     # -- the spill pipeline ----------------------------------------------------
 
-    def tick(self, topics: Iterable[Any], used_bytes: int, now_ms: int) -> int:
-        """Start the uploads the policy asks for; returns how many started."""
-        if self.in_flight >= self.concurrency:
+    def tick(
+        self,
+        topics: Iterable[Any],
+        used_bytes: int,
+        now_ms: int,
+        remote_log: Any,
+        legacy: Callable[[Any, int], list[RemoteObject]] = lambda t, p: [],
+    ) -> int:
+        """Start the uploads the policy asks for (and an adoption or a sweep)
+        on the partitions this node leads; returns how many uploads started.
+
+        ``remote_log`` is where the shared remote lists live
+        (:class:`~sprawl.storage.remote_log.RemoteLog`; None: nothing moves
+        yet); ``legacy`` gives this node's own uploads of the old layout."""
+        self._retry_deletes()
+        if remote_log is None or self.in_flight >= self.concurrency:
             return 0
         cands: list[Candidate] = []
-        where: dict[tuple[int, int], tuple[Any, PartitionLog]] = {}
+        where: dict[tuple[int, int], tuple[Any, PartitionLog, int]] = {}
+        sweep: tuple[Any, PartitionLog, int] | None = None
+        now = self.clock.seconds()
         for t in topics:
-            if not t.config.durable:
+            if not t.config.durable or t.deleted:
                 continue
             uid = t.config.uid
             for lg in t.logs:
                 st = self._state(uid, lg.partition)
                 if st.busy:
                     continue
-                seg = next((s for s in lg.segments if s.remote is None), None)
-                if seg is None:
+                epoch = remote_log.leader_epoch(t, lg.partition)
+                if epoch is None:
+                    if st.failures:  # another node uploads this partition now
+                        st.failures, st.retry_at_ms, st.last_error = 0, 0, None
                     continue
-                cands.append(
-                    Candidate((uid, lg.partition), seg, min(lg.stored_end, lg.high_watermark), st.retry_at_ms)
-                )
-                where[(uid, lg.partition)] = (t, lg)
+                shared: RemoteState = remote_log.state(t, lg.partition)
+                own = legacy(t, lg.partition)
+                if own:
+                    objs = adoption(shared, own, epoch)
+                    if objs and self.in_flight < self.concurrency and st.retry_at_ms <= now_ms:
+                        self._start(st, self._adopt(t, lg, epoch, objs, remote_log), t, lg, None)
+                    continue  # this node's old uploads join the shared list first
+                seg = next((s for s in lg.segments if s.remote is None), None)
+                if seg is not None and (seg.base == shared.end or not shared.objects):
+                    cands.append(
+                        Candidate(
+                            (uid, lg.partition), seg, min(lg.stored_end, lg.high_watermark), st.retry_at_ms
+                        )
+                    )
+                    where[(uid, lg.partition)] = (t, lg, epoch)
+                if (
+                    sweep is None
+                    and now - self._swept_at.get((uid, lg.partition), float("-inf")) >= self.sweep_every
+                ):
+                    sweep = (t, lg, epoch)
         spills = choose_spills(
             cands,
             used_bytes=used_bytes,
@@ -234,21 +300,34 @@ class S3Tier:
             slots=self.concurrency - self.in_flight,
         )
         for sp in spills:
-            t, lg = where[sp.partition]  # type: ignore[index]
+            t, lg, epoch = where[sp.partition]  # type: ignore[index]
             st = self._state(t.config.uid, lg.partition)
-            st.busy = True
-            self.in_flight += 1
-            d = ensureDeferred(self._spill(t, lg, sp.segment, sp.reason))
-            d.addErrback(self._spill_failed, t, lg, sp.segment)
-            d.addBoth(self._spill_done, st)
-        self._retry_deletes()
+            self._start(st, self._spill(t, lg, sp.segment, sp.reason, epoch, remote_log), t, lg, sp.segment)
+        if sweep is not None and not self.sweeping and self.in_flight < self.concurrency:
+            t, lg, epoch = sweep
+            if not self._state(t.config.uid, lg.partition).busy:
+                self._swept_at[(t.config.uid, lg.partition)] = now
+                self.sweeping = True
+                st = self._state(t.config.uid, lg.partition)
+                st.busy = True
+                self.in_flight += 1
+                d = ensureDeferred(self._sweep(t, lg, epoch, remote_log))
+                d.addErrback(self._sweep_failed, t, lg)
+                d.addBoth(self._sweep_done, st)
         return len(spills)
+
+    def _start(self, st: _PartState, coro: Any, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
+        st.busy = True
+        self.in_flight += 1
+        d = ensureDeferred(coro)
+        d.addErrback(self._spill_failed, t, lg, seg)
+        d.addBoth(self._spill_done, st)
 
     def _spill_done(self, _: object, st: _PartState) -> None:
         st.busy = False
         self.in_flight -= 1
 
-    def _spill_failed(self, f: Any, t: Any, lg: PartitionLog, seg: Segment) -> None:
+    def _spill_failed(self, f: Any, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
         if f.check(DamagedRange) and self.on_damage is not None:
             # The local copy is damaged: it is not uploaded (the range is
             # repaired or skipped first) and stays in LMDB.
@@ -266,8 +345,8 @@ class S3Tier:
             "the segment stays in LMDB: {error}",
             topic=t.name,
             partition=lg.partition,
-            base=seg.base,
-            last=seg.last,
+            base=seg.base if seg is not None else "legacy",
+            last=seg.last if seg is not None else "adoption",
             n=st.failures,
             error=st.last_error,
         )
@@ -279,24 +358,27 @@ class S3Tier:
             if created:
                 log.info("created S3 bucket {bucket}", bucket=self.client.settings.bucket)
 
-    async def _spill(self, t: Any, lg: PartitionLog, seg: Segment, reason: str) -> None:
+    async def _spill(
+        self, t: Any, lg: PartitionLog, seg: Segment, reason: str, epoch: int, remote_log: Any
+    ) -> None:
         uid, p = t.config.uid, lg.partition
+        base, last = seg.base, seg.last
         await self._ensure_bucket()
         blob, index = await self.store.call_reader(self._encode, uid, p, seg)
         idx_bytes = index.to_bytes()
         seg_key, idx_key = object_keys(
-            self.client.settings.prefix, t.name, p, seg.base, seg.last, uid, self.node_id
+            self.client.settings.prefix, t.name, p, base, last, remote_log.incarnation(t), epoch
         )
         idx_sha = hashlib.sha256(idx_bytes).hexdigest()
         idx_md5 = hashlib.md5(idx_bytes).hexdigest()
-        meta = {"sha256": index.sha256, "first-offset": str(seg.base), "last-offset": str(seg.last)}
+        meta = {"sha256": index.sha256, "first-offset": str(base), "last-offset": str(last)}
         await self.client.put(seg_key, blob, index.md5, meta)
         await self.client.put(idx_key, idx_bytes, idx_md5, {"sha256": idx_sha})
         await self._verify(seg_key, len(blob), index.md5, index.sha256)
         await self._verify(idx_key, len(idx_bytes), idx_md5, idx_sha)
         remote = RemoteObject(
-            seg.base,
-            seg.last,
+            base,
+            last,
             seg.bytes,
             seg.first_ts,
             seg.last_ts,
@@ -306,20 +388,22 @@ class S3Tier:
             idx_key,
             len(idx_bytes),
             idx_sha,
+            epoch,
         )
-        if t.deleted or not any(s is seg for s in lg.segments):
-            # Retention or a topic delete took the segment while it was uploading.
+        if t.deleted or seg.base != base or not any(s is seg for s in lg.segments):
+            # Retention or a topic delete took the segment while it was
+            # uploading: nothing will ever name these keys (they carry this
+            # leader's epoch, and it will not upload this range again).
             self.delete_objects([remote])
             return
-        # Mark it remote first: any manifest written from now on (retention,
-        # another spill) includes it, and readers may use the verified copy.
-        seg.remote = remote
-        ops: list[Op] = [
-            ("p", "meta", keys.manifest_key(uid, p), encode_manifest(manifest_of(lg))),
-            ("r", "records", keys.record_key(uid, p, seg.base), keys.record_key(uid, p, seg.last + 1)),
-            ("d", "segments", keys.segment_key(uid, p, seg.base)),
-        ]
-        await self.store.write(ops)
+        try:
+            # Committed to the shared list and followed here: the segment is
+            # remote in this log and its LMDB copy is gone.  A refusal (a new
+            # leader: stale epoch) leaves the objects to the sweep -- a
+            # proposal that timed out may still commit them.
+            await remote_log.add(t, p, epoch, [remote])
+        except SprawlError as e:
+            raise S3Failure(f"segment uploaded but not committed to the shared list: {e.message}") from None
         self.index_cached(seg_key, index)
         st = self._state(uid, p)
         if st.failures:
@@ -338,14 +422,88 @@ class S3Tier:
             self.metrics.s3_uploads.inc()
             self.metrics.s3_uploaded_bytes.inc(len(blob))
         log.info(
-            "moved {topic}/{partition} segment {base}-{last} ({size} bytes) to S3 ({reason})",
+            "moved {topic}/{partition} segment {base}-{last} ({size} bytes) to S3 ({reason}, epoch {epoch})",
             topic=t.name,
             partition=p,
-            base=seg.base,
-            last=seg.last,
+            base=base,
+            last=last,
             size=len(blob),
             reason=reason,
+            epoch=epoch,
         )
+
+    async def _adopt(
+        self, t: Any, lg: PartitionLog, epoch: int, objs: list[RemoteObject], remote_log: Any
+    ) -> None:
+        """Name this node's own uploads of the old per-node layout in the
+        shared list (as the leader), so every replica reads them."""
+        try:
+            await remote_log.add(t, lg.partition, epoch, objs)
+        except SprawlError as e:
+            raise S3Failure(f"adopting segments of the old layout was refused: {e.message}") from None
+        self.adopted += len(objs)
+        log.info(
+            "adopted {n} segment(s) of {topic}/{partition} ({base}-{last}) written under this node's "
+            "old keys into the shared remote list",
+            n=len(objs),
+            topic=t.name,
+            partition=lg.partition,
+            base=objs[0].base,
+            last=objs[-1].last,
+        )
+
+    async def _sweep(self, t: Any, lg: PartitionLog, epoch: int, remote_log: Any) -> None:
+        """One bounded page of the partition's prefix: delete the objects no
+        shared list names that are older than the grace age -- of an older
+        incarnation of the topic name, or of this or an earlier leader epoch
+        (an upload whose commit never came).  Never an object of the old
+        per-node layout (its node deletes it) or of a later epoch."""
+        uid, p = t.config.uid, lg.partition
+        await self._ensure_bucket()
+        prefix = partition_key_prefix(self.client.settings.prefix, t.name, p)
+        page, more = await self.client.list_page(prefix, self._sweep_cursor.get((uid, p)), SWEEP_PAGE)
+        self.sweeps += 1
+        if more and page:
+            self._sweep_cursor[(uid, p)] = page[-1][0]
+        else:
+            self._sweep_cursor.pop((uid, p), None)
+        inc = remote_log.incarnation(t)
+        for key, modified in page:
+            info = parse_key(key)
+            if info is None or info.epoch is None or info.incarnation > inc:
+                continue
+            if info.incarnation == inc and info.epoch > epoch:
+                continue
+            if self.clock.seconds() - modified < self.orphan_grace:
+                continue
+            # Still this epoch's leader, and still unnamed (the list may have moved on).
+            if t.deleted or remote_log.leader_epoch(t, p) != epoch:
+                return
+            if info.incarnation == inc and key in remote_log.state(t, p).keys():
+                continue
+            log.info(
+                "deleting orphan object {key} of {topic}/{partition} (no shared list names it)",
+                key=key,
+                topic=t.name,
+                partition=p,
+            )
+            self.orphans_deleted += 1
+            if self.metrics is not None:
+                self.metrics.s3_orphans_deleted.inc()
+            self._delete(key)
+
+    def _sweep_failed(self, f: Any, t: Any, lg: PartitionLog) -> None:
+        log.warn(
+            "sweeping the S3 prefix of {topic}/{partition} failed (tried again later): {error}",
+            topic=t.name,
+            partition=lg.partition,
+            error=f"{type(f.value).__name__}: {f.value}",
+        )
+
+    def _sweep_done(self, _: object, st: _PartState) -> None:
+        self.sweeping = False
+        st.busy = False
+        self.in_flight -= 1
 
     def _encode(self, uid: int, p: int, seg: Segment) -> tuple[bytes, SegmentIndex]:
         """Reader thread: the segment's records from LMDB, checked (every
@@ -527,6 +685,23 @@ class S3Tier:
         return idx
 
 
-def manifest_of(lg: PartitionLog) -> list[RemoteObject]:
-    """The partition's manifest: its remote segments, oldest first."""
-    return [s.remote for s in lg.segments if s.remote is not None]
+def adoption(shared: RemoteState, own: list[RemoteObject], epoch: int) -> list[RemoteObject]:
+    """This node's old-layout uploads that continue the shared list (the
+    first one serving offsets from where the list ends), to be named in it
+    in ``epoch``; empty when none does (the list covers them already, or a
+    hole lies between)."""
+    out: list[RemoteObject] = []
+    end = shared.end if shared.objects else None
+    for o in sorted(own, key=lambda o: o.base):
+        if o.last < (end if end is not None else shared.start):
+            continue
+        if not out:
+            if end is not None and o.base > end:
+                break
+            first = o.starting_at(end) if end is not None else o
+            out.append(replace(first, epoch=epoch))
+        elif o.base == out[-1].last + 1:
+            out.append(replace(o, epoch=epoch))
+        else:
+            break
+    return out
