@@ -751,7 +751,12 @@ class Broker:
         return d
 
     def reset_partition(
-        self, topic: Topic, partition: int, start: int, extra_ops: Sequence[Op] = ()
+        self,
+        topic: Topic,
+        partition: int,
+        start: int,
+        extra_ops: Sequence[Op] = (),
+        floor: int | None = None,
     ) -> Deferred[None]:
         """Drop the partition's local log and restart it empty at ``start``
         (a follower whose end is below the leader's log start), in memory and
@@ -763,11 +768,16 @@ class Broker:
         partition's does, with the shared segments below ``start`` at its
         front (served from the object store), and nothing in S3 is deleted --
         a replica's local delete never touches the shared copy (only this
-        node's own legacy objects go, once the shared list covers them)."""
+        node's own legacy objects go, once the shared list covers them).
+        ``floor`` is the partition's log start as the leader knows it: while
+        this node's view of the shared list does not reach down to it, the
+        offsets in between are a hole reads answer with 503 ``catching_up``
+        rather than skip."""
         lg = topic.logs[partition]
         uid = topic.config.uid
         state = self._shared_state(topic, partition)
         removed = lg.reset(start)
+        lg.floor = floor if floor is not None and floor < start and state is not None else None
         self._spilling.pop((uid, partition), None)
         lo, hi = keys.record_key(uid, partition, 0), keys.record_key(uid, partition + 1, 0)
         ops: list[Op] = [("r", "records", lo, hi), ("r", "segments", lo, hi)]

@@ -310,3 +310,112 @@ async def test_failed_deletes_are_retried_later(env: Any) -> None:
     clock.advance(31)
     n.broker.tier_tick()
     assert len(s3.deleted) == pending and n.tier.describe()["pending_deletes"] == 0
+
+
+async def _to_legacy(n: Node, s3: MemoryS3, t: Topic, node: str = "node-1") -> list[Any]:
+    """Make a node's spilled segments look as the per-node tier wrote them:
+    objects under ``...tUID.nNODE`` keys and a version 1 manifest (a stopped node)."""
+    import json
+    from dataclasses import replace
+
+    legacy = []
+    for seg in t.logs[0].segments:
+        o = seg.remote
+        if o is None:
+            break
+        key = o.key.replace(".e0.seg", f".n{node}.seg")
+        idx = o.index_key.replace(".e0.idx", f".n{node}.idx")
+        s3.objects[key] = s3.objects.pop(o.key)
+        s3.objects[idx] = s3.objects.pop(o.index_key)
+        s3.modified[key] = s3.modified[idx] = s3.now()
+        legacy.append(replace(o, key=key, index_key=idx))
+    doc = {"v": 1, "segments": [o.to_row()[:11] for o in legacy]}
+    await bounded(
+        n.store.write([("p", "meta", keys.manifest_key(t.config.uid, 0), json.dumps(doc).encode())])
+    )
+    return legacy
+
+
+@pytest_twisted.ensureDeferred
+async def test_objects_of_the_per_node_layout_stay_readable_and_are_adopted(env: Any) -> None:
+    """Segments a node spilled under its own keys (``...tUID.nNODE.seg``, a
+    version 1 manifest) read back after the upgrade, and the first tier round
+    adopts them into the shared list as they are: nothing re-uploaded,
+    nothing deleted; later segments continue under the new keys."""
+    make, s3, _clock = env
+    n = make()
+    t = await fill(n, "t", 80)
+    await spill_all(n)
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    legacy = await _to_legacy(n, s3, t)
+    await n.close()
+
+    n = make()
+    t = n.broker.topics["t"]
+    assert n.broker.legacy_objects(t, 0) == legacy and len(legacy) >= 3
+    assert [r.offset for r in await read_all(n, t)] == list(range(80)), "readable as they are"
+    puts = len(s3.puts)
+    await spill_all(n)
+    assert n.tier.adopted == len(legacy) and n.broker.legacy_objects(t, 0) == []
+    assert not s3.deleted and all(o.key in s3.objects for o in legacy)
+    front = [s.remote for s in t.logs[0].segments if s.remote is not None]
+    assert [o.key for o in front[: len(legacy)]] == [o.key for o in legacy]
+    for i in range(0, 40, 10):
+        recs = [
+            Record(-1, 0, 0, None, None, None, f"{j:04d}".encode() * 25, True) for j in range(80 + i, 90 + i)
+        ]
+        await bounded(n.broker.publish(t, recs, "leader"))
+    await spill_all(n)
+    new_keys = s3.puts[puts:]
+    assert new_keys and all(".e0." in k for k in new_keys)
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    got = await read_all(n, t)
+    assert [r.offset for r in got] == list(range(120))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_deletes_its_own_old_objects_once_the_shared_list_covers_them(env: Any) -> None:
+    """A replica that is not the leader keeps serving its own old-layout
+    objects while the shared list does not reach past them; once it does, the
+    log follows the shared segments and the node deletes its own objects --
+    and never a shared one."""
+    from dataclasses import replace
+
+    from sprawl.log.manifest import RemoteState
+
+    make, s3, _clock = env
+    n = make()
+    t = await fill(n, "t", 80)
+    await spill_all(n)
+    legacy_src = [s.remote for s in t.logs[0].segments if s.remote is not None]
+    # The leader's copies of the same ranges, under its own (shared) keys.
+    shared = []
+    for o in legacy_src:
+        key, idx = o.key.replace(".e0.", ".e3."), o.index_key.replace(".e0.", ".e3.")
+        s3.objects[key], s3.objects[idx] = s3.objects[o.key], s3.objects[o.index_key]
+        s3.modified[key] = s3.modified[idx] = s3.now()
+        shared.append(replace(o, key=key, index_key=idx, epoch=3))
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    legacy = await _to_legacy(n, s3, t)
+    await n.close()
+    n = make()
+    t = n.broker.topics["t"]
+    n.broker.remote_log = None  # a follower: nothing moves, nothing is adopted
+    part = RemoteState(0, tuple(shared[:-1]))
+    await bounded(n.broker.follow_remote(t, 0, part))
+    assert [s.remote for s in t.logs[0].segments if s.remote is not None] == legacy, (
+        "kept: it reaches further"
+    )
+    assert not s3.deleted
+    await bounded(n.broker.follow_remote(t, 0, RemoteState(0, tuple(shared))))
+    assert [s.remote for s in t.logs[0].segments if s.remote is not None] == shared
+    await bounded(n.store.write([]))
+    assert sorted(s3.deleted) == sorted(k for o in legacy for k in (o.key, o.index_key))
+    assert n.broker.legacy_objects(t, 0) == []
+    assert [r.offset for r in await read_all(n, t)] == list(range(80))

@@ -77,6 +77,12 @@ class PartitionLog:
         #: majority of replicas stored, set by :meth:`advance_high_watermark`,
         #: not this node's own stored end.
         self.replicated = False
+        #: The log follows the partition's shared remote segments (the S3 tier; :meth:`follow_remote`).
+        self.follows_remote = False
+        #: After a reset: the partition's log start as the leader told it,
+        #: below what this replica's remote front reaches yet (a hole it
+        #: answers with an error, never skips); None once covered.
+        self.floor: int | None = None
 
     # -- writing -----------------------------------------------------------
 
@@ -276,6 +282,8 @@ class PartitionLog:
             log_start = max(eff, segs[0].base)
         else:
             log_start = min(max(self.log_start, eff), self.next_offset)
+        if self.floor is not None and self.floor < log_start:
+            log_start = max(eff, self.floor)
         hot = self.hot
         while hot and hot[0].offset < log_start:
             r = hot.popleft()
@@ -289,18 +297,22 @@ class PartitionLog:
         )
         self.segments = segs
         self.log_start = log_start
+        self.follows_remote = True
+        if self.floor is not None and self.remote_hole() is None:
+            self.floor = None
         return out
 
     def remote_hole(self) -> tuple[int, int] | None:
-        """``(lo, hi)``: offsets between the remote prefix and the first local
-        record that this replica holds nowhere (it was reset past what its
-        view of the shared remote list covers yet); None when there is none."""
+        """``(lo, hi)``: offsets of this log that this replica holds nowhere --
+        after its remote front, before its first local record -- because it
+        was reset past what its view of the shared remote list covers yet
+        (that view lags the leader's); None when there are none."""
+        if not self.follows_remote:
+            return None
         n = 0
         while n < len(self.segments) and self.segments[n].remote is not None:
             n += 1
-        if n == 0:
-            return None
-        lo = self.segments[n - 1].last + 1
+        lo = self.segments[n - 1].last + 1 if n else self.log_start
         hi = self.segments[n].base if n < len(self.segments) else self.next_offset
         return (lo, hi) if hi > lo else None
 

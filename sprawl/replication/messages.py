@@ -28,6 +28,11 @@ class Append(msgspec.Struct, frozen=True, tag=True):
     #: The follower must drop its log and restart it at ``start`` (its end is
     #: below the leader's log start: retention removed what it lacks).
     reset: bool = False
+    #: With a reset: where the partition's log starts as the leader knows it
+    #: (below ``start``: segments in the object store, which the follower
+    #: reads from there once its list of them reaches that far).  Set by the
+    #: adapter; the core does not look at it.
+    log_start: int = 0
 
 
 class AppendResp(msgspec.Struct, frozen=True, tag=True):

@@ -135,6 +135,8 @@ class PartitionReplication:
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
         self.on_records: Callable[[list[Record]], None] | None = None
+        #: Reset point -> the partition's log start the leader sent with it.
+        self._floors: dict[int, int] = {}
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -173,6 +175,12 @@ class PartitionReplication:
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
         """A replication message from a peer (the leader, a follower or the controller)."""
         self._sync_log_start()
+        if isinstance(message, Append) and message.reset:
+            # Where the partition starts, for the reset this may cause (the
+            # shared remote segments below the reset point).
+            self._floors[message.start] = message.log_start
+            while len(self._floors) > 16:
+                del self._floors[next(iter(self._floors))]
         self._handle(self.core.receive(src, message), records)
 
     def tick(self) -> None:
@@ -181,16 +189,17 @@ class PartitionReplication:
         self._handle(self.core.tick(), [])
 
     def servable_start(self) -> int:
-        """The first offset this node can send to a follower: the log start,
-        or past the segments that moved to the object store (the catch-up
-        read serves only LMDB and memory)."""
+        """The first offset this node can send to a follower: its first local
+        record -- past the segments in the object store (the catch-up read
+        serves only LMDB and memory; a follower lacking them is reset past
+        them and reads them from the object store itself)."""
         lg = self.log
         start = lg.log_start
         for seg in lg.segments:
             if seg.remote is None:
-                break
+                return max(start, seg.base)
             start = max(start, seg.last + 1)
-        return start
+        return max(start, lg.next_offset) if lg.follows_remote else start
 
     def _sync_log_start(self) -> None:
         """Retention (or the S3 tier) moved the start of what this node can
@@ -316,7 +325,8 @@ class PartitionReplication:
         ds: list[defer.Deferred[Any]] = []
         if w.reset:
             # Everything this replica held lies below the leader's log start.
-            ds.append(b.reset_partition(t, p, w.start, self._state_ops(reset=w)))
+            floor = self._floors.pop(w.start, None)
+            ds.append(b.reset_partition(t, p, w.start, self._state_ops(reset=w), floor=floor))
             t.dedup.forget_from(p, 0)
             t.recent.forget_from(p, 0)
         if w.truncate_to is not None:
@@ -353,6 +363,8 @@ class PartitionReplication:
 
     async def _send(self, dst: str, m: Any) -> None:
         recs: list[Record] = []
+        if isinstance(m, Append) and m.reset:
+            m = msgspec.structs.replace(m, log_start=min(self.log.log_start, m.start))
         if isinstance(m, Append) and m.count:
             try:
                 recs = await self._records(m.start, m.count)

@@ -403,7 +403,9 @@ class S3Tier:
             # proposal that timed out may still commit them.
             await remote_log.add(t, p, epoch, [remote])
         except SprawlError as e:
-            raise S3Failure(f"segment uploaded but not committed to the shared list: {e.message}") from None
+            raise S3Failure(
+                f"segment uploaded but not committed to the shared list ({e.code}): {e.message}"
+            ) from None
         self.index_cached(seg_key, index)
         st = self._state(uid, p)
         if st.failures:
@@ -440,7 +442,9 @@ class S3Tier:
         try:
             await remote_log.add(t, lg.partition, epoch, objs)
         except SprawlError as e:
-            raise S3Failure(f"adopting segments of the old layout was refused: {e.message}") from None
+            raise S3Failure(
+                f"adopting segments of the old layout was refused ({e.code}): {e.message}"
+            ) from None
         self.adopted += len(objs)
         log.info(
             "adopted {n} segment(s) of {topic}/{partition} ({base}-{last}) written under this node's "
