@@ -202,6 +202,46 @@ def test_missing_op() -> None:
     assert err(Metadata().apply(1, {}))[0] == "unknown_command"
 
 
+def row(base: int, last: int, epoch: int = 1, key: str = "") -> list[Any]:
+    """A remote segment row (see sprawl.log.manifest.RemoteObject)."""
+    k = key or f"pre/t/0/{base:020d}-{last:020d}.t1.e{epoch}"
+    return [base, last, 10, 1, 2, k + ".seg", 12, "ab", k + ".idx", 3, "cd", epoch]
+
+
+def remote(op: str, idx: int = 1, epoch: int = 1, p: int = 0, **kw: Any) -> dict[str, Any]:
+    return {"op": op, "topic": "t", "partition": p, "created_index": idx, "epoch": epoch, **kw}
+
+
+def test_remote_segments_change_only_by_the_current_leader_and_never_leave_a_hole() -> None:
+    """The shared remote list of a partition grows only by its leader in the
+    current epoch, for this life of the topic, exactly at its end; retention
+    trims it and names what it dropped; it goes with the topic."""
+    m, _ = topic(partitions=2)
+    assert m.remote_state("t", 0).objects == ()
+    assert m.apply(2, remote("remote_add", segments=[row(0, 9), row(10, 19)])) == {"end": 20}
+    assert err(m.apply(3, remote("remote_add", epoch=2, segments=[row(20, 29)]))) == ("stale_epoch", 409)
+    assert err(m.apply(3, remote("remote_add", idx=9, segments=[row(20, 29)]))) == ("topic_not_found", 404)
+    assert err(m.apply(3, remote("remote_add", p=2, segments=[row(20, 29)]))) == ("partition_not_found", 404)
+    assert err(m.apply(3, remote("remote_add", segments=[row(21, 29)])))[0] == "remote_gap"
+    assert err(m.apply(3, remote("remote_add", segments=[row(15, 29)])))[0] == "remote_gap"
+    assert [o.last for o in m.remote_state("t", 0).objects] == [9, 19]
+    m.apply(
+        4, {"op": "set_partition", "topic": "t", "partition": 0, "epoch": 2, "leader": "b", "replicas": ["b"]}
+    )
+    assert err(m.apply(5, remote("remote_add", segments=[row(20, 29)]))) == ("stale_epoch", 409)
+    assert m.apply(5, remote("remote_add", epoch=2, segments=[row(20, 29, epoch=2)])) == {"end": 30}
+    r = m.apply(6, remote("remote_trim", epoch=2, start=15))
+    assert r == {"start": 15, "dropped": [row(0, 9)]}
+    state = m.remote_state("t", 0)
+    assert (state.start, [o.base for o in state.objects]) == (15, [10, 20])
+    assert m.apply(7, remote("remote_trim", epoch=2, start=3))["dropped"] == [], "the start never moves back"
+    assert err(m.apply(8, remote("remote_add", epoch=2, segments=[row(40, 49)])))[0] == "remote_gap"
+    assert Metadata.restore(m.snapshot()) == m
+    m.apply(9, {"op": "delete_topic", "name": "t"})
+    m.apply(10, {"op": "put_topic", "name": "t", "config": {}})
+    assert m.remote_state("t", 0).objects == () and "t" not in m.remote
+
+
 MALFORMED = [
     {"op": "put_topic"},
     {"op": "put_topic", "name": "t"},
@@ -219,6 +259,13 @@ MALFORMED = [
     {"op": "set_partition", "topic": "t", "partition": 0, "epoch": 2, "replicas": 5, "leader": ""},
     {"op": "set_partition", "topic": "t", "partition": 0, "epoch": "late", "replicas": [], "leader": ""},
     {"op": "set_partition", "topic": "t", "partition": 0, "epoch": 2, "leader": ""},
+    {"op": "remote_add", "topic": "t", "partition": 0, "created_index": 1, "epoch": 1},
+    {"op": "remote_add", "topic": "t", "partition": 0, "created_index": 1, "epoch": 1, "segments": [[0, 9]]},
+    {"op": "remote_add", "topic": "t", "partition": 0, "created_index": 1, "epoch": 1, "segments": "x"},
+    {"op": "remote_add", "topic": "t", "partition": 0, "epoch": 1, "segments": []},
+    {"op": "remote_trim", "topic": "t", "partition": 0, "created_index": 1, "epoch": 1},
+    {"op": "remote_trim", "topic": "t", "partition": 0, "created_index": 1, "epoch": 1, "start": -5},
+    {"op": "remote_trim", "topic": "t", "partition": 0, "created_index": 1, "epoch": "x", "start": 5},
 ]
 
 
@@ -323,6 +370,31 @@ commands = st.one_of(
             "epoch": small,
             "replicas": st.lists(names, max_size=3),
             "leader": names,
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "op": st.just("remote_add"),
+            "topic": names,
+            "partition": small,
+            "created_index": small,
+            "epoch": small,
+            "segments": st.lists(
+                st.tuples(st.integers(0, 30), st.integers(0, 5)).map(
+                    lambda bl: row(bl[0], bl[0] + bl[1], epoch=1)
+                ),
+                max_size=3,
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "op": st.just("remote_trim"),
+            "topic": names,
+            "partition": small,
+            "created_index": small,
+            "epoch": small,
+            "start": st.integers(-1, 40),
         }
     ),
     st.fixed_dictionaries({"op": st.sampled_from(["noop", "bogus"])}),

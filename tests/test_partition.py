@@ -317,3 +317,65 @@ def test_reset_drops_segments_in_the_object_store_too() -> None:
     removed = lg.reset(10)
     assert removed == before and removed[0] is s0 and lg.segments == []
     assert lg.log_start == lg.next_offset == lg.high_watermark == 10
+
+
+def _remote_runs(cuts: list[int], start: int, end: int) -> list:
+    """Shared remote segments tiling [start, end) at the given cut points (another replica's boundaries)."""
+    from sprawl.log.manifest import RemoteObject
+
+    bounds = sorted({c for c in cuts if start < c < end} | {start, end})
+    return [
+        RemoteObject(a, b - 1, (b - a) * 60, 0, 0, f"k{a}.seg", 1, "00", f"k{a}.idx", 1, "00", 1)
+        for a, b in zip(bounds, bounds[1:], strict=False)
+        if b > a
+    ]
+
+
+@given(
+    n=st.integers(1, 60),
+    hw=st.integers(0, 60),
+    start=st.integers(0, 70),
+    remote_end=st.integers(0, 70),
+    cuts=st.lists(st.integers(0, 70), max_size=6),
+    seg_bytes=st.integers(100, 900),
+)
+def test_following_the_shared_remote_list(
+    n: int, hw: int, start: int, remote_end: int, cuts: list[int], seg_bytes: int
+) -> None:
+    """A replica's log follows the partition's shared remote segments (cut at
+    another replica's boundaries) only below its own high watermark: they
+    become its front, its local segments continue exactly where they end
+    (one cut in two if needed), everything below the start goes and nothing
+    at or above the high watermark is touched; a second follow changes
+    nothing; records from the log start on are still readable from memory."""
+    lg = PartitionLog("t", 0, durable=True, leader="n", segment_bytes=seg_bytes)
+    lg.replicated = True
+    lg.append([rec(size=50, ts=i) for i in range(n)], now_ms=0)
+    lg.stored(n)
+    hw = min(hw, n)
+    lg.advance_high_watermark(hw)
+    start = min(start, remote_end) if remote_end else start
+    objs = _remote_runs(cuts, start, remote_end) if remote_end > start else []
+    before = [(r.offset, r.payload) for r in lg.hot]
+    change = lg.follow_remote(start, objs)
+    eff = min(start, hw)
+    front = [s for s in lg.segments if s.remote is not None]
+    assert [s.remote for s in front] == [o for o in objs if eff <= o.last < hw]
+    local = lg.segments[len(front) :]
+    assert all(s.remote is None for s in local)
+    covered = front[-1].last + 1 if front else None
+    if local:
+        assert local[-1].last == n - 1
+        if covered is not None:
+            assert local[0].base == covered
+    for a, b in zip(lg.segments, lg.segments[1:], strict=False):
+        assert a.last + 1 == b.base
+    assert lg.log_start == (max(eff, lg.segments[0].base) if lg.segments else min(max(0, eff), n))
+    assert lg.log_start <= max(hw, lg.segments[0].base if lg.segments else 0)
+    dropped_below = covered if covered is not None else eff
+    assert all(s.last < max(dropped_below, eff) for s in change.dropped)
+    assert all(s.last < hw for s in change.dropped), "never a record above the high watermark"
+    assert lg.high_watermark == hw and lg.next_offset == n
+    assert [(r.offset, r.payload) for r in lg.hot] == [x for x in before if x[0] >= lg.log_start]
+    assert not lg.follow_remote(start, objs).changed
+    assert lg.remote_hole() is None

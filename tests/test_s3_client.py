@@ -126,3 +126,52 @@ async def test_stop_does_not_wait_for_a_stuck_call() -> None:
     release.set()
     await bounded(d, 10)
     assert c.in_flight == 0
+
+
+@pytest.fixture(params=["seaweedfs", "memory"])
+def either_store(request: pytest.FixtureRequest) -> Any:
+    """The real client against SeaweedFS, and the in-memory fake the in-process tier tests use:
+    the contract below holds for both."""
+    from sprawl.testing import MemoryS3
+
+    if request.param == "memory":
+        yield MemoryS3(bucket="contract")
+        return
+    server = request.getfixturevalue("seaweed")
+    c = _client(server, f"l-{uuid.uuid4().hex[:10]}")
+    yield c
+    c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_contract_put_head_get_list_pages_delete(either_store: Any) -> None:
+    """What the tier relies on, the same for the real store and the fake: a body
+    must match its MD5; HEAD gives size, MD5 ETag and metadata; a ranged GET;
+    pages of keys under a prefix, in order, after a key, each with its
+    last-modified time, and whether more follow; deleting a missing key is fine."""
+    import time
+
+    s = either_store
+    await bounded(s.ensure_bucket(), 60)
+    with pytest.raises(S3Failure):
+        await bounded(s.put("p/x", b"hello", hashlib.md5(b"other").hexdigest(), {}), 60)
+    keys = [f"p/{i:02d}" for i in range(5)] + ["p2/00", "q/00"]
+    before = time.time() - 120
+    for k in keys:
+        body = k.encode() * 3
+        await bounded(s.put(k, body, hashlib.md5(body).hexdigest(), {"sha256": k}), 60)
+    head = await bounded(s.head("p/01"), 30)
+    assert head["size"] == 12 and head["etag"] == hashlib.md5(b"p/01" * 3).hexdigest()
+    assert head["metadata"]["sha256"] == "p/01"
+    assert await bounded(s.get("p/01", 4, 4), 30) == b"p/01"
+    page, more = await bounded(s.list_page("p/", None, 2), 30)
+    assert [k for k, _ in page] == ["p/00", "p/01"] and more
+    assert all(before <= t <= time.time() + 120 for _, t in page)
+    page, more = await bounded(s.list_page("p/", "p/01", 10), 30)
+    assert [k for k, _ in page] == ["p/02", "p/03", "p/04"] and not more
+    await bounded(s.delete("p/03"), 30)
+    await bounded(s.delete("p/03"), 30)
+    with pytest.raises(ObjectMissing):
+        await bounded(s.head("p/03"), 30)
+    page, more = await bounded(s.list_page("p/", None, 10), 30)
+    assert [k for k, _ in page] == ["p/00", "p/01", "p/02", "p/04"] and not more
