@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -326,7 +328,7 @@ def _remote_runs(cuts: list[int], start: int, end: int) -> list:
     bounds = sorted({c for c in cuts if start < c < end} | {start, end})
     return [
         RemoteObject(a, b - 1, (b - a) * 60, 0, 0, f"k{a}.seg", 1, "00", f"k{a}.idx", 1, "00", 1)
-        for a, b in zip(bounds, bounds[1:], strict=False)
+        for a, b in itertools.pairwise(bounds)
         if b > a
     ]
 

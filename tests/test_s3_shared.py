@@ -159,7 +159,9 @@ def test_history_in_s3_replays_from_a_survivor_after_the_uploader_is_gone(
     assert _replay(others[1], "ev") == want
 
     def leader_elsewhere() -> bool:
-        status, body = _call(others[1], "POST", "/v1/topics/ev/messages", {"messages": [{"payload": "after"}]})
+        status, body = _call(
+            others[1], "POST", "/v1/topics/ev/messages", {"messages": [{"payload": "after"}]}
+        )
         return status == 200 and body["stored"] == "quorum"
 
     assert poll_until(leader_elsewhere, FAILOVER_BOUND) is not None

@@ -257,6 +257,12 @@ class SSEStream:
 
         def failed(f: Any) -> None:
             self.reading.discard(p)
+            if self.closed:
+                return
+            if isinstance(f.value, SprawlError) and f.value.code == "catching_up":
+                # This replica's list of the segments in S3 lags for a moment: read again shortly.
+                self._retry_calls[p] = self.clock.callLater(1.0, self._retry, p)
+                return
             log.failure("stream read of {topic}/{p} failed", f, topic=self.topic.name, p=p)
             code, message = "read_failed", "storage read failed"
             if isinstance(f.value, SprawlError):  # e.g. a segment in S3 missing or corrupt

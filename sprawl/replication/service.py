@@ -18,13 +18,15 @@ stored in the LMDB ``meta`` database with the records of each write (or on
 its own, before any message, when only a promise changed) and restored when
 the partition's replica is built again.
 
-A follower whose log ends below the leader's log start is reset: its whole
+A follower whose log ends below the leader's log start is reset: its local
 log is dropped and restarts empty there (:meth:`Broker.reset_partition`,
 with the replica state, in one transaction).  The core's log start follows
 this node's retention and S3 tier: a leader sends only what it can read
 from memory and LMDB, so it resets followers to the first offset it holds
-in LMDB (segments that moved to S3 are not sent; catching up from S3 is
-not built).
+in LMDB.  Segments that moved to S3 are not sent: they are the partition's
+shared remote segments, which the reset keeps at the front of the
+follower's log and which it reads from the object store itself (the reset
+message carries where the partition starts, see ``Append.log_start``).
 
 A new leader's control record is a :class:`Record` with ``control`` set:
 it takes an offset, and every consumer path skips it (fetch, SSE and
