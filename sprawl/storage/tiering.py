@@ -252,7 +252,7 @@ class S3Tier:
         (:class:`~sprawl.storage.remote_log.RemoteLog`; None: nothing moves
         yet); ``legacy`` gives this node's own uploads of the old layout."""
         self._retry_deletes()
-        if remote_log is None or self.in_flight >= self.concurrency:
+        if remote_log is None:
             return 0
         cands: list[Candidate] = []
         where: dict[tuple[int, int], tuple[Any, PartitionLog, int]] = {}
@@ -278,6 +278,11 @@ class S3Tier:
                     if objs and self.in_flight < self.concurrency and st.retry_at_ms <= now_ms:
                         self._start(st, self._adopt(t, lg, epoch, objs, remote_log), t, lg, None)
                     continue  # this node's old uploads join the shared list first
+                # (first swept a sweep interval after this node is seen leading it)
+                last_sweep = self._swept_at.setdefault((uid, lg.partition), now)
+                if sweep is None and not self.sweeping and now - last_sweep >= self.sweep_every:
+                    sweep = (t, lg, epoch)  # its turn to be swept: no upload this round
+                    continue
                 seg = next((s for s in lg.segments if s.remote is None), None)
                 if seg is not None and (seg.base == shared.end or not shared.objects):
                     cands.append(
@@ -286,11 +291,6 @@ class S3Tier:
                         )
                     )
                     where[(uid, lg.partition)] = (t, lg, epoch)
-                if (
-                    sweep is None
-                    and now - self._swept_at.get((uid, lg.partition), float("-inf")) >= self.sweep_every
-                ):
-                    sweep = (t, lg, epoch)
         spills = choose_spills(
             cands,
             used_bytes=used_bytes,
@@ -303,17 +303,18 @@ class S3Tier:
             t, lg, epoch = where[sp.partition]  # type: ignore[index]
             st = self._state(t.config.uid, lg.partition)
             self._start(st, self._spill(t, lg, sp.segment, sp.reason, epoch, remote_log), t, lg, sp.segment)
-        if sweep is not None and not self.sweeping and self.in_flight < self.concurrency:
+        if sweep is not None:
+            # At most one sweep at a time, beside the uploads (one listing
+            # page: the S3 pool has room for it); the partition is busy
+            # meanwhile, so none of its uploads races the sweep.
             t, lg, epoch = sweep
-            if not self._state(t.config.uid, lg.partition).busy:
-                self._swept_at[(t.config.uid, lg.partition)] = now
-                self.sweeping = True
-                st = self._state(t.config.uid, lg.partition)
-                st.busy = True
-                self.in_flight += 1
-                d = ensureDeferred(self._sweep(t, lg, epoch, remote_log))
-                d.addErrback(self._sweep_failed, t, lg)
-                d.addBoth(self._sweep_done, st)
+            self._swept_at[(t.config.uid, lg.partition)] = now
+            self.sweeping = True
+            st = self._state(t.config.uid, lg.partition)
+            st.busy = True
+            d = ensureDeferred(self._sweep(t, lg, epoch, remote_log))
+            d.addErrback(self._sweep_failed, t, lg)
+            d.addBoth(self._sweep_done, st)
         return len(spills)
 
     def _start(self, st: _PartState, coro: Any, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
@@ -507,7 +508,6 @@ class S3Tier:
     def _sweep_done(self, _: object, st: _PartState) -> None:
         self.sweeping = False
         st.busy = False
-        self.in_flight -= 1
 
     def _encode(self, uid: int, p: int, seg: Segment) -> tuple[bytes, SegmentIndex]:
         """Reader thread: the segment's records from LMDB, checked (every
