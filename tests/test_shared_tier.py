@@ -481,3 +481,37 @@ async def test_a_leader_change_during_an_upload_leaves_an_orphan_the_sweep_delet
         assert await replay(node) == [b"m%04d" % i for i in range(80)]
     finally:
         await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_whose_segment_retention_took_before_its_commit_is_deleted(tmp_path: Path) -> None:
+    """Retention commits a later log start while a segment's upload waits for
+    its own commit: the commit is refused (below the start) and the uploader
+    deletes the objects at once -- nothing names them, nothing ever will --
+    instead of leaving them to the sweep."""
+    s3 = MemoryS3()
+    log = Log()
+    log.entries.append({"op": "put_topic", "name": TOPIC, "config": {"partitions": 1}, "placement": [["r0"]]})
+    node = Node("r0", tmp_path, log, s3)
+    try:
+        await node.join({}, replica=False)
+        t = node.broker.topics[TOPIC]
+        for k in range(4):
+            await bounded(node.broker.publish(t, msgs(10, 10 * k), "leader"))
+        first = t.logs[0].segments[0]
+        inner = node.control.propose
+
+        def propose(cmd: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+            if cmd["op"] == "remote_add":  # retention got there first
+                trim = {k: cmd[k] for k in ("topic", "partition", "created_index", "epoch")}
+                inner({"op": "remote_trim", "start": first.last + 1, **trim})
+            return inner(cmd)
+
+        node.control.propose = propose  # type: ignore[method-assign]
+        assert node.broker.tier_tick() == 1
+        await until(lambda: not node.tier.in_flight, "the upload ended")
+        assert node.tier.failures == 0 and node.tier.uploads == 0
+        assert segs_in(s3) == [] and len(s3.deleted) == 2, "the segment and its index, deleted at once"
+        assert t.logs[0].log_start == first.last + 1
+    finally:
+        await node.close()

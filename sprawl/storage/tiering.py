@@ -404,6 +404,12 @@ class S3Tier:
             # proposal that timed out may still commit them.
             await remote_log.add(t, p, epoch, [remote])
         except SprawlError as e:
+            gone = t.deleted or not any(s is seg for s in lg.segments)
+            if gone and seg_key not in remote_log.state(t, p).keys():
+                # Refused because retention (or a topic delete) took the
+                # segment meanwhile: as above, nothing will name these keys.
+                self.delete_objects([remote])
+                return
             raise S3Failure(
                 f"segment uploaded but not committed to the shared list ({e.code}): {e.message}"
             ) from None
