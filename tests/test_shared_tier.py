@@ -254,6 +254,8 @@ async def settle(nodes: list[Node]) -> None:
     for _ in range(100):
         if not await tier_round(nodes):
             await tier_round(nodes)  # the followers follow what the last round committed
+            for n in nodes:
+                await bounded(n.store.write([]))  # and their LMDB deletes are committed
             return
     raise AssertionError("uploads never stopped")
 
@@ -341,7 +343,8 @@ async def test_one_upload_per_segment_and_every_replica_reads_the_shared_copy(cl
     fresh = Node(first.id, path / "fresh", log, s3)
     await fresh.join(nodes)
     await until(lambda: fresh.log().high_watermark == new.log().next_offset, "the fresh replica caught up")
-    await tier_round(live)
+    await tier_round([*live, fresh])
+    await bounded(fresh.store.write([]))  # its follow's LMDB deletes are committed
     flg = fresh.log()
     assert flg.log_start == 0 and [s.remote for s in flg.segments if s.remote is not None] == list(
         after.objects

@@ -391,7 +391,9 @@ class S3Tier:
             idx_sha,
             epoch,
         )
-        if t.deleted or seg.base != base or not any(s is seg for s in lg.segments):
+        if (t.deleted or seg.base != base or not any(s is seg for s in lg.segments)) and (
+            seg_key not in remote_log.state(t, p).keys()
+        ):
             # Retention or a topic delete took the segment while it was
             # uploading: nothing will ever name these keys (they carry this
             # leader's epoch, and it will not upload this range again).
