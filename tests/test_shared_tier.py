@@ -518,3 +518,48 @@ async def test_an_upload_whose_segment_retention_took_before_its_commit_is_delet
         assert t.logs[0].log_start == first.last + 1
     finally:
         await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_removes_remote_segments_once_and_every_replica_follows(cluster: Any) -> None:
+    """Retention of a tiered partition is its leader's: one trim of the shared
+    list, which every replica follows (their remote front and LMDB copies
+    below the new start go), and each dropped object deleted once -- by the
+    leader; followers' retention does nothing on its own.  Deleting the topic
+    then deletes the rest."""
+    nodes, _log, s3, _path = cluster
+    replicas = [nodes[n] for n in IDS]
+    await until(lambda: leader_of(nodes) is not None, "a first leader")
+    leader = leader_of(nodes)
+    assert leader is not None
+    for k in range(10):
+        await publish(leader, 10 * k, 10)
+    await until(lambda: all(n.log().high_watermark == leader.log().next_offset for n in replicas), "in sync")
+    await settle(replicas)
+    before = leader.control.metadata.remote_state(TOPIC, 0)
+    assert len(before.objects) >= 6
+    for n in replicas:
+        await n.broker.put_topic(TOPIC, {"segment_bytes": 1000, "retention_bytes": 3000})
+    followers = [n for n in replicas if n is not leader]
+    for n in followers:
+        n.broker.apply_retention()
+    assert leader.control.metadata.remote_state(TOPIC, 0) == before, "followers never trim"
+    assert leader.broker.apply_retention() > 0
+    await until(lambda: leader.control.metadata.remote_state(TOPIC, 0).start > 0, "the trim committed")
+    after = leader.control.metadata.remote_state(TOPIC, 0)
+    await tier_round(replicas)
+    gone = [o for o in before.objects if o not in after.objects]
+    assert gone and all(o.last < after.start for o in gone)
+    assert not after.objects or after.objects[0].last >= after.start
+    await until(lambda: all(o.key in s3.deleted for o in gone), "the dropped objects deleted")
+    assert sorted(s3.deleted) == sorted(k for o in gone for k in (o.key, o.index_key)), "each once"
+    for n in replicas:
+        lg = n.log()
+        assert lg.log_start == after.start
+        assert [s.remote for s in lg.segments if s.remote is not None] == list(after.objects)
+        got = await replay(n)
+        assert got[0] == b"m%04d" % (after.start - 1) and len(got) == 100 - after.start + 1
+    for n in replicas:
+        await n.broker.delete_topic(TOPIC)
+    await bounded(leader.store.write([]))
+    assert segs_in(s3) == [] and not [k for k in s3.objects if k.endswith(".idx")]

@@ -277,6 +277,25 @@ class S3Tier:
                     objs = adoption(shared, own, epoch)
                     if objs and self.in_flight < self.concurrency and st.retry_at_ms <= now_ms:
                         self._start(st, self._adopt(t, lg, epoch, objs, remote_log), t, lg, None)
+                    elif (
+                        not objs
+                        and shared.objects
+                        and min(o.base for o in own) > shared.end
+                        and st.last_error is None
+                    ):
+                        # Its old objects start past where the shared list ends:
+                        # nobody holds what lies between, so neither they nor
+                        # later segments can join the list.  Said once.
+                        st.last_error = (
+                            f"segments {shared.end}-{min(o.base for o in own) - 1} are in no "
+                            "shared list nor in this node's old objects; old objects not adopted"
+                        )
+                        log.warn(
+                            "S3: {topic}/{partition}: {error}",
+                            topic=t.name,
+                            partition=lg.partition,
+                            error=st.last_error,
+                        )
                     continue  # this node's old uploads join the shared list first
                 # (first swept a sweep interval after this node is seen leading it)
                 last_sweep = self._swept_at.setdefault((uid, lg.partition), now)
