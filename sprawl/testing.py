@@ -358,6 +358,15 @@ class SeaweedProcess:
             aws_secret_access_key=self.SECRET_KEY,
         )
 
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every key of ``bucket`` under ``prefix``, sorted (none when the bucket does not exist)."""
+        c = self.client()
+        try:
+            pages = c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+        except c.exceptions.NoSuchBucket:
+            return []
+
     def start(self) -> SeaweedProcess:
         """Start the server and wait (bounded) until its S3 API answers and can store an object.
 

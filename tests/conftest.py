@@ -101,6 +101,15 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
+def s3_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 credentials for nodes through the seed's variables (any key works with an open SeaweedFS)."""
+    from sprawl.testing import SeaweedProcess
+
+    monkeypatch.setenv("MINIO_ACCESS_KEY", SeaweedProcess.ACCESS_KEY)
+    monkeypatch.setenv("MINIO_SECRET_KEY", SeaweedProcess.SECRET_KEY)
+
+
+@pytest.fixture
 def own_seaweed(tmp_path: Path) -> Iterator[Any]:
     """A SeaweedFS S3 server of this test alone (it may stop and restart it); stopped at the end."""
     from sprawl.testing import SeaweedProcess

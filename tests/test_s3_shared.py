@@ -35,13 +35,6 @@ SPILL_BOUND = 60.0
 MESSAGES = 4000
 
 
-@pytest.fixture
-def s3_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials through the seed's variables (any key works with an open SeaweedFS)."""
-    monkeypatch.setenv("MINIO_ACCESS_KEY", SeaweedProcess.ACCESS_KEY)
-    monkeypatch.setenv("MINIO_SECRET_KEY", SeaweedProcess.SECRET_KEY)
-
-
 def _call(node: NodeProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     return http_json(node.url + path, method, body, timeout=30)
 
@@ -53,15 +46,6 @@ def _part(node: NodeProcess, topic: str) -> dict[str, Any]:
 
 def _s3(node: NodeProcess, topic: str) -> dict[str, Any]:
     return dict((_part(node, topic).get("tiers") or {}).get("s3") or {})
-
-
-def _keys(server: SeaweedProcess, prefix: str) -> list[str]:
-    c = server.client()
-    try:
-        pages = c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-    except c.exceptions.NoSuchBucket:
-        return []
 
 
 def _replay(node: NodeProcess, topic: str) -> list[str] | None:
@@ -143,7 +127,7 @@ def test_history_in_s3_replays_from_a_survivor_after_the_uploader_is_gone(
     # One object per sealed segment, not one per replica (nor per node).
     shared = _s3(first, "ev")["segments"]
     assert shared >= moved
-    segs = [k for k in _keys(seaweed, prefix) if k.endswith(".seg")]
+    segs = [k for k in seaweed.keys(BUCKET, prefix + "/") if k.endswith(".seg")]
     assert len(segs) == shared == _call(first, "GET", "/store")[1]["s3"]["uploads"]
     assert all(parse_key(k) is not None and parse_key(k).node is None for k in segs)  # type: ignore[union-attr]
 
@@ -167,5 +151,5 @@ def test_history_in_s3_replays_from_a_survivor_after_the_uploader_is_gone(
     assert poll_until(leader_elsewhere, FAILOVER_BOUND) is not None
     got = _replay(others[1], "ev")
     assert got is not None and got[:MESSAGES] == want and got[MESSAGES:] == ["after"]
-    segs_after = [k for k in _keys(seaweed, prefix) if k.endswith(".seg")]
+    segs_after = [k for k in seaweed.keys(BUCKET, prefix + "/") if k.endswith(".seg")]
     assert len(segs_after) == _s3(others[0], "ev")["segments"], "still one object per segment"

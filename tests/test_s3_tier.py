@@ -91,20 +91,8 @@ def node_args(server: SeaweedProcess, prefix: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture
-def s3_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials through the seed's variables (any key works with an open SeaweedFS)."""
-    monkeypatch.setenv("MINIO_ACCESS_KEY", SeaweedProcess.ACCESS_KEY)
-    monkeypatch.setenv("MINIO_SECRET_KEY", SeaweedProcess.SECRET_KEY)
-
-
 def keys_under(server: SeaweedProcess, prefix: str) -> list[str]:
-    c = server.client()
-    try:
-        pages = c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-    except c.exceptions.NoSuchBucket:
-        return []
+    return server.keys(BUCKET, prefix + "/")
 
 
 def test_spill_restart_and_replay_every_tier(

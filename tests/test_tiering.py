@@ -336,6 +336,15 @@ async def _to_legacy(n: Node, s3: MemoryS3, t: Topic, node: str = "node-1") -> l
     return legacy
 
 
+async def upgraded(make: Callable[..., Node], s3: MemoryS3) -> tuple[Node, Topic, list[Any]]:
+    """The node restarted with its spilled segments as the per-node layout left them (``_to_legacy``)."""
+    n = make()
+    legacy = await _to_legacy(n, s3, n.broker.topics["t"])
+    await n.close()
+    n = make()
+    return n, n.broker.topics["t"], legacy
+
+
 @pytest_twisted.ensureDeferred
 async def test_objects_of_the_per_node_layout_stay_readable_and_are_adopted(env: Any) -> None:
     """Segments a node spilled under its own keys (``...tUID.nNODE.seg``, a
@@ -347,13 +356,7 @@ async def test_objects_of_the_per_node_layout_stay_readable_and_are_adopted(env:
     t = await fill(n, "t", 80)
     await spill_all(n)
     await n.close()
-    n = make()
-    t = n.broker.topics["t"]
-    legacy = await _to_legacy(n, s3, t)
-    await n.close()
-
-    n = make()
-    t = n.broker.topics["t"]
+    n, t, legacy = await upgraded(make, s3)
     assert n.broker.legacy_objects(t, 0) == legacy and len(legacy) >= 3
     assert [r.offset for r in await read_all(n, t)] == list(range(80)), "readable as they are"
     puts = len(s3.puts)
@@ -400,12 +403,7 @@ async def test_a_replica_deletes_its_own_old_objects_once_the_shared_list_covers
         s3.modified[key] = s3.modified[idx] = s3.now()
         shared.append(replace(o, key=key, index_key=idx, epoch=3))
     await n.close()
-    n = make()
-    t = n.broker.topics["t"]
-    legacy = await _to_legacy(n, s3, t)
-    await n.close()
-    n = make()
-    t = n.broker.topics["t"]
+    n, t, legacy = await upgraded(make, s3)
     n.broker.remote_log = None  # a follower: nothing moves, nothing is adopted
     part = RemoteState(0, tuple(shared[:-1]))
     await bounded(n.broker.follow_remote(t, 0, part))
