@@ -151,5 +151,9 @@ def test_history_in_s3_replays_from_a_survivor_after_the_uploader_is_gone(
     assert poll_until(leader_elsewhere, FAILOVER_BOUND) is not None
     got = _replay(others[1], "ev")
     assert got is not None and got[:MESSAGES] == want and got[MESSAGES:] == ["after"]
-    segs_after = [k for k in seaweed.keys(BUCKET, prefix + "/") if k.endswith(".seg")]
-    assert len(segs_after) == _s3(others[0], "ev")["segments"], "still one object per segment"
+
+    def one_per_segment() -> bool:
+        segs_after = [k for k in seaweed.keys(BUCKET, prefix + "/") if k.endswith(".seg")]
+        return len(segs_after) == _s3(others[0], "ev")["segments"] == _s3(others[1], "ev")["segments"]
+
+    assert poll_until(one_per_segment, SPILL_BOUND) is not None, "still one object per segment"
