@@ -894,6 +894,12 @@ class Broker:
         )
         ops.append(self._log_start_op(uid, partition, lg))
         if change.changed:
+            # Damage known below the log start is gone with the offsets, and
+            # damage of this node's LMDB copy below its first local record
+            # with that copy: those offsets are read from the shared segments.
+            local = next((s.base for s in lg.segments if s.remote is None), lg.next_offset)
+            ops.extend(self.integrity.dropped(topic, partition, below=lg.log_start))
+            ops.extend(self.integrity.dropped(topic, partition, below=local, tier="lmdb"))
             log.info(
                 "{topic}/{partition} follows the shared remote segments: log start {low} (was {before}), "
                 "{n} remote segment(s) up to offset {high}, {d} local segment(s) dropped",

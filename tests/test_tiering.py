@@ -417,3 +417,41 @@ async def test_a_replica_deletes_its_own_old_objects_once_the_shared_list_covers
     assert sorted(s3.deleted) == sorted(k for o in legacy for k in (o.key, o.index_key))
     assert n.broker.legacy_objects(t, 0) == []
     assert [r.offset for r in await read_all(n, t)] == list(range(80))
+
+
+@pytest_twisted.ensureDeferred
+async def test_damage_of_the_lmdb_copy_goes_with_it_once_the_shared_segment_covers_it(env: Any) -> None:
+    """A replica's LMDB copy of a range was noted damaged; once the shared list
+    names a segment covering it, the log reads that range from S3 and the
+    damage of the dropped LMDB copy is forgotten (reads no longer meet it);
+    damage noted in S3 itself stays."""
+    from sprawl.log.damage import DamagedRange
+    from sprawl.log.manifest import RemoteState
+
+    make, _s3, _clock = env
+    n = make()
+    t = await fill(n, "t", 80)
+    await spill_all(n)
+    shared = RemoteState(0, tuple(s.remote for s in t.logs[0].segments if s.remote is not None))
+    recs = await read_all(n, t)
+    # A follower of the same partition that still holds it all in LMDB.
+    first_local = shared.end
+    t, _ = await n.broker.put_topic("u", {})
+    lg = t.logs[0]
+    lg.replicated = True
+    copies = [Record(r.offset, 0, r.timestamp, r.id, r.key, r.headers, r.payload, r.is_text) for r in recs]
+    await bounded(n.broker.append_replicated(t, 0, copies))
+    lg.advance_high_watermark(len(copies))
+    lg.evict(0)  # reads go to storage
+    assert not any(s.remote for s in lg.segments)
+    n.broker.integrity.note(t, 0, DamagedRange(3, 5, "checksum mismatch"))
+    n.broker.integrity.note(t, 0, DamagedRange(first_local - 2, first_local - 1, "bad chunk", tier="s3"))
+    with pytest.raises(CorruptData):
+        await bounded(n.broker.read(t, 0, 3, 1, repair=False))
+    await bounded(n.broker.follow_remote(t, 0, shared))
+    assert [s.remote for s in lg.segments if s.remote is not None] == list(shared.objects)
+    got = await bounded(n.broker.read(t, 0, 3, 1, repair=False))
+    assert [r.offset for r in got] == [3], "read from S3, the LMDB copy's damage forgotten"
+    assert [(e["first_offset"], e["tier"]) for e in n.broker.integrity.partition_view(t, 0)] == [
+        (first_local - 2, "s3")
+    ]

@@ -169,13 +169,18 @@ class DamageMap:
         es.sort(key=lambda e: e.first)
         return True
 
-    def drop_below(self, key: Key, start: int) -> bool:
-        """Retention (or a reset) removed every offset below ``start``; True if that changed anything."""
+    def drop_below(self, key: Key, start: int, tier: str | None = None) -> bool:
+        """Retention (or a reset) removed every offset below ``start`` -- or,
+        with ``tier``, that tier's copy of them (the S3 tier's shared segments
+        took over a replica's LMDB copy); True if that changed anything."""
         es = self.parts.get(key)
         if not es or es[0].first >= start:
             return False
         out = []
         for e in es:
+            if tier is not None and e.tier != tier:
+                out.append(e)
+                continue
             if e.last < start:
                 continue
             if e.first < start:

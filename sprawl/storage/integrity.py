@@ -334,16 +334,19 @@ class Integrity:
         self.broker.notify(topic.name, partition)
         return succeed(dict(e.to_dict(), topic=topic.name, partition=partition))
 
-    def dropped(self, topic: Any, partition: int, below: int | None = None) -> list[Op]:
+    def dropped(
+        self, topic: Any, partition: int, below: int | None = None, tier: str | None = None
+    ) -> list[Op]:
         """Retention (``below``) or a reset / topic delete (None) removed
-        offsets: forget their ranges; returns the meta op keeping the rest."""
+        offsets -- with ``tier``, only that tier's copy of those below
+        ``below``: forget their ranges; returns the meta op keeping the rest."""
         uid = topic.config.uid
         key = (uid, partition)
         if below is None:
             if key not in self.map.parts:
                 return []
             self.map.drop(key)
-        elif not self.map.drop_below(key, below):
+        elif not self.map.drop_below(key, below, tier):
             return []
         data = self.map.encode(key)
         if data is None:

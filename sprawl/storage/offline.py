@@ -156,7 +156,7 @@ def _partition(
     segs = [s for s in segs if s.base < stored_end]
     if segs:
         segs[-1].last = min(segs[-1].last, stored_end - 1)
-    remote: list[RemoteObject] = decode_manifest(bytes(manifest_raw)) if manifest_raw else []
+    remote: list[RemoteObject] = decode_manifest(bytes(manifest_raw)).objects if manifest_raw else []
     if remote:
         segs = [s for s in segs if s.base > remote[-1].last]
     log_start = max(

@@ -54,7 +54,6 @@ from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record
 from sprawl.log.segments import Segment
 from sprawl.log.spill import Candidate, choose_spills, retry_at
-from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
 from sprawl.storage.segment_format import (
