@@ -206,9 +206,13 @@ class _Inbound(Protocol):
             self._timeout.cancel()
         self._timeout = None
         if ch.key:
-            self.opener = FrameOpener(session_key(ch.key, self.challenge, hello.nonce, hello.node_id, ch.node_id))
+            self.opener = FrameOpener(
+                session_key(ch.key, self.challenge, hello.nonce, hello.node_id, ch.node_id)
+            )
         self.transport.write(
-            encode_frame(WELCOME, make_welcome(ch.node_id, hello.node_id, self.challenge, hello.nonce, ch.key))
+            encode_frame(
+                WELCOME, make_welcome(ch.node_id, hello.node_id, self.challenge, hello.nonce, ch.key)
+            )
         )
 
     def _refuse(self, why: str) -> None:
@@ -287,7 +291,10 @@ class _Outbound(Protocol):
                     key = session_key(ch.key, self.challenge, self.nonce, ch.node_id, self.sender.peer)
                     self.sealer = FrameSealer(key)
                 self.ready = True
+                first = self.sender.peer not in ch.proven
                 ch.proven[self.sender.peer] = ch.reactor.seconds()
+                if first:
+                    ch.on_proven(self.sender.peer)
                 self.sender._connected(self)
             else:
                 self._fail(f"unexpected frame of kind {kind} in the handshake")
@@ -505,6 +512,8 @@ class PeerChannel:
         self._inbound: set[_Inbound] = set()
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
+        #: Called with a peer's node id the first time a handshake reached it.
+        self.on_proven: Callable[[str], None] = lambda peer: None
 
     def server_factory(self) -> Any:
         """The factory for the listening port (TLS-wrapped when ``server_tls`` is set)."""
