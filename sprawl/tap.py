@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -40,7 +40,7 @@ from sprawl.config import (
     parse_size,
 )
 from sprawl.gossip import GossipConfig
-from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer
+from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer, save_incarnation
 from sprawl.peer.frames import frame_limits
 from sprawl.peer.tcp import PeerChannel
 
@@ -370,6 +370,9 @@ class NodeService(service.Service):
             meta={"version": __version__},
             load=load,
             resolve=self.reactor.resolve,
+            save=lambda data_dir, n: threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), save_incarnation, data_dir, n
+            ),
         )
 
     def _make_tier(self, metrics: Any, node_id: str) -> Any:
