@@ -28,9 +28,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sprawl.cluster.rpc_bodies import BODIES
 from sprawl.delivery.groups import Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.log.record import Record, pack_record, unpack_record
+from sprawl.peer.frames import BATCH_BYTES
+from sprawl.replication.service import record_bytes
 
 log = Logger()
 
@@ -53,9 +56,9 @@ class GroupRoutes:
         self.checkpoints_adopted = 0
         self.given_back = 0
         self.broker.group_partitions = self.owned
-        self.rpc.register("group_pull", self._rpc_pull)
-        self.rpc.register("group_settle", self._rpc_settle)
-        self.rpc.register("group_describe", self._rpc_describe)
+        self.rpc.register("group_pull", self._rpc_pull, BODIES["group_pull"])
+        self.rpc.register("group_settle", self._rpc_settle, BODIES["group_settle"])
+        self.rpc.register("group_describe", self._rpc_describe, BODIES["group_describe"])
 
     # -- ownership -------------------------------------------------------------------
 
@@ -161,7 +164,23 @@ class GroupRoutes:
         if mine is not None:
             parts &= mine
         d = self.broker.pull(t, g, int(body["max"]), min(int(body["wait_ms"]), 60_000), partitions=parts)
-        return d.addCallback(_pack_deliveries)
+
+        def bounded(got: list[tuple[Delivery, Record]]) -> list[Any]:
+            # The answer is one frame: at most BATCH_BYTES of messages (but
+            # one), the rest leased back unseen (no delivery attempt counted).
+            keep, size = 0, 0
+            for _dv, r in got:
+                n = record_bytes(r)
+                if keep and size + n > BATCH_BYTES:
+                    break
+                keep += 1
+                size += n
+            if keep < len(got):
+                g.unlease([dv for dv, _r in got[keep:]], self.broker.now_ms())
+                self.broker._dirty_groups.add((t.name, g.name))
+            return _pack_deliveries(got[:keep])
+
+        return d.addCallback(bounded)
 
     # -- ack / nack --------------------------------------------------------------------
 
