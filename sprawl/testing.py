@@ -47,9 +47,13 @@ def _pythonpath() -> str:
 class NodeProcess:
     """A real ``twistd -n sprawl`` process on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path | str, *args: str, startup_timeout: float = 30.0):
+    def __init__(
+        self, data_dir: Path | str, *args: str, startup_timeout: float = 30.0, loopback_peer: bool = True
+    ):
         self.data_dir = Path(data_dir)
         self.args = list(args)
+        #: Pass ``--bind-addr 127.0.0.1`` (False: leave the peer address to the node's default).
+        self.loopback_peer = loopback_peer
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
@@ -79,8 +83,7 @@ class NodeProcess:
             "127.0.0.1",
             "--http-port",
             "0",
-            "--bind-addr",
-            "127.0.0.1",
+            *(["--bind-addr", "127.0.0.1"] if self.loopback_peer else []),
             "--bind-port",
             "0",
             *self.args,
@@ -783,11 +786,19 @@ class NodeCluster:
     """
 
     def __init__(
-        self, base: Path | str, n: int, *extra: str, prefix: str = "n", startup_timeout: float = 30.0
+        self,
+        base: Path | str,
+        n: int,
+        *extra: str,
+        prefix: str = "n",
+        startup_timeout: float = 30.0,
+        per_node: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.base = Path(base)
         self.names = [f"{prefix}{i}" for i in range(n)]
         self.extra = list(extra)
+        #: Arguments of one node only (its own certificate, ...), after ``extra``.
+        self.per_node = per_node
         self.nodes = {nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout) for nm in self.names}
         self.down: set[str] = set(self.names)  # not running (never started, or killed)
         self.paused: set[str] = set()  # SIGSTOPped
@@ -824,7 +835,7 @@ class NodeCluster:
             args += ["--seeds", seeds]
         if ports:  # after NodeProcess's own "--http-port 0 --bind-port 0": the last one counts
             args += ["--http-port", str(ports[0]), "--bind-port", str(ports[1])]
-        node.args = [*args, *self.extra]
+        node.args = [*args, *self.extra, *(self.per_node(name) if self.per_node else [])]
         node.start()
         self.down.discard(name)
 
@@ -1088,3 +1099,162 @@ def time_to_voters(log_paths: list[Path], voters: int) -> float | None:
     if not first_seen or not reached:
         return None
     return min(reached) - max(first_seen.values())
+
+
+# -- a hostile peer (tests of what strangers can do to a node) ----------------------
+
+
+class HostilePeer:
+    """A blocking, hand-driven client of a node's TCP peer port, speaking the
+    peer protocol as far as a test wants: the handshake with any node id and
+    key (or none, or a bad MAC), then any frames (tagged with the session key
+    when the handshake went through with a key).  ``tls`` is an
+    ``ssl.SSLContext`` for a node with a cluster CA.  Every wait is bounded by
+    ``timeout``; :meth:`close` always closes the socket."""
+
+    def __init__(
+        self,
+        port: int,
+        node_id: str,
+        to: str,
+        key: bytes | None = None,
+        tls: Any = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.port, self.node_id, self.to, self.key, self.tls = port, node_id, to, key, tls
+        self.timeout = timeout
+        self.sock: Any = None
+        self.welcomed = False
+        self.sealer: Any = None
+        self.refused_at_tls = False
+
+    def connect(self, hello: bytes | None = None, pipelined: bytes = b"") -> bool:
+        """Open the connection, read the challenge, send ``hello`` (default: a
+        proper one for this id and key) and, right behind it without waiting,
+        ``pipelined`` bytes; return whether a welcome came."""
+        import socket
+        import ssl
+
+        from sprawl.peer.frames import (
+            CHALLENGE,
+            HELLO,
+            WELCOME,
+            FrameDecoder,
+            FrameSealer,
+            encode_frame,
+            make_hello,
+            session_key,
+        )
+
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        if self.tls is not None:
+            try:
+                raw = self.tls.wrap_socket(raw, server_hostname=None)
+            except (ssl.SSLError, OSError):
+                self.refused_at_tls = True
+                raw.close()
+                return False
+        self.sock = raw
+        dec = FrameDecoder(1024)
+        nonce = os.urandom(16)
+        challenge = None
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, OSError):
+                return False
+            if not data:
+                return False
+            for kind, body in dec.feed(data):
+                if kind == CHALLENGE and body is not None and challenge is None:
+                    challenge = body
+                    payload = (
+                        hello
+                        if hello is not None
+                        else make_hello(self.node_id, self.to, body, nonce, self.key)
+                    )
+                    self.sock.sendall(encode_frame(HELLO, payload))
+                elif kind == WELCOME and challenge is not None:
+                    self.welcomed = True
+                    if self.key:
+                        self.sealer = FrameSealer(
+                            session_key(self.key, challenge, nonce, self.node_id, self.to)
+                        )
+                    return True
+        return False
+
+    def send(self, kind: int, payload: bytes) -> bool:
+        """Write one frame (tagged when the session has a key); False when the
+        node has closed the connection."""
+        from sprawl.peer.frames import encode_frame
+
+        frame = self.sealer.seal(kind, payload) if self.sealer is not None else encode_frame(kind, payload)
+        return self.send_raw(frame)
+
+    def send_raw(self, data: bytes) -> bool:
+        """Write bytes as they are; False when the node has closed the connection."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def closed_by_node(self, wait: float = 2.0) -> bool:
+        """Whether the node closed the connection (within ``wait`` seconds)."""
+        if self.sock is None:
+            return True
+        deadline = time.monotonic() + wait
+        self.sock.settimeout(0.05)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                return True
+            if not data:
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+
+def send_gossip(port: int, messages: list[Any], key: bytes | None = None, copies: int = 1) -> Any:
+    """Send gossip messages to ``127.0.0.1:port`` from a fresh UDP socket (``copies``
+    times); returns the socket, still open, so a test can read what comes back
+    (close it)."""
+    import socket
+
+    from sprawl.gossip import wire
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    data = wire.encode_packet(messages, key)
+    for _ in range(copies):
+        sock.sendto(data, ("127.0.0.1", port))
+    return sock
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """One sample of a node's ``/metrics`` (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -60,6 +60,10 @@ log = Logger()
 
 FrameHandler = Callable[[str, bytes], None]
 
+#: Failed attempts after which a sender that never connected and has nothing
+#: to send stops dialling (until a frame or a probe asks again).
+QUIET_AFTER = 8
+
 
 def _no_delay(transport: Any) -> None:
     """Disable Nagle on the TCP socket (under TLS: on the transport below it)."""
@@ -350,6 +354,11 @@ class _Sender:
         self.failures = 0
         self.retry: Any = None
         self.closed = False
+        #: Whether a connection to this peer ever completed its handshake.
+        self.ever_connected = False
+        #: A probe asked for a connection (a sender with nothing to send otherwise
+        #: stops dialling a peer that never answered: see :meth:`_retry`).
+        self.wanted = False
 
     def send(self, kind: int, payload: bytes) -> bool:
         ch = self.channel
@@ -401,6 +410,8 @@ class _Sender:
     def _connected(self, proto: _Outbound) -> None:
         self.connecting = False
         self.failures = 0
+        self.ever_connected = True
+        self.wanted = False
         self.proto = proto
         if self.closed:
             proto.transport.loseConnection()
@@ -438,6 +449,15 @@ class _Sender:
 
     def _retry(self) -> None:
         self.retry = None
+        idle = not self.queue and not self.wanted and not self.ever_connected
+        if idle and self.failures >= QUIET_AFTER:
+            # Never reached and nothing to say (an address gossip gave that
+            # nobody answers at): stop dialling until a frame or a probe comes,
+            # keeping the backoff.
+            ch = self.channel
+            self.retry = ch.reactor.callLater(ch.backoff_max, self._retry)
+            return
+        self.wanted = False
         self._connect()
 
     def close(self) -> None:
@@ -576,6 +596,7 @@ class PeerChannel:
         s = self.senders.get(peer)
         if s is None:
             s = self.senders[peer] = _Sender(self, peer)
+        s.wanted = True
         s._connect()
 
     @property
