@@ -147,7 +147,9 @@ def test_rpc_bodies_decode_only_to_their_error() -> None:
 
     from sprawl.cluster.rpc_bodies import BODIES
 
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.binary(max_size=8))
+    leaf = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=8), st.binary(max_size=8)
+    )
     values = st.recursive(
         leaf,
         lambda inner: st.one_of(
