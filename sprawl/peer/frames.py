@@ -20,10 +20,10 @@ on connections it accepted.  The handshake, with ``K`` the cluster key::
 Each side checks the other's MAC (so both prove they hold the key, and the
 connector knows it reached the node it meant: ``to`` and the acceptor's id
 must agree).  Without a key the MACs are empty and the ids are only claims.
-With a key, every later frame carries a 16-byte tag: keyed BLAKE2b under the
-connection's *session key* ``HMAC-SHA256(K, "session" | c | n | connector |
-acceptor)``, over the frame's sequence number on that connection (counted,
-not sent), its kind and its payload.  A frame from another connection (other
+With a key, every later frame carries a 16-byte tag: HMAC-SHA256 (truncated)
+under the connection's *session key* ``HMAC-SHA256(K, "session" | c | n |
+connector | acceptor)``, over the frame's sequence number on that connection
+(counted, not sent), its kind and its payload.  A frame from another connection (other
 nonces, other session key), replayed, reordered or altered fails its tag,
 and the acceptor closes the connection.  Nothing else is accepted before a
 valid hello, and a first frame longer than :data:`MAX_HELLO` is refused by
@@ -65,7 +65,6 @@ TAG_BYTES = 16
 NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 _LEN = struct.Struct(">I")
-_SEQ = struct.Struct(">Q")
 
 
 def frame_limits(max_body_bytes: int = 8 * 1000**2, max_frame: int = MAX_FRAME) -> dict[int, int]:
@@ -268,24 +267,35 @@ def check_welcome(
 # -- session tags ----------------------------------------------------------------------
 
 
-def _tag(key: bytes, seq: int, kind: int, payload: bytes) -> bytes:
-    h = hashlib.blake2b(key=key, digest_size=TAG_BYTES)
-    h.update(_SEQ.pack(seq))
-    h.update(bytes((kind & 0xFF,)))
-    h.update(payload)
-    return h.digest()
+_HEAD = struct.Struct(">QB")
+
+
+class _Tagger:
+    """HMAC-SHA256 (truncated to :data:`TAG_BYTES`) under one session key, over
+    a frame's sequence number, kind and payload.  The keyed state is made
+    once and copied per frame (where the CPU has SHA extensions this runs
+    at about twice BLAKE2b's speed on large frames)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+
+    def tag(self, seq: int, kind: int, payload: bytes) -> bytes:
+        h = self._base.copy()
+        h.update(_HEAD.pack(seq, kind & 0xFF))
+        h.update(payload)
+        return h.digest()[:TAG_BYTES]
 
 
 class FrameSealer:
     """The connector's side: appends each frame's tag, counting frames."""
 
     def __init__(self, key: bytes) -> None:
-        self.key = key
+        self._tagger = _Tagger(key)
         self.seq = 0
 
     def seal(self, kind: int, payload: bytes) -> bytes:
         """The frame's bytes with the tag of the next sequence number."""
-        tag = _tag(self.key, self.seq, kind, payload)
+        tag = self._tagger.tag(self.seq, kind, payload)
         self.seq += 1
         return _LEN.pack(len(payload) + 1 + TAG_BYTES) + bytes((kind,)) + payload + tag
 
@@ -294,7 +304,7 @@ class FrameOpener:
     """The acceptor's side: checks each frame's tag, counting frames."""
 
     def __init__(self, key: bytes) -> None:
-        self.key = key
+        self._tagger = _Tagger(key)
         self.seq = 0
 
     def open(self, kind: int, body: bytes | None) -> bytes | None:
@@ -308,6 +318,6 @@ class FrameOpener:
         if len(body) < TAG_BYTES:
             raise FrameAuthError("frame too short for its tag")
         payload, tag = body[:-TAG_BYTES], body[-TAG_BYTES:]
-        if not hmac.compare_digest(tag, _tag(self.key, seq, kind, payload)):
+        if not hmac.compare_digest(tag, self._tagger.tag(seq, kind, payload)):
             raise FrameAuthError(f"frame {seq} (kind {kind}) fails its tag")
         return payload

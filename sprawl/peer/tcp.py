@@ -133,14 +133,19 @@ class _Inbound(Protocol):
 
     def _abort(self) -> None:
         self._closed = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
         self.channel._inbound.discard(self)
         self.transport.abortConnection()
 
     def _expire(self) -> None:
         self._timeout = None
-        if self.peer is None:
+        if self.peer is None and not self._closed:
             self.channel.stats.handshake_failures += 1
-            log.warn("peer connection from {addr} sent no hello in time", addr=str(self.transport.getPeer()))
+            self.channel._warn_refused(
+                f"peer connection from {self.transport.getPeer()} sent no hello in time"
+            )
             self._abort()  # (a TLS close would wait for a handshake that never came)
 
     def dataReceived(self, data: bytes) -> None:
@@ -221,7 +226,7 @@ class _Inbound(Protocol):
 
     def _refuse(self, why: str) -> None:
         self.channel.stats.handshake_failures += 1
-        log.warn("refused peer connection from {addr}: {why}", addr=str(self.transport.getPeer()), why=why)
+        self.channel._warn_refused(f"refused peer connection from {self.transport.getPeer()}: {why}")
         self._abort()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
