@@ -301,3 +301,16 @@ def test_frame_stream_fuzz(data: bytes, cuts: list[int]) -> None:
             except FrameAuthError:
                 pass
         assert len(d._buf) <= 64 * 1024 + 4
+
+
+def test_sealed_frames_do_not_carry_their_payload_in_the_clear() -> None:
+    """With a key a frame's payload travels encrypted: the bytes on the wire do not
+    contain it, and the same payload sealed twice looks different (the sequence
+    number is the nonce)."""
+    sk = session_key(KEY, CHAL, NONCE, "node-a", "node-b")
+    s = FrameSealer(sk)
+    secret = b"the quarterly numbers " * 4
+    f1, f2 = s.seal(RAFT, secret), s.seal(RAFT, secret)
+    assert secret[:16] not in f1 and secret[:16] not in f2
+    assert f1[5:] != f2[5:]
+    assert _open_all(f1 + f2, sk) == [secret, secret]

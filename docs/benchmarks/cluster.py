@@ -55,7 +55,9 @@ FAILOVER_GIVE_UP = 60.0
 
 
 def create_topic(cluster: NodeCluster, name: str, partitions: int, rf: int) -> None:
-    """Create a topic and wait until every partition has a leader in the placement."""
+    """Create a topic and wait until every node has it and every partition has a
+    leader in the placement (a node that has not applied the topic yet would
+    answer the first publishes topic_not_found)."""
     status, body = http_json(
         cluster.url(cluster.names[0]) + f"/v1/topics/{name}",
         "PUT",
@@ -67,7 +69,8 @@ def create_topic(cluster: NodeCluster, name: str, partitions: int, rf: int) -> N
 
     def led() -> bool:
         leaders = cluster.partition_leaders(name)
-        return len(leaders) == partitions and all(leaders.values())
+        everywhere = all(cluster.get(n, f"/v1/topics/{name}")[0] == 200 for n in cluster.up())
+        return everywhere and len(leaders) == partitions and all(leaders.values())
 
     if poll_until(led, FORM_BOUND) is None:
         raise SystemExit(f"{name}: partitions without a leader: {cluster.partition_leaders(name)}")
