@@ -265,7 +265,9 @@ def test_raft_from_a_stranger_changes_nothing(target: Target) -> None:
         Message(MessageType.SNAP, to=me, frm=frm, term=term + 100, snapshot=garbage),
     ]
     refused = t.metric("sprawl_peer_messages_refused_total", reason="raft_not_member")
-    _blast(t, [(RAFT, encode_message(m)) for m in msgs])
+    # (a RAFT frame starts with the sender's cluster id: any will do, the
+    # membership check comes first)
+    _blast(t, [(RAFT, (0xC0FFEE).to_bytes(8, "big") + encode_message(m)) for m in msgs])
     if t.mode == "nokey":
         took = poll_until(
             lambda: (

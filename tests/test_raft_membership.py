@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 
 from sprawl.broker import Broker
-from sprawl.cluster.control import ClusterControl, message_flaw
+from sprawl.cluster.control import _CLUSTER, ClusterControl, message_flaw
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.placement import raft_id_of
 from sprawl.config import NodeConfig
@@ -79,7 +79,9 @@ class Node:
         await self.store.close()
 
     def frame(self, peer: str, m: Message) -> None:
-        self.control._received(peer, encode_message(m))
+        """A RAFT frame as a peer sends it: the cluster id, then the message."""
+        cluster = self.control.cluster_id or 0xC0FFEE
+        self.control._received(peer, _CLUSTER.pack(cluster) + encode_message(m))
 
 
 @pytest_twisted.async_yield_fixture
@@ -152,7 +154,7 @@ async def test_our_own_id_and_misaddressed_messages_are_dropped(leader: Node) ->
     leader.frame("a", Message(MessageType.HEARTBEAT, to=me, frm=raft_id_of("b"), term=term + 5))
     leader.frame("a", Message(MessageType.HEARTBEAT, to=raft_id_of("c"), frm=raft_id_of("a"), term=term + 5))
     leader.frame("a", Message(MessageType.HUP, to=me, frm=raft_id_of("a")))
-    leader.control._received("a", b"\xc1 not msgpack")
+    leader.control._received("a", _CLUSTER.pack(leader.control.cluster_id or 0) + b"\xc1 not msgpack")
     assert leader.control.dropped_frames - before == 5
     assert drv.node.term == term and drv.is_leader
 
