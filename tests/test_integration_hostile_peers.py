@@ -58,7 +58,7 @@ from sprawl.testing import (
     send_gossip,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("hostile_peers")]
 
 STRANGER = "mallory"
 TOP = 2**63 - 1
