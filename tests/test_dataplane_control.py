@@ -19,7 +19,7 @@ from sprawl.replication.messages import Fence, LeaderBeat
 class _RPC:
     max_hops = 3
 
-    def register(self, name: str, fn: Any, body: Any = None) -> None:
+    def register(self, name: str, fn: Any) -> None:
         pass
 
 

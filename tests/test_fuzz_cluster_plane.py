@@ -19,12 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sprawl.cluster.control import message_flaw
-from sprawl.cluster.rpc_bodies import BODIES
 from sprawl.gossip import GossipConfig, Membership, wire
 from sprawl.gossip.membership import MAX_INCARNATION
 from sprawl.gossip.messages import Alive, Dead, Leave, MemberState, PushPull, Suspect
 from sprawl.peer.frames import REQUEST, RESPONSE
 from sprawl.peer.rpc import PeerRPC
+from sprawl.peer.rpc_bodies import BODIES
 from sprawl.raft.messages import decode_message
 from sprawl.replication.messages import Append, append_flaw, decode
 from sprawl.replication.service import ReplicationService

@@ -107,8 +107,8 @@ async def test_bodies_members_sizes_and_load_are_bounded(pair: Any) -> None:
     answer too large for a frame becomes a 507 error answer (logged, not a frame
     every receiver drops); a request too large is refused at the caller (413);
     more requests in flight from one peer than max_serving get 429."""
-    from sprawl.cluster.rpc_bodies import StatusBody
     from sprawl.peer.frames import RESPONSE
+    from sprawl.peer.rpc_bodies import StatusBody
 
     _net, ra, rb, _ = pair
     seen: list[Any] = []
@@ -145,7 +145,7 @@ def test_rpc_bodies_decode_only_to_their_error() -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from sprawl.cluster.rpc_bodies import BODIES
+    from sprawl.peer.rpc_bodies import BODIES
 
     leaf = st.one_of(
         st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=8), st.binary(max_size=8)

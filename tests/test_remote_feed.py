@@ -441,7 +441,7 @@ class FakeRPC:
         self.down: set[str] = set()
         self.peers: list[str] = []
 
-    def register(self, name: str, fn: Any, body: Any = None) -> None:
+    def register(self, name: str, fn: Any) -> None:
         pass
 
     def call(self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float = 0) -> Any:

@@ -41,7 +41,6 @@ from sprawl.broker import PublishResult
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
 from sprawl.cluster.placement import raft_id_of
 from sprawl.cluster.placement import replicas as rendezvous
-from sprawl.cluster.rpc_bodies import BODIES
 from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.gossip.load import rates_by_node
@@ -133,9 +132,9 @@ class DataPlane:
         #: SSE / WebSocket reads of partitions held elsewhere: one long-poll
         #: per partition for all of this node's clients (decision 9a).
         self.feeds = RemoteFeeds(self.fetch_remote, self.read_source, reactor, broker.notify)
-        rpc.register("publish", self._rpc_publish, BODIES["publish"])
-        rpc.register("fetch", self._rpc_fetch, BODIES["fetch"])
-        rpc.register("partition_status", self._rpc_status, BODIES["partition_status"])
+        rpc.register("publish", self._rpc_publish)
+        rpc.register("fetch", self._rpc_fetch)
+        rpc.register("partition_status", self._rpc_status)
         rpc.allow = self._member
         from sprawl.cluster.group_routes import GroupRoutes
 

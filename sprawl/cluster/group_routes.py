@@ -28,7 +28,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sprawl.cluster.rpc_bodies import BODIES
 from sprawl.delivery.groups import Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.log.record import Record, pack_record, unpack_record
@@ -56,9 +55,9 @@ class GroupRoutes:
         self.checkpoints_adopted = 0
         self.given_back = 0
         self.broker.group_partitions = self.owned
-        self.rpc.register("group_pull", self._rpc_pull, BODIES["group_pull"])
-        self.rpc.register("group_settle", self._rpc_settle, BODIES["group_settle"])
-        self.rpc.register("group_describe", self._rpc_describe, BODIES["group_describe"])
+        self.rpc.register("group_pull", self._rpc_pull)
+        self.rpc.register("group_settle", self._rpc_settle)
+        self.rpc.register("group_describe", self._rpc_describe)
 
     # -- ownership -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from sprawl.errors import Overloaded, PayloadTooLarge, SprawlError, Unavailable
 from sprawl.peer.frames import REQUEST, RESPONSE
+from sprawl.peer.rpc_bodies import BODIES
 from sprawl.peer.tcp import PeerChannel
 
 log = Logger()
@@ -79,7 +80,8 @@ class PeerRPC:
         self.max_serving = max_serving
         self._serving: dict[str, int] = {}
         self.handlers: dict[str, Handler] = {}
-        self.bodies: dict[str, type[Any]] = {}
+        #: Each method's body type (the cluster's methods by default).
+        self.bodies: dict[str, type[Any]] = dict(BODIES)
         #: Whether requests from a peer are taken (the node admits its cluster's members).
         self.allow: Callable[[str], bool] = lambda peer: True
         #: Requests refused: from a peer not admitted, or with a body of the wrong shape.
@@ -101,7 +103,8 @@ class PeerRPC:
 
     def register(self, method: str, handler: Handler, body: type[Any] | None = None) -> None:
         """Answer ``method`` with ``handler(caller, body, hops)`` (a value or a
-        Deferred); with ``body``, only bodies that convert to that type reach it."""
+        Deferred).  Only bodies that convert to the method's type reach it:
+        ``body``, else the type :data:`~sprawl.peer.rpc_bodies.BODIES` names."""
         self.handlers[method] = handler
         if body is not None:
             self.bodies[method] = body
