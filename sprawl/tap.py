@@ -112,7 +112,7 @@ _DOCS = {
     "seeds": "Comma-separated host:port peers to join (their --bind-port).",
     "cluster-key": (
         "Cluster key (hex, base64 or a string of 16+ bytes; `sprawlctl cluster keygen` makes one): "
-        "authenticates gossip and every peer-channel frame; every node needs the same one. "
+        "authenticates gossip, authenticates and encrypts the peer channel; every node needs the same one. "
         "Prefer --cluster-key-file or SPRAWL_CLUSTER_KEY: arguments are visible to other users."
     ),
     "cluster-key-file": "File holding the cluster key (not readable by every user).",
