@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,60 @@ def parse_cluster_key(text: str | bytes) -> bytes:
     return key
 
 
+def generate_cluster_key() -> str:
+    """A new random cluster key (32 bytes) in the form :func:`parse_cluster_key` reads."""
+    return "base64:" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def read_cluster_key_file(path: str) -> bytes:
+    """The cluster key held in a file (surrounding whitespace ignored).
+
+    A file every user may read is refused: the key is the cluster's only
+    secret when no cluster CA is used.
+    """
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+    except OSError as e:
+        raise ConfigError(f"cannot read cluster key file {path}: {e.strerror}") from None
+    if st.st_mode & stat.S_IRWXO:
+        raise ConfigError(
+            f"cluster key file {path} is readable by every user (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"chmod 600 it"
+        )
+    try:
+        text = raw.decode().strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"cluster key file {path} is not text (use sprawlctl cluster keygen)") from None
+    if not text:
+        raise ConfigError(f"cluster key file {path} is empty (use sprawlctl cluster keygen)")
+    return parse_cluster_key(text)
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether ``addr`` (an interface address or ``localhost``) is a loopback address."""
+    a = addr.strip().strip("[]")
+    if a.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(a.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+#: The message of a node refusing to open its peer port beyond loopback without a key or CA.
+UNSAFE_BIND = (
+    "--bind-addr {addr} opens the gossip and peer port beyond this host, but the cluster has no "
+    "--cluster-key and no --cluster-ca: anyone who can reach the port could join, change and "
+    "delete topics. Make a key with `sprawlctl cluster keygen -o cluster.key` and give every node "
+    "--cluster-key-file cluster.key (or --cluster-ca certificates); --insecure-cluster overrides this."
+)
+
+
 def _maybe_base64(s: str) -> bytes | None:
     if len(s) % 4 or not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", s):
         return None
@@ -172,15 +228,21 @@ class NodeConfig:
 
     node_id: str | None = None
     data_dir: str = "./sprawl-data"
-    bind_addr: str = "0.0.0.0"
+    #: Gossip + peer channel address.  None: 127.0.0.1 without a cluster key
+    #: or CA, 0.0.0.0 with one (resolved by :meth:`validate`).
+    bind_addr: str | None = None
     bind_port: int = 7946
     advertise_addr: str | None = None
     http_addr: str = "0.0.0.0"
     http_port: int = 8080
     http_endpoint: str | None = None
     seeds: list[tuple[str, int]] = field(default_factory=list)
-    #: Gossip packets are authenticated (HMAC-SHA256) with this key when set.
+    #: Gossip packets and peer-channel frames are authenticated with this key when set.
     cluster_key: bytes | None = field(default=None, repr=False)
+    #: A file holding the cluster key (read by :meth:`validate`; ``cluster_key`` wins).
+    cluster_key_file: str | None = field(default=None, repr=False)
+    #: Allow a peer port beyond loopback without a key or CA (loudly logged).
+    insecure_cluster: bool = False
     replication_factor: int = 3
     memory_budget: int = 256 * 1000**2
     disk_budget: int = 4 * 1000**3
@@ -279,8 +341,12 @@ class NodeConfig:
             raise ConfigError("--s3-check-interval must be 100ms..1h")
         if self.disk_hard_limit is not None and self.disk_hard_limit < self.disk_budget:
             raise ConfigError("--disk-hard-limit must not be below --disk-budget")
+        if self.cluster_key is not None and self.cluster_key_file:
+            raise ConfigError("give --cluster-key (or SPRAWL_CLUSTER_KEY) or --cluster-key-file, not both")
         if self.cluster_key is not None:
             self.cluster_key = parse_cluster_key(self.cluster_key)
+        elif self.cluster_key_file:
+            self.cluster_key = read_cluster_key_file(self.cluster_key_file)
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be text or json")
         if self.partition_backlog is not None and self.partition_backlog < 64 * 1000:
@@ -314,7 +380,18 @@ class NodeConfig:
             from sprawl.tlsconfig import check_pem_files
 
             check_pem_files(cert, key, self.cluster_ca)
+        secured = self.cluster_key is not None or bool(self.cluster_ca)
+        if self.bind_addr is None or not str(self.bind_addr).strip():
+            self.bind_addr = "0.0.0.0" if secured else "127.0.0.1"
+        if not secured and not self.insecure_cluster and not is_loopback(self.bind_addr):
+            raise ConfigError(UNSAFE_BIND.format(addr=self.bind_addr))
         return self
+
+    @property
+    def peer_port_exposed(self) -> bool:
+        """Whether gossip and the peer channel listen beyond loopback without a key or CA."""
+        secured = self.cluster_key is not None or bool(self.cluster_ca)
+        return not secured and not is_loopback(self.bind_addr or "127.0.0.1")
 
     @property
     def peer_tls_files(self) -> tuple[str | None, str | None]:

@@ -1302,6 +1302,35 @@ def cluster_placement(ctx: click.Context, as_json: bool, topic: str | None) -> N
     _table(["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS"], rows)
 
 
+@cluster.command("keygen")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the key to this file (created with mode 600) instead of printing it.",
+)
+def cluster_keygen(output: str | None) -> None:
+    """Print a new random cluster key (32 bytes) for --cluster-key-file / SPRAWL_CLUSTER_KEY.
+
+    Every node of a cluster needs the same key; it authenticates gossip and
+    every frame of the peer channel.  Needs no node.
+    """
+    from sprawl.config import generate_cluster_key
+
+    key = generate_cluster_key()
+    if output is None:
+        click.echo(key)
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CtlError(f"{output} exists; not overwriting a cluster key") from None
+    except OSError as e:
+        raise CtlError(f"cannot create {output}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+
+
 # --------------------------------------------------------------------------------------------
 # diagnose
 

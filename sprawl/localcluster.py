@@ -13,6 +13,11 @@ voters and the fault tolerance, then waits for SIGINT or SIGTERM and stops
 every node with SIGTERM (SIGKILL after ``--stop-timeout``).  Exit status 0 when
 every node stopped cleanly.
 
+The nodes share a cluster key, made once in ``DATA_DIR/cluster.key`` (mode
+600) and kept for later runs, so gossip and the peer channel are
+authenticated even on loopback; a key or CA given after ``--`` (or in
+``SPRAWL_CLUSTER_KEY``) is used instead.
+
 A plain script (stdlib only, no reactor): it supervises processes.
 """
 
@@ -126,6 +131,25 @@ class LocalCluster:
         """Print one line, flushed (tests and pipes read it as it comes)."""
         print(text, file=self.out, flush=True)
 
+    def key_args(self) -> list[str]:
+        """``--cluster-key-file`` of the cluster's key file, made on first use
+        (none when the node arguments or the environment bring their own)."""
+        own = ("--cluster-key", "--cluster-key-file", "--cluster-ca")
+        if any(arg.split("=", 1)[0] in own for arg in self.args.node_args):
+            return []
+        if os.environ.get("SPRAWL_CLUSTER_KEY") or os.environ.get("SPRAWL_CLUSTER_KEY_FILE"):
+            return []
+        path = self.base / "cluster.key"
+        if not path.exists():
+            import base64
+            import secrets
+
+            self.base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("base64:" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        return ["--cluster-key-file", str(path)]
+
     def start_node(self, k: int, seeds: str | None) -> Node:
         """Start node *k* (1-based) and wait (bounded) until its ports.json names its ports."""
         a = self.args
@@ -155,6 +179,7 @@ class LocalCluster:
             "--bind-port",
             str(peer),
             *(["--seeds", seeds] if seeds else []),
+            *self.key_args(),
             *a.node_args,
         ]
         node.log = open(self.base / f"{node.name}.log", "ab")

@@ -404,6 +404,11 @@ class _GossipCollector:
             ("sprawl_gossip_dead_declared", "dead_declared", "Suspects whose timeout ran out on this node"),
             ("sprawl_gossip_packets_sent", "packets_sent", "Gossip datagrams sent"),
             ("sprawl_gossip_packets_received", "packets_received", "Gossip datagrams accepted"),
+            (
+                "sprawl_gossip_push_pulls_limited",
+                "push_pulls_limited",
+                "Push-pull requests left unanswered by the per-source or total rate limit",
+            ),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], stats.get(key, 0))
@@ -493,6 +498,11 @@ class _RaftCollector:
                 peer.handshake_failures,
                 "Peer connections refused at the hello",
             ),
+            (
+                "sprawl_peer_connections_refused",
+                peer.connections_refused,
+                "Inbound peer connections closed at once: over the connection cap, or evicted in their handshake",
+            ),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
@@ -505,7 +515,21 @@ class _RaftCollector:
         dropped.add_metric(["unhandled"], peer.frames_unhandled)
         dropped.add_metric(["undecodable"], ctl.dropped_frames)
         dropped.add_metric(["other_cluster"], ctl.foreign_frames)
+        dropped.add_metric(["bad_tag"], peer.frames_auth_failed)
+        dropped.add_metric(["too_large_to_send"], peer.frames_too_large)
         yield dropped
+        refused = CounterMetricFamily(
+            "sprawl_peer_messages_refused",
+            "Peer messages refused before they reached their protocol, by what and why",
+            labels=["reason"],
+        )
+        refused.add_metric(["raft_not_member"], ctl.refused_not_member)
+        refused.add_metric(["raft_bad_snapshot"], ctl.refused_bad_snapshot)
+        plane = self.metrics.plane
+        if plane is not None:
+            refused.add_metric(["replication"], plane.service.refused)
+            refused.add_metric(["request"], plane.rpc.refused)
+        yield refused
 
 
 class _BalanceCollector:

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -40,7 +40,8 @@ from sprawl.config import (
     parse_size,
 )
 from sprawl.gossip import GossipConfig
-from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer
+from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer, save_incarnation
+from sprawl.peer.frames import frame_limits
 from sprawl.peer.tcp import PeerChannel
 
 log = Logger()
@@ -57,6 +58,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "http-endpoint": ("http_endpoint", str),
     "seeds": ("seeds", parse_seeds),
     "cluster-key": ("cluster_key", parse_cluster_key),
+    "cluster-key-file": ("cluster_key_file", str),
     "replication-factor": ("replication_factor", int),
     "memory-budget": ("memory_budget", parse_size),
     "disk-budget": ("disk_budget", parse_size),
@@ -99,7 +101,10 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
 _DOCS = {
     "node-id": "Node id (default: generated once, kept in DATA_DIR/node_id).",
     "data-dir": "Data directory [default: ./sprawl-data].",
-    "bind-addr": "Peer address: UDP gossip and the TCP peer channel [default: 0.0.0.0].",
+    "bind-addr": (
+        "Peer address: UDP gossip and the TCP peer channel [default: 127.0.0.1; 0.0.0.0 with a "
+        "--cluster-key or --cluster-ca]. Beyond loopback it needs a key or CA (or --insecure-cluster)."
+    ),
     "bind-port": "Peer port; 0 picks a free one [default: 7946].",
     "advertise-addr": "Address other nodes use to reach this one (NAT, containers).",
     "http-addr": "HTTP listen address [default: 0.0.0.0].",
@@ -107,9 +112,11 @@ _DOCS = {
     "http-endpoint": "HTTP listener as a Twisted endpoint string (overrides addr/port).",
     "seeds": "Comma-separated host:port peers to join (their --bind-port).",
     "cluster-key": (
-        "Gossip key (hex, base64 or a string of 16+ bytes); every node needs the same one. "
-        "Prefer SPRAWL_CLUSTER_KEY: arguments are visible to other users."
+        "Cluster key (hex, base64 or a string of 16+ bytes; `sprawlctl cluster keygen` makes one): "
+        "authenticates gossip, authenticates and encrypts the peer channel; every node needs the same one. "
+        "Prefer --cluster-key-file or SPRAWL_CLUSTER_KEY: arguments are visible to other users."
     ),
+    "cluster-key-file": "File holding the cluster key (not readable by every user).",
     "replication-factor": "Default replication factor of new topics [default: 3, capped by cluster size].",
     "memory-budget": "Bytes of messages kept in memory [default: 256MB].",
     "disk-budget": "Bytes LMDB may use before publishes are refused [default: 4GB].",
@@ -190,6 +197,12 @@ class Options(usage.Options):
             "Recovery after a majority of the Raft voters is lost for good: make this node the only "
             "voter of a new cluster built from what it holds (refused while a majority can still be "
             "reached; see docs/operations.md).",
+        ],
+        [
+            "insecure-cluster",
+            None,
+            "Allow a --bind-addr beyond loopback without --cluster-key or --cluster-ca: anyone who "
+            "reaches the peer port can then join and change the cluster. For isolated networks only.",
         ],
     ]
 
@@ -272,6 +285,8 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
     # Deliberately no environment variable or config-file key: a recovery
     # that must not be repeated by accident on every restart.
     values["force_new_cluster"] = bool(opts.get("force-new-cluster"))
+    if opts.get("insecure-cluster") or environ.get("SPRAWL_INSECURE_CLUSTER") in ("1", "true", "yes"):
+        values["insecure_cluster"] = True
     return NodeConfig(**values).validate()
 
 
@@ -357,6 +372,9 @@ class NodeService(service.Service):
             meta={"version": __version__},
             load=load,
             resolve=self.reactor.resolve,
+            save=lambda data_dir, n: threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), save_incarnation, data_dir, n
+            ),
         )
 
     def _make_tier(self, metrics: Any) -> Any:
@@ -414,7 +432,10 @@ class NodeService(service.Service):
                 log.failure("sprawl node failed to start", f)
             else:
                 log.failure("sprawl node failed to start", f)
-            self.reactor.stop()
+            if getattr(self.reactor, "running", True):
+                self.reactor.stop()
+            else:  # failed before the reactor ran: stopping now would be ignored
+                self.reactor.callWhenRunning(self.reactor.stop)
 
         d.addErrback(failed)
 
@@ -428,6 +449,8 @@ class NodeService(service.Service):
         c = self.config
         os.makedirs(c.data_dir, exist_ok=True)
         node_id = load_node_id(c.data_dir, c.node_id)
+        if c.cluster_ca:
+            check_node_certificate(c, node_id)
         map_size = max(c.disk_budget * 2, (c.disk_hard_limit or 0) * 4 // 3, 1 << 30)
         self.store = LmdbStore(os.path.join(c.data_dir, "lmdb"), reactor=self.reactor, map_size=map_size)
         self.store.open()
@@ -448,9 +471,33 @@ class NodeService(service.Service):
         self.scrubber = Scrubber(self.broker, self.reactor, c.scrub_rate)
         self.broker.integrity.scrubber = self.scrubber
         self.scrubber.start()
+        assert c.bind_addr is not None  # NodeConfig.validate resolved it
+        if c.peer_port_exposed:
+            log.critical(
+                "INSECURE CLUSTER: gossip and the peer channel listen on {addr} without a cluster key "
+                "or CA (--insecure-cluster): anyone who can reach port {port} can join this cluster, "
+                "change or delete every topic and read every message. Use --cluster-key-file "
+                "(sprawlctl cluster keygen) or --cluster-ca.",
+                addr=c.bind_addr,
+                port=c.bind_port,
+            )
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         self.gossip = self._make_gossip(node_id)
-        self.channel = PeerChannel(node_id, self.reactor, random.Random(), c.cluster_key, **peer_tls(c))
+        if c.cluster_ca:
+            if c.cluster_key is None:
+                log.warn(
+                    "gossip is not authenticated: --cluster-ca protects the peer channel, but only "
+                    "--cluster-key authenticates gossip (a stranger reaching the UDP port can make members "
+                    "look dead or alive); give both"
+                )
+        self.channel = PeerChannel(
+            node_id,
+            self.reactor,
+            random.Random(),
+            c.cluster_key,
+            limits=frame_limits(c.max_body_bytes),
+            **peer_tls(c),
+        )
         bind = c.bind_addr.replace(":", chr(92) + ":")
         self.peer_port, self.udp_port = await listen_peer(
             self.reactor,
@@ -631,18 +678,41 @@ def _exit_status_after_stop(reactor: Any, status: int) -> None:
     add("after", "shutdown", leave)
 
 
+def check_node_certificate(c: NodeConfig, node_id: str) -> None:
+    """With ``--cluster-ca``: the node's own certificate must name its node id
+    (common name or DNS subject alternative name), or peers would refuse it."""
+    from cryptography import x509
+
+    from sprawl.tlsconfig import certificate_names
+
+    cert, _key = c.peer_tls_files
+    assert cert
+    with open(cert, "rb") as f:
+        names = certificate_names(x509.load_pem_x509_certificate(f.read()))
+    if node_id not in names:
+        raise StartRefused(
+            f"the peer certificate {cert} names {', '.join(sorted(names)) or 'nothing'}, not this node's id "
+            f"{node_id!r}: with --cluster-ca every node needs a certificate whose common name or DNS "
+            f"subject alternative name is its node id",
+            code="certificate_not_for_this_node",
+        )
+
+
 def peer_tls(c: NodeConfig) -> dict[str, Any]:
-    """PeerChannel TLS arguments: mutual TLS against ``--cluster-ca``, or none."""
+    """PeerChannel TLS arguments: mutual TLS against ``--cluster-ca`` (each
+    side's certificate must name its node id), or none."""
     if not c.cluster_ca:
         return {}
-    from sprawl.tlsconfig import client_options, server_options
+    from sprawl.tlsconfig import peer_certificate_names, peer_client_options, server_options
 
     cert, key = c.peer_tls_files
     assert cert and key  # NodeConfig.validate checked
     ca = c.cluster_ca
+    client = peer_client_options(ca, cert, key)
     return {
         "server_tls": server_options(cert, key, ca),
-        "client_tls": lambda host: client_options(host, ca, cert, key),
+        "client_tls": lambda host: client,
+        "peer_names": peer_certificate_names,
     }
 
 

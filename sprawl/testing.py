@@ -47,9 +47,13 @@ def _pythonpath() -> str:
 class NodeProcess:
     """A real ``twistd -n sprawl`` process on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path | str, *args: str, startup_timeout: float = 30.0):
+    def __init__(
+        self, data_dir: Path | str, *args: str, startup_timeout: float = 30.0, loopback_peer: bool = True
+    ):
         self.data_dir = Path(data_dir)
         self.args = list(args)
+        #: Pass ``--bind-addr 127.0.0.1`` (False: leave the peer address to the node's default).
+        self.loopback_peer = loopback_peer
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
@@ -79,8 +83,7 @@ class NodeProcess:
             "127.0.0.1",
             "--http-port",
             "0",
-            "--bind-addr",
-            "127.0.0.1",
+            *(["--bind-addr", "127.0.0.1"] if self.loopback_peer else []),
             "--bind-port",
             "0",
             *self.args,
@@ -184,46 +187,96 @@ def bounded(d: Any, timeout: float = WAIT) -> Any:
     return d.addTimeout(timeout, the_reactor())
 
 
+def _test_leaf(
+    cn: str,
+    ca_key: Any,
+    ca_cert: Any,
+    server: bool,
+    client: bool = False,
+    hosts: tuple[str, ...] = (),
+    dns: tuple[str, ...] = (),
+) -> tuple[Any, Any]:
+    """A leaf key and certificate signed by ``ca_key`` (test PKI only)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    k = ec.generate_private_key(ec.SECP256R1())
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(k.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                if server and client
+                else [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+    if server:
+        for h in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return k, b.sign(ca_key, hashes.SHA256())
+
+
+def _write_key(k: Any, path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+
+
 def make_test_pki(
     directory: Path | str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
 ) -> dict[str, str]:
     """A throw-away CA, a server certificate for ``hosts`` and a client certificate, as PEM files.
 
-    Returns paths: ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key``,
-    ``peer_cert``/``peer_key`` (server and client use, for the peer channel), ``other_ca`` (an
-    unrelated CA, for "does not verify" tests) and ``stranger_cert``/``stranger_key`` (signed by it).  For tests and benchmarks only.
+    Returns paths: ``ca`` (and its key ``ca_key``), ``server_cert``, ``server_key``,
+    ``client_cert``, ``client_key``, ``peer_cert``/``peer_key`` (server and client use, named
+    "sprawl test peer"), ``other_ca`` (an unrelated CA, for "does not verify" tests, key
+    ``other_ca_key``) and ``stranger_cert``/``stranger_key`` (signed by it).  Peer-channel
+    certificates naming a node id come from :func:`make_node_cert`.  For tests and benchmarks only.
     """
     import datetime
-    import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
 
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def write_key(k: ec.EllipticCurvePrivateKey, path: Path) -> None:
-        path.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-
     def ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        k = key()
+        k = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         cert = (
             x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(name(cn))
+            .subject_name(name)
+            .issuer_name(name)
             .public_key(k.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -236,52 +289,18 @@ def make_test_pki(
         )
         return k, cert
 
-    def leaf(
-        cn: str,
-        ca_key: ec.EllipticCurvePrivateKey,
-        ca_cert: x509.Certificate,
-        server: bool,
-        client: bool = False,
-    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        k = key()
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(ca_cert.subject)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                    if server and client
-                    else [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if server:
-            sans: list[x509.GeneralName] = []
-            for h in hosts:
-                try:
-                    sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-                except ValueError:
-                    sans.append(x509.DNSName(h))
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return k, b.sign(ca_key, hashes.SHA256())
-
     ca_key, ca_cert = ca("sprawl test CA")
-    _other_key, other_cert = ca("unrelated test CA")
-    s_key, s_cert = leaf(hosts[0], ca_key, ca_cert, True)
-    c_key, c_cert = leaf("sprawl test client", ca_key, ca_cert, False)
-    p_key, p_cert = leaf("sprawl test peer", ca_key, ca_cert, True, client=True)
-    o_key, o_cert = leaf("stranger", _other_key, other_cert, True, client=True)
+    other_key, other_cert = ca("unrelated test CA")
+    s_key, s_cert = _test_leaf(hosts[0], ca_key, ca_cert, True, hosts=hosts)
+    c_key, c_cert = _test_leaf("sprawl test client", ca_key, ca_cert, False)
+    p_key, p_cert = _test_leaf("sprawl test peer", ca_key, ca_cert, True, client=True, hosts=hosts)
+    o_key, o_cert = _test_leaf("stranger", other_key, other_cert, True, client=True, hosts=hosts)
     pem = serialization.Encoding.PEM
     paths = {
         "ca": d / "ca.pem",
+        "ca_key": d / "ca.key",
         "other_ca": d / "other-ca.pem",
+        "other_ca_key": d / "other-ca.key",
         "server_cert": d / "server.pem",
         "server_key": d / "server.key",
         "client_cert": d / "client.pem",
@@ -292,16 +311,53 @@ def make_test_pki(
         "stranger_key": d / "stranger.key",
     }
     paths["ca"].write_bytes(ca_cert.public_bytes(pem))
+    _write_key(ca_key, paths["ca_key"])
     paths["other_ca"].write_bytes(other_cert.public_bytes(pem))
+    _write_key(other_key, paths["other_ca_key"])
     paths["server_cert"].write_bytes(s_cert.public_bytes(pem))
-    write_key(s_key, paths["server_key"])
+    _write_key(s_key, paths["server_key"])
     paths["client_cert"].write_bytes(c_cert.public_bytes(pem))
-    write_key(c_key, paths["client_key"])
+    _write_key(c_key, paths["client_key"])
     paths["peer_cert"].write_bytes(p_cert.public_bytes(pem))
-    write_key(p_key, paths["peer_key"])
+    _write_key(p_key, paths["peer_key"])
     paths["stranger_cert"].write_bytes(o_cert.public_bytes(pem))
-    write_key(o_key, paths["stranger_key"])
+    _write_key(o_key, paths["stranger_key"])
     return {k: str(v) for k, v in paths.items()}
+
+
+def make_node_cert(
+    pki: dict[str, str], node_id: str, ca: str = "ca", *, in_san: bool = False
+) -> tuple[str, str]:
+    """A peer-channel certificate (server and client use) for ``node_id``,
+    signed by the test PKI's ``ca`` (or ``"other_ca"``): the node id is its
+    common name (or, with ``in_san``, a DNS subject alternative name under
+    another common name).  Returns (certificate path, key path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    d = Path(pki[ca]).parent
+    ca_cert = x509.load_pem_x509_certificate(Path(pki[ca]).read_bytes())
+    ca_key = serialization.load_pem_private_key(Path(pki[f"{ca}_key"]).read_bytes(), password=None)
+    cn = f"sprawl node certificate {node_id}" if in_san else node_id
+    k, cert = _test_leaf(
+        cn, ca_key, ca_cert, True, client=True, hosts=("127.0.0.1",), dns=(node_id,) if in_san else ()
+    )
+    stem = f"node-{node_id}-{ca}" + ("-san" if in_san else "")
+    cert_path, key_path = d / f"{stem}.pem", d / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(k, key_path)
+    return str(cert_path), str(key_path)
+
+
+def make_key_file(path: Path | str, key: str | None = None) -> str:
+    """A cluster key file (mode 600) holding ``key`` (default: a new one); returns its path."""
+    from sprawl.config import generate_cluster_key
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text((key or generate_cluster_key()) + "\n")
+    p.chmod(0o600)
+    return str(p)
 
 
 def weed_binary() -> str | None:
@@ -739,11 +795,19 @@ class NodeCluster:
     """
 
     def __init__(
-        self, base: Path | str, n: int, *extra: str, prefix: str = "n", startup_timeout: float = 30.0
+        self,
+        base: Path | str,
+        n: int,
+        *extra: str,
+        prefix: str = "n",
+        startup_timeout: float = 30.0,
+        per_node: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.base = Path(base)
         self.names = [f"{prefix}{i}" for i in range(n)]
         self.extra = list(extra)
+        #: Arguments of one node only (its own certificate, ...), after ``extra``.
+        self.per_node = per_node
         self.nodes = {nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout) for nm in self.names}
         self.down: set[str] = set(self.names)  # not running (never started, or killed)
         self.paused: set[str] = set()  # SIGSTOPped
@@ -780,7 +844,7 @@ class NodeCluster:
             args += ["--seeds", seeds]
         if ports:  # after NodeProcess's own "--http-port 0 --bind-port 0": the last one counts
             args += ["--http-port", str(ports[0]), "--bind-port", str(ports[1])]
-        node.args = [*args, *self.extra]
+        node.args = [*args, *self.extra, *(self.per_node(name) if self.per_node else [])]
         node.start()
         self.down.discard(name)
 
@@ -1159,3 +1223,162 @@ class MemoryS3:
             k for k in self.objects if k.startswith(prefix) and (not start_after or k > start_after)
         )
         return succeed(([(k, self.modified[k]) for k in keys[:max_keys]], len(keys) > max_keys))
+
+
+# -- a hostile peer (tests of what strangers can do to a node) ----------------------
+
+
+class HostilePeer:
+    """A blocking, hand-driven client of a node's TCP peer port, speaking the
+    peer protocol as far as a test wants: the handshake with any node id and
+    key (or none, or a bad MAC), then any frames (tagged with the session key
+    when the handshake went through with a key).  ``tls`` is an
+    ``ssl.SSLContext`` for a node with a cluster CA.  Every wait is bounded by
+    ``timeout``; :meth:`close` always closes the socket."""
+
+    def __init__(
+        self,
+        port: int,
+        node_id: str,
+        to: str,
+        key: bytes | None = None,
+        tls: Any = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.port, self.node_id, self.to, self.key, self.tls = port, node_id, to, key, tls
+        self.timeout = timeout
+        self.sock: Any = None
+        self.welcomed = False
+        self.sealer: Any = None
+        self.refused_at_tls = False
+
+    def connect(self, hello: bytes | None = None, pipelined: bytes = b"") -> bool:
+        """Open the connection, read the challenge, send ``hello`` (default: a
+        proper one for this id and key) and, right behind it without waiting,
+        ``pipelined`` bytes; return whether a welcome came."""
+        import socket
+        import ssl
+
+        from sprawl.peer.frames import (
+            CHALLENGE,
+            HELLO,
+            WELCOME,
+            FrameDecoder,
+            FrameSealer,
+            encode_frame,
+            make_hello,
+            session_key,
+        )
+
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        if self.tls is not None:
+            try:
+                raw = self.tls.wrap_socket(raw, server_hostname=None)
+            except (ssl.SSLError, OSError):
+                self.refused_at_tls = True
+                raw.close()
+                return False
+        self.sock = raw
+        dec = FrameDecoder(1024)
+        nonce = os.urandom(16)
+        challenge = None
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, OSError):
+                return False
+            if not data:
+                return False
+            for kind, body in dec.feed(data):
+                if kind == CHALLENGE and body is not None and challenge is None:
+                    challenge = body
+                    payload = (
+                        hello
+                        if hello is not None
+                        else make_hello(self.node_id, self.to, body, nonce, self.key)
+                    )
+                    self.sock.sendall(encode_frame(HELLO, payload))
+                elif kind == WELCOME and challenge is not None:
+                    self.welcomed = True
+                    if self.key:
+                        self.sealer = FrameSealer(
+                            session_key(self.key, challenge, nonce, self.node_id, self.to)
+                        )
+                    return True
+        return False
+
+    def send(self, kind: int, payload: bytes) -> bool:
+        """Write one frame (tagged when the session has a key); False when the
+        node has closed the connection."""
+        from sprawl.peer.frames import encode_frame
+
+        frame = self.sealer.seal(kind, payload) if self.sealer is not None else encode_frame(kind, payload)
+        return self.send_raw(frame)
+
+    def send_raw(self, data: bytes) -> bool:
+        """Write bytes as they are; False when the node has closed the connection."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def closed_by_node(self, wait: float = 2.0) -> bool:
+        """Whether the node closed the connection (within ``wait`` seconds)."""
+        if self.sock is None:
+            return True
+        deadline = time.monotonic() + wait
+        self.sock.settimeout(0.05)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                return True
+            if not data:
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+
+def send_gossip(port: int, messages: list[Any], key: bytes | None = None, copies: int = 1) -> Any:
+    """Send gossip messages to ``127.0.0.1:port`` from a fresh UDP socket (``copies``
+    times); returns the socket, still open, so a test can read what comes back
+    (close it)."""
+    import socket
+
+    from sprawl.gossip import wire
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    data = wire.encode_packet(messages, key)
+    for _ in range(copies):
+        sock.sendto(data, ("127.0.0.1", port))
+    return sock
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """One sample of a node's ``/metrics`` (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

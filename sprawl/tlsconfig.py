@@ -134,3 +134,47 @@ def server_endpoint(
     from twisted.internet.endpoints import SSL4ServerEndpoint
 
     return SSL4ServerEndpoint(reactor, port, server_options(cert, key, ca), interface=interface)
+
+
+def peer_client_options(ca: str, cert: str, key: str) -> Any:
+    """Client-side TLS options of the peer channel: the server must chain to
+    ``ca``; we present ``cert``/``key``.  No host name is checked here: the
+    peer channel checks that the certificate names the node id it meant to
+    reach (:func:`certificate_names`), whatever address it used."""
+    from OpenSSL import crypto
+    from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair, TLSVersion
+
+    check_pem_files(cert, key, ca)
+    certs = _split_certs(_read(cert, "TLS certificate"))
+    return CertificateOptions(
+        privateKey=KeyPair.load(_read(key, "TLS key"), crypto.FILETYPE_PEM).original,
+        certificate=Certificate.loadPEM(certs[0]).original,
+        extraCertChain=[Certificate.loadPEM(c).original for c in certs[1:]],
+        verify=True,
+        caCerts=_ca_certs(ca),
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+    )
+
+
+def certificate_names(cert: Any) -> set[str]:
+    """The names a certificate vouches for: its subject common names and DNS
+    subject alternative names (a ``cryptography`` or pyOpenSSL certificate)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    if not isinstance(cert, x509.Certificate):
+        cert = cert.to_cryptography()
+    names = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return names
+    names.update(str(n) for n in san.get_values_for_type(x509.DNSName))
+    return names
+
+
+def peer_certificate_names(transport: Any) -> set[str]:
+    """The names of the certificate the peer presented on a TLS ``transport``
+    (empty when it presented none)."""
+    cert = transport.getPeerCertificate()
+    return set() if cert is None else certificate_names(cert)

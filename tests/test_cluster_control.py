@@ -95,9 +95,21 @@ class FakeChannel:
         self.net, self.name = net, name
         self.handlers: dict[int, Any] = {}
         self.on_unreachable: Any = lambda peer: None
+        self.on_proven: Any = lambda peer: None
+        self.proven: dict[str, float] = {}
 
     def send(self, peer: str, kind: int, payload: bytes) -> bool:
         return self.net.deliver(self.name, peer, kind, payload)
+
+    def probe(self, peer: str) -> None:
+        """A node of the net answers the handshake one hop later (and is then proven)."""
+
+        def answered() -> None:
+            if peer in self.net.controls and peer not in self.proven:
+                self.proven[peer] = self.net.clock.seconds()
+                self.on_proven(peer)
+
+        self.net.clock.callLater(2 * LATENCY, answered)
 
     def set_address(self, peer: str, host: str, port: int) -> None:
         pass

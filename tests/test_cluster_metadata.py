@@ -444,3 +444,103 @@ def test_snapshot_at_any_prefix_then_replay_equals_full_replay(cmds: list[dict[s
     assert rest == full_results[cut:]
     assert restored == full
     assert restored.snapshot() == full.snapshot()
+
+
+@given(st.lists(commands, max_size=25))
+def test_every_reachable_state_makes_a_valid_snapshot(cmds: list[dict[str, Any]]) -> None:
+    """Whatever commands a log holds, the state they make snapshots into bytes that
+    check_snapshot accepts (a follower would otherwise refuse the leader's snapshot
+    forever), and restoring them gives the same state."""
+    from sprawl.cluster.metadata import check_snapshot
+
+    m = Metadata()
+    replay(m, wire(cmds))
+    data = m.snapshot()
+    check_snapshot(data, m.applied)
+    assert Metadata.restore(data) == m
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {"../x": {"config": {}, "created_index": 1, "groups": {}}},
+            "placement": {},
+            "nodes": {},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {},
+            "placement": {"t": [{"replicas": [], "leader": "", "epoch": 1}]},
+            "nodes": {},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {},
+            "placement": {},
+            "nodes": {"n": {"raft_id": 0, "peer": "", "http": ""}},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {},
+            "placement": {},
+            "nodes": {"bad id": {"raft_id": 1, "peer": "", "http": ""}},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {"t": {"config": {"partitions": 0}, "created_index": 1, "groups": {}}},
+            "placement": {},
+            "nodes": {},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {"t": {"config": {"partitions": [1]}, "created_index": 1, "groups": {}}},
+            "placement": {},
+            "nodes": {},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {"t": {"config": {}, "created_index": 9, "groups": {}}},
+            "placement": {},
+            "nodes": {},
+        },
+        {
+            "v": 1,
+            "applied": 1,
+            "topics": {"t": {"config": {}, "created_index": 1, "groups": {}}},
+            "placement": {"t": [{"replicas": ["a b"], "leader": "", "epoch": 1}]},
+            "nodes": {},
+        },
+        {"v": 1, "applied": 1, "topics": {}, "placement": {}},
+        {"v": 1, "applied": 1, "topics": {}, "placement": {}, "nodes": {}, "extra": 1},
+        {"v": 2, "applied": 1, "topics": {}, "placement": {}, "nodes": {}},
+    ],
+)
+def test_bad_snapshots_are_refused_by_name(state: dict[str, Any]) -> None:
+    """Snapshot bytes of the wrong shape, with names the node would never take, a
+    partition count or placement that does not add up, raise BadSnapshot."""
+    from sprawl.cluster.metadata import BadSnapshot, check_snapshot
+
+    with pytest.raises(BadSnapshot):
+        check_snapshot(msgspec.msgpack.encode(state), 5)
+    with pytest.raises(ValueError):
+        Metadata.restore(msgspec.msgpack.encode(state))
+
+
+@given(st.binary(max_size=300))
+def test_snapshot_check_raises_only_its_error(data: bytes) -> None:
+    """Any bytes: accepted or BadSnapshot, nothing else."""
+    from sprawl.cluster.metadata import BadSnapshot, check_snapshot
+
+    try:
+        check_snapshot(data, 100)
+    except BadSnapshot:
+        pass

@@ -194,7 +194,17 @@ def test_precedence_cli_env_file_defaults(clean_env: pytest.MonkeyPatch, tmp_pat
 
 def test_seed_aliases(clean_env: pytest.MonkeyPatch) -> None:
     """--bindAddr --bindPort --httpAddr --httpPort --seeds behave like the dashed names."""
-    c = parse("--bindAddr", "10.1.2.3", "--bindPort", "0", "--httpAddr", "127.0.0.1", "--httpPort", "0")
+    c = parse(
+        "--bindAddr",
+        "10.1.2.3",
+        "--bindPort",
+        "0",
+        "--httpAddr",
+        "127.0.0.1",
+        "--httpPort",
+        "0",
+        "--insecure-cluster",
+    )
     assert (c.bind_addr, c.bind_port, c.http_addr, c.http_port) == ("10.1.2.3", 0, "127.0.0.1", 0)
     c = parse("--seeds", "a:1,b:2", "--bind-addr", "::1")
     assert c.seeds == [("a", 1), ("b", 2)] and c.bind_addr == "::1"
@@ -281,3 +291,68 @@ def test_s3_tier_options(clean_env: pytest.MonkeyPatch) -> None:
         6 * 1000**3,
         600.0,
     )
+
+
+def test_peer_port_is_loopback_only_without_a_key(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No key and no CA: gossip and the peer channel bind 127.0.0.1 by default; with a
+    key (or CA) the default is 0.0.0.0.  Loopback addresses are always allowed."""
+    assert parse().bind_addr == "127.0.0.1"
+    assert NodeConfig().validate().bind_addr == "127.0.0.1"
+    assert parse("--cluster-key", "k" * 32).bind_addr == "0.0.0.0"
+    for addr in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "[::1]"):
+        assert parse("--bind-addr", addr).bind_addr == addr
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "2001:db8::1", "example.com"])
+def test_wider_peer_address_without_key_refuses_to_start(clean_env: pytest.MonkeyPatch, addr: str) -> None:
+    """A non-loopback --bind-addr without a key or CA is one clear error naming the way
+    out (sprawlctl cluster keygen); --insecure-cluster (or its variable) allows it."""
+    with pytest.raises(usage.UsageError, match="sprawlctl cluster keygen") as e:
+        parse("--bind-addr", addr)
+    assert "\n" not in str(e.value)
+    assert parse("--bind-addr", addr, "--insecure-cluster").peer_port_exposed
+    assert parse("--bind-addr", addr, "--cluster-key", "k" * 32).bind_addr == addr
+    assert not parse("--bind-addr", addr, "--cluster-key", "k" * 32).peer_port_exposed
+    clean_env.setenv("SPRAWL_BIND_ADDR", addr)
+    with pytest.raises(usage.UsageError, match="--insecure-cluster"):
+        parse()
+    clean_env.setenv("SPRAWL_INSECURE_CLUSTER", "1")
+    assert parse().bind_addr == addr
+
+
+def test_cluster_key_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--cluster-key-file (or SPRAWL_CLUSTER_KEY_FILE) reads the key; a file every
+    user can read, an empty one, or a key given twice is a clear error."""
+    from sprawl.config import generate_cluster_key
+
+    key = generate_cluster_key()
+    f = tmp_path / "cluster.key"
+    f.write_text(key + "\n")
+    f.chmod(0o600)
+    c = parse("--cluster-key-file", str(f))
+    assert c.cluster_key is not None and len(c.cluster_key) == 32
+    assert c.cluster_key == parse("--cluster-key", key).cluster_key
+    clean_env.setenv("SPRAWL_CLUSTER_KEY_FILE", str(f))
+    assert parse().cluster_key == c.cluster_key
+    clean_env.delenv("SPRAWL_CLUSTER_KEY_FILE")
+    with pytest.raises(usage.UsageError, match="not both"):
+        parse("--cluster-key-file", str(f), "--cluster-key", key)
+    f.chmod(0o644)
+    with pytest.raises(usage.UsageError, match="chmod 600"):
+        parse("--cluster-key-file", str(f))
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    with pytest.raises(usage.UsageError, match="empty"):
+        parse("--cluster-key-file", str(empty))
+    with pytest.raises(usage.UsageError, match="cannot read"):
+        parse("--cluster-key-file", str(tmp_path / "missing"))
+
+
+def test_generated_keys_are_new_and_accepted() -> None:
+    """generate_cluster_key gives 32 random bytes in a form parse_cluster_key reads."""
+    from sprawl.config import generate_cluster_key, parse_cluster_key
+
+    a, b = generate_cluster_key(), generate_cluster_key()
+    assert a != b
+    assert len(parse_cluster_key(a)) == 32

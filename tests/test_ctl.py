@@ -512,3 +512,22 @@ def test_tier_text_shows_s3_ranges_and_failures() -> None:
     bad = dict(ok, status="failing", last_error="S3Failure: timeout")
     assert _tier_text("s3", bad).endswith("FAILING (S3Failure: timeout)")
     assert "FAILING" in _tier_text("s3", dict(bad, low=None, high=None))
+
+
+def test_cluster_keygen(tmp_path: Path) -> None:
+    """`cluster keygen` needs no node: it prints a new 32-byte key the node accepts,
+    or writes it to a new file of mode 600 (never over an existing one)."""
+    from sprawl.config import parse_cluster_key, read_cluster_key_file
+
+    runner = CliRunner()
+    first = runner.invoke(cli, ["cluster", "keygen"])
+    second = runner.invoke(cli, ["cluster", "keygen"])
+    assert first.exit_code == 0 and second.exit_code == 0
+    assert first.output != second.output
+    assert len(parse_cluster_key(first.output.strip())) == 32
+    path = tmp_path / "cluster.key"
+    assert runner.invoke(cli, ["cluster", "keygen", "-o", str(path)]).exit_code == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(read_cluster_key_file(str(path))) == 32
+    again = runner.invoke(cli, ["cluster", "keygen", "-o", str(path)])
+    assert again.exit_code != 0 and "exists" in again.output

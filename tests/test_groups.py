@@ -346,3 +346,22 @@ def test_out_of_order_acks_behind_an_unacked_head_stay_bounded() -> None:
     assert g.ack(head.ack_id, 0) is None
     assert g.committed()[0] == g.cursors[0].next
     assert len(g.pull(10, 0, visible)) == 5
+
+
+def test_leases_taken_back_unseen_count_no_attempt() -> None:
+    """unlease (an answer had no room for these leases) makes them ready again at once
+    without using up a delivery: however often it happens, max_deliveries is not hit,
+    and the lease given next expires at its own deadline, not the old one's."""
+    g = ConsumerGroup("g", GroupConfig(ack_deadline_ms=100, max_deliveries=2), {0: 0})
+    hw = {0: (0, 3)}
+    for t in range(0, 50, 5):
+        got = g.pull(3, t, hw)
+        assert [d.offset for d in got] == [0, 1, 2] and all(d.attempt == 1 for d in got)
+        g.unlease(got, t)
+    assert g.dead_lettered == 0
+    got = g.pull(3, 60, hw)
+    assert all(d.attempt == 1 for d in got)
+    assert g.tick(120) == []  # the first lease's deadline (5 + 100) is gone with it
+    assert g.ack(got[0].ack_id, 150) is None  # still leased until 160
+    assert g.tick(161) == []  # offsets 1 and 2 expire now, with one attempt used
+    assert [(d.offset, d.attempt) for d in g.pull(2, 161, hw)] == [(1, 2), (2, 2)]

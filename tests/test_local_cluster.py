@@ -113,6 +113,12 @@ def test_local_cluster_starts_and_stops(tmp_path: Path) -> None:
         assert not _running(pid), pid
     for k in range(1, N + 1):
         assert "sprawl node stopped cleanly" in (data / f"node{k}.log").read_text()
+    # The nodes shared a key the script made (mode 600), kept for the next run.
+    key = data / "cluster.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    from sprawl.config import read_cluster_key_file
+
+    assert len(read_cluster_key_file(str(key))) == 32
 
 
 def test_bad_node_count_is_refused() -> None:
@@ -138,3 +144,33 @@ def test_help(flag: str) -> None:
         timeout=60,
     )
     assert r.returncode == 0 and "--base-http-port" in r.stdout and "--ports-auto" in r.stdout
+
+
+def test_nodes_get_a_key_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node is started with --cluster-key-file naming one key made once in the data
+    dir (mode 600, the same on the next run); a key or CA given after -- (or in the
+    environment) is used instead."""
+    from sprawl.localcluster import LocalCluster, parse_args
+
+    monkeypatch.delenv("SPRAWL_CLUSTER_KEY", raising=False)
+    monkeypatch.delenv("SPRAWL_CLUSTER_KEY_FILE", raising=False)
+    lc = LocalCluster(parse_args(["3", "--data-dir", str(tmp_path / "c")]))
+    args = lc.key_args()
+    assert args == ["--cluster-key-file", str((tmp_path / "c" / "cluster.key").resolve())]
+    first = Path(args[1]).read_text()
+    assert Path(args[1]).stat().st_mode & 0o777 == 0o600
+    assert lc.key_args() == args and Path(args[1]).read_text() == first
+    assert (
+        LocalCluster(
+            parse_args(["3", "--data-dir", str(tmp_path / "d"), "--", "--cluster-key", "k" * 32])
+        ).key_args()
+        == []
+    )
+    assert (
+        LocalCluster(
+            parse_args(["3", "--data-dir", str(tmp_path / "e"), "--", "--cluster-ca=ca.pem"])
+        ).key_args()
+        == []
+    )
+    monkeypatch.setenv("SPRAWL_CLUSTER_KEY", "k" * 32)
+    assert LocalCluster(parse_args(["3", "--data-dir", str(tmp_path / "f")])).key_args() == []

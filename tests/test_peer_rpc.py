@@ -98,3 +98,89 @@ def test_rpc_registers_its_frame_kinds() -> None:
     ch = net.channel("z")
     PeerRPC(ch, ch.reactor)
     assert REQUEST in ch.handlers and RESPONSE in ch.handlers
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_members_sizes_and_load_are_bounded(pair: Any) -> None:
+    """A method registered with a body type answers 400 to a body of another shape
+    (the handler never sees it); a peer the node does not admit gets 403; an
+    answer too large for a frame becomes a 507 error answer (logged, not a frame
+    every receiver drops); a request too large is refused at the caller (413);
+    more requests in flight from one peer than max_serving get 429."""
+    from sprawl.peer.frames import RESPONSE
+    from sprawl.peer.rpc_bodies import StatusBody
+
+    _net, ra, rb, _ = pair
+    seen: list[Any] = []
+    rb.register("status", lambda caller, body, hops: seen.append(body) or {"ok": 1}, StatusBody)
+    assert await bounded(ra.call("b", "status", {"topic": "t", "partition": 1}), WAIT) == {"ok": 1}
+    for bad in (None, [], {"topic": "t"}, {"topic": "a/b", "partition": 0}, {"topic": "t", "partition": -1}):
+        e = await _fails(ra.call("b", "status", bad))
+        assert isinstance(e, RemoteError) and e.status == 400 and e.code == "bad_request"
+    assert seen == [{"topic": "t", "partition": 1}]
+    rb.channel.limits[RESPONSE] = 1000
+    rb.register("big", lambda caller, body, hops: b"x" * 5000)
+    e = await _fails(ra.call("b", "big", None))
+    assert isinstance(e, RemoteError) and e.code == "answer_too_large"
+    assert rb.oversized_answers == 1
+    e = await _fails(ra.call("b", "status", {"topic": "t", "partition": 1, "pad": b"x" * (80 << 20)}))
+    assert getattr(e, "code", None) == "request_too_large"
+    never: defer.Deferred[Any] = defer.Deferred()
+    rb.register("hang", lambda caller, body, hops: never)
+    rb.max_serving = 3
+    hanging = [ra.call("b", "hang", None, timeout=WAIT * 2) for _ in range(3)]
+    e = await _fails(ra.call("b", "hang", None))
+    assert isinstance(e, RemoteError) and e.status == 429
+    never.callback(None)
+    await bounded(defer.gatherResults(hanging), WAIT)
+    rb.allow = lambda peer: peer != "a"
+    e = await _fails(ra.call("b", "status", {"topic": "t", "partition": 1}))
+    assert isinstance(e, RemoteError) and e.status == 403 and e.code == "not_a_member"
+
+
+def test_rpc_bodies_decode_only_to_their_error() -> None:
+    """Every method's body type, fed any value msgpack can carry, converts or raises
+    msgspec.ValidationError (what PeerRPC turns into a 400) -- nothing else."""
+    import msgspec
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from sprawl.peer.rpc_bodies import BODIES
+
+    leaf = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=8), st.binary(max_size=8)
+    )
+    values = st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+    )
+    fields = st.fixed_dictionaries(
+        {},
+        optional={
+            k: values
+            for k in (
+                "topic",
+                "partition",
+                "acks",
+                "records",
+                "group",
+                "max",
+                "wait_ms",
+                "partitions",
+                "ack_ids",
+                "start",
+            )
+        },
+    )
+
+    @given(st.sampled_from(sorted(BODIES)), st.one_of(values, fields))
+    def check(method: str, body: Any) -> None:
+        raw = msgspec.msgpack.decode(msgspec.msgpack.encode(body))
+        try:
+            msgspec.convert(raw, BODIES[method])
+        except msgspec.ValidationError:
+            pass
+
+    check()

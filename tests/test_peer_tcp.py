@@ -203,3 +203,135 @@ async def test_oversized_first_frame_is_refused_unbuffered(net: PeerNet) -> None
     await until(lambda: bool(lost), "the connection to be refused", timeout=2.0)  # not the 10 s hello timeout
     assert b.stats.handshake_failures == 1
     assert all(len(p.decoder._buf) < 2048 for p in b._inbound)
+
+
+@pytest_twisted.ensureDeferred
+async def test_keyed_connection_tags_every_frame(net: PeerNet) -> None:
+    """With a key both sides prove it (hello and welcome) and every frame carries its
+    tag: the frames arrive, none fails, and the connector counts the acceptor proven."""
+    a, b = net.channel("a", KEY), net.channel("b", KEY)
+    link_peers(a, b, net.listen(b))
+    for i in range(20):
+        assert a.send("b", RAFT, b"%d" % i)
+    await until(lambda: len(net.got["b"]) == 20, "20 tagged frames")
+    assert [p for _, p in net.got["b"]] == [b"%d" % i for i in range(20)]
+    assert b.stats.frames_auth_failed == 0
+    assert "b" in a.proven
+
+
+@pytest_twisted.ensureDeferred
+async def test_acceptor_without_the_key_gets_nothing(net: PeerNet) -> None:
+    """A keyed connector refuses a listener that cannot prove the key (its welcome
+    has no MAC): nothing is sent to it, and the connector calls it unreachable."""
+    a, b = net.channel("a", KEY), net.channel("b")
+    unreachable: list[str] = []
+    a.on_unreachable = unreachable.append
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"secret")
+    await until(lambda: a.stats.handshake_failures >= 1 and bool(unreachable), "the refusal")
+    assert net.got["b"] == []
+    assert "b" not in a.proven
+
+
+class _RawPeer(Protocol):
+    """A hand-driven connector: does the handshake with the pure functions, then
+    sends whatever bytes the test wants."""
+
+    def __init__(self, node_id: str, to: str, key: bytes | None) -> None:
+        from sprawl.peer.frames import FrameDecoder
+
+        self.node_id, self.to, self.key = node_id, to, key
+        self.decoder = FrameDecoder(1024)
+        self.nonce = bytes(range(16))
+        self.challenge: bytes | None = None
+        self.welcomed = False
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        from sprawl.peer.frames import CHALLENGE, HELLO, WELCOME, encode_frame, make_hello
+
+        for kind, body in self.decoder.feed(data):
+            if kind == CHALLENGE and body is not None:
+                self.challenge = body
+                self.transport.write(
+                    encode_frame(HELLO, make_hello(self.node_id, self.to, body, self.nonce, self.key))
+                )
+            elif kind == WELCOME:
+                self.welcomed = True
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+async def _raw(port: Any, node_id: str = "a", to: str = "b", key: bytes | None = KEY) -> _RawPeer:
+    proto = _RawPeer(node_id, to, key)
+    await bounded(connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port.getHost().port), proto))
+    return proto
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_with_a_bad_tag_closes_the_connection(net: PeerNet) -> None:
+    """After a valid keyed handshake, a frame sealed under the wrong session (a
+    replay from another connection) or not sealed at all is refused: nothing is
+    delivered, the failure is counted, the connection is closed."""
+    from sprawl.peer.frames import FrameSealer, encode_frame, session_key
+
+    b = net.channel("b", KEY)
+    port = net.listen(b)
+    for forge in (
+        lambda p: FrameSealer(session_key(KEY, b"\0" * 16, p.nonce, "a", "b")).seal(RAFT, b"replayed"),
+        lambda p: encode_frame(RAFT, b"untagged"),
+    ):
+        p = await _raw(port)
+        await until(lambda p=p: p.welcomed, "the welcome")
+        p.transport.write(forge(p))
+        await until(lambda p=p: p.lost, "the connection to close")
+    assert net.got["b"] == []
+    assert b.stats.frames_auth_failed == 2
+    # the same raw peer sealing correctly is heard
+    p = await _raw(port)
+    await until(lambda: p.welcomed, "the welcome")
+    assert p.challenge is not None
+    p.transport.write(FrameSealer(session_key(KEY, p.challenge, p.nonce, "a", "b")).seal(RAFT, b"good"))
+    await until(lambda: net.got["b"] != [], "the good frame")
+    assert net.got["b"] == [("a", b"good")]
+    p.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_caps_keep_room_for_real_peers(net: PeerNet) -> None:
+    """Connections that never say hello cannot pile up: past max_unauthenticated
+    the oldest is closed, past max_inbound new ones are refused -- and a real peer
+    still gets through and delivers its frames."""
+    b = net.channel("b", max_unauthenticated=3, max_inbound=6)
+    port = net.listen(b)
+    idle: list[Protocol] = []
+    for _ in range(10):
+        proto = Protocol()
+        await bounded(
+            connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port.getHost().port), proto)
+        )
+        idle.append(proto)
+    await until(lambda: b.stats.connections_refused >= 7, "the flood to be cut")
+    assert sum(1 for p in b._inbound if p.peer is None) <= 3
+    a = net.channel("a")
+    link_peers(a, b, port)
+    assert a.send("b", RAFT, b"through")
+    await until(lambda: net.got["b"] != [], "the real peer's frame")
+    assert net.got["b"] == [("a", b"through")]
+    for proto in idle:
+        proto.transport.abortConnection()
+
+
+def test_a_frame_over_its_kinds_limit_is_never_queued() -> None:
+    """send() refuses (False, counted) a payload its kind's limit would not take,
+    rather than queue a frame every receiver drops; REPLICATION has its own limit."""
+    from sprawl.peer.frames import REPLICATION
+
+    a = PeerChannel("a", the_reactor(), random.Random(1), KEY, limits={RAFT: 1000, REPLICATION: 200})
+    a.set_address("b", "127.0.0.1", 9)
+    assert not a.fits(RAFT, 1000)
+    assert a.fits(RAFT, 1000 - 5 - 16 + 4)
+    assert a.send("b", REPLICATION, b"x" * 500) is False
+    assert a.stats.frames_too_large == 1
+    assert a.senders == {}

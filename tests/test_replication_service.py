@@ -375,3 +375,84 @@ async def test_segments_in_the_object_store_move_the_start_a_leader_serves(tmp_p
         assert rep.unreadable == 1
     finally:
         await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lagging_follower_catches_up_in_frames_of_bounded_bytes(cluster: dict[str, Node]) -> None:
+    """With batch_bytes far below what a follower lacks, the leader sends each
+    Append in several frames (each at least one record, none much over the
+    budget) and the follower that was away ends up with every record."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    first = _leader(cluster)
+    assert first is not None
+    for n in cluster.values():
+        for r in n.service.replicas.values():
+            r.batch_bytes = 20_000
+    away = next(cluster[nid] for nid in IDS if cluster[nid] is not first)
+    peer = first.channel
+    peer.addresses.pop(away.id)  # the follower is cut off: nothing reaches it
+    sizes: list[int] = []
+    original = peer.send
+
+    def send(dst: str, kind: int, payload: bytes) -> bool:
+        if dst == away.id:
+            sizes.append(len(payload))
+        return original(dst, kind, payload)
+
+    peer.send = send  # type: ignore[method-assign]
+    rep = first.service.replicas[("orders", 0)]
+    big = [Record(-1, 0, 0, None, None, None, b"%04d" % i + b"x" * 6000, True) for i in range(60)]
+    await bounded(rep.publish(big), WAIT)  # a majority: the leader and the other follower
+    peer.addresses[away.id] = ("127.0.0.1", away.port.getHost().port)
+    await until(lambda: _payloads(away) == _payloads(first), "the follower back in sync")
+    assert len([p for p in _payloads(away) if p.endswith(b"x" * 6000)]) == 60
+    assert len(sizes) >= 60 * 6000 // 20_000
+    assert max(sizes) < 20_000 + 6100 + 200
+
+
+def test_sliced_appends_are_each_valid_and_cover_the_batch() -> None:
+    """Slicing a batch (three epochs) into pieces gives Appends that each pass the
+    wire check, carry the right previous epoch, and together cover the batch."""
+    from sprawl.replication.messages import append_flaw, slice_append
+
+    m = Append(
+        epoch=7, start=100, prev_epoch=2, count=30, runs=((3, 100), (5, 110), (7, 125)), hw=90, reset=True
+    )
+    assert append_flaw(m, list(range(100, 130))) is None
+    pos, parts = 100, []
+    for n in (4, 6, 1, 9, 10):
+        part = slice_append(m, pos, n)
+        assert append_flaw(part, list(range(pos, pos + n))) is None
+        parts.append(part)
+        pos += n
+    assert pos == 130
+    assert [p.prev_epoch for p in parts] == [2, 3, 3, 5, 5]
+    assert [p.reset for p in parts] == [True, False, False, False, False]
+    assert parts[0].runs == ((3, 100),)
+    assert parts[3].runs == ((5, 111),)
+    assert parts[4].runs == ((5, 120), (7, 125))
+
+
+@pytest.mark.parametrize(
+    ("m", "offsets"),
+    [
+        (Append(3, 10, 2, 2, ((3, 10),), 0), [10]),  # records do not match
+        (Append(3, 10, 2, 2, ((3, 10),), 0), [10, 12]),
+        (Append(3, 10, 2, 2, ((3, 11),), 0), [10, 11]),  # runs start late
+        (Append(3, 10, 2, 2, ((4, 10),), 0), [10, 11]),  # run epoch above the leader's
+        (Append(3, 10, 2, 2, ((3, 10), (2, 11)), 0), [10, 11]),  # epochs go back
+        (Append(3, 10, 2, 2, ((3, 10), (3, 10)), 0), [10, 11]),
+        (Append(3, 10, 2, 2, ((3, 10), (3, 12)), 0), [10, 11]),  # run outside the batch
+        (Append(3, -1, 2, 0, (), 0), []),
+        (Append(3, 10, 2, -5, (), 0), []),
+        (Append(0, 10, 0, 0, (), 0), []),
+        (Append(2**63, 10, 0, 0, (), 0), []),
+        (Append(3, 10, 5, 0, (), 0), []),  # previous epoch above the leader's
+    ],
+)
+def test_appends_no_leader_sends_are_refused(m: Append, offsets: list[int]) -> None:
+    """Shapes a leader never sends -- records that do not match, runs out of order,
+    epochs out of range -- are named by append_flaw (the service refuses them)."""
+    from sprawl.replication.messages import append_flaw
+
+    assert append_flaw(m, offsets) is not None

@@ -2,6 +2,7 @@
 """Replicated-cluster figures: 3 real ``twistd sprawl`` nodes on 127.0.0.1.
 
     python docs/benchmarks/cluster.py [--quick] [--partitions 3] [--rf 3] [--publishers 16]
+                                      [--cluster-key] [--throughput-only]
 
 Starts the nodes (fresh data dirs in a temporary directory, ports from the OS;
 the first founds the cluster, the others join it), then measures, each on a
@@ -23,6 +24,10 @@ fresh topic with ``--partitions`` partitions and ``--rf`` replicas:
     on the dead leader does not delay the next.  The killed node is
     restarted and the cluster left to catch up between ``--kills`` runs.
 
+With ``--cluster-key`` the nodes share a new cluster key (every peer frame
+carries a session tag, gossip an HMAC); ``--throughput-only`` runs (a) alone,
+for comparing the two.
+
 Prints a Markdown table.  Needs partition replication wired into the node
 for ``--rf`` > 1 (until then topic creation answers 400).  With ``--rf 1``
 (every node keeps its own copy of each topic before the wiring) the
@@ -42,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sprawl.bench import BenchConfig, BenchError, BenchResult, run_bench
-from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, poll_until
+from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, make_key_file, poll_until
 
 FORM_BOUND = 60.0
 CATCH_UP_BOUND = 60.0
@@ -50,7 +55,9 @@ FAILOVER_GIVE_UP = 60.0
 
 
 def create_topic(cluster: NodeCluster, name: str, partitions: int, rf: int) -> None:
-    """Create a topic and wait until every partition has a leader in the placement."""
+    """Create a topic and wait until every node has it and every partition has a
+    leader in the placement (a node that has not applied the topic yet would
+    answer the first publishes topic_not_found)."""
     status, body = http_json(
         cluster.url(cluster.names[0]) + f"/v1/topics/{name}",
         "PUT",
@@ -62,7 +69,8 @@ def create_topic(cluster: NodeCluster, name: str, partitions: int, rf: int) -> N
 
     def led() -> bool:
         leaders = cluster.partition_leaders(name)
-        return len(leaders) == partitions and all(leaders.values())
+        everywhere = all(cluster.get(n, f"/v1/topics/{name}")[0] == 200 for n in cluster.up())
+        return everywhere and len(leaders) == partitions and all(leaders.values())
 
     if poll_until(led, FORM_BOUND) is None:
         raise SystemExit(f"{name}: partitions without a leader: {cluster.partition_leaders(name)}")
@@ -183,12 +191,16 @@ def main() -> None:
     ap.add_argument("--latency-publishers", type=int, default=64, help="connections publishing (b) [64]")
     ap.add_argument("--kills", type=int, default=5, help="failovers measured in (c) [5]")
     ap.add_argument("--data-dir", help="parent of the nodes' data dirs (default: a temporary directory)")
+    ap.add_argument("--cluster-key", action="store_true", help="the nodes share a new cluster key")
+    ap.add_argument("--throughput-only", action="store_true", help="measure (a) only")
     a = ap.parse_args()
     if a.quick:
         a.messages, a.seconds, a.kills = min(a.messages, 20_000), min(a.seconds, 5.0), min(a.kills, 1)
 
     with tempfile.TemporaryDirectory(prefix="sprawl-cluster-bench-") as tmp:
-        cluster = NodeCluster(Path(a.data_dir or tmp), a.nodes, prefix="b")
+        base = Path(a.data_dir or tmp)
+        extra = ["--cluster-key-file", make_key_file(base / "cluster.key")] if a.cluster_key else []
+        cluster = NodeCluster(base, a.nodes, *extra, prefix="b")
         try:
             cluster.start(FORM_BOUND)
             print(
@@ -196,7 +208,15 @@ def main() -> None:
             )
             try:
                 tp = throughput(cluster, a)
-                print(f"(a) {tp.publish_msgs_per_s:,.0f} msgs/s", flush=True)
+                pl = tp.publish_latency_ms
+                print(
+                    f"(a) {tp.publish_msgs_per_s:,.0f} msgs/s, {tp.publish_mb_per_s:.1f} MB/s "
+                    f"(p50/p99 {ms(pl and pl.p50)} / {ms(pl and pl.p99)} ms)"
+                    + (" with a cluster key" if a.cluster_key else ""),
+                    flush=True,
+                )
+                if a.throughput_only:
+                    return
                 lat, pub, sub = latency(cluster, a)
             except BenchError as e:
                 hint = " (replication_factor > 1 needs partition replication wired in)" if a.rf > 1 else ""

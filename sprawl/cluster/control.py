@@ -41,7 +41,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.cluster import recovery, voters
-from sprawl.cluster.metadata import TOPIC_FIELDS, Metadata, decode_command, encode_command
+from sprawl.cluster.metadata import (
+    TOPIC_FIELDS,
+    BadSnapshot,
+    Metadata,
+    check_snapshot,
+    decode_command,
+    encode_command,
+)
 from sprawl.cluster.placement import raft_id_of, replicas
 from sprawl.delivery.topic_waiters import TopicWaiters
 from sprawl.errors import SprawlError, Unavailable
@@ -56,6 +63,7 @@ from sprawl.raft.messages import (
     Entry,
     EntryType,
     HardState,
+    Message,
     MessageType,
     Snapshot,
     SnapshotMeta,
@@ -79,6 +87,43 @@ _STATUS_PATIENCE = 6
 #: Seconds what a node said about its cluster (on a Raft frame, in a status
 #: call) outranks its gossip metadata.
 _CLAIM_SECONDS = 30.0
+
+
+#: Members not yet reached that the controller probes per round, and how often each.
+_PROBES_PER_ROUND = 8
+_PROBE_EVERY = 5.0
+#: Message types that never come from the wire.
+_LOCAL_ONLY = frozenset((MessageType.HUP, MessageType.BEAT, MessageType.CHECK_QUORUM))
+
+
+def message_flaw(m: Message) -> str | None:
+    """Why a Raft message from a peer must be refused before the core sees it,
+    or None: a snapshot (SNAP) must be one this node can store and restore --
+    a valid configuration and valid metadata (:func:`check_snapshot`) -- and
+    every configuration change an append carries must decode.  Checked before
+    anything is stored, so a bad one is never persisted."""
+    if m.type == MessageType.SNAP:
+        snap = m.snapshot
+        if snap is None or snap.meta.index <= 0 or snap.meta.term <= 0:
+            return "a snapshot message without a snapshot"
+        cs = snap.meta.conf_state
+        if not cs.voters or set(cs.voters) & set(cs.learners):
+            return "a snapshot whose configuration has no voters, or voters that are also learners"
+        if any(not 0 < x < 1 << 64 for x in (*cs.voters, *cs.learners)):
+            return "a snapshot whose configuration names invalid node ids"
+        try:
+            check_snapshot(snap.data, snap.meta.index)
+        except BadSnapshot as e:
+            return f"a snapshot that does not check out: {e}"
+    for ent in m.entries:
+        if ent.type == EntryType.CONF_CHANGE:
+            try:
+                cc = ConfChange.decode(ent.data)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                return f"a configuration change at index {ent.index} that does not decode"
+            if not 0 < cc.node_id < 1 << 64:
+                return f"a configuration change at index {ent.index} naming an invalid node"
+    return None
 
 
 class StartRefused(SprawlError):
@@ -148,6 +193,17 @@ class ClusterControl:
         #: Raft frames of another cluster (dropped).
         self.foreign_frames = 0
         self.bad_entries = 0
+        #: Raft messages refused: from a node that is not a member, or carrying
+        #: a snapshot or configuration change that does not check out.
+        self.refused_not_member = 0
+        self.refused_bad_snapshot = 0
+        self._refusals_logged: dict[str, float] = {}
+        #: Node ids gossip holds alive or suspect (refreshed by the control loop).
+        self._gossip_live: set[str] = set()
+        #: Members gossip holds up that the peer channel has not reached yet.
+        self._unproven: list[str] = []
+        #: When the controller last probed a member it has not reached yet.
+        self._probed: dict[str, float] = {}
         #: Start without Raft until :meth:`force_new_cluster` ran (``--force-new-cluster``).
         self.forcing = force_new_cluster
         #: Seconds without a leader before a survivor looks for a forced cluster to rejoin.
@@ -202,6 +258,7 @@ class ClusterControl:
         self._set_cluster_id(storage.cluster_id if storage.cluster_id or storage.is_empty() else 0)
         self.channel.handlers[RAFT] = self._received
         self.channel.on_unreachable = self._unreachable
+        self.channel.on_proven = lambda peer: self._soon()
         listeners = getattr(self.membership, "listeners", None)
         if isinstance(listeners, list):
             listeners.append(self._member_event)
@@ -368,11 +425,25 @@ class ClusterControl:
         except (msgspec.DecodeError, ValueError):
             self.dropped_frames += 1
             return
-        if m.to != self.raft_id or m.frm != raft_id_of(peer):
+        if m.to != self.raft_id or m.frm != raft_id_of(peer) or m.frm == self.raft_id:
             self.dropped_frames += 1  # misaddressed or spoofed sender
+            return
+        if m.type in _LOCAL_ONLY:
+            self.dropped_frames += 1
             return
         if self.driver is None:
             return  # Raft not running (yet): a forced start still deciding, or a rejoin under way
+        if not self.is_member(m.frm, peer):
+            self.refused_not_member += 1
+            self._log_refusal(
+                peer, "not a member of this node's Raft configuration nor a live member of the cluster"
+            )
+            return
+        why = message_flaw(m)
+        if why is not None:
+            self.refused_bad_snapshot += 1
+            log.warn("raft: refused a message from {peer}: {why}", peer=peer, why=why)
+            return
         self._claim(peer, cluster_hex(cluster))
         if self.cluster_id is None:
             if m.type not in _LEADER_MESSAGES:
@@ -385,6 +456,31 @@ class ClusterControl:
             return
         self.names.setdefault(m.frm, peer)
         self.driver.step(m)
+
+    def is_member(self, raft_id: int, peer: str) -> bool:
+        """Whether Raft takes messages from ``peer``: a voter or learner of this
+        node's configuration; or, while that configuration lags (it is empty:
+        this node waits to be added; or the sender joined after it), a node
+        gossip holds alive -- and on a cluster with a key or CA the peer channel
+        has already checked that it is who it says."""
+        drv = self.driver
+        if drv is None:
+            return False
+        node = drv.node
+        if raft_id in node.voters or raft_id in node.learners:
+            return True
+        if not node.voters and not node.learners:
+            return True  # joining: the first leader to reach us brings the configuration
+        return peer in self._gossip_live
+
+    def _log_refusal(self, peer: str, why: str) -> None:
+        now = self.reactor.seconds()
+        if now - self._refusals_logged.get(peer, float("-inf")) < 30.0:
+            return
+        if len(self._refusals_logged) > 1024:
+            self._refusals_logged.clear()
+        self._refusals_logged[peer] = now
+        log.warn("raft: ignoring messages from {peer}: {why}", peer=peer, why=why)
 
     def _adopt(self, cluster: int, peer: str) -> None:
         """A node without Raft state joins the cluster of the first leader that
@@ -751,6 +847,10 @@ class ClusterControl:
         """Peer addresses from gossip; the Raft ids of members up (this node included)."""
         live: set[int] = {self.raft_id}
         self._last_alive[self.raft_id] = now
+        gossip_live: set[str] = set()
+        unproven: list[str] = []
+        drv = self.driver
+        conf = (drv.node.voters | drv.node.learners) if drv is not None else set()
         for view in self._members():
             nid = view["id"]
             rid = raft_id_of(nid)
@@ -761,9 +861,29 @@ class ClusterControl:
             if host and port.isdigit():
                 self.channel.set_address(nid, host.strip("[]"), int(port))
             if view["state"] in _UP and not self.is_foreign(view):
-                live.add(rid)
-                self._last_alive[rid] = now
+                gossip_live.add(nid)
+                # A member gossip found counts (and is registered, then added to
+                # Raft) only once the peer channel reached it at its address and
+                # the handshake showed it is that node (the cluster key, or its
+                # certificate): fake members cost gossip work at most.
+                if rid in conf or nid in self.channel.proven:
+                    live.add(rid)
+                    self._last_alive[rid] = now
+                else:
+                    unproven.append(nid)
+        self._gossip_live = gossip_live
+        self._unproven = unproven
         return live
+
+    def _probe_unproven(self, now: float) -> None:
+        """(Leader) dial a few members gossip found that the peer channel has not
+        reached yet, each at most every few seconds."""
+        for nid in self._unproven[:_PROBES_PER_ROUND]:
+            if now - self._probed.get(nid, float("-inf")) >= _PROBE_EVERY:
+                self._probed[nid] = now
+                self.channel.probe(nid)
+        if len(self._probed) > 4 * _PROBES_PER_ROUND + len(self._gossip_live):
+            self._probed = {n: t for n, t in self._probed.items() if n in self._gossip_live}
 
     def _soon(self) -> None:
         """Run the controller step in the next reactor turn (once, however often asked)."""
@@ -839,6 +959,7 @@ class ClusterControl:
         if drv.node.role != Role.LEADER:
             return
         node = drv.node
+        self._probe_unproven(now)
         self._register_newcomers(live)
         if node.pending_conf_index > node.log.applied:
             return  # one change at a time

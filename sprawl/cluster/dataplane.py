@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from sprawl.broker import PublishResult
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.cluster.placement import raft_id_of
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
@@ -46,7 +47,7 @@ from sprawl.gossip.load import rates_by_node
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.rpc import PeerRPC
 from sprawl.replication.failover import Commit, FailoverCore
-from sprawl.replication.messages import Assign
+from sprawl.replication.messages import Assign, Fence, Handoff
 from sprawl.replication.replica import NotLeader
 from sprawl.replication.service import PartitionReplication, ReplicationService
 from sprawl.storage import keys
@@ -109,6 +110,7 @@ class DataPlane:
         self.rng = rng or random.Random()
         self.service = ReplicationService(node_id, channel, reactor, tick_seconds=tick_seconds)
         self.service.commit = self._commit
+        self.service.accept = self._accepts
         #: The epoch each local replica was last assigned (from the metadata).
         self._assigned: dict[tuple[str, int], int] = {}
         self._moving: set[tuple[str, int]] = set()
@@ -133,6 +135,7 @@ class DataPlane:
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
         rpc.register("partition_status", self._rpc_status)
+        rpc.allow = self._member
         from sprawl.cluster.group_routes import GroupRoutes
 
         #: Consumer groups, each partition's state owned by its leader.
@@ -249,6 +252,29 @@ class DataPlane:
             c = self.service.controllers.get(key)
             if c is not None:
                 self._sync_controller(c, pl)
+
+    def _member(self, peer: str) -> bool:
+        """Peer RPCs are taken from nodes the cluster metadata registered, or
+        that gossip holds alive (a node that just joined forwards too)."""
+        meta = getattr(self.control, "metadata", None)
+        if meta is not None and peer in meta.nodes:
+            return True
+        if self.membership is None:
+            return True  # no gossip to ask (in-process tests)
+        return peer in self.membership.live_member_ids()
+
+    def _accepts(self, peer: str, key: tuple[str, int], m: Any) -> bool:
+        """Replication takes messages about a partition only from its replicas
+        (and the nodes of its goal) in the applied placement, and the
+        controller's (Fence, Assign, Handoff) only from a Raft voter: the
+        controller is the Raft leader."""
+        if isinstance(m, Fence | Assign | Handoff):
+            drv = getattr(self.control, "driver", None)
+            return drv is not None and raft_id_of(peer) in drv.node.voters
+        pl = self.placement(*key)
+        if pl is None:
+            return False
+        return peer in pl["replicas"] or peer in (pl.get("goal") or ())
 
     def _alone(self, t: Any, lg: Any) -> None:
         """This node became the partition's only replica: the broker serves it
@@ -805,6 +831,7 @@ class DataPlane:
         if not 0 <= p < len(t.logs):
             raise NotFound(f"topic {name!r} has no partition {p}", code="partition_not_found")
         records = [unpack_record(x) for x in body["records"]]
+        self.broker.check_message_sizes(records, t.config.max_message_bytes)
         named = {str(x) for x in body.get("named") or ()}
         for rec in records:
             rec.offset, rec.partition, rec.timestamp = -1, p, 0

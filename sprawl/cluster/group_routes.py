@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from sprawl.delivery.groups import Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.log.record import Record, pack_record, unpack_record
+from sprawl.peer.frames import BATCH_BYTES
+from sprawl.replication.service import record_bytes
 
 log = Logger()
 
@@ -161,7 +163,23 @@ class GroupRoutes:
         if mine is not None:
             parts &= mine
         d = self.broker.pull(t, g, int(body["max"]), min(int(body["wait_ms"]), 60_000), partitions=parts)
-        return d.addCallback(_pack_deliveries)
+
+        def bounded(got: list[tuple[Delivery, Record]]) -> list[Any]:
+            # The answer is one frame: at most BATCH_BYTES of messages (but
+            # one), the rest leased back unseen (no delivery attempt counted).
+            keep, size = 0, 0
+            for _dv, r in got:
+                n = record_bytes(r)
+                if keep and size + n > BATCH_BYTES:
+                    break
+                keep += 1
+                size += n
+            if keep < len(got):
+                g.unlease([dv for dv, _r in got[keep:]], self.broker.now_ms())
+                self.broker._dirty_groups.add((t.name, g.name))
+            return _pack_deliveries(got[:keep])
+
+        return d.addCallback(bounded)
 
     # -- ack / nack --------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ exceptions, so a bad command never stops the log.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import re
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -35,6 +36,113 @@ TOPIC_FIELDS = (
 )
 
 Result = dict[str, Any]
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
+_NODE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class _NodeRecord(msgspec.Struct, forbid_unknown_fields=True):
+    raft_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    peer: Annotated[str, msgspec.Meta(max_length=300)]
+    http: Annotated[str, msgspec.Meta(max_length=300)]
+
+
+class _PartitionRecord(msgspec.Struct, forbid_unknown_fields=True):
+    replicas: Annotated[list[str], msgspec.Meta(max_length=1024)]
+    leader: str
+    epoch: _Count
+    goal: Annotated[list[str], msgspec.Meta(min_length=1, max_length=1024)] | None = None
+
+
+class _TopicRecord(msgspec.Struct, forbid_unknown_fields=True):
+    config: dict[str, Any]
+    created_index: _Count
+    groups: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=249)], dict[str, Any]]
+
+
+class _SnapshotRecord(msgspec.Struct, forbid_unknown_fields=True):
+    v: Literal[1]
+    applied: _Count
+    topics: dict[str, _TopicRecord]
+    placement: dict[str, list[_PartitionRecord]]
+    nodes: dict[str, _NodeRecord]
+    #: The shared remote segments: topic -> partition -> RemoteState doc.
+    remote: dict[str, dict[int, dict[str, Any]]] = {}
+
+
+_snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotRecord)
+
+
+class BadSnapshot(ValueError):
+    """Snapshot bytes that are not a valid metadata snapshot (the only error
+    :func:`check_snapshot` raises)."""
+
+
+def check_snapshot(data: bytes, index: int | None = None) -> None:
+    """Check that ``data`` is a metadata snapshot this code can restore and use:
+    its shape and types, topic and node names, every topic's partitions and
+    placement, and (with ``index``, the Raft index it claims to cover) that it
+    applied no entry beyond it.  Raises :class:`BadSnapshot` naming the flaw."""
+    if not data:
+        return  # the empty state (a bootstrap snapshot)
+    try:
+        snap = _snapshot_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise BadSnapshot(f"not a metadata snapshot: {str(e)[:200]}") from None
+    if index is not None and snap.applied > index:
+        raise BadSnapshot(f"snapshot says it applied entry {snap.applied}, beyond its index {index}")
+    for name, node in snap.nodes.items():
+        if not _NODE.match(name):
+            raise BadSnapshot(f"bad node id {name[:80]!r}")
+        del node
+    for name, t in snap.topics.items():
+        if not _topic_name(name):
+            raise BadSnapshot(f"bad topic name {name[:80]!r}")
+        parts = t.config.get("partitions", 1)
+        if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= 1 << 16:
+            raise BadSnapshot(f"topic {name!r}: bad partition count {parts!r}"[:200])
+        for k, v in t.config.items():
+            if k not in TOPIC_FIELDS or not _scalar(v):
+                raise BadSnapshot(f"topic {name!r}: bad config field {k[:40]!r}")
+        if t.created_index > snap.applied:
+            raise BadSnapshot(f"topic {name!r} created after the snapshot's last entry")
+        placement = snap.placement.get(name, [])
+        if len(placement) > parts:
+            raise BadSnapshot(f"topic {name!r}: {len(placement)} placements for {parts} partitions")
+    for name, placement in snap.placement.items():
+        if name not in snap.topics:
+            raise BadSnapshot(f"placement of {name[:80]!r}, a topic the snapshot does not hold")
+        for p, pl in enumerate(placement):
+            for n in (*pl.replicas, *(pl.goal or ())):
+                if not _NODE.match(n):
+                    raise BadSnapshot(f"{name}/{p}: bad node id {n[:80]!r} in its placement")
+    for name, states in snap.remote.items():
+        holder = snap.topics.get(name)
+        if holder is None:
+            raise BadSnapshot(f"remote segments of {name[:80]!r}, a topic the snapshot does not hold")
+        for p, doc in states.items():
+            if not 0 <= p < holder.config.get("partitions", 1):
+                raise BadSnapshot(f"remote segments of {name}/{p}, a partition the topic does not have")
+            try:
+                RemoteState.from_doc(doc)
+            except (ValueError, TypeError, KeyError) as e:
+                raise BadSnapshot(f"{name}/{p}: bad remote segments: {str(e)[:200]}") from None
+
+
+def _topic_name(name: str) -> bool:
+    return bool(_TOPIC.match(name)) and name not in (".", "..")
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
+
+
+def _node_ids(value: Any, what: str) -> list[str]:
+    """``value`` as a list of valid node ids (TypeError otherwise)."""
+    if not isinstance(value, list) or not all(isinstance(r, str) and _NODE.match(r) for r in value):
+        raise TypeError(f"{what} must be a list of node ids")
+    return list(value)
 
 
 def _error(code: str, message: str, status: int) -> Result:
@@ -90,15 +198,17 @@ class Metadata:
     def _op_put_topic(self, index: int, cmd: dict[str, Any]) -> Result:
         # Validate everything first: a refused command changes nothing.
         name = cmd["name"]
-        if not isinstance(name, str) or not name:
-            raise ValueError("name must be a non-empty string")
+        if not isinstance(name, str) or not _topic_name(name):
+            raise ValueError("name must be a topic name")
         raw = cmd["config"]
         if not isinstance(raw, dict):
             raise TypeError("config must be a map")
         config = {k: raw[k] for k in TOPIC_FIELDS if k in raw}
+        if not all(_scalar(v) for v in config.values()):
+            raise TypeError("config values must be numbers, strings or null")
         partitions = config.get("partitions", 1)
-        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
-            raise ValueError("partitions must be a positive integer")
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= 1 << 16:
+            raise ValueError("partitions must be a positive integer (at most 65536)")
         existing = self.topics.get(name)
         if existing is not None and cmd.get("if_absent"):
             return {"created": False, "created_index": existing["created_index"]}
@@ -126,10 +236,8 @@ class Metadata:
             raise TypeError("placement must be a list")
         out = []
         for p in range(lo, hi):
-            reps = proposed[p] if p < len(proposed) and proposed[p] else []
-            if not isinstance(reps, list) or not all(isinstance(r, str) for r in reps):
-                raise TypeError(f"placement of partition {p} must be a list of node ids")
-            out.append({"replicas": list(reps), "leader": reps[0] if reps else "", "epoch": 1})
+            reps = _node_ids(proposed[p] if p < len(proposed) and proposed[p] else [], f"placement of {p}")
+            out.append({"replicas": reps, "leader": reps[0] if reps else "", "epoch": 1})
         return out
 
     def _op_delete_topic(self, index: int, cmd: dict[str, Any]) -> Result:
@@ -143,11 +251,16 @@ class Metadata:
 
     def _op_put_group(self, index: int, cmd: dict[str, Any]) -> Result:
         topic, group = cmd["topic"], cmd["group"]
+        if not isinstance(group, str) or not 0 < len(group) <= 249:
+            raise TypeError("group must be a name")
         t = self.topics.get(topic)
         if t is None:
             return _error("topic_not_found", f"topic {topic!r} does not exist", 404)
+        config = dict(cmd["config"])
+        if not all(isinstance(k, str) for k in config):
+            raise TypeError("group config keys must be strings")
         created = group not in t["groups"]
-        t["groups"][group] = dict(cmd["config"])
+        t["groups"][group] = config
         return {"created": created}
 
     def _op_delete_group(self, index: int, cmd: dict[str, Any]) -> Result:
@@ -159,11 +272,15 @@ class Metadata:
         return {"deleted": True}
 
     def _op_put_node(self, index: int, cmd: dict[str, Any]) -> Result:
-        self.nodes[cmd["node_id"]] = {
-            "raft_id": int(cmd["raft_id"]),
-            "peer": str(cmd.get("peer", "")),
-            "http": str(cmd.get("http", "")),
-        }
+        node_id, raft_id = cmd["node_id"], int(cmd["raft_id"])
+        if not isinstance(node_id, str) or not _NODE.match(node_id):
+            raise ValueError("node_id must be a node id")
+        if not 0 < raft_id < 1 << 63:
+            raise ValueError("raft_id must be a positive 63-bit integer")
+        peer, http = str(cmd.get("peer", "")), str(cmd.get("http", ""))
+        if len(peer) > 300 or len(http) > 300:
+            raise ValueError("peer and http addresses are at most 300 characters")
+        self.nodes[node_id] = {"raft_id": raft_id, "peer": peer, "http": http}
         return {"ok": True}
 
     def _op_set_partition(self, index: int, cmd: dict[str, Any]) -> Result:
@@ -174,10 +291,12 @@ class Metadata:
             return _error("partition_not_found", f"topic {name!r} has no partition {p}", 404)
         cur = parts[p]
         epoch = int(cmd["epoch"])
+        if epoch >= 1 << 63:
+            raise ValueError("epoch out of range")
         if epoch <= cur["epoch"]:
             return _error("stale_epoch", f"epoch {epoch} is not above {cur['epoch']}", 409)
         entry: dict[str, Any] = {
-            "replicas": list(cmd["replicas"]),
+            "replicas": _node_ids(cmd["replicas"], "replicas"),
             "leader": str(cmd["leader"]),
             "epoch": epoch,
         }
@@ -185,7 +304,7 @@ class Metadata:
         # hashing's choice (a load move); kept until a command replaces it.
         goal = cmd["goal"] if "goal" in cmd else cur.get("goal")
         if goal is not None:
-            if not isinstance(goal, list) or not goal or not all(isinstance(n, str) for n in goal):
+            if not _node_ids(goal, "goal"):
                 raise TypeError("goal must be a non-empty list of node ids")
             entry["goal"] = list(goal)
         parts[p] = entry
@@ -282,21 +401,19 @@ class Metadata:
 
     @classmethod
     def restore(cls, data: bytes) -> Metadata:
-        """The state a :meth:`snapshot` holds (empty bytes: the empty state)."""
+        """The state a :meth:`snapshot` holds (empty bytes: the empty state);
+        :class:`BadSnapshot` (a ``ValueError``) when it does not check out
+        (:func:`check_snapshot`)."""
         m = cls()
         if not data:
             return m
+        check_snapshot(data)
         raw = msgspec.msgpack.decode(data)
-        if not isinstance(raw, dict) or raw.get("v") != 1:
-            raise ValueError("not a sprawl metadata snapshot")
-        try:
-            m.applied = int(raw["applied"])
-            m.topics = raw["topics"]
-            m.placement = raw["placement"]
-            m.nodes = raw["nodes"]
-            m.remote = raw.get("remote") or {}
-        except KeyError as e:
-            raise ValueError(f"metadata snapshot without {e}") from None
+        m.applied = int(raw["applied"])
+        m.topics = raw["topics"]
+        m.placement = raw["placement"]
+        m.nodes = raw["nodes"]
+        m.remote = raw.get("remote") or {}
         return m
 
     def copy(self) -> Metadata:

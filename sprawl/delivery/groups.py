@@ -202,6 +202,20 @@ class ConsumerGroup:
         self.delivered_total += len(out)
         return out
 
+    def unlease(self, deliveries: Collection[Delivery], now_ms: int) -> None:
+        """Take back leases that were never handed to a consumer (an answer had
+        no room for them): ready again at once, and the attempt not counted."""
+        for dv in deliveries:
+            c = self.cursors.get(dv.partition)
+            st = c.pending.get(dv.offset) if c else None
+            if st is None or st.state != LEASED or st.attempts != dv.attempt:
+                continue
+            st.attempts -= 1
+            st.state = READY
+            st.due_ms = now_ms
+            heapq.heappush(self._ready, (now_ms, dv.partition, dv.offset))
+            self.delivered_total -= 1
+
     def _lease(self, p: int, off: int, st: _Pending, deadline: int) -> Delivery:
         st.state = LEASED
         st.attempts += 1
@@ -274,11 +288,11 @@ class ConsumerGroup:
         out: list[DeadLetter] = []
         leases = self._leases
         while leases and leases[0][0] <= now_ms:
-            _deadline, p, off, attempt = heapq.heappop(leases)
+            deadline, p, off, attempt = heapq.heappop(leases)
             c = self.cursors.get(p)
             st = c.pending.get(off) if c else None
-            if st is None or st.state != LEASED or st.attempts != attempt:
-                continue
+            if st is None or st.state != LEASED or st.attempts != attempt or st.due_ms != deadline:
+                continue  # (a lease taken back unseen and given again has a later deadline)
             dl = self._release(p, off, st, now_ms)
             if dl:
                 out.append(dl)

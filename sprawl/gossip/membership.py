@@ -124,6 +124,8 @@ STAT_KEYS = (
     "dropped_oversize",
     "dropped_version",
     "dropped_members_cap",
+    "dropped_absurd",
+    "push_pulls_limited",
 )
 
 _DROP_STAT = {
@@ -154,6 +156,12 @@ _PP_REPLY_WINDOW = 5.0
 _MAX_SEEDS = 64
 #: Above this many members the push-pull interval grows (memberlist).
 _PUSH_PULL_SCALE_THRESHOLD = 32
+#: No node's incarnation goes past this (2**48: a bump a second for nine million
+#: years); an update claiming more is absurd and dropped, far below the wire's
+#: limit, so a refutation always stays within what every peer takes.
+MAX_INCARNATION = 2**48
+#: Sources whose push-pull replies are rate-limited at once (oldest forgotten first).
+_MAX_PP_SOURCES = 4096
 
 
 @dataclass
@@ -185,6 +193,17 @@ class GossipConfig:
     max_meta_bytes: int = 896
     #: At most this many members are tracked (more are ignored and counted).
     max_members: int = 10_000
+    #: At most this many members are learned from one packet (more are ignored and counted).
+    max_new_members_per_packet: int = 64
+    #: An update may move a known member's incarnation (or accuse this node) at
+    #: most this far ahead of what this node knows; beyond is absurd and dropped.
+    max_incarnation_jump: int = 2**32
+    #: Push-pull answers per source address: a burst, then this many per second.
+    push_pull_replies_burst: int = 4
+    push_pull_replies_per_second: float = 1.0
+    #: Push-pull answers from this node in all: a burst, then this many per second.
+    push_pull_replies_total_burst: int = 256
+    push_pull_replies_total_per_second: float = 64.0
     #: At most this many updates wait for dissemination.
     max_broadcasts: int = 4096
 
@@ -204,6 +223,10 @@ class GossipConfig:
             "awareness_max_multiplier",
             "max_members",
             "max_broadcasts",
+            "max_new_members_per_packet",
+            "max_incarnation_jump",
+            "push_pull_replies_burst",
+            "push_pull_replies_total_burst",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -320,8 +343,8 @@ class Membership:
         self.joined = False
         self.awareness = 0
         self._left = False
-        if incarnation < 0:
-            raise ValueError("incarnation must be >= 0")
+        if not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation must be within [0, {MAX_INCARNATION}]")
         self._self = Member(node_id, self.addr, {}, ALIVE, incarnation, now)
         self._self.meta = self._normalised_meta(Alive(incarnation, node_id, self.addr, dict(meta)))
         self._members: dict[str, Member] = {node_id: self._self}
@@ -340,6 +363,10 @@ class Membership:
         self._out = Output()
         self._tokens = float(_CORRECTION_BURST)
         self._tokens_at = now
+        #: Push-pull reply token buckets: per source address, and all of them.
+        self._pp_buckets: dict[Address, tuple[float, float]] = {}
+        self._pp_total = (float(config.push_pull_replies_total_burst), now)
+        self._learned = 0  # members learned from the packet being handled
         self._next_probe_at = now + rng.uniform(0, config.probe_interval)
         self._next_gossip_at = now + rng.uniform(0, config.gossip_interval)
         self._next_push_pull_at = now + rng.uniform(0.5, 1.0) * config.push_pull_interval
@@ -452,6 +479,7 @@ class Membership:
             return self._flush()
         src = _addr(src)
         self.stats["packets_received"] += 1
+        self._learned = 0
         for msg in messages:
             self.stats["messages_received"] += 1
             self._handle(src, msg, now)
@@ -619,7 +647,26 @@ class Membership:
 
     # ------------------------------------------------------------- dispatch
 
+    def _absurd(self, node_id: str, incarnation: int) -> bool:
+        """Whether an update claims an incarnation no node could have: past
+        :data:`MAX_INCARNATION`, or (about this node, or a member it knows) more
+        than ``max_incarnation_jump`` beyond what this node knows.  Counted."""
+        if node_id == self.node_id:
+            known: int | None = self.incarnation
+            ceiling = MAX_INCARNATION - 1  # so that a refutation stays within bounds
+        else:
+            m = self._members.get(node_id)
+            known = m.incarnation if m is not None else None
+            ceiling = MAX_INCARNATION
+        jump = self.config.max_incarnation_jump
+        if incarnation > ceiling or (known is not None and incarnation > known + jump):
+            self.stats["dropped_absurd"] += 1
+            return True
+        return False
+
     def _handle(self, src: Address, msg: Message, now: float) -> None:
+        if isinstance(msg, Alive | Suspect | Dead | Leave) and self._absurd(msg.node_id, msg.incarnation):
+            return
         if isinstance(msg, Ping):
             self._on_ping(src, msg)
         elif isinstance(msg, Ack):
@@ -697,9 +744,13 @@ class Membership:
             return
         m = self._members.get(a.node_id)
         if m is None:
-            if len(self._members) >= self.config.max_members:
+            if (
+                len(self._members) >= self.config.max_members
+                or self._learned >= self.config.max_new_members_per_packet
+            ):
                 self.stats["dropped_members_cap"] += 1
                 return
+            self._learned += 1
             m = Member(a.node_id, addr, dict(a.meta), ALIVE, a.incarnation, now)
             self._add_member(m)
             self.stats["joins_seen"] += 1
@@ -804,7 +855,9 @@ class Membership:
         self._send(dst, [Alive(m.incarnation, m.node_id, m.addr, m.meta)])
 
     def _refute(self, accused: int) -> None:
-        inc = max(self.incarnation + 1, accused + 1)
+        # Just above the accusation (or our own): never higher than needed.
+        # (_absurd kept ``accused`` below MAX_INCARNATION.)
+        inc = min(max(self.incarnation + 1, accused + 1), MAX_INCARNATION)
         self._self.incarnation = inc
         self._apply_awareness(1)
         self.stats["refuted"] += 1
@@ -1040,6 +1093,8 @@ class Membership:
         self.stats["push_pulls_received"] += 1
         refuted_before = self.stats["refuted"]
         for ms in msg.members:
+            if self._absurd(ms.node_id, ms.incarnation):
+                continue
             if ms.state == STATE_ALIVE:
                 self._on_alive(Alive(ms.incarnation, ms.node_id, ms.addr, ms.meta), now)
             elif ms.state == STATE_LEFT:
@@ -1064,8 +1119,33 @@ class Membership:
             key = (src, msg.req)
             seen = self._pp_replied.get(key)
             if seen is None or now - seen > _PP_REPLY_WINDOW:
+                if not self._may_reply(src, now):
+                    self.stats["push_pulls_limited"] += 1
+                    return
                 self._pp_replied.pop(key, None)
                 self._pp_replied[key] = now
                 if len(self._pp_replied) > _MAX_PP_REPLIED:
                     del self._pp_replied[next(iter(self._pp_replied))]
                 self._send_push_pull(src, now, join=msg.join, reply=True, req=msg.req)
+
+    def _may_reply(self, src: Address, now: float) -> bool:
+        """Take a push-pull reply token for ``src`` (and from the node's total):
+        a full-state answer is many packets, so a stream of requests -- a new
+        ``req`` each, or replayed from a spoofed source -- gets a few answers a
+        second, not one per request."""
+        c = self.config
+        total, t0 = self._pp_total
+        total = min(
+            float(c.push_pull_replies_total_burst), total + (now - t0) * c.push_pull_replies_total_per_second
+        )
+        tokens, t1 = self._pp_buckets.pop(src, (float(c.push_pull_replies_burst), now))
+        tokens = min(float(c.push_pull_replies_burst), tokens + (now - t1) * c.push_pull_replies_per_second)
+        ok = tokens >= 1 and total >= 1
+        if ok:
+            tokens -= 1
+            total -= 1
+        self._pp_total = (total, now)
+        self._pp_buckets[src] = (tokens, now)  # (re)inserted last: the oldest go first
+        if len(self._pp_buckets) > _MAX_PP_SOURCES:
+            del self._pp_buckets[next(iter(self._pp_buckets))]
+        return ok

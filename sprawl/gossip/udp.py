@@ -40,6 +40,7 @@ from sprawl.gossip.membership import (
     ALIVE,
     DEAD,
     LEFT,
+    MAX_INCARNATION,
     STAT_KEYS,
     SUSPECT,
     Address,
@@ -62,7 +63,18 @@ LEAVE_GRACE = 0.5
 #: Join retry backoff: first retry, cap.
 JOIN_BACKOFF = (1.0, 30.0)
 #: Drop reasons, from the core's ``dropped_*`` counters and the adapter's own.
-DROP_REASONS = ("decode", "auth", "oversize", "version", "members_cap", "send_failed", "not_started")
+DROP_REASONS = (
+    "decode",
+    "auth",
+    "oversize",
+    "version",
+    "members_cap",
+    "absurd",
+    "send_failed",
+    "not_started",
+)
+#: Datagrams held at most while the incarnation they carry is being saved.
+MAX_HELD = 4096
 #: How member events read in the log.
 _CHANGES = {
     "join": "joined",
@@ -90,7 +102,7 @@ def load_incarnation(data_dir: str) -> int | None:
     except (OSError, ValueError, AttributeError) as e:
         log.warn("ignoring unreadable {path}: {error}", path=path, error=str(e))
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_INCARNATION:
         return value
     log.warn("ignoring {path}: no valid incarnation", path=path)
     return None
@@ -172,6 +184,7 @@ class GossipNode(DatagramProtocol):
         meta_interval: float = META_INTERVAL,
         leave_grace: float = LEAVE_GRACE,
         join_backoff: tuple[float, float] = JOIN_BACKOFF,
+        save: Callable[[str, int], defer.Deferred[None]] | None = None,
     ):
         config.validate()
         self.node_id = node_id
@@ -188,12 +201,20 @@ class GossipNode(DatagramProtocol):
         self.leave_grace = leave_grace
         self.join_backoff = join_backoff
         self.membership: Membership | None = None
+        #: Writes gossip.json (default: at once, on the calling thread; the node
+        #: passes a thread pool so the fsync never blocks the reactor).
+        self.save = save or (lambda data_dir, n: defer.maybeDeferred(save_incarnation, data_dir, n))
+        #: Datagrams waiting for the incarnation they may carry to be saved.
+        self._held: list[tuple[Address, bytes]] = []
+        self._saving = False
+        self._save_failed: int | None = None
         #: Counters of the adapter itself (the core's are in ``membership.stats``).
         self.adapter_stats: dict[str, int] = {
             "dropped_send_failed": 0,
             "dropped_not_started": 0,
             "join_attempts": 0,
             "meta_updates": 0,
+            "incarnation_saves": 0,
         }
         #: Listeners of member events (called with each :class:`MemberEvent`).
         self.listeners: list[Callable[[MemberEvent], None]] = []
@@ -293,18 +314,14 @@ class GossipNode(DatagramProtocol):
         self._apply(m.receive((addr[0], addr[1]), datagram, self.clock.seconds()))
 
     def _apply(self, out: Output) -> None:
-        """Persist a changed incarnation, then send, then report events."""
+        """Send, once the incarnation they may carry is saved, then report events."""
+        if out.datagrams:
+            self._held.extend(out.datagrams)
+            if len(self._held) > MAX_HELD:
+                dropped = len(self._held) - MAX_HELD
+                del self._held[:dropped]
+                self.adapter_stats["dropped_send_failed"] += dropped
         self._persist()
-        transport: Any = self.transport
-        for addr, data in out.datagrams:
-            if transport is None:
-                self.adapter_stats["dropped_send_failed"] += 1
-                continue
-            try:
-                transport.write(data, addr)
-            except Exception as e:  # a bad address or a full buffer must not stop the node
-                self.adapter_stats["dropped_send_failed"] += 1
-                log.debug("gossip: send to {addr} failed: {error}", addr=addr, error=str(e))
         for ev in out.events:
             self._log_event(ev)
             for listener in self.listeners:
@@ -314,15 +331,50 @@ class GossipNode(DatagramProtocol):
                     log.failure("gossip event listener failed")
 
     def _persist(self) -> None:
+        """Save a changed incarnation -- one write at a time, each taking the
+        latest value (a burst of changes costs one or two fsyncs), off the
+        reactor with the node's ``save`` -- and send held datagrams once the
+        incarnation they may carry is on disk (or its write failed: logged)."""
         m = self.membership
-        if m is None or m.incarnation == self._saved_incarnation:
+        if m is None:
+            self._send(self._held)
+            self._held = []
             return
-        try:
-            save_incarnation(self.data_dir, m.incarnation)
-        except OSError as e:
-            log.error("gossip: cannot save the incarnation: {error}", error=str(e))
+        inc = m.incarnation
+        if inc == self._saved_incarnation or inc == self._save_failed:
+            held, self._held = self._held, []
+            self._send(held)
             return
-        self._saved_incarnation = m.incarnation
+        if self._saving:
+            return
+        self._saving = True
+        self.adapter_stats["incarnation_saves"] += 1
+
+        def saved(_: object) -> None:
+            self._saving = False
+            self._saved_incarnation = inc
+            self._save_failed = None
+            self._persist()
+
+        def failed(f: Any) -> None:
+            self._saving = False
+            self._save_failed = inc
+            log.error("gossip: cannot save the incarnation: {error}", error=str(f.value))
+            self._persist()
+
+        self.save(self.data_dir, inc).addCallbacks(saved, failed)
+
+    def _send(self, datagrams: list[tuple[Address, bytes]]) -> None:
+        transport: Any = self.transport
+        for addr, data in datagrams:
+            if transport is None:
+                self.adapter_stats["dropped_send_failed"] += 1
+                continue
+            try:
+                transport.write(data, addr)
+            except Exception as e:  # a bad address or a full buffer must not stop the node
+                self.adapter_stats["dropped_send_failed"] += 1
+                log.debug("gossip: send to {addr} failed: {error}", addr=addr, error=str(e))
 
     def _log_event(self, ev: MemberEvent) -> None:
         mem = ev.member

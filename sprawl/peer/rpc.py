@@ -7,6 +7,13 @@ own connection to the caller (connections are one-way).  Bodies are anything
 msgpack carries.  Every call has a deadline; calls to a peer whose connection
 fails are failed at once; the number of calls waiting is bounded; a request
 that has been forwarded ``max_hops`` times is refused (routing loops end).
+
+Requests are taken only from peers :attr:`PeerRPC.allow` admits (the node's
+cluster members), and a method registered with a body type gets its body
+checked against it first (a 400 answer otherwise).  Neither a request nor an
+answer ever becomes a frame too large to send: a request that would is
+refused at the caller (413), an answer that would is replaced by an error
+answer (and logged) -- the handlers bound what they return.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.errors import Overloaded, SprawlError, Unavailable
+from sprawl.errors import Overloaded, PayloadTooLarge, SprawlError, Unavailable
 from sprawl.peer.frames import REQUEST, RESPONSE
+from sprawl.peer.rpc_bodies import BODIES
 from sprawl.peer.tcp import PeerChannel
 
 log = Logger()
@@ -61,13 +69,25 @@ class PeerRPC:
         timeout: float = 10.0,
         max_pending: int = 10_000,
         max_hops: int = 3,
+        max_serving: int = 2048,
     ) -> None:
         self.channel = channel
         self.reactor = reactor
         self.timeout = timeout
         self.max_pending = max_pending
         self.max_hops = max_hops
+        #: Requests from one peer being answered at once at most (long polls included).
+        self.max_serving = max_serving
+        self._serving: dict[str, int] = {}
         self.handlers: dict[str, Handler] = {}
+        #: Each method's body type (the cluster's methods by default).
+        self.bodies: dict[str, type[Any]] = dict(BODIES)
+        #: Whether requests from a peer are taken (the node admits its cluster's members).
+        self.allow: Callable[[str], bool] = lambda peer: True
+        #: Requests refused: from a peer not admitted, or with a body of the wrong shape.
+        self.refused = 0
+        #: Answers replaced by an error because they would not fit a frame.
+        self.oversized_answers = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, defer.Deferred[Any], Any]] = {}
         self.dropped = 0
@@ -81,9 +101,13 @@ class PeerRPC:
 
         channel.on_unreachable = unreachable
 
-    def register(self, method: str, handler: Handler) -> None:
-        """Answer ``method`` with ``handler(caller, body, hops)`` (a value or a Deferred)."""
+    def register(self, method: str, handler: Handler, body: type[Any] | None = None) -> None:
+        """Answer ``method`` with ``handler(caller, body, hops)`` (a value or a
+        Deferred).  Only bodies that convert to the method's type reach it:
+        ``body``, else the type :data:`~sprawl.peer.rpc_bodies.BODIES` names."""
         self.handlers[method] = handler
+        if body is not None:
+            self.bodies[method] = body
 
     def call(
         self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float | None = None
@@ -95,6 +119,13 @@ class PeerRPC:
         rid = next(self._ids)
         d: defer.Deferred[Any] = defer.Deferred()
         payload = msgspec.msgpack.encode(_Request(rid, method, hops, body))
+        if not self.channel.fits(REQUEST, len(payload)):
+            return defer.fail(
+                PayloadTooLarge(
+                    f"a {method} request of {len(payload)} bytes is too large for the peer channel",
+                    code="request_too_large",
+                )
+            )
         if not self.channel.send(peer, REQUEST, payload):
             return defer.fail(Unavailable(f"peer {peer} cannot be reached now", code="peer_unreachable"))
         timer = self.reactor.callLater(timeout if timeout is not None else self.timeout, self._expire, rid)
@@ -145,14 +176,49 @@ class PeerRPC:
         except msgspec.DecodeError:
             self.dropped += 1
             return
+        if not self.allow(peer):
+            self.refused += 1
+            self._answer(
+                peer, req.id, False, _err(403, "not_a_member", "this node takes requests from members only")
+            )
+            return
         handler = self.handlers.get(req.method)
         if handler is None:
-            self._answer(peer, req.id, False, _err(400, "unknown_method", f"no peer method {req.method!r}"))
+            self._answer(
+                peer, req.id, False, _err(400, "unknown_method", f"no peer method {req.method!r}"[:200])
+            )
             return
+        shape = self.bodies.get(req.method)
+        if shape is not None:
+            try:
+                msgspec.convert(req.body, shape)
+            except msgspec.ValidationError as e:
+                self.refused += 1
+                self._answer(
+                    peer, req.id, False, _err(400, "bad_request", f"malformed {req.method}: {e}"[:300])
+                )
+                return
         if req.hops > self.max_hops:
             self._answer(peer, req.id, False, _err(508, "routing_loop", "request forwarded too many times"))
             return
+        serving = self._serving.get(peer, 0)
+        if serving >= self.max_serving:
+            self._answer(
+                peer, req.id, False, _err(429, "overloaded", "too many requests from this peer in flight")
+            )
+            return
+        self._serving[peer] = serving + 1
         d = defer.maybeDeferred(handler, peer, req.body, req.hops)
+
+        def served(result: Any) -> Any:
+            left = self._serving.get(peer, 1) - 1
+            if left > 0:
+                self._serving[peer] = left
+            else:
+                self._serving.pop(peer, None)
+            return result
+
+        d.addBoth(served)
 
         def ok(body: Any) -> None:
             self._answer(peer, req.id, True, body)
@@ -173,6 +239,16 @@ class PeerRPC:
         except (TypeError, msgspec.EncodeError):
             payload = msgspec.msgpack.encode(
                 _Response(rid, False, _err(500, "internal_error", "unencodable answer"))
+            )
+        if not self.channel.fits(RESPONSE, len(payload)):
+            self.oversized_answers += 1
+            log.error(
+                "a peer answer of {size} bytes to {peer} does not fit a frame; answering an error instead",
+                size=len(payload),
+                peer=peer,
+            )
+            payload = msgspec.msgpack.encode(
+                _Response(rid, False, _err(507, "answer_too_large", "the answer does not fit a peer frame"))
             )
         self.channel.send(peer, RESPONSE, payload)
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -224,7 +225,14 @@ class RaftDriver:
                     if m.type == MessageType.SNAP:
                         self.node.report_snapshot(m.to, True)
                 if rd.snapshot is not None:
-                    await defer.maybeDeferred(self.restore, rd.snapshot)
+                    try:
+                        await defer.maybeDeferred(self.restore, rd.snapshot)
+                    except Exception:
+                        # (peers' snapshots are checked before they are stepped;
+                        # whatever still fails here must not stop Raft)
+                        log.failure(
+                            "installing the snapshot at index {index} failed", index=rd.snapshot.meta.index
+                        )
                     self.applied = max(self.applied, rd.snapshot.meta.index)
                     self.stats.snapshots_installed += 1
                 # Entries are applied in order without waiting for each one's
@@ -235,7 +243,14 @@ class RaftDriver:
                     if e.index <= self.applied:
                         continue
                     if e.type == EntryType.CONF_CHANGE:
-                        self.node.apply_conf_change(ConfChange.decode(e.data))
+                        try:
+                            cc = ConfChange.decode(e.data)
+                        except (ValueError, msgspec.DecodeError):
+                            log.error(
+                                "raft entry {index} is not a configuration change; skipped", index=e.index
+                            )
+                        else:
+                            self.node.apply_conf_change(cc)
                     elif e.data:
                         side_effects.append(defer.maybeDeferred(self.apply, e))
                     self.applied = e.index

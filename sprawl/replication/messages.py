@@ -7,7 +7,13 @@ core only sees how many records a batch holds and which epochs wrote them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
+
+#: Most records one Append may carry (the leader's batches hold at most 512).
+MAX_APPEND_RECORDS = 100_000
+_I64 = 2**63
 
 
 class Append(msgspec.Struct, frozen=True, tag=True):
@@ -109,3 +115,54 @@ def encode(m: Message) -> bytes:
 def decode(data: bytes) -> Message:
     """Inverse of :func:`encode`; raises ``msgspec.DecodeError`` on bad input."""
     return _decoder.decode(data)
+
+
+def append_flaw(m: Append, offsets: Sequence[int]) -> str | None:
+    """Why an Append from the wire (with its records' ``offsets``) is not one a
+    leader could have sent, or None.  Checked before the replica sees it: the
+    core trusts a batch's shape (counts, runs, records) and only judges epochs."""
+    if not (0 <= m.start < _I64 and 0 <= m.count <= MAX_APPEND_RECORDS and 0 <= m.hw < _I64):
+        return "offsets or count out of range"
+    if not (0 < m.epoch < _I64 and -1 <= m.prev_epoch <= m.epoch):
+        return "epochs out of range"
+    if len(offsets) != m.count or any(o != m.start + i for i, o in enumerate(offsets)):
+        return "its records do not match its offsets"
+    runs = m.runs
+    if not m.count:
+        return None  # a heartbeat: its runs are not used
+    if not runs or runs[0][1] != m.start:
+        return "its epoch runs do not start at its first record"
+    end = m.start + m.count
+    last_epoch, last_start = m.prev_epoch, -1
+    for e, s in runs:
+        if not (m.start <= s < end) or s <= last_start or e < last_epoch or e > m.epoch or e < 0:
+            return "its epoch runs are not in order within the batch"
+        last_epoch, last_start = e, s
+    return None
+
+
+def slice_append(m: Append, start: int, count: int) -> Append:
+    """The part ``[start, start + count)`` of a batch as an Append of its own (the
+    leader sends a large batch in several frames): the previous record's epoch
+    and the runs are the batch's own; only the first part carries ``reset``."""
+    end = start + count
+    prev = m.prev_epoch
+    runs = []
+    for i, (e, s) in enumerate(m.runs):
+        run_end = m.runs[i + 1][1] if i + 1 < len(m.runs) else m.start + m.count
+        if s < start:
+            prev = e  # the record at start - 1 is of a run that began before it
+        if s < end and run_end > start:
+            runs.append((e, max(s, start)))
+    if start == m.start:
+        prev = m.prev_epoch
+    return Append(
+        epoch=m.epoch,
+        start=start,
+        prev_epoch=prev,
+        count=count,
+        runs=tuple(runs),
+        hw=m.hw,
+        reset=m.reset and start == m.start,
+        log_start=m.log_start,
+    )

@@ -50,10 +50,20 @@ from twisted.python.failure import Failure
 from sprawl.errors import Overloaded
 from sprawl.log.damage import DamagedRange
 from sprawl.log.record import Record
-from sprawl.peer.frames import REPLICATION
+from sprawl.peer.frames import BATCH_BYTES, REPLICATION
 from sprawl.replication.epochs import EpochCache
 from sprawl.replication.failover import ControlOutput, FailoverCore
-from sprawl.replication.messages import Append, FenceResp, HandoffReady, LeaderBeat, decode, encode
+from sprawl.replication.messages import (
+    Append,
+    FenceResp,
+    HandoffReady,
+    LeaderBeat,
+    Message,
+    append_flaw,
+    decode,
+    encode,
+    slice_append,
+)
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.storage import keys
 
@@ -76,6 +86,14 @@ def _unpack(t: Any, partition: int) -> Record:
     return Record(offset, partition, ts, id_, key, headers, payload, is_text, control=bool(control))
 
 
+def record_bytes(r: Record) -> int:
+    """About how many bytes a record takes in a replication frame."""
+    n = len(r.payload) + 48 + len(r.id or "") + len(r.key or "")
+    if r.headers:
+        n += sum(len(k) + len(v) + 4 for k, v in r.headers.items())
+    return n
+
+
 class PartitionReplication:
     """One replicated partition on this node (see the module docstring)."""
 
@@ -91,8 +109,11 @@ class PartitionReplication:
         max_batch: int = 512,
         max_waiting: int = 10_000,
         committed_if_new: bool = False,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.broker = broker
+        #: Bytes of records one replication frame carries at most (but always one record).
+        self.batch_bytes = batch_bytes
         #: Publishes waiting for a majority at most (then 429): a leader cut
         #: off from its followers must not queue publishes without bound.
         self.max_waiting = max_waiting
@@ -364,23 +385,63 @@ class PartitionReplication:
         return _all(ds)
 
     async def _send(self, dst: str, m: Any) -> None:
-        recs: list[Record] = []
+        """Send one core message; an Append's records go with it, in as many
+        frames as ``batch_bytes`` asks (each a valid Append of its own, at least
+        one record each), read a piece at a time.  A reset tells the follower
+        where the partition's log starts (below it: the shared S3 tier)."""
         if isinstance(m, Append) and m.reset:
             m = msgspec.structs.replace(m, log_start=min(self.log.log_start, m.start))
-        if isinstance(m, Append) and m.count:
+        if not (isinstance(m, Append) and m.count):
+            self.send(dst, _Envelope(self.topic.name, self.partition, encode(m)))
+            return
+        end = m.start + m.count
+        pos = m.start
+        for _ in range(m.count):
+            if pos >= end:
+                return
             try:
-                recs = await self._records(m.start, m.count)
+                recs = await self._records_bounded(pos, end)
             except DamagedRange as d:
                 # This copy is damaged there: noted (and repaired from another
                 # replica); until then the range is not sent -- never skipped.
                 self.broker.integrity.note(self.topic, self.partition, d)
                 recs = []
-            if len(recs) != m.count or recs[0].offset != m.start:
+            if not recs or recs[0].offset != pos or recs[-1].offset != pos + len(recs) - 1:
                 # Not readable now (retention or the S3 tier raced the send):
                 # the core retransmits from the new log start after a few ticks.
                 self._unreadable(dst, m)
                 return
-        self.send(dst, _Envelope(self.topic.name, self.partition, encode(m), [_pack(r) for r in recs]))
+            part = m if (pos == m.start and len(recs) == m.count) else slice_append(m, pos, len(recs))
+            env = _Envelope(self.topic.name, self.partition, encode(part), [_pack(r) for r in recs])
+            self.send(dst, env)
+            pos += len(recs)
+
+    async def _records_bounded(self, start: int, end: int) -> list[Record]:
+        """Records from ``start`` (before ``end``) worth at most ``batch_bytes``
+        (at least one), read in pieces sized by what the previous piece held."""
+        out: list[Record] = []
+        size = 0
+        want = 16
+        pos = start
+        while pos < end:
+            try:
+                got = await self._records(pos, min(want, end - pos))
+            except DamagedRange:
+                if out:
+                    return out  # send what reads well; the next round meets the damage
+                raise
+            if not got or got[0].offset != pos:
+                return out
+            for r in got:
+                n = record_bytes(r)
+                if out and size + n > self.batch_bytes:
+                    return out
+                out.append(r)
+                size += n
+            pos = out[-1].offset + 1
+            average = max(1, size // len(out))
+            want = max(1, min(512, (self.batch_bytes - size) // average + 1))
+        return out
 
     def _unreadable(self, dst: str, m: Append) -> None:
         self.unreadable += 1
@@ -545,7 +606,15 @@ class ReplicationService:
         #: the function that commits a choice (Raft, in the real node).
         self.controllers: dict[tuple[str, int], FailoverCore] = {}
         self.commit: Callable[[str, int, Any], defer.Deferred[None]] = lambda t, p, c: defer.succeed(None)
+        #: Whether a message about a partition is taken from a peer (the data
+        #: plane's rule: replicas of the partition, controller messages from a
+        #: Raft voter); everything is taken without one.
+        self.accept: Callable[[str, tuple[str, int], Message], bool] = lambda peer, key, m: True
         self.dropped = 0
+        #: Messages refused: from a node that is no replica (or controller), or
+        #: an Append that is not one a leader could have sent.
+        self.refused = 0
+        self._refusals_logged: dict[str, float] = {}
         channel.handlers[REPLICATION] = self._frame
         self._loop: task.LoopingCall | None = None
 
@@ -600,6 +669,21 @@ class ReplicationService:
             return
         self._deliver(peer, env)
 
+    def _refuse(self, peer: str, key: tuple[str, int], why: str) -> None:
+        self.refused += 1
+        now = self.reactor.seconds()
+        if now - self._refusals_logged.get(peer, float("-inf")) >= 30.0:
+            if len(self._refusals_logged) > 1024:
+                self._refusals_logged.clear()
+            self._refusals_logged[peer] = now
+            log.warn(
+                "replication: refused a message about {topic}/{partition} from {peer}: {why}",
+                topic=key[0],
+                partition=key[1],
+                peer=peer,
+                why=why,
+            )
+
     def _deliver(self, peer: str, env: _Envelope) -> None:
         try:
             m = decode(env.message)
@@ -607,6 +691,18 @@ class ReplicationService:
             self.dropped += 1
             return
         key = (env.topic, env.partition)
+        if peer != self.node_id:
+            if isinstance(m, Append):
+                why = append_flaw(m, [t[0] for t in env.records])
+                if why is not None:
+                    self._refuse(peer, key, why)
+                    return
+            elif env.records:
+                self._refuse(peer, key, "records on a message that carries none")
+                return
+            if not self.accept(peer, key, m):
+                self._refuse(peer, key, "not a replica of the partition (nor its controller)")
+                return
         c = self.controllers.get(key)
         if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady):
             self._control(key, c.receive(peer, m))
