@@ -68,8 +68,10 @@ def run_node(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, shim: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``twistd -n sprawl`` to completion (it is expected to refuse to start); ``shim``
-    goes on ``PYTHONPATH`` after the source tree, before the installed packages."""
-    pythonpath = _pythonpath() + (os.pathsep + str(shim) if shim is not None else "")
+    goes first on ``PYTHONPATH``, before the source tree: under tox, sprawl is
+    imported from the installed wheel, so the "source tree" is site-packages
+    itself, where the real boto3 lives too."""
+    pythonpath = (str(shim) + os.pathsep if shim is not None else "") + _pythonpath()
     environ = dict(os.environ, **(env or {}), PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
     cmd = [
         *twistd_command(),
@@ -131,7 +133,7 @@ def test_without_a_usable_client_the_node_exits_with_one_line(tmp_path: Path) ->
         capture_output=True,
         text=True,
         timeout=60,
-        env=dict(os.environ, PYTHONPATH=_pythonpath() + os.pathsep + str(shim)),
+        env=dict(os.environ, PYTHONPATH=str(shim) + os.pathsep + _pythonpath()),
     )
     assert probe.returncode != 0 and "hidden by the test shim" in probe.stderr
 
