@@ -82,6 +82,10 @@ class Principal:
     grants: tuple[Grant, ...] = field(default=())
     #: True for the principal of a node without authentication: everything allowed.
     unrestricted: bool = False
+    #: When the credentials stop being valid (seconds since the epoch; a JWT's
+    #: ``exp`` plus the accepted clock-skew leeway), None for static tokens.
+    #: Streams and WebSockets opened with them are closed then.
+    expires: float | None = None
 
     def allows(self, permission: str, topic: str | None = None) -> bool:
         """Whether the principal holds ``permission`` on ``topic`` (None: node-wide)."""
@@ -221,7 +225,7 @@ class JWTVerifier:
             raise Unauthorized(
                 f"the token's permissions claim is malformed: {e}", code="invalid_token"
             ) from None
-        return Principal(name, grants)
+        return Principal(name, grants, expires=float(claims["exp"]) + self.leeway)
 
 
 class Authenticator:

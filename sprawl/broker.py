@@ -38,7 +38,7 @@ from sprawl.log.damage import DamagedRange
 from sprawl.log.dedup import DedupWindow
 from sprawl.log.manifest import Manifest, RemoteObject, RemoteState, decode_manifest, encode_manifest
 from sprawl.log.partition import PartitionLog
-from sprawl.log.record import Record
+from sprawl.log.record import DEFAULT_READ_BYTES, RECORD_OVERHEAD, Record, take_bytes
 from sprawl.log.segments import Segment, expired_segments
 from sprawl.log.spill import hard_limit
 from sprawl.storage import keys
@@ -530,13 +530,10 @@ class Broker:
 
     @staticmethod
     def check_message_sizes(records: list[Record], max_bytes: int) -> None:
-        """413 when a message exceeds ``max_bytes``."""
+        """413 when a message (payload, key and headers) exceeds ``max_bytes``."""
         for r in records:
-            if len(r.payload) > max_bytes:
-                raise PayloadTooLarge(
-                    f"message of {len(r.payload)} bytes exceeds max_message_bytes {max_bytes}",
-                    code="message_too_large",
-                )
+            if r.size - RECORD_OVERHEAD > max_bytes:
+                raise _too_large(r, max_bytes)
 
     def publish(
         self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
@@ -552,16 +549,13 @@ class Broker:
         self.check_writable()
         cfg = topic.config
         max_bytes = cfg.max_message_bytes
-        payload_bytes = 0
+        message_bytes = 0
         any_id = False
         for r in records:
-            size = len(r.payload)
+            size = r.size - RECORD_OVERHEAD  # payload, key and headers
             if size > max_bytes:
-                raise PayloadTooLarge(
-                    f"message of {size} bytes exceeds max_message_bytes {max_bytes}",
-                    code="message_too_large",
-                )
-            payload_bytes += size
+                raise _too_large(r, max_bytes)
+            message_bytes += size
             if r.id is not None:
                 any_id = True
         if not cfg.durable:
@@ -650,7 +644,7 @@ class Broker:
         self.published_bytes_total += nbytes
         self.deduplicated_total += ndup
         if self.metrics is not None:
-            self.metrics.published(name, n - ndup, payload_bytes)
+            self.metrics.published(name, n - ndup, message_bytes)
         if cfg.durable:
             if ops:
                 backlog = self.backlog
@@ -1005,22 +999,33 @@ class Broker:
                     log.failure("watcher of {topic}/{partition} failed", topic=name, partition=partition)
 
     def read(
-        self, topic: Topic, partition: int, start: int, limit: int, _attempt: int = 0, *, repair: bool = True
+        self,
+        topic: Topic,
+        partition: int,
+        start: int,
+        limit: int,
+        _attempt: int = 0,
+        *,
+        repair: bool = True,
+        max_bytes: int | None = None,
     ) -> Deferred[list[Record]]:
         """Visible records from ``start`` (below the high watermark), hot tail,
         S3 or LMDB, checked: a damaged range met fails the read with
         ``corrupt_record`` -- never a short read.  In a cluster (``repair``)
         the range is first repaired from a healthy replica, or the read served
-        by one."""
+        by one.  At most ``limit`` records and, with ``max_bytes``, at most
+        that many bytes of :attr:`Record.size` -- but always at least one
+        record when there is one, so a record larger than the budget is still
+        read."""
         lg = topic.logs[partition]
         if start < lg.log_start:
             start = lg.log_start
         got = lg.read_hot(start, limit)
         if got is not None:
-            return succeed(got)
+            return succeed(got if max_bytes is None else take_bytes(got, max_bytes))
 
         def again() -> Deferred[list[Record]]:
-            return self.read(topic, partition, start, limit, _attempt + 1, repair=repair)
+            return self.read(topic, partition, start, limit, _attempt + 1, repair=repair, max_bytes=max_bytes)
 
         ig = self.integrity
         how = ig.how(topic, partition, start, limit, again, _attempt, repair)
@@ -1046,19 +1051,34 @@ class Broker:
                 d = self._read_remote(topic, lg, seg, start, limit)
             except Exception:
                 return fail()
+            if max_bytes is not None:
+                d.addCallback(take_bytes, max_bytes)
             return d.addErrback(ig.read_failed, how)
         d = self.store.read_records(
-            topic.config.uid, partition, start, limit, end, self.integrity.dense(topic, lg, start, end)
+            topic.config.uid, partition, start, limit, end, self.integrity.dense(topic, lg, start, end), max_bytes
         )
 
         def fill(recs: list[Record]) -> Any:
             if (not recs or recs[0].offset > start) and remote_segment(lg, start) is not None:
                 # The segment moved to S3 while this read was on its way to LMDB.
-                return self.read(topic, partition, start, limit)
+                return self.read(topic, partition, start, limit, max_bytes=max_bytes)
             if not recs and start < lg.hot_start:
                 # A gap below the hot tail (an ephemeral tail lost in a
                 # restart): nothing is stored there, continue at the tail.
-                return lg.read_hot(lg.hot_start, limit) or []
+                tail = lg.read_hot(lg.hot_start, limit) or []
+                return tail if max_bytes is None else take_bytes(tail, max_bytes)
+            if max_bytes is not None:
+                # Go on into the hot tail only if the stored range was read to
+                # its end: a scan the budget stopped must not skip past it.
+                whole = not recs or recs[-1].offset + 1 >= end
+                kept = take_bytes(recs, max_bytes)  # (the scan stops past the budget, not at it)
+                room = max_bytes - sum(r.size for r in kept)
+                if not whole or len(kept) < len(recs) or len(kept) >= limit or room <= 0:
+                    return kept
+                more = lg.read_hot(max(lg.hot_start, kept[-1].offset + 1 if kept else start), limit - len(kept))
+                if more:
+                    kept.extend(_fit(more, room))
+                return kept
             if len(recs) < limit:
                 more = lg.read_hot(
                     max(lg.hot_start, recs[-1].offset + 1 if recs else start), limit - len(recs)
@@ -1244,8 +1264,10 @@ class Broker:
         max_count: int,
         wait_ms: int,
         partitions: Collection[int] | None = None,
+        max_bytes: int = DEFAULT_READ_BYTES,
     ) -> Deferred[list[tuple[Delivery, Record]]]:
-        """Lease up to ``max_count`` messages, waiting up to ``wait_ms`` for some.
+        """Lease up to ``max_count`` messages, at most ``max_bytes`` of them
+        (at least one), waiting up to ``wait_ms`` for some.
 
         Only partitions this node owns the group state of are leased from
         (``partitions``, else :attr:`group_partitions`' answer; all of them on
@@ -1261,7 +1283,7 @@ class Broker:
             deliveries = g.pull(max_count, self.now_ms(), topic.visible(), partitions)
             if deliveries:
                 self._dirty_groups.add((topic.name, g.name))
-                loaded = self._load_deliveries(topic, g, deliveries)
+                loaded = Deferred.fromCoroutine(self._load_deliveries(topic, g, deliveries, max_bytes))
                 # Only control records (settled unseen): keep waiting, if there is time.
                 return loaded.addCallback(lambda got: got or again())
             remaining = deadline - self.clock.seconds()
@@ -1277,49 +1299,72 @@ class Broker:
 
         return attempt()
 
-    def _load_deliveries(
-        self, topic: Topic, g: ConsumerGroup, deliveries: list[Delivery]
-    ) -> Deferred[list[tuple[Delivery, Record]]]:
-        by_part: dict[int, list[Delivery]] = {}
+    async def _load_deliveries(
+        self, topic: Topic, g: ConsumerGroup, deliveries: list[Delivery], max_bytes: int
+    ) -> list[tuple[Delivery, Record]]:
+        """The leased records, read in offset order per partition until
+        ``max_bytes`` of them are in hand (at least one).  Leases past the
+        budget are given back unseen (:meth:`ConsumerGroup.give_back`, the
+        attempt not counted); leases whose record is gone (retention) or is a
+        control record are settled.  A failed read fails the pull: its leases
+        run out and the messages are delivered again, never settled unread."""
+        by_part: dict[int, list[int]] = {}
         for dv in deliveries:
-            by_part.setdefault(dv.partition, []).append(dv)
-        reads = []
-        for p, dvs in by_part.items():
-            offs = sorted(dv.offset for dv in dvs)
-            reads.append(self._read_offsets(topic, p, offs))
-
-        def combine(results: list[Any]) -> Any:
-            found: dict[tuple[int, int], Record] = {}
-            for ok, recs in results:
-                if not ok:
-                    # A read failed (e.g. a segment in S3 is unreachable or
-                    # damaged): fail the pull; the leases run out and the
-                    # messages are delivered again, never settled unread.
-                    return recs
-                for r in recs:
-                    found[(r.partition, r.offset)] = r
-            out = []
-            for dv in deliveries:
-                r = found.get((dv.partition, dv.offset))
-                if r is not None and not r.control:
-                    out.append((dv, r))
+            by_part.setdefault(dv.partition, []).append(dv.offset)
+        found: dict[tuple[int, int], Record] = {}
+        #: partition → the first offset not read (the budget ran out there).
+        unread_from: dict[int, int] = {}
+        room = max_bytes
+        for p, offs in by_part.items():
+            if room <= 0 and found:
+                unread_from[p] = -1
+                continue
+            offs.sort()
+            want = set(offs)
+            i = 0
+            while i < len(offs) and p not in unread_from:
+                # A run of offsets close together is read as one span.
+                j = i + 1
+                while j < len(offs) and offs[j] - offs[j - 1] <= 4:
+                    j += 1
+                start, hi = offs[i], offs[j - 1] + 1
+                i = j
+                while start < hi:
+                    if room <= 0 and found:
+                        unread_from[p] = start
+                        break
+                    recs = await self.read(topic, p, start, hi - start, max_bytes=max(room, 1))
+                    recs = [r for r in recs if r.offset < hi]
+                    if not recs:
+                        break  # nothing left below hi: deleted meanwhile
+                    for r in recs:
+                        if r.offset not in want:
+                            continue
+                        if found and r.size > room:
+                            unread_from[p] = r.offset
+                            break
+                        found[(p, r.offset)] = r
+                        room -= r.size
+                    if p in unread_from:
+                        break
+                    start = recs[-1].offset + 1
+        out: list[tuple[Delivery, Record]] = []
+        now = self.now_ms()
+        unseen: list[Delivery] = []
+        for dv in deliveries:
+            got = found.get((dv.partition, dv.offset))
+            if got is not None:
+                if not got.control:
+                    out.append((dv, got))
                 else:
-                    # Deleted by retention meanwhile, or a control record:
-                    # nothing to deliver; settle it.
-                    g.ack(dv.ack_id, self.now_ms())
-            return out
-
-        return DeferredList(reads, consumeErrors=True).addCallback(combine)
-
-    def _read_offsets(self, topic: Topic, p: int, offs: list[int]) -> Deferred[list[Record]]:
-        lo, hi = offs[0], offs[-1]
-        want = set(offs)
-        if hi - lo + 1 <= 4 * len(offs):
-            d = self._read_span(topic, p, lo, hi + 1)
-            return d.addCallback(lambda recs: [r for r in recs if r.offset in want])
-        ds = [self._read_span(topic, p, o, o + 1) for o in offs]
-        dl: Deferred[Any] = DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
-        return dl.addCallbacks(lambda res: [r for _ok, recs in res for r in recs], _first_failure)
+                    g.ack(dv.ack_id, now)  # a control record: nothing to deliver
+            elif dv.offset >= unread_from.get(dv.partition, dv.offset + 1):
+                unseen.append(dv)
+            else:
+                g.ack(dv.ack_id, now)  # deleted by retention meanwhile: settle it
+        for dv in reversed(unseen):
+            g.give_back(dv.ack_id, now)
+        return out
 
     def _read_span(self, topic: Topic, p: int, lo: int, hi: int) -> Deferred[list[Record]]:
         out: list[Record] = []
@@ -1373,6 +1418,17 @@ class Broker:
                 refused[a] = why
         d = self._persist_group(topic, g)
         return d.addCallback(lambda _: refused)
+
+    def give_back(self, topic: Topic, g: ConsumerGroup, ack_ids: list[str]) -> Deferred[dict[str, str]]:
+        """Take back leases their consumer never saw (:meth:`ConsumerGroup.give_back`)."""
+        now = self.now_ms()
+        refused: dict[str, str] = {}
+        for a in reversed(ack_ids):
+            why = g.give_back(a, now)
+            if why is not None:
+                refused[a] = why
+        self._dirty_groups.add((topic.name, g.name))
+        return succeed(refused)
 
     def nack(
         self, topic: Topic, g: ConsumerGroup, ack_ids: list[str], delay_ms: int
@@ -1680,21 +1736,46 @@ class Broker:
 _GROUP_NAME = TOPIC_NAME
 
 
+def _fit(recs: list[Record], room: int) -> list[Record]:
+    """The longest prefix of ``recs`` within ``room`` bytes (possibly none)."""
+    total = 0
+    for i, r in enumerate(recs):
+        total += r.size
+        if total > room:
+            return recs[:i]
+    return recs
+
+
+def _too_large(r: Record, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"message of {r.size - RECORD_OVERHEAD} bytes (payload {len(r.payload)}, key and headers "
+        f"{r.size - RECORD_OVERHEAD - len(r.payload)}) exceeds max_message_bytes {max_bytes}",
+        code="message_too_large",
+    )
+
+
 def _first_failure(f: Any) -> Any:
     """Unwrap the failure of a ``fireOnOneErrback`` DeferredList."""
     return f.value.subFailure
 
 
 def check_topic_name(name: str) -> None:
-    """Topic names are ``[A-Za-z0-9._-]{1,249}``."""
-    if not isinstance(name, str) or not TOPIC_NAME.match(name):
-        raise BadRequest("topic names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_topic_name")
+    """Topic names are ``[A-Za-z0-9._-]{1,249}``, except ``.`` and ``..``
+    (path segments a URL would resolve away)."""
+    if not isinstance(name, str) or not TOPIC_NAME.match(name) or name in (".", ".."):
+        raise BadRequest(
+            "topic names are 1-249 characters of A-Z a-z 0-9 . _ -, and not . or ..",
+            code="invalid_topic_name",
+        )
 
 
 def check_group_name(name: str) -> None:
     """Group names follow the topic name rule."""
-    if not isinstance(name, str) or not _GROUP_NAME.match(name):
-        raise BadRequest("group names are 1-249 characters of A-Z a-z 0-9 . _ -", code="invalid_group_name")
+    if not isinstance(name, str) or not _GROUP_NAME.match(name) or name in (".", ".."):
+        raise BadRequest(
+            "group names are 1-249 characters of A-Z a-z 0-9 . _ -, and not . or ..",
+            code="invalid_group_name",
+        )
 
 
 def wall_clock_ms() -> int:

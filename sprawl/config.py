@@ -310,6 +310,17 @@ class NodeConfig:
     cluster_ca: str | None = None
     peer_tls_cert: str | None = None
     peer_tls_key: str | None = None
+    #: Web origins (``scheme://host[:port]``) whose pages may change state
+    #: (POST/PUT/DELETE, WebSocket); the node's own origin always may.
+    allowed_origins: tuple[str, ...] = ()
+    #: Open HTTP connections at most; past it a new one is answered 503.
+    max_connections: int = 10_000
+    #: Seconds a request's line and headers may take to arrive.
+    header_timeout: float = 10.0
+    #: Seconds a request body may take on top of its size at ``body_min_rate``.
+    body_timeout: float = 10.0
+    #: Bytes/s a request body must average (past ``body_timeout``).
+    body_min_rate: int = 64_000
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -353,6 +364,17 @@ class NodeConfig:
             raise ConfigError("--partition-backlog must be at least 64KB")
         if not 0 < self.slow_consumer_timeout <= 3600:
             raise ConfigError("--slow-consumer-timeout must be in (0, 1h]")
+        from sprawl.http.origin import parse_allowed_origins
+
+        self.allowed_origins = parse_allowed_origins(list(self.allowed_origins))
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections must be at least 1")
+        if not 0 < self.header_timeout <= 3600:
+            raise ConfigError("--header-timeout must be in (0, 1h]")
+        if not 0 < self.body_timeout <= 3600:
+            raise ConfigError("--body-timeout must be in (0, 1h]")
+        if self.body_min_rate < 1:
+            raise ConfigError("--body-min-rate must be at least 1 byte/s")
         if self.auth_tokens or self.jwt_secret or self.jwt_secret_file:
             from sprawl.auth import load_authenticator
 

@@ -34,7 +34,10 @@ class NodeMetrics:
             "sprawl_published_messages", "Messages appended, by topic", ["topic"], registry=r
         )
         self.published_bytes = Counter(
-            "sprawl_published_bytes", "Payload bytes appended, by topic", ["topic"], registry=r
+            "sprawl_published_bytes",
+            "Message bytes (payload, key and headers) appended, by topic",
+            ["topic"],
+            registry=r,
         )
         self.delivered_messages = Counter(
             "sprawl_delivered_messages",
@@ -44,7 +47,7 @@ class NodeMetrics:
         )
         self.delivered_bytes = Counter(
             "sprawl_delivered_bytes",
-            "Payload bytes delivered to consumers, by topic and mode",
+            "Message bytes (payload, key and headers) delivered to consumers, by topic and mode",
             ["topic", "mode"],
             registry=r,
         )

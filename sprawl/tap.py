@@ -41,6 +41,7 @@ from sprawl.config import (
 )
 from sprawl.gossip import GossipConfig
 from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer, save_incarnation
+from sprawl.http.origin import parse_allowed_origins
 from sprawl.peer.frames import frame_limits
 from sprawl.peer.tcp import PeerChannel
 
@@ -96,6 +97,11 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "scrub-rate": ("scrub_rate", parse_size),
     "s3-orphan-grace": ("s3_orphan_grace", parse_duration),
     "disk-hard-limit": ("disk_hard_limit", parse_size),
+    "allowed-origins": ("allowed_origins", parse_allowed_origins),
+    "max-connections": ("max_connections", int),
+    "header-timeout": ("header_timeout", parse_duration),
+    "body-timeout": ("body_timeout", parse_duration),
+    "body-min-rate": ("body_min_rate", parse_size),
 }
 
 _DOCS = {
@@ -166,6 +172,14 @@ _DOCS = {
     "disk-hard-limit": (
         "LMDB bytes past which publishes get 507 [default: --disk-budget; 1.5x it when the S3 tier is on]."
     ),
+    "allowed-origins": (
+        "Comma-separated web origins (scheme://host[:port], or *) whose pages may POST/PUT/DELETE "
+        "and open WebSockets; others get 403 origin_not_allowed [default: none but the node's own]."
+    ),
+    "max-connections": "Open HTTP connections at most; one more is answered 503 [default: 10000].",
+    "header-timeout": "A request's line and headers must arrive within this [default: 10s].",
+    "body-timeout": "A request body gets this long plus its size at --body-min-rate [default: 10s].",
+    "body-min-rate": "Bytes per second a request body must average [default: 64KB].",
 }
 
 _ALIASES = {
@@ -569,14 +583,27 @@ class NodeService(service.Service):
                 tokens=len(self.api.auth.tokens or ()),
                 jwt=self.api.auth.jwt is not None,
             )
-        site = make_site(self.api.resource(), max_body=c.max_body_bytes, metrics=metrics)
+        from sprawl.http.origin import OriginPolicy
+        from sprawl.http.server import ConnectionCap
+
+        self.api.origins = OriginPolicy(c.allowed_origins)
+        site = make_site(
+            self.api.resource(),
+            max_body=c.max_body_bytes,
+            metrics=metrics,
+            header_timeout=c.header_timeout,
+            body_timeout=c.body_timeout,
+            body_min_rate=c.body_min_rate,
+            reactor=self.reactor,
+        )
+        capped = ConnectionCap(site, c.max_connections, metrics)
         if c.tls_cert and c.tls_key:
             from sprawl.tlsconfig import server_endpoint
 
             http_ep = server_endpoint(self.reactor, c.http_port, c.http_addr, c.tls_cert, c.tls_key, c.tls_ca)
         else:
             http_ep = serverFromString(self.reactor, c.http_listen)
-        self.http_port = await http_ep.listen(site)
+        self.http_port = await http_ep.listen(capped)
         host = self.http_port.getHost()
         http_port = getattr(host, "port", 0)
         http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")

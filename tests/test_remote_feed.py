@@ -24,7 +24,7 @@ from sprawl.delivery.remote_feed import RemoteFeed, RemoteFeeds
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import NotFound, Unavailable
 from sprawl.log.partition import PartitionLog
-from sprawl.log.record import Record
+from sprawl.log.record import Record, take_bytes
 
 WAIT_MS = 20_000
 
@@ -38,6 +38,7 @@ class Holder:
         self.calls: list[tuple[Any, ...]] = []
         self.parked: list[tuple[int, int, int, defer.Deferred[dict[str, Any]]]] = []
         self.fail_with: Exception | None = None
+        self.max_bytes: list[int | None] = []
 
     def hw(self, p: int) -> int:
         lg = self.logs.get(p, [])
@@ -63,9 +64,17 @@ class Holder:
         return {"records": recs, "start": start, "hw": self.hw(p), "log_start": self.log_start.get(p, 0)}
 
     def fetch(
-        self, topic: str, p: int, start: str | int | None, from_time: int | None, limit: int, wait_ms: int
+        self,
+        topic: str,
+        p: int,
+        start: str | int | None,
+        from_time: int | None,
+        limit: int,
+        wait_ms: int,
+        max_bytes: int | None = None,
     ) -> defer.Deferred[dict[str, Any]]:
         self.calls.append((topic, p, start, from_time, limit, wait_ms))
+        self.max_bytes.append(max_bytes)
         if self.fail_with is not None:
             return defer.fail(self.fail_with)
         ls, hw = self.log_start.get(p, 0), self.hw(p)
@@ -78,6 +87,8 @@ class Holder:
         else:
             s = min(max(int(start), ls), hw)
         got = self._read(p, s, limit)
+        if max_bytes is not None:
+            got = take_bytes(got, max_bytes)
         if got or not wait_ms:
             return defer.succeed(self._answer(p, s, got))
         d: defer.Deferred[dict[str, Any]] = defer.Deferred()
@@ -201,7 +212,7 @@ def test_errors_back_off_boundedly_and_recovery_keeps_the_window() -> None:
 def test_an_exception_from_fetch_is_a_failed_round() -> None:
     clock = task.Clock()
 
-    def broken(*a: Any) -> Any:
+    def broken(*a: Any, **kw: Any) -> Any:
         raise NotFound("no topic", code="topic_not_found")
 
     f = RemoteFeed("t", 0, broken, clock, lambda: None, min_backoff=0.5)

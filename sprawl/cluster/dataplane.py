@@ -45,6 +45,7 @@ from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.gossip.load import rates_by_node
 from sprawl.log.record import Record, pack_record, unpack_record
+from sprawl.peer.frames import BATCH_BYTES
 from sprawl.peer.rpc import PeerRPC
 from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.messages import Assign, Fence, Handoff
@@ -797,7 +798,7 @@ class DataPlane:
                 offsets[i] = records[seen[rec.id]].offset
             elif not dups[i]:
                 offsets[i] = rec.offset
-        size = sum(len(x.payload) for x in fresh)
+        size = sum(x.message_bytes for x in fresh)
         b.published_total += len(fresh)
         b.published_bytes_total += size
         b.deduplicated_total += n - len(fresh)
@@ -875,9 +876,12 @@ class DataPlane:
         from_time: int | None,
         limit: int,
         wait_ms: int,
+        max_bytes: int | None = None,
     ) -> defer.Deferred[dict[str, Any]]:
         """Read a partition at the node that holds it: fires with
-        ``{"records": [Record], "start", "hw"}`` (records may include control ones)."""
+        ``{"records": [Record], "start", "hw"}`` (records may include control
+        ones); at most ``limit`` records and ``max_bytes`` bytes (the holder
+        caps it at :data:`~sprawl.peer.frames.BATCH_BYTES`), at least one."""
         src = self.read_source(topic, partition)
         if src is None:
             return defer.fail(Unavailable(f"no replica of {topic}/{partition} is known", code="no_leader"))
@@ -888,6 +892,7 @@ class DataPlane:
             "from_time": from_time,
             "limit": limit,
             "wait_ms": wait_ms,
+            "max_bytes": max_bytes,
         }
         d = self.rpc.call(src, "fetch", body, hops=1, timeout=self.forward_timeout + wait_ms / 1000.0)
 
@@ -911,6 +916,8 @@ class DataPlane:
         if not self.holds(name, p):
             raise NotLeaderError(f"this node holds no replica of {name}/{p}", self.read_source(name, p))
         limit = max(1, min(int(body.get("limit") or 100), 10_000))
+        # The answer is one peer frame: bounded in bytes whatever the caller asked.
+        max_bytes = max(1, min(int(body.get("max_bytes") or BATCH_BYTES), BATCH_BYTES))
         wait = max(0.0, min(int(body.get("wait_ms") or 0), 60_000) / 1000.0)
         lg = t.logs[p]
         spec, from_time = body.get("start"), body.get("from_time")
@@ -923,7 +930,7 @@ class DataPlane:
             deadline = self.reactor.seconds() + wait
             for _ in range(10_000):
                 hw = lg.high_watermark
-                got = await self.broker.read(t, p, start, limit) if start < hw else []
+                got = await self.broker.read(t, p, start, limit, max_bytes=max_bytes) if start < hw else []
                 if got or self.reactor.seconds() >= deadline or self.broker.topics.get(name) is not t:
                     break
                 await self.changed(name, p, deadline - self.reactor.seconds())

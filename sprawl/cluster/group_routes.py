@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from sprawl.delivery.groups import Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
-from sprawl.log.record import Record, pack_record, unpack_record
+from sprawl.log.record import DEFAULT_READ_BYTES, Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
 from sprawl.replication.service import record_bytes
 
@@ -85,25 +85,38 @@ class GroupRoutes:
     # -- pull ------------------------------------------------------------------------
 
     async def pull(
-        self, topic: Any, group: str, max_count: int, wait_ms: int
+        self, topic: Any, group: str, max_count: int, wait_ms: int, max_bytes: int = DEFAULT_READ_BYTES
     ) -> list[tuple[Delivery, Record]]:
-        """Lease up to ``max_count`` messages of ``group`` from every partition's owner."""
+        """Lease up to ``max_count`` messages of ``group`` from every
+        partition's owner, at most ``max_bytes`` of them (at least one)."""
         owners = self._by_owner(topic)
         order = sorted(owners, key=lambda o: (o != self.node_id, self.plane.rng.random()))
         got: list[tuple[Delivery, Record]] = []
+        room = max_bytes
         for o in order:
-            if len(got) >= max_count:
+            if len(got) >= max_count or (got and room <= 0):
                 break
             try:
-                got += await self._pull_at(o, topic, group, owners[o], max_count - len(got), 0)
+                more = await self._pull_at(o, topic, group, owners[o], max_count - len(got), 0, max(room, 1))
             except SprawlError as e:
                 if e.code in ("group_not_found", "topic_not_found") and o == self.node_id:
                     raise
                 log.debug("group pull at {node} failed: {err}", node=o, err=e.message)
+                continue
+            keep = 0
+            for _dv, r in more:
+                if (got or keep) and r.size > room:
+                    break  # over the budget (each owner gives at least one): back unseen
+                room -= r.size
+                keep += 1
+            got += more[:keep]
+            if keep < len(more):
+                self._give_back(topic, group, o, more[keep:])
         if got or not wait_ms:
             return got
         pending = [
-            defer.ensureDeferred(self._pull_at(o, topic, group, owners[o], max_count, wait_ms)) for o in order
+            defer.ensureDeferred(self._pull_at(o, topic, group, owners[o], max_count, wait_ms, max_bytes))
+            for o in order
         ]
         first: defer.Deferred[None] = defer.Deferred()
         results: list[list[tuple[Delivery, Record]]] = []
@@ -127,12 +140,19 @@ class GroupRoutes:
         return results[0] if results else []
 
     def _pull_at(
-        self, node: str, topic: Any, group: str, parts: list[int], max_count: int, wait_ms: int
+        self,
+        node: str,
+        topic: Any,
+        group: str,
+        parts: list[int],
+        max_count: int,
+        wait_ms: int,
+        max_bytes: int = DEFAULT_READ_BYTES,
     ) -> defer.Deferred[list[tuple[Delivery, Record]]]:
         if node == self.node_id:
             g = self.broker.get_group(topic, group)
             d: defer.Deferred[list[tuple[Delivery, Record]]] = self.broker.pull(
-                topic, g, max_count, wait_ms, partitions=set(parts)
+                topic, g, max_count, wait_ms, partitions=set(parts), max_bytes=max_bytes
             )
             return d
         body = {
@@ -141,6 +161,7 @@ class GroupRoutes:
             "max": max_count,
             "wait_ms": wait_ms,
             "partitions": parts,
+            "max_bytes": max_bytes,
         }
         call = self.rpc.call(
             node, "group_pull", body, hops=1, timeout=self.plane.forward_timeout + wait_ms / 1000.0
@@ -148,9 +169,10 @@ class GroupRoutes:
         return call.addCallback(_unpack_deliveries)
 
     def _give_back(self, topic: Any, group: str, owner: str, got: list[tuple[Delivery, Record]]) -> None:
-        """Leases nobody will see (a slower owner answered after the first): redeliver now."""
+        """Leases nobody will see (a slower owner answered after the first, or
+        the answer is full): redeliver now, the attempt not counted."""
         self.given_back += len(got)
-        d = self._settle_at(owner, topic, group, [dv.ack_id for dv, _ in got], True, 0)
+        d = self._settle_at(owner, topic, group, [dv.ack_id for dv, _ in got], True, 0, unseen=True)
         d.addErrback(lambda f: log.debug("giving leases back failed: {err}", err=str(f.value)))
 
     def _rpc_pull(self, caller: str, body: Any, hops: int) -> defer.Deferred[list[Any]]:
@@ -162,11 +184,17 @@ class GroupRoutes:
         parts = {int(p) for p in body["partitions"]}
         if mine is not None:
             parts &= mine
-        d = self.broker.pull(t, g, int(body["max"]), min(int(body["wait_ms"]), 60_000), partitions=parts)
+        # The answer is one peer frame: the pull reads at most the caller's
+        # budget, never more than BATCH_BYTES (one message at least) ...
+        max_bytes = max(1, min(int(body.get("max_bytes") or BATCH_BYTES), BATCH_BYTES))
+        d = self.broker.pull(
+            t, g, int(body["max"]), min(int(body["wait_ms"]), 60_000), partitions=parts, max_bytes=max_bytes
+        )
 
         def bounded(got: list[tuple[Delivery, Record]]) -> list[Any]:
-            # The answer is one frame: at most BATCH_BYTES of messages (but
-            # one), the rest leased back unseen (no delivery attempt counted).
+            # ... and, measured as the frame will carry them, at most
+            # BATCH_BYTES of messages (but one); the rest leased back unseen
+            # (no delivery attempt counted).
             keep, size = 0, 0
             for _dv, r in got:
                 n = record_bytes(r)
@@ -211,14 +239,31 @@ class GroupRoutes:
         return refused
 
     def _settle_at(
-        self, node: str, topic: Any, group: str, ids: list[str], nack: bool, delay_ms: int
+        self,
+        node: str,
+        topic: Any,
+        group: str,
+        ids: list[str],
+        nack: bool,
+        delay_ms: int,
+        unseen: bool = False,
     ) -> defer.Deferred[dict[str, str]]:
         if node == self.node_id:
             g = self.broker.get_group(topic, group)
+            if unseen:
+                return self.broker.give_back(topic, g, ids)  # type: ignore[no-any-return]
             if nack:
                 return self.broker.nack(topic, g, ids, delay_ms)  # type: ignore[no-any-return]
             return self.broker.ack(topic, g, ids)  # type: ignore[no-any-return]
-        body = {"topic": topic.name, "group": group, "ack_ids": ids, "nack": nack, "delay_ms": delay_ms}
+        # ``unseen`` rides with ``nack``: a node that predates it redelivers them.
+        body = {
+            "topic": topic.name,
+            "group": group,
+            "ack_ids": ids,
+            "nack": nack or unseen,
+            "delay_ms": delay_ms,
+            "unseen": unseen,
+        }
         return self.rpc.call(node, "group_settle", body, hops=1, timeout=self.plane.forward_timeout)
 
     def _rpc_settle(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, str]]:
@@ -227,6 +272,8 @@ class GroupRoutes:
         t = self.broker.get_topic(str(body["topic"]))
         g = self.broker.get_group(t, str(body["group"]))
         ids = [str(a) for a in body["ack_ids"]]
+        if body.get("unseen"):
+            return self.broker.give_back(t, g, ids)  # type: ignore[no-any-return]
         if body.get("nack"):
             return self.broker.nack(t, g, ids, int(body.get("delay_ms") or 0))  # type: ignore[no-any-return]
         return self.broker.ack(t, g, ids)  # type: ignore[no-any-return]

@@ -173,8 +173,9 @@ class ConsumerGroup:
             if only is not None and p not in only:
                 skipped.append((due, p, off))
                 continue
+            if st.attempts:  # not one given back unseen (:meth:`give_back`)
+                self.redelivered_total += 1
             out.append(self._lease(p, off, st, deadline))
-            self.redelivered_total += 1
         for item in skipped:
             heapq.heappush(ready, item)
         in_flight = self.in_flight if len(out) < max_count else 0
@@ -204,17 +205,9 @@ class ConsumerGroup:
 
     def unlease(self, deliveries: Collection[Delivery], now_ms: int) -> None:
         """Take back leases that were never handed to a consumer (an answer had
-        no room for them): ready again at once, and the attempt not counted."""
-        for dv in deliveries:
-            c = self.cursors.get(dv.partition)
-            st = c.pending.get(dv.offset) if c else None
-            if st is None or st.state != LEASED or st.attempts != dv.attempt:
-                continue
-            st.attempts -= 1
-            st.state = READY
-            st.due_ms = now_ms
-            heapq.heappush(self._ready, (now_ms, dv.partition, dv.offset))
-            self.delivered_total -= 1
+        no room for them): see :meth:`give_back`."""
+        for dv in sorted(deliveries, key=lambda d: (d.partition, -d.offset)):
+            self._take_back(dv.partition, dv.offset, dv.attempt, now_ms)
 
     def _lease(self, p: int, off: int, st: _Pending, deadline: int) -> Delivery:
         st.state = LEASED
@@ -283,6 +276,37 @@ class ConsumerGroup:
         heapq.heappush(self._ready, (due, p, off))
         return None
 
+    def give_back(self, ack_id: str, now_ms: int) -> str | None:
+        """Take back a lease its consumer never saw (the answer carrying it was
+        full, or a faster owner answered first): the offset is delivered
+        again at once and the attempt is not counted (a newest offset never
+        leased before just rolls the cursor back).  Returns None, or why the
+        id was refused (``malformed``, ``unknown``).  Give leases back newest
+        first, so a run of fresh ones rolls back whole."""
+        parsed = parse_ack_id(ack_id)
+        if parsed is None:
+            return "malformed"
+        return None if self._take_back(*parsed, now_ms) else "unknown"
+
+    def _take_back(self, p: int, off: int, attempt: int, now_ms: int) -> bool:
+        c = self.cursors.get(p)
+        st = c.pending.get(off) if c else None
+        if c is None or st is None or st.attempts != attempt or st.state != LEASED:
+            return False
+        self.delivered_total -= 1
+        st.attempts -= 1
+        if st.attempts:
+            self.redelivered_total -= 1
+        elif off == c.next - 1:
+            # The newest offset handed out, never seen: as if never leased.
+            del c.pending[off]
+            c.next = off
+            return True
+        st.state = READY
+        st.due_ms = now_ms
+        heapq.heappush(self._ready, (now_ms, p, off))
+        return True
+
     def tick(self, now_ms: int) -> list[DeadLetter]:
         """Expire leases whose deadline passed; returns dead-letter actions."""
         out: list[DeadLetter] = []
@@ -292,7 +316,7 @@ class ConsumerGroup:
             c = self.cursors.get(p)
             st = c.pending.get(off) if c else None
             if st is None or st.state != LEASED or st.attempts != attempt or st.due_ms != deadline:
-                continue  # (a lease taken back unseen and given again has a later deadline)
+                continue  # settled, or taken back unseen and leased again (a later deadline)
             dl = self._release(p, off, st, now_ms)
             if dl:
                 out.append(dl)

@@ -35,13 +35,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.log.record import Record
+from sprawl.log.record import DEFAULT_READ_BYTES, Record
 
 log = Logger()
 
-#: ``fetch(topic, partition, start, from_time, limit, wait_ms)`` → Deferred of
-#: ``{"records", "start", "hw", "log_start"}``.
-Fetch = Callable[[str, int, "str | int | None", "int | None", int, int], "defer.Deferred[dict[str, Any]]"]
+#: ``fetch(topic, partition, start, from_time, limit, wait_ms, max_bytes=None)``
+#: → Deferred of ``{"records", "start", "hw", "log_start"}`` (at most ``limit``
+#: records and ``max_bytes`` bytes, at least one record).
+Fetch = Callable[..., "defer.Deferred[dict[str, Any]]"]
 
 
 class RemoteFeed:
@@ -58,6 +59,7 @@ class RemoteFeed:
         max_records: int = 10_000,
         max_bytes: int = 16 * 1000**2,
         limit: int = 1000,
+        fetch_bytes: int = DEFAULT_READ_BYTES,
         wait_ms: int = 20_000,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
@@ -70,6 +72,8 @@ class RemoteFeed:
         self.max_records = max(1, max_records)
         self.max_bytes = max(1, max_bytes)
         self.limit = limit
+        #: Bytes one poll asks the holder for (its answers are bounded by the holder too).
+        self.fetch_bytes = fetch_bytes
         self.wait_ms = wait_ms
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -147,7 +151,9 @@ class RemoteFeed:
         else:
             asked, wait = self.next, self.wait_ms
         try:
-            d = self.fetch(self.topic, self.partition, asked, None, self.limit, wait)
+            d = self.fetch(
+                self.topic, self.partition, asked, None, self.limit, wait, max_bytes=self.fetch_bytes
+            )
         except Exception:
             d = defer.fail(Failure())
         self._inflight = d
@@ -293,11 +299,14 @@ class RemoteFeeds:
             if self.feeds.get(key) is f:
                 del self.feeds[key]
 
-    def catch_up(self, topic: str, partition: int, start: int, limit: int) -> defer.Deferred[dict[str, Any]]:
-        """Read records older than the feed's window at the holder (no wait)."""
+    def catch_up(
+        self, topic: str, partition: int, start: int, limit: int, max_bytes: int | None = None
+    ) -> defer.Deferred[dict[str, Any]]:
+        """Read records older than the feed's window at the holder (no wait),
+        at most ``limit`` records and ``max_bytes`` bytes (at least one)."""
         self.catch_ups += 1
         try:
-            return self.fetch(topic, partition, start, None, limit, 0)
+            return self.fetch(topic, partition, start, None, limit, 0, max_bytes=max_bytes)
         except Exception:
             return defer.fail(Failure())
 

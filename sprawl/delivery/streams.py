@@ -22,11 +22,38 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sprawl.errors import SprawlError
-from sprawl.log.record import Record
+from sprawl.log.record import DEFAULT_READ_BYTES, RECORD_OVERHEAD, Record
 
 log = Logger()
 
 CHUNK = 1000
+
+
+def batch(
+    recs: list[Record], encode: Callable[[Record], bytes], max_bytes: int
+) -> tuple[list[bytes], int, int, int]:
+    """Encode ``recs`` in order until the frames reach ``max_bytes`` (at least
+    one frame is always taken, however large).  Control records take no frame.
+
+    Returns ``(frames, used, delivered, message_bytes)``: the frames, how many
+    of ``recs`` they cover (control records included; the cursor moves past
+    ``recs[used - 1]``), how many messages they carry and those messages'
+    :attr:`~sprawl.log.record.Record.message_bytes`."""
+    frames: list[bytes] = []
+    append = frames.append
+    total = 0
+    size = 0
+    used = 0
+    for r in recs:
+        if not r.control:
+            f = encode(r)
+            total += len(f)
+            if total > max_bytes and frames:
+                break
+            append(f)
+            size += r.size
+        used += 1
+    return frames, used, len(frames), size - RECORD_OVERHEAD * len(frames)
 
 
 def deliverable(recs: list[Record]) -> list[Record]:
@@ -81,6 +108,8 @@ class SSEStream:
         slow_timeout: float = 30.0,
         feeds: Any = None,
         name: str | None = None,
+        max_bytes: int = DEFAULT_READ_BYTES,
+        expires: float | None = None,
     ):
         self.broker = broker
         #: The topic; None while waiting for it to be created (:meth:`wait_for_topic`).
@@ -107,14 +136,26 @@ class SSEStream:
         self._retry_calls: dict[int, Any] = {}
         #: While waiting for the topic: fires with ``(topic, cursors)`` when it appears.
         self._appearing: Deferred[Any] | None = None
+        #: Bytes of frames one write may carry (at least one message per write).
+        self.max_bytes = max_bytes
+        #: When the credentials that opened the stream expire (clock seconds),
+        #: or None: the stream ends then (:meth:`_expired`).
+        self.expires = expires
+        self._expiry_call: Any = None
 
     def start(self) -> Deferred[None]:
         """Send headers, start watching partitions, write what is already visible."""
         self._open()
         self.registry.add(self)
         self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+        self._arm_expiry()
         self._follow()
         return self.done
+
+    def _arm_expiry(self) -> None:
+        """End the stream when the credentials that opened it expire."""
+        if self.expires is not None:
+            self._expiry_call = self.clock.callLater(max(0.0, self.expires - self.clock.seconds()), self._expired)
 
     def wait_for_topic(self, appearing: Deferred[Any]) -> Deferred[None]:
         """Open the stream of a topic that does not exist yet: headers and
@@ -126,6 +167,7 @@ class SSEStream:
         self._waiting_note()
         self.registry.add(self)
         self._heartbeat_call = self.clock.callLater(self.heartbeat, self._beat)
+        self._arm_expiry()
         self._appearing = appearing
         appearing.addCallbacks(self._appeared, self._never_appeared)
         return self.done
@@ -160,6 +202,19 @@ class SSEStream:
             self._unwatch.append(self.broker.watch(name, p, lambda p=p: self._pump(p)))
         for p in list(self.cursors):
             self._pump(p)
+
+    def _expired(self) -> None:
+        """The token that opened the stream expired: end it (the client
+        resumes with a fresh token and ``Last-Event-ID``)."""
+        self._expiry_call = None
+        body = msgspec.json.encode(
+            {
+                "code": "token_expired",
+                "message": "the bearer token expired; reconnect with a fresh one and Last-Event-ID",
+                "cursors": {str(p): o for p, o in self.cursors.items()},
+            }
+        )
+        self._end(b"event: error\ndata: " + body + b"\n\n")
 
     def _open(self) -> None:
         """Register as the connection's producer and send the preamble (SSE headers)."""
@@ -239,7 +294,7 @@ class SSEStream:
 
     def _read_storage(self, p: int, start: int) -> None:
         self.reading.add(p)
-        d = self.broker.read(self.topic, p, start, CHUNK)
+        d = self.broker.read(self.topic, p, start, CHUNK, max_bytes=self.max_bytes)
 
         def got(recs: list[Record]) -> None:
             self.reading.discard(p)
@@ -284,7 +339,7 @@ class SSEStream:
 
     def _catch_up(self, p: int, start: int) -> None:
         self.reading.add(p)
-        d = self.feeds.catch_up(self.topic.name, p, start, CHUNK)
+        d = self.feeds.catch_up(self.topic.name, p, start, CHUNK, self.max_bytes)
 
         def got(answer: dict[str, Any]) -> None:
             self.reading.discard(p)
@@ -325,15 +380,18 @@ class SSEStream:
         self._pump(p)
 
     def _send(self, p: int, recs: list[Record]) -> None:
-        self.cursors[p] = recs[-1].offset + 1  # past control records too
-        recs = deliverable(recs)
-        if not recs:
+        """Write the records from the cursor of ``p`` on, at most
+        :attr:`max_bytes` of frames in one write; the cursor moves past what
+        was written (control records included)."""
+        frames, used, n, nbytes = batch(recs, Record.to_sse, self.max_bytes)
+        self.cursors[p] = recs[used - 1].offset + 1
+        if not n:
             return
-        self.request.write(b"".join([r.to_sse() for r in recs]))
-        self.sent += len(recs)
+        self.request.write(b"".join(frames))
+        self.sent += n
         m = self.broker.metrics
         if m is not None:
-            m.delivered(self.topic.name, "stream", len(recs), sum(len(r.payload) for r in recs))
+            m.delivered(self.topic.name, "stream", n, nbytes)
 
     # -- IPushProducer -------------------------------------------------------
 
@@ -404,7 +462,7 @@ class SSEStream:
             self.feeds.release(feed)
         self._remote = {}
         self._slow.stop()
-        for c in (self._heartbeat_call, *self._retry_calls.values()):
+        for c in (self._heartbeat_call, self._expiry_call, *self._retry_calls.values()):
             if c is not None and c.active():
                 c.cancel()
         if self._appearing is not None:

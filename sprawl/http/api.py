@@ -30,7 +30,8 @@ from sprawl.cluster.local import LocalControl
 from sprawl.delivery.streams import SSEStream, StreamRegistry, deliverable
 from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError, Unavailable
 from sprawl.http import dashboard as dashboard_ui
-from sprawl.log.record import Record
+from sprawl.http.origin import ALLOWED_METHODS, PREFLIGHT_MAX_AGE, UNSAFE_METHODS, OriginPolicy
+from sprawl.log.record import DEFAULT_READ_BYTES, MAX_READ_BYTES, Record
 from sprawl.topics import Topic
 
 log = Logger()
@@ -41,6 +42,9 @@ _decode = msgspec.json.decode
 JSON = b"application/json"
 MAX_WAIT_MS = 30_000
 MAX_FETCH = 10_000
+#: The least a multi-partition fetch reads of each partition (its budget is
+#: ``max_bytes`` shared out; the answer itself stays within ``max_bytes``).
+MIN_PARTITION_READ_BYTES = 64 * 1000
 
 
 class NodeInfo:
@@ -144,8 +148,9 @@ class _JSONErrorsResource(KleinResource):
 
 
 class _AuthorizingResource(_JSONErrorsResource):
-    """Checks the bearer token and the route's permission (see
-    :mod:`sprawl.http.authz`) before Klein routes the request; a no-op while
+    """Checks the request's ``Origin`` (see :mod:`sprawl.http.origin`), then
+    the bearer token and the route's permission (see :mod:`sprawl.http.authz`)
+    before Klein routes the request; the token check is a no-op while
     authentication is off."""
 
     def __init__(self, app: Any, api: SprawlAPI):
@@ -153,6 +158,11 @@ class _AuthorizingResource(_JSONErrorsResource):
         self._api = api
 
     def render(self, request: Any) -> Any:
+        origin = request.getHeader(b"origin")
+        if origin is not None:
+            refused = self._check_origin(request, origin)
+            if refused is not None:
+                return refused
         if self._api.auth.enabled:
             from sprawl.http import authz
 
@@ -161,6 +171,45 @@ class _AuthorizingResource(_JSONErrorsResource):
             except SprawlError as e:
                 return authz.refuse(request, e, self._api.metrics)
         return super().render(request)
+
+    def _check_origin(self, request: Any, origin: bytes) -> bytes | None:
+        """403 for a state-changing request or WebSocket upgrade from a page of
+        an origin not allowed; CORS for listed origins.  None: go on."""
+        from sprawl.http.websocket import is_upgrade
+
+        policy = self._api.origins
+        method = request.method
+        listed = policy.listed(origin)
+        if listed:
+            request.setHeader(b"access-control-allow-origin", origin)
+            request.setHeader(b"vary", b"Origin")
+            if method == b"OPTIONS" and request.getHeader(b"access-control-request-method") is not None:
+                request.setResponseCode(204)
+                request.setHeader(b"access-control-allow-methods", ALLOWED_METHODS)
+                request.setHeader(
+                    b"access-control-allow-headers", b"Authorization, Content-Type, Last-Event-ID"
+                )
+                request.setHeader(b"access-control-max-age", PREFLIGHT_MAX_AGE)
+                request.setHeader(b"content-length", b"0")
+                return b""
+            return None
+        if not (method in UNSAFE_METHODS or is_upgrade(request)):
+            return None
+        if policy.allows(origin, request.isSecure(), request.getHeader(b"host")):
+            return None
+        if self._api.metrics is not None:
+            self._api.metrics.rejected_requests.labels("origin").inc()
+        e = SprawlError(
+            "requests from this web origin are not allowed to change state on this node "
+            "(start the node with --allowed-origins to allow it)",
+            code="origin_not_allowed",
+            status=403,
+        )
+        request.setResponseCode(403)
+        request.setHeader(b"content-type", JSON)
+        body = _encode(e.to_json())
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
 
 class SprawlAPI:
@@ -193,6 +242,8 @@ class SprawlAPI:
 
         #: Bearer-token authentication (off unless the node is given tokens or a JWT secret).
         self.auth = Authenticator()
+        #: Which web pages may change state here (``--allowed-origins``; default: the node's own).
+        self.origins = OriginPolicy()
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards: set[dashboard_ui.DashboardStream] = set()
         #: Options of WebSocket feeds (``slow_timeout``, ``ping_interval``, ``max_frame_bytes``).
@@ -213,6 +264,9 @@ class SprawlAPI:
     def _render_error(self, request: Any, f: Failure) -> bytes:
         e = f.value
         body: Any = None
+        if isinstance(e, RecursionError):
+            # Input nested too deeply for a decoder or encoder: the client's fault.
+            e = BadRequest("input nested too deeply", code="invalid_json")
         if isinstance(e, SprawlError):
             status, code, message = e.status, e.code, e.message
             body = e.to_json()  # with the details some errors carry (corrupt_record: the range)
@@ -253,10 +307,7 @@ class SprawlAPI:
             if required:
                 raise BadRequest("request body must be a JSON object", code="invalid_json")
             return {}
-        try:
-            body = _decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:  # invalid UTF-8 raises the latter
-            raise BadRequest(f"malformed JSON: {e}", code="invalid_json") from None
+        body = decode_json_body(raw)
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", code="invalid_json")
         return body
@@ -270,6 +321,12 @@ class SprawlAPI:
             return v[0].decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest(f"query parameter {name} is not UTF-8", code="invalid_parameter") from None
+
+    def _max_bytes(self, request: Any) -> int:
+        """``?max_bytes=``: bytes of messages one answer (or one stream write) may carry."""
+        return (
+            self._int_arg(request, "max_bytes", DEFAULT_READ_BYTES, 1, MAX_READ_BYTES) or DEFAULT_READ_BYTES
+        )
 
     def _int_arg(self, request: Any, name: str, default: int | None, lo: int, hi: int) -> int | None:
         v = self._arg(request, name)
@@ -478,7 +535,8 @@ class SprawlAPI:
         parts = self._partitions(request, t)
         limit = self._int_arg(request, "limit", 100, 1, MAX_FETCH) or 100
         wait_ms = self._int_arg(request, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
-        return self._fetch(request, t, parts, spec, from_time, limit, wait_ms)
+        max_bytes = self._max_bytes(request)
+        return self._fetch(request, t, parts, spec, from_time, limit, wait_ms, max_bytes)
 
     def _fetch_when_created(self, request: Any, topic: str, wait_ms: int) -> Deferred[Any]:
         """A long-poll of a topic that does not exist yet: wait up to
@@ -488,6 +546,7 @@ class SprawlAPI:
         self._start_spec(request)  # validated; a start before the topic exists is its first offset
         partition = self._int_arg(request, "partition", None, 0, 1023)
         limit = self._int_arg(request, "limit", 100, 1, MAX_FETCH) or 100
+        max_bytes = self._max_bytes(request)
         deadline = self.clock.seconds() + wait_ms / 1000.0
         appearing = self._when_created(topic, partition)
         timer = self.clock.callLater(wait_ms / 1000.0, appearing.cancel)
@@ -500,7 +559,7 @@ class SprawlAPI:
                 if request.finished or request._disconnected:
                     raise  # the client left: nobody to answer
                 parts = [partition] if partition is not None else []
-                return self._fetch_answer(request, topic, parts, [], {}, {}, {}, limit, missing=True)
+                return self._fetch_answer(request, topic, parts, [], {}, {}, {}, limit, max_bytes, missing=True)
             finally:
                 if timer.active():
                     timer.cancel()
@@ -508,7 +567,7 @@ class SprawlAPI:
             for _ in range(1000):
                 left = max(0, int((deadline - self.clock.seconds()) * 1000))
                 try:
-                    return await self._fetch(request, t, parts, 0, None, limit, left)
+                    return await self._fetch(request, t, parts, 0, None, limit, left, max_bytes)
                 except SprawlError as e:
                     # A holder of the partition that has not applied the
                     # topic's creation yet: try again until the deadline.
@@ -528,18 +587,21 @@ class SprawlAPI:
         from_time: int | None,
         limit: int,
         wait_ms: int,
+        max_bytes: int,
     ) -> Any:
         """``GET .../messages`` of an existing topic (see :meth:`fetch`)."""
         topic = t.name
+        # Each partition reads its share of the budget (the answer is trimmed to it).
+        per = max(max_bytes // len(parts), min(max_bytes, MIN_PARTITION_READ_BYTES))
         deadline = self.clock.seconds() + wait_ms / 1000.0
         if self.plane is not None and any(self.plane.read_source(topic, p) for p in parts):
             return defer.ensureDeferred(
-                self._fetch_routed(request, t, parts, spec, from_time, limit, wait_ms)
+                self._fetch_routed(request, t, parts, spec, from_time, limit, wait_ms, max_bytes, per)
             )
 
         def read(starts: dict[int, int]) -> Any:
             hws = {p: t.logs[p].high_watermark for p in parts}
-            ds = [self.broker.read(t, p, starts[p], limit) for p in parts]
+            ds = [self.broker.read(t, p, starts[p], limit, max_bytes=per) for p in parts]
             from twisted.internet.defer import gatherResults
 
             d = gatherResults(ds, consumeErrors=True)
@@ -567,7 +629,7 @@ class SprawlAPI:
                 request.notifyFinish().addErrback(lambda _: wait.cancel())
                 return wait.addCallback(lambda _: read(starts))
             hw = {p: t.logs[p].high_watermark for p in parts}
-            return self._fetch_answer(request, topic, parts, recs, starts, nexts, hw, limit)
+            return self._fetch_answer(request, topic, parts, recs, starts, nexts, hw, limit, max_bytes)
 
         return self._resolve(t, parts, spec, from_time, "earliest").addCallback(read)
 
@@ -580,6 +642,8 @@ class SprawlAPI:
         from_time: int | None,
         limit: int,
         wait_ms: int,
+        max_bytes: int,
+        per: int,
     ) -> bytes:
         """``GET .../messages`` when some partitions are held by other nodes:
         each partition is read where it is held (here, or at its leader over
@@ -591,7 +655,7 @@ class SprawlAPI:
             p: int, start: str | int | None, ft: int | None, wait: int
         ) -> tuple[list[Record], int, int]:
             if plane.read_source(t.name, p) is not None:
-                got = await plane.fetch_remote(t.name, p, start, ft, limit, wait)
+                got = await plane.fetch_remote(t.name, p, start, ft, limit, wait, max_bytes=per)
                 return got["records"], got["start"], got["hw"]
             lg = t.logs[p]
             if ft is not None:
@@ -599,10 +663,10 @@ class SprawlAPI:
             else:
                 s0 = lg.resolve_start(start if start is not None else "earliest")
             s0 = max(s0, lg.log_start)
-            recs = await self.broker.read(t, p, s0, limit) if s0 < lg.high_watermark else []
+            recs = await self.broker.read(t, p, s0, limit, max_bytes=per) if s0 < lg.high_watermark else []
             if not recs and wait:
                 await plane.changed(t.name, p, wait / 1000.0)
-                recs = await self.broker.read(t, p, s0, limit) if s0 < lg.high_watermark else []
+                recs = await self.broker.read(t, p, s0, limit, max_bytes=per) if s0 < lg.high_watermark else []
             return recs, s0, lg.high_watermark
 
         def gather(ds: list[Any]) -> Any:
@@ -624,7 +688,7 @@ class SprawlAPI:
             if got:
                 nexts[p] = got[-1].offset + 1  # past control records too
                 recs.extend(deliverable(got))
-        return self._fetch_answer(request, t.name, parts, recs, starts, nexts, hws, limit)
+        return self._fetch_answer(request, t.name, parts, recs, starts, nexts, hws, limit, max_bytes)
 
     def _fetch_answer(
         self,
@@ -636,10 +700,12 @@ class SprawlAPI:
         nexts: dict[int, int],
         hws: dict[int, int],
         limit: int,
+        max_bytes: int,
         missing: bool = False,
     ) -> bytes:
         """The body of ``GET .../messages``: over several partitions the oldest
-        ``limit`` messages by time, each partition's cursor past what it gave.
+        ``limit`` messages by time; at most ``max_bytes`` of encoded messages
+        (at least one); each partition's cursor past what it gave.
         ``missing``: the topic does not exist yet; every cursor is 0."""
         if missing:
             body = b'{"messages":[],"next":0,"high_watermark":0'
@@ -650,13 +716,22 @@ class SprawlAPI:
         if len(parts) > 1:
             recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
             recs = recs[:limit]
+        encoded = [r.to_json() for r in recs]
+        total = 0
+        trimmed = False
+        for i, j in enumerate(encoded):
+            total += len(j) + 1
+            if total > max_bytes and i:
+                recs, encoded, trimmed = recs[:i], encoded[:i], True
+                break
+        if len(parts) > 1 or trimmed:
             nexts = dict(starts)
             for r in recs:
                 nexts[r.partition] = max(nexts[r.partition], r.offset + 1)
         m = self.metrics
         if m is not None and recs:
-            m.delivered(topic, "fetch", len(recs), sum(len(r.payload) for r in recs))
-        body = b'{"messages":[' + b",".join(r.to_json() for r in recs) + b"]"
+            m.delivered(topic, "fetch", len(recs), sum(r.message_bytes for r in recs))
+        body = b'{"messages":[' + b",".join(encoded) + b"]"
         body += b',"next":' + _encode(nexts[parts[0]] if len(parts) == 1 else None)
         body += b',"high_watermark":' + _encode(hws[parts[0]] if len(parts) == 1 else sum(hws.values()))
         body += b',"next_by_partition":' + _encode({str(p): o for p, o in nexts.items()})
@@ -696,8 +771,10 @@ class SprawlAPI:
             partition = self._int_arg(request, "partition", None, 0, 1023)
             parts = self._partitions(request, t) if t is not None else []
             resume = parse_last_event_id(request.getHeader(b"last-event-id"))
+            max_bytes = self._max_bytes(request)
         except SprawlError as e:
             return self._render_error(request, Failure(e))
+        principal = getattr(request, "sprawl_principal", None)
 
         def go(starts: dict[int, int]) -> Any:
             s = SSEStream(
@@ -710,6 +787,8 @@ class SprawlAPI:
                 slow_timeout=self.broker.config.slow_consumer_timeout,
                 feeds=self.plane.feeds if self.plane is not None else None,
                 name=topic,
+                max_bytes=max_bytes,
+                expires=getattr(principal, "expires", None),
             )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(
@@ -754,6 +833,7 @@ class SprawlAPI:
                 raise BadRequest("last_event_id must be PARTITION:OFFSET", code="invalid_last_event_id")
             resume = parse_last_event_id(lei.encode() if lei else None)
             max_in_flight = self._int_arg(request, "max_in_flight", 100, 1, MAX_FETCH) or 100
+            max_bytes = self._max_bytes(request)
             g = None
             if gname is not None:
                 if spec is not None or from_time is not None or resume:
@@ -775,7 +855,13 @@ class SprawlAPI:
         principal = getattr(request, "sprawl_principal", None)
         if g is not None:
             return ws.ws_resource(
-                self, t, group=g, max_in_flight=max_in_flight, principal=principal, **self.ws_options
+                self,
+                t,
+                group=g,
+                max_in_flight=max_in_flight,
+                principal=principal,
+                max_bytes=max_bytes,
+                **self.ws_options,
             )
         if t is None:
             return ws.ws_resource(
@@ -784,11 +870,14 @@ class SprawlAPI:
                 name=topic,
                 appearing=lambda: self._when_created(topic, partition),
                 principal=principal,
+                max_bytes=max_bytes,
                 **self.ws_options,
             )
 
         def go(starts: dict[int, int]) -> Any:
-            return ws.ws_resource(self, t, cursors=starts, principal=principal, **self.ws_options)
+            return ws.ws_resource(
+                self, t, cursors=starts, principal=principal, max_bytes=max_bytes, **self.ws_options
+            )
 
         d = self._stream_starts(t, parts, spec, from_time, resume)
         d.addCallback(go)
@@ -874,6 +963,11 @@ class SprawlAPI:
         existing = self.broker.topics.get(topic)
         old = existing.groups.get(group) if existing else None
         self.broker.group_config_from(topic, group, body, old.config if old else None)
+        dlq = body.get("dead_letter_topic")
+        principal = getattr(request, "sprawl_principal", None)
+        if principal is not None and dlq is not None:
+            # The group will publish there: whoever sets it up must be allowed to.
+            principal.require("publish", dlq)
         d = self.broker.ensure_topic(topic)
 
         def made(t: Any) -> Any:
@@ -910,21 +1004,28 @@ class SprawlAPI:
     @_route("group_pull")
     def pull(self, request: Any, topic: str, group: str) -> Any:
         body = self._json_body(request, required=False)
-        unknown = set(body) - {"max", "wait_ms"}
+        unknown = set(body) - {"max", "wait_ms", "max_bytes"}
         if unknown:
             raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", code="invalid_field")
         mx = body.get("max", 10)
         wait_ms = body.get("wait_ms", 0)
+        max_bytes = body.get("max_bytes", DEFAULT_READ_BYTES)
         if not isinstance(mx, int) or isinstance(mx, bool) or not 1 <= mx <= MAX_FETCH:
             raise BadRequest(f"max must be an integer 1..{MAX_FETCH}", code="invalid_field")
         if not isinstance(wait_ms, int) or isinstance(wait_ms, bool) or not 0 <= wait_ms <= MAX_WAIT_MS:
             raise BadRequest(f"wait_ms must be an integer 0..{MAX_WAIT_MS}", code="invalid_field")
+        if (
+            not isinstance(max_bytes, int)
+            or isinstance(max_bytes, bool)
+            or not 1 <= max_bytes <= MAX_READ_BYTES
+        ):
+            raise BadRequest(f"max_bytes must be an integer 1..{MAX_READ_BYTES}", code="invalid_field")
         t = self.broker.get_topic(topic)
         g = self.broker.get_group(t, group)
         if self.plane is not None:
-            d = defer.ensureDeferred(self.plane.groups.pull(t, group, mx, wait_ms))
+            d = defer.ensureDeferred(self.plane.groups.pull(t, group, mx, wait_ms, max_bytes))
         else:
-            d = self.broker.pull(t, g, mx, wait_ms)
+            d = self.broker.pull(t, g, mx, wait_ms, max_bytes=max_bytes)
         request.notifyFinish().addErrback(lambda _: d.cancel())
 
         def answer(got: list[Any]) -> bytes:
@@ -938,7 +1039,7 @@ class SprawlAPI:
                 )
             m = self.metrics
             if m is not None and got:
-                m.delivered(topic, "group", len(got), sum(len(r.payload) for _, r in got))
+                m.delivered(topic, "group", len(got), sum(r.message_bytes for _, r in got))
             request.setHeader(b"content-type", JSON)
             return b'{"messages":[' + b",".join(parts) + b"]}"
 
@@ -1242,7 +1343,10 @@ class SprawlAPI:
         if "payload" not in body:
             raise BadRequest("payload is required", code="invalid_field")
         payload = body["payload"]
-        data = payload.encode() if isinstance(payload, str) else _encode(payload)
+        try:
+            data = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else _encode(payload)
+        except RecursionError:
+            raise BadRequest("payload is nested too deeply", code="invalid_field") from None
         mid = body.get("id")
         if mid is not None:
             check_id(mid, 0)
@@ -1286,8 +1390,11 @@ class SprawlAPI:
         from twisted.internet.defer import gatherResults
 
         def one(name: str) -> Deferred[Any]:
+            # The same path as PUT .../groups/{group}: through Raft in a cluster.
             d = self.broker.ensure_topic(name)
-            return d.addCallback(lambda t: self.broker.put_group(t, gid, {}) if gid not in t.groups else None)
+            return d.addCallback(
+                lambda t: self.control.put_group(t, gid, {}) if gid not in t.groups else None
+            )
 
         d: Deferred[Any] = gatherResults([one(n) for n in topics], consumeErrors=True)
         d.addErrback(_unwrap_first_error)
@@ -1365,6 +1472,17 @@ def _unwrap_first_error(f: Failure) -> Any:
     return sub if sub is not None else f
 
 
+def decode_json_body(raw: bytes) -> Any:
+    """A JSON request body, or 400 ``invalid_json``: malformed, not UTF-8, or
+    nested deeper than the decoder allows (msgspec raises RecursionError)."""
+    try:
+        return _decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # invalid UTF-8 raises the latter
+        raise BadRequest(f"malformed JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply", code="invalid_json") from None
+
+
 def check_id(mid: Any, i: int) -> None:
     """Message ids are 1-256 character strings."""
     if not isinstance(mid, str) or not 1 <= len(mid) <= 256:
@@ -1394,7 +1512,7 @@ def _fast_publish(raw: bytes, max_batch: int) -> tuple[list[Record], str] | None
     """
     try:
         body = _publish_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     msgs = body.messages
     if not msgs or len(msgs) > max_batch or body.acks not in ACKS:

@@ -8,10 +8,12 @@ Route classes (by Klein endpoint name):
 * publish on the topic: ``POST /v1/topics/{t}/messages``, ``POST /publish``
   (topic from the body); publishing may auto-create the topic;
 * subscribe on the topic: fetch, ``/stream``, ``/ws`` (its publish frames
-  also need publish), describing a topic or group, pull/ack/nack,
-  ``POST /subscribe`` (each topic of the body);
+  also need publish), describing a topic or group, pull/ack/nack;
 * admin on the topic: ``PUT``/``DELETE`` of topics and groups, skipping a
-  damaged range (``POST /v1/topics/{t}/damage/skip``);
+  damaged range (``POST /v1/topics/{t}/damage/skip``), and ``POST
+  /subscribe`` (it creates a group on each topic of the body, as ``PUT
+  .../groups/{group}`` does); a group's ``dead_letter_topic`` also needs
+  publish on that topic (checked by the handler);
 * admin node-wide (admin on ``*``): ``/v1/cluster*``, ``/v1/damage*``, ``/metrics``,
   ``/v1/dashboard/stream``, ``/status``, ``/dht``, ``/store``;
 * any valid token: ``GET /v1/topics`` and ``/topics`` (lists names).
@@ -91,7 +93,7 @@ def _body_topics(request: Any, endpoint: str) -> list[str] | None:
     content.seek(0)
     try:
         body = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(body, dict):
         return None
@@ -138,7 +140,7 @@ def _check(principal: Principal, endpoint: str, args: dict[str, Any], request: A
         principal.require("admin", None)
     elif endpoint in ("seed_publish", "seed_subscribe"):
         for t in _body_topics(request, endpoint) or []:
-            principal.require("publish" if endpoint == "seed_publish" else "subscribe", t)
+            principal.require("publish" if endpoint == "seed_publish" else "admin", t)
     elif endpoint not in ANY_PRINCIPAL:
         # A route nobody classified: only node-wide admins (fail closed).
         principal.require("admin", None)

@@ -1,8 +1,19 @@
-"""The HTTP server side: a request class that bounds bodies, and the Site.
+"""The HTTP server side: a request class that bounds bodies, a channel that
+bounds time, a cap on connections, and the Site.
 
-Bodies are held in memory up to ``max_body`` bytes; past that the rest is
-read and discarded and the request answered 413 with the JSON error shape,
-so an oversize upload costs the node no memory and hurts no other request.
+* **Bodies** are held in memory up to ``max_body`` bytes; past that the rest
+  is read and discarded and the request answered 413 with the JSON error
+  shape, so an oversize upload costs the node no memory and hurts no other
+  request.
+* **Time** (:class:`GuardedChannel`): a request's line and headers must
+  arrive within ``header_timeout`` seconds (counted from the connection's
+  start for its first request, from the first byte for later ones), and its
+  body within ``body_timeout`` plus its size at ``body_min_rate`` bytes/s --
+  so a client sending a byte a second is answered 408 and closed instead of
+  holding a connection forever.  Once a request is whole, nothing here times
+  it: long-polls, SSE streams and WebSockets run as long as they need.
+* **Connections** (:class:`ConnectionCap`): at most ``max_connections`` open
+  at once; one more is answered 503 ``too_many_connections`` and closed.
 """
 
 from __future__ import annotations
@@ -11,6 +22,9 @@ import io
 from typing import Any
 
 import msgspec
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -70,6 +84,184 @@ class BoundedRequest(Request):
         super().process()
 
 
+def _raw_error(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 error response with the JSON error shape, closing the connection."""
+    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+    return (
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n%s\r\n%s" % (status, len(body), extra, body)
+    )
+
+
+# Where a connection is in its current request.
+_IDLE = 0  # between requests (the channel's idle timeout applies)
+_HEADERS = 1  # receiving a request line and headers
+_BODY = 2  # receiving a body
+_HANDLING = 3  # the request is whole and being answered (no limit here)
+_CLOSED = 4
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTP/1.1 channel whose requests must arrive in bounded time (see
+    the module docstring).  Timers are armed only when a request does not
+    arrive in one read, so a request that does costs nothing extra."""
+
+    #: Seconds for a request's line and headers.
+    header_timeout = 10.0
+    #: Seconds a body gets on top of its size at :attr:`body_min_rate`.
+    body_timeout = 10.0
+    #: Bytes/s a body must keep up on average (past :attr:`body_timeout`).
+    body_min_rate = 64_000
+    metrics: Any = None
+    site: Any
+
+    _phase = _HEADERS
+    _guard: Any = None
+    _body_start = 0.0
+    _body_received = 0
+
+    def _seconds(self) -> float:
+        return float(self.site.reactor.seconds())
+
+    def _arm(self, delay: float) -> None:
+        self._guard = self.callLater(max(0.0, delay), self._expired)
+
+    def _cancel(self) -> None:
+        g, self._guard = self._guard, None
+        if g is not None and g.active():
+            g.cancel()
+
+    def connectionMade(self) -> None:
+        """The first request's headers are due ``header_timeout`` after the connection opens."""
+        super().connectionMade()
+        self._arm(self.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Start timing a new request at its first byte; arm a timer if it is not whole yet."""
+        phase = self._phase
+        if phase == _IDLE:
+            self._phase = _HEADERS
+        elif phase == _CLOSED:
+            return
+        super().dataReceived(data)
+        if self._guard is None:
+            if self._phase == _HEADERS:
+                self._arm(self.header_timeout)
+            elif self._phase == _BODY:
+                self._arm(self._body_left())
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """Count body bytes (the minimum rate is checked against them)."""
+        if self._phase == _BODY:
+            self._body_received += len(data)
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        """Headers are whole: a body, if one follows, gets its own time."""
+        super().allHeadersReceived()
+        self._cancel()
+        if self.length != 0:  # Content-Length > 0, or chunked (None)
+            self._phase = _BODY
+            self._body_start = self._seconds()
+            self._body_received = 0
+
+    def allContentReceived(self) -> None:
+        """The request is whole: no more limits on it."""
+        self._phase = _HANDLING
+        self._cancel()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        """The answer is done: the next request's clock starts at its first byte."""
+        if self.persistent and self._phase != _CLOSED:
+            self._phase = _IDLE
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Release the timer."""
+        self._phase = _CLOSED
+        self._cancel()
+        super().connectionLost(reason)
+
+    def _body_left(self) -> float:
+        allowed = self.body_timeout + self._body_received / self.body_min_rate
+        return self._body_start + allowed - self._seconds()
+
+    def _expired(self) -> None:
+        self._guard = None
+        if self._phase == _BODY:
+            left = self._body_left()
+            if left > 0:
+                self._arm(left)  # it kept up the minimum rate so far
+                return
+            why = (
+                f"the request body did not arrive in time ({self.body_timeout:g} s plus its size "
+                f"at {self.body_min_rate} bytes/s)"
+            )
+        elif self._phase == _HEADERS:
+            why = f"the request line and headers did not arrive within {self.header_timeout:g} s"
+        else:
+            return
+        self._phase = _CLOSED
+        if self.metrics is not None:
+            self.metrics.rejected_requests.labels("timeout").inc()
+        transport: Any = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return
+        transport.write(_raw_error(b"408 Request Timeout", "request_timeout", why))
+        self.timeoutConnection()
+
+
+class _TooManyConnections(Protocol):
+    """Answers 503 at once and closes: the node has ``max_connections`` open."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(
+            _raw_error(
+                b"503 Service Unavailable",
+                "too_many_connections",
+                "the node has as many connections open as it allows (--max-connections); retry shortly",
+                b"retry-after: 1\r\n",
+            )
+        )
+        transport.loseConnection()
+
+
+class ConnectionCap(WrappingFactory):
+    """Wraps a server factory so at most ``max_connections`` of its
+    connections are open at once (see the module docstring).
+
+    A wrapper rather than a count in the HTTP channel: a WebSocket upgrade
+    hands the socket to another protocol, and the wrapper still sees it close.
+    """
+
+    protocol = ProtocolWrapper
+
+    def __init__(self, wrapped: Any, max_connections: int, metrics: Any = None) -> None:
+        super().__init__(wrapped)
+        self.max_connections = max_connections
+        self.metrics = metrics
+        #: Connections refused since start.
+        self.refused = 0
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self.protocols)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """The wrapped protocol, or a 503 past the cap."""
+        if len(self.protocols) >= self.max_connections:
+            self.refused += 1
+            if self.metrics is not None:
+                self.metrics.rejected_requests.labels("connections").inc()
+            p = _TooManyConnections()
+            p.factory = self  # type: ignore[assignment]
+            return p
+        return super().buildProtocol(addr)
+
+
 class QuietSite(Site):
     """A Site without a per-request access log line (the hot path stays quiet;
     request counts and latencies are in /metrics)."""
@@ -108,15 +300,29 @@ def make_site(
     metrics: Any = None,
     timeout: float = 75.0,
     access_log: bool = False,
+    header_timeout: float = 10.0,
+    body_timeout: float = 10.0,
+    body_min_rate: int = 64_000,
+    reactor: Any = None,
 ) -> Site:
-    """A Site whose requests bound their bodies and whose idle connections time out."""
+    """A Site whose requests bound their bodies and the time they take to
+    arrive (see the module docstring), and whose idle connections time out."""
 
     class _Request(BoundedRequest):
         pass
 
     _Request.max_body = max_body
     _Request.metrics = metrics
-    site = QuietSite(resource, requestFactory=_Request, timeout=timeout)
+
+    class _Channel(GuardedChannel):
+        pass
+
+    _Channel.header_timeout = header_timeout
+    _Channel.body_timeout = body_timeout
+    _Channel.body_min_rate = max(1, body_min_rate)
+    _Channel.metrics = metrics
+    site = QuietSite(resource, requestFactory=_Request, timeout=timeout, reactor=reactor)
+    site.protocol = _Channel  # type: ignore[method-assign,assignment]  # HTTP/1.1 only (no h2 here); the channel bounds request time
     site.access_log = access_log
     site.displayTracebacks = False
     site.noisy = False

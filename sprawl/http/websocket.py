@@ -42,9 +42,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sprawl.broker import ACKS
-from sprawl.delivery.streams import SlowClientClock, SSEStream, StreamRegistry, deliverable
+from sprawl.delivery.streams import SlowClientClock, SSEStream, StreamRegistry, batch
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
-from sprawl.log.record import Record
+from sprawl.log.record import DEFAULT_READ_BYTES, Record
 
 log = Logger()
 
@@ -59,6 +59,8 @@ CLOSE_READ_FAILED = 4011
 CLOSE_NOT_FOUND = 4404
 #: The node is stopping (autobahn lets an endpoint send only 1000 or 3000-4999).
 CLOSE_GOING_AWAY = 4001
+#: The bearer token (a JWT) that opened the socket expired.
+CLOSE_TOKEN_EXPIRED = 4401
 
 #: Publishes a socket may have in flight before the node stops reading it.
 MAX_PENDING_PUBLISHES = 64
@@ -76,6 +78,10 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def _framed(r: Record) -> bytes:
+    return text_frame(r.to_json())
 
 
 class _Conn:
@@ -121,21 +127,27 @@ class WSStream(SSEStream):
         super()._pump(p)
 
     def _send(self, p: int, recs: list[Record]) -> None:
-        self.cursors[p] = recs[-1].offset + 1  # past control records too
-        recs = deliverable(recs)
-        if not recs:
-            return
         proto = self.proto
-        if proto.can_write_raw():
+        raw = proto.can_write_raw()
+        frames, used, n, nbytes = batch(recs, _framed if raw else Record.to_json, self.max_bytes)
+        self.cursors[p] = recs[used - 1].offset + 1  # past control records too
+        if not n:
+            return
+        if raw:
             # One write of ready-made frames instead of a sendMessage per record.
-            proto.transport.write(b"".join([text_frame(r.to_json()) for r in recs]))
+            proto.transport.write(b"".join(frames))
         else:
-            for r in recs:
-                proto.sendMessage(r.to_json(), isBinary=False)
-        self.sent += len(recs)
+            for f in frames:
+                proto.sendMessage(f, isBinary=False)
+        self.sent += n
         m = self.broker.metrics
         if m is not None:
-            m.delivered(self.topic.name, "websocket", len(recs), sum(len(r.payload) for r in recs))
+            m.delivered(self.topic.name, "websocket", n, nbytes)
+
+    def _expired(self) -> None:
+        self._expiry_call = None
+        cur = ",".join(f"{p}:{o}" for p, o in self.cursors.items())
+        self._close_with(CLOSE_TOKEN_EXPIRED, f"token_expired: reconnect with a fresh token from {cur}"[:120])
 
     def _too_slow(self) -> None:
         if self.closed:
@@ -177,14 +189,20 @@ class GroupFeed:
         max_in_flight: int = 100,
         slow_timeout: float = 30.0,
         pull: Any = None,
+        max_bytes: int = DEFAULT_READ_BYTES,
+        expires: float | None = None,
     ):
         self.proto = proto
         self.broker = broker
         self.topic = topic
         self.group = group
-        #: Leases ``(max, wait_ms)`` -> Deferred of (delivery, record) pairs: the
-        #: cluster's (from every partition's leader) or, by default, this broker's.
-        self.pull = pull or (lambda n, wait: broker.pull(topic, group, n, wait))
+        #: Leases ``(max, wait_ms, max_bytes)`` -> Deferred of (delivery, record)
+        #: pairs: the cluster's (from every partition's leader) or, by default, this broker's.
+        self.pull = pull or (lambda n, wait, mb: broker.pull(topic, group, n, wait, max_bytes=mb))
+        #: Message bytes one pull (one write of frames) may carry, at least one message.
+        self.max_bytes = max_bytes
+        #: When the token that opened the socket expires (clock seconds), or None.
+        self.expires = expires
         self.clock = clock
         self.registry = registry
         self.max_in_flight = max_in_flight
@@ -197,12 +215,17 @@ class GroupFeed:
         self._pulling: Deferred[Any] | None = None
         self._slow = SlowClientClock(clock, slow_timeout, self._too_slow)
         self._expiry_call: Any = None
+        self._token_call: Any = None
         self._unwatch: list[Any] = []
 
     def start(self) -> None:
         """Register on the transport and start pulling."""
         self.proto.transport.registerProducer(self, True)
         self.registry.add(self)  # type: ignore[arg-type]
+        if self.expires is not None:
+            self._token_call = self.clock.callLater(
+                max(0.0, self.expires - self.clock.seconds()), self._expired
+            )
         for lg in self.topic.logs:  # notices a deleted topic at once (a pull would wait it out)
             self._unwatch.append(self.broker.watch(self.topic.name, lg.partition, self._check_topic))
         self._next()
@@ -233,7 +256,7 @@ class GroupFeed:
                 delay = max(0.001, (min(self.outstanding.values()) - self.broker.now_ms()) / 1000.0)
                 self._expiry_call = self.clock.callLater(delay, self._next)
             return
-        d = self._pulling = self.pull(credit, GROUP_POLL_MS)
+        d = self._pulling = self.pull(credit, GROUP_POLL_MS, self.max_bytes)
         d.addCallbacks(self._got, self._failed)
 
     def _got(self, items: list[Any]) -> None:
@@ -258,7 +281,7 @@ class GroupFeed:
         self.sent += len(items)
         m = self.broker.metrics
         if m is not None and items:
-            m.delivered(self.topic.name, "group", len(items), sum(len(r.payload) for _, r in items))
+            m.delivered(self.topic.name, "group", len(items), sum(r.message_bytes for _, r in items))
         self._next()
 
     def _failed(self, f: Failure) -> None:
@@ -303,6 +326,10 @@ class GroupFeed:
     def _end(self, last: bytes) -> None:
         self._close_with(CLOSE_GOING_AWAY, "stopping: node is stopping")
 
+    def _expired(self) -> None:
+        self._token_call = None
+        self._close_with(CLOSE_TOKEN_EXPIRED, "token_expired: reconnect with a fresh token")
+
     def _close_with(self, code: int, reason: str) -> None:
         if self.closed:
             return
@@ -322,8 +349,9 @@ class GroupFeed:
             d, self._pulling = self._pulling, None
             d.cancel()
         self._slow.stop()
-        if self._expiry_call is not None and self._expiry_call.active():
-            self._expiry_call.cancel()
+        for c in (self._expiry_call, self._token_call):
+            if c is not None and c.active():
+                c.cancel()
 
 
 class SprawlWSProtocol(WebSocketServerProtocol):
@@ -351,6 +379,8 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 max_in_flight=f.max_in_flight,
                 slow_timeout=f.slow_timeout,
                 pull=_cluster_pull(api, f.topic, f.group),
+                max_bytes=f.max_bytes,
+                expires=f.expires,
             )
             self.feed.start()
         elif f.cursors is not None or f.appearing is not None:
@@ -365,6 +395,8 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 slow_timeout=f.slow_timeout,
                 feeds=api.plane.feeds if api.plane is not None else None,
                 name=f.name,
+                max_bytes=f.max_bytes,
+                expires=f.expires,
             )
             if f.appearing is not None:  # opened before the topic exists
                 self.feed.wait_for_topic(f.appearing())
@@ -558,7 +590,7 @@ def _cluster_pull(api: Any, topic: Any, group: Any) -> Any:
     plane = getattr(api, "plane", None)
     if plane is None:
         return None
-    return lambda n, wait: defer.ensureDeferred(plane.groups.pull(topic, group.name, n, wait))
+    return lambda n, wait, mb: defer.ensureDeferred(plane.groups.pull(topic, group.name, n, wait, mb))
 
 
 class SprawlWSFactory(WebSocketServerFactory):
@@ -580,10 +612,15 @@ class SprawlWSFactory(WebSocketServerFactory):
         principal: Any = None,
         name: str | None = None,
         appearing: Any = None,
+        max_bytes: int = DEFAULT_READ_BYTES,
     ):
         super().__init__()
         #: Who opened the socket (None while authentication is off).
         self.principal = principal
+        #: When the principal's token expires (a JWT's ``exp``), or None.
+        self.expires: float | None = getattr(principal, "expires", None)
+        #: Bytes of frames one write of the feed may carry (at least one message).
+        self.max_bytes = max_bytes
         self.api = api
         #: The topic, or None when the socket opens before it exists: then
         #: ``appearing()`` (called once the socket is open) gives a Deferred

@@ -61,6 +61,24 @@ def check_stored(partition: int, offset: int, data: bytes, *, unchecked_ok: bool
     return False
 
 
+#: Bytes a record is charged beyond its message bytes (offset, timestamp, id,
+#: framing): its :attr:`Record.size` is its :attr:`Record.message_bytes` plus this.
+RECORD_OVERHEAD = 64
+
+
+#: Bytes of records an answer carries unless the client asks otherwise (fetch,
+#: group pull, each SSE/WebSocket write): ``max_bytes``.
+DEFAULT_READ_BYTES = 4 * 1000**2
+#: The most a client may ask for in one answer (``max_bytes``).  (Reads
+#: between nodes are bounded by the peer channel's ``BATCH_BYTES``.)
+MAX_READ_BYTES = 32 * 1000**2
+
+
+def text_bytes(s: str) -> int:
+    """UTF-8 length of ``s`` (``len`` for ASCII, which is O(1) to tell)."""
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
 class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     """One message at one offset of one partition.
 
@@ -78,7 +96,9 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     headers: dict[str, str] | None
     payload: bytes
     is_text: bool
-    #: Approximate bytes this record holds in memory and on disk.
+    #: Bytes this record is charged against every budget (memory, backlog,
+    #: windows, answers): payload, key and headers (UTF-8) plus
+    #: :data:`RECORD_OVERHEAD`.
     size: int = 0
     #: A control record (a new leader's epoch marker): it takes an offset but
     #: is never delivered; consumers' cursors move past it.
@@ -87,7 +107,24 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     _sse: bytes | None = None
 
     def __post_init__(self) -> None:
-        self.size = len(self.payload) + 64 + (len(self.key) if self.key else 0)
+        n = len(self.payload) + RECORD_OVERHEAD
+        key, headers = self.key, self.headers
+        try:
+            if key:
+                n += text_bytes(key)
+            if headers:
+                for k, v in headers.items():
+                    n += text_bytes(k) + text_bytes(v)
+        except (AttributeError, TypeError):
+            # Not str / str -> str (a value written by something else): charge its encoding.
+            n = len(self.payload) + RECORD_OVERHEAD + len(_mp_encode((key, headers)))
+        self.size = n
+
+    @property
+    def message_bytes(self) -> int:
+        """What ``max_message_bytes`` limits: payload, key and headers (names
+        and values, UTF-8).  The id (at most 256 characters) is not counted."""
+        return self.size - RECORD_OVERHEAD
 
     def to_storage(self) -> bytes:
         """The value stored in LMDB (the key carries topic, partition and
@@ -162,6 +199,18 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
 
     def __repr__(self) -> str:
         return f"Record({self.partition}:{self.offset} id={self.id!r} {len(self.payload)}B)"
+
+
+def take_bytes(recs: list[Record], max_bytes: int) -> list[Record]:
+    """The longest prefix of ``recs`` whose :attr:`~Record.size` sums to at
+    most ``max_bytes`` -- but at least one record, so a single record larger
+    than the budget is still delivered."""
+    total = 0
+    for i, r in enumerate(recs):
+        total += r.size
+        if total > max_bytes and i:
+            return recs[:i]
+    return recs
 
 
 def pack_record(r: Record) -> list[Any]:

@@ -276,11 +276,13 @@ class LmdbStore:
         limit: int,
         end: int,
         dense: list[tuple[int, int]] | None = None,
+        max_bytes: int | None = None,
     ) -> Deferred[list[Record]]:
-        """Records ``[start, end)`` of one partition, at most ``limit``, on a
-        reader thread, checked (see :meth:`read_records_sync`)."""
+        """Records ``[start, end)`` of one partition, at most ``limit`` (and,
+        with ``max_bytes``, about that many bytes: the scan stops once it
+        holds them), on a reader thread, checked (see :meth:`read_records_sync`)."""
         return deferToThreadPool(
-            self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end, dense
+            self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end, dense, max_bytes
         )
 
     def read_records_sync(
@@ -291,12 +293,14 @@ class LmdbStore:
         limit: int,
         end: int,
         dense: list[tuple[int, int]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Record]:
         """Blocking form of :meth:`read_records` (reader threads and startup
         only).  ``dense``: the offsets of ``[start, end)`` that must be
         present (default: all); raises
         :class:`~sprawl.log.damage.DamagedRange` at damage met before ``limit``."""
-        return self.scan_sync(uid, partition, start, end, dense=dense, limit=limit).records
+        budget = max_bytes if max_bytes is not None else 1 << 62
+        return self.scan_sync(uid, partition, start, end, dense=dense, limit=limit, max_bytes=budget).records
 
     def scan_sync(
         self,
