@@ -267,7 +267,8 @@ async def test_publish_subscribe_admin_per_topic_pattern(node: Node) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_seed_routes_check_the_topics_in_their_bodies(node: Node) -> None:
-    """POST /publish needs publish on the body's topic, POST /subscribe subscribe on each topic."""
+    """POST /publish needs publish on the body's topic; POST /subscribe creates a group on each
+    topic, so it needs what ``PUT .../groups/G`` needs: admin on each topic."""
     h = node.http
     ok = await h.post("/publish", json={"topic": "orders.x", "payload": "p"}, headers=BEARER["writer"])
     assert ok.code == 200
@@ -275,6 +276,10 @@ async def test_seed_routes_check_the_topics_in_their_bodies(node: Node) -> None:
     assert no.code == 403 and "other" not in node.broker.topics
     sub = await h.post("/subscribe", json={"topics": ["orders.x", "other"]}, headers=BEARER["reader"])
     assert sub.code == 403
+    sub = await h.post("/subscribe", json={"topics": ["orders.x"], "id": "s1"}, headers=BEARER["reader"])
+    assert sub.code == 403 and "s1" not in node.broker.topics["orders.x"].groups
+    sub = await h.post("/subscribe", json={"topics": ["orders.x"], "id": "s1"}, headers=BEARER["tadmin"])
+    assert sub.code == 200 and "s1" in node.broker.topics["orders.x"].groups
 
 
 def test_every_route_is_classified() -> None:

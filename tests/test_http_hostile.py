@@ -826,3 +826,59 @@ async def test_fuzzed_bodies_through_every_body_route_are_never_5xx(node: Node) 
                 if r.code >= 400:
                     err = r.json()["error"]
                     assert set(err) == {"code", "message"}, r
+
+
+# -- streams end when their token does --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_sse_stream_opened_with_a_jwt_ends_when_it_expires(tmp_path: Path) -> None:
+    """An SSE stream opened with a JWT ends with an ``error`` event ``token_expired`` (with its
+    cursors, to resume with Last-Event-ID) once exp plus the 30 s leeway has passed; a stream
+    opened with a static token (no expiry) goes on."""
+    import time
+
+    import jwt
+    from test_streams import Server
+
+    from sprawl.auth import JWTVerifier
+
+    secret = b"s" * 40
+    s = Server(tmp_path)
+    await s.listen()
+    try:
+        await s.publish("sx", ["m0"])
+        s.api.auth = Authenticator(
+            TokenTable.from_json(
+                {
+                    "tokens": [
+                        {
+                            "name": "static",
+                            "token": "static-token-0123456789",
+                            "permissions": {"*": ["admin"]},
+                        }
+                    ]
+                }
+            ),
+            JWTVerifier(secret),
+        )
+        now = time.time()
+        s.clock.advance(now - s.clock.seconds())
+        exp = int(now + 120)
+        tok = jwt.encode(
+            {"sub": "svc", "permissions": {"sx": ["subscribe"]}, "exp": exp}, secret, algorithm="HS256"
+        )
+        c = await s.connect(f"/v1/topics/sx/stream?from=earliest&access_token={tok}")
+        static = await s.connect("/v1/topics/sx/stream?from=earliest&access_token=static-token-0123456789")
+        await c.wait_messages(1)
+        s.clock.advance(exp + 29 - s.clock.seconds())
+        assert not c.lost
+        s.clock.advance(2)
+        await c.wait_event("error")
+        err = next(e["data"] for e in c.events if e["event"] == "error")
+        assert err["code"] == "token_expired" and err["cursors"] == {"0": 1}
+        await bounded(c.closed)
+        await static.wait_messages(1)
+        assert not static.lost
+    finally:
+        await s.close()

@@ -25,7 +25,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import formatEvent
 
 from sprawl.http.websocket import CLOSE_SLOW_CONSUMER, GroupFeed, WSStream
-from sprawl.testing import WAIT, bounded, the_reactor
+from sprawl.testing import WAIT, bounded, the_reactor, until
 
 
 class WSClient(WebSocketClientProtocol):
@@ -348,6 +348,7 @@ def test_close_codes_are_in_the_application_range(n: int) -> None:
         w.CLOSE_GROUP_DELETED,
         w.CLOSE_READ_FAILED,
         w.CLOSE_GOING_AWAY,
+        w.CLOSE_TOKEN_EXPIRED,
     ):
         assert 4000 <= code <= 4999
 
@@ -558,3 +559,186 @@ async def test_from_time_resolves_in_storage_then_upgrades(ws: WS) -> None:
     c = await ws.connect("/v1/topics/ft/ws?from_time=0")
     await c.wait_messages(2)
     assert c.offsets() == [0, 1]
+
+
+# -- hostile input and expiring credentials (issue 14, item 6) -------------------------------------
+
+
+async def _connect_with_origin(w: WS, path: str, origin: str | None) -> WSClient:
+    """Like ``WS.connect``, with the ``Origin`` header a browser would send."""
+    port = w.server.port.getHost().port
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", origin=origin)
+    factory.protocol = WSClient
+    factory.setProtocolOptions(closeHandshakeTimeout=2.0)
+    c: WSClient = await bounded(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port).connect(factory))
+    w.clients.append(c)
+    return c
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_from_another_origin_is_refused(ws: WS) -> None:
+    """A page of another web origin cannot open a socket (WebSockets are never preflighted): the
+    upgrade is answered 403 origin_not_allowed; the node's own origin and origin-less clients may."""
+    await ws.server.publish("or", ["m0"])
+    evil = await _connect_with_origin(ws, "/v1/topics/or/ws?from=earliest", "http://evil.example")
+    with pytest.raises(AssertionError, match="closed before open"):
+        await bounded(evil.opened)
+    assert not feeds(ws)
+    port = ws.server.port.getHost().port
+    own = await _connect_with_origin(ws, "/v1/topics/or/ws?from=earliest", f"http://127.0.0.1:{port}")
+    await bounded(own.opened)
+    await own.wait_messages(1)
+    code, body = await ws.server.request(
+        "GET",
+        "/v1/topics/or/ws",
+        headers={"Upgrade": "websocket", "Connection": "Upgrade", "Origin": "http://evil.example"},
+    )
+    assert code == 403 and json.loads(body)["error"]["code"] == "origin_not_allowed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_json_frames_are_invalid_json_not_internal_errors(ws: WS) -> None:
+    """A frame nested deeper than the decoder allows is answered ``invalid_json`` (it was an
+    ``internal_error`` with a logged traceback); the socket stays usable."""
+    await ws.server.publish("dj", ["m0"])
+    c = await ws.connect("/v1/topics/dj/ws?from=earliest")
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"publish":' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
+        c.sendMessage(raw, isBinary=False)
+    await c.when(lambda: sum("error" in f for f in c.frames) >= 2)
+    assert [f["error"]["code"] for f in c.frames if "error" in f] == ["invalid_json", "invalid_json"]
+    r = await c.request({"publish": {"payload": "fine"}}, "ok")
+    assert r["published"]["offsets"] == [1]
+
+
+SECRET = b"s" * 40
+
+
+async def _jwt_socket(w: WS, path: str, ttl: float) -> tuple[WSClient, float]:
+    """A socket opened with a JWT (``?access_token=``) expiring ``ttl`` s from now; the server's
+    clock is set to the wall clock first (JWTs carry wall-clock times)."""
+    import time
+
+    import jwt
+
+    from sprawl.auth import Authenticator, JWTVerifier
+
+    s = w.server
+    s.api.auth = Authenticator(None, JWTVerifier(SECRET))
+    now = time.time()
+    if s.clock.seconds() < now:
+        s.clock.advance(now - s.clock.seconds())
+    exp = int(now + ttl)
+    tok = jwt.encode({"sub": "svc", "permissions": {"*": ["admin"]}, "exp": exp}, SECRET, algorithm="HS256")
+    sep = "&" if "?" in path else "?"
+    return await w.connect(f"{path}{sep}access_token={tok}"), float(exp)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_opened_with_a_jwt_is_closed_when_it_expires(ws: WS) -> None:
+    """Cursor mode: the socket is closed with 4401 ``token_expired`` (and the cursor to resume
+    from) once the token's exp plus the accepted 30 s leeway has passed -- not before."""
+    s = ws.server
+    await s.publish("exp", ["m0"])
+    c, exp = await _jwt_socket(ws, "/v1/topics/exp/ws?from=earliest", 600)
+    await c.wait_messages(1)
+    s.clock.advance(exp + 29 - s.clock.seconds())
+    r = await c.request({"publish": {"payload": "m1"}}, "p")  # still allowed to publish, too
+    assert r["published"]["offsets"] == [1]
+    await c.wait_messages(2)
+    assert not c.closed.called
+    s.clock.advance(2)
+    await bounded(c.closed)
+    assert c.close_code == 4401
+    assert (c.close_reason or "").startswith("token_expired") and "0:2" in (c.close_reason or "")
+    assert not feeds(ws)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_socket_opened_with_a_jwt_is_closed_when_it_expires(ws: WS) -> None:
+    """Group mode too: closed with 4401; its unacked leases are redelivered as usual."""
+    s = ws.server
+    await s.publish("gexp", ["m0"])
+    code, _ = await s.request("PUT", "/v1/topics/gexp/groups/w", json={"start": "earliest"})
+    assert code == 201
+    c, exp = await _jwt_socket(ws, "/v1/topics/gexp/ws?group=w", 60)
+    await c.wait_messages(1)
+    s.clock.advance(exp + 31 - s.clock.seconds())
+    await bounded(c.closed)
+    assert c.close_code == 4401 and (c.close_reason or "").startswith("token_expired")
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class _FakeProto:
+    """Just enough of the socket for a feed: raw frame writes to a recording transport."""
+
+    def __init__(self) -> None:
+        self.transport = _FakeTransport()
+        self.closed: tuple[int, str] | None = None
+
+    def can_write_raw(self) -> bool:
+        return True
+
+    def close_feed(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def _frames(data: bytes) -> list[dict[str, Any]]:
+    """Decode unmasked server text frames."""
+    out = []
+    i = 0
+    while i < len(data):
+        n = data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n = int.from_bytes(data[i : i + 2], "big")
+            i += 2
+        elif n == 127:
+            n = int.from_bytes(data[i : i + 8], "big")
+            i += 8
+        out.append(json.loads(data[i : i + n]))
+        i += n
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_websocket_write_is_bounded_by_max_bytes(ws: WS) -> None:
+    """Cursor mode writes at most ``max_bytes`` of frames per transport write (one message at
+    least); group mode leases at most ``max_bytes`` of messages per pull -- and everything is
+    delivered, in order."""
+    from sprawl.delivery.streams import StreamRegistry
+
+    s = ws.server
+    big = "a" * 100_000
+    await s.publish("wb", [f"{i}{big}" for i in range(6)])
+    t = s.broker.topics["wb"]
+    proto = _FakeProto()
+    feed = WSStream(proto, s.broker, t, {0: 0}, None, s.clock, registry=StreamRegistry(), max_bytes=250_000)
+    feed.start()
+    assert len(proto.transport.writes) == 3 and all(len(w) <= 250_000 for w in proto.transport.writes)
+    assert [m["offset"] for m in _frames(b"".join(proto.transport.writes))] == list(range(6))
+    feed.close()
+    await s.request("PUT", "/v1/topics/wb/groups/w", json={"start": "earliest"})
+    gproto = _FakeProto()
+    g = t.groups["w"]
+    gfeed = GroupFeed(gproto, s.broker, t, g, s.clock, registry=StreamRegistry(), max_bytes=250_000)
+    gfeed.start()
+    await until(lambda: len(gfeed.outstanding) == 6, "six leases on the socket")
+    writes = gproto.transport.writes
+    assert len(writes) == 3 and all(len(_frames(w)) == 2 for w in writes)
+    assert [m["offset"] for m in _frames(b"".join(writes))] == list(range(6))
+    assert all(m["delivery_attempt"] == 1 for m in _frames(b"".join(writes)))
+    gfeed.close()

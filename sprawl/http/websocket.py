@@ -455,6 +455,8 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 frame = msgspec.json.decode(payload)
             except (msgspec.DecodeError, UnicodeDecodeError):
                 raise BadRequest("frame is not valid JSON", code="invalid_json") from None
+            except RecursionError:
+                raise BadRequest("frame is nested too deeply", code="invalid_json") from None
             if not isinstance(frame, dict):
                 raise BadRequest("frame must be a JSON object", code="invalid_frame")
             ref = frame.pop("ref", None)
