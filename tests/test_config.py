@@ -356,3 +356,47 @@ def test_generated_keys_are_new_and_accepted() -> None:
     a, b = generate_cluster_key(), generate_cluster_key()
     assert a != b
     assert len(parse_cluster_key(a)) == 32
+
+
+def test_http_limit_options(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--allowed-origins, --max-connections, --header-timeout, --body-timeout and --body-min-rate:
+    parsed from the CLI, SPRAWL_* and a config file (a list there); nonsense refused at start."""
+    from twisted.python import usage
+
+    c = parse()
+    assert (c.allowed_origins, c.max_connections, c.header_timeout, c.body_timeout, c.body_min_rate) == (
+        (),
+        10_000,
+        10.0,
+        10.0,
+        64_000,
+    )
+    c = parse(
+        "--allowed-origins",
+        "https://app.example,http://localhost:3000",
+        "--max-connections",
+        "50",
+        "--header-timeout",
+        "2s",
+        "--body-timeout",
+        "500ms",
+        "--body-min-rate",
+        "1MB",
+    )
+    assert c.allowed_origins == ("https://app.example", "http://localhost:3000")
+    assert (c.max_connections, c.header_timeout, c.body_timeout, c.body_min_rate) == (50, 2.0, 0.5, 10**6)
+    clean_env.setenv("SPRAWL_ALLOWED_ORIGINS", "*")
+    assert parse().allowed_origins == ("*",)
+    clean_env.delenv("SPRAWL_ALLOWED_ORIGINS")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"allowed-origins": ["https://a.example"]}))
+    assert parse("--config", str(cfg)).allowed_origins == ("https://a.example",)
+    for bad in (
+        ["--allowed-origins", "app.example"],
+        ["--max-connections", "0"],
+        ["--header-timeout", "0"],
+        ["--body-timeout", "2h"],
+        ["--body-min-rate", "0"],
+    ):
+        with pytest.raises(usage.UsageError):
+            parse(*bad)
