@@ -203,13 +203,18 @@ class GuardedChannel(HTTPChannel):
         else:
             return
         self._phase = _CLOSED
-        if self.metrics is not None:
-            self.metrics.rejected_requests.labels("timeout").inc()
         transport: Any = self.transport
         if transport is None or getattr(transport, "disconnecting", False):
             return
+        if self.metrics is not None:
+            self.metrics.rejected_requests.labels("timeout").inc()
         transport.write(_raw_error(b"408 Request Timeout", "request_timeout", why))
-        self.timeoutConnection()
+        # As timeoutConnection, without its log line per client (a flood of
+        # slow clients would flood the log): close once written, abort if the
+        # client does not read it in time.
+        self.loseConnection()
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 
 
 class _TooManyConnections(Protocol):
