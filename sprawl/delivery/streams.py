@@ -167,7 +167,9 @@ class SSEStream:
     def _arm_expiry(self) -> None:
         """End the stream when the credentials that opened it expire."""
         if self.expires is not None:
-            self._expiry_call = self.clock.callLater(max(0.0, self.expires - self.clock.seconds()), self._expired)
+            self._expiry_call = self.clock.callLater(
+                max(0.0, self.expires - self.clock.seconds()), self._expired
+            )
 
     def wait_for_topic(self, appearing: Deferred[Any]) -> Deferred[None]:
         """Open the stream of a topic that does not exist yet: headers and

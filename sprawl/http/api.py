@@ -559,7 +559,9 @@ class SprawlAPI:
                 if request.finished or request._disconnected:
                     raise  # the client left: nobody to answer
                 parts = [partition] if partition is not None else []
-                return self._fetch_answer(request, topic, parts, [], {}, {}, {}, limit, max_bytes, missing=True)
+                return self._fetch_answer(
+                    request, topic, parts, [], {}, {}, {}, limit, max_bytes, missing=True
+                )
             finally:
                 if timer.active():
                     timer.cancel()
