@@ -551,8 +551,9 @@ class Broker:
         max_bytes = cfg.max_message_bytes
         message_bytes = 0
         any_id = False
+        overhead = RECORD_OVERHEAD
         for r in records:
-            size = r.size - RECORD_OVERHEAD  # payload, key and headers
+            size = r.size - overhead  # payload, key and headers
             if size > max_bytes:
                 raise _too_large(r, max_bytes)
             message_bytes += size

@@ -118,7 +118,6 @@ class GuardedChannel(HTTPChannel):
     _phase = _HEADERS
     _guard: Any = None
     _body_start = 0.0
-    _body_received = 0
 
     def _seconds(self) -> float:
         return float(self.site.reactor.seconds())
@@ -148,27 +147,23 @@ class GuardedChannel(HTTPChannel):
             if self._phase == _HEADERS:
                 self._arm(self.header_timeout)
             elif self._phase == _BODY:
-                self._arm(self._body_left())
-
-    def rawDataReceived(self, data: bytes) -> None:
-        """Count body bytes (the minimum rate is checked against them)."""
-        if self._phase == _BODY:
-            self._body_received += len(data)
-        super().rawDataReceived(data)
+                # The body's clock starts with the read that ended the headers.
+                self._body_start = self._seconds()
+                self._arm(self.body_timeout)
 
     def allHeadersReceived(self) -> None:
         """Headers are whole: a body, if one follows, gets its own time."""
         super().allHeadersReceived()
-        self._cancel()
+        if self._guard is not None:
+            self._cancel()
         if self.length != 0:  # Content-Length > 0, or chunked (None)
             self._phase = _BODY
-            self._body_start = self._seconds()
-            self._body_received = 0
 
     def allContentReceived(self) -> None:
         """The request is whole: no more limits on it."""
         self._phase = _HANDLING
-        self._cancel()
+        if self._guard is not None:
+            self._cancel()
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -184,7 +179,9 @@ class GuardedChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def _body_left(self) -> float:
-        allowed = self.body_timeout + self._body_received / self.body_min_rate
+        # Body bytes received so far (the bounded request counts them).
+        received = getattr(self.requests[-1], "_received", 0) if self.requests else 0
+        allowed = self.body_timeout + received / self.body_min_rate
         return self._body_start + allowed - self._seconds()
 
     def _expired(self) -> None:

@@ -107,8 +107,11 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     _sse: bytes | None = None
 
     def __post_init__(self) -> None:
-        n = len(self.payload) + RECORD_OVERHEAD
         key, headers = self.key, self.headers
+        if key is None and not headers:  # the common case, kept cheap (hot publish path)
+            self.size = len(self.payload) + 64  # RECORD_OVERHEAD
+            return
+        n = len(self.payload) + RECORD_OVERHEAD
         try:
             if key:
                 n += text_bytes(key)
