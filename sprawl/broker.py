@@ -1056,7 +1056,13 @@ class Broker:
                 d.addCallback(take_bytes, max_bytes)
             return d.addErrback(ig.read_failed, how)
         d = self.store.read_records(
-            topic.config.uid, partition, start, limit, end, self.integrity.dense(topic, lg, start, end), max_bytes
+            topic.config.uid,
+            partition,
+            start,
+            limit,
+            end,
+            self.integrity.dense(topic, lg, start, end),
+            max_bytes,
         )
 
         def fill(recs: list[Record]) -> Any:
@@ -1076,7 +1082,9 @@ class Broker:
                 room = max_bytes - sum(r.size for r in kept)
                 if not whole or len(kept) < len(recs) or len(kept) >= limit or room <= 0:
                     return kept
-                more = lg.read_hot(max(lg.hot_start, kept[-1].offset + 1 if kept else start), limit - len(kept))
+                more = lg.read_hot(
+                    max(lg.hot_start, kept[-1].offset + 1 if kept else start), limit - len(kept)
+                )
                 if more:
                     kept.extend(_fit(more, room))
                 return kept

@@ -78,7 +78,7 @@ def test_record_size_counts_payload_key_and_headers_in_utf8() -> None:
     r = Record(-1, 0, 0, None, "kéy", {"h": "é" * 10, "n": "1"}, b"p" * 7, True)
     assert r.message_bytes == 7 + len("kéy".encode()) + 1 + 20 + 1 + 1
     assert r.size == r.message_bytes + RECORD_OVERHEAD
-    big = Record(-1, 0, 0, None, None, BIG_HEADERS, b"x", True)
+    big = Record(5, 0, 0, None, None, BIG_HEADERS, b"x", True)
     assert big.message_bytes == 1 + 64 * (3 + 120_000)
     # Rebuilt from storage (LMDB) or a peer, it weighs the same.
     again = Record.from_storage(0, 5, big.to_storage())
@@ -330,12 +330,12 @@ def _plane(node: Node, rpc: Any, placement: dict[str, Any] | None = None) -> Dat
 async def test_fetch_rpc_answers_are_capped_whatever_the_caller_asks(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The ``fetch`` peer RPC (routed reads, remote stream feeds) answers at most PEER_READ_BYTES
+    """The ``fetch`` peer RPC (routed reads, remote stream feeds) answers at most BATCH_BYTES
     of records (one at least), however much the caller asks for, so an answer always fits a peer
     frame; and ``fetch_remote`` passes the caller's budget on."""
     import sprawl.cluster.dataplane as dp
 
-    monkeypatch.setattr(dp, "PEER_READ_BYTES", 250_000)
+    monkeypatch.setattr(dp, "BATCH_BYTES", 250_000)
     await publish_100k(node, "r", 10)
     rpc = _RecordingRPC()
     plane = _plane(node, rpc)
@@ -362,7 +362,7 @@ async def test_cluster_group_pull_keeps_the_byte_budget_across_owners(
     """A pull over several partition owners stops at the budget: an owner's answer past it (an
     owner always gives one message) is given back *unseen* -- with ``nack`` set too, so a node
     that predates ``unseen`` redelivers them rather than acking -- and the group_pull RPC's own
-    answer is capped at PEER_READ_BYTES."""
+    answer is capped at BATCH_BYTES."""
     import sprawl.cluster.group_routes as gr
 
     await node.create("cg", partitions=2)
@@ -390,7 +390,7 @@ async def test_cluster_group_pull_keeps_the_byte_budget_across_owners(
     assert back[2]["unseen"] is True and back[2]["nack"] is True
     assert back[2]["ack_ids"] == ["1-0-1", "1-1-1", "1-2-1"]
     # The RPC's own answer (as the owner) is capped whatever the caller asks.
-    monkeypatch.setattr(gr, "PEER_READ_BYTES", 150_000)
+    monkeypatch.setattr(gr, "BATCH_BYTES", 150_000)
     node.broker.group_partitions = None
     g = node.broker.get_group(t, "w")
     for dv, _ in got:

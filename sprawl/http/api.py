@@ -668,7 +668,9 @@ class SprawlAPI:
             recs = await self.broker.read(t, p, s0, limit, max_bytes=per) if s0 < lg.high_watermark else []
             if not recs and wait:
                 await plane.changed(t.name, p, wait / 1000.0)
-                recs = await self.broker.read(t, p, s0, limit, max_bytes=per) if s0 < lg.high_watermark else []
+                recs = (
+                    await self.broker.read(t, p, s0, limit, max_bytes=per) if s0 < lg.high_watermark else []
+                )
             return recs, s0, lg.high_watermark
 
         def gather(ds: list[Any]) -> Any:

@@ -55,6 +55,8 @@ class FetchBody(msgspec.Struct):
     from_time: Int64 | None = None
     limit: Int64 | None = None
     wait_ms: Int64 | None = None
+    #: Bytes of records the caller wants at most (the holder caps it at BATCH_BYTES).
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
 class StatusBody(msgspec.Struct):
@@ -72,6 +74,8 @@ class GroupPullBody(msgspec.Struct):
     max: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
     wait_ms: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
     partitions: Annotated[list[Partition], msgspec.Meta(max_length=65536)]
+    #: Message bytes the caller wants at most (the owner caps it at BATCH_BYTES).
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
 class GroupSettleBody(msgspec.Struct):
@@ -82,6 +86,9 @@ class GroupSettleBody(msgspec.Struct):
     ack_ids: Annotated[list[Annotated[str, msgspec.Meta(max_length=100)]], msgspec.Meta(max_length=100_000)]
     nack: bool = False
     delay_ms: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 0
+    #: The leases were never seen by a consumer: take them back without
+    #: counting an attempt (sent with ``nack`` too, for nodes that predate it).
+    unseen: bool = False
 
 
 class GroupDescribeBody(msgspec.Struct):

@@ -282,7 +282,16 @@ class LmdbStore:
         with ``max_bytes``, about that many bytes: the scan stops once it
         holds them), on a reader thread, checked (see :meth:`read_records_sync`)."""
         return deferToThreadPool(
-            self.reactor, self._readers, self.read_records_sync, uid, partition, start, limit, end, dense, max_bytes
+            self.reactor,
+            self._readers,
+            self.read_records_sync,
+            uid,
+            partition,
+            start,
+            limit,
+            end,
+            dense,
+            max_bytes,
         )
 
     def read_records_sync(
