@@ -882,3 +882,30 @@ async def test_an_sse_stream_opened_with_a_jwt_ends_when_it_expires(tmp_path: Pa
         assert not static.lost
     finally:
         await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_budget_stopped_storage_read_never_skips_to_the_hot_tail(node: Node) -> None:
+    """Records below the hot tail read from LMDB within a byte budget: when the budget stops
+    the read before the stored range ends, the answer ends there -- it does not go on with the
+    (small) records of the hot tail, which would skip the stored ones in between.  (Long ids
+    make a stored value larger than the record's size, so the scan stops with room left.)"""
+    for i in range(10):
+        await node.publish("gap", [{"payload": KB100, "id": f"{i:03d}" + "i" * 250}])
+    lg = node.broker.topics["gap"].logs[0]
+    lg.evict(0)
+    await node.publish("gap", [{"payload": f"small{i}"} for i in range(5)])
+    assert lg.hot_start == 10 and lg.read_hot(10, 5) is not None
+    budget = 2 * (100_000 + RECORD_OVERHEAD) + 300
+    t = node.broker.topics["gap"]
+    recs = await bounded(node.broker.read(t, 0, 0, 100, max_bytes=budget))
+    assert [r.offset for r in recs] == [0, 1]
+    seen: list[int] = []
+    nxt = 0
+    for _ in range(20):
+        got = await node.fetch("gap", **{"from": str(nxt), "max_bytes": str(budget)})
+        if not got["messages"]:
+            break
+        seen += [m["offset"] for m in got["messages"]]
+        nxt = got["next"]
+    assert seen == list(range(15))
