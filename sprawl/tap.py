@@ -584,7 +584,6 @@ class NodeService(service.Service):
                 jwt=self.api.auth.jwt is not None,
             )
         from sprawl.http.origin import OriginPolicy
-        from sprawl.http.server import ConnectionCap
 
         self.api.origins = OriginPolicy(c.allowed_origins)
         site = make_site(
@@ -594,16 +593,16 @@ class NodeService(service.Service):
             header_timeout=c.header_timeout,
             body_timeout=c.body_timeout,
             body_min_rate=c.body_min_rate,
+            max_connections=c.max_connections,
             reactor=self.reactor,
         )
-        capped = ConnectionCap(site, c.max_connections, metrics)
         if c.tls_cert and c.tls_key:
             from sprawl.tlsconfig import server_endpoint
 
             http_ep = server_endpoint(self.reactor, c.http_port, c.http_addr, c.tls_cert, c.tls_key, c.tls_ca)
         else:
             http_ep = serverFromString(self.reactor, c.http_listen)
-        self.http_port = await http_ep.listen(capped)
+        self.http_port = await http_ep.listen(site)
         host = self.http_port.getHost()
         http_port = getattr(host, "port", 0)
         http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")

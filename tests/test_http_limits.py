@@ -4,7 +4,7 @@ request may take to arrive, and the cap on open connections.
 * :class:`GuardedChannel` driven byte by byte over a ``StringTransport`` with
   a ``task.Clock`` (exact: a byte a second, a slow body, a long request that
   must *not* be cut, keep-alive);
-* :class:`ConnectionCap` over ``StringTransport`` and, with a WebSocket that
+* the connection cap (``max_connections``) over ``StringTransport`` and, with a WebSocket that
   takes its socket over, on a real loopback port;
 * a real ``twistd`` node with ``--header-timeout``, ``--body-timeout``,
   ``--body-min-rate`` and ``--max-connections``, over real sockets: a stalled
@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from sprawl.http.server import ConnectionCap, make_site
+from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
 from sprawl.testing import WAIT, bounded, the_reactor, until
 
@@ -199,48 +199,45 @@ def test_a_whole_request_in_one_read_arms_no_timer(guarded: Any) -> None:
 
 def test_connection_cap_answers_503_past_it_and_counts_closes(guarded: Any) -> None:
     """At most max_connections are open; the next is answered 503 too_many_connections with
-    Retry-After and closed; when one closes there is room again."""
+    Retry-After and closed (and ignores what it is sent); when one closes there is room again."""
     _clock, site, _app, metrics = guarded
-    cap = ConnectionCap(site, 2, metrics)
-    conns = []
-    for _ in range(2):
-        p = cap.buildProtocol(ADDR)
-        t = StringTransport()
-        p.makeConnection(t)
-        conns.append((p, t))
-    assert cap.open == 2
-    extra = cap.buildProtocol(ADDR)
-    et = StringTransport()
-    extra.makeConnection(et)
-    assert et.value().startswith(b"HTTP/1.1 503") and b"too_many_connections" in et.value()
-    assert b"retry-after: 1" in et.value() and et.disconnecting
-    assert cap.open == 2 and cap.refused == 1
+    site.max_connections = 2
+    conns = [Conn(site) for _ in range(2)]
+    assert site.open_connections == 2
+    extra = Conn(site)
+    assert extra.out.startswith(b"HTTP/1.1 503") and b"too_many_connections" in extra.out
+    assert b"retry-after: 1" in extra.out and extra.closed
+    extra.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"200" not in extra.out
+    extra.proto.connectionLost(Failure(ConnectionError("gone")))
+    assert site.open_connections == 2 and site.refused_connections == 1
     assert metrics.rejected_requests.labels("connections")._value.get() == 1
-    conns[0][0].connectionLost(Failure(ConnectionError("gone")))
-    assert cap.open == 1
-    p = cap.buildProtocol(ADDR)
-    t = StringTransport()
-    p.makeConnection(t)
-    p.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert t.value().startswith(b"HTTP/1.1 200")
+    conns[0].proto.connectionLost(Failure(ConnectionError("gone")))
+    conns[0].proto.connectionLost(Failure(ConnectionError("twice")))  # counted once
+    assert site.open_connections == 1
+    c = Conn(site)
+    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert c.out.startswith(b"HTTP/1.1 200")
+    assert site.open_connections == 2
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_websocket_that_takes_the_socket_over_still_frees_its_place(tmp_path: Path) -> None:
-    """A WebSocket upgrade hands the socket from the HTTP channel to autobahn; the cap still sees
-    it close (a count kept in the channel would leak one place per socket)."""
+    """A WebSocket upgrade hands the socket from the HTTP channel to autobahn (the channel never
+    hears it close); the socket keeps its place until it closes, then frees it."""
     from autobahn.twisted.websocket import WebSocketClientFactory
     from test_streams import Server
     from test_websocket import WSClient
     from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 
     s = Server(tmp_path)
-    cap = ConnectionCap(s.site, 5)
-    port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(cap)
+    site = s.site
+    site.max_connections = 5
+    port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(site)
     s.port = port
     try:
         await s.publish("w", ["m0"])
-        await until(lambda: cap.open == 0, "the publish connection to close")
+        await until(lambda: site.open_connections == 0, "the publish connection to close")
         factory = WebSocketClientFactory(f"ws://127.0.0.1:{port.getHost().port}/v1/topics/w/ws?from=earliest")
         factory.protocol = WSClient
         factory.setProtocolOptions(closeHandshakeTimeout=2.0)
@@ -249,10 +246,10 @@ async def test_a_websocket_that_takes_the_socket_over_still_frees_its_place(tmp_
         )
         await bounded(c.opened)
         await c.wait_messages(1)
-        assert cap.open == 1
+        assert site.open_connections == 1
         c.sendClose()
         await bounded(c.closed)
-        await until(lambda: cap.open == 0, "the websocket's place to be freed")
+        await until(lambda: site.open_connections == 0, "the websocket's place to be freed")
     finally:
         await s.close()
 

@@ -12,18 +12,19 @@ bounds time, a cap on connections, and the Site.
   so a client sending a byte a second is answered 408 and closed instead of
   holding a connection forever.  Once a request is whole, nothing here times
   it: long-polls, SSE streams and WebSockets run as long as they need.
-* **Connections** (:class:`ConnectionCap`): at most ``max_connections`` open
-  at once; one more is answered 503 ``too_many_connections`` and closed.
+* **Connections**: at most ``max_connections`` open at once (counted by the
+  channel, per site); one more is answered 503 ``too_many_connections`` and
+  closed.  A WebSocket that takes a socket over keeps its place until it
+  closes (:meth:`GuardedChannel.hand_over`).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -130,10 +131,56 @@ class GuardedChannel(HTTPChannel):
         if g is not None and g.active():
             g.cancel()
 
+    _counted = False
+
     def connectionMade(self) -> None:
-        """The first request's headers are due ``header_timeout`` after the connection opens."""
+        """Take a place among the site's connections (or answer 503 past the
+        cap); the first request's headers are due ``header_timeout`` after
+        the connection opens."""
+        site = self.site
+        cap = getattr(site, "max_connections", None)
+        if cap is not None:
+            if site.open_connections >= cap:
+                self._refuse()
+                return
+            site.open_connections += 1
+            self._counted = True
         super().connectionMade()
         self._arm(self.header_timeout)
+
+    def _refuse(self) -> None:
+        site = self.site
+        site.refused_connections += 1
+        if self.metrics is not None:
+            self.metrics.rejected_requests.labels("connections").inc()
+        self._phase = _CLOSED
+        transport: Any = self.transport
+        transport.write(
+            _raw_error(
+                b"503 Service Unavailable",
+                "too_many_connections",
+                "the node has as many connections open as it allows (--max-connections); retry shortly",
+                b"retry-after: 1\r\n",
+            )
+        )
+        transport.loseConnection()
+
+    def hand_over(self) -> Callable[[], None]:
+        """The socket is handed to another protocol (a WebSocket upgrade; this
+        channel never hears it close): it keeps its place among the site's
+        connections until the returned function is called."""
+        if not self._counted:
+            return lambda: None
+        self._counted = False
+        site = self.site
+        done: list[bool] = []
+
+        def release() -> None:
+            if not done:
+                done.append(True)
+                site.open_connections -= 1
+
+        return release
 
     def dataReceived(self, data: bytes) -> None:
         """Start timing a new request at its first byte; arm a timer if it is not whole yet."""
@@ -173,9 +220,12 @@ class GuardedChannel(HTTPChannel):
         super().requestDone(request)
 
     def connectionLost(self, reason: Any = None) -> None:
-        """Release the timer."""
+        """Release the timer and the connection's place."""
         self._phase = _CLOSED
         self._cancel()
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
         super().connectionLost(reason)
 
     def _body_left(self) -> float:
@@ -214,61 +264,15 @@ class GuardedChannel(HTTPChannel):
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 
 
-class _TooManyConnections(Protocol):
-    """Answers 503 at once and closes: the node has ``max_connections`` open."""
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.write(
-            _raw_error(
-                b"503 Service Unavailable",
-                "too_many_connections",
-                "the node has as many connections open as it allows (--max-connections); retry shortly",
-                b"retry-after: 1\r\n",
-            )
-        )
-        transport.loseConnection()
-
-
-class ConnectionCap(WrappingFactory):
-    """Wraps a server factory so at most ``max_connections`` of its
-    connections are open at once (see the module docstring).
-
-    A wrapper rather than a count in the HTTP channel: a WebSocket upgrade
-    hands the socket to another protocol, and the wrapper still sees it close.
-    """
-
-    protocol = ProtocolWrapper
-
-    def __init__(self, wrapped: Any, max_connections: int, metrics: Any = None) -> None:
-        super().__init__(wrapped)
-        self.max_connections = max_connections
-        self.metrics = metrics
-        #: Connections refused since start.
-        self.refused = 0
-
-    @property
-    def open(self) -> int:
-        """Connections open now."""
-        return len(self.protocols)
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """The wrapped protocol, or a 503 past the cap."""
-        if len(self.protocols) >= self.max_connections:
-            self.refused += 1
-            if self.metrics is not None:
-                self.metrics.rejected_requests.labels("connections").inc()
-            p = _TooManyConnections()
-            p.factory = self  # type: ignore[assignment]
-            return p
-        return super().buildProtocol(addr)
-
-
 class QuietSite(Site):
     """A Site without a per-request access log line (the hot path stays quiet;
     request counts and latencies are in /metrics)."""
 
     access_log = False
+    #: Open connections at most (None: no cap); open now; refused past the cap.
+    max_connections: int | None = None
+    open_connections = 0
+    refused_connections = 0
 
     def buildProtocol(self, addr: Any) -> Any:
         """Connections send small frames (acks, SSE events) at once: no Nagle delay."""
@@ -305,6 +309,7 @@ def make_site(
     header_timeout: float = 10.0,
     body_timeout: float = 10.0,
     body_min_rate: int = 64_000,
+    max_connections: int | None = None,
     reactor: Any = None,
 ) -> Site:
     """A Site whose requests bound their bodies and the time they take to
@@ -324,7 +329,9 @@ def make_site(
     _Channel.body_min_rate = max(1, body_min_rate)
     _Channel.metrics = metrics
     site = QuietSite(resource, requestFactory=_Request, timeout=timeout, reactor=reactor)
-    site.protocol = _Channel  # type: ignore[method-assign,assignment]  # HTTP/1.1 only (no h2 here); the channel bounds request time
+    # HTTP/1.1 only (no h2 here); the channel bounds request time and counts connections.
+    site.protocol = _Channel  # type: ignore[method-assign,assignment]
+    site.max_connections = max_connections
     site.access_log = access_log
     site.displayTracebacks = False
     site.noisy = False

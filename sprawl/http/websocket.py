@@ -37,6 +37,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -406,6 +407,13 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         if m is not None:
             m.http_requests.labels("websocket", "GET", "101").inc()
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The socket is gone: free its place among the node's connections."""
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.release_place()
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Release the feed (its leases lapse and are redelivered)."""
         self._gone = True
@@ -617,6 +625,9 @@ class SprawlWSFactory(WebSocketServerFactory):
         max_bytes: int = DEFAULT_READ_BYTES,
     ):
         super().__init__()
+        #: Frees the socket's place among the node's connections (set when
+        #: the HTTP channel hands the socket over; see SprawlWSResource).
+        self.release_place: Any = lambda: None
         #: Who opened the socket (None while authentication is off).
         self.principal = principal
         #: When the principal's token expires (a JWT's ``exp``), or None.
@@ -647,7 +658,9 @@ class SprawlWSFactory(WebSocketServerFactory):
 
 class SprawlWSResource(WebSocketResource):
     """autobahn's resource, plus: the HTTP channel's idle timeout and its
-    producer registration are released with the transport it hands over."""
+    producer registration are released with the transport it hands over, and
+    its place among the node's connections (``--max-connections``) goes to
+    the socket, freed when the socket closes."""
 
     def render(self, request: Any) -> Any:
         """Take the connection over from twisted.web."""
@@ -658,6 +671,9 @@ class SprawlWSResource(WebSocketResource):
             # The HTTPChannel registered itself as the transport's producer;
             # the feed registers instead once the handshake is done.
             transport.unregisterProducer()
+            hand_over = getattr(channel, "hand_over", None)
+            if hand_over is not None:
+                self._factory.release_place = hand_over()
         return super().render(request)
 
 
