@@ -107,10 +107,15 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     _sse: bytes | None = None
 
     def __post_init__(self) -> None:
-        key, headers = self.key, self.headers
-        if key is None and not headers:  # the common case, kept cheap (hot publish path)
-            self.size = len(self.payload) + 64  # RECORD_OVERHEAD
+        key = self.key
+        if self.headers is None and (key is None or (type(key) is str and key.isascii())):
+            # The common case (hot publish path): no headers, an ASCII key or none.
+            self.size = len(self.payload) + 64 + (len(key) if key else 0)  # 64: RECORD_OVERHEAD
             return
+        self.size = self._weigh()
+
+    def _weigh(self) -> int:
+        key, headers = self.key, self.headers
         n = len(self.payload) + RECORD_OVERHEAD
         try:
             if key:
@@ -121,7 +126,7 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
         except (AttributeError, TypeError):
             # Not str / str -> str (a value written by something else): charge its encoding.
             n = len(self.payload) + RECORD_OVERHEAD + len(_mp_encode((key, headers)))
-        self.size = n
+        return n
 
     @property
     def message_bytes(self) -> int:
