@@ -229,6 +229,10 @@ def test_corrupt_or_missing_object_is_an_error_not_data(
                 last,
                 "s3",
             ), err
+    # The node's output reaches the test through a reader thread: wait for the
+    # lines, then count them.
+    lines = [f"DAMAGED: bad/0 offsets {b}-{e} (s3)" for b, e in ((bases[0], lasts[0]), (bases[1], lasts[1]))]
+    wait_for("the damage logged", lambda: all(x in node.log_text() for x in lines), timeout=30)
     logged = node.log_text()
     assert logged.count(f"DAMAGED: bad/0 offsets {bases[0]}-{lasts[0]} (s3)") == 1, logged[-3000:]
     assert logged.count(f"DAMAGED: bad/0 offsets {bases[1]}-{lasts[1]} (s3)") == 1
