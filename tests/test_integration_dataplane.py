@@ -13,6 +13,7 @@ three processes on a shared 2-core machine.
 
 from __future__ import annotations
 
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -343,3 +344,66 @@ def test_a_joining_node_takes_its_share_of_replicas(sprawl_nodes: Any) -> None:
     assert status == 200 and sorted(m["payload"] for m in body["messages"]) == sorted(
         f"s-{i}" for i in range(60)
     )
+
+
+def test_a_topic_created_on_one_node_is_served_through_another_at_once(sprawl_nodes: Any) -> None:
+    """Read-your-writes for metadata from any entry node: a topic created on
+    one node takes a publish (and a read) through another node at once, even
+    while its partition's leader has not applied the creation yet.  The leader
+    is held back on purpose -- stopped (SIGSTOP) while the topic is created and
+    the publish is forwarded to it, continued once the entry node has
+    forwarded -- so the forwarded publish reaches it before the creation is
+    applied there (its Raft log is fsynced first): the entry node waits for
+    the leader instead of answering 404 ``topic_not_found``.  50 topics, 50
+    publishes; every other topic has one replica, on the held-back node, and
+    is also read through the entry node (a forwarded fetch) once the entry
+    node knows it."""
+    names = ["r0", "r1", "r2"]
+    nodes = _start(sprawl_nodes, names)
+    by_name = dict(zip(names, nodes, strict=True))
+    status, view = _call(nodes[0], "GET", "/v1/cluster")
+    raft_leader = view["raft"]["leader"]
+    # the lagging partition leader: not the Raft leader (the other two commit without it)
+    lagging = next(nm for nm in names if nm != raft_leader)
+    creator, entry = (by_name[nm] for nm in names if nm != lagging)
+    lag = by_name[lagging]
+    topics = [t for t in (f"race-{i}" for i in range(10_000)) if rendezvous(t, 0, names, 3)[0] == lagging][
+        :50
+    ]
+    answers: list[tuple[str, str, int, Any]] = []
+
+    def forwarded() -> int:
+        st, body = _call(entry, "GET", "/v1/cluster")
+        return int(body["partitions"]["forwarded"]) if st == 200 else -1
+
+    with ThreadPoolExecutor(2) as pool:
+        for i, topic in enumerate(topics):
+            rf = 3 if i % 2 == 0 else 1
+            before = forwarded()
+            lag.signal(signal.SIGSTOP)
+            try:
+                status, body = _call(creator, "PUT", f"/v1/topics/{topic}", {"replication_factor": rf})
+                assert status == 201, body
+                assert _placement(creator, topic)["0"]["leader"] == lagging
+                read = None
+                if rf == 1:  # entry holds no replica: once it knows the topic, a read is forwarded too
+                    assert (
+                        poll_until(lambda t=topic: _call(entry, "GET", f"/v1/topics/{t}")[0] == 200, 30)
+                        is not None
+                    )
+                    read = pool.submit(
+                        _call, entry, "GET", f"/v1/topics/{topic}/messages?from=earliest", None, 30
+                    )
+                msg = {"messages": [{"payload": topic, "id": f"{topic}-m"}]}
+                publish = pool.submit(_call, entry, "POST", f"/v1/topics/{topic}/messages", msg, 30)
+                assert poll_until(lambda b=before: forwarded() > b, 30, step=0.02) is not None, (
+                    f"{topic}: the entry node did not forward the publish"
+                )
+            finally:
+                lag.signal(signal.SIGCONT)
+            answers.append((topic, "publish", *publish.result(60)))
+            if read is not None:
+                answers.append((topic, "read", *read.result(60)))
+    bad = [a for a in answers if a[2] != 200]
+    assert not bad, f"{len(bad)} of {len(answers)} requests refused, first {bad[:3]}"
+    assert len(answers) == 75

@@ -21,6 +21,8 @@ leads each, and where a publish or a read must go.  An adapter.
   a leader that cannot be reached or does not answer is retried against the
   freshly applied placement until :attr:`route_timeout` -- so clients ride
   through a failover without seeing it -- then answered 503 ``no_leader``.
+  A holder that has not applied a topic this node knows is asked again (a
+  publish and a forwarded read alike): read-your-writes for metadata.
   Retrying is safe even when the first attempt was written: this node named
   every message first, and the leader (old or new) answers a repeated id
   with its first copy's offset.  Reads are served
@@ -55,8 +57,13 @@ from sprawl.storage import keys
 
 log = Logger()
 
+#: Refusals of a leader that has not applied yet what this node applied (a topic
+#: created, or given more partitions, a moment ago).  A node that knows the
+#: partition waits for the leader to catch up: read-your-writes for metadata
+#: from any entry node.
+_NOT_APPLIED_THERE = {"topic_not_found", "partition_not_found"}
 #: Errors after which a publish is retried (the message ids make a repeat harmless).
-_RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", "topic_not_found"}
+_RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", *_NOT_APPLIED_THERE}
 
 
 #: Seconds before a partition may have a replica moved for load again.
@@ -691,13 +698,17 @@ class DataPlane:
         deadline = self.reactor.seconds() + self.route_timeout
         last: SprawlError | None = None
         for attempt in range(1000):
+            # Checked again before every attempt: a leader answering
+            # topic_not_found is retried only while this node knows the topic.
             t = self.broker.topics.get(topic.name)
             if t is None:
                 raise NotFound(f"topic {topic.name!r} does not exist", code="topic_not_found")
+            if not 0 <= p < len(t.logs):
+                raise NotFound(f"topic {topic.name!r} has no partition {p}", code="partition_not_found")
             try:
                 return await self._publish_once(t, p, records, acks, hops, deadline, named)
             except SprawlError as e:
-                if e.code not in _RETRYABLE or (e.code == "topic_not_found" and hops == 0):
+                if e.code not in _RETRYABLE:
                     raise
                 last = e
             except NotLeader as e:
@@ -881,7 +892,10 @@ class DataPlane:
         """Read a partition at the node that holds it: fires with
         ``{"records": [Record], "start", "hw"}`` (records may include control
         ones); at most ``limit`` records and ``max_bytes`` bytes (the holder
-        caps it at :data:`~sprawl.peer.frames.BATCH_BYTES`), at least one."""
+        caps it at :data:`~sprawl.peer.frames.BATCH_BYTES`), at least one.
+
+        A holder that has not applied the topic (or partition) yet is asked
+        again, while this node knows it, until :attr:`route_timeout`."""
         src = self.read_source(topic, partition)
         if src is None:
             return defer.fail(Unavailable(f"no replica of {topic}/{partition} is known", code="no_leader"))
@@ -894,9 +908,27 @@ class DataPlane:
             "wait_ms": wait_ms,
             "max_bytes": max_bytes,
         }
-        d = self.rpc.call(src, "fetch", body, hops=1, timeout=self.forward_timeout + wait_ms / 1000.0)
 
-        def got(answer: dict[str, Any]) -> dict[str, Any]:
+        async def fetch(src: str) -> dict[str, Any]:
+            deadline = self.reactor.seconds() + self.route_timeout
+            for attempt in range(1000):
+                try:
+                    answer = await self.rpc.call(
+                        src, "fetch", body, hops=1, timeout=self.forward_timeout + wait_ms / 1000.0
+                    )
+                    break
+                except SprawlError as e:
+                    t = self.broker.topics.get(topic)
+                    known = t is not None and partition < len(t.logs)
+                    if e.code not in _NOT_APPLIED_THERE or not known:
+                        raise
+                    if self.reactor.seconds() + 0.05 >= deadline:
+                        raise
+                self.retried += 1
+                await task.deferLater(self.reactor, min(0.05 * (attempt + 1), 0.25), lambda: None)
+                src = self.read_source(topic, partition) or src
+            else:
+                raise Unavailable(f"{topic}/{partition} cannot be read at {src} now", code="no_leader")
             return {
                 "records": [unpack_record(x) for x in answer["records"]],
                 "start": int(answer["start"]),
@@ -904,7 +936,7 @@ class DataPlane:
                 "log_start": int(answer.get("log_start", 0)),
             }
 
-        return d.addCallback(got)
+        return defer.ensureDeferred(fetch(src))
 
     def _rpc_fetch(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, Any]]:
         if not isinstance(body, dict):
