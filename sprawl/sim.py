@@ -300,15 +300,26 @@ class Simulator:
             self._push(self.now + self.rng.uniform(*self.delay), _DELIVER, (src, dst, payload))
 
 
-def schedule_seeds(base: int, n: int, environ: Any = None) -> list[int]:
-    """The seeds of a batch of schedules: ``base .. base+n`` (ten times as many
-    with ``SPRAWL_SIM_LONG=1``), or the one seed ``SPRAWL_SIM_SEED`` names."""
+def schedule_seeds(base: int, n: int, environ: Any = None, long_n: int | None = None) -> list[int]:
+    """The seeds of a batch of schedules: ``base .. base+n`` (``base ..
+    base+long_n`` with ``SPRAWL_SIM_LONG=1``; ``long_n`` defaults to ten times
+    ``n``), or the one seed ``SPRAWL_SIM_SEED`` names."""
     import os
 
     env = os.environ if environ is None else environ
     if env.get("SPRAWL_SIM_SEED") is not None:
         return [int(env["SPRAWL_SIM_SEED"])]
-    return [base + i for i in range(n * (10 if env.get("SPRAWL_SIM_LONG") == "1" else 1))]
+    long_n = 10 * n if long_n is None else long_n
+    return [base + i for i in range(long_n if env.get("SPRAWL_SIM_LONG") == "1" else n)]
+
+
+def slice_seeds(base: int, n: int, k: int, run_seed: int, long_n: int | None = None) -> list[int]:
+    """``k`` seeds of the long batch that the default batch does not run
+    (``base+n .. base+long_n``), drawn by ``run_seed``: a different slice of
+    the long run on every run seed, the same slice for the same run seed."""
+    long_n = 10 * n if long_n is None else long_n
+    rng = random.Random(f"slice {run_seed} {base}")
+    return sorted(rng.sample(range(base + n, base + long_n), min(k, max(0, long_n - n))))
 
 
 def run_schedules(seeds: list[int], run: Callable[[int], dict[str, int]], reproduce: str) -> dict[str, int]:

@@ -37,6 +37,44 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+#: Variables that configure a node (``SPRAWL_*``, the seed's ``MINIO_*``) or
+#: its S3 client (``AWS_*``): a node started by the tests never inherits them,
+#: it gets only the ones its test gives (``env=``).
+NODE_CONFIG_PREFIXES = ("SPRAWL_", "MINIO_", "AWS_")
+
+
+def node_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a node started by the tests: this process's, less
+    every variable of :data:`NODE_CONFIG_PREFIXES`, plus the source tree on
+    ``PYTHONPATH``, unbuffered output and ``extra`` (what the test sets)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(NODE_CONFIG_PREFIXES)}
+    env.update(PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
+    env.update(extra or {})
+    return env
+
+
+def in_ci(environ: Any = None) -> bool:
+    """True when ``CI`` is set to anything but an empty or false value
+    (``0``, ``false``, ``no``, ``off``): CI installs every tool the tests need."""
+    value = (os.environ if environ is None else environ).get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def require_tools(missing: list[str], install: str) -> None:
+    """The one rule for tests that need something outside Python (a browser,
+    ``systemd-analyze``, SeaweedFS' ``weed``): with nothing ``missing`` it
+    returns; else the test is skipped, or fails under CI (:func:`in_ci`), which
+    must have installed it.  ``install`` says how to install what is missing."""
+    if not missing:
+        return
+    import pytest
+
+    msg = f"needs {', '.join(missing)} ({install})"
+    if in_ci():
+        pytest.fail(f"CI must provide what this test {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
 def _pythonpath() -> str:
     """Where the ``sprawl`` package (and its twisted/plugins beside it) was imported from."""
     root = str(Path(sprawl.__file__).resolve().parent.parent)
@@ -48,12 +86,19 @@ class NodeProcess:
     """A real ``twistd -n sprawl`` process on 127.0.0.1."""
 
     def __init__(
-        self, data_dir: Path | str, *args: str, startup_timeout: float = 30.0, loopback_peer: bool = True
+        self,
+        data_dir: Path | str,
+        *args: str,
+        startup_timeout: float = 30.0,
+        loopback_peer: bool = True,
+        env: dict[str, str] | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.args = list(args)
         #: Pass ``--bind-addr 127.0.0.1`` (False: leave the peer address to the node's default).
         self.loopback_peer = loopback_peer
+        #: Environment variables of the node beyond the cleaned ones (see :func:`node_environment`).
+        self.env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / (self.data_dir.name + ".log")
@@ -88,7 +133,7 @@ class NodeProcess:
             "0",
             *self.args,
         ]
-        env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
+        env = node_environment(self.env)
         self.proc = subprocess.Popen(
             cmd,
             cwd=str(self.data_dir.parent),
@@ -802,13 +847,16 @@ class NodeCluster:
         prefix: str = "n",
         startup_timeout: float = 30.0,
         per_node: Callable[[str], list[str]] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.base = Path(base)
         self.names = [f"{prefix}{i}" for i in range(n)]
         self.extra = list(extra)
         #: Arguments of one node only (its own certificate, ...), after ``extra``.
         self.per_node = per_node
-        self.nodes = {nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout) for nm in self.names}
+        self.nodes = {
+            nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout, env=env) for nm in self.names
+        }
         self.down: set[str] = set(self.names)  # not running (never started, or killed)
         self.paused: set[str] = set()  # SIGSTOPped
         self.events: list[tuple[float, str]] = []  # (monotonic time, what happened), for reports

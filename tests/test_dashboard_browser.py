@@ -7,8 +7,9 @@ non-zero publish rate without a reload (the SSE feed), list the node alive,
 log no JavaScript error, and leave a screenshot under the test's tmp_path.
 
 Every wait is a bounded poll of the DOM (WebDriverWait); the browser is quit
-in a ``finally``.  Without chromium the test skips, except under CI=true where
-it fails: CI's .ci/run installs chromium and chromium-driver with apt.
+in a ``finally``.  Without chromium the test skips, except under CI (any
+truthy ``CI``) where it fails: CI's .ci/run installs chromium and
+chromium-driver with apt (:func:`sprawl.testing.require_tools`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from sprawl.testing import NodeProcess
+from sprawl.testing import NodeProcess, require_tools
 
 CHROMIUM = os.environ.get("SPRAWL_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SPRAWL_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -39,15 +40,7 @@ def _require_browser() -> None:
         import selenium  # noqa: F401
     except ImportError:
         missing.append("the selenium package (pip install -e '.[test]')")
-    if not missing:
-        return
-    msg = (
-        f"the dashboard browser test needs {', '.join(missing)}; "
-        "install with: apt-get install -y chromium chromium-driver"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    require_tools(missing, "apt-get install -y chromium chromium-driver")
 
 
 @pytest.fixture

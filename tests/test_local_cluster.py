@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sprawl.testing import node_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bin" / "sprawl-cluster"
 N = 3
@@ -38,7 +40,7 @@ def _members(url: str) -> list[dict]:
 def test_local_cluster_starts_and_stops(tmp_path: Path) -> None:
     """The script prints "cluster ready" once N nodes see N alive members and the Raft
     voter target is reached; SIGINT stops every node, exit 0."""
-    env = dict(os.environ, SPRAWL_CLUSTER_PYTHON=sys.executable)
+    env = node_environment({"SPRAWL_CLUSTER_PYTHON": sys.executable})
     data = tmp_path / "cluster"
     proc = subprocess.Popen(
         [str(SCRIPT), str(N), "--ports-auto", "--data-dir", str(data), "--timeout", "90"],
@@ -125,7 +127,7 @@ def test_bad_node_count_is_refused() -> None:
     """A node count outside 1..64 is a usage error, before anything starts."""
     r = subprocess.run(
         [str(SCRIPT), "0"],
-        env=dict(os.environ, SPRAWL_CLUSTER_PYTHON=sys.executable),
+        env=node_environment({"SPRAWL_CLUSTER_PYTHON": sys.executable}),
         capture_output=True,
         text=True,
         timeout=60,
@@ -138,7 +140,7 @@ def test_help(flag: str) -> None:
     """--help names the port options."""
     r = subprocess.run(
         [str(SCRIPT), flag],
-        env=dict(os.environ, SPRAWL_CLUSTER_PYTHON=sys.executable),
+        env=node_environment({"SPRAWL_CLUSTER_PYTHON": sys.executable}),
         capture_output=True,
         text=True,
         timeout=60,

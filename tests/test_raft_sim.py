@@ -18,8 +18,11 @@ through ReadIndex).  Afterwards the network heals and the checks run:
 * linearizability of the counter workload (see :func:`check_linearizable`);
 * liveness after healing -- a leader is elected and every member catches up.
 
-The default run is bounded for CI; ``SPRAWL_SIM_LONG=1`` runs many more
-schedules, and ``SPRAWL_SIM_SEED=n`` runs one seed (what a failure prints).
+The default run is bounded for CI; ``SPRAWL_SIM_LONG=1`` runs ten times as
+many schedules, every default run also runs a slice of those drawn by the
+run's seed (``SPRAWL_SIM_SLICE``), and ``SPRAWL_SIM_SEED=n`` runs one seed
+(what a failure prints).  Broken variants (a double vote, a commit without a
+majority, an append without the consistency check) show that the checks fire.
 """
 
 from __future__ import annotations
@@ -39,16 +42,21 @@ from sprawl.raft import (
     ConfChangeType,
     Config,
     ConfState,
+    Entry,
     EntryType,
     MemoryStorage,
     ProposalDropped,
     RaftNode,
     Role,
 )
-from sprawl.raft.messages import MessageType, decode_message, encode_message
-from sprawl.sim import Simulator, run_schedules, schedule_seeds
+from sprawl.raft.log import RaftLog
+from sprawl.raft.messages import Message, MessageType, decode_message, encode_message
+from sprawl.sim import Simulator, run_schedules, schedule_seeds, slice_seeds
 
 ONE_SEED = os.environ.get("SPRAWL_SIM_SEED")
+LONG = os.environ.get("SPRAWL_SIM_LONG") == "1"
+#: The run's seed for the slice of the long schedules (set by tests/conftest.py when absent).
+SLICE = int(os.environ.get("SPRAWL_SIM_SLICE") or 0)
 TICK = 0.1
 SNAP_EVERY = 12
 
@@ -89,13 +97,15 @@ class World:
         """Election safety: one leader per term."""
         prev = self.leaders.setdefault(term, nid)
         if prev != nid:
-            raise SafetyViolation(f"two leaders in term {term}: {prev} and {nid}")
+            raise SafetyViolation(f"election safety: two leaders in term {term}: {prev} and {nid}")
 
     def record_apply(self, nid: int, index: int, term: int, data: bytes) -> None:
         """State-machine safety: one entry per index, whoever applies it."""
         prev = self.applied.setdefault(index, (term, data))
         if prev != (term, data):
-            raise SafetyViolation(f"node {nid} applied {(term, data)!r} at {index}, another applied {prev!r}")
+            raise SafetyViolation(
+                f"state-machine safety: node {nid} applied {(term, data)!r} at {index}, another applied {prev!r}"
+            )
 
 
 class Counter:
@@ -226,11 +236,12 @@ class Peer:
             if index < first:
                 continue  # in our snapshot, which only holds committed state
             if index > log.last_index():
-                raise SafetyViolation(f"leader {self.id} lacks applied index {index}")
+                raise SafetyViolation(f"leader completeness: leader {self.id} lacks applied index {index}")
             e = log.slice(index, index + 1)[0]
             if (e.term, e.data) != (term, data):
                 raise SafetyViolation(
-                    f"leader {self.id} has {(e.term, e.data)!r} at {index}, applied {(term, data)!r}"
+                    f"leader completeness: leader {self.id} has {(e.term, e.data)!r} at {index}, "
+                    f"applied {(term, data)!r}"
                 )
 
 
@@ -269,7 +280,7 @@ def check_linearizable(ops: dict[str, Op], final_order: list[str]) -> None:
     for o in incs:
         if o.resp is not None and o.value is not None and pos.get(o.key) != o.value:
             raise SafetyViolation(
-                f"acked increment {o.key}={o.value} is at {pos.get(o.key)} in the final state"
+                f"linearizability: acked increment {o.key}={o.value} is at {pos.get(o.key)} in the final state"
             )
     done = sorted(
         (o for o in ops.values() if o.resp is not None and o.value is not None), key=lambda o: o.resp or 0
@@ -279,14 +290,18 @@ def check_linearizable(ops: dict[str, Op], final_order: list[str]) -> None:
             continue
         floor = max((p.value or 0 for p in done if (p.resp or 0) < o.inv), default=0)
         if o.kind == "read" and o.value < floor:
-            raise SafetyViolation(f"stale read {o.key}={o.value} after a completed op saw {floor}")
+            raise SafetyViolation(
+                f"linearizability: stale read {o.key}={o.value} after a completed op saw {floor}"
+            )
         if o.kind == "inc" and o.value <= floor:
-            raise SafetyViolation(f"increment {o.key}={o.value} ordered before a completed op with {floor}")
+            raise SafetyViolation(
+                f"linearizability: increment {o.key}={o.value} ordered before a completed op with {floor}"
+            )
         if o.kind == "read" and o.value > 0:
             k = final_order[o.value - 1]
             if ops[k].inv > o.resp:
                 raise SafetyViolation(
-                    f"read {o.key}={o.value} saw increment {k} invoked after the read returned"
+                    f"linearizability: read {o.key}={o.value} saw increment {k} invoked after the read returned"
                 )
 
 
@@ -504,9 +519,8 @@ def run_schedule(seed: int, voters: int, steps: int) -> dict[str, int]:
 # ------------------------------------------------------------ the tests
 
 
-def _run_many(name: str, voters: int, base: int, n: int, steps: int) -> None:
+def _run_many(name: str, voters: int, seeds: list[int], steps: int) -> None:
     t0 = time.perf_counter()
-    seeds = schedule_seeds(base, n)
     totals = run_schedules(
         seeds, lambda seed: run_schedule(seed, voters, steps), f"pytest tests/test_raft_sim.py -k {name}"
     )
@@ -520,12 +534,28 @@ def _run_many(name: str, voters: int, base: int, n: int, steps: int) -> None:
 
 def test_three_node_schedules() -> None:
     """1600 seeded 3-voter schedules with every fault keep every invariant."""
-    _run_many("test_three_node_schedules", 3, 10_000, 1600, 40)
+    _run_many("test_three_node_schedules", 3, schedule_seeds(10_000, 1600), 40)
 
 
 def test_five_node_schedules() -> None:
     """700 seeded 5-voter schedules with every fault keep every invariant."""
-    _run_many("test_five_node_schedules", 5, 20_000, 700, 40)
+    _run_many("test_five_node_schedules", 5, schedule_seeds(20_000, 700), 40)
+
+
+@pytest.mark.parametrize(
+    ("name", "voters", "base", "n", "k"),
+    [("test_three_node_schedules", 3, 10_000, 1600, 300), ("test_five_node_schedules", 5, 20_000, 700, 150)],
+)
+def test_a_slice_of_the_long_schedules(name: str, voters: int, base: int, n: int, k: int) -> None:
+    """The CI slice of ``tox -e sim``: ``k`` of the long run's schedules that
+    the default run does not run, drawn by the run's seed
+    (``SPRAWL_SIM_SLICE``): another slice on every run.  A failure names the
+    schedule's own seed and the command that replays it."""
+    if LONG or ONE_SEED is not None:
+        pytest.skip("SPRAWL_SIM_LONG=1 runs every long schedule; SPRAWL_SIM_SEED runs one")
+    seeds = slice_seeds(base, n, k, SLICE)
+    print(f"\nSPRAWL_SIM_SLICE={SLICE}: {k} of the long {name}, seeds {seeds[0]}..{seeds[-1]}")
+    _run_many(name, voters, seeds, 40)
 
 
 def test_the_checker_catches_a_stale_read() -> None:
@@ -534,21 +564,21 @@ def test_the_checker_catches_a_stale_read() -> None:
         "a": Op("inc", "a", 0.0, 1.0, 1),
         "r": Op("read", "r", 2.0, 3.0, 0),
     }
-    with pytest.raises(SafetyViolation):
+    with pytest.raises(SafetyViolation, match="linearizability: stale read r=0"):
         check_linearizable(ops, ["a"])
 
 
 def test_the_checker_catches_a_read_from_the_future() -> None:
     """The checker rejects a read that sees an increment invoked after it returned."""
     ops = {"r": Op("read", "r", 0.0, 1.0, 1), "a": Op("inc", "a", 2.0, 3.0, 1)}
-    with pytest.raises(SafetyViolation):
+    with pytest.raises(SafetyViolation, match="linearizability: read r=1 saw increment a invoked after"):
         check_linearizable(ops, ["a"])
 
 
 def test_the_checker_catches_a_lost_acked_increment() -> None:
     """The checker rejects an acknowledged increment that is not where it said."""
     ops = {"a": Op("inc", "a", 0.0, 1.0, 1), "b": Op("inc", "b", 0.5, 1.5, 1)}
-    with pytest.raises(SafetyViolation):
+    with pytest.raises(SafetyViolation, match="linearizability: acked increment b=1 is at 2"):
         check_linearizable(ops, ["a", "b"])
 
 
@@ -556,7 +586,7 @@ def test_election_safety_check_fires() -> None:
     """Two leaders in one term are reported (the invariant check can fail)."""
     w = World()
     w.record_leader(3, 1)
-    with pytest.raises(SafetyViolation):
+    with pytest.raises(SafetyViolation, match="election safety: two leaders in term 3"):
         w.record_leader(3, 2)
 
 
@@ -564,5 +594,84 @@ def test_state_machine_safety_check_fires() -> None:
     """Two different entries applied at one index are reported."""
     w = World()
     w.record_apply(1, 5, 2, b"x")
-    with pytest.raises(SafetyViolation):
+    with pytest.raises(SafetyViolation, match="state-machine safety: node 2 applied"):
         w.record_apply(2, 5, 2, b"y")
+
+
+# ------------------------------------------------------------ broken variants
+
+
+def _double_vote(self: RaftNode, m: Message) -> None:
+    """A voter that grants every up-to-date candidate its vote, even a second
+    one in the same term."""
+    resp = MessageType.VOTE_RESP if m.type == MessageType.VOTE else MessageType.PRE_VOTE_RESP
+    if self.log.is_up_to_date(m.index, m.log_term):
+        self._send(Message(resp, to=m.frm, term=m.term))
+        if m.type == MessageType.VOTE:
+            self.election_elapsed = 0
+            self.vote = m.frm
+    else:
+        self._send(Message(resp, to=m.frm, term=self.term, reject=True))
+
+
+def _commit_without_majority(orig: Callable[[RaftNode], bool]) -> Callable[[RaftNode], bool]:
+    """A leader that counts its own last entry committed, without a majority."""
+
+    def commit(self: RaftNode) -> bool:
+        committed = self.log.maybe_commit(self.log.last_index(), self.term)
+        return orig(self) or committed
+
+    return commit
+
+
+def _append_without_check(
+    self: RaftLog, index: int, log_term: int, committed: int, ents: tuple[Entry, ...] | list[Entry]
+) -> int | None:
+    """A follower that skips AppendEntries' consistency check (the term of the
+    entry before the new ones is not compared)."""
+    if not self.first_index() - 1 <= index <= self.last_index():
+        return None
+    last_new = index + len(ents)
+    ci = self.find_conflict(ents)
+    if ci:
+        self.append(list(ents[ci - (index + 1) :]))
+    self.commit_to(min(committed, last_new))
+    return last_new
+
+
+def _first_violations(seeds: range, match: str) -> list[str]:
+    """Run 3-voter schedules until one fails with a message containing
+    ``match``; every failure message seen (another check may fire first in
+    some schedules)."""
+    seen: list[str] = []
+    for seed in seeds:
+        try:
+            run_schedule(seed, 3, 40)
+        except Exception as e:  # the broken core may also trip its own asserts
+            seen.append(f"{type(e).__name__}: {e}")
+            if match in str(e):
+                break
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("bug", "message"),
+    [
+        ("double_vote", "election safety: two leaders in term"),
+        ("commit_without_majority", "leader completeness: leader"),
+        ("append_without_check", "log matching: nodes"),
+    ],
+)
+def test_the_checks_catch_a_broken_raft(bug: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: a Raft with a voter that votes twice in a term, a leader
+    that commits without a majority, or a follower that appends without the
+    consistency check, breaks an invariant in some schedule, and the check of
+    that invariant says so in its own words."""
+    if bug == "double_vote":
+        monkeypatch.setattr(RaftNode, "_handle_vote_request", _double_vote)
+    elif bug == "commit_without_majority":
+        monkeypatch.setattr(RaftNode, "_maybe_commit", _commit_without_majority(RaftNode._maybe_commit))
+    else:
+        monkeypatch.setattr(RaftLog, "maybe_append", _append_without_check)
+    seen = _first_violations(range(80_000, 80_300), message)
+    assert seen and message in seen[-1], seen[:3]

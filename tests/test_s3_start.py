@@ -37,6 +37,7 @@ from sprawl.testing import (
     _pythonpath,
     free_port,
     http_json,
+    node_environment,
     poll_until,
     the_reactor,
     twistd_command,
@@ -72,7 +73,7 @@ def run_node(
     imported from the installed wheel, so the "source tree" is site-packages
     itself, where the real boto3 lives too."""
     pythonpath = (str(shim) + os.pathsep if shim is not None else "") + _pythonpath()
-    environ = dict(os.environ, **(env or {}), PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
+    environ = dict(node_environment(env), PYTHONPATH=pythonpath)
     cmd = [
         *twistd_command(),
         "-n",
@@ -200,15 +201,14 @@ def _ready(url: str) -> tuple[int, Any]:
 
 
 def test_readyz_reports_a_bucket_that_goes_away_and_comes_back(
-    own_seaweed: SeaweedProcess, sprawl_nodes: Any, monkeypatch: pytest.MonkeyPatch
+    own_seaweed: SeaweedProcess, sprawl_nodes: Any
 ) -> None:
     """A running node whose bucket is deleted, or whose store goes down, answers ``/readyz`` 503
     with the reason (within a few check intervals), and 200 once the bucket answers again;
     publishing goes on meanwhile (segments stay in LMDB)."""
     server = own_seaweed
     bucket = f"watched-{uuid.uuid4().hex[:8]}"
-    for k, v in KEYS.items():
-        monkeypatch.setenv(k, v)  # the node's environment
+    sprawl_nodes.env.update(KEYS)  # the node's environment
     node = sprawl_nodes(
         "--s3-endpoint", server.endpoint, "--s3-bucket", bucket, "--s3-check-interval", "200ms", name="n"
     )
