@@ -693,17 +693,50 @@ class FeedReader:
 # -- the peer channel in tests ------------------------------------------------------
 
 
+#: The most a real-time bound is stretched for load (:func:`load_factor`).
+MAX_LOAD_FACTOR = 4.0
+
+
+def load_factor() -> float:
+    """How many runnable tasks share each core now: the factor by which real
+    processes run slower than on an idle machine, between 1 and
+    :data:`MAX_LOAD_FACTOR`.  The larger of the one-minute load average and
+    the tasks running this instant (``/proc/loadavg``, less the reader), per
+    core; times ``SPRAWL_TEST_TIME_SCALE`` when set (a slow machine).  1 where
+    there is no ``/proc``."""
+    extra = float(os.environ.get("SPRAWL_TEST_TIME_SCALE") or 1.0)
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+        avg1, running = float(fields[0]), int(fields[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        return max(1.0, extra)
+    cores = os.cpu_count() or 1
+    return min(MAX_LOAD_FACTOR, max(1.0, avg1 / cores, running / cores)) * max(1.0, extra)
+
+
+def scaled(seconds: float) -> float:
+    """A real-time bound on real processes, stretched by the load measured now
+    (:func:`load_factor`): the bound itself on an idle machine, up to
+    :data:`MAX_LOAD_FACTOR` times it while other work holds the cores."""
+    return seconds * load_factor()
+
+
 def poll_until(cond: Callable[[], bool], bound: float, step: float = 0.1) -> float | None:
     """Poll ``cond`` every ``step`` seconds (Event.wait, from a test thread
-    driving real processes) for at most ``bound`` seconds; the seconds it
-    took, or None if it never held."""
+    driving real processes) for at most ``bound`` seconds -- stretched by the
+    load measured when it runs out (:func:`scaled`), so a busy machine does not
+    fail a wait an idle one passes; the seconds it took, or None if it never
+    held."""
     pause = threading.Event()
     t0 = time.monotonic()
-    for _ in range(int(bound / step) + 2):
+    limit = bound
+    for _ in range(int(bound * MAX_LOAD_FACTOR / step) + 2):
         if cond():
             return time.monotonic() - t0
-        if time.monotonic() - t0 > bound:
-            break
+        if time.monotonic() - t0 > limit:
+            limit = max(limit, scaled(bound))
+            if time.monotonic() - t0 > limit:
+                break
         pause.wait(step)
     return None
 

@@ -8,7 +8,6 @@ so a missing message fails the test instead of hanging it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import selectors
 import signal
@@ -23,11 +22,18 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sprawl.ctl import cli, parse_urls, sse_events
+from sprawl.testing import node_environment, scaled
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-IDLE = "10"  # seconds a subscription may wait for a message before the test fails
+
+
+def idle(seconds: float = 10.0) -> str:
+    """``--idle-timeout`` for a subscription that must get its messages: how
+    long it may wait for one before the test fails, stretched by the load
+    measured now (a busy machine delays the first message, not the result)."""
+    return f"{scaled(seconds):.1f}"
 
 
 def ctl(url: str, *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Result:
@@ -80,7 +86,9 @@ def test_publish_then_subscribe_prints_payloads_in_order(sprawl_node: Any) -> No
     for text in sent:
         out = ok(ctl(url, "publish", "-t", "orders", "-m", text))
         assert re.fullmatch(r"offset=\d+ partition=0 id=\S+\n", out)
-    out = ok(ctl(url, "subscribe", "-t", "orders", "--from", "earliest", "-c", "20", "--idle-timeout", IDLE))
+    out = ok(
+        ctl(url, "subscribe", "-t", "orders", "--from", "earliest", "-c", "20", "--idle-timeout", idle())
+    )
     assert out.splitlines() == sent
 
 
@@ -149,7 +157,7 @@ def test_publish_prints_offset_partition_id_per_message(sprawl_node: Any) -> Non
             "3",
             "--json",
             "--idle-timeout",
-            IDLE,
+            idle(),
         )
     )
     msgs = [json.loads(line) for line in out.splitlines()]
@@ -184,7 +192,7 @@ def test_publish_stdin_lines_one_message_each_in_batches(sprawl_node: Any) -> No
             "-c",
             str(len(lines) + 1),
             "--idle-timeout",
-            IDLE,
+            idle(),
         )
     )
     assert out.splitlines() == [*lines, "from-f-dash"]
@@ -199,7 +207,7 @@ def test_publish_file_sends_its_bytes_as_one_message(sprawl_node: Any, tmp_path:
     out = ok(ctl(url, "publish", "-t", "files", "-f", str(path)))
     assert len(out.splitlines()) == 1
     ok(ctl(url, "publish", "-t", "files", "-f", str(path), "-k", "with-key"))  # JSON + payload_b64 form
-    result = ctl(url, "subscribe", "-t", "files", "--from", "earliest", "-c", "2", "--idle-timeout", IDLE)
+    result = ctl(url, "subscribe", "-t", "files", "--from", "earliest", "-c", "2", "--idle-timeout", idle())
     ok(result)
     assert result.stdout_bytes == (data + b"\n") * 2
 
@@ -221,7 +229,7 @@ def test_subscribe_group_pulls_prints_and_acks(sprawl_node: Any) -> None:
             "-c",
             "3",
             "--idle-timeout",
-            IDLE,
+            idle(),
         )
     )
     assert out.splitlines() == ["j1", "j2", "j3"]
@@ -233,7 +241,8 @@ def test_subscribe_with_too_few_messages_fails_after_idle_timeout(sprawl_node: A
     url = sprawl_node.url
     make_topic(url, "quiet")
     ok(ctl(url, "publish", "-t", "quiet", "-m", "only"))
-    result = ctl(url, "subscribe", "-t", "quiet", "--from", "earliest", "-c", "2", "--idle-timeout", "2")
+    # the one message comes first; then nothing more within the idle timeout
+    result = ctl(url, "subscribe", "-t", "quiet", "--from", "earliest", "-c", "2", "--idle-timeout", idle(2))
     assert result.stdout == "only\n"
     assert "received 1 of 2" in one_line_error(result)
 
@@ -242,7 +251,7 @@ def test_subscribe_ctrl_c_exits_zero_without_traceback(sprawl_node: Any) -> None
     url = sprawl_node.url
     make_topic(url, "live")
     ok(ctl(url, "publish", "-t", "live", "-m", "first"))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = node_environment()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -258,15 +267,19 @@ def test_subscribe_ctrl_c_exits_zero_without_traceback(sprawl_node: Any) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        # Ctrl-C reaches a shell's foreground job with SIGINT at its default; a
+        # suite started from a background job inherits it ignored (SIG_IGN),
+        # and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(timeout=20), "no message within 20 s"
+            assert sel.select(timeout=scaled(20)), "no message within 20 s (scaled)"
         assert proc.stdout.readline() == b"first\n"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=scaled(20))
         assert proc.returncode == 0, err
         assert b"Traceback" not in err
     finally:
@@ -403,7 +416,7 @@ def test_dead_url_first_then_live_one_works(sprawl_node: Any, dead_url: str) -> 
             "-c",
             "1",
             "--idle-timeout",
-            IDLE,
+            idle(),
         )
     )
     assert out == "hi\n"

@@ -17,6 +17,10 @@ The election bound, from the defaults in :class:`sprawl.cluster.control.ClusterC
   a second split vote            another full timeout              2.0 s
   scheduling of real processes on a shared 2-core machine          2.0 s
                                                                    = 8.0 s
+
+on an idle machine; while other work holds the cores the bound is stretched
+by the load measured (:func:`sprawl.testing.scaled`), as every real-time
+wait of the suite is.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeProcess, poll_until
+from sprawl.testing import NodeProcess, poll_until, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +132,7 @@ def test_three_nodes_elect_fail_over_and_catch_up_by_snapshot(sprawl_nodes: Any)
         assert _get(n, "/v1/topics/before-kill/groups/g1")[0] == 200
 
     old, old_name, survivors, took = _kill_leader(nodes, names)
-    assert took < ELECTION_BOUND
+    assert took < scaled(ELECTION_BOUND), f"election took {took:.2f} s (bound {scaled(ELECTION_BOUND):.1f} s)"
     for s in survivors:
         status, t = _get(s, "/v1/topics/before-kill?consistency=linearizable")
         assert status == 200 and t["partitions"] == 2
@@ -183,7 +187,7 @@ def test_five_nodes_replace_a_dead_voter_and_take_it_back(sprawl_nodes: Any) -> 
     status, _ = _put(nodes[1], "/v1/topics/acked-before", {})
     assert status == 201
     old, old_name, survivors, took = _kill_leader(nodes, names)
-    assert took < ELECTION_BOUND
+    assert took < scaled(ELECTION_BOUND), f"election took {took:.2f} s (bound {scaled(ELECTION_BOUND):.1f} s)"
     rest = sorted(nm for nm in names if nm != old_name)
 
     def removed() -> bool:

@@ -176,12 +176,24 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
     d = rep.publish(_msgs(3, 2))
     with pytest.raises(Overloaded):  # bounded: a second waiting publish is refused, not queued
         rep.publish(_msgs(1, 5))
-    await task.deferLater(the_reactor(), 0.5, lambda: None)  # 25 replication ticks
+    # Counted in the replica's own ticks, not in real time (which a busy
+    # machine stretches): 25 heartbeat/retransmit rounds after the leader's
+    # own copy is stored, and still no answer.
+    ticks = [0]
+    tick = rep.tick
+
+    def counted() -> None:
+        ticks[0] += 1
+        tick()
+
+    rep.tick = counted  # type: ignore[method-assign]
+    lg = leader.broker.topics["orders"].logs[0]
+    end = lg.next_offset  # the waiting publish ends here
+    await until(lambda: lg.stored_end >= end, "the leader's own copy of the publish stored")
+    seen = ticks[0]
+    await until(lambda: ticks[0] >= seen + 25, "25 replication ticks")
     assert not d.called, "acknowledged without a majority"
-    assert (
-        leader.broker.topics["orders"].logs[0].stored_end
-        > leader.broker.topics["orders"].logs[0].high_watermark
-    )
+    assert lg.stored_end > lg.high_watermark
     d.addErrback(lambda _: None)
 
 

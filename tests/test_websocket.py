@@ -273,7 +273,7 @@ async def test_query_errors_and_plain_get_before_upgrade(ws: WS) -> None:
         got, body = await s.request("GET", path)
         assert got == status, (path, body)
         err = json.loads(body)["error"]
-        assert err["code"] == code or status == 404, (path, err)
+        assert err["code"] == code, (path, err)
 
 
 @pytest_twisted.ensureDeferred
