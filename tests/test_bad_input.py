@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from sprawl.testing import NodeProcess
+from sprawl.testing import NodeProcess, scaled
 
 TIMEOUT = 10.0  # seconds for any one request (no test may hang)
 PROMPT = 5.0  # "served promptly" while a misbehaving client holds a connection
@@ -466,13 +466,13 @@ def test_slow_client_does_not_block_others(node: Node) -> None:
             slow.append(s)
         for _ in range(3):
             started = time.monotonic()
-            r = requests.get(node.url + "/v1/topics/base/messages?from=earliest", timeout=PROMPT)
+            r = requests.get(node.url + "/v1/topics/base/messages?from=earliest", timeout=scaled(PROMPT))
             assert r.status_code == 200
-            assert time.monotonic() - started < PROMPT
+            assert time.monotonic() - started < scaled(PROMPT)
             r = requests.post(
                 node.url + "/v1/topics/slowtest/messages",
                 json={"messages": [{"payload": "p"}]},
-                timeout=PROMPT,
+                timeout=scaled(PROMPT),
             )
             assert r.status_code == 200
     finally:
@@ -501,23 +501,27 @@ def test_vanished_clients(node: Node) -> None:
             s.sendall(data)
             # A round trip on another connection proves the node has read and
             # parked the request before this client goes.
-            assert requests.get(node.url + "/healthz", timeout=PROMPT).status_code == 200
+            assert requests.get(node.url + "/healthz", timeout=scaled(PROMPT)).status_code == 200
         # The socket closes here (RST or FIN) with the request still waiting.
     for _ in range(2):
         r = requests.post(
-            node.url + "/v1/topics/vanish/messages", json={"messages": [{"payload": "v"}]}, timeout=PROMPT
+            node.url + "/v1/topics/vanish/messages",
+            json={"messages": [{"payload": "v"}]},
+            timeout=scaled(PROMPT),
         )
         assert r.status_code == 200, r.text
     # The vanished pull took no lease: the group still gets both messages.
-    r = requests.post(node.url + "/v1/topics/vanish/groups/vg/pull", json={"max": 10}, timeout=PROMPT)
+    r = requests.post(node.url + "/v1/topics/vanish/groups/vg/pull", json={"max": 10}, timeout=scaled(PROMPT))
     assert r.status_code == 200
     assert [m["payload"] for m in r.json()["messages"]] == ["v", "v"]
     # A fresh long-poll is woken by a publish (the watchers of the vanished ones are gone, not broken).
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
         s.sendall(b"GET /v1/topics/vanish/messages?from=2&wait_ms=20000 HTTP/1.0\r\n\r\n")
-        assert requests.get(node.url + "/healthz", timeout=PROMPT).status_code == 200
+        assert requests.get(node.url + "/healthz", timeout=scaled(PROMPT)).status_code == 200
         r = requests.post(
-            node.url + "/v1/topics/vanish/messages", json={"messages": [{"payload": "w"}]}, timeout=PROMPT
+            node.url + "/v1/topics/vanish/messages",
+            json={"messages": [{"payload": "w"}]},
+            timeout=scaled(PROMPT),
         )
         assert r.status_code == 200
         started = time.monotonic()
@@ -527,7 +531,7 @@ def test_vanished_clients(node: Node) -> None:
             if not chunk:
                 break
             buf += chunk
-        assert time.monotonic() - started < PROMPT
+        assert time.monotonic() - started < scaled(PROMPT)
     body = json.loads(buf.partition(b"\r\n\r\n")[2])
     assert [m["payload"] for m in body["messages"]] == ["w"]
     node.check_intact()

@@ -1,84 +1,133 @@
 """Chaos: replicated topics on real ``twistd sprawl`` processes that are
-killed, restarted and stopped while a publisher records every acknowledgement.
+killed, restarted and stopped while clients publish and consume.
 
-**Needs partition replication wired into the node** (main has it; this
-branch does not yet).  Without it, creating a topic with
-``replication_factor > 1`` is refused (400) and these tests fail at topic
-creation -- on purpose: nothing here is skipped.  The harness itself
-(starting, ``kill -9``, restart on the same data dir, SIGSTOP/SIGCONT, the
-publisher, the readers and the checks) can be exercised today with
-``SPRAWL_CHAOS_RF=1``: every node then keeps its own copy of every topic (the
-pre-wiring behaviour), so an acked message is looked for only on the node
-that acked it, where the fsynced write survives ``kill -9``.
+**The envelope.**  Five nodes, every topic with 3 replicas, small segments
+(64 KB) moved on to S3 (a real SeaweedFS) as soon as they are sealed.  While
+one node at a time is ``kill -9``ed (a random node, a partition leader or the
+Raft leader) and restarted, or stopped (SIGSTOP) and continued:
 
-The fault rule (why every acked message must survive): at most ONE node is
-down (killed) or stopped (SIGSTOP) at any moment, and it is back -- restarted
-and the cluster formed again with every node a voter, bounded -- before the
-next fault.  With 5 Raft voters 4 remain (a majority of 5 is 3), and every
-partition has ``REPLICATION_FACTOR`` = 3 replicas on distinct nodes, so 2 of
-each replica set remain (a majority of 3 is 2): every quorum-acked record is
-on at least one surviving replica, and a leader can always be elected.
-A stopped node is not dead: when it continues it may still believe it leads
-(its peers moved on meanwhile) -- the stale-leader case the SIGSTOP faults
-are for.
+* three publishers send batches of 1..10 messages (``acks=quorum``) to every
+  node in turn, payloads of every size up to ``max_message_bytes`` (mostly
+  small, some tens of KB, a few up to the 1 MB limit itself; a tenth binary),
+  most batches keyed; a keyed batch that gets no answer or a 429/503 is sent
+  again with the same ids (to the next node) until it is acknowledged;
+* a consumer group pulls ``chaos-a`` through every node in turn and acks
+  through the next one;
+* an SSE stream reads ``chaos-a`` from one node and, when that node dies,
+  stalls or ends the stream, resumes on the next with ``Last-Event-ID``;
+* retention (by bytes) deletes ``chaos-c``'s oldest segments as it grows.
 
-Sizes: ``SPRAWL_CHAOS_SECONDS`` of chaos (default 35 s; ``tox -e chaos``
-runs 600 s), ``SPRAWL_CHAOS_SEED`` for the schedule (default: random,
-printed -- rerun with it to replay the same schedule of faults; timing on
-real processes still varies), ``SPRAWL_CHAOS_FAULTS`` = ``all`` (default),
-``kill``, ``stop`` or ``none``.
+**What must hold.**  No publisher, consumer or reader thread fails; every
+HTTP answer is one of those a fault explains (no answer, 429, 503); each
+publisher gets at least :data:`MIN_ACKED_PER_SECOND` messages acknowledged per
+second of chaos.  Afterwards every node serves every acknowledged message at
+its acknowledged offset with its payload intact, in offset order; no message
+id (acknowledged or not, resent or not) is stored twice; ``chaos-a`` and
+``chaos-b`` are whole from offset 0 on every node; retention did delete part
+of ``chaos-c`` and what is left there is checked the same way.  The group
+delivered every acknowledged ``chaos-a`` message at least once, the SSE
+stream every one of them exactly in offset order per partition, and neither
+delivered anything the final log does not hold at that offset.  Segments
+did reach S3.
+
+**Why every acked message must survive** (the fault rule): at most ONE node
+is down (killed) or stopped (SIGSTOP) at any moment, and it is back --
+restarted and the cluster formed again with every node a voter, bounded --
+before the next fault.  With 5 Raft voters 4 remain (a majority of 5 is 3),
+and every partition has 3 replicas on distinct nodes, so 2 of each replica
+set remain (a majority of 3 is 2): every quorum-acked record is on at least
+one surviving replica, and a leader can always be elected.  A stopped node is
+not dead: when it continues it may still believe it leads (its peers moved on
+meanwhile) -- the stale-leader case the SIGSTOP faults are for.
+
+**Sizes and replay.**  ``SPRAWL_CHAOS_SECONDS`` of chaos (default 35 s;
+``tox -e chaos`` runs 600 s), ``SPRAWL_CHAOS_SEED`` (default: random,
+printed) for the schedule of faults and everything the publishers send --
+rerun with it to replay the same schedule and payloads (timing on real
+processes still varies), ``SPRAWL_CHAOS_FAULTS`` = ``all`` (default),
+``kill``, ``stop`` or ``none``, ``SPRAWL_CHAOS_S3=0`` for LMDB only (no
+SeaweedFS needed).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
+import re
+import socket
 import threading
 import time
+import traceback
+import uuid
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, poll_until
+from sprawl.testing import (
+    NodeCluster,
+    SeaweedProcess,
+    first_success,
+    http_json,
+    key_for_partition,
+    partition_views,
+    poll_until,
+    scaled,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
 
-#: Replicas per partition.  3 is the point of these tests; ``SPRAWL_CHAOS_RF=1``
-#: runs the same harness against today's node (no replication wired yet).
-REPLICATION_FACTOR = int(os.environ.get("SPRAWL_CHAOS_RF", "3"))
-#: True once replicas exist: an acked message must be readable on EVERY node.
-#: With RF=1 before the wiring, each node has its own copy of each topic, so
-#: a message is checked on the node that acked it.
-REPLICATED = REPLICATION_FACTOR > 1
-#: Seconds of faults (the publisher runs the whole time).
+REPLICATION_FACTOR = 3
+#: Seconds of faults (the publishers and consumers run the whole time).
 CHAOS_SECONDS = float(os.environ.get("SPRAWL_CHAOS_SECONDS", "35"))
 #: ``none`` (no faults: harness check), ``stop`` (SIGSTOP/SIGCONT only), ``kill`` (kill -9 only) or ``all``.
 FAULTS = os.environ.get("SPRAWL_CHAOS_FAULTS", "all")
+#: The S3 tier on (SeaweedFS, small segments, spilled at once); ``SPRAWL_CHAOS_S3=0`` turns it off.
+S3 = os.environ.get("SPRAWL_CHAOS_S3", "1") != "0"
 #: Topic name -> partitions.
 TOPICS = {"chaos-a": 3, "chaos-b": 2, "chaos-c": 1}
+CONSUMED = "chaos-a"  # the consumer group and the SSE stream read it
+GROUP = "chaos-g"
+RETAINED = "chaos-c"  # retention runs on it
+RETENTION_BYTES = 300_000  # per partition: a few segments
+SEGMENT_BYTES = "64KB"
+MAX_MESSAGE_BYTES = 1_000_000  # the node's default --max-message-bytes
 PUBLISHERS = 3
 BATCH = 10
+#: Bytes of payload one batch carries at most (the request body limit is 8 MB).
+BATCH_BYTES = 3_000_000
 #: One publish attempt waits at most this long (a stopped node never answers).
-PUBLISH_TIMEOUT = 3.0
+PUBLISH_TIMEOUT = 5.0
+#: Attempts of one keyed batch (the same ids) before it is given up.
+SENDS = 20
+#: Answers a fault explains: none (killed or stopped node, timeout), 429, 503.
+EXPECTED_FAILURES = {0, 429, 503}
+#: Liveness: acknowledged messages each publisher gets per second of chaos, at least.
+MIN_ACKED_PER_SECOND = 5.0
+#: An SSE stream that brings nothing (not even a keepalive) this long is left for another node.
+STREAM_STALL = 3.0
 
 FORM_BOUND = 60.0  # a restarted node is a voter and ready again
-REPLICATED_BOUND = 60.0  # after the chaos: every replica caught up
+REPLICATED_BOUND = 90.0  # after the chaos: every replica caught up
+DELIVERED_BOUND = 90.0  # after the chaos: the consumers got everything
 READ_BOUND = 120.0  # reading everything back from one node
-#: Failover bound, derived in test_publish_resumes_after_the_partition_leader_is_killed.
+#: Failover bound on an idle machine, derived in test_publish_resumes_after_the_partition_leader_is_killed.
 FAILOVER_BOUND = 10.0
 
 
 @pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[Any]:
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., NodeCluster]]:
     """Makes NodeClusters under tmp_path; every one is closed (continued, killed) at the end."""
     made: list[NodeCluster] = []
 
-    def make(n: int, prefix: str) -> NodeCluster:
-        c = NodeCluster(tmp_path / prefix, n, prefix=prefix)
+    def make(n: int, prefix: str, *extra: str, env: dict[str, str] | None = None) -> NodeCluster:
+        c = NodeCluster(tmp_path / prefix, n, *extra, prefix=prefix, env=env)
         made.append(c)
         print(f"\nnode data dirs and logs (NAME.log) under {c.base}")
         return c.start()
@@ -90,17 +139,36 @@ def cluster_factory(tmp_path: Path) -> Iterator[Any]:
             c.close()
 
 
-def create_topics(cluster: NodeCluster, topics: dict[str, int]) -> None:
-    """Create each topic (on rotating nodes) with REPLICATION_FACTOR; wait until every partition has a leader."""
+@pytest.fixture
+def tier(request: pytest.FixtureRequest) -> tuple[list[str], dict[str, str]]:
+    """Node arguments and environment of the chaos cluster: small segments,
+    and with :data:`S3` the S3 tier on a SeaweedFS of this session (a prefix
+    of this test's own), spilled as soon as a segment is sealed."""
+    args = ["--segment-bytes", SEGMENT_BYTES]
+    if not S3:
+        return args, {}
+    server: SeaweedProcess = request.getfixturevalue("seaweed")
+    args += [
+        "--s3-endpoint",
+        server.endpoint,
+        "--s3-bucket",
+        "chaos",
+        "--s3-prefix",
+        f"c-{uuid.uuid4().hex[:8]}",
+    ]
+    args += ["--disk-to-s3-age", "0s"]
+    env = {"MINIO_ACCESS_KEY": SeaweedProcess.ACCESS_KEY, "MINIO_SECRET_KEY": SeaweedProcess.SECRET_KEY}
+    return args, env
+
+
+def create_topics(cluster: NodeCluster, topics: dict[str, int], extra: dict[str, dict[str, Any]]) -> None:
+    """Create each topic (on rotating nodes) with 3 replicas; wait until every
+    partition has a leader and every node knows every topic."""
     for i, (name, parts) in enumerate(topics.items()):
         via = cluster.names[i % len(cluster.names)]
-        status, body = http_json(
-            cluster.url(via) + f"/v1/topics/{name}",
-            "PUT",
-            {"partitions": parts, "replication_factor": REPLICATION_FACTOR},
-            timeout=15,
-        )
-        assert status in (200, 201), f"create {name} with RF={REPLICATION_FACTOR} on {via}: {status} {body}"
+        body = {"partitions": parts, "replication_factor": REPLICATION_FACTOR, **extra.get(name, {})}
+        status, answer = http_json(cluster.url(via) + f"/v1/topics/{name}", "PUT", body, timeout=15)
+        assert status in (200, 201), f"create {name} on {via}: {status} {answer}"
 
     def placed() -> bool:
         for n in cluster.up():
@@ -109,94 +177,341 @@ def create_topics(cluster: NodeCluster, topics: dict[str, int]) -> None:
                 got = place.get(name, {})
                 if len(got) != parts or not all(v.get("leader") for v in got.values()):
                     return False
-                if REPLICATED and not all(
-                    len(set(v.get("replicas", []))) == REPLICATION_FACTOR for v in got.values()
-                ):
+                if not all(len(set(v.get("replicas", []))) == REPLICATION_FACTOR for v in got.values()):
                     return False
         return True
 
     assert poll_until(placed, FORM_BOUND) is not None, cluster.placement()
 
 
-# -- the publisher ------------------------------------------------------------------------
+# -- payloads ------------------------------------------------------------------------------
+
+
+def payload_size(rng: random.Random) -> int:
+    """Mostly small, some tens of KB, one in a thousand half the limit up to
+    the limit itself (about 3 KB a message on average)."""
+    r = rng.random()
+    if r < 0.001:
+        return MAX_MESSAGE_BYTES if r < 0.0004 else rng.randint(MAX_MESSAGE_BYTES // 2, MAX_MESSAGE_BYTES)
+    if r < 0.02:
+        return rng.randint(8_000, 100_000)
+    if r < 0.3:
+        return rng.randint(100, 8_000)
+    return rng.randint(1, 100)
+
+
+def make_message(rng: random.Random, mid: str, size: int) -> tuple[dict[str, Any], int]:
+    """One message of ``size`` payload bytes (a tenth binary) and the CRC-32 of its payload."""
+    if rng.random() < 0.1:
+        data = rng.randbytes(size)
+        return {"id": mid, "payload_b64": base64.b64encode(data).decode("ascii")}, zlib.crc32(data)
+    text = (f"{mid}|" * (size // (len(mid) + 1) + 1))[:size]
+    return {"id": mid, "payload": text}, zlib.crc32(text.encode())
+
+
+def payload_crc(m: dict[str, Any]) -> int:
+    """CRC-32 of a served message's payload bytes."""
+    if "payload_b64" in m:
+        return zlib.crc32(base64.b64decode(m["payload_b64"]))
+    return zlib.crc32(str(m["payload"]).encode())
+
+
+# -- the publishers ----------------------------------------------------------------------
 
 
 @dataclass
-class Acked:
-    """Every acknowledged message: (topic, partition, offset) -> (id, node that acked)."""
+class Ledger:
+    """What the publishers sent and what was acknowledged."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: (topic, partition, offset) -> (id, node that acked)
     at: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
+    #: id -> (topic, CRC-32 of its payload), for every message sent (acked or not)
+    sent: dict[str, tuple[str, int]] = field(default_factory=dict)
+    acked_ids: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    per_publisher: Counter[int] = field(default_factory=Counter)
     attempts: int = 0
+    resent: int = 0  # batches sent again with the same ids
+    resent_acked_as_duplicate: int = 0  # messages a resend got back as duplicates (the first copy's offset)
     failures: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # exceptions in publisher threads
+    errors: list[str] = field(default_factory=list)  # unexpected answers and thread failures
+    bytes_acked: int = 0
+    largest: int = 0  # the largest payload acknowledged (about, for binary ones)
 
-    def by_partition(self) -> dict[tuple[str, int], set[tuple[int, str]]]:
-        """(topic, partition) -> {(offset, id)} acked there."""
-        out: dict[tuple[str, int], set[tuple[int, str]]] = {}
-        for (t, p, o), (mid, _) in self.at.items():
-            out.setdefault((t, p), set()).add((o, mid))
-        return out
-
-    def record(self, topic: str, node: str, ids: list[str], answer: Any) -> None:
+    def record(self, index: int, topic: str, node: str, ids: list[str], answer: Any, resend: bool) -> None:
         got = [str(x) for x in answer.get("ids", ids)]  # the answer's order is authoritative
         with self.lock:
-            if sorted(got) != sorted(ids):
+            if got != ids:
                 self.conflicts.append(f"published {ids}, acked ids {got}")
-            for mid, p, off in zip(got, answer["partitions"], answer["offsets"], strict=True):
-                # Without replication every node numbers its own copy: key the node in.
-                key = (topic if REPLICATED else f"{topic}@{node}", int(p), int(off))
+            dups = answer.get("duplicates") or [False] * len(got)
+            for mid, p, off, dup in zip(got, answer["partitions"], answer["offsets"], dups, strict=True):
+                key = (topic, int(p), int(off))
                 prev = self.at.get(key)
                 if prev is not None and prev[0] != mid:
                     self.conflicts.append(f"{key}: acked as {prev[0]} and as {mid}")
+                first = self.acked_ids.get(mid)
+                if first is not None and first != key:
+                    self.conflicts.append(f"{mid} acked at {first} and at {key}")
                 self.at[key] = (mid, node)
+                self.acked_ids[mid] = key
+                if resend and dup:
+                    self.resent_acked_as_duplicate += 1
+            self.per_publisher[index] += len(got)
+
+    def by_partition(self) -> dict[tuple[str, int], dict[int, str]]:
+        """(topic, partition) -> {offset: id} acked there."""
+        out: dict[tuple[str, int], dict[int, str]] = {}
+        for (t, p, o), (mid, _) in self.at.items():
+            out.setdefault((t, p), {})[o] = mid
+        return out
 
 
-def publisher(cluster: NodeCluster, index: int, acked: Acked, stop: threading.Event, deadline: float) -> None:
-    """Publish batches of BATCH unique ids, acks=quorum, to every node in turn (even
-    ones that are down or stopped: errors are expected) until ``stop`` or ``deadline``."""
+def guarded(errors: list[str], lock: threading.Lock, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` as a thread target whose exception is collected (a dead thread fails the test)."""
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException:
+            with lock:
+                errors.append(traceback.format_exc())
+
+    return run
+
+
+def publisher(
+    cluster: NodeCluster, index: int, seed: int, ledger: Ledger, stop: threading.Event, deadline: float
+) -> None:
+    """Publish batches of unique ids (acks=quorum) to every node in turn --
+    even ones that are down or stopped: errors are expected -- until ``stop``
+    or ``deadline``.  A keyed batch that fails is sent again with the same ids
+    (to the next node), so a first attempt that was stored but not answered
+    must come back as a duplicate, not be stored twice."""
+    rng = random.Random(f"{seed} publisher {index}")
     topics = sorted(TOPICS)
-    seq = 0
+    names = cluster.names
+    seq = turn = 0
     pause = threading.Event()
-    for attempt in range(10**7):
+    for _ in range(10**7):
         if stop.is_set() or time.monotonic() > deadline:
             return
-        node = cluster.names[(index + attempt) % len(cluster.names)]
-        topic = topics[attempt % len(topics)]
-        ids = [f"p{index}-{seq + i}" for i in range(BATCH)]
-        seq += BATCH
-        body = {"messages": [{"payload": f"chaos {mid}", "id": mid} for mid in ids], "acks": "quorum"}
-        status, answer = http_json(
-            cluster.url(node) + f"/v1/topics/{topic}/messages", "POST", body, timeout=PUBLISH_TIMEOUT
+        topic = rng.choice(topics)
+        keyed = rng.random() < 0.75
+        msgs: list[dict[str, Any]] = []
+        budget = BATCH_BYTES
+        for j in range(rng.randint(1, BATCH)):
+            size = min(payload_size(rng), budget)
+            if index == seq == j == 0:
+                size, keyed = MAX_MESSAGE_BYTES, True  # the limit itself, whatever the seed
+            budget -= size
+            mid = f"p{index}-{seq}"
+            seq += 1
+            msg, crc = make_message(rng, mid, size)
+            if keyed:
+                msg["key"] = f"k{index}-{rng.randrange(8)}"
+            msgs.append(msg)
+            with ledger.lock:
+                ledger.sent[mid] = (topic, crc)
+        ids = [m["id"] for m in msgs]
+        size = BATCH_BYTES - budget
+        body = {"messages": msgs, "acks": "quorum"}
+        for send in range(SENDS if keyed else 1):
+            if send and (stop.is_set() or time.monotonic() > deadline):
+                return
+            node = names[(index + turn) % len(names)]
+            turn += 1
+            status, answer = http_json(
+                cluster.url(node) + f"/v1/topics/{topic}/messages", "POST", body, timeout=PUBLISH_TIMEOUT
+            )
+            with ledger.lock:
+                ledger.attempts += 1
+                ledger.resent += 1 if send else 0
+            if status == 200:
+                ledger.record(index, topic, node, ids, answer, resend=send > 0)
+                with ledger.lock:
+                    ledger.bytes_acked += size
+                    ledger.largest = max(ledger.largest, *(len(m.get("payload", "")) for m in msgs))
+                    ledger.largest = max(
+                        ledger.largest, *(len(m.get("payload_b64", "")) * 3 // 4 for m in msgs)
+                    )
+                break
+            code = (answer or {}).get("error", {}).get("code") if isinstance(answer, dict) else None
+            with ledger.lock:
+                ledger.failures[f"{status} {code}" if status else "no answer"] += 1
+                if status not in EXPECTED_FAILURES:
+                    ledger.errors.append(f"publish to {topic} on {node}: {status} {answer}")
+            if status not in EXPECTED_FAILURES:
+                break
+            pause.wait(0.05)  # a failover in progress: do not spin
+
+
+# -- the consumers -------------------------------------------------------------------------
+
+
+@dataclass
+class Consumed:
+    """What one consumer got: (partition, offset) -> (id, payload CRC-32)."""
+
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    got: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
+    deliveries: int = 0
+    mismatched: list[str] = field(default_factory=list)  # one offset delivered with two ids
+    disorder: list[str] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, m: dict[str, Any]) -> None:
+        key = (int(m["partition"]), int(m["offset"]))
+        value = (str(m["id"]), payload_crc(m))
+        with self.lock:
+            self.deliveries += 1
+            prev = self.got.setdefault(key, value)
+            if prev != value:
+                self.mismatched.append(f"{self.name}: {key} delivered as {prev} and as {value}")
+
+    def has(self, keys: set[tuple[int, int]]) -> bool:
+        with self.lock:
+            return keys <= self.got.keys()
+
+
+def group_consumer(cluster: NodeCluster, topic: str, out: Consumed, stop: threading.Event) -> None:
+    """Pull from the group through every node in turn, ack through the next
+    one; a failed ack leaves the lease to expire (at-least-once)."""
+    names = cluster.names
+    pause = threading.Event()
+    base = f"/v1/topics/{topic}/groups/{GROUP}"
+    for i in range(10**7):
+        if stop.is_set():
+            return
+        node = names[i % len(names)]
+        status, body = http_json(
+            cluster.url(node) + base + "/pull", "POST", {"max": 100, "wait_ms": 300}, timeout=PUBLISH_TIMEOUT
         )
-        with acked.lock:
-            acked.attempts += 1
         if status == 200:
-            acked.record(topic, node, ids, answer)
+            msgs = body["messages"]
+            for m in msgs:
+                out.add(m)
+            if msgs:
+                ack_node = names[(i + 1) % len(names)]
+                ack = {"ack_ids": [m["ack_id"] for m in msgs]}
+                st, answer = http_json(
+                    cluster.url(ack_node) + base + "/ack", "POST", ack, timeout=PUBLISH_TIMEOUT
+                )
+                if st != 200:
+                    out.failures[f"ack {st}"] += 1
+                    if st not in EXPECTED_FAILURES:
+                        out.errors.append(f"ack on {ack_node}: {st} {answer}")
             continue
-        code = (answer or {}).get("error", {}).get("code") if isinstance(answer, dict) else None
-        with acked.lock:
-            acked.failures[f"{status} {code}" if status else "no answer"] += 1
-        pause.wait(0.05)  # a failover in progress: do not spin
+        out.failures[f"pull {status}"] += 1
+        if status not in EXPECTED_FAILURES:
+            out.errors.append(f"pull on {node}: {status} {body}")
+        pause.wait(0.05)
 
 
-# -- the reader ---------------------------------------------------------------------------
+def stream_consumer(cluster: NodeCluster, topic: str, out: Consumed, stop: threading.Event) -> None:
+    """Follow ``GET /v1/topics/{topic}/stream`` from one node; when the node
+    dies, stalls (:data:`STREAM_STALL`), answers an error or ends the stream,
+    resume on the next node with ``Last-Event-ID`` (every partition's last
+    offset).  Offsets must come strictly increasing per partition, across
+    every reconnection."""
+    last: dict[int, int] = {}
+    names = cluster.names
+    pause = threading.Event()
+    for i in range(10**7):
+        if stop.is_set():
+            return
+        node = names[i % len(names)]
+        port = cluster.nodes[node].http_port
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            out.failures["connect"] += 1
+            pause.wait(0.1)
+            continue
+        try:
+            resume = ",".join(f"{p}:{o}" for p, o in sorted(last.items()))
+            head = [f"GET /v1/topics/{topic}/stream?from=earliest HTTP/1.0", "Host: 127.0.0.1"]
+            head += ["Accept: text/event-stream"] + ([f"Last-Event-ID: {resume}"] if resume else [])
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            sock.settimeout(0.2)
+            _follow(sock, out, last, stop)
+        except OSError as e:
+            out.failures[type(e).__name__] += 1
+        finally:
+            sock.close()
 
 
-def read_partition(cluster: NodeCluster, node: str, topic: str, partition: int) -> list[tuple[int, str]]:
-    """Every committed message of one partition on one node: [(offset, id)] in the order served."""
-    out: list[tuple[int, str]] = []
+def _follow(sock: socket.socket, out: Consumed, last: dict[int, int], stop: threading.Event) -> None:
+    buf = b""
+    status: int | None = None
+    active = time.monotonic()
+    while not stop.is_set():
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            if time.monotonic() - active > STREAM_STALL:
+                out.failures["stalled"] += 1
+                return
+            continue
+        if not data:
+            out.failures["ended"] += 1
+            return
+        active = time.monotonic()
+        buf += data
+        if status is None:
+            if b"\r\n\r\n" not in buf:
+                continue
+            line, _, buf = buf.partition(b"\r\n\r\n")
+            status = int(line.split()[1])
+            if status != 200:
+                out.failures[f"stream {status}"] += 1
+                if status not in EXPECTED_FAILURES:
+                    out.errors.append(f"stream answered {status}: {buf[:300]!r}")
+                return
+        while True:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            block, buf = buf[:end], buf[end + 2 :]
+            ev: dict[str, str] = {}
+            for line in block.decode().split("\n"):
+                if line and not line.startswith(":") and ":" in line:
+                    k, v = line.split(":", 1)
+                    ev[k] = v[1:] if v.startswith(" ") else v
+            if "data" not in ev:
+                continue  # a keepalive
+            if ev.get("event", "message") != "message":
+                out.failures[f"event {ev.get('event')}"] += 1
+                return  # slow_consumer, stopping: resume elsewhere
+            m = json.loads(ev["data"])
+            p, off = int(m["partition"]), int(m["offset"])
+            if off <= last.get(p, -1):
+                with out.lock:
+                    out.disorder.append(f"partition {p}: offset {off} after {last[p]}")
+            last[p] = max(off, last.get(p, -1))
+            out.add(m)
+
+
+# -- reading back --------------------------------------------------------------------------
+
+
+def read_partition(cluster: NodeCluster, node: str, topic: str, partition: int) -> list[tuple[int, str, int]]:
+    """Every committed message of one partition on one node: [(offset, id, payload CRC-32)] as served."""
+    out: list[tuple[int, str, int]] = []
     cursor: int | str = "earliest"
     t0 = time.monotonic()
     for _ in range(100_000):
-        assert time.monotonic() - t0 < READ_BOUND, f"reading {topic}/{partition} on {node} took too long"
+        assert time.monotonic() - t0 < scaled(READ_BOUND), (
+            f"reading {topic}/{partition} on {node} took too long"
+        )
         status, body = cluster.get(
-            node, f"/v1/topics/{topic}/messages?partition={partition}&from={cursor}&limit=1000", timeout=15
+            node, f"/v1/topics/{topic}/messages?partition={partition}&from={cursor}&limit=200", timeout=30
         )
         assert status == 200, f"{node} {topic}/{partition} from {cursor}: {status} {body}"
         msgs = body["messages"]
-        out += [(int(m["offset"]), str(m["id"])) for m in msgs]
+        out += [(int(m["offset"]), str(m["id"]), payload_crc(m)) for m in msgs]
         nxt = body["next"]
         if not msgs and (nxt is None or nxt >= body["high_watermark"]):
             return out
@@ -205,31 +520,95 @@ def read_partition(cluster: NodeCluster, node: str, topic: str, partition: int) 
     raise AssertionError("unbounded read")
 
 
-def check_node(cluster: NodeCluster, node: str, acked: dict[tuple[str, int], set[tuple[int, str]]]) -> int:
-    """On ``node``: offsets come strictly increasing, and every acked (partition, offset)
-    holds exactly the acked id, which appears exactly once.  Returns messages checked."""
+#: Issue 21 (shared-tier): a replica reset below history already moved to S3
+#: drops that history on the reset replica (which may then lead and serve the
+#: partition to every node that reads it there).  While it is open, a loss that
+#: is exactly that -- S3 on, every missing acked offset below the offset some
+#: node logged resetting that partition to -- makes the test xfail (naming what
+#: it saw) instead of fail; any other failure still fails.  Set False when it lands.
+ISSUE_21_OPEN = True
+RESET_LINE = re.compile(r"reset (\S+)/(\d+) to an empty log at offset (\d+)")
+
+
+def resets(cluster: NodeCluster) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the highest offset any node logged resetting it to."""
+    out: dict[tuple[str, int], int] = {}
+    for node in cluster.names:
+        for t, p, off in RESET_LINE.findall(cluster.nodes[node].log_text()):
+            out[(t, int(p))] = max(out.get((t, int(p)), 0), int(off))
+    return out
+
+
+def check_node(
+    cluster: NodeCluster,
+    node: str,
+    ledger: Ledger,
+    logs: dict[tuple[str, int], dict[int, tuple[str, int]]],
+    lows: dict[tuple[str, int], list[int]],
+    issue_21: list[str],
+) -> int:
+    """On ``node``: offsets come strictly increasing; no id is stored twice;
+    every message has the payload it was sent with, and the same message as
+    every other node at its offset (``logs`` gathers them); every acked
+    (partition, offset) holds exactly the acked id -- from the start of the
+    log, except where retention ran (there from the first offset the node
+    serves, noted in ``lows``).  A loss with issue 21's signature goes to
+    ``issue_21``.  Returns the acked messages checked."""
     checked = 0
+    acked = ledger.by_partition()
+    reset_at = resets(cluster) if S3 and ISSUE_21_OPEN else {}
     for topic, parts in TOPICS.items():
         for p in range(parts):
             log = read_partition(cluster, node, topic, p)
-            offsets = [o for o, _ in log]
+            offsets = [o for o, _, _ in log]
             assert offsets == sorted(set(offsets)), f"{node} {topic}/{p}: offsets not strictly increasing"
-            ids = dict(log)
-            seen = Counter(mid for _, mid in log)
-            key_topic = topic if REPLICATED else f"{topic}@{node}"
-            want = acked.get((key_topic, p), set())
-            missing = [(o, mid) for o, mid in sorted(want) if ids.get(o) != mid]
+            served = {o: (mid, crc) for o, mid, crc in log}
+            seen = Counter(mid for _, mid, _ in log)
+            twice = sorted(mid for mid, n in seen.items() if n > 1)
+            where = {mid: [o for o, m, _ in log if m == mid] for mid in twice[:5]}
+            assert not twice, f"{node} {topic}/{p}: {len(twice)} ids stored more than once, at {where}"
+            bad = [(o, mid) for o, mid, crc in log if ledger.sent.get(mid) != (topic, crc)]
+            assert not bad, (
+                f"{node} {topic}/{p}: {len(bad)} messages not as sent (topic or payload), first {bad[:5]}"
+            )
+            merged = logs.setdefault((topic, p), {})
+            differ = [(o, v, merged[o]) for o, v in served.items() if merged.setdefault(o, v) != v]
+            assert not differ, (
+                f"{node} {topic}/{p}: replicas disagree at {len(differ)} offsets, first {differ[:5]}"
+            )
+            start = 0
+            if topic == RETAINED and offsets:
+                start = offsets[0]
+                lows.setdefault((topic, p), []).append(start)
+            want = acked.get((topic, p), {})
+            missing = [
+                (o, mid) for o, mid in sorted(want.items()) if o >= start and served.get(o, ("",))[0] != mid
+            ]
+            reset_to = reset_at.get((topic, p))
+            if missing and reset_to is not None and all(o < reset_to for o, _ in missing):
+                issue_21.append(
+                    f"{node} {topic}/{p}: {len(missing)} acked messages below offset {reset_to}, "
+                    f"where it reset the partition, not served"
+                )
+                missing = []
             assert not missing, (
                 f"{node} {topic}/{p}: {len(missing)} acked messages missing or different, "
-                f"first {[(o, mid, ids.get(o)) for o, mid in missing[:5]]}"
+                f"first {[(o, mid, served.get(o)) for o, mid in missing[:5]]}"
             )
-            twice = sorted(mid for _, mid in want if seen[mid] != 1)
-            where = {mid: [o for o, m in log if m == mid] for mid in twice[:5]}
-            assert not twice, (
-                f"{node} {topic}/{p}: {len(twice)} acked ids not exactly once, at offsets {where}"
-            )
-            checked += len(want)
+            checked += sum(1 for o in want if o >= start)
     return checked
+
+
+def check_consumed(out: Consumed, logs: dict[tuple[str, int], dict[int, tuple[str, int]]]) -> None:
+    """Everything a consumer got is what the final log holds at that offset."""
+    assert not out.errors, out.errors[:5]
+    assert not out.mismatched, out.mismatched[:5]
+    wrong = [
+        (k, v, logs.get((CONSUMED, k[0]), {}).get(k[1]))
+        for k, v in out.got.items()
+        if logs.get((CONSUMED, k[0]), {}).get(k[1]) != v
+    ]
+    assert not wrong, f"{out.name} delivered what the log does not hold: {len(wrong)}, first {wrong[:5]}"
 
 
 # -- the schedule -------------------------------------------------------------------------
@@ -275,43 +654,126 @@ def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[st
         assert took is not None, f"not formed again after {log[-1]}: {cluster.raft_views()}"
 
 
-def test_acked_messages_survive_kills_and_stops(cluster_factory: Any) -> None:
-    """5 nodes, RF=3 topics, a publisher on every node throughout, one node at a
-    time killed/restarted or stopped/continued; afterwards every node serves
-    every acked message exactly once, at its acked offset, in offset order."""
+def s3_segments(cluster: NodeCluster) -> int:
+    """Segments every node reports in S3, summed over topics and partitions."""
+    total = 0
+    for n in cluster.up():
+        for topic in TOPICS:
+            status, desc = cluster.get(n, f"/v1/topics/{topic}")
+            if status == 200:
+                total += sum(
+                    int(v.get("tiers", {}).get("s3", {}).get("segments") or 0) for v in partition_views(desc)
+                )
+    return total
+
+
+def test_acked_messages_survive_kills_and_stops(
+    cluster_factory: Any, tier: tuple[list[str], dict[str, str]]
+) -> None:
+    """The envelope of the module docstring: 5 nodes, RF=3, S3 tier, payloads
+    up to the size limit, publishers resending ids, a consumer group and an
+    SSE stream, retention -- one node at a time killed/restarted or
+    stopped/continued; afterwards every node serves every acked message
+    exactly once, at its acked offset, intact, and the consumers got them all."""
     seed = int(os.environ.get("SPRAWL_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(
-        f"\nchaos seed {seed} (SPRAWL_CHAOS_SEED={seed} replays the schedule); RF={REPLICATION_FACTOR}, "
-        f"{CHAOS_SECONDS:g} s, faults={FAULTS}"
+        f"\nchaos seed {seed} (SPRAWL_CHAOS_SEED={seed} replays the schedule and the payloads); "
+        f"{CHAOS_SECONDS:g} s, faults={FAULTS}, S3 tier {'on' if S3 else 'off'}"
     )
     rng = random.Random(seed)
-    cluster = cluster_factory(5, "c")
-    create_topics(cluster, TOPICS)
+    args, env = tier
+    cluster = cluster_factory(5, "c", *args, env=env)
+    create_topics(cluster, TOPICS, {RETAINED: {"retention_bytes": RETENTION_BYTES}})
+    status, answer = http_json(
+        cluster.url(cluster.names[1]) + f"/v1/topics/{CONSUMED}/groups/{GROUP}",
+        "PUT",
+        {"start": "earliest", "ack_deadline_ms": 2000},
+        timeout=15,
+    )
+    assert status == 201, answer
+    assert (
+        poll_until(
+            lambda: all(
+                cluster.get(n, f"/v1/topics/{CONSUMED}/groups/{GROUP}")[0] == 200 for n in cluster.names
+            ),
+            FORM_BOUND,
+        )
+        is not None
+    )
 
-    acked = Acked()
+    ledger = Ledger()
+    group = Consumed("the group")
+    stream = Consumed("the SSE stream")
     stop = threading.Event()
+    stop_consumers = threading.Event()
     deadline = time.monotonic() + CHAOS_SECONDS + 120  # the publishers' own bound
-    threads = [
-        threading.Thread(target=publisher, args=(cluster, i, acked, stop, deadline), daemon=True)
+    lock = threading.Lock()  # for the consumers' thread failures
+    publishers = [
+        threading.Thread(
+            target=guarded(
+                ledger.errors, ledger.lock, lambda i=i: publisher(cluster, i, seed, ledger, stop, deadline)
+            ),
+            daemon=True,
+        )
         for i in range(PUBLISHERS)
     ]
-    for t in threads:
+    consumers = [
+        threading.Thread(
+            target=guarded(
+                group.errors, lock, lambda: group_consumer(cluster, CONSUMED, group, stop_consumers)
+            ),
+            daemon=True,
+        ),
+        threading.Thread(
+            target=guarded(
+                stream.errors, lock, lambda: stream_consumer(cluster, CONSUMED, stream, stop_consumers)
+            ),
+            daemon=True,
+        ),
+    ]
+    for t in [*publishers, *consumers]:
         t.start()
+    try:
+        run_and_check(cluster, rng, ledger, group, stream, publishers, consumers, stop, stop_consumers)
+    finally:
+        stop.set()
+        stop_consumers.set()
+        for t in [*publishers, *consumers]:
+            t.join(PUBLISH_TIMEOUT * 2 + STREAM_STALL + 10)
+
+
+def run_and_check(
+    cluster: NodeCluster,
+    rng: random.Random,
+    ledger: Ledger,
+    group: Consumed,
+    stream: Consumed,
+    publishers: list[threading.Thread],
+    consumers: list[threading.Thread],
+    stop: threading.Event,
+    stop_consumers: threading.Event,
+) -> None:
+    """The faults while the threads run, then every check of the module docstring."""
     log: list[str] = []
     try:
         chaos(cluster, rng, CHAOS_SECONDS, log)
     finally:
         stop.set()
-        for t in threads:
-            t.join(PUBLISH_TIMEOUT + 10)
-    assert not any(t.is_alive() for t in threads), "a publisher did not stop"
+        for t in publishers:
+            t.join(PUBLISH_TIMEOUT * 2 + 10)
+    assert not any(t.is_alive() for t in publishers), "a publisher did not stop"
     print(f"faults: {log}")
     print(
-        f"publish attempts {acked.attempts}, acked messages {len(acked.at)}, failures {dict(acked.failures)}"
+        f"publish attempts {ledger.attempts}, acked messages {len(ledger.at)} "
+        f"({ledger.bytes_acked} payload bytes) per publisher {dict(ledger.per_publisher)}, "
+        f"batches resent {ledger.resent}, resent messages answered as duplicates "
+        f"{ledger.resent_acked_as_duplicate}, failures {dict(ledger.failures)}"
     )
-    assert not acked.errors, acked.errors
-    assert not acked.conflicts, acked.conflicts[:5]
-    assert len(acked.at) > 0, f"nothing was acked: {dict(acked.failures)}"
+    assert not ledger.errors, ledger.errors[:5]
+    assert not ledger.conflicts, ledger.conflicts[:5]
+    floor = MIN_ACKED_PER_SECOND * CHAOS_SECONDS
+    slow = {i: ledger.per_publisher[i] for i in range(PUBLISHERS) if ledger.per_publisher[i] < floor}
+    assert not slow, f"publishers with fewer than {floor:g} acked messages: {slow}"
 
     for name in cluster.names:  # all up, none stopped
         assert name not in cluster.down and name not in cluster.paused
@@ -319,7 +781,7 @@ def test_acked_messages_survive_kills_and_stops(cluster_factory: Any) -> None:
     problems: list[str] = []
 
     def replicated() -> bool:
-        problems[:] = cluster.replication_problems(sorted(TOPICS), replicated=REPLICATED)
+        problems[:] = cluster.replication_problems(sorted(TOPICS))
         return not problems
 
     took = poll_until(replicated, REPLICATED_BOUND, step=0.5)
@@ -328,14 +790,42 @@ def test_acked_messages_survive_kills_and_stops(cluster_factory: Any) -> None:
             for p in range(parts):
                 if any(f" {topic}/{p}:" in x for x in problems):
                     print(f"{topic}/{p} on every node: {cluster.partition_report(topic, p)}")
-    assert took is not None, f"not fully replicated within {REPLICATED_BOUND:g} s: {problems[:10]}"
+    assert took is not None, f"not fully replicated within {REPLICATED_BOUND:g} s (scaled): {problems[:10]}"
     print(f"fully replicated {took:.1f} s after the chaos")
-    by_partition = acked.by_partition()
+
+    # the consumers catch up with everything acked, then stop
+    want = {(p, o) for (t, p, o) in ledger.at if t == CONSUMED}
+    got_all = poll_until(lambda: group.has(want) and stream.has(want), DELIVERED_BOUND, step=0.5)
+    stop_consumers.set()
+    for t in consumers:
+        t.join(PUBLISH_TIMEOUT * 2 + STREAM_STALL + 10)
+    assert not any(t.is_alive() for t in consumers), "a consumer did not stop"
+    for c in (group, stream):
+        print(f"{c.name}: {c.deliveries} deliveries of {len(c.got)} offsets, failures {dict(c.failures)}")
+    assert got_all is not None, (
+        f"not delivered within {DELIVERED_BOUND:g} s (scaled): group lacks {len(want - group.got.keys())}, "
+        f"stream lacks {len(want - stream.got.keys())} of {len(want)}"
+    )
+    assert not stream.disorder, stream.disorder[:5]
+
+    logs: dict[tuple[str, int], dict[int, tuple[str, int]]] = {}
+    lows: dict[tuple[str, int], list[int]] = {}
+    issue_21: list[str] = []
     for name in cluster.names:
-        n = check_node(cluster, name, by_partition)
-        print(f"{name}: {n} acked messages present exactly once at their offsets")
-        if REPLICATED:
-            assert n == len(acked.at)
+        n = check_node(cluster, name, ledger, logs, lows, issue_21)
+        print(f"{name}: {n} acked messages present exactly once at their offsets, payloads intact")
+    for c in (group, stream):
+        check_consumed(c, logs)
+    print(f"retention: {RETAINED} starts at offsets {lows}")
+    assert any(low > 0 for lo in lows.values() for low in lo), f"retention deleted nothing of {RETAINED}"
+    print(f"largest acked payload {ledger.largest} bytes")
+    assert ledger.largest >= MAX_MESSAGE_BYTES - 2, "no message at max_message_bytes was acknowledged"
+    if S3:
+        segs = s3_segments(cluster)
+        print(f"S3: {segs} segments in the S3 tier (summed over nodes)")
+        assert segs > 0, "no segment reached the S3 tier"
+    if issue_21:
+        pytest.xfail(f"issue 21 (S3 history lost by a replica reset): {issue_21[:5]}")
 
 
 def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: Any) -> None:
@@ -343,7 +833,8 @@ def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: A
     the leader of partition 0 (neither A nor C) and measure the time until the
     first successful publish to that partition on A.
 
-    The bound, from the replication defaults:
+    The bound on an idle machine, from the replication defaults (stretched by
+    the load measured when the machine is busy: :func:`sprawl.testing.scaled`):
 
       followers notice the leader's silence   beat timeout, 10 ticks of 0.1 s   1.0 s
       the controller fences the old epoch      one peer round trip + fsync      < 0.1 s
@@ -360,12 +851,10 @@ def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: A
     """
     cluster = cluster_factory(3, "f")
     topic, parts = "failover", 3
-    create_topics(cluster, {topic: parts})
+    create_topics(cluster, {topic: parts}, {})
     leader = cluster.partition_leaders(topic)[0]
     assert leader in cluster.names
     a, c = [n for n in cluster.names if n != leader]
-    if not REPLICATED:
-        c = a  # before the wiring only the publishing node holds what it acked
     key = key_for_partition(0, parts)
     wrong: list[Any] = []  # answers for another partition than the key's
 
@@ -387,16 +876,19 @@ def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: A
     cluster.kill(leader)
     # A new attempt every 50 ms, each waiting up to 2 s: an attempt stuck on the dead
     # leader does not delay the next, so this measures the failover, not the timeout.
-    took = first_success(lambda i: publish(f"after-{i}"), FAILOVER_BOUND + 10, interval=0.05)
-    assert took is not None, f"no publish to {topic}/0 succeeded within {FAILOVER_BOUND + 10:g} s"
-    print(f"\nleader {leader} of {topic}/0 killed; first acked publish on {a} after {took:.2f} s")
-    assert took <= FAILOVER_BOUND, f"failover took {took:.2f} s (bound {FAILOVER_BOUND:g} s)"
-    if REPLICATED:  # A applies the new leader from the Raft log, maybe a moment after it acked
-        assert (
-            poll_until(lambda: cluster.partition_leaders(topic, via=a).get(0) in (a, c), 5.0) is not None
-        ), (
-            f"partition 0 is led by {cluster.partition_leaders(topic, via=a).get(0)!r} after the kill of {leader}"
-        )
+    took = first_success(lambda i: publish(f"after-{i}"), scaled(FAILOVER_BOUND) + 10, interval=0.05)
+    assert took is not None, f"no publish to {topic}/0 succeeded within {scaled(FAILOVER_BOUND) + 10:.0f} s"
+    bound = scaled(FAILOVER_BOUND)
+    print(
+        f"\nleader {leader} of {topic}/0 killed; first acked publish on {a} after {took:.2f} s (bound {bound:.1f} s)"
+    )
+    assert took <= bound, (
+        f"failover took {took:.2f} s (bound {FAILOVER_BOUND:g} s, {bound:.1f} s at this load)"
+    )
+    # A applies the new leader from the Raft log, maybe a moment after it acked
+    assert poll_until(lambda: cluster.partition_leaders(topic, via=a).get(0) in (a, c), 5.0) is not None, (
+        f"partition 0 is led by {cluster.partition_leaders(topic, via=a).get(0)!r} after the kill of {leader}"
+    )
     for i in range(20):
         assert publish(f"later-{i}"), f"publish after the failover failed on {a}"
     assert not wrong, wrong[:3]
