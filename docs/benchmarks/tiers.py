@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import sys
 import tempfile
 import time
@@ -114,9 +113,9 @@ def main() -> None:
                 "--memory-budget",
                 "1GB",
             ]
-            os.environ["SPRAWL_S3_ACCESS_KEY"] = s3.ACCESS_KEY
-            os.environ["SPRAWL_S3_SECRET_KEY"] = s3.SECRET_KEY
-            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "1h").start()
+            # test nodes inherit no SPRAWL_* variable: the keys go to each node
+            keys = {"SPRAWL_S3_ACCESS_KEY": s3.ACCESS_KEY, "SPRAWL_S3_SECRET_KEY": s3.SECRET_KEY}
+            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "1h", env=keys).start()
             conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=120)
             payload = "x" * args.size
             for i in range(0, args.messages, 500):
@@ -131,12 +130,12 @@ def main() -> None:
             assert t["memory"]["messages"] == n, t
             rows.append(("memory (hot tail)", *median_of(args.runs, node.http_port, topic, n)))
             node.stop()
-            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "1h").start()
+            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "1h", env=keys).start()
             t = tiers(node.http_port, topic)
             assert t["memory"]["messages"] == 0 and t["lmdb"]["messages"] == n, t
             rows.append(("lmdb", *median_of(args.runs, node.http_port, topic, n)))
             node.stop()
-            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "0s").start()
+            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "0s", env=keys).start()
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 d = partition(node.http_port, topic)
@@ -146,7 +145,7 @@ def main() -> None:
             else:
                 raise RuntimeError(f"segments did not move to S3: {d}")
             node.stop()
-            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "1h").start()
+            node = NodeProcess(base / "node", *common, "--disk-to-s3-age", "1h", env=keys).start()
             t = tiers(node.http_port, topic)
             in_s3 = t["s3"]["messages"]
             rows.append((f"s3, cold cache ({in_s3} of {n} in S3)", *replay(node.http_port, topic, n)))
