@@ -92,6 +92,9 @@ def test_group_partitions_are_owned_by_their_leaders_and_survive_a_leader_kill(s
     names = ["g0", "g1", "g2"]
     nodes = _start(sprawl_nodes, names)
     assert _call(nodes[0], "PUT", "/v1/topics/jobs", {"partitions": 3, "replication_factor": 3})[0] == 201
+    # nodes[1] answers the group's PUT from what it applied: a linearizable read
+    # first makes it apply the topic (else 404 while it lags behind nodes[0])
+    assert _call(nodes[1], "GET", "/v1/topics/jobs?consistency=linearizable")[0] == 200
     assert _call(nodes[1], "PUT", "/v1/topics/jobs/groups/workers", {"start": "earliest"})[0] == 201
 
     def group_everywhere() -> bool:
