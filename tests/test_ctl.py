@@ -115,7 +115,7 @@ def test_subscribe_started_before_the_first_publish_gets_it(sprawl_node: Any) ->
     results: list[Result] = []
     sub = threading.Thread(
         target=lambda: results.append(
-            ctl(url, "subscribe", "-t", "fresh", "--from", "latest", "-c", "2", "--idle-timeout", IDLE)
+            ctl(url, "subscribe", "-t", "fresh", "--from", "latest", "-c", "2", "--idle-timeout", idle())
         ),
         daemon=True,
     )
@@ -129,7 +129,7 @@ def test_subscribe_started_before_the_first_publish_gets_it(sprawl_node: Any) ->
     for text in ("first", "second"):  # the publishes run here, not through a second CliRunner
         status, body = http_json(f"{url}/v1/topics/fresh/messages", "POST", {"messages": [{"payload": text}]})
         assert status == 200, body
-    sub.join(30)
+    sub.join(scaled(30))
     assert not sub.is_alive() and results, "the subscriber did not finish"
     assert ok(results[0]).splitlines() == ["first", "second"]
     assert results[0].stderr.splitlines() == ["waiting for topic 'fresh' to be created ..."]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeProcess, SeaweedProcess, metric_value
+from sprawl.testing import NodeProcess, SeaweedProcess, metric_value, poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 
@@ -39,15 +38,17 @@ def call(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something truthy, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    """Poll ``check`` until it returns something truthy, at most ``timeout``
+    seconds (stretched by the load: :func:`sprawl.testing.poll_until`)."""
+    last: list[Any] = [None]
+
+    def done() -> bool:
+        last[0] = check()
+        return bool(last[0])
+
+    if poll_until(done, timeout) is None:
+        raise AssertionError(f"timed out waiting for {what}; last: {last[0]!r}")
+    return last[0]
 
 
 def publish(node: NodeProcess, topic: str, start: int, n: int, size: int = 1000) -> list[int]:
