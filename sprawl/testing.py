@@ -704,14 +704,18 @@ def load_factor() -> float:
     the tasks running this instant (``/proc/loadavg``, less the reader), per
     core; times ``SPRAWL_TEST_TIME_SCALE`` when set (a slow machine).  1 where
     there is no ``/proc``."""
-    extra = float(os.environ.get("SPRAWL_TEST_TIME_SCALE") or 1.0)
     try:
         fields = Path("/proc/loadavg").read_text().split()
         avg1, running = float(fields[0]), int(fields[3].split("/")[0]) - 1
     except (OSError, ValueError, IndexError):
-        return max(1.0, extra)
+        return _time_scale()
     cores = os.cpu_count() or 1
-    return min(MAX_LOAD_FACTOR, max(1.0, avg1 / cores, running / cores)) * max(1.0, extra)
+    return min(MAX_LOAD_FACTOR, max(1.0, avg1 / cores, running / cores)) * _time_scale()
+
+
+def _time_scale() -> float:
+    """``SPRAWL_TEST_TIME_SCALE`` (at least 1): a slow machine's own factor."""
+    return max(1.0, float(os.environ.get("SPRAWL_TEST_TIME_SCALE") or 1.0))
 
 
 def scaled(seconds: float) -> float:
@@ -730,7 +734,7 @@ def poll_until(cond: Callable[[], bool], bound: float, step: float = 0.1) -> flo
     pause = threading.Event()
     t0 = time.monotonic()
     limit = bound
-    for _ in range(int(bound * MAX_LOAD_FACTOR / step) + 2):
+    for _ in range(int(bound * MAX_LOAD_FACTOR * _time_scale() / step) + 2):
         if cond():
             return time.monotonic() - t0
         if time.monotonic() - t0 > limit:
