@@ -310,6 +310,28 @@ async def test_reconnect_with_last_event_id_resumes_without_loss_or_duplicates(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_cursor_past_the_high_watermark_waits_where_it_is(server: Server) -> None:
+    """A client that has read further on another node (a replica ahead of this
+    one, the leader before a failover) and resumes here past this node's high
+    watermark -- ``Last-Event-ID``, ``from=`` on a stream or a fetch -- waits at
+    its own offset: it is not sent back to the high watermark to get again
+    what it already has (the chaos test's SSE consumer saw exactly that)."""
+    await server.publish("ahead", [f"m{i}" for i in range(3)])  # offsets 0..2: the high watermark is 3
+    by_id = await server.connect("/v1/topics/ahead/stream", {"Last-Event-ID": "0:4"})
+    by_from = await server.connect("/v1/topics/ahead/stream?from=5")
+    status, body = await server.request("GET", "/v1/topics/ahead/messages?from=5")
+    answer = json.loads(body)
+    assert status == 200 and answer["messages"] == [] and answer["next"] == 5, answer
+    await server.publish("ahead", [f"m{i}" for i in range(3, 8)])  # offsets 3..7
+    await server.publish("ahead", ["marker"])  # whatever arrives before it is all there was
+    await by_id.wait_messages(4)
+    await by_from.wait_messages(4)
+    assert by_id.offsets() == by_from.offsets() == [5, 6, 7, 8]
+    status, body = await server.request("GET", "/v1/topics/ahead/messages?from=5")
+    assert [m["offset"] for m in json.loads(body)["messages"]] == [5, 6, 7, 8]
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_last_event_id_is_a_400(server: Server) -> None:
     """A malformed Last-Event-ID is refused with the JSON error shape, not a stream."""
     await server.publish("r", ["m0"])

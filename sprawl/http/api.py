@@ -452,7 +452,7 @@ class SprawlAPI:
                 d.addCallback(_setter(out, p))
                 ds.append(d)
             else:
-                out[p] = lg.resolve_start(spec if spec is not None else default)
+                out[p] = _cursor(lg.resolve_start(spec if spec is not None else default), spec)
         if not ds:
             return succeed(out)
         from twisted.internet.defer import gatherResults
@@ -472,7 +472,7 @@ class SprawlAPI:
         def apply(starts: dict[int, int]) -> dict[int, int]:
             for p, off in resume.items():
                 if p in starts and p not in remote:
-                    starts[p] = t.logs[p].resolve_start(off + 1)
+                    starts[p] = _cursor(t.logs[p].resolve_start(off + 1), off + 1)
             return starts
 
         d = self._resolve(t, local, spec, from_time, "latest").addCallback(apply)
@@ -483,10 +483,13 @@ class SprawlAPI:
         out: dict[int, int] = {}
         ds: list[Deferred[Any]] = [d.addCallback(out.update)]
         for p in remote:
+            asked = resume[p] + 1 if p in resume else spec
             if p in resume:
-                r = plane.feeds.resolve(t.name, p, resume[p] + 1, None)
+                r = plane.feeds.resolve(t.name, p, asked, None)
             else:
                 r = plane.feeds.resolve(t.name, p, spec if spec is not None else "latest", from_time)
+            if from_time is None or p in resume:
+                r.addCallback(_cursor, asked)
             ds.append(r.addCallback(_setter(out, p)))
         g = gatherResults(ds, consumeErrors=True).addErrback(_unwrap_first_error)
         return g.addCallback(lambda _: {p: out[p] for p in parts})
@@ -658,12 +661,13 @@ class SprawlAPI:
         ) -> tuple[list[Record], int, int]:
             if plane.read_source(t.name, p) is not None:
                 got = await plane.fetch_remote(t.name, p, start, ft, limit, wait, max_bytes=per)
-                return got["records"], got["start"], got["hw"]
+                s0 = _cursor(got["start"], start if ft is None else None)
+                return [r for r in got["records"] if r.offset >= s0], s0, got["hw"]
             lg = t.logs[p]
             if ft is not None:
                 s0 = int(await self.broker.find_time(t, p, ft))
             else:
-                s0 = lg.resolve_start(start if start is not None else "earliest")
+                s0 = _cursor(lg.resolve_start(start if start is not None else "earliest"), start)
             s0 = max(s0, lg.log_start)
             recs = await self.broker.read(t, p, s0, limit, max_bytes=per) if s0 < lg.high_watermark else []
             if not recs and wait:
@@ -1588,6 +1592,16 @@ def parse_message(m: Any, i: int) -> Record:
     if mid is not None:
         check_id(mid, i)
     return Record(-1, 0, 0, mid, key, headers, data, is_text)
+
+
+def _cursor(resolved: int, asked: Any) -> int:
+    """Where a client's read starts: ``resolved`` by the partition, but never
+    before an offset the client gave itself (``from``, ``Last-Event-ID``).  A
+    node clamps an offset past its high watermark down to it; the client may
+    have read that far already -- from another replica, or from the leader
+    before a failover -- before this node learnt the high watermark, and must
+    not get those messages again: it waits at its own offset instead."""
+    return max(resolved, asked) if isinstance(asked, int) else resolved
 
 
 def parse_last_event_id(value: bytes | None) -> dict[int, int]:
