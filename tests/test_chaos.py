@@ -436,14 +436,16 @@ def stream_consumer(cluster: NodeCluster, topic: str, out: Consumed, stop: threa
             head += ["Accept: text/event-stream"] + ([f"Last-Event-ID: {resume}"] if resume else [])
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
             sock.settimeout(0.2)
-            _follow(sock, out, last, stop)
+            _follow(sock, out, last, stop, f"{node} (connection {i}, resumed at {resume or 'earliest'})")
         except OSError as e:
             out.failures[type(e).__name__] += 1
         finally:
             sock.close()
 
 
-def _follow(sock: socket.socket, out: Consumed, last: dict[int, int], stop: threading.Event) -> None:
+def _follow(
+    sock: socket.socket, out: Consumed, last: dict[int, int], stop: threading.Event, where: str
+) -> None:
     buf = b""
     status: int | None = None
     active = time.monotonic()
@@ -489,7 +491,7 @@ def _follow(sock: socket.socket, out: Consumed, last: dict[int, int], stop: thre
             p, off = int(m["partition"]), int(m["offset"])
             if off <= last.get(p, -1):
                 with out.lock:
-                    out.disorder.append(f"partition {p}: offset {off} after {last[p]}")
+                    out.disorder.append(f"partition {p}: offset {off} after {last[p]}, from {where}")
             last[p] = max(off, last.get(p, -1))
             out.add(m)
 
