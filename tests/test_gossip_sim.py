@@ -275,7 +275,7 @@ def gossip_cluster(
     """``n`` nodes (of class :data:`MEMBER`) that all join through node 0 (spread
     over ``join_over`` seconds) and have converged, watched by a :class:`SuspicionWatch`."""
     sim = Simulator(seed, **simkw)
-    sim.watch = SuspicionWatch(sim)  # type: ignore[attr-defined]
+    SuspicionWatch(sim)  # checks every event from now on
     for i in range(n):
         sim.add_node(addr(i), MEMBER(nid(i), addr(i), meta(i), config, sim.node_rng(addr(i)), sim.now))
     for i in range(1, n):
