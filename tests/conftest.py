@@ -142,15 +142,16 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def s3_keys(sprawl_nodes: NodeFactory) -> None:
-    """S3 credentials for the test's nodes through the seed's variables (any key
-    works with an open SeaweedFS): nodes inherit no MINIO_* variable, so they
-    go to ``sprawl_nodes.env``."""
+def s3_keys(sprawl_nodes: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 credentials through the seed's variables (any key works with an open
+    SeaweedFS): for the test's nodes (``sprawl_nodes.env``: nodes inherit no
+    MINIO_* variable) and for tools the test runs in-process (``sprawlctl verify``)."""
     from sprawl.testing import SeaweedProcess
 
-    sprawl_nodes.env.update(
-        MINIO_ACCESS_KEY=SeaweedProcess.ACCESS_KEY, MINIO_SECRET_KEY=SeaweedProcess.SECRET_KEY
-    )
+    keys = {"MINIO_ACCESS_KEY": SeaweedProcess.ACCESS_KEY, "MINIO_SECRET_KEY": SeaweedProcess.SECRET_KEY}
+    sprawl_nodes.env.update(keys)
+    for k, v in keys.items():
+        monkeypatch.setenv(k, v)
 
 
 @pytest.fixture
