@@ -55,7 +55,6 @@ import base64
 import json
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -522,46 +521,21 @@ def read_partition(cluster: NodeCluster, node: str, topic: str, partition: int) 
     raise AssertionError("unbounded read")
 
 
-#: Issue 21 (shared-tier): a replica reset below history already moved to S3
-#: drops that history on the reset replica (which may then lead and serve the
-#: partition to every node that reads it there).  While it is open, a loss that
-#: is exactly that -- S3 on, every missing acked offset below the offset some
-#: node logged resetting that partition to, or an id stored twice with such a
-#: reset between its copies (the reset replica led next, without the ids of the
-#: history it lost, and took a resend as new) -- makes the test xfail (naming
-#: what it saw) instead of fail; any other failure still fails.  Set False when
-#: it lands.
-ISSUE_21_OPEN = True
-RESET_LINE = re.compile(r"reset (\S+)/(\d+) to an empty log at offset (\d+)")
-
-
-def resets(cluster: NodeCluster) -> dict[tuple[str, int], list[int]]:
-    """(topic, partition) -> every offset some node logged resetting it to, ascending."""
-    out: dict[tuple[str, int], list[int]] = {}
-    for node in cluster.names:
-        for t, p, off in RESET_LINE.findall(cluster.nodes[node].log_text()):
-            out.setdefault((t, int(p)), []).append(int(off))
-    return {k: sorted(v) for k, v in out.items()}
-
-
 def check_node(
     cluster: NodeCluster,
     node: str,
     ledger: Ledger,
     logs: dict[tuple[str, int], dict[int, tuple[str, int]]],
     lows: dict[tuple[str, int], list[int]],
-    issue_21: list[str],
 ) -> int:
     """On ``node``: offsets come strictly increasing; no id is stored twice;
     every message has the payload it was sent with, and the same message as
     every other node at its offset (``logs`` gathers them); every acked
     (partition, offset) holds exactly the acked id -- from the start of the
     log, except where retention ran (there from the first offset the node
-    serves, noted in ``lows``).  A loss with issue 21's signature goes to
-    ``issue_21``.  Returns the acked messages checked."""
+    serves, noted in ``lows``).  Returns the acked messages checked."""
     checked = 0
     acked = ledger.by_partition()
-    reset_at = resets(cluster) if S3 and ISSUE_21_OPEN else {}
     for topic, parts in TOPICS.items():
         for p in range(parts):
             log = read_partition(cluster, node, topic, p)
@@ -570,20 +544,8 @@ def check_node(
             served = {o: (mid, crc) for o, mid, crc in log}
             seen = Counter(mid for _, mid, _ in log)
             twice = sorted(mid for mid, n in seen.items() if n > 1)
-            where = {mid: [o for o, m, _ in log if m == mid] for mid in twice}
-            straddle = [
-                mid
-                for mid in twice
-                if any(where[mid][0] < r <= where[mid][-1] for r in reset_at.get((topic, p), []))
-            ]
-            if straddle:  # the later leader was reset between the copies: it lost their ids too
-                issue_21.append(
-                    f"{node} {topic}/{p}: {len(straddle)} ids stored again after a reset between the copies, "
-                    f"e.g. {[(mid, where[mid]) for mid in straddle[:3]]}"
-                )
-                twice = [mid for mid in twice if mid not in straddle]
-            shown = {mid: where[mid] for mid in twice[:5]}
-            assert not twice, f"{node} {topic}/{p}: {len(twice)} ids stored more than once, at {shown}"
+            where = {mid: [o for o, m, _ in log if m == mid] for mid in twice[:5]}
+            assert not twice, f"{node} {topic}/{p}: {len(twice)} ids stored more than once, at {where}"
             bad = [(o, mid) for o, mid, crc in log if ledger.sent.get(mid) != (topic, crc)]
             assert not bad, (
                 f"{node} {topic}/{p}: {len(bad)} messages not as sent (topic or payload), first {bad[:5]}"
@@ -601,13 +563,6 @@ def check_node(
             missing = [
                 (o, mid) for o, mid in sorted(want.items()) if o >= start and served.get(o, ("",))[0] != mid
             ]
-            reset_to = max(reset_at.get((topic, p), [-1]))
-            if missing and all(o < reset_to for o, _ in missing):
-                issue_21.append(
-                    f"{node} {topic}/{p}: {len(missing)} acked messages below offset {reset_to}, "
-                    f"where it reset the partition, not served"
-                )
-                missing = []
             assert not missing, (
                 f"{node} {topic}/{p}: {len(missing)} acked messages missing or different, "
                 f"first {[(o, mid, served.get(o)) for o, mid in missing[:5]]}"
@@ -616,28 +571,15 @@ def check_node(
     return checked
 
 
-def check_consumed(
-    cluster: NodeCluster,
-    out: Consumed,
-    logs: dict[tuple[str, int], dict[int, tuple[str, int]]],
-    issue_21: list[str],
-) -> None:
-    """Everything a consumer got is what the final log holds at that offset
-    (a delivery of an offset no node serves any more, below where a node
-    reset the partition, goes to ``issue_21`` while it is open)."""
+def check_consumed(out: Consumed, logs: dict[tuple[str, int], dict[int, tuple[str, int]]]) -> None:
+    """Everything a consumer got is what the final log holds at that offset."""
     assert not out.errors, out.errors[:5]
     assert not out.mismatched, out.mismatched[:5]
-    reset_at = resets(cluster) if S3 and ISSUE_21_OPEN else {}
     wrong = [
         (k, v, logs.get((CONSUMED, k[0]), {}).get(k[1]))
         for k, v in out.got.items()
         if logs.get((CONSUMED, k[0]), {}).get(k[1]) != v
     ]
-    lost = [w for w in wrong if w[2] is None and w[0][1] < max(reset_at.get((CONSUMED, w[0][0]), [-1]))]
-    if lost:
-        issue_21.append(f"{out.name}: {len(lost)} deliveries of offsets no node serves now, below a reset")
-        gone = {w[0] for w in lost}
-        wrong = [w for w in wrong if w[0] not in gone]
     assert not wrong, f"{out.name} delivered what the log does not hold: {len(wrong)}, first {wrong[:5]}"
 
 
@@ -840,12 +782,11 @@ def run_and_check(
 
     logs: dict[tuple[str, int], dict[int, tuple[str, int]]] = {}
     lows: dict[tuple[str, int], list[int]] = {}
-    issue_21: list[str] = []
     for name in cluster.names:
-        n = check_node(cluster, name, ledger, logs, lows, issue_21)
+        n = check_node(cluster, name, ledger, logs, lows)
         print(f"{name}: {n} acked messages present exactly once at their offsets, payloads intact")
     for c in (group, stream):
-        check_consumed(cluster, c, logs, issue_21)
+        check_consumed(c, logs)
     print(f"retention: {RETAINED} starts at offsets {lows}")
     assert any(low > 0 for lo in lows.values() for low in lo), f"retention deleted nothing of {RETAINED}"
     print(f"largest acked payload {ledger.largest} bytes")
@@ -854,8 +795,6 @@ def run_and_check(
         segs = s3_segments(cluster)
         print(f"S3: {segs} segments in the S3 tier (summed over nodes)")
         assert segs > 0, "no segment reached the S3 tier"
-    if issue_21:
-        pytest.xfail(f"issue 21 (S3 history lost by a replica reset): {issue_21[:5]}")
 
 
 def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: Any) -> None:
