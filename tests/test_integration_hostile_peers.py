@@ -553,7 +553,16 @@ def test_every_topic_and_acknowledged_message_is_still_there(target: Target) -> 
     offset with its id and payload; the same voters; every node ready."""
     t = target
     for node in t.cluster.names:
-        assert t.cluster.get(node, "/readyz")[0] == 200
+        # Ready again within a bound: on a loaded machine a node may be between
+        # leaders for a moment (late heartbeats), which is not the attack's doing;
+        # a node the attacks left unready for good fails here, naming why.
+        last: list[object] = []
+
+        def ready(node: str = node, last: list[object] = last) -> bool:
+            last[:] = list(t.cluster.get(node, "/readyz"))
+            return last[0] == 200
+
+        assert poll_until(ready, 15) is not None, f"{node} not ready: {last}"
         assert sorted(t.raft(node)["voters"]) == t.voters
         for (topic, p), acked in t.acked.items():
             got = {m["offset"]: m for m in _read_partition(t.url(node), topic, p)}
