@@ -23,7 +23,7 @@ import pytest_twisted
 from test_broker import Node, WriterGate, msg, nodes, read_all, topic  # noqa: F401  (fixture)
 from test_streams import Server
 
-from sprawl.ctl import Client
+from sprawl.client.blocking import MAX_429_RETRIES, Client
 from sprawl.errors import Overloaded
 from sprawl.testing import bounded
 
@@ -178,6 +178,4 @@ def test_sprawlctl_gives_up_after_bounded_retries(throttling_server: Callable[[i
         "POST", "/v1/topics/t/messages", {"messages": [{"payload": "x"}]}
     )
     assert reply.status == 429
-    from sprawl import ctl
-
-    assert reply.url == url and ctl.MAX_429_RETRIES < 1000
+    assert reply.url == url and MAX_429_RETRIES < 1000

@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sprawl import bench
-from sprawl.bench import BenchConfig, BenchError, run_bench
+from sprawl.client import aio
+from sprawl.client.bench import BenchConfig, BenchError, make_payload, percentile, results, run_bench
+from sprawl.client.bench.subscribers import _SseReader
+from sprawl.client.errors import ClientError, retry_after_seconds
+from sprawl.client.topics import TopicDescription
 from sprawl.ctl import cli
 
 # --------------------------------------------------------------------------------------------
@@ -29,7 +32,7 @@ def test_dechunker_handles_every_split_point() -> None:
     body = [b"hello ", b"chunked", b" world" * 20]
     wire = chunked(*body)
     for cut in range(len(wire) + 1):
-        d = bench._Dechunker()
+        d = aio.Dechunker()
         got = d.feed(wire[:cut]) + d.feed(wire[cut:])
         assert got == b"".join(body), cut
         assert d.done
@@ -37,7 +40,7 @@ def test_dechunker_handles_every_split_point() -> None:
 
 def test_dechunker_byte_at_a_time_with_extension_and_trailer() -> None:
     wire = b"5;ext=1\r\nabcde\r\n3\r\nfgh\r\n0\r\nX-Trailer: 1\r\n\r\n"
-    d = bench._Dechunker()
+    d = aio.Dechunker()
     out = b"".join(d.feed(wire[i : i + 1]) for i in range(len(wire)))
     assert out == b"abcdefgh" and d.done
 
@@ -63,8 +66,8 @@ def test_http_connection_parses_responses_split_anywhere() -> None:
         b"HTTP/1.1 204 No Content\r\n\r\n",
     ]
 
-    async def scenario(cut: int) -> list[bench.Response]:
-        conn = bench._HttpConnection()
+    async def scenario(cut: int) -> list[aio.Response]:
+        conn = aio.HttpConnection()
         conn.connection_made(FakeTransport())
         got = []
         for wire in responses:
@@ -85,7 +88,7 @@ def test_http_connection_parses_responses_split_anywhere() -> None:
 def sse_wire(stamps: list[int], size: int = 40) -> bytes:
     events = []
     for i, ts in enumerate(stamps):
-        payload = bench.make_payload(size, ts).decode()
+        payload = make_payload(size, ts).decode()
         msg = json.dumps({"offset": i, "partition": 0, "payload": payload}, separators=(",", ":"))
         events.append(b"id: 0:%d\ndata: %s\n\n" % (i, msg.encode()))
     return b"".join(events)
@@ -100,7 +103,7 @@ def test_sse_reader_counts_messages_and_latency_across_splits() -> None:
 
     async def scenario(cut: int) -> tuple[int, Counter[int]]:
         hist: Counter[int] = Counter()
-        reader = bench._SseReader(0, hist)
+        reader = _SseReader(0, hist)
         reader.connection_made(FakeTransport())
         reader.data_received(wire[:cut])
         reader.data_received(wire[cut:])
@@ -116,7 +119,7 @@ def test_sse_reader_counts_messages_and_latency_across_splits() -> None:
 
 def test_sse_reader_reports_http_errors() -> None:
     async def scenario() -> str | None:
-        reader = bench._SseReader(3, Counter())
+        reader = _SseReader(3, Counter())
         reader.connection_made(FakeTransport())
         body = b'{"error":{"code":"topic_not_found","message":"no such topic"}}'
         reader.data_received(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -129,32 +132,38 @@ def test_sse_reader_reports_http_errors() -> None:
 
 
 def test_percentiles_and_histogram() -> None:
-    assert bench.percentile([], 0.5) == 0.0
+    assert percentile([], 0.5) == 0.0
     values = list(range(1, 101))
-    assert bench.percentile(values, 0.5) == 50
-    assert bench.percentile(values, 0.99) == 99
-    assert bench.percentile(values, 1.0) == 100
-    summary = bench._histogram_summary({1000: 50, 2000: 49, 9000: 1})
+    assert percentile(values, 0.5) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
+    summary = results.histogram_summary({1000: 50, 2000: 49, 9000: 1})
     assert summary is not None and (summary.p50, summary.p99, summary.max) == (1.0, 2.0, 9.0)
-    assert bench._histogram_summary({}) is None
+    assert results.histogram_summary({}) is None
     for us in (0, 5, 1023, 1024, 123_456, 9_999_999):
-        q = bench._quantize_us(us)
+        q = results.quantize_us(us)
         assert q <= us and us - q <= max(us // 512, 0)
 
 
 def test_payload_and_config_validation() -> None:
-    p = bench.make_payload(30, 1_700_000_000_000_000_000)
+    p = make_payload(30, 1_700_000_000_000_000_000)
     assert p == b"1700000000000000000" + b"x" * 11
-    assert len(bench.make_payload(19)) == 19
+    assert len(make_payload(19)) == 19
     BenchConfig().validate()
     for bad in ({"size": 18}, {"messages": 0}, {"batch": 0}, {"acks": "all"}, {"storage": "x"}, {"rate": -1}):
         with pytest.raises(BenchError):
             BenchConfig(**bad).validate()  # type: ignore[arg-type]
-    assert bench._retry_after("2") == 2.0
-    assert bench._retry_after(None) == 0.1
-    assert bench._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
-    assert bench._topic_shape({"partitions": 2, "replication_factor": 3}) == (2, 3)
-    assert bench._topic_shape({"partitions": [{"replicas": ["a", "b"]}]}) == (1, 2)
+    assert retry_after_seconds("2") == 2.0
+    assert retry_after_seconds(None) == 1.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
+    assert retry_after_seconds("3600") == 10.0 and retry_after_seconds("-1") == 0.0
+    desc = {"name": "t", "partitions": 2, "replication_factor": 3, "storage": "durable"}
+    assert TopicDescription.parse({**desc, "partition_details": []}).replicas_in_use() == 3
+    two = [{"partition": 0, "replicas": ["a", "b"]}, {"partition": 1, "replicas": ["a", "b"]}]
+    assert TopicDescription.parse({**desc, "partition_details": two}).replicas_in_use() == 2
+    for wrong in ({"partitions": [{"replicas": ["a"]}]}, {**desc, "partitions": [{}]}, None):
+        with pytest.raises(ClientError):
+            TopicDescription.parse(wrong)
 
 
 # --------------------------------------------------------------------------------------------

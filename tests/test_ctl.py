@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from sprawl.ctl import cli, parse_urls, sse_events
+from sprawl.client.sse import SseParser, sse_events
+from sprawl.ctl import cli, parse_urls
 from sprawl.testing import node_environment, scaled
 
 pytestmark = pytest.mark.integration
@@ -472,7 +473,7 @@ def test_diagnose_fails_when_a_node_is_down(sprawl_node: Any, dead_url: str) -> 
 def test_diagnose_names_a_cluster_that_is_not_fault_tolerant() -> None:
     """A node whose Raft configuration is below its target (or has a voter down) is
     a problem diagnose names, with the figures; a fault-tolerant one is not."""
-    from sprawl.ctl import NodeReport, _problems
+    from sprawl.ctl.cluster import NodeReport, _problems
 
     def report(raft: dict[str, Any]) -> NodeReport:
         info = {"node_id": "a", "leader": "a", "members": [{"id": "a", "state": "alive"}], "raft": raft}
@@ -515,9 +516,23 @@ def test_sse_events_parsing() -> None:
     ]
 
 
+def test_sse_parser_gives_the_same_events_for_any_split() -> None:
+    """The incremental parser (the test harness's stream reader) reads a stream cut anywhere
+    as the line parser (sprawlctl's) reads it whole, CRLF line ends included."""
+    wire = b': hi\r\n\r\nid: 1\r\ndata: {"a":1}\r\n\r\nevent: error\ndata: x\n\n'
+    whole = [(e.event, e.id, e.data) for e in sse_events(wire.splitlines(keepends=True))]
+    assert whole == [("message", "1", '{"a":1}'), ("error", None, "x")]
+    for cut in range(len(wire) + 1):
+        parser = SseParser()
+        got = parser.feed(wire[:cut]) + parser.feed(wire[cut:])
+        assert [(e.event, e.id, e.data) for e in got] == whole, cut
+    with pytest.raises(ValueError):
+        SseParser(max_line=8).feed(b"data: " + b"x" * 20)
+
+
 def test_tier_text_shows_s3_ranges_and_failures() -> None:
     """``topics describe`` prints each tier's range, and an S3 tier whose uploads fail says so."""
-    from sprawl.ctl import _tier_text
+    from sprawl.ctl.topics import _tier_text
 
     assert _tier_text("s3", {"enabled": False, "low": None, "high": None}) == "s3 off"
     ok = {"enabled": True, "low": 0, "high": 50, "messages": 50, "bytes": 2048, "status": "ok"}

@@ -11,7 +11,7 @@ fresh topic with ``--partitions`` partitions and ``--rf`` replicas:
 (a) **publish throughput**: ``--messages`` payloads of ``--size`` bytes in
     batches of ``--batch`` with ``acks=quorum`` from ``--publishers`` concurrent
     keep-alive connections spread round robin over all three nodes
-    (:mod:`sprawl.bench`, the engine of ``sprawlctl bench``; no subscriber).
+    (:mod:`sprawl.client.bench`, the engine of ``sprawlctl bench``; no subscriber).
 (b) **end-to-end latency** at a fixed ``--rate`` (default 1,000 msg/s in
     batches of ``--latency-batch`` = 1, ``acks=quorum``, ``--latency-publishers``
     connections; the table states the rate reached): published on node A,
@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sprawl.bench import BenchConfig, BenchError, BenchResult, run_bench
+from sprawl.client.bench import BenchConfig, BenchError, BenchResult, run_bench
 from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, make_key_file, poll_until
 
 FORM_BOUND = 60.0

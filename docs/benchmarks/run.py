@@ -4,7 +4,7 @@
     python docs/benchmarks/run.py [--repeat 3] [--quick]
 
 Starts one ``twistd sprawl`` on 127.0.0.1 with a fresh data dir (ports from the
-OS), runs each row of the table ``--repeat`` times with ``sprawl.bench``
+OS), runs each row of the table ``--repeat`` times with ``sprawl.client.bench``
 (the engine behind ``sprawlctl bench``), runs docs/benchmarks/latency.py for
 the steady-rate latency row, prints a Markdown table of medians (with the
 range), and stops the node.
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sprawl.bench import BenchConfig, run_bench
+from sprawl.client.bench import BenchConfig, run_bench
 from sprawl.testing import NodeProcess
 
 HERE = Path(__file__).resolve().parent

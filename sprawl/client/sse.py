@@ -1,0 +1,83 @@
+"""The server-sent-events parser of every Sprawl client (``text/event-stream``, as a node's
+``GET /v1/topics/{topic}/stream`` sends it): ``data``, ``event`` and ``id`` fields; comments
+and ``retry`` are skipped; an event ends at a blank line.
+
+:class:`SseParser` is fed bytes as they arrive (any split); :func:`sse_events` parses a
+stream given as lines.  The bench's subscribers do not decode events at all (they pull
+timestamps out of raw blocks, :mod:`sprawl.client.bench.subscribers`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+#: The longest line a parser keeps while waiting for its end (a bound on a hostile stream).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class SseEvent:
+    """One server-sent event."""
+
+    event: str
+    id: str | None
+    data: str
+
+
+class SseParser:
+    """Incremental SSE parser: :meth:`feed` bytes, get the events they complete."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self._buf = b""
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """The events ``chunk`` completes, in order."""
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[SseEvent] = []
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            event = self.line(buf[start:nl])
+            if event is not None:
+                out.append(event)
+            start = nl + 1
+        self._buf = buf[start:]
+        if len(self._buf) > self.max_line:
+            raise ValueError(f"SSE line longer than {self.max_line} bytes")
+        return out
+
+    def line(self, raw: bytes) -> SseEvent | None:
+        """Take one line (without or with its line end); the event it ends, if any."""
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            event = None
+            if self._data:
+                event = SseEvent(self._event or "message", self._id, "\n".join(self._data))
+            self._data, self._event, self._id = [], "", None
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            self._id = value
+        return None
+
+
+def sse_events(lines: Iterable[bytes]) -> Iterator[SseEvent]:
+    """Parse an SSE byte stream given as lines (comments and retry fields are skipped)."""
+    parser = SseParser()
+    for raw in lines:
+        event = parser.line(raw)
+        if event is not None:
+            yield event
