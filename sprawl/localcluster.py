@@ -18,7 +18,7 @@ The nodes share a cluster key, made once in ``DATA_DIR/cluster.key`` (mode
 authenticated even on loopback; a key or CA given after ``--`` (or in
 ``SPRAWL_CLUSTER_KEY``) is used instead.
 
-A plain script (stdlib only, no reactor): it supervises processes.
+A plain script (no reactor; HTTP through :mod:`sprawl.client.blocking`): it supervises processes.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from sprawl.client.blocking import Client
+from sprawl.client.errors import ClientError
 
 
 @dataclass
@@ -98,22 +99,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return a
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str, path: str) -> Any:
+    """The JSON answer of a GET (None when the node does not answer 200 with JSON)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
+        reply = Client([url], timeout=2).request_once("GET", path)
+        return reply.json() if reply.status == 200 else None
+    except ClientError:
         return None
 
 
-def _status(url: str) -> int:
+def _status(url: str, path: str) -> int:
     """The HTTP status of a GET (0 when the node does not answer)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
+        return Client([url], timeout=2).request_once("GET", path).status
+    except ClientError:
         return 0
 
 
@@ -211,14 +210,14 @@ class LocalCluster:
 
     def alive_members(self, node: Node) -> int:
         """How many members *node* sees alive (0 when it does not answer)."""
-        view = _get_json(node.url + "/v1/cluster")
+        view = _get_json(node.url, "/v1/cluster")
         if not isinstance(view, dict):
             return 0
         return sum(1 for m in view.get("members", []) if m.get("state") == "alive")
 
     def fault_tolerant(self, node: Node) -> bool:
         """Whether *node* says the Raft voter target is reached with every voter up."""
-        return _status(node.url + "/readyz?fault_tolerant=1") == 200
+        return _status(node.url, "/readyz?fault_tolerant=1") == 200
 
     def wait_formed(self) -> None:
         """Wait (bounded) until every node sees all N members alive and the
@@ -261,7 +260,7 @@ class LocalCluster:
                 f"{node.name}: {node.url}  (peer 127.0.0.1:{node.peer_port}, pid {pid}, data {node.data_dir})"
             )
         self.say(f"dashboard: {first.url}/")
-        raft = (_get_json(first.url + "/v1/cluster") or {}).get("raft") or {}
+        raft = (_get_json(first.url, "/v1/cluster") or {}).get("raft") or {}
         ft = raft.get("fault_tolerance", 0)
         self.say(
             f"cluster ready: {len(self.nodes)} nodes, {len(raft.get('voters') or [])} Raft voters "
