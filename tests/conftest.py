@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from twisted.logger import globalLogPublisher
 
-from sprawl.testing import NodeProcess
+from harness import NodeProcess
 
 # Hypothesis profiles (HYPOTHESIS_PROFILE): "ci" (the default, and what CI runs)
 # is derandomized -- the same examples on every run, so a red run is the
@@ -66,7 +66,7 @@ class NodeFactory:
         self.base = base
         self.nodes: list[NodeProcess] = []
         #: Environment variables every node of this test gets (nodes inherit no
-        #: SPRAWL_*, MINIO_* or AWS_* variable: see sprawl.testing.node_environment).
+        #: SPRAWL_*, MINIO_* or AWS_* variable: see harness.node_environment).
         self.env: dict[str, str] = {}
 
     def __call__(self, *args: str, name: str | None = None, data_dir: Path | None = None) -> NodeProcess:
@@ -116,7 +116,7 @@ def require_weed() -> None:
     """Skip when SeaweedFS is not installed; under CI (which installs it) fail instead."""
     import subprocess
 
-    from sprawl.testing import require_tools, weed_binary
+    from harness import require_tools, weed_binary
 
     weed = weed_binary()
     require_tools(
@@ -130,7 +130,7 @@ def require_weed() -> None:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real SeaweedFS S3 server for the session (skipped only if ``weed`` is not installed)."""
-    from sprawl.testing import SeaweedProcess
+    from harness import SeaweedProcess
 
     require_weed()
     server = SeaweedProcess(tmp_path_factory.mktemp("seaweed") / "data")
@@ -146,7 +146,7 @@ def s3_keys(sprawl_nodes: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """S3 credentials through the seed's variables (any key works with an open
     SeaweedFS): for the test's nodes (``sprawl_nodes.env``: nodes inherit no
     MINIO_* variable) and for tools the test runs in-process (``sprawlctl verify``)."""
-    from sprawl.testing import SeaweedProcess
+    from harness import SeaweedProcess
 
     keys = {"MINIO_ACCESS_KEY": SeaweedProcess.ACCESS_KEY, "MINIO_SECRET_KEY": SeaweedProcess.SECRET_KEY}
     sprawl_nodes.env.update(keys)
@@ -157,7 +157,7 @@ def s3_keys(sprawl_nodes: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def own_seaweed(tmp_path: Path) -> Iterator[Any]:
     """A SeaweedFS S3 server of this test alone (it may stop and restart it); stopped at the end."""
-    from sprawl.testing import SeaweedProcess
+    from harness import SeaweedProcess
 
     require_weed()
     server = SeaweedProcess(tmp_path / "weed")

@@ -17,7 +17,6 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_http_api import Node, Reply
 from twisted.logger import formatEvent
 
 from sprawl.auth import (
@@ -33,6 +32,7 @@ from sprawl.auth import (
 )
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.http import authz
+from test_http_api import Node, Reply
 
 SECRET = b"k" * 40
 TOKENS = {

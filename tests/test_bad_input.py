@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from sprawl.testing import NodeProcess, scaled
+from harness import NodeProcess, scaled
 
 TIMEOUT = 10.0  # seconds for any one request (no test may hang)
 PROMPT = 5.0  # "served promptly" while a misbehaving client holds a connection

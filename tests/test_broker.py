@@ -14,13 +14,13 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList, DeferredQueue
 from twisted.internet.task import Clock
 
+from harness import the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import BadRequest, InsufficientStorage, Unavailable
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import the_reactor
 from sprawl.topics import Topic
 
 T0 = 1_700_000_000.0  # the Clock's start, in seconds

@@ -70,7 +70,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import (
+from harness import (
     NodeCluster,
     SeaweedProcess,
     first_success,
@@ -806,7 +806,7 @@ def test_publish_resumes_after_the_partition_leader_is_killed(cluster_factory: A
     first successful publish to that partition on A.
 
     The bound on an idle machine, from the replication defaults (stretched by
-    the load measured when the machine is busy: :func:`sprawl.testing.scaled`):
+    the load measured when the machine is busy: :func:`harness.scaled`):
 
       followers notice the leader's silence   beat timeout, 10 ticks of 0.1 s   1.0 s
       the controller fences the old epoch      one peer round trip + fsync      < 0.1 s

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from harness import node_environment, scaled
 from sprawl.client.sse import SseParser, sse_events
 from sprawl.ctl import cli, parse_urls
-from sprawl.testing import node_environment, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def test_subscribe_started_before_the_first_publish_gets_it(sprawl_node: Any) ->
     import threading
     import urllib.request
 
-    from sprawl.testing import http_json, poll_until
+    from harness import http_json, poll_until
 
     url = sprawl_node.url
     results: list[Result] = []

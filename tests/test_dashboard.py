@@ -24,6 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
+from harness import bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.http import dashboard
@@ -31,7 +32,7 @@ from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import bounded, the_reactor
+from sprawl.testing import FakeRequest
 
 T0 = 1_700_000_000.0
 STREAM = "/v1/dashboard/stream"
@@ -362,33 +363,6 @@ def test_assets_escape_server_strings() -> None:
 
 
 # -- flow control, with a fake request -------------------------------------------------------------
-
-
-class FakeRequest:
-    """The parts of a twisted.web request a DashboardStream uses."""
-
-    def __init__(self) -> None:
-        self.headers: dict[bytes, bytes] = {}
-        self.written: list[bytes] = []
-        self.producer: Any = None
-        self.finished = False
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.headers[name] = value
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        assert streaming
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def write(self, data: bytes) -> None:
-        assert not self.finished
-        self.written.append(data)
-
-    def finish(self) -> None:
-        self.finished = True
 
 
 def test_paused_stream_skips_snapshots_and_drops_a_stuck_client() -> None:

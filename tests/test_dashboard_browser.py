@@ -9,7 +9,7 @@ log no JavaScript error, and leave a screenshot under the test's tmp_path.
 Every wait is a bounded poll of the DOM (WebDriverWait); the browser is quit
 in a ``finally``.  Without chromium the test skips, except under CI (any
 truthy ``CI``) where it fails: CI's .ci/run installs chromium and
-chromium-driver with apt (:func:`sprawl.testing.require_tools`).
+chromium-driver with apt (:func:`harness.require_tools`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from sprawl.testing import NodeProcess, require_tools
+from harness import NodeProcess, require_tools
 
 CHROMIUM = os.environ.get("SPRAWL_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SPRAWL_CHROMEDRIVER", "/usr/bin/chromedriver")

@@ -14,13 +14,7 @@ from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Fence, LeaderBeat
-
-
-class _RPC:
-    max_hops = 3
-
-    def register(self, name: str, fn: Any) -> None:
-        pass
+from sprawl.testing import FakeRPC
 
 
 def _plane(live: list[str]) -> tuple[DataPlane, task.Clock]:
@@ -30,7 +24,7 @@ def _plane(live: list[str]) -> tuple[DataPlane, task.Clock]:
         meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
     control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=True)
     broker = SimpleNamespace(topics={}, group_partitions=None, _ids=None, notify=lambda t, p: None)
-    plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), _RPC(), clock)  # type: ignore[arg-type]
+    plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), FakeRPC(), clock)  # type: ignore[arg-type]
     return plane, clock
 
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_streams import Server
-from test_streams import server as server
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from harness import bounded, the_reactor
 from sprawl.http import dashboard as dashboard_ui
-from sprawl.testing import bounded, the_reactor
+from test_streams import Server
+from test_streams import server as server
 
 WS_HEADERS = {
     "Upgrade": "websocket",

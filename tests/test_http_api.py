@@ -31,13 +31,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent
 from twisted.web.resource import Resource
 
+from harness import WAIT, bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import WAIT, bounded, the_reactor
 
 BASE = "http://sprawl.test"
 T0 = 1_700_000_000.0  # the task.Clock's start, so timestamps look like real epoch milliseconds

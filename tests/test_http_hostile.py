@@ -22,10 +22,9 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_http_api import Node, assert_error
-from twisted.internet import defer
 from twisted.logger import formatEvent
 
+from harness import bounded
 from sprawl.auth import Authenticator, TokenTable
 from sprawl.broker import check_group_name, check_topic_name
 from sprawl.cluster.dataplane import DataPlane
@@ -43,7 +42,8 @@ from sprawl.log.record import (
     pack_record,
     take_bytes,
 )
-from sprawl.testing import bounded
+from sprawl.testing import FakeRPC
+from test_http_api import Node, assert_error
 
 #: 64 headers of 120 KB: 7.68 MB that used to count as nothing.
 BIG_HEADERS = {f"h{i:02d}": "v" * 120_000 for i in range(64)}
@@ -304,23 +304,6 @@ async def test_stream_and_ws_routes_validate_max_bytes(node: Node) -> None:
 # -- reads across the cluster are bounded -------------------------------------------------------
 
 
-class _RecordingRPC:
-    """The peer RPC seam: handlers are registered; calls are recorded and answered by ``answer``."""
-
-    def __init__(self, answer: Any = None) -> None:
-        self.handlers: dict[str, Any] = {}
-        self.calls: list[tuple[str, str, Any]] = []
-        self.answer = answer
-        self.max_hops = 3
-
-    def register(self, name: str, fn: Any) -> None:
-        self.handlers[name] = fn
-
-    def call(self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float = 0) -> Any:
-        self.calls.append((peer, method, body))
-        return defer.maybeDeferred(self.answer, peer, method, body)
-
-
 def _plane(node: Node, rpc: Any, placement: dict[str, Any] | None = None) -> DataPlane:
     control = SimpleNamespace(metadata=SimpleNamespace(placement=placement or {}, topics={}, nodes={}))
     return DataPlane("a", node.broker, control, SimpleNamespace(handlers={}), rpc, node.clock)  # type: ignore[arg-type]
@@ -337,7 +320,7 @@ async def test_fetch_rpc_answers_are_capped_whatever_the_caller_asks(
 
     monkeypatch.setattr(dp, "BATCH_BYTES", 250_000)
     await publish_100k(node, "r", 10)
-    rpc = _RecordingRPC()
+    rpc = FakeRPC()
     plane = _plane(node, rpc)
     for asked in (None, 10**12, 150_000):
         body = {"topic": "r", "partition": 0, "start": 0, "limit": 10_000, "wait_ms": 0, "max_bytes": asked}
@@ -348,7 +331,7 @@ async def test_fetch_rpc_answers_are_capped_whatever_the_caller_asks(
     # The caller side: the budget rides in the request.
     far = _plane(
         node,
-        _RecordingRPC(lambda *a: {"records": [], "start": 0, "hw": 0}),
+        FakeRPC(lambda *a: {"records": [], "start": 0, "hw": 0}),
         {"r": [{"replicas": ["b"], "leader": "b", "epoch": 1}]},
     )
     await bounded(far.fetch_remote("r", 0, 0, None, 100, 0, max_bytes=123_456))
@@ -377,7 +360,7 @@ async def test_cluster_group_pull_keeps_the_byte_budget_across_owners(
             return [[1, r.offset, 1, f"1-{r.offset}-1", 10**13, pack_record(r)] for r in remote]
         return {}
 
-    rpc = _RecordingRPC(answer)
+    rpc = FakeRPC(answer)
     placement = {
         "cg": [{"replicas": ["a"], "leader": "a", "epoch": 1}, {"replicas": ["b"], "leader": "b", "epoch": 1}]
     }
@@ -839,9 +822,9 @@ async def test_an_sse_stream_opened_with_a_jwt_ends_when_it_expires(tmp_path: Pa
     import time
 
     import jwt
-    from test_streams import Server
 
     from sprawl.auth import JWTVerifier
+    from test_streams import Server
 
     secret = b"s" * 40
     s = Server(tmp_path)

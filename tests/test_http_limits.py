@@ -29,9 +29,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from harness import WAIT, bounded, the_reactor, until
 from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
-from sprawl.testing import WAIT, bounded, the_reactor, until
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -226,9 +226,10 @@ async def test_a_websocket_that_takes_the_socket_over_still_frees_its_place(tmp_
     """A WebSocket upgrade hands the socket from the HTTP channel to autobahn (the channel never
     hears it close); the socket keeps its place until it closes, then frees it."""
     from autobahn.twisted.websocket import WebSocketClientFactory
+    from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+
     from test_streams import Server
     from test_websocket import WSClient
-    from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 
     s = Server(tmp_path)
     site = s.site
@@ -364,7 +365,7 @@ def test_real_node_cuts_stalled_requests_keeps_streams_and_caps_connections(spra
             except OSError:
                 return False
 
-        from sprawl.testing import poll_until
+        from harness import poll_until
 
         assert poll_until(served, WAIT) is not None, "no room after a stream closed"
         metrics = _request(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

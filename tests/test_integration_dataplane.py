@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from harness import FeedReader, NodeProcess, http_json, poll_until
 from sprawl.cluster.placement import replicas as rendezvous
-from sprawl.testing import FeedReader, NodeProcess, http_json, poll_until
 
 pytestmark = pytest.mark.integration
 

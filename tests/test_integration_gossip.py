@@ -18,7 +18,7 @@ suspicion_max_timeout_mult 6, retransmit_mult 4, gossip_interval 0.2 s):
 (independent confirmations from the other suspecting members normally cut
 the suspicion timeout to its 4 s minimum), plus 2 s for scheduling real
 processes on a shared machine: 35 s on an idle machine, stretched by the
-load measured while other work holds the cores (:func:`sprawl.testing.poll_until`).
+load measured while other work holds the cores (:func:`harness.poll_until`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 
 import pytest
 
+from harness import NodeProcess, poll_until, scaled
 from sprawl.gossip import GossipConfig
 from sprawl.gossip.broadcast import retransmit_limit
 from sprawl.gossip.suspicion import suspicion_timeout
-from sprawl.testing import NodeProcess, poll_until, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def _states(node: NodeProcess) -> dict[str, dict[str, Any]]:
 
 def _wait(cond: Callable[[], bool], bound: float) -> float | None:
     """Poll ``cond`` every 0.2 s for at most ``bound`` seconds, stretched by
-    the load (:func:`sprawl.testing.poll_until`); the seconds it took, or None."""
+    the load (:func:`harness.poll_until`); the seconds it took, or None."""
     return poll_until(cond, bound, step=0.2)
 
 

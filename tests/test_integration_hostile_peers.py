@@ -38,13 +38,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from sprawl.cluster.metadata import Metadata
-from sprawl.cluster.placement import raft_id_of
-from sprawl.gossip.messages import Alive, Dead, PushPull, Suspect
-from sprawl.peer.frames import RAFT, REPLICATION, REQUEST, encode_frame
-from sprawl.raft.messages import ConfState, Message, MessageType, Snapshot, SnapshotMeta, encode_message
-from sprawl.replication.messages import Append, encode
-from sprawl.testing import (
+from harness import (
     HostilePeer,
     NodeCluster,
     NodeProcess,
@@ -57,6 +51,12 @@ from sprawl.testing import (
     poll_until,
     send_gossip,
 )
+from sprawl.cluster.metadata import Metadata
+from sprawl.cluster.placement import raft_id_of
+from sprawl.gossip.messages import Alive, Dead, PushPull, Suspect
+from sprawl.peer.frames import RAFT, REPLICATION, REQUEST, encode_frame
+from sprawl.raft.messages import ConfState, Message, MessageType, Snapshot, SnapshotMeta, encode_message
+from sprawl.replication.messages import Append, encode
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("hostile_peers")]
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from harness import NodeProcess, http_json
 from sprawl.ctl import cli
-from sprawl.testing import NodeProcess, http_json
 
 pytestmark = pytest.mark.integration
 
@@ -333,7 +333,7 @@ def account_for_every_offset(
 
 def start_cluster(sprawl_nodes: Any, names: list[str], *extra: str) -> list[NodeProcess]:
     """Three nodes joined through the first; waits until all are Raft voters."""
-    from sprawl.testing import poll_until
+    from harness import poll_until
 
     first = sprawl_nodes("--node-id", names[0], *extra, name=names[0])
     seeds = ("--seeds", f"127.0.0.1:{first.peer_port}")
@@ -365,7 +365,7 @@ def test_a_damaged_replica_repairs_itself(sprawl_nodes: Any) -> None:
     of two ranges is damaged while it is down.  Restarted, it finds them (the
     start-time check), names them, rewrites them from a healthy replica and
     is ready again; every acknowledged message is served from every node."""
-    from sprawl.testing import poll_until
+    from harness import poll_until
 
     names = ["a", "b", "c"]
     # A small memory budget: older records are read from LMDB, not the hot tail.

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeCluster, http_json, partition_views, poll_until
+from harness import NodeCluster, http_json, partition_views, poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ The election bound, from the defaults in :class:`sprawl.cluster.control.ClusterC
                                                                    = 8.0 s
 
 on an idle machine; while other work holds the cores the bound is stretched
-by the load measured (:func:`sprawl.testing.scaled`), as every real-time
+by the load measured (:func:`harness.scaled`), as every real-time
 wait of the suite is.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeProcess, poll_until, scaled
+from harness import NodeProcess, poll_until, scaled
 
 pytestmark = pytest.mark.integration
 

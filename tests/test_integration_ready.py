@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeCluster, NodeProcess, http_json, poll_until, time_to_voters
+from harness import NodeCluster, NodeProcess, http_json, poll_until, time_to_voters
 
 pytestmark = pytest.mark.integration
 

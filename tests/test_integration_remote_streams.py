@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import FeedReader, NodeProcess, poll_until
+from harness import FeedReader, NodeProcess, poll_until
 
 pytestmark = pytest.mark.integration
 

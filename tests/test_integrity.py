@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 
+from harness import bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import CorruptData
@@ -29,7 +30,7 @@ from sprawl.storage.integrity import replace_range
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.scrub import Scrubber
 from sprawl.storage.verify import dense_ranges, find_damage, scan_records
-from sprawl.testing import bounded, the_reactor
+from sprawl.testing import FakeRPC
 
 UID, P = 3, 1
 
@@ -371,16 +372,6 @@ async def test_the_scrub_finds_damage_at_its_rate(broker: Broker) -> None:
 # -- a leader's view of damaged followers --------------------------------------------
 
 
-class _RPC:
-    max_hops = 3
-
-    def __init__(self) -> None:
-        self.methods: dict[str, Any] = {}
-
-    def register(self, name: str, fn: Any) -> None:
-        self.methods[name] = fn
-
-
 def test_a_damaged_follower_is_not_in_sync_at_its_leader() -> None:
     """A follower's damage report takes it out of the leader's in_sync set
     (and the partition counts under-replicated) until it says repaired or
@@ -393,7 +384,7 @@ def test_a_damaged_follower_is_not_in_sync_at_its_leader() -> None:
     meta = Metadata()
     control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=False)
     broker = SimpleNamespace(topics={}, group_partitions=None, _ids=None, notify=lambda t, p: None)
-    rpc = _RPC()
+    rpc = FakeRPC()
     plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), rpc, clock)  # type: ignore[arg-type]
     core = SimpleNamespace(
         role="leader",
@@ -405,12 +396,12 @@ def test_a_damaged_follower_is_not_in_sync_at_its_leader() -> None:
     )
     plane.service.replicas[("t", 0)] = SimpleNamespace(core=core)  # type: ignore[assignment]
     assert plane.partition_view("t", 0)["in_sync"] == ["a", "b", "c"]
-    rpc.methods["damage_report"]("b", {"topic": "t", "partition": 0, "damaged": True}, 1)
+    rpc.handlers["damage_report"]("b", {"topic": "t", "partition": 0, "damaged": True}, 1)
     view = plane.partition_view("t", 0)
     assert view["in_sync"] == ["a", "c"] and view["damaged_replicas"] == ["b"]
     clock.advance(REPORT_TTL + 0.1)
     assert plane.partition_view("t", 0)["in_sync"] == ["a", "b", "c"], "a report not said again lapses"
-    rpc.methods["damage_report"]("c", {"topic": "t", "partition": 0, "damaged": True}, 1)
-    rpc.methods["damage_report"]("c", {"topic": "t", "partition": 0, "damaged": False}, 1)
+    rpc.handlers["damage_report"]("c", {"topic": "t", "partition": 0, "damaged": True}, 1)
+    rpc.handlers["damage_report"]("c", {"topic": "t", "partition": 0, "damaged": False}, 1)
     assert plane.partition_view("t", 0)["in_sync"] == ["a", "b", "c"]
     assert json.dumps(plane.repairs.view())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sprawl.testing import node_environment
+from harness import node_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bin" / "sprawl-cluster"

@@ -10,9 +10,9 @@ from pathlib import Path
 from twisted.application import service
 from twisted.logger import ILogObserver, Logger
 
+from harness import NodeProcess
 from sprawl.logs import LoggingMultiService, json_observer
 from sprawl.tap import build_config
-from sprawl.testing import NodeProcess
 
 
 def test_json_observer_writes_one_object_per_line() -> None:

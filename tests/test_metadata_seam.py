@@ -16,6 +16,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import defer
 
+from harness import the_reactor
 from sprawl.broker import Broker
 from sprawl.cluster.control import ClusterControl
 from sprawl.cluster.local import LocalControl
@@ -23,7 +24,6 @@ from sprawl.config import NodeConfig
 from sprawl.errors import BadRequest, Conflict, NotFound
 from sprawl.peer.tcp import PeerChannel
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import the_reactor
 
 
 class Side:
@@ -182,7 +182,7 @@ async def test_concurrent_auto_creates_share_one_change(side: Side) -> None:
 async def test_wait_topic_fires_once_the_topic_is_created_here(side: Side) -> None:
     """``wait_topic`` fires once the topic exists here -- made by ``put_topic`` or auto-created
     by ``ensure_topic`` -- and not for other names; a cancelled wait is forgotten."""
-    from sprawl.testing import bounded
+    from harness import bounded
 
     put = side.control.wait_topic("later")
     auto = side.control.wait_topic("auto")

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sprawl.testing import NodeProcess
+from harness import NodeProcess
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 _NAME = re.compile(r"`((?:sprawl|process|python)_[a-z0-9_]+)(?:\{[^}]*\})?`")

@@ -28,8 +28,8 @@ from schemathesis.checks import (
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import ServerError
 
+from harness import NodeProcess
 from sprawl.http.api import SprawlAPI
-from sprawl.testing import NodeProcess
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 STREAM_PATH = "/v1/topics/{topic}/stream"

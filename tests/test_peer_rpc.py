@@ -10,9 +10,9 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import defer
 
+from harness import WAIT, PeerNet, bounded
 from sprawl.errors import Conflict, Unavailable
 from sprawl.peer.rpc import PeerRPC, RemoteError
-from sprawl.testing import WAIT, PeerNet, bounded
 
 
 @pytest_twisted.async_yield_fixture

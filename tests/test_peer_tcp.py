@@ -12,9 +12,9 @@ import pytest_twisted
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from harness import PeerNet, bounded, link_peers, scaled, the_reactor, until
 from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
-from sprawl.testing import PeerNet, bounded, link_peers, scaled, the_reactor, until
 
 KEY = b"cluster-key-0123456789abcdef0123"
 OTHER_KEY = b"another-key-0123456789abcdef0123"

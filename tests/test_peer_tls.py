@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from harness import PeerNet, link_peers, make_node_cert, make_test_pki, poll_until, until
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.peer.frames import RAFT
 from sprawl.tap import peer_tls
-from sprawl.testing import PeerNet, link_peers, make_node_cert, make_test_pki, poll_until, until
 
 
 def _tls(pki: dict[str, str], node: str, ca: str = "ca", *, in_san: bool = False) -> dict[str, Any]:

@@ -13,12 +13,12 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
+from harness import WAIT, bounded, the_reactor
 from sprawl.raft.driver import RaftDriver
 from sprawl.raft.lmdb_storage import LmdbRaftStorage
 from sprawl.raft.messages import ConfState, Entry, Message, MessageType
 from sprawl.raft.node import Config
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import WAIT, bounded, the_reactor
 
 IDS = (1, 2, 3)
 

@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import pytest_twisted
 
+from harness import the_reactor, until
 from sprawl.broker import Broker
 from sprawl.cluster.control import _CLUSTER, ClusterControl, message_flaw
 from sprawl.cluster.metadata import Metadata
@@ -39,7 +40,6 @@ from sprawl.raft.messages import (
     encode_message,
 )
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import the_reactor, until
 
 ME = "n1"
 

@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
+from harness import the_reactor
 from sprawl.raft import codec
 from sprawl.raft.codec import CodecError, RaftStorageCorrupt
 from sprawl.raft.lmdb_storage import LmdbRaftStorage
@@ -32,7 +33,6 @@ from sprawl.raft.messages import ConfState, Entry, EntryType, HardState, Snapsho
 from sprawl.raft.node import Config, RaftNode, Role
 from sprawl.raft.storage import CompactedError, MemoryStorage, UnavailableError
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import the_reactor
 
 T = TypeVar("T")
 CS = ConfState((1, 2, 3))

@@ -13,7 +13,6 @@ follows the partition to its new leader after a failover.
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +24,7 @@ from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import NotFound, Unavailable
 from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record, take_bytes
+from sprawl.testing import FakeBroker, FakeRequest, FakeRPC
 
 WAIT_MS = 20_000
 
@@ -276,66 +276,6 @@ def test_feeds_are_counted_by_reference() -> None:
 # -- streams reading through a feed -------------------------------------------------------------
 
 
-class FakeRequest:
-    """Just enough of a twisted.web request for an SSEStream; the test plays the transport."""
-
-    def __init__(self) -> None:
-        self.headers: dict[bytes, bytes] = {}
-        self.written: list[bytes] = []
-        self.producer: Any = None
-        self.finished = 0
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.headers[name.lower()] = value
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def write(self, data: bytes) -> None:
-        assert not self.finished
-        self.written.append(data)
-
-    def finish(self) -> None:
-        self.finished += 1
-
-    def frames(self) -> list[tuple[str, Any]]:
-        out = []
-        for block in b"".join(self.written).decode().split("\n\n"):
-            lines = [x for x in block.split("\n") if x and not x.startswith(":")]
-            data = [x[6:] for x in lines if x.startswith("data: ")]
-            if data:
-                kind = next((x[7:] for x in lines if x.startswith("event: ")), "message")
-                out.append((kind, json.loads(data[0])))
-        return out
-
-    def payloads(self) -> list[str]:
-        return [d["payload"] for k, d in self.frames() if k == "message"]
-
-    def offsets(self) -> list[int]:
-        return [d["offset"] for k, d in self.frames() if k == "message"]
-
-
-class FakeBroker:
-    """The broker as a stream on a non-holder sees it: topics, watchers, no metrics."""
-
-    def __init__(self) -> None:
-        self.metrics = None
-        self.topic = SimpleNamespace(name="t", logs=[SimpleNamespace(partition=0)])
-        self.topics = {"t": self.topic}
-        self.watchers: dict[tuple[str, int], set[Any]] = {}
-
-    def watch(self, name: str, p: int, fn: Any) -> Any:
-        self.watchers.setdefault((name, p), set()).add(fn)
-        return lambda: self.watchers[(name, p)].discard(fn)
-
-    def notify(self, name: str, p: int) -> None:
-        for fn in list(self.watchers.get((name, p), ())):
-            fn()
-
-
 def remote_setup(**kw: Any) -> tuple[task.Clock, Holder, FakeBroker, RemoteFeeds]:
     clock, h, b = task.Clock(), Holder(), FakeBroker()
     feeds = RemoteFeeds(h.fetch, lambda t, p: "holder", clock, b.notify, **kw)
@@ -442,32 +382,17 @@ def test_a_partition_that_becomes_held_here_is_read_locally_from_the_cursor() ->
 # -- a data plane following a failover ---------------------------------------------------------
 
 
-class FakeRPC:
-    """Peer RPC to fake holders by node id; a node in ``down`` cannot be reached."""
+def holders_answer(holders: dict[str, Holder]) -> Any:
+    """A :class:`FakeRPC` answer: ``fetch`` served by the named holder, records packed as on the wire."""
 
-    max_hops = 3
-
-    def __init__(self, holders: dict[str, Holder]) -> None:
-        self.holders = holders
-        self.down: set[str] = set()
-        self.peers: list[str] = []
-
-    def register(self, name: str, fn: Any) -> None:
-        pass
-
-    def call(self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float = 0) -> Any:
+    def answer(peer: str, method: str, body: Any) -> Any:
         assert method == "fetch"
-        self.peers.append(peer)
-        if peer in self.down:
-            return defer.fail(Unavailable(f"peer {peer} cannot be reached now", code="peer_unreachable"))
-        d = self.holders[peer].fetch(
+        d = holders[peer].fetch(
             body["topic"], body["partition"], body["start"], body["from_time"], body["limit"], body["wait_ms"]
         )
+        return d.addCallback(lambda a: dict(a, records=[pack_record(r) for r in a["records"]]))
 
-        def pack(a: dict[str, Any]) -> dict[str, Any]:
-            return dict(a, records=[pack_record(r) for r in a["records"]])
-
-        return d.addCallback(pack)
+    return answer
 
 
 def test_a_feed_follows_the_partition_to_its_new_leader() -> None:
@@ -477,7 +402,7 @@ def test_a_feed_follows_the_partition_to_its_new_leader() -> None:
         h.publish(0, ["m0", "m1"])
     placement = {"t": [{"replicas": ["a", "b"], "leader": "a", "epoch": 1}]}
     control = SimpleNamespace(metadata=SimpleNamespace(placement=placement), leader_name="a")
-    rpc = FakeRPC({"a": a, "b": bb})
+    rpc = FakeRPC(holders_answer({"a": a, "b": bb}))
     broker = FakeBroker()
     plane = DataPlane("c", broker, control, SimpleNamespace(handlers={}), rpc, clock)  # type: ignore[arg-type]
     assert plane.read_source("t", 0) == "a"

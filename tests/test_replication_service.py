@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
+from harness import WAIT, bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import Overloaded
@@ -31,7 +32,6 @@ from sprawl.replication.messages import Append
 from sprawl.replication.replica import LEADER
 from sprawl.replication.service import ReplicationService, load_state
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import WAIT, bounded, the_reactor
 
 IDS = ("r0", "r1", "r2")
 CONTROLLER = "ctl"  # a node of its own: killing a replica never kills the controller

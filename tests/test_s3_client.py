@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from harness import SeaweedProcess, bounded, the_reactor
 from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure, S3Settings
-from sprawl.testing import SeaweedProcess, bounded, the_reactor
 
 pytestmark = pytest.mark.xdist_group("s3")
 
@@ -85,7 +85,7 @@ async def test_bucket_not_created_when_not_allowed(seaweed: SeaweedProcess) -> N
 @pytest_twisted.ensureDeferred
 async def test_unreachable_endpoint_fails_after_retries() -> None:
     """Nothing listening: the call fails (after botocore's retries) with :class:`S3Failure`."""
-    from sprawl.testing import free_port
+    from harness import free_port
 
     settings = S3Settings(
         endpoint=f"http://127.0.0.1:{free_port()}",

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from harness import NodeProcess, SeaweedProcess, http_json, poll_until
 from sprawl.log.manifest import parse_key
-from sprawl.testing import NodeProcess, SeaweedProcess, http_json, poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 

@@ -31,8 +31,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from sprawl.storage.s3 import S3Settings, S3Unusable, check_at_start
-from sprawl.testing import (
+from harness import (
     SeaweedProcess,
     _pythonpath,
     free_port,
@@ -43,6 +42,7 @@ from sprawl.testing import (
     twistd_command,
     until,
 )
+from sprawl.storage.s3 import S3Settings, S3Unusable, check_at_start
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import NodeProcess, SeaweedProcess, metric_value, poll_until
+from harness import NodeProcess, SeaweedProcess, metric_value, poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 
@@ -39,7 +39,7 @@ def call(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
     """Poll ``check`` until it returns something truthy, at most ``timeout``
-    seconds (stretched by the load: :func:`sprawl.testing.poll_until`)."""
+    seconds (stretched by the load: :func:`harness.poll_until`)."""
     last: list[Any] = [None]
 
     def done() -> bool:

@@ -25,6 +25,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
+from harness import WAIT, bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.shared_tier import ClusterRemoteLog
@@ -38,7 +39,7 @@ from sprawl.replication.replica import LEADER
 from sprawl.replication.service import ReplicationService
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.tiering import S3Tier
-from sprawl.testing import WAIT, MemoryS3, bounded, the_reactor
+from sprawl.testing import MemoryS3
 
 IDS = ("r0", "r1", "r2")
 CTL = "ctl"

@@ -14,10 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
+from harness import the_reactor
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore, StorageFull
-from sprawl.testing import the_reactor
 
 
 def recs(start: int, n: int, size: int = 10, binary: bool = False) -> list[Record]:

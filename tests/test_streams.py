@@ -33,6 +33,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent
 from twisted.web.client import HTTPConnectionPool
 
+from harness import WAIT, bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.delivery.streams import SSEStream, StreamRegistry
@@ -41,7 +42,7 @@ from sprawl.http.server import make_site
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.testing import WAIT, bounded, the_reactor
+from sprawl.testing import FakeRequest
 
 T0 = 1_700_000_000.0
 
@@ -479,46 +480,6 @@ async def test_slow_reader_is_cut_off_without_stopping_others(server: Server) ->
 
 
 # -- SSEStream flow control with a fake request -------------------------------------------------
-
-
-class FakeRequest:
-    """Just enough of a twisted.web request for an SSEStream; the test plays the transport."""
-
-    def __init__(self) -> None:
-        self.headers: dict[bytes, bytes] = {}
-        self.written: list[bytes] = []
-        self.producer: Any = None
-        self.finished = 0
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.headers[name.lower()] = value
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        assert streaming
-        assert self.producer is None
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def write(self, data: bytes) -> None:
-        assert not self.finished, "write after finish"
-        self.written.append(data)
-
-    def finish(self) -> None:
-        assert self.producer is None, "finished with the producer still registered"
-        self.finished += 1
-
-    def frames(self) -> list[tuple[str, Any]]:
-        """(event, data) of every data frame written."""
-        out = []
-        for block in b"".join(self.written).decode().split("\n\n"):
-            lines = [x for x in block.split("\n") if x and not x.startswith(":")]
-            data = [x[6:] for x in lines if x.startswith("data: ")]
-            if data:
-                kind = next((x[7:] for x in lines if x.startswith("event: ")), "message")
-                out.append((kind, json.loads(data[0])))
-        return out
 
 
 @pytest_twisted.async_yield_fixture

@@ -21,15 +21,15 @@ import json
 
 import pytest_twisted
 import treq
+from twisted.internet.defer import CancelledError
+
+from harness import bounded, until
 from test_http_api import Node, assert_error
 from test_http_api import node as node
 from test_streams import Server
 from test_streams import server as server
 from test_websocket import WS
 from test_websocket import ws as ws
-from twisted.internet.defer import CancelledError
-
-from sprawl.testing import bounded, until
 
 # -- SSE -----------------------------------------------------------------------------------------
 

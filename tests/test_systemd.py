@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sprawl.testing import READY_MARK, node_environment, require_tools, twistd_command
+from harness import READY_MARK, node_environment, require_tools, twistd_command
 
 UNITS = Path(__file__).resolve().parent.parent / "docs" / "systemd"
 SERVICES = ("sprawl.service", "sprawl@.service", "sprawl-http.service")

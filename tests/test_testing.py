@@ -1,4 +1,4 @@
-"""The test harness itself (``sprawl/testing.py``): what it promises the rest of the suite."""
+"""The test harness itself (``tests/harness/``): what it promises the rest of the suite."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sprawl.testing import http_json, in_ci, load_factor, node_environment, scaled
+from harness import http_json, in_ci, load_factor, node_environment, scaled
 
 
 def test_a_test_node_inherits_no_node_configuration(
@@ -63,3 +63,43 @@ def test_bounds_stretch_with_the_load_and_stay_bounded(monkeypatch: pytest.Monke
     assert 10.0 <= scaled(10.0) <= 40.0
     monkeypatch.setenv("SPRAWL_TEST_TIME_SCALE", "3")
     assert 3.0 <= load_factor() <= 12.0
+
+
+def test_the_shared_fakes_keep_their_seams_contracts() -> None:
+    """sprawl.testing's fakes fail the way the real seams do: a request refuses a write after
+    its finish and a finish with its producer still registered; the fake RPC records every
+    call and fails an unreachable peer with ``peer_unreachable``; the fake broker's watchers
+    are woken until they stop."""
+    from sprawl.errors import Unavailable
+    from sprawl.testing import FakeBroker, FakeRequest, FakeRPC
+
+    req = FakeRequest()
+    req.setHeader(b"Content-Type", b"text/event-stream")
+    req.registerProducer(object(), True)
+    req.write(b'id: 0:1\nevent: message\ndata: {"payload": "a", "offset": 1}\n\n')
+    with pytest.raises(AssertionError):
+        req.finish()
+    req.unregisterProducer()
+    req.finish()
+    with pytest.raises(AssertionError):
+        req.write(b"late")
+    assert req.headers == {b"content-type": b"text/event-stream"} and req.finished == 1
+    assert req.payloads() == ["a"] and req.offsets() == [1]
+
+    rpc = FakeRPC(lambda peer, method, body: {"peer": peer, **body})
+    rpc.down.add("dead")
+    got: list[Any] = []
+    rpc.call("b", "fetch", {"x": 1}).addCallback(got.append)
+    rpc.call("dead", "fetch", {}).addErrback(lambda f: got.append(f.value))
+    assert got[0] == {"peer": "b", "x": 1}
+    assert isinstance(got[1], Unavailable) and got[1].code == "peer_unreachable"
+    assert rpc.peers == ["b", "dead"]
+
+    broker = FakeBroker("t", partitions=2)
+    woken: list[int] = []
+    stop = broker.watch("t", 1, lambda: woken.append(1))
+    broker.notify("t", 1)
+    broker.notify("t", 0)
+    stop()
+    broker.notify("t", 1)
+    assert woken == [1] and [lg.partition for lg in broker.topic.logs] == [0, 1]

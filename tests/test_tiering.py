@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from harness import bounded, the_reactor
 from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import CorruptData, InsufficientStorage
@@ -22,7 +23,7 @@ from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.tiering import S3Tier, TierReadError
-from sprawl.testing import MemoryS3, bounded, the_reactor
+from sprawl.testing import MemoryS3
 from sprawl.topics import Topic
 
 T0 = 1_700_000_000.0

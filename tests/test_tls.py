@@ -2,7 +2,7 @@
 verified against a CA made by the test, mutual TLS with ``--tls-ca``,
 sprawlctl ``--cacert``, and WebSocket over TLS (wss) in process.
 
-Certificates come from :func:`sprawl.testing.make_test_pki` (a throw-away CA
+Certificates come from :func:`harness.make_test_pki` (a throw-away CA
 in tmp_path).  Every process and listener a test starts is stopped by it.
 """
 
@@ -18,16 +18,16 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
 from click.testing import CliRunner
-from test_streams import Server
-from test_websocket import WSClient
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
+from harness import bounded, make_test_pki, the_reactor
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.ctl import cli
-from sprawl.testing import bounded, make_test_pki, the_reactor
 from sprawl.tlsconfig import check_pem_files, client_options, server_endpoint
+from test_streams import Server
+from test_websocket import WSClient
 
 
 @pytest.fixture

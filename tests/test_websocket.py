@@ -19,13 +19,14 @@ import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_streams import Server
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import formatEvent
 
+from harness import WAIT, bounded, the_reactor, until
 from sprawl.http.websocket import CLOSE_SLOW_CONSUMER, GroupFeed, WSStream
-from sprawl.testing import WAIT, bounded, the_reactor, until
+from sprawl.testing import FakeBroker
+from test_streams import Server
 
 
 class WSClient(WebSocketClientProtocol):
@@ -419,37 +420,11 @@ def test_text_frame_header_encodings() -> None:
     assert text_frame(b"a" * 70_000)[:10] == bytes([0x81, 127]) + (70_000).to_bytes(8, "big")
 
 
-class _FakeTopic:
-    name = "fz"
-    groups: dict[str, Any] = {}
-
-
-class _FakeBroker:
-    """Records publishes; answers at once."""
-
-    def __init__(self) -> None:
-        from sprawl.config import NodeConfig
-
-        self.config = NodeConfig()
-        self.topic = _FakeTopic()
-        self.topics = {"fz": self.topic}
-        self.published: list[Any] = []
-
-    def publish(self, t: Any, records: list[Any], acks: str) -> Deferred[Any]:
-        from twisted.internet.defer import succeed
-
-        from sprawl.broker import PublishResult
-
-        self.published.append(records)
-        n = len(records)
-        return succeed(PublishResult(list(range(n)), ["i"] * n, [0] * n, [False] * n, "lmdb"))
-
-
-def _fuzz_protocol() -> tuple[Any, list[bytes], _FakeBroker]:
+def _fuzz_protocol() -> tuple[Any, list[bytes], FakeBroker]:
     from sprawl.http.api import SprawlAPI
     from sprawl.http.websocket import SprawlWSProtocol
 
-    broker = _FakeBroker()
+    broker = FakeBroker("fz")
 
     class _Api:
         metrics = None

@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sprawl.client.bench import BenchConfig, BenchError, BenchResult, run_bench
-from sprawl.testing import NodeCluster, first_success, http_json, key_for_partition, make_key_file, poll_until
+from harness import NodeCluster, first_success, http_json, key_for_partition, make_key_file, poll_until
 
 FORM_BOUND = 60.0
 CATCH_UP_BOUND = 60.0

@@ -4,7 +4,7 @@
     PYTHONPATH=. python docs/benchmarks/edge.py --messages 100000 --repeat 3
 
 Starts two real nodes on loopback (plain HTTP, and HTTPS with a throw-away CA
-from ``sprawl.testing.make_test_pki``), then for each of SSE/WebSocket x
+from ``harness.make_test_pki``), then for each of SSE/WebSocket x
 http/https:
 
 * **saturation**: ``--publishers`` keep-alive connections publish
@@ -37,7 +37,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from sprawl.testing import NodeProcess, make_test_pki
+from harness import NodeProcess, make_test_pki
 from sprawl.tlsconfig import client_options
 
 NAMES = {"sse": "SSE", "ws-raw": "WebSocket (byte-scanning reader)", "ws": "WebSocket (autobahn client)"}

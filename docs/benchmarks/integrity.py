@@ -26,7 +26,7 @@ def main() -> None:
     """Run one benchmark and print msgs/s and node CPU µs per message."""
     src, tag, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
     sys.path.insert(0, src)
-    from sprawl.testing import NodeProcess
+    from harness import NodeProcess
 
     base = Path(tempfile.mkdtemp(prefix=f"sprawl-bench-{tag}-"))
     node_args = os.environ.get("SPRAWL_NODE_ARGS", "").split()

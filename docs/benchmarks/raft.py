@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sprawl.testing import NodeProcess  # noqa: E402
+from harness import NodeProcess  # noqa: E402
 
 
 def _get(url: str) -> Any:

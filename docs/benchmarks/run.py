@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from sprawl.client.bench import BenchConfig, run_bench
-from sprawl.testing import NodeProcess
+from harness import NodeProcess
 
 HERE = Path(__file__).resolve().parent
 

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sprawl.testing import NodeCluster, SeaweedProcess, http_json
+from harness import NodeCluster, SeaweedProcess, http_json
 
 
 def describe(cluster: NodeCluster, name: str, topic: str) -> dict[str, Any]:

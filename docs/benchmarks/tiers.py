@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sprawl.testing import NodeProcess, SeaweedProcess
+from harness import NodeProcess, SeaweedProcess
 
 
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> Any:

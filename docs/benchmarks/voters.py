@@ -4,7 +4,7 @@
 
 Each run starts N fresh nodes (the first founds the cluster, the others are
 seeded from it, started together) with ``--log-format json`` and measures,
-from the nodes' own log timestamps (:func:`sprawl.testing.time_to_voters`),
+from the nodes' own log timestamps (:func:`harness.time_to_voters`),
 the time from the last member's gossip join (the first node to log it) to
 the first node logging a configuration of the target's voters (3 for 3
 nodes, 5 for 5).  It also shows the leader's own figure (``raft.time_to_target_s``
@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sprawl.cluster.voters import target_voters
-from sprawl.testing import NodeCluster, http_json, poll_until, time_to_voters
+from harness import NodeCluster, http_json, poll_until, time_to_voters
 
 
 def one_run(base: Path, n: int) -> dict[str, Any]:
