@@ -4,7 +4,7 @@ between two real :class:`~sprawl.peer.tcp.PeerChannel` s on loopback in one
 process, without a key and with one (every frame tagged by the sender and
 checked by the receiver), for a few frame sizes.
 
-    python docs/benchmarks/peer_channel.py [--seconds 3] [--rounds 3]
+    python -m benchmarks.peer_channel [--seconds 3] [--rounds 3]
 
 The sender keeps up to 256 frames in flight (refilled as they arrive); each
 size runs ``--rounds`` times alternating no key / key, and the best round of
@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
 
 from sprawl.peer.frames import REPLICATION, FrameOpener, FrameSealer, frame_limits
 from sprawl.peer.tcp import PeerChannel
@@ -33,6 +30,8 @@ from sprawl.peer.tcp import PeerChannel
 KEY = b"benchmark-cluster-key-0123456789"
 SIZES = (200, 16_000, 1_000_000)
 WINDOW = 256
+#: The global reactor (this script runs it), untyped as the tests' ``the_reactor()`` is.
+reactor: Any = _reactor
 
 
 async def one_run(size: int, key: bytes | None, seconds: float) -> tuple[float, float]:
@@ -115,11 +114,11 @@ async def main(a: argparse.Namespace) -> None:
     print()
     print("| frame payload | no key | cluster key | change | seal + check, alone |")
     print("|---|---|---|---|---|")
-    for size, plain, keyed, cost in rows:
-        change = (keyed[1] / plain[1] - 1) * 100 if plain[1] else 0.0
+    for size, plain, with_key, cost in rows:
+        change = (with_key[1] / plain[1] - 1) * 100 if plain[1] else 0.0
         print(
             f"| {size:,} B | {plain[0]:,.0f} frames/s, {plain[1]:,.1f} MB/s | "
-            f"{keyed[0]:,.0f} frames/s, {keyed[1]:,.1f} MB/s | {change:+.0f}% | {cost:,.1f} µs/frame |"
+            f"{with_key[0]:,.0f} frames/s, {with_key[1]:,.1f} MB/s | {change:+.0f}% | {cost:,.1f} µs/frame |"
         )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replicated-cluster figures: 3 real ``twistd sprawl`` nodes on 127.0.0.1.
 
-    python docs/benchmarks/cluster.py [--quick] [--partitions 3] [--rf 3] [--publishers 16]
+    python -m benchmarks.cluster [--quick] [--partitions 3] [--rf 3] [--publishers 16]
                                       [--cluster-key] [--throughput-only]
 
 Starts the nodes (fresh data dirs in a temporary directory, ports from the OS;
@@ -38,16 +38,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sprawl.client.bench import BenchConfig, BenchError, BenchResult, run_bench
 from harness import NodeCluster, first_success, http_json, key_for_partition, make_key_file, poll_until
+from sprawl.client.bench import BenchConfig, BenchError, BenchResult, run_bench
 
 FORM_BOUND = 60.0
 CATCH_UP_BOUND = 60.0
@@ -119,6 +117,11 @@ def latency(cluster: NodeCluster, a: argparse.Namespace) -> tuple[BenchResult, s
     return result, pub, sub
 
 
+def _publisher(url: str, key: str) -> Callable[[int], bool]:
+    """``publish_once`` of attempt ``i`` with a 2 s timeout."""
+    return lambda i: publish_once(url, key, i, 2.0)
+
+
 def publish_once(url: str, key: str, i: int, timeout: float) -> bool:
     """One publish of one message with ``key`` (it hashes to partition 0); True when acked there."""
     body = {"messages": [{"payload": f"m{i}", "key": key}], "acks": "quorum"}
@@ -156,7 +159,7 @@ def failover(cluster: NodeCluster, a: argparse.Namespace) -> list[tuple[float, s
             raise SystemExit(f"publishing to {topic}/0 on {survivor} fails before the kill")
         was_raft_leader = cluster.raft_leader() == leader
         cluster.kill(leader)
-        took = first_success(lambda i, u=url: publish_once(u, key, i, 2.0), FAILOVER_GIVE_UP, interval=0.02)
+        took = first_success(_publisher(url, key), FAILOVER_GIVE_UP, interval=0.02)
         if took is None:
             raise SystemExit(f"no publish to {topic}/0 succeeded {FAILOVER_GIVE_UP:g} s after the kill")
         note = f"killed {leader}" + (" (also the Raft leader)" if was_raft_leader else "")

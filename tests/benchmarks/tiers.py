@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replay throughput from each storage tier: memory, LMDB and S3.
 
-    python docs/benchmarks/tiers.py --messages 50000 --size 1000
+    python -m benchmarks.tiers --messages 50000 --size 1000
 
 Starts its own SeaweedFS S3 server and ``twistd sprawl`` node on 127.0.0.1
 (ports from the OS, data in a temporary directory, both stopped at the end),
@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from harness import NodeProcess, SeaweedProcess
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Publish → SSE delivery latency at a steady rate, from one single-threaded client.
 
-    python docs/benchmarks/latency.py --url http://127.0.0.1:8080 --rate 1000 --seconds 20
+    python -m benchmarks.latency --url http://127.0.0.1:8080 --rate 1000 --seconds 20
 
 One process, one ``selectors`` loop, two keep-alive sockets: a publisher
 sending one 100-byte message per request (``acks=leader``) at ``--rate`` and an
@@ -106,8 +106,8 @@ def main() -> None:
                     h = buf.find(b"\r\n\r\n")
                     if h < 0:
                         break
-                    m = re.search(rb"(?i)content-length: (\d+)", buf[:h])
-                    ln = int(m.group(1)) if m else 0
+                    length = re.search(rb"(?i)content-length: (\d+)", buf[:h])
+                    ln = int(length.group(1)) if length else 0
                     if len(buf) < h + 4 + ln:
                         break
                     buf = buf[h + 4 + ln :]

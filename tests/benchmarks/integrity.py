@@ -3,9 +3,12 @@ from a given source tree, with the node's CPU time per message.
 
     git archive BEFORE sprawl twisted bin | tar -x -C /tmp/before
     git archive AFTER sprawl twisted bin | tar -x -C /tmp/after
-    python docs/benchmarks/integrity.py /tmp/before before --messages 300000 --batch 100 \\
-        --publishers 8 --subscribers 0 --acks leader
-    python docs/benchmarks/integrity.py /tmp/after after ... (same options)
+    PYTHONPATH=/tmp/before:tests python -m benchmarks.integrity /tmp/before before \\
+        --messages 300000 --batch 100 --publishers 8 --subscribers 0 --acks leader
+    PYTHONPATH=/tmp/after:tests python -m benchmarks.integrity /tmp/after after ... (same options)
+
+The tree goes first on ``PYTHONPATH``: the node and the ``sprawlctl`` it runs are that
+tree's ``sprawl``.
 
 Alternate the two a few times: the VM is shared.  Extra node options (e.g.
 ``--scrub-rate 0`` for a tree that has the scrub) go in ``SPRAWL_NODE_ARGS``.
@@ -21,12 +24,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import sprawl
+from harness import NodeProcess
+
 
 def main() -> None:
     """Run one benchmark and print msgs/s and node CPU µs per message."""
     src, tag, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
-    sys.path.insert(0, src)
-    from harness import NodeProcess
+    if not Path(sprawl.__file__).resolve().is_relative_to(Path(src).resolve()):
+        sys.exit(f"sprawl comes from {sprawl.__file__}, not {src}: run with PYTHONPATH={src}:tests")
 
     base = Path(tempfile.mkdtemp(prefix=f"sprawl-bench-{tag}-"))
     node_args = os.environ.get("SPRAWL_NODE_ARGS", "").split()

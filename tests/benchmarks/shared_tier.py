@@ -2,7 +2,7 @@
 """The S3 tier of a replicated partition: what the bucket holds, what each
 replica keeps in LMDB, and replay from a follower.
 
-    python docs/benchmarks/shared_tier.py --messages 20000 --size 1000
+    python -m benchmarks.shared_tier --messages 20000 --size 1000
 
 Starts its own SeaweedFS S3 server and three ``twistd sprawl`` nodes on
 127.0.0.1 (ports from the OS, data in a temporary directory, all stopped at
@@ -24,13 +24,10 @@ import argparse
 import http.client
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from harness import NodeCluster, SeaweedProcess, http_json
 

@@ -2,7 +2,7 @@
 and election time after ``kill -9`` of the leader, on 3 real twistd nodes
 on 127.0.0.1.
 
-    python docs/benchmarks/raft.py [--nodes 3] [--changes 2000] [--clients 32] [--kills 5]
+    python -m benchmarks.raft [--nodes 3] [--changes 2000] [--clients 32] [--kills 5]
 
 A "change" is ``PUT /v1/topics/{name}`` (a new topic, 1 partition): the
 proposal, its commit on a majority (each voter fsyncs the entry), and its
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -28,9 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from harness import NodeProcess  # noqa: E402
+from harness import NodeProcess
 
 
 def _get(url: str) -> Any:
@@ -83,12 +80,19 @@ def main() -> None:
         first = NodeProcess(base / names[0], "--node-id", names[0]).start()
         nodes.append(first)
         for nm in names[1:]:
-            nodes.append(NodeProcess(base / nm, "--node-id", nm, "--seeds", f"127.0.0.1:{first.peer_port}").start())
+            nodes.append(
+                NodeProcess(base / nm, "--node-id", nm, "--seeds", f"127.0.0.1:{first.peer_port}").start()
+            )
 
         def formed() -> bool:
             views = [_raft(n) for n in nodes]
             ls = {v.get("leader") for v in views}
-            return len(ls) == 1 and "" not in ls and None not in ls and all(v.get("voters") == names for v in views)
+            return (
+                len(ls) == 1
+                and "" not in ls
+                and None not in ls
+                and all(v.get("voters") == names for v in views)
+            )
 
         _wait(formed, 60, 0.2)
         leader_name = _raft(nodes[0])["leader"]
@@ -136,7 +140,7 @@ def main() -> None:
             victim.kill()
             t0 = time.monotonic()
 
-            def new_leader() -> bool:
+            def new_leader(survivors: list[NodeProcess] = survivors, leader_name: str = leader_name) -> bool:
                 ls = {_raft(s).get("leader") for s in survivors}
                 return len(ls) == 1 and None not in ls and "" not in ls and leader_name not in ls
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """WebSocket next to SSE, end to end, with and without TLS.
 
-    PYTHONPATH=. python docs/benchmarks/edge.py --messages 100000 --repeat 3
+    PYTHONPATH=. python -m benchmarks.edge --messages 100000 --repeat 3
 
 Starts two real nodes on loopback (plain HTTP, and HTTPS with a throw-away CA
 from ``harness.make_test_pki``), then for each of SSE/WebSocket x
@@ -27,7 +27,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -36,6 +36,7 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent
 
 from harness import NodeProcess, make_test_pki
 from sprawl.tlsconfig import client_options
@@ -82,6 +83,8 @@ def stamps(data: bytes) -> list[bytes]:
 
 
 class SSEReader(Protocol):
+    transport: Any
+
     def __init__(self, sink: Sink, path: str):
         self.sink, self.path, self.buf, self.head = sink, path, b"", False
 
@@ -107,6 +110,8 @@ class RawWSReader(Protocol):
     """A WebSocket subscriber that scans the raw bytes for payload stamps, like
     :class:`SSEReader` (server frames are unmasked), so that per-frame parsing in
     the Python client does not dominate the figure."""
+
+    transport: Any
 
     def __init__(self, sink: Sink, path: str):
         self.sink, self.path, self.buf, self.head = sink, path, b"", False
@@ -180,10 +185,10 @@ def http_client(reactor: Any, pki: dict[str, str] | None, conns: int) -> Any:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = conns
     if pki is None:
-        return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
+        return treq.client.HTTPClient(cast(IAgent, Agent(reactor, pool=pool))), pool
     trust = trustRootFromCertificates([Certificate.loadPEM(Path(pki["ca"]).read_bytes())])
     agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trust), pool=pool)
-    return treq.client.HTTPClient(agent), pool
+    return treq.client.HTTPClient(cast(IAgent, agent)), pool
 
 
 async def one_run(

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """SWIM/Lifeguard failure detection in simulation: detection time and false positives.
 
-    python docs/benchmarks/gossip_sim.py                # 5, 50, 200 nodes at 0% and 10% loss
-    python docs/benchmarks/gossip_sim.py --sizes 5,50 --trials 0.5 --soak 120
+    python -m benchmarks.gossip_sim                # 5, 50, 200 nodes at 0% and 10% loss
+    python -m benchmarks.gossip_sim --sizes 5,50 --trials 0.5 --soak 120
 
 Runs :class:`sprawl.gossip.Membership` cores on the seeded network simulator
 (:mod:`sprawl.sim`, 1-5 ms one-way delay, periodic 0.1 s ticks like the UDP
@@ -27,10 +27,7 @@ import argparse
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sprawl.gossip import GossipConfig, MemberEvent, Membership
 from sprawl.gossip.suspicion import suspicion_timeout

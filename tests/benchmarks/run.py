@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The single-node benchmark set of docs/benchmarks.md, against a fresh node.
 
-    python docs/benchmarks/run.py [--repeat 3] [--quick]
+    python -m benchmarks.run [--repeat 3] [--quick]
 
 Starts one ``twistd sprawl`` on 127.0.0.1 with a fresh data dir (ports from the
 OS), runs each row of the table ``--repeat`` times with ``sprawl.client.bench``
-(the engine behind ``sprawlctl bench``), runs docs/benchmarks/latency.py for
+(the engine behind ``sprawlctl bench``), runs tests/benchmarks/latency.py for
 the steady-rate latency row, prints a Markdown table of medians (with the
 range), and stops the node.
 """
@@ -18,13 +18,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from sprawl.client.bench import BenchConfig, run_bench
 from harness import NodeProcess
+from sprawl.client.bench import BenchConfig, run_bench
 
 HERE = Path(__file__).resolve().parent
 
-ROWS = [
+ROWS: list[tuple[str, dict[str, Any], str]] = [
     (
         "durable ingest, batch 100, 16 publishers, no subscriber",
         dict(batch=100, publishers=16, subscribers=0),

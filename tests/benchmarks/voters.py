@@ -1,6 +1,6 @@
 """Time to the Raft voter target on a forming cluster, on real twistd nodes on 127.0.0.1.
 
-    PYTHONPATH=. python docs/benchmarks/voters.py [--sizes 3,5] [--repeat 5]
+    PYTHONPATH=. python -m benchmarks.voters [--sizes 3,5] [--repeat 5]
 
 Each run starts N fresh nodes (the first founds the cluster, the others are
 seeded from it, started together) with ``--log-format json`` and measures,
@@ -23,10 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sprawl.cluster.voters import target_voters
 from harness import NodeCluster, http_json, poll_until, time_to_voters
+from sprawl.cluster.voters import target_voters
 
 
 def one_run(base: Path, n: int) -> dict[str, Any]:
