@@ -33,10 +33,10 @@ import pytest_twisted
 
 from harness import (
     SeaweedProcess,
-    _pythonpath,
     free_port,
     http_json,
     node_environment,
+    node_pythonpath,
     poll_until,
     the_reactor,
     twistd_command,
@@ -72,7 +72,7 @@ def run_node(
     goes first on ``PYTHONPATH``, before the source tree: under tox, sprawl is
     imported from the installed wheel, so the "source tree" is site-packages
     itself, where the real boto3 lives too."""
-    pythonpath = (str(shim) + os.pathsep if shim is not None else "") + _pythonpath()
+    pythonpath = (str(shim) + os.pathsep if shim is not None else "") + node_pythonpath()
     environ = dict(node_environment(env), PYTHONPATH=pythonpath)
     cmd = [
         *twistd_command(),
@@ -134,7 +134,7 @@ def test_without_a_usable_client_the_node_exits_with_one_line(tmp_path: Path) ->
         capture_output=True,
         text=True,
         timeout=60,
-        env=dict(os.environ, PYTHONPATH=str(shim) + os.pathsep + _pythonpath()),
+        env=dict(os.environ, PYTHONPATH=str(shim) + os.pathsep + node_pythonpath()),
     )
     assert probe.returncode != 0 and "hidden by the test shim" in probe.stderr
 

@@ -47,7 +47,7 @@ def node_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     every variable of :data:`NODE_CONFIG_PREFIXES`, plus the source tree on
     ``PYTHONPATH``, unbuffered output and ``extra`` (what the test sets)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(NODE_CONFIG_PREFIXES)}
-    env.update(PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
+    env.update(PYTHONPATH=node_pythonpath(), PYTHONUNBUFFERED="1")
     env.update(extra or {})
     return env
 
@@ -74,7 +74,7 @@ def require_tools(missing: list[str], install: str) -> None:
     pytest.skip(msg)
 
 
-def _pythonpath() -> str:
+def node_pythonpath() -> str:
     """Where the ``sprawl`` package (and its twisted/plugins beside it) was imported from."""
     root = str(Path(sprawl.__file__).resolve().parent.parent)
     old = os.environ.get("PYTHONPATH")
