@@ -38,6 +38,34 @@ Rates right after a move: until the new leader gossips the partition's rate
 (``None`` in the view), the balancer keeps counting the rate it moved, for
 ``cooldown`` seconds, so the new leader does not look idle.
 
+Predictive moves.  A partition may carry a *forecast* of its load (the
+highest the controller's :class:`sprawl.forecast.traffic.TrafficForecaster`
+predicts over the next few minutes).  From the forecasts (the present load
+where a partition has none) the balancer computes each node's *predicted*
+load with this decision's reactive moves applied, their mean and bound; a
+node *predicted hot* for ``persist`` decisions in a row sheds before it gets
+hot, under every reactive rule plus these:
+
+* the partition moves only in a quiet moment: its present load is above 0
+  and at most its forecast (moving it now costs no more than later);
+* the target is below the mean and stays at or below the bound both now and
+  as predicted;
+* the source carries more present load than the target by more than the
+  partition's present load, so the move strictly lowers the sum of squared
+  present node loads;
+* a node that shed reactively in this decision does not also shed on the
+  forecast; moves share ``max_moves`` and the cooldown with reactive ones
+  and carry the reason :data:`PREDICTED`.
+
+Why a wrong forecast cannot make it flap: every move, reactive or predictive,
+lowers ``sum(load^2)`` over the nodes' *present* loads by ``2 * u * (src - dst
+- u) > 0`` (a reactive move has ``src > upper >= dst + u``), whatever the
+forecasts say.  Under a steady present load that sum only falls, so no
+assignment of leaders comes back and the moves stop; forecasts pick *which*
+of these improving moves is made and *when*, never a move that makes the
+present worse.  (``tests/test_balance_predictive.py`` checks this with
+hypothesis, forecasts drawn at random every decision.)
+
 Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without
 copying data.
@@ -66,12 +94,15 @@ for ``GET /v1/cluster``) holds the last decision's per-node loads, mean,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-#: The reason every move made here carries (a metrics label).
+#: The reason a move off a node hot now carries (a metrics label).
 OVERLOADED = "overloaded"
+#: The reason a move off a node predicted to run hot carries.
+PREDICTED = "predicted"
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,11 @@ class BalanceConfig:
     min_partition_load: float = 1.0
     #: Seconds between decisions (:meth:`Balancer.due`); gossip samples load every 5 s.
     interval: float = 10.0
+    #: Act on partitions' forecasts (when the controller gives them).
+    predict: bool = True
+    #: A move made on a forecast keeps its target below ``mean * (1 +
+    #: threshold * predict_room)``, now and as predicted (1: up to the bound).
+    predict_room: float = 0.5
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -115,6 +151,9 @@ class PartitionLoad:
     bytes_s: float | None = None
     #: False while a failover or a replica change of it is under way.
     movable: bool = True
+    #: Predicted load (units/s: the highest over the forecast horizon); None
+    #: without a forecast (the present load stands in for it).
+    forecast: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -147,6 +186,12 @@ class NodeLoad:
     hot: bool
     #: Consecutive decisions this node has been hot (after any shedding).
     streak: int
+    #: Predicted load (forecasts, this decision's moves applied); None without forecasts.
+    predicted: float | None = None
+    #: Predicted above the predicted bound (and ``min_load``).
+    predicted_hot: bool = False
+    #: Consecutive decisions this node has been predicted hot (after any shedding).
+    predicted_streak: int = 0
 
 
 @dataclass
@@ -163,10 +208,14 @@ class Decision:
     moves: list[Move] = field(default_factory=list)
     #: Why hot nodes did not shed (or shed less), one line each.
     held: list[str] = field(default_factory=list)
+    #: Mean and bound of the predicted loads (None without forecasts).
+    predicted_mean: float | None = None
+    predicted_upper: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, for ``GET /v1/cluster``."""
-        return {
+        """JSON-ready, for ``GET /v1/cluster`` (the ``predicted*`` fields only
+        when partitions carried forecasts)."""
+        out = {
             "at": self.at,
             "mean": round(self.mean, 3),
             "upper": round(self.upper, 3),
@@ -183,6 +232,15 @@ class Decision:
                     "ratio": round(v.ratio, 3),
                     "hot": v.hot,
                     "streak": v.streak,
+                    **(
+                        {}
+                        if v.predicted is None
+                        else {
+                            "predicted": round(v.predicted, 3),
+                            "predicted_hot": v.predicted_hot,
+                            "predicted_streak": v.predicted_streak,
+                        }
+                    ),
                 }
                 for n, v in sorted(self.nodes.items())
             },
@@ -192,6 +250,10 @@ class Decision:
             ],
             "held": list(self.held),
         }
+        if self.predicted_mean is not None and self.predicted_upper is not None:
+            out["predicted_mean"] = round(self.predicted_mean, 3)
+            out["predicted_upper"] = round(self.predicted_upper, 3)
+        return out
 
 
 class Balancer:
@@ -200,6 +262,7 @@ class Balancer:
     def __init__(self, config: BalanceConfig | None = None) -> None:
         self.config = config or BalanceConfig()
         self._streak: dict[str, int] = {}
+        self._pstreak: dict[str, int] = {}
         #: key -> (time moved, load moved with it).
         self._moved: dict[tuple[str, int], tuple[float, float]] = {}
         #: The last decision (None before the first).
@@ -250,9 +313,10 @@ class Balancer:
         mean = sum(loads.values()) / len(nodes) if nodes else 0.0
         upper = mean * (1 + c.threshold)
         self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
-        for n in list(self._streak):
-            if n not in loads:
-                del self._streak[n]
+        for streaks in (self._streak, self._pstreak):
+            for n in list(streaks):
+                if n not in loads:
+                    del streaks[n]
         hot = {n for n in nodes if loads[n] > upper and loads[n] >= c.min_load}
         for n in nodes:
             self._streak[n] = self._streak.get(n, 0) + 1 if n in hot else 0
@@ -273,6 +337,7 @@ class Balancer:
             budget -= len(shed)
             if shed:
                 self._streak[src] = 0
+        pred = self._predict(parts, pload, loads, nodes, now, budget, d) if c.predict else None
         for n in nodes:
             d.nodes[n] = NodeLoad(
                 load=measured[n],
@@ -283,9 +348,98 @@ class Balancer:
                 ratio=measured[n] / mean if mean > 0 else 0.0,
                 hot=n in hot,
                 streak=self._streak[n],
+                predicted=None if pred is None else pred[0][n],
+                predicted_hot=pred is not None and n in pred[1],
+                predicted_streak=self._pstreak.get(n, 0),
             )
         self.last = d
         return d
+
+    def _predict(
+        self,
+        parts: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        loads: dict[str, float],
+        nodes: Sequence[str],
+        now: float,
+        budget: int,
+        d: Decision,
+    ) -> tuple[dict[str, float], set[str]] | None:
+        """The predictive pass (see the module docstring): predicted node
+        loads and the nodes predicted hot, after shedding what may be shed;
+        None when no partition carries a forecast."""
+        if not any(p.forecast is not None for p in parts):
+            self._pstreak.clear()
+            return None
+        c = self.config
+        moved = {(m.topic, m.partition): m.dst for m in d.moves}
+        shed_now = {m.src for m in d.moves}
+        fc: dict[tuple[str, int], float] = {}
+        pred = dict.fromkeys(nodes, 0.0)
+        by_leader: dict[str, list[PartitionLoad]] = {}
+        for p in parts:
+            f = pload[p.key] if p.forecast is None or not math.isfinite(p.forecast) else max(0.0, p.forecast)
+            fc[p.key] = f
+            leader = moved.get(p.key, p.leader)
+            if leader in pred:
+                pred[leader] += f
+                by_leader.setdefault(leader, []).append(p)
+        pmean = sum(pred.values()) / len(nodes) if nodes else 0.0
+        pupper = pmean * (1 + c.threshold)
+        d.predicted_mean, d.predicted_upper = pmean, pupper
+        phot = {n for n in nodes if pred[n] > pupper and pred[n] >= c.min_load}
+        for n in nodes:
+            self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
+        mean, upper = d.mean, d.upper
+        # an early move is optional: its target keeps a margin below the bound
+        roomy = mean * (1 + c.threshold * c.predict_room)
+        proomy = pmean * (1 + c.threshold * c.predict_room)
+        for src in sorted(phot, key=lambda n: (-pred[n], n)):
+            if src in shed_now or loads[src] > upper:
+                continue  # hot now: the reactive rules own it
+            if self._pstreak[src] < c.persist:
+                d.held.append(f"{src}: predicted hot for {self._pstreak[src]}/{c.persist} decisions")
+                continue
+            if budget <= 0:
+                d.held.append(f"{src}: predicted hot, move budget used")
+                continue
+            n_before = len(d.moves)
+            for p in sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key)):
+                if budget <= 0 or pred[src] <= pupper:
+                    break
+                u, f = pload[p.key], fc[p.key]
+                if not p.movable or p.key in self._moved or p.key in moved:
+                    continue
+                if u <= 0 or u < c.min_partition_load or u > f:
+                    continue  # not a quiet moment for it
+                targets = [
+                    r
+                    for r in p.replicas
+                    if r != src
+                    and r in loads
+                    and loads[r] < mean
+                    and loads[r] + u <= roomy
+                    and loads[src] - loads[r] > u
+                    and pred[r] < pmean
+                    and pred[r] + f <= proomy
+                ]
+                if not targets:
+                    continue
+                dst = min(targets, key=lambda r: (pred[r], loads[r], r))
+                loads[src] -= u
+                loads[dst] += u
+                pred[src] -= f
+                pred[dst] += f
+                self._moved[p.key] = (now, u)
+                mv = Move(p.topic, p.partition, src, dst, PREDICTED)
+                d.moves.append(mv)
+                budget -= 1
+                self.moves_total[PREDICTED] = self.moves_total.get(PREDICTED, 0) + 1
+            if len(d.moves) > n_before:
+                self._pstreak[src] = 0
+            else:
+                d.held.append(f"{src}: predicted hot, no quiet partition a replica can take now and as predicted")
+        return pred, phot
 
     def _shed(
         self,
@@ -344,6 +498,7 @@ def partitions_from(
     placement: Mapping[str, Sequence[Mapping[str, Any]]],
     rates: Mapping[str, Mapping[tuple[str, int], tuple[float, float]]],
     movable: Callable[[tuple[str, int]], bool] | None = None,
+    forecasts: Mapping[tuple[str, int], float] | None = None,
 ) -> list[PartitionLoad]:
     """The balancer's view from the applied placement (``metadata.placement``:
     topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
@@ -351,7 +506,9 @@ def partitions_from(
     :func:`sprawl.gossip.load.rates_by_node` gives them).  A partition's
     rate is taken only from its current leader's report (None if absent).
     Partitions without a leader are left out; single-replica ones count
-    towards their leader's load but have nowhere to move."""
+    towards their leader's load but have nowhere to move.  ``forecasts``
+    (e.g. :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_forecasts`)
+    gives partitions their predicted load."""
     out: list[PartitionLoad] = []
     for topic, parts in placement.items():
         for p, pl in enumerate(parts):
@@ -371,6 +528,7 @@ def partitions_from(
                     msgs_s=None if rate is None else rate[0],
                     bytes_s=None if rate is None else rate[1],
                     movable=True if movable is None else movable(key),
+                    forecast=None if forecasts is None else forecasts.get(key),
                 )
             )
     return out
@@ -392,7 +550,8 @@ def replica_move(
     decision after decision.  Once it has been hot for ``persist_factor``
     times the decisions that trigger a leadership move, and this decision
     moved nothing off it, its hottest movable partition gets a new replica on
-    the least loaded live node below the mean that does not hold one -- the
+    the least loaded live node below the mean that does not hold one and stays
+    at or below the bound with it (this decision's moves counted) -- the
     node replaces the hot one in the partition's replica set and takes over
     its leadership (the controller copies first, then hands over).  At most
     one per decision; ``recently_moved`` keeps a partition from moving again
@@ -409,8 +568,8 @@ def replica_move(
     src = max(hot, key=lambda n: decision.nodes[n].load)
     live_set = set(live)
     cool = sorted(
-        (n for n, v in decision.nodes.items() if n in live_set and n != src and v.load < decision.mean),
-        key=lambda n: (decision.nodes[n].load, n),
+        (n for n, v in decision.nodes.items() if n in live_set and n != src and v.projected < decision.mean),
+        key=lambda n: (decision.nodes[n].projected, n),
     )
 
     def load(p: PartitionLoad) -> float:
@@ -423,7 +582,9 @@ def replica_move(
     for p in led:
         if recently_moved is not None and recently_moved(p.key):
             continue
-        dst = next((n for n in cool if n not in p.replicas), None)
+        # like a leadership move, never one that makes the new node hot
+        fits = (n for n in cool if decision.nodes[n].projected + load(p) <= decision.upper)
+        dst = next((n for n in fits if n not in p.replicas), None)
         if dst is not None:
             return Move(p.topic, p.partition, src, dst, "persistently_hot")
     return None

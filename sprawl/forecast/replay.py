@@ -1,0 +1,236 @@
+"""Reactive against predictive balancing on a rate trace, in virtual time.  Pure.
+
+:func:`simulate` replays a :class:`Trace` -- every partition's publish rate
+over time, synthetic (:mod:`sprawl.forecast.traces`) or recorded from a real
+cluster -- through the same cores the controller runs:
+
+* every ``step`` seconds (5: the gossip's sampling period) each node
+  re-gossips the rates of the partitions it leads as the real node does
+  (:func:`sprawl.gossip.load.encode_parts`, only when a rate moved by more
+  than 20% and the floors, :func:`sprawl.gossip.load.parts_changed`, or its
+  leaderships changed), and the controller's view is built from that with
+  :func:`sprawl.gossip.load.rates_by_node` and
+  :func:`sprawl.cluster.balance.partitions_from`;
+* every ``BalanceConfig.interval`` the :class:`~sprawl.cluster.balance.Balancer`
+  decides; the predictive run also feeds a
+  :class:`~sprawl.forecast.traffic.TrafficForecaster` from the gossip and
+  hands its forecasts to the balancer;
+* when no replica can take a hot node's partitions for long, the
+  controller's :func:`~sprawl.cluster.balance.replica_move` swaps the hot
+  node for a cool one in a partition's replica set: the copy takes
+  ``copy_seconds``, then the leadership moves as below (each partition at
+  most every 10 minutes, as in the controller);
+* a leadership move takes ``move_seconds`` (the handoff: the leader holds
+  the partition's publishes until the target has its whole log, then the
+  controller fences and commits), during which every message published to
+  the partition is *delayed*; the load stays on the old leader until the
+  move lands.
+
+Measured, from the *true* rates (not the gossiped ones): seconds during
+which some node was hot (above ``mean * (1 + threshold)`` and ``min_load``,
+the balancer's own bound), node-seconds hot, moves, messages delayed by
+moves, and the forecast's MAPE: ``|forecast - actual| / actual`` of every
+partition ``horizon`` seconds after the forecast was made (samples whose
+actual rate is under ``mape_floor`` units/s are left out: the ratio means
+nothing near 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.forecast.holtwinters import ForecastConfig
+from sprawl.forecast.traffic import TrafficForecaster, partition_key
+from sprawl.gossip.load import BYTES_PER_UNIT, encode_parts, parts_changed, rates_by_node, view_rates
+
+PartKey = tuple[str, int]
+#: (msgs/s, bytes/s) of every partition at time t.
+RateFn = Callable[[float], dict[PartKey, tuple[float, float]]]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Partitions, their replicas and first leaders, and their rates over time."""
+
+    name: str
+    nodes: tuple[str, ...]
+    #: partition -> replicas (the first one leads at the start).
+    replicas: dict[PartKey, tuple[str, ...]]
+    seconds: float
+    rates: RateFn
+    #: The forecaster's tuning for this trace (its seasons).
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The simulated controller and the cost model."""
+
+    step: float = 5.0
+    move_seconds: float = 2.0
+    copy_seconds: float = 60.0
+    horizon: float = 180.0
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    mape_floor: float = 5.0
+
+
+@dataclass
+class Result:
+    """What one run measured."""
+
+    trace: str
+    mode: str
+    seconds: float
+    #: Seconds some node spent above the hot bound.
+    hot_seconds: float = 0.0
+    #: Sum over nodes of their seconds above it.
+    node_hot_seconds: float = 0.0
+    moves: int = 0
+    moves_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Messages published to a partition while its leadership was moving.
+    delayed: float = 0.0
+    #: Forecast error over the horizon (None for the reactive run or no sample).
+    mape: float | None = None
+    mape_samples: int = 0
+    anomalies: int = 0
+    #: (time, move) of every move started.
+    log: list[tuple[float, Move]] = field(default_factory=list)
+
+
+def _units(r: tuple[float, float]) -> float:
+    return r[0] + r[1] / BYTES_PER_UNIT
+
+
+def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) -> Result:
+    """One run of ``trace`` (see the module docstring)."""
+    c = config or SimConfig()
+    nodes = list(trace.nodes)
+    leader = {k: reps[0] for k, reps in trace.replicas.items()}
+    replicas = dict(trace.replicas)
+    replica_moved: dict[PartKey, float] = {}
+    moving: dict[PartKey, tuple[str, float]] = {}
+    gossiped: dict[str, list[object]] = {n: [] for n in nodes}
+    gossiped_led: dict[str, frozenset[PartKey]] = {n: frozenset() for n in nodes}
+    balancer = Balancer(c.balance)
+    fc = TrafficForecaster(trace.forecast, horizon=c.horizon) if predictive else None
+    res = Result(trace.name, "predictive" if predictive else "reactive", trace.seconds)
+    pending: dict[int, dict[PartKey, float]] = {}
+    abs_err = 0.0
+    steps = math.floor(trace.seconds / c.step)
+    horizon_steps = max(1, round(c.horizon / c.step))
+    bal = c.balance
+    for i in range(steps):
+        now = i * c.step
+        rates = trace.rates(now)
+        # moves that land now
+        for k, (dst, until) in list(moving.items()):
+            if until <= now:
+                leader[k] = dst
+                del moving[k]
+        # the truth: present loads
+        load = dict.fromkeys(nodes, 0.0)
+        for k, r in rates.items():
+            if leader.get(k) in load:
+                load[leader[k]] += _units(r)
+        mean = sum(load.values()) / len(nodes)
+        upper = mean * (1 + bal.threshold)
+        hot = [n for n in nodes if load[n] > upper and load[n] >= bal.min_load]
+        if hot:
+            res.hot_seconds += c.step
+            res.node_hot_seconds += c.step * len(hot)
+        # what the controller sees: the gossip
+        views = []
+        for n in nodes:
+            led = frozenset(k for k, ld in leader.items() if ld == n)
+            mine = {k: rates.get(k, (0.0, 0.0)) for k in led}
+            new = encode_parts(mine)
+            if led != gossiped_led[n] or parts_changed(gossiped[n], new):
+                gossiped[n], gossiped_led[n] = new, led
+            views.append({"id": n, "state": "alive", "partition_rates": view_rates(gossiped[n])})
+        forecasts = None
+        if fc is not None:
+            res.anomalies += sum(1 for e in fc.observe_gossip(now, views) if e.end is None)
+            # the forecast error, horizon seconds after the forecast
+            for k, f in pending.pop(i, {}).items():
+                actual = _units(rates.get(k, (0.0, 0.0)))
+                if actual >= c.mape_floor:
+                    abs_err += abs(f - actual) / actual
+                    res.mape_samples += 1
+            made = {}
+            for k in trace.replicas:
+                b = fc.predict(partition_key(*k), now, now + c.horizon)
+                if b is not None:
+                    made[k] = b.point
+            if made:
+                pending[i + horizon_steps] = made
+        if not balancer.due(now):
+            continue
+        if fc is not None:
+            forecasts = fc.partition_forecasts(now)
+        placement = {}
+        for topic in sorted({k[0] for k in replicas}):
+            count = 1 + max(p for t, p in replicas if t == topic)
+            placement[topic] = [
+                {"leader": leader.get((topic, p), ""), "replicas": list(replicas.get((topic, p), ()))}
+                for p in range(count)
+            ]
+        parts = partitions_from(placement, rates_by_node(views), lambda k: k not in moving, forecasts)
+        d = balancer.decide(now, parts, nodes, len(moving))
+        rm = replica_move(
+            d,
+            parts,
+            nodes,
+            bytes_per_unit=bal.bytes_per_unit,
+            recently_moved=lambda k: now - replica_moved.get(k, -math.inf) < 600.0,
+        )
+        if rm is not None:
+            k = (rm.topic, rm.partition)
+            replicas[k] = tuple(rm.dst if r == rm.src else r for r in replicas[k])
+            replica_moved[k] = now
+            moving[k] = (rm.dst, now + c.copy_seconds + c.move_seconds)
+            res.delayed += rates.get(k, (0.0, 0.0))[0] * c.move_seconds
+            res.moves += 1
+            res.moves_by_reason[rm.reason] = res.moves_by_reason.get(rm.reason, 0) + 1
+            res.log.append((now, rm))
+        for mv in d.moves:
+            k = (mv.topic, mv.partition)
+            moving[k] = (mv.dst, now + c.move_seconds)
+            res.delayed += rates.get(k, (0.0, 0.0))[0] * c.move_seconds
+            res.moves += 1
+            res.moves_by_reason[mv.reason] = res.moves_by_reason.get(mv.reason, 0) + 1
+            res.log.append((now, mv))
+    if res.mape_samples:
+        res.mape = abs_err / res.mape_samples
+    return res
+
+
+def compare(
+    traces: Sequence[Trace], config: SimConfig | None = None
+) -> list[tuple[Result, Result]]:
+    """(reactive, predictive) for every trace."""
+    return [(simulate(t, False, config), simulate(t, True, config)) for t in traces]
+
+
+def table(rows: Sequence[tuple[Result, Result]], config: SimConfig | None = None) -> str:
+    """The comparison as a Markdown table."""
+    c = config or SimConfig()
+    out = [
+        "| trace | hours | balancer | s with a node hot | node-s hot | moves | msgs delayed | forecast MAPE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for pair in rows:
+        for r in pair:
+            mape = "" if r.mape is None else f"{100 * r.mape:.1f}% ({r.mape_samples} samples)"
+            out.append(
+                f"| {r.trace} | {r.seconds / 3600:.1f} | {r.mode} | {r.hot_seconds:.0f} | "
+                f"{r.node_hot_seconds:.0f} | {r.moves} | {r.delayed:.0f} | {mape} |"
+            )
+    out.append("")
+    out.append(
+        f"(moves take {c.move_seconds:g} s; forecasts {c.horizon:g} s ahead; decisions every "
+        f"{c.balance.interval:g} s, persist {c.balance.persist}, cooldown {c.balance.cooldown:g} s)"
+    )
+    return "\n".join(out)

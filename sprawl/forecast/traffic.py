@@ -1,0 +1,233 @@
+"""Forecasts of every partition, node and topic rate the cluster sees.  Pure.
+
+:class:`TrafficForecaster` keeps one :class:`~sprawl.forecast.holtwinters.Series`
+and one :class:`~sprawl.forecast.anomaly.AnomalyDetector` per rate, fed from
+what the nodes already gossip (:meth:`TrafficForecaster.observe_gossip`:
+``member_views()`` entries, whose ``partition_rates`` are the publish rates
+of the hottest partitions each node leads) and from counters a node keeps
+(:meth:`TrafficForecaster.observe_counters`: e.g. the per-topic
+``published``/``delivered`` totals of the dashboard snapshot).  Series:
+
+* ``("partition", topic, p)``: publish load in balancer units
+  (msgs/s + bytes/s / 1024), measured at the leader;
+* ``("node", node_id)``: the sum over the partitions the node leads;
+* ``("topic", topic, "publish")``: msgs/s, from the gossip (the cluster's);
+* ``("topic", topic, KIND)`` for counters fed by :meth:`observe_counters`
+  (``"deliver"`` from the delivery counters).
+
+Delivery rates are not in the gossip: only the node that serves a
+subscriber counts its deliveries, so delivery series come from that node's
+counters.
+
+Bounded: at most ``max_series`` series (the one observed longest ago is
+dropped for a new one: about 6.3 KB each with the daily season, so 6.5 MB
+for the default 1,024), and the last ``max_anomalies`` events.
+
+The controller asks :meth:`TrafficForecaster.partition_forecasts` for the
+balancer's view ``horizon`` seconds ahead (see
+:func:`sprawl.cluster.balance.partitions_from`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sprawl.forecast.anomaly import Anomaly, AnomalyConfig, AnomalyDetector
+from sprawl.forecast.holtwinters import Band, ForecastConfig, Series, series_bytes
+from sprawl.gossip.load import BYTES_PER_UNIT, rates_by_node
+
+Key = tuple[Any, ...]
+
+PARTITION = "partition"
+NODE = "node"
+TOPIC = "topic"
+
+
+def partition_key(topic: str, partition: int) -> Key:
+    """The series of a partition's publish load."""
+    return (PARTITION, topic, partition)
+
+
+def node_key(node: str) -> Key:
+    """The series of a node's publish load (the partitions it leads)."""
+    return (NODE, node)
+
+
+def topic_key(topic: str, kind: str = "publish") -> Key:
+    """The series of a topic's ``kind`` rate (``publish``, ``deliver``)."""
+    return (TOPIC, topic, kind)
+
+
+def key_name(key: Key) -> str:
+    """A series as people read it: ``partition orders/3``, ``node n1``, ``topic orders publish``."""
+    if key[0] == PARTITION:
+        return f"partition {key[1]}/{key[2]}"
+    return " ".join(str(k) for k in key)
+
+
+class _Tracked:
+    __slots__ = ("detector", "last", "seen", "series")
+
+    def __init__(self, key: Key, config: ForecastConfig, anomaly: AnomalyConfig) -> None:
+        self.series = Series(config)
+        self.detector = AnomalyDetector(key_name(key), anomaly)
+        #: The last sample: (time, value).
+        self.last: tuple[float, float] | None = None
+        self.seen = 0.0
+
+
+class TrafficForecaster:
+    """Every tracked rate's model, its anomalies, and the views of them."""
+
+    def __init__(
+        self,
+        config: ForecastConfig | None = None,
+        anomaly: AnomalyConfig | None = None,
+        *,
+        max_series: int = 1024,
+        max_anomalies: int = 200,
+        horizon: float = 180.0,
+    ) -> None:
+        if max_series < 1 or max_anomalies < 1 or horizon < 0:
+            raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
+        self.config = config or ForecastConfig()
+        self.anomaly_config = anomaly or AnomalyConfig()
+        self.max_series = max_series
+        #: Seconds ahead the balancer looks (:meth:`partition_forecasts`).
+        self.horizon = horizon
+        self._series: OrderedDict[Key, _Tracked] = OrderedDict()
+        #: Events, oldest first (open ones included, updated in place).
+        self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
+        #: Events opened, by kind (for a counter metric).
+        self.anomalies_total: dict[str, int] = {}
+        #: Series dropped to stay under ``max_series``.
+        self.evicted = 0
+        self._counters: dict[Key, tuple[float, float]] = {}
+
+    # -- feeding -------------------------------------------------------------------
+
+    def observe(self, now: float, key: Key, value: float, *, detect: bool = True) -> list[Anomaly]:
+        """One sample of one series; returns the anomalies that opened or closed
+        (none with ``detect`` False)."""
+        if not math.isfinite(value) or value < 0 or not math.isfinite(now):
+            return []
+        tr = self._series.get(key)
+        if tr is None:
+            while len(self._series) >= self.max_series:
+                self._series.popitem(last=False)
+                self.evicted += 1
+            tr = self._series[key] = _Tracked(key, self.config, self.anomaly_config)
+        else:
+            self._series.move_to_end(key)
+        events = tr.detector.sample(now, value, tr.series.expect(now)) if detect else []
+        tr.series.observe(now, value)
+        tr.last = (now, value)
+        tr.seen = now
+        for ev in events:
+            if ev.end is None:
+                self.anomalies.append(ev)
+                self.anomalies_total[ev.kind] = self.anomalies_total.get(ev.kind, 0) + 1
+        return events
+
+    def observe_gossip(self, now: float, views: Iterable[Mapping[str, Any]]) -> list[Anomaly]:
+        """Rates from ``member_views()``: every partition a live node reports,
+        each live node's sum, and each topic's publish msgs/s."""
+        events: list[Anomaly] = []
+        topics: dict[str, float] = {}
+        for node, rates in sorted(rates_by_node(views).items()):
+            total = 0.0
+            for (topic, p), (m, b) in sorted(rates.items()):
+                units = m + b / BYTES_PER_UNIT
+                total += units
+                topics[topic] = topics.get(topic, 0.0) + m
+                events += self.observe(now, partition_key(topic, p), units)
+            # A node's load changes with placement (a leadership move is no
+            # traffic anomaly): forecast it, do not watch it.
+            events += self.observe(now, node_key(node), total, detect=False)
+        for topic, m in sorted(topics.items()):
+            events += self.observe(now, topic_key(topic, "publish"), m)
+        return events
+
+    def observe_counters(self, now: float, kind: str, totals: Mapping[str, float]) -> list[Anomaly]:
+        """Per-topic counters (e.g. messages delivered so far): the rate since
+        the previous call becomes a sample of ``topic_key(topic, kind)``.  A
+        counter that went backwards (a restart) starts again."""
+        events: list[Anomaly] = []
+        for topic, total in sorted(totals.items()):
+            key = topic_key(topic, kind)
+            prev = self._counters.get(key)
+            self._counters[key] = (now, float(total))
+            if prev is None or now <= prev[0] or total < prev[1]:
+                continue
+            events += self.observe(now, key, (total - prev[1]) / (now - prev[0]))
+        if len(self._counters) > 4 * self.max_series:
+            self._counters = {k: v for k, v in self._counters.items() if k in self._series}
+        return events
+
+    # -- reading ---------------------------------------------------------------------
+
+    def keys(self) -> list[Key]:
+        """Every tracked series, least recently observed first."""
+        return list(self._series)
+
+    def last(self, key: Key) -> tuple[float, float] | None:
+        """The last sample of ``key``: (time, value)."""
+        tr = self._series.get(key)
+        return None if tr is None else tr.last
+
+    def forecast(self, key: Key, at: float) -> Band | None:
+        """``key``'s forecast for time ``at``; None when unknown or not warm yet."""
+        tr = self._series.get(key)
+        return None if tr is None else tr.series.forecast(at)
+
+    def predict(self, key: Key, now: float, at: float) -> Band | None:
+        """``key``'s rate at ``at`` as the balancer reads it: the model's
+        predicted *change* from ``now`` to ``at`` added to the last measured
+        rate (anchoring removes the level's lag behind a ramp and keeps the
+        prediction consistent with the present load the balancer sees)."""
+        tr = self._series.get(key)
+        if tr is None or tr.last is None:
+            return None
+        here, there = tr.series.forecast(now), tr.series.forecast(at)
+        if here is None or there is None:
+            return None
+        shift = tr.last[1] - here.point
+        return Band(
+            max(0.0, there.point + shift), max(0.0, there.low + shift), max(0.0, there.high + shift)
+        )
+
+    def partition_forecasts(self, now: float, horizon: float | None = None) -> dict[tuple[str, int], float]:
+        """Every warm partition's predicted load (:meth:`predict`) at its
+        highest over the next ``horizon`` seconds (default :attr:`horizon`),
+        checked once per step -- what :func:`sprawl.cluster.balance.partitions_from`
+        takes."""
+        h = self.horizon if horizon is None else horizon
+        step = self.config.bucket
+        out: dict[tuple[str, int], float] = {}
+        for key in self._series:
+            if key[0] != PARTITION:
+                continue
+            best: float | None = None
+            at = now + min(step, h)
+            while True:
+                b = self.predict(key, now, min(at, now + h))
+                if b is None:
+                    break
+                best = b.point if best is None else max(best, b.point)
+                if at >= now + h:
+                    break
+                at += step
+            if best is not None:
+                out[(str(key[1]), int(key[2]))] = best
+        return out
+
+    def open_anomalies(self) -> list[Anomaly]:
+        """Events still under way."""
+        return [a for a in self.anomalies if a.end is None]
+
+    def memory_bytes(self) -> int:
+        """Bytes the series' state takes (the models; keys and bookkeeping aside)."""
+        return sum(series_bytes(tr.series) for tr in self._series.values())
