@@ -395,8 +395,8 @@ class Balancer:
         roomy = mean * (1 + c.threshold * c.predict_room)
         proomy = pmean * (1 + c.threshold * c.predict_room)
         for src in sorted(phot, key=lambda n: (-pred[n], n)):
-            if src in shed_now or loads[src] > upper:
-                continue  # hot now: the reactive rules own it
+            if src in shed_now:
+                continue  # shed reactively in this decision already
             if self._pstreak[src] < c.persist:
                 d.held.append(f"{src}: predicted hot for {self._pstreak[src]}/{c.persist} decisions")
                 continue

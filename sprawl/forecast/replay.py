@@ -72,7 +72,7 @@ class SimConfig:
     step: float = 5.0
     move_seconds: float = 2.0
     copy_seconds: float = 60.0
-    horizon: float = 180.0
+    horizon: float = 900.0
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     mape_floor: float = 5.0
 
@@ -98,6 +98,8 @@ class Result:
     anomalies: int = 0
     #: (time, move) of every move started.
     log: list[tuple[float, Move]] = field(default_factory=list)
+    #: (time, hot nodes) of every step with a node hot.
+    hot_log: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
 
 def _units(r: tuple[float, float]) -> float:
@@ -141,6 +143,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
         if hot:
             res.hot_seconds += c.step
             res.node_hot_seconds += c.step * len(hot)
+            res.hot_log.append((now, tuple(hot)))
         # what the controller sees: the gossip
         views = []
         for n in nodes:

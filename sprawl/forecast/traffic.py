@@ -89,7 +89,7 @@ class TrafficForecaster:
         *,
         max_series: int = 1024,
         max_anomalies: int = 200,
-        horizon: float = 180.0,
+        horizon: float = 900.0,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -199,29 +199,27 @@ class TrafficForecaster:
             max(0.0, there.point + shift), max(0.0, there.low + shift), max(0.0, there.high + shift)
         )
 
-    def partition_forecasts(self, now: float, horizon: float | None = None) -> dict[tuple[str, int], float]:
+    def partition_forecasts(
+        self, now: float, horizon: float | None = None, points: int = 6
+    ) -> dict[tuple[str, int], float]:
         """Every warm partition's predicted load (:meth:`predict`) at its
         highest over the next ``horizon`` seconds (default :attr:`horizon`),
-        checked once per step -- what :func:`sprawl.cluster.balance.partitions_from`
+        checked at ``points`` evenly spaced times up to the horizon (at most
+        one per step) -- what :func:`sprawl.cluster.balance.partitions_from`
         takes."""
         h = self.horizon if horizon is None else horizon
-        step = self.config.bucket
+        n = max(1, min(points, math.ceil(h / self.config.bucket)))
+        times = [now + h * (i + 1) / n for i in range(n)]
         out: dict[tuple[str, int], float] = {}
-        for key in self._series:
-            if key[0] != PARTITION:
+        for key, tr in self._series.items():
+            if key[0] != PARTITION or tr.last is None:
                 continue
-            best: float | None = None
-            at = now + min(step, h)
-            while True:
-                b = self.predict(key, now, min(at, now + h))
-                if b is None:
-                    break
-                best = b.point if best is None else max(best, b.point)
-                if at >= now + h:
-                    break
-                at += step
-            if best is not None:
-                out[(str(key[1]), int(key[2]))] = best
+            here = tr.series.forecast(now)
+            if here is None:
+                continue
+            shift = tr.last[1] - here.point
+            best = max(b.point for b in map(tr.series.forecast, times) if b is not None)
+            out[(str(key[1]), int(key[2]))] = max(0.0, best + shift)
         return out
 
     def open_anomalies(self) -> list[Anomaly]:

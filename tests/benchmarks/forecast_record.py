@@ -125,7 +125,6 @@ def _drive(urls: list[str], topic: str, rate: Callable[[float], float], t0: floa
             "1",
             "--acks",
             "leader",
-            "--no-progress",
             "--json",
         ]
         subprocess.run(cmd, env=_env(), capture_output=True, timeout=120, check=False)

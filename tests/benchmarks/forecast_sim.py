@@ -1,0 +1,61 @@
+"""Reactive against predictive balancing on the same traces: the table of docs/benchmarks.md.
+
+    python -m tests.benchmarks.forecast_sim [--quick] [--trace FILE]
+
+Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
+table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
+-- ``hourly`` (4 h), ``daily`` (3 days), ``ramp`` and ``surges`` (2 days
+each) -- and the trace recorded from a real 3-node cluster by
+``tests/benchmarks/forecast_record.py`` (``tests/data/forecast_trace.csv``:
+a "day" compressed into 300 s, so the forecaster runs 10 s steps and looks
+60 s ahead there).  ``--quick`` runs the hourly and recorded traces only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sprawl.forecast import traces
+from sprawl.forecast.replay import Result, SimConfig, Trace, compare, table
+
+TRACE = Path(__file__).resolve().parents[1] / "data" / "forecast_trace.csv"
+
+#: How the recorded trace is read and simulated (see the module docstring).
+RECORDED_PERIOD = 300.0
+RECORDED_CONFIG = SimConfig(horizon=60.0)
+
+
+def runs(quick: bool, trace: Path) -> list[tuple[Trace, SimConfig]]:
+    """The traces and the simulation settings each one runs with."""
+    out = [(traces.hourly(), SimConfig())]
+    if not quick:
+        out += [(traces.daily(), SimConfig()), (traces.ramp(), SimConfig()), (traces.surges(), SimConfig())]
+    out.append((traces.recorded(trace, period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="hourly and recorded traces only")
+    ap.add_argument("--trace", type=Path, default=TRACE, help="recorded trace (CSV)")
+    a = ap.parse_args(argv)
+    rows: list[tuple[Result, Result]] = []
+    for tr, cfg in runs(a.quick, a.trace):
+        t0 = time.process_time()
+        rows += compare([tr], cfg)
+        print(f"{tr.name}: {time.process_time() - t0:.0f} s CPU", file=sys.stderr, flush=True)
+        print(
+            "\n".join(line for line in table(rows[-1:], cfg).splitlines() if line.startswith(f"| {tr.name} ")),
+            file=sys.stderr,
+            flush=True,
+        )
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
