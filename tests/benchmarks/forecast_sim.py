@@ -4,7 +4,7 @@
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
--- ``hourly`` (4 h), ``daily`` (3 days), ``ramp`` and ``surges`` (2 days
+-- ``hourly`` (4 h), ``daily``, ``ramp`` and ``surges`` (2 days
 each) -- and the trace recorded from a real 3-node cluster by
 ``tests/benchmarks/forecast_record.py`` (``tests/data/forecast_trace.csv``:
 a "day" compressed into 300 s, so the forecaster runs 10 s steps and looks
@@ -32,7 +32,7 @@ def runs(quick: bool, trace: Path) -> list[tuple[Trace, SimConfig]]:
     """The traces and the simulation settings each one runs with."""
     out = [(traces.hourly(), SimConfig())]
     if not quick:
-        out += [(traces.daily(), SimConfig()), (traces.ramp(), SimConfig()), (traces.surges(), SimConfig())]
+        out += [(traces.daily(days=2.0), SimConfig()), (traces.ramp(), SimConfig()), (traces.surges(), SimConfig())]
     out.append((traces.recorded(trace, period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG))
     return out
 

@@ -1,0 +1,128 @@
+"""The balancer's predictive rules (sprawl.cluster.balance, reason PREDICTED):
+a node predicted hot sheds in a quiet moment before it is hot; without
+forecasts nothing changes; and a hypothesis property that forecasts drawn at
+random every decision cannot make leadership flap."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sprawl.cluster.balance import OVERLOADED, PREDICTED, BalanceConfig, Balancer, PartitionLoad
+
+NODES = ["a", "b", "c"]
+FIVE = ["a", "b", "c", "d", "e"]
+
+
+def part(topic: str, p: int, leader: str, msgs: float, forecast: float | None = None) -> PartitionLoad:
+    return PartitionLoad(topic, p, leader, tuple(FIVE), msgs, 0.0, forecast=forecast)
+
+
+def rising() -> list[PartitionLoad]:
+    """a leads 30 + 88 now (not hot: mean 97.6, bound 122), t/0 forecast to 55:
+    a predicted at 143 over a predicted bound of 130.75; b is cool now and as predicted."""
+    return [
+        part("t", 0, "a", 30, forecast=55),
+        part("t", 1, "a", 88, forecast=88),
+        part("u", 0, "b", 50, forecast=50),
+        *(part("v", i, n, 110, forecast=110) for i, n in enumerate("cde")),
+    ]
+
+
+def decide_n(b: Balancer, parts: list[PartitionLoad], n: int, t0: float = 0.0, nodes: list[str] = FIVE):
+    d = None
+    for i in range(n):
+        d = b.decide(t0 + 10.0 * i, parts, nodes)
+        if d.moves:
+            return i, d
+    return n, d
+
+
+def test_predicted_hot_node_sheds_before_it_is_hot() -> None:
+    """After ``persist`` decisions predicted hot, a quiet partition moves off a with reason PREDICTED."""
+    b = Balancer(BalanceConfig(min_load=100))
+    i, d = decide_n(b, rising(), 5)
+    assert d is not None and i == 2
+    assert not d.nodes["a"].hot  # not hot now
+    (mv,) = d.moves
+    assert mv.reason == PREDICTED and mv.src == "a" and (mv.topic, mv.partition) == ("t", 0)
+    assert b.moves_total == {PREDICTED: 1}
+    assert d.as_dict()["nodes"]["a"]["predicted_hot"] is True
+
+
+def test_without_forecasts_nothing_moves_early() -> None:
+    """The same loads with no forecast: no move (the reactive rules alone)."""
+    b = Balancer(BalanceConfig(min_load=100))
+    parts = [replace(p, forecast=None) for p in rising()]
+    i, d = decide_n(b, parts, 5)
+    assert d is not None and d.moves == [] and "predicted_mean" not in d.as_dict()
+
+
+def test_predict_off_ignores_forecasts() -> None:
+    """``predict=False`` is the reactive balancer whatever the forecasts say."""
+    b = Balancer(BalanceConfig(min_load=100, predict=False))
+    _, d = decide_n(b, rising(), 5)
+    assert d is not None and d.moves == []
+
+
+def test_not_in_a_busy_moment() -> None:
+    """A partition above its own forecast (a peak right now) is not moved early."""
+    parts = rising()
+    parts[0] = part("t", 0, "a", 30, forecast=25)  # falling: quiet later, not now
+    parts[1] = part("t", 1, "a", 88, forecast=118)  # rising, but too big for a cool node now
+    b = Balancer(BalanceConfig(min_load=100))
+    _, d = decide_n(b, parts, 5)
+    assert d is not None and d.moves == []
+    assert any("no quiet partition" in h for h in d.held)
+
+
+def test_hot_now_is_shed_reactively_not_twice() -> None:
+    """A node hot now sheds with reason OVERLOADED; the predictive pass adds nothing on top for it."""
+    parts = [part("t", i, "a", 300, forecast=600) for i in range(3)] + [part("u", 0, "b", 100), part("u", 1, "c", 100)]
+    parts = [replace(p, replicas=tuple(NODES)) for p in parts]
+    b = Balancer(BalanceConfig(min_load=100))
+    _, d = decide_n(b, parts, 5, nodes=NODES)
+    assert d is not None and {m.reason for m in d.moves} == {OVERLOADED}
+
+
+loads = st.floats(min_value=0, max_value=500, allow_nan=False)
+fcs = st.one_of(st.none(), st.floats(min_value=0, max_value=2000, allow_nan=False), st.just(float("inf")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(NODES), loads), min_size=2, max_size=9),
+    st.lists(st.lists(fcs, min_size=9, max_size=9), min_size=60, max_size=60),
+)
+def test_random_forecasts_cannot_make_it_flap(initial: list[tuple[str, float]], forecasts: list[list[float | None]]) -> None:
+    """Steady present loads, forecasts redrawn at random every decision: every
+    move lowers the sum of squared present node loads, so no leader assignment
+    comes back and the moves stop."""
+    leaders = {("t", i): n for i, (n, _) in enumerate(initial)}
+    rate = {("t", i): u for i, (_, u) in enumerate(initial)}
+    b = Balancer(BalanceConfig(min_load=10, cooldown=30.0, persist=1))
+    seen = {tuple(sorted(leaders.items()))}
+    moves = 0
+    for step, fc in enumerate(forecasts):
+        parts = [PartitionLoad(k[0], k[1], leaders[k], tuple(NODES), rate[k], 0.0, forecast=fc[k[1]]) for k in leaders]
+        before = sum(v * v for v in _node_loads(leaders, rate).values())
+        d = b.decide(10.0 * step, parts, NODES)
+        for m in d.moves:
+            leaders[(m.topic, m.partition)] = m.dst
+        moves += len(d.moves)
+        if d.moves:
+            after = sum(v * v for v in _node_loads(leaders, rate).values())
+            assert after < before
+            state = tuple(sorted(leaders.items()))
+            assert state not in seen  # never back to an earlier assignment
+            seen.add(state)
+    assert moves <= 3 * len(initial)
+
+
+def _node_loads(leaders: dict[tuple[str, int], str], rate: dict[tuple[str, int], float]) -> dict[str, float]:
+    out = dict.fromkeys(NODES, 0.0)
+    for k, n in leaders.items():
+        out[n] += rate[k]
+    return out
