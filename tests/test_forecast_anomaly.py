@@ -75,7 +75,9 @@ def views(rates: dict[str, dict[tuple[str, int], float]]) -> list[dict[str, obje
         {
             "id": n,
             "state": "alive",
-            "partition_rates": [{"topic": t, "partition": p, "msgs_s": m, "bytes_s": 0.0} for (t, p), m in r.items()],
+            "partition_rates": [
+                {"topic": t, "partition": p, "msgs_s": m, "bytes_s": 0.0} for (t, p), m in r.items()
+            ],
         }
         for n, r in rates.items()
     ]

@@ -18,7 +18,9 @@ def wave(t: float) -> float:
     return 100.0 + 60.0 * math.sin(2 * math.pi * t / 3600.0)
 
 
-def feed(s: Series, fn, start: float, end: float, step: float = 5.0, noise: float = 0.0, seed: int = 1) -> None:
+def feed(
+    s: Series, fn, start: float, end: float, step: float = 5.0, noise: float = 0.0, seed: int = 1
+) -> None:
     rng = random.Random(seed)
     t = start
     while t < end:
@@ -104,7 +106,14 @@ def test_a_long_gap_restarts_the_level_but_keeps_the_seasons() -> None:
 
 def test_config_is_validated() -> None:
     """Nonsense tuning is refused with a clear error."""
-    for bad in ({"bucket": 0}, {"seasons": (1,)}, {"alpha": 2.0}, {"phi": 0.0}, {"warmup": 0}, {"seasons": (60, 60)}):
+    for bad in (
+        {"bucket": 0},
+        {"seasons": (1,)},
+        {"alpha": 2.0},
+        {"phi": 0.0},
+        {"warmup": 0},
+        {"seasons": (60, 60)},
+    ):
         with pytest.raises(ValueError):
             ForecastConfig(**bad)  # type: ignore[arg-type]
 

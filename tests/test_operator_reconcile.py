@@ -28,7 +28,9 @@ from sprawl.operator.reconcile import (
 SPEC = Spec("sprawl", 3, "img:2")
 
 
-def _obs(n: int = 3, image: str = "img:2", pod_image: str = "img:2", ur: int | None = 0, **nodes: Node) -> Observed:
+def _obs(
+    n: int = 3, image: str = "img:2", pod_image: str = "img:2", ur: int | None = 0, **nodes: Node
+) -> Observed:
     pods = tuple(Pod(i, pod_image, True) for i in range(n))
     all_nodes = {f"sprawl-{i}": Node(2, 6) for i in range(n)}
     all_nodes.update({k.replace("_", "-"): v for k, v in nodes.items()})
@@ -94,10 +96,18 @@ def test_unreachable_cluster_blocks_disruption() -> None:
 def test_observed_cluster_from_the_api_answers() -> None:
     """Leaderships and replicas are counted from the placement; dead members left out."""
     cluster = {
-        "members": [{"id": "a", "state": "alive"}, {"id": "b", "state": "alive"}, {"id": "c", "state": "dead"}],
+        "members": [
+            {"id": "a", "state": "alive"},
+            {"id": "b", "state": "alive"},
+            {"id": "c", "state": "dead"},
+        ],
         "partitions": {"under_replicated": 1},
     }
-    placement = {"topics": {"t": {"0": {"leader": "a", "replicas": ["a", "b"]}, "1": {"leader": "b", "replicas": ["b", "c"]}}}}
+    placement = {
+        "topics": {
+            "t": {"0": {"leader": "a", "replicas": ["a", "b"]}, "1": {"leader": "b", "replicas": ["b", "c"]}}
+        }
+    }
     nodes, ur = observed_cluster(cluster, placement)
     assert nodes == {"a": Node(1, 1), "b": Node(1, 2)} and ur == 1
     assert observed_cluster({"members": []}, {})[1] is None
@@ -108,9 +118,9 @@ obs_st = st.builds(
     Observed,
     st.one_of(st.none(), st.integers(1, 5)),
     st.sampled_from([None, "img:1", "img:2"]),
-    st.lists(st.builds(Pod, st.integers(0, 5), st.sampled_from(["img:1", "img:2"]), st.booleans()), max_size=5).map(
-        tuple
-    ),
+    st.lists(
+        st.builds(Pod, st.integers(0, 5), st.sampled_from(["img:1", "img:2"]), st.booleans()), max_size=5
+    ).map(tuple),
     st.dictionaries(st.sampled_from([f"sprawl-{i}" for i in range(6)]), nodes_st),
     st.one_of(st.none(), st.integers(0, 3)),
 )
@@ -132,7 +142,7 @@ def test_never_disrupts_unsafely(replicas: int, image: str, obs: Observed) -> No
     assert len(disruptive) <= 1
     for a in disruptive:
         assert obs.under_replicated == 0 and obs.pods and all(p.ready for p in obs.pods)
-        ordinal = a.arg if a.kind == DELETE_POD else a.arg
+        ordinal = a.arg  # the pod deleted, or the one a shrink removes (the new count)
         node = obs.nodes.get(f"sprawl-{ordinal}")
         if node is not None:
             assert node.drained and node.leaderships == 0

@@ -49,6 +49,15 @@ PURE = [
     "sprawl.replication.replica",
     "sprawl.replication.failover",
     "sprawl.auth",
+    "sprawl.forecast",
+    "sprawl.forecast.holtwinters",
+    "sprawl.forecast.anomaly",
+    "sprawl.forecast.traffic",
+    "sprawl.forecast.traces",
+    "sprawl.forecast.replay",
+    "sprawl.operator",
+    "sprawl.operator.reconcile",
+    "sprawl.operator.objects",
 ]
 
 _PROBE = """

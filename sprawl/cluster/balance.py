@@ -50,9 +50,11 @@ hot, under every reactive rule plus these:
   and at most its forecast (moving it now costs no more than later);
 * the target is below the mean and stays at or below the bound both now and
   as predicted;
-* the source carries more present load than the target by more than the
-  partition's present load, so the move strictly lowers the sum of squared
-  present node loads;
+* the source carries more present load than the target by at least the
+  partition's present load plus ``min_partition_load``, so the move lowers
+  the sum of squared present node loads by a margin (not by float noise: a
+  move that merely swaps two nodes' loads could swap back after the
+  cooldown);
 * a node that shed reactively in this decision does not also shed on the
   forecast; moves share ``max_moves`` and the cooldown with reactive ones
   and carry the reason :data:`PREDICTED`.
@@ -390,7 +392,7 @@ class Balancer:
         phot = {n for n in nodes if pred[n] > pupper and pred[n] >= c.min_load}
         for n in nodes:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
-        mean, upper = d.mean, d.upper
+        mean = d.mean
         # an early move is optional: its target keeps a margin below the bound
         roomy = mean * (1 + c.threshold * c.predict_room)
         proomy = pmean * (1 + c.threshold * c.predict_room)
@@ -419,7 +421,7 @@ class Balancer:
                     and r in loads
                     and loads[r] < mean
                     and loads[r] + u <= roomy
-                    and loads[src] - loads[r] > u
+                    and loads[src] - loads[r] - u >= c.min_partition_load
                     and pred[r] < pmean
                     and pred[r] + f <= proomy
                 ]
@@ -438,7 +440,9 @@ class Balancer:
             if len(d.moves) > n_before:
                 self._pstreak[src] = 0
             else:
-                d.held.append(f"{src}: predicted hot, no quiet partition a replica can take now and as predicted")
+                d.held.append(
+                    f"{src}: predicted hot, no quiet partition a replica can take now and as predicted"
+                )
         return pred, phot
 
     def _shed(

@@ -30,9 +30,7 @@ DROP = "drop"
 SILENT = "silent"
 
 #: twisted.logger format strings for :meth:`Anomaly.log_fields`.
-LOG_OPEN = (
-    "traffic anomaly: {kind} on {series} at {observed} units/s, expected {expected} ({low}-{high})"
-)
+LOG_OPEN = "traffic anomaly: {kind} on {series} at {observed} units/s, expected {expected} ({low}-{high})"
 LOG_CLOSE = "traffic anomaly over: {kind} on {series} lasted {seconds}s (peak {peak} units/s)"
 
 

@@ -83,7 +83,11 @@ class ForecastConfig:
     max_gap: int = 30
 
     def __post_init__(self) -> None:
-        if self.bucket <= 0 or any(m < 2 for m in self.seasons) or len(set(self.seasons)) != len(self.seasons):
+        if (
+            self.bucket <= 0
+            or any(m < 2 for m in self.seasons)
+            or len(set(self.seasons)) != len(self.seasons)
+        ):
             raise ValueError("need bucket > 0 and distinct season lengths >= 2")
         for name in ("alpha", "beta", "gamma", "error_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -115,8 +119,8 @@ class Series:
     """The model of one series (see the module docstring)."""
 
     __slots__ = (
-        "_n",
         "_base_weight",
+        "_n",
         "_sum",
         "base",
         "config",
@@ -272,7 +276,11 @@ class Series:
         err = y - pred
         lim = c.clip * self._sigma(self.var) if self.steps_seen >= c.warmup else math.inf
         e = max(-lim, min(lim, err))
-        w = c.error_weight if self.steps_seen >= c.warmup else max(c.error_weight, 1.0 / (self.steps_seen + 1))
+        w = (
+            c.error_weight
+            if self.steps_seen >= c.warmup
+            else max(c.error_weight, 1.0 / (self.steps_seen + 1))
+        )
         self.var = (1 - w) * self.var + w * e * e
         self.level += c.phi * self.trend + c.alpha * e
         self.trend = c.phi * self.trend + c.beta * e

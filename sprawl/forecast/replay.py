@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
 from sprawl.forecast.holtwinters import ForecastConfig
@@ -104,6 +105,11 @@ class Result:
 
 def _units(r: tuple[float, float]) -> float:
     return r[0] + r[1] / BYTES_PER_UNIT
+
+
+def _recent(moved: dict[PartKey, float], now: float, key: PartKey) -> bool:
+    """Whether ``key`` got a new replica in the last 10 minutes (the controller's rule)."""
+    return now - moved.get(key, -math.inf) < 600.0
 
 
 def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) -> Result:
@@ -187,7 +193,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             parts,
             nodes,
             bytes_per_unit=bal.bytes_per_unit,
-            recently_moved=lambda k: now - replica_moved.get(k, -math.inf) < 600.0,
+            recently_moved=partial(_recent, replica_moved, now),
         )
         if rm is not None:
             k = (rm.topic, rm.partition)
@@ -210,9 +216,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     return res
 
 
-def compare(
-    traces: Sequence[Trace], config: SimConfig | None = None
-) -> list[tuple[Result, Result]]:
+def compare(traces: Sequence[Trace], config: SimConfig | None = None) -> list[tuple[Result, Result]]:
     """(reactive, predictive) for every trace."""
     return [(simulate(t, False, config), simulate(t, True, config)) for t in traces]
 

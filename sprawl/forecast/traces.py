@@ -41,7 +41,9 @@ PER_ZONE = 8
 def _replicas(keys: list[PartKey], leaders: list[int]) -> dict[PartKey, tuple[str, ...]]:
     """Three consecutive nodes from each partition's first leader."""
     n = len(NODES)
-    return {k: tuple(NODES[(first + j) % n] for j in range(3)) for k, first in zip(keys, leaders, strict=True)}
+    return {
+        k: tuple(NODES[(first + j) % n] for j in range(3)) for k, first in zip(keys, leaders, strict=True)
+    }
 
 
 def _noise(seed: int, t: float, keys: Iterable[PartKey], sd: float) -> dict[PartKey, float]:
@@ -86,12 +88,18 @@ def daily(seed: int = 1, days: float = 3.0) -> Trace:
 def hourly(seed: int = 1, hours: float = 4.0) -> Trace:
     """The daily trace's shape with a one-hour period."""
     t = _zones(HOUR, seed, hours, "hourly")
-    return Trace(t.name, t.nodes, t.replicas, t.seconds, t.rates, ForecastConfig(bucket=60.0, seasons=(HOURLY,)))
+    return Trace(
+        t.name, t.nodes, t.replicas, t.seconds, t.rates, ForecastConfig(bucket=60.0, seasons=(HOURLY,))
+    )
 
 
 def ramp(seed: int = 2, days: float = 2.0, start: float = 30 * HOUR, length: float = 2 * HOUR) -> Trace:
     """Steady partitions, a daily cycle, and a launch that ramps up."""
-    keys = [("steady", p) for p in range(6)] + [("cycle", p) for p in range(3)] + [("launch", p) for p in range(3)]
+    keys = (
+        [("steady", p) for p in range(6)]
+        + [("cycle", p) for p in range(3)]
+        + [("launch", p) for p in range(3)]
+    )
     leaders = [p % 4 for p in range(6)] + [1, 2, 3] + [0, 0, 0]
 
     def rates(t: float) -> dict[PartKey, tuple[float, float]]:
@@ -148,7 +156,9 @@ def recorded(path: str | Path, *, period: float = 600.0, bucket: float = 10.0) -
             rows.setdefault(k, []).append((t, float(row["msgs_s"]), float(row["bytes_s"])))
             first.setdefault(k, row["leader"])
     nodes = tuple(sorted(set(first.values()) | {"node1", "node2", "node3"}))
-    replicas = {k: (ld, nodes[(nodes.index(ld) + 1) % len(nodes)]) for k, ld in first.items()}
+    replicas: dict[PartKey, tuple[str, ...]] = {
+        k: (ld, nodes[(nodes.index(ld) + 1) % len(nodes)]) for k, ld in first.items()
+    }
     times = {k: [r[0] for r in v] for k, v in rows.items()}
     end = max(r[-1][0] for r in rows.values())
 

@@ -195,9 +195,7 @@ class TrafficForecaster:
         if here is None or there is None:
             return None
         shift = tr.last[1] - here.point
-        return Band(
-            max(0.0, there.point + shift), max(0.0, there.low + shift), max(0.0, there.high + shift)
-        )
+        return Band(max(0.0, there.point + shift), max(0.0, there.low + shift), max(0.0, there.high + shift))
 
     def partition_forecasts(
         self, now: float, horizon: float | None = None, points: int = 6

@@ -134,7 +134,7 @@ def record(seconds: float, cycle: float, out: Path) -> int:
     """Run the cluster, the load and the sampler; write the CSV; return the rows written."""
     with tempfile.TemporaryDirectory(prefix="sprawl-trace-") as tmp:
         base = Path(tmp)
-        log = open(base / "cluster.out", "wb")  # noqa: SIM115 - closed below
+        log = open(base / "cluster.out", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "sprawl.localcluster", "3", "--ports-auto", "--data-dir", str(base)],
             env=_env(),

@@ -32,7 +32,11 @@ def runs(quick: bool, trace: Path) -> list[tuple[Trace, SimConfig]]:
     """The traces and the simulation settings each one runs with."""
     out = [(traces.hourly(), SimConfig())]
     if not quick:
-        out += [(traces.daily(days=2.0), SimConfig()), (traces.ramp(), SimConfig()), (traces.surges(), SimConfig())]
+        out += [
+            (traces.daily(days=2.0), SimConfig()),
+            (traces.ramp(), SimConfig()),
+            (traces.surges(), SimConfig()),
+        ]
     out.append((traces.recorded(trace, period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG))
     return out
 
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += compare([tr], cfg)
         print(f"{tr.name}: {time.process_time() - t0:.0f} s CPU", file=sys.stderr, flush=True)
         print(
-            "\n".join(line for line in table(rows[-1:], cfg).splitlines() if line.startswith(f"| {tr.name} ")),
+            "\n".join(
+                line for line in table(rows[-1:], cfg).splitlines() if line.startswith(f"| {tr.name} ")
+            ),
             file=sys.stderr,
             flush=True,
         )
