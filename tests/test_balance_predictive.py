@@ -134,3 +134,16 @@ def _node_loads(leaders: dict[tuple[str, int], str], rate: dict[tuple[str, int],
     for k, n in leaders.items():
         out[n] += rate[k]
     return out
+
+
+def test_a_moved_partition_waits_predict_cooldown_before_moving_on_a_forecast() -> None:
+    """Once moved, t/0 does not move again on a forecast for ``predict_cooldown``
+    seconds, though the ordinary cooldown has passed; after it, it may."""
+    b = Balancer(BalanceConfig(min_load=100, cooldown=300.0, predict_cooldown=3600.0))
+    _, d = decide_n(b, rising(), 5)
+    assert d is not None and d.moves
+    # the same situation again later (say the leadership came back by a failover)
+    _, d = decide_n(b, rising(), 5, t0=1000.0)
+    assert d is not None and d.moves == []
+    _, d = decide_n(b, rising(), 5, t0=5000.0)
+    assert d is not None and [m.reason for m in d.moves] == [PREDICTED]

@@ -56,7 +56,8 @@ hot, under every reactive rule plus these:
   move that merely swaps two nodes' loads could swap back after the
   cooldown);
 * a node that shed reactively in this decision does not also shed on the
-  forecast; moves share ``max_moves`` and the cooldown with reactive ones
+  forecast, and a partition moved (for any reason) within
+  ``predict_cooldown`` does not move on a forecast; moves share ``max_moves`` and the cooldown with reactive ones
   and carry the reason :data:`PREDICTED`.
 
 Why a wrong forecast cannot make it flap: every move, reactive or predictive,
@@ -132,6 +133,9 @@ class BalanceConfig:
     #: A move made on a forecast keeps its target below ``mean * (1 +
     #: threshold * predict_room)``, now and as predicted (1: up to the bound).
     predict_room: float = 0.5
+    #: Seconds after any move of a partition before it may move again on a
+    #: forecast (a forecast is a weaker reason to move than a hot node).
+    predict_cooldown: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -265,6 +269,8 @@ class Balancer:
         self.config = config or BalanceConfig()
         self._streak: dict[str, int] = {}
         self._pstreak: dict[str, int] = {}
+        #: key -> time of its last move (kept ``predict_cooldown``).
+        self._last_move: dict[tuple[str, int], float] = {}
         #: key -> (time moved, load moved with it).
         self._moved: dict[tuple[str, int], tuple[float, float]] = {}
         #: The last decision (None before the first).
@@ -315,6 +321,7 @@ class Balancer:
         mean = sum(loads.values()) / len(nodes) if nodes else 0.0
         upper = mean * (1 + c.threshold)
         self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
+        self._last_move = {k: t for k, t in self._last_move.items() if now - t < c.predict_cooldown}
         for streaks in (self._streak, self._pstreak):
             for n in list(streaks):
                 if n not in loads:
@@ -410,7 +417,7 @@ class Balancer:
                 if budget <= 0 or pred[src] <= pupper:
                     break
                 u, f = pload[p.key], fc[p.key]
-                if not p.movable or p.key in self._moved or p.key in moved:
+                if not p.movable or p.key in self._last_move or p.key in moved:
                     continue
                 if u <= 0 or u < c.min_partition_load or u > f:
                     continue  # not a quiet moment for it
@@ -433,6 +440,7 @@ class Balancer:
                 pred[src] -= f
                 pred[dst] += f
                 self._moved[p.key] = (now, u)
+                self._last_move[p.key] = now
                 mv = Move(p.topic, p.partition, src, dst, PREDICTED)
                 d.moves.append(mv)
                 budget -= 1
@@ -483,6 +491,7 @@ class Balancer:
             loads[src] -= units
             loads[dst] += units
             self._moved[p.key] = (now, units)
+            self._last_move[p.key] = now
             mv = Move(p.topic, p.partition, src, dst, OVERLOADED)
             out.append(mv)
             d.moves.append(mv)
