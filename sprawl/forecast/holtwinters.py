@@ -189,29 +189,26 @@ class Series:
     def _sigma(self, var: float) -> float:
         return max(math.sqrt(var), self.config.noise_floor)
 
-    def forecast(self, t: float) -> Band | None:
-        """The forecast for time ``t`` (at or after the last sample), or None
-        before ``warmup`` steps were seen."""
+    def _band(self, t: float, var: float) -> Band | None:
+        """The forecast for ``t`` with an interval from the variance ``var``."""
         if not self.ready or self.step is None:
             return None
         c = self.config
         last = self.step - 1 if self._n else self.step
         h = max(1, math.floor(t / c.bucket) - last)
         point = self._point(h)
-        half = c.z * self._sigma(self.var) * self._spread(h)
+        half = c.z * self._sigma(var) * self._spread(h)
         return Band(max(0.0, point), max(0.0, point - half), max(0.0, point + half))
+
+    def forecast(self, t: float) -> Band | None:
+        """The forecast for time ``t`` (at or after the last sample), or None
+        before ``warmup`` steps were seen."""
+        return self._band(t, self.var)
 
     def expect(self, t: float) -> Band | None:
         """What a single *sample* at ``t`` should be: the forecast of its step
         with the samples' deviation (for anomaly detection)."""
-        if not self.ready or self.step is None:
-            return None
-        c = self.config
-        last = self.step - 1 if self._n else self.step
-        h = max(1, math.floor(t / c.bucket) - last)
-        point = self._point(h)
-        half = c.z * self._sigma(self.sample_var) * self._spread(h)
-        return Band(max(0.0, point), max(0.0, point - half), max(0.0, point + half))
+        return self._band(t, self.sample_var)
 
     # -- learning ----------------------------------------------------------------
 
