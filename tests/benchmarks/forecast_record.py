@@ -23,6 +23,9 @@ The schedule compresses a day into ``--cycle`` seconds (600 by default):
 The rates in the file are what the cluster measured and gossiped, not the
 schedule: bench start-up gaps, batching and the gossip's 20% change rule are
 in them.  ``tests/benchmarks/forecast_sim.py --trace`` replays the file.
+
+``tests/data/forecast_trace.csv`` was recorded with ``--seconds 900
+--cycle 300`` (2026-12-05, 15 minutes, 1,781 rows, 56 KB).
 """
 
 from __future__ import annotations
