@@ -1,6 +1,6 @@
 """Record a real per-partition publish-rate trace from a local Sprawl cluster.
 
-    python -m tests.benchmarks.forecast_record --seconds 2400 -o tests/data/forecast_trace.csv
+    PYTHONPATH=tests python -m benchmarks.forecast_record --seconds 2400 -o tests/data/forecast_trace.csv
 
 Starts a 3-node cluster on 127.0.0.1 (``python -m sprawl.localcluster
 --ports-auto`` in a temporary directory), creates four topics, and drives
@@ -22,7 +22,7 @@ The schedule compresses a day into ``--cycle`` seconds (600 by default):
 
 The rates in the file are what the cluster measured and gossiped, not the
 schedule: bench start-up gaps, batching and the gossip's 20% change rule are
-in them.  ``tests/benchmarks/forecast_sim.py --trace`` replays the file.
+in them.  ``PYTHONPATH=tests python -m benchmarks.forecast_sim --trace FILE`` replays the file.
 
 ``tests/data/forecast_trace.csv`` was recorded with ``--seconds 900
 --cycle 300`` (2026-12-05, 15 minutes, 1,781 rows, 56 KB).

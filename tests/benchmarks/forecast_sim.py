@@ -1,6 +1,6 @@
 """Reactive against predictive balancing on the same traces: the table of docs/benchmarks.md.
 
-    python -m tests.benchmarks.forecast_sim [--quick] [--trace FILE]
+    PYTHONPATH=tests python -m benchmarks.forecast_sim [--quick] [--trace FILE]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
