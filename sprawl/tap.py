@@ -454,10 +454,10 @@ class NodeService(service.Service):
         d.addErrback(failed)
 
     async def _start(self) -> None:
-        from sprawl.broker import Broker
         from sprawl.http.api import NodeInfo, SprawlAPI
         from sprawl.http.server import make_site
         from sprawl.metrics import NodeMetrics
+        from sprawl.pubsub import Broker
         from sprawl.storage.lmdb import LmdbStore
 
         c = self.config

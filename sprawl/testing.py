@@ -147,7 +147,7 @@ class FakeBroker:
         """Record ``records``; a fired Deferred of a publish result (offsets from 0, in LMDB)."""
         from twisted.internet.defer import succeed
 
-        from sprawl.broker import PublishResult
+        from sprawl.pubsub import PublishResult
 
         self.published.append(records)
         n = len(records)

@@ -15,10 +15,10 @@ from twisted.internet.defer import DeferredList, DeferredQueue
 from twisted.internet.task import Clock
 
 from harness import the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import BadRequest, InsufficientStorage, Unavailable
 from sprawl.log.record import Record
+from sprawl.pubsub import Broker
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.topics import Topic

@@ -25,12 +25,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
 from harness import bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.http import dashboard
 from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.http.server import make_site
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub import Broker
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import FakeRequest
 

@@ -32,11 +32,11 @@ from twisted.logger import formatEvent
 from twisted.web.resource import Resource
 
 from harness import WAIT, bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub import Broker
 from sprawl.storage.lmdb import LmdbStore
 
 BASE = "http://sprawl.test"

@@ -26,7 +26,6 @@ from twisted.logger import formatEvent
 
 from harness import bounded
 from sprawl.auth import Authenticator, TokenTable
-from sprawl.broker import check_group_name, check_topic_name
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.config import ConfigError
 from sprawl.delivery.groups import ConsumerGroup, GroupConfig
@@ -42,6 +41,7 @@ from sprawl.log.record import (
     pack_record,
     take_bytes,
 )
+from sprawl.pubsub import check_group_name, check_topic_name
 from sprawl.testing import FakeRPC
 from test_http_api import Node, assert_error
 
@@ -758,8 +758,8 @@ def _validation_broker() -> Any:
     """A broker for validation only (no store opened: the validators touch none)."""
     from twisted.internet import task
 
-    from sprawl.broker import Broker
     from sprawl.config import NodeConfig
+    from sprawl.pubsub import Broker
 
     return Broker(NodeConfig().validate(), SimpleNamespace(), task.Clock(), "v")  # type: ignore[arg-type]
 

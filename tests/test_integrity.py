@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from twisted.internet import defer, task
 
 from harness import bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import CorruptData
 from sprawl.log.damage import DamagedRange, DamageMap, subtract
 from sprawl.log.record import Record
+from sprawl.pubsub import Broker
 from sprawl.storage import keys
 from sprawl.storage.integrity import replace_range
 from sprawl.storage.lmdb import LmdbStore

@@ -17,12 +17,12 @@ import pytest_twisted
 from twisted.internet import defer
 
 from harness import the_reactor
-from sprawl.broker import Broker
 from sprawl.cluster.control import ClusterControl
 from sprawl.cluster.local import LocalControl
 from sprawl.config import NodeConfig
 from sprawl.errors import BadRequest, Conflict, NotFound
 from sprawl.peer.tcp import PeerChannel
+from sprawl.pubsub import Broker
 from sprawl.storage.lmdb import LmdbStore
 
 

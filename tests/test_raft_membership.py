@@ -21,12 +21,12 @@ import pytest
 import pytest_twisted
 
 from harness import the_reactor, until
-from sprawl.broker import Broker
 from sprawl.cluster.control import _CLUSTER, ClusterControl, message_flaw
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.placement import raft_id_of
 from sprawl.config import NodeConfig
 from sprawl.peer.tcp import PeerChannel
+from sprawl.pubsub import Broker
 from sprawl.raft.messages import (
     ConfChange,
     ConfChangeType,

@@ -22,11 +22,11 @@ import pytest_twisted
 from twisted.internet import task
 
 from harness import WAIT, bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import Overloaded
 from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
+from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Append
 from sprawl.replication.replica import LEADER

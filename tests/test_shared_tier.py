@@ -26,7 +26,6 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
 from harness import WAIT, bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.shared_tier import ClusterRemoteLog
 from sprawl.config import NodeConfig
@@ -34,6 +33,7 @@ from sprawl.errors import SprawlError, Unavailable
 from sprawl.log.manifest import parse_key
 from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
+from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.replica import LEADER
 from sprawl.replication.service import ReplicationService

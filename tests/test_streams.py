@@ -34,13 +34,13 @@ from twisted.logger import formatEvent
 from twisted.web.client import HTTPConnectionPool
 
 from harness import WAIT, bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.http.api import NodeInfo, SprawlAPI, parse_message
 from sprawl.http.server import make_site
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub import Broker
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import FakeRequest
 

@@ -16,10 +16,10 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from harness import bounded, the_reactor
-from sprawl.broker import Broker
 from sprawl.config import NodeConfig
 from sprawl.errors import CorruptData, InsufficientStorage
 from sprawl.log.record import Record
+from sprawl.pubsub import Broker
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.tiering import S3Tier, TierReadError

@@ -39,7 +39,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.broker import PublishResult
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
 from sprawl.cluster.placement import raft_id_of
 from sprawl.cluster.placement import replicas as rendezvous
@@ -49,6 +48,7 @@ from sprawl.gossip.load import rates_by_node
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
 from sprawl.peer.rpc import PeerRPC
+from sprawl.pubsub import PublishResult
 from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.messages import Assign, Fence, Handoff
 from sprawl.replication.replica import NotLeader

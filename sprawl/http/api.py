@@ -25,13 +25,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from sprawl import __version__
-from sprawl.broker import ACKS, Broker, PublishResult, check_group_name, check_topic_name
 from sprawl.cluster.local import LocalControl
 from sprawl.delivery.streams import SSEStream, StreamRegistry, deliverable
 from sprawl.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, SprawlError, Unavailable
 from sprawl.http import dashboard as dashboard_ui
 from sprawl.http.origin import ALLOWED_METHODS, PREFLIGHT_MAX_AGE, UNSAFE_METHODS, OriginPolicy
 from sprawl.log.record import DEFAULT_READ_BYTES, MAX_READ_BYTES, Record
+from sprawl.pubsub import ACKS, Broker, PublishResult, check_group_name, check_topic_name
 from sprawl.topics import Topic
 
 log = Logger()
@@ -1390,7 +1390,7 @@ class SprawlAPI:
             gid = "sub-" + uuid.uuid4().hex[:12]
         if not isinstance(gid, str):
             raise BadRequest("id must be a string", code="invalid_field")
-        from sprawl.broker import check_topic_name
+        from sprawl.pubsub import check_topic_name
 
         check_group_name(gid)
         for name in topics:

@@ -42,10 +42,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprawl.broker import ACKS
 from sprawl.delivery.streams import SlowClientClock, SSEStream, StreamRegistry, batch
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
+from sprawl.pubsub import ACKS
 
 log = Logger()
 
