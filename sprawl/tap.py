@@ -458,6 +458,7 @@ class NodeService(service.Service):
         from sprawl.http.server import make_site
         from sprawl.metrics import NodeMetrics
         from sprawl.pubsub import Broker
+        from sprawl.pubsub.links import ClusterLinks
         from sprawl.storage.lmdb import LmdbStore
 
         c = self.config
@@ -466,18 +467,20 @@ class NodeService(service.Service):
         if c.cluster_ca:
             check_node_certificate(c, node_id)
         map_size = max(c.disk_budget * 2, (c.disk_hard_limit or 0) * 4 // 3, 1 << 30)
-        self.store = LmdbStore(os.path.join(c.data_dir, "lmdb"), reactor=self.reactor, map_size=map_size)
-        self.store.open()
         metrics = NodeMetrics()
-        self.store.on_commit = metrics.committed
-        self.broker = Broker(c, self.store, self.reactor, node_id, metrics)
-        if c.s3_endpoint and c.s3_bucket:
-            self.broker.tier = self._make_tier(metrics)
-            self.broker.tier.on_damage = self.broker.integrity.note
+        self.store = LmdbStore(
+            os.path.join(c.data_dir, "lmdb"),
+            reactor=self.reactor,
+            map_size=map_size,
+            on_commit=metrics.committed,
+        )
+        self.store.open()
+        tier = self._make_tier(metrics) if c.s3_endpoint and c.s3_bucket else None
         # The partitions' shared remote-segment lists live in the Raft
         # metadata: nothing moves to (or is trimmed from) S3 until the data
         # plane is up and says which partitions this node leads.
-        self.broker.remote_log = None
+        links = ClusterLinks(remote_log=None)
+        self.broker = Broker(c, self.store, self.reactor, node_id, metrics, tier=tier, links=links)
         self.broker.recover()
         self.broker.start()
         from sprawl.storage.scrub import Scrubber
@@ -539,7 +542,7 @@ class NodeService(service.Service):
             force_new_cluster=c.force_new_cluster,
         )
         await self.control.start()
-        self.broker.topic_creator = self.control.ensure_topic
+        links.bind(creator=self.control)
         from sprawl.cluster.dataplane import DataPlane
         from sprawl.peer.rpc import PeerRPC
 
@@ -549,12 +552,12 @@ class NodeService(service.Service):
             node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
         )
         self.control.on_topic_changed = self.plane.sync_topic
-        self.broker.publisher = self.plane.publish
+        links.bind(publisher=self.plane, group_owner=self.plane.groups)
         metrics.balancer = self.plane.balancer
         metrics.plane = self.plane
         from sprawl.cluster.shared_tier import ClusterRemoteLog
 
-        self.broker.remote_log = ClusterRemoteLog(self.control, self.plane)
+        links.bind_remote_log(ClusterRemoteLog(self.control, self.plane))
         self.plane.start()
         metrics.raft = self.control
         self.control.on_proposal_latency = metrics.raft_proposal_duration.observe

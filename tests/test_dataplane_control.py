@@ -23,7 +23,7 @@ def _plane(live: list[str]) -> tuple[DataPlane, task.Clock]:
     for i, n in enumerate(["a", "b", "c", "d"]):
         meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
     control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=True)
-    broker = SimpleNamespace(topics={}, group_partitions=None, _ids=None, notify=lambda t, p: None)
+    broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
     plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), FakeRPC(), clock)  # type: ignore[arg-type]
     return plane, clock
 

@@ -374,7 +374,6 @@ async def test_cluster_group_pull_keeps_the_byte_budget_across_owners(
     assert back[2]["ack_ids"] == ["1-0-1", "1-1-1", "1-2-1"]
     # The RPC's own answer (as the owner) is capped whatever the caller asks.
     monkeypatch.setattr(gr, "BATCH_BYTES", 150_000)
-    node.broker.group_partitions = None
     g = node.broker.get_group(t, "w")
     for dv, _ in got:
         g.give_back(dv.ack_id, node.broker.now_ms())

@@ -383,7 +383,7 @@ def test_a_damaged_follower_is_not_in_sync_at_its_leader() -> None:
     clock = task.Clock()
     meta = Metadata()
     control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=False)
-    broker = SimpleNamespace(topics={}, group_partitions=None, _ids=None, notify=lambda t, p: None)
+    broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
     rpc = FakeRPC()
     plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), rpc, clock)  # type: ignore[arg-type]
     core = SimpleNamespace(

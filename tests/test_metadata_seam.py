@@ -50,7 +50,7 @@ class Side:
         if isinstance(self.control, ClusterControl):
             await self.control.start()
             await self.control.leader_known()
-            self.broker.topic_creator = self.control.ensure_topic
+            self.broker.links.bind(creator=self.control)
 
     async def close(self) -> None:
         if isinstance(self.control, ClusterControl):

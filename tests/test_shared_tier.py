@@ -122,16 +122,17 @@ class Node:
             self.store = LmdbStore(str(path / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
             self.store.open()
             config = NodeConfig(data_dir=str(path), disk_to_s3_age=0.0)
-            self.broker = Broker(config, self.store, clock, nid)
             self.tier = S3Tier(s3, self.store, clock, budget=config.disk_budget, age_ms=0, **tier)  # type: ignore[arg-type]
-            self.broker.tier = self.tier
+            self.broker = Broker(config, self.store, clock, nid, tier=self.tier)
             self.broker.recover()
         self.channel = PeerChannel(nid, reactor, random.Random(1), backoff_base=0.01, backoff_max=0.05)
         self.port = reactor.listenTCP(0, self.channel.server_factory(), interface="127.0.0.1")
         self.service = ReplicationService(nid, self.channel, reactor, tick_seconds=0.02)
         self.control = Control(nid, log, self.broker)
         if self.broker is not None:
-            self.broker.remote_log = ClusterRemoteLog(self.control, Plane(nid, self.control, self.service))
+            self.broker.links.bind_remote_log(
+                ClusterRemoteLog(self.control, Plane(nid, self.control, self.service))
+            )
         self.alive = True
 
     async def join(self, cluster: dict[str, Node], replica: bool = True) -> None:

@@ -375,7 +375,7 @@ async def test_ten_concurrent_subscribers_all_get_every_message(server: Server) 
         await bounded(gone)
         assert c.stream.closed
     assert server.api.streams.count() == 5
-    assert len(server.broker._watchers[("fan", 0)]) == 5
+    assert server.broker.watchers.count("fan", 0) == 5
     await server.publish("fan", ["after"])
     await bounded(gatherResults([c.wait_messages(31) for c in clients[5:]]))
     assert all(c.messages[-1]["data"]["payload"] == "after" for c in clients[5:])

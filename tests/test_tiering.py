@@ -36,7 +36,6 @@ class Node:
         self.store = LmdbStore(str(path / "lmdb"), reactor=the_reactor(), map_size=256 * 1024**2)
         self.store.open()
         self.config = NodeConfig(data_dir=str(path), **cfg)
-        self.broker = Broker(self.config, self.store, clock, "node-1")
         self.tier = S3Tier(
             s3,  # type: ignore[arg-type]
             self.store,
@@ -45,7 +44,7 @@ class Node:
             age_ms=int(self.config.disk_to_s3_age * 1000),
             chunk_bytes=chunk_bytes,
         )
-        self.broker.tier = self.tier
+        self.broker = Broker(self.config, self.store, clock, "node-1", tier=self.tier)
         self.broker.recover()
 
     async def close(self) -> None:
@@ -405,7 +404,7 @@ async def test_a_replica_deletes_its_own_old_objects_once_the_shared_list_covers
         shared.append(replace(o, key=key, index_key=idx, epoch=3))
     await n.close()
     n, t, legacy = await upgraded(make, s3)
-    n.broker.remote_log = None  # a follower: nothing moves, nothing is adopted
+    n.broker.links.bind_remote_log(None)  # a follower: nothing moves, nothing is adopted
     part = RemoteState(0, tuple(shared[:-1]))
     await bounded(n.broker.follow_remote(t, 0, part))
     assert [s.remote for s in t.logs[0].segments if s.remote is not None] == legacy, (

@@ -292,7 +292,7 @@ class DataPlane:
         lg.replicated = False
         if lg.stored_end > lg.high_watermark:
             lg.high_watermark = lg.stored_end
-            self.broker._notify(t.name, lg.partition)
+            self.broker.notify(t.name, lg.partition)
         d = self.broker.store.write([("d", "meta", keys.replica_state_key(t.config.uid, lg.partition))])
         d.addErrback(lambda f: log.warn("forgetting a replica state failed: {err}", err=str(f.value)))
 
@@ -650,14 +650,13 @@ class DataPlane:
         if all(self.is_local(name, p) for p in range(n)):
             return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
         self.broker.check_message_sizes(records, topic.config.max_message_bytes)
-        ids = self.broker._ids
         named: set[str] = set()
         for r in records:
             if r.id is None:
                 # Named here, before the first attempt: a publish retried
                 # through a failover carries the same id, and the partition's
                 # (new) leader answers it with the first copy's offset.
-                r.id = ids.next()
+                r.id = self.broker.new_message_id()
                 named.add(r.id)
         groups: dict[int, list[int]] = {}
         if all(r.key is None for r in records):

@@ -54,7 +54,6 @@ class GroupRoutes:
         self.checkpoints_written = 0
         self.checkpoints_adopted = 0
         self.given_back = 0
-        self.broker.group_partitions = self.owned
         self.rpc.register("group_pull", self._rpc_pull)
         self.rpc.register("group_settle", self._rpc_settle)
         self.rpc.register("group_describe", self._rpc_describe)
@@ -204,7 +203,7 @@ class GroupRoutes:
                 size += n
             if keep < len(got):
                 g.unlease([dv for dv, _r in got[keep:]], self.broker.now_ms())
-                self.broker._dirty_groups.add((t.name, g.name))
+                self.broker.mark_group_dirty(t.name, g.name)
             return _pack_deliveries(got[:keep])
 
         return d.addCallback(bounded)
@@ -387,7 +386,7 @@ class GroupRoutes:
                 g = topic.groups.get(gname)
                 if g is not None and isinstance(committed, int):
                     g.adopt(partition, committed)
-                    self.broker._dirty_groups.add((topic.name, gname))
+                    self.broker.mark_group_dirty(topic.name, gname)
             self.checkpoints_adopted += 1
 
 

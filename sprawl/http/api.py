@@ -630,7 +630,7 @@ class SprawlAPI:
                 starts = nexts  # only control records: look again from past them
             if not recs and self.clock.seconds() < deadline and self.broker.topics.get(topic) is t:
                 remaining = deadline - self.clock.seconds()
-                wait = self.broker._wait_any(t, remaining)
+                wait = self.broker.wait_any(t, remaining)
                 request.notifyFinish().addErrback(lambda _: wait.cancel())
                 return wait.addCallback(lambda _: read(starts))
             hw = {p: t.logs[p].high_watermark for p in parts}

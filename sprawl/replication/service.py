@@ -176,7 +176,7 @@ class PartitionReplication:
             r.partition = self.partition
             r.timestamp = now
             if r.id is None:
-                r.id = self.broker._ids.next()
+                r.id = self.broker.new_message_id()
         last = first + len(records) - 1
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append((last, d))
@@ -485,7 +485,7 @@ class PartitionReplication:
         of the outputs whose writes are made; capped at what is durable
         here) and answer the publishes it covers."""
         if self.log.advance_high_watermark(core_hw):
-            self.broker._notify(self.topic.name, self.partition)
+            self.broker.notify(self.topic.name, self.partition)
         hw = self.log.high_watermark
         if self._waiters:
             keep, done, lost = [], [], []

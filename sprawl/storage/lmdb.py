@@ -54,7 +54,14 @@ class StorageFull(Exception):
 class LmdbStore:
     """The durable tier of one node."""
 
-    def __init__(self, path: str, *, reactor: Any, map_size: int = 64 * 1024**3):
+    def __init__(
+        self,
+        path: str,
+        *,
+        reactor: Any,
+        map_size: int = 64 * 1024**3,
+        on_commit: Callable[[float, int], None] | None = None,
+    ):
         self.path = path
         self.reactor = reactor
         self.map_size = map_size
@@ -73,7 +80,7 @@ class LmdbStore:
         self.committed_ops = 0
         self.last_commit_seconds = 0.0
         #: Called with (seconds, ops) after each commit (metrics hook).
-        self.on_commit: Callable[[float, int], None] | None = None
+        self.on_commit = on_commit
         self.used_bytes = 0
         self.failed: Exception | None = None
         #: (topic uid, partition) → the offset below which records may lack a checksum.

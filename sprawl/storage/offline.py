@@ -137,7 +137,7 @@ def _partition(
     unchecked: dict[tuple[int, int], int] | None,
     s3: Any,
 ) -> None:
-    """One partition, rebuilt as :meth:`sprawl.pubsub.broker.Broker._recover_partition` does."""
+    """One partition, rebuilt as :meth:`sprawl.pubsub.catalog.Catalog._recover_partition` does."""
     # Before the first open by a version with checksums, every record is unchecked.
     below = (unchecked or {}).get((uid, p), 0) if unchecked is not None else 1 << 62
     last = last_sound_offset(env, dbs["records"], uid, p, below)

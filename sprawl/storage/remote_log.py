@@ -9,7 +9,7 @@ broker's retention trims it; both go through a :class:`RemoteLog`:
   list, in its epoch (followers never upload, never trim);
 * :meth:`RemoteLog.add` / :meth:`RemoteLog.trim` fire once the change is
   committed *and* this node's log follows it (its local copies of the
-  covered records are gone; see :meth:`sprawl.pubsub.broker.Broker.follow_remote`);
+  covered records are gone; see :meth:`sprawl.pubsub.replica.ReplicaWrites.follow_remote`);
   a refused change (a stale epoch: another leader took over; a gap) fails;
 * :meth:`RemoteLog.state` -- the list as committed, which every replica's log
   follows.
