@@ -654,7 +654,7 @@ class NodeService(service.Service):
             self.api.info.ready = False
             self.api.info.not_ready_reason = "node is stopping"
         if self.broker is not None:
-            self.broker.stopping = True
+            self.broker.begin_stop()
         if self.http_port is not None:
             await self.http_port.stopListening()
         if self.api is not None:

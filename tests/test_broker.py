@@ -18,7 +18,8 @@ from harness import the_reactor
 from sprawl.config import NodeConfig
 from sprawl.errors import BadRequest, InsufficientStorage, Unavailable
 from sprawl.log.record import Record
-from sprawl.pubsub import Broker
+from sprawl.pubsub import Broker, PublishResult
+from sprawl.pubsub.links import ClusterLinks
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.topics import Topic
@@ -29,13 +30,13 @@ T0 = 1_700_000_000.0  # the Clock's start, in seconds
 class Node:
     """A store + broker pair on one data dir (like tap.NodeService, minus HTTP)."""
 
-    def __init__(self, path: Path, clock: Clock, **cfg: Any):
+    def __init__(self, path: Path, clock: Clock, links: ClusterLinks | None = None, **cfg: Any):
         self.path = path
         self.clock = clock
         self.config = NodeConfig(data_dir=str(path), **cfg)
         self.store = LmdbStore(str(path / "lmdb"), reactor=the_reactor(), map_size=256 * 1024**2)
         self.store.open()
-        self.broker = Broker(self.config, self.store, clock, "node-1")
+        self.broker = Broker(self.config, self.store, clock, "node-1", links=links)
         self.broker.recover()
 
     async def close(self) -> None:
@@ -56,8 +57,8 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
     clock.advance(T0)
     opened: list[Node] = []
 
-    def make(**cfg: Any) -> Node:
-        n = Node(tmp_path, clock, **cfg)
+    def make(links: ClusterLinks | None = None, **cfg: Any) -> Node:
+        n = Node(tmp_path, clock, links, **cfg)
         opened.append(n)
         return n
 
@@ -332,6 +333,56 @@ async def test_max_deliveries_dead_letters_with_headers(nodes: Callable[..., Nod
     assert (h["sprawl-dlq-partition"], h["sprawl-dlq-offset"], h["sprawl-dlq-attempts"]) == ("0", "0", "2")
     assert by_payload[b"slow"].headers["sprawl-dlq-offset"] == "1"
     assert g.describe(t.high_watermarks())["lag"] == 0
+
+
+class _Upstairs:
+    """A cluster layer stand-in that does the work through the broker itself
+    and records what the broker asked of it."""
+
+    def __init__(self, broker: Broker, owned: set[int]) -> None:
+        self.broker = broker
+        self.mine = owned
+        self.created: list[str] = []
+        self.published: list[str] = []
+
+    def ensure_topic(self, name: str) -> Any:
+        self.created.append(name)
+        return self.broker.put_topic(name, {}).addCallback(lambda r: r[0])
+
+    def publish(self, topic: Topic, records: list[Record], acks: str) -> Any:
+        self.published.append(topic.name)
+        d: Any = self.broker.publish(topic, records, acks)
+        return d
+
+    def owned(self, topic: Topic) -> set[int]:
+        return self.mine
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_links_route_creation_dead_letters_and_group_ownership(
+    nodes: Callable[..., Node],
+) -> None:
+    """Bound links take over what a lone broker does itself: auto-creation
+    goes through the creator, dead letters through the publisher, and a pull
+    leases only from the partitions the group owner names."""
+    links = ClusterLinks()
+    n = nodes(links=links)
+    up = _Upstairs(n.broker, {1})
+    assert n.broker.remote_log is None  # nothing moves to S3 until the cluster binds its list
+    links.bind(creator=up, publisher=up, group_owner=up)
+    t = await n.broker.ensure_topic("auto")
+    assert up.created == ["auto"] and t is n.broker.get_topic("auto")
+    t, _ = await n.broker.put_topic("two", {"partitions": 2})
+    res: PublishResult = await n.broker.publish(t, [msg("p0")], "quorum", partition=0)
+    await n.broker.publish(t, [msg("p1")], "quorum", partition=1)
+    assert res.partitions == [0]
+    g, _ = await n.broker.put_group(t, "g", {"max_deliveries": 1, "dead_letter_topic": "two.dlq"})
+    got = await n.broker.pull(t, g, 10, 0)
+    assert [(dv.partition, r.payload) for dv, r in got] == [(1, b"p1")]
+    await n.broker.nack(t, g, [got[0][0].ack_id], 0)
+    await n.synced()
+    assert up.created == ["auto", "two.dlq"] and up.published == ["two.dlq"]
+    assert [r.payload for r in await read_all(n, n.broker.get_topic("two.dlq"))] == [b"p1"]
 
 
 # -- retention, memory budget, ephemeral spill ----------------------------------

@@ -4,7 +4,8 @@ plane and peer RPC.
 
 * **Ownership.**  The leader of a partition owns every group's cursor, leases
   and redeliveries for that partition; the broker leases only from the
-  partitions this node owns (``Broker.group_partitions``).
+  partitions this node owns (:meth:`GroupRoutes.owned`, bound into the
+  broker's :class:`~sprawl.pubsub.links.ClusterLinks` by the node).
 * **Routing.**  A pull on any node asks the owners in turn (this node first)
   for what is left of ``max``; with ``wait_ms`` and nothing ready, it
   long-polls every owner at once and answers with the first that brings

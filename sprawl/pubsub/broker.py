@@ -54,6 +54,10 @@ class Broker(Views):
         """Start periodic work (leases, retention, budgets)."""
         self._ticker.start(0.1, now=False)
 
+    def begin_stop(self) -> None:
+        """Refuse new work from now on (the node is stopping); :meth:`stop` finishes."""
+        self.stopping = True
+
     def stop(self) -> Deferred[None]:
         """Stop taking work; checkpoint; wait for queued commits."""
         self.stopping = True

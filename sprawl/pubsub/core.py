@@ -174,7 +174,7 @@ class BrokerCore:
             raise NotFound(f"topic {name!r} does not exist", code="topic_not_found")
         return t
 
-    def _delete_remote(self, objects: list[Any]) -> None:
+    def _delete_remote(self, objects: list[RemoteObject]) -> None:
         """Delete S3 objects no manifest names any more (after that manifest is committed)."""
         if self.tier is not None:
             self.tier.delete_objects(objects)

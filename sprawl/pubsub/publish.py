@@ -3,6 +3,7 @@ the LMDB commit and the answer of what is stored where."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,7 +220,7 @@ class Publishing(MemoryBudget):
         dl.addErrback(first_failure)
         return dl  # type: ignore[return-value]
 
-    def check_backlog(self, uid: int, name: str, partitions: Any) -> None:
+    def check_backlog(self, uid: int, name: str, partitions: Iterable[int]) -> None:
         """429 ``backpressure`` when a partition's unflushed backlog is over its limit."""
         backlog = self.backlog
         limit = self.partition_backlog

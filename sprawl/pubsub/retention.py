@@ -51,7 +51,7 @@ class Retention(Groups):
             if cfg.retention_ms is None and cfg.retention_bytes is None:
                 continue
             ops: list[Op] = []
-            remote: list[Any] = []
+            remote: list[RemoteObject] = []
             for lg in t.logs:
                 n = expired_segments(lg.segments, now, cfg.retention_ms, cfg.retention_bytes)
                 if lg.replicated:
