@@ -123,7 +123,7 @@ class Repairs:
     async def _repair(self, topic: Any, partition: int, first: int, last: int) -> bool:
         sources = self._sources(topic.name, partition)
         if not sources:
-            self.broker.integrity._repair_failed(topic, partition, first, last, "no other replica holds it")
+            self.broker.integrity.repair_failed(topic, partition, first, last, "no other replica holds it")
             return False
         errors = []
         for src in sources:
@@ -144,7 +144,7 @@ class Repairs:
             if ok:
                 return True
             errors.append(f"{src}: the rewrite did not hold")
-        self.broker.integrity._repair_failed(topic, partition, first, last, "; ".join(errors))
+        self.broker.integrity.repair_failed(topic, partition, first, last, "; ".join(errors))
         return False
 
     def _sources(self, name: str, partition: int) -> list[str]:

@@ -254,7 +254,7 @@ class Integrity:
 
         def check(_: object) -> Deferred[bool]:
             if errors:
-                return succeed(self._repair_failed(topic, partition, first, last, errors[0]))
+                return succeed(self.repair_failed(topic, partition, first, last, errors[0]))
             dense = [(first, last)]
             return b.store.call_reader(
                 b.store.read_records_sync, uid, partition, first, last - first + 1, last + 1, dense
@@ -279,16 +279,17 @@ class Integrity:
 
         def failed(f: Failure) -> bool:
             if f.check(DamagedRange):
-                return self._repair_failed(
+                return self.repair_failed(
                     topic, partition, first, last, f"the rewrite did not hold: {f.value}"
                 )
-            return self._repair_failed(topic, partition, first, last, str(f.value))
+            return self.repair_failed(topic, partition, first, last, str(f.value))
 
         d.addCallback(check)
         d.addCallbacks(verified, failed)
         return d
 
-    def _repair_failed(self, topic: Any, partition: int, first: int, last: int, why: str) -> bool:
+    def repair_failed(self, topic: Any, partition: int, first: int, last: int, why: str) -> bool:
+        """Count a failed repair of the range (and log why); False: nothing was repaired."""
         hit = self.map.overlapping((topic.config.uid, partition), first, last)
         if hit is not None:
             hit.attempts += 1
