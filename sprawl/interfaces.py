@@ -13,10 +13,16 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from twisted.internet.defer import Deferred
 
+    from sprawl.log.manifest import RemoteState
     from sprawl.log.record import Record
+    from sprawl.metrics import NodeMetrics
     from sprawl.pubsub.publish import PublishResult
+    from sprawl.storage.integrity import Integrity
+    from sprawl.storage.lmdb import LmdbStore, Op
     from sprawl.topics import Topic
 
 
@@ -93,4 +99,91 @@ class PartitionWatch(Protocol):
 
     def wait_any(self, topic: Topic, seconds: float) -> Deferred[None]:
         """Fires when any partition of ``topic`` gets new data, or after ``seconds``."""
+        ...
+
+
+class BrokerStorage(Protocol):
+    """The broker as the storage adapters below it see it: its store,
+    topics, metrics and damage map (:class:`sprawl.storage.integrity.Integrity`,
+    :class:`sprawl.storage.scrub.Scrubber`)."""
+
+    @property
+    def store(self) -> LmdbStore:
+        """The node's LMDB store."""
+        ...
+
+    @property
+    def topics(self) -> dict[str, Topic]:
+        """The topics on this node, by name."""
+        ...
+
+    @property
+    def metrics(self) -> NodeMetrics | None:
+        """The node's metrics (None in tests without them)."""
+        ...
+
+    @property
+    def integrity(self) -> Integrity:
+        """The damaged ranges of this node's partitions."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the node is stopping (refuses new work)."""
+        ...
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds."""
+        ...
+
+    def notify(self, name: str, partition: int) -> None:
+        """Wake the partition's watchers."""
+        ...
+
+
+class RemoteFollower(Protocol):
+    """The broker as a lone node's remote list (:class:`sprawl.storage.remote_log.LocalRemoteLog`) sees it."""
+
+    def legacy_keys(self, topic: Topic, partition: int) -> set[str]:
+        """Keys of this node's own uploads under the old per-node keys."""
+        ...
+
+    def follow_remote(self, topic: Topic, partition: int, state: RemoteState | None = None) -> Deferred[None]:
+        """Make the partition's log follow its shared remote state."""
+        ...
+
+
+class ReplicaStore(BrokerStorage, Protocol):
+    """The broker as a partition's replication (:mod:`sprawl.replication.service`) sees it."""
+
+    @property
+    def clock(self) -> Clock:
+        """The broker's time."""
+        ...
+
+    def new_message_id(self) -> str:
+        """A new unique message id."""
+        ...
+
+    def append_replicated(
+        self, topic: Topic, partition: int, records: list[Record], extra_ops: Sequence[Op] = ()
+    ) -> Deferred[None]:
+        """Store a leader's batch at its offsets."""
+        ...
+
+    def truncate_partition(
+        self, topic: Topic, partition: int, offset: int, extra_ops: Sequence[Op] = ()
+    ) -> Deferred[None]:
+        """Drop the records from ``offset`` on."""
+        ...
+
+    def reset_partition(
+        self,
+        topic: Topic,
+        partition: int,
+        start: int,
+        extra_ops: Sequence[Op] = (),
+        floor: int | None = None,
+    ) -> Deferred[None]:
+        """Restart the partition's local log empty at ``start``."""
         ...

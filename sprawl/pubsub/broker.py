@@ -27,6 +27,7 @@ from sprawl.metrics import NodeMetrics
 from sprawl.pubsub.links import ClusterLinks
 from sprawl.pubsub.views import Views
 from sprawl.storage.lmdb import LmdbStore
+from sprawl.storage.remote_log import LocalRemoteLog
 from sprawl.storage.tiering import S3Tier
 
 
@@ -44,7 +45,10 @@ class Broker(Views):
         tier: S3Tier | None = None,
         links: ClusterLinks | None = None,
     ):
-        super().__init__(config, store, clock, node_id, metrics, tier=tier, links=links)
+        super().__init__(config, store, clock, node_id, metrics, tier=tier, links=links or ClusterLinks())
+        if links is None:
+            # A lone broker: the shared remote lists are its own manifests.
+            self.links.bind_remote_log(LocalRemoteLog(self))
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = clock  # type: ignore[assignment]  # the part of IReactorTime it uses
 

@@ -34,7 +34,7 @@ from sprawl.pubsub.watchers import PartitionWatchers
 from sprawl.storage import keys
 from sprawl.storage.integrity import Integrity
 from sprawl.storage.lmdb import LmdbStore, Op
-from sprawl.storage.remote_log import LocalRemoteLog, RemoteLog
+from sprawl.storage.remote_log import RemoteLog
 from sprawl.storage.tiering import S3Tier
 from sprawl.topics import Topic, TopicConfig
 
@@ -67,7 +67,7 @@ class BrokerCore:
         metrics: NodeMetrics | None = None,
         *,
         tier: S3Tier | None = None,
-        links: ClusterLinks | None = None,
+        links: ClusterLinks,
     ):
         self.config = config
         self.store = store
@@ -105,9 +105,9 @@ class BrokerCore:
             tier.on_damage = self.integrity.note
         self._last_spill = 0.0
         #: What the broker asks of the cluster above it (auto-creation, routed
-        #: publishes, group ownership, the shared remote lists): a lone
-        #: broker's own when not given (see :mod:`sprawl.pubsub.links`).
-        self.links = links if links is not None else ClusterLinks(LocalRemoteLog(self))
+        #: publishes, group ownership, the shared remote lists; see
+        #: :mod:`sprawl.pubsub.links`).
+        self.links = links
         #: (uid, partition) -> this node's own uploads under the old per-node
         #: keys that no shared list names (yet).
         self._legacy: dict[tuple[int, int], list[RemoteObject]] = {}

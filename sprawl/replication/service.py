@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import Overloaded
+from sprawl.interfaces import ReplicaStore
 from sprawl.log.damage import DamagedRange
 from sprawl.log.record import Record
 from sprawl.peer.frames import BATCH_BYTES, REPLICATION
@@ -101,7 +102,7 @@ class PartitionReplication:
         self,
         node_id: str,
         controller: str,
-        broker: Any,
+        broker: ReplicaStore,
         topic: Any,
         partition: int,
         send: Callable[[str, _Envelope], None],
@@ -634,7 +635,9 @@ class ReplicationService:
         """Serve a replicated partition on this node."""
         self.replicas[(replica.topic.name, replica.partition)] = replica
 
-    def replica(self, topic: str, partition: int, broker: Any, controller: str) -> PartitionReplication:
+    def replica(
+        self, topic: str, partition: int, broker: ReplicaStore, controller: str
+    ) -> PartitionReplication:
         """The partition's replica here, created on first use."""
         key = (topic, partition)
         r = self.replicas.get(key)

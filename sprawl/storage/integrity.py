@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import CorruptData, NotFound
+from sprawl.interfaces import BrokerStorage
 from sprawl.log.damage import DAMAGED, DamagedRange, DamageEntry, DamageMap
 from sprawl.log.record import CorruptRecord, Record, check_stored
 from sprawl.storage import keys
@@ -48,7 +49,7 @@ MAX_READ_ATTEMPTS = 3
 class Integrity:
     """Damaged ranges of one node's partitions (see the module docstring)."""
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: BrokerStorage) -> None:
         self.broker = broker
         self.map = DamageMap()
         #: ``(topic, partition, entry) -> Deferred[bool]``: repair a damaged
@@ -250,7 +251,7 @@ class Integrity:
         def fix(env: Any, txn: Any, db: Any) -> None:
             replace_range(env, txn, db, uid, partition, first, last, values, errors)
 
-        d = b.store.write([("x", "records", fix)])
+        d: Deferred[Any] = b.store.write([("x", "records", fix)])
 
         def check(_: object) -> Deferred[bool]:
             if errors:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail
 
 from sprawl.errors import Conflict
+from sprawl.interfaces import RemoteFollower
 from sprawl.log.manifest import RemoteObject, RemoteState
 
 
@@ -54,7 +55,7 @@ class LocalRemoteLog:
     """A lone broker's remote list: the remote segments at the front of its
     own log (its manifest); changes apply at once."""
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: RemoteFollower) -> None:
         self.broker = broker
 
     def state(self, topic: Any, partition: int) -> RemoteState:

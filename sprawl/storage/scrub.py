@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
+from sprawl.interfaces import BrokerStorage
 from sprawl.log.damage import DamagedRange
 
 log = Logger()
@@ -31,7 +32,7 @@ class Scrubber:
 
     def __init__(
         self,
-        broker: Any,
+        broker: BrokerStorage,
         clock: Any,
         rate: int,
         *,
