@@ -82,24 +82,7 @@ class GroupOwner(Protocol):
         ...
 
 
-# --- pubsub: what the broker offers the parts above it ---------------------------------
-
-
-class PartitionWatch(Protocol):
-    """Waiting for a partition's high watermark to move
-    (:class:`sprawl.pubsub.watchers.PartitionWatchers`, through the broker)."""
-
-    def watch(self, name: str, partition: int, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn`` whenever the partition moves; returns the unwatch function."""
-        ...
-
-    def notify(self, name: str, partition: int) -> None:
-        """Wake the partition's watchers."""
-        ...
-
-    def wait_any(self, topic: Topic, seconds: float) -> Deferred[None]:
-        """Fires when any partition of ``topic`` gets new data, or after ``seconds``."""
-        ...
+# --- pubsub: what the broker offers the adapters below it (they cannot import it) ----
 
 
 class BrokerStorage(Protocol):
