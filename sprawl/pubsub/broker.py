@@ -12,8 +12,17 @@ Its parts live in the modules of :mod:`sprawl.pubsub`, each a layer on the
 one below (:mod:`~sprawl.pubsub.core` the shared state, then reads, the
 memory budget, publish, the topic catalog, replica writes, consumer groups,
 retention and the views); :class:`Broker` is the top one and adds the
-lifecycle (start, the periodic tick, stop).  It is one object because its
-callers (HTTP, the data plane, replication, the S3 tier) use most of it.
+lifecycle (start, the periodic tick, stop).
+
+Why layers of one object rather than separate objects: the parts share one
+state (the topics, the store, the S3 bookkeeping of each partition) and
+call each other's methods, but only downwards -- publish evicts through the
+memory budget, groups read and dead-letter through publish, retention runs
+the group ticks and the replica follow.  A method of a lower layer cannot
+call a higher one (the type checker refuses it), so the order is the
+dependency order, as the package layers are.  The callers (HTTP, the data
+plane, replication, the S3 tier) use one ``Broker``; what the adapters
+below it need of it is a Protocol in :mod:`sprawl.interfaces`.
 """
 
 from __future__ import annotations
