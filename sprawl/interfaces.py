@@ -9,7 +9,7 @@ Each part keeps its block, headed by a comment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
+    from sprawl.cluster.voters import Strength
+    from sprawl.delivery.groups import ConsumerGroup, Delivery
+    from sprawl.delivery.remote_feed import RemoteFeeds
     from sprawl.log.manifest import RemoteState
     from sprawl.log.record import Record
     from sprawl.metrics import NodeMetrics
@@ -169,4 +172,173 @@ class ReplicaStore(BrokerStorage, Protocol):
         floor: int | None = None,
     ) -> Deferred[None]:
         """Restart the partition's local log empty at ``start``."""
+        ...
+
+
+# --- http: what the HTTP API (sprawl/http/) needs of the layers below -------------------
+
+
+class MetadataControl(Protocol):
+    """Where topic and group definitions change: Raft on a cluster node
+    (:class:`sprawl.cluster.control.ClusterControl`), the broker itself on a
+    lone one (:class:`sprawl.cluster.local.LocalControl`)."""
+
+    def put_topic(self, name: str, body: dict[str, Any]) -> Deferred[tuple[Topic, bool]]:
+        """Create or update a topic; fires with (topic, created)."""
+        ...
+
+    def delete_topic(self, name: str) -> Deferred[None]:
+        """Delete a topic and its data."""
+        ...
+
+    def put_group(
+        self, topic: Topic, group: str, body: dict[str, Any]
+    ) -> Deferred[tuple[ConsumerGroup, bool]]:
+        """Create or update a group of an existing topic; fires with (group, created)."""
+        ...
+
+    def delete_group(self, topic: Topic, group: str) -> Deferred[None]:
+        """Forget a group."""
+        ...
+
+    def wait_topic(self, name: str) -> Deferred[None]:
+        """Fires once a topic ``name`` exists here; cancel to stop waiting."""
+        ...
+
+    def linearizable(self) -> Deferred[None]:
+        """Fires once this node has applied everything committed before the call."""
+        ...
+
+
+class GroupRouter(Protocol):
+    """Consumer-group requests, each partition's part at the node owning its
+    group state (:class:`sprawl.cluster.group_routes.GroupRoutes`; on a lone
+    node, the broker: :class:`sprawl.cluster.local.LocalGroups`)."""
+
+    async def describe(self, topic: Topic, group: str) -> dict[str, Any]:
+        """The group's JSON description (``GET .../groups/{group}``)."""
+        ...
+
+    async def pull(
+        self, topic: Topic, group: str, max_count: int, wait_ms: int, max_bytes: int = ...
+    ) -> list[tuple[Delivery, Record]]:
+        """Lease up to ``max_count`` messages (at most ``max_bytes``, at least one)."""
+        ...
+
+    async def settle(
+        self, topic: Topic, group: str, ack_ids: list[str], nack: bool, delay_ms: int = 0
+    ) -> dict[str, str]:
+        """Ack (or nack with ``delay_ms``) deliveries; fires with {ack_id: refusal}."""
+        ...
+
+
+class MessagePlane(Protocol):
+    """Where a partition is written and read: the cluster data plane
+    (:class:`sprawl.cluster.dataplane.DataPlane`: publishes through each
+    partition's leader, reads at a replica) or, on a lone node, the broker
+    itself (:class:`sprawl.cluster.local.LocalDataPlane`)."""
+
+    @property
+    def feeds(self) -> RemoteFeeds | None:
+        """The shared long-polls of partitions held elsewhere (None: every partition is here)."""
+        ...
+
+    @property
+    def groups(self) -> GroupRouter:
+        """Consumer groups, routed to the owners of their partitions."""
+        ...
+
+    def publish(self, topic: Topic, records: list[Record], acks: str) -> Deferred[PublishResult]:
+        """Publish ``records`` (offsets unassigned) with the ``acks`` level."""
+        ...
+
+    def read_source(self, topic: str, partition: int) -> str | None:
+        """The node a read of the partition goes to, or None: this node's broker."""
+        ...
+
+    def fetch_remote(
+        self,
+        topic: str,
+        partition: int,
+        start: str | int | None,
+        from_time: int | None,
+        limit: int,
+        wait_ms: int,
+        max_bytes: int | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """Read a partition at its :meth:`read_source`: ``{"records", "start", "hw"}``."""
+        ...
+
+    def changed(self, name: str, p: int, seconds: float) -> Deferred[None]:
+        """Fires when the partition's high watermark moves, or after ``seconds``."""
+        ...
+
+    def partition_view(self, topic: str, partition: int) -> dict[str, Any]:
+        """What this node adds to a partition's description (its replica's state)."""
+        ...
+
+    def summary(self) -> dict[str, Any] | None:
+        """The partitions' figures for ``GET /v1/cluster`` (None: nothing to add)."""
+        ...
+
+
+class MemberList(Protocol):
+    """The gossip membership as the API shows it (:class:`sprawl.gossip.udp.GossipService`)."""
+
+    @property
+    def joined(self) -> bool:
+        """Whether a seed has answered (the node is in the cluster)."""
+        ...
+
+    def member_views(self) -> Iterable[dict[str, Any]]:
+        """Every member known, this node included, as JSON."""
+        ...
+
+    def live_member_ids(self) -> Iterable[str]:
+        """The ids of the members alive now."""
+        ...
+
+
+class RaftStatus(Protocol):
+    """The cluster control's Raft state as the API shows it
+    (:class:`sprawl.cluster.control.ClusterControl`)."""
+
+    @property
+    def leader_name(self) -> str:
+        """The Raft leader's node id ("" while none is known)."""
+        ...
+
+    @property
+    def forced(self) -> str:
+        """The cluster id this node forced (``--force-new-cluster``), or ""."""
+        ...
+
+    def raft_view(self) -> dict[str, Any]:
+        """``GET /v1/cluster``'s ``raft`` object."""
+        ...
+
+    def strength(self) -> Strength:
+        """How fault-tolerant the voter configuration is now."""
+        ...
+
+
+class FeedSocket(Protocol):
+    """What a WebSocket feed (:mod:`sprawl.http.ws_feeds`) needs of its socket
+    (:class:`sprawl.http.websocket.SprawlWSProtocol`; a fake in tests)."""
+
+    @property
+    def transport(self) -> Any:
+        """The TCP transport (Twisted's): producer registration and raw writes."""
+        ...
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+        """Send one WebSocket message."""
+        ...
+
+    def can_write_raw(self) -> bool:
+        """Whether ready-made frames may be written to the transport directly."""
+        ...
+
+    def close_feed(self, code: int, reason: str) -> None:
+        """The feed ended: close the socket with ``code`` and ``reason``."""
         ...
