@@ -571,24 +571,35 @@ class NodeService(service.Service):
             # Gossip runs (the others learn where this node is); Raft does not
             # until the recovery is decided.
             await self.control.force_new_cluster()
-        info = NodeInfo(node_id, peer=peer, started=time.time())
-        info.membership = self.gossip
-        info.raft = self.control
-        if self.bucket_watch is not None:
-            info.readiness_checks.append(lambda: self.bucket_watch.problem)
-        self.api = SprawlAPI(self.broker, info, self.reactor, metrics, control=self.control, plane=self.plane)
+        checks = [lambda: self.bucket_watch.problem] if self.bucket_watch is not None else []
+        info = NodeInfo(
+            node_id,
+            peer=peer,
+            started=time.time(),
+            membership=self.gossip,
+            raft=self.control,
+            readiness_checks=checks,
+        )
         from sprawl.auth import load_authenticator
-
-        self.api.auth = load_authenticator(c.auth_tokens, c.jwt_secret, c.jwt_secret_file)
-        if self.api.auth.enabled:
-            log.info(
-                "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
-                tokens=len(self.api.auth.tokens or ()),
-                jwt=self.api.auth.jwt is not None,
-            )
         from sprawl.http.origin import OriginPolicy
 
-        self.api.origins = OriginPolicy(c.allowed_origins)
+        auth = load_authenticator(c.auth_tokens, c.jwt_secret, c.jwt_secret_file)
+        self.api = SprawlAPI(
+            self.broker,
+            info,
+            self.reactor,
+            metrics,
+            control=self.control,
+            plane=self.plane,
+            auth=auth,
+            origins=OriginPolicy(c.allowed_origins),
+        )
+        if auth.enabled:
+            log.info(
+                "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
+                tokens=len(auth.tokens or ()),
+                jwt=auth.jwt is not None,
+            )
         site = make_site(
             self.api.resource(),
             max_body=c.max_body_bytes,

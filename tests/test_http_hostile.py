@@ -31,7 +31,8 @@ from sprawl.config import ConfigError
 from sprawl.delivery.groups import ConsumerGroup, GroupConfig
 from sprawl.delivery.streams import SSEStream, StreamRegistry, batch
 from sprawl.errors import BadRequest, SprawlError
-from sprawl.http.api import SprawlAPI, _fast_publish, decode_json_body, parse_last_event_id, parse_message
+from sprawl.http.api import SprawlAPI
+from sprawl.http.codec import ack_ids, decode_json_body, fast_publish, parse_last_event_id, parse_message
 from sprawl.http.origin import OriginPolicy, parse_allowed_origins
 from sprawl.log.record import (
     DEFAULT_READ_BYTES,
@@ -43,7 +44,7 @@ from sprawl.log.record import (
 )
 from sprawl.pubsub import check_group_name, check_topic_name
 from sprawl.testing import FakeRPC
-from test_http_api import Node, assert_error
+from test_http_api import Http, Node, assert_error
 
 #: 64 headers of 120 KB: 7.68 MB that used to count as nothing.
 BIG_HEADERS = {f"h{i:02d}": "v" * 120_000 for i in range(64)}
@@ -530,7 +531,8 @@ async def test_seed_subscribe_goes_through_the_control_and_needs_admin(node: Nod
     """``POST /subscribe`` creates its groups through the same path as ``PUT .../groups/G`` (the
     control: Raft in a cluster) and needs what that needs, admin on each topic."""
     control = _RecordingControl(node.api.control)
-    node.api.control = control
+    node.api = SprawlAPI(node.broker, node.info, node.clock, node.metrics, control=control)
+    node.http = Http(node.api.resource())
     r = await node.http.post("/subscribe", json={"topics": ["orders.a", "orders.b"], "id": "sub1"})
     assert r.code == 200, r
     assert sorted(control.groups) == [("orders.a", "sub1"), ("orders.b", "sub1")]
@@ -716,7 +718,7 @@ def test_fuzzed_json_bodies_decode_or_raise_bad_request(raw: bytes) -> None:
         decode_json_body(raw)
     except BadRequest as e:
         assert e.code == "invalid_json"
-    got = _fast_publish(raw, 10_000)
+    got = fast_publish(raw, 10_000)
     assert got is None or (isinstance(got, tuple) and got[0])
 
 
@@ -742,7 +744,7 @@ def test_fuzzed_topic_group_and_ack_bodies_validate_or_raise(body: dict[str, Any
     for fn in (
         lambda: b.topic_config_from("t", body, None),
         lambda: b.group_config_from("t", "g", body, None),
-        lambda: SprawlAPI._ack_ids(None, body, {"delay_ms"}),  # type: ignore[arg-type]
+        lambda: ack_ids(body, {"delay_ms"}),
     ):
         try:
             fn()

@@ -36,7 +36,8 @@ from twisted.web.client import HTTPConnectionPool
 from harness import WAIT, bounded, the_reactor
 from sprawl.config import NodeConfig
 from sprawl.delivery.streams import SSEStream, StreamRegistry
-from sprawl.http.api import NodeInfo, SprawlAPI, parse_message
+from sprawl.http.api import NodeInfo, SprawlAPI
+from sprawl.http.codec import parse_message
 from sprawl.http.server import make_site
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics

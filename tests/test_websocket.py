@@ -24,7 +24,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import formatEvent
 
 from harness import WAIT, bounded, the_reactor, until
-from sprawl.http.websocket import CLOSE_SLOW_CONSUMER, GroupFeed, WSStream
+from sprawl.http.ws_feeds import CLOSE_SLOW_CONSUMER, GroupFeed, WSStream
 from sprawl.testing import FakeBroker
 from test_streams import Server
 
@@ -341,7 +341,7 @@ async def test_deleting_the_topic_closes_its_sockets(ws: WS) -> None:
 @pytest.mark.parametrize("n", [1])
 def test_close_codes_are_in_the_application_range(n: int) -> None:
     """Application close codes are in 4000-4999 as RFC 6455 asks."""
-    from sprawl.http import websocket as w
+    from sprawl.http import ws_feeds as w
 
     for code in (
         w.CLOSE_SLOW_CONSUMER,
@@ -413,7 +413,7 @@ async def test_frames_of_every_length_encoding_arrive_intact(ws: WS) -> None:
 
 def test_text_frame_header_encodings() -> None:
     """The three RFC 6455 payload-length encodings, unmasked, FIN + text opcode."""
-    from sprawl.http.websocket import text_frame
+    from sprawl.http.ws_feeds import text_frame
 
     assert text_frame(b"a" * 5)[:2] == bytes([0x81, 5])
     assert text_frame(b"a" * 200)[:4] == bytes([0x81, 126, 0, 200])
@@ -421,21 +421,17 @@ def test_text_frame_header_encodings() -> None:
 
 
 def _fuzz_protocol() -> tuple[Any, list[bytes], FakeBroker]:
-    from sprawl.http.api import SprawlAPI
-    from sprawl.http.websocket import SprawlWSProtocol
+    from twisted.internet import task
+
+    from sprawl.cluster.local import LocalDataPlane
+    from sprawl.delivery.streams import StreamRegistry
+    from sprawl.http.websocket import SocketParts, SprawlWSProtocol
 
     broker = FakeBroker("fz")
-
-    class _Api:
-        metrics = None
-        _publish_answer = staticmethod(SprawlAPI._publish_answer)
-        plane = None
-        publish_records = SprawlAPI.publish_records
-
-    _Api.broker = broker  # type: ignore[attr-defined]
+    clock = task.Clock()
 
     class _Factory:
-        api = _Api()
+        parts = SocketParts(broker, LocalDataPlane(broker, clock), clock, StreamRegistry())  # type: ignore[arg-type]
         topic = broker.topic
         principal = None
 

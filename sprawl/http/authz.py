@@ -28,10 +28,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from klein import Klein
 from werkzeug.exceptions import HTTPException
 
-from sprawl.auth import Principal, Unauthorized
+from sprawl.auth import Authenticator, Principal, Unauthorized
 from sprawl.errors import SprawlError
+from sprawl.metrics import NodeMetrics
 
 OPEN = frozenset({"healthz", "readyz", "seed_health", "dashboard", "static"})
 ANY_PRINCIPAL = frozenset({"list_topics", "seed_topics"})
@@ -67,7 +69,7 @@ NODE_ADMIN = frozenset(
 QUERY_TOKEN = frozenset({"stream", "websocket", "dashboard_stream"})
 
 
-def route_of(app: Any, request: Any) -> tuple[str, dict[str, Any]] | None:
+def route_of(app: Klein, request: Any) -> tuple[str, dict[str, Any]] | None:
     """The Klein endpoint and path arguments a request will be routed to, or None."""
     # The path exactly as Klein derives it (klein._resource.extractURLparts).
     try:
@@ -106,14 +108,13 @@ def _body_topics(request: Any, endpoint: str) -> list[str] | None:
     return None
 
 
-def authorize(api: Any, request: Any) -> Principal | None:
-    """Authenticate and authorize a request for the route it is going to.
+def authorize(auth: Authenticator, app: Klein, request: Any) -> Principal | None:
+    """Authenticate and authorize a request for the route of ``app`` it is going to.
 
     Returns the principal (None for open or unknown routes); raises
     :class:`~sprawl.auth.Unauthorized` / :class:`~sprawl.auth.Forbidden`.
     """
-    auth = api.auth
-    found = route_of(api.app, request)
+    found = route_of(app, request)
     if found is None:
         # No route (404/405/redirect follows): still no answer without a valid token,
         # so a path this check reads differently from the router can never skip it.
@@ -147,7 +148,7 @@ def _check(principal: Principal, endpoint: str, args: dict[str, Any], request: A
     return principal
 
 
-def refuse(request: Any, e: SprawlError, metrics: Any = None) -> bytes:
+def refuse(request: Any, e: SprawlError, metrics: NodeMetrics | None = None) -> bytes:
     """Answer 401/403 with the JSON error shape (and ``WWW-Authenticate`` on 401)."""
     request.setResponseCode(e.status)
     request.setHeader(b"content-type", b"application/json")

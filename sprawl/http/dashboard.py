@@ -24,13 +24,18 @@ from importlib import resources
 from typing import Any
 
 import msgspec
+from prometheus_client import Counter
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from sprawl import __version__
+from sprawl.http.status import NodeStatus
+from sprawl.interfaces import Clock
+from sprawl.metrics import NodeMetrics
 
 log = Logger()
 
@@ -79,7 +84,7 @@ def index_html() -> bytes:
     return static_bytes("index.html").replace(b"__ASSET_VERSION__", asset_version().encode())
 
 
-def counter_by_topic(counter: Any) -> dict[str, float]:
+def counter_by_topic(counter: Counter) -> dict[str, float]:
     """Sum a prometheus_client ``Counter`` with a ``topic`` label over its other labels."""
     out: dict[str, float] = {}
     for family in counter.collect():
@@ -92,14 +97,14 @@ def counter_by_topic(counter: Any) -> dict[str, float]:
     return out
 
 
-def snapshot(api: Any) -> dict[str, Any]:
-    """The dashboard's view of the node behind ``api`` (a :class:`SprawlAPI`)."""
-    broker = api.broker
-    metrics = api.metrics
+def snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> dict[str, Any]:
+    """The dashboard's view of the node ``status`` describes."""
+    broker = status.broker
+    info = status.info
     published = counter_by_topic(metrics.published_messages) if metrics is not None else None
     delivered = counter_by_topic(metrics.delivered_messages) if metrics is not None else None
-    cluster = api._cluster()
-    ready, reason = api._readiness()
+    cluster = status.cluster()
+    ready, reason = status.readiness()
     topics = []
     names = sorted(broker.topics)
     for name in names[:MAX_TOPICS]:
@@ -120,7 +125,7 @@ def snapshot(api: Any) -> dict[str, Any]:
                     "bytes": {k: tiers[k]["bytes"] for k in ("memory", "lmdb", "s3")},
                 }
             )
-        groups = [
+        groups: list[dict[str, Any]] = [
             {
                 "name": g.name,
                 "lag": g.lag(hws),
@@ -148,12 +153,12 @@ def snapshot(api: Any) -> dict[str, Any]:
             }
         )
     return {
-        "ts": round(api.clock.seconds(), 3),
-        "node_id": api.info.node_id,
+        "ts": round(clock.seconds(), 3),
+        "node_id": info.node_id,
         "version": __version__,
         "ready": ready,
         "reason": reason,
-        "uptime_s": round(max(0.0, time.time() - api.info.started), 1),
+        "uptime_s": round(max(0.0, time.time() - info.started), 1),
         "cluster": {
             "leader": cluster.get("leader"),
             "term": cluster.get("term"),
@@ -172,8 +177,8 @@ class DashboardStream:
 
     def __init__(
         self,
-        request: Any,
-        clock: Any,
+        request: Request,
+        clock: Clock,
         make_snapshot: Callable[[], bytes],
         *,
         registry: set[DashboardStream],
@@ -194,7 +199,7 @@ class DashboardStream:
         self.sent = 0
         self.done: Deferred[None] = Deferred(lambda _: self.close())
         self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
+        self._loop.clock = clock  # type: ignore[assignment]  # an IReactorTime
 
     def start(self) -> Deferred[None]:
         """Send the headers and the first snapshot; then one per interval."""
@@ -244,6 +249,10 @@ class DashboardStream:
         """The connection is gone."""
         self.close()
 
+    def end_stopping(self) -> None:
+        """End the feed with a ``stopping`` error event (node shutdown)."""
+        self._end(b'event: error\ndata: {"code":"stopping","message":"node is stopping"}\n\n')
+
     def _end(self, last: bytes) -> None:
         if self.closed:
             return
@@ -275,6 +284,6 @@ class DashboardStream:
             self.done.callback(None)
 
 
-def encode_snapshot(api: Any) -> bytes:
+def encode_snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> bytes:
     """:func:`snapshot` as compact JSON."""
-    return _encode(snapshot(api))
+    return _encode(snapshot(status, metrics, clock))

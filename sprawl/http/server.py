@@ -29,12 +29,14 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from sprawl.metrics import NodeMetrics
+
 
 class BoundedRequest(Request):
     """A :class:`twisted.web.server.Request` with a body size limit."""
 
     max_body = 8 * 1000**2
-    metrics: Any = None
+    metrics: NodeMetrics | None = None
     _oversize = False
     _received = 0
 
@@ -113,7 +115,7 @@ class GuardedChannel(HTTPChannel):
     body_timeout = 10.0
     #: Bytes/s a body must keep up on average (past :attr:`body_timeout`).
     body_min_rate = 64_000
-    metrics: Any = None
+    metrics: NodeMetrics | None = None
     site: Any
 
     _phase = _HEADERS
@@ -303,7 +305,7 @@ def make_site(
     resource: IResource,
     *,
     max_body: int,
-    metrics: Any = None,
+    metrics: NodeMetrics | None = None,
     timeout: float = 75.0,
     access_log: bool = False,
     header_timeout: float = 10.0,
