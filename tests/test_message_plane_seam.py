@@ -40,10 +40,9 @@ class PlaneSide:
         if side.kind == "local":
             self.plane = LocalDataPlane(side.broker, reactor)
         else:
+            # Every partition placed on this node alone: served here, no replica to sync.
             rpc = PeerRPC(side.channel, reactor)
-            side.control.attach_rpc(rpc)
             self.cluster = DataPlane("n1", side.broker, side.control, side.channel, rpc, reactor)
-            side.control.on_topic_changed = self.cluster.sync_topic
             self.plane = self.cluster
 
     async def start(self) -> None:
@@ -82,6 +81,8 @@ async def test_publish_lands_in_the_broker_and_every_read_is_local(side: PlaneSi
     got = await side.broker.read(t, p, 0, 10)
     assert [r.payload for r in got] == [b"a", b"b"]
     assert all(side.plane.read_source("orders", q) is None for q in range(2))
+    if side.cluster is not None:  # placed by Raft, on this node alone
+        assert [side.cluster.placement("orders", q)["replicas"] for q in range(2)] == [["n1"], ["n1"]]
     assert isinstance(side.plane.partition_view("orders", p), dict)
     assert side.plane.summary() is None or isinstance(side.plane.summary(), dict)
 
