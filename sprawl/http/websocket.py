@@ -20,7 +20,11 @@ messages on the socket).
 Flow control: the feed is an ``IPushProducer`` on the TCP transport.  When
 the socket buffer fills, Twisted pauses it and the node stops reading from
 the broker (cursors stay put, no pull is made); a client paused for longer
-than ``slow_timeout`` gets close code 4008 with the reason and is dropped.
+than ``slow_timeout`` gets close code 4008 with the reason (its cursor) and
+is dropped once it has read the close frame, or after :data:`SLOW_CLOSE_GRACE`
+(at least ``slow_timeout``) if it never does: the frames queued ahead of the
+close are its to read, and a consumer that is only slow still learns where to
+resume.
 Inbound, a socket with too many publishes in flight stops being read until
 they are answered.  A bad frame gets an error frame; it never closes the
 socket or touches state.
@@ -47,7 +51,7 @@ from sprawl.delivery.groups import ConsumerGroup
 from sprawl.delivery.streams import StreamRegistry
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
 from sprawl.http.codec import encode, parse_message, publish_answer
-from sprawl.http.ws_feeds import GroupFeed, Pull, WSStream
+from sprawl.http.ws_feeds import CLOSE_SLOW_CONSUMER, GroupFeed, Pull, WSStream
 from sprawl.interfaces import Clock, MessagePlane
 from sprawl.log.record import DEFAULT_READ_BYTES
 from sprawl.metrics import NodeMetrics
@@ -55,6 +59,11 @@ from sprawl.pubsub import ACKS, Broker, PublishResult
 from sprawl.topics import Topic
 
 log = Logger()
+
+#: Seconds a slow consumer (close 4008) has to read what was queued ahead of its
+#: close frame and answer it before the socket is dropped (at least its
+#: ``slow_timeout``); other closes keep autobahn's close handshake timeout.
+SLOW_CLOSE_GRACE = 10.0
 
 #: Publishes a socket may have in flight before the node stops reading it.
 MAX_PENDING_PUBLISHES = 64
@@ -154,6 +163,11 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             self.transport.unregisterProducer()
         except Exception:
             pass
+        if code == CLOSE_SLOW_CONSUMER:
+            # autobahn arms its close handshake timer from this attribute in sendClose.
+            grace = max(SLOW_CLOSE_GRACE, float(getattr(self.factory, "slow_timeout", 0.0)))
+            current = float(getattr(self, "closeHandshakeTimeout", 0.0))
+            setattr(self, "closeHandshakeTimeout", max(current, grace))  # noqa: B010 (autobahn's untyped option)
         try:
             self.sendClose(code, reason)
         except Exception:
