@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+from harness.paths import DOCS
+
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 

@@ -22,12 +22,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from harness import node_environment, scaled
+from harness.paths import ROOT
 from sprawl.client.sse import SseParser, sse_events
 from sprawl.ctl import cli, parse_urls
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def idle(seconds: float = 10.0) -> str:

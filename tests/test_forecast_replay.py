@@ -6,14 +6,13 @@ deterministic and report the forecast's MAPE."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from harness.paths import DATA
 from sprawl.forecast import traces
 from sprawl.forecast.replay import SimConfig, compare, simulate, table
 
-RECORDED = Path(__file__).resolve().parent / "data" / "forecast_trace.csv"
+RECORDED = DATA / "forecast_trace.csv"
 
 
 @pytest.mark.parametrize(

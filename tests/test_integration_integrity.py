@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness import NodeProcess, http_json
+from harness.paths import DATA
 from sprawl.ctl import cli
 
 pytestmark = pytest.mark.integration
@@ -445,7 +446,7 @@ def test_a_damaged_replica_repairs_itself(sprawl_nodes: Any) -> None:
     assert f"DAMAGED: t/0 offsets {r3} (lmdb)" in log and f"REPAIRED: t/0 offsets {r3}" in log, log[-3000:]
 
 
-LEGACY = Path(__file__).parent / "data" / "legacy-datadir.tar.gz"
+LEGACY = DATA / "legacy-datadir.tar.gz"
 
 
 def test_a_data_dir_written_before_checksums_still_reads(sprawl_nodes: Any, tmp_path: Path) -> None:

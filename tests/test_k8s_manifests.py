@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import socket
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -16,10 +15,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness.paths import DOCS
 from sprawl.operator.objects import statefulset
 from sprawl.operator.reconcile import Spec
 
-DEPLOY = Path(__file__).resolve().parents[1] / "docs" / "deploy"
+DEPLOY = DOCS / "deploy"
 K8S = DEPLOY / "kubernetes"
 #: The Kubernetes version the manifests target (the oldest supported by the schemas used).
 VERSION = "1.30"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from harness import node_environment
+from harness.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bin" / "sprawl-cluster"
 N = 3
 

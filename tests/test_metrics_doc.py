@@ -12,15 +12,15 @@ import http.client
 import json
 import re
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import NodeProcess
+from harness.paths import DOCS
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+DOC = DOCS / "operations.md"
 _NAME = re.compile(r"`((?:sprawl|process|python)_[a-z0-9_]+)(?:\{[^}]*\})?`")
 _UNITS = ("_seconds", "_bytes", "_messages", "_total", "_offset", "_fds", "_info")
 

@@ -8,7 +8,6 @@ import json
 import re
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +28,10 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import ServerError
 
 from harness import NodeProcess
+from harness.paths import DOCS
 from sprawl.http.api import SprawlAPI
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+SPEC_PATH = DOCS / "openapi.yaml"
 STREAM_PATH = "/v1/topics/{topic}/stream"
 DASHBOARD_STREAM_PATH = "/v1/dashboard/stream"  # endless too: tests/test_dashboard.py reads it bounded
 TIMEOUT = 10.0  # seconds for any one request; the server bounds long-polls at 30 s

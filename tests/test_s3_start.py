@@ -42,11 +42,11 @@ from harness import (
     twistd_command,
     until,
 )
+from harness.paths import ROOT
 from sprawl.storage.s3 import S3Settings, S3Unusable, check_at_start
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Bound on a refused start: the node must exit on its own well within it (it takes seconds).
 EXIT_BOUND = 60.0
 READY_BOUND = 60.0

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from harness import READY_MARK, node_environment, require_tools, twistd_command
+from harness.paths import DOCS
 
-UNITS = Path(__file__).resolve().parent.parent / "docs" / "systemd"
+UNITS = DOCS / "systemd"
 SERVICES = ("sprawl.service", "sprawl@.service", "sprawl-http.service")
 HARDENING = {
     "ProtectSystem": "strict",
