@@ -36,8 +36,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from sprawl.config import ConfigError
-from sprawl.errors import SprawlError
+from sprawl.errors import ConfigError, SprawlError
 
 PERMISSIONS = ("publish", "subscribe", "admin")
 MAX_HEADER = 8192

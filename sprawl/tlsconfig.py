@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sprawl.config import ConfigError
+from sprawl.errors import ConfigError
 
 
 def _read(path: str, what: str) -> bytes:

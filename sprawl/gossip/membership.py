@@ -53,7 +53,6 @@ from typing import Any
 
 import msgspec
 
-from sprawl.gossip import wire
 from sprawl.gossip.broadcast import BroadcastQueue, retransmit_limit
 from sprawl.gossip.messages import (
     STATE_ALIVE,
@@ -73,6 +72,14 @@ from sprawl.gossip.messages import (
     Suspect,
 )
 from sprawl.gossip.suspicion import Suspicion, confirmations_wanted, suspicion_timeout
+from sprawl.gossip.wire import (
+    ABSOLUTE_MAX_PACKET,
+    DecodeError,
+    assemble,
+    decode_packet,
+    encode_message,
+    packet_overhead,
+)
 
 Address = tuple[str, int]
 
@@ -232,8 +239,8 @@ class GossipConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.indirect_checks < 0 or self.gossip_nodes < 0:
             raise ValueError("indirect_checks and gossip_nodes must be >= 0")
-        overhead = wire.packet_overhead(self.cluster_key is not None)
-        if not 512 <= self.max_packet_bytes <= wire.ABSOLUTE_MAX_PACKET:
+        overhead = packet_overhead(self.cluster_key is not None)
+        if not 512 <= self.max_packet_bytes <= ABSOLUTE_MAX_PACKET:
             raise ValueError("max_packet_bytes must be within [512, 65507]")
         if self.max_meta_bytes + 400 + overhead > self.max_packet_bytes:
             raise ValueError("max_meta_bytes too large for max_packet_bytes")
@@ -358,7 +365,7 @@ class Membership:
         self._seeds: list[Address] = []
         self._pp_replied: dict[tuple[Address, int], float] = {}
         self._exchanges: dict[int, _Exchange] = {}
-        self._overhead = wire.packet_overhead(config.cluster_key is not None)
+        self._overhead = packet_overhead(config.cluster_key is not None)
         self._maybe_gone = False
         self._out = Output()
         self._tokens = float(_CORRECTION_BURST)
@@ -473,8 +480,8 @@ class Membership:
         """Handle one datagram from ``src``.  Malformed or unauthenticated
         packets are counted (``dropped_*``) and dropped; this never raises."""
         try:
-            messages = wire.decode_packet(data, self.config.cluster_key, self.config.max_packet_bytes)
-        except wire.DecodeError as e:
+            messages = decode_packet(data, self.config.cluster_key, self.config.max_packet_bytes)
+        except DecodeError as e:
             self.stats[_DROP_STAT.get(e.reason, "dropped_decode")] += 1
             return self._flush()
         src = _addr(src)
@@ -543,10 +550,6 @@ class Membership:
         """Transmissions per update at the current cluster size."""
         return self._limit()
 
-    def pending_broadcasts(self) -> list[tuple[str, int]]:
-        """(node id, transmits) of updates awaiting dissemination."""
-        return self._broadcasts.pending()
-
     # ------------------------------------------------------------ internals
 
     def _flush(self) -> Output:
@@ -572,7 +575,7 @@ class Membership:
         return its metadata as peers will see it (tuples become lists, ...),
         so our own update echoed back compares equal."""
         try:
-            decoded = msgspec.msgpack.decode(wire.encode_message(msg), type=Alive)
+            decoded = msgspec.msgpack.decode(encode_message(msg), type=Alive)
         except (msgspec.EncodeError, msgspec.ValidationError, TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"node id, address or metadata not encodable: {e}") from None
         meta_size = len(msgspec.msgpack.encode(msg.meta))
@@ -583,18 +586,18 @@ class Membership:
         return dict(decoded.meta)
 
     def _broadcast(self, key: str, msg: Message) -> None:
-        self._broadcasts.queue(key, wire.encode_message(msg))
+        self._broadcasts.queue(key, encode_message(msg))
         self.stats["broadcasts_queued"] += 1
 
     def _send(self, addr: Address, messages: list[Message], piggyback: bool = True) -> None:
-        parts = [wire.encode_message(m) for m in messages]
+        parts = [encode_message(m) for m in messages]
         if piggyback:
             budget = self.config.max_packet_bytes - self._overhead - sum(map(len, parts))
             parts += self._broadcasts.take(budget, self._limit())
         self._emit_packet(addr, parts)
 
     def _emit_packet(self, addr: Address, parts: list[bytes]) -> None:
-        self._out.datagrams.append((addr, wire.assemble(parts, self.config.cluster_key)))
+        self._out.datagrams.append((addr, assemble(parts, self.config.cluster_key)))
         self.stats["packets_sent"] += 1
 
     def _random_members(
@@ -1046,14 +1049,14 @@ class Membership:
         used = 0
         for m in self._members.values():  # this node first: insertion order
             st = MemberState(m.node_id, m.addr, m.meta, _TO_WIRE[m.state], m.incarnation)
-            size = len(wire.encode_message(st))
+            size = len(encode_message(st))
             if batches[-1] and used + size > budget:
                 batches.append([])
                 used = 0
             batches[-1].append(st)
             used += size
         n = len(batches)
-        return [wire.encode_message(PushPull(req, join, reply, i, n, b)) for i, b in enumerate(batches)]
+        return [encode_message(PushPull(req, join, reply, i, n, b)) for i, b in enumerate(batches)]
 
     def _send_push_pull(
         self,
