@@ -1,13 +1,16 @@
-"""SWIM + Lifeguard gossip membership: the pure protocol core.
+"""SWIM + Lifeguard gossip membership: the pure protocol core and its UDP adapter.
 
-Nothing in this package imports Twisted.  :mod:`sprawl.gossip.membership`
+Every module here except :mod:`sprawl.gossip.udp` is pure (no Twisted, no
+I/O; tests/test_purity.py and the import contract check it).  :mod:`sprawl.gossip.membership`
 holds the protocol (:class:`Membership`, driven by ``tick``/``receive``/
 ``join``/``leave`` and returning datagrams and member events);
 :mod:`~sprawl.gossip.messages` and :mod:`~sprawl.gossip.wire` define and
 (de)serialise what travels in UDP datagrams; :mod:`~sprawl.gossip.broadcast`
-is the retransmit-limited dissemination queue and
-:mod:`~sprawl.gossip.suspicion` the Lifeguard suspicion timer.  The UDP
-adapter lives beside them and is the only part that touches sockets and time.
+is the retransmit-limited dissemination queue,
+:mod:`~sprawl.gossip.suspicion` the Lifeguard suspicion timer and
+:mod:`~sprawl.gossip.load` the per-partition rates in the gossiped load.  The
+UDP adapter :mod:`~sprawl.gossip.udp` is the only part that imports Twisted
+and touches sockets, disk and time.
 """
 
 from sprawl.gossip.membership import (

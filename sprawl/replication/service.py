@@ -32,8 +32,11 @@ A new leader's control record is a :class:`Record` with ``control`` set:
 it takes an offset, and every consumer path skips it (fetch, SSE and
 WebSocket cursors move past it; a group settles it unseen).
 
-Not yet here (see docs/architecture.md, "Wiring plan"): failover commits
-are not yet Raft proposals, and no node builds replicas.
+The cluster data plane (:mod:`sprawl.cluster`) builds one
+:class:`PartitionReplication` for every replicated partition this node holds
+and gives the service the function that commits a failover choice as a Raft
+proposal (``set_partition``); see docs/architecture.md, "Replication" and
+"The data plane".
 """
 
 from __future__ import annotations
