@@ -8,7 +8,7 @@ observer as the application's ``ILogObserver`` component when twistd
 attaches the service to the application, so twistd never creates a text
 observer at all and every line on stdout is one JSON object.
 
-``twistd --logger sprawl.logs.json_observer sprawl ...`` does the same for
+``twistd --logger sprawl.log_observers.json_observer sprawl ...`` does the same for
 any twistd version or plugin; it is the fallback documented in
 docs/operations.md.
 """
@@ -22,9 +22,6 @@ from typing import IO, Any
 from twisted.application import service
 from twisted.logger import ILogObserver, LogEvent, formatEvent, jsonFileLogObserver
 from zope.interface import implementer
-
-#: The formats ``--log-format`` accepts.
-LOG_FORMATS = ("text", "json")
 
 
 @implementer(ILogObserver)

@@ -809,7 +809,7 @@ def check_s3_at_start(c: NodeConfig) -> None:
 
 def makeService(options: Options) -> Any:
     """The ``twistd sprawl`` service (after the start-time checks)."""
-    from sprawl.logs import LoggingMultiService
+    from sprawl.log_observers import LoggingMultiService
 
     config: NodeConfig = options["node_config"]
     if config.s3_endpoint and config.s3_bucket:

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.logger import ILogObserver, Logger
 
 from harness import NodeProcess
-from sprawl.logs import LoggingMultiService, json_observer
+from sprawl.log_observers import LoggingMultiService, json_observer
 from sprawl.tap import build_config
 
 
