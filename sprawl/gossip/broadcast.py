@@ -96,10 +96,6 @@ class BroadcastQueue:
                 self._buckets.setdefault(item.transmits, {})[item.seq] = item
         return out
 
-    def pending(self) -> list[tuple[str, int]]:
-        """(key, transmits) of every queued update (for tests and metrics)."""
-        return [(i.key, i.transmits) for i in self._by_key.values()]
-
     def clear(self) -> None:
         """Drop every queued update."""
         self._by_key.clear()

@@ -153,6 +153,3 @@ class PushPull(msgspec.Struct, tag=9, array_like=True, frozen=True, gc=False):
 
 #: Every message that can appear in a packet.
 Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Leave | PushPull
-
-#: The membership updates the broadcast queue disseminates.
-Update = Alive | Suspect | Dead | Leave

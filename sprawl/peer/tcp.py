@@ -604,11 +604,6 @@ class PeerChannel:
         s.wanted = True
         s._connect()
 
-    @property
-    def authenticated(self) -> bool:
-        """Whether peers prove who they are (a cluster key or a cluster CA)."""
-        return bool(self.key) or self.server_tls is not None
-
     def _check_certificate(self, transport: Any, node_id: str) -> None:
         """With TLS: the peer's certificate must name ``node_id`` (HandshakeError)."""
         if self.peer_names is None:

@@ -115,18 +115,6 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
 
-    def contains_updates(self) -> bool:
-        """Whether anything needs doing."""
-        return bool(
-            self.soft_state
-            or self.hard_state
-            or self.entries
-            or self.snapshot
-            or self.messages
-            or self.committed_entries
-            or self.read_states
-        )
-
 
 @dataclass
 class _ReadRequest:
