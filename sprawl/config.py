@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sprawl.errors import ConfigError
 
@@ -218,6 +219,44 @@ def normalize_endpoint_url(url: str) -> str:
     return url
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_key(origin: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` → (scheme, host, port), ports defaulted; None if malformed
+    (the HTTP ``Origin`` check compares these)."""
+    try:
+        u = urlsplit(origin.strip())
+        port = u.port
+    except ValueError:
+        return None
+    scheme = u.scheme.lower()
+    host = (u.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host or u.path not in ("", "/") or u.query or u.username:
+        return None
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def parse_allowed_origins(text: str | list[str] | None) -> tuple[str, ...]:
+    """``--allowed-origins``: a comma-separated list of ``scheme://host[:port]``
+    (or ``*`` for every origin, or ``null``); :class:`ConfigError` otherwise."""
+    if text is None:
+        return ()
+    items = text if isinstance(text, list) else str(text).split(",")
+    out: list[str] = []
+    for raw in items:
+        item = str(raw).strip()
+        if not item:
+            continue
+        if item in ("*", "null"):
+            out.append(item)
+            continue
+        if origin_key(item) is None:
+            raise ConfigError(f"--allowed-origins: not an origin (scheme://host[:port]): {item!r}")
+        out.append(item.rstrip("/"))
+    return tuple(out)
+
+
 @dataclass
 class NodeConfig:
     """Everything a node needs to start, validated.
@@ -364,8 +403,6 @@ class NodeConfig:
             raise ConfigError("--partition-backlog must be at least 64KB")
         if not 0 < self.slow_consumer_timeout <= 3600:
             raise ConfigError("--slow-consumer-timeout must be in (0, 1h]")
-        from sprawl.http.origin import parse_allowed_origins
-
         self.allowed_origins = parse_allowed_origins(list(self.allowed_origins))
         if self.max_connections < 1:
             raise ConfigError("--max-connections must be at least 1")

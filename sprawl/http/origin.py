@@ -15,55 +15,24 @@ A listed origin also gets CORS: its preflight (``OPTIONS`` with
 ``Access-Control-Request-Method``) is answered, and every answer to it carries
 ``Access-Control-Allow-Origin``, so its pages can call the API with ``fetch``.
 
+The grammar of an origin and of ``--allowed-origins`` is the configuration's
+(:func:`sprawl.config.parse_allowed_origins`, re-exported here).
+
 Pure: no Twisted import.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from sprawl.config import origin_key as _key
+from sprawl.config import parse_allowed_origins
 
-from sprawl.errors import ConfigError
+__all__ = ["ALLOWED_METHODS", "PREFLIGHT_MAX_AGE", "UNSAFE_METHODS", "OriginPolicy", "parse_allowed_origins"]
 
 #: Methods that change state (the rest only read).
 UNSAFE_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 #: How long a browser may cache a preflight answer (seconds).
 PREFLIGHT_MAX_AGE = b"600"
 ALLOWED_METHODS = b"GET, POST, PUT, DELETE"
-
-
-def _key(origin: str) -> tuple[str, str, int] | None:
-    """``scheme://host[:port]`` → (scheme, host, port), ports defaulted; None if malformed."""
-    try:
-        u = urlsplit(origin.strip())
-        port = u.port
-    except ValueError:
-        return None
-    scheme = u.scheme.lower()
-    host = (u.hostname or "").lower()
-    if scheme not in _DEFAULT_PORTS or not host or u.path not in ("", "/") or u.query or u.username:
-        return None
-    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
-
-
-def parse_allowed_origins(text: str | list[str] | None) -> tuple[str, ...]:
-    """``--allowed-origins``: a comma-separated list of ``scheme://host[:port]``
-    (or ``*`` for every origin, or ``null``); :class:`ConfigError` otherwise."""
-    if text is None:
-        return ()
-    items = text if isinstance(text, list) else str(text).split(",")
-    out: list[str] = []
-    for raw in items:
-        item = str(raw).strip()
-        if not item:
-            continue
-        if item in ("*", "null"):
-            out.append(item)
-            continue
-        if _key(item) is None:
-            raise ConfigError(f"--allowed-origins: not an origin (scheme://host[:port]): {item!r}")
-        out.append(item.rstrip("/"))
-    return tuple(out)
 
 
 class OriginPolicy:
