@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
+    from sprawl.cluster.metadata import Metadata
     from sprawl.cluster.voters import Strength
     from sprawl.delivery.groups import ConsumerGroup, Delivery
     from sprawl.delivery.remote_feed import RemoteFeeds
@@ -341,4 +342,52 @@ class FeedSocket(Protocol):
 
     def close_feed(self, code: int, reason: str) -> None:
         """The feed ended: close the socket with ``code`` and ``reason``."""
+        ...
+
+
+# --- cluster ------------------------------------------------------------------------------
+
+
+class ControlView(Protocol):
+    """What the data plane (:mod:`sprawl.cluster.dataplane` and its parts) needs
+    of the cluster control (:class:`sprawl.cluster.control.ClusterControl`):
+    the applied metadata, who the controller is, and proposals."""
+
+    #: The cluster metadata as applied on this node.
+    metadata: Metadata
+    #: Seconds a node may be dead before its replicas are replaced.
+    dead_grace: float
+
+    @property
+    def leader_name(self) -> str:
+        """The Raft leader's node id ("" when none is known)."""
+        ...
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node is the Raft leader (the controller)."""
+        ...
+
+    def is_voter(self, raft_id: int) -> bool:
+        """Whether ``raft_id`` is a voter of the Raft configuration this node uses."""
+        ...
+
+    def is_foreign(self, view: dict[str, Any]) -> bool:
+        """Whether a gossip member view belongs to another Raft cluster."""
+        ...
+
+    def propose(self, cmd: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Propose a metadata command; fires with its result once applied here."""
+        ...
+
+
+class Members(Protocol):
+    """What the cluster needs of gossip (:class:`sprawl.gossip.udp.GossipNode`): who is up."""
+
+    def member_views(self) -> list[dict[str, Any]]:
+        """Every known member as a JSON-able view (``id``, ``state``, ``peer``, ``http``, ...)."""
+        ...
+
+    def live_member_ids(self) -> list[str]:
+        """Node ids of the members alive or suspect."""
         ...

@@ -1,4 +1,4 @@
-"""The controller's replica-set steps (``DataPlane._wanted_replicas``) with a
+"""The controller's replica-set steps (``PartitionController.wanted_replicas``) with a
 load move's goal in the placement: the goal's node is added first, and the
 hot replica leaves only once the goal's replicas hold every committed record
 -- after its leadership moved, if it led."""
@@ -42,14 +42,23 @@ def test_a_goal_adds_its_node_first_then_drops_the_hot_replica() -> None:
     live = ["a", "b", "c", "d"]
     goal = ["d", "b", "c"]
     c = _confirmed("b", ("a", "b", "c"))
-    assert plane._wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c, goal) == ["a", "b", "c", "d"]
+    assert plane.controller.wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c, goal) == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
     c4 = _confirmed("b", ("a", "b", "c", "d"))
-    plane._in_sync = lambda key, leader, now: {"b", "c"}  # type: ignore[method-assign]
+    plane.controller.in_sync = lambda key, leader, now: {"b", "c"}  # type: ignore[method-assign]
     assert (
-        plane._wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, goal) is None
+        plane.controller.wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, goal) is None
     )  # d catching up
-    plane._in_sync = lambda key, leader, now: {"a", "b", "c", "d"}  # type: ignore[method-assign]
-    assert plane._wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, goal) == ["b", "c", "d"]
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c", "d"}  # type: ignore[method-assign]
+    assert plane.controller.wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, goal) == [
+        "b",
+        "c",
+        "d",
+    ]
 
 
 def test_a_hot_leader_hands_over_before_it_leaves() -> None:
@@ -58,10 +67,13 @@ def test_a_hot_leader_hands_over_before_it_leaves() -> None:
     plane, _ = _plane(["a", "b", "c", "d"])
     live = ["a", "b", "c", "d"]
     c4 = _confirmed("a", ("a", "b", "c", "d"))
-    plane._in_sync = lambda key, leader, now: {"a", "b", "c", "d"}  # type: ignore[method-assign]
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c", "d"}  # type: ignore[method-assign]
     sent: list[Any] = []
-    plane.service._control = lambda key, out: sent.extend(out.messages)  # type: ignore[method-assign]
-    assert plane._wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, ["d", "b", "c"]) is None
+    plane.service.run_control = lambda key, out: sent.extend(out.messages)  # type: ignore[method-assign]
+    assert (
+        plane.controller.wanted_replicas("t", 0, ["a", "b", "c", "d"], 3, live, 0.0, c4, ["d", "b", "c"])
+        is None
+    )
     assert c4.moving_to == "d" and sent, "a hand-off (or fencing) towards d started"
     assert all(not isinstance(m, Fence) or m.epoch == 3 for _dst, m in sent)
 
@@ -70,5 +82,7 @@ def test_a_goal_with_a_node_gone_falls_back_to_rendezvous() -> None:
     """A goal naming a node that is not eligible is ignored."""
     plane, _ = _plane(["a", "b", "c"])
     c = _confirmed("b", ("a", "b", "c"))
-    got = plane._wanted_replicas("t", 0, ["a", "b", "c"], 3, ["a", "b", "c"], 0.0, c, ["x", "b", "c"])
+    got = plane.controller.wanted_replicas(
+        "t", 0, ["a", "b", "c"], 3, ["a", "b", "c"], 0.0, c, ["x", "b", "c"]
+    )
     assert got is None  # rendezvous over a, b, c is the current set

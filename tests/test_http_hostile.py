@@ -317,15 +317,15 @@ async def test_fetch_rpc_answers_are_capped_whatever_the_caller_asks(
     """The ``fetch`` peer RPC (routed reads, remote stream feeds) answers at most BATCH_BYTES
     of records (one at least), however much the caller asks for, so an answer always fits a peer
     frame; and ``fetch_remote`` passes the caller's budget on."""
-    import sprawl.cluster.dataplane as dp
+    import sprawl.cluster.routing as routing
 
-    monkeypatch.setattr(dp, "BATCH_BYTES", 250_000)
+    monkeypatch.setattr(routing, "BATCH_BYTES", 250_000)
     await publish_100k(node, "r", 10)
     rpc = FakeRPC()
-    plane = _plane(node, rpc)
+    _plane(node, rpc)  # registers its peer RPC handlers with rpc
     for asked in (None, 10**12, 150_000):
         body = {"topic": "r", "partition": 0, "start": 0, "limit": 10_000, "wait_ms": 0, "max_bytes": asked}
-        ans = await bounded(plane._rpc_fetch("b", body, 1))
+        ans = await bounded(rpc.handlers["fetch"]("b", body, 1))
         want = 1 if asked == 150_000 else 2
         assert [x[0] for x in ans["records"]] == list(range(want))
         assert len(msgspec.msgpack.encode(ans)) < 250_000 + 1000

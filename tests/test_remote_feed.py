@@ -18,12 +18,12 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from sprawl.cluster.dataplane import DataPlane, pack_record
+from sprawl.cluster.dataplane import DataPlane
 from sprawl.delivery.remote_feed import RemoteFeed, RemoteFeeds
 from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import NotFound, Unavailable
 from sprawl.log.partition import PartitionLog
-from sprawl.log.record import Record, take_bytes
+from sprawl.log.record import Record, pack_record, take_bytes
 from sprawl.testing import FakeBroker, FakeRequest, FakeRPC
 
 WAIT_MS = 20_000
@@ -401,7 +401,7 @@ def test_a_feed_follows_the_partition_to_its_new_leader() -> None:
     for h in (a, bb):
         h.publish(0, ["m0", "m1"])
     placement = {"t": [{"replicas": ["a", "b"], "leader": "a", "epoch": 1}]}
-    control = SimpleNamespace(metadata=SimpleNamespace(placement=placement), leader_name="a")
+    control = SimpleNamespace(metadata=SimpleNamespace(placement=placement), leader_name="a", is_leader=False)
     rpc = FakeRPC(holders_answer({"a": a, "b": bb}))
     broker = FakeBroker()
     plane = DataPlane("c", broker, control, SimpleNamespace(handlers={}), rpc, clock)  # type: ignore[arg-type]

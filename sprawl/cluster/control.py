@@ -1042,6 +1042,10 @@ class ClusterControl:
         """Whether this node is the Raft leader (the controller)."""
         return self.driver is not None and self.driver.is_leader
 
+    def is_voter(self, raft_id: int) -> bool:
+        """Whether ``raft_id`` is a voter of the Raft configuration this node uses."""
+        return self.driver is not None and raft_id in self.driver.node.voters
+
     def name_of(self, raft_id: int) -> str:
         """A node's name for a Raft id ("" for none)."""
         if not raft_id:

@@ -56,7 +56,7 @@ from sprawl.log.damage import DamagedRange
 from sprawl.log.record import Record
 from sprawl.peer.frames import BATCH_BYTES, REPLICATION
 from sprawl.replication.epochs import EpochCache
-from sprawl.replication.failover import ControlOutput, FailoverCore
+from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
 from sprawl.replication.messages import (
     Append,
     FenceResp,
@@ -600,20 +600,32 @@ def load_state(
 class ReplicationService:
     """Routes replication frames on one node and ticks its replicas and controller cores."""
 
-    def __init__(self, node_id: str, channel: Any, reactor: Any, *, tick_seconds: float = 0.1) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        channel: Any,
+        reactor: Any,
+        *,
+        tick_seconds: float = 0.1,
+        commit: Callable[[str, int, Commit], defer.Deferred[None]] | None = None,
+        accept: Callable[[str, tuple[str, int], Message], bool] | None = None,
+    ) -> None:
         self.node_id = node_id
         self.channel = channel
         self.reactor = reactor
         self.tick_seconds = tick_seconds
         self.replicas: dict[tuple[str, int], PartitionReplication] = {}
         #: Failover cores this node runs as the controller, by partition, with
-        #: the function that commits a choice (Raft, in the real node).
+        #: the function that commits a choice (Raft, in the real node;
+        #: without one, every choice counts as committed at once).
         self.controllers: dict[tuple[str, int], FailoverCore] = {}
-        self.commit: Callable[[str, int, Any], defer.Deferred[None]] = lambda t, p, c: defer.succeed(None)
+        self.commit: Callable[[str, int, Commit], defer.Deferred[None]] = commit or (
+            lambda t, p, c: defer.succeed(None)
+        )
         #: Whether a message about a partition is taken from a peer (the data
         #: plane's rule: replicas of the partition, controller messages from a
         #: Raft voter); everything is taken without one.
-        self.accept: Callable[[str, tuple[str, int], Message], bool] = lambda peer, key, m: True
+        self.accept: Callable[[str, tuple[str, int], Message], bool] = accept or (lambda peer, key, m: True)
         self.dropped = 0
         #: Messages refused: from a node that is no replica (or controller), or
         #: an Append that is not one a leader could have sent.
@@ -646,12 +658,14 @@ class ReplicationService:
         r = self.replicas.get(key)
         if r is None:
             r = PartitionReplication(
-                self.node_id, controller, broker, broker.topics[topic], partition, self._send_for(key)
+                self.node_id, controller, broker, broker.topics[topic], partition, self.sender(key)
             )
             self.replicas[key] = r
         return r
 
-    def _send_for(self, key: tuple[str, int]) -> Callable[[str, _Envelope], None]:
+    def sender(self, key: tuple[str, int]) -> Callable[[str, _Envelope], None]:
+        """The function a partition's replica sends its messages with (to itself: delivered here)."""
+
         def send(dst: str, env: _Envelope) -> None:
             if dst == self.node_id:
                 self._deliver(self.node_id, env)
@@ -665,7 +679,7 @@ class ReplicationService:
         for r in list(self.replicas.values()):
             r.tick()
         for key, c in list(self.controllers.items()):
-            self._control(key, c.tick())
+            self.run_control(key, c.tick())
 
     def _frame(self, peer: str, payload: bytes) -> None:
         try:
@@ -711,7 +725,7 @@ class ReplicationService:
                 return
         c = self.controllers.get(key)
         if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady):
-            self._control(key, c.receive(peer, m))
+            self.run_control(key, c.receive(peer, m))
             return
         r = self.replicas.get(key)
         if r is None:
@@ -719,20 +733,22 @@ class ReplicationService:
             return
         r.receive(peer, m, [_unpack(t, env.partition) for t in env.records])
 
-    def _control(self, key: tuple[str, int], out: ControlOutput) -> None:
-        send = self._send_for(key)
+    def run_control(self, key: tuple[str, int], out: ControlOutput) -> None:
+        """Carry out what a partition's failover core decided: send its messages,
+        commit its choice (then tell the core how that went)."""
+        send = self.sender(key)
         for dst, m in out.messages:
             send(dst, _Envelope(key[0], key[1], encode(m)))
         if out.commit is not None:
             c = self.controllers[key]
 
             def committed(_: object) -> None:
-                self._control(key, c.committed(True))
+                self.run_control(key, c.committed(True))
 
             def failed(f: Failure) -> None:
                 log.failure(
                     "committing the leader of {topic}/{partition} failed", f, topic=key[0], partition=key[1]
                 )
-                self._control(key, c.committed(False))
+                self.run_control(key, c.committed(False))
 
             self.commit(key[0], key[1], out.commit).addCallbacks(committed, failed)

@@ -1,0 +1,383 @@
+"""The controller's part for partitions, run by the Raft leader.  An adapter
+(part of the data plane, :mod:`sprawl.cluster.dataplane`): the decisions are
+the pure cores' (:mod:`sprawl.replication.failover`,
+:mod:`sprawl.cluster.balance`, :mod:`sprawl.cluster.placement`).
+
+* **Failover.**  A :class:`~sprawl.replication.failover.FailoverCore` per
+  replicated partition: a leader silent for ``beat_timeout_ticks`` (or dead by
+  gossip) is replaced by fencing a majority and committing the best replica's
+  new epoch through Raft (``set_partition``).
+* **Replica-set steps.**  Replica sets are kept at the topic's replication
+  factor as nodes join, and replicas dead longer than the grace period are
+  replaced, a few partitions at a time (:meth:`PartitionController.wanted_replicas`).
+* **Balancing.**  Leadership moves off overloaded nodes, and a persistently hot
+  node hands a replica to a cooler one (:mod:`sprawl.cluster.balance`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.cluster.placement import replicas as rendezvous
+from sprawl.cluster.replica_sync import ReplicaSync, sync_core
+from sprawl.errors import SprawlError
+from sprawl.gossip.load import rates_by_node
+from sprawl.replication.failover import Commit, FailoverCore
+from sprawl.replication.service import ReplicationService
+
+if TYPE_CHECKING:
+    from sprawl.interfaces import ControlView, Members
+    from sprawl.peer.rpc import PeerRPC
+
+log = Logger()
+
+#: Seconds before a partition may have a replica moved for load again.
+REPLICA_MOVE_COOLDOWN = 600.0
+
+
+class PartitionController:
+    """The controller's work for partitions (see the module docstring).  It
+    acts only while this node is the Raft leader; ``local_view`` is this
+    node's view of a partition it leads (which replicas are in sync)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        control: ControlView,
+        service: ReplicationService,
+        sync: ReplicaSync,
+        rpc: PeerRPC,
+        reactor: Any,
+        membership: Members | None,
+        local_view: Callable[[str, int], dict[str, Any]],
+        *,
+        beat_timeout_ticks: int = 20,
+        max_moves: int = 4,
+    ) -> None:
+        self.node_id = node_id
+        self.control = control
+        self.service = service
+        self.sync = sync
+        self.rpc = rpc
+        self.reactor = reactor
+        self.membership = membership
+        self.local_view = local_view
+        self.beat_timeout_ticks = beat_timeout_ticks
+        self.max_moves = max_moves
+        self._moving: set[tuple[str, int]] = set()
+        #: The leaders' last word on which replicas hold their whole log.
+        self._sync_views: dict[tuple[str, int], tuple[float, set[str] | None]] = {}
+        self._asking: set[tuple[str, int]] = set()
+        #: When a partition last had a replica moved for load.
+        self._replica_moved: dict[tuple[str, int], float] = {}
+        self._dead_since: dict[str, float] = {}
+        self._foreign: set[str] = set()
+        #: Load-based leadership balancing (decides only while this node is the controller).
+        self.balancer = Balancer(BalanceConfig())
+        self.failovers = 0
+
+    def tick(self) -> None:
+        """As the controller, run its work for every partition; otherwise drop its cores."""
+        if self.control.is_leader:
+            self._control_partitions()
+        elif self.service.controllers:
+            self.service.controllers.clear()
+            self._moving.clear()
+
+    def _control_partitions(self) -> None:
+        meta = self.control.metadata
+        states = self.member_states()
+        now = self.reactor.seconds()
+        for n, st in states.items():
+            if st in ("dead", "left"):
+                self._dead_since.setdefault(n, now)
+            else:
+                self._dead_since.pop(n, None)
+        # A member of another Raft cluster (a survivor of a lost majority that
+        # has not rejoined yet) keeps its replicas, like a node that just died,
+        # but gets no new ones.
+        self._foreign = {n for n, st in states.items() if st == "foreign"}
+        live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
+        for key in [k for k in self.service.controllers if self.sync.placement(*k) is None]:
+            del self.service.controllers[key]  # the topic (or partition) is gone
+        moves = len(self._moving)
+        for name, parts in meta.placement.items():
+            topic = meta.topics.get(name)
+            if topic is None:
+                continue
+            rf = int(topic["config"].get("replication_factor", 1))
+            for p, pl in enumerate(parts):
+                key = (name, p)
+                reps = [str(x) for x in pl["replicas"]]
+                if self._foreign.intersection(reps):
+                    # A replica still in another Raft cluster (a survivor that
+                    # has not rejoined after a forced recovery) hears neither
+                    # our assignments nor our fencing: leave the partition
+                    # alone until it has rejoined.
+                    self.service.controllers.pop(key, None)
+                    continue
+                c = self.service.controllers.get(key)
+                if len(reps) > 1:
+                    if c is None:
+                        c = FailoverCore(
+                            tuple(reps),
+                            epoch=int(pl["epoch"]),
+                            leader=str(pl["leader"]),
+                            beat_timeout_ticks=self.beat_timeout_ticks,
+                        )
+                        self.service.controllers[key] = c
+                    else:
+                        sync_core(c, pl)
+                    if (
+                        c.leader is not None
+                        and states.get(c.leader) in ("dead", "left")
+                        and c.fencing is None
+                        and c.committing is None
+                    ):
+                        log.info(
+                            "controller: leader {leader} of {topic}/{partition} is dead by gossip; failing over",
+                            leader=c.leader,
+                            topic=name,
+                            partition=p,
+                        )
+                        self.service.run_control(key, c.start_failover())
+                elif c is not None:
+                    del self.service.controllers[key]
+                if moves < self.max_moves and key not in self._moving:
+                    want = self.wanted_replicas(name, p, reps, rf, live, now, c, pl.get("goal"))
+                    if want is not None:
+                        moves += 1
+                        self._move(key, pl, want)
+        self._balance(now, live)
+
+    def _balance(self, now: float, live: list[str]) -> None:
+        """Move partition leadership off overloaded nodes (see :mod:`sprawl.cluster.balance`)."""
+        if self.membership is None or not self.balancer.due(now):
+            return
+        ctl = self.service.controllers
+
+        def movable(k: tuple[str, int]) -> bool:
+            c = ctl.get(k)
+            return c is not None and not c.busy and c.leader_confirmed and k not in self._moving
+
+        parts = partitions_from(
+            self.control.metadata.placement, rates_by_node(self.membership.member_views()), movable
+        )
+        in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
+        decision = self.balancer.decide(now, parts, live, in_flight)
+        rm = replica_move(
+            decision,
+            parts,
+            live,
+            bytes_per_unit=self.balancer.config.bytes_per_unit,
+            recently_moved=lambda k: now - self._replica_moved.get(k, float("-inf")) < REPLICA_MOVE_COOLDOWN,
+        )
+        if rm is not None:
+            self._move_replica(rm, now)
+        for mv in decision.moves:
+            key = (mv.topic, mv.partition)
+            c = ctl.get(key)
+            out = c.move_leader(mv.dst) if c is not None else None
+            if out is not None:
+                log.info(
+                    "controller: moving the leadership of {topic}/{partition} from {src} to {dst} ({reason})",
+                    topic=mv.topic,
+                    partition=mv.partition,
+                    src=mv.src,
+                    dst=mv.dst,
+                    reason=mv.reason,
+                )
+                self.service.run_control(key, out)
+
+    def wanted_replicas(
+        self,
+        name: str,
+        p: int,
+        reps: list[str],
+        rf: int,
+        live: list[str],
+        now: float,
+        c: FailoverCore | None,
+        goal: list[str] | None = None,
+    ) -> list[str] | None:
+        """The replica set this partition should move to next, or None to leave it.
+
+        The goal is rendezvous hashing's top ``min(RF, eligible nodes)`` over
+        the *eligible* nodes: registered nodes alive by gossip, or dead for
+        less than the grace period (a node restarting keeps its partitions).
+        One step at a time, never below the replicas that hold the data:
+
+        * replicas dead past the grace period are dropped and the set is
+          filled up again (from the goal's order);
+        * a set smaller than the goal grows;
+        * a load move (:func:`sprawl.cluster.balance.replica_move`) sets its own
+          goal in the placement, used instead while all its nodes are eligible;
+        * a set the goal differs from first gains the goal's missing node
+          (one more replica than the goal), and only once every replica of
+          the goal holds every committed record does it lose one that is not
+          in the goal -- after the leadership moved, if it was the leader.
+        """
+        if c is not None and (
+            c.fencing is not None or c.committing is not None or not c.leader_confirmed or c.busy
+        ):
+            return None  # only a partition with a working leader changes its replicas
+        grace = self.control.dead_grace
+        gone = {r for r in reps if r in self._dead_since and now - self._dead_since[r] >= grace}
+        keep = [r for r in reps if r not in gone]
+        if not keep:
+            return None
+        registered = set(self.control.metadata.nodes) | {self.node_id}
+        recently_dead = {n for n, since in self._dead_since.items() if now - since < grace} | self._foreign
+        eligible = sorted(n for n in registered if n in live or n in recently_dead)
+        target = max(min(rf, len(eligible)), 1)
+        if goal and all(n in eligible for n in goal):
+            ideal = list(goal)[:target]  # a load move's target (while all of it is up)
+        else:
+            ideal = rendezvous(name, p, eligible, target)
+        if gone or len(keep) < target:
+            out = list(keep)
+            for n in [*ideal, *rendezvous(name, p, live, len(live))]:
+                if len(out) >= target:
+                    break
+                if n not in out and n in live:
+                    out.append(n)
+            return out if out != reps else None
+        if set(keep) == set(ideal):
+            return None
+        if len(keep) <= target:
+            add = next((n for n in ideal if n not in keep and n in live), None)
+            return [*keep, add] if add is not None else None
+        extra = [r for r in keep if r not in ideal]
+        if not extra or c is None or c.leader is None:
+            return None
+        in_sync = self.in_sync((name, p), c.leader, now)
+        if in_sync is None or not set(ideal) <= in_sync:
+            return None  # the goal's new replicas are still catching up
+        if c.leader in extra:
+            out_ = c.move_leader(ideal[0])  # hand the leadership over first
+            if out_ is not None:
+                self.service.run_control((name, p), out_)
+            return None
+        return [r for r in keep if r != extra[0]]
+
+    def in_sync(self, key: tuple[str, int], leader: str, now: float) -> set[str] | None:
+        """The replicas holding every committed record, as the leader last said
+        (asked over the peer channel at most once a second)."""
+        if leader == self.node_id:
+            return set(self.local_view(*key).get("in_sync") or ())
+        at, seen = self._sync_views.get(key, (float("-inf"), None))
+        if now - at >= 1.0 and key not in self._asking:
+            self._asking.add(key)
+            d = self.rpc.call(
+                leader, "partition_status", {"topic": key[0], "partition": key[1]}, hops=1, timeout=2.0
+            )
+
+            def got(view: dict[str, Any]) -> None:
+                self._sync_views[key] = (self.reactor.seconds(), set(view.get("in_sync") or ()))
+
+            def done(_: object) -> None:
+                self._asking.discard(key)
+
+            d.addCallbacks(got, lambda f: None).addBoth(done)
+        return seen if now - at < 5.0 else None
+
+    def _move_replica(self, mv: Move, now: float) -> None:
+        """Steer a partition of a persistently hot node to a cooler one: a new
+        epoch whose goal swaps the hot replica for the cool node (first in the
+        goal: it takes the leadership once it holds every committed record)."""
+        key = (mv.topic, mv.partition)
+        pl = self.sync.placement(*key)
+        if pl is None or key in self._moving:
+            return
+        reps = [str(x) for x in pl["replicas"]]
+        goal = [mv.dst, *(r for r in reps if r != mv.src)]
+        self._replica_moved[key] = now
+        self._moving.add(key)
+        totals = self.balancer.moves_total
+        totals[mv.reason] = totals.get(mv.reason, 0) + 1
+        log.info(
+            "controller: moving a replica of {topic}/{partition} from {src} to {dst} ({reason})",
+            topic=mv.topic,
+            partition=mv.partition,
+            src=mv.src,
+            dst=mv.dst,
+            reason=mv.reason,
+        )
+
+        def done(_: object) -> None:
+            self._moving.discard(key)
+
+        self._propose_partition(key, int(pl["epoch"]) + 1, str(pl["leader"]), reps, goal).addBoth(done)
+
+    def _move(self, key: tuple[str, int], pl: dict[str, Any], want: list[str]) -> None:
+        leader = str(pl["leader"])
+        if leader not in want:
+            return
+        epoch = int(pl["epoch"]) + 1
+        self._moving.add(key)
+        log.info(
+            "controller: replicas of {topic}/{partition} become {replicas} (epoch {epoch})",
+            topic=key[0],
+            partition=key[1],
+            replicas=",".join(want),
+            epoch=epoch,
+        )
+
+        def done(_: object) -> None:
+            self._moving.discard(key)
+
+        self._propose_partition(key, epoch, leader, want).addBoth(done)
+
+    def _propose_partition(
+        self, key: tuple[str, int], epoch: int, leader: str, reps: list[str], goal: list[str] | None = None
+    ) -> defer.Deferred[dict[str, Any]]:
+        cmd: dict[str, Any] = {
+            "op": "set_partition",
+            "topic": key[0],
+            "partition": key[1],
+            "epoch": epoch,
+            "leader": leader,
+            "replicas": list(reps),
+        }
+        if goal is not None:
+            cmd["goal"] = list(goal)
+        try:
+            d: defer.Deferred[dict[str, Any]] = self.control.propose(cmd)
+        except SprawlError as e:
+            return defer.fail(e)
+        return d
+
+    def commit(self, topic: str, partition: int, c: Commit) -> defer.Deferred[None]:
+        """The failover core's choice, committed through Raft."""
+        self.failovers += 1
+        log.info(
+            "controller: {leader} leads {topic}/{partition} in epoch {epoch}",
+            leader=c.leader,
+            topic=topic,
+            partition=partition,
+            epoch=c.epoch,
+        )
+
+        def check(result: dict[str, Any]) -> None:
+            err = result.get("error")
+            if err:
+                raise SprawlError(err["message"], code=err["code"], status=err["status"])
+
+        return self._propose_partition((topic, partition), c.epoch, c.leader, list(c.replicas)).addCallback(
+            check
+        )
+
+    def member_states(self) -> dict[str, str]:
+        """Gossip state by node id; ``foreign`` for a member of another Raft
+        cluster (it gets no replicas until it has joined this one)."""
+        if self.membership is None:
+            return {}
+        return {
+            str(v["id"]): "foreign" if self.control.is_foreign(v) else str(v["state"])
+            for v in self.membership.member_views()
+        }

@@ -1,0 +1,202 @@
+"""Replicas from the placement: which partitions this node holds, and the
+replica adapters that follow the applied Raft metadata.  An adapter (part of
+the data plane, :mod:`sprawl.cluster.dataplane`).
+
+Every node applies the same Raft log; after each ``put_topic`` /
+``set_partition`` / ``delete_topic`` (and a snapshot) :meth:`ReplicaSync.sync_topic`
+makes the local replicas match the applied placement: a partition with more
+than one replica that lists this node gets a
+:class:`~sprawl.replication.service.PartitionReplication`, which hears the
+committed ``Assign(epoch, leader, replicas)``.  A partition whose only replica
+is this node is served by the broker directly, as on a single node.  A
+replica whose adapter failed is built again from what this node stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from sprawl.cluster.placement import raft_id_of
+from sprawl.log.record import Record
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Assign, Fence, Handoff, Message
+from sprawl.replication.service import PartitionReplication, ReplicationService
+from sprawl.storage import keys
+
+if TYPE_CHECKING:
+    from sprawl.interfaces import ControlView
+    from sprawl.log.partition import PartitionLog
+    from sprawl.pubsub import Broker
+    from sprawl.topics import Topic
+
+log = Logger()
+
+
+def sync_core(c: FailoverCore, pl: dict[str, Any]) -> None:
+    """Bring a controller's failover core up to the applied placement ``pl``
+    of its partition (a newer epoch, or a leader it had not learnt yet)."""
+    epoch = int(pl["epoch"])
+    if epoch > c.epoch:
+        c.cancel_move()  # a pending leadership hand-off is for an epoch gone by
+    if epoch > c.epoch or (epoch == c.epoch and c.leader is None and c.committing is None):
+        c.epoch, c.leader = epoch, str(pl["leader"])
+        c.replicas = tuple(str(x) for x in pl["replicas"])
+        if c.committing is None:
+            c.fencing = None
+            c.silent_ticks = 0
+            c.leader_confirmed = False
+
+
+class ReplicaSync:
+    """This node's replicas, kept matching the applied placement (see the module docstring).
+
+    ``follow`` hears the records every replica stores (the consumer groups
+    follow their partitions' commits with it)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        broker: Broker,
+        control: ControlView,
+        service: ReplicationService,
+        follow: Callable[[Topic, int, list[Record]], None],
+    ) -> None:
+        self.node_id = node_id
+        self.broker = broker
+        self.control = control
+        self.service = service
+        self.follow = follow
+        #: The epoch each local replica was last assigned (from the metadata).
+        self._assigned: dict[tuple[str, int], int] = {}
+        #: Replicas built again after their adapter failed.
+        self.rebuilt = 0
+
+    # -- the placement -----------------------------------------------------------------
+
+    def placement(self, topic: str, partition: int) -> dict[str, Any] | None:
+        """The applied placement of one partition, or None."""
+        parts = self.control.metadata.placement.get(topic)
+        if parts is None or not 0 <= partition < len(parts):
+            return None
+        return parts[partition]
+
+    def leads(self, topic: str, partition: int) -> bool:
+        """Whether this node leads the partition now (or holds it alone)."""
+        if self.is_local(topic, partition):
+            return True
+        r = self.service.replicas.get((topic, partition))
+        return r is not None and r.core.is_leader
+
+    def is_local(self, topic: str, partition: int) -> bool:
+        """Whether the broker serves this partition alone here (this node is its only replica)."""
+        pl = self.placement(topic, partition)
+        if pl is None:
+            return True  # not (yet) in the metadata: the broker's own partition
+        reps = pl["replicas"]
+        return not reps or list(reps) == [self.node_id]
+
+    def holds(self, topic: str, partition: int) -> bool:
+        """Whether this node has the partition's committed records (local or a replica)."""
+        return self.is_local(topic, partition) or (topic, partition) in self.service.replicas
+
+    def accepts(self, peer: str, key: tuple[str, int], m: Message) -> bool:
+        """Replication takes messages about a partition only from its replicas
+        (and the nodes of its goal) in the applied placement, and the
+        controller's (Fence, Assign, Handoff) only from a Raft voter: the
+        controller is the Raft leader."""
+        if isinstance(m, Fence | Assign | Handoff):
+            return self.control.is_voter(raft_id_of(peer))
+        pl = self.placement(*key)
+        if pl is None:
+            return False
+        return peer in pl["replicas"] or peer in (pl.get("goal") or ())
+
+    # -- following the metadata ----------------------------------------------------------
+
+    def sync_topic(self, name: str) -> None:
+        """Make this node's replicas of ``name`` match the applied placement."""
+        parts = self.control.metadata.placement.get(name)
+        t = self.broker.topics.get(name)
+        for key in [k for k in self.service.replicas if k[0] == name]:
+            r = self.service.replicas[key]
+            if parts is None or t is None or r.topic is not t:
+                self._drop(key)
+        if parts is None or t is None:
+            return
+        for p, pl in enumerate(parts):
+            if p >= len(t.logs):
+                break
+            lg = t.logs[p]
+            reps = [str(x) for x in pl["replicas"]]
+            leader, epoch = str(pl["leader"]), int(pl["epoch"])
+            if reps:
+                lg.replicas, lg.leader, lg.epoch = list(reps), leader, epoch
+            key = (name, p)
+            if len(reps) <= 1 or self.node_id not in reps:
+                if key in self.service.replicas:
+                    self._drop(key)
+                if reps == [self.node_id] and lg.replicated:
+                    self._alone(t, lg)
+                continue
+            existing = self.service.replicas.get(key)
+            if existing is not None:
+                r = existing
+            else:
+                r = PartitionReplication(
+                    self.node_id,
+                    self.control.leader_name or leader,
+                    self.broker,
+                    t,
+                    p,
+                    self.service.sender(key),
+                    committed_if_new=leader == self.node_id,
+                )
+                r.on_records = lambda recs, t=t, p=p: self.follow(t, p, recs)
+                self.service.add(r)
+            if epoch > self._assigned.get(key, 0):
+                self._assigned[key] = epoch
+                r.receive(self.control.leader_name or leader, Assign(epoch, leader, tuple(reps)), [])
+            c = self.service.controllers.get(key)
+            if c is not None:
+                sync_core(c, pl)
+
+    def rebuild_failed(self) -> None:
+        """Build again every replica whose adapter failed (its error is
+        logged) from what this node stored: it rejoins as a follower."""
+        broken = [key for key, r in self.service.replicas.items() if r.failed is not None]
+        for key in broken:
+            self.rebuilt += 1
+            log.warn(
+                "rebuilding the replica of {topic}/{partition} from its stored state",
+                topic=key[0],
+                partition=key[1],
+            )
+            self._drop(key)
+        for name in {key[0] for key in broken}:
+            self.sync_topic(name)
+
+    def follow_controller(self) -> None:
+        """Point every replica at the current controller (the Raft leader)."""
+        leader = self.control.leader_name
+        if leader:
+            for r in self.service.replicas.values():
+                r.core.controller = leader
+
+    def _alone(self, t: Topic, lg: PartitionLog) -> None:
+        """This node became the partition's only replica: the broker serves it
+        directly again -- its high watermark follows the local fsync (what
+        this leader stored is all there is), and the replica state is
+        forgotten, so a later replica set starts from this log as committed."""
+        lg.replicated = False
+        if lg.stored_end > lg.high_watermark:
+            lg.high_watermark = lg.stored_end
+            self.broker.notify(t.name, lg.partition)
+        d = self.broker.store.write([("d", "meta", keys.replica_state_key(t.config.uid, lg.partition))])
+        d.addErrback(lambda f: log.warn("forgetting a replica state failed: {err}", err=str(f.value)))
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        self.service.replicas.pop(key, None)
+        self._assigned.pop(key, None)

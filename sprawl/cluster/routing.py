@@ -1,0 +1,435 @@
+"""Routing on one node: where a publish or a read must go, and the peer RPCs
+that answer other nodes' forwarded ones.  An adapter (part of the data plane,
+:mod:`sprawl.cluster.dataplane`).
+
+A publish for a partition this node does not lead is forwarded to its leader
+over the peer channel (:mod:`sprawl.peer.rpc`, hop limited).  A refusal
+(``not_leader``, ``no_leader``, a topic not applied there yet) or a leader
+that cannot be reached or does not answer is retried against the freshly
+applied placement until :attr:`Router.route_timeout` -- so clients ride
+through a failover without seeing it -- then answered 503 ``no_leader``.  A
+holder that has not applied a topic this node knows is asked again (a publish
+and a forwarded read alike): read-your-writes for metadata.  Retrying is safe
+even when the first attempt was written: this node named every message first,
+and the leader (old or new) answers a repeated id with its first copy's
+offset.  Reads are served locally by any replica (below its high watermark:
+only committed records) and forwarded otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+from sprawl.cluster.replica_sync import ReplicaSync
+from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
+from sprawl.log.record import Record, pack_record, unpack_record
+from sprawl.peer.frames import BATCH_BYTES
+from sprawl.pubsub import PublishResult
+from sprawl.replication.replica import NotLeader
+from sprawl.replication.service import PartitionReplication
+
+if TYPE_CHECKING:
+    from sprawl.peer.rpc import PeerRPC
+    from sprawl.pubsub import Broker
+    from sprawl.topics import Topic
+
+#: Refusals of a leader that has not applied yet what this node applied (a topic
+#: created, or given more partitions, a moment ago).  A node that knows the
+#: partition waits for the leader to catch up: read-your-writes for metadata
+#: from any entry node.
+_NOT_APPLIED_THERE = {"topic_not_found", "partition_not_found"}
+#: Errors after which a publish is retried (the message ids make a repeat harmless).
+_RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", *_NOT_APPLIED_THERE}
+
+#: What a publish answer's ``stored`` can say, the weakest promise first.
+_WEAKEST_FIRST = ("pending", "memory", "lmdb", "quorum")
+
+
+class NotLeaderError(Unavailable):
+    """This node does not lead the partition (``hint``: who does, if known)."""
+
+    code = "not_leader"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class Router:
+    """Publishes and reads to where their partition is held (see the module
+    docstring); answers the ``publish`` and ``fetch`` peer RPCs."""
+
+    def __init__(
+        self,
+        node_id: str,
+        broker: Broker,
+        sync: ReplicaSync,
+        rpc: PeerRPC,
+        reactor: Any,
+        *,
+        route_timeout: float = 10.0,
+        forward_timeout: float = 5.0,
+    ) -> None:
+        self.node_id = node_id
+        self.broker = broker
+        self.sync = sync
+        self.rpc = rpc
+        self.reactor = reactor
+        self.route_timeout = route_timeout
+        self.forward_timeout = forward_timeout
+        self.forwarded = 0
+        self.retried = 0
+        rpc.register("publish", self._rpc_publish)
+        rpc.register("fetch", self._rpc_fetch)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, topic: Topic, records: list[Record], acks: str) -> defer.Deferred[PublishResult]:
+        """Publish ``records`` to ``topic`` through each partition's leader."""
+        name = topic.name
+        n = len(topic.logs)
+        if all(self.sync.is_local(name, p) for p in range(n)):
+            return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
+        self.broker.check_message_sizes(records, topic.config.max_message_bytes)
+        named: set[str] = set()
+        for r in records:
+            if r.id is None:
+                # Named here, before the first attempt: a publish retried
+                # through a failover carries the same id, and the partition's
+                # (new) leader answers it with the first copy's offset.
+                r.id = self.broker.new_message_id()
+                named.add(r.id)
+        groups: dict[int, list[int]] = {}
+        if all(r.key is None for r in records):
+            # No keys: the whole batch goes to one partition (round robin per
+            # batch, Kafka's sticky partitioner) -- one leader, one replication
+            # round, instead of a slice for every leader.
+            groups[topic.partition_for(None)] = list(range(len(records)))
+        else:
+            for i, r in enumerate(records):
+                groups.setdefault(topic.partition_for(r.key), []).append(i)
+        ds = [
+            defer.ensureDeferred(self._publish_partition(topic, p, [records[i] for i in idx], acks, 0, named))
+            for p, idx in groups.items()
+        ]
+
+        def combine(results: list[PublishResult]) -> PublishResult:
+            offsets = [0] * len(records)
+            ids = [""] * len(records)
+            parts = [0] * len(records)
+            dups = [False] * len(records)
+            stored = set()
+            for (p, idx), res in zip(groups.items(), results, strict=True):
+                stored.add(res.stored)
+                for j, i in enumerate(idx):
+                    offsets[i], ids[i], parts[i], dups[i] = res.offsets[j], res.ids[j], p, res.duplicates[j]
+            weakest = next((k for k in _WEAKEST_FIRST if k in stored), "pending")
+            return PublishResult(offsets, ids, parts, dups, weakest)
+
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return d.addCallback(combine)
+
+    async def _publish_partition(
+        self, topic: Topic, p: int, records: list[Record], acks: str, hops: int, named: set[str]
+    ) -> PublishResult:
+        """Publish to one partition: here when this node leads it, else at its
+        leader; retried through failovers until :attr:`route_timeout`."""
+        deadline = self.reactor.seconds() + self.route_timeout
+        last: SprawlError | None = None
+        for attempt in range(1000):
+            # Checked again before every attempt: a leader answering
+            # topic_not_found is retried only while this node knows the topic.
+            t = self.broker.topics.get(topic.name)
+            if t is None:
+                raise NotFound(f"topic {topic.name!r} does not exist", code="topic_not_found")
+            if not 0 <= p < len(t.logs):
+                raise NotFound(f"topic {topic.name!r} has no partition {p}", code="partition_not_found")
+            try:
+                return await self._publish_once(t, p, records, acks, hops, deadline, named)
+            except SprawlError as e:
+                if e.code not in _RETRYABLE:
+                    raise
+                last = e
+            except NotLeader as e:
+                last = NotLeaderError(str(e), e.leader)
+            if self.reactor.seconds() + 0.05 >= deadline:
+                break
+            self.retried += 1
+            await task.deferLater(self.reactor, min(0.05 * (attempt + 1), 0.25), lambda: None)
+        raise Unavailable(
+            f"partition {topic.name}/{p} has no reachable leader now ({last.message if last else 'no route'}); "
+            "retry shortly",
+            code="no_leader",
+        )
+
+    async def _publish_once(
+        self,
+        t: Topic,
+        p: int,
+        records: list[Record],
+        acks: str,
+        hops: int,
+        deadline: float,
+        named: set[str],
+    ) -> PublishResult:
+        """One attempt at the partition's leader (``named``: the ids this
+        cluster gave messages that came without one)."""
+        name = t.name
+        if self.sync.is_local(name, p):
+            pl0 = self.sync.placement(name, p)
+            if pl0 is not None and pl0["replicas"] and pl0["replicas"] != [self.node_id]:
+                raise Unavailable(f"partition {name}/{p} has no replicas", code="no_leader")
+            res: PublishResult = await self.broker.publish(t, records, acks, partition=p)
+            return res
+        r = self.sync.service.replicas.get((name, p))
+        if r is not None and r.core.is_leader:
+            return await self._publish_replicated(t, r, records, acks, named)
+        pl = self.sync.placement(name, p)
+        leader = str(pl["leader"]) if pl else ""
+        if not leader or leader == self.node_id:
+            raise Unavailable(f"partition {name}/{p} is between leaders", code="no_leader")
+        if hops >= self.rpc.max_hops:
+            raise NotLeaderError(f"this node does not lead {name}/{p}", leader)
+        self.forwarded += 1
+        body = {
+            "topic": name,
+            "partition": p,
+            "acks": acks,
+            "records": [pack_record(x) for x in records],
+            "named": [x.id for x in records if x.id in named],
+        }
+        timeout = max(0.1, min(self.forward_timeout, deadline - self.reactor.seconds()))
+        answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        return PublishResult(
+            list(answer["offsets"]),
+            list(answer["ids"]),
+            [p] * len(records),
+            list(answer["duplicates"]),
+            str(answer["stored"]),
+        )
+
+    async def _publish_replicated(
+        self, t: Topic, r: PartitionReplication, records: list[Record], acks: str, named: set[str]
+    ) -> PublishResult:
+        """As the partition's leader: dedup, append, wait for the acks level.
+
+        Client ids are remembered for the dedup window; ids this cluster gave
+        (``named``) only in the short window of recent ids, which is all a
+        retry through a failover needs."""
+        b = self.broker
+        b.check_writable()
+        now = b.now_ms()
+        dedup = t.dedup
+        recent = t.recent
+        n = len(records)
+        offsets: list[int] = [0] * n
+        dups = [False] * n
+        fresh: list[Record] = []
+        seen: dict[str, int] = {}
+        hits: list[int] = []
+        for i, rec in enumerate(records):
+            if rec.id is not None:
+                hit = dedup.lookup(rec.id, now) or recent.lookup(rec.id, now)
+                if hit is not None and hit[0] == r.partition:
+                    offsets[i], dups[i] = hit[1], True
+                    hits.append(hit[1])
+                    continue
+                if rec.id in seen:
+                    dups[i] = True
+                    continue
+                seen[rec.id] = i
+            fresh.append(rec)
+        d = r.publish(fresh) if fresh else defer.succeed([])
+        for rec in fresh:
+            if rec.id in seen:
+                (recent if rec.id in named else dedup).remember(rec.id, r.partition, rec.offset, now)
+        for i, rec in enumerate(records):
+            if dups[i] and rec.id in seen and records[seen[rec.id]] is not rec:
+                offsets[i] = records[seen[rec.id]].offset
+            elif not dups[i]:
+                offsets[i] = rec.offset
+        size = sum(x.message_bytes for x in fresh)
+        b.published_total += len(fresh)
+        b.published_bytes_total += size
+        b.deduplicated_total += n - len(fresh)
+        if b.metrics is not None:
+            b.metrics.published(t.name, len(fresh), size)
+        if acks == "quorum":
+            await d
+            if hits:
+                await r.wait_committed(max(hits))  # the first copies are committed too
+            stored = "quorum"
+        else:
+            d.addErrback(lambda f: None)  # the answer does not wait for it
+            if acks == "leader" and fresh:
+                await b.wait_stored(t.name, r.partition, max(x.offset for x in fresh))
+                stored = "lmdb"
+            else:
+                stored = "pending"
+        ids = [x.id or "" for x in records]
+        for i, rec in enumerate(records):
+            if dups[i] and rec.id is None:
+                ids[i] = ""
+        return PublishResult(offsets, ids, [r.partition] * n, dups, stored)
+
+    def _rpc_publish(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, Any]]:
+        if not isinstance(body, dict):
+            raise BadRequest("malformed forwarded publish", code="bad_request")
+        name, p, acks = str(body["topic"]), int(body["partition"]), str(body["acks"])
+        t = self.broker.topics.get(name)
+        if t is None:
+            raise NotFound(f"topic {name!r} does not exist here yet", code="topic_not_found")
+        if not 0 <= p < len(t.logs):
+            raise NotFound(f"topic {name!r} has no partition {p}", code="partition_not_found")
+        records = [unpack_record(x) for x in body["records"]]
+        self.broker.check_message_sizes(records, t.config.max_message_bytes)
+        named = {str(x) for x in body.get("named") or ()}
+        for rec in records:
+            rec.offset, rec.partition, rec.timestamp = -1, p, 0
+
+        async def run() -> dict[str, Any]:
+            res = await self._publish_once(
+                t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout, named
+            )
+            return {
+                "offsets": res.offsets,
+                "ids": res.ids,
+                "duplicates": res.duplicates,
+                "stored": res.stored,
+            }
+
+        def not_leader(f: Failure) -> Failure:
+            e = f.value
+            if isinstance(e, NotLeader):
+                raise NotLeaderError(str(e), e.leader)
+            return f
+
+        return defer.ensureDeferred(run()).addErrback(not_leader)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read_source(self, topic: str, partition: int) -> str | None:
+        """Where to read a partition this node does not hold: its leader (None: read here)."""
+        if self.sync.holds(topic, partition):
+            return None
+        pl = self.sync.placement(topic, partition)
+        if pl is None:
+            return None
+        leader = str(pl["leader"])
+        return leader or (str(pl["replicas"][0]) if pl["replicas"] else None)
+
+    def fetch_remote(
+        self,
+        topic: str,
+        partition: int,
+        start: str | int | None,
+        from_time: int | None,
+        limit: int,
+        wait_ms: int,
+        max_bytes: int | None = None,
+    ) -> defer.Deferred[dict[str, Any]]:
+        """Read a partition at the node that holds it: fires with
+        ``{"records": [Record], "start", "hw"}`` (records may include control
+        ones); at most ``limit`` records and ``max_bytes`` bytes (the holder
+        caps it at :data:`~sprawl.peer.frames.BATCH_BYTES`), at least one.
+
+        A holder that has not applied the topic (or partition) yet is asked
+        again, while this node knows it, until :attr:`route_timeout`."""
+        src = self.read_source(topic, partition)
+        if src is None:
+            return defer.fail(Unavailable(f"no replica of {topic}/{partition} is known", code="no_leader"))
+        body = {
+            "topic": topic,
+            "partition": partition,
+            "start": start,
+            "from_time": from_time,
+            "limit": limit,
+            "wait_ms": wait_ms,
+            "max_bytes": max_bytes,
+        }
+
+        async def fetch(src: str) -> dict[str, Any]:
+            deadline = self.reactor.seconds() + self.route_timeout
+            for attempt in range(1000):
+                try:
+                    answer = await self.rpc.call(
+                        src, "fetch", body, hops=1, timeout=self.forward_timeout + wait_ms / 1000.0
+                    )
+                    break
+                except SprawlError as e:
+                    t = self.broker.topics.get(topic)
+                    known = t is not None and partition < len(t.logs)
+                    if e.code not in _NOT_APPLIED_THERE or not known:
+                        raise
+                    if self.reactor.seconds() + 0.05 >= deadline:
+                        raise
+                self.retried += 1
+                await task.deferLater(self.reactor, min(0.05 * (attempt + 1), 0.25), lambda: None)
+                src = self.read_source(topic, partition) or src
+            else:
+                raise Unavailable(f"{topic}/{partition} cannot be read at {src} now", code="no_leader")
+            return {
+                "records": [unpack_record(x) for x in answer["records"]],
+                "start": int(answer["start"]),
+                "hw": int(answer["hw"]),
+                "log_start": int(answer.get("log_start", 0)),
+            }
+
+        return defer.ensureDeferred(fetch(src))
+
+    def _rpc_fetch(self, caller: str, body: Any, hops: int) -> defer.Deferred[dict[str, Any]]:
+        if not isinstance(body, dict):
+            raise BadRequest("malformed forwarded fetch", code="bad_request")
+        name, p = str(body["topic"]), int(body["partition"])
+        t = self.broker.get_topic(name)
+        if not 0 <= p < len(t.logs):
+            raise NotFound(f"topic {name!r} has no partition {p}", code="partition_not_found")
+        if not self.sync.holds(name, p):
+            raise NotLeaderError(f"this node holds no replica of {name}/{p}", self.read_source(name, p))
+        limit = max(1, min(int(body.get("limit") or 100), 10_000))
+        # The answer is one peer frame: bounded in bytes whatever the caller asked.
+        max_bytes = max(1, min(int(body.get("max_bytes") or BATCH_BYTES), BATCH_BYTES))
+        wait = max(0.0, min(int(body.get("wait_ms") or 0), 60_000) / 1000.0)
+        lg = t.logs[p]
+        spec, from_time = body.get("start"), body.get("from_time")
+
+        async def run() -> dict[str, Any]:
+            if from_time is not None:
+                start = int(await self.broker.find_time(t, p, int(from_time)))
+            else:
+                start = lg.resolve_start(spec if spec is not None else "earliest")
+            deadline = self.reactor.seconds() + wait
+            for _ in range(10_000):
+                hw = lg.high_watermark
+                got = await self.broker.read(t, p, start, limit, max_bytes=max_bytes) if start < hw else []
+                if got or self.reactor.seconds() >= deadline or self.broker.topics.get(name) is not t:
+                    break
+                await self.changed(name, p, deadline - self.reactor.seconds())
+            return {
+                "records": [pack_record(x) for x in got],
+                "start": start,
+                "hw": lg.high_watermark,
+                "log_start": lg.log_start,
+            }
+
+        return defer.ensureDeferred(run())
+
+    def changed(self, name: str, p: int, seconds: float) -> defer.Deferred[None]:
+        """Fires when the partition's high watermark moves, or after ``seconds``."""
+        d: defer.Deferred[None] = defer.Deferred()
+        timer: Any = None
+
+        def fire() -> None:
+            unwatch()
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not d.called:
+                d.callback(None)
+
+        unwatch = self.broker.watch(name, p, fire)
+        timer = self.reactor.callLater(max(seconds, 0.0), fire)
+        return d
