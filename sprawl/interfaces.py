@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sprawl.cluster.voters import Strength
     from sprawl.delivery.groups import ConsumerGroup, Delivery
     from sprawl.delivery.remote_feed import RemoteFeeds
+    from sprawl.gossip.membership import MemberEvent
     from sprawl.log.manifest import RemoteState
     from sprawl.log.record import Record
     from sprawl.metrics import NodeMetrics
@@ -380,6 +381,11 @@ class ControlView(Protocol):
         """Propose a metadata command; fires with its result once applied here."""
         ...
 
+    def watch_topics(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after each change to a topic (or its
+        placement) is applied here, broker included."""
+        ...
+
 
 class Members(Protocol):
     """What the cluster needs of gossip (:class:`sprawl.gossip.udp.GossipNode`): who is up."""
@@ -390,4 +396,16 @@ class Members(Protocol):
 
     def live_member_ids(self) -> list[str]:
         """Node ids of the members alive or suspect."""
+        ...
+
+
+class Gossip(Members, Protocol):
+    """What the cluster control needs of gossip besides who is up: its member
+    events, and the metadata this node gossips (its cluster id)."""
+
+    #: Called with every member event (join, alive, suspect, dead, left, ...).
+    listeners: list[Callable[[MemberEvent], None]]
+
+    def set_meta(self, **fields: Any) -> None:
+        """Change fields of the metadata this node gossips."""
         ...

@@ -516,8 +516,8 @@ class _RaftCollector:
         dropped.add_metric(["queue"], peer.frames_dropped_queue)
         dropped.add_metric(["oversize"], peer.frames_dropped_oversize)
         dropped.add_metric(["unhandled"], peer.frames_unhandled)
-        dropped.add_metric(["undecodable"], ctl.dropped_frames)
-        dropped.add_metric(["other_cluster"], ctl.foreign_frames)
+        dropped.add_metric(["undecodable"], ctl.wire.dropped_frames)
+        dropped.add_metric(["other_cluster"], ctl.wire.foreign_frames)
         dropped.add_metric(["bad_tag"], peer.frames_auth_failed)
         dropped.add_metric(["too_large_to_send"], peer.frames_too_large)
         yield dropped
@@ -526,8 +526,8 @@ class _RaftCollector:
             "Peer messages refused before they reached their protocol, by what and why",
             labels=["reason"],
         )
-        refused.add_metric(["raft_not_member"], ctl.refused_not_member)
-        refused.add_metric(["raft_bad_snapshot"], ctl.refused_bad_snapshot)
+        refused.add_metric(["raft_not_member"], ctl.wire.refused_not_member)
+        refused.add_metric(["raft_bad_snapshot"], ctl.wire.refused_bad_snapshot)
         plane = self.metrics.plane
         if plane is not None:
             refused.add_metric(["replication"], plane.service.refused)

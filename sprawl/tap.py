@@ -528,6 +528,10 @@ class NodeService(service.Service):
         peer_port = self.peer_port.getHost().port
         peer = f"{advertise}:{peer_port}"
         bootstrap = c.bootstrap if c.bootstrap is not None else not c.seeds
+        from sprawl.cluster.dataplane import DataPlane
+        from sprawl.peer.rpc import PeerRPC
+
+        self.rpc = PeerRPC(self.channel, self.reactor)
         self.control = ClusterControl(
             node_id,
             self.broker,
@@ -535,6 +539,8 @@ class NodeService(service.Service):
             self.reactor,
             self.channel,
             self.gossip,
+            rpc=self.rpc,
+            on_proposal_latency=metrics.raft_proposal_duration.observe,
             bootstrap=bootstrap,
             dead_grace=c.raft_dead_grace,
             snapshot_entries=c.raft_snapshot_entries,
@@ -543,15 +549,9 @@ class NodeService(service.Service):
         )
         await self.control.start()
         links.bind(creator=self.control)
-        from sprawl.cluster.dataplane import DataPlane
-        from sprawl.peer.rpc import PeerRPC
-
-        self.rpc = PeerRPC(self.channel, self.reactor)
-        self.control.attach_rpc(self.rpc)
         self.plane = DataPlane(
             node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
         )
-        self.control.on_topic_changed = self.plane.sync_topic
         links.bind(publisher=self.plane, group_owner=self.plane.groups)
         metrics.balancer = self.plane.balancer
         metrics.plane = self.plane
@@ -560,7 +560,6 @@ class NodeService(service.Service):
         links.bind_remote_log(ClusterRemoteLog(self.control, self.plane))
         self.plane.start()
         metrics.raft = self.control
-        self.control.on_proposal_latency = metrics.raft_proposal_duration.observe
         advertise_ip = advertise
         if not (isIPAddress(advertise) or isIPv6Address(advertise)):
             advertise_ip = await self.reactor.resolve(advertise)

@@ -23,7 +23,8 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from sprawl.cluster.control import _CLUSTER, ClusterControl, cluster_hex
+from sprawl.cluster.cluster_ids import CLUSTER_HEADER, cluster_hex
+from sprawl.cluster.control import ClusterControl
 from sprawl.cluster.placement import raft_id_of
 from sprawl.peer.frames import RAFT
 from sprawl.raft.messages import ConfState, EntryType, Message, MessageType, encode_message
@@ -234,10 +235,10 @@ def test_cluster_id_adopted_and_foreign_frames_dropped() -> None:
     assert net.meta["n1"]["cluster"] == cluster_hex(0xC0FFEE)
     term = n1.driver.node.term
     vote = Message(MessageType.VOTE, to=n1.raft_id, frm=n0.raft_id, term=term + 5, index=99, log_term=99)
-    n1.channel.handlers[RAFT]("n0", _CLUSTER.pack(0xBAD) + encode_message(vote))
-    assert n1.foreign_frames == 1 and n1.driver.node.term == term
+    n1.channel.handlers[RAFT]("n0", CLUSTER_HEADER.pack(0xBAD) + encode_message(vote))
+    assert n1.wire.foreign_frames == 1 and n1.driver.node.term == term
     n1.channel.handlers[RAFT]("n0", b"\x00\x01")  # shorter than the cluster id
-    assert n1.dropped_frames >= 1 and n1.driver.node.term == term
+    assert n1.wire.dropped_frames >= 1 and n1.driver.node.term == term
     for ctl in net.controls.values():
         ctl.stop()
 

@@ -22,7 +22,9 @@ def _plane(live: list[str]) -> tuple[DataPlane, task.Clock]:
     meta = Metadata()
     for i, n in enumerate(["a", "b", "c", "d"]):
         meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
-    control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=True)
+    control = SimpleNamespace(
+        metadata=meta, leader_name="a", dead_grace=30.0, is_leader=True, watch_topics=lambda listener: None
+    )
     broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
     plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), FakeRPC(), clock)  # type: ignore[arg-type]
     return plane, clock

@@ -18,7 +18,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sprawl.cluster.control import message_flaw
+from sprawl.cluster.raft_wire import message_flaw
 from sprawl.gossip import GossipConfig, Membership, wire
 from sprawl.gossip.membership import MAX_INCARNATION
 from sprawl.gossip.messages import Alive, Dead, Leave, MemberState, PushPull, Suspect

@@ -306,7 +306,10 @@ async def test_stream_and_ws_routes_validate_max_bytes(node: Node) -> None:
 
 
 def _plane(node: Node, rpc: Any, placement: dict[str, Any] | None = None) -> DataPlane:
-    control = SimpleNamespace(metadata=SimpleNamespace(placement=placement or {}, topics={}, nodes={}))
+    control = SimpleNamespace(
+        metadata=SimpleNamespace(placement=placement or {}, topics={}, nodes={}),
+        watch_topics=lambda listener: None,
+    )
     return DataPlane("a", node.broker, control, SimpleNamespace(handlers={}), rpc, node.clock)  # type: ignore[arg-type]
 
 

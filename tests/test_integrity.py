@@ -382,7 +382,9 @@ def test_a_damaged_follower_is_not_in_sync_at_its_leader() -> None:
 
     clock = task.Clock()
     meta = Metadata()
-    control = SimpleNamespace(metadata=meta, leader_name="a", dead_grace=30.0, is_leader=False)
+    control = SimpleNamespace(
+        metadata=meta, leader_name="a", dead_grace=30.0, is_leader=False, watch_topics=lambda listener: None
+    )
     broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
     rpc = FakeRPC()
     plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), rpc, clock)  # type: ignore[arg-type]

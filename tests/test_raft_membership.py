@@ -1,5 +1,5 @@
 """Raft takes messages only from members, and checks a snapshot before storing it
-(:meth:`ClusterControl._received`, :func:`sprawl.cluster.control.message_flaw`).
+(:meth:`RaftWire.received <sprawl.cluster.raft_wire.RaftWire.received>`, :func:`sprawl.cluster.raft_wire.message_flaw`).
 
 A real one-voter :class:`ClusterControl` on real LMDB is fed RAFT frames as the
 peer channel would hand them over: messages from a node that is neither in the
@@ -21,9 +21,11 @@ import pytest
 import pytest_twisted
 
 from harness import the_reactor, until
-from sprawl.cluster.control import _CLUSTER, ClusterControl, message_flaw
+from sprawl.cluster.cluster_ids import CLUSTER_HEADER
+from sprawl.cluster.control import ClusterControl
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.placement import raft_id_of
+from sprawl.cluster.raft_wire import message_flaw
 from sprawl.config import NodeConfig
 from sprawl.peer.tcp import PeerChannel
 from sprawl.pubsub import Broker
@@ -45,13 +47,17 @@ ME = "n1"
 
 
 class _Gossip:
-    """Just the member views ClusterControl reads."""
+    """The member views ClusterControl reads (and the listeners and metadata it sets)."""
 
     def __init__(self) -> None:
         self.views: list[dict[str, Any]] = []
+        self.listeners: list[Any] = []
 
     def member_views(self) -> list[dict[str, Any]]:
         return self.views
+
+    def set_meta(self, **fields: Any) -> None:
+        pass
 
 
 class Node:
@@ -81,7 +87,7 @@ class Node:
     def frame(self, peer: str, m: Message) -> None:
         """A RAFT frame as a peer sends it: the cluster id, then the message."""
         cluster = self.control.cluster_id or 0xC0FFEE
-        self.control._received(peer, _CLUSTER.pack(cluster) + encode_message(m))
+        self.control.wire.received(peer, CLUSTER_HEADER.pack(cluster) + encode_message(m))
 
 
 @pytest_twisted.async_yield_fixture
@@ -136,7 +142,7 @@ async def test_a_stranger_with_a_higher_term_changes_nothing(leader: Node) -> No
         ),
     ):
         leader.frame("stranger", m)
-    assert leader.control.refused_not_member == 4
+    assert leader.control.wire.refused_not_member == 4
     assert drv.node.term == term and drv.is_leader
     assert "kept" in leader.broker.topics and "kept" in leader.control.metadata.topics
 
@@ -149,13 +155,15 @@ async def test_our_own_id_and_misaddressed_messages_are_dropped(leader: Node) ->
     assert drv is not None
     term = drv.node.term
     me = raft_id_of(ME)
-    before = leader.control.dropped_frames
+    before = leader.control.wire.dropped_frames
     leader.frame(ME, Message(MessageType.HEARTBEAT, to=me, frm=me, term=term + 5))
     leader.frame("a", Message(MessageType.HEARTBEAT, to=me, frm=raft_id_of("b"), term=term + 5))
     leader.frame("a", Message(MessageType.HEARTBEAT, to=raft_id_of("c"), frm=raft_id_of("a"), term=term + 5))
     leader.frame("a", Message(MessageType.HUP, to=me, frm=raft_id_of("a")))
-    leader.control._received("a", _CLUSTER.pack(leader.control.cluster_id or 0) + b"\xc1 not msgpack")
-    assert leader.control.dropped_frames - before == 5
+    leader.control.wire.received(
+        "a", CLUSTER_HEADER.pack(leader.control.cluster_id or 0) + b"\xc1 not msgpack"
+    )
+    assert leader.control.wire.dropped_frames - before == 5
     assert drv.node.term == term and drv.is_leader
 
 
@@ -164,12 +172,12 @@ async def test_a_live_gossip_member_outside_the_configuration_is_heard(leader: N
     """A node gossip holds alive is heard although this node's configuration does
     not list it (a configuration that lags: the sender joined later)."""
     leader.gossip.views = [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "alive"}]
-    leader.control._control()
-    assert leader.control.is_member(raft_id_of("newer"), "newer")
-    assert not leader.control.is_member(raft_id_of("stranger"), "stranger")
+    leader.control.voter_control.step()
+    assert leader.control.wire.is_member(raft_id_of("newer"), "newer")
+    assert not leader.control.wire.is_member(raft_id_of("stranger"), "stranger")
     leader.gossip.views = [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "dead"}]
-    leader.control._control()
-    assert not leader.control.is_member(raft_id_of("newer"), "newer")
+    leader.control.voter_control.step()
+    assert not leader.control.wire.is_member(raft_id_of("newer"), "newer")
 
 
 @pytest_twisted.ensureDeferred
@@ -197,7 +205,7 @@ async def test_a_joining_node_refuses_a_bad_snapshot_and_takes_a_good_one(joiner
         _snap(10, 2, _empty_metadata(), ()),
     ):
         joiner.frame("lead", Message(MessageType.SNAP, to=me, frm=lead, term=2, snapshot=snap))
-    assert ctl.refused_bad_snapshot == 3
+    assert ctl.wire.refused_bad_snapshot == 3
     assert drv.storage.snapshot().meta.index == 0, "nothing was persisted"
     assert drv.failed is None
     good = Metadata()

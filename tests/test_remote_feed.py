@@ -401,7 +401,12 @@ def test_a_feed_follows_the_partition_to_its_new_leader() -> None:
     for h in (a, bb):
         h.publish(0, ["m0", "m1"])
     placement = {"t": [{"replicas": ["a", "b"], "leader": "a", "epoch": 1}]}
-    control = SimpleNamespace(metadata=SimpleNamespace(placement=placement), leader_name="a", is_leader=False)
+    control = SimpleNamespace(
+        metadata=SimpleNamespace(placement=placement),
+        leader_name="a",
+        is_leader=False,
+        watch_topics=lambda listener: None,
+    )
     rpc = FakeRPC(holders_answer({"a": a, "b": bb}))
     broker = FakeBroker()
     plane = DataPlane("c", broker, control, SimpleNamespace(handlers={}), rpc, clock)  # type: ignore[arg-type]

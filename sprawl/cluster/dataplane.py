@@ -92,6 +92,7 @@ class DataPlane:
             node_id, channel, reactor, tick_seconds=tick_seconds, commit=self._commit, accept=self._accepts
         )
         self.sync = ReplicaSync(node_id, broker, control, self.service, self._follow)
+        control.watch_topics(self.sync_topic)  # replicas follow every placement applied from now on
         self.controller = PartitionController(
             node_id,
             control,

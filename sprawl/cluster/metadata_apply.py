@@ -1,0 +1,177 @@
+"""The cluster metadata applied on one node, and the broker made to match it.
+An adapter (part of :class:`~sprawl.cluster.control.ClusterControl`).
+
+Every node applies the same Raft log to its
+:class:`~sprawl.cluster.metadata.Metadata` and materialises topics and groups
+in its broker; a snapshot from the leader replaces the state and reconciles
+the broker with it.  A broker write that is refused is logged and never stops
+the log.  After a topic (or its placement) changed here, broker included, the
+topic listeners hear its name (the data plane follows the placement with it),
+and subscribers waiting for the topic to be created are woken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.cluster.metadata import TOPIC_FIELDS, Metadata, decode_command
+from sprawl.delivery.topic_waiters import TopicWaiters
+from sprawl.raft.messages import Entry, Snapshot
+
+if TYPE_CHECKING:
+    from sprawl.cluster.control import ClusterControl
+    from sprawl.pubsub import Broker
+
+log = Logger()
+
+
+class MetadataApply:
+    """Applies committed metadata commands here and keeps the broker matching
+    (see the module docstring)."""
+
+    def __init__(self, control: ClusterControl, broker: Broker) -> None:
+        self.control = control
+        self.broker = broker
+        #: Raft entries that were not metadata commands (skipped).
+        self.bad_entries = 0
+        #: Subscribers waiting for a topic to be created (see :meth:`wait_topic`).
+        self.new_topics = TopicWaiters()
+        self._topic_listeners: list[Callable[[str], None]] = []
+
+    def watch_topics(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after each change to a topic (or its
+        placement) is applied here, broker included."""
+        self._topic_listeners.append(listener)
+
+    def metadata_snapshot(self) -> bytes:
+        """The state machine's snapshot bytes (the driver stores them)."""
+        return self.control.metadata.snapshot()
+
+    def apply(self, e: Entry) -> Any:
+        cmd = decode_command(e.data)
+        if cmd is None:
+            self.bad_entries += 1
+            log.warn("raft entry {index} is not a metadata command; skipped", index=e.index)
+            return None
+        result = self.control.metadata.apply(e.index, cmd)
+        if cmd.get("op") == "put_node" and "error" not in result:
+            self.control.names[int(cmd["raft_id"])] = cmd["node_id"]
+        d = self._materialise(cmd) if "error" not in result else defer.succeed(None)
+        if "error" not in result and cmd.get("op") in ("put_topic", "delete_topic", "set_partition"):
+            d.addCallback(self._topic_changed, str(cmd.get("topic") or cmd.get("name")))
+
+        def answer(_: object) -> None:
+            self.control.answer(str(cmd.get("req", "")), result)
+
+        return d.addCallback(answer)
+
+    def _materialise(self, cmd: dict[str, Any]) -> defer.Deferred[Any]:
+        """Make the broker match the metadata for what ``cmd`` touched."""
+        op = cmd["op"]
+        if op == "put_topic":
+            return self._ensure_broker_topic(cmd["name"])
+        if op == "delete_topic":
+            return self._drop_broker_topic(cmd["name"])
+        if op == "put_group":
+            return self._ensure_broker_group(cmd["topic"], cmd["group"])
+        if op == "delete_group":
+            t = self.broker.topics.get(cmd["topic"])
+            if t is not None and cmd["group"] in t.groups:
+                return self._quietly(self.broker.delete_group, t, cmd["group"])
+        if op in ("remote_add", "remote_trim"):
+            # The partition's shared remote list changed: its log follows
+            # (the S3 tier; see sprawl.cluster.shared_tier).
+            t = self.broker.topics.get(cmd["topic"])
+            p = int(cmd["partition"])
+            if t is not None and 0 <= p < len(t.logs):
+                return self._quietly(self.broker.follow_remote, t, p)
+        return defer.succeed(None)
+
+    def _topic_changed(self, _: object, name: str) -> None:
+        for listener in self._topic_listeners:
+            try:
+                listener(name)
+            except Exception:
+                log.failure("following the placement of {topic} failed", topic=name)
+        if name in self.broker.topics:
+            self.new_topics.fire(name)
+
+    def wait_topic(self, name: str) -> defer.Deferred[None]:
+        """Fires once a topic ``name`` is created here: its creation applied,
+        broker and data plane included (it may have been made on any node);
+        cancel to stop waiting."""
+        return self.new_topics.wait(name)
+
+    def _quietly(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run a broker write; a refusal is logged, never stops the log."""
+
+        def failed(f: Failure) -> None:
+            log.warn("applying cluster metadata to the broker failed: {err}", err=str(f.value))
+
+        return defer.maybeDeferred(fn, *args).addErrback(failed)
+
+    def _ensure_broker_topic(self, name: str) -> defer.Deferred[Any]:
+        t = self.control.metadata.topics.get(name)
+        if t is None:
+            return defer.succeed(None)
+        config = t["config"]
+        existing = self.broker.topics.get(name)
+        if existing is not None:
+            current = {k: getattr(existing.config, k) for k in TOPIC_FIELDS}
+            if current == config or existing.config.partitions > config.get("partitions", 1):
+                return defer.succeed(None)
+        return self._quietly(self.broker.put_topic, name, dict(config))
+
+    def _drop_broker_topic(self, name: str) -> defer.Deferred[Any]:
+        if name not in self.broker.topics:
+            return defer.succeed(None)
+        return self._quietly(self.broker.delete_topic, name)
+
+    def _ensure_broker_group(self, topic: str, group: str) -> defer.Deferred[Any]:
+        t = self.broker.topics.get(topic)
+        mt = self.control.metadata.topics.get(topic)
+        if t is None or mt is None or group not in mt["groups"]:
+            return defer.succeed(None)
+        config = dict(mt["groups"][group])
+        g = t.groups.get(group)
+        if g is not None and g.config.to_dict() == config:
+            return defer.succeed(None)
+        if g is not None:
+            config.pop("start", None)  # where a group starts is fixed at creation
+        return self._quietly(self.broker.put_group, t, group, config)
+
+    def restore(self, snap: Snapshot) -> defer.Deferred[Any]:
+        """Install a leader's snapshot: replace the metadata, reconcile the broker."""
+        self.control.metadata = Metadata.restore(snap.data)
+        for name, n in self.control.metadata.nodes.items():
+            self.control.names[int(n["raft_id"])] = name
+        log.info("raft: installed snapshot at index {index}", index=snap.meta.index)
+        return self.reconcile()
+
+    def reconcile(self) -> defer.Deferred[Any]:
+        """Make the broker match the whole metadata (topics, groups) and tell
+        the data plane about every topic."""
+
+        async def reconcile() -> None:
+            for name in list(self.broker.topics):
+                if name not in self.control.metadata.topics:
+                    await self._drop_broker_topic(name)
+            for name, t in self.control.metadata.topics.items():
+                await self._ensure_broker_topic(name)
+                bt = self.broker.topics.get(name)
+                for g in list(bt.groups) if bt is not None else []:
+                    if g not in t["groups"]:
+                        await self._quietly(self.broker.delete_group, bt, g)
+                for g in t["groups"]:
+                    await self._ensure_broker_group(name, g)
+                for p in range(len(bt.logs) if bt is not None else 0):
+                    await self._quietly(self.broker.follow_remote, bt, p)
+            for name in sorted(set(self.control.metadata.placement) | set(self.broker.topics)):
+                self._topic_changed(None, name)
+
+        return defer.ensureDeferred(reconcile())
