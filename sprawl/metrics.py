@@ -2,12 +2,15 @@
 
 Counters on the hot path are incremented once per request (never per
 message); gauges that describe state (high watermarks, tier bytes, lag) are
-read from the broker at scrape time by a custom collector.
+read from the broker at scrape time by a custom collector.  A cluster node's
+figures (gossip, Raft and the peer channel, balancing, the data plane) are
+read by the collectors of this module built on those parts and registered
+with :meth:`NodeMetrics.register` once the parts exist.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,13 +22,23 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+if TYPE_CHECKING:
+    from sprawl.cluster.balance import Balancer
+    from sprawl.cluster.control import ClusterControl
+    from sprawl.cluster.dataplane import DataPlane
+    from sprawl.delivery.topic_waiters import TopicWaiters
+    from sprawl.gossip.udp import GossipNode
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class NodeMetrics:
-    """All metrics of one node; ``render()`` gives the text exposition."""
+    """All metrics of one node; ``render()`` gives the text exposition.
 
-    def __init__(self) -> None:
+    ``cluster_waiters``: a cluster node's subscriptions waiting for a topic to
+    be created (counted with the broker's own)."""
+
+    def __init__(self, *, cluster_waiters: TopicWaiters | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
@@ -149,14 +162,7 @@ class NodeMetrics:
         )
         self.broker: Any = None
         self.streams: Any = None
-        #: The cluster data plane (:class:`sprawl.cluster.dataplane.DataPlane`), if any.
-        self.plane: Any = None
-        #: The gossip adapter (:class:`sprawl.gossip.udp.GossipNode`), if any.
-        self.gossip: Any = None
-        #: The cluster control (:class:`sprawl.cluster.control.ClusterControl`), if any.
-        self.raft: Any = None
-        #: The controller's load balancer (:class:`sprawl.cluster.balance.Balancer`), if any.
-        self.balancer: Any = None
+        self.cluster_waiters = cluster_waiters
         self.raft_proposal_duration = Histogram(
             "sprawl_raft_proposal_duration_seconds",
             "Time from proposing a metadata change on this node to applying it here",
@@ -171,10 +177,13 @@ class NodeMetrics:
             registry=r,
         )
         r.register(_StateCollector(self))
-        r.register(_GossipCollector(self))
-        r.register(_RaftCollector(self))
-        r.register(_BalanceCollector(self))
-        r.register(_DataPlaneCollector(self))
+
+    def register(self, *collectors: Any) -> None:
+        """Read these collectors at every scrape too (a cluster node's:
+        :class:`GossipCollector`, :class:`RaftCollector`, :class:`BalanceCollector`,
+        :class:`DataPlaneCollector`)."""
+        for c in collectors:
+            self.registry.register(c)
 
     def committed(self, seconds: float, ops: int) -> None:
         """Record one LMDB group commit."""
@@ -329,65 +338,24 @@ class _StateCollector:
             "sprawl_topic_waiting_subscribers",
             "Subscriptions (SSE, WebSocket, long-poll) waiting for their topic to be created",
         )
-        cluster_waiters = getattr(self.metrics.raft, "new_topics", None)  # a cluster node's waiters
+        cluster_waiters = self.metrics.cluster_waiters
         waiters.add_metric(
             [], broker.new_topics.count() + (cluster_waiters.count() if cluster_waiters else 0)
         )
         yield waiters
-        plane = self.metrics.plane
-        if plane is not None:
-            v = plane.feeds.view()
-            for name, doc, key in (
-                (
-                    "sprawl_remote_feeds",
-                    "Remote feeds running (partitions held elsewhere read here)",
-                    "remote_feeds",
-                ),
-                (
-                    "sprawl_remote_feed_subscribers",
-                    "Local streams reading remote feeds",
-                    "remote_subscribers",
-                ),
-                (
-                    "sprawl_remote_feed_window_messages",
-                    "Records in remote feeds' windows",
-                    "remote_window_records",
-                ),
-                ("sprawl_remote_feed_window_bytes", "Bytes in remote feeds' windows", "remote_window_bytes"),
-            ):
-                g = GaugeMetricFamily(name, doc)
-                g.add_metric([], v[key])
-                yield g
-            for name, doc, key in (
-                (
-                    "sprawl_remote_feeds_started",
-                    "Remote feeds started (a partition's first local stream)",
-                    "remote_feeds_started",
-                ),
-                (
-                    "sprawl_remote_catch_up_reads",
-                    "Stream reads sent to a holder below a feed's window",
-                    "remote_catch_ups",
-                ),
-            ):
-                c = CounterMetricFamily(name, doc)
-                c.add_metric([], v[key])
-                yield c
 
 
-class _GossipCollector:
+class GossipCollector:
     """Gossip membership figures read from the adapter at scrape time."""
 
-    def __init__(self, metrics: NodeMetrics):
-        self.metrics = metrics
+    def __init__(self, gossip: GossipNode):
+        self.gossip = gossip
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Any:
-        g = self.metrics.gossip
-        if g is None:
-            return
+        g = self.gossip
         stats = g.stats
         members = GaugeMetricFamily(
             "sprawl_gossip_members", "Members in this node's gossip view, by state", labels=["state"]
@@ -427,18 +395,20 @@ class _GossipCollector:
         yield inc
 
 
-class _RaftCollector:
-    """Raft and peer-channel figures read from the cluster control at scrape time."""
+class RaftCollector:
+    """Raft and peer-channel figures read from the cluster control (and the
+    refusals of the data plane's peer protocols) at scrape time."""
 
-    def __init__(self, metrics: NodeMetrics):
-        self.metrics = metrics
+    def __init__(self, control: ClusterControl, plane: DataPlane):
+        self.control = control
+        self.plane = plane
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Any:
-        ctl = self.metrics.raft
-        if ctl is None or ctl.driver is None:
+        ctl = self.control
+        if ctl.driver is None:
             return
         drv = ctl.driver
         node = drv.node
@@ -528,28 +498,24 @@ class _RaftCollector:
         )
         refused.add_metric(["raft_not_member"], ctl.wire.refused_not_member)
         refused.add_metric(["raft_bad_snapshot"], ctl.wire.refused_bad_snapshot)
-        plane = self.metrics.plane
-        if plane is not None:
-            refused.add_metric(["replication"], plane.service.refused)
-            refused.add_metric(["request"], plane.rpc.refused)
+        refused.add_metric(["replication"], self.plane.service.refused)
+        refused.add_metric(["request"], self.plane.rpc.refused)
         yield refused
 
 
-class _BalanceCollector:
+class BalanceCollector:
     """Load balancing figures read from the controller's balancer at scrape time:
     moves made by reason, and each live node's load against the mean at the
     last decision (the rest of the "why" is in ``GET /v1/cluster``)."""
 
-    def __init__(self, metrics: NodeMetrics):
-        self.metrics = metrics
+    def __init__(self, balancer: Balancer):
+        self.balancer = balancer
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Any:
-        b = self.metrics.balancer
-        if b is None:
-            return
+        b = self.balancer
         moves = CounterMetricFamily(
             "sprawl_balance_moves",
             "Partition leaderships this node (as controller) moved to balance load, by reason",
@@ -571,21 +537,20 @@ class _BalanceCollector:
         yield ratio
 
 
-class _DataPlaneCollector:
-    """The data plane's figures at scrape time: partitions led and
-    under-replicated, publishes forwarded and retried, failovers committed,
-    group checkpoints written and adopted."""
+class DataPlaneCollector:
+    """The data plane's figures at scrape time: remote feeds, partitions led
+    and under-replicated, publishes forwarded and retried, failovers
+    committed, group checkpoints written and adopted."""
 
-    def __init__(self, metrics: NodeMetrics):
-        self.metrics = metrics
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Any:
-        plane = self.metrics.plane
-        if plane is None:
-            return
+        plane = self.plane
+        yield from self._feeds()
         s = plane.summary()
         yield GaugeMetricFamily(
             "sprawl_led_partitions", "Partitions this node leads (or holds alone)", value=s["leading"]
@@ -620,6 +585,46 @@ class _DataPlaneCollector:
             "Consumer-group checkpoints this node adopted as a follower",
             value=groups.checkpoints_adopted,
         )
+
+    def _feeds(self) -> Any:
+        """The remote feeds' figures (partitions held elsewhere read here)."""
+        v = self.plane.feeds.view()
+        for name, doc, key in (
+            (
+                "sprawl_remote_feeds",
+                "Remote feeds running (partitions held elsewhere read here)",
+                "remote_feeds",
+            ),
+            (
+                "sprawl_remote_feed_subscribers",
+                "Local streams reading remote feeds",
+                "remote_subscribers",
+            ),
+            (
+                "sprawl_remote_feed_window_messages",
+                "Records in remote feeds' windows",
+                "remote_window_records",
+            ),
+            ("sprawl_remote_feed_window_bytes", "Bytes in remote feeds' windows", "remote_window_bytes"),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], v[key])
+            yield g
+        for name, doc, key in (
+            (
+                "sprawl_remote_feeds_started",
+                "Remote feeds started (a partition's first local stream)",
+                "remote_feeds_started",
+            ),
+            (
+                "sprawl_remote_catch_up_reads",
+                "Stream reads sent to a holder below a feed's window",
+                "remote_catch_ups",
+            ),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], v[key])
+            yield c
 
 
 class GCPauses:

@@ -467,7 +467,12 @@ class NodeService(service.Service):
         if c.cluster_ca:
             check_node_certificate(c, node_id)
         map_size = max(c.disk_budget * 2, (c.disk_hard_limit or 0) * 4 // 3, 1 << 30)
-        metrics = NodeMetrics()
+        from sprawl.delivery.topic_waiters import TopicWaiters
+
+        # Subscribers waiting for a topic the cluster has not created yet
+        # (the control wakes them; the metrics count them).
+        cluster_waiters = TopicWaiters()
+        metrics = NodeMetrics(cluster_waiters=cluster_waiters)
         self.store = LmdbStore(
             os.path.join(c.data_dir, "lmdb"),
             reactor=self.reactor,
@@ -541,6 +546,7 @@ class NodeService(service.Service):
             self.gossip,
             rpc=self.rpc,
             on_proposal_latency=metrics.raft_proposal_duration.observe,
+            new_topics=cluster_waiters,
             bootstrap=bootstrap,
             dead_grace=c.raft_dead_grace,
             snapshot_entries=c.raft_snapshot_entries,
@@ -553,19 +559,23 @@ class NodeService(service.Service):
             node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
         )
         links.bind(publisher=self.plane, group_owner=self.plane.groups)
-        metrics.balancer = self.plane.balancer
-        metrics.plane = self.plane
         from sprawl.cluster.shared_tier import ClusterRemoteLog
 
         links.bind_remote_log(ClusterRemoteLog(self.control, self.plane))
         self.plane.start()
-        metrics.raft = self.control
         advertise_ip = advertise
         if not (isIPAddress(advertise) or isIPv6Address(advertise)):
             advertise_ip = await self.reactor.resolve(advertise)
         self.gossip.set_meta(peer=peer)
         self.gossip.start((advertise_ip, peer_port))
-        metrics.gossip = self.gossip
+        from sprawl.metrics import BalanceCollector, DataPlaneCollector, GossipCollector, RaftCollector
+
+        metrics.register(
+            GossipCollector(self.gossip),
+            RaftCollector(self.control, self.plane),
+            BalanceCollector(self.plane.balancer),
+            DataPlaneCollector(self.plane),
+        )
         if c.force_new_cluster:
             # Gossip runs (the others learn where this node is); Raft does not
             # until the recovery is decided.

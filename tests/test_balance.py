@@ -295,7 +295,7 @@ def test_metrics_show_moves_and_load_ratios() -> None:
     reason and every node's load over the mean at the last decision."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from sprawl.metrics import NodeMetrics
+    from sprawl.metrics import BalanceCollector, NodeMetrics
 
     def samples(m: NodeMetrics) -> dict[tuple[str, str], float]:
         out = {}
@@ -308,7 +308,7 @@ def test_metrics_show_moves_and_load_ratios() -> None:
     m = NodeMetrics()
     assert samples(m) == {}
     b = Balancer(BalanceConfig(persist=1, max_moves=1))
-    m.balancer = b
+    m.register(BalanceCollector(b))
     assert samples(m) == {("sprawl_balance_moves_total", OVERLOADED): 0}
     b.decide(0.0, skewed(), NODES)
     got = samples(m)

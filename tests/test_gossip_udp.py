@@ -32,7 +32,7 @@ from sprawl.gossip.udp import (
     load_incarnation,
     save_incarnation,
 )
-from sprawl.metrics import NodeMetrics
+from sprawl.metrics import GossipCollector, NodeMetrics
 
 CFG = GossipConfig()
 
@@ -391,7 +391,7 @@ def test_gossip_metrics_are_exported(tmp_path: Path) -> None:
     _clock, _net, nodes = cluster(tmp_path, 2)
     nodes[0].datagramReceived(b"\x01\x00junk", addr(1))
     metrics = NodeMetrics()
-    metrics.gossip = nodes[0]
+    metrics.register(GossipCollector(nodes[0]))
     text = metrics.render().decode()
     assert 'sprawl_gossip_members{state="alive"} 2.0' in text
     assert 'sprawl_gossip_members{state="dead"} 0.0' in text

@@ -54,6 +54,7 @@ from sprawl.raft.messages import ConfState
 from sprawl.raft.node import Config, ProposalDropped
 
 if TYPE_CHECKING:
+    from sprawl.delivery.groups import ConsumerGroup
     from sprawl.interfaces import Gossip
     from sprawl.peer.rpc import PeerRPC
     from sprawl.pubsub import Broker
@@ -72,7 +73,8 @@ class ClusterControl:
 
     ``rpc`` answers other nodes' ``raft_status`` calls and asks theirs (a
     recovering node); ``on_proposal_latency`` hears each answered proposal's
-    latency (the metrics histogram)."""
+    latency (the metrics histogram); ``new_topics`` holds the subscribers
+    waiting for a topic to be created (the metrics count them)."""
 
     def __init__(
         self,
@@ -85,6 +87,7 @@ class ClusterControl:
         *,
         rpc: PeerRPC | None = None,
         on_proposal_latency: Callable[[float], None] | None = None,
+        new_topics: TopicWaiters | None = None,
         bootstrap: bool = True,
         rng: random.Random | None = None,
         tick_seconds: float = 0.1,
@@ -129,7 +132,7 @@ class ClusterControl:
         self.on_proposal_latency = on_proposal_latency
         self.ids = ClusterIds(reactor, self.rng, membership)
         self.wire = RaftWire(self, self.ids)
-        self.metadata_apply = MetadataApply(self, broker)
+        self.metadata_apply = MetadataApply(self, broker, new_topics)
         self.voter_control = VoterControl(self)
         self.recovery = ClusterRecovery(
             self, rpc, force_new_cluster=force_new_cluster, rejoin_after=rejoin_after, status_wait=status_wait
@@ -396,17 +399,17 @@ class ClusterControl:
             "if_absent": if_absent,
         }
 
-    def put_topic(self, name: str, body: dict[str, Any]) -> defer.Deferred[tuple[Any, bool]]:
+    def put_topic(self, name: str, body: dict[str, Any]) -> defer.Deferred[tuple[Topic, bool]]:
         """Create or update a topic through Raft; fires with (topic, created)."""
         cmd = self._topic_command(name, body)
 
-        async def run() -> tuple[Any, bool]:
+        async def run() -> tuple[Topic, bool]:
             result = await self._propose_checked(cmd)
             return self.broker.get_topic(name), bool(result["created"])
 
         return defer.ensureDeferred(run())
 
-    def ensure_topic(self, name: str) -> defer.Deferred[Any]:
+    def ensure_topic(self, name: str) -> defer.Deferred[Topic]:
         """The topic, auto-created (through Raft) with defaults when allowed."""
         t = self.broker.topics.get(name)
         if t is not None:
@@ -428,7 +431,7 @@ class ClusterControl:
 
             # Concurrent publishes to a new topic share one proposal.
             pending = self._creating[name] = defer.ensureDeferred(run())
-        waiter: defer.Deferred[Any] = defer.Deferred()
+        waiter: defer.Deferred[None] = defer.Deferred()
 
         def settle(outcome: Failure | None) -> Failure | None:
             if outcome is not None:
@@ -438,8 +441,7 @@ class ClusterControl:
             return outcome
 
         pending.addCallback(settle)
-        waiter.addCallback(lambda _: self.broker.get_topic(name))
-        return waiter
+        return waiter.addCallback(lambda _: self.broker.get_topic(name))
 
     def delete_topic(self, name: str) -> defer.Deferred[None]:
         """Delete a topic everywhere through Raft."""
@@ -450,12 +452,14 @@ class ClusterControl:
 
         return defer.ensureDeferred(run())
 
-    def put_group(self, topic: Topic, group: str, body: dict[str, Any]) -> defer.Deferred[tuple[Any, bool]]:
+    def put_group(
+        self, topic: Topic, group: str, body: dict[str, Any]
+    ) -> defer.Deferred[tuple[ConsumerGroup, bool]]:
         """Create or update a consumer group through Raft; fires with (group, created)."""
         g = topic.groups.get(group)
         cfg = self.broker.group_config_from(topic.name, group, body, g.config if g else None)
 
-        async def run() -> tuple[Any, bool]:
+        async def run() -> tuple[ConsumerGroup, bool]:
             result = await self._propose_checked(
                 {"op": "put_group", "topic": topic.name, "group": group, "config": cfg.to_dict()}
             )

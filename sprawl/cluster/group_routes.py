@@ -24,16 +24,21 @@ plane and peer RPC.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.delivery.groups import Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
 from sprawl.replication.service import record_bytes
+
+if TYPE_CHECKING:
+    from sprawl.cluster.dataplane import DataPlane
+    from sprawl.topics import Topic
 
 log = Logger()
 
@@ -44,7 +49,7 @@ CHECKPOINT = b'{"groups":'
 class GroupRoutes:
     """Consumer-group requests routed to partition leaders (see the module docstring)."""
 
-    def __init__(self, plane: Any, *, checkpoint_seconds: float = 1.0) -> None:
+    def __init__(self, plane: DataPlane, *, checkpoint_seconds: float = 1.0) -> None:
         self.plane = plane
         self.broker = plane.broker
         self.rpc = plane.rpc
@@ -68,13 +73,13 @@ class GroupRoutes:
         pl = self.plane.placement(topic, p)
         return str(pl["leader"]) if pl else ""
 
-    def owned(self, topic: Any) -> set[int] | None:
+    def owned(self, topic: Topic) -> set[int] | None:
         """Partitions of ``topic`` whose group state this node owns (None: all)."""
         n = len(topic.logs)
         mine = {p for p in range(n) if self.plane.leads(topic.name, p)}
         return None if len(mine) == n else mine
 
-    def _by_owner(self, topic: Any) -> dict[str, list[int]]:
+    def _by_owner(self, topic: Topic) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         for p in range(len(topic.logs)):
             o = self.owner(topic.name, p)
@@ -85,7 +90,7 @@ class GroupRoutes:
     # -- pull ------------------------------------------------------------------------
 
     async def pull(
-        self, topic: Any, group: str, max_count: int, wait_ms: int, max_bytes: int = DEFAULT_READ_BYTES
+        self, topic: Topic, group: str, max_count: int, wait_ms: int, max_bytes: int = DEFAULT_READ_BYTES
     ) -> list[tuple[Delivery, Record]]:
         """Lease up to ``max_count`` messages of ``group`` from every
         partition's owner, at most ``max_bytes`` of them (at least one)."""
@@ -142,7 +147,7 @@ class GroupRoutes:
     def _pull_at(
         self,
         node: str,
-        topic: Any,
+        topic: Topic,
         group: str,
         parts: list[int],
         max_count: int,
@@ -168,7 +173,7 @@ class GroupRoutes:
         )
         return call.addCallback(_unpack_deliveries)
 
-    def _give_back(self, topic: Any, group: str, owner: str, got: list[tuple[Delivery, Record]]) -> None:
+    def _give_back(self, topic: Topic, group: str, owner: str, got: list[tuple[Delivery, Record]]) -> None:
         """Leases nobody will see (a slower owner answered after the first, or
         the answer is full): redeliver now, the attempt not counted."""
         self.given_back += len(got)
@@ -212,7 +217,7 @@ class GroupRoutes:
     # -- ack / nack --------------------------------------------------------------------
 
     async def settle(
-        self, topic: Any, group: str, ack_ids: list[str], nack: bool, delay_ms: int = 0
+        self, topic: Topic, group: str, ack_ids: list[str], nack: bool, delay_ms: int = 0
     ) -> dict[str, str]:
         """Ack (or nack) deliveries at their partitions' owners; {ack_id: refusal}."""
         refused: dict[str, str] = {}
@@ -241,7 +246,7 @@ class GroupRoutes:
     def _settle_at(
         self,
         node: str,
-        topic: Any,
+        topic: Topic,
         group: str,
         ids: list[str],
         nack: bool,
@@ -280,7 +285,7 @@ class GroupRoutes:
 
     # -- describe ----------------------------------------------------------------------
 
-    async def describe(self, topic: Any, group: str) -> dict[str, Any]:
+    async def describe(self, topic: Topic, group: str) -> dict[str, Any]:
         """The group as its owners see it: each partition's cursor from its owner."""
         g = self.broker.get_group(topic, group)
         out = g.describe(topic.high_watermarks())
@@ -314,7 +319,7 @@ class GroupRoutes:
         out["lag"] = sum(max(0, hws.get(p, 0) - c) for p, c in out["committed"].items() if p in hws)
         return out
 
-    def _owner_view(self, topic: Any, group: str, parts: list[int]) -> dict[str, Any]:
+    def _owner_view(self, topic: Topic, group: str, parts: list[int]) -> dict[str, Any]:
         g = self.broker.get_group(topic, group)
         mine = self.owned(topic)
         keep = [p for p in parts if mine is None or p in mine]
@@ -372,9 +377,13 @@ class GroupRoutes:
                 continue
             self._checkpointed[key] = state
             self.checkpoints_written += 1
-            d.addErrback(lambda f, key=key: self._checkpointed.pop(key, None))
 
-    def follow(self, topic: Any, partition: int, records: list[Record]) -> None:
+            def forget(_: Failure, key: tuple[str, int] = key) -> None:
+                self._checkpointed.pop(key, None)  # written again next time
+
+            d.addErrback(forget)
+
+    def follow(self, topic: Topic, partition: int, records: list[Record]) -> None:
         """(Follower) stored records of the leader: adopt the checkpoints among them."""
         for rec in records:
             if not rec.control or not rec.payload.startswith(CHECKPOINT):

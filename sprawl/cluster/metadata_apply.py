@@ -34,13 +34,15 @@ class MetadataApply:
     """Applies committed metadata commands here and keeps the broker matching
     (see the module docstring)."""
 
-    def __init__(self, control: ClusterControl, broker: Broker) -> None:
+    def __init__(
+        self, control: ClusterControl, broker: Broker, new_topics: TopicWaiters | None = None
+    ) -> None:
         self.control = control
         self.broker = broker
         #: Raft entries that were not metadata commands (skipped).
         self.bad_entries = 0
         #: Subscribers waiting for a topic to be created (see :meth:`wait_topic`).
-        self.new_topics = TopicWaiters()
+        self.new_topics = new_topics if new_topics is not None else TopicWaiters()
         self._topic_listeners: list[Callable[[str], None]] = []
 
     def watch_topics(self, listener: Callable[[str], None]) -> None:

@@ -36,7 +36,7 @@ instead (:meth:`Repairs.read_elsewhere`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -44,6 +44,10 @@ from twisted.logger import Logger
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.log.damage import DamageEntry
 from sprawl.log.record import Record, pack_record, unpack_record
+
+if TYPE_CHECKING:
+    from sprawl.cluster.dataplane import DataPlane
+    from sprawl.topics import Topic
 
 log = Logger()
 
@@ -60,7 +64,7 @@ REPORT_EVERY = 2.0
 class Repairs:
     """This node's repairs, and its view (as a leader) of damaged followers."""
 
-    def __init__(self, plane: Any) -> None:
+    def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.broker = plane.broker
         self.reactor = plane.reactor
@@ -83,7 +87,7 @@ class Repairs:
 
     # -- repairing ----------------------------------------------------------------
 
-    def repair(self, topic: Any, partition: int, e: DamageEntry) -> defer.Deferred[bool]:
+    def repair(self, topic: Topic, partition: int, e: DamageEntry) -> defer.Deferred[bool]:
         """Repair ``e`` from a healthy replica (one repair per range at a
         time: callers of a range already in repair wait for that one)."""
         key = (topic.name, partition, e.first, e.last)
@@ -120,7 +124,7 @@ class Repairs:
         done.addBoth(finished)
         return mine
 
-    async def _repair(self, topic: Any, partition: int, first: int, last: int) -> bool:
+    async def _repair(self, topic: Topic, partition: int, first: int, last: int) -> bool:
         sources = self._sources(topic.name, partition)
         if not sources:
             self.broker.integrity.repair_failed(topic, partition, first, last, "no other replica holds it")
@@ -210,7 +214,7 @@ class Repairs:
         return d.addCallback(answer)
 
     def read_elsewhere(
-        self, topic: Any, partition: int, start: int, limit: int
+        self, topic: Topic, partition: int, start: int, limit: int
     ) -> defer.Deferred[list[Record]] | None:
         """A read that met damage this node cannot rewrite (a segment object in
         S3): served by a healthy replica's copy instead, if any."""
@@ -272,7 +276,7 @@ class Repairs:
                     continue  # backing off, not all committed yet (sources serve only that), no peer known yet
                 self.repair(t, p, e)
 
-    def _report(self, topic: Any, partition: int) -> None:
+    def _report(self, topic: Topic, partition: int) -> None:
         """Tell the partition's leader whether this replica is damaged."""
         pl = self.plane.placement(topic.name, partition)
         if pl is None:

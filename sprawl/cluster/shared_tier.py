@@ -19,22 +19,27 @@ metadata, changed only by each partition's leader.  An adapter (the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from sprawl.errors import SprawlError
 from sprawl.log.manifest import RemoteObject, RemoteState
 
+if TYPE_CHECKING:
+    from sprawl.cluster.control import ClusterControl
+    from sprawl.cluster.dataplane import DataPlane
+    from sprawl.topics import Topic
+
 
 class ClusterRemoteLog:
     """Shared remote lists in the Raft metadata (see the module docstring)."""
 
-    def __init__(self, control: Any, plane: Any) -> None:
+    def __init__(self, control: ClusterControl, plane: DataPlane) -> None:
         self.control = control
         self.plane = plane
 
-    def state(self, topic: Any, partition: int) -> RemoteState:
+    def state(self, topic: Topic, partition: int) -> RemoteState:
         """The list as applied on this node (empty for a topic the metadata
         does not know as this incarnation)."""
         meta = self.control.metadata
@@ -44,7 +49,7 @@ class ClusterRemoteLog:
         state: RemoteState = meta.remote_state(topic.name, partition)
         return state
 
-    def leader_epoch(self, topic: Any, partition: int) -> int | None:
+    def leader_epoch(self, topic: Topic, partition: int) -> int | None:
         """The epoch this node leads the partition in: its replica's, or the
         placement's when it is the partition's only replica."""
         name = topic.name
@@ -58,7 +63,7 @@ class ClusterRemoteLog:
             return int(r.core.epoch)
         return None
 
-    def incarnation(self, topic: Any) -> int:
+    def incarnation(self, topic: Topic) -> int:
         """The Raft index that created the topic (the same on every node)."""
         mt = self.control.metadata.topics.get(topic.name)
         if mt is None:
@@ -72,7 +77,7 @@ class ClusterRemoteLog:
             raise SprawlError(err["message"], code=err["code"], status=err["status"])
         return result
 
-    def _command(self, op: str, topic: Any, partition: int, epoch: int) -> dict[str, Any]:
+    def _command(self, op: str, topic: Topic, partition: int, epoch: int) -> dict[str, Any]:
         return {
             "op": op,
             "topic": topic.name,
@@ -82,7 +87,7 @@ class ClusterRemoteLog:
         }
 
     def add(
-        self, topic: Any, partition: int, epoch: int, objects: Sequence[RemoteObject]
+        self, topic: Topic, partition: int, epoch: int, objects: Sequence[RemoteObject]
     ) -> defer.Deferred[None]:
         """Commit uploaded segments to the partition's list (fires once applied here)."""
 
@@ -93,7 +98,9 @@ class ClusterRemoteLog:
 
         return defer.ensureDeferred(run())
 
-    def trim(self, topic: Any, partition: int, epoch: int, start: int) -> defer.Deferred[list[RemoteObject]]:
+    def trim(
+        self, topic: Topic, partition: int, epoch: int, start: int
+    ) -> defer.Deferred[list[RemoteObject]]:
         """Commit a new log start; fires with the remote segments it dropped."""
 
         async def run() -> list[RemoteObject]:

@@ -14,6 +14,7 @@ cluster reaches its voter target within a second.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,7 @@ class VoterControl:
         #: Seconds from the last member joining (in gossip) to the voter target, as this leader saw it.
         self.time_to_target: float | None = None
 
-    def saw_alive(self, raft_ids: Any, now: float) -> None:
+    def saw_alive(self, raft_ids: Iterable[int], now: float) -> None:
         """Count ``raft_ids`` as alive at ``now`` (a Raft configuration just loaded)."""
         for rid in raft_ids:
             self._last_alive[rid] = now
