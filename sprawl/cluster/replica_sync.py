@@ -153,8 +153,8 @@ class ReplicaSync:
                     p,
                     self.service.sender(key),
                     committed_if_new=leader == self.node_id,
+                    on_records=self._follower(t, p),
                 )
-                r.on_records = lambda recs, t=t, p=p: self.follow(t, p, recs)
                 self.service.add(r)
             if epoch > self._assigned.get(key, 0):
                 self._assigned[key] = epoch
@@ -184,6 +184,14 @@ class ReplicaSync:
         if leader:
             for r in self.service.replicas.values():
                 r.core.controller = leader
+
+    def _follower(self, t: Topic, p: int) -> Callable[[list[Record]], None]:
+        """What a replica of ``t``/``p`` calls with the records it stored."""
+
+        def stored(records: list[Record]) -> None:
+            self.follow(t, p, records)
+
+        return stored
 
     def _alone(self, t: Topic, lg: PartitionLog) -> None:
         """This node became the partition's only replica: the broker serves it

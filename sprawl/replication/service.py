@@ -114,6 +114,7 @@ class PartitionReplication:
         max_waiting: int = 10_000,
         committed_if_new: bool = False,
         batch_bytes: int = BATCH_BYTES,
+        on_records: Callable[[list[Record]], None] | None = None,
     ) -> None:
         self.broker = broker
         #: Bytes of records one replication frame carries at most (but always one record).
@@ -161,7 +162,7 @@ class PartitionReplication:
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
-        self.on_records: Callable[[list[Record]], None] | None = None
+        self.on_records = on_records
         #: Reset point -> the partition's log start the leader sent with it.
         self._floors: dict[int, int] = {}
 
