@@ -41,6 +41,12 @@ Lifeguard (Dadgar et al. 2018):
 Membership is keyed by ``node_id``.  A known node seen at a new address with a
 higher incarnation moves there; a restarted node with a higher incarnation is
 accepted as alive even if it was held dead.
+
+Why one module of more than a thousand lines: it is one state machine.
+Probing, suspicion, dissemination and anti-entropy all read and change the
+same member table, incarnations and health score, in one ``tick``/``receive``
+step; its self-contained parts already live apart (the wire, the messages,
+the broadcast queue, the suspicion timer, the load figures).
 """
 
 from __future__ import annotations

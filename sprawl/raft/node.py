@@ -23,6 +23,11 @@ leadership transfer (TimeoutNow), snapshots (InstallSnapshot to lagging
 followers), and single-server membership changes with learners.
 Configuration entries take effect when *applied*; a leader allows one
 unapplied configuration change at a time.
+
+Why one module of more than 600 lines: it is one state machine.  Every role's
+step function reads and changes the same term, vote, log and progress in one
+step, as in etcd's ``raft.go``; its self-contained parts already live apart
+(messages, the log, progress, quorum arithmetic, storage).
 """
 
 from __future__ import annotations
