@@ -1,7 +1,8 @@
 """The shapes of the cluster's peer RPC bodies (``publish``, ``fetch``,
 ``partition_status``, ``group_pull``, ``group_settle``, ``group_describe``;
-the handlers live in :mod:`sprawl.cluster.dataplane` and
-:mod:`sprawl.cluster.group_routes`).  Pure: msgspec types only.
+the handlers live in :mod:`sprawl.cluster.routing`,
+:mod:`sprawl.cluster.dataplane` and :mod:`sprawl.cluster.group_routes`).
+Pure: msgspec types only.
 
 :class:`~sprawl.peer.rpc.PeerRPC` converts every request body to its
 method's type before the handler runs, so a body of the wrong shape is a 400
