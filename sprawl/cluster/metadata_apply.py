@@ -149,9 +149,7 @@ class MetadataApply:
 
     def restore(self, snap: Snapshot) -> defer.Deferred[Any]:
         """Install a leader's snapshot: replace the metadata, reconcile the broker."""
-        self.control.metadata = Metadata.restore(snap.data)
-        for name, n in self.control.metadata.nodes.items():
-            self.control.names[int(n["raft_id"])] = name
+        self.control.install_metadata(Metadata.restore(snap.data))
         log.info("raft: installed snapshot at index {index}", index=snap.meta.index)
         return self.reconcile()
 
