@@ -4,7 +4,7 @@ no socket, no real time):
 * :class:`FakeRequest` -- the parts of a ``twisted.web`` request a streaming answer uses
   (headers, producer, writes, finish), with the SSE frames it was sent;
 * :class:`MemoryS3` -- the S3 client over a dict, with failures on demand (it passes the
-  S3 client's contract tests, ``tests/test_s3_client.py``);
+  S3 client's contract tests, ``tests/unit/storage/test_s3_client.py``);
 * :class:`FakeRPC` -- the peer RPC seam: registered handlers, recorded calls answered by a
   function, unreachable peers;
 * :class:`FakeBroker` -- a broker as a stream on a node that holds no replica sees it
@@ -157,7 +157,7 @@ class FakeBroker:
 class MemoryS3:
     """The :class:`~sprawl.storage.s3.S3Client` interface over a dict, with
     failures on demand (``down``, ``lie_about_size``).  The contract tests in
-    ``tests/test_s3_client.py`` run it and the real client (against
+    ``tests/unit/storage/test_s3_client.py`` run it and the real client (against
     SeaweedFS) through the same checks.  ``now`` gives the last-modified time
     of what is put (Unix seconds; a test's ``task.Clock`` for one)."""
 

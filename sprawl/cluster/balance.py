@@ -12,7 +12,7 @@ per second (by default a message costs as much as a KiB of payload); a node's
 load is the sum over the partitions it leads.  ``mean`` is the average over
 the live nodes and ``upper = mean * (1 + threshold)``.
 
-Rules (each has a unit test in ``tests/test_balance.py``):
+Rules (each has a unit test in ``tests/unit/cluster/test_balance.py``):
 
 * a node is *hot* when its load is above ``upper`` AND at least ``min_load``
   (an idle or lightly loaded cluster never moves anything);
@@ -31,7 +31,7 @@ Why there is no flapping: under a steady load the mean and ``upper`` do not
 change; a move takes load off a node above ``upper`` and never puts a node
 above ``upper``, so the total excess ``sum(max(0, load - upper))`` strictly
 falls with each move and no assignment of leaders can come back -- in
-particular no partition moves back and forth.  (``tests/test_balance.py``
+particular no partition moves back and forth.  (``tests/unit/cluster/test_balance.py``
 checks this with hypothesis.)
 
 Rates right after a move: until the new leader gossips the partition's rate
@@ -66,14 +66,14 @@ lowers ``sum(load^2)`` over the nodes' *present* loads by ``2 * u * (src - dst
 forecasts say.  Under a steady present load that sum only falls, so no
 assignment of leaders comes back and the moves stop; forecasts pick *which*
 of these improving moves is made and *when*, never a move that makes the
-present worse.  (``tests/test_balance_predictive.py`` checks this with
+present worse.  (``tests/unit/cluster/test_balance_predictive.py`` checks this with
 hypothesis, forecasts drawn at random every decision.)
 
 Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without
 copying data.
 
-How the controller uses it (``tests/test_balance.py`` runs this loop on
+How the controller uses it (``tests/unit/cluster/test_balance.py`` runs this loop on
 pure cores)::
 
     balancer = Balancer(BalanceConfig())          # NodeMetrics.balancer = balancer

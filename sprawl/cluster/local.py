@@ -4,11 +4,11 @@
 without Raft: the seam the HTTP API uses for topic and group definitions.  A
 real node uses :class:`sprawl.cluster.control.ClusterControl` (every change a
 Raft proposal); in-process tests of the HTTP layer use this one.  Both pass
-the same contract tests (tests/test_metadata_seam.py).
+the same contract tests (tests/unit/cluster/test_metadata_seam.py).
 
 :class:`LocalDataPlane` -- publishes, reads and consumer groups served by the
 broker alone, where a cluster node has :class:`sprawl.cluster.dataplane.DataPlane`
-(tests/test_message_plane_seam.py).
+(tests/unit/cluster/test_message_plane_seam.py).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LocalDataPlane:
     :class:`sprawl.interfaces.MessagePlane`): publishes go straight to the
     broker, every read is served here (:meth:`read_source` is always None),
     and there is nothing to add to a partition's or the cluster's view.  Both
-    pass the same contract tests (tests/test_message_plane_seam.py).
+    pass the same contract tests (tests/unit/cluster/test_message_plane_seam.py).
     """
 
     #: No partition is held elsewhere: no remote feeds.

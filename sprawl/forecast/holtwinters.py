@@ -36,7 +36,7 @@ deviation (samples are noisier than step means): :meth:`Series.expect`.
 Memory is bounded per series: the seasonal buckets are ``float32`` arrays
 (NaN marks a bucket never seen), so the daily season costs 1,440 x 4 =
 5,760 bytes and the state with its Python objects about 6.3 KB
-(:func:`series_bytes` reports it; ``tests/test_forecast_model.py`` checks it).
+(:func:`series_bytes` reports it; ``tests/unit/forecast/test_forecast_model.py`` checks it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SWIM + Lifeguard gossip membership: the pure protocol core and its UDP adapter.
 
 Every module here except :mod:`sprawl.gossip.udp` is pure (no Twisted, no
-I/O; tests/test_purity.py and the import contract check it).  :mod:`sprawl.gossip.membership`
+I/O; tests/contract/test_purity.py and the import contract check it).  :mod:`sprawl.gossip.membership`
 holds the protocol (:class:`Membership`, driven by ``tick``/``receive``/
 ``join``/``leave`` and returning datagrams and member events);
 :mod:`~sprawl.gossip.messages` and :mod:`~sprawl.gossip.wire` define and

@@ -29,7 +29,7 @@ Rules, in order (the first that applies makes the plan):
 7. a node left drained by an earlier step that is up to date and ready:
    undrained.
 
-Safety, whatever is observed (``tests/test_operator_reconcile.py`` checks
+Safety, whatever is observed (``tests/deploy/test_operator_reconcile.py`` checks
 it with hypothesis): a plan deletes a pod or shrinks the StatefulSet only
 with 0 under-replicated partitions, every pod ready, and the node concerned
 leading nothing (and, to shrink, holding no replica); at most one such

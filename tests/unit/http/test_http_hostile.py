@@ -6,7 +6,7 @@ permissions, the ``Origin`` check, and hypothesis fuzzing of every body
 decoder and of ``Last-Event-ID``.
 
 Connection-level limits (time to send a request, the connection cap) are in
-tests/test_http_limits.py; WebSocket cases in tests/test_websocket.py.
+tests/unit/http/test_http_limits.py; WebSocket cases in tests/unit/http/test_websocket.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from twisted.logger import formatEvent
 
 from harness import bounded
+from harness.inproc_http import Http, Node, assert_error
 from sprawl.auth import Authenticator, TokenTable
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.config import ConfigError
@@ -44,7 +45,6 @@ from sprawl.log.record import (
 )
 from sprawl.pubsub import check_group_name, check_topic_name
 from sprawl.testing import FakeRPC
-from test_http_api import Http, Node, assert_error
 
 #: 64 headers of 120 KB: 7.68 MB that used to count as nothing.
 BIG_HEADERS = {f"h{i:02d}": "v" * 120_000 for i in range(64)}
@@ -275,7 +275,7 @@ def test_give_back_undoes_a_lease_without_counting_it() -> None:
 async def test_sse_writes_are_bounded_by_max_bytes(node: Node) -> None:
     """An SSE stream writes at most ``max_bytes`` of frames per write (one message at least) and
     still delivers everything in order."""
-    from test_streams import FakeRequest
+    from sprawl.testing import FakeRequest
 
     await publish_100k(node, "s", 10)
     req = FakeRequest()
@@ -827,8 +827,8 @@ async def test_an_sse_stream_opened_with_a_jwt_ends_when_it_expires(tmp_path: Pa
 
     import jwt
 
+    from harness.inproc_sse import Server
     from sprawl.auth import JWTVerifier
-    from test_streams import Server
 
     secret = b"s" * 40
     s = Server(tmp_path)

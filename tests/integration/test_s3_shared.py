@@ -8,7 +8,7 @@ the first node is then lost for good.  Every acknowledged message replays, in
 order, from a survivor -- the part in S3 included -- and the bucket holds one
 object per sealed segment, not one per replica.
 
-Bounds: as in ``tests/test_integration_dataplane.py`` (a cluster forms within
+Bounds: as in ``tests/integration/test_integration_dataplane.py`` (a cluster forms within
 :data:`FORM_BOUND`; a replica set grows and catches up within
 :data:`REPLICATE_BOUND`; a partition whose leader was killed has a new one
 within :data:`FAILOVER_BOUND`), plus :data:`SPILL_BOUND` for segments older

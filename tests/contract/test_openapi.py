@@ -33,7 +33,9 @@ from sprawl.http.api import SprawlAPI
 
 SPEC_PATH = DOCS / "openapi.yaml"
 STREAM_PATH = "/v1/topics/{topic}/stream"
-DASHBOARD_STREAM_PATH = "/v1/dashboard/stream"  # endless too: tests/test_dashboard.py reads it bounded
+DASHBOARD_STREAM_PATH = (
+    "/v1/dashboard/stream"  # endless too: tests/unit/http/test_dashboard.py reads it bounded
+)
 TIMEOUT = 10.0  # seconds for any one request; the server bounds long-polls at 30 s
 MAX_WAIT_MS = 20  # long-polls the fuzzer asks for are shortened to this
 

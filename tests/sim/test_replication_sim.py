@@ -403,7 +403,7 @@ def _run_many(name: str, n_replicas: int, seeds: list[int], steps: int) -> None:
     totals = run_schedules(
         seeds,
         lambda seed: run_schedule(seed, n_replicas, steps),
-        f"pytest tests/test_replication_sim.py -k {name}",
+        f"pytest tests/sim/test_replication_sim.py -k {name}",
     )
     print(f"{name}: {len(seeds)} schedules in {time.perf_counter() - t0:.1f}s: {totals}")
     if ONE_SEED is None:

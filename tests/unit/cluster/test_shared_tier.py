@@ -7,7 +7,7 @@ tests), and the real cluster metadata state machine behind the real
 Raft itself is replaced by :class:`Log`: one list of committed metadata
 commands that each node applies in order to its own ``Metadata`` and then
 makes its broker follow, as ``ClusterControl._apply`` does
-(``tests/test_integration_raft.py`` and the real-process tests run the real
+(``tests/integration/test_integration_raft.py`` and the real-process tests run the real
 one).  A node can be held back (``behind``) to show what a replica does
 while its metadata lags.
 """

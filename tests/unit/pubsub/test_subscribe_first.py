@@ -24,12 +24,12 @@ import treq
 from twisted.internet.defer import CancelledError
 
 from harness import bounded, until
-from test_http_api import Node, assert_error
-from test_http_api import node as node
-from test_streams import Server
-from test_streams import server as server
-from test_websocket import WS
-from test_websocket import ws as ws
+from harness.inproc_http import Node, assert_error
+from harness.inproc_http import node as node
+from harness.inproc_sse import Server
+from harness.inproc_sse import server as server
+from harness.inproc_ws import WS
+from harness.inproc_ws import ws as ws
 
 # -- SSE -----------------------------------------------------------------------------------------
 

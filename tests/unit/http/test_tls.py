@@ -23,11 +23,11 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
 from harness import bounded, make_test_pki, the_reactor
+from harness.inproc_sse import Server
+from harness.inproc_ws import WSClient
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.ctl import cli
 from sprawl.tlsconfig import check_pem_files, client_options, server_endpoint
-from test_streams import Server
-from test_websocket import WSClient
 
 
 @pytest.fixture

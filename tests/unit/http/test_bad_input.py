@@ -257,7 +257,7 @@ def test_invalid_base64(node: Node) -> None:
 def test_unknown_topic(node: Node) -> None:
     """Every route naming a topic that does not exist: 404 topic_not_found (JSON).  (A stream,
     a WebSocket feed or a long-poll of a missing topic waits for it where topics are
-    auto-created, a 404 where not: tests/test_subscribe_first.py.)"""
+    auto-created, a 404 where not: tests/unit/pubsub/test_subscribe_first.py.)"""
     u = node.url + "/v1/topics/nope"
     for method, path in [
         ("GET", ""),

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from test_broker import Node, WriterGate, msg, nodes, read_all, topic  # noqa: F401  (fixture)
 
 from harness import bounded
+from harness.inproc_sse import Server
 from sprawl.client.blocking import MAX_429_RETRIES, Client
 from sprawl.errors import Overloaded
-from test_broker import Node, WriterGate, msg, nodes, read_all, topic  # noqa: F401  (fixture)
-from test_streams import Server
 
 
 @pytest_twisted.ensureDeferred

@@ -21,10 +21,10 @@ import urllib.request
 from typing import Any
 
 import pytest
+from test_integration_remote_streams import readers as readers
 
 from harness import FeedReader, NodeProcess, poll_until
 from sprawl.cluster.placement import replicas
-from test_integration_remote_streams import readers as readers
 
 pytestmark = pytest.mark.integration
 

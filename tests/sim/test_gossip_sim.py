@@ -524,7 +524,7 @@ def _run(name: str, seed: int, long: bool = LONG) -> None:
         raise AssertionError(
             f"{name} seed {seed}{' (long)' if long else ''} failed: {e}\n"
             f"reproduce: {'SPRAWL_SIM_LONG=1 ' if long else ''}SPRAWL_SIM_SEED={seed} "
-            f"pytest tests/test_gossip_sim.py -k {name}"
+            f"pytest tests/sim/test_gossip_sim.py -k {name}"
         ) from e
 
 

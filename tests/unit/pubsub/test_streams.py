@@ -19,7 +19,7 @@ import base64
 import json
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,219 +27,24 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import task
-from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import formatEvent
 from twisted.web.client import HTTPConnectionPool
 
-from harness import WAIT, bounded, the_reactor
+from harness import bounded, the_reactor
+from harness.inproc_sse import T0 as T0
+from harness.inproc_sse import Server as Server
+from harness.inproc_sse import SSEClient as SSEClient
+from harness.inproc_sse import server as server
 from sprawl.config import NodeConfig
 from sprawl.delivery.streams import SSEStream, StreamRegistry
-from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.http.codec import parse_message
-from sprawl.http.server import make_site
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import FakeRequest
-
-T0 = 1_700_000_000.0
-
-
-class SSEClient(Protocol):
-    """A raw HTTP/1.0 SSE client that parses frames as they arrive."""
-
-    def __init__(self, path: str, headers: dict[str, str] | None = None):
-        self.path = path
-        self.extra = headers or {}
-        self.buf = b""
-        self.head: str | None = None
-        self.status: int | None = None
-        self.events: list[dict[str, Any]] = []
-        self.comments: list[str] = []
-        self.body = b""
-        self.lost = False
-        self.stream: Any = None  # the server's SSEStream, once known
-        self.closed: Deferred[None] = Deferred()
-        self._waits: list[tuple[Callable[[], bool], Deferred[None]]] = []
-
-    def connectionMade(self) -> None:
-        lines = [f"GET {self.path} HTTP/1.0", "Host: 127.0.0.1", "Accept: text/event-stream"]
-        lines += [f"{k}: {v}" for k, v in self.extra.items()]
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buf += data
-        if self.head is None:
-            if b"\r\n\r\n" not in self.buf:
-                return
-            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            self.head = head.decode("latin-1")
-            self.status = int(self.head.split()[1])
-        if self.status != 200:
-            self.body += self.buf
-            self.buf = b""
-            return
-        while b"\n\n" in self.buf:
-            block, self.buf = self.buf.split(b"\n\n", 1)
-            self._block(block.decode("utf-8"))
-        self._check()
-
-    def _block(self, text: str) -> None:
-        ev: dict[str, Any] = {"event": "message", "id": None}
-        data: list[str] = []
-        for line in text.split("\n"):
-            if line.startswith(":"):
-                self.comments.append(line[1:].strip())
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name in ("id", "event"):
-                ev[name] = value
-        if not data:
-            return
-        ev["data"] = json.loads("\n".join(data))
-        self.events.append(ev)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
-        self._check()
-        waits, self._waits = self._waits, []
-        for _pred, d in waits:
-            if not d.called:
-                d.errback(AssertionError(f"connection lost first; events so far: {self.events[-3:]}"))
-        self.closed.callback(None)
-
-    def _check(self) -> None:
-        for item in list(self._waits):
-            pred, d = item
-            if pred():
-                self._waits.remove(item)
-                if not d.called:
-                    d.callback(None)
-
-    def when(self, pred: Callable[[], bool], timeout: float = WAIT) -> Deferred[None]:
-        """Fires once ``pred()`` holds after some frame arrived (bounded)."""
-        d: Deferred[None] = Deferred()
-        self._waits.append((pred, d))
-        self._check()
-        return bounded(d, timeout)
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """Message events (not error events)."""
-        return [e for e in self.events if e["event"] == "message"]
-
-    def offsets(self) -> list[int]:
-        return [e["data"]["offset"] for e in self.messages]
-
-    def hello(self) -> Deferred[None]:
-        """Fires when the stream's opening comment arrived: the server is watching."""
-        return self.when(lambda: bool(self.comments) or self.status not in (None, 200))
-
-    def wait_messages(self, n: int) -> Deferred[None]:
-        return self.when(lambda: len(self.messages) >= n)
-
-    def wait_event(self, kind: str) -> Deferred[None]:
-        return self.when(lambda: any(e["event"] == kind for e in self.events))
-
-    async def disconnect(self) -> None:
-        if not self.lost:
-            self.transport.loseConnection()
-        await bounded(self.closed)
-
-
-class Server:
-    """A node serving its API on a real loopback port."""
-
-    def __init__(self, tmp_path: Path):
-        self.clock = task.Clock()
-        self.clock.advance(T0)
-        self.store = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=1 << 30)
-        self.store.open()
-        self.metrics = NodeMetrics()
-        config = NodeConfig(data_dir=str(tmp_path)).validate()
-        self.broker = Broker(config, self.store, self.clock, "node-a", self.metrics)
-        self.broker.recover()
-        self.broker.start()
-        self.info = NodeInfo("node-a")
-        self.info.ready = True
-        self.api = SprawlAPI(self.broker, self.info, self.clock, self.metrics)
-        self.site = make_site(self.api.resource(), max_body=config.max_body_bytes, metrics=self.metrics)
-        self.port: Any = None
-        self.clients: list[SSEClient] = []
-        self.pool = HTTPConnectionPool(the_reactor(), persistent=False)
-
-    async def listen(self) -> None:
-        self.port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(self.site)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
-    async def connect(
-        self, path: str, headers: dict[str, str] | None = None, hello: bool = True
-    ) -> SSEClient:
-        """Open an SSE connection; by default wait until the server is streaming."""
-        c = SSEClient(path, headers)
-        self.clients.append(c)
-        before = set(self.api.streams.streams)
-        await bounded(
-            connectProtocol(TCP4ClientEndpoint(the_reactor(), "127.0.0.1", self.port.getHost().port), c)
-        )
-        if hello:
-            await c.hello()
-            assert c.status == 200, (c.head, c.body)
-            (c.stream,) = set(self.api.streams.streams) - before
-        return c
-
-    async def publish(self, topic: str, payloads: list[str]) -> dict[str, Any]:
-        """POST a batch over HTTP (acked once fsynced); the answer."""
-        r = await bounded(
-            treq.post(
-                f"{self.url}/v1/topics/{topic}/messages",
-                json={"messages": [{"payload": p} for p in payloads]},
-                pool=self.pool,
-            )
-        )
-        body = await bounded(r.json())
-        assert r.code == 200, body
-        return body
-
-    async def request(self, method: str, path: str, **kw: Any) -> tuple[int, bytes]:
-        r = await bounded(treq.request(method, self.url + path, pool=self.pool, **kw))
-        return r.code, await bounded(r.content())
-
-    async def close(self) -> None:
-        for c in self.clients:
-            if not c.lost:
-                c.transport.resumeProducing()
-                c.transport.loseConnection()
-        self.api.streams.close_all()
-        for c in self.clients:
-            await bounded(c.closed)
-        if self.port is not None:
-            await bounded(self.port.stopListening())
-        await bounded(self.pool.closeCachedConnections())
-        await bounded(self.broker.stop())
-        await bounded(self.store.close())
-
-
-@pytest_twisted.async_yield_fixture
-async def server(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[Server]:
-    """A node on a loopback port; every client and the node are closed afterwards, and nothing
-    may have logged an error meanwhile."""
-    s = Server(tmp_path)
-    await s.listen()
-    try:
-        yield s
-    finally:
-        await s.close()
-    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
 
 
 def frame_ids(c: SSEClient) -> list[str | None]:
@@ -402,7 +207,7 @@ async def test_stream_of_a_deleted_topic_ends_with_an_error_event(server: Server
 @pytest_twisted.ensureDeferred
 async def test_stream_of_a_missing_topic_is_a_404(server: Server) -> None:
     """Where topics are not auto-created, a stream of a topic that does not exist answers 404
-    with the JSON error shape (with auto-create it waits: tests/test_subscribe_first.py)."""
+    with the JSON error shape (with auto-create it waits: tests/unit/pubsub/test_subscribe_first.py)."""
     server.broker.config.auto_create_topics = False  # as --no-auto-create
     c = await server.connect("/v1/topics/nothing/stream", hello=False)
     await bounded(c.closed)

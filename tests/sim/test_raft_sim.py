@@ -522,7 +522,7 @@ def run_schedule(seed: int, voters: int, steps: int) -> dict[str, int]:
 def _run_many(name: str, voters: int, seeds: list[int], steps: int) -> None:
     t0 = time.perf_counter()
     totals = run_schedules(
-        seeds, lambda seed: run_schedule(seed, voters, steps), f"pytest tests/test_raft_sim.py -k {name}"
+        seeds, lambda seed: run_schedule(seed, voters, steps), f"pytest tests/sim/test_raft_sim.py -k {name}"
     )
     elapsed = time.perf_counter() - t0
     print(f"{name}: {len(seeds)} schedules in {elapsed:.1f}s: {totals}")

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.logger import formatEvent
 
+from harness.inproc_http import Node, Reply
 from sprawl.auth import (
     ANONYMOUS,
     Authenticator,
@@ -32,7 +33,6 @@ from sprawl.auth import (
 )
 from sprawl.config import ConfigError, NodeConfig
 from sprawl.http import authz
-from test_http_api import Node, Reply
 
 SECRET = b"k" * 40
 TOKENS = {

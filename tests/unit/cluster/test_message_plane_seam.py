@@ -6,7 +6,7 @@ group with its peer RPC) pass the same contract: on a node that holds every
 partition both serve everything locally, and they answer alike.
 
 Each side is a broker on its own real LMDB with its metadata control in front
-(the sides of tests/test_metadata_seam.py), on the real reactor.
+(the sides of tests/unit/cluster/test_metadata_seam.py), on the real reactor.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from test_metadata_seam import Side
 from twisted.internet import defer
 
 from harness import bounded, the_reactor
@@ -24,7 +25,6 @@ from sprawl.cluster.local import LocalDataPlane
 from sprawl.interfaces import MessagePlane
 from sprawl.log.record import Record
 from sprawl.peer.rpc import PeerRPC
-from test_metadata_seam import Side
 
 
 class PlaneSide:

@@ -21,9 +21,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from harness import bounded, the_reactor
+from harness.inproc_sse import Server
+from harness.inproc_sse import server as server
 from sprawl.http import dashboard as dashboard_ui
-from test_streams import Server
-from test_streams import server as server
 
 WS_HEADERS = {
     "Upgrade": "websocket",

@@ -228,8 +228,8 @@ async def test_a_websocket_that_takes_the_socket_over_still_frees_its_place(tmp_
     from autobahn.twisted.websocket import WebSocketClientFactory
     from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 
-    from test_streams import Server
-    from test_websocket import WSClient
+    from harness.inproc_sse import Server
+    from harness.inproc_ws import WSClient
 
     s = Server(tmp_path)
     site = s.site
