@@ -16,8 +16,8 @@ import pytest_twisted
 
 from harness import PeerNet, link_peers, make_node_cert, make_test_pki, poll_until, until
 from sprawl.config import ConfigError, NodeConfig
+from sprawl.node import peer_tls
 from sprawl.peer.frames import RAFT
-from sprawl.tap import peer_tls
 
 
 def _tls(pki: dict[str, str], node: str, ca: str = "ca", *, in_san: bool = False) -> dict[str, Any]:

@@ -1,0 +1,588 @@
+"""The composition root: every object of one Sprawl node, built by constructor.
+
+``twistd sprawl`` (:mod:`sprawl.tap`) parses the options into a
+:class:`~sprawl.config.NodeConfig` and hands it to :class:`NodeService`,
+which builds the node's parts in dependency order when it starts: metrics,
+LMDB, the S3 tier, the broker (with its :class:`~sprawl.pubsub.links.ClusterLinks`),
+the scrub, gossip and the peer channel, the peer RPC, the cluster control,
+the data plane, then the HTTP API.  Only this module (and ``tap``) touches the
+global reactor.  Services stop in reverse (the gossip adapter announces a
+graceful leave first), so on SIGTERM the node stops accepting requests,
+finishes queued commits and closes LMDB cleanly: everything acked is on disk.
+
+Two steps bind what is known only later, each in one named function:
+:func:`bind_cluster_parts` (the broker's links upward and the scrub, once the
+cluster parts built on the broker exist) and :func:`announce_http` (the HTTP
+URL, once HTTP listens).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import socket
+import sys
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from sprawl import __version__
+from sprawl.cluster.control import ClusterControl, StartRefused
+from sprawl.config import NodeConfig
+from sprawl.gossip import GossipConfig
+from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer, save_incarnation
+from sprawl.peer.frames import frame_limits
+from sprawl.peer.tcp import PeerChannel
+
+if TYPE_CHECKING:
+    from sprawl.cluster.dataplane import DataPlane
+    from sprawl.http.status import NodeInfo
+    from sprawl.pubsub.links import ClusterLinks
+    from sprawl.storage.integrity import Integrity
+    from sprawl.storage.scrub import Scrubber
+
+# The node's log lines keep the namespace they have always had (operators'
+# log filters and tests select the "serving" line by it).
+log = Logger(namespace="sprawl.tap")
+
+
+def load_node_id(data_dir: str, override: str | None) -> str:
+    """The node id: ``--node-id``, else DATA_DIR/node_id, generated once."""
+    path = os.path.join(data_dir, "node_id")
+    if override:
+        return override
+    try:
+        with open(path) as f:
+            nid = f.read().strip()
+            if nid:
+                return nid
+    except FileNotFoundError:
+        pass
+    nid = f"{socket.gethostname().split('.')[0][:24]}-{uuid.uuid4().hex[:8]}"
+    nid = "".join(c if c.isalnum() or c in "._-" else "-" for c in nid)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(nid + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return nid
+
+
+class NodeService(service.Service):
+    """One Sprawl node: storage, broker, peer port with gossip, and HTTP API."""
+
+    def __init__(self, config: NodeConfig, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.reactor = reactor
+        self.http_port: Any = None
+        self.peer_port: Any = None
+        self.broker: Any = None
+        self.store: Any = None
+        self.api: Any = None
+        self.gossip: GossipNode | None = None
+        self.udp_port: Any = None
+        self.channel: Any = None
+        self.control: Any = None
+        self.plane: Any = None
+        self.rpc: Any = None
+        self.s3_client: Any = None
+        self.bucket_watch: Any = None
+        self.scrubber: Any = None
+
+    def _make_gossip(self, node_id: str) -> GossipNode:
+        """The gossip adapter, its load figures read from the broker."""
+        import random
+
+        c = self.config
+        broker = self.broker
+        store = self.store
+
+        def load() -> LoadSample:
+            logs = [lg for t in broker.topics.values() for lg in t.logs]
+            led = {
+                (name, p): (lg.appended_total, lg.appended_bytes_total)
+                for name, t in broker.topics.items()
+                for p, lg in enumerate(t.logs)
+                if lg.leader == node_id
+            }
+            return LoadSample(
+                partitions_led=len(led),
+                published_total=broker.published_total,
+                bytes_stored=store.used_bytes,
+                memory_hot_bytes=sum(lg.hot_bytes for lg in logs),
+                partitions=led,
+            )
+
+        return GossipNode(
+            node_id,
+            GossipConfig(cluster_key=c.cluster_key),
+            self.reactor,
+            random.Random(),
+            c.data_dir,
+            seeds=c.seeds,
+            meta={"version": __version__},
+            load=load,
+            resolve=self.reactor.resolve,
+            save=lambda data_dir, n: threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), save_incarnation, data_dir, n
+            ),
+        )
+
+    def _make_tier(self, metrics: Any) -> Any:
+        """The S3 tier: a bounded-thread-pool client, the spill pipeline and the bucket watch."""
+        from sprawl.storage.bucket_watch import BucketWatch
+        from sprawl.storage.s3 import S3Client
+        from sprawl.storage.tiering import S3Tier
+
+        c = self.config
+        self.s3_client = S3Client(s3_settings(c), self.reactor)
+        self.s3_client.start()
+        self.bucket_watch = BucketWatch(self.s3_client, self.reactor, c.s3_check_interval)
+        self.bucket_watch.start()
+        log.info(
+            "S3 tier on: {endpoint} bucket {bucket} prefix {prefix!r}",
+            endpoint=c.s3_endpoint,
+            bucket=c.s3_bucket,
+            prefix=c.s3_prefix,
+        )
+        return S3Tier(
+            self.s3_client,
+            self.store,
+            self.reactor,
+            budget=c.disk_budget,
+            age_ms=int(c.disk_to_s3_age * 1000),
+            concurrency=c.s3_concurrency,
+            cache_bytes=c.s3_cache_bytes,
+            metrics=metrics,
+            orphan_grace=c.s3_orphan_grace,
+        )
+
+    def startService(self) -> None:
+        """Open storage, recover, listen.  Failure to listen stops the process."""
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+
+        def failed(f: Any) -> None:
+            import lmdb
+
+            if f.check(StartRefused):
+                log.critical("{reason}", reason=f.value.message)
+                _exit_status_after_stop(self.reactor, 3)
+            elif f.check(lmdb.Error):
+                # LMDB's own pages (not a record: those are checked and named
+                # per range) do not read or write back: the store is damaged.
+                log.critical(
+                    "the LMDB store in {path} is DAMAGED ({error}): the node refuses to start. "
+                    "`sprawlctl verify {data_dir}` lists what it can still read; restore the data "
+                    "dir, or (in a cluster) move it aside and start the node empty so it copies its "
+                    "partitions from the other replicas",
+                    path=os.path.join(self.config.data_dir, "lmdb"),
+                    data_dir=self.config.data_dir,
+                    error=str(f.value),
+                )
+                log.failure("sprawl node failed to start", f)
+            else:
+                log.failure("sprawl node failed to start", f)
+            if getattr(self.reactor, "running", True):
+                self.reactor.stop()
+            else:  # failed before the reactor ran: stopping now would be ignored
+                self.reactor.callWhenRunning(self.reactor.stop)
+
+        d.addErrback(failed)
+
+    async def _start(self) -> None:
+        from sprawl.http.api import NodeInfo, SprawlAPI
+        from sprawl.http.server import make_site
+        from sprawl.metrics import NodeMetrics
+        from sprawl.pubsub import Broker
+        from sprawl.pubsub.links import ClusterLinks
+        from sprawl.storage.lmdb import LmdbStore
+
+        c = self.config
+        os.makedirs(c.data_dir, exist_ok=True)
+        node_id = load_node_id(c.data_dir, c.node_id)
+        if c.cluster_ca:
+            check_node_certificate(c, node_id)
+        map_size = max(c.disk_budget * 2, (c.disk_hard_limit or 0) * 4 // 3, 1 << 30)
+        from sprawl.delivery.topic_waiters import TopicWaiters
+
+        # Subscribers waiting for a topic the cluster has not created yet
+        # (the control wakes them; the metrics count them).
+        cluster_waiters = TopicWaiters()
+        metrics = NodeMetrics(cluster_waiters=cluster_waiters)
+        self.store = LmdbStore(
+            os.path.join(c.data_dir, "lmdb"),
+            reactor=self.reactor,
+            map_size=map_size,
+            on_commit=metrics.committed,
+        )
+        self.store.open()
+        tier = self._make_tier(metrics) if c.s3_endpoint and c.s3_bucket else None
+        # The partitions' shared remote-segment lists live in the Raft
+        # metadata: nothing moves to (or is trimmed from) S3 until the data
+        # plane is up and says which partitions this node leads.
+        links = ClusterLinks(remote_log=None)
+        self.broker = Broker(c, self.store, self.reactor, node_id, metrics, tier=tier, links=links)
+        self.broker.recover()
+        self.broker.start()
+        from sprawl.storage.scrub import Scrubber
+
+        self.scrubber = Scrubber(self.broker, self.reactor, c.scrub_rate)
+        self.scrubber.start()
+        assert c.bind_addr is not None  # NodeConfig.validate resolved it
+        if c.peer_port_exposed:
+            log.critical(
+                "INSECURE CLUSTER: gossip and the peer channel listen on {addr} without a cluster key "
+                "or CA (--insecure-cluster): anyone who can reach port {port} can join this cluster, "
+                "change or delete every topic and read every message. Use --cluster-key-file "
+                "(sprawlctl cluster keygen) or --cluster-ca.",
+                addr=c.bind_addr,
+                port=c.bind_port,
+            )
+        advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        self.gossip = self._make_gossip(node_id)
+        if c.cluster_ca:
+            if c.cluster_key is None:
+                log.warn(
+                    "gossip is not authenticated: --cluster-ca protects the peer channel, but only "
+                    "--cluster-key authenticates gossip (a stranger reaching the UDP port can make members "
+                    "look dead or alive); give both"
+                )
+        self.channel = PeerChannel(
+            node_id,
+            self.reactor,
+            random.Random(),
+            c.cluster_key,
+            limits=frame_limits(c.max_body_bytes),
+            **peer_tls(c),
+        )
+        bind = c.bind_addr.replace(":", chr(92) + ":")
+        self.peer_port, self.udp_port = await listen_peer(
+            self.reactor,
+            c.bind_addr,
+            c.bind_port,
+            lambda port: serverFromString(self.reactor, f"tcp:{port}:interface={bind}").listen(
+                self.channel.server_factory()
+            ),
+            self.gossip,
+        )
+        peer_port = self.peer_port.getHost().port
+        peer = f"{advertise}:{peer_port}"
+        bootstrap = c.bootstrap if c.bootstrap is not None else not c.seeds
+        from sprawl.cluster.dataplane import DataPlane
+        from sprawl.peer.rpc import PeerRPC
+
+        self.rpc = PeerRPC(self.channel, self.reactor)
+        self.control = ClusterControl(
+            node_id,
+            self.broker,
+            self.store,
+            self.reactor,
+            self.channel,
+            self.gossip,
+            rpc=self.rpc,
+            on_proposal_latency=metrics.raft_proposal_duration.observe,
+            new_topics=cluster_waiters,
+            bootstrap=bootstrap,
+            dead_grace=c.raft_dead_grace,
+            snapshot_entries=c.raft_snapshot_entries,
+            peer=peer,
+            force_new_cluster=c.force_new_cluster,
+        )
+        await self.control.start()
+        self.plane = DataPlane(
+            node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
+        )
+        bind_cluster_parts(links, self.control, self.plane, self.broker.integrity, self.scrubber)
+        self.plane.start()
+        advertise_ip = advertise
+        if not (isIPAddress(advertise) or isIPv6Address(advertise)):
+            advertise_ip = await self.reactor.resolve(advertise)
+        self.gossip.set_meta(peer=peer)
+        self.gossip.start((advertise_ip, peer_port))
+        from sprawl.metrics import BalanceCollector, DataPlaneCollector, GossipCollector, RaftCollector
+
+        metrics.register(
+            GossipCollector(self.gossip),
+            RaftCollector(self.control, self.plane),
+            BalanceCollector(self.plane.balancer),
+            DataPlaneCollector(self.plane),
+        )
+        if c.force_new_cluster:
+            # Gossip runs (the others learn where this node is); Raft does not
+            # until the recovery is decided.
+            await self.control.force_new_cluster()
+        checks = [lambda: self.bucket_watch.problem] if self.bucket_watch is not None else []
+        info = NodeInfo(
+            node_id,
+            peer=peer,
+            started=time.time(),
+            membership=self.gossip,
+            raft=self.control,
+            readiness_checks=checks,
+        )
+        from sprawl.auth import load_authenticator
+        from sprawl.http.origin import OriginPolicy
+
+        auth = load_authenticator(c.auth_tokens, c.jwt_secret, c.jwt_secret_file)
+        self.api = SprawlAPI(
+            self.broker,
+            info,
+            self.reactor,
+            metrics,
+            control=self.control,
+            plane=self.plane,
+            auth=auth,
+            origins=OriginPolicy(c.allowed_origins),
+        )
+        if auth.enabled:
+            log.info(
+                "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
+                tokens=len(auth.tokens or ()),
+                jwt=auth.jwt is not None,
+            )
+        site = make_site(
+            self.api.resource(),
+            max_body=c.max_body_bytes,
+            metrics=metrics,
+            header_timeout=c.header_timeout,
+            body_timeout=c.body_timeout,
+            body_min_rate=c.body_min_rate,
+            max_connections=c.max_connections,
+            reactor=self.reactor,
+        )
+        if c.tls_cert and c.tls_key:
+            from sprawl.tlsconfig import server_endpoint
+
+            http_ep = server_endpoint(self.reactor, c.http_port, c.http_addr, c.tls_cert, c.tls_key, c.tls_ca)
+        else:
+            http_ep = serverFromString(self.reactor, c.http_listen)
+        self.http_port = await http_ep.listen(site)
+        host = self.http_port.getHost()
+        http_port = getattr(host, "port", 0)
+        http_addr = c.advertise_addr or (c.http_addr if c.http_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        tls = bool(c.tls_cert) or (c.http_endpoint or "").startswith("ssl:")
+        announce_http(
+            f"{'https' if tls else 'http'}://{http_addr}:{http_port}", info, self.gossip, self.control
+        )
+        if self.control.driver is not None and self.control.driver.node.voters == {self.control.raft_id}:
+            # A lone voter elects itself at once: wait for it (bounded), so a
+            # single node is ready the moment it says so.
+            await _bounded(self.reactor, self.control.leader_known(), 10.0)
+        write_ports(c.data_dir, http_port, peer_port)
+        # Everything built so far lives as long as the process: move it out of
+        # the collector's way (records are not tracked at all), so collections
+        # on the hot path only walk young objects.
+        gc.collect()
+        gc.freeze()
+        from sprawl.metrics import GCPauses
+
+        GCPauses(metrics.gc_pause).install()
+        if not getattr(self.reactor, "running", True):
+            # Services start in the reactor's "before startup" phase; twistd's
+            # SIGTERM handler is installed "during startup".  Announce readiness
+            # only once it is there, so a SIGTERM after the ready line always
+            # gets a clean stop.
+            running: defer.Deferred[None] = defer.Deferred()
+            self.reactor.callWhenRunning(running.callback, None)
+            await running
+        info.ready = True
+        log.info(
+            "sprawl {version} node {node_id} serving HTTP on {http} (peer port {peer}), data in {data_dir}",
+            version=__version__,
+            node_id=node_id,
+            http=info.http,
+            peer=peer_port,
+            data_dir=os.path.abspath(c.data_dir),
+        )
+
+    def stopService(self) -> Any:
+        """Stop listening, end streams, commit what is queued, close LMDB."""
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.api is not None:
+            self.api.info.ready = False
+            self.api.info.not_ready_reason = "node is stopping"
+        if self.broker is not None:
+            self.broker.begin_stop()
+        if self.http_port is not None:
+            await self.http_port.stopListening()
+        if self.api is not None:
+            self.api.streams.close_all()
+            self.api.close_dashboards()
+        if self.gossip is not None:
+            # Gossip the leave first: the controller moves the leadership of
+            # this node's partitions to other replicas at once (it fences this
+            # node, which still answers) instead of waiting out a beat timeout.
+            await self.gossip.stop()  # gossips the leave, then closes the UDP port
+        if self.plane is not None:
+            moved = await self.plane.drain(3.0)
+            if not moved:
+                log.warn("stopping while still leading partitions (their leadership did not move in time)")
+            self.plane.stop()
+        if self.rpc is not None:
+            self.rpc.close()
+        if self.control is not None:
+            await self.control.hand_off()
+            self.control.stop()
+        if self.channel is not None:
+            await self.channel.close()
+        if self.peer_port is not None:
+            await self.peer_port.stopListening()
+        if self.scrubber is not None:
+            self.scrubber.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.store is not None and self.store.env is not None:
+            await self.store.close()
+        if self.bucket_watch is not None:
+            self.bucket_watch.stop()
+        if self.s3_client is not None:
+            self.s3_client.stop()
+        log.info("sprawl node stopped cleanly")
+
+
+def bind_cluster_parts(
+    links: ClusterLinks,
+    control: ClusterControl,
+    plane: DataPlane,
+    integrity: Integrity,
+    scrubber: Scrubber,
+) -> None:
+    """Bind the parts below to those built on them, once these exist.
+
+    The broker is built first (control, data plane and scrub are built on
+    it), so it cannot be handed them at construction: it gets the forwarding
+    :class:`~sprawl.pubsub.links.ClusterLinks`, bound here, in one step,
+    before the data plane starts -- auto-creation through the Raft control,
+    its own publishes through the data plane, group ownership to the
+    partitions' leaders, the shared remote-segment lists to the Raft
+    metadata.  The damage map names the scrub (its progress is read by
+    ``GET /v1/damage`` and the metrics) for the same reason: the scrub
+    reads through the broker that holds the map.
+    """
+    from sprawl.cluster.shared_tier import ClusterRemoteLog
+
+    links.bind(creator=control, publisher=plane, group_owner=plane.groups)
+    links.bind_remote_log(ClusterRemoteLog(control, plane))
+    integrity.scrubber = scrubber
+
+
+def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: ClusterControl) -> None:
+    """Tell the parts that advertise this node where its HTTP API answers.
+
+    The URL is known only once HTTP listens (``--http-port 0`` picks a free
+    port), and the API, built before that, is built on the control and
+    gossip: so it is set here, after the fact, in one place -- the node's own
+    info, its gossip metadata, and the control (which names it in the node's
+    Raft membership).
+    """
+    info.http = url
+    gossip.set_meta(http=url)
+    control.http = url
+
+
+def _exit_status_after_stop(reactor: Any, status: int) -> None:
+    """Make the process exit with ``status`` once the reactor has shut down
+    (twistd itself always exits 0): a refused start is an error to scripts."""
+    add = getattr(reactor, "addSystemEventTrigger", None)
+    if add is None:
+        return
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    add("after", "shutdown", leave)
+
+
+def check_node_certificate(c: NodeConfig, node_id: str) -> None:
+    """With ``--cluster-ca``: the node's own certificate must name its node id
+    (common name or DNS subject alternative name), or peers would refuse it."""
+    from cryptography import x509
+
+    from sprawl.tlsconfig import certificate_names
+
+    cert, _key = c.peer_tls_files
+    assert cert
+    with open(cert, "rb") as f:
+        names = certificate_names(x509.load_pem_x509_certificate(f.read()))
+    if node_id not in names:
+        raise StartRefused(
+            f"the peer certificate {cert} names {', '.join(sorted(names)) or 'nothing'}, not this node's id "
+            f"{node_id!r}: with --cluster-ca every node needs a certificate whose common name or DNS "
+            f"subject alternative name is its node id",
+            code="certificate_not_for_this_node",
+        )
+
+
+def peer_tls(c: NodeConfig) -> dict[str, Any]:
+    """PeerChannel TLS arguments: mutual TLS against ``--cluster-ca`` (each
+    side's certificate must name its node id), or none."""
+    if not c.cluster_ca:
+        return {}
+    from sprawl.tlsconfig import peer_certificate_names, peer_client_options, server_options
+
+    cert, key = c.peer_tls_files
+    assert cert and key  # NodeConfig.validate checked
+    ca = c.cluster_ca
+    client = peer_client_options(ca, cert, key)
+    return {
+        "server_tls": server_options(cert, key, ca),
+        "client_tls": lambda host: client,
+        "peer_names": peer_certificate_names,
+    }
+
+
+async def _bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:
+    """Wait for ``d`` at most ``seconds`` (then go on without it)."""
+    timer = reactor.callLater(seconds, d.cancel)
+    try:
+        await d
+    except defer.CancelledError:
+        log.warn("no Raft leader after {seconds} s; serving anyway (not ready)", seconds=seconds)
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
+def write_ports(data_dir: str, http: int, peer: int) -> None:
+    """Write DATA_DIR/ports.json atomically for tests and scripts."""
+    path = os.path.join(data_dir, "ports.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"http": http, "peer": peer}, f)
+    os.replace(tmp, path)
+
+
+def s3_settings(c: NodeConfig) -> Any:
+    """The S3 client settings of a node with the S3 tier on."""
+    from sprawl.storage.s3 import S3Settings
+
+    assert c.s3_endpoint and c.s3_bucket
+    return S3Settings(
+        endpoint=c.s3_endpoint,
+        bucket=c.s3_bucket,
+        prefix=c.s3_prefix,
+        region=c.s3_region,
+        access_key=c.s3_access_key,
+        secret_key=c.s3_secret_key,
+        create_bucket=c.s3_create_bucket,
+        concurrency=c.s3_concurrency + 2,  # uploads, plus room for reads, deletes and the bucket check
+    )
