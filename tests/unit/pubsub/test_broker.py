@@ -28,7 +28,7 @@ T0 = 1_700_000_000.0  # the Clock's start, in seconds
 
 
 class Node:
-    """A store + broker pair on one data dir (like tap.NodeService, minus HTTP)."""
+    """A store + broker pair on one data dir (like node.NodeService, minus HTTP)."""
 
     def __init__(self, path: Path, clock: Clock, links: ClusterLinks | None = None, **cfg: Any):
         self.path = path
