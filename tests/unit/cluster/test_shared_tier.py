@@ -374,6 +374,7 @@ async def test_a_replica_whose_metadata_lags_does_not_skip_offsets(cluster: Any)
     await settle([n for n in replicas if n.alive])
     end = leader.control.metadata.remote_state(TOPIC, 0).end
     assert end > 20
+
     # The leader drops its own copy of what the list names in a later round than
     # the commit that names it: the reset below copies from where the leader's
     # local segments start, so wait (in rounds, bounded) until that is past the
