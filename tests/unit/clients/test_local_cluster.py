@@ -37,6 +37,21 @@ def _members(url: str) -> list[dict]:
         return members
 
 
+def _pids_using(data: Path) -> set[int]:
+    """The processes whose command line names ``data`` (the nodes of this test's cluster)."""
+    out = set()
+    needle = str(data).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                out.add(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
 def test_local_cluster_starts_and_stops(tmp_path: Path) -> None:
     """The script prints "cluster ready" once N nodes see N alive members and the Raft
     voter target is reached; SIGINT stops every node, exit 0."""
@@ -97,7 +112,10 @@ def test_local_cluster_starts_and_stops(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        for pid in node_pids:  # never leave a node behind, even when an assertion failed
+        # Never leave a node behind, even when an assertion failed before the script
+        # printed the nodes' pids (they run in sessions of their own, so killing the
+        # script does not reach them): every process started on this test's data dir.
+        for pid in set(node_pids) | _pids_using(data):
             if _running(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
