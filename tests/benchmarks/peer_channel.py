@@ -22,24 +22,22 @@ import time
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet import reactor as _reactor
 
+from harness import the_reactor
 from sprawl.peer.frames import REPLICATION, FrameOpener, FrameSealer, frame_limits
 from sprawl.peer.tcp import PeerChannel
 
 KEY = b"benchmark-cluster-key-0123456789"
 SIZES = (200, 16_000, 1_000_000)
 WINDOW = 256
-#: The global reactor (this script runs it), untyped as the tests' ``the_reactor()`` is.
-reactor: Any = _reactor
 
 
 async def one_run(size: int, key: bytes | None, seconds: float) -> tuple[float, float]:
     """(frames/s, MB/s) of payloads of ``size`` bytes from a to b for about ``seconds``."""
     limits = frame_limits()
-    a = PeerChannel("a", reactor, random.Random(1), key, limits=limits)
-    b = PeerChannel("b", reactor, random.Random(2), key, limits=limits)
-    port = reactor.listenTCP(0, b.server_factory(), interface="127.0.0.1")
+    a = PeerChannel("a", the_reactor(), random.Random(1), key, limits=limits)
+    b = PeerChannel("b", the_reactor(), random.Random(2), key, limits=limits)
+    port = the_reactor().listenTCP(0, b.server_factory(), interface="127.0.0.1")
     a.set_address("b", "127.0.0.1", port.getHost().port)
     payload = os.urandom(size)
     got = [0]
@@ -68,7 +66,7 @@ async def one_run(size: int, key: bytes | None, seconds: float) -> tuple[float, 
     for _ in range(1000):
         if got[0]:
             break
-        await task.deferLater(reactor, 0.01, lambda: None)
+        await task.deferLater(the_reactor(), 0.01, lambda: None)
     got[0] = sent[0] = 0
     t0 = time.perf_counter()
     deadline[0] = t0 + seconds
@@ -132,10 +130,10 @@ if __name__ == "__main__":
     def run() -> defer.Deferred[None]:
         d = defer.ensureDeferred(main(args))
         d.addErrback(lambda f: out.append(f))
-        d.addBoth(lambda _: reactor.stop())
+        d.addBoth(lambda _: the_reactor().stop())
         return d
 
-    reactor.callWhenRunning(run)
-    reactor.run()
+    the_reactor().callWhenRunning(run)
+    the_reactor().run()
     if out:
         out[0].raiseException()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from harness.nodes import free_port
+from harness.waits import poll_until
 
 
 def weed_binary() -> str | None:
@@ -108,25 +108,29 @@ class SeaweedProcess:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.data_dir)
             )
-        deadline = time.monotonic() + self.startup_timeout
         client = self.client()
-        last: Exception | None = None
+        last: list[Exception] = []
         probe = "sprawl-probe"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
+
+        def up() -> bool:
+            """True once a probe object round-trips (or the server has exited)."""
+            if self.proc is None or self.proc.poll() is not None:
+                return True
             try:
                 try:
                     client.create_bucket(Bucket=probe)
                 except client.exceptions.BucketAlreadyOwnedByYou:
                     pass
                 client.put_object(Bucket=probe, Key="probe", Body=b"ok")
-                return self
-            except Exception as e:  # not up yet: bounded poll
-                last = e
-                time.sleep(0.2)
+            except Exception as e:  # not up yet: poll again
+                last[:] = [e]
+                return False
+            return True
+
+        if poll_until(up, self.startup_timeout, step=0.2) is not None and self.proc.poll() is None:
+            return self
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not start within {self.startup_timeout}s: {last}")
+        raise RuntimeError(f"SeaweedFS did not start within {self.startup_timeout}s: {last[:1]}")
 
     def stop(self) -> None:
         """Terminate (SIGKILL after 2 s) and reap.
