@@ -313,7 +313,12 @@ class NodeService(service.Service):
             advertise_ip = await self.reactor.resolve(advertise)
         self.gossip.set_meta(peer=peer)
         self.gossip.start((advertise_ip, peer_port))
-        from sprawl.metrics import BalanceCollector, DataPlaneCollector, GossipCollector, RaftCollector
+        from sprawl.metrics.cluster import (
+            BalanceCollector,
+            DataPlaneCollector,
+            GossipCollector,
+            RaftCollector,
+        )
 
         metrics.register(
             GossipCollector(self.gossip),

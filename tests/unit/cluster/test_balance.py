@@ -295,7 +295,8 @@ def test_metrics_show_moves_and_load_ratios() -> None:
     reason and every node's load over the mean at the last decision."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from sprawl.metrics import BalanceCollector, NodeMetrics
+    from sprawl.metrics import NodeMetrics
+    from sprawl.metrics.cluster import BalanceCollector
 
     def samples(m: NodeMetrics) -> dict[tuple[str, str], float]:
         out = {}

@@ -32,7 +32,8 @@ from sprawl.gossip.udp import (
     load_incarnation,
     save_incarnation,
 )
-from sprawl.metrics import GossipCollector, NodeMetrics
+from sprawl.metrics import NodeMetrics
+from sprawl.metrics.cluster import GossipCollector
 
 CFG = GossipConfig()
 
