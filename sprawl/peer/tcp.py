@@ -20,56 +20,22 @@ name), so a certificate of the CA vouches for one node only.
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from sprawl.peer.frames import (
-    CHALLENGE,
-    HELLO,
-    MAX_FRAME,
-    MAX_HELLO,
-    NONCE_BYTES,
-    TAG_BYTES,
-    WELCOME,
-    FrameAuthError,
-    FrameDecoder,
-    FrameOpener,
-    FrameSealer,
-    HandshakeError,
-    check_hello,
-    check_welcome,
-    encode_frame,
-    frame_limits,
-    make_hello,
-    make_welcome,
-    session_key,
-)
+from sprawl.peer.frames import MAX_FRAME, TAG_BYTES, HandshakeError, frame_limits
+from sprawl.peer.inbound import Inbound
+from sprawl.peer.outbound import Sender
 
 log = Logger()
 
 FrameHandler = Callable[[str, bytes], None]
-
-#: Failed attempts after which a sender that never connected and has nothing
-#: to send stops dialling (until a frame or a probe asks again).
-QUIET_AFTER = 8
-
-
-def _no_delay(transport: Any) -> None:
-    """Disable Nagle on the TCP socket (under TLS: on the transport below it)."""
-    t = getattr(transport, "transport", None) if not hasattr(transport, "setTcpNoDelay") else transport
-    if t is not None and hasattr(t, "setTcpNoDelay"):
-        t.setTcpNoDelay(True)
 
 
 class PeerStats:
@@ -89,389 +55,6 @@ class PeerStats:
         self.frames_too_large = 0
         #: Inbound connections closed at once (over max_inbound) or evicted in their handshake.
         self.connections_refused = 0
-
-
-class _Inbound(Protocol):
-    """An accepted connection: challenge, hello, welcome, then frames to handlers."""
-
-    transport: Any
-
-    def __init__(self, channel: PeerChannel) -> None:
-        self.channel = channel
-        self.decoder = FrameDecoder(channel.max_frame, channel.limits, keep_skipped=True)
-        self.peer: str | None = None
-        self.challenge = os.urandom(NONCE_BYTES)
-        self.opener: FrameOpener | None = None
-        self._timeout: Any = None
-        self._head = b""
-        self._sized = False
-        self._closed = False
-        self._started = 0.0
-
-    def connectionMade(self) -> None:
-        t: Any = self.transport
-        ch = self.channel
-        if len(ch._inbound) >= ch.max_inbound:
-            ch.stats.connections_refused += 1
-            ch._warn_refused(f"refused a peer connection: {len(ch._inbound)} are open")
-            self._closed = True
-            t.abortConnection()
-            return
-        pending = [p for p in ch._inbound if p.peer is None]
-        if len(pending) >= ch.max_unauthenticated:
-            # Evict the oldest connection still in its handshake: a peer that
-            # completes one takes a round trip, a flood waits for the timeout.
-            oldest = min(pending, key=lambda p: p._started)
-            ch.stats.connections_refused += 1
-            ch._warn_refused(f"closed the oldest of {len(pending)} peer connections still in their handshake")
-            oldest._abort()
-        self._started = time.monotonic()
-        _no_delay(t)
-        t.write(encode_frame(CHALLENGE, self.challenge))
-        self._timeout = ch.reactor.callLater(ch.handshake_timeout, self._expire)
-        ch._inbound.add(self)
-
-    def _abort(self) -> None:
-        self._closed = True
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
-        self.channel._inbound.discard(self)
-        self.transport.abortConnection()
-
-    def _expire(self) -> None:
-        self._timeout = None
-        if self.peer is None and not self._closed:
-            self.channel.stats.handshake_failures += 1
-            self.channel._warn_refused(
-                f"peer connection from {self.transport.getPeer()} sent no hello in time"
-            )
-            self._abort()  # (a TLS close would wait for a handshake that never came)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._closed:
-            return
-        if self.peer is None and not self._sized:
-            # The first frame must be a hello: refuse a larger one by its
-            # declared length, before buffering anything of it.
-            self._head += data[: 4 - len(self._head)]
-            if len(self._head) < 4:
-                self.decoder.feed(data)
-                return
-            self._sized = True
-            if int.from_bytes(self._head, "big") > MAX_HELLO:
-                self._refuse("first frame is too large to be a hello")
-                return
-        before = self.decoder.dropped
-        frames = self.decoder.feed(data)
-        if self.decoder.dropped != before:
-            self.channel.stats.frames_dropped_oversize += self.decoder.dropped - before
-        ch = self.channel
-        for kind, body in frames:
-            if self._closed:
-                return
-            if self.peer is None:
-                if kind != HELLO or body is None:
-                    self._refuse("first frame is not a hello")
-                    return
-                self._hello(body)
-                continue
-            payload = body
-            if self.opener is not None:
-                try:
-                    payload = self.opener.open(kind, body)
-                except FrameAuthError as e:
-                    ch.stats.frames_auth_failed += 1
-                    log.warn(
-                        "closing the peer connection from {peer} at {addr}: {why}",
-                        peer=self.peer,
-                        addr=str(self.transport.getPeer()),
-                        why=str(e),
-                    )
-                    self._abort()
-                    return
-            if payload is None:
-                continue  # skipped as oversized (counted)
-            ch.stats.frames_received += 1
-            handler = ch.handlers.get(kind)
-            if handler is None:
-                ch.stats.frames_unhandled += 1
-                continue
-            try:
-                handler(self.peer, payload)
-            except Exception:
-                log.failure("peer frame handler failed (kind {kind}, from {peer})", kind=kind, peer=self.peer)
-
-    def _hello(self, body: bytes) -> None:
-        ch = self.channel
-        try:
-            hello = check_hello(body, self.challenge, ch.key, ch.node_id)
-            ch._check_certificate(self.transport, hello.node_id)
-        except HandshakeError as e:
-            self._refuse(str(e))
-            return
-        self.peer = hello.node_id
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
-        if ch.key:
-            self.opener = FrameOpener(
-                session_key(ch.key, self.challenge, hello.nonce, hello.node_id, ch.node_id)
-            )
-        self.transport.write(
-            encode_frame(
-                WELCOME, make_welcome(ch.node_id, hello.node_id, self.challenge, hello.nonce, ch.key)
-            )
-        )
-
-    def _refuse(self, why: str) -> None:
-        self.channel.stats.handshake_failures += 1
-        self.channel._warn_refused(f"refused peer connection from {self.transport.getPeer()}: {why}")
-        self._abort()
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._closed = True
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self.channel._inbound.discard(self)
-
-
-@implementer(IPushProducer)
-class _Outbound(Protocol):
-    """A connection this node opened to ``sender.peer``: answers the challenge,
-    checks the welcome, then writes the sender's queue, pausing while the
-    kernel buffer is full."""
-
-    transport: Any
-
-    def __init__(self, sender: _Sender) -> None:
-        self.sender = sender
-        self.decoder = FrameDecoder(MAX_HELLO)
-        self.ready = False
-        self.paused = False
-        self.nonce = os.urandom(NONCE_BYTES)
-        self.challenge: bytes | None = None
-        self.sealer: FrameSealer | None = None
-        self._timeout: Any = None
-        self._failed = False
-
-    def connectionMade(self) -> None:
-        t: Any = self.transport
-        _no_delay(t)
-        t.registerProducer(self, True)
-        ch = self.sender.channel
-        self._timeout = ch.reactor.callLater(ch.handshake_timeout, self._expire)
-
-    def _expire(self) -> None:
-        self._timeout = None
-        if not self.ready:
-            self._fail("no welcome in time")
-
-    def _fail(self, why: str) -> None:
-        ch = self.sender.channel
-        ch.stats.handshake_failures += 1
-        if not self._failed:
-            self._failed = True
-            ch._warn_refused(f"peer connection to {self.sender.peer} failed its handshake: {why}")
-        self.transport.abortConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._failed:
-            return
-        ch = self.sender.channel
-        for kind, payload in self.decoder.feed(data):
-            if payload is None:
-                continue
-            if kind == CHALLENGE and self.challenge is None and len(payload) == NONCE_BYTES:
-                self.challenge = payload
-                hello = make_hello(ch.node_id, self.sender.peer, payload, self.nonce, ch.key)
-                self.transport.write(encode_frame(HELLO, hello))
-            elif kind == WELCOME and self.challenge is not None and not self.ready:
-                try:
-                    check_welcome(payload, self.sender.peer, ch.node_id, self.challenge, self.nonce, ch.key)
-                    ch._check_certificate(self.transport, self.sender.peer)
-                except HandshakeError as e:
-                    self._fail(str(e))
-                    return
-                if self._timeout is not None and self._timeout.active():
-                    self._timeout.cancel()
-                self._timeout = None
-                if ch.key:
-                    key = session_key(ch.key, self.challenge, self.nonce, ch.node_id, self.sender.peer)
-                    self.sealer = FrameSealer(key)
-                self.ready = True
-                first = self.sender.peer not in ch.proven
-                ch.proven[self.sender.peer] = ch.reactor.seconds()
-                if first:
-                    ch.on_proven(self.sender.peer)
-                self.sender._connected(self)
-            else:
-                self._fail(f"unexpected frame of kind {kind} in the handshake")
-                return
-
-    def frame(self, kind: int, payload: bytes) -> bytes:
-        """One frame's bytes on this connection (tagged with a key)."""
-        if self.sealer is not None:
-            return self.sealer.seal(kind, payload)
-        return encode_frame(kind, payload)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        if self.ready:
-            self.sender._flush()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
-        self.sender._lost(self)
-
-
-class _OutboundFactory(ClientFactory):
-    noisy = False
-
-    def __init__(self, sender: _Sender) -> None:
-        self.sender = sender
-
-    def buildProtocol(self, addr: Any) -> _Outbound:
-        return _Outbound(self.sender)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.sender._failed(reason)
-
-
-class _Sender:
-    """Frames bound for one peer, and the connection that carries them."""
-
-    def __init__(self, channel: PeerChannel, peer: str) -> None:
-        self.channel = channel
-        self.peer = peer
-        self.queue: deque[tuple[int, bytes]] = deque()
-        self.queued_bytes = 0
-        self.proto: _Outbound | None = None
-        self.connecting = False
-        self.failures = 0
-        self.retry: Any = None
-        self.closed = False
-        #: Whether a connection to this peer ever completed its handshake.
-        self.ever_connected = False
-        #: A probe asked for a connection (a sender with nothing to send otherwise
-        #: stops dialling a peer that never answered: see :meth:`_retry`).
-        self.wanted = False
-
-    def send(self, kind: int, payload: bytes) -> bool:
-        ch = self.channel
-        size = len(payload) + ch.frame_overhead
-        if len(self.queue) >= ch.queue_frames or self.queued_bytes + size > ch.queue_bytes:
-            ch.stats.frames_dropped_queue += 1
-            return False
-        self.queue.append((kind, payload))
-        self.queued_bytes += size
-        if self.proto is not None and self.proto.ready:
-            if not self.proto.paused:
-                self._flush()
-        else:
-            self._connect()
-        return True
-
-    def _flush(self) -> None:
-        p = self.proto
-        if p is None:
-            return
-        t: Any = p.transport
-        chunks = []
-        overhead = self.channel.frame_overhead
-        while self.queue and not p.paused:
-            kind, payload = self.queue.popleft()
-            self.queued_bytes -= len(payload) + overhead
-            chunks.append(p.frame(kind, payload))
-            self.channel.stats.frames_sent += 1
-            if len(chunks) >= 64:
-                t.writeSequence(chunks)
-                chunks = []
-        if chunks:
-            t.writeSequence(chunks)
-
-    def _connect(self) -> None:
-        if self.connecting or self.proto is not None or self.closed or self.retry is not None:
-            return
-        addr = self.channel.addresses.get(self.peer)
-        if addr is None:
-            return
-        self.connecting = True
-        ch = self.channel
-        ch.stats.connects += 1
-        if ch.client_tls is not None:
-            ch.reactor.connectSSL(addr[0], addr[1], _OutboundFactory(self), ch.client_tls(addr[0]), timeout=5)
-        else:
-            ch.reactor.connectTCP(addr[0], addr[1], _OutboundFactory(self), timeout=5)
-
-    def _connected(self, proto: _Outbound) -> None:
-        self.connecting = False
-        self.failures = 0
-        self.ever_connected = True
-        self.wanted = False
-        self.proto = proto
-        if self.closed:
-            proto.transport.loseConnection()
-            return
-        self._flush()
-
-    def _failed(self, reason: Failure) -> None:
-        self.connecting = False
-        self._gone()
-
-    def _lost(self, proto: _Outbound) -> None:
-        was_ready = proto.ready
-        if self.proto is proto:
-            self.proto = None
-        self.connecting = False
-        if was_ready:
-            self.failures = 0
-        self._gone()
-
-    def _gone(self) -> None:
-        """The connection failed or ended: drop what waits, tell the owner, retry later."""
-        self.failures += 1
-        dropped = len(self.queue)
-        self.queue.clear()
-        self.queued_bytes = 0
-        self.channel.stats.frames_dropped_queue += dropped
-        if self.closed:
-            return
-        self.channel.on_unreachable(self.peer)
-        ch = self.channel
-        delay = min(ch.backoff_max, ch.backoff_base * (2 ** min(self.failures - 1, 16)))
-        delay *= 0.5 + ch.rng.random() / 2
-        if self.retry is None:
-            self.retry = ch.reactor.callLater(delay, self._retry)
-
-    def _retry(self) -> None:
-        self.retry = None
-        idle = not self.queue and not self.wanted and not self.ever_connected
-        if idle and self.failures >= QUIET_AFTER:
-            # Never reached and nothing to say (an address gossip gave that
-            # nobody answers at): stop dialling until a frame or a probe comes,
-            # keeping the backoff.
-            ch = self.channel
-            self.retry = ch.reactor.callLater(ch.backoff_max, self._retry)
-            return
-        self.wanted = False
-        self._connect()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.retry is not None and self.retry.active():
-            self.retry.cancel()
-        self.retry = None
-        if self.proto is not None:
-            self.proto.transport.loseConnection()
 
 
 class PeerChannel:
@@ -532,9 +115,9 @@ class PeerChannel:
         self._warned = 0
         self.handlers: dict[int, FrameHandler] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.senders: dict[str, _Sender] = {}
+        self.senders: dict[str, Sender] = {}
         self.stats = PeerStats()
-        self._inbound: set[_Inbound] = set()
+        self._inbound: set[Inbound] = set()
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
         #: Called with a peer's node id the first time a handshake reached it.
@@ -547,8 +130,8 @@ class PeerChannel:
         class _InboundFactory(Factory):
             noisy = False
 
-            def buildProtocol(self, addr: Any) -> _Inbound:
-                return _Inbound(channel)
+            def buildProtocol(self, addr: Any) -> Inbound:
+                return Inbound(channel)
 
         if self.server_tls is None:
             return _InboundFactory()
@@ -590,7 +173,7 @@ class PeerChannel:
             return False
         s = self.senders.get(peer)
         if s is None:
-            s = self.senders[peer] = _Sender(self, peer)
+            s = self.senders[peer] = Sender(self, peer)
         return s.send(kind, payload)
 
     def probe(self, peer: str) -> None:
@@ -600,7 +183,7 @@ class PeerChannel:
             return
         s = self.senders.get(peer)
         if s is None:
-            s = self.senders[peer] = _Sender(self, peer)
+            s = self.senders[peer] = Sender(self, peer)
         s.wanted = True
         s._connect()
 

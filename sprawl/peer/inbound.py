@@ -1,0 +1,182 @@
+"""The accepting side of the peer channel: one connection another node
+opened to this one -- challenge, hello, welcome, then frames to the
+channel's handlers (the bounds on accepting are the channel's: see
+:mod:`sprawl.peer.tcp`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.peer.frames import (
+    CHALLENGE,
+    HELLO,
+    MAX_HELLO,
+    NONCE_BYTES,
+    WELCOME,
+    FrameAuthError,
+    FrameDecoder,
+    FrameOpener,
+    HandshakeError,
+    check_hello,
+    encode_frame,
+    make_welcome,
+    session_key,
+)
+from sprawl.peer.outbound import no_delay
+
+if TYPE_CHECKING:
+    from sprawl.peer.tcp import PeerChannel
+
+log = Logger()
+
+
+class Inbound(Protocol):
+    """An accepted connection: challenge, hello, welcome, then frames to handlers."""
+
+    transport: Any
+
+    def __init__(self, channel: PeerChannel) -> None:
+        self.channel = channel
+        self.decoder = FrameDecoder(channel.max_frame, channel.limits, keep_skipped=True)
+        self.peer: str | None = None
+        self.challenge = os.urandom(NONCE_BYTES)
+        self.opener: FrameOpener | None = None
+        self._timeout: Any = None
+        self._head = b""
+        self._sized = False
+        self._closed = False
+        self._started = 0.0
+
+    def connectionMade(self) -> None:
+        t: Any = self.transport
+        ch = self.channel
+        if len(ch._inbound) >= ch.max_inbound:
+            ch.stats.connections_refused += 1
+            ch._warn_refused(f"refused a peer connection: {len(ch._inbound)} are open")
+            self._closed = True
+            t.abortConnection()
+            return
+        pending = [p for p in ch._inbound if p.peer is None]
+        if len(pending) >= ch.max_unauthenticated:
+            # Evict the oldest connection still in its handshake: a peer that
+            # completes one takes a round trip, a flood waits for the timeout.
+            oldest = min(pending, key=lambda p: p._started)
+            ch.stats.connections_refused += 1
+            ch._warn_refused(f"closed the oldest of {len(pending)} peer connections still in their handshake")
+            oldest._abort()
+        self._started = time.monotonic()
+        no_delay(t)
+        t.write(encode_frame(CHALLENGE, self.challenge))
+        self._timeout = ch.reactor.callLater(ch.handshake_timeout, self._expire)
+        ch._inbound.add(self)
+
+    def _abort(self) -> None:
+        self._closed = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        self.channel._inbound.discard(self)
+        self.transport.abortConnection()
+
+    def _expire(self) -> None:
+        self._timeout = None
+        if self.peer is None and not self._closed:
+            self.channel.stats.handshake_failures += 1
+            self.channel._warn_refused(
+                f"peer connection from {self.transport.getPeer()} sent no hello in time"
+            )
+            self._abort()  # (a TLS close would wait for a handshake that never came)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self.peer is None and not self._sized:
+            # The first frame must be a hello: refuse a larger one by its
+            # declared length, before buffering anything of it.
+            self._head += data[: 4 - len(self._head)]
+            if len(self._head) < 4:
+                self.decoder.feed(data)
+                return
+            self._sized = True
+            if int.from_bytes(self._head, "big") > MAX_HELLO:
+                self._refuse("first frame is too large to be a hello")
+                return
+        before = self.decoder.dropped
+        frames = self.decoder.feed(data)
+        if self.decoder.dropped != before:
+            self.channel.stats.frames_dropped_oversize += self.decoder.dropped - before
+        ch = self.channel
+        for kind, body in frames:
+            if self._closed:
+                return
+            if self.peer is None:
+                if kind != HELLO or body is None:
+                    self._refuse("first frame is not a hello")
+                    return
+                self._hello(body)
+                continue
+            payload = body
+            if self.opener is not None:
+                try:
+                    payload = self.opener.open(kind, body)
+                except FrameAuthError as e:
+                    ch.stats.frames_auth_failed += 1
+                    log.warn(
+                        "closing the peer connection from {peer} at {addr}: {why}",
+                        peer=self.peer,
+                        addr=str(self.transport.getPeer()),
+                        why=str(e),
+                    )
+                    self._abort()
+                    return
+            if payload is None:
+                continue  # skipped as oversized (counted)
+            ch.stats.frames_received += 1
+            handler = ch.handlers.get(kind)
+            if handler is None:
+                ch.stats.frames_unhandled += 1
+                continue
+            try:
+                handler(self.peer, payload)
+            except Exception:
+                log.failure("peer frame handler failed (kind {kind}, from {peer})", kind=kind, peer=self.peer)
+
+    def _hello(self, body: bytes) -> None:
+        ch = self.channel
+        try:
+            hello = check_hello(body, self.challenge, ch.key, ch.node_id)
+            ch._check_certificate(self.transport, hello.node_id)
+        except HandshakeError as e:
+            self._refuse(str(e))
+            return
+        self.peer = hello.node_id
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        if ch.key:
+            self.opener = FrameOpener(
+                session_key(ch.key, self.challenge, hello.nonce, hello.node_id, ch.node_id)
+            )
+        self.transport.write(
+            encode_frame(
+                WELCOME, make_welcome(ch.node_id, hello.node_id, self.challenge, hello.nonce, ch.key)
+            )
+        )
+
+    def _refuse(self, why: str) -> None:
+        self.channel.stats.handshake_failures += 1
+        self.channel._warn_refused(f"refused peer connection from {self.transport.getPeer()}: {why}")
+        self._abort()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._closed = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self.channel._inbound.discard(self)
