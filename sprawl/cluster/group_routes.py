@@ -34,7 +34,7 @@ from sprawl.delivery.groups import Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
-from sprawl.replication.service import record_bytes
+from sprawl.replication.envelope import record_bytes
 
 if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane

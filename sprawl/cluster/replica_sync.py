@@ -6,7 +6,7 @@ Every node applies the same Raft log; after each ``put_topic`` /
 ``set_partition`` / ``delete_topic`` (and a snapshot) :meth:`ReplicaSync.sync_topic`
 makes the local replicas match the applied placement: a partition with more
 than one replica that lists this node gets a
-:class:`~sprawl.replication.service.PartitionReplication`, which hears the
+:class:`~sprawl.replication.partition.PartitionReplication`, which hears the
 committed ``Assign(epoch, leader, replicas)``.  A partition whose only replica
 is this node is served by the broker directly, as on a single node.  A
 replica whose adapter failed is built again from what this node stored.
@@ -23,7 +23,8 @@ from sprawl.cluster.placement import raft_id_of
 from sprawl.log.record import Record
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Assign, Fence, Handoff, Message
-from sprawl.replication.service import PartitionReplication, ReplicationService
+from sprawl.replication.partition import PartitionReplication
+from sprawl.replication.service import ReplicationService
 from sprawl.storage import keys
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
 from sprawl.pubsub import PublishResult
+from sprawl.replication.partition import PartitionReplication
 from sprawl.replication.replica import NotLeader
-from sprawl.replication.service import PartitionReplication
 
 if TYPE_CHECKING:
     from sprawl.peer.rpc import PeerRPC

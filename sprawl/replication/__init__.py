@@ -9,9 +9,12 @@ them on a node.
 * :mod:`sprawl.replication.replica` -- one replica: leader or follower of a partition.
 * :mod:`sprawl.replication.failover` -- the controller's side: fence a majority, pick the most
   up-to-date replica, assign the next epoch.
-* :mod:`sprawl.replication.service` -- the adapter: one ``PartitionReplication``
-  per partition this node replicates, driving a core through the broker and the
-  peer channel (imports Twisted).
+* :mod:`sprawl.replication.service` -- the adapter: routes a node's replication
+  frames and ticks its replicas and failover cores (imports Twisted).
+* :mod:`sprawl.replication.partition` -- one ``PartitionReplication`` per partition
+  this node replicates, driving a core through the broker and the peer channel.
+* :mod:`sprawl.replication.replica_state` -- a replica's durable state (in LMDB ``meta``).
+* :mod:`sprawl.replication.envelope` -- the replication frame.
 
 The protocol is Raft's log replication with the election replaced by the
 controller (the Raft leader of the metadata group): offsets are log indexes,

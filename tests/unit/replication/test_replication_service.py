@@ -30,7 +30,8 @@ from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Append
 from sprawl.replication.replica import LEADER
-from sprawl.replication.service import ReplicationService, load_state
+from sprawl.replication.replica_state import load_state
+from sprawl.replication.service import ReplicationService
 from sprawl.storage.lmdb import LmdbStore
 
 IDS = ("r0", "r1", "r2")

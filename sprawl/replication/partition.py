@@ -1,0 +1,506 @@
+"""One replicated partition on a node: the adapter between its pure replica
+core, the broker (records in memory and LMDB) and the node's replication
+service (:mod:`sprawl.replication.service`), which routes its messages.
+
+Every core output is handled in order on one chain per partition: its
+writes are made durable through the broker (follower appends, truncations,
+the leader's own records and control records), then its messages are sent
+-- an ``Append`` with the records it covers, read from the hot tail or LMDB.
+After the leader's own write the core hears the new stored end; whenever the
+core's high watermark moves, the partition's visible high watermark follows
+and publishes waiting for ``acks=quorum`` are answered.
+
+A follower whose log ends below the leader's log start is reset: its local
+log is dropped and restarts empty there (:meth:`Broker.reset_partition`,
+with the replica state, in one transaction).  The core's log start follows
+this node's retention and S3 tier: a leader sends only what it can read
+from memory and LMDB, so it resets followers to the first offset it holds
+in LMDB.  Segments that moved to S3 are not sent: they are the partition's
+shared remote segments, which the reset keeps at the front of the
+follower's log and which it reads from the object store itself (the reset
+message carries where the partition starts, see ``Append.log_start``).
+
+A new leader's control record is a :class:`Record` with ``control`` set:
+it takes an offset, and every consumer path skips it (fetch, SSE and
+WebSocket cursors move past it; a group settles it unseen).
+
+The replica state it stores with its writes: :mod:`sprawl.replication.replica_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.errors import Overloaded
+from sprawl.interfaces import ReplicaStore
+from sprawl.log.damage import DamagedRange
+from sprawl.log.record import Record
+from sprawl.peer.frames import BATCH_BYTES
+from sprawl.replication.envelope import Envelope, pack_record, record_bytes
+from sprawl.replication.messages import (
+    Append,
+    encode,
+    slice_append,
+)
+from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
+from sprawl.replication.replica_state import dump_state, load_state
+from sprawl.storage import keys
+
+log = Logger()
+
+
+class PartitionReplication:
+    """One replicated partition on this node (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        controller: str,
+        broker: ReplicaStore,
+        topic: Any,
+        partition: int,
+        send: Callable[[str, Envelope], None],
+        *,
+        max_batch: int = 512,
+        max_waiting: int = 10_000,
+        committed_if_new: bool = False,
+        batch_bytes: int = BATCH_BYTES,
+        on_records: Callable[[list[Record]], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        #: Bytes of records one replication frame carries at most (but always one record).
+        self.batch_bytes = batch_bytes
+        #: Publishes waiting for a majority at most (then 429): a leader cut
+        #: off from its followers must not queue publishes without bound.
+        self.max_waiting = max_waiting
+        self.topic = topic
+        self.partition = partition
+        self.send = send
+        lg = topic.logs[partition]
+        lg.replicated = True
+        self.log = lg
+        self.state_key = keys.replica_state_key(topic.config.uid, partition)
+        cache, fenced, led, hw = load_state(
+            broker.store.get("meta", self.state_key), lg.log_start, lg.next_offset, committed_if_new
+        )
+        self.core = Replica(
+            node_id,
+            controller,
+            cache=cache,
+            fenced_epoch=fenced,
+            led_epoch=led,
+            hw=hw,
+            max_batch=max_batch,
+        )
+        # Recovery made everything stored visible; only what is committed is.
+        lg.high_watermark = min(lg.high_watermark, hw)
+        #: The epoch runs, log start and base epoch last stored with the log
+        #: they describe (see :meth:`_state_ops`).
+        self._stored_cache: tuple[list[tuple[int, int]], int, int] = (
+            list(cache.runs),
+            cache.log_start,
+            cache.base_epoch,
+        )
+        #: Appends this leader could not send because it no longer holds
+        #: their records (retention or the S3 tier raced the send).
+        self.unreadable = 0
+        self._unreadable_logged = float("-inf")
+        self._sync_log_start()
+        self._queued: list[_Queued] = []
+        #: Queued outputs that drop records (truncations, resets) not yet made.
+        self._pending_cuts = 0
+        self._running = False
+        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+        self.failed: Failure | None = None
+        #: Called with the records a follower's write stored (group checkpoints ride in them).
+        self.on_records = on_records
+        #: Reset point -> the partition's log start the leader sent with it.
+        self._floors: dict[int, int] = {}
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def publish(self, records: list[Record]) -> defer.Deferred[list[int]]:
+        """Append ``records`` as leader; fires with their offsets once a
+        majority of the replicas stored them (acks=quorum).  Raises
+        :class:`NotLeader` (with the leader hint) when this node does not lead."""
+        if len(self._waiters) >= self.max_waiting:
+            raise Overloaded("too many publishes waiting for replication; retry shortly", retry_after=1)
+        first, out = self.core.append(len(records))
+        now = self.broker.now_ms()
+        for i, r in enumerate(records):
+            r.offset = first + i
+            r.partition = self.partition
+            r.timestamp = now
+            if r.id is None:
+                r.id = self.broker.new_message_id()
+        last = first + len(records) - 1
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((last, d))
+        self._handle(out, records)
+        return d.addCallback(lambda _: list(range(first, last + 1)))
+
+    def wait_committed(self, offset: int) -> defer.Deferred[None]:
+        """Fires once ``offset`` is below the high watermark (a duplicate's
+        first copy, answered only once committed); fails with
+        :class:`NotLeader` if this replica stops leading first."""
+        if offset < self.log.high_watermark:
+            return defer.succeed(None)
+        if self.core.role != LEADER:
+            return defer.fail(NotLeader(self.core.leader, self.core.epoch))
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((offset, d))
+        return d
+
+    def receive(self, src: str, message: Any, records: list[Record]) -> None:
+        """A replication message from a peer (the leader, a follower or the controller)."""
+        self._sync_log_start()
+        if isinstance(message, Append) and message.reset:
+            # Where the partition starts, for the reset this may cause (the
+            # shared remote segments below the reset point).
+            self._floors[message.start] = message.log_start
+            while len(self._floors) > 16:
+                del self._floors[next(iter(self._floors))]
+        self._handle(self.core.receive(src, message), records)
+
+    def tick(self) -> None:
+        """Heartbeats and retransmission (leader), beats to the controller."""
+        self._sync_log_start()
+        self._handle(self.core.tick(), [])
+
+    def servable_start(self) -> int:
+        """The first offset this node can send to a follower: its first local
+        record -- past the segments in the object store (the catch-up read
+        serves only LMDB and memory; a follower lacking them is reset past
+        them and reads them from the object store itself)."""
+        lg = self.log
+        start = lg.log_start
+        for seg in lg.segments:
+            if seg.remote is None:
+                return max(start, seg.base)
+            start = max(start, seg.last + 1)
+        return max(start, lg.next_offset) if lg.follows_remote else start
+
+    def _sync_log_start(self) -> None:
+        """Retention (or the S3 tier) moved the start of what this node can
+        send: the core's log starts there too, so a follower that lacks
+        records below it is reset to it instead of waiting for records this
+        node cannot read."""
+        start = self.servable_start()
+        if start > self.core.cache.log_start:
+            self.core.cache.advance_start(start)
+
+    # -- the output chain -----------------------------------------------------------
+
+    def _handle(self, out: Output, records: list[Record]) -> None:
+        """Queue one core output, with what the core was when it made it: its
+        role (which decides how the write finds its records and whether its
+        messages may leave before the write is durable) and its high
+        watermark (the partition shows it once the output's writes are made)."""
+        cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
+        if cuts:
+            self._pending_cuts += 1
+        if self._pending_cuts == 0:
+            # Nothing queued drops records the core already dropped, so the
+            # core's high watermark covers only records the log holds as the
+            # core does: publishes waiting for it are answered now, not after
+            # the watermark itself is written down (that is for restarts;
+            # it never makes a record committed).
+            self._advance_hw(self.core.hw)
+        if not out.writes and not out.messages:
+            return
+        self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
+        if not self._running and self.failed is None:
+            self._running = True
+            defer.ensureDeferred(self._drain()).addErrback(self._crashed)
+
+    def _crashed(self, f: Failure) -> None:
+        self.failed = f
+        self._queued = []
+        log.failure(
+            "replication of {topic}/{partition} stopped", f, topic=self.topic.name, partition=self.partition
+        )
+        for _off, d in self._waiters:
+            if not d.called:
+                d.errback(f)
+        self._waiters = []
+
+    async def _drain(self) -> None:
+        """Run the queued outputs in batches: every write of a batch is issued
+        at once (in order: the LMDB writer commits them in one group commit),
+        and only once all are durable are the batch's messages sent."""
+        try:
+            for _ in range(1_000_000):
+                if not self._queued:
+                    return
+                batch, self._queued = self._queued, []
+                await self._run_batch(batch)
+        finally:
+            self._running = False
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        own: list[defer.Deferred[Any]] = []
+        writes: list[defer.Deferred[Any]] = []
+        stored_own = False  # records written as leader (new ones or a control record)
+        for q in batch:
+            for w in q.out.writes:
+                d = self._write(w, q.records, q.leader)
+                stored_own |= q.leader and w.count > 0
+                if d is not None:
+                    # The leader's own records go to the followers while they are
+                    # written here (Raft's parallel leader write): the core counts
+                    # them towards the high watermark only once reported stored.
+                    # Everything else -- a follower's records, truncations and
+                    # promises -- is durable before any message leaves.
+                    # A write of the high watermark alone need not wait either: it
+                    # only spares a restart some catching up, it promises nothing.
+                    lazy = (q.leader and w.count and _plain_append(w)) or _hw_only(w)
+                    (own if lazy else writes).append(d)
+            if q.cuts:
+                self._pending_cuts -= 1
+        # Every write of the batch is made in memory: the log is what the
+        # core was when it made the batch's last output.
+        hw = batch[-1].hw
+        self._advance_hw(hw)
+        if writes:
+            await _gather(writes)
+        for q in batch:
+            for dst, m in q.out.messages:
+                await self._send(dst, m)
+        if own:
+            await _gather(own)
+        if stored_own:
+            # The leader's own records are durable: the core may move the high watermark.
+            self._handle(self.core.stored(self.log.stored_end), [])
+        self._advance_hw(hw)
+
+    def _state_ops(self, reset: Write | None = None) -> list[tuple[Any, ...]]:
+        """The replica state as it stands, for the transaction of a write
+        (``reset``: the write that restarts the log at ``reset.start``).
+
+        It may be ahead of that write (the core has moved on while earlier
+        outputs were being written): runs are cut back to the log end on
+        restart, and an early fenced/led epoch or high watermark only makes
+        the replica more careful.  Not so a reset the chain has not written
+        yet: its runs describe a log that is not on disk, so until then the
+        runs stored with the log (or the empty log the reset writes) are
+        stored instead."""
+        c = self.core.cache
+        disk_end = reset.start if reset is not None else self.log.next_offset
+        if c.log_start <= disk_end:
+            cached = (list(c.runs), c.log_start, c.base_epoch)
+        elif reset is not None:
+            cached = ([], reset.start, reset.epoch)
+        else:
+            cached = self._stored_cache
+        self._stored_cache = cached
+        return [("p", "meta", self.state_key, dump_state(self.core, cached))]
+
+    def _write(self, w: Write, records: list[Record], leader: bool) -> defer.Deferred[Any] | None:
+        """Issue one write (memory now, LMDB queued) of an output the core made
+        as leader (``leader``) or follower; returns its durability Deferred."""
+        b, t, p = self.broker, self.topic, self.partition
+        if t.deleted:
+            return None  # the topic was deleted meanwhile: its storage is gone, write nothing
+        ds: list[defer.Deferred[Any]] = []
+        if w.reset:
+            # Everything this replica held lies below the leader's log start.
+            floor = self._floors.pop(w.start, None)
+            ds.append(b.reset_partition(t, p, w.start, self._state_ops(reset=w), floor=floor))
+            t.dedup.forget_from(p, 0)
+            t.recent.forget_from(p, 0)
+        if w.truncate_to is not None:
+            ds.append(b.truncate_partition(t, p, w.truncate_to, [] if w.count else self._state_ops()))
+            t.dedup.forget_from(p, w.truncate_to)
+            t.recent.forget_from(p, w.truncate_to)
+        if not w.count:
+            if w.truncate_to is None and (
+                w.fenced_epoch is not None or w.led_epoch is not None or w.hw is not None
+            ):
+                ds.append(b.store.write(self._state_ops()))  # promises are durable before any message leaves
+            return _all(ds)
+        if w.control:
+            recs = [Record(w.start, p, b.now_ms(), None, None, None, b"", True, control=True)]
+        elif leader and records and records[0].offset == w.start:
+            recs = records[: w.count]
+        else:
+            recs = records[w.skip : w.skip + w.count]
+        if len(recs) != w.count or recs[0].offset != w.start:
+            raise AssertionError(f"write of {w.count} at {w.start} without its records")
+        ds.append(b.append_replicated(t, p, recs, self._state_ops()))
+        if not leader:
+            # A follower knows the ids of what it holds: as the next leader it
+            # answers a publish retried through the failover with the first
+            # offset instead of storing the message twice.
+            now = b.now_ms()
+            remember = t.recent.remember
+            for r in recs:
+                if r.id is not None and not r.control:
+                    remember(r.id, p, r.offset, now)
+            if self.on_records is not None:
+                self.on_records(recs)
+        return _all(ds)
+
+    async def _send(self, dst: str, m: Any) -> None:
+        """Send one core message; an Append's records go with it, in as many
+        frames as ``batch_bytes`` asks (each a valid Append of its own, at least
+        one record each), read a piece at a time.  A reset tells the follower
+        where the partition's log starts (below it: the shared S3 tier)."""
+        if isinstance(m, Append) and m.reset:
+            m = msgspec.structs.replace(m, log_start=min(self.log.log_start, m.start))
+        if not (isinstance(m, Append) and m.count):
+            self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+            return
+        end = m.start + m.count
+        pos = m.start
+        for _ in range(m.count):
+            if pos >= end:
+                return
+            try:
+                recs = await self._records_bounded(pos, end)
+            except DamagedRange as d:
+                # This copy is damaged there: noted (and repaired from another
+                # replica); until then the range is not sent -- never skipped.
+                self.broker.integrity.note(self.topic, self.partition, d)
+                recs = []
+            if not recs or recs[0].offset != pos or recs[-1].offset != pos + len(recs) - 1:
+                # Not readable now (retention or the S3 tier raced the send):
+                # the core retransmits from the new log start after a few ticks.
+                self._unreadable(dst, m)
+                return
+            part = m if (pos == m.start and len(recs) == m.count) else slice_append(m, pos, len(recs))
+            env = Envelope(self.topic.name, self.partition, encode(part), [pack_record(r) for r in recs])
+            self.send(dst, env)
+            pos += len(recs)
+
+    async def _records_bounded(self, start: int, end: int) -> list[Record]:
+        """Records from ``start`` (before ``end``) worth at most ``batch_bytes``
+        (at least one), read in pieces sized by what the previous piece held."""
+        out: list[Record] = []
+        size = 0
+        want = 16
+        pos = start
+        while pos < end:
+            try:
+                got = await self._records(pos, min(want, end - pos))
+            except DamagedRange:
+                if out:
+                    return out  # send what reads well; the next round meets the damage
+                raise
+            if not got or got[0].offset != pos:
+                return out
+            for r in got:
+                n = record_bytes(r)
+                if out and size + n > self.batch_bytes:
+                    return out
+                out.append(r)
+                size += n
+            pos = out[-1].offset + 1
+            average = max(1, size // len(out))
+            want = max(1, min(512, (self.batch_bytes - size) // average + 1))
+        return out
+
+    def _unreadable(self, dst: str, m: Append) -> None:
+        self.unreadable += 1
+        now = self.broker.clock.seconds()
+        if now - self._unreadable_logged >= 30:
+            self._unreadable_logged = now
+            log.warn(
+                "replication of {topic}/{partition} to {dst}: offsets {start}-{last} are not "
+                "readable here (log start {low}, servable from {servable}); retrying "
+                "({n} unsent so far)",
+                topic=self.topic.name,
+                partition=self.partition,
+                dst=dst,
+                start=m.start,
+                last=m.start + m.count - 1,
+                low=self.log.log_start,
+                servable=self.servable_start(),
+                n=self.unreadable,
+            )
+
+    async def _records(self, start: int, count: int) -> list[Record]:
+        lg = self.log
+        end = start + count
+        if start >= lg.hot_start:
+            hs = lg.hot_start
+            return [lg.hot[i] for i in range(start - hs, min(end, lg.next_offset) - hs)]
+        got: list[Record] = await self.broker.store.read_records(
+            self.topic.config.uid,
+            self.partition,
+            start,
+            count,
+            end,
+            self.broker.integrity.dense(self.topic, lg, start, min(end, lg.stored_end)),
+        )
+        if got and got[-1].offset + 1 < end and end > lg.hot_start:
+            got += await self._records(got[-1].offset + 1, end - got[-1].offset - 1)
+        return got
+
+    def _advance_hw(self, core_hw: int) -> None:
+        """Show the partition up to ``core_hw`` (the core's high watermark as
+        of the outputs whose writes are made; capped at what is durable
+        here) and answer the publishes it covers."""
+        if self.log.advance_high_watermark(core_hw):
+            self.broker.notify(self.topic.name, self.partition)
+        hw = self.log.high_watermark
+        if self._waiters:
+            keep, done, lost = [], [], []
+            for off, d in self._waiters:
+                if off < hw:
+                    done.append(d)
+                elif self.core.role != LEADER:
+                    lost.append(d)
+                else:
+                    keep.append((off, d))
+            self._waiters = keep  # before any callback runs: a callback may publish again
+            for d in done:
+                d.callback(None)
+            for d in lost:
+                d.errback(NotLeader(self.core.leader, self.core.epoch))
+
+
+@dataclass
+class _Queued:
+    """A core output waiting for the adapter, with the core's state when it was made."""
+
+    out: Output
+    records: list[Record]
+    hw: int
+    leader: bool
+    cuts: bool
+
+
+def _plain_append(w: Write) -> bool:
+    """A write of new records only: no truncation, control record or promise."""
+    return (
+        w.truncate_to is None
+        and not w.control
+        and not w.reset
+        and w.fenced_epoch is None
+        and w.led_epoch is None
+    )
+
+
+def _hw_only(w: Write) -> bool:
+    """A write of the replica state whose only news is a higher high watermark."""
+    return w.count == 0 and w.hw is not None and _plain_append(w)
+
+
+def _gather(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:
+    d = defer.gatherResults(ds, consumeErrors=True)
+    return d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+
+
+def _all(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any] | None:
+    if not ds:
+        return None
+    if len(ds) == 1:
+        return ds[0]
+    return defer.gatherResults(ds, consumeErrors=True)
