@@ -33,83 +33,39 @@ newer leader's uploads are not its to judge).  Objects of the old per-node
 layout are deleted only by the node that wrote them, once the shared list
 covers them (:class:`~sprawl.log.manifest.Manifest`); a leader that still
 has such objects *adopts* them into the shared list first.
+
+This module holds the tier's state and the spill pipeline; the read side is
+:mod:`sprawl.storage.tier_reads`, the sweep, adoption and deletes are
+:mod:`sprawl.storage.tier_upkeep` (both parts of :class:`S3Tier`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
 from sprawl.errors import SprawlError
 from sprawl.log.damage import DamagedRange
-from sprawl.log.manifest import RemoteObject, RemoteState, object_keys, parse_key, partition_key_prefix
+from sprawl.log.manifest import RemoteObject, RemoteState, object_keys
 from sprawl.log.partition import PartitionLog
-from sprawl.log.record import Record
 from sprawl.log.segments import Segment
 from sprawl.log.spill import Candidate, choose_spills, retry_at
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
+from sprawl.storage.s3 import S3Client, S3Failure
 from sprawl.storage.segment_format import (
     DEFAULT_CHUNK_BYTES,
-    CorruptSegment,
     SegmentIndex,
-    decode_chunk,
     encode_segment,
 )
+from sprawl.storage.tier_reads import ByteLRU, TierReads
+from sprawl.storage.tier_upkeep import SWEEP_MAX_SECONDS, TierUpkeep, adoption
 
 log = Logger()
-
-#: Seconds between retries of object deletes that failed.
-DELETE_RETRY_SECONDS = 30.0
-#: Keys listed per sweep of a partition's prefix (one page; the next sweep goes on from there).
-SWEEP_PAGE = 1000
-#: The longest pause between two sweeps of a partition this node leads.
-SWEEP_MAX_SECONDS = 300.0
-
-
-class TierReadError(SprawlError):
-    """Data below the LMDB range could not be read from the object store."""
-
-    status = 502
-    code = "s3_read_failed"
-
-
-class _ByteLRU:
-    """A byte-bounded LRU cache."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.items: OrderedDict[Any, bytes] = OrderedDict()
-
-    def get(self, key: Any) -> bytes | None:
-        v = self.items.get(key)
-        if v is not None:
-            self.items.move_to_end(key)
-        return v
-
-    def put(self, key: Any, value: bytes) -> None:
-        if len(value) > self.max_bytes:
-            return
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= len(old)
-        self.items[key] = value
-        self.bytes += len(value)
-        while self.bytes > self.max_bytes and self.items:
-            _k, v = self.items.popitem(last=False)
-            self.bytes -= len(v)
-
-    def discard_prefix(self, key: str) -> None:
-        for k in [k for k in self.items if k[0] == key]:
-            self.bytes -= len(self.items.pop(k))
 
 
 class _PartState:
@@ -122,7 +78,7 @@ class _PartState:
         self.last_error: str | None = None
 
 
-class S3Tier:
+class S3Tier(TierReads, TierUpkeep):
     """Spill and read segments of durable topics to and from one bucket/prefix."""
 
     def __init__(
@@ -147,7 +103,7 @@ class S3Tier:
         self.concurrency = concurrency
         self.metrics = metrics
         self.chunk_bytes = chunk_bytes
-        self.cache = _ByteLRU(cache_bytes)
+        self.cache = ByteLRU(cache_bytes)
         self._indexes: OrderedDict[str, SegmentIndex] = OrderedDict()
         self._parts: dict[tuple[int, int], _PartState] = {}
         self._pending_deletes: list[str] = []
@@ -370,13 +326,6 @@ class S3Tier:
             error=st.last_error,
         )
 
-    async def _ensure_bucket(self) -> None:
-        if not self.bucket_ready:
-            created = await self.client.ensure_bucket()
-            self.bucket_ready = True
-            if created:
-                log.info("created S3 bucket {bucket}", bucket=self.client.settings.bucket)
-
     async def _spill(
         self, t: Any, lg: PartitionLog, seg: Segment, reason: str, epoch: int, remote_log: Any
     ) -> None:
@@ -461,80 +410,6 @@ class S3Tier:
             epoch=epoch,
         )
 
-    async def _adopt(
-        self, t: Any, lg: PartitionLog, epoch: int, objs: list[RemoteObject], remote_log: Any
-    ) -> None:
-        """Name this node's own uploads of the old per-node layout in the
-        shared list (as the leader), so every replica reads them."""
-        try:
-            await remote_log.add(t, lg.partition, epoch, objs)
-        except SprawlError as e:
-            raise S3Failure(
-                f"adopting segments of the old layout was refused ({e.code}): {e.message}"
-            ) from None
-        self.adopted += len(objs)
-        log.info(
-            "adopted {n} segment(s) of {topic}/{partition} ({base}-{last}) written under this node's "
-            "old keys into the shared remote list",
-            n=len(objs),
-            topic=t.name,
-            partition=lg.partition,
-            base=objs[0].base,
-            last=objs[-1].last,
-        )
-
-    async def _sweep(self, t: Any, lg: PartitionLog, epoch: int, remote_log: Any) -> None:
-        """One bounded page of the partition's prefix: delete the objects no
-        shared list names that are older than the grace age -- of an older
-        incarnation of the topic name, or of this or an earlier leader epoch
-        (an upload whose commit never came).  Never an object of the old
-        per-node layout (its node deletes it) or of a later epoch."""
-        uid, p = t.config.uid, lg.partition
-        await self._ensure_bucket()
-        prefix = partition_key_prefix(self.client.settings.prefix, t.name, p)
-        page, more = await self.client.list_page(prefix, self._sweep_cursor.get((uid, p)), SWEEP_PAGE)
-        self.sweeps += 1
-        if more and page:
-            self._sweep_cursor[(uid, p)] = page[-1][0]
-        else:
-            self._sweep_cursor.pop((uid, p), None)
-        inc = remote_log.incarnation(t)
-        for key, modified in page:
-            info = parse_key(key)
-            if info is None or info.epoch is None or info.incarnation > inc:
-                continue
-            if info.incarnation == inc and info.epoch > epoch:
-                continue
-            if self.clock.seconds() - modified < self.orphan_grace:
-                continue
-            # Still this epoch's leader, and still unnamed (the list may have moved on).
-            if t.deleted or remote_log.leader_epoch(t, p) != epoch:
-                return
-            if info.incarnation == inc and key in remote_log.state(t, p).keys():
-                continue
-            log.info(
-                "deleting orphan object {key} of {topic}/{partition} (no shared list names it)",
-                key=key,
-                topic=t.name,
-                partition=p,
-            )
-            self.orphans_deleted += 1
-            if self.metrics is not None:
-                self.metrics.s3_orphans_deleted.inc()
-            self._delete(key)
-
-    def _sweep_failed(self, f: Any, t: Any, lg: PartitionLog) -> None:
-        log.warn(
-            "sweeping the S3 prefix of {topic}/{partition} failed (tried again later): {error}",
-            topic=t.name,
-            partition=lg.partition,
-            error=f"{type(f.value).__name__}: {f.value}",
-        )
-
-    def _sweep_done(self, _: object, st: _PartState) -> None:
-        self.sweeping = False
-        st.busy = False
-
     def _encode(self, uid: int, p: int, seg: Segment) -> tuple[bytes, SegmentIndex]:
         """Reader thread: the segment's records from LMDB, checked (every
         offset present, every checksum sound: a damaged record is never
@@ -560,178 +435,3 @@ class S3Tier:
             raise S3Failure(f"verify {key}: ETag {h['etag']} is not the MD5 {md5_hex}")
         if h["metadata"].get("sha256") != sha:
             raise S3Failure(f"verify {key}: sha256 metadata does not match")
-
-    # -- deletes ---------------------------------------------------------------
-
-    def delete_objects(self, objects: Iterable[RemoteObject]) -> None:
-        """Delete the objects of segments gone from every manifest (retried on later ticks)."""
-        for o in objects:
-            self._indexes.pop(o.key, None)
-            self.cache.discard_prefix(o.key)
-            for k in (o.key, o.index_key):
-                self._delete(k)
-
-    def _delete(self, key: str) -> None:
-        d = self.client.delete(key)
-
-        def done(_: object) -> None:
-            self.deleted_objects += 1
-            if self.metrics is not None:
-                self.metrics.s3_deleted_objects.inc()
-
-        def failed(f: Any) -> None:
-            first = not self._pending_deletes
-            self._pending_deletes.append(key)
-            self._delete_retry_at = self.clock.seconds() + DELETE_RETRY_SECONDS
-            if first:  # one line per failing round, not one per object
-                log.warn(
-                    "S3 delete of {key} failed, retrying failed deletes every {every}s: {error}",
-                    key=key,
-                    every=DELETE_RETRY_SECONDS,
-                    error=str(f.value),
-                )
-
-        d.addCallbacks(done, failed)
-
-    def _retry_deletes(self) -> None:
-        if not self._pending_deletes or self.clock.seconds() < self._delete_retry_at:
-            return
-        keys_, self._pending_deletes = self._pending_deletes, []
-        for k in keys_:
-            self._delete(k)
-
-    # -- reads -----------------------------------------------------------------
-
-    def index_cached(self, key: str, index: SegmentIndex) -> None:
-        """Remember a segment's index (bounded count)."""
-        self._indexes[key] = index
-        self._indexes.move_to_end(key)
-        while len(self._indexes) > 4096:
-            self._indexes.popitem(last=False)
-
-    def read(self, seg: Segment, partition: int, start: int, limit: int) -> Deferred[list[Record]]:
-        """Records of a remote segment from ``start``: at most ``limit``, up to the segment's end."""
-        return ensureDeferred(self._read(seg, partition, start, limit))
-
-    async def _read(self, seg: Segment, partition: int, start: int, limit: int) -> list[Record]:
-        """Read once; an object that fails a checksum is fetched again once
-        (a bad transfer), and if it fails again its range is damaged:
-        :class:`DamagedRange` (tier ``s3``) for the chunk's offsets, or the
-        whole segment's when its index is bad."""
-        remote = seg.remote
-        assert remote is not None
-        where = [remote.base, remote.last]
-        try:
-            return await self._read_checked(remote, partition, start, limit, where)
-        except (CorruptSegment, ValueError) as e:
-            self.refetches += 1
-            log.warn(
-                "S3 object {key} failed its checksum ({error}); fetching it again",
-                key=remote.key,
-                error=str(e),
-            )
-            self._indexes.pop(remote.key, None)
-            self.cache.discard_prefix(remote.key)
-        try:
-            return await self._read_checked(remote, partition, start, limit, where)
-        except (CorruptSegment, ValueError) as e:
-            self._read_failed(remote, str(e))
-            raise DamagedRange(
-                where[0], where[1], f"S3 object {remote.key} fails its checksum twice: {e}", "s3"
-            ) from None
-
-    async def _read_checked(
-        self, remote: RemoteObject, partition: int, start: int, limit: int, where: list[int]
-    ) -> list[Record]:
-        out: list[Record] = []
-        where[:] = [remote.base, remote.last]
-        try:
-            index = await self._index(remote)
-            i = index.chunk_for(start)
-            while i < len(index.chunks) and len(out) < limit:
-                where[:] = [
-                    index.chunks[i][0],
-                    index.chunks[i + 1][0] - 1 if i + 1 < len(index.chunks) else index.last,
-                ]
-                for off, value in await self._chunk(remote, index, i):
-                    if off < start:
-                        continue
-                    if len(out) >= limit:
-                        break
-                    out.append(Record.from_storage(partition, off, value))
-                i += 1
-        except ObjectMissing as e:
-            self._read_failed(remote, f"object missing: {e}")
-            raise TierReadError(
-                f"segment {remote.base}-{remote.last} is missing from S3 ({remote.key})",
-                code="s3_object_missing",
-            ) from None
-        except S3Failure as e:
-            self._read_failed(remote, str(e))
-            raise TierReadError(
-                f"S3 is unavailable reading segment {remote.base}-{remote.last}: {e}",
-                code="s3_unavailable",
-                status=503,
-            ) from None
-        return out
-
-    async def _chunk(self, remote: RemoteObject, index: SegmentIndex, i: int) -> list[tuple[int, bytes]]:
-        """Chunk ``i`` of a segment object, checked and split into records (cached raw)."""
-        chunk = index.chunks[i]
-        data = self.cache.get((remote.key, i))
-        if data is not None:
-            self.cache_hits += 1
-            if self.metrics is not None:
-                self.metrics.s3_cache_hits.inc()
-            return decode_chunk(data, chunk)
-        self.cache_misses += 1
-        if self.metrics is not None:
-            self.metrics.s3_cache_misses.inc()
-        started = time.perf_counter()
-        data = await self.client.get(remote.key, chunk[1], chunk[2])
-        if self.metrics is not None:
-            self.metrics.s3_read_duration.observe(time.perf_counter() - started)
-        decoded = decode_chunk(data, chunk)
-        self.cache.put((remote.key, i), data)
-        return decoded
-
-    def _read_failed(self, remote: RemoteObject, why: str) -> None:
-        self._indexes.pop(remote.key, None)
-        if self.metrics is not None:
-            self.metrics.s3_read_failures.inc()
-        log.error("S3 read of {key} failed: {error}", key=remote.key, error=why)
-
-    async def _index(self, remote: RemoteObject) -> SegmentIndex:
-        idx = self._indexes.get(remote.key)
-        if idx is not None:
-            return idx
-        data = await self.client.get(remote.index_key)
-        if len(data) != remote.index_size or hashlib.sha256(data).hexdigest() != remote.index_sha256:
-            raise CorruptSegment("index object does not match the manifest's checksum")
-        idx = SegmentIndex.from_bytes(data)
-        if idx.size != remote.size or idx.sha256 != remote.sha256:
-            raise CorruptSegment("index describes a different object than the manifest")
-        self.index_cached(remote.key, idx)
-        return idx
-
-
-def adoption(shared: RemoteState, own: list[RemoteObject], epoch: int) -> list[RemoteObject]:
-    """This node's old-layout uploads that continue the shared list (the
-    first one serving offsets from where the list ends), to be named in it
-    in ``epoch``; empty when none does (the list covers them already, or a
-    hole lies between)."""
-    out: list[RemoteObject] = []
-    end = shared.end if shared.objects else None
-    for o in sorted(own, key=lambda o: o.base):
-        if o.last < (end if end is not None else shared.start):
-            continue
-        if not out:
-            if end is not None and o.base > end:
-                break
-            first = o.starting_at(end) if end is not None else o
-            out.append(replace(first, epoch=epoch))
-        elif o.base == out[-1].last + 1:
-            out.append(replace(o, epoch=epoch))
-        else:
-            break
-    return out

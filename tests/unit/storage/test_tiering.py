@@ -22,7 +22,8 @@ from sprawl.log.record import Record
 from sprawl.pubsub import Broker
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.storage.tiering import S3Tier, TierReadError
+from sprawl.storage.tier_reads import TierReadError
+from sprawl.storage.tiering import S3Tier
 from sprawl.testing import MemoryS3
 from sprawl.topics import Topic
 
