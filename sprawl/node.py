@@ -38,7 +38,10 @@ from sprawl import __version__
 from sprawl.cluster.control import ClusterControl, StartRefused
 from sprawl.config import NodeConfig
 from sprawl.gossip import GossipConfig
-from sprawl.gossip.udp import GossipNode, LoadSample, listen_peer, save_incarnation
+from sprawl.gossip.incarnation_file import save_incarnation
+from sprawl.gossip.load import LoadSample
+from sprawl.gossip.peer_port import listen_peer
+from sprawl.gossip.udp import GossipNode
 from sprawl.peer.frames import frame_limits
 from sprawl.peer.tcp import PeerChannel
 

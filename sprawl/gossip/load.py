@@ -11,12 +11,16 @@ not listed is colder than the coldest listed one, or not measured yet.
 :func:`decode_parts` reads what a peer sent, defensively (anything malformed
 is skipped); :func:`rates_by_node` turns ``member_views()`` into what
 :func:`sprawl.cluster.balance.partitions_from` takes.
+
+:class:`LoadSample` is what the node samples of itself for the figures, and
+:func:`load_changed` says when they moved enough to be gossiped again.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -138,3 +142,36 @@ def rates_by_node(
                 continue
         out[str(v.get("id"))] = rates
     return out
+
+
+@dataclass
+class LoadSample:
+    """Load figures of this node at one moment (read by the composition root)."""
+
+    partitions_led: int = 0
+    published_total: int = 0  # a counter: the rate is derived from two samples
+    bytes_stored: int = 0
+    memory_hot_bytes: int = 0
+    #: (topic, partition) -> (appended_total, appended_bytes_total) of the
+    #: partitions this node leads; counters, their rates are derived from
+    #: two samples and the hottest gossiped as ``load["parts"]``
+    #: (see :mod:`sprawl.gossip.load`).
+    partitions: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+
+def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """True when the load figures moved enough to be worth an incarnation bump
+    and a round of gossip: partitions led changed, or a figure changed by more
+    than 20% and more than a floor (1 msg/s, 1 MB), or a partition's rate in
+    ``parts`` did (see :func:`sprawl.gossip.load.parts_changed`)."""
+    if old is None:
+        return True
+    if old.get("led") != new.get("led"):
+        return True
+    floors = {"msgs_s": 1.0, "bytes": 1_000_000, "mem": 1_000_000}
+    for key, floor in floors.items():
+        a = float(old.get(key) or 0)
+        b = float(new.get(key) or 0)
+        if abs(a - b) > max(floor, 0.2 * max(abs(a), abs(b))):
+            return True
+    return parts_changed(old.get("parts") or [], new.get("parts") or [])

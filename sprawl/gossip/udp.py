@@ -13,34 +13,31 @@ outranks what the cluster remembers of it) and the node's metadata (its HTTP
 and peer addresses, version and load figures, refreshed every few seconds and
 re-gossiped only when they changed meaningfully).
 
-:func:`listen_peer` binds the TCP peer listener and this UDP socket on the
-same port number, as memberlist does (one peer address per node).
-
-This is the only module of :mod:`sprawl.gossip` that imports Twisted.
+:func:`~sprawl.gossip.peer_port.listen_peer` binds the TCP peer listener
+and this UDP socket on the same port number, as memberlist does (one peer
+address per node); :mod:`sprawl.gossip.incarnation_file` reads and writes
+the saved incarnation.  These three are the modules of :mod:`sprawl.gossip`
+that import Twisted.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from twisted.internet import defer, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from sprawl.gossip.load import PARTS_BUDGET, encode_parts, parts_changed, rates_between, view_rates
+from sprawl.gossip.incarnation_file import load_incarnation, save_incarnation
+from sprawl.gossip.load import PARTS_BUDGET, LoadSample, encode_parts, load_changed, rates_between, view_rates
 from sprawl.gossip.membership import (
     ALIVE,
     DEAD,
     LEFT,
-    MAX_INCARNATION,
     STAT_KEYS,
     SUSPECT,
     Address,
@@ -53,7 +50,6 @@ from sprawl.gossip.membership import (
 
 log = Logger()
 
-STATE_FILE = "gossip.json"
 #: How often the core is ticked (it does only what is due).
 TICK_INTERVAL = 0.1
 #: How often load figures are sampled for the metadata.
@@ -85,75 +81,6 @@ _CHANGES = {
 }
 #: Member states, for per-state counts.
 STATES = (ALIVE, SUSPECT, DEAD, LEFT)
-
-
-# ---------------------------------------------------------------- persistence
-
-
-def load_incarnation(data_dir: str) -> int | None:
-    """The incarnation saved in ``DATA_DIR/gossip.json``, or None if there is
-    none (or it is unreadable: a fresh start at 0 is then the only option)."""
-    path = os.path.join(data_dir, STATE_FILE)
-    try:
-        with open(path) as f:
-            value = json.load(f).get("incarnation")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError) as e:
-        log.warn("ignoring unreadable {path}: {error}", path=path, error=str(e))
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_INCARNATION:
-        return value
-    log.warn("ignoring {path}: no valid incarnation", path=path)
-    return None
-
-
-def save_incarnation(data_dir: str, incarnation: int) -> None:
-    """Write ``{"incarnation": N}`` to ``DATA_DIR/gossip.json`` atomically
-    (temporary file, fsync, rename)."""
-    path = os.path.join(data_dir, STATE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"incarnation": incarnation}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------- load figures
-
-
-@dataclass
-class LoadSample:
-    """Load figures of this node at one moment (read by the composition root)."""
-
-    partitions_led: int = 0
-    published_total: int = 0  # a counter: the rate is derived from two samples
-    bytes_stored: int = 0
-    memory_hot_bytes: int = 0
-    #: (topic, partition) -> (appended_total, appended_bytes_total) of the
-    #: partitions this node leads; counters, their rates are derived from
-    #: two samples and the hottest gossiped as ``load["parts"]``
-    #: (see :mod:`sprawl.gossip.load`).
-    partitions: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
-
-
-def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """True when the load figures moved enough to be worth an incarnation bump
-    and a round of gossip: partitions led changed, or a figure changed by more
-    than 20% and more than a floor (1 msg/s, 1 MB), or a partition's rate in
-    ``parts`` did (see :func:`sprawl.gossip.load.parts_changed`)."""
-    if old is None:
-        return True
-    if old.get("led") != new.get("led"):
-        return True
-    floors = {"msgs_s": 1.0, "bytes": 1_000_000, "mem": 1_000_000}
-    for key, floor in floors.items():
-        a = float(old.get(key) or 0)
-        b = float(new.get(key) or 0)
-        if abs(a - b) > max(floor, 0.2 * max(abs(a), abs(b))):
-            return True
-    return parts_changed(old.get("parts") or [], new.get("parts") or [])
 
 
 # ----------------------------------------------------------------- the adapter
@@ -576,39 +503,3 @@ class GossipNode(DatagramProtocol):
         """Packets dropped, by reason (see :data:`DROP_REASONS`)."""
         s = self.stats
         return {r: s.get("dropped_" + r, 0) for r in DROP_REASONS}
-
-
-# ------------------------------------------------------------- the peer port
-
-
-async def listen_peer(
-    reactor: Any,  # IReactorUDP
-    bind_addr: str,
-    port: int,
-    listen_tcp: Callable[[int], defer.Deferred[Any]],
-    protocol: DatagramProtocol,
-    attempts: int = 8,
-) -> tuple[Any, Any]:
-    """Bind the TCP peer listener, then UDP on the same port number.
-
-    ``listen_tcp(port)`` listens on TCP (port 0: the OS picks one).  If the
-    UDP port turns out to be taken, the TCP listener is closed and the pair
-    tried again (only when ``port`` is 0, at most ``attempts`` times): with a
-    fixed port there is nothing to retry.  Returns (tcp, udp) listening ports.
-    """
-    last: Exception | None = None
-    for _ in range(max(1, attempts)):
-        tcp = await listen_tcp(port)
-        chosen = tcp.getHost().port
-        try:
-            udp = reactor.listenUDP(chosen, protocol, interface=bind_addr)
-        except CannotListenError as e:
-            last = e
-            await defer.maybeDeferred(tcp.stopListening)
-            if port != 0:
-                raise
-            log.info("gossip: UDP port {port} is taken, trying another pair", port=chosen)
-            continue
-        return tcp, udp
-    assert last is not None
-    raise last

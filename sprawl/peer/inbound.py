@@ -34,7 +34,8 @@ from sprawl.peer.outbound import no_delay
 if TYPE_CHECKING:
     from sprawl.peer.tcp import PeerChannel
 
-log = Logger()
+#: The log lines keep the namespace they had before the module was split out.
+log = Logger(namespace="sprawl.peer.tcp")
 
 
 class Inbound(Protocol):

@@ -53,7 +53,8 @@ from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.replication.replica_state import dump_state, load_state
 from sprawl.storage import keys
 
-log = Logger()
+#: The log lines keep the namespace they had before the module was split out.
+log = Logger(namespace="sprawl.replication.service")
 
 
 class PartitionReplication:

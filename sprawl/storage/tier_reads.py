@@ -23,7 +23,8 @@ from sprawl.log.segments import Segment
 from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
 from sprawl.storage.segment_format import CorruptSegment, SegmentIndex, decode_chunk
 
-log = Logger()
+#: The log lines keep the namespace they had before the module was split out.
+log = Logger(namespace="sprawl.storage.tiering")
 
 
 class TierReadError(SprawlError):

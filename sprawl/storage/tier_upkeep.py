@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from sprawl.storage.tier_reads import ByteLRU
     from sprawl.storage.tiering import _PartState
 
-log = Logger()
+#: The log lines keep the namespace they had before the module was split out.
+log = Logger(namespace="sprawl.storage.tiering")
 
 #: Seconds between retries of object deletes that failed.
 DELETE_RETRY_SECONDS = 30.0

@@ -48,6 +48,8 @@ PURE = [
     "sprawl.replication.messages",
     "sprawl.replication.replica",
     "sprawl.replication.failover",
+    "sprawl.replication.replica_state",
+    "sprawl.replication.envelope",
     "sprawl.auth",
     "sprawl.forecast",
     "sprawl.forecast.holtwinters",

@@ -19,9 +19,10 @@ from typing import Any
 from twisted.internet import defer, task
 
 from sprawl.gossip import GossipConfig, Membership, wire
+from sprawl.gossip.incarnation_file import load_incarnation, save_incarnation
 from sprawl.gossip.membership import MAX_INCARNATION
 from sprawl.gossip.messages import Alive, Dead, MemberState, Message, Ping, PushPull, Suspect
-from sprawl.gossip.udp import GossipNode, load_incarnation, save_incarnation
+from sprawl.gossip.udp import GossipNode
 
 SRC = ("10.0.0.2", 7001)
 

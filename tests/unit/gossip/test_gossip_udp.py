@@ -22,16 +22,11 @@ from twisted.internet.testing import FakeDatagramTransport
 
 from sprawl.config import ConfigError, NodeConfig, parse_cluster_key
 from sprawl.gossip import GossipConfig, wire
-from sprawl.gossip.load import MAX_PARTS, rates_by_node
+from sprawl.gossip.incarnation_file import load_incarnation, save_incarnation
+from sprawl.gossip.load import MAX_PARTS, LoadSample, load_changed, rates_by_node
 from sprawl.gossip.messages import Alive, Leave, Ping, PushPull, Suspect
-from sprawl.gossip.udp import (
-    GossipNode,
-    LoadSample,
-    listen_peer,
-    load_changed,
-    load_incarnation,
-    save_incarnation,
-)
+from sprawl.gossip.peer_port import listen_peer
+from sprawl.gossip.udp import GossipNode
 from sprawl.metrics import NodeMetrics
 from sprawl.metrics.cluster import GossipCollector
 
