@@ -93,6 +93,14 @@ The "why" view: :attr:`Balancer.last` (a :class:`Decision`; ``as_dict()``
 for ``GET /v1/cluster``) holds the last decision's per-node loads, mean,
 ``upper``, streaks, the moves and the reasons hot nodes did not shed;
 :attr:`Balancer.moves_total` counts moves by reason for the metrics.
+
+Why one module of about 600 lines: it is one pure decision.  The reactive
+and predictive rules share the same node loads, mean, bound, streaks and
+cooldowns within one :meth:`Balancer.decide`, and the no-flapping argument
+above holds only for them together; the inputs (:func:`partitions_from`) and
+the one other decision (:func:`replica_move`) sit beside it because they
+speak its types, and the rate figures already live apart
+(:mod:`sprawl.gossip.load`).
 """
 
 from __future__ import annotations
