@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from sprawl.storage.segment_format import SegmentIndex
     from sprawl.storage.tier_reads import ByteLRU
-    from sprawl.storage.tiering import _PartState
 
 #: The log lines keep the namespace they had before the module was split out.
 log = Logger(namespace="sprawl.storage.tiering")
@@ -51,7 +50,6 @@ class TierUpkeep:
     bucket_ready: bool
     orphan_grace: float
     _sweep_cursor: dict[tuple[int, int], str]
-    sweeping: bool
     sweeps: int
     orphans_deleted: int
     adopted: int
@@ -132,10 +130,6 @@ class TierUpkeep:
             partition=lg.partition,
             error=f"{type(f.value).__name__}: {f.value}",
         )
-
-    def _sweep_done(self, _: object, st: _PartState) -> None:
-        self.sweeping = False
-        st.busy = False
 
     # -- deletes ---------------------------------------------------------------
 

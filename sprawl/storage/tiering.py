@@ -302,6 +302,10 @@ class S3Tier(TierReads, TierUpkeep):
         st.busy = False
         self.in_flight -= 1
 
+    def _sweep_done(self, _: object, st: _PartState) -> None:
+        self.sweeping = False
+        st.busy = False
+
     def _spill_failed(self, f: Any, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
         if f.check(DamagedRange) and self.on_damage is not None:
             # The local copy is damaged: it is not uploaded (the range is
