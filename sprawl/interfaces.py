@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sprawl.delivery.groups import ConsumerGroup, Delivery
     from sprawl.delivery.remote_feed import RemoteFeeds
     from sprawl.gossip.membership import MemberEvent
+    from sprawl.log.damage import DamageEntry
     from sprawl.log.manifest import RemoteState
     from sprawl.log.record import Record
     from sprawl.metrics import NodeMetrics
@@ -408,4 +409,45 @@ class Gossip(Members, Protocol):
 
     def set_meta(self, **fields: Any) -> None:
         """Change fields of the metadata this node gossips."""
+        ...
+
+
+# --- storage: what the damage map (sprawl/storage/integrity.py) is handed by the parts above
+
+
+class DamageRepair(Protocol):
+    """How a cluster node mends a damaged range of a replicated partition
+    (:class:`sprawl.cluster.repair.Repairs`)."""
+
+    def repair(self, topic: Topic, partition: int, e: DamageEntry) -> Deferred[bool]:
+        """Rewrite ``e`` from a healthy replica; fires True once the range holds."""
+        ...
+
+    def read_elsewhere(
+        self, topic: Topic, partition: int, start: int, limit: int
+    ) -> Deferred[list[Record]] | None:
+        """A read of damage this node cannot rewrite, served by a healthy replica (None: none can)."""
+        ...
+
+
+class ScrubProgress(Protocol):
+    """The background scrub as ``GET /v1/damage`` and the metrics show it
+    (:class:`sprawl.storage.scrub.Scrubber`)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the scrub runs (a rate above 0)."""
+        ...
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the current pass done (1 between passes)."""
+        ...
+
+    def view(self) -> dict[str, Any]:
+        """The scrub's JSON view."""
+        ...
+
+    def run_now(self) -> int:
+        """Start a pass now (or after the one running); the pass count it ends at."""
         ...

@@ -356,6 +356,7 @@ class NodeService(service.Service):
             auth=auth,
             origins=OriginPolicy(c.allowed_origins),
         )
+        metrics.watch_state(self.broker, self.api.streams)
         if auth.enabled:
             log.info(
                 "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
@@ -480,15 +481,16 @@ def bind_cluster_parts(
     before the data plane starts -- auto-creation through the Raft control,
     its own publishes through the data plane, group ownership to the
     partitions' leaders, the shared remote-segment lists to the Raft
-    metadata.  The damage map names the scrub (its progress is read by
-    ``GET /v1/damage`` and the metrics) for the same reason: the scrub
-    reads through the broker that holds the map.
+    metadata.  The damage map (:meth:`~sprawl.storage.integrity.Integrity.attach`)
+    is handed the cluster's repairs and the scrub (its progress is read by
+    ``GET /v1/damage`` and the metrics) for the same reason: both are built
+    on the broker that holds the map.
     """
     from sprawl.cluster.shared_tier import ClusterRemoteLog
 
     links.bind(creator=control, publisher=plane, group_owner=plane.groups)
     links.bind_remote_log(ClusterRemoteLog(control, plane))
-    integrity.scrubber = scrubber
+    integrity.attach(repairs=plane.repairs, scrubber=scrubber)
 
 
 def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: ClusterControl) -> None:
@@ -500,9 +502,9 @@ def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: Cluster
     info, its gossip metadata, and the control (which names it in the node's
     Raft membership).
     """
-    info.http = url
+    info.serving_http(url)
     gossip.set_meta(http=url)
-    control.http = url
+    control.serving_http(url)
 
 
 def _exit_status_after_stop(reactor: Any, status: int) -> None:

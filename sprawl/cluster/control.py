@@ -138,6 +138,13 @@ class ClusterControl(MetadataSeam):
             self, rpc, force_new_cluster=force_new_cluster, rejoin_after=rejoin_after, status_wait=status_wait
         )
 
+    def serving_http(self, url: str) -> None:
+        """This node's HTTP API answers at ``url`` (named in its Raft membership).
+
+        Known only once HTTP listens, after the API built on this control:
+        the composition root says it here (:func:`sprawl.node.announce_http`)."""
+        self.http = url
+
     # -- life ------------------------------------------------------------------
 
     async def start(self, storage: LmdbRaftStorage | None = None) -> None:

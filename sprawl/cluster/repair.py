@@ -80,10 +80,6 @@ class Repairs:
         self.served_elsewhere = 0
         plane.rpc.register("repair_read", self._rpc_repair_read)
         plane.rpc.register("damage_report", self._rpc_damage_report)
-        integrity = getattr(self.broker, "integrity", None)  # (None: a test's stand-in broker)
-        if integrity is not None:
-            integrity.repairer = self.repair
-            integrity.elsewhere = self.read_elsewhere
 
     # -- repairing ----------------------------------------------------------------
 

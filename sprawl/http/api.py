@@ -248,9 +248,6 @@ class SprawlAPI:
         self.seed = SeedRoutes(broker, self.plane, self.control, self.status)
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards = self.admin.dashboards
-        if metrics is not None:
-            metrics.broker = broker
-            metrics.streams = self.streams
 
     def resource(self) -> KleinResource:
         """The twisted.web resource serving this API."""

@@ -45,6 +45,11 @@ class NodeInfo:
         #: (the S3 tier's bucket watch, :mod:`sprawl.storage.bucket_watch`).
         self.readiness_checks: list[Callable[[], str | None]] = list(readiness_checks or [])
 
+    def serving_http(self, url: str) -> None:
+        """The node's HTTP API answers at ``url`` (known only once it listens,
+        after the API built on this info: the composition root says it here)."""
+        self.http = url
+
 
 class NodeStatus:
     """The node's cluster view and readiness, as the API answers them."""

@@ -23,7 +23,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from sprawl.delivery.streams import StreamRegistry
     from sprawl.delivery.topic_waiters import TopicWaiters
+    from sprawl.pubsub import Broker
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -156,8 +158,9 @@ class NodeMetrics:
         self.scrub_passes = Counter(
             "sprawl_scrub_passes", "Scrub passes finished over every partition", registry=r
         )
-        self.broker: Any = None
-        self.streams: Any = None
+        #: What the gauges read at scrape time (set by :meth:`watch_state`).
+        self.broker: Broker | None = None
+        self.streams: StreamRegistry | None = None
         self.cluster_waiters = cluster_waiters
         self.raft_proposal_duration = Histogram(
             "sprawl_raft_proposal_duration_seconds",
@@ -173,6 +176,16 @@ class NodeMetrics:
             registry=r,
         )
         r.register(_StateCollector(self))
+
+    def watch_state(self, broker: Broker, streams: StreamRegistry | None = None) -> None:
+        """Read the broker's state (and the count of open streams) at every scrape.
+
+        Called once by the composition root (:mod:`sprawl.node`): the broker
+        is built on these metrics (it counts into them), and the streams by
+        the HTTP API built on the broker, so neither can be handed to the
+        constructor."""
+        self.broker = broker
+        self.streams = streams
 
     def register(self, *collectors: Any) -> None:
         """Read these collectors at every scrape too (a cluster node's:

@@ -9,7 +9,7 @@ so a restart still knows it, and shown by ``/readyz``, ``/v1/damage`` and
 the topic's description -- and the read answers ``corrupt_record`` naming
 the range.
 
-In a cluster a ``repairer`` (:mod:`sprawl.cluster.repair`) is set: a read
+In a cluster the ``repairs`` (:mod:`sprawl.cluster.repair`) are attached: a read
 that meets a damaged range of a replicated partition first has it repaired
 from a healthy replica, then reads again.  :meth:`rewrite` is the repair's
 write: one transaction drops the damaged entries of the range (damaged keys
@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import CorruptData, NotFound
-from sprawl.interfaces import BrokerStorage
+from sprawl.interfaces import BrokerStorage, DamageRepair, ScrubProgress
 from sprawl.log.damage import DAMAGED, DamagedRange, DamageEntry, DamageMap
 from sprawl.log.record import CorruptRecord, Record, check_stored
 from sprawl.storage import keys
@@ -52,18 +52,29 @@ class Integrity:
     def __init__(self, broker: BrokerStorage) -> None:
         self.broker = broker
         self.map = DamageMap()
-        #: ``(topic, partition, entry) -> Deferred[bool]``: repair a damaged
-        #: range from a healthy replica (True when it holds); None on a node
-        #: with nothing to repair from.
-        self.repairer: Callable[[Any, int, DamageEntry], Deferred[bool]] | None = None
-        #: ``(topic, partition, start, limit) -> Deferred[records] | None``: a
-        #: read served by a healthy replica (damage this node cannot rewrite).
-        self.elsewhere: Callable[[Any, int, int, int], Deferred[list[Record]] | None] | None = None
-        #: The background scrub (:class:`sprawl.storage.scrub.Scrubber`), if any.
-        self.scrubber: Any = None
+        #: Where damaged ranges of replicated partitions are mended from a
+        #: healthy replica (:class:`sprawl.cluster.repair.Repairs`); None on a
+        #: node with nothing to repair from.  Set by :meth:`attach`.
+        self.repairs: DamageRepair | None = None
+        #: The background scrub (:class:`sprawl.storage.scrub.Scrubber`), if
+        #: any (its progress is shown with the damage).  Set by :meth:`attach`.
+        self.scrubber: ScrubProgress | None = None
         self.found = {"lmdb": 0, "s3": 0}
         self.repaired = 0
         self.skipped = 0
+
+    def attach(self, *, repairs: DamageRepair | None = None, scrubber: ScrubProgress | None = None) -> None:
+        """Hand the map the parts built on the broker that owns it (called once
+        by the composition root, :func:`sprawl.node.bind_cluster_parts`).
+
+        Not constructor arguments, because of a real construction cycle: the
+        broker builds this map, and the scrub (which reads through the
+        broker) and the cluster's repairs (built on the data plane, itself
+        built on the broker) exist only after it."""
+        if repairs is not None:
+            self.repairs = repairs
+        if scrubber is not None:
+            self.scrubber = scrubber
 
     # -- what is expected where ------------------------------------------------
 
@@ -104,7 +115,7 @@ class Integrity:
     def error(self, topic: Any, partition: int, e: DamageEntry) -> CorruptData:
         """The answer of a read that meets ``e``: 500, or 503 (retry) while
         other replicas may still repair it."""
-        replicated = self.repairer is not None and topic.logs[partition].replicated
+        replicated = self.repairs is not None and topic.logs[partition].replicated
         err = CorruptData(
             f"offsets {e.first}-{e.last} of {topic.name}/{partition} are damaged in {e.tier} "
             f"({e.reason}); nothing in this range is served until it is repaired"
@@ -202,8 +213,9 @@ class Integrity:
         lg = topic.logs[partition]
         if not (r.repair and lg.replicated and r.attempt < MAX_READ_ATTEMPTS):
             return fail(self.error(topic, partition, e))
-        if e.tier == "lmdb" and self.repairer is not None:
-            d = self.repairer(topic, partition, e)
+        repairs = self.repairs
+        if e.tier == "lmdb" and repairs is not None:
+            d = repairs.repair(topic, partition, e)
 
             def done(ok: bool) -> Any:
                 if ok:
@@ -211,8 +223,8 @@ class Integrity:
                 raise self.error(topic, partition, e)
 
             return d.addCallback(done)
-        if self.elsewhere is not None and r.limit > 0:
-            served = self.elsewhere(topic, partition, r.start, min(r.limit, e.last + 1 - r.start))
+        if repairs is not None and r.limit > 0:
+            served = repairs.read_elsewhere(topic, partition, r.start, min(r.limit, e.last + 1 - r.start))
             if served is not None:
 
                 def failed(f: Failure) -> Any:

@@ -134,6 +134,7 @@ class Node:
         self.info = NodeInfo("node-a", http="http://127.0.0.1:8080", peer="127.0.0.1:7946")
         self.info.ready = True
         self.api = SprawlAPI(self.broker, self.info, self.clock, self.metrics)
+        self.metrics.watch_state(self.broker, self.api.streams)
         self.http = Http(self.api.resource())
 
     async def close(self) -> None:

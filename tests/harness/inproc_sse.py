@@ -149,6 +149,7 @@ class Server:
         self.info = NodeInfo("node-a")
         self.info.ready = True
         self.api = SprawlAPI(self.broker, self.info, self.clock, self.metrics)
+        self.metrics.watch_state(self.broker, self.api.streams)
         self.site = make_site(self.api.resource(), max_body=config.max_body_bytes, metrics=self.metrics)
         self.port: Any = None
         self.clients: list[SSEClient] = []

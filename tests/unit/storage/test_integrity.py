@@ -349,7 +349,7 @@ async def test_the_scrub_finds_damage_at_its_rate(broker: Broker) -> None:
     b = broker
     damage_value(b, [7, 150])
     s = Scrubber(b, the_reactor(), rate=50 * 1000**2, chunk_bytes=2000, first_delay=0.0, pause=3600)
-    b.integrity.scrubber = s
+    b.integrity.attach(scrubber=s)
     target = s.run_now()
 
     async def done() -> None:
