@@ -451,3 +451,70 @@ class ScrubProgress(Protocol):
     def run_now(self) -> int:
         """Start a pass now (or after the one running); the pass count it ends at."""
         ...
+
+
+# --- delivery: what an SSE stream (sprawl/delivery/streams.py) needs ------------------------
+
+
+class StreamSource(Protocol):
+    """The broker as an SSE stream reads it (:class:`sprawl.pubsub.Broker`; a fake in tests)."""
+
+    @property
+    def topics(self) -> dict[str, Topic]:
+        """The topics on this node, by name."""
+        ...
+
+    @property
+    def metrics(self) -> NodeMetrics | None:
+        """The node's metrics (None in tests without them)."""
+        ...
+
+    def read(
+        self, topic: Topic, partition: int, start: int, limit: int, *, max_bytes: int | None = None
+    ) -> Deferred[list[Record]]:
+        """Visible records from ``start``: at most ``limit`` and about ``max_bytes``."""
+        ...
+
+    def watch(self, name: str, partition: int, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` whenever the partition's high watermark moves; returns the unwatch."""
+        ...
+
+
+class StreamSink(Protocol):
+    """The HTTP request an SSE stream writes to (twisted.web's ``Request``; a fake in tests)."""
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        """Set a response header."""
+        ...
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Register the stream as the connection's (push) producer."""
+        ...
+
+    def unregisterProducer(self) -> None:
+        """Unregister it."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write to the response body."""
+        ...
+
+    def finish(self) -> None:
+        """End the response."""
+        ...
+
+
+# --- peer: what the peer channel (sprawl/peer/) needs of the reactor -------------------------
+
+
+class PeerReactor(Clock, Protocol):
+    """The reactor as the peer channel uses it: time, and outbound TCP or TLS
+    connections (``IReactorTCP``/``IReactorSSL``)."""
+
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30) -> Any:
+        """Connect to ``host:port`` with ``factory``."""
+        ...
+
+    def connectSSL(self, host: str, port: int, factory: Any, contextFactory: Any, timeout: float = 30) -> Any:
+        """Connect over TLS with ``contextFactory``'s options."""
+        ...

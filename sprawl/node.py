@@ -33,6 +33,7 @@ from twisted.internet import defer, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl import __version__
 from sprawl.cluster.control import ClusterControl, StartRefused
@@ -178,10 +179,10 @@ class NodeService(service.Service):
         super().startService()
         d = defer.ensureDeferred(self._start())
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             import lmdb
 
-            if f.check(StartRefused):
+            if isinstance(f.value, StartRefused):
                 log.critical("{reason}", reason=f.value.message)
                 _exit_status_after_stop(self.reactor, 3)
             elif f.check(lmdb.Error):

@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprawl.interfaces import Clock, Delayed
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 
 log = Logger()
@@ -53,7 +54,7 @@ class RemoteFeed:
         topic: str,
         partition: int,
         fetch: Fetch,
-        clock: Any,
+        clock: Clock,
         notify: Callable[[], None],
         *,
         max_records: int = 10_000,
@@ -97,7 +98,7 @@ class RemoteFeed:
         self._recs: list[Record] = []
         self._head = 0
         self._inflight: defer.Deferred[dict[str, Any]] | None = None
-        self._timer: Any = None
+        self._timer: Delayed | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -250,7 +251,7 @@ class RemoteFeeds:
         self,
         fetch: Fetch,
         source: Callable[[str, int], str | None],
-        clock: Any,
+        clock: Clock,
         notify: Callable[[str, int], None],
         **options: Any,
     ) -> None:

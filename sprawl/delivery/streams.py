@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from twisted.internet.defer import CancelledError, Deferred
@@ -23,7 +24,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sprawl.errors import SprawlError
+from sprawl.interfaces import Clock, Delayed, StreamSink, StreamSource
 from sprawl.log.record import DEFAULT_READ_BYTES, RECORD_OVERHEAD, Record
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from sprawl.delivery.remote_feed import RemoteFeed, RemoteFeeds
+    from sprawl.topics import Topic
 
 log = Logger()
 
@@ -81,11 +89,11 @@ class SlowClientClock:
     :meth:`start` when the transport pauses the producer, :meth:`stop` when
     it resumes (or the stream ends); ``on_timeout`` runs once the time is up."""
 
-    def __init__(self, clock: Any, timeout: float, on_timeout: Callable[[], None]) -> None:
+    def __init__(self, clock: Clock, timeout: float, on_timeout: Callable[[], None]) -> None:
         self.clock = clock
         self.timeout = timeout
         self.on_timeout = on_timeout
-        self._call: Any = None
+        self._call: Delayed | None = None
 
     def start(self) -> None:
         """The client stopped reading: start counting (once; 0 disables)."""
@@ -109,26 +117,28 @@ class SSEStream:
 
     def __init__(
         self,
-        broker: Any,
-        topic: Any,
+        broker: StreamSource,
+        topic: Topic | None,
         cursors: dict[int, int],
-        request: Any,
-        clock: Any,
+        request: StreamSink | None,
+        clock: Clock,
         *,
         registry: StreamRegistry,
         heartbeat: float = 15.0,
         slow_timeout: float = 30.0,
-        feeds: Any = None,
+        feeds: RemoteFeeds | None = None,
         name: str | None = None,
         max_bytes: int = DEFAULT_READ_BYTES,
         expires: float | None = None,
     ):
         self.broker = broker
-        #: The topic; None while waiting for it to be created (:meth:`wait_for_topic`).
-        self.topic = topic
+        #: The topic; None while waiting for it to be created (:meth:`wait_for_topic`),
+        #: when no read runs (typed as set: every read path runs once it is).
+        self.topic: Topic = cast("Topic", topic)
         self.name: str = topic.name if topic is not None else str(name)
         self.cursors = dict(cursors)
-        self.request = request
+        #: The HTTP response (None for a WebSocket feed, which overrides every write).
+        self.request: StreamSink = cast("StreamSink", request)
         self.clock = clock
         self.registry = registry
         self.heartbeat = heartbeat
@@ -138,14 +148,14 @@ class SSEStream:
         self.reading: set[int] = set()
         self.done: Deferred[None] = Deferred(lambda _: self.close())
         self._unwatch: list[Callable[[], None]] = []
-        self._heartbeat_call: Any = None
+        self._heartbeat_call: Delayed | None = None
         self._slow = SlowClientClock(clock, slow_timeout, self._too_slow)
         self.sent = 0
         #: The node's remote feeds (:class:`sprawl.delivery.remote_feed.RemoteFeeds`),
         #: for partitions held by other nodes; None on a node that holds every partition.
         self.feeds = feeds
-        self._remote: dict[int, Any] = {}
-        self._retry_calls: dict[int, Any] = {}
+        self._remote: dict[int, RemoteFeed] = {}
+        self._retry_calls: dict[int, Delayed] = {}
         #: While waiting for the topic: fires with ``(topic, cursors)`` when it appears.
         self._appearing: Deferred[Any] | None = None
         #: Bytes of frames one write may carry (at least one message per write).
@@ -153,7 +163,7 @@ class SSEStream:
         #: When the credentials that opened the stream expire (clock seconds),
         #: or None: the stream ends then (:meth:`_expired`).
         self.expires = expires
-        self._expiry_call: Any = None
+        self._expiry_call: Delayed | None = None
 
     def start(self) -> Deferred[None]:
         """Send headers, start watching partitions, write what is already visible."""
@@ -194,7 +204,7 @@ class SSEStream:
         self.cursors = dict(cursors)
         self._follow()
 
-    def _never_appeared(self, f: Any) -> None:
+    def _never_appeared(self, f: Failure) -> None:
         self._appearing = None
         if self.closed or f.check(CancelledError):
             return
@@ -213,7 +223,7 @@ class SSEStream:
         """Watch the partitions of the cursors and write what is already visible."""
         name = self.topic.name
         for p in self.cursors:
-            self._unwatch.append(self.broker.watch(name, p, lambda p=p: self._pump(p)))
+            self._unwatch.append(self.broker.watch(name, p, partial(self._pump, p)))
         for p in list(self.cursors):
             self._pump(p)
 
@@ -324,7 +334,7 @@ class SSEStream:
                     return
             self._pump(p)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             self.reading.discard(p)
             if self.closed:
                 return
@@ -348,11 +358,13 @@ class SSEStream:
         an offset older than the feed's window is read at the holder."""
         feed = self._remote.get(p)
         if feed is None:
+            assert self.feeds is not None  # (a partition is remote only through the feeds)
             feed = self._remote[p] = self.feeds.acquire(self.topic.name, p)
         self._write_from(p, lambda start: feed.read(start, CHUNK), self._catch_up)
 
     def _catch_up(self, p: int, start: int) -> None:
         self.reading.add(p)
+        assert self.feeds is not None  # (a partition is remote only through the feeds)
         d = self.feeds.catch_up(self.topic.name, p, start, CHUNK, self.max_bytes)
 
         def got(answer: dict[str, Any]) -> None:
@@ -373,7 +385,7 @@ class SSEStream:
                     return
             self._pump(p)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             self.reading.discard(p)
             if self.closed:
                 return
@@ -473,6 +485,7 @@ class SSEStream:
             u()
         self._unwatch = []
         for feed in self._remote.values():
+            assert self.feeds is not None
             self.feeds.release(feed)
         self._remote = {}
         self._slow.stop()

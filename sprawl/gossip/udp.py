@@ -31,6 +31,7 @@ from twisted.internet import defer, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.gossip.incarnation_file import load_incarnation, save_incarnation
 from sprawl.gossip.load import PARTS_BUDGET, LoadSample, encode_parts, load_changed, rates_between, view_rates
@@ -218,7 +219,7 @@ class GossipNode(DatagramProtocol):
         if port is not None and hasattr(port, "stopListening"):
             await defer.maybeDeferred(port.stopListening)
 
-    def _loop_failed(self, failure: Any, which: str) -> None:
+    def _loop_failed(self, failure: Failure, which: str) -> None:
         log.failure("gossip {which} loop failed", failure, which=which)
 
     # ----------------------------------------------------------- core calls
@@ -283,7 +284,7 @@ class GossipNode(DatagramProtocol):
             self._save_failed = None
             self._persist()
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             self._saving = False
             self._save_failed = inc
             log.error("gossip: cannot save the incarnation: {error}", error=str(f.value))

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import Overloaded, PayloadTooLarge, SprawlError, Unavailable
+from sprawl.interfaces import Clock
 from sprawl.peer.frames import REQUEST, RESPONSE
 from sprawl.peer.rpc_bodies import BODIES
 from sprawl.peer.tcp import PeerChannel
@@ -64,7 +65,7 @@ class PeerRPC:
     def __init__(
         self,
         channel: PeerChannel,
-        reactor: Any,
+        reactor: Clock,
         *,
         timeout: float = 10.0,
         max_pending: int = 10_000,

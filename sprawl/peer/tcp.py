@@ -23,15 +23,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from sprawl.interfaces import PeerReactor
 from sprawl.peer.frames import MAX_FRAME, TAG_BYTES, HandshakeError, frame_limits
 from sprawl.peer.inbound import Inbound
 from sprawl.peer.outbound import Sender
+
+if TYPE_CHECKING:
+    from twisted.internet.ssl import CertificateOptions
 
 log = Logger()
 
@@ -68,7 +72,7 @@ class PeerChannel:
     def __init__(
         self,
         node_id: str,
-        reactor: Any,
+        reactor: PeerReactor,
         rng: random.Random,
         key: bytes | None = None,
         *,
@@ -81,8 +85,8 @@ class PeerChannel:
         handshake_timeout: float = 5.0,
         max_inbound: int = 256,
         max_unauthenticated: int = 32,
-        server_tls: Any = None,
-        client_tls: Callable[[str], Any] | None = None,
+        server_tls: CertificateOptions | None = None,
+        client_tls: Callable[[str], CertificateOptions] | None = None,
         peer_names: Callable[[Any], set[str]] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -138,7 +142,10 @@ class PeerChannel:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         inner: Any = _InboundFactory()
-        wrapped = TLSMemoryBIOFactory(self.server_tls, False, inner)
+        # (CertificateOptions implements IOpenSSLContextFactory: a zope
+        # declaration the type checker does not read.)
+        options: Any = self.server_tls
+        wrapped = TLSMemoryBIOFactory(options, False, inner)
         wrapped.noisy = False
         return wrapped
 

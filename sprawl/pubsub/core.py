@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.config import NodeConfig
 from sprawl.delivery.topic_waiters import TopicWaiters
@@ -215,14 +216,14 @@ class BrokerCore:
                         keep.append((off, w))
                 self._stored_waiters[(name, p)] = keep
 
-    def _commit_failed(self, f: Any, name: str, partitions: list[int]) -> None:
+    def _commit_failed(self, f: Failure, name: str, partitions: list[int]) -> None:
         err = Unavailable(f"storage failed: {f.value}", code="storage_failed")
         for key, waiters in list(self._stored_waiters.items()):
             for _off, w in waiters:
                 w.errback(err)
             self._stored_waiters[key] = []
 
-    def _storage_error(self, f: Any) -> Any:
+    def _storage_error(self, f: Failure) -> Any:
         if f.check(Unavailable, NotFound):
             return f
         raise Unavailable(f"storage failed: {f.value}", code="storage_failed")

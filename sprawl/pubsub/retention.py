@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.log.manifest import Manifest, RemoteObject, RemoteState, encode_manifest
 from sprawl.log.partition import PartitionLog
@@ -130,7 +131,7 @@ class Retention(Groups):
             if gone:
                 self._delete_remote(gone)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             log.warn(
                 "retention of {topic}/{partition} not committed (retried): {err}",
                 topic=t.name,
@@ -160,7 +161,7 @@ class Retention(Groups):
                     self.follow_remote(t, lg.partition).addErrback(self._follow_failed, t.name, lg.partition)
 
     @staticmethod
-    def _follow_failed(f: Any, name: str, partition: int) -> None:
+    def _follow_failed(f: Failure, name: str, partition: int) -> None:
         log.warn(
             "following the remote segments of {topic}/{partition} failed: {err}",
             topic=name,

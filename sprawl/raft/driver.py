@@ -22,13 +22,14 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprawl.interfaces import Clock
 from sprawl.raft.lmdb_storage import LmdbRaftStorage
 from sprawl.raft.messages import (
     ConfChange,
@@ -40,6 +41,9 @@ from sprawl.raft.messages import (
     Snapshot,
 )
 from sprawl.raft.node import Config, ProposalDropped, RaftNode, Role
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 log = Logger()
 
@@ -72,7 +76,7 @@ class RaftDriver:
         self,
         storage: LmdbRaftStorage,
         config: Config,
-        reactor: Any,
+        reactor: Clock,
         rng: random.Random,
         send: Callable[[Message], None],
         apply: ApplyEntry,
@@ -118,7 +122,7 @@ class RaftDriver:
     def start(self) -> None:
         """Start ticking (and handle anything already pending)."""
         loop = task.LoopingCall(self.tick)
-        loop.clock = self.reactor
+        loop.clock = cast("IReactorTime", self.reactor)  # (it uses only callLater and seconds)
         self._loop = loop
         loop.start(self.tick_seconds, now=False).addErrback(self._crashed)
         self.kick()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 from twisted.internet.defer import Deferred, fail, succeed
@@ -38,6 +38,9 @@ from sprawl.log.record import CorruptRecord, Record, check_stored
 from sprawl.storage import keys
 from sprawl.storage.lmdb import Op
 from sprawl.storage.verify import dense_ranges
+
+if TYPE_CHECKING:
+    from sprawl.topics import Topic
 
 log = Logger()
 
@@ -78,19 +81,19 @@ class Integrity:
 
     # -- what is expected where ------------------------------------------------
 
-    def dense(self, topic: Any, lg: Any, start: int, end: int) -> list[tuple[int, int]]:
+    def dense(self, topic: Topic, lg: Any, start: int, end: int) -> list[tuple[int, int]]:
         """The offsets of ``[start, end)`` LMDB must hold: the local segments'
         (not those in S3), without ranges an operator skipped."""
         segs = [(s.base, s.last) for s in lg.segments if s.remote is None]
         return dense_ranges(segs, start, end, self.map.skipped((topic.config.uid, lg.partition)))
 
-    def known(self, topic: Any, partition: int, lo: int, hi: int) -> DamageEntry | None:
+    def known(self, topic: Topic, partition: int, lo: int, hi: int) -> DamageEntry | None:
         """A damaged range already known that meets ``lo..hi``."""
         return self.map.overlapping((topic.config.uid, partition), lo, hi)
 
     # -- damage found ----------------------------------------------------------------
 
-    def note(self, topic: Any, partition: int, d: DamagedRange) -> DamageEntry:
+    def note(self, topic: Topic, partition: int, d: DamagedRange) -> DamageEntry:
         """Record a damaged range: logged, counted and kept only the first time."""
         key = (topic.config.uid, partition)
         b = self.broker
@@ -112,7 +115,7 @@ class Integrity:
         hit = self.map.overlapping(key, d.first, d.last)
         return hit if hit is not None else DamageEntry(d.first, d.last, d.reason, d.tier)
 
-    def error(self, topic: Any, partition: int, e: DamageEntry) -> CorruptData:
+    def error(self, topic: Topic, partition: int, e: DamageEntry) -> CorruptData:
         """The answer of a read that meets ``e``: 500, or 503 (retry) while
         other replicas may still repair it."""
         replicated = self.repairs is not None and topic.logs[partition].replicated
@@ -134,7 +137,7 @@ class Integrity:
             err.status = 503
         return err
 
-    def _persist(self, topic: Any, partition: int) -> None:
+    def _persist(self, topic: Topic, partition: int) -> None:
         uid = topic.config.uid
         data = self.map.encode((uid, partition))
         op: Op = (
@@ -145,7 +148,7 @@ class Integrity:
         d = self.broker.store.write([op])
         d.addErrback(lambda f: log.warn("keeping the damage record failed: {err}", err=str(f.value)))
 
-    def load(self, topic: Any) -> None:
+    def load(self, topic: Topic) -> None:
         """Recovery: the damaged and skipped ranges a partition had."""
         store = self.broker.store
         for lg in topic.logs:
@@ -173,7 +176,7 @@ class Integrity:
 
     def how(
         self,
-        topic: Any,
+        topic: Topic,
         partition: int,
         start: int,
         limit: int,
@@ -243,7 +246,7 @@ class Integrity:
     # -- repair and skip -----------------------------------------------------------
 
     def rewrite(
-        self, topic: Any, partition: int, first: int, last: int, records: list[Record]
+        self, topic: Topic, partition: int, first: int, last: int, records: list[Record]
     ) -> Deferred[bool]:
         """Replace offsets ``first..last`` with ``records`` (a healthy
         replica's, exactly those offsets): one transaction drops every entry
@@ -301,7 +304,7 @@ class Integrity:
         d.addCallbacks(verified, failed)
         return d
 
-    def repair_failed(self, topic: Any, partition: int, first: int, last: int, why: str) -> bool:
+    def repair_failed(self, topic: Topic, partition: int, first: int, last: int, why: str) -> bool:
         """Count a failed repair of the range (and log why); False: nothing was repaired."""
         hit = self.map.overlapping((topic.config.uid, partition), first, last)
         if hit is not None:
@@ -317,7 +320,7 @@ class Integrity:
         )
         return False
 
-    def skip(self, topic: Any, partition: int, first: int, last: int) -> Deferred[dict[str, Any]]:
+    def skip(self, topic: Topic, partition: int, first: int, last: int) -> Deferred[dict[str, Any]]:
         """An operator gives up the damaged offsets ``first..last`` (the
         damaged range meeting them, whole): fires with the skipped range, or
         fails with 404 ``damage_not_found``."""
@@ -349,7 +352,7 @@ class Integrity:
         return succeed(dict(e.to_dict(), topic=topic.name, partition=partition))
 
     def dropped(
-        self, topic: Any, partition: int, below: int | None = None, tier: str | None = None
+        self, topic: Topic, partition: int, below: int | None = None, tier: str | None = None
     ) -> list[Op]:
         """Retention (``below``) or a reset / topic delete (None) removed
         offsets -- with ``tier``, only that tier's copy of those below
@@ -369,7 +372,7 @@ class Integrity:
 
     # -- views -------------------------------------------------------------------
 
-    def partition_view(self, topic: Any, partition: int) -> list[dict[str, Any]]:
+    def partition_view(self, topic: Topic, partition: int) -> list[dict[str, Any]]:
         """The ranges of one partition, for the topic's description."""
         return [e.to_dict() for e in self.map.entries((topic.config.uid, partition))]
 
@@ -402,7 +405,7 @@ class Integrity:
 class _Read:
     """A read in flight: where it started, how to try it again."""
 
-    topic: Any
+    topic: Topic
     partition: int
     start: int
     limit: int

@@ -28,6 +28,7 @@ import lmdb
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from sprawl.log.record import CorruptRecord, Record, check_stored
@@ -221,7 +222,7 @@ class LmdbStore:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             log.failure("LMDB commit of {n} ops failed", f, n=len(ops))
             done(f.value)
 

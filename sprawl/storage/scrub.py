@@ -16,12 +16,13 @@ its progress and findings; metrics ``sprawl_scrub_*``.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from sprawl.interfaces import BrokerStorage
+from sprawl.interfaces import BrokerStorage, Clock, Delayed
 from sprawl.log.damage import DamagedRange
 
 log = Logger()
@@ -33,7 +34,7 @@ class Scrubber:
     def __init__(
         self,
         broker: BrokerStorage,
-        clock: Any,
+        clock: Clock,
         rate: int,
         *,
         chunk_bytes: int = 1000**2,
@@ -58,7 +59,7 @@ class Scrubber:
         self.pass_found = 0
         #: Where it is: (topic, partition, offset).
         self.position: tuple[str, int, int] | None = None
-        self._call: Any = None
+        self._call: Delayed | None = None
         self._running = False
         self._stopped = False
         self._again = False
@@ -131,7 +132,7 @@ class Scrubber:
                 again, self._again = self._again, False
                 self._call = self.clock.callLater(0 if again else self.pause, self._run)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             self.pass_started = None
             log.failure("scrub pass failed", f)
 
@@ -205,9 +206,11 @@ class Scrubber:
             await self._sleep(max(nbytes, 4096) / self.rate)
 
     def _sleep(self, seconds: float) -> Any:
+        from twisted.internet.interfaces import IReactorTime
         from twisted.internet.task import deferLater
 
-        return deferLater(self.clock, seconds, lambda: None)
+        # (deferLater uses only Clock's callLater.)
+        return deferLater(cast(IReactorTime, self.clock), seconds, lambda: None)
 
 
 def _lmdb_low(lg: Any) -> int:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.errors import SprawlError
 from sprawl.log.manifest import RemoteObject, RemoteState, parse_key, partition_key_prefix
@@ -123,7 +124,7 @@ class TierUpkeep:
                 self.metrics.s3_orphans_deleted.inc()
             self._delete(key)
 
-    def _sweep_failed(self, f: Any, t: Any, lg: PartitionLog) -> None:
+    def _sweep_failed(self, f: Failure, t: Any, lg: PartitionLog) -> None:
         log.warn(
             "sweeping the S3 prefix of {topic}/{partition} failed (tried again later): {error}",
             topic=t.name,
@@ -149,7 +150,7 @@ class TierUpkeep:
             if self.metrics is not None:
                 self.metrics.s3_deleted_objects.inc()
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             first = not self._pending_deletes
             self._pending_deletes.append(key)
             self._delete_retry_at = self.clock.seconds() + DELETE_RETRY_SECONDS

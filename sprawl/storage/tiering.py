@@ -48,6 +48,7 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.errors import SprawlError
 from sprawl.log.damage import DamagedRange
@@ -306,7 +307,7 @@ class S3Tier(TierReads, TierUpkeep):
         self.sweeping = False
         st.busy = False
 
-    def _spill_failed(self, f: Any, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
+    def _spill_failed(self, f: Failure, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
         if f.check(DamagedRange) and self.on_damage is not None:
             # The local copy is damaged: it is not uploaded (the range is
             # repaired or skipped first) and stays in LMDB.
