@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from sprawl.interfaces import Gossip
+    from sprawl.interfaces import Clock, Gossip
 
 log = Logger()
 
@@ -38,7 +38,7 @@ class ClusterIds:
     """This node's cluster id (gossiped in its metadata) and what its peers
     said of theirs (see the module docstring)."""
 
-    def __init__(self, reactor: Any, rng: random.Random, membership: Gossip | None) -> None:
+    def __init__(self, reactor: Clock, rng: random.Random, membership: Gossip | None) -> None:
         self.reactor = reactor
         self.rng = rng
         self.membership = membership

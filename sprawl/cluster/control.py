@@ -32,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -48,6 +48,7 @@ from sprawl.cluster.recovery_adapter import ClusterRecovery, StartRefused
 from sprawl.cluster.voter_control import VoterControl
 from sprawl.delivery.topic_waiters import TopicWaiters
 from sprawl.errors import SprawlError, Unavailable
+from sprawl.interfaces import Clock
 from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
 from sprawl.raft.driver import RaftDriver
@@ -56,6 +57,8 @@ from sprawl.raft.messages import ConfState
 from sprawl.raft.node import Config, ProposalDropped
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from sprawl.interfaces import Gossip
     from sprawl.peer.rpc import PeerRPC
     from sprawl.pubsub import Broker
@@ -81,7 +84,7 @@ class ClusterControl(MetadataSeam):
         node_id: str,
         broker: Broker,
         store: LmdbStore | None,
-        reactor: Any,
+        reactor: Clock,
         channel: PeerChannel,
         membership: Gossip | None = None,
         *,
@@ -176,7 +179,7 @@ class ClusterControl(MetadataSeam):
         if not self.recovery.forcing:
             self.start_driver(storage)
         loop = task.LoopingCall(self.voter_control.step)
-        loop.clock = self.reactor
+        loop.clock = cast("IReactorTime", self.reactor)
         self._loop = loop
         loop.start(max(self.tick_seconds * 5, 0.1), now=True).addErrback(
             lambda f: log.failure("cluster control loop stopped", f)
@@ -254,7 +257,7 @@ class ClusterControl(MetadataSeam):
                 d.callback(None)
 
         loop = task.LoopingCall(check)
-        loop.clock = self.reactor
+        loop.clock = cast("IReactorTime", self.reactor)
         loop.start(0.01, now=True)
 
         def give_up() -> None:
@@ -292,7 +295,7 @@ class ClusterControl(MetadataSeam):
                 d.callback(None)
 
         loop = task.LoopingCall(check)
-        loop.clock = self.reactor
+        loop.clock = cast("IReactorTime", self.reactor)
         loop.start(self.tick_seconds, now=True)
         return d
 

@@ -27,6 +27,7 @@ from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.cluster.replica_sync import ReplicaSync, sync_core
 from sprawl.errors import SprawlError
 from sprawl.gossip.load import rates_by_node
+from sprawl.interfaces import Clock
 from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.service import ReplicationService
 
@@ -52,7 +53,7 @@ class PartitionController:
         service: ReplicationService,
         sync: ReplicaSync,
         rpc: PeerRPC,
-        reactor: Any,
+        reactor: Clock,
         membership: Members | None,
         local_view: Callable[[str, int], dict[str, Any]],
         *,

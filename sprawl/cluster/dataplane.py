@@ -26,7 +26,7 @@ API and the metrics ask of the cluster (:meth:`DataPlane.partition_view`,
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -38,6 +38,7 @@ from sprawl.cluster.replica_sync import ReplicaSync
 from sprawl.cluster.routing import NotLeaderError, Router
 from sprawl.delivery.remote_feed import RemoteFeeds
 from sprawl.errors import BadRequest
+from sprawl.interfaces import Clock
 from sprawl.log.record import Record
 from sprawl.pubsub import PublishResult
 from sprawl.replication.failover import Commit
@@ -46,6 +47,8 @@ from sprawl.replication.replica import Replica
 from sprawl.replication.service import ReplicationService
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from sprawl.interfaces import ControlView, Members
     from sprawl.peer.rpc import PeerRPC
     from sprawl.peer.tcp import PeerChannel
@@ -67,7 +70,7 @@ class DataPlane:
         control: ControlView,
         channel: PeerChannel,
         rpc: PeerRPC,
-        reactor: Any,
+        reactor: Clock,
         membership: Members | None = None,
         *,
         tick_seconds: float = 0.1,
@@ -139,7 +142,7 @@ class DataPlane:
         for name in list(self.control.metadata.placement):
             self.sync_topic(name)
         loop = task.LoopingCall(self.tick)
-        loop.clock = self.reactor
+        loop.clock = cast("IReactorTime", self.reactor)
         self._loop = loop
         loop.start(self.tick_seconds, now=False).addErrback(
             lambda f: log.failure("data plane tick stopped", f)
@@ -156,7 +159,7 @@ class DataPlane:
                 return True
             if self.reactor.seconds() >= deadline:
                 break
-            await task.deferLater(self.reactor, 0.05, lambda: None)
+            await task.deferLater(cast("IReactorTime", self.reactor), 0.05, lambda: None)
         return not any(r.core.is_leader for r in self.service.replicas.values())
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -36,6 +36,8 @@ from sprawl.raft.messages import (
 )
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from sprawl.cluster.control import ClusterControl
     from sprawl.peer.rpc import PeerRPC
 
@@ -138,7 +140,7 @@ class ClusterRecovery:
                 took >= wait * _STATUS_PATIENCE or not up.intersection(names) - set(answers)
             ):
                 break
-            await task.deferLater(self.control.reactor, 0.5, lambda: None)
+            await task.deferLater(cast("IReactorTime", self.control.reactor), 0.5, lambda: None)
         return answers
 
     def _known_address(self, name: str) -> bool:

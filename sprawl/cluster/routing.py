@@ -18,13 +18,14 @@ only committed records) and forwarded otherwise.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from sprawl.cluster.replica_sync import ReplicaSync
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
+from sprawl.interfaces import Clock
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
 from sprawl.pubsub import PublishResult
@@ -32,6 +33,8 @@ from sprawl.replication.partition import PartitionReplication
 from sprawl.replication.replica import NotLeader
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from sprawl.peer.rpc import PeerRPC
     from sprawl.pubsub import Broker
     from sprawl.topics import Topic
@@ -68,7 +71,7 @@ class Router:
         broker: Broker,
         sync: ReplicaSync,
         rpc: PeerRPC,
-        reactor: Any,
+        reactor: Clock,
         *,
         route_timeout: float = 10.0,
         forward_timeout: float = 5.0,
@@ -159,7 +162,9 @@ class Router:
             if self.reactor.seconds() + 0.05 >= deadline:
                 break
             self.retried += 1
-            await task.deferLater(self.reactor, min(0.05 * (attempt + 1), 0.25), lambda: None)
+            await task.deferLater(
+                cast("IReactorTime", self.reactor), min(0.05 * (attempt + 1), 0.25), lambda: None
+            )
         raise Unavailable(
             f"partition {topic.name}/{p} has no reachable leader now ({last.message if last else 'no route'}); "
             "retry shortly",
@@ -368,7 +373,9 @@ class Router:
                     if self.reactor.seconds() + 0.05 >= deadline:
                         raise
                 self.retried += 1
-                await task.deferLater(self.reactor, min(0.05 * (attempt + 1), 0.25), lambda: None)
+                await task.deferLater(
+                    cast("IReactorTime", self.reactor), min(0.05 * (attempt + 1), 0.25), lambda: None
+                )
                 src = self.read_source(topic, partition) or src
             else:
                 raise Unavailable(f"{topic}/{partition} cannot be read at {src} now", code="no_leader")

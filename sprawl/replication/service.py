@@ -17,14 +17,14 @@ proposal (``set_partition``); see docs/architecture.md, "Replication" and
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.interfaces import ReplicaStore
+from sprawl.interfaces import Clock, ReplicaStore
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.envelope import Envelope, unpack_record
 from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
@@ -40,6 +40,11 @@ from sprawl.replication.messages import (
 )
 from sprawl.replication.partition import PartitionReplication
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from sprawl.peer.tcp import PeerChannel
+
 log = Logger()
 
 
@@ -49,8 +54,8 @@ class ReplicationService:
     def __init__(
         self,
         node_id: str,
-        channel: Any,
-        reactor: Any,
+        channel: PeerChannel,
+        reactor: Clock,
         *,
         tick_seconds: float = 0.1,
         commit: Callable[[str, int, Commit], defer.Deferred[None]] | None = None,
@@ -83,7 +88,7 @@ class ReplicationService:
     def start(self) -> None:
         """Start ticking."""
         loop = task.LoopingCall(self.tick)
-        loop.clock = self.reactor
+        loop.clock = cast("IReactorTime", self.reactor)
         self._loop = loop
         loop.start(self.tick_seconds, now=False)
 

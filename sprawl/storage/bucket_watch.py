@@ -16,13 +16,17 @@ would hide the loss of the segments it held; the operator re-creates it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprawl.interfaces import Clock
 from sprawl.storage.s3 import ObjectMissing, S3Client
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 log = Logger()
 
@@ -33,7 +37,7 @@ DEFAULT_INTERVAL = 10.0
 class BucketWatch:
     """Probes the S3 bucket periodically; :attr:`problem` says what is wrong (None: nothing)."""
 
-    def __init__(self, client: S3Client, clock: Any, interval: float = DEFAULT_INTERVAL):
+    def __init__(self, client: S3Client, clock: Clock, interval: float = DEFAULT_INTERVAL):
         self.client = client
         self.clock = clock
         self.interval = interval
@@ -49,7 +53,7 @@ class BucketWatch:
         the start check has just seen the bucket)."""
         if self._loop is None:
             self._loop = LoopingCall(self.probe)
-            self._loop.clock = self.clock
+            self._loop.clock = cast("IReactorTime", self.clock)
             self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:

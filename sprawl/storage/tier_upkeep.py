@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import SprawlError
+from sprawl.interfaces import Clock
 from sprawl.log.manifest import RemoteObject, RemoteState, parse_key, partition_key_prefix
 from sprawl.log.partition import PartitionLog
 from sprawl.storage.s3 import S3Client, S3Failure
@@ -41,7 +42,7 @@ class TierUpkeep:
     """The bucket's upkeep in :class:`~sprawl.storage.tiering.S3Tier`."""
 
     client: S3Client
-    clock: Any
+    clock: Clock
     metrics: Any
     cache: ByteLRU
     _indexes: OrderedDict[str, SegmentIndex]

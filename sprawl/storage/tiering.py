@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.errors import SprawlError
+from sprawl.interfaces import Clock
 from sprawl.log.damage import DamagedRange
 from sprawl.log.manifest import RemoteObject, RemoteState, object_keys
 from sprawl.log.partition import PartitionLog
@@ -86,7 +87,7 @@ class S3Tier(TierReads, TierUpkeep):
         self,
         client: S3Client,
         store: LmdbStore,
-        clock: Any,
+        clock: Clock,
         *,
         budget: int,
         age_ms: int,
