@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from twisted.internet import defer
@@ -53,6 +53,9 @@ from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.replication.replica_state import dump_state, load_state
 from sprawl.storage import keys
 
+if TYPE_CHECKING:
+    from sprawl.topics import Topic
+
 #: The log lines keep the namespace they had before the module was split out.
 log = Logger(namespace="sprawl.replication.service")
 
@@ -65,7 +68,7 @@ class PartitionReplication:
         node_id: str,
         controller: str,
         broker: ReplicaStore,
-        topic: Any,
+        topic: Topic,
         partition: int,
         send: Callable[[str, Envelope], None],
         *,

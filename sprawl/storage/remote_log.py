@@ -22,7 +22,7 @@ list lives in the Raft metadata (:mod:`sprawl.cluster.shared_tier`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, fail
 
@@ -30,23 +30,28 @@ from sprawl.errors import Conflict
 from sprawl.interfaces import RemoteFollower
 from sprawl.log.manifest import RemoteObject, RemoteState
 
+if TYPE_CHECKING:
+    from sprawl.topics import Topic
+
 
 class RemoteLog(Protocol):
     """The seam between the S3 tier and where the shared remote list lives."""
 
-    def state(self, topic: Any, partition: int) -> RemoteState:
+    def state(self, topic: Topic, partition: int) -> RemoteState:
         """The partition's shared remote state as committed (and applied here)."""
 
-    def leader_epoch(self, topic: Any, partition: int) -> int | None:
+    def leader_epoch(self, topic: Topic, partition: int) -> int | None:
         """The epoch in which this node leads the partition now (None: it does not)."""
 
-    def incarnation(self, topic: Any) -> int:
+    def incarnation(self, topic: Topic) -> int:
         """Which life of the topic name this is (part of every object key)."""
 
-    def add(self, topic: Any, partition: int, epoch: int, objects: Sequence[RemoteObject]) -> Deferred[None]:
+    def add(
+        self, topic: Topic, partition: int, epoch: int, objects: Sequence[RemoteObject]
+    ) -> Deferred[None]:
         """Append uploaded segments to the list (as the leader of ``epoch``)."""
 
-    def trim(self, topic: Any, partition: int, epoch: int, start: int) -> Deferred[list[RemoteObject]]:
+    def trim(self, topic: Topic, partition: int, epoch: int, start: int) -> Deferred[list[RemoteObject]]:
         """Retention: the log starts at ``start``; fires with the remote
         segments the list dropped (their objects are the caller's to delete)."""
 
@@ -58,7 +63,7 @@ class LocalRemoteLog:
     def __init__(self, broker: RemoteFollower) -> None:
         self.broker = broker
 
-    def state(self, topic: Any, partition: int) -> RemoteState:
+    def state(self, topic: Topic, partition: int) -> RemoteState:
         """The node's remote prefix (without its legacy objects) and log start."""
         lg = topic.logs[partition]
         own = self.broker.legacy_keys(topic, partition)
@@ -70,15 +75,17 @@ class LocalRemoteLog:
                 objs.append(s.remote)
         return RemoteState(lg.log_start, tuple(objs))
 
-    def leader_epoch(self, topic: Any, partition: int) -> int | None:
+    def leader_epoch(self, topic: Topic, partition: int) -> int | None:
         """Always 0: a lone broker leads every partition, in no epoch."""
         return 0
 
-    def incarnation(self, topic: Any) -> int:
+    def incarnation(self, topic: Topic) -> int:
         """The topic's local uid."""
         return int(topic.config.uid)
 
-    def add(self, topic: Any, partition: int, epoch: int, objects: Sequence[RemoteObject]) -> Deferred[None]:
+    def add(
+        self, topic: Topic, partition: int, epoch: int, objects: Sequence[RemoteObject]
+    ) -> Deferred[None]:
         """Append and follow at once."""
         try:
             new = self.state(topic, partition).added(objects)
@@ -86,7 +93,7 @@ class LocalRemoteLog:
             return fail(Conflict(str(e), code="remote_gap"))
         return self.broker.follow_remote(topic, partition, new)
 
-    def trim(self, topic: Any, partition: int, epoch: int, start: int) -> Deferred[list[RemoteObject]]:
+    def trim(self, topic: Topic, partition: int, epoch: int, start: int) -> Deferred[list[RemoteObject]]:
         """Trim and follow at once."""
         new, gone = self.state(topic, partition).trimmed(start)
         d = self.broker.follow_remote(topic, partition, new)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -22,6 +22,9 @@ from sprawl.log.record import Record
 from sprawl.log.segments import Segment
 from sprawl.storage.s3 import ObjectMissing, S3Client, S3Failure
 from sprawl.storage.segment_format import CorruptSegment, SegmentIndex, decode_chunk
+
+if TYPE_CHECKING:
+    from sprawl.metrics import NodeMetrics
 
 #: The log lines keep the namespace they had before the module was split out.
 log = Logger(namespace="sprawl.storage.tiering")
@@ -69,7 +72,7 @@ class TierReads:
     """The read side of :class:`~sprawl.storage.tiering.S3Tier`."""
 
     client: S3Client
-    metrics: Any
+    metrics: NodeMetrics | None
     cache: ByteLRU
     _indexes: OrderedDict[str, SegmentIndex]
     cache_hits: int

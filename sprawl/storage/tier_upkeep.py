@@ -9,7 +9,7 @@ per-node layout into the shared list, and object deletes (retried).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from collections import OrderedDict
     from collections.abc import Iterable
 
+    from sprawl.metrics import NodeMetrics
+    from sprawl.storage.remote_log import RemoteLog
     from sprawl.storage.segment_format import SegmentIndex
     from sprawl.storage.tier_reads import ByteLRU
+    from sprawl.topics import Topic
 
 #: The log lines keep the namespace they had before the module was split out.
 log = Logger(namespace="sprawl.storage.tiering")
@@ -43,7 +46,7 @@ class TierUpkeep:
 
     client: S3Client
     clock: Clock
-    metrics: Any
+    metrics: NodeMetrics | None
     cache: ByteLRU
     _indexes: OrderedDict[str, SegmentIndex]
     _pending_deletes: list[str]
@@ -64,7 +67,7 @@ class TierUpkeep:
                 log.info("created S3 bucket {bucket}", bucket=self.client.settings.bucket)
 
     async def _adopt(
-        self, t: Any, lg: PartitionLog, epoch: int, objs: list[RemoteObject], remote_log: Any
+        self, t: Topic, lg: PartitionLog, epoch: int, objs: list[RemoteObject], remote_log: RemoteLog
     ) -> None:
         """Name this node's own uploads of the old per-node layout in the
         shared list (as the leader), so every replica reads them."""
@@ -85,7 +88,7 @@ class TierUpkeep:
             last=objs[-1].last,
         )
 
-    async def _sweep(self, t: Any, lg: PartitionLog, epoch: int, remote_log: Any) -> None:
+    async def _sweep(self, t: Topic, lg: PartitionLog, epoch: int, remote_log: RemoteLog) -> None:
         """One bounded page of the partition's prefix: delete the objects no
         shared list names that are older than the grace age -- of an older
         incarnation of the topic name, or of this or an earlier leader epoch
@@ -125,7 +128,7 @@ class TierUpkeep:
                 self.metrics.s3_orphans_deleted.inc()
             self._delete(key)
 
-    def _sweep_failed(self, f: Failure, t: Any, lg: PartitionLog) -> None:
+    def _sweep_failed(self, f: Failure, t: Topic, lg: PartitionLog) -> None:
         log.warn(
             "sweeping the S3 prefix of {topic}/{partition} failed (tried again later): {error}",
             topic=t.name,

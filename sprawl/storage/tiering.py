@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
@@ -66,6 +66,11 @@ from sprawl.storage.segment_format import (
 )
 from sprawl.storage.tier_reads import ByteLRU, TierReads
 from sprawl.storage.tier_upkeep import SWEEP_MAX_SECONDS, TierUpkeep, adoption
+
+if TYPE_CHECKING:
+    from sprawl.metrics import NodeMetrics
+    from sprawl.storage.remote_log import RemoteLog
+    from sprawl.topics import Topic
 
 log = Logger()
 
@@ -93,7 +98,7 @@ class S3Tier(TierReads, TierUpkeep):
         age_ms: int,
         concurrency: int = 2,
         cache_bytes: int = 64 * 1000**2,
-        metrics: Any = None,
+        metrics: NodeMetrics | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         orphan_grace: float = 3600.0,
     ):
@@ -122,7 +127,7 @@ class S3Tier(TierReads, TierUpkeep):
         self.bucket_ready = False
         #: ``(topic, partition, DamagedRange)``: damage met reading a segment
         #: from LMDB to upload it (the broker's integrity notes it).
-        self.on_damage: Any = None
+        self.on_damage: Callable[[Topic, int, DamagedRange], object] | None = None
         #: Objects fetched again after a checksum mismatch.
         self.refetches = 0
         #: Seconds an object no shared list names must have existed before
@@ -199,7 +204,7 @@ class S3Tier(TierReads, TierUpkeep):
         topics: Iterable[Any],
         used_bytes: int,
         now_ms: int,
-        remote_log: Any,
+        remote_log: RemoteLog | None,
         legacy: Callable[[Any, int], list[RemoteObject]] = lambda t, p: [],
     ) -> int:
         """Start the uploads the policy asks for (and an adoption or a sweep)
@@ -293,7 +298,7 @@ class S3Tier(TierReads, TierUpkeep):
             d.addBoth(self._sweep_done, st)
         return len(spills)
 
-    def _start(self, st: _PartState, coro: Any, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
+    def _start(self, st: _PartState, coro: Any, t: Topic, lg: PartitionLog, seg: Segment | None) -> None:
         st.busy = True
         self.in_flight += 1
         d = ensureDeferred(coro)
@@ -308,8 +313,8 @@ class S3Tier(TierReads, TierUpkeep):
         self.sweeping = False
         st.busy = False
 
-    def _spill_failed(self, f: Failure, t: Any, lg: PartitionLog, seg: Segment | None) -> None:
-        if f.check(DamagedRange) and self.on_damage is not None:
+    def _spill_failed(self, f: Failure, t: Topic, lg: PartitionLog, seg: Segment | None) -> None:
+        if isinstance(f.value, DamagedRange) and self.on_damage is not None:
             # The local copy is damaged: it is not uploaded (the range is
             # repaired or skipped first) and stays in LMDB.
             self.on_damage(t, lg.partition, f.value)
@@ -333,7 +338,7 @@ class S3Tier(TierReads, TierUpkeep):
         )
 
     async def _spill(
-        self, t: Any, lg: PartitionLog, seg: Segment, reason: str, epoch: int, remote_log: Any
+        self, t: Topic, lg: PartitionLog, seg: Segment, reason: str, epoch: int, remote_log: RemoteLog
     ) -> None:
         uid, p = t.config.uid, lg.partition
         base, last = seg.base, seg.last
