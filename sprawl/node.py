@@ -48,9 +48,15 @@ from sprawl.peer.tcp import PeerChannel
 
 if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
+    from sprawl.http.api import SprawlAPI
     from sprawl.http.status import NodeInfo
+    from sprawl.peer.rpc import PeerRPC
+    from sprawl.pubsub import Broker
     from sprawl.pubsub.links import ClusterLinks
+    from sprawl.storage.bucket_watch import BucketWatch
     from sprawl.storage.integrity import Integrity
+    from sprawl.storage.lmdb import LmdbStore
+    from sprawl.storage.s3 import S3Client
     from sprawl.storage.scrub import Scrubber
 
 # The node's log lines keep the namespace they have always had (operators'
@@ -91,20 +97,22 @@ class NodeService(service.Service):
             reactor = _reactor
         self.config = config
         self.reactor = reactor
+        # (The listening ports are Twisted's IListeningPort: a zope interface
+        # the type checker cannot call through.)
         self.http_port: Any = None
         self.peer_port: Any = None
-        self.broker: Any = None
-        self.store: Any = None
-        self.api: Any = None
+        self.broker: Broker | None = None
+        self.store: LmdbStore | None = None
+        self.api: SprawlAPI | None = None
         self.gossip: GossipNode | None = None
         self.udp_port: Any = None
-        self.channel: Any = None
-        self.control: Any = None
-        self.plane: Any = None
-        self.rpc: Any = None
-        self.s3_client: Any = None
-        self.bucket_watch: Any = None
-        self.scrubber: Any = None
+        self.channel: PeerChannel | None = None
+        self.control: ClusterControl | None = None
+        self.plane: DataPlane | None = None
+        self.rpc: PeerRPC | None = None
+        self.s3_client: S3Client | None = None
+        self.bucket_watch: BucketWatch | None = None
+        self.scrubber: Scrubber | None = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -113,6 +121,7 @@ class NodeService(service.Service):
         c = self.config
         broker = self.broker
         store = self.store
+        assert broker is not None and store is not None  # (built before gossip)
 
         def load() -> LoadSample:
             logs = [lg for t in broker.topics.values() for lg in t.logs]
@@ -162,6 +171,7 @@ class NodeService(service.Service):
             bucket=c.s3_bucket,
             prefix=c.s3_prefix,
         )
+        assert self.store is not None  # (opened before the tier is built)
         return S3Tier(
             self.s3_client,
             self.store,
@@ -265,7 +275,7 @@ class NodeService(service.Service):
                     "--cluster-key authenticates gossip (a stranger reaching the UDP port can make members "
                     "look dead or alive); give both"
                 )
-        self.channel = PeerChannel(
+        self.channel = channel = PeerChannel(
             node_id,
             self.reactor,
             random.Random(),
@@ -279,7 +289,7 @@ class NodeService(service.Service):
             c.bind_addr,
             c.bind_port,
             lambda port: serverFromString(self.reactor, f"tcp:{port}:interface={bind}").listen(
-                self.channel.server_factory()
+                channel.server_factory()
             ),
             self.gossip,
         )
@@ -334,7 +344,8 @@ class NodeService(service.Service):
             # Gossip runs (the others learn where this node is); Raft does not
             # until the recovery is decided.
             await self.control.force_new_cluster()
-        checks = [lambda: self.bucket_watch.problem] if self.bucket_watch is not None else []
+        watch = self.bucket_watch
+        checks = [lambda: watch.problem] if watch is not None else []
         info = NodeInfo(
             node_id,
             peer=peer,

@@ -405,6 +405,11 @@ class ClusterControl(MetadataSeam):
         """The leader's node id, or "" when none is known."""
         return self.name_of(self.driver.leader) if self.driver is not None else ""
 
+    @property
+    def forced(self) -> str:
+        """The cluster id this node forced (``--force-new-cluster``), or "" (``/readyz`` reads it)."""
+        return self.recovery.forced
+
     def raft_view(self) -> dict[str, Any]:
         """The ``raft`` block of ``GET /v1/cluster``."""
         drv = self.driver

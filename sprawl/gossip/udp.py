@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from twisted.internet import defer, task
@@ -48,6 +48,10 @@ from sprawl.gossip.membership import (
     Membership,
     Output,
 )
+from sprawl.interfaces import Clock, Delayed
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 log = Logger()
 
@@ -101,7 +105,7 @@ class GossipNode(DatagramProtocol):
         self,
         node_id: str,
         config: GossipConfig,
-        clock: Any,  # IReactorTime
+        clock: Clock,
         rng: random.Random,
         data_dir: str,
         seeds: Sequence[Address] = (),
@@ -149,7 +153,7 @@ class GossipNode(DatagramProtocol):
         self._saved_incarnation: int | None = None
         self._loop: task.LoopingCall | None = None
         self._meta_loop: task.LoopingCall | None = None
-        self._join_call: Any = None
+        self._join_call: Delayed | None = None
         self._backoff = join_backoff[0]
         self._resolved: dict[str, str] = {}
         self._load_meta: dict[str, Any] | None = None
@@ -176,11 +180,11 @@ class GossipNode(DatagramProtocol):
         self.membership = Membership(self.node_id, advertise, meta, self.config, self.rng, now, incarnation)
         self._persist()
         self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self.clock
+        self._loop.clock = cast("IReactorTime", self.clock)
         self._loop.start(self.tick_interval, now=False).addErrback(self._loop_failed, "tick")
         if self.load is not None:
             self._meta_loop = task.LoopingCall(self._refresh_load)
-            self._meta_loop.clock = self.clock
+            self._meta_loop.clock = cast("IReactorTime", self.clock)
             self._meta_loop.start(self.meta_interval, now=False).addErrback(self._loop_failed, "load")
         log.info(
             "gossip: node {node_id} at {host}:{port}, incarnation {incarnation}, seeds {seeds}",
@@ -212,7 +216,7 @@ class GossipNode(DatagramProtocol):
             self._apply(m.leave(self.clock.seconds()))
             log.info("gossip: left the cluster (incarnation {incarnation})", incarnation=m.incarnation)
             if self.leave_grace > 0 and self._loop is not None and self._loop.running:
-                await task.deferLater(self.clock, self.leave_grace, lambda: None)
+                await task.deferLater(cast("IReactorTime", self.clock), self.leave_grace, lambda: None)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         port: Any = self.transport

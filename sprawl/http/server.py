@@ -25,8 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import HTTPChannel
-from twisted.web.resource import IResource
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from sprawl.metrics import NodeMetrics
@@ -302,7 +303,7 @@ class QuietSite(Site):
 
 
 def make_site(
-    resource: IResource,
+    resource: Resource,
     *,
     max_body: int,
     metrics: NodeMetrics | None = None,
@@ -312,7 +313,7 @@ def make_site(
     body_timeout: float = 10.0,
     body_min_rate: int = 64_000,
     max_connections: int | None = None,
-    reactor: Any = None,
+    reactor: IReactorTime | None = None,
 ) -> Site:
     """A Site whose requests bound their bodies and the time they take to
     arrive (see the module docstring), and whose idle connections time out."""

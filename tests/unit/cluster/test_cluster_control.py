@@ -259,3 +259,26 @@ def test_fault_tolerance_follows_voters_and_gossip() -> None:
     assert (view["live_voters"], view["fault_tolerance"], view["fault_tolerant"]) == (2, 0, False), view
     for ctl in net.controls.values():
         ctl.stop()
+
+
+def test_the_control_shows_the_api_the_cluster_it_forced() -> None:
+    """``/readyz`` of a node no seed has answered yet asks the control
+    (:class:`sprawl.interfaces.RaftStatus`) whether it forced a new cluster:
+    "" until ``--force-new-cluster`` founds one, then that cluster's id."""
+    from sprawl.http.status import NodeInfo, NodeStatus
+
+    clock = task.Clock()
+    net = Net(clock)
+    d = defer.ensureDeferred(_node(net, "n0", founder=True))
+    clock.advance(0)
+    ctl = d.result
+    assert ctl.forced == ""
+    member = SimpleNamespace(joined=False, member_views=lambda: [], live_member_ids=lambda: [])
+    info = NodeInfo("n0", membership=member, raft=ctl)
+    info.ready = True
+    broker = SimpleNamespace(stopping=False, store=SimpleNamespace(failed=None))
+    status = NodeStatus(info, broker, None)  # type: ignore[arg-type]
+    assert status.readiness() == (False, "joining the cluster: no seed has answered yet")
+    ctl.recovery.forced = cluster_hex(0xC0FFEE)
+    assert ctl.forced == cluster_hex(0xC0FFEE)
+    ctl.stop()
