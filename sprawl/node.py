@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
     from sprawl.http.api import SprawlAPI
     from sprawl.http.status import NodeInfo
+    from sprawl.metrics import NodeMetrics
     from sprawl.peer.rpc import PeerRPC
     from sprawl.pubsub import Broker
     from sprawl.pubsub.links import ClusterLinks
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from sprawl.storage.lmdb import LmdbStore
     from sprawl.storage.s3 import S3Client
     from sprawl.storage.scrub import Scrubber
+    from sprawl.storage.tiering import S3Tier
 
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
@@ -154,7 +156,7 @@ class NodeService(service.Service):
             ),
         )
 
-    def _make_tier(self, metrics: Any) -> Any:
+    def _make_tier(self, metrics: NodeMetrics) -> S3Tier:
         """The S3 tier: a bounded-thread-pool client, the spill pipeline and the bucket watch."""
         from sprawl.storage.bucket_watch import BucketWatch
         from sprawl.storage.s3 import S3Client

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from sprawl.cluster.replica_sync import ReplicaSync
 from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
-from sprawl.interfaces import Clock
+from sprawl.interfaces import Clock, Delayed
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
 from sprawl.pubsub import PublishResult
@@ -428,7 +428,7 @@ class Router:
     def changed(self, name: str, p: int, seconds: float) -> defer.Deferred[None]:
         """Fires when the partition's high watermark moves, or after ``seconds``."""
         d: defer.Deferred[None] = defer.Deferred()
-        timer: Any = None
+        timer: Delayed | None = None
 
         def fire() -> None:
             unwatch()

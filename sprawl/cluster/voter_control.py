@@ -30,6 +30,7 @@ from sprawl.raft.node import ProposalDropped, Role
 if TYPE_CHECKING:
     from sprawl.cluster.control import ClusterControl
     from sprawl.gossip.membership import MemberEvent
+    from sprawl.interfaces import Delayed
 
 log = Logger()
 
@@ -52,7 +53,7 @@ class VoterControl:
         self._unproven: list[str] = []
         #: When the controller last probed a member it has not reached yet.
         self._probed: dict[str, float] = {}
-        self._soon_call: Any = None
+        self._soon_call: Delayed | None = None
         self._registering: dict[str, float] = {}
         #: A learner would be promoted once it has caught up: act when it has.
         self._promote_waiting = False

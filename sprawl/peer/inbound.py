@@ -14,6 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprawl.interfaces import Delayed
 from sprawl.peer.frames import (
     CHALLENGE,
     HELLO,
@@ -49,7 +50,7 @@ class Inbound(Protocol):
         self.peer: str | None = None
         self.challenge = os.urandom(NONCE_BYTES)
         self.opener: FrameOpener | None = None
-        self._timeout: Any = None
+        self._timeout: Delayed | None = None
         self._head = b""
         self._sized = False
         self._closed = False

@@ -14,6 +14,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprawl.interfaces import Delayed
 from sprawl.peer.frames import (
     CHALLENGE,
     HELLO,
@@ -60,7 +61,7 @@ class Outbound(Protocol):
         self.nonce = os.urandom(NONCE_BYTES)
         self.challenge: bytes | None = None
         self.sealer: FrameSealer | None = None
-        self._timeout: Any = None
+        self._timeout: Delayed | None = None
         self._failed = False
 
     def connectionMade(self) -> None:
@@ -165,7 +166,7 @@ class Sender:
         self.proto: Outbound | None = None
         self.connecting = False
         self.failures = 0
-        self.retry: Any = None
+        self.retry: Delayed | None = None
         self.closed = False
         #: Whether a connection to this peer ever completed its handshake.
         self.ever_connected = False

@@ -40,6 +40,7 @@ from sprawl.storage.lmdb import Op
 from sprawl.storage.verify import dense_ranges
 
 if TYPE_CHECKING:
+    from sprawl.log.partition import PartitionLog
     from sprawl.topics import Topic
 
 log = Logger()
@@ -81,7 +82,7 @@ class Integrity:
 
     # -- what is expected where ------------------------------------------------
 
-    def dense(self, topic: Topic, lg: Any, start: int, end: int) -> list[tuple[int, int]]:
+    def dense(self, topic: Topic, lg: PartitionLog, start: int, end: int) -> list[tuple[int, int]]:
         """The offsets of ``[start, end)`` LMDB must hold: the local segments'
         (not those in S3), without ranges an operator skipped."""
         segs = [(s.base, s.last) for s in lg.segments if s.remote is None]
@@ -414,7 +415,7 @@ class _Read:
     repair: bool
 
 
-def _remote_at(lg: Any, offset: int) -> bool:
+def _remote_at(lg: PartitionLog, offset: int) -> bool:
     return any(s.remote is not None and s.base <= offset <= s.last for s in lg.segments)
 
 

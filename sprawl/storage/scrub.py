@@ -16,7 +16,7 @@ its progress and findings; metrics ``sprawl_scrub_*``.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
@@ -24,6 +24,10 @@ from twisted.python.failure import Failure
 
 from sprawl.interfaces import BrokerStorage, Clock, Delayed
 from sprawl.log.damage import DamagedRange
+
+if TYPE_CHECKING:
+    from sprawl.log.partition import PartitionLog
+    from sprawl.topics import Topic
 
 log = Logger()
 
@@ -164,7 +168,7 @@ class Scrubber:
             found=self.pass_found,
         )
 
-    async def _partition(self, t: Any, p: int) -> None:
+    async def _partition(self, t: Topic, p: int) -> None:
         b = self.broker
         store = b.store
         integrity = b.integrity
@@ -213,7 +217,7 @@ class Scrubber:
         return deferLater(cast(IReactorTime, self.clock), seconds, lambda: None)
 
 
-def _lmdb_low(lg: Any) -> int:
+def _lmdb_low(lg: PartitionLog) -> int:
     """The first offset of a partition held in LMDB (past its segments in S3)."""
     low = lg.log_start
     for s in lg.segments:
