@@ -1,6 +1,6 @@
 """The server-sent-events parser of every Sprawl client (``text/event-stream``, as a node's
 ``GET /v1/topics/{topic}/stream`` sends it): ``data``, ``event`` and ``id`` fields; comments
-and ``retry`` are skipped; an event ends at a blank line.
+are skipped, the last ``retry`` is kept (:attr:`SseParser.retry`); an event ends at a blank line.
 
 :class:`SseParser` is fed bytes as they arrive (any split); :func:`sse_events` parses a
 stream given as lines.  The bench's subscribers do not decode events at all (they pull
@@ -33,6 +33,8 @@ class SseParser:
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
+        #: The reconnection time the stream asked for last (its ``retry`` field, milliseconds), if any.
+        self.retry: str | None = None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """The events ``chunk`` completes, in order."""
@@ -71,6 +73,8 @@ class SseParser:
             self._event = value
         elif name == "id":
             self._id = value
+        elif name == "retry":
+            self.retry = value
         return None
 
 

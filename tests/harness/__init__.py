@@ -6,7 +6,7 @@ tests and the benchmark scripts import it as ``harness`` (``tests/`` is on pytes
 * :mod:`harness.reactor` -- the reactor pytest-twisted runs, ``WAIT`` and ``bounded``;
 * :mod:`harness.waits` -- ``scaled``, ``poll_until``, ``until``, ``first_success``;
 * :mod:`harness.nodes` -- :class:`NodeProcess`, the nodes' cleaned environment, the blocking
-  HTTP helpers (``http_json``, ``metric_value``) and the rule for missing tools;
+  HTTP helpers (``http_json``, ``metric_value``, ``metrics_text``) and the rule for missing tools;
 * :mod:`harness.cluster` -- :class:`NodeCluster` and ``time_to_voters``;
 * :mod:`harness.seaweed` -- :class:`SeaweedProcess`;
 * :mod:`harness.pki` -- ``make_test_pki``, ``make_node_cert``, ``make_key_file``;
@@ -28,6 +28,7 @@ from harness.nodes import (
     in_ci,
     key_for_partition,
     metric_value,
+    metrics_text,
     node_environment,
     node_pythonpath,
     partition_views,
@@ -63,6 +64,7 @@ __all__ = [
     "make_node_cert",
     "make_test_pki",
     "metric_value",
+    "metrics_text",
     "node_environment",
     "node_pythonpath",
     "partition_views",

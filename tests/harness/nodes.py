@@ -260,11 +260,16 @@ def partition_views(topic_desc: Any) -> list[dict[str, Any]]:
         return []
 
 
+def metrics_text(url: str, timeout: float = 10.0) -> str:
+    """A node's ``/metrics`` exposition, as text."""
+    return Client([url], timeout=timeout).request("GET", "/metrics").check().body.decode()
+
+
 def metric_value(url: str, name: str, **labels: str) -> float:
     """One sample of a node's ``/metrics`` (0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = Client([url], timeout=10).request("GET", "/metrics").check().body.decode()
+    text = metrics_text(url)
     for fam in text_string_to_metric_families(text):
         for sample in fam.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

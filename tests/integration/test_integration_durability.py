@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import urllib.request
 
 import pytest
+
+from harness import http_json
 
 pytestmark = pytest.mark.integration
 
 
 def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    status, answer = http_json(url, "POST", body, timeout=30)
+    assert status == 200, (status, answer)
+    return answer
 
 
 def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
+    status, answer = http_json(url, timeout=30)
+    assert status == 200, (status, answer)
+    return answer
 
 
 def _read_all(base: str, topic: str) -> list[dict]:

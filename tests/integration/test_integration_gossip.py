@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from harness import NodeProcess, poll_until, scaled
+from harness import NodeProcess, http_json, metrics_text, poll_until, scaled
 from sprawl.gossip import GossipConfig
 from sprawl.gossip.broadcast import retransmit_limit
 from sprawl.gossip.suspicion import suspicion_timeout
@@ -60,12 +58,8 @@ def detection_bound(config: GossipConfig, n: int) -> float:
 
 
 def _cluster(node: NodeProcess) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(node.url + "/v1/cluster", timeout=5) as r:
-            data: dict[str, Any] = json.loads(r.read())
-            return data
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
+    status, data = http_json(node.url + "/v1/cluster", timeout=5)
+    return data if status == 200 and isinstance(data, dict) else None
 
 
 def _states(node: NodeProcess) -> dict[str, dict[str, Any]]:
@@ -113,10 +107,10 @@ def test_five_nodes_join_detect_a_crash_and_take_the_restarted_node_back(sprawl_
         assert m["peer"].startswith("127.0.0.1:") and m["http"].startswith("http://127.0.0.1:")
         assert m["version"] and "load" in m
     # the seed-compatible views agree
-    with urllib.request.urlopen(seed.url + "/status", timeout=5) as r:
-        assert len(json.loads(r.read())["cluster_members"]) == N
-    with urllib.request.urlopen(seed.url + "/dht", timeout=5) as r:
-        assert len(json.loads(r.read())["members"]) == N
+    status, answer = http_json(seed.url + "/status")
+    assert status == 200 and len(answer["cluster_members"]) == N, (status, answer)
+    status, answer = http_json(seed.url + "/dht")
+    assert status == 200 and len(answer["members"]) == N, (status, answer)
 
     victim.kill()  # kill -9
     survivors = [n for n in nodes if n is not victim]
@@ -125,8 +119,7 @@ def test_five_nodes_join_detect_a_crash_and_take_the_restarted_node_back(sprawl_
     )
     assert detected is not None, f"the crash was not seen as dead within {scaled(bound):.1f} s"
     print(f"kill -9 seen as dead by all {N - 1} survivors after {detected:.1f} s (bound {bound:.1f} s)")
-    with urllib.request.urlopen(seed.url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
+    text = metrics_text(seed.url, timeout=5)
     assert 'sprawl_gossip_members{state="dead"} 1.0' in text
     assert "sprawl_gossip_suspicions_total" in text
 

@@ -25,16 +25,13 @@ wait of the suite is.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from harness import NodeProcess, poll_until, scaled
+from harness import NodeProcess, http_json, metrics_text, poll_until, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -44,27 +41,11 @@ CATCH_UP_BOUND = 20.0
 
 
 def _get(node: NodeProcess, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(node.url + path, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except (OSError, ValueError):
-        return 0, None
+    return http_json(node.url + path, timeout=5)
 
 
 def _put(node: NodeProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        node.url + path,
-        data=json.dumps(body).encode(),
-        method="PUT",
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    return http_json(node.url + path, "PUT", body, timeout=15)
 
 
 def _raft(node: NodeProcess) -> dict[str, Any]:
@@ -158,8 +139,7 @@ def test_three_nodes_elect_fail_over_and_catch_up_by_snapshot(sprawl_nodes: Any)
     assert took2 is not None, _get(back, "/v1/topics")
     view = _raft(back)
     assert view["role"] == "follower" and view["snapshot_index"] >= snap_index - 8, view
-    with urllib.request.urlopen(back.url + "/metrics", timeout=5) as r:
-        metrics = r.read().decode()
+    metrics = metrics_text(back.url, timeout=5)
     installed = [ln for ln in metrics.splitlines() if ln.startswith("sprawl_raft_snapshots_installed_total ")]
     assert installed and float(installed[0].split()[1]) >= 1, installed  # by snapshot, not by log
     print(f"restarted {old_name} caught up in {took2:.1f} s (snapshot index {view['snapshot_index']})")

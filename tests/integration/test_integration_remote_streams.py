@@ -14,14 +14,12 @@ every process and socket is closed by the test.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from harness import FeedReader, NodeProcess, poll_until
+from harness import FeedReader, NodeProcess, http_json, metrics_text, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +28,7 @@ DELIVERY_BOUND = 20.0
 
 
 def _call(node: NodeProcess, path: str, body: Any = None, method: str = "GET") -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        node.url + path, data=data, method=method, headers={"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except (OSError, ValueError):
-        return 0, None
+    return http_json(node.url + path, method, body, timeout=15)
 
 
 def _eventually(cond: Any, bound: float = 20.0) -> bool:
@@ -137,8 +125,7 @@ def test_streams_on_a_node_without_the_partition(sprawl_nodes: Any, readers: lis
     view = _remote(x)
     # One remote feed per missing partition, however many clients read it.
     assert view["remote_feeds"] == view["remote_feeds_started"] == len(missing), view
-    with urllib.request.urlopen(x.url + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    text = metrics_text(x.url)
     assert f"sprawl_remote_feeds {float(len(missing))}" in text, text
     assert _eventually(lambda: all(r.status is not None for r in readers), DELIVERY_BOUND)
     assert [r.status for r in readers] == [200, 200, 200, 101, 200, 200]

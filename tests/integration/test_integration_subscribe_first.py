@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 from test_integration_remote_streams import readers as readers
 
-from harness import FeedReader, NodeProcess, poll_until
+from harness import FeedReader, NodeProcess, http_json, metrics_text, poll_until
+from sprawl.client.errors import ClientError
 from sprawl.cluster.placement import replicas
 
 pytestmark = pytest.mark.integration
@@ -33,24 +32,13 @@ DELIVERY_BOUND = 20.0
 
 
 def _call(node: NodeProcess, path: str, body: Any = None, method: str = "GET", timeout: float = 15) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        node.url + path, data=data, method=method, headers={"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except (OSError, ValueError):
-        return 0, None
+    return http_json(node.url + path, method, body, timeout=timeout)
 
 
 def _metric(node: NodeProcess, name: str) -> float | None:
     try:
-        with urllib.request.urlopen(node.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-    except OSError:
+        text = metrics_text(node.url)
+    except ClientError:
         return None
     for line in text.splitlines():
         if line.startswith(name + " "):

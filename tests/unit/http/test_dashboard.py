@@ -25,6 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
 from harness import bounded, the_reactor
+from sprawl.client.sse import SseParser
 from sprawl.config import NodeConfig
 from sprawl.http import dashboard
 from sprawl.http.api import NodeInfo, SprawlAPI
@@ -39,7 +40,8 @@ STREAM = "/v1/dashboard/stream"
 
 
 class SSEClient(Protocol):
-    """A raw HTTP/1.0 client of an SSE endpoint that parses frames as they arrive."""
+    """A raw HTTP/1.0 client of an SSE endpoint that parses frames as they arrive
+    (with the clients' parser, :class:`sprawl.client.sse.SseParser`)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -48,8 +50,7 @@ class SSEClient(Protocol):
         self.status: int | None = None
         self.body = b""
         self.events: list[dict[str, Any]] = []
-        self.comments: list[str] = []
-        self.retry: str | None = None
+        self.parser = SseParser()
         self.lost = False
         self.closed: Deferred[None] = Deferred()
         self._waits: list[tuple[Callable[[], bool], Deferred[None]]] = []
@@ -68,29 +69,11 @@ class SSEClient(Protocol):
         if self.status != 200:
             self.body += self.buf
             self.buf = b""
-        while self.status == 200 and b"\n\n" in self.buf:
-            block, self.buf = self.buf.split(b"\n\n", 1)
-            self._block(block.decode("utf-8"))
+        if self.status == 200:
+            for e in self.parser.feed(self.buf):
+                self.events.append({"event": e.event, "data": json.loads(e.data)})
+            self.buf = b""
         self._check()
-
-    def _block(self, text: str) -> None:
-        ev: dict[str, Any] = {"event": "message"}
-        data: list[str] = []
-        for line in text.split("\n"):
-            if line.startswith(":"):
-                self.comments.append(line[1:].strip())
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                ev["event"] = value
-            elif name == "retry":
-                self.retry = value
-        if data:
-            ev["data"] = json.loads("\n".join(data))
-            self.events.append(ev)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
@@ -219,7 +202,7 @@ async def test_snapshot_shape(server: Server) -> None:
     assert c.status == 200
     assert c.head is not None and "content-type: text/event-stream" in c.head.lower()
     assert "cache-control: no-cache" in c.head.lower()
-    assert c.retry == "2000"
+    assert c.parser.retry == "2000"
     (snap,) = c.snapshots()
     assert snap["ts"] == T0
     assert snap["node_id"] == "node-a" and snap["ready"] is True and snap["reason"] == "ready"
