@@ -1,6 +1,7 @@
 """The server-sent-events parser of every Sprawl client (``text/event-stream``, as a node's
 ``GET /v1/topics/{topic}/stream`` sends it): ``data``, ``event`` and ``id`` fields; comments
-are skipped, the last ``retry`` is kept (:attr:`SseParser.retry`); an event ends at a blank line.
+are skipped (or kept, ``keep_comments``), the last ``retry`` is kept (:attr:`SseParser.retry`);
+an event ends at a blank line.
 
 :class:`SseParser` is fed bytes as they arrive (any split); :func:`sse_events` parses a
 stream given as lines.  The bench's subscribers do not decode events at all (they pull
@@ -27,8 +28,10 @@ class SseEvent:
 class SseParser:
     """Incremental SSE parser: :meth:`feed` bytes, get the events they complete."""
 
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, max_line: int = MAX_LINE_BYTES, *, keep_comments: bool = False) -> None:
         self.max_line = max_line
+        #: The comment lines seen, without their ``:`` (with ``keep_comments``; else None).
+        self.comments: list[str] | None = [] if keep_comments else None
         self._buf = b""
         self._data: list[str] = []
         self._event = ""
@@ -64,6 +67,8 @@ class SseParser:
             self._data, self._event, self._id = [], "", None
             return event
         if line.startswith(":"):
+            if self.comments is not None:
+                self.comments.append(line[1:].strip())
             return None
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")

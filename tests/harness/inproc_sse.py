@@ -18,6 +18,7 @@ from twisted.logger import formatEvent
 from twisted.web.client import HTTPConnectionPool
 
 from harness import WAIT, bounded, the_reactor
+from sprawl.client.sse import SseParser
 from sprawl.config import NodeConfig
 from sprawl.http.api import NodeInfo, SprawlAPI
 from sprawl.http.server import make_site
@@ -29,7 +30,8 @@ T0 = 1_700_000_000.0
 
 
 class SSEClient(Protocol):
-    """A raw HTTP/1.0 SSE client that parses frames as they arrive."""
+    """A raw HTTP/1.0 SSE client that parses frames as they arrive (with the clients'
+    parser, :class:`sprawl.client.sse.SseParser`, keeping the comments)."""
 
     def __init__(self, path: str, headers: dict[str, str] | None = None):
         self.path = path
@@ -38,7 +40,10 @@ class SSEClient(Protocol):
         self.head: str | None = None
         self.status: int | None = None
         self.events: list[dict[str, Any]] = []
-        self.comments: list[str] = []
+        self.parser = SseParser(keep_comments=True)
+        assert self.parser.comments is not None
+        #: The stream's comment lines so far (the parser's own list).
+        self.comments: list[str] = self.parser.comments
         self.body = b""
         self.lost = False
         self.stream: Any = None  # the server's SSEStream, once known
@@ -62,28 +67,10 @@ class SSEClient(Protocol):
             self.body += self.buf
             self.buf = b""
             return
-        while b"\n\n" in self.buf:
-            block, self.buf = self.buf.split(b"\n\n", 1)
-            self._block(block.decode("utf-8"))
+        for e in self.parser.feed(self.buf):
+            self.events.append({"event": e.event, "id": e.id, "data": json.loads(e.data)})
+        self.buf = b""
         self._check()
-
-    def _block(self, text: str) -> None:
-        ev: dict[str, Any] = {"event": "message", "id": None}
-        data: list[str] = []
-        for line in text.split("\n"):
-            if line.startswith(":"):
-                self.comments.append(line[1:].strip())
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name in ("id", "event"):
-                ev[name] = value
-        if not data:
-            return
-        ev["data"] = json.loads("\n".join(data))
-        self.events.append(ev)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True

@@ -529,12 +529,16 @@ def test_sse_parser_gives_the_same_events_for_any_split() -> None:
         SseParser(max_line=8).feed(b"data: " + b"x" * 20)
 
 
-def test_sse_parser_keeps_the_retry_the_stream_asked_for() -> None:
-    """A ``retry`` field is no event; the parser keeps the last one (the dashboard sends 2000)."""
+def test_sse_parser_keeps_the_retry_and_on_request_the_comments() -> None:
+    """A ``retry`` field is no event; the parser keeps the last one (the dashboard sends
+    2000), and the comments when asked to (the test harness waits for keepalives)."""
     parser = SseParser()
-    assert parser.retry is None
+    assert parser.retry is None and parser.comments is None
     assert parser.feed(b": dashboard\nretry: 2000\n\ndata: 1\n\n")[0].data == "1"
-    assert parser.retry == "2000"
+    assert parser.retry == "2000" and parser.comments is None
+    keeping = SseParser(keep_comments=True)
+    assert keeping.feed(b": sprawl stream\n:  keepalive\n\n") == []
+    assert keeping.comments == ["sprawl stream", "keepalive"]
 
 
 def test_tier_text_shows_s3_ranges_and_failures() -> None:

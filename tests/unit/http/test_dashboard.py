@@ -10,7 +10,7 @@ every wait is on an event with a bound in real seconds; nothing sleeps.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,10 @@ import treq
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
-from harness import bounded, the_reactor
-from sprawl.client.sse import SseParser
+from harness import bounded, inproc_sse, the_reactor
 from sprawl.config import NodeConfig
 from sprawl.http import dashboard
 from sprawl.http.api import NodeInfo, SprawlAPI
@@ -39,68 +37,11 @@ T0 = 1_700_000_000.0
 STREAM = "/v1/dashboard/stream"
 
 
-class SSEClient(Protocol):
-    """A raw HTTP/1.0 client of an SSE endpoint that parses frames as they arrive
-    (with the clients' parser, :class:`sprawl.client.sse.SseParser`)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.buf = b""
-        self.head: str | None = None
-        self.status: int | None = None
-        self.body = b""
-        self.events: list[dict[str, Any]] = []
-        self.parser = SseParser()
-        self.lost = False
-        self.closed: Deferred[None] = Deferred()
-        self._waits: list[tuple[Callable[[], bool], Deferred[None]]] = []
-
-    def connectionMade(self) -> None:
-        self.transport.write(f"GET {self.path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buf += data
-        if self.head is None:
-            if b"\r\n\r\n" not in self.buf:
-                return
-            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            self.head = head.decode("latin-1")
-            self.status = int(self.head.split()[1])
-        if self.status != 200:
-            self.body += self.buf
-            self.buf = b""
-        if self.status == 200:
-            for e in self.parser.feed(self.buf):
-                self.events.append({"event": e.event, "data": json.loads(e.data)})
-            self.buf = b""
-        self._check()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
-        self._check()
-        waits, self._waits = self._waits, []
-        for _pred, d in waits:
-            if not d.called:
-                d.errback(AssertionError(f"connection lost first; events so far: {self.events[-3:]}"))
-        self.closed.callback(None)
-
-    def _check(self) -> None:
-        for item in list(self._waits):
-            pred, d = item
-            if pred():
-                self._waits.remove(item)
-                if not d.called:
-                    d.callback(None)
-
-    def when(self, pred: Callable[[], bool]) -> Deferred[None]:
-        """Fires once ``pred()`` holds (bounded)."""
-        d: Deferred[None] = Deferred()
-        self._waits.append((pred, d))
-        self._check()
-        return bounded(d)
+class SSEClient(inproc_sse.SSEClient):
+    """The harness's raw SSE client (the clients' parser), read as dashboard snapshots."""
 
     def snapshots(self) -> list[dict[str, Any]]:
-        return [e["data"] for e in self.events if e["event"] == "message"]
+        return [e["data"] for e in self.messages]
 
     def wait_snapshots(self, n: int) -> Deferred[None]:
         return self.when(lambda: len(self.snapshots()) >= n)
