@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""One ``sprawlctl bench`` row compared between source trees, runs interleaved.
+
+    PYTHONPATH=tests python -m benchmarks.ab --server before=/tmp/old --server after=. \\
+        [--client NAME=TREE ...] [--rounds 3] -- --messages 1000000 --batch 100 \\
+        --publishers 16 --subscribers 1 --acks leader
+
+Each round, for every server tree, starts a fresh ``twistd sprawl`` with that tree on
+``PYTHONPATH`` (ports from the OS, loopback) and runs ``sprawlctl bench --json`` of every
+client tree (default: this tree) against it, in turn, so every pair sees the same background
+load.  Prints each run, then the median (and range) of each pair and the load average seen:
+on a shared machine only such interleaved figures say whether a change costs anything.
+Trees are checkouts (``git worktree add --detach /tmp/old REV``); a tree's ``sprawlctl`` is
+``sprawl.ctl:main`` as its setup.cfg names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import NodeProcess
+
+
+def _pair(value: str) -> tuple[str, Path]:
+    name, sep, tree = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=TREE, got {value!r}")
+    path = Path(tree).resolve()
+    if not (path / "sprawl" / "__init__.py").exists():
+        raise argparse.ArgumentTypeError(f"{path} holds no sprawl package")
+    return name, path
+
+
+def bench(client: Path, url: str, args: list[str]) -> dict[str, Any]:
+    """``sprawlctl bench --json ARGS`` of the ``client`` tree against ``url``: its JSON result."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPRAWL_")}
+    env.update(PYTHONPATH=str(client), SPRAWL_URL=url)
+    out = subprocess.run(
+        [sys.executable, "-c", "from sprawl.ctl import main; main()", "bench", "--json", *args],
+        env=env,
+        capture_output=True,
+        timeout=1800,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--server", type=_pair, action="append", required=True, help="NAME=TREE (repeat)")
+    ap.add_argument("--client", type=_pair, action="append", help="NAME=TREE (default: this tree)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--measure",
+        default="delivered_msgs_per_s",
+        help="the result field compared (publish_msgs_per_s, ...)",
+    )
+    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: sprawlctl bench's options")
+    a = ap.parse_args()
+    args = [x for x in a.bench_args if x != "--"]
+    here = Path(__file__).resolve().parent.parent.parent
+    clients: list[tuple[str, Path]] = a.client or [("this", here)]
+    got: dict[tuple[str, str], list[float]] = {}
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(a.rounds):
+            for sname, stree in a.server:
+                for cname, ctree in clients:
+                    node = NodeProcess(Path(tmp) / f"{sname}-{cname}-{rnd}", env={"PYTHONPATH": str(stree)})
+                    node.start()
+                    try:
+                        r = bench(ctree, node.url, args)
+                    finally:
+                        node.stop()
+                    load = os.getloadavg()[0]
+                    loads.append(load)
+                    value = float(r[a.measure])
+                    got.setdefault((sname, cname), []).append(value)
+                    print(
+                        f"round {rnd + 1} server {sname} client {cname}: {value:,.0f} ({a.measure}), "
+                        f"load {load:.1f}",
+                        flush=True,
+                    )
+    print(f"\n| server | client | {a.measure} (median) | range | runs |")
+    print("|---|---|---|---|---|")
+    for (sname, cname), values in got.items():
+        print(
+            f"| {sname} | {cname} | {statistics.median(values):,.0f} | "
+            f"{min(values):,.0f}-{max(values):,.0f} | {len(values)} |"
+        )
+    print(f"\nload average (1 min) after the runs: {min(loads):.1f}-{max(loads):.1f}")
+
+
+if __name__ == "__main__":
+    main()
