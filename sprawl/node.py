@@ -10,10 +10,11 @@ global reactor.  Services stop in reverse (the gossip adapter announces a
 graceful leave first), so on SIGTERM the node stops accepting requests,
 finishes queued commits and closes LMDB cleanly: everything acked is on disk.
 
-Two steps bind what is known only later, each in one named function:
-:func:`bind_cluster_parts` (the broker's links upward and the scrub, once the
-cluster parts built on the broker exist) and :func:`announce_http` (the HTTP
-URL, once HTTP listens).
+What is known only later is handed over by methods called here, nowhere
+else: :func:`bind_cluster_parts` (the broker's links upward, the repairs and
+the scrub to its damage map, once the cluster parts built on the broker
+exist), ``metrics.watch_state`` (the broker and the API's streams, read at
+scrape time) and :func:`announce_http` (the HTTP URL, once HTTP listens).
 """
 
 from __future__ import annotations

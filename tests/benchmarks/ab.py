@@ -10,6 +10,9 @@ Each round, for every server tree, starts a fresh ``twistd sprawl`` with that tr
 client tree (default: this tree) against it, in turn, so every pair sees the same background
 load.  Prints each run, then the median (and range) of each pair and the load average seen:
 on a shared machine only such interleaved figures say whether a change costs anything.
+Beside the rate it prints the CPU each side spent per message (the node process's user +
+system time, and the bench's with its subscriber child): unlike a rate, CPU time per
+message hardly moves with the load other jobs put on the machine.
 Trees are checkouts (``git worktree add --detach /tmp/old REV``); a tree's ``sprawlctl`` is
 ``sprawl.ctl:main`` as its setup.cfg names it.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +41,18 @@ def _pair(value: str) -> tuple[str, Path]:
     if not (path / "sprawl" / "__init__.py").exists():
         raise argparse.ArgumentTypeError(f"{path} holds no sprawl package")
     return name, path
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (and theirs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def bench(client: Path, url: str, args: list[str]) -> dict[str, Any]:
@@ -70,6 +86,8 @@ def main() -> None:
     here = Path(__file__).resolve().parent.parent.parent
     clients: list[tuple[str, Path]] = a.client or [("this", here)]
     got: dict[tuple[str, str], list[float]] = {}
+    server_us: dict[tuple[str, str], list[float]] = {}
+    client_us: dict[tuple[str, str], list[float]] = {}
     loads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(a.rounds):
@@ -78,24 +96,36 @@ def main() -> None:
                     node = NodeProcess(Path(tmp) / f"{sname}-{cname}-{rnd}", env={"PYTHONPATH": str(stree)})
                     node.start()
                     try:
+                        assert node.proc is not None
+                        s0, c0 = process_cpu(node.proc.pid), children_cpu()
                         r = bench(ctree, node.url, args)
+                        s1, c1 = process_cpu(node.proc.pid), children_cpu()
                     finally:
                         node.stop()
                     load = os.getloadavg()[0]
                     loads.append(load)
                     value = float(r[a.measure])
-                    got.setdefault((sname, cname), []).append(value)
+                    n = max(1, int(r["delivered"] or r["published"]))
+                    key = (sname, cname)
+                    got.setdefault(key, []).append(value)
+                    server_us.setdefault(key, []).append((s1 - s0) / n * 1e6)
+                    client_us.setdefault(key, []).append((c1 - c0) / n * 1e6)
                     print(
                         f"round {rnd + 1} server {sname} client {cname}: {value:,.0f} ({a.measure}), "
+                        f"CPU per message: server {server_us[key][-1]:.2f} us, bench {client_us[key][-1]:.2f} us; "
                         f"load {load:.1f}",
                         flush=True,
                     )
-    print(f"\n| server | client | {a.measure} (median) | range | runs |")
-    print("|---|---|---|---|---|")
+    print(
+        f"\n| server | client | {a.measure} (median) | range | server CPU us/msg | bench CPU us/msg | runs |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for (sname, cname), values in got.items():
+        sv, cv = server_us[(sname, cname)], client_us[(sname, cname)]
         print(
             f"| {sname} | {cname} | {statistics.median(values):,.0f} | "
-            f"{min(values):,.0f}-{max(values):,.0f} | {len(values)} |"
+            f"{min(values):,.0f}-{max(values):,.0f} | {statistics.median(sv):.2f} ({min(sv):.2f}-{max(sv):.2f}) | "
+            f"{statistics.median(cv):.2f} ({min(cv):.2f}-{max(cv):.2f}) | {len(values)} |"
         )
     print(f"\nload average (1 min) after the runs: {min(loads):.1f}-{max(loads):.1f}")
 
