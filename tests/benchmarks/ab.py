@@ -7,8 +7,8 @@
 
 Each round, for every server tree, starts a fresh ``twistd sprawl`` with that tree on
 ``PYTHONPATH`` (ports from the OS, loopback) and runs ``sprawlctl bench --json`` of every
-client tree (default: this tree) against it, in turn, so every pair sees the same background
-load.  Prints each run, then the median (and range) of each pair and the load average seen:
+client tree (default: this tree) against it, in turn (every other round in reverse order),
+so every pair sees the same background load.  Prints each run, then the median (and range) of each pair and the load average seen:
 on a shared machine only such interleaved figures say whether a change costs anything.
 Beside the rate it prints the CPU each side spent per message (the node process's user +
 system time, and the bench's with its subscriber child): unlike a rate, CPU time per
@@ -62,6 +62,7 @@ def bench(client: Path, url: str, args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", "from sprawl.ctl import main; main()", "bench", "--json", *args],
         env=env,
+        cwd=str(client),  # (``-c`` puts the working directory first on sys.path)
         capture_output=True,
         timeout=1800,
         check=True,
@@ -90,32 +91,33 @@ def main() -> None:
     client_us: dict[tuple[str, str], list[float]] = {}
     loads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
+        pairs = [(s, c) for s in a.server for c in clients]
         for rnd in range(a.rounds):
-            for sname, stree in a.server:
-                for cname, ctree in clients:
-                    node = NodeProcess(Path(tmp) / f"{sname}-{cname}-{rnd}", env={"PYTHONPATH": str(stree)})
-                    node.start()
-                    try:
-                        assert node.proc is not None
-                        s0, c0 = process_cpu(node.proc.pid), children_cpu()
-                        r = bench(ctree, node.url, args)
-                        s1, c1 = process_cpu(node.proc.pid), children_cpu()
-                    finally:
-                        node.stop()
-                    load = os.getloadavg()[0]
-                    loads.append(load)
-                    value = float(r[a.measure])
-                    n = max(1, int(r["delivered"] or r["published"]))
-                    key = (sname, cname)
-                    got.setdefault(key, []).append(value)
-                    server_us.setdefault(key, []).append((s1 - s0) / n * 1e6)
-                    client_us.setdefault(key, []).append((c1 - c0) / n * 1e6)
-                    print(
-                        f"round {rnd + 1} server {sname} client {cname}: {value:,.0f} ({a.measure}), "
-                        f"CPU per message: server {server_us[key][-1]:.2f} us, bench {client_us[key][-1]:.2f} us; "
-                        f"load {load:.1f}",
-                        flush=True,
-                    )
+            # Every other round runs the pairs in reverse: no pair always goes first.
+            for (sname, stree), (cname, ctree) in pairs if rnd % 2 == 0 else pairs[::-1]:
+                node = NodeProcess(Path(tmp) / f"{sname}-{cname}-{rnd}", env={"PYTHONPATH": str(stree)})
+                node.start()
+                try:
+                    assert node.proc is not None
+                    s0, c0 = process_cpu(node.proc.pid), children_cpu()
+                    r = bench(ctree, node.url, args)
+                    s1, c1 = process_cpu(node.proc.pid), children_cpu()
+                finally:
+                    node.stop()
+                load = os.getloadavg()[0]
+                loads.append(load)
+                value = float(r[a.measure])
+                n = max(1, int(r["delivered"] or r["published"]))
+                key = (sname, cname)
+                got.setdefault(key, []).append(value)
+                server_us.setdefault(key, []).append((s1 - s0) / n * 1e6)
+                client_us.setdefault(key, []).append((c1 - c0) / n * 1e6)
+                print(
+                    f"round {rnd + 1} server {sname} client {cname}: {value:,.0f} ({a.measure}), "
+                    f"CPU per message: server {server_us[key][-1]:.2f} us, bench {client_us[key][-1]:.2f} us; "
+                    f"load {load:.1f}",
+                    flush=True,
+                )
     print(
         f"\n| server | client | {a.measure} (median) | range | server CPU us/msg | bench CPU us/msg | runs |"
     )

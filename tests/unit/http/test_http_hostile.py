@@ -12,7 +12,6 @@ tests/unit/http/test_http_limits.py; WebSocket cases in tests/unit/http/test_web
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,10 +21,10 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import formatEvent
 
 from harness import bounded
 from harness.inproc_http import Http, Node, assert_error
+from harness.inproc_http import node as node
 from sprawl.auth import Authenticator, TokenTable
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.config import ConfigError
@@ -50,17 +49,6 @@ from sprawl.testing import FakeRPC
 BIG_HEADERS = {f"h{i:02d}": "v" * 120_000 for i in range(64)}
 KB100 = "a" * 100_000
 MAX_WAIT_S = 31  # past the longest long-poll (30 s)
-
-
-@pytest_twisted.async_yield_fixture
-async def node(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIterator[Node]:
-    """A fresh in-process node; nothing may log an error (an unexpected 500 logs one)."""
-    n = Node(tmp_path)
-    try:
-        yield n
-    finally:
-        await n.close()
-    assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
 
 
 async def publish_100k(node: Node, topic: str, n: int) -> None:
