@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sprawl.client import calls
 from sprawl.client.blocking import Client, split_urls
+from sprawl.client.e2e import DecryptError, Decryptor, Encryptor, PrivateKey, PublicKey
 from sprawl.client.errors import ClientError, event_error_text
 from sprawl.client.messages import (
     FetchResult,
@@ -40,6 +43,15 @@ from sprawl.client.messages import (
 from sprawl.client.sse import SseParser
 from sprawl.client.topics import TopicDescription
 
+_log = logging.getLogger("sprawl.client")
+
+
+def log_undecryptable(error: DecryptError) -> None:
+    """The default report of a message that could not be decrypted: a warning on the
+    ``sprawl.client`` logger (the message is not delivered)."""
+    _log.warning("not delivered: %s", error)
+
+
 #: Stream errors after which a subscription reconnects and resumes (the others are raised).
 RESUMABLE_STREAM_ERRORS = ("slow_consumer", "stopping", "token_expired")
 
@@ -49,6 +61,15 @@ class SprawlClient:
 
     ``urls``: one URL, a comma-separated list or a list of node URLs (``host:port`` means
     ``http://host:port``).  ``timeout`` bounds each connect and answer, in seconds.
+
+    End-to-end encryption (:mod:`sprawl.client.e2e`): with ``encrypt_for`` (public keys, or an
+    :class:`~sprawl.client.e2e.Encryptor`) every payload published is sealed for those
+    recipients; with ``decrypt_with`` (private keys, or a
+    :class:`~sprawl.client.e2e.Decryptor`) every message read is opened.  A message that
+    cannot be opened is never returned: it is reported to ``on_undecryptable`` (default:
+    :func:`log_undecryptable`; raise there to stop), and a group pull nacks it (redelivered
+    after ``undecryptable_nack_delay_ms``, dead-lettered after the group's
+    ``max_deliveries`` when it has a ``dead_letter_topic``).
     """
 
     def __init__(
@@ -58,8 +79,37 @@ class SprawlClient:
         token: str | None = None,
         cacert: str | None = None,
         timeout: float = 10.0,
+        encrypt_for: Sequence[PublicKey] | Encryptor | None = None,
+        decrypt_with: Sequence[PrivateKey] | Decryptor | None = None,
+        on_undecryptable: Callable[[DecryptError], object] = log_undecryptable,
+        undecryptable_nack_delay_ms: int = 1000,
     ) -> None:
         self.http = Client(split_urls([urls] if isinstance(urls, str) else urls), timeout, token, cacert)
+        if encrypt_for is not None and not isinstance(encrypt_for, Encryptor):
+            encrypt_for = Encryptor(encrypt_for)
+        if decrypt_with is not None and not isinstance(decrypt_with, Decryptor):
+            decrypt_with = Decryptor(decrypt_with)
+        #: Seals published payloads (None: sent as given).
+        self.encryptor: Encryptor | None = encrypt_for
+        #: Opens payloads read (None: returned as stored).
+        self.decryptor: Decryptor | None = decrypt_with
+        self.on_undecryptable = on_undecryptable
+        self.undecryptable_nack_delay_ms = undecryptable_nack_delay_ms
+
+    def open(self, messages: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+        """``(opened, undecryptable)``: the messages decrypted (as they are without a
+        decryptor); each one that cannot be is reported to ``on_undecryptable``."""
+        if self.decryptor is None:
+            return list(messages), []
+        opened: list[Message] = []
+        failed: list[Message] = []
+        for m in messages:
+            try:
+                opened.append(self.decryptor.open(m))
+            except DecryptError as e:
+                failed.append(m)
+                self.on_undecryptable(e)
+        return opened, failed
 
     def __repr__(self) -> str:
         return f"SprawlClient({self.http.urls!r})"
@@ -103,6 +153,8 @@ class SprawlClient:
         """Publish a batch in one request: each item a payload or a dict made by
         :func:`sprawl.client.messages.outgoing` (payload, key, headers, id)."""
         items = [m if isinstance(m, dict) else outgoing(m) for m in messages]
+        if self.encryptor is not None:
+            items = [self.encryptor.seal_item(m) for m in items]
         result: Published = self.run(calls.publish(topic, items, acks))
         return result
 
@@ -126,7 +178,9 @@ class SprawlClient:
         to go on."""
         call = calls.fetch(topic, partition, start, from_time, limit, wait_ms, max_bytes, filter, fields)
         result: FetchResult = self.run(call)
-        return result
+        if self.decryptor is None:
+            return result
+        return replace(result, messages=self.open(result.messages)[0])
 
     def subscribe(
         self,
@@ -153,7 +207,7 @@ class SprawlClient:
         if isinstance(resume, str):
             resume = parse_last_event_id(resume)
         cursor = calls.StreamCursor(topic, start, from_time, partition, resume, filter, fields)
-        return Subscription(self.http, cursor, idle_timeout, max_reconnects)
+        return Subscription(self.http, cursor, idle_timeout, max_reconnects, self.open)
 
     # -- consumer groups ----------------------------------------------------------------
 
@@ -202,8 +256,11 @@ class SprawlClient:
         """Lease up to ``max`` messages of the group (waiting up to ``wait_ms`` for one).  Each
         must be :meth:`ack`-ed before its lease (the group's ``ack_deadline_ms``) runs out,
         else it is delivered again."""
-        result: list[Message] = self.run(calls.pull(topic, group, max, wait_ms, max_bytes, filter, fields))
-        return result
+        leased: list[Message] = self.run(calls.pull(topic, group, max, wait_ms, max_bytes, filter, fields))
+        opened, failed = self.open(leased)
+        if failed:
+            self.nack(topic, group, failed, delay_ms=self.undecryptable_nack_delay_ms)
+        return opened
 
     def ack(self, topic: str, group: str, messages: Iterable[str | Message]) -> dict[str, Any]:
         """Acknowledge leased messages (or their ack ids): ``{"acked": N, "refused": {id: why}}``
@@ -267,9 +324,15 @@ class Subscription(Iterator[Message]):
     :meth:`close` ends it (so does leaving a ``with`` block)."""
 
     def __init__(
-        self, transport: Client, cursor: calls.StreamCursor, idle_timeout: float | None, max_reconnects: int
+        self,
+        transport: Client,
+        cursor: calls.StreamCursor,
+        idle_timeout: float | None,
+        max_reconnects: int,
+        opener: Callable[[list[Message]], tuple[list[Message], list[Message]]] | None = None,
     ) -> None:
         self._http = transport
+        self._open = opener
         self.cursor = cursor
         self.idle_timeout = idle_timeout
         self.max_reconnects = max_reconnects
@@ -352,7 +415,14 @@ class Subscription(Iterator[Message]):
                     value = json.loads(event.data)
                 except ValueError:
                     raise ClientError(f"malformed event data: {event.data[:80]!r}") from None
-                self._ready.append(Message.parse(self.cursor.topic, value))
+                message = Message.parse(self.cursor.topic, value)
+                if self._open is None:
+                    self._ready.append(message)
+                    continue
+                opened, failed = self._open([message])
+                self._ready += opened
+                for skipped in failed:
+                    self.cursor.delivered(skipped)
 
     def _stream_error(self, data: str) -> None:
         text = event_error_text(data)

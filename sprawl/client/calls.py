@@ -251,5 +251,6 @@ class StreamCursor:
         return format_last_event_id(self.positions) if self.positions else None
 
     def delivered(self, message: Message) -> None:
-        """Note ``message`` as delivered."""
-        self.positions[message.partition] = message.offset
+        """Note ``message`` as delivered (or skipped: the position never goes back)."""
+        p = message.partition
+        self.positions[p] = max(message.offset, self.positions.get(p, -1))

@@ -11,12 +11,29 @@ from collections.abc import Iterator
 from typing import Any
 
 #: The modules whose public names make the reference, in its order.
-MODULES = ("sprawl.client.api", "sprawl.client.txclient", "sprawl.client.messages", "sprawl.client.errors")
+MODULES = (
+    "sprawl.client.api",
+    "sprawl.client.txclient",
+    "sprawl.client.messages",
+    "sprawl.client.e2e",
+    "sprawl.client.errors",
+)
 #: Public names per module (the rest of each module is internal).
 PUBLIC: dict[str, tuple[str, ...]] = {
-    "sprawl.client.api": ("SprawlClient", "Subscription"),
+    "sprawl.client.api": ("SprawlClient", "Subscription", "log_undecryptable"),
     "sprawl.client.txclient": ("TxSprawlClient", "TxSubscription"),
     "sprawl.client.messages": ("Message", "Published", "FetchResult", "outgoing"),
+    "sprawl.client.e2e": (
+        "generate_key",
+        "save_key",
+        "load_public_keys",
+        "load_private_keys",
+        "Encryptor",
+        "Decryptor",
+        "DecryptError",
+        "PublicKey",
+        "PrivateKey",
+    ),
     "sprawl.client.errors": ("ClientError",),
 }
 
@@ -57,7 +74,8 @@ def _signature(obj: Any) -> str:
         if p.annotation is not p.empty:
             text += f": {p.annotation}"
         if p.default is not p.empty:
-            text += f" = {p.default!r}"
+            default = p.default
+            text += f" = {getattr(default, '__qualname__', None) or repr(default)}"
         parts.append(text)
     ret = f" -> {sig.return_annotation}" if sig.return_annotation is not sig.empty else ""
     return f"({', '.join(parts)}){ret}"
