@@ -51,6 +51,8 @@ H_KEYS = "sprawl-e2e-keys"
 VERSION = "1"
 _NONCE = 12
 _INFO = b"sprawl-e2e/1 key wrap"
+#: How many unwrapped data keys a Decryptor remembers.
+DATA_KEY_CACHE = 256
 #: The most recipients one message may be sealed for (each costs ~100 header bytes).
 MAX_RECIPIENTS = 32
 
@@ -249,6 +251,9 @@ class Decryptor:
         self.keys = {k.kid: k for k in keys}
         #: Refuse (DecryptError) messages that are not encrypted at all.
         self.require_encryption = require_encryption
+        # Data keys unwrapped lately, by envelope: messages sealed under a reused data key
+        # (Encryptor(reuse=N)) cost one unwrap for the batch.  Bounded; oldest dropped first.
+        self._data_keys: dict[tuple[str, str, str], AESGCM] = {}
 
     def open(self, message: Message) -> Message:
         """The message with its plaintext payload and without the envelope headers;
@@ -271,18 +276,29 @@ class Decryptor:
         kid = mine[0]
         priv = self.keys[kid]
         try:
-            epk = _unb64(h.get(H_EPHEMERAL, ""))
-            sealed_key = _unb64(wraps[kid])
-            kek = _kek(priv.key.exchange(X25519PublicKey.from_public_bytes(epk)), epk, priv.public.raw())
-            data_key = AESGCM(kek).decrypt(sealed_key[:_NONCE], sealed_key[_NONCE:], kid.encode())
+            envelope = (kid, h.get(H_EPHEMERAL, ""), wraps[kid])
+            aead = self._data_keys.get(envelope)
+            if aead is None:
+                aead = self._unwrap(priv, *envelope)
             body = message.payload
-            plain = AESGCM(data_key).decrypt(body[:_NONCE], body[_NONCE:], _aad(message.key))
+            plain = aead.decrypt(body[:_NONCE], body[_NONCE:], _aad(message.key))
         except (InvalidTag, ValueError):
             raise DecryptError(
                 message, f"does not authenticate with key {kid!r} (tampered or corrupt)"
             ) from None
         headers = {k: v for k, v in h.items() if not k.startswith(H_VERSION)}
         return replace(message, payload=plain, headers=headers)
+
+    def _unwrap(self, priv: PrivateKey, kid: str, epk_text: str, wrap: str) -> AESGCM:
+        """The data key of an envelope (remembered once it authenticated)."""
+        epk = _unb64(epk_text)
+        sealed_key = _unb64(wrap)
+        kek = _kek(priv.key.exchange(X25519PublicKey.from_public_bytes(epk)), epk, priv.public.raw())
+        aead = AESGCM(AESGCM(kek).decrypt(sealed_key[:_NONCE], sealed_key[_NONCE:], kid.encode()))
+        if len(self._data_keys) >= DATA_KEY_CACHE:
+            del self._data_keys[next(iter(self._data_keys))]
+        self._data_keys[(kid, epk_text, wrap)] = aead
+        return aead
 
     @staticmethod
     def _no_key(message: Message, kids: list[str]) -> Message:

@@ -143,3 +143,13 @@ def test_hostile_envelopes_are_decrypt_errors(payload: bytes, version: str, epk:
     headers = {H_VERSION: version, H_EPHEMERAL: epk, H_KEYS: keys + ",alice:" + epk}
     with pytest.raises(DecryptError):
         Decryptor([ALICE]).open(Message("t", 0, 0, payload, headers=headers))
+
+
+def test_a_reused_data_key_is_unwrapped_once() -> None:
+    """Messages sealed under one data key cost the consumer one unwrap (bounded cache)."""
+    enc = Encryptor([ALICE.public], reuse=50)
+    dec = Decryptor([ALICE])
+    for _ in range(50):
+        body, headers = enc.seal(b"x")
+        dec.open(Message("t", 0, 0, body, headers=headers))
+    assert len(dec._data_keys) == 1
