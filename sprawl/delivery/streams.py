@@ -122,8 +122,12 @@ class SSEStream:
         name: str | None = None,
         max_bytes: int = DEFAULT_READ_BYTES,
         expires: float | None = None,
+        select: Any = None,
     ):
         self.broker = broker
+        #: The stream's ``?filter=``/``?fields=`` (a :class:`sprawl.pubsub.filters.Selection`),
+        #: applied to each partition's records as they are read here; None: every message.
+        self.select = select
         #: The topic; None while waiting for it to be created (:meth:`wait_for_topic`).
         self.topic = topic
         self.name: str = topic.name if topic is not None else str(name)
@@ -396,7 +400,10 @@ class SSEStream:
     def _send(self, p: int, recs: list[Record]) -> None:
         """Write the records from the cursor of ``p`` on, at most
         :attr:`max_bytes` of frames in one write; the cursor moves past what
-        was written (control records included)."""
+        was written (control records included, and with a filter the messages it did not
+        select)."""
+        if self.select is not None:
+            recs = self.select.apply(recs)
         frames, used, n, nbytes = batch(recs, Record.to_sse, self.max_bytes)
         self.cursors[p] = recs[used - 1].offset + 1
         if not n:
