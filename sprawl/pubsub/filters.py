@@ -112,8 +112,9 @@ def _payload_json(r: Record) -> Any:
         return None
 
 
-def view(r: Record) -> dict[str, Any]:
-    """What a filter sees of a record (see the module docstring)."""
+def view(r: Record, with_payload: bool = True) -> dict[str, Any]:
+    """What a filter sees of a record (see the module docstring); ``with_payload=False``
+    leaves the payload unparsed (null) for a filter that does not name it."""
     return {
         "key": r.key,
         "headers": r.headers or {},
@@ -121,7 +122,7 @@ def view(r: Record) -> dict[str, Any]:
         "offset": r.offset,
         "partition": r.partition,
         "timestamp": r.timestamp,
-        "payload": _payload_json(r),
+        "payload": _payload_json(r) if with_payload else None,
     }
 
 
@@ -154,6 +155,8 @@ class Selection:
     def __init__(self, expression: str | None = None, fields: str | None = None) -> None:
         self.expression = expression
         self._filter = compile_filter(expression) if expression is not None else None
+        # A filter that never names the payload (on key or headers, say) skips parsing it.
+        self._payload = expression is not None and "payload" in expression
         self.fields = parse_fields(fields) if fields is not None else None
         #: Records looked at and records selected, for the caller's accounting.
         self.seen = 0
@@ -173,7 +176,7 @@ class Selection:
         if self._filter is None:
             return True
         try:
-            result = self._filter.search(view(r))
+            result = self._filter.search(view(r, self._payload))
         except (JMESPathError, TypeError, ValueError, RecursionError):
             return False
         return _truthy(result)

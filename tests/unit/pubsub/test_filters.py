@@ -132,3 +132,10 @@ def test_any_expression_compiles_or_is_a_filter_error(expr: str) -> None:
 def test_any_payload_evaluates(expr: str, payload: bytes | str) -> None:
     """Evaluation over any payload is a bool, never an exception."""
     assert Selection(expr).matches(rec(payload)) in (True, False)
+
+
+def test_a_filter_not_naming_the_payload_does_not_parse_it() -> None:
+    """Only an expression that names ``payload`` pays for parsing it."""
+    r = rec(ORDER, headers={"kind": "order"})
+    assert Selection("headers.kind == 'order' && !payload").matches(r) is False
+    assert Selection("headers.kind == 'order'")._payload is False
