@@ -284,6 +284,7 @@ def _stream_subscribe(
     out: Output,
     idle_timeout: float | None,
     opener: _Opener,
+    select: dict[str, str | None],
 ) -> int:
     """Print messages from the SSE stream; reconnect (with Last-Event-ID) when it drops."""
     received = 0
@@ -291,7 +292,7 @@ def _stream_subscribe(
     failures = 0
     last_message = time.monotonic()
     path = topic_path(topic, "stream")
-    query = {"from": start, "partition": partition}
+    query = {"from": start, "partition": partition, **select}
     waiting_since: float | None = None
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else None
@@ -356,6 +357,7 @@ def _group_subscribe(
     wait_ms: int,
     idle_timeout: float | None,
     opener: _Opener,
+    select: dict[str, str | None],
 ) -> int:
     """Pull, print and ack messages through consumer group ``group`` (nack what cannot be
     decrypted: it is redelivered, then dead-lettered as the group is configured)."""
@@ -373,7 +375,11 @@ def _group_subscribe(
             wait = min(wait, int(left * 1000) + 1)
         want = 100 if count is None else min(100, count - received)
         answer = client.call(
-            "POST", pull_path, {"max": want, "wait_ms": wait}, timeout=client.timeout + wait / 1000
+            "POST",
+            pull_path,
+            {"max": want, "wait_ms": wait},
+            query=select,
+            timeout=client.timeout + wait / 1000,
         )
         messages = (answer or {}).get("messages") or []
         done: list[str] = []
@@ -426,6 +432,14 @@ def _group_subscribe(
     "messages is then an error.",
 )
 @click.option(
+    "--filter",
+    "filter_expr",
+    metavar="EXPR",
+    help="Only messages this JMESPath expression selects (evaluated on the node), e.g. "
+    "\"headers.kind == 'order' && payload.total > `100`\"; with --group the node acks the others.",
+)
+@click.option("--fields", metavar="A,B.C", help="Deliver JSON payloads with only these fields.")
+@click.option(
     "--decrypt-with",
     "decrypt_with",
     multiple=True,
@@ -445,11 +459,14 @@ def subscribe(
     out: Output,
     wait_ms: int,
     idle_timeout: float,
+    filter_expr: str | None,
+    fields: str | None,
     decrypt_with: tuple[str, ...],
 ) -> None:
     """Print each message's payload on its own line as it arrives (Ctrl-C stops)."""
     client = client_of(ctx)
     opener = _Opener(decrypt_with)
+    select = {"filter": filter_expr, "fields": fields}
     if start not in ("earliest", "latest") and not start.isdigit():
         raise click.BadParameter("expected earliest, latest or an offset", param_hint="'--from'")
     try:
@@ -459,11 +476,11 @@ def subscribe(
             if partition is not None:
                 raise click.UsageError("--partition cannot be combined with --group")
             received = _group_subscribe(
-                client, topic, group, start, count, out, wait_ms, idle_timeout or None, opener
+                client, topic, group, start, count, out, wait_ms, idle_timeout or None, opener, select
             )
         else:
             received = _stream_subscribe(
-                client, topic, start, partition, count, out, idle_timeout or None, opener
+                client, topic, start, partition, count, out, idle_timeout or None, opener, select
             )
     except KeyboardInterrupt:
         return

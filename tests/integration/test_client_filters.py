@@ -126,3 +126,25 @@ def test_filter_on_clear_key_of_encrypted_messages(node: NodeProcess) -> None:
     assert sorted(m.text() for m in page.messages) == ["secret 1", "secret 4", "secret 7"]
     with pytest.raises(ClientError, match="invalid_filter"):
         reader.fetch("flt-e2e", filter="payload.[")
+
+
+def test_sprawlctl_subscribe_filter(node: NodeProcess) -> None:
+    """``sprawlctl subscribe --filter --fields`` on the stream and through a group."""
+    from click.testing import CliRunner
+
+    from sprawl.ctl import cli
+
+    def run(*args: str) -> list[dict[str, int]]:
+        r = CliRunner().invoke(cli, ["-n", node.url, "subscribe", "-t", "flt", "--from", "earliest", *args])
+        assert r.exit_code == 0, r.output
+        return [json.loads(line) for line in r.stdout.split()]
+
+    want = len(WANT)
+    streamed = run("-c", str(want), "--idle-timeout", "10", "--filter", EXPR, "--fields", "n")
+    assert sorted(m["n"] for m in streamed) == WANT and all(set(m) == {"n"} for m in streamed)
+    grouped = run(
+        "--group", "ctl-g", "-c", str(want), "--idle-timeout", "10", "--filter", EXPR, "--fields", "n"
+    )
+    assert sorted(m["n"] for m in grouped) == WANT
+    bad = CliRunner().invoke(cli, ["-n", node.url, "subscribe", "-t", "flt", "--filter", "payload.["])
+    assert bad.exit_code == 1 and "invalid_filter" in bad.output
