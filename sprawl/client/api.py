@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -30,7 +29,17 @@ from typing import Any
 
 from sprawl.client import calls
 from sprawl.client.blocking import Client, split_urls
-from sprawl.client.e2e import DecryptError, Decryptor, Encryptor, PrivateKey, PublicKey
+from sprawl.client.e2e import (
+    DecryptError,
+    Decryptor,
+    Encryptor,
+    PrivateKey,
+    PublicKey,
+    as_decryptor,
+    as_encryptor,
+    log_undecryptable,
+    open_all,
+)
 from sprawl.client.errors import ClientError, event_error_text
 from sprawl.client.messages import (
     FetchResult,
@@ -42,15 +51,6 @@ from sprawl.client.messages import (
 )
 from sprawl.client.sse import SseParser
 from sprawl.client.topics import TopicDescription
-
-_log = logging.getLogger("sprawl.client")
-
-
-def log_undecryptable(error: DecryptError) -> None:
-    """The default report of a message that could not be decrypted: a warning on the
-    ``sprawl.client`` logger (the message is not delivered)."""
-    _log.warning("not delivered: %s", error)
-
 
 #: Stream errors after which a subscription reconnects and resumes (the others are raised).
 RESUMABLE_STREAM_ERRORS = ("slow_consumer", "stopping", "token_expired")
@@ -85,31 +85,17 @@ class SprawlClient:
         undecryptable_nack_delay_ms: int = 1000,
     ) -> None:
         self.http = Client(split_urls([urls] if isinstance(urls, str) else urls), timeout, token, cacert)
-        if encrypt_for is not None and not isinstance(encrypt_for, Encryptor):
-            encrypt_for = Encryptor(encrypt_for)
-        if decrypt_with is not None and not isinstance(decrypt_with, Decryptor):
-            decrypt_with = Decryptor(decrypt_with)
         #: Seals published payloads (None: sent as given).
-        self.encryptor: Encryptor | None = encrypt_for
+        self.encryptor = as_encryptor(encrypt_for)
         #: Opens payloads read (None: returned as stored).
-        self.decryptor: Decryptor | None = decrypt_with
+        self.decryptor = as_decryptor(decrypt_with)
         self.on_undecryptable = on_undecryptable
         self.undecryptable_nack_delay_ms = undecryptable_nack_delay_ms
 
     def open(self, messages: Iterable[Message]) -> tuple[list[Message], list[Message]]:
         """``(opened, undecryptable)``: the messages decrypted (as they are without a
         decryptor); each one that cannot be is reported to ``on_undecryptable``."""
-        if self.decryptor is None:
-            return list(messages), []
-        opened: list[Message] = []
-        failed: list[Message] = []
-        for m in messages:
-            try:
-                opened.append(self.decryptor.open(m))
-            except DecryptError as e:
-                failed.append(m)
-                self.on_undecryptable(e)
-        return opened, failed
+        return open_all(self.decryptor, messages, self.on_undecryptable)
 
     def __repr__(self) -> str:
         return f"SprawlClient({self.http.urls!r})"

@@ -28,8 +28,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -303,3 +304,42 @@ class Decryptor:
     @staticmethod
     def _no_key(message: Message, kids: list[str]) -> Message:
         raise DecryptError(message, f"no key for it (sealed for key ids {', '.join(kids) or 'none'})")
+
+
+_log = logging.getLogger("sprawl.client")
+
+
+def log_undecryptable(error: DecryptError) -> None:
+    """The default report of a message that could not be decrypted: a warning on the
+    ``sprawl.client`` logger (the message is not delivered)."""
+    _log.warning("not delivered: %s", error)
+
+
+def as_encryptor(value: Sequence[PublicKey] | Encryptor | None) -> Encryptor | None:
+    """A client's ``encrypt_for``: public keys (one data key per message) or an Encryptor."""
+    return value if value is None or isinstance(value, Encryptor) else Encryptor(value)
+
+
+def as_decryptor(value: Sequence[PrivateKey] | Decryptor | None) -> Decryptor | None:
+    """A client's ``decrypt_with``: private keys or a Decryptor."""
+    return value if value is None or isinstance(value, Decryptor) else Decryptor(value)
+
+
+def open_all(
+    decryptor: Decryptor | None,
+    messages: Iterable[Message],
+    report: Callable[[DecryptError], object],
+) -> tuple[list[Message], list[Message]]:
+    """``(opened, undecryptable)``: the messages decrypted (as they are without a decryptor);
+    each one that cannot be is passed to ``report``."""
+    if decryptor is None:
+        return list(messages), []
+    opened: list[Message] = []
+    failed: list[Message] = []
+    for m in messages:
+        try:
+            opened.append(decryptor.open(m))
+        except DecryptError as e:
+            failed.append(m)
+            report(e)
+    return opened, failed

@@ -20,7 +20,7 @@ MODULES = (
 )
 #: Public names per module (the rest of each module is internal).
 PUBLIC: dict[str, tuple[str, ...]] = {
-    "sprawl.client.api": ("SprawlClient", "Subscription", "log_undecryptable"),
+    "sprawl.client.api": ("SprawlClient", "Subscription"),
     "sprawl.client.txclient": ("TxSprawlClient", "TxSubscription"),
     "sprawl.client.messages": ("Message", "Published", "FetchResult", "outgoing"),
     "sprawl.client.e2e": (
@@ -33,6 +33,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "DecryptError",
         "PublicKey",
         "PrivateKey",
+        "log_undecryptable",
     ),
     "sprawl.client.errors": ("ClientError",),
 }

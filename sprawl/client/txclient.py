@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import treq
@@ -30,6 +31,17 @@ from twisted.web.iweb import IAgent
 from sprawl.client import calls
 from sprawl.client.api import RESUMABLE_STREAM_ERRORS
 from sprawl.client.blocking import MAX_429_RETRIES, split_urls
+from sprawl.client.e2e import (
+    DecryptError,
+    Decryptor,
+    Encryptor,
+    PrivateKey,
+    PublicKey,
+    as_decryptor,
+    as_encryptor,
+    log_undecryptable,
+    open_all,
+)
 from sprawl.client.errors import (
     ClientError,
     error_text,
@@ -55,7 +67,8 @@ def _agent(reactor: Any, cacert: str | None) -> HTTPClient:
 
 class TxSprawlClient:
     """A Twisted client of a Sprawl cluster (see the module docstring); ``reactor`` defaults
-    to the global one."""
+    to the global one.  ``encrypt_for``, ``decrypt_with``, ``on_undecryptable`` and
+    ``undecryptable_nack_delay_ms`` work as in :class:`sprawl.client.SprawlClient`."""
 
     def __init__(
         self,
@@ -65,6 +78,10 @@ class TxSprawlClient:
         cacert: str | None = None,
         timeout: float = 10.0,
         reactor: Any = None,
+        encrypt_for: Sequence[PublicKey] | Encryptor | None = None,
+        decrypt_with: Sequence[PrivateKey] | Decryptor | None = None,
+        on_undecryptable: Callable[[DecryptError], object] = log_undecryptable,
+        undecryptable_nack_delay_ms: int = 1000,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -75,6 +92,15 @@ class TxSprawlClient:
         self.timeout = timeout
         self.token = token
         self._http = _agent(reactor, cacert)
+        #: End-to-end encryption, as :class:`sprawl.client.SprawlClient` does it.
+        self.encryptor = as_encryptor(encrypt_for)
+        self.decryptor = as_decryptor(decrypt_with)
+        self.on_undecryptable = on_undecryptable
+        self.undecryptable_nack_delay_ms = undecryptable_nack_delay_ms
+
+    def open(self, messages: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+        """``(opened, undecryptable)`` (see :meth:`sprawl.client.SprawlClient.open`)."""
+        return open_all(self.decryptor, messages, self.on_undecryptable)
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", **(extra or {})}
@@ -165,6 +191,8 @@ class TxSprawlClient:
     ) -> Deferred[Published]:
         """Publish a batch in one request."""
         items = [m if isinstance(m, dict) else outgoing(m) for m in messages]
+        if self.encryptor is not None:
+            items = [self.encryptor.seal_item(m) for m in items]
         return self.run(calls.publish(topic, items, acks))
 
     def fetch(
@@ -182,7 +210,10 @@ class TxSprawlClient:
     ) -> Deferred[FetchResult]:
         """Read one partition (see :meth:`sprawl.client.SprawlClient.fetch`)."""
         call = calls.fetch(topic, partition, start, from_time, limit, wait_ms, max_bytes, filter, fields)
-        return self.run(call)
+        d: Deferred[FetchResult] = self.run(call)
+        if self.decryptor is None:
+            return d
+        return d.addCallback(lambda r: replace(r, messages=self.open(r.messages)[0]))
 
     def create_group(self, topic: str, group: str, **config: Any) -> Deferred[dict[str, Any]]:
         """Create or update a consumer group (``start``, ``ack_deadline_ms``,
@@ -208,8 +239,17 @@ class TxSprawlClient:
         filter: str | None = None,
         fields: Iterable[str] | None = None,
     ) -> Deferred[list[Message]]:
-        """Lease up to ``max`` messages of the group."""
-        return self.run(calls.pull(topic, group, max, wait_ms, max_bytes, filter, fields))
+        """Lease up to ``max`` messages of the group (those that cannot be decrypted are
+        nacked, as :meth:`sprawl.client.SprawlClient.pull` does)."""
+        call = calls.pull(topic, group, max, wait_ms, max_bytes, filter, fields)
+        return Deferred.fromCoroutine(self._pull(topic, group, call))
+
+    async def _pull(self, topic: str, group: str, call: calls.Call) -> list[Message]:
+        leased: list[Message] = await self.run(call)
+        opened, failed = self.open(leased)
+        if failed:
+            await self.run(calls.nack(topic, group, failed, self.undecryptable_nack_delay_ms))
+        return opened
 
     def ack(self, topic: str, group: str, messages: Iterable[str | Message]) -> Deferred[dict[str, Any]]:
         """Acknowledge leased messages."""
@@ -290,6 +330,8 @@ class TxSubscription:
         self.reconnects = 0
         self._closed = False
         self._current: Deferred[Any] | None = None
+        self._response: Any = None
+        self._reader: _EventReader | None = None
         self.done: Deferred[None] = Deferred.fromCoroutine(self._loop())
 
     @property
@@ -298,8 +340,16 @@ class TxSubscription:
         return self.cursor.last_event_id
 
     def close(self) -> None:
-        """Stop the subscription; :attr:`done` fires with None."""
+        """Stop the subscription and close its connection; :attr:`done` fires with None."""
         self._closed = True
+        if self._reader is not None:
+            self._reader.closed = True
+        if self._response is not None:
+            # Twisted's Response gives no public way to drop the connection of a body being
+            # delivered; its transport proxy does (else the next chunk ends it, see feed()).
+            proxy = getattr(getattr(self._response, "original", self._response), "_transport", None)
+            if proxy is not None:
+                proxy.stopProducing()
         if self._current is not None:
             self._current.cancel()
 
@@ -342,15 +392,21 @@ class TxSubscription:
                 body = await treq.content(resp)
                 raise ClientError(error_text(resp.code, body))
             c._prefer(url)
-            reader = _EventReader(self.cursor, self.on_message)
+            reader = self._reader = _EventReader(self.cursor, self.on_message, c.open)
+            self._response = resp
             collecting = treq.collect(resp, reader.feed)
             self._current = collecting
             try:
                 await collecting
             except defer.CancelledError:
-                raise
+                if reader.failure is None:
+                    raise
             except Exception:
-                pass  # the stream broke: reconnect
+                pass  # the stream broke (or on_message raised): see below
+            finally:
+                self._response = self._reader = None
+            if reader.failure is not None:
+                raise reader.failure  # on_message raised: the subscription ends with it
             if reader.error is not None and not reader.error.startswith(RESUMABLE_STREAM_ERRORS):
                 raise ClientError(reader.error)
             return reader.delivered
@@ -360,9 +416,19 @@ class TxSubscription:
 class _EventReader:
     """The SSE events of one connection, each message noted in the cursor and handed on."""
 
-    def __init__(self, cursor: calls.StreamCursor, on_message: Callable[[Message], object]) -> None:
+    def __init__(
+        self,
+        cursor: calls.StreamCursor,
+        on_message: Callable[[Message], object],
+        opener: Callable[[list[Message]], tuple[list[Message], list[Message]]],
+    ) -> None:
         self.cursor = cursor
         self.on_message = on_message
+        self.opener = opener
+        #: What ``on_message`` raised (the stream is then read no further).
+        self.failure: BaseException | None = None
+        #: Set by :meth:`TxSubscription.close`: the next chunk ends the connection.
+        self.closed = False
         self.parser = SseParser()
         self.delivered = 0
         #: The ``code: message`` of an ``error`` event (the stream ends after it).
@@ -370,13 +436,22 @@ class _EventReader:
 
     def feed(self, data: bytes) -> None:
         """Take a chunk of the body."""
+        if self.closed:
+            raise defer.CancelledError("subscription closed")
         for event in self.parser.feed(data):
-            if self.error is not None:
+            if self.error is not None or self.failure is not None:
                 return
             if event.event == "error":
                 self.error = event_error_text(event.data)
             elif event.event == "message":
                 message = Message.parse(self.cursor.topic, json.loads(event.data))
+                opened, _ = self.opener([message])
                 self.cursor.delivered(message)
                 self.delivered += 1
-                self.on_message(message)
+                for m in opened:
+                    try:
+                        self.on_message(m)
+                    except Exception as exc:
+                        # Raised out of the collector, it makes treq close the connection.
+                        self.failure = exc
+                        raise

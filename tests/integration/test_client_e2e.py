@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 from click.testing import CliRunner, Result
 
 from harness import NodeProcess, poll_until
-from sprawl.client import SprawlClient
+from harness.reactor import bounded, the_reactor
+from sprawl.client import SprawlClient, TxSprawlClient
 from sprawl.client.e2e import H_VERSION, DecryptError, Decryptor, generate_key
 from sprawl.ctl import cli
 
@@ -131,3 +134,35 @@ def test_library_encrypt_decrypt_and_dead_letter(node: NodeProcess, tmp_path: Pa
     assert len(reports) == 2 and "no key" in str(reports[0])
     dead = SprawlClient(node.url).fetch("e2e-dlq", wait_ms=5000).messages[0]
     assert Decryptor([alice]).open(dead).payload == b"pay 100 to carol"
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_client_encrypts_and_decrypts(node: NodeProcess) -> None:
+    """TxSprawlClient seals, opens on fetch and on its subscription, nacks what a group
+    consumer cannot open, and a subscription whose callback raises ends with that error."""
+    alice, mallory = generate_key("alice"), generate_key("mallory")
+    c = TxSprawlClient(node.url, reactor=the_reactor(), encrypt_for=[alice.public], decrypt_with=[alice])
+    await bounded(c.publish("e2e-tx", b"tx secret", key="k"))
+    page = await bounded(c.fetch("e2e-tx"))
+    assert page.messages[0].payload == b"tx secret"
+    raw = SprawlClient(node.url).fetch("e2e-tx").messages[0]
+    assert raw.payload != b"tx secret" and H_VERSION in raw.headers
+
+    reports: list[DecryptError] = []
+    stranger = TxSprawlClient(
+        node.url, reactor=the_reactor(), decrypt_with=[mallory], on_undecryptable=reports.append
+    )
+    await bounded(stranger.create_group("e2e-tx", "g", start="earliest"))
+    assert await bounded(stranger.pull("e2e-tx", "g", 5, wait_ms=2000)) == []
+    assert len(reports) == 1 and SprawlClient(node.url).describe_group("e2e-tx", "g")["in_flight"] <= 1
+
+    seen: list[bytes] = []
+
+    def boom(m: Any) -> None:
+        seen.append(m.payload)
+        raise RuntimeError("handler failed")
+
+    sub = c.subscribe("e2e-tx", boom, start="earliest")
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await bounded(sub.done)
+    assert seen == [b"tx secret"]

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import deferLater
 
 from harness import NodeProcess, free_port
+from harness.nodes import metric_value
 from harness.reactor import bounded, the_reactor
 from sprawl.client import ClientError, Message, SprawlClient, TxSprawlClient, outgoing
 
@@ -145,6 +147,13 @@ async def test_twisted_client(node: NodeProcess) -> None:
     sub = c.subscribe("lib-tx", on_message, start="earliest")
     await bounded(c.publish("lib-tx", "world", key="k"))
     await bounded(two)
+    assert metric_value(node.url, "sprawl_stream_subscribers") >= 1
     sub.close()
     await bounded(sub.done)
     assert seen == ["hello", "world"] and sub.last_event_id is not None
+    # close() drops the connection at once (not at the next keepalive): the node sees it go.
+    for _ in range(100):
+        if metric_value(node.url, "sprawl_stream_subscribers") == 0:
+            break
+        await bounded(deferLater(the_reactor(), 0.05, lambda: None))
+    assert metric_value(node.url, "sprawl_stream_subscribers") == 0
