@@ -157,3 +157,59 @@ async def test_twisted_client(node: NodeProcess) -> None:
             break
         await bounded(deferLater(the_reactor(), 0.05, lambda: None))
     assert metric_value(node.url, "sprawl_stream_subscribers") == 0
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, dict[str, str]]]:
+    """A node serving HTTPS with a test CA and requiring bearer tokens."""
+    import json
+
+    from harness.pki import make_test_pki
+
+    base = Path(tmp_path_factory.mktemp("client-tls"))
+    pki = make_test_pki(base / "pki")
+    tokens = base / "tokens.json"
+    tokens.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {"name": "app", "token": TOKEN, "permissions": {"*": ["publish", "subscribe", "admin"]}}
+                ]
+            }
+        )
+    )
+    args = ("--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--auth-tokens", str(tokens))
+    with NodeProcess(base / "n", *args) as n:
+        yield n, pki
+
+
+TOKEN = "client-lib-test-token-0123456789"
+
+
+def test_tls_and_token(tls_node: tuple[NodeProcess, dict[str, str]]) -> None:
+    """https checked against the CA, the token sent: publish and subscribe work; without the
+    token a 401, with another CA a certificate failure."""
+    node, pki = tls_node
+    url = node.url.replace("http://", "https://")
+    c = SprawlClient(url, token=TOKEN, cacert=pki["ca"])
+    c.publish("lib-tls", "over tls")
+    with c.subscribe("lib-tls", start="earliest", idle_timeout=10) as sub:
+        assert next(sub).text() == "over tls"
+    with pytest.raises(ClientError, match=r"unauthorized|401"):
+        SprawlClient(url, cacert=pki["ca"]).list_topics()
+    with pytest.raises(ClientError, match=r"(?i)certificate"):
+        SprawlClient(url, token=TOKEN, cacert=pki["other_ca"]).list_topics()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_client_tls_and_token(tls_node: tuple[NodeProcess, dict[str, str]]) -> None:
+    """The Twisted client checks the node's certificate against ``cacert`` and sends the token."""
+    node, pki = tls_node
+    url = node.url.replace("http://", "https://")
+    c = TxSprawlClient(url, token=TOKEN, cacert=pki["ca"], reactor=the_reactor())
+    pub = await bounded(c.publish("lib-tls-tx", "over tls"))
+    got = await bounded(c.fetch("lib-tls-tx", pub.partitions[0], pub.offsets[0]))
+    assert got.messages[0].text() == "over tls"
+    stranger = TxSprawlClient(url, token=TOKEN, cacert=pki["other_ca"], reactor=the_reactor())
+    with pytest.raises(ClientError, match="cannot reach"):
+        await bounded(stranger.list_topics())
