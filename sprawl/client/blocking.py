@@ -153,13 +153,17 @@ class Client:
         query: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> Reply:
         """Send one request to the first node that answers and return its reply.
 
         A node that cannot be connected to is skipped. A node that times out, drops the
         connection after the request was sent or answers 503 (unavailable) is skipped only for
-        idempotent methods, so a publish is never silently sent twice.
+        idempotent requests (by default GET, HEAD, PUT and DELETE; ``idempotent`` says so for
+        others, e.g. a publish whose messages all carry ids), so a publish is never silently
+        sent twice.
         """
+        safe = method in _IDEMPOTENT if idempotent is None else idempotent
         hdrs = {"Accept": "application/json", "User-Agent": self.user_agent, **self._auth_headers()}
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -184,14 +188,14 @@ class Client:
                     resp = conn.getresponse()
                     data = resp.read()
                 except (OSError, http.client.HTTPException) as exc:
-                    if method in _IDEMPOTENT:
+                    if safe:
                         errors.append(f"{url}: {failure_reason(exc)}")
                         continue
                     raise ClientError(
                         f"{url}: {failure_reason(exc)} (the request may or may not have been applied)"
                     ) from None
                 reply = Reply(url, resp.status, resp.headers, data, time.monotonic() - start)
-                if reply.status == 503 and method in _IDEMPOTENT:
+                if reply.status == 503 and safe:
                     unavailable = unavailable or reply
                     continue
                 self._prefer(url)

@@ -15,7 +15,16 @@ from typing import IO, Any
 import click
 
 from sprawl.client.blocking import Client, topic_path
+from sprawl.client.e2e import (
+    H_VERSION,
+    DecryptError,
+    Decryptor,
+    Encryptor,
+    load_private_keys,
+    load_public_keys,
+)
 from sprawl.client.errors import ClientError, event_error_text
+from sprawl.client.messages import Message
 from sprawl.client.sse import sse_events
 from sprawl.ctl.root import ACKS, CtlError, Output, cell, cli, client_of, json_option, write_line
 
@@ -40,6 +49,39 @@ def message_bytes(msg: dict[str, Any]) -> bytes:
 
 def _emit_message(msg: dict[str, Any], out: Output) -> None:
     out.show(msg, lambda m: write_line(message_bytes(m)))
+
+
+class _Opener:
+    """What ``subscribe --decrypt-with`` does to each message: decrypt it, or say on stderr why
+    it cannot be (it is then not printed)."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        try:
+            self.decryptor = Decryptor(load_private_keys(paths)) if paths else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--decrypt-with'") from None
+
+    def open(self, topic: str, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The message with its plaintext payload, or None (reported) when it cannot be opened."""
+        if self.decryptor is None:
+            return msg
+        try:
+            opened = self.decryptor.open(Message.parse(topic, msg))
+        except DecryptError as exc:
+            click.echo(f"sprawlctl: warning: not delivered: {exc}", err=True)
+            return None
+        out = {k: v for k, v in msg.items() if k not in ("payload", "payload_b64", "headers")}
+        out["headers"] = opened.headers
+        return {**out, **_payload_field(opened.payload)}
+
+
+def _encryptor(paths: tuple[str, ...]) -> Encryptor | None:
+    if not paths:
+        return None
+    try:
+        return Encryptor(load_public_keys(paths))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--encrypt-for'") from None
 
 
 def _payload_field(data: bytes | str) -> dict[str, str]:
@@ -120,6 +162,14 @@ def _publish_lines(answer: Any) -> None:
 @click.option("--id", "msg_id", help="Message id for idempotent publish.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="NAME=VALUE", help="Message header.")
 @click.option("--acks", type=ACKS, help="Wait for quorum (default), leader or no acknowledgement.")
+@click.option(
+    "--encrypt-for",
+    "encrypt_for",
+    multiple=True,
+    metavar="KEYFILE",
+    type=click.Path(dir_okay=False),
+    help="Encrypt each payload end to end for this public key file (repeat for more recipients).",
+)
 @json_option()
 @click.pass_context
 def publish(
@@ -132,10 +182,12 @@ def publish(
     msg_id: str | None,
     headers: tuple[str, ...],
     acks: str | None,
+    encrypt_for: tuple[str, ...],
     out: Output,
 ) -> None:
     """Publish messages to a topic; prints offset, partition and id of each."""
     client = client_of(ctx)
+    encryptor = _encryptor(encrypt_for)
     if (message is None) == (path is None):
         raise click.UsageError("give exactly one of -m/--message and -f/--file")
     header_map: dict[str, str] = {}
@@ -153,7 +205,14 @@ def publish(
         extra["id"] = msg_id
     url_path = topic_path(topic, "messages")
 
+    if encryptor is not None and any(h.startswith(H_VERSION) for h in header_map):
+        raise click.BadParameter(
+            f"headers starting with {H_VERSION!r} are the envelope's", param_hint="'--header'"
+        )
+
     def send(messages: list[dict[str, Any]]) -> None:
+        if encryptor is not None:
+            messages = [encryptor.seal_item(m) for m in messages]
         body: dict[str, Any] = {"messages": messages}
         if acks is not None:
             body["acks"] = acks
@@ -172,7 +231,7 @@ def publish(
                 data = fh.read()
         except OSError as exc:
             raise CtlError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if count == 1 and not extra and acks is None:
+        if count == 1 and not extra and acks is None and encryptor is None:
             # One raw message: the body is the payload, byte for byte.
             reply = client.request("POST", url_path, body=data).check()
             out.show(reply.json(), _publish_lines)
@@ -224,6 +283,8 @@ def _stream_subscribe(
     count: int | None,
     out: Output,
     idle_timeout: float | None,
+    opener: _Opener,
+    select: dict[str, str | None],
 ) -> int:
     """Print messages from the SSE stream; reconnect (with Last-Event-ID) when it drops."""
     received = 0
@@ -231,7 +292,7 @@ def _stream_subscribe(
     failures = 0
     last_message = time.monotonic()
     path = topic_path(topic, "stream")
-    query = {"from": start, "partition": partition}
+    query = {"from": start, "partition": partition, **select}
     waiting_since: float | None = None
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else None
@@ -264,11 +325,14 @@ def _stream_subscribe(
                     msg = json.loads(event.data)
                 except ValueError:
                     raise CtlError(f"malformed event data: {event.data[:80]!r}") from None
-                _emit_message(msg, out)
-                received += 1
                 failures = 0
                 last_message = time.monotonic()
                 last_id = event.id or last_id
+                shown = opener.open(topic, msg)
+                if shown is None:
+                    continue
+                _emit_message(shown, out)
+                received += 1
                 if count is not None and received >= count:
                     return received
             if idle_timeout and time.monotonic() - last_message > idle_timeout:
@@ -292,8 +356,11 @@ def _group_subscribe(
     out: Output,
     wait_ms: int,
     idle_timeout: float | None,
+    opener: _Opener,
+    select: dict[str, str | None],
 ) -> int:
-    """Pull, print and ack messages through consumer group ``group``."""
+    """Pull, print and ack messages through consumer group ``group`` (nack what cannot be
+    decrypted: it is redelivered, then dead-lettered as the group is configured)."""
     client.call("PUT", topic_path(topic, "groups", group), {"start": start})
     pull_path = topic_path(topic, "groups", group, "pull")
     ack_path = topic_path(topic, "groups", group, "ack")
@@ -308,15 +375,30 @@ def _group_subscribe(
             wait = min(wait, int(left * 1000) + 1)
         want = 100 if count is None else min(100, count - received)
         answer = client.call(
-            "POST", pull_path, {"max": want, "wait_ms": wait}, timeout=client.timeout + wait / 1000
+            "POST",
+            pull_path,
+            {"max": want, "wait_ms": wait},
+            query=select,
+            timeout=client.timeout + wait / 1000,
         )
         messages = (answer or {}).get("messages") or []
+        done: list[str] = []
+        refused: list[str] = []
         for msg in messages:
-            _emit_message(msg, out)
+            shown = opener.open(topic, msg)
+            if shown is None:
+                refused.append(msg["ack_id"])
+                continue
+            _emit_message(shown, out)
+            done.append(msg["ack_id"])
+        if done:
+            client.call("POST", ack_path, {"ack_ids": done})
+        if refused:
+            nack = {"ack_ids": refused, "delay_ms": 1000}
+            client.call("POST", topic_path(topic, "groups", group, "nack"), nack)
         if messages:
-            client.call("POST", ack_path, {"ack_ids": [m["ack_id"] for m in messages]})
             last_message = time.monotonic()
-        received += len(messages)
+        received += len(done)
     return received
 
 
@@ -349,6 +431,23 @@ def _group_subscribe(
     help="Stop after S seconds without a message (0 = never); with -c, fewer than -c "
     "messages is then an error.",
 )
+@click.option(
+    "--filter",
+    "filter_expr",
+    metavar="EXPR",
+    help="Only messages this JMESPath expression selects (evaluated on the node), e.g. "
+    "\"headers.kind == 'order' && payload.total > `100`\"; with --group the node acks the others.",
+)
+@click.option("--fields", metavar="A,B.C", help="Deliver JSON payloads with only these fields.")
+@click.option(
+    "--decrypt-with",
+    "decrypt_with",
+    multiple=True,
+    metavar="KEYFILE",
+    type=click.Path(dir_okay=False),
+    help="Decrypt end-to-end encrypted payloads with this private key file (repeat while keys "
+    "rotate); a message none opens is reported on stderr and not printed (with --group: nacked).",
+)
 @click.pass_context
 def subscribe(
     ctx: click.Context,
@@ -360,9 +459,14 @@ def subscribe(
     out: Output,
     wait_ms: int,
     idle_timeout: float,
+    filter_expr: str | None,
+    fields: str | None,
+    decrypt_with: tuple[str, ...],
 ) -> None:
     """Print each message's payload on its own line as it arrives (Ctrl-C stops)."""
     client = client_of(ctx)
+    opener = _Opener(decrypt_with)
+    select = {"filter": filter_expr, "fields": fields}
     if start not in ("earliest", "latest") and not start.isdigit():
         raise click.BadParameter("expected earliest, latest or an offset", param_hint="'--from'")
     try:
@@ -372,10 +476,12 @@ def subscribe(
             if partition is not None:
                 raise click.UsageError("--partition cannot be combined with --group")
             received = _group_subscribe(
-                client, topic, group, start, count, out, wait_ms, idle_timeout or None
+                client, topic, group, start, count, out, wait_ms, idle_timeout or None, opener, select
             )
         else:
-            received = _stream_subscribe(client, topic, start, partition, count, out, idle_timeout or None)
+            received = _stream_subscribe(
+                client, topic, start, partition, count, out, idle_timeout or None, opener, select
+            )
     except KeyboardInterrupt:
         return
     if count is not None and received < count:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from functools import partial
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 from twisted.internet.defer import CancelledError, Deferred
@@ -34,6 +34,16 @@ if TYPE_CHECKING:
     from sprawl.topics import Topic
 
 log = Logger()
+
+
+class RecordSelection(Protocol):
+    """What a stream applies to each partition's records as it reads them (a
+    :class:`sprawl.pubsub.filters.Selection`, from the layer above)."""
+
+    def apply(self, recs: list[Record]) -> list[Record]:
+        """The records with the unselected ones replaced by control records."""
+        ...
+
 
 CHUNK = 1000
 
@@ -130,8 +140,12 @@ class SSEStream:
         name: str | None = None,
         max_bytes: int = DEFAULT_READ_BYTES,
         expires: float | None = None,
+        select: RecordSelection | None = None,
     ):
         self.broker = broker
+        #: The stream's ``?filter=``/``?fields=`` (a :class:`sprawl.pubsub.filters.Selection`),
+        #: applied to each partition's records as they are read here; None: every message.
+        self.select: RecordSelection | None = select
         #: The topic; None while waiting for it to be created (:meth:`wait_for_topic`),
         #: when no read runs (typed as set: every read path runs once it is).
         self.topic: Topic = cast("Topic", topic)
@@ -408,7 +422,10 @@ class SSEStream:
     def _send(self, p: int, recs: list[Record]) -> None:
         """Write the records from the cursor of ``p`` on, at most
         :attr:`max_bytes` of frames in one write; the cursor moves past what
-        was written (control records included)."""
+        was written (control records included, and with a filter the messages it did not
+        select)."""
+        if self.select is not None:
+            recs = self.select.apply(recs)
         frames, used, n, nbytes = batch(recs, Record.to_sse, self.max_bytes)
         self.cursors[p] = recs[used - 1].offset + 1
         if not n:

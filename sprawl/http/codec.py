@@ -23,6 +23,7 @@ from sprawl.delivery.groups import Delivery
 from sprawl.errors import BadRequest, Overloaded, PayloadTooLarge, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, MAX_READ_BYTES, Record
 from sprawl.pubsub import ACKS, PublishResult
+from sprawl.pubsub.filters import FilterError, Selection
 
 # The namespace the API's log lines have always had (operators filter on it).
 log = Logger(namespace="sprawl.http.api")
@@ -393,3 +394,15 @@ def unwrap_first_error(f: Failure) -> Any:
     """``gatherResults`` wraps the first failure; answer with the original."""
     sub = getattr(f.value, "subFailure", None)
     return sub if sub is not None else f
+
+
+# -- server-side filters and projections ------------------------------------------------
+
+
+def selection_arg(request: Request) -> Selection | None:
+    """``?filter=EXPR`` and ``?fields=a,b.c`` (:mod:`sprawl.pubsub.filters`), or None; a bad
+    one is a 400 ``invalid_filter`` naming the error."""
+    try:
+        return Selection.of(arg(request, "filter"), arg(request, "fields"))
+    except FilterError as exc:
+        raise BadRequest(str(exc), code="invalid_filter") from None

@@ -26,6 +26,7 @@ from sprawl.http.codec import (
     encode,
     int_arg,
     max_bytes_arg,
+    selection_arg,
     start_spec,
     unwrap_first_error,
 )
@@ -34,6 +35,7 @@ from sprawl.interfaces import Clock, MessagePlane
 from sprawl.log.record import Record
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
+from sprawl.pubsub.filters import Selection
 from sprawl.topics import Topic
 
 #: The least a multi-partition fetch reads of each partition (its budget is
@@ -63,6 +65,7 @@ class FetchRoute:
 
     def fetch(self, request: Request, topic: str) -> object:
         """``GET .../messages``: validate the query, then read (or wait for the topic)."""
+        selection_arg(request)  # a bad filter is a 400 before anything is read
         t = self.broker.topics.get(topic)
         if t is None:
             wait_ms = int_arg(request, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
@@ -255,17 +258,22 @@ class FetchRoute:
         if len(parts) > 1:
             recs.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
             recs = recs[:limit]
-        encoded = [r.to_json() for r in recs]
-        total = 0
-        trimmed = False
-        for i, j in enumerate(encoded):
-            total += len(j) + 1
-            if total > max_bytes and i:
-                recs, encoded, trimmed = recs[:i], encoded[:i], True
-                break
+        select = selection_arg(request)
+        if select is not None:
+            recs, encoded, visited, trimmed = _selected(select, recs, max_bytes)
+        else:
+            encoded = [r.to_json() for r in recs]
+            total = 0
+            trimmed = False
+            for i, j in enumerate(encoded):
+                total += len(j) + 1
+                if total > max_bytes and i:
+                    recs, encoded, trimmed = recs[:i], encoded[:i], True
+                    break
+            visited = recs
         if len(parts) > 1 or trimmed:
             nexts = dict(starts)
-            for r in recs:
+            for r in visited:
                 nexts[r.partition] = max(nexts[r.partition], r.offset + 1)
         m = self.metrics
         if m is not None and recs:
@@ -277,6 +285,28 @@ class FetchRoute:
         body += b',"high_watermarks":' + encode({str(p): o for p, o in hws.items()}) + b"}"
         request.setHeader(b"content-type", JSON)
         return body
+
+
+def _selected(
+    select: Selection, recs: list[Record], max_bytes: int
+) -> tuple[list[Record], list[bytes], list[Record], bool]:
+    """``(selected, their JSON, visited, trimmed)`` of a filtered fetch: the records the
+    selection keeps (shaped), in order, until their JSON reaches ``max_bytes`` (one at least);
+    ``visited`` are the records looked at (kept or not: the cursors move past them)."""
+    kept: list[Record] = []
+    encoded: list[bytes] = []
+    total = 0
+    for i, r in enumerate(recs):
+        got = select.one(r)
+        if got is None:
+            continue
+        j = got.to_json()
+        total += len(j) + 1
+        if total > max_bytes and kept:
+            return kept, encoded, recs[:i], True
+        kept.append(got)
+        encoded.append(j)
+    return kept, encoded, recs, False
 
 
 def _sleep(clock: Clock, seconds: float) -> Deferred[None]:

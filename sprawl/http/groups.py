@@ -16,12 +16,13 @@ from twisted.web.server import Request
 
 from sprawl.delivery.groups import ConsumerGroup, Delivery
 from sprawl.errors import BadRequest
-from sprawl.http.codec import JSON, MAX_FETCH, MAX_WAIT_MS, ack_ids, json_body, leased
+from sprawl.http.codec import JSON, MAX_FETCH, MAX_WAIT_MS, ack_ids, json_body, leased, selection_arg
 from sprawl.http.messages import principal_of
 from sprawl.interfaces import MessagePlane, MetadataControl
 from sprawl.log.record import DEFAULT_READ_BYTES, MAX_READ_BYTES, Record
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
+from sprawl.pubsub.filters import Selection
 from sprawl.topics import Topic
 
 
@@ -92,10 +93,13 @@ class ConsumerGroupRoutes:
         mx = _int_field(body, "max", 10, 1, MAX_FETCH)
         wait_ms = _int_field(body, "wait_ms", 0, 0, MAX_WAIT_MS)
         max_bytes = _int_field(body, "max_bytes", DEFAULT_READ_BYTES, 1, MAX_READ_BYTES)
+        select = selection_arg(request)
         t = self.broker.get_topic(topic)
         self.broker.get_group(t, group)
         d = defer.ensureDeferred(self.plane.groups.pull(t, group, mx, wait_ms, max_bytes))
         request.notifyFinish().addErrback(lambda _: d.cancel())
+        if select is not None:
+            d.addCallback(self._selected, select, t, group)
 
         def answer(got: list[tuple[Delivery, Record]]) -> bytes:
             parts = [leased(dv, r) for dv, r in got]
@@ -106,6 +110,24 @@ class ConsumerGroupRoutes:
             return b'{"messages":[' + b",".join(parts) + b"]}"
 
         return d.addCallback(answer)
+
+    def _selected(
+        self, got: list[tuple[Delivery, Record]], select: Selection, t: Topic, group: str
+    ) -> Deferred[list[tuple[Delivery, Record]]]:
+        """The leases of a filtered pull: those the filter selects (shaped by ``fields``); the
+        others are acked here, by the node, so the group moves past them."""
+        kept: list[tuple[Delivery, Record]] = []
+        skipped: list[str] = []
+        for dv, r in got:
+            shaped = select.one(r)
+            if shaped is None:
+                skipped.append(dv.ack_id)
+            else:
+                kept.append((dv, shaped))
+        if not skipped:
+            return defer.succeed(kept)
+        d = defer.ensureDeferred(self.plane.groups.settle(t, group, skipped, False))
+        return d.addCallback(lambda _: kept)
 
     def ack(self, request: Request, topic: str, group: str) -> object:
         """Ack deliveries: ``{"acked", "refused"}``."""

@@ -28,6 +28,7 @@ from sprawl.http.codec import (
     parse_messages,
     publish_answer,
     render_error,
+    selection_arg,
     start_spec,
 )
 from sprawl.http.starts import ReadStarts
@@ -83,6 +84,7 @@ class MessageRoutes:
             parts = self.starts.partitions(request, t) if t is not None else []
             resume = parse_last_event_id(request.getHeader(b"last-event-id"))
             max_bytes = max_bytes_arg(request)
+            select = selection_arg(request)
         except SprawlError as e:
             return render_error(request, Failure(e))
         principal = principal_of(request)
@@ -100,6 +102,7 @@ class MessageRoutes:
                 name=topic,
                 max_bytes=max_bytes,
                 expires=getattr(principal, "expires", None),
+                select=select,
             )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(
@@ -136,7 +139,13 @@ class MessageRoutes:
             resume = parse_last_event_id(lei.encode() if lei else None)
             max_in_flight = int_arg(request, "max_in_flight", 100, 1, MAX_FETCH) or 100
             max_bytes = max_bytes_arg(request)
+            select = selection_arg(request)
             g = None
+            if gname is not None and select is not None:
+                raise BadRequest(
+                    "filter and fields apply to cursor mode; a group filters with POST .../pull?filter=",
+                    code="invalid_parameter",
+                )
             if gname is not None:
                 if spec is not None or from_time is not None or resume:
                     raise BadRequest(
@@ -169,11 +178,14 @@ class MessageRoutes:
                 appearing=lambda: self.starts.when_created(topic, partition),
                 principal=principal,
                 max_bytes=max_bytes,
+                select=select,
             )
         topic_ = t
 
         def go(starts: dict[int, int]) -> Any:
-            return ws.ws_resource(sockets, topic_, cursors=starts, principal=principal, max_bytes=max_bytes)
+            return ws.ws_resource(
+                sockets, topic_, cursors=starts, principal=principal, max_bytes=max_bytes, select=select
+            )
 
         d = self.starts.stream_starts(t, parts, spec, from_time, resume)
         d.addCallback(go)

@@ -56,6 +56,7 @@ from sprawl.interfaces import Clock, MessagePlane
 from sprawl.log.record import DEFAULT_READ_BYTES
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import ACKS, Broker, PublishResult
+from sprawl.pubsub.filters import Selection
 from sprawl.topics import Topic
 
 log = Logger()
@@ -128,6 +129,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 name=f.name,
                 max_bytes=f.max_bytes,
                 expires=f.expires,
+                select=f.select,
             )
             if f.appearing is not None:  # opened before the topic exists
                 self.feed.wait_for_topic(f.appearing())
@@ -346,8 +348,11 @@ class SprawlWSFactory(WebSocketServerFactory):
         name: str | None = None,
         appearing: Callable[[], Deferred[tuple[Topic, dict[int, int]]]] | None = None,
         max_bytes: int = DEFAULT_READ_BYTES,
+        select: Selection | None = None,
     ):
         super().__init__()
+        #: Cursor mode's ``?filter=``/``?fields=`` (None: every message).
+        self.select = select
         options = parts.options
         slow_timeout = float(options.get("slow_timeout", 30.0))
         ping_interval = float(options.get("ping_interval", 20.0))
@@ -415,6 +420,7 @@ def ws_resource(
     name: str | None = None,
     appearing: Callable[[], Deferred[tuple[Topic, dict[int, int]]]] | None = None,
     max_bytes: int = DEFAULT_READ_BYTES,
+    select: Selection | None = None,
 ) -> SprawlWSResource:
     """The resource that upgrades this request to a WebSocket feed of ``topic``."""
     return SprawlWSResource(
@@ -428,5 +434,6 @@ def ws_resource(
             name=name,
             appearing=appearing,
             max_bytes=max_bytes,
+            select=select,
         )
     )

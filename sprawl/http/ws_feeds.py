@@ -29,6 +29,7 @@ from sprawl.http.codec import leased
 from sprawl.interfaces import Clock, Delayed, FeedSocket
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.pubsub import Broker
+from sprawl.pubsub.filters import Selection
 from sprawl.topics import Topic
 
 log = Logger(namespace="sprawl.http.websocket")
@@ -88,6 +89,7 @@ class WSStream(SSEStream):
         name: str | None = None,
         max_bytes: int = DEFAULT_READ_BYTES,
         expires: float | None = None,
+        select: Selection | None = None,
     ):
         super().__init__(
             broker,
@@ -102,6 +104,7 @@ class WSStream(SSEStream):
             name=name,
             max_bytes=max_bytes,
             expires=expires,
+            select=select,
         )
         self.proto = proto
 
@@ -132,6 +135,8 @@ class WSStream(SSEStream):
     def _send(self, p: int, recs: list[Record]) -> None:
         proto = self.proto
         raw = proto.can_write_raw()
+        if self.select is not None:
+            recs = self.select.apply(recs)
         frames, used, n, nbytes = batch(recs, _framed if raw else Record.to_json, self.max_bytes)
         self.cursors[p] = recs[used - 1].offset + 1  # past control records too
         if not n:

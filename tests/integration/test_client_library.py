@@ -1,0 +1,215 @@
+"""Integration: the public client library (:mod:`sprawl.client`) against a real ``twistd
+sprawl`` node -- the blocking :class:`SprawlClient` and the Twisted :class:`TxSprawlClient`:
+publish (single, batch, keys, headers, ids, acks), fetch from an offset and a time, subscribe
+with resume (``Last-Event-ID``), fail-over past a dead URL, consumer groups (pull, ack, nack),
+topics admin.  One node for the module, stopped by the fixture; every wait bounded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import deferLater
+
+from harness import NodeProcess, free_port
+from harness.nodes import metric_value
+from harness.reactor import bounded, the_reactor
+from sprawl.client import ClientError, Message, SprawlClient, TxSprawlClient, outgoing
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One real node for the module."""
+    with NodeProcess(Path(tmp_path_factory.mktemp("client")) / "n") as n:
+        yield n
+
+
+def test_publish_and_fetch_round_trip(node: NodeProcess) -> None:
+    """Key, headers, id and bytes survive a publish and a fetch; a repeated id is a duplicate."""
+    c = SprawlClient(node.url)
+    first = c.publish("lib-rt", b"\x00\xffbinary", key="k1", headers={"kind": "bin"}, id="m-1", acks="leader")
+    again = c.publish("lib-rt", b"\x00\xffbinary", key="k1", id="m-1")
+    assert again.duplicates == [True] and again.offsets == first.offsets
+    batch = c.publish_batch("lib-rt", ["text", outgoing("{}", key="k1", headers={"a": "b"})])
+    assert len(batch.offsets) == 2 and batch.stored in ("lmdb", "quorum")
+    got = c.fetch("lib-rt", first.partitions[0], "earliest", limit=10)
+    msgs = [m for m in got.messages if m.key == "k1"]
+    assert msgs[0].payload == b"\x00\xffbinary" and msgs[0].headers == {"kind": "bin"} and msgs[0].id == "m-1"
+    assert msgs[1].headers == {"a": "b"} and msgs[1].json() == {}
+    assert got.next == got.high_watermark
+
+
+def test_fetch_from_time(node: NodeProcess) -> None:
+    """``from_time`` starts at the first message stamped at or after it."""
+    c = SprawlClient(node.url)
+    c.create_topic("lib-time", partitions=1)
+    c.publish("lib-time", "old")
+    cut = c.fetch("lib-time").messages[0].timestamp
+    assert cut is not None
+    for _ in range(200):  # bounded: the clock moves on within a few ms
+        if int(time.time() * 1000) > cut:
+            break
+        time.sleep(0.005)
+    c.publish("lib-time", "new")
+    later = c.fetch("lib-time", from_time=cut + 1)
+    assert [m.text() for m in later.messages] == ["new"]
+
+
+def test_subscribe_resumes_after_last_event_id_and_fails_over(node: NodeProcess) -> None:
+    """A subscription sees every message once; a new one from its ``last_event_id`` (through a
+    URL list whose first node is down) gets only what came after."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    c = SprawlClient([dead, node.url], timeout=5)
+    c.create_topic("lib-sub", partitions=3)
+    c.publish_batch("lib-sub", [outgoing(f"m{i}", key=f"k{i}") for i in range(30)])
+    with c.subscribe("lib-sub", start="earliest", idle_timeout=10) as sub:
+        seen = [next(sub).text() for _ in range(30)]
+        resume = sub.last_event_id
+    assert sorted(seen) == sorted(f"m{i}" for i in range(30))
+    assert c.urls[0] == node.url  # the node that answered is tried first from now on
+    c.publish_batch("lib-sub", [outgoing(f"n{i}", key=f"k{i}") for i in range(6)])
+    with c.subscribe("lib-sub", resume=resume, idle_timeout=10) as sub:
+        after = [next(sub).text() for _ in range(6)]
+    assert sorted(after) == sorted(f"n{i}" for i in range(6))
+
+
+def test_subscribe_idle_timeout_ends_iteration(node: NodeProcess) -> None:
+    """With nothing to read, iteration ends after ``idle_timeout``."""
+    c = SprawlClient(node.url)
+    c.create_topic("lib-idle")
+    assert list(c.subscribe("lib-idle", idle_timeout=0.5)) == []
+
+
+def test_groups_pull_ack_nack(node: NodeProcess) -> None:
+    """A nacked message comes again with its attempt counted; acked ones do not."""
+    c = SprawlClient(node.url)
+    c.create_group("lib-grp", "workers", start="earliest", ack_deadline_ms=30000)
+    c.publish_batch("lib-grp", ["a", "b"])
+    got = c.pull("lib-grp", "workers", 10, wait_ms=5000)
+    assert sorted(m.text() for m in got) == ["a", "b"]
+    a = next(m for m in got if m.text() == "a")
+    b = next(m for m in got if m.text() == "b")
+    assert c.ack("lib-grp", "workers", [a])["acked"] == 1
+    assert c.nack("lib-grp", "workers", [b.ack_id or ""])["nacked"] == 1
+    again = c.pull("lib-grp", "workers", 10, wait_ms=5000)
+    assert [m.text() for m in again] == ["b"] and again[0].delivery_attempt == 2
+    c.ack("lib-grp", "workers", again)
+    assert c.describe_group("lib-grp", "workers")["in_flight"] == 0
+    with pytest.raises(ValueError):
+        c.ack("lib-grp", "workers", [Message("lib-grp", 0, 0, b"")])
+
+
+def test_topics_admin_and_errors(node: NodeProcess) -> None:
+    """Create, describe, list and delete a topic; a missing one is a ClientError naming the code."""
+    c = SprawlClient(node.url)
+    desc = c.create_topic("lib-admin", partitions=2, retention_ms=60000)
+    assert desc.partitions == 2
+    assert c.describe_topic("lib-admin").name == "lib-admin"
+    assert "lib-admin" in [t["name"] for t in c.list_topics()]
+    c.delete_topic("lib-admin")
+    with pytest.raises(ClientError, match="topic_not_found"):
+        c.describe_topic("lib-admin")
+
+
+def test_every_url_down_is_one_clear_error() -> None:
+    """No node answering: ClientError naming each URL."""
+    c = SprawlClient([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"], timeout=2)
+    with pytest.raises(ClientError, match="cannot reach any node"):
+        c.list_topics()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_client(node: NodeProcess) -> None:
+    """The Twisted client: publish, fetch, group pull/ack, and a subscription that delivers
+    to its callback and stops on close (a dead first URL is skipped)."""
+    c = TxSprawlClient([f"http://127.0.0.1:{free_port()}", node.url], reactor=the_reactor(), timeout=5)
+    pub = await bounded(c.publish("lib-tx", "hello", key="k", headers={"h": "1"}))
+    got = await bounded(c.fetch("lib-tx", pub.partitions[0], pub.offsets[0], limit=1))
+    assert got.messages[0].text() == "hello" and got.messages[0].headers == {"h": "1"}
+    await bounded(c.create_group("lib-tx", "g", start="earliest"))
+    leased = await bounded(c.pull("lib-tx", "g", 5, wait_ms=2000))
+    assert (await bounded(c.ack("lib-tx", "g", leased)))["acked"] == 1
+    seen: list[str] = []
+    from twisted.internet.defer import Deferred
+
+    two: Deferred[None] = Deferred()
+
+    def on_message(m: Message) -> None:
+        seen.append(m.text())
+        if len(seen) == 2:
+            two.callback(None)
+
+    sub = c.subscribe("lib-tx", on_message, start="earliest")
+    await bounded(c.publish("lib-tx", "world", key="k"))
+    await bounded(two)
+    assert metric_value(node.url, "sprawl_stream_subscribers") >= 1
+    sub.close()
+    await bounded(sub.done)
+    assert seen == ["hello", "world"] and sub.last_event_id is not None
+    # close() drops the connection at once (not at the next keepalive): the node sees it go.
+    for _ in range(100):
+        if metric_value(node.url, "sprawl_stream_subscribers") == 0:
+            break
+        await bounded(deferLater(the_reactor(), 0.05, lambda: None))
+    assert metric_value(node.url, "sprawl_stream_subscribers") == 0
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, dict[str, str]]]:
+    """A node serving HTTPS with a test CA and requiring bearer tokens."""
+    import json
+
+    from harness.pki import make_test_pki
+
+    base = Path(tmp_path_factory.mktemp("client-tls"))
+    pki = make_test_pki(base / "pki")
+    tokens = base / "tokens.json"
+    tokens.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {"name": "app", "token": TOKEN, "permissions": {"*": ["publish", "subscribe", "admin"]}}
+                ]
+            }
+        )
+    )
+    args = ("--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--auth-tokens", str(tokens))
+    with NodeProcess(base / "n", *args) as n:
+        yield n, pki
+
+
+TOKEN = "client-lib-test-token-0123456789"
+
+
+def test_tls_and_token(tls_node: tuple[NodeProcess, dict[str, str]]) -> None:
+    """https checked against the CA, the token sent: publish and subscribe work; without the
+    token a 401, with another CA a certificate failure."""
+    node, pki = tls_node
+    url = node.url.replace("http://", "https://")
+    c = SprawlClient(url, token=TOKEN, cacert=pki["ca"])
+    c.publish("lib-tls", "over tls")
+    with c.subscribe("lib-tls", start="earliest", idle_timeout=10) as sub:
+        assert next(sub).text() == "over tls"
+    with pytest.raises(ClientError, match=r"unauthorized|401"):
+        SprawlClient(url, cacert=pki["ca"]).list_topics()
+    with pytest.raises(ClientError, match=r"(?i)certificate"):
+        SprawlClient(url, token=TOKEN, cacert=pki["other_ca"]).list_topics()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_client_tls_and_token(tls_node: tuple[NodeProcess, dict[str, str]]) -> None:
+    """The Twisted client checks the node's certificate against ``cacert`` and sends the token."""
+    node, pki = tls_node
+    url = node.url.replace("http://", "https://")
+    c = TxSprawlClient(url, token=TOKEN, cacert=pki["ca"], reactor=the_reactor())
+    pub = await bounded(c.publish("lib-tls-tx", "over tls"))
+    got = await bounded(c.fetch("lib-tls-tx", pub.partitions[0], pub.offsets[0]))
+    assert got.messages[0].text() == "over tls"
+    stranger = TxSprawlClient(url, token=TOKEN, cacert=pki["other_ca"], reactor=the_reactor())
+    with pytest.raises(ClientError, match="cannot reach"):
+        await bounded(stranger.list_topics())
