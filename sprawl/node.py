@@ -30,7 +30,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -65,6 +65,12 @@ if TYPE_CHECKING:
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
 log = Logger(namespace="sprawl.tap")
+
+#: A graceful stop waits at most this long for the leadership of the
+#: partitions led here to move (and the move to be applied here).
+STOP_HAND_OFF_SECONDS = 10.0
+#: ... and then at most this long for the HTTP requests under way to be answered.
+STOP_REQUESTS_SECONDS = 5.0
 
 
 def load_node_id(data_dir: str, override: str | None) -> str:
@@ -116,6 +122,7 @@ class NodeService(service.Service):
         self.s3_client: S3Client | None = None
         self.bucket_watch: BucketWatch | None = None
         self.scrubber: Scrubber | None = None
+        self.site: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -394,6 +401,7 @@ class NodeService(service.Service):
             http_ep = server_endpoint(self.reactor, c.http_port, c.http_addr, c.tls_cert, c.tls_key, c.tls_ca)
         else:
             http_ep = serverFromString(self.reactor, c.http_listen)
+        self.site = site
         self.http_port = await http_ep.listen(site)
         host = self.http_port.getHost()
         http_port = getattr(host, "port", 0)
@@ -439,25 +447,46 @@ class NodeService(service.Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        """The graceful stop (issue 24): nothing a client sees.
+
+        1. ``/readyz`` answers 503 (load balancers stop choosing this node);
+           HTTP keeps listening and the broker keeps working, so requests
+           still arriving are served -- a publish for a partition that moved
+           is forwarded to its new leader.
+        2. A Raft leader hands its leadership to a caught-up voter first, so
+           the controller runs on a node that stays while step 3 goes on.
+        3. Gossip the leave: the controller moves the leadership of every
+           partition led here to an in-sync replica (a hand-off: the target
+           catches up while the leader pauses, then it is fenced and chosen)
+           -- and waits, bounded, until no partition is led here and the
+           applied placement names the new leaders.
+        4. Stop listening, end streams, and wait (bounded) for the requests
+           under way to be answered; then close the rest.
+        """
         if self.api is not None:
             self.api.info.ready = False
             self.api.info.not_ready_reason = "node is stopping"
-        if self.broker is not None:
-            self.broker.begin_stop()
+        if self.control is not None:
+            await self.control.hand_off()
+        # Gossip the leave: the controller (no longer this node) moves the
+        # leadership of this node's partitions to in-sync replicas at once.
+        left = self.gossip.stop() if self.gossip is not None else defer.succeed(None)
+        if self.plane is not None:
+            moved = await self.plane.drain(STOP_HAND_OFF_SECONDS)
+            if not moved:
+                log.warn("stopping while still leading partitions (their leadership did not move in time)")
+        await left
         if self.http_port is not None:
             await self.http_port.stopListening()
         if self.api is not None:
             self.api.streams.close_all()
             self.api.close_dashboards()
-        if self.gossip is not None:
-            # Gossip the leave first: the controller moves the leadership of
-            # this node's partitions to other replicas at once (it fences this
-            # node, which still answers) instead of waiting out a beat timeout.
-            await self.gossip.stop()  # gossips the leave, then closes the UDP port
+        if self.site is not None:
+            site = self.site
+            await _until(self.reactor, lambda: site.active_requests <= 0, STOP_REQUESTS_SECONDS)
+        if self.broker is not None:
+            self.broker.begin_stop()
         if self.plane is not None:
-            moved = await self.plane.drain(3.0)
-            if not moved:
-                log.warn("stopping while still leading partitions (their leadership did not move in time)")
             self.plane.stop()
         if self.rpc is not None:
             self.rpc.close()
@@ -585,6 +614,18 @@ async def _bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None
     finally:
         if timer.active():
             timer.cancel()
+
+
+async def _until(reactor: Any, cond: Any, seconds: float, step: float = 0.02) -> bool:
+    """Wait until ``cond()`` holds, at most ``seconds`` (checked every ``step``); whether it held."""
+    deadline = reactor.seconds() + seconds
+    for _ in range(int(seconds / step) + 2):
+        if cond():
+            return True
+        if reactor.seconds() >= deadline:
+            break
+        await task.deferLater(reactor, step, lambda: None)
+    return bool(cond())
 
 
 def write_ports(data_dir: str, http: int, peer: int) -> None:

@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.cluster.drain import UP, avoided, drained_nodes, handoff_target, placeable
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.cluster.replica_sync import ReplicaSync, sync_core
 from sprawl.errors import SprawlError
@@ -81,6 +82,9 @@ class PartitionController:
         #: Load-based leadership balancing (decides only while this node is the controller).
         self.balancer = Balancer(BalanceConfig())
         self.failovers = 0
+        #: Nodes that should lead nothing (drained or stopping), and the drained ones.
+        self._avoid: frozenset[str] = frozenset()
+        self._drained: set[str] = set()
 
     def tick(self) -> None:
         """As the controller, run its work for every partition; otherwise drop its cores."""
@@ -104,6 +108,9 @@ class PartitionController:
         # but gets no new ones.
         self._foreign = {n for n, st in states.items() if st == "foreign"}
         live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
+        # Drained nodes and nodes stopping gracefully lead nothing (issue 24).
+        self._avoid = avoided(states, drained_nodes(meta))
+        self._drained = set(drained_nodes(meta))
         for key in [k for k in self.service.controllers if self.sync.placement(*k) is None]:
             del self.service.controllers[key]  # the topic (or partition) is gone
         moves = len(self._moving)
@@ -134,9 +141,12 @@ class PartitionController:
                         self.service.controllers[key] = c
                     else:
                         sync_core(c, pl)
-                    if (
+                    c.avoid = self._avoid
+                    if c.leader is not None and c.leader in self._avoid and states.get(c.leader) != "dead":
+                        self._hand_off(key, c, reps, now)
+                    elif (
                         c.leader is not None
-                        and states.get(c.leader) in ("dead", "left")
+                        and states.get(c.leader) == "dead"
                         and c.fencing is None
                         and c.committing is None
                     ):
@@ -156,10 +166,33 @@ class PartitionController:
                         self._move(key, pl, want)
         self._balance(now, live)
 
+    def _hand_off(self, key: tuple[str, int], c: FailoverCore, reps: list[str], now: float) -> None:
+        """Move the leadership of a partition whose leader is drained or
+        stopping to an in-sync replica (the leader pauses until the target
+        holds its whole log, then both are fenced and the target chosen).
+        Nothing while a move is under way, the leader is not confirmed yet or
+        no replica is known to be in sync: a later tick tries again."""
+        if c.busy or not c.leader_confirmed or c.leader is None:
+            return
+        up = [n for n, st in self.member_states().items() if st in UP] + [self.node_id]
+        dst = handoff_target(reps, c.leader, self._avoid, self.in_sync(key, c.leader, now), up)
+        out = c.move_leader(dst) if dst is not None else None
+        if out is not None:
+            log.info(
+                "controller: handing the leadership of {topic}/{partition} from {src} to {dst} "
+                "(drained or stopping)",
+                topic=key[0],
+                partition=key[1],
+                src=c.leader,
+                dst=dst,
+            )
+            self.service.run_control(key, out)
+
     def _balance(self, now: float, live: list[str]) -> None:
         """Move partition leadership off overloaded nodes (see :mod:`sprawl.cluster.balance`)."""
         if self.membership is None or not self.balancer.due(now):
             return
+        live = [n for n in live if n not in self._avoid]  # drained and stopping nodes take no leadership
         ctl = self.service.controllers
 
         def movable(k: tuple[str, int]) -> bool:
@@ -183,7 +216,9 @@ class PartitionController:
         for mv in decision.moves:
             key = (mv.topic, mv.partition)
             c = ctl.get(key)
-            out = c.move_leader(mv.dst) if c is not None else None
+            if c is None or c.leader is None or mv.dst not in (self.in_sync(key, c.leader, now) or ()):
+                continue  # a replica still catching up (one just restarted) takes no leadership
+            out = c.move_leader(mv.dst)
             if out is not None:
                 log.info(
                     "controller: moving the leadership of {topic}/{partition} from {src} to {dst} ({reason})",
@@ -235,6 +270,9 @@ class PartitionController:
         registered = set(self.control.metadata.nodes) | {self.node_id}
         recently_dead = {n for n, since in self._dead_since.items() if now - since < grace} | self._foreign
         eligible = sorted(n for n in registered if n in live or n in recently_dead)
+        # A drained node keeps the replicas it holds but gets no new one.
+        eligible = placeable(eligible, self._drained - set(keep))
+        live = [n for n in live if n not in self._drained or n in keep]
         target = max(min(rf, len(eligible)), 1)
         if goal and all(n in eligible for n in goal):
             ideal = list(goal)[:target]  # a load move's target (while all of it is up)
@@ -260,7 +298,8 @@ class PartitionController:
         if in_sync is None or not set(ideal) <= in_sync:
             return None  # the goal's new replicas are still catching up
         if c.leader in extra:
-            out_ = c.move_leader(ideal[0])  # hand the leadership over first
+            to = next((n for n in ideal if n not in self._avoid), None)
+            out_ = c.move_leader(to) if to is not None else None  # hand the leadership over first
             if out_ is not None:
                 self.service.run_control((name, p), out_)
             return None

@@ -154,13 +154,25 @@ class DataPlane:
         leadership of every replicated partition this node leads elsewhere.
         True when none is led here any more."""
         deadline = self.reactor.seconds() + timeout
-        for _ in range(int(timeout / 0.05) + 2):
-            if not any(r.core.is_leader for r in self.service.replicas.values()):
+        for _ in range(int(timeout / 0.02) + 2):
+            if self.handed_off():
                 return True
             if self.reactor.seconds() >= deadline:
                 break
-            await task.deferLater(cast("IReactorTime", self.reactor), 0.05, lambda: None)
-        return not any(r.core.is_leader for r in self.service.replicas.values())
+            await task.deferLater(cast("IReactorTime", self.reactor), 0.02, lambda: None)
+        return self.handed_off()
+
+    def handed_off(self) -> bool:
+        """No replicated partition is led here any more, and the applied
+        placement of each names its new leader (so the entry nodes, which
+        apply the same Raft log, route there rather than here)."""
+        for (name, p), r in self.service.replicas.items():
+            if r.core.is_leader:
+                return False
+            pl = self.sync.placement(name, p)
+            if pl is not None and len(pl["replicas"]) > 1 and str(pl["leader"]) == self.node_id:
+                return False
+        return True
 
     def stop(self) -> None:
         """Stop ticking."""
@@ -219,6 +231,7 @@ class DataPlane:
     def sync_topic(self, name: str) -> None:
         """Make this node's replicas of ``name`` match the applied placement."""
         self.sync.sync_topic(name)
+        self.router.placement_changed(name)
 
     def publish(self, topic: Topic, records: list[Record], acks: str) -> defer.Deferred[PublishResult]:
         """Publish ``records`` to ``topic`` through each partition's leader."""

@@ -69,6 +69,10 @@ class _SnapshotRecord(msgspec.Struct, forbid_unknown_fields=True):
     nodes: dict[str, _NodeRecord]
     #: The shared remote segments: topic -> partition -> RemoteState doc.
     remote: dict[str, dict[int, dict[str, Any]]] = {}
+    #: Drained node ids (issue 24; written only when there is one).
+    drained: Annotated[
+        list[Annotated[str, msgspec.Meta(pattern=_NODE.pattern)]], msgspec.Meta(max_length=1024)
+    ] = []
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotRecord)
@@ -180,6 +184,9 @@ class Metadata:
         #: Parsed remote states, by partition: (the doc it was parsed from, the state).
         self._remote_parsed: dict[tuple[str, int], tuple[Any, RemoteState]] = {}
         self.applied = 0
+        #: Node ids the operator drained (``sprawlctl cluster drain``), sorted:
+        #: they lead nothing and get no new replicas (:mod:`sprawl.cluster.drain`).
+        self.drained: list[str] = []
 
     # -- applying ------------------------------------------------------------
 
@@ -372,6 +379,20 @@ class Metadata:
         self._remote_parsed[(topic, partition)] = (doc, state)
         return state
 
+    def _op_set_drained(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Mark a registered node drained (``drained: true``) or not."""
+        node_id, drained = cmd["node_id"], cmd["drained"]
+        if not isinstance(node_id, str) or not _NODE.match(node_id) or not isinstance(drained, bool):
+            raise ValueError("node_id must be a node id and drained a boolean")
+        if node_id not in self.nodes:
+            return _error("node_not_found", f"node {node_id!r} is not a member of the cluster", 404)
+        was = node_id in self.drained
+        if drained and not was:
+            self.drained = sorted([*self.drained, node_id])
+        elif not drained and was:
+            self.drained = [n for n in self.drained if n != node_id]
+        return {"node_id": node_id, "drained": drained, "changed": drained != was}
+
     def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:
         return {"ok": True}
 
@@ -388,16 +409,17 @@ class Metadata:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (a Raft snapshot's data)."""
-        return msgspec.msgpack.encode(
-            {
-                "v": 1,
-                "applied": self.applied,
-                "topics": self.topics,
-                "placement": self.placement,
-                "nodes": self.nodes,
-                "remote": self.remote,
-            }
-        )
+        doc: dict[str, Any] = {
+            "v": 1,
+            "applied": self.applied,
+            "topics": self.topics,
+            "placement": self.placement,
+            "nodes": self.nodes,
+            "remote": self.remote,
+        }
+        if self.drained:  # absent while none is: an older node reads the snapshot as before
+            doc["drained"] = self.drained
+        return msgspec.msgpack.encode(doc)
 
     @classmethod
     def restore(cls, data: bytes) -> Metadata:
@@ -414,6 +436,7 @@ class Metadata:
         m.placement = raw["placement"]
         m.nodes = raw["nodes"]
         m.remote = raw.get("remote") or {}
+        m.drained = sorted(raw.get("drained") or [])
         return m
 
     def copy(self) -> Metadata:
@@ -423,11 +446,12 @@ class Metadata:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Metadata):
             return NotImplemented
-        return (self.topics, self.placement, self.nodes, self.remote) == (
+        return (self.topics, self.placement, self.nodes, self.remote, self.drained) == (
             other.topics,
             other.placement,
             other.nodes,
             other.remote,
+            other.drained,
         )
 
     __hash__ = None  # type: ignore[assignment]

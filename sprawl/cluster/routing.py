@@ -85,6 +85,8 @@ class Router:
         self.forward_timeout = forward_timeout
         self.forwarded = 0
         self.retried = 0
+        #: Publishes waiting to retry, by topic: woken when its placement changes.
+        self._placement_waiters: dict[str, list[defer.Deferred[None]]] = {}
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
 
@@ -162,14 +164,37 @@ class Router:
             if self.reactor.seconds() + 0.05 >= deadline:
                 break
             self.retried += 1
-            await task.deferLater(
-                cast("IReactorTime", self.reactor), min(0.05 * (attempt + 1), 0.25), lambda: None
-            )
+            await self._placement_or(topic.name, min(0.02 * (attempt + 1), 0.25))
         raise Unavailable(
             f"partition {topic.name}/{p} has no reachable leader now ({last.message if last else 'no route'}); "
             "retry shortly",
             code="no_leader",
         )
+
+    def placement_changed(self, name: str) -> None:
+        """A change to ``name``'s placement was applied here: publishes
+        waiting to retry go now (to the new leader) instead of at their backoff."""
+        for d in self._placement_waiters.pop(name, []):
+            if not d.called:
+                d.callback(None)
+
+    def _placement_or(self, name: str, seconds: float) -> defer.Deferred[None]:
+        """Fires when ``name``'s placement changes here, or after ``seconds``."""
+        d: defer.Deferred[None] = defer.Deferred()
+        waiters = self._placement_waiters.setdefault(name, [])
+        waiters.append(d)
+
+        def timeout() -> None:
+            if not d.called:
+                if d in waiters:
+                    waiters.remove(d)
+                if not waiters and self._placement_waiters.get(name) is waiters:
+                    del self._placement_waiters[name]
+                d.callback(None)
+
+        timer = self.reactor.callLater(seconds, timeout)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
 
     async def _publish_once(
         self,

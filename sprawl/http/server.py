@@ -211,19 +211,25 @@ class GuardedChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         """The request is whole: no more limits on it."""
-        self._phase = _HANDLING
+        if self._phase != _HANDLING:
+            self._phase = _HANDLING
+            self.site.active_requests += 1  # answered later: a graceful stop waits for it
         if self._guard is not None:
             self._cancel()
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
         """The answer is done: the next request's clock starts at its first byte."""
+        if self._phase == _HANDLING:
+            self.site.active_requests -= 1
         if self.persistent and self._phase != _CLOSED:
             self._phase = _IDLE
         super().requestDone(request)
 
     def connectionLost(self, reason: Any = None) -> None:
         """Release the timer and the connection's place."""
+        if self._phase == _HANDLING:
+            self.site.active_requests -= 1
         self._phase = _CLOSED
         self._cancel()
         if self._counted:
@@ -276,6 +282,8 @@ class QuietSite(Site):
     max_connections: int | None = None
     open_connections = 0
     refused_connections = 0
+    #: Requests received whole and not answered yet (a graceful stop waits for them).
+    active_requests = 0
 
     def buildProtocol(self, addr: Any) -> Any:
         """Connections send small frames (acks, SSE events) at once: no Nagle delay."""

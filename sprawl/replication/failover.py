@@ -30,7 +30,9 @@ are both prefixes of that epoch's only leader's log, hence the same).  The
 commit-before-assign rule is unchanged.  A preferred replica that is behind
 (for example it missed the old leader's last batch) is simply not chosen:
 the move fails safe, and the old leader (or whoever is best) leads the new
-epoch.
+epoch.  Among replicas that rank equal to the best, one outside
+:attr:`FailoverCore.avoid` (nodes stopping or drained) is chosen first: a
+tie, so the same argument holds.
 
 So that the target is not behind merely because publishes keep arriving,
 a move to a confirmed leader first asks it to pause (:class:`Handoff`): it
@@ -114,6 +116,9 @@ class FailoverCore:
         self.hw = 0
         #: Every leader this core committed, by epoch (for checkers).
         self.history: dict[int, str] = {}
+        #: Replicas that should not lead (stopping or drained): among replicas
+        #: as up to date as the best, one outside this set is chosen.
+        self.avoid: frozenset[str] = frozenset()
 
     @property
     def majority(self) -> int:
@@ -226,7 +231,7 @@ class FailoverCore:
         f = self.fencing
         assert f is not None and self.committing is None
         rank = {r: i for i, r in enumerate(self.replicas)}
-        best = max(f.answers, key=lambda r: (*f.answers[r], -rank[r]))
+        best = max(f.answers, key=lambda r: (*f.answers[r], r not in self.avoid, -rank[r]))
         chosen = best
         if f.prefer is not None:
             if f.prefer in f.answers:
