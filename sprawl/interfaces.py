@@ -324,6 +324,15 @@ class RaftStatus(Protocol):
         """How fault-tolerant the voter configuration is now."""
         ...
 
+    @property
+    def metadata(self) -> Metadata:
+        """The cluster metadata as applied on this node (its drained nodes)."""
+        ...
+
+    def propose(self, cmd: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Propose a metadata command (a drain); fires with its result once applied here."""
+        ...
+
 
 class FeedSocket(Protocol):
     """What a WebSocket feed (:mod:`sprawl.http.ws_feeds`) needs of its socket

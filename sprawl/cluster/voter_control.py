@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.cluster import voters
+from sprawl.cluster.drain import drained_nodes, placeable
 from sprawl.cluster.placement import raft_id_of
 from sprawl.errors import SprawlError
 from sprawl.raft.messages import ConfChangeType
@@ -272,14 +273,15 @@ class VoterControl:
 
     def live_nodes(self) -> list[str]:
         """Registered nodes gossip sees alive (or suspect), this node included,
-        sorted: where new partitions are placed."""
+        less the drained ones, sorted: where new partitions are placed."""
         states = {
             str(v["id"]): "foreign" if self.control.ids.is_foreign(v) else str(v["state"])
             for v in self.members()
         }
         live = {n for n in self.control.metadata.nodes if states.get(n) in UP}
         live.add(self.control.node_id)
-        return sorted(live)
+        # Drained nodes get no new partitions (sprawlctl cluster drain).
+        return placeable(live, drained_nodes(self.control.metadata))
 
     def live_ids(self) -> set[int]:
         """Raft ids of the members gossip holds up (not of another cluster), this node included."""

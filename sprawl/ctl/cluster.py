@@ -1,4 +1,4 @@
-"""``sprawlctl cluster`` (status, members, placement, keygen) and ``sprawlctl diagnose``."""
+"""``sprawlctl cluster`` (status, members, placement, drain, undrain, keygen) and ``sprawlctl diagnose``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -122,6 +123,38 @@ def _placement_table(info: dict[str, Any], topic: str | None) -> None:
             p = p if isinstance(p, dict) else {}
             rows.append([name, pid, p.get("leader"), p.get("epoch"), p.get("replicas")])
     table(["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS"], rows)
+
+
+def _drain_text(answer: Any) -> None:
+    if not isinstance(answer, dict):
+        print_json(answer)
+        return
+    node, drained = answer.get("node_id"), answer.get("drained")
+    state = "drained" if drained else "not drained"
+    change = "" if answer.get("changed") else " (it already was)"
+    click.echo(f"{cell(node)} is {state}{change}")
+    if drained:
+        click.echo("its partition leaderships move to in-sync replicas; it gets no new replicas")
+
+
+@cluster.command("drain")
+@json_option()
+@click.argument("node")
+@click.pass_context
+def cluster_drain(ctx: click.Context, out: Output, node: str) -> None:
+    """Drain NODE for planned work: move every partition leadership off it and
+    place no new replica on it, without stopping it (it stays a follower).
+    Kept in the cluster metadata, so it survives restarts until undrained."""
+    out.show(client_of(ctx).call("POST", f"/v1/cluster/nodes/{quote(node, safe='')}/drain"), _drain_text)
+
+
+@cluster.command("undrain")
+@json_option()
+@click.argument("node")
+@click.pass_context
+def cluster_undrain(ctx: click.Context, out: Output, node: str) -> None:
+    """Undo `cluster drain NODE`: it may lead partitions and take new replicas again."""
+    out.show(client_of(ctx).call("POST", f"/v1/cluster/nodes/{quote(node, safe='')}/undrain"), _drain_text)
 
 
 @cluster.command("keygen")

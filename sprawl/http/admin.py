@@ -4,6 +4,9 @@ Prometheus metrics, and the dashboard (its page, static files and live feed).
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
@@ -14,6 +17,9 @@ from sprawl.http.status import NodeStatus
 from sprawl.interfaces import Clock, MetadataControl
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
+
+#: What a node id may be (as the cluster metadata checks it).
+_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 class AdminRoutes:
@@ -46,6 +52,29 @@ class AdminRoutes:
     def placement(self, request: Request) -> object:
         """``GET /v1/cluster/placement``."""
         return self.status.placement()
+
+    def set_drained(self, request: Request, node: str, drained: bool) -> object:
+        """``POST /v1/cluster/nodes/{node}/drain`` (and ``/undrain``): mark a
+        node drained in the Raft metadata -- the controller moves every
+        partition leadership off it and places no new replica on it; it keeps
+        running and keeps its replicas -- or not.  Answered once committed."""
+        if not _NODE_ID.match(node):
+            raise BadRequest(f"{node[:80]!r} is not a node id", code="invalid_parameter")
+        raft = self.status.info.raft
+        if raft is None:
+            raise SprawlError(
+                "a single node has nothing to move its partitions to: drain is for cluster members",
+                code="not_clustered",
+                status=409,
+            )
+
+        def answer(result: dict[str, Any]) -> dict[str, Any]:
+            err = result.get("error")
+            if err:
+                raise SprawlError(err["message"], code=err["code"], status=err["status"])
+            return {"node_id": node, "drained": drained, "changed": bool(result.get("changed"))}
+
+        return raft.propose({"op": "set_drained", "node_id": node, "drained": drained}).addCallback(answer)
 
     # -- damaged ranges ------------------------------------------------------------------------
 

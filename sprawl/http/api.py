@@ -359,6 +359,16 @@ class SprawlAPI:
     def placement(self, request: Request) -> object:
         return self.admin.placement(request)
 
+    @app.route("/v1/cluster/nodes/<string:node>/drain", methods=["POST"])
+    @_route("drain_node")
+    def drain_node(self, request: Request, node: str) -> object:
+        return self.admin.set_drained(request, node, True)
+
+    @app.route("/v1/cluster/nodes/<string:node>/undrain", methods=["POST"])
+    @_route("undrain_node")
+    def undrain_node(self, request: Request, node: str) -> object:
+        return self.admin.set_drained(request, node, False)
+
     @app.route("/v1/damage", methods=["GET"])
     @_route("damage")
     def damage(self, request: Request) -> object:

@@ -64,6 +64,8 @@ NODE_ADMIN = frozenset(
         "seed_status",
         "seed_dht",
         "seed_store",
+        "drain_node",
+        "undrain_node",
     }
 )
 QUERY_TOKEN = frozenset({"stream", "websocket", "dashboard_stream"})

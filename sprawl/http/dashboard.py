@@ -165,6 +165,7 @@ def snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> d
             "mode": cluster.get("mode"),
             "raft": cluster.get("raft"),
             "members": cluster["members"],
+            "drained": cluster.get("drained", []),
         },
         "topics_total": len(names),
         "topics": topics,

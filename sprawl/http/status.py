@@ -119,6 +119,7 @@ class NodeStatus:
         summary = self.plane.summary()
         if summary is not None:
             out["partitions"] = summary
+        out["drained"] = list(getattr(raft.metadata, "drained", ()))
         return out
 
     def placement(self) -> dict[str, Any]:

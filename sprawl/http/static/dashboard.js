@@ -256,6 +256,7 @@
 
   function renderMembers(cluster) {
     const members = Array.isArray(cluster.members) ? cluster.members : [];
+    const drained = new Set(Array.isArray(cluster.drained) ? cluster.drained.map(String) : []);
     const tb = document.querySelector("#members tbody");
     tb.replaceChildren();
     const counts = {};
@@ -270,6 +271,11 @@
       const st = td("");
       const known = ["alive", "suspect", "dead", "left"].includes(state) ? state : "left";
       st.appendChild(el("span", "pill state state-" + known, state));
+      if (drained.has(String(m.id))) {
+        const badge = el("span", "pill pill-warn drained", "drained");
+        badge.title = "drained: leads no partition and gets no new replica (sprawlctl cluster undrain)";
+        st.appendChild(badge);
+      }
       tr.appendChild(st);
       tr.appendChild(td(fmtInt(m.incarnation), "num"));
       tr.appendChild(td(m.peer || "–"));
@@ -289,6 +295,7 @@
     setText("k-members", alive + " / " + members.length);
     const parts = [];
     for (const k of ["suspect", "dead", "left"]) if (counts[k]) parts.push(counts[k] + " " + k);
+    if (drained.size) parts.push(drained.size + " drained");
     setText("k-members-sub", parts.length ? parts.join(" · ") : "all alive");
     $("k-members-sub").className = "sub" + (parts.length ? " warn" : "");
     setText("mode", cluster.mode ? String(cluster.mode) : "");
