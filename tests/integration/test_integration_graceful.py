@@ -1,0 +1,151 @@
+"""Integration (issue 24): planned maintenance costs nothing visible, on real
+``twistd sprawl`` processes on 127.0.0.1.
+
+* **Rolling restart under load.**  Three nodes, a topic of 3 partitions with
+  replication factor 3, batches published with ``acks=quorum`` at 50
+  requests/s by a client that behaves like a load balancer
+  (:class:`harness.rolling.PublishLoad`: it stops choosing a node, waits for
+  the requests it already sent there, and only then the node gets SIGTERM).
+  Three rounds of restarting every node in turn: no publish may fail, and the
+  slowest acknowledged publish is compared with the same load without
+  restarts.  The issue's goal is <= 200 ms added; on a shared, loaded CI
+  machine the scheduling of three processes (and the restarted node's own
+  start-up) adds more than that by itself, so the test holds a generous
+  bound (:data:`ADDED_BOUND`, load-scaled) and prints the figures --
+  docs/benchmarks.md has the measured ones (``python -m benchmarks.rolling``).
+* **Drain.**  ``sprawlctl cluster drain NODE`` moves every leadership off the
+  node, new topics are not placed on it, the flag survives a restart of the
+  node, and ``undrain`` makes it eligible again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from harness import http_json, poll_until
+from harness.cluster import NodeCluster
+from harness.rolling import PublishLoad, restart_node
+from harness.waits import scaled
+from sprawl.cluster.placement import replicas as rendezvous
+from sprawl.ctl import cli
+
+pytestmark = pytest.mark.integration
+
+#: Seconds the rolling restart may add to the slowest acknowledged publish,
+#: on an idle machine (stretched by the load when the test runs).
+ADDED_BOUND = 0.5
+#: Seconds of load without restarts (the baseline).
+BASELINE_SECONDS = 10.0
+MOVE_BOUND = 15.0
+
+
+def _put_topic(cluster: NodeCluster, via: str, name: str, partitions: int, rf: int) -> None:
+    status, body = http_json(
+        cluster.url(via) + f"/v1/topics/{name}",
+        "PUT",
+        {"partitions": partitions, "replication_factor": rf},
+        timeout=15,
+    )
+    assert status in (200, 201), body
+
+
+def test_a_rolling_restart_under_load_loses_no_publish(tmp_path: Path) -> None:
+    """Three rounds of a rolling restart of 3 nodes under acks=quorum load: 0
+    errors, and the slowest publish within :data:`ADDED_BOUND` of the baseline's."""
+    cluster = NodeCluster(tmp_path, 3)
+    try:
+        cluster.start()
+        _put_topic(cluster, "n0", "roll", 3, 3)
+        assert poll_until(lambda: not cluster.replication_problems(["roll"]), 60) is not None
+        load = PublishLoad(cluster, "roll", rate=50.0).start()
+        end = time.monotonic() + BASELINE_SECONDS
+        poll_until(lambda: time.monotonic() >= end, BASELINE_SECONDS + 1)
+        base = load.stop()
+        load = PublishLoad(cluster, "roll", rate=50.0).start()
+        try:
+            for _round in range(3):
+                for name in cluster.names:
+                    restart_node(cluster, load, name)
+        finally:
+            rolled = load.stop()
+        print(f"baseline: {base.summary()}")
+        print(f"rolling restart, 3 rounds: {rolled.summary()}")
+        assert not base.errors, base.errors[:5]
+        assert not rolled.errors, [(a.node, a.status, a.error) for a in rolled.errors[:5]]
+        assert len(rolled.ok) > 100, rolled.summary()
+        added = rolled.slowest() - base.slowest()
+        assert added <= scaled(ADDED_BOUND), (
+            f"the rolling restart added {added * 1000:.0f} ms to the slowest publish "
+            f"(baseline {base.summary()}; rolling {rolled.summary()})"
+        )
+        for name in cluster.names:
+            text = cluster.nodes[name].log_text()
+            assert "did not move in time" not in text, f"{name} stopped while still leading"
+            assert "stopped cleanly" in text
+    finally:
+        cluster.close()
+
+
+def _ctl(cluster: NodeCluster, *args: str) -> Any:
+    r = CliRunner().invoke(cli, ["--nodes", cluster.url("n0"), *args, "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    return json.loads(r.output)
+
+
+def test_drain_moves_leaderships_off_and_undrain_restores_eligibility(tmp_path: Path) -> None:
+    """Drain n1: it leads nothing, a new topic gets no replica on it, and it
+    stays drained across its restart; undrain: a new topic is placed over all
+    three nodes again (rendezvous) and n1 may lead."""
+    cluster = NodeCluster(tmp_path, 3)
+    try:
+        cluster.start()
+        _put_topic(cluster, "n0", "before", 6, 3)
+        assert poll_until(lambda: not cluster.replication_problems(["before"]), 60) is not None
+        assert "n1" in cluster.partition_leaders("before").values(), "rendezvous gives n1 some leaderships"
+
+        got = _ctl(cluster, "cluster", "drain", "n1")
+        assert got == {"node_id": "n1", "drained": True, "changed": True}
+        assert poll_until(lambda: "n1" not in cluster.partition_leaders("before").values(), MOVE_BOUND), (
+            cluster.placement()
+        )
+        for name in cluster.names:
+            assert poll_until(lambda name=name: cluster.cluster_view(name).get("drained") == ["n1"], 10)
+        # Every partition keeps its three replicas (n1 stays a follower).
+        for p in cluster.placement()["before"].values():
+            assert sorted(p["replicas"]) == ["n0", "n1", "n2"]
+
+        _put_topic(cluster, "n2", "during", 12, 1)
+        placed = cluster.placement()["during"]
+        assert all(p["replicas"] != ["n1"] for p in placed.values()), placed
+        assert {p["replicas"][0] for p in placed.values()} == {"n0", "n2"}
+
+        # The flag is in the Raft metadata: a restart of n1 keeps it drained.
+        cluster.nodes["n1"].stop()
+        cluster.down.add("n1")
+        cluster.restart("n1")
+        assert poll_until(cluster.formed, 60) is not None
+        assert cluster.cluster_view("n1").get("drained") == ["n1"]
+        assert "n1" not in cluster.partition_leaders("before").values()
+
+        status, body = http_json(cluster.url("n2") + "/v1/cluster/nodes/nobody/drain", "POST")
+        assert status == 404 and body["error"]["code"] == "node_not_found"
+
+        got = _ctl(cluster, "cluster", "undrain", "n1")
+        assert got == {"node_id": "n1", "drained": False, "changed": True}
+        assert poll_until(lambda: cluster.cluster_view("n0").get("drained") == [], 10)
+        _put_topic(cluster, "n0", "after", 12, 1)
+        placed = cluster.placement()["after"]
+        nodes = ["n0", "n1", "n2"]
+        assert {int(p): v["replicas"] for p, v in placed.items()} == {
+            p: rendezvous("after", p, nodes, 1) for p in range(12)
+        }
+        assert any(v["replicas"] == ["n1"] for v in placed.values())
+    finally:
+        cluster.close()

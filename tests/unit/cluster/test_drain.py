@@ -1,0 +1,232 @@
+"""Drained and stopping nodes (issue 24): the pure rules of :mod:`sprawl.cluster.drain`,
+the failover core's tie-break away from them, the metadata's drained flag, and the
+controller moving leaderships off them -- only to replicas that hold every committed
+record (a node that just restarted and is still catching up takes none)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from twisted.internet import task
+
+from sprawl.cluster.dataplane import DataPlane
+from sprawl.cluster.drain import avoided, drained_nodes, handoff_target, placeable
+from sprawl.cluster.metadata import BadSnapshot, Metadata, check_snapshot
+from sprawl.cluster.routing import Router
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Fence, FenceResp, Handoff, LeaderBeat
+from sprawl.testing import FakeRPC
+
+# -- the pure rules -------------------------------------------------------------------
+
+
+def test_avoided_nodes_are_the_drained_and_those_that_left() -> None:
+    """Drained by the operator, or gossip says left (a graceful stop); dead ones are
+    not avoided (a failover handles them) and neither are live ones."""
+    states = {"a": "alive", "b": "left", "c": "dead", "d": "suspect"}
+    assert avoided(states, ["d"]) == {"b", "d"}
+    assert avoided(states, []) == {"b"}
+
+
+def test_the_handoff_target_is_the_first_in_sync_replica_that_is_up_and_not_avoided() -> None:
+    """Placement order decides among the eligible; the leader itself, a replica
+    behind, one down and an avoided one are never chosen; an unknown in-sync set
+    chooses nobody (the leadership waits rather than going to a lagging node)."""
+    reps = ["a", "b", "c"]
+    up = ["a", "b", "c"]
+    assert handoff_target(reps, "a", {"a"}, {"a", "b", "c"}, up) == "b"
+    assert handoff_target(reps, "a", {"a"}, {"a", "c"}, up) == "c"  # b is catching up
+    assert handoff_target(reps, "a", {"a", "c"}, {"a", "b", "c"}, up) == "b"
+    assert handoff_target(reps, "a", {"a", "b"}, {"a", "b", "c"}, up) == "c"
+    assert handoff_target(reps, "a", {"a"}, {"a", "b", "c"}, ["a", "c"]) == "c"  # b is down
+    assert handoff_target(reps, "a", {"a"}, {"a"}, up) is None  # nobody caught up
+    assert handoff_target(reps, "a", {"a"}, None, up) is None  # not known yet
+
+
+def test_placeable_nodes_leave_out_the_drained_unless_every_node_is() -> None:
+    """New replicas go to undrained nodes; a topic must still be placed somewhere."""
+    assert placeable(["c", "a", "b"], ["b"]) == ["a", "c"]
+    assert placeable(["a", "b"], ["a", "b"]) == ["a", "b"]
+    assert placeable(["a", "a"], []) == ["a"]
+
+
+# -- the failover core ---------------------------------------------------------------------
+
+
+def _fenced(core: FailoverCore, answers: dict[str, tuple[int, int]]) -> Any:
+    core.start_failover()
+    epoch = core.fencing.epoch  # type: ignore[union-attr]
+    out = None
+    for r, (last_epoch, end) in answers.items():
+        out = core.receive(r, FenceResp(epoch, True, last_epoch, end))
+    return out
+
+
+def test_a_tie_with_the_best_is_broken_away_from_an_avoided_replica() -> None:
+    """Fenced answers where the stopping leader a and c hold the same log: c is
+    chosen although a ranks first in the replica order."""
+    core = FailoverCore(("a", "b", "c"), epoch=1, leader="a")
+    core.avoid = frozenset({"a"})
+    out = _fenced(core, {"a": (1, 10), "c": (1, 10)})
+    assert out.commit is not None and out.commit.leader == "c"
+
+
+def test_an_avoided_replica_ahead_of_the_others_is_still_chosen() -> None:
+    """Safety first: a stopping leader holding records nobody else has keeps the
+    leadership (the hand-off is retried later); without ``avoid`` the order decides."""
+    core = FailoverCore(("a", "b", "c"), epoch=1, leader="a")
+    core.avoid = frozenset({"a"})
+    out = _fenced(core, {"a": (1, 11), "c": (1, 10)})
+    assert out.commit is not None and out.commit.leader == "a"
+    plain = FailoverCore(("a", "b", "c"), epoch=1, leader="a")
+    out = _fenced(plain, {"a": (1, 10), "c": (1, 10)})
+    assert out.commit is not None and out.commit.leader == "a"
+
+
+# -- the metadata flag -------------------------------------------------------------------
+
+
+def _meta() -> Metadata:
+    m = Metadata()
+    m.apply(1, {"op": "put_node", "node_id": "a", "raft_id": 1})
+    m.apply(2, {"op": "put_node", "node_id": "b", "raft_id": 2})
+    return m
+
+
+def test_set_drained_marks_and_clears_a_member() -> None:
+    """Drain, drain again (no change), undrain; an unknown node is refused and
+    a malformed command changes nothing."""
+    m = _meta()
+    assert m.apply(3, {"op": "set_drained", "node_id": "b", "drained": True}) == {
+        "node_id": "b",
+        "drained": True,
+        "changed": True,
+    }
+    assert m.apply(4, {"op": "set_drained", "node_id": "b", "drained": True})["changed"] is False
+    assert m.apply(5, {"op": "set_drained", "node_id": "a", "drained": True})["changed"] is True
+    assert drained_nodes(m) == ["a", "b"]
+    assert m.apply(6, {"op": "set_drained", "node_id": "a", "drained": False})["changed"] is True
+    assert m.drained == ["b"]
+    err = m.apply(7, {"op": "set_drained", "node_id": "zz", "drained": True})["error"]
+    assert err["code"] == "node_not_found" and err["status"] == 404
+    bad = m.apply(8, {"op": "set_drained", "node_id": "b", "drained": "yes"})["error"]
+    assert bad["code"] == "malformed_command"
+    assert m.drained == ["b"]
+
+
+def test_the_drained_flag_survives_a_snapshot_and_is_absent_while_none_is() -> None:
+    """A snapshot carries the drained nodes (a restart keeps them); one with
+    none drained has no such field, so nodes that predate it read it as before."""
+    m = _meta()
+    import msgspec
+
+    assert "drained" not in msgspec.msgpack.decode(m.snapshot())
+    m.apply(3, {"op": "set_drained", "node_id": "a", "drained": True})
+    back = Metadata.restore(m.snapshot())
+    assert back.drained == ["a"] and back == m
+    raw = msgspec.msgpack.decode(m.snapshot())
+    raw["drained"] = ["not a node id!"]
+    with pytest.raises(BadSnapshot):
+        check_snapshot(msgspec.msgpack.encode(raw))
+
+
+# -- the controller ----------------------------------------------------------------------
+
+
+def _plane(states: dict[str, str]) -> tuple[DataPlane, list[tuple[str, Any]]]:
+    clock = task.Clock()
+    meta = Metadata()
+    for i, n in enumerate(["a", "b", "c"]):
+        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
+    meta.topics["t"] = {
+        "config": {"partitions": 1, "replication_factor": 3},
+        "created_index": 1,
+        "groups": {},
+    }
+    meta.placement["t"] = [{"replicas": ["a", "b", "c"], "leader": "b", "epoch": 2}]
+    control = SimpleNamespace(
+        metadata=meta,
+        leader_name="a",
+        dead_grace=30.0,
+        is_leader=True,
+        watch_topics=lambda listener: None,
+        is_foreign=lambda view: False,
+    )
+    members = SimpleNamespace(member_views=lambda: [{"id": n, "state": st} for n, st in states.items()])
+    broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
+    plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), FakeRPC(), clock, members)  # type: ignore[arg-type]
+    sent: list[tuple[str, Any]] = []
+    plane.service.run_control = lambda key, out: sent.extend(out.messages)  # type: ignore[method-assign]
+    core = FailoverCore(("a", "b", "c"), epoch=2, leader="b")
+    core.receive("b", LeaderBeat(2, 0, 0))
+    plane.service.controllers[("t", 0)] = core
+    return plane, sent
+
+
+def test_a_stopping_leader_hands_its_partition_to_an_in_sync_replica() -> None:
+    """b left (a graceful stop): the controller asks it to pause and hand over to
+    the first in-sync replica (a hand-off, no fencing yet)."""
+    plane, sent = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane.controller.tick()
+    core = plane.service.controllers[("t", 0)]
+    assert sent == [("b", Handoff(2, "a", core.handoff_ticks))]
+    assert core.moving_to == "a" and core.avoid == {"b"}
+
+
+def test_a_drained_leader_hands_over_too_and_never_to_a_lagging_replica() -> None:
+    """b is drained (alive): same hand-off; with only c caught up, c is the
+    target; with nobody caught up, nothing moves yet."""
+    plane, sent = _plane({"a": "alive", "b": "alive", "c": "alive"})
+    plane.control.metadata.drained = ["b"]
+    plane.controller.in_sync = lambda key, leader, now: {"b", "c"}  # type: ignore[method-assign]
+    plane.controller.tick()
+    assert sent == [("b", Handoff(2, "c", 10))]
+    plane2, sent2 = _plane({"a": "alive", "b": "alive", "c": "alive"})
+    plane2.control.metadata.drained = ["b"]
+    plane2.controller.in_sync = lambda key, leader, now: {"b"}  # type: ignore[method-assign]
+    plane2.controller.tick()
+    assert sent2 == [] and not plane2.service.controllers[("t", 0)].busy
+
+
+def test_a_dead_leader_is_failed_over_as_before() -> None:
+    """Dead (not left): no hand-off to wait for, the replicas are fenced at once."""
+    plane, sent = _plane({"a": "alive", "b": "dead", "c": "alive"})
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane.controller.tick()
+    assert sent and all(isinstance(m, Fence) and m.epoch == 3 for _dst, m in sent)
+
+
+def test_a_drained_node_gets_no_new_replica_but_keeps_its_own() -> None:
+    """Growing a replica set skips a drained node; one it already holds stays."""
+    plane, _ = _plane({"a": "alive", "b": "alive", "c": "alive"})
+    plane.control.metadata.drained = ["c"]
+    plane.controller.tick()  # the controller reads the drained set
+    core = FailoverCore(("a", "b"), epoch=2, leader="b")
+    core.receive("b", LeaderBeat(2, 0, 0))
+    live = ["a", "b", "c"]
+    assert plane.controller.wanted_replicas("t", 0, ["a", "b"], 3, live, 0.0, core) is None
+    full = FailoverCore(("a", "b", "c"), epoch=2, leader="b")
+    full.receive("b", LeaderBeat(2, 0, 0))
+    assert plane.controller.wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, full) is None
+
+
+# -- the router's retries ---------------------------------------------------------------
+
+
+def test_a_retry_goes_as_soon_as_the_placement_changes() -> None:
+    """A publish waiting to retry is woken by the new placement being applied,
+    not only by its backoff; a timed-out wait leaves no waiter behind."""
+    clock = task.Clock()
+    router = Router("a", SimpleNamespace(), SimpleNamespace(), FakeRPC(), clock)  # type: ignore[arg-type]
+    fired: list[str] = []
+    router._placement_or("t", 0.25).addCallback(lambda _: fired.append("t"))
+    router._placement_or("u", 0.25).addCallback(lambda _: fired.append("u"))
+    clock.advance(0.01)
+    router.placement_changed("t")
+    assert fired == ["t"]
+    clock.advance(0.3)
+    assert fired == ["t", "u"]
+    assert router._placement_waiters == {} and clock.getDelayedCalls() == []
