@@ -50,7 +50,11 @@ def run(
             load = PublishLoad(cluster, "roll", rate=rate).start()
             for r in range(rounds):
                 for name in cluster.names:
-                    restart_node(cluster, load, name, on_event=lambda s, r=r: print(f"round {r + 1}: {s}"))
+
+                    def say(what: str, r: int = r) -> None:
+                        print(f"round {r + 1}: {what}", flush=True)
+
+                    restart_node(cluster, load, name, on_event=say)
             rolled = load.stop()
             print(f"rolling restart ({rounds} rounds of {nodes} nodes): {rolled.summary()}", flush=True)
             for a in rolled.errors[:10]:
