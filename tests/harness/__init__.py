@@ -8,6 +8,7 @@ tests and the benchmark scripts import it as ``harness`` (``tests/`` is on pytes
 * :mod:`harness.nodes` -- :class:`NodeProcess`, the nodes' cleaned environment, the blocking
   HTTP helpers (``http_json``, ``metric_value``, ``metrics_text``) and the rule for missing tools;
 * :mod:`harness.cluster` -- :class:`NodeCluster` and ``time_to_voters``;
+* :mod:`harness.rolling` -- :class:`PublishLoad` (a load-balanced publish load) and ``restart_node``;
 * :mod:`harness.seaweed` -- :class:`SeaweedProcess`;
 * :mod:`harness.pki` -- ``make_test_pki``, ``make_node_cert``, ``make_key_file``;
 * :mod:`harness.feeds` -- :class:`FeedReader` (SSE and WebSocket);
