@@ -356,6 +356,9 @@ class NodeService(service.Service):
             await self.control.force_new_cluster()
         watch = self.bucket_watch
         checks = [lambda: watch.problem] if watch is not None else []
+        # A restarted node is not ready before its replicas caught up with
+        # their leaders (a rolling restart waits for it before the next stop).
+        checks.append(self.plane.readiness)
         info = NodeInfo(
             node_id,
             peer=peer,

@@ -120,6 +120,8 @@ class DataPlane:
         #: Load-based leadership balancing (the controller's).
         self.balancer = self.controller.balancer
         self._loop: task.LoopingCall | None = None
+        #: Set once every replica followed here had caught up (see :meth:`readiness`).
+        self._caught_up_once = False
         #: SSE / WebSocket reads of partitions held elsewhere: one long-poll
         #: per partition for all of this node's clients (decision 9a).
         self.feeds = RemoteFeeds(self.router.fetch_remote, self.router.read_source, reactor, broker.notify)
@@ -173,6 +175,41 @@ class DataPlane:
             if pl is not None and len(pl["replicas"]) > 1 and str(pl["leader"]) == self.node_id:
                 return False
         return True
+
+    def catching_up(self) -> list[str]:
+        """The partitions (``topic/p``) this node follows and has not caught
+        up with since it started: its copy has not yet reached what the
+        leader had committed.  Only partitions whose leader is up count (one
+        whose leader is gone waits for a failover, not for this node)."""
+        states = self.controller.member_states()
+        out = []
+        for (name, p), r in self.service.replicas.items():
+            core = r.core
+            if core.is_leader or core.caught_up:
+                continue
+            pl = self.sync.placement(name, p)
+            leader = str(pl["leader"]) if pl is not None else ""
+            if (
+                leader
+                and leader != self.node_id
+                and (not states or states.get(leader) in ("alive", "suspect"))
+            ):
+                out.append(f"{name}/{p}")
+        return sorted(out)
+
+    def readiness(self) -> str | None:
+        """A readiness check (``/readyz``): why this node is not ready yet
+        because it is still catching up after its start, or None.  Once it
+        has caught up it never answers again: a follower that falls behind
+        under load later does not make the node unready."""
+        if self._caught_up_once:
+            return None
+        behind = self.catching_up()
+        if not behind:
+            self._caught_up_once = True
+            return None
+        more = f" and {len(behind) - 3} more" if len(behind) > 3 else ""
+        return f"catching up: {len(behind)} partition replica(s) behind their leaders ({', '.join(behind[:3])}{more})"
 
     def stop(self) -> None:
         """Stop ticking."""

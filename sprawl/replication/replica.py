@@ -142,6 +142,10 @@ class Replica:
         self.followers: dict[str, _Follower] = {}
         #: While handing off: (target replica, ticks left of the pause).
         self.handoff: tuple[str, int] | None = None
+        #: Whether, as a follower, this replica has once held everything its
+        #: leader had committed (an append reached the leader's high
+        #: watermark) since it was built: a restarted node is not ready before.
+        self.caught_up = False
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -368,6 +372,8 @@ class Replica:
                 if hi > lo:
                     cache.append(e, hi - lo)
             self.stored_end = cache.end
+        if batch_end >= m.hw:
+            self.caught_up = True
         new_hw = max(self.hw, min(m.hw, batch_end))
         if new_hw > self.hw:
             self.hw = new_hw

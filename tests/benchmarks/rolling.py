@@ -52,7 +52,7 @@ def run(
                 for name in cluster.names:
 
                     def say(what: str, r: int = r) -> None:
-                        print(f"round {r + 1}: {what}", flush=True)
+                        print(f"round {r + 1} (+{time.monotonic() - load._t0:.2f} s): {what}", flush=True)
 
                     restart_node(cluster, load, name, on_event=say)
             rolled = load.stop()

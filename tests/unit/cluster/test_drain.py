@@ -230,3 +230,36 @@ def test_a_retry_goes_as_soon_as_the_placement_changes() -> None:
     clock.advance(0.3)
     assert fired == ["t", "u"]
     assert router._placement_waiters == {} and clock.getDelayedCalls() == []
+
+
+# -- a restarted follower catching up -------------------------------------------------------
+
+
+def test_a_follower_has_caught_up_once_an_append_reaches_the_leaders_high_watermark() -> None:
+    """Built (a restart), a follower has not caught up; an append that ends below
+    the leader's high watermark leaves it so; one that reaches it sets it for good."""
+    from sprawl.replication.messages import Append
+    from sprawl.replication.replica import Replica
+
+    f = Replica("f", "ctrl")
+    assert not f.caught_up
+    f.receive("l", Append(epoch=1, start=0, prev_epoch=0, count=4, runs=((1, 0),), hw=8))
+    assert not f.caught_up and f.end == 4
+    f.receive("l", Append(epoch=1, start=4, prev_epoch=1, count=4, runs=((1, 4),), hw=8))
+    assert f.caught_up
+    f.receive("l", Append(epoch=1, start=8, prev_epoch=1, count=1, runs=((1, 8),), hw=20))
+    assert f.caught_up
+
+
+def test_readiness_waits_for_the_followed_replicas_then_never_flaps() -> None:
+    """The plane's readiness check names the partitions still catching up (with a
+    live leader), and once all caught up it answers None for good."""
+    plane, _ = _plane({"a": "alive", "b": "alive", "c": "alive"})
+    behind = SimpleNamespace(core=SimpleNamespace(is_leader=False, caught_up=False))
+    plane.service.replicas[("t", 0)] = behind  # type: ignore[assignment]
+    why = plane.readiness()
+    assert why is not None and "t/0" in why
+    behind.core.caught_up = True
+    assert plane.readiness() is None
+    behind.core.caught_up = False  # falls behind later, under load: still ready
+    assert plane.readiness() is None
