@@ -143,7 +143,10 @@ def test_three_nodes_elect_fail_over_and_catch_up_by_snapshot(sprawl_nodes: Any)
     installed = [ln for ln in metrics.splitlines() if ln.startswith("sprawl_raft_snapshots_installed_total ")]
     assert installed and float(installed[0].split()[1]) >= 1, installed  # by snapshot, not by log
     print(f"restarted {old_name} caught up in {took2:.1f} s (snapshot index {view['snapshot_index']})")
-    assert _get(back, "/readyz")[0] == 200
+    # Ready once its partition replicas caught up with their leaders too (issue 24).
+    assert poll_until(lambda: _get(back, "/readyz")[0] == 200, CATCH_UP_BOUND) is not None, _get(
+        back, "/readyz"
+    )
 
     # Without a quorum there is no leader: /readyz says so, and changes are refused (not queued).
     last = survivors[0]
