@@ -159,10 +159,25 @@ class DataPlane:
         for _ in range(int(timeout / 0.02) + 2):
             if self.handed_off():
                 return True
-            if self.reactor.seconds() >= deadline:
+            if self.reactor.seconds() >= deadline or not self._can_hand_off():
                 break
             await task.deferLater(cast("IReactorTime", self.reactor), 0.02, lambda: None)
         return self.handed_off()
+
+    def _can_hand_off(self) -> bool:
+        """Whether some partition led here has a follower that is up and holds
+        every committed record (a hand-off can happen).  The last node of a
+        cluster stopping has none: it does not wait for nothing."""
+        states = self.controller.member_states()
+        for r in self.service.replicas.values():
+            core = r.core
+            if not core.is_leader:
+                continue
+            for f, st in core.followers.items():
+                if st.match >= core.hw and (not states or states.get(f) in ("alive", "suspect")):
+                    return True
+        # Nothing led here (only the placement is still to be applied) counts as possible.
+        return not any(r.core.is_leader for r in self.service.replicas.values())
 
     def handed_off(self) -> bool:
         """No replicated partition is led here any more, and the applied

@@ -263,3 +263,25 @@ def test_readiness_waits_for_the_followed_replicas_then_never_flaps() -> None:
     assert plane.readiness() is None
     behind.core.caught_up = False  # falls behind later, under load: still ready
     assert plane.readiness() is None
+
+
+def test_a_stopping_node_with_nobody_to_hand_over_to_does_not_wait() -> None:
+    """The last node of a cluster stopping leads a partition no follower is
+    caught up on: the drain ends at once (not after its bound); with a caught-up
+    follower up, it waits for the move (bounded) instead."""
+    from twisted.internet.defer import Deferred
+
+    plane, _ = _plane({"a": "left", "b": "dead", "c": "alive"})
+    core = SimpleNamespace(
+        is_leader=True, hw=10, followers={"b": SimpleNamespace(match=10), "c": SimpleNamespace(match=4)}
+    )
+    plane.service.replicas[("t", 0)] = SimpleNamespace(core=core)  # type: ignore[assignment]
+    d = Deferred.fromCoroutine(plane.drain(10.0))
+    assert d.called and d.result is False
+    core.followers["c"].match = 10
+    d = Deferred.fromCoroutine(plane.drain(10.0))
+    assert not d.called
+    core.is_leader = False  # the controller moved it; the placement names c
+    plane.control.metadata.placement["t"][0]["leader"] = "c"
+    plane.reactor.advance(0.05)
+    assert d.called and d.result is True
