@@ -188,6 +188,29 @@ def test_a_request_being_answered_is_never_cut_and_keep_alive_restarts_the_clock
     assert c.closed and c.out[n:].startswith(b"HTTP/1.1 408"), c.out[n:]
 
 
+def test_requests_under_way_are_counted_until_answered_or_dropped(guarded: Any) -> None:
+    """``active_requests`` (what a graceful stop waits for) counts a request from
+    the moment it is whole until it is answered or its connection drops; idle
+    kept-alive connections and requests still arriving do not count."""
+    _clock, site, app, _m = guarded
+    a, b, c = Conn(site), Conn(site), Conn(site)
+    a.send(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+    b.send(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\na")  # body not whole yet
+    assert site.active_requests == 2
+    app.hanging[0].write(b"done")
+    app.hanging[0].finish()
+    assert site.active_requests == 1
+    b.proto.connectionLost(Failure(ConnectionError("gone")))
+    assert site.active_requests == 0
+    c.send(b"bc")
+    assert c.out.endswith(b"ok 3") and site.active_requests == 0
+    a.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")  # the kept-alive connection's next request
+    assert site.active_requests == 0
+    a.proto.connectionLost(Failure(ConnectionError("gone")))
+    assert site.active_requests == 0
+
+
 def test_a_whole_request_in_one_read_arms_no_timer(guarded: Any) -> None:
     """The fast path: a request that arrives in one read leaves no guard timer behind."""
     _clock, site, _app, _m = guarded
