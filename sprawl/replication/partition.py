@@ -227,9 +227,19 @@ class PartitionReplication:
     def _crashed(self, f: Failure) -> None:
         self.failed = f
         self._queued = []
-        log.failure(
-            "replication of {topic}/{partition} stopped", f, topic=self.topic.name, partition=self.partition
-        )
+        if getattr(f.value, "code", None) == "stopping":  # the node stops: not a fault
+            log.info(
+                "replication of {topic}/{partition} ends: the node is stopping",
+                topic=self.topic.name,
+                partition=self.partition,
+            )
+        else:
+            log.failure(
+                "replication of {topic}/{partition} stopped",
+                f,
+                topic=self.topic.name,
+                partition=self.partition,
+            )
         for _off, d in self._waiters:
             if not d.called:
                 d.errback(f)

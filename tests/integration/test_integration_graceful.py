@@ -83,10 +83,16 @@ def test_a_rolling_restart_under_load_loses_no_publish(tmp_path: Path) -> None:
             f"the rolling restart added {added * 1000:.0f} ms to the slowest publish "
             f"(baseline {base.summary()}; rolling {rolled.summary()})"
         )
+        # A graceful stop is not a fault: no node logged one, none was failed
+        # over as dead, and each stop handed its leaderships over.
         for name in cluster.names:
             text = cluster.nodes[name].log_text()
             assert "did not move in time" not in text, f"{name} stopped while still leading"
             assert "stopped cleanly" in text
+            faults = [ln for ln in text.splitlines() if "#critical]" in ln or "#error]" in ln]
+            assert not faults, f"{name} logged faults: {faults[:5]}"
+            assert "dead by gossip" not in text, f"{name}'s controller failed a stopping node over"
+        assert any("(drained or stopping)" in cluster.nodes[n].log_text() for n in cluster.names)
     finally:
         cluster.close()
 
