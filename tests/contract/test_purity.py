@@ -43,6 +43,7 @@ PURE = [
     "sprawl.cluster.placement",
     "sprawl.cluster.voters",
     "sprawl.cluster.balance",
+    "sprawl.cluster.drain",
     "sprawl.replication",
     "sprawl.replication.epochs",
     "sprawl.replication.messages",
