@@ -105,6 +105,19 @@ def _ctl(cluster: NodeCluster, *args: str) -> Any:
     return json.loads(r.output)
 
 
+def _dashboard_snapshot(cluster: NodeCluster, name: str) -> Any:
+    """The first snapshot of a node's dashboard feed (``GET /v1/dashboard/stream``)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(cluster.url(name) + "/v1/dashboard/stream", timeout=10) as r:
+        for _ in range(100):
+            line = r.readline()
+            if line.startswith(b"data:"):
+                return json.loads(line[5:])
+    raise AssertionError("no snapshot on the dashboard feed")
+
+
 def test_drain_moves_leaderships_off_and_undrain_restores_eligibility(tmp_path: Path) -> None:
     """Drain n1: it leads nothing, a new topic gets no replica on it, and it
     stays drained across its restart; undrain: a new topic is placed over all
@@ -123,6 +136,7 @@ def test_drain_moves_leaderships_off_and_undrain_restores_eligibility(tmp_path: 
         )
         for name in cluster.names:
             assert poll_until(lambda name=name: cluster.cluster_view(name).get("drained") == ["n1"], 10)
+        assert _dashboard_snapshot(cluster, "n2")["cluster"]["drained"] == ["n1"]  # the page's badge
         # Every partition keeps its three replicas (n1 stays a follower).
         for p in cluster.placement()["before"].values():
             assert sorted(p["replicas"]) == ["n0", "n1", "n2"]
