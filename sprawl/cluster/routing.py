@@ -47,6 +47,11 @@ _NOT_APPLIED_THERE = {"topic_not_found", "partition_not_found"}
 #: Errors after which a publish is retried (the message ids make a repeat harmless).
 _RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "stopping", *_NOT_APPLIED_THERE}
 
+#: Seconds a publish waits for this node's replica to take a leadership the
+#: applied placement already gives it (the controller's assignment follows
+#: the Raft commit by one message).
+ASSIGN_WAIT = 0.25
+
 #: What a publish answer's ``stored`` can say, the weakest promise first.
 _WEAKEST_FIRST = ("pending", "memory", "lmdb", "quorum")
 
@@ -86,7 +91,7 @@ class Router:
         self.forwarded = 0
         self.retried = 0
         #: Publishes waiting to retry, by topic: woken when its placement changes.
-        self._placement_waiters: dict[str, list[defer.Deferred[None]]] = {}
+        self._placement_waiters: dict[str, list[defer.Deferred[bool]]] = {}
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
 
@@ -145,7 +150,8 @@ class Router:
         leader; retried through failovers until :attr:`route_timeout`."""
         deadline = self.reactor.seconds() + self.route_timeout
         last: SprawlError | None = None
-        for attempt in range(1000):
+        backoff = 0  # retries since the placement last changed here
+        for _attempt in range(1000):
             # Checked again before every attempt: a leader answering
             # topic_not_found is retried only while this node knows the topic.
             t = self.broker.topics.get(topic.name)
@@ -164,7 +170,9 @@ class Router:
             if self.reactor.seconds() + 0.05 >= deadline:
                 break
             self.retried += 1
-            await self._placement_or(topic.name, min(0.02 * (attempt + 1), 0.25))
+            backoff += 1
+            if await self._placement_or(topic.name, min(0.02 * backoff, 0.25)):
+                backoff = 0  # a new leader: the next refusal is retried soon again
         raise Unavailable(
             f"partition {topic.name}/{p} has no reachable leader now ({last.message if last else 'no route'}); "
             "retry shortly",
@@ -176,11 +184,11 @@ class Router:
         waiting to retry go now (to the new leader) instead of at their backoff."""
         for d in self._placement_waiters.pop(name, []):
             if not d.called:
-                d.callback(None)
+                d.callback(True)
 
-    def _placement_or(self, name: str, seconds: float) -> defer.Deferred[None]:
-        """Fires when ``name``'s placement changes here, or after ``seconds``."""
-        d: defer.Deferred[None] = defer.Deferred()
+    def _placement_or(self, name: str, seconds: float) -> defer.Deferred[bool]:
+        """Fires True when ``name``'s placement changes here, or False after ``seconds``."""
+        d: defer.Deferred[bool] = defer.Deferred()
         waiters = self._placement_waiters.setdefault(name, [])
         waiters.append(d)
 
@@ -190,7 +198,7 @@ class Router:
                     waiters.remove(d)
                 if not waiters and self._placement_waiters.get(name) is waiters:
                     del self._placement_waiters[name]
-                d.callback(None)
+                d.callback(False)
 
         timer = self.reactor.callLater(seconds, timeout)
         d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
@@ -216,10 +224,15 @@ class Router:
             res: PublishResult = await self.broker.publish(t, records, acks, partition=p)
             return res
         r = self.sync.service.replicas.get((name, p))
-        if r is not None and r.core.is_leader:
-            return await self._publish_replicated(t, r, records, acks, named)
         pl = self.sync.placement(name, p)
         leader = str(pl["leader"]) if pl else ""
+        if r is not None and not r.core.is_leader and leader == self.node_id:
+            # The placement names this node, whose replica has not had the
+            # controller's assignment yet (a moment behind the Raft commit):
+            # wait for it briefly rather than send the publish round again.
+            await self._until_leader(r, min(ASSIGN_WAIT, deadline - self.reactor.seconds()))
+        if r is not None and r.core.is_leader:
+            return await self._publish_replicated(t, r, records, acks, named)
         if not leader or leader == self.node_id:
             raise Unavailable(f"partition {name}/{p} is between leaders", code="no_leader")
         if hops >= self.rpc.max_hops:
@@ -241,6 +254,14 @@ class Router:
             list(answer["duplicates"]),
             str(answer["stored"]),
         )
+
+    async def _until_leader(self, r: PartitionReplication, seconds: float) -> None:
+        """Wait until the replica leads, at most ``seconds`` (checked every 5 ms)."""
+        end = self.reactor.seconds() + seconds
+        for _ in range(int(max(seconds, 0.0) / 0.005) + 1):
+            if r.core.is_leader or self.reactor.seconds() >= end:
+                return
+            await task.deferLater(self.reactor, 0.005, lambda: None)
 
     async def _publish_replicated(
         self, t: Topic, r: PartitionReplication, records: list[Record], acks: str, named: set[str]

@@ -285,3 +285,41 @@ def test_a_stopping_node_with_nobody_to_hand_over_to_does_not_wait() -> None:
     plane.control.metadata.placement["t"][0]["leader"] = "c"
     plane.reactor.advance(0.05)
     assert d.called and d.result is True
+
+
+def test_a_publish_waits_briefly_for_the_assignment_the_placement_announced() -> None:
+    """The applied placement names this node before the controller's assignment
+    reaches its replica: the publish waits for it (bounded) instead of being
+    refused and sent round again; without the assignment it is refused as before."""
+    from twisted.internet.defer import Deferred
+
+    from sprawl.cluster.routing import ASSIGN_WAIT
+    from sprawl.errors import Unavailable
+
+    clock = task.Clock()
+    core = SimpleNamespace(is_leader=False)
+    replica = SimpleNamespace(core=core)
+    sync = SimpleNamespace(
+        is_local=lambda name, p: False,
+        service=SimpleNamespace(replicas={("t", 0): replica}),
+        placement=lambda name, p: {"leader": "a", "replicas": ["a", "b", "c"], "epoch": 3},
+    )
+    router = Router("a", SimpleNamespace(), sync, FakeRPC(), clock)  # type: ignore[arg-type]
+
+    async def replicated(*args: Any) -> str:
+        return "published"
+
+    router._publish_replicated = replicated  # type: ignore[method-assign,assignment]
+    topic = SimpleNamespace(name="t")
+    d = Deferred.fromCoroutine(router._publish_once(topic, 0, [], "quorum", 0, 10.0, set()))  # type: ignore[arg-type]
+    clock.advance(0.02)
+    assert not d.called
+    core.is_leader = True
+    clock.advance(0.005)
+    assert d.called and d.result == "published"
+    core.is_leader = False
+    d = Deferred.fromCoroutine(router._publish_once(topic, 0, [], "quorum", 0, 10.0, set()))  # type: ignore[arg-type]
+    clock.pump([0.005] * int(ASSIGN_WAIT / 0.005 + 2))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(Unavailable) and failures[0].value.code == "no_leader"
