@@ -8,6 +8,10 @@ over the peer channel (:mod:`sprawl.peer.rpc`, hop limited).  A refusal
 that cannot be reached or does not answer is retried against the freshly
 applied placement until :attr:`Router.route_timeout` -- so clients ride
 through a failover without seeing it -- then answered 503 ``no_leader``.  A
+retry waits a short backoff, or less: until the partition's new placement is
+applied here (:meth:`Router.placement_changed`); a node the applied placement
+names leader waits briefly (:data:`ASSIGN_WAIT`) for the controller's
+assignment to reach its replica rather than refuse.  A
 holder that has not applied a topic this node knows is asked again (a publish
 and a forwarded read alike): read-your-writes for metadata.  Retrying is safe
 even when the first attempt was written: this node named every message first,
