@@ -32,6 +32,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from sprawl.cluster.controller import PartitionController
+from sprawl.cluster.drain import drained_nodes
 from sprawl.cluster.group_routes import GroupRoutes
 from sprawl.cluster.repair import Repairs
 from sprawl.cluster.replica_sync import ReplicaSync
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
     from sprawl.topics import Topic
 
 log = Logger()
+
+#: Seconds between a drained Raft leader's tries to hand its leadership over.
+RAFT_HAND_OFF_RETRY = 5.0
 
 __all__ = ["DataPlane", "NotLeaderError"]
 
@@ -122,6 +126,8 @@ class DataPlane:
         self._loop: task.LoopingCall | None = None
         #: Set once every replica followed here had caught up (see :meth:`readiness`).
         self._caught_up_once = False
+        #: When a drained Raft leader may try to hand its leadership over again.
+        self._raft_hand_off_after = float("-inf")
         #: SSE / WebSocket reads of partitions held elsewhere: one long-poll
         #: per partition for all of this node's clients (decision 9a).
         self.feeds = RemoteFeeds(self.router.fetch_remote, self.router.read_source, reactor, broker.notify)
@@ -241,6 +247,24 @@ class DataPlane:
         self.service.tick()
         self.groups.tick(self.reactor.seconds())
         self.repairs.tick()
+        self._hand_off_raft_if_drained()
+
+    def _hand_off_raft_if_drained(self) -> None:
+        """A drained node that leads Raft hands the leadership (and with it
+        the controller) to a caught-up voter -- at most one try every
+        :data:`RAFT_HAND_OFF_RETRY` seconds."""
+        hand_off = getattr(self.control, "hand_off", None)
+        now = self.reactor.seconds()
+        if (
+            hand_off is None
+            or not self.control.is_leader
+            or self.node_id not in drained_nodes(self.control.metadata)
+            or now < self._raft_hand_off_after
+        ):
+            return
+        self._raft_hand_off_after = now + RAFT_HAND_OFF_RETRY
+        log.info("raft: this node is drained; handing the Raft leadership over")
+        defer.ensureDeferred(hand_off()).addErrback(lambda f: log.failure("Raft hand-off failed", f))
 
     # -- the parts' seams --------------------------------------------------------------
 

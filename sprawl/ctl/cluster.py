@@ -85,8 +85,10 @@ def _status_text(info: Any) -> None:
             f"forwarded publishes: {cell(parts.get('forwarded'))}, "
             f"failovers committed: {cell(parts.get('failovers'))}"
         )
+    if isinstance(info.get("drained"), list):
+        click.echo(f"drained: {', '.join(map(str, info['drained'])) or '-'}")
     for key, value in info.items():
-        if key not in ("node_id", "leader", "term", "raft", "members", "partitions"):
+        if key not in ("node_id", "leader", "term", "raft", "members", "partitions", "drained"):
             click.echo(f"{key}: {cell(value)}")
     click.echo("")
     _members_table(info.get("members"), info.get("leader"))

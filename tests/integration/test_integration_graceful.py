@@ -13,13 +13,15 @@
   start-up) adds more than that by itself, so the test holds a generous
   bound (:data:`ADDED_BOUND`, load-scaled) and prints the figures --
   docs/benchmarks.md has the measured ones (``python -m benchmarks.rolling``).
-* **Drain.**  ``sprawlctl cluster drain NODE`` moves every leadership off the
-  node, new topics are not placed on it, the flag survives a restart of the
-  node, and ``undrain`` makes it eligible again.
+* **Drain.**  ``sprawlctl cluster drain NODE`` (of the Raft leader) moves
+  every partition leadership and the Raft leadership off the node, new
+  topics are not placed on it, the flag survives a restart of the node, and
+  ``undrain`` makes it eligible again.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -97,17 +99,15 @@ def test_a_rolling_restart_under_load_loses_no_publish(tmp_path: Path) -> None:
         cluster.close()
 
 
-def _ctl(cluster: NodeCluster, *args: str) -> Any:
-    r = CliRunner().invoke(cli, ["--nodes", cluster.url("n0"), *args, "--json"])
+def _ctl(cluster: NodeCluster, via: str, *args: str, json_out: bool = True) -> str:
+    """Run ``sprawlctl --nodes URL ARGS [--json]`` in-process; its output."""
+    r = CliRunner().invoke(cli, ["--nodes", cluster.url(via), *args, *(["--json"] if json_out else [])])
     assert r.exit_code == 0, r.output
-    import json
-
-    return json.loads(r.output)
+    return r.output
 
 
 def _dashboard_snapshot(cluster: NodeCluster, name: str) -> Any:
     """The first snapshot of a node's dashboard feed (``GET /v1/dashboard/stream``)."""
-    import json
     import urllib.request
 
     with urllib.request.urlopen(cluster.url(name) + "/v1/dashboard/stream", timeout=10) as r:
@@ -119,53 +119,60 @@ def _dashboard_snapshot(cluster: NodeCluster, name: str) -> Any:
 
 
 def test_drain_moves_leaderships_off_and_undrain_restores_eligibility(tmp_path: Path) -> None:
-    """Drain n1: it leads nothing, a new topic gets no replica on it, and it
-    stays drained across its restart; undrain: a new topic is placed over all
-    three nodes again (rendezvous) and n1 may lead."""
+    """Drain the Raft leader: it hands the Raft leadership and every partition
+    leadership over, a new topic gets no replica on it, and it stays drained
+    across its restart; undrain: a new topic is placed over all three nodes
+    again (rendezvous)."""
     cluster = NodeCluster(tmp_path, 3)
     try:
         cluster.start()
         _put_topic(cluster, "n0", "before", 6, 3)
         assert poll_until(lambda: not cluster.replication_problems(["before"]), 60) is not None
-        assert "n1" in cluster.partition_leaders("before").values(), "rendezvous gives n1 some leaderships"
+        victim = cluster.raft_leader()
+        assert victim is not None
+        others = sorted(n for n in cluster.names if n != victim)
+        via = others[0]
 
-        got = _ctl(cluster, "cluster", "drain", "n1")
-        assert got == {"node_id": "n1", "drained": True, "changed": True}
-        assert poll_until(lambda: "n1" not in cluster.partition_leaders("before").values(), MOVE_BOUND), (
-            cluster.placement()
-        )
-        for name in cluster.names:
-            assert poll_until(lambda name=name: cluster.cluster_view(name).get("drained") == ["n1"], 10)
-        assert _dashboard_snapshot(cluster, "n2")["cluster"]["drained"] == ["n1"]  # the page's badge
-        # Every partition keeps its three replicas (n1 stays a follower).
-        for p in cluster.placement()["before"].values():
-            assert sorted(p["replicas"]) == ["n0", "n1", "n2"]
+        got = json.loads(_ctl(cluster, via, "cluster", "drain", victim))
+        assert got == {"node_id": victim, "drained": True, "changed": True}
+        assert poll_until(
+            lambda: victim not in cluster.partition_leaders("before", via).values(), MOVE_BOUND
+        ), cluster.placement(via)
+        assert poll_until(lambda: cluster.raft_leader() in others, MOVE_BOUND), cluster.raft_views()
 
-        _put_topic(cluster, "n2", "during", 12, 1)
-        placed = cluster.placement()["during"]
-        assert all(p["replicas"] != ["n1"] for p in placed.values()), placed
-        assert {p["replicas"][0] for p in placed.values()} == {"n0", "n2"}
+        def all_say_drained() -> bool:
+            return all(cluster.cluster_view(n).get("drained") == [victim] for n in cluster.names)
 
-        # The flag is in the Raft metadata: a restart of n1 keeps it drained.
-        cluster.nodes["n1"].stop()
-        cluster.down.add("n1")
-        cluster.restart("n1")
+        assert poll_until(all_say_drained, 10) is not None
+        assert _dashboard_snapshot(cluster, via)["cluster"]["drained"] == [victim]  # the page's badge
+        assert f"drained: {victim}\n" in _ctl(cluster, via, "cluster", "status", json_out=False)
+        # Every partition keeps its three replicas (the drained node stays a follower).
+        for p in cluster.placement(via)["before"].values():
+            assert sorted(p["replicas"]) == sorted(cluster.names)
+
+        _put_topic(cluster, via, "during", 12, 1)
+        placed = cluster.placement(via)["during"]
+        assert {p["replicas"][0] for p in placed.values()} == set(others), placed
+
+        # The flag is in the Raft metadata: a restart of the node keeps it drained.
+        cluster.nodes[victim].stop()
+        cluster.down.add(victim)
+        cluster.restart(victim)
         assert poll_until(cluster.formed, 60) is not None
-        assert cluster.cluster_view("n1").get("drained") == ["n1"]
-        assert "n1" not in cluster.partition_leaders("before").values()
+        assert cluster.cluster_view(victim).get("drained") == [victim]
+        assert victim not in cluster.partition_leaders("before", via).values()
 
-        status, body = http_json(cluster.url("n2") + "/v1/cluster/nodes/nobody/drain", "POST")
+        status, body = http_json(cluster.url(via) + "/v1/cluster/nodes/nobody/drain", "POST")
         assert status == 404 and body["error"]["code"] == "node_not_found"
 
-        got = _ctl(cluster, "cluster", "undrain", "n1")
-        assert got == {"node_id": "n1", "drained": False, "changed": True}
-        assert poll_until(lambda: cluster.cluster_view("n0").get("drained") == [], 10)
-        _put_topic(cluster, "n0", "after", 12, 1)
-        placed = cluster.placement()["after"]
-        nodes = ["n0", "n1", "n2"]
+        got = json.loads(_ctl(cluster, via, "cluster", "undrain", victim))
+        assert got == {"node_id": victim, "drained": False, "changed": True}
+        assert poll_until(lambda: cluster.cluster_view(via).get("drained") == [], 10)
+        _put_topic(cluster, via, "after", 12, 1)
+        placed = cluster.placement(via)["after"]
         assert {int(p): v["replicas"] for p, v in placed.items()} == {
-            p: rendezvous("after", p, nodes, 1) for p in range(12)
+            p: rendezvous("after", p, cluster.names, 1) for p in range(12)
         }
-        assert any(v["replicas"] == ["n1"] for v in placed.values())
+        assert any(v["replicas"] == [victim] for v in placed.values())
     finally:
         cluster.close()
