@@ -205,7 +205,13 @@ class Router:
                 d.callback(False)
 
         timer = self.reactor.callLater(seconds, timeout)
-        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+
+        def disarm(changed: bool) -> bool:
+            if timer.active():
+                timer.cancel()
+            return changed
+
+        d.addCallback(disarm)
         return d
 
     async def _publish_once(
@@ -265,7 +271,7 @@ class Router:
         for _ in range(int(max(seconds, 0.0) / 0.005) + 1):
             if r.core.is_leader or self.reactor.seconds() >= end:
                 return
-            await task.deferLater(self.reactor, 0.005, lambda: None)
+            await task.deferLater(cast("IReactorTime", self.reactor), 0.005, lambda: None)
 
     async def _publish_replicated(
         self, t: Topic, r: PartitionReplication, records: list[Record], acks: str, named: set[str]
