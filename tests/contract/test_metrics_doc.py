@@ -9,15 +9,13 @@ Prometheus conventions (counters end in ``_total``, units in names).
 from __future__ import annotations
 
 import http.client
-import json
 import re
-import urllib.request
 from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import NodeProcess
+from harness import NodeProcess, http_json, metrics_text
 from harness.paths import DOCS
 
 DOC = DOCS / "operations.md"
@@ -40,11 +38,9 @@ def documented_metrics() -> dict[str, str]:
 
 
 def _request(url: str, body: Any = None, method: str | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        raw = r.read()
-    return json.loads(raw) if raw else None
+    status, answer = http_json(url, method or ("POST" if body is not None else "GET"), body, timeout=30)
+    assert 200 <= status < 300, (url, status, answer)
+    return answer
 
 
 def _read_one_stream_event(port: int) -> None:
@@ -74,8 +70,7 @@ def test_documented_metrics_exist(sprawl_node: NodeProcess) -> None:
     assert pulled["messages"]
     _request(f"{url}/v1/topics/orders/messages?from=earliest")
     _read_one_stream_event(sprawl_node.http_port)
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
-        text = r.read().decode()
+    text = metrics_text(url, timeout=30)
 
     families = {f.name: f for f in text_string_to_metric_families(text)}
     # The parser strips _total from counter family names; map exposition names back.
@@ -116,8 +111,7 @@ def test_replication_lag_is_zero_once_stored(sprawl_node: NodeProcess) -> None:
     """On one node a durable publish is acked after its commit, so log end - HW is 0 by then."""
     url = sprawl_node.url
     _request(f"{url}/v1/topics/lagged/messages", {"messages": [{"payload": "x"}] * 3})
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
-        text = r.read().decode()
+    text = metrics_text(url, timeout=30)
     samples = {
         (s.name, s.labels.get("topic")): s.value
         for f in text_string_to_metric_families(text)

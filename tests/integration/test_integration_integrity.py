@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from harness import NodeProcess, http_json
+from harness import NodeProcess, http_json, metrics_text
 from harness.paths import DATA
 from sprawl.ctl import cli
 
@@ -80,10 +80,7 @@ def check_served(msgs: list[dict[str, Any]], index: dict[int, int] | None = None
 
 def metric(node: NodeProcess, name: str) -> float:
     """The value of one sample of the node's /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    text = metrics_text(node.url)
     for line in text.splitlines():
         if line.startswith(name + " ") or (line.startswith(name + "{") and line.split(" ")[0] == name):
             return float(line.rsplit(" ", 1)[1])
