@@ -457,9 +457,9 @@ def create_topic(url: str) -> str:
 
 def run_once(
     ctx: Any, redis_port: int | None, nats_port: int | None, url: str, n: int, wires: list[str]
-) -> dict[str, Any]:
+) -> dict[tuple[str, str], Any]:
     """Every workload once against every broker; answers {(row, column): value}."""
-    res: dict[str, Any] = {}
+    res: dict[tuple[str, str], Any] = {}
     lat_n = int(n / 20)
     for subs in (1, 10):
         row = f"fan{subs}"
@@ -516,13 +516,15 @@ def _sprawl_pub16(url: str, n: int, topic: str, wire: str, out: Any) -> None:
     _sprawl_pub(url, n, topic, 0.0, out, wire, 16)
 
 
-def median_of(runs: list[dict[str, Any]], key: tuple[str, str], field: str | None = None) -> float | None:
+def median_of(
+    runs: list[dict[tuple[str, str], Any]], key: tuple[str, str], field: str | None = None
+) -> float | None:
     """The median over runs (None when the broker was skipped)."""
     xs = [r[key] if field is None else r[key][field] for r in runs if key in r]
     return statistics.median(xs) if xs else None
 
 
-def table(runs: list[dict[str, Any]], wires: list[str]) -> str:
+def table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
     """The Markdown table: a column per broker (and Sprawl wire), Sprawl / best peer."""
 
     def k(x: float | None) -> str:
@@ -595,11 +597,15 @@ def main() -> None:
                     file=sys.stderr,
                 )
         node = NodeProcess(tmp / "sprawl").start()
-        runs = []
+        runs: list[dict[tuple[str, str], Any]] = []
         try:
             for i in range(a.repeat):
                 load = os.getloadavg()[0]
-                runs.append(run_once(ctx, redis and redis.port, nats and nats.port, node.url, n, wires))
+                runs.append(
+                    run_once(
+                        ctx, redis.port if redis else None, nats.port if nats else None, node.url, n, wires
+                    )
+                )
                 print(
                     f"run {i + 1}/{a.repeat} done (load average {load:.1f} -> {os.getloadavg()[0]:.1f}): {runs[-1]}",
                     file=sys.stderr,
