@@ -36,6 +36,7 @@ import asyncio
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -276,7 +277,9 @@ def _sprawl_body(n: int, wire: str) -> tuple[bytes, bytes]:
     if wire == "lean":
         from sprawl.client import wire as w
 
-        return w.encode_publish([{"payload": payload()} for _ in range(n)], acks="leader"), w.MSGPACK.encode()
+        # Text payloads (a str is a text message, as in the JSON body): the same messages both ways.
+        msgs = [{"payload": payload().decode()} for _ in range(n)]
+        return w.encode_publish(msgs, acks="leader"), w.MSGPACK.encode()
     items = b",".join(b'{"payload":"%s"}' % payload() for _ in range(n))
     return b'{"acks":"leader","messages":[' + items + b"]}", b"application/json"
 
@@ -587,6 +590,8 @@ def main() -> None:
     n = a.messages // 10 if a.quick else a.messages
     wires = [w for w in a.wire.split(",") if w]
     ctx = multiprocessing.get_context("spawn")
+    # A SIGTERM stops the servers too (the finally clauses below run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         redis, nats = start_redis(tmp), start_nats(tmp)
