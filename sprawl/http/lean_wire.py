@@ -42,7 +42,7 @@ class _PackMessage(msgspec.Struct, forbid_unknown_fields=True):
 
 class _PackBody(msgspec.Struct, forbid_unknown_fields=True):
     messages: list[_PackMessage]
-    acks: str | None = None
+    acks: str | msgspec.UnsetType = msgspec.UNSET  # null is not absent
 
 
 _pack_decoder = msgspec.msgpack.Decoder(_PackBody)
@@ -94,7 +94,7 @@ def parse_msgpack(raw: bytes, max_batch: int, default_acks: str) -> tuple[list[R
             append(Record(-1, 0, 0, m.id, m.key, m.headers or None, p, False))
         else:
             raise BadRequest(f"messages[{i}].payload must be str or bin", code="invalid_msgpack")
-    return out, body.acks if body.acks is not None else default_acks
+    return out, body.acks if isinstance(body.acks, str) else default_acks
 
 
 def _check_fields(mid: str | None, key: str | None, headers: dict[str, str] | None, i: int) -> None:

@@ -94,6 +94,13 @@ async def test_an_ndjson_body_publishes_one_message_per_line(node: Node) -> None
             "invalid_message",
         ),
         (msgspec.msgpack.encode({"messages": [{"payload": "a"}] * 10_001}), PACK, "", 413, "batch_too_large"),
+        (
+            msgspec.msgpack.encode({"messages": [{"payload": "a"}], "acks": None}),
+            PACK,
+            "",
+            400,
+            "invalid_msgpack",
+        ),
         (b'{"payload":"a"}\n{"payload":', ND, "", 400, "invalid_ndjson"),
         (b'{"payload":"a"}\n[1]', ND, "", 400, "invalid_message"),
         (b'{"payload":"a","x":1}', ND, "", 400, "invalid_message"),
