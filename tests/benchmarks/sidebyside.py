@@ -18,7 +18,8 @@ A peer whose server is not installed is skipped (its columns say so).  The clien
 * NATS: nats-py, ``publish`` (flushed every 100), an async subscription callback; durable:
   JetStream publishes 100 in flight (the server keeps the stream in a file store);
 * Sprawl: the asyncio HTTP/1.1 client of :mod:`sprawl.client.aio`, batches of 100 per POST,
-  ``acks=leader`` on a ``durable`` topic (every ack after an fsynced commit); the subscriber
+  :data:`IN_FLIGHT` requests in flight on as many keep-alive connections (the pipelining of the
+  others), ``acks=leader`` on a ``durable`` topic (every ack after an fsynced commit); the subscriber
   reads ``GET .../stream``.  ``--wire json`` is today's format (a JSON batch body; one SSE event
   per message, decoded one by one); ``--wire lean`` is :mod:`sprawl.client.wire`'s (a msgpack
   body; one SSE event per batch, ``?format=batch``).
@@ -51,6 +52,10 @@ from harness import NodeProcess
 from harness.nodes import free_port
 
 SIZE = 100
+#: Sprawl publish requests one publisher keeps in flight (keep-alive connections), unless a
+#: row names its own: an HTTP/1.1 connection carries one request at a time, and every durable
+#: ack waits for an fsync, so one connection alone measures the disk, not the wire.
+IN_FLIGHT = 4
 BATCH = 100
 PAD = b"x" * (SIZE - 19)
 
@@ -344,14 +349,15 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
     out.put(asyncio.run(main()))
 
 
-def _sprawl_pub(url: str, n: int, topic: str, rate: float, out: Any, wire: str, conns: int = 1) -> None:
+def _sprawl_pub(url: str, n: int, topic: str, rate: float, out: Any, wire: str, conns: int = 0) -> None:
     from sprawl.client.aio import Endpoint, HttpClient
 
     async def main() -> dict[str, Any]:
         ep = Endpoint.parse(url)
         path = f"/v1/topics/{topic}/messages"
-        # At a steady rate one request per message: a few connections keep up with the rate.
-        conns_ = max(conns, 4) if rate else conns
+        # The publisher keeps IN_FLIGHT requests in flight (one per connection), as redis-py's
+        # pipeline and nats-py keep many messages in flight; the durable rows name their own.
+        conns_ = conns or IN_FLIGHT
         clients = [HttpClient(ep, 30.0) for _ in range(conns_)]
         left = [n]
         start = time.time()
