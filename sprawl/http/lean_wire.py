@@ -85,15 +85,20 @@ def parse_msgpack(raw: bytes, max_batch: int, default_acks: str) -> tuple[list[R
         raise _too_many(max_batch)
     out: list[Record] = []
     append = out.append
-    for i, m in enumerate(msgs):
-        p = m.payload
-        _check_fields(m.id, m.key, m.headers, i)
-        if isinstance(p, str):
-            append(Record(-1, 0, 0, m.id, m.key, m.headers or None, p.encode("utf-8", "surrogatepass"), True))
-        elif isinstance(p, bytes):
-            append(Record(-1, 0, 0, m.id, m.key, m.headers or None, p, False))
+    for m in msgs:
+        p, mid, key, headers = m.payload, m.id, m.key, m.headers
+        if (
+            (mid is not None and not 1 <= len(mid) <= 256)
+            or (key is not None and len(key) > 1024)
+            or (headers is not None and len(headers) > 64)
+        ):
+            _check_fields(mid, key, headers, len(out))
+        if type(p) is str:
+            append(Record(-1, 0, 0, mid, key, headers or None, p.encode("utf-8", "surrogatepass"), True))
+        elif type(p) is bytes:
+            append(Record(-1, 0, 0, mid, key, headers or None, p, False))
         else:
-            raise BadRequest(f"messages[{i}].payload must be str or bin", code="invalid_msgpack")
+            raise BadRequest(f"messages[{len(out)}].payload must be str or bin", code="invalid_msgpack")
     return out, body.acks if isinstance(body.acks, str) else default_acks
 
 
