@@ -79,6 +79,26 @@ async def test_subscribers_of_a_partition_share_one_encoded_event(server: Server
     assert server.api.streams.batches.hits - hits >= 9 * 3
 
 
+@pytest_twisted.ensureDeferred
+async def test_batch_streams_with_different_filters_get_their_own_messages(server: Server) -> None:
+    """A filter applies to the batch format too, and two filtered streams of one partition
+    never share an event (their records differ in the middle, not at the ends)."""
+    odd = await server.connect(
+        "/v1/topics/flt/stream?from=earliest&format=batch&filter=offset%20!%3D%20%601%60"
+    )
+    all_ = await server.connect(
+        "/v1/topics/flt/stream?from=earliest&format=batch&filter=offset%20%3E%3D%20%600%60"
+    )
+    await server.publish("flt", ["a", "b", "c"])
+    await odd.when(lambda: len(delivered(odd)) >= 2)
+    await all_.when(lambda: len(delivered(all_)) >= 3)
+    await server.publish("flt", ["d"])  # a marker: whatever arrives before it is all there was
+    await odd.when(lambda: len(delivered(odd)) >= 3)
+    await all_.when(lambda: len(delivered(all_)) >= 4)
+    assert delivered(odd) == ["a", "c", "d"]
+    assert delivered(all_) == ["a", "b", "c", "d"]
+
+
 @pytest.mark.parametrize("fmt", ["ndjson", "BATCH", "sse,batch"])
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_stream_format_is_a_400(server: Server, fmt: str) -> None:
