@@ -95,6 +95,13 @@ def _ms(summary: Any) -> str:
 @click.option(
     "--replication-factor", type=click.IntRange(min=1), help="Replication factor of the created topic."
 )
+@click.option(
+    "--wire",
+    type=click.Choice(["json", "lean"]),
+    default="json",
+    show_default=True,
+    help="json: JSON batches and one SSE event per message; lean: msgpack batches and one SSE event per batch.",
+)
 @click.option("--keep-topic", is_flag=True, help="Do not delete the fresh topic afterwards.")
 @click.option(
     "--inline-subscribers", is_flag=True, help="Run subscribers in this process instead of a child process."
@@ -126,6 +133,7 @@ def bench(
     storage: str,
     partitions: int | None,
     replication_factor: int | None,
+    wire: str,
     keep_topic: bool,
     inline_subscribers: bool,
     drain_timeout: float,
@@ -148,6 +156,7 @@ def bench(
         partitions=partitions,
         replication_factor=replication_factor,
         keep_topic=keep_topic,
+        wire=wire,
         subscriber_process=not inline_subscribers,
         timeout=max(client.timeout, 30.0),
         drain_timeout=drain_timeout,

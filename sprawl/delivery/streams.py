@@ -12,6 +12,7 @@ it can resume with ``Last-Event-ID``.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from operator import attrgetter
@@ -86,6 +87,68 @@ def batch(
 _size = attrgetter("size")
 
 
+def batch_event(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
+    """``recs`` as one SSE event of the ``batch`` stream format: ``event: batch``,
+    ``id: P:OFFSET`` (the last offset covered, so ``Last-Event-ID`` resumes after
+    it) and ``data:`` a JSON array of the messages (each as in the default
+    format).  Returns ``(event, used, delivered, message_bytes)`` as :func:`batch`
+    does; the event is empty when the records were control records only."""
+    frames, used, n, nbytes = batch(recs, Record.to_json, max_bytes)
+    if not n:
+        return b"", used, 0, 0
+    head = b"event: batch\nid: %d:%d\ndata: [" % (p, recs[used - 1].offset)
+    return head + b",".join(frames) + b"]\n\n", used, n, nbytes
+
+
+class BatchEvents:
+    """The ``batch`` events encoded lately, shared by every stream of the node.
+
+    Subscribers of a partition that are caught up read the same records when
+    its high watermark moves, so the first encodes the event and the others
+    reuse it.  A hit needs the same topic object and the very record objects at
+    both ends (the hot tail's), so a recreated topic or a re-read from storage
+    is encoded afresh.  Bounded by ``max_bytes`` of events (oldest dropped)."""
+
+    def __init__(self, max_bytes: int = 8 * 1000**2) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self._events: OrderedDict[
+            tuple[str, int], tuple[Any, Record, Record, int, int, tuple[bytes, int, int, int]]
+        ] = OrderedDict()
+
+    def event(self, topic: Any, p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
+        """:func:`batch_event` of ``recs``, from the cache where it can be."""
+        key = (topic.name, p)
+        hit = self._events.get(key)
+        if (
+            hit is not None
+            and hit[0] is topic
+            and hit[1] is recs[0]
+            and hit[2] is recs[-1]
+            and hit[3] == len(recs)
+            and hit[4] == max_bytes
+        ):
+            self.hits += 1
+            return hit[5]
+        out = batch_event(p, recs, max_bytes)
+        if hit is not None:
+            self.bytes -= len(hit[5][0])
+            del self._events[key]
+        if len(out[0]) <= self.max_bytes:
+            self._events[key] = (topic, recs[0], recs[-1], len(recs), max_bytes, out)
+            self.bytes += len(out[0])
+            while self.bytes > self.max_bytes:
+                _, old = self._events.popitem(last=False)
+                self.bytes -= len(old[5][0])
+        return out
+
+
+#: The stream formats of ``GET .../stream?format=``: one SSE event per message
+#: (the default) or one per batch of messages.
+STREAM_FORMATS = ("sse", "batch")
+
+
 def deliverable(recs: list[Record]) -> list[Record]:
     """``recs`` without control records (which take offsets but are never delivered)."""
     for r in recs:
@@ -141,6 +204,7 @@ class SSEStream:
         max_bytes: int = DEFAULT_READ_BYTES,
         expires: float | None = None,
         select: RecordSelection | None = None,
+        fmt: str = "sse",
     ):
         self.broker = broker
         #: The stream's ``?filter=``/``?fields=`` (a :class:`sprawl.pubsub.filters.Selection`),
@@ -178,6 +242,8 @@ class SSEStream:
         #: or None: the stream ends then (:meth:`_expired`).
         self.expires = expires
         self._expiry_call: Delayed | None = None
+        #: The stream format (:data:`STREAM_FORMATS`).
+        self.fmt = fmt
 
     def start(self) -> Deferred[None]:
         """Send headers, start watching partitions, write what is already visible."""
@@ -426,7 +492,15 @@ class SSEStream:
         select)."""
         if self.select is not None:
             recs = self.select.apply(recs)
-        frames, used, n, nbytes = batch(recs, Record.to_sse, self.max_bytes)
+        if self.fmt == "batch":
+            if self.select is None:
+                event, used, n, nbytes = self.registry.batches.event(self.topic, p, recs, self.max_bytes)
+            else:
+                # A selection's records are its own (shaped, or skipped in place): not shared.
+                event, used, n, nbytes = batch_event(p, recs, self.max_bytes)
+            frames = [event]
+        else:
+            frames, used, n, nbytes = batch(recs, Record.to_sse, self.max_bytes)
         self.cursors[p] = recs[used - 1].offset + 1
         if not n:
             return
@@ -521,6 +595,8 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self.streams: set[SSEStream] = set()
+        #: The ``batch`` events the streams share (:class:`BatchEvents`).
+        self.batches = BatchEvents()
 
     def add(self, s: SSEStream) -> None:
         """Track a stream."""

@@ -315,20 +315,40 @@ def fast_publish(raw: bytes, max_batch: int) -> tuple[list[Record], str] | None:
     out: list[Record] = []
     append = out.append
     for m in msgs:
-        p = m.payload
-        if p is None or m.payload_b64 is not msgspec.UNSET:
+        r = _fast_message(m)
+        if r is None:
             return None
-        mid = m.id
-        key = m.key
-        headers = m.headers
-        if (
-            (mid is not None and not 1 <= len(mid) <= 256)
-            or (key is not None and len(key) > 1024)
-            or (headers is not None and len(headers) > 64)
-        ):
-            return None
-        append(Record(-1, 0, 0, mid, key, headers or None, p.encode("utf-8", "surrogatepass"), True))
+        append(r)
     return out, body.acks
+
+
+def _fast_message(m: _InMessage) -> Record | None:
+    """A well-formed text message as a record; None when anything is off."""
+    p = m.payload
+    if p is None or m.payload_b64 is not msgspec.UNSET:
+        return None
+    mid = m.id
+    key = m.key
+    headers = m.headers
+    if (
+        (mid is not None and not 1 <= len(mid) <= 256)
+        or (key is not None and len(key) > 1024)
+        or (headers is not None and len(headers) > 64)
+    ):
+        return None
+    return Record(-1, 0, 0, mid, key, headers or None, p.encode("utf-8", "surrogatepass"), True)
+
+
+_message_decoder = msgspec.json.Decoder(_InMessage)
+
+
+def fast_record(raw: bytes) -> Record | None:
+    """Typed decoding of one well-formed JSON message object (an NDJSON line);
+    None when anything is off, so :func:`parse_message` reports it."""
+    try:
+        return _fast_message(_message_decoder.decode(raw))
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
 
 
 def parse_message(m: Any, i: int) -> Record:

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from sprawl.auth import Principal
-from sprawl.delivery.streams import SSEStream
+from sprawl.delivery.streams import STREAM_FORMATS, SSEStream
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.http import websocket as ws
 from sprawl.http.codec import (
@@ -31,6 +31,7 @@ from sprawl.http.codec import (
     selection_arg,
     start_spec,
 )
+from sprawl.http.lean_wire import parse_lean
 from sprawl.http.starts import ReadStarts
 from sprawl.interfaces import Clock, MessagePlane
 from sprawl.metrics import NodeMetrics
@@ -64,7 +65,9 @@ class MessageRoutes:
 
     def publish(self, request: Request, topic: str) -> object:
         """``POST /v1/topics/{topic}/messages``: a JSON batch or one raw body."""
-        records, acks = parse_messages(request, self.broker.config.max_batch_messages)
+        max_batch = self.broker.config.max_batch_messages
+        lean = parse_lean(request, max_batch)
+        records, acks = lean if lean is not None else parse_messages(request, max_batch)
         if topic not in self.broker.topics:
             # Refuse before auto-creating: a rejected publish must leave no topic behind.
             self.broker.check_writable()
@@ -85,6 +88,9 @@ class MessageRoutes:
             resume = parse_last_event_id(request.getHeader(b"last-event-id"))
             max_bytes = max_bytes_arg(request)
             select = selection_arg(request)
+            fmt = arg(request, "format") or "sse"
+            if fmt not in STREAM_FORMATS:
+                raise BadRequest("format must be sse or batch", code="invalid_parameter")
         except SprawlError as e:
             return render_error(request, Failure(e))
         principal = principal_of(request)
@@ -103,6 +109,7 @@ class MessageRoutes:
                 max_bytes=max_bytes,
                 expires=getattr(principal, "expires", None),
                 select=select,
+                fmt=fmt,
             )
             if self.metrics is not None:
                 self.metrics.http_request_duration.labels("stream", "GET").observe(

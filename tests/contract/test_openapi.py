@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import requests
 import schemathesis
@@ -63,6 +64,21 @@ CONFIG = SchemathesisConfig.from_dict(
         },
     }
 )
+
+
+@schemathesis.serializer("application/msgpack")
+def _msgpack(ctx: Any, value: Any) -> bytes:
+    """A lean msgpack publish body (docs/api.md): the generated object, packed."""
+    return msgspec.msgpack.encode(value)
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(ctx: Any, value: Any) -> bytes:
+    """A lean NDJSON publish body: each generated item on its own line."""
+    items = value if isinstance(value, list) else [value]
+    return b"".join(msgspec.json.encode(v) + b"\n" for v in items)
+
+
 schema = schemathesis.openapi.from_path(str(SPEC_PATH), config=CONFIG).exclude(
     path=[STREAM_PATH, DASHBOARD_STREAM_PATH]
 )

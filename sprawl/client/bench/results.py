@@ -58,6 +58,9 @@ class BenchConfig:
     cacert: str | None = None
     drain_timeout: float = 10.0
     ready_timeout: float = 10.0
+    #: ``json`` (JSON batch bodies, one SSE event per message) or ``lean`` (msgpack bodies
+    #: and ``?format=batch`` streams, :mod:`sprawl.client.wire`).
+    wire: str = "json"
 
     def validate(self) -> None:
         """Raise :class:`BenchError` when a field is out of range."""
@@ -79,6 +82,8 @@ class BenchConfig:
             raise BenchError(f"--acks must be one of {', '.join(_ACKS)}")
         if self.storage not in _STORAGE:
             raise BenchError(f"--storage must be one of {', '.join(_STORAGE)}")
+        if self.wire not in ("json", "lean"):
+            raise BenchError("--wire must be json or lean")
 
 
 @dataclass

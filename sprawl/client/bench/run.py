@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+from sprawl.client import wire
 from sprawl.client.aio import Endpoint, HttpClient
 from sprawl.client.bench.results import (
     TS_DIGITS,
@@ -29,6 +30,8 @@ from sprawl.client.bench.subscribers import (
 )
 from sprawl.client.errors import ClientError, retry_after_seconds
 from sprawl.client.topics import TopicDescription
+
+MSGPACK = wire.MSGPACK.encode()
 
 
 class _PublishState:
@@ -58,6 +61,8 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
     path = f"/v1/topics/{quote(topic, safe='')}/messages"
     pad = b"x" * (config.size - TS_DIGITS)
     head = b'{"acks":"%s","messages":[' % config.acks.encode()
+    lean = config.wire == "lean"
+    text_pad = pad.decode()
     interval = config.batch / config.rate if config.rate > 0 else 0.0
     while True:
         index, n = state.take()
@@ -67,8 +72,12 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
             delay = state.start_mono + index * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        item = b'{"payload":"%019d%s"}' % (time.time_ns(), pad)
-        request = client.build("POST", path, head + b",".join([item] * n) + b"]}")
+        if lean:
+            one = {"payload": f"{time.time_ns():019d}{text_pad}"}
+            request = client.build("POST", path, wire.encode_publish([one] * n, config.acks), MSGPACK)
+        else:
+            item = b'{"payload":"%019d%s"}' % (time.time_ns(), pad)
+            request = client.build("POST", path, head + b",".join([item] * n) + b"]}")
         refusals = 0
         while True:
             t0 = time.perf_counter_ns()
@@ -157,6 +166,7 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
                 ready_timeout=config.ready_timeout,
                 token=config.token,
                 cacert=config.cacert,
+                format="batch" if config.wire == "lean" else "sse",
             )
             subs = ChildSubscribers(spec) if config.subscriber_process else InlineSubscribers(spec)
             await subs.open(config.ready_timeout + 30.0)

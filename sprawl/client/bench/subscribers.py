@@ -133,6 +133,8 @@ class SubscriberSpec:
     ready_timeout: float
     token: str | None = None
     cacert: str | None = None
+    #: The stream format (``sse``, or ``batch``: one event per batch of messages).
+    format: str = "sse"
 
 
 @dataclass
@@ -161,6 +163,8 @@ class SubscriberGroup:
         spec = self.spec
         endpoints = [Endpoint.parse(u) for u in spec.urls]
         path = f"/v1/topics/{quote(spec.topic, safe='')}/stream?from=latest"
+        if spec.format != "sse":
+            path += f"&format={spec.format}"
         for i in range(spec.count):
             ep = endpoints[i % len(endpoints)]
             reader: _SseReader = await ep.connect(

@@ -150,7 +150,15 @@ def test_payload_and_config_validation() -> None:
     assert p == b"1700000000000000000" + b"x" * 11
     assert len(make_payload(19)) == 19
     BenchConfig().validate()
-    for bad in ({"size": 18}, {"messages": 0}, {"batch": 0}, {"acks": "all"}, {"storage": "x"}, {"rate": -1}):
+    for bad in (
+        {"size": 18},
+        {"messages": 0},
+        {"batch": 0},
+        {"acks": "all"},
+        {"storage": "x"},
+        {"rate": -1},
+        {"wire": "xml"},
+    ):
         with pytest.raises(BenchError):
             BenchConfig(**bad).validate()  # type: ignore[arg-type]
     assert retry_after_seconds("2") == 2.0
@@ -268,6 +276,22 @@ def test_run_bench_paces_with_rate(sprawl_node: Any) -> None:
     assert r.publish_seconds >= 0.19
     assert r.publish_msgs_per_s <= 2000 * 1.1
     assert r.e2e_latency_ms is not None and r.e2e_latency_ms.max > 0
+
+
+@pytest.mark.integration
+def test_bench_cli_lean_wire_delivers_everything(sprawl_node: Any) -> None:
+    """``--wire lean``: msgpack publish bodies and batch streams, every message counted once
+    by each subscriber (a batch event carries many stamps)."""
+    result = CliRunner().invoke(
+        cli,
+        ["-n", sprawl_node.url, "bench", "--messages", "3000", "--batch", "100", "--subscribers", "2"]
+        + ["--wire", "lean", "--acks", "leader", "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["published"] == 3000 and r["delivered"] == 6000 and r["per_subscriber"] == [3000, 3000]
+    assert r["publish_requests"] == 30 and r["e2e_latency_ms"]["max"] > 0
 
 
 @pytest.mark.integration

@@ -1,0 +1,151 @@
+"""Sprawl's lean wire formats, client side: many messages per frame, both ways.
+
+Opt-in beside the JSON API (docs/api.md, "Lean wire formats"):
+
+* **publish** -- :func:`encode_publish` builds a msgpack body
+  (``Content-Type: application/msgpack``: ``{"messages": [...], "acks"?}``, a
+  ``bytes`` payload travels as msgpack ``bin``, no base64); :func:`encode_ndjson`
+  one JSON message object per line (``application/x-ndjson``, ``acks`` in the
+  query).  A message is a mapping with ``payload`` and optional ``key``,
+  ``headers``, ``id`` (NDJSON: ``payload_b64`` for binary);
+* **subscribe** -- ``GET .../stream?format=batch`` sends one SSE event per batch
+  (``event: batch``, ``id: P:OFFSET`` of the batch's last message, ``data:`` a
+  JSON array of the messages as the default format has them).  A
+  :class:`BatchStreamDecoder` is fed the stream's bytes (after any chunked
+  framing) and returns :class:`StreamBatch` es; it reads the default format's
+  one-message events too.
+
+Every decoder here is bounded: an event longer than ``max_event_bytes`` or
+carrying more than ``max_messages`` is a :class:`WireError`, never a growing
+buffer.  An ``error`` event of the server raises :class:`StreamError` with its
+code.  Used by ``sprawlctl bench`` and the side-by-side benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from sprawl.client.errors import ClientError
+
+#: The content type of a msgpack publish body.
+MSGPACK = "application/msgpack"
+#: The content type of an NDJSON publish body.
+NDJSON = "application/x-ndjson"
+#: The longest event a :class:`BatchStreamDecoder` buffers (a node writes at most 32 MB).
+MAX_EVENT_BYTES = 40 * 1000**2
+#: The most messages one event may carry (a node's read limit is 10,000 per chunk).
+MAX_EVENT_MESSAGES = 100_000
+
+_pack = msgspec.msgpack.Encoder().encode
+_json = msgspec.json.Encoder().encode
+_messages = msgspec.json.Decoder(list[dict[str, Any]])
+_message = msgspec.json.Decoder(dict[str, Any])
+
+
+class WireError(ClientError):
+    """A frame broke the format or its bounds."""
+
+
+class StreamError(ClientError):
+    """The server ended the stream with an ``error`` event."""
+
+    def __init__(self, code: str, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        #: The event's whole object (``cursors`` for ``slow_consumer``, ...).
+        self.detail = detail
+
+
+def encode_publish(messages: Iterable[Mapping[str, Any]], acks: str | None = None) -> bytes:
+    """A msgpack publish body of ``messages`` (``acks``: quorum, leader or none)."""
+    body: dict[str, Any] = {"messages": [dict(m) for m in messages]}
+    if acks is not None:
+        body["acks"] = acks
+    return _pack(body)
+
+
+def encode_ndjson(messages: Iterable[Mapping[str, Any]]) -> bytes:
+    """An NDJSON publish body: one JSON object per message."""
+    return b"".join(_json(m) + b"\n" for m in messages)
+
+
+@dataclass
+class StreamBatch:
+    """The messages of one stream event."""
+
+    #: ``P:OFFSET`` of the last message (send it as ``Last-Event-ID`` to resume after it).
+    last_event_id: str | None
+    #: The messages, each as the API shows it (``offset``, ``partition``, ``payload``, ...).
+    messages: list[dict[str, Any]]
+
+
+class BatchStreamDecoder:
+    """Incremental decoder of a stream's SSE events (``format=batch`` or the default).
+
+    :meth:`feed` takes bytes as they arrive (split anywhere) and returns the
+    batches they complete; comments (keepalives) are skipped."""
+
+    def __init__(
+        self, max_event_bytes: int = MAX_EVENT_BYTES, max_messages: int = MAX_EVENT_MESSAGES
+    ) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.max_messages = max_messages
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[StreamBatch]:
+        """The batches ``chunk`` completes, in order."""
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:  # SSE allows CRLF line ends; a node sends LF
+            buf = buf.replace(b"\r\n", b"\n")
+        out: list[StreamBatch] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            batch = self._event(buf[start:end])
+            if batch is not None:
+                out.append(batch)
+            start = end + 2
+        self._buf = buf[start:]
+        if len(self._buf) > self.max_event_bytes:
+            raise WireError(f"stream event longer than {self.max_event_bytes} bytes")
+        return out
+
+    def _event(self, block: bytes) -> StreamBatch | None:
+        kind, eid, data = b"message", None, []
+        for line in block.split(b"\n"):
+            if not line or line[0] == 58:  # b":" a comment
+                continue
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                kind = value
+            elif name == b"id":
+                eid = value.decode("ascii", "replace")
+        if not data:
+            return None
+        raw = b"\n".join(data)
+        try:
+            if kind == b"batch":
+                msgs = _messages.decode(raw)
+            elif kind == b"message":
+                msgs = [_message.decode(raw)]
+            elif kind == b"error":
+                err = msgspec.json.decode(raw)
+                err = err.get("error", err) if isinstance(err, dict) else {}
+                raise StreamError(str(err.get("code", "stream_error")), str(err.get("message", "")), err)
+            else:
+                return None  # an event type this client does not know: skipped
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise WireError(f"malformed stream event: {e}") from None
+        if len(msgs) > self.max_messages:
+            raise WireError(f"stream event with more than {self.max_messages} messages")
+        return StreamBatch(eid, msgs)
