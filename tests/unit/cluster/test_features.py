@@ -1,0 +1,36 @@
+"""The cluster feature gate (sprawl.cluster.features): a feature is on only when every
+counted node has it; unknown nodes block; older releases advertise nothing."""
+
+from __future__ import annotations
+
+from sprawl.cluster.features import advertised, feature_gate, protocol_range
+
+
+def test_every_node_has_it_so_it_is_on() -> None:
+    g = feature_gate({"a", "b"}, {"n2": {"a", "b", "c"}, "n3": {"a", "b"}})
+    assert g.enabled == {"a", "b"} and g.on("a") and not g.on("c") and g.pending == {}
+
+
+def test_a_node_lacking_it_holds_it_back_and_is_named() -> None:
+    g = feature_gate({"a", "b"}, {"n2": {"a"}, "n3": set(), "n4": {"a", "b"}})
+    assert g.enabled == set() or g.enabled == frozenset()
+    assert dict(g.pending) == {"a": ("n3",), "b": ("n2", "n3")}
+    assert g.as_dict()["pending"] == {"a": ["n3"], "b": ["n2", "n3"]}
+
+
+def test_an_unknown_node_blocks_everything() -> None:
+    g = feature_gate({"a"}, {"n2": {"a"}, "n3": None})
+    assert not g.on("a") and g.unknown == ("n3",) and dict(g.pending) == {"a": ("n3",)}
+
+
+def test_a_lone_node_has_its_own_features() -> None:
+    assert feature_gate({"a"}, {}).enabled == {"a"}
+
+
+def test_gossip_metadata_read_defensively() -> None:
+    assert advertised({"features": ["a", 5, "b" * 100]}) == {"a", "b" * 48}
+    assert advertised({"version": "0.1"}) == frozenset()  # an older release
+    assert advertised({"features": "a"}) == frozenset()
+    assert protocol_range({"protocol": [2, 3]}) == (2, 3)
+    for bad in ({}, {"protocol": 3}, {"protocol": [1]}, {"protocol": ["1", 2]}, {"protocol": [True, 2]}):
+        assert protocol_range(bad) is None
