@@ -357,9 +357,11 @@ class Diagnosis:
         for p in obs.partitions:
             if not p.leader or p.leader in lost or states.get(p.leader) in ("dead", "left"):
                 leaderless.append(p.name)
-            if p.in_sync is not None and len(p.in_sync) < p.wanted:
+            # a replica gossip has lost is not in sync, whatever its last position was
+            in_sync = [r for r in p.in_sync or () if r not in lost]
+            if p.in_sync is not None and len(in_sync) < p.wanted:
                 under.append(p.name)
-                under_detail.append(f"{p.name} {len(p.in_sync)}/{p.wanted}")
+                under_detail.append(f"{p.name} {len(in_sync)}/{p.wanted}")
         if leaderless:
             out.append(
                 Fault(

@@ -25,7 +25,7 @@ during an upgrade").
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,3 +90,25 @@ def protocol_range(meta: Mapping[str, Any]) -> tuple[int, int] | None:
     ):
         return (int(p[0]), int(p[1]))
     return None
+
+
+def cluster_gate(
+    me: str,
+    mine: Collection[str],
+    members: Iterable[tuple[str, str, Mapping[str, Any]]],
+    registered: Iterable[str],
+) -> FeatureGate:
+    """The gate from what a node knows: gossip ``members`` as ``(id, state,
+    metadata)`` (members of another Raft cluster left out by the caller) and
+    the ``registered`` node ids of the Raft metadata.  A member that left is
+    not counted unless registered; a registered node gossip does not know is
+    unknown."""
+    nodes: dict[str, frozenset[str] | None] = {}
+    for node_id, state, meta in members:
+        if node_id == me or (state == "left" and node_id not in registered):
+            continue
+        nodes[node_id] = advertised(meta)
+    for node_id in registered:
+        if node_id != me and node_id not in nodes:
+            nodes[node_id] = None
+    return feature_gate(mine, nodes)

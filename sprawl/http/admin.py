@@ -76,6 +76,10 @@ class AdminRoutes:
 
         return raft.propose({"op": "set_drained", "node_id": node, "drained": drained}).addCallback(answer)
 
+    def faults(self, request: Request) -> object:
+        """``GET /v1/cluster/faults``: the faults this node names, worst first."""
+        return self.status.faults()
+
     # -- damaged ranges ------------------------------------------------------------------------
 
     def damage(self, request: Request) -> object:

@@ -86,6 +86,14 @@ def test_under_replication_is_named_with_its_partitions() -> None:
     assert "t/0 2/3" in x.message
 
 
+def test_a_lost_replica_is_not_in_sync_whatever_its_position() -> None:
+    """A follower gossip has lost counts as out of sync at once, before any
+    publish moves the high watermark past it."""
+    f = Diagnosis().diagnose(obs(members=members(n3=MemberObs("n3", "suspect", "refused"))))
+    (x,) = [x for x in f if x.code == "partition_under_replicated"]
+    assert x.partitions == ("t/0",) and "t/0 2/3" in x.message
+
+
 def test_disk_budget_exceeded_here_and_gossiped() -> None:
     f = Diagnosis().diagnose(
         obs(disk=DiskObs(2000, 1000), members=members(n3=MemberObs("n3", "alive", "answers", disk_over=True)))

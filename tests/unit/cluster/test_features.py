@@ -3,7 +3,7 @@ counted node has it; unknown nodes block; older releases advertise nothing."""
 
 from __future__ import annotations
 
-from sprawl.cluster.features import advertised, feature_gate, protocol_range
+from sprawl.cluster.features import advertised, cluster_gate, feature_gate, protocol_range
 
 
 def test_every_node_has_it_so_it_is_on() -> None:
@@ -34,3 +34,17 @@ def test_gossip_metadata_read_defensively() -> None:
     assert protocol_range({"protocol": [2, 3]}) == (2, 3)
     for bad in ({}, {"protocol": 3}, {"protocol": [1]}, {"protocol": ["1", 2]}, {"protocol": [True, 2]}):
         assert protocol_range(bad) is None
+
+
+def test_cluster_gate_counts_registered_and_gossiped_nodes() -> None:
+    """Registered nodes gossip does not know block; a member that left and is not
+    registered is not counted; this node is not a member of its own gate."""
+    members = [
+        ("n1", "alive", {"features": ["a"]}),
+        ("n2", "alive", {"features": ["a"]}),
+        ("old", "left", {}),
+    ]
+    assert cluster_gate("n1", {"a"}, members, ["n1", "n2"]).on("a")
+    assert not cluster_gate("n1", {"a"}, members, ["n1", "n2", "n3"]).on("a")
+    lacking = cluster_gate("n1", {"a"}, [*members, ("n4", "dead", {"version": "0.1"})], ["n1", "n2"])
+    assert dict(lacking.pending) == {"a": ("n4",)}

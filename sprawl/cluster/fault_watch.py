@@ -1,0 +1,280 @@
+"""The fault watch on one node: the adapter of the pure :mod:`sprawl.cluster.diagnosis`.
+
+Every :data:`INTERVAL` seconds it gathers what this node observes -- gossip
+members and their metadata, the Raft voters and leader, the partitions of
+the applied metadata and, for those it leads, each follower's position, the
+LMDB use against its limit -- runs the diagnosis and keeps the faults for
+``GET /v1/cluster/faults``, the dashboard and ``sprawlctl diagnose``.
+
+Gossip alone cannot tell a killed node from a stopped one: both stop
+answering probes.  So each member gossip has lost (suspect or dead) is
+probed on its peer port, at most once per :data:`PROBE_EVERY` seconds and
+for at most :data:`PROBE_TIMEOUT` seconds: a refused connection means no
+process listens (killed, crashed), an accepted one on which the CHALLENGE
+never comes means the process is there but answers nothing (SIGSTOP, hung),
+and a timeout means the host or the network.  The probe only reads: it
+closes as soon as the CHALLENGE arrives, so the peer logs nothing.
+
+It also gossips this node's disk state (``disk_over`` in its metadata, on
+change only), so every node names a node whose disk budget is exceeded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error, protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.cluster.diagnosis import (
+    LOST,
+    Diagnosis,
+    DiskObs,
+    Fault,
+    MemberObs,
+    Observation,
+    PartitionObs,
+    RaftObs,
+)
+from sprawl.cluster.features import protocol_range
+
+log = Logger()
+
+#: Seconds between two rounds of the diagnosis.
+INTERVAL = 0.5
+#: A lost member's peer port is probed at most this often.
+PROBE_EVERY = 1.0
+#: A probe waits this long for the connection and then for the CHALLENGE.
+PROBE_TIMEOUT = 1.0
+
+
+class _Probe(protocol.Protocol):
+    """One probe connection: any byte from the peer means it answers."""
+
+    transport: Any
+
+    def __init__(self, done: Any) -> None:
+        self.done = done
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.done.clock.callLater(PROBE_TIMEOUT, self._silent)
+
+    def _silent(self) -> None:
+        self.timer = None
+        self.done.result("silent")
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.done.result("answers")
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.done.result("silent")  # closed before saying anything (no-op once answered)
+
+
+class _ProbeFactory(protocol.ClientFactory):
+    def __init__(self, watch: FaultWatch, node: str) -> None:
+        self.watch = watch
+        self.clock = watch.clock
+        self.node = node
+        self.done_ = False
+
+    def buildProtocol(self, addr: Any) -> _Probe:
+        return _Probe(self)
+
+    def result(self, reach: str) -> None:
+        if not self.done_:
+            self.done_ = True
+            self.watch.probed(self.node, reach)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.result("refused" if reason.check(error.ConnectionRefusedError) else "unreachable")
+
+
+def _split_addr(addr: str) -> tuple[str, int] | None:
+    host, _, port = str(addr).rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+class FaultWatch:
+    """The diagnosis of one node, run on its reactor (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        reactor: Any,
+        broker: Any,
+        control: Any,
+        plane: Any,
+        gossip: Any,
+        protocol_range: tuple[int, int],
+        lag_window: float = 3.0,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = reactor
+        self.reactor = reactor
+        self.broker = broker
+        self.control = control
+        self.plane = plane
+        self.gossip = gossip
+        self.protocol = protocol_range
+        self.core = Diagnosis(int(lag_window * 1000))
+        self.faults: list[Fault] = []
+        self.checked: float | None = None
+        #: Last probe result of each lost member, and when the last probe started.
+        self.reach: dict[str, str] = {}
+        self._probed_at: dict[str, float] = {}
+        self._probing: set[str] = set()
+        self._disk_over: bool | None = None
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        """Run a round every :data:`INTERVAL` seconds."""
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(INTERVAL, now=True).addErrback(
+            lambda f: log.failure("the fault watch stopped", f)  # type: ignore[arg-type]
+        )
+
+    def stop(self) -> None:
+        """Stop the rounds."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    # -- one round --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Observe, diagnose, probe the lost members, gossip the disk state."""
+        try:
+            obs = self.observe()
+            self.faults = self.core.diagnose(obs)
+            self.checked = self.clock.seconds()
+        except Exception:
+            log.failure("fault diagnosis failed")
+            return
+        for m in obs.members:
+            if m.state in LOST:
+                self._maybe_probe(m.node_id)
+            else:
+                self.reach.pop(m.node_id, None)
+        over = obs.disk is not None and obs.disk.used > obs.disk.limit
+        if over != self._disk_over and self.gossip is not None:
+            self._disk_over = over
+            self.gossip.set_meta(disk_over=over)
+
+    def observe(self) -> Observation:
+        """What this node sees now."""
+        members = self._members()
+        raft = self._raft()
+        store = self.broker.store
+        disk = DiskObs(int(store.used_bytes), int(self.broker.disk_hard_limit))
+        return Observation(
+            self.node_id,
+            int(self.clock.seconds() * 1000),
+            tuple(members),
+            raft,
+            tuple(self._partitions()),
+            disk,
+            self.protocol,
+        )
+
+    def _members(self) -> list[MemberObs]:
+        if self.gossip is None:
+            return []
+        states = self.plane.controller.member_states() if self.plane is not None else {}
+        out = []
+        for mem in self.gossip.members():
+            if states.get(mem.node_id) == "foreign" or mem.node_id == self.node_id:
+                continue
+            meta = mem.meta if isinstance(mem.meta, dict) else {}
+            out.append(
+                MemberObs(
+                    mem.node_id,
+                    mem.state,
+                    self.reach.get(mem.node_id, "unknown"),
+                    meta.get("disk_over") is True,
+                    protocol_range(meta),
+                )
+            )
+        return out
+
+    def _raft(self) -> RaftObs | None:
+        if self.control is None:
+            return None
+        view = self.control.raft_view()
+        voters = tuple(str(v) for v in view.get("voters") or ())
+        return RaftObs(voters, view.get("leader") or None)
+
+    def _partitions(self) -> list[PartitionObs]:
+        out = []
+        replicas = self.plane.service.replicas if self.plane is not None else {}
+        for name, t in sorted(self.broker.topics.items()):
+            for p, lg in enumerate(t.logs):
+                reps = tuple(str(r) for r in (lg.replicas or ()))
+                r = replicas.get((name, p))
+                if r is not None and r.core.is_leader:
+                    view = self.plane.partition_view(name, p)
+                    followers = tuple(sorted((str(f), int(m)) for f, m in view.get("followers", {}).items()))
+                    out.append(
+                        PartitionObs(
+                            name,
+                            p,
+                            reps,
+                            lg.leader or None,
+                            tuple(view.get("in_sync") or ()),
+                            int(view.get("replicas_wanted") or 0),
+                            int(r.core.hw),
+                            followers,
+                        )
+                    )
+                elif reps:
+                    out.append(PartitionObs(name, p, reps, lg.leader or None))
+        return out
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def _maybe_probe(self, node: str) -> None:
+        now = self.clock.seconds()
+        if node in self._probing or now - self._probed_at.get(node, -1e9) < PROBE_EVERY:
+            return
+        addr = self._peer_addr(node)
+        if addr is None:
+            return
+        self._probed_at[node] = now
+        self._probing.add(node)
+        try:
+            self.reactor.connectTCP(addr[0], addr[1], _ProbeFactory(self, node), timeout=PROBE_TIMEOUT)
+        except Exception:
+            self._probing.discard(node)
+
+    def _peer_addr(self, node: str) -> tuple[str, int] | None:
+        for mem in self.gossip.members():
+            if mem.node_id == node:
+                meta = mem.meta if isinstance(mem.meta, dict) else {}
+                got = _split_addr(meta.get("peer", ""))
+                return got or (str(mem.addr[0]), int(mem.addr[1]))
+        return None
+
+    def probed(self, node: str, reach: str) -> None:
+        """A probe's result."""
+        self._probing.discard(node)
+        self.reach[node] = reach
+
+    # -- views ------------------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        """``GET /v1/cluster/faults``."""
+        return {
+            "node_id": self.node_id,
+            "checked_at": self.checked,
+            "faults": [f.as_dict() for f in self.faults],
+        }
