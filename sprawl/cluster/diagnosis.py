@@ -11,8 +11,9 @@ touches and the operator's likely next step:
 =============================  =========  ==============================================
 code                           severity   when
 =============================  =========  ==============================================
-``node_down``                  critical   gossip lost the node and its peer port refuses
-                                          connections (the process is gone: killed, crashed)
+``node_down``                  critical   the node's peer port refuses connections (the
+                                          process is gone: killed, crashed), whether or not
+                                          gossip has noticed yet
 ``node_unresponsive``          critical   gossip lost the node, its port accepts connections
                                           but the process says nothing (SIGSTOP, hung)
 ``node_unreachable``           critical   gossip lost the node, its port cannot be reached
@@ -237,9 +238,16 @@ class Diagnosis:
                 held.setdefault(r, set()).add(p.name)
         states = {m.node_id: m.state for m in obs.members}
         states[obs.node_id] = "alive"
-        lost = {m.node_id: m for m in obs.members if m.state in LOST and m.node_id != obs.node_id}
+        # a member whose peer port refuses connections is lost, even before gossip notices
+        lost = {
+            m.node_id: m
+            for m in obs.members
+            if (m.state in LOST or (m.state == "alive" and m.reach == "refused")) and m.node_id != obs.node_id
+        }
         for m in lost.values():
             faults.append(self._lost_node(m, held.get(m.node_id, set())))
+            if states.get(m.node_id) == "alive":
+                states[m.node_id] = "refusing"
         faults += self._raft(obs, states)
         faults += self._disk(obs, held)
         faults += self._partitions(obs, states, lost)
@@ -252,7 +260,11 @@ class Diagnosis:
 
     @staticmethod
     def _lost_node(m: MemberObs, parts: set[str]) -> Fault:
-        gone = f"gossip sees node {m.node_id} as {m.state}"
+        gone = (
+            f"gossip sees node {m.node_id} as {m.state}"
+            if m.state in LOST
+            else f"node {m.node_id} (gossip has not noticed yet)"
+        )
         held = f"; it holds replicas of {len(parts)} partition(s)" if parts else ""
         if m.reach == "refused":
             return Fault(
@@ -385,7 +397,7 @@ class Diagnosis:
                     f"wanted ({shown}): one more failure may lose acknowledged data or availability",
                     "Bring the missing replicas back (see the node faults); a replica that is up but not "
                     "in sync is named by follower_lagging",
-                    obs.node_id,
+                    None,
                     _sorted_parts(under),
                 )
             )

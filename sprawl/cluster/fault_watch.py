@@ -9,7 +9,9 @@ LMDB use against its limit -- runs the diagnosis and keeps the faults for
 Gossip alone cannot tell a killed node from a stopped one: both stop
 answering probes.  So each member gossip has lost (suspect or dead) is
 probed on its peer port, at most once per :data:`PROBE_EVERY` seconds and
-for at most :data:`PROBE_TIMEOUT` seconds: a refused connection means no
+for at most :data:`PROBE_TIMEOUT` seconds, and one live member per round in
+turn (a killed node's port refuses at once, before gossip's suspicion has
+run its course): a refused connection means no
 process listens (killed, crashed), an accepted one on which the CHALLENGE
 never comes means the process is there but answers nothing (SIGSTOP, hung),
 and a timeout means the host or the network.  The probe only reads: it
@@ -130,7 +132,8 @@ class FaultWatch:
         self.faults: list[Fault] = []
         self.checked: float | None = None
         #: Last probe result of each lost member, and when the last probe started.
-        self.reach: dict[str, str] = {}
+        self.reach: dict[str, tuple[str, float]] = {}
+        self._turn = 0
         self._probed_at: dict[str, float] = {}
         self._probing: set[str] = set()
         self._disk_over: bool | None = None
@@ -161,11 +164,20 @@ class FaultWatch:
         except Exception:
             log.failure("fault diagnosis failed")
             return
+        live = []
         for m in obs.members:
             if m.state in LOST:
                 self._maybe_probe(m.node_id)
-            else:
-                self.reach.pop(m.node_id, None)
+            elif m.state == "alive":
+                live.append(m.node_id)
+        if live:
+            self._turn = (self._turn + 1) % len(live)
+            self._maybe_probe(live[self._turn])
+        known = {m.node_id for m in obs.members}
+        for node in list(self.reach):
+            if node not in known:
+                del self.reach[node]
+                self._probed_at.pop(node, None)
         over = obs.disk is not None and obs.disk.used > obs.disk.limit
         if over != self._disk_over and self.gossip is not None:
             self._disk_over = over
@@ -200,12 +212,20 @@ class FaultWatch:
                 MemberObs(
                     mem.node_id,
                     mem.state,
-                    self.reach.get(mem.node_id, "unknown"),
+                    self._reach_of(mem.node_id, mem.state),
                     meta.get("disk_over") is True,
                     protocol_range(meta),
                 )
             )
         return out
+
+    def _reach_of(self, node: str, state: str) -> str:
+        """The last probe's result: for a live member only while fresh (its
+        port refused moments ago), for a lost one whatever was found last."""
+        reach, at = self.reach.get(node, ("unknown", 0.0))
+        if state in LOST or self.clock.seconds() - at <= 2 * PROBE_EVERY + PROBE_TIMEOUT:
+            return reach
+        return "unknown"
 
     def _raft(self) -> RaftObs | None:
         if self.control is None:
@@ -267,7 +287,10 @@ class FaultWatch:
     def probed(self, node: str, reach: str) -> None:
         """A probe's result."""
         self._probing.discard(node)
-        self.reach[node] = reach
+        old = self.reach.get(node, ("unknown", 0.0))[0]
+        self.reach[node] = (reach, self.clock.seconds())
+        if reach != old:
+            self.tick()  # name (or clear) it now rather than at the next round
 
     # -- views ------------------------------------------------------------------------------
 

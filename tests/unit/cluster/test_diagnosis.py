@@ -66,6 +66,19 @@ def test_a_killed_node_is_named_down_with_its_partitions() -> None:
     assert any(x.code == "partition_without_leader" and x.partitions == ("t/1",) for x in f)
 
 
+def test_a_refusing_port_names_a_node_down_before_gossip_notices() -> None:
+    """Gossip still says alive, but nothing listens on the node's peer port: down, and it
+    no longer counts toward the Raft majority."""
+    f = Diagnosis().diagnose(
+        obs(members=members(n2=MemberObs("n2", "alive", "refused"), n3=MemberObs("n3", "alive", "refused")))
+    )
+    assert [x.node for x in f if x.code == "node_down"] == ["n2", "n3"]
+    assert "not noticed yet" in f[0].message
+    assert "raft_no_quorum" in codes(f)
+    # a live member that does not answer the probe in time is not named while gossip trusts it
+    assert Diagnosis().diagnose(obs(members=members(n2=MemberObs("n2", "alive", "silent")))) == []
+
+
 def test_a_stopped_node_is_named_unresponsive() -> None:
     f = Diagnosis().diagnose(obs(members=members(n3=MemberObs("n3", "dead", "silent"))))
     (x,) = [x for x in f if x.node == "n3" and x.code.startswith("node_")]
@@ -82,7 +95,7 @@ def test_under_replication_is_named_with_its_partitions() -> None:
     parts = (led("t", 0, 10, {"n2": 10, "n3": 4}), led("t", 2, 7, {"n2": 7}, wanted=3))
     f = Diagnosis().diagnose(obs(partitions=parts))
     (x,) = [x for x in f if x.code == "partition_under_replicated"]
-    assert x.partitions == ("t/0", "t/2") and x.node == "n1"
+    assert x.partitions == ("t/0", "t/2") and x.node is None and "led by n1" in x.message
     assert "t/0 2/3" in x.message
 
 
