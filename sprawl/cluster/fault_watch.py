@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprawl.cluster.cluster_ids import ClusterIds
 from sprawl.cluster.diagnosis import (
     LOST,
     Diagnosis,
@@ -205,9 +206,11 @@ class FaultWatch:
         states = self.plane.controller.member_states() if self.plane is not None else {}
         out = []
         for mem in self.gossip.members():
-            if states.get(mem.node_id) == "foreign" or mem.node_id == self.node_id:
-                continue
             meta = mem.meta if isinstance(mem.meta, dict) else {}
+            if mem.node_id == self.node_id:
+                continue
+            if states.get(mem.node_id) == "foreign" and not ClusterIds.incompatible(meta):
+                continue  # of another Raft cluster (an incompatible one is named)
             out.append(
                 MemberObs(
                     mem.node_id,
