@@ -42,6 +42,7 @@ from sprawl.cluster.diagnosis import (
     RaftObs,
 )
 from sprawl.cluster.features import protocol_range
+from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
 
 log = Logger()
 
@@ -82,6 +83,8 @@ class _Probe(protocol.Protocol):
 
 
 class _ProbeFactory(protocol.ClientFactory):
+    noisy = False
+
     def __init__(self, watch: FaultWatch, node: str) -> None:
         self.watch = watch
         self.clock = watch.clock
@@ -135,6 +138,8 @@ class FaultWatch:
         #: Last probe result of each lost member, and when the last probe started.
         self.reach: dict[str, tuple[str, float]] = {}
         self._turn = 0
+        #: Members whose protocol range does not overlap, as logged.
+        self._incompatible: dict[str, tuple[int, int]] = {}
         self._probed_at: dict[str, float] = {}
         self._probing: set[str] = set()
         self._disk_over: bool | None = None
@@ -209,7 +214,9 @@ class FaultWatch:
             meta = mem.meta if isinstance(mem.meta, dict) else {}
             if mem.node_id == self.node_id:
                 continue
-            if states.get(mem.node_id) == "foreign" and not ClusterIds.incompatible(meta):
+            incompatible = ClusterIds.incompatible(meta) and mem.state not in ("dead", "left")
+            self._note_version(mem.node_id, protocol_range(meta) if incompatible else None)
+            if states.get(mem.node_id) == "foreign" and not incompatible:
                 continue  # of another Raft cluster (an incompatible one is named)
             out.append(
                 MemberObs(
@@ -221,6 +228,24 @@ class FaultWatch:
                 )
             )
         return out
+
+    def _note_version(self, node: str, theirs: tuple[int, int] | None) -> None:
+        """Log (once, and again if it changes) a member whose peer protocol range
+        does not overlap this node's: it gets no Raft role and no replica."""
+        if theirs is None:
+            self._incompatible.pop(node, None)
+            return
+        if self._incompatible.get(node) == theirs:
+            return
+        self._incompatible[node] = theirs
+        try:
+            check_protocol(node, PeerVersion(theirs[1], theirs[0]), self.protocol[1], self.protocol[0])
+        except VersionRefused as e:
+            log.warn(
+                "gossip member {node} refused: {why}; it gets no Raft role and no replica",
+                node=node,
+                why=str(e),
+            )
 
     def _reach_of(self, node: str, state: str) -> str:
         """The last probe's result: for a live member only while fresh (its
