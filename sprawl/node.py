@@ -369,7 +369,14 @@ class NodeService(service.Service):
             readiness_checks=checks,
         )
         self.fault_watch = watch_faults(
-            node_id, self.reactor, self.broker, self.control, self.plane, self.gossip, info
+            node_id,
+            self.reactor,
+            self.broker,
+            self.control,
+            self.plane,
+            self.gossip,
+            info,
+            bool(c.cluster_ca),
         )
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
@@ -554,13 +561,14 @@ def watch_faults(
     plane: Any,
     gossip: GossipNode,
     info: Any,
+    tls: bool = False,
 ) -> Any:
     """The node's fault watch (:mod:`sprawl.cluster.fault_watch`), started, and
     its faults and the cluster feature gate given to the HTTP API's ``info``."""
     from sprawl.cluster.fault_watch import FaultWatch
     from sprawl.cluster.features import cluster_gate
 
-    watch = FaultWatch(node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL))
+    watch = FaultWatch(node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls)
     watch.start()
     info.faults = watch.view
 

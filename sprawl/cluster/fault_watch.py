@@ -11,7 +11,8 @@ answering probes.  So each member gossip has lost (suspect or dead) is
 probed on its peer port, at most once per :data:`PROBE_EVERY` seconds and
 for at most :data:`PROBE_TIMEOUT` seconds, and one live member per round in
 turn (a killed node's port refuses at once, before gossip's suspicion has
-run its course): a refused connection means no
+run its course; not with a TLS peer channel, where a live node says nothing
+first): a refused connection means no
 process listens (killed, crashed), an accepted one on which the CHALLENGE
 never comes means the process is there but answers nothing (SIGSTOP, hung),
 and a timeout means the host or the network.  The probe only reads: it
@@ -123,6 +124,7 @@ class FaultWatch:
         gossip: Any,
         protocol_range: tuple[int, int],
         lag_window: float = 3.0,
+        tls: bool = False,
     ) -> None:
         self.node_id = node_id
         self.clock = reactor
@@ -132,6 +134,9 @@ class FaultWatch:
         self.plane = plane
         self.gossip = gossip
         self.protocol = protocol_range
+        #: The peer channel runs TLS: a live node says nothing before the client's
+        #: TLS hello, so only lost members are probed (a live one would look silent).
+        self.tls = tls
         self.core = Diagnosis(int(lag_window * 1000))
         self.faults: list[Fault] = []
         self.checked: float | None = None
@@ -176,7 +181,7 @@ class FaultWatch:
                 self._maybe_probe(m.node_id)
             elif m.state == "alive":
                 live.append(m.node_id)
-        if live:
+        if live and not self.tls:
             self._turn = (self._turn + 1) % len(live)
             self._maybe_probe(live[self._turn])
         known = {m.node_id for m in obs.members}
