@@ -572,15 +572,19 @@ def watch_faults(
     watch.start()
     info.faults = watch.view
 
-    def features() -> dict[str, Any]:
+    def gate() -> Any:
         states = plane.controller.member_states()
         members = [
             (m.node_id, m.state, m.meta) for m in gossip.members() if states.get(m.node_id) != "foreign"
         ]
-        gate = cluster_gate(node_id, FEATURES, members, list(control.metadata.nodes))
-        return {"protocol": [MIN_PROTOCOL, PROTOCOL], "advertised": sorted(FEATURES), **gate.as_dict()}
+        return cluster_gate(node_id, FEATURES, members, list(control.metadata.nodes))
+
+    def features() -> dict[str, Any]:
+        return {"protocol": [MIN_PROTOCOL, PROTOCOL], "advertised": sorted(FEATURES), **gate().as_dict()}
 
     info.features = features
+    #: What a part that must wait for every node asks: ``watch.feature_gate().on(NAME)``.
+    watch.feature_gate = gate
     return watch
 
 

@@ -24,6 +24,7 @@ change only), so every node names a node whose disk budget is exceeded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error, protocol
@@ -149,6 +150,9 @@ class FaultWatch:
         self._probing: set[str] = set()
         self._disk_over: bool | None = None
         self._loop: LoopingCall | None = None
+        #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), set by
+        #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
+        self.feature_gate: Callable[[], Any] | None = None
 
     def start(self) -> None:
         """Run a round every :data:`INTERVAL` seconds."""
