@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,19 +30,9 @@ PARTITIONS = 3
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Callable[..., NodeCluster]]:
-    made: list[NodeCluster] = []
-
-    def make(n: int = 3, **kw: Any) -> NodeCluster:
-        c = NodeCluster(tmp_path / "c", n, prefix="n", **kw)
-        made.append(c)
-        return c.start()
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
+def cluster(cluster_factory: Callable[..., NodeCluster]) -> Callable[..., NodeCluster]:
+    """``cluster(n=3, **kw)``: a started cluster of nodes n0.., closed at the end."""
+    return lambda n=3, **kw: cluster_factory(n, "n", **kw)
 
 
 def diagnose(*urls: str) -> dict[str, Any]:

@@ -84,26 +84,30 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def closing(tmp_path: Path) -> Iterator[list[Any]]:
-    """Clusters and nodes to kill at the end, whatever happens."""
-    made: list[Any] = []
+def closing() -> Iterator[list[NodeProcess]]:
+    """Nodes to kill at the end, whatever happens."""
+    made: list[NodeProcess] = []
     try:
         yield made
     finally:
         for m in made:
-            (m.close if isinstance(m, NodeCluster) else m.kill)()
+            m.kill()
 
 
 def features(c: NodeCluster, name: str) -> dict[str, Any]:
     return dict(c.cluster_view(name).get("features") or {})
 
 
-def test_two_builds_form_one_cluster_and_gate_the_new_feature(
-    tmp_path: Path, builds: dict[str, str], closing: list[Any]
-) -> None:
+def keyed(tmp_path: Path, cluster_factory: Any) -> NodeCluster:
+    """Three nodes n0..n2 sharing a cluster key, not started."""
     key = make_key_file(tmp_path / "cluster.key")
-    c = NodeCluster(tmp_path / "c", 3, "--cluster-key-file", key, prefix="n")
-    closing.append(c)
+    return cluster_factory(3, "n", "--cluster-key-file", key, start=False)  # type: ignore[no-any-return]
+
+
+def test_two_builds_form_one_cluster_and_gate_the_new_feature(
+    tmp_path: Path, builds: dict[str, str], cluster_factory: Any
+) -> None:
+    c = keyed(tmp_path, cluster_factory)
     # the next release founds the cluster, this build's node joins it, then another next one
     for name in ("n0", "n2"):
         c.nodes[name].env["PYTHONPATH"] = builds["next"]
@@ -161,12 +165,11 @@ def _count(c: NodeCluster, name: str) -> int:
 
 
 def test_a_node_too_new_or_too_old_is_refused_with_a_clear_line(
-    tmp_path: Path, builds: dict[str, str], closing: list[Any]
+    tmp_path: Path, builds: dict[str, str], cluster_factory: Any, closing: list[Any]
 ) -> None:
-    key = make_key_file(tmp_path / "cluster.key")
-    c = NodeCluster(tmp_path / "c", 3, "--cluster-key-file", key, prefix="n")
-    closing.append(c)
+    c = keyed(tmp_path, cluster_factory)
     c.start(FORM_BOUND)
+    key = str(tmp_path / "cluster.key")
     seed = f"127.0.0.1:{c.nodes['n0'].peer_port}"
     strangers = {}
     for name in ("too_new", "too_old"):
