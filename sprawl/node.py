@@ -377,6 +377,7 @@ class NodeService(service.Service):
             self.gossip,
             info,
             bool(c.cluster_ca),
+            metrics,
         )
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
@@ -562,15 +563,18 @@ def watch_faults(
     gossip: GossipNode,
     info: Any,
     tls: bool = False,
+    metrics: Any = None,
 ) -> Any:
     """The node's fault watch (:mod:`sprawl.cluster.fault_watch`), started, and
     its faults and the cluster feature gate given to the HTTP API's ``info``."""
-    from sprawl.cluster.fault_watch import FaultWatch
+    from sprawl.cluster.fault_watch import FaultCollector, FaultWatch
     from sprawl.cluster.features import cluster_gate
 
     watch = FaultWatch(node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls)
     watch.start()
     info.faults = watch.view
+    if metrics is not None:
+        metrics.register(FaultCollector(watch))
 
     def gate() -> Any:
         states = plane.controller.member_states()

@@ -338,3 +338,26 @@ class FaultWatch:
             "checked_at": self.checked,
             "faults": [f.as_dict() for f in self.faults],
         }
+
+
+class FaultCollector:
+    """``sprawl_faults{code,severity,node}``: the faults this node names now
+    (1 each), read at scrape time -- what an alert rule watches."""
+
+    def __init__(self, watch: FaultWatch) -> None:
+        self.watch = watch
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        g = GaugeMetricFamily(
+            "sprawl_faults",
+            "Faults this node names now (GET /v1/cluster/faults), by code, severity and node at fault",
+            labels=["code", "severity", "node"],
+        )
+        for f in self.watch.faults:
+            g.add_metric([f.code, f.severity, f.node or ""], 1)
+        yield g

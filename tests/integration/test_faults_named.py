@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from harness import NodeCluster, http_json, key_for_partition, poll_until, scaled
+from harness import NodeCluster, http_json, key_for_partition, metric_value, poll_until, scaled
 from sprawl.ctl import cli
 
 pytestmark = [pytest.mark.integration]
@@ -139,6 +139,11 @@ def test_killed_node_then_lost_quorum_are_named(cluster: Callable[..., NodeClust
     down = wait_named(live, "node_down", "n2")
     assert down["severity"] == "critical" and down["partitions"] == all_parts(), down
     assert "Restart node n2" in down["next_step"]
+    # and the metric an alert watches says the same
+    labels = {"code": "node_down", "node": "n2", "severity": "critical"}
+    assert (
+        poll_until(lambda: metric_value(c.url("n0"), "sprawl_faults", **labels) == 1, NAMED_BOUND) is not None
+    )
     under = wait_named(live, "partition_under_replicated", None)
     assert under["partitions"] and set(under["partitions"]) <= set(all_parts()), under
 
