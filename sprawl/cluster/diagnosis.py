@@ -117,6 +117,9 @@ class Observation:
     members: tuple[MemberObs, ...] = ()
     #: None for a lone node (no Raft).
     raft: RaftObs | None = None
+    #: The partitions it knows.  An observer may leave out those that touch no
+    #: node of interest (none of their replicas lost or past its disk budget),
+    #: have a leader and are not led here: they change no fault.
     partitions: tuple[PartitionObs, ...] = ()
     disk: DiskObs | None = None
     #: This node's peer protocol range ``(min, max)``.

@@ -209,7 +209,7 @@ class FaultWatch:
             int(self.clock.seconds() * 1000),
             tuple(members),
             raft,
-            tuple(self._partitions()),
+            tuple(self._partitions(members, disk)),
             disk,
             self.protocol,
         )
@@ -271,30 +271,41 @@ class FaultWatch:
         voters = tuple(str(v) for v in view.get("voters") or ())
         return RaftObs(voters, view.get("leader") or None)
 
-    def _partitions(self) -> list[PartitionObs]:
+    def _partitions(self, members: list[MemberObs], disk: DiskObs) -> list[PartitionObs]:
+        """The partitions the diagnosis needs -- those this node leads (with
+        their followers' positions), those without a leader, and those with a
+        replica on a node of interest (lost, or past its disk budget) -- and
+        no others: every round stays cheap with many idle partitions."""
         out = []
+        interest = {m.node_id for m in members if m.state in LOST or m.reach == "refused" or m.disk_over}
+        if disk.used > disk.limit:
+            interest.add(self.node_id)
         replicas = self.plane.service.replicas if self.plane is not None else {}
-        for name, t in sorted(self.broker.topics.items()):
+        states = self.plane.controller.member_states() if self.plane is not None else {}
+        wanted: dict[str, int] = {}
+        for name, t in self.broker.topics.items():
             for p, lg in enumerate(t.logs):
-                reps = tuple(str(r) for r in (lg.replicas or ()))
                 r = replicas.get((name, p))
                 if r is not None and r.core.is_leader:
-                    view = self.plane.partition_view(name, p)
-                    followers = tuple(sorted((str(f), int(m)) for f, m in view.get("followers", {}).items()))
+                    core = r.core
+                    if name not in wanted:
+                        wanted[name] = int(self.plane._wanted(name, states))
+                    followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
+                    in_sync = (self.node_id, *(f for f, m in followers if m >= core.hw))
                     out.append(
                         PartitionObs(
                             name,
                             p,
-                            reps,
+                            tuple(str(x) for x in lg.replicas or ()),
                             lg.leader or None,
-                            tuple(view.get("in_sync") or ()),
-                            int(view.get("replicas_wanted") or 0),
-                            int(r.core.hw),
+                            in_sync,
+                            wanted[name],
+                            int(core.hw),
                             followers,
                         )
                     )
-                elif reps:
-                    out.append(PartitionObs(name, p, reps, lg.leader or None))
+                elif lg.replicas and (not lg.leader or any(x in interest for x in lg.replicas)):
+                    out.append(PartitionObs(name, p, tuple(str(x) for x in lg.replicas), lg.leader or None))
         return out
 
     # -- probes -----------------------------------------------------------------------------
