@@ -170,41 +170,37 @@ class LagWatch:
     match is below the high watermark its leader had ``window_ms`` ago -- a
     follower that merely trails a busy leader by a few milliseconds of data
     has passed that mark; one that stopped, or moves slower than the leader
-    writes, has not.  Keeps, per partition and follower, the leader's high
-    watermarks of the last window (at most ``max_samples`` each)."""
+    writes, has not.  Keeps one snapshot of the led partitions' high
+    watermarks per round, for the last window (at most ``max_rounds``)."""
 
     window_ms: int = 3000
-    max_samples: int = 64
-    _hw: dict[tuple[str, int], deque[tuple[int, int]]] = field(default_factory=dict)
+    max_rounds: int = 64
+    _rounds: deque[tuple[int, dict[tuple[str, int], int]]] = field(default_factory=deque)
 
     def observe(
         self, now_ms: int, partitions: Iterable[PartitionObs]
     ) -> dict[tuple[str, int], dict[str, int]]:
         """Record this round's high watermarks; return, per partition led
         here, the followers not catching up and how far behind they are."""
+        led = [p for p in partitions if p.in_sync is not None]
+        self._rounds.append((now_ms, {(p.topic, p.partition): p.high_watermark for p in led}))
+        while len(self._rounds) > self.max_rounds or (
+            len(self._rounds) >= 2 and self._rounds[1][0] <= now_ms - self.window_ms
+        ):
+            self._rounds.popleft()
+        t0, old = self._rounds[0]
         out: dict[tuple[str, int], dict[str, int]] = {}
-        seen = set()
-        for p in partitions:
-            if p.in_sync is None:
-                continue
-            key = (p.topic, p.partition)
-            seen.add(key)
-            hist = self._hw.setdefault(key, deque(maxlen=self.max_samples))
-            if hist and hist[-1][1] > p.high_watermark:
-                hist.clear()  # the log was truncated or recreated: start over
-            hist.append((now_ms, p.high_watermark))
-            # keep only the newest sample at or before the window's start, and what follows
-            while len(hist) >= 2 and hist[1][0] <= now_ms - self.window_ms:
-                hist.popleft()
-            t0, mark = hist[0]
-            if now_ms - t0 < self.window_ms:
-                continue  # not watched for a whole window yet
-            behind = {f: p.high_watermark - m for f, m in p.followers if m < mark}
-            if behind:
-                out[key] = behind
-        for key in list(self._hw):
-            if key not in seen:
-                del self._hw[key]
+        if now_ms - t0 < self.window_ms:
+            return out  # not watched for a whole window yet
+        for p in led:
+            hw = p.high_watermark
+            for f, m in p.followers:
+                if m >= hw:
+                    continue  # caught up now (the usual case: nothing more to look at)
+                mark = old.get((p.topic, p.partition))
+                # (a mark above today's high watermark: the log was truncated or recreated)
+                if mark is not None and m < mark <= hw:
+                    out.setdefault((p.topic, p.partition), {})[f] = hw - m
         return out
 
 
@@ -235,10 +231,6 @@ class Diagnosis:
     def diagnose(self, obs: Observation) -> list[Fault]:
         """The faults ``obs`` shows, worst first."""
         faults: list[Fault] = []
-        held: dict[str, set[str]] = {}
-        for p in obs.partitions:
-            for r in p.replicas:
-                held.setdefault(r, set()).add(p.name)
         states = {m.node_id: m.state for m in obs.members}
         states[obs.node_id] = "alive"
         # a member whose peer port refuses connections is lost, even before gossip notices
@@ -247,6 +239,16 @@ class Diagnosis:
             for m in obs.members
             if (m.state in LOST or (m.state == "alive" and m.reach == "refused")) and m.node_id != obs.node_id
         }
+        # the partitions each node of interest (lost, or past its disk budget) holds
+        interest = set(lost) | {m.node_id for m in obs.members if m.disk_over}
+        if obs.disk is not None and obs.disk.used > obs.disk.limit:
+            interest.add(obs.node_id)
+        held: dict[str, set[str]] = {}
+        if interest:
+            for p in obs.partitions:
+                for r in p.replicas:
+                    if r in interest:
+                        held.setdefault(r, set()).add(p.name)
         for m in lost.values():
             faults.append(self._lost_node(m, held.get(m.node_id, set())))
             if states.get(m.node_id) == "alive":
@@ -372,11 +374,13 @@ class Diagnosis:
         for p in obs.partitions:
             if not p.leader or p.leader in lost or states.get(p.leader) in ("dead", "left"):
                 leaderless.append(p.name)
+            if p.in_sync is None:
+                continue
             # a replica gossip has lost is not in sync, whatever its last position was
-            in_sync = [r for r in p.in_sync or () if r not in lost]
-            if p.in_sync is not None and len(in_sync) < p.wanted:
+            n = len(p.in_sync) if not lost else sum(1 for r in p.in_sync if r not in lost)
+            if n < p.wanted:
                 under.append(p.name)
-                under_detail.append(f"{p.name} {len(in_sync)}/{p.wanted}")
+                under_detail.append(f"{p.name} {n}/{p.wanted}")
         if leaderless:
             out.append(
                 Fault(

@@ -283,29 +283,35 @@ class FaultWatch:
         replicas = self.plane.service.replicas if self.plane is not None else {}
         states = self.plane.controller.member_states() if self.plane is not None else {}
         wanted: dict[str, int] = {}
+        led = set()
+        for (name, p), r in replicas.items():
+            core = r.core
+            t = self.broker.topics.get(name)
+            if not core.is_leader or t is None or p >= len(t.logs):
+                continue
+            lg = t.logs[p]
+            led.add((name, p))
+            if name not in wanted:
+                wanted[name] = int(self.plane._wanted(name, states))
+            followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
+            out.append(
+                PartitionObs(
+                    name,
+                    p,
+                    tuple(str(x) for x in lg.replicas or ()),
+                    lg.leader or None,
+                    (self.node_id, *(f for f, m in followers if m >= core.hw)),
+                    wanted[name],
+                    int(core.hw),
+                    followers,
+                )
+            )
         for name, t in self.broker.topics.items():
             for p, lg in enumerate(t.logs):
-                r = replicas.get((name, p))
-                if r is not None and r.core.is_leader:
-                    core = r.core
-                    if name not in wanted:
-                        wanted[name] = int(self.plane._wanted(name, states))
-                    followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
-                    in_sync = (self.node_id, *(f for f, m in followers if m >= core.hw))
-                    out.append(
-                        PartitionObs(
-                            name,
-                            p,
-                            tuple(str(x) for x in lg.replicas or ()),
-                            lg.leader or None,
-                            in_sync,
-                            wanted[name],
-                            int(core.hw),
-                            followers,
-                        )
-                    )
-                elif lg.replicas and (not lg.leader or any(x in interest for x in lg.replicas)):
-                    out.append(PartitionObs(name, p, tuple(str(x) for x in lg.replicas), lg.leader or None))
+                reps = lg.replicas
+                if reps and (not lg.leader or (interest and not interest.isdisjoint(reps))):
+                    if (name, p) not in led:
+                        out.append(PartitionObs(name, p, tuple(str(x) for x in reps), lg.leader or None))
         return out
 
     # -- probes -----------------------------------------------------------------------------

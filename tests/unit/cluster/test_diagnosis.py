@@ -137,13 +137,26 @@ def test_a_follower_that_catches_up_is_not_named() -> None:
         assert "follower_lagging" not in codes(f)
 
 
-def test_lag_history_is_bounded_and_forgets_partitions() -> None:
-    w = LagWatch(window_ms=1000, max_samples=8)
+def test_lag_history_is_bounded() -> None:
+    w = LagWatch(window_ms=1000, max_rounds=8)
     for now in range(0, 100_000, 10):
         w.observe(now, [led("t", 0, now, {"n2": now})])
-    assert len(w._hw[("t", 0)]) <= 8
+    assert len(w._rounds) <= 8
     w.observe(100_000, [])
-    assert w._hw == {}
+    assert w._rounds[-1][1] == {}
+
+
+def test_a_recreated_partition_is_not_taken_for_a_lagging_follower() -> None:
+    """The high watermark went down (the log truncated or the topic recreated): the old
+    mark is above it, and a follower below that mark is not behind for that reason."""
+    d = Diagnosis(lag_window_ms=1000)
+    d.diagnose(obs(0, partitions=(led("t", 0, 500, {"n2": 500}),)))
+    for now in (500, 1000):
+        f = d.diagnose(obs(now, partitions=(led("t", 0, 10, {"n2": 8}),)))
+        assert "follower_lagging" not in codes(f), now
+    # (stuck below the new high watermark for a whole window, it is named)
+    f = d.diagnose(obs(1500, partitions=(led("t", 0, 10, {"n2": 8}),)))
+    assert "follower_lagging" in codes(f)
 
 
 def test_lost_quorum_is_named() -> None:
