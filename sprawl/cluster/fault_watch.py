@@ -24,6 +24,7 @@ change only), so every node names a node whose disk budget is exceeded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,9 @@ log = Logger()
 
 #: Seconds between two rounds of the diagnosis.
 INTERVAL = 0.5
+#: The most of the reactor's time the rounds may take: a round that took
+#: longer delays the next ones.
+CPU_SHARE = 0.05
 #: A lost member's peer port is probed at most this often.
 PROBE_EVERY = 1.0
 #: A probe waits this long for the connection and then for the CHALLENGE.
@@ -150,6 +154,8 @@ class FaultWatch:
         self._probing: set[str] = set()
         self._disk_over: bool | None = None
         self._loop: LoopingCall | None = None
+        #: No round before this time (the CPU share, see :meth:`tick`).
+        self._next_round = 0.0
         #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), set by
         #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
         self.feature_gate: Callable[[], Any] | None = None
@@ -171,7 +177,13 @@ class FaultWatch:
     # -- one round --------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Observe, diagnose, probe the lost members, gossip the disk state."""
+        """Observe, diagnose, probe the lost members, gossip the disk state --
+        unless the last round was so long that running now would take more
+        than :data:`CPU_SHARE` of the reactor (many partitions, most of them
+        in trouble): then the next round waits."""
+        if self.clock.seconds() < self._next_round:
+            return
+        started = time.perf_counter()
         try:
             obs = self.observe()
             self.faults = self.core.diagnose(obs)
@@ -179,6 +191,8 @@ class FaultWatch:
         except Exception:
             log.failure("fault diagnosis failed")
             return
+        took = time.perf_counter() - started
+        self._next_round = self.clock.seconds() + took / CPU_SHARE - INTERVAL
         live = []
         for m in obs.members:
             if m.state in LOST:
