@@ -84,8 +84,10 @@ MIN_PROTOCOL = 2
 #: The protocol of a node whose hello or welcome does not say (the releases before it did).
 UNSTATED_PROTOCOL = 2
 #: What this build can do that older builds could not; a feature is used cluster-wide
-#: only once every node has it (:func:`sprawl.cluster.features.feature_gate`).
-FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "peer-refusal"})
+#: only once every node has it (:func:`sprawl.cluster.features.feature_gate`).  ``drain``:
+#: the ``set_drained`` Raft command (``sprawlctl cluster drain`` is refused until every
+#: node can apply it).
+FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "drain", "peer-refusal"})
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32
 MAX_FEATURE_CHARS = 48

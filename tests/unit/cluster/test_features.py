@@ -3,6 +3,8 @@ counted node has it; unknown nodes block; older releases advertise nothing."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sprawl.cluster.features import advertised, cluster_gate, feature_gate, protocol_range
 
 
@@ -48,3 +50,25 @@ def test_cluster_gate_counts_registered_and_gossiped_nodes() -> None:
     assert not cluster_gate("n1", {"a"}, members, ["n1", "n2", "n3"]).on("a")
     lacking = cluster_gate("n1", {"a"}, [*members, ("n4", "dead", {"version": "0.1"})], ["n1", "n2"])
     assert dict(lacking.pending) == {"a": ("n4",)}
+
+
+def test_drain_is_refused_until_every_node_has_it() -> None:
+    """The first gated feature: ``set_drained`` is a Raft command a node of an older
+    release could not apply, so the drain route refuses (409 feature_not_enabled,
+    naming the nodes lacking it) until the gate has it on."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from sprawl.errors import SprawlError
+    from sprawl.http.admin import AdminRoutes
+
+    proposed: list[Any] = []
+    raft = SimpleNamespace(propose=lambda cmd: proposed.append(cmd))
+    gate = {"enabled": ["disk-state-gossip"], "pending": {"drain": ["n3"]}}
+    info = SimpleNamespace(raft=raft, features=lambda: gate)
+    admin = AdminRoutes(None, SimpleNamespace(info=info), None, None, None)  # type: ignore[arg-type]
+    with pytest.raises(SprawlError) as e:
+        admin.set_drained(None, "n2", True)  # type: ignore[arg-type]
+    assert e.value.code == "feature_not_enabled" and e.value.status == 409 and "n3" in str(e.value)
+    assert proposed == []
