@@ -44,7 +44,7 @@ from sprawl.gossip.incarnation_file import save_incarnation
 from sprawl.gossip.load import LoadSample
 from sprawl.gossip.peer_port import listen_peer
 from sprawl.gossip.udp import GossipNode
-from sprawl.peer.frames import frame_limits
+from sprawl.peer.frames import FEATURES, MIN_PROTOCOL, PROTOCOL, frame_limits
 from sprawl.peer.tcp import PeerChannel
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class NodeService(service.Service):
         self.bucket_watch: BucketWatch | None = None
         self.scrubber: Scrubber | None = None
         self.site: Any = None
+        self.fault_watch: Any = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -156,7 +157,7 @@ class NodeService(service.Service):
             random.Random(),
             c.data_dir,
             seeds=c.seeds,
-            meta={"version": __version__},
+            meta={"version": __version__, "protocol": [MIN_PROTOCOL, PROTOCOL], "features": sorted(FEATURES)},
             load=load,
             resolve=self.reactor.resolve,
             save=lambda data_dir, n: threads.deferToThreadPool(
@@ -367,6 +368,17 @@ class NodeService(service.Service):
             raft=self.control,
             readiness_checks=checks,
         )
+        self.fault_watch = watch_faults(
+            node_id,
+            self.reactor,
+            self.broker,
+            self.control,
+            self.plane,
+            self.gossip,
+            info,
+            bool(c.cluster_ca),
+            metrics,
+        )
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
 
@@ -502,6 +514,8 @@ class NodeService(service.Service):
             await self.peer_port.stopListening()
         if self.scrubber is not None:
             self.scrubber.stop()
+        if self.fault_watch is not None:
+            self.fault_watch.stop()
         if self.broker is not None:
             await self.broker.stop()
         if self.store is not None and self.store.env is not None:
@@ -538,6 +552,44 @@ def bind_cluster_parts(
     links.bind(creator=control, publisher=plane, group_owner=plane.groups)
     links.bind_remote_log(ClusterRemoteLog(control, plane))
     integrity.attach(repairs=plane.repairs, scrubber=scrubber)
+
+
+def watch_faults(
+    node_id: str,
+    reactor: Any,
+    broker: Any,
+    control: ClusterControl,
+    plane: Any,
+    gossip: GossipNode,
+    info: Any,
+    tls: bool = False,
+    metrics: Any = None,
+) -> Any:
+    """The node's fault watch (:mod:`sprawl.cluster.fault_watch`), started, and
+    its faults and the cluster feature gate given to the HTTP API's ``info``."""
+    from sprawl.cluster.fault_watch import FaultCollector, FaultWatch
+    from sprawl.cluster.features import cluster_gate
+
+    watch = FaultWatch(node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls)
+    watch.start()
+    info.faults = watch.view
+    if metrics is not None:
+        metrics.register(FaultCollector(watch))
+
+    def gate() -> Any:
+        states = plane.controller.member_states()
+        members = [
+            (m.node_id, m.state, m.meta) for m in gossip.members() if states.get(m.node_id) != "foreign"
+        ]
+        return cluster_gate(node_id, FEATURES, members, list(control.metadata.nodes))
+
+    def features() -> dict[str, Any]:
+        return {"protocol": [MIN_PROTOCOL, PROTOCOL], "advertised": sorted(FEATURES), **gate().as_dict()}
+
+    info.features = features
+    #: What a part that must wait for every node asks: ``watch.feature_gate().on(NAME)``.
+    watch.feature_gate = gate
+    return watch
 
 
 def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: ClusterControl) -> None:

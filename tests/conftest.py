@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from twisted.logger import globalLogPublisher
 
-from harness import NodeProcess
+from harness import NodeCluster, NodeProcess
 
 # Hypothesis profiles (HYPOTHESIS_PROFILE): "ci" (the default, and what CI runs)
 # is derandomized -- the same examples on every run, so a red run is the
@@ -89,6 +89,26 @@ def sprawl_nodes(tmp_path: Path) -> Iterator[NodeFactory]:
         yield f
     finally:
         f.cleanup()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., NodeCluster]]:
+    """Makes NodeClusters under tmp_path -- ``make(n, prefix, *extra, start=True,
+    **kw)`` (``kw``: :class:`NodeCluster`'s ``env``, ``per_node``, ...), started and
+    formed unless ``start=False``; every one is closed (continued, killed) at the end."""
+    made: list[NodeCluster] = []
+
+    def make(n: int, prefix: str = "n", *extra: str, start: bool = True, **kw: Any) -> NodeCluster:
+        c = NodeCluster(tmp_path / prefix, n, *extra, prefix=prefix, **kw)
+        made.append(c)
+        print(f"\nnode data dirs and logs (NAME.log) under {c.base}")
+        return c.start() if start else c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
 
 
 @pytest.fixture

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from sprawl.cluster.features import protocol_range
+from sprawl.peer.frames import MIN_PROTOCOL, PROTOCOL, UNSTATED_PROTOCOL
+
 if TYPE_CHECKING:
     from sprawl.interfaces import Clock, Gossip
 
@@ -71,10 +74,25 @@ class ClusterIds:
         return str(view.get("cluster") or "")
 
     def is_foreign(self, view: dict[str, Any]) -> bool:
-        """Whether a gossip member view belongs to another Raft cluster: it is
-        not counted, added or given replicas until it joins this one."""
+        """Whether a gossip member view is not of this cluster: of another Raft
+        cluster (:meth:`in_other_cluster`), or speaking a peer protocol this
+        node does not (:meth:`incompatible`).  It is not counted, added or
+        given replicas until it joins this one (or is upgraded)."""
+        return self.in_other_cluster(view) or self.incompatible(view)
+
+    def in_other_cluster(self, view: dict[str, Any]) -> bool:
+        """Whether a gossip member view belongs to another Raft cluster."""
         theirs = self.cluster_of(view)
         return bool(theirs) and self.cluster_id is not None and theirs != cluster_hex(self.cluster_id)
+
+    @staticmethod
+    def incompatible(view: dict[str, Any]) -> bool:
+        """Whether a member gossips a peer protocol range that does not overlap
+        this node's: the peer channel refuses it both ways, so it must get no
+        Raft role and no replica (a member that states none is of a release
+        before the negotiation: protocol 2)."""
+        theirs = protocol_range(view) or (UNSTATED_PROTOCOL, UNSTATED_PROTOCOL)
+        return theirs[1] < MIN_PROTOCOL or theirs[0] > PROTOCOL
 
     def log_foreign(self, peer: str, cluster: int) -> None:
         """Say (at most once a minute per peer) that ``peer``'s frames are dropped."""

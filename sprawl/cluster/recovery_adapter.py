@@ -282,7 +282,7 @@ class ClusterRecovery:
         others = [
             v
             for v in self.control.voter_control.members()
-            if v["state"] in _UP and self.control.ids.is_foreign(v)
+            if v["state"] in _UP and self.control.ids.in_other_cluster(v)
         ]
         if not others:
             return

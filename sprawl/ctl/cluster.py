@@ -205,6 +205,8 @@ class NodeReport:
     health_ms: float | None = None
     ready_reason: str | None = None
     cluster: dict[str, Any] | None = None
+    #: The faults the node names (``GET /v1/cluster/faults``), None when it did not answer.
+    faults: list[dict[str, Any]] | None = None
 
 
 def _probe(url: str, timeout: float) -> NodeReport:
@@ -229,6 +231,11 @@ def _probe(url: str, timeout: float) -> NodeReport:
         if cluster_reply.status == 200:
             info = cluster_reply.json()
             report.cluster = info if isinstance(info, dict) else None
+        faults_reply = client.request("GET", "/v1/cluster/faults")
+        if faults_reply.status == 200:
+            body = faults_reply.json()
+            found = body.get("faults") if isinstance(body, dict) else None
+            report.faults = [f for f in found if isinstance(f, dict)] if isinstance(found, list) else None
     except ClientError as exc:
         report.up = False
         report.problem = str(exc).rsplit(": ", 1)[-1]
@@ -300,23 +307,57 @@ def _problems(reports: list[NodeReport]) -> list[str]:
     return problems
 
 
+_SEVERITY = {"critical": 0, "error": 1, "warning": 2}
+
+
+def merge_faults(reports: list[NodeReport]) -> list[dict[str, Any]]:
+    """The faults every node named, once each: the same fault (code and node at
+    fault) named by several nodes is one, with the partitions all of them saw
+    and ``seen_by`` listing them; worst first."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in reports:
+        seer = str((r.cluster or {}).get("node_id") or r.url)
+        for f in r.faults or []:
+            key = (str(f.get("code")), str(f.get("node")))
+            m = merged.get(key)
+            if m is None:
+                m = merged[key] = {**f, "partitions": list(f.get("partitions") or []), "seen_by": []}
+            else:
+                m["partitions"] = sorted(set(m["partitions"]) | set(f.get("partitions") or []))
+            m["seen_by"].append(seer)
+    return sorted(
+        merged.values(),
+        key=lambda f: (_SEVERITY.get(str(f.get("severity")), 9), str(f.get("code")), str(f.get("node"))),
+    )
+
+
 @cli.command()
 @json_option("Print the report as JSON.")
 @click.pass_context
 def diagnose(ctx: click.Context, out: Output) -> None:
-    """Check every node given with -n: health, readiness, cluster view; list problems."""
+    """Check every node given with -n: health, readiness, cluster view, and the
+    faults each node names (a node down, stopped or unreachable, Raft without a
+    quorum, partitions under-replicated or without a leader, a follower not
+    catching up, a disk budget exceeded), with the likely next step.
+
+    Exits 1 when a node is down or not ready, or a critical or error fault is named."""
     client = client_of(ctx)
     reports = [_probe(url, client.timeout) for url in client.urls]
     problems = _problems(reports)
-    out.show({"nodes": [r.__dict__ for r in reports], "problems": problems}, _diagnose_text)
+    faults = merge_faults(reports)
+    out.show({"nodes": [r.__dict__ for r in reports], "problems": problems, "faults": faults}, _diagnose_text)
     bad = sum(1 for r in reports if not (r.up and r.ready))
     if bad:
         raise CtlError(f"{bad} of {len(reports)} node(s) down or not ready")
+    serious = [f for f in faults if f.get("severity") in ("critical", "error")]
+    if serious:
+        raise CtlError(f"{len(serious)} fault(s) named: " + ", ".join(str(f.get("code")) for f in serious))
 
 
 def _diagnose_text(answer: dict[str, Any]) -> None:
     reports: list[NodeReport] = [NodeReport(**r) for r in answer["nodes"]]
     problems: list[str] = answer["problems"]
+    faults: list[dict[str, Any]] = answer.get("faults") or []
     for r in reports:
         click.echo(r.url)
         if not r.up:
@@ -348,3 +389,18 @@ def _diagnose_text(answer: dict[str, Any]) -> None:
             click.echo(f"  - {p}")
     else:
         click.echo("no problems found")
+    if not faults:
+        click.echo("no faults named")
+        return
+    click.echo("faults:")
+    for f in faults:
+        node = f" {f.get('node')}" if f.get("node") else ""
+        click.echo(f"  - {str(f.get('severity')).upper()} {f.get('code')}{node}: {f.get('message')}")
+        parts = f.get("partitions") or []
+        if parts:
+            shown = ", ".join(map(str, parts[:20])) + (
+                f" (+{len(parts) - 20} more)" if len(parts) > 20 else ""
+            )
+            click.echo(f"    partitions: {shown}")
+        click.echo(f"    next step: {f.get('next_step')}")
+        click.echo(f"    seen by: {', '.join(map(str, f.get('seen_by') or []))}")

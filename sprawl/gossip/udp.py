@@ -475,6 +475,10 @@ class GossipNode(DatagramProtocol):
                 view["version"] = meta["version"]
             if meta.get("cluster"):
                 view["cluster"] = meta["cluster"]  # the member's Raft cluster id
+            if "protocol" in meta:
+                view["protocol"] = meta["protocol"]  # [oldest, newest] peer protocol it speaks
+            if "features" in meta:
+                view["features"] = meta["features"]
             load = meta.get("load")
             if isinstance(load, dict):
                 load = dict(load)

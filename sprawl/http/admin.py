@@ -67,6 +67,15 @@ class AdminRoutes:
                 code="not_clustered",
                 status=409,
             )
+        features = self.status.info.features() if self.status.info.features is not None else None
+        if features is not None and "drain" not in features.get("enabled", ()):
+            lacking = ", ".join(features.get("pending", {}).get("drain", [])) or "some node"
+            raise SprawlError(
+                f"drain is not on in this cluster yet: {lacking} runs a release without it (a node of an "
+                "older release could not apply the change); upgrade every node first",
+                code="feature_not_enabled",
+                status=409,
+            )
 
         def answer(result: dict[str, Any]) -> dict[str, Any]:
             err = result.get("error")
@@ -75,6 +84,10 @@ class AdminRoutes:
             return {"node_id": node, "drained": drained, "changed": bool(result.get("changed"))}
 
         return raft.propose({"op": "set_drained", "node_id": node, "drained": drained}).addCallback(answer)
+
+    def faults(self, request: Request) -> object:
+        """``GET /v1/cluster/faults``: the faults this node names, worst first."""
+        return self.status.faults()
 
     # -- damaged ranges ------------------------------------------------------------------------
 

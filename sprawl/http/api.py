@@ -369,6 +369,11 @@ class SprawlAPI:
     def undrain_node(self, request: Request, node: str) -> object:
         return self.admin.set_drained(request, node, False)
 
+    @app.route("/v1/cluster/faults", methods=["GET"])
+    @_route("faults")
+    def faults(self, request: Request) -> object:
+        return self.admin.faults(request)
+
     @app.route("/v1/damage", methods=["GET"])
     @_route("damage")
     def damage(self, request: Request) -> object:

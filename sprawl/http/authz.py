@@ -57,6 +57,7 @@ NODE_ADMIN = frozenset(
     {
         "cluster",
         "placement",
+        "faults",
         "damage",
         "scrub_now",
         "metrics_text",

@@ -169,6 +169,7 @@ def snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> d
         },
         "topics_total": len(names),
         "topics": topics,
+        "faults": status.faults()["faults"],
     }
 
 

@@ -44,6 +44,11 @@ class NodeInfo:
         #: More readiness conditions: each returns why the node is not ready, or None
         #: (the S3 tier's bucket watch, :mod:`sprawl.storage.bucket_watch`).
         self.readiness_checks: list[Callable[[], str | None]] = list(readiness_checks or [])
+        #: The node's named faults (:meth:`sprawl.cluster.fault_watch.FaultWatch.view`), or None:
+        #: then only this node's own disk is checked (a lone broker, the in-process tests).
+        self.faults: Callable[[], dict[str, Any]] | None = None
+        #: The cluster feature gate's view (:func:`sprawl.cluster.features.cluster_gate`), or None.
+        self.features: Callable[[], dict[str, Any]] | None = None
 
     def serving_http(self, url: str) -> None:
         """The node's HTTP API answers at ``url`` (known only once it listens,
@@ -120,7 +125,28 @@ class NodeStatus:
         if summary is not None:
             out["partitions"] = summary
         out["drained"] = list(getattr(raft.metadata, "drained", ()))
+        if self.info.features is not None:
+            out["features"] = self.info.features()
         return out
+
+    def faults(self) -> dict[str, Any]:
+        """``GET /v1/cluster/faults``: the faults this node names (see
+        :mod:`sprawl.cluster.diagnosis`)."""
+        if self.info.faults is not None:
+            return self.info.faults()
+        from sprawl.cluster.diagnosis import Diagnosis, DiskObs, Observation
+
+        store = self.broker.store
+        obs = Observation(
+            self.info.node_id,
+            int(time.time() * 1000),
+            disk=DiskObs(int(store.used_bytes), int(self.broker.disk_hard_limit)),
+        )
+        return {
+            "node_id": self.info.node_id,
+            "checked_at": time.time(),
+            "faults": [f.as_dict() for f in Diagnosis().diagnose(obs)],
+        }
 
     def placement(self) -> dict[str, Any]:
         """``GET /v1/cluster/placement``: replicas, leader and epoch of every partition."""

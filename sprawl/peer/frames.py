@@ -17,6 +17,21 @@ on connections it accepted.  The handshake, with ``K`` the cluster key::
     acceptor  -> WELCOME    {node_id, mac}
                             mac = HMAC-SHA256(K, "welcome" | version | c | n | acceptor | connector)
 
+``version`` is the handshake's own format (2), not the node's release: the
+peer *protocol* is negotiated in fields an older node ignores (msgspec skips
+unknown fields) -- ``protocol`` and ``min_protocol`` (the newest protocol the
+sender speaks and the oldest it still talks to) and ``features`` (what it can
+do, see :mod:`sprawl.cluster.features`), authenticated with a key by
+``info_mac`` = HMAC-SHA256(K, "hello-info" | c | n | node_id | protocol |
+min_protocol | features) (the WELCOME carries the acceptor's, MACed the same
+way with "welcome-info").  A hello or welcome without them comes from a node
+of protocol 2 (the releases before the negotiation).  Two nodes talk when
+their ranges overlap: each refuses a peer whose ``protocol`` is below its own
+``min_protocol`` (too old) or whose ``min_protocol`` is above its own
+``protocol`` (too new), with :class:`VersionRefused`; the acceptor then sends
+a REFUSED frame (``{code, message}``) before closing, so the connector can
+log why.
+
 Each side checks the other's MAC (so both prove they hold the key, and the
 connector knows it reached the node it meant: ``to`` and the acceptor's id
 must agree).  Without a key the MACs are empty and the ids are only claims.
@@ -49,6 +64,8 @@ REQUEST = 4
 RESPONSE = 5
 REPLICATION = 6
 WELCOME = 7
+#: The acceptor's refusal of a hello, ``{code, message}``, sent before it closes.
+REFUSED = 8
 
 #: Largest frame a node accepts by default, of any kind (a Raft snapshot must fit).
 MAX_FRAME = 64 << 20
@@ -56,8 +73,24 @@ MAX_FRAME = 64 << 20
 MAX_HELLO = 1024
 #: Largest frame of a kind the node does not know.
 MAX_UNKNOWN = 64 << 10
-#: Protocol version carried in the hello (2: mutual proof, session tags).
+#: Version of the handshake's format carried in the hello (2: mutual proof, session tags).
 VERSION = 2
+#: The peer protocol this build speaks: bumped by every release that changes what
+#: nodes say to each other (frames, RPC bodies, Raft commands, gossip metadata).
+PROTOCOL = 3
+#: The oldest peer protocol this build still talks to: the release before it, so a
+#: cluster is upgraded one release at a time.
+MIN_PROTOCOL = 2
+#: The protocol of a node whose hello or welcome does not say (the releases before it did).
+UNSTATED_PROTOCOL = 2
+#: What this build can do that older builds could not; a feature is used cluster-wide
+#: only once every node has it (:func:`sprawl.cluster.features.feature_gate`).  ``drain``:
+#: the ``set_drained`` Raft command (``sprawlctl cluster drain`` is refused until every
+#: node can apply it).
+FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "drain", "peer-refusal"})
+#: At most this many features, of at most this many characters, are taken from a peer.
+MAX_FEATURES = 32
+MAX_FEATURE_CHARS = 48
 #: Bytes of the challenge and of the connector's nonce.
 NONCE_BYTES = 16
 #: Bytes of the tag an authenticated frame carries.
@@ -81,6 +114,7 @@ def frame_limits(max_body_bytes: int = 8 * 1000**2, max_frame: int = MAX_FRAME) 
         CHALLENGE: 1 + NONCE_BYTES,
         HELLO: MAX_HELLO,
         WELCOME: MAX_HELLO,
+        REFUSED: MAX_HELLO,
         RAFT: max_frame,
         REQUEST: data,
         RESPONSE: data,
@@ -178,6 +212,10 @@ class Hello(msgspec.Struct, frozen=True):
     mac: bytes = b""
     nonce: bytes = b""
     to: str = ""
+    protocol: int = UNSTATED_PROTOCOL
+    min_protocol: int = UNSTATED_PROTOCOL
+    features: list[str] = []
+    info_mac: bytes = b""
 
 
 class Welcome(msgspec.Struct, frozen=True):
@@ -185,14 +223,88 @@ class Welcome(msgspec.Struct, frozen=True):
 
     node_id: str
     mac: bytes = b""
+    protocol: int = UNSTATED_PROTOCOL
+    min_protocol: int = UNSTATED_PROTOCOL
+    features: list[str] = []
+    info_mac: bytes = b""
+
+
+class Refused(msgspec.Struct, frozen=True):
+    """The acceptor's refusal of a hello (``code``: ``protocol_too_old``,
+    ``protocol_too_new``)."""
+
+    code: str
+    message: str
 
 
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _welcome_decoder = msgspec.msgpack.Decoder(Welcome)
+_refused_decoder = msgspec.msgpack.Decoder(Refused)
 
 
 class HandshakeError(ValueError):
     """A hello or welcome that must not be accepted."""
+
+
+class VersionRefused(HandshakeError):
+    """A peer whose protocol range does not overlap this node's (``code``:
+    ``protocol_too_old`` or ``protocol_too_new``, as the peer is)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PeerVersion:
+    """What a peer said of its protocol range and features in the handshake."""
+
+    protocol: int = UNSTATED_PROTOCOL
+    min_protocol: int = UNSTATED_PROTOCOL
+    features: frozenset[str] = frozenset()
+
+
+def check_protocol(
+    peer: str, theirs: PeerVersion, protocol: int = PROTOCOL, min_protocol: int = MIN_PROTOCOL
+) -> None:
+    """:class:`VersionRefused` unless ``theirs`` overlaps this node's range."""
+    if not 0 <= theirs.min_protocol <= theirs.protocol:
+        raise VersionRefused(
+            "protocol_invalid",
+            f"peer {peer} states protocol {theirs.protocol} below its minimum {theirs.min_protocol}",
+        )
+    mine = f"this node speaks {min_protocol}..{protocol}"
+    if theirs.protocol < min_protocol:
+        raise VersionRefused(
+            "protocol_too_old",
+            f"peer {peer} speaks peer protocol {theirs.min_protocol}..{theirs.protocol}, {mine}: "
+            f"it is too old for this node (upgrade it to a release of protocol {min_protocol} or later)",
+        )
+    if theirs.min_protocol > protocol:
+        raise VersionRefused(
+            "protocol_too_new",
+            f"peer {peer} speaks peer protocol {theirs.min_protocol}..{theirs.protocol}, {mine}: "
+            f"it is too new for this node (upgrade this node first, one release at a time)",
+        )
+
+
+def _features(names: list[str]) -> frozenset[str]:
+    """A peer's feature list, bounded (the hello itself is bounded by MAX_HELLO)."""
+    return frozenset(str(n)[:MAX_FEATURE_CHARS] for n in names[:MAX_FEATURES])
+
+
+def make_refused(e: VersionRefused) -> bytes:
+    """The REFUSED payload telling the connector why."""
+    return msgspec.msgpack.encode(Refused(e.code, str(e)[:400]))
+
+
+def read_refused(payload: bytes) -> str:
+    """The acceptor's reason from a REFUSED payload (never raises)."""
+    try:
+        r = _refused_decoder.decode(payload)
+    except msgspec.DecodeError:
+        return "refused (unreadable reason)"
+    return f"{r.code}: {r.message[:400]}"
 
 
 class FrameAuthError(ValueError):
@@ -218,14 +330,40 @@ def session_key(key: bytes, challenge: bytes, nonce: bytes, connector: str, acce
     return _mac(key, "sprawl-peer-session", VERSION, challenge, nonce, connector, acceptor)
 
 
+def info_mac(
+    key: bytes,
+    label: str,
+    challenge: bytes,
+    nonce: bytes,
+    node_id: str,
+    protocol: int,
+    minimum: int,
+    features: list[str],
+) -> bytes:
+    """HMAC-SHA256 over a hello's or welcome's protocol range and features, for this connection."""
+    return _mac(key, "sprawl-peer-" + label, challenge, nonce, node_id, protocol, minimum, features)
+
+
 def make_hello(node_id: str, to: str, challenge: bytes, nonce: bytes, key: bytes | None) -> bytes:
     """The HELLO payload answering ``challenge``, for the node ``to``."""
     mac = hello_mac(key, challenge, nonce, node_id, to) if key else b""
-    return msgspec.msgpack.encode(Hello(node_id, VERSION, mac, nonce, to))
+    feats = sorted(FEATURES)
+    imac = (
+        info_mac(key, "hello-info", challenge, nonce, node_id, PROTOCOL, MIN_PROTOCOL, feats) if key else b""
+    )
+    return msgspec.msgpack.encode(
+        Hello(node_id, VERSION, mac, nonce, to, PROTOCOL, MIN_PROTOCOL, feats, imac)
+    )
+
+
+def hello_version(h: Hello) -> PeerVersion:
+    """The protocol range and features a (checked) hello states."""
+    return PeerVersion(h.protocol, h.min_protocol, _features(h.features))
 
 
 def check_hello(payload: bytes, challenge: bytes, key: bytes | None, me: str) -> Hello:
-    """The peer's hello, checked for this connection, or :class:`HandshakeError`."""
+    """The peer's hello, checked for this connection, or :class:`HandshakeError`
+    (:class:`VersionRefused` for a peer too old or too new)."""
     try:
         h = _hello_decoder.decode(payload)
     except msgspec.DecodeError as e:
@@ -242,19 +380,33 @@ def check_hello(payload: bytes, challenge: bytes, key: bytes | None, me: str) ->
         raise HandshakeError("hello without a valid nonce")
     if key and not hmac.compare_digest(h.mac, hello_mac(key, challenge, h.nonce, h.node_id, h.to)):
         raise HandshakeError("peer does not know the cluster key")
+    stated = (
+        h.info_mac or h.protocol != UNSTATED_PROTOCOL or h.min_protocol != UNSTATED_PROTOCOL or h.features
+    )
+    if key and stated:
+        want = info_mac(
+            key, "hello-info", challenge, h.nonce, h.node_id, h.protocol, h.min_protocol, h.features
+        )
+        if not hmac.compare_digest(h.info_mac, want):
+            raise HandshakeError("hello's protocol and features fail their MAC")
+    check_protocol(h.node_id, hello_version(h))
     return h
 
 
 def make_welcome(me: str, connector: str, challenge: bytes, nonce: bytes, key: bytes | None) -> bytes:
     """The WELCOME payload the acceptor sends after a valid hello."""
     mac = welcome_mac(key, challenge, nonce, me, connector) if key else b""
-    return msgspec.msgpack.encode(Welcome(me, mac))
+    feats = sorted(FEATURES)
+    imac = info_mac(key, "welcome-info", challenge, nonce, me, PROTOCOL, MIN_PROTOCOL, feats) if key else b""
+    return msgspec.msgpack.encode(Welcome(me, mac, PROTOCOL, MIN_PROTOCOL, feats, imac))
 
 
 def check_welcome(
     payload: bytes, expected: str, me: str, challenge: bytes, nonce: bytes, key: bytes | None
-) -> None:
-    """Check the acceptor's welcome: it is ``expected`` and (with a key) holds the key."""
+) -> PeerVersion:
+    """Check the acceptor's welcome: it is ``expected``, (with a key) holds the
+    key, and speaks a protocol this node talks to; what it states of its
+    protocol and features."""
     try:
         w = _welcome_decoder.decode(payload)
     except msgspec.DecodeError as e:
@@ -263,6 +415,18 @@ def check_welcome(
         raise HandshakeError(f"reached node {w.node_id[:64]!r} instead of {expected!r}")
     if key and not hmac.compare_digest(w.mac, welcome_mac(key, challenge, nonce, w.node_id, me)):
         raise HandshakeError("peer does not know the cluster key")
+    stated = (
+        w.info_mac or w.protocol != UNSTATED_PROTOCOL or w.min_protocol != UNSTATED_PROTOCOL or w.features
+    )
+    if key and stated:
+        want = info_mac(
+            key, "welcome-info", challenge, nonce, w.node_id, w.protocol, w.min_protocol, w.features
+        )
+        if not hmac.compare_digest(w.info_mac, want):
+            raise HandshakeError("welcome's protocol and features fail their MAC")
+    theirs = PeerVersion(w.protocol, w.min_protocol, _features(w.features))
+    check_protocol(w.node_id, theirs)
+    return theirs
 
 
 # -- session tags ----------------------------------------------------------------------

@@ -20,13 +20,16 @@ from sprawl.peer.frames import (
     HELLO,
     MAX_HELLO,
     NONCE_BYTES,
+    REFUSED,
     WELCOME,
     FrameAuthError,
     FrameDecoder,
     FrameOpener,
     HandshakeError,
+    VersionRefused,
     check_hello,
     encode_frame,
+    make_refused,
     make_welcome,
     session_key,
 )
@@ -155,6 +158,9 @@ class Inbound(Protocol):
         try:
             hello = check_hello(body, self.challenge, ch.key, ch.node_id)
             ch._check_certificate(self.transport, hello.node_id)
+        except VersionRefused as e:
+            self._refuse_version(e)
+            return
         except HandshakeError as e:
             self._refuse(str(e))
             return
@@ -176,6 +182,22 @@ class Inbound(Protocol):
         self.channel.stats.handshake_failures += 1
         self.channel._warn_refused(f"refused peer connection from {self.transport.getPeer()}: {why}")
         self._abort()
+
+    def _refuse_version(self, e: VersionRefused) -> None:
+        """A peer too old or too new: say so in the log (once a minute for the
+        same reason) and to the peer (a REFUSED frame), then close."""
+        ch = self.channel
+        ch.stats.handshake_failures += 1
+        addr = self.transport.getPeer()
+        where = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}"
+        ch.log_version_refusal(f"refused peer connection from {where}: {e}")
+        self._closed = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        ch._inbound.discard(self)
+        self.transport.write(encode_frame(REFUSED, make_refused(e)))
+        self.transport.loseConnection()  # (after the REFUSED frame is written)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closed = True

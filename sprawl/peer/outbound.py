@@ -20,13 +20,16 @@ from sprawl.peer.frames import (
     HELLO,
     MAX_HELLO,
     NONCE_BYTES,
+    REFUSED,
     WELCOME,
     FrameDecoder,
     FrameSealer,
     HandshakeError,
+    VersionRefused,
     check_welcome,
     encode_frame,
     make_hello,
+    read_refused,
     session_key,
 )
 
@@ -76,12 +79,16 @@ class Outbound(Protocol):
         if not self.ready:
             self._fail("no welcome in time")
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, version: bool = False) -> None:
         ch = self.sender.channel
         ch.stats.handshake_failures += 1
         if not self._failed:
             self._failed = True
-            ch._warn_refused(f"peer connection to {self.sender.peer} failed its handshake: {why}")
+            what = f"peer connection to {self.sender.peer} failed its handshake: {why}"
+            if version:
+                ch.log_version_refusal(what)
+            else:
+                ch._warn_refused(what)
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -99,6 +106,9 @@ class Outbound(Protocol):
                 try:
                     check_welcome(payload, self.sender.peer, ch.node_id, self.challenge, self.nonce, ch.key)
                     ch._check_certificate(self.transport, self.sender.peer)
+                except VersionRefused as e:
+                    self._fail(str(e), version=True)
+                    return
                 except HandshakeError as e:
                     self._fail(str(e))
                     return
@@ -114,6 +124,9 @@ class Outbound(Protocol):
                 if first:
                     ch.on_proven(self.sender.peer)
                 self.sender._connected(self)
+            elif kind == REFUSED and not self.ready:
+                self._fail(f"refused by {self.sender.peer}: {read_refused(payload)}", version=True)
+                return
             else:
                 self._fail(f"unexpected frame of kind {kind} in the handshake")
                 return

@@ -21,6 +21,7 @@ name), so a certificate of the CA vouches for one node only.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -117,6 +118,8 @@ class PeerChannel:
         self.proven: dict[str, float] = {}
         self._warned_at = float("-inf")
         self._warned = 0
+        #: Version refusals logged: reason (with the address's port masked) -> when.
+        self._version_logged: dict[str, float] = {}
         self.handlers: dict[int, FrameHandler] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.senders: dict[str, Sender] = {}
@@ -213,6 +216,19 @@ class PeerChannel:
         if now - self._warned_at >= 1.0:
             self._warned_at = now
             log.warn("{what} ({count} so far)", what=what, count=self._warned)
+
+    def log_version_refusal(self, what: str) -> None:
+        """Log a peer refused for its protocol version (too old or too new) --
+        each distinct refusal once a minute: the peer retries, the operator
+        needs the line, not a flood of it."""
+        now = time.monotonic()
+        key = re.sub(r":\d+\b", ":*", what)  # the connector's port changes with each try
+        if now - self._version_logged.get(key, float("-inf")) < 60.0:
+            return
+        if len(self._version_logged) >= 256:
+            self._version_logged.clear()
+        self._version_logged[key] = now
+        log.warn("{what}", what=what)
 
     def connected(self, peer: str) -> bool:
         """Whether the outbound connection to ``peer`` is up."""

@@ -63,9 +63,8 @@ import traceback
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,24 +118,6 @@ DELIVERED_BOUND = 90.0  # after the chaos: the consumers got everything
 READ_BOUND = 120.0  # reading everything back from one node
 #: Failover bound on an idle machine, derived in test_publish_resumes_after_the_partition_leader_is_killed.
 FAILOVER_BOUND = 10.0
-
-
-@pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., NodeCluster]]:
-    """Makes NodeClusters under tmp_path; every one is closed (continued, killed) at the end."""
-    made: list[NodeCluster] = []
-
-    def make(n: int, prefix: str, *extra: str, env: dict[str, str] | None = None) -> NodeCluster:
-        c = NodeCluster(tmp_path / prefix, n, *extra, prefix=prefix, env=env)
-        made.append(c)
-        print(f"\nnode data dirs and logs (NAME.log) under {c.base}")
-        return c.start()
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ def test_units_in_names() -> None:
                     "_partitions",
                     "_ranges",
                 )
-                + ("_role", "_has_leader", "_fault_tolerant", "_voters", "_learners")
+                + ("_role", "_has_leader", "_fault_tolerant", "_voters", "_learners", "_faults")
             ), name
 
 

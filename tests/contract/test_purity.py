@@ -44,6 +44,8 @@ PURE = [
     "sprawl.cluster.voters",
     "sprawl.cluster.balance",
     "sprawl.cluster.drain",
+    "sprawl.cluster.diagnosis",
+    "sprawl.cluster.features",
     "sprawl.replication",
     "sprawl.replication.epochs",
     "sprawl.replication.messages",

@@ -172,6 +172,11 @@ def test_dashboard_shows_live_topics_members_and_rates(
     _wait_for(browser, "the group's lag", lambda d: _cell(d, lag) == "65")
     assert _cell(browser, "#live") == "live"
     assert _cell(browser, "#ready") == "ready"
+    # A healthy node names no fault.
+    assert _cells(browser, "#faults tbody tr") == []
+    assert browser.execute_script(
+        "return !document.getElementById('faults-empty').classList.contains('hidden');"
+    )
     # Partitions: three rows for the topic with their high watermarks summing to 65.
     hws = [int(t.replace(",", "")) for t in _cells(browser, f'#partitions tr[data-topic="{TOPIC}"] td.hw')]
     assert len(hws) == 3 and sum(hws) == 65, hws
@@ -194,5 +199,49 @@ def test_dashboard_shows_live_topics_members_and_rates(
     if keep:
         shutil.copyfile(shot, keep)
 
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, json.dumps(errors, indent=2)
+
+
+def test_dashboard_names_a_fault_with_its_next_step(sprawl_nodes: Any, browser: Any, tmp_path: Path) -> None:
+    """The faults panel: a node whose disk budget (10 MB) is exceeded shows the fault
+    ``disk_budget_exceeded`` -- severity, the partitions it touches, the next step --
+    within 5 s of the fault, live (no reload)."""
+    import time
+
+    from harness import scaled
+
+    node = sprawl_nodes("--disk-budget", "10MB")
+    url = node.url
+    r = requests.put(f"{url}/v1/topics/big", json={"partitions": 2}, timeout=TIMEOUT)
+    assert r.status_code in (200, 201), r.text
+    browser.get(url + "/")
+    _wait_for(browser, "the first snapshot", lambda d: _cell(d, "#live") == "live")
+    assert _cells(browser, "#faults tbody tr") == []
+    browser.execute_script("window.__sprawlNoReload = 1;")
+    blob = "x" * 500_000
+    t0 = None
+    for i in range(30):  # 30 x 2 MB at most; the budget is 10 MB
+        got = requests.post(
+            f"{url}/v1/topics/big/messages",
+            json={"messages": [{"payload": blob, "key": f"k{i}{j}"} for j in range(4)]},
+            timeout=TIMEOUT,
+        )
+        if got.status_code == 507:
+            t0 = time.monotonic()
+            break
+        assert got.status_code == 200, got.text
+    assert t0 is not None, "the node never refused a publish past its 10 MB budget"
+    row = '#faults tr[data-code="disk_budget_exceeded"]'
+    _wait_for(browser, "the disk fault", lambda d: _cell(d, row + " td.code") == "disk_budget_exceeded")
+    took = time.monotonic() - t0
+    assert took <= scaled(5.0), f"named {took:.1f} s after the first 507"
+    assert _cell(browser, row + " .pill") == "critical"
+    assert _cell(browser, row + " td.parts") == "big/0, big/1"
+    assert "--disk-budget" in _cell(browser, row + " td.what .next")
+    assert browser.execute_script("return window.__sprawlNoReload;") == 1, "the page reloaded"
+    shot = tmp_path / "dashboard-faults.png"
+    assert browser.save_screenshot(str(shot)), "screenshot failed"
+    print(f"dashboard screenshot: {shot}")
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, json.dumps(errors, indent=2)

@@ -486,9 +486,38 @@
     drawChart(now, lines);
   }
 
+  /** The faults this node names (GET /v1/cluster/faults), worst first. */
+  function renderFaults(s) {
+    const faults = Array.isArray(s.faults) ? s.faults : [];
+    const tb = document.querySelector("#faults tbody");
+    tb.replaceChildren();
+    for (const f of faults) {
+      const tr = el("tr");
+      tr.dataset.code = String(f.code);
+      tr.dataset.node = String(f.node || "");
+      const sev = ["critical", "error", "warning"].includes(f.severity) ? f.severity : "warning";
+      const st = td("");
+      st.appendChild(el("span", "pill sev-" + sev, String(f.severity)));
+      tr.appendChild(st);
+      tr.appendChild(td(f.code, "name code"));
+      tr.appendChild(td(f.node || "cluster", "fnode"));
+      const parts = Array.isArray(f.partitions) ? f.partitions : [];
+      const shown = parts.slice(0, 8).join(", ") + (parts.length > 8 ? " +" + (parts.length - 8) : "");
+      tr.appendChild(td(shown || "–", "parts"));
+      const what = td("", "what");
+      what.appendChild(el("div", null, String(f.message || "")));
+      what.appendChild(el("div", "next", "Next: " + String(f.next_step || "")));
+      tr.appendChild(what);
+      tb.appendChild(tr);
+    }
+    $("faults-empty").classList.toggle("hidden", faults.length > 0);
+    setText("faults-count", faults.length ? faults.length + (faults.length === 1 ? " fault" : " faults") : "");
+  }
+
   function render(s) {
     const now = s.ts;
     renderHeader(s);
+    renderFaults(s);
     renderMembers(s.cluster || {});
     renderRaft(s.cluster || {});
     renderTopics(s, now);

@@ -570,3 +570,49 @@ def test_cluster_keygen(tmp_path: Path) -> None:
     assert len(read_cluster_key_file(str(path))) == 32
     again = runner.invoke(cli, ["cluster", "keygen", "-o", str(path)])
     assert again.exit_code != 0 and "exists" in again.output
+
+
+def test_diagnose_merges_the_faults_every_node_names() -> None:
+    """The same fault (code and node at fault) named by two nodes is one, with the
+    partitions both saw and who saw it; worst first; the text shows the next step."""
+    from sprawl.ctl.cluster import NodeReport, _diagnose_text, merge_faults
+
+    def fault(code: str, severity: str, node: str | None, parts: list[str]) -> dict[str, Any]:
+        return {
+            "code": code,
+            "severity": severity,
+            "node": node,
+            "partitions": parts,
+            "message": "m " + code,
+            "next_step": "do " + code,
+        }
+
+    a = NodeReport(
+        "http://a",
+        up=True,
+        ready=True,
+        cluster={"node_id": "a"},
+        faults=[
+            fault("follower_lagging", "warning", "c", ["t/0"]),
+            fault("node_down", "critical", "c", ["t/0", "t/1"]),
+        ],
+    )
+    b = NodeReport(
+        "http://b",
+        up=True,
+        ready=True,
+        cluster={"node_id": "b"},
+        faults=[fault("follower_lagging", "warning", "c", ["t/2"])],
+    )
+    merged = merge_faults([a, b])
+    assert [(f["code"], f["seen_by"]) for f in merged] == [
+        ("node_down", ["a"]),
+        ("follower_lagging", ["a", "b"]),
+    ]
+    assert merged[1]["partitions"] == ["t/0", "t/2"]
+    runner = CliRunner()
+    with runner.isolation() as (out, _err, *_):
+        _diagnose_text({"nodes": [], "problems": [], "faults": merged})
+        text = out.getvalue().decode()
+    assert "CRITICAL node_down c: m node_down" in text and "next step: do node_down" in text
+    assert "partitions: t/0, t/2" in text and "seen by: a, b" in text

@@ -166,7 +166,10 @@ async def test_handler_exception_does_not_break_connection(net: PeerNet) -> None
 @pytest_twisted.ensureDeferred
 async def test_oversize_frame_skipped_over_tcp(net: PeerNet) -> None:
     """A frame over the acceptor's max_frame is counted and skipped; the next one arrives."""
-    a, b = net.channel("a"), net.channel("b", max_frame=100)
+    a, b = (
+        net.channel("a"),
+        net.channel("b", max_frame=300),
+    )  # (a hello, with its protocol range and features, must fit)
     link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"x" * 5000)
     assert a.send("b", RAFT, b"small")
@@ -336,3 +339,40 @@ def test_a_frame_over_its_kinds_limit_is_never_queued() -> None:
     assert a.send("b", REPLICATION, b"x" * 500) is False
     assert a.stats.frames_too_large == 1
     assert a.senders == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_too_new_is_refused_and_told_why(net: PeerNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connector whose hello states a protocol range above the acceptor's is refused:
+    the acceptor logs one clear line and sends a REFUSED frame, so the connector logs
+    the acceptor's reason too; no frame gets through."""
+    from twisted.logger import globalLogPublisher
+
+    from sprawl.peer import frames
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_format") == "{what}":
+            lines.append(str(event.get("what")))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        # the connector "a" is of a release two protocols ahead (make_hello states it)
+        monkeypatch.setattr(frames, "PROTOCOL", frames.PROTOCOL + 3)
+        monkeypatch.setattr(frames, "MIN_PROTOCOL", frames.PROTOCOL)
+        a, b = net.channel("a"), net.channel("b")
+        link_peers(a, b, net.listen(b))
+        a.send("b", RAFT, b"hello?")
+
+        def both_logged() -> bool:
+            return any(x.startswith("refused peer connection from 127.0.0.1:") for x in lines) and any(
+                "failed its handshake: refused by b: protocol_too_new" in x for x in lines
+            )
+
+        await until(both_logged, "both sides' refusal lines")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert any("peer a speaks peer protocol" in x and "too new for this node" in x for x in lines), lines
+    assert net.got["b"] == [] and not a.connected("b")
+    assert b.stats.handshake_failures >= 1 and a.stats.handshake_failures >= 1

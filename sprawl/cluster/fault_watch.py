@@ -1,0 +1,394 @@
+"""The fault watch on one node: the adapter of the pure :mod:`sprawl.cluster.diagnosis`.
+
+Every :data:`INTERVAL` seconds it gathers what this node observes -- gossip
+members and their metadata, the Raft voters and leader, the partitions of
+the applied metadata and, for those it leads, each follower's position, the
+LMDB use against its limit -- runs the diagnosis and keeps the faults for
+``GET /v1/cluster/faults``, the dashboard and ``sprawlctl diagnose``.
+
+Gossip alone cannot tell a killed node from a stopped one: both stop
+answering probes.  So each member gossip has lost (suspect or dead) is
+probed on its peer port, at most once per :data:`PROBE_EVERY` seconds and
+for at most :data:`PROBE_TIMEOUT` seconds, and one live member per round in
+turn (a killed node's port refuses at once, before gossip's suspicion has
+run its course; not with a TLS peer channel, where a live node says nothing
+first): a refused connection means no
+process listens (killed, crashed), an accepted one on which the CHALLENGE
+never comes means the process is there but answers nothing (SIGSTOP, hung),
+and a timeout means the host or the network.  The probe only reads: it
+closes as soon as the CHALLENGE arrives, so the peer logs nothing.
+
+It also gossips this node's disk state (``disk_over`` in its metadata, on
+change only), so every node names a node whose disk budget is exceeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error, protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sprawl.cluster.cluster_ids import ClusterIds
+from sprawl.cluster.diagnosis import (
+    LOST,
+    Diagnosis,
+    DiskObs,
+    Fault,
+    MemberObs,
+    Observation,
+    PartitionObs,
+    RaftObs,
+)
+from sprawl.cluster.features import protocol_range
+from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
+
+log = Logger()
+
+#: Seconds between two rounds of the diagnosis.
+INTERVAL = 0.5
+#: The most of the reactor's time the rounds may take: a round that took
+#: longer delays the next ones.
+CPU_SHARE = 0.05
+#: A lost member's peer port is probed at most this often.
+PROBE_EVERY = 1.0
+#: A probe waits this long for the connection and then for the CHALLENGE.
+PROBE_TIMEOUT = 1.0
+
+
+class _Probe(protocol.Protocol):
+    """One probe connection: any byte from the peer means it answers."""
+
+    transport: Any
+
+    def __init__(self, done: Any) -> None:
+        self.done = done
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.done.clock.callLater(PROBE_TIMEOUT, self._silent)
+
+    def _silent(self) -> None:
+        self.timer = None
+        self.done.result("silent")
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.done.result("answers")
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.done.result("silent")  # closed before saying anything (no-op once answered)
+
+
+class _ProbeFactory(protocol.ClientFactory):
+    noisy = False
+
+    def __init__(self, watch: FaultWatch, node: str) -> None:
+        self.watch = watch
+        self.clock = watch.clock
+        self.node = node
+        self.done_ = False
+
+    def buildProtocol(self, addr: Any) -> _Probe:
+        return _Probe(self)
+
+    def result(self, reach: str) -> None:
+        if not self.done_:
+            self.done_ = True
+            self.watch.probed(self.node, reach)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.result("refused" if reason.check(error.ConnectionRefusedError) else "unreachable")
+
+
+def _split_addr(addr: str) -> tuple[str, int] | None:
+    host, _, port = str(addr).rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+class FaultWatch:
+    """The diagnosis of one node, run on its reactor (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        reactor: Any,
+        broker: Any,
+        control: Any,
+        plane: Any,
+        gossip: Any,
+        protocol_range: tuple[int, int],
+        lag_window: float = 3.0,
+        tls: bool = False,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = reactor
+        self.reactor = reactor
+        self.broker = broker
+        self.control = control
+        self.plane = plane
+        self.gossip = gossip
+        self.protocol = protocol_range
+        #: The peer channel runs TLS: a live node says nothing before the client's
+        #: TLS hello, so only lost members are probed (a live one would look silent).
+        self.tls = tls
+        self.core = Diagnosis(int(lag_window * 1000))
+        self.faults: list[Fault] = []
+        self.checked: float | None = None
+        #: Last probe result of each lost member, and when the last probe started.
+        self.reach: dict[str, tuple[str, float]] = {}
+        self._turn = 0
+        #: Members whose protocol range does not overlap, as logged.
+        self._incompatible: dict[str, tuple[int, int]] = {}
+        self._probed_at: dict[str, float] = {}
+        self._probing: set[str] = set()
+        self._disk_over: bool | None = None
+        self._loop: LoopingCall | None = None
+        #: No round before this time (the CPU share, see :meth:`tick`).
+        self._next_round = 0.0
+        #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), set by
+        #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
+        self.feature_gate: Callable[[], Any] | None = None
+
+    def start(self) -> None:
+        """Run a round every :data:`INTERVAL` seconds."""
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(INTERVAL, now=True).addErrback(
+            lambda f: log.failure("the fault watch stopped", f)  # type: ignore[arg-type]
+        )
+
+    def stop(self) -> None:
+        """Stop the rounds."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    # -- one round --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Observe, diagnose, probe the lost members, gossip the disk state --
+        unless the last round was so long that running now would take more
+        than :data:`CPU_SHARE` of the reactor (many partitions, most of them
+        in trouble): then the next round waits."""
+        if self.clock.seconds() < self._next_round:
+            return
+        started = time.perf_counter()
+        try:
+            obs = self.observe()
+            self.faults = self.core.diagnose(obs)
+            self.checked = self.clock.seconds()
+        except Exception:
+            log.failure("fault diagnosis failed")
+            return
+        took = time.perf_counter() - started
+        self._next_round = self.clock.seconds() + took / CPU_SHARE - INTERVAL
+        live = []
+        for m in obs.members:
+            if m.state in LOST:
+                self._maybe_probe(m.node_id)
+            elif m.state == "alive":
+                live.append(m.node_id)
+        if live and not self.tls:
+            self._turn = (self._turn + 1) % len(live)
+            self._maybe_probe(live[self._turn])
+        known = {m.node_id for m in obs.members}
+        for node in list(self.reach):
+            if node not in known:
+                del self.reach[node]
+                self._probed_at.pop(node, None)
+        over = obs.disk is not None and obs.disk.used > obs.disk.limit
+        if over != self._disk_over and self.gossip is not None:
+            self._disk_over = over
+            self.gossip.set_meta(disk_over=over)
+
+    def observe(self) -> Observation:
+        """What this node sees now."""
+        members = self._members()
+        raft = self._raft()
+        store = self.broker.store
+        disk = DiskObs(int(store.used_bytes), int(self.broker.disk_hard_limit))
+        return Observation(
+            self.node_id,
+            int(self.clock.seconds() * 1000),
+            tuple(members),
+            raft,
+            tuple(self._partitions(members, disk)),
+            disk,
+            self.protocol,
+        )
+
+    def _members(self) -> list[MemberObs]:
+        if self.gossip is None:
+            return []
+        states = self.plane.controller.member_states() if self.plane is not None else {}
+        out = []
+        for mem in self.gossip.members():
+            meta = mem.meta if isinstance(mem.meta, dict) else {}
+            if mem.node_id == self.node_id:
+                continue
+            incompatible = ClusterIds.incompatible(meta) and mem.state not in ("dead", "left")
+            self._note_version(mem.node_id, protocol_range(meta) if incompatible else None)
+            if states.get(mem.node_id) == "foreign" and not incompatible:
+                continue  # of another Raft cluster (an incompatible one is named)
+            out.append(
+                MemberObs(
+                    mem.node_id,
+                    mem.state,
+                    self._reach_of(mem.node_id, mem.state),
+                    meta.get("disk_over") is True,
+                    protocol_range(meta),
+                )
+            )
+        return out
+
+    def _note_version(self, node: str, theirs: tuple[int, int] | None) -> None:
+        """Log (once, and again if it changes) a member whose peer protocol range
+        does not overlap this node's: it gets no Raft role and no replica."""
+        if theirs is None:
+            self._incompatible.pop(node, None)
+            return
+        if self._incompatible.get(node) == theirs:
+            return
+        self._incompatible[node] = theirs
+        try:
+            check_protocol(node, PeerVersion(theirs[1], theirs[0]), self.protocol[1], self.protocol[0])
+        except VersionRefused as e:
+            log.warn(
+                "gossip member {node} refused: {why}; it gets no Raft role and no replica",
+                node=node,
+                why=str(e),
+            )
+
+    def _reach_of(self, node: str, state: str) -> str:
+        """The last probe's result: for a live member only while fresh (its
+        port refused moments ago), for a lost one whatever was found last."""
+        reach, at = self.reach.get(node, ("unknown", 0.0))
+        if state in LOST or self.clock.seconds() - at <= 2 * PROBE_EVERY + PROBE_TIMEOUT:
+            return reach
+        return "unknown"
+
+    def _raft(self) -> RaftObs | None:
+        if self.control is None:
+            return None
+        view = self.control.raft_view()
+        voters = tuple(str(v) for v in view.get("voters") or ())
+        return RaftObs(voters, view.get("leader") or None)
+
+    def _partitions(self, members: list[MemberObs], disk: DiskObs) -> list[PartitionObs]:
+        """The partitions the diagnosis needs -- those this node leads (with
+        their followers' positions), those without a leader, and those with a
+        replica on a node of interest (lost, or past its disk budget) -- and
+        no others: every round stays cheap with many idle partitions."""
+        out = []
+        interest = {m.node_id for m in members if m.state in LOST or m.reach == "refused" or m.disk_over}
+        if disk.used > disk.limit:
+            interest.add(self.node_id)
+        replicas = self.plane.service.replicas if self.plane is not None else {}
+        states = self.plane.controller.member_states() if self.plane is not None else {}
+        wanted: dict[str, int] = {}
+        led = set()
+        for (name, p), r in replicas.items():
+            core = r.core
+            t = self.broker.topics.get(name)
+            if not core.is_leader or t is None or p >= len(t.logs):
+                continue
+            lg = t.logs[p]
+            led.add((name, p))
+            if name not in wanted:
+                wanted[name] = int(self.plane._wanted(name, states))
+            followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
+            out.append(
+                PartitionObs(
+                    name,
+                    p,
+                    tuple(str(x) for x in lg.replicas or ()),
+                    lg.leader or None,
+                    (self.node_id, *(f for f, m in followers if m >= core.hw)),
+                    wanted[name],
+                    int(core.hw),
+                    followers,
+                )
+            )
+        for name, t in self.broker.topics.items():
+            for p, lg in enumerate(t.logs):
+                reps = lg.replicas
+                if reps and (not lg.leader or (interest and not interest.isdisjoint(reps))):
+                    if (name, p) not in led:
+                        out.append(PartitionObs(name, p, tuple(str(x) for x in reps), lg.leader or None))
+        return out
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def _maybe_probe(self, node: str) -> None:
+        now = self.clock.seconds()
+        if node in self._probing or now - self._probed_at.get(node, -1e9) < PROBE_EVERY:
+            return
+        addr = self._peer_addr(node)
+        if addr is None:
+            return
+        self._probed_at[node] = now
+        self._probing.add(node)
+        try:
+            self.reactor.connectTCP(addr[0], addr[1], _ProbeFactory(self, node), timeout=PROBE_TIMEOUT)
+        except Exception:
+            self._probing.discard(node)
+
+    def _peer_addr(self, node: str) -> tuple[str, int] | None:
+        for mem in self.gossip.members():
+            if mem.node_id == node:
+                meta = mem.meta if isinstance(mem.meta, dict) else {}
+                got = _split_addr(meta.get("peer", ""))
+                return got or (str(mem.addr[0]), int(mem.addr[1]))
+        return None
+
+    def probed(self, node: str, reach: str) -> None:
+        """A probe's result."""
+        self._probing.discard(node)
+        old = self.reach.get(node, ("unknown", 0.0))[0]
+        self.reach[node] = (reach, self.clock.seconds())
+        if reach != old:
+            self.tick()  # name (or clear) it now rather than at the next round
+
+    # -- views ------------------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        """``GET /v1/cluster/faults``."""
+        return {
+            "node_id": self.node_id,
+            "checked_at": self.checked,
+            "faults": [f.as_dict() for f in self.faults],
+        }
+
+
+class FaultCollector:
+    """``sprawl_faults{code,severity,node}``: the faults this node names now
+    (1 each), read at scrape time -- what an alert rule watches."""
+
+    def __init__(self, watch: FaultWatch) -> None:
+        self.watch = watch
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        g = GaugeMetricFamily(
+            "sprawl_faults",
+            "Faults this node names now (GET /v1/cluster/faults), by code, severity and node at fault",
+            labels=["code", "severity", "node"],
+        )
+        for f in self.watch.faults:
+            g.add_metric([f.code, f.severity, f.node or ""], 1)
+        yield g
