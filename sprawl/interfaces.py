@@ -234,6 +234,12 @@ class GroupRouter(Protocol):
         """Ack (or nack with ``delay_ms``) deliveries; fires with {ack_id: refusal}."""
         ...
 
+    async def extend(
+        self, topic: Topic, group: str, ack_ids: list[str], extend_ms: int
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """Extend live leases to now + ``extend_ms``: ({ack_id: refusal}, {ack_id: new deadline})."""
+        ...
+
 
 class MessagePlane(Protocol):
     """Where a partition is written and read: the cluster data plane

@@ -263,6 +263,17 @@ class SprawlClient:
         result: dict[str, Any] = self.run(calls.nack(topic, group, messages, delay_ms))
         return result
 
+    def extend(
+        self, topic: str, group: str, messages: Iterable[str | Message], *, extend_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Keep leased messages longer: each lease now ends ``extend_ms`` from now (default
+        the group's ``ack_deadline_ms``), the ack id unchanged:
+        ``{"extended": N, "refused": {id: why}, "ack_deadlines": {id: epoch ms}}``.
+        Raises :class:`~sprawl.client.errors.ClientError` (``lease_expired: ...``,
+        ``lease_not_found: ...``) when not one lease could be extended."""
+        result: dict[str, Any] = self.run(calls.extend(topic, group, messages, extend_ms))
+        return result
+
     # -- topics -------------------------------------------------------------------------
 
     def list_topics(self) -> list[dict[str, Any]]:

@@ -214,6 +214,15 @@ def nack(topic: str, group: str, items: Iterable[str | Message], delay_ms: int =
     return Call("POST", topic_path(topic, "groups", group, "nack"), body, idempotent=True)
 
 
+def extend(topic: str, group: str, items: Iterable[str | Message], extend_ms: int | None = None) -> Call:
+    """``POST .../groups/{group}/extend``: leases end ``extend_ms`` from now (default the
+    group's ``ack_deadline_ms``); ``{"extended", "refused", "ack_deadlines"}``."""
+    body: dict[str, Any] = {"ack_ids": _ack_ids(items)}
+    if extend_ms is not None:
+        body["extend_ms"] = extend_ms
+    return Call("POST", topic_path(topic, "groups", group, "extend"), body, idempotent=True)
+
+
 class StreamCursor:
     """Where a subscription to ``GET .../stream`` is: the query it was opened with and the
     last offset delivered per partition.  :meth:`request` gives the path, query and headers of

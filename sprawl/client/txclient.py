@@ -261,6 +261,12 @@ class TxSprawlClient:
         """Give leased messages back for redelivery after ``delay_ms``."""
         return self.run(calls.nack(topic, group, messages, delay_ms))
 
+    def extend(
+        self, topic: str, group: str, messages: Iterable[str | Message], *, extend_ms: int | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Keep leased messages longer (see :meth:`sprawl.client.SprawlClient.extend`)."""
+        return self.run(calls.extend(topic, group, messages, extend_ms))
+
     def list_topics(self) -> Deferred[list[dict[str, Any]]]:
         """Every topic's summary."""
         return self.run(calls.list_topics())

@@ -10,9 +10,12 @@ plane and peer RPC.
   for what is left of ``max``; with ``wait_ms`` and nothing ready, it
   long-polls every owner at once and answers with the first that brings
   messages -- leases a later answer brings are given straight back (a nack
-  with no delay), so they are redelivered at once, never lost.  Acks and nacks
-  go to the owner of each ack id's partition; a group's description merges the
-  owners' cursors.
+  with no delay), so they are redelivered at once, never lost.  Acks, nacks
+  and lease extensions go to the owner of each ack id's partition; a group's
+  description merges the owners' cursors.  Extensions travel as their own RPC
+  (``group_extend``), never as a ``group_settle`` flag: a node that predates
+  them answers ``unknown_method`` (the ids are refused as ``unavailable``)
+  rather than reading an extension as an ack.
 * **Failover keeps the group.**  Each leader writes a *checkpoint* -- a
   control record carrying every group's committed offset of the partition --
   into the partition's own log whenever a committed offset moved (at most once
@@ -30,7 +33,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.delivery.groups import Delivery, parse_ack_id
+from sprawl.delivery.groups import MAX_EXTEND_MS, Delivery, parse_ack_id
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
@@ -63,6 +66,7 @@ class GroupRoutes:
         self.rpc.register("group_pull", self._rpc_pull)
         self.rpc.register("group_settle", self._rpc_settle)
         self.rpc.register("group_describe", self._rpc_describe)
+        self.rpc.register("group_extend", self._rpc_extend)
 
     # -- ownership -------------------------------------------------------------------
 
@@ -220,6 +224,20 @@ class GroupRoutes:
         self, topic: Topic, group: str, ack_ids: list[str], nack: bool, delay_ms: int = 0
     ) -> dict[str, str]:
         """Ack (or nack) deliveries at their partitions' owners; {ack_id: refusal}."""
+        refused, by_owner = self._by_ack_owner(topic, ack_ids)
+        for o, ids in by_owner.items():
+            try:
+                refused.update(await self._settle_at(o, topic, group, ids, nack, delay_ms))
+            except SprawlError as e:
+                if o == self.node_id:
+                    raise
+                for a in ids:
+                    refused[a] = "unavailable"
+                log.debug("group settle at {node} failed: {err}", node=o, err=e.message)
+        return refused
+
+    def _by_ack_owner(self, topic: Topic, ack_ids: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """Ack ids by the node owning their partition; those that have none refused."""
         refused: dict[str, str] = {}
         by_owner: dict[str, list[str]] = {}
         for a in ack_ids:
@@ -232,16 +250,7 @@ class GroupRoutes:
                 refused[a] = "unavailable"
                 continue
             by_owner.setdefault(o, []).append(a)
-        for o, ids in by_owner.items():
-            try:
-                refused.update(await self._settle_at(o, topic, group, ids, nack, delay_ms))
-            except SprawlError as e:
-                if o == self.node_id:
-                    raise
-                for a in ids:
-                    refused[a] = "unavailable"
-                log.debug("group settle at {node} failed: {err}", node=o, err=e.message)
-        return refused
+        return refused, by_owner
 
     def _settle_at(
         self,
@@ -282,6 +291,48 @@ class GroupRoutes:
         if body.get("nack"):
             return self.broker.nack(t, g, ids, int(body.get("delay_ms") or 0))  # type: ignore[no-any-return]
         return self.broker.ack(t, g, ids)  # type: ignore[no-any-return]
+
+    # -- lease extension ----------------------------------------------------------------
+
+    async def extend(
+        self, topic: Topic, group: str, ack_ids: list[str], extend_ms: int
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """Extend leases at their partitions' owners to now + ``extend_ms``:
+        ({ack_id: refusal}, {ack_id: new deadline})."""
+        refused, by_owner = self._by_ack_owner(topic, ack_ids)
+        deadlines: dict[str, int] = {}
+        for o, ids in by_owner.items():
+            try:
+                if o == self.node_id:
+                    g = self.broker.get_group(topic, group)
+                    no, yes = self.broker.extend(topic, g, ids, extend_ms)
+                else:
+                    body = {"topic": topic.name, "group": group, "ack_ids": ids, "extend_ms": extend_ms}
+                    answer = await self.rpc.call(
+                        o, "group_extend", body, hops=1, timeout=self.plane.forward_timeout
+                    )
+                    no = {str(k): str(v) for k, v in answer["refused"].items()}
+                    yes = {str(k): int(v) for k, v in answer["deadlines"].items()}
+            except SprawlError as e:
+                if o == self.node_id:
+                    raise
+                no, yes = dict.fromkeys(ids, "unavailable"), {}
+                log.debug("group extend at {node} failed: {err}", node=o, err=e.message)
+            refused.update(no)
+            deadlines.update(yes)
+        return refused, deadlines
+
+    def _rpc_extend(self, caller: str, body: Any, hops: int) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("malformed group extend", code="bad_request")
+        t = self.broker.get_topic(str(body["topic"]))
+        g = self.broker.get_group(t, str(body["group"]))
+        ids = [str(a) for a in body["ack_ids"]]
+        extend_ms = int(body["extend_ms"])
+        if not 1 <= extend_ms <= MAX_EXTEND_MS:
+            raise BadRequest("extend_ms out of range", code="invalid_field")
+        refused, deadlines = self.broker.extend(t, g, ids, extend_ms)
+        return {"refused": refused, "deadlines": deadlines}
 
     # -- describe ----------------------------------------------------------------------
 

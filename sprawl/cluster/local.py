@@ -92,6 +92,13 @@ class LocalGroups:
             return await self.broker.nack(topic, g, ack_ids, delay_ms)
         return await self.broker.ack(topic, g, ack_ids)
 
+    async def extend(
+        self, topic: Topic, group: str, ack_ids: list[str], extend_ms: int
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """Extend live leases to now + ``extend_ms``: ({ack_id: refusal}, {ack_id: new deadline})."""
+        g = self.broker.get_group(topic, group)
+        return self.broker.extend(topic, g, ack_ids, extend_ms)
+
 
 class LocalDataPlane:
     """The data plane of a lone node: every partition is its broker's.

@@ -1,4 +1,5 @@
-"""``sprawlctl groups``: create, describe, delete consumer groups; pull, ack and nack."""
+"""``sprawlctl groups``: create, describe, delete consumer groups; pull, ack, nack and
+extend leases."""
 
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def _leased_line(msg: Any) -> None:
 
 def _settle(ctx: click.Context, verb: str, topic: str, group: str, body: dict[str, Any]) -> None:
     answer = client_of(ctx).call("POST", topic_path(topic, "groups", group, verb), body)
-    done_key = "acked" if verb == "ack" else "nacked"
+    done_key = {"ack": "acked", "nack": "nacked", "extend": "extended"}[verb]
     done = (answer or {}).get(done_key)
     wanted = len(body["ack_ids"])
     click.echo(f"{done_key} {cell(done)}")
@@ -157,3 +158,23 @@ def groups_nack(
     if delay_ms is not None:
         body["delay_ms"] = delay_ms
     _settle(ctx, "nack", topic, group, body)
+
+
+@groups.command("extend")
+@click.argument("topic")
+@click.argument("group")
+@click.argument("ack_ids", nargs=-1, required=True)
+@click.option(
+    "--extend-ms",
+    type=click.IntRange(min=1, max=43_200_000),
+    help="The leases end this long from now [default: the group's ack deadline].",
+)
+@click.pass_context
+def groups_extend(
+    ctx: click.Context, topic: str, group: str, ack_ids: tuple[str, ...], extend_ms: int | None
+) -> None:
+    """Extend leases of messages still being worked on (fails when a lease has expired)."""
+    body: dict[str, Any] = {"ack_ids": list(ack_ids)}
+    if extend_ms is not None:
+        body["extend_ms"] = extend_ms
+    _settle(ctx, "extend", topic, group, body)

@@ -19,6 +19,9 @@ LEASED = 0
 READY = 1
 DONE = 2  # acked or dead-lettered
 
+#: The longest a lease may be extended by at once (12 hours, as SQS allows).
+MAX_EXTEND_MS = 43_200_000
+
 
 @dataclass
 class GroupConfig:
@@ -263,6 +266,28 @@ class ConsumerGroup:
         if c is None or st is None or st.attempts != attempt or st.state != LEASED:
             return "unknown", None
         return None, self._release(p, off, st, now_ms + max(0, delay_ms))
+
+    def extend(self, ack_id: str, extend_ms: int, now_ms: int) -> tuple[str | None, int]:
+        """Move a live lease's deadline to ``now_ms + extend_ms`` (a consumer
+        that needs longer than ``ack_deadline_ms``).  The ack id stays valid;
+        the message is not redelivered at the old deadline, but is at the new
+        one unless acked.  Returns (None, new deadline) on success, else (the
+        reason it was refused -- ``malformed``, ``unknown``, ``expired`` --, 0)."""
+        parsed = parse_ack_id(ack_id)
+        if parsed is None:
+            return "malformed", 0
+        p, off, attempt = parsed
+        c = self.cursors.get(p)
+        st = c.pending.get(off) if c else None
+        if c is None or st is None or st.attempts != attempt or st.state == DONE:
+            return "unknown", 0
+        if st.state != LEASED or st.due_ms <= now_ms:
+            return "expired", 0
+        deadline = now_ms + max(1, extend_ms)
+        st.due_ms = deadline
+        # The old heap entry is skipped by :meth:`tick` (its deadline no longer matches).
+        heapq.heappush(self._leases, (deadline, p, off, attempt))
+        return None, deadline
 
     def _release(self, p: int, off: int, st: _Pending, due: int) -> DeadLetter | None:
         mx = self.config.max_deliveries

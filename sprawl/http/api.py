@@ -347,6 +347,11 @@ class SprawlAPI:
     def nack(self, request: Request, topic: str, group: str) -> object:
         return self.groups.nack(request, topic, group)
 
+    @app.route("/v1/topics/<string:topic>/groups/<string:group>/extend", methods=["POST"])
+    @_route("group_extend")
+    def extend(self, request: Request, topic: str, group: str) -> object:
+        return self.groups.extend(request, topic, group)
+
     # -- admin (sprawl/http/admin.py) ----------------------------------------------------------------
 
     @app.route("/v1/cluster", methods=["GET"])

@@ -8,7 +8,7 @@ Route classes (by Klein endpoint name):
 * publish on the topic: ``POST /v1/topics/{t}/messages``, ``POST /publish``
   (topic from the body); publishing may auto-create the topic;
 * subscribe on the topic: fetch, ``/stream``, ``/ws`` (its publish frames
-  also need publish), describing a topic or group, pull/ack/nack;
+  also need publish), describing a topic or group, pull/ack/nack/extend;
 * admin on the topic: ``PUT``/``DELETE`` of topics and groups, skipping a
   damaged range (``POST /v1/topics/{t}/damage/skip``), and ``POST
   /subscribe`` (it creates a group on each topic of the body, as ``PUT
@@ -47,6 +47,7 @@ TOPIC_RULES = {
     "pull": "subscribe",
     "ack": "subscribe",
     "nack": "subscribe",
+    "extend": "subscribe",
     "put_topic": "admin",
     "delete_topic": "admin",
     "put_group": "admin",

@@ -1,7 +1,8 @@
 """Consumer-group routes: ``PUT``/``GET``/``DELETE .../groups/{group}`` and
-``POST .../groups/{group}/pull|ack|nack``.
+``POST .../groups/{group}/pull|ack|nack|extend``.
 
-Definitions change through the metadata control; pulls, acks and nacks go
+Definitions change through the metadata control; pulls, acks, nacks and
+lease extensions go
 through the data plane's group router (each partition's owner in a cluster,
 the broker on a lone node).
 """
@@ -14,8 +15,8 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
-from sprawl.delivery.groups import ConsumerGroup, Delivery
-from sprawl.errors import BadRequest
+from sprawl.delivery.groups import MAX_EXTEND_MS, ConsumerGroup, Delivery
+from sprawl.errors import BadRequest, Conflict, NotFound, SprawlError, Unavailable
 from sprawl.http.codec import JSON, MAX_FETCH, MAX_WAIT_MS, ack_ids, json_body, leased, selection_arg
 from sprawl.http.messages import principal_of
 from sprawl.interfaces import MessagePlane, MetadataControl
@@ -148,3 +149,42 @@ class ConsumerGroupRoutes:
         self.broker.get_group(t, group)
         d = defer.ensureDeferred(self.plane.groups.settle(t, group, ids, True, delay))
         return d.addCallback(lambda refused: {"nacked": len(ids) - len(refused), "refused": refused})
+
+    def extend(self, request: Request, topic: str, group: str) -> object:
+        """Extend leases to now + ``extend_ms`` (default: the group's
+        ``ack_deadline_ms``): ``{"extended", "refused", "ack_deadlines"}``.  When
+        not one id could be extended the answer is an error naming why (see
+        :func:`_nothing_extended`)."""
+        body = json_body(request)
+        ids = ack_ids(body, {"extend_ms"})
+        t = self.broker.get_topic(topic)
+        g = self.broker.get_group(t, group)
+        extend_ms = _int_field(body, "extend_ms", g.config.ack_deadline_ms, 1, MAX_EXTEND_MS)
+        d = defer.ensureDeferred(self.plane.groups.extend(t, group, ids, extend_ms))
+
+        def answer(r: tuple[dict[str, str], dict[str, int]]) -> dict[str, Any]:
+            refused, deadlines = r
+            if ids and not deadlines:
+                raise _nothing_extended(refused)
+            return {"extended": len(deadlines), "refused": refused, "ack_deadlines": deadlines}
+
+        return d.addCallback(answer)
+
+
+def _nothing_extended(refused: dict[str, str]) -> SprawlError:
+    """The error of an extend that extended nothing, by the first id's reason:
+    400 ``invalid_ack_id`` (malformed), 409 ``lease_expired`` (the lease ran
+    out: the message will be, or was, delivered again), 404 ``lease_not_found``
+    (settled, an older attempt, or never leased), 503 ``unavailable`` (the
+    partition's owner did not answer)."""
+    why = next(iter(refused.values()), "unknown")
+    listed = ", ".join(f"{a} ({r})" for a, r in list(refused.items())[:10])
+    more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+    message = f"no lease extended: {listed}{more}"
+    if why == "malformed":
+        return BadRequest(message, code="invalid_ack_id")
+    if why == "expired":
+        return Conflict(message, code="lease_expired")
+    if why == "unavailable":
+        return Unavailable(message, code="unavailable")
+    return NotFound(message, code="lease_not_found")

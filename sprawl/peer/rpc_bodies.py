@@ -1,5 +1,6 @@
 """The shapes of the cluster's peer RPC bodies (``publish``, ``fetch``,
-``partition_status``, ``group_pull``, ``group_settle``, ``group_describe``;
+``partition_status``, ``group_pull``, ``group_settle``, ``group_describe``,
+``group_extend``;
 the handlers live in :mod:`sprawl.cluster.routing`,
 :mod:`sprawl.cluster.dataplane` and :mod:`sprawl.cluster.group_routes`).
 Pure: msgspec types only.
@@ -92,6 +93,16 @@ class GroupSettleBody(msgspec.Struct):
     unseen: bool = False
 
 
+class GroupExtendBody(msgspec.Struct):
+    """``group_extend``: extend leases at their owner (its own method, so a node
+    that predates it refuses it rather than reading it as an ack)."""
+
+    topic: TopicName
+    group: GroupName
+    ack_ids: Annotated[list[Annotated[str, msgspec.Meta(max_length=100)]], msgspec.Meta(max_length=100_000)]
+    extend_ms: Annotated[int, msgspec.Meta(ge=1, le=43_200_000)]
+
+
 class GroupDescribeBody(msgspec.Struct):
     """``group_describe``: the owner's cursors of some partitions."""
 
@@ -108,4 +119,5 @@ BODIES: dict[str, type[msgspec.Struct]] = {
     "group_pull": GroupPullBody,
     "group_settle": GroupSettleBody,
     "group_describe": GroupDescribeBody,
+    "group_extend": GroupExtendBody,
 }

@@ -264,6 +264,24 @@ class Groups(ReplicaWrites):
         d = self._persist_group(topic, g)
         return d.addCallback(lambda _: refused)
 
+    def extend(
+        self, topic: Topic, g: ConsumerGroup, ack_ids: list[str], extend_ms: int
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """Extend live leases to now + ``extend_ms`` (:meth:`ConsumerGroup.extend`):
+        ({ack_id: refusal reason}, {ack_id: new deadline}).  Leases do not
+        survive a restart, so nothing is persisted."""
+        now = self.now_ms()
+        self._run_group_tick(topic, g)
+        refused: dict[str, str] = {}
+        deadlines: dict[str, int] = {}
+        for a in ack_ids:
+            why, deadline = g.extend(a, extend_ms, now)
+            if why is not None:
+                refused[a] = why
+            else:
+                deadlines[a] = deadline
+        return refused, deadlines
+
     def give_back(self, topic: Topic, g: ConsumerGroup, ack_ids: list[str]) -> Deferred[dict[str, str]]:
         """Take back leases their consumer never saw (:meth:`ConsumerGroup.give_back`)."""
         now = self.now_ms()

@@ -123,6 +123,26 @@ async def test_group_pull_ack_nack_and_describe(side: PlaneSide) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_group_extend_moves_live_leases_and_refuses_the_rest(side: PlaneSide) -> None:
+    """``extend`` answers each live lease's new deadline (now + extend_ms) and
+    refuses settled, malformed and out-of-range ids with their reason."""
+    t, _ = await side.control.put_topic("slow", {"partitions": 1})
+    await side.control.put_group(t, "g", {"ack_deadline_ms": 1000})
+    await bounded(side.plane.publish(t, _records("a", "b"), "leader"))
+    groups = side.plane.groups
+    (d0, _), (d1, _) = await bounded(defer.ensureDeferred(groups.pull(t, "g", 2, 0)))
+    assert await bounded(defer.ensureDeferred(groups.settle(t, "g", [d1.ack_id], False))) == {}
+    before = side.broker.now_ms()
+    refused, deadlines = await bounded(
+        defer.ensureDeferred(groups.extend(t, "g", [d0.ack_id, d1.ack_id, "junk", "7-0-1"], 60_000))
+    )
+    assert refused == {d1.ack_id: "unknown", "junk": "malformed", "7-0-1": "unknown"}
+    assert list(deadlines) == [d0.ack_id]
+    assert before + 60_000 <= deadlines[d0.ack_id] <= side.broker.now_ms() + 60_000
+    assert await bounded(defer.ensureDeferred(groups.settle(t, "g", [d0.ack_id], False))) == {}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_long_poll_pull_is_answered_by_a_publish(side: PlaneSide) -> None:
     """A pull that waits is answered as soon as a message arrives."""
     t, _ = await side.control.put_topic("late", {"partitions": 1})

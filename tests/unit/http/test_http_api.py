@@ -539,6 +539,70 @@ async def test_nack_with_delay_redelivers_with_attempt_2(node: Node) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_extend_keeps_a_lease_past_its_old_deadline_until_the_new_one(node: Node) -> None:
+    """POST .../extend moves a lease to now + extend_ms: not redelivered at the old
+    deadline (the ack id still acks), redelivered at the new one; a group's
+    ack_deadline_ms is the default length."""
+    await node.publish("ext", [{"payload": "a"}, {"payload": "b"}])
+    await node.http.put("/v1/topics/ext/groups/g", json={"ack_deadline_ms": 1000})
+    a, b = (await node.http.post("/v1/topics/ext/groups/g/pull", json={"max": 2})).json()["messages"]
+    node.clock.advance(0.5)
+    r = await node.http.post(
+        "/v1/topics/ext/groups/g/extend", json={"ack_ids": [a["ack_id"]], "extend_ms": 5000}
+    )
+    assert r.code == 200, r
+    assert r.json() == {
+        "extended": 1,
+        "refused": {},
+        "ack_deadlines": {a["ack_id"]: a["ack_deadline"] + 4500},
+    }
+    r = await node.http.post("/v1/topics/ext/groups/g/extend", json={"ack_ids": [b["ack_id"]]})
+    assert r.json()["ack_deadlines"] == {b["ack_id"]: b["ack_deadline"] + 500}, "default: ack_deadline_ms"
+    node.clock.advance(0.9)  # past both old deadlines (1.0 s), before b's new one (1.5 s)
+    assert (await node.http.post("/v1/topics/ext/groups/g/pull", json={"max": 5})).json()["messages"] == []
+    r = await node.http.post("/v1/topics/ext/groups/g/ack", json={"ack_ids": [b["ack_id"]]})
+    assert r.json() == {"acked": 1, "refused": {}}
+    node.clock.advance(4.0)
+    assert (await node.http.post("/v1/topics/ext/groups/g/pull", json={"max": 5})).json()["messages"] == []
+    node.clock.advance(0.2)  # a's new deadline (0.5 + 5.0 s) has passed
+    again = (await node.http.post("/v1/topics/ext/groups/g/pull", json={"max": 5})).json()["messages"]
+    assert [(m["payload"], m["delivery_attempt"]) for m in again] == [("a", 2)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_extend_that_extends_nothing_is_a_clear_error(node: Node) -> None:
+    """An expired lease is 409 lease_expired, an acked or unknown one 404
+    lease_not_found, a malformed id 400 invalid_ack_id, a bad extend_ms 400;
+    a batch with one live lease answers 200 listing the refused ids."""
+    await node.publish("exq", [{"payload": "a"}, {"payload": "b"}, {"payload": "c"}])
+    await node.http.put("/v1/topics/exq/groups/g", json={"ack_deadline_ms": 1000})
+    a, b, c = (await node.http.post("/v1/topics/exq/groups/g/pull", json={"max": 3})).json()["messages"]
+    await node.http.post("/v1/topics/exq/groups/g/ack", json={"ack_ids": [b["ack_id"]]})
+    path = "/v1/topics/exq/groups/g/extend"
+    r = await node.http.post(path, json={"ack_ids": [b["ack_id"], "9-9-9"]})
+    assert (r.code, r.json()["error"]["code"]) == (404, "lease_not_found"), r.json()
+    assert b["ack_id"] in r.json()["error"]["message"]
+    r = await node.http.post(path, json={"ack_ids": ["junk"]})
+    assert (r.code, r.json()["error"]["code"]) == (400, "invalid_ack_id")
+    for bad in (0, -1, 43_200_001, "5", True):
+        r = await node.http.post(path, json={"ack_ids": [c["ack_id"]], "extend_ms": bad})
+        assert (r.code, r.json()["error"]["code"]) == (400, "invalid_field"), bad
+    r = await node.http.post(path, json={"ack_ids": [c["ack_id"]], "extra": 1})
+    assert r.code == 400
+    r = await node.http.post(path, json={"ack_ids": [c["ack_id"], b["ack_id"]], "extend_ms": 10_000})
+    assert r.code == 200 and r.json()["extended"] == 1 and r.json()["refused"] == {b["ack_id"]: "unknown"}
+    node.clock.advance(1.0)
+    r = await node.http.post(path, json={"ack_ids": [a["ack_id"]]})
+    assert (r.code, r.json()["error"]["code"]) == (409, "lease_expired")
+    r = await node.http.post("/v1/topics/exq/groups/nope/extend", json={"ack_ids": [c["ack_id"]]})
+    assert (r.code, r.json()["error"]["code"]) == (404, "group_not_found")
+    r = await node.http.post(path, json={"ack_ids": []})
+    assert r.json() == {"extended": 0, "refused": {}, "ack_deadlines": {}}
+    r = await node.http.post("/v1/topics/exq/groups/g/ack", json={"ack_ids": [c["ack_id"]]})
+    assert r.json()["acked"] == 1, "the extended lease outlived the old deadline"
+
+
+@pytest_twisted.ensureDeferred
 async def test_pull_long_poll_waits_for_a_publish(node: Node) -> None:
     """A pull with wait_ms on an empty group answers once a message arrives; with none, after the wait."""
     await node.http.put("/v1/topics/pl/groups/g", json={})

@@ -107,6 +107,18 @@ class Sim:
         self._dead_letters([dl] if dl else [])
         return why
 
+    def extend(self, aid: str, ms: int) -> str | None:
+        self.tick()
+        why, deadline = self.g.extend(aid, ms, self.now)
+        dv = self.valid.get(aid)
+        if dv is not None:
+            assert why is None, f"a live lease's extend was refused: {why}"
+            assert deadline == self.now + ms
+            dv.deadline_ms = deadline
+        else:
+            assert why is not None, "an extend of a dead lease was accepted"
+        return why
+
     def check(self) -> None:
         committed = self.g.committed()
         for p in self.hw:
@@ -143,6 +155,8 @@ _step = st.one_of(
     st.tuples(st.just("ack"), st.integers(0, 50), st.just(0)),
     st.tuples(st.just("nack"), st.integers(0, 50), st.integers(0, 3000)),
     st.tuples(st.just("late"), st.integers(0, 50), st.just(0)),
+    st.tuples(st.just("extend"), st.integers(0, 50), st.integers(1, 3000)),
+    st.tuples(st.just("late_extend"), st.integers(0, 50), st.integers(1, 3000)),
     st.tuples(st.just("time"), st.integers(0, 2500), st.just(0)),
     st.tuples(st.just("retain"), st.integers(0, 2), st.integers(0, 4)),
 )
@@ -163,6 +177,10 @@ def run(sim: Sim, steps: list, old_ids: list[str]) -> None:
         elif kind == "late" and old_ids:
             # Any ack id ever issued: the model knows whether it is still live.
             sim.ack(old_ids[a % len(old_ids)])
+        elif kind == "extend" and sim.valid:
+            sim.extend(sorted(sim.valid)[a % len(sim.valid)], b)
+        elif kind == "late_extend" and old_ids:
+            sim.extend(old_ids[a % len(old_ids)], b)
         elif kind == "time":
             sim.now += a
         elif kind == "retain":
@@ -179,7 +197,7 @@ def run(sim: Sim, steps: list, old_ids: list[str]) -> None:
 def test_random_schedules_keep_the_delivery_promises(
     partitions: int, max_deliveries: int, max_in_flight: int, steps: list
 ) -> None:
-    """Random publish/pull/ack/nack/expiry/retention: acked offsets are never
+    """Random publish/pull/ack/nack/extend/expiry/retention: acked offsets are never
     redelivered, attempts rise by one, committed is exactly the done prefix,
     max_deliveries yields exactly one DeadLetter, and in the end every visible
     offset was delivered and is done."""
@@ -365,3 +383,46 @@ def test_leases_taken_back_unseen_count_no_attempt() -> None:
     assert g.ack(got[0].ack_id, 150) is None  # still leased until 160
     assert g.tick(161) == []  # offsets 1 and 2 expire now, with one attempt used
     assert [(d.offset, d.attempt) for d in g.pull(2, 161, hw)] == [(1, 2), (2, 2)]
+
+
+def test_an_extended_lease_is_redelivered_at_the_new_deadline_not_the_old() -> None:
+    """extend() moves the deadline to now + extend_ms: ticks at the old deadline
+    leave the lease alone (the ack id still acks), the new deadline releases it."""
+    g = ConsumerGroup("g", GroupConfig(ack_deadline_ms=100), {0: 0})
+    vis = {0: (0, 1)}
+    (d,) = g.pull(1, 0, vis)
+    assert g.extend(d.ack_id, 500, 50) == (None, 550)
+    assert g.tick(100) == [] and g.tick(549) == []
+    assert g.pull(1, 549, vis) == [], "not redelivered at the old deadline"
+    assert g.in_flight == 1
+    g.tick(550)
+    (again,) = g.pull(1, 550, vis)
+    assert (again.offset, again.attempt) == (0, 2), "redelivered at the new one"
+    assert g.ack(d.ack_id, 551) == "unknown"
+
+
+def test_an_extended_lease_can_still_be_acked_before_its_new_deadline() -> None:
+    """The ack id stays valid past the original deadline once extended."""
+    g = ConsumerGroup("g", GroupConfig(ack_deadline_ms=100), {0: 0})
+    (d,) = g.pull(1, 0, {0: (0, 1)})
+    assert g.extend(d.ack_id, 1000, 90)[0] is None
+    g.tick(500)
+    assert g.ack(d.ack_id, 500) is None
+    assert g.committed() == {0: 1}
+
+
+def test_extending_an_expired_unknown_or_malformed_lease_is_refused() -> None:
+    """An expired lease (ticked or not), a settled one, an old attempt and a
+    malformed id are refused with their reason; nothing changes."""
+    g = ConsumerGroup("g", GroupConfig(ack_deadline_ms=100), {0: 0})
+    vis = {0: (0, 3)}
+    d0, d1, d2 = g.pull(3, 0, vis)
+    assert g.extend(d0.ack_id, 500, 100) == ("expired", 0), "deadline reached, not yet ticked"
+    g.tick(100)
+    assert g.extend(d1.ack_id, 500, 100) == ("expired", 0), "released by tick"
+    assert g.extend("nope", 500, 100) == ("malformed", 0)
+    assert g.extend(make_ack_id(0, 99, 1), 500, 100) == ("unknown", 0)
+    redelivered = g.pull(3, 100, vis)
+    assert g.ack(redelivered[0].ack_id, 101) is None
+    assert g.extend(redelivered[0].ack_id, 500, 101) == ("unknown", 0), "already acked"
+    assert g.extend(d2.ack_id, 500, 101) == ("unknown", 0), "an older attempt"
