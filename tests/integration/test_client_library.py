@@ -104,6 +104,36 @@ def test_groups_pull_ack_nack(node: NodeProcess) -> None:
         c.ack("lib-grp", "workers", [Message("lib-grp", 0, 0, b"")])
 
 
+def test_groups_extend_keeps_a_lease_past_its_old_deadline(node: NodeProcess) -> None:
+    """An extended lease is not redelivered at its old deadline (a pull that waits past it
+    brings nothing, the ack after it is accepted); extending an acked lease raises
+    ``lease_not_found``, an expired one ``lease_expired``."""
+    c = SprawlClient(node.url)
+    c.create_topic("lib-ext", partitions=1)
+    c.create_group("lib-ext", "slow", start="earliest", ack_deadline_ms=1000)
+    c.publish("lib-ext", "long job")
+    (m,) = c.pull("lib-ext", "slow", 1)
+    got = c.extend("lib-ext", "slow", [m], extend_ms=120_000)
+    assert got["extended"] == 1 and got["ack_deadlines"][m.ack_id] >= m.raw["ack_deadline"] + 100_000
+    # The node waits 2.5 s for a message: the old deadline (1 s) passes meanwhile.
+    assert c.pull("lib-ext", "slow", 1, wait_ms=2500) == []
+    assert c.ack("lib-ext", "slow", [m])["acked"] == 1
+    with pytest.raises(ClientError, match="lease_not_found"):
+        c.extend("lib-ext", "slow", [m])
+    c.publish("lib-ext", "too slow")
+    (late,) = c.pull("lib-ext", "slow", 1)
+
+    def expired() -> bool:
+        try:
+            c.extend("lib-ext", "slow", [late], extend_ms=1)  # live still: ends 1 ms from now
+        except ClientError as e:
+            assert "lease_expired" in str(e)
+            return True
+        return False
+
+    assert any(expired() for _ in range(500)), "a 1 ms lease never expired"
+
+
 def test_topics_admin_and_errors(node: NodeProcess) -> None:
     """Create, describe, list and delete a topic; a missing one is a ClientError naming the code."""
     c = SprawlClient(node.url)

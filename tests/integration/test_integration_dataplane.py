@@ -141,6 +141,53 @@ def test_group_partitions_are_owned_by_their_leaders_and_survive_a_leader_kill(s
     assert again == ["late"], f"acked messages delivered again after the failover: {again}"
 
 
+def test_group_leases_are_extended_at_their_owners_from_any_node(sprawl_nodes: Any) -> None:
+    """Leases of partitions led by different nodes, extended through a node that
+    owns only some of them (the others over the ``group_extend`` RPC), are not
+    redelivered at their old deadline and are acked after it; extending them once
+    acked is 404 ``lease_not_found``."""
+    names = ["e0", "e1", "e2"]
+    nodes = _start(sprawl_nodes, names)
+    assert _call(nodes[0], "PUT", "/v1/topics/long", {"partitions": 3, "replication_factor": 3})[0] == 201
+    assert _call(nodes[1], "GET", "/v1/topics/long?consistency=linearizable")[0] == 200
+    group = {"start": "earliest", "ack_deadline_ms": 1500}
+    assert _call(nodes[1], "PUT", "/v1/topics/long/groups/slow", group)[0] == 201
+
+    def group_everywhere() -> bool:
+        return all(_call(n, "GET", "/v1/topics/long/groups/slow")[0] == 200 for n in nodes)
+
+    assert poll_until(group_everywhere, 10) is not None
+    leaders = {pl["leader"] for pl in _placement(nodes[2], "long").values()}
+    assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
+    for i in range(12):
+        msg = {"messages": [{"payload": f"job-{i}", "key": f"k{i}"}]}
+        assert _call(nodes[i % 3], "POST", "/v1/topics/long/messages", msg)[0] == 200
+    leased: list[dict[str, Any]] = []
+    for _ in range(50):
+        if len(leased) == 12:
+            break
+        status, body = _call(
+            nodes[0], "POST", "/v1/topics/long/groups/slow/pull", {"max": 12, "wait_ms": 200}
+        )
+        assert status == 200, body
+        leased += body["messages"]
+    assert sorted(m["payload"] for m in leased) == sorted(f"job-{i}" for i in range(12))
+    assert len({m["partition"] for m in leased}) >= 2
+    ids = [m["ack_id"] for m in leased]
+    status, body = _call(
+        nodes[2], "POST", "/v1/topics/long/groups/slow/extend", {"ack_ids": ids, "extend_ms": 120_000}
+    )
+    assert status == 200 and body["extended"] == 12 and body["refused"] == {}, body
+    # Each node waits 2.5 s for a message: the old deadlines (1.5 s) pass meanwhile.
+    for n in nodes:
+        status, body = _call(n, "POST", "/v1/topics/long/groups/slow/pull", {"max": 12, "wait_ms": 2500})
+        assert status == 200 and body["messages"] == [], "an extended lease was redelivered"
+    status, body = _call(nodes[1], "POST", "/v1/topics/long/groups/slow/ack", {"ack_ids": ids})
+    assert status == 200 and body["acked"] == 12, body
+    status, body = _call(nodes[0], "POST", "/v1/topics/long/groups/slow/extend", {"ack_ids": ids})
+    assert (status, body["error"]["code"]) == (404, "lease_not_found"), body
+
+
 def test_a_lone_node_grows_its_partitions_to_the_replication_factor(sprawl_nodes: Any) -> None:
     """A topic made on a one-node cluster (replication factor 3, one replica
     possible) gets two more replicas when two nodes join; they copy what the

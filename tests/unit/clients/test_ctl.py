@@ -338,7 +338,7 @@ def test_topics_create_list_describe_delete(sprawl_node: Any) -> None:
     assert "metrics" in line and "not" in line
 
 
-def test_groups_create_pull_ack_nack_describe(sprawl_node: Any) -> None:
+def test_groups_create_pull_ack_nack_extend_describe(sprawl_node: Any) -> None:
     url = sprawl_node.url
     make_topic(url, "tasks")
     ok(ctl(url, "publish", "-t", "tasks", "-m", "-", input="t1\nt2\nt3\n"))
@@ -367,7 +367,10 @@ def test_groups_create_pull_ack_nack_describe(sprawl_node: Any) -> None:
     assert [(m.group(2), m.group(4)) for m in found if m] == [("1", "t1"), ("1", "t2"), ("1", "t3")]
     ack_ids = [m.group(1) for m in found if m]
 
+    extended = ctl(url, "groups", "extend", "tasks", "g", ack_ids[0], "--extend-ms", "120000")
+    assert ok(extended) == "extended 1\n"
     assert ok(ctl(url, "groups", "ack", "tasks", "g", *ack_ids[:2])) == "acked 2\n"
+    assert "lease_not_found" in one_line_error(ctl(url, "groups", "extend", "tasks", "g", ack_ids[0]))
     assert ok(ctl(url, "groups", "nack", "tasks", "g", ack_ids[2], "--delay-ms", "0")) == "nacked 1\n"
     again = [
         json.loads(line)
