@@ -1,0 +1,118 @@
+"""The pure pipeline core: which target records a run of source records yields, their
+derived ids and keys, the position it goes on from, and definition validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sprawl.errors import BadRequest
+from sprawl.log.record import Record
+from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, derived_id
+
+
+def _rec(offset: int, payload: object, key: str | None = None, control: bool = False) -> Record:
+    body = json.dumps(payload).encode()
+    return Record(offset, 2, 1000 + offset, f"src-{offset}", key, {"h": "v"}, body, True, control=control)
+
+
+def _spec(**kw: str) -> PipelineSpec:
+    return PipelineSpec.from_body("big", {"source": "orders", "target": "big-orders", **kw})
+
+
+def test_filter_projection_and_key_remapping() -> None:
+    """Selected records are projected, re-keyed and carry their origin; the others only
+    move the position."""
+    core = PipelineCore(_spec(filter="payload.total > `100`", fields="total,who", key="payload.who"))
+    recs = [_rec(5, {"total": 50, "who": "a"}), _rec(6, {"total": 150, "who": "b", "x": 1}), _rec(7, "s")]
+    out, pos = core.step(2, 5, recs)
+    assert pos == 8
+    (t,) = out
+    assert json.loads(t.payload) == {"total": 150, "who": "b"} and t.key == "b"
+    assert t.id == derived_id("big", 2, 6)
+    assert t.headers == {
+        "h": "v",
+        "sprawl-pipeline": "big",
+        "sprawl-source-partition": "2",
+        "sprawl-source-offset": "6",
+    }
+
+
+def test_without_options_every_record_is_copied_with_its_key() -> None:
+    """No filter, fields or key: a copy (new ids), control records skipped."""
+    core = PipelineCore(_spec())
+    out, pos = core.step(2, 0, [_rec(0, 1, key="k"), _rec(1, 2, control=True), _rec(2, 3)])
+    assert pos == 3
+    assert [(json.loads(r.payload), r.key) for r in out] == [(1, "k"), (3, None)]
+
+
+def test_records_below_the_position_are_not_written_again() -> None:
+    """A re-read from before the committed position yields nothing for those offsets."""
+    core = PipelineCore(_spec())
+    out, pos = core.step(2, 2, [_rec(0, 0), _rec(1, 1), _rec(2, 2)])
+    assert [r.id for r in out] == [derived_id("big", 2, 2)] and pos == 3
+    assert core.step(2, 9, []) == ([], 9), "nothing read: the position stays"
+
+
+def test_non_string_keys_are_json_and_a_failing_key_is_none() -> None:
+    core = PipelineCore(_spec(key="payload.n"))
+    out, _ = core.step(2, 0, [_rec(0, {"n": 7}), _rec(1, {"m": 1}), _rec(2, "text")])
+    assert [r.key for r in out] == ["7", None, None]
+
+
+@given(
+    name=st.from_regex(r"[A-Za-z0-9._-]{1,249}", fullmatch=True).filter(lambda s: s not in (".", "..")),
+    p=st.integers(0, 65535),
+    o=st.integers(0, 2**63 - 1),
+)
+def test_derived_ids_are_short_stable_and_distinct(name: str, p: int, o: int) -> None:
+    """Ids fit a message id (<= 256 chars), are a function of (pipeline, partition,
+    offset), and differ when any of the three does."""
+    rid = derived_id(name, p, o)
+    assert 1 <= len(rid) <= 256 and rid == derived_id(name, p, o)
+    assert rid != derived_id(name, p, o + 1) and rid != derived_id(name, p + 1, o)
+    assert rid != derived_id(name + "x", p, o)
+
+
+@given(batches=st.lists(st.lists(st.integers(0, 300), max_size=10), max_size=10))
+def test_any_split_of_the_source_yields_each_selected_record_once(batches: list[list[int]]) -> None:
+    """However the source is cut into reads (each from at or before the position:
+    overlapping, repeated, empty), the target gets each selected offset once and the
+    position ends one past the last offset read."""
+    core = PipelineCore(_spec(filter="payload.v > `150`"))
+    pos, ids, top = 0, [], 0
+    for b in batches:
+        start = min([*b, pos])
+        end = max([*b, start - 1]) + 1
+        out, pos = core.step(2, pos, [_rec(o, {"v": o}) for o in range(start, end)])
+        ids += [r.id for r in out]
+        top = max(top, end)
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(derived_id("big", 2, o) for o in range(151, top))
+    assert pos == top
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"source": "a"},
+        {"source": "a", "target": "a"},
+        {"source": "a", "target": "b", "filter": "payload.[["},
+        {"source": "a", "target": "b", "key": 5},
+        {"source": "a", "target": "b", "fields": "a..b"},
+        {"source": "a", "target": "b", "extra": 1},
+        {"source": "a/b", "target": "b"},
+        [],
+    ],
+)
+def test_bad_definitions_are_a_400_naming_the_fault(body: object) -> None:
+    with pytest.raises(BadRequest):
+        PipelineSpec.from_body("p", body)
+
+
+def test_definition_round_trips() -> None:
+    spec = _spec(filter="key == 'x'", fields="a", key="headers.h")
+    assert PipelineSpec.from_body("big", spec.to_dict()) == spec
