@@ -311,8 +311,7 @@ class GroupRoutes:
                     answer = await self.rpc.call(
                         o, "group_extend", body, hops=1, timeout=self.plane.forward_timeout
                     )
-                    no = {str(k): str(v) for k, v in answer["refused"].items()}
-                    yes = {str(k): int(v) for k, v in answer["deadlines"].items()}
+                    no, yes = _extend_answer(answer, ids)
             except SprawlError as e:
                 if o == self.node_id:
                     raise
@@ -459,3 +458,15 @@ def _unpack_deliveries(raw: list[Any]) -> list[tuple[Delivery, Record]]:
     return [
         (Delivery(int(p), int(o), int(a), str(i), int(dl)), unpack_record(r)) for p, o, a, i, dl, r in raw
     ]
+
+
+def _extend_answer(answer: Any, ids: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """A ``group_extend`` answer, kept to the ids asked about; one of another shape is
+    an owner that did not answer (every id ``unavailable``)."""
+    try:
+        no = {str(k): str(v) for k, v in answer["refused"].items()}
+        yes = {str(k): int(v) for k, v in answer["deadlines"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise SprawlError("malformed group_extend answer", code="bad_answer", status=502) from None
+    asked = set(ids)
+    return {k: v for k, v in no.items() if k in asked}, {k: v for k, v in yes.items() if k in asked}
