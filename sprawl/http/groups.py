@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from sprawl.delivery.groups import MAX_EXTEND_MS, ConsumerGroup, Delivery
-from sprawl.errors import BadRequest, Conflict, NotFound, SprawlError, Unavailable
+from sprawl.errors import BadRequest
 from sprawl.http.codec import JSON, MAX_FETCH, MAX_WAIT_MS, ack_ids, json_body, leased, selection_arg
 from sprawl.http.messages import principal_of
 from sprawl.interfaces import MessagePlane, MetadataControl
@@ -24,6 +24,7 @@ from sprawl.log.record import DEFAULT_READ_BYTES, MAX_READ_BYTES, Record
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
 from sprawl.pubsub.filters import Selection
+from sprawl.pubsub.groups import nothing_extended
 from sprawl.topics import Topic
 
 
@@ -154,7 +155,7 @@ class ConsumerGroupRoutes:
         """Extend leases to now + ``extend_ms`` (default: the group's
         ``ack_deadline_ms``): ``{"extended", "refused", "ack_deadlines"}``.  When
         not one id could be extended the answer is an error naming why (see
-        :func:`_nothing_extended`)."""
+        :func:`~sprawl.pubsub.groups.nothing_extended`)."""
         body = json_body(request)
         ids = ack_ids(body, {"extend_ms"})
         t = self.broker.get_topic(topic)
@@ -165,26 +166,7 @@ class ConsumerGroupRoutes:
         def answer(r: tuple[dict[str, str], dict[str, int]]) -> dict[str, Any]:
             refused, deadlines = r
             if ids and not deadlines:
-                raise _nothing_extended(refused)
+                raise nothing_extended(refused)
             return {"extended": len(deadlines), "refused": refused, "ack_deadlines": deadlines}
 
         return d.addCallback(answer)
-
-
-def _nothing_extended(refused: dict[str, str]) -> SprawlError:
-    """The error of an extend that extended nothing, by the first id's reason:
-    400 ``invalid_ack_id`` (malformed), 409 ``lease_expired`` (the lease ran
-    out: the message will be, or was, delivered again), 404 ``lease_not_found``
-    (settled, an older attempt, or never leased), 503 ``unavailable`` (the
-    partition's owner did not answer)."""
-    why = next(iter(refused.values()), "unknown")
-    listed = ", ".join(f"{a} ({r})" for a, r in list(refused.items())[:10])
-    more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
-    message = f"no lease extended: {listed}{more}"
-    if why == "malformed":
-        return BadRequest(message, code="invalid_ack_id")
-    if why == "expired":
-        return Conflict(message, code="lease_expired")
-    if why == "unavailable":
-        return Unavailable(message, code="unavailable")
-    return NotFound(message, code="lease_not_found")

@@ -5,11 +5,12 @@ One socket carries, both ways, JSON text frames:
 * server → client: every message as the same JSON object SSE and fetch use
   (plus ``ack_id``/``delivery_attempt``/``ack_deadline`` in group mode);
   answers to client requests (``{"published": ...}``, ``{"acked": ...}``,
-  ``{"nacked": ...}``) and errors (``{"error": {"code", "message"}}``), each
+  ``{"nacked": ...}``, ``{"extended": ...}``) and errors (``{"error": {"code", "message"}}``), each
   echoing the request's ``ref`` when it had one;
 * client → server: ``{"publish": {message fields..., "acks"?}}`` or
   ``{"publish": {"messages": [...], "acks"?}}``; ``{"ack": [ids]}`` or
-  ``{"ack": {"ack_ids": [...]}}``; ``{"nack": {"ack_ids": [...], "delay_ms"?}}``.
+  ``{"ack": {"ack_ids": [...]}}``; ``{"nack": {"ack_ids": [...], "delay_ms"?}}``;
+  ``{"extend": {"ack_ids": [...], "extend_ms"?}}`` (as ``POST .../extend``).
 
 Two subscription modes, chosen by the query when the socket opens: cursors
 (``?from=``/``?partition=``/``?last_event_id=``, like SSE: a client resumes
@@ -47,16 +48,17 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from sprawl.auth import Principal
-from sprawl.delivery.groups import ConsumerGroup
+from sprawl.delivery.groups import MAX_EXTEND_MS, ConsumerGroup
 from sprawl.delivery.streams import StreamRegistry
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
-from sprawl.http.codec import encode, parse_message, publish_answer
+from sprawl.http.codec import ack_ids, encode, parse_message, publish_answer
 from sprawl.http.ws_feeds import CLOSE_SLOW_CONSUMER, GroupFeed, Pull, WSStream
 from sprawl.interfaces import Clock, MessagePlane
 from sprawl.log.record import DEFAULT_READ_BYTES
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import ACKS, Broker, PublishResult
 from sprawl.pubsub.filters import Selection
+from sprawl.pubsub.groups import nothing_extended
 from sprawl.topics import Topic
 
 log = Logger()
@@ -209,14 +211,20 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 ref = None
                 raise BadRequest("ref must be a string or an integer", code="invalid_frame")
             if len(frame) != 1:
-                raise BadRequest("frame must have exactly one of publish, ack, nack", code="invalid_frame")
+                raise BadRequest(
+                    "frame must have exactly one of publish, ack, nack, extend", code="invalid_frame"
+                )
             ((op, body),) = frame.items()
             if op == "publish":
                 self._publish(body, ref)
             elif op in ("ack", "nack"):
                 self._settle(op, body, ref)
+            elif op == "extend":
+                self._extend(body, ref)
             else:
-                raise BadRequest(f"unknown operation {op!r}; use publish, ack or nack", code="invalid_frame")
+                raise BadRequest(
+                    f"unknown operation {op!r}; use publish, ack, nack or extend", code="invalid_frame"
+                )
         except SprawlError as e:
             self._error(e, ref)
         except Exception:
@@ -318,6 +326,41 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         def ok(refused: dict[str, str]) -> None:
             feed.settled([a for a in ids if a not in refused])
             self._reply({key: len(ids) - len(refused), "refused": refused}, ref)
+
+        def failed(f: Failure) -> None:
+            e = f.value
+            self._error(e if isinstance(e, SprawlError) else SprawlError("internal error"), ref)
+
+        d.addCallbacks(ok, failed)
+
+    def _extend(self, body: Any, ref: Any) -> None:
+        """Extend leases of this socket's group (``POST .../extend``'s body and answer)."""
+        if not isinstance(body, dict):
+            raise BadRequest("extend must be {'ack_ids': [...], 'extend_ms'?}", code="invalid_frame")
+        ids = ack_ids(body, {"extend_ms"})
+        if len(ids) > MAX_ACK_IDS:
+            raise PayloadTooLarge(f"at most {MAX_ACK_IDS} ack ids per frame", code="batch_too_large")
+        feed = self.feed
+        if not isinstance(feed, GroupFeed):
+            raise BadRequest("extend needs a socket opened with ?group=", code="no_group")
+        t, g = feed.topic, feed.group
+        if t.groups.get(g.name) is not g:
+            raise SprawlError("the group was deleted", code="group_not_found", status=404)
+        extend_ms = body.get("extend_ms", g.config.ack_deadline_ms)
+        if (
+            not isinstance(extend_ms, int)
+            or isinstance(extend_ms, bool)
+            or not 1 <= extend_ms <= MAX_EXTEND_MS
+        ):
+            raise BadRequest(f"extend_ms must be an integer 1..{MAX_EXTEND_MS}", code="invalid_field")
+        d = defer.ensureDeferred(self.factory.parts.plane.groups.extend(t, g.name, ids, extend_ms))
+
+        def ok(r: tuple[dict[str, str], dict[str, int]]) -> None:
+            refused, deadlines = r
+            if ids and not deadlines:
+                self._error(nothing_extended(refused), ref)
+                return
+            self._reply({"extended": len(deadlines), "refused": refused, "ack_deadlines": deadlines}, ref)
 
         def failed(f: Failure) -> None:
             e = f.value

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
 from sprawl.delivery.groups import ConsumerGroup, DeadLetter, Delivery, GroupConfig
-from sprawl.errors import BadRequest, NotFound
+from sprawl.errors import BadRequest, Conflict, NotFound, SprawlError, Unavailable
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.pubsub.names import check_group_name, check_topic_name
 from sprawl.pubsub.replica import ReplicaWrites
@@ -353,3 +353,22 @@ class Groups(ReplicaWrites):
             return d
 
         return DeferredList(reads, consumeErrors=True).addCallback(publish)
+
+
+def nothing_extended(refused: dict[str, str]) -> SprawlError:
+    """The error of an extend that extended nothing, by the first id's reason:
+    400 ``invalid_ack_id`` (malformed), 409 ``lease_expired`` (the lease ran
+    out: the message will be, or was, delivered again), 404 ``lease_not_found``
+    (settled, an older attempt, or never leased), 503 ``unavailable`` (the
+    partition's owner did not answer)."""
+    why = next(iter(refused.values()), "unknown")
+    listed = ", ".join(f"{a} ({r})" for a, r in list(refused.items())[:10])
+    more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+    message = f"no lease extended: {listed}{more}"
+    if why == "malformed":
+        return BadRequest(message, code="invalid_ack_id")
+    if why == "expired":
+        return Conflict(message, code="lease_expired")
+    if why == "unavailable":
+        return Unavailable(message, code="unavailable")
+    return NotFound(message, code="lease_not_found")

@@ -154,6 +154,33 @@ async def test_group_mode_leases_acks_and_redelivers(ws: WS) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_group_mode_extends_leases(ws: WS) -> None:
+    """An ``extend`` frame keeps a lease past its old deadline (the ack after it is
+    accepted); extending a settled lease is an error frame naming why; bad frames
+    are error frames that leave the socket open."""
+    s = ws.server
+    await s.publish("ge", ["a", "b"])
+    code, _ = await s.request(
+        "PUT", "/v1/topics/ge/groups/w", json={"start": "earliest", "ack_deadline_ms": 1000}
+    )
+    assert code == 201
+    c = await ws.connect("/v1/topics/ge/ws?group=w&max_in_flight=10")
+    await c.wait_messages(2)
+    a, b = c.messages
+    r = await c.request({"extend": {"ack_ids": [a["ack_id"]], "extend_ms": 10_000}}, "e1")
+    assert r["extended"] == 1 and r["ack_deadlines"] == {a["ack_id"]: a["ack_deadline"] + 9000}
+    s.clock.advance(2)  # past the old deadline: b's lease ran out, a's did not
+    r = await c.request({"ack": [a["ack_id"], b["ack_id"]]}, "a")
+    assert r["acked"] == 1 and list(r["refused"]) == [b["ack_id"]]  # b's was not extended
+    r = await c.request({"extend": {"ack_ids": [a["ack_id"]]}}, "e2")
+    assert r["error"]["code"] == "lease_not_found"
+    r = await c.request({"extend": {"ack_ids": [b["ack_id"]], "extend_ms": 0}}, "e3")
+    assert r["error"]["code"] == "invalid_field"
+    r = await c.request({"extend": ["x"]}, "e4")
+    assert r["error"]["code"] == "invalid_frame"
+
+
+@pytest_twisted.ensureDeferred
 async def test_query_errors_and_plain_get_before_upgrade(ws: WS) -> None:
     """Bad queries are plain 4xx JSON errors before any upgrade; a GET without Upgrade gets 426."""
     s = ws.server
