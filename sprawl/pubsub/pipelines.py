@@ -36,6 +36,8 @@ from sprawl.pubsub.names import check_topic_name
 
 #: The fields of a pipeline's definition (``PUT /v1/pipelines/P``).
 FIELDS = ("source", "target", "filter", "fields", "key")
+#: Pipeline names follow the topic name rule, shorter: the position's group is ``pipeline.NAME``.
+MAX_NAME = 200
 _encode = msgspec.json.Encoder().encode
 
 
@@ -65,6 +67,8 @@ class PipelineSpec:
     def from_body(cls, name: str, body: Any) -> PipelineSpec:
         """Validate a ``PUT /v1/pipelines/{name}`` body; :class:`BadRequest` naming the fault."""
         check_topic_name(name)
+        if len(name) > MAX_NAME:
+            raise BadRequest(f"pipeline names are at most {MAX_NAME} characters", code="invalid_field")
         if not isinstance(body, dict):
             raise BadRequest("a pipeline is a JSON object", code="invalid_field")
         unknown = set(body) - set(FIELDS) - {"pipeline"}

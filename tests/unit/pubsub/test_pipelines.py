@@ -113,6 +113,13 @@ def test_bad_definitions_are_a_400_naming_the_fault(body: object) -> None:
         PipelineSpec.from_body("p", body)
 
 
+def test_long_names_are_refused() -> None:
+    """The position's group, pipeline.NAME, must stay a valid group name."""
+    with pytest.raises(BadRequest):
+        PipelineSpec.from_body("p" * 201, {"source": "a", "target": "b"})
+    assert PipelineSpec.from_body("p" * 200, {"source": "a", "target": "b"}).name == "p" * 200
+
+
 def test_definition_round_trips() -> None:
     spec = _spec(filter="key == 'x'", fields="a", key="headers.h")
     assert PipelineSpec.from_body("big", spec.to_dict()) == spec
