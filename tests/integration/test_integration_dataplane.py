@@ -85,28 +85,36 @@ def _drain(nodes: list[NodeProcess], topic: str, group: str, bound: int = 200) -
     raise AssertionError("the group never ran dry")
 
 
+def _grouped_topic(
+    nodes: list[NodeProcess], topic: str, group: str, body: dict[str, Any], count: int
+) -> None:
+    """A 3-partition topic (leaders on two nodes at least) with ``group`` known to every
+    node, and ``count`` messages ``job-I`` published through the nodes in turn."""
+    assert _call(nodes[0], "PUT", f"/v1/topics/{topic}", {"partitions": 3, "replication_factor": 3})[0] == 201
+    # nodes[1] answers the group's PUT from what it applied: a linearizable read
+    # first makes it apply the topic (else 404 while it lags behind nodes[0])
+    assert _call(nodes[1], "GET", f"/v1/topics/{topic}?consistency=linearizable")[0] == 200
+    assert _call(nodes[1], "PUT", f"/v1/topics/{topic}/groups/{group}", body)[0] == 201
+
+    def group_everywhere() -> bool:
+        return all(_call(n, "GET", f"/v1/topics/{topic}/groups/{group}")[0] == 200 for n in nodes)
+
+    assert poll_until(group_everywhere, 10) is not None
+    leaders = {pl["leader"] for pl in _placement(nodes[2], topic).values()}
+    assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
+    for i in range(count):
+        msg = {"messages": [{"payload": f"job-{i}", "key": f"k{i}"}]}
+        status, body = _call(nodes[i % 3], "POST", f"/v1/topics/{topic}/messages", msg)
+        assert status == 200, body
+
+
 def test_group_partitions_are_owned_by_their_leaders_and_survive_a_leader_kill(sprawl_nodes: Any) -> None:
     """Pulls and acks on any node deliver each message once, however the
     partitions' leaders are spread; once followers adopted the leaders'
     checkpoints, killing a partition leader redelivers nothing acked."""
     names = ["g0", "g1", "g2"]
     nodes = _start(sprawl_nodes, names)
-    assert _call(nodes[0], "PUT", "/v1/topics/jobs", {"partitions": 3, "replication_factor": 3})[0] == 201
-    # nodes[1] answers the group's PUT from what it applied: a linearizable read
-    # first makes it apply the topic (else 404 while it lags behind nodes[0])
-    assert _call(nodes[1], "GET", "/v1/topics/jobs?consistency=linearizable")[0] == 200
-    assert _call(nodes[1], "PUT", "/v1/topics/jobs/groups/workers", {"start": "earliest"})[0] == 201
-
-    def group_everywhere() -> bool:
-        return all(_call(n, "GET", "/v1/topics/jobs/groups/workers")[0] == 200 for n in nodes)
-
-    assert poll_until(group_everywhere, 10) is not None
-    leaders = {pl["leader"] for pl in _placement(nodes[2], "jobs").values()}
-    assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
-    for i in range(60):
-        msg = {"messages": [{"payload": f"job-{i}", "key": f"k{i}"}]}
-        status, body = _call(nodes[i % 3], "POST", "/v1/topics/jobs/messages", msg)
-        assert status == 200, body
+    _grouped_topic(nodes, "jobs", "workers", {"start": "earliest"}, 60)
     first = _drain(nodes, "jobs", "workers")
     assert sorted(first) == sorted(f"job-{i}" for i in range(60)), "each message exactly once"
 
@@ -148,20 +156,7 @@ def test_group_leases_are_extended_at_their_owners_from_any_node(sprawl_nodes: A
     acked is 404 ``lease_not_found``."""
     names = ["e0", "e1", "e2"]
     nodes = _start(sprawl_nodes, names)
-    assert _call(nodes[0], "PUT", "/v1/topics/long", {"partitions": 3, "replication_factor": 3})[0] == 201
-    assert _call(nodes[1], "GET", "/v1/topics/long?consistency=linearizable")[0] == 200
-    group = {"start": "earliest", "ack_deadline_ms": 1500}
-    assert _call(nodes[1], "PUT", "/v1/topics/long/groups/slow", group)[0] == 201
-
-    def group_everywhere() -> bool:
-        return all(_call(n, "GET", "/v1/topics/long/groups/slow")[0] == 200 for n in nodes)
-
-    assert poll_until(group_everywhere, 10) is not None
-    leaders = {pl["leader"] for pl in _placement(nodes[2], "long").values()}
-    assert len(leaders) >= 2, f"rendezvous placed every leader on one node: {leaders}"
-    for i in range(12):
-        msg = {"messages": [{"payload": f"job-{i}", "key": f"k{i}"}]}
-        assert _call(nodes[i % 3], "POST", "/v1/topics/long/messages", msg)[0] == 200
+    _grouped_topic(nodes, "long", "slow", {"start": "earliest", "ack_deadline_ms": 1500}, 12)
     leased: list[dict[str, Any]] = []
     for _ in range(50):
         if len(leased) == 12:
