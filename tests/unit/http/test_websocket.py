@@ -228,11 +228,41 @@ async def test_slow_websocket_client_pauses_the_feed_and_is_cut_off(ws: WS) -> N
     # A storage read already under way when the feed paused still lands (and moves the
     # cursor); nothing is read after it.
     await until(lambda: not slow_feed.reading, "the slow feed's read in flight")
+    # From here on, every write to the slow client is recorded with whether its feed was
+    # paused then.  The kernel's socket buffers may still take bytes, so Twisted may resume
+    # the feed for a moment (a legitimate read); what must never happen is a write while
+    # paused, nor a cursor that moves with no resume in between.
+    writes_paused: list[bool] = []
+    resumes: list[int] = []
+    send, resume = slow_feed._send, slow_feed.resumeProducing
+
+    def recording_send(p: int, recs: list[Any]) -> None:
+        writes_paused.append(slow_feed.paused)
+        send(p, recs)
+
+    def counting_resume() -> None:
+        resumes.append(1)
+        resume()
+
+    slow_feed._send = recording_send  # type: ignore[method-assign]
+    slow_feed.resumeProducing = counting_resume  # type: ignore[method-assign]
     cursor_at_pause = dict(slow_feed.cursors)
     await s.publish("slow", [f"{sent}:{big}"])
     sent += 1
     await fast.wait_messages(sent)
-    assert slow_feed.cursors == cursor_at_pause  # nothing more read for it while paused
+    assert not any(writes_paused), "the feed wrote to a paused client"
+    if not resumes:
+        assert slow_feed.cursors == cursor_at_pause  # nothing more read for it while paused
+    for _ in range(200):  # after a resume that drained into kernel buffers: fill them again
+        await until(lambda: not slow_feed.reading, "the slow feed's read in flight")
+        if slow_feed.paused and slow_feed.cursors[0] < sent:
+            break
+        await s.publish("slow", [f"{sent + i}:{big}" for i in range(4)])
+        sent += 4
+        await fast.wait_messages(sent)
+    assert slow_feed.paused and slow_feed.cursors[0] < sent, "the feed never paused short of the end"
+    assert not any(writes_paused), "the feed wrote to a paused client"
+    cursor_at_close = dict(slow_feed.cursors)
     s.clock.advance(31)
     assert slow_feed.closed
     slow.transport.resumeProducing()
@@ -241,7 +271,7 @@ async def test_slow_websocket_client_pauses_the_feed_and_is_cut_off(ws: WS) -> N
     assert slow.close_reason and slow.close_reason.startswith("slow_consumer")
     got = slow.offsets()
     assert got == list(range(len(got))) and len(got) < sent
-    assert f"0:{cursor_at_pause[0]}" in slow.close_reason
+    assert f"0:{cursor_at_close[0]}" in slow.close_reason
     again = await ws.connect(f"/v1/topics/slow/ws?from={len(got)}")
     await again.wait_messages(sent - len(got))
     assert again.offsets() == list(range(len(got), sent))
