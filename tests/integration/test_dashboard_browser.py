@@ -268,7 +268,8 @@ def test_dashboard_draws_the_forecast_band_and_lists_a_surge(
     def band_drawn(d: Any) -> bool:
         _publish(url, topic, 20)  # a steady trickle while the model warms up
         bands = str(d.execute_script("return document.getElementById('chart').dataset.bands || '';"))
-        return topic in bands.split(",") and "–" in _cell(d, f'#topics tr[data-topic="{topic}"] td.forecast')
+        expected = _cell(d, f'#topics tr[data-topic="{topic}"] td.forecast')
+        return topic in bands.split(",") and "\u2013" in expected  # "low–high"
 
     _wait_for(browser, "the forecast band of the topic", band_drawn)
     keys = _cells(browser, "#legend .key")
