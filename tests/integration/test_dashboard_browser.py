@@ -269,7 +269,7 @@ def test_dashboard_draws_the_forecast_band_and_lists_a_surge(
         _publish(url, topic, 20)  # a steady trickle while the model warms up
         bands = str(d.execute_script("return document.getElementById('chart').dataset.bands || '';"))
         expected = _cell(d, f'#topics tr[data-topic="{topic}"] td.forecast')
-        return topic in bands.split(",") and "\u2013" in expected  # "low–high"
+        return topic in bands.split(",") and "\u2013" in expected  # "low, en dash, high"
 
     _wait_for(browser, "the forecast band of the topic", band_drawn)
     keys = _cells(browser, "#legend .key")
