@@ -81,9 +81,18 @@ def _top_text(info: Any, topic: str | None, limit: int) -> None:
         )
 
 
-def _load_command(
-    ctx: click.Context, out: Output, topic: str | None, limit: int, watch: float | None
-) -> None:
+@cli.command("top")
+@json_option()
+@click.option("-t", "--topic", help="Only this topic's partitions.")
+@click.option(
+    "-n", "--limit", type=click.IntRange(1), default=20, show_default=True, help="Partitions shown."
+)
+@click.option(
+    "-w", "--watch", type=click.FloatRange(1.0), help="Refresh every this many seconds until Ctrl-C."
+)
+@click.pass_context
+def top(ctx: click.Context, out: Output, topic: str | None, limit: int, watch: float | None) -> None:
+    """Present and predicted load per node and partition, hottest first, and anomalies under way."""
     client = client_of(ctx)
     while True:
         out.show(client.call("GET", "/v1/cluster/load"), lambda info: _top_text(info, topic, limit))
@@ -93,32 +102,5 @@ def _load_command(
         click.echo("")
 
 
-_TOPIC = click.option("-t", "--topic", help="Only this topic's partitions.")
-_LIMIT = click.option(
-    "-n", "--limit", type=click.IntRange(1), default=20, show_default=True, help="Partitions shown."
-)
-_WATCH = click.option(
-    "-w", "--watch", type=click.FloatRange(1.0), help="Refresh every this many seconds until Ctrl-C."
-)
-
-
-@cli.command("top")
-@json_option()
-@_TOPIC
-@_LIMIT
-@_WATCH
-@click.pass_context
-def top(ctx: click.Context, out: Output, topic: str | None, limit: int, watch: float | None) -> None:
-    """Present and predicted load per node and partition, hottest first, and anomalies under way."""
-    _load_command(ctx, out, topic, limit, watch)
-
-
-@cluster.command("load")
-@json_option()
-@_TOPIC
-@_LIMIT
-@_WATCH
-@click.pass_context
-def cluster_load(ctx: click.Context, out: Output, topic: str | None, limit: int, watch: float | None) -> None:
-    """The same as ``sprawlctl top``."""
-    _load_command(ctx, out, topic, limit, watch)
+#: ``sprawlctl cluster load`` is the same command.
+cluster.add_command(top, name="load")

@@ -107,7 +107,7 @@ class TrafficFeed:
         """Sample every ``interval`` seconds from now on."""
         if self._loop is not None:
             return
-        self._loop = task.LoopingCall(self.tick)
+        self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock  # type: ignore[assignment]  # an IReactorTime
         self._loop.start(self.interval, now=False).addErrback(
             lambda f: log.failure("traffic forecast: sampling stopped", f)
@@ -118,6 +118,12 @@ class TrafficFeed:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+
+    def _tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # one bad sample must not stop the forecasts for good
+            log.failure("traffic forecast: a sample failed")
 
     def tick(self) -> list[Anomaly]:
         """One sample of every rate; logs the anomalies that opened or closed on it."""

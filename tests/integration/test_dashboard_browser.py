@@ -189,16 +189,18 @@ def test_dashboard_shows_live_topics_members_and_rates(
         "two more snapshots",
         lambda d: int(d.execute_script("return Number(document.body.dataset.snapshots);")) >= more,
     )
-    # The whole page in one picture.
+    _keep_picture_and_check_console(browser, tmp_path / "dashboard.png", "SPRAWL_DASHBOARD_SCREENSHOT")
+
+
+def _keep_picture_and_check_console(browser: Any, shot: Path, env: str) -> None:
+    """A screenshot of the whole page (copied to ``$env`` when set), and no JavaScript error logged."""
     height = int(browser.execute_script("return document.documentElement.scrollHeight;"))
     browser.set_window_size(1440, min(height + 140, 4000))
-    shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)), "screenshot failed"
     print(f"dashboard screenshot: {shot}")
-    keep = os.environ.get("SPRAWL_DASHBOARD_SCREENSHOT")
+    keep = os.environ.get(env)
     if keep:
         shutil.copyfile(shot, keep)
-
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, json.dumps(errors, indent=2)
 
@@ -282,11 +284,6 @@ def test_dashboard_draws_the_forecast_band_and_lists_a_surge(
         return f"topic {topic} published" in rows and marks >= 1
 
     _wait_for(browser, "a surge in the anomaly list and on the chart", surge_listed)
-    shot = tmp_path / "dashboard-forecast.png"
-    assert browser.save_screenshot(str(shot)), "screenshot failed"
-    print(f"dashboard screenshot: {shot}")
-    keep = os.environ.get("SPRAWL_DASHBOARD_FORECAST_SCREENSHOT")
-    if keep:
-        shutil.copyfile(shot, keep)
-    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
-    assert not errors, json.dumps(errors, indent=2)
+    _keep_picture_and_check_console(
+        browser, tmp_path / "dashboard-forecast.png", "SPRAWL_DASHBOARD_FORECAST_SCREENSHOT"
+    )

@@ -262,3 +262,26 @@ def test_without_a_feed_the_controller_acts_on_the_present() -> None:
     plane.controller.tick()
     d = plane.balancer.last
     assert d is not None and d.predicted_mean is None
+
+
+def test_a_failing_sample_is_logged_and_sampling_goes_on() -> None:
+    """An exception while sampling is logged; the next interval samples again."""
+    gossip = Gossip({"a": {("t", 0): 10.0}})
+    feed, clock = _feed(gossip)
+    broken = {"on": True}
+    real = gossip.member_views
+
+    def views() -> list[dict[str, Any]]:
+        if broken["on"]:
+            raise RuntimeError("boom")
+        return real()
+
+    gossip.member_views = views  # type: ignore[method-assign]
+    feed.start()
+    with capturedLogs() as logged:
+        clock.pump([STEP])
+    assert [e.get("log_format") for e in logged] == ["traffic forecast: a sample failed"]
+    broken["on"] = False
+    clock.pump([STEP])
+    assert feed.ticks == 1
+    feed.stop()
