@@ -20,6 +20,8 @@ from sprawl.forecast.anomaly import LOG_CLOSE, LOG_OPEN
 from sprawl.forecast.feed import DELIVERED, PUBLISHED, ForecastCollector, TrafficFeed
 from sprawl.forecast.holtwinters import ForecastConfig
 from sprawl.forecast.traffic import TrafficForecaster
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import LeaderBeat
 from sprawl.testing import FakeRPC
 
 STEP = 5.0
@@ -285,3 +287,71 @@ def test_a_failing_sample_is_logged_and_sampling_goes_on() -> None:
     clock.pump([STEP])
     assert feed.ticks == 1
     feed.stop()
+
+
+@pytest.mark.parametrize("predictive", [True, False])
+def test_a_node_predicted_to_run_hot_sheds_before_it_does(predictive: bool) -> None:
+    """End to end in one process: gossiped rates -> the feed -> the
+    controller's balancer -> a leadership hand-off.  Node a leads a partition
+    that keeps growing and four steady ones: 90-odd units/s now, under the
+    100 units/s below which nothing is hot, but forecast past it.  With the
+    forecasts wired in, after three decisions predicted hot it hands a
+    partition to b, the coolest replica, reason ``predicted``; acting on the
+    present only, it moves nothing."""
+    rates = {
+        "a": {("t", 0): 5.0, **{("t", p): 20.0 for p in (1, 2, 3, 4)}},
+        "b": {("t", 5): 5.0},
+        "c": {("t", 6): 60.0},
+    }
+    gossip = Gossip(rates)
+    feed, clock = _feed(gossip, predictive=predictive)
+    meta = Metadata()
+    for i, n in enumerate(["a", "b", "c"]):
+        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
+    meta.topics["t"] = {"config": {"replication_factor": 3, "partitions": 7}}
+    leaders = ["a"] * 5 + ["b", "c"]
+    meta.placement["t"] = [{"leader": leader, "replicas": ["a", "b", "c"], "epoch": 1} for leader in leaders]
+    control = SimpleNamespace(
+        metadata=meta,
+        leader_name="a",
+        dead_grace=30.0,
+        is_leader=True,
+        watch_topics=lambda listener: None,
+        is_foreign=lambda view: False,
+    )
+    plane = DataPlane(
+        "a",
+        SimpleNamespace(topics={}, notify=lambda t, p: None),  # type: ignore[arg-type]
+        control,  # type: ignore[arg-type]
+        SimpleNamespace(handlers={}),  # type: ignore[arg-type]
+        FakeRPC(),  # type: ignore[arg-type]
+        clock,
+        gossip,
+        forecasts=feed.partition_forecasts,
+    )
+    for p, leader in enumerate(leaders):
+        core = FailoverCore(("a", "b", "c"), epoch=1, leader=leader)
+        core.receive(leader, LeaderBeat(1, 0, 0))
+        plane.service.controllers[("t", p)] = core
+    handed: list[tuple[tuple[str, int], str | None]] = []
+    plane.service.run_control = lambda key, out: handed.append(  # type: ignore[method-assign]
+        (key, plane.service.controllers[key].moving_to)
+    )
+
+    def step(ramp: float) -> None:
+        rates["a"][("t", 0)] += ramp
+        feed.tick()
+        plane.controller.tick()
+
+    with capturedLogs() as logged:
+        _run(clock, 8, lambda: step(0.0))  # steady while the model warms up
+        _run(clock, 14, lambda: step(1.0))  # then t/0 grows by 0.2 msgs/s every second
+    present_a = sum(rates["a"].values())
+    assert present_a < 100.0  # never hot by the present rule
+    moves = [e for e in logged if "moving the leadership" in e.get("log_format", "")]
+    if not predictive:
+        assert handed == [] and moves == [] and plane.balancer.moves_total.get("predicted", 0) == 0
+        return
+    assert handed and {dst for _key, dst in handed} == {"b"}, handed
+    assert {e["reason"] for e in moves} == {"predicted"} and {e["src"] for e in moves} == {"a"}
+    assert plane.balancer.moves_total["predicted"] == len(handed)
