@@ -17,8 +17,9 @@ resources would add a framework around a dozen API calls.  It is the
 optional ``k8s`` extra (``pip install sprawl[k8s]``), not a dependency of
 the broker.
 
-Drain and undrain call ``POST /v1/cluster/drain`` / ``/v1/cluster/undrain``
-with ``{"node": ID}`` (``sprawlctl cluster drain``'s route).
+Drain and undrain call ``POST /v1/cluster/nodes/{node}/drain`` /
+``.../undrain`` on any ready pod (the routes behind ``sprawlctl cluster
+drain``; :func:`sprawl.operator.reconcile.node_route`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from sprawl.operator.reconcile import (
     Plan,
     Pod,
     Spec,
+    node_route,
     observed_cluster,
     reconcile,
 )
@@ -125,13 +127,19 @@ class Operator:
         elif action.kind == DELETE_POD:
             self.core.delete_namespaced_pod(f"{spec.name}-{action.arg}", self.ns)
         elif action.kind in (DRAIN, UNDRAIN):
-            route = "drain" if action.kind == DRAIN else "undrain"
+            route = node_route(action)
+            errors = []
             for url in urls.values():
                 try:
-                    _http("POST", f"{url}/v1/cluster/{route}", {"node": action.arg})
+                    _http("POST", url + route)
                     return
-                except OSError:
-                    continue
+                except OSError as e:
+                    errors.append(f"{url}: {e}")
+            print(
+                f"{spec.name}: {action.kind} {action.arg} failed: {'; '.join(errors) or 'no ready pod'}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def write_status(self, spec: Spec, plan: Plan, obs: Observed, old: dict[str, Any]) -> None:
         """``status`` of the resource (a condition keeps its transition time while unchanged)."""
