@@ -91,3 +91,53 @@ def test_forecasting_off_answers_forecast_off(sprawl_nodes: Any) -> None:
     status, desc = http_json(f"{node.url}/v1/topics/{TOPIC}")
     assert status == 200 and "predicted_publish_rate" not in desc
     assert metric_value(node.url, "sprawl_forecast_series") == 0
+
+
+def test_every_node_of_a_cluster_forecasts_every_leaders_partitions(tmp_path: Any) -> None:
+    """Three nodes: partitions led by different nodes are forecast on every
+    node, each under its leader as the gossip names it -- the rates come from
+    the other nodes' gossip, not from this node's own counters."""
+    from harness import NodeCluster
+
+    cluster = NodeCluster(tmp_path, 3, *FAST)
+    cluster.start()
+    try:
+        n0 = cluster.names[0]
+        status, body = http_json(
+            cluster.url(n0) + f"/v1/topics/{TOPIC}",
+            "PUT",
+            {"partitions": 6, "replication_factor": 1},
+            timeout=15,
+        )
+        assert status in (200, 201), body
+
+        def leaders_known() -> bool:
+            return len({n for n in cluster.partition_leaders(TOPIC).values() if n}) >= 2
+
+        assert poll_until(leaders_known, 30.0) is not None, cluster.partition_leaders(TOPIC)
+        leaders = cluster.partition_leaders(TOPIC)
+        ids = {nm: cluster.cluster_view(nm)["node_id"] for nm in cluster.names}
+        seen: dict[str, Any] = {}
+
+        def forecast_everywhere() -> bool:
+            _publish(cluster.url(n0), 60)
+            for nm in cluster.names:
+                status, load = http_json(cluster.url(nm) + "/v1/cluster/load")
+                seen[nm] = load
+                if status != 200:
+                    return False
+                got = {
+                    p["partition"]: p["leader"]
+                    for p in load["partitions"]
+                    if p["topic"] == TOPIC and p["predicted"] is not None
+                }
+                if got != {p: leader for p, leader in leaders.items()}:
+                    return False
+                predicted_nodes = {n["node"] for n in load["nodes"] if n["predicted"] is not None}
+                if not set(leaders.values()) <= predicted_nodes:
+                    return False
+            return True
+
+        assert poll_until(forecast_everywhere, 120.0, step=0.5) is not None, (leaders, ids, seen)
+    finally:
+        cluster.close()
