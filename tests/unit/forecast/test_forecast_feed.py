@@ -333,6 +333,8 @@ def test_a_node_predicted_to_run_hot_sheds_before_it_does(predictive: bool) -> N
         core = FailoverCore(("a", "b", "c"), epoch=1, leader=leader)
         core.receive(leader, LeaderBeat(1, 0, 0))
         plane.service.controllers[("t", p)] = core
+    # Every replica holds every committed record (a leadership goes only to such a one).
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
     handed: list[tuple[tuple[str, int], str | None]] = []
     plane.service.run_control = lambda key, out: handed.append(  # type: ignore[method-assign]
         (key, plane.service.controllers[key].moving_to)
