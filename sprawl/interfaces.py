@@ -376,6 +376,10 @@ class TrafficView(Protocol):
         """The latest anomaly events, newest first."""
         ...
 
+    def member_fields(self) -> dict[str, dict[str, Any]]:
+        """Per node id, the ``predicted_load*`` fields of its member entry."""
+        ...
+
 
 # --- cluster ------------------------------------------------------------------------------
 

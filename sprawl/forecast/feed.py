@@ -251,6 +251,12 @@ class TrafficFeed:
             }
         return bands
 
+    def member_fields(self) -> dict[str, dict[str, Any]]:
+        """Per node, the ``predicted_load*`` fields of its ``GET /v1/cluster``
+        member entry (nodes whose forecast is not warm are left out)."""
+        now = self.clock.seconds()
+        return {node: band_fields(band, "predicted_load") for node, band in self.node_forecasts(now).items()}
+
     def node_forecasts(self, now: float) -> dict[str, Band]:
         """Each node's predicted load (from its gossiped partitions) over the horizon."""
         out: dict[str, Band] = {}

@@ -238,7 +238,7 @@ class SprawlAPI:
             "slow_timeout": broker.config.slow_consumer_timeout,
         }
         #: The node's cluster view and readiness.
-        self.status = NodeStatus(info, broker, self.plane)
+        self.status = NodeStatus(info, broker, self.plane, traffic)
         starts = ReadStarts(broker, self.plane, self.control)
         sockets = SocketParts(broker, self.plane, clock, self.streams, metrics, self.ws_options)
         self.messages = MessageRoutes(broker, self.plane, starts, clock, metrics, sockets)

@@ -66,6 +66,10 @@ def test_a_node_forecasts_its_partitions_once_rates_flow(sprawl_nodes: Any) -> N
     for p in load["partitions"]:
         assert p["leader"] == load["node_id"] and p["load"] > 0
 
+    # Its member entry in the cluster view carries its predicted load.
+    status, view = http_json(f"{url}/v1/cluster")
+    me = next(m for m in view["members"] if m["id"] == load["node_id"])
+    assert status == 200 and me["predicted_load"] > 0, me
     # The node's own metrics show the forecast and the series behind it.
     assert metric_value(url, "sprawl_node_predicted_load_per_second", node=load["node_id"]) > 0
     assert metric_value(url, "sprawl_forecast_series") >= 4  # 2 partitions, the node, the topic

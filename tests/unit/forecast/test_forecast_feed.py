@@ -120,6 +120,10 @@ def test_gossiped_rates_become_partition_node_and_topic_forecasts() -> None:
     assert parts[("t", 2)]["predicted"] == pytest.approx(50.0, rel=0.01)
     assert [(t["topic"], t["kind"], t["rate"]) for t in view["topics"]] == [("t", "publish", 170.0)]
     assert view["horizon_s"] == 60.0 and view["step_s"] == STEP and view["series"] == 6
+    members = feed.member_fields()
+    assert sorted(members) == ["a", "b"]
+    assert members["b"]["predicted_load"] == pytest.approx(50.0, rel=0.01)
+    assert members["b"]["predicted_load_low"] <= 50.0 <= members["b"]["predicted_load_high"]
     feed.stop()
 
 
