@@ -6,10 +6,13 @@ bands)."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import task
 from twisted.logger import capturedLogs
@@ -361,3 +364,37 @@ def test_a_node_predicted_to_run_hot_sheds_before_it_does(predictive: bool) -> N
     assert handed and {dst for _key, dst in handed} == {"b"}, handed
     assert {e["reason"] for e in moves} == {"predicted"} and {e["src"] for e in moves} == {"a"}
     assert plane.balancer.moves_total["predicted"] == len(handed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["a", "b", "c"]),
+            st.dictionaries(
+                st.tuples(st.sampled_from(["t", "u"]), st.integers(0, 3)),
+                st.one_of(st.integers(0, 2**63 - 1).map(float), st.floats(0, 1e6)),
+                max_size=4,
+            ),
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_any_gossiped_rates_give_views_that_encode_as_json(samples: list[dict[str, Any]]) -> None:
+    """Whatever rates the members gossip (0, huge, jumping around), sampling
+    never fails and every view encodes as strict JSON (no NaN, no infinity)."""
+    gossip = Gossip({})
+    counters = Counters()
+    feed, clock = _feed(gossip, counters)
+    for rates in samples:
+        gossip.rates = rates
+        for node_rates in rates.values():
+            for (topic, _p), m in node_rates.items():
+                counters.add(PUBLISHED, topic, m)
+        feed.tick()
+        clock.advance(STEP)
+    views = [feed.load_view(), feed.topic_view("t", 4), feed.dashboard_view(["t", "u"]), feed.member_fields()]
+    json.dumps(views, allow_nan=False)
+    assert feed.partition_forecasts(clock.seconds()) is not None
