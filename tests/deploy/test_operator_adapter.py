@@ -55,3 +55,49 @@ def test_a_drain_no_pod_takes_is_reported(sprawl_node: Any, dead_url: str) -> No
     failed = node_action(Action(DRAIN, "sprawl-0"), {"sprawl-1": dead_url, "sprawl-0": sprawl_node.url})
     assert failed is not None and dead_url in failed and sprawl_node.url in failed, failed
     assert node_action(Action(DRAIN, "sprawl-0"), {}) == "no ready pod"
+
+
+def test_the_operator_drains_and_undrains_a_node_of_a_cluster(tmp_path: Any) -> None:
+    """Three real nodes: the adapter's drain (``POST /v1/cluster/nodes/{node}/drain``,
+    ``sprawlctl cluster drain``'s route) through any node makes the node drained
+    as the operator observes it, and its leaderships move off; the undrain
+    clears the flag."""
+    from harness import NodeCluster
+    from sprawl.operator.reconcile import UNDRAIN
+
+    cluster = NodeCluster(tmp_path, 3)
+    cluster.start()
+    try:
+        n0, n2 = cluster.names[0], cluster.names[2]
+        status, body = http_json(
+            cluster.url(n0) + "/v1/topics/ops", "PUT", {"partitions": 6, "replication_factor": 3}, timeout=15
+        )
+        assert status in (200, 201), body
+        victim = cluster.cluster_view(n2)["node_id"]
+        urls = {nm: cluster.url(nm) for nm in cluster.names}
+        seen: dict[str, Any] = {}
+
+        def all_led() -> bool:
+            leaders = cluster.partition_leaders("ops")
+            return len(leaders) == 6 and all(leaders.values())
+
+        assert poll_until(all_led, 30.0) is not None
+        assert node_action(Action(DRAIN, victim), {n0: urls[n0]}) is None
+
+        def drained_and_empty() -> bool:
+            nodes, _ = observe_nodes(urls)
+            seen["nodes"] = nodes
+            node = nodes.get(victim)
+            return node is not None and node.drained and node.leaderships == 0
+
+        assert poll_until(drained_and_empty, 60.0) is not None, seen
+        assert node_action(Action(UNDRAIN, victim), urls) is None
+
+        def undrained() -> bool:
+            nodes, _ = observe_nodes(urls)
+            seen["nodes"] = nodes
+            return victim in nodes and not nodes[victim].drained
+
+        assert poll_until(undrained, 30.0) is not None, seen
+    finally:
+        cluster.close()
