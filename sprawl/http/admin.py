@@ -87,6 +87,7 @@ class AdminRoutes:
             return {"node_id": node, "drained": drained, "changed": bool(result.get("changed"))}
 
         return raft.propose({"op": "set_drained", "node_id": node, "drained": drained}).addCallback(answer)
+
     def cluster_load(self, request: Request) -> object:
         """``GET /v1/cluster/load``: present and predicted load per node,
         partition and topic, and the latest traffic anomalies."""

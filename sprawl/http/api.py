@@ -371,6 +371,7 @@ class SprawlAPI:
     @_route("undrain_node")
     def undrain_node(self, request: Request, node: str) -> object:
         return self.admin.set_drained(request, node, False)
+
     @app.route("/v1/cluster/load", methods=["GET"])
     @_route("cluster_load")
     def cluster_load(self, request: Request) -> object:
