@@ -257,6 +257,12 @@ def parse_allowed_origins(text: str | list[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: The seasons ``--forecast-seasons`` names, in seconds.
+SEASON_PERIODS = {"daily": 86400.0, "hourly": 3600.0}
+#: Buckets of one season at most (a daily season at one-minute steps: ~6 KB a series).
+MAX_SEASON_BUCKETS = 1440
+
+
 @dataclass
 class NodeConfig:
     """Everything a node needs to start, validated.
@@ -360,6 +366,21 @@ class NodeConfig:
     body_timeout: float = 10.0
     #: Bytes/s a request body must average (past ``body_timeout``).
     body_min_rate: int = 64_000
+    #: Learn traffic forecasts online from the gossiped rates (and this
+    #: node's counters): anomaly events, the dashboard band, ``predicted_*`` fields.
+    forecast: bool = True
+    #: Let the controller's balancer act on the forecasts too (needs ``forecast``).
+    predictive_balance: bool = True
+    #: Seconds between two samples of every rate.
+    forecast_interval: float = 5.0
+    #: Seconds per model step (and per seasonal bucket).
+    forecast_step: float = 60.0
+    #: Seconds ahead the balancer (and ``predicted_*``) look.
+    forecast_horizon: float = 900.0
+    #: Seasons the model learns: ``daily``, ``hourly``, ``daily,hourly`` or ``none``.
+    forecast_seasons: str = "daily"
+    #: Rate series kept at most (about 6 KB each with the daily season).
+    forecast_max_series: int = 1024
 
     def validate(self) -> NodeConfig:
         """Check cross-field rules; raise :class:`ConfigError` with a clear message."""
@@ -412,6 +433,7 @@ class NodeConfig:
             raise ConfigError("--body-timeout must be in (0, 1h]")
         if self.body_min_rate < 1:
             raise ConfigError("--body-min-rate must be at least 1 byte/s")
+        self.check_forecast()
         if self.auth_tokens or self.jwt_secret or self.jwt_secret_file:
             from sprawl.auth import load_authenticator
 
@@ -445,6 +467,37 @@ class NodeConfig:
         if not secured and not self.insecure_cluster and not is_loopback(self.bind_addr):
             raise ConfigError(UNSAFE_BIND.format(addr=self.bind_addr))
         return self
+
+    def check_forecast(self) -> None:
+        """The forecast options' rules (:meth:`validate`)."""
+        if not 0.1 <= self.forecast_interval <= 3600:
+            raise ConfigError("--forecast-interval must be 100ms..1h")
+        if not self.forecast_interval <= self.forecast_step <= 86400:
+            raise ConfigError("--forecast-step must be at least --forecast-interval and at most 1d")
+        if not 0 <= self.forecast_horizon <= 7 * 86400:
+            raise ConfigError("--forecast-horizon must be 0..7d")
+        if not 1 <= self.forecast_max_series <= 1_000_000:
+            raise ConfigError("--forecast-max-series must be 1..1000000")
+        for period in self.forecast_season_periods:
+            buckets = period / self.forecast_step
+            if not 2 <= buckets <= MAX_SEASON_BUCKETS or buckets != int(buckets):
+                raise ConfigError(
+                    f"--forecast-seasons: a {period:g}s season must be a whole number of --forecast-step "
+                    f"({self.forecast_step:g}s) steps, 2..{MAX_SEASON_BUCKETS} of them (use a longer step, "
+                    f"or fewer seasons: none, hourly)"
+                )
+
+    @property
+    def forecast_season_periods(self) -> tuple[float, ...]:
+        """``--forecast-seasons`` as season lengths in seconds (ConfigError when unknown)."""
+        names = [n.strip().lower() for n in self.forecast_seasons.split(",") if n.strip()]
+        if names == ["none"]:
+            return ()
+        if not names or len(set(names)) != len(names) or not set(names) <= set(SEASON_PERIODS):
+            raise ConfigError(
+                f"--forecast-seasons must be daily, hourly, daily,hourly or none: {self.forecast_seasons!r}"
+            )
+        return tuple(SEASON_PERIODS[n] for n in names)
 
     @property
     def peer_port_exposed(self) -> bool:

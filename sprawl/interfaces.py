@@ -362,6 +362,31 @@ class FeedSocket(Protocol):
         ...
 
 
+class TrafficView(Protocol):
+    """What the HTTP API reads of the traffic forecasts
+    (:class:`sprawl.forecast.feed.TrafficFeed`)."""
+
+    def load_view(self) -> dict[str, Any]:
+        """``GET /v1/cluster/load``: present and predicted load per node, partition and topic."""
+        ...
+
+    def topic_view(self, topic: str, partitions: int) -> dict[str, Any]:
+        """The ``predicted_*`` fields of a topic's description."""
+        ...
+
+    def dashboard_view(self, topics: Iterable[str]) -> dict[str, Any]:
+        """Per topic, the forecast band of this node's published rate."""
+        ...
+
+    def anomalies(self) -> list[dict[str, Any]]:
+        """The latest anomaly events, newest first."""
+        ...
+
+    def member_fields(self) -> dict[str, dict[str, Any]]:
+        """Per node id, the ``predicted_load*`` fields of its member entry."""
+        ...
+
+
 # --- cluster ------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ from sprawl.peer.tcp import PeerChannel
 
 if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
+    from sprawl.forecast.feed import TrafficFeed
     from sprawl.http.api import SprawlAPI
     from sprawl.http.status import NodeInfo
     from sprawl.metrics import NodeMetrics
@@ -124,6 +125,8 @@ class NodeService(service.Service):
         self.scrubber: Scrubber | None = None
         self.site: Any = None
         self.fault_watch: Any = None
+        #: The traffic forecaster's feed (None with ``--forecast false``).
+        self.traffic: TrafficFeed | None = None
 
     def _make_gossip(self, node_id: str) -> GossipNode:
         """The gossip adapter, its load figures read from the broker."""
@@ -328,8 +331,16 @@ class NodeService(service.Service):
             force_new_cluster=c.force_new_cluster,
         )
         await self.control.start()
+        self.traffic = make_traffic_feed(c, self.reactor, self.gossip, metrics)
         self.plane = DataPlane(
-            node_id, self.broker, self.control, self.channel, self.rpc, self.reactor, self.gossip
+            node_id,
+            self.broker,
+            self.control,
+            self.channel,
+            self.rpc,
+            self.reactor,
+            self.gossip,
+            forecasts=self.traffic.partition_forecasts if self.traffic is not None else None,
         )
         bind_cluster_parts(links, self.control, self.plane, self.broker.integrity, self.scrubber)
         self.plane.start()
@@ -351,6 +362,11 @@ class NodeService(service.Service):
             BalanceCollector(self.plane.balancer),
             DataPlaneCollector(self.plane),
         )
+        if self.traffic is not None:
+            from sprawl.forecast.feed import ForecastCollector
+
+            metrics.register(ForecastCollector(self.traffic))
+            self.traffic.start()
         if c.force_new_cluster:
             # Gossip runs (the others learn where this node is); Raft does not
             # until the recovery is decided.
@@ -392,6 +408,7 @@ class NodeService(service.Service):
             plane=self.plane,
             auth=auth,
             origins=OriginPolicy(c.allowed_origins),
+            traffic=self.traffic,
         )
         metrics.watch_state(self.broker, self.api.streams)
         if auth.enabled:
@@ -501,6 +518,8 @@ class NodeService(service.Service):
             await _until(self.reactor, lambda: site.active_requests <= 0, STOP_REQUESTS_SECONDS)
         if self.broker is not None:
             self.broker.begin_stop()
+        if self.traffic is not None:
+            self.traffic.stop()
         if self.plane is not None:
             self.plane.stop()
         if self.rpc is not None:
@@ -604,6 +623,38 @@ def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: Cluster
     info.serving_http(url)
     gossip.set_meta(http=url)
     control.serving_http(url)
+
+
+def make_traffic_feed(
+    c: NodeConfig, reactor: Any, gossip: GossipNode, metrics: NodeMetrics
+) -> TrafficFeed | None:
+    """The traffic forecaster and its feed (``--forecast``), or None when off:
+    fed from the gossiped rates and this node's published and delivered
+    counters (the ones the dashboard draws), read by the controller's balancer
+    with ``--predictive-balance``."""
+    if not c.forecast:
+        return None
+    from sprawl.forecast.feed import DELIVERED, PUBLISHED, TrafficFeed
+    from sprawl.forecast.holtwinters import ForecastConfig
+    from sprawl.forecast.traffic import TrafficForecaster
+    from sprawl.http.dashboard import counter_by_topic
+
+    model = ForecastConfig(
+        bucket=c.forecast_step,
+        seasons=tuple(round(period / c.forecast_step) for period in c.forecast_season_periods),
+    )
+    forecaster = TrafficForecaster(model, max_series=c.forecast_max_series, horizon=c.forecast_horizon)
+    return TrafficFeed(
+        forecaster,
+        reactor,
+        gossip,
+        counters=lambda: {
+            PUBLISHED: counter_by_topic(metrics.published_messages),
+            DELIVERED: counter_by_topic(metrics.delivered_messages),
+        },
+        interval=c.forecast_interval,
+        predictive=c.predictive_balance,
+    )
 
 
 def _exit_status_after_stop(reactor: Any, status: int) -> None:

@@ -84,6 +84,13 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "header-timeout": ("header_timeout", parse_duration),
     "body-timeout": ("body_timeout", parse_duration),
     "body-min-rate": ("body_min_rate", parse_size),
+    "forecast": ("forecast", parse_bool),
+    "predictive-balance": ("predictive_balance", parse_bool),
+    "forecast-interval": ("forecast_interval", parse_duration),
+    "forecast-step": ("forecast_step", parse_duration),
+    "forecast-horizon": ("forecast_horizon", parse_duration),
+    "forecast-seasons": ("forecast_seasons", str),
+    "forecast-max-series": ("forecast_max_series", int),
 }
 
 _DOCS = {
@@ -162,6 +169,19 @@ _DOCS = {
     "header-timeout": "A request's line and headers must arrive within this [default: 10s].",
     "body-timeout": "A request body gets this long plus its size at --body-min-rate [default: 10s].",
     "body-min-rate": "Bytes per second a request body must average [default: 64KB].",
+    "forecast": (
+        "Learn traffic forecasts from the gossiped rates: anomaly events, the dashboard's forecast band, "
+        "predicted load (sprawlctl top): true or false [default: true]."
+    ),
+    "predictive-balance": (
+        "Let the balancer move partitions predicted to run hot before they do (needs --forecast): "
+        "true or false [default: true]."
+    ),
+    "forecast-interval": "How often every rate is sampled for the forecasts [default: 5s].",
+    "forecast-step": "The forecast model's step and seasonal bucket [default: 1m].",
+    "forecast-horizon": "How far ahead the balancer and the predicted loads look [default: 15m].",
+    "forecast-seasons": "Seasons the forecasts learn: daily, hourly, daily,hourly or none [default: daily].",
+    "forecast-max-series": "Rate series the forecaster keeps at most (about 6KB each) [default: 1024].",
 }
 
 _ALIASES = {

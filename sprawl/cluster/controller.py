@@ -16,7 +16,7 @@ the pure cores' (:mod:`sprawl.replication.failover`,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -60,6 +60,7 @@ class PartitionController:
         *,
         beat_timeout_ticks: int = 20,
         max_moves: int = 4,
+        forecasts: Callable[[float], Mapping[tuple[str, int], float] | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.control = control
@@ -85,6 +86,10 @@ class PartitionController:
         #: Nodes that should lead nothing (drained or stopping), and the drained ones.
         self._avoid: frozenset[str] = frozenset()
         self._drained: set[str] = set()
+        #: Each partition's predicted load at ``now`` for predictive balancing
+        #: (:meth:`sprawl.forecast.feed.TrafficFeed.partition_forecasts`; None:
+        #: the balancer acts on the present only).
+        self.forecasts = forecasts
 
     def tick(self) -> None:
         """As the controller, run its work for every partition; otherwise drop its cores."""
@@ -200,7 +205,10 @@ class PartitionController:
             return c is not None and not c.busy and c.leader_confirmed and k not in self._moving
 
         parts = partitions_from(
-            self.control.metadata.placement, rates_by_node(self.membership.member_views()), movable
+            self.control.metadata.placement,
+            rates_by_node(self.membership.member_views()),
+            movable,
+            self.forecasts(now) if self.forecasts is not None else None,
         )
         in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
         decision = self.balancer.decide(now, parts, live, in_flight)

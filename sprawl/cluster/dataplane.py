@@ -26,6 +26,7 @@ API and the metrics ask of the cluster (:meth:`DataPlane.partition_view`,
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
@@ -83,6 +84,7 @@ class DataPlane:
         forward_timeout: float = 5.0,
         max_moves: int = 4,
         rng: random.Random | None = None,
+        forecasts: Callable[[float], Mapping[tuple[str, int], float] | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.broker = broker
@@ -111,6 +113,7 @@ class DataPlane:
             self.partition_view,
             beat_timeout_ticks=beat_timeout_ticks,
             max_moves=max_moves,
+            forecasts=forecasts,
         )
         self.router = Router(
             node_id,

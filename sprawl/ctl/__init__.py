@@ -8,12 +8,13 @@
 * :mod:`sprawl.ctl.keys` -- ``keys generate`` (end-to-end encryption keys);
 * :mod:`sprawl.ctl.cluster` -- ``cluster status|members|placement|keygen`` and ``diagnose``;
 * :mod:`sprawl.ctl.bench` -- ``bench`` (the engine is :mod:`sprawl.client.bench`);
-* :mod:`sprawl.ctl.verify` -- ``verify`` and ``damage list|skip``.
+* :mod:`sprawl.ctl.verify` -- ``verify`` and ``damage list|skip``;
+* :mod:`sprawl.ctl.top` -- ``top`` (and ``cluster load``): present and predicted load.
 
 The HTTP client, the SSE parser and the topic description are :mod:`sprawl.client`'s.
 """
 
-from sprawl.ctl import bench, cluster, groups, keys, messages, topics, verify  # noqa: F401  (registers the commands)
+from sprawl.ctl import bench, cluster, groups, keys, messages, top, topics, verify  # noqa: F401  (registers the commands)
 from sprawl.ctl.root import CtlError, cli, parse_urls
 
 __all__ = ["CtlError", "cli", "main", "parse_urls"]

@@ -41,6 +41,7 @@ Memory is bounded per series: the seasonal buckets are ``float32`` arrays
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from array import array
@@ -115,6 +116,16 @@ def _phi_sum(phi: float, h: int) -> float:
     return phi * (1.0 - phi**h) / (1.0 - phi)
 
 
+@functools.lru_cache(maxsize=4096)
+def _spread(alpha: float, beta: float, phi: float, h: int) -> float:
+    """sigma_h / sigma for ``h`` steps ahead (cached: the same few horizons are
+    asked of every series at every balancing decision)."""
+    tot = 1.0
+    for j in range(1, h):
+        tot += (alpha + beta * _phi_sum(phi, j)) ** 2
+    return math.sqrt(tot)
+
+
 class Series:
     """The model of one series (see the module docstring)."""
 
@@ -181,10 +192,7 @@ class Series:
     def _spread(self, h: int) -> float:
         """sigma_h / sigma for ``h`` steps ahead."""
         c = self.config
-        tot = 1.0
-        for j in range(1, h):
-            tot += (c.alpha + c.beta * _phi_sum(c.phi, j)) ** 2
-        return math.sqrt(tot)
+        return _spread(c.alpha, c.beta, c.phi, h)
 
     def _sigma(self, var: float) -> float:
         return max(math.sqrt(var), self.config.noise_floor)

@@ -183,6 +183,12 @@ class TrafficForecaster:
         tr = self._series.get(key)
         return None if tr is None else tr.series.forecast(at)
 
+    def expect(self, key: Key, at: float) -> Band | None:
+        """What one sample of ``key`` at ``at`` should be (the interval anomaly
+        detection compares samples with); None when unknown or not warm yet."""
+        tr = self._series.get(key)
+        return None if tr is None else tr.series.expect(at)
+
     def predict(self, key: Key, now: float, at: float) -> Band | None:
         """``key``'s rate at ``at`` as the balancer reads it: the model's
         predicted *change* from ``now`` to ``at`` added to the last measured
@@ -197,6 +203,34 @@ class TrafficForecaster:
         shift = tr.last[1] - here.point
         return Band(max(0.0, there.point + shift), max(0.0, there.low + shift), max(0.0, there.high + shift))
 
+    def _times(self, now: float, horizon: float | None, points: int) -> list[float]:
+        """``points`` evenly spaced times up to ``horizon`` seconds after ``now``
+        (default :attr:`horizon`), at most one per step."""
+        h = self.horizon if horizon is None else horizon
+        n = max(1, min(points, math.ceil(h / self.config.bucket)))
+        return [now + h * (i + 1) / n for i in range(n)]
+
+    def _peak(self, tr: _Tracked, now: float, times: list[float]) -> Band | None:
+        if tr.last is None:
+            return None
+        here = tr.series.forecast(now)
+        if here is None:
+            return None
+        shift = tr.last[1] - here.point
+        bands = [b for b in map(tr.series.forecast, times) if b is not None]
+        if not bands:
+            return None
+        top = max(bands, key=lambda b: b.point)
+        return Band(max(0.0, top.point + shift), max(0.0, top.low + shift), max(0.0, top.high + shift))
+
+    def peak(self, key: Key, now: float, horizon: float | None = None, points: int = 6) -> Band | None:
+        """``key``'s predicted rate (:meth:`predict`, anchored on the last
+        sample) at its highest over the next ``horizon`` seconds (default
+        :attr:`horizon`), with that time's interval; None when unknown or
+        not warm yet."""
+        tr = self._series.get(key)
+        return None if tr is None else self._peak(tr, now, self._times(now, horizon, points))
+
     def partition_forecasts(
         self, now: float, horizon: float | None = None, points: int = 6
     ) -> dict[tuple[str, int], float]:
@@ -205,19 +239,14 @@ class TrafficForecaster:
         checked at ``points`` evenly spaced times up to the horizon (at most
         one per step) -- what :func:`sprawl.cluster.balance.partitions_from`
         takes."""
-        h = self.horizon if horizon is None else horizon
-        n = max(1, min(points, math.ceil(h / self.config.bucket)))
-        times = [now + h * (i + 1) / n for i in range(n)]
+        times = self._times(now, horizon, points)
         out: dict[tuple[str, int], float] = {}
         for key, tr in self._series.items():
-            if key[0] != PARTITION or tr.last is None:
+            if key[0] != PARTITION:
                 continue
-            here = tr.series.forecast(now)
-            if here is None:
-                continue
-            shift = tr.last[1] - here.point
-            best = max(b.point for b in map(tr.series.forecast, times) if b is not None)
-            out[(str(key[1]), int(key[2]))] = max(0.0, best + shift)
+            band = self._peak(tr, now, times)
+            if band is not None:
+                out[(str(key[1]), int(key[2]))] = band.point
         return out
 
     def open_anomalies(self) -> list[Anomaly]:

@@ -14,7 +14,7 @@ from sprawl.errors import BadRequest, NotFound, SprawlError
 from sprawl.http import dashboard as dashboard_ui
 from sprawl.http.codec import arg, json_body, linearizable, render_error
 from sprawl.http.status import NodeStatus
-from sprawl.interfaces import Clock, MetadataControl
+from sprawl.interfaces import Clock, MetadataControl, TrafficView
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
 
@@ -32,6 +32,7 @@ class AdminRoutes:
         control: MetadataControl,
         clock: Clock,
         metrics: NodeMetrics | None,
+        traffic: TrafficView | None = None,
     ):
         self.broker = broker
         self.status = status
@@ -40,6 +41,8 @@ class AdminRoutes:
         self.metrics = metrics
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards: set[dashboard_ui.DashboardStream] = set()
+        #: Traffic forecasts (None when the node runs without them).
+        self.traffic = traffic
 
     # -- cluster -------------------------------------------------------------------------
 
@@ -84,6 +87,15 @@ class AdminRoutes:
             return {"node_id": node, "drained": drained, "changed": bool(result.get("changed"))}
 
         return raft.propose({"op": "set_drained", "node_id": node, "drained": drained}).addCallback(answer)
+
+    def cluster_load(self, request: Request) -> object:
+        """``GET /v1/cluster/load``: present and predicted load per node,
+        partition and topic, and the latest traffic anomalies."""
+        if self.traffic is None:
+            raise SprawlError(
+                "traffic forecasting is off on this node (--forecast false)", code="forecast_off", status=409
+            )
+        return {"node_id": self.status.info.node_id, **self.traffic.load_view()}
 
     def faults(self, request: Request) -> object:
         """``GET /v1/cluster/faults``: the faults this node names, worst first."""
@@ -197,7 +209,7 @@ class AdminRoutes:
         s = dashboard_ui.DashboardStream(
             request,
             self.clock,
-            lambda: dashboard_ui.encode_snapshot(self.status, self.metrics, self.clock),
+            lambda: dashboard_ui.encode_snapshot(self.status, self.metrics, self.clock, self.traffic),
             registry=self.dashboards,
             stopping=lambda: bool(self.broker.stopping),
         )

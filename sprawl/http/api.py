@@ -49,7 +49,7 @@ from sprawl.http.starts import ReadStarts
 from sprawl.http.status import NodeInfo, NodeStatus
 from sprawl.http.topics import TopicRoutes
 from sprawl.http.websocket import SocketParts
-from sprawl.interfaces import Clock, MessagePlane, MetadataControl
+from sprawl.interfaces import Clock, MessagePlane, MetadataControl, TrafficView
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
 
@@ -215,6 +215,7 @@ class SprawlAPI:
         *,
         auth: Authenticator | None = None,
         origins: OriginPolicy | None = None,
+        traffic: TrafficView | None = None,
     ):
         self.broker = broker
         #: Where partitions are written and read: the cluster data plane
@@ -237,15 +238,17 @@ class SprawlAPI:
             "slow_timeout": broker.config.slow_consumer_timeout,
         }
         #: The node's cluster view and readiness.
-        self.status = NodeStatus(info, broker, self.plane)
+        self.status = NodeStatus(info, broker, self.plane, traffic)
         starts = ReadStarts(broker, self.plane, self.control)
         sockets = SocketParts(broker, self.plane, clock, self.streams, metrics, self.ws_options)
         self.messages = MessageRoutes(broker, self.plane, starts, clock, metrics, sockets)
         self.fetcher = FetchRoute(broker, self.plane, starts, clock, metrics)
-        self.topics = TopicRoutes(broker, self.plane, self.control)
+        self.topics = TopicRoutes(broker, self.plane, self.control, traffic)
         self.groups = ConsumerGroupRoutes(broker, self.plane, self.control, metrics)
-        self.admin = AdminRoutes(broker, self.status, self.control, clock, metrics)
+        self.admin = AdminRoutes(broker, self.status, self.control, clock, metrics, traffic)
         self.seed = SeedRoutes(broker, self.plane, self.control, self.status)
+        #: Traffic forecasts (None when the node runs without them).
+        self.traffic = traffic
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
         self.dashboards = self.admin.dashboards
 
@@ -373,6 +376,11 @@ class SprawlAPI:
     @_route("undrain_node")
     def undrain_node(self, request: Request, node: str) -> object:
         return self.admin.set_drained(request, node, False)
+
+    @app.route("/v1/cluster/load", methods=["GET"])
+    @_route("cluster_load")
+    def cluster_load(self, request: Request) -> object:
+        return self.admin.cluster_load(request)
 
     @app.route("/v1/cluster/faults", methods=["GET"])
     @_route("faults")

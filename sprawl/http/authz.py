@@ -68,6 +68,7 @@ NODE_ADMIN = frozenset(
         "seed_store",
         "drain_node",
         "undrain_node",
+        "cluster_load",
     }
 )
 QUERY_TOKEN = frozenset({"stream", "websocket", "dashboard_stream"})

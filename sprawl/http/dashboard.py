@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from sprawl import __version__
 from sprawl.http.status import NodeStatus
-from sprawl.interfaces import Clock
+from sprawl.interfaces import Clock, TrafficView
 from sprawl.metrics import NodeMetrics
 
 log = Logger()
@@ -45,6 +45,9 @@ INTERVAL = 1.0
 MAX_STREAMS = 32
 #: Topics a snapshot describes (sorted by name); ``topics_total`` says how many exist.
 MAX_TOPICS = 500
+
+#: Anomaly events a snapshot lists (newest first).
+MAX_ANOMALIES = 20
 
 #: The static files the node serves: name -> content type.
 STATIC_FILES: dict[str, bytes] = {
@@ -97,8 +100,12 @@ def counter_by_topic(counter: Counter) -> dict[str, float]:
     return out
 
 
-def snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> dict[str, Any]:
-    """The dashboard's view of the node ``status`` describes."""
+def snapshot(
+    status: NodeStatus, metrics: NodeMetrics | None, clock: Clock, traffic: TrafficView | None = None
+) -> dict[str, Any]:
+    """The dashboard's view of the node ``status`` describes (with each
+    topic's ``forecast`` band and the latest ``anomalies`` when ``traffic``
+    forecasts run)."""
     broker = status.broker
     info = status.info
     published = counter_by_topic(metrics.published_messages) if metrics is not None else None
@@ -152,7 +159,13 @@ def snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> d
                 "groups": groups,
             }
         )
+    if traffic is not None:
+        bands = traffic.dashboard_view([view["name"] for view in topics])
+        for view in topics:
+            view["forecast"] = bands.get(view["name"])
     return {
+        "forecast": traffic is not None,
+        "anomalies": traffic.anomalies()[:MAX_ANOMALIES] if traffic is not None else [],
         "ts": round(clock.seconds(), 3),
         "node_id": info.node_id,
         "version": __version__,
@@ -286,6 +299,8 @@ class DashboardStream:
             self.done.callback(None)
 
 
-def encode_snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> bytes:
+def encode_snapshot(
+    status: NodeStatus, metrics: NodeMetrics | None, clock: Clock, traffic: TrafficView | None = None
+) -> bytes:
     """:func:`snapshot` as compact JSON."""
-    return _encode(snapshot(status, metrics, clock))
+    return _encode(snapshot(status, metrics, clock, traffic))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sprawl import __version__
-from sprawl.interfaces import MemberList, MessagePlane, RaftStatus
+from sprawl.interfaces import MemberList, MessagePlane, RaftStatus, TrafficView
 from sprawl.pubsub import Broker
 
 
@@ -59,10 +59,14 @@ class NodeInfo:
 class NodeStatus:
     """The node's cluster view and readiness, as the API answers them."""
 
-    def __init__(self, info: NodeInfo, broker: Broker, plane: MessagePlane):
+    def __init__(
+        self, info: NodeInfo, broker: Broker, plane: MessagePlane, traffic: TrafficView | None = None
+    ):
         self.info = info
         self.broker = broker
         self.plane = plane
+        #: Traffic forecasts: each member's ``predicted_load*`` (None: left out).
+        self.traffic = traffic
 
     def member(self) -> dict[str, Any]:
         """This node as a member (when no gossip runs)."""
@@ -78,9 +82,12 @@ class NodeStatus:
     def members(self) -> list[dict[str, Any]]:
         """Every member gossip knows (this node included), or this node alone."""
         m = self.info.membership
-        if m is None:
-            return [self.member()]
-        return list(m.member_views())
+        views = [self.member()] if m is None else list(m.member_views())
+        if self.traffic is not None:
+            predicted = self.traffic.member_fields()
+            for v in views:
+                v.update(predicted.get(str(v.get("id")), {}))
+        return views
 
     def live_member_ids(self) -> list[str]:
         """The ids of the live members (this node alone without gossip)."""

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.web.server import Request
 
 from sprawl.http.codec import json_body, linearizable
-from sprawl.interfaces import MessagePlane, MetadataControl
+from sprawl.interfaces import MessagePlane, MetadataControl, TrafficView
 from sprawl.pubsub import Broker
 from sprawl.topics import Topic
 
@@ -19,10 +19,18 @@ from sprawl.topics import Topic
 class TopicRoutes:
     """Topic definitions (see the module docstring)."""
 
-    def __init__(self, broker: Broker, plane: MessagePlane, control: MetadataControl):
+    def __init__(
+        self,
+        broker: Broker,
+        plane: MessagePlane,
+        control: MetadataControl,
+        traffic: TrafficView | None = None,
+    ):
         self.broker = broker
         self.plane = plane
         self.control = control
+        #: Traffic forecasts: the ``predicted_*`` fields (None: left out).
+        self.traffic = traffic
 
     def list_topics(self, request: Request) -> object:
         """Every topic's summary (``?consistency=linearizable`` waits for a ReadIndex)."""
@@ -57,6 +65,11 @@ class TopicRoutes:
         out = self.broker.describe_topic(self.broker.get_topic(topic))
         for d in out["partition_details"]:
             d.update(self.plane.partition_view(topic, d["partition"]))
+        if self.traffic is not None:
+            pred = self.traffic.topic_view(topic, len(out["partition_details"]))
+            for d, p in zip(out["partition_details"], pred.pop("predicted_partitions"), strict=True):
+                d.update(p)
+            out.update(pred)
         return out
 
     def delete_topic(self, request: Request, topic: str) -> object:

@@ -17,8 +17,9 @@ resources would add a framework around a dozen API calls.  It is the
 optional ``k8s`` extra (``pip install sprawl[k8s]``), not a dependency of
 the broker.
 
-Drain and undrain call ``POST /v1/cluster/drain`` / ``/v1/cluster/undrain``
-with ``{"node": ID}`` (``sprawlctl cluster drain``'s route).
+Drain and undrain call ``POST /v1/cluster/nodes/{node}/drain`` /
+``.../undrain`` on any ready pod (the routes behind ``sprawlctl cluster
+drain``; :func:`sprawl.operator.reconcile.node_route`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +47,7 @@ from sprawl.operator.reconcile import (
     Plan,
     Pod,
     Spec,
+    node_route,
     observed_cluster,
     reconcile,
 )
@@ -60,6 +63,36 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     with urllib.request.urlopen(req, timeout=10) as r:
         raw = r.read(MAX_ANSWER)
     return json.loads(raw) if raw else None
+
+
+def observe_nodes(urls: Mapping[str, str]) -> tuple[dict[str, Node], int | None]:
+    """The cluster as the first of ``urls`` (ready pods' HTTP URLs) that
+    answers describes it: ``GET /v1/cluster`` and ``GET /v1/cluster/placement``
+    read by :func:`sprawl.operator.reconcile.observed_cluster`; nothing known
+    when none answers."""
+    for url in urls.values():
+        try:
+            return observed_cluster(
+                _http("GET", url + "/v1/cluster"), _http("GET", url + "/v1/cluster/placement")
+            )
+        except (OSError, ValueError):
+            continue
+    return {}, None
+
+
+def node_action(action: Action, urls: Mapping[str, str]) -> str | None:
+    """Carry out a drain or undrain through the first of ``urls`` that takes
+    it (:func:`sprawl.operator.reconcile.node_route`); None when one did, else
+    what went wrong with each."""
+    route = node_route(action)
+    errors = []
+    for url in urls.values():
+        try:
+            _http("POST", url + route)
+            return None
+        except OSError as e:
+            errors.append(f"{url}: {e}")
+    return "; ".join(errors) or "no ready pod"
 
 
 class Operator:
@@ -97,16 +130,7 @@ class Operator:
             pods.append(Pod(ordinal, p.spec.containers[0].image, ready))
             if ready and p.status.pod_ip:
                 urls[p.metadata.name] = f"http://{p.status.pod_ip}:{HTTP_PORT}"
-        nodes: dict[str, Node] = {}
-        under: int | None = None
-        for url in urls.values():
-            try:
-                nodes, under = observed_cluster(
-                    _http("GET", url + "/v1/cluster"), _http("GET", url + "/v1/cluster/placement")
-                )
-                break
-            except (OSError, ValueError):
-                continue
+        nodes, under = observe_nodes(urls)
         return Observed(sts.spec.replicas, image, tuple(pods), nodes, under), urls
 
     def apply(self, spec: Spec, action: Action, urls: dict[str, str]) -> None:
@@ -125,13 +149,11 @@ class Operator:
         elif action.kind == DELETE_POD:
             self.core.delete_namespaced_pod(f"{spec.name}-{action.arg}", self.ns)
         elif action.kind in (DRAIN, UNDRAIN):
-            route = "drain" if action.kind == DRAIN else "undrain"
-            for url in urls.values():
-                try:
-                    _http("POST", f"{url}/v1/cluster/{route}", {"node": action.arg})
-                    return
-                except OSError:
-                    continue
+            failed = node_action(action, urls)
+            if failed is not None:
+                print(
+                    f"{spec.name}: {action.kind} {action.arg} failed: {failed}", file=sys.stderr, flush=True
+                )
 
     def write_status(self, spec: Spec, plan: Plan, obs: Observed, old: dict[str, Any]) -> None:
         """``status`` of the resource (a condition keeps its transition time while unchanged)."""

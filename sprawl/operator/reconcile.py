@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 #: Condition types written to ``status.conditions``.
 AVAILABLE = "Available"
@@ -263,12 +264,21 @@ def _upgrade(spec: Spec, obs: Observed, pod: Pod, waiting: list[str]) -> Plan:
     return _plan(spec, obs, acts, "Upgrading", waiting)
 
 
+def node_route(action: Action) -> str:
+    """The node API route that carries out a drain or undrain action:
+    ``POST /v1/cluster/nodes/{node}/drain`` (``sprawlctl cluster drain``'s)."""
+    if action.kind not in (DRAIN, UNDRAIN):
+        raise ValueError(f"not a node action: {action.kind}")
+    return f"/v1/cluster/nodes/{quote(str(action.arg), safe='')}/{action.kind}"
+
+
 def observed_cluster(
     cluster: Mapping[str, Any], placement: Mapping[str, Any]
 ) -> tuple[dict[str, Node], int | None]:
     """Nodes and the under-replicated count from ``GET /v1/cluster`` and
-    ``GET /v1/cluster/placement`` answers (members not ``dead``; a member's
-    ``drained`` flag when the node reports one)."""
+    ``GET /v1/cluster/placement`` answers (members not ``dead``; drained when
+    the cluster's ``drained`` list names the node, or its member entry has a
+    true ``drained`` flag)."""
     lead: dict[str, int] = {}
     hold: dict[str, int] = {}
     for parts in (placement.get("topics") or {}).values():
@@ -277,8 +287,12 @@ def observed_cluster(
                 lead[p["leader"]] = lead.get(p["leader"], 0) + 1
             for r in p.get("replicas") or ():
                 hold[r] = hold.get(r, 0) + 1
+    listed = cluster.get("drained")
+    drained = {str(n) for n in listed} if isinstance(listed, list) else set()
     nodes = {
-        str(m["id"]): Node(lead.get(m["id"], 0), hold.get(m["id"], 0), bool(m.get("drained")))
+        str(m["id"]): Node(
+            lead.get(m["id"], 0), hold.get(m["id"], 0), bool(m.get("drained")) or str(m["id"]) in drained
+        )
         for m in cluster.get("members") or ()
         if m.get("state") != "dead"
     }

@@ -143,6 +143,7 @@ def test_units_in_names() -> None:
                     "_ranges",
                 )
                 + ("_role", "_has_leader", "_fault_tolerant", "_voters", "_learners", "_faults")
+                + ("_anomalies", "_series", "_per_second")
             ), name
 
 

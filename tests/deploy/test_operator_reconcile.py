@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,10 +18,12 @@ from sprawl.operator.reconcile import (
     SCALE,
     SET_IMAGE,
     UNDRAIN,
+    Action,
     Node,
     Observed,
     Pod,
     Spec,
+    node_route,
     observed_cluster,
     reconcile,
 )
@@ -111,6 +114,21 @@ def test_observed_cluster_from_the_api_answers() -> None:
     nodes, ur = observed_cluster(cluster, placement)
     assert nodes == {"a": Node(1, 1), "b": Node(1, 2)} and ur == 1
     assert observed_cluster({"members": []}, {})[1] is None
+    # Drained: named in the cluster's ``drained`` list (or flagged on the member).
+    nodes, _ = observed_cluster({**cluster, "drained": ["b"]}, placement)
+    assert nodes == {"a": Node(1, 1), "b": Node(1, 2, drained=True)}
+    flagged = {"members": [{"id": "a", "state": "alive", "drained": True}]}
+    assert observed_cluster(flagged, {})[0] == {"a": Node(0, 0, drained=True)}
+
+
+def test_drain_and_undrain_routes() -> None:
+    """The node API routes the adapter posts a drain and an undrain to
+    (``sprawlctl cluster drain``'s), the node id escaped as one path segment."""
+    assert node_route(Action(DRAIN, "sprawl-2")) == "/v1/cluster/nodes/sprawl-2/drain"
+    assert node_route(Action(UNDRAIN, "sprawl-2")) == "/v1/cluster/nodes/sprawl-2/undrain"
+    assert node_route(Action(DRAIN, "a/b c")) == "/v1/cluster/nodes/a%2Fb%20c/drain"
+    with pytest.raises(ValueError):
+        node_route(Action(SCALE, 2))
 
 
 nodes_st = st.builds(Node, st.integers(0, 3), st.integers(0, 3), st.booleans())

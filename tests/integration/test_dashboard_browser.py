@@ -189,16 +189,18 @@ def test_dashboard_shows_live_topics_members_and_rates(
         "two more snapshots",
         lambda d: int(d.execute_script("return Number(document.body.dataset.snapshots);")) >= more,
     )
-    # The whole page in one picture.
+    _keep_picture_and_check_console(browser, tmp_path / "dashboard.png", "SPRAWL_DASHBOARD_SCREENSHOT")
+
+
+def _keep_picture_and_check_console(browser: Any, shot: Path, env: str) -> None:
+    """A screenshot of the whole page (copied to ``$env`` when set), and no JavaScript error logged."""
     height = int(browser.execute_script("return document.documentElement.scrollHeight;"))
     browser.set_window_size(1440, min(height + 140, 4000))
-    shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)), "screenshot failed"
     print(f"dashboard screenshot: {shot}")
-    keep = os.environ.get("SPRAWL_DASHBOARD_SCREENSHOT")
+    keep = os.environ.get(env)
     if keep:
         shutil.copyfile(shot, keep)
-
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, json.dumps(errors, indent=2)
 
@@ -243,5 +245,45 @@ def test_dashboard_names_a_fault_with_its_next_step(sprawl_nodes: Any, browser: 
     shot = tmp_path / "dashboard-faults.png"
     assert browser.save_screenshot(str(shot)), "screenshot failed"
     print(f"dashboard screenshot: {shot}")
-    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
-    assert not errors, json.dumps(errors, indent=2)
+
+
+#: A model that warms up in seconds: one-second steps, no seasons.
+FAST_FORECAST = ("--forecast-interval", "1s", "--forecast-step", "1s", "--forecast-seasons", "none")
+
+
+def test_dashboard_draws_the_forecast_band_and_lists_a_surge(
+    sprawl_nodes: Any, browser: Any, tmp_path: Path
+) -> None:
+    """With traffic flowing, the throughput chart draws the topic's forecast
+    band (the canvas names the topics whose band it drew, the topics table
+    shows the expected interval); a sudden surge is listed under "Traffic
+    anomalies" and marked on the chart."""
+    node: NodeProcess = sprawl_nodes(*FAST_FORECAST)
+    url = node.url
+    topic = "clicks"
+    r = requests.put(f"{url}/v1/topics/{topic}", json={"partitions": 2}, timeout=TIMEOUT)
+    assert r.status_code in (200, 201), r.text
+    browser.get(url + "/")
+    _wait_for(browser, "the page's first snapshot", lambda d: _cell(d, "#live") == "live")
+    assert _cell(browser, "#anomalies-empty") == "No traffic anomalies."
+
+    def band_drawn(d: Any) -> bool:
+        _publish(url, topic, 20)  # a steady trickle while the model warms up
+        bands = str(d.execute_script("return document.getElementById('chart').dataset.bands || '';"))
+        expected = _cell(d, f'#topics tr[data-topic="{topic}"] td.forecast')
+        return topic in bands.split(",") and "\u2013" in expected  # "low, en dash, high"
+
+    _wait_for(browser, "the forecast band of the topic", band_drawn)
+    keys = _cells(browser, "#legend .key")
+    assert "forecast" in keys, keys
+
+    def surge_listed(d: Any) -> bool:
+        _publish(url, topic, 500)  # ten times the trickle and more
+        rows = _cells(d, '#anomalies tr[data-kind="surge"] td.series')
+        marks = int(d.execute_script("return Number(document.getElementById('chart').dataset.marks || 0);"))
+        return f"topic {topic} published" in rows and marks >= 1
+
+    _wait_for(browser, "a surge in the anomaly list and on the chart", surge_listed)
+    _keep_picture_and_check_console(
+        browser, tmp_path / "dashboard-forecast.png", "SPRAWL_DASHBOARD_FORECAST_SCREENSHOT"
+    )

@@ -14,6 +14,9 @@
   const history = new Map();
   /** [{t, pub, dlv}] summed over topics. */
   let totals = [];
+  /** topic -> [{t, low, point, high}]: what the node's forecast expected of its published rate. */
+  const bandHistory = new Map();
+  const FORECAST_S = 60; // the chart's span ahead of now while forecasts are shown
   let last = null;
   let snapshots = 0;
 
@@ -145,7 +148,9 @@
     return ctx;
   }
 
-  function drawChart(now, lines) {
+  function drawChart(now, lines, bands, marks) {
+    bands = bands || [];
+    marks = marks || [];
     const c = $("chart");
     const W = c.clientWidth || 800, H = 220;
     const ctx = sizeCanvas(c, W, H);
@@ -153,8 +158,11 @@
     const pw = W - L - R, ph = H - T - B;
     let max = 0;
     for (const ln of lines) for (const p of ln.points) max = Math.max(max, p.v);
+    for (const b of bands) for (const p of b.points) max = Math.max(max, p.high);
     const ymax = niceMax(max * 1.1);
-    const x = (t) => L + pw * (1 - (now - t) / WINDOW_S);
+    const ahead = bands.some((b) => b.points.length > 1) ? FORECAST_S : 0;
+    const span = WINDOW_S + ahead;
+    const x = (t) => L + pw * (1 - (now + ahead - t) / span);
     const y = (v) => T + ph * (1 - v / ymax);
 
     ctx.font = "11px system-ui, sans-serif";
@@ -173,15 +181,71 @@
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    for (let m = 5; m >= 0; m--) {
+    for (let m = 5; m >= (ahead ? -1 : 0); m--) {
       const xx = x(now - m * 60);
       ctx.fillStyle = "#66707d";
-      ctx.fillText(m === 0 ? "now" : "−" + m + "m", Math.min(Math.max(xx, L + 10), W - R - 12), H - B + 8);
+      const label = m === 0 ? "now" : m < 0 ? "+" + -m + "m" : "−" + m + "m";
+      ctx.fillText(label, Math.min(Math.max(xx, L + 10), W - R - 12), H - B + 8);
     }
     ctx.save();
     ctx.beginPath();
     ctx.rect(L, T - 2, pw, ph + 4);
     ctx.clip();
+    const drawn = [];
+    for (const b of bands) {
+      // The forecast band: the interval the node's model expects the published rate in.
+      if (b.points.length < 2) continue;
+      drawn.push(b.name);
+      ctx.globalAlpha = 0.16;
+      ctx.fillStyle = b.color;
+      ctx.beginPath();
+      b.points.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.high)) : ctx.moveTo(x(p.t), y(p.high))));
+      for (let i = b.points.length - 1; i >= 0; i--) ctx.lineTo(x(b.points[i].t), y(b.points[i].low));
+      ctx.closePath();
+      ctx.fill();
+      ctx.globalAlpha = 0.6;
+      ctx.strokeStyle = b.color;
+      ctx.lineWidth = 1;
+      ctx.setLineDash([2, 3]);
+      ctx.beginPath();
+      b.points.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.point)) : ctx.moveTo(x(p.t), y(p.point))));
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.globalAlpha = 1;
+    }
+    c.dataset.bands = drawn.join(",");
+    if (ahead) {
+      const xn = Math.round(x(now)) + 0.5;
+      ctx.strokeStyle = "#c9d0da";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(xn, T);
+      ctx.lineTo(xn, T + ph);
+      ctx.stroke();
+    }
+    let shownMarks = 0;
+    for (const m of marks) {
+      // An anomaly: a mark where it started (red for a surge, amber for a drop or silence).
+      if (m.t < now - WINDOW_S || m.t > now) continue;
+      shownMarks++;
+      const xm = Math.round(x(m.t)) + 0.5;
+      ctx.strokeStyle = m.kind === "surge" ? "#e03131" : "#f08c00";
+      ctx.lineWidth = 1.5;
+      ctx.setLineDash([3, 3]);
+      ctx.beginPath();
+      ctx.moveTo(xm, T);
+      ctx.lineTo(xm, T + ph);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.fillStyle = ctx.strokeStyle;
+      ctx.beginPath();
+      ctx.moveTo(xm - 5, T);
+      ctx.lineTo(xm + 5, T);
+      ctx.lineTo(xm, T + 7);
+      ctx.closePath();
+      ctx.fill();
+    }
+    c.dataset.marks = String(shownMarks);
     for (const ln of lines) {
       if (ln.points.length < 1) continue;
       ctx.strokeStyle = ln.color;
@@ -375,6 +439,10 @@
       for (const k of ["memory", "lmdb", "s3"]) tr.appendChild(td(fmtBytes(b[k]), "num" + (b[k] ? "" : " zero")));
       tr.appendChild(td(fmtRate(r ? r.pub : null), "num pub-rate"));
       tr.appendChild(td(fmtRate(r ? r.dlv : null), "num dlv-rate"));
+      const f = t.forecast;
+      const fc = td(f ? fmtRate(f.low) + "–" + fmtRate(f.high) : "–", "num forecast");
+      if (f) fc.title = "the forecast expects " + fmtRate(f.point) + " msgs/s published here now";
+      tr.appendChild(fc);
       const sp = td("");
       const idx = order.indexOf(t.name);
       sp.appendChild(sparkline(series, now, idx >= 0 ? COLORS[idx] : "#8a94a3"));
@@ -462,17 +530,29 @@
   function renderChart(s, now) {
     const names = chartTopics(s.topics || []);
     const lines = [];
+    const bands = [];
+    const byName = new Map((s.topics || []).map((t) => [t.name, t]));
     const legend = $("legend");
     legend.replaceChildren();
     names.forEach((name, i) => {
       const rs = rates(history.get(name) || []);
       lines.push({ color: COLORS[i], dash: false, points: rs.map((r) => ({ t: r.t, v: r.pub })) });
       lines.push({ color: COLORS[i], dash: true, points: rs.map((r) => ({ t: r.t, v: r.dlv })) });
+      const past = bandHistory.get(name) || [];
+      const f = (byName.get(name) || {}).forecast;
+      const future = f && Array.isArray(f.ahead) ? f.ahead.map((a) => ({ t: a[0], point: a[1], low: a[2], high: a[3] })) : [];
+      bands.push({ name: name, color: COLORS[i], points: past.concat(future) });
       const key = el("span", "key c" + i);
       key.appendChild(el("span", "sw"));
       key.appendChild(el("span", null, name));
       legend.appendChild(key);
     });
+    if (bands.some((b) => b.points.length > 1)) {
+      const k = el("span", "key");
+      k.appendChild(el("span", "sw band"));
+      k.appendChild(el("span", null, "forecast"));
+      legend.appendChild(k);
+    }
     if (names.length) {
       const a = el("span", "key");
       a.appendChild(el("span", "sw"));
@@ -483,7 +563,31 @@
       legend.appendChild(a);
       legend.appendChild(b);
     }
-    drawChart(now, lines);
+    const marks = (Array.isArray(s.anomalies) ? s.anomalies : []).map((a) => ({ t: a.start, kind: a.kind }));
+    drawChart(now, lines, bands, marks);
+  }
+
+  function renderAnomalies(s) {
+    const list = Array.isArray(s.anomalies) ? s.anomalies : [];
+    const tb = document.querySelector("#anomalies tbody");
+    tb.replaceChildren();
+    for (const a of list) {
+      const tr = el("tr");
+      tr.dataset.kind = String(a.kind);
+      tr.appendChild(td(new Date(a.start * 1000).toLocaleTimeString("en-GB"), "when"));
+      tr.appendChild(td(a.series, "name series"));
+      const k = td("");
+      const known = ["surge", "drop", "silent"].includes(a.kind) ? a.kind : "drop";
+      k.appendChild(el("span", "pill anomaly-" + known, a.kind));
+      tr.appendChild(k);
+      tr.appendChild(td(fmtRate(a.observed), "num"));
+      tr.appendChild(td(fmtRate(a.low) + "–" + fmtRate(a.high), "num"));
+      tr.appendChild(td(fmtRate(a.peak), "num"));
+      tr.appendChild(td(a.end === null || a.end === undefined ? "ongoing" : fmtDuration(a.end - a.start), "state"));
+      tb.appendChild(tr);
+    }
+    $("anomalies-empty").textContent = s.forecast === false ? "Forecasting is off on this node (--forecast false)." : "No traffic anomalies.";
+    $("anomalies-empty").classList.toggle("hidden", list.length > 0);
   }
 
   /** The faults this node names (GET /v1/cluster/faults), worst first. */
@@ -524,6 +628,7 @@
     renderPartitions(s);
     renderGroups(s);
     renderChart(s, now);
+    renderAnomalies(s);
   }
 
   function ingest(s) {
@@ -538,6 +643,16 @@
       dlv += t.delivered || 0;
     }
     for (const name of Array.from(history.keys())) if (!seen.has(name)) history.delete(name);
+    for (const t of s.topics || []) {
+      const f = t.forecast;
+      if (!f) continue;
+      if (!bandHistory.has(t.name)) bandHistory.set(t.name, []);
+      const b = bandHistory.get(t.name);
+      if (b.length && b[b.length - 1].t >= now) continue;
+      b.push({ t: now, low: f.low, point: f.point, high: f.high });
+      while (b.length && b[0].t < now - WINDOW_S - 2) b.shift();
+    }
+    for (const name of Array.from(bandHistory.keys())) if (!seen.has(name)) bandHistory.delete(name);
     push(totals, { t: now, pub: pub, dlv: dlv });
   }
 

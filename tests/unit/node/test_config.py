@@ -400,3 +400,72 @@ def test_http_limit_options(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> No
     ):
         with pytest.raises(usage.UsageError):
             parse(*bad)
+
+
+def test_forecast_options(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--forecast, --predictive-balance, --forecast-interval/-step/-horizon/-seasons/-max-series:
+    defaults, the CLI, SPRAWL_* and a config file; a season that is not a whole number of
+    2..1,440 steps, and other nonsense, refused at start with the option named."""
+    c = parse()
+    assert (c.forecast, c.predictive_balance, c.forecast_interval, c.forecast_step, c.forecast_horizon) == (
+        True,
+        True,
+        5.0,
+        60.0,
+        900.0,
+    )
+    assert (c.forecast_seasons, c.forecast_season_periods, c.forecast_max_series) == (
+        "daily",
+        (86400.0,),
+        1024,
+    )
+    c = parse(
+        "--forecast-interval",
+        "1s",
+        "--forecast-step",
+        "10s",
+        "--forecast-horizon",
+        "2m",
+        "--forecast-seasons",
+        "hourly",
+        "--forecast-max-series",
+        "64",
+        "--predictive-balance",
+        "false",
+    )
+    assert (c.forecast_interval, c.forecast_step, c.forecast_horizon, c.forecast_max_series) == (
+        1.0,
+        10.0,
+        120.0,
+        64,
+    )
+    assert c.forecast_season_periods == (3600.0,) and c.predictive_balance is False and c.forecast is True
+    assert parse("--forecast-seasons", "daily,hourly").forecast_season_periods == (86400.0, 3600.0)
+    fast = ("--forecast-interval", "1s", "--forecast-step", "1s", "--forecast-seasons", "none")
+    assert parse(*fast).forecast_season_periods == ()
+    clean_env.setenv("SPRAWL_FORECAST", "off")
+    assert parse().forecast is False
+    clean_env.delenv("SPRAWL_FORECAST")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"forecast-horizon": "1h", "predictive_balance": False}))
+    c = parse("--config", str(cfg))
+    assert c.forecast_horizon == 3600.0 and c.predictive_balance is False
+    for bad, named in (
+        (["--forecast", "maybe"], "--forecast"),
+        (["--forecast-interval", "0"], "--forecast-interval"),
+        (
+            ["--forecast-step", "1s", "--forecast-interval", "1s"],
+            "--forecast-seasons",
+        ),  # a daily season of 86,400 steps
+        (["--forecast-step", "7s", "--forecast-seasons", "hourly"], "--forecast-seasons"),  # not whole
+        (
+            ["--forecast-step", "2s", "--forecast-interval", "5s", "--forecast-seasons", "none"],
+            "--forecast-step",
+        ),
+        (["--forecast-seasons", "weekly"], "--forecast-seasons"),
+        (["--forecast-seasons", "daily,daily"], "--forecast-seasons"),
+        (["--forecast-horizon", "30d"], "--forecast-horizon"),
+        (["--forecast-max-series", "0"], "--forecast-max-series"),
+    ):
+        with pytest.raises(usage.UsageError, match=named):
+            parse(*bad)
