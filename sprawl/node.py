@@ -234,6 +234,7 @@ class NodeService(service.Service):
         from sprawl.metrics import NodeMetrics
         from sprawl.pubsub import Broker
         from sprawl.pubsub.links import ClusterLinks
+        from sprawl.pubsub.memory_report import MemoryCollector
         from sprawl.storage.lmdb import LmdbStore
 
         c = self.config
@@ -263,6 +264,7 @@ class NodeService(service.Service):
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics, tier=tier, links=links)
         self.broker.recover()
         self.broker.start()
+        metrics.register(MemoryCollector(self.broker))
         from sprawl.storage.scrub import Scrubber
 
         self.scrubber = Scrubber(self.broker, self.reactor, c.scrub_rate)

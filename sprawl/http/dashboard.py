@@ -36,6 +36,7 @@ from sprawl import __version__
 from sprawl.http.status import NodeStatus
 from sprawl.interfaces import Clock
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub.memory_report import memory_status
 
 log = Logger()
 
@@ -170,6 +171,7 @@ def snapshot(status: NodeStatus, metrics: NodeMetrics | None, clock: Clock) -> d
         "topics_total": len(names),
         "topics": topics,
         "faults": status.faults()["faults"],
+        "memory": memory_status(broker),
     }
 
 

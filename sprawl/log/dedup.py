@@ -72,6 +72,17 @@ class DedupWindow:
         self._trim()
         return n
 
+    def trim_to(self, memory: int) -> int:
+        """Forget the oldest ids until the window takes at most ``memory``
+        bytes (the memory budget's share for dedup is full); returns the
+        bytes freed."""
+        before = self.memory
+        seen = self._seen
+        while seen and self.memory > memory:
+            self._id_chars -= len(seen.popitem(last=False)[0])
+        self._trim()
+        return before - self.memory
+
     def forget_from(self, partition: int, offset: int) -> int:
         """Forget the ids stored at ``offset`` or later in ``partition`` (a
         replica truncated them: the offsets will hold other records).  Returns

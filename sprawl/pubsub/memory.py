@@ -15,6 +15,7 @@ import msgspec
 from twisted.logger import Logger
 
 from sprawl.log.partition import PartitionLog
+from sprawl.pubsub.memory_report import process_memory
 from sprawl.pubsub.reads import Reads
 from sprawl.storage import keys
 from sprawl.storage.lmdb import Op
@@ -29,10 +30,27 @@ log = Logger()
 PENDING_MEMORY_FACTOR = 2
 #: The part of the budget eviction brings the pools down to.
 EVICT_TO = 0.8
+#: The most of the budget the dedup windows may take: past it each forgets
+#: its oldest ids (the biggest window first) -- the window is then shorter
+#: than ``--dedup-window``.
+DEDUP_SHARE = 0.5
 
 
 class MemoryBudget(Reads):
     """Keeps hot tails within ``--memory-budget``."""
+
+    _dedup_warned = float("-inf")
+    #: RssAnon of the idle node less its pools, read at the first tick (None before, or off Linux).
+    memory_baseline: int | None = None
+
+    def measure_memory_baseline(self) -> None:
+        """Read the process's idle baseline once (the first tick: imports,
+        LMDB and the recovered state are in; no load yet)."""
+        if self.memory_baseline is not None:
+            return
+        anon = process_memory().get("rss_anon")
+        if anon is not None:
+            self.memory_baseline = max(0, anon - self.memory_used())
 
     def memory_pools(self) -> dict[str, int]:
         """Bytes each pool of message data takes now, as the budget counts them:
@@ -66,6 +84,9 @@ class MemoryBudget(Reads):
         total = sum(pools.values())
         if total <= budget:
             return
+        share = int(budget * DEDUP_SHARE)
+        if pools["dedup"] > share:
+            total -= self._trim_dedup(pools["dedup"] - int(share * EVICT_TO))
         logs = [lg for t in self.topics.values() for lg in t.logs]
         target = int(budget * EVICT_TO)
         for lg in sorted(logs, key=lambda x: x.hot_memory, reverse=True):
@@ -75,6 +96,23 @@ class MemoryBudget(Reads):
             total -= lg.evict(share)
         if total > budget and spill:
             self._spill_ephemeral()
+
+    def _trim_dedup(self, excess: int) -> int:
+        """Forget the oldest ids of the biggest dedup windows until ``excess`` bytes are freed."""
+        windows = [w for t in self.topics.values() for w in (t.dedup, t.recent)]
+        freed = 0
+        for w in sorted(windows, key=lambda x: x.memory, reverse=True):
+            if freed >= excess:
+                break
+            freed += w.trim_to(max(0, w.memory - (excess - freed)))
+        now = self.clock.seconds()
+        if freed and now - self._dedup_warned >= 60:
+            self._dedup_warned = now
+            log.warn(
+                "dedup windows trimmed by {freed} bytes: they hold more ids than half of --memory-budget",
+                freed=freed,
+            )
+        return freed
 
     def note_hot_added(self, memory: int) -> None:
         """``memory`` bytes joined the hot tails: the budget holds between

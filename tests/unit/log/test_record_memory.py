@@ -154,6 +154,10 @@ def test_dedup_ids_are_charged_what_they_take(traced: None) -> None:
         w.remember(f"5e1f0c2a9b3d{k:x}", 0, 10**6 + k, NOW + k)
     taken = _now() - before
     assert taken <= w.memory <= taken * 1.25
+    full = w.memory
+    assert w.trim_to(full // 2) >= full // 2 and w.memory <= full // 2
+    assert w.lookup("5e1f0c2a9b3d0", NOW) is None, "the oldest ids go first"
+    assert w.lookup(f"5e1f0c2a9b3d{N - 1:x}", NOW) == (0, 10**6 + N - 1)
     w.forget_from(0, 10**6 + N // 2)
     w.expire(NOW + N + 60_000 + 1)
     assert len(w) == 0 and w.memory == 0
