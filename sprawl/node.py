@@ -263,6 +263,7 @@ class NodeService(service.Service):
         links = ClusterLinks(remote_log=None)
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics, tier=tier, links=links)
         self.broker.recover()
+        self.broker.bound_process = True  # this node owns its process: the budget bounds its RssAnon
         self.broker.start()
         metrics.register(MemoryCollector(self.broker))
         from sprawl.storage.scrub import Scrubber

@@ -12,6 +12,8 @@ fires past ``baseline + RSS_WARN_FACTOR x budget``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,28 @@ def process_memory(status: Path = Path("/proc/self/status")) -> dict[str, int]:
             if parts and parts[0].isdigit():
                 out[key] = int(parts[0]) * 1024
     return out
+
+
+_malloc_trim: object = None
+
+
+def release_free_memory() -> bool:
+    """Return the C allocator's free pages to the system (glibc's
+    ``malloc_trim``): memory the evicted records' large payloads held is
+    otherwise kept by the process.  False where there is no such call."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        name = ctypes.util.find_library("c")
+        if name is not None:
+            try:
+                _malloc_trim = ctypes.CDLL(name).malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if not _malloc_trim:
+        return False
+    _malloc_trim(0)  # type: ignore[operator]
+    return True
 
 
 def memory_status(budget: MemoryBudget) -> dict[str, Any]:
