@@ -108,7 +108,8 @@ class MemoryBudget(Reads):
             total -= lg.evict(share)
         if before - total >= budget // 16:
             self._release_free_memory()
-        if total > budget and spill:
+        # Still over (what is left is unstored: ephemeral records): spill them so they can go.
+        if max(total, process - (before - total)) > budget and spill:
             self._spill_ephemeral()
 
     def _process_beyond_baseline(self) -> int:

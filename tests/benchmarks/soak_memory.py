@@ -182,7 +182,7 @@ def plot(
     ax.axvline(warmup_s / 60, color="#bbb", linewidth=0.8)
     ax.set_xlabel("minutes")
     ax.set_ylabel("MB (10^6 bytes)")
-    ax.set_ylim(0, (idle + 1.5 * budget) / MB)
+    ax.set_ylim(0, max(idle + 1.5 * budget, max(v for _, v in samples) * 1.05) / MB)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                 sampler.stop()
                 subs.stop()
             stats["sse_bytes"] = subs.received
+            pools = [
+                line
+                for line in _metrics(node.url).splitlines()
+                if line.startswith(("sprawl_memory_", "sprawl_process_", "sprawl_lmdb_pending"))
+            ]
         finally:
             node.stop()
     samples = [(t, v) for t, _, v in sampler.samples]
@@ -257,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "ok": ok,
     }
     print(json.dumps(summary, indent=1))
+    print("\n".join(pools))
     if a.png is not None:
         title = (
             f"RssAnon, {a.minutes:g} min mixed traffic, --memory-budget {a.budget_mb}MB "
