@@ -136,8 +136,9 @@ class MemoryCollector:
                 "RssAnon of the node when idle at start (imports, LMDB, recovered state), less its pools",
                 value=st["baseline"],
             )
-        yield GaugeMetricFamily(
-            "sprawl_memory_over_budget",
-            "1 when RssAnon is past the idle baseline plus 1.3x --memory-budget (/readyz warns)",
-            value=1 if st["warning"] else 0,
-        )
+        if st["rss_anon"] is not None and st["baseline"] is not None:
+            yield GaugeMetricFamily(
+                "sprawl_process_memory_budget_ratio",
+                "RssAnon beyond the idle baseline over --memory-budget (/readyz warns past 1.3)",
+                value=max(0, st["rss_anon"] - st["baseline"]) / st["budget"],
+            )
