@@ -237,6 +237,7 @@ class NodeService(service.Service):
         from sprawl.metrics import NodeMetrics
         from sprawl.pubsub import Broker
         from sprawl.pubsub.links import ClusterLinks
+        from sprawl.pubsub.memory_report import MemoryCollector
         from sprawl.storage.lmdb import LmdbStore
 
         c = self.config
@@ -265,7 +266,9 @@ class NodeService(service.Service):
         links = ClusterLinks(remote_log=None)
         self.broker = Broker(c, self.store, self.reactor, node_id, metrics, tier=tier, links=links)
         self.broker.recover()
+        self.broker.bound_process = True  # this node owns its process: the budget bounds its RssAnon
         self.broker.start()
+        metrics.register(MemoryCollector(self.broker))
         from sprawl.storage.scrub import Scrubber
 
         self.scrubber = Scrubber(self.broker, self.reactor, c.scrub_rate)

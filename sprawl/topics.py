@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sprawl.delivery.groups import ConsumerGroup
-from sprawl.log.dedup import DedupWindow
+from sprawl.log.dedup import DedupWindow, RecentIds
 from sprawl.log.partition import PartitionLog
 
 STORAGE_KINDS = ("durable", "ephemeral")
@@ -56,7 +56,8 @@ class Topic:
     #: Ids of the last minute whatever their origin (a replica remembers every
     #: record it stores here): a publish retried through a failover finds its
     #: first copy at the new leader.
-    recent: DedupWindow = field(default_factory=lambda: DedupWindow(60_000, 500_000))
+    #: Ids this cluster named are kept as runs per producer (:class:`RecentIds`).
+    recent: DedupWindow = field(default_factory=lambda: RecentIds(60_000, 500_000))
     rr: int = 0
     #: Set when the topic is deleted (work in flight for it must not touch storage).
     deleted: bool = False

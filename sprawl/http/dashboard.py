@@ -36,6 +36,7 @@ from sprawl import __version__
 from sprawl.http.status import NodeStatus
 from sprawl.interfaces import Clock, TrafficView
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub.memory_report import memory_status
 
 log = Logger()
 
@@ -183,6 +184,7 @@ def snapshot(
         "topics_total": len(names),
         "topics": topics,
         "faults": status.faults()["faults"],
+        "memory": memory_status(broker),
     }
 
 

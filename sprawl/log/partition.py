@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sprawl.log.manifest import RemoteObject
-from sprawl.log.record import Record
+from sprawl.log.record import HotAccount, Record
 from sprawl.log.segments import Segment
 
 
@@ -71,6 +71,11 @@ class PartitionLog:
         self.segment_age_ms = segment_age_ms
         self.hot: deque[Record] = deque()
         self.hot_bytes = 0
+        #: Memory the hot tail's records take (:attr:`Record.memory`), their
+        #: cached encodings aside (those are in :attr:`account`).
+        self.hot_records_memory = 0
+        #: The cached encodings of the hot tail's records.
+        self.account = HotAccount()
         self.appended_total = 0
         self.appended_bytes_total = 0
         #: Replicated (replication factor > 1): the high watermark is what a
@@ -98,8 +103,15 @@ class PartitionLog:
             return changed
         seg = self.segments[-1] if self.segments else None
         total = 0
+        mem = 0
+        acct = self.account
         for r in records:
             total += r.size
+            mem += r.memory
+            r._acct = acct
+            if r._sse is not None or r._json is not None:
+                acct.encoded += r.encoded_memory()
+        self.hot_records_memory += mem
         if (
             seg is not None
             and not seg.sealed
@@ -189,6 +201,7 @@ class PartitionLog:
         while hot and hot[-1].offset >= offset:
             r = hot.pop()
             self.hot_bytes -= r.size
+            self._left(r)
             dropped_bytes += r.size
         removed = [s for s in self.segments if s.base >= offset]
         self.segments = [s for s in self.segments if s.base < offset]
@@ -223,8 +236,11 @@ class PartitionLog:
         if start < self.high_watermark:
             raise ValueError(f"cannot reset to {start}: below the high watermark {self.high_watermark}")
         removed, self.segments = self.segments, []
+        for r in self.hot:
+            r.leave_account()
         self.hot.clear()
         self.hot_bytes = 0
+        self.hot_records_memory = 0
         self.log_start = self.next_offset = self.stored_end = self.high_watermark = start
         return removed
 
@@ -288,6 +304,7 @@ class PartitionLog:
         while hot and hot[0].offset < log_start:
             r = hot.popleft()
             self.hot_bytes -= r.size
+            self._left(r)
         out.changed = bool(
             out.dropped
             or out.trimmed
@@ -372,16 +389,28 @@ class PartitionLog:
         """Hot records not yet stored (ephemeral records waiting for a spill)."""
         return [r for r in self.hot if r.offset >= self.stored_end]
 
-    def evict(self, target_bytes: int) -> int:
-        """Drop stored records from the front of the hot tail until it holds at
-        most ``target_bytes``; returns bytes freed.  Unstored records stay."""
-        freed = 0
+    @property
+    def hot_memory(self) -> int:
+        """Memory the hot tail takes: its records and their cached encodings."""
+        return self.hot_records_memory + self.account.encoded
+
+    def _left(self, r: Record) -> None:
+        """``r`` left the hot tail (its ``hot_bytes`` already taken out)."""
+        self.hot_records_memory -= r.memory
+        r.leave_account()
+
+    def evict(self, target_memory: int) -> int:
+        """Drop stored records from the front of the hot tail until it takes
+        at most ``target_memory`` bytes of memory (:attr:`hot_memory`);
+        returns the memory freed.  Unstored records stay."""
+        before = self.hot_memory
         hot = self.hot
-        while hot and self.hot_bytes > target_bytes and hot[0].offset < self.stored_end:
+        stored_end = self.stored_end
+        while hot and self.hot_memory > target_memory and hot[0].offset < stored_end:
             r = hot.popleft()
             self.hot_bytes -= r.size
-            freed += r.size
-        return freed
+            self._left(r)
+        return before - self.hot_memory
 
     # -- retention -----------------------------------------------------------
 
@@ -409,6 +438,7 @@ class PartitionLog:
         while hot and hot[0].offset < self.log_start:
             r = hot.popleft()
             self.hot_bytes -= r.size
+            self._left(r)
         return gone
 
     # -- positions -------------------------------------------------------------

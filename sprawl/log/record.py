@@ -66,6 +66,40 @@ def check_stored(partition: int, offset: int, data: bytes, *, unchecked_ok: bool
 RECORD_OVERHEAD = 64
 
 
+#: Bytes of memory one record in a hot tail takes beyond its message bytes
+#: and its id's characters: the Struct (13 slots), the payload's ``bytes``
+#: header and allocator rounding, the offset and timestamp ints, the id's
+#: ``str`` header and the deque slot -- measured with ``tracemalloc`` for
+#: payloads of 100 B to 4 KB (``tests/unit/log/test_record_memory.py`` holds
+#: it to the measurement; docs/benchmarks.md has the figures).
+RECORD_MEMORY = 280
+#: Memory of a key beyond its characters (the ``str`` object).
+KEY_MEMORY = 56
+#: Memory of a headers dict beyond its characters (the dict, and per entry two ``str`` objects).
+HEADERS_MEMORY = 160
+HEADER_ENTRY_MEMORY = 64
+
+
+def encoding_memory(encoded: bytes) -> int:
+    """Memory a cached encoding holds: its ``bytes`` object (header and rounding)."""
+    return len(encoded) + 48
+
+
+class HotAccount:
+    """What the cached encodings of one hot tail's records take, in bytes.
+
+    A record appended to a hot tail points at its log's account; when it
+    caches an encoding it adds that encoding's memory here, and when it
+    leaves the tail the log takes it back out (:meth:`Record.leave_account`).
+    Holds no reference to any record, so it makes no cycle.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+
 #: Bytes of records an answer carries unless the client asks otherwise (fetch,
 #: group pull, each SSE/WebSocket write): ``max_bytes``.
 DEFAULT_READ_BYTES = 4 * 1000**2
@@ -105,6 +139,8 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
     control: bool = False
     _json: bytes | None = None
     _sse: bytes | None = None
+    #: The hot tail's account its cached encodings are charged to (None off a hot tail).
+    _acct: HotAccount | None = None
 
     def __post_init__(self) -> None:
         key = self.key
@@ -126,6 +162,46 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
         except (AttributeError, TypeError):
             # Not str / str -> str (a value written by something else): charge its encoding.
             n = len(self.payload) + RECORD_OVERHEAD + len(_mp_encode((key, headers)))
+        return n
+
+    @property
+    def memory(self) -> int:
+        """Bytes this record takes in a hot tail, its cached encodings aside:
+        :attr:`message_bytes`, the id, and the measured object overheads
+        (:data:`RECORD_MEMORY`, :data:`KEY_MEMORY`, :data:`HEADERS_MEMORY`)."""
+        n = self.size - RECORD_OVERHEAD + RECORD_MEMORY
+        if self.id is not None:
+            n += len(self.id)
+        if self.key is not None:
+            n += KEY_MEMORY
+        if self.headers:
+            n += HEADERS_MEMORY + HEADER_ENTRY_MEMORY * len(self.headers)
+        return n
+
+    def encoded_memory(self) -> int:
+        """Bytes its cached encodings take (0 when none is cached)."""
+        n = 0
+        if self._json is not None:
+            n += encoding_memory(self._json)
+        if self._sse is not None:
+            n += encoding_memory(self._sse)
+        return n
+
+    def join_account(self, acct: HotAccount) -> None:
+        """The record entered a hot tail: charge its cached encodings (now and later) to ``acct``."""
+        self._acct = acct
+        if self._json is not None or self._sse is not None:
+            acct.encoded += self.encoded_memory()
+
+    def leave_account(self) -> int:
+        """The record left its hot tail: take its encodings out of the
+        account; returns the bytes taken out."""
+        acct = self._acct
+        if acct is None:
+            return 0
+        self._acct = None
+        n = self.encoded_memory()
+        acct.encoded -= n
         return n
 
     @property
@@ -188,21 +264,28 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
         return d
 
     def to_json(self) -> bytes:
-        """The message as JSON bytes, encoded once and cached."""
+        """The message as JSON bytes, encoded once and cached (charged to
+        the hot tail's account; the encoder's spare capacity is cut off)."""
         j = self._json
         if j is None:
-            j = self._json = _json_encode(self.to_dict())
+            j = self._json = bytes(memoryview(_json_encode(self.to_dict())))
+            if self._acct is not None:
+                self._acct.encoded += len(j) + 48  # encoding_memory, inlined
         return j
 
     def to_sse(self) -> bytes:
-        """The message as one Server-Sent Events frame, encoded once and cached."""
+        """The message as one Server-Sent Events frame, encoded once and
+        cached (its JSON is cached only when :meth:`to_json` was asked)."""
         s = self._sse
         if s is None:
+            j = self._json
             s = self._sse = b"id: %d:%d\ndata: %s\n\n" % (
                 self.partition,
                 self.offset,
-                self.to_json(),
+                j if j is not None else _json_encode(self.to_dict()),
             )
+            if self._acct is not None:
+                self._acct.encoded += len(s) + 48  # encoding_memory, inlined
         return s
 
     def __repr__(self) -> str:

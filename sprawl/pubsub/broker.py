@@ -100,6 +100,7 @@ class Broker(Views):
                 t.recent.expire(now)
             self._checkpoint_ephemeral()
         self.enforce_memory_budget()
+        self.measure_memory_baseline()
         if self.tier is not None and now_s - self._last_spill >= 0.5:
             self._last_spill = now_s
             self.tier_tick()

@@ -86,9 +86,11 @@ class BrokerCore:
         self._ephemeral_checkpoint: dict[tuple[int, int], int] = {}
         self._spilling: dict[tuple[int, int], int] = {}  # (uid, p) → end of the spill queued
         self.stopping = False
-        # Unflushed data counts against --memory-budget: half of it at most,
-        # a quarter per partition unless --partition-backlog says otherwise.
-        self.max_pending_bytes = config.memory_budget // 2
+        # Unflushed data counts against --memory-budget: half of it at most
+        # (records queued for LMDB take about twice their sizes: see
+        # pubsub.memory.PENDING_MEMORY_FACTOR), a quarter per partition
+        # unless --partition-backlog says otherwise.
+        self.max_pending_bytes = config.memory_budget // 4
         self.partition_backlog = config.partition_backlog or max(64 * 1000, config.memory_budget // 4)
         #: (topic uid, partition) → bytes appended and queued for LMDB, not yet committed.
         self.backlog: dict[tuple[int, int], int] = {}

@@ -150,9 +150,12 @@ class Publishing(MemoryBudget):
             self.check_backlog(uid, name, by_part)
         put_records = self.store.put_records
         sizes: dict[int, int] = {}
+        added = 0
         for p, recs in by_part.items():
             lg = topic.logs[p]
+            before = lg.hot_records_memory
             changed = lg.append(recs, now)
+            added += lg.hot_records_memory - before
             if cfg.durable:
                 ops.extend(put_records(uid, p, recs))
                 for s in changed:
@@ -162,12 +165,7 @@ class Publishing(MemoryBudget):
                 size = sum(r.size for r in recs)
                 sizes[p] = size
                 nbytes += size
-        # The memory budget holds between ticks too: a fast publisher makes the
-        # eviction run as soon as an eighth of the budget was added.
-        self._hot_added += nbytes if cfg.durable else sum(r.size for recs in by_part.values() for r in recs)
-        if self._hot_added > self.config.memory_budget // 8:
-            self._hot_added = 0
-            self.enforce_memory_budget(spill=False)
+        self.note_hot_added(added)
         if fast:
             first = records[0].offset
             offsets = list(range(first, first + n))

@@ -32,9 +32,11 @@ class ReplicaWrites(Catalog):
         self.check_writable()
         lg = topic.logs[partition]
         cfg = topic.config
+        before = lg.hot_records_memory
         changed = lg.append_at(records, self.now_ms())
         if not records:
             return succeed(None)
+        self.note_hot_added(lg.hot_records_memory - before)
         ops: list[Op] = list(self.store.put_records(cfg.uid, partition, records))
         ops.extend(self._segment_ops(cfg.uid, partition, changed))
         ops.extend(extra_ops)

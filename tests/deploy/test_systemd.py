@@ -209,3 +209,16 @@ def test_socket_activation_real_node(tmp_path: Path) -> None:
             proc.wait(10)
         reader.join(10)
     assert b"sprawl node stopped cleanly" in b"".join(lines)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_memory_max_fits_the_memory_budget(name: str) -> None:
+    """MemoryMax= leaves room for the node's baseline (100 MB at most) plus 1.3x
+    the --memory-budget the unit sets, and MemoryHigh= sits between the two."""
+    from sprawl.config import parse_size
+
+    svc = parse_unit(UNITS / name)["Service"]
+    env = dict(e.split("=", 1) for e in svc["Environment"])
+    budget = parse_size(env["SPRAWL_MEMORY_BUDGET"])
+    high, top = (parse_size(svc[k][0] + "iB") for k in ("MemoryHigh", "MemoryMax"))
+    assert 100 * 1000**2 + 1.3 * budget <= high < top, (budget, high, top)

@@ -618,10 +618,21 @@
     setText("faults-count", faults.length ? faults.length + (faults.length === 1 ? " fault" : " faults") : "");
   }
 
+  /** The memory card: what counts against --memory-budget, and the process's RssAnon beside it. */
+  function renderMemory(m) {
+    if (!m) return;
+    setText("k-mem", fmtBytes(m.used) + " / " + fmtBytes(m.budget));
+    const sub = $("k-mem-sub");
+    sub.textContent = m.rss_anon != null ? "process " + fmtBytes(m.rss_anon) + " anon" : "";
+    sub.classList.toggle("warn", !!m.warning);
+    sub.title = m.warning || "";
+  }
+
   function render(s) {
     const now = s.ts;
     renderHeader(s);
     renderFaults(s);
+    renderMemory(s.memory);
     renderMembers(s.cluster || {});
     renderRaft(s.cluster || {});
     renderTopics(s, now);

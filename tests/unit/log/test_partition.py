@@ -138,7 +138,7 @@ def test_ephemeral_high_watermark_is_log_end() -> None:
     assert lg.evict(0) == 0, "unstored records are never evicted"
     lg.stored(1)
     assert [r.offset for r in lg.unstored()] == [1]
-    assert lg.evict(0) == rec().size
+    assert lg.evict(0) == rec().memory
     assert lg.hot_start == 1
 
 

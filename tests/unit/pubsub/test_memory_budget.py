@@ -1,0 +1,123 @@
+"""``--memory-budget`` bounds every pool of message data together (hot
+records, cached encodings, dedup ids, queued writes), and the node shows it:
+each pool and the process's RssAnon on ``/metrics``, budget vs. used on the
+dashboard, and a warning (never a failure) on ``/readyz`` when the process
+passes its baseline plus 1.3x the budget."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.inproc_http import Node
+from sprawl.log.record import Record
+from sprawl.pubsub.memory_report import MemoryCollector, memory_status, process_memory
+
+MB = 1000**2
+
+
+def _records(n: int, size: int, ids: str | None = None) -> list[Record]:
+    """``n`` new messages of ``size`` bytes, with client ids ``{ids}-{i}`` when ``ids`` is given."""
+    return [Record(-1, 0, 0, f"{ids}-{i}" if ids else None, None, None, b"x" * size, True) for i in range(n)]
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
+    """In-process nodes with the given options; every one is closed afterwards."""
+    opened: list[Node] = []
+
+    def make(**config: Any) -> Node:
+        n = Node(tmp_path / str(len(opened)), **config)
+        opened.append(n)
+        return n
+
+    yield make
+    for n in opened:
+        await n.close()
+
+
+def test_process_memory_reads_proc_status(tmp_path: Path) -> None:
+    """RssAnon, RssFile and VmRSS come from /proc/PID/status in bytes; a missing file gives nothing."""
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nVmRSS:\t  3000 kB\nRssAnon:\t  2000 kB\nRssFile:\t 1000 kB\nThreads:\t3\n")
+    assert process_memory(status) == {"rss": 3000 * 1024, "rss_anon": 2000 * 1024, "rss_file": 1000 * 1024}
+    assert process_memory(tmp_path / "absent") == {}
+    own = process_memory()
+    assert own.get("rss_anon", 1) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_pools_stay_within_the_budget(nodes: Callable[..., Node]) -> None:
+    """Publishes past the budget (with client ids, and read so encodings are
+    cached) leave every pool together under the budget after a tick; the
+    hot-record pool is what a record takes, not its message bytes."""
+    n = nodes(memory_budget=2 * MB)
+    t, _ = await n.broker.put_topic("mem", {})
+    for b in range(40):
+        await n.broker.publish(t, _records(500, 100, ids=f"batch{b}"), "leader")
+        for r in t.logs[0].read_hot(t.logs[0].hot_start, 10**6) or []:
+            r.to_sse()
+        n.broker.tick()
+        pools = n.broker.memory_pools()
+        assert sum(pools.values()) <= 2 * MB, (b, pools)
+    lg = t.logs[0]
+    assert pools["hot_records"] == lg.hot_records_memory > lg.hot_bytes
+    assert pools["encodings"] == lg.account.encoded > 0
+    assert pools["dedup"] == t.dedup.memory > 0
+    assert lg.hot_start > 0, "the budget evicted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_show_each_pool_and_the_process_rss(nodes: Callable[..., Node]) -> None:
+    """/metrics (the collector the node registers) has each pool, their sum, RssAnon and the baseline."""
+    n = nodes(memory_budget=8 * MB)
+    t, _ = await n.broker.put_topic("m", {})
+    await n.broker.publish(t, _records(100, 100), "leader")
+    n.broker.tick()
+    reg = CollectorRegistry()
+    reg.register(MemoryCollector(n.broker))
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    pools = {s.labels["pool"]: s.value for s in fams["sprawl_memory_pool_bytes"].samples}
+    assert set(pools) == {"hot_records", "encodings", "dedup", "pending_writes"}
+    assert pools["hot_records"] == t.logs[0].hot_records_memory > 0
+    assert fams["sprawl_memory_used_bytes"].samples[0].value == sum(pools.values())
+    assert fams["sprawl_process_rss_anon_bytes"].samples[0].value > 0
+    assert fams["sprawl_process_memory_baseline_bytes"].samples[0].value > 0
+    assert fams["sprawl_process_memory_budget_ratio"].samples[0].value >= 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_warns_but_stays_ready_past_the_budget(nodes: Callable[..., Node]) -> None:
+    """Past baseline + 1.3x budget /readyz still answers 200 (the node serves) with a warning."""
+    n = nodes(memory_budget=1 * MB)
+    n.broker.tick()
+    assert n.broker.memory_baseline is not None
+    n.broker.memory_baseline = 10**12  # far above what this process takes
+    r = await n.http.get("/readyz")
+    assert r.code == 200 and "warnings" not in r.json(), r
+    n.broker.memory_baseline = 0  # this test process takes far more than 1.3 MB
+    r = await n.http.get("/readyz")
+    assert r.code == 200, r
+    body = r.json()
+    assert body["ready"] is True
+    (warning,) = body["warnings"]
+    assert "RssAnon" in warning and "--memory-budget" in warning
+    st = memory_status(n.broker)
+    assert st["warning"] == warning and st["budget"] == 1 * MB
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_snapshot_has_budget_and_used(nodes: Callable[..., Node]) -> None:
+    """The dashboard snapshot carries the budget, what is used, the pools and RssAnon."""
+    from sprawl.http.dashboard import snapshot
+
+    n = nodes(memory_budget=4 * MB)
+    snap = snapshot(n.api.status, n.metrics, n.clock)
+    m = snap["memory"]
+    assert m["budget"] == 4 * MB and m["used"] == sum(m["pools"].values())
+    assert set(m) >= {"budget", "used", "pools", "rss_anon", "baseline", "warning"}
