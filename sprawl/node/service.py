@@ -1,36 +1,15 @@
-"""The composition root: every object of one Sprawl node, built by constructor.
-
-``twistd sprawl`` (:mod:`sprawl.tap`) parses the options into a
-:class:`~sprawl.config.NodeConfig` and hands it to :class:`NodeService`,
-which builds the node's parts in dependency order when it starts: metrics,
-LMDB, the S3 tier, the broker (with its :class:`~sprawl.pubsub.links.ClusterLinks`),
-the scrub, gossip and the peer channel, the peer RPC, the cluster control,
-the data plane, then the HTTP API.  Only this module (and ``tap``) touches the
-global reactor.  Services stop in reverse (the gossip adapter announces a
-graceful leave first), so on SIGTERM the node stops accepting requests,
-finishes queued commits and closes LMDB cleanly: everything acked is on disk.
-
-What is known only later is handed over by methods called here, nowhere
-else: :func:`bind_cluster_parts` (the broker's links upward, the repairs and
-the scrub to its damage map, once the cluster parts built on the broker
-exist), ``metrics.watch_state`` (the broker and the API's streams, read at
-scrape time) and :func:`announce_http` (the HTTP URL, once HTTP listens).
-"""
+"""The node service: builds every part of one node in dependency order and stops them gracefully (see :mod:`sprawl.node`)."""
 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import random
-import socket
-import sys
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -44,6 +23,9 @@ from sprawl.gossip.incarnation_file import save_incarnation
 from sprawl.gossip.load import LoadSample
 from sprawl.gossip.peer_port import listen_peer
 from sprawl.gossip.udp import GossipNode
+from sprawl.node.binding import announce_http, bind_cluster_parts, make_traffic_feed, watch_faults
+from sprawl.node.settings import check_node_certificate, load_node_id, peer_tls, s3_settings, write_ports
+from sprawl.node.waits import bounded, exit_status_after_stop, until
 from sprawl.peer.frames import FEATURES, MIN_PROTOCOL, PROTOCOL, frame_limits
 from sprawl.peer.tcp import PeerChannel
 
@@ -51,13 +33,10 @@ if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
     from sprawl.forecast.feed import TrafficFeed
     from sprawl.http.api import SprawlAPI
-    from sprawl.http.status import NodeInfo
     from sprawl.metrics import NodeMetrics
     from sprawl.peer.rpc import PeerRPC
     from sprawl.pubsub import Broker
-    from sprawl.pubsub.links import ClusterLinks
     from sprawl.storage.bucket_watch import BucketWatch
-    from sprawl.storage.integrity import Integrity
     from sprawl.storage.lmdb import LmdbStore
     from sprawl.storage.s3 import S3Client
     from sprawl.storage.scrub import Scrubber
@@ -65,36 +44,16 @@ if TYPE_CHECKING:
 
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
+# The node's log lines keep the namespace they have always had (operators'
+# log filters and tests select the "serving" line by it).
 log = Logger(namespace="sprawl.tap")
+
 
 #: A graceful stop waits at most this long for the leadership of the
 #: partitions led here to move (and the move to be applied here).
 STOP_HAND_OFF_SECONDS = 10.0
 #: ... and then at most this long for the HTTP requests under way to be answered.
 STOP_REQUESTS_SECONDS = 5.0
-
-
-def load_node_id(data_dir: str, override: str | None) -> str:
-    """The node id: ``--node-id``, else DATA_DIR/node_id, generated once."""
-    path = os.path.join(data_dir, "node_id")
-    if override:
-        return override
-    try:
-        with open(path) as f:
-            nid = f.read().strip()
-            if nid:
-                return nid
-    except FileNotFoundError:
-        pass
-    nid = f"{socket.gethostname().split('.')[0][:24]}-{uuid.uuid4().hex[:8]}"
-    nid = "".join(c if c.isalnum() or c in "._-" else "-" for c in nid)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(nid + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return nid
 
 
 class NodeService(service.Service):
@@ -208,7 +167,7 @@ class NodeService(service.Service):
 
             if isinstance(f.value, StartRefused):
                 log.critical("{reason}", reason=f.value.message)
-                _exit_status_after_stop(self.reactor, 3)
+                exit_status_after_stop(self.reactor, 3)
             elif f.check(lmdb.Error):
                 # LMDB's own pages (not a record: those are checked and named
                 # per range) do not read or write back: the store is damaged.
@@ -448,7 +407,7 @@ class NodeService(service.Service):
         if self.control.driver is not None and self.control.driver.node.voters == {self.control.raft_id}:
             # A lone voter elects itself at once: wait for it (bounded), so a
             # single node is ready the moment it says so.
-            await _bounded(self.reactor, self.control.leader_known(), 10.0)
+            await bounded(self.reactor, self.control.leader_known(), 10.0)
         write_ports(c.data_dir, http_port, peer_port)
         # Everything built so far lives as long as the process: move it out of
         # the collector's way (records are not tracked at all), so collections
@@ -518,7 +477,7 @@ class NodeService(service.Service):
             self.api.close_dashboards()
         if self.site is not None:
             site = self.site
-            await _until(self.reactor, lambda: site.active_requests <= 0, STOP_REQUESTS_SECONDS)
+            await until(self.reactor, lambda: site.active_requests <= 0, STOP_REQUESTS_SECONDS)
         if self.broker is not None:
             self.broker.begin_stop()
         if self.traffic is not None:
@@ -547,217 +506,3 @@ class NodeService(service.Service):
         if self.s3_client is not None:
             self.s3_client.stop()
         log.info("sprawl node stopped cleanly")
-
-
-def bind_cluster_parts(
-    links: ClusterLinks,
-    control: ClusterControl,
-    plane: DataPlane,
-    integrity: Integrity,
-    scrubber: Scrubber,
-) -> None:
-    """Bind the parts below to those built on them, once these exist.
-
-    The broker is built first (control, data plane and scrub are built on
-    it), so it cannot be handed them at construction: it gets the forwarding
-    :class:`~sprawl.pubsub.links.ClusterLinks`, bound here, in one step,
-    before the data plane starts -- auto-creation through the Raft control,
-    its own publishes through the data plane, group ownership to the
-    partitions' leaders, the shared remote-segment lists to the Raft
-    metadata.  The damage map (:meth:`~sprawl.storage.integrity.Integrity.attach`)
-    is handed the cluster's repairs and the scrub (its progress is read by
-    ``GET /v1/damage`` and the metrics) for the same reason: both are built
-    on the broker that holds the map.
-    """
-    from sprawl.cluster.shared_tier import ClusterRemoteLog
-
-    links.bind(creator=control, publisher=plane, group_owner=plane.groups)
-    links.bind_remote_log(ClusterRemoteLog(control, plane))
-    integrity.attach(repairs=plane.repairs, scrubber=scrubber)
-
-
-def watch_faults(
-    node_id: str,
-    reactor: Any,
-    broker: Any,
-    control: ClusterControl,
-    plane: Any,
-    gossip: GossipNode,
-    info: Any,
-    tls: bool = False,
-    metrics: Any = None,
-) -> Any:
-    """The node's fault watch (:mod:`sprawl.cluster.fault_watch`), started, and
-    its faults and the cluster feature gate given to the HTTP API's ``info``."""
-    from sprawl.cluster.fault_watch import FaultCollector, FaultWatch
-    from sprawl.cluster.features import cluster_gate
-
-    watch = FaultWatch(node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls)
-    watch.start()
-    info.faults = watch.view
-    if metrics is not None:
-        metrics.register(FaultCollector(watch))
-
-    def gate() -> Any:
-        states = plane.controller.member_states()
-        members = [
-            (m.node_id, m.state, m.meta) for m in gossip.members() if states.get(m.node_id) != "foreign"
-        ]
-        return cluster_gate(node_id, FEATURES, members, list(control.metadata.nodes))
-
-    def features() -> dict[str, Any]:
-        return {"protocol": [MIN_PROTOCOL, PROTOCOL], "advertised": sorted(FEATURES), **gate().as_dict()}
-
-    info.features = features
-    #: What a part that must wait for every node asks: ``watch.feature_gate().on(NAME)``.
-    watch.feature_gate = gate
-    return watch
-
-
-def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: ClusterControl) -> None:
-    """Tell the parts that advertise this node where its HTTP API answers.
-
-    The URL is known only once HTTP listens (``--http-port 0`` picks a free
-    port), and the API, built before that, is built on the control and
-    gossip: so it is set here, after the fact, in one place -- the node's own
-    info, its gossip metadata, and the control (which names it in the node's
-    Raft membership).
-    """
-    info.serving_http(url)
-    gossip.set_meta(http=url)
-    control.serving_http(url)
-
-
-def make_traffic_feed(
-    c: NodeConfig, reactor: Any, gossip: GossipNode, metrics: NodeMetrics
-) -> TrafficFeed | None:
-    """The traffic forecaster and its feed (``--forecast``), or None when off:
-    fed from the gossiped rates and this node's published and delivered
-    counters (the ones the dashboard draws), read by the controller's balancer
-    with ``--predictive-balance``."""
-    if not c.forecast:
-        return None
-    from sprawl.forecast.feed import DELIVERED, PUBLISHED, TrafficFeed
-    from sprawl.forecast.holtwinters import ForecastConfig
-    from sprawl.forecast.traffic import TrafficForecaster
-    from sprawl.http.dashboard import counter_by_topic
-
-    model = ForecastConfig(
-        bucket=c.forecast_step,
-        seasons=tuple(round(period / c.forecast_step) for period in c.forecast_season_periods),
-    )
-    forecaster = TrafficForecaster(model, max_series=c.forecast_max_series, horizon=c.forecast_horizon)
-    return TrafficFeed(
-        forecaster,
-        reactor,
-        gossip,
-        counters=lambda: {
-            PUBLISHED: counter_by_topic(metrics.published_messages),
-            DELIVERED: counter_by_topic(metrics.delivered_messages),
-        },
-        interval=c.forecast_interval,
-        predictive=c.predictive_balance,
-    )
-
-
-def _exit_status_after_stop(reactor: Any, status: int) -> None:
-    """Make the process exit with ``status`` once the reactor has shut down
-    (twistd itself always exits 0): a refused start is an error to scripts."""
-    add = getattr(reactor, "addSystemEventTrigger", None)
-    if add is None:
-        return
-
-    def leave() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
-    add("after", "shutdown", leave)
-
-
-def check_node_certificate(c: NodeConfig, node_id: str) -> None:
-    """With ``--cluster-ca``: the node's own certificate must name its node id
-    (common name or DNS subject alternative name), or peers would refuse it."""
-    from cryptography import x509
-
-    from sprawl.tlsconfig import certificate_names
-
-    cert, _key = c.peer_tls_files
-    assert cert
-    with open(cert, "rb") as f:
-        names = certificate_names(x509.load_pem_x509_certificate(f.read()))
-    if node_id not in names:
-        raise StartRefused(
-            f"the peer certificate {cert} names {', '.join(sorted(names)) or 'nothing'}, not this node's id "
-            f"{node_id!r}: with --cluster-ca every node needs a certificate whose common name or DNS "
-            f"subject alternative name is its node id",
-            code="certificate_not_for_this_node",
-        )
-
-
-def peer_tls(c: NodeConfig) -> dict[str, Any]:
-    """PeerChannel TLS arguments: mutual TLS against ``--cluster-ca`` (each
-    side's certificate must name its node id), or none."""
-    if not c.cluster_ca:
-        return {}
-    from sprawl.tlsconfig import peer_certificate_names, peer_client_options, server_options
-
-    cert, key = c.peer_tls_files
-    assert cert and key  # NodeConfig.validate checked
-    ca = c.cluster_ca
-    client = peer_client_options(ca, cert, key)
-    return {
-        "server_tls": server_options(cert, key, ca),
-        "client_tls": lambda host: client,
-        "peer_names": peer_certificate_names,
-    }
-
-
-async def _bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:
-    """Wait for ``d`` at most ``seconds`` (then go on without it)."""
-    timer = reactor.callLater(seconds, d.cancel)
-    try:
-        await d
-    except defer.CancelledError:
-        log.warn("no Raft leader after {seconds} s; serving anyway (not ready)", seconds=seconds)
-    finally:
-        if timer.active():
-            timer.cancel()
-
-
-async def _until(reactor: Any, cond: Any, seconds: float, step: float = 0.02) -> bool:
-    """Wait until ``cond()`` holds, at most ``seconds`` (checked every ``step``); whether it held."""
-    deadline = reactor.seconds() + seconds
-    for _ in range(int(seconds / step) + 2):
-        if cond():
-            return True
-        if reactor.seconds() >= deadline:
-            break
-        await task.deferLater(reactor, step, lambda: None)
-    return bool(cond())
-
-
-def write_ports(data_dir: str, http: int, peer: int) -> None:
-    """Write DATA_DIR/ports.json atomically for tests and scripts."""
-    path = os.path.join(data_dir, "ports.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"http": http, "peer": peer}, f)
-    os.replace(tmp, path)
-
-
-def s3_settings(c: NodeConfig) -> Any:
-    """The S3 client settings of a node with the S3 tier on."""
-    from sprawl.storage.s3 import S3Settings
-
-    assert c.s3_endpoint and c.s3_bucket
-    return S3Settings(
-        endpoint=c.s3_endpoint,
-        bucket=c.s3_bucket,
-        prefix=c.s3_prefix,
-        region=c.s3_region,
-        access_key=c.s3_access_key,
-        secret_key=c.s3_secret_key,
-        create_bucket=c.s3_create_bucket,
-        concurrency=c.s3_concurrency + 2,  # uploads, plus room for reads, deletes and the bucket check
-    )
