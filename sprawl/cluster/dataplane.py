@@ -377,7 +377,7 @@ class DataPlane:
             out["damaged_replicas"] = sorted(damaged)
         return out
 
-    def _wanted(self, topic: str, states: dict[str, str]) -> int:
+    def wanted_replicas(self, topic: str, states: dict[str, str]) -> int:
         """Replicas a partition of ``topic`` should have: its replication
         factor, capped by the cluster's size -- every registered node,
         dead ones included (a node down does not make the topic need fewer
@@ -391,9 +391,9 @@ class DataPlane:
         self, topic: str, core: Replica, states: dict[str, str], partition: int | None = None
     ) -> tuple[bool, int]:
         """Whether a partition this node leads is at full strength -- as many
-        replicas as :meth:`_wanted`, each up (by gossip), holding every
+        replicas as :meth:`wanted_replicas`, each up (by gossip), holding every
         committed record and not reporting a damaged range -- and how many it wants."""
-        want = self._wanted(topic, states)
+        want = self.wanted_replicas(topic, states)
         known = self.membership is not None
         damaged = self.repairs.damaged_replicas(topic, partition) if partition is not None else set()
         good = (self.node_id not in damaged) + sum(
@@ -424,7 +424,7 @@ class DataPlane:
             for pl in parts:
                 if list(pl["replicas"]) == [self.node_id]:
                     leading += 1
-                    if self._wanted(name, states) > 1:
+                    if self.wanted_replicas(name, states) > 1:
                         under += 1
         return {
             "balance": self.balancer.last.as_dict()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import error, protocol
 from twisted.internet.task import LoopingCall
@@ -46,6 +46,16 @@ from sprawl.cluster.diagnosis import (
 )
 from sprawl.cluster.features import protocol_range
 from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from sprawl.cluster.control import ClusterControl
+    from sprawl.cluster.dataplane import DataPlane
+    from sprawl.cluster.features import FeatureGate
+    from sprawl.gossip.udp import GossipNode
+    from sprawl.interfaces import PeerReactor
+    from sprawl.pubsub import Broker
 
 log = Logger()
 
@@ -122,14 +132,15 @@ class FaultWatch:
     def __init__(
         self,
         node_id: str,
-        reactor: Any,
-        broker: Any,
-        control: Any,
-        plane: Any,
-        gossip: Any,
+        reactor: PeerReactor,
+        broker: Broker,
+        control: ClusterControl,
+        plane: DataPlane,
+        gossip: GossipNode,
         protocol_range: tuple[int, int],
         lag_window: float = 3.0,
         tls: bool = False,
+        feature_gate: Callable[[], FeatureGate] | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = reactor
@@ -156,14 +167,14 @@ class FaultWatch:
         self._loop: LoopingCall | None = None
         #: No round before this time (the CPU share, see :meth:`tick`).
         self._next_round = 0.0
-        #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), set by
+        #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), from
         #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
-        self.feature_gate: Callable[[], Any] | None = None
+        self.feature_gate = feature_gate
 
     def start(self) -> None:
         """Run a round every :data:`INTERVAL` seconds."""
         self._loop = LoopingCall(self.tick)
-        self._loop.clock = self.clock
+        self._loop.clock = cast("IReactorTime", self.clock)  # (it uses only callLater and seconds)
         self._loop.start(INTERVAL, now=True).addErrback(
             lambda f: log.failure("the fault watch stopped", f)  # type: ignore[arg-type]
         )
@@ -306,7 +317,7 @@ class FaultWatch:
             lg = t.logs[p]
             led.add((name, p))
             if name not in wanted:
-                wanted[name] = int(self.plane._wanted(name, states))
+                wanted[name] = int(self.plane.wanted_replicas(name, states))
             followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
             out.append(
                 PartitionObs(

@@ -50,6 +50,14 @@ class NodeInfo:
         #: The cluster feature gate's view (:func:`sprawl.cluster.features.cluster_gate`), or None.
         self.features: Callable[[], dict[str, Any]] | None = None
 
+    def watching_faults(
+        self, faults: Callable[[], dict[str, Any]], features: Callable[[], dict[str, Any]]
+    ) -> None:
+        """The node's fault watch and the cluster feature gate's view (built after the
+        API on this info, on the cluster parts: the composition root hands them over)."""
+        self.faults = faults
+        self.features = features
+
     def serving_http(self, url: str) -> None:
         """The node's HTTP API answers at ``url`` (known only once it listens,
         after the API built on this info: the composition root says it here)."""

@@ -13,9 +13,13 @@ from sprawl.peer.frames import FEATURES, MIN_PROTOCOL, PROTOCOL
 
 if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
+    from sprawl.cluster.fault_watch import FaultWatch
+    from sprawl.cluster.features import FeatureGate
     from sprawl.forecast.feed import TrafficFeed
     from sprawl.http.status import NodeInfo
+    from sprawl.interfaces import PeerReactor
     from sprawl.metrics import NodeMetrics
+    from sprawl.pubsub import Broker
     from sprawl.pubsub.links import ClusterLinks
     from sprawl.storage.integrity import Integrity
     from sprawl.storage.scrub import Scrubber
@@ -56,27 +60,22 @@ def bind_cluster_parts(
 
 def watch_faults(
     node_id: str,
-    reactor: Any,
-    broker: Any,
+    reactor: PeerReactor,
+    broker: Broker,
     control: ClusterControl,
-    plane: Any,
+    plane: DataPlane,
     gossip: GossipNode,
-    info: Any,
+    info: NodeInfo,
     tls: bool = False,
-    metrics: Any = None,
-) -> Any:
+    metrics: NodeMetrics | None = None,
+) -> FaultWatch:
     """The node's fault watch (:mod:`sprawl.cluster.fault_watch`), started, and
-    its faults and the cluster feature gate given to the HTTP API's ``info``."""
+    its faults and the cluster feature gate handed to the HTTP API's ``info``.
+    A part that must wait for every node asks ``watch.feature_gate().on(NAME)``."""
     from sprawl.cluster.fault_watch import FaultCollector, FaultWatch
     from sprawl.cluster.features import cluster_gate
 
-    watch = FaultWatch(node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls)
-    watch.start()
-    info.faults = watch.view
-    if metrics is not None:
-        metrics.register(FaultCollector(watch))
-
-    def gate() -> Any:
+    def gate() -> FeatureGate:
         states = plane.controller.member_states()
         members = [
             (m.node_id, m.state, m.meta) for m in gossip.members() if states.get(m.node_id) != "foreign"
@@ -86,9 +85,13 @@ def watch_faults(
     def features() -> dict[str, Any]:
         return {"protocol": [MIN_PROTOCOL, PROTOCOL], "advertised": sorted(FEATURES), **gate().as_dict()}
 
-    info.features = features
-    #: What a part that must wait for every node asks: ``watch.feature_gate().on(NAME)``.
-    watch.feature_gate = gate
+    watch = FaultWatch(
+        node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls, feature_gate=gate
+    )
+    watch.start()
+    info.watching_faults(watch.view, features)
+    if metrics is not None:
+        metrics.register(FaultCollector(watch))
     return watch
 
 

@@ -31,6 +31,7 @@ from sprawl.peer.tcp import PeerChannel
 
 if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
+    from sprawl.cluster.fault_watch import FaultWatch
     from sprawl.forecast.feed import TrafficFeed
     from sprawl.http.api import SprawlAPI
     from sprawl.metrics import NodeMetrics
@@ -83,7 +84,7 @@ class NodeService(service.Service):
         self.bucket_watch: BucketWatch | None = None
         self.scrubber: Scrubber | None = None
         self.site: Any = None
-        self.fault_watch: Any = None
+        self.fault_watch: FaultWatch | None = None
         #: The traffic forecaster's feed (None with ``--forecast false``).
         self.traffic: TrafficFeed | None = None
 

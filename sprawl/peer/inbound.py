@@ -57,47 +57,47 @@ class Inbound(Protocol):
         self._head = b""
         self._sized = False
         self._closed = False
-        self._started = 0.0
+        self.started_at = 0.0
 
     def connectionMade(self) -> None:
         t: Any = self.transport
         ch = self.channel
-        if len(ch._inbound) >= ch.max_inbound:
+        if len(ch.inbound_conns) >= ch.max_inbound:
             ch.stats.connections_refused += 1
-            ch._warn_refused(f"refused a peer connection: {len(ch._inbound)} are open")
+            ch.warn_refused(f"refused a peer connection: {len(ch.inbound_conns)} are open")
             self._closed = True
             t.abortConnection()
             return
-        pending = [p for p in ch._inbound if p.peer is None]
+        pending = [p for p in ch.inbound_conns if p.peer is None]
         if len(pending) >= ch.max_unauthenticated:
             # Evict the oldest connection still in its handshake: a peer that
             # completes one takes a round trip, a flood waits for the timeout.
-            oldest = min(pending, key=lambda p: p._started)
+            oldest = min(pending, key=lambda p: p.started_at)
             ch.stats.connections_refused += 1
-            ch._warn_refused(f"closed the oldest of {len(pending)} peer connections still in their handshake")
-            oldest._abort()
-        self._started = time.monotonic()
+            ch.warn_refused(f"closed the oldest of {len(pending)} peer connections still in their handshake")
+            oldest.abort_handshake()
+        self.started_at = time.monotonic()
         no_delay(t)
         t.write(encode_frame(CHALLENGE, self.challenge))
         self._timeout = ch.reactor.callLater(ch.handshake_timeout, self._expire)
-        ch._inbound.add(self)
+        ch.inbound_conns.add(self)
 
-    def _abort(self) -> None:
+    def abort_handshake(self) -> None:
         self._closed = True
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-        self.channel._inbound.discard(self)
+        self.channel.inbound_conns.discard(self)
         self.transport.abortConnection()
 
     def _expire(self) -> None:
         self._timeout = None
         if self.peer is None and not self._closed:
             self.channel.stats.handshake_failures += 1
-            self.channel._warn_refused(
+            self.channel.warn_refused(
                 f"peer connection from {self.transport.getPeer()} sent no hello in time"
             )
-            self._abort()  # (a TLS close would wait for a handshake that never came)
+            self.abort_handshake()  # (a TLS close would wait for a handshake that never came)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -139,7 +139,7 @@ class Inbound(Protocol):
                         addr=str(self.transport.getPeer()),
                         why=str(e),
                     )
-                    self._abort()
+                    self.abort_handshake()
                     return
             if payload is None:
                 continue  # skipped as oversized (counted)
@@ -157,7 +157,7 @@ class Inbound(Protocol):
         ch = self.channel
         try:
             hello = check_hello(body, self.challenge, ch.key, ch.node_id)
-            ch._check_certificate(self.transport, hello.node_id)
+            ch.check_certificate(self.transport, hello.node_id)
         except VersionRefused as e:
             self._refuse_version(e)
             return
@@ -180,8 +180,8 @@ class Inbound(Protocol):
 
     def _refuse(self, why: str) -> None:
         self.channel.stats.handshake_failures += 1
-        self.channel._warn_refused(f"refused peer connection from {self.transport.getPeer()}: {why}")
-        self._abort()
+        self.channel.warn_refused(f"refused peer connection from {self.transport.getPeer()}: {why}")
+        self.abort_handshake()
 
     def _refuse_version(self, e: VersionRefused) -> None:
         """A peer too old or too new: say so in the log (once a minute for the
@@ -195,7 +195,7 @@ class Inbound(Protocol):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-        ch._inbound.discard(self)
+        ch.inbound_conns.discard(self)
         self.transport.write(encode_frame(REFUSED, make_refused(e)))
         self.transport.loseConnection()  # (after the REFUSED frame is written)
 
@@ -203,4 +203,4 @@ class Inbound(Protocol):
         self._closed = True
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
-        self.channel._inbound.discard(self)
+        self.channel.inbound_conns.discard(self)

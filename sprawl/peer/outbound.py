@@ -88,7 +88,7 @@ class Outbound(Protocol):
             if version:
                 ch.log_version_refusal(what)
             else:
-                ch._warn_refused(what)
+                ch.warn_refused(what)
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -105,7 +105,7 @@ class Outbound(Protocol):
             elif kind == WELCOME and self.challenge is not None and not self.ready:
                 try:
                     check_welcome(payload, self.sender.peer, ch.node_id, self.challenge, self.nonce, ch.key)
-                    ch._check_certificate(self.transport, self.sender.peer)
+                    ch.check_certificate(self.transport, self.sender.peer)
                 except VersionRefused as e:
                     self._fail(str(e), version=True)
                     return
@@ -123,7 +123,7 @@ class Outbound(Protocol):
                 ch.proven[self.sender.peer] = ch.reactor.seconds()
                 if first:
                     ch.on_proven(self.sender.peer)
-                self.sender._connected(self)
+                self.sender.on_connected(self)
             elif kind == REFUSED and not self.ready:
                 self._fail(f"refused by {self.sender.peer}: {read_refused(payload)}", version=True)
                 return
@@ -234,7 +234,7 @@ class Sender:
         else:
             ch.reactor.connectTCP(addr[0], addr[1], OutboundFactory(self), timeout=5)
 
-    def _connected(self, proto: Outbound) -> None:
+    def on_connected(self, proto: Outbound) -> None:
         self.connecting = False
         self.failures = 0
         self.ever_connected = True

@@ -124,7 +124,7 @@ class PeerChannel:
         self.addresses: dict[str, tuple[str, int]] = {}
         self.senders: dict[str, Sender] = {}
         self.stats = PeerStats()
-        self._inbound: set[Inbound] = set()
+        self.inbound_conns: set[Inbound] = set()
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
         #: Called with a peer's node id the first time a handshake reached it.
@@ -197,7 +197,7 @@ class PeerChannel:
         s.wanted = True
         s._connect()
 
-    def _check_certificate(self, transport: Any, node_id: str) -> None:
+    def check_certificate(self, transport: Any, node_id: str) -> None:
         """With TLS: the peer's certificate must name ``node_id`` (HandshakeError)."""
         if self.peer_names is None:
             return
@@ -209,7 +209,7 @@ class PeerChannel:
             shown = ", ".join(sorted(names)[:4]) or "nothing"
             raise HandshakeError(f"certificate names {shown}, not the node id {node_id!r}")
 
-    def _warn_refused(self, what: str) -> None:
+    def warn_refused(self, what: str) -> None:
         """Log refused connections at most once a second (a flood must not flood the log)."""
         now = time.monotonic()
         self._warned += 1
@@ -239,6 +239,6 @@ class PeerChannel:
         """Close every connection and stop reconnecting."""
         for s in self.senders.values():
             s.close()
-        for p in list(self._inbound):
+        for p in list(self.inbound_conns):
             p.transport.loseConnection()
         return defer.succeed(None)

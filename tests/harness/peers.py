@@ -53,7 +53,8 @@ class PeerNet:
 
         def quiet() -> bool:
             return all(
-                not ch._inbound and all(s.proto is None and not s.connecting for s in ch.senders.values())
+                not ch.inbound_conns
+                and all(s.proto is None and not s.connecting for s in ch.senders.values())
                 for ch in self.channels
             )
 

@@ -83,7 +83,7 @@ async def test_deadline_and_dropped_peer(pair: Any) -> None:
     await net.unlisten(pb)
     for ch in net.channels:
         if ch.node_id == "b":
-            for p in list(ch._inbound):
+            for p in list(ch.inbound_conns):
                 p.transport.loseConnection()
     e = await _fails(pending)
     assert isinstance(e, Unavailable) and e.code == "peer_unreachable"

@@ -206,7 +206,7 @@ async def test_oversized_first_frame_is_refused_unbuffered(net: PeerNet) -> None
     # at once: well within the 10 s hello timeout, however busy the machine
     await until(lambda: bool(lost), "the connection to be refused", timeout=scaled(2.0))
     assert b.stats.handshake_failures == 1
-    assert all(len(p.decoder._buf) < 2048 for p in b._inbound)
+    assert all(len(p.decoder._buf) < 2048 for p in b.inbound_conns)
 
 
 @pytest_twisted.ensureDeferred
@@ -317,7 +317,7 @@ async def test_connection_caps_keep_room_for_real_peers(net: PeerNet) -> None:
         )
         idle.append(proto)
     await until(lambda: b.stats.connections_refused >= 7, "the flood to be cut")
-    assert sum(1 for p in b._inbound if p.peer is None) <= 3
+    assert sum(1 for p in b.inbound_conns if p.peer is None) <= 3
     a = net.channel("a")
     link_peers(a, b, port)
     assert a.send("b", RAFT, b"through")
