@@ -108,9 +108,7 @@ class PartitionLog:
         for r in records:
             total += r.size
             mem += r.memory
-            r._acct = acct
-            if r._sse is not None or r._json is not None:
-                acct.encoded += r.encoded_memory()
+            r.join_account(acct)
         self.hot_records_memory += mem
         if (
             seg is not None
