@@ -39,7 +39,7 @@ def _s3_for_verify(endpoint: str | None, bucket: str | None, region: str) -> Any
     if not bucket:
         raise CtlError("--s3-endpoint needs --s3-bucket (or SPRAWL_S3_BUCKET)")
     from sprawl.config import normalize_endpoint_url
-    from sprawl.storage.s3 import S3Client, S3Settings
+    from sprawl.storage.s3 import S3Settings, boto_client
 
     settings = S3Settings(
         endpoint=normalize_endpoint_url(endpoint),
@@ -48,7 +48,7 @@ def _s3_for_verify(endpoint: str | None, bucket: str | None, region: str) -> Any
         access_key=os.environ.get("SPRAWL_S3_ACCESS_KEY") or os.environ.get("MINIO_ACCESS_KEY"),
         secret_key=os.environ.get("SPRAWL_S3_SECRET_KEY") or os.environ.get("MINIO_SECRET_KEY"),
     )
-    return S3Client(settings, None)._boto(), bucket
+    return boto_client(settings), bucket
 
 
 @cli.command()

@@ -5,7 +5,7 @@ the same port number, as memberlist does (one peer address per node).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -16,8 +16,18 @@ from twisted.logger import Logger
 log = Logger(namespace="sprawl.gossip.udp")
 
 
+class UdpReactor(Protocol):
+    """The part of ``IReactorUDP`` the peer port uses."""
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
+        """Listen for datagrams on ``port``."""
+        ...
+
+
 async def listen_peer(
-    reactor: Any,  # IReactorUDP
+    reactor: UdpReactor,
     bind_addr: str,
     port: int,
     listen_tcp: Callable[[int], defer.Deferred[Any]],

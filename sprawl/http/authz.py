@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 from klein import Klein
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from sprawl.auth import Authenticator, Principal, Unauthorized
@@ -74,7 +75,7 @@ NODE_ADMIN = frozenset(
 QUERY_TOKEN = frozenset({"stream", "websocket", "dashboard_stream"})
 
 
-def route_of(app: Klein, request: Any) -> tuple[str, dict[str, Any]] | None:
+def route_of(app: Klein, request: Request) -> tuple[str, dict[str, Any]] | None:
     """The Klein endpoint and path arguments a request will be routed to, or None."""
     # The path exactly as Klein derives it (klein._resource.extractURLparts).
     try:
@@ -91,7 +92,7 @@ def route_of(app: Klein, request: Any) -> tuple[str, dict[str, Any]] | None:
     return str(endpoint), dict(args)
 
 
-def _body_topics(request: Any, endpoint: str) -> list[str] | None:
+def _body_topics(request: Request, endpoint: str) -> list[str] | None:
     """The topics named in a seed-route body (None when unreadable: the handler answers 400)."""
     content = request.content
     if content is None:
@@ -113,7 +114,7 @@ def _body_topics(request: Any, endpoint: str) -> list[str] | None:
     return None
 
 
-def authorize(auth: Authenticator, app: Klein, request: Any) -> Principal | None:
+def authorize(auth: Authenticator, app: Klein, request: Request) -> Principal | None:
     """Authenticate and authorize a request for the route of ``app`` it is going to.
 
     Returns the principal (None for open or unknown routes); raises
@@ -138,7 +139,7 @@ def authorize(auth: Authenticator, app: Klein, request: Any) -> Principal | None
     return _check(auth.authenticate(header), endpoint, args, request)
 
 
-def _check(principal: Principal, endpoint: str, args: dict[str, Any], request: Any) -> Principal:
+def _check(principal: Principal, endpoint: str, args: dict[str, Any], request: Request) -> Principal:
     perm = TOPIC_RULES.get(endpoint)
     if perm is not None:
         principal.require(perm, args.get("topic"))
@@ -153,7 +154,7 @@ def _check(principal: Principal, endpoint: str, args: dict[str, Any], request: A
     return principal
 
 
-def refuse(request: Any, e: SprawlError, metrics: NodeMetrics | None = None) -> bytes:
+def refuse(request: Request, e: SprawlError, metrics: NodeMetrics | None = None) -> bytes:
     """Answer 401/403 with the JSON error shape (and ``WWW-Authenticate`` on 401)."""
     request.setResponseCode(e.status)
     request.setHeader(b"content-type", b"application/json")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lmdb
 from twisted.internet.defer import Deferred
@@ -31,9 +31,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from sprawl.interfaces import Clock
 from sprawl.log.record import CorruptRecord, Record, check_stored
 from sprawl.storage import keys
 from sprawl.storage.verify import Scan, scan_records
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorFromThreads
 
 log = Logger()
 
@@ -59,7 +63,7 @@ class LmdbStore:
         self,
         path: str,
         *,
-        reactor: Any,
+        reactor: Clock,
         map_size: int = 64 * 1024**3,
         on_commit: Callable[[float, int], None] | None = None,
     ):
@@ -194,7 +198,7 @@ class LmdbStore:
         self._in_flight = True
         self._in_flight_bytes, self._pending_bytes = self._pending_bytes, 0
         started = self.reactor.seconds()
-        d = deferToThreadPool(self.reactor, self._writer, self._commit, ops)
+        d = deferToThreadPool(cast("IReactorFromThreads", self.reactor), self._writer, self._commit, ops)
 
         def done(result: object) -> None:
             self._in_flight = False
@@ -290,7 +294,7 @@ class LmdbStore:
         with ``max_bytes``, about that many bytes: the scan stops once it
         holds them), on a reader thread, checked (see :meth:`read_records_sync`)."""
         return deferToThreadPool(
-            self.reactor,
+            cast("IReactorFromThreads", self.reactor),
             self._readers,
             self.read_records_sync,
             uid,
@@ -353,7 +357,7 @@ class LmdbStore:
 
     def call_reader(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run a read-only function on the reader pool."""
-        return deferToThreadPool(self.reactor, self._readers, fn, *args)
+        return deferToThreadPool(cast("IReactorFromThreads", self.reactor), self._readers, fn, *args)
 
     def last_record_offset(self, uid: int, partition: int) -> int | None:
         """Highest stored offset of a partition whose record is sound

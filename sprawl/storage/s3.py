@@ -19,12 +19,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+from sprawl.interfaces import Clock
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorFromThreads
 
 log = Logger()
 
@@ -208,7 +213,7 @@ def _one_line(e: Exception) -> str:
 class S3Client:
     """Asynchronous object-store calls for one bucket."""
 
-    def __init__(self, settings: S3Settings, reactor: Any):
+    def __init__(self, settings: S3Settings, reactor: Clock):
         self.settings = settings
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=max(1, settings.concurrency), name="sprawl-s3")
@@ -259,7 +264,7 @@ class S3Client:
         if not self.started:
             self.start()
         self.in_flight += 1
-        d = deferToThreadPool(self.reactor, self.pool, self._guard, fn, *args)
+        d = deferToThreadPool(cast("IReactorFromThreads", self.reactor), self.pool, self._guard, fn, *args)
 
         def done(result: Any) -> Any:
             self.in_flight -= 1
