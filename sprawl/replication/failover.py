@@ -54,6 +54,7 @@ from sprawl.replication.messages import (
     HandoffReady,
     LeaderBeat,
     Message,
+    Resign,
 )
 
 
@@ -158,6 +159,17 @@ class FailoverCore:
         return out
 
     @property
+    def idle(self) -> bool:
+        """Whether :meth:`tick` has nothing to do: a confirmed leader, no move
+        or failover under way (or a commit waiting for Raft, which no tick
+        advances).  The adapter ticks only cores that are not idle; an idle
+        core's leader is watched through its node's beat instead (a silent
+        node's partitions fail over in one controller step)."""
+        if self.committing is not None:
+            return True
+        return self.leader is not None and self.leader_confirmed and not self.busy
+
+    @property
     def busy(self) -> bool:
         """A failover (or move) is under way: handing off, fencing or committing."""
         return self.handing_off is not None or self.fencing is not None or self.committing is not None
@@ -207,6 +219,10 @@ class FailoverCore:
                 self.silent_ticks = 0
                 self.leader_confirmed = True
                 self.hw = max(self.hw, m.hw)
+            return ControlOutput()
+        if isinstance(m, Resign):
+            if src == self.leader and m.epoch == self.epoch and self.fencing is None and self.committing is None:
+                return self.start_failover()
             return ControlOutput()
         if isinstance(m, HandoffReady):
             h = self.handing_off

@@ -44,6 +44,7 @@ from sprawl.replication.messages import (
     HandoffReady,
     LeaderBeat,
     Message,
+    Resign,
 )
 
 LEADER = "leader"
@@ -106,6 +107,8 @@ class _Follower:
     next: int = 0  # the next offset to send
     idle_ticks: int = 0  # ticks since we last sent anything
     stalled_ticks: int = 0  # ticks with unacknowledged data outstanding
+    hw: int = -1  # the follower's high watermark, as it last said (-1: unknown)
+    sent_hw: int = 0  # the high watermark we last sent it
 
 
 class Replica:
@@ -161,6 +164,20 @@ class Replica:
         """Whether this replica leads its partition now."""
         return self.role == LEADER
 
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`tick` has nothing to do but the controller's beat:
+        a follower, or a leader not handing off whose followers hold its
+        whole log and its high watermark (as they said).  The adapter ticks
+        only replicas that are not idle; the controller knows an idle
+        leader is alive from its node's beat (:class:`NodeBeat`)."""
+        if self.role != LEADER:
+            return True
+        if self.handoff is not None:
+            return False
+        end, hw = self.cache.end, self.hw
+        return all(f.match >= end and f.hw >= hw for f in self.followers.values())
+
     # -- the leader's side -----------------------------------------------------------
 
     def append(self, count: int) -> tuple[int, Output]:
@@ -212,6 +229,7 @@ class Replica:
         )
         f.next = start + count
         f.idle_ticks = 0
+        f.sent_hw = self.hw
         out.messages.append((fid, msg))
         return out
 
@@ -222,6 +240,7 @@ class Replica:
         f = self.followers.get(src)
         if f is None:
             return out
+        f.hw = m.hw if m.hw >= 0 else max(f.hw, f.sent_hw)
         if m.ok:
             if m.end > f.match:
                 f.match = m.end
@@ -308,7 +327,7 @@ class Replica:
         out = Output()
         cache = self.cache
         if m.epoch < self.fenced_epoch:
-            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end)))
+            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end, self.hw)))
             return out
         if self.role == LEADER and m.epoch == self.epoch:
             raise SafetyError(f"{src} sent appends of epoch {m.epoch}, which {self.id} leads")
@@ -333,7 +352,7 @@ class Replica:
             self.stored_end = m.start
             out.writes.append(Write(start=m.start, reset=True, epoch=m.prev_epoch))
         if m.start > cache.end:
-            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end)))
+            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end, self.hw)))
             return out
         if m.start > cache.log_start and cache.epoch_at(m.start - 1) != m.prev_epoch:
             ours = cache.epoch_at(m.start - 1)
@@ -344,7 +363,7 @@ class Replica:
                     f"high watermark {self.hw}"
                 )
             out.messages.append(
-                (src, AppendResp(self.fenced_epoch, False, max(hint, self.hw, cache.log_start)))
+                (src, AppendResp(self.fenced_epoch, False, max(hint, self.hw, cache.log_start), self.hw))
             )
             return out
         batch_end = m.start + m.count
@@ -380,7 +399,7 @@ class Replica:
             write.hw = new_hw
         if write.truncate_to is not None or write.count or write.hw is not None:
             out.writes.append(write)
-        out.messages.append((src, AppendResp(self.fenced_epoch, True, batch_end)))
+        out.messages.append((src, AppendResp(self.fenced_epoch, True, batch_end, self.hw)))
         return out
 
     def _on_fence(self, src: str, m: Fence) -> Output:
@@ -399,8 +418,8 @@ class Replica:
             if self.led_epoch >= m.epoch:
                 # Led this epoch before a restart: leading it again could write a
                 # second, different record at an (offset, epoch) a follower
-                # already holds.  Stay silent; the controller moves to a new epoch.
-                return Output()
+                # already holds.  Say so: the controller moves to a new epoch.
+                return Output(messages=[(self.controller, Resign(m.epoch))])
             return self._become_leader(m.epoch, tuple(m.replicas))
         if self.role == LEADER and self.epoch == m.epoch:
             raise SafetyError(f"{m.leader} assigned epoch {m.epoch}, which {self.id} leads")
@@ -408,6 +427,12 @@ class Replica:
         self.epoch = m.epoch
         self.leader = m.leader
         self.replicas = tuple(m.replicas)
+        # Tell the leader where this replica stands (its end and high
+        # watermark; a refusal, so it claims no match): an idle leader sends
+        # nothing unprompted, so a follower that restarted behind it (a high
+        # watermark restored lower than it had said) would wait for the next
+        # publish to hear the watermark again.
+        out.messages.append((m.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw)))
         return out
 
     # -- inputs ----------------------------------------------------------------------
