@@ -114,7 +114,9 @@ class DataPlane:
             beat_timeout_ticks=beat_timeout_ticks,
             max_moves=max_moves,
             forecasts=forecasts,
+            tick_seconds=tick_seconds,
         )
+        control.watch_topics(self.controller.topic_changed)  # the controller looks at what changed
         self.router = Router(
             node_id,
             broker,

@@ -221,7 +221,12 @@ class FailoverCore:
                 self.hw = max(self.hw, m.hw)
             return ControlOutput()
         if isinstance(m, Resign):
-            if src == self.leader and m.epoch == self.epoch and self.fencing is None and self.committing is None:
+            if (
+                src == self.leader
+                and m.epoch == self.epoch
+                and self.fencing is None
+                and self.committing is None
+            ):
                 return self.start_failover()
             return ControlOutput()
         if isinstance(m, HandoffReady):
