@@ -21,7 +21,8 @@ partition whose last look was inconclusive (its core busy, its new replicas
 catching up, the step's move budget spent) -- and computes the eligible nodes
 once per step.  Becoming the controller (or installing a snapshot) looks at
 every partition once.  Leaders whose node went silent, or restarted, fail
-over in the step that notices it (:mod:`sprawl.replication.liveness`).
+over in the tick that notices it (the replication service's node liveness,
+:mod:`sprawl.replication.liveness`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from sprawl.cluster.replica_sync import ReplicaSync, sync_core
 from sprawl.errors import SprawlError
 from sprawl.gossip.load import rates_by_node
 from sprawl.replication.failover import Commit, FailoverCore
-from sprawl.replication.liveness import NodeLiveness
 from sprawl.replication.service import ReplicationService
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ class PartitionController:
         beat_timeout_ticks: int = 20,
         max_moves: int = 4,
         forecasts: Callable[[float], Mapping[tuple[str, int], float] | None] | None = None,
-        tick_seconds: float = 0.1,
     ) -> None:
         self.node_id = node_id
         self.control = control
@@ -100,8 +99,6 @@ class PartitionController:
         #: (:meth:`sprawl.forecast.feed.TrafficFeed.partition_forecasts`; None:
         #: the balancer acts on the present only).
         self.forecasts = forecasts
-        #: Nodes heard from lately (idle leaders beat per node, not per partition).
-        self.liveness = NodeLiveness(beat_timeout_ticks * tick_seconds)
         #: Partitions to look at in the next step (see the module docstring).
         self._dirty: set[tuple[str, int]] = set()
         #: Partitions by replica node (goal nodes included), from the applied placement.
@@ -147,23 +144,6 @@ class PartitionController:
                 self._indexed.pop(key, None)
         self._dirty.add(key)
 
-    def heard(self, node: str, boot: int | None = None) -> None:
-        """A replication frame (or beat) came from ``node``.  A node that
-        restarted leads none of what it led (it never leads an epoch twice):
-        those partitions fail over now, if this node is the controller."""
-        if self.liveness.heard(node, self.reactor.seconds(), boot) and self.control.is_leader:
-            log.info("controller: {node} restarted; failing over the partitions it led", node=node)
-            self._fail_over_leader(node)
-
-    def _fail_over_leader(self, node: str) -> None:
-        """Fail over every partition ``node`` leads as far as the controller
-        knows (cores with a failover under way carry on as they are)."""
-        for key in list(self._by_node.get(node, ())):
-            c = self.service.controllers.get(key)
-            if c is not None and c.leader == node and c.fencing is None and c.committing is None:
-                self.service.run_control(key, c.start_failover())
-            self._dirty.add(key)
-
     def tick(self) -> None:
         """As the controller, run its work for every partition; otherwise drop its cores."""
         if self.control.is_leader:
@@ -181,7 +161,6 @@ class PartitionController:
         if not self._was_leader:
             # Just became the controller: look at every partition once.
             self._was_leader = True
-            self.liveness.reset(now)
             for name in list(meta.placement):
                 self.topic_changed(name)
         for n, st in states.items():
@@ -203,9 +182,6 @@ class PartitionController:
             if states.get(n) != self._states.get(n):
                 self._dirty.update(self._by_node.get(n, ()))
         self._states = states
-        for n in self.liveness.newly_silent([n for n in self._by_node if n != self.node_id], now):
-            log.info("controller: nothing heard from {node}; failing over the partitions it leads", node=n)
-            self._fail_over_leader(n)
         moves = len(self._moving)
         todo, self._dirty = self._dirty, set()
         for key in todo:
@@ -254,6 +230,7 @@ class PartitionController:
                 self.service.controllers[key] = c
             else:
                 sync_core(c, pl)
+            self.service.wake_control(key)
             if (
                 c.leader is not None
                 and states.get(c.leader) in ("dead", "left")

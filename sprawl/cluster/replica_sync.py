@@ -173,11 +173,14 @@ class ReplicaSync:
             c = self.service.controllers.get(key)
             if c is not None:
                 sync_core(c, pl)
+                self.service.wake_control(key)
 
     def rebuild_failed(self) -> None:
         """Build again every replica whose adapter failed (its error is
         logged) from what this node stored: it rejoins as a follower."""
-        broken = [key for key, r in self.service.replicas.items() if r.failed is not None]
+        # Those that said they failed (not a scan of every replica: issue 23).
+        said, self.service.broken = self.service.broken, set()
+        broken = [k for k in said if (r := self.service.replicas.get(k)) is not None and r.failed is not None]
         for key in broken:
             self.rebuilt += 1
             log.warn(

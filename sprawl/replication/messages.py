@@ -117,12 +117,12 @@ class Resign(msgspec.Struct, frozen=True, tag=True):
 
 class NodeBeat(msgspec.Struct, frozen=True, tag=True):
     """Node → controller, every tick: this node is up (``boot`` tells one run
-    of the node from the next) and leads ``leading`` replicated partitions.
+    of the node from the next) and holds ``replicas`` replicated partitions.
     One per node, not per partition: the controller's liveness of idle
-    leaders (see :mod:`sprawl.replication.schedule`)."""
+    leaders (see :mod:`sprawl.replication.liveness`)."""
 
     boot: int
-    leading: int
+    replicas: int
 
 
 Message = (

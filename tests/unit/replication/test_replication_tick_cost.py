@@ -1,0 +1,128 @@
+"""What one replication tick costs (issue 23): the service ticks only replicas
+and controller cores with work, so a node with 10,000 idle partition leaders
+(and, as the controller, 10,000 confirmed failover cores) ticks none of them
+and sends one frame per tick -- its beat to the controller -- however many
+partitions it holds.  Counted, not timed: :attr:`ReplicationService.ticked`
+and the frames sent."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import task
+
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Assign, LeaderBeat, Message
+from sprawl.replication.replica import Output, Replica
+from sprawl.replication.service import ReplicationService
+
+IDS = ("a", "b", "c")
+
+
+def _settle(cores: dict[str, Replica], out_of: dict[str, Output]) -> None:
+    """Deliver messages among the replicas of one partition (their writes
+    count as stored at once) until none is left; controller messages drop."""
+    queue: list[tuple[str, str, Message]] = [(src, d, m) for src, o in out_of.items() for d, m in o.messages]
+    for _ in range(1_000):
+        if not queue:
+            return
+        src, dst, m = queue.pop(0)
+        if dst not in cores:
+            continue
+        core = cores[dst]
+        out = core.receive(src, m)
+        if any(w.count for w in out.writes):
+            out.extend(core.stored(core.end))
+        queue += [(dst, d, x) for d, x in out.messages]
+    raise AssertionError("the replicas did not settle")
+
+
+def idle_partition() -> dict[str, Replica]:
+    """The replicas of one partition led by "a", its followers holding its log
+    and high watermark (by the protocol)."""
+    cores = {n: Replica(n, "ctl") for n in IDS}
+    outs = {n: c.receive("ctl", Assign(1, "a", IDS)) for n, c in cores.items()}
+    leader = cores["a"]
+    outs["a"].extend(leader.stored(leader.end))
+    _settle(cores, outs)
+    for _ in range(3):  # heartbeats carry the last high watermark
+        _settle(cores, {"a": leader.tick()})
+    assert leader.is_leader and leader.idle, leader.followers
+    return cores
+
+
+class Held:
+    """What the service needs of a partition's replica: its core, and ticks counted."""
+
+    def __init__(self, name: str, cores: dict[str, Replica]) -> None:
+        self.topic = SimpleNamespace(name=name)
+        self.partition = 0
+        self.cores = cores
+        self.core = cores["a"]
+        self.wake: Any = None
+        self.on_failed: Any = None
+        self.failed = None
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+        _settle(self.cores, {"a": self.core.tick()})
+
+
+def _service(partitions: int) -> tuple[ReplicationService, list[Any], dict[str, Held]]:
+    sent: list[Any] = []
+    channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
+    svc = ReplicationService("a", channel, task.Clock())
+    svc.controller_of = lambda: "ctl"
+    template = idle_partition()
+    held = {}
+    for i in range(partitions):
+        core = Replica("a", "ctl")
+        core.__dict__.update(template["a"].__dict__)  # an idle leader like the template's
+        h = Held(f"t{i:05d}", {**template, "a": core})
+        svc.add(h)  # type: ignore[arg-type]
+        held[h.topic.name] = h
+    for i in range(partitions):
+        c = FailoverCore(IDS, epoch=1, leader="a")
+        c.receive("a", LeaderBeat(1, 0, 0))
+        svc.controllers[(f"t{i:05d}", 0)] = c
+    return svc, sent, held
+
+
+def _tick_work(partitions: int) -> tuple[int, int]:
+    """(cores ticked, frames sent) by one tick of an idle node holding ``partitions``."""
+    svc, sent, _ = _service(partitions)
+    svc.tick()  # cores just set are looked at once (and found idle)
+    before, sent_before = svc.ticked, len(sent)
+    svc.tick()
+    return svc.ticked - before, len(sent) - sent_before
+
+
+def test_an_idle_tick_ticks_nothing_however_many_partitions() -> None:
+    """1,000 or 10,000 idle leaders and confirmed cores: a tick ticks none
+    and sends one frame (the node's beat)."""
+    assert _tick_work(1_000) == _tick_work(10_000) == (0, 1)
+
+
+def test_a_partition_with_work_is_ticked_until_it_is_idle_again() -> None:
+    """A publish on one of 10,000 idle leaders wakes that one only; once its
+    followers hold the record and the watermark it is not ticked again."""
+    svc, _, held = _service(10_000)
+    svc.tick()
+    h = held["t00042"]
+    h.cores = idle_partition()  # replicas of its own
+    h.core = h.cores["a"]
+    _first, out = h.core.append(1)  # a publish
+    h.wake(("t00042", 0))  # what the adapter does after any output of a core that is not idle
+    before = svc.ticked
+    svc.tick()
+    assert svc.ticked - before == 1  # that partition only
+    out.extend(h.core.stored(h.core.end))
+    _settle(h.cores, {"a": out})
+    for _ in range(5):  # the followers hear the new high watermark
+        svc.tick()
+    assert h.core.idle and h.cores["b"].hw == h.cores["c"].hw == h.core.hw == h.core.end
+    before = svc.ticked
+    svc.tick()
+    assert svc.ticked == before
