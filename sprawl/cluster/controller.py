@@ -159,8 +159,10 @@ class PartitionController:
         states = self.member_states()
         now = self.reactor.seconds()
         if not self._was_leader:
-            # Just became the controller: look at every partition once.
+            # Just became the controller: look at every partition once, and
+            # give every node a whole beat timeout to be heard by this one.
             self._was_leader = True
+            self.service.liveness.reset(now)
             for name in list(meta.placement):
                 self.topic_changed(name)
         for n, st in states.items():

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import task
 
 from sprawl.replication.failover import FailoverCore
+from sprawl.replication.liveness import NodeLiveness
 from sprawl.replication.messages import Assign, LeaderBeat, Message
 from sprawl.replication.replica import Output, Replica
 from sprawl.replication.service import ReplicationService
@@ -68,6 +69,9 @@ class Held:
     def tick(self) -> None:
         self.ticks += 1
         _settle(self.cores, {"a": self.core.tick()})
+
+    def receive(self, src: str, m: Message, records: list[Any]) -> None:
+        self.core.receive(src, m)
 
 
 def _service(partitions: int) -> tuple[ReplicationService, list[Any], dict[str, Held]]:
@@ -126,3 +130,32 @@ def test_a_partition_with_work_is_ticked_until_it_is_idle_again() -> None:
     before = svc.ticked
     svc.tick()
     assert svc.ticked == before
+
+
+def test_node_liveness_reports_each_silence_once_and_restarts() -> None:
+    """A node is silent once nothing came from it for the timeout (counted from
+    the last reset: a new controller waits a whole timeout), reported once
+    until heard again; a beat with a new boot is a restart."""
+    lv = NodeLiveness(2.0)
+    lv.reset(10.0)
+    assert lv.heard("b", 10.5, boot=7) is False
+    assert lv.newly_silent(["b", "c"], 11.9) == []
+    assert lv.newly_silent(["b", "c"], 12.1) == ["c"]  # never heard since the reset
+    assert lv.newly_silent(["b", "c"], 12.6) == ["b"]
+    assert lv.newly_silent(["b", "c"], 20.0) == []  # once
+    assert lv.heard("b", 20.1, boot=7) is False and not lv.is_silent("b")
+    assert lv.heard("b", 20.2, boot=8) is True
+
+
+def test_a_restarted_leaders_partitions_fail_over_at_its_first_beat() -> None:
+    """The controller's cores led by "a" start fencing when a's beat names a
+    new boot (it leads nothing it led: a restarted replica never leads its
+    old epoch again); the others are left alone."""
+    svc, _, _ = _service(100)
+    svc.controllers[("other", 0)] = FailoverCore(("b", "c", "a"), epoch=1, leader="b")
+    svc.controllers[("other", 0)].receive("b", LeaderBeat(1, 0, 0))
+    svc.heard("a", 1)
+    assert not any(c.fencing for c in svc.controllers.values())
+    svc.heard("a", 2)
+    fencing = {k for k, c in svc.controllers.items() if c.fencing is not None}
+    assert fencing == {(f"t{i:05d}", 0) for i in range(100)}
