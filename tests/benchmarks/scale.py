@@ -42,6 +42,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -91,14 +92,26 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+#: Requests answered 503 and sent again (a proposal that timed out may still apply;
+#: PUT and DELETE of a topic are safe to repeat), by method.
+RETRIED: dict[str, int] = {}
+
+
 def timed(
     conn: Conn, method: str, paths: list[str], body: Any = None, ok: tuple[int, ...] = (200, 201)
 ) -> float:
-    """Mean ms per request of ``paths``; raises on an unexpected status."""
+    """Mean ms per request of ``paths`` (a 503 is sent again, at most 5 times,
+    and counted in :data:`RETRIED`); raises on an unexpected status."""
     t0 = time.perf_counter()
     for p in paths:
-        status, text = conn.call(method, p, body)
-        if status not in ok:
+        status, text = 0, b""
+        for _ in range(6):
+            status, text = conn.call(method, p, body)
+            if status != 503:
+                break
+            RETRIED[method] = RETRIED.get(method, 0) + 1
+            print(f"{method} {p}: 503 {text[:200]!r}; again", flush=True)
+        if status not in ok and not (method == "DELETE" and status == 404 and RETRIED.get(method)):
             raise SystemExit(f"{method} {p}: {status} {text[:300]!r}")
     return (time.perf_counter() - t0) / max(len(paths), 1) * 1000
 
@@ -181,58 +194,63 @@ def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[
     """Every figure for one cluster size."""
     rf = min(3, nodes)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="sprawl-scale-") as tmp:
-        cluster = NodeCluster(Path(tmp), nodes, startup_timeout=120)
-        try:
-            cluster.start()
-            first = cluster.names[0]
-            conn = Conn(cluster.nodes[first].http_port)
+    tmp = tempfile.mkdtemp(prefix="sprawl-scale-", dir=a.data_dir)
+    cluster = NodeCluster(Path(tmp), nodes, startup_timeout=120)
+    try:
+        cluster.start()
+        first = cluster.names[0]
+        conn = Conn(cluster.nodes[first].http_port)
+        time.sleep(a.settle)
+        base_rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
+        made = 0
+        for count in counts:
+            bulk = [f"t{i:05d}" for i in range(made, max(made, count - a.batch))]
+            create(conn, bulk, rf)
+            last = [f"t{i:05d}" for i in range(max(made, count - a.batch), count)]
+            create_ms = create(conn, last, rf)
+            made = count
+            rng = random.Random(count)
+            describe_ms = timed(
+                conn, "GET", [f"/v1/topics/t{rng.randrange(made):05d}" for _ in range(a.batch)]
+            )
+            list_ms = timed(conn, "GET", ["/v1/topics?limit=100"] * 10)
+            extra = [f"x{count:05d}-{i}" for i in range(a.batch)]
+            create(conn, extra, rf)
+            delete_ms = timed(conn, "DELETE", [f"/v1/topics/{n}" for n in extra], ok=(200, 204))
             time.sleep(a.settle)
-            base_rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
-            made = 0
-            for count in counts:
-                bulk = [f"t{i:05d}" for i in range(made, max(made, count - a.batch))]
-                create(conn, bulk, rf)
-                last = [f"t{i:05d}" for i in range(max(made, count - a.batch), count)]
-                create_ms = create(conn, last, rf)
-                made = count
-                rng = random.Random(count)
-                describe_ms = timed(
-                    conn, "GET", [f"/v1/topics/t{rng.randrange(made):05d}" for _ in range(a.batch)]
-                )
-                list_ms = timed(conn, "GET", ["/v1/topics?limit=100"] * 10)
-                extra = [f"x{count:05d}-{i}" for i in range(a.batch)]
-                create(conn, extra, rf)
-                delete_ms = timed(conn, "DELETE", [f"/v1/topics/{n}" for n in extra], ok=(200, 204))
-                time.sleep(a.settle)
-                cpu = idle_cpu(cluster, a.idle_seconds)
-                rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
-                replicas_per_node = count * rf / nodes
-                kb = max((rss[n] - base_rss[n]) / replicas_per_node for n in cluster.names)
-                row = {
-                    "nodes": nodes,
-                    "topics": count,
-                    "replicas_per_node": int(replicas_per_node),
-                    "create_ms": create_ms,
-                    "describe_ms": describe_ms,
-                    "list_ms": list_ms,
-                    "delete_ms": delete_ms,
-                    "idle_cpu": max(cpu.values()),
-                    "idle_cpu_nodes": cpu,
-                    "rss_mb": max(rss.values()) / 1024,
-                    "kb_per_replica": kb,
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-            top = rows[-1]
-            if nodes > 1:
-                top["failover_s"], top["failover_partitions"] = failover(cluster, a.bound)
-                poll_until(lambda: cluster.formed(), a.bound)
-                time.sleep(a.settle)
-            top["restart_s"] = restart(cluster, a.bound)
-            print(json.dumps(top), flush=True)
-        finally:
-            cluster.close()
+            cpu = idle_cpu(cluster, a.idle_seconds)
+            rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
+            replicas_per_node = count * rf / nodes
+            kb = max((rss[n] - base_rss[n]) / replicas_per_node for n in cluster.names)
+            row = {
+                "nodes": nodes,
+                "topics": count,
+                "replicas_per_node": int(replicas_per_node),
+                "create_ms": create_ms,
+                "describe_ms": describe_ms,
+                "list_ms": list_ms,
+                "delete_ms": delete_ms,
+                "idle_cpu": max(cpu.values()),
+                "idle_cpu_nodes": cpu,
+                "rss_mb": max(rss.values()) / 1024,
+                "kb_per_replica": kb,
+                "retried": dict(RETRIED),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        top = rows[-1]
+        if nodes > 1:
+            top["failover_s"], top["failover_partitions"] = failover(cluster, a.bound)
+            poll_until(lambda: cluster.formed(), a.bound)
+            time.sleep(a.settle)
+        top["restart_s"] = restart(cluster, a.bound)
+        print(json.dumps(top), flush=True)
+    finally:
+        cluster.close()
+        if a.keep:
+            print(f"data dirs and logs kept under {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
@@ -299,6 +317,8 @@ def main() -> None:
     ap.add_argument("--bound", type=float, default=120.0, help="give up waiting after this many seconds")
     ap.add_argument("--plot", type=Path, help="write the curves (PNG) to this directory")
     ap.add_argument("--json", type=Path, help="save the figures to this file")
+    ap.add_argument("--data-dir", type=Path, help="where the nodes' data dirs go (default: the temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     counts = [int(x) for x in a.topics.split(",")]
