@@ -90,7 +90,13 @@ class Broker(Views):
         # Per tick, only what has work: topics with groups, windows holding
         # ids, and the memory budget when it may be near (issue 23: an idle
         # node's tick must not cost per partition).
-        for t in [t for t in self.topics.values() if t.groups]:
+        if now_s - self._grouped_at >= 1.0 or any(t.deleted for t in self._grouped):
+            # Which topics have groups, found once a second (a group made
+            # meanwhile on a topic without one waits at most that long for
+            # its first tick: its leases are at least that long).
+            self._grouped_at = now_s
+            self._grouped = [t for t in self.topics.values() if t.groups]
+        for t in self._grouped:
             for g in list(t.groups.values()):
                 self._run_group_tick(t, g)
         self._flush_dirty_groups()
