@@ -114,6 +114,8 @@ class ReplicationService:
         #: The controller's node id now (None: not known), which the node
         #: beats; by default the node that last acted as one.
         self.controller_of: Callable[[], str | None] = lambda: self._last_controller
+        #: Where the node's beats go: the controller, or the last other one it knew.
+        self._beat_to: str | None = None
         #: This run of the node (a restart beats another).
         self.boot = random.SystemRandom().getrandbits(62)
         #: Ticks of replicas and controller cores so far (tests count them).
@@ -187,8 +189,13 @@ class ReplicationService:
                 self._leader_lost(node, "nothing heard from it")
         controller = self.controller_of()
         if controller and controller != self.node_id:
+            self._beat_to = controller
+        if self._beat_to is not None:
+            # Also while this node does not know the controller, or believes
+            # it is the controller itself (a deposed Raft leader that has not
+            # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
-            self.channel.send(controller, REPLICATION, msgspec.msgpack.encode(env))
+            self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
 
     def heard(self, peer: str, boot: int | None = None) -> None:
         """A frame (or, with ``boot``, a beat) came from ``peer``."""

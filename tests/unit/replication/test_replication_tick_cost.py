@@ -159,3 +159,22 @@ def test_a_restarted_leaders_partitions_fail_over_at_its_first_beat() -> None:
     svc.heard("a", 2)
     fencing = {k for k, c in svc.controllers.items() if c.fencing is not None}
     assert fencing == {(f"t{i:05d}", 0) for i in range(100)}
+
+
+def test_a_node_that_believes_it_is_the_controller_still_beats_the_last_other_one() -> None:
+    """A deposed Raft leader that has not heard of the new one yet (it thinks
+    the controller is itself), or a node that knows none, keeps beating the
+    last other controller it knew: the real controller must not take its
+    silence for a dead node and fail its partitions over."""
+    sent: list[str] = []
+    svc = ReplicationService(
+        "b", SimpleNamespace(handlers={}, send=lambda dst, kind, p: sent.append(dst)), task.Clock()
+    )
+    now: list[str | None] = ["a"]
+    svc.controller_of = lambda: now[0]
+    svc.tick()
+    now[0] = "b"  # believes it leads Raft
+    svc.tick()
+    now[0] = None  # knows no leader
+    svc.tick()
+    assert sent == ["a", "a", "a"]
