@@ -154,7 +154,9 @@ class FailoverCore:
         self.silent_ticks += 1
         if self.leader is None or self.silent_ticks > self.beat_timeout_ticks:
             return self.start_failover()
-        if not self.leader_confirmed:
+        if not self.leader_confirmed and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks:
+            # Every ``retry_ticks`` ticks, not every tick: a new controller
+            # has thousands of leaders to confirm at once.
             out.messages.append((self.leader, Assign(self.epoch, self.leader, self.replicas)))
         return out
 

@@ -413,8 +413,8 @@ class Replica:
         if m.epoch < self.fenced_epoch:
             return Output()
         if m.leader == self.id:
-            if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so
-                return Output(messages=[(self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end))])
+            if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so, to the asker
+                return Output(messages=[(src, LeaderBeat(self.epoch, self.hw, self.cache.end))])
             if self.led_epoch >= m.epoch:
                 # Led this epoch before a restart: leading it again could write a
                 # second, different record at an (offset, epoch) a follower

@@ -187,9 +187,13 @@ class ReplicationService:
             now = self.reactor.seconds()
             for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
                 self._leader_lost(node, "nothing heard from it")
-        controller = self.controller_of()
-        if controller and controller != self.node_id:
-            self._beat_to = controller
+        for controller in (self.controller_of(), self._last_controller):
+            if controller and controller != self.node_id:
+                # The controller as this node knows it; else the last node
+                # that acted as one towards it (a deposed Raft leader that has
+                # not heard of its successor yet hears of it from its Assigns).
+                self._beat_to = controller
+                break
         if self._beat_to is not None:
             # Also while this node does not know the controller, or believes
             # it is the controller itself (a deposed Raft leader that has not
