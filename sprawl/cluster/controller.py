@@ -34,10 +34,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.cluster.drain import UP, avoided, drained_nodes, handoff_target, placeable
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.cluster.replica_sync import ReplicaSync, sync_core
 from sprawl.errors import SprawlError
 from sprawl.gossip.load import rates_by_node
+from sprawl.interfaces import Clock
 from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.service import ReplicationService
 
@@ -63,7 +65,7 @@ class PartitionController:
         service: ReplicationService,
         sync: ReplicaSync,
         rpc: PeerRPC,
-        reactor: Any,
+        reactor: Clock,
         membership: Members | None,
         local_view: Callable[[str, int], dict[str, Any]],
         *,
@@ -175,6 +177,12 @@ class PartitionController:
         # but gets no new ones.
         self._foreign = {n for n, st in states.items() if st == "foreign"}
         live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
+        # Drained nodes and nodes stopping gracefully lead nothing (issue 24).
+        avoid = avoided(states, drained_nodes(meta))
+        drained = set(drained_nodes(meta))
+        for n in (avoid ^ self._avoid) | (drained ^ self._drained):
+            self._dirty.update(self._by_node.get(n, ()))  # their partitions are looked at again
+        self._avoid, self._drained = avoid, drained
         eligible = self.eligible_nodes(live, now)
         if eligible != self._eligible or live != self._live:
             # Who may hold replicas changed: every partition may want others.
@@ -233,9 +241,12 @@ class PartitionController:
             else:
                 sync_core(c, pl)
             self.service.wake_control(key)
-            if (
+            c.avoid = self._avoid
+            if c.leader is not None and c.leader in self._avoid and states.get(c.leader) != "dead":
+                self._hand_off(key, c, reps, now)
+            elif (
                 c.leader is not None
-                and states.get(c.leader) in ("dead", "left")
+                and states.get(c.leader) == "dead"
                 and c.fencing is None
                 and c.committing is None
             ):
@@ -276,8 +287,9 @@ class PartitionController:
         or its replica set is not yet the goal (new replicas catching up).
         A replica dying, or dead past the grace period, changes the member
         states or the eligible nodes: that looks again by itself."""
-        if c is not None and not c.idle:
-            return True
+        if c is not None and (not c.idle or c.leader in self._avoid):
+            return True  # busy, or a hand-off off a drained or stopping leader to come
+        eligible = placeable(eligible, self._drained - set(reps))
         target = max(min(rf, len(eligible)), 1)
         if goal and all(n in eligible for n in goal):
             ideal = list(goal)[:target]
@@ -285,10 +297,34 @@ class PartitionController:
             ideal = rendezvous(key[0], key[1], eligible, target)
         return set(reps) != set(ideal)
 
+    def _hand_off(self, key: tuple[str, int], c: FailoverCore, reps: list[str], now: float) -> None:
+        """Move the leadership of a partition whose leader is drained or
+        stopping to an in-sync replica (the leader pauses until the target
+        holds its whole log, then both are fenced and the target chosen).
+        Nothing while a move is under way, the leader is not confirmed yet or
+        no replica is known to be in sync: a later step tries again (the
+        partition stays among those looked at)."""
+        if c.busy or not c.leader_confirmed or c.leader is None:
+            return
+        up = [n for n, st in self.member_states().items() if st in UP] + [self.node_id]
+        dst = handoff_target(reps, c.leader, self._avoid, self.in_sync(key, c.leader, now), up)
+        out = c.move_leader(dst) if dst is not None else None
+        if out is not None:
+            log.info(
+                "controller: handing the leadership of {topic}/{partition} from {src} to {dst} "
+                "(drained or stopping)",
+                topic=key[0],
+                partition=key[1],
+                src=c.leader,
+                dst=dst,
+            )
+            self.service.run_control(key, out)
+
     def _balance(self, now: float, live: list[str]) -> None:
         """Move partition leadership off overloaded nodes (see :mod:`sprawl.cluster.balance`)."""
         if self.membership is None or not self.balancer.due(now):
             return
+        live = [n for n in live if n not in self._avoid]  # drained and stopping nodes take no leadership
         ctl = self.service.controllers
 
         def movable(k: tuple[str, int]) -> bool:
@@ -315,7 +351,9 @@ class PartitionController:
         for mv in decision.moves:
             key = (mv.topic, mv.partition)
             c = ctl.get(key)
-            out = c.move_leader(mv.dst) if c is not None else None
+            if c is None or c.leader is None or mv.dst not in (self.in_sync(key, c.leader, now) or ()):
+                continue  # a replica still catching up (one just restarted) takes no leadership
+            out = c.move_leader(mv.dst)
             if out is not None:
                 log.info(
                     "controller: moving the leadership of {topic}/{partition} from {src} to {dst} ({reason})",
@@ -368,6 +406,9 @@ class PartitionController:
             return None
         if eligible is None:
             eligible = self.eligible_nodes(live, now)
+        # A drained node keeps the replicas it holds but gets no new one.
+        eligible = placeable(eligible, self._drained - set(keep))
+        live = [n for n in live if n not in self._drained or n in keep]
         target = max(min(rf, len(eligible)), 1)
         if goal and all(n in eligible for n in goal):
             ideal = list(goal)[:target]  # a load move's target (while all of it is up)
@@ -393,7 +434,8 @@ class PartitionController:
         if in_sync is None or not set(ideal) <= in_sync:
             return None  # the goal's new replicas are still catching up
         if c.leader in extra:
-            out_ = c.move_leader(ideal[0])  # hand the leadership over first
+            to = next((n for n in ideal if n not in self._avoid), None)
+            out_ = c.move_leader(to) if to is not None else None  # hand the leadership over first
             if out_ is not None:
                 self.service.run_control((name, p), out_)
             return None
