@@ -250,7 +250,11 @@ class Replica:
         else:
             f.next = max(f.match, min(m.end, f.next))
             f.stalled_ticks = 0
-        out.extend(self._send(src, f))
+        # A refusal (or a follower telling where it stands after an Assign:
+        # one that restarted) gets an answer even with nothing to add: an idle
+        # leader sends nothing unprompted, and the follower learns from it
+        # that it holds what the leader committed (it is caught up).
+        out.extend(self._send(src, f, heartbeat=not m.ok))
         return out.extend(self._handoff_ready())
 
     def _on_handoff(self, m: Handoff) -> Output:
