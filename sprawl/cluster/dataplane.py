@@ -124,6 +124,9 @@ class DataPlane:
         control.watch_topics(self.controller.topic_changed)  # the controller looks at what changed
         # Idle leaders do not beat per partition: nodes beat the controller instead.
         self.service.controller_of = lambda: control.leader_name or None
+        # The release before issue 23's ticks until the node wires the
+        # cluster feature gate (``node-beat``: see the composition root).
+        self.service.node_beats = lambda: False
         self.router = Router(
             node_id,
             broker,

@@ -358,6 +358,9 @@ class NodeService(service.Service):
             bool(c.cluster_ca),
             metrics,
         )
+        # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it.
+        gate = self.fault_watch.feature_gate
+        self.plane.service.node_beats = lambda: bool(gate().on("node-beat"))
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
 

@@ -149,6 +149,9 @@ class Replica:
         #: leader had committed (an append reached the leader's high
         #: watermark) since it was built: a restarted node is not ready before.
         self.caught_up = False
+        #: Ticks since a follower not yet caught up last heard an append (it
+        #: says where it stands again every ``retry_ticks``: see :meth:`tick`).
+        self.unheard_ticks = 0
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -172,7 +175,9 @@ class Replica:
         only replicas that are not idle; the controller knows an idle
         leader is alive from its node's beat (:class:`NodeBeat`)."""
         if self.role != LEADER:
-            return True
+            # A follower waits for nothing, unless it has not caught up since
+            # it was built: then it asks its leader until an append answers.
+            return self.caught_up or self.leader is None or self.leader == self.id
         if self.handoff is not None:
             return False
         end, hw = self.cache.end, self.hw
@@ -340,6 +345,7 @@ class Replica:
         self.epoch = m.epoch
         self.leader = src
         self.role = FOLLOWER
+        self.unheard_ticks = 0
         # A reset: the leader's log starts at ``m.start`` and we lack what
         # comes before it, or what we hold just before it is not the leader's
         # (an uncommitted suffix of an old epoch: the leader cannot send what
@@ -457,9 +463,23 @@ class Replica:
 
     def tick(self) -> Output:
         """One tick: a leader heartbeats idle followers, resends what seems
-        lost, and tells the controller it still leads."""
+        lost, and tells the controller it still leads; a follower not caught
+        up since it was built tells its silent leader where it stands."""
         out = Output()
         if self.role != LEADER:
+            if not self.idle:
+                # Not caught up since it was built (a restart) and no append
+                # heard for ``retry_ticks``: say where this replica stands
+                # again.  The word it sent on its Assign may have been lost (a
+                # connection not up yet after the restart), and an idle leader
+                # sends nothing unprompted; its answer (an append) catches the
+                # follower up (:attr:`caught_up`: the node's readiness).
+                self.unheard_ticks += 1
+                if self.unheard_ticks >= self.retry_ticks and self.leader is not None:
+                    self.unheard_ticks = 0
+                    out.messages.append(
+                        (self.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))
+                    )
             return out
         if self.handoff is not None:
             to, left = self.handoff

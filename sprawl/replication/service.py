@@ -120,6 +120,14 @@ class ReplicationService:
         self.boot = random.SystemRandom().getrandbits(62)
         #: Ticks of replicas and controller cores so far (tests count them).
         self.ticked = 0
+        #: Whether every node of the cluster has the ``node-beat`` feature
+        #: (the composition root asks the cluster feature gate).  While it is
+        #: not on, an older node may be the controller: it knows a leader is
+        #: alive only from its per-partition beats, and drops a NodeBeat.  So
+        #: every leader and controller core ticks as before (heartbeats and a
+        #: LeaderBeat per partition per tick, silence counted per partition)
+        #: and the node sends no NodeBeat; the idle path is used only when on.
+        self.node_beats: Callable[[], bool] = lambda: True
 
     def start(self) -> None:
         """Start ticking."""
@@ -168,7 +176,12 @@ class ReplicationService:
 
     def tick(self) -> None:
         """Tick the replicas and controller cores that have work (the others
-        are idle), and beat the controller."""
+        are idle), and beat the controller.  While the ``node-beat`` feature is
+        not on across the cluster (:attr:`node_beats`), every leader and every
+        controller core ticks, as on a node of the release before it."""
+        if not self.node_beats():
+            self._tick_every_leader()
+            return
         for key in list(self._due):
             r = self.replicas.get(key)
             if r is None or r.core.idle:
@@ -200,6 +213,21 @@ class ReplicationService:
             # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+
+    def _tick_every_leader(self) -> None:
+        """The tick of the release before ``node-beat``: every leader replica
+        heartbeats its followers and beats the controller for its partition,
+        every controller core counts its leader's silence, and no NodeBeat
+        goes out (an older node would drop it)."""
+        for key, r in list(self.replicas.items()):
+            if r.core.is_leader or key in self._due:
+                self._due.discard(key)
+                self.ticked += 1
+                r.tick()
+        for key, c in list(self.controllers.items()):
+            self._due_control.discard(key)
+            self.ticked += 1
+            self.run_control(key, c.tick())
 
     def heard(self, peer: str, boot: int | None = None) -> None:
         """A frame (or, with ``boot``, a beat) came from ``peer``."""

@@ -14,7 +14,7 @@ from twisted.internet import task
 
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.liveness import NodeLiveness
-from sprawl.replication.messages import Assign, LeaderBeat, Message
+from sprawl.replication.messages import AppendResp, Assign, LeaderBeat, Message
 from sprawl.replication.replica import Output, Replica
 from sprawl.replication.service import ReplicationService
 
@@ -178,3 +178,75 @@ def test_a_node_that_believes_it_is_the_controller_still_beats_the_last_other_on
     now[0] = None  # knows no leader
     svc.tick()
     assert sent == ["a", "a", "a"]
+
+
+def test_a_restarted_follower_asks_its_silent_leader_until_an_append_answers() -> None:
+    """A follower built again after a restart is not caught up (its node is
+    not ready) until an append reaches the leader's high watermark.  The word
+    it sends its leader on its Assign may be lost (the connection is not up
+    yet) and an idle leader sends nothing unprompted: so it says where it
+    stands again every ``retry_ticks`` until an append answers, then idles."""
+    import copy
+
+    cores = idle_partition()
+    leader, old = cores["a"], cores["b"]
+    b = Replica("b", "ctl", cache=copy.deepcopy(old.cache), fenced_epoch=old.fenced_epoch, hw=old.hw)
+    cores["b"] = b
+    lost = b.receive("ctl", Assign(1, "a", IDS))  # its word to the leader is lost
+    assert [d for d, _ in lost.messages] == ["a"]
+    assert not b.caught_up and not b.idle
+    for _ in range(b.retry_ticks - 1):
+        assert b.tick().messages == []
+    again = b.tick()
+    assert again.messages == [("a", AppendResp(1, False, b.end, b.hw))]
+    _settle(cores, {"b": again})
+    assert b.caught_up and b.idle and leader.idle
+    assert all(b.tick().messages == [] for _ in range(3 * b.retry_ticks))
+
+
+def test_without_the_node_beat_feature_every_leader_and_core_ticks_as_before() -> None:
+    """While ``node-beat`` is not on across the cluster (an older node may be
+    the controller: it counts silence per partition and drops a NodeBeat),
+    every idle leader heartbeats and beats per partition on every tick, every
+    controller core is ticked, and no NodeBeat goes out; once the feature is
+    on, a tick ticks nothing and sends the one NodeBeat."""
+    svc, sent, held = _service(100)
+    gate = [False]
+    svc.node_beats = lambda: gate[0]
+    beats: list[Message] = []
+    for h in held.values():
+        tick = h.core.tick
+
+        def counted(tick: Any = tick) -> Output:
+            out = tick()
+            beats.extend(m for d, m in out.messages if d == "ctl")
+            return out
+
+        h.core.tick = counted  # type: ignore[method-assign]
+    for _ in range(2):
+        before = svc.ticked
+        svc.tick()
+        assert svc.ticked - before == 200  # 100 leaders and 100 controller cores
+    assert sent == []  # no NodeBeat to a controller that may not know it
+    assert len(beats) == 200 and all(isinstance(m, LeaderBeat) for m in beats)
+    assert all(h.ticks == 2 for h in held.values())
+    gate[0] = True
+    svc.tick()  # the cores ticked last are looked at once more (and found idle)
+    before, beats_before = svc.ticked, len(beats)
+    svc.tick()
+    assert (svc.ticked - before, len(beats) - beats_before, sent[-1:]) == (0, 0, ["ctl"])
+
+
+def test_without_the_node_beat_feature_a_silent_partition_fails_over_by_its_own_silence() -> None:
+    """With the feature off, a confirmed core whose leader stops beating for
+    the partition fails over after ``beat_timeout_ticks`` (the older
+    release's rule), though the node itself is heard; with it on, the idle
+    core waits for the node's silence instead."""
+    for on in (False, True):
+        svc, _, _ = _service(1)
+        svc.node_beats = lambda on=on: on
+        core = svc.controllers[("t00000", 0)]
+        for _ in range(core.beat_timeout_ticks + 2):
+            svc.heard("a")  # the node is heard (other partitions' frames)
+            svc.tick()
+        assert (core.fencing is not None) is not on
