@@ -55,6 +55,7 @@ def _plane(partitions: int) -> tuple[DataPlane, dict[str, str], task.Clock]:
     plane = DataPlane(
         "a", broker, control, channel, SimpleNamespace(register=lambda *a: None), clock, membership
     )  # type: ignore[arg-type]
+    plane.service.node_beats = lambda: True  # every node has the node-beat feature
     for name in meta.placement:  # what the metadata apply tells the listeners
         for listener in listeners:
             if getattr(listener, "__self__", None) is plane.controller:
