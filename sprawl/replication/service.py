@@ -221,9 +221,10 @@ class ReplicationService:
         goes out (an older node would drop it)."""
         for key, r in list(self.replicas.items()):
             if r.core.is_leader or key in self._due:
-                self._due.discard(key)
                 self.ticked += 1
                 r.tick()
+                if r.core.idle:
+                    self._due.discard(key)
         for key, c in list(self.controllers.items()):
             self._due_control.discard(key)
             self.ticked += 1
