@@ -46,6 +46,11 @@ class NodeLiveness:
         self._boot[node] = boot
         return old is not None and old != boot
 
+    def beats(self, node: str) -> bool:
+        """Whether ``node`` ever sent a beat (its release has ``NodeBeat``:
+        its idle leaders may be silent per partition)."""
+        return node in self._boot
+
     def newly_silent(self, nodes: Iterable[str], now: float) -> list[str]:
         """Those of ``nodes`` silent for more than ``timeout`` that were not
         reported silent before (each silence is reported once)."""

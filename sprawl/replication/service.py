@@ -122,11 +122,12 @@ class ReplicationService:
         self.ticked = 0
         #: Whether every node of the cluster has the ``node-beat`` feature
         #: (the composition root asks the cluster feature gate).  While it is
-        #: not on, an older node may be the controller: it knows a leader is
-        #: alive only from its per-partition beats, and drops a NodeBeat.  So
-        #: every leader and controller core ticks as before (heartbeats and a
-        #: LeaderBeat per partition per tick, silence counted per partition)
-        #: and the node sends no NodeBeat; the idle path is used only when on.
+        #: not on, an older node may be the controller (it knows a leader is
+        #: alive only from its per-partition beats, and drops a NodeBeat), or
+        #: lead partitions (it sends no NodeBeat).  So every leader ticks as
+        #: before (heartbeats and a LeaderBeat per partition per tick), and as
+        #: the controller every core whose leader never sent a NodeBeat counts
+        #: its partition's silence as before; the idle path only when on.
         self.node_beats: Callable[[], bool] = lambda: True
 
     def start(self) -> None:
@@ -178,15 +179,16 @@ class ReplicationService:
         """Tick the replicas and controller cores that have work (the others
         are idle), and beat the controller.  While the ``node-beat`` feature is
         not on across the cluster (:attr:`node_beats`), every leader and every
-        controller core ticks, as on a node of the release before it."""
-        if not self.node_beats():
-            self._tick_every_leader()
-            return
+        controller core of a leader that never beat ticks, as on a node of
+        the release before it."""
+        done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)
             if r is None or r.core.idle:
                 self._due.discard(key)
                 continue
+            if key in done_r:
+                continue  # ticked already
             self.ticked += 1
             r.tick()
         for key in list(self._due_control):
@@ -194,6 +196,8 @@ class ReplicationService:
             if c is None or c.idle:
                 self._due_control.discard(key)
                 continue
+            if key in done_c:
+                continue  # ticked already
             self.ticked += 1
             self.run_control(key, c.tick())
         if self.controllers:
@@ -214,21 +218,25 @@ class ReplicationService:
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
 
-    def _tick_every_leader(self) -> None:
-        """The tick of the release before ``node-beat``: every leader replica
-        heartbeats its followers and beats the controller for its partition,
-        every controller core counts its leader's silence, and no NodeBeat
-        goes out (an older node would drop it)."""
+    def _tick_as_before(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """What the release before ``node-beat`` ticks: every leader replica
+        (it heartbeats its followers and beats the controller for its
+        partition) and, as the controller, every core whose leader never sent
+        a NodeBeat (an older node: its partition's silence is counted).  The
+        others are ticked by :meth:`tick` as with the feature on.  Returns
+        the replicas and cores ticked (not to be ticked twice)."""
+        done_r, done_c = set(), set()
         for key, r in list(self.replicas.items()):
-            if r.core.is_leader or key in self._due:
+            if r.core.is_leader:
+                done_r.add(key)
                 self.ticked += 1
                 r.tick()
-                if r.core.idle:
-                    self._due.discard(key)
         for key, c in list(self.controllers.items()):
-            self._due_control.discard(key)
-            self.ticked += 1
-            self.run_control(key, c.tick())
+            if not (c.leader and self.liveness.beats(c.leader)):
+                done_c.add(key)
+                self.ticked += 1
+                self.run_control(key, c.tick())
+        return done_r, done_c
 
     def heard(self, peer: str, boot: int | None = None) -> None:
         """A frame (or, with ``boot``, a beat) came from ``peer``."""

@@ -206,10 +206,11 @@ def test_a_restarted_follower_asks_its_silent_leader_until_an_append_answers() -
 
 def test_without_the_node_beat_feature_every_leader_and_core_ticks_as_before() -> None:
     """While ``node-beat`` is not on across the cluster (an older node may be
-    the controller: it counts silence per partition and drops a NodeBeat),
-    every idle leader heartbeats and beats per partition on every tick, every
-    controller core is ticked, and no NodeBeat goes out; once the feature is
-    on, a tick ticks nothing and sends the one NodeBeat."""
+    the controller: it counts silence per partition), every idle leader
+    heartbeats and beats per partition on every tick and every controller
+    core of a leader that never sent a NodeBeat is ticked (once a tick);
+    once the feature is on, a tick ticks nothing.  The NodeBeat goes out
+    either way (an older node drops it)."""
     svc, sent, held = _service(100)
     gate = [False]
     svc.node_beats = lambda: gate[0]
@@ -227,7 +228,7 @@ def test_without_the_node_beat_feature_every_leader_and_core_ticks_as_before() -
         before = svc.ticked
         svc.tick()
         assert svc.ticked - before == 200  # 100 leaders and 100 controller cores
-    assert sent == []  # no NodeBeat to a controller that may not know it
+    assert sent == ["ctl", "ctl"]  # the node's beat, one a tick
     assert len(beats) == 200 and all(isinstance(m, LeaderBeat) for m in beats)
     assert all(h.ticks == 2 for h in held.values())
     gate[0] = True
@@ -238,15 +239,18 @@ def test_without_the_node_beat_feature_every_leader_and_core_ticks_as_before() -
 
 
 def test_without_the_node_beat_feature_a_silent_partition_fails_over_by_its_own_silence() -> None:
-    """With the feature off, a confirmed core whose leader stops beating for
-    the partition fails over after ``beat_timeout_ticks`` (the older
-    release's rule), though the node itself is heard; with it on, the idle
-    core waits for the node's silence instead."""
-    for on in (False, True):
+    """With the feature off, a confirmed core whose leader (of the older
+    release: it never sent a NodeBeat) stops beating for the partition fails
+    over after ``beat_timeout_ticks`` (the older release's rule), though the
+    node itself is heard; with it on, or for a leader that sends NodeBeats,
+    the idle core waits for the node's silence instead."""
+    for on, boot in ((False, None), (True, None), (False, 7)):
         svc, _, _ = _service(1)
         svc.node_beats = lambda on=on: on
         core = svc.controllers[("t00000", 0)]
         for _ in range(core.beat_timeout_ticks + 2):
-            svc.heard("a")  # the node is heard (other partitions' frames)
+            svc.heard("a", boot)  # the node is heard (other partitions' frames, or its NodeBeat)
             svc.tick()
-        assert (core.fencing is not None) is not on
+        # Per-partition silence counts only with the feature off for a leader
+        # that never beat (an older node): one that beats is watched by node.
+        assert (core.fencing is not None) is (not on and boot is None), (on, boot)
