@@ -360,7 +360,8 @@ class NodeService(service.Service):
         )
         # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it.
         gate = self.fault_watch.feature_gate
-        self.plane.service.node_beats = lambda: bool(gate().on("node-beat"))
+        if gate is not None:
+            self.plane.service.node_beats = lambda: gate().on("node-beat")
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
 
