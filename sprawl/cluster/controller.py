@@ -12,6 +12,17 @@ the pure cores' (:mod:`sprawl.replication.failover`,
   replaced, a few partitions at a time (:meth:`PartitionController.wanted_replicas`).
 * **Balancing.**  Leadership moves off overloaded nodes, and a persistently hot
   node hands a replica to a cooler one (:mod:`sprawl.cluster.balance`).
+
+A step costs what changed, not the number of partitions (issue 23): the
+controller looks only at the partitions a change touched -- a topic applied
+(:meth:`PartitionController.topic_changed`), a node whose gossip state,
+eligibility or beat changed (an index of partitions by replica node), a
+partition whose last look was inconclusive (its core busy, its new replicas
+catching up, the step's move budget spent) -- and computes the eligible nodes
+once per step.  Becoming the controller (or installing a snapshot) looks at
+every partition once.  Leaders whose node went silent, or restarted, fail
+over in the tick that notices it (the replication service's node liveness,
+:mod:`sprawl.replication.liveness`).
 """
 
 from __future__ import annotations
@@ -90,19 +101,72 @@ class PartitionController:
         #: (:meth:`sprawl.forecast.feed.TrafficFeed.partition_forecasts`; None:
         #: the balancer acts on the present only).
         self.forecasts = forecasts
+        #: Partitions to look at in the next step (see the module docstring).
+        self._dirty: set[tuple[str, int]] = set()
+        #: Partitions by replica node (goal nodes included), from the applied placement.
+        self._by_node: dict[str, set[tuple[str, int]]] = {}
+        #: What each partition was indexed under, and each topic's partition count.
+        self._indexed: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._topic_parts: dict[str, int] = {}
+        #: The previous step's view: whether this node led, member states, eligible nodes.
+        self._was_leader = False
+        self._states: dict[str, str] = {}
+        self._eligible: list[str] = []
+        self._live: list[str] = []
+        #: Work counters of the steps (tests count them; see tests/unit/cluster/test_controller_cost.py).
+        self.visits = 0
+
+    def topic_changed(self, name: str) -> None:
+        """A change to topic ``name`` (or its placement) was applied here: its
+        partitions are looked at in the next step (O(the topic's partitions))."""
+        parts = self.control.metadata.placement.get(name)
+        n = max(self._topic_parts.get(name, 0), len(parts) if parts is not None else 0)
+        for p in range(n):
+            self._reindex((name, p), parts[p] if parts is not None and p < len(parts) else None)
+        if parts is None:
+            self._topic_parts.pop(name, None)
+        else:
+            self._topic_parts[name] = len(parts)
+
+    def _reindex(self, key: tuple[str, int], pl: dict[str, Any] | None) -> None:
+        nodes = () if pl is None else tuple({*map(str, pl["replicas"]), *map(str, pl.get("goal") or ())})
+        old = self._indexed.get(key, ())
+        if old != nodes:
+            for n in old:
+                ks = self._by_node.get(n)
+                if ks is not None:
+                    ks.discard(key)
+                    if not ks:
+                        del self._by_node[n]
+            for n in nodes:
+                self._by_node.setdefault(n, set()).add(key)
+            if nodes:
+                self._indexed[key] = nodes
+            else:
+                self._indexed.pop(key, None)
+        self._dirty.add(key)
 
     def tick(self) -> None:
         """As the controller, run its work for every partition; otherwise drop its cores."""
         if self.control.is_leader:
             self._control_partitions()
-        elif self.service.controllers:
-            self.service.controllers.clear()
-            self._moving.clear()
+        else:
+            self._was_leader = False
+            if self.service.controllers:
+                self.service.controllers.clear()
+                self._moving.clear()
 
     def _control_partitions(self) -> None:
         meta = self.control.metadata
         states = self.member_states()
         now = self.reactor.seconds()
+        if not self._was_leader:
+            # Just became the controller: look at every partition once, and
+            # give every node a whole beat timeout to be heard by this one.
+            self._was_leader = True
+            self.service.liveness.reset(now)
+            for name in list(meta.placement):
+                self.topic_changed(name)
         for n, st in states.items():
             if st in ("dead", "left"):
                 self._dead_since.setdefault(n, now)
@@ -114,69 +178,132 @@ class PartitionController:
         self._foreign = {n for n, st in states.items() if st == "foreign"}
         live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
         # Drained nodes and nodes stopping gracefully lead nothing (issue 24).
-        self._avoid = avoided(states, drained_nodes(meta))
-        self._drained = set(drained_nodes(meta))
-        for key in [k for k in self.service.controllers if self.sync.placement(*k) is None]:
-            del self.service.controllers[key]  # the topic (or partition) is gone
+        avoid = avoided(states, drained_nodes(meta))
+        drained = set(drained_nodes(meta))
+        for n in (avoid ^ self._avoid) | (drained ^ self._drained):
+            self._dirty.update(self._by_node.get(n, ()))  # their partitions are looked at again
+        self._avoid, self._drained = avoid, drained
+        eligible = self.eligible_nodes(live, now)
+        if eligible != self._eligible or live != self._live:
+            # Who may hold replicas changed: every partition may want others.
+            self._dirty.update(self._indexed)
+            self._eligible, self._live = eligible, live
+        for n in {*states, *self._states}:
+            if states.get(n) != self._states.get(n):
+                self._dirty.update(self._by_node.get(n, ()))
+        self._states = states
         moves = len(self._moving)
-        for name, parts in meta.placement.items():
-            topic = meta.topics.get(name)
-            if topic is None:
-                continue
-            rf = int(topic["config"].get("replication_factor", 1))
-            for p, pl in enumerate(parts):
-                key = (name, p)
-                reps = [str(x) for x in pl["replicas"]]
-                if self._foreign.intersection(reps):
-                    # A replica still in another Raft cluster (a survivor that
-                    # has not rejoined after a forced recovery) hears neither
-                    # our assignments nor our fencing: leave the partition
-                    # alone until it has rejoined.
-                    self.service.controllers.pop(key, None)
-                    continue
-                c = self.service.controllers.get(key)
-                if len(reps) > 1:
-                    if c is None:
-                        c = FailoverCore(
-                            tuple(reps),
-                            epoch=int(pl["epoch"]),
-                            leader=str(pl["leader"]),
-                            beat_timeout_ticks=self.beat_timeout_ticks,
-                        )
-                        self.service.controllers[key] = c
-                    else:
-                        sync_core(c, pl)
-                    c.avoid = self._avoid
-                    if c.leader is not None and c.leader in self._avoid and states.get(c.leader) != "dead":
-                        self._hand_off(key, c, reps, now)
-                    elif (
-                        c.leader is not None
-                        and states.get(c.leader) == "dead"
-                        and c.fencing is None
-                        and c.committing is None
-                    ):
-                        log.info(
-                            "controller: leader {leader} of {topic}/{partition} is dead by gossip; failing over",
-                            leader=c.leader,
-                            topic=name,
-                            partition=p,
-                        )
-                        self.service.run_control(key, c.start_failover())
-                elif c is not None:
-                    del self.service.controllers[key]
-                if moves < self.max_moves and key not in self._moving:
-                    want = self.wanted_replicas(name, p, reps, rf, live, now, c, pl.get("goal"))
-                    if want is not None:
-                        moves += 1
-                        self._move(key, pl, want)
+        todo, self._dirty = self._dirty, set()
+        for key in todo:
+            self.visits += 1
+            moves = self._control_one(key, meta, states, live, eligible, now, moves)
         self._balance(now, live)
+
+    def _control_one(
+        self,
+        key: tuple[str, int],
+        meta: Any,
+        states: dict[str, str],
+        live: list[str],
+        eligible: list[str],
+        now: float,
+        moves: int,
+    ) -> int:
+        """Look at one partition: its failover core, a dead leader, its
+        replica set.  Keeps it for the next step when the look was
+        inconclusive; returns the step's moves so far."""
+        name, p = key
+        parts = meta.placement.get(name)
+        topic = meta.topics.get(name)
+        if parts is None or topic is None or p >= len(parts):
+            self.service.controllers.pop(key, None)  # the topic (or partition) is gone
+            return moves
+        pl = parts[p]
+        rf = int(topic["config"].get("replication_factor", 1))
+        reps = [str(x) for x in pl["replicas"]]
+        if self._foreign.intersection(reps):
+            # A replica still in another Raft cluster (a survivor that
+            # has not rejoined after a forced recovery) hears neither
+            # our assignments nor our fencing: leave the partition
+            # alone until it has rejoined (its state change looks again).
+            self.service.controllers.pop(key, None)
+            return moves
+        c = self.service.controllers.get(key)
+        if len(reps) > 1:
+            if c is None:
+                c = FailoverCore(
+                    tuple(reps),
+                    epoch=int(pl["epoch"]),
+                    leader=str(pl["leader"]),
+                    beat_timeout_ticks=self.beat_timeout_ticks,
+                )
+                self.service.controllers[key] = c
+            else:
+                sync_core(c, pl)
+            self.service.wake_control(key)
+            c.avoid = self._avoid
+            if c.leader is not None and c.leader in self._avoid and states.get(c.leader) != "dead":
+                self._hand_off(key, c, reps, now)
+            elif (
+                c.leader is not None
+                and states.get(c.leader) == "dead"
+                and c.fencing is None
+                and c.committing is None
+            ):
+                log.info(
+                    "controller: leader {leader} of {topic}/{partition} is dead by gossip; failing over",
+                    leader=c.leader,
+                    topic=name,
+                    partition=p,
+                )
+                self.service.run_control(key, c.start_failover())
+        elif c is not None:
+            del self.service.controllers[key]
+            c = None
+        if key in self._moving:
+            return moves  # its proposal's answer looks again
+        if moves >= self.max_moves:
+            self._dirty.add(key)  # the step's budget is spent: next step
+            return moves
+        want = self.wanted_replicas(name, p, reps, rf, live, now, c, pl.get("goal"), eligible=eligible)
+        if want is not None:
+            moves += 1
+            self._move(key, pl, want)
+        elif self._unsettled(key, reps, rf, eligible, c, pl.get("goal")):
+            self._dirty.add(key)
+        return moves
+
+    def _unsettled(
+        self,
+        key: tuple[str, int],
+        reps: list[str],
+        rf: int,
+        eligible: list[str],
+        c: FailoverCore | None,
+        goal: list[str] | None,
+    ) -> bool:
+        """Whether a partition left alone now may want a step later without
+        any change the controller hears of: its core is busy or unconfirmed,
+        or its replica set is not yet the goal (new replicas catching up).
+        A replica dying, or dead past the grace period, changes the member
+        states or the eligible nodes: that looks again by itself."""
+        if c is not None and (not c.idle or c.leader in self._avoid):
+            return True  # busy, or a hand-off off a drained or stopping leader to come
+        eligible = placeable(eligible, self._drained - set(reps))
+        target = max(min(rf, len(eligible)), 1)
+        if goal and all(n in eligible for n in goal):
+            ideal = list(goal)[:target]
+        else:
+            ideal = rendezvous(key[0], key[1], eligible, target)
+        return set(reps) != set(ideal)
 
     def _hand_off(self, key: tuple[str, int], c: FailoverCore, reps: list[str], now: float) -> None:
         """Move the leadership of a partition whose leader is drained or
         stopping to an in-sync replica (the leader pauses until the target
         holds its whole log, then both are fenced and the target chosen).
         Nothing while a move is under way, the leader is not confirmed yet or
-        no replica is known to be in sync: a later tick tries again."""
+        no replica is known to be in sync: a later step tries again (the
+        partition stays among those looked at)."""
         if c.busy or not c.leader_confirmed or c.leader is None:
             return
         up = [n for n, st in self.member_states().items() if st in UP] + [self.node_id]
@@ -248,6 +375,8 @@ class PartitionController:
         now: float,
         c: FailoverCore | None,
         goal: list[str] | None = None,
+        *,
+        eligible: list[str] | None = None,
     ) -> list[str] | None:
         """The replica set this partition should move to next, or None to leave it.
 
@@ -275,9 +404,8 @@ class PartitionController:
         keep = [r for r in reps if r not in gone]
         if not keep:
             return None
-        registered = set(self.control.metadata.nodes) | {self.node_id}
-        recently_dead = {n for n, since in self._dead_since.items() if now - since < grace} | self._foreign
-        eligible = sorted(n for n in registered if n in live or n in recently_dead)
+        if eligible is None:
+            eligible = self.eligible_nodes(live, now)
         # A drained node keeps the replicas it holds but gets no new one.
         eligible = placeable(eligible, self._drained - set(keep))
         live = [n for n in live if n not in self._drained or n in keep]
@@ -312,6 +440,16 @@ class PartitionController:
                 self.service.run_control((name, p), out_)
             return None
         return [r for r in keep if r != extra[0]]
+
+    def eligible_nodes(self, live: list[str], now: float) -> list[str]:
+        """The nodes that may hold replicas now (computed once per step):
+        registered nodes alive by gossip, or dead for less than the grace
+        period, or members of another Raft cluster (they keep theirs)."""
+        grace = self.control.dead_grace
+        registered = set(self.control.metadata.nodes) | {self.node_id}
+        recently_dead = {n for n, since in self._dead_since.items() if now - since < grace} | self._foreign
+        live_set = set(live)
+        return sorted(n for n in registered if n in live_set or n in recently_dead)
 
     def in_sync(self, key: tuple[str, int], leader: str, now: float) -> set[str] | None:
         """The replicas holding every committed record, as the leader last said
@@ -359,6 +497,7 @@ class PartitionController:
 
         def done(_: object) -> None:
             self._moving.discard(key)
+            self._dirty.add(key)
 
         self._propose_partition(key, int(pl["epoch"]) + 1, str(pl["leader"]), reps, goal).addBoth(done)
 
@@ -378,6 +517,7 @@ class PartitionController:
 
         def done(_: object) -> None:
             self._moving.discard(key)
+            self._dirty.add(key)
 
         self._propose_partition(key, epoch, leader, want).addBoth(done)
 

@@ -98,7 +98,13 @@ class DataPlane:
         # The service asks the parts built after it (which hold it): through
         # these two methods of the plane, which forward to them.
         self.service = ReplicationService(
-            node_id, channel, reactor, tick_seconds=tick_seconds, commit=self._commit, accept=self._accepts
+            node_id,
+            channel,
+            reactor,
+            tick_seconds=tick_seconds,
+            commit=self._commit,
+            accept=self._accepts,
+            beat_timeout=beat_timeout_ticks * tick_seconds,
         )
         self.sync = ReplicaSync(node_id, broker, control, self.service, self._follow)
         control.watch_topics(self.sync_topic)  # replicas follow every placement applied from now on
@@ -115,6 +121,12 @@ class DataPlane:
             max_moves=max_moves,
             forecasts=forecasts,
         )
+        control.watch_topics(self.controller.topic_changed)  # the controller looks at what changed
+        # Idle leaders do not beat per partition: nodes beat the controller instead.
+        self.service.controller_of = lambda: control.leader_name or None
+        # The release before issue 23's ticks until the node wires the
+        # cluster feature gate (``node-beat``: see the composition root).
+        self.service.node_beats = lambda: False
         self.router = Router(
             node_id,
             broker,

@@ -398,11 +398,18 @@ class GroupRoutes:
         if now - self._last_checkpoint < self.checkpoint_seconds:
             return
         self._last_checkpoint = now
-        for (name, p), r in list(self.plane.service.replicas.items()):
-            if not r.core.is_leader:
-                continue
-            t = self.broker.topics.get(name)
-            if t is None or not t.groups:
+        replicas = self.plane.service.replicas
+        # Topics with groups first: most partitions have none (issue 23).
+        led = [
+            ((t.name, p), t)
+            for t in list(self.broker.topics.values())
+            if t.groups
+            for p in range(len(t.logs))
+            if (t.name, p) in replicas
+        ]
+        for (name, p), t in led:
+            r = replicas.get((name, p))
+            if r is None or not r.core.is_leader:
                 continue
             state: dict[str, int] = {}
             for gname, g in t.groups.items():

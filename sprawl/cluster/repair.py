@@ -252,13 +252,17 @@ class Repairs:
         damaged = []
         if getattr(b, "integrity", None) is None:
             return
-        for t in list(b.topics.values()):
-            for lg in t.logs:
-                if not lg.replicated:
+        dmap = b.integrity.map
+        if dmap.parts:
+            # Only the partitions with ranges on record (not every partition: issue 23).
+            by_uid = {t.config.uid: t for t in b.topics.values()}
+            for uid, p in list(dmap.parts):
+                t = by_uid.get(uid)
+                if t is None or not 0 <= p < len(t.logs) or not t.logs[p].replicated:
                     continue
-                es = b.integrity.map.damaged((t.config.uid, lg.partition))
+                es = dmap.damaged((uid, p))
                 if es:
-                    damaged.append((t, lg.partition, es))
+                    damaged.append((t, p, es))
         for t, p, es in damaged:
             if now - self._reported.get((t.name, p), float("-inf")) >= REPORT_EVERY:
                 self._report(t, p)

@@ -74,6 +74,10 @@ class ReplicaSync:
         self._assigned: dict[tuple[str, int], int] = {}
         #: Replicas built again after their adapter failed.
         self.rebuilt = 0
+        #: Partitions each topic had at most (its replicas' keys), for :meth:`sync_topic`.
+        self._parts_seen: dict[str, int] = {}
+        #: The controller every replica was last pointed at (see :meth:`follow_controller`).
+        self._controller: str | None = None
 
     # -- the placement -----------------------------------------------------------------
 
@@ -121,10 +125,16 @@ class ReplicaSync:
         """Make this node's replicas of ``name`` match the applied placement."""
         parts = self.control.metadata.placement.get(name)
         t = self.broker.topics.get(name)
-        for key in [k for k in self.service.replicas if k[0] == name]:
+        # The topic's own replicas only (not a scan of every replica: issue 23).
+        seen = max(self._parts_seen.get(name, 0), len(parts) if parts is not None else 0)
+        for key in [(name, p) for p in range(seen) if (name, p) in self.service.replicas]:
             r = self.service.replicas[key]
             if parts is None or t is None or r.topic is not t:
                 self._drop(key)
+        if parts is None:
+            self._parts_seen.pop(name, None)
+        else:
+            self._parts_seen[name] = seen
         if parts is None or t is None:
             return
         for p, pl in enumerate(parts):
@@ -163,11 +173,14 @@ class ReplicaSync:
             c = self.service.controllers.get(key)
             if c is not None:
                 sync_core(c, pl)
+                self.service.wake_control(key)
 
     def rebuild_failed(self) -> None:
         """Build again every replica whose adapter failed (its error is
         logged) from what this node stored: it rejoins as a follower."""
-        broken = [key for key, r in self.service.replicas.items() if r.failed is not None]
+        # Those that said they failed (not a scan of every replica: issue 23).
+        said, self.service.broken = self.service.broken, set()
+        broken = [k for k in said if (r := self.service.replicas.get(k)) is not None and r.failed is not None]
         for key in broken:
             self.rebuilt += 1
             log.warn(
@@ -182,7 +195,12 @@ class ReplicaSync:
     def follow_controller(self) -> None:
         """Point every replica at the current controller (the Raft leader)."""
         leader = self.control.leader_name
-        if leader:
+        if not leader:
+            self._controller = None  # replicas built meanwhile get a stand-in: all again once known
+        elif leader != self._controller:
+            # Only when it changed (not every tick: issue 23); replicas built
+            # since are given the controller when they are built.
+            self._controller = leader
             for r in self.service.replicas.values():
                 r.core.controller = leader
 

@@ -6,14 +6,19 @@ description adds what the data plane knows of each partition's replica.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from twisted.web.server import Request
 
-from sprawl.http.codec import json_body, linearizable
+from sprawl.errors import BadRequest
+from sprawl.http.codec import arg, int_arg, json_body, linearizable
 from sprawl.interfaces import MessagePlane, MetadataControl, TrafficView
 from sprawl.pubsub import Broker
 from sprawl.topics import Topic
+
+#: Most topics one page of ``GET /v1/topics?limit=`` holds.
+MAX_PAGE = 1000
 
 
 class TopicRoutes:
@@ -33,11 +38,29 @@ class TopicRoutes:
         self.traffic = traffic
 
     def list_topics(self, request: Request) -> object:
-        """Every topic's summary (``?consistency=linearizable`` waits for a ReadIndex)."""
+        """Every topic's summary, by name (``?consistency=linearizable`` waits
+        for a ReadIndex).  ``?limit=N`` (1..1000) answers one page of at most
+        ``N`` topics after the name ``?after=`` (exclusive), with ``next``:
+        the name to pass as ``after`` for the next page, or null at the end."""
         b = self.broker
+        limit = int_arg(request, "limit", None, 1, MAX_PAGE)
+        after = arg(request, "after")
+        if after is not None and len(after) > 249:
+            raise BadRequest("query parameter after must be a topic name", code="invalid_parameter")
 
         def answer(_: object = None) -> dict[str, Any]:
-            return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
+            if limit is None and after is None:
+                return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
+            # One page: the smallest names past ``after`` (a scan without a
+            # sort of every name, and summaries of the page only).
+            names = (n for n in b.topics if after is None or n > after)
+            page = heapq.nsmallest(limit + 1 if limit is not None else len(b.topics), names)
+            more = limit is not None and len(page) > limit
+            page = page[:limit] if limit is not None else page
+            return {
+                "topics": [b.summarize_topic(b.topics[n]) for n in page],
+                "next": page[-1] if more else None,
+            }
 
         if linearizable(request):
             return self.control.linearizable().addCallback(answer)

@@ -358,6 +358,10 @@ class NodeService(service.Service):
             bool(c.cluster_ca),
             metrics,
         )
+        # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it.
+        gate = self.fault_watch.feature_gate
+        if gate is not None:
+            self.plane.service.node_beats = lambda: gate().on("node-beat")
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
 

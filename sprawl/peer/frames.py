@@ -86,8 +86,10 @@ UNSTATED_PROTOCOL = 2
 #: What this build can do that older builds could not; a feature is used cluster-wide
 #: only once every node has it (:func:`sprawl.cluster.features.feature_gate`).  ``drain``:
 #: the ``set_drained`` Raft command (``sprawlctl cluster drain`` is refused until every
-#: node can apply it).
-FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "drain", "peer-refusal"})
+#: node can apply it).  ``node-beat``: idle partition leaders send nothing per partition
+#: and each node beats the controller once per tick (``NodeBeat``; issue 23) -- until every
+#: node has it, leaders heartbeat and beat per partition as before.
+FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "drain", "node-beat", "peer-refusal"})
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32
 MAX_FEATURE_CHARS = 48

@@ -87,7 +87,16 @@ class Broker(Views):
     def tick(self) -> None:
         """Leases, dirty group state, retention, the memory budget, checkpoints."""
         now_s = self.clock.seconds()
-        for t in list(self.topics.values()):
+        # Per tick, only what has work: topics with groups, windows holding
+        # ids, and the memory budget when it may be near (issue 23: an idle
+        # node's tick must not cost per partition).
+        if now_s - self._grouped_at >= 1.0 or any(t.deleted for t in self._grouped):
+            # Which topics have groups, found once a second (a group made
+            # meanwhile on a topic without one waits at most that long for
+            # its first tick: its leases are at least that long).
+            self._grouped_at = now_s
+            self._grouped = [t for t in self.topics.values() if t.groups]
+        for t in self._grouped:
             for g in list(t.groups.values()):
                 self._run_group_tick(t, g)
         self._flush_dirty_groups()
@@ -96,10 +105,15 @@ class Broker(Views):
             self.apply_retention()
             now = self.now_ms()
             for t in self.topics.values():
-                t.dedup.expire(now)
-                t.recent.expire(now)
+                if len(t.dedup):
+                    t.dedup.expire(now)
+                if len(t.recent):
+                    t.recent.expire(now)
             self._checkpoint_ephemeral()
-        self.enforce_memory_budget()
+        if self.hot_total_seen * 2 >= self.config.memory_budget or now_s - self._hot_checked >= 1.0:
+            # Far below the budget the sum over every partition waits a second.
+            self._hot_checked = now_s
+            self.enforce_memory_budget()
         self.measure_memory_baseline()
         if self.tier is not None and now_s - self._last_spill >= 0.5:
             self._last_spill = now_s

@@ -107,6 +107,13 @@ class BrokerCore:
         if tier is not None:
             tier.on_damage = self.integrity.note
         self._last_spill = 0.0
+        #: Hot-tail bytes over every partition when the budget was last
+        #: enforced, and when (far below the budget, it waits a second).
+        self.hot_total_seen = 0
+        self._hot_checked = float("-inf")
+        #: Topics with consumer groups (their ticks), as found at ``_grouped_at``.
+        self._grouped: list[Any] = []
+        self._grouped_at = float("-inf")
         #: What the broker asks of the cluster above it (auto-creation, routed
         #: publishes, group ownership, the shared remote lists; see
         #: :mod:`sprawl.pubsub.links`).

@@ -40,6 +40,7 @@ class Groups(ReplicaWrites):
                 starts = {lg.partition: lg.high_watermark for lg in topic.logs}
             g = ConsumerGroup(name, cfg, starts)
             topic.groups[name] = g
+            self._grouped_at = float("-inf")  # the broker tick finds it at once
         else:
             g.config = cfg
         d: Deferred[Any] = self._persist_group(topic, g)

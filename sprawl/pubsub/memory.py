@@ -90,6 +90,7 @@ class MemoryBudget(Reads):
         # The process beyond its baseline: the pools, plus what they leave
         # behind (allocator fragmentation) and what no pool counts.
         process = self._process_beyond_baseline()
+        self.hot_total_seen = max(total, process)
         if max(total, process) <= budget:
             return
         share = int(budget * DEDUP_SHARE)

@@ -54,6 +54,7 @@ from sprawl.replication.messages import (
     HandoffReady,
     LeaderBeat,
     Message,
+    Resign,
 )
 
 
@@ -153,9 +154,22 @@ class FailoverCore:
         self.silent_ticks += 1
         if self.leader is None or self.silent_ticks > self.beat_timeout_ticks:
             return self.start_failover()
-        if not self.leader_confirmed:
+        if not self.leader_confirmed and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks:
+            # Every ``retry_ticks`` ticks, not every tick: a new controller
+            # has thousands of leaders to confirm at once.
             out.messages.append((self.leader, Assign(self.epoch, self.leader, self.replicas)))
         return out
+
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`tick` has nothing to do: a confirmed leader, no move
+        or failover under way (or a commit waiting for Raft, which no tick
+        advances).  The adapter ticks only cores that are not idle; an idle
+        core's leader is watched through its node's beat instead (a silent
+        node's partitions fail over in one controller step)."""
+        if self.committing is not None:
+            return True
+        return self.leader is not None and self.leader_confirmed and not self.busy
 
     @property
     def busy(self) -> bool:
@@ -207,6 +221,15 @@ class FailoverCore:
                 self.silent_ticks = 0
                 self.leader_confirmed = True
                 self.hw = max(self.hw, m.hw)
+            return ControlOutput()
+        if isinstance(m, Resign):
+            if (
+                src == self.leader
+                and m.epoch == self.epoch
+                and self.fencing is None
+                and self.committing is None
+            ):
+                return self.start_failover()
             return ControlOutput()
         if isinstance(m, HandoffReady):
             h = self.handing_off

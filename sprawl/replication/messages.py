@@ -50,6 +50,10 @@ class AppendResp(msgspec.Struct, frozen=True, tag=True):
     epoch: int
     ok: bool
     end: int
+    #: The follower's high watermark after the append (-1: not said, a node
+    #: of a version before it was sent).  The leader stops heartbeating an
+    #: idle follower once it knows the follower has its high watermark.
+    hw: int = -1
 
 
 class Fence(msgspec.Struct, frozen=True, tag=True):
@@ -102,7 +106,28 @@ class HandoffReady(msgspec.Struct, frozen=True, tag=True):
     end: int
 
 
-Message = Append | AppendResp | Fence | FenceResp | Assign | LeaderBeat | Handoff | HandoffReady
+class Resign(msgspec.Struct, frozen=True, tag=True):
+    """Replica → controller: assigned to lead ``epoch``, which it cannot (it
+    led that epoch before a restart or a rebuild of its replica): the
+    controller fails the partition over at once instead of waiting for
+    silence (idle leaders do not beat per partition)."""
+
+    epoch: int
+
+
+class NodeBeat(msgspec.Struct, frozen=True, tag=True):
+    """Node → controller, every tick: this node is up (``boot`` tells one run
+    of the node from the next) and holds ``replicas`` replicated partitions.
+    One per node, not per partition: the controller's liveness of idle
+    leaders (see :mod:`sprawl.replication.liveness`)."""
+
+    boot: int
+    replicas: int
+
+
+Message = (
+    Append | AppendResp | Fence | FenceResp | Assign | LeaderBeat | Handoff | HandoffReady | Resign | NodeBeat
+)
 
 _decoder = msgspec.msgpack.Decoder(Message)
 

@@ -87,6 +87,11 @@ class PartitionReplication:
         self.topic = topic
         self.partition = partition
         self.send = send
+        #: Called with the partition's key whenever its core has work for
+        #: ticks (it is not idle): the service ticks only those (issue 23).
+        self.wake: Callable[[tuple[str, int]], None] | None = None
+        #: Called with the partition's key when its output chain failed.
+        self.on_failed: Callable[[tuple[str, int]], None] | None = None
         lg = topic.logs[partition]
         lg.replicated = True
         self.log = lg
@@ -207,6 +212,8 @@ class PartitionReplication:
         role (which decides how the write finds its records and whether its
         messages may leave before the write is durable) and its high
         watermark (the partition shows it once the output's writes are made)."""
+        if self.wake is not None and not self.core.idle:
+            self.wake((self.topic.name, self.partition))
         cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
         if cuts:
             self._pending_cuts += 1
@@ -244,6 +251,8 @@ class PartitionReplication:
             if not d.called:
                 d.errback(f)
         self._waiters = []
+        if self.on_failed is not None:
+            self.on_failed((self.topic.name, self.partition))
 
     async def _drain(self) -> None:
         """Run the queued outputs in batches: every write of a batch is issued

@@ -44,6 +44,7 @@ from sprawl.replication.messages import (
     HandoffReady,
     LeaderBeat,
     Message,
+    Resign,
 )
 
 LEADER = "leader"
@@ -106,6 +107,8 @@ class _Follower:
     next: int = 0  # the next offset to send
     idle_ticks: int = 0  # ticks since we last sent anything
     stalled_ticks: int = 0  # ticks with unacknowledged data outstanding
+    hw: int = -1  # the follower's high watermark, as it last said (-1: unknown)
+    sent_hw: int = 0  # the high watermark we last sent it
 
 
 class Replica:
@@ -146,6 +149,9 @@ class Replica:
         #: leader had committed (an append reached the leader's high
         #: watermark) since it was built: a restarted node is not ready before.
         self.caught_up = False
+        #: Ticks since a follower not yet caught up last heard an append (it
+        #: says where it stands again every ``retry_ticks``: see :meth:`tick`).
+        self.unheard_ticks = 0
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -160,6 +166,22 @@ class Replica:
     def is_leader(self) -> bool:
         """Whether this replica leads its partition now."""
         return self.role == LEADER
+
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`tick` has nothing to do but the controller's beat:
+        a follower, or a leader not handing off whose followers hold its
+        whole log and its high watermark (as they said).  The adapter ticks
+        only replicas that are not idle; the controller knows an idle
+        leader is alive from its node's beat (:class:`NodeBeat`)."""
+        if self.role != LEADER:
+            # A follower waits for nothing, unless it has not caught up since
+            # it was built: then it asks its leader until an append answers.
+            return self.caught_up or self.leader is None or self.leader == self.id
+        if self.handoff is not None:
+            return False
+        end, hw = self.cache.end, self.hw
+        return all(f.match >= end and f.hw >= hw for f in self.followers.values())
 
     # -- the leader's side -----------------------------------------------------------
 
@@ -212,6 +234,7 @@ class Replica:
         )
         f.next = start + count
         f.idle_ticks = 0
+        f.sent_hw = self.hw
         out.messages.append((fid, msg))
         return out
 
@@ -222,6 +245,7 @@ class Replica:
         f = self.followers.get(src)
         if f is None:
             return out
+        f.hw = m.hw if m.hw >= 0 else max(f.hw, f.sent_hw)
         if m.ok:
             if m.end > f.match:
                 f.match = m.end
@@ -231,7 +255,11 @@ class Replica:
         else:
             f.next = max(f.match, min(m.end, f.next))
             f.stalled_ticks = 0
-        out.extend(self._send(src, f))
+        # A refusal (or a follower telling where it stands after an Assign:
+        # one that restarted) gets an answer even with nothing to add: an idle
+        # leader sends nothing unprompted, and the follower learns from it
+        # that it holds what the leader committed (it is caught up).
+        out.extend(self._send(src, f, heartbeat=not m.ok))
         return out.extend(self._handoff_ready())
 
     def _on_handoff(self, m: Handoff) -> Output:
@@ -308,7 +336,7 @@ class Replica:
         out = Output()
         cache = self.cache
         if m.epoch < self.fenced_epoch:
-            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end)))
+            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end, self.hw)))
             return out
         if self.role == LEADER and m.epoch == self.epoch:
             raise SafetyError(f"{src} sent appends of epoch {m.epoch}, which {self.id} leads")
@@ -317,6 +345,7 @@ class Replica:
         self.epoch = m.epoch
         self.leader = src
         self.role = FOLLOWER
+        self.unheard_ticks = 0
         # A reset: the leader's log starts at ``m.start`` and we lack what
         # comes before it, or what we hold just before it is not the leader's
         # (an uncommitted suffix of an old epoch: the leader cannot send what
@@ -333,7 +362,7 @@ class Replica:
             self.stored_end = m.start
             out.writes.append(Write(start=m.start, reset=True, epoch=m.prev_epoch))
         if m.start > cache.end:
-            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end)))
+            out.messages.append((src, AppendResp(self.fenced_epoch, False, cache.end, self.hw)))
             return out
         if m.start > cache.log_start and cache.epoch_at(m.start - 1) != m.prev_epoch:
             ours = cache.epoch_at(m.start - 1)
@@ -344,7 +373,7 @@ class Replica:
                     f"high watermark {self.hw}"
                 )
             out.messages.append(
-                (src, AppendResp(self.fenced_epoch, False, max(hint, self.hw, cache.log_start)))
+                (src, AppendResp(self.fenced_epoch, False, max(hint, self.hw, cache.log_start), self.hw))
             )
             return out
         batch_end = m.start + m.count
@@ -380,7 +409,7 @@ class Replica:
             write.hw = new_hw
         if write.truncate_to is not None or write.count or write.hw is not None:
             out.writes.append(write)
-        out.messages.append((src, AppendResp(self.fenced_epoch, True, batch_end)))
+        out.messages.append((src, AppendResp(self.fenced_epoch, True, batch_end, self.hw)))
         return out
 
     def _on_fence(self, src: str, m: Fence) -> Output:
@@ -394,13 +423,13 @@ class Replica:
         if m.epoch < self.fenced_epoch:
             return Output()
         if m.leader == self.id:
-            if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so
-                return Output(messages=[(self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end))])
+            if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so, to the asker
+                return Output(messages=[(src, LeaderBeat(self.epoch, self.hw, self.cache.end))])
             if self.led_epoch >= m.epoch:
                 # Led this epoch before a restart: leading it again could write a
                 # second, different record at an (offset, epoch) a follower
-                # already holds.  Stay silent; the controller moves to a new epoch.
-                return Output()
+                # already holds.  Say so: the controller moves to a new epoch.
+                return Output(messages=[(self.controller, Resign(m.epoch))])
             return self._become_leader(m.epoch, tuple(m.replicas))
         if self.role == LEADER and self.epoch == m.epoch:
             raise SafetyError(f"{m.leader} assigned epoch {m.epoch}, which {self.id} leads")
@@ -408,6 +437,12 @@ class Replica:
         self.epoch = m.epoch
         self.leader = m.leader
         self.replicas = tuple(m.replicas)
+        # Tell the leader where this replica stands (its end and high
+        # watermark; a refusal, so it claims no match): an idle leader sends
+        # nothing unprompted, so a follower that restarted behind it (a high
+        # watermark restored lower than it had said) would wait for the next
+        # publish to hear the watermark again.
+        out.messages.append((m.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw)))
         return out
 
     # -- inputs ----------------------------------------------------------------------
@@ -428,9 +463,23 @@ class Replica:
 
     def tick(self) -> Output:
         """One tick: a leader heartbeats idle followers, resends what seems
-        lost, and tells the controller it still leads."""
+        lost, and tells the controller it still leads; a follower not caught
+        up since it was built tells its silent leader where it stands."""
         out = Output()
         if self.role != LEADER:
+            if not self.idle:
+                # Not caught up since it was built (a restart) and no append
+                # heard for ``retry_ticks``: say where this replica stands
+                # again.  The word it sent on its Assign may have been lost (a
+                # connection not up yet after the restart), and an idle leader
+                # sends nothing unprompted; its answer (an append) catches the
+                # follower up (:attr:`caught_up`: the node's readiness).
+                self.unheard_ticks += 1
+                if self.unheard_ticks >= self.retry_ticks and self.leader is not None:
+                    self.unheard_ticks = 0
+                    out.messages.append(
+                        (self.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))
+                    )
             return out
         if self.handoff is not None:
             to, left = self.handoff

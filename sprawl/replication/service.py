@@ -5,7 +5,14 @@ One :class:`~sprawl.replication.partition.PartitionReplication` per
 replicated partition this node holds; one :class:`ReplicationService` per
 node routes peer frames (each an :class:`~sprawl.replication.envelope.Envelope`)
 to them and to the failover cores the node runs as controller, and ticks
-them all.
+those that have work (issue 23): a replica or core that is idle
+(:attr:`Replica.idle <sprawl.replication.replica.Replica.idle>`,
+:attr:`FailoverCore.idle <sprawl.replication.failover.FailoverCore.idle>`)
+is not ticked until an input gives it work again, so an idle node's tick
+costs nothing per partition.  Instead of per-partition beats from idle
+leaders, the node beats the controller once per tick
+(:class:`~sprawl.replication.messages.NodeBeat`), and every frame from a peer
+counts as hearing it (:mod:`sprawl.replication.liveness`).
 
 The cluster data plane (:mod:`sprawl.cluster`) builds one
 :class:`PartitionReplication` for every replicated partition this node holds
@@ -16,6 +23,7 @@ proposal (``set_partition``); see docs/architecture.md, "Replication" and
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -28,12 +36,18 @@ from sprawl.interfaces import Clock, ReplicaStore
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.envelope import Envelope, unpack_record
 from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
+from sprawl.replication.liveness import NodeLiveness
 from sprawl.replication.messages import (
     Append,
+    Assign,
+    Fence,
     FenceResp,
+    Handoff,
     HandoffReady,
     LeaderBeat,
     Message,
+    NodeBeat,
+    Resign,
     append_flaw,
     decode,
     encode,
@@ -60,16 +74,22 @@ class ReplicationService:
         tick_seconds: float = 0.1,
         commit: Callable[[str, int, Commit], defer.Deferred[None]] | None = None,
         accept: Callable[[str, tuple[str, int], Message], bool] | None = None,
+        beat_timeout: float = 2.0,
     ) -> None:
         self.node_id = node_id
         self.channel = channel
         self.reactor = reactor
         self.tick_seconds = tick_seconds
+        #: Replicas and controller cores with work for ticks (the others are idle).
+        self._due: set[tuple[str, int]] = set()
+        self._due_control: set[tuple[str, int]] = set()
+        #: Replicas whose adapter failed since the data plane last rebuilt them.
+        self.broken: set[tuple[str, int]] = set()
         self.replicas: dict[tuple[str, int], PartitionReplication] = {}
         #: Failover cores this node runs as the controller, by partition, with
         #: the function that commits a choice (Raft, in the real node;
         #: without one, every choice counts as committed at once).
-        self.controllers: dict[tuple[str, int], FailoverCore] = {}
+        self.controllers: dict[tuple[str, int], FailoverCore] = _Cores(self._core_set)
         self.commit: Callable[[str, int, Commit], defer.Deferred[None]] = commit or (
             lambda t, p, c: defer.succeed(None)
         )
@@ -84,6 +104,31 @@ class ReplicationService:
         self._refusals_logged: dict[str, float] = {}
         channel.handlers[REPLICATION] = self._frame
         self._loop: task.LoopingCall | None = None
+        #: Nodes heard from lately: as the controller, a node silent for
+        #: ``beat_timeout`` seconds, or restarted, has its leaderships failed over.
+        self.liveness = NodeLiveness(beat_timeout)
+        #: The nodes watched for silence: every replica of a controller core.
+        self._watched: set[str] = set()
+        #: The node that last acted as controller here (Fence, Assign, Handoff).
+        self._last_controller: str | None = None
+        #: The controller's node id now (None: not known), which the node
+        #: beats; by default the node that last acted as one.
+        self.controller_of: Callable[[], str | None] = lambda: self._last_controller
+        #: Where the node's beats go: the controller, or the last other one it knew.
+        self._beat_to: str | None = None
+        #: This run of the node (a restart beats another).
+        self.boot = random.SystemRandom().getrandbits(62)
+        #: Ticks of replicas and controller cores so far (tests count them).
+        self.ticked = 0
+        #: Whether every node of the cluster has the ``node-beat`` feature
+        #: (the composition root asks the cluster feature gate).  While it is
+        #: not on, an older node may be the controller (it knows a leader is
+        #: alive only from its per-partition beats, and drops a NodeBeat), or
+        #: lead partitions (it sends no NodeBeat).  So every leader ticks as
+        #: before (heartbeats and a LeaderBeat per partition per tick), and as
+        #: the controller every core whose leader never sent a NodeBeat counts
+        #: its partition's silence as before; the idle path only when on.
+        self.node_beats: Callable[[], bool] = lambda: True
 
     def start(self) -> None:
         """Start ticking."""
@@ -99,7 +144,12 @@ class ReplicationService:
 
     def add(self, replica: PartitionReplication) -> None:
         """Serve a replicated partition on this node."""
-        self.replicas[(replica.topic.name, replica.partition)] = replica
+        key = (replica.topic.name, replica.partition)
+        self.replicas[key] = replica
+        replica.wake = self._due.add
+        replica.on_failed = self.broken.add
+        if not replica.core.idle:
+            self._due.add(key)
 
     def replica(
         self, topic: str, partition: int, broker: ReplicaStore, controller: str
@@ -111,7 +161,7 @@ class ReplicationService:
             r = PartitionReplication(
                 self.node_id, controller, broker, broker.topics[topic], partition, self.sender(key)
             )
-            self.replicas[key] = r
+            self.add(r)
         return r
 
     def sender(self, key: tuple[str, int]) -> Callable[[str, Envelope], None]:
@@ -126,13 +176,109 @@ class ReplicationService:
         return send
 
     def tick(self) -> None:
-        """Tick every replica and controller core."""
-        for r in list(self.replicas.values()):
+        """Tick the replicas and controller cores that have work (the others
+        are idle), and beat the controller.  While the ``node-beat`` feature is
+        not on across the cluster (:attr:`node_beats`), every leader and every
+        controller core of a leader that never beat ticks, as on a node of
+        the release before it."""
+        done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
+        for key in list(self._due):
+            r = self.replicas.get(key)
+            if r is None or r.core.idle:
+                self._due.discard(key)
+                continue
+            if key in done_r:
+                continue  # ticked already
+            self.ticked += 1
             r.tick()
-        for key, c in list(self.controllers.items()):
+        for key in list(self._due_control):
+            c = self.controllers.get(key)
+            if c is None or c.idle:
+                self._due_control.discard(key)
+                continue
+            if key in done_c:
+                continue  # ticked already
+            self.ticked += 1
             self.run_control(key, c.tick())
+        if self.controllers:
+            now = self.reactor.seconds()
+            for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
+                self._leader_lost(node, "nothing heard from it")
+        for controller in (self.controller_of(), self._last_controller):
+            if controller and controller != self.node_id:
+                # The controller as this node knows it; else the last node
+                # that acted as one towards it (a deposed Raft leader that has
+                # not heard of its successor yet hears of it from its Assigns).
+                self._beat_to = controller
+                break
+        if self._beat_to is not None:
+            # Also while this node does not know the controller, or believes
+            # it is the controller itself (a deposed Raft leader that has not
+            # heard yet): the last other controller it knew still hears it.
+            env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
+            self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+
+    def _tick_as_before(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """What the release before ``node-beat`` ticks: every leader replica
+        (it heartbeats its followers and beats the controller for its
+        partition) and, as the controller, every core whose leader never sent
+        a NodeBeat (an older node: its partition's silence is counted).  The
+        others are ticked by :meth:`tick` as with the feature on.  Returns
+        the replicas and cores ticked (not to be ticked twice)."""
+        done_r, done_c = set(), set()
+        for key, r in list(self.replicas.items()):
+            if r.core.is_leader:
+                done_r.add(key)
+                self.ticked += 1
+                r.tick()
+        for key, c in list(self.controllers.items()):
+            if not (c.leader and self.liveness.beats(c.leader)):
+                done_c.add(key)
+                self.ticked += 1
+                self.run_control(key, c.tick())
+        return done_r, done_c
+
+    def heard(self, peer: str, boot: int | None = None) -> None:
+        """A frame (or, with ``boot``, a beat) came from ``peer``."""
+        if self.liveness.heard(peer, self.reactor.seconds(), boot) and self.controllers:
+            self._leader_lost(peer, "it restarted")
+
+    def _leader_lost(self, node: str, why: str) -> None:
+        """As the controller: fail over every partition ``node`` leads (one
+        pass over the cores, on this event only; those with a failover under
+        way carry on as they are)."""
+        lost = [
+            key
+            for key, c in self.controllers.items()
+            if c.leader == node and c.fencing is None and c.committing is None
+        ]
+        if lost:
+            log.info(
+                "replication: {why}, failing over the {n} partitions {node} leads",
+                why=why,
+                n=len(lost),
+                node=node,
+            )
+        for key in lost:
+            self.run_control(key, self.controllers[key].start_failover())
+
+    def _core_set(self, key: tuple[str, int], core: FailoverCore) -> None:
+        """A controller core was set: ticked until it is idle, its replicas watched."""
+        if not self._due_control and len(self.controllers) == 1:
+            self.liveness.reset(self.reactor.seconds())  # (again) the controller
+        self._due_control.add(key)
+        self._watched.update(core.replicas)
+
+    def wake_control(self, key: tuple[str, int]) -> None:
+        """A controller core may have work for ticks (built, or its partition
+        changed): tick it while it is not idle."""
+        c = self.controllers.get(key)
+        if c is not None and not c.idle:
+            self._due_control.add(key)
+            self._watched.update(c.replicas)
 
     def _frame(self, peer: str, payload: bytes) -> None:
+        self.heard(peer)
         try:
             env = msgspec.msgpack.decode(payload, type=Envelope)
         except msgspec.DecodeError:
@@ -161,6 +307,9 @@ class ReplicationService:
         except msgspec.DecodeError:
             self.dropped += 1
             return
+        if isinstance(m, NodeBeat):
+            self.heard(peer, m.boot)  # about the node, no partition's
+            return
         key = (env.topic, env.partition)
         if peer != self.node_id:
             if isinstance(m, Append):
@@ -174,8 +323,10 @@ class ReplicationService:
             if not self.accept(peer, key, m):
                 self._refuse(peer, key, "not a replica of the partition (nor its controller)")
                 return
+        if isinstance(m, Fence | Assign | Handoff):
+            self._last_controller = peer  # (accepted: from a Raft voter, in a cluster)
         c = self.controllers.get(key)
-        if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady):
+        if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady | Resign):
             self.run_control(key, c.receive(peer, m))
             return
         r = self.replicas.get(key)
@@ -190,6 +341,7 @@ class ReplicationService:
         send = self.sender(key)
         for dst, m in out.messages:
             send(dst, Envelope(key[0], key[1], encode(m)))
+        self.wake_control(key)
         if out.commit is not None:
             c = self.controllers[key]
 
@@ -203,3 +355,15 @@ class ReplicationService:
                 self.run_control(key, c.committed(False))
 
             self.commit(key[0], key[1], out.commit).addCallbacks(committed, failed)
+
+
+class _Cores(dict[tuple[str, int], FailoverCore]):
+    """The controller cores by partition: a core set here is ticked until idle."""
+
+    def __init__(self, on_set: Callable[[tuple[str, int], FailoverCore], None]) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def __setitem__(self, key: tuple[str, int], core: FailoverCore) -> None:
+        super().__setitem__(key, core)
+        self._on_set(key, core)

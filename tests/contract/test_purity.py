@@ -53,6 +53,7 @@ PURE = [
     "sprawl.replication.failover",
     "sprawl.replication.replica_state",
     "sprawl.replication.envelope",
+    "sprawl.replication.liveness",
     "sprawl.auth",
     "sprawl.forecast",
     "sprawl.forecast.holtwinters",

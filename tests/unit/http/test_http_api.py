@@ -920,3 +920,25 @@ async def test_control_records_take_an_offset_but_are_never_delivered(node: Node
     r = await node.http.post("/v1/topics/ctl/groups/g/ack", json={"ack_ids": [m["ack_id"] for m in pulled]})
     assert r.json()["acked"] == 5
     assert (await node.http.get("/v1/topics/ctl/groups/g")).json()["lag"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_topic_listing_pages_by_name_with_limit_and_after(node: Node) -> None:
+    """``GET /v1/topics?limit=2`` answers pages of two topics in name order,
+    each with the ``after`` of the next page in ``next`` (null on the last);
+    a bad limit is a 400."""
+    for name in ["d", "a", "c", "e", "b"]:
+        await node.create(name)
+    pages, after = [], None
+    for _ in range(5):
+        q = "/v1/topics?limit=2" + (f"&after={after}" if after else "")
+        body = (await node.http.get(q)).json()
+        pages.append([t["name"] for t in body["topics"]])
+        after = body["next"]
+        if after is None:
+            break
+    assert pages == [["a", "b"], ["c", "d"], ["e"]]
+    assert [t["name"] for t in (await node.http.get("/v1/topics?after=c")).json()["topics"]] == ["d", "e"]
+    assert "next" not in (await node.http.get("/v1/topics")).json()  # the whole list, as before
+    assert_error(await node.http.get("/v1/topics?limit=0"), 400, "invalid_parameter")
+    assert_error(await node.http.get("/v1/topics?limit=x"), 400, "invalid_parameter")

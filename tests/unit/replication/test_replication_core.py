@@ -16,6 +16,7 @@ from sprawl.replication.messages import (
     Handoff,
     HandoffReady,
     LeaderBeat,
+    Resign,
 )
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, SafetyError
 
@@ -107,7 +108,7 @@ def test_follower_truncates_a_divergent_uncommitted_suffix() -> None:
     out = f.receive("new", Append(epoch=2, start=2, prev_epoch=1, count=2, runs=((2, 2),), hw=2))
     assert out.writes[-1].truncate_to == 2
     assert f.cache.runs == [(1, 0), (2, 2)] and f.end == 4
-    assert out.messages[-1][1] == AppendResp(2, True, 4)
+    assert out.messages[-1][1] == AppendResp(2, True, 4, 2)
 
 
 def test_follower_never_truncates_below_its_high_watermark() -> None:
@@ -124,13 +125,14 @@ def test_fenced_replica_refuses_the_old_leader() -> None:
     out = f.receive("ctrl", Fence(2))
     assert out.writes[0].fenced_epoch == 2 and out.messages == [("ctrl", FenceResp(2, True, 0, 0))]
     out = f.receive("old", Append(epoch=1, start=0, prev_epoch=0, count=1, runs=((1, 0),), hw=0))
-    assert out.messages == [("old", AppendResp(2, False, 0))] and f.end == 0
+    assert out.messages == [("old", AppendResp(2, False, 0, 0))] and f.end == 0
 
 
 def test_a_restarted_leader_never_leads_the_same_epoch_again() -> None:
-    """Assign(e, me) after a restart at led_epoch e is ignored (a new epoch is needed)."""
+    """Assign(e, me) after a restart at led_epoch e is refused: the replica
+    resigns to the controller (a new epoch is needed)."""
     r = Replica("a", "ctrl", fenced_epoch=3, led_epoch=3)
-    assert r.receive("ctrl", Assign(3, "a", ("a", "b", "c"))).messages == []
+    assert r.receive("ctrl", Assign(3, "a", ("a", "b", "c"))).messages == [("ctrl", Resign(3))]
     assert not r.is_leader
     assert r.receive("ctrl", Assign(4, "a", ("a", "b", "c"))).writes[0].led_epoch == 4
     assert r.is_leader
@@ -139,8 +141,10 @@ def test_a_restarted_leader_never_leads_the_same_epoch_again() -> None:
 def test_controller_picks_the_most_up_to_date_of_a_fenced_majority() -> None:
     """Failover fences epoch+1, waits for a majority, picks max (last_epoch, end), commits, then assigns."""
     c = FailoverCore(("a", "b", "c"), epoch=1, leader="a", beat_timeout_ticks=2)
-    for _ in range(2):  # within the timeout: only the (unconfirmed) assignment is repeated
-        assert c.tick().messages == [("a", Assign(1, "a", ("a", "b", "c")))]
+    # Within the timeout only the (unconfirmed) assignment is repeated, every
+    # retry_ticks (3) ticks from the first.
+    assert c.tick().messages == [("a", Assign(1, "a", ("a", "b", "c")))]
+    assert c.tick().messages == []
     out = c.tick()  # silent past the timeout
     assert sorted(out.messages) == [("a", Fence(2)), ("b", Fence(2)), ("c", Fence(2))]
     assert c.receive("b", FenceResp(2, True, 1, 7)).commit is None

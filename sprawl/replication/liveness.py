@@ -1,0 +1,68 @@
+"""Which nodes the controller heard from lately: the liveness of idle
+partition leaders.  Pure.
+
+An idle leader sends nothing per partition (:attr:`sprawl.replication.replica.Replica.idle`),
+so the controller cannot count a partition's silence as it does for a
+partition with work under way.  Instead every node beats once per tick
+(:class:`~sprawl.replication.messages.NodeBeat`), and any replication frame
+from a node counts as hearing it.  A node silent for ``timeout`` seconds,
+or one whose beat names a new ``boot`` (it restarted: it leads nothing it
+led before), has its confirmed leaderships failed over -- all of them, in
+one controller step.  Like Kafka's broker heartbeats to the KRaft controller:
+liveness per node, not per partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class NodeLiveness:
+    """When each node was last heard from, and which went silent."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._heard: dict[str, float] = {}
+        self._boot: dict[str, int] = {}
+        self._silent: set[str] = set()
+        self._since = float("-inf")
+
+    def reset(self, now: float) -> None:
+        """This node became the controller: every node gets a whole timeout
+        from ``now`` to be heard (nothing it did not hear counts against it)."""
+        self._since = now
+        for n in self._heard:
+            self._heard[n] = max(self._heard[n], now)
+        self._silent.clear()
+
+    def heard(self, node: str, now: float, boot: int | None = None) -> bool:
+        """A frame (or a beat naming ``boot``) came from ``node``; True when the
+        beat shows the node restarted since its last beat."""
+        self._heard[node] = now
+        self._silent.discard(node)
+        if boot is None:
+            return False
+        old = self._boot.get(node)
+        self._boot[node] = boot
+        return old is not None and old != boot
+
+    def beats(self, node: str) -> bool:
+        """Whether ``node`` ever sent a beat (its release has ``NodeBeat``:
+        its idle leaders may be silent per partition)."""
+        return node in self._boot
+
+    def newly_silent(self, nodes: Iterable[str], now: float) -> list[str]:
+        """Those of ``nodes`` silent for more than ``timeout`` that were not
+        reported silent before (each silence is reported once)."""
+        out = []
+        for n in nodes:
+            if n in self._silent:
+                continue
+            if now - max(self._heard.get(n, self._since), self._since) > self.timeout:
+                self._silent.add(n)
+                out.append(n)
+        return out
+
+    def is_silent(self, node: str) -> bool:
+        """Whether ``node`` was reported silent and not heard since."""
+        return node in self._silent

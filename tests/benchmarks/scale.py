@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Cost against the number of partitions (issue 23): real ``twistd sprawl`` nodes on 127.0.0.1.
+
+    PYTHONPATH=tests python -m benchmarks.scale [--nodes 1,3] [--topics 100,1000,3000,10000]
+                                               [--idle-seconds 10] [--plot DIR] [--json FILE]
+
+For each cluster size (replication factor ``min(3, nodes)``; the first node
+founds the cluster, the others join it) it grows the cluster to each count of
+single-partition topics in turn (``PUT /v1/topics/tNNNNN`` from one keep-alive
+client on the first node) and measures at each count:
+
+* **create**: ms per ``PUT`` of the last ``--batch`` topics created (creation is
+  answered once the topic is committed through Raft and applied on that node);
+* **describe**, **list**: ms per ``GET /v1/topics/{topic}`` (of random topics)
+  and per ``GET /v1/topics?limit=100`` page (the first page);
+* **delete**: ms per ``DELETE`` of ``--batch`` extra topics made for it;
+* **idle CPU**: % of one core each node's process used over ``--idle-seconds``
+  with no traffic, after ``--settle`` seconds (``/proc/PID/stat``), the
+  highest of the nodes;
+* **memory per replica**: the growth of the nodes' resident set (``VmRSS``)
+  since the empty cluster, over the partition replicas each node holds (KB).
+
+At the largest count it then measures:
+
+* **failover** (several nodes): ``kill -9`` of a node that is not the Raft
+  leader, then the time until no partition in the placement names it as
+  leader any more (seen on a survivor) and a publish to a partition it led
+  succeeds; the node is restarted after;
+* **restart**: ``kill -9`` of a node, started again on its data dir, the time
+  until its ``/readyz`` answers 200 and it serves a publish to a partition it
+  holds.
+
+Prints a Markdown table per cluster size; ``--plot DIR`` draws the curves as
+PNG files there (needs matplotlib: ``pip install .[bench]``), ``--json`` saves
+the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import NodeCluster, poll_until
+
+JSON = {"content-type": "application/json"}
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection to a node (reopened after an error)."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """One request; (status, body)."""
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in range(2):
+            try:
+                self.c.request(method, path, body=data, headers=JSON if data is not None else {})
+                r = self.c.getresponse()
+                return r.status, r.read()
+            except (OSError, http.client.HTTPException):
+                self.c.close()
+                self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process, KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+#: Requests answered 503 and sent again (a proposal that timed out may still apply;
+#: PUT and DELETE of a topic are safe to repeat), by method.
+RETRIED: dict[str, int] = {}
+
+
+def timed(
+    conn: Conn, method: str, paths: list[str], body: Any = None, ok: tuple[int, ...] = (200, 201)
+) -> float:
+    """Mean ms per request of ``paths`` (a 503 is sent again, at most 5 times,
+    and counted in :data:`RETRIED`); raises on an unexpected status."""
+    t0 = time.perf_counter()
+    for p in paths:
+        status, text = 0, b""
+        for _ in range(6):
+            status, text = conn.call(method, p, body)
+            if status != 503:
+                break
+            RETRIED[method] = RETRIED.get(method, 0) + 1
+            print(f"{method} {p}: 503 {text[:200]!r}; again", flush=True)
+        if status not in ok and not (method == "DELETE" and status == 404 and RETRIED.get(method)):
+            raise SystemExit(f"{method} {p}: {status} {text[:300]!r}")
+    return (time.perf_counter() - t0) / max(len(paths), 1) * 1000
+
+
+def create(conn: Conn, names: list[str], rf: int) -> float:
+    """Create single-partition topics; mean ms per create."""
+    return timed(conn, "PUT", [f"/v1/topics/{n}" for n in names], {"partitions": 1, "replication_factor": rf})
+
+
+def idle_cpu(cluster: NodeCluster, seconds: float) -> dict[str, float]:
+    """% of a core each node used over ``seconds`` of no traffic."""
+    pids = {n: cluster.nodes[n].proc.pid for n in cluster.up()}  # type: ignore[union-attr]
+    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    took = time.monotonic() - t0
+    return {n: (cpu_seconds(p) - before[n]) / took * 100 for n, p in pids.items()}
+
+
+def leaders_of(cluster: NodeCluster, via: str) -> dict[str, str | None]:
+    """topic -> leader of its partition 0, from a node's placement."""
+    return {t: (parts.get("0") or {}).get("leader") or None for t, parts in cluster.placement(via).items()}
+
+
+def publish_ok(cluster: NodeCluster, via: str, topic: str) -> bool:
+    """One publish with acks=quorum succeeds through ``via``."""
+    try:
+        status, _ = Conn(cluster.nodes[via].http_port, timeout=3).call(
+            "POST", f"/v1/topics/{topic}/messages?acks=quorum", {"messages": [{"payload": "x"}]}
+        )
+    except (OSError, http.client.HTTPException):
+        return False
+    return status in (200, 201)
+
+
+def failover(cluster: NodeCluster, bound: float) -> tuple[float, int]:
+    """Kill a node that leads partitions and is not the Raft leader; seconds
+    until none of its partitions names it as leader and one takes a publish,
+    and how many it led."""
+    raft = cluster.raft_leader()
+    victim = next(n for n in reversed(cluster.names) if n != raft)
+    survivor = next(n for n in cluster.names if n != victim)
+    led = [t for t, lead in leaders_of(cluster, survivor).items() if lead == victim]
+    probe = led[0] if led else None
+    t0 = time.monotonic()
+    cluster.kill(victim)
+
+    def moved() -> bool:
+        views = leaders_of(cluster, survivor)
+        if any(views.get(t) in (victim, None) for t in led):
+            return False
+        return probe is None or publish_ok(cluster, survivor, probe)
+
+    took = poll_until(moved, bound, step=0.1)
+    if took is None:
+        raise SystemExit(f"failover: the partitions {victim} led did not move within {bound}s")
+    elapsed = time.monotonic() - t0
+    cluster.restart(victim)
+    return elapsed, len(led)
+
+
+def restart(cluster: NodeCluster, bound: float) -> float:
+    """Kill a node and start it again; seconds until it is ready and serves a publish."""
+    victim = cluster.names[-1]
+    topic = next(iter(cluster.placement(cluster.names[0])), None)
+    cluster.kill(victim)
+    t0 = time.monotonic()
+    cluster.restart(victim)
+
+    def serving() -> bool:
+        status, _ = cluster.get(victim, "/readyz", timeout=2)
+        return status == 200 and (topic is None or publish_ok(cluster, victim, topic))
+
+    if poll_until(serving, bound, step=0.1) is None:
+        raise SystemExit(f"restart: {victim} was not serving within {bound}s")
+    return time.monotonic() - t0
+
+
+def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every figure for one cluster size."""
+    rf = min(3, nodes)
+    rows: list[dict[str, Any]] = []
+    tmp = tempfile.mkdtemp(prefix="sprawl-scale-", dir=a.data_dir)
+    cluster = NodeCluster(Path(tmp), nodes, startup_timeout=120)
+    try:
+        cluster.start()
+        first = cluster.names[0]
+        conn = Conn(cluster.nodes[first].http_port)
+        time.sleep(a.settle)
+        base_rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
+        made = 0
+        for count in counts:
+            bulk = [f"t{i:05d}" for i in range(made, max(made, count - a.batch))]
+            create(conn, bulk, rf)
+            last = [f"t{i:05d}" for i in range(max(made, count - a.batch), count)]
+            create_ms = create(conn, last, rf)
+            made = count
+            rng = random.Random(count)
+            describe_ms = timed(
+                conn, "GET", [f"/v1/topics/t{rng.randrange(made):05d}" for _ in range(a.batch)]
+            )
+            list_ms = timed(conn, "GET", ["/v1/topics?limit=100"] * 10)
+            extra = [f"x{count:05d}-{i}" for i in range(a.batch)]
+            create(conn, extra, rf)
+            delete_ms = timed(conn, "DELETE", [f"/v1/topics/{n}" for n in extra], ok=(200, 204))
+            time.sleep(a.settle)
+            cpu = idle_cpu(cluster, a.idle_seconds)
+            rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
+            replicas_per_node = count * rf / nodes
+            kb = max((rss[n] - base_rss[n]) / replicas_per_node for n in cluster.names)
+            row = {
+                "nodes": nodes,
+                "topics": count,
+                "replicas_per_node": int(replicas_per_node),
+                "create_ms": create_ms,
+                "describe_ms": describe_ms,
+                "list_ms": list_ms,
+                "delete_ms": delete_ms,
+                "idle_cpu": max(cpu.values()),
+                "idle_cpu_nodes": cpu,
+                "rss_mb": max(rss.values()) / 1024,
+                "kb_per_replica": kb,
+                "retried": dict(RETRIED),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        top = rows[-1]
+        if nodes > 1:
+            top["failover_s"], top["failover_partitions"] = failover(cluster, a.bound)
+            poll_until(lambda: cluster.formed(), a.bound)
+            time.sleep(a.settle)
+        top["restart_s"] = restart(cluster, a.bound)
+        print(json.dumps(top), flush=True)
+    finally:
+        cluster.close()
+        if a.keep:
+            print(f"data dirs and logs kept under {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The issue's table, one row per topic count."""
+    out = [
+        "| nodes | topics | replicas/node | create ms | describe ms | list ms (page of 100) | delete ms "
+        "| idle CPU % (max node) | RSS MB | KB/replica | failover s | restart s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fo = f"{r['failover_s']:.1f} ({r['failover_partitions']} partitions)" if "failover_s" in r else "-"
+        rs = f"{r['restart_s']:.1f}" if "restart_s" in r else "-"
+        out.append(
+            f"| {r['nodes']} | {r['topics']:,} | {r['replicas_per_node']:,} | {r['create_ms']:.1f} "
+            f"| {r['describe_ms']:.1f} | {r['list_ms']:.1f} | {r['delete_ms']:.1f} | {r['idle_cpu']:.1f} "
+            f"| {r['rss_mb']:.0f} | {r['kb_per_replica']:.1f} | {fo} | {rs} |"
+        )
+    return "\n".join(out)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Curves against the topic count, one line per cluster size: ms per
+    operation, idle CPU, KB per replica."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = sorted({r["nodes"] for r in rows})
+    panels = [
+        ("create_ms", "ms per topic create"),
+        ("describe_ms", "ms per topic describe"),
+        ("delete_ms", "ms per topic delete"),
+        ("idle_cpu", "idle CPU, % of a core (busiest node)"),
+        ("kb_per_replica", "memory per partition replica, KB"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for n in sizes:
+            pts = [(r["topics"], r[key]) for r in rows if r["nodes"] == n]
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} node(s), RF {min(3, n)}"
+            )
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("single-partition topics")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Run the sizes and counts asked, print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", default="1,3", help="cluster sizes, comma-separated")
+    ap.add_argument("--topics", default="100,1000,3000,10000", help="topic counts, ascending")
+    ap.add_argument("--batch", type=int, default=100, help="operations timed per figure")
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds of quiet before measuring")
+    ap.add_argument("--bound", type=float, default=120.0, help="give up waiting after this many seconds")
+    ap.add_argument("--plot", type=Path, help="write the curves (PNG) to this directory")
+    ap.add_argument("--json", type=Path, help="save the figures to this file")
+    ap.add_argument("--data-dir", type=Path, help="where the nodes' data dirs go (default: the temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    counts = [int(x) for x in a.topics.split(",")]
+    rows: list[dict[str, Any]] = []
+    for n in (int(x) for x in a.nodes.split(",")):
+        got = run_size(n, counts, a)
+        rows += got
+        print(table(got), flush=True)
+    print(table(rows))
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    if a.plot:
+        plot(rows, a.plot)
+
+
+if __name__ == "__main__":
+    main()

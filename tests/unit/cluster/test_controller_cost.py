@@ -1,0 +1,130 @@
+"""What one controller step costs (issue 23): it looks only at the partitions
+a change touched, so with 10,000 idle partitions a step looks at none, and a
+dead node's leaderships all fail over in the one step that notices it.
+
+Counted, not timed: :attr:`PartitionController.visits` (partitions looked at)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import task
+
+from sprawl.cluster.dataplane import DataPlane
+from sprawl.cluster.metadata import Metadata
+from sprawl.replication.messages import LeaderBeat
+
+NODES = ["a", "b", "c"]
+
+
+def _plane(partitions: int) -> tuple[DataPlane, dict[str, str], task.Clock]:
+    """A controller (node a, the Raft leader) over ``partitions`` single-partition
+    topics of replication factor 3 on a, b, c, leaders spread round robin."""
+    clock = task.Clock()
+    meta = Metadata()
+    for i, n in enumerate(NODES):
+        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
+    for i in range(partitions):
+        name = f"t{i:05d}"
+        meta.topics[name] = {
+            "config": {"partitions": 1, "replication_factor": 3},
+            "created_index": 1,
+            "groups": {},
+        }
+        reps = [NODES[(i + k) % 3] for k in range(3)]
+        meta.placement[name] = [{"replicas": reps, "leader": reps[0], "epoch": 1}]
+    states = dict.fromkeys(NODES, "alive")
+    membership = SimpleNamespace(
+        member_views=lambda: [{"id": n, "state": st} for n, st in states.items()],
+        live_member_ids=lambda: [n for n, st in states.items() if st == "alive"],
+    )
+    listeners: list[Any] = []
+    control = SimpleNamespace(
+        metadata=meta,
+        leader_name="a",
+        dead_grace=30.0,
+        is_leader=True,
+        watch_topics=listeners.append,
+        is_foreign=lambda v: False,
+        propose=lambda cmd: None,
+    )
+    sent: list[Any] = []
+    channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
+    broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
+    plane = DataPlane(
+        "a", broker, control, channel, SimpleNamespace(register=lambda *a: None), clock, membership
+    )  # type: ignore[arg-type]
+    plane.service.node_beats = lambda: True  # every node has the node-beat feature
+    for name in meta.placement:  # what the metadata apply tells the listeners
+        for listener in listeners:
+            if getattr(listener, "__self__", None) is plane.controller:
+                listener(name)
+    return plane, states, clock
+
+
+def _confirm_all(plane: DataPlane) -> None:
+    """Every leader answers the controller's Assign (as real leaders do)."""
+    for c in plane.service.controllers.values():
+        assert c.leader is not None
+        c.receive(c.leader, LeaderBeat(c.epoch, 0, 0))
+
+
+def _idle_step_visits(partitions: int) -> tuple[int, int]:
+    """(partitions looked at by the first step, by each later idle step)."""
+    plane, _, clock = _plane(partitions)
+    ctl = plane.controller
+    ctl.tick()
+    first = ctl.visits
+    _confirm_all(plane)
+    clock.advance(0.1)
+    ctl.tick()  # the cores just confirmed settle
+    before = ctl.visits
+    for _ in range(10):
+        clock.advance(0.1)
+        plane.service.heard("b")
+        plane.service.heard("c")
+        ctl.tick()
+    return first, (ctl.visits - before) // 10
+
+
+def test_an_idle_step_looks_at_no_partition_however_many_there_are() -> None:
+    """Becoming the controller looks at every partition once; after that an
+    idle cluster's steps look at none, with 1,000 or 10,000 partitions."""
+    first_small, idle_small = _idle_step_visits(1_000)
+    first_big, idle_big = _idle_step_visits(10_000)
+    assert (first_small, first_big) == (1_000, 10_000)
+    assert idle_small == idle_big == 0
+
+
+def test_a_dead_nodes_leaderships_all_fail_over_in_one_step() -> None:
+    """Node b dies (by gossip): the next step fences every partition b leads
+    -- a third of 10,000 -- and looks only at the partitions b holds."""
+    plane, states, clock = _plane(10_000)
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    clock.advance(0.1)
+    ctl.tick()
+    states["b"] = "dead"
+    before = ctl.visits
+    clock.advance(0.1)
+    ctl.tick()
+    led_by_b = [k for k, c in plane.service.controllers.items() if c.fencing is not None]
+    assert len(led_by_b) == sum(1 for i in range(10_000) if i % 3 == 1)
+    assert ctl.visits - before <= 10_000
+
+
+def test_a_silent_node_fails_over_without_gossip() -> None:
+    """Nothing heard from c (no beat, no frame) for the beat timeout while
+    gossip still says alive: its leaderships fail over in one step."""
+    plane, _, clock = _plane(3_000)
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    for _ in range(25):  # 2.5 s > beat_timeout_ticks (20) x 0.1 s; b beats, c does not
+        clock.advance(0.1)
+        plane.service.heard("b")
+        plane.tick()
+    fencing = {k for k, c in plane.service.controllers.items() if c.fencing is not None}
+    assert fencing == {(f"t{i:05d}", 0) for i in range(3_000) if i % 3 == 2}
