@@ -12,10 +12,8 @@ it can resume with ``Last-Event-ID``.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
@@ -24,9 +22,10 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sprawl.delivery.frames import BatchEvents, batch, batch_event
 from sprawl.errors import SprawlError
 from sprawl.interfaces import Clock, Delayed, StreamSink, StreamSource
-from sprawl.log.record import DEFAULT_READ_BYTES, RECORD_OVERHEAD, Record
+from sprawl.log.record import DEFAULT_READ_BYTES, Record
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -47,114 +46,6 @@ class RecordSelection(Protocol):
 
 
 CHUNK = 1000
-
-
-def batch(
-    recs: list[Record], encode: Callable[[Record], bytes], max_bytes: int
-) -> tuple[list[bytes], int, int, int]:
-    """Encode ``recs`` in order until the frames reach ``max_bytes`` (at least
-    one frame is always taken, however large).  Control records take no frame.
-
-    Returns ``(frames, used, delivered, message_bytes)``: the frames, how many
-    of ``recs`` they cover (control records included; the cursor moves past
-    ``recs[used - 1]``), how many messages they carry and those messages'
-    :attr:`~sprawl.log.record.Record.message_bytes`."""
-    frames = [encode(r) for r in recs if not r.control]
-    if sum(map(len, frames)) <= max_bytes:
-        # The common case, all of it (at C speed: this is the fan-out path).
-        n = len(frames)
-        size = sum(map(_size, recs))
-        if n < len(recs):
-            size -= sum(r.size for r in recs if r.control)
-        return frames, len(recs), n, size - RECORD_OVERHEAD * n
-    frames = []
-    append = frames.append
-    total = 0
-    size = 0
-    used = 0
-    for r in recs:
-        if not r.control:
-            f = encode(r)
-            total += len(f)
-            if total > max_bytes and frames:
-                break
-            append(f)
-            size += r.size
-        used += 1
-    return frames, used, len(frames), size - RECORD_OVERHEAD * len(frames)
-
-
-_size = attrgetter("size")
-
-
-def batch_event(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
-    """``recs`` as one SSE event of the ``batch`` stream format: ``event: batch``,
-    ``id: P:OFFSET`` (the last offset covered, so ``Last-Event-ID`` resumes after
-    it) and ``data:`` a JSON array of the messages (each as in the default
-    format).  Returns ``(event, used, delivered, message_bytes)`` as :func:`batch`
-    does; the event is empty when the records were control records only."""
-    frames, used, n, nbytes = batch(recs, Record.to_json, max_bytes)
-    if not n:
-        return b"", used, 0, 0
-    head = b"event: batch\nid: %d:%d\ndata: [" % (p, recs[used - 1].offset)
-    return head + b",".join(frames) + b"]\n\n", used, n, nbytes
-
-
-class BatchEvents:
-    """The ``batch`` events encoded lately, shared by every stream of the node.
-
-    Subscribers of a partition that are caught up read the same records when
-    its high watermark moves, so the first encodes the event and the others
-    reuse it.  A hit needs the same topic object and the very record objects at
-    both ends (the hot tail's), so a recreated topic or a re-read from storage
-    is encoded afresh.  Bounded by ``max_bytes`` of events (oldest dropped)."""
-
-    def __init__(self, max_bytes: int = 8 * 1000**2) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = 0
-        self._events: OrderedDict[
-            tuple[str, int], tuple[Any, Record, Record, int, int, tuple[bytes, int, int, int]]
-        ] = OrderedDict()
-
-    def event(self, topic: Any, p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
-        """:func:`batch_event` of ``recs``, from the cache where it can be."""
-        key = (topic.name, p)
-        hit = self._events.get(key)
-        if (
-            hit is not None
-            and hit[0] is topic
-            and hit[1] is recs[0]
-            and hit[2] is recs[-1]
-            and hit[3] == len(recs)
-            and hit[4] == max_bytes
-        ):
-            self.hits += 1
-            return hit[5]
-        out = batch_event(p, recs, max_bytes)
-        if hit is not None:
-            self.bytes -= len(hit[5][0])
-            del self._events[key]
-        if len(out[0]) <= self.max_bytes:
-            self._events[key] = (topic, recs[0], recs[-1], len(recs), max_bytes, out)
-            self.bytes += len(out[0])
-            while self.bytes > self.max_bytes:
-                _, old = self._events.popitem(last=False)
-                self.bytes -= len(old[5][0])
-        return out
-
-
-#: The stream formats of ``GET .../stream?format=``: one SSE event per message
-#: (the default) or one per batch of messages.
-STREAM_FORMATS = ("sse", "batch")
-
-
-def deliverable(recs: list[Record]) -> list[Record]:
-    """``recs`` without control records (which take offsets but are never delivered)."""
-    for r in recs:
-        if r.control:
-            return [r for r in recs if not r.control]
-    return recs
 
 
 class SlowClientClock:

@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from sprawl.delivery.streams import deliverable
+from sprawl.delivery.frames import deliverable
 from sprawl.errors import SprawlError, Unavailable
 from sprawl.http.codec import (
     JSON,

@@ -15,7 +15,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from sprawl.auth import Principal
-from sprawl.delivery.streams import STREAM_FORMATS, SSEStream
+from sprawl.delivery.frames import STREAM_FORMATS
+from sprawl.delivery.streams import SSEStream
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.http import websocket as ws
 from sprawl.http.codec import (

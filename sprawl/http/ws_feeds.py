@@ -21,9 +21,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprawl.delivery.frames import batch
 from sprawl.delivery.groups import ConsumerGroup, Delivery
 from sprawl.delivery.remote_feed import RemoteFeeds
-from sprawl.delivery.streams import SlowClientClock, SSEStream, StreamRegistry, batch
+from sprawl.delivery.streams import SlowClientClock, SSEStream, StreamRegistry
 from sprawl.errors import SprawlError
 from sprawl.http.codec import leased
 from sprawl.interfaces import Clock, Delayed, FeedSocket

@@ -9,8 +9,8 @@ lean variants interleaved ``--repeat`` times; the minimum, median and maximum pe
 * the node decoding a publish body: the JSON batch (:func:`sprawl.http.codec.fast_publish`),
   msgpack and NDJSON (:mod:`sprawl.http.lean_wire`);
 * the node encoding a write to a subscriber: one SSE event per message (the records' cached
-  frames joined, :func:`sprawl.delivery.streams.batch`) or one ``batch`` event
-  (:func:`sprawl.delivery.streams.batch_event`);
+  frames joined, :func:`sprawl.delivery.frames.batch`) or one ``batch`` event
+  (:func:`sprawl.delivery.frames.batch_event`);
 * a Python client decoding what it receives into message dicts: the default stream through
   :class:`sprawl.client.sse.SseParser` and ``msgspec.json.decode`` per event, the batch stream
   through :class:`sprawl.client.wire.BatchStreamDecoder`.
@@ -27,7 +27,7 @@ import msgspec
 
 from sprawl.client import wire
 from sprawl.client.sse import SseParser
-from sprawl.delivery.streams import batch, batch_event
+from sprawl.delivery.frames import batch, batch_event
 from sprawl.http.codec import fast_publish
 from sprawl.http.lean_wire import parse_msgpack, parse_ndjson
 from sprawl.log.record import Record

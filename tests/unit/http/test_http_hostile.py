@@ -28,8 +28,9 @@ from harness.inproc_http import node as node
 from sprawl.auth import Authenticator, TokenTable
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.config import ConfigError
+from sprawl.delivery.frames import batch
 from sprawl.delivery.groups import ConsumerGroup, GroupConfig
-from sprawl.delivery.streams import SSEStream, StreamRegistry, batch
+from sprawl.delivery.streams import SSEStream, StreamRegistry
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.http.api import SprawlAPI
 from sprawl.http.codec import ack_ids, decode_json_body, fast_publish, parse_last_event_id, parse_message

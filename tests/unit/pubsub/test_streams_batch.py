@@ -18,7 +18,7 @@ from harness.inproc_sse import Server as Server
 from harness.inproc_sse import SSEClient
 from harness.inproc_sse import server as server
 from sprawl.client import wire
-from sprawl.delivery.streams import BatchEvents, batch_event
+from sprawl.delivery.frames import BatchEvents, batch_event
 from sprawl.log.record import Record
 
 
