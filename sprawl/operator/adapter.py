@@ -20,12 +20,19 @@ the broker.
 Drain and undrain call ``POST /v1/cluster/nodes/{node}/drain`` /
 ``.../undrain`` on any ready pod (the routes behind ``sprawlctl cluster
 drain``; :func:`sprawl.operator.reconcile.node_route`).
+
+Authentication: on a cluster with tokens on (``--auth-tokens``), every call
+carries ``Authorization: Bearer TOKEN``, TOKEN read by :func:`operator_token`
+from ``SPRAWL_TOKEN`` or the file named by ``SPRAWL_TOKEN_FILE`` (the
+manifests mount the ``operator-token`` key of ``sprawl-secret``, a token with
+``admin``: drain needs it).  Without either, no header is sent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -57,38 +64,67 @@ GROUP, VERSION, PLURAL = "sprawl.dev", "v1alpha1", "sprawlclusters"
 MAX_ANSWER = 16 * 1024 * 1024
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+#: Bytes of a token file read at most.
+MAX_TOKEN = 4096
+
+
+def operator_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token the adapter sends: ``SPRAWL_TOKEN``, else the first
+    line of the file ``SPRAWL_TOKEN_FILE`` names (surrounding whitespace
+    dropped); None when neither is set.  A named file that cannot be read is
+    an ``OSError`` (the operator does not start without the token it was
+    given)."""
+    env = os.environ if environ is None else environ
+    token = (env.get("SPRAWL_TOKEN") or "").strip()
+    if token:
+        return token
+    path = env.get("SPRAWL_TOKEN_FILE")
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        raw = f.read(MAX_TOKEN + 1)
+    if len(raw) > MAX_TOKEN:
+        raise OSError(f"token file {path} is over {MAX_TOKEN} bytes")
+    lines = raw.decode("utf-8", "replace").strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _http(method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         raw = r.read(MAX_ANSWER)
     return json.loads(raw) if raw else None
 
 
-def observe_nodes(urls: Mapping[str, str]) -> tuple[dict[str, Node], int | None]:
+def observe_nodes(urls: Mapping[str, str], token: str | None = None) -> tuple[dict[str, Node], int | None]:
     """The cluster as the first of ``urls`` (ready pods' HTTP URLs) that
     answers describes it: ``GET /v1/cluster`` and ``GET /v1/cluster/placement``
-    read by :func:`sprawl.operator.reconcile.observed_cluster`; nothing known
-    when none answers."""
+    read by :func:`sprawl.operator.reconcile.observed_cluster`, ``token``
+    sent as the bearer token; nothing known when none answers."""
     for url in urls.values():
         try:
             return observed_cluster(
-                _http("GET", url + "/v1/cluster"), _http("GET", url + "/v1/cluster/placement")
+                _http("GET", url + "/v1/cluster", token=token),
+                _http("GET", url + "/v1/cluster/placement", token=token),
             )
         except (OSError, ValueError):
             continue
     return {}, None
 
 
-def node_action(action: Action, urls: Mapping[str, str]) -> str | None:
+def node_action(action: Action, urls: Mapping[str, str], token: str | None = None) -> str | None:
     """Carry out a drain or undrain through the first of ``urls`` that takes
-    it (:func:`sprawl.operator.reconcile.node_route`); None when one did, else
-    what went wrong with each."""
+    it (:func:`sprawl.operator.reconcile.node_route`), ``token`` sent as the
+    bearer token; None when one did, else what went wrong with each."""
     route = node_route(action)
     errors = []
     for url in urls.values():
         try:
-            _http("POST", url + route)
+            _http("POST", url + route, token=token)
             return None
         except OSError as e:
             errors.append(f"{url}: {e}")
@@ -106,6 +142,7 @@ class Operator:
         except config.ConfigException:
             config.load_kube_config()
         self.ns = namespace
+        self.token = operator_token()
         # typed as Any: the client's objects are read as the API's JSON shapes
         self.apps: Any = client.AppsV1Api()
         self.core: Any = client.CoreV1Api()
@@ -130,7 +167,7 @@ class Operator:
             pods.append(Pod(ordinal, p.spec.containers[0].image, ready))
             if ready and p.status.pod_ip:
                 urls[p.metadata.name] = f"http://{p.status.pod_ip}:{HTTP_PORT}"
-        nodes, under = observe_nodes(urls)
+        nodes, under = observe_nodes(urls, self.token)
         return Observed(sts.spec.replicas, image, tuple(pods), nodes, under), urls
 
     def apply(self, spec: Spec, action: Action, urls: dict[str, str]) -> None:
@@ -149,7 +186,7 @@ class Operator:
         elif action.kind == DELETE_POD:
             self.core.delete_namespaced_pod(f"{spec.name}-{action.arg}", self.ns)
         elif action.kind in (DRAIN, UNDRAIN):
-            failed = node_action(action, urls)
+            failed = node_action(action, urls, self.token)
             if failed is not None:
                 print(
                     f"{spec.name}: {action.kind} {action.arg} failed: {failed}", file=sys.stderr, flush=True

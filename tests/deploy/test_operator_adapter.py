@@ -5,6 +5,7 @@ client is only imported by ``Operator`` itself, so none is needed here."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from harness import http_json, poll_until
-from sprawl.operator.adapter import node_action, observe_nodes
+from sprawl.operator.adapter import node_action, observe_nodes, operator_token
 from sprawl.operator.reconcile import DRAIN, Action, Node
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,53 @@ def test_the_operator_drains_and_undrains_a_node_of_a_cluster(tmp_path: Any) -> 
         assert poll_until(undrained, 30.0) is not None, seen
     finally:
         cluster.close()
+
+
+OPERATOR_TOKEN = "operator-adapter-test-token-0123456789"
+
+
+def test_the_adapter_sends_its_token_to_a_node_with_auth_on(sprawl_nodes: Any, tmp_path: Any) -> None:
+    """A node with ``--auth-tokens``: without the token the adapter's reads
+    learn nothing and its drain is refused with a 401; with the token (read
+    by :func:`operator_token` from ``SPRAWL_TOKEN_FILE``, as the manifests
+    mount it) it observes the node and its drain passes auth and reaches the
+    drain route (which answers 404: the lone node is not named sprawl-0)."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(
+        json.dumps(
+            {"tokens": [{"name": "operator", "token": OPERATOR_TOKEN, "permissions": {"*": ["admin"]}}]}
+        )
+    )
+    token_file = tmp_path / "operator-token"
+    token_file.write_text(OPERATOR_TOKEN + "\n")
+    token = operator_token({"SPRAWL_TOKEN_FILE": str(token_file)})
+    assert token == OPERATOR_TOKEN
+    node = sprawl_nodes("--auth-tokens", str(tokens))
+    urls = {"sprawl-0": node.url}
+    assert observe_nodes(urls) == ({}, None)
+    refused = node_action(Action(DRAIN, "sprawl-0"), urls)
+    assert refused is not None and "401" in refused, refused
+    seen: dict[str, Any] = {}
+
+    def observed() -> bool:
+        seen["obs"] = observe_nodes(urls, token)
+        return bool(seen["obs"][0])
+
+    assert poll_until(observed, 20.0) is not None, seen
+    reached = node_action(Action(DRAIN, "sprawl-0"), urls, token)
+    assert reached is not None and "404" in reached, reached  # past auth: no node of that name
+
+
+def test_operator_token_from_env_or_file(tmp_path: Any) -> None:
+    """``SPRAWL_TOKEN`` first, else the first line of ``SPRAWL_TOKEN_FILE``;
+    None without either; an oversized or missing file is an error."""
+    f = tmp_path / "t"
+    f.write_text("  file-token \nsecond line\n")
+    assert operator_token({"SPRAWL_TOKEN": " env-token\n", "SPRAWL_TOKEN_FILE": str(f)}) == "env-token"
+    assert operator_token({"SPRAWL_TOKEN_FILE": str(f)}) == "file-token"
+    assert operator_token({}) is None
+    f.write_text("x" * 5000)
+    with pytest.raises(OSError, match="over"):
+        operator_token({"SPRAWL_TOKEN_FILE": str(f)})
+    with pytest.raises(OSError):
+        operator_token({"SPRAWL_TOKEN_FILE": str(tmp_path / "missing")})

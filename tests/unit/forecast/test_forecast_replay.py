@@ -35,6 +35,31 @@ def test_predictive_beats_reactive(trace, config: SimConfig) -> None:  # type: i
     assert "| predictive |" in table([(reactive, predictive)], config)
 
 
+#: Issue 18's proof asks for no more moves than the reactive balancer; on these
+#: two traces the predictive rule still makes more (docs/benchmarks.md, "Predictive
+#: balancing"): strict, so the day the rule wins there this test says so.
+MORE_MOVES = pytest.mark.xfail(
+    strict=True, reason="predictive makes more moves than reactive on ramp and surges (known, open)"
+)
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [
+        pytest.param(lambda: traces.daily(days=2.0), id="daily"),
+        pytest.param(lambda: traces.ramp(), id="ramp", marks=MORE_MOVES),
+        pytest.param(lambda: traces.surges(), id="surges", marks=MORE_MOVES),
+    ],
+)
+def test_predictive_moves_no_more_than_reactive_on_the_day_long_traces(trace) -> None:  # type: ignore[no-untyped-def]
+    """The table's day-long traces (``benchmarks.forecast_sim``, 1-2 minutes each):
+    less hot time and no more moves than the reactive balancer."""
+    ((reactive, predictive),) = compare([trace()], SimConfig())
+    assert reactive.hot_seconds > 0
+    assert predictive.hot_seconds < reactive.hot_seconds
+    assert predictive.moves <= reactive.moves, (predictive.moves_by_reason, reactive.moves_by_reason)
+
+
 def test_runs_are_deterministic() -> None:
     """Same trace, same seed: the same moves at the same times."""
     tr = traces.recorded(RECORDED, period=300.0, bucket=10.0)
