@@ -6,6 +6,8 @@ deterministic and report the forecast's MAPE."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness.paths import DATA
@@ -43,6 +45,10 @@ MORE_MOVES = pytest.mark.xfail(
 )
 
 
+@pytest.mark.skipif(
+    not os.environ.get("SPRAWL_SIM_LONG"),
+    reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
+)
 @pytest.mark.parametrize(
     "trace",
     [
