@@ -10,6 +10,7 @@ and registered with :meth:`NodeMetrics.register` once the parts exist.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -357,7 +358,7 @@ class _StateCollector:
 class GCPauses:
     """Times each garbage collection into ``histogram`` (``gc.callbacks``)."""
 
-    def __init__(self, histogram: Any, clock: Any = None) -> None:
+    def __init__(self, histogram: Histogram, clock: Callable[[], float] | None = None) -> None:
         import time
 
         self.histogram = histogram

@@ -17,15 +17,13 @@ if TYPE_CHECKING:
     from sprawl.cluster.features import FeatureGate
     from sprawl.forecast.feed import TrafficFeed
     from sprawl.http.status import NodeInfo
-    from sprawl.interfaces import PeerReactor
+    from sprawl.interfaces import Clock, PeerReactor
     from sprawl.metrics import NodeMetrics
     from sprawl.pubsub import Broker
     from sprawl.pubsub.links import ClusterLinks
     from sprawl.storage.integrity import Integrity
     from sprawl.storage.scrub import Scrubber
 
-# The node's log lines keep the namespace they have always had (operators'
-# log filters and tests select the "serving" line by it).
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
 log = Logger(namespace="sprawl.tap")
@@ -110,7 +108,7 @@ def announce_http(url: str, info: NodeInfo, gossip: GossipNode, control: Cluster
 
 
 def make_traffic_feed(
-    c: NodeConfig, reactor: Any, gossip: GossipNode, metrics: NodeMetrics
+    c: NodeConfig, reactor: Clock, gossip: GossipNode, metrics: NodeMetrics
 ) -> TrafficFeed | None:
     """The traffic forecaster and its feed (``--forecast``), or None when off:
     fed from the gossiped rates and this node's published and delivered

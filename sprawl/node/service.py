@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
-# The node's log lines keep the namespace they have always had (operators'
-# log filters and tests select the "serving" line by it).
 log = Logger(namespace="sprawl.tap")
 
 

@@ -6,18 +6,13 @@ import json
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.logger import Logger
 
 from sprawl.cluster.control import StartRefused
 from sprawl.config import NodeConfig
 
-if TYPE_CHECKING:
-    pass
-
-# The node's log lines keep the namespace they have always had (operators'
-# log filters and tests select the "serving" line by it).
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
 log = Logger(namespace="sprawl.tap")

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-if TYPE_CHECKING:
-    pass
+from sprawl.interfaces import Clock
 
-# The node's log lines keep the namespace they have always had (operators'
-# log filters and tests select the "serving" line by it).
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
 # The node's log lines keep the namespace they have always had (operators'
 # log filters and tests select the "serving" line by it).
 log = Logger(namespace="sprawl.tap")
 
 
-def exit_status_after_stop(reactor: Any, status: int) -> None:
+def exit_status_after_stop(reactor: object, status: int) -> None:
     """Make the process exit with ``status`` once the reactor has shut down
     (twistd itself always exits 0): a refused start is an error to scripts."""
     add = getattr(reactor, "addSystemEventTrigger", None)
@@ -34,7 +35,7 @@ def exit_status_after_stop(reactor: Any, status: int) -> None:
     add("after", "shutdown", leave)
 
 
-async def bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:
+async def bounded(reactor: Clock, d: defer.Deferred[Any], seconds: float) -> None:
     """Wait for ``d`` at most ``seconds`` (then go on without it)."""
     timer = reactor.callLater(seconds, d.cancel)
     try:
@@ -46,7 +47,7 @@ async def bounded(reactor: Any, d: defer.Deferred[Any], seconds: float) -> None:
             timer.cancel()
 
 
-async def until(reactor: Any, cond: Any, seconds: float, step: float = 0.02) -> bool:
+async def until(reactor: Clock, cond: Callable[[], object], seconds: float, step: float = 0.02) -> bool:
     """Wait until ``cond()`` holds, at most ``seconds`` (checked every ``step``); whether it held."""
     deadline = reactor.seconds() + seconds
     for _ in range(int(seconds / step) + 2):
@@ -54,5 +55,5 @@ async def until(reactor: Any, cond: Any, seconds: float, step: float = 0.02) -> 
             return True
         if reactor.seconds() >= deadline:
             break
-        await task.deferLater(reactor, step, lambda: None)
+        await task.deferLater(cast("IReactorTime", reactor), step, lambda: None)
     return bool(cond())
