@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import NodeProcess, http_json, metrics_text
 from harness.paths import DOCS
+from harness.waits import poll_until
 
 DOC = DOCS / "operations.md"
 _NAME = re.compile(r"`((?:sprawl|process|python)_[a-z0-9_]+)(?:\{[^}]*\})?`")
@@ -70,7 +71,16 @@ def test_documented_metrics_exist(sprawl_node: NodeProcess) -> None:
     assert pulled["messages"]
     _request(f"{url}/v1/topics/orders/messages?from=earliest")
     _read_one_stream_event(sprawl_node.http_port)
-    text = metrics_text(url, timeout=30)
+    # The process's memory baseline (and the ratio over it) exist once the node's first
+    # memory tick measured it: under load that can come after the requests above.
+    texts = [""]
+
+    def measured() -> bool:
+        texts[0] = metrics_text(url, timeout=30)
+        return "sprawl_process_memory_baseline_bytes" in texts[0]
+
+    assert poll_until(measured, 10.0) is not None, "the node never measured its memory baseline"
+    text = texts[0]
 
     families = {f.name: f for f in text_string_to_metric_families(text)}
     # The parser strips _total from counter family names; map exposition names back.

@@ -418,7 +418,10 @@ def _run_many(name: str, n_replicas: int, seeds: list[int], steps: int) -> None:
             "preferred_moves",
         ):
             assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
-        assert totals.get("preferred_won", 0) > len(seeds) // 20, f"too few preferred_won: {totals}"
+        # A coverage floor (the schedules must exercise hand-offs the preferred replica wins),
+        # not a safety check: over 300 seeds it ranges ~15-31 (the stopping/drained hand-off
+        # rules of issue 24 moved some wins to refusals), so the floor is one in thirty.
+        assert totals.get("preferred_won", 0) >= len(seeds) // 30, f"too few preferred_won: {totals}"
 
 
 def test_three_replica_schedules() -> None:
