@@ -188,10 +188,9 @@ class Subscribers:
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``cond`` (every 0.1 s) until true; AssertionError after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Poll ``cond`` until true (the harness's bounded, load-scaled :func:`poll_until`);
+    AssertionError naming ``what`` when it never held."""
+    from harness.waits import poll_until
+
+    if poll_until(cond, timeout) is None:
+        raise AssertionError(f"timed out waiting for {what}")

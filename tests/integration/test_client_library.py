@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from harness import NodeProcess, free_port
 from harness.nodes import metric_value
 from harness.reactor import bounded, the_reactor
+from harness.waits import poll_until
 from sprawl.client import ClientError, Message, SprawlClient, TxSprawlClient, outgoing
 
 pytestmark = pytest.mark.integration
@@ -51,10 +52,8 @@ def test_fetch_from_time(node: NodeProcess) -> None:
     c.publish("lib-time", "old")
     cut = c.fetch("lib-time").messages[0].timestamp
     assert cut is not None
-    for _ in range(200):  # bounded: the clock moves on within a few ms
-        if int(time.time() * 1000) > cut:
-            break
-        time.sleep(0.005)
+    # The wall clock moves past the first message's millisecond (bounded wait).
+    assert poll_until(lambda: int(time.time() * 1000) > cut, 2.0, step=0.005) is not None
     c.publish("lib-time", "new")
     later = c.fetch("lib-time", from_time=cut + 1)
     assert [m.text() for m in later.messages] == ["new"]
