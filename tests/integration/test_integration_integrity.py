@@ -9,6 +9,7 @@ LMDB's own structures.  Random page damage is in
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -53,16 +54,27 @@ def publish_all(node: NodeProcess, topic: str = "t", n: int = N, acks: str = "le
 
 def flip_values(data_dir: Path, offsets: list[int], at: int = 100) -> None:
     """Flip one byte ``at`` bytes into the payload of each message at
-    ``offsets`` -- every copy LMDB holds (stale copies in free pages too)."""
+    ``offsets`` -- every copy LMDB holds (stale copies in free pages too).
+
+    The bytes are written in place (``pwrite``), never by rewriting the file:
+    a live node maps data.mdb, and a truncate-then-write would let it touch
+    pages past the file's end for a moment (SIGBUS), which is not rot."""
     path = data_dir / "lmdb" / "data.mdb"
-    data = bytearray(path.read_bytes())
+    data = path.read_bytes()
+    flips: dict[int, int] = {}
     for off in offsets:
         m = marker(off)
         hits = [h.start() for h in re.finditer(re.escape(m), data)]
         assert hits, f"message {off} not found in data.mdb"
         for h in hits:
-            data[h + len(m) + at] ^= 0x5A
-    path.write_bytes(bytes(data))
+            i = h + len(m) + at
+            flips[i] = data[i] ^ 0x5A
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for i, b in flips.items():
+            os.pwrite(fd, bytes([b]), i)
+    finally:
+        os.close(fd)
 
 
 def read_range(node: NodeProcess, start: int, limit: int, topic: str = "t") -> tuple[int, Any]:

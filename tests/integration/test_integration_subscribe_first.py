@@ -103,6 +103,9 @@ def test_subscribers_on_b_get_the_first_publish_made_on_a(
     # Every subscription is open and waiting on b before anything is published anywhere.
     waiting = poll_until(lambda: _metric(b, "sprawl_topic_waiting_subscribers") == 5.0, DELIVERY_BOUND)
     assert waiting is not None, _metric(b, "sprawl_topic_waiting_subscribers")
+    # The node counts a subscriber as waiting once it is registered, which can
+    # be before that reader's thread has read the response's status line.
+    poll_until(lambda: all(r.status is not None for r in subs.values()), DELIVERY_BOUND)
     assert {k: r.status for k, r in subs.items()} == {
         "sse": 200,
         "sse_latest": 200,
