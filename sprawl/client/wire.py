@@ -196,3 +196,63 @@ class BatchStreamDecoder:
         if len(msgs) > self.max_messages:
             raise WireError(f"stream event with more than {self.max_messages} messages")
         return StreamBatch(eid, msgs)
+
+
+class _NdjsonLine(msgspec.Struct):
+    """One line of an ``ndjson`` stream (unknown fields ignored: later versions may add some)."""
+
+    id: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    error: dict[str, Any] | None = None
+
+
+_ndjson_line = msgspec.json.Decoder(_NdjsonLine)
+
+
+class NdjsonStreamDecoder:
+    """Incremental decoder of a ``GET .../stream?format=ndjson`` body (docs/api.md): fed
+    bytes split anywhere, returns the :class:`StreamBatch` es they complete.  Blank lines
+    (keepalives) and the opening ``{"stream": ...}`` line are skipped; an ``error`` line
+    raises :class:`StreamError`; a line longer than ``max_line_bytes``, with more than
+    ``max_messages``, or not an object of the format is a :class:`WireError`."""
+
+    def __init__(self, max_line_bytes: int = MAX_EVENT_BYTES, max_messages: int = MAX_EVENT_MESSAGES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_messages = max_messages
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[StreamBatch]:
+        """The batches ``chunk`` completes, in order."""
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[StreamBatch] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line = buf[start:end]
+            start = end + 1
+            if line.strip():
+                batch = self._line(line)
+                if batch is not None:
+                    out.append(batch)
+        self._buf = buf[start:]
+        if len(self._buf) > self.max_line_bytes:
+            raise WireError(f"stream line longer than {self.max_line_bytes} bytes")
+        return out
+
+    def _line(self, line: bytes) -> StreamBatch | None:
+        if len(line) > self.max_line_bytes:
+            raise WireError(f"stream line longer than {self.max_line_bytes} bytes")
+        try:
+            obj = _ndjson_line.decode(line)
+        except (msgspec.DecodeError, RecursionError) as e:
+            raise WireError(f"malformed stream line: {e}") from None
+        if obj.error is not None:
+            err = obj.error
+            raise StreamError(str(err.get("code", "stream_error")), str(err.get("message", "")), err)
+        if obj.messages is None:
+            return None  # the opening line, or a kind of line this client does not know
+        if len(obj.messages) > self.max_messages:
+            raise WireError(f"stream line with more than {self.max_messages} messages")
+        return StreamBatch(obj.id, obj.messages)

@@ -16,6 +16,7 @@ from twisted.web.server import Request
 
 from sprawl.auth import Principal
 from sprawl.delivery.frames import STREAM_FORMATS
+from sprawl.delivery.ndjson_stream import NdjsonStream
 from sprawl.delivery.streams import SSEStream
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.http import websocket as ws
@@ -91,13 +92,13 @@ class MessageRoutes:
             select = selection_arg(request)
             fmt = arg(request, "format") or "sse"
             if fmt not in STREAM_FORMATS:
-                raise BadRequest("format must be sse or batch", code="invalid_parameter")
+                raise BadRequest("format must be sse, batch or ndjson", code="invalid_parameter")
         except SprawlError as e:
             return render_error(request, Failure(e))
         principal = principal_of(request)
 
         def go(starts: dict[int, int]) -> Any:
-            s = SSEStream(
+            s = (NdjsonStream if fmt == "ndjson" else SSEStream)(
                 self.broker,
                 t,
                 starts,
