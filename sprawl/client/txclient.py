@@ -52,17 +52,24 @@ from sprawl.client.errors import (
 from sprawl.client.messages import FetchResult, Message, Payload, Published, outgoing
 from sprawl.client.sse import SseParser
 from sprawl.client.topics import TopicDescription
+from sprawl.client.txsocket import publish_frames, publish_many
 from sprawl.client.wire import LEAN_MARK, MSGPACK, BatchStreamDecoder, StreamError, WireError, refused_lean
+
+
+def _trust_root(cacert: str | None) -> Any:
+    """The CAs of the PEM bundle ``cacert`` (None: the platform's)."""
+    if cacert is None:
+        return None
+    with open(cacert, "rb") as fh:
+        pem = fh.read()
+    blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
 
 
 def _agent(reactor: Any, cacert: str | None) -> HTTPClient:
     if cacert is None:
         return HTTPClient(cast(IAgent, Agent(reactor)))
-    with open(cacert, "rb") as fh:
-        pem = fh.read()
-    blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-    roots = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
-    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=roots))
+    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=_trust_root(cacert)))
     return HTTPClient(cast(IAgent, agent))
 
 
@@ -98,6 +105,7 @@ class TxSprawlClient:
         self.timeout = timeout
         self.token = token
         self._http = _agent(reactor, cacert)
+        self._cacert = cacert
         #: End-to-end encryption, as :class:`sprawl.client.SprawlClient` does it.
         self.encryptor = as_encryptor(encrypt_for)
         self.decryptor = as_decryptor(decrypt_with)
@@ -218,6 +226,55 @@ class TxSprawlClient:
         if self.encryptor is not None:
             items = [self.encryptor.seal_item(m) for m in items]
         return self.run(calls.publish(topic, items, acks, self.lean))
+
+    def publish_many(
+        self,
+        topic: str,
+        batches: Iterable[Iterable[dict[str, Any] | Payload]],
+        *,
+        acks: str | None = None,
+        window: int = 16,
+    ) -> Deferred[list[Published]]:
+        """Publish many batches pipelined on one WebSocket (``GET .../ws?feed=none``): up to
+        ``window`` (at most 64) batches in flight, answers matched by ``ref``; fires with
+        each batch's :class:`Published`, in order.  The socket goes to the first node that
+        opens one.  If it closes (or goes ``timeout`` seconds without an answer) with batches
+        in flight, the Deferred fails with a :class:`ClientError` saying their outcome is
+        unknown (batches whose messages all carry ids can be sent again safely)."""
+        calls._check_acks(acks)
+        items = [[m if isinstance(m, dict) else outgoing(m) for m in batch] for batch in batches]
+        if any(not batch for batch in items):
+            raise ValueError("a batch holds one message at least")
+        if self.encryptor is not None:
+            items = [[self.encryptor.seal_item(m) for m in batch] for batch in items]
+        frames = publish_frames(items, acks)
+        return Deferred.fromCoroutine(self._publish_many(topic, frames, window))
+
+    async def _publish_many(self, topic: str, frames: list[bytes], window: int) -> list[Published]:
+        if not frames:
+            return []
+        errors: list[str] = []
+        roots = _trust_root(self._cacert)
+        for url in list(self.urls):
+            try:
+                result = await publish_many(
+                    self.reactor,
+                    url,
+                    topic,
+                    frames,
+                    window=window,
+                    timeout=self.timeout,
+                    token=self.token,
+                    trust_root=roots,
+                )
+            except ClientError as exc:
+                if "cannot open a publish socket" not in str(exc):
+                    raise
+                errors.append(str(exc))
+                continue
+            self._prefer(url)
+            return result
+        raise ClientError("; ".join(errors))
 
     def fetch(
         self,

@@ -202,6 +202,28 @@ async def test_twisted_client(node: NodeProcess, wire: str) -> None:
     assert metric_value(node.url, "sprawl_stream_subscribers") == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_twisted_publish_many_pipelines_batches_on_one_socket(node: NodeProcess) -> None:
+    """``publish_many``: 40 batches (text and binary payloads, ids) on one WebSocket past a
+    dead first URL; one answer per batch in order, every message stored once; a repeat of
+    the same ids is all duplicates; a bad batch fails the call with its error."""
+    c = TxSprawlClient([f"http://127.0.0.1:{free_port()}", node.url], reactor=the_reactor(), timeout=5)
+    await bounded(c.create_topic("lib-many", partitions=1))
+    batches = [[outgoing(f"b{b}m{i}", id=f"{b}-{i}") for i in range(25)] for b in range(40)]
+    batches[3][0] = outgoing(b"\x00\xff", id="3-0")
+    got = await bounded(c.publish_many("lib-many", batches, acks="leader", window=8))
+    assert len(got) == 40 and [len(p.offsets) for p in got] == [25] * 40
+    offsets = [o for p in got for o in p.offsets]
+    assert sorted(offsets) == list(range(1000)) and not any(d for p in got for d in p.duplicates)
+    assert [p.ids for p in got] == [[m["id"] for m in b] for b in batches]
+    again = await bounded(c.publish_many("lib-many", batches[:5]))
+    assert all(all(p.duplicates) for p in again)
+    fetched = await bounded(c.fetch("lib-many", 0, 0, limit=1000))
+    assert len(fetched.messages) == 1000 and fetched.messages[75].payload == b"\x00\xff"
+    with pytest.raises(ClientError, match="invalid_message"):
+        await bounded(c.publish_many("lib-many", [["ok"], [outgoing("x", id="")]]))
+
+
 @pytest.fixture(scope="module")
 def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, dict[str, str]]]:
     """A node serving HTTPS with a test CA and requiring bearer tokens."""
@@ -251,6 +273,8 @@ async def test_twisted_client_tls_and_token(tls_node: tuple[NodeProcess, dict[st
     url = node.url.replace("http://", "https://")
     c = TxSprawlClient(url, token=TOKEN, cacert=pki["ca"], reactor=the_reactor(), wire=wire)
     pub = await bounded(c.publish(f"lib-tls-tx-{wire}", "over tls"))
+    many = await bounded(c.publish_many(f"lib-tls-tx-{wire}", [["a", "b"], ["c"]]))
+    assert [len(p.offsets) for p in many] == [2, 1]
     got = await bounded(c.fetch(f"lib-tls-tx-{wire}", pub.partitions[0], pub.offsets[0]))
     assert got.messages[0].text() == "over tls"
     stranger = TxSprawlClient(url, token=TOKEN, cacert=pki["other_ca"], reactor=the_reactor(), wire=wire)

@@ -1,6 +1,6 @@
 """Pipelined WebSocket publish: many ``publish`` frames in flight on one socket, each answered
 with its own ``ref``; frames beyond the socket's hard in-flight bounds (count, bytes) are
-refused with ``too_many_in_flight`` and store nothing.  autobahn's client over real loopback
+refused with ``too_many_in_flight`` and store nothing; ``feed=none`` sockets carry answers only.  autobahn's client over real loopback
 TCP against the in-process node (:mod:`harness.inproc_ws`); every wait bounded."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ async def stored(w: WS, topic: str) -> list[str]:
 async def burst(w: WS, topic: str, frames: list[dict[str, Any]]) -> WSClient:
     """Send every frame (``ref`` = its index) in one go, wait for an answer to each."""
     await w.server.publish(topic, ["first"])
-    c = await w.connect(f"/v1/topics/{topic}/ws")
+    c = await w.connect(f"/v1/topics/{topic}/ws?feed=none")
     for i, f in enumerate(frames):
         c.send({**f, "ref": i})
     await c.when(lambda: len(answers(c)) >= len(frames))
@@ -81,3 +81,25 @@ async def test_frames_beyond_the_in_flight_bytes_are_refused(ws: WS, monkeypatch
     big = await c.request({"publish": {"payload": "y" * 5000}}, "big")
     assert "published" in big
     assert len(await stored(ws, "bytes")) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_feed_none_socket_carries_answers_only(ws: WS) -> None:
+    """``feed=none``: publishes are answered, no message frames come (not even its own); a
+    topic not created yet is created by the first publish."""
+    c = await ws.connect("/v1/topics/quiet/ws?feed=none")
+    got = await c.request({"publish": {"messages": [{"payload": "a"}, {"payload": "b"}]}}, "r")
+    assert got["published"]["offsets"] == [0, 1]
+    await c.request({"publish": {"payload": "c"}}, "marker")
+    assert c.messages == [] and all("ref" in f for f in c.frames)
+    assert await stored(ws, "quiet") == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "query", ["feed=all", "feed=", "feed=none&group=g", "feed=none&from=0", "feed=none&last_event_id=0:1"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_bad_feed_query_is_a_400(ws: WS, query: str) -> None:
+    await ws.server.publish("fq", ["x"])
+    status, body = await ws.server.request("GET", f"/v1/topics/fq/ws?{query}")
+    assert status == 400 and b"invalid_parameter" in body
