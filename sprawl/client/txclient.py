@@ -535,17 +535,25 @@ class _EventReader:
             if event.event == "error":
                 self.error = event_error_text(event.data)
             elif event.event == "message":
-                message = Message.parse(self.cursor.topic, json.loads(event.data))
-                opened, _ = self.opener([message])
-                self.cursor.delivered(message)
-                self.delivered += 1
-                for m in opened:
-                    try:
-                        self.on_message(m)
-                    except Exception as exc:
-                        # Raised out of the collector, it makes treq close the connection.
-                        self.failure = exc
-                        raise
+                self._deliver([Message.parse(self.cursor.topic, json.loads(event.data))])
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Note ``messages`` in the cursor and hand those that open to ``on_message``."""
+        opened, _ = self.opener(messages)
+        ready = {(m.partition, m.offset): m for m in opened}
+        for message in messages:
+            # Noted one by one: after a failing on_message, last_event_id is that message's.
+            self.cursor.delivered(message)
+            self.delivered += 1
+            m = ready.get((message.partition, message.offset))
+            if m is None:
+                continue  # could not be decrypted (reported by the opener)
+            try:
+                self.on_message(m)
+            except Exception as exc:
+                # Raised out of the collector, it makes treq close the connection.
+                self.failure = exc
+                raise
 
     def _feed_batches(self, decoder: BatchStreamDecoder, data: bytes) -> None:
         """Take a chunk of a ``format=batch`` stream (one-message events read too)."""
@@ -557,17 +565,8 @@ class _EventReader:
             self.error = str(e)  # messages of this chunk before it: read again on resume
             return
         except WireError as e:
-            self.error = str(e)  # not resumable: the subscription ends with it
-            return
+            # Not resumable: the subscription ends with it (raised, treq drops the connection).
+            self.failure = ClientError(str(e))
+            raise self.failure from None
         for batch in batches:
-            messages = [Message.parse(self.cursor.topic, m) for m in batch.messages]
-            opened, _ = self.opener(messages)
-            for m in messages:
-                self.cursor.delivered(m)
-            self.delivered += len(messages)
-            for m in opened:
-                try:
-                    self.on_message(m)
-                except Exception as exc:
-                    self.failure = exc
-                    raise
+            self._deliver([Message.parse(self.cursor.topic, m) for m in batch.messages])
