@@ -111,7 +111,7 @@ def refused_lean(status: int, body: bytes) -> bool:
     try:
         err = json.loads(body)["error"]
         return bool(err["code"] == "invalid_parameter" and " id " in f" {err['message']} ")
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return False
 
 

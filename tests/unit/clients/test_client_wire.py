@@ -18,6 +18,8 @@ from typing import Any
 import msgspec
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -214,3 +216,21 @@ def test_the_blocking_client_falls_back_to_json_once_per_url(old_node: str) -> N
     # A transport without lean bodies never sends one.
     Client([old_node]).request("POST", "/v1/topics/t/messages", {"messages": [{"payload": "x"}]})
     assert _OldNode.seen[-1][0] == "application/json"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(100, 599),
+    st.binary(max_size=200)
+    | st.builds(
+        lambda v: json.dumps(v).encode(),
+        st.recursive(
+            st.none() | st.text(max_size=8) | st.integers(),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+            max_leaves=8,
+        ),
+    ),
+)
+def test_refused_lean_reads_any_answer_without_raising(status: int, body: bytes) -> None:
+    """Whatever a node (or something pretending to be one) answers: a bool, never an error."""
+    assert isinstance(wire.refused_lean(status, body), bool)
