@@ -11,7 +11,11 @@
 
 Every request goes to the first node of the list that answers (fail-over), a 429 is sent again
 after its ``Retry-After``, https URLs are checked against ``cacert`` (or the system's CAs),
-and a bearer ``token`` goes with every request.  Requests are the :mod:`sprawl.client.calls`
+and a bearer ``token`` goes with every request.  With ``wire="lean"`` (the default) a publish
+is one msgpack body (binary payloads as they are, no base64) and a subscription reads
+``?format=batch`` (many messages per event); a node older than those formats gets JSON (see
+:mod:`sprawl.client.wire`, "Negotiation"); ``wire="json"`` speaks plain JSON and one event per
+message.  Results are the same either way.  Requests are the :mod:`sprawl.client.calls`
 the Twisted client (:mod:`sprawl.client.txclient`) runs too.  Failures raise
 :class:`~sprawl.client.errors.ClientError` with the server's ``code: message``.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -51,16 +56,28 @@ from sprawl.client.messages import (
 )
 from sprawl.client.sse import SseParser
 from sprawl.client.topics import TopicDescription
+from sprawl.client.wire import BatchStreamDecoder, StreamError, WireError
 
 #: Stream errors after which a subscription reconnects and resumes (the others are raised).
 RESUMABLE_STREAM_ERRORS = ("slow_consumer", "stopping", "token_expired")
+#: The wire formats a client may speak (``wire=``).
+WIRES = ("lean", "json")
+
+
+def check_wire(wire: str) -> bool:
+    """Whether ``wire`` is ``"lean"`` (True) or ``"json"`` (False); ValueError otherwise."""
+    if wire not in WIRES:
+        raise ValueError("wire must be 'lean' or 'json'")
+    return wire == "lean"
 
 
 class SprawlClient:
     """A blocking client of a Sprawl cluster (see the module docstring).
 
     ``urls``: one URL, a comma-separated list or a list of node URLs (``host:port`` means
-    ``http://host:port``).  ``timeout`` bounds each connect and answer, in seconds.
+    ``http://host:port``).  ``timeout`` bounds each connect and answer, in seconds.  ``wire``:
+    ``"lean"`` (msgpack publish bodies, batched stream events, where the node takes them) or
+    ``"json"``.
 
     End-to-end encryption (:mod:`sprawl.client.e2e`): with ``encrypt_for`` (public keys, or an
     :class:`~sprawl.client.e2e.Encryptor`) every payload published is sealed for those
@@ -83,7 +100,10 @@ class SprawlClient:
         decrypt_with: Sequence[PrivateKey] | Decryptor | None = None,
         on_undecryptable: Callable[[DecryptError], object] = log_undecryptable,
         undecryptable_nack_delay_ms: int = 1000,
+        wire: str = "lean",
     ) -> None:
+        #: Whether publishes and streams use the lean formats (``wire="lean"``).
+        self.lean = check_wire(wire)
         self.http = Client(split_urls([urls] if isinstance(urls, str) else urls), timeout, token, cacert)
         #: Seals published payloads (None: sent as given).
         self.encryptor = as_encryptor(encrypt_for)
@@ -114,6 +134,7 @@ class SprawlClient:
             query=call.query or None,
             timeout=self.http.timeout + call.extra_timeout,
             idempotent=call.idempotent,
+            lean=call.lean,
         )
         return call.parse(reply.check(*call.ok).json())
 
@@ -141,7 +162,7 @@ class SprawlClient:
         items = [m if isinstance(m, dict) else outgoing(m) for m in messages]
         if self.encryptor is not None:
             items = [self.encryptor.seal_item(m) for m in items]
-        result: Published = self.run(calls.publish(topic, items, acks))
+        result: Published = self.run(calls.publish(topic, items, acks, self.lean))
         return result
 
     # -- reading ------------------------------------------------------------------------
@@ -192,7 +213,7 @@ class SprawlClient:
         (None: never)."""
         if isinstance(resume, str):
             resume = parse_last_event_id(resume)
-        cursor = calls.StreamCursor(topic, start, from_time, partition, resume, filter, fields)
+        cursor = calls.StreamCursor(topic, start, from_time, partition, resume, filter, fields, self.lean)
         return Subscription(self.http, cursor, idle_timeout, max_reconnects, self.open)
 
     # -- consumer groups ----------------------------------------------------------------
@@ -338,7 +359,8 @@ class Subscription(Iterator[Message]):
         self._conn: http.client.HTTPConnection | None = None
         self._resp: http.client.HTTPResponse | None = None
         self._parser = SseParser()
-        self._ready: list[Message] = []
+        self._batches = BatchStreamDecoder()
+        self._ready: deque[Message] = deque()
         self._failures = 0
         self._closed = False
 
@@ -363,6 +385,7 @@ class Subscription(Iterator[Message]):
             self._conn.close()
         self._conn = self._resp = None
         self._parser = SseParser()
+        self._batches = BatchStreamDecoder()
 
     def __next__(self) -> Message:
         deadline = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
@@ -374,7 +397,7 @@ class Subscription(Iterator[Message]):
                 self.close()
                 raise StopIteration
             self._read(left)
-        message = self._ready.pop(0)
+        message = self._ready.popleft()
         self.cursor.delivered(message)
         self._failures = 0
         return message
@@ -403,6 +426,9 @@ class Subscription(Iterator[Message]):
         if not chunk:
             self._lost()
             return
+        if self.cursor.batch:
+            self._read_batches(chunk)
+            return
         for event in self._parser.feed(chunk):
             if event.event == "error":
                 self._stream_error(event.data)
@@ -421,8 +447,32 @@ class Subscription(Iterator[Message]):
                 for skipped in failed:
                     self.cursor.delivered(skipped)
 
+    def _read_batches(self, chunk: bytes) -> None:
+        """Take a chunk of a ``format=batch`` stream (it reads one-message events too)."""
+        try:
+            batches = self._batches.feed(chunk)
+        except StreamError as e:
+            # Messages of this chunk before the error are not delivered and not noted in the
+            # cursor: a resume reads them again.
+            self._stream_error_text(str(e))
+            return
+        except WireError as e:
+            self.close()
+            raise ClientError(str(e)) from None
+        for batch in batches:
+            messages = [Message.parse(self.cursor.topic, m) for m in batch.messages]
+            if self._open is None:
+                self._ready += messages
+                continue
+            opened, failed = self._open(messages)
+            self._ready += opened
+            for skipped in failed:
+                self.cursor.delivered(skipped)
+
     def _stream_error(self, data: str) -> None:
-        text = event_error_text(data)
+        self._stream_error_text(event_error_text(data))
+
+    def _stream_error_text(self, text: str) -> None:
         if not text.startswith(RESUMABLE_STREAM_ERRORS):
             self.close()
             raise ClientError(text)

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from sprawl import __version__
 from sprawl.client.errors import ClientError, error_text, failure_reason, retry_after_seconds
+from sprawl.client.wire import LEAN_MARK, MSGPACK, refused_lean
 
 DEFAULT_URL = "http://localhost:8080"
 #: How often a request answered 429 is sent again (after Retry-After) before giving up.
@@ -98,6 +99,8 @@ class Client:
         #: CA bundle (PEM) that https:// nodes' certificates must chain to (``--cacert``).
         self.cacert = cacert
         self.user_agent = user_agent
+        #: Node URLs that refused a lean (msgpack) publish body: sent JSON from then on.
+        self.json_only: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Client({self.urls!r}, token={'set' if self.token else 'none'})"
@@ -154,6 +157,7 @@ class Client:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        lean: bytes | None = None,
     ) -> Reply:
         """Send one request to the first node that answers and return its reply.
 
@@ -162,49 +166,78 @@ class Client:
         idempotent requests (by default GET, HEAD, PUT and DELETE; ``idempotent`` says so for
         others, e.g. a publish whose messages all carry ids), so a publish is never silently
         sent twice.
+
+        ``lean``: a msgpack body sent instead of the JSON one to a node not in
+        :attr:`json_only`; a node that refuses it (:func:`sprawl.client.wire.refused_lean`,
+        nothing stored) gets the JSON body right after, and JSON from then on.
         """
         safe = method in _IDEMPOTENT if idempotent is None else idempotent
         hdrs = {"Accept": "application/json", "User-Agent": self.user_agent, **self._auth_headers()}
         if json_body is not None:
-            body = json.dumps(json_body).encode()
             content_type = "application/json"
-        if body is not None:
+        if body is not None or json_body is not None:
             hdrs["Content-Type"] = content_type
         hdrs.update(headers or {})
         timeout = self.timeout if timeout is None else timeout
         errors: list[str] = []
         unavailable: Reply | None = None
         for url in list(self.urls):
-            conn = self._connection(url, timeout)
-            try:
-                try:
-                    conn.connect()
-                except OSError as exc:
-                    errors.append(f"{url}: {failure_reason(exc)}")
-                    continue
-                start = time.monotonic()
-                try:
-                    conn.request(method, self._target(url, path, query), body, hdrs)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    if safe:
-                        errors.append(f"{url}: {failure_reason(exc)}")
-                        continue
-                    raise ClientError(
-                        f"{url}: {failure_reason(exc)} (the request may or may not have been applied)"
-                    ) from None
-                reply = Reply(url, resp.status, resp.headers, data, time.monotonic() - start)
-                if reply.status == 503 and safe:
-                    unavailable = unavailable or reply
-                    continue
-                self._prefer(url)
-                return reply
-            finally:
-                conn.close()
+            got: Reply | str | None = None
+            if lean is not None and url not in self.json_only:
+                target = self._target(url, path, {**(query or {}), **LEAN_MARK})
+                lean_hdrs = {**hdrs, "Content-Type": MSGPACK}
+                got = self._exchange(url, method, target, lean, lean_hdrs, timeout, safe)
+                if isinstance(got, Reply) and refused_lean(got.status, got.body):
+                    self.json_only.add(url)
+                    got = None
+            if got is None:
+                if json_body is not None and body is None:
+                    body = json.dumps(json_body).encode()  # (not before a lean body is refused)
+                got = self._exchange(url, method, self._target(url, path, query), body, hdrs, timeout, safe)
+            if isinstance(got, str):
+                errors.append(got)
+                continue
+            if got.status == 503 and safe:
+                unavailable = unavailable or got
+                continue
+            self._prefer(url)
+            return got
         if unavailable is not None:
             return unavailable
         self._down(errors)
+
+    def _exchange(
+        self,
+        url: str,
+        method: str,
+        target: str,
+        body: bytes | None,
+        hdrs: dict[str, str],
+        timeout: float,
+        safe: bool,
+    ) -> Reply | str:
+        """One request to ``url``: its reply, or why the node is skipped (it could not be
+        reached, or -- for a ``safe`` request -- the answer was lost)."""
+        conn = self._connection(url, timeout)
+        try:
+            try:
+                conn.connect()
+            except OSError as exc:
+                return f"{url}: {failure_reason(exc)}"
+            start = time.monotonic()
+            try:
+                conn.request(method, target, body, hdrs)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                if safe:
+                    return f"{url}: {failure_reason(exc)}"
+                raise ClientError(
+                    f"{url}: {failure_reason(exc)} (the request may or may not have been applied)"
+                ) from None
+            return Reply(url, resp.status, resp.headers, data, time.monotonic() - start)
+        finally:
+            conn.close()
 
     def call(self, method: str, path: str, json_body: Any = None, **kwargs: Any) -> Any:
         """:meth:`request`, fail on an error status, and return the decoded JSON answer."""

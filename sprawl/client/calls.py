@@ -16,6 +16,7 @@ from sprawl.client.blocking import topic_path
 from sprawl.client.errors import ClientError
 from sprawl.client.messages import FetchResult, Message, Published, format_last_event_id
 from sprawl.client.topics import TopicDescription
+from sprawl.client.wire import lean_publish
 
 #: The acknowledgement levels a publish may ask for.
 ACKS = ("quorum", "leader", "none")
@@ -45,6 +46,9 @@ class Call:
     extra_timeout: float = 0.0
     #: Statuses that are an answer, not an error (e.g. 404 for "does it exist?").
     ok: tuple[int, ...] = ()
+    #: The same request as a msgpack body (``application/msgpack``), sent instead of
+    #: ``body`` to a node that takes it (:mod:`sprawl.client.wire`, "Negotiation").
+    lean: bytes | None = None
 
 
 def _check_acks(acks: str | None) -> None:
@@ -72,8 +76,9 @@ def _select_query(filter: str | None, fields: Iterable[str] | None) -> dict[str,
     return query
 
 
-def publish(topic: str, messages: list[dict[str, Any]], acks: str | None = None) -> Call:
-    """``POST /v1/topics/{topic}/messages`` of a batch built with :func:`sprawl.client.messages.outgoing`."""
+def publish(topic: str, messages: list[dict[str, Any]], acks: str | None = None, lean: bool = False) -> Call:
+    """``POST /v1/topics/{topic}/messages`` of a batch built with :func:`sprawl.client.messages.outgoing`
+    (``lean``: with its msgpack body too, binary payloads as they are)."""
     _check_acks(acks)
     if not messages:
         raise ValueError("a batch holds one message at least")
@@ -81,7 +86,10 @@ def publish(topic: str, messages: list[dict[str, Any]], acks: str | None = None)
     if acks is not None:
         body["acks"] = acks
     safe = all(m.get("id") is not None for m in messages)
-    return Call("POST", topic_path(topic, "messages"), body, idempotent=safe, parse=Published.parse)
+    packed = lean_publish(messages, acks) if lean else None
+    return Call(
+        "POST", topic_path(topic, "messages"), body, idempotent=safe, parse=Published.parse, lean=packed
+    )
 
 
 def fetch(
@@ -238,12 +246,21 @@ class StreamCursor:
         resume: Mapping[int, int] | None = None,
         filter: str | None = None,
         fields: Iterable[str] | None = None,
+        batch: bool = False,
     ) -> None:
         self.topic = topic
         self.query: dict[str, Any] = {"partition": partition, **_start_query(start, from_time)}
         self.query.update(_select_query(filter, fields))
+        if batch:
+            # Many messages per event (``?format=batch``); an older node ignores it.
+            self.query["format"] = "batch"
         #: The last offset delivered, per partition (``Last-Event-ID``).
         self.positions: dict[int, int] = dict(resume or {})
+
+    @property
+    def batch(self) -> bool:
+        """Whether the stream is asked for in the ``batch`` format."""
+        return self.query.get("format") == "batch"
 
     @property
     def path(self) -> str:

@@ -29,7 +29,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseFailed
 from twisted.web.iweb import IAgent
 
 from sprawl.client import calls
-from sprawl.client.api import RESUMABLE_STREAM_ERRORS
+from sprawl.client.api import RESUMABLE_STREAM_ERRORS, check_wire
 from sprawl.client.blocking import MAX_429_RETRIES, split_urls
 from sprawl.client.e2e import (
     DecryptError,
@@ -52,23 +52,31 @@ from sprawl.client.errors import (
 from sprawl.client.messages import FetchResult, Message, Payload, Published, outgoing
 from sprawl.client.sse import SseParser
 from sprawl.client.topics import TopicDescription
+from sprawl.client.txsocket import publish_frames, publish_many
+from sprawl.client.wire import LEAN_MARK, MSGPACK, BatchStreamDecoder, StreamError, WireError, refused_lean
+
+
+def _trust_root(cacert: str | None) -> Any:
+    """The CAs of the PEM bundle ``cacert`` (None: the platform's)."""
+    if cacert is None:
+        return None
+    with open(cacert, "rb") as fh:
+        pem = fh.read()
+    blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
 
 
 def _agent(reactor: Any, cacert: str | None) -> HTTPClient:
     if cacert is None:
         return HTTPClient(cast(IAgent, Agent(reactor)))
-    with open(cacert, "rb") as fh:
-        pem = fh.read()
-    blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-    roots = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
-    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=roots))
+    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=_trust_root(cacert)))
     return HTTPClient(cast(IAgent, agent))
 
 
 class TxSprawlClient:
     """A Twisted client of a Sprawl cluster (see the module docstring); ``reactor`` defaults
-    to the global one.  ``encrypt_for``, ``decrypt_with``, ``on_undecryptable`` and
-    ``undecryptable_nack_delay_ms`` work as in :class:`sprawl.client.SprawlClient`."""
+    to the global one.  ``encrypt_for``, ``decrypt_with``, ``on_undecryptable``,
+    ``undecryptable_nack_delay_ms`` and ``wire`` work as in :class:`sprawl.client.SprawlClient`."""
 
     def __init__(
         self,
@@ -82,7 +90,12 @@ class TxSprawlClient:
         decrypt_with: Sequence[PrivateKey] | Decryptor | None = None,
         on_undecryptable: Callable[[DecryptError], object] = log_undecryptable,
         undecryptable_nack_delay_ms: int = 1000,
+        wire: str = "lean",
     ) -> None:
+        #: Whether publishes and streams use the lean formats (``wire="lean"``).
+        self.lean = check_wire(wire)
+        #: Node URLs that refused a lean publish body: sent JSON from then on.
+        self.json_only: set[str] = set()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -92,6 +105,7 @@ class TxSprawlClient:
         self.timeout = timeout
         self.token = token
         self._http = _agent(reactor, cacert)
+        self._cacert = cacert
         #: End-to-end encryption, as :class:`sprawl.client.SprawlClient` does it.
         self.encryptor = as_encryptor(encrypt_for)
         self.decryptor = as_decryptor(decrypt_with)
@@ -139,37 +153,55 @@ class TxSprawlClient:
 
     async def _once(self, call: calls.Call) -> tuple[int, dict[str, str], bytes]:
         """One request to the first node that answers (the rule of the blocking client)."""
-        kwargs: dict[str, Any] = {"headers": self._headers(), "timeout": self.timeout + call.extra_timeout}
-        if call.body is not None:
-            kwargs["data"] = json.dumps(call.body).encode()
-            kwargs["headers"]["Content-Type"] = "application/json"
+        base: dict[str, Any] = {"headers": self._headers(), "timeout": self.timeout + call.extra_timeout}
+        kwargs: dict[str, Any] | None = None  # the JSON request, built when first needed
         params = {k: str(v) for k, v in call.query.items() if v is not None}
         errors: list[str] = []
         unavailable: tuple[int, dict[str, str], bytes] | None = None
         for url in list(self.urls):
-            try:
-                resp = await self._http.request(call.method, url + call.path, params=params, **kwargs)
-                body = await treq.content(resp)
-            except Exception as exc:  # connection refused, timeout, drop: all skip the node
-                sent = not _connect_failure(exc)
-                if sent and not call.idempotent:
-                    raise ClientError(
-                        f"{url}: {_reason(exc)} (the request may or may not have been applied)"
-                    ) from None
-                errors.append(f"{url}: {_reason(exc)}")
+            got: tuple[int, dict[str, str], bytes] | str | None = None
+            if call.lean is not None and url not in self.json_only:
+                lean = {**base, "data": call.lean, "headers": {**base["headers"], "Content-Type": MSGPACK}}
+                got = await self._exchange(call, url, {**params, **LEAN_MARK}, lean)
+                if not isinstance(got, str) and refused_lean(got[0], got[2]):
+                    self.json_only.add(url)
+                    got = None
+            if got is None:
+                if kwargs is None:
+                    kwargs = dict(base, headers=dict(base["headers"]))
+                    if call.body is not None:
+                        kwargs["data"] = json.dumps(call.body).encode()
+                        kwargs["headers"]["Content-Type"] = "application/json"
+                got = await self._exchange(call, url, params, kwargs)
+            if isinstance(got, str):
+                errors.append(got)
                 continue
-            headers = {
-                k.decode().lower(): v[-1].decode("latin-1") for k, v in resp.headers.getAllRawHeaders()
-            }
-            if resp.code == 503 and call.idempotent:
-                unavailable = unavailable or (resp.code, headers, body)
+            if got[0] == 503 and call.idempotent:
+                unavailable = unavailable or got
                 continue
             self._prefer(url)
-            return resp.code, headers, body
+            return got
         if unavailable is not None:
             return unavailable
         what = "the node" if len(self.urls) == 1 else "any node"
         raise ClientError(f"cannot reach {what}: " + "; ".join(errors))
+
+    async def _exchange(
+        self, call: calls.Call, url: str, params: dict[str, str], kwargs: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes] | str:
+        """One request to ``url``: ``(status, headers, body)``, or why the node is skipped."""
+        try:
+            resp = await self._http.request(call.method, url + call.path, params=params, **kwargs)
+            body = await treq.content(resp)
+        except Exception as exc:  # connection refused, timeout, drop: all skip the node
+            sent = not _connect_failure(exc)
+            if sent and not call.idempotent:
+                raise ClientError(
+                    f"{url}: {_reason(exc)} (the request may or may not have been applied)"
+                ) from None
+            return f"{url}: {_reason(exc)}"
+        headers = {k.decode().lower(): v[-1].decode("latin-1") for k, v in resp.headers.getAllRawHeaders()}
+        return resp.code, headers, body
 
     # -- the API of SprawlClient, answering Deferreds -----------------------------------
 
@@ -193,7 +225,56 @@ class TxSprawlClient:
         items = [m if isinstance(m, dict) else outgoing(m) for m in messages]
         if self.encryptor is not None:
             items = [self.encryptor.seal_item(m) for m in items]
-        return self.run(calls.publish(topic, items, acks))
+        return self.run(calls.publish(topic, items, acks, self.lean))
+
+    def publish_many(
+        self,
+        topic: str,
+        batches: Iterable[Iterable[dict[str, Any] | Payload]],
+        *,
+        acks: str | None = None,
+        window: int = 16,
+    ) -> Deferred[list[Published]]:
+        """Publish many batches pipelined on one WebSocket (``GET .../ws?feed=none``): up to
+        ``window`` (at most 64) batches in flight, answers matched by ``ref``; fires with
+        each batch's :class:`Published`, in order.  The socket goes to the first node that
+        opens one.  If it closes (or goes ``timeout`` seconds without an answer) with batches
+        in flight, the Deferred fails with a :class:`ClientError` saying their outcome is
+        unknown (batches whose messages all carry ids can be sent again safely)."""
+        calls._check_acks(acks)
+        items = [[m if isinstance(m, dict) else outgoing(m) for m in batch] for batch in batches]
+        if any(not batch for batch in items):
+            raise ValueError("a batch holds one message at least")
+        if self.encryptor is not None:
+            items = [[self.encryptor.seal_item(m) for m in batch] for batch in items]
+        frames = publish_frames(items, acks)
+        return Deferred.fromCoroutine(self._publish_many(topic, frames, window))
+
+    async def _publish_many(self, topic: str, frames: list[bytes], window: int) -> list[Published]:
+        if not frames:
+            return []
+        errors: list[str] = []
+        roots = _trust_root(self._cacert)
+        for url in list(self.urls):
+            try:
+                result = await publish_many(
+                    self.reactor,
+                    url,
+                    topic,
+                    frames,
+                    window=window,
+                    timeout=self.timeout,
+                    token=self.token,
+                    trust_root=roots,
+                )
+            except ClientError as exc:
+                if "cannot open a publish socket" not in str(exc):
+                    raise
+                errors.append(str(exc))
+                continue
+            self._prefer(url)
+            return result
+        raise ClientError("; ".join(errors))
 
     def fetch(
         self,
@@ -298,7 +379,7 @@ class TxSprawlClient:
     ) -> TxSubscription:
         """Call ``on_message`` with each message of the topic's stream, reconnecting and
         resuming (``Last-Event-ID``) as :meth:`sprawl.client.SprawlClient.subscribe` does."""
-        cursor = calls.StreamCursor(topic, start, from_time, partition, resume, filter, fields)
+        cursor = calls.StreamCursor(topic, start, from_time, partition, resume, filter, fields, self.lean)
         return TxSubscription(self, cursor, on_message, max_reconnects)
 
 
@@ -436,6 +517,7 @@ class _EventReader:
         #: Set by :meth:`TxSubscription.close`: the next chunk ends the connection.
         self.closed = False
         self.parser = SseParser()
+        self.batches = BatchStreamDecoder() if cursor.batch else None
         self.delivered = 0
         #: The ``code: message`` of an ``error`` event (the stream ends after it).
         self.error: str | None = None
@@ -444,20 +526,47 @@ class _EventReader:
         """Take a chunk of the body."""
         if self.closed:
             raise defer.CancelledError("subscription closed")
+        if self.batches is not None:
+            self._feed_batches(self.batches, data)
+            return
         for event in self.parser.feed(data):
             if self.error is not None or self.failure is not None:
                 return
             if event.event == "error":
                 self.error = event_error_text(event.data)
             elif event.event == "message":
-                message = Message.parse(self.cursor.topic, json.loads(event.data))
-                opened, _ = self.opener([message])
-                self.cursor.delivered(message)
-                self.delivered += 1
-                for m in opened:
-                    try:
-                        self.on_message(m)
-                    except Exception as exc:
-                        # Raised out of the collector, it makes treq close the connection.
-                        self.failure = exc
-                        raise
+                self._deliver([Message.parse(self.cursor.topic, json.loads(event.data))])
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Note ``messages`` in the cursor and hand those that open to ``on_message``."""
+        opened, _ = self.opener(messages)
+        ready = {(m.partition, m.offset): m for m in opened}
+        for message in messages:
+            # Noted one by one: after a failing on_message, last_event_id is that message's.
+            self.cursor.delivered(message)
+            self.delivered += 1
+            m = ready.get((message.partition, message.offset))
+            if m is None:
+                continue  # could not be decrypted (reported by the opener)
+            try:
+                self.on_message(m)
+            except Exception as exc:
+                # Raised out of the collector, it makes treq close the connection.
+                self.failure = exc
+                raise
+
+    def _feed_batches(self, decoder: BatchStreamDecoder, data: bytes) -> None:
+        """Take a chunk of a ``format=batch`` stream (one-message events read too)."""
+        if self.error is not None or self.failure is not None:
+            return
+        try:
+            batches = decoder.feed(data)
+        except StreamError as e:
+            self.error = str(e)  # messages of this chunk before it: read again on resume
+            return
+        except WireError as e:
+            # Not resumable: the subscription ends with it (raised, treq drops the connection).
+            self.failure = ClientError(str(e))
+            raise self.failure from None
+        for batch in batches:
+            self._deliver([Message.parse(self.cursor.topic, m) for m in batch.messages])

@@ -18,11 +18,24 @@ Opt-in beside the JSON API (docs/api.md, "Lean wire formats"):
 Every decoder here is bounded: an event longer than ``max_event_bytes`` or
 carrying more than ``max_messages`` is a :class:`WireError`, never a growing
 buffer.  An ``error`` event of the server raises :class:`StreamError` with its
-code.  Used by ``sprawlctl bench`` and the side-by-side benchmark.
+code.  Used by ``sprawlctl bench``, the side-by-side benchmark and the client
+library (``SprawlClient(wire="lean")``, the default).
+
+**Negotiation** (:func:`lean_publish`, :func:`refused_lean`): a node older than
+the lean formats reads any body that is not JSON as *one raw message*.  So a
+lean publish carries the marker query ``?id=`` (empty): a node that knows the
+lean formats reads the body by its ``Content-Type`` and ignores the raw-body
+parameters, while an older one refuses an empty ``id`` (400
+``invalid_parameter``) before it stores anything.  The client then sends the
+same batch as JSON to that node and remembers, per base URL, to send JSON there.
+A stream needs no negotiation: an older node ignores ``format=batch`` and sends
+one event per message, which :class:`BatchStreamDecoder` reads too.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +79,40 @@ def encode_publish(messages: Iterable[Mapping[str, Any]], acks: str | None = Non
     if acks is not None:
         body["acks"] = acks
     return _pack(body)
+
+
+#: The query of a lean publish: refused by a node that would read the body as one raw message.
+LEAN_MARK = {"id": ""}
+
+
+def lean_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON publish batch entry (:func:`sprawl.client.messages.outgoing`) as a msgpack one:
+    a ``payload_b64`` becomes a binary ``payload`` (msgpack ``bin``); the rest as it is."""
+    out = dict(item)
+    b64 = out.pop("payload_b64", None)
+    if b64 is not None:
+        out["payload"] = base64.b64decode(b64)
+    return out
+
+
+def lean_publish(messages: Iterable[Mapping[str, Any]], acks: str | None = None) -> bytes:
+    """The msgpack publish body of JSON batch entries (see :func:`lean_item`)."""
+    return encode_publish([lean_item(m) for m in messages], acks)
+
+
+def refused_lean(status: int, body: bytes) -> bool:
+    """Whether a node's answer to a lean publish says it does not read lean bodies: a 415,
+    or the 400 ``invalid_parameter`` of an older node refusing the marker ``id=`` (a
+    current node answers a bad lean body with ``invalid_msgpack``/``invalid_message``)."""
+    if status == 415:
+        return True
+    if status != 400:
+        return False
+    try:
+        err = json.loads(body)["error"]
+        return bool(err["code"] == "invalid_parameter" and " id " in f" {err['message']} ")
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return False
 
 
 def encode_ndjson(messages: Iterable[Mapping[str, Any]]) -> bytes:
@@ -149,3 +196,63 @@ class BatchStreamDecoder:
         if len(msgs) > self.max_messages:
             raise WireError(f"stream event with more than {self.max_messages} messages")
         return StreamBatch(eid, msgs)
+
+
+class _NdjsonLine(msgspec.Struct):
+    """One line of an ``ndjson`` stream (unknown fields ignored: later versions may add some)."""
+
+    id: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    error: dict[str, Any] | None = None
+
+
+_ndjson_line = msgspec.json.Decoder(_NdjsonLine)
+
+
+class NdjsonStreamDecoder:
+    """Incremental decoder of a ``GET .../stream?format=ndjson`` body (docs/api.md): fed
+    bytes split anywhere, returns the :class:`StreamBatch` es they complete.  Blank lines
+    (keepalives) and the opening ``{"stream": ...}`` line are skipped; an ``error`` line
+    raises :class:`StreamError`; a line longer than ``max_line_bytes``, with more than
+    ``max_messages``, or not an object of the format is a :class:`WireError`."""
+
+    def __init__(self, max_line_bytes: int = MAX_EVENT_BYTES, max_messages: int = MAX_EVENT_MESSAGES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_messages = max_messages
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[StreamBatch]:
+        """The batches ``chunk`` completes, in order."""
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[StreamBatch] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line = buf[start:end]
+            start = end + 1
+            if line.strip():
+                batch = self._line(line)
+                if batch is not None:
+                    out.append(batch)
+        self._buf = buf[start:]
+        if len(self._buf) > self.max_line_bytes:
+            raise WireError(f"stream line longer than {self.max_line_bytes} bytes")
+        return out
+
+    def _line(self, line: bytes) -> StreamBatch | None:
+        if len(line) > self.max_line_bytes:
+            raise WireError(f"stream line longer than {self.max_line_bytes} bytes")
+        try:
+            obj = _ndjson_line.decode(line)
+        except (msgspec.DecodeError, RecursionError) as e:
+            raise WireError(f"malformed stream line: {e}") from None
+        if obj.error is not None:
+            err = obj.error
+            raise StreamError(str(err.get("code", "stream_error")), str(err.get("message", "")), err)
+        if obj.messages is None:
+            return None  # the opening line, or a kind of line this client does not know
+        if len(obj.messages) > self.max_messages:
+            raise WireError(f"stream line with more than {self.max_messages} messages")
+        return StreamBatch(obj.id, obj.messages)

@@ -97,10 +97,11 @@ def _ms(summary: Any) -> str:
 )
 @click.option(
     "--wire",
-    type=click.Choice(["json", "lean"]),
+    type=click.Choice(["json", "lean", "ndjson"]),
     default="json",
     show_default=True,
-    help="json: JSON batches and one SSE event per message; lean: msgpack batches and one SSE event per batch.",
+    help="json: JSON batches and one SSE event per message; lean: msgpack batches and one SSE event "
+    "per batch; ndjson: msgpack batches and an NDJSON stream (one line per batch).",
 )
 @click.option("--keep-topic", is_flag=True, help="Do not delete the fresh topic afterwards.")
 @click.option(

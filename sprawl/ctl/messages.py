@@ -26,6 +26,7 @@ from sprawl.client.e2e import (
 from sprawl.client.errors import ClientError, event_error_text
 from sprawl.client.messages import Message
 from sprawl.client.sse import sse_events
+from sprawl.client.wire import lean_publish
 from sprawl.ctl.root import ACKS, CtlError, Output, cell, cli, client_of, json_option, write_line
 
 #: Messages per publish request when reading stdin or repeating with ``-c``.
@@ -170,6 +171,14 @@ def _publish_lines(answer: Any) -> None:
     type=click.Path(dir_okay=False),
     help="Encrypt each payload end to end for this public key file (repeat for more recipients).",
 )
+@click.option(
+    "--wire",
+    type=click.Choice(["json", "lean"]),
+    default="json",
+    show_default=True,
+    help="json: JSON batches; lean: one msgpack body per batch (binary payloads without base64; "
+    "JSON to a node older than the lean formats).",
+)
 @json_option()
 @click.pass_context
 def publish(
@@ -183,6 +192,7 @@ def publish(
     headers: tuple[str, ...],
     acks: str | None,
     encrypt_for: tuple[str, ...],
+    wire: str,
     out: Output,
 ) -> None:
     """Publish messages to a topic; prints offset, partition and id of each."""
@@ -216,7 +226,8 @@ def publish(
         body: dict[str, Any] = {"messages": messages}
         if acks is not None:
             body["acks"] = acks
-        out.show(client.call("POST", url_path, body), _publish_lines)
+        lean = lean_publish(messages, acks) if wire == "lean" else None
+        out.show(client.request("POST", url_path, body, lean=lean).check().json(), _publish_lines)
 
     if message == "-" or path == "-":
         if count != 1 or msg_id is not None:

@@ -1,7 +1,7 @@
 """How records become what a stream writes: frames in order up to a byte
 bound (:func:`batch`), one SSE event per batch of messages (:func:`batch_event`,
-the ``batch`` stream format) and the node's shared cache of those events
-(:class:`BatchEvents`)."""
+the ``batch`` stream format), one NDJSON line per batch (:func:`ndjson_batch`,
+the ``ndjson`` format) and the node's shared cache of those (:class:`BatchEvents`)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,25 @@ def batch_event(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int,
     return head + b",".join(frames) + b"]\n\n", used, n, nbytes
 
 
+def ndjson_batch(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
+    """``recs`` as one line of the ``ndjson`` stream format:
+    ``{"id": "P:OFFSET", "partition": P, "messages": [...]}`` and a newline (``id``
+    as the ``batch`` event's, the messages as in the default format).  Returns what
+    :func:`batch_event` does; the line is empty when the records were control records only."""
+    frames, used, n, nbytes = batch(recs, Record.to_json, max_bytes)
+    if not n:
+        return b"", used, 0, 0
+    head = b'{"id":"%d:%d","partition":%d,"messages":[' % (p, recs[used - 1].offset, p)
+    return head + b",".join(frames) + b"]}\n", used, n, nbytes
+
+
+#: How each batched stream format encodes a batch (``format=`` -> encoder).
+BATCH_ENCODERS: dict[str, Callable[[int, list[Record], int], tuple[bytes, int, int, int]]] = {
+    "batch": batch_event,
+    "ndjson": ndjson_batch,
+}
+
+
 class BatchEvents:
     """The ``batch`` events encoded lately, shared by every stream of the node.
 
@@ -81,12 +100,15 @@ class BatchEvents:
         self.bytes = 0
         self.hits = 0
         self._events: OrderedDict[
-            tuple[str, int], tuple[Any, Record, Record, int, int, tuple[bytes, int, int, int]]
+            tuple[str, int, str], tuple[Any, Record, Record, int, int, tuple[bytes, int, int, int]]
         ] = OrderedDict()
 
-    def event(self, topic: Topic, p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
-        """:func:`batch_event` of ``recs``, from the cache where it can be."""
-        key = (topic.name, p)
+    def event(
+        self, topic: Topic, p: int, recs: list[Record], max_bytes: int, fmt: str = "batch"
+    ) -> tuple[bytes, int, int, int]:
+        """:func:`batch_event` (or the encoder of ``fmt``, :data:`BATCH_ENCODERS`) of
+        ``recs``, from the cache where it can be."""
+        key = (topic.name, p, fmt)
         hit = self._events.get(key)
         if (
             hit is not None
@@ -98,7 +120,7 @@ class BatchEvents:
         ):
             self.hits += 1
             return hit[5]
-        out = batch_event(p, recs, max_bytes)
+        out = BATCH_ENCODERS[fmt](p, recs, max_bytes)
         if hit is not None:
             self.bytes -= len(hit[5][0])
             del self._events[key]
@@ -112,8 +134,8 @@ class BatchEvents:
 
 
 #: The stream formats of ``GET .../stream?format=``: one SSE event per message
-#: (the default) or one per batch of messages.
-STREAM_FORMATS = ("sse", "batch")
+#: (the default), one per batch of messages, or one NDJSON line per batch.
+STREAM_FORMATS = ("sse", "batch", "ndjson")
 
 
 def deliverable(recs: list[Record]) -> list[Record]:

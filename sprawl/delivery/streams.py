@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sprawl.delivery.frames import BatchEvents, batch, batch_event
+from sprawl.delivery.frames import BATCH_ENCODERS, BatchEvents, batch
 from sprawl.errors import SprawlError
 from sprawl.interfaces import Clock, Delayed, StreamSink, StreamSource
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
@@ -383,12 +383,14 @@ class SSEStream:
         select)."""
         if self.select is not None:
             recs = self.select.apply(recs)
-        if self.fmt == "batch":
+        if self.fmt != "sse":
             if self.select is None:
-                event, used, n, nbytes = self.registry.batches.event(self.topic, p, recs, self.max_bytes)
+                event, used, n, nbytes = self.registry.batches.event(
+                    self.topic, p, recs, self.max_bytes, self.fmt
+                )
             else:
                 # A selection's records are its own (shaped, or skipped in place): not shared.
-                event, used, n, nbytes = batch_event(p, recs, self.max_bytes)
+                event, used, n, nbytes = BATCH_ENCODERS[self.fmt](p, recs, self.max_bytes)
             frames = [event]
         else:
             frames, used, n, nbytes = batch(recs, Record.to_sse, self.max_bytes)

@@ -15,6 +15,10 @@ bytes, the messages by ``max_batch_messages``; a bad frame is a 400 naming the
 line or the path of the bad field (``invalid_ndjson``, ``invalid_msgpack``,
 ``invalid_message``), a batch too large a 413 ``batch_too_large``.  The client
 side is :mod:`sprawl.client.wire`.
+
+A lean body ignores the raw-body query parameters (``key``, ``id``): the client
+library marks its lean publishes with ``?id=`` (empty), which a node older than
+these formats refuses before storing the body as one raw message.
 """
 
 from __future__ import annotations

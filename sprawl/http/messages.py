@@ -16,6 +16,7 @@ from twisted.web.server import Request
 
 from sprawl.auth import Principal
 from sprawl.delivery.frames import STREAM_FORMATS
+from sprawl.delivery.ndjson_stream import NdjsonStream
 from sprawl.delivery.streams import SSEStream
 from sprawl.errors import BadRequest, SprawlError
 from sprawl.http import websocket as ws
@@ -91,13 +92,13 @@ class MessageRoutes:
             select = selection_arg(request)
             fmt = arg(request, "format") or "sse"
             if fmt not in STREAM_FORMATS:
-                raise BadRequest("format must be sse or batch", code="invalid_parameter")
+                raise BadRequest("format must be sse, batch or ndjson", code="invalid_parameter")
         except SprawlError as e:
             return render_error(request, Failure(e))
         principal = principal_of(request)
 
         def go(starts: dict[int, int]) -> Any:
-            s = SSEStream(
+            s = (NdjsonStream if fmt == "ndjson" else SSEStream)(
                 self.broker,
                 t,
                 starts,
@@ -148,6 +149,13 @@ class MessageRoutes:
             max_in_flight = int_arg(request, "max_in_flight", 100, 1, MAX_FETCH) or 100
             max_bytes = max_bytes_arg(request)
             select = selection_arg(request)
+            feed = arg(request, "feed")
+            if feed not in (None, "none"):
+                raise BadRequest("feed must be none (a socket that only publishes)", code="invalid_parameter")
+            if feed == "none" and (gname is not None or spec is not None or from_time is not None or resume):
+                raise BadRequest(
+                    "feed=none takes no group, from, from_time or last_event_id", code="invalid_parameter"
+                )
             g = None
             if gname is not None and select is not None:
                 raise BadRequest(
@@ -174,6 +182,8 @@ class MessageRoutes:
             return render_error(request, Failure(e))
         principal = principal_of(request)
         sockets = self.sockets
+        if feed == "none":  # a socket for publish frames only (pipelined publishes)
+            return ws.ws_resource(sockets, t, name=topic, principal=principal, max_bytes=max_bytes)
         if g is not None:
             return ws.ws_resource(
                 sockets, t, group=g, max_in_flight=max_in_flight, principal=principal, max_bytes=max_bytes

@@ -26,9 +26,15 @@ is dropped once it has read the close frame, or after :data:`SLOW_CLOSE_GRACE`
 (at least ``slow_timeout``) if it never does: the frames queued ahead of the
 close are its to read, and a consumer that is only slow still learns where to
 resume.
-Inbound, a socket with too many publishes in flight stops being read until
-they are answered.  A bad frame gets an error frame; it never closes the
-socket or touches state.
+Inbound, publishes are pipelined: a client may send many ``publish`` frames
+without waiting, each answered (in any order) with its own ``ref``.  A socket
+with :data:`MAX_PENDING_PUBLISHES` publishes (or :data:`MAX_PENDING_PUBLISH_BYTES`
+of their frames) in flight stops being read until they are answered; a frame
+that arrives beyond the hard bounds (:data:`MAX_INFLIGHT_PUBLISHES`,
+:data:`MAX_INFLIGHT_PUBLISH_BYTES`: frames already read when reading paused)
+is refused with the error frame ``too_many_in_flight`` (nothing stored; send
+it again after an answer).  A bad frame gets an error frame; it never closes
+the socket or touches state.
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ SLOW_CLOSE_GRACE = 10.0
 
 #: Publishes a socket may have in flight before the node stops reading it.
 MAX_PENDING_PUBLISHES = 64
+#: Bytes of publish frames a socket may have in flight before the node stops reading it.
+MAX_PENDING_PUBLISH_BYTES = 16 * 1000**2
+#: Publishes in flight beyond which a socket's publish frame is refused (``too_many_in_flight``).
+MAX_INFLIGHT_PUBLISHES = 256
+#: Bytes of publish frames in flight beyond which a frame is refused (one frame always fits).
+MAX_INFLIGHT_PUBLISH_BYTES = 64 * 1000**2
 MAX_ACK_IDS = 10_000
 
 
@@ -95,6 +107,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
     transport: Any
     feed: WSStream | GroupFeed | None = None
     _pending = 0
+    _pending_bytes = 0
     _reading_paused = False
     _gone = False
 
@@ -216,7 +229,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 )
             ((op, body),) = frame.items()
             if op == "publish":
-                self._publish(body, ref)
+                self._publish(body, ref, len(payload))
             elif op in ("ack", "nack"):
                 self._settle(op, body, ref)
             elif op == "extend":
@@ -231,9 +244,18 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             log.failure("websocket frame handling failed")
             self._error(SprawlError("internal error; see the node's log"), ref)
 
-    def _publish(self, body: Any, ref: Any) -> None:
+    def _publish(self, body: Any, ref: Any, size: int = 0) -> None:
         parts = self.factory.parts
         broker = parts.broker
+        if self._pending >= MAX_INFLIGHT_PUBLISHES or (
+            self._pending and self._pending_bytes + size > MAX_INFLIGHT_PUBLISH_BYTES
+        ):
+            raise SprawlError(
+                f"more than {MAX_INFLIGHT_PUBLISHES} publishes or {MAX_INFLIGHT_PUBLISH_BYTES} bytes "
+                "of them in flight on this socket; send it again after an answer",
+                code="too_many_in_flight",
+                status=429,
+            )
         if not isinstance(body, dict):
             raise BadRequest("publish must be an object", code="invalid_frame")
         body = dict(body)
@@ -266,7 +288,7 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             raise SprawlError("the topic was deleted", code="topic_deleted", status=410)
         else:
             d = parts.plane.publish(t, records, acks)
-        self._inflight(1)
+        self._inflight(1, size)
 
         def ok(res: PublishResult) -> None:
             self._reply({"published": publish_answer(res, acks)}, ref)
@@ -279,16 +301,22 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 self._error(SprawlError("internal error; see the node's log"), ref)
 
         d.addCallbacks(ok, failed)
-        d.addBoth(lambda _: self._inflight(-1))
+        d.addBoth(lambda _: self._inflight(-1, -size))
 
-    def _inflight(self, delta: int) -> None:
+    def _inflight(self, delta: int, nbytes: int = 0) -> None:
         self._pending += delta
+        self._pending_bytes += nbytes
         if self._gone:
             return
-        if self._pending >= MAX_PENDING_PUBLISHES and not self._reading_paused:
+        full = self._pending >= MAX_PENDING_PUBLISHES or self._pending_bytes >= MAX_PENDING_PUBLISH_BYTES
+        if full and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
-        elif self._pending < MAX_PENDING_PUBLISHES // 2 and self._reading_paused:
+        elif (
+            self._reading_paused
+            and self._pending < MAX_PENDING_PUBLISHES // 2
+            and self._pending_bytes < MAX_PENDING_PUBLISH_BYTES // 2
+        ):
             self._reading_paused = False
             self.transport.resumeProducing()
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Sprawl side by side with Redis and NATS: the same Python client shapes, in one run.
 
-    PYTHONPATH=tests python -m benchmarks.sidebyside [--repeat 3] [--wire json,lean] [--quick]
+    PYTHONPATH=tests python -m benchmarks.sidebyside [--repeat 3] [--wire json,lean,ndjson] [--quick]
+        [--rows fan]
 
 Starts ``redis-server`` and ``nats-server`` (JetStream on) and one ``twistd sprawl`` node on
 127.0.0.1 with ports from the OS and fresh data directories, runs every workload against each
@@ -22,7 +23,9 @@ A peer whose server is not installed is skipped (its columns say so).  The clien
   others), ``acks=leader`` on a ``durable`` topic (every ack after an fsynced commit); the subscriber
   reads ``GET .../stream``.  ``--wire json`` is today's format (a JSON batch body; one SSE event
   per message, decoded one by one); ``--wire lean`` is :mod:`sprawl.client.wire`'s (a msgpack
-  body; one SSE event per batch, ``?format=batch``).
+  body; one SSE event per batch, ``?format=batch``); ``--wire ndjson`` a msgpack body and an
+  NDJSON stream (one line per batch, ``?format=ndjson``).  ``--rows fan`` runs the 1 -> 1 and
+  1 -> 10 rows only.
 
 The workloads: 1 -> 1 and 1 -> 10 (msgs/s delivered, summed over subscribers, from the
 publisher's start to the last subscriber's last message); publish -> receive latency at a steady
@@ -279,7 +282,7 @@ async def _apace(start: float, i: int, rate: float) -> None:
 
 def _sprawl_body(n: int, wire: str) -> tuple[bytes, bytes]:
     """A publish body of ``n`` fresh payloads and its content type."""
-    if wire == "lean":
+    if wire in ("lean", "ndjson"):
         from sprawl.client import wire as w
 
         # Text payloads (a str is a text message, as in the JSON body): the same messages both ways.
@@ -299,7 +302,7 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
         ep = Endpoint.parse(url)
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_connection(ep.host, ep.port)
-        q = "&format=batch" if wire == "lean" else ""
+        q = {"lean": "&format=batch", "ndjson": "&format=ndjson"}.get(wire, "")
         writer.write(
             b"GET /v1/topics/%s/stream?from=latest%s HTTP/1.1\r\nHost: x\r\n\r\n"
             % (topic.encode(), q.encode())
@@ -311,10 +314,10 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
         st: dict[str, Any] = {"got": 0, "first": 0.0, "last": 0.0, "lat": []}
         lat = st["lat"]
         decode = msgspec.json.decode
-        if wire == "lean":
+        if wire in ("lean", "ndjson"):
             from sprawl.client import wire as w
 
-            dec: Any = w.BatchStreamDecoder()
+            dec: Any = w.BatchStreamDecoder() if wire == "lean" else w.NdjsonStreamDecoder()
         else:
             parser = SseParser()
         opened = False
@@ -327,11 +330,11 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
             if not chunk:
                 break
             body = dechunk.feed(chunk)
-            if not opened and b": sprawl stream" in body:
+            if not opened and (b": sprawl stream" in body or b'{"stream":' in body):
                 opened = True
                 ready.set()
             now = time.time_ns()
-            if wire == "lean":
+            if wire in ("lean", "ndjson"):
                 msgs = [m for batch in dec.feed(body) for m in batch.messages]
             else:
                 msgs = [decode(e.data) for e in parser.feed(body) if e.event == "message"]
@@ -465,9 +468,16 @@ def create_topic(url: str) -> str:
 
 
 def run_once(
-    ctx: Any, redis_port: int | None, nats_port: int | None, url: str, n: int, wires: list[str]
+    ctx: Any,
+    redis_port: int | None,
+    nats_port: int | None,
+    url: str,
+    n: int,
+    wires: list[str],
+    fan_only: bool = False,
 ) -> dict[tuple[str, str], Any]:
-    """Every workload once against every broker; answers {(row, column): value}."""
+    """Every workload once against every broker (``fan_only``: the 1 -> 1 and 1 -> 10 rows);
+    answers {(row, column): value}."""
     res: dict[tuple[str, str], Any] = {}
     lat_n = int(n / 20)
     for subs in (1, 10):
@@ -494,6 +504,8 @@ def run_once(
             t = create_topic(url)
             r = fan(ctx, _sprawl_sub, (url,), _sprawl_pub, (url,), subs, n, False, (t, wire))
             res[(row, f"sprawl-{wire}")] = r["rate"]
+    if fan_only:
+        return res
     if redis_port:
         res[("lat", "redis")] = fan(
             ctx, _redis_sub, (redis_port,), _redis_pub, (redis_port,), 1, lat_n, True, (f"l{time.time_ns()}",)
@@ -591,7 +603,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--messages", type=int, default=200_000, help="per throughput run")
     ap.add_argument("--quick", action="store_true", help="a tenth of the messages (a smoke run)")
-    ap.add_argument("--wire", default="json,lean", help="Sprawl's wire formats to run: json, lean or both")
+    ap.add_argument("--wire", default="json,lean", help="Sprawl's wire formats to run: json, lean, ndjson")
+    ap.add_argument(
+        "--rows", choices=["all", "fan"], default="all", help="fan: the 1 -> 1 and 1 -> 10 rows only"
+    )
     a = ap.parse_args()
     n = a.messages // 10 if a.quick else a.messages
     wires = [w for w in a.wire.split(",") if w]
@@ -614,7 +629,13 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 runs.append(
                     run_once(
-                        ctx, redis.port if redis else None, nats.port if nats else None, node.url, n, wires
+                        ctx,
+                        redis.port if redis else None,
+                        nats.port if nats else None,
+                        node.url,
+                        n,
+                        wires,
+                        a.rows == "fan",
                     )
                 )
                 print(

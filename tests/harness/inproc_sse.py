@@ -150,10 +150,15 @@ class Server:
         return f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def connect(
-        self, path: str, headers: dict[str, str] | None = None, hello: bool = True
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        hello: bool = True,
+        client: type[SSEClient] | None = None,
     ) -> SSEClient:
-        """Open an SSE connection; by default wait until the server is streaming."""
-        c = SSEClient(path, headers)
+        """Open an SSE connection (or one of ``client``, a subclass reading another stream
+        format); by default wait until the server is streaming."""
+        c = (client or SSEClient)(path, headers)
         self.clients.append(c)
         before = set(self.api.streams.streams)
         await bounded(

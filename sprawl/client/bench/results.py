@@ -58,8 +58,9 @@ class BenchConfig:
     cacert: str | None = None
     drain_timeout: float = 10.0
     ready_timeout: float = 10.0
-    #: ``json`` (JSON batch bodies, one SSE event per message) or ``lean`` (msgpack bodies
-    #: and ``?format=batch`` streams, :mod:`sprawl.client.wire`).
+    #: ``json`` (JSON batch bodies, one SSE event per message), ``lean`` (msgpack bodies
+    #: and ``?format=batch`` streams, :mod:`sprawl.client.wire`) or ``ndjson`` (msgpack
+    #: bodies and ``?format=ndjson`` streams).
     wire: str = "json"
 
     def validate(self) -> None:
@@ -82,8 +83,8 @@ class BenchConfig:
             raise BenchError(f"--acks must be one of {', '.join(_ACKS)}")
         if self.storage not in _STORAGE:
             raise BenchError(f"--storage must be one of {', '.join(_STORAGE)}")
-        if self.wire not in ("json", "lean"):
-            raise BenchError("--wire must be json or lean")
+        if self.wire not in ("json", "lean", "ndjson"):
+            raise BenchError("--wire must be json, lean or ndjson")
 
 
 @dataclass

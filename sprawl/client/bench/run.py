@@ -61,7 +61,7 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
     path = f"/v1/topics/{quote(topic, safe='')}/messages"
     pad = b"x" * (config.size - TS_DIGITS)
     head = b'{"acks":"%s","messages":[' % config.acks.encode()
-    lean = config.wire == "lean"
+    lean = config.wire != "json"
     text_pad = pad.decode()
     interval = config.batch / config.rate if config.rate > 0 else 0.0
     while True:
@@ -166,7 +166,7 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
                 ready_timeout=config.ready_timeout,
                 token=config.token,
                 cacert=config.cacert,
-                format="batch" if config.wire == "lean" else "sse",
+                format={"lean": "batch", "ndjson": "ndjson"}.get(config.wire, "sse"),
             )
             subs = ChildSubscribers(spec) if config.subscriber_process else InlineSubscribers(spec)
             await subs.open(config.ready_timeout + 30.0)

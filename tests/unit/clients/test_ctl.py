@@ -619,3 +619,24 @@ def test_diagnose_merges_the_faults_every_node_names() -> None:
         text = out.getvalue().decode()
     assert "CRITICAL node_down c: m node_down" in text and "next step: do node_down" in text
     assert "partitions: t/0, t/2" in text and "seen by: a, b" in text
+
+
+def test_publish_over_the_lean_wire_stores_what_json_does(sprawl_node: Any, tmp_path: Path) -> None:
+    """``--wire lean`` (msgpack bodies): the same messages, offsets and output as JSON; binary
+    file bytes and stdin lines included."""
+    url = sprawl_node.url
+    make_topic(url, "leanctl")
+    data = bytes(range(256))
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    for wire in ("json", "lean"):
+        ok(ctl(url, "publish", "--wire", wire, "-t", "leanctl", "-f", str(path), "-k", "k", "-H", "a=b"))
+        out = ok(ctl(url, "publish", "--wire", wire, "-t", "leanctl", "-m", "-", input="l1\nl2\n"))
+        assert len(out.splitlines()) == 2
+    result = ctl(
+        url, "subscribe", "-t", "leanctl", "--from", "earliest", "-c", "6", "--json", "--idle-timeout", idle()
+    )
+    msgs = [json.loads(line) for line in ok(result).splitlines()]
+    assert [m["offset"] for m in msgs] == list(range(6))
+    shapes = [{k: v for k, v in m.items() if k not in ("offset", "id", "timestamp")} for m in msgs]
+    assert shapes[:3] == shapes[3:] and shapes[0]["headers"] == {"a": "b"} and "payload_b64" in shapes[0]

@@ -99,7 +99,7 @@ async def test_batch_streams_with_different_filters_get_their_own_messages(serve
     assert delivered(all_) == ["a", "b", "c", "d"]
 
 
-@pytest.mark.parametrize("fmt", ["ndjson", "BATCH", "sse,batch"])
+@pytest.mark.parametrize("fmt", ["msgpack", "BATCH", "sse,batch"])
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_stream_format_is_a_400(server: Server, fmt: str) -> None:
     """A format the node does not know is refused before the stream starts."""
