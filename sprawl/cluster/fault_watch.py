@@ -47,7 +47,14 @@ from sprawl.cluster.diagnosis import (
     PartitionObs,
     RaftObs,
 )
-from sprawl.cluster.features import FEATURE_LATCH_RETRY, advertised, lacking, protocol_range, to_latch
+from sprawl.cluster.features import (
+    FEATURE_LATCH_RETRY,
+    LatchClock,
+    advertised,
+    lacking,
+    protocol_range,
+    to_latch,
+)
 from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
 
 if TYPE_CHECKING:
@@ -176,6 +183,7 @@ class FaultWatch:
         #: Members refused for lacking latched features, as logged; when a latch may be proposed again.
         self._lacking: dict[str, tuple[str, ...]] = {}
         self._latch_after = 0.0
+        self.latch_clock = LatchClock()
 
     def start(self) -> None:
         """Run a round every :data:`INTERVAL` seconds."""
@@ -231,15 +239,16 @@ class FaultWatch:
         self._latch()
 
     def _latch(self) -> None:
-        """As the Raft leader: latch the features every node has now (at most
-        one proposal every :data:`FEATURE_LATCH_RETRY` seconds)."""
+        """As the Raft leader: latch the features every node has had for
+        :data:`~sprawl.cluster.features.LATCH_AFTER` seconds (at most one
+        proposal every :data:`FEATURE_LATCH_RETRY` seconds)."""
         if self.feature_gate is None or self.control is None or not self.control.is_leader:
             return
         now = self.clock.seconds()
         if now < self._latch_after:
             return
         latched = list(getattr(self.control.metadata, "features", ()) or ())
-        new = to_latch(self.feature_gate(), latched)
+        new = self.latch_clock.ready(now, to_latch(self.feature_gate(), latched))
         if not new:
             return
         self._latch_after = now + FEATURE_LATCH_RETRY

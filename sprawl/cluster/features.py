@@ -15,9 +15,10 @@ computes that from the members' advertised features:
   node started) blocks every feature: it may be of an older release;
 * a node of a release before features were advertised has none.
 
-Once every node has a feature it is *latched*: the Raft leader commits it
-to the metadata's ``features`` (the ``latch_features`` command, itself used
-only once every node has :data:`LATCH`; :func:`to_latch`).  A latched
+Once every node has had a feature for :data:`LATCH_AFTER` seconds it is
+*latched*: the Raft leader commits it to the metadata's ``features`` (the
+``latch_features`` command, itself used only once every node has
+:data:`LATCH`; :func:`to_latch`, :class:`LatchClock`).  A latched
 feature stays on whoever joins later, and a node lacking it -- a node of an
 older release started again in an upgraded cluster -- is refused: it gets
 no Raft role and no replica, and a clear log line names what it lacks
@@ -42,6 +43,11 @@ MAX_LATCHED = 32
 MAX_FEATURE_CHARS = 48
 #: Seconds between two proposals latching features (the Raft leader's).
 FEATURE_LATCH_RETRY = 5.0
+#: Seconds a feature must have been on across the cluster, without a break,
+#: before it is latched: a cluster's founding node alone, or one that has
+#: just been upgraded, does not latch what a node joining a moment later
+#: (of the release before, within the upgrade window) lacks.
+LATCH_AFTER = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,26 @@ def to_latch(gate: FeatureGate, latched: Collection[str]) -> list[str]:
     if not gate.on(LATCH) or gate.unknown:
         return []
     return sorted(gate.enabled - frozenset(latched))
+
+
+@dataclass
+class LatchClock:
+    """Since when each feature has been on without a break (the Raft leader's
+    view; bounded by the features of this build)."""
+
+    after: float = LATCH_AFTER
+    _since: dict[str, float] = field(default_factory=dict)
+
+    def ready(self, now: float, candidates: Collection[str]) -> list[str]:
+        """Of ``candidates`` (:func:`to_latch` now), those on for ``after``
+        seconds, sorted; a feature that is not a candidate now starts over."""
+        now_on = set(candidates)
+        for f in list(self._since):
+            if f not in now_on:
+                del self._since[f]
+        for f in now_on:
+            self._since.setdefault(f, now)
+        return sorted(f for f in now_on if now - self._since[f] >= self.after)
 
 
 def valid_latch(features: object) -> list[str]:

@@ -166,3 +166,18 @@ def test_a_peer_or_member_lacking_a_latched_feature_is_refused() -> None:
     assert ids.lacks_latched(old) == ("a",) and ids.is_foreign(old)
     assert not ids.is_foreign({"id": "new", "state": "alive", "features": ["a", "b"]})
     assert not ids.is_foreign({"id": "me", "state": "alive"})
+
+
+def test_a_feature_is_latched_only_after_a_minute_on_without_a_break() -> None:
+    """A founding node alone sees every feature of its build on: the clock holds
+    the latch until it has been on for ``after`` seconds, and a feature held
+    back meanwhile (a node of the release before joined) starts over."""
+    from sprawl.cluster.features import LATCH_AFTER, LatchClock
+
+    clock = LatchClock()
+    assert clock.after == LATCH_AFTER == 60.0
+    assert clock.ready(0.0, ["a", "b"]) == []
+    assert clock.ready(59.0, ["a"]) == []  # b is held back now
+    assert clock.ready(60.0, ["a", "b"]) == ["a"]
+    assert clock.ready(119.0, ["a", "b"]) == ["a"]
+    assert clock.ready(120.0, ["a", "b"]) == ["a", "b"]
