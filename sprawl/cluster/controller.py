@@ -51,6 +51,8 @@ log = Logger()
 
 #: Seconds before a partition may have a replica moved for load again.
 REPLICA_MOVE_COOLDOWN = 600.0
+#: A hand-off goes only to a node whose beat this controller heard within this many seconds.
+HANDOFF_BEAT_WITHIN = 1.0
 
 
 class PartitionController:
@@ -337,7 +339,14 @@ class PartitionController:
         partition stays among those looked at)."""
         if c.busy or not c.leader_confirmed or c.leader is None:
             return
-        up = [n for n, st in self.member_states().items() if st in UP] + [self.node_id]
+        up = [n for n, st in self.member_states().items() if st in UP]
+        if self.service.node_beats():
+            # Only a node this controller heard beat lately: one restarted a
+            # moment ago, whose first beat (naming its new boot) is still to
+            # come, would have the leadership failed over again when it comes.
+            beat = self.service.liveness.beat_within
+            up = [n for n in up if beat(n, now, HANDOFF_BEAT_WITHIN)]
+        up.append(self.node_id)
         dst = handoff_target(reps, c.leader, self._avoid, self.in_sync(key, c.leader, now), up)
         out = c.move_leader(dst) if dst is not None else None
         if out is not None:

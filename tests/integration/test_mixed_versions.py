@@ -121,7 +121,12 @@ def test_two_builds_form_one_cluster_and_gate_the_new_feature(
         return f.get("pending", {}).get(NEXT_FEATURE) == ["n1"] and NEXT_FEATURE not in f.get("enabled", [])
 
     assert poll_until(held_back, BOUND) is not None, features(c, "n0")
-    assert set(features(c, "n1")["enabled"]) == set(features(c, "n1")["advertised"])
+
+    def all_on_at_n1() -> bool:  # (once n1 has heard of every registered node)
+        f = features(c, "n1")
+        return set(f.get("enabled", [])) == set(f.get("advertised", []))
+
+    assert poll_until(all_on_at_n1, BOUND) is not None, features(c, "n1")
 
     # it serves: a replicated topic created through the older node, written through a
     # newer one, read back from the older one

@@ -249,6 +249,35 @@ def test_a_stopping_controller_hands_its_own_partitions_over_first() -> None:
     assert sent == [("a", Handoff(2, "c", 10))]
 
 
+def test_a_hand_off_goes_only_to_a_node_heard_beating_lately() -> None:
+    """With node beats on, a replica whose beat this controller has not heard
+    lately (restarted a moment ago: its first beat, naming its new boot, would
+    fail the new leadership over again) is no target; once it beats, it is."""
+    plane, sent = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane.service.node_beats = lambda: True
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane.service.liveness.heard("a", 0.0, boot=1)  # (the controller itself needs no beat)
+    plane.controller.tick()
+    assert sent == [("b", Handoff(2, "a", 10))]  # a: the controller's own node
+    plane2, sent2 = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane2.service.node_beats = lambda: True
+    plane2.control.metadata.placement["t"][0]["replicas"] = ["c", "a", "b"]
+    plane2.service.controllers[("t", 0)] = core = FailoverCore(("c", "a", "b"), epoch=2, leader="b")
+    core.receive("b", LeaderBeat(2, 0, 0))
+    plane2.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane2.controller.tick()
+    assert sent2 == [("b", Handoff(2, "a", 10))]  # c is first in order but never beat
+    plane3, sent3 = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane3.service.node_beats = lambda: True
+    plane3.control.metadata.placement["t"][0]["replicas"] = ["c", "a", "b"]
+    plane3.service.controllers[("t", 0)] = core = FailoverCore(("c", "a", "b"), epoch=2, leader="b")
+    core.receive("b", LeaderBeat(2, 0, 0))
+    plane3.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane3.service.liveness.heard("c", plane3.reactor.seconds(), boot=7)
+    plane3.controller.tick()
+    assert sent3 == [("b", Handoff(2, "c", 10))]
+
+
 def test_a_dead_leader_is_failed_over_as_before() -> None:
     """Dead (not left): no hand-off to wait for, the replicas are fenced at once."""
     plane, sent = _plane({"a": "alive", "b": "dead", "c": "alive"})
