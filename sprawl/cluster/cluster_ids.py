@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from sprawl.cluster.features import protocol_range
+from sprawl.cluster.features import advertised, lacking, protocol_range
 from sprawl.peer.frames import MIN_PROTOCOL, PROTOCOL, UNSTATED_PROTOCOL
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ class ClusterIds:
         #: node id -> (when, cluster id it said it is in).
         self._claims: dict[str, tuple[float, str]] = {}
         self._foreign_logged: dict[str, float] = {}
+        #: The features the cluster latched (the composition root reads them
+        #: from the Raft metadata): a member lacking one is refused (issue 24).
+        self.latched: Callable[[], Collection[str]] = lambda: ()
 
     def new_id(self) -> int:
         """A fresh random cluster id."""
@@ -78,7 +82,16 @@ class ClusterIds:
         cluster (:meth:`in_other_cluster`), or speaking a peer protocol this
         node does not (:meth:`incompatible`).  It is not counted, added or
         given replicas until it joins this one (or is upgraded)."""
-        return self.in_other_cluster(view) or self.incompatible(view)
+        return self.in_other_cluster(view) or self.incompatible(view) or bool(self.lacks_latched(view))
+
+    def lacks_latched(self, view: dict[str, Any]) -> tuple[str, ...]:
+        """The latched cluster features a gossip member view does not advertise
+        (an older release started again in an upgraded cluster): it gets no
+        Raft role and no replica.  Never this node itself."""
+        latched = self.latched()
+        if not latched or view.get("id") == getattr(self.membership, "node_id", None):
+            return ()
+        return lacking(latched, advertised(view))
 
     def in_other_cluster(self, view: dict[str, Any]) -> bool:
         """Whether a gossip member view belongs to another Raft cluster."""

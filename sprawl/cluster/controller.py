@@ -39,7 +39,7 @@ from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.cluster.replica_sync import ReplicaSync, sync_core
 from sprawl.errors import SprawlError
 from sprawl.gossip.load import rates_by_node
-from sprawl.interfaces import Clock
+from sprawl.interfaces import Clock, Delayed
 from sprawl.replication.failover import Commit, FailoverCore
 from sprawl.replication.service import ReplicationService
 
@@ -51,6 +51,8 @@ log = Logger()
 
 #: Seconds before a partition may have a replica moved for load again.
 REPLICA_MOVE_COOLDOWN = 600.0
+#: A hand-off goes only to a node whose beat this controller heard within this many seconds.
+HANDOFF_BEAT_WITHIN = 1.0
 
 
 class PartitionController:
@@ -94,6 +96,9 @@ class PartitionController:
         #: Load-based leadership balancing (decides only while this node is the controller).
         self.balancer = Balancer(BalanceConfig())
         self.failovers = 0
+        #: This node is stopping gracefully (set by the stop path while it is
+        #: still the controller): it hands its own leaderships over first.
+        self.stopping = False
         #: Nodes that should lead nothing (drained or stopping), and the drained ones.
         self._avoid: frozenset[str] = frozenset()
         self._drained: set[str] = set()
@@ -115,6 +120,32 @@ class PartitionController:
         self._live: list[str] = []
         #: Work counters of the steps (tests count them; see tests/unit/cluster/test_controller_cost.py).
         self.visits = 0
+        #: An extra step due at once (see :meth:`poke`), and how many ran.
+        self._poked: Delayed | None = None
+        self.pokes = 0
+        listeners = getattr(membership, "listeners", None)
+        if isinstance(listeners, list):
+            listeners.append(self._member_event)
+
+    def _member_event(self, ev: Any) -> None:
+        """Gossip says a node left (a graceful stop): as the controller, hand
+        its leaderships over at once rather than at the next tick."""
+        if getattr(ev, "kind", None) == "left" and self.control.is_leader:
+            self.poke()
+
+    def poke(self) -> None:
+        """Run a step as soon as the reactor is free (at most one pending):
+        a hand-off waits for no tick (issue 24).  A step looks only at what
+        changed, so an extra one costs what changed."""
+        if self._poked is not None and self._poked.active():
+            return
+
+        def step() -> None:
+            self._poked = None
+            self.pokes += 1
+            self.tick()
+
+        self._poked = self.reactor.callLater(0, step)
 
     def topic_changed(self, name: str) -> None:
         """A change to topic ``name`` (or its placement) was applied here: its
@@ -179,6 +210,8 @@ class PartitionController:
         live = sorted(n for n in meta.nodes if states.get(n) in ("alive", "suspect") or n == self.node_id)
         # Drained nodes and nodes stopping gracefully lead nothing (issue 24).
         avoid = avoided(states, drained_nodes(meta))
+        if self.stopping:
+            avoid |= {self.node_id}
         drained = set(drained_nodes(meta))
         for n in (avoid ^ self._avoid) | (drained ^ self._drained):
             self._dirty.update(self._by_node.get(n, ()))  # their partitions are looked at again
@@ -306,7 +339,14 @@ class PartitionController:
         partition stays among those looked at)."""
         if c.busy or not c.leader_confirmed or c.leader is None:
             return
-        up = [n for n, st in self.member_states().items() if st in UP] + [self.node_id]
+        up = [n for n, st in self.member_states().items() if st in UP]
+        if self.service.node_beats():
+            # Only a node this controller heard beat lately: one restarted a
+            # moment ago, whose first beat (naming its new boot) is still to
+            # come, would have the leadership failed over again when it comes.
+            beat = self.service.liveness.beat_within
+            up = [n for n in up if beat(n, now, HANDOFF_BEAT_WITHIN)]
+        up.append(self.node_id)
         dst = handoff_target(reps, c.leader, self._avoid, self.in_sync(key, c.leader, now), up)
         out = c.move_leader(dst) if dst is not None else None
         if out is not None:
@@ -465,6 +505,11 @@ class PartitionController:
 
             def got(view: dict[str, Any]) -> None:
                 self._sync_views[key] = (self.reactor.seconds(), set(view.get("in_sync") or ()))
+                c = self.service.controllers.get(key)
+                if c is not None and c.leader in self._avoid and self.control.is_leader:
+                    # A hand-off was waiting for this answer: now, not at the next tick.
+                    self._dirty.add(key)
+                    self.poke()
 
             def done(_: object) -> None:
                 self._asking.discard(key)

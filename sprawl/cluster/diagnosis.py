@@ -28,6 +28,9 @@ code                           severity   when
                                           leader had :attr:`Diagnosis.lag_window_ms` ago
 ``peer_version_incompatible``  error      a member's peer protocol range and this node's
                                           do not overlap: the two refuse each other
+``node_drained``               warning    the operator drained a node (``sprawlctl cluster
+                                          drain``): it takes no new replica or leadership;
+                                          says how many leaderships it still holds
 =============================  =========  ==============================================
 
 The only state kept between calls is the follower positions' history
@@ -124,6 +127,8 @@ class Observation:
     disk: DiskObs | None = None
     #: This node's peer protocol range ``(min, max)``.
     protocol: tuple[int, int] | None = None
+    #: The nodes the Raft metadata marks drained (their partitions are observed).
+    drained: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ class Diagnosis:
         faults += self._disk(obs, held)
         faults += self._partitions(obs, states, lost)
         faults += self._versions(obs)
+        faults += self._drained(obs)
         order = {s: i for i, s in enumerate(SEVERITIES)}
         faults.sort(key=lambda f: (order.get(f.severity, 9), f.code, f.node or ""))
         return faults
@@ -460,4 +466,28 @@ class Diagnosis:
                         m.node_id,
                     )
                 )
+        return out
+
+    @staticmethod
+    def _drained(obs: Observation) -> list[Fault]:
+        """A drained node, and the partitions it still leads (they move to
+        in-sync replicas; none left: the work on it can start)."""
+        out = []
+        for n in sorted(set(obs.drained)):
+            led = [p.name for p in obs.partitions if p.leader == n]
+            left = (
+                f"{len(led)} leadership(s) left (moving to in-sync replicas)"
+                if led
+                else "no leadership left: the work on it can start"
+            )
+            out.append(
+                Fault(
+                    "node_drained",
+                    "warning",
+                    f"node {n} is drained: {left}; it takes no new replica or leadership",
+                    f"When the work on it is done: sprawlctl cluster undrain {n}",
+                    n,
+                    _sorted_parts(led),
+                )
+            )
         return out

@@ -19,7 +19,10 @@ and a timeout means the host or the network.  The probe only reads: it
 closes as soon as the CHALLENGE arrives, so the peer logs nothing.
 
 It also gossips this node's disk state (``disk_over`` in its metadata, on
-change only), so every node names a node whose disk budget is exceeded.
+change only), so every node names a node whose disk budget is exceeded; and,
+on the Raft leader, latches the features every node has in the metadata
+(:func:`sprawl.cluster.features.to_latch`), logging each member refused for
+lacking a latched one.
 """
 
 from __future__ import annotations
@@ -44,7 +47,14 @@ from sprawl.cluster.diagnosis import (
     PartitionObs,
     RaftObs,
 )
-from sprawl.cluster.features import protocol_range
+from sprawl.cluster.features import (
+    FEATURE_LATCH_RETRY,
+    LatchClock,
+    advertised,
+    lacking,
+    protocol_range,
+    to_latch,
+)
 from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
 
 if TYPE_CHECKING:
@@ -170,6 +180,10 @@ class FaultWatch:
         #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), from
         #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
         self.feature_gate = feature_gate
+        #: Members refused for lacking latched features, as logged; when a latch may be proposed again.
+        self._lacking: dict[str, tuple[str, ...]] = {}
+        self._latch_after = 0.0
+        self.latch_clock = LatchClock()
 
     def start(self) -> None:
         """Run a round every :data:`INTERVAL` seconds."""
@@ -222,6 +236,39 @@ class FaultWatch:
         if over != self._disk_over and self.gossip is not None:
             self._disk_over = over
             self.gossip.set_meta(disk_over=over)
+        self._latch()
+
+    def _latch(self) -> None:
+        """As the Raft leader: latch the features every node has had for
+        :data:`~sprawl.cluster.features.LATCH_AFTER` seconds (at most one
+        proposal every :data:`FEATURE_LATCH_RETRY` seconds)."""
+        if self.feature_gate is None or self.control is None or not self.control.is_leader:
+            return
+        now = self.clock.seconds()
+        if now < self._latch_after:
+            return
+        latched = list(getattr(self.control.metadata, "features", ()) or ())
+        new = self.latch_clock.ready(now, to_latch(self.feature_gate(), latched))
+        if not new:
+            return
+        self._latch_after = now + FEATURE_LATCH_RETRY
+
+        def done(result: dict[str, Any]) -> None:
+            if result.get("changed"):
+                log.info(
+                    "cluster features latched on: {features} (every node has them; a node lacking one "
+                    "is refused from now on)",
+                    features=", ".join(new),
+                )
+
+        try:
+            d = self.control.propose({"op": "latch_features", "features": new})
+        except Exception as e:  # no Raft leader can take it now: a later round tries again
+            log.info("latching cluster features must wait: {why}", why=str(e))
+            return
+        d.addCallbacks(
+            done, lambda f: log.info("latching cluster features must wait: {why}", why=str(f.value))
+        )
 
     def observe(self) -> Observation:
         """What this node sees now."""
@@ -237,7 +284,12 @@ class FaultWatch:
             tuple(self._partitions(members, disk)),
             disk,
             self.protocol,
+            tuple(self.drained_nodes()),
         )
+
+    def drained_nodes(self) -> list[str]:
+        """The nodes the applied Raft metadata marks drained."""
+        return list(getattr(self.control.metadata, "drained", ()) or ()) if self.control is not None else []
 
     def _members(self) -> list[MemberObs]:
         if self.gossip is None:
@@ -250,6 +302,7 @@ class FaultWatch:
                 continue
             incompatible = ClusterIds.incompatible(meta) and mem.state not in ("dead", "left")
             self._note_version(mem.node_id, protocol_range(meta) if incompatible else None)
+            self._note_lacking(mem.node_id, mem.state, meta)
             if states.get(mem.node_id) == "foreign" and not incompatible:
                 continue  # of another Raft cluster (an incompatible one is named)
             out.append(
@@ -281,6 +334,25 @@ class FaultWatch:
                 why=str(e),
             )
 
+    def _note_lacking(self, node: str, state: str, meta: dict[str, Any]) -> None:
+        """Log (once, and again if it changes) a member that lacks a feature the
+        cluster latched: it gets no Raft role and no replica."""
+        latched = getattr(self.control.metadata, "features", ()) if self.control is not None else ()
+        missing = lacking(latched, advertised(meta)) if latched and state not in ("dead", "left") else ()
+        if not missing:
+            self._lacking.pop(node, None)
+            return
+        if self._lacking.get(node) == missing:
+            return
+        self._lacking[node] = missing
+        log.error(
+            "gossip member {node} refused: it lacks the cluster feature(s) {features}, latched on once every "
+            "node had them (an older release?); it gets no Raft role and no replica -- run the cluster's "
+            "release on it",
+            node=node,
+            features=", ".join(missing),
+        )
+
     def _reach_of(self, node: str, state: str) -> str:
         """The last probe's result: for a live member only while fresh (its
         port refused moments ago), for a lost one whatever was found last."""
@@ -303,6 +375,7 @@ class FaultWatch:
         no others: every round stays cheap with many idle partitions."""
         out = []
         interest = {m.node_id for m in members if m.state in LOST or m.reach == "refused" or m.disk_over}
+        interest.update(self.drained_nodes())  # how many leaderships a drained node has left
         if disk.used > disk.limit:
             interest.add(self.node_id)
         replicas = self.plane.service.replicas if self.plane is not None else {}
@@ -384,7 +457,8 @@ class FaultWatch:
 
 class FaultCollector:
     """``sprawl_faults{code,severity,node}``: the faults this node names now
-    (1 each), read at scrape time -- what an alert rule watches."""
+    (1 each), read at scrape time -- what an alert rule watches; and
+    ``sprawl_node_drained{node}``: the drained nodes (1 each)."""
 
     def __init__(self, watch: FaultWatch) -> None:
         self.watch = watch
@@ -403,3 +477,11 @@ class FaultCollector:
         for f in self.watch.faults:
             g.add_metric([f.code, f.severity, f.node or ""], 1)
         yield g
+        drained = GaugeMetricFamily(
+            "sprawl_node_drained",
+            "Nodes the Raft metadata marks drained (sprawlctl cluster drain), 1 each, by node",
+            labels=["node"],
+        )
+        for n in self.watch.drained_nodes():
+            drained.add_metric([n], 1)
+        yield drained

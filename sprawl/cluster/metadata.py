@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from sprawl.cluster.features import MAX_LATCHED, valid_latch
 from sprawl.log.manifest import RemoteObject, RemoteState
 
 #: Topic config fields the metadata keeps (the broker's TopicConfig, minus local ones).
@@ -72,6 +73,10 @@ class _SnapshotRecord(msgspec.Struct, forbid_unknown_fields=True):
     #: Drained node ids (issue 24; written only when there is one).
     drained: Annotated[
         list[Annotated[str, msgspec.Meta(pattern=_NODE.pattern)]], msgspec.Meta(max_length=1024)
+    ] = []
+    #: Latched cluster features (issue 24; written only once one is).
+    features: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=48)]], msgspec.Meta(max_length=32)
     ] = []
 
 
@@ -187,6 +192,9 @@ class Metadata:
         #: Node ids the operator drained (``sprawlctl cluster drain``), sorted:
         #: they lead nothing and get no new replicas (:mod:`sprawl.cluster.drain`).
         self.drained: list[str] = []
+        #: Cluster features latched on, sorted (:mod:`sprawl.cluster.features`):
+        #: they stay on, and a node lacking one is refused.
+        self.features: list[str] = []
 
     # -- applying ------------------------------------------------------------
 
@@ -393,6 +401,16 @@ class Metadata:
             self.drained = [n for n in self.drained if n != node_id]
         return {"node_id": node_id, "drained": drained, "changed": drained != was}
 
+    def _op_latch_features(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Latch cluster features on (they are never unlatched)."""
+        new = valid_latch(cmd["features"])
+        merged = sorted(set(self.features) | set(new))
+        if len(merged) > MAX_LATCHED:
+            raise ValueError(f"at most {MAX_LATCHED} features can be latched")
+        changed = merged != self.features
+        self.features = merged
+        return {"features": merged, "changed": changed}
+
     def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:
         return {"ok": True}
 
@@ -419,6 +437,8 @@ class Metadata:
         }
         if self.drained:  # absent while none is: an older node reads the snapshot as before
             doc["drained"] = self.drained
+        if self.features:  # likewise: absent until a feature is latched
+            doc["features"] = self.features
         return msgspec.msgpack.encode(doc)
 
     @classmethod
@@ -437,6 +457,7 @@ class Metadata:
         m.nodes = raw["nodes"]
         m.remote = raw.get("remote") or {}
         m.drained = sorted(raw.get("drained") or [])
+        m.features = sorted(raw.get("features") or [])
         return m
 
     def copy(self) -> Metadata:
@@ -446,12 +467,13 @@ class Metadata:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Metadata):
             return NotImplemented
-        return (self.topics, self.placement, self.nodes, self.remote, self.drained) == (
+        return (self.topics, self.placement, self.nodes, self.remote, self.drained, self.features) == (
             other.topics,
             other.placement,
             other.nodes,
             other.remote,
             other.drained,
+            other.features,
         )
 
     __hash__ = None  # type: ignore[assignment]

@@ -11,7 +11,9 @@ through a failover without seeing it -- then answered 503 ``no_leader``.  A
 retry waits a short backoff, or less: until the partition's new placement is
 applied here (:meth:`Router.placement_changed`); a node the applied placement
 names leader waits briefly (:data:`ASSIGN_WAIT`) for the controller's
-assignment to reach its replica rather than refuse.  A
+assignment to reach its replica rather than refuse -- unless its replica was
+fenced for a later epoch (its leadership is being handed off): then it
+refuses at once, and the entry node retries on the next placement.  A
 holder that has not applied a topic this node knows is asked again (a publish
 and a forwarded read alike): read-your-writes for metadata.  Retrying is safe
 even when the first attempt was written: this node named every message first,
@@ -237,6 +239,12 @@ class Router:
         pl = self.sync.placement(name, p)
         leader = str(pl["leader"]) if pl else ""
         if r is not None and not r.core.is_leader and leader == self.node_id:
+            if pl is not None and r.core.fenced_epoch > int(pl["epoch"]):
+                # Fenced for a later epoch than the placement's: the leadership
+                # is moving (a hand-off off this node, or a failover), and the
+                # next placement may name another node.  Refuse at once: the
+                # entry node retries when it applies that placement.
+                raise NotLeaderError(f"the leadership of {name}/{p} is moving", None)
             # The placement names this node, whose replica has not had the
             # controller's assignment yet (a moment behind the Raft commit):
             # wait for it briefly rather than send the publish round again.

@@ -441,7 +441,8 @@ class NodeService(service.Service):
     def stopService(self) -> Any:
         """Stop listening, end streams, commit what is queued, close LMDB."""
         super().stopService()
-        return defer.ensureDeferred(self._stop())
+        # A failure here would end the reactor's shutdown trigger silently: name it.
+        return defer.ensureDeferred(self._stop()).addErrback(lambda f: log.failure("graceful stop failed", f))
 
     async def _stop(self) -> None:
         """The graceful stop (issue 24): nothing a client sees.
@@ -450,26 +451,38 @@ class NodeService(service.Service):
            HTTP keeps listening and the broker keeps working, so requests
            still arriving are served -- a publish for a partition that moved
            is forwarded to its new leader.
-        2. A Raft leader hands its leadership to a caught-up voter first, so
-           the controller runs on a node that stays while step 3 goes on.
+        2. A Raft leader -- the controller -- first moves the leadership of
+           every partition led here to an in-sync replica itself (it knows
+           which are in sync and its cores are confirmed: no new controller
+           has to learn either), then hands its Raft leadership to a
+           caught-up voter, so the controller runs on a node that stays.
         3. Gossip the leave: the controller moves the leadership of every
-           partition led here to an in-sync replica (a hand-off: the target
-           catches up while the leader pauses, then it is fenced and chosen)
-           -- and waits, bounded, until no partition is led here and the
-           applied placement names the new leaders.
+           partition still led here to an in-sync replica (a hand-off: the
+           target catches up while the leader pauses, then it is fenced and
+           chosen) -- and waits, bounded, until no partition is led here and
+           the applied placement names the new leaders.
         4. Stop listening, end streams, and wait (bounded) for the requests
            under way to be answered; then close the rest.
         """
         if self.api is not None:
             self.api.info.ready = False
             self.api.info.not_ready_reason = "node is stopping"
+        hand_off_until = self.reactor.seconds() + STOP_HAND_OFF_SECONDS  # both waits below
+        if self.plane is not None and self.control is not None and self.control.is_leader:
+            # Still the controller: hand this node's partitions over from
+            # here (its cores are confirmed and it knows which replicas are
+            # in sync without asking), before a new controller would have to
+            # learn both (issue 24: most of a stopping Raft leader's hand-off).
+            self.plane.controller.stopping = True
+            self.plane.controller.poke()
+            await self.plane.drain(STOP_HAND_OFF_SECONDS)
         if self.control is not None:
             await self.control.hand_off()
         # Gossip the leave: the controller (no longer this node) moves the
         # leadership of this node's partitions to in-sync replicas at once.
         left = self.gossip.stop() if self.gossip is not None else defer.succeed(None)
         if self.plane is not None:
-            moved = await self.plane.drain(STOP_HAND_OFF_SECONDS)
+            moved = await self.plane.drain(max(0.0, hand_off_until - self.reactor.seconds()))
             if not moved:
                 log.warn("stopping while still leading partitions (their leadership did not move in time)")
         await left

@@ -52,6 +52,7 @@ import hashlib
 import hmac
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -88,8 +89,12 @@ UNSTATED_PROTOCOL = 2
 #: the ``set_drained`` Raft command (``sprawlctl cluster drain`` is refused until every
 #: node can apply it).  ``node-beat``: idle partition leaders send nothing per partition
 #: and each node beats the controller once per tick (``NodeBeat``; issue 23) -- until every
-#: node has it, leaders heartbeat and beat per partition as before.
-FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "drain", "node-beat", "peer-refusal"})
+#: node has it, leaders heartbeat and beat per partition as before.  ``feature-latch``:
+#: the ``latch_features`` Raft command -- features every node has are latched on in the
+#: metadata, and a node lacking a latched one is refused (:mod:`sprawl.cluster.features`).
+FEATURES: frozenset[str] = frozenset(
+    {"disk-state-gossip", "drain", "feature-latch", "node-beat", "peer-refusal"}
+)
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32
 MAX_FEATURE_CHARS = 48
@@ -287,6 +292,20 @@ def check_protocol(
             "protocol_too_new",
             f"peer {peer} speaks peer protocol {theirs.min_protocol}..{theirs.protocol}, {mine}: "
             f"it is too new for this node (upgrade this node first, one release at a time)",
+        )
+
+
+def check_latched(peer: str, features: Iterable[str], latched: Iterable[str]) -> None:
+    """:class:`VersionRefused` (``features_missing``) when a peer lacks a feature
+    the cluster latched on (:mod:`sprawl.cluster.features`): an older release
+    started again in an upgraded cluster would fail to apply what the cluster
+    now writes, so it is refused at the handshake."""
+    missing = sorted(set(latched) - set(features))
+    if missing:
+        raise VersionRefused(
+            "features_missing",
+            f"peer {peer} lacks the cluster feature(s) {', '.join(missing)}, latched on once every node "
+            "had them (an older release?): run the cluster's release on it",
         )
 
 

@@ -28,6 +28,7 @@ from sprawl.peer.frames import (
     HandshakeError,
     VersionRefused,
     check_hello,
+    check_latched,
     encode_frame,
     make_refused,
     make_welcome,
@@ -158,6 +159,7 @@ class Inbound(Protocol):
         try:
             hello = check_hello(body, self.challenge, ch.key, ch.node_id)
             ch.check_certificate(self.transport, hello.node_id)
+            check_latched(hello.node_id, hello.features, ch.latched_features())
         except VersionRefused as e:
             self._refuse_version(e)
             return

@@ -26,6 +26,7 @@ from sprawl.peer.frames import (
     FrameSealer,
     HandshakeError,
     VersionRefused,
+    check_latched,
     check_welcome,
     encode_frame,
     make_hello,
@@ -104,8 +105,11 @@ class Outbound(Protocol):
                 self.transport.write(encode_frame(HELLO, hello))
             elif kind == WELCOME and self.challenge is not None and not self.ready:
                 try:
-                    check_welcome(payload, self.sender.peer, ch.node_id, self.challenge, self.nonce, ch.key)
+                    theirs = check_welcome(
+                        payload, self.sender.peer, ch.node_id, self.challenge, self.nonce, ch.key
+                    )
                     ch.check_certificate(self.transport, self.sender.peer)
+                    check_latched(self.sender.peer, theirs.features, ch.latched_features())
                 except VersionRefused as e:
                     self._fail(str(e), version=True)
                     return

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -125,6 +125,9 @@ class PeerChannel:
         self.senders: dict[str, Sender] = {}
         self.stats = PeerStats()
         self.inbound_conns: set[Inbound] = set()
+        #: The features the cluster latched on (the composition root reads them
+        #: from the Raft metadata): a peer lacking one is refused at the handshake.
+        self.latched_features: Callable[[], Collection[str]] = lambda: ()
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
         #: Called with a peer's node id the first time a handshake reached it.

@@ -24,6 +24,8 @@ class NodeLiveness:
         self.timeout = timeout
         self._heard: dict[str, float] = {}
         self._boot: dict[str, int] = {}
+        #: When each node's last beat came (a beat names the node's boot).
+        self._beat_at: dict[str, float] = {}
         self._silent: set[str] = set()
         self._since = float("-inf")
 
@@ -42,9 +44,18 @@ class NodeLiveness:
         self._silent.discard(node)
         if boot is None:
             return False
+        self._beat_at[node] = now
         old = self._boot.get(node)
         self._boot[node] = boot
         return old is not None and old != boot
+
+    def beat_within(self, node: str, now: float, seconds: float) -> bool:
+        """Whether ``node`` beat in the last ``seconds`` -- so a restart of it
+        would have been noticed (its beat names its new boot) before it is
+        given a leadership: a node restarted a moment ago whose first beat has
+        not come yet would have that leadership failed over again when it does."""
+        at = self._beat_at.get(node)
+        return at is not None and now - at <= seconds
 
     def beats(self, node: str) -> bool:
         """Whether ``node`` ever sent a beat (its release has ``NodeBeat``:

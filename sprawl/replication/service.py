@@ -61,6 +61,11 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: Error codes of a commit that failed because Raft has no leader to take it
+#: now (an election, or a Raft hand-off on a graceful stop or drain): the
+#: failover core tries again in a later tick, logged at info (issue 24).
+TRANSIENT_COMMIT_ERRORS = frozenset({"no_leader", "stopping"})
+
 
 class ReplicationService:
     """Routes replication frames on one node and ticks its replicas and controller cores."""
@@ -349,9 +354,30 @@ class ReplicationService:
                 self.run_control(key, c.committed(True))
 
             def failed(f: Failure) -> None:
-                log.failure(
-                    "committing the leader of {topic}/{partition} failed", f, topic=key[0], partition=key[1]
-                )
+                code = getattr(f.value, "code", None)
+                if code in TRANSIENT_COMMIT_ERRORS:
+                    # Raft is between leaders (a Raft hand-off on a graceful
+                    # stop or drain, an election): the core retries in a later
+                    # tick; nothing is wrong.
+                    log.info(
+                        "committing the leader of {topic}/{partition} must wait ({code}); retrying",
+                        topic=key[0],
+                        partition=key[1],
+                        code=code,
+                    )
+                elif code == "proposal_timeout":
+                    log.warn(
+                        "committing the leader of {topic}/{partition} timed out; retrying",
+                        topic=key[0],
+                        partition=key[1],
+                    )
+                else:
+                    log.failure(
+                        "committing the leader of {topic}/{partition} failed",
+                        f,
+                        topic=key[0],
+                        partition=key[1],
+                    )
                 self.run_control(key, c.committed(False))
 
             self.commit(key[0], key[1], out.commit).addCallbacks(committed, failed)

@@ -25,13 +25,19 @@ from harness.waits import poll_until
 
 
 def run(
-    rounds: int, rate: float, baseline: float, nodes: int = 3, keep: str | None = None
+    rounds: int,
+    rate: float,
+    baseline: float,
+    nodes: int = 3,
+    keep: str | None = None,
+    json_logs: bool = False,
 ) -> tuple[LoadReport, LoadReport]:
     """The baseline's report and the rolling restart's (``keep``: a directory
-    for the nodes' data and logs, kept afterwards)."""
+    for the nodes' data and logs, kept afterwards; ``json_logs``: the nodes
+    log JSON lines, whose ``log_time`` has sub-second precision)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = keep or tmp
-        cluster = NodeCluster(d, nodes)
+        cluster = NodeCluster(d, nodes, *(("--log-format", "json") if json_logs else ()))
         try:
             cluster.start()
             first = cluster.names[0]
@@ -63,7 +69,10 @@ def run(
             t0 = rolled.answers[0].sent if rolled.answers else 0.0
             for a in slow:
                 at = time.strftime("%H:%M:%S", time.localtime(time.time() - time.monotonic() + a.sent))
-                print(f"  slow: {a.seconds * 1000:.0f} ms at +{a.sent - t0:.2f} s ({at}) via {a.node}")
+                print(
+                    f"  slow: {a.seconds * 1000:.0f} ms at +{a.sent - t0:.2f} s ({at}, {time.time() - time.monotonic() + a.sent:.3f}) "
+                    f"via {a.node} to partition {a.partition}"
+                )
             return base, rolled
         finally:
             cluster.close()
@@ -76,8 +85,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--baseline", type=float, default=20.0)
     ap.add_argument("--keep", help="a directory to keep the nodes' data and logs in")
+    ap.add_argument("--json-logs", action="store_true", help="the nodes log JSON lines (precise times)")
     a = ap.parse_args()
-    base, rolled = run(a.rounds, a.rate, a.baseline, keep=a.keep)
+    base, rolled = run(a.rounds, a.rate, a.baseline, keep=a.keep, json_logs=a.json_logs)
     added = rolled.slowest() - base.slowest()
     print(f"added to the slowest publish: {added * 1000:.0f} ms; errors: {len(rolled.errors)}")
 

@@ -34,6 +34,8 @@ class Answer:
     node: str
     status: int
     error: str = ""
+    #: The partition an acknowledged batch went to (-1: not known).
+    partition: int = -1
 
 
 @dataclass
@@ -182,7 +184,13 @@ class PublishLoad:
             data = resp.read()
             took = time.monotonic() - sent
             err = "" if resp.status == 200 else data.decode(errors="replace")[:300]
-            return Answer(sent, took, node, resp.status, err)
+            part = -1
+            if resp.status == 200:
+                try:
+                    part = int(json.loads(data)["partitions"][0])
+                except (ValueError, KeyError, IndexError, TypeError):
+                    pass
+            return Answer(sent, took, node, resp.status, err, part)
         except (OSError, http.client.HTTPException) as e:
             return Answer(sent, time.monotonic() - sent, node, 0, f"{type(e).__name__}: {e}")
         finally:

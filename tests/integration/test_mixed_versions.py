@@ -66,7 +66,7 @@ def build(base: Path, name: str, protocol: int, minimum: int, feature: str | Non
     n3 = 1
     if feature:
         text, n3 = re.subn(
-            r"^(FEATURES: frozenset\[str\] = frozenset\(\{)", rf'\1"{feature}", ', text, flags=re.M
+            r"^(FEATURES: frozenset\[str\] = frozenset\(\s*\{)", rf'\1"{feature}", ', text, flags=re.M
         )
     assert (n1, n2, n3) == (1, 1, 1), "frames.py no longer has the constants this test rewrites"
     frames.write_text(text)
@@ -121,7 +121,12 @@ def test_two_builds_form_one_cluster_and_gate_the_new_feature(
         return f.get("pending", {}).get(NEXT_FEATURE) == ["n1"] and NEXT_FEATURE not in f.get("enabled", [])
 
     assert poll_until(held_back, BOUND) is not None, features(c, "n0")
-    assert set(features(c, "n1")["enabled"]) == set(features(c, "n1")["advertised"])
+
+    def all_on_at_n1() -> bool:  # (once n1 has heard of every registered node)
+        f = features(c, "n1")
+        return set(f.get("enabled", [])) == set(f.get("advertised", []))
+
+    assert poll_until(all_on_at_n1, BOUND) is not None, features(c, "n1")
 
     # it serves: a replicated topic created through the older node, written through a
     # newer one, read back from the older one

@@ -190,3 +190,33 @@ def test_as_dict_is_json_shaped() -> None:
     d = x.as_dict()
     assert set(d) == {"code", "severity", "node", "partitions", "message", "next_step"}
     assert isinstance(d["partitions"], list)
+
+
+def test_a_drained_node_is_named_with_the_leaderships_it_has_left() -> None:
+    """A drained node is a warning naming the partitions it still leads and the
+    step that ends it (undrain); with none left it says the work can start."""
+    (f,) = Diagnosis().diagnose(obs(drained=("n2",)))
+    assert (f.code, f.severity, f.node, f.partitions) == ("node_drained", "warning", "n2", ("t/1",))
+    assert "node n2 is drained: 1 leadership(s) left" in f.message
+    assert f.next_step.endswith("sprawlctl cluster undrain n2")
+    (f,) = Diagnosis().diagnose(obs(drained=("n3",)))
+    assert f.partitions == () and "no leadership left" in f.message
+
+
+def test_drained_nodes_are_a_gauge_and_their_partitions_are_observed() -> None:
+    """sprawl_node_drained{node} is 1 per drained node; the watch observes the
+    partitions a drained node leads even when nothing else makes them interesting."""
+    from types import SimpleNamespace
+
+    from sprawl.cluster.fault_watch import FaultCollector, FaultWatch
+
+    watch = FaultWatch("n1", None, None, None, None, None, (2, 3))  # type: ignore[arg-type]
+    watch.control = SimpleNamespace(metadata=SimpleNamespace(drained=["n2"]))  # type: ignore[assignment]
+    families = {f.name: f for f in FaultCollector(watch).collect()}
+    assert [(s.labels, s.value) for s in families["sprawl_node_drained"].samples] == [({"node": "n2"}, 1)]
+    lg = SimpleNamespace(replicas=["n1", "n2", "n3"], leader="n2")
+    watch.broker = SimpleNamespace(topics={"t": SimpleNamespace(logs=[lg])})  # type: ignore[assignment]
+    parts = watch._partitions([], SimpleNamespace(used=0, limit=1))  # type: ignore[arg-type]
+    assert [(p.name, p.leader) for p in parts] == [("t/0", "n2")]
+    watch.control = SimpleNamespace(metadata=SimpleNamespace(drained=[]))  # type: ignore[assignment]
+    assert watch._partitions([], SimpleNamespace(used=0, limit=1)) == []  # type: ignore[arg-type]

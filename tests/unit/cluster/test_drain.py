@@ -154,7 +154,9 @@ def _plane(states: dict[str, str]) -> tuple[DataPlane, list[tuple[str, Any]]]:
         watch_topics=lambda listener: None,
         is_foreign=lambda view: False,
     )
-    members = SimpleNamespace(member_views=lambda: [{"id": n, "state": st} for n, st in states.items()])
+    members = SimpleNamespace(
+        member_views=lambda: [{"id": n, "state": st} for n, st in states.items()], listeners=[]
+    )
     broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
     plane = DataPlane("a", broker, control, SimpleNamespace(handlers={}), FakeRPC(), clock, members)  # type: ignore[arg-type]
     sent: list[tuple[str, Any]] = []
@@ -191,6 +193,91 @@ def test_a_drained_leader_hands_over_too_and_never_to_a_lagging_replica() -> Non
     assert sent2 == [] and not plane2.service.controllers[("t", 0)].busy
 
 
+def test_gossip_saying_a_leader_left_runs_a_controller_step_at_once() -> None:
+    """The leave's gossip event starts the hand-off in the next reactor turn,
+    not at the next tick (issue 24); other events do not step."""
+    states = {"a": "alive", "b": "alive", "c": "alive"}
+    plane, sent = _plane(states)
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane.controller.tick()
+    assert sent == []
+    (listener,) = plane.membership.listeners  # type: ignore[union-attr]
+    listener(SimpleNamespace(kind="suspect"))
+    plane.reactor.advance(0)
+    assert sent == [] and plane.controller.pokes == 0
+    states["b"] = "left"
+    listener(SimpleNamespace(kind="left"))
+    listener(SimpleNamespace(kind="left"))  # one step however often asked
+    plane.reactor.advance(0)
+    assert plane.controller.pokes == 1
+    assert sent == [("b", Handoff(2, "a", 10))]
+
+
+def test_the_in_sync_answer_a_hand_off_waits_for_runs_a_step_at_once() -> None:
+    """A stopping leader's in-sync replicas are not known yet: the controller
+    asks the leader, and its answer starts the hand-off at once."""
+    from twisted.internet.defer import Deferred
+
+    plane, sent = _plane({"a": "alive", "b": "left", "c": "alive"})
+    rpc = plane.controller.rpc
+    status: Deferred[Any] = Deferred()
+    rpc.answer = lambda peer, method, body: status  # type: ignore[attr-defined]
+    plane.controller.tick()
+    assert sent == []  # asked, not known yet
+    assert [(peer, method) for peer, method, _ in rpc.calls] == [("b", "partition_status")]  # type: ignore[attr-defined]
+    status.callback({"in_sync": ["a", "b", "c"]})
+    assert sent == []
+    plane.reactor.advance(0)
+    assert sent == [("b", Handoff(2, "a", 10))]
+
+
+def test_a_stopping_controller_hands_its_own_partitions_over_first() -> None:
+    """The controller's own node is stopping (before it hands Raft over): it
+    avoids itself and hands the partitions it leads to an in-sync replica."""
+    plane, sent = _plane({"a": "alive", "b": "alive", "c": "alive"})
+    plane.control.metadata.placement["t"][0]["leader"] = "a"
+    core = FailoverCore(("a", "b", "c"), epoch=2, leader="a")
+    core.receive("a", LeaderBeat(2, 0, 0))
+    plane.service.controllers[("t", 0)] = core
+    plane.partition_view = lambda name, p: {"in_sync": ["a", "c"]}  # type: ignore[method-assign]
+    plane.controller.local_view = plane.partition_view
+    plane.controller.tick()
+    assert sent == []
+    plane.controller.stopping = True
+    plane.controller.poke()
+    plane.reactor.advance(0)
+    assert sent == [("a", Handoff(2, "c", 10))]
+
+
+def test_a_hand_off_goes_only_to_a_node_heard_beating_lately() -> None:
+    """With node beats on, a replica whose beat this controller has not heard
+    lately (restarted a moment ago: its first beat, naming its new boot, would
+    fail the new leadership over again) is no target; once it beats, it is."""
+    plane, sent = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane.service.node_beats = lambda: True
+    plane.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane.service.liveness.heard("a", 0.0, boot=1)  # (the controller itself needs no beat)
+    plane.controller.tick()
+    assert sent == [("b", Handoff(2, "a", 10))]  # a: the controller's own node
+    plane2, sent2 = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane2.service.node_beats = lambda: True
+    plane2.control.metadata.placement["t"][0]["replicas"] = ["c", "a", "b"]
+    plane2.service.controllers[("t", 0)] = core = FailoverCore(("c", "a", "b"), epoch=2, leader="b")
+    core.receive("b", LeaderBeat(2, 0, 0))
+    plane2.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane2.controller.tick()
+    assert sent2 == [("b", Handoff(2, "a", 10))]  # c is first in order but never beat
+    plane3, sent3 = _plane({"a": "alive", "b": "left", "c": "alive"})
+    plane3.service.node_beats = lambda: True
+    plane3.control.metadata.placement["t"][0]["replicas"] = ["c", "a", "b"]
+    plane3.service.controllers[("t", 0)] = core = FailoverCore(("c", "a", "b"), epoch=2, leader="b")
+    core.receive("b", LeaderBeat(2, 0, 0))
+    plane3.controller.in_sync = lambda key, leader, now: {"a", "b", "c"}  # type: ignore[method-assign]
+    plane3.service.liveness.heard("c", plane3.reactor.seconds(), boot=7)
+    plane3.controller.tick()
+    assert sent3 == [("b", Handoff(2, "c", 10))]
+
+
 def test_a_dead_leader_is_failed_over_as_before() -> None:
     """Dead (not left): no hand-off to wait for, the replicas are fenced at once."""
     plane, sent = _plane({"a": "alive", "b": "dead", "c": "alive"})
@@ -214,6 +301,32 @@ def test_a_drained_node_gets_no_new_replica_but_keeps_its_own() -> None:
 
 
 # -- the router's retries ---------------------------------------------------------------
+
+
+def test_a_leader_fenced_for_a_later_epoch_refuses_at_once() -> None:
+    """The applied placement still names this node, but its replica was fenced
+    for a later epoch (its leadership is being handed off): a forwarded publish
+    is refused at once (the entry node retries on the next placement) instead
+    of waiting for an assignment that will name another node."""
+    from twisted.internet.defer import Deferred
+
+    from sprawl.cluster.routing import NotLeaderError
+
+    clock = task.Clock()
+    core = SimpleNamespace(is_leader=False, fenced_epoch=4)
+    sync = SimpleNamespace(
+        is_local=lambda name, p: False,
+        service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}),
+        placement=lambda name, p: {"leader": "a", "replicas": ["a", "b", "c"], "epoch": 3},
+    )
+    router = Router("a", SimpleNamespace(), sync, FakeRPC(), clock)  # type: ignore[arg-type]
+    d = Deferred.fromCoroutine(
+        router._publish_once(SimpleNamespace(name="t"), 0, [], "quorum", 1, 10.0, set())
+    )  # type: ignore[arg-type]
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(NotLeaderError) and failures[0].value.code == "not_leader"
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_retry_goes_as_soon_as_the_placement_changes() -> None:
@@ -297,7 +410,7 @@ def test_a_publish_waits_briefly_for_the_assignment_the_placement_announced() ->
     from sprawl.errors import Unavailable
 
     clock = task.Clock()
-    core = SimpleNamespace(is_leader=False)
+    core = SimpleNamespace(is_leader=False, fenced_epoch=3)
     replica = SimpleNamespace(core=core)
     sync = SimpleNamespace(
         is_local=lambda name, p: False,

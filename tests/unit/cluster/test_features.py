@@ -3,9 +3,28 @@ counted node has it; unknown nodes block; older releases advertise nothing."""
 
 from __future__ import annotations
 
+import random
+from types import SimpleNamespace
 from typing import Any
 
-from sprawl.cluster.features import advertised, cluster_gate, feature_gate, protocol_range
+import msgspec
+import pytest
+from twisted.internet import task
+
+from sprawl.cluster.cluster_ids import ClusterIds
+from sprawl.cluster.features import (
+    LATCH,
+    MAX_LATCHED,
+    advertised,
+    cluster_gate,
+    feature_gate,
+    lacking,
+    protocol_range,
+    to_latch,
+    valid_latch,
+)
+from sprawl.cluster.metadata import BadSnapshot, Metadata, check_snapshot
+from sprawl.peer.frames import VersionRefused, check_latched
 
 
 def test_every_node_has_it_so_it_is_on() -> None:
@@ -72,3 +91,93 @@ def test_drain_is_refused_until_every_node_has_it() -> None:
         admin.set_drained(None, "n2", True)  # type: ignore[arg-type]
     assert e.value.code == "feature_not_enabled" and e.value.status == 409 and "n3" in str(e.value)
     assert proposed == []
+
+
+# -- latching (issue 24) -------------------------------------------------------------------
+
+
+def test_a_latched_feature_stays_on_when_a_node_lacking_it_appears() -> None:
+    """Recomputed, a gate would switch ``a`` off for an older node; latched, it
+    stays on (that node is refused instead), and an unknown node does not
+    block it either.  Features not latched are gated as before."""
+    g = feature_gate({"a", "b"}, {"n2": {"a", "b"}, "old": set()}, latched={"a"})
+    assert g.on("a") and not g.on("b") and dict(g.pending) == {"b": ("old",)}
+    g = feature_gate({"a", "b"}, {"n3": None}, latched={"a"})
+    assert g.on("a") and not g.on("b") and g.unknown == ("n3",)
+    assert lacking({"a", "c"}, {"a", "b"}) == ("c",) and lacking({"a"}, {"a", "b"}) == ()
+    # cluster_gate passes the latched features through
+    members: list[tuple[str, str, dict[str, Any]]] = [("old", "alive", {})]
+    assert cluster_gate("me", {"a"}, members, ["me", "old"], latched=["a"]).on("a")
+
+
+def test_features_are_latched_once_every_node_can_apply_the_latch() -> None:
+    """to_latch: the features on and not yet latched -- none while a node lacks
+    the latch command itself, or while a node's features are unknown."""
+    everyone = feature_gate({"a", LATCH}, {"n2": {"a", LATCH}})
+    assert to_latch(everyone, []) == sorted(["a", LATCH])
+    assert to_latch(everyone, ["a", LATCH]) == []
+    assert to_latch(feature_gate({"a", LATCH}, {"n2": {"a"}}), []) == []
+    assert to_latch(feature_gate({"a", LATCH}, {"n2": None}), []) == []
+
+
+def test_a_latch_command_is_checked_and_bounded() -> None:
+    assert valid_latch(["b", "a", "b"]) == ["a", "b"]
+    for bad in ("a", ["x" * 49], [""], [1], [f"f{i}" for i in range(MAX_LATCHED + 1)], None):
+        with pytest.raises(ValueError):
+            valid_latch(bad)
+
+
+def test_the_metadata_latches_features_for_good_and_snapshots_them() -> None:
+    """latch_features merges (never unlatches), refuses a malformed list, and
+    the latched features survive a snapshot -- which holds no ``features``
+    field at all while none is latched (an older node reads it as before)."""
+    m = Metadata()
+    assert "features" not in msgspec.msgpack.decode(m.snapshot())
+    assert m.apply(1, {"op": "latch_features", "features": ["b", "a"]}) == {
+        "features": ["a", "b"],
+        "changed": True,
+    }
+    assert m.apply(2, {"op": "latch_features", "features": ["a"]}) == {
+        "features": ["a", "b"],
+        "changed": False,
+    }
+    bad = m.apply(3, {"op": "latch_features", "features": "a"})
+    assert bad["error"]["code"] == "malformed_command" and m.features == ["a", "b"]
+    back = Metadata.restore(m.snapshot())
+    assert back.features == ["a", "b"] and back == m
+    raw = msgspec.msgpack.decode(m.snapshot())
+    raw["features"] = ["x" * 100]
+    with pytest.raises(BadSnapshot):
+        check_snapshot(msgspec.msgpack.encode(raw))
+
+
+def test_a_peer_or_member_lacking_a_latched_feature_is_refused() -> None:
+    """At the peer handshake (a REFUSED frame, code features_missing) and in
+    gossip (foreign: no Raft role, no replica); this node itself never."""
+    check_latched("n2", ["a", "b"], ["a"])
+    with pytest.raises(VersionRefused) as e:
+        check_latched("n2", ["b"], ["a", "c"])
+    assert e.value.code == "features_missing" and "a, c" in str(e.value)
+
+    ids = ClusterIds(task.Clock(), random.Random(1), SimpleNamespace(node_id="me"))  # type: ignore[arg-type]
+    old = {"id": "old", "state": "alive", "features": ["b"]}
+    assert not ids.is_foreign(old)
+    ids.latched = lambda: ["a"]
+    assert ids.lacks_latched(old) == ("a",) and ids.is_foreign(old)
+    assert not ids.is_foreign({"id": "new", "state": "alive", "features": ["a", "b"]})
+    assert not ids.is_foreign({"id": "me", "state": "alive"})
+
+
+def test_a_feature_is_latched_only_after_a_minute_on_without_a_break() -> None:
+    """A founding node alone sees every feature of its build on: the clock holds
+    the latch until it has been on for ``after`` seconds, and a feature held
+    back meanwhile (a node of the release before joined) starts over."""
+    from sprawl.cluster.features import LATCH_AFTER, LatchClock
+
+    clock = LatchClock()
+    assert clock.after == LATCH_AFTER == 60.0
+    assert clock.ready(0.0, ["a", "b"]) == []
+    assert clock.ready(59.0, ["a"]) == []  # b is held back now
+    assert clock.ready(60.0, ["a", "b"]) == ["a"]
+    assert clock.ready(119.0, ["a", "b"]) == ["a"]
+    assert clock.ready(120.0, ["a", "b"]) == ["a", "b"]

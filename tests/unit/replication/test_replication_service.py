@@ -469,3 +469,31 @@ def test_appends_no_leader_sends_are_refused(m: Append, offsets: list[int]) -> N
     from sprawl.replication.messages import append_flaw
 
     assert append_flaw(m, offsets) is not None
+
+
+@pytest.mark.parametrize(
+    ("code", "level"),
+    [("no_leader", "info"), ("stopping", "info"), ("proposal_timeout", "warn"), ("x", "critical")],
+)
+def test_a_commit_without_a_raft_leader_is_retried_quietly(code: str, level: str) -> None:
+    """A failover's commit that fails because Raft is between leaders (a Raft
+    hand-off on a graceful stop or drain) is retried in a later tick and logged
+    at info, a timed-out one at warn; any other failure stays critical (issue 24)."""
+    from types import SimpleNamespace
+
+    from twisted.internet import defer
+    from twisted.logger import capturedLogs
+
+    from sprawl.errors import Unavailable
+    from sprawl.replication.failover import Commit, ControlOutput
+
+    svc = ReplicationService("ctl", SimpleNamespace(handlers={}, send=lambda *a: None), task.Clock())  # type: ignore[arg-type]
+    core = FailoverCore(("a", "b", "c"), epoch=1, leader="a")
+    svc.controllers[("t", 0)] = core
+    core.committing = Commit(2, "b", ("a", "b", "c"))
+    svc.commit = lambda t, p, c: defer.fail(Unavailable("no", code=code))
+    with capturedLogs() as events:
+        svc.run_control(("t", 0), ControlOutput(commit=core.committing))
+    levels = [e["log_level"].name for e in events if "committing the leader" in e.get("log_format", "")]
+    assert levels == [level]
+    assert core.committing is None and core.leader is None  # a later tick starts again
