@@ -42,7 +42,13 @@ class ClusterIds:
     """This node's cluster id (gossiped in its metadata) and what its peers
     said of theirs (see the module docstring)."""
 
-    def __init__(self, reactor: Clock, rng: random.Random, membership: Gossip | None) -> None:
+    def __init__(
+        self,
+        reactor: Clock,
+        rng: random.Random,
+        membership: Gossip | None,
+        latched: Callable[[], Collection[str]] = lambda: (),
+    ) -> None:
         self.reactor = reactor
         self.rng = rng
         self.membership = membership
@@ -51,9 +57,9 @@ class ClusterIds:
         #: node id -> (when, cluster id it said it is in).
         self._claims: dict[str, tuple[float, str]] = {}
         self._foreign_logged: dict[str, float] = {}
-        #: The features the cluster latched (the composition root reads them
-        #: from the Raft metadata): a member lacking one is refused (issue 24).
-        self.latched: Callable[[], Collection[str]] = lambda: ()
+        #: The features the cluster latched (read from the Raft metadata by
+        #: the control that owns these ids): a member lacking one is refused (issue 24).
+        self.latched = latched
 
     def new_id(self) -> int:
         """A fresh random cluster id."""

@@ -133,7 +133,7 @@ class ClusterControl(MetadataSeam):
         self.proposal_seconds: list[float] = []
         #: Called with each answered proposal's latency (the metrics histogram).
         self.on_proposal_latency = on_proposal_latency
-        self.ids = ClusterIds(reactor, self.rng, membership)
+        self.ids = ClusterIds(reactor, self.rng, membership, latched=lambda: self.metadata.features)
         self.wire = RaftWire(self, self.ids)
         self.metadata_apply = MetadataApply(self, broker, new_topics)
         self.voter_control = VoterControl(self)

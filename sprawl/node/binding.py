@@ -81,10 +81,7 @@ def watch_faults(
         return cluster_gate(node_id, FEATURES, members, list(control.metadata.nodes), latched())
 
     def latched() -> list[str]:
-        return list(getattr(control.metadata, "features", ()) or ())
-
-    control.ids.latched = latched  # a member lacking a latched feature is refused:
-    control.channel.latched_features = latched  # no Raft role, no replica, no peer connection
+        return list(control.metadata.features)
 
     def features() -> dict[str, Any]:
         return {"protocol": [MIN_PROTOCOL, PROTOCOL], "advertised": sorted(FEATURES), **gate().as_dict()}

@@ -126,6 +126,11 @@ class NodeService(service.Service):
             ),
         )
 
+    def _latched_features(self) -> list[str]:
+        """The cluster features latched in the Raft metadata (none before the
+        control is built): the peer channel refuses a peer lacking one."""
+        return list(self.control.metadata.features) if self.control is not None else []
+
     def _make_tier(self, metrics: NodeMetrics) -> S3Tier:
         """The S3 tier: a bounded-thread-pool client, the spill pipeline and the bucket watch."""
         from sprawl.storage.bucket_watch import BucketWatch
@@ -256,6 +261,7 @@ class NodeService(service.Service):
             random.Random(),
             c.cluster_key,
             limits=frame_limits(c.max_body_bytes),
+            latched_features=self._latched_features,
             **peer_tls(c),
         )
         bind = c.bind_addr.replace(":", chr(92) + ":")

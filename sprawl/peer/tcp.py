@@ -89,6 +89,7 @@ class PeerChannel:
         server_tls: CertificateOptions | None = None,
         client_tls: Callable[[str], CertificateOptions] | None = None,
         peer_names: Callable[[Any], set[str]] | None = None,
+        latched_features: Callable[[], Collection[str]] = lambda: (),
     ) -> None:
         self.node_id = node_id
         self.reactor = reactor
@@ -127,7 +128,7 @@ class PeerChannel:
         self.inbound_conns: set[Inbound] = set()
         #: The features the cluster latched on (the composition root reads them
         #: from the Raft metadata): a peer lacking one is refused at the handshake.
-        self.latched_features: Callable[[], Collection[str]] = lambda: ()
+        self.latched_features = latched_features
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
         #: Called with a peer's node id the first time a handshake reached it.

@@ -159,10 +159,11 @@ def test_a_peer_or_member_lacking_a_latched_feature_is_refused() -> None:
         check_latched("n2", ["b"], ["a", "c"])
     assert e.value.code == "features_missing" and "a, c" in str(e.value)
 
-    ids = ClusterIds(task.Clock(), random.Random(1), SimpleNamespace(node_id="me"))  # type: ignore[arg-type]
+    latched: list[str] = []
+    ids = ClusterIds(task.Clock(), random.Random(1), SimpleNamespace(node_id="me"), latched=lambda: latched)  # type: ignore[arg-type]
     old = {"id": "old", "state": "alive", "features": ["b"]}
     assert not ids.is_foreign(old)
-    ids.latched = lambda: ["a"]
+    latched.append("a")
     assert ids.lacks_latched(old) == ("a",) and ids.is_foreign(old)
     assert not ids.is_foreign({"id": "new", "state": "alive", "features": ["a", "b"]})
     assert not ids.is_foreign({"id": "me", "state": "alive"})
