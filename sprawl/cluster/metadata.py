@@ -1,8 +1,8 @@
 """The cluster metadata state machine that Raft replicates.  Pure.
 
 It holds topics and their configuration, partition placement (replicas,
-leader, leader epoch), consumer-group definitions and the names of the
-nodes Raft knows by number.  Voters themselves are Raft's configuration,
+leader, leader epoch), consumer-group definitions, derived-topic pipelines
+(issue 17) and the names of the nodes Raft knows by number.  Voters themselves are Raft's configuration,
 not part of this state.
 
 Every command is a msgpack map with an ``op``; :meth:`Metadata.apply` is a
@@ -21,7 +21,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from sprawl.errors import BadRequest
 from sprawl.log.manifest import RemoteObject, RemoteState
+from sprawl.pubsub.pipelines import PipelineSpec
 
 #: Topic config fields the metadata keeps (the broker's TopicConfig, minus local ones).
 TOPIC_FIELDS = (
@@ -73,6 +75,8 @@ class _SnapshotRecord(msgspec.Struct, forbid_unknown_fields=True):
     drained: Annotated[
         list[Annotated[str, msgspec.Meta(pattern=_NODE.pattern)]], msgspec.Meta(max_length=1024)
     ] = []
+    #: Derived-topic pipelines, name -> definition (issue 17; written only when there is one).
+    pipelines: Annotated[dict[str, dict[str, Any]], msgspec.Meta(max_length=10_000)] = {}
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotRecord)
@@ -132,6 +136,11 @@ def check_snapshot(data: bytes, index: int | None = None) -> None:
                 RemoteState.from_doc(doc)
             except (ValueError, TypeError, KeyError) as e:
                 raise BadSnapshot(f"{name}/{p}: bad remote segments: {str(e)[:200]}") from None
+    for name, doc in snap.pipelines.items():
+        try:
+            PipelineSpec.from_body(name, doc)
+        except BadRequest as e:
+            raise BadSnapshot(f"pipeline {name[:80]!r}: {str(e)[:200]}") from None
 
 
 def _topic_name(name: str) -> bool:
@@ -187,6 +196,9 @@ class Metadata:
         #: Node ids the operator drained (``sprawlctl cluster drain``), sorted:
         #: they lead nothing and get no new replicas (:mod:`sprawl.cluster.drain`).
         self.drained: list[str] = []
+        #: Derived-topic pipelines (``PUT /v1/pipelines/P``): name -> definition
+        #: (:meth:`PipelineSpec.to_dict <sprawl.pubsub.pipelines.PipelineSpec.to_dict>`).
+        self.pipelines: dict[str, dict[str, Any]] = {}
 
     # -- applying ------------------------------------------------------------
 
@@ -393,6 +405,44 @@ class Metadata:
             self.drained = [n for n in self.drained if n != node_id]
         return {"node_id": node_id, "drained": drained, "changed": drained != was}
 
+    def _op_put_pipeline(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Declare (or change) a pipeline; a new one also gets its position, the group
+        ``pipeline.NAME`` on the source (``group_config``), in the same entry.  Its
+        source cannot change (the position is a group of the source)."""
+        name = cmd["name"]
+        if not isinstance(name, str):
+            raise TypeError("name must be a pipeline name")
+        try:
+            spec = PipelineSpec.from_body(name, cmd["spec"])
+        except BadRequest as e:
+            return _error(e.code, str(e), 400)
+        for role, topic in (("source", spec.source), ("target", spec.target)):
+            if topic not in self.topics:
+                return _error("topic_not_found", f"{role} topic {topic!r} does not exist", 400)
+        old = self.pipelines.get(name)
+        if old is not None and old["source"] != spec.source:
+            return _error("pipeline_source_change", "a pipeline's source cannot change: delete it first", 409)
+        group_config = cmd["group_config"]
+        if not isinstance(group_config, dict) or not all(isinstance(k, str) for k in group_config):
+            raise TypeError("group_config must be a map")
+        groups = self.topics[spec.source]["groups"]
+        group = f"pipeline.{name}"
+        if group not in groups:
+            groups[group] = dict(group_config)
+        self.pipelines[name] = spec.to_dict()
+        return {"created": old is None, "pipeline": spec.to_dict()}
+
+    def _op_delete_pipeline(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Forget a pipeline and its position (the group ``pipeline.NAME``)."""
+        name = cmd["name"]
+        old = self.pipelines.pop(name, None) if isinstance(name, str) else None
+        if old is None:
+            return _error("pipeline_not_found", f"pipeline {str(name)[:200]!r} does not exist", 404)
+        t = self.topics.get(old["source"])
+        if t is not None:
+            t["groups"].pop(f"pipeline.{name}", None)
+        return {"deleted": True, "source": old["source"]}
+
     def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:
         return {"ok": True}
 
@@ -419,6 +469,8 @@ class Metadata:
         }
         if self.drained:  # absent while none is: an older node reads the snapshot as before
             doc["drained"] = self.drained
+        if self.pipelines:  # likewise (and the cluster feature `pipelines` is on before one exists)
+            doc["pipelines"] = self.pipelines
         return msgspec.msgpack.encode(doc)
 
     @classmethod
@@ -437,6 +489,7 @@ class Metadata:
         m.nodes = raw["nodes"]
         m.remote = raw.get("remote") or {}
         m.drained = sorted(raw.get("drained") or [])
+        m.pipelines = raw.get("pipelines") or {}
         return m
 
     def copy(self) -> Metadata:
@@ -446,12 +499,13 @@ class Metadata:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Metadata):
             return NotImplemented
-        return (self.topics, self.placement, self.nodes, self.remote, self.drained) == (
+        return (self.topics, self.placement, self.nodes, self.remote, self.drained, self.pipelines) == (
             other.topics,
             other.placement,
             other.nodes,
             other.remote,
             other.drained,
+            other.pipelines,
         )
 
     __hash__ = None  # type: ignore[assignment]
