@@ -34,7 +34,7 @@ from jmespath.exceptions import JMESPathError
 
 from sprawl.errors import BadRequest
 from sprawl.log.record import Record
-from sprawl.pubsub.filters import FilterError, Selection, compile_filter, view
+from sprawl.pubsub.filters import MAX_EXPRESSION_CHARS, FilterError, Selection, compile_filter, view
 from sprawl.pubsub.names import check_topic_name
 
 #: The fields of a pipeline's definition (``PUT /v1/pipelines/P``).
@@ -87,9 +87,15 @@ class PipelineSpec:
             check_topic_name(body[need])
         if body["source"] == body["target"]:
             raise BadRequest("target must differ from source", code="invalid_field")
+        if not isinstance(body.get("pipeline", name), str):
+            raise BadRequest("pipeline must be the pipeline's name", code="invalid_field")
         for opt in ("filter", "fields", "key"):
             if body.get(opt) is not None and not isinstance(body[opt], str):
                 raise BadRequest(f"{opt} must be a string", code="invalid_field")
+            if len(body.get(opt) or "") > MAX_EXPRESSION_CHARS:
+                raise BadRequest(
+                    f"{opt} is longer than {MAX_EXPRESSION_CHARS} characters", code="invalid_filter"
+                )
         acks = body.get("acks") if body.get("acks") is not None else "quorum"
         if acks not in ACKS:
             raise BadRequest(f"acks must be one of {', '.join(ACKS)}", code="invalid_field")
