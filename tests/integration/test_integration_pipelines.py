@@ -41,7 +41,7 @@ def _publish(urls: list[str], first: int, count: int) -> None:
         batch = {"messages": [_message(i) for i in range(lo, min(lo + 10, first + count))]}
         tries = [0]
 
-        def sent(batch: dict[str, Any] = batch) -> bool:
+        def sent(batch: dict[str, Any] = batch, tries: list[int] = tries) -> bool:
             url = urls[tries[0] % len(urls)]
             tries[0] += 1
             status, _ = http_json(url + "/v1/topics/orders/messages?acks=quorum", "POST", batch, timeout=10)
