@@ -21,9 +21,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sprawl.errors import BadRequest
 from sprawl.log.manifest import RemoteObject, RemoteState
-from sprawl.pubsub.pipelines import PipelineSpec
 
 #: Topic config fields the metadata keeps (the broker's TopicConfig, minus local ones).
 TOPIC_FIELDS = (
@@ -137,10 +135,43 @@ def check_snapshot(data: bytes, index: int | None = None) -> None:
             except (ValueError, TypeError, KeyError) as e:
                 raise BadSnapshot(f"{name}/{p}: bad remote segments: {str(e)[:200]}") from None
     for name, doc in snap.pipelines.items():
-        try:
-            PipelineSpec.from_body(name, doc)
-        except BadRequest as e:
-            raise BadSnapshot(f"pipeline {name[:80]!r}: {str(e)[:200]}") from None
+        if isinstance(pipeline_definition(name, doc), tuple):
+            raise BadSnapshot(f"bad pipeline {name[:80]!r}")
+
+
+#: A pipeline definition's fields (as :data:`sprawl.pubsub.pipelines.FIELDS`, plus its name).
+PIPELINE_FIELDS = ("pipeline", "source", "target", "filter", "fields", "key", "acks")
+_PIPELINE_ACKS = ("quorum", "leader", "none")
+
+
+def pipeline_definition(name: Any, spec: Any) -> dict[str, Any] | tuple[str, str]:
+    """A pipeline's definition as the metadata keeps it, or ``(code, message)`` of what
+    is wrong with it.  Only its shape is checked here (names, types, lengths, acks);
+    the expressions are compiled where the pipeline is declared and run
+    (:class:`sprawl.pubsub.pipelines.PipelineSpec`), so the state machine stays pure and
+    does not depend on the expression language's version."""
+    if not isinstance(name, str) or not _topic_name(name) or len(name) > 200:
+        return ("invalid_topic_name", "a pipeline name follows the topic name rule, at most 200 characters")
+    if not isinstance(spec, dict) or not set(spec) <= set(PIPELINE_FIELDS):
+        return ("invalid_field", "a pipeline definition is a map of its fields")
+    out: dict[str, Any] = {"pipeline": name}
+    for role in ("source", "target"):
+        topic = spec.get(role)
+        if not isinstance(topic, str) or not _topic_name(topic):
+            return ("invalid_field", f"{role} must be a topic name")
+        out[role] = topic
+    if out["source"] == out["target"]:
+        return ("invalid_field", "target must differ from source")
+    for opt in ("filter", "fields", "key"):
+        v = spec.get(opt)
+        if v is not None and (not isinstance(v, str) or len(v) > 1024):
+            return ("invalid_filter", f"{opt} must be an expression of at most 1024 characters")
+        out[opt] = v
+    acks = spec.get("acks") if spec.get("acks") is not None else "quorum"
+    if acks not in _PIPELINE_ACKS:
+        return ("invalid_field", f"acks must be one of {', '.join(_PIPELINE_ACKS)}")
+    out["acks"] = acks
+    return out
 
 
 def _topic_name(name: str) -> bool:
@@ -410,27 +441,24 @@ class Metadata:
         ``pipeline.NAME`` on the source (``group_config``), in the same entry.  Its
         source cannot change (the position is a group of the source)."""
         name = cmd["name"]
-        if not isinstance(name, str):
-            raise TypeError("name must be a pipeline name")
-        try:
-            spec = PipelineSpec.from_body(name, cmd["spec"])
-        except BadRequest as e:
-            return _error(e.code, str(e), 400)
-        for role, topic in (("source", spec.source), ("target", spec.target)):
-            if topic not in self.topics:
-                return _error("topic_not_found", f"{role} topic {topic!r} does not exist", 400)
+        spec = pipeline_definition(name, cmd["spec"])
+        if isinstance(spec, tuple):
+            return _error(spec[0], spec[1], 400)
+        for role in ("source", "target"):
+            if spec[role] not in self.topics:
+                return _error("topic_not_found", f"{role} topic {spec[role]!r} does not exist", 400)
         old = self.pipelines.get(name)
-        if old is not None and old["source"] != spec.source:
+        if old is not None and old["source"] != spec["source"]:
             return _error("pipeline_source_change", "a pipeline's source cannot change: delete it first", 409)
         group_config = cmd["group_config"]
         if not isinstance(group_config, dict) or not all(isinstance(k, str) for k in group_config):
             raise TypeError("group_config must be a map")
-        groups = self.topics[spec.source]["groups"]
+        groups = self.topics[spec["source"]]["groups"]
         group = f"pipeline.{name}"
         if group not in groups:
             groups[group] = dict(group_config)
-        self.pipelines[name] = spec.to_dict()
-        return {"created": old is None, "pipeline": spec.to_dict()}
+        self.pipelines[name] = spec
+        return {"created": old is None, "pipeline": dict(spec)}
 
     def _op_delete_pipeline(self, index: int, cmd: dict[str, Any]) -> Result:
         """Forget a pipeline and its position (the group ``pipeline.NAME``)."""
