@@ -122,6 +122,8 @@ class LocalDataPlane:
         self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
     ) -> Deferred[PublishResult]:
         """Publish ``records`` to the broker (all of them to ``partition`` when given)."""
+        if partition is None:
+            return self.broker.publish(topic, records, acks)
         return self.broker.publish(topic, records, acks, partition)
 
     def read_source(self, topic: str, partition: int) -> str | None:

@@ -110,6 +110,8 @@ class Router:
         name = topic.name
         n = len(topic.logs)
         if all(self.sync.is_local(name, p) for p in range(n)):
+            if partition is None:
+                return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
             return self.broker.publish(topic, records, acks, partition)  # type: ignore[no-any-return]
         self.broker.check_message_sizes(records, topic.config.max_message_bytes)
         named: set[str] = set()
