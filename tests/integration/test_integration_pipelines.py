@@ -161,3 +161,70 @@ def test_killing_the_source_leader_of_a_3_node_cluster_loses_and_repeats_nothing
             url = cluster.url(name)
             assert poll_until(lambda url=url: _caught_up(url, 500), BOUND) is not None, name
             _check_exactly_once(url, 500)
+
+
+def _build_without_pipelines(base: Path) -> str:
+    """A copy of this build whose peer frames do not advertise ``pipelines`` (a release
+    from before them, as far as the gate can tell); the directory for ``PYTHONPATH``."""
+    import re
+    import shutil
+
+    from test_mixed_versions import _plugin_file
+
+    import sprawl
+
+    root = base / "before-pipelines"
+    shutil.copytree(
+        Path(sprawl.__file__).resolve().parent, root / "sprawl", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    plugins = root / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    shutil.copy(_plugin_file(), plugins / "sprawl_plugin.py")
+    frames = root / "sprawl" / "peer" / "frames.py"
+    text, n = re.subn(
+        r'^(FEATURES: frozenset\[str\] = frozenset\(\{.*), "pipelines"\}\)$',
+        r"\1})",
+        frames.read_text(),
+        flags=re.M,
+    )
+    assert n == 1, "frames.py no longer has the FEATURES line this test rewrites"
+    frames.write_text(text)
+    return str(root)
+
+
+def test_a_node_without_pipelines_holds_the_feature_back_until_upgraded(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    """Three nodes, one of a build that does not advertise ``pipelines``: a declaration is
+    409 feature_not_enabled naming it (nothing is proposed); once that node runs this
+    build the gate opens by itself and the pipeline is declared and runs."""
+    c = cluster_factory(3, "v", start=False)
+    c.nodes["v1"].env["PYTHONPATH"] = _build_without_pipelines(tmp_path)
+    c.start(BOUND)
+    url = c.url("v0")
+    for name in ("orders", "big-orders"):
+        status, answer = http_json(f"{url}/v1/topics/{name}", "PUT", {"partitions": 2}, timeout=15)
+        assert status == 201, (status, answer)
+
+    def pending() -> bool:
+        gate = c.cluster_view("v0").get("features") or {}
+        return gate.get("pending", {}).get("pipelines") == ["v1"]
+
+    assert poll_until(pending, BOUND) is not None, c.cluster_view("v0").get("features")
+    status, answer = http_json(url + "/v1/pipelines/big", "PUT", PIPELINE, timeout=15)
+    assert status == 409 and answer["error"]["code"] == "feature_not_enabled", (status, answer)
+    assert "v1" in answer["error"]["message"]
+    assert http_json(url + "/v1/pipelines")[1] == {"pipelines": []}
+
+    c.kill("v1")
+    c.nodes["v1"].env.pop("PYTHONPATH")
+    c.restart("v1")
+
+    def declared() -> bool:
+        status, _ = http_json(url + "/v1/pipelines/big", "PUT", PIPELINE, timeout=15)
+        return status in (200, 201)
+
+    assert poll_until(declared, BOUND) is not None
+    _publish([url], 0, 30)
+    assert poll_until(lambda: _caught_up(url, 30), BOUND) is not None
+    _check_exactly_once(url, 30)
