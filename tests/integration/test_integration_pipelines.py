@@ -164,32 +164,22 @@ def test_killing_the_source_leader_of_a_3_node_cluster_loses_and_repeats_nothing
 
 
 def _build_without_pipelines(base: Path) -> str:
-    """A copy of this build whose peer frames do not advertise ``pipelines`` (a release
-    from before them, as far as the gate can tell); the directory for ``PYTHONPATH``."""
+    """A copy of this build (same peer protocol) whose peer frames do not advertise
+    ``pipelines`` -- a release from before them, as far as the gate can tell; the
+    directory for ``PYTHONPATH``."""
     import re
-    import shutil
 
-    from test_mixed_versions import _plugin_file
+    from test_mixed_versions import build
 
-    import sprawl
+    from sprawl.peer.frames import MIN_PROTOCOL, PROTOCOL
 
-    root = base / "before-pipelines"
-    shutil.copytree(
-        Path(sprawl.__file__).resolve().parent, root / "sprawl", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    plugins = root / "twisted" / "plugins"
-    plugins.mkdir(parents=True)
-    shutil.copy(_plugin_file(), plugins / "sprawl_plugin.py")
-    frames = root / "sprawl" / "peer" / "frames.py"
-    text, n = re.subn(
-        r'^(FEATURES: frozenset\[str\] = frozenset\(\{.*), "pipelines"\}\)$',
-        r"\1})",
-        frames.read_text(),
-        flags=re.M,
-    )
+    root = build(base, "before-pipelines", PROTOCOL, MIN_PROTOCOL)
+    frames = Path(root) / "sprawl" / "peer" / "frames.py"
+    line = r'^(FEATURES: frozenset\[str\] = frozenset\(\{.*), "pipelines"\}\)$'
+    text, n = re.subn(line, r"\1})", frames.read_text(), flags=re.M)
     assert n == 1, "frames.py no longer has the FEATURES line this test rewrites"
     frames.write_text(text)
-    return str(root)
+    return root
 
 
 def test_a_node_without_pipelines_holds_the_feature_back_until_upgraded(

@@ -17,37 +17,10 @@ def test_pipelines_put_list_delete(sprawl_node: Any) -> None:
     make_topic(url, "clicks")
     make_topic(url, "clicks.eu")
     ok(ctl(url, "publish", "-t", "clicks", "-m", "-", input='{"region": "eu"}\n{"region": "us"}\n'))
-    out = ok(
-        ctl(
-            url,
-            "pipelines",
-            "put",
-            "eu",
-            "--source",
-            "clicks",
-            "--target",
-            "clicks.eu",
-            "--filter",
-            "payload.region == 'eu'",
-        )
-    )
+    put = ("pipelines", "put", "eu", "--source", "clicks", "--target", "clicks.eu")
+    out = ok(ctl(url, *put, "--filter", "payload.region == 'eu'"))
     assert out == "pipeline eu (clicks -> clicks.eu) declared\n"
-    out = ok(
-        ctl(
-            url,
-            "pipelines",
-            "put",
-            "eu",
-            "--source",
-            "clicks",
-            "--target",
-            "clicks.eu",
-            "--filter",
-            "payload.region == 'eu'",
-            "--acks",
-            "leader",
-        )
-    )
+    out = ok(ctl(url, *put, "--filter", "payload.region == 'eu'", "--acks", "leader"))
     assert out == "pipeline eu (clicks -> clicks.eu) changed\n"
 
     def caught_up() -> bool:
@@ -58,9 +31,7 @@ def test_pipelines_put_list_delete(sprawl_node: Any) -> None:
     table = ok(ctl(url, "pipelines", "list")).splitlines()
     assert table[0].split() == ["NAME", "SOURCE", "TARGET", "FILTER", "FIELDS", "KEY", "ACKS", "LAG"]
     assert table[1].split()[:3] == ["eu", "clicks", "clicks.eu"] and table[1].split()[-1] == "0"
-    line = one_line_error(
-        ctl(url, "pipelines", "put", "bad", "--source", "clicks", "--target", "clicks.eu", "--filter", "((")
-    )
+    line = one_line_error(ctl(url, *put[:2], "bad", *put[3:], "--filter", "(("))
     assert "invalid_filter" in line or "filter" in line
     assert ok(ctl(url, "pipelines", "delete", "eu")) == "pipeline eu deleted\n"
     assert json.loads(ok(ctl(url, "pipelines", "list", "--json"))) == {"pipelines": []}

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry, generate_latest
-from test_broker import T0, Node, msg, read_all, topic
+from test_broker import T0, Node, msg, topic
+from test_pipeline_runner import _target
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
@@ -75,14 +76,6 @@ async def _finish(loop: PipelineLoop, name: str = "big") -> None:
     d = loop.running(name)
     if d is not None:
         await d
-
-
-async def _target(n: Node) -> list[int]:
-    t = n.broker.get_topic("big-orders")
-    out = []
-    for p in range(len(t.logs)):
-        out += [json.loads(r.payload)["n"] for r in await read_all(n, t, p) if not r.control]
-    return sorted(out)
 
 
 def _source_partition(n: Node, i: int) -> int:
