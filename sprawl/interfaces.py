@@ -74,8 +74,11 @@ class RecordPublisher(Protocol):
     :meth:`~sprawl.pubsub.broker.Broker.publish`; in a cluster, the data
     plane's, through each partition's leader."""
 
-    def publish(self, topic: Topic, records: list[Record], acks: str) -> Deferred[PublishResult]:
-        """Publish ``records`` (offsets unassigned) with the ``acks`` level."""
+    def publish(
+        self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
+    ) -> Deferred[PublishResult]:
+        """Publish ``records`` (offsets unassigned) with the ``acks`` level (all of
+        them to ``partition`` when given, else by key)."""
         ...
 
 

@@ -324,9 +324,12 @@ class DataPlane:
         self.sync.sync_topic(name)
         self.router.placement_changed(name)
 
-    def publish(self, topic: Topic, records: list[Record], acks: str) -> defer.Deferred[PublishResult]:
-        """Publish ``records`` to ``topic`` through each partition's leader."""
-        return self.router.publish(topic, records, acks)
+    def publish(
+        self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
+    ) -> defer.Deferred[PublishResult]:
+        """Publish ``records`` to ``topic`` through each partition's leader (all of
+        them to ``partition`` when given)."""
+        return self.router.publish(topic, records, acks, partition)
 
     def read_source(self, topic: str, partition: int) -> str | None:
         """Where to read a partition this node does not hold: its leader (None: read here)."""

@@ -118,9 +118,13 @@ class LocalDataPlane:
         self.clock = clock
         self.groups = LocalGroups(broker)
 
-    def publish(self, topic: Topic, records: list[Record], acks: str) -> Deferred[PublishResult]:
-        """Publish ``records`` to the broker."""
-        return self.broker.publish(topic, records, acks)
+    def publish(
+        self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
+    ) -> Deferred[PublishResult]:
+        """Publish ``records`` to the broker (all of them to ``partition`` when given)."""
+        if partition is None:
+            return self.broker.publish(topic, records, acks)
+        return self.broker.publish(topic, records, acks, partition)
 
     def read_source(self, topic: str, partition: int) -> str | None:
         """Always None: this node's broker holds every partition."""

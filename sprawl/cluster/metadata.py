@@ -1,8 +1,8 @@
 """The cluster metadata state machine that Raft replicates.  Pure.
 
 It holds topics and their configuration, partition placement (replicas,
-leader, leader epoch), consumer-group definitions and the names of the
-nodes Raft knows by number.  Voters themselves are Raft's configuration,
+leader, leader epoch), consumer-group definitions, derived-topic pipelines
+(issue 17) and the names of the nodes Raft knows by number.  Voters themselves are Raft's configuration,
 not part of this state.
 
 Every command is a msgpack map with an ``op``; :meth:`Metadata.apply` is a
@@ -78,6 +78,8 @@ class _SnapshotRecord(msgspec.Struct, forbid_unknown_fields=True):
     features: Annotated[
         list[Annotated[str, msgspec.Meta(min_length=1, max_length=48)]], msgspec.Meta(max_length=32)
     ] = []
+    #: Derived-topic pipelines, name -> definition (issue 17; written only when there is one).
+    pipelines: Annotated[dict[str, dict[str, Any]], msgspec.Meta(max_length=10_000)] = {}
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotRecord)
@@ -137,6 +139,44 @@ def check_snapshot(data: bytes, index: int | None = None) -> None:
                 RemoteState.from_doc(doc)
             except (ValueError, TypeError, KeyError) as e:
                 raise BadSnapshot(f"{name}/{p}: bad remote segments: {str(e)[:200]}") from None
+    for name, doc in snap.pipelines.items():
+        if isinstance(pipeline_definition(name, doc), tuple):
+            raise BadSnapshot(f"bad pipeline {name[:80]!r}")
+
+
+#: A pipeline definition's fields (as :data:`sprawl.pubsub.pipelines.FIELDS`, plus its name).
+PIPELINE_FIELDS = ("pipeline", "source", "target", "filter", "fields", "key", "acks")
+_PIPELINE_ACKS = ("quorum", "leader", "none")
+
+
+def pipeline_definition(name: Any, spec: Any) -> dict[str, Any] | tuple[str, str]:
+    """A pipeline's definition as the metadata keeps it, or ``(code, message)`` of what
+    is wrong with it.  Only its shape is checked here (names, types, lengths, acks);
+    the expressions are compiled where the pipeline is declared and run
+    (:class:`sprawl.pubsub.pipelines.PipelineSpec`), so the state machine stays pure and
+    does not depend on the expression language's version."""
+    if not isinstance(name, str) or not _topic_name(name) or len(name) > 200:
+        return ("invalid_topic_name", "a pipeline name follows the topic name rule, at most 200 characters")
+    if not isinstance(spec, dict) or not set(spec) <= set(PIPELINE_FIELDS):
+        return ("invalid_field", "a pipeline definition is a map of its fields")
+    out: dict[str, Any] = {"pipeline": name}
+    for role in ("source", "target"):
+        topic = spec.get(role)
+        if not isinstance(topic, str) or not _topic_name(topic):
+            return ("invalid_field", f"{role} must be a topic name")
+        out[role] = topic
+    if out["source"] == out["target"]:
+        return ("invalid_field", "target must differ from source")
+    for opt in ("filter", "fields", "key"):
+        v = spec.get(opt)
+        if v is not None and (not isinstance(v, str) or len(v) > 1024):
+            return ("invalid_filter", f"{opt} must be an expression of at most 1024 characters")
+        out[opt] = v
+    acks = spec.get("acks") if spec.get("acks") is not None else "quorum"
+    if acks not in _PIPELINE_ACKS:
+        return ("invalid_field", f"acks must be one of {', '.join(_PIPELINE_ACKS)}")
+    out["acks"] = acks
+    return out
 
 
 def _topic_name(name: str) -> bool:
@@ -195,6 +235,9 @@ class Metadata:
         #: Cluster features latched on, sorted (:mod:`sprawl.cluster.features`):
         #: they stay on, and a node lacking one is refused.
         self.features: list[str] = []
+        #: Derived-topic pipelines (``PUT /v1/pipelines/P``): name -> definition
+        #: (:meth:`PipelineSpec.to_dict <sprawl.pubsub.pipelines.PipelineSpec.to_dict>`).
+        self.pipelines: dict[str, dict[str, Any]] = {}
 
     # -- applying ------------------------------------------------------------
 
@@ -411,6 +454,41 @@ class Metadata:
         self.features = merged
         return {"features": merged, "changed": changed}
 
+    def _op_put_pipeline(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Declare (or change) a pipeline; a new one also gets its position, the group
+        ``pipeline.NAME`` on the source (``group_config``), in the same entry.  Its
+        source cannot change (the position is a group of the source)."""
+        name = cmd["name"]
+        spec = pipeline_definition(name, cmd["spec"])
+        if isinstance(spec, tuple):
+            return _error(spec[0], spec[1], 400)
+        for role in ("source", "target"):
+            if spec[role] not in self.topics:
+                return _error("topic_not_found", f"{role} topic {spec[role]!r} does not exist", 400)
+        old = self.pipelines.get(name)
+        if old is not None and old["source"] != spec["source"]:
+            return _error("pipeline_source_change", "a pipeline's source cannot change: delete it first", 409)
+        group_config = cmd["group_config"]
+        if not isinstance(group_config, dict) or not all(isinstance(k, str) for k in group_config):
+            raise TypeError("group_config must be a map")
+        groups = self.topics[spec["source"]]["groups"]
+        group = f"pipeline.{name}"
+        if group not in groups:
+            groups[group] = dict(group_config)
+        self.pipelines[name] = spec
+        return {"created": old is None, "pipeline": dict(spec)}
+
+    def _op_delete_pipeline(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Forget a pipeline and its position (the group ``pipeline.NAME``)."""
+        name = cmd["name"]
+        old = self.pipelines.pop(name, None) if isinstance(name, str) else None
+        if old is None:
+            return _error("pipeline_not_found", f"pipeline {str(name)[:200]!r} does not exist", 404)
+        t = self.topics.get(old["source"])
+        if t is not None:
+            t["groups"].pop(f"pipeline.{name}", None)
+        return {"deleted": True, "source": old["source"]}
+
     def _op_noop(self, index: int, cmd: dict[str, Any]) -> Result:
         return {"ok": True}
 
@@ -439,6 +517,8 @@ class Metadata:
             doc["drained"] = self.drained
         if self.features:  # likewise: absent until a feature is latched
             doc["features"] = self.features
+        if self.pipelines:  # likewise (and the cluster feature `pipelines` is on before one exists)
+            doc["pipelines"] = self.pipelines
         return msgspec.msgpack.encode(doc)
 
     @classmethod
@@ -458,6 +538,7 @@ class Metadata:
         m.remote = raw.get("remote") or {}
         m.drained = sorted(raw.get("drained") or [])
         m.features = sorted(raw.get("features") or [])
+        m.pipelines = raw.get("pipelines") or {}
         return m
 
     def copy(self) -> Metadata:
@@ -467,13 +548,22 @@ class Metadata:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Metadata):
             return NotImplemented
-        return (self.topics, self.placement, self.nodes, self.remote, self.drained, self.features) == (
+        return (
+            self.topics,
+            self.placement,
+            self.nodes,
+            self.remote,
+            self.drained,
+            self.features,
+            self.pipelines,
+        ) == (
             other.topics,
             other.placement,
             other.nodes,
             other.remote,
             other.drained,
             other.features,
+            other.pipelines,
         )
 
     __hash__ = None  # type: ignore[assignment]

@@ -92,6 +92,17 @@ class MetadataApply:
             p = int(cmd["partition"])
             if t is not None and 0 <= p < len(t.logs):
                 return self._quietly(self.broker.follow_remote, t, p)
+        if op == "put_pipeline":
+            spec = self.control.metadata.pipelines.get(cmd["name"])
+            if spec is not None:
+                return self._ensure_broker_group(spec["source"], f"pipeline.{cmd['name']}")
+        if op == "delete_pipeline":
+            # Its position goes with it: the group left the source's metadata.
+            group = f"pipeline.{cmd['name']}"
+            for name, t in list(self.broker.topics.items()):
+                mt = self.control.metadata.topics.get(name)
+                if group in t.groups and (mt is None or group not in mt["groups"]):
+                    return self._quietly(self.broker.delete_group, t, group)
         return defer.succeed(None)
 
     def _topic_changed(self, _: object, name: str) -> None:

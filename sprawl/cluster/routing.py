@@ -103,12 +103,18 @@ class Router:
 
     # -- publishing ----------------------------------------------------------------------
 
-    def publish(self, topic: Topic, records: list[Record], acks: str) -> defer.Deferred[PublishResult]:
-        """Publish ``records`` to ``topic`` through each partition's leader."""
+    def publish(
+        self, topic: Topic, records: list[Record], acks: str, partition: int | None = None
+    ) -> defer.Deferred[PublishResult]:
+        """Publish ``records`` to ``topic`` through each partition's leader (all of
+        them to ``partition`` when given: a pipeline's re-run must meet its first
+        copy in the same partition's dedup window)."""
         name = topic.name
         n = len(topic.logs)
         if all(self.sync.is_local(name, p) for p in range(n)):
-            return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
+            if partition is None:
+                return self.broker.publish(topic, records, acks)  # type: ignore[no-any-return]
+            return self.broker.publish(topic, records, acks, partition)  # type: ignore[no-any-return]
         self.broker.check_message_sizes(records, topic.config.max_message_bytes)
         named: set[str] = set()
         for r in records:
@@ -119,7 +125,9 @@ class Router:
                 r.id = self.broker.new_message_id()
                 named.add(r.id)
         groups: dict[int, list[int]] = {}
-        if all(r.key is None for r in records):
+        if partition is not None:
+            groups[partition] = list(range(len(records)))
+        elif all(r.key is None for r in records):
             # No keys: the whole batch goes to one partition (round robin per
             # batch, Kafka's sticky partitioner) -- one leader, one replication
             # round, instead of a slice for every leader.

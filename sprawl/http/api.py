@@ -44,6 +44,7 @@ from sprawl.http.fetch import FetchRoute
 from sprawl.http.groups import ConsumerGroupRoutes
 from sprawl.http.messages import MessageRoutes
 from sprawl.http.origin import ALLOWED_METHODS, PREFLIGHT_MAX_AGE, UNSAFE_METHODS, OriginPolicy
+from sprawl.http.pipelines import PipelineRoutes
 from sprawl.http.seed import SeedRoutes
 from sprawl.http.starts import ReadStarts
 from sprawl.http.status import NodeInfo, NodeStatus
@@ -247,6 +248,7 @@ class SprawlAPI:
         self.groups = ConsumerGroupRoutes(broker, self.plane, self.control, metrics)
         self.admin = AdminRoutes(broker, self.status, self.control, clock, metrics, traffic)
         self.seed = SeedRoutes(broker, self.plane, self.control, self.status)
+        self.pipelines = PipelineRoutes(broker, info, self.control)
         #: Traffic forecasts (None when the node runs without them).
         self.traffic = traffic
         #: Open dashboard feeds (``GET /v1/dashboard/stream``).
@@ -430,6 +432,28 @@ class SprawlAPI:
     @app.route("/v1/dashboard/stream", methods=["GET"])
     def dashboard_stream(self, request: Request) -> KleinRenderable:
         return _rendered(self.admin.dashboard_stream(request))
+
+    # -- pipelines (sprawl/http/pipelines.py) ----------------------------------------------------------
+
+    @app.route("/v1/pipelines", methods=["GET"])
+    @_route("pipelines")
+    def list_pipelines(self, request: Request) -> object:
+        return self.pipelines.list_pipelines(request)
+
+    @app.route("/v1/pipelines/<string:pipeline>", methods=["PUT"])
+    @_route("pipeline_put")
+    def put_pipeline(self, request: Request, pipeline: str) -> object:
+        return self.pipelines.put_pipeline(request, pipeline)
+
+    @app.route("/v1/pipelines/<string:pipeline>", methods=["GET"])
+    @_route("pipeline_get")
+    def get_pipeline(self, request: Request, pipeline: str) -> object:
+        return self.pipelines.get_pipeline(request, pipeline)
+
+    @app.route("/v1/pipelines/<string:pipeline>", methods=["DELETE"])
+    @_route("pipeline_delete")
+    def delete_pipeline(self, request: Request, pipeline: str) -> object:
+        return self.pipelines.delete_pipeline(request, pipeline)
 
     # -- seed-compatible routes (sprawl/http/seed.py) --------------------------------------------------
 

@@ -15,6 +15,7 @@ Route classes (by Klein endpoint name):
   .../groups/{group}`` does); a group's ``dead_letter_topic`` also needs
   publish on that topic (checked by the handler);
 * admin node-wide (admin on ``*``): ``/v1/cluster*``, ``/v1/damage*``, ``/metrics``,
+  ``/v1/pipelines*`` (a pipeline reads one topic and writes another),
   ``/v1/dashboard/stream``, ``/status``, ``/dht``, ``/store``;
 * any valid token: ``GET /v1/topics`` and ``/topics`` (lists names).
 
@@ -70,6 +71,10 @@ NODE_ADMIN = frozenset(
         "drain_node",
         "undrain_node",
         "cluster_load",
+        "list_pipelines",
+        "put_pipeline",
+        "get_pipeline",
+        "delete_pipeline",
     }
 )
 QUERY_TOKEN = frozenset({"stream", "websocket", "dashboard_stream"})

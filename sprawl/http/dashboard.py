@@ -185,7 +185,30 @@ def snapshot(
         "topics": topics,
         "faults": status.faults()["faults"],
         "memory": memory_status(broker),
+        "pipelines": pipeline_rows(status),
     }
+
+
+def pipeline_rows(status: NodeStatus) -> list[dict[str, Any]]:
+    """The declared pipelines (derived topics) with their lag as this node sees it
+    (exact for the source partitions it leads, the last checkpoint's for the others)."""
+    raft = status.info.raft
+    declared = raft.metadata.pipelines if raft is not None else {}
+    rows = []
+    for name, spec in sorted(declared.items())[:MAX_TOPICS]:
+        t = status.broker.topics.get(spec["source"])
+        g = t.groups.get(f"pipeline.{name}") if t is not None else None
+        lag = g.lag(t.high_watermarks()) if t is not None and g is not None else None
+        rows.append(
+            {
+                "name": name,
+                "source": spec["source"],
+                "target": spec["target"],
+                "filter": spec.get("filter"),
+                "lag": lag,
+            }
+        )
+    return rows
 
 
 @implementer(IPushProducer)

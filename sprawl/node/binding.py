@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
     from sprawl.cluster.fault_watch import FaultWatch
     from sprawl.cluster.features import FeatureGate
+    from sprawl.cluster.pipeline_loop import PipelineLoop
     from sprawl.forecast.feed import TrafficFeed
+    from sprawl.http.api import SprawlAPI
     from sprawl.http.status import NodeInfo
     from sprawl.interfaces import Clock, PeerReactor
     from sprawl.metrics import NodeMetrics
@@ -140,3 +142,18 @@ def make_traffic_feed(
         interval=c.forecast_interval,
         predictive=c.predictive_balance,
     )
+
+
+def run_pipelines(
+    broker: Broker, control: ClusterControl, clock: Clock, api: SprawlAPI, metrics: NodeMetrics
+) -> PipelineLoop:
+    """The node's pipeline loop (derived topics, :mod:`sprawl.cluster.pipeline_loop`),
+    started: it follows the pipelines of the Raft metadata, its lag is read by the
+    HTTP API (``GET /v1/pipelines``), the dashboard and the metrics."""
+    from sprawl.cluster.pipeline_loop import PipelineCollector, PipelineLoop
+
+    loop = PipelineLoop(broker, lambda: control.metadata.pipelines, clock)
+    api.pipelines.running = loop.lag
+    metrics.register(PipelineCollector(loop))
+    loop.start()
+    return loop

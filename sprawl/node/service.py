@@ -23,7 +23,13 @@ from sprawl.gossip.incarnation_file import save_incarnation
 from sprawl.gossip.load import LoadSample
 from sprawl.gossip.peer_port import listen_peer
 from sprawl.gossip.udp import GossipNode
-from sprawl.node.binding import announce_http, bind_cluster_parts, make_traffic_feed, watch_faults
+from sprawl.node.binding import (
+    announce_http,
+    bind_cluster_parts,
+    make_traffic_feed,
+    run_pipelines,
+    watch_faults,
+)
 from sprawl.node.settings import check_node_certificate, load_node_id, peer_tls, s3_settings, write_ports
 from sprawl.node.waits import bounded, exit_status_after_stop, until
 from sprawl.peer.frames import FEATURES, MIN_PROTOCOL, PROTOCOL, frame_limits
@@ -32,6 +38,7 @@ from sprawl.peer.tcp import PeerChannel
 if TYPE_CHECKING:
     from sprawl.cluster.dataplane import DataPlane
     from sprawl.cluster.fault_watch import FaultWatch
+    from sprawl.cluster.pipeline_loop import PipelineLoop
     from sprawl.forecast.feed import TrafficFeed
     from sprawl.http.api import SprawlAPI
     from sprawl.metrics import NodeMetrics
@@ -83,6 +90,7 @@ class NodeService(service.Service):
         self.scrubber: Scrubber | None = None
         self.site: Any = None
         self.fault_watch: FaultWatch | None = None
+        self.pipeline_loop: PipelineLoop | None = None
         #: The traffic forecaster's feed (None with ``--forecast false``).
         self.traffic: TrafficFeed | None = None
 
@@ -382,6 +390,7 @@ class NodeService(service.Service):
             traffic=self.traffic,
         )
         metrics.watch_state(self.broker, self.api.streams)
+        self.pipeline_loop = run_pipelines(self.broker, self.control, self.reactor, self.api, metrics)
         if auth.enabled:
             log.info(
                 "bearer-token authentication on (tokens: {tokens}, JWT: {jwt})",
@@ -500,6 +509,10 @@ class NodeService(service.Service):
         if self.site is not None:
             site = self.site
             await until(self.reactor, lambda: site.active_requests <= 0, STOP_REQUESTS_SECONDS)
+        if self.pipeline_loop is not None:
+            loop = self.pipeline_loop
+            loop.stop()
+            await until(self.reactor, lambda: loop.idle, STOP_REQUESTS_SECONDS)
         if self.broker is not None:
             self.broker.begin_stop()
         if self.traffic is not None:

@@ -92,8 +92,10 @@ UNSTATED_PROTOCOL = 2
 #: node has it, leaders heartbeat and beat per partition as before.  ``feature-latch``:
 #: the ``latch_features`` Raft command -- features every node has are latched on in the
 #: metadata, and a node lacking a latched one is refused (:mod:`sprawl.cluster.features`).
+#: ``pipelines``: the ``put_pipeline``/``delete_pipeline`` Raft commands (``PUT
+#: /v1/pipelines/P`` is refused until every node can apply them; issue 17).
 FEATURES: frozenset[str] = frozenset(
-    {"disk-state-gossip", "drain", "feature-latch", "node-beat", "peer-refusal"}
+    {"disk-state-gossip", "drain", "feature-latch", "node-beat", "peer-refusal", "pipelines"}
 )
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32

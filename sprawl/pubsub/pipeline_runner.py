@@ -12,8 +12,11 @@ batch only once its target records are published.
 ack re-delivers the batch; re-publishing it writes the same derived ids
 (:func:`~sprawl.pubsub.pipelines.derived_id`), which the target's dedup window drops.
 
-Not wired yet: who declares a pipeline (the metadata, ``/v1/pipelines``) creates its
-group and starts a runner; see docs/architecture.md.
+Each target record goes to the partition :func:`~sprawl.pubsub.pipelines.target_partition`
+names (its key's, else its derived id's), so a re-run meets the first copy in the same
+partition's dedup window.  The declaration (``PUT /v1/pipelines/P``, a Raft command that
+also creates the group) is in :mod:`sprawl.cluster.metadata`; the per-node loop that runs
+the pipelines whose source partitions this node leads is :mod:`sprawl.cluster.pipeline_loop`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from sprawl.errors import NotFound
-from sprawl.log.record import Record
+from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.pubsub.broker import Broker
-from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec
+from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, target_partition
 
 log = Logger()
 
@@ -36,12 +39,24 @@ def group_name(pipeline: str) -> str:
 class PipelineRunner:
     """One pipeline on this node (see the module docstring)."""
 
-    def __init__(self, broker: Broker, spec: PipelineSpec, *, batch: int = 500, acks: str = "quorum") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        spec: PipelineSpec,
+        *,
+        batch: int = 500,
+        acks: str | None = None,
+        max_bytes: int = DEFAULT_READ_BYTES,
+    ) -> None:
         self.broker = broker
         self.spec = spec
         self.core = PipelineCore(spec)
         self.batch = batch
-        self.acks = acks
+        #: The publish durability (the definition's unless given).
+        self.acks = acks if acks is not None else spec.acks
+        #: At most this many source bytes are leased per round (at least one record):
+        #: the bound of what a round holds in memory.
+        self.max_bytes = max_bytes
         self.group = group_name(spec.name)
         #: Source records looked at, target records written (duplicates included).
         self.read_total = 0
@@ -62,7 +77,7 @@ class PipelineRunner:
         g = source.groups.get(self.group)
         if g is None:
             raise NotFound(f"pipeline group {self.group!r} is missing", code="group_not_found")
-        got = await self.broker.pull(source, g, self.batch, wait_ms)
+        got = await self.broker.pull(source, g, self.batch, wait_ms, max_bytes=self.max_bytes)
         if not got:
             return 0
         by_part: dict[int, list[Record]] = {}
@@ -77,7 +92,11 @@ class PipelineRunner:
             target = await self.broker.ensure_topic(self.spec.target)
             links = self.broker.links
             publish = links.publisher.publish if links.publisher is not None else self.broker.publish
-            await publish(target, out, self.acks)
+            by_target: dict[int, list[Record]] = {}
+            for r in out:
+                by_target.setdefault(target_partition(r, len(target.logs)), []).append(r)
+            for tp, recs in sorted(by_target.items()):
+                await publish(target, recs, self.acks, tp)
         await self.broker.ack(source, g, [dv.ack_id for dv, _ in got])
         self.read_total += len(got)
         self.written_total += len(out)

@@ -5,12 +5,14 @@ A pipeline (``PUT /v1/pipelines/P``) reads every partition of a ``source`` topic
 publishes to a ``target`` topic the records its ``filter`` selects (a
 :mod:`sprawl.pubsub.filters` expression), their payloads projected to ``fields``, each
 keyed by ``key`` (a JMESPath expression over the same view as the filter; without it
-the source key is kept).
+the source key is kept), with the publish durability ``acks`` (``quorum`` unless said).
 
 **Exactly once, by construction of the ids.**  Each target record's id is derived from
 (pipeline, source partition, source offset) (:func:`derived_id`), so a retry of a publish
 or a new leader re-running the same source offsets after a failover is a duplicate the
-target's dedup window drops.  The position (the first source offset not yet handled) is
+target's dedup window drops.  A target record without a key goes to the target partition
+its derived id names (:func:`target_partition`), never to a round-robin one, so a re-run
+meets the first copy in the same partition's window.  The position (the first source offset not yet handled) is
 committed like a consumer group's; the adapter publishes first and commits after, so a
 crash in between re-publishes (deduplicated) rather than skips.  The promise holds as
 long as a re-run happens within the target's dedup window.
@@ -22,6 +24,7 @@ Each target record carries its origin in headers (``sprawl-pipeline``,
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +34,13 @@ from jmespath.exceptions import JMESPathError
 
 from sprawl.errors import BadRequest
 from sprawl.log.record import Record
-from sprawl.pubsub.filters import FilterError, Selection, compile_filter, view
+from sprawl.pubsub.filters import MAX_EXPRESSION_CHARS, FilterError, Selection, compile_filter, view
 from sprawl.pubsub.names import check_topic_name
 
 #: The fields of a pipeline's definition (``PUT /v1/pipelines/P``).
-FIELDS = ("source", "target", "filter", "fields", "key")
+FIELDS = ("source", "target", "filter", "fields", "key", "acks")
+#: The publish durabilities a pipeline may ask for (as ``POST .../messages?acks=``).
+ACKS = ("quorum", "leader", "none")
 #: Pipeline names follow the topic name rule, shorter: the position's group is ``pipeline.NAME``.
 MAX_NAME = 200
 _encode = msgspec.json.Encoder().encode
@@ -51,6 +56,7 @@ class PipelineSpec:
     filter: str | None = None
     fields: str | None = None
     key: str | None = None
+    acks: str = "quorum"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (as stored in the metadata and shown by ``GET``)."""
@@ -61,6 +67,7 @@ class PipelineSpec:
             "filter": self.filter,
             "fields": self.fields,
             "key": self.key,
+            "acks": self.acks,
         }
 
     @classmethod
@@ -80,11 +87,26 @@ class PipelineSpec:
             check_topic_name(body[need])
         if body["source"] == body["target"]:
             raise BadRequest("target must differ from source", code="invalid_field")
+        if not isinstance(body.get("pipeline", name), str):
+            raise BadRequest("pipeline must be the pipeline's name", code="invalid_field")
         for opt in ("filter", "fields", "key"):
             if body.get(opt) is not None and not isinstance(body[opt], str):
                 raise BadRequest(f"{opt} must be a string", code="invalid_field")
+            if len(body.get(opt) or "") > MAX_EXPRESSION_CHARS:
+                raise BadRequest(
+                    f"{opt} is longer than {MAX_EXPRESSION_CHARS} characters", code="invalid_filter"
+                )
+        acks = body.get("acks") if body.get("acks") is not None else "quorum"
+        if acks not in ACKS:
+            raise BadRequest(f"acks must be one of {', '.join(ACKS)}", code="invalid_field")
         spec = cls(
-            name, body["source"], body["target"], body.get("filter"), body.get("fields"), body.get("key")
+            name,
+            body["source"],
+            body["target"],
+            body.get("filter"),
+            body.get("fields"),
+            body.get("key"),
+            acks,
         )
         try:
             PipelineCore(spec)
@@ -98,6 +120,13 @@ def derived_id(pipeline: str, partition: int, offset: int) -> str:
     every node, every retry and every leader (at most 60 characters)."""
     tag = hashlib.blake2b(pipeline.encode(), digest_size=8).hexdigest()
     return f"pl-{tag}-{partition}-{offset}"
+
+
+def target_partition(record: Record, partitions: int) -> int:
+    """The target partition of a derived record: by its key (as any publish), else by
+    its derived id -- the same on every re-run, so the target's dedup sees it."""
+    name = record.key if record.key is not None else record.id or ""
+    return zlib.crc32(name.encode()) % partitions if partitions > 1 else 0
 
 
 class PipelineCore:

@@ -287,3 +287,27 @@ def test_dashboard_draws_the_forecast_band_and_lists_a_surge(
     _keep_picture_and_check_console(
         browser, tmp_path / "dashboard-forecast.png", "SPRAWL_DASHBOARD_FORECAST_SCREENSHOT"
     )
+
+
+def test_dashboard_lists_pipelines_with_their_lag(sprawl_node: NodeProcess, browser: Any) -> None:
+    """The pipelines panel: a declared pipeline with its source, target, filter and
+    lag, which falls to 0 as the pipeline catches up (live, no reload)."""
+    url = sprawl_node.url
+    for name in ("payments", "payments.big"):
+        r = requests.put(f"{url}/v1/topics/{name}", json={"partitions": 2}, timeout=TIMEOUT)
+        assert r.status_code in (200, 201), r.text
+    browser.get(url + "/")
+    _wait_for(
+        browser, "the empty pipelines note", lambda d: _cell(d, "#pipelines-empty").startswith("No pipelines")
+    )
+    _publish(url, "payments", 30)
+    body = {"source": "payments", "target": "payments.big", "filter": "key == 'k3'"}
+    r = requests.put(f"{url}/v1/pipelines/big", json=body, timeout=TIMEOUT)
+    assert r.status_code == 201, r.text
+    row = '#pipelines tr[data-pipeline="big"]'
+    _wait_for(browser, "the pipeline's row", lambda d: _cell(d, row + " td.name") == "big")
+    assert _cells(browser, row + " td")[1:4] == ["payments", "payments.big", "key == 'k3'"]
+    _wait_for(browser, "the pipeline's lag to reach 0", lambda d: _cell(d, row + " td.lag") == "0")
+    assert browser.execute_script(
+        "return document.getElementById('pipelines-empty').classList.contains('hidden');"
+    )

@@ -515,6 +515,24 @@
     setText("k-groups", rows.length + (rows.length === 1 ? " group" : " groups"));
   }
 
+  /** The declared pipelines (derived topics) and their lag as this node sees it. */
+  function renderPipelines(s) {
+    const rows = Array.isArray(s.pipelines) ? s.pipelines : [];
+    const tb = document.querySelector("#pipelines tbody");
+    tb.replaceChildren();
+    for (const p of rows) {
+      const tr = el("tr");
+      tr.dataset.pipeline = String(p.name);
+      tr.appendChild(td(p.name, "name"));
+      tr.appendChild(td(p.source));
+      tr.appendChild(td(p.target));
+      tr.appendChild(td(p.filter == null ? "(all)" : p.filter, "muted"));
+      tr.appendChild(td(p.lag == null ? "–" : fmtInt(p.lag), "num lag" + (p.lag ? "" : " zero")));
+      tb.appendChild(tr);
+    }
+    $("pipelines-empty").classList.toggle("hidden", rows.length > 0);
+  }
+
   /** The topics on the big chart: the busiest over the window, then by name. */
   function chartTopics(topics) {
     const score = (name) => {
@@ -638,6 +656,7 @@
     renderTopics(s, now);
     renderPartitions(s);
     renderGroups(s);
+    renderPipelines(s);
     renderChart(s, now);
     renderAnomalies(s);
   }

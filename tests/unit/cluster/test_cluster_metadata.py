@@ -399,6 +399,21 @@ commands = st.one_of(
     ),
     st.fixed_dictionaries({"op": st.sampled_from(["noop", "bogus"])}),
     st.dictionaries(st.sampled_from(["op", "name", "topic", "config", "epoch"]), anything),
+    st.fixed_dictionaries(
+        {
+            "op": st.just("put_pipeline"),
+            "name": names,
+            "spec": st.fixed_dictionaries(
+                {"source": names, "target": names},
+                optional={
+                    "filter": st.sampled_from(["payload.x", "((", None]),
+                    "acks": st.sampled_from(["leader", "x"]),
+                },
+            ),
+            "group_config": st.one_of(st.dictionaries(names, small), anything),
+        }
+    ),
+    st.fixed_dictionaries({"op": st.just("delete_pipeline"), "name": st.one_of(names, anything)}),
 )
 
 
@@ -544,3 +559,77 @@ def test_snapshot_check_raises_only_its_error(data: bytes) -> None:
         check_snapshot(data, 100)
     except BadSnapshot:
         pass
+
+
+# -- pipelines (issue 17) ---------------------------------------------------------
+
+
+def _pipeline(name: str = "p", **spec: Any) -> dict[str, Any]:
+    body = {"source": "src", "target": "dst", **spec}
+    return {"op": "put_pipeline", "name": name, "spec": body, "group_config": {"start": "earliest"}}
+
+
+def test_a_pipeline_is_declared_with_its_position_group_and_forgotten_with_it() -> None:
+    """put_pipeline stores the definition and creates the group ``pipeline.NAME`` on the
+    source in the same entry; a re-put keeps the group (its position); delete drops both."""
+    m, _ = topic("src")
+    m.apply(2, {"op": "put_topic", "name": "dst", "config": {}})
+    assert m.apply(3, _pipeline(filter="payload.big")) == {
+        "created": True,
+        "pipeline": {
+            "pipeline": "p",
+            "source": "src",
+            "target": "dst",
+            "filter": "payload.big",
+            "fields": None,
+            "key": None,
+            "acks": "quorum",
+        },
+    }
+    assert m.topics["src"]["groups"]["pipeline.p"] == {"start": "earliest"}
+    m.topics["src"]["groups"]["pipeline.p"]["moved"] = 1
+    assert m.apply(4, _pipeline(acks="leader"))["created"] is False
+    assert m.pipelines["p"]["acks"] == "leader" and m.topics["src"]["groups"]["pipeline.p"]["moved"] == 1
+    assert Metadata.restore(m.snapshot()) == m
+    assert m.apply(5, {"op": "delete_pipeline", "name": "p"}) == {"deleted": True, "source": "src"}
+    assert m.pipelines == {} and "pipeline.p" not in m.topics["src"]["groups"]
+    assert err(m.apply(6, {"op": "delete_pipeline", "name": "p"})) == ("pipeline_not_found", 404)
+
+
+def test_a_bad_pipeline_is_refused_and_changes_nothing() -> None:
+    """Unknown topics, a bad shape, a bad name or a changed source are error results (the
+    expressions are compiled by the HTTP layer and the loop, not by the state machine)."""
+    m, _ = topic("src")
+    m.apply(2, {"op": "put_topic", "name": "dst", "config": {}})
+    m.apply(3, {"op": "put_topic", "name": "other", "config": {}})
+    before = m.copy()
+    assert err(m.apply(4, _pipeline(target="nope"))) == ("topic_not_found", 400)
+    assert err(m.apply(5, _pipeline(source="nope"))) == ("topic_not_found", 400)
+    assert err(m.apply(6, _pipeline(filter="x" * 1025))) == ("invalid_filter", 400)
+    assert err(m.apply(7, _pipeline(name="bad name"))) == ("invalid_topic_name", 400)
+    assert err(m.apply(8, _pipeline(target="src"))) == ("invalid_field", 400)
+    before.applied = m.applied
+    assert m == before
+    m.apply(9, _pipeline())
+    assert err(m.apply(10, _pipeline(source="other", target="dst"))) == ("pipeline_source_change", 409)
+
+
+def test_a_snapshot_without_pipelines_has_no_pipelines_field() -> None:
+    """An older node (no pipelines) reads the snapshot of a cluster that declared none."""
+    m, _ = topic("src")
+    assert "pipelines" not in msgspec.msgpack.decode(m.snapshot())
+
+
+def test_pipeline_definitions_the_metadata_keeps_are_ones_the_core_accepts() -> None:
+    """The state machine's shape check and the pure core's validation agree on the shape:
+    what the core accepts the metadata keeps unchanged (as the core writes it)."""
+    from sprawl.cluster.metadata import PIPELINE_FIELDS, pipeline_definition
+    from sprawl.pubsub.pipelines import FIELDS, PipelineSpec
+
+    assert set(PIPELINE_FIELDS) == {"pipeline", *FIELDS}
+    for body in (
+        {"source": "a", "target": "b"},
+        {"source": "a", "target": "b", "filter": "payload.x", "fields": "x,y", "key": "key", "acks": "none"},
+    ):
+        spec = PipelineSpec.from_body("p", body).to_dict()
+        assert pipeline_definition("p", body) == spec == pipeline_definition("p", spec)

@@ -349,9 +349,9 @@ class _Upstairs:
         self.created.append(name)
         return self.broker.put_topic(name, {}).addCallback(lambda r: r[0])
 
-    def publish(self, topic: Topic, records: list[Record], acks: str) -> Any:
+    def publish(self, topic: Topic, records: list[Record], acks: str, partition: int | None = None) -> Any:
         self.published.append(topic.name)
-        d: Any = self.broker.publish(topic, records, acks)
+        d: Any = self.broker.publish(topic, records, acks, partition)
         return d
 
     def owned(self, topic: Topic) -> set[int]:

@@ -123,3 +123,20 @@ def test_long_names_are_refused() -> None:
 def test_definition_round_trips() -> None:
     spec = _spec(filter="key == 'x'", fields="a", key="headers.h")
     assert PipelineSpec.from_body("big", spec.to_dict()) == spec
+
+
+def test_a_keyless_derived_record_has_one_target_partition_on_every_run() -> None:
+    """Without a key, the target partition is named by the derived id, not chosen round
+    robin: a re-run on another leader lands where the first copy's dedup window is."""
+    from sprawl.pubsub.pipelines import target_partition
+
+    core = PipelineCore(_spec(key="payload.none"))
+    first, _ = core.step(1, 0, [_rec(o, {"n": o}) for o in range(40)])
+    again, _ = PipelineCore(_spec(key="payload.none")).step(1, 0, [_rec(o, {"n": o}) for o in range(40)])
+    assert all(r.key is None for r in first)
+    parts = [target_partition(r, 4) for r in first]
+    assert parts == [target_partition(r, 4) for r in again]
+    assert set(parts) == {0, 1, 2, 3}  # spread over the partitions, not all in one
+    keyed = Record(-1, 0, 0, "x", "user-1", None, b"{}", True)
+    assert target_partition(keyed, 4) == __import__("zlib").crc32(b"user-1") % 4  # as any keyed publish
+    assert target_partition(first[0], 1) == 0
