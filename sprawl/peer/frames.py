@@ -88,8 +88,12 @@ UNSTATED_PROTOCOL = 2
 #: the ``set_drained`` Raft command (``sprawlctl cluster drain`` is refused until every
 #: node can apply it).  ``node-beat``: idle partition leaders send nothing per partition
 #: and each node beats the controller once per tick (``NodeBeat``; issue 23) -- until every
-#: node has it, leaders heartbeat and beat per partition as before.
-FEATURES: frozenset[str] = frozenset({"disk-state-gossip", "drain", "node-beat", "peer-refusal"})
+#: node has it, leaders heartbeat and beat per partition as before.  ``epoch-batch``:
+#: the controller commits failovers (a dead node's leaderships) in one ``set_partitions``
+#: Raft command -- until every node can apply it, one ``set_partition`` per partition.
+FEATURES: frozenset[str] = frozenset(
+    {"disk-state-gossip", "drain", "epoch-batch", "node-beat", "peer-refusal"}
+)
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32
 MAX_FEATURE_CHARS = 48

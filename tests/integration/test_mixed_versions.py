@@ -66,7 +66,7 @@ def build(base: Path, name: str, protocol: int, minimum: int, feature: str | Non
     n3 = 1
     if feature:
         text, n3 = re.subn(
-            r"^(FEATURES: frozenset\[str\] = frozenset\(\{)", rf'\1"{feature}", ', text, flags=re.M
+            r"^(FEATURES: frozenset\[str\] = frozenset\(\s*\{)", rf'\1"{feature}", ', text, flags=re.M
         )
     assert (n1, n2, n3) == (1, 1, 1), "frames.py no longer has the constants this test rewrites"
     frames.write_text(text)
