@@ -13,7 +13,9 @@ from twisted.internet import defer, task
 
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
+from sprawl.errors import SprawlError
 from sprawl.replication.envelope import Envelope
+from sprawl.replication.failover import Commit
 from sprawl.replication.messages import FenceResp, LeaderBeat, encode
 
 NODES = ["a", "b", "c"]
@@ -192,3 +194,43 @@ def test_without_the_feature_each_failover_is_its_own_proposal() -> None:
     assert [c["op"] for c in proposed] == ["set_partition"] * 300
     assert plane.controller.batch_proposals == 0
     assert all(c.leader == "a" and c.epoch == 2 for c in plane.service.controllers.values())
+
+
+def test_choices_made_while_a_batch_is_in_flight_go_together_in_the_next() -> None:
+    """A group commit: choices made while a ``set_partitions`` proposal is in
+    flight wait for it, then go in one proposal; a refused item (a stale
+    epoch) fails only its own commit; a failed proposal fails each of its."""
+    pending: list[tuple[dict[str, Any], defer.Deferred[dict[str, Any]]]] = []
+
+    def propose(cmd: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        pending.append((cmd, d))
+        return d
+
+    plane, _, clock = _plane(3, propose=propose)
+    ctl = plane.controller
+    ctl.batch_commits = lambda: True
+    outcomes: dict[int, str] = {}
+
+    def commit(i: int, epoch: int = 2) -> None:
+        d = ctl.commit(f"t{i:05d}", 0, Commit(epoch, "a", ("a", "b", "c")))
+        d.addCallbacks(
+            lambda _: outcomes.__setitem__(i, "ok"), lambda f: outcomes.__setitem__(i, f.value.code)
+        )
+
+    commit(0)
+    clock.advance(0)
+    commit(1)
+    commit(2, epoch=1)
+    clock.advance(0)
+    assert [len(c["items"]) for c, _ in pending] == [1]  # the second batch waits for the first
+    pending[0][1].callback({"results": [{"epoch": 2}]})
+    clock.advance(0)
+    assert [len(c["items"]) for c, _ in pending] == [1, 2]
+    stale = {"error": {"code": "stale_epoch", "message": "epoch 1 is not above 1", "status": 409}}
+    pending[1][1].callback({"results": [{"epoch": 2}, stale]})
+    assert outcomes == {0: "ok", 1: "ok", 2: "stale_epoch"}
+    commit(3)
+    clock.advance(0)
+    pending[2][1].errback(SprawlError("not committed in time", code="proposal_timeout", status=503))
+    assert outcomes[3] == "proposal_timeout" and ctl.batch_proposals == 3
