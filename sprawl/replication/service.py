@@ -104,6 +104,8 @@ class ReplicationService:
         self._refusals_logged: dict[str, float] = {}
         channel.handlers[REPLICATION] = self._frame
         self._loop: task.LoopingCall | None = None
+        #: When :meth:`tick` last ran (a late tick means this node stalled).
+        self._last_tick: float | None = None
         #: Nodes heard from lately: as the controller, a node silent for
         #: ``beat_timeout`` seconds, or restarted, has its leaderships failed over.
         self.liveness = NodeLiveness(beat_timeout)
@@ -181,6 +183,15 @@ class ReplicationService:
         not on across the cluster (:attr:`node_beats`), every leader and every
         controller core of a leader that never beat ticks, as on a node of
         the release before it."""
+        now = self.reactor.seconds()
+        if self._last_tick is not None:
+            # A tick more than one period late: this node stalled, and the
+            # frames it could not read meanwhile (beats among them) wait in
+            # its sockets -- the timer runs before them.  That time counts
+            # against no node's silence, or a controller that stalled for
+            # the beat timeout would fail over every leader in the cluster.
+            self.liveness.paused(now - self._last_tick - 2 * self.tick_seconds)
+        self._last_tick = now
         done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)

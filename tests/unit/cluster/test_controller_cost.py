@@ -234,3 +234,32 @@ def test_choices_made_while_a_batch_is_in_flight_go_together_in_the_next() -> No
     clock.advance(0)
     pending[2][1].errback(SprawlError("not committed in time", code="proposal_timeout", status=503))
     assert outcomes[3] == "proposal_timeout" and ctl.batch_proposals == 3
+
+
+def test_a_controller_that_stalled_fails_over_no_one_for_its_own_silence() -> None:
+    """The controller's process stalls for 3 s (longer than the beat
+    timeout; under load it is simply not scheduled): the beats sent to it
+    meanwhile still wait in its sockets when its timer fires first, so that
+    time counts against no node -- nothing fails over.  A node that then
+    stays silent for the beat timeout of the controller's own running time
+    still fails over."""
+    plane, _, clock = _plane(300)
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    for _ in range(5):
+        clock.advance(0.1)
+        plane.service.heard("b")
+        plane.service.heard("c")
+        plane.tick()
+    clock.advance(3.0)  # the stall: the tick runs before the frames are read
+    plane.tick()
+    plane.service.heard("b")
+    plane.service.heard("c")
+    assert not any(c.fencing is not None for c in plane.service.controllers.values())
+    for _ in range(25):  # 2.5 s of running time: b beats, c does not
+        clock.advance(0.1)
+        plane.service.heard("b")
+        plane.tick()
+    fencing = {k for k, c in plane.service.controllers.items() if c.fencing is not None}
+    assert fencing == {(f"t{i:05d}", 0) for i in range(300) if i % 3 == 2}
