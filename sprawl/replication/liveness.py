@@ -35,18 +35,6 @@ class NodeLiveness:
             self._heard[n] = max(self._heard[n], now)
         self._silent.clear()
 
-    def paused(self, seconds: float) -> None:
-        """This node did not run for ``seconds`` (its process stalled or was
-        not scheduled): frames sent to it meanwhile are still unread, so
-        that time counts against no one -- every node's silence is that much
-        shorter (under a load that keeps stalling the node, silence is in
-        effect counted in the node's own ticks)."""
-        if seconds <= 0:
-            return
-        self._since += seconds
-        for n in self._heard:
-            self._heard[n] += seconds
-
     def heard(self, node: str, now: float, boot: int | None = None) -> bool:
         """A frame (or a beat naming ``boot``) came from ``node``; True when the
         beat shows the node restarted since its last beat."""

@@ -106,6 +106,7 @@ class ReplicationService:
         self._loop: task.LoopingCall | None = None
         #: When :meth:`tick` last ran (a late tick means this node stalled).
         self._last_tick: float | None = None
+        self._judge_skipped = False
         #: Nodes heard from lately: as the controller, a node silent for
         #: ``beat_timeout`` seconds, or restarted, has its leaderships failed over.
         self.liveness = NodeLiveness(beat_timeout)
@@ -183,15 +184,19 @@ class ReplicationService:
         not on across the cluster (:attr:`node_beats`), every leader and every
         controller core of a leader that never beat ticks, as on a node of
         the release before it."""
+        # A tick more than a period late means this node stalled (or was not
+        # scheduled), and the frames it could not read meanwhile -- beats
+        # among them -- still wait in its sockets: the reactor runs due
+        # timers before it reads.  Such a tick counts no silences (the next
+        # one does, after the reactor read them), or a controller that
+        # stalled past the beat timeout would fail over every leader of the
+        # cluster at once.  Never two ticks in a row: a node late on every
+        # tick still counts every other one.
         now = self.reactor.seconds()
-        if self._last_tick is not None:
-            # A tick more than one period late: this node stalled, and the
-            # frames it could not read meanwhile (beats among them) wait in
-            # its sockets -- the timer runs before them.  That time counts
-            # against no node's silence, or a controller that stalled for
-            # the beat timeout would fail over every leader in the cluster.
-            self.liveness.paused(now - self._last_tick - 2 * self.tick_seconds)
+        late = self._last_tick is not None and now - self._last_tick > 2 * self.tick_seconds
         self._last_tick = now
+        judge = not late or self._judge_skipped
+        self._judge_skipped = not judge
         done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)
@@ -211,7 +216,7 @@ class ReplicationService:
                 continue  # ticked already
             self.ticked += 1
             self.run_control(key, c.tick())
-        if self.controllers:
+        if self.controllers and judge:
             now = self.reactor.seconds()
             for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
                 self._leader_lost(node, "nothing heard from it")

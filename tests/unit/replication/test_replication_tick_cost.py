@@ -254,14 +254,3 @@ def test_without_the_node_beat_feature_a_silent_partition_fails_over_by_its_own_
         # Per-partition silence counts only with the feature off for a leader
         # that never beat (an older node): one that beats is watched by node.
         assert (core.fencing is not None) is (not on and boot is None), (on, boot)
-
-
-def test_node_liveness_does_not_count_the_time_this_node_was_paused() -> None:
-    """Time this node did not run counts against no node's silence."""
-    lv = NodeLiveness(2.0)
-    lv.reset(10.0)
-    lv.heard("b", 10.5)
-    lv.paused(5.0)
-    assert lv.newly_silent(["b", "c"], 16.9) == []
-    assert lv.newly_silent(["b", "c"], 17.1) == ["c"]
-    assert lv.newly_silent(["b", "c"], 17.6) == ["b"]
