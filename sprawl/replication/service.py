@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: Late ticks in a row (this node stalled) that count no silences (see :meth:`ReplicationService.tick`).
+MAX_SKIPPED_JUDGEMENTS = 5
+
 
 class ReplicationService:
     """Routes replication frames on one node and ticks its replicas and controller cores."""
@@ -106,7 +109,7 @@ class ReplicationService:
         self._loop: task.LoopingCall | None = None
         #: When :meth:`tick` last ran (a late tick means this node stalled).
         self._last_tick: float | None = None
-        self._judge_skipped = False
+        self._judge_skipped = 0
         #: Nodes heard from lately: as the controller, a node silent for
         #: ``beat_timeout`` seconds, or restarted, has its leaderships failed over.
         self.liveness = NodeLiveness(beat_timeout)
@@ -190,13 +193,14 @@ class ReplicationService:
         # timers before it reads.  Such a tick counts no silences (the next
         # one does, after the reactor read them), or a controller that
         # stalled past the beat timeout would fail over every leader of the
-        # cluster at once.  Never two ticks in a row: a node late on every
-        # tick still counts every other one.
+        # cluster at once.  Stalls may come back to back, so up to
+        # :data:`MAX_SKIPPED_JUDGEMENTS` late ticks in a row skip; a node late
+        # on every tick still counts silences every few ticks.
         now = self.reactor.seconds()
         late = self._last_tick is not None and now - self._last_tick > 2 * self.tick_seconds
         self._last_tick = now
-        judge = not late or self._judge_skipped
-        self._judge_skipped = not judge
+        judge = not late or self._judge_skipped >= MAX_SKIPPED_JUDGEMENTS
+        self._judge_skipped = 0 if judge else self._judge_skipped + 1
         done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)
