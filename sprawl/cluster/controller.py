@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
 from sprawl.cluster.drain import UP, avoided, drained_nodes, handoff_target, placeable
+from sprawl.cluster.metadata import MAX_PARTITION_BATCH
 from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.cluster.replica_sync import ReplicaSync, sync_core
 from sprawl.errors import SprawlError
@@ -146,6 +148,16 @@ class PartitionController:
             self.tick()
 
         self._poked = self.reactor.callLater(0, step)
+        #: Whether every node can apply ``set_partitions`` (the cluster feature
+        #: ``epoch-batch``; the composition root asks the feature gate):
+        #: failover choices are then committed in batches (:meth:`commit`).
+        self.batch_commits: Callable[[], bool] = lambda: False
+        #: Failover choices waiting for the next batch proposal, and whether one is in flight.
+        self._commits: list[tuple[tuple[str, int], Commit, defer.Deferred[dict[str, Any]]]] = []
+        self._flush_call: Any = None
+        self._committing = False
+        #: ``set_partitions`` proposals made (tests count them).
+        self.batch_proposals = 0
 
     def topic_changed(self, name: str) -> None:
         """A change to topic ``name`` (or its placement) was applied here: its
@@ -586,8 +598,18 @@ class PartitionController:
         return d
 
     def commit(self, topic: str, partition: int, c: Commit) -> defer.Deferred[None]:
-        """The failover core's choice, committed through Raft."""
+        """The failover core's choice, committed through Raft.  With the
+        ``epoch-batch`` feature on (:attr:`batch_commits`), choices made
+        together go in one ``set_partitions`` proposal (:meth:`_flush_commits`):
+        a dead node's thousands of leaderships cost one Raft entry, not one
+        each; while it is off, one ``set_partition`` per choice."""
         self.failovers += 1
+        if self.batch_commits():
+            d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+            self._commits.append(((topic, partition), c, d))
+            if self._flush_call is None and not self._committing:
+                self._flush_call = self.reactor.callLater(0, self._flush_commits)
+            return d.addCallback(_check)
         log.info(
             "controller: {leader} leads {topic}/{partition} in epoch {epoch}",
             leader=c.leader,
@@ -595,15 +617,64 @@ class PartitionController:
             partition=partition,
             epoch=c.epoch,
         )
-
-        def check(result: dict[str, Any]) -> None:
-            err = result.get("error")
-            if err:
-                raise SprawlError(err["message"], code=err["code"], status=err["status"])
-
         return self._propose_partition((topic, partition), c.epoch, c.leader, list(c.replicas)).addCallback(
-            check
+            _check
         )
+
+    def _flush_commits(self) -> None:
+        """Propose the failover choices waiting (at most
+        :data:`~sprawl.cluster.metadata.MAX_PARTITION_BATCH`) as one
+        ``set_partitions`` command and answer each with its item's result.
+        Choices made while it is in flight wait for it and go together in
+        the next one (a group commit: a dead node's failovers, whose fence
+        answers arrive spread over a few reads, cost one or a few entries)."""
+        self._flush_call = None
+        batch, self._commits = self._commits[:MAX_PARTITION_BATCH], self._commits[MAX_PARTITION_BATCH:]
+        if not batch:
+            return
+        items = [
+            {
+                "topic": key[0],
+                "partition": key[1],
+                "epoch": c.epoch,
+                "leader": c.leader,
+                "replicas": list(c.replicas),
+            }
+            for key, c, _ in batch
+        ]
+        log.info(
+            "controller: committing {n} partition leaders in one proposal (first {topic}/{partition}: "
+            "{leader} in epoch {epoch})",
+            n=len(batch),
+            topic=batch[0][0][0],
+            partition=batch[0][0][1],
+            leader=batch[0][1].leader,
+            epoch=batch[0][1].epoch,
+        )
+        self._committing = True
+        self.batch_proposals += 1
+        try:
+            d: defer.Deferred[dict[str, Any]] = self.control.propose({"op": "set_partitions", "items": items})
+        except SprawlError as e:
+            d = defer.fail(e)
+
+        def answered(result: dict[str, Any]) -> None:
+            results = result.get("results")
+            if not isinstance(results, list) or len(results) != len(batch):
+                results = [result] * len(batch)  # the whole command refused: each item hears why
+            for (_, _, w), r in zip(batch, results, strict=True):
+                w.callback(r)
+
+        def failed(f: Failure) -> None:
+            for _, _, w in batch:
+                w.errback(f)
+
+        def next_batch(_: object) -> None:
+            self._committing = False
+            if self._commits and self._flush_call is None:
+                self._flush_call = self.reactor.callLater(0, self._flush_commits)
+
+        d.addCallbacks(answered, failed).addBoth(next_batch)
 
     def member_states(self) -> dict[str, str]:
         """Gossip state by node id; ``foreign`` for a member of another Raft
@@ -614,3 +685,10 @@ class PartitionController:
             str(v["id"]): "foreign" if self.control.is_foreign(v) else str(v["state"])
             for v in self.membership.member_views()
         }
+
+
+def _check(result: dict[str, Any]) -> None:
+    """A ``set_partition`` result (or a batch item's) as success, or its error raised."""
+    err = result.get("error")
+    if err:
+        raise SprawlError(err["message"], code=err["code"], status=err["status"])

@@ -38,6 +38,10 @@ TOPIC_FIELDS = (
 
 Result = dict[str, Any]
 
+#: At most this many partitions in one ``set_partitions`` command (a dead
+#: node's leaderships: 10,000 replicas per node is the scale goal, issue 23).
+MAX_PARTITION_BATCH = 16384
+
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
 _NODE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -367,6 +371,27 @@ class Metadata:
             entry["goal"] = list(goal)
         parts[p] = entry
         return {"epoch": epoch}
+
+    def _op_set_partitions(self, index: int, cmd: dict[str, Any]) -> Result:
+        """Several ``set_partition`` commands in one entry (``items``, at most
+        :data:`MAX_PARTITION_BATCH`): the controller commits a dead node's
+        failovers in one proposal (issue 23).  Each item is applied exactly as
+        a ``set_partition`` of its own -- its epoch must grow (fencing), a
+        refused or malformed item changes nothing and does not stop the
+        others; the result lists each item's result in order."""
+        items = cmd["items"]
+        if not isinstance(items, list) or len(items) > MAX_PARTITION_BATCH:
+            raise TypeError(f"items must be a list of at most {MAX_PARTITION_BATCH} partitions")
+        results: list[Result] = []
+        for item in items:
+            if not isinstance(item, dict):
+                results.append(_error("malformed_command", "malformed set_partitions item", 400))
+                continue
+            try:
+                results.append(self._op_set_partition(index, item))
+            except (KeyError, TypeError, ValueError) as e:
+                results.append(_error("malformed_command", f"malformed set_partitions item: {e}", 400))
+        return {"results": results}
 
     def _remote_target(self, cmd: dict[str, Any]) -> tuple[str, int, RemoteState] | Result:
         """The partition a remote-segment command is for and its current state,

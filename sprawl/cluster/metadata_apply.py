@@ -66,6 +66,9 @@ class MetadataApply:
         d = self._materialise(cmd) if "error" not in result else defer.succeed(None)
         if "error" not in result and cmd.get("op") in ("put_topic", "delete_topic", "set_partition"):
             d.addCallback(self._topic_changed, str(cmd.get("topic") or cmd.get("name")))
+        if "error" not in result and cmd.get("op") == "set_partitions":
+            for name in _batch_topics(cmd, result):
+                d.addCallback(self._topic_changed, name)
 
         def answer(_: object) -> None:
             self.control.answer(str(cmd.get("req", "")), result)
@@ -186,3 +189,13 @@ class MetadataApply:
                 self._topic_changed(None, name)
 
         return defer.ensureDeferred(reconcile())
+
+
+def _batch_topics(cmd: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """The topics a ``set_partitions`` command changed (its items applied
+    without error), each once, in the order of the items."""
+    seen: dict[str, None] = {}
+    for item, r in zip(cmd["items"], result["results"], strict=True):
+        if "error" not in r:
+            seen[str(item["topic"])] = None
+    return list(seen)

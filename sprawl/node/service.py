@@ -374,6 +374,8 @@ class NodeService(service.Service):
         gate = self.fault_watch.feature_gate
         if gate is not None:
             self.plane.service.node_beats = lambda: gate().on("node-beat")
+            # A dead node's failovers in one Raft entry once every node can apply it.
+            self.plane.controller.batch_commits = lambda: gate().on("epoch-batch")
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
 

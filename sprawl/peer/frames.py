@@ -94,8 +94,11 @@ UNSTATED_PROTOCOL = 2
 #: metadata, and a node lacking a latched one is refused (:mod:`sprawl.cluster.features`).
 #: ``pipelines``: the ``put_pipeline``/``delete_pipeline`` Raft commands (``PUT
 #: /v1/pipelines/P`` is refused until every node can apply them; issue 17).
+#: ``epoch-batch``: the controller commits failovers (a dead node's leaderships) in one
+#: ``set_partitions`` Raft command -- until every node can apply it, one ``set_partition``
+#: per partition.
 FEATURES: frozenset[str] = frozenset(
-    {"disk-state-gossip", "drain", "feature-latch", "node-beat", "peer-refusal", "pipelines"}
+    {"disk-state-gossip", "drain", "epoch-batch", "feature-latch", "node-beat", "peer-refusal", "pipelines"}
 )
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32

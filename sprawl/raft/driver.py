@@ -14,6 +14,16 @@ Each Ready is handled strictly in the order Raft's safety needs:
 
 Only one Ready is in flight at a time; messages that arrive meanwhile are
 stepped into the core at once and handled by the next Ready.
+
+One exception to step 1's wait: a Ready whose only change to persist is the
+commit index (no entries, no snapshot, term and vote unchanged) -- the usual
+Ready that applies a proposal -- does not wait for that write before sending
+and applying.  The commit index is volatile state in Raft (nothing sent
+depends on it being on disk), and the storage writer commits in order, so
+the write goes to disk in the same group commit as the application's own
+writes (a created topic's broker record): whatever the application made
+durable has the commit index too.  That saves one fsync per proposal
+(issue 23, topic creation); the Ready still waits for it before advancing.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from sprawl.raft.messages import (
     MessageType,
     Snapshot,
 )
-from sprawl.raft.node import Config, ProposalDropped, RaftNode, Role
+from sprawl.raft.node import Config, ProposalDropped, RaftNode, Ready, Role
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -116,6 +126,10 @@ class RaftDriver:
         self._stopped = False
         self._lead = self.node.lead
         self._role = self.node.role
+        #: The term and vote on disk (a Ready changing neither, and carrying
+        #: no entries or snapshot, persists only the commit index).
+        hs = storage.hard_state
+        self._term_vote = (hs.term, hs.vote)
 
     # -- life ----------------------------------------------------------------
 
@@ -222,8 +236,20 @@ class RaftDriver:
                 started = time.perf_counter()
                 if rd.soft_state is not None:
                     self._soft_state_changed()
+                saving: defer.Deferred[None] | None = None
                 if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                    await self.storage.save_ready(rd)
+                    if self._commit_only(rd):
+                        # Only the commit index moved: nothing sent or applied
+                        # depends on it being on disk (it is volatile state in
+                        # Raft), so it is written with the application's own
+                        # writes -- the storage writer commits in order, so
+                        # whatever the application made durable has it too --
+                        # instead of costing an fsync of its own first.
+                        saving = self.storage.save_ready(rd)
+                    else:
+                        await self.storage.save_ready(rd)
+                    if rd.hard_state is not None:
+                        self._term_vote = (rd.hard_state.term, rd.hard_state.vote)
                 for m in rd.messages:
                     self.send(m)
                     if m.type == MessageType.SNAP:
@@ -261,6 +287,8 @@ class RaftDriver:
                     self._applied(e.index)
                 if side_effects:
                     await defer.gatherResults(side_effects, consumeErrors=True)
+                if saving is not None:
+                    await saving
                 for rs in rd.read_states:
                     d = self._reads.pop(rs.request_ctx, None)
                     if d is not None:
@@ -273,6 +301,17 @@ class RaftDriver:
                 self._maybe_snapshot()
         finally:
             self._busy = False
+
+    def _commit_only(self, rd: Ready) -> bool:
+        """Whether ``rd`` asks to persist nothing but a new commit index (no
+        entries, no snapshot, term and vote as on disk already)."""
+        hs = rd.hard_state
+        return (
+            not rd.entries
+            and rd.snapshot is None
+            and hs is not None
+            and (hs.term, hs.vote) == self._term_vote
+        )
 
     def _answer_read(self, d: defer.Deferred[int], index: int) -> None:
         def fire(_: object) -> None:

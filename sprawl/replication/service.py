@@ -66,6 +66,9 @@ log = Logger()
 #: failover core tries again in a later tick, logged at info (issue 24).
 TRANSIENT_COMMIT_ERRORS = frozenset({"no_leader", "stopping"})
 
+#: Late ticks in a row (this node stalled) that count no silences (see :meth:`ReplicationService.tick`).
+MAX_SKIPPED_JUDGEMENTS = 5
+
 
 class ReplicationService:
     """Routes replication frames on one node and ticks its replicas and controller cores."""
@@ -109,6 +112,9 @@ class ReplicationService:
         self._refusals_logged: dict[str, float] = {}
         channel.handlers[REPLICATION] = self._frame
         self._loop: task.LoopingCall | None = None
+        #: When :meth:`tick` last ran (a late tick means this node stalled).
+        self._last_tick: float | None = None
+        self._judge_skipped = 0
         #: Nodes heard from lately: as the controller, a node silent for
         #: ``beat_timeout`` seconds, or restarted, has its leaderships failed over.
         self.liveness = NodeLiveness(beat_timeout)
@@ -186,6 +192,20 @@ class ReplicationService:
         not on across the cluster (:attr:`node_beats`), every leader and every
         controller core of a leader that never beat ticks, as on a node of
         the release before it."""
+        # A tick more than a period late means this node stalled (or was not
+        # scheduled), and the frames it could not read meanwhile -- beats
+        # among them -- still wait in its sockets: the reactor runs due
+        # timers before it reads.  Such a tick counts no silences (the next
+        # one does, after the reactor read them), or a controller that
+        # stalled past the beat timeout would fail over every leader of the
+        # cluster at once.  Stalls may come back to back, so up to
+        # :data:`MAX_SKIPPED_JUDGEMENTS` late ticks in a row skip; a node late
+        # on every tick still counts silences every few ticks.
+        now = self.reactor.seconds()
+        late = self._last_tick is not None and now - self._last_tick > 2 * self.tick_seconds
+        self._last_tick = now
+        judge = not late or self._judge_skipped >= MAX_SKIPPED_JUDGEMENTS
+        self._judge_skipped = 0 if judge else self._judge_skipped + 1
         done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)
@@ -205,7 +225,7 @@ class ReplicationService:
                 continue  # ticked already
             self.ticked += 1
             self.run_control(key, c.tick())
-        if self.controllers:
+        if self.controllers and judge:
             now = self.reactor.seconds()
             for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
                 self._leader_lost(node, "nothing heard from it")

@@ -180,6 +180,42 @@ def test_a_load_move_goal_stays_until_replaced() -> None:
     assert m == before and m.placement["t"][0]["epoch"] == 3
 
 
+def test_set_partitions_applies_each_item_as_a_set_partition() -> None:
+    """A batch (a dead node's failovers) applies each item as its own
+    set_partition: a stale, missing or malformed item is refused alone and
+    changes nothing, the others apply; the result lists each item's result."""
+    m, _ = topic(partitions=3)
+    item = {"topic": "t", "replicas": ["a", "b"], "leader": "b"}
+    items = [
+        {**item, "partition": 0, "epoch": 2},
+        {**item, "partition": 1, "epoch": 1},  # stale
+        {**item, "partition": 2, "epoch": 3, "replicas": "ab"},  # malformed
+        {**item, "partition": 7, "epoch": 2},  # no such partition
+        "junk",
+        {**item, "partition": 2, "epoch": 4},
+    ]
+    r = m.apply(2, {"op": "set_partitions", "items": items})
+    results = r["results"]
+    assert results[0] == {"epoch": 2} and results[5] == {"epoch": 4}
+    assert [err(x)[0] for x in results[1:5]] == [
+        "stale_epoch",
+        "malformed_command",
+        "partition_not_found",
+        "malformed_command",
+    ]
+    assert [pl["epoch"] for pl in m.placement["t"]] == [2, 1, 4]
+    assert m.placement["t"][0] == {"replicas": ["a", "b"], "leader": "b", "epoch": 2}
+
+
+@pytest.mark.parametrize("items", [None, "x", {"topic": "t"}, [{}] * 16385])
+def test_set_partitions_refuses_a_malformed_or_oversized_batch_whole(items: Any) -> None:
+    """``items`` that is not a list, or longer than MAX_PARTITION_BATCH, is 400 and changes nothing."""
+    m, _ = topic(partitions=1)
+    before = m.copy()
+    assert err(m.apply(2, {"op": "set_partitions", "items": items})) == ("malformed_command", 400)
+    assert m == before
+
+
 @pytest.mark.parametrize(("t", "p"), [("t", 2), ("t", -1), ("nope", 0)])
 def test_set_partition_missing(t: str, p: int) -> None:
     """A partition out of range (or of a missing topic) is 404 partition_not_found."""
@@ -370,6 +406,27 @@ commands = st.one_of(
             "epoch": small,
             "replicas": st.lists(names, max_size=3),
             "leader": names,
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "op": st.just("set_partitions"),
+            "items": st.lists(
+                st.one_of(
+                    anything,
+                    st.fixed_dictionaries(
+                        {
+                            "topic": names,
+                            "partition": small,
+                            "epoch": small,
+                            "replicas": st.lists(names, max_size=3),
+                            "leader": names,
+                        },
+                        optional={"goal": anything},
+                    ),
+                ),
+                max_size=4,
+            ),
         }
     ),
     st.fixed_dictionaries(

@@ -9,18 +9,24 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
-from sprawl.replication.messages import LeaderBeat
+from sprawl.errors import SprawlError
+from sprawl.replication.envelope import Envelope
+from sprawl.replication.failover import Commit
+from sprawl.replication.messages import FenceResp, LeaderBeat, encode
 
 NODES = ["a", "b", "c"]
 
 
-def _plane(partitions: int) -> tuple[DataPlane, dict[str, str], task.Clock]:
+def _plane(
+    partitions: int, propose: Any = None, leader: str | None = None
+) -> tuple[DataPlane, dict[str, str], task.Clock]:
     """A controller (node a, the Raft leader) over ``partitions`` single-partition
-    topics of replication factor 3 on a, b, c, leaders spread round robin."""
+    topics of replication factor 3 on a, b, c, leaders spread round robin (or
+    all on ``leader``); ``propose`` takes its Raft proposals."""
     clock = task.Clock()
     meta = Metadata()
     for i, n in enumerate(NODES):
@@ -33,6 +39,8 @@ def _plane(partitions: int) -> tuple[DataPlane, dict[str, str], task.Clock]:
             "groups": {},
         }
         reps = [NODES[(i + k) % 3] for k in range(3)]
+        if leader is not None:
+            reps = [leader, *(n for n in NODES if n != leader)]
         meta.placement[name] = [{"replicas": reps, "leader": reps[0], "epoch": 1}]
     states = dict.fromkeys(NODES, "alive")
     membership = SimpleNamespace(
@@ -47,7 +55,7 @@ def _plane(partitions: int) -> tuple[DataPlane, dict[str, str], task.Clock]:
         is_leader=True,
         watch_topics=listeners.append,
         is_foreign=lambda v: False,
-        propose=lambda cmd: None,
+        propose=propose or (lambda cmd: None),
     )
     sent: list[Any] = []
     channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
@@ -128,3 +136,131 @@ def test_a_silent_node_fails_over_without_gossip() -> None:
         plane.tick()
     fencing = {k for k, c in plane.service.controllers.items() if c.fencing is not None}
     assert fencing == {(f"t{i:05d}", 0) for i in range(3_000) if i % 3 == 2}
+
+
+def _fail_over_b(partitions: int, batch: bool) -> tuple[DataPlane, list[dict[str, Any]]]:
+    """b leads every one of ``partitions`` partitions and dies; a and c answer
+    every fence at once (as their frames arrive together).  Returns the plane
+    once the choices are committed (each proposal applied to the metadata, as
+    Raft does) and the commands proposed."""
+    proposed: list[dict[str, Any]] = []
+    meta_box: list[Metadata] = []
+
+    def propose(cmd: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        proposed.append(cmd)
+        return defer.succeed(meta_box[0].apply(len(proposed) + 1, cmd))
+
+    plane, states, clock = _plane(partitions, propose=propose, leader="b")
+    meta_box.append(plane.control.metadata)
+    plane.controller.batch_commits = lambda: batch
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    clock.advance(0.1)
+    ctl.tick()
+    states["b"] = "dead"
+    visits = ctl.visits
+    clock.advance(0.1)
+    ctl.tick()  # the one step that fences all of b's partitions
+    assert ctl.visits - visits == partitions
+    for key, c in plane.service.controllers.items():
+        assert c.fencing is not None
+        for node in ("a", "c"):
+            resp = FenceResp(c.fencing.epoch, True, 1, 0)
+            plane.service._deliver(node, Envelope(key[0], key[1], encode(resp)))
+    clock.advance(0)  # the batch goes out
+    return plane, proposed
+
+
+def test_a_dead_nodes_10000_leaderships_move_in_one_raft_proposal() -> None:
+    """With the ``epoch-batch`` feature, b's 10,000 leaderships are
+    committed in one ``set_partitions`` proposal (one Raft entry), each
+    partition at its own next epoch (fencing unchanged), and every core
+    hears its commit (it tells the replicas)."""
+    plane, proposed = _fail_over_b(10_000, batch=True)
+    assert [c["op"] for c in proposed] == ["set_partitions"]
+    assert len(proposed[0]["items"]) == 10_000
+    assert plane.controller.batch_proposals == 1
+    meta = plane.control.metadata
+    assert all(pl[0]["leader"] == "a" and pl[0]["epoch"] == 2 for pl in meta.placement.values())
+    cores = plane.service.controllers.values()
+    assert all(c.leader == "a" and c.epoch == 2 and not c.busy for c in cores)
+
+
+def test_without_the_feature_each_failover_is_its_own_proposal() -> None:
+    """Until every node can apply ``set_partitions``, the controller proposes
+    one ``set_partition`` per partition, as the release before it."""
+    plane, proposed = _fail_over_b(300, batch=False)
+    assert [c["op"] for c in proposed] == ["set_partition"] * 300
+    assert plane.controller.batch_proposals == 0
+    assert all(c.leader == "a" and c.epoch == 2 for c in plane.service.controllers.values())
+
+
+def test_choices_made_while_a_batch_is_in_flight_go_together_in_the_next() -> None:
+    """A group commit: choices made while a ``set_partitions`` proposal is in
+    flight wait for it, then go in one proposal; a refused item (a stale
+    epoch) fails only its own commit; a failed proposal fails each of its."""
+    pending: list[tuple[dict[str, Any], defer.Deferred[dict[str, Any]]]] = []
+
+    def propose(cmd: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        pending.append((cmd, d))
+        return d
+
+    plane, _, clock = _plane(3, propose=propose)
+    ctl = plane.controller
+    ctl.batch_commits = lambda: True
+    outcomes: dict[int, str] = {}
+
+    def commit(i: int, epoch: int = 2) -> None:
+        d = ctl.commit(f"t{i:05d}", 0, Commit(epoch, "a", ("a", "b", "c")))
+        d.addCallbacks(
+            lambda _: outcomes.__setitem__(i, "ok"), lambda f: outcomes.__setitem__(i, f.value.code)
+        )
+
+    commit(0)
+    clock.advance(0)
+    commit(1)
+    commit(2, epoch=1)
+    clock.advance(0)
+    assert [len(c["items"]) for c, _ in pending] == [1]  # the second batch waits for the first
+    pending[0][1].callback({"results": [{"epoch": 2}]})
+    clock.advance(0)
+    assert [len(c["items"]) for c, _ in pending] == [1, 2]
+    stale = {"error": {"code": "stale_epoch", "message": "epoch 1 is not above 1", "status": 409}}
+    pending[1][1].callback({"results": [{"epoch": 2}, stale]})
+    assert outcomes == {0: "ok", 1: "ok", 2: "stale_epoch"}
+    commit(3)
+    clock.advance(0)
+    pending[2][1].errback(SprawlError("not committed in time", code="proposal_timeout", status=503))
+    assert outcomes[3] == "proposal_timeout" and ctl.batch_proposals == 3
+
+
+def test_a_controller_that_stalled_fails_over_no_one_for_its_own_silence() -> None:
+    """The controller's process stalls for 3 s (longer than the beat
+    timeout; under load it is simply not scheduled): the beats sent to it
+    meanwhile still wait in its sockets when its timer fires first, so that
+    time counts against no node -- nothing fails over.  A node that then
+    stays silent for the beat timeout of the controller's own running time
+    still fails over."""
+    plane, _, clock = _plane(300)
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    for _ in range(5):
+        clock.advance(0.1)
+        plane.service.heard("b")
+        plane.service.heard("c")
+        plane.tick()
+    for _ in range(3):  # stalls back to back: each tick runs before the frames are read
+        clock.advance(3.0)
+        plane.tick()
+    plane.service.heard("b")
+    plane.service.heard("c")
+    assert not any(c.fencing is not None for c in plane.service.controllers.values())
+    for _ in range(25):  # 2.5 s of running time: b beats, c does not
+        clock.advance(0.1)
+        plane.service.heard("b")
+        plane.tick()
+    fencing = {k for k, c in plane.service.controllers.items() if c.fencing is not None}
+    assert fencing == {(f"t{i:05d}", 0) for i in range(300) if i % 3 == 2}

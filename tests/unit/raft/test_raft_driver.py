@@ -125,3 +125,64 @@ async def test_three_drivers_elect_commit_apply_and_read(tmp_path: Path) -> None
     finally:
         for p in net.values():
             await p.close()
+
+
+class WritingPeer(Peer):
+    """A peer whose application writes each entry to the same store (as the
+    metadata's broker writes do) and records, per entry, the commit index on
+    disk when it was applied and when its own write was durable."""
+
+    def __init__(self, rid: int, path: Path, net: dict[int, Peer]) -> None:
+        super().__init__(rid, path, net)
+        self.at_apply: list[tuple[int, int]] = []
+        self.at_durable: list[tuple[int, int]] = []
+
+    def apply(self, e: Entry) -> Any:
+        assert self.driver is not None
+        storage = self.driver.storage
+        self.at_apply.append((e.index, storage.hard_state.commit))
+        self.applied.append(e.data)
+        d = self.store.write([("p", "meta", b"app-" + e.data, b"x")])
+
+        def durable(_: object) -> None:
+            self.at_durable.append((e.index, self.store_commit_on_disk()))
+
+        return d.addCallback(durable)
+
+    def store_commit_on_disk(self) -> int:
+        """The commit index of the hard state as LMDB holds it now."""
+        from sprawl.raft import codec
+
+        env, dbs = self.store.env, self.store.dbs
+        assert env is not None
+        with env.begin() as txn:
+            raw = txn.get(codec.HARD_STATE_KEY, db=dbs["raft_meta"])
+        return codec.decode_hard_state(raw).commit if raw else 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_index_alone_costs_no_fsync_before_applying(tmp_path: Path) -> None:
+    """A Ready that only moves the commit index applies its entries without
+    waiting for that index's own fsync (it goes to disk with the
+    application's writes, in order): some entry is applied while the commit
+    on disk is still below it, yet every entry's own durable write finds the
+    commit index on disk covering it; no message leaves early."""
+    net: dict[int, Peer] = {}
+    for rid in IDS:
+        net[rid] = WritingPeer(rid, tmp_path, net)
+    try:
+        for p in net.values():
+            await p.start()
+        await _until(lambda: any(p.driver and p.driver.is_leader for p in net.values()), "a leader")
+        leader = next(p for p in net.values() if p.driver and p.driver.is_leader)
+        assert isinstance(leader, WritingPeer) and leader.driver is not None
+        for i in range(20):
+            leader.driver.propose(f"w-{i}".encode())
+            await _until(lambda i=i: len(leader.at_durable) > i, f"entry {i} applied")
+        early = [(i, c) for i, c in leader.at_apply if c < i]
+        assert early, leader.at_apply
+        assert all(c >= i for i, c in leader.at_durable), leader.at_durable
+        assert [v for p in net.values() for v in p.violations] == []
+    finally:
+        for p in net.values():
+            await p.close()
