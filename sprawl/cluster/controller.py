@@ -125,6 +125,16 @@ class PartitionController:
         #: An extra step due at once (see :meth:`poke`), and how many ran.
         self._poked: Delayed | None = None
         self.pokes = 0
+        #: Whether every node can apply ``set_partitions`` (the cluster feature
+        #: ``epoch-batch``; the composition root asks the feature gate):
+        #: failover choices are then committed in batches (:meth:`commit`).
+        self.batch_commits: Callable[[], bool] = lambda: False
+        #: Failover choices waiting for the next batch proposal, and whether one is in flight.
+        self._commits: list[tuple[tuple[str, int], Commit, defer.Deferred[dict[str, Any]]]] = []
+        self._flush_call: Any = None
+        self._committing = False
+        #: ``set_partitions`` proposals made (tests count them).
+        self.batch_proposals = 0
         listeners = getattr(membership, "listeners", None)
         if isinstance(listeners, list):
             listeners.append(self._member_event)
@@ -148,16 +158,6 @@ class PartitionController:
             self.tick()
 
         self._poked = self.reactor.callLater(0, step)
-        #: Whether every node can apply ``set_partitions`` (the cluster feature
-        #: ``epoch-batch``; the composition root asks the feature gate):
-        #: failover choices are then committed in batches (:meth:`commit`).
-        self.batch_commits: Callable[[], bool] = lambda: False
-        #: Failover choices waiting for the next batch proposal, and whether one is in flight.
-        self._commits: list[tuple[tuple[str, int], Commit, defer.Deferred[dict[str, Any]]]] = []
-        self._flush_call: Any = None
-        self._committing = False
-        #: ``set_partitions`` proposals made (tests count them).
-        self.batch_proposals = 0
 
     def topic_changed(self, name: str) -> None:
         """A change to topic ``name`` (or its placement) was applied here: its
