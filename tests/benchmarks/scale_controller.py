@@ -7,10 +7,11 @@
 Builds the real :class:`~sprawl.cluster.dataplane.DataPlane` (its
 :class:`~sprawl.cluster.controller.PartitionController` and the replication
 service's failover cores) of the Raft leader over ``partitions``
-single-partition topics of replication factor 3 on ``nodes`` nodes (leaders
-spread round robin), on a ``task.Clock``, with gossip and Raft replaced by
-plain objects (as ``tests/unit/cluster/test_controller_cost.py`` does), and
-times, with ``time.perf_counter``:
+single-partition topics of replication factor 3 on ``nodes`` nodes (placed
+where the controller's rendezvous hashing puts them, so nothing moves), on a
+``task.Clock``, with gossip replaced by a plain object and Raft by one that
+applies each proposal at once (as ``tests/unit/cluster/test_controller_cost.py``
+builds it), and times, with ``time.perf_counter``:
 
 * **first step**: the step of a new controller, which looks at every partition
   once (and assigns them);
@@ -35,9 +36,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
 
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
+from sprawl.cluster.placement import replicas as rendezvous
 from sprawl.replication.messages import LeaderBeat
 
 
@@ -56,7 +59,7 @@ def build(nodes: int, partitions: int) -> tuple[DataPlane, dict[str, str], task.
             "created_index": 1,
             "groups": {},
         }
-        reps = [names[(i + k) % nodes] for k in range(rf)]
+        reps = rendezvous(name, 0, names, rf)  # where the controller wants them: nothing moves
         meta.placement[name] = [{"replicas": reps, "leader": reps[0], "epoch": 1}]
     states = dict.fromkeys(names, "alive")
     membership = SimpleNamespace(
@@ -64,6 +67,22 @@ def build(nodes: int, partitions: int) -> tuple[DataPlane, dict[str, str], task.
         live_member_ids=lambda: [n for n, st in states.items() if st == "alive"],
     )
     listeners: list[Any] = []
+    proposed: list[dict[str, Any]] = []
+
+    def propose(cmd: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Raft, committed at once: a partition's new placement is applied and announced."""
+        proposed.append(cmd)
+        if cmd.get("op") == "set_partition":
+            pl = meta.placement[cmd["topic"]][cmd["partition"]]
+            pl.update(leader=cmd["leader"], replicas=cmd["replicas"], epoch=cmd["epoch"])
+            if "goal" in cmd:
+                pl["goal"] = cmd["goal"]
+            else:
+                pl.pop("goal", None)
+            for listener in listeners:
+                listener(cmd["topic"])
+        return succeed({})
+
     control = SimpleNamespace(
         metadata=meta,
         leader_name=names[0],
@@ -71,7 +90,8 @@ def build(nodes: int, partitions: int) -> tuple[DataPlane, dict[str, str], task.
         is_leader=True,
         watch_topics=listeners.append,
         is_foreign=lambda v: False,
-        propose=lambda cmd: None,
+        propose=propose,
+        proposed=proposed,
     )
     channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: None)
     broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
@@ -103,11 +123,19 @@ def measure(nodes: int, partitions: int, idle_steps: int) -> dict[str, Any]:
     """The three step times of one size."""
     plane, states, clock, names = build(nodes, partitions)
     first = timed_step(plane)
-    for c in plane.service.controllers.values():  # every leader confirms its Assign
-        if c.leader is not None:
-            c.receive(c.leader, LeaderBeat(c.epoch, 0, 0))
-    clock.advance(0.1)
-    plane.controller.tick()
+    proposed: list[Any] = plane.control.proposed  # type: ignore[attr-defined]
+    settle_steps = 0
+    for settle_steps in range(1, 1001):  # until a step proposes nothing (replicas moved to their goal)
+        for c in plane.service.controllers.values():  # every leader confirms its Assign
+            if c.leader is not None and not c.leader_confirmed:
+                c.receive(c.leader, LeaderBeat(c.epoch, 0, 0))
+        before = len(proposed)
+        clock.advance(0.1)
+        for n in names[1:]:
+            plane.service.heard(n)
+        plane.controller.tick()
+        if len(proposed) == before and settle_steps > 2:
+            break
     idle = []
     for _ in range(idle_steps):
         clock.advance(0.1)
@@ -125,6 +153,8 @@ def measure(nodes: int, partitions: int, idle_steps: int) -> dict[str, Any]:
         "idle_ms": statistics.median(idle),
         "failover_ms": failover,
         "fenced": fenced,
+        "settle_steps": settle_steps,
+        "proposals": len(proposed),
         "visits": plane.controller.visits,
     }
 
