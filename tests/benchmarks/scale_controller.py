@@ -20,7 +20,8 @@ builds it), and times, with ``time.perf_counter``:
 * **failover step**: the step that notices a node dead by gossip and fences
   every partition it led (a ``1/nodes`` share of them).
 
-Prints a Markdown table; ``--plot DIR`` draws ``scale_controller.png``
+Each size is built and measured ``--repeat`` times (the median shown; the
+garbage collector runs before each timed step).  Prints a Markdown table; ``--plot DIR`` draws ``scale_controller.png``
 (needs matplotlib), ``--json`` saves the figures.  CPU only, single thread:
 the figures scale with the machine's load.
 """
@@ -28,6 +29,7 @@ the figures scale with the machine's load.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -113,7 +115,8 @@ def build(nodes: int, partitions: int) -> tuple[DataPlane, dict[str, str], task.
 
 
 def timed_step(plane: DataPlane) -> float:
-    """One controller step, ms."""
+    """One controller step, ms (the garbage of what came before collected first)."""
+    gc.collect()
     t0 = time.perf_counter()
     plane.controller.tick()
     return (time.perf_counter() - t0) * 1000
@@ -208,14 +211,19 @@ def main() -> None:
     ap.add_argument("--nodes", default="3,5,9", help="cluster sizes, comma-separated")
     ap.add_argument("--partitions", default="100,1000,3000,10000", help="partition counts")
     ap.add_argument("--idle-steps", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size (the median is shown)")
     ap.add_argument("--plot", type=Path, help="write scale_controller.png to this directory")
     ap.add_argument("--json", type=Path, help="save the figures to this file")
     a = ap.parse_args()
     rows = []
     for n in (int(x) for x in a.nodes.split(",")):
         for p in (int(x) for x in a.partitions.split(",")):
-            rows.append(measure(n, p, a.idle_steps))
-            print(json.dumps(rows[-1]), flush=True)
+            runs = [measure(n, p, a.idle_steps) for _ in range(a.repeat)]
+            row = dict(runs[0])
+            for key in ("first_ms", "idle_ms", "failover_ms"):
+                row[key] = statistics.median(r[key] for r in runs)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     print(table(rows))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
