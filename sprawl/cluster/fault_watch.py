@@ -390,10 +390,13 @@ class FaultWatch:
         states = self.plane.controller.member_states() if self.plane is not None else {}
         wanted: dict[str, int] = {}
         led = set()
+        topics = self.broker.topics
         for (name, p), r in replicas.items():
             core = r.core
-            t = self.broker.topics.get(name)
-            if not core.is_leader or t is None or p >= len(t.logs):
+            if not core.is_leader:
+                continue  # (first: most replicas are followers)
+            t = topics.get(name)
+            if t is None or p >= len(t.logs):
                 continue
             lg = t.logs[p]
             led.add((name, p))
@@ -416,7 +419,6 @@ class FaultWatch:
                     followers,
                 )
             )
-        topics = self.broker.topics
         for name in self._changed:
             t = topics.get(name)
             if t is None:
