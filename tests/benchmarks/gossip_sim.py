@@ -185,7 +185,7 @@ def main() -> None:
                     "cpu_s": time.perf_counter() - wall,
                 }
             )
-            print(f"done n={n} loss={loss}", file=sys.stderr, flush=True)
+            print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
     print(
         "| nodes | loss | crash trials | detection p50 (s) | p99 (s) | max (s) | suspicion timeout min / max (s) "
         f"| false suspicions per probe ({args.soak:.0f} s soak) | refuted | declared dead while alive | CPU |"
