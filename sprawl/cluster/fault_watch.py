@@ -158,6 +158,14 @@ class FaultWatch:
         self.broker = broker
         self.control = control
         self.plane = plane
+        #: Topics written to or re-placed since the last round, and the
+        #: partitions without a leader as last seen: a round looks again only
+        #: at those (issue 23: an idle round costs nothing per partition).
+        self._changed: set[str] = set()
+        if broker is not None:  # (a test may watch without one)
+            self._changed = broker.touched.subscribe()
+            self._changed.update(broker.topics)
+        self._leaderless: set[tuple[str, int]] = set()
         self.gossip = gossip
         self.protocol = protocol_range
         #: The peer channel runs TLS: a live node says nothing before the client's
@@ -382,15 +390,22 @@ class FaultWatch:
         states = self.plane.controller.member_states() if self.plane is not None else {}
         wanted: dict[str, int] = {}
         led = set()
+        topics = self.broker.topics
         for (name, p), r in replicas.items():
             core = r.core
-            t = self.broker.topics.get(name)
-            if not core.is_leader or t is None or p >= len(t.logs):
+            if not core.is_leader:
+                continue  # (first: most replicas are followers)
+            t = topics.get(name)
+            if t is None or p >= len(t.logs):
                 continue
             lg = t.logs[p]
             led.add((name, p))
             if name not in wanted:
                 wanted[name] = int(self.plane.wanted_replicas(name, states))
+            if core.idle and 1 + len(core.followers) >= wanted[name] and interest.isdisjoint(lg.replicas):
+                # Every follower holds the log and the high watermark, none on a
+                # node of interest: in sync, not lagging -- nothing to diagnose.
+                continue
             followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
             out.append(
                 PartitionObs(
@@ -404,12 +419,29 @@ class FaultWatch:
                     followers,
                 )
             )
-        for name, t in self.broker.topics.items():
+        for name in self._changed:
+            t = topics.get(name)
+            if t is None:
+                self._leaderless = {k for k in self._leaderless if k[0] != name}
+                continue
             for p, lg in enumerate(t.logs):
-                reps = lg.replicas
-                if reps and (not lg.leader or (interest and not interest.isdisjoint(reps))):
-                    if (name, p) not in led:
-                        out.append(PartitionObs(name, p, tuple(str(x) for x in reps), lg.leader or None))
+                if lg.replicas and not lg.leader:
+                    self._leaderless.add((name, p))
+                else:
+                    self._leaderless.discard((name, p))
+        self._changed.clear()
+        if interest:
+            # A node of interest: every partition with a replica on it.
+            seen = (((name, p), lg) for name, t in topics.items() for p, lg in enumerate(t.logs))
+        else:
+            seen = (
+                ((name, p), topics[name].logs[p]) for name, p in sorted(self._leaderless) if name in topics
+            )
+        for (name, p), lg in seen:
+            reps = lg.replicas
+            if reps and (not lg.leader or (interest and not interest.isdisjoint(reps))):
+                if (name, p) not in led:
+                    out.append(PartitionObs(name, p, tuple(str(x) for x in reps), lg.leader or None))
         return out
 
     # -- probes -----------------------------------------------------------------------------

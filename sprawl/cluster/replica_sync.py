@@ -144,6 +144,8 @@ class ReplicaSync:
             reps = [str(x) for x in pl["replicas"]]
             leader, epoch = str(pl["leader"]), int(pl["epoch"])
             if reps:
+                if lg.leader != leader or lg.replicas != reps:
+                    self.broker.touched.touch(name)  # (the load sample and fault watch look again)
                 lg.replicas, lg.leader, lg.epoch = list(reps), leader, epoch
             key = (name, p)
             if len(reps) <= 1 or self.node_id not in reps:

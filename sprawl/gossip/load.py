@@ -157,6 +157,12 @@ class LoadSample:
     #: two samples and the hottest gossiped as ``load["parts"]``
     #: (see :mod:`sprawl.gossip.load`).
     partitions: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    #: True when ``partitions`` lists only the led partitions whose counters
+    #: may have moved since the previous sample (the others' counters stand,
+    #: and an idle node's sample costs nothing per partition); ``gone`` then
+    #: names the partitions no longer led here.
+    partial: bool = False
+    gone: list[tuple[str, int]] = field(default_factory=list)
 
 
 def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:

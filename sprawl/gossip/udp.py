@@ -408,10 +408,18 @@ class GossipNode(DatagramProtocol):
             if now > t0:
                 rate = max(0.0, (s.published_total - n0) / (now - t0))
         rates = {}
-        if self._last_load is not None and now > self._last_load[0]:
-            rates = rates_between(self._last_parts, s.partitions, now - self._last_load[0])
+        if s.partial:
+            # Only what moved is listed: the others keep their counters (and no rate).
+            for key in s.gone:
+                self._last_parts.pop(key, None)
+            if self._last_load is not None and now > self._last_load[0]:
+                rates = rates_between(self._last_parts, s.partitions, now - self._last_load[0])
+            self._last_parts.update(s.partitions)
+        else:
+            if self._last_load is not None and now > self._last_load[0]:
+                rates = rates_between(self._last_parts, s.partitions, now - self._last_load[0])
+            self._last_parts = dict(s.partitions)
         self._last_load = (now, s.published_total)
-        self._last_parts = dict(s.partitions)
         out: dict[str, Any] = {
             "led": int(s.partitions_led),
             "msgs_s": round(rate, 1),

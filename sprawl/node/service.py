@@ -104,19 +104,16 @@ class NodeService(service.Service):
         assert broker is not None and store is not None  # (built before gossip)
 
         def load() -> LoadSample:
-            logs = [lg for t in broker.topics.values() for lg in t.logs]
-            led = {
-                (name, p): (lg.appended_total, lg.appended_bytes_total)
-                for name, t in broker.topics.items()
-                for p, lg in enumerate(t.logs)
-                if lg.leader == node_id
-            }
+            # Only the partitions written to since the last sample (issue 23).
+            led, moved, gone = broker.load_counters(node_id)
             return LoadSample(
-                partitions_led=len(led),
+                partitions_led=led,
                 published_total=broker.published_total,
                 bytes_stored=store.used_bytes,
-                memory_hot_bytes=sum(lg.hot_bytes for lg in logs),
-                partitions=led,
+                memory_hot_bytes=broker.pool_tally.hot_bytes,
+                partitions=moved,
+                partial=True,
+                gone=gone,
             )
 
         return GossipNode(

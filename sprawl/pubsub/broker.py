@@ -33,11 +33,14 @@ from twisted.internet.task import LoopingCall
 from sprawl.config import NodeConfig
 from sprawl.interfaces import Clock
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub.housekeeping import Deadlines, Pools, PoolTally, drain
 from sprawl.pubsub.links import ClusterLinks
+from sprawl.pubsub.memory import PENDING_MEMORY_FACTOR
 from sprawl.pubsub.views import Views
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.remote_log import LocalRemoteLog
 from sprawl.storage.tiering import S3Tier
+from sprawl.topics import Topic
 
 
 class Broker(Views):
@@ -60,6 +63,22 @@ class Broker(Views):
             self.links.bind_remote_log(LocalRemoteLog(self))
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = clock  # type: ignore[assignment]  # the part of IReactorTime it uses
+        #: What the periodic jobs look at (see :mod:`sprawl.pubsub.housekeeping`):
+        #: topics changed since the once-a-second jobs and the memory tally last ran,
+        #: each topic's retention deadline, the topics whose dedup windows hold ids.
+        self._changed = self.touched.subscribe()
+        self._mem_changed = self.touched.subscribe()
+        self._retention_due = Deadlines()
+        self._holding_ids: set[str] = set()
+        self.pool_tally = PoolTally()
+        self._process_seen = 0
+        #: For the gossiped load (:meth:`load_counters`): topics changed since
+        #: its last sample, and the partitions of each topic led here.
+        self._load_changed = self.touched.subscribe()
+        self._led: dict[str, list[int]] = {}
+        self._led_total = 0
+        #: Topics the once-a-second jobs looked at so far (the tests count an idle tick's work).
+        self.housekeeping_looked = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -85,15 +104,18 @@ class Broker(Views):
     # -- periodic work -----------------------------------------------------------
 
     def tick(self) -> None:
-        """Leases, dirty group state, retention, the memory budget, checkpoints."""
+        """Leases, dirty group state, retention, the memory budget, checkpoints.
+
+        Per tick, only what has work (issue 23: an idle node's tick must not
+        cost per partition): topics with groups, and of the others only those
+        written to since (:attr:`touched`) or due (retention by age, a
+        deadline per topic); the memory pools are recounted for the changed
+        topics and a fixed slice of the rest (:class:`PoolTally`), the full
+        count only near the budget."""
         now_s = self.clock.seconds()
-        # Per tick, only what has work: topics with groups, windows holding
-        # ids, and the memory budget when it may be near (issue 23: an idle
-        # node's tick must not cost per partition).
-        if now_s - self._grouped_at >= 1.0 or any(t.deleted for t in self._grouped):
-            # Which topics have groups, found once a second (a group made
-            # meanwhile on a topic without one waits at most that long for
-            # its first tick: its leases are at least that long).
+        if self._grouped_at == float("-inf") or any(t.deleted for t in self._grouped):
+            # Which topics have groups: found again when a group is made
+            # (``_grouped_at`` reset) or a topic that had one is deleted.
             self._grouped_at = now_s
             self._grouped = [t for t in self.topics.values() if t.groups]
         for t in self._grouped:
@@ -102,19 +124,101 @@ class Broker(Views):
         self._flush_dirty_groups()
         if now_s - self._last_retention >= 1.0:
             self._last_retention = now_s
-            self.apply_retention()
-            now = self.now_ms()
-            for t in self.topics.values():
-                if len(t.dedup):
-                    t.dedup.expire(now)
-                if len(t.recent):
-                    t.recent.expire(now)
-            self._checkpoint_ephemeral()
-        if self.hot_total_seen * 2 >= self.config.memory_budget or now_s - self._hot_checked >= 1.0:
-            # Far below the budget the sum over every partition waits a second.
-            self._hot_checked = now_s
-            self.enforce_memory_budget()
+            self._housekeep_changed()
+        self._check_memory(now_s)
         self.measure_memory_baseline()
         if self.tier is not None and now_s - self._last_spill >= 0.5:
             self._last_spill = now_s
             self.tier_tick()
+
+    def _housekeep_changed(self) -> None:
+        """Once a second: retention, dedup expiry and ephemeral checkpoints
+        of the topics written to since, or whose oldest segment is due."""
+        now = self.now_ms()
+        changed = drain(self._changed)
+        names = sorted(set(changed).union(self._retention_due.pop_due(now)))
+        topics = [t for n in names if (t := self.topics.get(n)) is not None]
+        self.housekeeping_looked += len(topics)
+        if topics:
+            self.apply_retention(topics)
+            for t in topics:
+                self._retention_due.set(t.name, retention_due(t))
+        self._holding_ids.update(changed)
+        for name in sorted(self._holding_ids):
+            t = self.topics.get(name)
+            self.housekeeping_looked += 1
+            if t is None:
+                self._holding_ids.discard(name)
+                continue
+            if len(t.dedup):
+                t.dedup.expire(now)
+            if len(t.recent):
+                t.recent.expire(now)
+            if not len(t.dedup) and not len(t.recent):
+                self._holding_ids.discard(name)
+        self._checkpoint_ephemeral(topics=[t for t in topics if not t.config.durable])
+
+    def _check_memory(self, now_s: float) -> None:
+        """The memory budget: the tally of the pools kept current (changed
+        topics each tick, a slice of the others once a second); the full
+        count and eviction (:meth:`enforce_memory_budget`) once the pools or
+        the process come within half of the budget."""
+        tally = self.pool_tally
+        tally.recount(drain(self._mem_changed), self._pools_of)
+        if now_s - self._hot_checked >= 1.0:
+            self._hot_checked = now_s
+            tally.sweep(self._pools_of)
+            self._process_seen = self._process_beyond_baseline()
+        pending = self.store.pending_bytes * PENDING_MEMORY_FACTOR
+        seen = max(tally.total + pending, self._process_seen)
+        if max(seen, self.hot_total_seen) * 2 >= self.config.memory_budget:
+            self.enforce_memory_budget()
+        else:
+            self.hot_total_seen = seen
+
+    def load_counters(
+        self, node_id: str
+    ) -> tuple[int, dict[tuple[str, int], tuple[int, int]], list[tuple[str, int]]]:
+        """For the gossiped load figures: how many partitions ``node_id``
+        leads here, the ``(appended_total, appended_bytes_total)`` counters of
+        those in topics changed since the last call, and the partitions it no
+        longer leads (a topic deleted) -- work in proportion to the changes."""
+        moved: dict[tuple[str, int], tuple[int, int]] = {}
+        gone: list[tuple[str, int]] = []
+        for name in drain(self._load_changed):
+            t = self.topics.get(name)
+            old = self._led.pop(name, [])
+            self._led_total -= len(old)
+            led = [] if t is None else [p for p, lg in enumerate(t.logs) if lg.leader == node_id]
+            gone.extend((name, p) for p in old if p not in led)
+            if t is None or not led:
+                continue
+            self._led[name] = led
+            self._led_total += len(led)
+            for p in led:
+                lg = t.logs[p]
+                moved[(name, p)] = (lg.appended_total, lg.appended_bytes_total)
+        return self._led_total, moved, gone
+
+    def _pools_of(self, name: str) -> Pools | None:
+        """One topic's memory pools (None once it is gone)."""
+        t = self.topics.get(name)
+        if t is None:
+            return None
+        records = encodings = hot = 0
+        for lg in t.logs:
+            records += lg.hot_records_memory
+            encodings += lg.account.encoded
+            hot += lg.hot_bytes
+        return records, encodings, t.dedup.memory + t.recent.memory, hot
+
+
+def retention_due(t: Topic) -> int | None:
+    """When (ms) retention by age can first delete a segment of ``t``: its
+    oldest segments' newest message past ``retention_ms`` (None without one;
+    retention by bytes changes only with a write, which touches the topic)."""
+    ms = t.config.retention_ms
+    if ms is None:
+        return None
+    firsts = [lg.segments[0].last_ts for lg in t.logs if lg.segments]
+    return min(firsts) + ms + 1 if firsts else None

@@ -56,6 +56,7 @@ class Catalog(Publishing):
                 g.ensure_partitions({lg.partition: lg.log_start for lg in topic.logs})
                 topic.groups[g.name] = g
             self.topics[cfg.name] = topic
+        self.touched.touch_all(self.topics)  # the periodic jobs look at each once
         log.info("recovered {n} topics from {path}", n=len(self.topics), path=store.path)
 
     def _recover_partition(self, topic: Topic, lg: PartitionLog, now: int) -> None:
@@ -205,6 +206,7 @@ class Catalog(Publishing):
                     g.ensure_partitions({lg.partition: 0 for lg in extra})
             created = False
         ops.append(("p", "meta", keys.topic_meta_key(name), _json_encode(cfg.to_dict())))
+        self.touched.touch(name)  # (its retention may have changed)
         d: Deferred[Any] = self.store.write(ops)
         if created:
             d.addCallback(then, self.new_topics.fire, name)

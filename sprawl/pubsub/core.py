@@ -29,6 +29,7 @@ from sprawl.log.manifest import RemoteObject
 from sprawl.log.partition import PartitionLog
 from sprawl.log.segments import Segment
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub.housekeeping import Touched
 from sprawl.pubsub.links import ClusterLinks
 from sprawl.pubsub.names import check_topic_name
 from sprawl.pubsub.watchers import PartitionWatchers
@@ -78,6 +79,8 @@ class BrokerCore:
         self.topics: dict[str, Topic] = {}
         #: Who waits for a partition to move (:meth:`watch`, :meth:`wait_any`).
         self.watchers = PartitionWatchers(clock)
+        #: Topics written to, for the periodic jobs that look only at what changed.
+        self.touched = Touched()
         self._stored_waiters: dict[tuple[str, int], list[tuple[int, Deferred[None]]]] = {}
         self._ids = IdSource()
         self._next_uid = 1
@@ -153,6 +156,7 @@ class BrokerCore:
 
     def notify(self, name: str, partition: int) -> None:
         """Wake the partition's watchers (e.g. a remote feed brought records)."""
+        self.touched.touch(name)
         self.watchers.notify(name, partition)
 
     def wait_any(self, topic: Topic, seconds: float) -> Deferred[None]:

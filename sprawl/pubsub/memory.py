@@ -11,6 +11,9 @@ records first, biggest tails first) until the pools hold 80% of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import msgspec
 from twisted.logger import Logger
 
@@ -19,6 +22,9 @@ from sprawl.pubsub.memory_report import process_memory, release_free_memory
 from sprawl.pubsub.reads import Reads
 from sprawl.storage import keys
 from sprawl.storage.lmdb import Op
+
+if TYPE_CHECKING:
+    from sprawl.topics import Topic
 
 _json_encode = msgspec.json.encode
 
@@ -180,10 +186,11 @@ class MemoryBudget(Reads):
                 d.addCallback(spilled)
                 d.addErrback(lambda f: log.failure("ephemeral spill failed", f))
 
-    def _checkpoint_ephemeral(self, force: bool = False) -> None:
-        """Remember ephemeral partitions' log ends so offsets are not reused after a restart."""
+    def _checkpoint_ephemeral(self, force: bool = False, topics: Iterable[Topic] | None = None) -> None:
+        """Remember ephemeral partitions' log ends (of ``topics``, by default
+        every topic) so offsets are not reused after a restart."""
         ops: list[Op] = []
-        for t in self.topics.values():
+        for t in self.topics.values() if topics is None else topics:
             if t.config.durable:
                 continue
             for lg in t.logs:

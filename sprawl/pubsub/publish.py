@@ -165,6 +165,7 @@ class Publishing(MemoryBudget):
                 size = sum(r.size for r in recs)
                 sizes[p] = size
                 nbytes += size
+        self.touched.touch(name)
         self.note_hot_added(added)
         if fast:
             first = records[0].offset

@@ -36,6 +36,7 @@ class ReplicaWrites(Catalog):
         changed = lg.append_at(records, self.now_ms())
         if not records:
             return succeed(None)
+        self.touched.touch(topic.name)
         self.note_hot_added(lg.hot_records_memory - before)
         ops: list[Op] = list(self.store.put_records(cfg.uid, partition, records))
         ops.extend(self._segment_ops(cfg.uid, partition, changed))
@@ -54,6 +55,7 @@ class ReplicaWrites(Catalog):
         lg = topic.logs[partition]
         uid = topic.config.uid
         removed, changed = lg.truncate(offset)
+        self.touched.touch(topic.name)
         ops: list[Op] = [
             ("r", "records", keys.record_key(uid, partition, offset), keys.record_key(uid, partition + 1, 0))
         ]

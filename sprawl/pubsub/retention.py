@@ -3,6 +3,7 @@ their shared remote lists, then uploads start)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -43,11 +44,12 @@ class Retention(Groups):
         )
         return started
 
-    def apply_retention(self) -> int:
-        """Delete whole expired segments at every tier; returns segments deleted."""
+    def apply_retention(self, topics: Iterable[Topic] | None = None) -> int:
+        """Delete whole expired segments at every tier (of ``topics``, by
+        default every topic); returns segments deleted."""
         now = self.now_ms()
         total = 0
-        for t in list(self.topics.values()):
+        for t in list(self.topics.values()) if topics is None else list(topics):
             cfg = t.config
             if cfg.retention_ms is None and cfg.retention_bytes is None:
                 continue

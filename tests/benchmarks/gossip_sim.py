@@ -3,6 +3,8 @@
 
     python -m benchmarks.gossip_sim                # 5, 50, 200 nodes at 0% and 10% loss
     python -m benchmarks.gossip_sim --sizes 5,50 --trials 0.5 --soak 120
+    python -m benchmarks.gossip_sim --sizes 5,50,200,1000 --losses 0 --trials 0.3 --soak 60 \
+        --json gossip.json --plot docs/img      # the curve against the cluster size
 
 Runs :class:`sprawl.gossip.Membership` cores on the seeded network simulator
 (:mod:`sprawl.sim`, 1-5 ms one-way delay, periodic 0.1 s ticks like the UDP
@@ -17,23 +19,28 @@ adapter) with the default :class:`GossipConfig`.  For every size and loss rate:
   refuted) per probe, and members declared dead while alive, per node-hour
   (this count also covers the detection trials).
 
-Prints a Markdown table.  Everything is virtual time: the wall-clock cost is
-CPU only (about a minute for the default set).
+Prints a Markdown table (``--json`` saves the rows, ``--plot DIR`` draws
+``gossip_scale.png``: detection time and false suspicions against the number
+of nodes; needs matplotlib).  Everything is virtual time: the wall-clock cost
+is CPU only (about a minute for the default set; 1,000 nodes take much longer:
+every live member's view is checked when a trial waits for convergence).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from sprawl.gossip import GossipConfig, MemberEvent, Membership
 from sprawl.gossip.suspicion import suspicion_timeout
 from sprawl.sim import Simulator
 
-TRIALS = {5: 200, 50: 60, 200: 20}
+TRIALS = {5: 200, 50: 60, 200: 20, 1000: 10}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -62,6 +69,9 @@ class Bench:
     def __init__(self, n: int, loss: float, seed: int, config: GossipConfig):
         self.n = n
         self.config = config
+        #: How often (virtual s) convergence is checked: each check reads every
+        #: member's view of every member (n^2), so less often with many nodes.
+        self.check_every = 0.1 if n < 500 else 1.0
         self.sim = Simulator(seed, delay=(0.001, 0.005))
         self.rng = random.Random(seed + 1)
         self.incarnations = [0] * n
@@ -73,7 +83,7 @@ class Bench:
         for i in range(1, n):
             self.sim.run_for(2.0 / n)
             self.sim.call(addr(i), lambda m, now: m.join([addr(0)], now))
-        if not self.sim.run_until_true(self.converged, 120):
+        if not self.sim.run_until_true(self.converged, 120, self.check_every):
             raise SystemExit(f"{n} nodes did not converge")
         self.sim.loss = loss
         self.sim.run_for(10)
@@ -127,7 +137,7 @@ class Bench:
         sim.restart(a, lambda now: self._node(i, self.incarnations[i]))
         seed = addr(self.rng.choice([j for j in range(self.n) if j != i]))
         sim.call(a, lambda m, now: m.join([seed], now))
-        if not sim.run_until_true(self.converged, 120):
+        if not sim.run_until_true(self.converged, 120, self.check_every):
             raise SystemExit(f"node {i} did not rejoin")
         self.victim = None
         sim.run_for(self.rng.uniform(2, 5))
@@ -141,9 +151,12 @@ def main() -> None:
     ap.add_argument("--trials", type=float, default=1.0, help="scale the number of crash trials")
     ap.add_argument("--soak", type=float, default=300.0, help="seconds of crash-free run per row")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="save the figures to this file")
+    ap.add_argument("--plot", type=Path, help="draw gossip_scale.png in this directory")
     args = ap.parse_args()
     config = GossipConfig()
     rows = []
+    figures: list[dict[str, Any]] = []
     for n in (int(x) for x in args.sizes.split(",")):
         for loss in (float(x) for x in args.losses.split(",")):
             wall = time.perf_counter()
@@ -159,13 +172,59 @@ def main() -> None:
                 f"| {s['probe_failures'] / max(1, s['probes_sent']):.2%} | {s['refuted']} "
                 f"| {b.false_dead} ({b.false_dead / sim_hours:.3f}/node-h) | {time.perf_counter() - wall:.0f} s |"
             )
-            print(f"done n={n} loss={loss}", file=sys.stderr, flush=True)
+            figures.append(
+                {
+                    "nodes": n,
+                    "loss": loss,
+                    "trials": trials,
+                    "p50": pct(times, 0.5),
+                    "p99": pct(times, 0.99),
+                    "max": max(times),
+                    "false_suspicions": s["probe_failures"] / max(1, s["probes_sent"]),
+                    "false_dead": b.false_dead,
+                    "cpu_s": time.perf_counter() - wall,
+                }
+            )
+            print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
     print(
         "| nodes | loss | crash trials | detection p50 (s) | p99 (s) | max (s) | suspicion timeout min / max (s) "
         f"| false suspicions per probe ({args.soak:.0f} s soak) | refuted | declared dead while alive | CPU |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    if args.plot:
+        plot(figures, args.plot)
+
+
+def plot(figures: list[dict[str, Any]], out: Path) -> None:
+    """Detection time (p50, p99, max) and false suspicions per probe against
+    the number of nodes, one line per loss rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for loss in sorted({f["loss"] for f in figures}):
+        rows = sorted((f for f in figures if f["loss"] == loss), key=lambda f: f["nodes"])
+        xs = [f["nodes"] for f in rows]
+        for key, style in (("p50", "o-"), ("p99", "s--"), ("max", "^:")):
+            ax1.plot(xs, [f[key] for f in rows], style, label=f"{key}, loss {loss:.0%}")
+        ax2.plot(xs, [100 * f["false_suspicions"] for f in rows], "o-", label=f"loss {loss:.0%}")
+    ax1.set_title("time until every member holds a crashed node dead, s", fontsize=9)
+    ax2.set_title("false suspicions, % of probes (refuted)", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel("nodes (simulated)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gossip_scale.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -542,3 +542,47 @@ def test_partition_rates_ride_the_gossip_to_peers(tmp_path: Path) -> None:
     assert set(hottest_short) <= set(got)
     assert rates_by_node(nodes[0].member_views())["n1"] == got
     assert nodes[0].member_views()[0]["partition_rates"] == []  # n0 reports none
+
+
+def test_partial_load_samples_rate_only_what_moved(tmp_path: Path) -> None:
+    """A node that samples only the partitions written to since its last
+    sample (``LoadSample.partial``, issue 23: an idle partition costs the
+    sample nothing) gossips the same rates for those as a full sample would;
+    the idle ones (listed once, their counters standing) get none, and a
+    partition ``gone`` loses its counter (listed again, it has no rate until
+    a second sample)."""
+    clock = task.Clock()
+    net = Net(clock)
+    hot = {("hot", p): (10.0 * (p + 1), 1000.0 * (p + 1)) for p in range(3)}
+    idle = {(f"idle-{i}", 0): (5, 500) for i in range(1000)}
+    calls: list[int] = []
+
+    def load() -> LoadSample:
+        t = clock.seconds()
+        moved = {k: (int(m * t), int(b * t)) for k, (m, b) in hot.items()}
+        if not calls:
+            moved.update(idle)
+        calls.append(len(moved))
+        return LoadSample(partitions_led=1003, partitions=moved, partial=True)
+
+    nodes = []
+    for i in range(2):
+        g = make(tmp_path, clock, i, seeds=[addr(0)] if i else None, load=load if i else None)
+        net.attach(addr(i), g)
+        g.start(addr(i))
+        nodes.append(g)
+    net.run(20.0)
+    assert calls[0] == 1003 and set(calls[1:]) == {3}
+    seen = {v["id"]: v for v in nodes[0].member_views()}["n1"]
+    got = {(e["topic"], e["partition"]): (e["msgs_s"], e["bytes_s"]) for e in seen["partition_rates"]}
+    assert seen["load"]["led"] == 1003
+    assert set(got) == set(hot)
+    for k, (m, b) in got.items():
+        assert (m, b) == pytest.approx(hot[k], rel=0.01, abs=1)
+    assert len(nodes[1]._last_parts) == 1003
+    sample = nodes[1]._sample_load(clock.seconds() + 1)
+    assert sample is not None  # (a sample with nothing gone keeps every counter)
+    g = nodes[1]
+    g.load = lambda: LoadSample(partitions_led=1002, partial=True, gone=[("idle-0", 0)])
+    g._sample_load(clock.seconds() + 2)
+    assert ("idle-0", 0) not in g._last_parts and len(g._last_parts) == 1002

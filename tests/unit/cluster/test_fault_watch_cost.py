@@ -1,0 +1,75 @@
+"""What one fault-watch round costs with many idle partitions (issue 23): led
+partitions whose followers all hold the log and the high watermark, on no
+node of interest, are not observed (nothing to diagnose), and the partitions
+without a leader are kept as a set refreshed from the topics that changed, so
+a round does not walk every partition.  Counted: the partitions observed and
+the walks over every topic."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from sprawl.cluster.diagnosis import DiskObs
+from sprawl.cluster.fault_watch import FaultWatch
+from sprawl.pubsub.housekeeping import Touched
+
+
+class Topics(dict[str, Any]):
+    """The broker's topics, counting the walks over all of them."""
+
+    walks = 0
+
+    def items(self) -> Any:
+        Topics.walks += 1
+        return super().items()
+
+
+def _watch(partitions: int) -> tuple[FaultWatch, Topics, dict[tuple[str, int], Any], Touched]:
+    """Node a leads ``partitions`` single-partition topics of RF 3, all idle and in sync."""
+    topics = Topics()
+    replicas: dict[tuple[str, int], Any] = {}
+    for i in range(partitions):
+        name = f"t{i:05d}"
+        lg = SimpleNamespace(replicas=["a", "b", "c"], leader="a")
+        topics[name] = SimpleNamespace(logs=[lg])
+        core = SimpleNamespace(
+            is_leader=True,
+            idle=True,
+            hw=5,
+            followers={"b": SimpleNamespace(match=5), "c": SimpleNamespace(match=5)},
+        )
+        replicas[(name, 0)] = SimpleNamespace(core=core)
+    touched = Touched()
+    broker = SimpleNamespace(topics=topics, touched=touched)
+    plane = SimpleNamespace(
+        service=SimpleNamespace(replicas=replicas),
+        controller=SimpleNamespace(member_states=lambda: dict.fromkeys("abc", "alive")),
+        wanted_replicas=lambda name, states: 3,
+    )
+    watch = FaultWatch("a", SimpleNamespace(), broker, None, plane, None, (1, 1))  # type: ignore[arg-type]
+    return watch, topics, replicas, touched
+
+
+def _observed(watch: FaultWatch) -> list[Any]:
+    return watch._partitions([], DiskObs(0, 1))
+
+
+def test_an_idle_round_observes_no_partition_and_walks_no_topic_list() -> None:
+    """10,000 idle in-sync partitions: nothing observed, no walk over every
+    topic after the first round; a busy one, a leaderless one (its topic
+    re-placed) and one with a follower short are observed."""
+    watch, topics, replicas, touched = _watch(10_000)
+    assert _observed(watch) == []  # the first round looks at every topic once
+    Topics.walks = 0
+    for _ in range(5):
+        assert _observed(watch) == []
+    assert Topics.walks == 0
+    replicas[("t00001", 0)].core.idle = False
+    topics["t00002"].logs[0].leader = ""  # (and this node no longer leads it)
+    replicas[("t00002", 0)].core.is_leader = False
+    replicas[("t00003", 0)].core.followers.pop("c")
+    touched.touch("t00002")
+    got = {(o.topic, o.partition) for o in _observed(watch)}
+    assert got == {("t00001", 0), ("t00002", 0), ("t00003", 0)}
+    assert Topics.walks == 0
