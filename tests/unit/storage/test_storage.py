@@ -167,6 +167,14 @@ async def test_a_backlog_commits_in_bounded_transactions_of_whole_writes(store: 
     assert store.pending_bytes == 0
 
 
+def _run_script(script: str, path: Path) -> str:
+    """Run ``script`` in a fresh Python process with ``path`` as its argument; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    return proc.stdout
+
+
 _BIG_TXN_MEMORY = """
 import sys, lmdb
 def anon():
@@ -187,14 +195,7 @@ def test_lmdb_keeps_the_pages_of_its_biggest_transaction(tmp_path: Path) -> None
     """Why TXN_BYTES exists: after a ~48 MB write transaction commits, LMDB
     still holds about that much anonymous memory (its dirty pages, kept for
     reuse until the environment closes)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _BIG_TXN_MEMORY, str(tmp_path / "big")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert int(proc.stdout) > 30 * 1000**2
+    assert int(_run_script(_BIG_TXN_MEMORY, tmp_path / "big")) > 30 * 1000**2
 
 
 _COUNT_RECORDS = """
@@ -213,14 +214,7 @@ async def test_data_is_on_disk_when_the_write_fires(store: LmdbStore, tmp_path: 
     seen: list[str] = []
 
     def check(_: object) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-c", _COUNT_RECORDS, str(tmp_path / "lmdb")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        seen.append(proc.stdout.strip())
+        seen.append(_run_script(_COUNT_RECORDS, tmp_path / "lmdb").strip())
 
     d = store.write(store.put_records(3, 0, recs(0, 4)))
     assert not d.called
