@@ -7,6 +7,15 @@ flight) are committed together in one transaction, which LMDB fsyncs before
 the commit returns (``sync=True``); only then do the callers' Deferreds fire.
 So when a publish is acked "stored in lmdb", it is on disk.
 
+A transaction holds whole writes (each :meth:`LmdbStore.write` is atomic)
+but at most about :data:`TXN_BYTES` of them when more are queued: LMDB
+copies every page a transaction touches into memory it allocates and,
+after the commit, keeps those pages for later transactions until the
+environment closes -- so the biggest transaction ever committed stays in
+the process's anonymous memory (a 48 MB transaction kept 47 MB).  Bounding
+the transaction bounds that memory; a backlog is committed as several
+transactions, each fsynced, in the order written.
+
 Every record value carries a CRC32C (:mod:`sprawl.log.record`) and every
 read checks it, with the keys it walks (:mod:`sprawl.storage.verify`): a
 damaged record raises :class:`~sprawl.log.damage.DamagedRange` instead of
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,6 +61,24 @@ DBS = ("meta", "records", "segments", "raft_log", "raft_meta")
 #: ``meta`` key: per partition, the offset below which records may predate checksums.
 UNCHECKED_KEY = b"node/unchecked"
 
+#: The most of the queued writes' weight (:func:`write_weight`) one
+#: transaction takes when more is queued (a single larger write still
+#: commits whole): LMDB keeps as many pages as its biggest transaction
+#: dirtied, in the process's memory, for as long as the environment is open.
+TXN_BYTES = 4 * 1000**2
+#: Weight of an op beyond the bytes its write was given: the key, the page
+#: slot, and the pages a delete or small put dirties.
+OP_WEIGHT = 64
+
+
+def write_weight(ops: list[Op], nbytes: int) -> int:
+    """What a write weighs against :data:`TXN_BYTES`: its record bytes and
+    :data:`OP_WEIGHT` per key it puts or deletes."""
+    n = 0
+    for op in ops:
+        n += len(op[2]) if op[0] == "m" else 1
+    return nbytes + n * OP_WEIGHT
+
 
 class StorageFull(Exception):
     """LMDB reached its map size; nothing of the failed batch was written."""
@@ -74,8 +102,8 @@ class LmdbStore:
         self.dbs: dict[str, Any] = {}
         self._writer = ThreadPool(minthreads=1, maxthreads=1, name="sprawl-lmdb-writer")
         self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
-        self._ops: list[Op] = []
-        self._waiters: list[Deferred[None]] = []
+        #: Writes queued for the next commits: (ops, waiter, bytes, weight), in order.
+        self._queue: deque[tuple[list[Op], Deferred[None], int, int]] = deque()
         self._pending_bytes = 0
         self._scheduled = False
         self._in_flight = False
@@ -146,7 +174,7 @@ class LmdbStore:
                 self.env = None
             d.callback(None)
 
-        if self._ops or self._waiters or self._in_flight:
+        if self._queue or self._in_flight:
             self._stopping = Deferred()
             self._stopping.addBoth(finish)
             self._schedule()
@@ -168,8 +196,7 @@ class LmdbStore:
 
             return fail(self.failed)
         d: Deferred[None] = Deferred()
-        self._ops.extend(ops)
-        self._waiters.append(d)
+        self._queue.append((ops, d, nbytes, write_weight(ops, nbytes)))
         self._pending_bytes += nbytes
         self._schedule()
         return d
@@ -188,15 +215,25 @@ class LmdbStore:
         self._scheduled = False
         if self._in_flight:
             return
-        if not self._ops and not self._waiters:
+        queue = self._queue
+        if not queue:
             if self._stopping is not None:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
             return
-        ops, self._ops = self._ops, []
-        waiters, self._waiters = self._waiters, []
+        # Whole writes, in order, up to TXN_BYTES of weight (at least one).
+        ops: list[Op] = []
+        waiters: list[Deferred[None]] = []
+        nbytes = weight = 0
+        while queue and (not waiters or weight + queue[0][3] <= TXN_BYTES):
+            w_ops, w_d, w_bytes, w_weight = queue.popleft()
+            ops.extend(w_ops)
+            waiters.append(w_d)
+            nbytes += w_bytes
+            weight += w_weight
         self._in_flight = True
-        self._in_flight_bytes, self._pending_bytes = self._pending_bytes, 0
+        self._in_flight_bytes = nbytes
+        self._pending_bytes -= nbytes
         started = self.reactor.seconds()
         d = deferToThreadPool(cast("IReactorFromThreads", self.reactor), self._writer, self._commit, ops)
 
@@ -213,14 +250,15 @@ class LmdbStore:
                 # commit past a gap, so everything queued fails too and the
                 # node stops taking writes (readyz says why).
                 self.failed = result
-                waiters.extend(self._waiters)
-                self._ops, self._waiters, self._pending_bytes = [], [], 0
+                waiters.extend(w[1] for w in self._queue)
+                self._queue.clear()
+                self._pending_bytes = 0
             for w in waiters:
                 if isinstance(result, Exception):
                     w.errback(result)
                 else:
                     w.callback(None)
-            if self._ops or self._waiters:
+            if self._queue:
                 self._schedule()
             elif self._stopping is not None:
                 stopping, self._stopping = self._stopping, None

@@ -153,6 +153,42 @@ async def _traffic(url: str, durable: list[str], ephemeral: list[str], rate: flo
     return stats
 
 
+#: glibc places a thread's malloc arena in heaps aligned to 64 MiB.
+_ARENA_ALIGN = 64 * 1024**2
+
+
+def anon_breakdown(smaps: str) -> dict[str, int]:
+    """Anonymous resident bytes of a process by where they live, from the
+    text of its ``/proc/PID/smaps``: ``main_arena`` (glibc's ``[heap]``: the
+    main thread's ``malloc``), ``thread_arenas`` (anonymous mappings at 64
+    MiB alignment: other threads' ``malloc`` -- LMDB's writer and readers),
+    ``other_anon`` (every other anonymous mapping: pymalloc's 1 MiB arenas,
+    merged by the kernel when adjacent, and large ``malloc`` blocks) and
+    ``files`` (anonymous pages in file mappings: libraries' data)."""
+    out = {"main_arena": 0, "thread_arenas": 0, "other_anon": 0, "files": 0}
+    kind = "files"
+    for line in smaps.splitlines():
+        head = line.split(maxsplit=6)
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            start = int(head[0].split("-")[0], 16)
+            name = head[5] if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "main_arena"
+            elif name:
+                kind = "files"
+            elif start % _ARENA_ALIGN == 0:
+                kind = "thread_arenas"
+            else:
+                kind = "other_anon"
+        elif line.startswith("Anonymous:"):
+            out[kind] += int(line.split()[1]) * 1024
+    return out
+
+
+def _breakdown(pid: int) -> dict[str, float]:
+    return {k: round(v / MB, 1) for k, v in anon_breakdown(Path(f"/proc/{pid}/smaps").read_text()).items()}
+
+
 def _slope(points: list[tuple[float, int]]) -> float:
     """Least-squares slope of (seconds, bytes)."""
     n = len(points)
@@ -227,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
             asyncio.run(create())
             idle = rss_anon(pid)
+            idle_parts = _breakdown(pid)
             subs = Subscribers(node.http_port, durable, 10).start()
             sampler = RssSampler(pid, interval=1.0).start()
             t0 = time.monotonic()
@@ -236,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 sampler.stop()
                 subs.stop()
             stats["sse_bytes"] = subs.received
+            end_parts = _breakdown(pid)
             pools = [
                 line
                 for line in _metrics(node.url).splitlines()
@@ -259,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "drift_after_warmup_mb": round(drift / MB, 2),
         "mean_after_warmup_mb": round(sum(v for _, v in after) / max(1, len(after)) / MB, 1),
         **stats,
+        "anon_mb_idle": idle_parts,
+        "anon_mb_end": end_parts,
         "ok": ok,
     }
     print(json.dumps(summary, indent=1))

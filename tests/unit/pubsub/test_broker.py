@@ -521,6 +521,33 @@ async def test_a_spill_in_flight_is_not_repeated(nodes: Callable[..., Node]) -> 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_spill_is_written_in_bounded_writes(nodes: Callable[..., Node], monkeypatch: Any) -> None:
+    """A spill goes to LMDB as writes of at most TXN_BYTES of records each (one
+    transaction each when queued apart: LMDB keeps the pages of its biggest
+    transaction), every record once, in order, all readable after."""
+    import sprawl.pubsub.memory as memory
+
+    monkeypatch.setattr(memory, "TXN_BYTES", 3000)
+    n = nodes(memory_budget=20_000)
+    t = await topic(n, "eph4", storage="ephemeral")
+    await n.broker.publish(t, [msg(f"{i:08d}".ljust(200, "-")) for i in range(100)], "quorum")
+    writes: list[int] = []
+    real = n.store.write
+
+    def write(ops: list[Any], nbytes: int = 0) -> Any:
+        writes.append(nbytes)
+        return real(ops, nbytes)
+
+    monkeypatch.setattr(n.store, "write", write)
+    n.broker.tick()
+    await n.synced()
+    spilled = [w for w in writes if w]
+    assert len(spilled) == 10 and max(spilled) <= 3000  # 100 records of 264 bytes, 11 a write
+    assert lmdb_offsets(n, t) == list(range(100))
+    assert t.logs[0].unstored() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_ephemeral_topic_under_budget_never_touches_lmdb_records(nodes: Callable[..., Node]) -> None:
     """Below the budget an ephemeral topic writes no records to LMDB."""
     n = nodes()

@@ -121,3 +121,40 @@ async def test_dashboard_snapshot_has_budget_and_used(nodes: Callable[..., Node]
     m = snap["memory"]
     assert m["budget"] == 4 * MB and m["used"] == sum(m["pools"].values())
     assert set(m) >= {"budget", "used", "pools", "rss_anon", "baseline", "warning"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_free_allocator_pages_go_back_before_the_hot_tail_is_evicted(
+    nodes: Callable[..., Node], monkeypatch: Any
+) -> None:
+    """A process beyond its pools by more than a sixteenth of the budget (memory
+    the C allocator kept after frees) trims it (at most once a second) and
+    measures again before evicting: what the trim gave back costs the hot
+    tails nothing; what it could not give back still evicts them."""
+    import sprawl.pubsub.memory as memory
+
+    n = nodes(memory_budget=8 * MB)
+    t, _ = await n.broker.put_topic("m", {})
+    await n.broker.publish(t, _records(2000, 100), "leader")
+    b = n.broker
+    b.bound_process = True
+    b.memory_baseline = 100 * MB
+    used = b.memory_used()
+    rss = [100 * MB + used + 8 * MB]  # 8 MB kept by the allocator: past the budget with the pools
+    trims: list[float] = []
+
+    def trim() -> bool:
+        trims.append(n.clock.seconds())
+        rss[0] -= 7 * MB  # the allocator gave 7 of them back
+        return True
+
+    monkeypatch.setattr(memory, "process_memory", lambda: {"rss_anon": rss[0]})
+    monkeypatch.setattr(memory, "release_free_memory", trim)
+    hot = t.logs[0].hot_start
+    b.enforce_memory_budget()
+    assert trims == [n.clock.seconds()]
+    assert t.logs[0].hot_start == hot, "nothing evicted for memory the trim gave back"
+    rss[0] += 7 * MB  # kept again, and this time the trim waits out its second
+    b.enforce_memory_budget()
+    assert len(trims) == 1
+    assert t.logs[0].hot_start > hot, "what no trim gives back still evicts"

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from harness import the_reactor
 from sprawl.log.record import Record
 from sprawl.storage import keys
-from sprawl.storage.lmdb import LmdbStore, StorageFull
+from sprawl.storage.lmdb import TXN_BYTES, LmdbStore, StorageFull, write_weight
 
 
 def recs(start: int, n: int, size: int = 10, binary: bool = False) -> list[Record]:
@@ -134,6 +134,70 @@ async def test_writes_during_a_commit_go_into_the_next_one(store: LmdbStore) -> 
     assert len(store.read_records_sync(1, 0, 0, 100, 100)) == 51
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_backlog_commits_in_bounded_transactions_of_whole_writes(store: LmdbStore) -> None:
+    """Writes queued while a commit is in flight go into transactions of at
+    most TXN_BYTES of weight each, whole writes in the order written (every
+    write's ops commit together; a write over the bound still commits whole)."""
+    gate = Gate(store)
+    seen: list[list[Any]] = []
+    orig = gate._orig
+
+    def record(ops: list[Any]) -> None:
+        seen.append(ops)
+        orig(ops)
+
+    gate._orig = record
+    first = store.write(store.put_records(1, 0, recs(0, 1)))
+    await gate.entered
+    per = 10_000  # 10 records of 1,000 bytes a write: ~11 KB of weight
+    later = [store.write(store.put_records(1, 0, recs(1 + 10 * i, 10, size=1000)), per) for i in range(1000)]
+    big = store.write(store.put_records(1, 1, recs(0, 6000, size=1000)), 6_000_000)
+    gate.release.set()
+    await DeferredList([first, *later, big], fireOnOneErrback=True)
+    weights = [write_weight(ops, 0) for ops in seen]
+    assert len(seen) >= 4, "ten megabytes of writes were not one transaction"
+    # Every transaction but the big write's stays within the bound; the big one is one write.
+    assert all(w <= TXN_BYTES for w in weights[:-1])
+    assert len(seen[-1]) == 1 and len(seen[-1][0][2]) == 6000
+    # Whole writes, in order: the records' keys ascend across the transactions.
+    keys_in_order = [k for ops in seen[1:-1] for op in ops for k, _ in op[2]]
+    assert keys_in_order == sorted(keys_in_order) and len(keys_in_order) == 10_000
+    assert len(store.read_records_sync(1, 0, 0, 20_000, 20_000)) == 10_001
+    assert store.pending_bytes == 0
+
+
+def _run_script(script: str, path: Path) -> str:
+    """Run ``script`` in a fresh Python process with ``path`` as its argument; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    return proc.stdout
+
+
+_BIG_TXN_MEMORY = """
+import sys, lmdb
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) * 1024
+env = lmdb.open(sys.argv[1], map_size=1 << 30, sync=False)
+before = anon()
+with env.begin(write=True) as txn:
+    for i in range(200_000):
+        txn.put(b"%012d" % i, b"x" * 200)
+print(anon() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_lmdb_keeps_the_pages_of_its_biggest_transaction(tmp_path: Path) -> None:
+    """Why TXN_BYTES exists: after a ~48 MB write transaction commits, LMDB
+    still holds about that much anonymous memory (its dirty pages, kept for
+    reuse until the environment closes)."""
+    assert int(_run_script(_BIG_TXN_MEMORY, tmp_path / "big")) > 30 * 1000**2
+
+
 _COUNT_RECORDS = """
 import sys, lmdb
 env = lmdb.open(sys.argv[1], max_dbs=5, readonly=True, lock=False)
@@ -150,14 +214,7 @@ async def test_data_is_on_disk_when_the_write_fires(store: LmdbStore, tmp_path: 
     seen: list[str] = []
 
     def check(_: object) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-c", _COUNT_RECORDS, str(tmp_path / "lmdb")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        seen.append(proc.stdout.strip())
+        seen.append(_run_script(_COUNT_RECORDS, tmp_path / "lmdb").strip())
 
     d = store.write(store.put_records(3, 0, recs(0, 4)))
     assert not d.called
