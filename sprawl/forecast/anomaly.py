@@ -103,6 +103,12 @@ class AnomalyDetector:
     #: Consecutive samples back in while an event is open.
     _in: int = 0
 
+    @property
+    def unusual(self) -> bool:
+        """Whether the last sample was out of its interval or an event is
+        open (the model does not learn its seasons from such samples)."""
+        return self.open is not None
+
     def _outside(self, y: float, band: Band) -> int:
         c = self.config
         gap = max(c.min_delta, c.min_ratio * band.point)

@@ -131,6 +131,7 @@ class Series:
 
     __slots__ = (
         "_base_weight",
+        "_hold",
         "_n",
         "_sum",
         "base",
@@ -165,6 +166,8 @@ class Series:
         self.step: int | None = None
         self._sum = 0.0
         self._n = 0
+        #: The open step had a sample not to learn the seasons from.
+        self._hold = False
         #: Steps closed since the last restart of the level.
         self.steps_seen = 0
 
@@ -220,9 +223,13 @@ class Series:
 
     # -- learning ----------------------------------------------------------------
 
-    def observe(self, t: float, y: float) -> None:
+    def observe(self, t: float, y: float, *, seasonal: bool = True) -> None:
         """One sample ``y`` (units/s, negative and non-finite ones are ignored)
-        taken at ``t`` (seconds); samples older than the open step are ignored."""
+        taken at ``t`` (seconds); samples older than the open step are ignored.
+        ``seasonal`` False: the step this sample falls in does not teach the
+        seasons (an anomaly under way: a surge learnt into the daily season
+        would come back as a ghost surge the next day); the level and trend
+        still learn it."""
         if not math.isfinite(y) or not math.isfinite(t) or y < 0:
             return
         c = self.config
@@ -244,8 +251,10 @@ class Series:
             self.step = k
             self._sum = 0.0
             self._n = 0
+            self._hold = False
         self._sum += y
         self._n += 1
+        self._hold = self._hold or not seasonal
 
     def _clip_sq(self, var: float) -> float:
         lim = self.config.clip * self._sigma(var)
@@ -291,6 +300,9 @@ class Series:
         self.trend = c.phi * self.trend + c.beta * e
         # The seasons learn against the slow baseline, not the fast level
         # (which follows whatever the seasons do not explain yet).
+        self.steps_seen += 1
+        if self._hold:
+            return  # an anomalous step: neither the baseline nor the seasons learn it
         deseason = y - self._season(k)
         self.base += self._base_weight * max(-lim, min(lim, deseason - self.base))
         for arr in self.seasons:
@@ -302,7 +314,6 @@ class Series:
                 arr[i] = target
             else:
                 arr[i] = v + c.gamma * max(-lim, min(lim, target - v))
-        self.steps_seen += 1
 
 
 def series_bytes(s: Series) -> int:

@@ -90,6 +90,7 @@ class TrafficForecaster:
         max_series: int = 1024,
         max_anomalies: int = 200,
         horizon: float = 900.0,
+        hold_seasons: bool = False,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -98,6 +99,11 @@ class TrafficForecaster:
         self.max_series = max_series
         #: Seconds ahead the balancer looks (:meth:`partition_forecasts`).
         self.horizon = horizon
+        #: Samples of a series whose anomaly is open do not teach its seasons
+        #: (so a surge does not come back as a ghost a season later).  Off by
+        #: default: measured on the balancer's traces it removes ghost surges
+        #: but makes more moves on the daily trace (docs/benchmarks.md).
+        self.hold_seasons = hold_seasons
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
         #: Events, oldest first (open ones included, updated in place).
         self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
@@ -123,7 +129,7 @@ class TrafficForecaster:
         else:
             self._series.move_to_end(key)
         events = tr.detector.sample(now, value, tr.series.expect(now)) if detect else []
-        tr.series.observe(now, value)
+        tr.series.observe(now, value, seasonal=not (self.hold_seasons and tr.detector.unusual))
         tr.last = (now, value)
         tr.seen = now
         for ev in events:

@@ -125,3 +125,34 @@ def test_counters_become_rates() -> None:
     assert last is not None and last[1] == pytest.approx(10.0)
     fc.observe_counters(300.0, "deliver", {"t": 0.0})
     assert fc.last(topic_key("t", "deliver")) == last
+
+
+def test_an_open_anomaly_is_not_learnt_into_the_season() -> None:
+    """With ``hold_seasons``, while a partition's anomaly is open its samples
+    do not teach the seasonal model (``AnomalyDetector.unusual``): after a
+    surge in the first season, the forecast for the same time one season
+    later is the normal rate, not a ghost of the surge (without it: 500)."""
+    key = partition_key("t", 0)
+    fc = TrafficForecaster(ForecastConfig(bucket=10.0, seasons=(60,), warmup=3), hold_seasons=True)
+    unusual = []
+    for i in range(850 // 5):  # the first season (600 s) has a surge at 300-360 s
+        t = i * 5.0
+        fc.observe(t, key, 500.0 if 300.0 <= t < 360.0 else 100.0)
+        unusual.append(fc._series[key].detector.unusual)
+    assert any(unusual) and not unusual[-1]
+    assert [a.kind for a in fc.anomalies] == [SURGE]
+    for at in (910.0, 930.0, 950.0):  # the surge's time, one season later (learnt: 500)
+        band = fc.forecast(key, at)
+        assert band is not None and band.point == pytest.approx(100.0, rel=0.2)
+
+
+def test_by_default_a_surge_is_learnt_into_the_season() -> None:
+    """Without ``hold_seasons`` (the default) a surge in the first season is
+    forecast again one season later (a daily batch job is real traffic)."""
+    key = partition_key("t", 0)
+    fc = TrafficForecaster(ForecastConfig(bucket=10.0, seasons=(60,), warmup=3))
+    for i in range(850 // 5):
+        t = i * 5.0
+        fc.observe(t, key, 500.0 if 300.0 <= t < 360.0 else 100.0)
+    band = fc.forecast(key, 930.0)
+    assert band is not None and band.point > 400.0

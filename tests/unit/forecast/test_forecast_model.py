@@ -123,3 +123,27 @@ def test_memory_per_series_is_bounded() -> None:
     s = Series(ForecastConfig(seasons=(DAILY,)))
     feed(s, wave, 0, 2 * 86400, step=60.0)
     assert series_bytes(s) < 7000
+
+
+def test_a_step_marked_not_seasonal_does_not_teach_the_seasons() -> None:
+    """A 15-minute 4x surge in the first hour, marked ``seasonal=False`` (an
+    anomaly under way), is not forecast again an hour (a season) later; the
+    same surge learnt into the season comes back as a ghost surge."""
+
+    def surge(t: float) -> float:
+        return 4.0 * wave(t) if 1200.0 <= t % 3600.0 < 2100.0 and t < 3600.0 else wave(t)
+
+    learnt, held = Series(HOURLY_CFG), Series(HOURLY_CFG)
+    t = 0.0
+    while t < 3000.0:  # the first hour up to after the surge
+        y = surge(t)
+        learnt.observe(t, y)
+        held.observe(t, y, seasonal=not 1200.0 <= t < 2100.0)
+        t += 5.0
+    feed(learnt, wave, 3000.0, 3600.0 + 1000.0)
+    feed(held, wave, 3000.0, 3600.0 + 1000.0)
+    at = 3600.0 + 1500.0  # the surge's minute, one season later
+    a, b = learnt.forecast(at), held.forecast(at)
+    assert a is not None and b is not None
+    assert a.point > 2 * wave(at)  # the ghost
+    assert b.point == pytest.approx(wave(at), rel=0.25)
