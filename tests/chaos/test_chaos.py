@@ -808,7 +808,8 @@ def test_acked_messages_survive_kills_and_stops(
     up to the size limit, publishers resending ids, a consumer group and an
     SSE stream, retention -- one node at a time killed/restarted or
     stopped/continued; afterwards every node serves every acked message
-    exactly once, at its acked offset, intact, and the consumers got them all."""
+    exactly once, at its acked offset, intact, the consumers got them all, and
+    the pipeline's target holds exactly the filtered source, once each."""
     seed = int(os.environ.get("SPRAWL_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(
         f"\nchaos seed {seed} (SPRAWL_CHAOS_SEED={seed} replays the schedule and the payloads); "
