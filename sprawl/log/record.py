@@ -65,6 +65,13 @@ def check_stored(partition: int, offset: int, data: bytes, *, unchecked_ok: bool
 #: framing): its :attr:`Record.size` is its :attr:`Record.message_bytes` plus this.
 RECORD_OVERHEAD = 64
 
+#: The headers a pipeline adds to each record it derives (its origin, issue 17).
+ORIGIN_HEADERS = ("sprawl-pipeline", "sprawl-source-partition", "sprawl-source-offset")
+#: Bytes of :data:`ORIGIN_HEADERS` that ``max_message_bytes`` does not count (their
+#: largest: a 200-character pipeline name and two 20-digit numbers come to about 300),
+#: so a source message at the limit can still be derived.
+ORIGIN_ALLOWANCE = 512
+
 
 #: Bytes of memory one record in a hot tail takes beyond its message bytes
 #: and its id's characters: the Struct (13 slots), the payload's ``bytes``
@@ -209,6 +216,22 @@ class Record(msgspec.Struct, gc=False, repr_omit_defaults=True):
         """What ``max_message_bytes`` limits: payload, key and headers (names
         and values, UTF-8).  The id (at most 256 characters) is not counted."""
         return self.size - RECORD_OVERHEAD
+
+    @property
+    def limited_bytes(self) -> int:
+        """What ``max_message_bytes`` is compared with: :attr:`message_bytes` less the
+        pipeline origin headers (:data:`ORIGIN_HEADERS`, up to :data:`ORIGIN_ALLOWANCE`
+        bytes of them)."""
+        n = self.size - RECORD_OVERHEAD
+        headers = self.headers
+        if not headers:
+            return n
+        origin = 0
+        for k in ORIGIN_HEADERS:
+            v = headers.get(k)
+            if isinstance(v, str):
+                origin += text_bytes(k) + text_bytes(v)
+        return n - min(origin, ORIGIN_ALLOWANCE)
 
     def to_storage(self) -> bytes:
         """The value stored in LMDB (the key carries topic, partition and

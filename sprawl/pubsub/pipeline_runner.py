@@ -9,7 +9,7 @@ node owns the group state of -- each partition's leader in a cluster -- and acks
 batch only once its target records are published.
 
 **No loss, no duplicates.**  A crash or a leader change between the publish and the
-ack re-delivers the batch; re-publishing it writes the same derived ids
+ack re-delivers the batch (a failed publish hands it back at once: a nack); re-publishing it writes the same derived ids
 (:func:`~sprawl.pubsub.pipelines.derived_id`), which the target's dedup window drops.
 
 Each target record goes to the partition :func:`~sprawl.pubsub.pipelines.target_partition`
@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from sprawl.delivery.groups import ConsumerGroup
 from sprawl.errors import NotFound
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.pubsub.broker import Broker
 from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, target_partition
+from sprawl.topics import Topic
 
 log = Logger()
 
@@ -88,16 +90,39 @@ class PipelineRunner:
             recs.sort(key=lambda r: r.offset)
             derived, _ = self.core.step(p, recs[0].offset, recs)
             out += derived
+        ack_ids = [dv.ack_id for dv, _ in got]
         if out:
-            target = await self.broker.ensure_topic(self.spec.target)
-            links = self.broker.links
-            publish = links.publisher.publish if links.publisher is not None else self.broker.publish
-            by_target: dict[int, list[Record]] = {}
-            for r in out:
-                by_target.setdefault(target_partition(r, len(target.logs)), []).append(r)
-            for tp, recs in sorted(by_target.items()):
-                await publish(target, recs, self.acks, tp)
-        await self.broker.ack(source, g, [dv.ack_id for dv, _ in got])
+            try:
+                await self._publish(out)
+            except BaseException:
+                await self._release(source, g, ack_ids)
+                raise
+        await self.broker.ack(source, g, ack_ids)
         self.read_total += len(got)
         self.written_total += len(out)
         return len(got)
+
+    async def _publish(self, out: list[Record]) -> None:
+        """Publish the derived records, each to its :func:`target_partition`."""
+        target = await self.broker.ensure_topic(self.spec.target)
+        links = self.broker.links
+        publish = links.publisher.publish if links.publisher is not None else self.broker.publish
+        by_target: dict[int, list[Record]] = {}
+        for r in out:
+            by_target.setdefault(target_partition(r, len(target.logs)), []).append(r)
+        for tp, recs in sorted(by_target.items()):
+            await publish(target, recs, self.acks, tp)
+
+    async def _release(self, source: Topic, g: ConsumerGroup, ack_ids: list[str]) -> None:
+        """After a failed publish: hand the batch back at once (a nack without delay), so
+        the next round retries it rather than waiting out the leases (the group's ack
+        deadline, a minute).  Best effort: where the nack fails too (this node no longer
+        leads the partition), the leases still run out."""
+        try:
+            await self.broker.nack(source, g, ack_ids, 0)
+        except Exception as e:
+            log.debug(
+                "pipeline {pipeline}: releasing a failed round's leases failed: {err}",
+                pipeline=self.spec.name,
+                err=e,
+            )

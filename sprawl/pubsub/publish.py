@@ -71,9 +71,10 @@ class Publishing(MemoryBudget):
 
     @staticmethod
     def check_message_sizes(records: list[Record], max_bytes: int) -> None:
-        """413 when a message (payload, key and headers) exceeds ``max_bytes``."""
+        """413 when a message (payload, key and headers; a pipeline's origin headers
+        aside: :attr:`Record.limited_bytes`) exceeds ``max_bytes``."""
         for r in records:
-            if r.size - RECORD_OVERHEAD > max_bytes:
+            if r.size - RECORD_OVERHEAD > max_bytes and r.limited_bytes > max_bytes:
                 raise _too_large(r, max_bytes)
 
     def publish(
@@ -95,7 +96,7 @@ class Publishing(MemoryBudget):
         overhead = RECORD_OVERHEAD
         for r in records:
             size = r.size - overhead  # payload, key and headers
-            if size > max_bytes:
+            if size > max_bytes and r.limited_bytes > max_bytes:  # (a pipeline's origin aside)
                 raise _too_large(r, max_bytes)
             message_bytes += size
             if r.id is not None:

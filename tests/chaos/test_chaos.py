@@ -16,7 +16,10 @@ Raft leader) and restarted, or stopped (SIGSTOP) and continued:
   through the next one;
 * an SSE stream reads ``chaos-a`` from one node and, when that node dies,
   stalls or ends the stream, resumes on the next with ``Last-Event-ID``;
-* retention (by bytes) deletes ``chaos-c``'s oldest segments as it grows.
+* retention (by bytes) deletes ``chaos-c``'s oldest segments as it grows;
+* a pipeline (derived topic, issue 17) copies the messages of ``chaos-a`` whose
+  id ends in an even digit (about half, the message at the size limit among
+  them) to ``chaos-p``, run by each source partition's leader.
 
 **What must hold.**  No publisher, consumer or reader thread fails; every
 HTTP answer is one of those a fault explains (no answer, 429, 503); each
@@ -28,7 +31,11 @@ id (acknowledged or not, resent or not) is stored twice; ``chaos-a`` and
 of ``chaos-c`` and what is left there is checked the same way.  The group
 delivered every acknowledged ``chaos-a`` message at least once, the SSE
 stream every one of them exactly in offset order per partition, and neither
-delivered anything the final log does not hold at that offset.  Segments
+delivered anything the final log does not hold at that offset.  Once the
+pipeline's lag reads 0 on the leader of every source partition, ``chaos-p``
+holds exactly the selected messages of what ``chaos-a`` finally holds (every
+acked one and any unacked one that was stored), each once under its derived
+id, its payload intact, and nothing else -- the same on every node.  Segments
 did reach S3.
 
 **Why every acked message must survive** (the fault rule): at most ONE node
@@ -70,6 +77,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import (
     NodeCluster,
@@ -77,10 +85,12 @@ from harness import (
     first_success,
     http_json,
     key_for_partition,
+    metrics_text,
     partition_views,
     poll_until,
     scaled,
 )
+from sprawl.pubsub.pipelines import derived_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
 
@@ -122,6 +132,13 @@ FORM_BOUND = 60.0  # a restarted node is a voter and ready again
 REPLICATED_BOUND = 90.0  # after the chaos: every replica caught up
 DELIVERED_BOUND = 90.0  # after the chaos: the consumers got everything
 READ_BOUND = 120.0  # reading everything back from one node
+#: The pipeline: ``chaos-a`` -> ``chaos-p`` (its partitions), selecting the ids ending in
+#: an even digit (publishers number their messages: about half, ``p0-0`` -- the message at
+#: the size limit, always sent to ``chaos-a`` -- among them).
+PIPELINE = "chaos-pl"
+PIPELINE_TARGET = {"chaos-p": 2}
+PIPELINE_FILTER = " || ".join(f"ends_with(id, '{d}')" for d in "02468")
+PIPELINE_BOUND = 90.0  # after the chaos: the pipeline's lag is 0 on every source leader
 #: Failover bound on an idle machine, derived in test_publish_resumes_after_the_partition_leader_is_killed.
 FAILOVER_BOUND = 10.0
 
@@ -293,6 +310,8 @@ def publisher(
         if stop.is_set() or time.monotonic() > deadline:
             return
         topic = rng.choice(topics)
+        if index == seq == 0:
+            topic = CONSUMED  # the message at the size limit goes through the pipeline too
         keyed = rng.random() < 0.75
         msgs: list[dict[str, Any]] = []
         budget = BATCH_BYTES
@@ -582,6 +601,150 @@ def check_consumed(out: Consumed, logs: dict[tuple[str, int], dict[int, tuple[st
     assert not wrong, f"{out.name} delivered what the log does not hold: {len(wrong)}, first {wrong[:5]}"
 
 
+# -- the pipeline ------------------------------------------------------------------------
+
+
+def selected(mid: str) -> bool:
+    """Whether the pipeline's filter (:data:`PIPELINE_FILTER`) selects message ``mid``."""
+    return mid[-1:] in "02468"
+
+
+def declare_pipeline(cluster: NodeCluster) -> None:
+    """Create the target topic and declare the pipeline (a 503 while Raft settles is
+    sent again); wait until every node knows it."""
+    create_topics(cluster, PIPELINE_TARGET, {})
+    body = {"source": CONSUMED, "target": next(iter(PIPELINE_TARGET)), "filter": PIPELINE_FILTER}
+    answers: list[Any] = []
+
+    def put() -> bool:
+        status, answer = http_json(
+            cluster.url(cluster.names[2]) + f"/v1/pipelines/{PIPELINE}", "PUT", body, 15
+        )
+        answers.append((status, answer))
+        return status in (200, 201)
+
+    assert poll_until(put, FORM_BOUND, step=0.5) is not None, answers[-5:]
+    known = poll_until(
+        lambda: all(cluster.get(n, f"/v1/pipelines/{PIPELINE}")[0] == 200 for n in cluster.names), FORM_BOUND
+    )
+    assert known is not None, "not every node knows the pipeline"
+
+
+def pipeline_metrics(cluster: NodeCluster, node: str) -> tuple[dict[int, float], float]:
+    """``node``'s ``sprawl_pipeline_lag_messages`` of the pipeline, per source partition it
+    runs it for, and its failed rounds (``sprawl_pipeline_errors_total``)."""
+    lags: dict[int, float] = {}
+    errors = 0.0
+    try:
+        text = metrics_text(cluster.url(node), timeout=5)
+    except Exception:  # a node busy or restarting: no answer yet
+        return {}, 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.labels.get("pipeline") != PIPELINE:
+                continue
+            if s.name == "sprawl_pipeline_lag_messages":
+                lags[int(s.labels["partition"])] = s.value
+            elif s.name == "sprawl_pipeline_errors_total":
+                errors = s.value
+    return lags, errors
+
+
+def pipeline_lags(cluster: NodeCluster) -> dict[int, tuple[str | None, float | None]]:
+    """Per source partition: its leader and the pipeline's lag there (None: the leader
+    does not run the pipeline for it)."""
+    leaders = cluster.partition_leaders(CONSUMED)
+    seen: dict[str, dict[int, float]] = {}
+    out: dict[int, tuple[str | None, float | None]] = {}
+    for p in range(TOPICS[CONSUMED]):
+        leader = leaders.get(p)
+        if leader is not None and leader not in seen:
+            seen[leader] = pipeline_metrics(cluster, leader)[0]
+        out[p] = (leader, seen.get(leader or "", {}).get(p))
+    return out
+
+
+def read_target(cluster: NodeCluster, node: str) -> list[dict[str, Any]]:
+    """Every message of the pipeline's target on ``node``, every partition, as served."""
+    out: list[dict[str, Any]] = []
+    topic, parts = next(iter(PIPELINE_TARGET.items()))
+    for p in range(parts):
+        cursor: int | str = "earliest"
+        for _ in range(100_000):
+            status, body = cluster.get(
+                node, f"/v1/topics/{topic}/messages?partition={p}&from={cursor}&limit=200", timeout=30
+            )
+            assert status == 200, f"{node} {topic}/{p} from {cursor}: {status} {body}"
+            out += body["messages"]
+            nxt = body["next"]
+            if not body["messages"] and (nxt is None or nxt >= body["high_watermark"]):
+                break
+            assert nxt is not None and (cursor == "earliest" or nxt > int(cursor)), body
+            cursor = nxt
+    return out
+
+
+def check_pipeline(
+    cluster: NodeCluster, ledger: Ledger, logs: dict[tuple[str, int], dict[int, tuple[str, int]]]
+) -> None:
+    """Once the pipeline's lag is 0 on every source partition's leader: every node's
+    target holds exactly the selected messages of the final source log (every acked
+    one, any unacked one that was stored), each once, under its derived id, with its
+    payload, and nothing else."""
+    lags: dict[int, tuple[str | None, float | None]] = {}
+
+    def caught_up() -> bool:
+        lags.update(pipeline_lags(cluster))
+        return all(lag == 0 for _, lag in lags.values())
+
+    took = poll_until(caught_up, PIPELINE_BOUND, step=0.5)
+    errors = {n: pipeline_metrics(cluster, n)[1] for n in cluster.names}
+    assert took is not None, (
+        f"the pipeline's lag is not 0 within {PIPELINE_BOUND:g} s (scaled): "
+        f"(leader, lag) per source partition {lags}, failed rounds per node {errors}"
+    )
+    print(f"pipeline caught up {took:.1f} s after the checks began; failed rounds per node {errors}")
+    problems: list[str] = []
+
+    def replicated() -> bool:
+        problems[:] = cluster.replication_problems(sorted(PIPELINE_TARGET))
+        return not problems
+
+    assert poll_until(replicated, REPLICATED_BOUND, step=0.5) is not None, problems[:10]
+
+    want: dict[tuple[int, int], tuple[str, int]] = {
+        (p, o): v for (t, p), log in logs.items() if t == CONSUMED for o, v in log.items() if selected(v[0])
+    }
+    acked = {(p, o) for (t, p, o), (mid, _) in ledger.at.items() if t == CONSUMED and selected(mid)}
+    assert acked <= want.keys(), (
+        f"acked selected messages not in the final source: {sorted(acked - want.keys())[:5]}"
+    )
+    for node in cluster.names:
+        got: Counter[tuple[int, int]] = Counter()
+        wrong: list[Any] = []
+        for m in read_target(cluster, node):
+            h = m.get("headers") or {}
+            src = (int(h.get("sprawl-source-partition", -1)), int(h.get("sprawl-source-offset", -1)))
+            got[src] += 1
+            if src in want and (m["id"] != derived_id(PIPELINE, *src) or payload_crc(m) != want[src][1]):
+                wrong.append((src, m["id"], want[src][0]))
+        twice = sorted(k for k, n in got.items() if n > 1)
+        missing = sorted(want.keys() - got.keys())
+        extra = sorted(got.keys() - want.keys())
+        assert not (twice or missing or extra or wrong), (
+            f"{node}: the target {next(iter(PIPELINE_TARGET))} is not the filtered source {CONSUMED}: "
+            f"{len(missing)} selected source messages missing (acked among them: "
+            f"{len(acked.intersection(missing))}), first {[(k, want[k][0]) for k in missing[:5]]}; "
+            f"{len(twice)} written more than once, first {twice[:5]}; "
+            f"{len(extra)} not selected or not in the source, first {extra[:5]}; "
+            f"{len(wrong)} with a wrong id or payload, first {wrong[:5]}"
+        )
+    print(
+        f"pipeline: {len(want)} selected of {sum(len(v) for (t, _), v in logs.items() if t == CONSUMED)} "
+        f"source messages ({len(acked)} acked) in the target exactly once on every node"
+    )
+
+
 # -- the schedule -------------------------------------------------------------------------
 
 
@@ -645,7 +808,8 @@ def test_acked_messages_survive_kills_and_stops(
     up to the size limit, publishers resending ids, a consumer group and an
     SSE stream, retention -- one node at a time killed/restarted or
     stopped/continued; afterwards every node serves every acked message
-    exactly once, at its acked offset, intact, and the consumers got them all."""
+    exactly once, at its acked offset, intact, the consumers got them all, and
+    the pipeline's target holds exactly the filtered source, once each."""
     seed = int(os.environ.get("SPRAWL_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(
         f"\nchaos seed {seed} (SPRAWL_CHAOS_SEED={seed} replays the schedule and the payloads); "
@@ -655,6 +819,7 @@ def test_acked_messages_survive_kills_and_stops(
     args, env = tier
     cluster = cluster_factory(5, "c", *args, env=env)
     create_topics(cluster, TOPICS, {RETAINED: {"retention_bytes": RETENTION_BYTES}})
+    declare_pipeline(cluster)
     idle = idle_topics(IDLE_PARTITIONS)
     if idle:
         create_topics(cluster, idle, {})
@@ -803,6 +968,7 @@ def run_and_check(
         print(f"{name}: {n} acked messages present exactly once at their offsets, payloads intact")
     for c in (group, stream):
         check_consumed(c, logs)
+    check_pipeline(cluster, ledger, logs)
     print(f"retention: {RETAINED} starts at offsets {lows}")
     assert any(low > 0 for lo in lows.values() for low in lo), f"retention deleted nothing of {RETAINED}"
     print(f"largest acked message {ledger.largest} bytes")

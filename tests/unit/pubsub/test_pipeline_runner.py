@@ -79,3 +79,63 @@ async def test_a_round_re_run_after_a_crash_before_its_ack_writes_nothing_twice(
             break
     assert await _target(node) == [i for i in range(40) if i % 3 == 0]
     assert runner.lag() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_source_message_at_the_size_limit_is_derived(node: Node) -> None:
+    """The origin headers a pipeline adds do not count toward ``max_message_bytes``
+    (up to ``ORIGIN_ALLOWANCE``): a source message at the limit reaches the target
+    rather than failing every round (the chaos test found the pipeline stuck on one)."""
+    limit = node.config.max_message_bytes
+    src = await topic(node, "orders", partitions=1)
+    await node.broker.publish(src, [msg(b"x" * (limit - 2), key="k1", id="big")], "leader")
+    await node.broker.publish(src, [msg(b"y", key="k2", id="small")], "leader")
+    await node.broker.put_group(src, group_name("all"), {"start": "earliest", "ack_deadline_ms": 1000})
+    spec = PipelineSpec.from_body("all", {"source": "orders", "target": "copy"})
+    runner = PipelineRunner(node.broker, spec, acks="leader")
+    for _ in range(5):
+        if not await runner.step():
+            break
+    t = node.broker.get_topic("copy")
+    got = [r for p in range(len(t.logs)) for r in await read_all(node, t, p) if not r.control]
+    assert sorted(len(r.payload) for r in got) == [1, limit - 2]
+    assert all(r.headers and r.headers["sprawl-source-offset"] for r in got)
+    assert runner.lag() == 0
+
+
+def test_only_the_origin_headers_are_spared_and_only_up_to_the_allowance() -> None:
+    """``limited_bytes``: a user's own headers count in full; the origin headers count
+    beyond ``ORIGIN_ALLOWANCE`` bytes (no way around the limit)."""
+    from sprawl.log.record import ORIGIN_ALLOWANCE
+
+    plain = msg(b"p", headers={"h": "v" * 100})
+    assert plain.limited_bytes == plain.message_bytes
+    origin = msg(b"p", headers={"sprawl-pipeline": "x", "sprawl-source-offset": "7"})
+    assert origin.limited_bytes == 1
+    huge = msg(b"p", headers={"sprawl-pipeline": "x" * 5000})
+    assert huge.limited_bytes == huge.message_bytes - ORIGIN_ALLOWANCE
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_publish_hands_the_batch_back_at_once(node: Node) -> None:
+    """A round whose publish fails (the target's leader moving, say) nacks its batch:
+    the next round retries it at once instead of waiting out the leases."""
+    runner = await _setup(node, 40)
+    published = node.broker.publish
+
+    async def refuse(*a: object, **kw: object) -> None:
+        raise RuntimeError("no leader for the target partition")
+
+    node.broker.publish = refuse  # type: ignore[method-assign,assignment]
+    try:
+        await runner.step()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the round did not fail")
+    node.broker.publish = published  # type: ignore[method-assign]
+    for _ in range(50):  # (the clock stands still: no lease runs out)
+        if not await runner.step():
+            break
+    assert await _target(node) == [i for i in range(40) if i % 3 == 0]
+    assert runner.lag() == 0
