@@ -82,6 +82,17 @@ class ForecastConfig:
     warmup: int = 5
     #: A gap of more steps than this restarts the level and trend.
     max_gap: int = 30
+    #: :meth:`Series.forecast` answers None until this many whole longest
+    #: seasons have passed since the series' first sample (0: from ``warmup``
+    #: on; before a full season the forecast is level and trend only).
+    #: Anomaly detection (:meth:`Series.expect`) is not affected.
+    first_seasons: int = 0
+    #: A seasonal bucket counts in :meth:`Series.forecast` only once its
+    #: time of the season has passed at least this many times since the
+    #: series' first sample (2: a recurring pattern, not a one-off learnt
+    #: into the season once).  The model learns every bucket regardless;
+    #: :meth:`Series.expect` uses every learnt bucket.
+    recur: int = 1
 
     def __post_init__(self) -> None:
         if (
@@ -97,6 +108,8 @@ class ForecastConfig:
             raise ValueError("need 0 < phi <= 1, z > 0, clip > 0, noise_floor >= 0")
         if self.warmup < 1 or self.max_gap < 1:
             raise ValueError("need warmup >= 1 and max_gap >= 1")
+        if self.first_seasons < 0 or self.recur < 1:
+            raise ValueError("need first_seasons >= 0 and recur >= 1")
 
 
 class Band(NamedTuple):
@@ -136,6 +149,7 @@ class Series:
         "_sum",
         "base",
         "config",
+        "first",
         "level",
         "sample_var",
         "samples",
@@ -164,6 +178,8 @@ class Series:
         self.samples = 0
         #: Index (``floor(t / bucket)``) of the open step; None before the first sample.
         self.step: int | None = None
+        #: Index of the step of the first sample (the seasons' age is counted from it).
+        self.first: int | None = None
         self._sum = 0.0
         self._n = 0
         #: The open step had a sample not to learn the seasons from.
@@ -178,19 +194,37 @@ class Series:
         """Whether the series has seen ``warmup`` steps and forecasts."""
         return self.level is not None and self.steps_seen >= self.config.warmup
 
-    def _season(self, k: int) -> float:
+    def _season(self, k: int, recur: int = 1) -> float:
+        """The seasonal term of step ``k``: every learnt bucket, or with
+        ``recur`` > 1 only those whose time has passed ``recur`` times."""
         s = 0.0
         for arr in self.seasons:
             v = arr[k % len(arr)]
-            if v == v:  # not NaN: seen
+            if v == v and (recur <= 1 or self._passed(k, len(arr)) >= recur):  # not NaN: seen
                 s += v
         return s
 
-    def _point(self, h: int) -> float:
+    def _passed(self, k: int, m: int) -> int:
+        """How many times step ``k``'s time of an ``m``-step season has passed
+        from the first step up to the last closed one."""
+        if self.first is None or self.step is None:
+            return 0
+        last = self.step - 1 if self._n else self.step
+        s0 = last - (last - k) % m  # the latest step <= last with s0 = k (mod m)
+        return 0 if s0 < self.first else (s0 - self.first) // m + 1
+
+    def seasons_passed(self) -> int:
+        """Whole longest seasons passed since the first sample (0 without seasons)."""
+        if self.first is None or self.step is None or not self.seasons:
+            return 0
+        last = self.step - 1 if self._n else self.step
+        return (last - self.first + 1) // max(len(a) for a in self.seasons)
+
+    def _point(self, h: int, recur: int = 1) -> float:
         """Forecast ``h >= 1`` steps past the last closed step."""
         assert self.level is not None and self.step is not None
         last = self.step - 1 if self._n else self.step
-        return self.level + _phi_sum(self.config.phi, h) * self.trend + self._season(last + h)
+        return self.level + _phi_sum(self.config.phi, h) * self.trend + self._season(last + h, recur)
 
     def _spread(self, h: int) -> float:
         """sigma_h / sigma for ``h`` steps ahead."""
@@ -200,21 +234,24 @@ class Series:
     def _sigma(self, var: float) -> float:
         return max(math.sqrt(var), self.config.noise_floor)
 
-    def _band(self, t: float, var: float) -> Band | None:
+    def _band(self, t: float, var: float, recur: int = 1) -> Band | None:
         """The forecast for ``t`` with an interval from the variance ``var``."""
         if not self.ready or self.step is None:
             return None
         c = self.config
         last = self.step - 1 if self._n else self.step
         h = max(1, math.floor(t / c.bucket) - last)
-        point = self._point(h)
+        point = self._point(h, recur)
         half = c.z * self._sigma(var) * self._spread(h)
         return Band(max(0.0, point), max(0.0, point - half), max(0.0, point + half))
 
     def forecast(self, t: float) -> Band | None:
         """The forecast for time ``t`` (at or after the last sample), or None
-        before ``warmup`` steps were seen."""
-        return self._band(t, self.var)
+        before ``warmup`` steps (and ``first_seasons`` whole seasons) were seen;
+        seasonal buckets count from ``recur`` passes on."""
+        if self.seasons_passed() < self.config.first_seasons:
+            return None
+        return self._band(t, self.var, self.config.recur)
 
     def expect(self, t: float) -> Band | None:
         """What a single *sample* at ``t`` should be: the forecast of its step
@@ -243,7 +280,7 @@ class Series:
             self.sample_var = (1 - w) * self.sample_var + w * min(err * err, self._clip_sq(self.sample_var))
             self.samples += 1
         if self.step is None:
-            self.step = k
+            self.step = self.first = k
         elif k > self.step:
             if self._n:
                 self._close(self._sum / self._n)

@@ -76,6 +76,8 @@ class SimConfig:
     horizon: float = 900.0
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     mape_floor: float = 5.0
+    #: ``TrafficForecaster(hold_seasons=...)`` of the predictive run.
+    hold_seasons: bool = False
 
 
 @dataclass
@@ -123,7 +125,11 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     gossiped: dict[str, list[object]] = {n: [] for n in nodes}
     gossiped_led: dict[str, frozenset[PartKey]] = {n: frozenset() for n in nodes}
     balancer = Balancer(c.balance)
-    fc = TrafficForecaster(trace.forecast, horizon=c.horizon) if predictive else None
+    fc = (
+        TrafficForecaster(trace.forecast, horizon=c.horizon, hold_seasons=c.hold_seasons)
+        if predictive
+        else None
+    )
     res = Result(trace.name, "predictive" if predictive else "reactive", trace.seconds)
     pending: dict[int, dict[PartKey, float]] = {}
     abs_err = 0.0

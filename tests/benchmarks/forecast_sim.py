@@ -1,6 +1,7 @@
 """Reactive against predictive balancing on the same traces: the table of docs/benchmarks.md.
 
     PYTHONPATH=tests python -m benchmarks.forecast_sim [--quick] [--trace FILE]
+        [--first-seasons N] [--recur N] [--hold-seasons]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -9,11 +10,16 @@ each) -- and the trace recorded from a real 3-node cluster by
 ``tests/benchmarks/forecast_record.py`` (``tests/data/forecast_trace.csv``:
 a "day" compressed into 300 s, so the forecaster runs 10 s steps and looks
 60 s ahead there).  ``--quick`` runs the hourly and recorded traces only.
+``--first-seasons``, ``--recur`` and ``--hold-seasons`` run the predictive
+balancer with those forecaster settings (``ForecastConfig.first_seasons``,
+``ForecastConfig.recur``, ``TrafficForecaster(hold_seasons=True)``; all off
+by default), the variants measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -46,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="hourly and recorded traces only")
     ap.add_argument("--trace", type=Path, default=TRACE, help="recorded trace (CSV)")
+    ap.add_argument("--first-seasons", type=int, default=0, help="forecast only after N whole seasons")
+    ap.add_argument("--recur", type=int, default=1, help="a seasonal bucket counts once passed N times")
+    ap.add_argument("--hold-seasons", action="store_true", help="seasons do not learn during an anomaly")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
     for tr, cfg in runs(a.quick, a.trace):
+        tr = dataclasses.replace(
+            tr, forecast=dataclasses.replace(tr.forecast, first_seasons=a.first_seasons, recur=a.recur)
+        )
+        cfg = dataclasses.replace(cfg, hold_seasons=a.hold_seasons)
         t0 = time.monotonic()
         rows += compare([tr], cfg)
         print(f"{tr.name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)

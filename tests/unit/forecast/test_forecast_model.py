@@ -147,3 +147,54 @@ def test_a_step_marked_not_seasonal_does_not_teach_the_seasons() -> None:
     assert a is not None and b is not None
     assert a.point > 2 * wave(at)  # the ghost
     assert b.point == pytest.approx(wave(at), rel=0.25)
+
+
+def test_first_seasons_withholds_the_forecast_until_a_whole_season_passed() -> None:
+    """``first_seasons=1``: no forecast during the first season (anomaly
+    detection's ``expect`` still answers), one as soon as a season has passed."""
+    s = Series(ForecastConfig(bucket=60.0, seasons=(60,), first_seasons=1))
+    feed(s, wave, 0, 3540.0)  # 59 steps: the season is not complete
+    assert s.seasons_passed() == 0
+    assert s.forecast(3600.0) is None
+    assert s.expect(3540.0) is not None
+    feed(s, wave, 3540.0, 3605.0)  # the 60th step closes
+    assert s.seasons_passed() == 1
+    assert s.forecast(3700.0) is not None
+
+
+def test_recur_drops_a_bucket_learnt_in_one_season_only() -> None:
+    """``recur=2``: a surge learnt into the season in the first hour is not
+    forecast a season later (its time has passed once), nor is the rest of the
+    season: the forecast is level and trend; a season later still, the wave
+    (passed twice) is forecast again; ``recur=1`` forecasts the ghost."""
+
+    def surge(t: float) -> float:
+        return 4.0 * wave(t) if 1200.0 <= t < 2100.0 else wave(t)
+
+    once, twice = Series(HOURLY_CFG), Series(ForecastConfig(bucket=60.0, seasons=(60,), recur=2))
+    for s in (once, twice):
+        feed(s, surge, 0.0, 3600.0 + 1000.0)
+    at = 3600.0 + 1500.0  # the surge's minute, one season later
+    a, b = once.forecast(at), twice.forecast(at)
+    assert a is not None and b is not None
+    assert a.point > 2 * wave(at)  # the ghost
+    assert b.point < 1.5 * wave(at)
+    # level and trend only: the same for every minute ahead with phi's damping aside
+    b2 = twice.forecast(3600.0 + 1100.0)
+    assert b2 is not None and abs(b.point - b2.point) < 10.0
+    # two whole seasons passed: every bucket counts again, as with recur=1
+    for s in (once, twice):
+        feed(s, wave, 3600.0 + 1000.0, 2 * 3600.0 + 300.0)
+    at = 2 * 3600.0 + 900.0
+    assert twice.forecast(at) == once.forecast(at)
+
+
+def test_passed_counts_the_times_a_time_of_season_went_by() -> None:
+    """The count behind ``recur``: from the first step up to the last closed one."""
+    s = Series(ForecastConfig(bucket=60.0, seasons=(10,)))
+    for k in range(3, 26):  # steps 3..25 sampled; 24 closed (25 open)
+        s.observe(k * 60.0, 1.0)
+    assert s._passed(26, 10) == 2  # steps 6 and 16 (26 not yet)
+    assert s._passed(24, 10) == 3  # 4, 14, 24
+    assert s._passed(32, 10) == 2  # 12, 22 (2 before the first step)
+    assert s.seasons_passed() == 2
