@@ -337,7 +337,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The issue's table, one row per topic count."""
     out = [
         "| nodes | topics | replicas/node | create ms | describe ms | list ms (page of 100) | delete ms "
-        "| idle CPU % (max node) | RSS MB | KB/replica | failover s | restart s | load avg | 503s retried |",
+        "| idle CPU % (max node) | RSS MB | KB/replica | failover s | restart s | load avg | 503s retried (so far) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
