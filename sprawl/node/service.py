@@ -169,7 +169,7 @@ class NodeService(service.Service):
     def startService(self) -> None:
         """Open storage, recover, listen.  Failure to listen stops the process."""
         super().startService()
-        d = defer.ensureDeferred(self._start())
+        d = defer.ensureDeferred(self._start_uncollected())
 
         def failed(f: Failure) -> None:
             import lmdb
@@ -198,6 +198,14 @@ class NodeService(service.Service):
                 self.reactor.callWhenRunning(self.reactor.stop)
 
         d.addErrback(failed)
+
+    async def _start_uncollected(self) -> None:
+        """:meth:`_start` with the garbage collector's automatic runs paused
+        (it ends with one collection; see :mod:`sprawl.node.collector`)."""
+        from sprawl.node.collector import collector_paused
+
+        with collector_paused():
+            await self._start()
 
     async def _start(self) -> None:
         from sprawl.http.api import NodeInfo, SprawlAPI

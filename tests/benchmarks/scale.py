@@ -28,7 +28,15 @@ At the largest count it then measures:
   succeeds; the node is restarted after;
 * **restart**: ``kill -9`` of a node, started again on its data dir, the time
   until its ``/readyz`` answers 200 and it serves a publish to a partition it
-  holds.
+  holds (the median of ``--restarts`` tries; ``--restart-each``: at every
+  count, not only the largest).
+
+A 503 (``no_leader`` while Raft elects, a proposal that timed out) is sent
+again for up to 30 s, waiting its ``Retry-After`` or a backoff doubling from
+0.1 to 2 s (:func:`send_retrying`); the retries and the seconds waited are
+counted in each row (``retried``, ``retry_wait_s``; the table's last column).
+The table's ``load avg`` is the 1-minute load average when the row was
+measured (the machine is shared: read the times beside it).
 
 Prints a Markdown table per cluster size; ``--plot DIR`` draws the curves as
 PNG files there (needs matplotlib: ``pip install .[bench]``), ``--json`` saves
@@ -44,8 +52,10 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +71,18 @@ class Conn:
         self.port = port
         self.timeout = timeout
         self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.retry_after: float | None = None
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        """One request; (status, body)."""
+        """One request; (status, body).  A ``Retry-After`` of the answer (seconds)
+        is kept in :attr:`retry_after` (None without one)."""
         data = json.dumps(body).encode() if body is not None else None
+        self.retry_after = None
         for attempt in range(2):
             try:
                 self.c.request(method, path, body=data, headers=JSON if data is not None else {})
                 r = self.c.getresponse()
+                self.retry_after = retry_after_seconds(r.getheader("retry-after"))
                 return r.status, r.read()
             except (OSError, http.client.HTTPException):
                 self.c.close()
@@ -92,25 +106,72 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (None when absent or not a number
+    of seconds: the HTTP-date form is not used by Sprawl)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 #: Requests answered 503 and sent again (a proposal that timed out may still apply;
 #: PUT and DELETE of a topic are safe to repeat), by method.
 RETRIED: dict[str, int] = {}
+#: Seconds spent waiting between those tries, by method.
+RETRY_WAIT: dict[str, float] = {}
+
+#: A 503 is sent again for up to this many seconds (a Raft election under load takes a few).
+RETRY_FOR = 30.0
+#: The first wait after a 503 and the longest (doubling in between), seconds.
+RETRY_FIRST, RETRY_MOST = 0.1, 2.0
+
+
+def send_retrying(
+    send: Callable[[], tuple[int, bytes, float | None]],
+    label: str,
+    retry_for: float = RETRY_FOR,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.monotonic,
+) -> tuple[int, bytes]:
+    """``send()`` (status, body, Retry-After seconds or None) until it is not
+    a 503 or ``retry_for`` seconds have passed; between tries it waits the
+    answer's Retry-After, else a backoff doubling from :data:`RETRY_FIRST`
+    to :data:`RETRY_MOST` -- never past the deadline.  Each retry is counted
+    in :data:`RETRIED` and its wait in :data:`RETRY_WAIT` under ``label``;
+    the last answer is returned."""
+    deadline = now() + retry_for
+    backoff = RETRY_FIRST
+    while True:
+        status, text, after = send()
+        left = deadline - now()
+        if status != 503 or left <= 0:
+            return status, text
+        wait = min(after if after is not None else backoff, left)
+        backoff = min(backoff * 2, RETRY_MOST)
+        RETRIED[label] = RETRIED.get(label, 0) + 1
+        RETRY_WAIT[label] = RETRY_WAIT.get(label, 0.0) + wait
+        print(f"{label}: 503 {text[:200]!r}; again in {wait:.1f}s", flush=True)
+        sleep(wait)
 
 
 def timed(
     conn: Conn, method: str, paths: list[str], body: Any = None, ok: tuple[int, ...] = (200, 201)
 ) -> float:
-    """Mean ms per request of ``paths`` (a 503 is sent again, at most 5 times,
-    and counted in :data:`RETRIED`); raises on an unexpected status."""
+    """Mean ms per request of ``paths`` (a 503 is sent again with a bounded
+    backoff, :func:`send_retrying`, and counted in :data:`RETRIED`); raises on
+    an unexpected status."""
     t0 = time.perf_counter()
-    for p in paths:
-        status, text = 0, b""
-        for _ in range(6):
+
+    def sender(p: str) -> Callable[[], tuple[int, bytes, float | None]]:
+        def send() -> tuple[int, bytes, float | None]:
             status, text = conn.call(method, p, body)
-            if status != 503:
-                break
-            RETRIED[method] = RETRIED.get(method, 0) + 1
-            print(f"{method} {p}: 503 {text[:200]!r}; again", flush=True)
+            return status, text, conn.retry_after
+
+        return send
+
+    for p in paths:
+        status, text = send_retrying(sender(p), method)
         if status not in ok and not (method == "DELETE" and status == 404 and RETRIED.get(method)):
             raise SystemExit(f"{method} {p}: {status} {text[:300]!r}")
     return (time.perf_counter() - t0) / max(len(paths), 1) * 1000
@@ -190,6 +251,20 @@ def restart(cluster: NodeCluster, bound: float) -> float:
     return time.monotonic() - t0
 
 
+def restarts(cluster: NodeCluster, row: dict[str, Any], a: argparse.Namespace) -> None:
+    """``--restarts`` restarts (:func:`restart`) into ``row``: the median
+    seconds, each try's, and the load average beside them."""
+    took = []
+    for _ in range(a.restarts):
+        took.append(restart(cluster, a.bound))
+        poll_until(lambda: cluster.formed(), a.bound)
+        time.sleep(a.settle)
+    row["restart_s"] = statistics.median(took)
+    row["restart_each_s"] = [round(t, 2) for t in took]
+    row["restart_load"] = os.getloadavg()[0]
+    print(json.dumps({"topics": row["topics"], "restart_s": took, "load": row["restart_load"]}), flush=True)
+
+
 def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every figure for one cluster size."""
     rf = min(3, nodes)
@@ -234,16 +309,20 @@ def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[
                 "idle_cpu_nodes": cpu,
                 "rss_mb": max(rss.values()) / 1024,
                 "kb_per_replica": kb,
+                "load": os.getloadavg()[0],
                 "retried": dict(RETRIED),
+                "retry_wait_s": {k: round(v, 1) for k, v in RETRY_WAIT.items()},
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if a.restart_each and count != counts[-1]:
+                restarts(cluster, row, a)
         top = rows[-1]
         if nodes > 1:
             top["failover_s"], top["failover_partitions"] = failover(cluster, a.bound)
             poll_until(lambda: cluster.formed(), a.bound)
             time.sleep(a.settle)
-        top["restart_s"] = restart(cluster, a.bound)
+        restarts(cluster, top, a)
         print(json.dumps(top), flush=True)
     finally:
         cluster.close()
@@ -258,16 +337,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The issue's table, one row per topic count."""
     out = [
         "| nodes | topics | replicas/node | create ms | describe ms | list ms (page of 100) | delete ms "
-        "| idle CPU % (max node) | RSS MB | KB/replica | failover s | restart s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| idle CPU % (max node) | RSS MB | KB/replica | failover s | restart s | load avg | 503s retried (so far) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fo = f"{r['failover_s']:.1f} ({r['failover_partitions']} partitions)" if "failover_s" in r else "-"
         rs = f"{r['restart_s']:.1f}" if "restart_s" in r else "-"
+        if "restart_load" in r:
+            rs += f" (load {r['restart_load']:.1f})"
+        retried = sum(r.get("retried", {}).values())
         out.append(
             f"| {r['nodes']} | {r['topics']:,} | {r['replicas_per_node']:,} | {r['create_ms']:.1f} "
             f"| {r['describe_ms']:.1f} | {r['list_ms']:.1f} | {r['delete_ms']:.1f} | {r['idle_cpu']:.1f} "
-            f"| {r['rss_mb']:.0f} | {r['kb_per_replica']:.1f} | {fo} | {rs} |"
+            f"| {r['rss_mb']:.0f} | {r['kb_per_replica']:.1f} | {fo} | {rs} | {r.get('load', 0):.1f} | {retried} |"
         )
     return "\n".join(out)
 
@@ -319,6 +401,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="save the figures to this file")
     ap.add_argument("--data-dir", type=Path, help="where the nodes' data dirs go (default: the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
+    ap.add_argument("--restarts", type=int, default=1, help="restarts measured (their median is the figure)")
+    ap.add_argument(
+        "--restart-each",
+        action="store_true",
+        help="measure the restart at every topic count, not only the last",
+    )
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     counts = [int(x) for x in a.topics.split(",")]
