@@ -1,7 +1,7 @@
 """A deleted topic leaves nothing behind: its labelled counters go from
 ``/metrics`` and the traffic forecaster drops its series, so a node that
 creates and deletes topics all day holds no more memory than one that does
-not (the memory soak's drift, docs/benchmarks.md: ~8 KB per deleted topic
+not (the memory soak's drift, docs/benchmarks.md: 7-16 KB per deleted topic
 before, the forecaster's series of every topic ever created -- fed from the
 counters, which were never removed -- and the counters themselves)."""
 
@@ -25,7 +25,7 @@ from sprawl.node.binding import make_traffic_feed
 #: Topics created, published to, read and deleted while the memory is measured.
 CYCLES = 60
 #: What one such cycle may leave behind on average (transient noise: LMDB's
-#: pending writes, a deferred or two); it was ~8 KB before.
+#: pending writes, a deferred or two); it was 16 KB before.
 PER_TOPIC_LIMIT = 600
 
 
