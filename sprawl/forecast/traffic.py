@@ -162,6 +162,9 @@ class TrafficForecaster:
         the previous call becomes a sample of ``topic_key(topic, kind)``.  A
         counter that went backwards (a restart) starts again."""
         events: list[Anomaly] = []
+        gone = {k[1] for k in self._counters if k[2] == kind and k[1] not in totals}
+        for topic in gone:
+            self.forget_topic(topic)
         for topic, total in sorted(totals.items()):
             key = topic_key(topic, kind)
             prev = self._counters.get(key)
@@ -172,6 +175,16 @@ class TrafficForecaster:
         if len(self._counters) > 4 * self.max_series:
             self._counters = {k: v for k, v in self._counters.items() if k in self._series}
         return events
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop every series of ``topic`` (its partitions' and its own) and its
+        counters: a counter that vanished (:meth:`observe_counters`) is a
+        deleted topic's, and a node that churns topics would otherwise fill
+        ``max_series`` with the dead ones (~6.3 KB each)."""
+        for key in [k for k in self._series if k[0] in (PARTITION, TOPIC) and k[1] == topic]:
+            del self._series[key]
+        for key in [k for k in self._counters if k[1] == topic]:
+            del self._counters[key]
 
     # -- reading ---------------------------------------------------------------------
 

@@ -214,6 +214,24 @@ class NodeMetrics:
         """Count dead-lettered messages."""
         self.dead_lettered_messages.labels(topic, group).inc(n)
 
+    def forget_topic(self, topic: str) -> None:
+        """Drop a deleted topic's labelled counters: without this every topic
+        ever created on the node kept its series (and their memory) in
+        ``/metrics``, the dashboard and the traffic forecaster's feed for the
+        node's life -- the memory soak's drift (docs/benchmarks.md)."""
+        for counter in (
+            self.published_messages,
+            self.published_bytes,
+            self.delivered_messages,
+            self.delivered_bytes,
+            self.dead_lettered_messages,
+        ):
+            for family in counter.collect():
+                for labels in {
+                    tuple(s.labels.values()) for s in family.samples if s.labels.get("topic") == topic
+                }:
+                    counter.remove(*labels)
+
     def render(self) -> bytes:
         """Prometheus text exposition format 0.0.4."""
         return generate_latest(self.registry)

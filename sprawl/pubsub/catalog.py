@@ -234,6 +234,8 @@ class Catalog(Publishing):
         t = self.get_topic(name)
         del self.topics[name]
         t.deleted = True
+        if self.metrics is not None:
+            self.metrics.forget_topic(name)
         uid = t.config.uid
         # The shared objects this node's logs name, and its own legacy ones.
         # Every replica deletes what it knows of: a DELETE of an object

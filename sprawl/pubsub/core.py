@@ -221,20 +221,21 @@ class BrokerCore:
                 self.notify(name, p)
             waiters = self._stored_waiters.get((name, p))
             if waiters:
-                keep = []
-                for off, w in waiters:
-                    if off < lg.stored_end:
-                        w.callback(None)
-                    else:
-                        keep.append((off, w))
-                self._stored_waiters[(name, p)] = keep
+                # The list is settled before any waiter fires: a waiter's
+                # callbacks run synchronously and may wait again (a waiter
+                # appended meanwhile was lost) or delete the topic (which
+                # fails the waiters still listed: one fired already).
+                done = [w for off, w in waiters if off < lg.stored_end]
+                self._stored_waiters[(name, p)] = [(off, w) for off, w in waiters if off >= lg.stored_end]
+                for w in done:
+                    w.callback(None)
 
     def _commit_failed(self, f: Failure, name: str, partitions: list[int]) -> None:
         err = Unavailable(f"storage failed: {f.value}", code="storage_failed")
         for key, waiters in list(self._stored_waiters.items()):
+            self._stored_waiters[key] = []  # settled before any fires (see _committed)
             for _off, w in waiters:
                 w.errback(err)
-            self._stored_waiters[key] = []
 
     def _storage_error(self, f: Failure) -> Any:
         if f.check(Unavailable, NotFound):
