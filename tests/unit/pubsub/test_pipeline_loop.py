@@ -17,9 +17,9 @@ import pytest_twisted
 from prometheus_client import CollectorRegistry, generate_latest
 from test_broker import T0, Node, msg, topic
 from test_pipeline_runner import _target
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 
+from harness.reactor import the_reactor
 from sprawl.cluster.pipeline_loop import PipelineCollector, PipelineLoop
 from sprawl.pubsub.links import ClusterLinks
 from sprawl.pubsub.pipeline_runner import PipelineRunner
@@ -68,7 +68,7 @@ async def _setup(n: Node, leads: set[int], count: int = 30) -> tuple[_Leads, dic
     declared = {"big": dict(DEFINITION)}
     # The real reactor as the loop's clock: its reactor turns between rounds are real
     # ones; passes are driven by calling sync() (no timer is started).
-    loop = PipelineLoop(n.broker, lambda: declared, reactor, wait_ms=0, batch=4)  # type: ignore[arg-type]
+    loop = PipelineLoop(n.broker, lambda: declared, the_reactor(), wait_ms=0, batch=4)  # type: ignore[arg-type]
     return owner, declared, loop
 
 
