@@ -59,6 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.plots import panel_curves
 from harness import NodeCluster, poll_until
 
 JSON = {"content-type": "application/json"}
@@ -357,13 +358,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
     """Curves against the topic count, one line per cluster size: ms per
     operation, idle CPU, KB per replica."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = sorted({r["nodes"] for r in rows})
     panels = [
         ("create_ms", "ms per topic create"),
         ("describe_ms", "ms per topic describe"),
@@ -371,21 +365,14 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         ("idle_cpu", "idle CPU, % of a core (busiest node)"),
         ("kb_per_replica", "memory per partition replica, KB"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for n in sizes:
-            pts = [(r["topics"], r[key]) for r in rows if r["nodes"] == n]
-            ax.plot(
-                [p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} node(s), RF {min(3, n)}"
-            )
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("single-partition topics")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "scale.png", dpi=110)
-    plt.close(fig)
+    panel_curves(
+        rows,
+        panels,
+        out / "scale.png",
+        x="topics",
+        xlabel="single-partition topics",
+        label=lambda n: f"{n} node(s), RF {min(3, n)}",
+    )
 
 
 def main() -> None:

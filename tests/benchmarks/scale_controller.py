@@ -40,6 +40,7 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 
+from benchmarks.plots import panel_curves
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.placement import replicas as rendezvous
@@ -178,31 +179,20 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
     """Step time against partitions, one line per node count, one panel per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
     panels = [
         ("first_ms", "first step (a new controller), ms"),
         ("idle_ms", "idle step, ms (median)"),
         ("failover_ms", "step that fails a dead node over, ms"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for n in sorted({r["nodes"] for r in rows}):
-            pts = sorted((r["partitions"], r[key]) for r in rows if r["nodes"] == n)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} nodes")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("partitions (RF 3)")
-        ax.set_xscale("log")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "scale_controller.png", dpi=110)
-    plt.close(fig)
+    panel_curves(
+        rows,
+        panels,
+        out / "scale_controller.png",
+        x="partitions",
+        xlabel="partitions (RF 3)",
+        label=lambda n: f"{n} nodes",
+        log_x=True,
+    )
 
 
 def main() -> None:
