@@ -1,10 +1,10 @@
 """The HTTP API in process through ``treq.testing.StubTreq``: :class:`Node`, :class:`Http` and the
-``node`` fixture the HTTP-level tests share (see tests/unit/http/test_http_api.py)."""
+``node`` and ``nodes`` fixtures the HTTP-level tests share (see tests/unit/http/test_http_api.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,22 @@ async def node(tmp_path: Path, logged_failures: list[dict[str, Any]]) -> AsyncIt
     finally:
         await n.close()
     assert not logged_failures, [formatEvent(e) + str(e.get("log_failure", "")) for e in logged_failures]
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
+    """A factory of in-process nodes with the given options (``NodeConfig`` fields), each in
+    its own directory; every one is closed afterwards."""
+    opened: list[Node] = []
+
+    def make(**config: Any) -> Node:
+        n = Node(tmp_path / str(len(opened)), **config)
+        opened.append(n)
+        return n
+
+    yield make
+    for n in opened:
+        await n.close()
 
 
 def assert_error(r: Reply, status: int, code: str) -> None:

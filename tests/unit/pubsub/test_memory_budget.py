@@ -6,7 +6,7 @@ passes its baseline plus 1.3x the budget."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.inproc_http import Node
+from harness.inproc_http import nodes as nodes
 from sprawl.log.record import Record
 from sprawl.pubsub.memory_report import MemoryCollector, memory_status, process_memory
 
@@ -24,21 +25,6 @@ MB = 1000**2
 def _records(n: int, size: int, ids: str | None = None) -> list[Record]:
     """``n`` new messages of ``size`` bytes, with client ids ``{ids}-{i}`` when ``ids`` is given."""
     return [Record(-1, 0, 0, f"{ids}-{i}" if ids else None, None, None, b"x" * size, True) for i in range(n)]
-
-
-@pytest_twisted.async_yield_fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
-    """In-process nodes with the given options; every one is closed afterwards."""
-    opened: list[Node] = []
-
-    def make(**config: Any) -> Node:
-        n = Node(tmp_path / str(len(opened)), **config)
-        opened.append(n)
-        return n
-
-    yield make
-    for n in opened:
-        await n.close()
 
 
 def test_process_memory_reads_proc_status(tmp_path: Path) -> None:

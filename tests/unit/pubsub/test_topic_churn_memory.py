@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.inproc_http import Node
+from harness.inproc_http import nodes as nodes
 from sprawl.forecast.feed import PUBLISHED, TrafficFeed
 from sprawl.forecast.traffic import TOPIC, topic_key
 from sprawl.log.record import Record
@@ -27,21 +26,6 @@ CYCLES = 60
 #: What one such cycle may leave behind on average (transient noise: LMDB's
 #: pending writes, a deferred or two); it was 16 KB before.
 PER_TOPIC_LIMIT = 600
-
-
-@pytest_twisted.async_yield_fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
-    """In-process nodes with the given options; every one is closed afterwards."""
-    opened: list[Node] = []
-
-    def make(**config: Any) -> Node:
-        n = Node(tmp_path / str(len(opened)), **config)
-        opened.append(n)
-        return n
-
-    yield make
-    for n in opened:
-        await n.close()
 
 
 def _topics_in_metrics(n: Node) -> set[str]:
