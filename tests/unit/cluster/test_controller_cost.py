@@ -78,6 +78,22 @@ def _confirm_all(plane: DataPlane) -> None:
         c.receive(c.leader, LeaderBeat(c.epoch, 0, 0))
 
 
+def _b_dies(plane: DataPlane, states: dict[str, str], clock: task.Clock) -> int:
+    """The controller settles (its first step, every leader confirmed, a
+    step after), then node b dies by gossip and the next step notices it;
+    the partitions that step looked at."""
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    clock.advance(0.1)
+    ctl.tick()
+    states["b"] = "dead"
+    before = ctl.visits
+    clock.advance(0.1)
+    ctl.tick()
+    return ctl.visits - before
+
+
 def _idle_step_visits(partitions: int) -> tuple[int, int]:
     """(partitions looked at by the first step, by each later idle step)."""
     plane, _, clock = _plane(partitions)
@@ -109,18 +125,10 @@ def test_a_dead_nodes_leaderships_all_fail_over_in_one_step() -> None:
     """Node b dies (by gossip): the next step fences every partition b leads
     -- a third of 10,000 -- and looks only at the partitions b holds."""
     plane, states, clock = _plane(10_000)
-    ctl = plane.controller
-    ctl.tick()
-    _confirm_all(plane)
-    clock.advance(0.1)
-    ctl.tick()
-    states["b"] = "dead"
-    before = ctl.visits
-    clock.advance(0.1)
-    ctl.tick()
+    visits = _b_dies(plane, states, clock)
     led_by_b = [k for k, c in plane.service.controllers.items() if c.fencing is not None]
     assert len(led_by_b) == sum(1 for i in range(10_000) if i % 3 == 1)
-    assert ctl.visits - before <= 10_000
+    assert visits <= 10_000
 
 
 def test_a_silent_node_fails_over_without_gossip() -> None:
@@ -153,16 +161,8 @@ def _fail_over_b(partitions: int, batch: bool) -> tuple[DataPlane, list[dict[str
     plane, states, clock = _plane(partitions, propose=propose, leader="b")
     meta_box.append(plane.control.metadata)
     plane.controller.batch_commits = lambda: batch
-    ctl = plane.controller
-    ctl.tick()
-    _confirm_all(plane)
-    clock.advance(0.1)
-    ctl.tick()
-    states["b"] = "dead"
-    visits = ctl.visits
-    clock.advance(0.1)
-    ctl.tick()  # the one step that fences all of b's partitions
-    assert ctl.visits - visits == partitions
+    # The one step that notices b dead fences all of b's partitions.
+    assert _b_dies(plane, states, clock) == partitions
     for key, c in plane.service.controllers.items():
         assert c.fencing is not None
         for node in ("a", "c"):
