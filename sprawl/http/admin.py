@@ -13,7 +13,7 @@ from twisted.web.server import Request
 from sprawl.errors import BadRequest, NotFound, SprawlError
 from sprawl.http import dashboard as dashboard_ui
 from sprawl.http.codec import arg, json_body, linearizable, render_error
-from sprawl.http.status import NodeStatus
+from sprawl.http.status import NodeStatus, require_feature
 from sprawl.interfaces import Clock, MetadataControl, TrafficView
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
@@ -71,15 +71,7 @@ class AdminRoutes:
                 code="not_clustered",
                 status=409,
             )
-        features = self.status.info.features() if self.status.info.features is not None else None
-        if features is not None and "drain" not in features.get("enabled", ()):
-            lacking = ", ".join(features.get("pending", {}).get("drain", [])) or "some node"
-            raise SprawlError(
-                f"drain is not on in this cluster yet: {lacking} runs a release without it (a node of an "
-                "older release could not apply the change); upgrade every node first",
-                code="feature_not_enabled",
-                status=409,
-            )
+        require_feature(self.status.info, "drain", "drain")
 
         def answer(result: dict[str, Any]) -> dict[str, Any]:
             err = result.get("error")

@@ -20,7 +20,7 @@ from twisted.web.server import Request
 
 from sprawl.errors import BadRequest, NotFound, SprawlError
 from sprawl.http.codec import json_body, linearizable
-from sprawl.http.status import NodeInfo
+from sprawl.http.status import NodeInfo, require_feature
 from sprawl.interfaces import MetadataControl, RaftStatus
 from sprawl.pubsub import Broker
 from sprawl.pubsub.names import check_topic_name
@@ -36,20 +36,6 @@ GROUP_CONFIG = {"start": "earliest", "ack_deadline_ms": 60_000}
 def group_of(name: str) -> str:
     """The consumer group holding a pipeline's position (as the runner names it)."""
     return f"pipeline.{name}"
-
-
-def require_feature(info: NodeInfo, feature: str, what: str) -> None:
-    """409 ``feature_not_enabled`` unless every node of the cluster has ``feature``
-    (see :mod:`sprawl.cluster.features`); ``what`` names the refused change."""
-    features = info.features() if info.features is not None else None
-    if features is not None and feature not in features.get("enabled", ()):
-        lacking = ", ".join(features.get("pending", {}).get(feature, [])) or "some node"
-        raise SprawlError(
-            f"{what} is not on in this cluster yet: {lacking} runs a release without it (a node of an "
-            "older release could not apply the change); upgrade every node first",
-            code="feature_not_enabled",
-            status=409,
-        )
 
 
 def _check_name(name: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sprawl import __version__
+from sprawl.errors import SprawlError
 from sprawl.interfaces import MemberList, MessagePlane, RaftStatus, TrafficView
 from sprawl.pubsub import Broker
 
@@ -62,6 +63,21 @@ class NodeInfo:
         """The node's HTTP API answers at ``url`` (known only once it listens,
         after the API built on this info: the composition root says it here)."""
         self.http = url
+
+
+def require_feature(info: NodeInfo, feature: str, what: str) -> None:
+    """Refuse a change (409 ``feature_not_enabled``) unless every node of the cluster has
+    ``feature`` (:attr:`NodeInfo.features`, see :mod:`sprawl.cluster.features`; without the
+    gate's view -- a lone broker -- nothing is refused); ``what`` names the refused change."""
+    features = info.features() if info.features is not None else None
+    if features is not None and feature not in features.get("enabled", ()):
+        lacking = ", ".join(features.get("pending", {}).get(feature, [])) or "some node"
+        raise SprawlError(
+            f"{what} is not on in this cluster yet: {lacking} runs a release without it (a node of an "
+            "older release could not apply the change); upgrade every node first",
+            code="feature_not_enabled",
+            status=409,
+        )
 
 
 class NodeStatus:
