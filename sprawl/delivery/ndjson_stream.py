@@ -26,14 +26,12 @@ _SSE_ERROR = b"event: error\ndata: "
 class NdjsonStream(SSEStream):
     """An :class:`~sprawl.delivery.streams.SSEStream` framed as NDJSON (module docstring)."""
 
-    def _open(self) -> None:
-        """Register as the connection's producer and say the stream is open."""
-        req = self.request
-        req.setHeader(b"content-type", b"application/x-ndjson")
-        req.setHeader(b"cache-control", b"no-cache")
-        req.setHeader(b"x-accel-buffering", b"no")
-        req.registerProducer(self, True)
-        req.write(msgspec.json.encode({"stream": self.name}) + b"\n")
+    #: NDJSON, not SSE.
+    content_type = b"application/x-ndjson"
+
+    def _preamble(self) -> bytes:
+        """The line that says the stream is open."""
+        return msgspec.json.encode({"stream": self.name}) + b"\n"
 
     def _waiting_note(self) -> None:
         """A blank line (a keepalive): the topic does not exist yet."""

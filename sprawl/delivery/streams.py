@@ -211,14 +211,21 @@ class SSEStream:
         )
         self._end(b"event: error\ndata: " + body + b"\n\n")
 
+    #: The response's ``Content-Type`` (a subclass that frames the stream otherwise sets its own).
+    content_type = b"text/event-stream; charset=utf-8"
+
     def _open(self) -> None:
-        """Register as the connection's producer and send the preamble (SSE headers)."""
+        """Register as the connection's producer and send the headers and :meth:`_preamble`."""
         req = self.request
-        req.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        req.setHeader(b"content-type", self.content_type)
         req.setHeader(b"cache-control", b"no-cache")
         req.setHeader(b"x-accel-buffering", b"no")
         req.registerProducer(self, True)
-        req.write(b": sprawl stream of %s\nretry: 1000\n\n" % self.name.encode())
+        req.write(self._preamble())
+
+    def _preamble(self) -> bytes:
+        """The stream's first bytes, once it is open (an SSE comment naming the topic, and the retry)."""
+        return b": sprawl stream of %s\nretry: 1000\n\n" % self.name.encode()
 
     def _waiting_note(self) -> None:
         """Tell the client the topic does not exist yet (an SSE comment: curl shows it)."""
