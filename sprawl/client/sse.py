@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from sprawl.client.lines import BoundedSplitter
+
 #: The longest line a parser keeps while waiting for its end (a bound on a hostile stream).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
@@ -32,7 +34,9 @@ class SseParser:
         self.max_line = max_line
         #: The comment lines seen, without their ``:`` (with ``keep_comments``; else None).
         self.comments: list[str] | None = [] if keep_comments else None
-        self._buf = b""
+        self._lines = BoundedSplitter(
+            b"\n", max_line, lambda: ValueError(f"SSE line longer than {max_line} bytes")
+        )
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
@@ -41,20 +45,11 @@ class SseParser:
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """The events ``chunk`` completes, in order."""
-        buf = self._buf + chunk if self._buf else chunk
         out: list[SseEvent] = []
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            event = self.line(buf[start:nl])
+        for raw in self._lines.feed(chunk):
+            event = self.line(raw)
             if event is not None:
                 out.append(event)
-            start = nl + 1
-        self._buf = buf[start:]
-        if len(self._buf) > self.max_line:
-            raise ValueError(f"SSE line longer than {self.max_line} bytes")
         return out
 
     def line(self, raw: bytes) -> SseEvent | None:

@@ -43,6 +43,7 @@ from typing import Any
 import msgspec
 
 from sprawl.client.errors import ClientError
+from sprawl.client.lines import BoundedSplitter
 
 #: The content type of a msgpack publish body.
 MSGPACK = "application/msgpack"
@@ -141,26 +142,21 @@ class BatchStreamDecoder:
     ) -> None:
         self.max_event_bytes = max_event_bytes
         self.max_messages = max_messages
-        self._buf = b""
+        # SSE allows CRLF line ends (a node sends LF); an event ends at a blank line.
+        self._events = BoundedSplitter(
+            b"\n\n",
+            max_event_bytes,
+            lambda: WireError(f"stream event longer than {max_event_bytes} bytes"),
+            crlf=True,
+        )
 
     def feed(self, chunk: bytes) -> list[StreamBatch]:
         """The batches ``chunk`` completes, in order."""
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:  # SSE allows CRLF line ends; a node sends LF
-            buf = buf.replace(b"\r\n", b"\n")
         out: list[StreamBatch] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            batch = self._event(buf[start:end])
+        for block in self._events.feed(chunk):
+            batch = self._event(block)
             if batch is not None:
                 out.append(batch)
-            start = end + 2
-        self._buf = buf[start:]
-        if len(self._buf) > self.max_event_bytes:
-            raise WireError(f"stream event longer than {self.max_event_bytes} bytes")
         return out
 
     def _event(self, block: bytes) -> StreamBatch | None:
@@ -219,26 +215,18 @@ class NdjsonStreamDecoder:
     def __init__(self, max_line_bytes: int = MAX_EVENT_BYTES, max_messages: int = MAX_EVENT_MESSAGES) -> None:
         self.max_line_bytes = max_line_bytes
         self.max_messages = max_messages
-        self._buf = b""
+        self._lines = BoundedSplitter(
+            b"\n", max_line_bytes, lambda: WireError(f"stream line longer than {max_line_bytes} bytes")
+        )
 
     def feed(self, chunk: bytes) -> list[StreamBatch]:
         """The batches ``chunk`` completes, in order."""
-        buf = self._buf + chunk if self._buf else chunk
         out: list[StreamBatch] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            start = end + 1
+        for line in self._lines.feed(chunk):
             if line.strip():
                 batch = self._line(line)
                 if batch is not None:
                     out.append(batch)
-        self._buf = buf[start:]
-        if len(self._buf) > self.max_line_bytes:
-            raise WireError(f"stream line longer than {self.max_line_bytes} bytes")
         return out
 
     def _line(self, line: bytes) -> StreamBatch | None:

@@ -192,6 +192,6 @@ def test_the_decoder_refuses_cleanly(chunks: list[bytes]) -> None:
         for c in chunks:
             for b in d.feed(c):
                 assert len(b.messages) <= 5 and all(isinstance(m, dict) for m in b.messages)
-            assert len(d._buf) <= 500
+            assert d._lines.pending <= 500
     except (wire.WireError, wire.StreamError):
         pass
