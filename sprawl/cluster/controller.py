@@ -76,6 +76,7 @@ class PartitionController:
         beat_timeout_ticks: int = 20,
         max_moves: int = 4,
         forecasts: Callable[[float], Mapping[tuple[str, int], float] | None] | None = None,
+        batch_commits: Callable[[], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.control = control
@@ -126,9 +127,9 @@ class PartitionController:
         self._poked: Delayed | None = None
         self.pokes = 0
         #: Whether every node can apply ``set_partitions`` (the cluster feature
-        #: ``epoch-batch``; the composition root asks the feature gate):
+        #: ``epoch-batch``; the data plane asks the feature gate; off without one):
         #: failover choices are then committed in batches (:meth:`commit`).
-        self.batch_commits: Callable[[], bool] = lambda: False
+        self.batch_commits: Callable[[], bool] = batch_commits or (lambda: False)
         #: Failover choices waiting for the next batch proposal, and whether one is in flight.
         self._commits: list[tuple[tuple[str, int], Commit, defer.Deferred[dict[str, Any]]]] = []
         self._flush_call: Any = None

@@ -85,6 +85,7 @@ class DataPlane:
         max_moves: int = 4,
         rng: random.Random | None = None,
         forecasts: Callable[[float], Mapping[tuple[str, int], float] | None] | None = None,
+        feature_on: Callable[[str], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.broker = broker
@@ -95,6 +96,9 @@ class DataPlane:
         self.membership = membership
         self.tick_seconds = tick_seconds
         self.rng = rng or random.Random()
+        #: Whether a cluster feature is on (the cluster feature gate, asked at each
+        #: use: the composition root builds it after the plane); None: none is.
+        on = feature_on or (lambda name: False)
         # The service asks the parts built after it (which hold it): through
         # these two methods of the plane, which forward to them.
         self.service = ReplicationService(
@@ -105,6 +109,9 @@ class DataPlane:
             commit=self._commit,
             accept=self._accepts,
             beat_timeout=beat_timeout_ticks * tick_seconds,
+            # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it;
+            # until then, the release before issue 23's ticks.
+            node_beats=lambda: on("node-beat"),
         )
         self.sync = ReplicaSync(node_id, broker, control, self.service, self._follow)
         control.watch_topics(self.sync_topic)  # replicas follow every placement applied from now on
@@ -120,13 +127,12 @@ class DataPlane:
             beat_timeout_ticks=beat_timeout_ticks,
             max_moves=max_moves,
             forecasts=forecasts,
+            # A dead node's failovers in one Raft entry once every node can apply it.
+            batch_commits=lambda: on("epoch-batch"),
         )
         control.watch_topics(self.controller.topic_changed)  # the controller looks at what changed
         # Idle leaders do not beat per partition: nodes beat the controller instead.
         self.service.controller_of = lambda: control.leader_name or None
-        # The release before issue 23's ticks until the node wires the
-        # cluster feature gate (``node-beat``: see the composition root).
-        self.service.node_beats = lambda: False
         self.router = Router(
             node_id,
             broker,

@@ -312,6 +312,12 @@ class NodeService(service.Service):
         )
         await self.control.start()
         self.traffic = make_traffic_feed(c, self.reactor, self.gossip, metrics)
+
+        def feature_on(name: str) -> bool:
+            # The cluster feature gate comes with the fault watch, built on the plane below.
+            gate = self.fault_watch.feature_gate if self.fault_watch is not None else None
+            return gate is not None and gate().on(name)
+
         self.plane = DataPlane(
             node_id,
             self.broker,
@@ -321,6 +327,7 @@ class NodeService(service.Service):
             self.reactor,
             self.gossip,
             forecasts=self.traffic.partition_forecasts if self.traffic is not None else None,
+            feature_on=feature_on,
         )
         bind_cluster_parts(links, self.control, self.plane, self.broker.integrity, self.scrubber)
         self.plane.start()
@@ -375,12 +382,6 @@ class NodeService(service.Service):
             bool(c.cluster_ca),
             metrics,
         )
-        # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it.
-        gate = self.fault_watch.feature_gate
-        if gate is not None:
-            self.plane.service.node_beats = lambda: gate().on("node-beat")
-            # A dead node's failovers in one Raft entry once every node can apply it.
-            self.plane.controller.batch_commits = lambda: gate().on("epoch-batch")
         from sprawl.auth import load_authenticator
         from sprawl.http.origin import OriginPolicy
 

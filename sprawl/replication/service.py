@@ -83,6 +83,7 @@ class ReplicationService:
         commit: Callable[[str, int, Commit], defer.Deferred[None]] | None = None,
         accept: Callable[[str, tuple[str, int], Message], bool] | None = None,
         beat_timeout: float = 2.0,
+        node_beats: Callable[[], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.channel = channel
@@ -132,14 +133,14 @@ class ReplicationService:
         #: Ticks of replicas and controller cores so far (tests count them).
         self.ticked = 0
         #: Whether every node of the cluster has the ``node-beat`` feature
-        #: (the composition root asks the cluster feature gate).  While it is
+        #: (the data plane asks the cluster feature gate; on without one).  While it is
         #: not on, an older node may be the controller (it knows a leader is
         #: alive only from its per-partition beats, and drops a NodeBeat), or
         #: lead partitions (it sends no NodeBeat).  So every leader ticks as
         #: before (heartbeats and a LeaderBeat per partition per tick), and as
         #: the controller every core whose leader never sent a NodeBeat counts
         #: its partition's silence as before; the idle path only when on.
-        self.node_beats: Callable[[], bool] = lambda: True
+        self.node_beats: Callable[[], bool] = node_beats or (lambda: True)
 
     def start(self) -> None:
         """Start ticking."""

@@ -6,6 +6,7 @@ Counted, not timed: :attr:`PartitionController.visits` (partitions looked at).""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,11 +23,15 @@ NODES = ["a", "b", "c"]
 
 
 def _plane(
-    partitions: int, propose: Any = None, leader: str | None = None
+    partitions: int,
+    propose: Any = None,
+    leader: str | None = None,
+    features: Collection[str] | None = ("node-beat",),
 ) -> tuple[DataPlane, dict[str, str], task.Clock]:
     """A controller (node a, the Raft leader) over ``partitions`` single-partition
     topics of replication factor 3 on a, b, c, leaders spread round robin (or
-    all on ``leader``); ``propose`` takes its Raft proposals."""
+    all on ``leader``); ``propose`` takes its Raft proposals; the cluster
+    features on are ``features`` (by default every node has the node beat)."""
     clock = task.Clock()
     meta = Metadata()
     for i, n in enumerate(NODES):
@@ -61,9 +66,15 @@ def _plane(
     channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
     broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
     plane = DataPlane(
-        "a", broker, control, channel, SimpleNamespace(register=lambda *a: None), clock, membership
-    )  # type: ignore[arg-type]
-    plane.service.node_beats = lambda: True  # every node has the node-beat feature
+        "a",
+        broker,  # type: ignore[arg-type]
+        control,  # type: ignore[arg-type]
+        channel,  # type: ignore[arg-type]
+        SimpleNamespace(register=lambda *a: None),  # type: ignore[arg-type]
+        clock,
+        membership,  # type: ignore[arg-type]
+        feature_on=features.__contains__ if features is not None else None,
+    )
     for name in meta.placement:  # what the metadata apply tells the listeners
         for listener in listeners:
             if getattr(listener, "__self__", None) is plane.controller:
@@ -158,9 +169,9 @@ def _fail_over_b(partitions: int, batch: bool) -> tuple[DataPlane, list[dict[str
         proposed.append(cmd)
         return defer.succeed(meta_box[0].apply(len(proposed) + 1, cmd))
 
-    plane, states, clock = _plane(partitions, propose=propose, leader="b")
+    features = ("node-beat", "epoch-batch") if batch else ("node-beat",)
+    plane, states, clock = _plane(partitions, propose=propose, leader="b", features=features)
     meta_box.append(plane.control.metadata)
-    plane.controller.batch_commits = lambda: batch
     # The one step that notices b dead fences all of b's partitions.
     assert _b_dies(plane, states, clock) == partitions
     for key, c in plane.service.controllers.items():
@@ -207,9 +218,8 @@ def test_choices_made_while_a_batch_is_in_flight_go_together_in_the_next() -> No
         pending.append((cmd, d))
         return d
 
-    plane, _, clock = _plane(3, propose=propose)
+    plane, _, clock = _plane(3, propose=propose, features=("node-beat", "epoch-batch"))
     ctl = plane.controller
-    ctl.batch_commits = lambda: True
     outcomes: dict[int, str] = {}
 
     def commit(i: int, epoch: int = 2) -> None:
@@ -264,3 +274,19 @@ def test_a_controller_that_stalled_fails_over_no_one_for_its_own_silence() -> No
         plane.tick()
     fencing = {k for k, c in plane.service.controllers.items() if c.fencing is not None}
     assert fencing == {(f"t{i:05d}", 0) for i in range(300) if i % 3 == 2}
+
+
+def test_the_feature_gate_is_asked_at_each_use() -> None:
+    """The data plane hands its replication service (``node-beat``) and its
+    controller (``epoch-batch``) a question to the cluster feature gate, asked
+    each time (the node builds the gate after the plane); without a gate
+    neither is on (the release before)."""
+    on: set[str] = set()
+    plane, _, _ = _plane(3, features=on)
+    assert not plane.service.node_beats() and not plane.controller.batch_commits()
+    on.add("node-beat")
+    assert plane.service.node_beats() and not plane.controller.batch_commits()
+    on.add("epoch-batch")
+    assert plane.controller.batch_commits()
+    bare, _, _ = _plane(3, features=None)
+    assert not bare.service.node_beats() and not bare.controller.batch_commits()
