@@ -106,8 +106,8 @@ def build(nodes: int, partitions: int) -> tuple[DataPlane, dict[str, str], task.
         SimpleNamespace(register=lambda *a: None),  # type: ignore[arg-type]
         clock,
         membership,  # type: ignore[arg-type]
+        feature_on=lambda name: name == "node-beat",  # every node has the node beat
     )
-    plane.service.node_beats = lambda: True  # type: ignore[method-assign]
     for name in meta.placement:  # what the metadata apply tells the listeners
         for listener in listeners:
             if getattr(listener, "__self__", None) is plane.controller:

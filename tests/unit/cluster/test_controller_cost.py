@@ -65,16 +65,9 @@ def _plane(
     sent: list[Any] = []
     channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
     broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
-    plane = DataPlane(
-        "a",
-        broker,  # type: ignore[arg-type]
-        control,  # type: ignore[arg-type]
-        channel,  # type: ignore[arg-type]
-        SimpleNamespace(register=lambda *a: None),  # type: ignore[arg-type]
-        clock,
-        membership,  # type: ignore[arg-type]
-        feature_on=features.__contains__ if features is not None else None,
-    )
+    rpc = SimpleNamespace(register=lambda *a: None)
+    on = features.__contains__ if features is not None else None
+    plane = DataPlane("a", broker, control, channel, rpc, clock, membership, feature_on=on)  # type: ignore[arg-type]
     for name in meta.placement:  # what the metadata apply tells the listeners
         for listener in listeners:
             if getattr(listener, "__self__", None) is plane.controller:
