@@ -149,8 +149,21 @@ def check_snapshot(data: bytes, index: int | None = None) -> None:
 
 
 #: A pipeline definition's fields (as :data:`sprawl.pubsub.pipelines.FIELDS`, plus its name).
-PIPELINE_FIELDS = ("pipeline", "source", "target", "filter", "fields", "key", "acks")
+PIPELINE_FIELDS = (
+    "pipeline",
+    "source",
+    "target",
+    "filter",
+    "fields",
+    "key",
+    "acks",
+    "on_reject",
+    "dead_letter_topic",
+)
 _PIPELINE_ACKS = ("quorum", "leader", "none")
+#: ``on_reject`` besides the default ``stall`` (kept only when not the default, so a
+#: definition without it is the one a node of the release before keeps).
+_PIPELINE_ON_REJECT = ("skip", "dead-letter")
 
 
 def pipeline_definition(name: Any, spec: Any) -> dict[str, Any] | tuple[str, str]:
@@ -180,6 +193,19 @@ def pipeline_definition(name: Any, spec: Any) -> dict[str, Any] | tuple[str, str
     if acks not in _PIPELINE_ACKS:
         return ("invalid_field", f"acks must be one of {', '.join(_PIPELINE_ACKS)}")
     out["acks"] = acks
+    on_reject = spec.get("on_reject") if spec.get("on_reject") is not None else "stall"
+    dlq = spec.get("dead_letter_topic")
+    if on_reject in _PIPELINE_ON_REJECT:
+        if on_reject == "dead-letter" and (
+            not isinstance(dlq, str) or not _topic_name(dlq) or dlq in (out["source"], out["target"])
+        ):
+            return ("invalid_field", "dead_letter_topic must be a topic name other than source and target")
+        if on_reject == "skip" and dlq is not None:
+            return ("invalid_field", 'dead_letter_topic is only for on_reject "dead-letter"')
+        out["on_reject"] = on_reject
+        out["dead_letter_topic"] = dlq
+    elif on_reject != "stall" or dlq is not None:
+        return ("invalid_field", "on_reject must be one of stall, skip, dead-letter")
     return out
 
 
@@ -487,8 +513,8 @@ class Metadata:
         spec = pipeline_definition(name, cmd["spec"])
         if isinstance(spec, tuple):
             return _error(spec[0], spec[1], 400)
-        for role in ("source", "target"):
-            if spec[role] not in self.topics:
+        for role in ("source", "target", "dead_letter_topic"):
+            if spec.get(role) is not None and spec[role] not in self.topics:
                 return _error("topic_not_found", f"{role} topic {spec[role]!r} does not exist", 400)
         old = self.pipelines.get(name)
         if old is not None and old["source"] != spec["source"]:

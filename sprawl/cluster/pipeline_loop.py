@@ -24,6 +24,10 @@ for the source partitions this node leads.  An adapter over the pipeline runner
 * **Errors.**  A failed round (target missing, no leader, the group deleted) is counted
   (``sprawl_pipeline_errors_total``) and logged at most once per pipeline per minute;
   its leases run out and the run starts again at the next pass.
+* **Records the target can never take** (``on_reject``, :mod:`sprawl.pubsub.pipelines`):
+  a stalled pipeline's reason is :meth:`PipelineLoop.stalled` (``GET /v1/pipelines``, the
+  dashboard, ``sprawl_pipeline_stalled``); skipped and dead-lettered records are counted
+  (``sprawl_pipeline_skipped_total``, ``sprawl_pipeline_dead_lettered_total``).
 """
 
 from __future__ import annotations
@@ -86,6 +90,9 @@ class PipelineLoop:
         self._runs: dict[str, _Run] = {}
         #: Failed rounds, per pipeline (kept after a pipeline is deleted: a counter).
         self.errors: dict[str, int] = {}
+        #: Records the target could never take, skipped / dead-lettered, per pipeline (counters).
+        self.skipped: dict[str, int] = {}
+        self.dead_lettered: dict[str, int] = {}
         self._call: Delayed | None = None
         self._stopped = False
         self._ending: list[_Run] = []
@@ -180,9 +187,18 @@ class PipelineLoop:
 
     async def _run(self, name: str, run: _Run) -> None:
         """Rounds of one pipeline while it is current and this node leads a source partition."""
+        runner = run.runner
         try:
-            while not run.stopping and not self._stopped and self.led(run.runner.spec.source):
-                if not await run.runner.step(self.wait_ms):
+            while not run.stopping and not self._stopped and self.led(runner.spec.source):
+                skipped, dead = runner.skipped_total, runner.dead_lettered_total
+                handled = await runner.step(self.wait_ms)
+                if runner.skipped_total > skipped:
+                    self.skipped[name] = self.skipped.get(name, 0) + runner.skipped_total - skipped
+                if runner.dead_lettered_total > dead:
+                    self.dead_lettered[name] = (
+                        self.dead_lettered.get(name, 0) + runner.dead_lettered_total - dead
+                    )
+                if not handled:
                     break  # nothing came within wait_ms: the next pass starts it again
                 await self._turn()
         except Exception as e:
@@ -225,10 +241,18 @@ class PipelineLoop:
         """The pipelines this node follows now."""
         return sorted(self._runs)
 
+    def stalled(self, name: str) -> str | None:
+        """Why pipeline ``name`` is stalled here (a record its target can never take,
+        ``on_reject: stall``), or None: not stalled, or not run here."""
+        run = self._runs.get(name)
+        return run.runner.stalled if run is not None else None
+
 
 class PipelineCollector:
     """``sprawl_pipeline_lag_messages{pipeline,partition}`` (the source partitions this
-    node leads) and ``sprawl_pipeline_errors_total{pipeline}``, read at scrape time."""
+    node leads), ``sprawl_pipeline_errors_total{pipeline}``, ``sprawl_pipeline_stalled{pipeline}``,
+    ``sprawl_pipeline_skipped_total{pipeline}`` and ``sprawl_pipeline_dead_lettered_total{pipeline}``,
+    read at scrape time."""
 
     def __init__(self, loop: PipelineLoop) -> None:
         self.loop = loop
@@ -254,3 +278,27 @@ class PipelineCollector:
         for name, n in sorted(self.loop.errors.items()):
             errors.add_metric([name], n)
         yield errors
+        stalled = GaugeMetricFamily(
+            "sprawl_pipeline_stalled",
+            "1 while a pipeline run here is stalled on a record its target can never take",
+            labels=["pipeline"],
+        )
+        for name in self.loop.names():
+            stalled.add_metric([name], 1 if self.loop.stalled(name) else 0)
+        yield stalled
+        for metric, help_text, counts in (
+            (
+                "sprawl_pipeline_skipped",
+                "Records a pipeline left out: its target can never take them",
+                self.loop.skipped,
+            ),
+            (
+                "sprawl_pipeline_dead_lettered",
+                "Records a pipeline wrote to its dead-letter topic: its target can never take them",
+                self.loop.dead_lettered,
+            ),
+        ):
+            family = CounterMetricFamily(metric, help_text, labels=["pipeline"])
+            for name, n in sorted(counts.items()):
+                family.add_metric([name], n)
+            yield family

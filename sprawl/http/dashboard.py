@@ -194,6 +194,7 @@ def pipeline_rows(status: NodeStatus) -> list[dict[str, Any]]:
     (exact for the source partitions it leads, the last checkpoint's for the others)."""
     raft = status.info.raft
     declared = raft.metadata.pipelines if raft is not None else {}
+    stalled = status.info.pipeline_stalled
     rows = []
     for name, spec in sorted(declared.items())[:MAX_TOPICS]:
         t = status.broker.topics.get(spec["source"])
@@ -206,6 +207,8 @@ def pipeline_rows(status: NodeStatus) -> list[dict[str, Any]]:
                 "target": spec["target"],
                 "filter": spec.get("filter"),
                 "lag": lag,
+                "on_reject": spec.get("on_reject") or "stall",
+                "stalled": stalled(name) if stalled is not None else None,
             }
         )
     return rows

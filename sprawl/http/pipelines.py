@@ -28,6 +28,8 @@ from sprawl.pubsub.pipelines import MAX_NAME, PipelineSpec
 
 #: The cluster feature a pipeline command needs on every node.
 FEATURE = "pipelines"
+#: ... and the one a definition with ``on_reject`` other than ``stall`` needs.
+REJECT_FEATURE = "pipeline-reject"
 #: How a new pipeline's position group leases: long enough for a round's publish with
 #: quorum acks; a round that outlives it is re-run, and its re-publish deduplicated.
 GROUP_CONFIG = {"start": "earliest", "ack_deadline_ms": 60_000}
@@ -72,7 +74,9 @@ class PipelineRoutes:
     def _describe(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The definition, with its lag as this node sees it."""
         name = spec["pipeline"]
-        out = dict(spec)
+        out = {"on_reject": "stall", "dead_letter_topic": None, **spec}
+        stalled = self.info.pipeline_stalled
+        out["stalled"] = stalled(name) if stalled is not None else None
         t = self.broker.topics.get(spec["source"])
         g = t.groups.get(group_of(name)) if t is not None else None
         out["lag"] = g.lag(t.high_watermarks()) if t is not None and g is not None else None
@@ -103,8 +107,15 @@ class PipelineRoutes:
         spec = PipelineSpec.from_body(name, json_body(request))
         raft = self._raft()
         require_feature(self.info, FEATURE, "pipelines")
-        for role, topic in (("source", spec.source), ("target", spec.target)):
-            if topic not in raft.metadata.topics:
+        if spec.on_reject != "stall":
+            require_feature(self.info, REJECT_FEATURE, f'on_reject "{spec.on_reject}"')
+        roles = (
+            ("source", spec.source),
+            ("target", spec.target),
+            ("dead_letter_topic", spec.dead_letter_topic),
+        )
+        for role, topic in roles:
+            if topic is not None and topic not in raft.metadata.topics:
                 raise BadRequest(f"{role} topic {topic!r} does not exist", code="topic_not_found")
         config = self.broker.group_config_from(spec.source, group_of(name), dict(GROUP_CONFIG), None)
         cmd = {"op": "put_pipeline", "name": name, "spec": spec.to_dict(), "group_config": config.to_dict()}

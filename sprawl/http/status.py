@@ -50,6 +50,9 @@ class NodeInfo:
         self.faults: Callable[[], dict[str, Any]] | None = None
         #: The cluster feature gate's view (:func:`sprawl.cluster.features.cluster_gate`), or None.
         self.features: Callable[[], dict[str, Any]] | None = None
+        #: Why a pipeline run here is stalled (:meth:`sprawl.cluster.pipeline_loop.PipelineLoop.stalled`;
+        #: set by the node once its pipeline loop exists), or None.
+        self.pipeline_stalled: Callable[[str], str | None] | None = None
 
     def watching_faults(
         self, faults: Callable[[], dict[str, Any]], features: Callable[[], dict[str, Any]]

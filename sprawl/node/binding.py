@@ -154,6 +154,7 @@ def run_pipelines(
 
     loop = PipelineLoop(broker, lambda: control.metadata.pipelines, clock)
     api.pipelines.running = loop.lag
+    api.pipelines.info.pipeline_stalled = loop.stalled
     metrics.register(PipelineCollector(loop))
     loop.start()
     return loop

@@ -96,9 +96,19 @@ UNSTATED_PROTOCOL = 2
 #: /v1/pipelines/P`` is refused until every node can apply them; issue 17).
 #: ``epoch-batch``: the controller commits failovers (a dead node's leaderships) in one
 #: ``set_partitions`` Raft command -- until every node can apply it, one ``set_partition``
-#: per partition.
+#: per partition.  ``pipeline-reject``: a pipeline's ``on_reject`` other than ``stall``
+#: (``skip``, ``dead-letter``), which a node of the release before could not apply.
 FEATURES: frozenset[str] = frozenset(
-    {"disk-state-gossip", "drain", "epoch-batch", "feature-latch", "node-beat", "peer-refusal", "pipelines"}
+    {
+        "disk-state-gossip",
+        "drain",
+        "epoch-batch",
+        "feature-latch",
+        "node-beat",
+        "peer-refusal",
+        "pipelines",
+        "pipeline-reject",
+    }
 )
 #: At most this many features, of at most this many characters, are taken from a peer.
 MAX_FEATURES = 32

@@ -14,28 +14,46 @@ ack re-delivers the batch (a failed publish hands it back at once: a nack); re-p
 
 Each target record goes to the partition :func:`~sprawl.pubsub.pipelines.target_partition`
 names (its key's, else its derived id's), so a re-run meets the first copy in the same
-partition's dedup window.  The declaration (``PUT /v1/pipelines/P``, a Raft command that
+partition's dedup window.  A record the target can never take is stalled on, skipped
+or dead-lettered as the definition's ``on_reject`` says (:mod:`sprawl.pubsub.pipelines`;
+:class:`PipelineStalled`, :attr:`PipelineRunner.stalled`).  The declaration (``PUT /v1/pipelines/P``, a Raft command that
 also creates the group) is in :mod:`sprawl.cluster.metadata`; the per-node loop that runs
 the pipelines whose source partitions this node leads is :mod:`sprawl.cluster.pipeline_loop`.
 """
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from twisted.logger import Logger
 
 from sprawl.delivery.groups import ConsumerGroup
-from sprawl.errors import NotFound
+from sprawl.errors import NotFound, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.pubsub.broker import Broker
-from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, target_partition
+from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, dead_letter, reject_reason, target_partition
 from sprawl.topics import Topic
 
 log = Logger()
 
 
+class PipelineStalled(SprawlError):
+    """A round met a record its target can never take, and the pipeline stalls on it
+    (``on_reject: stall``, or a dead-letter topic that cannot take it either)."""
+
+    status = 409
+    code = "pipeline_stalled"
+
+
 def group_name(pipeline: str) -> str:
     """The consumer group on the source topic that holds a pipeline's position."""
     return f"pipeline.{pipeline}"
+
+
+def _origin(r: Record) -> str:
+    """Where a derived record comes from (its origin headers), for the logs and the stall."""
+    h = r.headers or {}
+    return f"source partition {h.get('sprawl-source-partition')} offset {h.get('sprawl-source-offset')}"
 
 
 class PipelineRunner:
@@ -63,6 +81,13 @@ class PipelineRunner:
         #: Source records looked at, target records written (duplicates included).
         self.read_total = 0
         self.written_total = 0
+        #: Records the target can never take, left out (``on_reject: skip``) or written to
+        #: the dead-letter topic (``dead-letter``; duplicates included).
+        self.skipped_total = 0
+        self.dead_lettered_total = 0
+        #: Why the pipeline is stalled (the last round met a record the target can never
+        #: take, ``on_reject: stall``), or None; cleared by the next round that goes on.
+        self.stalled: str | None = None
 
     def lag(self) -> int | None:
         """Source messages not yet handled (None: the source or the group is missing)."""
@@ -91,20 +116,76 @@ class PipelineRunner:
             derived, _ = self.core.step(p, recs[0].offset, recs)
             out += derived
         ack_ids = [dv.ack_id for dv, _ in got]
+        skipped = dead = 0
         if out:
             try:
-                await self._publish(out)
+                target = await self.broker.ensure_topic(self.spec.target)
+                out, refused = self.core.rejects(out, target.config.max_message_bytes)
+                dlq = None
+                if refused and self.spec.on_reject == "dead-letter":
+                    dlq = await self.broker.ensure_topic(str(self.spec.dead_letter_topic))
+                letters = self._on_reject(refused, by_part, dlq)
+                skipped = len(refused) - len(letters)
+                await self._publish(target, out)
+                if dlq is not None and letters:
+                    await self._publish(dlq, letters)
+                    dead = len(letters)
             except BaseException:
                 await self._release(source, g, ack_ids)
                 raise
         await self.broker.ack(source, g, ack_ids)
+        self.stalled = None
         self.read_total += len(got)
         self.written_total += len(out)
+        self.skipped_total += skipped
+        self.dead_lettered_total += dead
         return len(got)
 
-    async def _publish(self, out: list[Record]) -> None:
-        """Publish the derived records, each to its :func:`target_partition`."""
-        target = await self.broker.ensure_topic(self.spec.target)
+    def _on_reject(
+        self, refused: list[tuple[Record, str]], sources: dict[int, list[Record]], dlq: Topic | None
+    ) -> list[Record]:
+        """What becomes of the records the target refused (``on_reject``): raises
+        :class:`PipelineStalled` (``stall``, or a dead-letter topic that cannot take one
+        either), logs and drops them (``skip``), or returns their dead-letter records."""
+        if not refused:
+            return []
+        first, why = refused[0]
+        if self.spec.on_reject == "skip":
+            log.warn(
+                "pipeline {pipeline}: skipped {n} record(s) the target cannot take (first: {where}: {why})",
+                pipeline=self.spec.name,
+                n=len(refused),
+                where=_origin(first),
+                why=why,
+            )
+            return []
+        if self.spec.on_reject == "dead-letter" and dlq is not None:
+            by_offset = {(r.partition, r.offset): r for recs in sources.values() for r in recs}
+            letters = []
+            for r, reason in refused:
+                h = r.headers or {}
+                src = by_offset[(int(h["sprawl-source-partition"]), int(h["sprawl-source-offset"]))]
+                letter = dead_letter(self.spec.name, src, reason)
+                too_big = reject_reason(letter, dlq.config.max_message_bytes)
+                if too_big is not None:
+                    self._stall(
+                        f"{_origin(r)}: {reason}; the dead-letter topic cannot take it either: {too_big}"
+                    )
+                letters.append(letter)
+            return letters
+        self._stall(f"{_origin(first)}: {why}")
+
+    def _stall(self, why: str) -> NoReturn:
+        self.stalled = why
+        raise PipelineStalled(
+            f"pipeline {self.spec.name!r} stalled at {why} (raise the topic's max_message_bytes, "
+            'or declare on_reject "skip" or "dead-letter")'
+        )
+
+    async def _publish(self, target: Topic, out: list[Record]) -> None:
+        """Publish records to ``target``, each to its :func:`target_partition`."""
+        if not out:
+            return
         links = self.broker.links
         publish = links.publisher.publish if links.publisher is not None else self.broker.publish
         by_target: dict[int, list[Record]] = {}

@@ -19,6 +19,20 @@ long as a re-run happens within the target's dedup window.
 
 Each target record carries its origin in headers (``sprawl-pipeline``,
 ``sprawl-source-partition``, ``sprawl-source-offset``), after the source's own.
+
+**A record the target can never take** (bigger than the target's ``max_message_bytes``,
+e.g. a smaller target limit or a key remap beyond the origin headers' allowance:
+:meth:`PipelineCore.rejects`) is handled as the definition's ``on_reject`` says
+(Kafka Connect's ``errors.tolerance`` and dead-letter queue, opt-in):
+
+* ``stall`` (the default): the round fails and is re-run; the pipeline does not move
+  past the record until the target can take it (its limit raised), and says why
+  (``stalled``);
+* ``skip``: the record is left out (counted, logged), the pipeline goes on;
+* ``dead-letter``: the source record goes to ``dead_letter_topic`` instead, with the
+  origin headers and the reason (``sprawl-reject-reason``) (:func:`dead_letter`), under
+  the same derived id (exactly once there too); a record the dead-letter topic cannot
+  take either stalls the pipeline.
 """
 
 from __future__ import annotations
@@ -38,7 +52,11 @@ from sprawl.pubsub.filters import MAX_EXPRESSION_CHARS, FilterError, Selection, 
 from sprawl.pubsub.names import check_topic_name
 
 #: The fields of a pipeline's definition (``PUT /v1/pipelines/P``).
-FIELDS = ("source", "target", "filter", "fields", "key", "acks")
+FIELDS = ("source", "target", "filter", "fields", "key", "acks", "on_reject", "dead_letter_topic")
+#: What a pipeline does with a record its target can never take (module docstring).
+ON_REJECT = ("stall", "skip", "dead-letter")
+#: The header of a dead-lettered record that says why the target refused it.
+REJECT_HEADER = "sprawl-reject-reason"
 #: The publish durabilities a pipeline may ask for (as ``POST .../messages?acks=``).
 ACKS = ("quorum", "leader", "none")
 #: Pipeline names follow the topic name rule, shorter: the position's group is ``pipeline.NAME``.
@@ -57,10 +75,14 @@ class PipelineSpec:
     fields: str | None = None
     key: str | None = None
     acks: str = "quorum"
+    on_reject: str = "stall"
+    dead_letter_topic: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (as stored in the metadata and shown by ``GET``)."""
-        return {
+        """JSON form (as stored in the metadata and shown by ``GET``).  ``on_reject`` and
+        ``dead_letter_topic`` only when not the default: a pipeline that does not use them
+        stays the definition a node of the release before reads."""
+        out = {
             "pipeline": self.name,
             "source": self.source,
             "target": self.target,
@@ -69,6 +91,10 @@ class PipelineSpec:
             "key": self.key,
             "acks": self.acks,
         }
+        if self.on_reject != "stall":
+            out["on_reject"] = self.on_reject
+            out["dead_letter_topic"] = self.dead_letter_topic
+        return out
 
     @classmethod
     def from_body(cls, name: str, body: Any) -> PipelineSpec:
@@ -99,6 +125,18 @@ class PipelineSpec:
         acks = body.get("acks") if body.get("acks") is not None else "quorum"
         if acks not in ACKS:
             raise BadRequest(f"acks must be one of {', '.join(ACKS)}", code="invalid_field")
+        on_reject = body.get("on_reject") if body.get("on_reject") is not None else "stall"
+        if on_reject not in ON_REJECT:
+            raise BadRequest(f"on_reject must be one of {', '.join(ON_REJECT)}", code="invalid_field")
+        dlq = body.get("dead_letter_topic")
+        if on_reject == "dead-letter":
+            if not isinstance(dlq, str):
+                raise BadRequest('on_reject "dead-letter" needs a dead_letter_topic', code="invalid_field")
+            check_topic_name(dlq)
+            if dlq in (body["source"], body["target"]):
+                raise BadRequest("dead_letter_topic must differ from source and target", code="invalid_field")
+        elif dlq is not None:
+            raise BadRequest('dead_letter_topic is only for on_reject "dead-letter"', code="invalid_field")
         spec = cls(
             name,
             body["source"],
@@ -107,6 +145,8 @@ class PipelineSpec:
             body.get("fields"),
             body.get("key"),
             acks,
+            on_reject,
+            dlq,
         )
         try:
             PipelineCore(spec)
@@ -127,6 +167,35 @@ def target_partition(record: Record, partitions: int) -> int:
     its derived id -- the same on every re-run, so the target's dedup sees it."""
     name = record.key if record.key is not None else record.id or ""
     return zlib.crc32(name.encode()) % partitions if partitions > 1 else 0
+
+
+def reject_reason(record: Record, max_message_bytes: int) -> str | None:
+    """Why a topic of ``max_message_bytes`` can never take ``record`` (as a publish
+    measures it: payload, key and headers, the origin headers' allowance aside), or None."""
+    size = record.limited_bytes
+    if size <= max_message_bytes:
+        return None
+    return (
+        f"message of {size} bytes (payload {len(record.payload)}, key and headers "
+        f"{size - len(record.payload)}) exceeds the topic's max_message_bytes {max_message_bytes}"
+    )
+
+
+def dead_letter(pipeline: str, source: Record, reason: str) -> Record:
+    """The dead-letter record of a ``source`` record the target refused: its payload, key
+    and headers, the origin headers and ``reason`` (:data:`REJECT_HEADER`), under the
+    id the target record would have had (so a re-run is deduplicated there too)."""
+    headers = dict(source.headers or {})
+    headers.update(
+        {
+            "sprawl-pipeline": pipeline,
+            "sprawl-source-partition": str(source.partition),
+            "sprawl-source-offset": str(source.offset),
+            REJECT_HEADER: reason[:300],
+        }
+    )
+    rid = derived_id(pipeline, source.partition, source.offset)
+    return Record(-1, 0, 0, rid, source.key, headers, source.payload, source.is_text)
 
 
 class PipelineCore:
@@ -161,6 +230,21 @@ class PipelineCore:
             rid = derived_id(self.spec.name, partition, r.offset)
             out.append(Record(-1, 0, 0, rid, self._key_of(r), headers, got.payload, got.is_text))
         return out, position
+
+    def rejects(
+        self, derived: list[Record], max_message_bytes: int
+    ) -> tuple[list[Record], list[tuple[Record, str]]]:
+        """Split :meth:`step`'s records into those a target of ``max_message_bytes``
+        takes and those it never will, each with the reason (order kept)."""
+        ok: list[Record] = []
+        refused: list[tuple[Record, str]] = []
+        for r in derived:
+            why = reject_reason(r, max_message_bytes)
+            if why is None:
+                ok.append(r)
+            else:
+                refused.append((r, why))
+        return ok, refused
 
     def _key_of(self, r: Record) -> str | None:
         if self._key is None:

@@ -291,7 +291,8 @@ def test_dashboard_draws_the_forecast_band_and_lists_a_surge(
 
 def test_dashboard_lists_pipelines_with_their_lag(sprawl_node: NodeProcess, browser: Any) -> None:
     """The pipelines panel: a declared pipeline with its source, target, filter and
-    lag, which falls to 0 as the pipeline catches up (live, no reload)."""
+    lag, which falls to 0 as the pipeline catches up (live, no reload), and its
+    ``on_reject`` -- or why it is stalled on a record its target can never take."""
     url = sprawl_node.url
     for name in ("payments", "payments.big"):
         r = requests.put(f"{url}/v1/topics/{name}", json={"partitions": 2}, timeout=TIMEOUT)
@@ -308,6 +309,19 @@ def test_dashboard_lists_pipelines_with_their_lag(sprawl_node: NodeProcess, brow
     _wait_for(browser, "the pipeline's row", lambda d: _cell(d, row + " td.name") == "big")
     assert _cells(browser, row + " td")[1:4] == ["payments", "payments.big", "key == 'k3'"]
     _wait_for(browser, "the pipeline's lag to reach 0", lambda d: _cell(d, row + " td.lag") == "0")
+    assert _cell(browser, row + " td.reject") == "stall"
     assert browser.execute_script(
         "return document.getElementById('pipelines-empty').classList.contains('hidden');"
     )
+    # a pipeline whose target can never take a record says why it is stalled
+    r = requests.put(
+        f"{url}/v1/topics/payments.tiny", json={"partitions": 1, "max_message_bytes": 5}, timeout=TIMEOUT
+    )
+    assert r.status_code in (200, 201), r.text
+    r = requests.put(
+        f"{url}/v1/pipelines/tiny", json={"source": "payments", "target": "payments.tiny"}, timeout=TIMEOUT
+    )
+    assert r.status_code == 201, r.text
+    stalled = '#pipelines tr[data-pipeline="tiny"] td.reject.stalled'
+    _wait_for(browser, "the stalled pipeline's reason", lambda d: "max_message_bytes 5" in _cell(d, stalled))
+    assert _cell(browser, stalled).startswith("stalled: source partition")

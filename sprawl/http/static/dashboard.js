@@ -528,6 +528,9 @@
       tr.appendChild(td(p.target));
       tr.appendChild(td(p.filter == null ? "(all)" : p.filter, "muted"));
       tr.appendChild(td(p.lag == null ? "–" : fmtInt(p.lag), "num lag" + (p.lag ? "" : " zero")));
+      // A record the target can never take: "stalled: why" (on_reject stall), else the policy.
+      const stalled = p.stalled ? "stalled: " + String(p.stalled) : null;
+      tr.appendChild(td(stalled || String(p.on_reject || "stall"), stalled ? "reject stalled" : "reject muted"));
       tb.appendChild(tr);
     }
     $("pipelines-empty").classList.toggle("hidden", rows.length > 0);

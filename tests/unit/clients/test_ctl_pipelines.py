@@ -29,10 +29,17 @@ def test_pipelines_put_list_delete(sprawl_node: Any) -> None:
 
     assert poll_until(caught_up, 30.0) is not None
     table = ok(ctl(url, "pipelines", "list")).splitlines()
-    assert table[0].split() == ["NAME", "SOURCE", "TARGET", "FILTER", "FIELDS", "KEY", "ACKS", "LAG"]
-    assert table[1].split()[:3] == ["eu", "clicks", "clicks.eu"] and table[1].split()[-1] == "0"
+    head = ["NAME", "SOURCE", "TARGET", "FILTER", "FIELDS", "KEY", "ACKS", "LAG", "ON", "REJECT"]
+    assert table[0].split() == head
+    assert table[1].split()[:3] == ["eu", "clicks", "clicks.eu"] and table[1].split()[-2:] == ["0", "stall"]
     line = one_line_error(ctl(url, *put[:2], "bad", *put[3:], "--filter", "(("))
     assert "invalid_filter" in line or "filter" in line
+    make_topic(url, "clicks.rejected")
+    ok(ctl(url, *put, "--on-reject", "dead-letter", "--dead-letter-topic", "clicks.rejected"))
+    table = ok(ctl(url, "pipelines", "list")).splitlines()
+    assert table[1].split()[-3:] == ["dead-letter", "->", "clicks.rejected"]
+    line = one_line_error(ctl(url, *put, "--on-reject", "dead-letter"))
+    assert "dead_letter_topic" in line
     assert ok(ctl(url, "pipelines", "delete", "eu")) == "pipeline eu deleted\n"
     assert json.loads(ok(ctl(url, "pipelines", "list", "--json"))) == {"pipelines": []}
     assert "eu" in one_line_error(ctl(url, "pipelines", "delete", "eu"))

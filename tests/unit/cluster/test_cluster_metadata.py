@@ -687,6 +687,29 @@ def test_pipeline_definitions_the_metadata_keeps_are_ones_the_core_accepts() -> 
     for body in (
         {"source": "a", "target": "b"},
         {"source": "a", "target": "b", "filter": "payload.x", "fields": "x,y", "key": "key", "acks": "none"},
+        {"source": "a", "target": "b", "on_reject": "stall"},
+        {"source": "a", "target": "b", "on_reject": "skip"},
+        {"source": "a", "target": "b", "on_reject": "dead-letter", "dead_letter_topic": "c"},
     ):
         spec = PipelineSpec.from_body("p", body).to_dict()
         assert pipeline_definition("p", body) == spec == pipeline_definition("p", spec)
+    for bad in (
+        {"on_reject": "drop"},
+        {"on_reject": "dead-letter"},
+        {"on_reject": "dead-letter", "dead_letter_topic": "a"},
+        {"on_reject": "skip", "dead_letter_topic": "c"},
+        {"dead_letter_topic": "c"},
+    ):
+        assert pipeline_definition("p", {"source": "a", "target": "b", **bad})[0] == "invalid_field", bad
+
+
+def test_a_dead_letter_topic_must_exist() -> None:
+    """As source and target: ``topic_not_found``, nothing changed; kept once it exists."""
+    m, _ = topic("src")
+    m.apply(2, {"op": "put_topic", "name": "dst", "config": {}})
+    dl = {"on_reject": "dead-letter", "dead_letter_topic": "dlq"}
+    assert err(m.apply(3, _pipeline(**dl))) == ("topic_not_found", 400)
+    assert m.pipelines == {}
+    m.apply(4, {"op": "put_topic", "name": "dlq", "config": {}})
+    assert m.apply(5, _pipeline(**dl))["pipeline"]["dead_letter_topic"] == "dlq"
+    assert Metadata.restore(m.snapshot()) == m

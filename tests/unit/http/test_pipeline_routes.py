@@ -21,7 +21,7 @@ class _Raft:
     def __init__(self) -> None:
         self.metadata = Metadata()
         self.proposed: list[dict[str, Any]] = []
-        for name in ("orders", "big-orders"):
+        for name in ("orders", "big-orders", "rejected"):
             self.metadata.apply(len(self.proposed) + 1, {"op": "put_topic", "name": name, "config": {}})
 
     def propose(self, cmd: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -33,7 +33,10 @@ def _clustered(n: Node, enabled: bool = True) -> _Raft:
     raft = _Raft()
     n.info.raft = raft  # type: ignore[assignment]
     pending = {} if enabled else {"pipelines": ["node-old"]}
-    n.info.features = lambda: {"enabled": ["pipelines"] if enabled else [], "pending": pending}
+    n.info.features = lambda: {
+        "enabled": ["pipelines", "pipeline-reject"] if enabled else [],
+        "pending": pending,
+    }
     return raft
 
 
@@ -54,6 +57,9 @@ async def test_declare_change_describe_list_and_delete(node: Node) -> None:  # n
         "fields": "n",
         "key": None,
         "acks": "quorum",
+        "on_reject": "stall",
+        "dead_letter_topic": None,
+        "stalled": None,
         "lag": None,
         "running_here": [],
     }
@@ -116,3 +122,41 @@ async def test_a_node_without_cluster_metadata_lists_none_and_refuses_changes(no
     """In process without Raft (LocalControl): an empty list, 409 not_clustered."""
     assert (await node.http.get("/v1/pipelines")).json() == {"pipelines": []}
     assert_error(await node.http.put("/v1/pipelines/big", json=BODY), 409, "not_clustered")
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_reject_is_validated_gated_and_shown_with_the_stall(node: Node) -> None:  # noqa: F811
+    """``on_reject``/``dead_letter_topic``: 400 for a bad one or a missing topic, 409
+    until every node has ``pipeline-reject`` (``stall`` needs nothing new), stored and
+    shown; ``stalled`` is what this node's pipeline loop says."""
+    raft = _clustered(node)
+    dl = {**BODY, "on_reject": "dead-letter", "dead_letter_topic": "rejected"}
+    cases = [
+        ({**BODY, "on_reject": "drop"}, "invalid_field"),
+        ({**BODY, "on_reject": "dead-letter"}, "invalid_field"),
+        ({**dl, "dead_letter_topic": "orders"}, "invalid_field"),
+        ({**BODY, "on_reject": "skip", "dead_letter_topic": "rejected"}, "invalid_field"),
+        ({**dl, "dead_letter_topic": "nope"}, "topic_not_found"),
+    ]
+    for body, code in cases:
+        assert_error(await node.http.put("/v1/pipelines/big", json=body), 400, code)
+    assert raft.proposed == []
+    node.info.features = lambda: {"enabled": ["pipelines"], "pending": {"pipeline-reject": ["node-old"]}}
+    r = await node.http.put("/v1/pipelines/big", json=dl)
+    assert_error(r, 409, "feature_not_enabled")
+    assert "node-old" in r.json()["error"]["message"] and raft.proposed == []
+    assert (await node.http.put("/v1/pipelines/big", json={**BODY, "on_reject": "stall"})).code == 201
+    assert "on_reject" not in raft.metadata.pipelines["big"]  # as a node of the release before keeps it
+    node.info.features = lambda: {"enabled": ["pipelines", "pipeline-reject"], "pending": {}}
+    r = await node.http.put("/v1/pipelines/big", json=dl)
+    assert r.code == 200, r
+    assert (r.json()["on_reject"], r.json()["dead_letter_topic"], r.json()["stalled"]) == (
+        "dead-letter",
+        "rejected",
+        None,
+    )
+    node.info.pipeline_stalled = lambda name: (
+        "source partition 0 offset 2: too big" if name == "big" else None
+    )
+    (shown,) = (await node.http.get("/v1/pipelines")).json()["pipelines"]
+    assert shown["stalled"] == "source partition 0 offset 2: too big"

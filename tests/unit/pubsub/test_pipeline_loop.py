@@ -183,3 +183,37 @@ async def test_stop_ends_the_rounds_and_the_passes(node: Node) -> None:
         await d
     assert loop.idle and loop.names() == []
     assert loop._call is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stall_and_the_skipped_records_are_shown_and_counted(node: Node) -> None:
+    """A pipeline stalled on a record its target can never take says why
+    (:meth:`PipelineLoop.stalled`, ``sprawl_pipeline_stalled`` 1); declared with
+    ``on_reject: skip`` instead, it goes on and ``sprawl_pipeline_skipped_total``
+    counts the record left out."""
+    _, declared, loop = await _setup(node, {0, 1, 2}, count=6)
+    await topic(node, "big-orders", max_message_bytes=100)
+    src = node.broker.get_topic("orders")
+    await node.broker.publish(
+        src, [msg(json.dumps({"n": 99, "big": True, "pad": "x" * 500}), key="k1")], "leader"
+    )
+    declared["big"] = {**DEFINITION, "fields": None}  # the whole payload: the big one is too big
+    loop.sync()
+    await _finish(loop)
+    why = loop.stalled("big")
+    assert why is not None and "exceeds the topic's max_message_bytes 100" in why
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(loop))
+    assert 'sprawl_pipeline_stalled{pipeline="big"} 1.0' in generate_latest(registry).decode()
+    assert loop.errors == {"big": 1}
+    declared["big"] = {**DEFINITION, "fields": None, "on_reject": "skip", "dead_letter_topic": None}
+    loop.sync()  # the changed definition replaces the run
+    await _finish(loop)
+    loop.sync()
+    await _finish(loop)
+    assert loop.stalled("big") is None and loop.skipped == {"big": 1}
+    text = generate_latest(registry).decode()
+    assert 'sprawl_pipeline_stalled{pipeline="big"} 0.0' in text
+    assert 'sprawl_pipeline_skipped_total{pipeline="big"} 1.0' in text
+    assert sum(loop.lag("big").values()) == 0
+    assert len(await _target(node)) == 3  # n 0, 2, 4 (the big one skipped)

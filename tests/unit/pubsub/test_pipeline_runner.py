@@ -8,11 +8,12 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from test_broker import T0, Node, msg, read_all, topic
 from twisted.internet.task import Clock
 
-from sprawl.pubsub.pipeline_runner import PipelineRunner, group_name
+from sprawl.pubsub.pipeline_runner import PipelineRunner, PipelineStalled, group_name
 from sprawl.pubsub.pipelines import PipelineSpec
 
 
@@ -139,3 +140,104 @@ async def test_a_failed_publish_hands_the_batch_back_at_once(node: Node) -> None
             break
     assert await _target(node) == [i for i in range(40) if i % 3 == 0]
     assert runner.lag() == 0
+
+
+# -- a record the target can never take (on_reject) ---------------------------------------
+
+LIMIT = 1000
+
+
+async def _rejecting(n: Node, on_reject: dict[str, str]) -> PipelineRunner:
+    """``orders`` (one partition) holds m0..m5, m2 bigger than the target's limit;
+    ``small`` takes at most ``LIMIT`` bytes a message; a pipeline copies one to the other."""
+    src = await topic(n, "orders", partitions=1)
+    for i in range(6):
+        size = 3 * LIMIT if i == 2 else 10
+        await n.broker.publish(src, [msg(b"x" * size, key=f"k{i}", id=f"m{i}")], "leader")
+    await topic(n, "small", partitions=2, max_message_bytes=LIMIT)
+    await topic(n, "rejected", partitions=1)
+    await n.broker.put_group(src, group_name("copy"), {"start": "earliest", "ack_deadline_ms": 1000})
+    spec = PipelineSpec.from_body("copy", {"source": "orders", "target": "small", **on_reject})
+    return PipelineRunner(n.broker, spec, acks="leader")
+
+
+async def _keys(n: Node, name: str) -> list[str]:
+    t = n.broker.get_topic(name)
+    out = []
+    for p in range(len(t.logs)):
+        out += [str(r.key) for r in await read_all(n, t, p) if not r.control]
+    return sorted(out)
+
+
+async def _drain(runner: PipelineRunner) -> None:
+    for _ in range(10):
+        if not await runner.step():
+            return
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_reject_stall_goes_no_further_and_says_why_until_the_target_takes_it(node: Node) -> None:
+    """The default: every round fails on the big record (nothing of its batch written,
+    nothing acked) and :attr:`stalled` names it; once the target's limit is raised the
+    next round goes on and the stall clears."""
+    runner = await _rejecting(node, {})
+    for _ in range(3):
+        with pytest.raises(PipelineStalled) as e:
+            await runner.step()
+        assert e.value.code == "pipeline_stalled" and "offset 2" in str(e.value)
+    assert runner.stalled is not None and "source partition 0 offset 2" in runner.stalled
+    assert f"exceeds the topic's max_message_bytes {LIMIT}" in runner.stalled
+    assert await _keys(node, "small") == [] and runner.lag() == 6
+    await topic(node, "small", max_message_bytes=10 * LIMIT)
+    await _drain(runner)
+    assert runner.stalled is None and runner.lag() == 0
+    assert await _keys(node, "small") == [f"k{i}" for i in range(6)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_reject_skip_leaves_the_record_out_and_counts_it(node: Node) -> None:
+    runner = await _rejecting(node, {"on_reject": "skip"})
+    await _drain(runner)
+    assert await _keys(node, "small") == ["k0", "k1", "k3", "k4", "k5"]
+    assert (runner.skipped_total, runner.dead_lettered_total, runner.stalled) == (1, 0, None)
+    assert runner.lag() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_reject_dead_letter_writes_the_source_record_with_the_reason(node: Node) -> None:
+    """The big record goes to the dead-letter topic, whole, with its origin and why; a
+    re-run of the round (its ack lost) writes nothing twice there either."""
+    runner = await _rejecting(node, {"on_reject": "dead-letter", "dead_letter_topic": "rejected"})
+    acked = node.broker.ack
+
+    async def crash(*a: object, **kw: object) -> None:
+        raise RuntimeError("died before the ack")
+
+    node.broker.ack = crash  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError):
+        await runner.step()
+    node.broker.ack = acked  # type: ignore[method-assign]
+    node.clock.advance(2)  # its leases run out: the round comes again
+    await _drain(runner)
+    assert await _keys(node, "small") == ["k0", "k1", "k3", "k4", "k5"]
+    t = node.broker.get_topic("rejected")
+    (letter,) = [r for r in await read_all(node, t, 0) if not r.control]
+    assert (letter.key, letter.payload) == ("k2", b"x" * 3 * LIMIT)
+    h = letter.headers or {}
+    assert (h["sprawl-pipeline"], h["sprawl-source-partition"], h["sprawl-source-offset"]) == (
+        "copy",
+        "0",
+        "2",
+    )
+    assert f"exceeds the topic's max_message_bytes {LIMIT}" in h["sprawl-reject-reason"]
+    assert runner.dead_lettered_total == 1 and runner.lag() == 0 and runner.stalled is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_letter_topic_that_cannot_take_it_either_stalls(node: Node) -> None:
+    runner = await _rejecting(node, {"on_reject": "dead-letter", "dead_letter_topic": "rejected"})
+    await topic(node, "rejected", max_message_bytes=LIMIT)
+    with pytest.raises(PipelineStalled):
+        await runner.step()
+    assert runner.stalled is not None and "the dead-letter topic cannot take it either" in runner.stalled
+    assert await _keys(node, "small") == [] and await _keys(node, "rejected") == []

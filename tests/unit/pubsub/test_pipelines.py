@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from sprawl.errors import BadRequest
 from sprawl.log.record import Record
-from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, derived_id
+from sprawl.pubsub.pipelines import (
+    REJECT_HEADER,
+    PipelineCore,
+    PipelineSpec,
+    dead_letter,
+    derived_id,
+    reject_reason,
+)
 
 
 def _rec(offset: int, payload: object, key: str | None = None, control: bool = False) -> Record:
@@ -140,3 +147,65 @@ def test_a_keyless_derived_record_has_one_target_partition_on_every_run() -> Non
     keyed = Record(-1, 0, 0, "x", "user-1", None, b"{}", True)
     assert target_partition(keyed, 4) == __import__("zlib").crc32(b"user-1") % 4  # as any keyed publish
     assert target_partition(first[0], 1) == 0
+
+
+# -- a record the target can never take (on_reject) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"on_reject": "drop"},
+        {"on_reject": 1},
+        {"on_reject": "dead-letter"},  # no dead_letter_topic
+        {"on_reject": "dead-letter", "dead_letter_topic": "orders"},  # the source
+        {"on_reject": "dead-letter", "dead_letter_topic": "big-orders"},  # the target
+        {"on_reject": "dead-letter", "dead_letter_topic": "a/b"},
+        {"on_reject": "skip", "dead_letter_topic": "dlq"},
+        {"dead_letter_topic": "dlq"},
+    ],
+)
+def test_bad_on_reject_definitions_are_a_400(extra: dict[str, object]) -> None:
+    with pytest.raises(BadRequest) as e:
+        PipelineSpec.from_body("p", {"source": "orders", "target": "big-orders", **extra})
+    assert e.value.code in ("invalid_field", "invalid_topic_name")
+
+
+def test_on_reject_is_stored_only_when_not_the_default() -> None:
+    """A definition without ``on_reject`` (or with ``stall``) stays the one a node of the
+    release before reads; the others round-trip."""
+    assert "on_reject" not in _spec().to_dict() and "on_reject" not in _spec(on_reject="stall").to_dict()
+    dl = _spec(on_reject="dead-letter", dead_letter_topic="dlq")
+    assert dl.to_dict()["on_reject"] == "dead-letter" and dl.to_dict()["dead_letter_topic"] == "dlq"
+    assert PipelineSpec.from_body("big", dl.to_dict()) == dl
+    assert PipelineSpec.from_body("big", _spec(on_reject="skip").to_dict()).on_reject == "skip"
+
+
+def test_rejects_splits_what_the_target_can_never_take_with_the_reason() -> None:
+    """Measured as a publish measures it: payload, key and headers, the origin headers
+    aside; a key remap can be what makes a record too big."""
+    core = PipelineCore(_spec(key="payload.k"))
+    recs = [_rec(0, {"k": "a"}), _rec(1, {"k": "b" * 300}), _rec(2, {"k": "c"})]
+    out, _ = core.step(2, 0, recs)
+    limit = max(r.limited_bytes for r in out) - 1
+    ok, refused = core.rejects(out, limit)
+    assert [r.id for r in ok] == [out[0].id, out[2].id]
+    ((bad, why),) = refused
+    assert bad is out[1]
+    assert (
+        f"exceeds the topic's max_message_bytes {limit}" in why and f"message of {bad.limited_bytes}" in why
+    )
+    assert core.rejects(out, limit + 1) == (out, [])
+
+
+def test_a_dead_letter_is_the_source_record_with_its_origin_and_the_reason() -> None:
+    src = _rec(7, {"n": 1}, key="k")
+    letter = dead_letter("big", src, "too big" * 100)
+    assert (letter.payload, letter.key, letter.is_text) == (src.payload, "k", True)
+    assert letter.id == derived_id("big", 2, 7)
+    h = letter.headers or {}
+    assert h["h"] == "v" and h["sprawl-pipeline"] == "big"
+    assert (h["sprawl-source-partition"], h["sprawl-source-offset"]) == ("2", "7")
+    assert h[REJECT_HEADER] == ("too big" * 100)[:300]
+    assert reject_reason(letter, letter.limited_bytes) is None
+    assert reject_reason(letter, letter.limited_bytes - 1) is not None
