@@ -31,7 +31,14 @@ from sprawl.delivery.groups import ConsumerGroup
 from sprawl.errors import NotFound, SprawlError
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.pubsub.broker import Broker
-from sprawl.pubsub.pipelines import PipelineCore, PipelineSpec, dead_letter, reject_reason, target_partition
+from sprawl.pubsub.pipelines import (
+    PipelineCore,
+    PipelineSpec,
+    dead_letter,
+    derived_id,
+    reject_reason,
+    target_partition,
+)
 from sprawl.topics import Topic
 
 log = Logger()
@@ -160,12 +167,14 @@ class PipelineRunner:
             )
             return []
         if self.spec.on_reject == "dead-letter" and dlq is not None:
-            by_offset = {(r.partition, r.offset): r for recs in sources.values() for r in recs}
+            # Each derived record's id names its source record (partition, offset).
+            by_id = {
+                derived_id(self.spec.name, p, r.offset): (p, r) for p, recs in sources.items() for r in recs
+            }
             letters = []
             for r, reason in refused:
-                h = r.headers or {}
-                src = by_offset[(int(h["sprawl-source-partition"]), int(h["sprawl-source-offset"]))]
-                letter = dead_letter(self.spec.name, src, reason)
+                p, src = by_id[str(r.id)]
+                letter = dead_letter(self.spec.name, p, src, reason)
                 too_big = reject_reason(letter, dlq.config.max_message_bytes)
                 if too_big is not None:
                     self._stall(

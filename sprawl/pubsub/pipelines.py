@@ -181,20 +181,21 @@ def reject_reason(record: Record, max_message_bytes: int) -> str | None:
     )
 
 
-def dead_letter(pipeline: str, source: Record, reason: str) -> Record:
-    """The dead-letter record of a ``source`` record the target refused: its payload, key
-    and headers, the origin headers and ``reason`` (:data:`REJECT_HEADER`), under the
-    id the target record would have had (so a re-run is deduplicated there too)."""
+def dead_letter(pipeline: str, partition: int, source: Record, reason: str) -> Record:
+    """The dead-letter record of a ``source`` record (of source ``partition``) the target
+    refused: its payload, key and headers, the origin headers and ``reason``
+    (:data:`REJECT_HEADER`), under the id the target record would have had (so a re-run
+    is deduplicated there too)."""
     headers = dict(source.headers or {})
     headers.update(
         {
             "sprawl-pipeline": pipeline,
-            "sprawl-source-partition": str(source.partition),
+            "sprawl-source-partition": str(partition),
             "sprawl-source-offset": str(source.offset),
             REJECT_HEADER: reason[:300],
         }
     )
-    rid = derived_id(pipeline, source.partition, source.offset)
+    rid = derived_id(pipeline, partition, source.offset)
     return Record(-1, 0, 0, rid, source.key, headers, source.payload, source.is_text)
 
 

@@ -147,12 +147,14 @@ async def test_a_failed_publish_hands_the_batch_back_at_once(node: Node) -> None
 LIMIT = 1000
 
 
-async def _rejecting(n: Node, on_reject: dict[str, str]) -> PipelineRunner:
-    """``orders`` (one partition) holds m0..m5, m2 bigger than the target's limit;
-    ``small`` takes at most ``LIMIT`` bytes a message; a pipeline copies one to the other."""
-    src = await topic(n, "orders", partitions=1)
+async def _rejecting(
+    n: Node, on_reject: dict[str, str], partitions: int = 1, big: tuple[int, ...] = (2,)
+) -> PipelineRunner:
+    """``orders`` holds m0..m5 (keys k0..k5), those in ``big`` bigger than the target's
+    limit; ``small`` takes at most ``LIMIT`` bytes a message; a pipeline copies one to the other."""
+    src = await topic(n, "orders", partitions=partitions)
     for i in range(6):
-        size = 3 * LIMIT if i == 2 else 10
+        size = 3 * LIMIT if i in big else 10
         await n.broker.publish(src, [msg(b"x" * size, key=f"k{i}", id=f"m{i}")], "leader")
     await topic(n, "small", partitions=2, max_message_bytes=LIMIT)
     await topic(n, "rejected", partitions=1)
@@ -241,3 +243,15 @@ async def test_a_dead_letter_topic_that_cannot_take_it_either_stalls(node: Node)
         await runner.step()
     assert runner.stalled is not None and "the dead-letter topic cannot take it either" in runner.stalled
     assert await _keys(node, "small") == [] and await _keys(node, "rejected") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_letters_from_several_source_partitions_name_their_origin(node: Node) -> None:
+    dl = {"on_reject": "dead-letter", "dead_letter_topic": "rejected"}
+    runner = await _rejecting(node, dl, partitions=3, big=(1, 2, 4))
+    await _drain(runner)
+    src = node.broker.get_topic("orders")
+    letters = [r for r in await read_all(node, node.broker.get_topic("rejected"), 0) if not r.control]
+    origin = {(r.key, (r.headers or {})["sprawl-source-partition"]) for r in letters}
+    assert origin == {(f"k{i}", str(src.partition_for(f"k{i}"))) for i in (1, 2, 4)}
+    assert await _keys(node, "small") == ["k0", "k3", "k5"] and runner.dead_lettered_total == 3

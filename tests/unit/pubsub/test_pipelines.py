@@ -200,7 +200,7 @@ def test_rejects_splits_what_the_target_can_never_take_with_the_reason() -> None
 
 def test_a_dead_letter_is_the_source_record_with_its_origin_and_the_reason() -> None:
     src = _rec(7, {"n": 1}, key="k")
-    letter = dead_letter("big", src, "too big" * 100)
+    letter = dead_letter("big", 2, src, "too big" * 100)
     assert (letter.payload, letter.key, letter.is_text) == (src.payload, "k", True)
     assert letter.id == derived_id("big", 2, 7)
     h = letter.headers or {}
