@@ -52,7 +52,7 @@ from sprawl.client.errors import (
 from sprawl.client.messages import FetchResult, Message, Payload, Published, outgoing
 from sprawl.client.sse import SseParser
 from sprawl.client.topics import TopicDescription
-from sprawl.client.txsocket import publish_frames, publish_many
+from sprawl.client.txsocket import publish_many
 from sprawl.client.wire import LEAN_MARK, MSGPACK, BatchStreamDecoder, StreamError, WireError, refused_lean
 
 
@@ -240,18 +240,20 @@ class TxSprawlClient:
         each batch's :class:`Published`, in order.  The socket goes to the first node that
         opens one.  If it closes (or goes ``timeout`` seconds without an answer) with batches
         in flight, the Deferred fails with a :class:`ClientError` saying their outcome is
-        unknown (batches whose messages all carry ids can be sent again safely)."""
+        unknown (batches whose messages all carry ids can be sent again safely).  On the lean
+        wire the frames are binary msgpack (no base64) where the node reads them, else JSON."""
         calls._check_acks(acks)
         items = [[m if isinstance(m, dict) else outgoing(m) for m in batch] for batch in batches]
         if any(not batch for batch in items):
             raise ValueError("a batch holds one message at least")
         if self.encryptor is not None:
             items = [[self.encryptor.seal_item(m) for m in batch] for batch in items]
-        frames = publish_frames(items, acks)
-        return Deferred.fromCoroutine(self._publish_many(topic, frames, window))
+        return Deferred.fromCoroutine(self._publish_many(topic, items, acks, window))
 
-    async def _publish_many(self, topic: str, frames: list[bytes], window: int) -> list[Published]:
-        if not frames:
+    async def _publish_many(
+        self, topic: str, batches: list[list[dict[str, Any]]], acks: str | None, window: int
+    ) -> list[Published]:
+        if not batches:
             return []
         errors: list[str] = []
         roots = _trust_root(self._cacert)
@@ -261,11 +263,13 @@ class TxSprawlClient:
                     self.reactor,
                     url,
                     topic,
-                    frames,
+                    batches,
+                    acks=acks,
                     window=window,
                     timeout=self.timeout,
                     token=self.token,
                     trust_root=roots,
+                    lean=self.lean,
                 )
             except ClientError as exc:
                 if "cannot open a publish socket" not in str(exc):

@@ -8,6 +8,10 @@ A ``too_many_in_flight`` refusal (nothing stored) is sent again once another ans
 When the socket closes with frames unanswered, their outcome is unknown: the call fails
 with a :class:`~sprawl.client.errors.ClientError` saying so (a batch whose messages all
 carry ids may be sent again safely).
+
+On the lean wire (``lean=True``) the frames are binary msgpack frames (binary payloads as
+msgpack ``bin``, no base64) when the node's upgrade answer names them in its
+``Sprawl-Publish-Frames`` header; a node that does not gets JSON text frames.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import msgspec
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -24,6 +29,9 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from sprawl.client.errors import ClientError
 from sprawl.client.messages import Published
+from sprawl.client.wire import lean_item
+
+_pack = msgspec.msgpack.Encoder().encode
 
 #: The most publish frames one socket of :func:`publish_many` keeps in flight (a node stops
 #: reading a socket at 64 and refuses frames beyond 256).
@@ -34,6 +42,10 @@ class _PublishSocket(WebSocketClientProtocol):
     """Hands every answer frame (one with a ``ref``) to its pipeline; feed frames are dropped."""
 
     pipeline: _Pipeline
+
+    def onConnect(self, response: Any) -> None:
+        frames = str(response.headers.get("sprawl-publish-frames", ""))
+        self.pipeline.packed = self.pipeline.lean and "msgpack" in frames.replace(" ", "").split(",")
 
     def onOpen(self) -> None:
         self.pipeline.opened(self)
@@ -53,15 +65,28 @@ class _PublishSocket(WebSocketClientProtocol):
 class _Pipeline:
     """The frames of one :func:`publish_many` call and their answers."""
 
-    def __init__(self, frames: list[bytes], window: int, clock: Any, timeout: float) -> None:
+    def __init__(
+        self,
+        batches: Sequence[Sequence[Mapping[str, Any]]],
+        acks: str | None,
+        window: int,
+        clock: Any,
+        timeout: float,
+        lean: bool = False,
+    ) -> None:
         self.clock = clock
         #: Seconds the socket may go without an answer while frames are in flight.
         self.timeout = timeout
         self._last = clock.seconds()
         self._watch: Any = None
-        self.frames = frames
+        self.batches = batches
+        self.acks = acks
+        #: Whether msgpack frames may be sent (the node's upgrade answer decides).
+        self.lean = lean
+        #: Whether they are: set once the upgrade is answered.
+        self.packed = False
         self.window = window
-        self.results: list[Published | None] = [None] * len(frames)
+        self.results: list[Published | None] = [None] * len(batches)
         self.next = 0
         self.in_flight: set[int] = set()
         self.retry: list[int] = []
@@ -105,14 +130,14 @@ class _Pipeline:
         while len(self.in_flight) < self.window:
             if self.retry:
                 i = self.retry.pop(0)
-            elif self.next < len(self.frames):
+            elif self.next < len(self.batches):
                 i = self.next
                 self.next += 1
             else:
                 break
             self.in_flight.add(i)
-            sock.sendMessage(self.frames[i], isBinary=False)
-        if not self.in_flight and not self.retry and self.next >= len(self.frames):
+            sock.sendMessage(publish_frame(i, self.batches[i], self.acks, self.packed), isBinary=self.packed)
+        if not self.in_flight and not self.retry and self.next >= len(self.batches):
             self._finish()
 
     def answer(self, frame: dict[str, Any]) -> None:
@@ -174,31 +199,33 @@ class _Pipeline:
             self.socket.sendClose()
 
 
-def publish_frames(batches: Sequence[Sequence[Mapping[str, Any]]], acks: str | None) -> list[bytes]:
-    """One ``publish`` frame per batch (``ref`` = its index)."""
-    frames = []
-    for i, items in enumerate(batches):
-        body: dict[str, Any] = {"messages": list(items)}
-        if acks is not None:
-            body["acks"] = acks
-        frames.append(json.dumps({"publish": body, "ref": i}).encode())
-    return frames
+def publish_frame(ref: int, items: Sequence[Mapping[str, Any]], acks: str | None, packed: bool) -> bytes:
+    """The ``publish`` frame of one batch: JSON (payloads as the JSON batch has them), or
+    with ``packed`` msgpack (a ``payload_b64`` sent as a binary ``payload``)."""
+    body: dict[str, Any] = {"messages": [lean_item(m) for m in items] if packed else list(items)}
+    if acks is not None:
+        body["acks"] = acks
+    frame = {"publish": body, "ref": ref}
+    return _pack(frame) if packed else json.dumps(frame).encode()
 
 
 async def publish_many(
     reactor: Any,
     url: str,
     topic: str,
-    frames: list[bytes],
+    batches: Sequence[Sequence[Mapping[str, Any]]],
     *,
+    acks: str | None,
     window: int,
     timeout: float,
     token: str | None,
     trust_root: Any = None,
+    lean: bool = False,
 ) -> list[Published]:
-    """Send ``frames`` on one ``feed=none`` socket to the node at ``url``, ``window`` in
-    flight; their answers in order.  :class:`ClientError` when the socket cannot open
-    (nothing was sent) or a frame fails."""
+    """Send one ``publish`` frame per batch (JSON items) on one ``feed=none`` socket to the
+    node at ``url``, ``window`` in flight; their answers in order.  ``lean``: msgpack frames
+    if the node reads them.  :class:`ClientError` when the socket cannot open (nothing was
+    sent) or a frame fails."""
     parts = urlsplit(url)
     assert parts.hostname is not None
     tls = parts.scheme == "https"
@@ -207,7 +234,7 @@ async def publish_many(
     ws_url = f"{'wss' if tls else 'ws'}://{parts.netloc}{path}"
     headers = {"Authorization": f"Bearer {token}"} if token else None
     factory = WebSocketClientFactory(ws_url, headers=headers)
-    pipeline = _Pipeline(frames, max(1, min(window, MAX_WINDOW)), reactor, timeout)
+    pipeline = _Pipeline(batches, acks, max(1, min(window, MAX_WINDOW)), reactor, timeout, lean)
 
     def build() -> _PublishSocket:
         proto = _PublishSocket()

@@ -10,6 +10,10 @@ the raw single-message body are unchanged:
   ``{"messages": [{"payload": str | bin, "key"?, "headers"?, "id"?}], "acks"?}``:
   a ``bin`` payload is a binary message, a ``str`` one text; no base64.
 
+The same msgpack body travels in binary WebSocket publish frames, wrapped as
+``{"publish": {...}, "ref"?}`` (:func:`parse_pack_frame`, used by
+:mod:`sprawl.http.websocket`).
+
 Both are bounded like the JSON batch: the body by the server's ``max_body``
 bytes, the messages by ``max_batch_messages``; a bad frame is a 400 naming the
 line or the path of the bad field (``invalid_ndjson``, ``invalid_msgpack``,
@@ -50,6 +54,21 @@ class _PackBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _pack_decoder = msgspec.msgpack.Decoder(_PackBody)
+
+
+class _PackFrame(msgspec.Struct, forbid_unknown_fields=True):
+    """A binary WebSocket publish frame; its ``publish`` body is decoded second, so an
+    error in it still carries the frame's ``ref``."""
+
+    publish: msgspec.Raw
+    ref: str | int | None = None
+
+
+_frame_decoder = msgspec.msgpack.Decoder(_PackFrame)
+
+#: First bytes of a msgpack map (fixmap, map 16, map 32): a binary WebSocket frame starting
+#: with one is a msgpack frame; any other binary frame is read as JSON, as it always was.
+PACK_MAP_START = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 
 
 def parse_lean(request: Request, max_batch: int) -> tuple[list[Record], str] | None:
@@ -104,6 +123,20 @@ def parse_msgpack(raw: bytes, max_batch: int, default_acks: str) -> tuple[list[R
         else:
             raise BadRequest(f"messages[{len(out)}].payload must be str or bin", code="invalid_msgpack")
     return out, body.acks if isinstance(body.acks, str) else default_acks
+
+
+def parse_pack_frame(raw: bytes) -> tuple[str | int | None, bytes]:
+    """A binary WebSocket publish frame ``{"publish": {"messages": [...], "acks"?}, "ref"?}``
+    (msgpack): its ``ref`` and the msgpack of its publish body (for :func:`parse_msgpack`)."""
+    try:
+        frame = _frame_decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        raise BadRequest(
+            f"a binary frame must be a msgpack map {{publish, ref?}}: {e}", code="invalid_frame"
+        ) from None
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise BadRequest(f"malformed msgpack: {e}", code="invalid_msgpack") from None
+    return frame.ref, bytes(frame.publish)
 
 
 def _check_fields(mid: str | None, key: str | None, headers: dict[str, str] | None, i: int) -> None:

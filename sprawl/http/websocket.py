@@ -35,6 +35,15 @@ that arrives beyond the hard bounds (:data:`MAX_INFLIGHT_PUBLISHES`,
 is refused with the error frame ``too_many_in_flight`` (nothing stored; send
 it again after an answer).  A bad frame gets an error frame; it never closes
 the socket or touches state.
+
+The lean publish frame: a *binary* frame holding a msgpack map
+``{"publish": {"messages": [{"payload": str | bin, ...}], "acks"?}, "ref"?}`` (the
+body of a msgpack ``POST .../messages``, :mod:`sprawl.http.lean_wire`) publishes
+its messages with no base64 and no JSON; it is answered, like every frame, with
+a JSON text frame.  A binary frame whose first byte is not a msgpack map is read
+as JSON, as before.  The upgrade answer names the frames the node reads in
+:data:`FRAMES_HEADER` (``json, msgpack``), so a client sends msgpack frames only
+to a node that reads them.
 """
 
 from __future__ import annotations
@@ -58,9 +67,10 @@ from sprawl.delivery.groups import MAX_EXTEND_MS, ConsumerGroup
 from sprawl.delivery.streams import StreamRegistry
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
 from sprawl.http.codec import ack_ids, encode, parse_message, publish_answer
+from sprawl.http.lean_wire import PACK_MAP_START, parse_msgpack, parse_pack_frame
 from sprawl.http.ws_feeds import CLOSE_SLOW_CONSUMER, GroupFeed, Pull, WSStream
 from sprawl.interfaces import Clock, MessagePlane
-from sprawl.log.record import DEFAULT_READ_BYTES
+from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import ACKS, Broker, PublishResult
 from sprawl.pubsub.filters import Selection
@@ -83,6 +93,8 @@ MAX_INFLIGHT_PUBLISHES = 256
 #: Bytes of publish frames in flight beyond which a frame is refused (one frame always fits).
 MAX_INFLIGHT_PUBLISH_BYTES = 64 * 1000**2
 MAX_ACK_IDS = 10_000
+#: The upgrade answer's header naming the publish frames the node reads.
+FRAMES_HEADER = "Sprawl-Publish-Frames"
 
 
 @dataclass
@@ -110,6 +122,10 @@ class SprawlWSProtocol(WebSocketServerProtocol):
     _pending_bytes = 0
     _reading_paused = False
     _gone = False
+
+    def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
+        """Accept the upgrade (the route checked it), naming the publish frames read here."""
+        return None, {FRAMES_HEADER: "json, msgpack"}
 
     def onOpen(self) -> None:
         """Start the feed chosen by the query the route validated."""
@@ -209,8 +225,18 @@ class SprawlWSProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """One client request; a bad one gets an error frame and changes nothing."""
-        ref = None
+        ref: Any = None
         try:
+            if isBinary and payload[:1] and payload[0] in PACK_MAP_START:
+                ref, body = parse_pack_frame(payload)
+                self._check_room(len(payload))
+                records, acks = parse_msgpack(
+                    body, self.factory.parts.broker.config.max_batch_messages, "quorum"
+                )
+                if acks not in ACKS:
+                    raise BadRequest("acks must be one of quorum, leader, none", code="invalid_acks")
+                self._publish_records(records, acks, ref, len(payload))
+                return
             try:
                 frame = msgspec.json.decode(payload)
             except (msgspec.DecodeError, UnicodeDecodeError):
@@ -244,9 +270,8 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             log.failure("websocket frame handling failed")
             self._error(SprawlError("internal error; see the node's log"), ref)
 
-    def _publish(self, body: Any, ref: Any, size: int = 0) -> None:
-        parts = self.factory.parts
-        broker = parts.broker
+    def _check_room(self, size: int) -> None:
+        """Refuse a publish frame beyond the socket's hard in-flight bounds."""
         if self._pending >= MAX_INFLIGHT_PUBLISHES or (
             self._pending and self._pending_bytes + size > MAX_INFLIGHT_PUBLISH_BYTES
         ):
@@ -256,6 +281,10 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 code="too_many_in_flight",
                 status=429,
             )
+
+    def _publish(self, body: Any, ref: Any, size: int = 0) -> None:
+        broker = self.factory.parts.broker
+        self._check_room(size)
         if not isinstance(body, dict):
             raise BadRequest("publish must be an object", code="invalid_frame")
         body = dict(body)
@@ -273,6 +302,12 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             records = [parse_message(m, i) for i, m in enumerate(msgs)]
         else:
             records = [parse_message(body, 0)]
+        self._publish_records(records, acks, ref, size)
+
+    def _publish_records(self, records: list[Record], acks: str, ref: Any, size: int) -> None:
+        """Publish a frame's checked records; its answer (or error) frame carries ``ref``."""
+        parts = self.factory.parts
+        broker = parts.broker
         t = self.factory.topic
         if t is None and isinstance(self.feed, WSStream):
             t = self.feed.topic  # opened before the topic existed: None until it appears

@@ -12,6 +12,7 @@ import json
 import socket
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
@@ -426,6 +427,46 @@ def _fuzz_protocol() -> tuple[Any, list[bytes], FakeBroker]:
 def test_fuzzed_client_frames_get_one_answer_and_never_raise(frame: bytes) -> None:
     """Any client frame gets exactly one answer -- an error frame with code and message, or a
     ``published`` answer for a valid publish -- and nothing is published by an invalid frame."""
+    proto, sent, broker = _fuzz_protocol()
+    proto.onMessage(frame, True)
+    assert len(sent) == 1, sent
+    answer = json.loads(sent[0])
+    if "error" in answer:
+        assert set(answer["error"]) >= {"code", "message"}
+        assert answer["error"]["code"] != "internal_error", answer
+        assert broker.published == []
+    else:
+        assert "published" in answer and len(broker.published) == 1
+
+
+_packed_values = st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8)
+_packed_message = st.dictionaries(
+    st.sampled_from(["payload", "key", "id", "headers", "payload_b64", "x"]),
+    _packed_values | st.dictionaries(st.text(max_size=4), _packed_values, max_size=2),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300).map(lambda b: b"\x82" + b),  # a fixmap header, then anything
+        st.fixed_dictionaries(
+            {
+                "publish": st.fixed_dictionaries(
+                    {"messages": st.lists(_packed_message, max_size=5)},
+                    optional={"acks": st.sampled_from(["leader", "none", "all", ""]) | _packed_values},
+                )
+                | _packed_values,
+            },
+            optional={"ref": _packed_values, "ack": _packed_values},
+        ).map(msgspec.msgpack.encode),
+    )
+)
+def test_fuzzed_msgpack_frames_get_one_answer_and_never_raise(frame: bytes) -> None:
+    """Any binary msgpack frame gets exactly one JSON answer -- an error frame with code and
+    message (never an internal error), or ``published`` for a valid one -- and nothing is
+    published by an invalid frame."""
     proto, sent, broker = _fuzz_protocol()
     proto.onMessage(frame, True)
     assert len(sent) == 1, sent

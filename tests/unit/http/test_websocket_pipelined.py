@@ -5,9 +5,11 @@ TCP against the in-process node (:mod:`harness.inproc_ws`); every wait bounded."
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_twisted
 
@@ -103,3 +105,104 @@ async def test_a_bad_feed_query_is_a_400(ws: WS, query: str) -> None:
     await ws.server.publish("fq", ["x"])
     status, body = await ws.server.request("GET", f"/v1/topics/fq/ws?{query}")
     assert status == 400 and b"invalid_parameter" in body
+
+
+# -- the msgpack publish frame ------------------------------------------------------------
+
+_pack = msgspec.msgpack.Encoder().encode
+
+
+def send_packed(c: WSClient, frame: Any) -> None:
+    """A binary frame: ``frame`` as msgpack (or as it is, if bytes)."""
+    c.sendMessage(frame if isinstance(frame, bytes) else _pack(frame), isBinary=True)
+
+
+async def ask_packed(c: WSClient, frame: Any, ref: str) -> dict[str, Any]:
+    send_packed(c, {**frame, "ref": ref})
+    await c.when(lambda: any(f.get("ref") == ref for f in c.frames))
+    return next(f for f in c.frames if f.get("ref") == ref)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_msgpack_frame_publishes_many_messages_with_binary_payloads(ws: WS) -> None:
+    """One binary msgpack frame of 100 messages (text, a raw-bytes payload, key, headers,
+    id, acks) is stored as the JSON batch would be and answered by a JSON text frame
+    carrying its ``ref``; the upgrade answer names the frames the node reads."""
+    c = await ws.connect("/v1/topics/packed/ws?feed=none")
+    assert c.http_headers.get(websocket.FRAMES_HEADER.lower()) == "json, msgpack"
+    msgs = [
+        {"payload": "hello", "key": "k", "headers": {"h": "v"}, "id": "m-1"},
+        {"payload": b"\x00\xff\x80bin"},
+        *({"payload": f"p{i}"} for i in range(98)),
+    ]
+    got = await ask_packed(c, {"publish": {"messages": msgs, "acks": "leader"}}, "r1")
+    assert got["published"]["offsets"] == list(range(100)) and got["published"]["acks"] == "leader"
+    assert got["published"]["ids"][0] == "m-1"
+    _, body = await ws.server.request("GET", "/v1/topics/packed/messages?from=0&limit=1000")
+    stored_msgs = json.loads(body)["messages"]
+    assert stored_msgs[0]["key"] == "k" and stored_msgs[0]["headers"] == {"h": "v"}
+    assert base64.b64decode(stored_msgs[1]["payload_b64"]) == b"\x00\xff\x80bin"
+    assert [m["payload"] for m in stored_msgs[2:]] == [f"p{i}" for i in range(98)]
+    # An integer ref comes back as an integer; acks default to quorum (one node: stored).
+    send_packed(c, {"publish": {"messages": [{"payload": "q"}]}, "ref": 7})
+    await c.when(lambda: any(f.get("ref") == 7 for f in c.frames))
+    assert next(f for f in c.frames if f.get("ref") == 7)["published"]["acks"] == "quorum"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_binary_frame_of_json_is_still_read_as_json(ws: WS) -> None:
+    """A binary frame that is not a msgpack map is read as JSON, as before the msgpack frame."""
+    c = await ws.connect("/v1/topics/binjson/ws?feed=none")
+    send_packed(c, json.dumps({"publish": {"payload": "j"}, "ref": "j"}).encode())
+    await c.when(lambda: any(f.get("ref") == "j" for f in c.frames))
+    assert await stored(ws, "binjson") == ["j"]
+
+
+BAD_PACKED: list[tuple[Any, str, bool]] = [
+    # (frame, error code, whether the answer carries the ref "x")
+    (b"\x81\xa7publish", "invalid_msgpack", False),  # truncated
+    ({"ack": ["a"], "ref": "x"}, "invalid_frame", False),  # binary frames publish only
+    ({"publish": {"messages": []}, "ref": "x"}, "invalid_messages", True),
+    ({"publish": {"messages": [{"payload": 5}]}, "ref": "x"}, "invalid_msgpack", True),
+    ({"publish": {"messages": [{"payload": "a", "x": 1}]}, "ref": "x"}, "invalid_msgpack", True),
+    ({"publish": {"messages": [{"payload": "a", "id": ""}]}, "ref": "x"}, "invalid_message", True),
+    ({"publish": {"messages": [{"payload": "a"}], "acks": "all"}, "ref": "x"}, "invalid_acks", True),
+    ({"publish": {"messages": [{"payload": "a"}]}, "ref": 1.5}, "invalid_frame", False),
+    ({"publish": "nope", "ref": "x"}, "invalid_msgpack", True),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_msgpack_frames_get_error_frames_and_store_nothing(ws: WS) -> None:
+    """Each bad binary frame gets the JSON frames' error shape (with its ``ref`` when the
+    frame's envelope could be read), stores nothing, and the socket goes on publishing."""
+    c = await ws.connect("/v1/topics/badpack/ws?feed=none")
+    for n, (frame, code, with_ref) in enumerate(BAD_PACKED):
+        send_packed(c, frame)
+        await c.when(lambda n=n: len(c.frames) > n)
+        err = c.frames[n]
+        assert err["error"]["code"] == code and err["error"]["message"], (frame, err)
+        assert (err.get("ref") == "x") == with_ref, (frame, err)
+    ok = await ask_packed(c, {"publish": {"messages": [{"payload": "fine"}]}}, "ok")
+    assert ok["published"]["offsets"] == [0]
+    assert await stored(ws, "badpack") == ["fine"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_msgpack_frames_are_bounded_in_count_and_in_flight(
+    ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More messages than ``max_batch_messages`` in one frame is ``batch_too_large``; frames
+    beyond the socket's in-flight bound are ``too_many_in_flight`` with their refs, unstored."""
+    limit = ws.server.broker.config.max_batch_messages
+    c = await ws.connect("/v1/topics/packcap/ws?feed=none")
+    big = await ask_packed(c, {"publish": {"messages": [{"payload": "m"}] * (limit + 1)}}, "big")
+    assert big["error"]["code"] == "batch_too_large"
+    monkeypatch.setattr(websocket, "MAX_INFLIGHT_PUBLISHES", 3)
+    for i in range(10):
+        send_packed(c, {"publish": {"messages": [{"payload": f"m{i}"}], "acks": "leader"}, "ref": i})
+    await c.when(lambda: len(answers(c)) >= 11)
+    got = answers(c)
+    assert sorted(r for r in range(10) if "published" in got[r]) == [0, 1, 2]
+    assert {got[r]["error"]["code"] for r in range(3, 10)} == {"too_many_in_flight"}
+    assert sorted(await stored(ws, "packcap")) == ["m0", "m1", "m2"]
