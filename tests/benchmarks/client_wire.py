@@ -9,7 +9,8 @@
 * ``SprawlClient.subscribe`` reading every message from ``earliest``: ``json`` (one SSE event
   per message) against ``lean`` (``?format=batch``), msgs/s decoded by the client;
 * ``TxSprawlClient``: ``publish_batch`` awaited one after the other against
-  ``publish_many`` (the same batches pipelined on one WebSocket, ``window=16``), msgs/s.
+  ``publish_many`` (the same batches pipelined on one WebSocket, ``window=16``; msgpack frames,
+  the lean wire), msgs/s (JSON frames against msgpack frames: ``benchmarks.ws_publish``).
 
 Medians of ``--repeat`` runs; the load average is printed with each (this machine is shared).
 """
