@@ -45,6 +45,7 @@ from sprawl.interfaces import Clock
 from sprawl.log.record import CorruptRecord, Record, check_stored
 from sprawl.storage import keys
 from sprawl.storage.verify import Scan, scan_records
+from sprawl.storage.writer_thread import WriterThread
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFromThreads
@@ -100,7 +101,7 @@ class LmdbStore:
         self.map_size = map_size
         self.env: lmdb.Environment | None = None
         self.dbs: dict[str, Any] = {}
-        self._writer = ThreadPool(minthreads=1, maxthreads=1, name="sprawl-lmdb-writer")
+        self._writer = WriterThread(reactor, "sprawl-lmdb-writer")
         self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
         #: Writes queued for the next commits: (ops, waiter, bytes, weight), in order.
         self._queue: deque[tuple[list[Op], Deferred[None], int, int]] = deque()
@@ -235,7 +236,7 @@ class LmdbStore:
         self._in_flight_bytes = nbytes
         self._pending_bytes -= nbytes
         started = self.reactor.seconds()
-        d = deferToThreadPool(cast("IReactorFromThreads", self.reactor), self._writer, self._commit, ops)
+        d = self._writer.submit(self._commit, ops)
 
         def done(result: object) -> None:
             self._in_flight = False

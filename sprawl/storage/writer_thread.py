@@ -1,0 +1,68 @@
+"""The LMDB writer's thread: jobs run one at a time, in order, and each result is handed
+back on the reactor -- the one hand-off per group commit on the publish path.
+
+Twisted's ``ThreadPool`` (``deferToThreadPool``) does the same with more on the way: a
+coordinator, a ``queue.Queue`` built on ``threading.Condition`` and a logging context per
+job; here a ``queue.SimpleQueue`` (C) carries jobs to one thread and
+``reactor.callFromThread`` brings results back (docs/benchmarks.md, issue 16's levers).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None
+
+
+class WriterThread:
+    """One named thread running submitted calls in order (see the module docstring)."""
+
+    def __init__(self, reactor: Any, name: str) -> None:
+        #: Brings results back (``callFromThread``).
+        self.reactor = reactor
+        self.name = name
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Let the thread finish the calls queued so far and end; wait for it."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run ``fn(*args)`` on the thread; the Deferred fires on the reactor with its
+        result (or its failure)."""
+        d: Deferred[Any] = Deferred()
+        self._jobs.put((fn, args, d))
+        return d
+
+    def _run(self) -> None:
+        get = self._jobs.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            self._one(*job)
+            del job  # (its arguments and result are not kept until the next job)
+
+    def _one(self, fn: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any]) -> None:
+        try:
+            result = fn(*args)
+        except BaseException:
+            self.reactor.callFromThread(d.errback, Failure())
+        else:
+            self.reactor.callFromThread(d.callback, result)

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Publish -> SSE latency at a steady rate on one fresh node, and where its CPU goes:
+
+    PYTHONPATH=tests python -m benchmarks.latency_profile [--rate 1000] [--seconds 20]
+        [--repeat 3] [--profile /tmp/node.raw]
+
+Starts a fresh ``twistd sprawl`` node on loopback and runs ``benchmarks.latency`` (one
+single-threaded client: one message per publish, ``acks=leader``, a durable topic, an SSE
+subscriber from ``latest``) against it ``--repeat`` times, printing each run's p50/p99 and
+their medians, and the node's CPU time per message (user + system, from ``/proc``).  With
+``--profile`` the node runs under ``py-spy record`` (``--nonblocking``, ``--gil``: samples of
+the thread holding the GIL, i.e. Python's own CPU work; raw format) for the first run only (so that run's latency is not a
+figure), and a summary is printed: CPU samples per message and the share of the samples by
+layer and by function (self time).  CPU profiles barely depend on the machine's load;
+the latency figures do (the load average is printed with each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import harness.nodes
+from harness import NodeProcess
+
+HERE = Path(__file__).resolve().parent
+#: Seconds py-spy records beyond the run (the node's start-up); it then writes its file and
+#: ends the node (a SIGTERM would end py-spy before it writes).
+SPY_MARGIN = 10
+LINE = re.compile(r"p50 ([\d.]+) ms  p99 ([\d.]+) ms")
+
+#: Layers by the path of a frame's file, first match wins.
+LAYERS = [
+    ("sprawl/http/", "sprawl.http"),
+    ("sprawl/delivery/", "sprawl.delivery"),
+    ("sprawl/pubsub/", "sprawl.pubsub"),
+    ("sprawl/log/", "sprawl.log"),
+    ("sprawl/storage/", "sprawl.storage (incl. the writer thread's commit)"),
+    ("sprawl/metrics", "sprawl.metrics"),
+    ("sprawl/", "sprawl (other)"),
+    ("prometheus_client", "prometheus_client"),
+    ("klein", "klein"),
+    ("werkzeug", "werkzeug"),
+    ("twisted/web", "twisted.web"),
+    ("twisted/internet/defer", "twisted Deferreds"),
+    ("twisted/internet", "twisted reactor"),
+    ("twisted/logger", "twisted.logger"),
+    ("twisted/python/threadpool", "twisted threadpool"),
+    ("lmdb", "lmdb"),
+    ("threading.py", "threads (waits, wake-ups)"),
+    ("msgspec", "msgspec"),
+]
+
+
+def layer(frame: str) -> str:
+    for part, name in LAYERS:
+        if part in frame:
+            return name
+    return "other"
+
+
+def summarize(raw: Path, messages: int) -> str:
+    """A summary of a py-spy raw profile: samples per message, by layer and by function."""
+    by_layer: collections.Counter[str] = collections.Counter()
+    by_self: collections.Counter[str] = collections.Counter()
+    by_incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        frames = [f for f in stack.split(";") if f]
+        if not any("mainLoop" in f or "Thread._bootstrap" in f for f in frames):
+            continue  # start-up (imports, recovery) before the reactor runs
+        total += count
+        deepest = frames[-1] if frames else "?"
+        # The deepest frame of Sprawl's own code (else the deepest frame) names the layer.
+        own = [f for f in frames if "sprawl/" in f]
+        by_layer[layer(own[-1] if own else deepest)] += count
+        by_self[re.sub(r":\d+\)", ")", deepest)] += count
+        for f in {re.sub(r":\d+\)", ")", f) for f in frames}:
+            by_incl[f] += count
+    out = [
+        f"{total} samples, {total / max(1, messages):.3f} per message",
+        "",
+        "| layer | share |",
+        "|---|---|",
+    ]
+    out += [f"| {k} | {v / total:.1%} |" for k, v in by_layer.most_common()]
+    out += ["", "self time, top 25:"]
+    out += [f"  {v / total:6.1%}  {k}" for k, v in by_self.most_common(25)]
+    out += ["", "inclusive, top 40:"]
+    out += [f"  {v / total:6.1%}  {k}" for k, v in by_incl.most_common(40)]
+    return "\n".join(out)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def run_latency(url: str, rate: float, seconds: float, connections: int) -> tuple[float, float, str]:
+    """One run of benchmarks.latency: (p50 ms, p99 ms, its output)."""
+    done = subprocess.run(
+        [sys.executable, str(HERE / "latency.py"), "--url", url, "--rate", str(rate)]
+        + ["--seconds", str(seconds), "--connections", str(connections)],
+        capture_output=True,
+        text=True,
+        timeout=seconds * 3 + 60,
+    )
+    out = done.stdout + done.stderr
+    print(out.strip(), flush=True)
+    m = LINE.search(out)
+    if m is None:
+        raise RuntimeError(f"no latency line in: {out}")
+    return float(m.group(1)), float(m.group(2)), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy raw output (first run)")
+    ap.add_argument("--node-arg", action="append", default=[], help="an extra argument of the node")
+    a = ap.parse_args()
+    plain = harness.nodes.twistd_command
+    p50s: list[float] = []
+    p99s: list[float] = []
+    cpus: list[float] = []
+    for i in range(a.repeat):
+        profile = a.profile is not None and i == 0
+        if profile:
+            spy = str(Path(sys.executable).parent / "py-spy")
+            rec = [spy, "record", "--nonblocking", "--gil", "-r", "200", "-f", "raw", "-o", str(a.profile)]
+            rec += ["-d", str(int(a.seconds + SPY_MARGIN))]
+
+            def wrapped(rec: list[str] = rec) -> list[str]:
+                return [*rec, "--", *plain()]
+
+            harness.nodes.twistd_command = wrapped
+        else:
+            harness.nodes.twistd_command = plain
+        load = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg).start()
+            try:
+                u0, s0 = cpu_seconds(node.proc.pid)
+                p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections)
+                u1, s1 = cpu_seconds(node.proc.pid)
+                if profile:
+                    node.proc.wait(SPY_MARGIN + 30)
+                user, system = (
+                    (u1 - u0) / (a.rate * a.seconds) * 1e6,
+                    (s1 - s0) / (a.rate * a.seconds) * 1e6,
+                )
+                cpu = user + system
+            finally:
+                node.stop()
+        tag = " (under py-spy: not a figure)" if profile else ""
+        print(
+            f"run {i + 1}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, load {load:.1f}, "
+            f"node CPU {cpu:.0f} us/message (user {user:.0f}, system {system:.0f}){tag}",
+            flush=True,
+        )
+        if profile:
+            assert a.profile is not None
+            print(summarize(a.profile, int(a.rate * a.seconds)), flush=True)
+        else:
+            p50s.append(p50)
+            p99s.append(p99)
+            cpus.append(cpu)
+    if p50s:
+        print(
+            f"median of {len(p50s)}: p50 {statistics.median(p50s):.2f} ms, p99 {statistics.median(p99s):.2f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The LMDB writer's thread (:mod:`sprawl.storage.writer_thread`): calls run in order on
+one other thread, results and failures come back on the reactor thread, and ``stop``
+finishes what was queued."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import gatherResults
+
+from harness import bounded, the_reactor
+from sprawl.storage.writer_thread import WriterThread
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_run_in_order_on_one_thread_and_answer_on_the_reactor() -> None:
+    w = WriterThread(the_reactor(), "t-writer")
+    w.start()
+    ran: list[tuple[int, str]] = []
+    fired_on: list[str] = []
+
+    def job(i: int) -> int:
+        ran.append((i, threading.current_thread().name))
+        return i * 2
+
+    try:
+        ds = [w.submit(job, i) for i in range(200)]
+        for d in ds:
+            d.addCallback(lambda r: fired_on.append(threading.current_thread().name) or r)
+        got = await bounded(gatherResults(ds))
+    finally:
+        w.stop()
+    assert got == [i * 2 for i in range(200)]
+    assert [i for i, _ in ran] == list(range(200)) and {n for _, n in ran} == {"t-writer"}
+    assert set(fired_on) == {threading.main_thread().name}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_call_fails_its_deferred_and_the_thread_goes_on() -> None:
+    w = WriterThread(the_reactor(), "t-writer")
+    w.start()
+
+    def boom() -> None:
+        raise ValueError("no")
+
+    try:
+        with pytest.raises(ValueError, match="no"):
+            await bounded(w.submit(boom))
+        assert await bounded(w.submit(lambda: "after")) == "after"
+    finally:
+        w.stop()
+
+
+def test_stop_finishes_the_queued_calls_first() -> None:
+    """``stop`` returns once every call queued before it ran (their answers are left to the
+    reactor); a second ``stop`` does nothing."""
+    w = WriterThread(the_reactor(), "t-writer")
+    gate = threading.Event()
+    ran: list[int] = []
+    w.start()
+    w.submit(gate.wait, 10)
+    for i in range(5):
+        w.submit(ran.append, i)
+    gate.set()
+    w.stop()
+    assert ran == [0, 1, 2, 3, 4]
+    w.stop()
