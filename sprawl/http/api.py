@@ -104,8 +104,7 @@ def _route(name: str) -> Callable[[Handler[P]], Routed[P]]:
             def observe(value: Any) -> Any:
                 m = self.metrics
                 if m is not None:
-                    m.http_request_duration.labels(name, method).observe(time.perf_counter() - started)
-                    m.http_requests.labels(name, method, str(request.code)).inc()
+                    m.request_done(name, method, request.code, time.perf_counter() - started)
                 return value
 
             d.addCallbacks(ok, err)

@@ -40,6 +40,8 @@ class NodeMetrics:
     def __init__(self, *, cluster_waiters: TopicWaiters | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        #: Labelled children of the hot-path metrics, cached (see :func:`_children`).
+        self.label_children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.published_messages = Counter(
@@ -202,13 +204,21 @@ class NodeMetrics:
 
     def published(self, topic: str, n: int, nbytes: int) -> None:
         """Count one publish request's messages."""
-        self.published_messages.labels(topic).inc(n)
-        self.published_bytes.labels(topic).inc(nbytes)
+        c = _children(self, (topic,), self.published_messages, self.published_bytes)
+        c[0].inc(n)
+        c[1].inc(nbytes)
 
     def delivered(self, topic: str, mode: str, n: int, nbytes: int) -> None:
         """Count messages handed to consumers."""
-        self.delivered_messages.labels(topic, mode).inc(n)
-        self.delivered_bytes.labels(topic, mode).inc(nbytes)
+        c = _children(self, (topic, mode), self.delivered_messages, self.delivered_bytes)
+        c[0].inc(n)
+        c[1].inc(nbytes)
+
+    def request_done(self, route: str, method: str, code: int, seconds: float) -> None:
+        """Time and count one answered API request."""
+        c = _children(self, (route, method), self.http_request_duration)
+        c[0].observe(seconds)
+        _children(self, (route, method, str(code)), self.http_requests)[0].inc()
 
     def dead_lettered(self, topic: str, group: str, n: int) -> None:
         """Count dead-lettered messages."""
@@ -219,6 +229,10 @@ class NodeMetrics:
         ever created on the node kept its series (and their memory) in
         ``/metrics``, the dashboard and the traffic forecaster's feed for the
         node's life -- the memory soak's drift (docs/benchmarks.md)."""
+        cache = self.label_children
+        topical = (self.published_messages, self.delivered_messages)
+        for key in [k for k in cache if k[0] in topical and k[1] == topic]:
+            del cache[key]  # (a topic's cached children, see _children)
         for counter in (
             self.published_messages,
             self.published_bytes,
@@ -235,6 +249,25 @@ class NodeMetrics:
     def render(self) -> bytes:
         """Prometheus text exposition format 0.0.4."""
         return generate_latest(self.registry)
+
+
+#: The most labelled children :func:`_children` keeps (beyond it, looked up each time).
+MAX_CACHED_CHILDREN = 4096
+
+
+def _children(m: NodeMetrics, labels: tuple[str, ...], *metrics: Any) -> tuple[Any, ...]:
+    """The children of ``metrics`` for ``labels``, cached on ``m`` (prometheus_client's
+    ``labels()`` takes a lock and builds a key each call: ~4 us, several per message on the
+    publish path).  Keyed by the first metric and the labels; :meth:`NodeMetrics.forget_topic`
+    drops a topic's entries with its series."""
+    cache = m.label_children
+    key = (metrics[0], *labels)
+    c = cache.get(key)
+    if c is None:
+        c = tuple(x.labels(*labels) for x in metrics)
+        if len(cache) < MAX_CACHED_CHILDREN:
+            cache[key] = c
+    return c
 
 
 class _StateCollector:

@@ -215,6 +215,8 @@ class Publishing(MemoryBudget):
         result = PublishResult(offsets, [r.id or "" for r in records], parts, dup, stored)
         if not waits:
             return succeed(result)
+        if len(waits) == 1:  # the common case (one partition): no DeferredList on the way
+            return waits[0].addCallback(lambda _: result)
         dl: Deferred[Any] = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
         dl.addCallback(lambda _: result)
         dl.addErrback(first_failure)
