@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,93 @@ def run_latency(url: str, rate: float, seconds: float, connections: int) -> tupl
     return float(m.group(1)), float(m.group(2)), out
 
 
+def closed_loop(url: str, n: int, size: int = 100) -> tuple[float, float, str]:
+    """``n`` single-message publishes (``acks=leader``) one after the other on one keep-alive
+    connection, each sent when the last was answered, while an SSE subscriber (a thread of
+    this process) reads the topic: no backlog can form however slow the machine, so the
+    node's CPU per message is the publish path's own.  (p50, p99 of the round trip in ms,
+    a summary line)."""
+    import json
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    u = urllib.parse.urlparse(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    topic = f"closed-{time.time_ns()}"
+    req = urllib.request.Request(f"{url}/v1/topics/{topic}", data=b"{}", method="PUT")
+    req.add_header("content-type", "application/json")
+    urllib.request.urlopen(req, timeout=30).read()
+    sub = socket.create_connection((host, port), timeout=60)
+    sub.sendall(f"GET /v1/topics/{topic}/stream?from=latest HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    seen = [0]
+    head = b""
+    while b": sprawl stream" not in head:
+        chunk = sub.recv(65536)
+        if not chunk:
+            raise RuntimeError("stream closed")
+        head += chunk
+
+    def read() -> None:
+        while seen[0] < n:
+            data = sub.recv(1 << 20)
+            if not data:
+                return
+            seen[0] += data.count(b"\nid: ") + data.startswith(b"id: ")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    pub = socket.create_connection((host, port), timeout=60)
+    pub.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pad = "x" * size
+    rtt: list[float] = []
+    for _ in range(n):
+        body = json.dumps({"messages": [{"payload": pad}], "acks": "leader"}).encode()
+        t0 = time.perf_counter()
+        pub.sendall(
+            b"POST /v1/topics/%s/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (topic.encode(), len(body), body)
+        )
+        buf = b""
+        while True:
+            buf += pub.recv(65536)
+            h = buf.find(b"\r\n\r\n")
+            if h >= 0:
+                m = re.search(rb"(?i)content-length: (\d+)", buf[:h])
+                if m and len(buf) >= h + 4 + int(m.group(1)):
+                    break
+        rtt.append((time.perf_counter() - t0) * 1000)
+        if not buf.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(buf[:200].decode(errors="replace"))
+    reader.join(30)
+    pub.close()
+    sub.close()
+    rtt.sort()
+    p50, p99 = rtt[len(rtt) // 2], rtt[min(len(rtt) - 1, int(0.99 * len(rtt)))]
+    return (
+        p50,
+        p99,
+        f"closed loop: {n} publishes, {seen[0]} delivered, round trip p50 {p50:.2f} ms p99 {p99:.2f} ms",
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument(
+        "--closed", type=int, default=0, help="N publishes one after the other instead of a steady rate"
+    )
+    ap.add_argument(
+        "--cprofile",
+        type=Path,
+        default=None,
+        help="run the node under cProfile (twistd --profiler cprofile), stats written here at its stop",
+    )
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds of the idle node's CPU measured first")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw output (first run)")
     ap.add_argument("--node-arg", action="append", default=[], help="an extra argument of the node")
     a = ap.parse_args()
@@ -140,9 +222,16 @@ def main() -> None:
     p50s: list[float] = []
     p99s: list[float] = []
     cpus: list[float] = []
+    nets: list[float] = []
     for i in range(a.repeat):
         profile = a.profile is not None and i == 0
-        if profile:
+        if a.cprofile is not None:
+
+            def with_cprofile(out: Path = a.cprofile) -> list[str]:
+                return [*plain(), "--profile", str(out), "--profiler", "cprofile", "--savestats"]
+
+            harness.nodes.twistd_command = with_cprofile
+        elif profile:
             spy = str(Path(sys.executable).parent / "py-spy")
             rec = [spy, "record", "--nonblocking", "--gil", "-r", "200", "-f", "raw", "-o", str(a.profile)]
             rec += ["-d", str(int(a.seconds + SPY_MARGIN))]
@@ -157,31 +246,44 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg).start()
             try:
+                i0 = sum(cpu_seconds(node.proc.pid))
+                time.sleep(a.idle)
                 u0, s0 = cpu_seconds(node.proc.pid)
-                p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections)
+                idle = (u0 + s0 - i0) / a.idle if a.idle else 0.0
+                t0 = time.monotonic()
+                if a.closed:
+                    p50, p99, line = closed_loop(node.url, a.closed)
+                    print(line, flush=True)
+                else:
+                    p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections)
+                took = time.monotonic() - t0
+                messages = a.closed or a.rate * a.seconds
                 u1, s1 = cpu_seconds(node.proc.pid)
                 if profile:
                     node.proc.wait(SPY_MARGIN + 30)
                 user, system = (
-                    (u1 - u0) / (a.rate * a.seconds) * 1e6,
-                    (s1 - s0) / (a.rate * a.seconds) * 1e6,
+                    (u1 - u0) / messages * 1e6,
+                    (s1 - s0) / messages * 1e6,
                 )
                 cpu = user + system
+                net = cpu - idle * took / messages * 1e6
             finally:
                 node.stop()
         tag = " (under py-spy: not a figure)" if profile else ""
         print(
             f"run {i + 1}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, load {load:.1f}, "
-            f"node CPU {cpu:.0f} us/message (user {user:.0f}, system {system:.0f}){tag}",
+            f"node CPU {cpu:.0f} us/message (user {user:.0f}, system {system:.0f}; "
+            f"{net:.0f} beyond the idle node's {idle * 100:.1f} %){tag}",
             flush=True,
         )
         if profile:
             assert a.profile is not None
-            print(summarize(a.profile, int(a.rate * a.seconds)), flush=True)
+            print(summarize(a.profile, int(messages)), flush=True)
         else:
             p50s.append(p50)
             p99s.append(p99)
             cpus.append(cpu)
+            nets.append(net)
     if p50s:
         print(
             f"median of {len(p50s)}: p50 {statistics.median(p50s):.2f} ms, p99 {statistics.median(p99s):.2f} ms"
