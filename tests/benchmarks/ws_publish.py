@@ -9,18 +9,20 @@ node on loopback:
 batches of ``--batch`` messages, ``acks=leader`` on a durable one-partition topic) with
 ``wire="json"`` (JSON text frames: a binary payload as base64) and ``wire="lean"`` (binary
 msgpack frames: raw bytes), for each payload size and kind (``text``: ASCII payloads;
-``binary``: random bytes, which the JSON frame carries as base64).  Reports msgs/s, payload
+``binary``: random bytes, which the JSON frame carries as base64).  ``--codec``: only the
+in-process cost per message of building a frame (client) and reading it into records (the
+node), JSON against msgpack, no server.  Reports msgs/s, payload
 MB/s and frame bytes per message; medians of ``--repeat`` runs, the load average with each
 (this machine is shared: compare the two wires within one run).  The client runs in a child
-process (a Twisted reactor runs once per process), the node in another.
+process (a Twisted reactor runs once per process; ``--child``), the node in another.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,10 +84,56 @@ def run_wire(url: str, wire: str, n: int, size: int, kind: str, batch: int, wind
     return out[0]
 
 
-def _child(*args: Any) -> float:
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return float(pool.apply(run_wire, args))
+def _child(url: str, wire: str, n: int, size: int, kind: str, batch: int, window: int) -> float:
+    """One measurement in a fresh process (a Twisted reactor runs once per process), bounded
+    in time: a child that does not answer is killed and the run fails."""
+    args = [url, wire, str(n), str(size), kind, str(batch), str(window)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ws_publish", "--child", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the client failed: {done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def codec_costs(size: int, kind: str, batch: int, repeat: int = 15) -> dict[str, tuple[float, float]]:
+    """In process, no server: us per message to build a frame (the client) and to read it
+    into records (the node's WebSocket path), JSON against msgpack; (min, median) of
+    ``repeat`` interleaved rounds -- the minimum is the round least disturbed by the rest
+    of the machine."""
+    import msgspec
+
+    from sprawl.http.codec import parse_message
+    from sprawl.http.lean_wire import parse_msgpack, parse_pack_frame
+
+    items = batches(batch, size, kind, batch)[0]
+    frames = {w: publish_frame(0, items, "leader", w == "lean") for w in WIRES}
+
+    def read_json(raw: bytes) -> int:
+        body = msgspec.json.decode(raw)["publish"]
+        return len([parse_message(m, i) for i, m in enumerate(body["messages"])])
+
+    def read_pack(raw: bytes) -> int:
+        _, body = parse_pack_frame(raw)
+        return len(parse_msgpack(body, 10_000, "quorum")[0])
+
+    steps = {
+        "json": (lambda: publish_frame(0, items, "leader", False), lambda: read_json(frames["json"])),
+        "lean": (lambda: publish_frame(0, items, "leader", True), lambda: read_pack(frames["lean"])),
+    }
+    got: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        for wire, (enc, dec) in steps.items():
+            for name, fn in (("encode", enc), ("decode", dec)):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    fn()
+                got.setdefault(f"{wire} {name}", []).append((time.perf_counter() - t0) / 20 / batch * 1e6)
+    return {k: (min(v), statistics.median(v)) for k, v in got.items()}
 
 
 def main() -> None:
@@ -96,7 +144,28 @@ def main() -> None:
     ap.add_argument("--kinds", default="text,binary")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--codec", action="store_true", help="only the in-process encode/decode cost per message")
     a = ap.parse_args()
+    if a.codec:
+        print(
+            "| payload | client encode, us/msg: JSON / msgpack | node decode, us/msg: JSON / msgpack |  (min; median)"
+        )
+        print("|---|---|---|")
+        for kind in a.kinds.split(","):
+            for size in (int(x) for x in a.sizes.split(",")):
+                c = codec_costs(size, kind, a.batch)
+                print(
+                    f"| {size} B {kind} | {c['json encode'][0]:.2f} / {c['lean encode'][0]:.2f} "
+                    f"({c['json encode'][1]:.2f} / {c['lean encode'][1]:.2f}) | "
+                    f"{c['json decode'][0]:.2f} / {c['lean decode'][0]:.2f} "
+                    f"({c['json decode'][1]:.2f} / {c['lean decode'][1]:.2f}) |"
+                )
+        return
+    if a.child:
+        url, wire, n_, size_, kind, batch_, window_ = a.child
+        print(run_wire(url, wire, int(n_), int(size_), kind, int(batch_), int(window_)))
+        return
     sizes = [int(s) for s in a.sizes.split(",")]
     kinds = a.kinds.split(",")
     n = (a.messages // a.batch) * a.batch
