@@ -9,8 +9,9 @@
 * ``SprawlClient.subscribe`` reading every message from ``earliest``: ``json`` (one SSE event
   per message) against ``lean`` (``?format=batch``), msgs/s decoded by the client;
 * ``TxSprawlClient``: ``publish_batch`` awaited one after the other against
-  ``publish_many`` (the same batches pipelined on one WebSocket, ``window=16``; msgpack frames,
-  the lean wire), msgs/s (JSON frames against msgpack frames: ``benchmarks.ws_publish``).
+  ``publish_many`` (the same batches pipelined on one WebSocket, ``window=16``), with JSON
+  frames (``wire="json"``) and msgpack frames (``wire="lean"``), msgs/s (by payload size and
+  kind: ``benchmarks.ws_publish``).
 
 Medians of ``--repeat`` runs; the load average is printed with each (this machine is shared).
 """
@@ -79,15 +80,16 @@ def blocking_subscribe(url: str, wire: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def twisted_publish(url: str, many: bool, n: int) -> float:
-    """msgs/s of TxSprawlClient: publish_batch one at a time, or publish_many (window 16)."""
+def twisted_publish(url: str, many: bool, n: int, wire: str = "lean") -> float:
+    """msgs/s of TxSprawlClient: publish_batch one at a time, or publish_many (window 16;
+    ``wire="lean"``: msgpack frames, ``"json"``: JSON frames)."""
     from twisted.internet import reactor as r
     from twisted.internet.defer import Deferred
 
     reactor: Any = r
 
     async def main() -> float:
-        c = TxSprawlClient(url, reactor=reactor)
+        c = TxSprawlClient(url, reactor=reactor, wire=wire)
         topic = f"ct-{int(many)}-{time.time_ns()}"
         await c.create_topic(topic, partitions=1, storage="durable")
         work = batches(n, "t")
@@ -139,10 +141,10 @@ def main() -> None:
                     rows.setdefault(f"SprawlClient.subscribe, wire={wire}", []).append(
                         blocking_subscribe(node.url, wire, n)
                     )
-                for many in (False, True):
-                    name = "publish_many (window 16)" if many else "publish_batch one at a time"
+                for many, wire in ((False, "lean"), (True, "json"), (True, "lean")):
+                    name = f"publish_many (window 16), wire={wire}" if many else "publish_batch one at a time"
                     rows.setdefault(f"TxSprawlClient.{name}", []).append(
-                        _child("twisted_publish", node.url, many, n)
+                        _child("twisted_publish", node.url, many, n, wire)
                     )
                 print(
                     f"run {i + 1}/{a.repeat} (load {load:.1f} -> {os.getloadavg()[0]:.1f})", file=sys.stderr
