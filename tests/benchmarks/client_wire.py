@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,6 @@ def twisted_publish(url: str, many: bool, n: int, wire: str = "lean") -> float:
     """msgs/s of TxSprawlClient: publish_batch one at a time, or publish_many (window 16;
     ``wire="lean"``: msgpack frames, ``"json"``: JSON frames)."""
     from twisted.internet import reactor as r
-    from twisted.internet.defer import Deferred
 
     reactor: Any = r
 
@@ -101,8 +101,15 @@ def twisted_publish(url: str, many: bool, n: int, wire: str = "lean") -> float:
                 await c.publish_batch(topic, b, acks="leader")
         return n / (time.perf_counter() - t0)
 
+    return run_once(reactor, main())
+
+
+def run_once(reactor: Any, work: Coroutine[Any, Any, float]) -> float:
+    """Run the reactor (once per process) until ``work`` is done; its result."""
+    from twisted.internet.defer import Deferred
+
     out: list[Any] = []
-    d: Deferred[Any] = Deferred.fromCoroutine(main())
+    d: Deferred[Any] = Deferred.fromCoroutine(work)
     d.addBoth(out.append)
     d.addBoth(lambda _: reactor.stop() if reactor.running else None)
     reactor.run()

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.client_wire import run_once
 from harness import NodeProcess
 from sprawl.client.messages import outgoing
 from sprawl.client.txclient import TxSprawlClient
@@ -59,7 +60,6 @@ def frame_bytes(work: list[list[dict[str, Any]]], wire: str) -> float:
 def run_wire(url: str, wire: str, n: int, size: int, kind: str, batch: int, window: int) -> float:
     """Seconds ``publish_many`` takes for ``n`` messages (in this child process)."""
     from twisted.internet import reactor as r
-    from twisted.internet.defer import Deferred
 
     reactor: Any = r
     work = batches(n, size, kind, batch)
@@ -74,14 +74,7 @@ def run_wire(url: str, wire: str, n: int, size: int, kind: str, batch: int, wind
         assert sum(len(p.offsets) for p in got) == len(work) * batch
         return took
 
-    out: list[Any] = []
-    d: Deferred[Any] = Deferred.fromCoroutine(main())
-    d.addBoth(out.append)
-    d.addBoth(lambda _: reactor.stop() if reactor.running else None)
-    reactor.run()
-    if not out or not isinstance(out[0], float):
-        raise RuntimeError(f"the Twisted client's run failed: {out}")
-    return out[0]
+    return run_once(reactor, main())
 
 
 def _child(url: str, wire: str, n: int, size: int, kind: str, batch: int, window: int) -> float:

@@ -397,6 +397,21 @@ def _fuzz_protocol() -> tuple[Any, list[bytes], FakeBroker]:
     return proto, sent, broker
 
 
+def _one_answer_publishing_only_if_valid(frame: bytes) -> None:
+    """The binary ``frame`` gets one answer frame: an error with code and message (never an
+    internal error) and nothing published, or ``published`` and one publish."""
+    proto, sent, broker = _fuzz_protocol()
+    proto.onMessage(frame, True)
+    assert len(sent) == 1, sent
+    answer = json.loads(sent[0])
+    if "error" in answer:
+        assert set(answer["error"]) >= {"code", "message"}
+        assert answer["error"]["code"] != "internal_error", answer
+        assert broker.published == []
+    else:
+        assert "published" in answer and len(broker.published) == 1
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.one_of(
@@ -427,16 +442,7 @@ def _fuzz_protocol() -> tuple[Any, list[bytes], FakeBroker]:
 def test_fuzzed_client_frames_get_one_answer_and_never_raise(frame: bytes) -> None:
     """Any client frame gets exactly one answer -- an error frame with code and message, or a
     ``published`` answer for a valid publish -- and nothing is published by an invalid frame."""
-    proto, sent, broker = _fuzz_protocol()
-    proto.onMessage(frame, True)
-    assert len(sent) == 1, sent
-    answer = json.loads(sent[0])
-    if "error" in answer:
-        assert set(answer["error"]) >= {"code", "message"}
-        assert answer["error"]["code"] != "internal_error", answer
-        assert broker.published == []
-    else:
-        assert "published" in answer and len(broker.published) == 1
+    _one_answer_publishing_only_if_valid(frame)
 
 
 _packed_values = st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8)
@@ -467,16 +473,7 @@ def test_fuzzed_msgpack_frames_get_one_answer_and_never_raise(frame: bytes) -> N
     """Any binary msgpack frame gets exactly one JSON answer -- an error frame with code and
     message (never an internal error), or ``published`` for a valid one -- and nothing is
     published by an invalid frame."""
-    proto, sent, broker = _fuzz_protocol()
-    proto.onMessage(frame, True)
-    assert len(sent) == 1, sent
-    answer = json.loads(sent[0])
-    if "error" in answer:
-        assert set(answer["error"]) >= {"code", "message"}
-        assert answer["error"]["code"] != "internal_error", answer
-        assert broker.published == []
-    else:
-        assert "published" in answer and len(broker.published) == 1
+    _one_answer_publishing_only_if_valid(frame)
 
 
 @pytest_twisted.ensureDeferred
