@@ -445,8 +445,10 @@ def run_schedule(seed: int, voters: int, steps: int) -> dict[str, int]:
             pass  # no fault this step
         elif r < 0.63 and nodes:  # crash
             if len(sim.crashed - removed) < (voters - 1) // 2 + 1:
-                sim.crash(rng.choice(nodes))
+                dead = sim.crash(rng.choice(nodes))
                 world.count("crashes")
+                if dead.writing is not None:
+                    world.count("crashes_mid_write")  # a leader's appends out, its own write lost
         elif r < 0.73 and sim.crashed - removed:  # restart from disk
             nid = rng.choice(ids_of(sim.crashed - removed))
             sim.restart(nid, make(nid))
@@ -553,7 +555,8 @@ def _run_many(name: str, voters: int, seeds: list[int], steps: int) -> None:
     print(f"{name}: {len(seeds)} schedules in {elapsed:.1f}s: {totals}")
     if ONE_SEED is None:
         # The faults and features were exercised (else the checks would be vacuous).
-        for what in ("acked", "reads", "crashes", "snapshots_sent", "conf_changes_applied", "early_appends"):
+        exercised = ("acked", "reads", "crashes", "snapshots_sent", "conf_changes_applied")
+        for what in (*exercised, "early_appends", "crashes_mid_write"):
             assert totals.get(what, 0) > len(seeds) // 20, f"too few {what}: {totals}"
 
 
