@@ -4,6 +4,7 @@ real ``twistd sprawl`` nodes on 127.0.0.1.
 
     PYTHONPATH=tests python -m benchmarks.create_cost [--nodes 3] [--topics 100,1000,10000]
                                                       [--batch 100] [--clients 8] [--table]
+                                                      [--settle 2] [--idle 2]
 
 It grows a cluster (replication factor ``min(3, nodes)``) to each count of
 single-partition topics and, at each count, measures ``--batch`` operations
@@ -19,8 +20,9 @@ of each kind from one keep-alive client on the first node:
 and for each kind the **LMDB commits** per operation on each node
 (``sprawl_lmdb_commit_duration_seconds`` from ``/metrics``: count and
 seconds -- every commit is an fsync) and each node's **CPU ms** per
-operation (``/proc/PID/stat``; this includes the node's idle work over the
-batch's seconds).  Then **concurrent** creates: ``--clients`` clients on the
+operation (``/proc/PID/stat``): ``cpu_ms`` all of it, ``cpu_ms_net`` less the
+node's idle rate (measured over ``--idle`` seconds after ``--settle`` seconds
+of rest at each count) times the batch's seconds.  Then **concurrent** creates: ``--clients`` clients on the
 nodes in turn, ``--batch`` creates between them at once; wall ms per create
 (Raft puts the proposals that wait for one Ready into one append, and the
 store groups their writes into one commit).
@@ -70,16 +72,39 @@ def snapshot(cluster: NodeCluster) -> dict[str, tuple[float, float, float]]:
     return out
 
 
-def per_create(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
-    """Each node's commits, commit ms and CPU ms per create between two snapshots."""
-    return {
-        node: {
+def per_create(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    n: int,
+    idle: dict[str, float] | None = None,
+    seconds: float = 0.0,
+) -> dict[str, dict[str, float]]:
+    """Each node's commits, commit ms and CPU ms per operation between two
+    snapshots; with ``idle`` (each node's CPU seconds per second with no
+    traffic) and the ``seconds`` between the snapshots, also ``cpu_ms_net``:
+    the CPU less what the node would have spent idle meanwhile."""
+    out = {}
+    for node in before:
+        cpu = after[node][2] - before[node][2]
+        row = {
             "commits": round((after[node][0] - before[node][0]) / n, 2),
             "commit_ms": round((after[node][1] - before[node][1]) * 1000 / n, 1),
-            "cpu_ms": round((after[node][2] - before[node][2]) * 1000 / n, 1),
+            "cpu_ms": round(cpu * 1000 / n, 2),
         }
-        for node in before
-    }
+        if idle is not None:
+            row["cpu_ms_net"] = round(max(0.0, cpu - idle[node] * seconds) * 1000 / n, 2)
+        out[node] = row
+    return out
+
+
+def idle_rates(cluster: NodeCluster, seconds: float) -> dict[str, float]:
+    """Each node's CPU seconds per second over ``seconds`` of no traffic."""
+    before = snapshot(cluster)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = snapshot(cluster)
+    took = time.monotonic() - t0
+    return {n: (after[n][2] - before[n][2]) / took for n in before}
 
 
 def concurrent(cluster: NodeCluster, prefix: str, clients: int, each: int) -> tuple[float, list[str]]:
@@ -103,13 +128,15 @@ def concurrent(cluster: NodeCluster, prefix: str, clients: int, each: int) -> tu
 
 
 def measured(
-    cluster: NodeCluster, n: int, run: Callable[[], float]
+    cluster: NodeCluster, n: int, run: Callable[[], float], idle: dict[str, float]
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """Run ``run`` (``n`` operations; returns ms per operation) between two
     snapshots: (ms per operation, each node's figures per operation)."""
     before = snapshot(cluster)
+    t0 = time.monotonic()
     ms = run()
-    return ms, per_create(before, snapshot(cluster), n)
+    took = time.monotonic() - t0
+    return ms, per_create(before, snapshot(cluster), n, idle, took)
 
 
 def summary(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -119,18 +146,35 @@ def summary(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
     return {
         "commits_mean": round(sum(commits) / len(commits), 2),
         "commits_max": max(commits),
-        "cpu_ms_all": round(sum(v["cpu_ms"] for v in per_node.values()), 1),
+        "cpu_ms_all": round(sum(v["cpu_ms"] for v in per_node.values()), 2),
+        "cpu_ms_net_all": round(sum(v.get("cpu_ms_net", v["cpu_ms"]) for v in per_node.values()), 2),
     }
 
 
 def measure_count(
-    cluster: NodeCluster, conn: Conn, count: int, batch: int, clients: int, rng: random.Random
+    cluster: NodeCluster,
+    conn: Conn,
+    count: int,
+    batch: int,
+    clients: int,
+    rng: random.Random,
+    settle: float = 2.0,
+    idle_seconds: float = 2.0,
 ) -> dict[str, Any]:
-    """Every figure at one count of topics (``t00000`` .. already made)."""
+    """Every figure at one count of topics (``t00000`` .. already made),
+    after ``settle`` seconds and ``idle_seconds`` of measuring the nodes'
+    idle CPU (subtracted from the operations' CPU: ``cpu_ms_net``)."""
+    time.sleep(settle)
+    idle = idle_rates(cluster, idle_seconds)
     rf = min(3, len(cluster.names))
     made = [f"t{i:05d}" for i in range(count)]
     fresh = [f"s{count:05d}-{i}" for i in range(batch)]
-    row: dict[str, Any] = {"nodes": len(cluster.names), "topics": count, "raft_leader": cluster.raft_leader()}
+    row: dict[str, Any] = {
+        "nodes": len(cluster.names),
+        "topics": count,
+        "raft_leader": cluster.raft_leader(),
+        "idle_cpu_pct": {n: round(r * 100, 1) for n, r in idle.items()},
+    }
     ops: list[tuple[str, Callable[[], float]]] = [
         ("create", lambda: create(conn, fresh, rf)),
         ("describe", lambda: timed(conn, "GET", [f"/v1/topics/{rng.choice(made)}" for _ in range(batch)])),
@@ -143,15 +187,17 @@ def measure_count(
         ("delete", lambda: timed(conn, "DELETE", [f"/v1/topics/{n}" for n in fresh], ok=(200, 204))),
     ]
     for kind, run in ops:
-        ms, per_node = measured(cluster, batch, run)
+        ms, per_node = measured(cluster, batch, run, idle)
         row[f"{kind}_ms"] = round(ms, 2)
         row[kind] = summary(per_node)
         row[f"{kind}_per_node"] = per_node
     each = max(batch // clients, 1)
     before = snapshot(cluster)
+    t0 = time.monotonic()
     conc_ms, errors = concurrent(cluster, f"c{count:05d}", clients, each)
+    took = time.monotonic() - t0
     row[f"concurrent_{clients}_ms"] = round(conc_ms, 2)
-    row["concurrent"] = summary(per_create(before, snapshot(cluster), clients * each))
+    row["concurrent"] = summary(per_create(before, snapshot(cluster), clients * each, idle, took))
     row["errors"] = errors[:3]
     row["load_avg"] = os.getloadavg()[0]
     return row
@@ -160,7 +206,7 @@ def measure_count(
 def table(rows: list[dict[str, Any]], clients: int) -> str:
     """The rows as a Markdown table."""
     head = (
-        "| topics | create ms | commits per create (mean / most of a node) | CPU ms per create (3 nodes) "
+        "| topics | create ms | commits per create (mean / most of a node) | CPU ms per create (3 nodes, less idle) "
         f"| delete ms | commits per delete | describe ms | list ms (page of 100) | {clients} clients: ms per create "
         "| load avg |\n|---|---|---|---|---|---|---|---|---|---|"
     )
@@ -169,7 +215,7 @@ def table(rows: list[dict[str, Any]], clients: int) -> str:
         c, d = r["create"], r["delete"]
         lines.append(
             f"| {r['topics']:,} | {r['create_ms']:.1f} | {c['commits_mean']:.2f} / {c['commits_max']:.2f} "
-            f"| {c['cpu_ms_all']:.1f} | {r['delete_ms']:.1f} | {d['commits_mean']:.2f} "
+            f"| {c['cpu_ms_net_all']:.1f} | {r['delete_ms']:.1f} | {d['commits_mean']:.2f} "
             f"| {r['describe_ms']:.2f} | {r['list_ms']:.2f} | {r[f'concurrent_{clients}_ms']:.1f} "
             f"| {r['load_avg']:.1f} |"
         )
@@ -185,6 +231,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1, help="seeds the choice of topics described and listed")
     ap.add_argument("--table", action="store_true", help="print a Markdown table at the end")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds of rest before each count's figures")
+    ap.add_argument("--idle", type=float, default=2.0, help="seconds of idle CPU measured (and subtracted)")
     a = ap.parse_args()
     rf = min(3, a.nodes)
     rng = random.Random(a.seed)
@@ -198,7 +246,7 @@ def main() -> None:
         for count in (int(x) for x in a.topics.split(",")):
             create(conn, [f"t{i:05d}" for i in range(made, count)], rf)
             made = count
-            row = measure_count(cluster, conn, count, a.batch, a.clients, rng)
+            row = measure_count(cluster, conn, count, a.batch, a.clients, rng, a.settle, a.idle)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
