@@ -64,7 +64,17 @@ class MetadataApply:
         if cmd.get("op") == "put_node" and "error" not in result:
             self.control.names[int(cmd["raft_id"])] = cmd["node_id"]
         d = self._materialise(cmd) if "error" not in result else defer.succeed(None)
-        if "error" not in result and cmd.get("op") in ("put_topic", "delete_topic", "set_partition"):
+        if "error" not in result and cmd.get("op") == "put_topic":
+            # The broker made the change in memory already (its write is
+            # queued): the replicas follow it in this same reactor turn, so
+            # their records (a new replica's epoch) join the broker's write
+            # and the commit index in one group commit instead of a commit
+            # of their own after it (issue 23).  Nothing is lost by not
+            # waiting: the writer commits in order, so a replica's records
+            # are never on disk without the topic's, and the Raft log applies
+            # the entry again after a crash.
+            self._topic_changed(None, str(cmd["name"]))
+        elif "error" not in result and cmd.get("op") in ("delete_topic", "set_partition"):
             d.addCallback(self._topic_changed, str(cmd.get("topic") or cmd.get("name")))
         if "error" not in result and cmd.get("op") == "set_partitions":
             for name in _batch_topics(cmd, result):

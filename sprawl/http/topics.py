@@ -15,6 +15,7 @@ from sprawl.errors import BadRequest
 from sprawl.http.codec import arg, int_arg, json_body, linearizable
 from sprawl.interfaces import MessagePlane, MetadataControl, TrafficView
 from sprawl.pubsub import Broker
+from sprawl.pubsub.names import NameIndex
 from sprawl.topics import Topic
 
 #: Most topics one page of ``GET /v1/topics?limit=`` holds.
@@ -51,10 +52,14 @@ class TopicRoutes:
         def answer(_: object = None) -> dict[str, Any]:
             if limit is None and after is None:
                 return {"topics": [b.summarize_topic(t) for _, t in sorted(b.topics.items())]}
-            # One page: the smallest names past ``after`` (a scan without a
-            # sort of every name, and summaries of the page only).
-            names = (n for n in b.topics if after is None or n > after)
-            page = heapq.nsmallest(limit + 1 if limit is not None else len(b.topics), names)
+            # One page: the smallest names past ``after`` (from the broker's
+            # sorted names: no scan of every name), summaries of the page only.
+            want = limit + 1 if limit is not None else len(b.topics)
+            topics = b.topics
+            if isinstance(topics, NameIndex):
+                page = topics.names_after(after, want)
+            else:
+                page = heapq.nsmallest(want, (n for n in topics if after is None or n > after))
             more = limit is not None and len(page) > limit
             page = page[:limit] if limit is not None else page
             return {

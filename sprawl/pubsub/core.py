@@ -31,7 +31,7 @@ from sprawl.log.segments import Segment
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub.housekeeping import Touched
 from sprawl.pubsub.links import ClusterLinks
-from sprawl.pubsub.names import check_topic_name
+from sprawl.pubsub.names import NameIndex, check_topic_name
 from sprawl.pubsub.watchers import PartitionWatchers
 from sprawl.storage import keys
 from sprawl.storage.integrity import Integrity
@@ -76,7 +76,8 @@ class BrokerCore:
         self.clock = clock
         self.node_id = node_id
         self.metrics = metrics
-        self.topics: dict[str, Topic] = {}
+        #: By name, names kept sorted (a page of the topic list does not scan them all).
+        self.topics: NameIndex[Topic] = NameIndex()
         #: Who waits for a partition to move (:meth:`watch`, :meth:`wait_any`).
         self.watchers = PartitionWatchers(clock)
         #: Topics written to, for the periodic jobs that look only at what changed.

@@ -15,6 +15,17 @@ Each Ready is handled strictly in the order Raft's safety needs:
 Only one Ready is in flight at a time; messages that arrive meanwhile are
 stepped into the core at once and handled by the next Ready.
 
+A leader sends its appends while it writes them (Raft thesis 10.2.1, as
+etcd): in a Ready that changes neither term nor vote, the ``APP`` and
+``HEARTBEAT`` messages go out *before* step 1's write instead of after it, so
+the followers' writes overlap the leader's own.  They promise nothing that is
+not yet durable: their term is on disk already, they acknowledge nothing, and
+the commit index they carry counts the leader's copy of an entry only once the
+leader's write of it is done (the core moves its own ``match`` in
+:meth:`RaftNode.persisted`, called as soon as the write fires).  Everything
+else -- votes, a follower's acknowledgements, anything of a new term -- still
+leaves only after the write.
+
 One exception to step 1's wait: a Ready whose only change to persist is the
 commit index (no entries, no snapshot, term and vote unchanged) -- the usual
 Ready that applies a proposal -- does not wait for that write before sending
@@ -50,7 +61,7 @@ from sprawl.raft.messages import (
     MessageType,
     Snapshot,
 )
-from sprawl.raft.node import Config, ProposalDropped, RaftNode, Ready, Role
+from sprawl.raft.node import Config, ProposalDropped, RaftNode, Ready, Role, split_early
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -237,6 +248,9 @@ class RaftDriver:
                 if rd.soft_state is not None:
                     self._soft_state_changed()
                 saving: defer.Deferred[None] | None = None
+                early, late = split_early(rd, self._term_vote)
+                for m in early:
+                    self.send(m)
                 if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
                     if self._commit_only(rd):
                         # Only the commit index moved: nothing sent or applied
@@ -248,9 +262,11 @@ class RaftDriver:
                         saving = self.storage.save_ready(rd)
                     else:
                         await self.storage.save_ready(rd)
+                        # (a leader counts its own copy towards the quorum from now)
+                        self.node.persisted(rd)
                     if rd.hard_state is not None:
                         self._term_vote = (rd.hard_state.term, rd.hard_state.vote)
-                for m in rd.messages:
+                for m in late:
                     self.send(m)
                     if m.type == MessageType.SNAP:
                         self.node.report_snapshot(m.to, True)

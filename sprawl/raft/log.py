@@ -206,6 +206,14 @@ class RaftLog:
         """Entries from ``i`` to the end (size-limited)."""
         return self.slice(i, self.last_index() + 1, max_size)
 
+    def stable_last_index(self) -> int:
+        """The last index of the persisted prefix of this log (what the
+        driver reported durable and nothing since replaced); 0 while a
+        snapshot waits to be persisted."""
+        if self.unstable.snapshot is not None:
+            return 0
+        return self.unstable.offset - 1
+
     def unstable_entries(self) -> list[Entry]:
         """Entries the driver must persist."""
         return list(self.unstable.entries)

@@ -14,6 +14,17 @@ never performs I/O; instead :meth:`~RaftNode.ready` hands the driver a
    serve ``read_states`` once applied up to their index;
 4. call :meth:`~RaftNode.advance` with the same Ready.
 
+One relaxation of step 2 (Raft thesis 10.2.1; etcd's raft does the same): a
+leader's appends and heartbeats may be sent *while* the same Ready's entries
+are being written, as long as the Ready changes neither term nor vote -- they
+acknowledge nothing and carry only commit indexes that are already true.
+That holds because the leader counts *itself* towards the commit quorum only
+once its own append is durable: its progress ``match`` moves when the driver
+reports the entries stored (:meth:`~RaftNode.persisted`, also called by
+:meth:`~RaftNode.advance`), never when they are appended.  An entry is thus
+committed only when a majority holds it on disk, whether or not the leader
+is part of that majority -- what a commit means is unchanged.
+
 Features (the etcd raft design, written anew): leader election with
 randomized timeouts (``election_tick .. 2*election_tick - 1`` ticks, from an
 injected :class:`random.Random`), PreVote, CheckQuorum with leader stickiness,
@@ -119,6 +130,27 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+
+
+#: What a leader may send while the Ready that made it is still being written
+#: (see the module docstring): its appends and heartbeats.
+SENT_WHILE_WRITING = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+
+
+def split_early(rd: Ready, term_vote_on_disk: tuple[int, int]) -> tuple[list[Message], list[Message]]:
+    """``rd``'s messages as (those that may leave before its write, the
+    rest): the appends and heartbeats of a Ready that installs no snapshot
+    and keeps the term and vote already on disk (none when there is nothing
+    to write: then nothing waits anyway)."""
+    hs = rd.hard_state
+    if (
+        (hs is None and not rd.entries)
+        or rd.snapshot is not None
+        or (hs is not None and (hs.term, hs.vote) != term_vote_on_disk)
+    ):
+        return [], list(rd.messages)
+    early = [m for m in rd.messages if m.type in SENT_WHILE_WRITING]
+    return early, [m for m in rd.messages if m.type not in SENT_WHILE_WRITING]
 
 
 @dataclass
@@ -322,14 +354,26 @@ class RaftNode:
         self._prev_ss, self._prev_hs = ss, hs
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """The driver persisted, sent and applied ``rd``."""
+    def persisted(self, rd: Ready) -> None:
+        """The driver made ``rd``'s snapshot and entries durable (it may say so
+        before applying ``rd``; :meth:`advance` says it too).  A leader now
+        counts its own copy of them towards the commit quorum -- and only now
+        (see the module docstring)."""
         if rd.snapshot is not None:
             self.log.stable_snap_to(rd.snapshot.meta.index)
-            self.log.applied = max(self.log.applied, rd.snapshot.meta.index)
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
+            if self.role == Role.LEADER:
+                me = self.progress.get(self.id)
+                if me is not None and me.maybe_update(self.log.stable_last_index()) and self._maybe_commit():
+                    self._bcast_append()
+
+    def advance(self, rd: Ready) -> None:
+        """The driver persisted, sent and applied ``rd``."""
+        self.persisted(rd)
+        if rd.snapshot is not None:
+            self.log.applied = max(self.log.applied, rd.snapshot.meta.index)
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
 
@@ -450,7 +494,7 @@ class RaftNode:
                 pr = Progress(last + 1, self.cfg.max_inflight_msgs)
                 pr.recent_active = True
                 if nid == self.id:
-                    pr.match = last
+                    pr.match = self.log.stable_last_index()  # (its own copy counts once durable)
                     pr.become_replicate()
                 self.progress[nid] = pr
             pr.is_learner = nid in self.learners
@@ -622,10 +666,8 @@ class RaftNode:
         last = self.log.last_index()
         stamped = [Entry(self.term, last + 1 + i, e.type, e.data) for i, e in enumerate(ents)]
         self.log.append(stamped)
-        me = self.progress.get(self.id)
-        if me is not None:
-            me.maybe_update(self.log.last_index())
-        self._maybe_commit()
+        # The leader's own copy counts towards the commit quorum once it is
+        # durable (persisted), not now: it may be sent before it is written.
 
     def _leader_propose(self, m: Message) -> bool:
         if not m.entries or self.id not in self.progress or self.lead_transferee != NONE:

@@ -1,36 +1,51 @@
 #!/usr/bin/env python3
-"""Where a topic creation's time goes (issue 23): real ``twistd sprawl`` nodes on 127.0.0.1.
+"""What a topic creation, deletion, description and list page cost (issue 23):
+real ``twistd sprawl`` nodes on 127.0.0.1.
 
-    PYTHONPATH=tests python -m benchmarks.create_cost [--nodes 3] [--topics 500,1000] [--batch 100]
-                                                      [--clients 8]
+    PYTHONPATH=tests python -m benchmarks.create_cost [--nodes 3] [--topics 100,1000,10000]
+                                                      [--batch 100] [--clients 8] [--table]
+                                                      [--settle 2] [--idle 2]
 
 It grows a cluster (replication factor ``min(3, nodes)``) to each count of
-single-partition topics and, at each count, creates ``--batch`` more:
+single-partition topics and, at each count, measures ``--batch`` operations
+of each kind from one keep-alive client on the first node:
 
-* **sequential**: from one keep-alive client on the first node, ms per create;
-* **LMDB commits** per create on each node (``sprawl_lmdb_commit_duration_seconds``
-  from ``/metrics``: count and seconds -- every commit is an fsync), and each
-  node's CPU ms per create (``/proc/PID/stat``);
-* **concurrent**: ``--clients`` clients on the nodes in turn, ``--batch`` creates
-  each at once; wall ms per create (Raft puts the proposals that wait for one
-  Ready into one append, and the store groups their writes into one commit).
+* **create**: ``PUT /v1/topics/NAME`` of new topics, ms per create;
+* **describe**: ``GET /v1/topics/NAME`` of random existing topics;
+* **list**: ``GET /v1/topics?limit=100&after=NAME`` -- one page of the
+  paginated list, after a random existing name;
+* **delete**: ``DELETE /v1/topics/NAME`` of the topics the create step made
+  (so the count stays where it was);
 
-Prints one JSON line per count.
+and for each kind the **LMDB commits** per operation on each node
+(``sprawl_lmdb_commit_duration_seconds`` from ``/metrics``: count and
+seconds -- every commit is an fsync) and each node's **CPU ms** per
+operation (``/proc/PID/stat``): ``cpu_ms`` all of it, ``cpu_ms_net`` less the
+node's idle rate (measured over ``--idle`` seconds after ``--settle`` seconds
+of rest at each count) times the batch's seconds.  Then **concurrent** creates: ``--clients`` clients on the
+nodes in turn, ``--batch`` creates between them at once; wall ms per create
+(Raft puts the proposals that wait for one Ready into one append, and the
+store groups their writes into one commit).
+
+Prints one JSON line per count; ``--table`` adds a Markdown table of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import re
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scale import Conn, cpu_seconds, create
+from benchmarks.scale import Conn, cpu_seconds, create, timed
 from harness import NodeCluster
 
 _COUNT = re.compile(r"^sprawl_lmdb_commit_duration_seconds_count (\S+)", re.M)
@@ -57,16 +72,39 @@ def snapshot(cluster: NodeCluster) -> dict[str, tuple[float, float, float]]:
     return out
 
 
-def per_create(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
-    """Each node's commits, commit ms and CPU ms per create between two snapshots."""
-    return {
-        node: {
+def per_create(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    n: int,
+    idle: dict[str, float] | None = None,
+    seconds: float = 0.0,
+) -> dict[str, dict[str, float]]:
+    """Each node's commits, commit ms and CPU ms per operation between two
+    snapshots; with ``idle`` (each node's CPU seconds per second with no
+    traffic) and the ``seconds`` between the snapshots, also ``cpu_ms_net``:
+    the CPU less what the node would have spent idle meanwhile."""
+    out = {}
+    for node in before:
+        cpu = after[node][2] - before[node][2]
+        row = {
             "commits": round((after[node][0] - before[node][0]) / n, 2),
             "commit_ms": round((after[node][1] - before[node][1]) * 1000 / n, 1),
-            "cpu_ms": round((after[node][2] - before[node][2]) * 1000 / n, 1),
+            "cpu_ms": round(cpu * 1000 / n, 2),
         }
-        for node in before
-    }
+        if idle is not None:
+            row["cpu_ms_net"] = round(max(0.0, cpu - idle[node] * seconds) * 1000 / n, 2)
+        out[node] = row
+    return out
+
+
+def idle_rates(cluster: NodeCluster, seconds: float) -> dict[str, float]:
+    """Each node's CPU seconds per second over ``seconds`` of no traffic."""
+    before = snapshot(cluster)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = snapshot(cluster)
+    took = time.monotonic() - t0
+    return {n: (after[n][2] - before[n][2]) / took for n in before}
 
 
 def concurrent(cluster: NodeCluster, prefix: str, clients: int, each: int) -> tuple[float, list[str]]:
@@ -89,17 +127,118 @@ def concurrent(cluster: NodeCluster, prefix: str, clients: int, each: int) -> tu
     return (time.perf_counter() - t0) * 1000 / (clients * each), errors
 
 
+def measured(
+    cluster: NodeCluster, n: int, run: Callable[[], float], idle: dict[str, float]
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """Run ``run`` (``n`` operations; returns ms per operation) between two
+    snapshots: (ms per operation, each node's figures per operation)."""
+    before = snapshot(cluster)
+    t0 = time.monotonic()
+    ms = run()
+    took = time.monotonic() - t0
+    return ms, per_create(before, snapshot(cluster), n, idle, took)
+
+
+def summary(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Commits per operation (mean of the nodes, and the most of one node)
+    and CPU ms per operation (all nodes together)."""
+    commits = [v["commits"] for v in per_node.values()]
+    return {
+        "commits_mean": round(sum(commits) / len(commits), 2),
+        "commits_max": max(commits),
+        "cpu_ms_all": round(sum(v["cpu_ms"] for v in per_node.values()), 2),
+        "cpu_ms_net_all": round(sum(v.get("cpu_ms_net", v["cpu_ms"]) for v in per_node.values()), 2),
+    }
+
+
+def measure_count(
+    cluster: NodeCluster,
+    conn: Conn,
+    count: int,
+    batch: int,
+    clients: int,
+    rng: random.Random,
+    settle: float = 2.0,
+    idle_seconds: float = 2.0,
+) -> dict[str, Any]:
+    """Every figure at one count of topics (``t00000`` .. already made),
+    after ``settle`` seconds and ``idle_seconds`` of measuring the nodes'
+    idle CPU (subtracted from the operations' CPU: ``cpu_ms_net``)."""
+    time.sleep(settle)
+    idle = idle_rates(cluster, idle_seconds)
+    rf = min(3, len(cluster.names))
+    made = [f"t{i:05d}" for i in range(count)]
+    fresh = [f"s{count:05d}-{i}" for i in range(batch)]
+    row: dict[str, Any] = {
+        "nodes": len(cluster.names),
+        "topics": count,
+        "raft_leader": cluster.raft_leader(),
+        "idle_cpu_pct": {n: round(r * 100, 1) for n, r in idle.items()},
+    }
+    ops: list[tuple[str, Callable[[], float]]] = [
+        ("create", lambda: create(conn, fresh, rf)),
+        ("describe", lambda: timed(conn, "GET", [f"/v1/topics/{rng.choice(made)}" for _ in range(batch)])),
+        (
+            "list",
+            lambda: timed(
+                conn, "GET", [f"/v1/topics?limit=100&after={rng.choice(made)}" for _ in range(batch)]
+            ),
+        ),
+        ("delete", lambda: timed(conn, "DELETE", [f"/v1/topics/{n}" for n in fresh], ok=(200, 204))),
+    ]
+    for kind, run in ops:
+        ms, per_node = measured(cluster, batch, run, idle)
+        row[f"{kind}_ms"] = round(ms, 2)
+        row[kind] = summary(per_node)
+        row[f"{kind}_per_node"] = per_node
+    each = max(batch // clients, 1)
+    before = snapshot(cluster)
+    t0 = time.monotonic()
+    conc_ms, errors = concurrent(cluster, f"c{count:05d}", clients, each)
+    took = time.monotonic() - t0
+    row[f"concurrent_{clients}_ms"] = round(conc_ms, 2)
+    row["concurrent"] = summary(per_create(before, snapshot(cluster), clients * each, idle, took))
+    row["errors"] = errors[:3]
+    row["load_avg"] = os.getloadavg()[0]
+    return row
+
+
+def table(rows: list[dict[str, Any]], clients: int) -> str:
+    """The rows as a Markdown table."""
+    head = (
+        "| topics | create ms | commits per create (mean / most of a node) | CPU ms per create (3 nodes, less idle) "
+        f"| delete ms | commits per delete | describe ms | list ms (page of 100) | {clients} clients: ms per create "
+        "| load avg |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        c, d = r["create"], r["delete"]
+        lines.append(
+            f"| {r['topics']:,} | {r['create_ms']:.1f} | {c['commits_mean']:.2f} / {c['commits_max']:.2f} "
+            f"| {c['cpu_ms_net_all']:.1f} | {r['delete_ms']:.1f} | {d['commits_mean']:.2f} "
+            f"| {r['describe_ms']:.2f} | {r['list_ms']:.2f} | {r[f'concurrent_{clients}_ms']:.1f} "
+            f"| {r['load_avg']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Grow the cluster, measure at each count, print JSON lines."""
+    """Grow the cluster, measure at each count, print JSON lines (and a table)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--topics", default="500,1000", help="topic counts, ascending")
-    ap.add_argument("--batch", type=int, default=100, help="creates measured per figure")
+    ap.add_argument("--topics", default="100,1000", help="topic counts, ascending")
+    ap.add_argument("--batch", type=int, default=100, help="operations measured per figure")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=1, help="seeds the choice of topics described and listed")
+    ap.add_argument("--table", action="store_true", help="print a Markdown table at the end")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds of rest before each count's figures")
+    ap.add_argument("--idle", type=float, default=2.0, help="seconds of idle CPU measured (and subtracted)")
     a = ap.parse_args()
     rf = min(3, a.nodes)
+    rng = random.Random(a.seed)
     tmp = tempfile.mkdtemp(prefix="sprawl-create-")
     cluster = NodeCluster(Path(tmp), a.nodes, startup_timeout=120)
+    rows: list[dict[str, Any]] = []
     try:
         cluster.start()
         conn = Conn(cluster.nodes[cluster.names[0]].http_port)
@@ -107,26 +246,14 @@ def main() -> None:
         for count in (int(x) for x in a.topics.split(",")):
             create(conn, [f"t{i:05d}" for i in range(made, count)], rf)
             made = count
-            before = snapshot(cluster)
-            seq_ms = create(conn, [f"s{count:05d}-{i}" for i in range(a.batch)], rf)
-            after = snapshot(cluster)
-            each = max(a.batch // a.clients, 1)
-            conc_ms, errors = concurrent(cluster, f"c{count:05d}", a.clients, each)
-            done = snapshot(cluster)
-            row = {
-                "nodes": a.nodes,
-                "topics": count,
-                "raft_leader": cluster.raft_leader(),
-                "sequential_ms": round(seq_ms, 1),
-                "sequential_per_node": per_create(before, after, a.batch),
-                f"concurrent_{a.clients}_ms": round(conc_ms, 1),
-                "concurrent_per_node": per_create(after, done, a.clients * each),
-                "errors": errors[:3],
-            }
+            row = measure_count(cluster, conn, count, a.batch, a.clients, rng, a.settle, a.idle)
+            rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         cluster.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    if a.table and rows:
+        print(table(rows, a.clients))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Raft clusters on the seeded network simulator (sprawl/sim.py).
 
 Each schedule builds a 3- or 5-voter cluster of :class:`RaftNode` cores,
-driven by a test driver that handles every Ready strictly persist -> send ->
-apply -> advance into a :class:`MemoryStorage` that survives crashes.  The
+driven by a test driver that handles every Ready persist -> send -> apply ->
+advance into a :class:`MemoryStorage` that survives crashes -- except that,
+as the real driver does, a leader sends its appends before it writes their
+entries, and that write finishes only at the node's next event (a crash
+before it loses the entries the followers may already hold).  The
 schedule injects faults drawn from the seed -- message loss, delay
 (reordering), duplication, symmetric and asymmetric partitions, crash and
 restart from the persisted storage, snapshots with log compaction, and
@@ -47,10 +50,12 @@ from sprawl.raft import (
     MemoryStorage,
     ProposalDropped,
     RaftNode,
+    Ready,
     Role,
 )
 from sprawl.raft.log import RaftLog
 from sprawl.raft.messages import Message, MessageType, decode_message, encode_message
+from sprawl.raft.node import split_early
 from sprawl.sim import Simulator, run_schedules, schedule_seeds, slice_seeds
 
 ONE_SEED = os.environ.get("SPRAWL_SIM_SEED")
@@ -151,6 +156,9 @@ class Peer:
         self.pending_incs: dict[str, Op] = {}
         self.pending_reads: dict[bytes, Op] = {}
         self.ready_reads: list[tuple[int, Op]] = []
+        #: A leader's Ready whose appends left before its write (finished at
+        #: this node's next event, unless it crashes first) and its other messages.
+        self.writing: tuple[Ready, list[Message]] | None = None
 
     def tick(self, now: float) -> list[tuple[int, bytes]]:
         """One logical tick."""
@@ -163,49 +171,66 @@ class Peer:
         return self.drain(now)
 
     def drain(self, now: float) -> list[tuple[int, bytes]]:
-        """Handle every Ready in order; returns the datagrams to send."""
+        """Finish the write in flight, then handle every Ready in order;
+        returns the datagrams to send."""
         out: list[tuple[int, bytes]] = []
+        if self.writing is not None:
+            (rd, late), self.writing = self.writing, None
+            self.handle(rd, late, now, out)
         while self.node.has_ready():
             rd = self.node.ready()
-            # 1. persist
-            if rd.snapshot is not None:
-                self.storage.apply_snapshot(rd.snapshot)
-            if rd.entries:
-                self.storage.append(rd.entries)
-            if rd.hard_state is not None:
-                self.storage.set_hard_state(rd.hard_state)
             if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
                 self.world.record_leader(self.node.term, self.id)
                 self.check_leader_completeness()
-            # 2. send
-            out.extend((m.to, encode_message(m)) for m in rd.messages)
-            self.world.count("snapshots_sent", sum(1 for m in rd.messages if m.type == MessageType.SNAP))
-            # 3. apply
-            if rd.snapshot is not None:
-                self.sm = Counter(rd.snapshot.data)
-                self.applied = rd.snapshot.meta.index
-                self.conf = rd.snapshot.meta.conf_state
-            for e in rd.committed_entries:
-                self.world.record_apply(self.id, e.index, e.term, e.data)
-                if e.type == EntryType.CONF_CHANGE:
-                    self.conf = self.node.apply_conf_change(ConfChange.decode(e.data))
-                    self.world.count("conf_changes_applied")
-                else:
-                    v = self.sm.apply(e.data)
-                    key = e.data[4:].decode() if e.data.startswith(b"inc:") else ""
-                    op = self.pending_incs.pop(key, None)
-                    if op is not None and op.resp is None:
-                        # the value is the counter right after this increment, wherever it was applied
-                        op.resp, op.value = now, v if v is not None else self.value_of(key)
-                self.applied = e.index
-            for rs in rd.read_states:
-                rop = self.pending_reads.pop(rs.request_ctx, None)
-                if rop is not None:
-                    self.ready_reads.append((rs.index, rop))
-            self.serve_reads(now)
-            self.node.advance(rd)
-            self.maybe_snapshot()
+            hs = self.storage.hard_state
+            early, late = split_early(rd, (hs.term, hs.vote))
+            if early and rd.entries:
+                # The real driver's write in flight: the appends leave now,
+                # the leader's own write of their entries happens later.
+                out.extend((m.to, encode_message(m)) for m in early)
+                self.writing = (rd, late)
+                self.world.count("early_appends")
+                break
+            self.handle(rd, rd.messages, now, out)
         return out
+
+    def handle(self, rd: Ready, messages: list[Message], now: float, out: list[tuple[int, bytes]]) -> None:
+        """Persist ``rd``, send ``messages``, apply, advance."""
+        # 1. persist
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+        # 2. send
+        out.extend((m.to, encode_message(m)) for m in messages)
+        self.world.count("snapshots_sent", sum(1 for m in messages if m.type == MessageType.SNAP))
+        # 3. apply
+        if rd.snapshot is not None:
+            self.sm = Counter(rd.snapshot.data)
+            self.applied = rd.snapshot.meta.index
+            self.conf = rd.snapshot.meta.conf_state
+        for e in rd.committed_entries:
+            self.world.record_apply(self.id, e.index, e.term, e.data)
+            if e.type == EntryType.CONF_CHANGE:
+                self.conf = self.node.apply_conf_change(ConfChange.decode(e.data))
+                self.world.count("conf_changes_applied")
+            else:
+                v = self.sm.apply(e.data)
+                key = e.data[4:].decode() if e.data.startswith(b"inc:") else ""
+                op = self.pending_incs.pop(key, None)
+                if op is not None and op.resp is None:
+                    # the value is the counter right after this increment, wherever it was applied
+                    op.resp, op.value = now, v if v is not None else self.value_of(key)
+            self.applied = e.index
+        for rs in rd.read_states:
+            rop = self.pending_reads.pop(rs.request_ctx, None)
+            if rop is not None:
+                self.ready_reads.append((rs.index, rop))
+        self.serve_reads(now)
+        self.node.advance(rd)
+        self.maybe_snapshot()
 
     def value_of(self, key: str) -> int | None:
         """A duplicate increment: its value is not known here (left open)."""
@@ -420,8 +445,10 @@ def run_schedule(seed: int, voters: int, steps: int) -> dict[str, int]:
             pass  # no fault this step
         elif r < 0.63 and nodes:  # crash
             if len(sim.crashed - removed) < (voters - 1) // 2 + 1:
-                sim.crash(rng.choice(nodes))
+                dead = sim.crash(rng.choice(nodes))
                 world.count("crashes")
+                if dead.writing is not None:
+                    world.count("crashes_mid_write")  # a leader's appends out, its own write lost
         elif r < 0.73 and sim.crashed - removed:  # restart from disk
             nid = rng.choice(ids_of(sim.crashed - removed))
             sim.restart(nid, make(nid))
@@ -528,7 +555,8 @@ def _run_many(name: str, voters: int, seeds: list[int], steps: int) -> None:
     print(f"{name}: {len(seeds)} schedules in {elapsed:.1f}s: {totals}")
     if ONE_SEED is None:
         # The faults and features were exercised (else the checks would be vacuous).
-        for what in ("acked", "reads", "crashes", "snapshots_sent", "conf_changes_applied"):
+        exercised = ("acked", "reads", "crashes", "snapshots_sent", "conf_changes_applied")
+        for what in (*exercised, "early_appends", "crashes_mid_write"):
             assert totals.get(what, 0) > len(seeds) // 20, f"too few {what}: {totals}"
 
 

@@ -410,6 +410,83 @@ def test_leader_commits_when_a_majority_stores_a_current_term_entry() -> None:
     assert n.log.committed == last
 
 
+def _leader_with_unwritten_entry(voters: tuple[int, ...] = (1, 2, 3)) -> tuple[RaftNode, Ready, int]:
+    """Node 1 leads ``voters`` (its no-op written and committed); a proposal
+    is appended and its Ready taken but NOT yet persisted (as a driver does
+    while the leader's write of it is in flight, its appends already sent)."""
+    n = make(1, voters)
+    n.campaign()
+    for v in voters[1 : len(voters) // 2 + 1]:
+        n.step(msg(MT.VOTE_RESP, v, 1, n.term))
+    handle(n)  # the no-op is written
+    for v in voters[1:]:
+        n.step(msg(MT.APP_RESP, v, 1, n.term, index=n.log.last_index()))
+    handle(n)
+    assert n.log.committed == n.log.last_index()
+    n.propose(b"x")
+    rd = n.ready()
+    last = n.log.last_index()
+    assert [e.index for e in rd.entries] == [last]
+    assert {m.to for m in rd.messages if m.type == MT.APP and m.entries} == set(voters[1:])
+    return n, rd, last
+
+
+def test_the_leader_counts_itself_towards_the_quorum_only_once_its_append_is_durable() -> None:
+    """(Raft thesis 10.2.1) The leader may send an entry before it has written
+    it, so its own copy counts only once the driver reports it durable: with
+    one follower's acknowledgement the entry is not committed while the
+    leader's write is in flight, and is committed (and the new commit index
+    sent) the moment the leader reports it persisted."""
+    n, rd, last = _leader_with_unwritten_entry()
+    n.step(msg(MT.APP_RESP, 2, 1, n.term, index=last))
+    assert n.log.committed == last - 1  # 1 durable copy of 3 (the leader's is in flight)
+    assert n.progress[1].match == last - 1
+    st_ = n.storage
+    assert isinstance(st_, MemoryStorage)
+    st_.append(rd.entries)
+    n.persisted(rd)
+    assert n.progress[1].match == last and n.log.committed == last
+    out = n.ready()
+    assert any(m.type == MT.APP and m.commit == last for m in out.messages)
+    assert [e.index for e in out.committed_entries] == [last]
+
+
+def test_a_majority_without_the_leader_commits_while_its_write_is_in_flight() -> None:
+    """An entry on the disks of a majority is committed even if the leader's
+    own write of it has not finished -- commitment needs a durable majority,
+    not the leader; and advance() (persisted included) moves the leader's
+    own progress afterwards."""
+    n, rd, last = _leader_with_unwritten_entry()
+    n.step(msg(MT.APP_RESP, 2, 1, n.term, index=last))
+    n.step(msg(MT.APP_RESP, 3, 1, n.term, index=last))
+    assert n.log.committed == last and n.progress[1].match == last - 1
+    st_ = n.storage
+    assert isinstance(st_, MemoryStorage)
+    st_.append(rd.entries)
+    n.advance(rd)
+    assert n.progress[1].match == last
+
+
+def test_a_lone_voter_commits_only_what_it_has_written() -> None:
+    """With one voter the leader's own copy is the whole quorum: a proposal's
+    first Ready carries the entry to write and nothing to apply; it is
+    committed (and handed out to apply) only after that Ready is persisted."""
+    n = make(1, (1,))
+    n.campaign()
+    handle(n)
+    n.propose(b"solo")
+    rd = n.ready()
+    last = n.log.last_index()
+    assert [e.index for e in rd.entries] == [last] and rd.committed_entries == []
+    assert n.log.committed == last - 1
+    st_ = n.storage
+    assert isinstance(st_, MemoryStorage)
+    st_.append(rd.entries)
+    n.advance(rd)
+    assert n.log.committed == last
+    assert [e.data for e in n.ready().committed_entries] == [b"solo"]
+
+
 # ================================================== AppendEntries receiver
 
 

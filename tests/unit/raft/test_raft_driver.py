@@ -1,7 +1,9 @@
 """The Raft driver on real LMDB stores and the real reactor: three drivers
 wired to each other in-process elect a leader, commit and apply proposals
 on every node, answer ReadIndex reads, and never send a message before what it
-promises is on disk (persist → send → apply → advance)."""
+promises is on disk (persist → send → apply → advance) -- except the leader's
+appends, which leave while the leader writes them (Raft thesis 10.2.1) and
+whose commit index never counts a copy that is not on disk."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ class Peer:
         self.store.open()
         self.applied: list[bytes] = []
         self.violations: list[str] = []
+        #: Appends sent with entries this (leading) node had not yet written.
+        self.early_appends = 0
         self.driver: RaftDriver | None = None
 
     async def start(self) -> None:
@@ -62,10 +66,25 @@ class Peer:
         if m.type == MessageType.VOTE_RESP and not m.reject and hs.vote != m.to:
             self.violations.append(f"vote for {m.to} sent before it was on disk")
         if m.type == MessageType.APP and m.entries and m.entries[-1].index > storage.last_index():
-            self.violations.append("leader sent entries before writing them itself")
+            self.early_appends += 1  # allowed: the leader writes them meanwhile (its term is on disk)
+        if m.type in (MessageType.APP, MessageType.HEARTBEAT) and m.commit > 0:
+            term = self.driver.node.log.term(m.commit)
+            holders = [p.rid for p in self.net.values() if p.holds_durably(m.commit, term)]
+            if len(holders) < len(IDS) // 2 + 1:
+                self.violations.append(f"commit {m.commit} sent while only {holders} had it on disk")
         to = self.net.get(m.to)
         if to is not None and to.driver is not None:
             the_reactor().callLater(0, to.driver.step, m)
+
+    def holds_durably(self, index: int, term: int) -> bool:
+        """Whether this node's disk holds entry ``index`` of ``term`` (the
+        storage's reads replay LMDB only after a commit: durable)."""
+        if self.driver is None:
+            return False
+        storage = self.driver.storage
+        if index < storage.first_index() - 1 or index > storage.last_index():
+            return False
+        return storage.term(index) == term
 
     def apply(self, e: Entry) -> None:
         self.applied.append(e.data)
@@ -99,8 +118,10 @@ async def _until(cond: Any, what: str) -> None:
 async def test_three_drivers_elect_commit_apply_and_read(tmp_path: Path) -> None:
     """A leader is elected; 50 proposals (some through followers) are applied
     in the same order on all three nodes; a ReadIndex read on a follower
-    fires at an index it has applied; no message ever left before its
-    Ready's persistence finished."""
+    fires at an index it has applied; no message ever promised what was not
+    yet on disk -- the leader did send appends before writing their entries
+    (its own write in parallel with the followers'), and no commit index left
+    before a majority held the entry on disk."""
     net: dict[int, Peer] = {}
     for rid in IDS:
         net[rid] = Peer(rid, tmp_path, net)
@@ -122,6 +143,7 @@ async def test_three_drivers_elect_commit_apply_and_read(tmp_path: Path) -> None
         index = await bounded(follower.driver.read_index(), WAIT)
         assert follower.driver.applied >= index >= 50
         assert [v for p in net.values() for v in p.violations] == []
+        assert leader.early_appends > 0
     finally:
         for p in net.values():
             await p.close()

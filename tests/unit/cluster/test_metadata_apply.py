@@ -1,0 +1,132 @@
+"""Applying a topic's creation and deletion on one node (``MetadataApply``):
+the broker's record and the new replicas' records go to disk in ONE group
+commit (issue 23: fewer LMDB commits per create), and a deletion is one
+commit too, on a real LMDB store with a real broker and the real data
+plane's replicas.
+
+The replicas follow the change in the same reactor turn as the broker's
+write is queued, so the LMDB writer, which commits queued writes together and
+in order, puts them in the same transaction: when the broker's record is
+durable, so is every replica's epoch record (and the control record that
+opens the epoch of a partition led here)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from harness import the_reactor
+from sprawl.cluster.dataplane import DataPlane
+from sprawl.cluster.metadata import Metadata, encode_command
+from sprawl.cluster.metadata_apply import MetadataApply
+from sprawl.config import NodeConfig
+from sprawl.pubsub import Broker
+from sprawl.raft.messages import Entry
+from sprawl.storage import keys
+from sprawl.storage.lmdb import LmdbStore
+from sprawl.testing import FakeRPC
+
+T0 = 1_700_000_000.0
+NODES = ("a", "b", "c")
+
+
+class Here:
+    """Node ``a`` of three: store, broker, the metadata applier and the data
+    plane following it (peers unreachable: what they are sent is dropped)."""
+
+    def __init__(self, path: Path) -> None:
+        clock = Clock()
+        clock.advance(T0)
+        self.store = LmdbStore(str(path / "lmdb"), reactor=the_reactor(), map_size=64 * 1024**2)
+        self.store.open()
+        self.broker = Broker(NodeConfig(data_dir=str(path)), self.store, clock, "a")
+        self.broker.recover()
+        self.metadata = Metadata()
+        for i, n in enumerate(NODES):
+            self.metadata.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
+        self.answers: list[dict[str, Any]] = []
+        self.control = SimpleNamespace(
+            metadata=self.metadata,
+            names={},
+            answer=lambda req, result: self.answers.append(result),
+            leader_name="a",
+            dead_grace=30.0,
+            is_leader=True,
+            is_voter=lambda rid: True,
+        )
+        self.apply = MetadataApply(self.control, self.broker)  # type: ignore[arg-type]
+        self.control.watch_topics = self.apply.watch_topics
+        channel = SimpleNamespace(handlers={}, send=lambda peer, kind, data: False)
+        self.plane = DataPlane("a", self.broker, self.control, channel, FakeRPC(), the_reactor())  # type: ignore[arg-type]
+        self.index = 10
+
+    def entry(self, cmd: dict[str, Any]) -> Entry:
+        self.index += 1
+        return Entry(1, self.index, data=encode_command(cmd))
+
+    def on_disk(self, db: str, key: bytes) -> bool:
+        return self.store.get(db, key) is not None
+
+    async def close(self) -> None:
+        self.plane.stop()
+        await self.store.write([])  # (the replicas' chains end with their writes)
+        await self.broker.stop()
+        await self.store.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def here(tmp_path: Path) -> AsyncIterator[Here]:
+    """Node a, closed after the test."""
+    h = Here(tmp_path)
+    yield h
+    await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_created_topics_replica_records_are_durable_with_its_broker_record(here: Here) -> None:
+    """A topic of two partitions replicated on a, b, c -- partition 0 led
+    here, partition 1 by b: once the broker's record of the topic is durable
+    (the apply's Deferred fires), both replicas' epoch records and the
+    control record opening partition 0's epoch are on disk too, all of it
+    written in one LMDB commit."""
+    cmd = {
+        "op": "put_topic",
+        "name": "t",
+        "config": {"partitions": 2, "replication_factor": 3},
+        "placement": [["a", "b", "c"], ["b", "a", "c"]],
+        "req": "r1",
+    }
+    commits = here.store.commits
+    await here.apply.apply(here.entry(cmd))
+    t = here.broker.topics["t"]
+    uid = t.config.uid
+    assert here.on_disk("meta", keys.topic_meta_key("t"))
+    assert set(here.plane.service.replicas) == {("t", 0), ("t", 1)}
+    assert here.on_disk("meta", keys.replica_state_key(uid, 0)), "the led replica's epoch record"
+    assert here.on_disk("meta", keys.replica_state_key(uid, 1)), "the following replica's epoch record"
+    assert here.on_disk("records", keys.record_key(uid, 0, 0)), "the control record of epoch 1"
+    assert here.store.commits == commits + 1
+    assert here.answers == [{"created": True, "created_index": here.index}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_topics_replicas_are_dropped_with_its_broker_record(here: Here) -> None:
+    """Deleting the topic is one commit on this node: the broker's delete
+    removes the topic's record and its replicas' records together, and the
+    replicas are dropped."""
+    create = {"op": "put_topic", "name": "t", "config": {"partitions": 1}, "placement": [list(NODES)]}
+    await here.apply.apply(here.entry(create))
+    uid = here.broker.topics["t"].config.uid
+    await here.store.write([])  # (everything the replica queued is durable)
+    assert here.on_disk("meta", keys.replica_state_key(uid, 0))
+    commits = here.store.commits
+    await here.apply.apply(here.entry({"op": "delete_topic", "name": "t"}))
+    assert "t" not in here.broker.topics and here.plane.service.replicas == {}
+    assert not here.on_disk("meta", keys.topic_meta_key("t"))
+    assert not here.on_disk("meta", keys.replica_state_key(uid, 0))
+    assert here.store.commits == commits + 1
