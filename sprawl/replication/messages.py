@@ -78,6 +78,11 @@ class Assign(msgspec.Struct, frozen=True, tag=True):
     epoch: int
     leader: str
     replicas: tuple[str, ...]
+    #: Replicas the controller knows dead (silent past the beat timeout, or
+    #: dead by gossip): the leader sends them nothing until they are heard
+    #: again (issue 23).  A hint about the nodes, not about the partition;
+    #: a node of a release before it ignores the field.
+    down: tuple[str, ...] = ()
 
 
 class LeaderBeat(msgspec.Struct, frozen=True, tag=True):

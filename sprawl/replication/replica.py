@@ -27,10 +27,19 @@ pause (:class:`Handoff`): it refuses publishes (:class:`NotLeader`, no hint)
 for a bounded number of ticks and says :class:`HandoffReady` once the target
 replica holds its whole log, so the target ranks equal to the best when the
 controller fences.  The pause changes none of the rules above.
+
+A leader sends nothing to a follower on a node known dead (:attr:`Replica.dead`:
+gossip says it died or left, or the controller found it silent) and does not
+wait for it: with only such followers behind, it is idle (issue 23).  That
+changes none of the rules above either -- the high watermark still needs a
+majority holding the records -- only when the leader sends: once the node is
+no longer known dead, the leader's ticks heartbeat it again and catch it up
+as any follower that fell behind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from sprawl.replication.epochs import EpochCache
@@ -143,6 +152,12 @@ class Replica:
         self.replicas: tuple[str, ...] = ()
         self.stored_end = self.cache.end  # on (re)start everything in the log is durable
         self.followers: dict[str, _Follower] = {}
+        #: Nodes known dead (gossip says dead or left, or the controller found
+        #: them silent): as leader, nothing is sent to a follower there and it
+        #: is not waited for (see :attr:`idle`).  The adapter shares one set
+        #: among a node's replicas and wakes the leaders of a node that is
+        #: removed from it.
+        self.dead: Set[str] = frozenset()
         #: While handing off: (target replica, ticks left of the pause).
         self.handoff: tuple[str, int] | None = None
         #: Whether, as a follower, this replica has once held everything its
@@ -171,17 +186,19 @@ class Replica:
     def idle(self) -> bool:
         """Whether :meth:`tick` has nothing to do but the controller's beat:
         a follower, or a leader not handing off whose followers hold its
-        whole log and its high watermark (as they said).  The adapter ticks
-        only replicas that are not idle; the controller knows an idle
-        leader is alive from its node's beat (:class:`NodeBeat`)."""
+        whole log and its high watermark (as they said) -- followers on nodes
+        known dead (:attr:`dead`) aside: nothing is sent to them until their
+        node is back.  The adapter ticks only replicas that are not idle; the
+        controller knows an idle leader is alive from its node's beat
+        (:class:`NodeBeat`)."""
         if self.role != LEADER:
             # A follower waits for nothing, unless it has not caught up since
             # it was built: then it asks its leader until an append answers.
             return self.caught_up or self.leader is None or self.leader == self.id
         if self.handoff is not None:
             return False
-        end, hw = self.cache.end, self.hw
-        return all(f.match >= end and f.hw >= hw for f in self.followers.values())
+        end, hw, dead = self.cache.end, self.hw, self.dead
+        return all((f.match >= end and f.hw >= hw) or fid in dead for fid, f in self.followers.items())
 
     # -- the leader's side -----------------------------------------------------------
 
@@ -196,7 +213,7 @@ class Replica:
         self.cache.append(self.epoch, count)
         out = Output(writes=[Write(start=first, count=count, epoch=self.epoch)])
         for fid, f in self.followers.items():
-            if f.next == first:
+            if f.next == first and fid not in self.dead:
                 out.extend(self._send(fid, f))
         return first, out
 
@@ -292,7 +309,7 @@ class Replica:
             self.hw = n
             out = Output(writes=[Write(hw=n)])
             for fid, f in self.followers.items():  # followers learn the new hw promptly
-                if f.next >= self.cache.end:
+                if f.next >= self.cache.end and fid not in self.dead:
                     out.extend(self._send(fid, f, heartbeat=True))
             return out
         return Output()
@@ -313,7 +330,8 @@ class Replica:
         self.cache.append(epoch, 1)
         out.writes.append(Write(start=first, count=1, epoch=epoch, control=True))
         for fid, f in self.followers.items():
-            out.extend(self._send(fid, f, heartbeat=True))
+            if fid not in self.dead:
+                out.extend(self._send(fid, f, heartbeat=True))
         out.messages.append((self.controller, LeaderBeat(epoch, self.hw, self.cache.end)))
         return out
 
@@ -486,6 +504,8 @@ class Replica:
             self.handoff = (to, left - 1) if left > 1 else None  # the pause is bounded
             out.extend(self._handoff_ready())
         for fid, f in self.followers.items():
+            if fid in self.dead:
+                continue  # nothing to a dead node: its return wakes this leader
             f.idle_ticks += 1
             if f.next > f.match:
                 f.stalled_ticks += 1

@@ -14,6 +14,17 @@ leaders, the node beats the controller once per tick
 (:class:`~sprawl.replication.messages.NodeBeat`), and every frame from a peer
 counts as hearing it (:mod:`sprawl.replication.liveness`).
 
+Nodes known dead (:attr:`ReplicationService.dead`) -- gossip said dead or
+left (:meth:`ReplicationService.member_event`), or the controller found them
+silent and said so on its ``Assign`` (``down``) -- get nothing from this
+node's leaders, which go idle once their other followers hold their log: a
+dead node's former partitions cost no tick on their new leaders (issue 23).
+A node is no longer dead once anything is heard from it (any frame) or gossip
+says it is alive; the leaders it follows are woken then and catch it up.  The
+controller's word is a hint that lapses after :data:`DEAD_HINT_SECONDS` (by
+then gossip has said the node is dead, if it is), so a stale one never keeps
+a live follower unfed.
+
 The cluster data plane (:mod:`sprawl.cluster`) builds one
 :class:`PartitionReplication` for every replicated partition this node holds
 and gives the service the function that commits a failover choice as a Raft
@@ -65,6 +76,10 @@ log = Logger()
 #: now (an election, or a Raft hand-off on a graceful stop or drain): the
 #: failover core tries again in a later tick, logged at info (issue 24).
 TRANSIENT_COMMIT_ERRORS = frozenset({"no_leader", "stopping"})
+
+#: Seconds a node stays known dead on the controller's word alone (gossip's
+#: ``dead`` or ``left`` holds until gossip or the node itself says otherwise).
+DEAD_HINT_SECONDS = 30.0
 
 #: Late ticks in a row (this node stalled) that count no silences (see :meth:`ReplicationService.tick`).
 MAX_SKIPPED_JUDGEMENTS = 5
@@ -128,6 +143,10 @@ class ReplicationService:
         self.controller_of: Callable[[], str | None] = lambda: self._last_controller
         #: Where the node's beats go: the controller, or the last other one it knew.
         self._beat_to: str | None = None
+        #: Nodes known dead, shared by every replica core here (:attr:`Replica.dead`).
+        self.dead: set[str] = set()
+        #: Until when each of them is dead on the controller's word (inf: gossip's).
+        self._dead_until: dict[str, float] = {}
         #: This run of the node (a restart beats another).
         self.boot = random.SystemRandom().getrandbits(62)
         #: Ticks of replicas and controller cores so far (tests count them).
@@ -160,6 +179,7 @@ class ReplicationService:
         self.replicas[key] = replica
         replica.wake = self._due.add
         replica.on_failed = self.broken.add
+        replica.core.dead = self.dead
         if not replica.core.idle:
             self._due.add(key)
 
@@ -207,6 +227,8 @@ class ReplicationService:
         self._last_tick = now
         judge = not late or self._judge_skipped >= MAX_SKIPPED_JUDGEMENTS
         self._judge_skipped = 0 if judge else self._judge_skipped + 1
+        for node in [n for n, until in self._dead_until.items() if until <= now]:
+            self.node_alive(node)  # the controller's hint lapsed (gossip never said dead)
         done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)
@@ -266,8 +288,53 @@ class ReplicationService:
 
     def heard(self, peer: str, boot: int | None = None) -> None:
         """A frame (or, with ``boot``, a beat) came from ``peer``."""
+        if peer in self.dead:
+            self.node_alive(peer)
         if self.liveness.heard(peer, self.reactor.seconds(), boot) and self.controllers:
             self._leader_lost(peer, "it restarted")
+
+    def member_event(self, kind: str, node: str) -> None:
+        """Gossip's word about ``node`` (``dead``, ``left``, ``alive``, ``join``, ...):
+        a node dead or gone is known dead, one alive again no longer is."""
+        if node == self.node_id:
+            return
+        if kind in ("dead", "left"):
+            self.node_dead(node, float("inf"))
+        elif kind in ("alive", "join") and node in self.dead:
+            self.node_alive(node)
+
+    def node_dead(self, node: str, until: float | None = None) -> None:
+        """``node`` is known dead until ``until`` (default: the controller's hint,
+        :data:`DEAD_HINT_SECONDS` from now; inf: until heard): this node's
+        leaders send it nothing and stop waiting for it (they go idle once
+        their other followers caught up)."""
+        if node == self.node_id:
+            return
+        if until is None:
+            until = self.reactor.seconds() + DEAD_HINT_SECONDS
+        self._dead_until[node] = max(until, self._dead_until.get(node, until))
+        if node not in self.dead:
+            self.dead.add(node)
+            log.info("replication: {node} is known dead; its followers here wait for its return", node=node)
+
+    def node_alive(self, node: str) -> None:
+        """``node`` is no longer known dead: wake the leaders here it follows
+        (one pass over the replicas, on this event only), whose ticks catch it up."""
+        self._dead_until.pop(node, None)
+        if node not in self.dead:
+            return
+        self.dead.discard(node)
+        woken = 0
+        for key, r in self.replicas.items():
+            core = r.core
+            if core.is_leader and node in core.followers and not core.idle:
+                self._due.add(key)
+                woken += 1
+        log.info(
+            "replication: {node} is no longer known dead; waking the {n} partitions led here it follows",
+            node=node,
+            n=woken,
+        )
 
     def _leader_lost(self, node: str, why: str) -> None:
         """As the controller: fail over every partition ``node`` leads (one
@@ -278,6 +345,8 @@ class ReplicationService:
             for key, c in self.controllers.items()
             if c.leader == node and c.fencing is None and c.committing is None
         ]
+        if why == "nothing heard from it":
+            self.node_dead(node)  # (its replicas hear it on the Assigns that follow)
         if lost:
             log.info(
                 "replication: {why}, failing over the {n} partitions {node} leads",
@@ -351,6 +420,9 @@ class ReplicationService:
                 return
         if isinstance(m, Fence | Assign | Handoff):
             self._last_controller = peer  # (accepted: from a Raft voter, in a cluster)
+        if isinstance(m, Assign):
+            for n in m.down:
+                self.node_dead(n)
         c = self.controllers.get(key)
         if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady | Resign):
             self.run_control(key, c.receive(peer, m))
@@ -366,6 +438,12 @@ class ReplicationService:
         commit its choice (then tell the core how that went)."""
         send = self.sender(key)
         for dst, m in out.messages:
+            if dst in self.dead:
+                continue  # a dead node hears nothing (its restart reads the metadata)
+            if isinstance(m, Assign) and not m.down:
+                down = tuple(r for r in m.replicas if r in self.dead)
+                if down:
+                    m = msgspec.structs.replace(m, down=down)
             send(dst, Envelope(key[0], key[1], encode(m)))
         self.wake_control(key)
         if out.commit is not None:

@@ -7,16 +7,28 @@ and the frames sent."""
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 from twisted.internet import task
 
+from sprawl.replication.envelope import Envelope
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.liveness import NodeLiveness
-from sprawl.replication.messages import AppendResp, Assign, LeaderBeat, Message
+from sprawl.replication.messages import (
+    AppendResp,
+    Assign,
+    FenceResp,
+    LeaderBeat,
+    Message,
+    NodeBeat,
+    decode,
+    encode,
+)
 from sprawl.replication.replica import Output, Replica
-from sprawl.replication.service import ReplicationService
+from sprawl.replication.service import DEAD_HINT_SECONDS, ReplicationService
 
 IDS = ("a", "b", "c")
 
@@ -254,3 +266,157 @@ def test_without_the_node_beat_feature_a_silent_partition_fails_over_by_its_own_
         # Per-partition silence counts only with the feature off for a leader
         # that never beat (an older node): one that beats is watched by node.
         assert (core.fencing is not None) is (not on and boot is None), (on, boot)
+
+
+def failed_over_partition(dead: set[str]) -> dict[str, Replica]:
+    """The replicas of one partition after a failover away from "c", which is
+    dead: "a" leads epoch 2, "b" holds its log and high watermark, "c" heard
+    nothing (its core stays as it was in epoch 1).  ``dead`` is the set the
+    leader's core is given (the service's, in a node)."""
+    cores = idle_partition()
+    live = {n: cores[n] for n in ("a", "b")}
+    cores["a"].dead = dead
+    outs = {n: c.receive("ctl", Assign(2, "a", IDS)) for n, c in live.items()}
+    leader = cores["a"]
+    outs["a"].extend(leader.stored(leader.end))
+    _settle(live, outs)
+    for _ in range(3):  # heartbeats carry the last high watermark
+        _settle(live, {"a": leader.tick()})
+    return cores
+
+
+def test_a_leader_waits_for_no_follower_on_a_node_known_dead() -> None:
+    """A leader whose only follower behind is on a node known dead is idle,
+    and its tick sends that node nothing; while the node is not known dead
+    the same leader is never idle (it retries the dead node every tick)."""
+    cores = failed_over_partition(set())
+    leader = cores["a"]
+    assert not leader.idle  # "c" lacks the epoch's control record
+    assert "c" in [d for d, _ in leader.tick().messages]
+    dead = {"c"}
+    leader.dead = dead
+    assert leader.idle
+    assert "c" not in [d for d, _ in leader.tick().messages]
+    _first, out = leader.append(2)  # a publish goes to "b" only, and commits with it
+    assert [d for d, _ in out.messages] == ["b"]
+    out.extend(leader.stored(leader.end))
+    _settle({n: cores[n] for n in ("a", "b")}, {"a": out})
+    _settle({n: cores[n] for n in ("a", "b")}, {"a": leader.tick()})
+    assert leader.hw == leader.end and leader.idle
+
+
+def _dead_service(partitions: int, how: str) -> tuple[ReplicationService, list[Any], dict[str, Held]]:
+    """A node "a" leading ``partitions`` partitions failed over away from the
+    dead node "c", which the node knows dead ``how``: by gossip, or from the
+    controller's Assign (``down``)."""
+    sent: list[Any] = []
+    channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
+    svc = ReplicationService("a", channel, task.Clock())
+    svc.controller_of = lambda: "ctl"
+    if how == "gossip":
+        svc.member_event("dead", "c")
+    else:
+        assign = Assign(2, "a", IDS, down=("c",))
+        svc._frame("ctl", msgspec.msgpack.encode(Envelope("t00000", 0, encode(assign))))
+    template = failed_over_partition(svc.dead)
+    held = {}
+    for i in range(partitions):
+        core = Replica("a", "ctl")
+        core.__dict__.update(template["a"].__dict__)  # a leader like the template's
+        core.followers = {f: copy.copy(st) for f, st in core.followers.items()}
+        h = Held(f"t{i:05d}", {"a": core, "b": template["b"]})
+        svc.add(h)  # type: ignore[arg-type]
+        held[h.topic.name] = h
+    return svc, sent, held
+
+
+def _dead_tick_work(partitions: int, how: str) -> tuple[int, int]:
+    svc, sent, _ = _dead_service(partitions, how)
+    svc.tick()  # replicas just added are looked at once (and found idle)
+    before, sent_before = svc.ticked, len(sent)
+    svc.tick()
+    return svc.ticked - before, len(sent) - sent_before
+
+
+def test_a_tick_does_nothing_for_leaders_whose_missing_follower_is_dead() -> None:
+    """10,000 partitions whose new leader is here and whose third replica's
+    node is dead (gossip said so, or the controller's Assign did): one tick
+    ticks none of them and sends one frame (the node's beat) -- as with 1,000,
+    and as a node whose leaders' followers are all up."""
+    for how in ("gossip", "assign"):
+        assert _dead_tick_work(1_000, how) == _dead_tick_work(10_000, how) == (0, 1), how
+
+
+def test_a_dead_node_back_is_caught_up_by_the_leaders_it_follows() -> None:
+    """While "c" is dead its leader takes publishes (committed with "b") and
+    stays idle; once "c" is heard again (its first frame after a restart, or
+    gossip saying it is alive) the leaders it follows are woken, their ticks
+    catch it up -- log and high watermark -- and they go idle again."""
+    for back in ("frame", "gossip"):
+        svc, _, held = _dead_service(20, "gossip")
+        every = {}
+        for h in held.values():  # replicas of their own, "c" cut off
+            every[h.topic.name] = cores = failed_over_partition(svc.dead)
+            h.cores, h.core = {"a": cores["a"], "b": cores["b"]}, cores["a"]
+        svc.tick()
+        h = held["t00012"]
+        cores = every["t00012"]
+        _first, out = h.core.append(3)
+        out.extend(h.core.stored(h.core.end))
+        _settle(h.cores, {"a": out})
+        svc.tick()
+        before = svc.ticked
+        svc.tick()
+        assert svc.ticked == before and h.core.idle and h.core.hw == h.core.end
+        c = cores["c"]
+        assert c.end < h.core.end
+        for name, other in held.items():  # "c" is up again: messages reach it
+            other.cores["c"] = every[name]["c"]
+        if back == "frame":
+            svc._frame("c", msgspec.msgpack.encode(Envelope("", 0, encode(NodeBeat(9, 1)))))
+        else:
+            svc.member_event("alive", "c")
+        assert "c" not in svc.dead
+        for _ in range(10):
+            svc.tick()
+        assert (c.end, c.hw) == (h.core.end, h.core.hw), back
+        assert c.cache.runs == h.core.cache.runs
+        before = svc.ticked
+        svc.tick()
+        assert svc.ticked == before and h.core.idle, back
+
+
+def test_the_controllers_word_that_a_node_is_dead_lapses() -> None:
+    """A node known dead only from the controller's Assign is woken again
+    after DEAD_HINT_SECONDS (gossip, which would hold it dead, never said so:
+    a stale hint must not keep a live follower unfed); gossip's word holds."""
+    for how, lapses in (("assign", True), ("gossip", False)):
+        svc, _, _ = _dead_service(10, how)
+        clock = svc.reactor
+        assert isinstance(clock, task.Clock)
+        clock.advance(DEAD_HINT_SECONDS + 1)
+        svc.tick()
+        assert ("c" in svc.dead) is not lapses, how
+
+
+def test_the_controller_tells_the_replicas_of_the_dead_and_sends_it_nothing() -> None:
+    """As the controller, a failover's Assign names the replicas known dead
+    (``down``: the new leader waits for none of them) and neither it nor the
+    fence goes to the dead node."""
+    sent: list[tuple[str, Any]] = []
+    channel = SimpleNamespace(
+        handlers={},
+        send=lambda dst, kind, p: sent.append(
+            (dst, decode(msgspec.msgpack.decode(p, type=Envelope).message))
+        ),
+    )
+    svc = ReplicationService("a", channel, task.Clock())
+    core = FailoverCore(IDS, epoch=1, leader="c")
+    svc.controllers[("t", 0)] = core
+    svc.node_dead("c")
+    svc.run_control(("t", 0), core.start_failover())
+    for n in ("a", "b"):
+        svc.run_control(("t", 0), core.receive(n, FenceResp(2, True, 1, 5)))
+    assert sent and all(dst != "c" for dst, _ in sent)
+    assigns = [m for _, m in sent if isinstance(m, Assign)]
+    assert assigns and all(m.down == ("c",) and m.epoch == 2 for m in assigns)
