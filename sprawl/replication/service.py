@@ -79,7 +79,7 @@ TRANSIENT_COMMIT_ERRORS = frozenset({"no_leader", "stopping"})
 
 #: Seconds a node stays known dead on the controller's word alone (gossip's
 #: ``dead`` or ``left`` holds until gossip or the node itself says otherwise).
-DEAD_HINT_SECONDS = 30.0
+DEAD_HINT_SECONDS = 10.0
 
 #: Late ticks in a row (this node stalled) that count no silences (see :meth:`ReplicationService.tick`).
 MAX_SKIPPED_JUDGEMENTS = 5

@@ -22,10 +22,15 @@ client on the first node) and measures at each count:
 
 At the largest count it then measures:
 
-* **failover** (several nodes): ``kill -9`` of a node that is not the Raft
-  leader, then the time until no partition in the placement names it as
-  leader any more (seen on a survivor) and a publish to a partition it led
-  succeeds; the node is restarted after;
+* **failover** (several nodes; at the largest count, or at each of
+  ``--failover-at``): ``kill -9`` of the node that is not the Raft leader and
+  leads the most partitions (with none led by such a node, extra topics are
+  made until one is), then the time until every partition has a live leader
+  -- the survivors' ``/v1/cluster`` ``partitions.leading`` add up to every
+  partition -- that accepts a publish (one to a random partition the victim
+  led, through a survivor); after it, a publish to each of ``--failover-probes``
+  more of those partitions must succeed, and whether the survivors kept their
+  Raft leader and term through it is recorded; the node is restarted after;
 * **restart**: ``kill -9`` of a node, started again on its data dir, the time
   until its ``/readyz`` answers 200 and it serves a publish to a partition it
   holds (the median of ``--restarts`` tries; ``--restart-each``: at every
@@ -41,6 +46,14 @@ measured (the machine is shared: read the times beside it).
 Prints a Markdown table per cluster size; ``--plot DIR`` draws the curves as
 PNG files there (needs matplotlib: ``pip install .[bench]``), ``--json`` saves
 the figures.
+
+Building 10,000 topics on 3 nodes takes minutes: ``--reuse DIR`` keeps the
+cluster's data dirs in ``DIR`` and, when ``DIR`` already holds them, starts
+the nodes on them and creates only the topics still missing;
+``--failover-only`` measures nothing but the failover (for example
+``--nodes 3 --topics 1,10000 --failover-at 1,10000 --failover-only``: the
+1-topic figure on a fresh cluster is not comparable with a reused one, so
+give each its own ``--reuse`` dir, or none).
 """
 
 from __future__ import annotations
@@ -209,30 +222,77 @@ def publish_ok(cluster: NodeCluster, via: str, topic: str) -> bool:
     return status in (200, 201)
 
 
-def failover(cluster: NodeCluster, bound: float) -> tuple[float, int]:
-    """Kill a node that leads partitions and is not the Raft leader; seconds
-    until none of its partitions names it as leader and one takes a publish,
-    and how many it led."""
+def partitions_view(cluster: NodeCluster, name: str) -> dict[str, Any]:
+    """The ``partitions`` block of a node's ``/v1/cluster`` (empty when it does not answer)."""
+    got = cluster.cluster_view(name).get("partitions")
+    return got if isinstance(got, dict) else {}
+
+
+def raft_of(cluster: NodeCluster, names: list[str]) -> dict[str, tuple[str | None, int]]:
+    """(Raft leader, term) as each of ``names`` sees it."""
+    out = {}
+    for n in names:
+        raft = cluster.cluster_view(n).get("raft", {})
+        out[n] = (raft.get("leader") or None, int(raft.get("term") or 0))
+    return out
+
+
+def failover(cluster: NodeCluster, conn: Conn, rf: int, a: argparse.Namespace) -> dict[str, Any]:
+    """Kill the node that leads the most partitions and is not the Raft
+    leader; seconds until every partition has a live leader that takes a
+    publish (see the module docstring), and what else was seen."""
     raft = cluster.raft_leader()
-    victim = next(n for n in reversed(cluster.names) if n != raft)
-    survivor = next(n for n in cluster.names if n != victim)
-    led = [t for t, lead in leaders_of(cluster, survivor).items() if lead == victim]
-    probe = led[0] if led else None
+    others = [n for n in cluster.names if n != raft]
+    view = leaders_of(cluster, others[0])
+    extra: list[str] = []
+    for i in range(20):
+        if any(view.get(t) in others for t in view):
+            break
+        # No partition led by a node other than the Raft leader (1 topic):
+        # one more topic, until one is.
+        extra.append(f"fo{i:02d}")
+        create(conn, extra[-1:], rf)
+        poll_until(lambda: extra[-1] in leaders_of(cluster, others[0]), a.bound)
+        view = leaders_of(cluster, others[0])
+    victim = max(others, key=lambda n: sum(1 for lead in view.values() if lead == n))
+    survivors = [n for n in cluster.names if n != victim]
+    led = sorted(t for t, lead in view.items() if lead == victim)
+    total = len(view)
+    rng = random.Random(len(led))
+    probe = rng.choice(led)
+    raft_before = raft_of(cluster, survivors)
     t0 = time.monotonic()
     cluster.kill(victim)
+    seen: dict[str, float] = {}
 
     def moved() -> bool:
-        views = leaders_of(cluster, survivor)
-        if any(views.get(t) in (victim, None) for t in led):
+        leading = sum(int(partitions_view(cluster, n).get("leading") or 0) for n in survivors)
+        if leading < total:
             return False
-        return probe is None or publish_ok(cluster, survivor, probe)
+        seen.setdefault("leaders_s", time.monotonic() - t0)
+        return publish_ok(cluster, survivors[0], probe)
 
-    took = poll_until(moved, bound, step=0.1)
+    took = poll_until(moved, a.bound, step=0.05)
     if took is None:
-        raise SystemExit(f"failover: the partitions {victim} led did not move within {bound}s")
+        raise SystemExit(f"failover: the partitions {victim} led did not move within {a.bound}s")
     elapsed = time.monotonic() - t0
+    sample = rng.sample(led, min(len(led), a.failover_probes))
+    failed = [t for t in sample if not publish_ok(cluster, survivors[1 % len(survivors)], t)]
+    raft_after = raft_of(cluster, survivors)
+    row = {
+        "failover_s": elapsed,
+        "failover_leaders_s": seen.get("leaders_s", elapsed),
+        "failover_partitions": len(led),
+        "failover_topics": total,
+        "failover_extra_topics": len(extra),
+        "failover_probes_failed": len(failed),
+        "failover_raft_kept": all(raft_after[n] == raft_before[n] for n in survivors),
+        "failover_raft": {"before": raft_before, "after": raft_after},
+        "failover_load": os.getloadavg()[0],
+    }
+    print(json.dumps({"failover": row}), flush=True)
     cluster.restart(victim)
-    return elapsed, len(led)
+    return row
 
 
 def restart(cluster: NodeCluster, bound: float) -> float:
@@ -270,21 +330,39 @@ def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[
     """Every figure for one cluster size."""
     rf = min(3, nodes)
     rows: list[dict[str, Any]] = []
-    tmp = tempfile.mkdtemp(prefix="sprawl-scale-", dir=a.data_dir)
+    if a.reuse is not None:
+        tmp = str(a.reuse / f"{nodes}-nodes")
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="sprawl-scale-", dir=a.data_dir)
     cluster = NodeCluster(Path(tmp), nodes, startup_timeout=120)
+    failover_at = {int(x) for x in a.failover_at.split(",")} if a.failover_at else {counts[-1]}
     try:
-        cluster.start()
+        cluster.start(form_bound=a.bound)
         first = cluster.names[0]
         conn = Conn(cluster.nodes[first].http_port)
         time.sleep(a.settle)
         base_rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
+        existing = set(cluster.placement(first))
         made = 0
         for count in counts:
             bulk = [f"t{i:05d}" for i in range(made, max(made, count - a.batch))]
-            create(conn, bulk, rf)
+            create(conn, [t for t in bulk if t not in existing], rf)
             last = [f"t{i:05d}" for i in range(max(made, count - a.batch), count)]
-            create_ms = create(conn, last, rf)
+            create_ms = create(conn, [t for t in last if t not in existing] or last, rf)
             made = count
+            if a.failover_only:
+                row: dict[str, Any] = {
+                    "nodes": nodes,
+                    "topics": count,
+                    "replicas_per_node": int(count * rf / nodes),
+                }
+                rows.append(row)
+                if nodes > 1 and count in failover_at:
+                    time.sleep(a.settle)
+                    row.update(failover(cluster, conn, rf, a))
+                    poll_until(lambda: cluster.formed(), a.bound)
+                continue
             rng = random.Random(count)
             describe_ms = timed(
                 conn, "GET", [f"/v1/topics/t{rng.randrange(made):05d}" for _ in range(a.batch)]
@@ -316,18 +394,19 @@ def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if nodes > 1 and count in failover_at:
+                row.update(failover(cluster, conn, rf, a))
+                poll_until(lambda: cluster.formed(), a.bound)
+                time.sleep(a.settle)
             if a.restart_each and count != counts[-1]:
                 restarts(cluster, row, a)
-        top = rows[-1]
-        if nodes > 1:
-            top["failover_s"], top["failover_partitions"] = failover(cluster, a.bound)
-            poll_until(lambda: cluster.formed(), a.bound)
-            time.sleep(a.settle)
-        restarts(cluster, top, a)
-        print(json.dumps(top), flush=True)
+        if not a.failover_only:
+            top = rows[-1]
+            restarts(cluster, top, a)
+            print(json.dumps(top), flush=True)
     finally:
         cluster.close()
-        if a.keep:
+        if a.keep or a.reuse is not None:
             print(f"data dirs and logs kept under {tmp}", flush=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -341,6 +420,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| idle CPU % (max node) | RSS MB | KB/replica | failover s | restart s | load avg | 503s retried (so far) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if rows and all("create_ms" not in r for r in rows):
+        return failover_table(rows)
     for r in rows:
         fo = f"{r['failover_s']:.1f} ({r['failover_partitions']} partitions)" if "failover_s" in r else "-"
         rs = f"{r['restart_s']:.1f}" if "restart_s" in r else "-"
@@ -351,6 +432,24 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['nodes']} | {r['topics']:,} | {r['replicas_per_node']:,} | {r['create_ms']:.1f} "
             f"| {r['describe_ms']:.1f} | {r['list_ms']:.1f} | {r['delete_ms']:.1f} | {r['idle_cpu']:.1f} "
             f"| {r['rss_mb']:.0f} | {r['kb_per_replica']:.1f} | {fo} | {rs} | {r.get('load', 0):.1f} | {retried} |"
+        )
+    return "\n".join(out)
+
+
+def failover_table(rows: list[dict[str, Any]]) -> str:
+    """The failover figures alone (``--failover-only``), one row per topic count."""
+    out = [
+        "| nodes | topics | partitions the victim led | every partition led again, s "
+        "| ... and a publish taken, s | probes failed | survivors kept their Raft leader | load avg |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "failover_s" not in r:
+            continue
+        out.append(
+            f"| {r['nodes']} | {r['failover_topics']:,} | {r['failover_partitions']:,} "
+            f"| {r['failover_leaders_s']:.2f} | {r['failover_s']:.2f} | {r['failover_probes_failed']} "
+            f"| {'yes' if r['failover_raft_kept'] else 'no'} | {r['failover_load']:.1f} |"
         )
     return "\n".join(out)
 
@@ -389,6 +488,10 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, help="where the nodes' data dirs go (default: the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
     ap.add_argument("--restarts", type=int, default=1, help="restarts measured (their median is the figure)")
+    ap.add_argument("--failover-at", help="topic counts to measure the failover at (default: the largest)")
+    ap.add_argument("--failover-only", action="store_true", help="measure only the failover")
+    ap.add_argument("--failover-probes", type=int, default=50, help="publishes checked after a failover")
+    ap.add_argument("--reuse", type=Path, help="keep the clusters' data dirs here and start on them if there")
     ap.add_argument(
         "--restart-each",
         action="store_true",
