@@ -141,8 +141,13 @@ class PartitionController:
             listeners.append(self._member_event)
 
     def _member_event(self, ev: Any) -> None:
-        """Gossip says a node left (a graceful stop): as the controller, hand
-        its leaderships over at once rather than at the next tick."""
+        """Gossip's word about a node.  On every node, the replication service
+        hears of nodes dead, gone or back (a leader sends a dead node nothing:
+        issue 23).  As the controller, a node that left (a graceful stop) has
+        its leaderships handed over at once rather than at the next tick."""
+        member = getattr(ev, "member", None)
+        if member is not None:
+            self.service.member_event(str(ev.kind), str(member.node_id))
         if getattr(ev, "kind", None) == "left" and self.control.is_leader:
             self.poke()
 

@@ -158,10 +158,6 @@ class DataPlane:
         self.groups = GroupRoutes(self)
         #: Damaged ranges rewritten from healthy replicas (sprawl/cluster/repair.py).
         self.repairs = Repairs(self)
-        # Gossip's dead and returning nodes: leaders send a dead node nothing (issue 23).
-        listeners = getattr(membership, "listeners", None)
-        if isinstance(listeners, list):
-            listeners.append(self._member_event)
 
     @property
     def forward_timeout(self) -> float:
@@ -303,11 +299,6 @@ class DataPlane:
 
     def _follow(self, topic: Topic, partition: int, records: list[Record]) -> None:
         self.groups.follow(topic, partition, records)
-
-    def _member_event(self, ev: Any) -> None:
-        member = getattr(ev, "member", None)
-        if member is not None:
-            self.service.member_event(str(ev.kind), str(member.node_id))
 
     def _member(self, peer: str) -> bool:
         """Peer RPCs are taken from nodes the cluster metadata registered, or

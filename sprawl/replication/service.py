@@ -19,11 +19,12 @@ left (:meth:`ReplicationService.member_event`), or the controller found them
 silent and said so on its ``Assign`` (``down``) -- get nothing from this
 node's leaders, which go idle once their other followers hold their log: a
 dead node's former partitions cost no tick on their new leaders (issue 23).
-A node is no longer dead once anything is heard from it (any frame) or gossip
-says it is alive; the leaders it follows are woken then and catch it up.  The
-controller's word is a hint that lapses after :data:`DEAD_HINT_SECONDS` (by
-then gossip has said the node is dead, if it is), so a stale one never keeps
-a live follower unfed.
+Gossip's word holds until gossip says the node is alive again; the
+controller's is a hint, which ends when anything is heard from the node (any
+frame) and lapses after :data:`DEAD_HINT_SECONDS` (by then gossip has said
+the node is dead, if it is), so a stale one never keeps a live follower
+unfed.  When a node stops being known dead, the leaders it follows are
+woken and catch it up (meanwhile a leader still answers what the node says).
 
 The cluster data plane (:mod:`sprawl.cluster`) builds one
 :class:`PartitionReplication` for every replicated partition this node holds
@@ -288,8 +289,8 @@ class ReplicationService:
 
     def heard(self, peer: str, boot: int | None = None) -> None:
         """A frame (or, with ``boot``, a beat) came from ``peer``."""
-        if peer in self.dead:
-            self.node_alive(peer)
+        if self._dead_until.get(peer, float("inf")) < float("inf"):
+            self.node_alive(peer)  # the controller's word only (gossip's holds until it says alive)
         if self.liveness.heard(peer, self.reactor.seconds(), boot) and self.controllers:
             self._leader_lost(peer, "it restarted")
 
@@ -438,8 +439,8 @@ class ReplicationService:
         commit its choice (then tell the core how that went)."""
         send = self.sender(key)
         for dst, m in out.messages:
-            if dst in self.dead:
-                continue  # a dead node hears nothing (its restart reads the metadata)
+            if self.liveness.is_silent(dst):
+                continue  # a silent node hears nothing (a restart of it reads the metadata)
             if isinstance(m, Assign) and not m.down:
                 down = tuple(r for r in m.replicas if r in self.dead)
                 if down:

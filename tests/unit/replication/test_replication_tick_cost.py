@@ -349,11 +349,12 @@ def test_a_tick_does_nothing_for_leaders_whose_missing_follower_is_dead() -> Non
 
 def test_a_dead_node_back_is_caught_up_by_the_leaders_it_follows() -> None:
     """While "c" is dead its leader takes publishes (committed with "b") and
-    stays idle; once "c" is heard again (its first frame after a restart, or
-    gossip saying it is alive) the leaders it follows are woken, their ticks
-    catch it up -- log and high watermark -- and they go idle again."""
-    for back in ("frame", "gossip"):
-        svc, _, held = _dead_service(20, "gossip")
+    stays idle; once "c" is back -- gossip says it is alive, or (dead on the
+    controller's word only) a frame comes from it -- the leaders it follows
+    are woken, their ticks catch it up (log and high watermark) and they go
+    idle again.  A frame does not end gossip's word."""
+    for how, back in (("assign", "frame"), ("gossip", "gossip")):
+        svc, _, held = _dead_service(20, how)
         every = {}
         for h in held.values():  # replicas of their own, "c" cut off
             every[h.topic.name] = cores = failed_over_partition(svc.dead)
@@ -372,9 +373,10 @@ def test_a_dead_node_back_is_caught_up_by_the_leaders_it_follows() -> None:
         assert c.end < h.core.end
         for name, other in held.items():  # "c" is up again: messages reach it
             other.cores["c"] = every[name]["c"]
-        if back == "frame":
-            svc._frame("c", msgspec.msgpack.encode(Envelope("", 0, encode(NodeBeat(9, 1)))))
-        else:
+        beat = msgspec.msgpack.encode(Envelope("", 0, encode(NodeBeat(9, 1))))
+        svc._frame("c", beat)
+        assert ("c" in svc.dead) is (how == "gossip")
+        if back == "gossip":
             svc.member_event("alive", "c")
         assert "c" not in svc.dead
         for _ in range(10):
@@ -400,9 +402,10 @@ def test_the_controllers_word_that_a_node_is_dead_lapses() -> None:
 
 
 def test_the_controller_tells_the_replicas_of_the_dead_and_sends_it_nothing() -> None:
-    """As the controller, a failover's Assign names the replicas known dead
-    (``down``: the new leader waits for none of them) and neither it nor the
-    fence goes to the dead node."""
+    """As the controller, a node silent past the beat timeout fails over the
+    partitions it led; the failover's Assign names it (``down``: the new
+    leader waits for it in none of them) and neither the fence nor the
+    Assign goes to it."""
     sent: list[tuple[str, Any]] = []
     channel = SimpleNamespace(
         handlers={},
@@ -410,11 +413,16 @@ def test_the_controller_tells_the_replicas_of_the_dead_and_sends_it_nothing() ->
             (dst, decode(msgspec.msgpack.decode(p, type=Envelope).message))
         ),
     )
-    svc = ReplicationService("a", channel, task.Clock())
+    clock = task.Clock()
+    svc = ReplicationService("a", channel, clock)
     core = FailoverCore(IDS, epoch=1, leader="c")
+    core.receive("c", LeaderBeat(1, 0, 0))
     svc.controllers[("t", 0)] = core
-    svc.node_dead("c")
-    svc.run_control(("t", 0), core.start_failover())
+    for _ in range(30):  # 3 s: "b" beats, "c" is silent
+        clock.advance(0.1)
+        svc.heard("b", 1)
+        svc.tick()
+    assert core.fencing is not None and "c" in svc.dead
     for n in ("a", "b"):
         svc.run_control(("t", 0), core.receive(n, FenceResp(2, True, 1, 5)))
     assert sent and all(dst != "c" for dst, _ in sent)
