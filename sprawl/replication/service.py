@@ -148,6 +148,8 @@ class ReplicationService:
         self.dead: set[str] = set()
         #: Until when each of them is dead on the controller's word (inf: gossip's).
         self._dead_until: dict[str, float] = {}
+        #: Commit failures by code: when one was last logged, how many not since.
+        self._commit_logs: dict[str, tuple[float, int]] = {}
         #: This run of the node (a restart beats another).
         self.boot = random.SystemRandom().getrandbits(62)
         #: Ticks of replicas and controller cores so far (tests count them).
@@ -455,21 +457,30 @@ class ReplicationService:
 
             def failed(f: Failure) -> None:
                 code = getattr(f.value, "code", None)
-                if code in TRANSIENT_COMMIT_ERRORS:
+                quiet = code in TRANSIENT_COMMIT_ERRORS or code == "proposal_timeout"
+                # A batch of thousands of choices fails as one: log once a second.
+                more = self._unlogged(str(code)) if quiet else 0
+                if more is None:
+                    pass
+                elif code in TRANSIENT_COMMIT_ERRORS:
                     # Raft is between leaders (a Raft hand-off on a graceful
                     # stop or drain, an election): the core retries in a later
                     # tick; nothing is wrong.
                     log.info(
-                        "committing the leader of {topic}/{partition} must wait ({code}); retrying",
+                        "committing the leader of {topic}/{partition} must wait ({code}); retrying "
+                        "({more} more not logged since the last)",
                         topic=key[0],
                         partition=key[1],
                         code=code,
+                        more=more,
                     )
                 elif code == "proposal_timeout":
                     log.warn(
-                        "committing the leader of {topic}/{partition} timed out; retrying",
+                        "committing the leader of {topic}/{partition} timed out; retrying "
+                        "({more} more not logged since the last)",
                         topic=key[0],
                         partition=key[1],
+                        more=more,
                     )
                 else:
                     log.failure(
@@ -481,6 +492,17 @@ class ReplicationService:
                 self.run_control(key, c.committed(False))
 
             self.commit(key[0], key[1], out.commit).addCallbacks(committed, failed)
+
+    def _unlogged(self, code: str) -> int | None:
+        """None when a commit failure of ``code`` was logged less than a second
+        ago (it is counted), else how many were not logged since the last."""
+        now = self.reactor.seconds()
+        last, n = self._commit_logs.get(code, (float("-inf"), 0))
+        if now - last < 1.0:
+            self._commit_logs[code] = (last, n + 1)
+            return None
+        self._commit_logs[code] = (now, 0)
+        return n
 
 
 class _Cores(dict[tuple[str, int], FailoverCore]):

@@ -497,3 +497,32 @@ def test_a_commit_without_a_raft_leader_is_retried_quietly(code: str, level: str
     levels = [e["log_level"].name for e in events if "committing the leader" in e.get("log_format", "")]
     assert levels == [level]
     assert core.committing is None and core.leader is None  # a later tick starts again
+
+
+def test_a_batch_of_failed_commits_is_logged_once_a_second() -> None:
+    """A batch of 3,000 failover choices that timed out fails as 3,000
+    commits: one log line (and the count of the others in the next one a
+    second later), not 3,000; every core still retries."""
+    from types import SimpleNamespace
+
+    from twisted.internet import defer
+    from twisted.logger import capturedLogs
+
+    from sprawl.errors import Unavailable
+    from sprawl.replication.failover import Commit, ControlOutput
+
+    clock = task.Clock()
+    svc = ReplicationService("ctl", SimpleNamespace(handlers={}, send=lambda *a: None), clock)  # type: ignore[arg-type]
+    svc.commit = lambda t, p, c: defer.fail(Unavailable("late", code="proposal_timeout"))
+    cores = {}
+    with capturedLogs() as events:
+        for rnd in range(2):
+            for i in range(3_000):
+                core = cores.setdefault(i, FailoverCore(("a", "b", "c"), epoch=1, leader="a"))
+                svc.controllers[(f"t{i}", 0)] = core
+                core.committing = Commit(2 + rnd, "b", ("a", "b", "c"))
+                svc.run_control((f"t{i}", 0), ControlOutput(commit=core.committing))
+            clock.advance(1.0)
+    lines = [e for e in events if "committing the leader" in e.get("log_format", "")]
+    assert [e["more"] for e in lines] == [0, 2_999]
+    assert all(c.committing is None for c in cores.values())
