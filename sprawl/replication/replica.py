@@ -135,6 +135,7 @@ class Replica:
         max_batch: int = 512,
         max_in_flight: int = 4096,
         retry_ticks: int = 3,
+        max_ask_ticks: int = 30,
     ) -> None:
         self.id = node_id
         self.controller = controller
@@ -165,8 +166,14 @@ class Replica:
         #: watermark) since it was built: a restarted node is not ready before.
         self.caught_up = False
         #: Ticks since a follower not yet caught up last heard an append (it
-        #: says where it stands again every ``retry_ticks``: see :meth:`tick`).
+        #: says where it stands again after ``ask_ticks``: see :meth:`tick`).
         self.unheard_ticks = 0
+        #: Ticks between a follower's unanswered words to its leader: from
+        #: ``retry_ticks``, doubling after each up to ``max_ask_ticks`` (a whole
+        #: cluster restarting has thousands of followers whose leader leads
+        #: nothing yet); back to ``retry_ticks`` once an append or an Assign comes.
+        self.ask_ticks = retry_ticks
+        self.max_ask_ticks = max(retry_ticks, max_ask_ticks)
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -364,6 +371,7 @@ class Replica:
         self.leader = src
         self.role = FOLLOWER
         self.unheard_ticks = 0
+        self.ask_ticks = self.retry_ticks
         # A reset: the leader's log starts at ``m.start`` and we lack what
         # comes before it, or what we hold just before it is not the leader's
         # (an uncommitted suffix of an old epoch: the leader cannot send what
@@ -455,6 +463,8 @@ class Replica:
         self.epoch = m.epoch
         self.leader = m.leader
         self.replicas = tuple(m.replicas)
+        self.unheard_ticks = 0
+        self.ask_ticks = self.retry_ticks
         # Tell the leader where this replica stands (its end and high
         # watermark; a refusal, so it claims no match): an idle leader sends
         # nothing unprompted, so a follower that restarted behind it (a high
@@ -491,10 +501,13 @@ class Replica:
                 # again.  The word it sent on its Assign may have been lost (a
                 # connection not up yet after the restart), and an idle leader
                 # sends nothing unprompted; its answer (an append) catches the
-                # follower up (:attr:`caught_up`: the node's readiness).
+                # follower up (:attr:`caught_up`: the node's readiness).  Each
+                # unanswered word doubles the wait for the next (the leader may
+                # lead nothing yet: a whole cluster restarting).
                 self.unheard_ticks += 1
-                if self.unheard_ticks >= self.retry_ticks and self.leader is not None:
+                if self.unheard_ticks >= self.ask_ticks and self.leader is not None:
                     self.unheard_ticks = 0
+                    self.ask_ticks = min(2 * self.ask_ticks, self.max_ask_ticks)
                     out.messages.append(
                         (self.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))
                     )

@@ -428,3 +428,17 @@ def test_the_controller_tells_the_replicas_of_the_dead_and_sends_it_nothing() ->
     assert sent and all(dst != "c" for dst, _ in sent)
     assigns = [m for _, m in sent if isinstance(m, Assign)]
     assert assigns and all(m.down == ("c",) and m.epoch == 2 for m in assigns)
+
+
+def test_a_follower_whose_leader_never_answers_asks_less_and_less_often() -> None:
+    """A whole cluster restarting: thousands of followers whose leader (as the
+    metadata says) leads nothing yet and drops their word.  Each asks again
+    after 3, 6, 12, 24, then every 30 ticks -- not every 3 ticks, which kept
+    the restarted 10,000-partition nodes busy answering each other -- and is
+    prompt again once an append or a new Assign comes."""
+    b = Replica("b", "ctl")
+    b.receive("ctl", Assign(1, "a", IDS))
+    asked = [t for t in range(1, 121) if b.tick().messages]
+    assert asked == [3, 9, 21, 45, 75, 105]
+    b.receive("ctl", Assign(2, "c", IDS))  # a new leader: prompt again
+    assert [t for t in range(1, 10) if b.tick().messages] == [3, 9]
