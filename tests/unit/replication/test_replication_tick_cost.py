@@ -55,14 +55,21 @@ def idle_partition() -> dict[str, Replica]:
     """The replicas of one partition led by "a", its followers holding its log
     and high watermark (by the protocol)."""
     cores = {n: Replica(n, "ctl") for n in IDS}
-    outs = {n: c.receive("ctl", Assign(1, "a", IDS)) for n, c in cores.items()}
+    leader = _assign(cores, 1)
+    assert leader.is_leader and leader.idle, leader.followers
+    return cores
+
+
+def _assign(cores: dict[str, Replica], epoch: int) -> Replica:
+    """Assign ``epoch`` led by "a" to ``cores`` and settle them (heartbeats
+    included); returns the leader."""
+    outs = {n: c.receive("ctl", Assign(epoch, "a", IDS)) for n, c in cores.items()}
     leader = cores["a"]
     outs["a"].extend(leader.stored(leader.end))
     _settle(cores, outs)
     for _ in range(3):  # heartbeats carry the last high watermark
         _settle(cores, {"a": leader.tick()})
-    assert leader.is_leader and leader.idle, leader.followers
-    return cores
+    return leader
 
 
 class Held:
@@ -274,14 +281,8 @@ def failed_over_partition(dead: set[str]) -> dict[str, Replica]:
     nothing (its core stays as it was in epoch 1).  ``dead`` is the set the
     leader's core is given (the service's, in a node)."""
     cores = idle_partition()
-    live = {n: cores[n] for n in ("a", "b")}
     cores["a"].dead = dead
-    outs = {n: c.receive("ctl", Assign(2, "a", IDS)) for n, c in live.items()}
-    leader = cores["a"]
-    outs["a"].extend(leader.stored(leader.end))
-    _settle(live, outs)
-    for _ in range(3):  # heartbeats carry the last high watermark
-        _settle(live, {"a": leader.tick()})
+    _assign({n: cores[n] for n in ("a", "b")}, 2)
     return cores
 
 
