@@ -211,15 +211,20 @@ def leaders_of(cluster: NodeCluster, via: str) -> dict[str, str | None]:
     return {t: (parts.get("0") or {}).get("leader") or None for t, parts in cluster.placement(via).items()}
 
 
-def publish_ok(cluster: NodeCluster, via: str, topic: str) -> bool:
-    """One publish with acks=quorum succeeds through ``via``."""
+def publish_status(cluster: NodeCluster, via: str, topic: str) -> int:
+    """The status of one publish with acks=quorum through ``via`` (0: no answer within 3 s)."""
     try:
         status, _ = Conn(cluster.nodes[via].http_port, timeout=3).call(
             "POST", f"/v1/topics/{topic}/messages?acks=quorum", {"messages": [{"payload": "x"}]}
         )
     except (OSError, http.client.HTTPException):
-        return False
-    return status in (200, 201)
+        return 0
+    return status
+
+
+def publish_ok(cluster: NodeCluster, via: str, topic: str) -> bool:
+    """One publish with acks=quorum succeeds through ``via``."""
+    return publish_status(cluster, via, topic) in (200, 201)
 
 
 def partitions_view(cluster: NodeCluster, name: str) -> dict[str, Any]:
@@ -264,13 +269,17 @@ def failover(cluster: NodeCluster, conn: Conn, rf: int, a: argparse.Namespace) -
     t0 = time.monotonic()
     cluster.kill(victim)
     seen: dict[str, float] = {}
+    tries: list[tuple[float, float, int]] = []  # (sent at, answered at, status) of each probe publish
 
     def moved() -> bool:
         leading = sum(int(partitions_view(cluster, n).get("leading") or 0) for n in survivors)
         if leading < total:
             return False
         seen.setdefault("leaders_s", time.monotonic() - t0)
-        return publish_ok(cluster, survivors[0], probe)
+        sent = time.monotonic() - t0
+        status = publish_status(cluster, survivors[0], probe)
+        tries.append((round(sent, 2), round(time.monotonic() - t0, 2), status))
+        return status in (200, 201)
 
     took = poll_until(moved, a.bound, step=0.05)
     if took is None:
@@ -286,6 +295,7 @@ def failover(cluster: NodeCluster, conn: Conn, rf: int, a: argparse.Namespace) -
         "failover_topics": total,
         "failover_extra_topics": len(extra),
         "failover_probes_failed": len(failed),
+        "failover_publish_tries": tries,
         "failover_raft_kept": all(raft_after[n] == raft_before[n] for n in survivors),
         "failover_raft": {"before": raft_before, "after": raft_after},
         "failover_load": os.getloadavg()[0],
