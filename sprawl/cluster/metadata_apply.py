@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: Topics of a ``set_partitions`` batch whose placement is followed per reactor turn.
+TOPICS_PER_TURN = 200
+
 
 class MetadataApply:
     """Applies committed metadata commands here and keeps the broker matching
@@ -76,14 +79,38 @@ class MetadataApply:
             self._topic_changed(None, str(cmd["name"]))
         elif "error" not in result and cmd.get("op") in ("delete_topic", "set_partition"):
             d.addCallback(self._topic_changed, str(cmd.get("topic") or cmd.get("name")))
-        if "error" not in result and cmd.get("op") == "set_partitions":
-            for name in _batch_topics(cmd, result):
-                d.addCallback(self._topic_changed, name)
 
         def answer(_: object) -> None:
             self.control.answer(str(cmd.get("req", "")), result)
 
+        if "error" not in result and cmd.get("op") == "set_partitions":
+            names = _batch_topics(cmd, result)
+            if len(names) > TOPICS_PER_TURN:
+                # A dead node's thousands of failovers: the placement is
+                # followed a slice per reactor turn, and the command answered
+                # once all are (issue 23).  Held in one turn for seconds, the
+                # node sent no beat meanwhile, and the controller failed this
+                # live node's partitions over as well.  Raft goes on meanwhile
+                # (each slice reads the placement as it is then).
+                followed: defer.Deferred[None] = defer.Deferred()
+                d.addCallback(lambda _: self._follow_in_turns(names, followed))
+                followed.addCallback(answer)
+                return d
+            for name in names:
+                d.addCallback(self._topic_changed, name)
+
         return d.addCallback(answer)
+
+    def _follow_in_turns(self, names: list[str], done: defer.Deferred[None], start: int = 0) -> None:
+        """Tell the topic listeners of ``names[start:]``, :data:`TOPICS_PER_TURN`
+        a reactor turn; fire ``done`` after the last."""
+        for name in names[start : start + TOPICS_PER_TURN]:
+            self._topic_changed(None, name)
+        nxt = start + TOPICS_PER_TURN
+        if nxt < len(names):
+            self.control.reactor.callLater(0, self._follow_in_turns, names, done, nxt)
+        else:
+            done.callback(None)
 
     def _materialise(self, cmd: dict[str, Any]) -> defer.Deferred[Any]:
         """Make the broker match the metadata for what ``cmd`` touched."""

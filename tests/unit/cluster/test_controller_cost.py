@@ -10,6 +10,7 @@ from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from twisted.internet import defer, task
 
 from sprawl.cluster.dataplane import DataPlane
@@ -283,3 +284,43 @@ def test_the_feature_gate_is_asked_at_each_use() -> None:
     assert plane.controller.batch_commits()
     bare, _, _ = _plane(3, features=None)
     assert not bare.service.node_beats() and not bare.controller.batch_commits()
+
+
+@pytest.mark.parametrize(("n", "turns"), [(1_000, 5), (200, 1)])
+def test_a_big_batch_of_failovers_is_followed_a_slice_per_reactor_turn(n: int, turns: int) -> None:
+    """Applying a ``set_partitions`` of 1,000 topics tells the topic listeners
+    (the replicas' and the controller's) of 200 per reactor turn, so the node
+    keeps beating between slices (held for seconds in one turn, a survivor
+    went silent and had its own partitions failed over as well); the entry
+    counts as applied at once (Raft goes on) and the command is answered
+    once every topic was followed.  A small batch is followed at once."""
+    from types import SimpleNamespace
+
+    from sprawl.cluster.metadata import encode_command
+    from sprawl.cluster.metadata_apply import TOPICS_PER_TURN, MetadataApply
+    from sprawl.raft.messages import Entry
+
+    turns_due: list[Any] = []  # the reactor's next turns, run one at a time below
+    reactor = SimpleNamespace(callLater=lambda delay, f, *a: turns_due.append((f, a)))
+    answers: list[str] = []
+    items = [
+        {"topic": f"t{i:05d}", "partition": 0, "epoch": 2, "leader": "a", "replicas": ["a", "b"]}
+        for i in range(n)
+    ]
+    meta = SimpleNamespace(apply=lambda index, cmd: {"results": [{} for _ in cmd["items"]]})
+    control = SimpleNamespace(metadata=meta, reactor=reactor, answer=lambda req, result: answers.append(req))
+    apply = MetadataApply(control, SimpleNamespace(topics={}))  # type: ignore[arg-type]
+    heard: list[list[str]] = [[]]
+    apply.watch_topics(lambda name: heard[-1].append(name))
+    d = apply.apply(Entry(1, 1, data=encode_command({"op": "set_partitions", "items": items, "req": "r"})))
+    applied: list[object] = []
+    d.addCallback(applied.append)
+    assert applied and len(heard[0]) == min(n, TOPICS_PER_TURN)
+    for _ in range(10):
+        if not turns_due:
+            break
+        heard.append([])
+        f, a = turns_due.pop(0)
+        f(*a)
+    assert answers == ["r"] and [len(h) for h in heard if h] == [min(n, TOPICS_PER_TURN)] * turns
+    assert [x for h in heard for x in h] == [f"t{i:05d}" for i in range(n)]
