@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.gossip_sim import Bench
-
 from sprawl.gossip import GossipConfig, Membership
 
 
