@@ -192,6 +192,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class GcClock:
+    """CPU seconds spent in the garbage collector (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.total += time.process_time() - self._start
+
+
+def progress(what: str, cpu0: float) -> None:
+    """A progress line on stderr: what, with the row's CPU so far and the peak RSS."""
+    print(
+        f"# {what} (CPU {time.process_time() - cpu0:.0f} s, peak RSS {peak_rss_mb():,.0f} MB)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="5,50,200")
@@ -205,14 +229,25 @@ def main() -> None:
     config = GossipConfig()
     rows = []
     figures: list[dict[str, Any]] = []
+    gc_clock = GcClock()
     for n in (int(x) for x in args.sizes.split(",")):
         for loss in (float(x) for x in args.losses.split(",")):
             gc.collect()
-            cpu = time.process_time()
+            cpu, gc0 = time.process_time(), gc_clock.total
             b = Bench(n, loss, args.seed, config)
+            progress(f"{n} nodes, loss {loss:.0%}: formed in {b.formed:.1f} s", cpu)
             s = b.soak(args.soak)
+            progress(f"  soak of {args.soak:.0f} s done", cpu)
             trials = max(3, round(TRIALS.get(n, 20) * args.trials))
-            times, rejoins = zip(*(b.trial() for _ in range(trials)), strict=True)
+            results = []
+            for k in range(trials):
+                results.append(b.trial())
+                if n >= 500:
+                    progress(
+                        f"  trial {k + 1}: detection {results[-1][0]:.1f} s, rejoin {results[-1][1]:.1f} s",
+                        cpu,
+                    )
+            times, rejoins = zip(*results, strict=True)
             sim_hours = n * b.sim.now / 3600
             lo = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
             fig: dict[str, Any] = {
@@ -233,6 +268,7 @@ def main() -> None:
                 "packets_per_node_s": s["net_sent"] / n / args.soak,
                 "virtual_s": b.sim.now,
                 "cpu_s": time.process_time() - cpu,
+                "gc_cpu_s": gc_clock.total - gc0,
                 "peak_rss_mb": peak_rss_mb(),
             }
             figures.append(fig)
