@@ -28,8 +28,8 @@ Prints a Markdown table (``--json`` saves the rows, ``--plot DIR`` draws
 ``gossip_scale.png``: detection and convergence times, false suspicions and
 bytes per node per second against the number of nodes; needs matplotlib),
 and progress lines on stderr.  Everything is virtual time: the wall-clock
-cost is CPU only (about half a minute for the default set; the 1,000-node row
-of the command above about five CPU-minutes and 2 GB).
+cost is CPU only (a few minutes for the default set; the 1,000-node row
+of the command above about 4 CPU-minutes and 1.7 GB).
 """
 
 from __future__ import annotations
