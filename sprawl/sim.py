@@ -249,7 +249,7 @@ class Simulator:
         else:
             self._in_flight -= 1
             src, dst, payload = data
-            if (src, dst) in self.blocked:
+            if self.blocked and (src, dst) in self.blocked:
                 self.stats["dropped_partition"] += 1
                 return
             node = self.nodes.get(dst)
@@ -270,7 +270,13 @@ class Simulator:
         self._push(t, _TICK, (addr, gen))
 
     def _route(self, src: SimAddr, result: Any) -> None:
-        datagrams, events = split_result(result)
+        datagrams: Iterable[tuple[Any, bytes]]
+        events: Iterable[Any]
+        if isinstance(result, list | tuple) or result is None:
+            datagrams, events = split_result(result)
+        else:  # an Output-like object: its lists as they are, no copies
+            datagrams = getattr(result, "datagrams", ())
+            events = getattr(result, "events", ())
         for ev in events:
             self.events.append((self.now, src, ev))
             for cb in self.on_event:
@@ -279,25 +285,34 @@ class Simulator:
             self._send(src, dst, payload)
 
     def _send(self, src: SimAddr, dst: SimAddr, payload: bytes) -> None:
-        self.stats["sent"] += 1
-        self.stats["bytes_sent"] += len(payload)
-        for cb in self.on_send:
-            cb(self.now, src, dst, payload)
-        if (src, dst) in self.blocked:
-            self.stats["dropped_partition"] += 1
+        stats = self.stats
+        stats["sent"] += 1
+        stats["bytes_sent"] += len(payload)
+        if self.on_send:
+            for cb in self.on_send:
+                cb(self.now, src, dst, payload)
+        if self.blocked and (src, dst) in self.blocked:
+            stats["dropped_partition"] += 1
             return
         copies = 1
-        if self.duplicate and self.rng.random() < self.duplicate:
+        rng = self.rng
+        if self.duplicate and rng.random() < self.duplicate:
             copies = 2
-            self.stats["duplicated"] += 1
+            stats["duplicated"] += 1
+        lo, hi = self.delay
         for _ in range(copies):
-            if self.loss and self.rng.random() < self.loss:
-                self.stats["dropped_loss"] += 1
+            if self.loss and rng.random() < self.loss:
+                stats["dropped_loss"] += 1
                 continue
             if self._in_flight >= self.max_in_flight:
                 raise SimulationLimit(f"more than {self.max_in_flight} datagrams in flight")
             self._in_flight += 1
-            self._push(self.now + self.rng.uniform(*self.delay), _DELIVER, (src, dst, payload))
+            # (random.uniform's own formula, inlined: the same draws, the same delays)
+            self._seq += 1
+            heapq.heappush(
+                self._queue,
+                (self.now + (lo + (hi - lo) * rng.random()), self._seq, _DELIVER, (src, dst, payload)),
+            )
 
 
 def schedule_seeds(base: int, n: int, environ: Any = None, long_n: int | None = None) -> list[int]:

@@ -372,7 +372,9 @@ class Membership:
         self._pp_replied: dict[tuple[Address, int], float] = {}
         self._exchanges: dict[int, _Exchange] = {}
         self._overhead = packet_overhead(config.cluster_key is not None)
-        self._maybe_gone = False
+        #: Members that went dead or left since the reaper last looked (some
+        #: may be back): the reaper walks these, not the whole table.
+        self._gone: dict[str, None] = {}
         self._out = Output()
         self._tokens = float(_CORRECTION_BURST)
         self._tokens_at = now
@@ -508,7 +510,7 @@ class Membership:
             t = min(t, p.end if p.indirect else p.direct_deadline)
         if self._broadcasts:
             t = min(t, self._next_gossip_at)
-        if self._maybe_gone:
+        if self._gone:
             t = min(t, self._next_reap_at)
         for r in self._relays.values():
             t = min(t, r.deadline if r.nack_at is None else r.nack_at)
@@ -847,7 +849,7 @@ class Membership:
         m.incarnation = incarnation
         m.state = LEFT if left else DEAD
         m.state_since = now
-        self._maybe_gone = True
+        self._gone[node_id] = None
         self.stats["left_seen" if left else "dead_seen"] += 1
         self._emit(m.state, m)
 
@@ -1039,14 +1041,16 @@ class Membership:
         if now < self._next_reap_at:
             return
         self._next_reap_at = now + self.config.probe_interval
-        if not self._maybe_gone:
+        if not self._gone:
             return
         keep = self.config.dead_reclaim_time
-        gone = [m for m in self._members.values() if m.state in (DEAD, LEFT) and m is not self._self]
-        self._maybe_gone = bool(gone)
-        for m in gone:
-            if now - m.state_since >= keep:
-                self._forget(m.node_id)
+        for node_id in list(self._gone):
+            m = self._members.get(node_id)
+            if m is None or m.state not in (DEAD, LEFT):
+                del self._gone[node_id]  # forgotten, or back
+            elif now - m.state_since >= keep:
+                del self._gone[node_id]
+                self._forget(node_id)
 
     def _state_chunks(self, req: int, join: bool, reply: bool) -> list[bytes]:
         """This node's full state as encoded PushPull messages, each fitting a packet."""
