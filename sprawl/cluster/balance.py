@@ -114,6 +114,8 @@ from typing import Any, NamedTuple
 OVERLOADED = "overloaded"
 #: The reason a move off a node predicted to run hot carries.
 PREDICTED = "predicted"
+#: The reason both moves of a two-move plan for a stuck hot node carry.
+PLANNED = "planned"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,11 @@ class BalanceConfig:
     #: Seconds after any move of a partition before it may move again on a
     #: forecast (a forecast is a weaker reason to move than a hot node).
     predict_cooldown: float = 3600.0
+    #: A node hot now that no single move relieves gets a two-move plan (a
+    #: swap, or a partition moved off a replica to make room for one of its
+    #: own) once it has been hot this many decisions (0: never).  Part of the
+    #: predictive pass: only with forecasts.
+    chain_after: int = 0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -168,6 +175,10 @@ class PartitionLoad:
     #: Predicted load (units/s: the highest over the forecast horizon); None
     #: without a forecast (the present load stands in for it).
     forecast: float | None = None
+    #: Predicted load at evenly spaced times over a longer horizon (hours:
+    #: :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_profiles`);
+    #: a move on a forecast must lower the node's predicted excess over it.
+    profile: tuple[float, ...] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -354,6 +365,15 @@ class Balancer:
             budget -= len(shed)
             if shed:
                 self._streak[src] = 0
+        if c.predict and c.chain_after > 0 and any(p.forecast is not None for p in parts):
+            stuck = {m.src for m in d.moves}
+            for src in sorted(hot, key=lambda n: (-loads[n], n)):
+                if budget < 2 or src in stuck or self._streak[src] < c.chain_after:
+                    continue
+                plan = self._chain(src, by_leader, pload, loads, mean, upper, now, d)
+                budget -= len(plan)
+                if plan:
+                    self._streak[src] = 0
         pred = self._predict(parts, pload, loads, nodes, now, budget, d) if c.predict else None
         for n in nodes:
             d.nodes[n] = NodeLoad(
@@ -408,6 +428,7 @@ class Balancer:
         for n in nodes:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
+        ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
         # an early move is optional: its target keeps a margin below the bound
         roomy = mean * (1 + c.threshold * c.predict_room)
         proomy = pmean * (1 + c.threshold * c.predict_room)
@@ -421,15 +442,15 @@ class Balancer:
                 d.held.append(f"{src}: predicted hot, move budget used")
                 continue
             n_before = len(d.moves)
-            for p in sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key)):
-                if budget <= 0 or pred[src] <= pupper:
-                    break
+
+            def targets(p: PartitionLoad, src: str) -> list[str]:
+                """Where ``p`` may move off ``src`` on a forecast now (none if not a quiet moment for it)."""
                 u, f = pload[p.key], fc[p.key]
                 if not p.movable or p.key in self._last_move or p.key in moved:
-                    continue
+                    return []
                 if u <= 0 or u < c.min_partition_load or u > f:
-                    continue  # not a quiet moment for it
-                targets = [
+                    return []  # not a quiet moment for it
+                return [
                     r
                     for r in p.replicas
                     if r != src
@@ -440,19 +461,44 @@ class Balancer:
                     and pred[r] < pmean
                     and pred[r] + f <= proomy
                 ]
-                if not targets:
-                    continue
-                dst = min(targets, key=lambda r: (pred[r], loads[r], r))
+
+            def make(p: PartitionLoad, src: str, dst: str) -> None:
+                u, f = pload[p.key], fc[p.key]
+                if ahead is not None:
+                    ahead.move(p.key, src, dst)
+                moved[p.key] = dst
                 loads[src] -= u
                 loads[dst] += u
                 pred[src] -= f
                 pred[dst] += f
                 self._moved[p.key] = (now, u)
                 self._last_move[p.key] = now
-                mv = Move(p.topic, p.partition, src, dst, PREDICTED)
-                d.moves.append(mv)
-                budget -= 1
+                d.moves.append(Move(p.topic, p.partition, src, dst, PREDICTED))
                 self.moves_total[PREDICTED] = self.moves_total.get(PREDICTED, 0) + 1
+
+            led = sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key))
+            if ahead is None:
+                for p in led:
+                    if budget <= 0 or pred[src] <= pupper:
+                        break
+                    ts = targets(p, src)
+                    if ts:
+                        make(p, src, min(ts, key=lambda r: (pred[r], loads[r], r)))
+                        budget -= 1
+            else:
+                # over the long horizon: only a move that lowers the predicted
+                # excess there, the one that lowers it most
+                while budget > 0 and pred[src] > pupper:
+                    scored = [
+                        (ahead.delta(p.key, src, r), pred[r], loads[r], r, i)
+                        for i, p in enumerate(led)
+                        for r in targets(p, src)
+                    ]
+                    best = min((x for x in scored if x[0] < -_EPS), default=None)
+                    if best is None:
+                        break
+                    make(led[best[4]], src, best[3])
+                    budget -= 1
             if len(d.moves) > n_before:
                 self._pstreak[src] = 0
             else:
@@ -460,6 +506,83 @@ class Balancer:
                     f"{src}: predicted hot, no quiet partition a replica can take now and as predicted"
                 )
         return pred, phot
+
+    def _chain(
+        self,
+        src: str,
+        by_leader: Mapping[str, Sequence[PartitionLoad]],
+        pload: Mapping[tuple[str, int], float],
+        loads: dict[str, float],
+        mean: float,
+        upper: float,
+        now: float,
+        d: Decision,
+    ) -> list[Move]:
+        """A two-move plan for ``src``, hot now with no single move that fits:
+        one of its partitions ``p`` to a replica ``r`` that cannot take it as
+        it is, after a partition ``q`` of ``r``'s moves to a replica ``s`` of
+        its own (``s`` may be ``src``: a swap).  Every node it loads stays at
+        or below ``upper`` (a third node below the mean), ``src`` ends lower
+        and the plan lowers the sum of squared node loads by more than
+        ``min_partition_load`` squared; of those, the plan leaving the least
+        excess over ``upper`` and then the lowest sum of squares."""
+        c = self.config
+        taken = {(m.topic, m.partition) for m in d.moves}
+
+        def free(p: PartitionLoad) -> bool:
+            return (
+                p.movable
+                and p.key not in self._moved
+                and p.key not in taken
+                and pload[p.key] >= c.min_partition_load
+            )
+
+        best: tuple[float, float, tuple[str, int], tuple[str, int], str, str] | None = None
+        found: tuple[PartitionLoad, PartitionLoad] | None = None
+        for p in by_leader.get(src, []):
+            if not free(p):
+                continue
+            up = pload[p.key]
+            for r in p.replicas:
+                if r == src or r not in loads or loads[r] + up <= upper:
+                    continue  # a single move's business
+                for q in by_leader.get(r, []):
+                    uq = pload[q.key]
+                    if q.key == p.key or not free(q) or loads[r] + up - uq > upper:
+                        continue
+                    for s in q.replicas:
+                        if s == r or s not in loads:
+                            continue
+                        after = {src: loads[src] - up, r: loads[r] + up - uq}
+                        if s == src:
+                            after[src] += uq
+                        elif loads[s] >= mean or loads[s] + uq > upper:
+                            continue
+                        else:
+                            after[s] = loads[s] + uq
+                        if after[src] >= loads[src]:
+                            continue
+                        gain = sum(loads[n] ** 2 - v * v for n, v in after.items())
+                        if gain <= c.min_partition_load**2:
+                            continue
+                        excess = sum(max(0.0, v - upper) for v in after.values())
+                        score = (excess, -gain, p.key, q.key, r, s)
+                        if best is None or score < best:
+                            best, found = score, (p, q)
+        if best is None or found is None:
+            return []
+        p, q = found
+        r, s = best[4], best[5]
+        out = [Move(q.topic, q.partition, r, s, PLANNED), Move(p.topic, p.partition, src, r, PLANNED)]
+        for mv, part_ in ((out[0], q), (out[1], p)):
+            u = pload[part_.key]
+            loads[mv.src] -= u
+            loads[mv.dst] += u
+            self._moved[part_.key] = (now, u)
+            self._last_move[part_.key] = now
+            d.moves.append(mv)
+            self.moves_total[PLANNED] = self.moves_total.get(PLANNED, 0) + 1
+        return out
 
     def _shed(
         self,
@@ -515,11 +638,72 @@ class Balancer:
         return out
 
 
+#: Excess (units/s summed over a profile's points) below which a move does not count as lowering it.
+_EPS = 1e-6
+
+
+class _Ahead:
+    """Node loads over the long horizon of the partitions' profiles (the
+    short-horizon forecast first, then each profile point) and the predicted
+    bound at each point: what a forecast move must improve."""
+
+    def __init__(
+        self, vec: dict[tuple[str, int], tuple[float, ...]], node: dict[str, list[float]], bound: list[float]
+    ) -> None:
+        self.vec, self.node, self.bound = vec, node, bound
+
+    @classmethod
+    def of(
+        cls,
+        parts: Sequence[PartitionLoad],
+        fc: Mapping[tuple[str, int], float],
+        moved: Mapping[tuple[str, int], str],
+        nodes: Sequence[str],
+        threshold: float,
+    ) -> _Ahead | None:
+        """None when no partition carries a profile."""
+        width = max((len(p.profile) for p in parts if p.profile), default=0)
+        if width == 0 or not nodes:
+            return None
+        vec: dict[tuple[str, int], tuple[float, ...]] = {}
+        node = {n: [0.0] * (width + 1) for n in nodes}
+        for p in parts:
+            prof = p.profile if p.profile and len(p.profile) == width else (fc[p.key],) * width
+            v = (fc[p.key], *(max(0.0, x) if math.isfinite(x) else fc[p.key] for x in prof))
+            vec[p.key] = v
+            leader = moved.get(p.key, p.leader)
+            if leader in node:
+                row = node[leader]
+                for i, x in enumerate(v):
+                    row[i] += x
+        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width + 1)]
+        return cls(vec, node, bound)
+
+    def _excess(self, row: Sequence[float]) -> float:
+        return sum(max(0.0, x - b) for x, b in zip(row, self.bound, strict=True))
+
+    def delta(self, key: tuple[str, int], src: str, dst: str) -> float:
+        """How moving ``key`` from ``src`` to ``dst`` changes the predicted excess."""
+        v = self.vec[key]
+        a, b = self.node[src], self.node[dst]
+        after = self._excess([x - y for x, y in zip(a, v, strict=True)]) + self._excess(
+            [x + y for x, y in zip(b, v, strict=True)]
+        )
+        return after - self._excess(a) - self._excess(b)
+
+    def move(self, key: tuple[str, int], src: str, dst: str) -> None:
+        """Apply a move."""
+        v = self.vec[key]
+        self.node[src] = [x - y for x, y in zip(self.node[src], v, strict=True)]
+        self.node[dst] = [x + y for x, y in zip(self.node[dst], v, strict=True)]
+
+
 def partitions_from(
     placement: Mapping[str, Sequence[Mapping[str, Any]]],
     rates: Mapping[str, Mapping[tuple[str, int], tuple[float, float]]],
     movable: Callable[[tuple[str, int]], bool] | None = None,
     forecasts: Mapping[tuple[str, int], float] | None = None,
+    profiles: Mapping[tuple[str, int], Sequence[float]] | None = None,
 ) -> list[PartitionLoad]:
     """The balancer's view from the applied placement (``metadata.placement``:
     topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
@@ -529,7 +713,9 @@ def partitions_from(
     Partitions without a leader are left out; single-replica ones count
     towards their leader's load but have nowhere to move.  ``forecasts``
     (e.g. :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_forecasts`)
-    gives partitions their predicted load."""
+    gives partitions their predicted load, ``profiles`` (e.g.
+    :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_profiles`)
+    their predicted load over a longer horizon."""
     out: list[PartitionLoad] = []
     for topic, parts in placement.items():
         for p, pl in enumerate(parts):
@@ -550,6 +736,7 @@ def partitions_from(
                     bytes_s=None if rate is None else rate[1],
                     movable=True if movable is None else movable(key),
                     forecast=None if forecasts is None else forecasts.get(key),
+                    profile=None if profiles is None or key not in profiles else tuple(profiles[key]),
                 )
             )
     return out

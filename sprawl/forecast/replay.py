@@ -78,6 +78,12 @@ class SimConfig:
     mape_floor: float = 5.0
     #: ``TrafficForecaster(hold_seasons=...)`` of the predictive run.
     hold_seasons: bool = False
+    #: Seconds of each partition's load profile handed to the balancer
+    #: (:meth:`~sprawl.forecast.traffic.TrafficForecaster.partition_profiles`;
+    #: 0: none), its points, and how often it is recomputed (seconds).
+    profile_horizon: float = 0.0
+    profile_points: int = 24
+    profile_every: float = 60.0
 
 
 @dataclass
@@ -132,6 +138,8 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     )
     res = Result(trace.name, "predictive" if predictive else "reactive", trace.seconds)
     pending: dict[int, dict[PartKey, float]] = {}
+    profiles: dict[PartKey, tuple[float, ...]] = {}
+    profiled_at = -math.inf
     abs_err = 0.0
     steps = math.floor(trace.seconds / c.step)
     horizon_steps = max(1, round(c.horizon / c.step))
@@ -185,6 +193,9 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             continue
         if fc is not None:
             forecasts = fc.partition_forecasts(now)
+            if c.profile_horizon > 0 and now - profiled_at >= c.profile_every:
+                profiles = fc.partition_profiles(now, c.profile_horizon, c.profile_points)
+                profiled_at = now
         placement = {}
         for topic in sorted({k[0] for k in replicas}):
             count = 1 + max(p for t, p in replicas if t == topic)
@@ -192,7 +203,9 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 {"leader": leader.get((topic, p), ""), "replicas": list(replicas.get((topic, p), ()))}
                 for p in range(count)
             ]
-        parts = partitions_from(placement, rates_by_node(views), lambda k: k not in moving, forecasts)
+        parts = partitions_from(
+            placement, rates_by_node(views), lambda k: k not in moving, forecasts, profiles or None
+        )
         d = balancer.decide(now, parts, nodes, len(moving))
         rm = replica_move(
             d,

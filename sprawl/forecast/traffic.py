@@ -268,6 +268,39 @@ class TrafficForecaster:
                 out[(str(key[1]), int(key[2]))] = band.point
         return out
 
+    def partition_profiles(
+        self, now: float, horizon: float, points: int = 24
+    ) -> dict[tuple[str, int], tuple[float, ...]]:
+        """Every warm partition's predicted load at ``points`` evenly spaced
+        times over the next ``horizon`` seconds (hours: the placement a
+        forecast move leaves must hold up over them, see
+        :class:`sprawl.cluster.balance.PartitionLoad`).  The model's own
+        forecast, with the anchor of :meth:`predict` (the last sample's
+        distance from the model) fading out linearly over twice
+        :attr:`horizon`: a surge under way is not assumed to last for hours."""
+        if points < 1 or horizon <= 0:
+            raise ValueError("need points >= 1 and horizon > 0")
+        times = [now + horizon * (i + 1) / points for i in range(points)]
+        fade = 2 * self.horizon
+        out: dict[tuple[str, int], tuple[float, ...]] = {}
+        for key, tr in self._series.items():
+            if key[0] != PARTITION or tr.last is None:
+                continue
+            here = tr.series.forecast(now)
+            if here is None:
+                continue
+            shift = tr.last[1] - here.point
+            row = []
+            for t in times:
+                b = tr.series.forecast(t)
+                if b is None:
+                    break
+                w = max(0.0, 1.0 - (t - now) / fade) if fade > 0 else 0.0
+                row.append(max(0.0, b.point + shift * w))
+            else:
+                out[(str(key[1]), int(key[2]))] = tuple(row)
+        return out
+
     def open_anomalies(self) -> list[Anomaly]:
         """Events still under way."""
         return [a for a in self.anomalies if a.end is None]
