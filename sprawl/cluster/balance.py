@@ -151,6 +151,12 @@ class BalanceConfig:
     #: own) once it has been hot this many decisions (0: never).  Part of the
     #: predictive pass: only with forecasts.
     chain_after: int = 0
+    #: Seconds after a decision that made moves on a forecast during which no
+    #: other move is made on one, anywhere (0: none).
+    predict_hold: float = 0.0
+    #: Moves on a forecast only in a quiet moment of the whole cluster: no
+    #: node hot now, no move made or under way.
+    predict_quiet: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -288,6 +294,8 @@ class Balancer:
         self.config = config or BalanceConfig()
         self._streak: dict[str, int] = {}
         self._pstreak: dict[str, int] = {}
+        #: When the last decision that made moves on a forecast was.
+        self._predicted_at = -math.inf
         #: key -> time of its last move (kept ``predict_cooldown``).
         self._last_move: dict[tuple[str, int], float] = {}
         #: key -> (time moved, load moved with it).
@@ -374,7 +382,8 @@ class Balancer:
                 budget -= len(plan)
                 if plan:
                     self._streak[src] = 0
-        pred = self._predict(parts, pload, loads, nodes, now, budget, d) if c.predict else None
+        calm = not (c.predict_quiet and (hot or d.moves or in_flight))
+        pred = self._predict(parts, pload, loads, nodes, now, budget if calm else 0, d) if c.predict else None
         for n in nodes:
             d.nodes[n] = NodeLoad(
                 load=measured[n],
@@ -441,6 +450,9 @@ class Balancer:
             if budget <= 0:
                 d.held.append(f"{src}: predicted hot, move budget used")
                 continue
+            if now - self._predicted_at < c.predict_hold and not any(m.reason == PREDICTED for m in d.moves):
+                d.held.append(f"{src}: predicted hot, moves on a forecast held since {self._predicted_at:g}")
+                continue
             n_before = len(d.moves)
 
             def targets(p: PartitionLoad, src: str) -> list[str]:
@@ -501,6 +513,7 @@ class Balancer:
                     budget -= 1
             if len(d.moves) > n_before:
                 self._pstreak[src] = 0
+                self._predicted_at = now
             else:
                 d.held.append(
                     f"{src}: predicted hot, no quiet partition a replica can take now and as predicted"

@@ -191,3 +191,22 @@ def _node_loads(leaders: dict[tuple[str, int], str], rate: dict[tuple[str, int],
     for k, n in leaders.items():
         out[n] += rate[k]
     return out
+
+
+def renamed(parts: list[PartitionLoad], prefix: str) -> list[PartitionLoad]:
+    """The same situation with other partitions (no cooldown carries over)."""
+    return [replace(p, topic=prefix + p.topic) for p in parts]
+
+
+def test_after_moves_on_a_forecast_the_others_wait_predict_hold() -> None:
+    """Once a decision moved on a forecast, no move is made on one for
+    ``predict_hold`` seconds, anywhere; after it, the next one is."""
+    b = Balancer(BalanceConfig(min_load=100, predict_hold=600.0))
+    d = first_move(b, rising())
+    assert d is not None and [m.reason for m in d.moves] == [PREDICTED] and d.at == 20.0
+    d = b.decide(100.0, renamed(rising(), "x"), SIX)
+    d = b.decide(110.0, renamed(rising(), "x"), SIX)
+    d = b.decide(120.0, renamed(rising(), "x"), SIX)
+    assert d.moves == [] and any("held since 20" in h for h in d.held)
+    d = b.decide(620.0, renamed(rising(), "x"), SIX)
+    assert [m.reason for m in d.moves] == [PREDICTED]
