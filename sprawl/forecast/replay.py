@@ -84,6 +84,8 @@ class SimConfig:
     profile_horizon: float = 0.0
     profile_points: int = 24
     profile_every: float = 60.0
+    #: ``TrafficForecaster(surge_guard=...)`` of the predictive run.
+    surge_guard: float = 0.0
 
 
 @dataclass
@@ -132,7 +134,9 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     gossiped_led: dict[str, frozenset[PartKey]] = {n: frozenset() for n in nodes}
     balancer = Balancer(c.balance)
     fc = (
-        TrafficForecaster(trace.forecast, horizon=c.horizon, hold_seasons=c.hold_seasons)
+        TrafficForecaster(
+            trace.forecast, horizon=c.horizon, hold_seasons=c.hold_seasons, surge_guard=c.surge_guard
+        )
         if predictive
         else None
     )

@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sprawl.forecast.anomaly import Anomaly, AnomalyConfig, AnomalyDetector
+from sprawl.forecast.anomaly import SURGE, Anomaly, AnomalyConfig, AnomalyDetector
 from sprawl.forecast.holtwinters import Band, ForecastConfig, Series, series_bytes
 from sprawl.gossip.load import BYTES_PER_UNIT, rates_by_node
 
@@ -69,7 +69,7 @@ def key_name(key: Key) -> str:
 
 
 class _Tracked:
-    __slots__ = ("detector", "last", "seen", "series")
+    __slots__ = ("detector", "last", "seen", "series", "surge")
 
     def __init__(self, key: Key, config: ForecastConfig, anomaly: AnomalyConfig) -> None:
         self.series = Series(config)
@@ -77,6 +77,15 @@ class _Tracked:
         #: The last sample: (time, value).
         self.last: tuple[float, float] | None = None
         self.seen = 0.0
+        #: The last surge: (its start, the top of the interval expected then).
+        self.surge: tuple[float, float] | None = None
+
+    def surging(self, now: float, guard: float) -> float | None:
+        """The expected top while a surge that began less than ``guard``
+        seconds ago still holds the rate above it; else None."""
+        if self.surge is None or self.last is None or now - self.surge[0] >= guard:
+            return None
+        return self.surge[1] if self.last[1] > self.surge[1] else None
 
 
 class TrafficForecaster:
@@ -91,6 +100,7 @@ class TrafficForecaster:
         max_anomalies: int = 200,
         horizon: float = 900.0,
         hold_seasons: bool = False,
+        surge_guard: float = 0.0,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -104,6 +114,12 @@ class TrafficForecaster:
         #: default: measured on the balancer's traces it removes ghost surges
         #: but makes more moves on the daily trace (docs/benchmarks.md).
         self.hold_seasons = hold_seasons
+        #: For this many seconds after a surge began, while the rate stays
+        #: above the interval expected at its start, the surge is taken as
+        #: passing: the seasons do not learn it (no ghost a season later) and
+        #: the balancer's forecasts (:meth:`partition_forecasts`,
+        #: :meth:`partition_profiles`) are capped at that expected top.  0: off.
+        self.surge_guard = surge_guard
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
         #: Events, oldest first (open ones included, updated in place).
         self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
@@ -129,8 +145,14 @@ class TrafficForecaster:
         else:
             self._series.move_to_end(key)
         events = tr.detector.sample(now, value, tr.series.expect(now)) if detect else []
-        tr.series.observe(now, value, seasonal=not (self.hold_seasons and tr.detector.unusual))
+        for ev in events:
+            if ev.kind == SURGE and ev.end is None:
+                tr.surge = (ev.start, ev.expected.high)
         tr.last = (now, value)
+        held = (self.hold_seasons and tr.detector.unusual) or (
+            self.surge_guard > 0 and tr.surging(now, self.surge_guard) is not None
+        )
+        tr.series.observe(now, value, seasonal=not held)
         tr.seen = now
         for ev in events:
             if ev.end is None:
@@ -265,7 +287,8 @@ class TrafficForecaster:
                 continue
             band = self._peak(tr, now, times)
             if band is not None:
-                out[(str(key[1]), int(key[2]))] = band.point
+                top = tr.surging(now, self.surge_guard) if self.surge_guard > 0 else None
+                out[(str(key[1]), int(key[2]))] = band.point if top is None else min(band.point, top)
         return out
 
     def partition_profiles(
@@ -298,7 +321,10 @@ class TrafficForecaster:
                 w = max(0.0, 1.0 - (t - now) / fade) if fade > 0 else 0.0
                 row.append(max(0.0, b.point + shift * w))
             else:
-                out[(str(key[1]), int(key[2]))] = tuple(row)
+                top = tr.surging(now, self.surge_guard) if self.surge_guard > 0 else None
+                out[(str(key[1]), int(key[2]))] = (
+                    tuple(row) if top is None else tuple(min(v, top) for v in row)
+                )
         return out
 
     def open_anomalies(self) -> list[Anomaly]:

@@ -59,3 +59,36 @@ def test_cold_series_and_bad_arguments() -> None:
         fc.partition_profiles(5.0, 600.0, points=0)
     with pytest.raises(ValueError):
         fc.partition_profiles(5.0, 0.0)
+
+
+def surge_then(fc: TrafficForecaster, t: float, seconds: float, factor: float = 4.0) -> float:
+    """``seconds`` of ``factor`` times the usual rate from ``t`` on; returns the time after."""
+    end = t + seconds
+    while t < end:
+        fc.observe(t, partition_key("t", 0), factor * hump(t))
+        t += 5.0
+    return t
+
+
+def test_the_surge_guard_caps_a_surge_and_keeps_it_out_of_the_season() -> None:
+    """With ``surge_guard``: during a surge the balancer's forecast stays at the
+    top expected when it began (off: the surge itself), and a season later
+    there is no ghost of it (off: the ghost is forecast)."""
+    out = {}
+    for guard in (0.0, 3600.0):
+        fc = TrafficForecaster(CFG, horizon=30.0, surge_guard=guard)
+        t = 0.0
+        while t < 200.0:  # the first season: its buckets are being seen for the first time
+            fc.observe(t, partition_key("t", 0), hump(t))
+            t += 5.0
+        t = surge_then(fc, t, 120.0)
+        during = fc.partition_forecasts(t)[("t", 0)]
+        while t < 800.0:  # back to normal until a season after the surge began
+            fc.observe(t, partition_key("t", 0), hump(t))
+            t += 5.0
+        band = fc.forecast(partition_key("t", 0), 860.0)
+        assert band is not None
+        out[guard] = (during, band.point)
+    (off_during, off_ghost), (on_during, on_ghost) = out[0.0], out[3600.0]
+    assert off_during > 2.5 * hump(320.0) and on_during < 1.5 * hump(320.0)
+    assert off_ghost > 2 * hump(860.0) and on_ghost < 1.5 * hump(860.0), out
