@@ -383,7 +383,7 @@ class Balancer:
                 if plan:
                     self._streak[src] = 0
         calm = not (c.predict_quiet and (hot or d.moves or in_flight))
-        pred = self._predict(parts, pload, loads, nodes, now, budget if calm else 0, d) if c.predict else None
+        pred = self._predict(parts, pload, loads, nodes, now, budget, d, calm) if c.predict else None
         for n in nodes:
             d.nodes[n] = NodeLoad(
                 load=measured[n],
@@ -410,6 +410,7 @@ class Balancer:
         now: float,
         budget: int,
         d: Decision,
+        calm: bool = True,
     ) -> tuple[dict[str, float], set[str]] | None:
         """The predictive pass (see the module docstring): predicted node
         loads and the nodes predicted hot, after shedding what may be shed;
@@ -446,6 +447,11 @@ class Balancer:
                 continue  # shed reactively in this decision already
             if self._pstreak[src] < c.persist:
                 d.held.append(f"{src}: predicted hot for {self._pstreak[src]}/{c.persist} decisions")
+                continue
+            if not calm:
+                d.held.append(
+                    f"{src}: predicted hot, no move on a forecast while a node is hot or a move is under way"
+                )
                 continue
             if budget <= 0:
                 d.held.append(f"{src}: predicted hot, move budget used")

@@ -1,7 +1,8 @@
 """Reactive against predictive balancing on the same traces: the table of docs/benchmarks.md.
 
-    PYTHONPATH=tests python -m benchmarks.forecast_sim [--quick] [--trace FILE]
-        [--first-seasons N] [--recur N] [--hold-seasons]
+    PYTHONPATH=tests python -m benchmarks.forecast_sim [--quick] [--only NAME] [--trace FILE]
+        [--first-seasons N] [--recur N] [--hold-seasons] [--profile-hours H]
+        [--surge-guard S] [--predict-hold S] [--predict-quiet] [--chain-after N]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -13,7 +14,12 @@ a "day" compressed into 300 s, so the forecaster runs 10 s steps and looks
 ``--first-seasons``, ``--recur`` and ``--hold-seasons`` run the predictive
 balancer with those forecaster settings (``ForecastConfig.first_seasons``,
 ``ForecastConfig.recur``, ``TrafficForecaster(hold_seasons=True)``; all off
-by default), the variants measured in docs/benchmarks.md.
+by default), the variants measured in docs/benchmarks.md; so do
+``--profile-hours`` (the balancer gets each partition's forecast profile
+over that many hours: ``SimConfig.profile_horizon``), ``--surge-guard``
+(``TrafficForecaster(surge_guard=...)``), ``--predict-hold``,
+``--predict-quiet`` and ``--chain-after`` (``BalanceConfig``).  ``--only``
+runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
 """
 
 from __future__ import annotations
@@ -55,13 +61,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seasons", type=int, default=0, help="forecast only after N whole seasons")
     ap.add_argument("--recur", type=int, default=1, help="a seasonal bucket counts once passed N times")
     ap.add_argument("--hold-seasons", action="store_true", help="seasons do not learn during an anomaly")
+    ap.add_argument("--profile-hours", type=float, default=0.0, help="long-horizon profiles (hours; 0: none)")
+    ap.add_argument("--surge-guard", type=float, default=0.0, help="seconds a surge is taken as passing")
+    ap.add_argument("--predict-hold", type=float, default=0.0, help="seconds between forecast moves")
+    ap.add_argument("--predict-quiet", action="store_true", help="forecast moves only when no node is hot")
+    ap.add_argument("--chain-after", type=int, default=0, help="two-move plans after N hot decisions")
+    ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
     for tr, cfg in runs(a.quick, a.trace):
+        if a.only and tr.name != a.only:
+            continue
         tr = dataclasses.replace(
             tr, forecast=dataclasses.replace(tr.forecast, first_seasons=a.first_seasons, recur=a.recur)
         )
-        cfg = dataclasses.replace(cfg, hold_seasons=a.hold_seasons)
+        cfg = dataclasses.replace(
+            cfg,
+            hold_seasons=a.hold_seasons,
+            profile_horizon=3600.0 * a.profile_hours,
+            surge_guard=a.surge_guard,
+            balance=dataclasses.replace(
+                cfg.balance,
+                predict_hold=a.predict_hold,
+                predict_quiet=a.predict_quiet,
+                chain_after=a.chain_after,
+            ),
+        )
         t0 = time.monotonic()
         rows += compare([tr], cfg)
         print(f"{tr.name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)

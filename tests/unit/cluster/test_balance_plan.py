@@ -210,3 +210,16 @@ def test_after_moves_on_a_forecast_the_others_wait_predict_hold() -> None:
     assert d.moves == [] and any("held since 20" in h for h in d.held)
     d = b.decide(620.0, renamed(rising(), "x"), SIX)
     assert [m.reason for m in d.moves] == [PREDICTED]
+
+
+def test_predict_quiet_waits_while_a_move_is_under_way() -> None:
+    """With ``predict_quiet`` no move is made on a forecast while another move
+    is in flight; without it, the same decisions make one."""
+    for quiet, want in ((False, [PREDICTED]), (True, [])):
+        b = Balancer(BalanceConfig(min_load=100, predict_quiet=quiet))
+        d = None
+        for i in range(3):
+            d = b.decide(10.0 * i, rising(), SIX, in_flight=1)
+        assert d is not None and [m.reason for m in d.moves] == want
+        if quiet:
+            assert any("while a node is hot or a move is under way" in h for h in d.held)
