@@ -157,6 +157,10 @@ class BalanceConfig:
     #: Moves on a forecast only in a quiet moment of the whole cluster: no
     #: node hot now, no move made or under way.
     predict_quiet: bool = False
+    #: A node hot now whose forecast load (every partition's, the present
+    #: standing in where there is none) is at or below the forecast bound
+    #: does not shed: the forecast says its heat passes (a surge).
+    predict_veto: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -362,9 +366,13 @@ class Balancer:
         by_leader: dict[str, list[PartitionLoad]] = {}
         for p in parts:
             by_leader.setdefault(p.leader, []).append(p)
+        passing = self._passing(parts, pload, nodes) if c.predict and c.predict_veto else set()
         for src in sorted(hot, key=lambda n: (-loads[n], n)):
             if self._streak[src] < c.persist:
                 d.held.append(f"{src}: hot for {self._streak[src]}/{c.persist} decisions")
+                continue
+            if src in passing:
+                d.held.append(f"{src}: hot now, forecast at or below the forecast bound (passing)")
                 continue
             if budget <= 0:
                 d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
@@ -400,6 +408,21 @@ class Balancer:
             )
         self.last = d
         return d
+
+    def _passing(
+        self, parts: Sequence[PartitionLoad], pload: Mapping[tuple[str, int], float], nodes: Sequence[str]
+    ) -> set[str]:
+        """Nodes whose forecast load is at or below the forecast bound (none
+        without forecasts)."""
+        if not nodes or not any(p.forecast is not None for p in parts):
+            return set()
+        pred = dict.fromkeys(nodes, 0.0)
+        for p in parts:
+            if p.leader in pred:
+                f = p.forecast
+                pred[p.leader] += pload[p.key] if f is None or not math.isfinite(f) else max(0.0, f)
+        bound = sum(pred.values()) / len(nodes) * (1 + self.config.threshold)
+        return {n for n in nodes if pred[n] <= bound}
 
     def _predict(
         self,

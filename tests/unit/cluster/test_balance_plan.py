@@ -223,3 +223,20 @@ def test_predict_quiet_waits_while_a_move_is_under_way() -> None:
         assert d is not None and [m.reason for m in d.moves] == want
         if quiet:
             assert any("while a node is hot or a move is under way" in h for h in d.held)
+
+
+def test_predict_veto_lets_a_passing_surge_pass() -> None:
+    """a is hot now (350 against 229) because s/0 surges, but s/0's forecast is
+    its usual 60 (a surge taken as passing): with ``predict_veto`` a does not
+    shed; without it y/0 moves off as usual."""
+    abc = ("a", "b", "c")
+    parts = [
+        PartitionLoad("s", 0, "a", abc, 300, 0.0, forecast=60),
+        PartitionLoad("y", 0, "a", abc, 50, 0.0, forecast=50),
+        PartitionLoad("z", 0, "b", abc, 100, 0.0, forecast=100),
+        PartitionLoad("z", 1, "c", abc, 100, 0.0, forecast=100),
+    ]
+    for veto, want in ((False, [("y", 0, "a", "b")]), (True, [])):
+        d = first_move(Balancer(BalanceConfig(min_load=100, predict_veto=veto)), parts, nodes=list(abc))
+        assert d is not None and [(m.topic, m.partition, m.src, m.dst) for m in d.moves] == want
+        assert veto == any("(passing)" in h for h in d.held)
