@@ -69,6 +69,32 @@ of these improving moves is made and *when*, never a move that makes the
 present worse.  (``tests/unit/cluster/test_balance_predictive.py`` checks this with
 hypothesis, forecasts drawn at random every decision.)
 
+Options, all off by default (measured in docs/benchmarks.md, "Predictive
+balancing": none keeps the hot-time win with no more moves than the reactive
+balancer on every trace; they stay so the rows can be reproduced, each with a
+unit test in ``tests/unit/cluster/test_balance_plan.py``):
+
+* *profiles* (:attr:`PartitionLoad.profile`, the forecast over the next
+  hours): a move on a forecast must lower the nodes' predicted excess over
+  the bound summed over the profile's points (the short forecast first), and
+  the one that lowers it most is made -- a move that helps the next minutes
+  but makes its target hot later in the day is not;
+* ``chain_after``: a node hot for that many decisions that no single move
+  relieves gets a two-move plan (reason :data:`PLANNED`): a partition of a
+  replica moves to a node below the mean (or to the hot node: a swap) to make
+  room for one of the hot node's partitions; the plan as a whole lowers the
+  sum of squared present loads and leaves no node it loads above the bound;
+* ``predict_hold``: after a decision that moved on a forecast, no move on a
+  forecast anywhere for that many seconds;
+* ``predict_quiet``: moves on a forecast only while no node is hot and no
+  move is made or under way;
+* ``predict_veto``: a node hot now whose forecast load is at or below the
+  forecast bound (a surge the forecaster takes as passing:
+  :attr:`sprawl.forecast.traffic.TrafficForecaster.surge_guard`) does not shed.
+
+The no-flapping argument holds with all of them: a plan lowers ``sum(load^2)``
+as a whole within one decision, and the others only withhold moves.
+
 Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without
 copying data.
