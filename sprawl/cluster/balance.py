@@ -505,7 +505,11 @@ class Balancer:
             if budget <= 0:
                 d.held.append(f"{src}: predicted hot, move budget used")
                 continue
-            if now - self._predicted_at < c.predict_hold and not any(m.reason == PREDICTED for m in d.moves):
+            if (
+                now - self._predicted_at < c.predict_hold
+                and not any(m.reason == PREDICTED for m in d.moves)
+                and not (ahead is not None and ahead.lasting(src))
+            ):
                 d.held.append(f"{src}: predicted hot, moves on a forecast held since {self._predicted_at:g}")
                 continue
             n_before = len(d.moves)
@@ -758,6 +762,13 @@ class _Ahead:
             [x + y for x, y in zip(b, v, strict=True)]
         )
         return after - self._excess(a) - self._excess(b)
+
+    def lasting(self, node: str) -> bool:
+        """Whether ``node`` is predicted over the bound at a quarter or more of
+        the profile's points (a lasting rise, not the next minutes' blip)."""
+        row = self.node[node]
+        over = sum(1 for x, b in zip(row[1:], self.bound[1:], strict=True) if x > b)
+        return 4 * over >= len(row) - 1
 
     def move(self, key: tuple[str, int], src: str, dst: str) -> None:
         """Apply a move."""

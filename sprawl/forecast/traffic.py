@@ -41,6 +41,11 @@ from sprawl.gossip.load import BYTES_PER_UNIT, rates_by_node
 
 Key = tuple[Any, ...]
 
+#: A surge the guard takes as passing starts with a jump: its first sample at
+#: least this many times the top of the interval expected (a launch that
+#: ramps up leaves the interval by a little and is not guarded).
+SUDDEN = 2.0
+
 PARTITION = "partition"
 NODE = "node"
 TOPIC = "topic"
@@ -114,7 +119,7 @@ class TrafficForecaster:
         #: default: measured on the balancer's traces it removes ghost surges
         #: but makes more moves on the daily trace (docs/benchmarks.md).
         self.hold_seasons = hold_seasons
-        #: For this many seconds after a surge began, while the rate stays
+        #: For this many seconds after a sudden surge began (:data:`SUDDEN`), while the rate stays
         #: above the interval expected at its start, the surge is taken as
         #: passing: the seasons do not learn it (no ghost a season later) and
         #: the balancer's forecasts (:meth:`partition_forecasts`,
@@ -146,7 +151,7 @@ class TrafficForecaster:
             self._series.move_to_end(key)
         events = tr.detector.sample(now, value, tr.series.expect(now)) if detect else []
         for ev in events:
-            if ev.kind == SURGE and ev.end is None:
+            if ev.kind == SURGE and ev.end is None and ev.observed >= SUDDEN * ev.expected.high:
                 tr.surge = (ev.start, ev.expected.high)
         tr.last = (now, value)
         held = (self.hold_seasons and tr.detector.unusual) or (

@@ -240,3 +240,14 @@ def test_predict_veto_lets_a_passing_surge_pass() -> None:
         d = first_move(Balancer(BalanceConfig(min_load=100, predict_veto=veto)), parts, nodes=list(abc))
         assert d is not None and [(m.topic, m.partition, m.src, m.dst) for m in d.moves] == want
         assert veto == any("(passing)" in h for h in d.held)
+
+
+def test_a_lasting_rise_is_not_held() -> None:
+    """With profiles that keep a over the bound at every point (a lasting
+    rise, e.g. a launch ramping up), ``predict_hold`` does not hold its move."""
+    b = Balancer(BalanceConfig(min_load=100, predict_hold=600.0))
+    d = first_move(b, flat(rising()))
+    assert d is not None and [m.reason for m in d.moves] == [PREDICTED]
+    for t in (100.0, 110.0, 120.0):
+        d = b.decide(t, flat(renamed(rising(), "x")), SIX)
+    assert [m.reason for m in d.moves] == [PREDICTED]
