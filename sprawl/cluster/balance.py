@@ -85,7 +85,8 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   room for one of the hot node's partitions; the plan as a whole lowers the
   sum of squared present loads and leaves no node it loads above the bound;
 * ``predict_hold``: after a decision that moved on a forecast, no move on a
-  forecast anywhere for that many seconds;
+  forecast anywhere for that many seconds -- but for a node predicted over
+  the bound at a quarter or more of its profile's points (a lasting rise);
 * ``predict_quiet``: moves on a forecast only while no node is hot and no
   move is made or under way;
 * ``predict_veto``: a node hot now whose forecast load is at or below the
@@ -178,7 +179,8 @@ class BalanceConfig:
     #: predictive pass: only with forecasts.
     chain_after: int = 0
     #: Seconds after a decision that made moves on a forecast during which no
-    #: other move is made on one, anywhere (0: none).
+    #: other move is made on one, anywhere (0: none), but off a node whose
+    #: profile has it over the bound at a quarter or more of its points.
     predict_hold: float = 0.0
     #: Moves on a forecast only in a quiet moment of the whole cluster: no
     #: node hot now, no move made or under way.
