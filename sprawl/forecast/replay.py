@@ -14,7 +14,9 @@ cluster -- through the same cores the controller runs:
 * every ``BalanceConfig.interval`` the :class:`~sprawl.cluster.balance.Balancer`
   decides; the predictive run also feeds a
   :class:`~sprawl.forecast.traffic.TrafficForecaster` from the gossip and
-  hands its forecasts to the balancer;
+  hands its forecasts to the balancer (and, with ``SimConfig.profile_horizon``,
+  each partition's forecast profile over that many seconds, recomputed every
+  ``profile_every``: options measured in docs/benchmarks.md, off by default);
 * when no replica can take a hot node's partitions for long, the
   controller's :func:`~sprawl.cluster.balance.replica_move` swaps the hot
   node for a cool one in a partition's replica set: the copy takes
