@@ -182,6 +182,9 @@ class BalanceConfig:
     #: other move is made on one, anywhere (0: none), but off a node whose
     #: profile has it over the bound at a quarter or more of its points.
     predict_hold: float = 0.0
+    #: The share of a node's profile points over the bound that waives
+    #: ``predict_hold`` for it (above 1: never waived).
+    hold_waiver: float = 0.25
     #: Moves on a forecast only in a quiet moment of the whole cluster: no
     #: node hot now, no move made or under way.
     predict_quiet: bool = False
@@ -510,7 +513,7 @@ class Balancer:
             if (
                 now - self._predicted_at < c.predict_hold
                 and not any(m.reason == PREDICTED for m in d.moves)
-                and not (ahead is not None and ahead.lasting(src))
+                and not (ahead is not None and ahead.lasting(src, c.hold_waiver))
             ):
                 d.held.append(f"{src}: predicted hot, moves on a forecast held since {self._predicted_at:g}")
                 continue
@@ -765,12 +768,12 @@ class _Ahead:
         )
         return after - self._excess(a) - self._excess(b)
 
-    def lasting(self, node: str) -> bool:
-        """Whether ``node`` is predicted over the bound at a quarter or more of
+    def lasting(self, node: str, share: float) -> bool:
+        """Whether ``node`` is predicted over the bound at ``share`` or more of
         the profile's points (a lasting rise, not the next minutes' blip)."""
         row = self.node[node]
         over = sum(1 for x, b in zip(row[1:], self.bound[1:], strict=True) if x > b)
-        return 4 * over >= len(row) - 1
+        return over >= share * (len(row) - 1)
 
     def move(self, key: tuple[str, int], src: str, dst: str) -> None:
         """Apply a move."""

@@ -88,6 +88,7 @@ class SimConfig:
     profile_every: float = 60.0
     #: ``TrafficForecaster(surge_guard=...)`` of the predictive run.
     surge_guard: float = 0.0
+    surge_jump: float = 2.0
 
 
 @dataclass
@@ -137,7 +138,11 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     balancer = Balancer(c.balance)
     fc = (
         TrafficForecaster(
-            trace.forecast, horizon=c.horizon, hold_seasons=c.hold_seasons, surge_guard=c.surge_guard
+            trace.forecast,
+            horizon=c.horizon,
+            hold_seasons=c.hold_seasons,
+            surge_guard=c.surge_guard,
+            surge_jump=c.surge_jump,
         )
         if predictive
         else None

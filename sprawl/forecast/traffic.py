@@ -43,7 +43,8 @@ Key = tuple[Any, ...]
 
 #: A surge the guard takes as passing starts with a jump: its first sample at
 #: least this many times the top of the interval expected (a launch that
-#: ramps up leaves the interval by a little and is not guarded).
+#: ramps up leaves the interval by a little and is not guarded); the default
+#: of ``TrafficForecaster(surge_jump=...)`` (0: every surge).
 SUDDEN = 2.0
 
 PARTITION = "partition"
@@ -106,6 +107,7 @@ class TrafficForecaster:
         horizon: float = 900.0,
         hold_seasons: bool = False,
         surge_guard: float = 0.0,
+        surge_jump: float = SUDDEN,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -125,6 +127,7 @@ class TrafficForecaster:
         #: the balancer's forecasts (:meth:`partition_forecasts`,
         #: :meth:`partition_profiles`) are capped at that expected top.  0: off.
         self.surge_guard = surge_guard
+        self.surge_jump = surge_jump
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
         #: Events, oldest first (open ones included, updated in place).
         self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
@@ -151,7 +154,7 @@ class TrafficForecaster:
             self._series.move_to_end(key)
         events = tr.detector.sample(now, value, tr.series.expect(now)) if detect else []
         for ev in events:
-            if ev.kind == SURGE and ev.end is None and ev.observed >= SUDDEN * ev.expected.high:
+            if ev.kind == SURGE and ev.end is None and ev.observed >= self.surge_jump * ev.expected.high:
                 tr.surge = (ev.start, ev.expected.high)
         tr.last = (now, value)
         held = (self.hold_seasons and tr.detector.unusual) or (

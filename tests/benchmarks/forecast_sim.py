@@ -2,7 +2,8 @@
 
     PYTHONPATH=tests python -m benchmarks.forecast_sim [--quick] [--only NAME] [--trace FILE]
         [--first-seasons N] [--recur N] [--hold-seasons] [--profile-hours H]
-        [--surge-guard S] [--predict-hold S] [--predict-quiet] [--chain-after N]
+        [--surge-guard S] [--surge-jump X] [--predict-hold S] [--hold-waiver F]
+        [--predict-quiet] [--chain-after N]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -17,7 +18,8 @@ balancer with those forecaster settings (``ForecastConfig.first_seasons``,
 by default), the variants measured in docs/benchmarks.md; so do
 ``--profile-hours`` (the balancer gets each partition's forecast profile
 over that many hours: ``SimConfig.profile_horizon``), ``--surge-guard``
-(``TrafficForecaster(surge_guard=...)``), ``--predict-hold``,
+(``TrafficForecaster(surge_guard=...)``; ``--surge-jump 0`` guards every
+surge, not only sudden ones), ``--predict-hold``, ``--hold-waiver``,
 ``--predict-quiet`` and ``--chain-after`` (``BalanceConfig``).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
 """
@@ -63,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-seasons", action="store_true", help="seasons do not learn during an anomaly")
     ap.add_argument("--profile-hours", type=float, default=0.0, help="long-horizon profiles (hours; 0: none)")
     ap.add_argument("--surge-guard", type=float, default=0.0, help="seconds a surge is taken as passing")
+    ap.add_argument("--surge-jump", type=float, default=2.0, help="guard surges starting at X times the top")
     ap.add_argument("--predict-hold", type=float, default=0.0, help="seconds between forecast moves")
+    ap.add_argument(
+        "--hold-waiver", type=float, default=0.25, help="profile share over the bound that waives it"
+    )
     ap.add_argument("--predict-quiet", action="store_true", help="forecast moves only when no node is hot")
     ap.add_argument("--chain-after", type=int, default=0, help="two-move plans after N hot decisions")
     ap.add_argument("--only", help="run this trace only")
@@ -80,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             hold_seasons=a.hold_seasons,
             profile_horizon=3600.0 * a.profile_hours,
             surge_guard=a.surge_guard,
+            surge_jump=a.surge_jump,
             balance=dataclasses.replace(
                 cfg.balance,
                 predict_hold=a.predict_hold,
+                hold_waiver=a.hold_waiver,
                 predict_quiet=a.predict_quiet,
                 chain_after=a.chain_after,
             ),
