@@ -10,6 +10,18 @@ or one whose beat names a new ``boot`` (it restarted: it leads nothing it
 led before), has its confirmed leaderships failed over -- all of them, in
 one controller step.  Like Kafka's broker heartbeats to the KRaft controller:
 liveness per node, not per partition.
+
+Silence is counted up to the last time anything was heard from any node,
+not up to the clock: a node is silent when the others were heard for
+``timeout`` seconds after it went quiet.  After a stall of this node (a
+blocking call, or a loaded machine not scheduling the process) the beats
+sent to it meanwhile still wait unread in its sockets -- a timer runs before
+the reactor reads them -- and judged against the clock every node would
+look silent at once.  Judged against what this node has read, a stall
+blames no one, however many come back to back, and a node really silent is
+found as soon as another node's frame is read after the timeout.  (A
+controller that hears no node at all fails over nothing: it could commit
+nothing without a majority anyway, and gossip still says who is dead.)
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ class NodeLiveness:
         self._beat_at: dict[str, float] = {}
         self._silent: set[str] = set()
         self._since = float("-inf")
+        #: When anything was last heard from any node: silences are counted up to it.
+        self._latest = float("-inf")
 
     def reset(self, now: float) -> None:
         """This node became the controller: every node gets a whole timeout
@@ -41,6 +55,7 @@ class NodeLiveness:
         """A frame (or a beat naming ``boot``) came from ``node``; True when the
         beat shows the node restarted since its last beat."""
         self._heard[node] = now
+        self._latest = max(self._latest, now)
         self._silent.discard(node)
         if boot is None:
             return False
@@ -64,12 +79,16 @@ class NodeLiveness:
 
     def newly_silent(self, nodes: Iterable[str], now: float) -> list[str]:
         """Those of ``nodes`` silent for more than ``timeout`` that were not
-        reported silent before (each silence is reported once)."""
+        reported silent before (each silence is reported once).  Silence is
+        counted up to the last time any node was heard (at most ``now``), so
+        time this node spent not reading its sockets counts against no one
+        (see the module docstring)."""
+        upto = min(now, max(self._latest, self._since))
         out = []
         for n in nodes:
             if n in self._silent:
                 continue
-            if now - max(self._heard.get(n, self._since), self._since) > self.timeout:
+            if upto - max(self._heard.get(n, self._since), self._since) > self.timeout:
                 self._silent.add(n)
                 out.append(n)
         return out

@@ -250,6 +250,9 @@ class Ledger:
     conflicts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # unexpected answers and thread failures
     bytes_acked: int = 0
+    #: Seconds each acknowledged publish took, and the failures that waited out the timeout.
+    ack_seconds: list[float] = field(default_factory=list)
+    timed_out: int = 0
     largest: int = 0  # the largest message acknowledged, as max_message_bytes counts it (payload and key)
 
     def record(self, index: int, topic: str, node: str, ids: list[str], answer: Any, resend: bool) -> None:
@@ -341,11 +344,17 @@ def publisher(
                 return
             node = names[(index + turn) % len(names)]
             turn += 1
+            t0 = time.monotonic()
             status, answer = http_json(
                 cluster.url(node) + f"/v1/topics/{topic}/messages", "POST", body, timeout=PUBLISH_TIMEOUT
             )
+            took = time.monotonic() - t0
             with ledger.lock:
                 ledger.attempts += 1
+                if status == 200:
+                    ledger.ack_seconds.append(took)
+                elif took >= PUBLISH_TIMEOUT * 0.9:
+                    ledger.timed_out += 1
                 ledger.resent += 1 if send else 0
             if status == 200:
                 ledger.record(index, topic, node, ids, answer, resend=send > 0)
@@ -748,6 +757,11 @@ def check_pipeline(
 # -- the schedule -------------------------------------------------------------------------
 
 
+def utc() -> str:
+    """The wall time now (UTC, to the second), as the nodes' logs write it."""
+    return time.strftime("%H:%M:%S", time.gmtime())
+
+
 def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[str]) -> None:
     """Faults one at a time until ``seconds`` passed: kill -9 (a random node, a
     partition leader, or the Raft leader) then restart, or SIGSTOP then SIGCONT;
@@ -775,7 +789,7 @@ def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[st
             leaders = [v for v in cluster.partition_leaders(topic).values() if v in cluster.names]
             victim = rng.choice(sorted(leaders)) if leaders else victim
         hold = rng.uniform(1.0, 4.0)
-        log.append(f"{kind} {victim} for {hold:.1f} s")
+        log.append(f"{utc()} {kind} {victim} for {hold:.1f} s")
         if kind == "stop":
             cluster.pause(victim)
             pace.wait(hold)
@@ -786,6 +800,7 @@ def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[st
             cluster.restart(victim, same_ports=rng.random() < 0.7)
         took = poll_until(cluster.formed, FORM_BOUND, step=0.2)
         assert took is not None, f"not formed again after {log[-1]}: {cluster.raft_views()}"
+        log[-1] += f", formed again {took:.1f} s after"
 
 
 def s3_segments(cluster: NodeCluster) -> int:
@@ -823,7 +838,7 @@ def test_acked_messages_survive_kills_and_stops(
     idle = idle_topics(IDLE_PARTITIONS)
     if idle:
         create_topics(cluster, idle, {})
-        print(f"{IDLE_PARTITIONS} idle partitions in {len(idle)} topics besides the chaos topics")
+        print(f"{utc()} {IDLE_PARTITIONS} idle partitions in {len(idle)} topics besides the chaos topics")
     made: list[Any] = []
 
     def put_group() -> bool:
@@ -882,6 +897,7 @@ def test_acked_messages_survive_kills_and_stops(
     ]
     for t in [*publishers, *consumers]:
         t.start()
+    print(f"{utc()} publishers and consumers started")
     try:
         run_and_check(cluster, rng, ledger, group, stream, publishers, consumers, stop, stop_consumers)
         if idle:
@@ -921,6 +937,12 @@ def run_and_check(
         f"({ledger.bytes_acked} payload bytes) per publisher {dict(ledger.per_publisher)}, "
         f"batches resent {ledger.resent}, resent messages answered as duplicates "
         f"{ledger.resent_acked_as_duplicate}, failures {dict(ledger.failures)}"
+    )
+    waits = sorted(ledger.ack_seconds) or [0.0]
+    print(
+        f"acked publishes took {waits[len(waits) // 2]:.2f} s (median), {waits[len(waits) * 9 // 10]:.2f} s "
+        f"(90th percentile), {waits[-1]:.2f} s (longest); {ledger.timed_out} attempts waited out the "
+        f"{PUBLISH_TIMEOUT:g} s timeout"
     )
     assert not ledger.errors, ledger.errors[:5]
     assert not ledger.conflicts, ledger.conflicts[:5]

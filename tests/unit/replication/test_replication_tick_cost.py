@@ -158,12 +158,38 @@ def test_node_liveness_reports_each_silence_once_and_restarts() -> None:
     lv = NodeLiveness(2.0)
     lv.reset(10.0)
     assert lv.heard("b", 10.5, boot=7) is False
-    assert lv.newly_silent(["b", "c"], 11.9) == []
-    assert lv.newly_silent(["b", "c"], 12.1) == ["c"]  # never heard since the reset
-    assert lv.newly_silent(["b", "c"], 12.6) == ["b"]
-    assert lv.newly_silent(["b", "c"], 20.0) == []  # once
+    nodes = ["b", "c", "d"]  # d beats all along
+    lv.heard("d", 11.9)
+    assert lv.newly_silent(nodes, 11.9) == []
+    lv.heard("d", 12.1)
+    assert lv.newly_silent(nodes, 12.1) == ["c"]  # never heard since the reset
+    lv.heard("d", 12.6)
+    assert lv.newly_silent(nodes, 12.6) == ["b"]
+    lv.heard("d", 20.0)
+    assert lv.newly_silent(nodes, 20.0) == []  # once
     assert lv.heard("b", 20.1, boot=7) is False and not lv.is_silent("b")
     assert lv.heard("b", 20.2, boot=8) is True
+
+
+def test_node_liveness_counts_silence_only_up_to_what_this_node_has_read() -> None:
+    """This node stalls (or is not scheduled) for 5 s, several times in a
+    row: the beats sent to it meanwhile wait unread in its sockets, so
+    however late its ticks, no node is silent until something is read; read
+    after the stall, every live node is heard again, and one that really went
+    quiet during it is silent at once; later a node quiet for the timeout
+    while another is heard is silent as before."""
+    lv = NodeLiveness(2.0)
+    lv.reset(0.0)
+    for n in "bcd":
+        lv.heard(n, 10.0, boot=1)
+    for now in (15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0):  # stalls back to back, nothing read
+        assert lv.newly_silent(["b", "c", "d"], now) == []
+    lv.heard("b", 45.01)  # the reactor reads its sockets: b and c beat meanwhile, d did not
+    lv.heard("c", 45.01)
+    assert lv.newly_silent(["b", "c", "d"], 45.02) == ["d"]
+    for i in range(1, 22):  # 2.1 s of running time: b beats, c does not
+        lv.heard("b", 45.01 + 0.1 * i)
+    assert lv.newly_silent(["b", "c", "d"], 47.2) == ["c"]
 
 
 def test_a_restarted_leaders_partitions_fail_over_at_its_first_beat() -> None:
