@@ -159,7 +159,10 @@ class Retention(Groups):
             if not t.config.durable:
                 continue
             for lg in t.logs:
-                if self._needs_follow(rl, t, lg):
+                # A log that never held a record has nothing below its high
+                # watermark to follow (and its first record comes with a
+                # replication, not a shared list): no lookup (issue 23).
+                if lg.next_offset and self._needs_follow(rl, t, lg):
                     self.follow_remote(t, lg.partition).addErrback(self._follow_failed, t.name, lg.partition)
 
     @staticmethod

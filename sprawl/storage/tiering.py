@@ -225,6 +225,12 @@ class S3Tier(TierReads, TierUpkeep):
                 continue
             uid = t.config.uid
             for lg in t.logs:
+                if lg.next_offset == 0:
+                    # Nothing was ever stored here (an uploaded segment holds
+                    # committed records, which every later leader holds too):
+                    # nothing to upload, adopt or sweep -- and no lookups, so
+                    # thousands of idle partitions cost a tick nothing (issue 23).
+                    continue
                 st = self._state(uid, lg.partition)
                 if st.busy:
                     continue

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from harness import bounded, the_reactor
 from sprawl.config import NodeConfig
 from sprawl.errors import CorruptData, InsufficientStorage
+from sprawl.log.manifest import RemoteState
 from sprawl.log.record import Record
 from sprawl.pubsub import Broker
 from sprawl.storage import keys
@@ -456,3 +457,53 @@ async def test_damage_of_the_lmdb_copy_goes_with_it_once_the_shared_segment_cove
     assert [(e["first_offset"], e["tier"]) for e in n.broker.integrity.partition_view(t, 0)] == [
         (first_local - 2, "s3")
     ]
+
+
+class CountingRemoteLog:
+    """A cluster's shared remote lists as a node sees them, all empty, leading
+    every partition: counts the lookups a tier tick makes."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def state(self, topic: Topic, partition: int) -> RemoteState:
+        self.lookups += 1
+        return RemoteState()
+
+    def leader_epoch(self, topic: Topic, partition: int) -> int | None:
+        self.lookups += 1
+        return 1
+
+    def incarnation(self, topic: Topic) -> int:
+        return int(topic.config.uid)
+
+    def add(self, topic: Topic, partition: int, epoch: int, objects: Any) -> Any:
+        raise AssertionError("nothing is sealed: nothing is uploaded")
+
+    def trim(self, topic: Topic, partition: int, epoch: int, start: int) -> Any:
+        raise AssertionError("no retention here")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tier_tick_looks_up_nothing_for_partitions_that_never_held_a_record(env: Any) -> None:
+    """Issue 23: a node with the S3 tier on ticks it every 0.5 s; 10,000
+    partitions it leads that never held a record (nothing to follow, upload,
+    adopt or sweep) add no lookup of the shared lists to a tick -- the
+    2,000-partition chaos run spent a third of its nodes' CPU in these walks
+    -- while a partition with records is looked at as before."""
+    make, _, _ = env
+    n = make(segment_bytes=10**6)
+    rl = CountingRemoteLog()
+    n.broker.links.bind_remote_log(rl)
+    await fill(n, "busy", 20)
+    n.broker.tier_tick()
+    rl.lookups = 0
+    n.broker.tier_tick()
+    per_tick = rl.lookups
+    assert per_tick > 0  # the busy partition: followed and considered for upload
+    for i in range(10):
+        await n.broker.put_topic(f"idle-{i}", {"partitions": 1000})
+    assert sum(len(t.logs) for t in n.broker.topics.values()) == 10_001
+    rl.lookups = 0
+    n.broker.tier_tick()
+    assert rl.lookups == per_tick
