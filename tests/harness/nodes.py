@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import sprawl
+from harness.waits import scaled
 from sprawl.client.blocking import Client
 from sprawl.client.errors import ClientError
 from sprawl.client.topics import TopicDescription
@@ -144,11 +146,18 @@ class NodeProcess:
         ready = threading.Event()
         self._reader = threading.Thread(target=self._drain, args=(self.proc, ready), daemon=True)
         self._reader.start()
-        if not ready.wait(self.startup_timeout) or self.proc.poll() is not None or not ports.exists():
+        # The bound stretches with the load measured when it runs out (a node
+        # with thousands of partitions took 30 s to start at load 28).
+        t0 = time.monotonic()
+        started = ready.wait(self.startup_timeout)
+        bound = self.startup_timeout if started else scaled(self.startup_timeout)
+        if not started:
+            started = ready.wait(max(0.0, bound - (time.monotonic() - t0)))
+        if not started or self.proc.poll() is not None or not ports.exists():
             # (The output can end -- the process exiting -- before it is reaped.)
             out = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             self.kill()
-            raise RuntimeError(f"sprawl node did not start within {self.startup_timeout}s:\n{out[-4000:]}")
+            raise RuntimeError(f"sprawl node did not start within {bound:.0f}s (load-scaled):\n{out[-4000:]}")
         data = json.loads(ports.read_text())
         self.http_port, self.peer_port = int(data["http"]), int(data["peer"])
         return self
