@@ -18,7 +18,7 @@ metadata, changed only by each partition's leader.  An adapter (the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -48,6 +48,11 @@ class ClusterRemoteLog:
             return RemoteState()
         state: RemoteState = meta.remote_state(topic.name, partition)
         return state
+
+    def tiered(self) -> Iterable[tuple[str, int]]:
+        """The partitions with a shared remote state in the metadata (any
+        other's is empty): what the broker's tier tick follows."""
+        return [(name, p) for name, parts in self.control.metadata.remote.items() for p in parts]
 
     def leader_epoch(self, topic: Topic, partition: int) -> int | None:
         """The epoch this node leads the partition in: its replica's, or the

@@ -151,19 +151,23 @@ class Retention(Groups):
         watermarks pass remote segments (a follower installs a segment only
         once it lies below its own high watermark).  Cheap: a partition is
         looked at again only when its state or the part below its high
-        watermark changed.  (A lone broker's changes apply at once.)"""
+        watermark changed.  (A lone broker's changes apply at once.)
+
+        Only the partitions with a shared remote state are looked at
+        (:meth:`RemoteLog.tiered`): following the empty state changes nothing
+        (no segment to install, the log start stays), and a change of the
+        state itself is followed by the apply path -- so thousands of
+        partitions with nothing in the object store cost the tick nothing
+        (issue 23)."""
         rl = self.remote_log
         if self.tier is None or rl is None or isinstance(rl, LocalRemoteLog):
             return
-        for t in list(self.topics.values()):
-            if not t.config.durable:
+        for name, partition in list(rl.tiered()):
+            t = self.topics.get(name)
+            if t is None or t.deleted or not t.config.durable or not 0 <= partition < len(t.logs):
                 continue
-            for lg in t.logs:
-                # A log that never held a record has nothing below its high
-                # watermark to follow (and its first record comes with a
-                # replication, not a shared list): no lookup (issue 23).
-                if lg.next_offset and self._needs_follow(rl, t, lg):
-                    self.follow_remote(t, lg.partition).addErrback(self._follow_failed, t.name, lg.partition)
+            if self._needs_follow(rl, t, t.logs[partition]):
+                self.follow_remote(t, partition).addErrback(self._follow_failed, t.name, partition)
 
     @staticmethod
     def _follow_failed(f: Failure, name: str, partition: int) -> None:

@@ -21,7 +21,7 @@ list lives in the Raft metadata (:mod:`sprawl.cluster.shared_tier`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, fail
@@ -39,6 +39,11 @@ class RemoteLog(Protocol):
 
     def state(self, topic: Topic, partition: int) -> RemoteState:
         """The partition's shared remote state as committed (and applied here)."""
+
+    def tiered(self) -> Iterable[tuple[str, int]]:
+        """(topic name, partition) of the partitions whose logs follow a
+        shared state as their high watermarks move: every partition whose
+        :meth:`state` is not the empty ``RemoteState()``."""
 
     def leader_epoch(self, topic: Topic, partition: int) -> int | None:
         """The epoch in which this node leads the partition now (None: it does not)."""
@@ -74,6 +79,11 @@ class LocalRemoteLog:
             if s.remote.key not in own:
                 objs.append(s.remote)
         return RemoteState(lg.log_start, tuple(objs))
+
+    def tiered(self) -> Iterable[tuple[str, int]]:
+        """None: a lone broker's list is its own log's front, every change
+        applied at once (there is nothing to follow later)."""
+        return ()
 
     def leader_epoch(self, topic: Topic, partition: int) -> int | None:
         """Always 0: a lone broker leads every partition, in no epoch."""
