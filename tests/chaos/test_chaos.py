@@ -946,9 +946,14 @@ def run_and_check(
     )
     assert not ledger.errors, ledger.errors[:5]
     assert not ledger.conflicts, ledger.conflicts[:5]
+    # The liveness floor is asserted after the safety checks: a slow run still shows whether
+    # every acked message survived.
     floor = MIN_ACKED_PER_SECOND * CHAOS_SECONDS
     slow = {i: ledger.per_publisher[i] for i in range(PUBLISHERS) if ledger.per_publisher[i] < floor}
-    assert not slow, f"publishers with fewer than {floor:g} acked messages: {slow}"
+    if slow:
+        print(
+            f"below the liveness floor ({floor:g} acked messages per publisher): {slow}; checking safety first"
+        )
 
     for name in cluster.names:  # all up, none stopped
         assert name not in cluster.down and name not in cluster.paused
@@ -991,6 +996,9 @@ def run_and_check(
     for c in (group, stream):
         check_consumed(c, logs)
     check_pipeline(cluster, ledger, logs)
+    assert not slow, (
+        f"publishers with fewer than {floor:g} acked messages (every safety check passed): {slow}"
+    )
     print(f"retention: {RETAINED} starts at offsets {lows}")
     assert any(low > 0 for lo in lows.values() for low in lo), f"retention deleted nothing of {RETAINED}"
     print(f"largest acked message {ledger.largest} bytes")
