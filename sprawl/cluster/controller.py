@@ -27,6 +27,7 @@ over in the tick that notices it (the replication service's node liveness,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,11 @@ class PartitionController:
         self._live: list[str] = []
         #: Work counters of the steps (tests count them; see tests/unit/cluster/test_controller_cost.py).
         self.visits = 0
+        #: Balancer views built (each over every partition) and views found
+        #: unchanged and quiet, so not built again (see :meth:`_quiet_again`).
+        self.balance_views = 0
+        self.balance_views_skipped = 0
+        self._balance_key: tuple[Any, ...] | None = None
         #: An extra step due at once (see :meth:`poke`), and how many ran.
         self._poked: Delayed | None = None
         self.pokes = 0
@@ -384,17 +390,17 @@ class PartitionController:
             return
         live = [n for n in live if n not in self._avoid]  # drained and stopping nodes take no leadership
         ctl = self.service.controllers
+        rates = rates_by_node(self.membership.member_views())
+        forecasts = self.forecasts(now) if self.forecasts is not None else None
+        if self._quiet_again(now, live, rates, forecasts):
+            return
 
         def movable(k: tuple[str, int]) -> bool:
             c = ctl.get(k)
             return c is not None and not c.busy and c.leader_confirmed and k not in self._moving
 
-        parts = partitions_from(
-            self.control.metadata.placement,
-            rates_by_node(self.membership.member_views()),
-            movable,
-            self.forecasts(now) if self.forecasts is not None else None,
-        )
+        self.balance_views += 1
+        parts = partitions_from(self.control.metadata.placement, rates, movable, forecasts)
         in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
         decision = self.balancer.decide(now, parts, live, in_flight)
         rm = replica_move(
@@ -422,6 +428,40 @@ class PartitionController:
                     reason=mv.reason,
                 )
                 self.service.run_control(key, out)
+
+    def _quiet_again(
+        self,
+        now: float,
+        live: list[str],
+        rates: Mapping[str, Mapping[tuple[str, int], Any]],
+        forecasts: Mapping[tuple[str, int], float] | None,
+    ) -> bool:
+        """Whether the balancer's decision would be the last one again, so its
+        view of every partition need not be built (issue 23: an idle
+        cluster's controller does nothing per partition every 10 s).  So when
+        the last decision was quiet -- every node's load 0 (no partition
+        reported a rate, none moved within the cooldown), no move, nothing
+        held, no forecast -- and nothing it was made from changed: no
+        partition reports a rate now, no forecast, the same live nodes, and
+        the same applied metadata (hence the same placement: who leads what).
+        Then the decision is the same but for its time, which is moved on;
+        otherwise the view is built and the key of its inputs kept."""
+        last = self.balancer.last
+        key = (self.control.metadata.applied, tuple(live))
+        quiet_now = not forecasts and not any(rates.values())
+        quiet_last = (
+            last is not None
+            and last.mean == 0
+            and not last.moves
+            and not last.held
+            and last.predicted_mean is None
+        )
+        if quiet_now and quiet_last and key == self._balance_key and last is not None:
+            self.balancer.last = dataclasses.replace(last, at=now)
+            self.balance_views_skipped += 1
+            return True
+        self._balance_key = key if quiet_now else None
+        return False
 
     def wanted_replicas(
         self,

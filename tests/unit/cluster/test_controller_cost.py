@@ -325,3 +325,39 @@ def test_a_big_batch_of_failovers_is_followed_a_slice_per_reactor_turn(n: int, t
         f(*a)
     assert answers == ["r"] and [len(h) for h in heard if h] == [min(n, TOPICS_PER_TURN)] * turns
     assert [x for h in heard for x in h] == [f"t{i:05d}" for i in range(n)]
+
+
+def test_an_idle_clusters_balancer_view_is_built_once_not_every_decision() -> None:
+    """No partition reports a rate and nothing changes: the balancer's view
+    of every partition is built for its first decision only; later
+    decisions (every 10 s) reuse it -- the same decision, its time moved on
+    -- with 10,000 partitions as with 1,000.  A new entry applied (the
+    placement may have changed) or a reported rate builds it again."""
+    for partitions in (1_000, 10_000):
+        plane, _, clock = _plane(partitions)
+        ctl = plane.controller
+        ctl.tick()
+        first = ctl.balancer.last
+        assert first is not None and ctl.balance_views == 1
+        for _ in range(6):  # a minute of idle decisions
+            clock.advance(10.0)
+            ctl.tick()
+        last = ctl.balancer.last
+        assert last is not None and ctl.balance_views == 1 and ctl.balance_views_skipped == 6
+        assert last.at == clock.seconds() and last.as_dict() | {"at": 0} == first.as_dict() | {"at": 0}
+        assert {n: v.leads for n, v in last.nodes.items()} == {
+            n: sum(1 for i in range(partitions) if NODES[i % 3] == n) for n in NODES
+        }
+    plane.control.metadata.applied += 1  # a change applied: looked at again
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 2
+    views = plane.membership.member_views  # type: ignore[attr-defined]
+    hot = [{"topic": "t00000", "partition": 0, "msgs_s": 5.0, "bytes_s": 10.0}]
+    plane.membership.member_views = lambda: [  # type: ignore[attr-defined]
+        {**v, "partition_rates": hot if v["id"] == "a" else []} for v in views()
+    ]
+    for n in (3, 4):
+        clock.advance(10.0)
+        ctl.tick()
+        assert ctl.balance_views == n  # traffic: every decision builds its view
