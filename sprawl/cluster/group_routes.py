@@ -399,10 +399,11 @@ class GroupRoutes:
             return
         self._last_checkpoint = now
         replicas = self.plane.service.replicas
-        # Topics with groups first: most partitions have none (issue 23).
+        # Only the topics with groups, as the broker keeps them: most have
+        # none, and an idle second walks no list of every topic (issue 23).
         led = [
             ((t.name, p), t)
-            for t in list(self.broker.topics.values())
+            for t in list(self.broker.grouped_topics())
             if t.groups
             for p in range(len(t.logs))
             if (t.name, p) in replicas

@@ -113,12 +113,7 @@ class Broker(Views):
         topics and a fixed slice of the rest (:class:`PoolTally`), the full
         count only near the budget."""
         now_s = self.clock.seconds()
-        if self._grouped_at == float("-inf") or any(t.deleted for t in self._grouped):
-            # Which topics have groups: found again when a group is made
-            # (``_grouped_at`` reset) or a topic that had one is deleted.
-            self._grouped_at = now_s
-            self._grouped = [t for t in self.topics.values() if t.groups]
-        for t in self._grouped:
+        for t in self.grouped_topics():
             for g in list(t.groups.values()):
                 self._run_group_tick(t, g)
         self._flush_dirty_groups()
@@ -130,6 +125,16 @@ class Broker(Views):
         if self.tier is not None and now_s - self._last_spill >= 0.5:
             self._last_spill = now_s
             self.tier_tick()
+
+    def grouped_topics(self) -> list[Topic]:
+        """The topics that have consumer groups (or had one since they were
+        last found): found again only when a group is made (``_grouped_at``
+        reset) or one of them is deleted -- not a walk over every topic each
+        time it is asked (issue 23)."""
+        if self._grouped_at == float("-inf") or any(t.deleted for t in self._grouped):
+            self._grouped_at = self.clock.seconds()
+            self._grouped = [t for t in self.topics.values() if t.groups]
+        return self._grouped
 
     def _housekeep_changed(self) -> None:
         """Once a second: retention, dedup expiry and ephemeral checkpoints

@@ -65,7 +65,7 @@ def _plane(
     )
     sent: list[Any] = []
     channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: sent.append(dst))
-    broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
+    broker = SimpleNamespace(topics={}, notify=lambda t, p: None, grouped_topics=lambda: [])
     rpc = SimpleNamespace(register=lambda *a: None)
     on = features.__contains__ if features is not None else None
     plane = DataPlane("a", broker, control, channel, rpc, clock, membership, feature_on=on)  # type: ignore[arg-type]

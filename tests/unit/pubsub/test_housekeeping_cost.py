@@ -227,3 +227,47 @@ def test_pool_tally_totals_follow_recounts_and_deletions() -> None:
     pools["b"] = (1, 0, 0, 1)
     tally.recount(["b"], pools.get)
     assert len(tally._order) == 2
+
+
+class WalkCounted(dict[str, Any]):
+    """A broker's topics, counting the walks over all of them."""
+
+    walks = 0
+
+    def values(self) -> Any:
+        WalkCounted.walks += 1
+        return super().values()
+
+
+def test_the_group_checkpoints_walk_no_list_of_every_topic(make: Any) -> None:
+    """The cluster's group checkpoints (``GroupRoutes.tick``, once a second)
+    and the broker's group ticks look only at the topics with groups, as the
+    broker keeps them: with 10,000 topics and none with a group, ten idle
+    seconds walk no list of every topic; a group made is found by one walk."""
+    from types import SimpleNamespace
+
+    from sprawl.cluster.group_routes import GroupRoutes
+
+    broker, clock, _ = make(10_000)
+    broker.topics = WalkCounted(broker.topics)
+    plane = SimpleNamespace(
+        broker=broker,
+        rpc=SimpleNamespace(register=lambda *a: None),
+        node_id="node-1",
+        service=SimpleNamespace(replicas={}),
+    )
+    routes = GroupRoutes(plane)  # type: ignore[arg-type]
+    broker.tick()
+    routes.tick(clock.seconds())
+    WalkCounted.walks = 0
+    for _ in range(100):
+        clock.advance(0.1)
+        broker.tick()
+        routes.tick(clock.seconds())
+    assert WalkCounted.walks == 0
+    broker.put_group(broker.topics["t00042"], "g", {})
+    clock.advance(1.0)
+    broker.tick()
+    routes.tick(clock.seconds())
+    assert WalkCounted.walks == 1
+    assert [t.name for t in broker.grouped_topics()] == ["t00042"]
