@@ -78,6 +78,10 @@ CPU_SHARE = 0.05
 PROBE_EVERY = 1.0
 #: A probe waits this long for the connection and then for the CHALLENGE.
 PROBE_TIMEOUT = 1.0
+#: Replicas looked at in turn by a round that does not walk them all (so a
+#: led partition that fell out of sync with no write to its topic -- a
+#: follower restarted lower -- is seen within ``replicas / SLICE`` rounds).
+SLICE = 256
 
 
 class _Probe(protocol.Protocol):
@@ -166,6 +170,16 @@ class FaultWatch:
             self._changed = broker.touched.subscribe()
             self._changed.update(broker.topics)
         self._leaderless: set[tuple[str, int]] = set()
+        #: Led partitions observed last round (looked at again until in sync),
+        #: the replicas in the order the slices take them and where the next
+        #: slice starts, and what a walk over every replica depends on (the
+        #: nodes of interest, the member states, the registered nodes).
+        self._led_seen: set[tuple[str, int]] = set()
+        self._order: list[tuple[str, int]] = []
+        self._order_at = 0
+        self._walk_key: tuple[Any, ...] | None = None
+        #: Replicas looked at by the rounds so far (the tests count an idle round's work).
+        self.replicas_looked = 0
         self.gossip = gossip
         self.protocol = protocol_range
         #: The peer channel runs TLS: a live node says nothing before the client's
@@ -377,10 +391,16 @@ class FaultWatch:
         return RaftObs(voters, view.get("leader") or None)
 
     def _partitions(self, members: list[MemberObs], disk: DiskObs) -> list[PartitionObs]:
-        """The partitions the diagnosis needs -- those this node leads (with
-        their followers' positions), those without a leader, and those with a
-        replica on a node of interest (lost, or past its disk budget) -- and
-        no others: every round stays cheap with many idle partitions."""
+        """The partitions the diagnosis needs -- those this node leads that
+        are not in sync (with their followers' positions), those without a
+        leader, and those with a replica on a node of interest (lost, or past
+        its disk budget) -- and no others: every round stays cheap with many
+        idle partitions (issue 23).  The led replicas are all looked at only
+        when what their verdict depends on changed (a node of interest, a
+        member's state, the registered nodes) or while there is a node of
+        interest; otherwise a round looks at those of the topics written to
+        or re-placed since, those it observed last round, and a slice of
+        :data:`SLICE` others in turn."""
         out = []
         interest = {m.node_id for m in members if m.state in LOST or m.reach == "refused" or m.disk_over}
         interest.update(self.drained_nodes())  # how many leaderships a drained node has left
@@ -388,24 +408,41 @@ class FaultWatch:
             interest.add(self.node_id)
         replicas = self.plane.service.replicas if self.plane is not None else {}
         states = self.plane.controller.member_states() if self.plane is not None else {}
-        wanted: dict[str, int] = {}
-        led = set()
+        registered = getattr(getattr(self.control, "metadata", None), "nodes", None) or {}
+        key = (frozenset(interest), tuple(sorted(states.items())), tuple(sorted(registered)))
         topics = self.broker.topics
-        for (name, p), r in replicas.items():
+        changed = self._changed
+        if interest or key != self._walk_key:
+            self._walk_key = key
+            looked: Any = list(replicas)
+        else:
+            looked = set(self._led_seen)
+            looked.update(
+                (name, p) for name in changed if (t := topics.get(name)) for p in range(len(t.logs))
+            )
+            looked.update(self._slice(replicas))
+        wanted: dict[str, int] = {}
+        led_seen: set[tuple[str, int]] = set()
+        for part in looked:
+            r = replicas.get(part)
+            if r is None:
+                continue
+            self.replicas_looked += 1
             core = r.core
             if not core.is_leader:
                 continue  # (first: most replicas are followers)
+            name, p = part
             t = topics.get(name)
             if t is None or p >= len(t.logs):
                 continue
             lg = t.logs[p]
-            led.add((name, p))
             if name not in wanted:
                 wanted[name] = int(self.plane.wanted_replicas(name, states))
             if core.idle and 1 + len(core.followers) >= wanted[name] and interest.isdisjoint(lg.replicas):
                 # Every follower holds the log and the high watermark, none on a
                 # node of interest: in sync, not lagging -- nothing to diagnose.
                 continue
+            led_seen.add(part)
             followers = tuple(sorted((str(f), int(st.match)) for f, st in core.followers.items()))
             out.append(
                 PartitionObs(
@@ -419,7 +456,8 @@ class FaultWatch:
                     followers,
                 )
             )
-        for name in self._changed:
+        self._led_seen = led_seen
+        for name in changed:
             t = topics.get(name)
             if t is None:
                 self._leaderless = {k for k in self._leaderless if k[0] != name}
@@ -429,7 +467,7 @@ class FaultWatch:
                     self._leaderless.add((name, p))
                 else:
                     self._leaderless.discard((name, p))
-        self._changed.clear()
+        changed.clear()
         if interest:
             # A node of interest: every partition with a replica on it.
             seen = (((name, p), lg) for name, t in topics.items() for p, lg in enumerate(t.logs))
@@ -440,8 +478,18 @@ class FaultWatch:
         for (name, p), lg in seen:
             reps = lg.replicas
             if reps and (not lg.leader or (interest and not interest.isdisjoint(reps))):
-                if (name, p) not in led:
+                r = replicas.get((name, p))
+                if r is None or not r.core.is_leader:  # (one led here is observed above)
                     out.append(PartitionObs(name, p, tuple(str(x) for x in reps), lg.leader or None))
+        return out
+
+    def _slice(self, replicas: dict[tuple[str, int], Any]) -> list[tuple[str, int]]:
+        """The next :data:`SLICE` replicas in turn (the order taken afresh
+        once all were looked at)."""
+        if self._order_at >= len(self._order):
+            self._order, self._order_at = list(replicas), 0
+        out = self._order[self._order_at : self._order_at + SLICE]
+        self._order_at += SLICE
         return out
 
     # -- probes -----------------------------------------------------------------------------

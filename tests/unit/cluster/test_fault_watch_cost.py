@@ -1,9 +1,11 @@
 """What one fault-watch round costs with many idle partitions (issue 23): led
 partitions whose followers all hold the log and the high watermark, on no
-node of interest, are not observed (nothing to diagnose), and the partitions
-without a leader are kept as a set refreshed from the topics that changed, so
-a round does not walk every partition.  Counted: the partitions observed and
-the walks over every topic."""
+node of interest, are not observed (nothing to diagnose), the partitions
+without a leader are kept as a set refreshed from the topics that changed,
+and the replicas are walked only when what their verdict depends on changed
+(otherwise those of changed topics, those out of sync last round and a slice
+in turn), so a round does not walk every partition.  Counted: the partitions
+observed, the replicas looked at and the walks over every topic."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sprawl.cluster.diagnosis import DiskObs
-from sprawl.cluster.fault_watch import FaultWatch
+from sprawl.cluster.fault_watch import SLICE, FaultWatch
 from sprawl.pubsub.housekeeping import Touched
 
 
@@ -69,7 +71,53 @@ def test_an_idle_round_observes_no_partition_and_walks_no_topic_list() -> None:
     topics["t00002"].logs[0].leader = ""  # (and this node no longer leads it)
     replicas[("t00002", 0)].core.is_leader = False
     replicas[("t00003", 0)].core.followers.pop("c")
+    replicas[("t09999", 0)].core.idle = False
     touched.touch("t00002")
+    touched.touch("t00003")
     got = {(o.topic, o.partition) for o in _observed(watch)}
-    assert got == {("t00001", 0), ("t00002", 0), ("t00003", 0)}
+    # The topics written to or re-placed at once, the others in turn.
+    assert {("t00002", 0), ("t00003", 0)} <= got
+    for _ in range(10_000 // SLICE + 1):
+        got |= {(o.topic, o.partition) for o in _observed(watch)}
+    assert got == {("t00001", 0), ("t00002", 0), ("t00003", 0), ("t09999", 0)}
     assert Topics.walks == 0
+    # Observed every round until in sync again (t00002: leaderless, kept as a set).
+    every = {("t00001", 0), ("t00002", 0), ("t00003", 0)}
+    assert {(o.topic, o.partition) for o in _observed(watch)} == every | {("t09999", 0)}
+    replicas[("t09999", 0)].core.idle = True
+    assert {(o.topic, o.partition) for o in _observed(watch)} == every
+
+
+def _idle_round_looks(partitions: int) -> int:
+    """Replicas an idle round looks at, after the first."""
+    watch, _topics, _replicas, _touched = _watch(partitions)
+    _observed(watch)
+    before = watch.replicas_looked
+    for _ in range(10):
+        assert _observed(watch) == []
+    return (watch.replicas_looked - before) // 10
+
+
+def test_an_idle_round_looks_at_a_slice_of_the_replicas_not_all() -> None:
+    """The first round looks at every replica; an idle one at a slice of
+    :data:`SLICE` (at most), with 1,000 partitions as with 10,000."""
+    assert _idle_round_looks(1_000) <= _idle_round_looks(10_000) == SLICE
+
+
+def test_a_change_of_member_state_looks_at_every_replica_again() -> None:
+    """A member's state changed (its partitions' verdicts may change): the
+    next round walks every replica, then idle rounds take slices again."""
+    watch, _topics, _replicas, _touched = _watch(3_000)
+    states = dict.fromkeys("abc", "alive")
+    watch.plane.controller.member_states = lambda: states  # type: ignore[union-attr]
+    _observed(watch)
+    before = watch.replicas_looked
+    _observed(watch)
+    assert watch.replicas_looked - before == SLICE
+    states["c"] = "suspect"
+    before = watch.replicas_looked
+    _observed(watch)
+    assert watch.replicas_looked - before == 3_000
+    before = watch.replicas_looked
+    _observed(watch)
+    assert watch.replicas_looked - before == SLICE
