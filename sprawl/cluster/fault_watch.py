@@ -78,6 +78,9 @@ CPU_SHARE = 0.05
 PROBE_EVERY = 1.0
 #: A probe waits this long for the connection and then for the CHALLENGE.
 PROBE_TIMEOUT = 1.0
+#: The cluster feature gate is worked out again after this many seconds (it
+#: follows gossip, which takes longer than that to tell every node of a member).
+GATE_FRESH = 0.5
 #: Replicas looked at in turn by a round that does not walk them all (so a
 #: led partition that fell out of sync with no write to its topic -- a
 #: follower restarted lower -- is seen within ``replicas / SLICE`` rounds).
@@ -131,6 +134,20 @@ class _ProbeFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.result("refused" if reason.check(error.ConnectionRefusedError) else "unreachable")
+
+
+def fresh_for(seconds: float, make: Callable[[], FeatureGate], clock: Any) -> Callable[[], FeatureGate]:
+    """``make`` called again only once ``seconds`` have passed on ``clock``
+    since its last answer (or the clock went back); its last answer meanwhile."""
+    last: list[Any] = [0.0, None]
+
+    def gate() -> FeatureGate:
+        now = clock.seconds()
+        if last[1] is None or not 0 <= now - last[0] < seconds:
+            last[0], last[1] = now, make()
+        return cast("FeatureGate", last[1])
+
+    return gate
 
 
 def _split_addr(addr: str) -> tuple[str, int] | None:
@@ -201,7 +218,9 @@ class FaultWatch:
         self._next_round = 0.0
         #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), from
         #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
-        self.feature_gate = feature_gate
+        #: Worked out at most once per :data:`GATE_FRESH` seconds: the replication
+        #: tick asks it ten times a second on every node (issue 23).
+        self.feature_gate = None if feature_gate is None else fresh_for(GATE_FRESH, feature_gate, reactor)
         #: Members refused for lacking latched features, as logged; when a latch may be proposed again.
         self._lacking: dict[str, tuple[str, ...]] = {}
         self._latch_after = 0.0

@@ -9,11 +9,12 @@ observed, the replicas looked at and the walks over every topic."""
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
 from sprawl.cluster.diagnosis import DiskObs
-from sprawl.cluster.fault_watch import SLICE, FaultWatch
+from sprawl.cluster.fault_watch import GATE_FRESH, SLICE, FaultWatch
 from sprawl.pubsub.housekeeping import Touched
 
 
@@ -121,3 +122,25 @@ def test_a_change_of_member_state_looks_at_every_replica_again() -> None:
     before = watch.replicas_looked
     _observed(watch)
     assert watch.replicas_looked - before == SLICE
+
+
+def test_the_feature_gate_is_worked_out_twice_a_second_not_on_every_tick() -> None:
+    """The replication tick asks the cluster feature gate ten times a
+    second: the watch works it out (over every gossip member) at most once
+    per :data:`GATE_FRESH` seconds and answers the last one meanwhile."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    made: list[float] = []
+
+    def gate() -> Any:
+        made.append(clock.seconds())
+        return SimpleNamespace(on=lambda name: True)
+
+    watch = FaultWatch("a", clock, None, None, None, None, (1, 1), feature_gate=gate)  # type: ignore[arg-type]
+    assert watch.feature_gate is not None
+    for _ in range(30):  # three seconds of ticks
+        assert watch.feature_gate().on("node-beat")
+        clock.advance(0.1)
+    assert len(made) == 6
+    assert all(b - a >= GATE_FRESH - 1e-9 for a, b in itertools.pairwise(made))
