@@ -442,13 +442,15 @@ class PartitionController:
         the last decision was quiet -- every node's load 0 (no partition
         reported a rate, none moved within the cooldown), no move, nothing
         held, no forecast -- and nothing it was made from changed: no
-        partition reports a rate now, no forecast, the same live nodes, and
+        partition reports a rate above 0 now, no forecast, the same live nodes, and
         the same applied metadata (hence the same placement: who leads what).
         Then the decision is the same but for its time, which is moved on;
         otherwise the view is built and the key of its inputs kept."""
         last = self.balancer.last
         key = (self.control.metadata.applied, tuple(live))
-        quiet_now = not forecasts and not any(rates.values())
+        # (A rate of 0 weighs as much as none: a node lists the partitions
+        # it led when it last sampled a change, at 0 once they went idle.)
+        quiet_now = not forecasts and not any(m > 0 or b > 0 for r in rates.values() for m, b in r.values())
         quiet_last = (
             last is not None
             and last.mean == 0

@@ -348,11 +348,18 @@ def test_an_idle_clusters_balancer_view_is_built_once_not_every_decision() -> No
         assert {n: v.leads for n, v in last.nodes.items()} == {
             n: sum(1 for i in range(partitions) if NODES[i % 3] == n) for n in NODES
         }
+    views = plane.membership.member_views  # type: ignore[attr-defined]
+    idle = [{"topic": "t00000", "partition": 0, "msgs_s": 0.0, "bytes_s": 0.0}]
+    plane.membership.member_views = lambda: [  # type: ignore[attr-defined]
+        {**v, "partition_rates": idle if v["id"] == "a" else []} for v in views()
+    ]
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 1  # a rate of 0 is no traffic
     plane.control.metadata.applied += 1  # a change applied: looked at again
     clock.advance(10.0)
     ctl.tick()
     assert ctl.balance_views == 2
-    views = plane.membership.member_views  # type: ignore[attr-defined]
     hot = [{"topic": "t00000", "partition": 0, "msgs_s": 5.0, "bytes_s": 10.0}]
     plane.membership.member_views = lambda: [  # type: ignore[attr-defined]
         {**v, "partition_rates": hot if v["id"] == "a" else []} for v in views()
