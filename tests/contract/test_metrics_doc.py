@@ -152,7 +152,16 @@ def test_units_in_names() -> None:
                     "_partitions",
                     "_ranges",
                 )
-                + ("_role", "_has_leader", "_fault_tolerant", "_voters", "_learners", "_faults", "_drained")
+                + (
+                    "_role",
+                    "_has_leader",
+                    "_fault_tolerant",
+                    "_voters",
+                    "_learners",
+                    "_faults",
+                    "_drained",
+                    "_stalled",
+                )
                 + ("_anomalies", "_series", "_per_second")
             ), name
 
