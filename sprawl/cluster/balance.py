@@ -192,12 +192,32 @@ class BalanceConfig:
     #: standing in where there is none) is at or below the forecast bound
     #: does not shed: the forecast says its heat passes (a surge).
     predict_veto: bool = False
+    #: A node hot now for this many decisions that no single move relieves,
+    #: and over the bound at ``plan_lasting`` or more of its profile's points
+    #: as well (a lasting rise, not a node hovering at the bound), gets a plan
+    #: of up to ``plan_moves`` moves (reason :data:`PLANNED`) made over as
+    #: many decisions as the move budget needs, each move checked again
+    #: before it is made (0: never).  Part of the predictive pass: only with
+    #: forecasts and profiles.
+    plan_after: int = 0
+    #: The share of a node's profile points over the bound a plan needs.
+    plan_lasting: float = 0.5
+    #: Moves in a plan, the last one off the hot node included.
+    plan_moves: int = 3
+    #: How far over the bound (a share of the band between the mean and the
+    #: bound) a node's present load must be for a plan, and a profile point
+    #: to count for ``plan_lasting``: a node hovering at the bound is not over
+    #: it by much (and before a season is learnt its profile is flat: the
+    #: present level, carried forward).
+    plan_margin: float = 0.5
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
             raise ValueError("need threshold > 0, persist >= 1, max_moves >= 0")
         if self.cooldown < 0 or self.min_load < 0 or self.bytes_per_unit <= 0:
             raise ValueError("need cooldown >= 0, min_load >= 0, bytes_per_unit > 0")
+        if self.plan_after < 0 or self.plan_moves < 2:
+            raise ValueError("need plan_after >= 0, plan_moves >= 2")
 
 
 @dataclass(frozen=True)
@@ -339,6 +359,14 @@ class Balancer:
         self.last: Decision | None = None
         #: Moves made, by reason.
         self.moves_total: dict[str, int] = {}
+        #: The rest of a multi-decision plan (``plan_after``), in order, and its hot node.
+        self._plan: list[Move] = []
+        self._plan_src = ""
+
+    @property
+    def plan(self) -> tuple[Move, ...]:
+        """The moves of a plan under way (``plan_after``) not made yet."""
+        return tuple(self._plan)
 
     def due(self, now: float) -> bool:
         """Whether a decision is due (``interval`` since the last one): call
@@ -398,6 +426,11 @@ class Balancer:
         for p in parts:
             by_leader.setdefault(p.leader, []).append(p)
         passing = self._passing(parts, pload, nodes) if c.predict and c.predict_veto else set()
+        by_key = {p.key: p for p in parts}
+        if self._plan:
+            budget -= self._follow(by_key, pload, loads, mean, upper, now, budget, d)
+            if self._plan:
+                budget = 0  # a plan under way takes the whole decision
         for src in sorted(hot, key=lambda n: (-loads[n], n)):
             if self._streak[src] < c.persist:
                 d.held.append(f"{src}: hot for {self._streak[src]}/{c.persist} decisions")
@@ -421,6 +454,9 @@ class Balancer:
                 budget -= len(plan)
                 if plan:
                     self._streak[src] = 0
+        if c.predict and c.plan_after > 0 and not self._plan and budget > 0:
+            self._plan_stuck(parts, by_leader, by_key, pload, loads, mean, upper, nodes, hot, now, budget, d)
+            budget = 0 if self._plan else max(0, c.max_moves - in_flight - len(d.moves))
         calm = not (c.predict_quiet and (hot or d.moves or in_flight))
         pred = self._predict(parts, pload, loads, nodes, now, budget, d, calm) if c.predict else None
         for n in nodes:
@@ -583,6 +619,195 @@ class Balancer:
                     f"{src}: predicted hot, no quiet partition a replica can take now and as predicted"
                 )
         return pred, phot
+
+    def _apply_planned(self, mv: Move, u: float, loads: dict[str, float], now: float, d: Decision) -> None:
+        """Count a planned move as made: node loads, cooldowns, the decision, the metrics."""
+        loads[mv.src] -= u
+        loads[mv.dst] += u
+        self._moved[(mv.topic, mv.partition)] = (now, u)
+        self._last_move[(mv.topic, mv.partition)] = now
+        d.moves.append(mv)
+        self.moves_total[PLANNED] = self.moves_total.get(PLANNED, 0) + 1
+
+    def _follow(
+        self,
+        by_key: Mapping[tuple[str, int], PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        loads: dict[str, float],
+        mean: float,
+        upper: float,
+        now: float,
+        budget: int,
+        d: Decision,
+    ) -> int:
+        """Make the next moves of the pending plan (``plan_after``), each
+        checked again against this decision's loads: its partition still led
+        by the move's source and free to move, its target at or below
+        ``upper`` with it (and below ``mean`` for a move making room), the hot
+        node still hot for the last one.  A move that fails the check drops the
+        rest of the plan.  Returns the moves made."""
+        c = self.config
+        made = 0
+        taken = {(m.topic, m.partition) for m in d.moves}
+        while self._plan and made < budget:
+            mv = self._plan[0]
+            key = (mv.topic, mv.partition)
+            p = by_key.get(key)
+            u = pload.get(key, 0.0)
+            last = len(self._plan) == 1
+            ok = (
+                p is not None
+                and p.leader == mv.src
+                and mv.dst in p.replicas
+                and p.movable
+                and key not in self._moved
+                and key not in taken
+                and u >= c.min_partition_load
+                and mv.src in loads
+                and mv.dst in loads
+                and loads[mv.dst] + u <= upper
+                and (loads[mv.src] > upper if last else loads[mv.dst] < mean)
+            )
+            if not ok:
+                d.held.append(
+                    f"{self._plan_src}: plan dropped at {mv.topic}/{mv.partition} {mv.src}->{mv.dst}"
+                )
+                self._plan = []
+                break
+            self._apply_planned(mv, u, loads, now, d)
+            self._plan.pop(0)
+            made += 1
+            if last:
+                self._streak[mv.src] = 0
+        return made
+
+    def _plan_stuck(
+        self,
+        parts: Sequence[PartitionLoad],
+        by_leader: Mapping[str, Sequence[PartitionLoad]],
+        by_key: Mapping[tuple[str, int], PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        loads: dict[str, float],
+        mean: float,
+        upper: float,
+        nodes: Sequence[str],
+        hot: set[str],
+        now: float,
+        budget: int,
+        d: Decision,
+    ) -> None:
+        """A plan (``plan_after``) for the hottest stuck node that has one,
+        its first moves made now (as many as ``budget`` allows)."""
+        c = self.config
+        if not any(p.forecast is not None for p in parts):
+            return
+        shed = {m.src for m in d.moves}
+        cands = [n for n in hot if n not in shed and self._streak[n] >= c.plan_after]
+        if not cands:
+            return
+        fc = {
+            p.key: pload[p.key]
+            if p.forecast is None or not math.isfinite(p.forecast)
+            else max(0.0, p.forecast)
+            for p in parts
+        }
+        moved = {(m.topic, m.partition): m.dst for m in d.moves}
+        ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
+        if ahead is None:
+            return
+        taken = set(moved)
+        over = 1 + c.plan_margin * c.threshold / (1 + c.threshold)
+        for src in sorted(cands, key=lambda n: (-loads[n], n)):
+            if loads[src] <= upper * over:
+                d.held.append(
+                    f"{src}: hot, no single move fits, within {c.plan_margin:g} of the band (no plan)"
+                )
+                continue
+            if not ahead.lasting(src, c.plan_lasting, over):
+                d.held.append(f"{src}: hot, no single move fits, not over the bound in its profile (no plan)")
+                continue
+            plan = self._multi(src, by_leader, pload, loads, mean, upper, taken)
+            if plan:
+                self._plan, self._plan_src = plan, src
+                self._follow(by_key, pload, loads, mean, upper, now, budget, d)
+                return
+
+    def _multi(
+        self,
+        src: str,
+        by_leader: Mapping[str, Sequence[PartitionLoad]],
+        pload: Mapping[tuple[str, int], float],
+        loads: Mapping[str, float],
+        mean: float,
+        upper: float,
+        taken: set[tuple[str, int]],
+    ) -> list[Move]:
+        """The plan of fewest moves (at most ``plan_moves``) for ``src``: one
+        of its partitions ``p`` to a replica ``r`` it does not fit on now,
+        after partitions of ``r``'s have moved to replicas of theirs below the
+        mean (other than ``src``) that stay at or below ``upper`` -- the one
+        partition that makes room enough (the smallest such), else the largest
+        first.  Every node the plan loads ends at or below ``upper``, and the
+        plan as a whole lowers the sum of squared node loads by more than
+        ``min_partition_load`` squared; of those, the fewest moves, then the
+        least excess over ``upper``, then the largest fall in the sum."""
+        c = self.config
+
+        def free(p: PartitionLoad) -> bool:
+            return (
+                p.movable
+                and p.key not in self._moved
+                and p.key not in taken
+                and pload[p.key] >= c.min_partition_load
+            )
+
+        best: tuple[int, float, float, tuple[str, int], str] | None = None
+        plan: list[Move] = []
+        for p in by_leader.get(src, []):
+            if not free(p):
+                continue
+            up = pload[p.key]
+            for r in p.replicas:
+                if r == src or r not in loads or (loads[r] < mean and loads[r] + up <= upper):
+                    continue  # a single move's business
+                tmp = dict(loads)
+                room: list[Move] = []
+                used = {p.key}
+                while tmp[r] + up > upper and len(room) < c.plan_moves - 1:
+                    need = tmp[r] + up - upper
+                    opts = [
+                        (
+                            0 if pload[q.key] >= need else 1,
+                            pload[q.key] if pload[q.key] >= need else -pload[q.key],
+                            tmp[s],
+                            s,
+                            q.key,
+                            q,
+                        )
+                        for q in by_leader.get(r, [])
+                        if q.key not in used and free(q)
+                        for s in q.replicas
+                        if s not in (r, src) and s in tmp and tmp[s] < mean and tmp[s] + pload[q.key] <= upper
+                    ]
+                    if not opts:
+                        break
+                    _, _, _, s, _, q = min(opts, key=lambda o: o[:5])
+                    used.add(q.key)
+                    tmp[r] -= pload[q.key]
+                    tmp[s] += pload[q.key]
+                    room.append(Move(q.topic, q.partition, r, s, PLANNED))
+                if tmp[r] + up > upper:
+                    continue
+                tmp[src] -= up
+                tmp[r] += up
+                gain = sum(loads[n] ** 2 - tmp[n] ** 2 for n in tmp)
+                if gain <= c.min_partition_load**2:
+                    continue
+                excess = sum(max(0.0, v - upper) for v in tmp.values())
+                score = (len(room), excess, -gain, p.key, r)
+                if best is None or score < best:
+                    best, plan = score, [*room, Move(p.topic, p.partition, src, r, PLANNED)]
+        return plan
 
     def _chain(
         self,
@@ -768,11 +993,12 @@ class _Ahead:
         )
         return after - self._excess(a) - self._excess(b)
 
-    def lasting(self, node: str, share: float) -> bool:
-        """Whether ``node`` is predicted over the bound at ``share`` or more of
-        the profile's points (a lasting rise, not the next minutes' blip)."""
+    def lasting(self, node: str, share: float, above: float = 1.0) -> bool:
+        """Whether ``node`` is predicted over the bound (times ``above``) at
+        ``share`` or more of the profile's points (a lasting rise, not the next
+        minutes' blip)."""
         row = self.node[node]
-        over = sum(1 for x, b in zip(row[1:], self.bound[1:], strict=True) if x > b)
+        over = sum(1 for x, b in zip(row[1:], self.bound[1:], strict=True) if x > b * above)
         return over >= share * (len(row) - 1)
 
     def move(self, key: tuple[str, int], src: str, dst: str) -> None:

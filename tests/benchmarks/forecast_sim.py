@@ -3,7 +3,8 @@
     PYTHONPATH=tests python -m benchmarks.forecast_sim [--quick] [--only NAME] [--trace FILE]
         [--first-seasons N] [--recur N] [--hold-seasons] [--profile-hours H]
         [--surge-guard S] [--surge-jump X] [--predict-hold S] [--hold-waiver F]
-        [--predict-quiet] [--chain-after N]
+        [--predict-quiet] [--chain-after N] [--plan-after N] [--plan-lasting F] [--plan-moves N]
+        [--plan-margin F]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -20,7 +21,8 @@ by default), the variants measured in docs/benchmarks.md; so do
 over that many hours: ``SimConfig.profile_horizon``), ``--surge-guard``
 (``TrafficForecaster(surge_guard=...)``; ``--surge-jump 0`` guards every
 surge, not only sudden ones), ``--predict-hold``, ``--hold-waiver``,
-``--predict-quiet`` and ``--chain-after`` (``BalanceConfig``).  ``--only``
+``--predict-quiet``, ``--chain-after``, ``--plan-after``, ``--plan-lasting``,
+``--plan-moves`` and ``--plan-margin`` (``BalanceConfig``).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
 """
 
@@ -72,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--predict-quiet", action="store_true", help="forecast moves only when no node is hot")
     ap.add_argument("--chain-after", type=int, default=0, help="two-move plans after N hot decisions")
+    ap.add_argument("--plan-after", type=int, default=0, help="multi-move plans after N hot decisions")
+    ap.add_argument(
+        "--plan-lasting", type=float, default=0.5, help="profile share over the bound a plan needs"
+    )
+    ap.add_argument("--plan-moves", type=int, default=3, help="moves in a plan at most")
+    ap.add_argument(
+        "--plan-margin", type=float, default=0.5, help="share of the band over the bound a plan needs"
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
@@ -93,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 hold_waiver=a.hold_waiver,
                 predict_quiet=a.predict_quiet,
                 chain_after=a.chain_after,
+                plan_after=a.plan_after,
+                plan_lasting=a.plan_lasting,
+                plan_moves=a.plan_moves,
+                plan_margin=a.plan_margin,
             ),
         )
         t0 = time.monotonic()
