@@ -91,10 +91,25 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   move is made or under way;
 * ``predict_veto``: a node hot now whose forecast load is at or below the
   forecast bound (a surge the forecaster takes as passing:
-  :attr:`sprawl.forecast.traffic.TrafficForecaster.surge_guard`) does not shed.
+  :attr:`sprawl.forecast.traffic.TrafficForecaster.surge_guard`) does not shed;
+* ``plan_after``: a node hot for that many decisions that no single move
+  relieves, over the bound by ``plan_margin`` of the band now and at
+  ``plan_lasting`` or more of its profile's points (a lasting rise, not a
+  node hovering at the bound), gets a plan of up to ``plan_moves`` moves
+  (reason :data:`PLANNED`): partitions off one of its replicas to nodes below
+  the mean until one of its partitions fits there, then that one.  The plan
+  is made over as many decisions as ``max_moves`` needs (:attr:`Balancer.plan`
+  holds the rest), each move checked again against that decision's loads
+  before it is made (a move that no longer fits drops the rest), and while
+  it is under way it takes the whole decision (the controller's
+  :func:`replica_move` aside; tests in
+  ``tests/unit/cluster/test_balance_multiplan.py``).
 
-The no-flapping argument holds with all of them: a plan lowers ``sum(load^2)``
-as a whole within one decision, and the others only withhold moves.
+The no-flapping argument holds with all of them: a two-move plan lowers
+``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
+it as a whole once done, and since nothing else moves while it is under way,
+under a steady load each of its moves passes its check and it is done (its
+room-making moves alone may raise the sum); the others only withhold moves.
 
 Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without
