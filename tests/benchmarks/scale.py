@@ -16,7 +16,9 @@ client on the first node) and measures at each count:
 * **delete**: ms per ``DELETE`` of ``--batch`` extra topics made for it;
 * **idle CPU**: % of one core each node's process used over ``--idle-seconds``
   with no traffic, after ``--settle`` seconds (``/proc/PID/stat``), the
-  highest of the nodes;
+  highest of the nodes (the JSON row names in ``idle_scrubbing`` the nodes
+  whose background scrub ran in the window: a pass reads every partition, so
+  such a node's figure is the scrub's, not the idle node's);
 * **memory per replica**: the growth of the nodes' resident set (``VmRSS``)
   since the empty cluster, over the partition replicas each node holds (KB).
 
@@ -206,6 +208,23 @@ def idle_cpu(cluster: NodeCluster, seconds: float) -> dict[str, float]:
     return {n: (cpu_seconds(p) - before[n]) / took * 100 for n, p in pids.items()}
 
 
+def scrub_state(cluster: NodeCluster) -> dict[str, tuple[int, bool]]:
+    """Each node's scrub (passes done, a pass running now), from ``GET /v1/damage``."""
+    out = {}
+    for n in cluster.up():
+        status, body = cluster.get(n, "/v1/damage")
+        sc = body.get("scrub", {}) if status == 200 and isinstance(body, dict) else {}
+        out[n] = (int(sc.get("passes", 0)), bool(sc.get("running", False)))
+    return out
+
+
+def scrubbed(before: dict[str, tuple[int, bool]], after: dict[str, tuple[int, bool]]) -> list[str]:
+    """The nodes whose background scrub ran during a window (a pass running at
+    either end of it, or one done within it): a pass reads every partition,
+    so an idle-CPU window holding one measures the scrub, not the idle node."""
+    return sorted(n for n, (p, run) in after.items() if run or n not in before or before[n] != (p, False))
+
+
 def leaders_of(cluster: NodeCluster, via: str) -> dict[str, str | None]:
     """topic -> leader of its partition 0, from a node's placement."""
     return {t: (parts.get("0") or {}).get("leader") or None for t, parts in cluster.placement(via).items()}
@@ -382,7 +401,9 @@ def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[
             create(conn, extra, rf)
             delete_ms = timed(conn, "DELETE", [f"/v1/topics/{n}" for n in extra], ok=(200, 204))
             time.sleep(a.settle)
+            scrub0 = scrub_state(cluster)
             cpu = idle_cpu(cluster, a.idle_seconds)
+            scrubbing = scrubbed(scrub0, scrub_state(cluster))
             rss = {n: rss_kb(cluster.nodes[n].proc.pid) for n in cluster.names}  # type: ignore[union-attr]
             replicas_per_node = count * rf / nodes
             kb = max((rss[n] - base_rss[n]) / replicas_per_node for n in cluster.names)
@@ -396,6 +417,7 @@ def run_size(nodes: int, counts: list[int], a: argparse.Namespace) -> list[dict[
                 "delete_ms": delete_ms,
                 "idle_cpu": max(cpu.values()),
                 "idle_cpu_nodes": cpu,
+                "idle_scrubbing": scrubbing,
                 "rss_mb": max(rss.values()) / 1024,
                 "kb_per_replica": kb,
                 "load": os.getloadavg()[0],
