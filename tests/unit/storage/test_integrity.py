@@ -369,6 +369,53 @@ async def test_the_scrub_finds_damage_at_its_rate(broker: Broker) -> None:
     assert v["passes"] == 1 and v["scanned_bytes"] > 0 and not v["running"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_scrub_reads_small_partitions_a_group_at_a_time(broker: Broker) -> None:
+    """Many small partitions share one reader call (and one pause) per group instead of
+    one each -- the idle cost of a node with thousands of near-empty partitions -- and
+    damage in a grouped partition and in a big one is still found."""
+    b = broker
+    small = []
+    for i in range(40):
+        t = (await bounded(b.put_topic(f"s{i:02d}", {"partitions": 1})))[0]
+        msgs = [Record(0, 0, 0, f"x{j}", None, None, f"x{j}".encode(), True) for j in range(3)]
+        await bounded(b.publish(t, msgs, "leader"))
+        t.logs[0].evict(0)
+        small.append(t)
+    damage_value(b, [150])
+    env = b.store.env
+    assert env is not None
+    with env.begin(write=True, db=b.store.dbs["records"]) as txn:
+        k = keys.record_key(small[17].config.uid, 0, 1)
+        txn.put(k, flip(bytes(txn.get(k))))
+    calls = []
+    real = b.store.call_reader
+
+    def counted(fn: Any, *args: Any) -> Any:
+        calls.append(fn)
+        return real(fn, *args)
+
+    b.store.call_reader = counted  # type: ignore[method-assign]
+    s = Scrubber(b, the_reactor(), rate=50 * 1000**2, chunk_bytes=2000, first_delay=0.0, pause=3600, group=16)
+    b.integrity.attach(scrubber=s)
+    target = s.run_now()
+
+    async def done() -> None:
+        for _ in range(400):
+            if s.passes >= target:
+                return
+            await task.deferLater(the_reactor(), 0.05, lambda: None)
+
+    await bounded(defer.ensureDeferred(done()))
+    s.stop()
+    assert s.passes == 1 and s.last_pass_found == 2 and s.progress == 1.0
+    assert [(e.first, e.last) for e in b.integrity.map.damaged((small[17].config.uid, 0))] == [(1, 1)]
+    assert [(e.first, e.last) for e in b.integrity.map.damaged((b.topics["t"].config.uid, 0))] == [(150, 150)]
+    # 41 partitions in 3 groups, then the big one's remaining chunks: far fewer calls than
+    # one per partition (41) plus its chunks.
+    assert 3 <= len(calls) < 20, len(calls)
+
+
 # -- a leader's view of damaged followers --------------------------------------------
 
 
