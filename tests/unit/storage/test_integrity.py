@@ -342,14 +342,8 @@ async def test_the_rewrite_clears_a_range_only_once_it_reads_back(broker: Broker
     assert [r.payload for r in await bounded(b.read(t, 0, 50, 1))] == [b"m50"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_scrub_finds_damage_at_its_rate(broker: Broker) -> None:
-    """A scrub pass reads every stored record back (bounded by its rate) and
-    notes what it finds; its view shows the pass."""
-    b = broker
-    damage_value(b, [7, 150])
-    s = Scrubber(b, the_reactor(), rate=50 * 1000**2, chunk_bytes=2000, first_delay=0.0, pause=3600)
-    b.integrity.attach(scrubber=s)
+async def run_one_pass(s: Scrubber) -> None:
+    """Start a scrub pass now and wait (bounded) until it is done, then stop the scrub."""
     target = s.run_now()
 
     async def done() -> None:
@@ -360,6 +354,17 @@ async def test_the_scrub_finds_damage_at_its_rate(broker: Broker) -> None:
 
     await bounded(defer.ensureDeferred(done()))
     s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_scrub_finds_damage_at_its_rate(broker: Broker) -> None:
+    """A scrub pass reads every stored record back (bounded by its rate) and
+    notes what it finds; its view shows the pass."""
+    b = broker
+    damage_value(b, [7, 150])
+    s = Scrubber(b, the_reactor(), rate=50 * 1000**2, chunk_bytes=2000, first_delay=0.0, pause=3600)
+    b.integrity.attach(scrubber=s)
+    await run_one_pass(s)
     assert s.passes == 1 and s.last_pass_found == 2 and s.progress == 1.0
     assert [(e.first, e.last) for e in b.integrity.map.damaged((b.topics["t"].config.uid, 0))] == [
         (7, 7),
@@ -398,16 +403,7 @@ async def test_the_scrub_reads_small_partitions_a_group_at_a_time(broker: Broker
     b.store.call_reader = counted  # type: ignore[method-assign]
     s = Scrubber(b, the_reactor(), rate=50 * 1000**2, chunk_bytes=2000, first_delay=0.0, pause=3600, group=16)
     b.integrity.attach(scrubber=s)
-    target = s.run_now()
-
-    async def done() -> None:
-        for _ in range(400):
-            if s.passes >= target:
-                return
-            await task.deferLater(the_reactor(), 0.05, lambda: None)
-
-    await bounded(defer.ensureDeferred(done()))
-    s.stop()
+    await run_one_pass(s)
     assert s.passes == 1 and s.last_pass_found == 2 and s.progress == 1.0
     assert [(e.first, e.last) for e in b.integrity.map.damaged((small[17].config.uid, 0))] == [(1, 1)]
     assert [(e.first, e.last) for e in b.integrity.map.damaged((b.topics["t"].config.uid, 0))] == [(150, 150)]
