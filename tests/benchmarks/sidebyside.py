@@ -51,6 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ab import process_cpu
 from harness import NodeProcess
 from harness.nodes import free_port
 
@@ -59,7 +60,9 @@ SIZE = 100
 #: row names its own: an HTTP/1.1 connection carries one request at a time, and every durable
 #: ack waits for an fsync, so one connection alone measures the disk, not the wire.
 IN_FLIGHT = 4
-BATCH = 100
+BATCH = int(os.environ.get("SBS_BATCH", "100"))
+#: Publish frames the ``ws`` wire's publisher keeps in flight on its socket.
+WS_WINDOW = int(os.environ.get("SBS_WINDOW", "16"))
 PAD = b"x" * (SIZE - 19)
 
 
@@ -144,6 +147,7 @@ def _redis_sub(port: int, n: int, channel: str, ready: Any, out: Any, latency: b
     while ps.get_message(timeout=1.0) is None and not ps.subscribed:
         pass
     ready.set()
+    cpu0 = time.process_time()
     got, lat, first, last = 0, [], 0.0, 0.0
     deadline = time.monotonic() + 120
     while got < n and time.monotonic() < deadline:
@@ -157,14 +161,14 @@ def _redis_sub(port: int, n: int, channel: str, ready: Any, out: Any, latency: b
         last = now / 1e9
         if got == 1:
             first = last
-    out.put({"got": got, "first": first, "last": last, "lat": lat})
+    out.put({"got": got, "first": first, "last": last, "lat": lat, "cpu": time.process_time() - cpu0})
 
 
 def _redis_pub(port: int, n: int, channel: str, rate: float, out: Any) -> None:
     import redis
 
     r = redis.Redis(port=port)
-    start = time.time()
+    start, cpu0 = time.time(), time.process_time()
     if rate:
         for i in range(n):
             _pace(start, i, rate)
@@ -175,7 +179,7 @@ def _redis_pub(port: int, n: int, channel: str, rate: float, out: Any) -> None:
             for _ in range(min(BATCH, n - i)):
                 p.publish(channel, payload())
             p.execute()
-    out.put({"start": start, "end": time.time()})
+    out.put({"start": start, "end": time.time(), "cpu": time.process_time() - cpu0})
 
 
 def _redis_durable(port: int, n: int, out: Any) -> None:
@@ -214,10 +218,12 @@ def _nats_sub(port: int, n: int, subject: str, ready: Any, out: Any, latency: bo
         await nc.subscribe(subject, cb=cb, pending_msgs_limit=10_000_000, pending_bytes_limit=2**31)
         await nc.flush()
         ready.set()
+        cpu0 = time.process_time()
         try:
             await asyncio.wait_for(done, 120)
         except TimeoutError:
             pass
+        st["cpu"] = time.process_time() - cpu0
         await nc.close()
         return st
 
@@ -229,7 +235,7 @@ def _nats_pub(port: int, n: int, subject: str, rate: float, out: Any) -> None:
         import nats
 
         nc = await nats.connect(f"nats://127.0.0.1:{port}")
-        start = time.time()
+        start, cpu0 = time.time(), time.process_time()
         for i in range(n):
             if rate:
                 await _apace(start, i, rate)
@@ -241,8 +247,9 @@ def _nats_pub(port: int, n: int, subject: str, rate: float, out: Any) -> None:
                     await nc.flush()
         await nc.flush()
         end = time.time()
+        cpu = time.process_time() - cpu0
         await nc.close()
-        return {"start": start, "end": end}
+        return {"start": start, "end": end, "cpu": cpu}
 
     out.put(asyncio.run(main()))
 
@@ -282,7 +289,7 @@ async def _apace(start: float, i: int, rate: float) -> None:
 
 def _sprawl_body(n: int, wire: str) -> tuple[bytes, bytes]:
     """A publish body of ``n`` fresh payloads and its content type."""
-    if wire in ("lean", "ndjson"):
+    if wire in ("lean", "ndjson", "ws"):
         from sprawl.client import wire as w
 
         # Text payloads (a str is a text message, as in the JSON body): the same messages both ways.
@@ -302,7 +309,7 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
         ep = Endpoint.parse(url)
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_connection(ep.host, ep.port)
-        q = {"lean": "&format=batch", "ndjson": "&format=ndjson"}.get(wire, "")
+        q = {"lean": "&format=batch", "ndjson": "&format=ndjson", "ws": "&format=ndjson"}.get(wire, "")
         writer.write(
             b"GET /v1/topics/%s/stream?from=latest%s HTTP/1.1\r\nHost: x\r\n\r\n"
             % (topic.encode(), q.encode())
@@ -314,7 +321,7 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
         st: dict[str, Any] = {"got": 0, "first": 0.0, "last": 0.0, "lat": []}
         lat = st["lat"]
         decode = msgspec.json.decode
-        if wire in ("lean", "ndjson"):
+        if wire in ("lean", "ndjson", "ws"):
             from sprawl.client import wire as w
 
             dec: Any = w.BatchStreamDecoder() if wire == "lean" else w.NdjsonStreamDecoder()
@@ -333,8 +340,9 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
             if not opened and (b": sprawl stream" in body or b'{"stream":' in body):
                 opened = True
                 ready.set()
+                st["cpu0"] = time.process_time()
             now = time.time_ns()
-            if wire in ("lean", "ndjson"):
+            if wire in ("lean", "ndjson", "ws"):
                 msgs = [m for batch in dec.feed(body) for m in batch.messages]
             else:
                 msgs = [decode(e.data) for e in parser.feed(body) if e.event == "message"]
@@ -346,6 +354,7 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
             st["last"] = now / 1e9
             if not st["first"]:
                 st["first"] = st["last"]
+        st["cpu"] = time.process_time() - st.pop("cpu0", 0.0)
         writer.close()
         return st
 
@@ -355,6 +364,10 @@ def _sprawl_sub(url: str, n: int, topic: str, ready: Any, out: Any, latency: boo
 def _sprawl_pub(url: str, n: int, topic: str, rate: float, out: Any, wire: str, conns: int = 0) -> None:
     from sprawl.client.aio import Endpoint, HttpClient
 
+    if wire == "ws":
+        out.put(asyncio.run(_sprawl_ws_pub(url, n, topic, rate, conns)))
+        return
+
     async def main() -> dict[str, Any]:
         ep = Endpoint.parse(url)
         path = f"/v1/topics/{topic}/messages"
@@ -363,7 +376,7 @@ def _sprawl_pub(url: str, n: int, topic: str, rate: float, out: Any, wire: str, 
         conns_ = conns or IN_FLIGHT
         clients = [HttpClient(ep, 30.0) for _ in range(conns_)]
         left = [n]
-        start = time.time()
+        start, cpu0 = time.time(), time.process_time()
 
         async def one(c: HttpClient, k: int) -> None:
             i = k
@@ -387,11 +400,49 @@ def _sprawl_pub(url: str, n: int, topic: str, rate: float, out: Any, wire: str, 
 
         await asyncio.gather(*(one(c, k) for k, c in enumerate(clients)))
         end = time.time()
+        cpu = time.process_time() - cpu0
         for c in clients:
             c.close()
-        return {"start": start, "end": end, "n": n}
+        return {"start": start, "end": end, "n": n, "cpu": cpu}
 
     out.put(asyncio.run(main()))
+
+
+async def _sprawl_ws_pub(url: str, n: int, topic: str, rate: float, conns: int) -> dict[str, Any]:
+    """The ``ws`` wire's publisher: msgpack publish frames of :data:`BATCH` messages on
+    ``conns`` (default 1) WebSockets, :data:`WS_WINDOW` frames in flight on each (at ``rate``:
+    one message per frame)."""
+    from sprawl.client.aiows import open_publisher
+
+    pubs = [await open_publisher(url, topic, window=WS_WINDOW) for _ in range(conns or 1)]
+    left = [n]
+    start, cpu0 = time.time(), time.process_time()
+
+    async def one(k: int) -> None:
+        pub, sent, futs = pubs[k], 0, []
+        while True:
+            if rate:
+                i = k + sent * len(pubs)
+                if i >= n:
+                    break
+                await _apace(start, i, rate)
+                m = 1
+            else:
+                m = min(BATCH, left[0])
+                if m <= 0:
+                    break
+                left[0] -= m
+            sent += 1
+            futs.append(await pub.publish([{"payload": payload().decode()} for _ in range(m)], "leader"))
+        for f in futs:
+            await f  # raises on an error answer
+
+    await asyncio.gather(*(one(k) for k in range(len(pubs))))
+    end = time.time()
+    cpu = time.process_time() - cpu0
+    for p in pubs:
+        p.close()
+    return {"start": start, "end": end, "n": n, "cpu": cpu}
 
 
 # -- one workload -----------------------------------------------------------------------------
@@ -407,9 +458,13 @@ def fan(
     n: int,
     latency: bool,
     sub_tail: tuple[Any, ...] = (),
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Start ``subs`` subscriber processes, wait until each is subscribed, run the publisher
-    process; answer delivered msgs/s (summed) or the latency percentiles."""
+    process; answer delivered msgs/s (summed) or the latency percentiles, and ``cpu``: the
+    CPU microseconds per message delivered of the publisher, the server (``server_pid``,
+    from ``/proc``; its start-up and the subscribers' connecting not counted) and the
+    subscribers (summed)."""
     out = ctx.Queue()
     procs = []
     for _ in range(subs):
@@ -421,11 +476,13 @@ def fan(
         for _p, ready in procs:
             if not ready.wait(30):
                 raise RuntimeError("a subscriber did not subscribe within 30 s")
+        s0 = process_cpu(server_pid) if server_pid else 0.0
         pp = ctx.Process(
             target=pub, args=(*pub_args, n, *sub_tail[:1], 1000.0 if latency else 0.0, out, *sub_tail[1:])
         )
         pp.start()
         results = [out.get(timeout=180) for _ in range(subs + 1)]
+        s1 = process_cpu(server_pid) if server_pid else 0.0
         pp.join(30)
         for p, _ in procs:
             p.join(30)
@@ -440,7 +497,13 @@ def fan(
         lat = sorted(x for r in subr for x in r["lat"][len(r["lat"]) // 10 :])
         return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "lost": subs * n - got}
     last = max(r["last"] for r in subr)
-    return {"rate": got / (last - pubr["start"]), "lost": subs * n - got}
+    per = 1e6 / max(1, got)
+    cpu = {
+        "pub": pubr.get("cpu", 0.0) * per,
+        "server": (s1 - s0) * per,
+        "sub": sum(r.get("cpu", 0.0) for r in subr) * per,
+    }
+    return {"rate": got / (last - pubr["start"]), "lost": subs * n - got, "cpu": cpu}
 
 
 def durable(ctx: Any, fn: Callable[..., None], args: tuple[Any, ...]) -> float:
@@ -475,12 +538,16 @@ def run_once(
     n: int,
     wires: list[str],
     fan_only: bool = False,
+    pids: dict[str, int] | None = None,
+    one_only: bool = False,
 ) -> dict[tuple[str, str], Any]:
-    """Every workload once against every broker (``fan_only``: the 1 -> 1 and 1 -> 10 rows);
-    answers {(row, column): value}."""
+    """Every workload once against every broker (``fan_only``: the 1 -> 1 and 1 -> 10 rows;
+    ``one_only``: the 1 -> 1 row); answers {(row, column): value}, with the fan rows' CPU per
+    message under (row + "cpu", column) where ``pids`` names the servers' processes."""
     res: dict[tuple[str, str], Any] = {}
+    pids = pids or {}
     lat_n = int(n / 20)
-    for subs in (1, 10):
+    for subs in (1,) if one_only else (1, 10):
         row = f"fan{subs}"
         if redis_port:
             r = fan(
@@ -493,18 +560,33 @@ def run_once(
                 n,
                 False,
                 (f"c{time.time_ns()}",),
+                pids.get("redis"),
             )
             res[(row, "redis")] = r["rate"]
+            res[(row + "cpu", "redis")] = r["cpu"]
         if nats_port:
             r = fan(
-                ctx, _nats_sub, (nats_port,), _nats_pub, (nats_port,), subs, n, False, (f"s{time.time_ns()}",)
+                ctx,
+                _nats_sub,
+                (nats_port,),
+                _nats_pub,
+                (nats_port,),
+                subs,
+                n,
+                False,
+                (f"s{time.time_ns()}",),
+                pids.get("nats"),
             )
             res[(row, "nats")] = r["rate"]
+            res[(row + "cpu", "nats")] = r["cpu"]
         for wire in wires:
             t = create_topic(url)
-            r = fan(ctx, _sprawl_sub, (url,), _sprawl_pub, (url,), subs, n, False, (t, wire))
+            r = fan(
+                ctx, _sprawl_sub, (url,), _sprawl_pub, (url,), subs, n, False, (t, wire), pids.get("sprawl")
+            )
             res[(row, f"sprawl-{wire}")] = r["rate"]
-    if fan_only:
+            res[(row + "cpu", f"sprawl-{wire}")] = r["cpu"]
+    if fan_only or one_only:
         return res
     if redis_port:
         res[("lat", "redis")] = fan(
@@ -563,11 +645,16 @@ def table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
     ):
         peers = [median_of(runs, (row, b)) for b in ("redis", "nats")]
         mine = [median_of(runs, (row, f"sprawl-{w}")) for w in wires]
+        if not any(peers) and not any(mine):
+            continue  # a row not run (``--rows one``)
         best = max((x for x in peers if x), default=None)
         ratio = " / ".join(f"{m / best:.2f}x" for m in mine if m) if best else "-"
         lines.append(
             f"| {name} | {k(peers[0])} | {k(peers[1])} | " + " | ".join(k(m) for m in mine) + f" | {ratio} |"
         )
+
+    if not any(("lat", b) in r for r in runs for b in ("redis", "nats", *(f"sprawl-{w}" for w in wires))):
+        return "\n".join(lines)  # ``--rows fan``/``one``: the fan rows only
 
     def lat(b: str) -> str:
         p50, p99 = median_of(runs, ("lat", b), "p50"), median_of(runs, ("lat", b), "p99")
@@ -598,6 +685,24 @@ def table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
+    """CPU microseconds per delivered message of each process of the fan rows (medians)."""
+    lines = [
+        "| row | broker | publisher us/msg | server us/msg | subscriber(s) us/msg | total |",
+        "|---" * 6 + "|",
+    ]
+    for row in ("fan1", "fan10"):
+        for b in ("redis", "nats", *(f"sprawl-{w}" for w in wires)):
+            xs = [r[(row + "cpu", b)] for r in runs if (row + "cpu", b) in r]
+            if not xs:
+                continue
+            med = {k: statistics.median(x[k] for x in xs) for k in ("pub", "server", "sub")}
+            lines.append(
+                f"| {row} | {b} | {med['pub']:.2f} | {med['server']:.2f} | {med['sub']:.2f} | {sum(med.values()):.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -605,7 +710,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tenth of the messages (a smoke run)")
     ap.add_argument("--wire", default="json,lean", help="Sprawl's wire formats to run: json, lean, ndjson")
     ap.add_argument(
-        "--rows", choices=["all", "fan"], default="all", help="fan: the 1 -> 1 and 1 -> 10 rows only"
+        "--rows",
+        choices=["all", "fan", "one"],
+        default="all",
+        help="fan: the 1 -> 1 and 1 -> 10 rows only; one: the 1 -> 1 row only",
     )
     a = ap.parse_args()
     n = a.messages // 10 if a.quick else a.messages
@@ -623,6 +731,11 @@ def main() -> None:
                     file=sys.stderr,
                 )
         node = NodeProcess(tmp / "sprawl").start()
+        assert node.proc is not None
+        pids = {"sprawl": node.proc.pid}
+        for name, peer in (("redis", redis), ("nats", nats)):
+            if peer is not None:
+                pids[name] = peer.proc.pid
         runs: list[dict[tuple[str, str], Any]] = []
         try:
             for i in range(a.repeat):
@@ -636,6 +749,8 @@ def main() -> None:
                         n,
                         wires,
                         a.rows == "fan",
+                        pids,
+                        a.rows == "one",
                     )
                 )
                 print(
@@ -648,6 +763,8 @@ def main() -> None:
                 if peer is not None:
                     peer.stop()
     print(table(runs, wires))
+    print()
+    print(cpu_table(runs, wires))
 
 
 if __name__ == "__main__":
