@@ -273,7 +273,8 @@ class Publisher:
             return
         if not isinstance(frame, dict):
             return
-        fut = self._waiting.pop(frame.get("ref"), None) if isinstance(frame.get("ref"), int) else None
+        ref = frame.get("ref")
+        fut = self._waiting.pop(ref, None) if isinstance(ref, int) else None
         if fut is None:
             return
         self._room.release()
@@ -294,7 +295,9 @@ class Publisher:
         for fut in waiting.values():
             self._room.release()
             if not fut.done():
-                fut.set_exception(ClientError(f"{why} with the batch unanswered (it may or may not be stored)"))
+                fut.set_exception(
+                    ClientError(f"{why} with the batch unanswered (it may or may not be stored)")
+                )
 
 
 async def open_publisher(
@@ -315,7 +318,12 @@ async def open_publisher(
     sock.transport.write(
         b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
-        % (ep.path(f"/v1/topics/{quote(topic, safe='')}/ws?feed=none"), ep.host_header, key, auth_header(token))
+        % (
+            ep.path(f"/v1/topics/{quote(topic, safe='')}/ws?feed=none"),
+            ep.host_header,
+            key,
+            auth_header(token),
+        )
     )
     try:
         headers = await asyncio.wait_for(sock.opened, timeout)
