@@ -15,7 +15,7 @@ Public API (import from ``sprawl.client``):
 Internals the tools share: :mod:`sprawl.client.calls` (each request as data),
 :mod:`sprawl.client.blocking` (the JSON-over-HTTP transport), :mod:`sprawl.client.sse`,
 :mod:`sprawl.client.topics`, :mod:`sprawl.client.aio` (the bench's minimal asyncio HTTP
-client) and :mod:`sprawl.client.bench` (the engine behind ``sprawlctl bench``).
+client), :mod:`sprawl.client.aiows` (its pipelined WebSocket publisher) and :mod:`sprawl.client.bench` (the engine behind ``sprawlctl bench``).
 
 Nothing here imports the server (layer "clients" of docs/architecture.md).
 """

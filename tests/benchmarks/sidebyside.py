@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Sprawl side by side with Redis and NATS: the same Python client shapes, in one run.
 
-    PYTHONPATH=tests python -m benchmarks.sidebyside [--repeat 3] [--wire json,lean,ndjson] [--quick]
-        [--rows fan]
+    PYTHONPATH=tests python -m benchmarks.sidebyside [--repeat 3] [--wire json,lean,ndjson,ws] [--quick]
+        [--rows fan|one]
 
 Starts ``redis-server`` and ``nats-server`` (JetStream on) and one ``twistd sprawl`` node on
 127.0.0.1 with ports from the OS and fresh data directories, runs every workload against each
@@ -24,13 +24,22 @@ A peer whose server is not installed is skipped (its columns say so).  The clien
   reads ``GET .../stream``.  ``--wire json`` is today's format (a JSON batch body; one SSE event
   per message, decoded one by one); ``--wire lean`` is :mod:`sprawl.client.wire`'s (a msgpack
   body; one SSE event per batch, ``?format=batch``); ``--wire ndjson`` a msgpack body and an
-  NDJSON stream (one line per batch, ``?format=ndjson``).  ``--rows fan`` runs the 1 -> 1 and
-  1 -> 10 rows only.
+  NDJSON stream (one line per batch, ``?format=ndjson``); ``--wire ws`` publishes msgpack
+  WebSocket publish frames of 100 on one socket, :data:`WS_WINDOW` in flight
+  (:mod:`sprawl.client.aiows`: the publisher never waits for one batch's fsync before sending
+  the next), the subscriber as ``ndjson``.  ``--rows fan`` runs the 1 -> 1 and 1 -> 10 rows
+  only, ``--rows one`` the 1 -> 1 row.
 
 The workloads: 1 -> 1 and 1 -> 10 (msgs/s delivered, summed over subscribers, from the
 publisher's start to the last subscriber's last message); publish -> receive latency at a steady
 1,000 msg/s (one message per publish, send time in the payload, p50/p99 over the run after the
 first second); durable publish from one client pipelining (Sprawl: one connection, and 16).
+A second table gives the fan rows' CPU microseconds per delivered message of each process:
+the publisher's and the subscribers' own (``time.process_time`` over their run), the server's
+from ``/proc/PID/stat`` (user + system, every thread) -- unlike a rate, CPU per message
+hardly moves with other jobs' load, and it says which process bounds the rate.
+(``SBS_BATCH`` and ``SBS_WINDOW`` in the environment change the batch and the ``ws`` window,
+for experiments.)
 """
 
 from __future__ import annotations
