@@ -10,6 +10,8 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from sprawl.log.record import RECORD_OVERHEAD, Record
 
 if TYPE_CHECKING:
@@ -54,17 +56,43 @@ def batch(
 _size = attrgetter("size")
 
 
+_encode = msgspec.json.Encoder().encode
+#: Records up to which :func:`json_array` encodes a batch in one call (a caught-up stream's
+#: writes are small; a backlog read of more goes record by record, cut at the byte bound).
+ONE_CALL_RECORDS = 1000
+
+
+def json_array(recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
+    """The messages of ``recs`` as one JSON array (each as :meth:`Record.to_json` has it),
+    cut where :func:`batch` cuts; returns ``(array, used, delivered, message_bytes)``.
+    Up to :data:`ONE_CALL_RECORDS` records it is one encoder call over their dicts (byte for
+    byte the joined frames, about a third of the CPU, and no per-record encoding cached);
+    when that is over ``max_bytes``, or for more records, :func:`batch`'s frames joined."""
+    if len(recs) <= ONE_CALL_RECORDS:
+        msgs = [r.to_dict() for r in recs if not r.control]
+        out = _encode(msgs)
+        if len(out) - 1 - len(msgs) <= max_bytes or len(msgs) <= 1:
+            # (the frames alone, without the brackets and commas, as batch counts them)
+            n = len(msgs)
+            size = sum(map(_size, recs))
+            if n < len(recs):
+                size -= sum(r.size for r in recs if r.control)
+            return out, len(recs), n, size - RECORD_OVERHEAD * n
+    frames, used, n, nbytes = batch(recs, Record.to_json, max_bytes)
+    return b"[" + b",".join(frames) + b"]", used, n, nbytes
+
+
 def batch_event(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
     """``recs`` as one SSE event of the ``batch`` stream format: ``event: batch``,
     ``id: P:OFFSET`` (the last offset covered, so ``Last-Event-ID`` resumes after
     it) and ``data:`` a JSON array of the messages (each as in the default
     format).  Returns ``(event, used, delivered, message_bytes)`` as :func:`batch`
     does; the event is empty when the records were control records only."""
-    frames, used, n, nbytes = batch(recs, Record.to_json, max_bytes)
+    array, used, n, nbytes = json_array(recs, max_bytes)
     if not n:
         return b"", used, 0, 0
-    head = b"event: batch\nid: %d:%d\ndata: [" % (p, recs[used - 1].offset)
-    return head + b",".join(frames) + b"]\n\n", used, n, nbytes
+    head = b"event: batch\nid: %d:%d\ndata: " % (p, recs[used - 1].offset)
+    return head + array + b"\n\n", used, n, nbytes
 
 
 def ndjson_batch(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
@@ -72,11 +100,11 @@ def ndjson_batch(p: int, recs: list[Record], max_bytes: int) -> tuple[bytes, int
     ``{"id": "P:OFFSET", "partition": P, "messages": [...]}`` and a newline (``id``
     as the ``batch`` event's, the messages as in the default format).  Returns what
     :func:`batch_event` does; the line is empty when the records were control records only."""
-    frames, used, n, nbytes = batch(recs, Record.to_json, max_bytes)
+    array, used, n, nbytes = json_array(recs, max_bytes)
     if not n:
         return b"", used, 0, 0
-    head = b'{"id":"%d:%d","partition":%d,"messages":[' % (p, recs[used - 1].offset, p)
-    return head + b",".join(frames) + b"]}\n", used, n, nbytes
+    head = b'{"id":"%d:%d","partition":%d,"messages":' % (p, recs[used - 1].offset, p)
+    return head + array + b"}\n", used, n, nbytes
 
 
 #: How each batched stream format encodes a batch (``format=`` -> encoder).
