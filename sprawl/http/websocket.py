@@ -122,6 +122,9 @@ class SprawlWSProtocol(WebSocketServerProtocol):
     _pending_bytes = 0
     _reading_paused = False
     _gone = False
+    #: msgpack publish frames read in this ``dataReceived``, published together at its end.
+    _held: list[tuple[list[Record], str, Any, int]] | None = None
+    _reading = False
 
     def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
         """Accept the upgrade (the route checked it), naming the publish frames read here."""
@@ -223,6 +226,16 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             body["error"]["retry_after"] = retry
         self._reply(body, ref)
 
+    def dataReceived(self, data: bytes) -> None:
+        """Read frames as autobahn does; then publish the msgpack publish frames they held
+        (:meth:`_hold`)."""
+        self._reading = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._reading = False
+            self._release()
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """One client request; a bad one gets an error frame and changes nothing."""
         ref: Any = None
@@ -235,8 +248,11 @@ class SprawlWSProtocol(WebSocketServerProtocol):
                 )
                 if acks not in ACKS:
                     raise BadRequest("acks must be one of quorum, leader, none", code="invalid_acks")
-                self._publish_records(records, acks, ref, len(payload))
+                if not self._hold(records, acks, ref, len(payload)):
+                    self._release()
+                    self._publish_records(records, acks, ref, len(payload))
                 return
+            self._release()  # (publishes keep their order: the held ones go first)
             try:
                 frame = msgspec.json.decode(payload)
             except (msgspec.DecodeError, UnicodeDecodeError):
@@ -269,6 +285,83 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         except Exception:
             log.failure("websocket frame handling failed")
             self._error(SprawlError("internal error; see the node's log"), ref)
+
+    def _hold(self, records: list[Record], acks: str, ref: Any, size: int) -> bool:
+        """Keep a checked msgpack publish frame for :meth:`_release`, which publishes the
+        frames one read brought as one batch (one append, one storage write, one stream
+        event for them all) and answers each with its own part.  Only frames whose failure
+        can only be the whole batch's are held: the socket's topic exists, the frame is
+        allowed and its messages are within the size limit (checked here, so a too-large
+        message is still its own frame's error).  False: publish it alone."""
+        t = self.factory.topic
+        broker = self.factory.parts.broker
+        if not self._reading or t is None or broker.topics.get(t.name) is not t:
+            return False
+        if self.factory.principal is not None:
+            self.factory.principal.require("publish", t.name)
+        broker.check_message_sizes(records, t.config.max_message_bytes)
+        held = self._held
+        if held is None:
+            held = self._held = []
+        elif (
+            held[0][1] != acks
+            or sum(len(h[0]) for h in held) + len(records) > broker.config.max_batch_messages
+        ):
+            self._release()
+            held = self._held = []
+        held.append((records, acks, ref, size))
+        self._inflight(1, size)
+        return True
+
+    def _release(self) -> None:
+        """Publish the held frames as one batch; answer each frame with its slice."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        parts = self.factory.parts
+        t = self.factory.topic
+        assert t is not None
+        acks = held[0][1]
+        if len(held) == 1:
+            records = held[0][0]
+        else:
+            records = [r for h in held for r in h[0]]
+        try:
+            if parts.broker.topics.get(t.name) is not t:
+                raise SprawlError("the topic was deleted", code="topic_deleted", status=410)
+            d = parts.plane.publish(t, records, acks)
+        except Exception:
+            d = defer.fail()
+
+        def ok(res: PublishResult) -> None:
+            at = 0
+            for recs, _, ref, _ in held:
+                n = len(recs)
+                part = PublishResult(
+                    res.offsets[at : at + n],
+                    res.ids[at : at + n],
+                    res.partitions[at : at + n],
+                    res.duplicates[at : at + n],
+                    res.stored,
+                )
+                at += n
+                self._reply({"published": publish_answer(part, acks)}, ref)
+
+        def failed(f: Failure) -> None:
+            if isinstance(f.value, SprawlError):
+                for h in held:
+                    self._error(f.value, h[2])
+            else:
+                log.failure("websocket publish failed", f)
+                for h in held:
+                    self._error(SprawlError("internal error; see the node's log"), h[2])
+
+        def settled(_: object) -> None:
+            for h in held:
+                self._inflight(-1, -h[3])
+
+        d.addCallbacks(ok, failed)
+        d.addBoth(settled)
 
     def _check_room(self, size: int) -> None:
         """Refuse a publish frame beyond the socket's hard in-flight bounds."""

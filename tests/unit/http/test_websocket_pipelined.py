@@ -206,3 +206,73 @@ async def test_msgpack_frames_are_bounded_in_count_and_in_flight(
     assert sorted(r for r in range(10) if "published" in got[r]) == [0, 1, 2]
     assert {got[r]["error"]["code"] for r in range(3, 10)} == {"too_many_in_flight"}
     assert sorted(await stored(ws, "packcap")) == ["m0", "m1", "m2"]
+
+
+# -- msgpack frames read together are published together ----------------------------------
+
+
+def count_publishes(w: WS, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the broker's publish calls from now on."""
+    calls: list[int] = []
+    real = w.server.broker.publish
+
+    def publish(topic: Any, records: list[Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(records))
+        return real(topic, records, *args, **kwargs)
+
+    monkeypatch.setattr(w.server.broker, "publish", publish)
+    return calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_msgpack_frames_of_one_read_are_one_publish_answered_each_by_its_part(
+    ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 msgpack frames written in one reactor turn (one TCP write, so one read at the
+    node) are published as one batch, not 20; each answer carries its own frame's offsets,
+    ids and duplicates, in order -- a message repeating an id of an earlier frame of the
+    same read is that frame's duplicate."""
+    await ws.server.publish("held", ["first"])
+    c = await ws.connect("/v1/topics/held/ws?feed=none")
+    calls = count_publishes(ws, monkeypatch)
+    for i in range(20):
+        msgs = [{"payload": f"f{i}m{j}", "id": f"{i}-{j}"} for j in range(3)]
+        if i == 7:
+            msgs[2]["id"] = "2-0"  # repeats frame 2's first message
+        send_packed(c, {"publish": {"messages": msgs, "acks": "leader"}, "ref": i})
+    await c.when(lambda: len(answers(c)) >= 20)
+    got = answers(c)
+    assert len(calls) < 5 and sum(calls) == 60  # (one read normally: a burst of 20 frames)
+    offsets = [o for i in range(20) for o in got[i]["published"]["offsets"]]
+    assert offsets[:23] == list(range(1, 24)) and offsets[23] == 7  # frame 2's first message
+    assert offsets[24:] == list(range(24, 60))
+    assert got[7]["published"]["duplicates"] == [False, False, True]
+    assert got[7]["published"]["ids"] == ["7-0", "7-1", "2-0"]
+    assert all(not any(got[i]["published"]["duplicates"]) for i in range(20) if i != 7)
+    expected = ["first", *(f"f{i}m{j}" for i in range(20) for j in range(3) if (i, j) != (7, 2))]
+    assert await stored(ws, "held") == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_frame_among_held_ones_fails_alone_and_order_holds(
+    ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one read: msgpack frames, one with a message over the topic's size limit, one
+    with other acks, and a JSON publish frame between them.  The too-large one gets its
+    ``message_too_large`` error and stores nothing; every other frame is stored, in the
+    order sent."""
+    await ws.server.publish("held2", ["first"])
+    limit = ws.server.broker.topics["held2"].config.max_message_bytes
+    c = await ws.connect("/v1/topics/held2/ws?feed=none")
+    send_packed(c, {"publish": {"messages": [{"payload": "a"}], "acks": "leader"}, "ref": 0})
+    send_packed(c, {"publish": {"messages": [{"payload": "x" * (limit + 1)}], "acks": "leader"}, "ref": 1})
+    send_packed(c, {"publish": {"messages": [{"payload": "b"}], "acks": "leader"}, "ref": 2})
+    c.send({"publish": {"payload": "json", "acks": "leader"}, "ref": 3})
+    send_packed(c, {"publish": {"messages": [{"payload": "c"}], "acks": "quorum"}, "ref": 4})
+    send_packed(c, {"publish": {"messages": [{"payload": "d"}], "acks": "leader"}, "ref": 5})
+    await c.when(lambda: len(answers(c)) >= 6)
+    got = answers(c)
+    assert got[1]["error"]["code"] == "message_too_large"
+    assert all("published" in got[r] for r in (0, 2, 3, 4, 5))
+    assert got[4]["published"]["acks"] == "quorum" and got[5]["published"]["acks"] == "leader"
+    assert await stored(ws, "held2") == ["first", "a", "b", "json", "c", "d"]
