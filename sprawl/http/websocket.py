@@ -44,6 +44,14 @@ a JSON text frame.  A binary frame whose first byte is not a msgpack map is read
 as JSON, as before.  The upgrade answer names the frames the node reads in
 :data:`FRAMES_HEADER` (``json, msgpack``), so a client sends msgpack frames only
 to a node that reads them.
+
+The msgpack publish frames one read of the socket brings (a pipelining client's
+burst) are published as one batch -- one append, one storage write, one stream
+event -- and each is answered with its own part of the result (its offsets,
+ids, duplicates), as if published alone in that order.  Only frames whose
+failure can only be the whole batch's are held so (the socket's topic exists,
+the principal may publish, every message is within the size limit, same
+``acks``); any other frame is published alone, after the held ones.
 """
 
 from __future__ import annotations
