@@ -57,6 +57,47 @@ _size = attrgetter("size")
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _Text(msgspec.Struct, gc=False):
+    """A text message as :meth:`Record.to_dict` has it (the same keys in the same order)."""
+
+    offset: int
+    partition: int
+    id: str | None
+    timestamp: int
+    key: str | None
+    headers: dict[str, str]
+    payload: str
+
+
+class _Binary(msgspec.Struct, gc=False):
+    """A binary message as :meth:`Record.to_dict` has it (msgspec writes bytes as base64)."""
+
+    offset: int
+    partition: int
+    id: str | None
+    timestamp: int
+    key: str | None
+    headers: dict[str, str]
+    payload_b64: bytes
+
+
+def _shown(r: Record) -> _Text | _Binary:
+    """``r`` as the encoder writes it, byte for byte its :meth:`Record.to_json`."""
+    if r.is_text:
+        return _Text(
+            r.offset,
+            r.partition,
+            r.id,
+            r.timestamp,
+            r.key,
+            r.headers or {},
+            r.payload.decode("utf-8", "replace"),
+        )
+    return _Binary(r.offset, r.partition, r.id, r.timestamp, r.key, r.headers or {}, r.payload)
+
+
 #: Records up to which :func:`json_array` encodes a batch in one call (a caught-up stream's
 #: writes are small; a backlog read of more goes record by record, cut at the byte bound).
 ONE_CALL_RECORDS = 1000
@@ -65,11 +106,12 @@ ONE_CALL_RECORDS = 1000
 def json_array(recs: list[Record], max_bytes: int) -> tuple[bytes, int, int, int]:
     """The messages of ``recs`` as one JSON array (each as :meth:`Record.to_json` has it),
     cut where :func:`batch` cuts; returns ``(array, used, delivered, message_bytes)``.
-    Up to :data:`ONE_CALL_RECORDS` records it is one encoder call over their dicts (byte for
-    byte the joined frames, about a third of the CPU, and no per-record encoding cached);
+    Up to :data:`ONE_CALL_RECORDS` records it is one encoder call over them (as structs with
+    the dicts' keys: byte for byte the joined frames, a fifth to a quarter of the CPU, and no
+    per-record encoding cached);
     when that is over ``max_bytes``, or for more records, :func:`batch`'s frames joined."""
     if len(recs) <= ONE_CALL_RECORDS:
-        msgs = [r.to_dict() for r in recs if not r.control]
+        msgs = [_shown(r) for r in recs if not r.control]
         out = _encode(msgs)
         if len(out) - 1 - len(msgs) <= max_bytes or len(msgs) <= 1:
             # (the frames alone, without the brackets and commas, as batch counts them)
