@@ -2,7 +2,7 @@
 """Sprawl side by side with Redis and NATS: the same Python client shapes, in one run.
 
     PYTHONPATH=tests python -m benchmarks.sidebyside [--repeat 3] [--wire json,lean,ndjson,ws] [--quick]
-        [--rows fan|one]
+        [--rows fan|one|durable]
 
 Starts ``redis-server`` and ``nats-server`` (JetStream on) and one ``twistd sprawl`` node on
 127.0.0.1 with ports from the OS and fresh data directories, runs every workload against each
@@ -28,13 +28,16 @@ A peer whose server is not installed is skipped (its columns say so).  The clien
   WebSocket publish frames of 100 on one socket, :data:`WS_WINDOW` in flight
   (:mod:`sprawl.client.aiows`: the publisher never waits for one batch's fsync before sending
   the next), the subscriber as ``ndjson``.  ``--rows fan`` runs the 1 -> 1 and 1 -> 10 rows
-  only, ``--rows one`` the 1 -> 1 row.
+  only, ``--rows one`` the 1 -> 1 row, ``--rows durable`` the durable rows (issue 16's
+  durable-ingest goal; with ``--wire ws`` the 16-connection row is 16 sockets of
+  :data:`WS_WINDOW` frames each).
 
 The workloads: 1 -> 1 and 1 -> 10 (msgs/s delivered, summed over subscribers, from the
 publisher's start to the last subscriber's last message); publish -> receive latency at a steady
 1,000 msg/s (one message per publish, send time in the payload, p50/p99 over the run after the
 first second); durable publish from one client pipelining (Sprawl: one connection, and 16).
-A second table gives the fan rows' CPU microseconds per delivered message of each process:
+A second table gives the fan and durable rows' CPU microseconds per delivered (durable: stored)
+message of each process:
 the publisher's and the subscribers' own (``time.process_time`` over their run), the server's
 from ``/proc/PID/stat`` (user + system, every thread) -- unlike a rate, CPU per message
 hardly moves with other jobs' load, and it says which process bounds the rate.
@@ -196,13 +199,13 @@ def _redis_durable(port: int, n: int, out: Any) -> None:
 
     r = redis.Redis(port=port)
     key = f"bench-{time.time_ns()}"
-    start = time.time()
+    start, cpu0 = time.time(), time.process_time()
     for i in range(0, n, BATCH):
         p = r.pipeline(transaction=False)
         for _ in range(min(BATCH, n - i)):
             p.xadd(key, {"p": payload()})
         p.execute()
-    out.put({"start": start, "end": time.time(), "n": n})
+    out.put({"start": start, "end": time.time(), "n": n, "cpu": time.process_time() - cpu0})
 
 
 def _nats_sub(port: int, n: int, subject: str, ready: Any, out: Any, latency: bool) -> None:
@@ -271,12 +274,13 @@ def _nats_durable(port: int, n: int, out: Any) -> None:
         js = nc.jetstream()
         name = f"bench{time.time_ns()}"
         await js.add_stream(name=name, subjects=[name])
-        start = time.time()
+        start, cpu0 = time.time(), time.process_time()
         for i in range(0, n, BATCH):
             await asyncio.gather(*(js.publish(name, payload()) for _ in range(min(BATCH, n - i))))
         end = time.time()
+        cpu = time.process_time() - cpu0
         await nc.close()
-        return {"start": start, "end": end, "n": n}
+        return {"start": start, "end": end, "n": n, "cpu": cpu}
 
     out.put(asyncio.run(main()))
 
@@ -515,14 +519,22 @@ def fan(
     return {"rate": got / (last - pubr["start"]), "lost": subs * n - got, "cpu": cpu}
 
 
-def durable(ctx: Any, fn: Callable[..., None], args: tuple[Any, ...]) -> float:
-    """Run a durable-publish client process; msgs/s."""
+def durable(
+    ctx: Any, fn: Callable[..., None], args: tuple[Any, ...], server_pid: int | None = None
+) -> dict[str, Any]:
+    """Run a durable-publish client process; answers its msgs/s (``rate``) and ``cpu``: the
+    CPU microseconds per message of the publisher and of the server (``server_pid``, from
+    ``/proc``, over the client process's whole life: its start-up is idle time for the server)."""
     out = ctx.Queue()
     p = ctx.Process(target=fn, args=(*args, out))
+    s0 = process_cpu(server_pid) if server_pid else 0.0
     p.start()
     r = out.get(timeout=300)
+    s1 = process_cpu(server_pid) if server_pid else 0.0
     p.join(30)
-    return float(r["n"] / (r["end"] - r["start"]))
+    per = 1e6 / max(1, r["n"])
+    cpu = {"pub": r.get("cpu", 0.0) * per, "server": (s1 - s0) * per, "sub": 0.0}
+    return {"rate": float(r["n"] / (r["end"] - r["start"])), "cpu": cpu}
 
 
 def create_topic(url: str) -> str:
@@ -549,14 +561,16 @@ def run_once(
     fan_only: bool = False,
     pids: dict[str, int] | None = None,
     one_only: bool = False,
+    durable_only: bool = False,
 ) -> dict[tuple[str, str], Any]:
     """Every workload once against every broker (``fan_only``: the 1 -> 1 and 1 -> 10 rows;
-    ``one_only``: the 1 -> 1 row); answers {(row, column): value}, with the fan rows' CPU per
-    message under (row + "cpu", column) where ``pids`` names the servers' processes."""
+    ``one_only``: the 1 -> 1 row; ``durable_only``: the durable rows); answers
+    {(row, column): value}, with the fan and durable rows' CPU per message under
+    (row + "cpu", column) where ``pids`` names the servers' processes."""
     res: dict[tuple[str, str], Any] = {}
     pids = pids or {}
     lat_n = int(n / 20)
-    for subs in (1,) if one_only else (1, 10):
+    for subs in () if durable_only else (1,) if one_only else (1, 10):
         row = f"fan{subs}"
         if redis_port:
             r = fan(
@@ -597,26 +611,34 @@ def run_once(
             res[(row + "cpu", f"sprawl-{wire}")] = r["cpu"]
     if fan_only or one_only:
         return res
-    if redis_port:
+    if durable_only:
+        pass
+    elif redis_port:
         res[("lat", "redis")] = fan(
             ctx, _redis_sub, (redis_port,), _redis_pub, (redis_port,), 1, lat_n, True, (f"l{time.time_ns()}",)
         )
-    if nats_port:
+    if nats_port and not durable_only:
         res[("lat", "nats")] = fan(
             ctx, _nats_sub, (nats_port,), _nats_pub, (nats_port,), 1, lat_n, True, (f"l{time.time_ns()}",)
         )
-    for wire in wires:
+    for wire in () if durable_only else wires:
         t = create_topic(url)
         res[("lat", f"sprawl-{wire}")] = fan(
             ctx, _sprawl_sub, (url,), _sprawl_pub, (url,), 1, lat_n, True, (t, wire)
         )
+    runs: list[tuple[str, str, Callable[..., None], tuple[Any, ...], int | None]] = []
     if redis_port:
-        res[("durable", "redis")] = durable(ctx, _redis_durable, (redis_port, n))
+        runs.append(("durable", "redis", _redis_durable, (redis_port, n), pids.get("redis")))
     if nats_port:
-        res[("durable", "nats")] = durable(ctx, _nats_durable, (nats_port, n // 4))
+        runs.append(("durable", "nats", _nats_durable, (nats_port, n // 4), pids.get("nats")))
     for wire in wires:
-        res[("durable", f"sprawl-{wire}")] = durable(ctx, _sprawl_pub1, (url, n, create_topic(url), wire))
-        res[("durable16", f"sprawl-{wire}")] = durable(ctx, _sprawl_pub16, (url, n, create_topic(url), wire))
+        sp = pids.get("sprawl")
+        runs.append(("durable", f"sprawl-{wire}", _sprawl_pub1, (url, n, create_topic(url), wire), sp))
+        runs.append(("durable16", f"sprawl-{wire}", _sprawl_pub16, (url, n, create_topic(url), wire), sp))
+    for row, col, fn, args, pid in runs:
+        r = durable(ctx, fn, args, pid)
+        res[(row, col)] = r["rate"]
+        res[(row + "cpu", col)] = r["cpu"]
     return res
 
 
@@ -662,24 +684,27 @@ def table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
             f"| {name} | {k(peers[0])} | {k(peers[1])} | " + " | ".join(k(m) for m in mine) + f" | {ratio} |"
         )
 
-    if not any(("lat", b) in r for r in runs for b in ("redis", "nats", *(f"sprawl-{w}" for w in wires))):
+    if not any(("durable", b) in r for r in runs for b in ("redis", "nats", *(f"sprawl-{w}" for w in wires))):
         return "\n".join(lines)  # ``--rows fan``/``one``: the fan rows only
 
-    def lat(b: str) -> str:
-        p50, p99 = median_of(runs, ("lat", b), "p50"), median_of(runs, ("lat", b), "p99")
-        return "skipped" if p50 is None or p99 is None else f"{p50:,.0f} / {p99:,.0f} us"
+    columns = ("redis", "nats", *(f"sprawl-{w}" for w in wires))
+    if any(("lat", b) in r for r in runs for b in columns):  # (not with ``--rows durable``)
 
-    peers_l = [median_of(runs, ("lat", b), "p50") for b in ("redis", "nats")]
-    best_l = min((x for x in peers_l if x), default=None)
-    mine_l = [median_of(runs, ("lat", f"sprawl-{w}"), "p50") for w in wires]
-    ratio_l = " / ".join(f"{m / best_l:.1f}x" for m in mine_l if m) if best_l else "-"
-    lines.append(
-        "| publish -> receive at 1,000 msg/s, p50 / p99 | "
-        + " | ".join(lat(b) for b in ("redis", "nats"))
-        + " | "
-        + " | ".join(lat(f"sprawl-{w}") for w in wires)
-        + f" | p50 {ratio_l} |"
-    )
+        def lat(b: str) -> str:
+            p50, p99 = median_of(runs, ("lat", b), "p50"), median_of(runs, ("lat", b), "p99")
+            return "skipped" if p50 is None or p99 is None else f"{p50:,.0f} / {p99:,.0f} us"
+
+        peers_l = [median_of(runs, ("lat", b), "p50") for b in ("redis", "nats")]
+        best_l = min((x for x in peers_l if x), default=None)
+        mine_l = [median_of(runs, ("lat", f"sprawl-{w}"), "p50") for w in wires]
+        ratio_l = " / ".join(f"{m / best_l:.1f}x" for m in mine_l if m) if best_l else "-"
+        lines.append(
+            "| publish -> receive at 1,000 msg/s, p50 / p99 | "
+            + " | ".join(lat(b) for b in ("redis", "nats"))
+            + " | "
+            + " | ".join(lat(f"sprawl-{w}") for w in wires)
+            + f" | p50 {ratio_l} |"
+        )
     rd, nd = median_of(runs, ("durable", "redis")), median_of(runs, ("durable", "nats"))
     mine_d = [
         (median_of(runs, ("durable", f"sprawl-{w}")), median_of(runs, ("durable16", f"sprawl-{w}")))
@@ -695,12 +720,13 @@ def table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
 
 
 def cpu_table(runs: list[dict[tuple[str, str], Any]], wires: list[str]) -> str:
-    """CPU microseconds per delivered message of each process of the fan rows (medians)."""
+    """CPU microseconds per delivered (durable rows: stored) message of each process of the
+    fan and durable rows (medians)."""
     lines = [
         "| row | broker | publisher us/msg | server us/msg | subscriber(s) us/msg | total |",
         "|---" * 6 + "|",
     ]
-    for row in ("fan1", "fan10"):
+    for row in ("fan1", "fan10", "durable", "durable16"):
         for b in ("redis", "nats", *(f"sprawl-{w}" for w in wires)):
             xs = [r[(row + "cpu", b)] for r in runs if (row + "cpu", b) in r]
             if not xs:
@@ -720,9 +746,9 @@ def main() -> None:
     ap.add_argument("--wire", default="json,lean", help="Sprawl's wire formats to run: json, lean, ndjson")
     ap.add_argument(
         "--rows",
-        choices=["all", "fan", "one"],
+        choices=["all", "fan", "one", "durable"],
         default="all",
-        help="fan: the 1 -> 1 and 1 -> 10 rows only; one: the 1 -> 1 row only",
+        help="fan: the 1 -> 1 and 1 -> 10 rows only; one: the 1 -> 1 row only; durable: the durable rows only",
     )
     a = ap.parse_args()
     n = a.messages // 10 if a.quick else a.messages
@@ -760,6 +786,7 @@ def main() -> None:
                         a.rows == "fan",
                         pids,
                         a.rows == "one",
+                        a.rows == "durable",
                     )
                 )
                 print(
