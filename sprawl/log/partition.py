@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sprawl.log.manifest import RemoteObject
-from sprawl.log.record import HotAccount, Record
+from sprawl.log.record import HotAccount, Record, join_hot
 from sprawl.log.segments import Segment
 
 
@@ -102,13 +102,7 @@ class PartitionLog:
         if not records:
             return changed
         seg = self.segments[-1] if self.segments else None
-        total = 0
-        mem = 0
-        acct = self.account
-        for r in records:
-            total += r.size
-            mem += r.memory
-            r.join_account(acct)
+        total, mem = join_hot(records, self.account)
         self.hot_records_memory += mem
         if (
             seg is not None

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from sprawl.interfaces import Clock
-from sprawl.log.record import CorruptRecord, Record, check_stored
+from sprawl.log.record import CorruptRecord, Record, check_stored, storage_items
 from sprawl.storage import keys
 from sprawl.storage.verify import Scan, scan_records
 from sprawl.storage.writer_thread import WriterThread
@@ -204,8 +204,7 @@ class LmdbStore:
 
     def put_records(self, uid: int, partition: int, records: list[Record]) -> list[Op]:
         """Ops storing ``records`` of one partition."""
-        rk = keys.record_key
-        return [("m", "records", [(rk(uid, partition, r.offset), r.to_storage()) for r in records])]
+        return [("m", "records", storage_items(uid, partition, records))]
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._in_flight:

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sprawl.log.record import HEAD_BYTES, CorruptRecord, Record, check_stored
+from sprawl.log.record import (
+    HEAD_BYTES,
+    CorruptRecord,
+    HotAccount,
+    Record,
+    check_stored,
+    join_hot,
+    storage_items,
+)
+from sprawl.storage import keys
 
 _text = st.text(max_size=30)
 _records = st.builds(
@@ -148,3 +157,43 @@ def test_storage_value_layout() -> None:
     body = v[HEAD_BYTES:]
     assert v[0] == 0xC1
     assert struct.unpack(">I", v[1:5])[0] == crc32c(body, 9 ^ 7)
+
+
+@given(
+    recs=st.lists(st.tuples(_records, st.booleans()), max_size=8),
+    uid=st.integers(0, 2**32 - 1),
+    partition=st.integers(0, 1023),
+)
+def test_storage_items_are_the_keys_and_values_one_by_one(
+    recs: list[tuple[Record, bool]], uid: int, partition: int
+) -> None:
+    """The publish path's batch encoding (:func:`storage_items`) stores exactly what
+    ``record_key`` and :meth:`Record.to_storage` give record by record, control records
+    too: the format on disk is unchanged."""
+    records = []
+    for r, control in recs:
+        r.control = control
+        records.append(r)
+    assert storage_items(uid, partition, records) == [
+        (keys.record_key(uid, partition, r.offset), r.to_storage()) for r in records
+    ]
+
+
+@given(recs=st.lists(_records, max_size=8), cached=st.lists(st.sampled_from(["", "json", "sse"]), max_size=8))
+def test_join_hot_weighs_and_accounts_as_one_by_one(recs: list[Record], cached: list[str]) -> None:
+    """:func:`join_hot` answers the records' summed size and memory and charges their
+    cached encodings to the account, as :attr:`Record.memory` and
+    :meth:`Record.join_account` do one record at a time."""
+    for r, c in zip(recs, cached, strict=False):
+        if c == "json":
+            r.to_json()
+        elif c == "sse":
+            r.to_sse()
+    twins = [msgspec.structs.replace(r) for r in recs]
+    one_by_one = HotAccount()
+    for t in twins:
+        t.join_account(one_by_one)
+    acct = HotAccount()
+    assert join_hot(recs, acct) == (sum(r.size for r in twins), sum(r.memory for r in twins))
+    assert acct.encoded == one_by_one.encoded
+    assert all(r._acct is acct for r in recs)
