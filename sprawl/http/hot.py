@@ -1,0 +1,179 @@
+"""The hot routes without Klein: publish, fetch and the SSE stream.
+
+Klein (with werkzeug's router, two ``maybeDeferred`` and half a dozen
+callbacks per request) cost about a third of a node's CPU for a one-message
+publish (issue 16).  The three routes every message takes are matched here
+by their path segments and answered with one Deferred chain; every other
+request, and every request here that is not exactly one of them (a trailing
+slash, ``HEAD``, a topic segment with an encoded ``/``...), goes to Klein as
+before, so routing, 404/405 answers and every error shape are unchanged.
+
+What Klein did for these routes is done here the same way: a handler's
+answer is rendered by :func:`answer` (the same function the Klein routes
+use: JSON, ``Content-Length``, the error shape, the request metrics), the
+handler's Deferred is cancelled when the client goes away (a long-poll ends),
+and the request is finished once the answer is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from sprawl.http.codec import JSON, encode, render_error
+from sprawl.metrics import NodeMetrics
+
+log = Logger(namespace="sprawl.http.api")
+
+#: (method, last path segment) of ``/v1/topics/{topic}/...`` -> the route's name
+#: (the Klein endpoint's, which authorization and the metrics use too).
+HOT_ROUTES: dict[tuple[bytes, bytes], str] = {
+    (b"POST", b"messages"): "publish",
+    (b"GET", b"messages"): "fetch",
+    (b"GET", b"stream"): "stream",
+}
+
+
+def match(request: Request) -> tuple[str, str] | None:
+    """``(route, topic)`` when the request is one of :data:`HOT_ROUTES`, else None
+    (Klein routes it).  The path is read as Klein reads it: the percent-decoded
+    segments (``request.postpath``) joined by ``/``, so a segment holding an
+    encoded ``/`` is not a topic here either."""
+    pp = request.postpath
+    if pp is None or len(pp) != 4 or pp[0] != b"v1" or pp[1] != b"topics":
+        return None
+    name = HOT_ROUTES.get((request.method, pp[3]))
+    if name is None:
+        return None
+    seg = pp[2]
+    if not seg or b"/" in seg:
+        return None
+    try:
+        return name, seg.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def answer(
+    name: str,
+    metrics: NodeMetrics | None,
+    request: Request,
+    call: Callable[[], object],
+) -> Deferred[Any]:
+    """Run a route's handler (``call``), time it, count its status, and render its
+    result: None as is, ``str``/``bytes`` as they are, anything else as JSON; a
+    failure as the JSON error shape.  Fires with the body (or None)."""
+    started = time.perf_counter()
+    try:
+        result = call()
+    except Exception as e:  # validated synchronously
+        result = Failure(e)
+    d: Deferred[Any]
+    if isinstance(result, Deferred):
+        d = result
+    elif isinstance(result, Failure):
+        d = fail(result)
+    else:
+        d = succeed(result)
+
+    def ok(value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif not isinstance(value, bytes):
+            request.setHeader(b"content-type", JSON)
+            value = encode(value)
+        if request.code != 204:
+            # A known length: no chunked framing on every answer.
+            request.setHeader(b"content-length", b"%d" % len(value))
+        if metrics is not None:
+            observe()
+        return value
+
+    def err(f: Failure) -> bytes | None:
+        if f.check(CancelledError) and (request.finished or getattr(request, "_disconnected", False)):
+            body = None  # the client went away mid long-poll: nobody to answer
+        else:
+            body = render_error(request, f)
+        if metrics is not None:
+            observe()
+        return body
+
+    def observe() -> None:
+        assert metrics is not None
+        metrics.request_done(
+            name, request.method.decode("ascii", "replace"), request.code, time.perf_counter() - started
+        )
+
+    d.addCallbacks(ok, err)
+    return d
+
+
+class HotRoutes:
+    """Serves :data:`HOT_ROUTES` for the API (``api``: a
+    :class:`sprawl.http.api.SprawlAPI`; its ``messages``, ``fetcher`` and ``metrics``)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def render(self, request: Request) -> object:
+        """Answer the request if it is a hot route (``NOT_DONE_YET``), else None."""
+        found = match(request)
+        if found is None:
+            return None
+        name, topic = found
+        api = self.api
+        d: Deferred[Any]
+        if name == "publish":
+            d = answer(name, api.metrics, request, lambda: api.messages.publish(request, topic))
+        elif name == "fetch":
+            d = answer(name, api.metrics, request, lambda: api.fetcher.fetch(request, topic))
+        else:
+            try:
+                r = api.messages.stream(request, topic)
+            except Exception:
+                r = Failure()
+            if isinstance(r, bytes):  # refused before the stream started
+                request.write(r)
+                request.finish()
+                return NOT_DONE_YET
+            d = r if isinstance(r, Deferred) else (fail(r) if isinstance(r, Failure) else succeed(r))
+        _finish_when_done(request, d)
+        return NOT_DONE_YET
+
+
+def _finish_when_done(request: Request, d: Deferred[Any]) -> None:
+    """Write the answer ``d`` fires with and finish the request (as Klein does);
+    cancel ``d`` if the client goes away first."""
+    gone = [False]
+
+    def lost(f: Failure) -> None:
+        gone[0] = True
+        d.cancel()
+
+    def finished(_: object) -> None:
+        gone[0] = True
+
+    request.notifyFinish().addCallbacks(finished, lost)
+
+    def write(r: object) -> None:
+        if isinstance(r, bytes):
+            request.write(r)
+        if not gone[0]:
+            request.finish()
+
+    def failed(f: Failure) -> None:
+        if gone[0]:
+            if not f.check(CancelledError):
+                log.failure("unhandled error processing a request", f)
+            return
+        request.processingFailed(f)  # as Klein: twisted.web's 500
+
+    d.addCallbacks(write, failed)
