@@ -129,6 +129,9 @@ class HotRoutes:
         if found is None:
             return None
         name, topic = found
+        # Before the handler runs (as Klein): its own watchers of the connection
+        # (a long-poll's) then run after this one.
+        gone = _Gone(request)
         api = self.api
         d: Deferred[Any]
         if name == "publish":
@@ -140,40 +143,45 @@ class HotRoutes:
                 r = api.messages.stream(request, topic)
             except Exception:
                 r = Failure()
-            if isinstance(r, bytes):  # refused before the stream started
-                request.write(r)
-                request.finish()
-                return NOT_DONE_YET
             d = r if isinstance(r, Deferred) else (fail(r) if isinstance(r, Failure) else succeed(r))
-        _finish_when_done(request, d)
+        gone.answer(d)
         return NOT_DONE_YET
 
 
-def _finish_when_done(request: Request, d: Deferred[Any]) -> None:
-    """Write the answer ``d`` fires with and finish the request (as Klein does);
-    cancel ``d`` if the client goes away first."""
-    gone = [False]
+class _Gone:
+    """Writes a request's answer and finishes it (as Klein does), and cancels the
+    answer's Deferred if the client goes away first."""
 
-    def lost(f: Failure) -> None:
-        gone[0] = True
-        d.cancel()
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.gone = False
+        self.answering: Deferred[Any] | None = None
+        request.notifyFinish().addCallbacks(self._finished, self._lost)
 
-    def finished(_: object) -> None:
-        gone[0] = True
+    def _finished(self, _: object) -> None:
+        self.gone = True
 
-    request.notifyFinish().addCallbacks(finished, lost)
+    def _lost(self, _: Failure) -> None:
+        self.gone = True
+        if self.answering is not None:
+            self.answering.cancel()
 
-    def write(r: object) -> None:
+    def answer(self, d: Deferred[Any]) -> None:
+        """Write what ``d`` fires with (bytes, or None: nothing) and finish."""
+        self.answering = d
+        d.addCallbacks(self._write, self._failed)
+
+    def _write(self, r: object) -> None:
+        self.answering = None
         if isinstance(r, bytes):
-            request.write(r)
-        if not gone[0]:
-            request.finish()
+            self.request.write(r)
+        if not self.gone:
+            self.request.finish()
 
-    def failed(f: Failure) -> None:
-        if gone[0]:
+    def _failed(self, f: Failure) -> None:
+        self.answering = None
+        if self.gone:
             if not f.check(CancelledError):
                 log.failure("unhandled error processing a request", f)
             return
-        request.processingFailed(f)  # as Klein: twisted.web's 500
-
-    d.addCallbacks(write, failed)
+        self.request.processingFailed(f)  # as Klein: twisted.web's 500
