@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from sprawl.http.codec import JSON, encode, render_error
+from sprawl.http.server import send_now
 from sprawl.metrics import NodeMetrics
 
 log = Logger(namespace="sprawl.http.api")
@@ -173,10 +174,14 @@ class _Gone:
 
     def _write(self, r: object) -> None:
         self.answering = None
+        request = self.request
+        channel = getattr(request, "channel", None)  # (gone once a request is finished)
         if isinstance(r, bytes):
-            self.request.write(r)
+            request.write(r)
         if not self.gone:
-            self.request.finish()
+            request.finish()
+            if channel is not None:
+                send_now(channel.transport)  # the answer leaves in this turn
 
     def _failed(self, f: Failure) -> None:
         self.answering = None
