@@ -8,10 +8,12 @@ parts, all in the node's process and none in Sprawl's code:
 
 * a ``LoopingCall`` every millisecond stamps the time (a reactor free to run its timers
   stamps it at least every ~1 ms);
-* a watchdog thread looks every 0.25 ms (the interpreter's switch interval is lowered to
-  0.25 ms so it gets the GIL): when the last stamp is older than the threshold the reactor
-  is stalled, and it samples the main thread's stack (``sys._current_frames``) until the
-  stamp moves again.  A stall is reported with its length and the frames seen most often
+* a watchdog thread looks every millisecond (the interpreter's switch interval is lowered
+  from 5 to 1 ms so it gets the GIL; a shorter one made the two threads convoy on a loaded
+  machine): when the last stamp is older than the threshold the reactor is stalled, and it
+  samples the main thread's stack (``sys._current_frames``) until the stamp moves again,
+  and reads how long the main thread ran meanwhile (``/proc``'s schedstat: a stall in which
+  it hardly ran is the machine's load, not the node's work).  A stall is reported with its length and the frames seen most often
   in its samples (Sprawl's frames first): what the reactor was doing;
 * ``gc.callbacks`` time every collection (generation, milliseconds), so a stall that is a
   collection says so.
@@ -54,7 +56,7 @@ def _frame_names(frame: Any) -> list[str]:
 class StallProbe:
     """The three parts of the module docstring; :meth:`report` summarizes them."""
 
-    def __init__(self, threshold: float = 0.002, tick: float = 0.001, look: float = 0.00025) -> None:
+    def __init__(self, threshold: float = 0.002, tick: float = 0.001, look: float = 0.001) -> None:
         self.threshold = threshold
         self.tick = tick
         self.look = look
