@@ -15,6 +15,9 @@ layer and by function (self time).  CPU profiles barely depend on the machine's 
 the latency figures do (the load average is printed with each run).  With ``--stalls``
 the node runs under ``benchmarks/stall_probe.py`` (a reactor-stall probe: what held the
 reactor for over 2 ms, and every garbage collection's length); its summary follows each run.
+Every run also prints how many of its LMDB commits (submit to completion, thread hand-offs
+included) and collections took over 1, 2.5, 5, 10 and 25 ms (the node's ``/metrics``): the
+tails a p99 can be made of while the reactor itself is free.
 """
 
 from __future__ import annotations
@@ -121,6 +124,41 @@ def stall_summary(report: Path, seconds: float) -> str:
         out.append(
             f"  {s['ms']:7.2f} ms (on CPU {s['on_cpu']:.0%})  {s['innermost_sprawl'][:2]}  {s['innermost'][:5]}"
         )
+    return "\n".join(out)
+
+
+#: The histograms whose tails a run's p99 may be made of (from the node's ``/metrics``).
+TAILS = ("sprawl_lmdb_commit_duration_seconds", "sprawl_gc_pause_seconds")
+
+
+def histograms(url: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts (``le`` -> count) of :data:`TAILS` in the node's ``/metrics``."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    out: dict[str, dict[float, float]] = {name: {} for name in TAILS}
+    for line in text.splitlines():
+        for name in TAILS:
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                counts = out[name]
+                counts[bound] = counts.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def tails(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> str:
+    """How many of the run's LMDB commits (submit to completion on the reactor: the thread
+    hand-offs included) and collections took longer than each bucket bound."""
+    out = []
+    for name in TAILS:
+        b, a = before.get(name, {}), after.get(name, {})
+        total = a.get(float("inf"), 0.0) - b.get(float("inf"), 0.0)
+        over = []
+        for bound in (0.001, 0.0025, 0.005, 0.01, 0.025):
+            n = total - (a.get(bound, 0.0) - b.get(bound, 0.0))
+            over.append(f"> {bound * 1000:g} ms {n:.0f}")
+        out.append(f"{name}: {total:.0f} in the run; " + ", ".join(over))
     return "\n".join(out)
 
 
@@ -282,6 +320,7 @@ def main() -> None:
                 time.sleep(a.idle)
                 u0, s0 = cpu_seconds(node.proc.pid)
                 idle = (u0 + s0 - i0) / a.idle if a.idle else 0.0
+                hist0 = histograms(node.url)
                 t0 = time.monotonic()
                 if a.closed:
                     p50, p99, line = closed_loop(node.url, a.closed)
@@ -289,6 +328,7 @@ def main() -> None:
                 else:
                     p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections)
                 took = time.monotonic() - t0
+                print(tails(hist0, histograms(node.url)), flush=True)
                 messages = a.closed or a.rate * a.seconds
                 u1, s1 = cpu_seconds(node.proc.pid)
                 if profile:
