@@ -405,6 +405,11 @@ class SSEStream:
         if not n:
             return
         self.request.write(b"".join(frames))
+        if self.fmt == "sse":
+            # The event leaves in this turn (the HTTP request's ``send_now``, where it has one).
+            send_now = getattr(self.request, "send_now", None)
+            if send_now is not None:
+                send_now()
         self.sent += n
         m = self.broker.metrics
         if m is not None:

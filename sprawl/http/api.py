@@ -21,13 +21,12 @@ gets :class:`~sprawl.cluster.local.LocalDataPlane` and
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, cast
 
 from klein import Klein, KleinRenderable
 from klein.resource import KleinResource
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -39,9 +38,10 @@ from sprawl.delivery.streams import StreamRegistry
 from sprawl.errors import SprawlError
 from sprawl.http import authz
 from sprawl.http.admin import AdminRoutes
-from sprawl.http.codec import JSON, encode, is_upgrade, json_error, render_error
+from sprawl.http.codec import JSON, encode, is_upgrade, json_error
 from sprawl.http.fetch import FetchRoute
 from sprawl.http.groups import ConsumerGroupRoutes
+from sprawl.http.hot import HotRoutes, answer
 from sprawl.http.messages import MessageRoutes
 from sprawl.http.origin import ALLOWED_METHODS, PREFLIGHT_MAX_AGE, UNSAFE_METHODS, OriginPolicy
 from sprawl.http.pipelines import PipelineRoutes
@@ -69,47 +69,7 @@ def _route(name: str) -> Callable[[Handler[P]], Routed[P]]:
     def deco(fn: Handler[P]) -> Routed[P]:
         @functools.wraps(fn)
         def wrapper(self: SprawlAPI, request: Request, *args: P.args, **kw: P.kwargs) -> Deferred[Any]:
-            started = time.perf_counter()
-            method = request.method.decode("ascii", "replace")
-            try:
-                result = fn(self, request, *args, **kw)
-            except Exception as e:  # validated synchronously
-                result = Failure(e)
-            d: Deferred[Any]
-            if isinstance(result, Deferred):
-                d = result
-            elif isinstance(result, Failure):
-                d = fail(result)
-            else:
-                d = succeed(result)
-
-            def ok(value: Any) -> Any:
-                if value is None:
-                    return value
-                if isinstance(value, str):
-                    value = value.encode("utf-8")
-                elif not isinstance(value, bytes):
-                    request.setHeader(b"content-type", JSON)
-                    value = encode(value)
-                if request.code != 204:
-                    # A known length: no chunked framing on every answer.
-                    request.setHeader(b"content-length", b"%d" % len(value))
-                return value
-
-            def err(f: Failure) -> bytes | None:
-                if f.check(CancelledError) and (request.finished or getattr(request, "_disconnected", False)):
-                    return None  # the client went away mid long-poll: nobody to answer
-                return render_error(request, f)
-
-            def observe(value: Any) -> Any:
-                m = self.metrics
-                if m is not None:
-                    m.request_done(name, method, request.code, time.perf_counter() - started)
-                return value
-
-            d.addCallbacks(ok, err)
-            d.addBoth(observe)
-            return d
+            return answer(name, self.metrics, request, lambda: fn(self, request, *args, **kw))
 
         return wrapper
 
@@ -125,7 +85,11 @@ def _rendered(answer: object) -> KleinRenderable:
 
 class _JSONErrorsResource(KleinResource):
     """Klein's resource, but a URL that is not UTF-8 gets the JSON error shape
-    (Klein itself answers such URLs with a plain-text 400)."""
+    (Klein itself answers such URLs with a plain-text 400), and the hot routes
+    (publish, fetch, SSE: :mod:`sprawl.http.hot`) are served without Klein."""
+
+    #: Serves the hot routes (None: Klein serves every route).
+    hot: HotRoutes | None = None
 
     def render(self, request: Any) -> Any:  # (twisted.web's IRequest)
         try:
@@ -134,6 +98,10 @@ class _JSONErrorsResource(KleinResource):
         except UnicodeDecodeError:
             request.setResponseCode(400)
             return json_error(request, "invalid_url", "the URL is not valid UTF-8")
+        if self.hot is not None:
+            served = self.hot.render(request)
+            if served is not None:
+                return served
         return super().render(request)
 
 
@@ -146,6 +114,7 @@ class _AuthorizingResource(_JSONErrorsResource):
     def __init__(self, app: Klein, api: SprawlAPI):
         super().__init__(app)
         self._api = api
+        self.hot = HotRoutes(api)
 
     def render(self, request: Any) -> Any:  # (twisted.web's IRequest)
         origin = request.getHeader(b"origin")

@@ -70,10 +70,12 @@ class MessageRoutes:
         max_batch = self.broker.config.max_batch_messages
         lean = parse_lean(request, max_batch)
         records, acks = lean if lean is not None else parse_messages(request, max_batch)
-        if topic not in self.broker.topics:
-            # Refuse before auto-creating: a rejected publish must leave no topic behind.
-            self.broker.check_writable()
-            self.broker.check_message_sizes(records, self.broker.config.max_message_bytes)
+        t = self.broker.topics.get(topic)
+        if t is not None:  # the common case: no Deferred for the topic on the way
+            return self.plane.publish(t, records, acks).addCallback(publish_answer, acks)
+        # Refuse before auto-creating: a rejected publish must leave no topic behind.
+        self.broker.check_writable()
+        self.broker.check_message_sizes(records, self.broker.config.max_message_bytes)
         d: Deferred[Any] = self.broker.ensure_topic(topic)
         d.addCallback(lambda t: self.plane.publish(t, records, acks))
         d.addCallback(publish_answer, acks)

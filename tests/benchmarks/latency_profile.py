@@ -12,7 +12,12 @@ their medians, and the node's CPU time per message (user + system, from ``/proc`
 the thread holding the GIL, i.e. Python's own CPU work; raw format) for the first run only (so that run's latency is not a
 figure), and a summary is printed: CPU samples per message and the share of the samples by
 layer and by function (self time).  CPU profiles barely depend on the machine's load;
-the latency figures do (the load average is printed with each run).
+the latency figures do (the load average is printed with each run).  With ``--stalls``
+the node runs under ``benchmarks/stall_probe.py`` (a reactor-stall probe: what held the
+reactor for over 2 ms, and every garbage collection's length); its summary follows each run.
+Every run also prints how many of its LMDB commits (submit to completion, thread hand-offs
+included) and collections took over 1, 2.5, 5, 10 and 25 ms (the node's ``/metrics``): the
+tails a p99 can be made of while the reactor itself is free.
 """
 
 from __future__ import annotations
@@ -101,6 +106,59 @@ def summarize(raw: Path, messages: int) -> str:
     out += [f"  {v / total:6.1%}  {k}" for k, v in by_self.most_common(25)]
     out += ["", "inclusive, top 40:"]
     out += [f"  {v / total:6.1%}  {k}" for k, v in by_incl.most_common(40)]
+    return "\n".join(out)
+
+
+def stall_summary(report: Path, seconds: float) -> str:
+    """The stall probe's report in a few lines (the whole of it stays in ``report``)."""
+    import json
+
+    r = json.loads(report.read_text())
+    out = [
+        f"stalls over {r['threshold_ms']:g} ms: {r['stalls']} ({r['stalls'] / seconds:.1f}/s of the run and "
+        f"the start), over 5 ms: {r['stalls_over_5ms']}, the main thread on a CPU for 70 %+ of the "
+        f"stall: {r['working_stalls']}; collections {r['collections']}, "
+        f"over 1 ms: {r['collections_over_1ms'][:20]}"
+    ]
+    for s in r["longest"][:12]:
+        out.append(
+            f"  {s['ms']:7.2f} ms (on CPU {s['on_cpu']:.0%})  {s['innermost_sprawl'][:2]}  {s['innermost'][:5]}"
+        )
+    return "\n".join(out)
+
+
+#: The histograms whose tails a run's p99 may be made of (from the node's ``/metrics``).
+TAILS = ("sprawl_lmdb_commit_duration_seconds", "sprawl_gc_pause_seconds")
+
+
+def histograms(url: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts (``le`` -> count) of :data:`TAILS` in the node's ``/metrics``."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    out: dict[str, dict[float, float]] = {name: {} for name in TAILS}
+    for line in text.splitlines():
+        for name in TAILS:
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                counts = out[name]
+                counts[bound] = counts.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def tails(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> str:
+    """How many of the run's LMDB commits (submit to completion on the reactor: the thread
+    hand-offs included) and collections took longer than each bucket bound."""
+    out = []
+    for name in TAILS:
+        b, a = before.get(name, {}), after.get(name, {})
+        total = a.get(float("inf"), 0.0) - b.get(float("inf"), 0.0)
+        over = []
+        for bound in (0.001, 0.0025, 0.005, 0.01, 0.025):
+            n = total - (a.get(bound, 0.0) - b.get(bound, 0.0))
+            over.append(f"> {bound * 1000:g} ms {n:.0f}")
+        out.append(f"{name}: {total:.0f} in the run; " + ", ".join(over))
     return "\n".join(out)
 
 
@@ -216,6 +274,12 @@ def main() -> None:
     )
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of the idle node's CPU measured first")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw output (first run)")
+    ap.add_argument(
+        "--stalls",
+        type=Path,
+        default=None,
+        help="run the node under benchmarks/stall_probe.py (every run), its JSON report written here",
+    )
     ap.add_argument("--node-arg", action="append", default=[], help="an extra argument of the node")
     a = ap.parse_args()
     plain = harness.nodes.twistd_command
@@ -225,7 +289,13 @@ def main() -> None:
     nets: list[float] = []
     for i in range(a.repeat):
         profile = a.profile is not None and i == 0
-        if a.cprofile is not None:
+        if a.stalls is not None:
+
+            def with_probe(out: Path = a.stalls) -> list[str]:
+                return [sys.executable, str(HERE / "stall_probe.py"), str(out), "--"]
+
+            harness.nodes.twistd_command = with_probe
+        elif a.cprofile is not None:
 
             def with_cprofile(out: Path = a.cprofile) -> list[str]:
                 return [*plain(), "--profile", str(out), "--profiler", "cprofile", "--savestats"]
@@ -250,6 +320,7 @@ def main() -> None:
                 time.sleep(a.idle)
                 u0, s0 = cpu_seconds(node.proc.pid)
                 idle = (u0 + s0 - i0) / a.idle if a.idle else 0.0
+                hist0 = histograms(node.url)
                 t0 = time.monotonic()
                 if a.closed:
                     p50, p99, line = closed_loop(node.url, a.closed)
@@ -257,6 +328,7 @@ def main() -> None:
                 else:
                     p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections)
                 took = time.monotonic() - t0
+                print(tails(hist0, histograms(node.url)), flush=True)
                 messages = a.closed or a.rate * a.seconds
                 u1, s1 = cpu_seconds(node.proc.pid)
                 if profile:
@@ -276,6 +348,8 @@ def main() -> None:
             f"{net:.0f} beyond the idle node's {idle * 100:.1f} %){tag}",
             flush=True,
         )
+        if a.stalls is not None:
+            print(stall_summary(a.stalls, took), flush=True)
         if profile:
             assert a.profile is not None
             print(summarize(a.profile, int(messages)), flush=True)
