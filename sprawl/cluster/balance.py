@@ -225,6 +225,17 @@ class BalanceConfig:
     #: it by much (and before a season is learnt its profile is flat: the
     #: present level, carried forward).
     plan_margin: float = 0.5
+    #: Moves on a forecast only where they replace reactive ones: the reactive
+    #: rule replayed on the forecast loads (:meth:`Balancer._replay`) would move
+    #: off that node within the horizon; at most as many moves as the replay
+    #: makes, and for ``replace_within`` seconds after, the node's reactive
+    #: moves count as pre-empted (held).  ``"cap"``: the forecast pass picks
+    #: its moves as usual; ``"same"``: the replayed moves themselves, made
+    #: now where they fit now.  ``""``: off.
+    predict_replace: str = ""
+    #: Seconds a move on a forecast pre-empts its node's reactive moves
+    #: (``predict_replace``; the forecast's horizon).
+    replace_within: float = 900.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -233,6 +244,8 @@ class BalanceConfig:
             raise ValueError("need cooldown >= 0, min_load >= 0, bytes_per_unit > 0")
         if self.plan_after < 0 or self.plan_moves < 2:
             raise ValueError("need plan_after >= 0, plan_moves >= 2")
+        if self.predict_replace not in ("", "cap", "same") or self.replace_within < 0:
+            raise ValueError('need predict_replace in ("", "cap", "same"), replace_within >= 0')
 
 
 @dataclass(frozen=True)
@@ -377,6 +390,14 @@ class Balancer:
         #: The rest of a multi-decision plan (``plan_after``), in order, and its hot node.
         self._plan: list[Move] = []
         self._plan_src = ""
+        #: node -> (until when its moves are pre-empted, the load predicted
+        #: for it once the moves on a forecast were made) (``predict_replace``).
+        self._preempted: dict[str, tuple[float, float]] = {}
+        #: Nodes whose pre-emption has held back a reactive move (counted once each).
+        self._preempt_used: set[str] = set()
+        #: Reactive moves a move on a forecast pre-empted: nodes hot long enough
+        #: to shed whose shedding a pre-emption held (once per pre-emption).
+        self.preempted_total = 0
 
     @property
     def plan(self) -> tuple[Move, ...]:
@@ -427,6 +448,10 @@ class Balancer:
         upper = mean * (1 + c.threshold)
         self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
         self._last_move = {k: t for k, t in self._last_move.items() if now - t < c.predict_cooldown}
+        self._preempted = {
+            n: v for n, v in self._preempted.items() if v[0] > now and loads.get(n, 0.0) <= v[1]
+        }
+        self._preempt_used &= set(self._preempted)
         for streaks in (self._streak, self._pstreak):
             for n in list(streaks):
                 if n not in loads:
@@ -452,6 +477,12 @@ class Balancer:
                 continue
             if src in passing:
                 d.held.append(f"{src}: hot now, forecast at or below the forecast bound (passing)")
+                continue
+            if src in self._preempted:
+                d.held.append(f"{src}: hot, its reactive move pre-empted by a move on a forecast")
+                if src not in self._preempt_used:
+                    self._preempt_used.add(src)
+                    self.preempted_total += 1
                 continue
             if budget <= 0:
                 d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
@@ -550,6 +581,9 @@ class Balancer:
         for src in sorted(phot, key=lambda n: (-pred[n], n)):
             if src in shed_now:
                 continue  # shed reactively in this decision already
+            if src in self._preempted:
+                d.held.append(f"{src}: predicted hot, its moves pre-empted by earlier moves on a forecast")
+                continue
             if self._pstreak[src] < c.persist:
                 d.held.append(f"{src}: predicted hot for {self._pstreak[src]}/{c.persist} decisions")
                 continue
@@ -604,18 +638,35 @@ class Balancer:
                 self.moves_total[PREDICTED] = self.moves_total.get(PREDICTED, 0) + 1
 
             led = sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key))
-            if ahead is None:
+            left = budget
+            if c.predict_replace:
+                replay = self._replay(src, led, fc, pred, pmean, pupper)
+                if not replay:
+                    d.held.append(
+                        f"{src}: predicted hot, the reactive rule on the forecast loads would not move off it"
+                    )
+                    continue
+                left = min(budget, len(replay))
+            if c.predict_replace == "same":
+                for p, dst in replay:
+                    if left <= 0 or dst not in targets(p, src):
+                        break
+                    if ahead is not None and ahead.delta(p.key, src, dst) >= -_EPS:
+                        break
+                    make(p, src, dst)
+                    left -= 1
+            elif ahead is None:
                 for p in led:
-                    if budget <= 0 or pred[src] <= pupper:
+                    if left <= 0 or pred[src] <= pupper:
                         break
                     ts = targets(p, src)
                     if ts:
                         make(p, src, min(ts, key=lambda r: (pred[r], loads[r], r)))
-                        budget -= 1
+                        left -= 1
             else:
                 # over the long horizon: only a move that lowers the predicted
                 # excess there, the one that lowers it most
-                while budget > 0 and pred[src] > pupper:
+                while left > 0 and pred[src] > pupper:
                     scored = [
                         (ahead.delta(p.key, src, r), pred[r], loads[r], r, i)
                         for i, p in enumerate(led)
@@ -625,15 +676,50 @@ class Balancer:
                     if best is None:
                         break
                     make(led[best[4]], src, best[3])
-                    budget -= 1
+                    left -= 1
+            budget -= len(d.moves) - n_before
             if len(d.moves) > n_before:
                 self._pstreak[src] = 0
                 self._predicted_at = now
+                if c.predict_replace:
+                    self._preempted[src] = (now + c.replace_within, pred[src])
             else:
                 d.held.append(
                     f"{src}: predicted hot, no quiet partition a replica can take now and as predicted"
                 )
         return pred, phot
+
+    def _replay(
+        self,
+        src: str,
+        led: Sequence[PartitionLoad],
+        fc: Mapping[tuple[str, int], float],
+        pred: Mapping[str, float],
+        pmean: float,
+        pupper: float,
+    ) -> list[tuple[PartitionLoad, str]]:
+        """The reactive rule (:meth:`_shed`) replayed on the forecast loads:
+        the moves it would make off ``src`` once its predicted load came true
+        (its largest partitions first, each to the least loaded replica below
+        the predicted mean that stays at or below the predicted bound, until
+        ``src`` is at or below it; at most ``max_moves``).  Cooldowns are not
+        counted: the reactive cooldown ends within the horizon."""
+        c = self.config
+        tmp = dict(pred)
+        out: list[tuple[PartitionLoad, str]] = []
+        for p in sorted(led, key=lambda q: (-fc[q.key], q.key)):
+            f = fc[p.key]
+            if tmp[src] <= pupper or len(out) >= c.max_moves or f < c.min_partition_load:
+                break
+            if not p.movable:
+                continue
+            ts = [r for r in p.replicas if r != src and r in tmp and tmp[r] < pmean and tmp[r] + f <= pupper]
+            if ts:
+                dst = min(ts, key=lambda r: (tmp[r], r))
+                tmp[src] -= f
+                tmp[dst] += f
+                out.append((p, dst))
+        return out
 
     def _apply_planned(self, mv: Move, u: float, loads: dict[str, float], now: float, d: Decision) -> None:
         """Count a planned move as made: node loads, cooldowns, the decision, the metrics."""

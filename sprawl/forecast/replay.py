@@ -110,6 +110,9 @@ class Result:
     mape: float | None = None
     mape_samples: int = 0
     anomalies: int = 0
+    #: Reactive moves a move on a forecast pre-empted (``BalanceConfig.predict_replace``):
+    #: a node hot long enough to shed held back by a pre-emption, once per pre-emption.
+    preempted: int = 0
     #: (time, move) of every move started.
     log: list[tuple[float, Move]] = field(default_factory=list)
     #: (time, hot nodes) of every step with a node hot.
@@ -243,6 +246,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             res.log.append((now, mv))
     if res.mape_samples:
         res.mape = abs_err / res.mape_samples
+    res.preempted = balancer.preempted_total
     return res
 
 

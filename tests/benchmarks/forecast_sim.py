@@ -82,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--plan-margin", type=float, default=0.5, help="share of the band over the bound a plan needs"
     )
+    ap.add_argument(
+        "--predict-replace",
+        choices=("", "cap", "same"),
+        default="",
+        help="forecast moves only where they replace a reactive one (cap: as many; same: the same moves)",
+    )
+    ap.add_argument(
+        "--replace-within",
+        type=float,
+        default=None,
+        help="seconds a forecast move pre-empts (default: horizon)",
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
@@ -107,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 plan_lasting=a.plan_lasting,
                 plan_moves=a.plan_moves,
                 plan_margin=a.plan_margin,
+                predict_replace=a.predict_replace,
+                replace_within=cfg.horizon if a.replace_within is None else a.replace_within,
             ),
         )
         t0 = time.monotonic()

@@ -98,16 +98,21 @@ fcs = st.one_of(st.none(), st.floats(min_value=0, max_value=2000, allow_nan=Fals
 @given(
     st.lists(st.tuples(st.sampled_from(NODES), loads), min_size=2, max_size=9),
     st.lists(st.lists(fcs, min_size=9, max_size=9), min_size=60, max_size=60),
+    st.sampled_from(["", "cap", "same"]),
 )
 def test_random_forecasts_cannot_make_it_flap(
-    initial: list[tuple[str, float]], forecasts: list[list[float | None]]
+    initial: list[tuple[str, float]], forecasts: list[list[float | None]], replace_mode: str
 ) -> None:
-    """Steady present loads, forecasts redrawn at random every decision: every
-    move lowers the sum of squared present node loads, so no leader assignment
-    comes back and the moves stop."""
+    """Steady present loads, forecasts redrawn at random every decision (with
+    or without ``predict_replace``): every move lowers the sum of squared
+    present node loads, so no leader assignment comes back and the moves stop."""
     leaders = {("t", i): n for i, (n, _) in enumerate(initial)}
     rate = {("t", i): u for i, (_, u) in enumerate(initial)}
-    b = Balancer(BalanceConfig(min_load=10, cooldown=30.0, persist=1))
+    b = Balancer(
+        BalanceConfig(
+            min_load=10, cooldown=30.0, persist=1, predict_replace=replace_mode, replace_within=60.0
+        )
+    )
     seen = {tuple(sorted(leaders.items()))}
     moves = 0
     for step, fc in enumerate(forecasts):
