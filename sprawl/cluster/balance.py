@@ -268,6 +268,10 @@ class PartitionLoad:
     #: :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_profiles`);
     #: a move on a forecast must lower the node's predicted excess over it.
     profile: tuple[float, ...] | None = None
+    #: Predicted load at evenly spaced times over the forecast's horizon
+    #: (:meth:`sprawl.forecast.traffic.TrafficForecaster.partition_paths`):
+    #: what ``predict_replace`` replays the reactive rule on.
+    path: tuple[float, ...] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -640,7 +644,7 @@ class Balancer:
             led = sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key))
             left = budget
             if c.predict_replace:
-                replay = self._replay(src, led, fc, pred, pmean, pupper)
+                replay = self._replay(src, parts, moved, fc, pred, pmean, pupper)
                 if not replay:
                     d.held.append(
                         f"{src}: predicted hot, the reactive rule on the forecast loads would not move off it"
@@ -692,28 +696,64 @@ class Balancer:
     def _replay(
         self,
         src: str,
-        led: Sequence[PartitionLoad],
+        parts: Sequence[PartitionLoad],
+        moved: Mapping[tuple[str, int], str],
         fc: Mapping[tuple[str, int], float],
         pred: Mapping[str, float],
         pmean: float,
         pupper: float,
     ) -> list[tuple[PartitionLoad, str]]:
         """The reactive rule (:meth:`_shed`) replayed on the forecast loads:
-        the moves it would make off ``src`` once its predicted load came true
-        (its largest partitions first, each to the least loaded replica below
-        the predicted mean that stays at or below the predicted bound, until
-        ``src`` is at or below it; at most ``max_moves``).  Cooldowns are not
-        counted: the reactive cooldown ends within the horizon."""
+        the moves it would make off ``src`` within the horizon (its largest
+        partitions first, each to the least loaded replica below the mean
+        that stays at or below the bound, until ``src`` is at or below it; at
+        most ``max_moves``).  With paths (:attr:`PartitionLoad.path`) the rule
+        is replayed at each of their times in turn, on the node loads, mean and
+        bound predicted for that time (a partition without one: its forecast),
+        and the first time it moves gives the moves; without, once on the
+        forecasts (each partition's highest).  Cooldowns are not counted: the
+        reactive cooldown ends within the horizon."""
         c = self.config
-        tmp = dict(pred)
+        width = max((len(p.path) for p in parts if p.path), default=0)
+        if width == 0:
+            return self._replay_at(src, parts, moved, fc, dict(pred), pmean, pupper)
+        nodes = list(pred)
+        for i in range(width):
+            at = {p.key: p.path[i] if p.path and len(p.path) == width else fc[p.key] for p in parts}
+            tmp = dict.fromkeys(nodes, 0.0)
+            for p in parts:
+                leader = moved.get(p.key, p.leader)
+                if leader in tmp:
+                    tmp[leader] += at[p.key]
+            mean = sum(tmp.values()) / len(nodes)
+            upper = mean * (1 + c.threshold)
+            if tmp[src] > upper and tmp[src] >= c.min_load:
+                out = self._replay_at(src, parts, moved, at, tmp, mean, upper)
+                if out:
+                    return out
+        return []
+
+    def _replay_at(
+        self,
+        src: str,
+        parts: Sequence[PartitionLoad],
+        moved: Mapping[tuple[str, int], str],
+        at: Mapping[tuple[str, int], float],
+        tmp: dict[str, float],
+        mean: float,
+        upper: float,
+    ) -> list[tuple[PartitionLoad, str]]:
+        """:meth:`_replay` at one time: partition loads ``at``, node loads ``tmp`` (changed)."""
+        c = self.config
+        led = [p for p in parts if moved.get(p.key, p.leader) == src]
         out: list[tuple[PartitionLoad, str]] = []
-        for p in sorted(led, key=lambda q: (-fc[q.key], q.key)):
-            f = fc[p.key]
-            if tmp[src] <= pupper or len(out) >= c.max_moves or f < c.min_partition_load:
+        for p in sorted(led, key=lambda q: (-at[q.key], q.key)):
+            f = at[p.key]
+            if tmp[src] <= upper or len(out) >= c.max_moves or f < c.min_partition_load:
                 break
             if not p.movable:
                 continue
-            ts = [r for r in p.replicas if r != src and r in tmp and tmp[r] < pmean and tmp[r] + f <= pupper]
+            ts = [r for r in p.replicas if r != src and r in tmp and tmp[r] < mean and tmp[r] + f <= upper]
             if ts:
                 dst = min(ts, key=lambda r: (tmp[r], r))
                 tmp[src] -= f
@@ -1115,6 +1155,7 @@ def partitions_from(
     movable: Callable[[tuple[str, int]], bool] | None = None,
     forecasts: Mapping[tuple[str, int], float] | None = None,
     profiles: Mapping[tuple[str, int], Sequence[float]] | None = None,
+    paths: Mapping[tuple[str, int], Sequence[float]] | None = None,
 ) -> list[PartitionLoad]:
     """The balancer's view from the applied placement (``metadata.placement``:
     topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
@@ -1126,7 +1167,9 @@ def partitions_from(
     (e.g. :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_forecasts`)
     gives partitions their predicted load, ``profiles`` (e.g.
     :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_profiles`)
-    their predicted load over a longer horizon."""
+    their predicted load over a longer horizon, ``paths`` (e.g.
+    :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_paths`) over
+    the forecast's horizon."""
     out: list[PartitionLoad] = []
     for topic, parts in placement.items():
         for p, pl in enumerate(parts):
@@ -1148,6 +1191,7 @@ def partitions_from(
                     movable=True if movable is None else movable(key),
                     forecast=None if forecasts is None else forecasts.get(key),
                     profile=None if profiles is None or key not in profiles else tuple(profiles[key]),
+                    path=None if paths is None or key not in paths else tuple(paths[key]),
                 )
             )
     return out

@@ -205,8 +205,13 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 pending[i + horizon_steps] = made
         if not balancer.due(now):
             continue
+        paths = None
         if fc is not None:
-            forecasts = fc.partition_forecasts(now)
+            if bal.predict_replace:
+                paths = fc.partition_paths(now)
+                forecasts = {k: max(v) for k, v in paths.items()}
+            else:
+                forecasts = fc.partition_forecasts(now)
             if c.profile_horizon > 0 and now - profiled_at >= c.profile_every:
                 profiles = fc.partition_profiles(now, c.profile_horizon, c.profile_points)
                 profiled_at = now
@@ -218,7 +223,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 for p in range(count)
             ]
         parts = partitions_from(
-            placement, rates_by_node(views), lambda k: k not in moving, forecasts, profiles or None
+            placement, rates_by_node(views), lambda k: k not in moving, forecasts, profiles or None, paths
         )
         d = balancer.decide(now, parts, nodes, len(moving))
         rm = replica_move(

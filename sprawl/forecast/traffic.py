@@ -280,24 +280,40 @@ class TrafficForecaster:
         tr = self._series.get(key)
         return None if tr is None else self._peak(tr, now, self._times(now, horizon, points))
 
+    def partition_paths(
+        self, now: float, horizon: float | None = None, points: int = 6
+    ) -> dict[tuple[str, int], tuple[float, ...]]:
+        """Every warm partition's predicted load (:meth:`predict`) at ``points``
+        evenly spaced times up to ``horizon`` seconds ahead (default
+        :attr:`horizon`; at most one per step), capped while a surge is taken
+        as passing (:attr:`surge_guard`): the path the balancer replays its
+        reactive rule on (``BalanceConfig.predict_replace``)."""
+        times = self._times(now, horizon, points)
+        out: dict[tuple[str, int], tuple[float, ...]] = {}
+        for key, tr in self._series.items():
+            if key[0] != PARTITION or tr.last is None:
+                continue
+            here = tr.series.forecast(now)
+            if here is None:
+                continue
+            shift = tr.last[1] - here.point
+            row = [max(0.0, b.point + shift) for b in map(tr.series.forecast, times) if b is not None]
+            if row:
+                top = tr.surging(now, self.surge_guard) if self.surge_guard > 0 else None
+                out[(str(key[1]), int(key[2]))] = (
+                    tuple(row) if top is None else tuple(min(v, top) for v in row)
+                )
+        return out
+
     def partition_forecasts(
         self, now: float, horizon: float | None = None, points: int = 6
     ) -> dict[tuple[str, int], float]:
         """Every warm partition's predicted load (:meth:`predict`) at its
         highest over the next ``horizon`` seconds (default :attr:`horizon`),
         checked at ``points`` evenly spaced times up to the horizon (at most
-        one per step) -- what :func:`sprawl.cluster.balance.partitions_from`
-        takes."""
-        times = self._times(now, horizon, points)
-        out: dict[tuple[str, int], float] = {}
-        for key, tr in self._series.items():
-            if key[0] != PARTITION:
-                continue
-            band = self._peak(tr, now, times)
-            if band is not None:
-                top = tr.surging(now, self.surge_guard) if self.surge_guard > 0 else None
-                out[(str(key[1]), int(key[2]))] = band.point if top is None else min(band.point, top)
-        return out
+        one per step): the highest of :meth:`partition_paths`, what
+        :func:`sprawl.cluster.balance.partitions_from` takes."""
+        return {k: max(v) for k, v in self.partition_paths(now, horizon, points).items()}
 
     def partition_profiles(
         self, now: float, horizon: float, points: int = 24
