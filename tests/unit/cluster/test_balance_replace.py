@@ -125,3 +125,28 @@ def test_no_more_moves_than_the_reactive_rule_would_make(mode: str, moved: list[
     assert all(m.reason == PREDICTED for m in d.moves)
     if not moved:
         assert any("a: predicted hot" in h for h in d.held)
+
+
+def apart() -> list[PartitionLoad]:
+    """a's partitions peak at different times over the horizon: t/0 now-ish
+    (55, then 30), t/1 later (70, then 95).  Their highest forecasts add up
+    to 150 against a forecast bound of 132.5 (predicted hot), but at neither
+    time is a over that time's bound (125 against 126.25 both times)."""
+    paths = {("t", 0): (55.0, 30.0), ("t", 1): (70.0, 95.0)}
+    out = []
+    for p in rising():
+        path = paths.get(p.key, (p.forecast or 0.0,) * 2)
+        out.append(replace(p, forecast=max(path), path=path))
+    return out
+
+
+@pytest.mark.parametrize(("mode", "moves"), [("", 1), ("cap", 0), ("same", 0)])
+def test_the_replay_follows_the_paths(mode: str, moves: int) -> None:
+    """Off, a sheds on the sum of its partitions' highest forecasts; with the
+    rule, replayed along the paths the reactive rule would never move off a:
+    no move, and the reason in the "why" view."""
+    d = first_moves(Balancer(BalanceConfig(min_load=50, predict_replace=mode)), apart())
+    assert d.nodes["a"].predicted_hot
+    assert len(d.moves) == moves
+    if not moves:
+        assert "a: predicted hot, the reactive rule on the forecast loads would not move off it" in d.held

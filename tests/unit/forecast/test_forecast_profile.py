@@ -92,3 +92,17 @@ def test_the_surge_guard_caps_a_surge_and_keeps_it_out_of_the_season() -> None:
     (off_during, off_ghost), (on_during, on_ghost) = out[0.0], out[3600.0]
     assert off_during > 2.5 * hump(320.0) and on_during < 1.5 * hump(320.0)
     assert off_ghost > 2 * hump(860.0) and on_ghost < 1.5 * hump(860.0), out
+
+
+def test_the_path_over_the_horizon_and_its_highest_point() -> None:
+    """partition_paths: the anchored forecast at evenly spaced times up to the
+    horizon, rising here towards the season's middle; partition_forecasts is
+    its highest point."""
+    fc, t = learnt()
+    t += 150.0  # a quarter into the season: rising
+    fc.observe(t, partition_key("t", 0), hump(t), detect=False)
+    (path,) = fc.partition_paths(t, 60.0, points=3).values()
+    assert len(path) == 3 and path[0] < path[1] < path[2]
+    for i, v in enumerate(path):
+        assert v == pytest.approx(hump(t + 20.0 * (i + 1)), abs=25.0)
+    assert fc.partition_forecasts(t, 60.0, points=3) == {("t", 0): max(path)}
