@@ -632,14 +632,9 @@ class Balancer:
                 if ahead is not None:
                     ahead.move(p.key, src, dst)
                 moved[p.key] = dst
-                loads[src] -= u
-                loads[dst] += u
                 pred[src] -= f
                 pred[dst] += f
-                self._moved[p.key] = (now, u)
-                self._last_move[p.key] = now
-                d.moves.append(Move(p.topic, p.partition, src, dst, PREDICTED))
-                self.moves_total[PREDICTED] = self.moves_total.get(PREDICTED, 0) + 1
+                self._record(Move(p.topic, p.partition, src, dst, PREDICTED), u, loads, now, d)
 
             led = sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key))
             left = budget
@@ -761,14 +756,26 @@ class Balancer:
                 out.append((p, dst))
         return out
 
-    def _apply_planned(self, mv: Move, u: float, loads: dict[str, float], now: float, d: Decision) -> None:
-        """Count a planned move as made: node loads, cooldowns, the decision, the metrics."""
+    def _record(self, mv: Move, u: float, loads: dict[str, float], now: float, d: Decision) -> None:
+        """Count a move of ``u`` units/s as made: node loads, cooldowns, the decision, the metrics."""
         loads[mv.src] -= u
         loads[mv.dst] += u
         self._moved[(mv.topic, mv.partition)] = (now, u)
         self._last_move[(mv.topic, mv.partition)] = now
         d.moves.append(mv)
-        self.moves_total[PLANNED] = self.moves_total.get(PLANNED, 0) + 1
+        self.moves_total[mv.reason] = self.moves_total.get(mv.reason, 0) + 1
+
+    def _free(
+        self, p: PartitionLoad, pload: Mapping[tuple[str, int], float], taken: set[tuple[str, int]]
+    ) -> bool:
+        """Whether a plan may move ``p``: movable, out of cooldown, not moved in
+        this decision, not too small to move."""
+        return (
+            p.movable
+            and p.key not in self._moved
+            and p.key not in taken
+            and pload[p.key] >= self.config.min_partition_load
+        )
 
     def _follow(
         self,
@@ -815,7 +822,7 @@ class Balancer:
                 )
                 self._plan = []
                 break
-            self._apply_planned(mv, u, loads, now, d)
+            self._record(mv, u, loads, now, d)
             self._plan.pop(0)
             made += 1
             if last:
@@ -895,12 +902,7 @@ class Balancer:
         c = self.config
 
         def free(p: PartitionLoad) -> bool:
-            return (
-                p.movable
-                and p.key not in self._moved
-                and p.key not in taken
-                and pload[p.key] >= c.min_partition_load
-            )
+            return self._free(p, pload, taken)
 
         best: tuple[int, float, float, tuple[str, int], str] | None = None
         plan: list[Move] = []
@@ -973,12 +975,7 @@ class Balancer:
         taken = {(m.topic, m.partition) for m in d.moves}
 
         def free(p: PartitionLoad) -> bool:
-            return (
-                p.movable
-                and p.key not in self._moved
-                and p.key not in taken
-                and pload[p.key] >= c.min_partition_load
-            )
+            return self._free(p, pload, taken)
 
         best: tuple[float, float, tuple[str, int], tuple[str, int], str, str] | None = None
         found: tuple[PartitionLoad, PartitionLoad] | None = None
@@ -1018,13 +1015,7 @@ class Balancer:
         r, s = best[4], best[5]
         out = [Move(q.topic, q.partition, r, s, PLANNED), Move(p.topic, p.partition, src, r, PLANNED)]
         for mv, part_ in ((out[0], q), (out[1], p)):
-            u = pload[part_.key]
-            loads[mv.src] -= u
-            loads[mv.dst] += u
-            self._moved[part_.key] = (now, u)
-            self._last_move[part_.key] = now
-            d.moves.append(mv)
-            self.moves_total[PLANNED] = self.moves_total.get(PLANNED, 0) + 1
+            self._record(mv, pload[part_.key], loads, now, d)
         return out
 
     def _shed(
@@ -1061,15 +1052,9 @@ class Balancer:
             ]
             if not targets:
                 continue
-            dst = min(targets, key=lambda r: (loads[r], r))
-            loads[src] -= units
-            loads[dst] += units
-            self._moved[p.key] = (now, units)
-            self._last_move[p.key] = now
-            mv = Move(p.topic, p.partition, src, dst, OVERLOADED)
+            mv = Move(p.topic, p.partition, src, min(targets, key=lambda r: (loads[r], r)), OVERLOADED)
+            self._record(mv, units, loads, now, d)
             out.append(mv)
-            d.moves.append(mv)
-            self.moves_total[OVERLOADED] = self.moves_total.get(OVERLOADED, 0) + 1
         if not out:
             why = "no replica below the mean can take any of its partitions"
             extra = [f"{cooling} in cooldown"] * bool(cooling) + [f"{busy} failing over or moving"] * bool(
