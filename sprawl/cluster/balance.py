@@ -105,6 +105,17 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   :func:`replica_move` aside; tests in
   ``tests/unit/cluster/test_balance_multiplan.py``).
 
+* ``predict_replace``: a move on a forecast only where it replaces a
+  reactive one -- the reactive rule, replayed on the forecast loads along the
+  partitions' paths over the horizon (:attr:`PartitionLoad.path`; without
+  them on the highest forecasts), would itself move off that node within the
+  horizon; ``"cap"`` makes no more moves than the replay, ``"same"`` makes
+  the replayed moves themselves (where they are quiet moves now), and for
+  ``replace_within`` seconds the node's later moves count as pre-empted
+  (held, :attr:`Balancer.preempted_total`) while its load stays at or below
+  what the forecast gave it (tests in
+  ``tests/unit/cluster/test_balance_replace.py``).
+
 The no-flapping argument holds with all of them: a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
@@ -236,6 +247,10 @@ class BalanceConfig:
     #: Seconds a move on a forecast pre-empts its node's reactive moves
     #: (``predict_replace``; the forecast's horizon).
     replace_within: float = 900.0
+    #: Consecutive points of the paths at which the replayed node must be hot
+    #: before the replayed rule moves (``predict_replace``; the reactive rule's
+    #: ``persist``, in path points).
+    replace_points: int = 1
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -244,8 +259,14 @@ class BalanceConfig:
             raise ValueError("need cooldown >= 0, min_load >= 0, bytes_per_unit > 0")
         if self.plan_after < 0 or self.plan_moves < 2:
             raise ValueError("need plan_after >= 0, plan_moves >= 2")
-        if self.predict_replace not in ("", "cap", "same") or self.replace_within < 0:
-            raise ValueError('need predict_replace in ("", "cap", "same"), replace_within >= 0')
+        if (
+            self.predict_replace not in ("", "cap", "same")
+            or self.replace_within < 0
+            or self.replace_points < 1
+        ):
+            raise ValueError(
+                'need predict_replace in ("", "cap", "same"), replace_within >= 0, replace_points >= 1'
+            )
 
 
 @dataclass(frozen=True)
@@ -705,7 +726,8 @@ class Balancer:
         most ``max_moves``).  With paths (:attr:`PartitionLoad.path`) the rule
         is replayed at each of their times in turn, on the node loads, mean and
         bound predicted for that time (a partition without one: its forecast),
-        and the first time it moves gives the moves; without, once on the
+        and the first time it moves (``src`` hot there and at the
+        ``replace_points - 1`` times before) gives the moves; without, once on the
         forecasts (each partition's highest).  Cooldowns are not counted: the
         reactive cooldown ends within the horizon."""
         c = self.config
@@ -713,6 +735,7 @@ class Balancer:
         if width == 0:
             return self._replay_at(src, parts, moved, fc, dict(pred), pmean, pupper)
         nodes = list(pred)
+        streak = 0
         for i in range(width):
             at = {p.key: p.path[i] if p.path and len(p.path) == width else fc[p.key] for p in parts}
             tmp = dict.fromkeys(nodes, 0.0)
@@ -722,7 +745,8 @@ class Balancer:
                     tmp[leader] += at[p.key]
             mean = sum(tmp.values()) / len(nodes)
             upper = mean * (1 + c.threshold)
-            if tmp[src] > upper and tmp[src] >= c.min_load:
+            streak = streak + 1 if tmp[src] > upper and tmp[src] >= c.min_load else 0
+            if streak >= c.replace_points:
                 out = self._replay_at(src, parts, moved, at, tmp, mean, upper)
                 if out:
                     return out

@@ -4,7 +4,7 @@
         [--first-seasons N] [--recur N] [--hold-seasons] [--profile-hours H]
         [--surge-guard S] [--surge-jump X] [--predict-hold S] [--hold-waiver F]
         [--predict-quiet] [--chain-after N] [--plan-after N] [--plan-lasting F] [--plan-moves N]
-        [--plan-margin F]
+        [--plan-margin F] [--predict-replace cap|same] [--replace-within S] [--replace-points N]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -22,7 +22,9 @@ over that many hours: ``SimConfig.profile_horizon``), ``--surge-guard``
 (``TrafficForecaster(surge_guard=...)``; ``--surge-jump 0`` guards every
 surge, not only sudden ones), ``--predict-hold``, ``--hold-waiver``,
 ``--predict-quiet``, ``--chain-after``, ``--plan-after``, ``--plan-lasting``,
-``--plan-moves`` and ``--plan-margin`` (``BalanceConfig``).  ``--only``
+``--plan-moves``, ``--plan-margin``, ``--predict-replace``, ``--replace-within``
+(default: the trace's forecast horizon) and ``--replace-points``
+(``BalanceConfig``).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
 """
 
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="seconds a forecast move pre-empts (default: horizon)",
     )
+    ap.add_argument(
+        "--replace-points", type=int, default=1, help="path points hot in a row before the replay moves"
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan_margin=a.plan_margin,
                 predict_replace=a.predict_replace,
                 replace_within=cfg.horizon if a.replace_within is None else a.replace_within,
+                replace_points=a.replace_points,
             ),
         )
         t0 = time.monotonic()

@@ -60,6 +60,8 @@ def test_off_by_default_and_checked() -> None:
         BalanceConfig(predict_replace="some")
     with pytest.raises(ValueError):
         BalanceConfig(replace_within=-1.0)
+    with pytest.raises(ValueError):
+        BalanceConfig(replace_points=0)
 
 
 @pytest.mark.parametrize("mode", ["", "cap", "same"])
@@ -150,3 +152,15 @@ def test_the_replay_follows_the_paths(mode: str, moves: int) -> None:
     assert len(d.moves) == moves
     if not moves:
         assert "a: predicted hot, the reactive rule on the forecast loads would not move off it" in d.held
+
+
+@pytest.mark.parametrize(("points", "moves"), [(1, 1), (2, 0)])
+def test_replace_points_asks_for_a_node_hot_along_the_path(points: int, moves: int) -> None:
+    """a is predicted over the bound at the path's last point only (155
+    against 136.25; 118 against 127 before): the replay moves with
+    ``replace_points=1``, not with 2 (hot at two points in a row)."""
+    paths = {("t", 0): (30.0, 55.0), ("t", 1): (88.0, 100.0)}
+    parts = [replace(p, path=paths.get(p.key, (p.forecast or 0.0,) * 2)) for p in rising()]
+    cfg = BalanceConfig(min_load=50, predict_replace="same", replace_points=points)
+    d = first_moves(Balancer(cfg), parts)
+    assert [(m.topic, m.partition, m.dst) for m in d.moves] == [("t", 0, "b")] * moves
