@@ -12,6 +12,7 @@ from dataclasses import replace
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from harness.balance import drawn, squares
 from sprawl.cluster.balance import PLANNED, BalanceConfig, Balancer, Move, PartitionLoad
 
 ABCD = ["a", "b", "c", "d"]
@@ -169,31 +170,12 @@ def _no_flap(
         )
     )
 
-    def energy() -> float:
-        out = dict.fromkeys(ABCD, 0.0)
-        for k, n in leaders.items():
-            out[n] += rate[k]
-        return sum(v * v for v in out.values())
-
     seen = {tuple(sorted(leaders.items()))}
-    last = energy()
+    last = squares(leaders, rate, ABCD)
     moved = False
     planned = 0
     for step, draw in enumerate(draws):
-        parts = [
-            PartitionLoad(
-                k[0],
-                k[1],
-                leaders[k],
-                reps_of[k],
-                rate[k],
-                0.0,
-                forecast=draw[k[1]][0],
-                profile=None if draw[k[1]][1] is None else tuple(draw[k[1]][1]),
-            )
-            for k in leaders
-        ]
-        d = b.decide(10.0 * step, parts, ABCD)
+        d = b.decide(10.0 * step, drawn(leaders, reps_of, rate, draw), ABCD)
         for m in d.moves:
             assert leaders[(m.topic, m.partition)] == m.src
             leaders[(m.topic, m.partition)] = m.dst
@@ -203,7 +185,7 @@ def _no_flap(
             assert not any("plan dropped" in h for h in d.held)
             continue
         if moved:
-            now = energy()
+            now = squares(leaders, rate, ABCD)
             assert now < last, (d.moves, [(k, rate[k]) for k in leaders])
             state = tuple(sorted(leaders.items()))
             assert state not in seen

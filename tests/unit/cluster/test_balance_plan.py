@@ -12,6 +12,7 @@ from dataclasses import replace
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from harness.balance import drawn, squares
 from sprawl.cluster.balance import PLANNED, PREDICTED, BalanceConfig, Balancer, PartitionLoad
 
 SIX = ["a", "b", "c", "d", "e", "f"]
@@ -160,37 +161,17 @@ def test_plans_and_profiles_cannot_make_it_flap(
     b = Balancer(BalanceConfig(min_load=10, cooldown=30.0, persist=1, chain_after=1))
     seen = {tuple(sorted(leaders.items()))}
     for step, draw in enumerate(draws):
-        parts = [
-            PartitionLoad(
-                k[0],
-                k[1],
-                leaders[k],
-                reps_of[k],
-                rate[k],
-                0.0,
-                forecast=draw[k[1]][0],
-                profile=None if draw[k[1]][1] is None else tuple(draw[k[1]][1]),
-            )
-            for k in leaders
-        ]
-        before = sum(v * v for v in _node_loads(leaders, rate).values())
-        d = b.decide(10.0 * step, parts, NODES)
+        before = squares(leaders, rate, NODES)
+        d = b.decide(10.0 * step, drawn(leaders, reps_of, rate, draw), NODES)
         for m in d.moves:
             assert leaders[(m.topic, m.partition)] == m.src
             leaders[(m.topic, m.partition)] = m.dst
         if d.moves:
-            after = sum(v * v for v in _node_loads(leaders, rate).values())
+            after = squares(leaders, rate, NODES)
             assert after < before, (d.moves, [(k, rate[k]) for k in leaders], before)
             state = tuple(sorted(leaders.items()))
             assert state not in seen
             seen.add(state)
-
-
-def _node_loads(leaders: dict[tuple[str, int], str], rate: dict[tuple[str, int], float]) -> dict[str, float]:
-    out = dict.fromkeys(NODES, 0.0)
-    for k, n in leaders.items():
-        out[n] += rate[k]
-    return out
 
 
 def renamed(parts: list[PartitionLoad], prefix: str) -> list[PartitionLoad]:

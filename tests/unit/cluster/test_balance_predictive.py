@@ -10,6 +10,7 @@ from dataclasses import replace
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from harness.balance import drawn, squares
 from sprawl.cluster.balance import OVERLOADED, PREDICTED, BalanceConfig, Balancer, PartitionLoad
 
 NODES = ["a", "b", "c"]
@@ -108,6 +109,7 @@ def test_random_forecasts_cannot_make_it_flap(
     present node loads, so no leader assignment comes back and the moves stop."""
     leaders = {("t", i): n for i, (n, _) in enumerate(initial)}
     rate = {("t", i): u for i, (_, u) in enumerate(initial)}
+    replicas = dict.fromkeys(leaders, tuple(NODES))
     b = Balancer(
         BalanceConfig(
             min_load=10, cooldown=30.0, persist=1, predict_replace=replace_mode, replace_within=60.0
@@ -116,29 +118,18 @@ def test_random_forecasts_cannot_make_it_flap(
     seen = {tuple(sorted(leaders.items()))}
     moves = 0
     for step, fc in enumerate(forecasts):
-        parts = [
-            PartitionLoad(k[0], k[1], leaders[k], tuple(NODES), rate[k], 0.0, forecast=fc[k[1]])
-            for k in leaders
-        ]
-        before = sum(v * v for v in _node_loads(leaders, rate).values())
-        d = b.decide(10.0 * step, parts, NODES)
+        before = squares(leaders, rate, NODES)
+        d = b.decide(10.0 * step, drawn(leaders, replicas, rate, [(f, None) for f in fc]), NODES)
         for m in d.moves:
             leaders[(m.topic, m.partition)] = m.dst
         moves += len(d.moves)
         if d.moves:
-            after = sum(v * v for v in _node_loads(leaders, rate).values())
+            after = squares(leaders, rate, NODES)
             assert after < before, (d.moves, [(k, rate[k]) for k in leaders], before)
             state = tuple(sorted(leaders.items()))
             assert state not in seen  # never back to an earlier assignment
             seen.add(state)
     assert moves <= 3 * len(initial)
-
-
-def _node_loads(leaders: dict[tuple[str, int], str], rate: dict[tuple[str, int], float]) -> dict[str, float]:
-    out = dict.fromkeys(NODES, 0.0)
-    for k, n in leaders.items():
-        out[n] += rate[k]
-    return out
 
 
 def test_a_moved_partition_waits_predict_cooldown_before_moving_on_a_forecast() -> None:
