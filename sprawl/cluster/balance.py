@@ -110,7 +110,8 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   partitions' paths over the horizon (:attr:`PartitionLoad.path`; without
   them on the highest forecasts), would itself move off that node within the
   horizon; ``"cap"`` makes no more moves than the replay, ``"same"`` makes
-  the replayed moves themselves (where they are quiet moves now), and for
+  the replayed moves themselves (where they are quiet moves now); the node's
+  hot streak starts again from 0 as after a reactive shed, and for
   ``replace_within`` seconds the node's later moves count as pre-empted
   (held, :attr:`Balancer.preempted_total`) while its load stays at or below
   what the forecast gave it (tests in
@@ -702,6 +703,8 @@ class Balancer:
                 self._pstreak[src] = 0
                 self._predicted_at = now
                 if c.predict_replace:
+                    # the reactive move made early: its hysteresis too
+                    self._streak[src] = 0
                     self._preempted[src] = (now + c.replace_within, pred[src])
             else:
                 d.held.append(

@@ -164,3 +164,18 @@ def test_replace_points_asks_for_a_node_hot_along_the_path(points: int, moves: i
     cfg = BalanceConfig(min_load=50, predict_replace="same", replace_points=points)
     d = first_moves(Balancer(cfg), parts)
     assert [(m.topic, m.partition, m.dst) for m in d.moves] == [("t", 0, "b")] * moves
+
+
+@pytest.mark.parametrize(("mode", "streak"), [("", 1), ("same", 0)])
+def test_a_replacing_move_restarts_the_hot_streak(mode: str, streak: int) -> None:
+    """a turns hot (130 against 127.5) in the decision its forecast move is
+    made: with the rule that move is the reactive one made early, so a's hot
+    streak starts again from 0 as after a reactive shed (the gossip lags
+    behind a move); without, it keeps counting."""
+    b = Balancer(BalanceConfig(min_load=50, predict_replace=mode))
+    for t in (0.0, 10.0):
+        assert b.decide(t, rising(), FIVE).moves == []
+    hot = [replace(p, msgs_s=100.0) if p.key == ("t", 1) else p for p in rising()]
+    d = b.decide(20.0, hot, FIVE)
+    assert [(m.topic, m.partition, m.reason) for m in d.moves] == [("t", 0, PREDICTED)]
+    assert d.nodes["a"].hot and d.nodes["a"].streak == streak
