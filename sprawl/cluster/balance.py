@@ -351,6 +351,9 @@ class Decision:
     #: Mean and bound of the predicted loads (None without forecasts).
     predicted_mean: float | None = None
     predicted_upper: float | None = None
+    #: Hot nodes whose moves were held as pre-empted by earlier moves on a
+    #: forecast (``predict_replace``): :func:`replica_move` leaves them alone too.
+    preempted: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``GET /v1/cluster`` (the ``predicted*`` fields only
@@ -506,6 +509,7 @@ class Balancer:
                 continue
             if src in self._preempted:
                 d.held.append(f"{src}: hot, its reactive move pre-empted by a move on a forecast")
+                d.preempted.append(src)
                 if src not in self._preempt_used:
                     self._preempt_used.add(src)
                     self.preempted_total += 1
@@ -1224,7 +1228,8 @@ def replica_move(
     replica of a hot node's partitions is as loaded, the node stays hot
     decision after decision.  Once it has been hot for ``persist_factor``
     times the decisions that trigger a leadership move, and this decision
-    moved nothing off it, its hottest movable partition gets a new replica on
+    moved nothing off it (nor held its moves as pre-empted by a move on a
+    forecast: ``BalanceConfig.predict_replace``), its hottest movable partition gets a new replica on
     the least loaded live node below the mean that does not hold one and stays
     at or below the bound with it (this decision's moves counted) -- the
     node replaces the hot one in the partition's replica set and takes over
@@ -1232,7 +1237,7 @@ def replica_move(
     one per decision; ``recently_moved`` keeps a partition from moving again
     too soon.
     """
-    moved_from = {m.src for m in decision.moves}
+    moved_from = {m.src for m in decision.moves} | set(decision.preempted)
     hot = [
         n
         for n, v in decision.nodes.items()

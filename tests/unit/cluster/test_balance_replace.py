@@ -13,7 +13,15 @@ from dataclasses import replace
 
 import pytest
 
-from sprawl.cluster.balance import OVERLOADED, PREDICTED, BalanceConfig, Balancer, Decision, PartitionLoad
+from sprawl.cluster.balance import (
+    OVERLOADED,
+    PREDICTED,
+    BalanceConfig,
+    Balancer,
+    Decision,
+    PartitionLoad,
+    replica_move,
+)
 
 FIVE = ["a", "b", "c", "d", "e"]
 
@@ -179,3 +187,19 @@ def test_a_replacing_move_restarts_the_hot_streak(mode: str, streak: int) -> Non
     d = b.decide(20.0, hot, FIVE)
     assert [(m.topic, m.partition, m.reason) for m in d.moves] == [("t", 0, PREDICTED)]
     assert d.nodes["a"].hot and d.nodes["a"].streak == streak
+
+
+@pytest.mark.parametrize(("mode", "moved"), [("", True), ("same", False)])
+def test_a_pre_empted_node_gets_no_replica_move(mode: str, moved: bool) -> None:
+    """a stays hot for ten decisions with its partitions on a and b only (no
+    leadership move fits): the controller's replica move takes one off it --
+    but not while its moves are held as pre-empted by a move on a forecast."""
+    b = Balancer(BalanceConfig(min_load=50, predict_replace=mode))
+    first_moves(b, rising())
+    parts = [replace(p, replicas=("a", "b")) if p.leader == "a" else p for p in later()]
+    for i in range(10):
+        d = b.decide(100.0 + 10.0 * i, parts, FIVE)
+        assert d.moves == []
+    assert d.nodes["a"].hot and d.nodes["a"].streak == 10
+    assert d.preempted == (["a"] if mode else [])
+    assert (replica_move(d, parts, FIVE) is not None) is moved
