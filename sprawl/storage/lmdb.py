@@ -56,6 +56,12 @@ log = Logger()
 #: | ("x", db, fn): ``fn(env, txn, db)`` runs inside the transaction (a repair's rewrite).
 Op = tuple
 
+#: Seconds between measures of :attr:`LmdbStore.used_bytes` while commits go on: the
+#: measure (a stat of every database, ~10-25 us) runs on the writer thread after the
+#: commits, never between a commit and its acks (issue 16: it was 11 % of the reactor-side
+#: samples of a one-publish-at-a-time run), so the disk budget sees writes at most this late.
+USED_EVERY = 0.05
+
 #: Named databases; ``raft_log``/``raft_meta`` hold the Raft state (:mod:`sprawl.raft.lmdb_storage`).
 DBS = ("meta", "records", "segments", "raft_log", "raft_meta")
 
@@ -115,7 +121,10 @@ class LmdbStore:
         self.last_commit_seconds = 0.0
         #: Called with (seconds, ops) after each commit (metrics hook).
         self.on_commit = on_commit
+        #: Bytes of LMDB pages holding live data, measured at open and then at most
+        #: :data:`USED_EVERY` seconds after a commit (:meth:`measure_used`).
         self.used_bytes = 0
+        self._used_call: Any = None
         self.failed: Exception | None = None
         #: (topic uid, partition) → the offset below which records may lack a checksum.
         self.unchecked: dict[tuple[int, int], int] = {}
@@ -168,6 +177,9 @@ class LmdbStore:
         d: Deferred[None] = Deferred()
 
         def finish(_: object = None) -> None:
+            if self._used_call is not None and self._used_call.active():
+                self._used_call.cancel()
+            self._used_call = None
             self._writer.stop()
             self._readers.stop()
             if self.env is not None:
@@ -245,6 +257,8 @@ class LmdbStore:
             self.last_commit_seconds = self.reactor.seconds() - started
             if self.on_commit is not None:
                 self.on_commit(self.last_commit_seconds, len(ops))
+            if self._used_call is None and not isinstance(result, Exception):
+                self._used_call = self.reactor.callLater(USED_EVERY, self._measure_later)
             if isinstance(result, Exception):
                 # A failed commit poisons the store: later batches must not
                 # commit past a gap, so everything queued fails too and the
@@ -291,7 +305,6 @@ class LmdbStore:
                         op[2](env, txn, dbs[op[1]])
         except lmdb.MapFullError:
             raise StorageFull("LMDB map is full") from None
-        self._update_used()
 
     @staticmethod
     def _delete_range(txn: Any, db: Any, start: bytes, end: bytes) -> None:
@@ -301,6 +314,16 @@ class LmdbStore:
         while cur.key() < end:
             if not cur.delete():
                 break
+
+    def measure_used(self) -> Deferred[None]:
+        """Measure :attr:`used_bytes` now, on the writer thread after the commits
+        queued there; fires once it is measured."""
+        return self._writer.submit(self._update_used)
+
+    def _measure_later(self) -> None:
+        self._used_call = None
+        if self.env is not None and self._stopping is None:
+            self.measure_used().addErrback(lambda f: log.failure("measuring LMDB use failed", f))
 
     def _update_used(self) -> None:
         env = self.env

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from harness import the_reactor
+from harness import the_reactor, until
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import TXN_BYTES, LmdbStore, StorageFull, write_weight
@@ -287,12 +287,36 @@ async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_used_bytes_follows_the_commits_off_their_ack_path(store: LmdbStore) -> None:
+    """A commit's acks do not wait for the disk budget's measure (a stat of every
+    database); the measure follows on its own, USED_EVERY after a commit."""
+    measured: list[int] = []
+    real = store._update_used
+
+    def counted() -> None:
+        measured.append(1)
+        real()
+
+    store._update_used = counted  # type: ignore[method-assign]
+    empty = store.used_bytes
+    await store.write(store.put_records(1, 0, recs(0, 500, size=2000)))
+    assert measured == []  # acked before any measure
+    await until(lambda: store.used_bytes > empty + 500 * 2000, "used_bytes to follow the write")
+    assert len(measured) == 1
+    await store.write([("r", "records", keys.topic_prefix(1), keys.topic_prefix(2))])
+    await until(lambda: store.used_bytes < empty + 100_000, "used_bytes to follow the delete")
+    assert len(measured) == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_used_bytes_counts_live_data(store: LmdbStore) -> None:
     """used_bytes (the disk budget's measure) grows with data and falls again when
     a range delete frees pages, although the LMDB file never shrinks."""
     empty = store.used_bytes
     await store.write(store.put_records(1, 0, recs(0, 500, size=2000)))
+    await store.measure_used()
     full = store.used_bytes
     assert full > empty + 500 * 2000
     await store.write([("r", "records", keys.topic_prefix(1), keys.topic_prefix(2))])
+    await store.measure_used()
     assert store.used_bytes < empty + 100_000
