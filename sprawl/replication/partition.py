@@ -10,6 +10,15 @@ After the leader's own write the core hears the new stored end; whenever the
 core's high watermark moves, the partition's visible high watermark follows
 and publishes waiting for ``acks=quorum`` are answered.
 
+A write whose only news is a higher high watermark is not a transaction of
+its own (issue 16): the watermark is stored with the replica state of the
+next write -- every write carries it -- or, when no write follows within
+:data:`HW_SAVE_SECONDS`, on its own then.  It promises nothing (a restart
+with an older one only catches up again from its leader), so it costs no
+fsync on the publish path: at one publish at a time that was every node's
+second commit per message, and it held the partition's chain (the next
+append's write and send) behind its own fsync.
+
 A follower whose log ends below the leader's log start is reset: its local
 log is dropped and restarts empty there (:meth:`Broker.reset_partition`,
 with the replica state, in one transaction).  The core's log start follows
@@ -58,6 +67,10 @@ if TYPE_CHECKING:
 
 #: The log lines keep the namespace they had before the module was split out.
 log = Logger(namespace="sprawl.replication.service")
+
+#: Seconds a higher high watermark waits for a write to carry it before it is
+#: written on its own (see the module docstring).
+HW_SAVE_SECONDS = 0.1
 
 
 class PartitionReplication:
@@ -132,6 +145,11 @@ class PartitionReplication:
         self.on_records = on_records
         #: Reset point -> the partition's log start the leader sent with it.
         self._floors: dict[int, int] = {}
+        #: Whether the core's high watermark moved since the replica state was last written.
+        self._hw_unsaved = False
+        self._hw_timer: Any = None
+        #: Replica-state writes made for the high watermark alone (tests count them).
+        self.hw_saves = 0
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -278,6 +296,9 @@ class PartitionReplication:
         stored_own = False  # records written as leader (new ones or a control record)
         for q in batch:
             for w in q.out.writes:
+                if _hw_only(w):
+                    self._save_hw_later()  # carried by the next write (see the module docstring)
+                    continue
                 d = self._write(w, q.records, q.leader)
                 stored_own |= q.leader and w.count > 0
                 if d is not None:
@@ -286,9 +307,7 @@ class PartitionReplication:
                     # them towards the high watermark only once reported stored.
                     # Everything else -- a follower's records, truncations and
                     # promises -- is durable before any message leaves.
-                    # A write of the high watermark alone need not wait either: it
-                    # only spares a restart some catching up, it promises nothing.
-                    lazy = (q.leader and w.count and _plain_append(w)) or _hw_only(w)
+                    lazy = q.leader and w.count and _plain_append(w)
                     (own if lazy else writes).append(d)
             if q.cuts:
                 self._pending_cuts -= 1
@@ -319,6 +338,7 @@ class PartitionReplication:
         yet: its runs describe a log that is not on disk, so until then the
         runs stored with the log (or the empty log the reset writes) are
         stored instead."""
+        self._hw_unsaved = False  # the state written holds the core's high watermark
         c = self.core.cache
         disk_end = reset.start if reset is not None else self.log.next_offset
         if c.log_start <= disk_end:
@@ -329,6 +349,31 @@ class PartitionReplication:
             cached = self._stored_cache
         self._stored_cache = cached
         return [("p", "meta", self.state_key, dump_state(self.core, cached))]
+
+    def _save_hw_later(self) -> None:
+        """The core's high watermark moved: store it with the next write, or
+        on its own after :data:`HW_SAVE_SECONDS`."""
+        self._hw_unsaved = True
+        if self._hw_timer is None:
+            self._hw_timer = self.broker.clock.callLater(HW_SAVE_SECONDS, self._save_hw)
+
+    def _save_hw(self) -> None:
+        """Write the replica state for its high watermark, unless a write
+        carried it meanwhile; while the chain has outputs to write it waits
+        for them (a state written beside the chain must not overtake a
+        truncation or reset it has not written yet)."""
+        self._hw_timer = None
+        if not self._hw_unsaved or self.failed is not None or self.topic.deleted:
+            return
+        if self._running or self._queued or self._pending_cuts:
+            self._save_hw_later()
+            return
+        self.hw_saves += 1
+        self.broker.store.write(self._state_ops()).addErrback(self._hw_save_failed)
+
+    def _hw_save_failed(self, f: Failure) -> None:
+        if self.failed is None:
+            self._crashed(f)
 
     def _write(self, w: Write, records: list[Record], leader: bool) -> defer.Deferred[Any] | None:
         """Issue one write (memory now, LMDB queued) of an output the core made

@@ -229,6 +229,40 @@ async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], 
         await again.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_high_watermark_alone_costs_no_commit_of_its_own(cluster: dict[str, Node]) -> None:
+    """One publish at a time: each replica commits once per publish (its
+    records, with the replica state), not a second time when the high
+    watermark moves -- the next write carries it; once nothing follows, it
+    is stored on its own, so a restart finds the last one (issue 16)."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    replicas = [cluster[nid] for nid in IDS]
+    n_pub = 30
+    end = 2 + n_pub
+
+    def saved(n: Node) -> int:
+        r = n.service.replicas[("orders", 0)]
+        return load_state(n.store.get("meta", r.state_key), 0, end)[3]
+
+    await until(lambda: all(saved(n) == 2 for n in replicas), "hw 2 stored everywhere")
+    before = {n.id: n.store.commits for n in replicas}
+    for k in range(n_pub):
+        await bounded(rep.publish(_msgs(1, 1 + k)), WAIT)
+    await until(
+        lambda: all(n.service.replicas[("orders", 0)].core.hw == end for n in replicas), "the last hw"
+    )
+    await until(lambda: all(saved(n) == end for n in replicas), "the last high watermark stored")
+    for n in replicas:
+        commits = n.store.commits - before[n.id]
+        # One per publish, and the last high watermark's own (a second per
+        # publish before: 2 * n_pub).
+        assert commits <= n_pub + 2, (n.id, commits)
+
+
 def _log(node: Node) -> list[tuple[int, bytes, bool]]:
     lg = node.broker.topics["orders"].logs[0]
     return [(r.offset, r.payload, r.control) for r in lg.hot]
