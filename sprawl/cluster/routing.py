@@ -272,7 +272,10 @@ class Router:
             "named": [x.id for x in records if x.id in named],
         }
         timeout = max(0.1, min(self.forward_timeout, deadline - self.reactor.seconds()))
+        sent = self.reactor.seconds()
         answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        if self.broker.metrics is not None:
+            self.broker.metrics.hop("forward", self.reactor.seconds() - sent)
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),

@@ -445,7 +445,7 @@ class NodeService(service.Service):
         shorten_switch_interval()  # the LMDB threads hand back in 0.5 ms, not 5 (issue 16)
         from sprawl.metrics import GCPauses
 
-        GCPauses(metrics.gc_pause).install()
+        GCPauses(metrics.gc_pause, cpu=metrics.gc_cpu).install()
         if not getattr(self.reactor, "running", True):
             # Services start in the reactor's "before startup" phase; twistd's
             # SIGTERM handler is installed "during startup".  Announce readiness

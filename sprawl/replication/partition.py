@@ -38,6 +38,7 @@ The replica state it stores with its writes: :mod:`sprawl.replication.replica_st
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,11 @@ class PartitionReplication:
         self._hw_timer: Any = None
         #: Replica-state writes made for the high watermark alone (tests count them).
         self.hw_saves = 0
+        #: Times hops (``quorum``: a leader's append until a majority holds it;
+        #: ``visible``: a follower's receipt of records until its high watermark passes them).
+        self.on_hop: Callable[[str, float], None] | None = None
+        #: As a follower: (end, when received) of the appends not yet visible.
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=1024)
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -170,8 +176,15 @@ class PartitionReplication:
         last = first + len(records) - 1
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append((last, d))
+        if self.on_hop is not None:
+            d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
         self._handle(out, records)
         return d.addCallback(lambda _: list(range(first, last + 1)))
+
+    def _hop(self, result: Any, name: str, since: float) -> Any:
+        if self.on_hop is not None:
+            self.on_hop(name, self.broker.clock.seconds() - since)
+        return result
 
     def wait_committed(self, offset: int) -> defer.Deferred[None]:
         """Fires once ``offset`` is below the high watermark (a duplicate's
@@ -194,6 +207,8 @@ class PartitionReplication:
             self._floors[message.start] = message.log_start
             while len(self._floors) > 16:
                 del self._floors[next(iter(self._floors))]
+        if records and self.on_hop is not None and isinstance(message, Append):
+            self._arrivals.append((records[-1].offset + 1, self.broker.clock.seconds()))
         self._handle(self.core.receive(src, message), records)
 
     def tick(self) -> None:
@@ -523,6 +538,13 @@ class PartitionReplication:
         if self.log.advance_high_watermark(core_hw):
             self.broker.notify(self.topic.name, self.partition)
         hw = self.log.high_watermark
+        arrivals = self._arrivals
+        if arrivals and arrivals[0][0] <= hw and self.on_hop is not None:
+            now = self.broker.clock.seconds()
+            for _ in range(len(arrivals)):
+                if not arrivals or arrivals[0][0] > hw:
+                    break
+                self.on_hop("visible", now - arrivals.popleft()[1])
         if self._waiters:
             keep, done, lost = [], [], []
             for off, d in self._waiters:

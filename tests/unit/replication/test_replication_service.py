@@ -263,6 +263,36 @@ async def test_a_high_watermark_alone_costs_no_commit_of_its_own(cluster: dict[s
         assert commits <= n_pub + 2, (n.id, commits)
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_hops_of_a_publish_are_timed_on_the_leader_and_the_followers(
+    cluster: dict[str, Node],
+) -> None:
+    """``quorum`` on the leader (one per publish: its append until a majority
+    holds it) and ``visible`` on each follower (records received until its
+    high watermark passes them), each as long as its node saw it take."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    hops: dict[str, list[tuple[str, float]]] = {nid: [] for nid in IDS}
+    for nid in IDS:
+        cluster[nid].service.replicas[("orders", 0)].on_hop = lambda h, s, nid=nid: hops[nid].append((h, s))
+    rep = leader.service.replicas[("orders", 0)]
+    t0 = time.monotonic()
+    for k in range(3):
+        await bounded(rep.publish(_msgs(2, 2 * k)), WAIT)
+    await until(
+        lambda: all(n.service.replicas[("orders", 0)].core.hw == 7 for n in cluster.values() if n.broker),
+        "every follower sees the last publish",
+    )
+    took = time.monotonic() - t0
+    assert [h for h, _s in hops[leader.id]] == ["quorum"] * 3
+    for nid in IDS:
+        assert all(0 <= s <= took for _h, s in hops[nid])
+        if nid != leader.id:
+            # one per append received (a publish's records may come in one or more)
+            assert {h for h, _s in hops[nid]} == {"visible"} and len(hops[nid]) >= 3, hops[nid]
+
+
 def _log(node: Node) -> list[tuple[int, bytes, bool]]:
     lg = node.broker.topics["orders"].logs[0]
     return [(r.offset, r.payload, r.control) for r in lg.hot]
