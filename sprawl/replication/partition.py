@@ -10,6 +10,11 @@ After the leader's own write the core hears the new stored end; whenever the
 core's high watermark moves, the partition's visible high watermark follows
 and publishes waiting for ``acks=quorum`` are answered.
 
+While the chain waits only for the leader's own records to reach its disk
+(their messages are out), an output that needs no write -- the high
+watermark pushed to the followers the moment a majority holds the records --
+is sent at once instead of after that fsync.
+
 A write whose only news is a higher high watermark is not a transaction of
 its own (issue 16): the watermark is stored with the replica state of the
 next write -- every write carries it -- or, when no write follows within
@@ -140,6 +145,8 @@ class PartitionReplication:
         #: Queued outputs that drop records (truncations, resets) not yet made.
         self._pending_cuts = 0
         self._running = False
+        #: Whether the chain waits only for the leader's own records to be durable.
+        self._awaiting_own = False
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
@@ -264,6 +271,17 @@ class PartitionReplication:
             self._advance_hw(self.core.hw)
         if not out.writes and not out.messages:
             return
+        if self._awaiting_own and not self._queued and self._pending_cuts == 0 and _needs_nothing(out):
+            # The chain waits only for the leader's own records to reach its
+            # disk (their messages are out).  Messages that need no write --
+            # the high watermark pushed to the followers the moment a majority
+            # holds the records, the answer to a follower -- leave now, not
+            # after that fsync (issue 16: the followers' subscribers waited it).
+            if out.writes:
+                self._save_hw_later()
+            for dst, m in out.messages:
+                self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+            return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
             self._running = True
@@ -336,7 +354,11 @@ class PartitionReplication:
             for dst, m in q.out.messages:
                 await self._send(dst, m)
         if own:
-            await _gather(own)
+            self._awaiting_own = True  # (messages needing no write may leave meanwhile: _handle)
+            try:
+                await _gather(own)
+            finally:
+                self._awaiting_own = False
         if stored_own:
             # The leader's own records are durable: the core may move the high watermark.
             self._handle(self.core.stored(self.log.stored_end), [])
@@ -586,6 +608,15 @@ def _plain_append(w: Write) -> bool:
 def _hw_only(w: Write) -> bool:
     """A write of the replica state whose only news is a higher high watermark."""
     return w.count == 0 and w.hw is not None and _plain_append(w)
+
+
+def _needs_nothing(out: Output) -> bool:
+    """An output whose messages may leave before any write: no write but the
+    high watermark's (which promises nothing), and no message that carries
+    records or a reset (those are read from the log, in order)."""
+    return all(_hw_only(w) for w in out.writes) and not any(
+        isinstance(m, Append) and (m.count or m.reset) for _dst, m in out.messages
+    )
 
 
 def _gather(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:

@@ -293,6 +293,43 @@ async def test_the_hops_of_a_publish_are_timed_on_the_leader_and_the_followers(
             assert {h for h, _s in hops[nid]} == {"visible"} and len(hops[nid]) >= 3, hops[nid]
 
 
+@pytest_twisted.ensureDeferred
+async def test_followers_learn_the_high_watermark_while_the_leader_still_writes(
+    cluster: dict[str, Node],
+) -> None:
+    """Both followers hold a publish (a majority): they hear the new high
+    watermark at once, not only once the leader's own write of the records
+    is reported durable -- which is held back here until they have."""
+    from twisted.internet import defer
+
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    followers = [cluster[nid] for nid in IDS if cluster[nid] is not leader]
+    gate: defer.Deferred[None] = defer.Deferred()
+    real = leader.broker.append_replicated
+
+    def held(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d = real(*args, **kwargs)
+        return defer.gatherResults([d, gate]).addCallback(lambda results: results[0])
+
+    leader.broker.append_replicated = held
+    try:
+        d = rep.publish(_msgs(1, 1))
+        end = rep.core.end
+        await until(
+            lambda: all(f.service.replicas[("orders", 0)].core.hw == end for f in followers),
+            "both followers learn the high watermark",
+        )
+        assert not gate.called and rep.core.stored_end < end  # the leader's own write still "in flight"
+    finally:
+        leader.broker.append_replicated = real
+        gate.callback(None)
+    assert await bounded(d, WAIT) == [end - 1]
+
+
 def _log(node: Node) -> list[tuple[int, bytes, bool]]:
     lg = node.broker.topics["orders"].logs[0]
     return [(r.offset, r.payload, r.control) for r in lg.hot]
