@@ -400,8 +400,8 @@ class PartitionReplication:
         for them (a state written beside the chain must not overtake a
         truncation or reset it has not written yet)."""
         self._hw_timer = None
-        if not self._hw_unsaved or self.failed is not None or self.topic.deleted:
-            return
+        if not self._hw_unsaved or self.failed is not None or self.topic.deleted or not self.log.replicated:
+            return  # (not replicated: the node became the only replica and forgot the state)
         if self._running or self._queued or self._pending_cuts:
             self._save_hw_later()
             return
