@@ -443,6 +443,10 @@ class NodeService(service.Service):
         from sprawl.node.collector import shorten_switch_interval
 
         shorten_switch_interval()  # the LMDB threads hand back in 0.5 ms, not 5 (issue 16)
+        from sprawl.node.collector import FreezeAfterSlowCollections
+
+        # A full collection walking a warm heap's big containers (the hot tails) freezes them.
+        FreezeAfterSlowCollections(self.reactor.callLater).install()
         from sprawl.metrics import GCPauses
 
         GCPauses(metrics.gc_pause, cpu=metrics.gc_cpu).install()
