@@ -10,10 +10,12 @@ After the leader's own write the core hears the new stored end; whenever the
 core's high watermark moves, the partition's visible high watermark follows
 and publishes waiting for ``acks=quorum`` are answered.
 
-While the chain waits only for the leader's own records to reach its disk
-(their messages are out), an output that needs no write -- the high
-watermark pushed to the followers the moment a majority holds the records --
-is sent at once instead of after that fsync.
+An output whose messages need no write (none but the high watermark's, no
+records or reset in them) is sent at once when nothing is queued before it
+and the chain is idle or waits only for the leader's own records to reach
+its disk (their messages are out): the high watermark pushed to the
+followers the moment a majority holds the records leaves then instead of
+after that fsync.
 
 A write whose only news is a higher high watermark is not a transaction of
 its own (issue 16): the watermark is stored with the replica state of the
@@ -271,12 +273,22 @@ class PartitionReplication:
             self._advance_hw(self.core.hw)
         if not out.writes and not out.messages:
             return
-        if self._awaiting_own and not self._queued and self._pending_cuts == 0 and _needs_nothing(out):
-            # The chain waits only for the leader's own records to reach its
-            # disk (their messages are out).  Messages that need no write --
-            # the high watermark pushed to the followers the moment a majority
-            # holds the records, the answer to a follower -- leave now, not
-            # after that fsync (issue 16: the followers' subscribers waited it).
+        if (
+            self.failed is None
+            and not self._queued
+            and (not self._running or self._awaiting_own)
+            and self._pending_cuts == 0
+            and _needs_nothing(out)
+        ):
+            # Messages that need no write and nothing queued before them leave
+            # now, as the chain would send them: while the chain is idle (a
+            # dead node's failover gives each of thousands of partitions
+            # several such outputs: a chain run each was most of applying it,
+            # issue 23), or while it waits only for the leader's own records
+            # to reach its disk, their messages out already -- the high
+            # watermark pushed to the followers the moment a majority holds
+            # the records leaves then, not after that fsync (issue 16: the
+            # followers' subscribers waited for it).
             if out.writes:
                 self._save_hw_later()
             for dst, m in out.messages:
