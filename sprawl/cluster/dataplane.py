@@ -113,6 +113,9 @@ class DataPlane:
             # until then, the release before issue 23's ticks.
             node_beats=lambda: on("node-beat"),
         )
+        metrics = getattr(broker, "metrics", None)  # (test fakes of the broker have none)
+        if metrics is not None:
+            self.service.on_hop = metrics.hop  # the replication hops' histogram (issue 16)
         self.sync = ReplicaSync(node_id, broker, control, self.service, self._follow)
         control.watch_topics(self.sync_topic)  # replicas follow every placement applied from now on
         self.controller = PartitionController(

@@ -272,7 +272,11 @@ class Router:
             "named": [x.id for x in records if x.id in named],
         }
         timeout = max(0.1, min(self.forward_timeout, deadline - self.reactor.seconds()))
+        sent = self.reactor.seconds()
         answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        metrics = getattr(self.broker, "metrics", None)  # (test fakes of the broker have none)
+        if metrics is not None:
+            metrics.hop("forward", self.reactor.seconds() - sent)
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),

@@ -178,6 +178,22 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.replication_hop = Histogram(
+            "sprawl_replication_hop_seconds",
+            "Hops of a replicated publish (issue 16), by hop: forward (an entry node's publish sent to "
+            "the partition's leader, to its answer), quorum (the leader's append, to a majority holding "
+            "it), visible (a follower's receipt of records, to its high watermark passing them)",
+            ["hop"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_cpu = Counter(
+            "sprawl_gc_cpu_seconds",
+            "CPU time of the garbage collector's collections, by generation (a pause far longer was the "
+            "thread waiting: preempted, or for the GIL)",
+            ["generation"],
+            registry=r,
+        )
         r.register(_StateCollector(self))
 
     def watch_state(self, broker: Broker, streams: StreamRegistry | None = None) -> None:
@@ -201,6 +217,10 @@ class NodeMetrics:
         """Record one LMDB group commit."""
         self.lmdb_commit_duration.observe(seconds)
         self.lmdb_commit_ops.observe(ops)
+
+    def hop(self, name: str, seconds: float) -> None:
+        """Time one hop of a replicated publish (``sprawl_replication_hop_seconds``)."""
+        self.replication_hop.labels(name).observe(seconds)
 
     def published(self, topic: str, n: int, nbytes: int) -> None:
         """Count one publish request's messages."""
@@ -409,18 +429,33 @@ class _StateCollector:
 class GCPauses:
     """Times each garbage collection into ``histogram`` (``gc.callbacks``)."""
 
-    def __init__(self, histogram: Histogram, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        histogram: Histogram,
+        clock: Callable[[], float] | None = None,
+        cpu: Counter | None = None,
+        cpu_clock: Callable[[], float] | None = None,
+    ) -> None:
         import time
 
         self.histogram = histogram
         self.clock = clock or time.perf_counter
         self._started = 0.0
+        #: Counts each collection's CPU time of this thread (``sprawl_gc_cpu_seconds``), if given.
+        self.cpu = cpu
+        self.cpu_clock = cpu_clock or time.thread_time
+        self._cpu_started = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = self.clock()
+            if self.cpu is not None:
+                self._cpu_started = self.cpu_clock()
         else:
-            self.histogram.labels(str(info.get("generation", "?"))).observe(self.clock() - self._started)
+            gen = str(info.get("generation", "?"))
+            self.histogram.labels(gen).observe(self.clock() - self._started)
+            if self.cpu is not None:
+                self.cpu.labels(gen).inc(max(0.0, self.cpu_clock() - self._cpu_started))
 
     def install(self) -> None:
         """Start timing collections (once per process)."""

@@ -10,6 +10,22 @@ After the leader's own write the core hears the new stored end; whenever the
 core's high watermark moves, the partition's visible high watermark follows
 and publishes waiting for ``acks=quorum`` are answered.
 
+An output whose messages need no write (none but the high watermark's, no
+records or reset in them) is sent at once when nothing is queued before it
+and the chain is idle or waits only for the leader's own records to reach
+its disk (their messages are out): the high watermark pushed to the
+followers the moment a majority holds the records leaves then instead of
+after that fsync.
+
+A write whose only news is a higher high watermark is not a transaction of
+its own (issue 16): the watermark is stored with the replica state of the
+next write -- every write carries it -- or, when no write follows within
+:data:`HW_SAVE_SECONDS`, on its own then.  It promises nothing (a restart
+with an older one only catches up again from its leader), so it costs no
+fsync on the publish path: at one publish at a time that was every node's
+second commit per message, and it held the partition's chain (the next
+append's write and send) behind its own fsync.
+
 A follower whose log ends below the leader's log start is reset: its local
 log is dropped and restarts empty there (:meth:`Broker.reset_partition`,
 with the replica state, in one transaction).  The core's log start follows
@@ -29,6 +45,7 @@ The replica state it stores with its writes: :mod:`sprawl.replication.replica_st
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,6 +75,10 @@ if TYPE_CHECKING:
 
 #: The log lines keep the namespace they had before the module was split out.
 log = Logger(namespace="sprawl.replication.service")
+
+#: Seconds a higher high watermark waits for a write to carry it before it is
+#: written on its own (see the module docstring).
+HW_SAVE_SECONDS = 0.1
 
 
 class PartitionReplication:
@@ -126,12 +147,24 @@ class PartitionReplication:
         #: Queued outputs that drop records (truncations, resets) not yet made.
         self._pending_cuts = 0
         self._running = False
+        #: Whether the chain waits only for the leader's own records to be durable.
+        self._awaiting_own = False
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
         self.on_records = on_records
         #: Reset point -> the partition's log start the leader sent with it.
         self._floors: dict[int, int] = {}
+        #: Whether the core's high watermark moved since the replica state was last written.
+        self._hw_unsaved = False
+        self._hw_timer: Any = None
+        #: Replica-state writes made for the high watermark alone (tests count them).
+        self.hw_saves = 0
+        #: Times hops (``quorum``: a leader's append until a majority holds it;
+        #: ``visible``: a follower's receipt of records until its high watermark passes them).
+        self.on_hop: Callable[[str, float], None] | None = None
+        #: As a follower: (end, when received) of the appends not yet visible.
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=1024)
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -152,8 +185,15 @@ class PartitionReplication:
         last = first + len(records) - 1
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append((last, d))
+        if self.on_hop is not None:
+            d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
         self._handle(out, records)
         return d.addCallback(lambda _: list(range(first, last + 1)))
+
+    def _hop(self, result: Any, name: str, since: float) -> Any:
+        if self.on_hop is not None:
+            self.on_hop(name, self.broker.clock.seconds() - since)
+        return result
 
     def wait_committed(self, offset: int) -> defer.Deferred[None]:
         """Fires once ``offset`` is below the high watermark (a duplicate's
@@ -176,6 +216,8 @@ class PartitionReplication:
             self._floors[message.start] = message.log_start
             while len(self._floors) > 16:
                 del self._floors[next(iter(self._floors))]
+        if records and self.on_hop is not None and isinstance(message, Append):
+            self._arrivals.append((records[-1].offset + 1, self.broker.clock.seconds()))
         self._handle(self.core.receive(src, message), records)
 
     def tick(self) -> None:
@@ -231,6 +273,27 @@ class PartitionReplication:
             self._advance_hw(self.core.hw)
         if not out.writes and not out.messages:
             return
+        if (
+            self.failed is None
+            and not self._queued
+            and (not self._running or self._awaiting_own)
+            and self._pending_cuts == 0
+            and _needs_nothing(out)
+        ):
+            # Messages that need no write and nothing queued before them leave
+            # now, as the chain would send them: while the chain is idle (a
+            # dead node's failover gives each of thousands of partitions
+            # several such outputs: a chain run each was most of applying it,
+            # issue 23), or while it waits only for the leader's own records
+            # to reach its disk, their messages out already -- the high
+            # watermark pushed to the followers the moment a majority holds
+            # the records leaves then, not after that fsync (issue 16: the
+            # followers' subscribers waited for it).
+            if out.writes:
+                self._save_hw_later()
+            for dst, m in out.messages:
+                self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+            return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
             self._running = True
@@ -278,6 +341,9 @@ class PartitionReplication:
         stored_own = False  # records written as leader (new ones or a control record)
         for q in batch:
             for w in q.out.writes:
+                if _hw_only(w):
+                    self._save_hw_later()  # carried by the next write (see the module docstring)
+                    continue
                 d = self._write(w, q.records, q.leader)
                 stored_own |= q.leader and w.count > 0
                 if d is not None:
@@ -286,9 +352,7 @@ class PartitionReplication:
                     # them towards the high watermark only once reported stored.
                     # Everything else -- a follower's records, truncations and
                     # promises -- is durable before any message leaves.
-                    # A write of the high watermark alone need not wait either: it
-                    # only spares a restart some catching up, it promises nothing.
-                    lazy = (q.leader and w.count and _plain_append(w)) or _hw_only(w)
+                    lazy = q.leader and w.count and _plain_append(w)
                     (own if lazy else writes).append(d)
             if q.cuts:
                 self._pending_cuts -= 1
@@ -302,7 +366,11 @@ class PartitionReplication:
             for dst, m in q.out.messages:
                 await self._send(dst, m)
         if own:
-            await _gather(own)
+            self._awaiting_own = True  # (messages needing no write may leave meanwhile: _handle)
+            try:
+                await _gather(own)
+            finally:
+                self._awaiting_own = False
         if stored_own:
             # The leader's own records are durable: the core may move the high watermark.
             self._handle(self.core.stored(self.log.stored_end), [])
@@ -319,6 +387,7 @@ class PartitionReplication:
         yet: its runs describe a log that is not on disk, so until then the
         runs stored with the log (or the empty log the reset writes) are
         stored instead."""
+        self._hw_unsaved = False  # the state written holds the core's high watermark
         c = self.core.cache
         disk_end = reset.start if reset is not None else self.log.next_offset
         if c.log_start <= disk_end:
@@ -329,6 +398,31 @@ class PartitionReplication:
             cached = self._stored_cache
         self._stored_cache = cached
         return [("p", "meta", self.state_key, dump_state(self.core, cached))]
+
+    def _save_hw_later(self) -> None:
+        """The core's high watermark moved: store it with the next write, or
+        on its own after :data:`HW_SAVE_SECONDS`."""
+        self._hw_unsaved = True
+        if self._hw_timer is None:
+            self._hw_timer = self.broker.clock.callLater(HW_SAVE_SECONDS, self._save_hw)
+
+    def _save_hw(self) -> None:
+        """Write the replica state for its high watermark, unless a write
+        carried it meanwhile; while the chain has outputs to write it waits
+        for them (a state written beside the chain must not overtake a
+        truncation or reset it has not written yet)."""
+        self._hw_timer = None
+        if not self._hw_unsaved or self.failed is not None or self.topic.deleted or not self.log.replicated:
+            return  # (not replicated: the node became the only replica and forgot the state)
+        if self._running or self._queued or self._pending_cuts:
+            self._save_hw_later()
+            return
+        self.hw_saves += 1
+        self.broker.store.write(self._state_ops()).addErrback(self._hw_save_failed)
+
+    def _hw_save_failed(self, f: Failure) -> None:
+        if self.failed is None:
+            self._crashed(f)
 
     def _write(self, w: Write, records: list[Record], leader: bool) -> defer.Deferred[Any] | None:
         """Issue one write (memory now, LMDB queued) of an output the core made
@@ -478,6 +572,13 @@ class PartitionReplication:
         if self.log.advance_high_watermark(core_hw):
             self.broker.notify(self.topic.name, self.partition)
         hw = self.log.high_watermark
+        arrivals = self._arrivals
+        if arrivals and arrivals[0][0] <= hw and self.on_hop is not None:
+            now = self.broker.clock.seconds()
+            for _ in range(len(arrivals)):
+                if not arrivals or arrivals[0][0] > hw:
+                    break
+                self.on_hop("visible", now - arrivals.popleft()[1])
         if self._waiters:
             keep, done, lost = [], [], []
             for off, d in self._waiters:
@@ -519,6 +620,15 @@ def _plain_append(w: Write) -> bool:
 def _hw_only(w: Write) -> bool:
     """A write of the replica state whose only news is a higher high watermark."""
     return w.count == 0 and w.hw is not None and _plain_append(w)
+
+
+def _needs_nothing(out: Output) -> bool:
+    """An output whose messages may leave before any write: no write but the
+    high watermark's (which promises nothing), and no message that carries
+    records or a reset (those are read from the log, in order)."""
+    return all(_hw_only(w) for w in out.writes) and not any(
+        isinstance(m, Append) and (m.count or m.reset) for _dst, m in out.messages
+    )
 
 
 def _gather(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:

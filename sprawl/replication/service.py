@@ -163,6 +163,9 @@ class ReplicationService:
         #: the controller every core whose leader never sent a NodeBeat counts
         #: its partition's silence as before; the idle path only when on.
         self.node_beats: Callable[[], bool] = node_beats or (lambda: True)
+        #: Times the hops of replicated publishes (``quorum`` on a leader, ``visible``
+        #: on a follower; the node's metrics), given to every replica added.
+        self.on_hop: Callable[[str, float], None] | None = None
 
     def start(self) -> None:
         """Start ticking."""
@@ -183,6 +186,7 @@ class ReplicationService:
         replica.wake = self._due.add
         replica.on_failed = self.broken.add
         replica.core.dead = self.dead
+        replica.on_hop = self.on_hop
         if not replica.core.idle:
             self._due.add(key)
 

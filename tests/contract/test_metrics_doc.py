@@ -183,3 +183,26 @@ def test_gc_pauses_are_timed_by_generation() -> None:
     text = generate_latest(m.registry).decode()
     assert 'sprawl_gc_pause_seconds_count{generation="2"} 1.0' in text
     assert 'sprawl_gc_pause_seconds_sum{generation="2"} 0.25' in text
+
+
+def test_gc_cpu_time_is_counted_beside_the_pause() -> None:
+    """With a CPU clock, a collection's CPU time lands in ``sprawl_gc_cpu_seconds``
+    under its generation, beside its pause (wall time): a pause far above its
+    CPU time was the thread waiting, not the collector working."""
+    import gc
+
+    from sprawl.metrics import GCPauses, NodeMetrics
+
+    m = NodeMetrics()
+    ticks = iter([1.0, 1.25])
+    cpu = iter([3.0, 3.01])
+    pauses = GCPauses(m.gc_pause, clock=lambda: next(ticks), cpu=m.gc_cpu, cpu_clock=lambda: next(cpu))
+    pauses.install()
+    try:
+        gc.collect(2)
+    finally:
+        pauses.remove()
+    text = generate_latest(m.registry).decode()
+    assert 'sprawl_gc_pause_seconds_sum{generation="2"} 0.25' in text
+    (line,) = [x for x in text.splitlines() if x.startswith('sprawl_gc_cpu_seconds_total{generation="2"}')]
+    assert abs(float(line.split()[-1]) - 0.01) < 1e-9

@@ -53,6 +53,15 @@ def _wait_voters(nodes: list[NodeProcess], names: list[str]) -> None:
     assert poll_until(formed, FORM_BOUND) is not None, "the cluster did not form"
 
 
+def _hop_count(node: NodeProcess, hop: str) -> float:
+    """How many ``hop`` hops the node's ``sprawl_replication_hop_seconds`` counted."""
+    import urllib.request
+
+    text = urllib.request.urlopen(node.url + "/metrics", timeout=15).read().decode()
+    prefix = f'sprawl_replication_hop_seconds_count{{hop="{hop}"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def _placement(node: NodeProcess, topic: str) -> dict[str, Any]:
     status, body = _call(node, "GET", "/v1/cluster/placement")
     assert status == 200, body
@@ -269,6 +278,10 @@ def test_publishes_are_forwarded_to_leaders_with_every_acks_level(sprawl_nodes: 
     status, cluster = _call(outsider, "GET", "/v1/cluster")
     # its own three acks levels and the id
     assert cluster["partitions"]["forwarded"] >= 4, cluster["partitions"]
+    # ... each timed as a hop (issue 16): forwarded there, a majority reached on the leader
+    assert _hop_count(outsider, "forward") >= 4
+    leader = next(n for n, nm in zip(nodes, names, strict=True) if nm == pl["leader"])
+    assert _hop_count(leader, "quorum") >= 4
 
     # dead letters go through the dead-letter topic's leader like any publish
     assert _call(nodes[0], "PUT", "/v1/topics/dlq", {"replication_factor": 3})[0] == 201

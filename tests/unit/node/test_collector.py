@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from sprawl.node.collector import collector_paused
+from sprawl.node.collector import (
+    SWITCH_INTERVAL,
+    FreezeAfterSlowCollections,
+    collector_paused,
+    shorten_switch_interval,
+)
 
 
 @pytest.fixture
@@ -77,3 +83,74 @@ def test_a_collector_that_was_off_stays_off() -> None:
     finally:
         if was_on:
             gc.enable()
+
+
+def test_the_node_s_switch_interval_replaces_cpython_s_default() -> None:
+    """``shorten_switch_interval`` (called once the node has started) sets
+    the interval a thread waiting for the GIL lets the holder run -- 0.5 ms
+    instead of CPython's 5 ms, the LMDB writer's hand-back of a commit to a
+    busy reactor (the wait itself is measured in docs/benchmarks.md, not
+    timed here) -- and returns the one it replaced."""
+    before = sys.getswitchinterval()
+    try:
+        assert shorten_switch_interval() == before
+        assert sys.getswitchinterval() == SWITCH_INTERVAL < before
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_a_slow_full_collection_is_followed_by_one_freeze_at_most_every_period() -> None:
+    """Only a full collection over the CPU bar schedules a freeze -- outside
+    the collection, once until it ran -- and another comes only a period
+    later; young collections never do."""
+    now, cpu = [0.0], [0.0]
+    scheduled: list[object] = []
+    freezes: list[float] = []
+    hook = FreezeAfterSlowCollections(
+        lambda delay, fn: scheduled.append(fn),
+        min_cpu=0.002,
+        every=60.0,
+        clock=lambda: now[0],
+        cpu_clock=lambda: cpu[0],
+        freeze=lambda: freezes.append(now[0]),
+    )
+
+    def collection(generation: int, cpu_seconds: float) -> None:
+        hook("start", {"generation": generation})
+        cpu[0] += cpu_seconds
+        hook("stop", {"generation": generation, "collected": 0, "uncollectable": 0})
+
+    collection(0, 0.05)  # young: never
+    collection(2, 0.001)  # cheap: no
+    assert scheduled == []
+    collection(2, 0.007)
+    collection(2, 0.007)  # (scheduled already)
+    assert len(scheduled) == 1 and freezes == []  # not inside the collection
+    scheduled.pop()()  # type: ignore[operator]
+    assert freezes == [0.0] and hook.frozen == 1
+    now[0] = 30.0
+    collection(2, 0.007)
+    assert scheduled == []  # within the period
+    now[0] = 61.0
+    collection(2, 0.007)
+    scheduled.pop()()  # type: ignore[operator]
+    assert freezes == [0.0, 61.0]
+
+
+def test_a_frozen_container_is_not_walked_by_the_next_full_collections() -> None:
+    """Why it pays: a big container of untracked items (a hot tail's deque of
+    records) is walked item by item by every full collection until a freeze
+    moves it to the permanent generation, which collections skip."""
+    from collections import deque
+
+    tail = deque(range(1000))
+    assert any(o is tail for o in gc.get_objects())  # walked by collections
+    hook = FreezeAfterSlowCollections(lambda delay, fn: fn(), min_cpu=0.0, every=0.0)
+    hook.install()
+    try:
+        gc.collect(2)
+        assert hook.frozen == 1 and gc.get_freeze_count() > 0
+        assert not any(o is tail for o in gc.get_objects())  # permanent: skipped from now on
+    finally:
+        hook.remove()
+        gc.unfreeze()

@@ -229,6 +229,107 @@ async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], 
         await again.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_high_watermark_alone_costs_no_commit_of_its_own(cluster: dict[str, Node]) -> None:
+    """One publish at a time: each replica commits once per publish (its
+    records, with the replica state), not a second time when the high
+    watermark moves -- the next write carries it; once nothing follows, it
+    is stored on its own, so a restart finds the last one (issue 16)."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    replicas = [cluster[nid] for nid in IDS]
+    n_pub = 30
+    end = 2 + n_pub
+
+    def saved(n: Node) -> int:
+        r = n.service.replicas[("orders", 0)]
+        return load_state(n.store.get("meta", r.state_key), 0, end)[3]
+
+    await until(lambda: all(saved(n) == 2 for n in replicas), "hw 2 stored everywhere")
+    before = {n.id: n.store.commits for n in replicas}
+    for k in range(n_pub):
+        await bounded(rep.publish(_msgs(1, 1 + k)), WAIT)
+    await until(
+        lambda: all(n.service.replicas[("orders", 0)].core.hw == end for n in replicas), "the last hw"
+    )
+    await until(lambda: all(saved(n) == end for n in replicas), "the last high watermark stored")
+    for n in replicas:
+        commits = n.store.commits - before[n.id]
+        # One per publish, and the last high watermark's own (a second per
+        # publish before: 2 * n_pub).
+        assert commits <= n_pub + 2, (n.id, commits)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_hops_of_a_publish_are_timed_on_the_leader_and_the_followers(
+    cluster: dict[str, Node],
+) -> None:
+    """``quorum`` on the leader (one per publish: its append until a majority
+    holds it) and ``visible`` on each follower (records received until its
+    high watermark passes them), each as long as its node saw it take."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    hops: dict[str, list[tuple[str, float]]] = {nid: [] for nid in IDS}
+    for nid in IDS:
+        cluster[nid].service.replicas[("orders", 0)].on_hop = lambda h, s, nid=nid: hops[nid].append((h, s))
+    rep = leader.service.replicas[("orders", 0)]
+    t0 = time.monotonic()
+    for k in range(3):
+        await bounded(rep.publish(_msgs(2, 2 * k)), WAIT)
+    await until(
+        lambda: all(n.service.replicas[("orders", 0)].core.hw == 7 for n in cluster.values() if n.broker),
+        "every follower sees the last publish",
+    )
+    took = time.monotonic() - t0
+    assert [h for h, _s in hops[leader.id]] == ["quorum"] * 3
+    for nid in IDS:
+        assert all(0 <= s <= took for _h, s in hops[nid])
+        if nid != leader.id:
+            # one per append received (a publish's records may come in one or more)
+            assert {h for h, _s in hops[nid]} == {"visible"} and len(hops[nid]) >= 3, hops[nid]
+
+
+@pytest_twisted.ensureDeferred
+async def test_followers_learn_the_high_watermark_while_the_leader_still_writes(
+    cluster: dict[str, Node],
+) -> None:
+    """Both followers hold a publish (a majority): they hear the new high
+    watermark at once, not only once the leader's own write of the records
+    is reported durable -- which is held back here until they have."""
+    from twisted.internet import defer
+
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    followers = [cluster[nid] for nid in IDS if cluster[nid] is not leader]
+    gate: defer.Deferred[None] = defer.Deferred()
+    real = leader.broker.append_replicated
+
+    def held(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d = real(*args, **kwargs)
+        return defer.gatherResults([d, gate]).addCallback(lambda results: results[0])
+
+    leader.broker.append_replicated = held
+    try:
+        d = rep.publish(_msgs(1, 1))
+        end = rep.core.end
+        await until(
+            lambda: all(f.service.replicas[("orders", 0)].core.hw == end for f in followers),
+            "both followers learn the high watermark",
+        )
+        assert not gate.called and rep.core.stored_end < end  # the leader's own write still "in flight"
+    finally:
+        leader.broker.append_replicated = real
+        gate.callback(None)
+    assert await bounded(d, WAIT) == [end - 1]
+
+
 def _log(node: Node) -> list[tuple[int, bytes, bool]]:
     lg = node.broker.topics["orders"].logs[0]
     return [(r.offset, r.payload, r.control) for r in lg.hot]
