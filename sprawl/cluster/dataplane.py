@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from sprawl.cluster.controller import PartitionController
 from sprawl.cluster.drain import drained_nodes
 from sprawl.cluster.group_routes import GroupRoutes
+from sprawl.cluster.led_tally import LedTally
 from sprawl.cluster.repair import Repairs
 from sprawl.cluster.replica_sync import ReplicaSync
 from sprawl.cluster.routing import NotLeaderError, Router
@@ -161,6 +162,12 @@ class DataPlane:
         self.groups = GroupRoutes(self)
         #: Damaged ranges rewritten from healthy replicas (sprawl/cluster/repair.py).
         self.repairs = Repairs(self)
+        #: The partitions led here and under-replicated, judged again only
+        #: where something changed (:meth:`summary`; issue 23).
+        self.tally = LedTally()
+        control.watch_topics(self.tally.mark_topic)
+        self._tally_basis: tuple[Any, dict[str, str], frozenset[str]] | None = None
+        self._tally_damaged: set[tuple[str, int]] = set()
 
     @property
     def forward_timeout(self) -> float:
@@ -274,6 +281,11 @@ class DataPlane:
         self.groups.tick(self.reactor.seconds())
         self.repairs.tick()
         self._hand_off_raft_if_drained()
+        if len(self.service.changed) > len(self.service.replicas) + 4096:
+            # Nobody asked for the summary for long (deleted topics' keys pile
+            # up): judge everything on the next one instead.
+            self.service.changed.clear()
+            self.tally.mark_all()
 
     def _hand_off_raft_if_drained(self) -> None:
         """A drained node that leads Raft hands the leadership (and with it
@@ -435,23 +447,12 @@ class DataPlane:
         """Counts for ``GET /v1/cluster``: partitions this node leads, and how
         many of them are under-replicated -- not at full strength: fewer
         replicas up and holding every committed record than the topic's
-        replication factor (capped by the number of registered nodes)."""
-        leading = under = 0
-        meta = self.control.metadata
-        states = self.controller.member_states()
-        for (name, _p), r in self.service.replicas.items():
-            core = r.core
-            if not core.is_leader:
-                continue
-            leading += 1
-            if not self._full_strength(name, core, states, _p)[0]:
-                under += 1
-        for name, parts in meta.placement.items():
-            for pl in parts:
-                if list(pl["replicas"]) == [self.node_id]:
-                    leading += 1
-                    if self.wanted_replicas(name, states) > 1:
-                        under += 1
+        replication factor (capped by the number of registered nodes).  The
+        two counts are kept by :class:`~sprawl.cluster.led_tally.LedTally`:
+        only the partitions whose replica produced an output, the topics
+        applied, the partitions with damage reported, or everything after a
+        member's state or the registered nodes changed, are judged again."""
+        leading, under = self.led_counts()
         return {
             "balance": self.balancer.last.as_dict()
             if self.control.is_leader and self.balancer.last
@@ -467,3 +468,54 @@ class DataPlane:
             **self.feeds.view(),
             **self.repairs.view(),
         }
+
+    def led_counts(self) -> tuple[int, int]:
+        """(partitions led here or held alone, of them under-replicated), as
+        :meth:`led_counts_walked` counts them, judging again only what changed."""
+        meta = self.control.metadata
+        states = self.controller.member_states()
+        basis = (meta, states, frozenset(meta.nodes))
+        old = self._tally_basis
+        if old is None or old[0] is not meta or old[1] != states or old[2] != basis[2]:
+            self.tally.mark_all()
+        self._tally_basis = basis
+        changed = self.service.changed
+        self.tally.mark(changed)
+        changed.clear()
+        # Damage reports lapse with time: those reported now, and those gone since.
+        damaged = set(self.repairs.damaged_keys())
+        self.tally.mark(damaged | self._tally_damaged)
+        self._tally_damaged = damaged
+
+        def every() -> set[tuple[str, int]]:
+            keys = set(self.service.replicas)
+            keys.update((name, p) for name, parts in meta.placement.items() for p in range(len(parts)))
+            return keys
+
+        self.tally.refresh(
+            lambda key: self._led_verdict(key, states),
+            every,
+            lambda name: len(meta.placement.get(name) or ()),
+        )
+        return self.tally.leading, self.tally.under_replicated
+
+    def _led_verdict(self, key: tuple[str, int], states: dict[str, str]) -> bool | None:
+        """None when this node does not lead ``key`` (nor holds it alone),
+        else whether it is under-replicated."""
+        name, p = key
+        r = self.service.replicas.get(key)
+        if r is not None and r.core.is_leader:
+            return not self._full_strength(name, r.core, states, p)[0]
+        parts = self.control.metadata.placement.get(name)
+        if parts is not None and p < len(parts) and list(parts[p]["replicas"]) == [self.node_id]:
+            return self.wanted_replicas(name, states) > 1
+        return None
+
+    def led_counts_walked(self) -> tuple[int, int]:
+        """What :meth:`led_counts` keeps, counted by walking every replica and
+        placement (the tests' reference)."""
+        states = self.controller.member_states()
+        keys = set(self.service.replicas)
+        keys.update((n, p) for n, parts in self.control.metadata.placement.items() for p in range(len(parts)))
+        verdicts = [v for k in keys if (v := self._led_verdict(k, states)) is not None]
+        return len(verdicts), sum(verdicts)

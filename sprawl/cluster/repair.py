@@ -309,6 +309,11 @@ class Repairs:
         now = self.reactor.seconds()
         return {n for n, until in self._damaged_followers.get((name, partition), {}).items() if until > now}
 
+    def damaged_keys(self) -> list[tuple[str, int]]:
+        """The partitions led here with a replica's damage on record (reports
+        lapse with time: :meth:`damaged_replicas` says which still hold)."""
+        return list(self._damaged_followers)
+
     def view(self) -> dict[str, Any]:
         """Counts for ``GET /v1/cluster``."""
         return {

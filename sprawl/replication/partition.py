@@ -111,6 +111,9 @@ class PartitionReplication:
         #: Called with the partition's key whenever its core has work for
         #: ticks (it is not idle): the service ticks only those (issue 23).
         self.wake: Callable[[tuple[str, int]], None] | None = None
+        #: Called with the partition's key on every output of its core (the
+        #: data plane's count of partitions led and under-replicated follows it).
+        self.changed: Callable[[tuple[str, int]], None] | None = None
         #: Called with the partition's key when its output chain failed.
         self.on_failed: Callable[[tuple[str, int]], None] | None = None
         lg = topic.logs[partition]
@@ -261,6 +264,8 @@ class PartitionReplication:
         watermark (the partition shows it once the output's writes are made)."""
         if self.wake is not None and not self.core.idle:
             self.wake((self.topic.name, self.partition))
+        if self.changed is not None:
+            self.changed((self.topic.name, self.partition))
         cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
         if cuts:
             self._pending_cuts += 1

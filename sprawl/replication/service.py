@@ -107,6 +107,10 @@ class ReplicationService:
         self.tick_seconds = tick_seconds
         #: Replicas and controller cores with work for ticks (the others are idle).
         self._due: set[tuple[str, int]] = set()
+        #: Partitions whose replica was added here or produced an output (its
+        #: role, a follower's position or its high watermark may have moved)
+        #: since the data plane's summary last drained this set.
+        self.changed: set[tuple[str, int]] = set()
         self._due_control: set[tuple[str, int]] = set()
         #: Replicas whose adapter failed since the data plane last rebuilt them.
         self.broken: set[tuple[str, int]] = set()
@@ -184,6 +188,8 @@ class ReplicationService:
         key = (replica.topic.name, replica.partition)
         self.replicas[key] = replica
         replica.wake = self._due.add
+        replica.changed = self.changed.add
+        self.changed.add(key)
         replica.on_failed = self.broken.add
         replica.core.dead = self.dead
         replica.on_hop = self.on_hop

@@ -627,3 +627,26 @@ def test_a_batch_of_failed_commits_is_logged_once_a_second() -> None:
     lines = [e for e in events if "committing the leader" in e.get("log_format", "")]
     assert [e["more"] for e in lines] == [0, 2_999]
     assert all(c.committing is None for c in cores.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_replica_output_marks_its_partition_changed(cluster: dict[str, Node]) -> None:
+    """The service's ``changed`` set (what the data plane's count of partitions
+    led and under-replicated judges again, issue 23) gets a partition whose
+    replica made an output: a publish on the leader and the followers' appends,
+    and a new leader after a failover -- not an idle one."""
+    key = ("orders", 0)
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    first = _leader(cluster)
+    assert first is not None
+    replicas = [cluster[nid] for nid in IDS]
+    for n in replicas:
+        n.service.changed.clear()
+    await bounded(first.service.replicas[key].publish(_msgs(3, 0)), WAIT)
+    await until(lambda: all(key in n.service.changed for n in replicas), "every replica's output noted")
+    await first.close()
+    for n in replicas:
+        n.service.changed.clear()
+    await until(lambda: _leader(cluster) not in (None, first), "a new leader")
+    new = _leader(cluster)
+    assert new is not None and key in new.service.changed  # its role changed
