@@ -16,6 +16,7 @@ from sprawl.log.partition import PartitionLog
 from sprawl.log.segments import expired_segments
 from sprawl.pubsub.core import then
 from sprawl.pubsub.groups import Groups
+from sprawl.pubsub.housekeeping import drain
 from sprawl.storage import keys
 from sprawl.storage.lmdb import Op
 from sprawl.storage.remote_log import LocalRemoteLog, RemoteLog
@@ -29,14 +30,19 @@ _json_encode = msgspec.json.encode
 class Retention(Groups):
     """Deletes expired segments; drives the S3 tier."""
 
+    #: Topics written to since the last tier tick (subscribed at the first).
+    _tier_changed: set[str] | None = None
+
     def tier_tick(self) -> int:
         """One round of the S3 tier: logs follow their shared remote lists,
         then uploads (of partitions this node leads) start; returns how many."""
         if self.tier is None:
             return 0
         self.follow_all_remote()
+        if self._tier_changed is None:
+            self._tier_changed = self.touched.subscribe()  # (the first tick looks at every topic)
         started: int = self.tier.tick(
-            list(self.topics.values()),
+            self.tier.due_topics(self.topics, drain(self._tier_changed)),
             self.store.used_bytes,
             self.now_ms(),
             self.remote_log,

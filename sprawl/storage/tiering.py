@@ -42,8 +42,8 @@ This module holds the tier's state and the spill pipeline; the read side is
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import ensureDeferred
@@ -73,6 +73,11 @@ if TYPE_CHECKING:
     from sprawl.topics import Topic
 
 log = Logger()
+
+
+#: Partitions (whole topics, at least one) a tier tick looks at in turn beside
+#: those with work (:meth:`S3Tier.due_topics`; issue 23).
+TICK_SLICE = 64
 
 
 class _PartState:
@@ -141,6 +146,15 @@ class S3Tier(TierReads, TierUpkeep):
         self.sweeps = 0
         self.orphans_deleted = 0
         self.adopted = 0
+        #: Topics a tick has work for: a partition holding a sealed segment not
+        #: in the object store, an upload's state (running, failing) or old
+        #: objects to adopt (:meth:`due_topics` looks at them every tick).
+        self._holding: set[str] = set()
+        #: The other topics, looked at a slice per tick in turn.
+        self._order: deque[str] = deque()
+        self._looked_all = False
+        #: Partitions ticks looked at so far (the tests count an idle tick's work).
+        self.looked = 0
 
     # -- state -----------------------------------------------------------------
 
@@ -191,6 +205,18 @@ class S3Tier(TierReads, TierUpkeep):
             "cache_misses": self.cache_misses,
         }
 
+    def _looks(self, t: Any, uid: int, legacy: Callable[[Any, int], list[RemoteObject]]) -> bool:
+        """Whether a tick has work for topic ``t`` (see :meth:`due_topics`)."""
+        for lg in t.logs:
+            if lg.next_offset == 0:
+                continue
+            st = self._parts.get((uid, lg.partition))
+            if st is not None and (st.busy or st.failures):
+                return True
+            if any(s.sealed and s.remote is None for s in lg.segments) or legacy(t, lg.partition):
+                return True
+        return False
+
     def forget(self, uid: int, p: int) -> None:
         """Drop the bookkeeping of a deleted partition."""
         self._parts.pop((uid, p), None)
@@ -198,6 +224,38 @@ class S3Tier(TierReads, TierUpkeep):
         self._sweep_cursor.pop((uid, p), None)
 
     # -- the spill pipeline ----------------------------------------------------
+
+    def due_topics(self, topics: Mapping[str, Any], changed: Iterable[str]) -> list[Any]:
+        """The topics a :meth:`tick` looks at (of ``topics``, by name): every
+        one the first time; then those written to since the last tick
+        (``changed``: a write is what seals a segment), those it has work for
+        (see :attr:`_holding`: a sealed segment waits for its upload whoever
+        leads it, so a leadership gained without a write is seen at once),
+        and a slice of the others in turn -- at least :data:`TICK_SLICE`
+        partitions, whole topics -- so an adoption, a sweep or a segment
+        sealed without a write announced is found within ``partitions /
+        TICK_SLICE`` ticks, and an idle node's tick does not walk every
+        partition (issue 23: it asked who leads each one twice a second)."""
+        if not self._looked_all:
+            self._looked_all = True
+            return list(topics.values())
+        names = set(changed)
+        for name in list(self._holding):
+            if name in topics:
+                names.add(name)
+            else:
+                self._holding.discard(name)  # deleted
+        order = self._order
+        if not order:
+            order.extend(topics)  # the next round of slices (a copy of the names once a round)
+        count = 0
+        while order and count < TICK_SLICE:
+            name = order.popleft()
+            t = topics.get(name)
+            if t is not None:
+                names.add(name)
+                count += len(t.logs)
+        return [t for name in sorted(names) if (t := topics.get(name)) is not None]
 
     def tick(
         self,
@@ -222,9 +280,15 @@ class S3Tier(TierReads, TierUpkeep):
         now = self.clock.seconds()
         for t in topics:
             if not t.config.durable or t.deleted:
+                self._holding.discard(t.name)
                 continue
             uid = t.config.uid
+            if self._looks(t, uid, legacy):
+                self._holding.add(t.name)
+            else:
+                self._holding.discard(t.name)
             for lg in t.logs:
+                self.looked += 1
                 if lg.next_offset == 0:
                     # Nothing was ever stored here (an uploaded segment holds
                     # committed records, which every later leader holds too):
