@@ -729,10 +729,11 @@ class PartitionController:
         cluster (it gets no replicas until it has joined this one)."""
         if self.membership is None:
             return {}
-        return {
-            str(v["id"]): "foreign" if self.control.is_foreign(v) else str(v["state"])
-            for v in self.membership.member_views()
-        }
+        # The gossip node's light views (no member copies, no partition rates
+        # decoded: asked every step, issue 23); a stand-in without them: the full ones.
+        light = getattr(self.membership, "member_states", None)
+        views = light() if light is not None else self.membership.member_views()
+        return {str(v["id"]): "foreign" if self.control.is_foreign(v) else str(v["state"]) for v in views}
 
 
 def _check(result: dict[str, Any]) -> None:

@@ -465,6 +465,12 @@ class Membership:
         """Snapshots of every known member, this node included."""
         return [m.copy() for m in self._members.values()]
 
+    def states(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(node id, state, metadata)`` of every known member, this node
+        included, without copies (cheap enough to ask ten times a second;
+        the metadata is the member's own: read it, never change it)."""
+        return [(m.node_id, m.state, m.meta) for m in self._members.values()]
+
     def member(self, node_id: str) -> Member | None:
         """A snapshot of one member, or None."""
         m = self._members.get(node_id)

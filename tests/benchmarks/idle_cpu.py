@@ -3,7 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.scale --nodes 3 --topics 10000 --keep --data-dir D
     PYTHONPATH=tests python -m benchmarks.idle_cpu D/sprawl-scale-XXXX --nodes 3 \\
-        [--settle 60] [--seconds 60] [--rounds 2] [--profile DIR]
+        [--settle 60] [--seconds 60] [--rounds 2] [--profile DIR] [--cluster-gets 50]
 
 Starts the nodes ``n0`` .. ``n{N-1}`` kept under the directory given
 (``benchmarks.scale --keep``; build once, measure many times: creating
@@ -16,6 +16,9 @@ job's load moves least), ``--rounds`` times.  With ``--profile DIR`` it then
 records each node with py-spy (``--idle`` off, so only the samples where the
 node's threads run count) for ``--seconds`` more, all nodes at once, as
 speedscope JSON ``DIR/nK.json`` and a top-of-stack summary printed per node.
+With ``--cluster-gets N`` it then asks each node ``GET /v1/cluster`` N times
+(one after the other) and prints the node's CPU milliseconds per answer (what
+a poller of the cluster view, or a metrics scrape, costs it).
 The nodes are stopped at the end (SIGKILL: their data stays as kept).
 """
 
@@ -45,6 +48,20 @@ def measure(cluster: NodeCluster, seconds: float) -> dict[str, float]:
     time.sleep(seconds)
     took = time.monotonic() - t0
     return {n: round((cpu_seconds(p) - before[n]) / took * 100, 2) for n, p in pids.items()}
+
+
+def cluster_get_cost(cluster: NodeCluster, gets: int) -> dict[str, float]:
+    """Each node's CPU milliseconds per ``GET /v1/cluster``, over ``gets`` in a row."""
+    out = {}
+    for n in cluster.names:
+        pid = cluster.nodes[n].proc.pid  # type: ignore[union-attr]
+        before = cpu_seconds(pid)
+        for _ in range(gets):
+            status, _body = cluster.get(n, "/v1/cluster", timeout=30.0)
+            if status != 200:
+                raise SystemExit(f"GET /v1/cluster on {n}: {status}")
+        out[n] = round((cpu_seconds(pid) - before) / gets * 1000, 2)
+    return out
 
 
 def fill(cluster: NodeCluster, topics: int, rf: int, bound: float) -> int:
@@ -146,6 +163,9 @@ def main() -> None:
         "--topics", type=int, default=0, help="first create the scale topics missing below this count"
     )
     ap.add_argument("--profile", type=Path, help="record each node with py-spy into this directory")
+    ap.add_argument(
+        "--cluster-gets", type=int, default=0, help="then time this many GET /v1/cluster per node"
+    )
     ap.add_argument("--bound", type=float, default=300.0, help="give up waiting after this many seconds")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -164,6 +184,9 @@ def main() -> None:
             cpu = measure(cluster, a.seconds)
             row = {"idle_cpu": cpu, "seconds": a.seconds, "load": round(os.getloadavg()[0], 1)}
             row["leader"] = cluster.raft_leader()
+            print(json.dumps(row), flush=True)
+        if a.cluster_gets:
+            row = {"cluster_get_cpu_ms": cluster_get_cost(cluster, a.cluster_gets), "gets": a.cluster_gets}
             print(json.dumps(row), flush=True)
         if a.profile:
             for n, f in profile(cluster, a.seconds, a.profile).items():

@@ -368,3 +368,30 @@ def test_an_idle_clusters_balancer_view_is_built_once_not_every_decision() -> No
         clock.advance(10.0)
         ctl.tick()
         assert ctl.balance_views == n  # traffic: every decision builds its view
+
+
+def test_a_step_asks_gossip_for_the_light_member_states() -> None:
+    """The member states a step needs (ten times a second) come from the
+    gossip node's ``member_states`` -- no member copied, no partition rates
+    decoded -- when it has them; a stand-in with only ``member_views`` still works."""
+    plane, _states, clock = _plane(100)
+    full = plane.membership.member_views  # type: ignore[union-attr]
+    asked = {"views": 0, "states": 0}
+
+    def views() -> list[dict[str, Any]]:
+        asked["views"] += 1
+        return full()
+
+    def light() -> list[dict[str, Any]]:
+        asked["states"] += 1
+        return full()
+
+    plane.membership.member_views = views  # type: ignore[union-attr]
+    assert plane.controller.member_states() == dict.fromkeys(NODES, "alive")
+    assert asked == {"views": 1, "states": 0}
+    plane.membership.member_states = light  # type: ignore[union-attr]
+    for _ in range(5):
+        clock.advance(0.1)
+        plane.controller.tick()
+    assert asked["states"] >= 5  # one per step
+    assert asked["views"] <= 2  # (the balancer's decision reads the rates, once per 10 s)

@@ -24,6 +24,7 @@ from sprawl.config import ConfigError, NodeConfig, parse_cluster_key
 from sprawl.gossip import GossipConfig, wire
 from sprawl.gossip.incarnation_file import load_incarnation, save_incarnation
 from sprawl.gossip.load import MAX_PARTS, LoadSample, load_changed, rates_by_node
+from sprawl.gossip.membership import Member
 from sprawl.gossip.messages import Alive, Leave, Ping, PushPull, Suspect
 from sprawl.gossip.peer_port import listen_peer
 from sprawl.gossip.udp import GossipNode
@@ -586,3 +587,37 @@ def test_partial_load_samples_rate_only_what_moved(tmp_path: Path) -> None:
     g.load = lambda: LoadSample(partitions_led=1002, partial=True, gone=[("idle-0", 0)])
     g._sample_load(clock.seconds() + 2)
     assert ("idle-0", 0) not in g._last_parts and len(g._last_parts) == 1002
+
+
+def test_member_states_are_the_views_that_say_the_cluster_without_copies(tmp_path: Path) -> None:
+    """``member_states`` (what the controller asks every step, issue 23) has
+    each member's id, state, cluster, protocol and features as
+    ``member_views`` shows them, and copies no member nor decodes a rate."""
+    clock = task.Clock()
+    g = make(tmp_path, clock, 0)
+    g.makeConnection(FakeDatagramTransport())
+    g.start(addr(0))
+    meta = {"http": "x", "cluster": "c1", "protocol": [2, 3], "features": ["f"], "load": {"led": 1}}
+    for i, m in enumerate([meta, {"http": "y", "cluster": ""}]):
+        alive = Alive(1, f"m{i}", addr(5 + i), m)
+        g.datagramReceived(wire.assemble([wire.encode_message(alive)], None), addr(5 + i))
+    keys = ("id", "state", "cluster", "protocol", "features")
+    full = {v["id"]: {k: v[k] for k in keys if k in v} for v in g.member_views()}
+    light = {v["id"]: v for v in g.member_states()}
+    assert light == full and set(light) == {"n0", "m0", "m1"}
+    assert light["m0"]["cluster"] == "c1" and "cluster" not in light["m1"]
+    copies = [0]
+    real = Member.copy
+
+    def counted(self: Member) -> Member:
+        copies[0] += 1
+        return real(self)
+
+    Member.copy = counted  # type: ignore[method-assign]
+    try:
+        g.member_states()
+        assert copies[0] == 0
+        g.member_views()
+        assert copies[0] == 3
+    finally:
+        Member.copy = real  # type: ignore[method-assign]
