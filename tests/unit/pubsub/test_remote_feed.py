@@ -402,7 +402,7 @@ def test_a_feed_follows_the_partition_to_its_new_leader() -> None:
         h.publish(0, ["m0", "m1"])
     placement = {"t": [{"replicas": ["a", "b"], "leader": "a", "epoch": 1}]}
     control = SimpleNamespace(
-        metadata=SimpleNamespace(placement=placement),
+        metadata=SimpleNamespace(placement=placement, nodes={}),
         leader_name="a",
         is_leader=False,
         watch_topics=lambda listener: None,
