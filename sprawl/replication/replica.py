@@ -571,7 +571,12 @@ class Replica:
                 # answer the wait doubles, up to ``max_ask_ticks``.
                 f.stalled_ticks += 1
                 if f.stalled_ticks >= f.stall_limit:
-                    f.next = f.match  # assume the batches in flight were lost
+                    # Assume the last batch in flight was lost and send it
+                    # again -- not everything past ``match``: a new leader
+                    # knows no follower's match yet (0), and thousands of
+                    # them re-read their whole logs.  A follower that lacks
+                    # more refuses it, naming its end, and is sent that.
+                    f.next = max(f.match, f.sent_from)
                     f.stalled_ticks = 0
                     f.stall_limit = min(2 * f.stall_limit, self.max_ask_ticks)
                     out.extend(self._send(fid, f, heartbeat=True))

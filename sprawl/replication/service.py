@@ -374,6 +374,12 @@ class ReplicationService:
         self._due_control.add(key)
         self._watched.update(core.replicas)
 
+    def cores_at_work(self) -> int:
+        """Controller cores ticked now (not idle: a failover or move under way,
+        or a leader not yet confirmed) -- at most; some may have gone idle
+        since their last tick."""
+        return len(self._due_control)
+
     def wake_control(self, key: tuple[str, int]) -> None:
         """A controller core may have work for ticks (built, or its partition
         changed): tick it while it is not idle."""
