@@ -300,18 +300,20 @@ def main() -> None:
         "--profile", type=Path, help="write a cProfile (reactor thread CPU) of the (last) failover here"
     )
     a = ap.parse_args()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as the_reactor
+
+    reactor: Any = the_reactor
 
     async def all_counts() -> None:
         for n in [int(x) for x in a.partitions.split(",")]:
             print(json.dumps(await measure(n, a.profile, not a.no_ticks)), flush=True)
 
     def stop(_: object) -> None:
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     d = defer.ensureDeferred(all_counts())
     d.addErrback(lambda f: print(f.getTraceback())).addBoth(stop)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":
