@@ -56,6 +56,12 @@ log = Logger()
 REPLICA_MOVE_COOLDOWN = 600.0
 #: A hand-off goes only to a node whose beat this controller heard within this many seconds.
 HANDOFF_BEAT_WITHIN = 1.0
+#: With more failover cores than this at work (fencing, committing, or a new
+#: leader not yet confirmed: a dead node's leaderships moving), the balancer
+#: waits: what it would look at is moving under it, it could move none of
+#: those partitions, and at 10,000 partitions its view took seconds of the
+#: controller's CPU in the middle of the failover (issue 23).
+BALANCE_WAITS_FOR_CORES = 64
 
 
 class PartitionController:
@@ -128,6 +134,9 @@ class PartitionController:
         #: unchanged and quiet, so not built again (see :meth:`_quiet_again`).
         self.balance_views = 0
         self.balance_views_skipped = 0
+        #: Balance decisions put off while a mass failover was under way
+        #: (:data:`BALANCE_WAITS_FOR_CORES`).
+        self.balance_waited = 0
         self._balance_key: tuple[Any, ...] | None = None
         #: An extra step due at once (see :meth:`poke`), and how many ran.
         self._poked: Delayed | None = None
@@ -387,6 +396,9 @@ class PartitionController:
     def _balance(self, now: float, live: list[str]) -> None:
         """Move partition leadership off overloaded nodes (see :mod:`sprawl.cluster.balance`)."""
         if self.membership is None or not self.balancer.due(now):
+            return
+        if self.service.cores_at_work() > BALANCE_WAITS_FOR_CORES:
+            self.balance_waited += 1
             return
         live = [n for n in live if n not in self._avoid]  # drained and stopping nodes take no leadership
         ctl = self.service.controllers

@@ -118,6 +118,9 @@ class _Follower:
     stalled_ticks: int = 0  # ticks with unacknowledged data outstanding
     hw: int = -1  # the follower's high watermark, as it last said (-1: unknown)
     sent_hw: int = 0  # the high watermark we last sent it
+    sent_from: int = 0  # where the last append with records we sent it starts ([sent_from, next))
+    stall_limit: int = 3  # ticks without an answer before what is in flight is sent again
+    unanswered: bool = False  # records were sent that no answer has covered yet
 
 
 class Replica:
@@ -174,6 +177,14 @@ class Replica:
         #: nothing yet); back to ``retry_ticks`` once an append or an Assign comes.
         self.ask_ticks = retry_ticks
         self.max_ask_ticks = max(retry_ticks, max_ask_ticks)
+        #: Whether a leader's every tick beats the controller for its partition
+        #: (:class:`LeaderBeat`), as the release before node beats needs.  With
+        #: node beats (the adapter clears it) the controller hears a leader's
+        #: partition once -- the beat of :meth:`_become_leader`, or the answer
+        #: to its repeated Assign -- and its node's beat after: a new leader
+        #: that is not idle for seconds (thousands of them after a failover)
+        #: no longer beats ten times a second each (issue 23).
+        self.tick_beats = True
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -257,6 +268,9 @@ class Replica:
             reset=reset,
         )
         f.next = start + count
+        if count:
+            f.sent_from = start
+            f.unanswered = True
         f.idle_ticks = 0
         f.sent_hw = self.hw
         out.messages.append((fid, msg))
@@ -274,8 +288,21 @@ class Replica:
             if m.end > f.match:
                 f.match = m.end
                 f.stalled_ticks = 0
+                f.stall_limit = self.retry_ticks
             f.next = max(f.next, f.match)
+            f.unanswered = f.unanswered and f.match < f.next
             out.extend(self._advance_hw())
+        elif f.unanswered and max(f.sent_from, self.cache.log_start) <= m.end < f.next:
+            # A word the follower sent before our last append reached it (its
+            # answer to an Assign, or a restarted follower asking; a refusal
+            # of an append always names an end below that append's start):
+            # the append is on its way, in order, and its answer is what
+            # counts -- sending it again would only double the work (issue
+            # 23: each new leader of a failover hears one such word per
+            # follower).  Were it lost, the stalled ticks send it again.  A
+            # follower below our log start is answered (reset) at once: what
+            # is in flight may not have been readable to send.
+            return out.extend(self._handoff_ready())
         else:
             f.next = max(f.match, min(m.end, f.next))
             f.stalled_ticks = 0
@@ -327,7 +354,11 @@ class Replica:
         self.epoch = epoch
         self.leader = self.id
         self.replicas = replicas
-        self.followers = {r: _Follower(match=0, next=self.cache.end) for r in replicas if r != self.id}
+        self.followers = {
+            r: _Follower(match=0, next=self.cache.end, stall_limit=self.retry_ticks)
+            for r in replicas
+            if r != self.id
+        }
         self.fenced_epoch = max(self.fenced_epoch, epoch)
         self.led_epoch = epoch
         out = Output(writes=[Write(fenced_epoch=self.fenced_epoch, led_epoch=epoch)])
@@ -459,12 +490,22 @@ class Replica:
             return self._become_leader(m.epoch, tuple(m.replicas))
         if self.role == LEADER and self.epoch == m.epoch:
             raise SafetyError(f"{m.leader} assigned epoch {m.epoch}, which {self.id} leads")
+        repeat = (self.epoch, self.leader, self.replicas) == (m.epoch, m.leader, tuple(m.replicas))
         out = self._step_down(m.epoch)
         self.epoch = m.epoch
         self.leader = m.leader
         self.replicas = tuple(m.replicas)
         self.unheard_ticks = 0
         self.ask_ticks = self.retry_ticks
+        if repeat or self.caught_up:
+            # Only a replica that has not caught up since it was built (a
+            # restart) says where it stands: a new leader (each epoch's)
+            # sends its appends unasked, and the same assignment again (a
+            # node hears each twice: from its own apply of the metadata and
+            # from the controller) was answered the first time -- a word
+            # more would only have the leader send its appends again (issue
+            # 23: thousands of partitions failing over at once).
+            return out
         # Tell the leader where this replica stands (its end and high
         # watermark; a refusal, so it claims no match): an idle leader sends
         # nothing unprompted, so a follower that restarted behind it (a high
@@ -520,14 +561,30 @@ class Replica:
             if fid in self.dead:
                 continue  # nothing to a dead node: its return wakes this leader
             f.idle_ticks += 1
-            if f.next > f.match:
+            if f.unanswered and f.next > f.match:
+                # Appends in flight: their answer is awaited, not chased with a
+                # heartbeat each tick (each would cost the follower a write
+                # check and an answer: a follower behind thousands of new
+                # leaders' appends after a failover was sent ten a second per
+                # partition, issue 23).  Unanswered for ``stall_limit`` ticks
+                # they count as lost and go again; each time again without an
+                # answer the wait doubles, up to ``max_ask_ticks``.
                 f.stalled_ticks += 1
-                if f.stalled_ticks >= self.retry_ticks:
-                    f.next = f.match  # assume the batches in flight were lost
+                if f.stalled_ticks >= f.stall_limit:
+                    # Assume the last batch in flight was lost and send it
+                    # again -- not everything past ``match``: a new leader
+                    # knows no follower's match yet (0), and thousands of
+                    # them re-read their whole logs.  A follower that lacks
+                    # more refuses it, naming its end, and is sent that.
+                    f.next = max(f.match, f.sent_from)
                     f.stalled_ticks = 0
-            if f.idle_ticks >= 1:
+                    f.stall_limit = min(2 * f.stall_limit, self.max_ask_ticks)
+                    out.extend(self._send(fid, f, heartbeat=True))
+                continue
+            if f.match < self.cache.end or f.hw < self.hw:
                 out.extend(self._send(fid, f, heartbeat=True))
-        out.messages.append((self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end)))
+        if self.tick_beats:
+            out.messages.append((self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end)))
         return out
 
 

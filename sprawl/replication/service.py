@@ -242,7 +242,8 @@ class ReplicationService:
         self._judge_skipped = 0 if judge else self._judge_skipped + 1
         for node in [n for n, until in self._dead_until.items() if until <= now]:
             self.node_alive(node)  # the controller's hint lapsed (gossip never said dead)
-        done_r, done_c = self._tick_as_before() if not self.node_beats() else (set(), set())
+        beats = self.node_beats()
+        done_r, done_c = self._tick_as_before() if not beats else (set(), set())
         for key in list(self._due):
             r = self.replicas.get(key)
             if r is None or r.core.idle:
@@ -251,6 +252,7 @@ class ReplicationService:
             if key in done_r:
                 continue  # ticked already
             self.ticked += 1
+            r.core.tick_beats = not beats  # (a leader's beat per tick: for the release before)
             r.tick()
         for key in list(self._due_control):
             c = self.controllers.get(key)
@@ -291,6 +293,7 @@ class ReplicationService:
             if r.core.is_leader:
                 done_r.add(key)
                 self.ticked += 1
+                r.core.tick_beats = True
                 r.tick()
         for key, c in list(self.controllers.items()):
             if not (c.leader and self.liveness.beats(c.leader)):
@@ -376,6 +379,12 @@ class ReplicationService:
             self.liveness.reset(self.reactor.seconds())  # (again) the controller
         self._due_control.add(key)
         self._watched.update(core.replicas)
+
+    def cores_at_work(self) -> int:
+        """Controller cores ticked now (not idle: a failover or move under way,
+        or a leader not yet confirmed) -- at most; some may have gone idle
+        since their last tick."""
+        return len(self._due_control)
 
     def wake_control(self, key: tuple[str, int]) -> None:
         """A controller core may have work for ticks (built, or its partition

@@ -332,10 +332,16 @@ def test_an_idle_clusters_balancer_view_is_built_once_not_every_decision() -> No
     of every partition is built for its first decision only; later
     decisions (every 10 s) reuse it -- the same decision, its time moved on
     -- with 10,000 partitions as with 1,000.  A new entry applied (the
-    placement may have changed) or a reported rate builds it again."""
+    placement may have changed) or a reported rate builds it again.  (The
+    first decision waits for the new controller's leaders to confirm: until
+    then no partition could be moved.)"""
     for partitions in (1_000, 10_000):
         plane, _, clock = _plane(partitions)
         ctl = plane.controller
+        ctl.tick()
+        assert ctl.balancer.last is None and ctl.balance_waited == 1
+        _confirm_all(plane)
+        plane.service.tick()
         ctl.tick()
         first = ctl.balancer.last
         assert first is not None and ctl.balance_views == 1
@@ -395,3 +401,27 @@ def test_a_step_asks_gossip_for_the_light_member_states() -> None:
         plane.controller.tick()
     assert asked["states"] >= 5  # one per step
     assert asked["views"] <= 2  # (the balancer's decision reads the rates, once per 10 s)
+
+
+def test_the_balancer_waits_while_a_dead_nodes_leaderships_move() -> None:
+    """Node b dies: while its 1,000 leaderships are failing over (their cores
+    at work), a balance decision that falls due is put off -- its view over
+    every partition would cost seconds at 10,000 and it could move none of
+    them; once the cores are idle again the next step decides."""
+    plane, states, clock = _plane(3_000)
+    _b_dies(plane, states, clock)
+    ctl = plane.controller
+    plane.service.tick()  # (cores idle since their last tick are not counted again)
+    assert plane.service.cores_at_work() == 1_000
+    decided, waited = ctl.balance_views + ctl.balance_views_skipped, ctl.balance_waited
+    clock.advance(10.0)
+    ctl.tick()
+    assert (ctl.balance_views + ctl.balance_views_skipped, ctl.balance_waited) == (decided, waited + 1)
+    for c in plane.service.controllers.values():  # the failovers done, the new leaders confirmed
+        if c.fencing is not None:
+            c.fencing, c.leader, c.epoch, c.leader_confirmed = None, "a", 2, True
+    plane.service.tick()  # (idle cores stop being ticked)
+    assert plane.service.cores_at_work() == 0
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views + ctl.balance_views_skipped == decided + 1 and ctl.balance_waited == waited + 1

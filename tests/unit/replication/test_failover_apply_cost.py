@@ -1,0 +1,61 @@
+"""What applying one dead node's failover costs on the survivors (issue 23):
+the frames between them and the LMDB commits, for 100 and for 1,000
+partitions failing over at once, must be the same per partition (frames)
+and not one per partition (commits).
+
+Real brokers on LMDB, the real replication services and replica sync, the
+controller's cores committing in one batch applied a slice per reactor
+turn (:mod:`benchmarks.failover_apply`); the services do not tick, so the
+failover moves by messages alone and every run sends the same frames.
+Counted, not timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+
+from benchmarks.failover_apply import Failover
+from harness import the_reactor
+
+
+async def _fail_over(path: Path, partitions: int) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+    """(frames per partition by sender, receiver and kind; LMDB commits per
+    node; reactor turns the apply took per node) of one failover, counted
+    until the survivors are quiet again."""
+    fo = Failover(path, partitions, the_reactor(), ticking=False)
+    try:
+        await fo.setup()
+        fo.start()
+        await fo.until_led()
+        await fo.quiet()
+        frames = {k: v / partitions for k, v in fo.net.by_kind.items()}
+        return frames, fo.commits(), dict(fo.apply_turns)
+    finally:
+        await fo.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failover_costs_the_same_frames_per_partition_and_few_commits(tmp_path: Path) -> None:
+    """Each partition of a failover costs its survivors the same frames with
+    100 partitions as with 1,000 -- the fence and its answer, one assignment
+    and the new leader's control record, the answer to it and the follower
+    learning the high watermark -- and no more (no second assignment
+    answered, no append sent twice); the LMDB commits grow with the reactor
+    turns the apply is cut into (200 topics each), not with the partitions."""
+    small, small_commits, small_turns = await _fail_over(tmp_path / "small", 100)
+    big, big_commits, big_turns = await _fail_over(tmp_path / "big", 1_000)
+    assert small == big
+    assert big == {
+        "a>b Assign": 1.0,  # (the dead node: a real controller skips it, silent)
+        "a>b Fence": 1.0,
+        "a>c Fence": 1.0,
+        "c>a FenceResp": 1.0,
+        "a>c Assign": 1.0,  # the controller's word (c applies the same entry itself)
+        "a>c Append": 2.0,  # the control record; then the high watermark covering it
+        "c>a AppendResp": 2.0,
+    }
+    assert small_turns == {"a": 1, "c": 1} and big_turns == {"a": 5, "c": 5}
+    for node in ("a", "c"):
+        assert small_commits[node] <= 6
+        assert big_commits[node] <= 3 * big_turns[node] + 6  # not one per partition (1,000)
