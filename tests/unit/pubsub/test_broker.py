@@ -46,8 +46,11 @@ class Node:
             await self.store.close()
 
     async def synced(self) -> None:
-        """Wait until every write queued so far is committed (writes commit in order)."""
+        """Wait until every write queued so far is committed (writes commit in order)
+        and the disk budget's measure (``used_bytes``, otherwise up to USED_EVERY
+        late) has followed them."""
         await self.store.write([])
+        await self.store.measure_used()
 
 
 @pytest_twisted.async_yield_fixture
