@@ -62,6 +62,15 @@ HANDOFF_BEAT_WITHIN = 1.0
 #: those partitions, and at 10,000 partitions its view took seconds of the
 #: controller's CPU in the middle of the failover (issue 23).
 BALANCE_WAITS_FOR_CORES = 64
+#: While failover cores are still fencing (their choices are coming: a dead
+#: node's thousands of fence answers arrive over many reactor turns), the
+#: batch of choices waits for them -- rechecked every ``COMMIT_HOLD_STEP``
+#: seconds, and proposed as soon as a recheck finds no new choice (the
+#: answers stalled) or the first choice waited ``COMMIT_HOLD_MAX`` seconds:
+#: a mass failover is one Raft entry, not one for the first answers and
+#: another, waiting for it, for the rest.
+COMMIT_HOLD_STEP = 0.05
+COMMIT_HOLD_MAX = 1.0
 
 
 class PartitionController:
@@ -149,6 +158,9 @@ class PartitionController:
         self._commits: list[tuple[tuple[str, int], Commit, defer.Deferred[dict[str, Any]]]] = []
         self._flush_call: Any = None
         self._committing = False
+        #: When the oldest waiting choice was held first, and how many were waiting at the last recheck.
+        self._held_since: float | None = None
+        self._held_count = 0
         #: ``set_partitions`` proposals made (tests count them).
         self.batch_proposals = 0
         listeners = getattr(membership, "listeners", None)
@@ -689,6 +701,9 @@ class PartitionController:
         the next one (a group commit: a dead node's failovers, whose fence
         answers arrive spread over a few reads, cost one or a few entries)."""
         self._flush_call = None
+        if self._hold_commits():
+            self._flush_call = self.reactor.callLater(COMMIT_HOLD_STEP, self._flush_commits)
+            return
         batch, self._commits = self._commits[:MAX_PARTITION_BATCH], self._commits[MAX_PARTITION_BATCH:]
         if not batch:
             return
@@ -735,6 +750,25 @@ class PartitionController:
                 self._flush_call = self.reactor.callLater(0, self._flush_commits)
 
         d.addCallbacks(answered, failed).addBoth(next_batch)
+
+    def _hold_commits(self) -> bool:
+        """Whether the waiting choices wait for more (see :data:`COMMIT_HOLD_STEP`):
+        cores are still fencing, new choices came since the last recheck, the
+        first has waited less than :data:`COMMIT_HOLD_MAX`, and the batch is not full."""
+        waiting = len(self._commits)
+        now = self.reactor.seconds()
+        if self._held_since is None:
+            self._held_since, self._held_count = now, 0
+        hold = (
+            0 < waiting < MAX_PARTITION_BATCH
+            and waiting > self._held_count
+            and now - self._held_since < COMMIT_HOLD_MAX
+            and self.service.cores_fencing() > 0
+        )
+        self._held_count = waiting
+        if not hold:
+            self._held_since = None
+        return hold
 
     def member_states(self) -> dict[str, str]:
         """Gossip state by node id; ``foreign`` for a member of another Raft

@@ -396,6 +396,17 @@ class ReplicationService:
         since their last tick."""
         return len(self._due_control)
 
+    def cores_fencing(self) -> int:
+        """Controller cores fencing whose choice is still to come (no majority
+        answered yet): a batch of choices may wait for them.  One pass over
+        the cores at work (:meth:`cores_at_work`), not over every partition."""
+        n = 0
+        for key in self._due_control:
+            c = self.controllers.get(key)
+            if c is not None and c.fencing is not None and c.committing is None:
+                n += 1
+        return n
+
     def wake_control(self, key: tuple[str, int]) -> None:
         """A controller core may have work for ticks (built, or its partition
         changed): tick it while it is not idle."""
