@@ -252,6 +252,21 @@ class BalanceConfig:
     #: before the replayed rule moves (``predict_replace``; the reactive rule's
     #: ``persist``, in path points).
     replace_points: int = 1
+    #: Every move (reactive ones too) goes to the eligible replica whose
+    #: predicted load with the partition stays lowest against the predicted
+    #: bound over the partitions' paths (the highest forecasts without them),
+    #: not merely the least loaded now.  Only with forecasts; ``predict`` may
+    #: be off (forecast-guided choice without moves on a forecast).
+    choose_target: bool = False
+    #: A hot node sheds the partition whose move leaves it least over the
+    #: bound, now and along the paths (summed), the longest-lasting relief
+    #: next, not merely its largest now: a partition about to fall relieves
+    #: it for less than one about to rise.  Only with forecasts.
+    choose_partition: bool = False
+    #: A node hot now does not shed when along its path it is at or below the
+    #: predicted bound at every point after the first ``shed_skip`` (its
+    #: excess ends before a move would pay; 0: never skipped).  Only with paths.
+    shed_skip: int = 0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -264,9 +279,11 @@ class BalanceConfig:
             self.predict_replace not in ("", "cap", "same")
             or self.replace_within < 0
             or self.replace_points < 1
+            or self.shed_skip < 0
         ):
             raise ValueError(
-                'need predict_replace in ("", "cap", "same"), replace_within >= 0, replace_points >= 1'
+                'need predict_replace in ("", "cap", "same"), replace_within >= 0, replace_points >= 1,'
+                " shed_skip >= 0"
             )
 
 
@@ -500,6 +517,7 @@ class Balancer:
             budget -= self._follow(by_key, pload, loads, mean, upper, now, budget, d)
             if self._plan:
                 budget = 0  # a plan under way takes the whole decision
+        guide = self._guide(parts, pload, d, nodes)
         for src in sorted(hot, key=lambda n: (-loads[n], n)):
             if self._streak[src] < c.persist:
                 d.held.append(f"{src}: hot for {self._streak[src]}/{c.persist} decisions")
@@ -514,10 +532,13 @@ class Balancer:
                     self._preempt_used.add(src)
                     self.preempted_total += 1
                 continue
+            if guide is not None and c.shed_skip > 0 and guide.passes(src, c.shed_skip):
+                d.held.append(f"{src}: hot, at or below the bound along its path after {c.shed_skip} points")
+                continue
             if budget <= 0:
                 d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
                 continue
-            shed = self._shed(src, by_leader.get(src, []), pload, loads, mean, upper, now, budget, d)
+            shed = self._shed(src, by_leader.get(src, []), pload, loads, mean, upper, now, budget, d, guide)
             budget -= len(shed)
             if shed:
                 self._streak[src] = 0
@@ -551,6 +572,22 @@ class Balancer:
             )
         self.last = d
         return d
+
+    def _guide(
+        self,
+        parts: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        d: Decision,
+        nodes: Sequence[str],
+    ) -> _Ahead | None:
+        """The view the forecast-guided choices (``choose_target``,
+        ``choose_partition``, ``shed_skip``) pick by, this decision's moves so
+        far applied; None when they are off or no partition carries a forecast."""
+        c = self.config
+        if not (c.choose_target or c.choose_partition or c.shed_skip > 0):
+            return None
+        moved = {(m.topic, m.partition): m.dst for m in d.moves}
+        return _Ahead.along(parts, pload, moved, nodes, c.threshold)
 
     def _passing(
         self, parts: Sequence[PartitionLoad], pload: Mapping[tuple[str, int], float], nodes: Sequence[str]
@@ -605,6 +642,7 @@ class Balancer:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
+        guide = self._guide(parts, pload, d, nodes) if c.choose_target else None
         # an early move is optional: its target keeps a margin below the bound
         roomy = mean * (1 + c.threshold * c.predict_room)
         proomy = pmean * (1 + c.threshold * c.predict_room)
@@ -657,6 +695,8 @@ class Balancer:
                 u, f = pload[p.key], fc[p.key]
                 if ahead is not None:
                     ahead.move(p.key, src, dst)
+                if guide is not None:
+                    guide.move(p.key, src, dst)
                 moved[p.key] = dst
                 pred[src] -= f
                 pred[dst] += f
@@ -686,7 +726,14 @@ class Balancer:
                         break
                     ts = targets(p, src)
                     if ts:
-                        make(p, src, min(ts, key=lambda r: (pred[r], loads[r], r)))
+                        make(
+                            p,
+                            src,
+                            min(
+                                ts,
+                                key=lambda r: (guide.peak(r, p.key) if guide else 0.0, pred[r], loads[r], r),
+                            ),
+                        )
                         left -= 1
             else:
                 # over the long horizon: only a move that lowers the predicted
@@ -1060,31 +1107,58 @@ class Balancer:
         now: float,
         budget: int,
         d: Decision,
+        guide: _Ahead | None = None,
     ) -> list[Move]:
+        """The reactive moves off ``src``: its largest partitions first, each to
+        the least loaded replica below the mean that stays at or below
+        ``upper``, until ``src`` is at or below it.  With ``guide`` (the
+        forecast-guided choices on), ``choose_partition`` and ``choose_target``
+        pick among the same moves by the forecast instead."""
         c = self.config
         out: list[Move] = []
         cooling = busy = 0
+        cands: list[PartitionLoad] = []
         for p in sorted(led, key=lambda q: (-pload[q.key], q.key)):
-            if len(out) >= budget or loads[src] <= upper:
-                break
-            units = pload[p.key]
-            if units < c.min_partition_load:
+            if pload[p.key] < c.min_partition_load:
                 break  # sorted: the rest are colder
             if not p.movable:
                 busy += 1
-                continue
-            if p.key in self._moved:
+            elif p.key in self._moved:
                 cooling += 1
-                continue
-            targets = [
-                r
-                for r in p.replicas
-                if r != src and r in loads and loads[r] < mean and loads[r] + units <= upper
+            else:
+                cands.append(p)
+
+        def targets(p: PartitionLoad) -> list[str]:
+            u = pload[p.key]
+            return [
+                r for r in p.replicas if r != src and r in loads and loads[r] < mean and loads[r] + u <= upper
             ]
-            if not targets:
-                continue
-            mv = Move(p.topic, p.partition, src, min(targets, key=lambda r: (loads[r], r)), OVERLOADED)
-            self._record(mv, units, loads, now, d)
+
+        by_part = guide is not None and c.choose_partition
+        by_target = guide is not None and c.choose_target
+        while len(out) < budget and loads[src] > upper:
+            # a partition with no target now gets none later in this loop: targets only gain load
+            opts = [(p, ts) for p in cands for ts in (targets(p),) if ts]
+            if not opts:
+                break
+            p, ts = opts[0]
+            if by_part and guide is not None:
+                g = guide
+                p, ts = opts[
+                    min(
+                        range(len(opts)),
+                        key=lambda i: (g.left(src, opts[i][0].key), -g.low(opts[i][0].key), i),
+                    )
+                ]
+            if by_target and guide is not None:
+                dst = min(ts, key=lambda r: (guide.peak(r, p.key), loads[r], r))
+            else:
+                dst = min(ts, key=lambda r: (loads[r], r))
+            cands.remove(p)
+            mv = Move(p.topic, p.partition, src, dst, OVERLOADED)
+            self._record(mv, pload[p.key], loads, now, d)
+            if guide is not None:
+                guide.move(p.key, src, dst)
             out.append(mv)
         if not out:
             why = "no replica below the mean can take any of its partitions"
@@ -1137,6 +1211,58 @@ class _Ahead:
                     row[i] += x
         bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width + 1)]
         return cls(vec, node, bound)
+
+    @classmethod
+    def along(
+        cls,
+        parts: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        moved: Mapping[tuple[str, int], str],
+        nodes: Sequence[str],
+        threshold: float,
+    ) -> _Ahead | None:
+        """Node loads now (point 0) and along the partitions' paths over the
+        forecast's horizon (:attr:`PartitionLoad.path`; a partition without
+        one: its forecast at every point, the present without a forecast):
+        what the forecast-guided choices pick by.  None when no partition
+        carries a forecast."""
+        if not nodes or not any(p.forecast is not None or p.path for p in parts):
+            return None
+        width = max((len(p.path) for p in parts if p.path), default=1)
+        vec: dict[tuple[str, int], tuple[float, ...]] = {}
+        node = {n: [0.0] * (width + 1) for n in nodes}
+        for p in parts:
+            u = pload[p.key]
+            f = u if p.forecast is None or not math.isfinite(p.forecast) else max(0.0, p.forecast)
+            path = p.path if p.path and len(p.path) == width else (f,) * width
+            v = (u, *(max(0.0, x) if math.isfinite(x) else f for x in path))
+            vec[p.key] = v
+            leader = moved.get(p.key, p.leader)
+            if leader in node:
+                row = node[leader]
+                for i, x in enumerate(v):
+                    row[i] += x
+        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width + 1)]
+        return cls(vec, node, bound)
+
+    def peak(self, dst: str, key: tuple[str, int]) -> float:
+        """``dst``'s highest load over the bound (negative: room left), now and
+        at every point, once it has ``key``."""
+        return max(x + y - b for x, y, b in zip(self.node[dst], self.vec[key], self.bound, strict=True))
+
+    def left(self, src: str, key: tuple[str, int]) -> float:
+        """``src``'s excess over the bound summed now and over the points once ``key`` is off it."""
+        return self._excess([x - y for x, y in zip(self.node[src], self.vec[key], strict=True)])
+
+    def low(self, key: tuple[str, int]) -> float:
+        """``key``'s lowest predicted load over the points: the relief its move lasts for."""
+        return min(self.vec[key][1:])
+
+    def passes(self, node: str, points: int) -> bool:
+        """Whether ``node`` is at or below the bound at every point after the
+        first ``points`` (None of them left: False)."""
+        row, bound = self.node[node][1 + points :], self.bound[1 + points :]
+        return bool(row) and all(x <= b for x, b in zip(row, bound, strict=True))
 
     def _excess(self, row: Sequence[float]) -> float:
         return sum(max(0.0, x - b) for x, b in zip(row, self.bound, strict=True))
