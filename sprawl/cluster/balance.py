@@ -642,7 +642,14 @@ class Balancer:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
-        guide = self._guide(parts, pload, d, nodes) if c.choose_target else None
+        guide = self._guide(parts, pload, d, nodes) if c.choose_target or c.choose_partition else None
+        g = guide
+
+        def relief(o: tuple[int, PartitionLoad, list[str]]) -> tuple[float, float, int]:
+            """``choose_partition``: the move leaving the source least over the bound, the longest relief next."""
+            assert g is not None
+            return (g.left(src, o[1].key), -g.low(o[1].key), o[0])
+
         # an early move is optional: its target keeps a margin below the bound
         roomy = mean * (1 + c.threshold * c.predict_room)
         proomy = pmean * (1 + c.threshold * c.predict_room)
@@ -721,20 +728,26 @@ class Balancer:
                     make(p, src, dst)
                     left -= 1
             elif ahead is None:
-                for p in led:
-                    if left <= 0 or pred[src] <= pupper:
+                while left > 0 and pred[src] > pupper:
+                    # a partition with no target now gets none later: targets only gain load
+                    opts = [(i, p, ts) for i, p in enumerate(led) for ts in (targets(p, src),) if ts]
+                    if not opts:
                         break
-                    ts = targets(p, src)
-                    if ts:
-                        make(
-                            p,
-                            src,
-                            min(
-                                ts,
-                                key=lambda r: (guide.peak(r, p.key) if guide else 0.0, pred[r], loads[r], r),
+                    _, p, ts = opts[0] if g is None or not c.choose_partition else min(opts, key=relief)
+                    make(
+                        p,
+                        src,
+                        min(
+                            ts,
+                            key=lambda r: (
+                                g.peak(r, p.key) if g is not None and c.choose_target else 0.0,
+                                pred[r],
+                                loads[r],
+                                r,
                             ),
-                        )
-                        left -= 1
+                        ),
+                    )
+                    left -= 1
             else:
                 # over the long horizon: only a move that lowers the predicted
                 # excess there, the one that lowers it most

@@ -150,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((Result(tr.name, "reactive", tr.seconds), simulate(tr, True, cfg)))
         else:
             rows += compare([tr], cfg)
-        print(f"{tr.name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"{tr.name}: {time.monotonic() - t0:.0f} s; moves by reason: reactive run "
+            f"{rows[-1][0].moves_by_reason}, forecast run {rows[-1][1].moves_by_reason}",
+            file=sys.stderr,
+            flush=True,
+        )
         print(
             "\n".join(
                 line for line in table(rows[-1:], cfg).splitlines() if line.startswith(f"| {tr.name} ")
