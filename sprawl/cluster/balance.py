@@ -371,6 +371,9 @@ class Decision:
     #: Hot nodes whose moves were held as pre-empted by earlier moves on a
     #: forecast (``predict_replace``): :func:`replica_move` leaves them alone too.
     preempted: list[str] = field(default_factory=list)
+    #: Hot nodes whose shed was skipped because their path falls to the bound
+    #: soon (``shed_skip``): :func:`replica_move` leaves them alone too.
+    skipped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``GET /v1/cluster`` (the ``predicted*`` fields only
@@ -534,6 +537,7 @@ class Balancer:
                 continue
             if guide is not None and c.shed_skip > 0 and guide.passes(src, c.shed_skip):
                 d.held.append(f"{src}: hot, at or below the bound along its path after {c.shed_skip} points")
+                d.skipped.append(src)
                 continue
             if budget <= 0:
                 d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
@@ -1368,7 +1372,8 @@ def replica_move(
     decision after decision.  Once it has been hot for ``persist_factor``
     times the decisions that trigger a leadership move, and this decision
     moved nothing off it (nor held its moves as pre-empted by a move on a
-    forecast: ``BalanceConfig.predict_replace``), its hottest movable partition gets a new replica on
+    forecast: ``BalanceConfig.predict_replace``, nor skipped its shed as
+    passing: ``BalanceConfig.shed_skip``), its hottest movable partition gets a new replica on
     the least loaded live node below the mean that does not hold one and stays
     at or below the bound with it (this decision's moves counted) -- the
     node replaces the hot one in the partition's replica set and takes over
@@ -1376,7 +1381,7 @@ def replica_move(
     one per decision; ``recently_moved`` keeps a partition from moving again
     too soon.
     """
-    moved_from = {m.src for m in decision.moves} | set(decision.preempted)
+    moved_from = {m.src for m in decision.moves} | set(decision.preempted) | set(decision.skipped)
     hot = [
         n
         for n, v in decision.nodes.items()

@@ -16,7 +16,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from harness.balance import drawn, squares
-from sprawl.cluster.balance import OVERLOADED, BalanceConfig, Balancer, PartitionLoad
+from sprawl.cluster.balance import OVERLOADED, BalanceConfig, Balancer, PartitionLoad, replica_move
 
 FOUR = ["a", "b", "c", "d"]
 
@@ -117,6 +117,19 @@ def test_a_shed_is_skipped_when_the_excess_ends_before_it_pays(case, skip: int, 
     d = Balancer(config(shed_skip=skip)).decide(0.0, case(), FOUR)
     assert len(d.moves) == moves
     assert any("along its path" in h for h in d.held) == (moves == 0)
+
+
+def test_a_skipped_node_gets_no_replica_move() -> None:
+    """A node whose shed is skipped (its excess ends soon) runs up its hot
+    streak; the controller's replica move leaves it alone as well (without the
+    skip it would copy x to b, a node that holds no replica of it)."""
+    parts = [replace(p, replicas=("a", "d")) if p.leader == "a" else p for p in falling()]
+    b = Balancer(config(shed_skip=1))
+    for i in range(3):
+        d = b.decide(10.0 * i, parts, FOUR)
+    assert d.moves == [] and d.skipped == ["a"] and d.nodes["a"].streak == 3
+    assert replica_move(d, parts, FOUR) is None
+    assert replica_move(replace(d, skipped=[]), parts, FOUR) is not None
 
 
 def test_off_by_default_and_checked() -> None:
