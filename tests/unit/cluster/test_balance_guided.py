@@ -16,7 +16,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from harness.balance import drawn, squares
-from sprawl.cluster.balance import OVERLOADED, BalanceConfig, Balancer, PartitionLoad, replica_move
+from sprawl.cluster.balance import OVERLOADED, PREDICTED, BalanceConfig, Balancer, PartitionLoad, replica_move
 
 FOUR = ["a", "b", "c", "d"]
 
@@ -83,6 +83,33 @@ def test_the_partition_is_the_one_whose_move_relieves_longest(choose: bool, move
     ``choose_partition`` the one leaving a least over the bound over the path (y)."""
     d = Balancer(config(choose_partition=choose)).decide(0.0, partition_case(), FOUR)
     assert [m.topic for m in d.moves] == [moved]
+
+
+FIVE = ["a", "b", "c", "d", "e"]
+
+
+def quiet_case() -> list[PartitionLoad]:
+    """a is not hot now (50 against 55) but predicted hot (80 against 60); x
+    (forecast 40, a spike: 10 at the end) and y (a steady 30) are both quiet
+    moves to b, either leaves a under the bound along the path."""
+    five = tuple(FIVE)
+    return [
+        replace(part("x", "a", 20, [20, 40, 10]), replicas=five),
+        replace(part("y", "a", 20, [20, 30, 30]), replicas=five),
+        replace(part("z", "a", 10, [10, 10, 10]), replicas=five),
+        replace(part("w", "b", 20, [10, 10, 10]), replicas=five),
+        *(replace(part(t, n, 50, [50, 50, 50]), replicas=five) for t, n in zip("pqr", "cde", strict=True)),
+    ]
+
+
+@pytest.mark.parametrize(("choose", "moved"), [(False, "x"), (True, "y")])
+def test_the_predictive_pass_moves_the_partition_that_relieves_longest(choose: bool, moved: str) -> None:
+    """On a forecast, without the choice: the partition of highest forecast
+    (x, a spike); with ``choose_partition``: of the moves that leave a under
+    the bound, the one whose relief lasts (y)."""
+    b = Balancer(config(predict=True, choose_partition=choose))
+    d = b.decide(0.0, quiet_case(), FIVE)
+    assert [(m.topic, m.dst, m.reason) for m in d.moves] == [(moved, "b", PREDICTED)]
 
 
 def test_without_forecasts_the_choices_change_nothing() -> None:
