@@ -117,7 +117,22 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   what the forecast gave it (tests in
   ``tests/unit/cluster/test_balance_replace.py``).
 
-The no-flapping argument holds with all of them: a two-move plan lowers
+* forecast-guided choice in every move, reactive ones included (with
+  forecasts; ``predict`` may be off for the reactive rule with the choices):
+  ``choose_target`` sends a move to the eligible replica whose load with the
+  partition stays furthest below the predicted bound now and along the
+  partitions' paths (:attr:`PartitionLoad.path`; the highest forecast
+  without), not merely the least loaded now; ``choose_partition`` sheds the
+  partition whose move leaves the node least over the bound now and along
+  the paths (the longest-lasting relief next), not merely its largest now --
+  in the reactive shed and the predictive pass alike; ``shed_skip`` skips a
+  reactive shed when the node is at or below the bound at every path point
+  after the first ``shed_skip`` (its excess ends before a move would pay;
+  :attr:`Decision.skipped`, left alone by :func:`replica_move` too).  Tests in
+  ``tests/unit/cluster/test_balance_guided.py``.
+
+The no-flapping argument holds with all of them (the choices pick among the
+same improving moves, or skip one): a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
 under a steady load each of its moves passes its check and it is done (its
