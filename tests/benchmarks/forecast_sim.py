@@ -24,8 +24,12 @@ over that many hours: ``SimConfig.profile_horizon``), ``--surge-guard``
 surge, not only sudden ones), ``--predict-hold``, ``--hold-waiver``,
 ``--predict-quiet``, ``--chain-after``, ``--plan-after``, ``--plan-lasting``,
 ``--plan-moves``, ``--plan-margin``, ``--predict-replace``, ``--replace-within``
-(default: the trace's forecast horizon) and ``--replace-points``
-(``BalanceConfig``).  ``--only``
+(default: the trace's forecast horizon), ``--replace-points``,
+``--choose-target``, ``--choose-partition`` and ``--shed-skip``
+(``BalanceConfig``); ``--no-predict-pass`` runs the forecast run with no
+move on a forecast (``BalanceConfig(predict=False)``: the reactive rule with
+the forecast-guided choices), ``--forecast-only`` skips the reactive run
+(its row is left at zeros: its figures do not depend on these options).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
 """
 
