@@ -1231,17 +1231,31 @@ class _Ahead:
         if width == 0 or not nodes:
             return None
         vec: dict[tuple[str, int], tuple[float, ...]] = {}
-        node = {n: [0.0] * (width + 1) for n in nodes}
         for p in parts:
             prof = p.profile if p.profile and len(p.profile) == width else (fc[p.key],) * width
-            v = (fc[p.key], *(max(0.0, x) if math.isfinite(x) else fc[p.key] for x in prof))
-            vec[p.key] = v
+            vec[p.key] = (fc[p.key], *(max(0.0, x) if math.isfinite(x) else fc[p.key] for x in prof))
+        return cls._summed(parts, vec, moved, nodes, threshold)
+
+    @classmethod
+    def _summed(
+        cls,
+        parts: Sequence[PartitionLoad],
+        vec: dict[tuple[str, int], tuple[float, ...]],
+        moved: Mapping[tuple[str, int], str],
+        nodes: Sequence[str],
+        threshold: float,
+    ) -> _Ahead:
+        """Each node's row (the vectors of the partitions it leads, ``moved``
+        applied, summed) and the bound at each point."""
+        width = len(next(iter(vec.values()))) if vec else 0
+        node = {n: [0.0] * width for n in nodes}
+        for p in parts:
             leader = moved.get(p.key, p.leader)
             if leader in node:
                 row = node[leader]
-                for i, x in enumerate(v):
+                for i, x in enumerate(vec[p.key]):
                     row[i] += x
-        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width + 1)]
+        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width)]
         return cls(vec, node, bound)
 
     @classmethod
@@ -1262,20 +1276,12 @@ class _Ahead:
             return None
         width = max((len(p.path) for p in parts if p.path), default=1)
         vec: dict[tuple[str, int], tuple[float, ...]] = {}
-        node = {n: [0.0] * (width + 1) for n in nodes}
         for p in parts:
             u = pload[p.key]
             f = u if p.forecast is None or not math.isfinite(p.forecast) else max(0.0, p.forecast)
             path = p.path if p.path and len(p.path) == width else (f,) * width
-            v = (u, *(max(0.0, x) if math.isfinite(x) else f for x in path))
-            vec[p.key] = v
-            leader = moved.get(p.key, p.leader)
-            if leader in node:
-                row = node[leader]
-                for i, x in enumerate(v):
-                    row[i] += x
-        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width + 1)]
-        return cls(vec, node, bound)
+            vec[p.key] = (u, *(max(0.0, x) if math.isfinite(x) else f for x in path))
+        return cls._summed(parts, vec, moved, nodes, threshold)
 
     def peak(self, dst: str, key: tuple[str, int]) -> float:
         """``dst``'s highest load over the bound (negative: room left), now and

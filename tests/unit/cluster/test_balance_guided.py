@@ -63,12 +63,12 @@ def test_the_target_is_the_replica_that_stays_coolest(choose: bool, dst: str) ->
     assert [(m.topic, m.src, m.dst, m.reason) for m in d.moves] == [("t", "a", dst, OVERLOADED)]
 
 
-def partition_case(x_path: Sequence[float] = (30, 10, 5)) -> list[PartitionLoad]:
+def partition_case() -> list[PartitionLoad]:
     """a leads x 30 (about to fall), y 25 (about to rise), z 25: 80 against a
     bound of 50.  Moving x brings a to the bound now, y leaves it 5 over now but
     under the bound along the path (x falling), x leaves it over later."""
     return [
-        part("x", "a", 30, x_path),
+        part("x", "a", 30, [30, 10, 5]),
         part("y", "a", 25, [25, 35, 40]),
         part("z", "a", 25, [25, 25, 25]),
         part("p", "b", 20, [20, 20, 20]),
