@@ -117,7 +117,22 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   what the forecast gave it (tests in
   ``tests/unit/cluster/test_balance_replace.py``).
 
-The no-flapping argument holds with all of them: a two-move plan lowers
+* forecast-guided choice in every move, reactive ones included (with
+  forecasts; ``predict`` may be off for the reactive rule with the choices):
+  ``choose_target`` sends a move to the eligible replica whose load with the
+  partition stays furthest below the predicted bound now and along the
+  partitions' paths (:attr:`PartitionLoad.path`; the highest forecast
+  without), not merely the least loaded now; ``choose_partition`` sheds the
+  partition whose move leaves the node least over the bound now and along
+  the paths (the longest-lasting relief next), not merely its largest now --
+  in the reactive shed and the predictive pass alike; ``shed_skip`` skips a
+  reactive shed when the node is at or below the bound at every path point
+  after the first ``shed_skip`` (its excess ends before a move would pay;
+  :attr:`Decision.skipped`, left alone by :func:`replica_move` too).  Tests in
+  ``tests/unit/cluster/test_balance_guided.py``.
+
+The no-flapping argument holds with all of them (the choices pick among the
+same improving moves, or skip one): a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
 under a steady load each of its moves passes its check and it is done (its
@@ -252,6 +267,21 @@ class BalanceConfig:
     #: before the replayed rule moves (``predict_replace``; the reactive rule's
     #: ``persist``, in path points).
     replace_points: int = 1
+    #: Every move (reactive ones too) goes to the eligible replica whose
+    #: predicted load with the partition stays lowest against the predicted
+    #: bound over the partitions' paths (the highest forecasts without them),
+    #: not merely the least loaded now.  Only with forecasts; ``predict`` may
+    #: be off (forecast-guided choice without moves on a forecast).
+    choose_target: bool = False
+    #: A hot node sheds the partition whose move leaves it least over the
+    #: bound, now and along the paths (summed), the longest-lasting relief
+    #: next, not merely its largest now: a partition about to fall relieves
+    #: it for less than one about to rise.  Only with forecasts.
+    choose_partition: bool = False
+    #: A node hot now does not shed when along its path it is at or below the
+    #: predicted bound at every point after the first ``shed_skip`` (its
+    #: excess ends before a move would pay; 0: never skipped).  Only with paths.
+    shed_skip: int = 0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -264,9 +294,11 @@ class BalanceConfig:
             self.predict_replace not in ("", "cap", "same")
             or self.replace_within < 0
             or self.replace_points < 1
+            or self.shed_skip < 0
         ):
             raise ValueError(
-                'need predict_replace in ("", "cap", "same"), replace_within >= 0, replace_points >= 1'
+                'need predict_replace in ("", "cap", "same"), replace_within >= 0, replace_points >= 1,'
+                " shed_skip >= 0"
             )
 
 
@@ -354,6 +386,9 @@ class Decision:
     #: Hot nodes whose moves were held as pre-empted by earlier moves on a
     #: forecast (``predict_replace``): :func:`replica_move` leaves them alone too.
     preempted: list[str] = field(default_factory=list)
+    #: Hot nodes whose shed was skipped because their path falls to the bound
+    #: soon (``shed_skip``): :func:`replica_move` leaves them alone too.
+    skipped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``GET /v1/cluster`` (the ``predicted*`` fields only
@@ -500,6 +535,7 @@ class Balancer:
             budget -= self._follow(by_key, pload, loads, mean, upper, now, budget, d)
             if self._plan:
                 budget = 0  # a plan under way takes the whole decision
+        guide = self._guide(parts, pload, d, nodes)
         for src in sorted(hot, key=lambda n: (-loads[n], n)):
             if self._streak[src] < c.persist:
                 d.held.append(f"{src}: hot for {self._streak[src]}/{c.persist} decisions")
@@ -514,10 +550,14 @@ class Balancer:
                     self._preempt_used.add(src)
                     self.preempted_total += 1
                 continue
+            if guide is not None and c.shed_skip > 0 and guide.passes(src, c.shed_skip):
+                d.held.append(f"{src}: hot, at or below the bound along its path after {c.shed_skip} points")
+                d.skipped.append(src)
+                continue
             if budget <= 0:
                 d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
                 continue
-            shed = self._shed(src, by_leader.get(src, []), pload, loads, mean, upper, now, budget, d)
+            shed = self._shed(src, by_leader.get(src, []), pload, loads, mean, upper, now, budget, d, guide)
             budget -= len(shed)
             if shed:
                 self._streak[src] = 0
@@ -551,6 +591,22 @@ class Balancer:
             )
         self.last = d
         return d
+
+    def _guide(
+        self,
+        parts: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        d: Decision,
+        nodes: Sequence[str],
+    ) -> _Ahead | None:
+        """The view the forecast-guided choices (``choose_target``,
+        ``choose_partition``, ``shed_skip``) pick by, this decision's moves so
+        far applied; None when they are off or no partition carries a forecast."""
+        c = self.config
+        if not (c.choose_target or c.choose_partition or c.shed_skip > 0):
+            return None
+        moved = {(m.topic, m.partition): m.dst for m in d.moves}
+        return _Ahead.along(parts, pload, moved, nodes, c.threshold)
 
     def _passing(
         self, parts: Sequence[PartitionLoad], pload: Mapping[tuple[str, int], float], nodes: Sequence[str]
@@ -605,6 +661,14 @@ class Balancer:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
+        guide = self._guide(parts, pload, d, nodes) if c.choose_target or c.choose_partition else None
+        g = guide
+
+        def relief(o: tuple[int, PartitionLoad, list[str]]) -> tuple[float, float, int]:
+            """``choose_partition``: the move leaving the source least over the bound, the longest relief next."""
+            assert g is not None
+            return (g.left(src, o[1].key), -g.low(o[1].key), o[0])
+
         # an early move is optional: its target keeps a margin below the bound
         roomy = mean * (1 + c.threshold * c.predict_room)
         proomy = pmean * (1 + c.threshold * c.predict_room)
@@ -657,6 +721,8 @@ class Balancer:
                 u, f = pload[p.key], fc[p.key]
                 if ahead is not None:
                     ahead.move(p.key, src, dst)
+                if guide is not None:
+                    guide.move(p.key, src, dst)
                 moved[p.key] = dst
                 pred[src] -= f
                 pred[dst] += f
@@ -681,13 +747,26 @@ class Balancer:
                     make(p, src, dst)
                     left -= 1
             elif ahead is None:
-                for p in led:
-                    if left <= 0 or pred[src] <= pupper:
+                while left > 0 and pred[src] > pupper:
+                    # a partition with no target now gets none later: targets only gain load
+                    opts = [(i, p, ts) for i, p in enumerate(led) for ts in (targets(p, src),) if ts]
+                    if not opts:
                         break
-                    ts = targets(p, src)
-                    if ts:
-                        make(p, src, min(ts, key=lambda r: (pred[r], loads[r], r)))
-                        left -= 1
+                    _, p, ts = opts[0] if g is None or not c.choose_partition else min(opts, key=relief)
+                    make(
+                        p,
+                        src,
+                        min(
+                            ts,
+                            key=lambda r: (
+                                g.peak(r, p.key) if g is not None and c.choose_target else 0.0,
+                                pred[r],
+                                loads[r],
+                                r,
+                            ),
+                        ),
+                    )
+                    left -= 1
             else:
                 # over the long horizon: only a move that lowers the predicted
                 # excess there, the one that lowers it most
@@ -1060,31 +1139,58 @@ class Balancer:
         now: float,
         budget: int,
         d: Decision,
+        guide: _Ahead | None = None,
     ) -> list[Move]:
+        """The reactive moves off ``src``: its largest partitions first, each to
+        the least loaded replica below the mean that stays at or below
+        ``upper``, until ``src`` is at or below it.  With ``guide`` (the
+        forecast-guided choices on), ``choose_partition`` and ``choose_target``
+        pick among the same moves by the forecast instead."""
         c = self.config
         out: list[Move] = []
         cooling = busy = 0
+        cands: list[PartitionLoad] = []
         for p in sorted(led, key=lambda q: (-pload[q.key], q.key)):
-            if len(out) >= budget or loads[src] <= upper:
-                break
-            units = pload[p.key]
-            if units < c.min_partition_load:
+            if pload[p.key] < c.min_partition_load:
                 break  # sorted: the rest are colder
             if not p.movable:
                 busy += 1
-                continue
-            if p.key in self._moved:
+            elif p.key in self._moved:
                 cooling += 1
-                continue
-            targets = [
-                r
-                for r in p.replicas
-                if r != src and r in loads and loads[r] < mean and loads[r] + units <= upper
+            else:
+                cands.append(p)
+
+        def targets(p: PartitionLoad) -> list[str]:
+            u = pload[p.key]
+            return [
+                r for r in p.replicas if r != src and r in loads and loads[r] < mean and loads[r] + u <= upper
             ]
-            if not targets:
-                continue
-            mv = Move(p.topic, p.partition, src, min(targets, key=lambda r: (loads[r], r)), OVERLOADED)
-            self._record(mv, units, loads, now, d)
+
+        by_part = guide is not None and c.choose_partition
+        by_target = guide is not None and c.choose_target
+        while len(out) < budget and loads[src] > upper:
+            # a partition with no target now gets none later in this loop: targets only gain load
+            opts = [(p, ts) for p in cands for ts in (targets(p),) if ts]
+            if not opts:
+                break
+            p, ts = opts[0]
+            if by_part and guide is not None:
+                g = guide
+                p, ts = opts[
+                    min(
+                        range(len(opts)),
+                        key=lambda i: (g.left(src, opts[i][0].key), -g.low(opts[i][0].key), i),
+                    )
+                ]
+            if by_target and guide is not None:
+                dst = min(ts, key=lambda r: (guide.peak(r, p.key), loads[r], r))
+            else:
+                dst = min(ts, key=lambda r: (loads[r], r))
+            cands.remove(p)
+            mv = Move(p.topic, p.partition, src, dst, OVERLOADED)
+            self._record(mv, pload[p.key], loads, now, d)
+            if guide is not None:
+                guide.move(p.key, src, dst)
             out.append(mv)
         if not out:
             why = "no replica below the mean can take any of its partitions"
@@ -1125,18 +1231,76 @@ class _Ahead:
         if width == 0 or not nodes:
             return None
         vec: dict[tuple[str, int], tuple[float, ...]] = {}
-        node = {n: [0.0] * (width + 1) for n in nodes}
         for p in parts:
             prof = p.profile if p.profile and len(p.profile) == width else (fc[p.key],) * width
-            v = (fc[p.key], *(max(0.0, x) if math.isfinite(x) else fc[p.key] for x in prof))
-            vec[p.key] = v
+            vec[p.key] = (fc[p.key], *(max(0.0, x) if math.isfinite(x) else fc[p.key] for x in prof))
+        return cls._summed(parts, vec, moved, nodes, threshold)
+
+    @classmethod
+    def _summed(
+        cls,
+        parts: Sequence[PartitionLoad],
+        vec: dict[tuple[str, int], tuple[float, ...]],
+        moved: Mapping[tuple[str, int], str],
+        nodes: Sequence[str],
+        threshold: float,
+    ) -> _Ahead:
+        """Each node's row (the vectors of the partitions it leads, ``moved``
+        applied, summed) and the bound at each point."""
+        width = len(next(iter(vec.values()))) if vec else 0
+        node = {n: [0.0] * width for n in nodes}
+        for p in parts:
             leader = moved.get(p.key, p.leader)
             if leader in node:
                 row = node[leader]
-                for i, x in enumerate(v):
+                for i, x in enumerate(vec[p.key]):
                     row[i] += x
-        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width + 1)]
+        bound = [sum(node[n][i] for n in nodes) / len(nodes) * (1 + threshold) for i in range(width)]
         return cls(vec, node, bound)
+
+    @classmethod
+    def along(
+        cls,
+        parts: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        moved: Mapping[tuple[str, int], str],
+        nodes: Sequence[str],
+        threshold: float,
+    ) -> _Ahead | None:
+        """Node loads now (point 0) and along the partitions' paths over the
+        forecast's horizon (:attr:`PartitionLoad.path`; a partition without
+        one: its forecast at every point, the present without a forecast):
+        what the forecast-guided choices pick by.  None when no partition
+        carries a forecast."""
+        if not nodes or not any(p.forecast is not None or p.path for p in parts):
+            return None
+        width = max((len(p.path) for p in parts if p.path), default=1)
+        vec: dict[tuple[str, int], tuple[float, ...]] = {}
+        for p in parts:
+            u = pload[p.key]
+            f = u if p.forecast is None or not math.isfinite(p.forecast) else max(0.0, p.forecast)
+            path = p.path if p.path and len(p.path) == width else (f,) * width
+            vec[p.key] = (u, *(max(0.0, x) if math.isfinite(x) else f for x in path))
+        return cls._summed(parts, vec, moved, nodes, threshold)
+
+    def peak(self, dst: str, key: tuple[str, int]) -> float:
+        """``dst``'s highest load over the bound (negative: room left), now and
+        at every point, once it has ``key``."""
+        return max(x + y - b for x, y, b in zip(self.node[dst], self.vec[key], self.bound, strict=True))
+
+    def left(self, src: str, key: tuple[str, int]) -> float:
+        """``src``'s excess over the bound summed now and over the points once ``key`` is off it."""
+        return self._excess([x - y for x, y in zip(self.node[src], self.vec[key], strict=True)])
+
+    def low(self, key: tuple[str, int]) -> float:
+        """``key``'s lowest predicted load over the points: the relief its move lasts for."""
+        return min(self.vec[key][1:])
+
+    def passes(self, node: str, points: int) -> bool:
+        """Whether ``node`` is at or below the bound at every point after the
+        first ``points`` (None of them left: False)."""
+        row, bound = self.node[node][1 + points :], self.bound[1 + points :]
+        return bool(row) and all(x <= b for x, b in zip(row, bound, strict=True))
 
     def _excess(self, row: Sequence[float]) -> float:
         return sum(max(0.0, x - b) for x, b in zip(row, self.bound, strict=True))
@@ -1229,7 +1393,8 @@ def replica_move(
     decision after decision.  Once it has been hot for ``persist_factor``
     times the decisions that trigger a leadership move, and this decision
     moved nothing off it (nor held its moves as pre-empted by a move on a
-    forecast: ``BalanceConfig.predict_replace``), its hottest movable partition gets a new replica on
+    forecast: ``BalanceConfig.predict_replace``, nor skipped its shed as
+    passing: ``BalanceConfig.shed_skip``), its hottest movable partition gets a new replica on
     the least loaded live node below the mean that does not hold one and stays
     at or below the bound with it (this decision's moves counted) -- the
     node replaces the hot one in the partition's replica set and takes over
@@ -1237,7 +1402,7 @@ def replica_move(
     one per decision; ``recently_moved`` keeps a partition from moving again
     too soon.
     """
-    moved_from = {m.src for m in decision.moves} | set(decision.preempted)
+    moved_from = {m.src for m in decision.moves} | set(decision.preempted) | set(decision.skipped)
     hot = [
         n
         for n, v in decision.nodes.items()

@@ -207,7 +207,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             continue
         paths = None
         if fc is not None:
-            if bal.predict_replace:
+            if bal.predict_replace or bal.choose_target or bal.choose_partition or bal.shed_skip:
                 paths = fc.partition_paths(now)
                 forecasts = {k: max(v) for k, v in paths.items()}
             else:

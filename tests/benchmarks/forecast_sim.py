@@ -5,6 +5,7 @@
         [--surge-guard S] [--surge-jump X] [--predict-hold S] [--hold-waiver F]
         [--predict-quiet] [--chain-after N] [--plan-after N] [--plan-lasting F] [--plan-moves N]
         [--plan-margin F] [--predict-replace cap|same] [--replace-within S] [--replace-points N]
+        [--choose-target] [--choose-partition] [--shed-skip N] [--no-predict-pass] [--forecast-only]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -23,8 +24,12 @@ over that many hours: ``SimConfig.profile_horizon``), ``--surge-guard``
 surge, not only sudden ones), ``--predict-hold``, ``--hold-waiver``,
 ``--predict-quiet``, ``--chain-after``, ``--plan-after``, ``--plan-lasting``,
 ``--plan-moves``, ``--plan-margin``, ``--predict-replace``, ``--replace-within``
-(default: the trace's forecast horizon) and ``--replace-points``
-(``BalanceConfig``).  ``--only``
+(default: the trace's forecast horizon), ``--replace-points``,
+``--choose-target``, ``--choose-partition`` and ``--shed-skip``
+(``BalanceConfig``); ``--no-predict-pass`` runs the forecast run with no
+move on a forecast (``BalanceConfig(predict=False)``: the reactive rule with
+the forecast-guided choices), ``--forecast-only`` skips the reactive run
+(its row is left at zeros: its figures do not depend on these options).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
 """
 
@@ -37,7 +42,7 @@ import time
 from pathlib import Path
 
 from sprawl.forecast import traces
-from sprawl.forecast.replay import Result, SimConfig, Trace, compare, table
+from sprawl.forecast.replay import Result, SimConfig, Trace, compare, simulate, table
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "forecast_trace.csv"
 
@@ -99,6 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--replace-points", type=int, default=1, help="path points hot in a row before the replay moves"
     )
+    ap.add_argument("--choose-target", action="store_true", help="every move's target by the forecast")
+    ap.add_argument("--choose-partition", action="store_true", help="every shed's partition by the forecast")
+    ap.add_argument(
+        "--shed-skip", type=int, default=0, help="no shed when the path is under the bound after N points"
+    )
+    ap.add_argument(
+        "--no-predict-pass",
+        action="store_true",
+        help="the forecast run makes no move on a forecast (the reactive rule with the choices)",
+    )
+    ap.add_argument("--forecast-only", action="store_true", help="skip the reactive run (its row: zeros)")
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
@@ -127,11 +143,23 @@ def main(argv: list[str] | None = None) -> int:
                 predict_replace=a.predict_replace,
                 replace_within=cfg.horizon if a.replace_within is None else a.replace_within,
                 replace_points=a.replace_points,
+                choose_target=a.choose_target,
+                choose_partition=a.choose_partition,
+                shed_skip=a.shed_skip,
+                predict=not a.no_predict_pass,
             ),
         )
         t0 = time.monotonic()
-        rows += compare([tr], cfg)
-        print(f"{tr.name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        if a.forecast_only:
+            rows.append((Result(tr.name, "reactive", tr.seconds), simulate(tr, True, cfg)))
+        else:
+            rows += compare([tr], cfg)
+        print(
+            f"{tr.name}: {time.monotonic() - t0:.0f} s; moves by reason: reactive run "
+            f"{rows[-1][0].moves_by_reason}, forecast run {rows[-1][1].moves_by_reason}",
+            file=sys.stderr,
+            flush=True,
+        )
         print(
             "\n".join(
                 line for line in table(rows[-1:], cfg).splitlines() if line.startswith(f"| {tr.name} ")
