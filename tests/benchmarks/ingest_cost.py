@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from sprawl.config import NodeConfig
@@ -61,6 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clock = Clock()
         clock.advance(time.time())
+        from twisted.internet import reactor  # (not at import: the script runs it, tests never do)
+
         store = LmdbStore(str(Path(tmp) / "lmdb"), reactor=reactor, map_size=4 * 1024**3)
         store.open()
         try:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import harness.nodes
-from benchmarks.scale import Conn, cpu_seconds, create, scrub_state, scrubbed
+from benchmarks.scale import Conn, cpu_seconds, create, partitions_view, scrub_state, scrubbed
 from harness import NodeCluster, poll_until
 
 
@@ -76,7 +76,16 @@ def main() -> None:
             print(json.dumps({"created": a.before, "ms": round(ms, 2)}), flush=True)
             victim = "n1" if cluster.raft_leader() != "n1" else "n2"
             cluster.kill(victim)
-            time.sleep(8.0)  # the failover (benchmarks.scale measures it; here it only has to happen)
+            survivors = [n for n in cluster.names if n != victim]
+
+            def failed_over() -> bool:  # every partition led by a survivor again
+                return (
+                    sum(int(partitions_view(cluster, n).get("leading") or 0) for n in survivors) >= a.before
+                )
+
+            # (benchmarks.scale measures the failover; here it only has to happen)
+            if poll_until(failed_over, 120.0) is None:
+                raise SystemExit("the survivors did not take every leadership over within 120 s")
             if a.profile is not None:
                 spy = str(Path(sys.executable).parent / "py-spy")
                 rec = [spy, "record", "--nonblocking", "--idle", "-r", "100", "-f", "speedscope"]
