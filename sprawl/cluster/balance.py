@@ -176,7 +176,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 #: The reason a move off a node hot now carries (a metrics label).
@@ -731,7 +731,7 @@ class Balancer:
             led = sorted(by_leader.get(src, []), key=lambda q: (-fc[q.key], pload[q.key], q.key))
             left = budget
             if c.predict_replace:
-                replay = self._replay(src, parts, moved, fc, pred, pmean, pupper)
+                replay = self._replay(_Replay(src, parts, moved, fc, pred, pmean, pupper))
                 if not replay:
                     d.held.append(
                         f"{src}: predicted hot, the reactive rule on the forecast loads would not move off it"
@@ -795,16 +795,7 @@ class Balancer:
                 )
         return pred, phot
 
-    def _replay(
-        self,
-        src: str,
-        parts: Sequence[PartitionLoad],
-        moved: Mapping[tuple[str, int], str],
-        fc: Mapping[tuple[str, int], float],
-        pred: Mapping[str, float],
-        pmean: float,
-        pupper: float,
-    ) -> list[tuple[PartitionLoad, str]]:
+    def _replay(self, r: _Replay) -> list[tuple[PartitionLoad, str]]:
         """The reactive rule (:meth:`_shed`) replayed on the forecast loads:
         the moves it would make off ``src`` within the horizon (its largest
         partitions first, each to the least loaded replica below the mean
@@ -817,10 +808,11 @@ class Balancer:
         forecasts (each partition's highest).  Cooldowns are not counted: the
         reactive cooldown ends within the horizon."""
         c = self.config
+        src, parts, moved, fc = r.src, r.parts, r.moved, r.at
         width = max((len(p.path) for p in parts if p.path), default=0)
         if width == 0:
-            return self._replay_at(src, parts, moved, fc, dict(pred), pmean, pupper)
-        nodes = list(pred)
+            return self._replay_at(replace(r, nodes=dict(r.nodes)))
+        nodes = list(r.nodes)
         streak = 0
         for i in range(width):
             at = {p.key: p.path[i] if p.path and len(p.path) == width else fc[p.key] for p in parts}
@@ -833,23 +825,15 @@ class Balancer:
             upper = mean * (1 + c.threshold)
             streak = streak + 1 if tmp[src] > upper and tmp[src] >= c.min_load else 0
             if streak >= c.replace_points:
-                out = self._replay_at(src, parts, moved, at, tmp, mean, upper)
+                out = self._replay_at(replace(r, at=at, nodes=tmp, mean=mean, upper=upper))
                 if out:
                     return out
         return []
 
-    def _replay_at(
-        self,
-        src: str,
-        parts: Sequence[PartitionLoad],
-        moved: Mapping[tuple[str, int], str],
-        at: Mapping[tuple[str, int], float],
-        tmp: dict[str, float],
-        mean: float,
-        upper: float,
-    ) -> list[tuple[PartitionLoad, str]]:
-        """:meth:`_replay` at one time: partition loads ``at``, node loads ``tmp`` (changed)."""
+    def _replay_at(self, r: _Replay) -> list[tuple[PartitionLoad, str]]:
+        """:meth:`_replay` at one time: partition loads ``r.at``, node loads ``r.nodes`` (changed)."""
         c = self.config
+        src, parts, moved, at, tmp, mean, upper = r.src, r.parts, r.moved, r.at, r.nodes, r.mean, r.upper
         led = [p for p in parts if moved.get(p.key, p.leader) == src]
         out: list[tuple[PartitionLoad, str]] = []
         for p in sorted(led, key=lambda q: (-at[q.key], q.key)):
@@ -1433,3 +1417,20 @@ def replica_move(
         if dst is not None:
             return Move(p.topic, p.partition, src, dst, "persistently_hot")
     return None
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """What :meth:`Balancer._replay` replays the reactive rule on: the node
+    ``src`` it would move off, the partitions and this decision's moves so far
+    (key -> new leader), each partition's load ``at`` (the forecasts, or one
+    time of the paths), each node's load ``nodes`` (a replay at one time
+    changes its own copy), their mean and the hot bound ``upper``."""
+
+    src: str
+    parts: Sequence[PartitionLoad]
+    moved: Mapping[tuple[str, int], str]
+    at: Mapping[tuple[str, int], float]
+    nodes: dict[str, float]
+    mean: float
+    upper: float
