@@ -28,9 +28,12 @@ import msgspec
 from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from sprawl.http.lean_http import HotRequest, parse_hot
 from sprawl.metrics import NodeMetrics
 
 
@@ -47,6 +50,15 @@ class BoundedRequest(Request):
         # multipart parsing (memory, and a bare 400 without the JSON shape).
         kw.setdefault("parsePOSTFormSubmission", False)
         super().__init__(*args, **kw)
+
+    def write(self, data: bytes) -> None:
+        """As twisted.web writes (headers first, then ``data``), and any headers still held
+        by the channel (an answer without a body) leave with this call."""
+        super().write(data)
+        channel = getattr(self, "channel", None)
+        flush = getattr(channel, "flush_head", None)
+        if flush is not None:
+            flush()
 
     def send_now(self) -> None:
         """Send what this request's connection holds now, in this reactor turn
@@ -111,6 +123,27 @@ def send_now(transport: Any) -> None:
     if not transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
         return
     transport.doWrite()
+
+
+def send_first(transport: Any, data: bytes) -> int:
+    """Hand ``data`` to a plain TCP connection's socket at once, when nothing is waiting
+    before it in the transport's buffer: how many bytes the socket took (0: none; the
+    caller gives the rest to ``transport.write`` as usual).  A write so sent never passes
+    through the transport's buffer, so it costs no ``epoll_ctl`` pair (start writing,
+    stop writing) and no reactor round (issue 16, lean1).  Anything unusual is left to
+    the transport, as :func:`send_now` leaves it: TLS, a closing or half-closed connection,
+    a paused producer, bytes already buffered, a full socket, or a failed send (the
+    reactor finds the error again on its own write and closes as it always does)."""
+    if type(transport) is not tcp.Server or transport.TLS or type(data) is not bytes:
+        return 0
+    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
+        return 0
+    if transport.producerPaused or transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
+        return 0
+    try:
+        return int(transport.socket.send(data))
+    except OSError:
+        return 0
 
 
 class _HostCache:
@@ -223,6 +256,56 @@ class GuardedChannel(_HostCache, HTTPChannel):
 
         return release
 
+    #: An answer's status line and headers, held by :meth:`writeHeaders` until the first
+    #: write of its body so both leave in one send (:meth:`flush_head` sends it alone).
+    _head = b""
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """Hold the status line and headers (plain TCP): the body's first write takes them
+        along.  What twisted.web writes is unchanged (its own loop, over the same
+        sanitized :class:`Headers`); TLS and any other transport as before."""
+        if type(self.transport) is not tcp.Server or not isinstance(headers, Headers):
+            self.flush_head()
+            super().writeHeaders(version, code, reason, headers)
+            return
+        seq = [self._head, version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                seq.extend((name, b": ", value, b"\r\n"))
+        seq.append(b"\r\n")
+        self._head = b"".join(seq)
+
+    def flush_head(self) -> None:
+        """Send held headers now (an answer without a body, or headers written alone)."""
+        if self._head:
+            self.write(b"")
+
+    def write(self, data: bytes) -> None:
+        """Send an answer's bytes (:func:`send_first`), the rest through the transport."""
+        transport: Any = self.transport
+        head = self._head
+        if head:
+            self._head = b""
+            if type(data) is bytes:
+                data = head + data
+            else:  # not bytes: the transport refuses it as before, after the headers
+                transport.write(head)
+        if not data:
+            return
+        sent = send_first(transport, data)
+        if sent < len(data):
+            transport.write(data[sent:] if sent else data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        """As :meth:`write`, for the pieces twisted.web writes an answer's head or an
+        SSE event's chunk in (one system call for all of them)."""
+        transport: Any = self.transport
+        if type(transport) is not tcp.Server or any(type(i) is not bytes for i in iovec):
+            self.flush_head()
+            transport.writeSequence(iovec)  # (TLS; or what twisted.web refuses, as before)
+            return
+        self.write(b"".join(iovec))
+
     def dataReceived(self, data: bytes) -> None:
         """Start timing a new request at its first byte; arm a timer if it is not whole yet."""
         phase = self._phase
@@ -230,7 +313,13 @@ class GuardedChannel(_HostCache, HTTPChannel):
             self._phase = _HEADERS
         elif phase == _CLOSED:
             return
-        super().dataReceived(data)
+        if self.lean_parse and self._parser_idle():
+            found = parse_hot(data)
+            if found is not None:
+                self._take(found, data)
+                data = data[found.end :]
+        if data:
+            super().dataReceived(data)
         if self._guard is None:
             if self._phase == _HEADERS:
                 self._arm(self.header_timeout)
@@ -238,6 +327,48 @@ class GuardedChannel(_HostCache, HTTPChannel):
                 # The body's clock starts with the read that ended the headers.
                 self._body_start = self._seconds()
                 self._arm(self.body_timeout)
+
+    #: Parse a whole hot-route request from one read with :func:`parse_hot` (False:
+    #: twisted.web's parser reads everything, as the tests compare).
+    lean_parse = True
+
+    def _parser_idle(self) -> bool:
+        """twisted.web's parser is between requests, holding nothing: a request read
+        here leaves it exactly as its own parse of the same bytes would."""
+        return bool(
+            self.line_mode
+            and not self._buffer
+            and not self._handlingRequest
+            and not self.requests
+            and self.persistent
+            and self._HTTPChannel__first_line == 1  # type: ignore[attr-defined]
+            and not self._HTTPChannel__header  # type: ignore[attr-defined]
+            and self._transferDecoder is None
+            and not getattr(self, "paused", False)
+        )
+
+    def _take(self, found: HotRequest, data: bytes) -> None:
+        """Hand a request :func:`parse_hot` read to the request methods twisted.web's
+        parser calls (``lineReceived``, ``headerReceived``, the body's decoder): the same
+        request object, headers, length, body and state changes, without the per-line work."""
+        self.resetTimeout()
+        factory: Any = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        self._command = found.method
+        self._path = found.target  # type: ignore[assignment]  # (twisted's stubs say Request)
+        self._version = b"HTTP/1.1"
+        add = request.requestHeaders.addRawHeader
+        for name, value in found.headers:
+            add(name, value)
+        self.length = found.length
+        self.allHeadersReceived()
+        if found.length:
+            request.handleContentChunk(data[found.body_start : found.end])
+        self.allContentReceived()
 
     def allHeadersReceived(self) -> None:
         """Headers are whole: a body, if one follows, gets its own time."""

@@ -118,11 +118,16 @@ def stall_summary(report: Path, seconds: float) -> str:
         f"stalls over {r['threshold_ms']:g} ms: {r['stalls']} ({r['stalls'] / seconds:.1f}/s of the run and "
         f"the start), over 5 ms: {r['stalls_over_5ms']}, the main thread on a CPU for 70 %+ of the "
         f"stall: {r['working_stalls']}; collections {r['collections']}, "
-        f"over 1 ms: {r['collections_over_1ms'][:20]}"
+        f"over 1 ms: {r['collections_over_1ms'][:20]}",
+        f"causes (work: on a CPU; cpu: waiting for one; gil: asleep while another thread ran): "
+        f"{r.get('causes', {})}",
     ]
     for s in r["longest"][:12]:
         out.append(
-            f"  {s['ms']:7.2f} ms (on CPU {s['on_cpu']:.0%})  {s['innermost_sprawl'][:2]}  {s['innermost'][:5]}"
+            f"  {s['ms']:7.2f} ms {s.get('cause', '?'):5s} (on CPU {s['on_cpu']:.0%}, waiting for a CPU "
+            f"{s.get('main_runqueue', 0):.0%}, switches {s.get('main_voluntary', '?')}/"
+            f"{s.get('main_involuntary', '?')}, others {s.get('others_on_cpu', {})})  "
+            f"{s['innermost_sprawl'][:2]}  {s['innermost'][:4]}"
         )
     return "\n".join(out)
 
@@ -167,6 +172,34 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process ``pid`` so far, by TID."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def by_thread(pid: int, before: dict[int, float], after: dict[int, float], messages: float) -> str:
+    """The node's CPU per message split by thread: the reactor (main) thread, the busiest
+    other thread (the LMDB writer's commits), and the rest (readers, the probe)."""
+    delta = {t: after[t] - before.get(t, 0.0) for t in after}
+    main = delta.pop(pid, 0.0)
+    others = sorted(delta.values(), reverse=True)
+    busiest = others[0] if others else 0.0
+    rest = sum(others[1:])
+    us = 1e6 / max(1.0, messages)
+    return (
+        f"node CPU by thread: reactor {main * us:.0f} us/message, busiest other thread (the LMDB "
+        f"writer) {busiest * us:.0f}, the other {len(others) - 1 if others else 0} threads {rest * us:.0f}"
+    )
 
 
 def run_latency(url: str, rate: float, seconds: float, connections: int) -> tuple[float, float, str]:
@@ -319,6 +352,7 @@ def main() -> None:
                 i0 = sum(cpu_seconds(node.proc.pid))
                 time.sleep(a.idle)
                 u0, s0 = cpu_seconds(node.proc.pid)
+                threads0 = thread_cpu(node.proc.pid)
                 idle = (u0 + s0 - i0) / a.idle if a.idle else 0.0
                 hist0 = histograms(node.url)
                 t0 = time.monotonic()
@@ -331,6 +365,7 @@ def main() -> None:
                 print(tails(hist0, histograms(node.url)), flush=True)
                 messages = a.closed or a.rate * a.seconds
                 u1, s1 = cpu_seconds(node.proc.pid)
+                print(by_thread(node.proc.pid, threads0, thread_cpu(node.proc.pid), messages), flush=True)
                 if profile:
                     node.proc.wait(SPY_MARGIN + 30)
                 user, system = (

@@ -18,6 +18,18 @@ parts, all in the node's process and none in Sprawl's code:
 * ``gc.callbacks`` time every collection (generation, milliseconds), so a stall that is a
   collection says so.
 
+Where the main thread was during a stall, from every thread's ``/proc/self/task/TID``
+counters read when the stall is seen and when it ends: its share **on a CPU** (the node's
+own work), **runnable but waiting for a CPU** (schedstat's run-queue time: the machine's
+load took the core), and **asleep** (neither: blocked in ``epoll_wait`` past its timeout
+is impossible, so asleep means waiting for the GIL -- or a page fault's I/O, counted as
+major faults); how much the node's other threads ran meanwhile (the LMDB writer thread
+is the one that runs Python besides the reactor: if it ran while the main thread slept,
+it held the GIL); and the main thread's voluntary and involuntary context switches.
+Each stall gets a ``cause``: ``work`` (on a CPU for 70 %+), ``cpu`` (waiting for a CPU
+for half of it or more), ``gil`` (asleep for half of it or more while another thread of
+the node ran), else ``mixed``.
+
 At the node's stop the report is written as JSON: the stalls (longest first), the
 collections over 1 ms, counts of both.  The probe itself costs the node a wake-up per
 millisecond and a sampling thread: its latency figures are not figures; the stalls are.
@@ -51,6 +63,47 @@ def _frame_names(frame: Any) -> list[str]:
         out.append(f"{path}:{code.co_name}")
         frame = frame.f_back
     return out
+
+
+_ZERO = (0, 0, 0, 0, 0, 0)
+
+
+def task_counters() -> dict[int, tuple[int, ...]]:
+    """Per thread of this process: (ns on a CPU, ns runnable waiting for a CPU, time slices,
+    voluntary and involuntary context switches, major page faults), from ``/proc``."""
+    import os
+
+    out: dict[int, tuple[int, ...]] = {}
+    for name in os.listdir("/proc/self/task"):
+        base = f"/proc/self/task/{name}"
+        try:
+            with open(base + "/schedstat") as f:
+                run, wait, slices = (int(x) for x in f.read().split()[:3])
+            vol = invol = 0
+            with open(base + "/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        vol = int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        invol = int(line.split()[1])
+            with open(base + "/stat") as f:
+                majflt = int(f.read().rsplit(")", 1)[1].split()[9])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(name)] = (run, wait, slices, vol, invol, majflt)
+    return out
+
+
+def _cause(on_cpu: float, where: dict[str, Any]) -> str:
+    """A stall's likeliest cause (see the module docstring)."""
+    if on_cpu >= 0.7:
+        return "work"
+    if where["main_runqueue"] >= 0.5:
+        return "cpu"
+    asleep = 1.0 - on_cpu - where["main_runqueue"]
+    if asleep >= 0.5 and sum(where["others_on_cpu"].values()) >= 0.2:
+        return "gil"
+    return "mixed"
 
 
 class StallProbe:
@@ -104,6 +157,7 @@ class StallProbe:
         stall_start = 0.0
         samples: list[list[str]] = []
         cpu0 = wall0 = 0.0
+        tasks0: dict[int, tuple[int, ...]] = {}
         while not self._stop.is_set():
             time.sleep(self.look)
             now = time.perf_counter()
@@ -112,14 +166,44 @@ class StallProbe:
                 if not samples:
                     stall_start = beat
                     cpu0, wall0 = self._on_cpu(), now
+                    tasks0 = task_counters()
                 frame = sys._current_frames().get(self.main)
                 samples.append(_frame_names(frame))
             elif samples:
                 ran = (self._on_cpu() - cpu0) / max(1e-9, now - wall0)
-                self._record(stall_start, beat, samples, ran)
+                where = self._where(tasks0, task_counters(), now - wall0)
+                self._record(stall_start, beat, samples, ran, where)
                 samples = []
 
-    def _record(self, start: float, end: float, samples: list[list[str]], ran: float) -> None:
+    def _where(
+        self, before: dict[int, tuple[int, ...]], after: dict[int, tuple[int, ...]], seconds: float
+    ) -> dict[str, Any]:
+        """Where the main thread and the others were between two :func:`task_counters`."""
+        main = threading.main_thread().native_id or 0
+        me = threading.get_native_id()  # the probe's own thread is not the node's
+        span = max(1e-9, seconds) * 1e9
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        d = [a - b for a, b in zip(after.get(main, _ZERO), before.get(main, _ZERO), strict=True)]
+        others = {
+            tid: (c[0] - before.get(tid, _ZERO)[0]) / span
+            for tid, c in after.items()
+            if tid not in (main, me) and c[0] > before.get(tid, _ZERO)[0]
+        }
+        return {
+            "main_runqueue": round(min(1.0, d[1] / span), 2),
+            "main_voluntary": d[3],
+            "main_involuntary": d[4],
+            "main_major_faults": d[5],
+            # Other threads' time on a CPU in the stall, busiest first (name or TID: share).
+            "others_on_cpu": {
+                names.get(t, str(t)): round(v, 2)
+                for t, v in sorted(others.items(), key=lambda kv: -kv[1])[:4]
+            },
+        }
+
+    def _record(
+        self, start: float, end: float, samples: list[list[str]], ran: float, where: dict[str, Any]
+    ) -> None:
         own: collections.Counter[str] = collections.Counter()
         every: collections.Counter[str] = collections.Counter()
         for stack in samples:
@@ -134,11 +218,21 @@ class StallProbe:
                 "samples": len(samples),
                 # The share of the stall (from its detection) the main thread spent on a CPU.
                 "on_cpu": round(min(1.0, ran), 2),
+                **where,
+                "cause": _cause(min(1.0, ran), where),
                 "innermost_sprawl": own.most_common(4),
                 "frames": [f for f, _ in every.most_common(40) if not f.startswith("threading.py")][:25],
                 "innermost": samples[len(samples) // 2][:12],
             }
         )
+
+    @staticmethod
+    def writer_tid() -> int | None:
+        """The LMDB writer thread's TID (to read ``others_on_cpu`` by), if it runs."""
+        for t in threading.enumerate():
+            if "writer" in t.name.lower():
+                return t.native_id
+        return None
 
     def report(self) -> dict[str, Any]:
         """The stalls (longest first) and the collections over 1 ms."""
@@ -150,6 +244,8 @@ class StallProbe:
             "stalls_over_5ms": sum(1 for s in stalls if s["ms"] > 5),
             # Stalls in which the main thread ran most of the time: the node's own work.
             "working_stalls": sum(1 for s in stalls if s["on_cpu"] >= 0.7),
+            "causes": dict(collections.Counter(s["cause"] for s in stalls)),
+            "writer_tid": self.writer_tid(),
             "collections": self.collections_total,
             "collections_over_1ms": [(g, round(ms, 2)) for g, ms in self.collections],
             "longest": stalls[:60],

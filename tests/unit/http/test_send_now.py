@@ -55,9 +55,9 @@ class _Client(Protocol):
 
 @pytest_twisted.ensureDeferred
 async def test_an_answer_leaves_in_the_turn_it_is_written() -> None:
-    """Keep-alive: the answer is handed to the socket within ``send_now`` (nothing held after
-    it); with ``Connection: close`` the closing connection is left to the reactor, which
-    delivers the answer and closes."""
+    """Keep-alive or ``Connection: close``: the answer (headers and body together) is handed
+    to the socket by the write itself (:func:`send_first`: nothing is held in the transport
+    before ``send_now`` even runs), and the closing connection still delivers and closes."""
     app = _Answer()
     site = make_site(app, max_body=1000)
     port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(site)
@@ -66,13 +66,136 @@ async def test_an_answer_leaves_in_the_turn_it_is_written() -> None:
         c = await bounded(end.connect(Factory.forProtocol(_Client)))
         c.transport.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
         await until(lambda: c.got.endswith(b"hello"), "the answer")
-        assert app.held[0][0] > 0 and app.held[0][1] == 0, app.held
+        assert app.held[0] == (0, 0), app.held
         c.transport.write(b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         await until(lambda: c.closed, "the connection to close")
-        assert c.got.count(b"hello") == 2
-        assert app.held[1][0] > 0 and app.held[1][1] == app.held[1][0], app.held  # left to the reactor
+        assert c.got.count(b"HTTP/1.1 200 OK\r\n") == 2 and c.got.count(b"hello") == 2
+        assert app.held[1] == (0, 0), app.held
     finally:
         await port.stopListening()
+
+
+class _Shapes(Resource):
+    """Answers of every shape the channel's held headers must survive: ``/empty`` (204, no
+    body), ``/head-first`` (headers written alone, the body a turn later), ``/big`` (a body
+    larger than a socket takes at once), ``/queued`` (a body written behind bytes the transport
+    already holds)."""
+
+    isLeaf = True
+    big = bytes(range(256)) * 16_384  # 4 MiB
+
+    def render(self, request: Any) -> Any:
+        path = request.path
+        if path == b"/empty":
+            request.setResponseCode(204)
+            request.finish()
+        elif path == b"/head-first":
+            request.setHeader(b"content-length", b"4")
+            request.write(b"")  # the headers leave now; the body follows later
+            self.pending = request
+        elif path == b"/big":
+            request.setHeader(b"content-length", b"%d" % len(self.big))
+            request.write(self.big)
+            request.finish()
+        elif path == b"/queued":
+            request.setHeader(b"content-length", b"9")
+            request.write(b"abc")  # sent at once
+            request.channel.transport.write(b"def")  # held by the transport until it polls
+            request.write(b"ghi")  # so this one must queue behind it, not overtake it
+            request.finish()
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_headers_leave_with_every_answer_shape() -> None:
+    """An answer without a body, headers written alone, a body the socket takes in parts,
+    and HEAD: every byte arrives, in order, each answer whole."""
+    app = _Shapes()
+    site = make_site(app, max_body=1000)
+    port = await serverFromString(the_reactor(), "tcp:0:interface=127.0.0.1").listen(site)
+    try:
+        end = TCP4ClientEndpoint(the_reactor(), "127.0.0.1", port.getHost().port)
+        c = await bounded(end.connect(Factory.forProtocol(_Client)))
+        c.transport.write(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: c.got.endswith(b"\r\n\r\n"), "the 204's headers")
+        assert c.got.startswith(b"HTTP/1.1 204 No Content\r\n"), c.got
+        c.got = b""
+        c.transport.write(b"GET /head-first HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: c.got.endswith(b"\r\n\r\n"), "the headers written alone")
+        assert c.got.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 4" in c.got, c.got
+        app.pending.write(b"body")
+        app.pending.finish()
+        await until(lambda: c.got.endswith(b"\r\n\r\nbody"), "the later body")
+        c.got = b""
+        c.transport.write(b"HEAD /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: c.got.endswith(b"\r\n\r\n"), "the HEAD answer")
+        assert c.got.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 4194304" in c.got
+        c.got = b""
+        c.transport.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: len(c.got) >= len(app.big) and c.got.endswith(app.big[-64:]), "the big body")
+        head, _, body = c.got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == app.big
+        c.got = b""
+        c.transport.write(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: c.got.endswith(b"\r\n\r\nabcdefghi"), "the queued body")
+        assert c.got.count(b"HTTP/1.1 200 OK") == 1
+    finally:
+        await port.stopListening()
+
+
+def test_send_first_leaves_unusual_transports_and_states_alone() -> None:
+    """``send_first`` sends nothing (0: the caller uses the transport) for a test transport,
+    text, or a plain TCP connection that is closing, paused or holds bytes already."""
+    from twisted.internet import tcp
+    from twisted.internet.testing import StringTransport
+
+    from sprawl.http.server import send_first
+
+    assert send_first(StringTransport(), b"x") == 0
+
+    class _Sock:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, data: bytes) -> int:
+            self.sent.append(data)
+            return len(data)
+
+    def server(**state: Any) -> Any:
+        t = tcp.Server.__new__(tcp.Server)
+        t.TLS = False
+        t.connected = True
+        t.disconnecting = False
+        t._writeDisconnecting = False
+        t.producerPaused = False
+        t._tempDataLen = 0
+        t.dataBuffer = b""
+        t.offset = 0
+        t.socket = _Sock()
+        for k, v in state.items():
+            setattr(t, k, v)
+        return t
+
+    assert send_first(server(), b"abc") == 3
+    assert send_first(server(), "abc") == 0  # type: ignore[arg-type]
+    for state in (
+        {"TLS": True},
+        {"connected": False},
+        {"disconnecting": True},
+        {"_writeDisconnecting": True},
+        {"producerPaused": True},
+        {"_tempDataLen": 1},
+        {"dataBuffer": b"ab", "offset": 1},
+    ):
+        t = server(**state)
+        assert send_first(t, b"abc") == 0, state
+        assert t.socket.sent == [], state
+
+    class _Full(_Sock):
+        def send(self, data: bytes) -> int:
+            raise BlockingIOError()
+
+    assert send_first(server(socket=_Full()), b"abc") == 0
 
 
 def test_send_now_leaves_other_transports_alone() -> None:
