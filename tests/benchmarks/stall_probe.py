@@ -226,14 +226,6 @@ class StallProbe:
             }
         )
 
-    @staticmethod
-    def writer_tid() -> int | None:
-        """The LMDB writer thread's TID (to read ``others_on_cpu`` by), if it runs."""
-        for t in threading.enumerate():
-            if "writer" in t.name.lower():
-                return t.native_id
-        return None
-
     def report(self) -> dict[str, Any]:
         """The stalls (longest first) and the collections over 1 ms."""
         self._stop.set()
@@ -245,7 +237,8 @@ class StallProbe:
             # Stalls in which the main thread ran most of the time: the node's own work.
             "working_stalls": sum(1 for s in stalls if s["on_cpu"] >= 0.7),
             "causes": dict(collections.Counter(s["cause"] for s in stalls)),
-            "writer_tid": self.writer_tid(),
+            # (the node shortens it after its start; the probe sets 1 ms when the reactor runs)
+            "switch_interval_ms": sys.getswitchinterval() * 1000,
             "collections": self.collections_total,
             "collections_over_1ms": [(g, round(ms, 2)) for g, ms in self.collections],
             "longest": stalls[:60],
