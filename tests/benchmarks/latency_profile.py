@@ -126,7 +126,8 @@ def stall_summary(report: Path, seconds: float) -> str:
         out.append(
             f"  {s['ms']:7.2f} ms {s.get('cause', '?'):5s} (on CPU {s['on_cpu']:.0%}, waiting for a CPU "
             f"{s.get('main_runqueue', 0):.0%}, switches {s.get('main_voluntary', '?')}/"
-            f"{s.get('main_involuntary', '?')}, others {s.get('others_on_cpu', {})})  "
+            f"{s.get('main_involuntary', '?')}, others on CPU {s.get('others_on_cpu', {})} waiting "
+            f"{s.get('others_waiting', {})})  "
             f"{s['innermost_sprawl'][:2]}  {s['innermost'][:4]}"
         )
     return "\n".join(out)
@@ -197,7 +198,7 @@ def by_thread(pid: int, before: dict[int, float], after: dict[int, float], messa
     rest = sum(others[1:])
     us = 1e6 / max(1.0, messages)
     return (
-        f"node CPU by thread: reactor {main * us:.0f} us/message, busiest other thread (the LMDB "
+        f"node CPU by thread: reactor {main * us:.0f} us/message, busiest other thread (normally the LMDB "
         f"writer) {busiest * us:.0f}, the other {len(others) - 1 if others else 0} threads {rest * us:.0f}"
     )
 

@@ -28,7 +28,8 @@ is the one that runs Python besides the reactor: if it ran while the main thread
 it held the GIL); and the main thread's voluntary and involuntary context switches.
 Each stall gets a ``cause``: ``work`` (on a CPU for 70 %+), ``cpu`` (waiting for a CPU
 for half of it or more), ``gil`` (asleep for half of it or more while another thread of
-the node ran), else ``mixed``.
+the node -- the probe's own included -- ran or waited for a CPU: one of them held the
+GIL), else ``mixed`` (asleep with no other thread busy: a poll or lock wait).
 
 At the node's stop the report is written as JSON: the stalls (longest first), the
 collections over 1 ms, counts of both.  The probe itself costs the node a wake-up per
@@ -101,7 +102,8 @@ def _cause(on_cpu: float, where: dict[str, Any]) -> str:
     if where["main_runqueue"] >= 0.5:
         return "cpu"
     asleep = 1.0 - on_cpu - where["main_runqueue"]
-    if asleep >= 0.5 and sum(where["others_on_cpu"].values()) >= 0.2:
+    others = sum(where["others_on_cpu"].values()) + sum(where["others_waiting"].values())
+    if asleep >= 0.5 and others >= 0.2:
         return "gil"
     return "mixed"
 
@@ -178,27 +180,31 @@ class StallProbe:
     def _where(
         self, before: dict[int, tuple[int, ...]], after: dict[int, tuple[int, ...]], seconds: float
     ) -> dict[str, Any]:
-        """Where the main thread and the others were between two :func:`task_counters`."""
+        """Where the main thread and the others were between two :func:`task_counters`.
+        The probe's own thread counts among the others: it takes the GIL to sample, and a
+        GIL holder that waits for a CPU holds the main thread up like any other."""
         main = threading.main_thread().native_id or 0
-        me = threading.get_native_id()  # the probe's own thread is not the node's
         span = max(1e-9, seconds) * 1e9
         names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
         d = [a - b for a, b in zip(after.get(main, _ZERO), before.get(main, _ZERO), strict=True)]
-        others = {
-            tid: (c[0] - before.get(tid, _ZERO)[0]) / span
-            for tid, c in after.items()
-            if tid not in (main, me) and c[0] > before.get(tid, _ZERO)[0]
-        }
+
+        def shares(field: int) -> dict[str, float]:
+            got = {
+                tid: (c[field] - before.get(tid, _ZERO)[field]) / span
+                for tid, c in after.items()
+                if tid != main and c[field] > before.get(tid, _ZERO)[field]
+            }
+            top = sorted(got.items(), key=lambda kv: -kv[1])[:4]
+            return {names.get(t, str(t)): round(v, 2) for t, v in top}
+
         return {
             "main_runqueue": round(min(1.0, d[1] / span), 2),
             "main_voluntary": d[3],
             "main_involuntary": d[4],
             "main_major_faults": d[5],
-            # Other threads' time on a CPU in the stall, busiest first (name or TID: share).
-            "others_on_cpu": {
-                names.get(t, str(t)): round(v, 2)
-                for t, v in sorted(others.items(), key=lambda kv: -kv[1])[:4]
-            },
+            # Other threads' time on a CPU in the stall, and waiting for one (name: share).
+            "others_on_cpu": shares(0),
+            "others_waiting": shares(1),
         }
 
     def _record(
