@@ -385,7 +385,39 @@ class GuardedChannel(_HostCache, HTTPChannel):
             self.site.active_requests += 1  # answered later: a graceful stop waits for it
         if self._guard is not None:
             self._cancel()
+        # (twisted.web's first act, if an idle timeout is set: the idle timer's pause)
+        self._pausing_idle = bool(self.timeOut)
         super().allContentReceived()
+        self._pausing_idle = False
+
+    # The idle timeout (``TimeoutMixin``), paused while a request is handled without a
+    # timer cancelled and another scheduled per request (issue 16, lean1): twisted.web
+    # calls ``setTimeout(None)`` as a request is whole and ``setTimeout(period)`` when it
+    # is answered.  The first leaves the pending call in place, marked paused (a call
+    # that comes due then closes nothing); the second pushes the same call back by the
+    # period, which the reactor does without touching its heap.  Any other
+    # ``setTimeout(None)`` (a WebSocket taking the socket, the connection's end) cancels.
+    _pausing_idle = False
+    _idle_paused = False
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """As ``TimeoutMixin.setTimeout``, with the pause described above."""
+        if period is None and self._pausing_idle:
+            self._pausing_idle = False
+            prev: float | None = self.timeOut
+            self.timeOut = None  # (resetTimeout does nothing while paused, as before)
+            self._idle_paused = True
+            return prev
+        self._pausing_idle = False
+        self._idle_paused = False
+        return super().setTimeout(period)  # type: ignore[no-any-return]
+
+    def timeoutConnection(self) -> None:
+        """Close an idle connection; a paused timer that comes due closes nothing (it is
+        scheduled anew when the request is answered)."""
+        if self._idle_paused:
+            return
+        super().timeoutConnection()
 
     def requestDone(self, request: Any) -> None:
         """The answer is done: the next request's clock starts at its first byte."""
