@@ -6,6 +6,8 @@
         [--predict-quiet] [--chain-after N] [--plan-after N] [--plan-lasting F] [--plan-moves N]
         [--plan-margin F] [--predict-replace cap|same] [--replace-within S] [--replace-points N]
         [--choose-target] [--choose-partition] [--shed-skip N] [--no-predict-pass] [--forecast-only]
+        [--budget] [--budget-reserve N] [--budget-expire S] [--shadow-feed view|regossip|exact]
+        [--predict-choose]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -31,6 +33,12 @@ move on a forecast (``BalanceConfig(predict=False)``: the reactive rule with
 the forecast-guided choices), ``--forecast-only`` skips the reactive run
 (its row is left at zeros: its figures do not depend on these options).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
+``--budget`` runs the reactive balancer in shadow and makes moves on a
+forecast only while the move budget it gives has more than
+``--budget-reserve`` tokens (``SimConfig.budget``; tokens last
+``--budget-expire`` seconds; the shadow is fed as ``--shadow-feed`` says:
+:mod:`sprawl.forecast.budget`); ``--predict-choose`` makes the move on a
+forecast that removes the most predicted excess (``BalanceConfig.predict_choose``).
 """
 
 from __future__ import annotations
@@ -115,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the forecast run makes no move on a forecast (the reactive rule with the choices)",
     )
     ap.add_argument("--forecast-only", action="store_true", help="skip the reactive run (its row: zeros)")
+    ap.add_argument("--budget", action="store_true", help="forecast moves paid by a shadow reactive run")
+    ap.add_argument("--budget-reserve", type=int, default=0, help="tokens kept back")
+    ap.add_argument("--budget-expire", type=float, default=float("inf"), help="seconds a token lasts")
+    ap.add_argument("--shadow-feed", choices=("view", "regossip", "exact"), default="view")
+    ap.add_argument("--predict-choose", action="store_true", help="the forecast move removing most excess")
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     rows: list[tuple[Result, Result]] = []
@@ -130,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             profile_horizon=3600.0 * a.profile_hours,
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
+            budget=a.budget,
+            budget_reserve=a.budget_reserve,
+            budget_expire=a.budget_expire,
+            shadow_feed=a.shadow_feed,
             balance=dataclasses.replace(
                 cfg.balance,
                 predict_hold=a.predict_hold,
@@ -147,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 choose_partition=a.choose_partition,
                 shed_skip=a.shed_skip,
                 predict=not a.no_predict_pass,
+                predict_choose=a.predict_choose,
             ),
         )
         t0 = time.monotonic()
@@ -156,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             rows += compare([tr], cfg)
         print(
             f"{tr.name}: {time.monotonic() - t0:.0f} s; moves by reason: reactive run "
-            f"{rows[-1][0].moves_by_reason}, forecast run {rows[-1][1].moves_by_reason}",
+            f"{rows[-1][0].moves_by_reason}, forecast run {rows[-1][1].moves_by_reason}"
+            + (
+                f"; shadow {rows[-1][1].shadow_moves} moves, debt {rows[-1][1].budget_debt}, "
+                f"expired {rows[-1][1].budget_expired}"
+                if a.budget
+                else ""
+            ),
             file=sys.stderr,
             flush=True,
         )
