@@ -473,6 +473,12 @@ class Balancer:
         self.preempted_total = 0
 
     @property
+    def moved_loads(self) -> Mapping[tuple[str, int], tuple[float, float]]:
+        """key -> (when it moved, the load it moved with): what a partition
+        not yet reported by its new leader counts for (``cooldown`` seconds)."""
+        return self._moved
+
+    @property
     def plan(self) -> tuple[Move, ...]:
         """The moves of a plan under way (``plan_after``) not made yet."""
         return tuple(self._plan)

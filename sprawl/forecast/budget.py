@@ -60,11 +60,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
-from sprawl.cluster.balance import BalanceConfig, Balancer, Decision, Move, partitions_from, replica_move
+from sprawl.cluster.balance import BalanceConfig, Balancer, Decision, Move, PartitionLoad, replica_move
 from sprawl.gossip.load import encode_parts, parts_changed, rates_by_node, view_rates
 
 PartKey = tuple[str, int]
 Rate = tuple[float, float]
+
+#: The topic name of the stand-in partitions that carry a cool node's load
+#: in the shadow's view (not a valid topic name: never a real partition).
+_STAND_IN = "\x00node"
 
 #: The controller's rule: a partition gets a new replica at most every 10 minutes.
 REPLICA_MOVE_EVERY = 600.0
@@ -136,6 +140,9 @@ class ShadowReactive:
         self.balancer = Balancer(self.config)
         self.replicas: dict[PartKey, tuple[str, ...]] = {k: tuple(v) for k, v in replicas.items()}
         self.leader: dict[PartKey, str] = dict(leaders)
+        #: The partitions in placement order (topic, then partition): the
+        #: order the controller's view lists them in.
+        self._order = sorted(self.replicas)
         self.regossip = regossip
         self.move_seconds = move_seconds
         self.copy_seconds = copy_seconds
@@ -176,28 +183,80 @@ class ShadowReactive:
         """Whether the shadow's balancer decides at ``now``."""
         return self.balancer.due(now)
 
+    def _view(self, nodes: Iterable[str]) -> dict[PartKey, Rate]:
+        """Every partition's rate as the shadow's balancer would see it (its
+        shadow leader's report; missing: not reported)."""
+        if not self.regossip:
+            return self._rates
+        views = [
+            {"id": n, "state": "alive", "partition_rates": view_rates(self._sent.get(n, []))} for n in nodes
+        ]
+        out: dict[PartKey, Rate] = {}
+        for n, rates in rates_by_node(views).items():
+            for k, r in rates.items():
+                if self.leader.get(k) == n:
+                    out[k] = r
+        return out
+
+    def _node_loads(self, now: float, nodes: list[str], seen: Mapping[PartKey, Rate]) -> dict[str, float]:
+        """Every live node's load summed exactly as :meth:`Balancer.decide`
+        sums it: the same partitions in the same order, the same stand-in for
+        a partition not reported yet."""
+        c = self.config
+        loads = dict.fromkeys(sorted(set(nodes)), 0.0)
+        moved = self.balancer.moved_loads
+        for k in self._order:
+            n = self.leader.get(k)
+            if n not in loads:
+                continue
+            r = seen.get(k)
+            if r is None:
+                m = moved.get(k)
+                if m is not None and now - m[0] < c.cooldown:
+                    loads[n] += m[1]
+                continue
+            loads[n] += max(0.0, r[0]) + max(0.0, r[1]) / c.bytes_per_unit
+        return loads
+
     def decide(self, now: float, live: Iterable[str]) -> int:
-        """One shadow decision (call when :meth:`due`): the moves it started."""
+        """One shadow decision (call when :meth:`due`): the moves it started.
+
+        The reactive rule only ever looks at the partitions of hot nodes; the
+        others count by their node's load.  So the view handed to the
+        balancer holds the hot nodes' partitions and, for every other node,
+        one stand-in partition carrying the node's load (not movable, no
+        replicas): node loads, mean, bound, hot set and moves are those of
+        the whole view, since each node's load is summed in the same order
+        (:meth:`_node_loads`), and a decision with no node hot builds no
+        per-partition object at all.  (The shadow's :attr:`last` decision
+        therefore counts a stand-in as one led partition.)"""
+        c = self.config
         nodes = list(live)
-        if self.regossip:
-            views = [
-                {"id": n, "state": "alive", "partition_rates": view_rates(self._sent.get(n, []))}
-                for n in nodes
-            ]
-            rates = rates_by_node(views)
-        else:
-            rates = {}
-            for k, n in self.leader.items():
-                r = self._rates.get(k)
-                if r is not None:
-                    rates.setdefault(n, {})[k] = r
-        placement: dict[str, list[dict[str, object]]] = {}
-        for topic, p in sorted(self.replicas):
-            rows = placement.setdefault(topic, [])
-            while len(rows) <= p:
-                rows.append({"leader": "", "replicas": []})
-            rows[p] = {"leader": self.leader.get((topic, p), ""), "replicas": list(self.replicas[(topic, p)])}
-        parts = partitions_from(placement, rates, lambda k: k not in self.moving)
+        seen = self._view(nodes)
+        loads = self._node_loads(now, nodes, seen)
+        upper = sum(loads.values()) / len(loads) * (1 + c.threshold) if loads else 0.0
+        hot = {n for n, v in loads.items() if v > upper and v >= c.min_load}
+        parts = [
+            PartitionLoad(_STAND_IN, i, n, (), msgs_s=v, bytes_s=0.0, movable=False)
+            for i, (n, v) in enumerate(loads.items())
+            if n not in hot
+        ]
+        for k in self._order if hot else ():
+            n = self.leader.get(k)
+            if n not in hot:
+                continue
+            r = seen.get(k)
+            parts.append(
+                PartitionLoad(
+                    k[0],
+                    k[1],
+                    n,
+                    self.replicas[k],
+                    msgs_s=None if r is None else r[0],
+                    bytes_s=None if r is None else r[1],
+                    movable=k not in self.moving,
+                )
+            )
         d = self.balancer.decide(now, parts, nodes, len(self.moving))
         self.last = d
         started = 0
