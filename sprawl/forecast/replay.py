@@ -224,7 +224,9 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 shadow.observe(now, rates)
             else:
                 seen = rates_by_node(views)
-                shadow.observe(now, {k: r for k, n in leader.items() if (r := seen.get(n, {}).get(k))})
+                shadow.observe(
+                    now, {k: got for k, n in leader.items() if (got := seen.get(n, {}).get(k)) is not None}
+                )
         forecasts = None
         if fc is not None:
             res.anomalies += sum(1 for e in fc.observe_gossip(now, views) if e.end is None)
