@@ -131,12 +131,25 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   :attr:`Decision.skipped`, left alone by :func:`replica_move` too).  Tests in
   ``tests/unit/cluster/test_balance_guided.py``.
 
+* a move budget (``Balancer.decide(predict_allowance=...)``, from a shadow
+  run of the reactive rule: :mod:`sprawl.forecast.budget`): the moves a
+  decision may make in all before it stops making moves on a forecast; its
+  reactive moves count against it but are never held by it (a node truly hot
+  is relieved).  ``predict_choose`` makes, of the forecast moves off a node,
+  the one that removes the most predicted excess over the bound (source and
+  target, now and along the paths), and none that removes nothing -- for a
+  scarce budget.  Tests in ``tests/unit/cluster/test_balance_budget.py``.
+
 The no-flapping argument holds with all of them (the choices pick among the
 same improving moves, or skip one): a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
 under a steady load each of its moves passes its check and it is done (its
-room-making moves alone may raise the sum); the others only withhold moves.
+room-making moves alone may raise the sum); the others only withhold moves
+-- the move budget too: it only removes moves on a forecast, every move it
+lets through is one the balancer would have made without it, so it cannot
+add flapping (``test_random_allowances_cannot_make_it_flap`` draws the
+allowance at random every decision).
 
 Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without

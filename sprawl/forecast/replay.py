@@ -22,6 +22,11 @@ cluster -- through the same cores the controller runs:
   node for a cool one in a partition's replica set: the copy takes
   ``copy_seconds``, then the leadership moves as below (each partition at
   most every 10 minutes, as in the controller);
+* with ``SimConfig.budget`` the controller also runs the reactive balancer in
+  shadow (:class:`~sprawl.forecast.budget.ShadowReactive`, fed as
+  ``shadow_feed`` says) and the predictive run moves on a forecast only while
+  the :class:`~sprawl.forecast.budget.MoveBudget` it gives allows
+  (``Result.shadow_moves``, ``budget_debt``);
 * a leadership move takes ``move_seconds`` (the handoff: the leader holds
   the partition's publishes until the target has its whole log, then the
   controller fences and commits), during which every message published to
