@@ -158,6 +158,9 @@ class ShadowReactive:
         #: (time, move) of every move the shadow started.
         self.log: list[tuple[float, Move]] = []
         self.last: Decision | None = None
+        #: Partitions handed to the reactive rule in the last decision (the
+        #: partitions of the nodes that may shed in it; the rest stand-ins).
+        self.built = 0
 
     def observe(self, now: float, rates: Mapping[PartKey, Rate | tuple[float | None, float | None]]) -> None:
         """A gossip step: land the moves that are due, take the partitions'
@@ -221,21 +224,28 @@ class ShadowReactive:
     def decide(self, now: float, live: Iterable[str]) -> int:
         """One shadow decision (call when :meth:`due`): the moves it started.
 
-        The reactive rule only ever looks at the partitions of hot nodes; the
+        The reactive rule only ever looks at the partitions of nodes that
+        shed: hot for ``persist`` decisions in a row (with this one); the
         others count by their node's load.  So the view handed to the
-        balancer holds the hot nodes' partitions and, for every other node,
+        balancer holds those nodes' partitions and, for every other node,
         one stand-in partition carrying the node's load (not movable, no
         replicas): node loads, mean, bound, hot set and moves are those of
         the whole view, since each node's load is summed in the same order
-        (:meth:`_node_loads`), and a decision with no node hot builds no
-        per-partition object at all.  (The shadow's :attr:`last` decision
+        (:meth:`_node_loads`), and a decision in which no node sheds builds
+        no per-partition object at all.  (The shadow's :attr:`last` decision
         therefore counts a stand-in as one led partition.)"""
         c = self.config
         nodes = list(live)
+        self.built = 0
         seen = self._view(nodes)
         loads = self._node_loads(now, nodes, seen)
         upper = sum(loads.values()) / len(loads) * (1 + c.threshold) if loads else 0.0
         hot = {n for n, v in loads.items() if v > upper and v >= c.min_load}
+        # a hot node sheds (or gets a replica move) only once hot ``persist``
+        # decisions in a row: before that its partitions are not looked at
+        last = self.balancer.last
+        was = {} if last is None else {n: v.streak for n, v in last.nodes.items()}
+        hot = {n for n in hot if was.get(n, 0) + 1 >= c.persist}
         parts = [
             PartitionLoad(_STAND_IN, i, n, (), msgs_s=v, bytes_s=0.0, movable=False)
             for i, (n, v) in enumerate(loads.items())
@@ -246,6 +256,7 @@ class ShadowReactive:
             if n not in hot:
                 continue
             r = seen.get(k)
+            self.built += 1
             parts.append(
                 PartitionLoad(
                     k[0],
