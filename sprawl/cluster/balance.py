@@ -131,12 +131,25 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   :attr:`Decision.skipped`, left alone by :func:`replica_move` too).  Tests in
   ``tests/unit/cluster/test_balance_guided.py``.
 
+* a move budget (``Balancer.decide(predict_allowance=...)``, from a shadow
+  run of the reactive rule: :mod:`sprawl.forecast.budget`): the moves a
+  decision may make in all before it stops making moves on a forecast; its
+  reactive moves count against it but are never held by it (a node truly hot
+  is relieved).  ``predict_choose`` makes, of the forecast moves off a node,
+  the one that removes the most predicted excess over the bound (source and
+  target, now and along the paths), and none that removes nothing -- for a
+  scarce budget.  Tests in ``tests/unit/cluster/test_balance_budget.py``.
+
 The no-flapping argument holds with all of them (the choices pick among the
 same improving moves, or skip one): a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
 under a steady load each of its moves passes its check and it is done (its
-room-making moves alone may raise the sum); the others only withhold moves.
+room-making moves alone may raise the sum); the others only withhold moves
+-- the move budget too: it only removes moves on a forecast, every move it
+lets through is one the balancer would have made without it, so it cannot
+add flapping (``test_random_allowances_cannot_make_it_flap`` draws the
+allowance at random every decision).
 
 Replica moves (moving a replica off a persistently hot node) are not done
 here: leadership moves inside the replica set cover the common case without
@@ -282,6 +295,12 @@ class BalanceConfig:
     #: predicted bound at every point after the first ``shed_skip`` (its
     #: excess ends before a move would pay; 0: never skipped).  Only with paths.
     shed_skip: int = 0
+    #: The pass on a forecast makes, of the moves it may make off a node, the
+    #: one that removes the most predicted excess over the bound (the source's
+    #: and the target's, now and along the partitions' paths, summed), and only
+    #: a move that removes some: for a scarce move budget
+    #: (:class:`sprawl.forecast.budget.MoveBudget`).  Only with forecasts.
+    predict_choose: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -389,6 +408,9 @@ class Decision:
     #: Hot nodes whose shed was skipped because their path falls to the bound
     #: soon (``shed_skip``): :func:`replica_move` leaves them alone too.
     skipped: list[str] = field(default_factory=list)
+    #: Whether the move budget (``predict_allowance``) cut the moves this
+    #: decision could make on a forecast.
+    budgeted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``GET /v1/cluster`` (the ``predicted*`` fields only
@@ -464,6 +486,12 @@ class Balancer:
         self.preempted_total = 0
 
     @property
+    def moved_loads(self) -> Mapping[tuple[str, int], tuple[float, float]]:
+        """key -> (when it moved, the load it moved with): what a partition
+        not yet reported by its new leader counts for (``cooldown`` seconds)."""
+        return self._moved
+
+    @property
     def plan(self) -> tuple[Move, ...]:
         """The moves of a plan under way (``plan_after``) not made yet."""
         return tuple(self._plan)
@@ -484,13 +512,22 @@ class Balancer:
         return m + b / c.bytes_per_unit, m, b
 
     def decide(
-        self, now: float, partitions: Iterable[PartitionLoad], live: Iterable[str], in_flight: int = 0
+        self,
+        now: float,
+        partitions: Iterable[PartitionLoad],
+        live: Iterable[str],
+        in_flight: int = 0,
+        predict_allowance: int | None = None,
     ) -> Decision:
         """One decision: the moves to make now (``Decision.moves``) and why.
 
         ``partitions``: every partition with a leader; ``live``: the nodes
         that may lead (alive or suspect); ``in_flight``: leadership moves
-        started earlier and not finished (they count against ``max_moves``).
+        started earlier and not finished (they count against ``max_moves``);
+        ``predict_allowance``: when given, the moves this decision may make in
+        all before it stops making moves on a forecast (the tokens of
+        :class:`sprawl.forecast.budget.MoveBudget` less its reserve): this
+        decision's reactive moves count against it but are never held by it.
         """
         c = self.config
         nodes = sorted(set(live))
@@ -574,6 +611,11 @@ class Balancer:
             self._plan_stuck(parts, by_leader, by_key, pload, loads, mean, upper, nodes, hot, now, budget, d)
             budget = 0 if self._plan else max(0, c.max_moves - in_flight - len(d.moves))
         calm = not (c.predict_quiet and (hot or d.moves or in_flight))
+        if predict_allowance is not None:
+            allowed = max(0, predict_allowance - len(d.moves))
+            if allowed < budget:
+                budget = allowed
+                d.budgeted = True
         pred = self._predict(parts, pload, loads, nodes, now, budget, d, calm) if c.predict else None
         for n in nodes:
             d.nodes[n] = NodeLoad(
@@ -603,7 +645,7 @@ class Balancer:
         ``choose_partition``, ``shed_skip``) pick by, this decision's moves so
         far applied; None when they are off or no partition carries a forecast."""
         c = self.config
-        if not (c.choose_target or c.choose_partition or c.shed_skip > 0):
+        if not (c.choose_target or c.choose_partition or c.shed_skip > 0 or c.predict_choose):
             return None
         moved = {(m.topic, m.partition): m.dst for m in d.moves}
         return _Ahead.along(parts, pload, moved, nodes, c.threshold)
@@ -661,7 +703,11 @@ class Balancer:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
-        guide = self._guide(parts, pload, d, nodes) if c.choose_target or c.choose_partition else None
+        guide = (
+            self._guide(parts, pload, d, nodes)
+            if c.choose_target or c.choose_partition or c.predict_choose
+            else None
+        )
         g = guide
 
         def relief(o: tuple[int, PartitionLoad, list[str]]) -> tuple[float, float, int]:
@@ -687,7 +733,10 @@ class Balancer:
                 )
                 continue
             if budget <= 0:
-                d.held.append(f"{src}: predicted hot, move budget used")
+                d.held.append(
+                    f"{src}: predicted hot, "
+                    + ("no move token left (shadow reactive budget)" if d.budgeted else "move budget used")
+                )
                 continue
             if (
                 now - self._predicted_at < c.predict_hold
@@ -752,6 +801,14 @@ class Balancer:
                     opts = [(i, p, ts) for i, p in enumerate(led) for ts in (targets(p, src),) if ts]
                     if not opts:
                         break
+                    if c.predict_choose and g is not None:
+                        # the move that removes the most predicted excess, if any
+                        gain, i, r = min((g.delta(q.key, src, r), i, r) for i, q, ts in opts for r in ts)
+                        if gain >= -_EPS:
+                            break
+                        make(led[i], src, r)
+                        left -= 1
+                        continue
                     _, p, ts = opts[0] if g is None or not c.choose_partition else min(opts, key=relief)
                     make(
                         p,

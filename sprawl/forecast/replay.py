@@ -22,6 +22,11 @@ cluster -- through the same cores the controller runs:
   node for a cool one in a partition's replica set: the copy takes
   ``copy_seconds``, then the leadership moves as below (each partition at
   most every 10 minutes, as in the controller);
+* with ``SimConfig.budget`` the controller also runs the reactive balancer in
+  shadow (:class:`~sprawl.forecast.budget.ShadowReactive`, fed as
+  ``shadow_feed`` says) and the predictive run moves on a forecast only while
+  the :class:`~sprawl.forecast.budget.MoveBudget` it gives allows
+  (``Result.shadow_moves``, ``budget_debt``);
 * a leadership move takes ``move_seconds`` (the handoff: the leader holds
   the partition's publishes until the target has its whole log, then the
   controller fences and commits), during which every message published to
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.forecast.budget import MoveBudget, ShadowReactive
 from sprawl.forecast.holtwinters import ForecastConfig
 from sprawl.forecast.traffic import TrafficForecaster, partition_key
 from sprawl.gossip.load import BYTES_PER_UNIT, encode_parts, parts_changed, rates_by_node, view_rates
@@ -89,6 +95,18 @@ class SimConfig:
     #: ``TrafficForecaster(surge_guard=...)`` of the predictive run.
     surge_guard: float = 0.0
     surge_jump: float = 2.0
+    #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
+    #: and, in the predictive run, make moves on a forecast only while its
+    #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
+    #: tokens (tokens lasting ``budget_expire`` seconds).
+    budget: bool = False
+    budget_reserve: int = 0
+    budget_expire: float = math.inf
+    #: What the shadow is fed: ``"view"`` the partition rates the controller
+    #: has from the real gossip; ``"regossip"`` those, through the gossip's
+    #: 20% rule per shadow node; ``"exact"`` the true rates through that rule
+    #: (the reactive run's own view: only a simulator has it).
+    shadow_feed: str = "view"
 
 
 @dataclass
@@ -115,6 +133,12 @@ class Result:
     preempted: int = 0
     #: (time, move) of every move started.
     log: list[tuple[float, Move]] = field(default_factory=list)
+    #: The shadow reactive run (``SimConfig.budget``): its moves, their log,
+    #: and the budget's debt and expired tokens at the end.
+    shadow_moves: int = 0
+    shadow_log: list[tuple[float, Move]] = field(default_factory=list)
+    budget_debt: int = 0
+    budget_expired: int = 0
     #: (time, hot nodes) of every step with a node hot.
     hot_log: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
@@ -139,6 +163,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     gossiped: dict[str, list[object]] = {n: [] for n in nodes}
     gossiped_led: dict[str, frozenset[PartKey]] = {n: frozenset() for n in nodes}
     balancer = Balancer(c.balance)
+    bal = c.balance
     fc = (
         TrafficForecaster(
             trace.forecast,
@@ -155,9 +180,21 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     profiles: dict[PartKey, tuple[float, ...]] = {}
     profiled_at = -math.inf
     abs_err = 0.0
+    shadow = (
+        ShadowReactive(
+            bal,
+            replicas,
+            leader,
+            regossip=c.shadow_feed != "view",
+            move_seconds=c.move_seconds,
+            copy_seconds=c.copy_seconds,
+        )
+        if c.budget
+        else None
+    )
+    tokens = MoveBudget(expire=c.budget_expire)
     steps = math.floor(trace.seconds / c.step)
     horizon_steps = max(1, round(c.horizon / c.step))
-    bal = c.balance
     for i in range(steps):
         now = i * c.step
         rates = trace.rates(now)
@@ -187,6 +224,14 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             if led != gossiped_led[n] or parts_changed(gossiped[n], new):
                 gossiped[n], gossiped_led[n] = new, led
             views.append({"id": n, "state": "alive", "partition_rates": view_rates(gossiped[n])})
+        if shadow is not None:
+            if c.shadow_feed == "exact":
+                shadow.observe(now, rates)
+            else:
+                seen = rates_by_node(views)
+                shadow.observe(
+                    now, {k: got for k, n in leader.items() if (got := seen.get(n, {}).get(k)) is not None}
+                )
         forecasts = None
         if fc is not None:
             res.anomalies += sum(1 for e in fc.observe_gossip(now, views) if e.end is None)
@@ -205,9 +250,20 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 pending[i + horizon_steps] = made
         if not balancer.due(now):
             continue
+        allowance = None
+        if shadow is not None:
+            tokens.earn(now, shadow.decide(now, nodes))
+            if fc is not None:
+                allowance = tokens.available(now) - c.budget_reserve
         paths = None
         if fc is not None:
-            if bal.predict_replace or bal.choose_target or bal.choose_partition or bal.shed_skip:
+            if (
+                bal.predict_replace
+                or bal.choose_target
+                or bal.choose_partition
+                or bal.shed_skip
+                or bal.predict_choose
+            ):
                 paths = fc.partition_paths(now)
                 forecasts = {k: max(v) for k, v in paths.items()}
             else:
@@ -225,7 +281,8 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
         parts = partitions_from(
             placement, rates_by_node(views), lambda k: k not in moving, forecasts, profiles or None, paths
         )
-        d = balancer.decide(now, parts, nodes, len(moving))
+        d = balancer.decide(now, parts, nodes, len(moving), allowance)
+        made_before = res.moves
         rm = replica_move(
             d,
             parts,
@@ -249,6 +306,10 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             res.moves += 1
             res.moves_by_reason[mv.reason] = res.moves_by_reason.get(mv.reason, 0) + 1
             res.log.append((now, mv))
+        tokens.spend(now, res.moves - made_before)
+    if shadow is not None:
+        res.shadow_moves, res.shadow_log = shadow.moves, shadow.log
+        res.budget_debt, res.budget_expired = tokens.debt, tokens.expired
     if res.mape_samples:
         res.mape = abs_err / res.mape_samples
     res.preempted = balancer.preempted_total

@@ -6,6 +6,8 @@
         [--predict-quiet] [--chain-after N] [--plan-after N] [--plan-lasting F] [--plan-moves N]
         [--plan-margin F] [--predict-replace cap|same] [--replace-within S] [--replace-points N]
         [--choose-target] [--choose-partition] [--shed-skip N] [--no-predict-pass] [--forecast-only]
+        [--budget] [--budget-reserve N] [--budget-expire S] [--shadow-feed view|regossip|exact]
+        [--predict-choose] [--shadow-cost N]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -31,17 +33,27 @@ move on a forecast (``BalanceConfig(predict=False)``: the reactive rule with
 the forecast-guided choices), ``--forecast-only`` skips the reactive run
 (its row is left at zeros: its figures do not depend on these options).  ``--only``
 runs one trace (``hourly``, ``daily``, ``ramp``, ``surges``, ``recorded``).
+``--budget`` runs the reactive balancer in shadow and makes moves on a
+forecast only while the move budget it gives has more than
+``--budget-reserve`` tokens (``SimConfig.budget``; tokens last
+``--budget-expire`` seconds; the shadow is fed as ``--shadow-feed`` says:
+:mod:`sprawl.forecast.budget`); ``--predict-choose`` makes the move on a
+forecast that removes the most predicted excess (``BalanceConfig.predict_choose``).
+``--shadow-cost N`` times the shadow's decisions at N partitions and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import sys
 import time
 from pathlib import Path
 
+from sprawl.cluster.balance import BalanceConfig
 from sprawl.forecast import traces
+from sprawl.forecast.budget import ShadowReactive
 from sprawl.forecast.replay import Result, SimConfig, Trace, compare, simulate, table
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "forecast_trace.csv"
@@ -62,6 +74,45 @@ def runs(quick: bool, trace: Path) -> list[tuple[Trace, SimConfig]]:
         ]
     out.append((traces.recorded(trace, period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG))
     return out
+
+
+def shadow_cost(partitions: int, nodes: int = 3, decisions: int = 60) -> str:
+    """CPU per gossip step and decision of :class:`ShadowReactive` at
+    ``partitions`` (RF 3 on ``nodes``), both feeds: rates redrawn every 10 s
+    (a gossip step and a decision each); every eighth decision on, four in a
+    row with one node's partitions at 3x (hot; it sheds in the third); the
+    decisions in which a node may shed (its partitions handed to the
+    reactive rule) and the others timed apart."""
+    names = [f"n{i}" for i in range(nodes)]
+    reps = {
+        (f"t{i // 10}", i % 10): tuple(names[(i + j) % nodes] for j in range(min(3, nodes)))
+        for i in range(partitions)
+    }
+    out = [f"shadow reactive, {partitions} partitions on {nodes} nodes, {decisions} decisions each (CPU ms):"]
+    for regossip in (False, True):
+        leaders = {k: v[0] for k, v in reps.items()}
+        s = ShadowReactive(BalanceConfig(), reps, leaders, regossip=regossip)
+        rng = random.Random(7)
+        quiet: list[float] = []
+        hot: list[float] = []
+        for i in range(decisions):
+            surge = i % 8 >= 4  # four decisions in eight n0's partitions run at 3x
+            rates = {
+                k: (rng.uniform(5.0, 15.0) * (3.0 if surge and leaders[k] == "n0" else 1.0), 0.0)
+                for k in reps
+            }
+            t0 = time.process_time()
+            s.observe(10.0 * i, rates)
+            s.decide(10.0 * i, names)
+            (hot if s.built else quiet).append(time.process_time() - t0)
+        for name, xs in (("no shed", quiet), ("may shed", hot)):
+            xs.sort()
+            if xs:
+                out.append(
+                    f"  {'regossip' if regossip else 'view'} {name}: {len(xs)} decisions, median "
+                    f"{1000 * xs[len(xs) // 2]:.1f}, max {1000 * xs[-1]:.1f}"
+                )
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the forecast run makes no move on a forecast (the reactive rule with the choices)",
     )
     ap.add_argument("--forecast-only", action="store_true", help="skip the reactive run (its row: zeros)")
+    ap.add_argument("--budget", action="store_true", help="forecast moves paid by a shadow reactive run")
+    ap.add_argument("--budget-reserve", type=int, default=0, help="tokens kept back")
+    ap.add_argument("--budget-expire", type=float, default=float("inf"), help="seconds a token lasts")
+    ap.add_argument("--shadow-feed", choices=("view", "regossip", "exact"), default="view")
+    ap.add_argument("--predict-choose", action="store_true", help="the forecast move removing most excess")
+    ap.add_argument(
+        "--shadow-cost", type=int, default=0, help="time the shadow's decisions at N partitions and exit"
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
+    if a.shadow_cost:
+        print(shadow_cost(a.shadow_cost))
+        return 0
     rows: list[tuple[Result, Result]] = []
     for tr, cfg in runs(a.quick, a.trace):
         if a.only and tr.name != a.only:
@@ -130,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             profile_horizon=3600.0 * a.profile_hours,
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
+            budget=a.budget,
+            budget_reserve=a.budget_reserve,
+            budget_expire=a.budget_expire,
+            shadow_feed=a.shadow_feed,
             balance=dataclasses.replace(
                 cfg.balance,
                 predict_hold=a.predict_hold,
@@ -147,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 choose_partition=a.choose_partition,
                 shed_skip=a.shed_skip,
                 predict=not a.no_predict_pass,
+                predict_choose=a.predict_choose,
             ),
         )
         t0 = time.monotonic()
@@ -156,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
             rows += compare([tr], cfg)
         print(
             f"{tr.name}: {time.monotonic() - t0:.0f} s; moves by reason: reactive run "
-            f"{rows[-1][0].moves_by_reason}, forecast run {rows[-1][1].moves_by_reason}",
+            f"{rows[-1][0].moves_by_reason}, forecast run {rows[-1][1].moves_by_reason}"
+            + (
+                f"; shadow {rows[-1][1].shadow_moves} moves, debt {rows[-1][1].budget_debt}, "
+                f"expired {rows[-1][1].budget_expired}"
+                if a.budget
+                else ""
+            ),
             file=sys.stderr,
             flush=True,
         )
