@@ -37,6 +37,7 @@ from sprawl.peer.frames import BATCH_BYTES
 from sprawl.pubsub import PublishResult
 from sprawl.replication.partition import PartitionReplication
 from sprawl.replication.replica import NotLeader
+from sprawl.storage import timeline
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -277,6 +278,12 @@ class Router:
         metrics = getattr(self.broker, "metrics", None)  # (test fakes of the broker have none)
         if metrics is not None:
             metrics.hop("forward", self.reactor.seconds() - sent)
+        tl = timeline.TIMELINE
+        if tl is not None and answer["offsets"]:
+            first, last = min(answer["offsets"]), max(answer["offsets"]) + 1
+            if tl.sampled(first, last):
+                tl.mark_at("fwd_sent", sent, first, last)
+                tl.mark("fwd_back", first, last)
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),

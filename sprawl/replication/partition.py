@@ -63,12 +63,13 @@ from sprawl.peer.frames import BATCH_BYTES
 from sprawl.replication.envelope import Envelope, pack_record, record_bytes
 from sprawl.replication.messages import (
     Append,
+    AppendResp,
     encode,
     slice_append,
 )
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.replication.replica_state import dump_state, load_state
-from sprawl.storage import keys
+from sprawl.storage import keys, timeline
 
 if TYPE_CHECKING:
     from sprawl.topics import Topic
@@ -168,6 +169,10 @@ class PartitionReplication:
         self.on_hop: Callable[[str, float], None] | None = None
         #: As a follower: (end, when received) of the appends not yet visible.
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=1024)
+        #: The opt-in timeline (:mod:`sprawl.storage.timeline`): the ends last marked
+        #: as answered (``f_ack``) and as sent in a high watermark per follower.
+        self._marked_ack = 0
+        self._marked_hw: dict[str, int] = {}
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -186,6 +191,8 @@ class PartitionReplication:
             if r.id is None:
                 r.id = self.broker.new_message_id()
         last = first + len(records) - 1
+        if timeline.TIMELINE is not None:
+            timeline.TIMELINE.mark("pub", first, last + 1)
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append((last, d))
         if self.on_hop is not None:
@@ -221,6 +228,8 @@ class PartitionReplication:
                 del self._floors[next(iter(self._floors))]
         if records and self.on_hop is not None and isinstance(message, Append):
             self._arrivals.append((records[-1].offset + 1, self.broker.clock.seconds()))
+        if records and timeline.TIMELINE is not None:
+            timeline.TIMELINE.mark("f_recv", records[0].offset, records[-1].offset + 1)
         self._handle(self.core.receive(src, message), records)
 
     def tick(self) -> None:
@@ -297,6 +306,8 @@ class PartitionReplication:
             if out.writes:
                 self._save_hw_later()
             for dst, m in out.messages:
+                if timeline.TIMELINE is not None:
+                    self._mark_sent(dst, m)
                 self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
             return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
@@ -351,6 +362,8 @@ class PartitionReplication:
                     continue
                 d = self._write(w, q.records, q.leader)
                 stored_own |= q.leader and w.count > 0
+                if d is not None and w.count and timeline.TIMELINE is not None:
+                    self._mark_write(d, "lw" if q.leader else "f", w.start, w.start + w.count)
                 if d is not None:
                     # The leader's own records go to the followers while they are
                     # written here (Raft's parallel leader write): the core counts
@@ -481,6 +494,8 @@ class PartitionReplication:
         where the partition's log starts (below it: the shared S3 tier)."""
         if isinstance(m, Append) and m.reset:
             m = msgspec.structs.replace(m, log_start=min(self.log.log_start, m.start))
+        if timeline.TIMELINE is not None:
+            self._mark_sent(dst, m)
         if not (isinstance(m, Append) and m.count):
             self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
             return
@@ -570,12 +585,46 @@ class PartitionReplication:
             got += await self._records(got[-1].offset + 1, end - got[-1].offset - 1)
         return got
 
+    def _mark_write(self, d: defer.Deferred[Any], kind: str, start: int, end: int) -> None:
+        """The timeline: a write of ``[start, end)`` handed to LMDB now, and when durable."""
+        tl = timeline.TIMELINE
+        if tl is not None and tl.sampled(start, end):
+            tl.mark(kind + "_sub", start, end)
+
+            def synced(result: Any) -> Any:
+                tl.mark(kind + "_sync", start, end)
+                return result
+
+            d.addCallback(synced)
+
+    def _mark_sent(self, dst: str, m: Any) -> None:
+        """The timeline: records, a high watermark or an answer leave for ``dst`` now."""
+        tl = timeline.TIMELINE
+        if tl is None:
+            return
+        if isinstance(m, Append):
+            if m.count:
+                tl.mark("app>" + dst, m.start, m.start + m.count)
+            low = self._marked_hw.get(dst, 0)
+            if m.hw > low:
+                tl.mark("hw>" + dst, max(low, m.hw - 10_000), m.hw)
+                self._marked_hw[dst] = m.hw
+        elif isinstance(m, AppendResp) and m.ok and m.end > self._marked_ack:
+            tl.mark("f_ack", max(self._marked_ack, m.end - 10_000), m.end)
+            self._marked_ack = m.end
+
     def _advance_hw(self, core_hw: int) -> None:
         """Show the partition up to ``core_hw`` (the core's high watermark as
         of the outputs whose writes are made; capped at what is durable
         here) and answer the publishes it covers."""
+        before = self.log.high_watermark
         if self.log.advance_high_watermark(core_hw):
             self.broker.notify(self.topic.name, self.partition)
+            if timeline.TIMELINE is not None:
+                event = "quorum" if self.core.role == LEADER else "f_hw"
+                timeline.TIMELINE.mark(
+                    event, max(before, self.log.high_watermark - 10_000), self.log.high_watermark
+                )
         hw = self.log.high_watermark
         arrivals = self._arrivals
         if arrivals and arrivals[0][0] <= hw and self.on_hop is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -43,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 
 from sprawl.interfaces import Clock
 from sprawl.log.record import CorruptRecord, Record, check_stored, storage_items
-from sprawl.storage import keys
+from sprawl.storage import keys, timeline
 from sprawl.storage.verify import Scan, scan_records
 from sprawl.storage.writer_thread import WriterThread
 
@@ -247,7 +248,8 @@ class LmdbStore:
         self._in_flight_bytes = nbytes
         self._pending_bytes -= nbytes
         started = self.reactor.seconds()
-        d = self._writer.submit(self._commit, ops)
+        tl = timeline.TIMELINE
+        d = self._writer.submit(self._commit if tl is None else self._commit_timed, ops)
 
         def done(result: object) -> None:
             self._in_flight = False
@@ -257,6 +259,9 @@ class LmdbStore:
             self.last_commit_seconds = self.reactor.seconds() - started
             if self.on_commit is not None:
                 self.on_commit(self.last_commit_seconds, len(ops))
+            if tl is not None and isinstance(result, list) and len(result) == 3:
+                began, body, synced = result
+                tl.commit(started, began, body, synced, self.reactor.seconds(), len(ops))
             if self._used_call is None and not isinstance(result, Exception):
                 self._used_call = self.reactor.callLater(USED_EVERY, self._measure_later)
             if isinstance(result, Exception):
@@ -284,11 +289,21 @@ class LmdbStore:
 
         d.addCallbacks(done, failed)
 
-    def _commit(self, ops: list[Op]) -> None:
+    def _commit_timed(self, ops: list[Op]) -> list[float]:
+        """:meth:`_commit`, returning when it began, when its ops were done and when
+        it was committed (the opt-in timeline, :mod:`sprawl.storage.timeline`)."""
+        times: list[float] = []
+        self._commit(ops, times)
+        times.append(time.time())
+        return times
+
+    def _commit(self, ops: list[Op], times: list[float] | None = None) -> None:
         """Writer thread: apply ``ops`` in one transaction (fsynced on commit)."""
         env = self.env
         assert env is not None
         dbs = self.dbs
+        if times is not None:
+            times.append(time.time())
         try:
             with env.begin(write=True) as txn:
                 for op in ops:
@@ -303,6 +318,8 @@ class LmdbStore:
                         self._delete_range(txn, dbs[op[1]], op[2], op[3])
                     elif kind == "x":
                         op[2](env, txn, dbs[op[1]])
+                if times is not None:
+                    times.append(time.time())
         except lmdb.MapFullError:
             raise StorageFull("LMDB map is full") from None
 

@@ -3,6 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.quorum_latency [--warmup 200000] [--rate 1000]
                                                          [--seconds 20] [--wire json|lean]
+                                                         [--timeline EVERY]
 
 Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data dirs), creates
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
@@ -22,15 +23,27 @@ publish to the leader and back), ``quorum`` (the leader's append to a majority h
 ``visible`` (a follower's receipt of records to its high watermark passing them, what the SSE
 subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  Under load
 (other jobs on the machine) judge by these counts and hops, not the wall-clock latency.
+
+``--timeline EVERY`` turns on the nodes' timeline (:mod:`sprawl.storage.timeline`): every
+EVERY-th offset's events on each node (forward sent, leader took it, own write submitted /
+fsynced, append sent per follower, follower received / submitted / fsynced / answered, quorum,
+high watermark sent, follower's visible high watermark passed it) and every LMDB commit's
+steps.  The nodes share ``time.time()``, so the script merges them per offset and prints the
+per-hop table (p50 / p99 / mean over the sampled offsets of the measured phase) and, per node,
+where the LMDB group commits' time went: waiting for the writer thread, the operations, the
+commit with its fsyncs, and the hand-back to the reactor.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import tempfile
+import time
 import urllib.request
+from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.cluster import FORM_BOUND, create_topic
@@ -135,6 +148,114 @@ def node_report(
     )
 
 
+#: A merged timeline: {offset: {(node, event): seconds}} and {node: [commit steps]}.
+Events = dict[int, dict[tuple[str, str], float]]
+Commits = dict[str, list[tuple[float, ...]]]
+
+
+def read_timeline(base: str, names: dict[int, str]) -> tuple[Events, Commits]:
+    """The nodes' timeline files (``base.PID``), merged; ``names``: pid -> node name."""
+    events: Events = defaultdict(dict)
+    commits: Commits = defaultdict(list)
+    for path in glob.glob(base + ".*"):
+        node = names.get(int(path.rsplit(".", 1)[1]), path)
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                parts = line.split()
+                if parts[1] == "commit":
+                    commits[node].append(tuple(float(x) for x in parts[2:]))
+                else:
+                    events[int(parts[0])].setdefault((node, parts[1]), float(parts[2]))
+    return events, commits
+
+
+def _stats(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    xs = sorted(xs)
+    n = len(xs)
+    return (
+        f"{n:>5} x p50 {xs[n // 2] * 1000:6.2f}  p99 {xs[min(n - 1, int(n * 0.99))] * 1000:6.2f}  "
+        f"mean {sum(xs) / n * 1000:6.2f} ms"
+    )
+
+
+def timeline_table(
+    events: Events, commits: Commits, since: float, until: float, leader: str, names: list[str]
+) -> str:
+    """The per-hop table of the sampled offsets published in ``[since, until]`` and every
+    node's commit steps there (see the module docstring)."""
+    followers = [n for n in names if n != leader]
+    sse = names[-1]
+    rows: dict[str, list[float]] = {}
+
+    def hop(label: str, a: tuple[str, str] | None, b: tuple[str, str] | None, ev: dict) -> None:
+        xs = rows.setdefault(label, [])
+        if a is not None and b is not None and a in ev and b in ev:
+            xs.append(ev[b] - ev[a])
+
+    L = leader
+    for _off, ev in sorted(events.items()):
+        t = ev.get((L, "pub"))
+        if t is None or not since <= t <= until:
+            continue
+        entry = next((n for n in names if (n, "fwd_sent") in ev), None)
+        hop(
+            "entry -> leader (forward sent -> leader took it)",
+            (entry, "fwd_sent") if entry else None,
+            (L, "pub"),
+            ev,
+        )
+        hop("leader: took it -> own write submitted", (L, "pub"), (L, "lw_sub"), ev)
+        hop("leader: own write submitted -> fsynced", (L, "lw_sub"), (L, "lw_sync"), ev)
+        for F in followers:
+            hop(f"leader: took it -> append sent to {F}", (L, "pub"), (L, f"app>{F}"), ev)
+        for F in followers:
+            hop(f"{F}: append sent -> received", (L, f"app>{F}"), (F, "f_recv"), ev)
+            hop(f"{F}: received -> write submitted", (F, "f_recv"), (F, "f_sub"), ev)
+            hop(f"{F}: write submitted -> fsynced", (F, "f_sub"), (F, "f_sync"), ev)
+            hop(f"{F}: fsynced -> answer sent", (F, "f_sync"), (F, "f_ack"), ev)
+        acks = [ev[(F, "f_ack")] for F in followers if (F, "f_ack") in ev]
+        if acks and (L, "quorum") in ev:
+            ev[("*", "first_ack")] = min(acks)
+        hop("first follower answer sent -> leader quorum", ("*", "first_ack"), (L, "quorum"), ev)
+        hop("leader: took it -> quorum (publish answered)", (L, "pub"), (L, "quorum"), ev)
+        for F in followers:
+            hop(f"leader: quorum -> high watermark sent to {F}", (L, "quorum"), (L, f"hw>{F}"), ev)
+            hop(f"{F}: high watermark sent -> visible", (L, f"hw>{F}"), (F, "f_hw"), ev)
+            hop(f"{F}: received -> visible", (F, "f_recv"), (F, "f_hw"), ev)
+        hop(
+            "leader quorum -> entry has the answer", (L, "quorum"), (entry, "fwd_back") if entry else None, ev
+        )
+        hop(
+            "entry: forward round trip",
+            (entry, "fwd_sent") if entry else None,
+            (entry, "fwd_back") if entry else None,
+            ev,
+        )
+        hop(f"leader took it -> visible on {sse} (SSE)", (L, "pub"), (sse, "f_hw"), ev)
+    out = [f"  timeline of the sampled offsets (leader {L}; n = samples with both events):"]
+    out += [f"    {label:<52} {_stats(xs)}" for label, xs in rows.items()]
+    out.append(
+        "  LMDB group commits (queued -> on the writer thread -> ops done -> committed+fsynced -> back on the reactor):"
+    )
+    for node in names:
+        cs = [c for c in commits.get(node, []) if since <= c[0] <= until]
+        if not cs:
+            continue
+        ops = sum(c[5] for c in cs) / len(cs)
+        out.append(f"    {node}: {len(cs):,} commits, {ops:.1f} ops each")
+        for label, i, j in (
+            ("queued -> writer thread", 0, 1),
+            ("ops", 1, 2),
+            ("commit (2 fsyncs)", 2, 3),
+            ("-> back on the reactor", 3, 4),
+            ("total", 0, 4),
+        ):
+            out.append(f"      {label:<26} {_stats([c[j] - c[i] for c in cs])}")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warmup", type=int, default=200_000)
@@ -142,9 +263,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--publishers", type=int, default=8)
     ap.add_argument("--wire", choices=["json", "lean"], default="json")
+    ap.add_argument("--timeline", type=int, default=0, metavar="EVERY", help="trace every EVERY-th offset")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
-        cluster = NodeCluster(Path(tmp), 3, prefix="q")
+        tl_base = os.path.join(tmp, "timeline")
+        env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
+        cluster = NodeCluster(Path(tmp), 3, prefix="q", env=env)
         try:
             cluster.start(FORM_BOUND)
             urls = [cluster.url(n) for n in cluster.names]
@@ -161,6 +285,7 @@ def main() -> None:
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             load = os.getloadavg()[0]
+            since = time.time()
             r = run_bench(
                 BenchConfig(
                     urls=urls,
@@ -173,11 +298,14 @@ def main() -> None:
                     **common,  # type: ignore[arg-type]
                 )
             )
+            until = time.time()
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
+            pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
         finally:
             cluster.close()
+        timeline = read_timeline(tl_base, pids) if a.timeline else None
     e2e = r.e2e_latency_ms
     print(
         f"3 nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
@@ -196,6 +324,8 @@ def main() -> None:
         print(
             f"  {name} ({role}{', SSE' if name == cluster.names[-1] else ''}): {node_report(b2, f2, r.published)}"
         )
+    if timeline is not None and leader is not None:
+        print(timeline_table(*timeline, since, until, leader, cluster.names))
 
 
 if __name__ == "__main__":
