@@ -150,9 +150,14 @@ class PartitionReplication:
         self._queued: list[_Queued] = []
         #: Queued outputs that drop records (truncations, resets) not yet made.
         self._pending_cuts = 0
+        #: Whether queued outputs are being issued now (:meth:`_drain`).
         self._running = False
-        #: Whether the chain waits only for the leader's own records to be durable.
-        self._awaiting_own = False
+        #: Issued outputs whose messages wait to be sent, in order (see :meth:`_drain`).
+        self._unsent: deque[_Step] = deque()
+        self._sending = False
+        #: The core's high watermark as of the last issued batch (shown, capped at
+        #: what is durable here, whenever a write of this partition becomes durable).
+        self._issued_hw = 0
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
@@ -290,19 +295,20 @@ class PartitionReplication:
         if (
             self.failed is None
             and not self._queued
-            and (not self._running or self._awaiting_own)
+            and not self._running
+            and not self._unsent
             and self._pending_cuts == 0
             and _needs_nothing(out)
         ):
-            # Messages that need no write and nothing queued before them leave
-            # now, as the chain would send them: while the chain is idle (a
-            # dead node's failover gives each of thousands of partitions
-            # several such outputs: a chain run each was most of applying it,
-            # issue 23), or while it waits only for the leader's own records
-            # to reach its disk, their messages out already -- the high
-            # watermark pushed to the followers the moment a majority holds
-            # the records leaves then, not after that fsync (issue 16: the
-            # followers' subscribers waited for it).
+            # Messages that need no write and nothing queued or unsent before
+            # them leave now, as the chain would send them: while the chain is
+            # idle (a dead node's failover gives each of thousands of
+            # partitions several such outputs: a chain run each was most of
+            # applying it, issue 23), or while only the leader's own records
+            # are on their way to its disk, their messages out already -- the
+            # high watermark pushed to the followers the moment a majority
+            # holds the records leaves then, not after that fsync (issue 16:
+            # the followers' subscribers waited for it).
             if out.writes:
                 self._save_hw_later()
             for dst, m in out.messages:
@@ -312,12 +318,14 @@ class PartitionReplication:
             return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
-            self._running = True
-            defer.ensureDeferred(self._drain()).addErrback(self._crashed)
+            self._drain()
 
     def _crashed(self, f: Failure) -> None:
+        if self.failed is not None:
+            return  # (the first failure stopped the chain already)
         self.failed = f
         self._queued = []
+        self._unsent.clear()
         if getattr(f.value, "code", None) == "stopping":  # the node stops: not a fault
             log.info(
                 "replication of {topic}/{partition} ends: the node is stopping",
@@ -338,20 +346,31 @@ class PartitionReplication:
         if self.on_failed is not None:
             self.on_failed((self.topic.name, self.partition))
 
-    async def _drain(self) -> None:
-        """Run the queued outputs in batches: every write of a batch is issued
-        at once (in order: the LMDB writer commits them in one group commit),
-        and only once all are durable are the batch's messages sent."""
+    def _drain(self) -> None:
+        """Issue the queued outputs in batches, each as soon as it is queued: every
+        write of a batch is handed to the store at once (in order: the LMDB writer
+        commits in that order, several in one group commit), without waiting for
+        the writes of the batches before it to be durable -- a follower's next
+        append is written while the previous one is committed, a leader's next
+        records leave for the followers while its previous ones are on their way
+        to its disk (issue 16).  What waits is each batch's messages: they are sent
+        in batch order, each batch's only once its writes (but the leader's own
+        records, see :meth:`_issue`) and every earlier batch's are durable and
+        their messages sent (:meth:`_send_ready`) -- the core's rule, writes
+        before messages, holds for every output."""
+        self._running = True
         try:
             for _ in range(1_000_000):
-                if not self._queued:
+                if not self._queued or self.failed is not None:
                     return
                 batch, self._queued = self._queued, []
-                await self._run_batch(batch)
+                self._issue(batch)
+        except Exception:
+            self._crashed(Failure())
         finally:
             self._running = False
 
-    async def _run_batch(self, batch: list[_Queued]) -> None:
+    def _issue(self, batch: list[_Queued]) -> None:
         own: list[defer.Deferred[Any]] = []
         writes: list[defer.Deferred[Any]] = []
         stored_own = False  # records written as leader (new ones or a control record)
@@ -376,23 +395,51 @@ class PartitionReplication:
                 self._pending_cuts -= 1
         # Every write of the batch is made in memory: the log is what the
         # core was when it made the batch's last output.
-        hw = batch[-1].hw
+        hw = self._issued_hw = batch[-1].hw
         self._advance_hw(hw)
+        step = _Step(batch, ready=not writes)
+        self._unsent.append(step)
         if writes:
-            await _gather(writes)
-        for q in batch:
-            for dst, m in q.out.messages:
-                await self._send(dst, m)
+            # (a control record is such a write: the core hears it stored then)
+            _gather(writes).addCallbacks(self._step_ready, self._crashed, callbackArgs=(step, stored_own))
+        elif not self._sending:
+            defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
         if own:
-            self._awaiting_own = True  # (messages needing no write may leave meanwhile: _handle)
-            try:
-                await _gather(own)
-            finally:
-                self._awaiting_own = False
+            _gather(own).addCallbacks(self._own_stored, self._crashed, callbackArgs=(stored_own,))
+
+    def _step_ready(self, _: object, step: _Step, stored_own: bool) -> None:
+        step.ready = True
+        if self.failed is None:
+            self._own_stored(None, stored_own)  # what is durable here may show more
+        if not self._sending and self.failed is None:
+            defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
+
+    async def _send_ready(self) -> None:
+        """Send the messages of the issued batches whose writes are durable, in
+        batch order, up to the first that still waits."""
+        self._sending = True
+        try:
+            unsent = self._unsent
+            for _ in range(1_000_000):
+                if not unsent or not unsent[0].ready or self.failed is not None:
+                    return
+                step = unsent[0]
+                for q in step.batch:
+                    for dst, m in q.out.messages:
+                        await self._send(dst, m)
+                if unsent and unsent[0] is step:
+                    unsent.popleft()
+        finally:
+            self._sending = False
+
+    def _own_stored(self, _: object, stored_own: bool) -> None:
+        """The leader's own records of a batch are durable: the core may move the
+        high watermark."""
+        if self.failed is not None:
+            return
         if stored_own:
-            # The leader's own records are durable: the core may move the high watermark.
             self._handle(self.core.stored(self.log.stored_end), [])
-        self._advance_hw(hw)
+        self._advance_hw(self._issued_hw)
 
     def _state_ops(self, reset: Write | None = None) -> list[tuple[Any, ...]]:
         """The replica state as it stands, for the transaction of a write
@@ -647,6 +694,15 @@ class PartitionReplication:
                 d.callback(None)
             for d in lost:
                 d.errback(NotLeader(self.core.leader, self.core.epoch))
+
+
+@dataclass
+class _Step:
+    """An issued batch whose messages are not all sent yet; ``ready`` once its writes
+    are durable."""
+
+    batch: list[_Queued]
+    ready: bool
 
 
 @dataclass

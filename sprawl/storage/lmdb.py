@@ -272,6 +272,10 @@ class LmdbStore:
                 waiters.extend(w[1] for w in self._queue)
                 self._queue.clear()
                 self._pending_bytes = 0
+            elif self._queue:
+                # The writes queued meanwhile go to the disk now, before this
+                # commit's callbacks run (issue 16: not a reactor turn later).
+                self._flush()
             for w in waiters:
                 if isinstance(result, Exception):
                     w.errback(result)
@@ -279,7 +283,7 @@ class LmdbStore:
                     w.callback(None)
             if self._queue:
                 self._schedule()
-            elif self._stopping is not None:
+            elif self._stopping is not None and not self._in_flight:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
 

@@ -153,7 +153,7 @@ class Failover:
         for node in self.nodes.values():
             if node.store._queue or node.store._in_flight:
                 return True
-            if any(r._running or r._queued for r in node.service.replicas.values()):
+            if any(r._running or r._queued or r._unsent for r in node.service.replicas.values()):
                 return True
         return False
 

@@ -11,6 +11,7 @@ place, in order."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -650,3 +651,35 @@ async def test_every_replica_output_marks_its_partition_changed(cluster: dict[st
     await until(lambda: _leader(cluster) not in (None, first), "a new leader")
     new = _leader(cluster)
     assert new is not None and key in new.service.changed  # its role changed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
+    cluster: dict[str, Node],
+) -> None:
+    """The output chain is pipelined (issue 16): while the leader's own LMDB
+    writer is held, publish after publish still reaches the followers, which
+    store it -- the next publish's records do not wait for the previous one's
+    fsync on the leader -- but none is answered before the leader's own copy
+    is durable too; once its writer moves again all are, in order."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    lg = leader.broker.topics["orders"].logs[0]
+    followers = [cluster[n].broker.topics["orders"].logs[0] for n in IDS if cluster[n] is not leader]
+    held = threading.Event()
+    leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
+    try:
+        stored_before = lg.stored_end
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 4)]
+        await until(lambda: all(f.stored_end == stored_before + 3 for f in followers), "the followers' copies")
+        assert lg.stored_end == stored_before
+        assert not any(d.called for d in pending)  # acks=quorum counts the leader's own copy
+    finally:
+        held.set()
+    for d in pending:
+        await bounded(d, WAIT)
+    assert lg.stored_end == lg.next_offset
+    assert _payloads(leader) == [b"m%d" % i for i in range(4)]

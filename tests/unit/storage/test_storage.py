@@ -135,6 +135,23 @@ async def test_writes_during_a_commit_go_into_the_next_one(store: LmdbStore) -> 
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_next_commit_starts_before_the_callbacks_of_the_last(store: LmdbStore) -> None:
+    """Writes queued while a commit is in flight are handed to the writer thread
+    when that commit is back, before its callbacks run -- not a reactor turn
+    later (issue 16: a follower's next append waited for it)."""
+    gate = Gate(store)
+    first = store.write(store.put_records(1, 0, recs(0, 1)))
+    await gate.entered
+    later = store.write(store.put_records(1, 0, recs(1, 1)))
+    seen: list[bool] = []
+    first.addCallback(lambda _: seen.append(store._in_flight))
+    gate.release.set()
+    await DeferredList([first, later], fireOnOneErrback=True)
+    assert seen == [True]
+    assert store.commits == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_backlog_commits_in_bounded_transactions_of_whole_writes(store: LmdbStore) -> None:
     """Writes queued while a commit is in flight go into transactions of at
     most TXN_BYTES of weight each, whole writes in the order written (every
