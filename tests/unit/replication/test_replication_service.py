@@ -674,7 +674,9 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     try:
         stored_before = lg.stored_end
         pending = [rep.publish(_msgs(1, k)) for k in range(1, 4)]
-        await until(lambda: all(f.stored_end == stored_before + 3 for f in followers), "the followers' copies")
+        await until(
+            lambda: all(f.stored_end == stored_before + 3 for f in followers), "the followers' copies"
+        )
         assert lg.stored_end == stored_before
         assert not any(d.called for d in pending)  # acks=quorum counts the leader's own copy
     finally:
