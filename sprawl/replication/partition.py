@@ -6,16 +6,22 @@ Every core output is handled in order on one chain per partition: its
 writes are made durable through the broker (follower appends, truncations,
 the leader's own records and control records), then its messages are sent
 -- an ``Append`` with the records it covers, read from the hot tail or LMDB.
-After the leader's own write the core hears the new stored end; whenever the
-core's high watermark moves, the partition's visible high watermark follows
-and publishes waiting for ``acks=quorum`` are answered.
+The chain is pipelined (issue 16): an output's writes are handed to the
+store as soon as it is queued, in order (LMDB commits them in that order),
+without waiting for the earlier outputs' writes to be durable; what waits is
+its messages, sent in output order once its own writes and every earlier
+one's are durable.  The leader's own new records are the exception Raft
+allows: their ``Append`` leaves while they are written here (the core counts
+them only once stored).  After the leader's own write the core hears the new
+stored end; whenever the core's high watermark moves, the partition's
+visible high watermark follows (never past what this node has durable) and
+publishes waiting for ``acks=quorum`` are answered.
 
 An output whose messages need no write (none but the high watermark's, no
-records or reset in them) is sent at once when nothing is queued before it
-and the chain is idle or waits only for the leader's own records to reach
-its disk (their messages are out): the high watermark pushed to the
-followers the moment a majority holds the records leaves then instead of
-after that fsync.
+records or reset in them) is sent at once when nothing is queued or unsent
+before it (the leader's own records on their way to its disk do not count:
+their messages are out): the high watermark pushed to the followers the
+moment a majority holds the records leaves then instead of after that fsync.
 
 A write whose only news is a higher high watermark is not a transaction of
 its own (issue 16): the watermark is stored with the replica state of the
