@@ -221,7 +221,12 @@ def timeline_table(
         hop("first follower answer sent -> leader quorum", ("*", "first_ack"), (L, "quorum"), ev)
         hop("leader: took it -> quorum (publish answered)", (L, "pub"), (L, "quorum"), ev)
         for F in followers:
-            hop(f"leader: quorum -> high watermark sent to {F}", (L, "quorum"), (L, f"hw>{F}"), ev)
+            hop(
+                f"leader: quorum -> high watermark sent to {F} (< 0: before own fsync)",
+                (L, "quorum"),
+                (L, f"hw>{F}"),
+                ev,
+            )
             hop(f"{F}: high watermark sent -> visible", (L, f"hw>{F}"), (F, "f_hw"), ev)
             hop(f"{F}: received -> visible", (F, "f_recv"), (F, "f_hw"), ev)
         hop(
@@ -235,7 +240,7 @@ def timeline_table(
         )
         hop(f"leader took it -> visible on {sse} (SSE)", (L, "pub"), (sse, "f_hw"), ev)
     out = [f"  timeline of the sampled offsets (leader {L}; n = samples with both events):"]
-    out += [f"    {label:<52} {_stats(xs)}" for label, xs in rows.items()]
+    out += [f"    {label:<62} {_stats(xs)}" for label, xs in rows.items()]
     out.append(
         "  LMDB group commits (queued -> on the writer thread -> ops done -> committed+fsynced -> back on the reactor):"
     )
