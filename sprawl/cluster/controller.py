@@ -465,22 +465,28 @@ class PartitionController:
         cluster's controller does nothing per partition every 10 s).  So when
         the last decision was quiet -- every node's load 0 (no partition
         reported a rate, none moved within the cooldown), no move, nothing
-        held, no forecast -- and nothing it was made from changed: no
-        partition reports a rate above 0 now, no forecast, the same live nodes, and
-        the same applied metadata (hence the same placement: who leads what).
-        Then the decision is the same but for its time, which is moved on;
-        otherwise the view is built and the key of its inputs kept."""
+        held, every forecast 0 -- and nothing it was made from changed: no
+        partition reports a rate above 0 now, no forecast above 0, the same
+        live nodes, and the same applied metadata (hence the same placement:
+        who leads what).  Then the decision is the same but for its time,
+        which is moved on; otherwise the view is built and the key of its
+        inputs kept."""
         last = self.balancer.last
         key = (self.control.metadata.applied, tuple(live))
         # (A rate of 0 weighs as much as none: a node lists the partitions
-        # it led when it last sampled a change, at 0 once they went idle.)
-        quiet_now = not forecasts and not any(m > 0 or b > 0 for r in rates.values() for m, b in r.values())
+        # it led when it last sampled a change, at 0 once they went idle.
+        # A forecast of 0 likewise: the forecaster keeps a series for every
+        # partition it once saw traffic on, predicting 0 once it went idle;
+        # with every load and forecast 0 the predictive pass moves nothing.)
+        quiet_now = not _positive(forecasts) and not any(
+            m > 0 or b > 0 for r in rates.values() for m, b in r.values()
+        )
         quiet_last = (
             last is not None
             and last.mean == 0
             and not last.moves
             and not last.held
-            and last.predicted_mean is None
+            and not last.predicted_mean
         )
         if quiet_now and quiet_last and key == self._balance_key and last is not None:
             self.balancer.last = dataclasses.replace(last, at=now)
@@ -787,3 +793,8 @@ def _check(result: dict[str, Any]) -> None:
     err = result.get("error")
     if err:
         raise SprawlError(err["message"], code=err["code"], status=err["status"])
+
+
+def _positive(forecasts: Mapping[tuple[str, int], float] | None) -> bool:
+    """Whether some partition's forecast is above 0 (NaN counts: it is not 0)."""
+    return forecasts is not None and any(not f <= 0 for f in forecasts.values())

@@ -425,3 +425,35 @@ def test_the_balancer_waits_while_a_dead_nodes_leaderships_move() -> None:
     clock.advance(10.0)
     ctl.tick()
     assert ctl.balance_views + ctl.balance_views_skipped == decided + 1 and ctl.balance_waited == waited + 1
+
+
+def test_forecasts_of_0_keep_an_idle_balancer_from_building_its_view() -> None:
+    """Predictive balancing on (the default): the forecaster keeps a series
+    for every partition it once saw traffic on and predicts 0 for it once it
+    went idle.  Forecasts of 0 weigh as much as none -- the view of every
+    partition is built for the first decision only, with 10,000 partitions
+    -- and one forecast above 0 builds it again (issue 23, idle23: at
+    10,000 idle partitions this view was most of the controller's CPU)."""
+    plane, _, clock = _plane(10_000)
+    ctl = plane.controller
+    zeros = {(f"t{i:05d}", 0): 0.0 for i in range(10_000)}
+    forecasts: dict[tuple[str, int], float] = dict(zeros)
+    ctl.forecasts = lambda now: forecasts
+    ctl.tick()
+    _confirm_all(plane)
+    plane.service.tick()
+    ctl.tick()
+    first = ctl.balancer.last
+    assert first is not None and first.predicted_mean == 0 and ctl.balance_views == 1
+    for _ in range(6):
+        clock.advance(10.0)
+        ctl.tick()
+    assert ctl.balance_views == 1 and ctl.balance_views_skipped == 6
+    forecasts[("t00007", 0)] = 3.0  # a forecast above 0: looked at again
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 2
+    forecasts[("t00007", 0)] = float("nan")  # not 0 either
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 3
