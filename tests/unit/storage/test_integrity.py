@@ -326,6 +326,28 @@ async def test_a_read_meeting_damage_is_corrupt_record(broker: Broker) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_readiness_walks_no_topic_while_nothing_is_damaged(broker: Broker) -> None:
+    """``not_ready_reason`` (asked on every ``/readyz``) looks at no topic
+    while the damage map holds no damaged range -- it named every topic per
+    answer before (issue 23, idle23) -- and still names a damaged one."""
+    b = broker
+
+    class Counted(dict[str, Any]):
+        looked = 0
+
+        def values(self) -> Any:
+            Counted.looked += 1
+            return super().values()
+
+    b.topics = Counted(b.topics)  # type: ignore[assignment]
+    assert b.integrity.not_ready_reason() is None and Counted.looked == 0
+    damage_value(b, [120, 121])
+    with pytest.raises(CorruptData):
+        await bounded(b.read(b.topics["t"], 0, 120, 1))
+    assert "t/0 offsets 120-121" in (b.integrity.not_ready_reason() or "")
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_rewrite_clears_a_range_only_once_it_reads_back(broker: Broker) -> None:
     """Integrity.rewrite puts healthy records over a damaged range, reads them
     back checked and clears the range; records not matching the range are refused."""
