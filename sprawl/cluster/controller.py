@@ -462,31 +462,54 @@ class PartitionController:
     ) -> bool:
         """Whether the balancer's decision would be the last one again, so its
         view of every partition need not be built (issue 23: an idle
-        cluster's controller does nothing per partition every 10 s).  So when
-        the last decision was quiet -- every node's load 0 (no partition
-        reported a rate, none moved within the cooldown), no move, nothing
-        held, no forecast -- and nothing it was made from changed: no
-        partition reports a rate above 0 now, no forecast, the same live nodes, and
-        the same applied metadata (hence the same placement: who leads what).
-        Then the decision is the same but for its time, which is moved on;
-        otherwise the view is built and the key of its inputs kept."""
+        cluster's controller does nothing per partition every 10 s).
+
+        A node is hot only at ``min_load`` or more, measured or predicted, so
+        while the reported rates and the forecasts *all together* stay under
+        it no decision can move anything or hold a move back.  So when the
+        last decision was calm -- no move, nothing held, no plan under way,
+        and every rate and forecast together with the most any node's load
+        (projected, predicted: a recently moved partition's load counts
+        there until its new leader reports it) came to under ``min_load`` --
+        and its inputs did not change: the same applied metadata (hence the
+        same placement: who leads what), the same live nodes, the same
+        reported rates, and rates and forecasts still under the bound, the decision
+        is the last one with its time moved on (its figures are the last
+        view's: a forecast moving under the bound does not rebuild it);
+        otherwise the view is built and the key of its inputs kept.  (An
+        idle cluster's gossip lists rates of 0 or a last small one -- a
+        control record's bytes/s -- and the forecaster predicts a little
+        load for the partitions it once saw traffic on: before, either
+        rebuilt the view of every partition at every decision.)"""
         last = self.balancer.last
-        key = (self.control.metadata.applied, tuple(live))
-        # (A rate of 0 weighs as much as none: a node lists the partitions
-        # it led when it last sampled a change, at 0 once they went idle.)
-        quiet_now = not forecasts and not any(m > 0 or b > 0 for r in rates.values() for m, b in r.values())
-        quiet_last = (
+        cfg = self.balancer.config
+        bound = cfg.min_load
+        unit = cfg.bytes_per_unit
+        reported = sum(m + b / unit for r in rates.values() for m, b in r.values())
+        predicted = sum(f if f > 0 else 0.0 for f in (forecasts or {}).values())
+        calm_now = reported + predicted < bound
+        key = (
+            self.control.metadata.applied,
+            tuple(live),
+            # (a rate of 0 weighs as much as none: a node lists the partitions
+            # it led when it last sampled a change, at 0 once they went idle)
+            tuple(sorted((n, tuple(sorted(k for k in r.items() if any(k[1])))) for n, r in rates.items())),
+        )
+        calm_last = (
             last is not None
-            and last.mean == 0
             and not last.moves
             and not last.held
-            and last.predicted_mean is None
+            and not self.balancer.plan
+            and reported
+            + predicted
+            + max((max(v.load, v.projected, v.predicted or 0.0) for v in last.nodes.values()), default=0.0)
+            < bound
         )
-        if quiet_now and quiet_last and key == self._balance_key and last is not None:
+        if calm_now and calm_last and key == self._balance_key and last is not None:
             self.balancer.last = dataclasses.replace(last, at=now)
             self.balance_views_skipped += 1
             return True
-        self._balance_key = key if quiet_now else None
+        self._balance_key = key if calm_now else None
         return False
 
     def wanted_replicas(

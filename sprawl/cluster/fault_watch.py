@@ -405,9 +405,14 @@ class FaultWatch:
     def _raft(self) -> RaftObs | None:
         if self.control is None:
             return None
-        view = self.control.raft_view()
-        voters = tuple(str(v) for v in view.get("voters") or ())
-        return RaftObs(voters, view.get("leader") or None)
+        # The voters and the leader straight from the Raft node: the whole
+        # ``raft_view`` (twice a second here) worked out the voter strength
+        # from every gossip member's full view, partition rates decoded.
+        drv = self.control.driver
+        if drv is None:
+            return RaftObs((), None)
+        voters = tuple(sorted(str(self.control.name_of(v)) for v in drv.node.voters))
+        return RaftObs(voters, self.control.leader_name or None)
 
     def _partitions(self, members: list[MemberObs], disk: DiskObs) -> list[PartitionObs]:
         """The partitions the diagnosis needs -- those this node leads that

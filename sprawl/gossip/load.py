@@ -165,14 +165,28 @@ class LoadSample:
     gone: list[tuple[str, int]] = field(default_factory=list)
 
 
+def _busy(load: dict[str, Any]) -> bool:
+    """Whether load figures say some traffic: a publish rate, or a partition's, above 0."""
+    if _rate(load.get("msgs_s")) and float(load["msgs_s"]) > 0:
+        return True
+    return any(m > 0 or b > 0 for m, b in decode_parts(load.get("parts") or []).values())
+
+
 def load_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """True when the load figures moved enough to be worth an incarnation bump
     and a round of gossip: partitions led changed, or a figure changed by more
     than 20% and more than a floor (1 msg/s, 1 MB), or a partition's rate in
-    ``parts`` did (see :func:`sprawl.gossip.load.parts_changed`)."""
+    ``parts`` did (see :func:`sprawl.gossip.load.parts_changed`), or the node
+    went idle: every rate is 0 now and the figures gossiped last said some
+    was not.  (Under the floors, the last small rates of a burst -- a
+    control record's 12 bytes/s -- were gossiped on for as long as the node
+    stayed idle, and the controller, seeing traffic, built its balancing
+    view of every partition every 10 s: issue 23.)"""
     if old is None:
         return True
     if old.get("led") != new.get("led"):
+        return True
+    if _busy(old) and not _busy(new):
         return True
     floors = {"msgs_s": 1.0, "bytes": 1_000_000, "mem": 1_000_000}
     for key, floor in floors.items():

@@ -17,7 +17,7 @@ from sprawl.http.status import NodeStatus, require_feature
 from sprawl.interfaces import Clock, MetadataControl, TrafficView
 from sprawl.metrics import NodeMetrics
 from sprawl.pubsub import Broker
-from sprawl.pubsub.memory_report import memory_status
+from sprawl.pubsub.memory_report import memory_warning
 
 #: What a node id may be (as the cluster metadata checks it).
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
@@ -158,7 +158,7 @@ class AdminRoutes:
             return {"ready": False, "reason": why, "error": {"code": "not_ready", "message": why}}
         answer = {"ready": True, "leader": self.status.leader(), "node_id": self.status.info.node_id}
         # Warnings do not make the node unready (it still serves): they tell the operator.
-        memory = memory_status(self.broker)["warning"]
+        memory = memory_warning(self.broker)
         if memory is not None:
             answer["warnings"] = [memory]
         return answer

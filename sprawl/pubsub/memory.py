@@ -119,13 +119,7 @@ class MemoryBudget(Reads):
         total = sum(pools.values())
         # The process beyond its baseline: the pools, plus what they leave
         # behind (allocator fragmentation) and what no pool counts.
-        process = self._process_beyond_baseline()
-        if process - total > budget * TRIM_GAP and self._release_free_memory():
-            # Freed memory the C allocator still holds (evicted payloads,
-            # request and answer buffers) is given back before it counts
-            # against the hot tails: steady small evictions never reach the
-            # eviction's own trim below.
-            process = self._process_beyond_baseline()
+        process = self.give_back_free_memory(total, self._process_beyond_baseline())
         self.hot_total_seen = max(total, process)
         if max(total, process) <= budget:
             return
@@ -148,6 +142,17 @@ class MemoryBudget(Reads):
         # Still over (what is left is unstored: ephemeral records): spill them so they can go.
         if max(total, process - (before - total)) > budget and spill:
             self._spill_ephemeral()
+
+    def give_back_free_memory(self, total: int, process: int) -> int:
+        """The process beyond its baseline (``process``) after giving the C
+        allocator's free pages back when it is past the pools (``total``) by
+        more than :data:`TRIM_GAP` of the budget: freed memory the allocator
+        still holds (evicted payloads, request and answer buffers) is given
+        back before it counts against the hot tails -- steady small
+        evictions never reach the eviction's own trim."""
+        if process - total > self.config.memory_budget * TRIM_GAP and self._release_free_memory():
+            return self._process_beyond_baseline()
+        return process
 
     def _process_beyond_baseline(self) -> int:
         """RssAnon beyond the idle baseline (0 unless :attr:`bound_process` and measured)."""

@@ -75,25 +75,32 @@ def memory_status(budget: MemoryBudget) -> dict[str, Any]:
     process is past its baseline plus :data:`RSS_WARN_FACTOR` times the budget."""
     pools = budget.memory_pools()
     proc = process_memory()
-    limit = budget.config.memory_budget
-    base = budget.memory_baseline
-    out: dict[str, Any] = {
-        "budget": limit,
+    return {
+        "budget": budget.config.memory_budget,
         "used": sum(pools.values()),
         "pools": pools,
         "rss": proc.get("rss"),
         "rss_anon": proc.get("rss_anon"),
-        "baseline": base,
-        "warning": None,
+        "baseline": budget.memory_baseline,
+        "warning": memory_warning(budget, proc),
     }
-    anon = proc.get("rss_anon")
-    if anon is not None and base is not None and anon > base + RSS_WARN_FACTOR * limit:
-        out["warning"] = (
-            f"resident memory {anon // 1000**2} MB (RssAnon) is past the idle baseline of "
-            f"{base // 1000**2} MB plus {RSS_WARN_FACTOR}x --memory-budget {limit // 1000**2} MB: "
-            "memory the budget does not bound is growing (connections, consumer groups, feeds)"
-        )
-    return out
+
+
+def memory_warning(budget: MemoryBudget, proc: dict[str, int] | None = None) -> str | None:
+    """The warning ``/readyz`` carries (see :func:`memory_status`), or None:
+    the process's ``RssAnon`` (read now unless ``proc`` is given) against
+    its baseline and budget -- no pool is summed (that walks every
+    partition's caches, issue 23: ``/readyz`` is polled)."""
+    anon = (process_memory() if proc is None else proc).get("rss_anon")
+    limit = budget.config.memory_budget
+    base = budget.memory_baseline
+    if anon is None or base is None or anon <= base + RSS_WARN_FACTOR * limit:
+        return None
+    return (
+        f"resident memory {anon // 1000**2} MB (RssAnon) is past the idle baseline of "
+        f"{base // 1000**2} MB plus {RSS_WARN_FACTOR}x --memory-budget {limit // 1000**2} MB: "
+        "memory the budget does not bound is growing (connections, consumer groups, feeds)"
+    )
 
 
 class MemoryCollector:

@@ -391,6 +391,10 @@ class Integrity:
 
     def not_ready_reason(self) -> str | None:
         """Why ``/readyz`` is 503: the damaged (not skipped) ranges, named."""
+        # (Asked on every /readyz: nothing per partition while no range is
+        # damaged -- the common case -- issue 23.)
+        if not any(e.state == DAMAGED for es in self.map.parts.values() for e in es):
+            return None
         damaged = [r for r in self.ranges() if r["state"] == DAMAGED]
         if not damaged:
             return None

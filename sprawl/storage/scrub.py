@@ -11,10 +11,19 @@ moved to S3 excluded: their objects are checked on every read and by
 :class:`~sprawl.storage.integrity.Integrity` as any read's damage would.  The
 next pass starts ``pause`` seconds after one ends.  ``GET /v1/damage`` shows
 its progress and findings; metrics ``sprawl_scrub_*``.
+
+A pass costs CPU per partition as well as per byte (a reader call per group
+of partitions, the pass's list of them): at 10,000 idle partitions, each
+holding a control record, a pass took ~0.2-0.3 s of CPU, every minute
+(issue 23).  So the pause after a pass is at least the pass's own CPU time
+(the reactor's part and the reader threads', :data:`CPU_SHARE`) over
+:data:`CPU_SHARE`: the scrub takes at most that share of a core on average,
+however many partitions the node holds.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -33,6 +42,10 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: The most of a core the scrub takes on average: the pause after a pass is at
+#: least the pass's CPU time over this (1 ms of CPU per second).
+CPU_SHARE = 0.001
+
 
 class Scrubber:
     """The scrub of one node (see the module docstring)."""
@@ -47,6 +60,7 @@ class Scrubber:
         pause: float = 60.0,
         first_delay: float = 1.0,
         group: int = 256,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.broker = broker
         self.clock = clock
@@ -57,6 +71,13 @@ class Scrubber:
         self.first_delay = first_delay
         #: Partitions whose first chunks share one reader call (and one pause).
         self.group = group
+        #: CPU seconds of the calling thread (the reactor's, and each reader
+        #: thread's for its own part of a pass).
+        self.cpu_clock = cpu_clock
+        #: CPU seconds the pass running (or the last one) took, and the pause after the last.
+        self.pass_cpu = 0.0
+        self.last_pass_cpu: float | None = None
+        self.last_pause: float | None = None
         self.passes = 0
         self.pass_started: float | None = None
         self.last_pass_seconds: float | None = None
@@ -110,6 +131,11 @@ class Scrubber:
         self._call = self.clock.callLater(0, self._run)
         return self.passes + 1
 
+    def next_pause(self) -> float:
+        """Seconds from the end of a pass to the next: ``pause``, or longer when
+        the last pass's CPU time over :data:`CPU_SHARE` is longer."""
+        return max(self.pause, (self.last_pass_cpu or 0.0) / CPU_SHARE)
+
     def view(self) -> dict[str, Any]:
         """The scrub's state for ``GET /v1/damage``."""
         pos = self.position
@@ -124,6 +150,8 @@ class Scrubber:
             "pass_found": self.pass_found,
             "last_pass_seconds": self.last_pass_seconds,
             "last_pass_found": self.last_pass_found,
+            "last_pass_cpu_seconds": None if self.last_pass_cpu is None else round(self.last_pass_cpu, 4),
+            "next_pass_after_seconds": self.last_pause,
             "scanned_bytes": self.bytes_total,
             "position": None if pos is None else {"topic": pos[0], "partition": pos[1], "offset": pos[2]},
         }
@@ -139,7 +167,8 @@ class Scrubber:
             self._running = False
             if not self._stopped:
                 again, self._again = self._again, False
-                self._call = self.clock.callLater(0 if again else self.pause, self._run)
+                self.last_pause = 0.0 if again else self.next_pause()
+                self._call = self.clock.callLater(self.last_pause, self._run)
 
         def failed(f: Failure) -> None:
             self.pass_started = None
@@ -149,9 +178,11 @@ class Scrubber:
 
     async def _pass(self) -> None:
         b = self.broker
+        cpu0 = self.cpu_clock()
         started = self.clock.seconds()
         self.pass_started = started
         self.pass_done = self.pass_found = 0
+        self.pass_cpu = 0.0
         parts = [(t, lg.partition) for t in list(b.topics.values()) for lg in t.logs]
         self.pass_bytes = sum(s.bytes for t, p in parts for s in t.logs[p].segments if s.remote is None)
         # Partitions are scanned a group at a time in one reader call (one thread hop
@@ -160,6 +191,7 @@ class Scrubber:
         # the hops); those the group's chunk did not reach lead the next group, and one
         # with more than a chunk left goes on alone.
         pending = deque((t, p, 0) for t, p in parts)
+        self.pass_cpu += self.cpu_clock() - cpu0
         for _ in range(1 << 40):
             if not pending:
                 break
@@ -174,6 +206,7 @@ class Scrubber:
                     return
         self.passes += 1
         self.last_pass_seconds = self.clock.seconds() - started
+        self.last_pass_cpu = self.pass_cpu
         self.last_pass_found = self.pass_found
         self.pass_started = None
         self.position = None
@@ -221,18 +254,24 @@ class Scrubber:
         more left (from where they stopped) and those the call did not reach."""
         b = self.broker
         store = b.store
+        cpu0 = self.cpu_clock()
         items: list[tuple[Topic, int, int, int]] = []
         for t, p, start in group:
             r = self._range(t, p, start)
             if r is not None:
                 items.append((t, p, r[0], r[1]))
         if not items:
+            self.pass_cpu += self.cpu_clock() - cpu0
             return [], []
         jobs = [
             (t.config.uid, p, pos, end, b.integrity.dense(t, t.logs[p], pos, end)) for t, p, pos, end in items
         ]
         self.position = (items[0][0].name, items[0][1], items[0][2])
-        results = await store.call_reader(_scan_group, store.scan_sync, jobs, self.chunk_bytes)
+        self.pass_cpu += self.cpu_clock() - cpu0
+        results, reader_cpu = await store.call_reader(
+            _scan_group, store.scan_sync, jobs, self.chunk_bytes, self.cpu_clock
+        )
+        cpu0 = self.cpu_clock()
         more: list[tuple[Topic, int, int]] = []
         unreached: list[tuple[Topic, int, int]] = []
         total = 0
@@ -247,6 +286,7 @@ class Scrubber:
             total += nbytes
             if pos < nxt < end:
                 more.append((t, p, nxt))
+        self.pass_cpu += reader_cpu + self.cpu_clock() - cpu0
         await self._sleep(max(total, 4096) / self.rate)
         return more, unreached
 
@@ -292,11 +332,15 @@ class Scrubber:
 
 
 def _scan_group(
-    scan_sync: Callable[..., Any], jobs: list[tuple[int, int, int, int, Any]], budget: int
-) -> list[tuple[int, int, DamagedRange | None]]:
+    scan_sync: Callable[..., Any],
+    jobs: list[tuple[int, int, int, int, Any]],
+    budget: int,
+    cpu_clock: Callable[[], float] = time.thread_time,
+) -> tuple[list[tuple[int, int, DamagedRange | None]], float]:
     """On a reader thread: the first chunk of each job ``(uid, partition, start, end,
     dense)`` in turn until ``budget`` bytes are read; ``(bytes, next offset, damage met)``
-    for each job reached (a prefix of ``jobs``)."""
+    for each job reached (a prefix of ``jobs``), and the CPU seconds it took."""
+    cpu0 = cpu_clock()
     out: list[tuple[int, int, DamagedRange | None]] = []
     left = budget
     for uid, p, start, end, dense in jobs:
@@ -310,7 +354,7 @@ def _scan_group(
             got = (d.nbytes, d.last + 1, d)
         out.append(got)
         left -= max(got[0], 1)
-    return out
+    return out, cpu_clock() - cpu0
 
 
 def _lmdb_low(lg: PartitionLog) -> int:

@@ -3,7 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.scale --nodes 3 --topics 10000 --keep --data-dir D
     PYTHONPATH=tests python -m benchmarks.idle_cpu D/sprawl-scale-XXXX --nodes 3 \\
-        [--settle 60] [--seconds 60] [--rounds 2] [--profile DIR] [--cluster-gets 50]
+        [--settle 60] [--seconds 60] [--rounds 2] [--profile DIR] [--cluster-gets 50] [--ready-bound 180]
 
 Starts the nodes ``n0`` .. ``n{N-1}`` kept under the directory given
 (``benchmarks.scale --keep``; build once, measure many times: creating
@@ -12,7 +12,11 @@ seeded from it, on new ports -- waits until they form one cluster and every
 node is ready, lets them settle ``--settle`` seconds, then measures each
 node's CPU over ``--seconds`` of no traffic (user + system seconds of its
 process from ``/proc/PID/stat`` over the wall seconds: the figure another
-job's load moves least), ``--rounds`` times.  With ``--profile DIR`` it then
+job's load moves least), ``--rounds`` times, each node's CPU by thread beside
+it (``/proc/PID/task``) and the nodes whose scrub ran in the window.  With
+``--ready-bound S`` it waits for one Raft leader with every node a voter,
+then at most ``S`` wall seconds for every ``/readyz``, and measures even if
+a node is still not ready (a replica that never catches up).  With ``--profile DIR`` it then
 records each node with py-spy (``--idle`` off, so only the samples where the
 node's threads run count) for ``--seconds`` more, all nodes at once, as
 speedscope JSON ``DIR/nK.json`` and a top-of-stack summary printed per node.
@@ -36,18 +40,63 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scale import Conn, cpu_seconds, send_retrying
+from benchmarks.scale import Conn, cpu_seconds, scrub_state, scrubbed, send_retrying
 from harness import NodeCluster, poll_until
 
 
-def measure(cluster: NodeCluster, seconds: float) -> dict[str, float]:
-    """% of a core each node used over ``seconds`` (CPU seconds / wall seconds)."""
+def measure(cluster: NodeCluster, seconds: float, threads: dict[str, Any] | None = None) -> dict[str, float]:
+    """% of a core each node used over ``seconds`` (CPU seconds / wall seconds);
+    ``threads``, when given, gets each node's CPU milliseconds per second by
+    thread name (the reactor is ``twistd``; LMDB's writer and readers, the
+    thread pools), user and system time apart."""
     pids = {n: cluster.nodes[n].proc.pid for n in cluster.names}  # type: ignore[union-attr]
     before = {n: cpu_seconds(p) for n, p in pids.items()}
+    by_thread = {n: thread_ticks(p) for n, p in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
     took = time.monotonic() - t0
+    if threads is not None:
+        hz = os.sysconf("SC_CLK_TCK")
+        for n, p in pids.items():
+            now = thread_ticks(p)
+            threads[n] = {
+                name: {
+                    "user": round((u - by_thread[n].get(name, (0, 0))[0]) / hz / took * 1000, 1),
+                    "sys": round((sy - by_thread[n].get(name, (0, 0))[1]) / hz / took * 1000, 1),
+                }
+                for name, (u, sy) in sorted(now.items())
+                if (u, sy) != by_thread[n].get(name)
+            }
     return {n: round((cpu_seconds(p) - before[n]) / took * 100, 2) for n, p in pids.items()}
+
+
+def thread_ticks(pid: int) -> dict[str, tuple[int, int]]:
+    """(user, system) clock ticks of a process's threads so far, summed by
+    thread name (numbered pool threads together)."""
+    out: dict[str, tuple[int, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # (the thread ended)
+        name = stat[stat.index("(") + 1 : stat.rindex(")")].rstrip("0123456789-")
+        fields = stat.rsplit(")", 1)[1].split()
+        u, sy = out.get(name, (0, 0))
+        out[name] = (u + int(fields[11]), sy + int(fields[12]))
+    return out
+
+
+def agreed(cluster: NodeCluster) -> bool:
+    """Every node names the same Raft leader and sees all of them as voters
+    (readiness not asked: see ``--ready-bound``)."""
+    views = cluster.raft_views()
+    leaders = {v.get("leader") for v in views.values()}
+    return (
+        len(views) == len(cluster.names)
+        and len(leaders) == 1
+        and None not in leaders
+        and all(sorted(v.get("voters") or ()) == sorted(cluster.names) for v in views.values())
+    )
 
 
 def cluster_get_cost(cluster: NodeCluster, gets: int) -> dict[str, float]:
@@ -167,23 +216,51 @@ def main() -> None:
         "--cluster-gets", type=int, default=0, help="then time this many GET /v1/cluster per node"
     )
     ap.add_argument("--bound", type=float, default=300.0, help="give up waiting after this many seconds")
+    ap.add_argument(
+        "--ready-bound",
+        type=float,
+        help="wait for one Raft leader, then at most this many seconds for every node's /readyz "
+        "(and measure even if some node is not ready: a replica that never catches up)",
+    )
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = NodeCluster(a.base, a.nodes, startup_timeout=a.bound)
     try:
         t0 = time.monotonic()
-        cluster.start(form_bound=a.bound)
-        if poll_until(lambda: cluster.formed(), a.bound) is None:
-            raise SystemExit(f"the cluster did not form within {a.bound}s")
+        if a.ready_bound is None:
+            cluster.start(form_bound=a.bound)
+            if poll_until(lambda: cluster.formed(), a.bound) is None:
+                raise SystemExit(f"the cluster did not form within {a.bound}s")
+        else:
+            first, rest = cluster.names[0], cluster.names[1:]
+            cluster._launch(first, None)
+            for n in rest:
+                cluster._launch(n, f"127.0.0.1:{cluster.nodes[first].peer_port}")
+            if poll_until(lambda: agreed(cluster), a.bound, step=1.0) is None:
+                raise SystemExit(f"no Raft leader with every node a voter within {a.bound}s")
+            print(json.dumps({"leader_s": round(time.monotonic() - t0, 1)}), flush=True)
+            ready_by = time.monotonic() + a.ready_bound
+            while time.monotonic() < ready_by:  # (wall seconds, not stretched by the load)
+                if all(cluster.get(n, "/readyz", timeout=5)[0] == 200 for n in cluster.names):
+                    break
+                time.sleep(2.0)
+            answers = {n: cluster.get(n, "/readyz", timeout=5) for n in cluster.names}
+            unready = {n: body for n, (status, body) in answers.items() if status != 200}
+            if unready:
+                print(json.dumps({"not_ready": unready}), flush=True)
         print(json.dumps({"formed_s": round(time.monotonic() - t0, 1)}), flush=True)
         if a.topics:
             made = fill(cluster, a.topics, min(3, a.nodes), a.bound)
             print(json.dumps({"created": made}), flush=True)
         time.sleep(a.settle)
         for _ in range(a.rounds):
-            cpu = measure(cluster, a.seconds)
+            scrub0 = scrub_state(cluster)
+            threads: dict[str, Any] = {}
+            cpu = measure(cluster, a.seconds, threads)
             row = {"idle_cpu": cpu, "seconds": a.seconds, "load": round(os.getloadavg()[0], 1)}
             row["leader"] = cluster.raft_leader()
+            row["scrubbing"] = scrubbed(scrub0, scrub_state(cluster))
+            row["threads_ms_per_s"] = threads
             print(json.dumps(row), flush=True)
         if a.cluster_gets:
             row = {"cluster_get_cpu_ms": cluster_get_cost(cluster, a.cluster_gets), "gets": a.cluster_gets}

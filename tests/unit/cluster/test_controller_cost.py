@@ -366,11 +366,22 @@ def test_an_idle_clusters_balancer_view_is_built_once_not_every_decision() -> No
     clock.advance(10.0)
     ctl.tick()
     assert ctl.balance_views == 2
-    hot = [{"topic": "t00000", "partition": 0, "msgs_s": 5.0, "bytes_s": 10.0}]
+    trickle = [{"topic": "t00000", "partition": 0, "msgs_s": 0.0, "bytes_s": 12.0}]
+    plane.membership.member_views = lambda: [  # type: ignore[attr-defined]
+        {**v, "partition_rates": trickle if v["id"] == "a" else []} for v in views()
+    ]
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 3  # a reported rate changed: looked at again
+    for _ in range(3):
+        clock.advance(10.0)
+        ctl.tick()
+    assert ctl.balance_views == 3  # the same rates, far under min_load: nothing could move
+    hot = [{"topic": "t00000", "partition": 0, "msgs_s": 500.0, "bytes_s": 10.0}]
     plane.membership.member_views = lambda: [  # type: ignore[attr-defined]
         {**v, "partition_rates": hot if v["id"] == "a" else []} for v in views()
     ]
-    for n in (3, 4):
+    for n in (4, 5):
         clock.advance(10.0)
         ctl.tick()
         assert ctl.balance_views == n  # traffic: every decision builds its view
@@ -425,3 +436,37 @@ def test_the_balancer_waits_while_a_dead_nodes_leaderships_move() -> None:
     clock.advance(10.0)
     ctl.tick()
     assert ctl.balance_views + ctl.balance_views_skipped == decided + 1 and ctl.balance_waited == waited + 1
+
+
+def test_small_forecasts_keep_an_idle_balancer_from_building_its_view() -> None:
+    """Predictive balancing on (the default): the forecaster keeps a series
+    for every partition it once saw traffic on and predicts a little load
+    (or 0) for it long after it went idle.  Forecasts that all together stay
+    under the balancer's ``min_load`` cannot make a node hot: the view of
+    every partition is built for the first decision only, with 10,000
+    partitions; forecasts reaching ``min_load`` build it again (issue 23,
+    idle23: at 10,000 idle partitions this view was most of the
+    controller's CPU)."""
+    plane, _, clock = _plane(10_000)
+    ctl = plane.controller
+    forecasts = {(f"t{i:05d}", 0): 0.0 for i in range(10_000)}
+    forecasts.update({(f"t{i:05d}", 0): 0.025 for i in range(64)})
+    ctl.forecasts = lambda now: forecasts
+    ctl.tick()
+    _confirm_all(plane)
+    plane.service.tick()
+    ctl.tick()
+    first = ctl.balancer.last
+    assert first is not None and first.predicted_mean is not None and ctl.balance_views == 1
+    for _ in range(6):
+        clock.advance(10.0)
+        forecasts[("t00001", 0)] += 0.01  # forecasts move a little with each sample
+        ctl.tick()
+    assert ctl.balance_views == 1 and ctl.balance_views_skipped == 6
+    forecasts[("t00007", 0)] = 120.0  # enough to make a node hot: looked at again
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 2
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views == 3

@@ -144,3 +144,26 @@ def test_the_feature_gate_is_worked_out_twice_a_second_not_on_every_tick() -> No
         clock.advance(0.1)
     assert len(made) == 6
     assert all(b - a >= GATE_FRESH - 1e-9 for a, b in itertools.pairwise(made))
+
+
+def test_a_round_reads_the_raft_voters_without_the_whole_raft_view() -> None:
+    """The round's Raft observation (voters and leader, twice a second) comes
+    from the Raft node itself: ``raft_view`` works out the voter strength
+    from every gossip member's full view, partition rates decoded."""
+    watch, _, _, _ = _watch(10)
+    names = {1: "a", 2: "b", 3: "c"}
+
+    def whole() -> dict[str, Any]:
+        raise AssertionError("the round asked for the whole raft view")
+
+    watch.control = SimpleNamespace(  # type: ignore[assignment]
+        driver=SimpleNamespace(node=SimpleNamespace(voters={3, 1, 2})),
+        name_of=names.__getitem__,
+        leader_name="b",
+        raft_view=whole,
+    )
+    obs = watch._raft()
+    assert obs is not None and (obs.voters, obs.leader) == (("a", "b", "c"), "b")
+    watch.control.driver = None  # type: ignore[attr-defined]
+    obs = watch._raft()
+    assert obs is not None and (obs.voters, obs.leader) == ((), None)

@@ -334,6 +334,49 @@ def test_load_changed_thresholds() -> None:
     )
 
 
+def test_load_changed_when_the_node_went_idle() -> None:
+    """Rates under every floor are not gossiped again while they move -- but
+    all of them falling to 0 (the node went idle) is: otherwise the last
+    small rates of a burst (a control record's 12 bytes/s) stood in the
+    gossip for as long as the node stayed idle, and the controller, seeing
+    traffic, built its balancing view of every partition every 10 s (issue
+    23).  Once gossiped idle, idle samples change nothing."""
+    base = {"led": 3, "msgs_s": 0.0, "bytes": 0, "mem": 0}
+    trickle = dict(base, parts=[["t00001", 0, 0, 12], ["t00002", 0, 0, 12]])
+    assert load_changed(trickle, base)  # no parts listed: nothing moved
+    assert load_changed(trickle, dict(base, parts=[["t00001", 0, 0, 0]]))
+    assert load_changed(dict(base, msgs_s=0.5), base)
+    assert not load_changed(base, base)
+    assert not load_changed(base, dict(base, parts=[["t00001", 0, 0, 0]]))
+    assert not load_changed(base, trickle)  # a trickle starting stays under the floors
+    assert not load_changed(trickle, dict(trickle, parts=[["t00001", 0, 0, 20]]))  # still busy
+
+
+def test_a_node_gone_idle_gossips_no_partition_rate(tmp_path: Path) -> None:
+    """A node that wrote one small record to each of two partitions it
+    leads (a new epoch's control record) and then nothing: the rates of
+    that sample (under every floor) are gossiped with its new leaderships;
+    once it samples nothing moved, it gossips that, and its member view
+    lists no partition rate above 0 from then on (issue 23: the balancer
+    read the stale bytes/s as traffic)."""
+    clock = task.Clock()
+    sample = LoadSample(partitions_led=0, partial=True)
+    net = Net(clock)
+    g = make(tmp_path, clock, 0, load=lambda: sample)
+    net.attach(addr(0), g)
+    g.start(addr(0))
+    sample.partitions = {("t00001", 0): (0, 0), ("t00002", 0): (0, 0)}
+    net.run(5.5)
+    sample.partitions = {("t00001", 0): (1, 120), ("t00002", 0): (1, 120)}
+    sample.partitions_led = 2  # (a change that is gossiped, and the rates with it)
+    net.run(5.0)
+    rates = g.member_views()[0]["partition_rates"]
+    assert rates and max(r["bytes_s"] for r in rates) > 0
+    sample.partitions = {}  # partial: nothing moved since
+    net.run(10.0)
+    assert all(r["bytes_s"] == r["msgs_s"] == 0 for r in g.member_views()[0]["partition_rates"])
+
+
 def test_a_keyed_node_ignores_packets_without_the_key(tmp_path: Path) -> None:
     """With a cluster key, unauthenticated packets are dropped (reason auth)."""
     clock = task.Clock()

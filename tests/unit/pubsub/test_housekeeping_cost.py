@@ -167,9 +167,10 @@ def test_an_encoding_no_write_announced_is_counted_by_the_sweep(make: Any) -> No
     assert broker.pool_tally.encodings == 5_000
 
 
-def test_near_the_budget_the_full_count_runs_each_tick(make: Any) -> None:
-    """Within half of ``--memory-budget`` the tick counts every pool and
-    evicts as before (the tally only spares the far-below case)."""
+def test_near_the_budget_the_full_count_runs_only_once_over_it(make: Any) -> None:
+    """Within half of ``--memory-budget`` and not over it nothing is evicted:
+    the tally stands in for the full count (issue 23, idle23); once the
+    pools are over it, the tick counts every pool and evicts as before."""
     broker, clock, counted = make(10, memory_budget=2 * 1000**2)
     idle_work(broker, clock, counted, seconds=1)
     broker.topics["t00001"].logs[0].account.encoded += 1_500_000
@@ -178,7 +179,34 @@ def test_near_the_budget_the_full_count_runs_each_tick(make: Any) -> None:
     for _ in range(5):
         clock.advance(0.1)
         broker.tick()
+    assert counted.full_counts == before and broker.hot_total_seen >= 1_500_000
+    broker.topics["t00001"].logs[0].account.encoded += 1_000_000
+    broker.touched.touch("t00001")
+    for _ in range(5):
+        clock.advance(0.1)
+        broker.tick()
     assert counted.full_counts - before == 5
+
+
+def test_a_process_past_half_the_budget_in_unpooled_memory_walks_no_pool(make: Any) -> None:
+    """A node of 10,000 partitions takes more than half of the budget beyond
+    its baseline in replicas and metadata -- memory no pool counts and no
+    eviction frees: its idle ticks walk no pool (they walked every pool ten
+    times a second), as with 1,000 topics; the process over the budget runs
+    the full count and eviction."""
+    budget = 256 * 1000**2
+    works = []
+    for n in (1_000, 10_000):
+        broker, clock, counted = make(n, memory_budget=budget)
+        broker._process_beyond_baseline = lambda: int(0.6 * budget)  # type: ignore[method-assign]
+        works.append(idle_work(broker, clock, counted))
+    assert works[0] == works[1] and works[1][2] == 0, works
+    broker._process_beyond_baseline = lambda: int(1.1 * budget)  # type: ignore[method-assign]
+    before = counted.full_counts
+    for _ in range(20):
+        clock.advance(0.1)
+        broker.tick()
+    assert counted.full_counts - before >= 10
 
 
 # -- the pure parts -----------------------------------------------------------------------------

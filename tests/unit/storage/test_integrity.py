@@ -28,7 +28,7 @@ from sprawl.pubsub import Broker
 from sprawl.storage import keys
 from sprawl.storage.integrity import replace_range
 from sprawl.storage.lmdb import LmdbStore
-from sprawl.storage.scrub import Scrubber
+from sprawl.storage.scrub import CPU_SHARE, Scrubber
 from sprawl.storage.verify import dense_ranges, find_damage, scan_records
 from sprawl.testing import FakeRPC
 
@@ -326,6 +326,28 @@ async def test_a_read_meeting_damage_is_corrupt_record(broker: Broker) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_readiness_walks_no_topic_while_nothing_is_damaged(broker: Broker) -> None:
+    """``not_ready_reason`` (asked on every ``/readyz``) looks at no topic
+    while the damage map holds no damaged range -- it named every topic per
+    answer before (issue 23, idle23) -- and still names a damaged one."""
+    b = broker
+
+    class Counted(dict[str, Any]):
+        looked = 0
+
+        def values(self) -> Any:
+            Counted.looked += 1
+            return super().values()
+
+    b.topics = Counted(b.topics)  # type: ignore[assignment]
+    assert b.integrity.not_ready_reason() is None and Counted.looked == 0
+    damage_value(b, [120, 121])
+    with pytest.raises(CorruptData):
+        await bounded(b.read(b.topics["t"], 0, 120, 1))
+    assert "t/0 offsets 120-121" in (b.integrity.not_ready_reason() or "")
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_rewrite_clears_a_range_only_once_it_reads_back(broker: Broker) -> None:
     """Integrity.rewrite puts healthy records over a damaged range, reads them
     back checked and clears the range; records not matching the range are refused."""
@@ -410,6 +432,38 @@ async def test_the_scrub_reads_small_partitions_a_group_at_a_time(broker: Broker
     # 41 partitions in 3 groups, then the big one's remaining chunks: far fewer calls than
     # one per partition (41) plus its chunks.
     assert 3 <= len(calls) < 20, len(calls)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pause_after_a_scrub_pass_keeps_its_cpu_share(broker: Broker) -> None:
+    """The pause after a pass is ``pause``, or the pass's CPU time (the
+    reactor's part and the reader threads') over ``CPU_SHARE`` when that is
+    longer: a node of 10,000 near-empty partitions spent ~0.2-0.3 s of CPU on
+    a pass every minute (issue 23, idle23).  A CPU clock that moves 10 ms per
+    look makes the pass cost far more than 60 s of the share."""
+    b = broker
+    for i in range(20):
+        await bounded(b.put_topic(f"s{i:02d}", {"partitions": 1}))
+    ticks = [0.0]
+
+    def cpu() -> float:
+        ticks[0] += 0.01
+        return ticks[0]
+
+    s = Scrubber(b, the_reactor(), rate=50 * 1000**2, first_delay=0.0, pause=60.0, group=4, cpu_clock=cpu)
+    b.integrity.attach(scrubber=s)
+    await run_one_pass(s)
+    assert s.last_pass_cpu is not None and s.last_pass_cpu >= 0.01 * 6  # (6 groups: looked at)
+    assert s.last_pause == s.next_pause() == max(60.0, s.last_pass_cpu / CPU_SHARE) > 60.0
+    v = s.view()
+    assert (
+        v["last_pass_cpu_seconds"] == round(s.last_pass_cpu, 4)
+        and v["next_pass_after_seconds"] == s.last_pause
+    )
+    quiet = Scrubber(b, the_reactor(), rate=50 * 1000**2, first_delay=0.0, pause=60.0, cpu_clock=lambda: 0.0)
+    b.integrity.attach(scrubber=quiet)
+    await run_one_pass(quiet)
+    assert quiet.last_pass_cpu == 0.0 and quiet.last_pause == 60.0
 
 
 # -- a leader's view of damaged followers --------------------------------------------
