@@ -57,8 +57,9 @@ async def test_a_failover_costs_the_same_frames_per_partition_and_few_commits(tm
     }
     assert small_turns == {"a": 1, "c": 1} and big_turns == {"a": 5, "c": 5}
     for node in ("a", "c"):
-        assert small_commits[node] <= 6
-        # Not one per partition (1,000): a few per apply turn, how many depends on
-        # when the writer thread catches the turn's writes (3 per turn quiet, up to
-        # 25 in all under a load of 15 -- a timing, not a count of partitions).
+        # Not one per partition (100, 1,000): a few per apply turn, how many depends
+        # on when the writer thread catches the turn's writes (3 per turn quiet, up
+        # to 25 in all under a load of 15, 7 for the small run's one turn -- a
+        # timing, not a count of partitions).
+        assert small_commits[node] <= 10 * small_turns[node] + 6
         assert big_commits[node] <= 10 * big_turns[node] + 6
