@@ -66,10 +66,25 @@ CONFIG = SchemathesisConfig.from_dict(
 )
 
 
+def _packable(value: Any) -> Any:
+    """``value`` with every integer msgpack cannot carry (below -2**63 or above
+    2**64 - 1: hypothesis generates them) written as its decimal string, so the
+    body stays a msgpack body and the node judges it."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, list):
+        return [_packable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _packable(v) for k, v in value.items()}
+    return value
+
+
 @schemathesis.serializer("application/msgpack")
 def _msgpack(ctx: Any, value: Any) -> bytes:
     """A lean msgpack publish body (docs/api.md): the generated object, packed."""
-    return msgspec.msgpack.encode(value)
+    return msgspec.msgpack.encode(_packable(value))
 
 
 @schemathesis.serializer("application/x-ndjson")
