@@ -59,8 +59,9 @@ _size = attrgetter("size")
 _encode = msgspec.json.Encoder().encode
 
 
-class _Text(msgspec.Struct, gc=False):
-    """A text message as :meth:`Record.to_dict` has it (the same keys in the same order)."""
+class _Message(msgspec.Struct, gc=False):
+    """The keys every message has, in :meth:`Record.to_dict`'s order (a subclass's
+    fields come after these: the payload last)."""
 
     offset: int
     partition: int
@@ -68,18 +69,17 @@ class _Text(msgspec.Struct, gc=False):
     timestamp: int
     key: str | None
     headers: dict[str, str]
+
+
+class _Text(_Message, gc=False):
+    """A text message as :meth:`Record.to_dict` has it (the same keys in the same order)."""
+
     payload: str
 
 
-class _Binary(msgspec.Struct, gc=False):
+class _Binary(_Message, gc=False):
     """A binary message as :meth:`Record.to_dict` has it (msgspec writes bytes as base64)."""
 
-    offset: int
-    partition: int
-    id: str | None
-    timestamp: int
-    key: str | None
-    headers: dict[str, str]
     payload_b64: bytes
 
 

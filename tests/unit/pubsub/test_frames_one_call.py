@@ -77,3 +77,19 @@ def test_more_records_than_one_call_takes_go_record_by_record(monkeypatch: objec
     fresh = [Record(i, 0, 0, None, None, None, b"m%d" % i, True) for i in range(5)]
     assert json_array(fresh, 1000) == joined(recs, 1000)
     assert all(r._json is None for r in fresh)  # one call: nothing cached per record
+
+
+def test_the_message_structs_stay_untracked_with_the_records_keys_in_order() -> None:
+    """What the one encoder call encodes (text and binary messages) is not
+    tracked by the garbage collector (``gc=False``, kept through their shared
+    base) and has :meth:`Record.to_dict`'s keys in its order."""
+    import gc
+
+    import msgspec
+
+    for payload, is_text in ((b"hi", True), (b"\x00\xff", False)):
+        r = Record(7, 2, 123, "id-1", "k", {"h": "v"}, payload, is_text)
+        shown = frames._shown(r)
+        assert not gc.is_tracked(shown)
+        assert list(msgspec.structs.asdict(shown)) == list(r.to_dict())
+        assert msgspec.json.encode(shown) == r.to_json()
