@@ -254,6 +254,15 @@ class GossipConfig:
             raise ValueError("cluster_key must be at least 16 bytes")
 
 
+def push_pull_period(push_pull_interval: float, n_members: int) -> float:
+    """How often a member of a cluster of ``n_members`` starts a full-state
+    exchange: ``push_pull_interval`` up to 32 members, ``ceil(log2 n - log2
+    32) + 1`` times that past them (memberlist's scaling)."""
+    if n_members <= _PUSH_PULL_SCALE_THRESHOLD:
+        return push_pull_interval
+    return push_pull_interval * (math.ceil(math.log2(n_members) - math.log2(_PUSH_PULL_SCALE_THRESHOLD)) + 1)
+
+
 @dataclass
 class Member:
     """One member as this node sees it."""
@@ -1014,11 +1023,7 @@ class Membership:
             self._emit_packet(m.addr, parts)
 
     def _push_pull_period(self) -> float:
-        n = len(self._members)
-        interval = self.config.push_pull_interval
-        if n <= _PUSH_PULL_SCALE_THRESHOLD:
-            return interval
-        return interval * (math.ceil(math.log2(n) - math.log2(_PUSH_PULL_SCALE_THRESHOLD)) + 1)
+        return push_pull_period(self.config.push_pull_interval, len(self._members))
 
     def _tick_push_pull(self, now: float) -> None:
         if now < self._next_push_pull_at:

@@ -41,10 +41,12 @@ import random
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sprawl.gossip import GossipConfig, MemberEvent, Membership
+from sprawl.gossip.membership import push_pull_period
 from sprawl.gossip.suspicion import suspicion_timeout
 from sprawl.sim import Simulator
 
@@ -71,6 +73,54 @@ def meta(i: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """How long (virtual seconds) the harness waits before it calls a step
+    failed, derived from the configuration at one cluster size -- never
+    shorter than the protocol's own periods at that size.
+
+    What gossip's retransmit-limited dissemination misses (a lost datagram,
+    a packet dropped for room) is repaired by the anti-entropy paths: every
+    member's full-state exchange (push-pull, whose period grows with the
+    size: 30 s up to 32 members, 180 s at 1,000) and the reconnect pass to
+    dead members and absent seeds.  ``anti_entropy`` gives every member two
+    full exchanges and a reconnect pass: a push-pull reply of many chunks
+    under loss may miss some, and it is re-asked only twice.
+    """
+
+    #: Two push-pull periods and a reconnect pass.
+    anti_entropy: float
+    #: Every node joined through node 0 and every member holds every node alive:
+    #: the joins' window (2 s), node 0's push-pull answers past its burst at
+    #: its sustained rate, then anti-entropy.
+    formation: float
+    #: A crashed node held dead by every live member: the longest suspicion
+    #: timeout, then anti-entropy (a member that missed the news hears the
+    #: node dead in a push-pull, suspects it and waits out its own timeout),
+    #: then that timeout once more.
+    detection: float
+    #: A restarted node and every member hold each other alive again.
+    rejoin: float
+
+    @classmethod
+    def of(cls, config: GossipConfig, n: int) -> Bounds:
+        """The bounds for ``n`` nodes under ``config``."""
+        anti_entropy = 2 * push_pull_period(config.push_pull_interval, n) + config.reconnect_interval
+        backlog = (
+            max(0, n - 1 - config.push_pull_replies_total_burst) / config.push_pull_replies_total_per_second
+        )
+        longest_suspicion = (
+            suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
+            * config.suspicion_max_timeout_mult
+        )
+        return cls(
+            anti_entropy=anti_entropy,
+            formation=2.0 + backlog + anti_entropy,
+            detection=2 * longest_suspicion + anti_entropy,
+            rejoin=anti_entropy,
+        )
+
+
 class Bench:
     """One cluster of ``n`` nodes under one loss rate.
 
@@ -84,6 +134,7 @@ class Bench:
     def __init__(self, n: int, loss: float, seed: int, config: GossipConfig):
         self.n = n
         self.config = config
+        self.bounds = Bounds.of(config, n)
         self.check_every = 0.1
         # (the simulator's event log is not read here: keep it short)
         self.sim = Simulator(seed, delay=(0.001, 0.005), event_log_size=1000)
@@ -101,8 +152,8 @@ class Bench:
         for i in range(1, n):
             self.sim.run_for(2.0 / n)
             self.sim.call(addr(i), lambda m, now: m.join([addr(0)], now))
-        if not self.sim.run_until_true(self.converged, 120, self.check_every):
-            raise SystemExit(f"{n} nodes did not converge")
+        if not self.sim.run_until_true(self.converged, self.bounds.formation, self.check_every):
+            raise SystemExit(f"{n} nodes did not converge within {self.bounds.formation:.0f} s")
         #: Virtual seconds from the first join until every member held every node alive.
         self.formed = self.sim.now
         self.sim.loss = loss
@@ -181,7 +232,7 @@ class Bench:
             lambda: all(
                 (m.member(name) is None or m.member(name).state == "dead") for m in sim.nodes.values()
             ),
-            300,
+            self.bounds.detection,
         )
         took = sim.now - t0 if done else float("inf")
         self.incarnations[i] += 1
@@ -189,8 +240,8 @@ class Bench:
         seed = addr(self.rng.choice([j for j in range(self.n) if j != i]))
         sim.call(a, lambda m, now: m.join([seed], now))
         t1 = sim.now
-        if not sim.run_until_true(self.converged, 120, self.check_every):
-            raise SystemExit(f"node {i} did not rejoin")
+        if not sim.run_until_true(self.converged, self.bounds.rejoin, self.check_every):
+            raise SystemExit(f"node {i} did not rejoin within {self.bounds.rejoin:.0f} s")
         rejoin = sim.now - t1
         self.victim = None
         sim.run_for(self.rng.uniform(2, 5))
@@ -245,7 +296,12 @@ def main() -> None:
             gc.collect()
             cpu, gc0 = time.process_time(), gc_clock.total
             b = Bench(n, loss, args.seed, config)
-            progress(f"{n} nodes, loss {loss:.0%}: formed in {b.formed:.1f} s", cpu)
+            bd = b.bounds
+            progress(
+                f"{n} nodes, loss {loss:.0%}: formed in {b.formed:.1f} s (bounds: formation "
+                f"{bd.formation:.0f} s, detection {bd.detection:.0f} s, rejoin {bd.rejoin:.0f} s)",
+                cpu,
+            )
             # At least one full-state exchange (push-pull) per node in the soak: at
             # 200 nodes and up their period (scaled with the size) is longer
             # than 60 s, and they are most of the bytes there.

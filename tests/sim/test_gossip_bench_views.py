@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.gossip_sim import Bench
+from benchmarks.gossip_sim import Bench, Bounds
 from sprawl.gossip import GossipConfig, Membership
 
 
@@ -48,3 +48,19 @@ def test_tracked_views_match_the_members_views_through_loss_crashes_and_rejoins(
     # the checks saw both states
     assert checks["steps"] > 300 and 50 < checks["unconverged"] < checks["steps"] - 50
     assert b.formed > 0
+
+
+def test_the_harness_bounds_follow_the_configured_periods() -> None:
+    """The benchmark's waits (formation, detection, rejoin) are derived from
+    the configuration at each size, never shorter than the protocol's own
+    periods there: at 1,000 nodes the push-pull period is 180 s, so a rejoin
+    repaired by one exchange must not be cut off at a fixed 120 s (what
+    stopped the 1,000-node, 10%-loss row); and they move with the config."""
+    cfg = GossipConfig()
+    for n, period in ((5, 30.0), (200, 120.0), (1000, 180.0)):
+        b = Bounds.of(cfg, n)
+        assert b.rejoin >= 2 * period + cfg.reconnect_interval
+        assert b.formation > b.rejoin and b.detection > b.rejoin
+    slow = GossipConfig(push_pull_interval=90.0, reconnect_interval=60.0)
+    assert Bounds.of(slow, 1000).rejoin == 2 * 540.0 + 60.0
+    assert Bounds.of(slow, 1000).formation > Bounds.of(cfg, 1000).formation
