@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import re
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -166,21 +167,33 @@ def test_units_in_names() -> None:
             ), name
 
 
-def test_gc_pauses_are_timed_by_generation() -> None:
-    """A collection lands in ``sprawl_gc_pause_seconds`` under its generation."""
+def _one_timed_collection(cpu_clock: Callable[[], float] | None = None) -> str:
+    """The exposition of fresh node metrics after one full collection timed by
+    :class:`GCPauses` on a clock reading 1.0 then 1.25 (a pause of 0.25 s) and,
+    if ``cpu_clock`` is given, its CPU time counted in ``sprawl_gc_cpu_seconds``."""
     import gc
 
     from sprawl.metrics import GCPauses, NodeMetrics
 
     m = NodeMetrics()
     ticks = iter([1.0, 1.25])
-    pauses = GCPauses(m.gc_pause, clock=lambda: next(ticks))
+    pauses = GCPauses(
+        m.gc_pause,
+        clock=lambda: next(ticks),
+        cpu=None if cpu_clock is None else m.gc_cpu,
+        cpu_clock=cpu_clock,
+    )
     pauses.install()
     try:
         gc.collect(2)
     finally:
         pauses.remove()
-    text = generate_latest(m.registry).decode()
+    return generate_latest(m.registry).decode()
+
+
+def test_gc_pauses_are_timed_by_generation() -> None:
+    """A collection lands in ``sprawl_gc_pause_seconds`` under its generation."""
+    text = _one_timed_collection()
     assert 'sprawl_gc_pause_seconds_count{generation="2"} 1.0' in text
     assert 'sprawl_gc_pause_seconds_sum{generation="2"} 0.25' in text
 
@@ -189,20 +202,8 @@ def test_gc_cpu_time_is_counted_beside_the_pause() -> None:
     """With a CPU clock, a collection's CPU time lands in ``sprawl_gc_cpu_seconds``
     under its generation, beside its pause (wall time): a pause far above its
     CPU time was the thread waiting, not the collector working."""
-    import gc
-
-    from sprawl.metrics import GCPauses, NodeMetrics
-
-    m = NodeMetrics()
-    ticks = iter([1.0, 1.25])
     cpu = iter([3.0, 3.01])
-    pauses = GCPauses(m.gc_pause, clock=lambda: next(ticks), cpu=m.gc_cpu, cpu_clock=lambda: next(cpu))
-    pauses.install()
-    try:
-        gc.collect(2)
-    finally:
-        pauses.remove()
-    text = generate_latest(m.registry).decode()
+    text = _one_timed_collection(cpu_clock=lambda: next(cpu))
     assert 'sprawl_gc_pause_seconds_sum{generation="2"} 0.25' in text
     (line,) = [x for x in text.splitlines() if x.startswith('sprawl_gc_cpu_seconds_total{generation="2"}')]
     assert abs(float(line.split()[-1]) - 0.01) < 1e-9

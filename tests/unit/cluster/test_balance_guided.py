@@ -63,18 +63,24 @@ def test_the_target_is_the_replica_that_stays_coolest(choose: bool, dst: str) ->
     assert [(m.topic, m.src, m.dst, m.reason) for m in d.moves] == [("t", "a", dst, OVERLOADED)]
 
 
-def partition_case() -> list[PartitionLoad]:
-    """a leads x 30 (about to fall), y 25 (about to rise), z 25: 80 against a
-    bound of 50.  Moving x brings a to the bound now, y leaves it 5 over now but
-    under the bound along the path (x falling), x leaves it over later."""
+def a_hot_now(x: list[float], y: list[float], z: list[float]) -> list[PartitionLoad]:
+    """a leads x 30, y 25 and z 25 now (80 against a bound of 50), along the
+    paths given; b, c and d lead p 20, q 20 and r 40, steady."""
     return [
-        part("x", "a", 30, [30, 10, 5]),
-        part("y", "a", 25, [25, 35, 40]),
-        part("z", "a", 25, [25, 25, 25]),
+        part("x", "a", 30, x),
+        part("y", "a", 25, y),
+        part("z", "a", 25, z),
         part("p", "b", 20, [20, 20, 20]),
         part("q", "c", 20, [20, 20, 20]),
         part("r", "d", 40, [40, 40, 40]),
     ]
+
+
+def partition_case() -> list[PartitionLoad]:
+    """a leads x 30 (about to fall), y 25 (about to rise), z 25: 80 against a
+    bound of 50.  Moving x brings a to the bound now, y leaves it 5 over now but
+    under the bound along the path (x falling), x leaves it over later."""
+    return a_hot_now([30, 10, 5], [25, 35, 40], [25, 25, 25])
 
 
 @pytest.mark.parametrize(("choose", "moved"), [(False, "x"), (True, "y")])
@@ -123,14 +129,7 @@ def test_without_forecasts_the_choices_change_nothing() -> None:
 def falling() -> list[PartitionLoad]:
     """a is hot now (80 against 50) and still at the first path point, but
     from the second on it is at 30 against a bound of 34.4."""
-    return [
-        part("x", "a", 30, [30, 10, 10]),
-        part("y", "a", 25, [25, 10, 10]),
-        part("z", "a", 25, [25, 10, 10]),
-        part("p", "b", 20, [20, 20, 20]),
-        part("q", "c", 20, [20, 20, 20]),
-        part("r", "d", 40, [40, 40, 40]),
-    ]
+    return a_hot_now([30, 10, 10], [25, 10, 10], [25, 10, 10])
 
 
 @pytest.mark.parametrize(
