@@ -5,6 +5,8 @@
     python -m benchmarks.gossip_sim --sizes 5,50 --trials 0.5 --soak 120
     python -m benchmarks.gossip_sim --sizes 5,50,200,1000 --losses 0 --trials 0.3 --soak 60 \
         --json gossip.json --plot docs/img      # the curve against the cluster size
+    python -m benchmarks.gossip_sim --sizes 1000 --losses 0.1 --trials 0.3 --soak 60 --json big.json
+    python -m benchmarks.gossip_sim --sizes "" --with gossip.json --with big.json --plot docs/img
 
 Runs :class:`sprawl.gossip.Membership` cores on the seeded network simulator
 (:mod:`sprawl.sim`, 1-5 ms one-way delay, periodic 0.1 s ticks like the UDP
@@ -24,7 +26,13 @@ adapter) with the default :class:`GossipConfig`.  For every size and loss rate:
   per node-hour (this count also covers the detection trials), and the bytes
   and datagrams each node sent per second (UDP payloads).
 
-Prints a Markdown table (``--json`` saves the rows, ``--plot DIR`` draws
+A step that does not converge stops the run (``SystemExit``) after a bound
+derived from the configuration at that size (:class:`Bounds`: two push-pull
+periods and a reconnect pass, plus the join backlog or the suspicion
+timeouts), never shorter than the protocol's own periods there.
+
+Prints a Markdown table (``--json`` saves the rows, ``--with FILE`` adds rows
+an earlier run saved, so rows run apart share one table and plot; ``--plot DIR`` draws
 ``gossip_scale.png``: detection and convergence times, false suspicions and
 bytes per node per second against the number of nodes; needs matplotlib),
 and progress lines on stderr.  Everything is virtual time: the wall-clock
@@ -279,19 +287,28 @@ def progress(what: str, cpu0: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="5,50,200")
+    ap.add_argument("--sizes", default="5,50,200", help='cluster sizes to run ("": none, only --with)')
     ap.add_argument("--losses", default="0,0.1")
     ap.add_argument("--trials", type=float, default=1.0, help="scale the number of crash trials")
     ap.add_argument("--soak", type=float, default=300.0, help="seconds of crash-free run per row")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="save the figures to this file")
     ap.add_argument("--plot", type=Path, help="draw gossip_scale.png in this directory")
+    ap.add_argument(
+        "--with",
+        dest="earlier",
+        type=Path,
+        action="append",
+        default=[],
+        help="rows saved by an earlier --json run, added to the table and the plot (repeatable)",
+    )
     args = ap.parse_args()
     config = GossipConfig()
-    rows = []
     figures: list[dict[str, Any]] = []
+    for earlier in args.earlier:
+        figures += json.loads(earlier.read_text())
     gc_clock = GcClock()
-    for n in (int(x) for x in args.sizes.split(",")):
+    for n in (int(x) for x in args.sizes.split(",") if x):
         for loss in (float(x) for x in args.losses.split(",")):
             gc.collect()
             cpu, gc0 = time.process_time(), gc_clock.total
@@ -319,7 +336,6 @@ def main() -> None:
                     )
             times, rejoins = zip(*results, strict=True)
             sim_hours = n * b.sim.now / 3600
-            lo = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
             fig: dict[str, Any] = {
                 "nodes": n,
                 "loss": loss,
@@ -344,15 +360,6 @@ def main() -> None:
                 "peak_rss_mb": peak_rss_mb(),
             }
             figures.append(fig)
-            rows.append(
-                f"| {n} | {loss:.0%} | {trials} | {b.formed:.1f} | {fig['p50']:.1f} | {fig['p99']:.1f} "
-                f"| {fig['max']:.1f} | {lo:.1f} / {lo * config.suspicion_max_timeout_mult:.1f} "
-                f"| {fig['rejoin_p50']:.1f} / {fig['rejoin_max']:.1f} "
-                f"| {soak:.0f} | {fig['false_suspicions']:.2%} | {s['refuted']} "
-                f"| {b.false_dead} ({fig['false_dead_per_node_hour']:.3f}/node-h) "
-                f"| {fig['bytes_per_node_s']:,.0f} ({fig['packets_per_node_s']:.1f} pkts) "
-                f"| {fig['cpu_s']:.0f} s | {fig['peak_rss_mb']:,.0f} MB |"
-            )
             print(json.dumps(fig), file=sys.stderr, flush=True)
             del b
     print(
@@ -362,11 +369,27 @@ def main() -> None:
         "| bytes sent per node per s (packets) | CPU | peak RSS |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    for fig in sorted(figures, key=lambda f: (f["loss"], f["nodes"])):
+        print(table_row(fig, config))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     if args.plot:
         plot(figures, args.plot)
+
+
+def table_row(fig: dict[str, Any], config: GossipConfig) -> str:
+    """One row's figures as a line of the Markdown table."""
+    n = fig["nodes"]
+    lo = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
+    return (
+        f"| {n:,} | {fig['loss']:.0%} | {fig['trials']} | {fig['formed']:.1f} | {fig['p50']:.1f} "
+        f"| {fig['p99']:.1f} | {fig['max']:.1f} | {lo:.1f} / {lo * config.suspicion_max_timeout_mult:.1f} "
+        f"| {fig['rejoin_p50']:.1f} / {fig['rejoin_max']:.1f} "
+        f"| {fig['soak_s']:.0f} | {fig['false_suspicions']:.2%} | {fig['refuted']} "
+        f"| {fig['false_dead']} ({fig['false_dead_per_node_hour']:.3f}/node-h) "
+        f"| {fig['bytes_per_node_s']:,.0f} ({fig['packets_per_node_s']:.1f} pkts) "
+        f"| {fig['cpu_s']:.0f} s | {fig['peak_rss_mb']:,.0f} MB |"
+    )
 
 
 def plot(figures: list[dict[str, Any]], out: Path) -> None:
