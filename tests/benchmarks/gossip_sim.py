@@ -324,7 +324,12 @@ def main() -> None:
             # than 60 s, and they are most of the bytes there.
             soak = max(args.soak, b.push_pull_period())
             s = b.soak(soak)
-            progress(f"  soak of {soak:.0f} s done", cpu)
+            progress(
+                f"  soak of {soak:.0f} s done: {s['net_bytes'] / n / soak:,.0f} bytes sent per node per s, "
+                f"false suspicions {s['probe_failures'] / max(1, s['probes_sent']):.2%} of probes, "
+                f"{s['refuted']} refuted, {b.false_dead} declared dead while alive",
+                cpu,
+            )
             trials = max(3, round(TRIALS.get(n, 20) * args.trials))
             results = []
             for k in range(trials):
