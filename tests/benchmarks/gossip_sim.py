@@ -49,6 +49,7 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,10 +226,11 @@ class Bench:
         """A node's full-state exchange period at this size (the core's own rule)."""
         return next(iter(self.sim.nodes.values()))._push_pull_period()  # type: ignore[no-any-return]
 
-    def trial(self) -> tuple[float, float]:
+    def trial(self, detected: Callable[[float], None] | None = None) -> tuple[float, float]:
         """Crash a random member, time until all see it dead, restart it;
         (detection time, time until the restarted node and every other member
-        hold each other alive again)."""
+        hold each other alive again).  ``detected``, if given, is called with
+        the detection time as soon as it is measured (a rejoin may take long)."""
         sim = self.sim
         sim.run_for(self.rng.uniform(0, self.config.probe_interval))
         i = self.rng.randrange(self.n)
@@ -243,6 +245,8 @@ class Bench:
             self.bounds.detection,
         )
         took = sim.now - t0 if done else float("inf")
+        if detected is not None:
+            detected(took)
         self.incarnations[i] += 1
         sim.restart(a, lambda now: self._node(i, self.incarnations[i]))
         seed = addr(self.rng.choice([j for j in range(self.n) if j != i]))
@@ -333,7 +337,11 @@ def main() -> None:
             trials = max(3, round(TRIALS.get(n, 20) * args.trials))
             results = []
             for k in range(trials):
-                results.append(b.trial())
+
+                def detected(took: float, k: int = k, cpu: float = cpu) -> None:
+                    progress(f"  trial {k + 1}: detection {took:.1f} s", cpu)
+
+                results.append(b.trial(detected if n >= 500 else None))
                 if n >= 500:
                     progress(
                         f"  trial {k + 1}: detection {results[-1][0]:.1f} s, rejoin {results[-1][1]:.1f} s",
