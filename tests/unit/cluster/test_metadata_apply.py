@@ -142,7 +142,13 @@ async def test_a_create_is_answered_at_its_in_memory_apply_and_what_follows_is_o
     chain).  Anything written after the answer (here a write standing for the
     client's next request) is durable only once the topic's record is: the
     single writer commits in order."""
-    cmd = {"op": "put_topic", "name": "t", "config": {"partitions": 1}, "placement": [list(NODES)], "req": "r"}
+    cmd = {
+        "op": "put_topic",
+        "name": "t",
+        "config": {"partitions": 1},
+        "placement": [list(NODES)],
+        "req": "r",
+    }
     d = here.apply.apply(here.entry(cmd))
     assert here.answers == [{"created": True, "created_index": here.index}], "answered at the apply"
     assert not d.called, "while the broker's write is still on its way to disk"
@@ -167,5 +173,7 @@ async def test_a_delete_is_answered_at_its_in_memory_apply_and_what_follows_is_o
     assert not d.called
     assert "t" not in here.broker.topics
     await here.store.write([("p", "meta", b"test/after", b"1")])
-    assert not here.on_disk("meta", keys.topic_meta_key("t")), "the next write is durable only after the deletion"
+    assert not here.on_disk("meta", keys.topic_meta_key("t")), (
+        "the next write is durable only after the deletion"
+    )
     await d
