@@ -32,6 +32,11 @@ log = Logger()
 #: Topics of a ``set_partitions`` batch whose placement is followed per reactor turn.
 TOPICS_PER_TURN = 200
 
+#: Commands whose proposer is answered once they are applied in memory here
+#: (the broker's change made, its write queued) rather than once that write is
+#: durable: the Raft entry already is (see :meth:`MetadataApply.apply`).
+ANSWERED_AT_APPLY = frozenset({"put_topic", "delete_topic"})
+
 
 class MetadataApply:
     """Applies committed metadata commands here and keeps the broker matching
@@ -82,6 +87,17 @@ class MetadataApply:
 
         def answer(_: object) -> None:
             self.control.answer(str(cmd.get("req", "")), result)
+
+        if cmd.get("op") in ANSWERED_AT_APPLY:
+            # Answered at commit + in-memory apply, not after the broker's
+            # write is on disk (issue 23): the entry is committed (on disk on
+            # a majority, this node's log included), a restart applies it
+            # again, and everything a client may do next here is ordered
+            # after that write by the single writer's FIFO (see
+            # docs/architecture.md, "A create's fsyncs").  The Ready still
+            # waits for the write before it advances.
+            answer(None)
+            return d
 
         if "error" not in result and cmd.get("op") == "set_partitions":
             names = _batch_topics(cmd, result)

@@ -8,8 +8,10 @@ Each Ready is handled strictly in the order Raft's safety needs:
    on the storage writer thread (:meth:`LmdbRaftStorage.save_ready`);
 2. **send** the messages (only now: a vote or an append acknowledgement must
    never leave before what it promises is on disk);
-3. **apply** a received snapshot, then the committed entries in order,
-   waiting until every application's own durable side effects are done;
+3. **apply** a received snapshot, then the committed entries in order (in
+   memory; their durable side effects -- writes queued on the same storage
+   writer -- are not waited for: the writer commits them before anything the
+   next Readies queue, and a failed one stops the driver);
 4. **advance** the core.
 
 Only one Ready is in flight at a time; messages that arrive meanwhile are
@@ -34,7 +36,11 @@ depends on it being on disk), and the storage writer commits in order, so
 the write goes to disk in the same group commit as the application's own
 writes (a created topic's broker record): whatever the application made
 durable has the commit index too.  That saves one fsync per proposal
-(issue 23, topic creation); the Ready still waits for it before advancing.
+(issue 23, topic creation).  Neither that write nor the applied entries'
+side effects hold the next Ready back (issue 23, create23): a client's next
+proposal is appended while the previous one's applied transaction is still
+on its way to disk, and the writer's order keeps everything durable in
+Raft's order.
 """
 
 from __future__ import annotations
@@ -283,7 +289,7 @@ class RaftDriver:
                     self.stats.snapshots_installed += 1
                 # Entries are applied in order without waiting for each one's
                 # durable side effects (the storage writer commits them in
-                # order, grouped); the Ready is done once all of them are.
+                # order, grouped).
                 side_effects: list[defer.Deferred[Any]] = []
                 for e in rd.committed_entries:
                     if e.index <= self.applied:
@@ -301,10 +307,17 @@ class RaftDriver:
                         side_effects.append(defer.maybeDeferred(self.apply, e))
                     self.applied = e.index
                     self._applied(e.index)
-                if side_effects:
-                    await defer.gatherResults(side_effects, consumeErrors=True)
                 if saving is not None:
-                    await saving
+                    side_effects.append(saving)
+                if side_effects:
+                    # Not awaited (issue 23, create23): the next Ready's work
+                    # -- a proposal's append, its messages -- no longer waits
+                    # behind this one's durable writes.  Nothing Raft sends
+                    # or keeps depends on them, and the single storage writer
+                    # commits them before anything queued later (the next
+                    # append, a snapshot of this state); a failed write still
+                    # stops the driver.
+                    defer.gatherResults(side_effects, consumeErrors=True).addErrback(self._crashed)
                 for rs in rd.read_states:
                     d = self._reads.pop(rs.request_ctx, None)
                     if d is not None:

@@ -130,3 +130,50 @@ async def test_a_deleted_topics_replicas_are_dropped_with_its_broker_record(here
     assert not here.on_disk("meta", keys.topic_meta_key("t"))
     assert not here.on_disk("meta", keys.replica_state_key(uid, 0))
     assert here.store.commits == commits + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_create_is_answered_at_its_in_memory_apply_and_what_follows_is_ordered_after_its_write(
+    here: Here,
+) -> None:
+    """A committed ``put_topic`` is answered as soon as it is applied in
+    memory -- the broker has the topic, the replica follows it -- before the
+    broker's write is on disk (issue 23: one fsync less on the answer's
+    chain).  Anything written after the answer (here a write standing for the
+    client's next request) is durable only once the topic's record is: the
+    single writer commits in order."""
+    cmd = {
+        "op": "put_topic",
+        "name": "t",
+        "config": {"partitions": 1},
+        "placement": [list(NODES)],
+        "req": "r",
+    }
+    d = here.apply.apply(here.entry(cmd))
+    assert here.answers == [{"created": True, "created_index": here.index}], "answered at the apply"
+    assert not d.called, "while the broker's write is still on its way to disk"
+    assert "t" in here.broker.topics and ("t", 0) in here.plane.service.replicas
+    await here.store.write([("p", "meta", b"test/after", b"1")])
+    assert here.on_disk("meta", keys.topic_meta_key("t")), "the next write is durable only after the topic's"
+    await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_is_answered_at_its_in_memory_apply_and_what_follows_is_ordered_after_its_write(
+    here: Here,
+) -> None:
+    """A committed ``delete_topic`` likewise: answered once the broker has
+    dropped the topic in memory; a later write is durable only after the
+    deletion is."""
+    create = {"op": "put_topic", "name": "t", "config": {"partitions": 1}, "placement": [list(NODES)]}
+    await here.apply.apply(here.entry(create))
+    here.answers.clear()
+    d = here.apply.apply(here.entry({"op": "delete_topic", "name": "t", "req": "r"}))
+    assert len(here.answers) == 1 and "error" not in here.answers[0], "answered at the apply"
+    assert not d.called
+    assert "t" not in here.broker.topics
+    await here.store.write([("p", "meta", b"test/after", b"1")])
+    assert not here.on_disk("meta", keys.topic_meta_key("t")), (
+        "the next write is durable only after the deletion"
+    )
+    await d
