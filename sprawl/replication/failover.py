@@ -99,6 +99,7 @@ class FailoverCore:
         retry_ticks: int = 3,
         prefer_wait_ticks: int = 6,
         handoff_ticks: int = 10,
+        stuck_ticks: int | None = None,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -108,6 +109,10 @@ class FailoverCore:
         self.retry_ticks = retry_ticks
         self.prefer_wait_ticks = prefer_wait_ticks
         self.handoff_ticks = handoff_ticks
+        #: Ticks without a word about this partition after which its leader
+        #: fails over though its node is heard (a partition stuck on a live
+        #: node); default ten beat timeouts.  See :meth:`tick`.
+        self.stuck_ticks = 10 * beat_timeout_ticks if stuck_ticks is None else stuck_ticks
         #: A move waiting for the leader's :class:`HandoffReady`: (target, ticks waited).
         self.handing_off: tuple[str, int] | None = None
         self.silent_ticks = 0
@@ -126,8 +131,17 @@ class FailoverCore:
         """Replicas needed for a quorum."""
         return len(self.replicas) // 2 + 1
 
-    def tick(self) -> ControlOutput:
-        """One tick: start or retry a failover, or repeat an unconfirmed assignment."""
+    def tick(self, leader_heard: bool = False) -> ControlOutput:
+        """One tick: start or retry a failover, or repeat an unconfirmed assignment.
+
+        ``leader_heard``: the adapter heard the leader's node lately (its
+        beats, its frames about other partitions).  Silence is then counted
+        per node: the leader is not silent however long this partition's own
+        word takes (a new leader busy with thousands of partitions answers
+        late), and fails over only after ``stuck_ticks`` ticks without it (a
+        partition stuck on a live node).  Without it (the node not heard, or
+        an older node that never beats) ``beat_timeout_ticks`` of this
+        partition's silence fail it over, as before."""
         out = ControlOutput()
         if self.committing is not None:
             return out
@@ -152,7 +166,8 @@ class FailoverCore:
                 return self.start_failover(f.prefer)  # a majority stayed silent: try a later epoch
             return out
         self.silent_ticks += 1
-        if self.leader is None or self.silent_ticks > self.beat_timeout_ticks:
+        bound = self.stuck_ticks if leader_heard else self.beat_timeout_ticks
+        if self.leader is None or self.silent_ticks > bound:
             return self.start_failover()
         if not self.leader_confirmed and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks:
             # Every ``retry_ticks`` ticks, not every tick: a new controller

@@ -262,7 +262,7 @@ class ReplicationService:
             if key in done_c:
                 continue  # ticked already
             self.ticked += 1
-            self.run_control(key, c.tick())
+            self.run_control(key, c.tick(self._leader_heard(c)))
         if self.controllers and judge:
             now = self.reactor.seconds()
             for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
@@ -280,6 +280,16 @@ class ReplicationService:
             # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+
+    def _leader_heard(self, c: FailoverCore) -> bool:
+        """Whether ``c``'s leader is this node, or a node that beats and is
+        not silent: its silence is then counted per node (a node silent past
+        the beat timeout fails over all it leads in :meth:`tick`), and the
+        core fails over only a partition stuck on it (``FailoverCore.tick``)."""
+        lead = c.leader
+        if lead is None:
+            return False
+        return lead == self.node_id or (self.liveness.beats(lead) and not self.liveness.is_silent(lead))
 
     def _tick_as_before(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
         """What the release before ``node-beat`` ticks: every leader replica
