@@ -97,7 +97,8 @@ def _controller(partitions: int) -> tuple[ReplicationService, task.Clock, list[t
     def send(dst: str, kind: Any, payload: bytes) -> None:
         sent.append((dst, payload))
 
-    svc = ReplicationService("a", SimpleNamespace(handlers={}, send=send), clock)
+    channel: Any = SimpleNamespace(handlers={}, send=send)
+    svc = ReplicationService("a", channel, clock)
     svc.controller_of = lambda: "a"
     for i in range(partitions):
         svc.controllers[(f"t{i:05d}", 0)] = new_leader()
