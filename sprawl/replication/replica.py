@@ -478,6 +478,15 @@ class Replica:
 
     def _on_assign(self, src: str, m: Assign) -> Output:
         if m.epoch < self.fenced_epoch:
+            if m.leader == self.id:
+                # Named leader of an epoch this replica has since promised
+                # away (a move's fence whose choice was never committed: the
+                # controller that fenced lost its Raft leadership): it will
+                # never lead that epoch again, and the asker -- a new
+                # controller confirming the leaders it inherited -- would
+                # otherwise wait for a word that never comes.  Say so: the
+                # controller moves to a new epoch.
+                return Output(messages=[(src, Resign(m.epoch))])
             return Output()
         if m.leader == self.id:
             if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so, to the asker
