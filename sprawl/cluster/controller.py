@@ -751,12 +751,14 @@ class PartitionController:
         )
         self._committing = True
         self.batch_proposals += 1
+        self.service.timeline.mark("proposed", self.reactor.seconds(), len(batch))
         try:
             d: defer.Deferred[dict[str, Any]] = self.control.propose({"op": "set_partitions", "items": items})
         except SprawlError as e:
             d = defer.fail(e)
 
         def answered(result: dict[str, Any]) -> None:
+            self.service.timeline.mark("committed", self.reactor.seconds(), len(batch))
             results = result.get("results")
             if not isinstance(results, list) or len(results) != len(batch):
                 results = [result] * len(batch)  # the whole command refused: each item hears why

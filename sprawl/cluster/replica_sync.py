@@ -171,7 +171,10 @@ class ReplicaSync:
                 self.service.add(r)
             if epoch > self._assigned.get(key, 0):
                 self._assigned[key] = epoch
+                was_leader = r.core.is_leader
                 r.receive(self.control.leader_name or leader, Assign(epoch, leader, tuple(reps)), [])
+                self.service.timeline.mark("applied", self.service.reactor.seconds())
+                self.service.assigned(key, r, was_leader)  # (the failover timeline)
             c = self.service.controllers.get(key)
             if c is not None:
                 sync_core(c, pl)

@@ -65,6 +65,7 @@ from sprawl.replication.messages import (
     encode,
 )
 from sprawl.replication.partition import PartitionReplication
+from sprawl.replication.timeline import PhaseTimeline
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -170,6 +171,12 @@ class ReplicationService:
         #: Times the hops of replicated publishes (``quorum`` on a leader, ``visible``
         #: on a follower; the node's metrics), given to every replica added.
         self.on_hop: Callable[[str, float], None] | None = None
+        #: When each phase of a failover happened here (logged as ``timeline:``
+        #: lines, at most one per phase a second; benchmarks.failover_timeline).
+        self.timeline = PhaseTimeline()
+        #: New leaders here -> the log end their followers must hold (the
+        #: epoch's control record) for the ``followers_hold`` phase.
+        self._new_leads: dict[tuple[str, int], int] = {}
 
     def start(self) -> None:
         """Start ticking."""
@@ -280,6 +287,40 @@ class ReplicationService:
             # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+        if self._new_leads:
+            self._check_new_leads(now)
+        for phase, p in self.timeline.due(now):
+            log.info(
+                "timeline: {phase} first={first:.3f} last={last:.3f} n={n}",
+                phase=phase,
+                first=p.first,
+                last=p.last,
+                n=p.n,
+            )
+
+    def assigned(self, key: tuple[str, int], r: PartitionReplication, was_leader: bool) -> None:
+        """The replica of ``key`` here heard an Assign (from the controller or
+        this node's apply of the metadata): one more for the timeline, and a
+        new leader's followers are watched until they hold its control record."""
+        now = self.reactor.seconds()
+        self.timeline.mark("assign_heard", now)
+        if r.core.is_leader and not was_leader:
+            self.timeline.mark("leading", now)
+            self._new_leads[key] = r.core.cache.end
+
+    def _check_new_leads(self, now: float) -> None:
+        """New leaders whose high watermark covers their control record: their
+        followers hold it (a publish can be acked), the ``followers_hold`` phase."""
+        held = 0
+        for key, end in list(self._new_leads.items()):
+            r = self.replicas.get(key)
+            if r is None or not r.core.is_leader:
+                del self._new_leads[key]
+            elif r.core.hw >= end:
+                del self._new_leads[key]
+                held += 1
+        if held:
+            self.timeline.mark("followers_hold", now, held)
 
     def _leader_heard(self, c: FailoverCore) -> bool:
         """Whether ``c``'s leader is this node, or a node that beats and is
@@ -373,6 +414,11 @@ class ReplicationService:
         ]
         if why == "nothing heard from it":
             self.node_dead(node)  # (its replicas hear it on the Assigns that follow)
+        self.timeline.mark(
+            "found_silent" if why == "nothing heard from it" else "found_restarted",
+            self.reactor.seconds(),
+            len(lost),
+        )
         if lost:
             log.info(
                 "replication: {why}, failing over the {n} partitions {node} leads",
@@ -463,18 +509,28 @@ class ReplicationService:
                 return
         if isinstance(m, Fence | Assign | Handoff):
             self._last_controller = peer  # (accepted: from a Raft voter, in a cluster)
+            if isinstance(m, Fence):
+                self.timeline.mark("fence_heard", self.reactor.seconds())
         if isinstance(m, Assign):
             for n in m.down:
                 self.node_dead(n)
         c = self.controllers.get(key)
         if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady | Resign):
+            confirmed = c.leader_confirmed
             self.run_control(key, c.receive(peer, m))
+            if isinstance(m, FenceResp):
+                self.timeline.mark("fence_answered", self.reactor.seconds())
+            elif c.leader_confirmed and not confirmed:
+                self.timeline.mark("leader_confirmed", self.reactor.seconds())
             return
         r = self.replicas.get(key)
         if r is None:
             self.dropped += 1
             return
+        was_leader = r.core.is_leader
         r.receive(peer, m, [unpack_record(t, env.partition) for t in env.records])
+        if isinstance(m, Assign):
+            self.assigned(key, r, was_leader)
 
     def run_control(self, key: tuple[str, int], out: ControlOutput) -> None:
         """Carry out what a partition's failover core decided: send its messages,
@@ -483,6 +539,8 @@ class ReplicationService:
         for dst, m in out.messages:
             if self.liveness.is_silent(dst):
                 continue  # a silent node hears nothing (a restart of it reads the metadata)
+            if isinstance(m, Fence):
+                self.timeline.mark("fence_sent", self.reactor.seconds())
             if isinstance(m, Assign) and not m.down:
                 down = tuple(r for r in m.replicas if r in self.dead)
                 if down:
@@ -491,8 +549,10 @@ class ReplicationService:
         self.wake_control(key)
         if out.commit is not None:
             c = self.controllers[key]
+            self.timeline.mark("choice", self.reactor.seconds())
 
             def committed(_: object) -> None:
+                self.timeline.mark("choice_committed", self.reactor.seconds())
                 self.run_control(key, c.committed(True))
 
             def failed(f: Failure) -> None:
