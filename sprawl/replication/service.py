@@ -44,7 +44,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.interfaces import Clock, ReplicaStore
+from sprawl.interfaces import Clock, Delayed, ReplicaStore
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.envelope import Envelope, unpack_record
 from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
@@ -64,7 +64,7 @@ from sprawl.replication.messages import (
     decode,
     encode,
 )
-from sprawl.replication.partition import PartitionReplication
+from sprawl.replication.partition import PartitionReplication, take_fences
 from sprawl.replication.timeline import PhaseTimeline
 
 if TYPE_CHECKING:
@@ -177,6 +177,13 @@ class ReplicationService:
         #: New leaders here -> the log end their followers must hold (the
         #: epoch's control record) for the ``followers_hold`` phase.
         self._new_leads: dict[tuple[str, int], int] = {}
+        #: Fences heard this reactor turn, taken together at its end (:meth:`_take_fences`).
+        self._fences: list[tuple[tuple[str, int], PartitionReplication, str, Fence]] = []
+        self._fence_keys: set[tuple[str, int]] = set()
+        self._fence_call: Delayed | None = None
+        #: Fences taken in a batch so far, and the batches (tests count them).
+        self.fences_batched = 0
+        self.fence_batches = 0
 
     def start(self) -> None:
         """Start ticking."""
@@ -495,6 +502,8 @@ class ReplicationService:
             self.heard(peer, m.boot)  # about the node, no partition's
             return
         key = (env.topic, env.partition)
+        if key in self._fence_keys:
+            self._take_fences()  # the partition's fence first: its messages stay in order
         if peer != self.node_id:
             if isinstance(m, Append):
                 why = append_flaw(m, [t[0] for t in env.records])
@@ -527,10 +536,31 @@ class ReplicationService:
         if r is None:
             self.dropped += 1
             return
+        if isinstance(m, Fence):
+            # Taken with the turn's other fences (a dead node's thousands of
+            # partitions are fenced at once): one write for all their promises.
+            self._fences.append((key, r, peer, m))
+            self._fence_keys.add(key)
+            if self._fence_call is None:
+                self._fence_call = self.reactor.callLater(0, self._take_fences)
+            return
         was_leader = r.core.is_leader
         r.receive(peer, m, [unpack_record(t, env.partition) for t in env.records])
         if isinstance(m, Assign):
             self.assigned(key, r, was_leader)
+
+    def _take_fences(self) -> None:
+        """Take the fences heard this turn together (:func:`take_fences`):
+        their promises are durable in one write, then each is answered."""
+        call, self._fence_call = self._fence_call, None
+        if call is not None and call.active():
+            call.cancel()
+        fences, self._fences = self._fences, []
+        self._fence_keys.clear()
+        items = [(r, peer, m) for key, r, peer, m in fences if self.replicas.get(key) is r]
+        if items:
+            self.fence_batches += 1
+            self.fences_batched += take_fences(items)
 
     def run_control(self, key: tuple[str, int], out: ControlOutput) -> None:
         """Carry out what a partition's failover core decided: send its messages,

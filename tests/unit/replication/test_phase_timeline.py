@@ -5,7 +5,6 @@ the benchmark's merge of the nodes' lines (issue 23, failover23)."""
 from __future__ import annotations
 
 from benchmarks.failover_timeline import parse, table
-
 from sprawl.replication.timeline import REPORT_SECONDS, WAVE_GAP_SECONDS, PhaseTimeline
 
 
