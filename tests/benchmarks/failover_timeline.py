@@ -46,21 +46,20 @@ Phases = dict[tuple[str, str], tuple[float, float, int]]
 
 def parse(texts: dict[str, str], kill_at: float, window: float = 60.0) -> Phases:
     """The phases of each node's log text that began within ``window``
-    seconds after ``kill_at`` -- the first wave of each (a phase's later
-    lines of the same wave carry the same first mark and grow its last
-    mark and count)."""
-    out: Phases = {}
+    seconds after ``kill_at``.  A phase's lines of one wave carry the same
+    first mark (the last line holds its last mark and count); a phase quiet
+    for a while within the window starts a new wave, which is added (first
+    of the first wave, last of the last, the counts summed)."""
+    waves: dict[tuple[str, str, float], tuple[float, int]] = {}
     for node, text in texts.items():
         for m in LINE.finditer(text):
             first, last, n = float(m["first"]), float(m["last"]), int(m["n"])
-            if not kill_at - 0.5 <= first <= kill_at + window:
-                continue  # another failover's (or the cluster's start)
-            key = (node, m["phase"])
-            prev = out.get(key)
-            if prev is None:
-                out[key] = (first, last, n)
-            elif abs(first - prev[0]) < 1e-6:
-                out[key] = (first, max(prev[1], last), max(prev[2], n))
+            if kill_at - 0.5 <= first <= kill_at + window:
+                waves[(node, m["phase"], first)] = (last, n)  # a later line of the wave replaces it
+    out: Phases = {}
+    for (node, phase, first), (last, n) in sorted(waves.items()):
+        prev = out.get((node, phase))
+        out[(node, phase)] = (first, last, n) if prev is None else (prev[0], max(prev[1], last), prev[2] + n)
     return out
 
 

@@ -25,9 +25,7 @@ from sprawl.replication.replica import Output, Replica
 IDS = ("a", "b", "c")
 
 
-def _route(
-    replicas: dict[str, Replica], core: FailoverCore, ctrl: str, out: ControlOutput
-) -> ControlOutput:
+def _route(replicas: dict[str, Replica], core: FailoverCore, ctrl: str, out: ControlOutput) -> ControlOutput:
     """Deliver ``out``'s messages to the replicas and their answers to the
     core (the controller on node ``ctrl``) until nothing more is said;
     returns the last core output with a commit in it (or an empty one)."""
@@ -49,7 +47,7 @@ def _route(
 
 
 def _fenced_by_an_uncommitted_move() -> dict[str, Replica]:
-    """"a" leads epoch 1; the old controller (on "a") moved the leadership to
+    """ "a" leads epoch 1; the old controller (on "a") moved the leadership to
     "b": every replica promised epoch 2, and the choice was never committed."""
     replicas = {r: Replica(r, "a") for r in IDS}
     said: list[tuple[str, str, Message]] = []

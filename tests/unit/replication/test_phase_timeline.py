@@ -39,19 +39,22 @@ def test_a_phase_quiet_past_the_gap_starts_a_new_wave() -> None:
 
 def test_the_benchmark_merges_the_nodes_lines_after_the_kill() -> None:
     """Lines of phases that began before the kill are another failover's; a
-    phase's later lines of the same wave replace its earlier ones."""
+    phase's later lines of the same wave replace its earlier ones; waves
+    after the kill are added."""
     fmt = "2026-12-05T10:00:00+0000 [sprawl.replication.service#info] timeline: {} first={} last={} n={}\n"
     texts = {
         "n0": fmt.format("found_silent", 1002.0, 1002.0, 3700)
         + fmt.format("fence_sent", 1002.01, 1002.5, 7000)
         + fmt.format("fence_sent", 1002.01, 1002.9, 7400),
-        "n1": fmt.format("applied", 990.0, 990.5, 10000) + fmt.format("applied", 1004.0, 1004.2, 3700),
+        "n1": fmt.format("applied", 990.0, 990.5, 10000)
+        + fmt.format("applied", 1004.0, 1004.2, 3000)
+        + fmt.format("applied", 1008.0, 1008.5, 700),  # a second wave within the window: added
     }
     got = parse(texts, kill_at=1000.0)
     assert got == {
         ("n0", "found_silent"): (1002.0, 1002.0, 3700),
         ("n0", "fence_sent"): (1002.01, 1002.9, 7400),
-        ("n1", "applied"): (1004.0, 1004.2, 3700),
+        ("n1", "applied"): (1004.0, 1008.5, 3700),
     }
     lines = table(got, 1000.0).splitlines()
     assert lines[2] == "| found_silent | n0 | 2.00 | 2.00 | 3,700 |" and "applied" in lines[-1]
