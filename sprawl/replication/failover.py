@@ -291,8 +291,18 @@ class FailoverCore:
             self.leader = None
             return ControlOutput()
         self.fencing = None
+        heard = self.leader_confirmed and (self.epoch, self.leader) == (c.epoch, c.leader)
         self.epoch, self.leader = c.epoch, c.leader
         self.history[c.epoch] = c.leader
         self.silent_ticks = 0
+        if heard:
+            # The committed entry was applied here before the commit was
+            # answered (the adapter brought this core to it), and the new
+            # leader, which applied it too, already said it leads this epoch:
+            # the Assigns would only be answered again (issue 23: two frames
+            # and a confirmation per partition of a dead node's failover).
+            # Followers learn the epoch from their node's apply and from the
+            # leader's appends.
+            return ControlOutput()
         self.leader_confirmed = False
         return ControlOutput(messages=[(r, Assign(c.epoch, c.leader, c.replicas)) for r in c.replicas])
