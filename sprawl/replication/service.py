@@ -202,7 +202,7 @@ class ReplicationService:
         key = (replica.topic.name, replica.partition)
         self.replicas[key] = replica
         replica.wake = self._due.add
-        replica.changed = self.changed.add
+        replica.changed = self._changed
         self.changed.add(key)
         replica.on_failed = self.broken.add
         replica.core.dead = self.dead
@@ -294,8 +294,6 @@ class ReplicationService:
             # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
-        if self._new_leads:
-            self._check_new_leads(now)
         for phase, p in self.timeline.due(now):
             log.info(
                 "timeline: {phase} first={first:.3f} last={last:.3f} n={n}",
@@ -315,19 +313,22 @@ class ReplicationService:
             self.timeline.mark("leading", now)
             self._new_leads[key] = r.core.cache.end
 
-    def _check_new_leads(self, now: float) -> None:
-        """New leaders whose high watermark covers their control record: their
-        followers hold it (a publish can be acked), the ``followers_hold`` phase."""
-        held = 0
-        for key, end in list(self._new_leads.items()):
-            r = self.replicas.get(key)
-            if r is None or not r.core.is_leader:
-                del self._new_leads[key]
-            elif r.core.hw >= end:
-                del self._new_leads[key]
-                held += 1
-        if held:
-            self.timeline.mark("followers_hold", now, held)
+    def _changed(self, key: tuple[str, int]) -> None:
+        """A replica's core made an output (its role, a follower's position or
+        its high watermark may have moved): noted for the data plane; a new
+        leader whose high watermark now covers its control record -- its
+        followers hold it, a publish can be acked -- is the timeline's
+        ``followers_hold`` (looked at on its own outputs only, not per tick)."""
+        self.changed.add(key)
+        end = self._new_leads.get(key)
+        if end is None:
+            return
+        r = self.replicas.get(key)
+        if r is None or not r.core.is_leader:
+            del self._new_leads[key]
+        elif r.core.hw >= end:
+            del self._new_leads[key]
+            self.timeline.mark("followers_hold", self.reactor.seconds())
 
     def _leader_heard(self, c: FailoverCore) -> bool:
         """Whether ``c``'s leader is this node, or a node that beats and is
