@@ -84,6 +84,10 @@ class _Fencing:
     prefer: str | None = None
     #: Ticks since a majority answered while waiting for ``prefer``.
     waited: int = 0
+    #: The tick at which the replicas not yet answering are fenced again, and
+    #: the gap to the next time after it (doubling: see :meth:`FailoverCore.tick`).
+    retry_at: int = 0
+    gap: int = 0
 
 
 class FailoverCore:
@@ -160,7 +164,12 @@ class FailoverCore:
                 f.waited += 1  # only while waiting for the preferred replica
                 if f.waited > self.prefer_wait_ticks:
                     return self._choose(final=True)
-            if f.ticks % self.retry_ticks == 0:
+            if f.ticks >= f.retry_at:
+                # Fenced again after ``retry_ticks``, then after twice as long
+                # each time: an answer late because its node is busy (a dead
+                # node's thousands of fences at once, issue 23) is not chased
+                # with a fence -- a frame and an answer -- every few ticks.
+                f.retry_at, f.gap = f.ticks + 2 * f.gap, 2 * f.gap
                 out.messages.extend((r, Fence(f.epoch)) for r in self.replicas if r not in f.answers)
             if f.ticks > self.beat_timeout_ticks * 3:
                 return self.start_failover(f.prefer)  # a majority stayed silent: try a later epoch
@@ -203,7 +212,10 @@ class FailoverCore:
         replica if it is as up to date as the best (see the module docstring)."""
         nxt = max(self.epoch, self.fencing.epoch if self.fencing else 0) + 1
         self.handing_off = None
-        self.fencing = _Fencing(nxt, prefer=prefer if prefer in self.replicas else None)
+        gap = max(1, self.retry_ticks)
+        self.fencing = _Fencing(
+            nxt, prefer=prefer if prefer in self.replicas else None, retry_at=gap, gap=gap
+        )
         self.leader_confirmed = False
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
 

@@ -77,3 +77,26 @@ def test_a_fence_behind_a_busy_chain_waits_its_turn() -> None:
     r.core = Replica("a", "ctrl")
     assert r.fence_ops("ctrl", Fence(2)) is None
     assert got == [("ctrl", Fence(2))] and r.core.fenced_epoch == 0  # the chain's turn, not the batch's
+
+
+def test_unanswered_fences_are_sent_again_with_doubling_gaps() -> None:
+    """A replica that does not answer is fenced again after ``retry_ticks``
+    (3), then 6 and 12 ticks later -- not every 3 ticks: a busy survivor's
+    late answers for thousands of partitions are not chased with a fence
+    each (a frame and an answer) every 0.3 s; the fencing still gives up
+    and starts a later epoch after ``3 * beat_timeout_ticks``."""
+    from sprawl.replication.failover import FailoverCore
+
+    c = FailoverCore(("a", "b", "c"), epoch=1, leader="a", beat_timeout_ticks=10)
+    c.start_failover()
+    c.receive("b", FenceResp(2, True, 1, 5))  # one answer: no majority yet
+    again = []
+    for tick in range(1, 31):
+        out = c.tick()
+        if any(isinstance(m, Fence) for _, m in out.messages):
+            assert sorted(d for d, _ in out.messages) == ["a", "c"]  # not b, which answered
+            again.append(tick)
+    assert again == [3, 9, 21]
+    assert c.fencing is not None and c.fencing.epoch == 2
+    out = c.tick()  # the 31st: past 3 beat timeouts
+    assert c.fencing is not None and c.fencing.epoch == 3
