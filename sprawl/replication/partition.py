@@ -259,6 +259,8 @@ class PartitionReplication:
             self.failed is not None
             or self._running
             or self._queued
+            or self._unsent
+            or self._sending
             or self._pending_cuts
             or self.topic.deleted
         ):
@@ -285,8 +287,7 @@ class PartitionReplication:
         for dst, m in answers:
             self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
         if self._queued and self.failed is None:
-            self._running = True
-            defer.ensureDeferred(self._drain()).addErrback(self._crashed)
+            self._drain()
 
     def tick(self) -> None:
         """Heartbeats and retransmission (leader), beats to the controller; a
