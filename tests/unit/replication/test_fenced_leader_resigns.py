@@ -102,3 +102,42 @@ def test_a_new_controller_moves_an_inherited_fenced_leader_at_once() -> None:
     for dst, m in core.committed(True).messages:
         replicas[dst].receive("b", m)
     assert replicas[committed.leader].is_leader and not replicas["a"].is_leader
+
+
+def test_a_leader_stepped_down_by_a_fenced_follower_resigns_and_the_partition_moves() -> None:
+    """After a restart mid-failover: "a" still leads epoch 1 (the fence of
+    epoch 2 never reached it, the choice was never committed), its followers
+    promised epoch 2 and refuse its appends.  It steps down and says so
+    (``Resign(1)``); the controller's core, confirmed and idle, fails over at
+    epoch 2 and commits a leader -- instead of a partition with no leader
+    whose followers ignore the placement's stale Assign and never ask."""
+    replicas = {r: Replica(r, "ctrl") for r in IDS}
+    for r in IDS:
+        replicas[r].receive("ctrl", Assign(1, "a", IDS))
+    for r in ("b", "c"):
+        replicas[r].receive("old", Fence(2))  # the uncommitted failover's fence
+    assert replicas["a"].is_leader and replicas["a"].epoch == 1
+    core = FailoverCore(IDS, epoch=1, leader="a")
+    core.leader_confirmed = True
+    assert core.idle
+    _first, out = replicas["a"].append(1)
+    refusal = replicas["b"].receive("a", out.messages[0][1]).messages
+    assert refusal and refusal[0][1].epoch == 2  # b refuses: it promised epoch 2
+    said = replicas["a"].receive("b", refusal[0][1])
+    assert not replicas["a"].is_leader and ("ctrl", Resign(1)) in said.messages
+    got = core.receive("a", Resign(1))
+    assert core.fencing is not None and core.fencing.epoch == 2
+    committed = _route(replicas, core, "ctrl", got).commit
+    assert committed is not None and committed.epoch == 2
+    for dst, m in core.committed(True).messages:
+        replicas[dst].receive("ctrl", m)
+    assert replicas[committed.leader].is_leader
+
+
+def test_a_leader_stepped_down_by_a_newer_epoch_resigns_an_epoch_the_controller_left() -> None:
+    """When the later epoch was committed (the controller moved on), the
+    Resign names an epoch the core no longer has: nothing happens."""
+    core = FailoverCore(IDS, epoch=3, leader="b")
+    core.leader_confirmed = True
+    out = core.receive("a", Resign(2))
+    assert out.messages == [] and out.commit is None and core.fencing is None
