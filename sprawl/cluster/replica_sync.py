@@ -45,10 +45,13 @@ def sync_core(c: FailoverCore, pl: dict[str, Any]) -> None:
     if epoch > c.epoch or (epoch == c.epoch and c.leader is None and c.committing is None):
         c.epoch, c.leader = epoch, str(pl["leader"])
         c.replicas = tuple(str(x) for x in pl["replicas"])
+        # Whatever confirmed the last leader does not confirm this one (also
+        # while a choice is committing: ``FailoverCore.committed`` skips the
+        # Assigns only when this leader said it leads this epoch).
+        c.leader_confirmed = False
         if c.committing is None:
             c.fencing = None
             c.silent_ticks = 0
-            c.leader_confirmed = False
 
 
 class ReplicaSync:
@@ -171,7 +174,10 @@ class ReplicaSync:
                 self.service.add(r)
             if epoch > self._assigned.get(key, 0):
                 self._assigned[key] = epoch
+                was_leader = r.core.is_leader
                 r.receive(self.control.leader_name or leader, Assign(epoch, leader, tuple(reps)), [])
+                self.service.timeline.mark("applied", self.service.reactor.seconds())
+                self.service.assigned(key, r, was_leader)  # (the failover timeline)
             c = self.service.controllers.get(key)
             if c is not None:
                 sync_core(c, pl)

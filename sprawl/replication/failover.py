@@ -84,6 +84,10 @@ class _Fencing:
     prefer: str | None = None
     #: Ticks since a majority answered while waiting for ``prefer``.
     waited: int = 0
+    #: The tick at which the replicas not yet answering are fenced again, and
+    #: the gap to the next time after it (doubling: see :meth:`FailoverCore.tick`).
+    retry_at: int = 0
+    gap: int = 0
 
 
 class FailoverCore:
@@ -99,6 +103,7 @@ class FailoverCore:
         retry_ticks: int = 3,
         prefer_wait_ticks: int = 6,
         handoff_ticks: int = 10,
+        stuck_ticks: int | None = None,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -108,6 +113,10 @@ class FailoverCore:
         self.retry_ticks = retry_ticks
         self.prefer_wait_ticks = prefer_wait_ticks
         self.handoff_ticks = handoff_ticks
+        #: Ticks without a word about this partition after which its leader
+        #: fails over though its node is heard (a partition stuck on a live
+        #: node); default ten beat timeouts.  See :meth:`tick`.
+        self.stuck_ticks = 10 * beat_timeout_ticks if stuck_ticks is None else stuck_ticks
         #: A move waiting for the leader's :class:`HandoffReady`: (target, ticks waited).
         self.handing_off: tuple[str, int] | None = None
         self.silent_ticks = 0
@@ -126,8 +135,17 @@ class FailoverCore:
         """Replicas needed for a quorum."""
         return len(self.replicas) // 2 + 1
 
-    def tick(self) -> ControlOutput:
-        """One tick: start or retry a failover, or repeat an unconfirmed assignment."""
+    def tick(self, leader_heard: bool = False) -> ControlOutput:
+        """One tick: start or retry a failover, or repeat an unconfirmed assignment.
+
+        ``leader_heard``: the adapter heard the leader's node lately (its
+        beats, its frames about other partitions).  Silence is then counted
+        per node: the leader is not silent however long this partition's own
+        word takes (a new leader busy with thousands of partitions answers
+        late), and fails over only after ``stuck_ticks`` ticks without it (a
+        partition stuck on a live node).  Without it (the node not heard, or
+        an older node that never beats) ``beat_timeout_ticks`` of this
+        partition's silence fail it over, as before."""
         out = ControlOutput()
         if self.committing is not None:
             return out
@@ -146,13 +164,19 @@ class FailoverCore:
                 f.waited += 1  # only while waiting for the preferred replica
                 if f.waited > self.prefer_wait_ticks:
                     return self._choose(final=True)
-            if f.ticks % self.retry_ticks == 0:
+            if f.ticks >= f.retry_at:
+                # Fenced again after ``retry_ticks``, then after twice as long
+                # each time: an answer late because its node is busy (a dead
+                # node's thousands of fences at once, issue 23) is not chased
+                # with a fence -- a frame and an answer -- every few ticks.
+                f.retry_at, f.gap = f.ticks + 2 * f.gap, 2 * f.gap
                 out.messages.extend((r, Fence(f.epoch)) for r in self.replicas if r not in f.answers)
             if f.ticks > self.beat_timeout_ticks * 3:
                 return self.start_failover(f.prefer)  # a majority stayed silent: try a later epoch
             return out
         self.silent_ticks += 1
-        if self.leader is None or self.silent_ticks > self.beat_timeout_ticks:
+        bound = self.stuck_ticks if leader_heard else self.beat_timeout_ticks
+        if self.leader is None or self.silent_ticks > bound:
             return self.start_failover()
         if not self.leader_confirmed and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks:
             # Every ``retry_ticks`` ticks, not every tick: a new controller
@@ -188,7 +212,10 @@ class FailoverCore:
         replica if it is as up to date as the best (see the module docstring)."""
         nxt = max(self.epoch, self.fencing.epoch if self.fencing else 0) + 1
         self.handing_off = None
-        self.fencing = _Fencing(nxt, prefer=prefer if prefer in self.replicas else None)
+        gap = max(1, self.retry_ticks)
+        self.fencing = _Fencing(
+            nxt, prefer=prefer if prefer in self.replicas else None, retry_at=gap, gap=gap
+        )
         self.leader_confirmed = False
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
 
@@ -276,8 +303,18 @@ class FailoverCore:
             self.leader = None
             return ControlOutput()
         self.fencing = None
+        heard = self.leader_confirmed and (self.epoch, self.leader) == (c.epoch, c.leader)
         self.epoch, self.leader = c.epoch, c.leader
         self.history[c.epoch] = c.leader
         self.silent_ticks = 0
+        if heard:
+            # The committed entry was applied here before the commit was
+            # answered (the adapter brought this core to it), and the new
+            # leader, which applied it too, already said it leads this epoch:
+            # the Assigns would only be answered again (issue 23: two frames
+            # and a confirmation per partition of a dead node's failover).
+            # Followers learn the epoch from their node's apply and from the
+            # leader's appends.
+            return ControlOutput()
         self.leader_confirmed = False
         return ControlOutput(messages=[(r, Assign(c.epoch, c.leader, c.replicas)) for r in c.replicas])

@@ -113,7 +113,8 @@ class HandoffReady(msgspec.Struct, frozen=True, tag=True):
 
 class Resign(msgspec.Struct, frozen=True, tag=True):
     """Replica → controller: assigned to lead ``epoch``, which it cannot (it
-    led that epoch before a restart or a rebuild of its replica): the
+    led that epoch before a restart or a rebuild of its replica, or it has
+    promised a later epoch since: a fence whose choice was never committed): the
     controller fails the partition over at once instead of waiting for
     silence (idle leaders do not beat per partition)."""
 

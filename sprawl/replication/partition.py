@@ -70,6 +70,7 @@ from sprawl.replication.envelope import Envelope, pack_record, record_bytes
 from sprawl.replication.messages import (
     Append,
     AppendResp,
+    Fence,
     encode,
     slice_append,
 )
@@ -184,6 +185,8 @@ class PartitionReplication:
         #: as answered (``f_ack``) and as sent in a high watermark per follower.
         self._marked_ack = 0
         self._marked_hw: dict[str, int] = {}
+        #: A batched fence's answer, sent once the batch is durable (:meth:`fence_ops`).
+        self._fence_answers: list[tuple[str, Any]] = []
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -243,6 +246,49 @@ class PartitionReplication:
             timeline.TIMELINE.mark("f_recv", records[0].offset, records[-1].offset + 1)
         self._handle(self.core.receive(src, message), records)
 
+    def fence_ops(self, src: str, message: Fence) -> list[tuple[Any, ...]] | None:
+        """Take the controller's fence as one of a batch (:func:`take_fences`):
+        the replica state ops that make its promise durable, to be written
+        with every other partition's of the batch in one write -- after which
+        :meth:`fence_written` sends the answer.  Meanwhile the chain counts as
+        running, so any later output waits behind the promise, as on the
+        chain.  None when the fence was taken the usual way instead (the
+        chain is at work, the topic is gone, or the fence needs more than a
+        promise)."""
+        if (
+            self.failed is not None
+            or self._running
+            or self._queued
+            or self._unsent
+            or self._sending
+            or self._pending_cuts
+            or self.topic.deleted
+        ):
+            self.receive(src, message, [])
+            return None
+        self._sync_log_start()
+        out = self.core.receive(src, message)
+        if not out.writes or not all(_promise_only(w) for w in out.writes):
+            self._handle(out, [])
+            return None
+        self._note_output(out)
+        self._running = True
+        self._fence_answers = out.messages
+        return self._state_ops()
+
+    def fence_written(self, failure: Failure | None = None) -> None:
+        """The batch holding this partition's fence is durable (or failed):
+        send the answer, then run whatever queued behind it."""
+        answers, self._fence_answers = self._fence_answers, []
+        self._running = False
+        if failure is not None:
+            self._crashed(failure)
+            return
+        for dst, m in answers:
+            self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+        if self._queued and self.failed is None:
+            self._drain()
+
     def tick(self) -> None:
         """Heartbeats and retransmission (leader), beats to the controller; a
         follower not caught up counts towards its next word to its leader
@@ -282,20 +328,7 @@ class PartitionReplication:
         role (which decides how the write finds its records and whether its
         messages may leave before the write is durable) and its high
         watermark (the partition shows it once the output's writes are made)."""
-        if self.wake is not None and not self.core.idle:
-            self.wake((self.topic.name, self.partition))
-        if self.changed is not None:
-            self.changed((self.topic.name, self.partition))
-        cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
-        if cuts:
-            self._pending_cuts += 1
-        if self._pending_cuts == 0:
-            # Nothing queued drops records the core already dropped, so the
-            # core's high watermark covers only records the log holds as the
-            # core does: publishes waiting for it are answered now, not after
-            # the watermark itself is written down (that is for restarts;
-            # it never makes a record committed).
-            self._advance_hw(self.core.hw)
+        cuts = self._note_output(out)
         if not out.writes and not out.messages:
             return
         if (
@@ -325,6 +358,26 @@ class PartitionReplication:
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
             self._drain()
+
+    def _note_output(self, out: Output) -> bool:
+        """What every core output does first: wake the ticks, note the change,
+        count a cut, show the core's high watermark when no cut is queued.
+        Returns whether ``out`` cuts records (a truncation or reset)."""
+        if self.wake is not None and not self.core.idle:
+            self.wake((self.topic.name, self.partition))
+        if self.changed is not None:
+            self.changed((self.topic.name, self.partition))
+        cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
+        if cuts:
+            self._pending_cuts += 1
+        if self._pending_cuts == 0:
+            # Nothing queued drops records the core already dropped, so the
+            # core's high watermark covers only records the log holds as the
+            # core does: publishes waiting for it are answered now, not after
+            # the watermark itself is written down (that is for restarts;
+            # it never makes a record committed).
+            self._advance_hw(self.core.hw)
+        return cuts
 
     def _crashed(self, f: Failure) -> None:
         if self.failed is not None:
@@ -731,6 +784,42 @@ def _plain_append(w: Write) -> bool:
         and w.fenced_epoch is None
         and w.led_epoch is None
     )
+
+
+def _promise_only(w: Write) -> bool:
+    """A write of the replica state alone (a fence's promise): no records, no cut."""
+    return w.count == 0 and w.truncate_to is None and not w.reset and not w.control
+
+
+def take_fences(items: list[tuple[PartitionReplication, str, Fence]]) -> int:
+    """The controller's fences for many partitions of this node, taken at once
+    (issue 23): each replica's core takes its fence, and the promises of all
+    of them are made durable in one write per store -- not an output chain
+    (a coroutine, a write and a gather) per partition, which was most of a
+    node's CPU for a dead node's thousands of fences -- then each answer is
+    sent.  A replica whose chain is at work takes its fence on the chain, in
+    order.  Returns the fences batched."""
+    by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
+    for r, src, m in items:
+        ops = r.fence_ops(src, m)
+        if ops is None:
+            continue
+        store = r.broker.store
+        _, all_ops, rs = by_store.setdefault(id(store), (store, [], []))
+        all_ops.extend(ops)
+        rs.append(r)
+    for store, all_ops, rs in by_store.values():
+
+        def written(_: object, rs: list[PartitionReplication] = rs) -> None:
+            for r in rs:
+                r.fence_written()
+
+        def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
+            for r in rs:
+                r.fence_written(f)
+
+        store.write(all_ops).addCallbacks(written, failed)
+    return sum(len(rs) for _, _, rs in by_store.values())
 
 
 def _hw_only(w: Write) -> bool:

@@ -279,7 +279,19 @@ class Replica:
     def _on_append_resp(self, src: str, m: AppendResp) -> Output:
         out = Output()
         if m.epoch > self.epoch:
-            return self._step_down(m.epoch)
+            # A follower promised a later epoch: this leader steps down.  Say
+            # so to the controller (``Resign`` of the epoch it led): when that
+            # later epoch was a fence whose choice was never committed (the
+            # controller changed, or the cluster restarted, mid-failover), the
+            # placement still names this node, its core is confirmed and idle,
+            # and without a word the partition would have no leader at all --
+            # its followers, fenced past the placement's epoch, ignore its
+            # Assign (issue 23: replicas stuck "catching up" after a restart).
+            # A controller that has moved on ignores it.
+            led = self.epoch
+            out = self._step_down(m.epoch)
+            out.messages.append((self.controller, Resign(led)))
+            return out
         f = self.followers.get(src)
         if f is None:
             return out
@@ -478,6 +490,15 @@ class Replica:
 
     def _on_assign(self, src: str, m: Assign) -> Output:
         if m.epoch < self.fenced_epoch:
+            if m.leader == self.id:
+                # Named leader of an epoch this replica has since promised
+                # away (a move's fence whose choice was never committed: the
+                # controller that fenced lost its Raft leadership): it will
+                # never lead that epoch again, and the asker -- a new
+                # controller confirming the leaders it inherited -- would
+                # otherwise wait for a word that never comes.  Say so: the
+                # controller moves to a new epoch.
+                return Output(messages=[(src, Resign(m.epoch))])
             return Output()
         if m.leader == self.id:
             if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so, to the asker

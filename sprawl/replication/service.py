@@ -44,7 +44,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.interfaces import Clock, ReplicaStore
+from sprawl.interfaces import Clock, Delayed, ReplicaStore
 from sprawl.peer.frames import REPLICATION
 from sprawl.replication.envelope import Envelope, unpack_record
 from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
@@ -64,7 +64,8 @@ from sprawl.replication.messages import (
     decode,
     encode,
 )
-from sprawl.replication.partition import PartitionReplication
+from sprawl.replication.partition import PartitionReplication, take_fences
+from sprawl.replication.timeline import PhaseTimeline
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -170,6 +171,19 @@ class ReplicationService:
         #: Times the hops of replicated publishes (``quorum`` on a leader, ``visible``
         #: on a follower; the node's metrics), given to every replica added.
         self.on_hop: Callable[[str, float], None] | None = None
+        #: When each phase of a failover happened here (logged as ``timeline:``
+        #: lines, at most one per phase a second; benchmarks.failover_timeline).
+        self.timeline = PhaseTimeline()
+        #: New leaders here -> the log end their followers must hold (the
+        #: epoch's control record) for the ``followers_hold`` phase.
+        self._new_leads: dict[tuple[str, int], int] = {}
+        #: Fences heard this reactor turn, taken together at its end (:meth:`_take_fences`).
+        self._fences: list[tuple[tuple[str, int], PartitionReplication, str, Fence]] = []
+        self._fence_keys: set[tuple[str, int]] = set()
+        self._fence_call: Delayed | None = None
+        #: Fences taken in a batch so far, and the batches (tests count them).
+        self.fences_batched = 0
+        self.fence_batches = 0
 
     def start(self) -> None:
         """Start ticking."""
@@ -188,7 +202,7 @@ class ReplicationService:
         key = (replica.topic.name, replica.partition)
         self.replicas[key] = replica
         replica.wake = self._due.add
-        replica.changed = self.changed.add
+        replica.changed = self._changed
         self.changed.add(key)
         replica.on_failed = self.broken.add
         replica.core.dead = self.dead
@@ -262,7 +276,7 @@ class ReplicationService:
             if key in done_c:
                 continue  # ticked already
             self.ticked += 1
-            self.run_control(key, c.tick())
+            self.run_control(key, c.tick(self._leader_heard(c)))
         if self.controllers and judge:
             now = self.reactor.seconds()
             for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
@@ -280,6 +294,51 @@ class ReplicationService:
             # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+        for phase, p in self.timeline.due(now):
+            log.info(
+                "timeline: {phase} first={first:.3f} last={last:.3f} n={n}",
+                phase=phase,
+                first=p.first,
+                last=p.last,
+                n=p.n,
+            )
+
+    def assigned(self, key: tuple[str, int], r: PartitionReplication, was_leader: bool) -> None:
+        """The replica of ``key`` here heard an Assign (from the controller or
+        this node's apply of the metadata): one more for the timeline, and a
+        new leader's followers are watched until they hold its control record."""
+        now = self.reactor.seconds()
+        self.timeline.mark("assign_heard", now)
+        if r.core.is_leader and not was_leader:
+            self.timeline.mark("leading", now)
+            self._new_leads[key] = r.core.cache.end
+
+    def _changed(self, key: tuple[str, int]) -> None:
+        """A replica's core made an output (its role, a follower's position or
+        its high watermark may have moved): noted for the data plane; a new
+        leader whose high watermark now covers its control record -- its
+        followers hold it, a publish can be acked -- is the timeline's
+        ``followers_hold`` (looked at on its own outputs only, not per tick)."""
+        self.changed.add(key)
+        end = self._new_leads.get(key)
+        if end is None:
+            return
+        r = self.replicas.get(key)
+        if r is None or not r.core.is_leader:
+            del self._new_leads[key]
+        elif r.core.hw >= end:
+            del self._new_leads[key]
+            self.timeline.mark("followers_hold", self.reactor.seconds())
+
+    def _leader_heard(self, c: FailoverCore) -> bool:
+        """Whether ``c``'s leader is this node, or a node that beats and is
+        not silent: its silence is then counted per node (a node silent past
+        the beat timeout fails over all it leads in :meth:`tick`), and the
+        core fails over only a partition stuck on it (``FailoverCore.tick``)."""
+        lead = c.leader
+        if lead is None:
+            return False
+        return lead == self.node_id or (self.liveness.beats(lead) and not self.liveness.is_silent(lead))
 
     def _tick_as_before(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
         """What the release before ``node-beat`` ticks: every leader replica
@@ -363,6 +422,11 @@ class ReplicationService:
         ]
         if why == "nothing heard from it":
             self.node_dead(node)  # (its replicas hear it on the Assigns that follow)
+        self.timeline.mark(
+            "found_silent" if why == "nothing heard from it" else "found_restarted",
+            self.reactor.seconds(),
+            len(lost),
+        )
         if lost:
             log.info(
                 "replication: {why}, failing over the {n} partitions {node} leads",
@@ -439,6 +503,8 @@ class ReplicationService:
             self.heard(peer, m.boot)  # about the node, no partition's
             return
         key = (env.topic, env.partition)
+        if key in self._fence_keys:
+            self._take_fences()  # the partition's fence first: its messages stay in order
         if peer != self.node_id:
             if isinstance(m, Append):
                 why = append_flaw(m, [t[0] for t in env.records])
@@ -453,18 +519,49 @@ class ReplicationService:
                 return
         if isinstance(m, Fence | Assign | Handoff):
             self._last_controller = peer  # (accepted: from a Raft voter, in a cluster)
+            if isinstance(m, Fence):
+                self.timeline.mark("fence_heard", self.reactor.seconds())
         if isinstance(m, Assign):
             for n in m.down:
                 self.node_dead(n)
         c = self.controllers.get(key)
         if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady | Resign):
+            confirmed = c.leader_confirmed
             self.run_control(key, c.receive(peer, m))
+            if isinstance(m, FenceResp):
+                self.timeline.mark("fence_answered", self.reactor.seconds())
+            elif c.leader_confirmed and not confirmed:
+                self.timeline.mark("leader_confirmed", self.reactor.seconds())
             return
         r = self.replicas.get(key)
         if r is None:
             self.dropped += 1
             return
+        if isinstance(m, Fence):
+            # Taken with the turn's other fences (a dead node's thousands of
+            # partitions are fenced at once): one write for all their promises.
+            self._fences.append((key, r, peer, m))
+            self._fence_keys.add(key)
+            if self._fence_call is None:
+                self._fence_call = self.reactor.callLater(0, self._take_fences)
+            return
+        was_leader = r.core.is_leader
         r.receive(peer, m, [unpack_record(t, env.partition) for t in env.records])
+        if isinstance(m, Assign):
+            self.assigned(key, r, was_leader)
+
+    def _take_fences(self) -> None:
+        """Take the fences heard this turn together (:func:`take_fences`):
+        their promises are durable in one write, then each is answered."""
+        call, self._fence_call = self._fence_call, None
+        if call is not None and call.active():
+            call.cancel()
+        fences, self._fences = self._fences, []
+        self._fence_keys.clear()
+        items = [(r, peer, m) for key, r, peer, m in fences if self.replicas.get(key) is r]
+        if items:
+            self.fence_batches += 1
+            self.fences_batched += take_fences(items)
 
     def run_control(self, key: tuple[str, int], out: ControlOutput) -> None:
         """Carry out what a partition's failover core decided: send its messages,
@@ -473,6 +570,8 @@ class ReplicationService:
         for dst, m in out.messages:
             if self.liveness.is_silent(dst):
                 continue  # a silent node hears nothing (a restart of it reads the metadata)
+            if isinstance(m, Fence):
+                self.timeline.mark("fence_sent", self.reactor.seconds())
             if isinstance(m, Assign) and not m.down:
                 down = tuple(r for r in m.replicas if r in self.dead)
                 if down:
@@ -481,8 +580,10 @@ class ReplicationService:
         self.wake_control(key)
         if out.commit is not None:
             c = self.controllers[key]
+            self.timeline.mark("choice", self.reactor.seconds())
 
             def committed(_: object) -> None:
+                self.timeline.mark("choice_committed", self.reactor.seconds())
                 self.run_control(key, c.committed(True))
 
             def failed(f: Failure) -> None:

@@ -74,6 +74,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.failover_timeline import parse as timeline_parse
+from benchmarks.failover_timeline import table as timeline_table
 from benchmarks.plots import panel_curves
 from harness import NodeCluster, poll_until
 
@@ -286,6 +288,7 @@ def failover(cluster: NodeCluster, conn: Conn, rf: int, a: argparse.Namespace) -
     probe = rng.choice(led)
     raft_before = raft_of(cluster, survivors)
     t0 = time.monotonic()
+    kill_at = time.time()  # (the nodes' timeline lines are in time.time())
     cluster.kill(victim)
     seen: dict[str, float] = {}
     tries: list[tuple[float, float, int]] = []  # (sent at, answered at, status) of each probe publish
@@ -321,8 +324,13 @@ def failover(cluster: NodeCluster, conn: Conn, rf: int, a: argparse.Namespace) -
         "failover_raft_kept": all(raft_after[n] == raft_before[n] for n in survivors),
         "failover_raft": {"before": raft_before, "after": raft_after},
         "failover_load": os.getloadavg()[0],
+        "failover_kill_at": kill_at,
     }
     print(json.dumps({"failover": row}), flush=True)
+    # Each node logs its phases at most once a second: wait for the last lines.
+    time.sleep(1.5)
+    texts = {n: cluster.nodes[n].log_text() for n in survivors}
+    print(timeline_table(timeline_parse(texts, kill_at, elapsed + 5), kill_at), flush=True)
     cluster.restart(victim)
     return row
 

@@ -38,20 +38,25 @@ async def _fail_over(path: Path, partitions: int) -> tuple[dict[str, float], dic
 @pytest_twisted.ensureDeferred
 async def test_a_failover_costs_the_same_frames_per_partition_and_few_commits(tmp_path: Path) -> None:
     """Each partition of a failover costs its survivors the same frames with
-    100 partitions as with 1,000 -- the fence and its answer, one assignment
-    and the new leader's control record, the answer to it and the follower
+    100 partitions as with 1,000 -- the fence and its answer, at most one
+    assignment and the new leader's control record, the answer to it and the follower
     learning the high watermark -- and no more (no second assignment
     answered, no append sent twice); the LMDB commits grow with the reactor
     turns the apply is cut into (200 topics each), not with the partitions."""
     small, small_commits, small_turns = await _fail_over(tmp_path / "small", 100)
     big, big_commits, big_turns = await _fail_over(tmp_path / "big", 1_000)
+    # The controller's word once the choice is committed (c applies the same
+    # entry itself; the dead node b: a real controller skips it, silent) goes
+    # only to partitions whose new leader has not yet said it leads by then
+    # (``FailoverCore.committed``): at most one each, how many is a timing.
+    for frames in (small, big):
+        for kind in ("a>b Assign", "a>c Assign"):
+            assert frames.pop(kind, 0.0) <= 1.0
     assert small == big
     assert big == {
-        "a>b Assign": 1.0,  # (the dead node: a real controller skips it, silent)
         "a>b Fence": 1.0,
         "a>c Fence": 1.0,
         "c>a FenceResp": 1.0,
-        "a>c Assign": 1.0,  # the controller's word (c applies the same entry itself)
         "a>c Append": 2.0,  # the control record; then the high watermark covering it
         "c>a AppendResp": 2.0,
     }
