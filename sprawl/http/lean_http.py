@@ -23,7 +23,8 @@ method or path) is twisted.web's own.  It takes a request only when:
   stands elsewhere in them;
 * at most :data:`MAX_HEADERS` headers, each ``token ":" value`` with no leading
   whitespace (no obsolete line folding), at most one ``Content-Length`` (digits only),
-  no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``;
+  no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``; a ``Content-Length`` of at
+  most :data:`MAX_LENGTH_DIGITS` digits;
 * its whole body (``Content-Length`` bytes, none without it) is in the same read.
 
 Pure: no I/O, no Twisted; fuzzed against twisted.web's parser (tests/unit/http/test_lean_http.py).
@@ -39,6 +40,9 @@ from typing import NamedTuple
 MAX_HEAD = 8192
 #: Headers at most (twisted.web allows 500).
 MAX_HEADERS = 100
+#: Digits of a ``Content-Length`` at most: a longer one (no body that size fits a read,
+#: and past 4,300 digits ``int()`` refuses it) goes to twisted.web, which answers 400.
+MAX_LENGTH_DIGITS = 18
 
 _STARTS = (b"POST /v1/topics/", b"GET /v1/topics/")
 # twisted.web's request-target check: every byte in 33..176.
@@ -90,7 +94,7 @@ def parse_hot(data: bytes) -> HotRequest | None:
         value = value.strip(b" \t")
         low = name.lower()
         if low == b"content-length":
-            if length >= 0 or not value.isdigit():
+            if length >= 0 or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
                 return None
             length = int(value)
         elif low in _REFUSED:

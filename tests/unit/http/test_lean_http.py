@@ -242,6 +242,16 @@ def test_the_parser_never_crashes_and_stays_in_its_bounds(data: bytes) -> None:
         assert len(found.headers) <= lean_http.MAX_HEADERS
 
 
+def test_a_content_length_of_thousands_of_digits_is_left_to_twisted_web() -> None:
+    """A ``Content-Length`` longer than ``int()`` converts (4,300 digits) or than any body a
+    read holds: ``parse_hot`` leaves it to twisted.web (it raised ValueError before, which
+    dropped the connection unanswered), which answers it as it would without the lean parse."""
+    for digits in (19, 5_000):
+        head = b"POST /v1/topics/t/messages HTTP/1.1\r\nContent-Length: " + b"9" * digits + b"\r\n\r\n"
+        assert parse_hot(head) is None
+        assert _serve([head], lean=True) == _serve([head], lean=False)
+
+
 def test_a_whole_hot_request_is_parsed_lean_and_the_rest_is_left_to_twisted() -> None:
     """A publish in one read is read by ``parse_hot`` (twisted.web's ``lineReceived`` never
     runs for it); a request in two reads, another route, HTTP/1.0, chunked or
