@@ -33,7 +33,7 @@ from sprawl.pubsub.housekeeping import Touched
 from sprawl.pubsub.links import ClusterLinks
 from sprawl.pubsub.names import NameIndex, check_topic_name
 from sprawl.pubsub.watchers import PartitionWatchers
-from sprawl.storage import keys
+from sprawl.storage import keys, timeline
 from sprawl.storage.integrity import Integrity
 from sprawl.storage.lmdb import LmdbStore, Op
 from sprawl.storage.remote_log import RemoteLog
@@ -218,6 +218,8 @@ class BrokerCore:
             return  # deleted (maybe recreated under the same name): not this topic's records
         for p, end in ends.items():
             lg = t.logs[p]
+            if timeline.TIMELINE is not None:
+                timeline.TIMELINE.mark("stored", lg.stored_end, end)
             if lg.stored(end):
                 self.notify(name, p)
             waiters = self._stored_waiters.get((name, p))

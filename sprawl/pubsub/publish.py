@@ -20,7 +20,7 @@ from sprawl.log.record import RECORD_OVERHEAD, Record
 from sprawl.log.spill import hard_limit
 from sprawl.pubsub.core import first_failure
 from sprawl.pubsub.memory import MemoryBudget
-from sprawl.storage import keys
+from sprawl.storage import keys, timeline
 from sprawl.storage.lmdb import Op
 from sprawl.topics import Topic
 
@@ -194,6 +194,9 @@ class Publishing(MemoryBudget):
                 for p, size in sizes.items():
                     backlog[(uid, p)] = backlog.get((uid, p), 0) + size
                 d = self.store.write(ops, nbytes)
+                if timeline.TIMELINE is not None:
+                    for recs in by_part.values():
+                        timeline.TIMELINE.mark("pub", recs[0].offset, recs[-1].offset + 1)
                 d.addBoth(self._release_backlog, uid, sizes)
                 d.addCallback(
                     self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid
