@@ -146,6 +146,7 @@ HOPS = [
     ("back -> stored (the commit's callbacks before it)", "back", "stored"),
     ("stored -> SSE event sent", "stored", "sse"),
     ("SSE event sent -> client read it", "sse", "delivered"),
+    ("committed -> SSE event sent (fsync to the bytes leaving)", "synced", "sse"),
     ("client sent -> answer read (round trip)", "sent", "answered"),
     ("client sent -> SSE read (end to end)", "sent", "delivered"),
 ]
