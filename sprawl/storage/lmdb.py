@@ -261,8 +261,6 @@ class LmdbStore:
             self.commits += 1
             self.committed_ops += len(ops)
             self.last_commit_seconds = self.reactor.seconds() - started
-            if self.on_commit is not None:
-                self.on_commit(self.last_commit_seconds, len(ops))
             if tl is not None and isinstance(result, list) and len(result) == 3:
                 began, body, synced = result
                 tl.commit(started, began, body, synced, self.reactor.seconds(), len(ops))
@@ -290,6 +288,9 @@ class LmdbStore:
             finally:
                 self._firing = False
                 self._run_after()
+            if self.on_commit is not None:
+                # (the metrics after the acks and the streams' events: off their path)
+                self.on_commit(self.last_commit_seconds, len(ops))
             if self._queue:
                 self._schedule()
             elif self._stopping is not None and not self._in_flight:
