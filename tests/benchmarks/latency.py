@@ -3,7 +3,7 @@
 
     python -m benchmarks.latency --url http://127.0.0.1:8080 --rate 1000 --seconds 20
 
-One process, one ``selectors`` loop, two keep-alive sockets: a publisher
+One process, one ``epoll`` loop, keep-alive sockets: a publisher
 sending one 100-byte message per request (``acks=leader``) at ``--rate`` and an
 SSE subscriber from ``latest``.  Each payload carries its send time
 (``time.time_ns``); latency is measured when the SSE frame arrives,
@@ -25,7 +25,7 @@ import argparse
 import json
 import re
 import resource
-import selectors
+import select
 import socket
 import time
 import urllib.parse
@@ -67,11 +67,14 @@ def main() -> None:
             raise SystemExit("stream closed")
         first += chunk
     pubs = [socket.create_connection((host, port)) for _ in range(a.connections)]
-    sel = selectors.DefaultSelector()
+    poller = select.epoll()
+    #: fd -> (socket, -1 for the subscriber or the publisher's index)
+    by_fd: dict[int, tuple[socket.socket, int]] = {}
     for i, s in enumerate([sub, *pubs]):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, i - 1)
+        poller.register(s.fileno(), select.EPOLLIN)
+        by_fd[s.fileno()] = (s, i - 1)
 
     n = int(a.rate * a.seconds)
     interval = 1.0 / a.rate
@@ -106,12 +109,13 @@ def main() -> None:
             sent += 1
             continue
         timeout = max(0.0, due - now) if sent < n else 0.5
-        for key, _ in sel.select(timeout):
-            data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+        for fd, _ in poller.poll(timeout):
+            sock, which = by_fd[fd]
+            data = sock.recv(1 << 20)
             if not data:
                 raise SystemExit("connection closed")
             t_recv = time.time_ns()
-            if key.data < 0:
+            if which < 0:
                 sub_buf += data
                 cut = sub_buf.rfind(b"\n\n")
                 if cut >= 0:
@@ -125,7 +129,7 @@ def main() -> None:
                             e2e.append((t_recv - int(m.group(1))) / 1e6)
                     sub_buf = sub_buf[cut + 2 :]
             else:
-                i = key.data
+                i = which
                 buf = pub_buf[i] + data
                 while True:
                     h = buf.find(b"\r\n\r\n")
