@@ -194,9 +194,12 @@ class Publishing(MemoryBudget):
                 for p, size in sizes.items():
                     backlog[(uid, p)] = backlog.get((uid, p), 0) + size
                 d = self.store.write(ops, nbytes)
-                if timeline.TIMELINE is not None:
+                tl = timeline.TIMELINE
+                if tl is not None:
                     for recs in by_part.values():
-                        timeline.TIMELINE.mark("pub", recs[0].offset, recs[-1].offset + 1)
+                        if timeline.READ_AT:
+                            tl.mark_at("read", timeline.READ_AT, recs[0].offset, recs[-1].offset + 1)
+                        tl.mark("pub", recs[0].offset, recs[-1].offset + 1)
                 d.addBoth(self._release_backlog, uid, sizes)
                 d.addCallback(
                     self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid

@@ -138,6 +138,8 @@ def stall_summary(report: Path, seconds: float) -> str:
 #: the node's timeline, ``submit`` ... ``back`` the LMDB group commit that held the offset.
 HOPS = [
     ("client sent -> node took it (wire, wake-up, parse, publish path)", "sent", "pub"),
+    ("client sent -> the node's channel read it (wire, the reactor's wake-up)", "sent", "read"),
+    ("read -> took it (parse, the publish path)", "read", "pub"),
     ("took it -> commit handed to the writer (the turn's end, group commit)", "pub", "submit"),
     ("handed -> the writer thread began it (wake-up, GIL)", "submit", "began"),
     ("began -> ops done", "began", "body"),
