@@ -154,7 +154,7 @@ HOPS = [
 ]
 
 
-def hop_table(base: Path, trace: Path) -> str:
+def hop_table(base: Path, trace: Path | None) -> str:
     """The per-hop table of one run: the client's trace merged with the node's timeline
     (``SPRAWL_TIMELINE``; files ``base.PID``) by offset, each sampled offset's commit found
     as the first one handed to the writer at or after the offset was taken."""
@@ -172,12 +172,16 @@ def hop_table(base: Path, trace: Path) -> str:
     commits.sort()
     starts = [c[0] for c in commits]
     rows: dict[str, list[float]] = collections.defaultdict(list)
-    for line in trace.read_text().splitlines():
+    # (a closed loop has no client trace: the node's own hops only)
+    lines = trace.read_text().splitlines() if trace is not None else [f"{o} 0 0 0" for o in sorted(events)]
+    for line in lines:
         off, sent, answered, delivered = (int(x) for x in line.split())
         ev = events.get(off)
         if ev is None or "pub" not in ev:
             continue
-        ev = dict(ev, sent=sent / 1e9, delivered=delivered / 1e9)
+        ev = dict(ev)
+        if sent:
+            ev.update(sent=sent / 1e9, delivered=delivered / 1e9)
         if answered:
             ev["answered"] = answered / 1e9
         i = bisect.bisect_left(starts, ev["pub"])
@@ -187,7 +191,7 @@ def hop_table(base: Path, trace: Path) -> str:
             if a in ev and b in ev:
                 rows[name].append((ev[b] - ev[a]) * 1000)
     out = [
-        f"per hop, ms ({len(rows.get(HOPS[-1][0], []))} sampled messages; commits {len(commits)}):",
+        f"per hop, ms ({max(map(len, rows.values()), default=0)} sampled messages; commits {len(commits)}):",
         "| hop | p50 | p90 | p99 | max |",
         "|---|---|---|---|---|",
     ]
@@ -426,6 +430,7 @@ def main() -> None:
             tl_base = Path(tmp) / "timeline"
             env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
             trace = Path(tmp) / "trace" if a.timeline and not a.closed else None
+            tracing = bool(a.timeline)
             node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg, env=env).start()
             try:
                 i0 = sum(cpu_seconds(node.proc.pid))
@@ -455,7 +460,7 @@ def main() -> None:
                 net = cpu - idle * took / messages * 1e6
             finally:
                 node.stop()
-            if trace is not None:
+            if tracing:
                 print(hop_table(tl_base, trace), flush=True)
         tag = " (under py-spy: not a figure)" if profile else ""
         print(
