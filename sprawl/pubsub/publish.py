@@ -193,13 +193,13 @@ class Publishing(MemoryBudget):
                 backlog = self.backlog
                 for p, size in sizes.items():
                     backlog[(uid, p)] = backlog.get((uid, p), 0) + size
-                d = self.store.write(ops, nbytes)
                 tl = timeline.TIMELINE
                 if tl is not None:
                     for recs in by_part.values():
                         if timeline.READ_AT:
                             tl.mark_at("read", timeline.READ_AT, recs[0].offset, recs[-1].offset + 1)
                         tl.mark("pub", recs[0].offset, recs[-1].offset + 1)
+                d = self.store.write(ops, nbytes)
                 d.addBoth(self._release_backlog, uid, sizes)
                 d.addCallback(
                     self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid
