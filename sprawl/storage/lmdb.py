@@ -5,8 +5,6 @@ Every write transaction runs start to finish on the single writer thread.
 Writes queued during one reactor turn (and while the previous commit is in
 flight) are committed together in one transaction, which LMDB fsyncs before
 the commit returns (``sync=True``); only then do the callers' Deferreds fire.
-(While writes come one at a time -- the last commit held one -- a write that
-finds the writer idle goes to it at once, not at the turn's end.)
 So when a publish is acked "stored in lmdb", it is on disk.
 
 A transaction holds whole writes (each :meth:`LmdbStore.write` is atomic)
@@ -117,8 +115,6 @@ class LmdbStore:
         self._pending_bytes = 0
         self._scheduled = False
         self._in_flight = False
-        #: Writes in the last commit (see :meth:`write`).
-        self._last_group = 0
         self._in_flight_bytes = 0
         self._stopping: Deferred[None] | None = None
         self.commits = 0
@@ -220,15 +216,7 @@ class LmdbStore:
         d: Deferred[None] = Deferred()
         self._queue.append((ops, d, nbytes, write_weight(ops, nbytes)))
         self._pending_bytes += nbytes
-        if self._last_group == 1 and not self._in_flight and not self._scheduled and len(self._queue) == 1:
-            # Writes come one at a time (the last commit held one): nothing of this
-            # turn to group it with is likely, so it goes to the writer thread now and
-            # the thread's wake-up overlaps the rest of the turn (issue 16).  A burst's
-            # first write goes alone and the rest group behind it; the commit after a
-            # group waits for its turn's end again.
-            self._flush()
-        else:
-            self._schedule()
+        self._schedule()
         return d
 
     def put_records(self, uid: int, partition: int, records: list[Record]) -> list[Op]:
@@ -261,7 +249,6 @@ class LmdbStore:
             nbytes += w_bytes
             weight += w_weight
         self._in_flight = True
-        self._last_group = len(waiters)
         self._in_flight_bytes = nbytes
         self._pending_bytes -= nbytes
         started = self.reactor.seconds()

@@ -119,29 +119,6 @@ async def test_group_commit_batches_one_turn(store: LmdbStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lone_write_goes_to_the_writer_at_once_only_after_a_lone_commit(store: LmdbStore) -> None:
-    """Writes grouped in one turn wait for the turn's end; once a commit held a single
-    write, the next write that finds the writer idle is handed to it at once (its
-    wake-up overlaps the rest of the turn, issue 16) and what follows in the same turn
-    groups behind it."""
-    first = [store.write(store.put_records(1, 0, recs(i, 1))) for i in range(2)]
-    assert not store._in_flight, "a turn's writes wait for its end"
-    await DeferredList(first, fireOnOneErrback=True)
-    await deferLater(the_reactor(), 0, lambda: None)  # out of the commit's callbacks
-    lone = store.write(store.put_records(1, 0, recs(2, 1)))
-    assert not store._in_flight, "the last commit held two writes: this one waits for the turn"
-    await lone
-    await deferLater(the_reactor(), 0, lambda: None)
-    commits = store.commits
-    at_once = store.write(store.put_records(1, 0, recs(3, 1)))
-    assert store._in_flight, "after a lone commit a lone write goes at once"
-    behind = [store.write(store.put_records(1, 0, recs(i, 1))) for i in range(4, 7)]
-    await DeferredList([at_once, *behind], fireOnOneErrback=True)
-    assert store.commits == commits + 2
-    assert len(store.read_records_sync(1, 0, 0, 100, 100)) == 7
-
-
-@pytest_twisted.ensureDeferred
 async def test_writes_during_a_commit_go_into_the_next_one(store: LmdbStore) -> None:
     """While a commit is in flight, new writes wait (unacked) and then commit together."""
     gate = Gate(store)
