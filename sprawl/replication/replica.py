@@ -177,6 +177,10 @@ class Replica:
         #: nothing yet); back to ``retry_ticks`` once an append or an Assign comes.
         self.ask_ticks = retry_ticks
         self.max_ask_ticks = max(retry_ticks, max_ask_ticks)
+        #: A follower with no leader, fenced past the placement: the leader
+        #: an ``Assign`` older than its promise named (see :meth:`_on_assign`).
+        #: Asked where a leader would be until one is heard.
+        self.placed_leader: str | None = None
         #: Whether a leader's every tick beats the controller for its partition
         #: (:class:`LeaderBeat`), as the release before node beats needs.  With
         #: node beats (the adapter clears it) the controller hears a leader's
@@ -211,8 +215,12 @@ class Replica:
         (:class:`NodeBeat`)."""
         if self.role != LEADER:
             # A follower waits for nothing, unless it has not caught up since
-            # it was built: then it asks its leader until an append answers.
-            return self.caught_up or self.leader is None or self.leader == self.id
+            # it was built: then it asks its leader (or, fenced past the
+            # placement with no leader, the leader the placement names) until
+            # an append answers.
+            if self.caught_up or self.leader == self.id:
+                return True
+            return self.leader is None and self.placed_leader is None
         if self.handoff is not None:
             return False
         end, hw, dead = self.cache.end, self.hw, self.dead
@@ -412,6 +420,7 @@ class Replica:
             out.extend(self._step_down(m.epoch))
         self.epoch = m.epoch
         self.leader = src
+        self.placed_leader = None
         self.role = FOLLOWER
         self.unheard_ticks = 0
         self.ask_ticks = self.retry_ticks
@@ -499,6 +508,24 @@ class Replica:
                 # otherwise wait for a word that never comes.  Say so: the
                 # controller moves to a new epoch.
                 return Output(messages=[(src, Resign(m.epoch))])
+            if self.leader is None:
+                # A follower fenced past the placement with no leader (the
+                # failover that fenced it was never committed): it can never
+                # follow the placement's leader of this older epoch, and that
+                # leader -- unfenced, idle, its followers holding its log --
+                # sends nothing, so nothing else would ever move (issue 23,
+                # stuck34: replicas "catching up" forever after a restart).
+                # Tell it where this replica stands, as to its append: it
+                # steps down and resigns, and the controller fails the
+                # partition over.  Said again on ticks while not caught up
+                # (the word may be lost); a leader of a later epoch takes it
+                # as any refusal.
+                self.placed_leader = m.leader
+                self.unheard_ticks = 0
+                self.ask_ticks = self.retry_ticks
+                return Output(
+                    messages=[(m.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))]
+                )
             return Output()
         if m.leader == self.id:
             if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so, to the asker
@@ -515,6 +542,7 @@ class Replica:
         out = self._step_down(m.epoch)
         self.epoch = m.epoch
         self.leader = m.leader
+        self.placed_leader = None
         self.replicas = tuple(m.replicas)
         self.unheard_ticks = 0
         self.ask_ticks = self.retry_ticks
@@ -567,12 +595,11 @@ class Replica:
                 # unanswered word doubles the wait for the next (the leader may
                 # lead nothing yet: a whole cluster restarting).
                 self.unheard_ticks += 1
-                if self.unheard_ticks >= self.ask_ticks and self.leader is not None:
+                ask = self.leader if self.leader is not None else self.placed_leader
+                if self.unheard_ticks >= self.ask_ticks and ask is not None:
                     self.unheard_ticks = 0
                     self.ask_ticks = min(2 * self.ask_ticks, self.max_ask_ticks)
-                    out.messages.append(
-                        (self.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))
-                    )
+                    out.messages.append((ask, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw)))
             return out
         if self.handoff is not None:
             to, left = self.handoff

@@ -1,0 +1,151 @@
+"""A follower fenced past the placement's epoch finds its leader again
+(stuck34: replicas "catching up" forever after a restart).
+
+The state idle23 saw in two of six restarts of a 10,000-topic data set:
+a failover fenced the followers at epoch 2 and its choice was never
+committed (the controller lost its Raft leadership), so the placement still
+names the old leader at epoch 1 -- which the fence never reached: it still
+leads epoch 1, its followers hold its whole log, so it is idle and sends
+nothing.  A follower that restarts then has promised epoch 2 and no leader;
+its node's apply hands it the placement's ``Assign(1, leader)``, older than
+its promise, which it dropped without a word: idle (no leader), never
+ticked, never asking, not caught up -- ``/readyz`` 503 for good.  Nothing
+else moves: the controller's core is confirmed and idle, the leader is
+heard (its node beats).
+
+Now such a follower tells the named leader where it stands (its promised
+epoch, its end), as it would answer that leader's append: the leader, unable
+to lead with it, steps down and resigns, and the controller fails the
+partition over at once -- every replica then hears the committed epoch's
+``Assign`` and follows its leader.  Until a leader is heard the follower
+asks again on its ticks, less often each time (the word may be lost on a
+connection not yet up after the restart); a caught-up follower that hears a
+stale ``Assign`` says so once and is not ticked for it (issue 23)."""
+
+from __future__ import annotations
+
+from sprawl.replication.failover import ControlOutput, FailoverCore
+from sprawl.replication.messages import Append, AppendResp, Assign, Fence, Message, Resign
+from sprawl.replication.replica import Replica
+
+IDS = ("a", "b", "c")
+CTRL = "ctrl"
+
+
+class _Net:
+    """Replicas and the controller's core; delivers messages in order."""
+
+    def __init__(self, replicas: dict[str, Replica], core: FailoverCore) -> None:
+        self.replicas = replicas
+        self.core = core
+        self.todo: list[tuple[str, str, Message]] = []
+        self.commits = 0
+
+    def said(self, src: str, messages: list[tuple[str, Message]]) -> None:
+        self.todo.extend((src, dst, m) for dst, m in messages)
+
+    def control(self, out: ControlOutput) -> None:
+        self.said(CTRL, out.messages)
+        if out.commit is not None:  # committed at once (the Raft proposal succeeds)
+            self.commits += 1
+            self.control(self.core.committed(True))
+
+    def settle(self) -> None:
+        for _ in range(1000):
+            if not self.todo:
+                return
+            src, dst, m = self.todo.pop(0)
+            if dst == CTRL:
+                self.control(self.core.receive(src, m))
+            else:
+                self.said(dst, self.replicas[dst].receive(src, m).messages)
+        raise AssertionError("the messages did not settle")
+
+
+def _stuck_after_restart() -> tuple[_Net, dict[str, Replica]]:
+    """``a`` leads epoch 1 and is idle; an uncommitted failover fenced ``b``
+    and ``c`` at epoch 2 (not ``a``); then ``b`` and ``c`` restarted from what
+    they stored (their log, the promise of epoch 2)."""
+    replicas = {r: Replica(r, CTRL) for r in IDS}
+    core = FailoverCore(IDS, epoch=1, leader="a")
+    net = _Net(replicas, core)
+    for r in IDS:
+        net.said(r, replicas[r].receive(CTRL, Assign(1, "a", IDS)).messages)
+    net.settle()
+    assert core.leader_confirmed and core.idle
+    assert replicas["a"].is_leader and replicas["a"].idle
+    assert all(r.end == 1 and r.hw == 1 for r in replicas.values())
+    for r in ("b", "c"):
+        replicas[r].receive("old-ctrl", Fence(2))  # the choice never committed
+    for r in ("b", "c"):  # restart: the stored log, epochs and promise
+        old = replicas[r]
+        replicas[r] = Replica(r, CTRL, cache=old.cache, fenced_epoch=old.fenced_epoch, hw=old.hw)
+    assert replicas["a"].is_leader and replicas["a"].epoch == 1
+    return net, replicas
+
+
+def test_a_restarted_follower_fenced_past_the_placement_follows_a_leader_again() -> None:
+    """Each restarted follower hears the placement's stale ``Assign(1, a)``
+    from its node's apply; the leader it names steps down and resigns, the
+    controller commits epoch 2, and both followers catch up -- without a
+    single tick."""
+    net, replicas = _stuck_after_restart()
+    for r in ("b", "c"):
+        net.said(r, replicas[r].receive(CTRL, Assign(1, "a", IDS)).messages)
+    net.settle()
+    assert net.commits == 1 and net.core.epoch == 2
+    leader = replicas[str(net.core.leader)]
+    assert leader.is_leader and leader.epoch == 2
+    for r in ("b", "c"):
+        assert replicas[r].caught_up and replicas[r].leader == net.core.leader
+        assert replicas[r].epoch == 2
+
+
+def test_a_lost_word_is_said_again_on_ticks_until_a_leader_is_heard() -> None:
+    """The word said on the stale Assign is lost (the restarted node's
+    connections are not up yet): the not-caught-up follower is not idle,
+    and its ticks say it again, within ``retry_ticks``, until the
+    failover's leader catches it up; then it is idle again."""
+    net, replicas = _stuck_after_restart()
+    b = replicas["b"]
+    lost = b.receive(CTRL, Assign(1, "a", IDS)).messages
+    assert lost and all(isinstance(m, AppendResp) and m.epoch == 2 for _, m in lost)
+    assert not b.idle  # it has a leader to ask: the placement's
+    ticks = 0
+    while not b.caught_up:
+        assert ticks < 10 * b.retry_ticks, f"b never caught up ({ticks} ticks)"
+        ticks += 1
+        net.said("b", b.tick().messages)
+        net.settle()
+    assert ticks == b.retry_ticks
+    assert net.commits == 1 and b.idle and b.leader == net.core.leader
+
+
+def test_a_caught_up_follower_says_it_once_and_is_not_ticked() -> None:
+    """A follower that caught up since it was built, fenced past the
+    placement (no restart), says where it stands on a stale Assign but
+    stays idle: no tick per idle partition (issue 23)."""
+    replicas = {r: Replica(r, CTRL) for r in IDS}
+    core = FailoverCore(IDS, epoch=1, leader="a")
+    net = _Net(replicas, core)
+    for r in IDS:
+        net.said(r, replicas[r].receive(CTRL, Assign(1, "a", IDS)).messages)
+    net.settle()
+    b = replicas["b"]
+    assert b.caught_up
+    b.receive("old-ctrl", Fence(2))
+    said = b.receive(CTRL, Assign(1, "a", IDS)).messages
+    assert said == [("a", AppendResp(2, False, b.end, b.hw))]
+    assert b.idle and b.tick().messages == []
+
+
+def test_a_stale_word_from_a_follower_changes_nothing_for_a_newer_leader() -> None:
+    """The follower's word reaches a leader of the promised epoch (or a
+    later one): it is the usual refusal (answered with an append: here the
+    one already on its way), and the leader keeps leading."""
+    a = Replica("a", CTRL)
+    first = a.receive(CTRL, Assign(2, "a", IDS)).messages
+    assert any(d == "b" and isinstance(m, Append) for d, m in first)
+    out = a.receive("b", AppendResp(2, False, 0, 0))
+    assert a.is_leader and a.epoch == 2
+    assert not any(isinstance(m, Resign) for _, m in out.messages)
