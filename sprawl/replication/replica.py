@@ -570,7 +570,16 @@ class Replica:
         if isinstance(m, Append):
             return self._on_append(src, m)
         if isinstance(m, AppendResp):
-            return self._on_append_resp(src, m) if self.role == LEADER else Output()
+            if self.role == LEADER:
+                return self._on_append_resp(src, m)
+            if self.leader is None and 0 < self.led_epoch < m.epoch:
+                # A follower fenced past the epoch this replica last led still
+                # takes it for the placement's leader (see :meth:`_on_assign`):
+                # the controller did not hear that it stepped down (its
+                # ``Resign`` was lost, or it was never said: a restart).  Say
+                # it again; a controller that moved on ignores it.
+                return Output(messages=[(self.controller, Resign(self.led_epoch))])
+            return Output()
         if isinstance(m, Fence):
             return self._on_fence(src, m)
         if isinstance(m, Assign):

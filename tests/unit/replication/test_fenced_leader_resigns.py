@@ -75,13 +75,14 @@ def _fenced_by_an_uncommitted_move() -> dict[str, Replica]:
 def test_a_fenced_leader_answers_a_stale_assign_with_resign() -> None:
     """The replica's side: named leader of an epoch it promised away, it
     resigns to the asker; a follower told of an old epoch tells the leader
-    named where it stands (stuck34), which, no longer leading, ignores it."""
+    named where it stands (stuck34), which, no longer leading, resigns the
+    epoch it led again to its controller."""
     replicas = _fenced_by_an_uncommitted_move()
     assert replicas["a"].receive("b", Assign(1, "a", IDS)).messages == [("b", Resign(1))]
     assert not replicas["a"].is_leader
     said = replicas["b"].receive("b", Assign(1, "a", IDS)).messages
     assert said == [("a", AppendResp(2, False, 1, 1))]
-    assert replicas["a"].receive("b", said[0][1]).messages == []
+    assert replicas["a"].receive("b", said[0][1]).messages == [("a", Resign(1))]
 
 
 def test_a_new_controller_moves_an_inherited_fenced_leader_at_once() -> None:

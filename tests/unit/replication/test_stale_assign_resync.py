@@ -149,3 +149,24 @@ def test_a_stale_word_from_a_follower_changes_nothing_for_a_newer_leader() -> No
     out = a.receive("b", AppendResp(2, False, 0, 0))
     assert a.is_leader and a.epoch == 2
     assert not any(isinstance(m, Resign) for _, m in out.messages)
+
+
+def test_a_stale_leader_whose_resign_was_lost_resigns_again_when_asked() -> None:
+    """The leader stepped down on the follower's word, but its ``Resign``
+    was lost: the controller's core stays confirmed and idle.  The
+    follower, still not caught up, asks again on its ticks; the former
+    leader, no longer leading, resigns the epoch it led again, and the
+    partition fails over."""
+    net, replicas = _stuck_after_restart()
+    b = replicas["b"]
+    word = b.receive(CTRL, Assign(1, "a", IDS)).messages
+    stepped = replicas["a"].receive("b", word[0][1]).messages
+    assert ("ctrl", Resign(1)) in stepped and not replicas["a"].is_leader  # ... and lost
+    assert net.core.idle and net.core.leader == "a"
+    ticks = 0
+    while not b.caught_up:
+        assert ticks < 10 * b.retry_ticks, f"b never caught up ({ticks} ticks)"
+        ticks += 1
+        net.said("b", b.tick().messages)
+        net.settle()
+    assert net.commits == 1 and net.core.epoch == 2 and b.leader == net.core.leader
