@@ -324,8 +324,17 @@ class Replica:
             # is in flight may not have been readable to send.
             return out.extend(self._handoff_ready())
         else:
-            f.next = max(f.match, min(m.end, f.next))
-            f.stalled_ticks = 0
+            rewound = max(f.match, min(m.end, f.next))
+            if rewound < f.next:
+                # What is sent again from there is a new wait.  A word that
+                # rewinds nothing (a follower that is not caught up says
+                # where it stands every few ticks) leaves the count alone:
+                # reset by every such word, an append in flight that was
+                # lost never counted as lost, and a follower whose refusals
+                # of the heartbeats fell in its range waited for it forever
+                # (stuck34: a restarted node "catching up" for good).
+                f.stalled_ticks = 0
+            f.next = rewound
         # A refusal (or a follower telling where it stands after an Assign:
         # one that restarted) gets an answer even with nothing to add: an idle
         # leader sends nothing unprompted, and the follower learns from it

@@ -170,3 +170,59 @@ def test_a_stale_leader_whose_resign_was_lost_resigns_again_when_asked() -> None
         net.said("b", b.tick().messages)
         net.settle()
     assert net.commits == 1 and net.core.epoch == 2 and b.leader == net.core.leader
+
+
+def test_a_follower_whose_first_append_was_lost_is_caught_up_though_it_keeps_asking() -> None:
+    """The integration test's failure (``test_three_nodes_elect_fail_over_and_catch_up_by_snapshot``,
+    ``/readyz`` 503 with "catching up: ... while-down-12/0"): ``x`` came back
+    and, before the failover's commit reached it, led the placement's epoch
+    1 for a moment (a control record of epoch 1 at offset 0).  ``a`` leads
+    epoch 2 (its own control record at 0, committed with ``c``); its first
+    append to ``x`` was dropped (``x``'s node had no replica of the partition
+    yet: "not a replica of the partition", as were its resends).  ``x`` says where it stands on
+    the Assign and on its ticks -- its end, 1 -- and each time ``a`` sends a
+    heartbeat at 1, which ``x`` refuses naming 0 (its record at 0 is of
+    another epoch): a refusal that ``a`` took for a word sent before its
+    lost append (in flight, so not sent again), while every ask reset the
+    ticks after which that append counts as lost.  ``x`` never caught up.
+    Now an ask that rewinds nothing does not reset them: the append goes
+    again within the stall bound and ``x`` catches up."""
+    from sprawl.replication.epochs import EpochCache
+
+    reps = ("x", "a", "c")
+    a, c = Replica("a", CTRL), Replica("c", CTRL)
+    first = a.receive(CTRL, Assign(2, "a", reps)).messages
+    c.receive(CTRL, Assign(2, "a", reps))
+    to_c = [m for d, m in first if d == "c"]
+    assert [m for d, m in first if d == "x" and isinstance(m, Append) and m.count == 1]  # ... lost
+    for m in to_c:
+        for _d, r in c.receive("a", m).messages:
+            a.receive("c", r)
+    a.stored(a.end)
+    assert a.hw == 1 and a.end == 1
+    for _ in range(20):  # its resends to x are dropped too, until x's node applies the snapshot
+        for d, m in a.tick().messages:
+            for _d, r in c.receive("a", m).messages if d == "c" else []:
+                a.receive("c", r)
+    assert a.followers["x"].stall_limit > a.retry_ticks  # (it waits longer after each)
+    x = Replica("x", CTRL, cache=EpochCache(runs=[(1, 0)], end=1), fenced_epoch=2, led_epoch=1)
+    nodes = {"a": a, "c": c, "x": x}
+    todo: list[tuple[str, str, Message]] = [
+        ("x", d, m) for d, m in x.receive(CTRL, Assign(2, "a", reps)).messages
+    ]
+    ticks = 0
+    while True:
+        for _ in range(100):  # (x's word on the Assign first)
+            if not todo:
+                break
+            src, dst, m = todo.pop(0)
+            if dst in nodes:
+                todo.extend((dst, d, x2) for d, x2 in nodes[dst].receive(src, m).messages)
+        if x.caught_up:
+            break
+        assert ticks < 100, f"x never caught up ({ticks} ticks): end {x.end}, hw {x.hw}"
+        ticks += 1
+        for n, r in nodes.items():
+            todo.extend((n, d, m) for d, m in r.tick().messages)
+    assert ticks <= a.max_ask_ticks  # within the stall bound
+    assert x.hw == 1 and x.cache.epoch_at(0) == 2 and a.followers["x"].match == 1
