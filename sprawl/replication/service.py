@@ -184,6 +184,9 @@ class ReplicationService:
         #: Fences taken in a batch so far, and the batches (tests count them).
         self.fences_batched = 0
         self.fence_batches = 0
+        #: Called with the peer of every replication frame read (the composition
+        #: root: the Raft leader counts it as hearing that node for CheckQuorum).
+        self.on_heard: Callable[[str], None] | None = None
 
     def start(self) -> None:
         """Start ticking."""
@@ -471,6 +474,8 @@ class ReplicationService:
 
     def _frame(self, peer: str, payload: bytes) -> None:
         self.heard(peer)
+        if self.on_heard is not None:
+            self.on_heard(peer)
         try:
             env = msgspec.msgpack.decode(payload, type=Envelope)
         except msgspec.DecodeError:
