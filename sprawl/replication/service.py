@@ -86,6 +86,10 @@ DEAD_HINT_SECONDS = 10.0
 #: Late ticks in a row (this node stalled) that count no silences (see :meth:`ReplicationService.tick`).
 MAX_SKIPPED_JUDGEMENTS = 5
 
+#: Seconds between the controller's log lines of the longest gap it heard
+#: from each node (how close a live node came to the beat timeout, issue 23).
+GAP_REPORT_SECONDS = 60.0
+
 
 class ReplicationService:
     """Routes replication frames on one node and ticks its replicas and controller cores."""
@@ -184,6 +188,8 @@ class ReplicationService:
         #: Fences taken in a batch so far, and the batches (tests count them).
         self.fences_batched = 0
         self.fence_batches = 0
+        #: When the longest gaps heard were last logged (:meth:`_report_gaps`).
+        self._gaps_reported = float("-inf")
         #: Called with the peer of every replication frame read (the composition
         #: root: the Raft leader counts it as hearing that node for CheckQuorum).
         self.on_heard: Callable[[str], None] | None = None
@@ -297,6 +303,8 @@ class ReplicationService:
             # heard yet): the last other controller it knew still hears it.
             env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
             self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+        if self.controllers and now - self._gaps_reported >= GAP_REPORT_SECONDS:
+            self._report_gaps(now)
         for phase, p in self.timeline.due(now):
             log.info(
                 "timeline: {phase} first={first:.3f} last={last:.3f} n={n}",
@@ -305,6 +313,23 @@ class ReplicationService:
                 last=p.last,
                 n=p.n,
             )
+
+    def _report_gaps(self, now: float) -> None:
+        """As the controller: log the longest gap heard from each watched node
+        since the last report -- with the beat timeout, how close live nodes
+        came to being failed over (a shorter timeout must stay clear of it)."""
+        first = self._gaps_reported == float("-inf")
+        self._gaps_reported = now
+        gaps = self.liveness.take_gaps()
+        if first or not gaps:
+            return  # (the first window began whenever this node last heard each)
+        log.info(
+            "liveness: the longest gap heard from each node in {seconds:.0f} s: {gaps} "
+            "(beat timeout {timeout:.1f} s)",
+            seconds=GAP_REPORT_SECONDS,
+            gaps=" ".join(f"{n}={g:.2f}" for n, g in sorted(gaps.items())),
+            timeout=self.liveness.timeout,
+        )
 
     def assigned(self, key: tuple[str, int], r: PartitionReplication, was_leader: bool) -> None:
         """The replica of ``key`` here heard an Assign (from the controller or
