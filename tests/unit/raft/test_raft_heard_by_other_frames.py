@@ -10,9 +10,19 @@ from a peer's node (:meth:`RaftNode.report_heard`), and that counts."""
 
 from __future__ import annotations
 
-from test_raft_core import ET, cluster
+from types import SimpleNamespace
 
+import msgspec
+from test_raft_core import ET, cluster
+from twisted.internet import task
+
+from sprawl.cluster.placement import raft_id_of
+from sprawl.cluster.raft_wire import RaftWire
+from sprawl.peer.frames import REPLICATION
 from sprawl.raft import Role
+from sprawl.replication.envelope import Envelope
+from sprawl.replication.messages import NodeBeat, encode
+from sprawl.replication.service import ReplicationService
 
 
 def _failover(report: bool) -> tuple[int, Role, int]:
@@ -61,3 +71,26 @@ def test_other_frames_do_not_keep_a_leader_that_hears_no_quorum() -> None:
         net.tick(1)
     assert leader.role == Role.FOLLOWER
     net.nodes[3].report_heard(2)  # a follower: nothing to count
+
+
+def test_each_replication_frame_reaches_the_raft_driver_as_its_nodes_raft_id() -> None:
+    """The wiring: the replication service hands the peer of every frame it
+    reads (a frame that does not decode included) to ``on_heard``, and the
+    Raft wire passes it to the driver as that node's Raft id (none while
+    Raft is not running)."""
+    heard: list[str] = []
+    channel = SimpleNamespace(handlers={}, send=lambda *a: None)
+    svc = ReplicationService("n0", channel, task.Clock())  # type: ignore[arg-type]
+    svc.on_heard = heard.append
+    frame = msgspec.msgpack.encode(Envelope("", 0, encode(NodeBeat(7, 0))))
+    channel.handlers[REPLICATION]("n2", frame)
+    channel.handlers[REPLICATION]("n1", b"\xc1")  # not an envelope
+    assert heard == ["n2", "n1"]
+    ids: list[int] = []
+    control = SimpleNamespace(driver=None)
+    wire = RaftWire(control, None)  # type: ignore[arg-type]
+    wire.peer_heard("n2")
+    control.driver = SimpleNamespace(heard=ids.append)
+    wire.peer_heard("n2")
+    wire.peer_heard("n2")
+    assert ids == [raft_id_of("n2")] * 2
