@@ -40,6 +40,7 @@ import argparse
 import glob
 import os
 import re
+import sys
 import tempfile
 import time
 import urllib.request
@@ -48,7 +49,7 @@ from pathlib import Path
 
 from benchmarks.cluster import FORM_BOUND, create_topic
 from harness import NodeCluster
-from sprawl.client.bench import BenchConfig, run_bench
+from sprawl.client.bench import BenchConfig, BenchResult, run_bench
 
 _LINE = re.compile(
     r'^sprawl_gc_(?:pause_seconds_(count|sum|bucket)|(cpu)_seconds_total)\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$'
@@ -261,6 +262,74 @@ def timeline_table(
     return "\n".join(out)
 
 
+def _views(views: dict[str, list[dict]], names: dict[str, str]) -> str:
+    """Each node's high watermark / log end (leader, epoch) of partition 0, on one line."""
+    parts = []
+    for url, ps in views.items():
+        p0 = next((p for p in ps if p.get("partition") == 0), None)
+        if p0 is not None:
+            parts.append(
+                f"{names.get(url, url)} hw {p0['high_watermark']:,} / end {p0['log_end']:,}"
+                f" (leader {p0['leader']}, epoch {p0['epoch']})"
+            )
+    return "; ".join(parts) or "-"
+
+
+def delivery_report(r: BenchResult, names: dict[str, str]) -> tuple[list[str], bool]:
+    """What the stream delivered, offset by offset, and the nodes' views of the partition when
+    it opened and at the end; and whether it broke the contract (an offset delivered twice, or
+    a message skipped).  Offsets below the leader's log end at the stream's open were published
+    before the measured phase (the warm-up's tail): a stream opened ``from=latest`` on a node
+    whose high watermark lagged then."""
+    out = [
+        f"  partition views at the stream's open: {_views(r.views_at_open, names)}",
+        f"  partition views at the end:           {_views(r.views_at_end, names)}",
+    ]
+    open_end = max(
+        (p["log_end"] for ps in r.views_at_open.values() for p in ps if p.get("partition") == 0), default=0
+    )
+    bad = False
+    for i, parts in enumerate(r.deliveries):
+        for d in parts:
+            old = max(0, min(d.last + 1, open_end) - d.first)
+            out.append(
+                f"  subscriber {i} partition {d.partition}: {d.count:,} delivered, offsets {d.first:,}-{d.last:,}"
+                f" ({old:,} of them published before the stream opened); "
+                f"{d.duplicates} duplicates, {d.skipped} offsets skipped in {len(d.gaps)}+ gaps"
+            )
+            if d.duplicates:
+                bad = True
+                out.append(
+                    f"  !!! DUPLICATES: subscriber {i} partition {d.partition} delivered {d.duplicates} offsets "
+                    f"twice (first: {d.duplicate_offsets[:10]})"
+                )
+            if d.gaps:
+                out.append(f"  gaps on partition {d.partition} (first: {d.gaps[:10]})")
+    if r.skipped_messages:
+        bad = True
+        out.append(
+            f"  !!! SKIPPED: {r.skipped_messages} messages in the gaps are in the log but were not delivered"
+        )
+    return out, bad
+
+
+def sse_node_for(cluster: NodeCluster, topic: str, how: str) -> str:
+    """The node the SSE subscriber reads on (``--sse``)."""
+    if how == "last":
+        return cluster.names[-1]
+    placed = cluster.placement().get(topic, {}).get("0", {})
+    leader = placed.get("leader")
+    replicas = placed.get("replicas") or cluster.names
+    if how == "leader" and leader is not None:
+        return leader
+    if how == "follower":
+        return next(n for n in reversed(cluster.names) if n in replicas and n != leader)
+    others = [n for n in cluster.names if n not in replicas]
+    if not others:
+        raise SystemExit("--sse no-replica needs a node holding no replica (--nodes 4)")
+    return others[-1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warmup", type=int, default=200_000)
@@ -269,11 +338,22 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=8)
     ap.add_argument("--wire", choices=["json", "lean"], default="json")
     ap.add_argument("--timeline", type=int, default=0, metavar="EVERY", help="trace every EVERY-th offset")
+    ap.add_argument("--nodes", type=int, default=3, help="nodes (RF stays 3: a 4th holds no replica)")
+    ap.add_argument(
+        "--sse",
+        choices=["last", "leader", "follower", "no-replica"],
+        default="last",
+        help="the SSE subscriber's node: the last started (the default), the partition's leader, "
+        "a follower, or a node holding no replica (its remote feed; needs --nodes 4)",
+    )
+    ap.add_argument("--warmup-publishers", type=int, default=16)
+    ap.add_argument("--warmup-batch", type=int, default=100)
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between the warm-up and the run")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
         env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
-        cluster = NodeCluster(Path(tmp), 3, prefix="q", env=env)
+        cluster = NodeCluster(Path(tmp), a.nodes, prefix="q", env=env)
         try:
             cluster.start(FORM_BOUND)
             urls = [cluster.url(n) for n in cluster.names]
@@ -283,10 +363,18 @@ def main() -> None:
             if a.warmup:
                 w = run_bench(
                     BenchConfig(
-                        urls=urls, messages=a.warmup, batch=100, publishers=16, subscribers=0, **common
+                        urls=urls,
+                        messages=a.warmup,
+                        batch=a.warmup_batch,
+                        publishers=a.warmup_publishers,
+                        subscribers=0,
+                        **common,
                     )
                 )  # type: ignore[arg-type]
                 print(f"warm-up: {w.published:,} messages at {w.publish_msgs_per_s:,.0f} msgs/s", flush=True)
+            if a.pause:
+                time.sleep(a.pause)
+            sse_node = sse_node_for(cluster, topic, a.sse)
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             load = os.getloadavg()[0]
@@ -294,7 +382,7 @@ def main() -> None:
             r = run_bench(
                 BenchConfig(
                     urls=urls,
-                    subscriber_urls=[urls[-1]],
+                    subscriber_urls=[cluster.url(sse_node)],
                     messages=int(a.rate * a.seconds),
                     batch=1,
                     publishers=a.publishers,
@@ -307,6 +395,7 @@ def main() -> None:
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
+            url_names = {cluster.url(n): n for n in cluster.names}
             pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
         finally:
             cluster.close()
@@ -314,7 +403,7 @@ def main() -> None:
     e2e = r.e2e_latency_ms
     print(
         f"3 nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
-        f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on the third "
+        f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on {sse_node} "
         f"(wire {a.wire}; load average {load:.1f}):"
     )
     if e2e is not None:
@@ -326,11 +415,14 @@ def main() -> None:
         print(f"  {name} GC during the run: {during(b, f)}")
     for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
         role = "leader" if name == leader else "follower"
-        print(
-            f"  {name} ({role}{', SSE' if name == cluster.names[-1] else ''}): {node_report(b2, f2, r.published)}"
-        )
+        print(f"  {name} ({role}{', SSE' if name == sse_node else ''}): {node_report(b2, f2, r.published)}")
+    lines, bad = delivery_report(r, url_names)
+    print("\n".join(lines))
     if timeline is not None and leader is not None:
         print(timeline_table(*timeline, since, until, leader, cluster.names))
+    if bad:
+        print("!!! the stream broke its contract: an offset delivered twice or a message skipped", flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
