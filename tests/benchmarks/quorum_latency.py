@@ -348,6 +348,13 @@ def main() -> None:
     )
     ap.add_argument("--warmup-publishers", type=int, default=16)
     ap.add_argument("--warmup-batch", type=int, default=100)
+    ap.add_argument(
+        "--lag",
+        type=int,
+        default=0,
+        help="stop (SIGSTOP) the SSE node, when a follower, while the warm-up's last LAG messages "
+        "are published: it resumes behind (keep it short: a node silent for 2 s fails over)",
+    )
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between the warm-up and the run")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
@@ -360,11 +367,13 @@ def main() -> None:
             topic = "quorum-latency"
             create_topic(cluster, topic, 1, 3)
             common = dict(topic=topic, acks="quorum", keep_topic=True, timeout=60.0, wire=a.wire)
-            if a.warmup:
+            sse_node = sse_node_for(cluster, topic, a.sse)
+
+            def warm(messages: int, where: list[str]) -> None:
                 w = run_bench(
                     BenchConfig(
-                        urls=urls,
-                        messages=a.warmup,
+                        urls=where,
+                        messages=messages,
                         batch=a.warmup_batch,
                         publishers=a.warmup_publishers,
                         subscribers=0,
@@ -372,9 +381,21 @@ def main() -> None:
                     )
                 )  # type: ignore[arg-type]
                 print(f"warm-up: {w.published:,} messages at {w.publish_msgs_per_s:,.0f} msgs/s", flush=True)
+
+            lagged = min(a.lag, a.warmup) if sse_node != (cluster.partition_leaders(topic).get(0)) else 0
+            if a.warmup - lagged:
+                warm(a.warmup - lagged, urls)
+            if lagged:
+                # The SSE node is stopped while the warm-up's last ``--lag`` messages are
+                # published (the leader and the other follower make the quorum): it comes back
+                # behind, as a follower that could not keep up with the warm-up.
+                cluster.pause(sse_node)
+                try:
+                    warm(lagged, [cluster.url(n) for n in cluster.names if n != sse_node])
+                finally:
+                    cluster.resume(sse_node)
             if a.pause:
                 time.sleep(a.pause)
-            sse_node = sse_node_for(cluster, topic, a.sse)
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             load = os.getloadavg()[0]
@@ -409,8 +430,11 @@ def main() -> None:
     if e2e is not None:
         print(
             f"  e2e p50 {e2e.p50:.2f} ms, p99 {e2e.p99:.2f} ms, max {e2e.max:.1f} ms; "
-            f"{r.delivered:,} of {r.published:,} delivered at {r.publish_msgs_per_s:,.0f} msg/s"
+            f"{r.delivered:,} of {r.published:,} delivered; published at {r.publish_msgs_per_s:,.0f} msg/s "
+            f"in {r.publish_seconds:.1f} s, delivered in {r.delivery_seconds:.1f} s"
         )
+    for w in r.warnings:
+        print(f"  warning: {w}")
     for name, b, f in zip(cluster.names, before, after, strict=True):
         print(f"  {name} GC during the run: {during(b, f)}")
     for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):

@@ -117,6 +117,40 @@ def test_sse_reader_counts_messages_and_latency_across_splits() -> None:
         assert all(900 <= us < 60_000_000 for us in hist)
 
 
+def test_sse_reader_records_each_offset_and_finds_duplicates_and_gaps() -> None:
+    """The reader notes every delivered (partition, offset) wherever the wire is split: a
+    repeated offset is a duplicate, a jump a gap (listed as ``[lo, hi)``)."""
+    now = time.time_ns()
+    events = sse_wire([now] * 6)  # offsets 0-5 on partition 0
+    again = sse_wire([now] * 3)  # offsets 0-2 again: duplicates
+    later = b"".join(
+        b'id: 0:%d\ndata: {"offset":%d,"partition":0,"payload":"%s"}\n\n' % (o, o, make_payload(20, now))
+        for o in (9, 10)
+    )  # 6-8 skipped
+    other = b'id: 1:%d\ndata: {"offset":%d,"partition":1,"payload":"%s"}\n\n' % (
+        7,
+        7,
+        make_payload(20, now),
+    )
+    body = b": sprawl stream\n\n" + events + again + later + other
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = head + chunked(body[:70], body[70:])
+
+    async def scenario(cut: int) -> list[Any]:
+        reader = _SseReader(0, Counter())
+        reader.connection_made(FakeTransport())
+        reader.data_received(wire[:cut])
+        reader.data_received(wire[cut:])
+        return reader.offsets.report()
+
+    for cut in range(1, len(wire), 5):
+        p0, p1 = asyncio.run(scenario(cut))
+        assert (p0.partition, p0.first, p0.last, p0.count) == (0, 0, 10, 11)
+        assert (p0.duplicates, p0.duplicate_offsets) == (3, [0, 1, 2])
+        assert (p0.skipped, p0.gaps) == (3, [(6, 9)])
+        assert (p1.partition, p1.first, p1.last, p1.count, p1.duplicates, p1.skipped) == (1, 7, 7, 1, 0, 0)
+
+
 def test_sse_reader_reports_http_errors() -> None:
     async def scenario() -> str | None:
         reader = _SseReader(3, Counter())
@@ -217,6 +251,17 @@ def test_bench_cli_json_reports_numbers(sprawl_node: Any) -> None:
     assert result.exit_code == 0, result.stderr
     r = json.loads(result.stdout)
     assert r["published"] == 2000 and r["delivered"] == 2000 and r["per_subscriber"] == [2000]
+    # every offset once, in order, from the node's high watermark when the stream opened
+    [[d]] = r["deliveries"]
+    [opened] = r["views_at_open"].values()
+    [ended] = r["views_at_end"].values()
+    assert (d["first"], d["last"], d["count"]) == (
+        opened[0]["high_watermark"],
+        opened[0]["high_watermark"] + 1999,
+        2000,
+    )
+    assert d["duplicates"] == 0 and d["skipped"] == 0 and r["skipped_messages"] == 0
+    assert ended[0]["high_watermark"] == ended[0]["log_end"] == d["last"] + 1
     assert r["publish_requests"] == 40
     for key in ("publish_msgs_per_s", "publish_mb_per_s", "delivered_msgs_per_s", "delivered_mb_per_s"):
         assert r[key] > 0, key
