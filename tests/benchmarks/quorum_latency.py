@@ -305,6 +305,11 @@ def delivery_report(r: BenchResult, names: dict[str, str]) -> tuple[list[str], b
                 )
             if d.gaps:
                 out.append(f"  gaps on partition {d.partition} (first: {d.gaps[:10]})")
+    for i, worst in enumerate(r.slowest):
+        shown = ", ".join(
+            f"{p}:{o} {late:,.0f} ms (leader took it after {lead:,.0f} ms)" for late, p, o, lead in worst
+        )
+        out.append(f"  subscriber {i} slowest: {shown}")
     if r.skipped_messages:
         bad = True
         out.append(
@@ -432,6 +437,12 @@ def main() -> None:
             f"  e2e p50 {e2e.p50:.2f} ms, p99 {e2e.p99:.2f} ms, max {e2e.max:.1f} ms; "
             f"{r.delivered:,} of {r.published:,} delivered; published at {r.publish_msgs_per_s:,.0f} msg/s "
             f"in {r.publish_seconds:.1f} s, delivered in {r.delivery_seconds:.1f} s"
+        )
+    if r.publish_latency_ms is not None:
+        pl = r.publish_latency_ms
+        print(
+            f"  publish requests: p50 {pl.p50:.2f} ms, p99 {pl.p99:.2f} ms, max {pl.max:.1f} ms; "
+            f"{r.throttled} answered 429 (each retried after its Retry-After, the send time kept)"
         )
     for w in r.warnings:
         print(f"  warning: {w}")

@@ -6,12 +6,19 @@ checks each against the log, :mod:`sprawl.client.bench.run`)."""
 
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass, field
 
-#: Every message's offset and partition in a block of stream text (SSE, ``batch`` or
-#: ``ndjson``: each message's JSON starts with them, in this order).
-OFFSET_RE = re.compile(rb'"offset": ?(\d+), ?"partition": ?(\d+)')
+#: Every message's offset, partition, timestamp (the leader's, ms) and send time (the payload's
+#: first 19 digits, ns) in a block of stream text (SSE, ``batch`` or ``ndjson``: each message's
+#: JSON has them in this order, :meth:`sprawl.log.record.Record.to_dict`).
+OFFSET_RE = re.compile(
+    rb'"offset": ?(\d+), ?"partition": ?(\d+),[^\n]*?"timestamp": ?(\d+),[^\n]*?"payload": ?"(\d{19})'
+)
+
+#: The slowest deliveries a track keeps (:attr:`OffsetTrack.slowest`).
+SLOWEST = 5
 
 #: Duplicates and gaps listed one by one in a report (the counts cover all of them).
 MAX_LISTED = 20
@@ -40,11 +47,28 @@ class OffsetTrack:
 
     def __init__(self) -> None:
         self.partitions: dict[int, PartitionDeliveries] = {}
+        #: The :data:`SLOWEST` slowest deliveries: ``(send -> received ms, partition, offset,
+        #: send -> the leader's timestamp ms)``, a min-heap (:meth:`slowest_first` sorts them).
+        self.slowest: list[tuple[float, int, int, float]] = []
 
-    def feed(self, block: bytes) -> None:
-        """Note every message in a block of stream text."""
-        for off, part in OFFSET_RE.findall(block):
-            self.add(int(part), int(off))
+    def feed(self, block: bytes, now_ns: int) -> None:
+        """Note every message in a block of stream text received at ``now_ns``."""
+        slowest = self.slowest
+        for off, part, ts, stamp in OFFSET_RE.findall(block):
+            p, o = int(part), int(off)
+            self.add(p, o)
+            sent = int(stamp)
+            late = (now_ns - sent) / 1e6
+            if len(slowest) < SLOWEST or late > slowest[0][0]:
+                item = (late, p, o, int(ts) - sent / 1e6)
+                if len(slowest) < SLOWEST:
+                    heapq.heappush(slowest, item)
+                else:
+                    heapq.heapreplace(slowest, item)
+
+    def slowest_first(self) -> list[tuple[float, int, int, float]]:
+        """:attr:`slowest`, the slowest first."""
+        return sorted(self.slowest, reverse=True)
 
     def add(self, partition: int, offset: int) -> None:
         """Note one delivered message."""

@@ -134,6 +134,9 @@ class BenchResult:
     #: subscriber's node after the run): messages the stream skipped.  The rest of a gap
     #: is control records, which take no frame.
     skipped_messages: int = 0
+    #: Per subscriber, its slowest deliveries: ``(send -> received ms, partition, offset,
+    #: send -> the leader's timestamp ms)``, the slowest first.
+    slowest: list[list[tuple[float, int, int, float]]] = field(default_factory=list)
     #: Every node's view of the topic's partitions right after the streams opened and at the
     #: end of the run: ``{url: [{"partition", "leader", "epoch", "high_watermark",
     #: "log_end"}, ...]}`` (a node that did not answer is missing).

@@ -334,6 +334,7 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
         per_subscriber=report.counts if report else [],
         warnings=warnings,
         deliveries=report.deliveries if report else [],
+        slowest=report.slowest if report else [],
         skipped_messages=skipped,
         views_at_open=views_at_open,
         views_at_end=views_at_end,

@@ -106,8 +106,8 @@ class _SseReader(asyncio.Protocol):
         stamps = _TS_RE.findall(buf)
         if not stamps:
             return
-        self.offsets.feed(buf)
         now = time.time_ns()
+        self.offsets.feed(buf, now)
         self.count += len(stamps)
         self.last_ns = now
         if not self.first_ns:
@@ -153,6 +153,8 @@ class SubscriberReport:
     warnings: list[str]
     #: Per subscriber, what it delivered per partition (offsets, duplicates, gaps).
     deliveries: list[list[PartitionDeliveries]] = field(default_factory=list)
+    #: Per subscriber, its slowest deliveries (:meth:`OffsetTrack.slowest_first`).
+    slowest: list[list[tuple[float, int, int, float]]] = field(default_factory=list)
 
 
 class SubscriberGroup:
@@ -228,6 +230,7 @@ class SubscriberGroup:
             errors=errors,
             warnings=list(self.warnings),
             deliveries=[r.offsets.report() for r in self.readers],
+            slowest=[r.offsets.slowest_first() for r in self.readers],
         )
 
 

@@ -89,7 +89,10 @@ def sse_wire(stamps: list[int], size: int = 40) -> bytes:
     events = []
     for i, ts in enumerate(stamps):
         payload = make_payload(size, ts).decode()
-        msg = json.dumps({"offset": i, "partition": 0, "payload": payload}, separators=(",", ":"))
+        msg = json.dumps(
+            {"offset": i, "partition": 0, "id": None, "timestamp": ts // 10**6, "payload": payload},
+            separators=(",", ":"),
+        )
         events.append(b"id: 0:%d\ndata: %s\n\n" % (i, msg.encode()))
     return b"".join(events)
 
@@ -124,10 +127,11 @@ def test_sse_reader_records_each_offset_and_finds_duplicates_and_gaps() -> None:
     events = sse_wire([now] * 6)  # offsets 0-5 on partition 0
     again = sse_wire([now] * 3)  # offsets 0-2 again: duplicates
     later = b"".join(
-        b'id: 0:%d\ndata: {"offset":%d,"partition":0,"payload":"%s"}\n\n' % (o, o, make_payload(20, now))
+        b'id: 0:%d\ndata: {"offset":%d,"partition":0,"timestamp":1,"payload":"%s"}\n\n'
+        % (o, o, make_payload(20, now))
         for o in (9, 10)
     )  # 6-8 skipped
-    other = b'id: 1:%d\ndata: {"offset":%d,"partition":1,"payload":"%s"}\n\n' % (
+    other = b'id: 1:%d\ndata: {"offset":%d,"partition":1,"timestamp":1,"payload":"%s"}\n\n' % (
         7,
         7,
         make_payload(20, now),
