@@ -26,6 +26,7 @@ from sprawl.delivery.frames import BATCH_ENCODERS, BatchEvents, batch
 from sprawl.errors import SprawlError
 from sprawl.interfaces import Clock, Delayed, StreamSink, StreamSource
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
+from sprawl.storage import timeline
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -404,6 +405,8 @@ class SSEStream:
         self.cursors[p] = recs[used - 1].offset + 1
         if not n:
             return
+        if timeline.TIMELINE is not None:
+            timeline.TIMELINE.mark("sse", recs[0].offset, recs[used - 1].offset + 1)
         self.request.write(b"".join(frames))
         if self.fmt == "sse":
             # The event leaves in this turn (the HTTP request's ``send_now``, where it has one).

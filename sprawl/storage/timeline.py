@@ -19,7 +19,8 @@ group commit one ``commit`` line with the times of its steps (see
 * ``quorum`` -- the leader's high watermark passes the offset (publishes answered);
 * ``hw>NODE`` -- the leader sends that high watermark to a follower;
 * ``f_hw`` -- a follower's visible high watermark passes the offset (its subscribers
-  may read it).
+  may read it);
+* ``sse`` -- a stream on this node writes the record to its client.
 
 It writes through a buffer flushed every :data:`FLUSH_LINES` lines and at exit: a
 measurement aid, never on unless asked.

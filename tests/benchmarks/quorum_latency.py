@@ -455,6 +455,14 @@ def main() -> None:
     print("\n".join(lines))
     if timeline is not None and leader is not None:
         print(timeline_table(*timeline, since, until, leader, cluster.names))
+        events = timeline[0]
+        for worst in r.slowest:
+            for _late, _p, o, _lead in worst:
+                ev = events.get(o, {})
+                t0 = ev.get((leader, "pub"))
+                if t0 is not None:
+                    steps = sorted((t - t0, f"{n}:{e}") for (n, e), t in ev.items())
+                    print(f"  offset {o}: " + ", ".join(f"{name} +{dt * 1000:.1f}" for dt, name in steps))
     if bad:
         print("!!! the stream broke its contract: an offset delivered twice or a message skipped", flush=True)
         sys.exit(1)

@@ -235,8 +235,12 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
         delivery_target = config.messages * config.subscribers
 
         def report_progress() -> None:
+            # Read the subscribers' progress even when nobody is told: it drains the child's
+            # pipe, whose every send blocks the child -- and with it its streams -- once the
+            # pipe is full (some 280 reports, ~28 s of them: every message after that was
+            # read late, by as long as publishing went on).
+            delivered = subs.delivered() if subs is not None else 0
             if progress is not None:
-                delivered = subs.delivered() if subs is not None else 0
                 progress(state.published, config.messages, delivered, delivery_target)
 
         start_ns = time.time_ns()

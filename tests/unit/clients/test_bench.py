@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from sprawl.client import aio
 from sprawl.client.bench import BenchConfig, BenchError, make_payload, percentile, results, run_bench
+from sprawl.client.bench import run as run_module
 from sprawl.client.bench.subscribers import _SseReader
 from sprawl.client.errors import ClientError, retry_after_seconds
 from sprawl.client.topics import TopicDescription
@@ -275,6 +276,38 @@ def test_bench_cli_json_reports_numbers(sprawl_node: Any) -> None:
         assert lat["max"] > 0
     assert r["replication_factor"] == 1 and r["acks"] == "quorum" and r["size"] == 64
     assert r["topic"] not in topic_names(sprawl_node.url)  # the fresh topic is cleaned up
+
+
+@pytest.mark.integration
+def test_run_bench_reads_the_subscriber_child_while_publishing(
+    sprawl_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While it publishes (no progress callback asked), the run still reads the subscriber
+    child's reports: the child writes one every 100 ms, and once its pipe is full (some 280)
+    each write blocks the child and its streams -- every message after that was read late
+    (dup34: seconds late in runs whose publishing lasted over ~28 s)."""
+    reads: list[int] = []
+    real = run_module.ChildSubscribers
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def delivered(self) -> int:
+            if not publishing_done:
+                reads.append(1)
+            return int(super().delivered())
+
+    publishing_done = False
+    monkeypatch.setattr(run_module, "ChildSubscribers", Counting)
+    real_publisher = run_module._publisher
+
+    async def publisher(*args: Any) -> None:
+        nonlocal publishing_done
+        await real_publisher(*args)
+        publishing_done = True
+
+    monkeypatch.setattr(run_module, "_publisher", publisher)
+    r = run_bench(BenchConfig(urls=[sprawl_node.url], messages=40, batch=1, publishers=1, rate=40.0))
+    assert r.delivered == 40 and r.duplicates == 0
+    assert len(reads) >= 3  # one a loop turn (0.2 s) of the ~1 s of publishing
 
 
 @pytest.mark.integration
