@@ -40,8 +40,10 @@ import argparse
 import glob
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -360,6 +362,13 @@ def main() -> None:
         help="stop (SIGSTOP) the SSE node, when a follower, while the warm-up's last LAG messages "
         "are published: it resumes behind (keep it short: a node silent for 2 s fails over)",
     )
+    ap.add_argument(
+        "--slow",
+        type=float,
+        default=0.0,
+        help="stop (SIGSTOP) the SSE node this fraction of every 100 ms during the warm-up (0-0.9): "
+        "a follower that falls behind it",
+    )
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between the warm-up and the run")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
@@ -387,6 +396,21 @@ def main() -> None:
                 )  # type: ignore[arg-type]
                 print(f"warm-up: {w.published:,} messages at {w.publish_msgs_per_s:,.0f} msgs/s", flush=True)
 
+            slowing = threading.Event()
+
+            def slow_down() -> None:
+                # Stop the SSE node ``--slow`` of every 100 ms while the warm-up runs: a
+                # follower that cannot keep up (it still answers gossip between stops).
+                node = cluster.nodes[sse_node]
+                while not slowing.is_set():
+                    node.signal(signal.SIGSTOP)
+                    time.sleep(0.1 * a.slow)
+                    node.signal(signal.SIGCONT)
+                    time.sleep(0.1 * (1 - a.slow))
+
+            slower = threading.Thread(target=slow_down, daemon=True) if a.slow > 0 else None
+            if slower is not None:
+                slower.start()
             lagged = min(a.lag, a.warmup) if sse_node != (cluster.partition_leaders(topic).get(0)) else 0
             if a.warmup - lagged:
                 warm(a.warmup - lagged, urls)
@@ -399,6 +423,10 @@ def main() -> None:
                     warm(lagged, [cluster.url(n) for n in cluster.names if n != sse_node])
                 finally:
                     cluster.resume(sse_node)
+            if slower is not None:
+                slowing.set()
+                slower.join()
+                cluster.nodes[sse_node].signal(signal.SIGCONT)
             if a.pause:
                 time.sleep(a.pause)
             before = [gc_pauses(u) for u in urls]
