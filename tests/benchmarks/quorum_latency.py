@@ -272,7 +272,9 @@ def _views(views: dict[str, list[dict]], names: dict[str, str]) -> str:
         if p0 is not None:
             parts.append(
                 f"{names.get(url, url)} hw {p0['high_watermark']:,} / end {p0['log_end']:,}"
-                f" (leader {p0['leader']}, epoch {p0['epoch']})"
+                f" (leader {p0['leader']}, epoch {p0['epoch']}"
+                + (f", followers' match {p0['followers']}" if p0.get("followers") else "")
+                + ")"
             )
     return "; ".join(parts) or "-"
 

@@ -139,7 +139,8 @@ class BenchResult:
     slowest: list[list[tuple[float, int, int, float]]] = field(default_factory=list)
     #: Every node's view of the topic's partitions right after the streams opened and at the
     #: end of the run: ``{url: [{"partition", "leader", "epoch", "high_watermark",
-    #: "log_end"}, ...]}`` (a node that did not answer is missing).
+    #: "log_end", "followers"}, ...]}`` (``followers``: on a replicated partition's leader, each
+    #: follower's match, else None; a node that did not answer is missing).
     views_at_open: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     views_at_end: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 

@@ -129,14 +129,15 @@ async def _live_endpoints(config: BenchConfig) -> list[Endpoint]:
 
 
 #: What :func:`_partition_views` keeps of each partition in a node's topic description.
-_VIEW_KEYS = ("partition", "leader", "epoch", "high_watermark", "log_end")
+_VIEW_KEYS = ("partition", "leader", "epoch", "high_watermark", "log_end", "followers")
 
 
 async def _partition_views(
     config: BenchConfig, endpoints: list[Endpoint], topic: str
 ) -> dict[str, list[dict[str, Any]]]:
     """Every node's view of the topic's partitions (``GET /v1/topics/{topic}``): its leader,
-    epoch, high watermark and log end each; a node that does not answer is left out."""
+    epoch, high watermark and log end each (and, on a replicated partition's leader, each
+    follower's match); a node that does not answer is left out."""
 
     async def view(ep: Endpoint) -> tuple[str, list[dict[str, Any]] | None]:
         client = HttpClient(ep, min(config.timeout, 10.0), config.token, config.cacert)
