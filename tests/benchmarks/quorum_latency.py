@@ -314,8 +314,9 @@ def delivery_report(r: BenchResult, names: dict[str, str]) -> tuple[list[str], b
             f"{p}:{o} {late:,.0f} ms (leader took it after {lead:,.0f} ms)" for late, p, o, lead in worst
         )
         out.append(f"  subscriber {i} slowest: {shown}")
-    if r.skipped_messages:
+    if r.breach() is not None:
         bad = True
+    if r.skipped_messages:
         out.append(
             f"  !!! SKIPPED: {r.skipped_messages} messages in the gaps are in the log but were not delivered"
         )

@@ -149,6 +149,16 @@ class BenchResult:
         """Deliveries of an offset a stream had delivered already (must be 0)."""
         return sum(d.duplicates for sub in self.deliveries for d in sub)
 
+    def breach(self) -> str | None:
+        """What the streams did that a stream must never do -- deliver an offset twice, skip
+        a message -- as one line, or None."""
+        parts = []
+        if self.duplicates:
+            parts.append(f"{self.duplicates} offsets delivered twice")
+        if self.skipped_messages:
+            parts.append(f"{self.skipped_messages} messages skipped")
+        return "streams broke their contract: " + ", ".join(parts) if parts else None
+
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-able data."""
         return asdict(self)

@@ -156,6 +156,43 @@ def test_sse_reader_records_each_offset_and_finds_duplicates_and_gaps() -> None:
         assert (p1.partition, p1.first, p1.last, p1.count, p1.duplicates, p1.skipped) == (1, 7, 7, 1, 0, 0)
 
 
+def test_a_duplicate_or_a_skipped_message_is_a_breach() -> None:
+    """A result whose streams delivered an offset twice or skipped a message says so in one
+    line (``sprawlctl bench`` and ``benchmarks.quorum_latency`` exit non-zero on it); gaps of
+    control records alone are none."""
+    from sprawl.client.bench.offsets import OffsetTrack
+
+    def result(offsets: list[int], skipped: int) -> results.BenchResult:
+        track = OffsetTrack()
+        for o in offsets:
+            track.add(0, o)
+        zero: dict[str, Any] = dict.fromkeys(
+            (
+                "messages size batch publishers subscribers published publish_seconds "
+                "publish_msgs_per_s publish_mb_per_s publish_requests throttled delivered "
+                "delivery_target delivery_seconds delivered_msgs_per_s delivered_mb_per_s rate"
+            ).split(),
+            0,
+        )
+        return results.BenchResult(
+            topic="t",
+            acks="quorum",
+            storage="durable",
+            partitions=1,
+            replication_factor=3,
+            publish_latency_ms=None,
+            e2e_latency_ms=None,
+            deliveries=[track.report()],
+            skipped_messages=skipped,
+            **zero,
+        )
+
+    assert result([1, 2, 3], 0).breach() is None
+    assert result([1, 2, 5], 0).breach() is None  # 3-4 control records: no message skipped
+    assert result([1, 2, 2, 3], 0).breach() == "streams broke their contract: 1 offsets delivered twice"
+    assert result([1, 2, 5], 2).breach() == "streams broke their contract: 2 messages skipped"
+
+
 def test_sse_reader_reports_http_errors() -> None:
     async def scenario() -> str | None:
         reader = _SseReader(3, Counter())
