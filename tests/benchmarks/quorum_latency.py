@@ -336,7 +336,7 @@ def sse_node_for(cluster: NodeCluster, topic: str, how: str) -> str:
         return next(n for n in reversed(cluster.names) if n in replicas and n != leader)
     others = [n for n in cluster.names if n not in replicas]
     if not others:
-        raise SystemExit("--sse no-replica needs a node holding no replica (--nodes 4)")
+        raise SystemExit("--sse no-replica needs a node holding no replica (--nodes 5)")
     return others[-1]
 
 
@@ -348,13 +348,18 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=8)
     ap.add_argument("--wire", choices=["json", "lean"], default="json")
     ap.add_argument("--timeline", type=int, default=0, metavar="EVERY", help="trace every EVERY-th offset")
-    ap.add_argument("--nodes", type=int, default=3, help="nodes (RF stays 3: a 4th holds no replica)")
+    ap.add_argument(
+        "--nodes",
+        type=int,
+        default=3,
+        help="nodes (RF stays 3: with 5, two hold no replica; 4 does not form: Raft keeps 3 voters)",
+    )
     ap.add_argument(
         "--sse",
         choices=["last", "leader", "follower", "no-replica"],
         default="last",
         help="the SSE subscriber's node: the last started (the default), the partition's leader, "
-        "a follower, or a node holding no replica (its remote feed; needs --nodes 4)",
+        "a follower, or a node holding no replica (its remote feed; needs --nodes 5)",
     )
     ap.add_argument("--warmup-publishers", type=int, default=16)
     ap.add_argument("--warmup-batch", type=int, default=100)
