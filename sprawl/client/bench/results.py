@@ -130,9 +130,10 @@ class BenchResult:
     #: Per subscriber, what its stream delivered per partition: first and last offset,
     #: duplicates and gaps (:mod:`sprawl.client.bench.offsets`).
     deliveries: list[list[PartitionDeliveries]] = field(default_factory=list)
-    #: Of the offsets in the gaps, how many hold a message in the log (read back from the
-    #: subscriber's node after the run): messages the stream skipped.  The rest of a gap
-    #: is control records, which take no frame.
+    #: Of the offsets in the gaps listed (the first 20 per stream and partition, each read up
+    #: to 1,000 offsets), how many hold a message in the log (read back from the subscriber's
+    #: node after the run): messages the stream skipped.  The rest of a gap is control
+    #: records, which take no frame.
     skipped_messages: int = 0
     #: Per subscriber, its slowest deliveries: ``(send -> received ms, partition, offset,
     #: send -> the leader's timestamp ms)``, the slowest first.
