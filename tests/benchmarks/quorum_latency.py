@@ -4,6 +4,8 @@
     PYTHONPATH=tests python -m benchmarks.quorum_latency [--warmup 200000] [--rate 1000]
                                                          [--seconds 20] [--wire json|lean]
                                                          [--timeline EVERY]
+                                                         [--nodes 3] [--sse last|leader|follower|no-replica]
+                                                         [--lag N] [--slow F] [--pause S]
 
 Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data dirs), creates
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
@@ -23,6 +25,14 @@ publish to the leader and back), ``quorum`` (the leader's append to a majority h
 ``visible`` (a follower's receipt of records to its high watermark passing them, what the SSE
 subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  Under load
 (other jobs on the machine) judge by these counts and hops, not the wall-clock latency.
+
+What the stream delivered is checked offset by offset (:mod:`sprawl.client.bench.offsets`):
+the first and last offset, duplicates and gaps (each read back: a gap holding messages is a
+skip), with every node's high watermark / log end when the stream opened and at the end, and
+the slowest deliveries; a duplicate or a skipped message prints ``!!!`` lines and the script
+exits 1.  ``--sse`` picks the subscriber's node (``no-replica`` needs ``--nodes 5``: its remote
+feed); ``--lag N`` stops the SSE follower while the warm-up's last N messages are published,
+``--slow F`` stops it F of every 100 ms during the warm-up: a follower behind at the open.
 
 ``--timeline EVERY`` turns on the nodes' timeline (:mod:`sprawl.storage.timeline`): every
 EVERY-th offset's events on each node (forward sent, leader took it, own write submitted /
@@ -457,6 +467,7 @@ def main() -> None:
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
+            replicas = cluster.placement().get(topic, {}).get("0", {}).get("replicas") or cluster.names
             url_names = {cluster.url(n): n for n in cluster.names}
             pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
         finally:
@@ -464,7 +475,7 @@ def main() -> None:
         timeline = read_timeline(tl_base, pids) if a.timeline else None
     e2e = r.e2e_latency_ms
     print(
-        f"3 nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
+        f"{a.nodes} nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
         f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on {sse_node} "
         f"(wire {a.wire}; load average {load:.1f}):"
     )
@@ -485,7 +496,7 @@ def main() -> None:
     for name, b, f in zip(cluster.names, before, after, strict=True):
         print(f"  {name} GC during the run: {during(b, f)}")
     for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
-        role = "leader" if name == leader else "follower"
+        role = "leader" if name == leader else "follower" if name in replicas else "no replica"
         print(f"  {name} ({role}{', SSE' if name == sse_node else ''}): {node_report(b2, f2, r.published)}")
     lines, bad = delivery_report(r, url_names)
     print("\n".join(lines))
