@@ -405,8 +405,6 @@ class SSEStream:
         self.cursors[p] = recs[used - 1].offset + 1
         if not n:
             return
-        if timeline.TIMELINE is not None:
-            timeline.TIMELINE.mark("sse", recs[0].offset, recs[used - 1].offset + 1)
         self.request.write(b"".join(frames))
         if self.fmt == "sse":
             # The event leaves in this turn (the HTTP request's ``send_now``, where it has one).
@@ -414,6 +412,8 @@ class SSEStream:
             if send_now is not None:
                 send_now()
         self.sent += n
+        if timeline.TIMELINE is not None:
+            timeline.TIMELINE.mark("sse", recs[0].offset, recs[used - 1].offset + 1)
         m = self.broker.metrics
         if m is not None:
             m.delivered(self.topic.name, "stream", n, nbytes)
