@@ -267,6 +267,7 @@ class ReplicationService:
             self.node_alive(node)  # the controller's hint lapsed (gossip never said dead)
         beats = self.node_beats()
         done_r, done_c = self._tick_as_before() if not beats else (set(), set())
+        sent = 0
         for key in list(self._due):
             r = self.replicas.get(key)
             if r is None or r.core.idle:
@@ -276,7 +277,13 @@ class ReplicationService:
                 continue  # ticked already
             self.ticked += 1
             r.core.tick_beats = not beats  # (a leader's beat per tick: for the release before)
-            r.tick()
+            n = r.tick()
+            if n:
+                sent += n
+        if sent and self._new_leads:
+            # Messages the replicas' ticks made (re-sends, heartbeats) while new
+            # leaders wait for their followers: the timeline's ``tick_sends``.
+            self.timeline.mark("tick_sends", now, sent)
         for key in list(self._due_control):
             c = self.controllers.get(key)
             if c is None or c.idle:
