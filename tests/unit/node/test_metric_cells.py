@@ -192,3 +192,11 @@ def test_cells_refuse_what_prometheus_client_refuses() -> None:
     assert c.labels(a=1) is c.labels("1")
     with pytest.raises(ValueError):
         HistogramFamily("h", "doc", buckets=[2, 1], registry=None)
+
+
+def test_metrics_updated_off_the_reactor_keep_their_locks() -> None:
+    """The garbage collector's callback runs on whichever thread allocates (the LMDB writer,
+    the S3 pool): its metrics stay prometheus_client's, whose updates take a lock."""
+    m = NodeMetrics()
+    assert isinstance(m.gc_pause, Histogram)
+    assert isinstance(m.gc_cpu, Counter)
