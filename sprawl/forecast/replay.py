@@ -95,6 +95,9 @@ class SimConfig:
     #: ``TrafficForecaster(surge_guard=...)`` of the predictive run.
     surge_guard: float = 0.0
     surge_jump: float = 2.0
+    #: ``TrafficForecaster(distrust=...)`` of the predictive run: seconds
+    #: after a surprise during which the balancer gets no forecast.
+    distrust: float = 0.0
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
     #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
@@ -171,6 +174,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             hold_seasons=c.hold_seasons,
             surge_guard=c.surge_guard,
             surge_jump=c.surge_jump,
+            distrust=c.distrust,
         )
         if predictive
         else None

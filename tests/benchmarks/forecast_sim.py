@@ -115,6 +115,15 @@ def shadow_cost(partitions: int, nodes: int = 3, decisions: int = 60) -> str:
     return "\n".join(out)
 
 
+def _field(kv: str) -> tuple[str, object]:
+    """``--balance NAME=VALUE``: the field and its value, typed as its default."""
+    name, _, raw = kv.partition("=")
+    default = getattr(BalanceConfig(), name)  # AttributeError names a wrong field
+    if isinstance(default, bool):
+        return name, raw.lower() in ("1", "true", "yes")
+    return name, type(default)(raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -126,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-hours", type=float, default=0.0, help="long-horizon profiles (hours; 0: none)")
     ap.add_argument("--surge-guard", type=float, default=0.0, help="seconds a surge is taken as passing")
     ap.add_argument("--surge-jump", type=float, default=2.0, help="guard surges starting at X times the top")
+    ap.add_argument(
+        "--distrust", type=float, default=0.0, help="seconds without forecasts after a surprise"
+    )
     ap.add_argument("--predict-hold", type=float, default=0.0, help="seconds between forecast moves")
     ap.add_argument(
         "--hold-waiver", type=float, default=0.25, help="profile share over the bound that waives it"
@@ -174,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--shadow-cost", type=int, default=0, help="time the shadow's decisions at N partitions and exit"
     )
+    ap.add_argument(
+        "--balance",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other BalanceConfig field (repeatable; numbers and true/false)",
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     if a.shadow_cost:
         print(shadow_cost(a.shadow_cost))
         return 0
+    extra = dict(_field(kv) for kv in a.balance)
     rows: list[tuple[Result, Result]] = []
     for tr, cfg in runs(a.quick, a.trace):
         if a.only and tr.name != a.only:
@@ -192,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             profile_horizon=3600.0 * a.profile_hours,
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
+            distrust=a.distrust,
             budget=a.budget,
             budget_reserve=a.budget_reserve,
             budget_expire=a.budget_expire,
@@ -214,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 shed_skip=a.shed_skip,
                 predict=not a.no_predict_pass,
                 predict_choose=a.predict_choose,
+                **extra,
             ),
         )
         t0 = time.monotonic()
