@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recur", type=int, default=1, help="a seasonal bucket counts once passed N times")
     ap.add_argument("--hold-seasons", action="store_true", help="seasons do not learn during an anomaly")
     ap.add_argument("--profile-hours", type=float, default=0.0, help="long-horizon profiles (hours; 0: none)")
+    ap.add_argument(
+        "--profile-seasons", type=float, default=0.0, help="profiles over N of the trace's seasons"
+    )
     ap.add_argument("--surge-guard", type=float, default=0.0, help="seconds a surge is taken as passing")
     ap.add_argument("--surge-jump", type=float, default=2.0, help="guard surges starting at X times the top")
     ap.add_argument(
@@ -209,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(
             cfg,
             hold_seasons=a.hold_seasons,
-            profile_horizon=3600.0 * a.profile_hours,
+            profile_horizon=(
+                a.profile_seasons * tr.forecast.bucket * tr.forecast.seasons[0]
+                if a.profile_seasons
+                else 3600.0 * a.profile_hours
+            ),
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
             distrust=a.distrust,
