@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
@@ -144,6 +144,33 @@ class Result:
     budget_expired: int = 0
     #: (time, hot nodes) of every step with a node hot.
     hot_log: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+
+
+#: :func:`earned`: a node sheds on a forecast only when predicted over the
+#: bound at half of its profile's points or more (``BalanceConfig.predict_lasting``).
+EARNED_LASTING = 0.5
+
+
+def season_seconds(trace: Trace) -> float:
+    """The trace's (longest) season in seconds."""
+    return trace.forecast.bucket * max(trace.forecast.seasons)
+
+
+def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
+    """``config`` with the *earned trust* combination (docs/benchmarks.md,
+    "Predictive balancing", ninth session): the balancer gets no forecast for
+    one season after a surprise (``distrust``), each partition's profile over
+    one season (``profile_horizon``), and sheds on a forecast only a node
+    predicted over the bound at :data:`EARNED_LASTING` of the profile's
+    points or more (``BalanceConfig.predict_lasting``)."""
+    c = config or SimConfig()
+    season = season_seconds(trace)
+    return replace(
+        c,
+        profile_horizon=season,
+        distrust=season,
+        balance=replace(c.balance, predict_lasting=EARNED_LASTING),
+    )
 
 
 def _units(r: tuple[float, float]) -> float:

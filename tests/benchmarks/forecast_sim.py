@@ -54,7 +54,16 @@ from pathlib import Path
 from sprawl.cluster.balance import BalanceConfig
 from sprawl.forecast import traces
 from sprawl.forecast.budget import ShadowReactive
-from sprawl.forecast.replay import Result, SimConfig, Trace, compare, simulate, table
+from sprawl.forecast.replay import (
+    EARNED_LASTING,
+    Result,
+    SimConfig,
+    Trace,
+    compare,
+    season_seconds,
+    simulate,
+    table,
+)
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "forecast_trace.csv"
 
@@ -196,12 +205,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="any other BalanceConfig field (repeatable; numbers and true/false)",
     )
+    ap.add_argument(
+        "--earned",
+        action="store_true",
+        help="the earned-trust combination: --profile-seasons 1, --distrust one season, predict_lasting 0.5",
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     if a.shadow_cost:
         print(shadow_cost(a.shadow_cost))
         return 0
     extra = dict(_field(kv) for kv in a.balance)
+    if a.earned:
+        a.profile_seasons = a.profile_seasons or 1.0
+        extra.setdefault("predict_lasting", EARNED_LASTING)
     rows: list[tuple[Result, Result]] = []
     for tr, cfg in runs(a.quick, a.trace):
         if a.only and tr.name != a.only:
@@ -213,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             hold_seasons=a.hold_seasons,
             profile_horizon=(
-                a.profile_seasons * tr.forecast.bucket * tr.forecast.seasons[0]
+                a.profile_seasons * season_seconds(tr)
                 if a.profile_seasons
                 else 3600.0 * a.profile_hours
             ),
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
-            distrust=a.distrust,
+            distrust=a.distrust or (season_seconds(tr) if a.earned else 0.0),
             budget=a.budget,
             budget_reserve=a.budget_reserve,
             budget_expire=a.budget_expire,

@@ -155,3 +155,9 @@ def test_predict_margin_needs_the_forecast_clearly_over_the_bound() -> None:
     b = Balancer(BalanceConfig(min_load=100, predict_margin=0.5))
     _, d = decide_n(b, rising(), 5)
     assert d is not None and d.moves == [] and not d.nodes["a"].predicted_hot
+
+
+def test_predict_persist_asks_for_more_decisions_predicted_hot() -> None:
+    """``predict_persist=5``: the early move comes after five decisions predicted hot, not three."""
+    i, d = decide_n(Balancer(BalanceConfig(min_load=100, predict_persist=5)), rising(), 8)
+    assert d is not None and i == 4 and [m.reason for m in d.moves] == [PREDICTED]
