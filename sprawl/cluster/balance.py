@@ -140,6 +140,17 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   target, now and along the paths), and none that removes nothing -- for a
   scarce budget.  Tests in ``tests/unit/cluster/test_balance_budget.py``.
 
+* ``predict_margin``: a node counts as predicted hot only when over the
+  predicted bound by that share of the band (pmean to the bound);
+  ``predict_persist``: decisions predicted hot before a shed on the
+  forecast (instead of ``persist``); ``predict_lasting`` (with profiles): a
+  node sheds on the forecast only when predicted over the bound at that
+  share or more of its profile's points -- a lasting rise, not a node
+  hovering at the bound.  Tests in ``tests/unit/cluster/test_balance_predictive.py``
+  and ``tests/unit/cluster/test_balance_plan.py``; ``predict_lasting=0.5``
+  with one season's profiles and the forecaster's ``distrust`` is the
+  *earned trust* combination (:func:`sprawl.forecast.replay.earned`).
+
 The no-flapping argument holds with all of them (the choices pick among the
 same improving moves, or skip one): a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
