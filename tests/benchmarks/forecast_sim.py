@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--surge-guard", type=float, default=0.0, help="seconds a surge is taken as passing")
     ap.add_argument("--surge-jump", type=float, default=2.0, help="guard surges starting at X times the top")
-    ap.add_argument(
-        "--distrust", type=float, default=0.0, help="seconds without forecasts after a surprise"
-    )
+    ap.add_argument("--distrust", type=float, default=0.0, help="seconds without forecasts after a surprise")
     ap.add_argument("--predict-hold", type=float, default=0.0, help="seconds between forecast moves")
     ap.add_argument(
         "--hold-waiver", type=float, default=0.25, help="profile share over the bound that waives it"
@@ -230,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             hold_seasons=a.hold_seasons,
             profile_horizon=(
-                a.profile_seasons * season_seconds(tr)
-                if a.profile_seasons
-                else 3600.0 * a.profile_hours
+                a.profile_seasons * season_seconds(tr) if a.profile_seasons else 3600.0 * a.profile_hours
             ),
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
