@@ -50,6 +50,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sprawl.cluster.balance import BalanceConfig
 from sprawl.forecast import traces
@@ -124,7 +125,7 @@ def shadow_cost(partitions: int, nodes: int = 3, decisions: int = 60) -> str:
     return "\n".join(out)
 
 
-def _field(kv: str) -> tuple[str, object]:
+def _field(kv: str) -> tuple[str, Any]:
     """``--balance NAME=VALUE``: the field and its value, typed as its default."""
     name, _, raw = kv.partition("=")
     default = getattr(BalanceConfig(), name)  # AttributeError names a wrong field
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.shadow_cost:
         print(shadow_cost(a.shadow_cost))
         return 0
-    extra = dict(_field(kv) for kv in a.balance)
+    extra: dict[str, Any] = dict(_field(kv) for kv in a.balance)
     if a.earned:
         a.profile_seasons = a.profile_seasons or 1.0
         extra.setdefault("predict_lasting", EARNED_LASTING)
