@@ -7,7 +7,8 @@
         [--plan-margin F] [--predict-replace cap|same] [--replace-within S] [--replace-points N]
         [--choose-target] [--choose-partition] [--shed-skip N] [--no-predict-pass] [--forecast-only]
         [--budget] [--budget-reserve N] [--budget-expire S] [--shadow-feed view|regossip|exact]
-        [--predict-choose] [--shadow-cost N]
+        [--predict-choose] [--shadow-cost N] [--distrust S] [--profile-seasons N]
+        [--balance NAME=VALUE ...] [--earned]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -40,6 +41,12 @@ forecast only while the move budget it gives has more than
 :mod:`sprawl.forecast.budget`); ``--predict-choose`` makes the move on a
 forecast that removes the most predicted excess (``BalanceConfig.predict_choose``).
 ``--shadow-cost N`` times the shadow's decisions at N partitions and exits.
+``--distrust S`` hands the balancer no forecast for S seconds after a
+surprise (``TrafficForecaster(distrust=...)``); ``--profile-seasons N`` gives
+it profiles over N of the trace's seasons; ``--balance NAME=VALUE`` sets any
+other ``BalanceConfig`` field; ``--earned`` is the earned-trust combination
+(:func:`sprawl.forecast.replay.earned`: profiles and distrust of one season,
+``predict_lasting`` 0.5).
 """
 
 from __future__ import annotations
