@@ -15,7 +15,9 @@ allows: their ``Append`` leaves while they are written here (the core counts
 them only once stored).  After the leader's own write the core hears the new
 stored end; whenever the core's high watermark moves, the partition's
 visible high watermark follows (never past what this node has durable) and
-publishes waiting for ``acks=quorum`` are answered.
+publishes waiting for ``acks=quorum`` are answered -- at the core's high
+watermark: once any majority holds them on disk, the leader's own copy
+included or not (issue 16, quorum3; see :meth:`_advance_hw`).
 
 An output whose messages need no write (none but the high watermark's, no
 records or reset in them) is sent at once when nothing is queued or unsent
@@ -165,7 +167,9 @@ class PartitionReplication:
         #: The core's high watermark as of the last issued batch (shown, capped at
         #: what is durable here, whenever a write of this partition becomes durable).
         self._issued_hw = 0
-        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+        #: Publishes (and duplicates' first copies) waiting for a majority:
+        #: (last offset, the epoch this replica led when it took them, Deferred).
+        self._waiters: list[tuple[int, int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
         self.on_records = on_records
@@ -208,9 +212,12 @@ class PartitionReplication:
         if timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("pub", first, last + 1)
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((last, d))
+        self._waiters.append((last, self.core.epoch, d))
         if self.on_hop is not None:
             d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
+        tl = timeline.TIMELINE
+        if tl is not None and tl.sampled(first, last + 1):
+            d.addCallback(_mark_acked, tl, first, last + 1)
         self._handle(out, records)
         return d.addCallback(lambda _: list(range(first, last + 1)))
 
@@ -223,12 +230,15 @@ class PartitionReplication:
         """Fires once ``offset`` is below the high watermark (a duplicate's
         first copy, answered only once committed); fails with
         :class:`NotLeader` if this replica stops leading first."""
-        if offset < self.log.high_watermark:
+        core = self.core
+        if offset < self.log.high_watermark or (
+            core.role == LEADER and self._pending_cuts == 0 and offset < core.hw
+        ):
             return defer.succeed(None)
         if self.core.role != LEADER:
             return defer.fail(NotLeader(self.core.leader, self.core.epoch))
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((offset, d))
+        self._waiters.append((offset, self.core.epoch, d))
         return d
 
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
@@ -398,7 +408,7 @@ class PartitionReplication:
                 topic=self.topic.name,
                 partition=self.partition,
             )
-        for _off, d in self._waiters:
+        for _off, _epoch, d in self._waiters:
             if not d.called:
                 d.errback(f)
         self._waiters = []
@@ -740,14 +750,25 @@ class PartitionReplication:
                     break
                 self.on_hop("visible", now - arrivals.popleft()[1])
         if self._waiters:
+            # A publish is answered once a majority of the replicas holds it on
+            # disk -- any majority: the two followers' copies without this
+            # leader's own (Raft commits without the leader's fsync).  That is
+            # the core's high watermark while it leads the epoch that took the
+            # publish and no queued cut makes its log differ from this node's;
+            # the partition's visible high watermark (``hw``) stays capped at
+            # what this node has durable, so a record may be answered here a
+            # moment before it is readable here (issue 16, quorum3).
+            core = self.core
+            leading = core.role == LEADER and self._pending_cuts == 0
+            committed = max(hw, core.hw) if leading else hw
             keep, done, lost = [], [], []
-            for off, d in self._waiters:
-                if off < hw:
+            for off, epoch, d in self._waiters:
+                if off < hw or (off < committed and epoch == core.epoch):
                     done.append(d)
-                elif self.core.role != LEADER:
+                elif core.role != LEADER:
                     lost.append(d)
                 else:
-                    keep.append((off, d))
+                    keep.append((off, epoch, d))
             self._waiters = keep  # before any callback runs: a callback may publish again
             for d in done:
                 d.callback(None)
@@ -773,6 +794,12 @@ class _Queued:
     hw: int
     leader: bool
     cuts: bool
+
+
+def _mark_acked(result: Any, tl: Any, start: int, end: int) -> Any:
+    """The timeline: the publish of ``[start, end)`` is answered now (``acked``)."""
+    tl.mark("acked", start, end)
+    return result
 
 
 def _plain_append(w: Write) -> bool:

@@ -660,8 +660,11 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     """The output chain is pipelined (issue 16): while the leader's own LMDB
     writer is held, publish after publish still reaches the followers, which
     store it -- the next publish's records do not wait for the previous one's
-    fsync on the leader -- but none is answered before the leader's own copy
-    is durable too; once its writer moves again all are, in order."""
+    fsync on the leader -- and, the two followers being a majority, each is
+    answered then (issue 16, quorum3: any majority's disks, the leader's own
+    copy not needed), while the leader shows none of them to its readers
+    before its own copy is durable; once its writer moves again it does, in
+    order."""
     await until(lambda: _leader(cluster) is not None, "a first leader")
     leader = _leader(cluster)
     assert leader is not None
@@ -672,16 +675,46 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     held = threading.Event()
     leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
     try:
-        stored_before = lg.stored_end
+        stored_before, visible_before = lg.stored_end, lg.high_watermark
         pending = [rep.publish(_msgs(1, k)) for k in range(1, 4)]
-        await until(
-            lambda: all(f.stored_end == stored_before + 3 for f in followers), "the followers' copies"
-        )
+        for d in pending:
+            await bounded(d, WAIT)  # answered with the leader's disk still held
+        assert all(f.stored_end >= stored_before + 3 for f in followers)
         assert lg.stored_end == stored_before
-        assert not any(d.called for d in pending)  # acks=quorum counts the leader's own copy
+        assert lg.high_watermark == visible_before  # not readable here before its own copy is
     finally:
         held.set()
-    for d in pending:
-        await bounded(d, WAIT)
+    await until(lambda: lg.high_watermark == lg.next_offset, "the leader shows its records")
     assert lg.stored_end == lg.next_offset
     assert _payloads(leader) == [b"m%d" % i for i in range(4)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_one_follower_away_the_leaders_own_copy_is_waited_for(
+    cluster: dict[str, Node],
+) -> None:
+    """With one follower gone, the leader and the other follower are the only
+    majority: a publish is answered only once the leader's own copy is
+    durable too, however soon the follower holds it (quorum3's early answer
+    counts disks, never the leader's memory)."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    away, other = [cluster[n] for n in IDS if cluster[n] is not leader]
+    await away.close()
+    lg = leader.broker.topics["orders"].logs[0]
+    follower = other.broker.topics["orders"].logs[0]
+    held = threading.Event()
+    leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
+    try:
+        stored_before = lg.stored_end
+        d = rep.publish(_msgs(1, 1))
+        await until(lambda: follower.stored_end >= stored_before + 1, "the follower's copy")
+        for _ in range(5):  # the follower's answer has time to arrive
+            await task.deferLater(the_reactor(), 0.02, lambda: None)
+        assert not d.called and lg.stored_end == stored_before
+    finally:
+        held.set()
+    assert await bounded(d, WAIT) == [stored_before]
