@@ -418,8 +418,10 @@ class Replica:
         if self.role == LEADER and m.epoch == self.epoch:
             raise SafetyError(f"{src} sent appends of epoch {m.epoch}, which {self.id} leads")
         # A high watermark pushed by the leader this replica already follows,
-        # caught up and holding the leader's whole log: its answer would only
-        # tell the leader it was heard (see the end).
+        # caught up: its answer would only tell the leader it was heard (see
+        # the end).  (The push may start before this replica's end: a publish
+        # answered at the watermark may send its next records before the push
+        # leaves.)
         quiet = (
             m.push
             and m.count == 0
@@ -428,7 +430,7 @@ class Replica:
             and self.role != LEADER
             and self.leader == src
             and m.epoch == self.epoch == self.fenced_epoch
-            and m.start == cache.end
+            and m.start <= cache.end
         )
         if m.epoch > self.fenced_epoch or self.role == LEADER:
             out.extend(self._step_down(m.epoch))
