@@ -338,17 +338,19 @@ class PartitionReplication:
         role (which decides how the write finds its records and whether its
         messages may leave before the write is durable) and its high
         watermark (the partition shows it once the output's writes are made)."""
-        cuts = self._note_output(out)
-        if not out.writes and not out.messages:
-            return
-        if (
+        now = bool(
             self.failed is None
             and not self._queued
             and not self._running
             and not self._unsent
             and self._pending_cuts == 0
+            and (out.writes or out.messages)
             and _needs_nothing(out)
-        ):
+        )
+        cuts = self._note_output(out, show=not now)
+        if not out.writes and not out.messages:
+            return
+        if now:
             # Messages that need no write and nothing queued or unsent before
             # them leave now, as the chain would send them: while the chain is
             # idle (a dead node's failover gives each of thousands of
@@ -364,15 +366,20 @@ class PartitionReplication:
                 if timeline.TIMELINE is not None:
                     self._mark_sent(dst, m)
                 self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+            # Shown (and the publishes it covers answered) only once the
+            # messages are out: the high watermark's push to the followers
+            # no longer waits for the answers' work (issue 16, quorum3).
+            self._advance_hw(self.core.hw)
             return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
             self._drain()
 
-    def _note_output(self, out: Output) -> bool:
+    def _note_output(self, out: Output, show: bool = True) -> bool:
         """What every core output does first: wake the ticks, note the change,
-        count a cut, show the core's high watermark when no cut is queued.
-        Returns whether ``out`` cuts records (a truncation or reset)."""
+        count a cut, show the core's high watermark when no cut is queued
+        (unless not ``show``: the caller shows it once the output's messages
+        are sent).  Returns whether ``out`` cuts records (a truncation or reset)."""
         if self.wake is not None and not self.core.idle:
             self.wake((self.topic.name, self.partition))
         if self.changed is not None:
@@ -380,7 +387,7 @@ class PartitionReplication:
         cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
         if cuts:
             self._pending_cuts += 1
-        if self._pending_cuts == 0:
+        if show and self._pending_cuts == 0:
             # Nothing queued drops records the core already dropped, so the
             # core's high watermark covers only records the log holds as the
             # core does: publishes waiting for it are answered now, not after

@@ -29,7 +29,7 @@ from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
 from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
-from sprawl.replication.messages import Append
+from sprawl.replication.messages import Append, decode
 from sprawl.replication.replica import LEADER
 from sprawl.replication.replica_state import load_state
 from sprawl.replication.service import ReplicationService
@@ -718,3 +718,40 @@ async def test_with_one_follower_away_the_leaders_own_copy_is_waited_for(
     finally:
         held.set()
     assert await bounded(d, WAIT) == [stored_before]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_high_watermark_is_pushed_before_the_publishes_it_covers_are_answered(
+    cluster: dict[str, Node],
+) -> None:
+    """The moment a majority holds a publish, the new high watermark leaves for
+    the followers first and the publish is answered after (issue 16, quorum3):
+    the followers' subscribers do not wait for the answers' work."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    events: list[tuple[str, int]] = []
+    real = rep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, Append) and m.push:
+            events.append(("push to " + dst, m.hw))
+        real(dst, env)
+
+    rep.send = send
+    try:
+        for k in range(1, 6):
+            d = rep.publish(_msgs(1, k))
+            end = rep.core.end
+            d.addCallback(lambda _r, end=end: events.append(("answered", end)))
+            await bounded(d, WAIT)
+    finally:
+        rep.send = real
+    for k in range(1, 6):
+        end = next(e for what, e in events if what == "answered" and e >= 1 + k)
+        i = events.index(("answered", end))
+        pushed = {what for what, hw in events[:i] if what.startswith("push") and hw >= end}
+        assert len(pushed) == 2, (end, events)
