@@ -23,7 +23,9 @@ An output whose messages need no write (none but the high watermark's, no
 records or reset in them) is sent at once when nothing is queued or unsent
 before it (the leader's own records on their way to its disk do not count:
 their messages are out): the high watermark pushed to the followers the
-moment a majority holds the records leaves then instead of after that fsync.
+moment a majority holds the records leaves then instead of after that fsync,
+and before the publishes it covers are answered (the answers' work does not
+delay the followers' subscribers).
 
 A write whose only news is a higher high watermark is not a transaction of
 its own (issue 16): the watermark is stored with the replica state of the
