@@ -672,6 +672,8 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     lg = leader.broker.topics["orders"].logs[0]
     followers = [cluster[n].broker.topics["orders"].logs[0] for n in IDS if cluster[n] is not leader]
+    # (the first publish may be answered before the leader's own copy is durable)
+    await until(lambda: lg.stored_end == lg.next_offset, "the leader's own copy")
     held = threading.Event()
     leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
     try:
@@ -706,6 +708,7 @@ async def test_with_one_follower_away_the_leaders_own_copy_is_waited_for(
     await away.close()
     lg = leader.broker.topics["orders"].logs[0]
     follower = other.broker.topics["orders"].logs[0]
+    await until(lambda: lg.stored_end == lg.next_offset, "the leader's own copy")
     held = threading.Event()
     leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
     try:
