@@ -361,7 +361,8 @@ class Replica:
             # A push past this epoch's control record (records published in
             # it) is answered only with the follower's next answer: to the next
             # append, or to the heartbeat the tick sends while the follower's
-            # high watermark is not known to be this one.  The epoch's first
+            # high watermark is not known to be this one (after ``hw_limit``
+            # ticks without a word, see :meth:`tick`).  The epoch's first
             # push is answered at once as before: a failover's thousands of
             # new leaders go idle without a tick's heartbeat more each.
             runs = self.cache.runs
