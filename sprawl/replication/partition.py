@@ -350,7 +350,10 @@ class PartitionReplication:
             and (out.writes or out.messages)
             and _needs_nothing(out)
         )
-        cuts = self._note_output(out, show=not now)
+        # With publishes waiting, the watermark is shown (and they are
+        # answered) only once the messages are out: see below.
+        later = now and bool(self._waiters)
+        cuts = self._note_output(out, show=not later)
         if not out.writes and not out.messages:
             return
         if now:
@@ -369,10 +372,13 @@ class PartitionReplication:
                 if timeline.TIMELINE is not None:
                     self._mark_sent(dst, m)
                 self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
-            # Shown (and the publishes it covers answered) only once the
-            # messages are out: the high watermark's push to the followers
-            # no longer waits for the answers' work (issue 16, quorum3).
-            self._advance_hw(self.core.hw)
+            if later:
+                # Shown (and the publishes it covers answered) only once the
+                # messages are out: the high watermark's push to the followers
+                # no longer waits for the answers' work (issue 16, quorum3).
+                # (Only then: with nothing to answer the order is as it was --
+                # a failover's apply groups its commits as before.)
+                self._advance_hw(self.core.hw)
             return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
