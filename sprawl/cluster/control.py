@@ -69,6 +69,9 @@ __all__ = ["ClusterControl", "StartRefused", "cluster_hex"]
 log = Logger()
 
 _HISTORY = 512
+#: An idle Raft leader's heartbeat period in ticks (``Config.idle_heartbeat_tick``;
+#: at most half the election timeout): busy, it heartbeats every tick.
+IDLE_HEARTBEAT_TICKS = 3
 
 
 class ClusterControl(MetadataSeam):
@@ -193,6 +196,8 @@ class ClusterControl(MetadataSeam):
             id=self.raft_id,
             election_tick=self.election_ticks,
             heartbeat_tick=1,
+            # Idle, the leader heartbeats every third tick (issue 23, idle34).
+            idle_heartbeat_tick=min(IDLE_HEARTBEAT_TICKS, self.election_ticks // 2),
             applied=snap.meta.index,
         )
         self.driver = RaftDriver(
