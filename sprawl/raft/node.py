@@ -114,7 +114,8 @@ class Config:
         if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
         if self.idle_heartbeat_tick and not (
-            self.heartbeat_tick <= self.idle_heartbeat_tick and 2 * self.idle_heartbeat_tick <= self.election_tick
+            self.heartbeat_tick <= self.idle_heartbeat_tick
+            and 2 * self.idle_heartbeat_tick <= self.election_tick
         ):
             raise ValueError("need heartbeat_tick <= idle_heartbeat_tick <= election_tick / 2")
         if self.max_inflight_msgs <= 0:

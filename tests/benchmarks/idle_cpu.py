@@ -103,17 +103,16 @@ COUNTED = (
 
 def counters(cluster: NodeCluster) -> dict[str, dict[str, float]]:
     """Each node's :data:`COUNTED` counters now (summed over their labels)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     from harness.nodes import metrics_text
 
     out: dict[str, dict[str, float]] = {}
     for n in cluster.names:
         got = dict.fromkeys(COUNTED, 0.0)
-        for fam in text_string_to_metric_families(metrics_text(cluster.url(n), timeout=30.0)):
-            for sample in fam.samples:
-                if sample.name in got:
-                    got[sample.name] += float(sample.value)
+        # (only these lines: a node of 10,000 partitions exposes many more)
+        for line in metrics_text(cluster.url(n), timeout=30.0).splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in got:
+                got[name] += float(line.rsplit(" ", 1)[1])
         out[n] = got
     return out
 
