@@ -55,6 +55,7 @@ from sprawl.raft.driver import RaftDriver
 from sprawl.raft.lmdb_storage import LmdbRaftStorage
 from sprawl.raft.messages import ConfState
 from sprawl.raft.node import Config, ProposalDropped
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -184,7 +185,7 @@ class ClusterControl(MetadataSeam):
         loop = task.LoopingCall(self.voter_control.step)
         loop.clock = cast("IReactorTime", self.reactor)
         self._loop = loop
-        loop.start(max(self.tick_seconds * 5, 0.1), now=True).addErrback(
+        start_in_phase(loop, max(self.tick_seconds * 5, 0.1), now=True).addErrback(
             lambda f: log.failure("cluster control loop stopped", f)
         )
 

@@ -58,6 +58,7 @@ from sprawl.cluster.features import (
     to_latch,
 )
 from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -237,7 +238,7 @@ class FaultWatch:
         """Run a round every :data:`INTERVAL` seconds."""
         self._loop = LoopingCall(self.tick)
         self._loop.clock = cast("IReactorTime", self.clock)  # (it uses only callLater and seconds)
-        self._loop.start(INTERVAL, now=True).addErrback(
+        start_in_phase(self._loop, INTERVAL, now=True).addErrback(
             lambda f: log.failure("the fault watch stopped", f)  # type: ignore[arg-type]
         )
 

@@ -68,6 +68,7 @@ from sprawl.raft.messages import (
     Snapshot,
 )
 from sprawl.raft.node import Config, ProposalDropped, RaftNode, Ready, Role, split_early
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -155,7 +156,7 @@ class RaftDriver:
         loop = task.LoopingCall(self.tick)
         loop.clock = cast("IReactorTime", self.reactor)  # (it uses only callLater and seconds)
         self._loop = loop
-        loop.start(self.tick_seconds, now=False).addErrback(self._crashed)
+        start_in_phase(loop, self.tick_seconds).addErrback(self._crashed)
         self.kick()
 
     def stop(self) -> None:
