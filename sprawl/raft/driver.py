@@ -137,6 +137,8 @@ class RaftDriver:
         #: change at once instead of at its next tick.
         self.on_advanced: list[Callable[[bool], None]] = []
         self._busy = False
+        #: When the last tick ran (reactor seconds).
+        self._last_tick: float | None = None
         self._loop: task.LoopingCall | None = None
         self._reads: dict[bytes, defer.Deferred[int]] = {}
         self._apply_waiters: list[tuple[int, defer.Deferred[None]]] = []
@@ -176,8 +178,12 @@ class RaftDriver:
     # -- inputs ----------------------------------------------------------------
 
     def tick(self) -> None:
-        """One logical clock tick."""
-        self.node.tick()
+        """One logical clock tick (``late`` when more than one and a half
+        periods passed since the last: see :meth:`RaftNode.tick`)."""
+        now = self.reactor.seconds()
+        late = self._last_tick is not None and now - self._last_tick > 1.5 * self.tick_seconds
+        self._last_tick = now
+        self.node.tick(late)
         self.kick()
 
     def step(self, m: Message) -> None:

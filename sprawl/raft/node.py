@@ -245,10 +245,14 @@ class RaftNode:
 
     # --------------------------------------------------------- application
 
-    def tick(self) -> None:
-        """Advance the logical clock by one tick."""
+    def tick(self, late: bool = False) -> None:
+        """Advance the logical clock by one tick.  ``late``: the driver's
+        clock ran well past a tick since the last one (its process stalled or
+        was not scheduled) -- an idle leader then heartbeats on this tick as a
+        busy one does, so its followers, whose own ticks may have run on time,
+        do not wait ``idle_heartbeat_tick`` more of its ticks."""
         if self.role == Role.LEADER:
-            self._tick_heartbeat()
+            self._tick_heartbeat(late)
         else:
             self._tick_election()
 
@@ -518,7 +522,7 @@ class RaftNode:
             self.election_elapsed = 0
             self.step(Message(MT.HUP, frm=self.id))
 
-    def _tick_heartbeat(self) -> None:
+    def _tick_heartbeat(self, late: bool = False) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
         if self.election_elapsed >= self.cfg.election_tick:
@@ -534,7 +538,7 @@ class RaftNode:
                 if pr.snapshot_elapsed >= self.cfg.election_tick:
                     pr.become_probe()  # the snapshot was probably lost: try again
         every = self.cfg.heartbeat_tick
-        if self.cfg.idle_heartbeat_tick and self.heartbeat_elapsed >= every and self.quiet():
+        if self.cfg.idle_heartbeat_tick and not late and self.heartbeat_elapsed >= every and self.quiet():
             every = self.cfg.idle_heartbeat_tick
         if self.heartbeat_elapsed >= every:
             self.heartbeat_elapsed = 0

@@ -813,6 +813,24 @@ def test_a_leader_with_an_unacknowledged_append_heartbeats_every_tick() -> None:
     assert leader.quiet()
 
 
+def test_an_idle_leader_heartbeats_on_every_late_tick() -> None:
+    """A tick the driver marks late (its process stalled or was starved: the
+    followers' ticks may have run on time meanwhile) makes an idle leader
+    heartbeat at once, as a busy one would; on-time ticks then thin out
+    again."""
+    net = cluster(3, check_quorum=True, pre_vote=True, idle_heartbeat_tick=3)
+    net.elect(1)
+    tick_all(net, 3)
+    leader = net.nodes[1]
+    assert leader.quiet()
+    seen: list[Message] = []
+    for _ in range(6):
+        leader.tick(late=True)
+        seen += net.deliver()
+    assert heartbeats(seen) == 2 * 6
+    assert heartbeats(net.tick(1, 6)) == 2 * 2
+
+
 def test_idle_heartbeat_tick_must_fit_twice_in_the_election_timeout() -> None:
     """``idle_heartbeat_tick`` above half the election timeout (a follower
     could time out between two heartbeats) or below ``heartbeat_tick`` is
