@@ -174,6 +174,9 @@ def bench(
     finally:
         line.close()
     out.show(result.to_dict(), lambda _: _result_text(result))
+    breach = result.breach()
+    if breach is not None:
+        raise CtlError(breach)
     if not result.complete:
         raise CtlError(f"subscribers received {result.delivered} of {result.delivery_target} messages")
 

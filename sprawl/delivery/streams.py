@@ -26,6 +26,7 @@ from sprawl.delivery.frames import BATCH_ENCODERS, BatchEvents, batch
 from sprawl.errors import SprawlError
 from sprawl.interfaces import Clock, Delayed, StreamSink, StreamSource
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
+from sprawl.storage import timeline
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -411,6 +412,8 @@ class SSEStream:
             if send_now is not None:
                 send_now()
         self.sent += n
+        if timeline.TIMELINE is not None:
+            timeline.TIMELINE.mark("sse", recs[0].offset, recs[used - 1].offset + 1)
         m = self.broker.metrics
         if m is not None:
             m.delivered(self.topic.name, "stream", n, nbytes)

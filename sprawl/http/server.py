@@ -21,6 +21,7 @@ bounds time, a cap on connections, and the Site.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from twisted.web.server import Request, Site
 
 from sprawl.http.lean_http import HotRequest, parse_hot
 from sprawl.metrics import NodeMetrics
+from sprawl.storage import timeline
 
 
 class BoundedRequest(Request):
@@ -313,6 +315,8 @@ class GuardedChannel(_HostCache, HTTPChannel):
             self._phase = _HEADERS
         elif phase == _CLOSED:
             return
+        if timeline.TIMELINE is not None:
+            timeline.READ_AT = time.time()
         if self.lean_parse and self._parser_idle():
             found = parse_hot(data)
             if found is not None:

@@ -33,7 +33,7 @@ from sprawl.pubsub.housekeeping import Touched
 from sprawl.pubsub.links import ClusterLinks
 from sprawl.pubsub.names import NameIndex, check_topic_name
 from sprawl.pubsub.watchers import PartitionWatchers
-from sprawl.storage import keys
+from sprawl.storage import keys, timeline
 from sprawl.storage.integrity import Integrity
 from sprawl.storage.lmdb import LmdbStore, Op
 from sprawl.storage.remote_log import RemoteLog
@@ -83,6 +83,9 @@ class BrokerCore:
         #: Topics written to, for the periodic jobs that look only at what changed.
         self.touched = Touched()
         self._stored_waiters: dict[tuple[str, int], list[tuple[int, Deferred[None]]]] = {}
+        #: Partitions stored by the commit firing now, not yet settled (:meth:`_committed`):
+        #: whether their stored end moved.
+        self._unsettled: dict[tuple[str, int], bool] = {}
         self._ids = IdSource()
         self._next_uid = 1
         self._last_retention = 0.0
@@ -218,16 +221,37 @@ class BrokerCore:
             return  # deleted (maybe recreated under the same name): not this topic's records
         for p, end in ends.items():
             lg = t.logs[p]
-            if lg.stored(end):
+            if timeline.TIMELINE is not None:
+                timeline.TIMELINE.mark("stored", lg.stored_end, end)
+            moved = lg.stored(end)
+            if moved or (name, p) in self._stored_waiters:
+                # Settled once the commit's other writes are stored too (at once
+                # outside a commit's callbacks): the partition's subscribers are
+                # woken once for all of them, before any publish is answered.
+                first = not self._unsettled
+                self._unsettled[(name, p)] = moved or self._unsettled.get((name, p), False)
+                if first:
+                    self.store.after_callbacks(self._settle)
+
+    def _settle(self) -> None:
+        """Wake the subscribers of the partitions whose stored end moved, then fire
+        the writes' waiters it covers (see :meth:`_committed`)."""
+        unsettled, self._unsettled = self._unsettled, {}
+        for (name, p), moved in unsettled.items():
+            t = self.topics.get(name)
+            if t is not None and moved:
                 self.notify(name, p)
+        for name, p in unsettled:
+            t = self.topics.get(name)
             waiters = self._stored_waiters.get((name, p))
-            if waiters:
+            if t is not None and waiters:
+                end = t.logs[p].stored_end
                 # The list is settled before any waiter fires: a waiter's
                 # callbacks run synchronously and may wait again (a waiter
                 # appended meanwhile was lost) or delete the topic (which
                 # fails the waiters still listed: one fired already).
-                done = [w for off, w in waiters if off < lg.stored_end]
-                self._stored_waiters[(name, p)] = [(off, w) for off, w in waiters if off >= lg.stored_end]
+                done = [w for off, w in waiters if off < end]
+                self._stored_waiters[(name, p)] = [(off, w) for off, w in waiters if off >= end]
                 for w in done:
                     w.callback(None)
 

@@ -20,7 +20,7 @@ from sprawl.log.record import RECORD_OVERHEAD, Record
 from sprawl.log.spill import hard_limit
 from sprawl.pubsub.core import first_failure
 from sprawl.pubsub.memory import MemoryBudget
-from sprawl.storage import keys
+from sprawl.storage import keys, timeline
 from sprawl.storage.lmdb import Op
 from sprawl.topics import Topic
 
@@ -193,6 +193,12 @@ class Publishing(MemoryBudget):
                 backlog = self.backlog
                 for p, size in sizes.items():
                     backlog[(uid, p)] = backlog.get((uid, p), 0) + size
+                tl = timeline.TIMELINE
+                if tl is not None:
+                    for recs in by_part.values():
+                        if timeline.READ_AT:
+                            tl.mark_at("read", timeline.READ_AT, recs[0].offset, recs[-1].offset + 1)
+                        tl.mark("pub", recs[0].offset, recs[-1].offset + 1)
                 d = self.store.write(ops, nbytes)
                 d.addBoth(self._release_backlog, uid, sizes)
                 d.addCallback(

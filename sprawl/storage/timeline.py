@@ -11,7 +11,8 @@ group commit one ``commit`` line with the times of its steps (see
 
 * ``fwd_sent`` / ``fwd_back`` -- an entry node forwards the publish to the leader / has
   its answer (both written when the answer is in, with the offsets it names);
-* ``pub`` -- the leader's core takes the records;
+* ``read`` / ``pub`` -- one node's HTTP channel began handling the bytes of the publish
+  (:data:`READ_AT`) / the leader's core takes the records (one node: they go to LMDB);
 * ``lw_sub`` / ``lw_sync`` -- the leader's own write handed to LMDB / durable;
 * ``app>NODE`` -- the leader sends the records to a follower;
 * ``f_recv`` / ``f_sub`` / ``f_sync`` / ``f_ack`` -- a follower receives them / hands its
@@ -19,7 +20,9 @@ group commit one ``commit`` line with the times of its steps (see
 * ``quorum`` -- the leader's high watermark passes the offset (publishes answered);
 * ``hw>NODE`` -- the leader sends that high watermark to a follower;
 * ``f_hw`` -- a follower's visible high watermark passes the offset (its subscribers
-  may read it).
+  may read it);
+* ``stored`` / ``sse`` -- one node: the records' commit is back on the reactor / an SSE
+  event holding the offset was handed to the socket.
 
 It writes through a buffer flushed every :data:`FLUSH_LINES` lines and at exit: a
 measurement aid, never on unless asked.
@@ -95,6 +98,10 @@ def from_env(value: str | None) -> Timeline | None:
     path, _, every = value.rpartition(":") if value.rpartition(":")[2].isdigit() else (value, "", "")
     return Timeline(path, int(every) if every else 50)
 
+
+#: While the timeline is on: when the HTTP channel began handling the bytes of the
+#: request now being handled (``time.time()``; the publish marks it as ``read``).
+READ_AT = 0.0
 
 #: This process's timeline, or None (the default: off).
 TIMELINE: Timeline | None = from_env(os.environ.get("SPRAWL_TIMELINE"))

@@ -3,13 +3,20 @@
 
     python -m benchmarks.latency --url http://127.0.0.1:8080 --rate 1000 --seconds 20
 
-One process, one ``selectors`` loop, two keep-alive sockets: a publisher
+One process, one ``epoll`` loop, keep-alive sockets: a publisher
 sending one 100-byte message per request (``acks=leader``) at ``--rate`` and an
 SSE subscriber from ``latest``.  Each payload carries its send time
 (``time.time_ns``); latency is measured when the SSE frame arrives,
 so both ends use the same clock and no thread or process scheduling sits
 between them.  Prints p50/p99/p99.9/max of end-to-end and of publish
-round-trip latency.
+round-trip latency, and this client's own CPU time per message (it shares the
+machine's cores with the node).  ``--trace PATH`` writes one line per message:
+``offset sent answered delivered`` (``time.time_ns``; the node's ``SPRAWL_TIMELINE``
+uses the same clock, so ``benchmarks.latency_profile --timeline`` merges them hop by hop).
+
+The requests are built from a template (the bytes ``json.dumps`` gave before, the
+send stamp written into them), not encoded per message: the load generator's CPU per
+message is the node's competitor for the two cores, not part of the path measured.
 """
 
 from __future__ import annotations
@@ -17,13 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import selectors
+import resource
+import select
 import socket
 import time
 import urllib.parse
 import urllib.request
 
 STAMP = re.compile(rb'"payload":"(\d{19})')
+#: An SSE event's offset and send stamp (``id: P:O`` then its data).
+EVENT = re.compile(rb'id: \d+:(\d+)\ndata: [^\n]*?"payload":"(\d{19})')
+LENGTH = re.compile(rb"(?i)content-length: (\d+)")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -39,6 +50,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--connections", type=int, default=4, help="publisher connections, used round robin")
     ap.add_argument("--topic", default=f"latency-{int(time.time())}")
+    ap.add_argument("--trace", default=None, help="write offset, sent, answered, delivered per message here")
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -55,15 +67,29 @@ def main() -> None:
             raise SystemExit("stream closed")
         first += chunk
     pubs = [socket.create_connection((host, port)) for _ in range(a.connections)]
-    sel = selectors.DefaultSelector()
+    poller = select.epoll()
+    #: fd -> (socket, -1 for the subscriber or the publisher's index)
+    by_fd: dict[int, tuple[socket.socket, int]] = {}
     for i, s in enumerate([sub, *pubs]):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, i - 1)
+        poller.register(s.fileno(), select.EPOLLIN)
+        by_fd[s.fileno()] = (s, i - 1)
 
     n = int(a.rate * a.seconds)
     interval = 1.0 / a.rate
     pad = "x" * max(0, a.size - 19)
+    # The request, as json.dumps({"messages": [{"payload": f"{t}{pad}"}], "acks": "leader"})
+    # wrote it, with the 19-digit stamp written in per message.
+    body_len = len(json.dumps({"messages": [{"payload": f"{0:019d}{pad}"}], "acks": "leader"}))
+    head = (
+        b"POST /v1/topics/%s/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: %d\r\n\r\n{"messages": [{"payload": "' % (a.topic.encode(), body_len)
+    )
+    tail = b'%s"}], "acks": "leader"}' % pad.encode()
+    answered_at: dict[int, int] = {}
+    delivered: list[tuple[int, int, int]] = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     e2e: list[float] = []
     rtt: list[float] = []
     sent_at: list[list[int]] = [[] for _ in pubs]
@@ -78,44 +104,55 @@ def main() -> None:
         due = start + sent * interval
         if sent < n and now >= due:
             t = time.time_ns()
-            body = json.dumps({"messages": [{"payload": f"{t}{pad}"}], "acks": "leader"}).encode()
-            pubs[sent % len(pubs)].sendall(
-                b"POST /v1/topics/%s/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (a.topic.encode(), len(body), body)
-            )
+            pubs[sent % len(pubs)].sendall(b"%s%d%s" % (head, t, tail))
             sent_at[sent % len(pubs)].append(t)
             sent += 1
             continue
         timeout = max(0.0, due - now) if sent < n else 0.5
-        for key, _ in sel.select(timeout):
-            data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+        for fd, _ in poller.poll(timeout):
+            sock, which = by_fd[fd]
+            data = sock.recv(1 << 20)
             if not data:
                 raise SystemExit("connection closed")
             t_recv = time.time_ns()
-            if key.data < 0:
+            if which < 0:
                 sub_buf += data
                 cut = sub_buf.rfind(b"\n\n")
                 if cut >= 0:
-                    for m in STAMP.finditer(sub_buf, 0, cut):
-                        e2e.append((t_recv - int(m.group(1))) / 1e6)
+                    if a.trace:
+                        for m in EVENT.finditer(sub_buf, 0, cut):
+                            t_sent = int(m.group(2))
+                            e2e.append((t_recv - t_sent) / 1e6)
+                            delivered.append((int(m.group(1)), t_sent, t_recv))
+                    else:
+                        for m in STAMP.finditer(sub_buf, 0, cut):
+                            e2e.append((t_recv - int(m.group(1))) / 1e6)
                     sub_buf = sub_buf[cut + 2 :]
             else:
-                i = key.data
+                i = which
                 buf = pub_buf[i] + data
                 while True:
                     h = buf.find(b"\r\n\r\n")
                     if h < 0:
                         break
-                    length = re.search(rb"(?i)content-length: (\d+)", buf[:h])
+                    length = LENGTH.search(buf, 0, h)
                     ln = int(length.group(1)) if length else 0
                     if len(buf) < h + 4 + ln:
                         break
                     buf = buf[h + 4 + ln :]
-                    rtt.append((t_recv - sent_at[i][answered[i]]) / 1e6)
+                    t_sent = sent_at[i][answered[i]]
+                    rtt.append((t_recv - t_sent) / 1e6)
+                    if a.trace:
+                        answered_at[t_sent] = t_recv
                     answered[i] += 1
                 pub_buf[i] = buf
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     e2e.sort()
     rtt.sort()
+    if a.trace:
+        with open(a.trace, "w", encoding="ascii") as out:
+            for off, t_sent, t_recv in delivered:
+                out.write(f"{off} {t_sent} {answered_at.get(t_sent, 0)} {t_recv}\n")
     print(
         f"rate {a.rate:g} msg/s, {a.size} B payloads, acks=leader, batch 1, "
         f"{a.connections} publisher connections, {len(e2e)}/{n} delivered"
@@ -125,6 +162,9 @@ def main() -> None:
             f"{name}: p50 {pct(xs, 0.5):.2f} ms  p99 {pct(xs, 0.99):.2f} ms  "
             f"p99.9 {pct(xs, 0.999):.2f} ms  max {xs[-1] if xs else float('nan'):.2f} ms"
         )
+    user = (cpu1.ru_utime - cpu0.ru_utime) / max(1, sent) * 1e6
+    system = (cpu1.ru_stime - cpu0.ru_stime) / max(1, sent) * 1e6
+    print(f"client CPU {user + system:.0f} us/message (user {user:.0f}, system {system:.0f})")
 
 
 if __name__ == "__main__":

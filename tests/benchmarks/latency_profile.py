@@ -133,6 +133,76 @@ def stall_summary(report: Path, seconds: float) -> str:
     return "\n".join(out)
 
 
+#: The one-node path's hops, in order: (name, from event, to event).  ``sent`` / ``answered`` /
+#: ``delivered`` are the client's (``benchmarks.latency --trace``), ``pub`` / ``stored`` / ``sse``
+#: the node's timeline, ``submit`` ... ``back`` the LMDB group commit that held the offset.
+HOPS = [
+    ("client sent -> node took it (wire, wake-up, parse, publish path)", "sent", "pub"),
+    ("client sent -> the node's channel read it (wire, the reactor's wake-up)", "sent", "read"),
+    ("read -> took it (parse, the publish path)", "read", "pub"),
+    ("took it -> commit handed to the writer (the turn's end, group commit)", "pub", "submit"),
+    ("handed -> the writer thread began it (wake-up, GIL)", "submit", "began"),
+    ("began -> ops done", "began", "body"),
+    ("ops done -> committed (the fsyncs)", "body", "synced"),
+    ("committed -> back on the reactor (hand-back: waker, GIL, the reactor's turn)", "synced", "back"),
+    ("back -> stored (the commit's callbacks before it)", "back", "stored"),
+    ("stored -> SSE event sent", "stored", "sse"),
+    ("SSE event sent -> client read it", "sse", "delivered"),
+    ("committed -> SSE event sent (fsync to the bytes leaving)", "synced", "sse"),
+    ("client sent -> answer read (round trip)", "sent", "answered"),
+    ("client sent -> SSE read (end to end)", "sent", "delivered"),
+]
+
+
+def hop_table(base: Path, trace: Path | None) -> str:
+    """The per-hop table of one run: the client's trace merged with the node's timeline
+    (``SPRAWL_TIMELINE``; files ``base.PID``) by offset, each sampled offset's commit found
+    as the first one handed to the writer at or after the offset was taken."""
+    import bisect
+
+    events: dict[int, dict[str, float]] = collections.defaultdict(dict)
+    commits: list[tuple[float, ...]] = []
+    for f in base.parent.glob(base.name + ".*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "commit":
+                commits.append(tuple(float(x) for x in parts[2:7]))
+            elif len(parts) == 3:
+                events[int(parts[0])].setdefault(parts[1], float(parts[2]))
+    commits.sort()
+    starts = [c[0] for c in commits]
+    rows: dict[str, list[float]] = collections.defaultdict(list)
+    # (a closed loop has no client trace: the node's own hops only)
+    lines = trace.read_text().splitlines() if trace is not None else [f"{o} 0 0 0" for o in sorted(events)]
+    for line in lines:
+        off, sent, answered, delivered = (int(x) for x in line.split())
+        ev = events.get(off)
+        if ev is None or "pub" not in ev:
+            continue
+        ev = dict(ev)
+        if sent:
+            ev.update(sent=sent / 1e9, delivered=delivered / 1e9)
+        if answered:
+            ev["answered"] = answered / 1e9
+        i = bisect.bisect_left(starts, ev["pub"])
+        if i < len(commits):
+            ev.update(zip(("submit", "began", "body", "synced", "back"), commits[i], strict=True))
+        for name, a, b in HOPS:
+            if a in ev and b in ev:
+                rows[name].append((ev[b] - ev[a]) * 1000)
+    out = [
+        f"per hop, ms ({max(map(len, rows.values()), default=0)} sampled messages; commits {len(commits)}):",
+        "| hop | p50 | p90 | p99 | max |",
+        "|---|---|---|---|---|",
+    ]
+    for name, _, _ in HOPS:
+        xs = sorted(rows.get(name, []))
+        if xs:
+            q = [xs[min(len(xs) - 1, int(f * len(xs)))] for f in (0.5, 0.9, 0.99)]
+            out.append(f"| {name} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | {xs[-1]:.3f} |")
+    return "\n".join(out)
+
+
 #: The histograms whose tails a run's p99 may be made of (from the node's ``/metrics``).
 TAILS = ("sprawl_lmdb_commit_duration_seconds", "sprawl_gc_pause_seconds")
 
@@ -203,11 +273,14 @@ def by_thread(pid: int, before: dict[int, float], after: dict[int, float], messa
     )
 
 
-def run_latency(url: str, rate: float, seconds: float, connections: int) -> tuple[float, float, str]:
+def run_latency(
+    url: str, rate: float, seconds: float, connections: int, trace: Path | None = None
+) -> tuple[float, float, str]:
     """One run of benchmarks.latency: (p50 ms, p99 ms, its output)."""
     done = subprocess.run(
         [sys.executable, str(HERE / "latency.py"), "--url", url, "--rate", str(rate)]
-        + ["--seconds", str(seconds), "--connections", str(connections)],
+        + ["--seconds", str(seconds), "--connections", str(connections)]
+        + (["--trace", str(trace)] if trace is not None else []),
         capture_output=True,
         text=True,
         timeout=seconds * 3 + 60,
@@ -315,6 +388,12 @@ def main() -> None:
         help="run the node under benchmarks/stall_probe.py (every run), its JSON report written here",
     )
     ap.add_argument("--node-arg", action="append", default=[], help="an extra argument of the node")
+    ap.add_argument(
+        "--timeline",
+        type=int,
+        default=0,
+        help="every N-th offset's hops (the node's SPRAWL_TIMELINE and the client's trace), printed per run",
+    )
     a = ap.parse_args()
     plain = harness.nodes.twistd_command
     p50s: list[float] = []
@@ -348,7 +427,11 @@ def main() -> None:
             harness.nodes.twistd_command = plain
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
-            node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg).start()
+            tl_base = Path(tmp) / "timeline"
+            env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
+            trace = Path(tmp) / "trace" if a.timeline and not a.closed else None
+            tracing = bool(a.timeline)
+            node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg, env=env).start()
             try:
                 i0 = sum(cpu_seconds(node.proc.pid))
                 time.sleep(a.idle)
@@ -361,7 +444,7 @@ def main() -> None:
                     p50, p99, line = closed_loop(node.url, a.closed)
                     print(line, flush=True)
                 else:
-                    p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections)
+                    p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections, trace)
                 took = time.monotonic() - t0
                 print(tails(hist0, histograms(node.url)), flush=True)
                 messages = a.closed or a.rate * a.seconds
@@ -377,6 +460,8 @@ def main() -> None:
                 net = cpu - idle * took / messages * 1e6
             finally:
                 node.stop()
+            if tracing:
+                print(hop_table(tl_base, trace), flush=True)
         tag = " (under py-spy: not a figure)" if profile else ""
         print(
             f"run {i + 1}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, load {load:.1f}, "

@@ -4,6 +4,8 @@
     PYTHONPATH=tests python -m benchmarks.quorum_latency [--warmup 200000] [--rate 1000]
                                                          [--seconds 20] [--wire json|lean]
                                                          [--timeline EVERY]
+                                                         [--nodes 3] [--sse last|leader|follower|no-replica]
+                                                         [--lag N] [--slow F] [--pause S]
 
 Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data dirs), creates
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
@@ -24,6 +26,14 @@ publish to the leader and back), ``quorum`` (the leader's append to a majority h
 subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  Under load
 (other jobs on the machine) judge by these counts and hops, not the wall-clock latency.
 
+What the stream delivered is checked offset by offset (:mod:`sprawl.client.bench.offsets`):
+the first and last offset, duplicates and gaps (each read back: a gap holding messages is a
+skip), with every node's high watermark / log end when the stream opened and at the end, and
+the slowest deliveries; a duplicate or a skipped message prints ``!!!`` lines and the script
+exits 1.  ``--sse`` picks the subscriber's node (``no-replica`` needs ``--nodes 5``: its remote
+feed); ``--lag N`` stops the SSE follower while the warm-up's last N messages are published,
+``--slow F`` stops it F of every 100 ms during the warm-up: a follower behind at the open.
+
 ``--timeline EVERY`` turns on the nodes' timeline (:mod:`sprawl.storage.timeline`): every
 EVERY-th offset's events on each node (forward sent, leader took it, own write submitted /
 fsynced, append sent per follower, follower received / submitted / fsynced / answered, quorum,
@@ -40,7 +50,10 @@ import argparse
 import glob
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -48,7 +61,7 @@ from pathlib import Path
 
 from benchmarks.cluster import FORM_BOUND, create_topic
 from harness import NodeCluster
-from sprawl.client.bench import BenchConfig, run_bench
+from sprawl.client.bench import BenchConfig, BenchResult, run_bench
 
 _LINE = re.compile(
     r'^sprawl_gc_(?:pause_seconds_(count|sum|bucket)|(cpu)_seconds_total)\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$'
@@ -261,6 +274,82 @@ def timeline_table(
     return "\n".join(out)
 
 
+def _views(views: dict[str, list[dict]], names: dict[str, str]) -> str:
+    """Each node's high watermark / log end (leader, epoch) of partition 0, on one line."""
+    parts = []
+    for url, ps in views.items():
+        p0 = next((p for p in ps if p.get("partition") == 0), None)
+        if p0 is not None:
+            parts.append(
+                f"{names.get(url, url)} hw {p0['high_watermark']:,} / end {p0['log_end']:,}"
+                f" (leader {p0['leader']}, epoch {p0['epoch']}"
+                + (f", followers' match {p0['followers']}" if p0.get("followers") else "")
+                + ")"
+            )
+    return "; ".join(parts) or "-"
+
+
+def delivery_report(r: BenchResult, names: dict[str, str]) -> tuple[list[str], bool]:
+    """What the stream delivered, offset by offset, and the nodes' views of the partition when
+    it opened and at the end; and whether it broke the contract (an offset delivered twice, or
+    a message skipped).  Offsets below the leader's log end at the stream's open were published
+    before the measured phase (the warm-up's tail): a stream opened ``from=latest`` on a node
+    whose high watermark lagged then."""
+    out = [
+        f"  partition views at the stream's open: {_views(r.views_at_open, names)}",
+        f"  partition views at the end:           {_views(r.views_at_end, names)}",
+    ]
+    open_end = max(
+        (p["log_end"] for ps in r.views_at_open.values() for p in ps if p.get("partition") == 0), default=0
+    )
+    bad = False
+    for i, parts in enumerate(r.deliveries):
+        for d in parts:
+            old = max(0, min(d.last + 1, open_end) - d.first)
+            out.append(
+                f"  subscriber {i} partition {d.partition}: {d.count:,} delivered, offsets {d.first:,}-{d.last:,}"
+                f" ({old:,} of them published before the stream opened); "
+                f"{d.duplicates} duplicates, {d.skipped} offsets skipped in {len(d.gaps)}+ gaps"
+            )
+            if d.duplicates:
+                bad = True
+                out.append(
+                    f"  !!! DUPLICATES: subscriber {i} partition {d.partition} delivered {d.duplicates} offsets "
+                    f"twice (first: {d.duplicate_offsets[:10]})"
+                )
+            if d.gaps:
+                out.append(f"  gaps on partition {d.partition} (first: {d.gaps[:10]})")
+    for i, worst in enumerate(r.slowest):
+        shown = ", ".join(
+            f"{p}:{o} {late:,.0f} ms (leader took it after {lead:,.0f} ms)" for late, p, o, lead in worst
+        )
+        out.append(f"  subscriber {i} slowest: {shown}")
+    if r.breach() is not None:
+        bad = True
+    if r.skipped_messages:
+        out.append(
+            f"  !!! SKIPPED: {r.skipped_messages} messages in the gaps are in the log but were not delivered"
+        )
+    return out, bad
+
+
+def sse_node_for(cluster: NodeCluster, topic: str, how: str) -> str:
+    """The node the SSE subscriber reads on (``--sse``)."""
+    if how == "last":
+        return cluster.names[-1]
+    placed = cluster.placement().get(topic, {}).get("0", {})
+    leader = placed.get("leader")
+    replicas = placed.get("replicas") or cluster.names
+    if how == "leader" and leader is not None:
+        return leader
+    if how == "follower":
+        return next(n for n in reversed(cluster.names) if n in replicas and n != leader)
+    others = [n for n in cluster.names if n not in replicas]
+    if not others:
+        raise SystemExit("--sse no-replica needs a node holding no replica (--nodes 5)")
+    return others[-1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warmup", type=int, default=200_000)
@@ -269,24 +358,95 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=8)
     ap.add_argument("--wire", choices=["json", "lean"], default="json")
     ap.add_argument("--timeline", type=int, default=0, metavar="EVERY", help="trace every EVERY-th offset")
+    ap.add_argument(
+        "--nodes",
+        type=int,
+        default=3,
+        help="nodes (RF stays 3: with 5, two hold no replica; 4 does not form: Raft keeps 3 voters)",
+    )
+    ap.add_argument(
+        "--sse",
+        choices=["last", "leader", "follower", "no-replica"],
+        default="last",
+        help="the SSE subscriber's node: the last started (the default), the partition's leader, "
+        "a follower, or a node holding no replica (its remote feed; needs --nodes 5)",
+    )
+    ap.add_argument("--warmup-publishers", type=int, default=16)
+    ap.add_argument("--warmup-batch", type=int, default=100)
+    ap.add_argument(
+        "--lag",
+        type=int,
+        default=0,
+        help="stop (SIGSTOP) the SSE node, when a follower, while the warm-up's last LAG messages "
+        "are published: it resumes behind (keep it short: a node silent for 2 s fails over)",
+    )
+    ap.add_argument(
+        "--slow",
+        type=float,
+        default=0.0,
+        help="stop (SIGSTOP) the SSE node this fraction of every 100 ms during the warm-up (0-0.9): "
+        "a follower that falls behind it",
+    )
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between the warm-up and the run")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
         env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
-        cluster = NodeCluster(Path(tmp), 3, prefix="q", env=env)
+        cluster = NodeCluster(Path(tmp), a.nodes, prefix="q", env=env)
         try:
             cluster.start(FORM_BOUND)
             urls = [cluster.url(n) for n in cluster.names]
             topic = "quorum-latency"
             create_topic(cluster, topic, 1, 3)
             common = dict(topic=topic, acks="quorum", keep_topic=True, timeout=60.0, wire=a.wire)
-            if a.warmup:
+            sse_node = sse_node_for(cluster, topic, a.sse)
+
+            def warm(messages: int, where: list[str]) -> None:
                 w = run_bench(
                     BenchConfig(
-                        urls=urls, messages=a.warmup, batch=100, publishers=16, subscribers=0, **common
+                        urls=where,
+                        messages=messages,
+                        batch=a.warmup_batch,
+                        publishers=a.warmup_publishers,
+                        subscribers=0,
+                        **common,
                     )
                 )  # type: ignore[arg-type]
                 print(f"warm-up: {w.published:,} messages at {w.publish_msgs_per_s:,.0f} msgs/s", flush=True)
+
+            slowing = threading.Event()
+
+            def slow_down() -> None:
+                # Stop the SSE node ``--slow`` of every 100 ms while the warm-up runs: a
+                # follower that cannot keep up (it still answers gossip between stops).
+                node = cluster.nodes[sse_node]
+                while not slowing.is_set():
+                    node.signal(signal.SIGSTOP)
+                    time.sleep(0.1 * a.slow)
+                    node.signal(signal.SIGCONT)
+                    time.sleep(0.1 * (1 - a.slow))
+
+            slower = threading.Thread(target=slow_down, daemon=True) if a.slow > 0 else None
+            if slower is not None:
+                slower.start()
+            lagged = min(a.lag, a.warmup) if sse_node != (cluster.partition_leaders(topic).get(0)) else 0
+            if a.warmup - lagged:
+                warm(a.warmup - lagged, urls)
+            if lagged:
+                # The SSE node is stopped while the warm-up's last ``--lag`` messages are
+                # published (the leader and the other follower make the quorum): it comes back
+                # behind, as a follower that could not keep up with the warm-up.
+                cluster.pause(sse_node)
+                try:
+                    warm(lagged, [cluster.url(n) for n in cluster.names if n != sse_node])
+                finally:
+                    cluster.resume(sse_node)
+            if slower is not None:
+                slowing.set()
+                slower.join()
+                cluster.nodes[sse_node].signal(signal.SIGCONT)
+            if a.pause:
+                time.sleep(a.pause)
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             load = os.getloadavg()[0]
@@ -294,7 +454,7 @@ def main() -> None:
             r = run_bench(
                 BenchConfig(
                     urls=urls,
-                    subscriber_urls=[urls[-1]],
+                    subscriber_urls=[cluster.url(sse_node)],
                     messages=int(a.rate * a.seconds),
                     batch=1,
                     publishers=a.publishers,
@@ -307,30 +467,52 @@ def main() -> None:
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
+            replicas = cluster.placement().get(topic, {}).get("0", {}).get("replicas") or cluster.names
+            url_names = {cluster.url(n): n for n in cluster.names}
             pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
         finally:
             cluster.close()
         timeline = read_timeline(tl_base, pids) if a.timeline else None
     e2e = r.e2e_latency_ms
     print(
-        f"3 nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
-        f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on the third "
+        f"{a.nodes} nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
+        f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on {sse_node} "
         f"(wire {a.wire}; load average {load:.1f}):"
     )
     if e2e is not None:
         print(
             f"  e2e p50 {e2e.p50:.2f} ms, p99 {e2e.p99:.2f} ms, max {e2e.max:.1f} ms; "
-            f"{r.delivered:,} of {r.published:,} delivered at {r.publish_msgs_per_s:,.0f} msg/s"
+            f"{r.delivered:,} of {r.published:,} delivered; published at {r.publish_msgs_per_s:,.0f} msg/s "
+            f"in {r.publish_seconds:.1f} s, delivered in {r.delivery_seconds:.1f} s"
         )
+    if r.publish_latency_ms is not None:
+        pl = r.publish_latency_ms
+        print(
+            f"  publish requests: p50 {pl.p50:.2f} ms, p99 {pl.p99:.2f} ms, max {pl.max:.1f} ms; "
+            f"{r.throttled} answered 429 (each retried after its Retry-After, the send time kept)"
+        )
+    for w in r.warnings:
+        print(f"  warning: {w}")
     for name, b, f in zip(cluster.names, before, after, strict=True):
         print(f"  {name} GC during the run: {during(b, f)}")
     for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
-        role = "leader" if name == leader else "follower"
-        print(
-            f"  {name} ({role}{', SSE' if name == cluster.names[-1] else ''}): {node_report(b2, f2, r.published)}"
-        )
+        role = "leader" if name == leader else "follower" if name in replicas else "no replica"
+        print(f"  {name} ({role}{', SSE' if name == sse_node else ''}): {node_report(b2, f2, r.published)}")
+    lines, bad = delivery_report(r, url_names)
+    print("\n".join(lines))
     if timeline is not None and leader is not None:
         print(timeline_table(*timeline, since, until, leader, cluster.names))
+        events = timeline[0]
+        for worst in r.slowest:
+            for _late, _p, o, _lead in worst:
+                ev = events.get(o, {})
+                t0 = ev.get((leader, "pub"))
+                if t0 is not None:
+                    steps = sorted((t - t0, f"{n}:{e}") for (n, e), t in ev.items())
+                    print(f"  offset {o}: " + ", ".join(f"{name} +{dt * 1000:.1f}" for dt, name in steps))
+    if bad:
+        print("!!! the stream broke its contract: an offset delivered twice or a message skipped", flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

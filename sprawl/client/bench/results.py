@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sprawl.client.bench.offsets import PartitionDeliveries
 from sprawl.client.errors import ClientError
 
 #: Digits of the send timestamp (nanoseconds since the epoch) at the start of every payload.
@@ -126,6 +127,38 @@ class BenchResult:
     e2e_latency_ms: LatencySummary | None
     per_subscriber: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Per subscriber, what its stream delivered per partition: first and last offset,
+    #: duplicates and gaps (:mod:`sprawl.client.bench.offsets`).
+    deliveries: list[list[PartitionDeliveries]] = field(default_factory=list)
+    #: Of the offsets in the gaps listed (the first 20 per stream and partition, each read up
+    #: to 1,000 offsets), how many hold a message in the log (read back from the subscriber's
+    #: node after the run): messages the stream skipped.  The rest of a gap is control
+    #: records, which take no frame.
+    skipped_messages: int = 0
+    #: Per subscriber, its slowest deliveries: ``(send -> received ms, partition, offset,
+    #: send -> the leader's timestamp ms)``, the slowest first.
+    slowest: list[list[tuple[float, int, int, float]]] = field(default_factory=list)
+    #: Every node's view of the topic's partitions right after the streams opened and at the
+    #: end of the run: ``{url: [{"partition", "leader", "epoch", "high_watermark",
+    #: "log_end", "followers"}, ...]}`` (``followers``: on a replicated partition's leader, each
+    #: follower's match, else None; a node that did not answer is missing).
+    views_at_open: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    views_at_end: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        """Deliveries of an offset a stream had delivered already (must be 0)."""
+        return sum(d.duplicates for sub in self.deliveries for d in sub)
+
+    def breach(self) -> str | None:
+        """What the streams did that a stream must never do -- deliver an offset twice, skip
+        a message -- as one line, or None."""
+        parts = []
+        if self.duplicates:
+            parts.append(f"{self.duplicates} offsets delivered twice")
+        if self.skipped_messages:
+            parts.append(f"{self.skipped_messages} messages skipped")
+        return "streams broke their contract: " + ", ".join(parts) if parts else None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-able data."""

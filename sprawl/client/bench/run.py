@@ -128,6 +128,60 @@ async def _live_endpoints(config: BenchConfig) -> list[Endpoint]:
     return live
 
 
+#: What :func:`_partition_views` keeps of each partition in a node's topic description.
+_VIEW_KEYS = ("partition", "leader", "epoch", "high_watermark", "log_end", "followers")
+
+
+async def _partition_views(
+    config: BenchConfig, endpoints: list[Endpoint], topic: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Every node's view of the topic's partitions (``GET /v1/topics/{topic}``): its leader,
+    epoch, high watermark and log end each (and, on a replicated partition's leader, each
+    follower's match); a node that does not answer is left out."""
+
+    async def view(ep: Endpoint) -> tuple[str, list[dict[str, Any]] | None]:
+        client = HttpClient(ep, min(config.timeout, 10.0), config.token, config.cacert)
+        try:
+            resp, desc = await client.request("GET", f"/v1/topics/{quote(topic, safe='')}")
+        except ClientError:
+            return ep.url, None
+        finally:
+            client.close()
+        if resp.status != 200 or not isinstance(desc, dict):
+            return ep.url, None
+        return ep.url, [{k: d.get(k) for k in _VIEW_KEYS} for d in desc.get("partition_details", [])]
+
+    got = await asyncio.gather(*(view(ep) for ep in endpoints))
+    return {url: v for url, v in got if v is not None}
+
+
+async def _skipped_messages(
+    config: BenchConfig, sub_urls: list[str], topic: str, report: SubscriberReport
+) -> int:
+    """How many offsets of the streams' listed gaps (the first 1,000 of each) hold a message
+    in the log, read back from each stream's node: messages a stream skipped (the rest of a
+    gap is control records)."""
+    skipped = 0
+    for i, parts in enumerate(report.deliveries):
+        client = HttpClient(
+            Endpoint.parse(sub_urls[i % len(sub_urls)]), config.timeout, config.token, config.cacert
+        )
+        try:
+            for d in parts:
+                for lo, hi in d.gaps:
+                    path = (
+                        f"/v1/topics/{quote(topic, safe='')}/messages?partition={d.partition}"
+                        f"&from={lo}&limit={min(hi - lo, 1000)}"
+                    )
+                    resp, body = await client.request("GET", path)
+                    if resp.status != 200 or not isinstance(body, dict):
+                        raise BenchError(f"cannot read back gap {lo}-{hi - 1}: {resp.error_text()}")
+                    skipped += sum(1 for m in body.get("messages", []) if lo <= m.get("offset", -1) < hi)
+        finally:
+            client.close()
+    return skipped
+
+
 async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchResult:
     config.validate()
     endpoints = await _live_endpoints(config)
@@ -154,6 +208,9 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
 
     subs: ChildSubscribers | InlineSubscribers | None = None
     clients: list[HttpClient] = []
+    views_at_open: dict[str, list[dict[str, Any]]] = {}
+    views_at_end: dict[str, list[dict[str, Any]]] = {}
+    skipped = 0
     try:
         if config.subscribers:
             sub_urls = [Endpoint.parse(u).url for u in config.subscriber_urls] or [ep.url for ep in endpoints]
@@ -170,6 +227,7 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
             )
             subs = ChildSubscribers(spec) if config.subscriber_process else InlineSubscribers(spec)
             await subs.open(config.ready_timeout + 30.0)
+            views_at_open = await _partition_views(config, endpoints, topic)
 
         state = _PublishState(config)
         clients = [
@@ -179,8 +237,12 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
         delivery_target = config.messages * config.subscribers
 
         def report_progress() -> None:
+            # Read the subscribers' progress even when nobody is told: it drains the child's
+            # pipe, whose every send blocks the child -- and with it its streams -- once the
+            # pipe is full (some 280 reports, ~28 s of them: every message after that was
+            # read late, by as long as publishing went on).
+            delivered = subs.delivered() if subs is not None else 0
             if progress is not None:
-                delivered = subs.delivered() if subs is not None else 0
                 progress(state.published, config.messages, delivered, delivery_target)
 
         start_ns = time.time_ns()
@@ -219,6 +281,8 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
             subs = None
             report_progress()
             warnings = report.warnings + report.errors + warnings
+            views_at_end = await _partition_views(config, endpoints, topic)
+            skipped = await _skipped_messages(config, sub_urls, topic, report)
     finally:
         for client in clients:
             client.close()
@@ -275,6 +339,11 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
         e2e_latency_ms=histogram_summary(report.hist) if report else None,
         per_subscriber=report.counts if report else [],
         warnings=warnings,
+        deliveries=report.deliveries if report else [],
+        slowest=report.slowest if report else [],
+        skipped_messages=skipped,
+        views_at_open=views_at_open,
+        views_at_end=views_at_end,
     )
 
 

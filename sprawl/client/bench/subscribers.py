@@ -15,12 +15,13 @@ import multiprocessing.connection
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from sprawl.client.aio import Dechunker, Endpoint, auth_header, parse_head
+from sprawl.client.bench.offsets import OffsetTrack, PartitionDeliveries
 from sprawl.client.bench.results import BenchError, quantize_us
 from sprawl.client.errors import ClientError, error_text, failure_reason
 
@@ -29,11 +30,13 @@ _TS_RE = re.compile(rb'"payload": ?"(\d{19})')
 
 
 class _SseReader(asyncio.Protocol):
-    """Reads one SSE stream and counts bench payloads and their latencies."""
+    """Reads one SSE stream and counts bench payloads and their latencies, and notes each
+    message's offset (:class:`~sprawl.client.bench.offsets.OffsetTrack`: duplicates, gaps)."""
 
     def __init__(self, index: int, hist: Counter[int]) -> None:
         self.index = index
         self.hist = hist
+        self.offsets = OffsetTrack()
         self.count = 0
         self.first_ns = 0
         self.last_ns = 0
@@ -104,6 +107,7 @@ class _SseReader(asyncio.Protocol):
         if not stamps:
             return
         now = time.time_ns()
+        self.offsets.feed(buf, now)
         self.count += len(stamps)
         self.last_ns = now
         if not self.first_ns:
@@ -147,6 +151,10 @@ class SubscriberReport:
     hist: dict[int, int]
     errors: list[str]
     warnings: list[str]
+    #: Per subscriber, what it delivered per partition (offsets, duplicates, gaps).
+    deliveries: list[list[PartitionDeliveries]] = field(default_factory=list)
+    #: Per subscriber, its slowest deliveries (:meth:`OffsetTrack.slowest_first`).
+    slowest: list[list[tuple[float, int, int, float]]] = field(default_factory=list)
 
 
 class SubscriberGroup:
@@ -221,6 +229,8 @@ class SubscriberGroup:
             hist=dict(self.hist),
             errors=errors,
             warnings=list(self.warnings),
+            deliveries=[r.offsets.report() for r in self.readers],
+            slowest=[r.offsets.slowest_first() for r in self.readers],
         )
 
 

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from sprawl.client import aio
 from sprawl.client.bench import BenchConfig, BenchError, make_payload, percentile, results, run_bench
+from sprawl.client.bench import run as run_module
 from sprawl.client.bench.subscribers import _SseReader
 from sprawl.client.errors import ClientError, retry_after_seconds
 from sprawl.client.topics import TopicDescription
@@ -89,7 +90,10 @@ def sse_wire(stamps: list[int], size: int = 40) -> bytes:
     events = []
     for i, ts in enumerate(stamps):
         payload = make_payload(size, ts).decode()
-        msg = json.dumps({"offset": i, "partition": 0, "payload": payload}, separators=(",", ":"))
+        msg = json.dumps(
+            {"offset": i, "partition": 0, "id": None, "timestamp": ts // 10**6, "payload": payload},
+            separators=(",", ":"),
+        )
         events.append(b"id: 0:%d\ndata: %s\n\n" % (i, msg.encode()))
     return b"".join(events)
 
@@ -115,6 +119,78 @@ def test_sse_reader_counts_messages_and_latency_across_splits() -> None:
         assert count == 5
         assert sum(hist.values()) == 5
         assert all(900 <= us < 60_000_000 for us in hist)
+
+
+def test_sse_reader_records_each_offset_and_finds_duplicates_and_gaps() -> None:
+    """The reader notes every delivered (partition, offset) wherever the wire is split: a
+    repeated offset is a duplicate, a jump a gap (listed as ``[lo, hi)``)."""
+    now = time.time_ns()
+    events = sse_wire([now] * 6)  # offsets 0-5 on partition 0
+    again = sse_wire([now] * 3)  # offsets 0-2 again: duplicates
+    later = b"".join(
+        b'id: 0:%d\ndata: {"offset":%d,"partition":0,"timestamp":1,"payload":"%s"}\n\n'
+        % (o, o, make_payload(20, now))
+        for o in (9, 10)
+    )  # 6-8 skipped
+    other = b'id: 1:%d\ndata: {"offset":%d,"partition":1,"timestamp":1,"payload":"%s"}\n\n' % (
+        7,
+        7,
+        make_payload(20, now),
+    )
+    body = b": sprawl stream\n\n" + events + again + later + other
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = head + chunked(body[:70], body[70:])
+
+    async def scenario(cut: int) -> list[Any]:
+        reader = _SseReader(0, Counter())
+        reader.connection_made(FakeTransport())
+        reader.data_received(wire[:cut])
+        reader.data_received(wire[cut:])
+        return reader.offsets.report()
+
+    for cut in range(1, len(wire), 5):
+        p0, p1 = asyncio.run(scenario(cut))
+        assert (p0.partition, p0.first, p0.last, p0.count) == (0, 0, 10, 11)
+        assert (p0.duplicates, p0.duplicate_offsets) == (3, [0, 1, 2])
+        assert (p0.skipped, p0.gaps) == (3, [(6, 9)])
+        assert (p1.partition, p1.first, p1.last, p1.count, p1.duplicates, p1.skipped) == (1, 7, 7, 1, 0, 0)
+
+
+def test_a_duplicate_or_a_skipped_message_is_a_breach() -> None:
+    """A result whose streams delivered an offset twice or skipped a message says so in one
+    line (``sprawlctl bench`` and ``benchmarks.quorum_latency`` exit non-zero on it); gaps of
+    control records alone are none."""
+    from sprawl.client.bench.offsets import OffsetTrack
+
+    def result(offsets: list[int], skipped: int) -> results.BenchResult:
+        track = OffsetTrack()
+        for o in offsets:
+            track.add(0, o)
+        zero: dict[str, Any] = dict.fromkeys(
+            (
+                "messages size batch publishers subscribers published publish_seconds "
+                "publish_msgs_per_s publish_mb_per_s publish_requests throttled delivered "
+                "delivery_target delivery_seconds delivered_msgs_per_s delivered_mb_per_s rate"
+            ).split(),
+            0,
+        )
+        return results.BenchResult(
+            topic="t",
+            acks="quorum",
+            storage="durable",
+            partitions=1,
+            replication_factor=3,
+            publish_latency_ms=None,
+            e2e_latency_ms=None,
+            deliveries=[track.report()],
+            skipped_messages=skipped,
+            **zero,
+        )
+
+    assert result([1, 2, 3], 0).breach() is None
+    assert result([1, 2, 5], 0).breach() is None  # 3-4 control records: no message skipped
+    assert result([1, 2, 2, 3], 0).breach() == "streams broke their contract: 1 offsets delivered twice"
+    assert result([1, 2, 5], 2).breach() == "streams broke their contract: 2 messages skipped"
 
 
 def test_sse_reader_reports_http_errors() -> None:
@@ -217,6 +293,17 @@ def test_bench_cli_json_reports_numbers(sprawl_node: Any) -> None:
     assert result.exit_code == 0, result.stderr
     r = json.loads(result.stdout)
     assert r["published"] == 2000 and r["delivered"] == 2000 and r["per_subscriber"] == [2000]
+    # every offset once, in order, from the node's high watermark when the stream opened
+    [[d]] = r["deliveries"]
+    [opened] = r["views_at_open"].values()
+    [ended] = r["views_at_end"].values()
+    assert (d["first"], d["last"], d["count"]) == (
+        opened[0]["high_watermark"],
+        opened[0]["high_watermark"] + 1999,
+        2000,
+    )
+    assert d["duplicates"] == 0 and d["skipped"] == 0 and r["skipped_messages"] == 0
+    assert ended[0]["high_watermark"] == ended[0]["log_end"] == d["last"] + 1
     assert r["publish_requests"] == 40
     for key in ("publish_msgs_per_s", "publish_mb_per_s", "delivered_msgs_per_s", "delivered_mb_per_s"):
         assert r[key] > 0, key
@@ -226,6 +313,38 @@ def test_bench_cli_json_reports_numbers(sprawl_node: Any) -> None:
         assert lat["max"] > 0
     assert r["replication_factor"] == 1 and r["acks"] == "quorum" and r["size"] == 64
     assert r["topic"] not in topic_names(sprawl_node.url)  # the fresh topic is cleaned up
+
+
+@pytest.mark.integration
+def test_run_bench_reads_the_subscriber_child_while_publishing(
+    sprawl_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While it publishes (no progress callback asked), the run still reads the subscriber
+    child's reports: the child writes one every 100 ms, and once its pipe is full (some 280)
+    each write blocks the child and its streams -- every message after that was read late
+    (dup34: seconds late in runs whose publishing lasted over ~28 s)."""
+    reads: list[int] = []
+    real = run_module.ChildSubscribers
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def delivered(self) -> int:
+            if not publishing_done:
+                reads.append(1)
+            return int(super().delivered())
+
+    publishing_done = False
+    monkeypatch.setattr(run_module, "ChildSubscribers", Counting)
+    real_publisher = run_module._publisher
+
+    async def publisher(*args: Any) -> None:
+        nonlocal publishing_done
+        await real_publisher(*args)
+        publishing_done = True
+
+    monkeypatch.setattr(run_module, "_publisher", publisher)
+    r = run_bench(BenchConfig(urls=[sprawl_node.url], messages=40, batch=1, publishers=1, rate=40.0))
+    assert r.delivered == 40 and r.duplicates == 0
+    assert len(reads) >= 3  # one a loop turn (0.2 s) of the ~1 s of publishing
 
 
 @pytest.mark.integration

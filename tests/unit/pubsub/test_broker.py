@@ -190,6 +190,32 @@ async def test_concurrent_publishes_share_commits(nodes: Callable[..., Node]) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_group_commits_records_reach_the_watchers_at_once_before_any_answer(
+    nodes: Callable[..., Node],
+) -> None:
+    """The publishes of one group commit are settled together: the partition's
+    watchers (its streams) are woken once, seeing every record of the group, before
+    the first of those publishes is answered -- a record's event does not wait for
+    the answers of the writes committed before it (issue 16)."""
+    n = nodes()
+    t = await topic(n, "grp")
+    lg = t.logs[0]
+    seen: list[tuple[str, int]] = []
+    n.broker.watch("grp", 0, lambda: seen.append(("woken", lg.high_watermark)))
+    gate = WriterGate(n.store)
+    first = n.broker.publish(t, [msg("a")], "quorum")
+    await gate.entered.get()  # the first commit is held; the next two queue behind it
+    later = [n.broker.publish(t, [msg(x)], "quorum") for x in ("b", "c")]
+    for d in later:
+        d.addCallback(lambda r: seen.append(("answered", r.offsets[0])))
+    gate.open()
+    await first
+    await DeferredList(later, fireOnOneErrback=True)
+    assert n.store.commits >= 2
+    assert seen[-3:] == [("woken", 3), ("answered", 1), ("answered", 2)], seen
+
+
+@pytest_twisted.ensureDeferred
 async def test_duplicate_ids_return_the_first_offset(nodes: Callable[..., Node]) -> None:
     """An id seen within the dedup window (earlier or in the same batch) gets the
     first offset and is not stored again; after the window it is new."""

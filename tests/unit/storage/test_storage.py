@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 
 from harness import the_reactor, until
 from sprawl.log.record import Record
@@ -149,6 +150,30 @@ async def test_the_next_commit_starts_before_the_callbacks_of_the_last(store: Lm
     await DeferredList([first, later], fireOnOneErrback=True)
     assert seen == [True]
     assert store.commits == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_callbacks_runs_once_every_write_of_the_commit_has_fired(store: LmdbStore) -> None:
+    """``after_callbacks`` asked for from a write's callback runs once all the writes
+    of the same group commit have fired theirs (each asked once, in order); asked for
+    outside a commit's callbacks it runs at once."""
+    seen: list[str] = []
+    ds = [store.write(store.put_records(1, 0, recs(i, 1))) for i in range(3)]  # one turn: one commit
+    for i, d in enumerate(ds):
+        d.addCallback(lambda _, i=i: seen.append(f"fired {i}"))
+        d.addCallback(lambda _, i=i: store.after_callbacks(lambda: seen.append(f"after {i}")))
+    await DeferredList(ds, fireOnOneErrback=True)  # (resumes inside the last write's callbacks)
+    await store.write([])
+    assert store.commits == 2
+    assert seen == ["fired 0", "fired 1", "fired 2", "after 0", "after 1", "after 2"]
+    outside: list[list[str]] = []
+
+    def ask() -> None:  # on a later reactor turn: no commit firing
+        store.after_callbacks(lambda: seen.append("now"))
+        outside.append(list(seen))
+
+    await deferLater(the_reactor(), 0, ask)
+    assert outside[0][-1] == "now"
 
 
 @pytest_twisted.ensureDeferred
