@@ -79,6 +79,23 @@ class RaftWire:
         self.refused_not_member = 0
         self.refused_bad_snapshot = 0
         self._refusals_logged: dict[str, float] = {}
+        #: Raft ids of the peers heard (:meth:`peer_heard`), by node id.
+        self._raft_ids: dict[str, int] = {}
+
+    def peer_heard(self, peer: str) -> None:
+        """The peer channel delivered a frame other than Raft's from ``peer``
+        (its replication traffic): the Raft leader counts it as hearing the
+        peer for CheckQuorum (:meth:`~sprawl.raft.node.RaftNode.report_heard`)
+        -- its Raft answers may be queued behind thousands of such frames."""
+        drv = self.control.driver
+        if drv is None:
+            return
+        rid = self._raft_ids.get(peer)
+        if rid is None:
+            if len(self._raft_ids) > 4096:
+                self._raft_ids.clear()
+            rid = self._raft_ids[peer] = raft_id_of(peer)
+        drv.heard(rid)
 
     def send(self, m: Message) -> None:
         name = self.control.names.get(m.to)

@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any
 
 import msgspec
-from prometheus_client import Counter
+from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
@@ -88,8 +88,8 @@ def index_html() -> bytes:
     return static_bytes("index.html").replace(b"__ASSET_VERSION__", asset_version().encode())
 
 
-def counter_by_topic(counter: Counter) -> dict[str, float]:
-    """Sum a prometheus_client ``Counter`` with a ``topic`` label over its other labels."""
+def counter_by_topic(counter: Collector) -> dict[str, float]:
+    """Sum a counter with a ``topic`` label over its other labels."""
     out: dict[str, float] = {}
     for family in counter.collect():
         for s in family.samples:

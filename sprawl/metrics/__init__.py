@@ -1,7 +1,9 @@
 """Prometheus metrics of one node, on a registry of its own.
 
 Counters on the hot path are incremented once per request (never per
-message); gauges that describe state (high watermarks, tier bytes, lag) are
+message), into lock-free cells read at scrape time (:mod:`sprawl.metrics.cells`:
+the reactor thread updates them; the garbage collector's figures, updated from
+any thread, stay prometheus_client's, as do the rare storage ones); gauges that describe state (high watermarks, tier bytes, lag) are
 read from the broker at scrape time by a custom collector.  A cluster node's
 figures (gossip, Raft and the peer channel, balancing, the data plane) are
 read by the collectors of :mod:`sprawl.metrics.cluster` built on those parts
@@ -10,6 +12,7 @@ and registered with :meth:`NodeMetrics.register` once the parts exist.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from sprawl.metrics.cells import CounterFamily, HistogramCell, HistogramFamily
 
 if TYPE_CHECKING:
     from sprawl.delivery.streams import StreamRegistry
@@ -40,51 +45,51 @@ class NodeMetrics:
     def __init__(self, *, cluster_waiters: TopicWaiters | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        #: Labelled children of the hot-path metrics, cached (see :func:`_children`).
+        #: Labelled cells of the hot-path metrics, cached (see :func:`_children`).
         self.label_children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        self.published_messages = Counter(
+        self.published_messages = CounterFamily(
             "sprawl_published_messages", "Messages appended, by topic", ["topic"], registry=r
         )
-        self.published_bytes = Counter(
+        self.published_bytes = CounterFamily(
             "sprawl_published_bytes",
             "Message bytes (payload, key and headers) appended, by topic",
             ["topic"],
             registry=r,
         )
-        self.delivered_messages = Counter(
+        self.delivered_messages = CounterFamily(
             "sprawl_delivered_messages",
             "Messages delivered to consumers, by topic and mode (fetch, stream, group)",
             ["topic", "mode"],
             registry=r,
         )
-        self.delivered_bytes = Counter(
+        self.delivered_bytes = CounterFamily(
             "sprawl_delivered_bytes",
             "Message bytes (payload, key and headers) delivered to consumers, by topic and mode",
             ["topic", "mode"],
             registry=r,
         )
-        self.dead_lettered_messages = Counter(
+        self.dead_lettered_messages = CounterFamily(
             "sprawl_dead_lettered_messages",
             "Messages that used up max_deliveries, by topic and group",
             ["topic", "group"],
             registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = CounterFamily(
             "sprawl_http_requests",
             "HTTP requests, by route, method and status",
             ["route", "method", "status"],
             registry=r,
         )
-        self.http_request_duration = Histogram(
+        self.http_request_duration = HistogramFamily(
             "sprawl_http_request_duration_seconds",
             "Time from request to response (streams: to the first byte), by route",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.rejected_requests = Counter(
+        self.rejected_requests = CounterFamily(
             "sprawl_rejected_requests",
             "Requests refused before any work, by reason (oversize, overloaded, bad_request)",
             ["reason"],
@@ -93,13 +98,13 @@ class NodeMetrics:
         self.slow_consumers_disconnected = Counter(
             "sprawl_slow_consumers_disconnected", "Stream clients cut off for being too slow", registry=r
         )
-        self.lmdb_commit_duration = Histogram(
+        self.lmdb_commit_duration = HistogramFamily(
             "sprawl_lmdb_commit_duration_seconds",
             "Time from queueing a group commit to its fsynced completion",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.lmdb_commit_ops = Histogram(
+        self.lmdb_commit_ops = HistogramFamily(
             "sprawl_lmdb_commit_ops",
             "Write operations per group commit",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
@@ -165,7 +170,7 @@ class NodeMetrics:
         self.broker: Broker | None = None
         self.streams: StreamRegistry | None = None
         self.cluster_waiters = cluster_waiters
-        self.raft_proposal_duration = Histogram(
+        self.raft_proposal_duration = HistogramFamily(
             "sprawl_raft_proposal_duration_seconds",
             "Time from proposing a metadata change on this node to applying it here",
             buckets=LATENCY_BUCKETS,
@@ -178,7 +183,7 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.replication_hop = Histogram(
+        self.replication_hop = HistogramFamily(
             "sprawl_replication_hop_seconds",
             "Hops of a replicated publish (issue 16), by hop: forward (an entry node's publish sent to "
             "the partition's leader, to its answer), quorum (the leader's append, to a majority holding "
@@ -195,6 +200,8 @@ class NodeMetrics:
             registry=r,
         )
         r.register(_StateCollector(self))
+        self._commit_seconds: HistogramCell = self.lmdb_commit_duration.cell
+        self._commit_ops: HistogramCell = self.lmdb_commit_ops.cell
 
     def watch_state(self, broker: Broker, streams: StreamRegistry | None = None) -> None:
         """Read the broker's state (and the count of open streams) at every scrape.
@@ -213,32 +220,59 @@ class NodeMetrics:
         for c in collectors:
             self.registry.register(c)
 
+    # The hot-path updates below touch the cells directly (no lock, no argument checks, one
+    # Python call each): they run on the reactor thread only (see :mod:`sprawl.metrics.cells`).
+
     def committed(self, seconds: float, ops: int) -> None:
         """Record one LMDB group commit."""
-        self.lmdb_commit_duration.observe(seconds)
-        self.lmdb_commit_ops.observe(ops)
+        h = self._commit_seconds
+        h.sum += seconds
+        if seconds == seconds:
+            h.counts[bisect_left(h.bounds, seconds)] += 1
+        h = self._commit_ops
+        h.sum += ops
+        h.counts[bisect_left(h.bounds, ops)] += 1
 
     def hop(self, name: str, seconds: float) -> None:
         """Time one hop of a replicated publish (``sprawl_replication_hop_seconds``)."""
-        self.replication_hop.labels(name).observe(seconds)
+        c = self.label_children.get((self.replication_hop, name)) or _children(
+            self, (name,), self.replication_hop
+        )
+        h = c[0]
+        h.sum += seconds
+        if seconds == seconds:
+            h.counts[bisect_left(h.bounds, seconds)] += 1
 
     def published(self, topic: str, n: int, nbytes: int) -> None:
         """Count one publish request's messages."""
-        c = _children(self, (topic,), self.published_messages, self.published_bytes)
-        c[0].inc(n)
-        c[1].inc(nbytes)
+        c = self.label_children.get((self.published_messages, topic)) or _children(
+            self, (topic,), self.published_messages, self.published_bytes
+        )
+        c[0].value += n
+        c[1].value += nbytes
 
     def delivered(self, topic: str, mode: str, n: int, nbytes: int) -> None:
         """Count messages handed to consumers."""
-        c = _children(self, (topic, mode), self.delivered_messages, self.delivered_bytes)
-        c[0].inc(n)
-        c[1].inc(nbytes)
+        c = self.label_children.get((self.delivered_messages, topic, mode)) or _children(
+            self, (topic, mode), self.delivered_messages, self.delivered_bytes
+        )
+        c[0].value += n
+        c[1].value += nbytes
 
     def request_done(self, route: str, method: str, code: int, seconds: float) -> None:
         """Time and count one answered API request."""
-        c = _children(self, (route, method), self.http_request_duration)
-        c[0].observe(seconds)
-        _children(self, (route, method, str(code)), self.http_requests)[0].inc()
+        cache = self.label_children
+        c = cache.get((self.http_request_duration, route, method)) or _children(
+            self, (route, method), self.http_request_duration
+        )
+        h = c[0]
+        h.sum += seconds
+        if seconds == seconds:
+            h.counts[bisect_left(h.bounds, seconds)] += 1
+        c = cache.get((self.http_requests, route, method, code)) or _children(
+            self, (route, method, code), self.http_requests
+        )
+        c[0].value += 1
 
     def dead_lettered(self, topic: str, group: str, n: int) -> None:
         """Count dead-lettered messages."""
@@ -253,18 +287,16 @@ class NodeMetrics:
         topical = (self.published_messages, self.delivered_messages)
         for key in [k for k in cache if k[0] in topical and k[1] == topic]:
             del cache[key]  # (a topic's cached children, see _children)
-        for counter in (
+        for family in (
             self.published_messages,
             self.published_bytes,
             self.delivered_messages,
             self.delivered_bytes,
             self.dead_lettered_messages,
         ):
-            for family in counter.collect():
-                for labels in {
-                    tuple(s.labels.values()) for s in family.samples if s.labels.get("topic") == topic
-                }:
-                    counter.remove(*labels)
+            at = family.labelnames.index("topic")
+            for labels in [k for k in family.children if k[at] == topic]:
+                del family.children[labels]
 
     def render(self) -> bytes:
         """Prometheus text exposition format 0.0.4."""
@@ -275,11 +307,11 @@ class NodeMetrics:
 MAX_CACHED_CHILDREN = 4096
 
 
-def _children(m: NodeMetrics, labels: tuple[str, ...], *metrics: Any) -> tuple[Any, ...]:
-    """The children of ``metrics`` for ``labels``, cached on ``m`` (prometheus_client's
-    ``labels()`` takes a lock and builds a key each call: ~4 us, several per message on the
-    publish path).  Keyed by the first metric and the labels; :meth:`NodeMetrics.forget_topic`
-    drops a topic's entries with its series."""
+def _children(m: NodeMetrics, labels: tuple[Any, ...], *metrics: Any) -> tuple[Any, ...]:
+    """The cells of ``metrics`` for ``labels``, cached on ``m`` (``labels()`` turns each value
+    into a string and builds a key each call).  Keyed by the first metric and the labels as
+    given (the hot paths look the key up themselves and call this on a miss);
+    :meth:`NodeMetrics.forget_topic` drops a topic's entries with its series."""
     cache = m.label_children
     key = (metrics[0], *labels)
     c = cache.get(key)

@@ -329,6 +329,9 @@ class NodeService(service.Service):
             forecasts=self.traffic.partition_forecasts if self.traffic is not None else None,
             feature_on=feature_on,
         )
+        # A peer's replication frames count as hearing it for Raft's CheckQuorum:
+        # its Raft answers share the connection, queued behind them (issue 23).
+        self.plane.service.on_heard = self.control.wire.peer_heard
         bind_cluster_parts(links, self.control, self.plane, self.broker.integrity, self.scrubber)
         self.plane.start()
         advertise_ip = advertise

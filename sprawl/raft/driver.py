@@ -232,6 +232,11 @@ class RaftDriver:
         """The transport lost its connection to ``raft_id``."""
         self.node.report_unreachable(raft_id)
 
+    def heard(self, raft_id: int) -> None:
+        """The transport read a frame other than Raft's from ``raft_id``'s
+        node (see :meth:`RaftNode.report_heard`)."""
+        self.node.report_heard(raft_id)
+
     # -- views -----------------------------------------------------------------
 
     @property

@@ -296,6 +296,26 @@ class RaftNode:
         if self.role == Role.LEADER and pr and pr.state == ProgressState.REPLICATE:
             pr.become_probe()
 
+    def report_heard(self, peer: int) -> None:
+        """The transport read something else from ``peer``'s node (its
+        replication frames): as leader, that counts as hearing the peer for
+        CheckQuorum, as a Raft answer would.  A peer's Raft answers share its
+        connection with everything else its node sends, in order; after a
+        data node's failover a survivor sends thousands of replication
+        frames, and a leader reading them a socket buffer per reactor turn
+        met the answers queued behind them only after its CheckQuorum window
+        -- it stepped down with a live quorum and took a new term (issue 23,
+        failserve).  CheckQuorum asks whether the leader can still reach a
+        quorum; a frame read from the peer's node says the connection works.
+        Nothing else depends on it (reads confirm leadership by heartbeat
+        answers, not by a lease), and a peer of a higher term still deposes
+        this leader with its first Raft message."""
+        if self.role != Role.LEADER or peer == self.id:
+            return
+        pr = self.progress.get(peer)
+        if pr is not None:
+            pr.recent_active = True
+
     def report_snapshot(self, peer: int, ok: bool) -> None:
         """The transport finished (or failed) sending a snapshot to ``peer``."""
         pr = self.progress.get(peer)

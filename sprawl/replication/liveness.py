@@ -43,6 +43,10 @@ class NodeLiveness:
         self._since = float("-inf")
         #: When anything was last heard from any node: silences are counted up to it.
         self._latest = float("-inf")
+        #: The longest silence of each node :meth:`newly_silent` judged since
+        #: :meth:`take_gaps`: what a shorter ``timeout`` would have called
+        #: silent (measured, issue 23).
+        self.gaps: dict[str, float] = {}
 
     def reset(self, now: float) -> None:
         """This node became the controller: every node gets a whole timeout
@@ -64,6 +68,12 @@ class NodeLiveness:
         old = self._boot.get(node)
         self._boot[node] = boot
         return old is not None and old != boot
+
+    def take_gaps(self) -> dict[str, float]:
+        """The longest silence of each node judged since the last call (then
+        forgotten): how close to ``timeout`` a live node came."""
+        gaps, self.gaps = self.gaps, {}
+        return gaps
 
     def beat_within(self, node: str, now: float, seconds: float) -> bool:
         """Whether ``node`` beat in the last ``seconds`` -- so a restart of it
@@ -89,7 +99,10 @@ class NodeLiveness:
         for n in nodes:
             if n in self._silent:
                 continue
-            if upto - max(self._heard.get(n, self._since), self._since) > self.timeout:
+            quiet = upto - max(self._heard.get(n, self._since), self._since)
+            if quiet > self.gaps.get(n, 0.0):
+                self.gaps[n] = quiet
+            if quiet > self.timeout:
                 self._silent.add(n)
                 out.append(n)
         return out

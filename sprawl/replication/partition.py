@@ -289,15 +289,16 @@ class PartitionReplication:
         if self._queued and self.failed is None:
             self._drain()
 
-    def tick(self) -> None:
+    def tick(self) -> int:
         """Heartbeats and retransmission (leader), beats to the controller; a
         follower not caught up counts towards its next word to its leader
         (an empty output is not queued: a whole cluster restarting ticks
-        thousands of such followers)."""
+        thousands of such followers).  Returns the messages the tick made."""
         self._sync_log_start()
         out = self.core.tick()
         if out.writes or out.messages:
             self._handle(out, [])
+        return len(out.messages)
 
     def servable_start(self) -> int:
         """The first offset this node can send to a follower: its first local

@@ -121,6 +121,7 @@ class _Follower:
     sent_from: int = 0  # where the last append with records we sent it starts ([sent_from, next))
     stall_limit: int = 3  # ticks without an answer before what is in flight is sent again
     unanswered: bool = False  # records were sent that no answer has covered yet
+    hw_limit: int = 3  # ticks without an answer before the high watermark sent is sent again
 
 
 class Replica:
@@ -296,6 +297,8 @@ class Replica:
         if f is None:
             return out
         f.hw = m.hw if m.hw >= 0 else max(f.hw, f.sent_hw)
+        if f.hw >= f.sent_hw:
+            f.hw_limit = self.retry_ticks  # the last high watermark sent is answered
         if m.ok:
             if m.end > f.match:
                 f.match = m.end
@@ -367,7 +370,9 @@ class Replica:
         self.leader = self.id
         self.replicas = replicas
         self.followers = {
-            r: _Follower(match=0, next=self.cache.end, stall_limit=self.retry_ticks)
+            r: _Follower(
+                match=0, next=self.cache.end, stall_limit=self.retry_ticks, hw_limit=self.retry_ticks
+            )
             for r in replicas
             if r != self.id
         }
@@ -602,7 +607,22 @@ class Replica:
                     f.stall_limit = min(2 * f.stall_limit, self.max_ask_ticks)
                     out.extend(self._send(fid, f, heartbeat=True))
                 continue
-            if f.match < self.cache.end or f.hw < self.hw:
+            if f.match < self.cache.end:
+                out.extend(self._send(fid, f, heartbeat=True))
+            elif f.hw < self.hw:
+                # The follower holds the log but has not said it holds the
+                # high watermark.  Sent already (every move of it goes out at
+                # once, :meth:`_advance_hw`): its answer is awaited as an
+                # append's is, and the watermark goes again only after
+                # ``hw_limit`` ticks without a word, doubling each time -- not
+                # every tick (issue 23: thousands of new leaders after a
+                # failover each chased their busy follower ten times a second,
+                # and every heartbeat was read, answered and read again,
+                # lengthening the queues their first publishes waited in).
+                if f.sent_hw >= self.hw:
+                    if f.idle_ticks < f.hw_limit:
+                        continue
+                    f.hw_limit = min(2 * f.hw_limit, self.max_ask_ticks)
                 out.extend(self._send(fid, f, heartbeat=True))
         if self.tick_beats:
             out.messages.append((self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end)))

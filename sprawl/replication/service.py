@@ -95,6 +95,10 @@ MAX_SKIPPED_JUDGEMENTS = 5
 #: earlier, the others' next beat up to a tick later).
 IDLE_BEAT_TICKS = 2
 
+#: Seconds between the controller's log lines of the longest gap it heard
+#: from each node (how close a live node came to the beat timeout, issue 23).
+GAP_REPORT_SECONDS = 60.0
+
 
 class ReplicationService:
     """Routes replication frames on one node and ticks its replicas and controller cores."""
@@ -197,6 +201,11 @@ class ReplicationService:
         #: Fences taken in a batch so far, and the batches (tests count them).
         self.fences_batched = 0
         self.fence_batches = 0
+        #: When the longest gaps heard were last logged (:meth:`_report_gaps`).
+        self._gaps_reported = float("-inf")
+        #: Called with the peer of every replication frame read (the composition
+        #: root: the Raft leader counts it as hearing that node for CheckQuorum).
+        self.on_heard: Callable[[str], None] | None = None
 
     def start(self) -> None:
         """Start ticking."""
@@ -271,6 +280,7 @@ class ReplicationService:
             self.node_alive(node)  # the controller's hint lapsed (gossip never said dead)
         beats = self.node_beats()
         done_r, done_c = self._tick_as_before() if not beats else (set(), set())
+        sent = 0
         for key in list(self._due):
             r = self.replicas.get(key)
             if r is None or r.core.idle:
@@ -280,7 +290,13 @@ class ReplicationService:
                 continue  # ticked already
             self.ticked += 1
             r.core.tick_beats = not beats  # (a leader's beat per tick: for the release before)
-            r.tick()
+            n = r.tick()
+            if n:
+                sent += n
+        if sent and self._new_leads:
+            # Messages the replicas' ticks made (re-sends, heartbeats) while new
+            # leaders wait for their followers: the timeline's ``tick_sends``.
+            self.timeline.mark("tick_sends", now, sent)
         for key in list(self._due_control):
             c = self.controllers.get(key)
             if c is None or c.idle:
@@ -315,6 +331,8 @@ class ReplicationService:
                 self._beat_wait = IDLE_BEAT_TICKS - 1
             else:
                 self._beat_wait -= 1
+        if self.controllers and now - self._gaps_reported >= GAP_REPORT_SECONDS:
+            self._report_gaps(now)
         for phase, p in self.timeline.due(now):
             log.info(
                 "timeline: {phase} first={first:.3f} last={last:.3f} n={n}",
@@ -323,6 +341,23 @@ class ReplicationService:
                 last=p.last,
                 n=p.n,
             )
+
+    def _report_gaps(self, now: float) -> None:
+        """As the controller: log the longest gap heard from each watched node
+        since the last report -- with the beat timeout, how close live nodes
+        came to being failed over (a shorter timeout must stay clear of it)."""
+        first = self._gaps_reported == float("-inf")
+        self._gaps_reported = now
+        gaps = self.liveness.take_gaps()
+        if first or not gaps:
+            return  # (the first window began whenever this node last heard each)
+        log.info(
+            "liveness: the longest gap heard from each node in {seconds:.0f} s: {gaps} "
+            "(beat timeout {timeout:.1f} s)",
+            seconds=GAP_REPORT_SECONDS,
+            gaps=" ".join(f"{n}={g:.2f}" for n, g in sorted(gaps.items())),
+            timeout=self.liveness.timeout,
+        )
 
     def assigned(self, key: tuple[str, int], r: PartitionReplication, was_leader: bool) -> None:
         """The replica of ``key`` here heard an Assign (from the controller or
@@ -492,6 +527,8 @@ class ReplicationService:
 
     def _frame(self, peer: str, payload: bytes) -> None:
         self.heard(peer)
+        if self.on_heard is not None:
+            self.on_heard(peer)
         try:
             env = msgspec.msgpack.decode(payload, type=Envelope)
         except msgspec.DecodeError:

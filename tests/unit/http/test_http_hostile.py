@@ -597,7 +597,7 @@ async def test_cross_origin_state_changes_are_refused(node: Node) -> None:
         assert (
             await node.http.post("/v1/topics/o/messages", json=body, headers={"Origin": same})
         ).code == 200
-    rejected = node.metrics.rejected_requests.labels("origin")._value.get()
+    rejected = node.metrics.rejected_requests.labels("origin").value
     assert rejected == 36
 
 

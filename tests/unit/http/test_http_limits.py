@@ -110,7 +110,7 @@ def test_headers_sent_a_byte_a_second_are_cut_at_the_header_timeout(guarded: Any
     assert sent == 10
     body = json.loads(c.out.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "request_timeout"
-    assert metrics.rejected_requests.labels("timeout")._value.get() == 1
+    assert metrics.rejected_requests.labels("timeout").value == 1
 
 
 def test_a_silent_connection_is_cut_at_the_header_timeout(guarded: Any) -> None:
@@ -234,7 +234,7 @@ def test_connection_cap_answers_503_past_it_and_counts_closes(guarded: Any) -> N
     assert b"200" not in extra.out
     extra.proto.connectionLost(Failure(ConnectionError("gone")))
     assert site.open_connections == 2 and site.refused_connections == 1
-    assert metrics.rejected_requests.labels("connections")._value.get() == 1
+    assert metrics.rejected_requests.labels("connections").value == 1
     conns[0].proto.connectionLost(Failure(ConnectionError("gone")))
     conns[0].proto.connectionLost(Failure(ConnectionError("twice")))  # counted once
     assert site.open_connections == 1

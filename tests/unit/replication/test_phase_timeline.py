@@ -4,7 +4,12 @@ the benchmark's merge of the nodes' lines (issue 23, failover23)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from twisted.internet import task
+
 from benchmarks.failover_timeline import parse, table
+from sprawl.replication.service import ReplicationService
 from sprawl.replication.timeline import REPORT_SECONDS, WAVE_GAP_SECONDS, PhaseTimeline
 
 
@@ -58,3 +63,24 @@ def test_the_benchmark_merges_the_nodes_lines_after_the_kill() -> None:
     }
     lines = table(got, 1000.0).splitlines()
     assert lines[2] == "| found_silent | n0 | 2.00 | 2.00 | 3,700 |" and "applied" in lines[-1]
+
+
+def test_what_the_ticks_send_while_new_leaders_wait_is_a_phase() -> None:
+    """The messages the replicas' ticks make (re-sends, heartbeats) are the
+    ``tick_sends`` phase while new leaders here wait for their followers to
+    hold their control record -- and nothing is marked otherwise (a steady
+    cluster's heartbeats are not a failover's)."""
+    clock = task.Clock()
+    svc = ReplicationService("a", SimpleNamespace(handlers={}, send=lambda *a: None), clock)  # type: ignore[arg-type]
+    svc.controller_of = lambda: None
+    rep = SimpleNamespace(core=SimpleNamespace(idle=False, tick_beats=False), tick=lambda: 2)
+    svc.replicas[("t", 0)] = rep  # type: ignore[assignment]
+    svc._due.add(("t", 0))
+    svc.tick()
+    assert "tick_sends" not in svc.timeline.phases
+    svc._new_leads[("t", 0)] = 1
+    clock.advance(0.1)
+    svc.tick()
+    clock.advance(0.1)
+    svc.tick()
+    assert svc.timeline.phases["tick_sends"].n == 4
