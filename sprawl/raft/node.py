@@ -567,15 +567,18 @@ class RaftNode:
     def quiet(self) -> bool:
         """(Leader) whether nothing is in flight: every entry committed, every
         follower replicating normally with all of them acknowledged, no
-        leadership transfer and no read waiting.  Only then may heartbeats
-        thin out to ``idle_heartbeat_tick`` -- a follower to probe or catch
-        up, an unacknowledged append (lost on a broken connection: the
-        heartbeat's answer is what sends it again) or a read keep the
-        heartbeat every ``heartbeat_tick``."""
+        learner (one is promoted once caught up: the application looks after
+        each Ready, and a heartbeat's is what comes next), no leadership
+        transfer and no read waiting.  Only then may heartbeats thin out to
+        ``idle_heartbeat_tick`` -- a follower to probe or catch up, an
+        unacknowledged append (lost on a broken connection: the heartbeat's
+        answer is what sends it again) or a read keep the heartbeat every
+        ``heartbeat_tick``."""
         last = self.log.last_index()
         if (
             self.role != Role.LEADER
             or self.log.committed != last
+            or self.learners
             or self.lead_transferee != NONE
             or self._pending_reads
             or self._reads

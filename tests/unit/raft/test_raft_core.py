@@ -811,6 +811,8 @@ def test_a_leader_with_an_unacknowledged_append_heartbeats_every_tick() -> None:
     assert not leader.quiet()
     net.deliver()
     assert leader.quiet()
+    leader.learners.add(4)  # (a learner waits to be promoted once caught up)
+    assert not leader.quiet()
 
 
 def test_an_idle_leader_heartbeats_on_every_late_tick() -> None:
