@@ -140,6 +140,17 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   target, now and along the paths), and none that removes nothing -- for a
   scarce budget.  Tests in ``tests/unit/cluster/test_balance_budget.py``.
 
+* ``predict_margin``: a node counts as predicted hot only when over the
+  predicted bound by that share of the band (pmean to the bound);
+  ``predict_persist``: decisions predicted hot before a shed on the
+  forecast (instead of ``persist``); ``predict_lasting`` (with profiles): a
+  node sheds on the forecast only when predicted over the bound at that
+  share or more of its profile's points -- a lasting rise, not a node
+  hovering at the bound.  Tests in ``tests/unit/cluster/test_balance_predictive.py``
+  and ``tests/unit/cluster/test_balance_plan.py``; ``predict_lasting=0.5``
+  with one season's profiles and the forecaster's ``distrust`` is the
+  *earned trust* combination (:func:`sprawl.forecast.replay.earned`).
+
 The no-flapping argument holds with all of them (the choices pick among the
 same improving moves, or skip one): a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
@@ -301,6 +312,18 @@ class BalanceConfig:
     #: a move that removes some: for a scarce move budget
     #: (:class:`sprawl.forecast.budget.MoveBudget`).  Only with forecasts.
     predict_choose: bool = False
+    #: A node is predicted hot only when its predicted load is over the
+    #: predicted bound by this share of the band between the predicted mean and
+    #: the bound (0: over the bound at all): a forecast just over the bound
+    #: is within the forecast's own error.
+    predict_margin: float = 0.0
+    #: Consecutive decisions a node must be predicted hot before it sheds on
+    #: the forecast (0: ``persist``, as a node hot now).
+    predict_persist: int = 0
+    #: With profiles: a node sheds on the forecast only when it is predicted
+    #: over the bound at this share or more of its profile's points (a lasting
+    #: rise, not a node hovering at the bound; 0: any).
+    predict_lasting: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -698,7 +721,9 @@ class Balancer:
         pmean = sum(pred.values()) / len(nodes) if nodes else 0.0
         pupper = pmean * (1 + c.threshold)
         d.predicted_mean, d.predicted_upper = pmean, pupper
-        phot = {n for n in nodes if pred[n] > pupper and pred[n] >= c.min_load}
+        # predicted hot: over the bound by ``predict_margin`` of the band (pupper - pmean)
+        pover = pupper + c.predict_margin * (pupper - pmean)
+        phot = {n for n in nodes if pred[n] > pover and pred[n] >= c.min_load}
         for n in nodes:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
@@ -724,8 +749,9 @@ class Balancer:
             if src in self._preempted:
                 d.held.append(f"{src}: predicted hot, its moves pre-empted by earlier moves on a forecast")
                 continue
-            if self._pstreak[src] < c.persist:
-                d.held.append(f"{src}: predicted hot for {self._pstreak[src]}/{c.persist} decisions")
+            need = c.predict_persist or c.persist
+            if self._pstreak[src] < need:
+                d.held.append(f"{src}: predicted hot for {self._pstreak[src]}/{need} decisions")
                 continue
             if not calm:
                 d.held.append(
@@ -824,6 +850,11 @@ class Balancer:
                         ),
                     )
                     left -= 1
+            elif c.predict_lasting > 0 and not ahead.lasting(src, c.predict_lasting):
+                d.held.append(
+                    f"{src}: predicted hot, over the bound at less than {c.predict_lasting:g} of its profile"
+                )
+                continue
             else:
                 # over the long horizon: only a move that lowers the predicted
                 # excess there, the one that lowers it most

@@ -48,7 +48,7 @@ from sprawl.cluster.recovery_adapter import ClusterRecovery, StartRefused
 from sprawl.cluster.voter_control import VoterControl
 from sprawl.delivery.topic_waiters import TopicWaiters
 from sprawl.errors import SprawlError, Unavailable
-from sprawl.interfaces import Clock
+from sprawl.interfaces import Clock, Delayed
 from sprawl.peer.frames import RAFT
 from sprawl.peer.tcp import PeerChannel
 from sprawl.raft.driver import RaftDriver
@@ -132,6 +132,8 @@ class ClusterControl(MetadataSeam):
         self.storage: LmdbRaftStorage | None = None
         self.names: dict[int, str] = {self.raft_id: node_id}
         self._waiting: dict[str, tuple[defer.Deferred[dict[str, Any]], float]] = {}
+        #: The proposal timeout of each waiting proposal (see :meth:`applied_here`).
+        self._timers: dict[str, Delayed] = {}
         self._creating: dict[str, defer.Deferred[Any]] = {}
         self._loop: task.LoopingCall | None = None
         self.proposal_seconds: list[float] = []
@@ -324,12 +326,10 @@ class ClusterControl(MetadataSeam):
             raise Unavailable("the cluster metadata is not loaded yet", code="no_leader")
         req = os.urandom(8).hex()
         data = encode_command({**cmd, "req": req})
-        try:
-            self.driver.propose(data)
-        except ProposalDropped as e:
-            raise Unavailable(f"no Raft leader can take the change now ({e})", code="no_leader") from None
         d: defer.Deferred[dict[str, Any]] = defer.Deferred()
         started = time.perf_counter()
+        # Waiting before the proposal is made: a one-node cluster may commit
+        # and apply it before ``propose`` returns.
         self._waiting[req] = (d, started)
 
         def expire() -> None:
@@ -343,15 +343,36 @@ class ClusterControl(MetadataSeam):
                     )
                 )
 
-        timer = self.reactor.callLater(self.proposal_timeout, expire)
+        timer = self._timers[req] = self.reactor.callLater(self.proposal_timeout, expire)
 
         def done(result: Any) -> Any:
+            self._timers.pop(req, None)
             if timer.active():
                 timer.cancel()
             return result
 
         d.addBoth(done)
+        try:
+            self.driver.propose(data)
+        except ProposalDropped as e:
+            self._waiting.pop(req, None)
+            self._timers.pop(req, None)
+            timer.cancel()
+            raise Unavailable(f"no Raft leader can take the change now ({e})", code="no_leader") from None
         return d
+
+    def applied_here(self, req: str) -> None:
+        """The entry of proposal ``req`` (if made here) is applied to the
+        metadata here: it is committed and its result known, so it no longer
+        times out; its caller is answered once this node followed it
+        (:meth:`answer`).  A dead node's thousands of failovers in one
+        ``set_partitions`` entry are followed a slice per reactor turn: on a
+        loaded machine that took longer than the proposal timeout, and the
+        controller, told "not committed in time", failed them all over again
+        (issue 23)."""
+        timer = self._timers.pop(req, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     async def _propose_checked(self, cmd: dict[str, Any]) -> dict[str, Any]:
         result = await self.propose(cmd)

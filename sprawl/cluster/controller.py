@@ -127,6 +127,12 @@ class PartitionController:
         self.forecasts = forecasts
         #: Partitions to look at in the next step (see the module docstring).
         self._dirty: set[tuple[str, int]] = set()
+        #: Partitions whose last look was inconclusive only because their
+        #: failover core was at work (fencing, committing, its new leader not
+        #: yet confirmed): looked at again once the core is idle, not every
+        #: step meanwhile (a dead node's thousands of new leaders are
+        #: confirmed over seconds; issue 23).
+        self._after_work: set[tuple[str, int]] = set()
         #: Partitions by replica node (goal nodes included), from the applied placement.
         self._by_node: dict[str, set[tuple[str, int]]] = {}
         #: What each partition was indexed under, and each topic's partition count.
@@ -228,6 +234,7 @@ class PartitionController:
             self._control_partitions()
         else:
             self._was_leader = False
+            self._after_work.clear()
             if self.service.controllers:
                 self.service.controllers.clear()
                 self._moving.clear()
@@ -270,8 +277,15 @@ class PartitionController:
             if states.get(n) != self._states.get(n):
                 self._dirty.update(self._by_node.get(n, ()))
         self._states = states
+        if self._after_work:
+            # Those whose core went idle (the service ticks every core at work).
+            done = self._after_work - self.service.cores_due()
+            if done:
+                self._after_work -= done
+                self._dirty |= done
         moves = len(self._moving)
         todo, self._dirty = self._dirty, set()
+        self._after_work -= todo
         for key in todo:
             self.visits += 1
             moves = self._control_one(key, meta, states, live, eligible, now, moves)
@@ -342,6 +356,11 @@ class PartitionController:
             return moves  # its proposal's answer looks again
         if moves >= self.max_moves:
             self._dirty.add(key)  # the step's budget is spent: next step
+            return moves
+        if c is not None and not c.idle and c.leader not in self._avoid:
+            # Its core is at work: no replica-set step until it is idle
+            # (:meth:`wanted_replicas` would say so); looked at again then.
+            self._after_work.add(key)
             return moves
         want = self.wanted_replicas(name, p, reps, rf, live, now, c, pl.get("goal"), eligible=eligible)
         if want is not None:

@@ -100,14 +100,20 @@ class MetadataApply:
             return d
 
         if "error" not in result and cmd.get("op") == "set_partitions":
-            names = _batch_topics(cmd, result)
+            names = _batch_topics(cmd, result, self.control.node_id)
             if len(names) > TOPICS_PER_TURN:
                 # A dead node's thousands of failovers: the placement is
                 # followed a slice per reactor turn, and the command answered
                 # once all are (issue 23).  Held in one turn for seconds, the
                 # node sent no beat meanwhile, and the controller failed this
                 # live node's partitions over as well.  Raft goes on meanwhile
-                # (each slice reads the placement as it is then).
+                # (each slice reads the placement as it is then).  The topics
+                # this node now leads go first (their new leaders write the
+                # epoch's control record, which the followers must hold
+                # before a publish is taken; a follower learns the epoch from
+                # those appends as well), and the proposal made here no
+                # longer times out: it is committed and applied.
+                self.control.applied_here(str(cmd.get("req", "")))
                 followed: defer.Deferred[None] = defer.Deferred()
                 d.addCallback(lambda _: self._follow_in_turns(names, followed))
                 followed.addCallback(answer)
@@ -244,11 +250,14 @@ class MetadataApply:
         return defer.ensureDeferred(reconcile())
 
 
-def _batch_topics(cmd: dict[str, Any], result: dict[str, Any]) -> list[str]:
+def _batch_topics(cmd: dict[str, Any], result: dict[str, Any], me: str) -> list[str]:
     """The topics a ``set_partitions`` command changed (its items applied
-    without error), each once, in the order of the items."""
+    without error), each once: first those with a partition node ``me`` now
+    leads, then the others, each group in the order of the items."""
+    led: dict[str, None] = {}
     seen: dict[str, None] = {}
     for item, r in zip(cmd["items"], result["results"], strict=True):
         if "error" not in r:
-            seen[str(item["topic"])] = None
-    return list(seen)
+            name = str(item["topic"])
+            (led if item.get("leader") == me else seen)[name] = None
+    return [*led, *(name for name in seen if name not in led)]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
@@ -95,6 +95,9 @@ class SimConfig:
     #: ``TrafficForecaster(surge_guard=...)`` of the predictive run.
     surge_guard: float = 0.0
     surge_jump: float = 2.0
+    #: ``TrafficForecaster(distrust=...)`` of the predictive run: seconds
+    #: after a surprise during which the balancer gets no forecast.
+    distrust: float = 0.0
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
     #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
@@ -143,6 +146,33 @@ class Result:
     hot_log: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
 
+#: :func:`earned`: a node sheds on a forecast only when predicted over the
+#: bound at half of its profile's points or more (``BalanceConfig.predict_lasting``).
+EARNED_LASTING = 0.5
+
+
+def season_seconds(trace: Trace) -> float:
+    """The trace's (longest) season in seconds."""
+    return trace.forecast.bucket * max(trace.forecast.seasons)
+
+
+def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
+    """``config`` with the *earned trust* combination (docs/benchmarks.md,
+    "Predictive balancing", ninth session): the balancer gets no forecast for
+    one season after a surprise (``distrust``), each partition's profile over
+    one season (``profile_horizon``), and sheds on a forecast only a node
+    predicted over the bound at :data:`EARNED_LASTING` of the profile's
+    points or more (``BalanceConfig.predict_lasting``)."""
+    c = config or SimConfig()
+    season = season_seconds(trace)
+    return replace(
+        c,
+        profile_horizon=season,
+        distrust=season,
+        balance=replace(c.balance, predict_lasting=EARNED_LASTING),
+    )
+
+
 def _units(r: tuple[float, float]) -> float:
     return r[0] + r[1] / BYTES_PER_UNIT
 
@@ -171,6 +201,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             hold_seasons=c.hold_seasons,
             surge_guard=c.surge_guard,
             surge_jump=c.surge_jump,
+            distrust=c.distrust,
         )
         if predictive
         else None

@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sprawl.forecast.anomaly import SURGE, Anomaly, AnomalyConfig, AnomalyDetector
+from sprawl.forecast.anomaly import SILENT, SURGE, Anomaly, AnomalyConfig, AnomalyDetector
 from sprawl.forecast.holtwinters import Band, ForecastConfig, Series, series_bytes
 from sprawl.gossip.load import BYTES_PER_UNIT, rates_by_node
 
@@ -108,6 +108,7 @@ class TrafficForecaster:
         hold_seasons: bool = False,
         surge_guard: float = 0.0,
         surge_jump: float = SUDDEN,
+        distrust: float = 0.0,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -128,6 +129,17 @@ class TrafficForecaster:
         #: :meth:`partition_profiles`) are capped at that expected top.  0: off.
         self.surge_guard = surge_guard
         self.surge_jump = surge_jump
+        #: The forecast must have earned the balancer's trust: for this many
+        #: seconds after the model was grossly wrong about a partition (a
+        #: *surprise*: a surge whose first sample is :data:`SUDDEN` times the
+        #: top of its interval or more, or a producer gone silent), the
+        #: balancer gets no forecast at all (:meth:`partition_paths` and
+        #: :meth:`partition_forecasts` return nothing, so it runs the reactive
+        #: rule alone).  Cluster-wide, not per partition: one move on a
+        #: forecast anywhere changes every later decision.  0: off.
+        self.distrust = distrust
+        #: When the last surprise opened (-inf: never).
+        self.surprised_at = -math.inf
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
         #: Events, oldest first (open ones included, updated in place).
         self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
@@ -156,6 +168,12 @@ class TrafficForecaster:
         for ev in events:
             if ev.kind == SURGE and ev.end is None and ev.observed >= self.surge_jump * ev.expected.high:
                 tr.surge = (ev.start, ev.expected.high)
+            if (
+                key[0] == PARTITION
+                and ev.end is None
+                and (ev.kind == SILENT or (ev.kind == SURGE and ev.observed >= SUDDEN * ev.expected.high))
+            ):
+                self.surprised_at = max(self.surprised_at, now)
         tr.last = (now, value)
         held = (self.hold_seasons and tr.detector.unusual) or (
             self.surge_guard > 0 and tr.surging(now, self.surge_guard) is not None
@@ -280,6 +298,11 @@ class TrafficForecaster:
         tr = self._series.get(key)
         return None if tr is None else self._peak(tr, now, self._times(now, horizon, points))
 
+    def trusted(self, now: float) -> bool:
+        """Whether the balancer may act on the forecasts now: no surprise in
+        the last :attr:`distrust` seconds (always, with it off)."""
+        return self.distrust <= 0 or now - self.surprised_at >= self.distrust
+
     def partition_paths(
         self, now: float, horizon: float | None = None, points: int = 6
     ) -> dict[tuple[str, int], tuple[float, ...]]:
@@ -287,9 +310,12 @@ class TrafficForecaster:
         evenly spaced times up to ``horizon`` seconds ahead (default
         :attr:`horizon`; at most one per step), capped while a surge is taken
         as passing (:attr:`surge_guard`): the path the balancer replays its
-        reactive rule on (``BalanceConfig.predict_replace``)."""
+        reactive rule on (``BalanceConfig.predict_replace``).  Nothing while
+        the forecasts are not :meth:`trusted`."""
         times = self._times(now, horizon, points)
         out: dict[tuple[str, int], tuple[float, ...]] = {}
+        if not self.trusted(now):
+            return out
         for key, tr in self._series.items():
             if key[0] != PARTITION or tr.last is None:
                 continue
@@ -330,6 +356,8 @@ class TrafficForecaster:
         times = [now + horizon * (i + 1) / points for i in range(points)]
         fade = 2 * self.horizon
         out: dict[tuple[str, int], tuple[float, ...]] = {}
+        if not self.trusted(now):
+            return out
         for key, tr in self._series.items():
             if key[0] != PARTITION or tr.last is None:
                 continue

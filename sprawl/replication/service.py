@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, cast
 
 import msgspec
@@ -505,6 +506,13 @@ class ReplicationService:
         or a leader not yet confirmed) -- at most; some may have gone idle
         since their last tick."""
         return len(self._due_control)
+
+    def cores_due(self) -> AbstractSet[tuple[str, int]]:
+        """The partitions whose controller core is ticked now (a read-only
+        view): every core not idle is among them (some may have gone idle
+        since their last tick).  The controller looks again at a partition
+        whose core was at work once it is no longer here."""
+        return self._due_control
 
     def cores_fencing(self) -> int:
         """Controller cores fencing whose choice is still to come (no majority

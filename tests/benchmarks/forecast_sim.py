@@ -7,7 +7,8 @@
         [--plan-margin F] [--predict-replace cap|same] [--replace-within S] [--replace-points N]
         [--choose-target] [--choose-partition] [--shed-skip N] [--no-predict-pass] [--forecast-only]
         [--budget] [--budget-reserve N] [--budget-expire S] [--shadow-feed view|regossip|exact]
-        [--predict-choose] [--shadow-cost N]
+        [--predict-choose] [--shadow-cost N] [--distrust S] [--profile-seasons N]
+        [--balance NAME=VALUE ...] [--earned]
 
 Runs :func:`sprawl.forecast.replay.compare` (virtual time, seeded: the same
 table every run) over the synthetic traces of :mod:`sprawl.forecast.traces`
@@ -40,6 +41,12 @@ forecast only while the move budget it gives has more than
 :mod:`sprawl.forecast.budget`); ``--predict-choose`` makes the move on a
 forecast that removes the most predicted excess (``BalanceConfig.predict_choose``).
 ``--shadow-cost N`` times the shadow's decisions at N partitions and exits.
+``--distrust S`` hands the balancer no forecast for S seconds after a
+surprise (``TrafficForecaster(distrust=...)``); ``--profile-seasons N`` gives
+it profiles over N of the trace's seasons; ``--balance NAME=VALUE`` sets any
+other ``BalanceConfig`` field; ``--earned`` is the earned-trust combination
+(:func:`sprawl.forecast.replay.earned`: profiles and distrust of one season,
+``predict_lasting`` 0.5).
 """
 
 from __future__ import annotations
@@ -50,11 +57,21 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sprawl.cluster.balance import BalanceConfig
 from sprawl.forecast import traces
 from sprawl.forecast.budget import ShadowReactive
-from sprawl.forecast.replay import Result, SimConfig, Trace, compare, simulate, table
+from sprawl.forecast.replay import (
+    EARNED_LASTING,
+    Result,
+    SimConfig,
+    Trace,
+    compare,
+    season_seconds,
+    simulate,
+    table,
+)
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "forecast_trace.csv"
 
@@ -115,6 +132,15 @@ def shadow_cost(partitions: int, nodes: int = 3, decisions: int = 60) -> str:
     return "\n".join(out)
 
 
+def _field(kv: str) -> tuple[str, Any]:
+    """``--balance NAME=VALUE``: the field and its value, typed as its default."""
+    name, _, raw = kv.partition("=")
+    default = getattr(BalanceConfig(), name)  # AttributeError names a wrong field
+    if isinstance(default, bool):
+        return name, raw.lower() in ("1", "true", "yes")
+    return name, type(default)(raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -124,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recur", type=int, default=1, help="a seasonal bucket counts once passed N times")
     ap.add_argument("--hold-seasons", action="store_true", help="seasons do not learn during an anomaly")
     ap.add_argument("--profile-hours", type=float, default=0.0, help="long-horizon profiles (hours; 0: none)")
+    ap.add_argument(
+        "--profile-seasons", type=float, default=0.0, help="profiles over N of the trace's seasons"
+    )
     ap.add_argument("--surge-guard", type=float, default=0.0, help="seconds a surge is taken as passing")
     ap.add_argument("--surge-jump", type=float, default=2.0, help="guard surges starting at X times the top")
+    ap.add_argument("--distrust", type=float, default=0.0, help="seconds without forecasts after a surprise")
     ap.add_argument("--predict-hold", type=float, default=0.0, help="seconds between forecast moves")
     ap.add_argument(
         "--hold-waiver", type=float, default=0.25, help="profile share over the bound that waives it"
@@ -174,11 +204,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--shadow-cost", type=int, default=0, help="time the shadow's decisions at N partitions and exit"
     )
+    ap.add_argument(
+        "--balance",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other BalanceConfig field (repeatable; numbers and true/false)",
+    )
+    ap.add_argument(
+        "--earned",
+        action="store_true",
+        help="the earned-trust combination: --profile-seasons 1, --distrust one season, predict_lasting 0.5",
+    )
     ap.add_argument("--only", help="run this trace only")
     a = ap.parse_args(argv)
     if a.shadow_cost:
         print(shadow_cost(a.shadow_cost))
         return 0
+    extra: dict[str, Any] = dict(_field(kv) for kv in a.balance)
+    if a.earned:
+        a.profile_seasons = a.profile_seasons or 1.0
+        extra.setdefault("predict_lasting", EARNED_LASTING)
     rows: list[tuple[Result, Result]] = []
     for tr, cfg in runs(a.quick, a.trace):
         if a.only and tr.name != a.only:
@@ -189,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(
             cfg,
             hold_seasons=a.hold_seasons,
-            profile_horizon=3600.0 * a.profile_hours,
+            profile_horizon=(
+                a.profile_seasons * season_seconds(tr) if a.profile_seasons else 3600.0 * a.profile_hours
+            ),
             surge_guard=a.surge_guard,
             surge_jump=a.surge_jump,
+            distrust=a.distrust or (season_seconds(tr) if a.earned else 0.0),
             budget=a.budget,
             budget_reserve=a.budget_reserve,
             budget_expire=a.budget_expire,
@@ -214,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 shed_skip=a.shed_skip,
                 predict=not a.no_predict_pass,
                 predict_choose=a.predict_choose,
+                **extra,
             ),
         )
         t0 = time.monotonic()

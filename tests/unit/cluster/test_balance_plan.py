@@ -232,3 +232,18 @@ def test_a_lasting_rise_is_not_held() -> None:
     for t in (100.0, 110.0, 120.0):
         d = b.decide(t, flat(renamed(rising(), "x")), SIX)
     assert [m.reason for m in d.moves] == [PREDICTED]
+
+
+def test_predict_lasting_needs_the_node_over_the_bound_for_much_of_its_profile() -> None:
+    """``predict_lasting=0.5``: a over the bound at all four profile points
+    sheds on the forecast as without it; with t/0 back to its present 20 after
+    the first point (a over the bound at one point in four: a blip, or a node
+    hovering at the bound) it does not, and says why."""
+    d = first_move(Balancer(BalanceConfig(min_load=100, predict_lasting=0.5)), flat(rising()))
+    assert d is not None and [(m.src, m.reason) for m in d.moves] == [("a", PREDICTED)]
+    blip = [replace(p, profile=(55.0, 20.0, 20.0, 20.0)) if p.key == ("t", 0) else p for p in flat(rising())]
+    d = first_move(Balancer(BalanceConfig(min_load=100)), blip)
+    assert d is not None and [(m.src, m.reason) for m in d.moves] == [("a", PREDICTED)]
+    d = first_move(Balancer(BalanceConfig(min_load=100, predict_lasting=0.5)), blip)
+    assert d is not None and d.moves == []
+    assert any("less than 0.5 of its profile" in h for h in d.held)

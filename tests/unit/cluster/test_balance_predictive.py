@@ -143,3 +143,21 @@ def test_a_moved_partition_waits_predict_cooldown_before_moving_on_a_forecast() 
     assert d is not None and d.moves == []
     _, d = decide_n(b, rising(), 5, t0=5000.0)
     assert d is not None and [m.reason for m in d.moves] == [PREDICTED]
+
+
+def test_predict_margin_needs_the_forecast_clearly_over_the_bound() -> None:
+    """``predict_margin``: a predicted at 143 against a predicted bound of 130.75
+    (mean 104.6, band 26.15) is over it by 0.47 of the band: a margin of 0.4
+    still moves t/0 early, one of 0.5 does not (and says so)."""
+    b = Balancer(BalanceConfig(min_load=100, predict_margin=0.4))
+    _, d = decide_n(b, rising(), 5)
+    assert d is not None and [m.reason for m in d.moves] == [PREDICTED]
+    b = Balancer(BalanceConfig(min_load=100, predict_margin=0.5))
+    _, d = decide_n(b, rising(), 5)
+    assert d is not None and d.moves == [] and not d.nodes["a"].predicted_hot
+
+
+def test_predict_persist_asks_for_more_decisions_predicted_hot() -> None:
+    """``predict_persist=5``: the early move comes after five decisions predicted hot, not three."""
+    i, d = decide_n(Balancer(BalanceConfig(min_load=100, predict_persist=5)), rising(), 8)
+    assert d is not None and i == 4 and [m.reason for m in d.moves] == [PREDICTED]

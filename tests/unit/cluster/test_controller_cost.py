@@ -309,7 +309,13 @@ def test_a_big_batch_of_failovers_is_followed_a_slice_per_reactor_turn(n: int, t
         for i in range(n)
     ]
     meta = SimpleNamespace(apply=lambda index, cmd: {"results": [{} for _ in cmd["items"]]})
-    control = SimpleNamespace(metadata=meta, reactor=reactor, answer=lambda req, result: answers.append(req))
+    control = SimpleNamespace(
+        metadata=meta,
+        reactor=reactor,
+        node_id="c",
+        answer=lambda req, result: answers.append(req),
+        applied_here=lambda req: None,
+    )
     apply = MetadataApply(control, SimpleNamespace(topics={}))  # type: ignore[arg-type]
     heard: list[list[str]] = [[]]
     apply.watch_topics(lambda name: heard[-1].append(name))

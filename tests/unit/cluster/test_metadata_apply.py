@@ -53,7 +53,9 @@ class Here:
         self.control = SimpleNamespace(
             metadata=self.metadata,
             names={},
+            node_id="a",
             answer=lambda req, result: self.answers.append(result),
+            applied_here=lambda req: None,
             leader_name="a",
             dead_grace=30.0,
             is_leader=True,

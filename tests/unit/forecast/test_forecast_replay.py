@@ -12,7 +12,7 @@ import pytest
 
 from harness.paths import DATA
 from sprawl.forecast import traces
-from sprawl.forecast.replay import SimConfig, compare, simulate, table
+from sprawl.forecast.replay import SimConfig, compare, earned, simulate, table
 
 RECORDED = DATA / "forecast_trace.csv"
 
@@ -64,6 +64,62 @@ def test_predictive_moves_no_more_than_reactive_on_the_day_long_traces(trace) ->
     assert reactive.hot_seconds > 0
     assert predictive.hot_seconds < reactive.hot_seconds
     assert predictive.moves <= reactive.moves, (predictive.moves_by_reason, reactive.moves_by_reason)
+
+
+@pytest.mark.parametrize(
+    ("trace", "config"),
+    [
+        (lambda: traces.hourly(), SimConfig()),
+        (lambda: traces.recorded(RECORDED, period=300.0, bucket=10.0), SimConfig(horizon=60.0)),
+    ],
+    ids=["hourly", "recorded"],
+)
+def test_earned_trust_beats_reactive(trace, config: SimConfig) -> None:  # type: ignore[no-untyped-def]
+    """The earned-trust combination (:func:`sprawl.forecast.replay.earned`):
+    fewer seconds with a node hot, no more moves, no more messages delayed."""
+    tr = trace()
+    ((reactive, predictive),) = compare([tr], earned(tr, config))
+    assert reactive.hot_seconds > 0
+    assert predictive.hot_seconds < reactive.hot_seconds
+    assert predictive.moves <= reactive.moves
+    assert predictive.delayed <= reactive.delayed
+    assert predictive.moves_by_reason.get("predicted", 0) > 0
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SPRAWL_SIM_LONG"),
+    reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
+)
+@pytest.mark.parametrize(
+    "trace",
+    [
+        pytest.param(lambda: traces.daily(days=2.0), id="daily"),
+        pytest.param(lambda: traces.ramp(), id="ramp"),
+    ],
+)
+def test_earned_trust_wins_the_day_long_traces(trace) -> None:  # type: ignore[no-untyped-def]
+    """The earned-trust combination on the forecastable day-long traces: less
+    hot time, no more moves and no more messages delayed than the reactive balancer."""
+    tr = trace()
+    ((reactive, predictive),) = compare([tr], earned(tr))
+    assert predictive.hot_seconds < reactive.hot_seconds
+    assert predictive.moves <= reactive.moves, (predictive.moves_by_reason, reactive.moves_by_reason)
+    assert predictive.delayed <= reactive.delayed
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SPRAWL_SIM_LONG"),
+    reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
+)
+def test_earned_trust_falls_back_to_reactive_on_surges() -> None:
+    """On the surges trace the first surge (1.7 h in, as the forecasts warm up)
+    withdraws the forecasts for a day, and the next ones keep them away: no
+    move on a forecast, the reactive run move for move (a tie, not a win:
+    docs/benchmarks.md says why)."""
+    tr = traces.surges()
+    ((reactive, predictive),) = compare([tr], earned(tr))
+    assert predictive.moves_by_reason.get("predicted", 0) == 0
+    assert predictive.log == reactive.log and predictive.hot_seconds == reactive.hot_seconds
 
 
 def test_runs_are_deterministic() -> None:
