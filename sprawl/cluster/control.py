@@ -55,6 +55,7 @@ from sprawl.raft.driver import RaftDriver
 from sprawl.raft.lmdb_storage import LmdbRaftStorage
 from sprawl.raft.messages import ConfState
 from sprawl.raft.node import Config, ProposalDropped
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -69,6 +70,9 @@ __all__ = ["ClusterControl", "StartRefused", "cluster_hex"]
 log = Logger()
 
 _HISTORY = 512
+#: An idle Raft leader's heartbeat period in ticks (``Config.idle_heartbeat_tick``;
+#: at most half the election timeout): busy, it heartbeats every tick.
+IDLE_HEARTBEAT_TICKS = 2
 
 
 class ClusterControl(MetadataSeam):
@@ -183,7 +187,7 @@ class ClusterControl(MetadataSeam):
         loop = task.LoopingCall(self.voter_control.step)
         loop.clock = cast("IReactorTime", self.reactor)
         self._loop = loop
-        loop.start(max(self.tick_seconds * 5, 0.1), now=True).addErrback(
+        start_in_phase(loop, max(self.tick_seconds * 5, 0.1), now=True).addErrback(
             lambda f: log.failure("cluster control loop stopped", f)
         )
 
@@ -195,6 +199,8 @@ class ClusterControl(MetadataSeam):
             id=self.raft_id,
             election_tick=self.election_ticks,
             heartbeat_tick=1,
+            # Idle, the leader heartbeats every other tick (issue 23, idle34).
+            idle_heartbeat_tick=min(IDLE_HEARTBEAT_TICKS, self.election_ticks // 2),
             applied=snap.meta.index,
         )
         self.driver = RaftDriver(

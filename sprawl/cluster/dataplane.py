@@ -48,6 +48,7 @@ from sprawl.replication.failover import Commit
 from sprawl.replication.messages import Message
 from sprawl.replication.replica import Replica
 from sprawl.replication.service import ReplicationService
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -185,7 +186,7 @@ class DataPlane:
         loop = task.LoopingCall(self.tick)
         loop.clock = cast("IReactorTime", self.reactor)
         self._loop = loop
-        loop.start(self.tick_seconds, now=False).addErrback(
+        start_in_phase(loop, self.tick_seconds).addErrback(
             lambda f: log.failure("data plane tick stopped", f)
         )
 

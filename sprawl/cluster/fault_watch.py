@@ -9,10 +9,12 @@ LMDB use against its limit -- runs the diagnosis and keeps the faults for
 Gossip alone cannot tell a killed node from a stopped one: both stop
 answering probes.  So each member gossip has lost (suspect or dead) is
 probed on its peer port, at most once per :data:`PROBE_EVERY` seconds and
-for at most :data:`PROBE_TIMEOUT` seconds, and one live member per round in
-turn (a killed node's port refuses at once, before gossip's suspicion has
-run its course; not with a TLS peer channel, where a live node says nothing
-first): a refused connection means no
+for at most :data:`PROBE_TIMEOUT` seconds, and so is a live member as soon
+as this node's peer connection to it fails or ends (:meth:`FaultWatch.peer_lost`),
+and one live member per round in turn, each at most once per
+:data:`LIVE_PROBE_EVERY` seconds (a killed node's port refuses at once,
+before gossip's suspicion has run its course; not with a TLS peer channel,
+where a live node says nothing first): a refused connection means no
 process listens (killed, crashed), an accepted one on which the CHALLENGE
 never comes means the process is there but answers nothing (SIGSTOP, hung),
 and a timeout means the host or the network.  The probe only reads: it
@@ -56,6 +58,7 @@ from sprawl.cluster.features import (
     to_latch,
 )
 from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -76,6 +79,11 @@ INTERVAL = 0.5
 CPU_SHARE = 0.05
 #: A lost member's peer port is probed at most this often.
 PROBE_EVERY = 1.0
+#: A live member's peer port at most this often (issue 23: a probe is a TCP
+#: connection made, accepted and closed on both nodes, work an idle node did
+#: once a second per member).  Gossip suspects a killed member within a few
+#: seconds anyway, and then it is probed every :data:`PROBE_EVERY`.
+LIVE_PROBE_EVERY = 5.0
 #: A probe waits this long for the connection and then for the CHALLENGE.
 PROBE_TIMEOUT = 1.0
 #: The cluster feature gate is worked out again after this many seconds (it
@@ -230,7 +238,7 @@ class FaultWatch:
         """Run a round every :data:`INTERVAL` seconds."""
         self._loop = LoopingCall(self.tick)
         self._loop.clock = cast("IReactorTime", self.clock)  # (it uses only callLater and seconds)
-        self._loop.start(INTERVAL, now=True).addErrback(
+        start_in_phase(self._loop, INTERVAL, now=True).addErrback(
             lambda f: log.failure("the fault watch stopped", f)  # type: ignore[arg-type]
         )
 
@@ -267,7 +275,7 @@ class FaultWatch:
                 live.append(m.node_id)
         if live and not self.tls:
             self._turn = (self._turn + 1) % len(live)
-            self._maybe_probe(live[self._turn])
+            self._maybe_probe(live[self._turn], LIVE_PROBE_EVERY)
         known = {m.node_id for m in obs.members}
         for node in list(self.reach):
             if node not in known:
@@ -398,7 +406,7 @@ class FaultWatch:
         """The last probe's result: for a live member only while fresh (its
         port refused moments ago), for a lost one whatever was found last."""
         reach, at = self.reach.get(node, ("unknown", 0.0))
-        if state in LOST or self.clock.seconds() - at <= 2 * PROBE_EVERY + PROBE_TIMEOUT:
+        if state in LOST or self.clock.seconds() - at <= LIVE_PROBE_EVERY + PROBE_EVERY + PROBE_TIMEOUT:
             return reach
         return "unknown"
 
@@ -518,9 +526,11 @@ class FaultWatch:
 
     # -- probes -----------------------------------------------------------------------------
 
-    def _maybe_probe(self, node: str) -> None:
+    def _maybe_probe(self, node: str, every: float = PROBE_EVERY) -> None:
+        """Probe ``node``'s peer port unless a probe of it runs or started
+        less than ``every`` seconds ago."""
         now = self.clock.seconds()
-        if node in self._probing or now - self._probed_at.get(node, -1e9) < PROBE_EVERY:
+        if node in self._probing or now - self._probed_at.get(node, -1e9) < every:
             return
         addr = self._peer_addr(node)
         if addr is None:
@@ -531,6 +541,14 @@ class FaultWatch:
             self.reactor.connectTCP(addr[0], addr[1], _ProbeFactory(self, node), timeout=PROBE_TIMEOUT)
         except Exception:
             self._probing.discard(node)
+
+    def peer_lost(self, node: str) -> None:
+        """The peer channel's connection to ``node`` failed or ended: probe
+        it now (at most once per :data:`PROBE_EVERY`) -- a killed node's port
+        refuses at once, so it is named without waiting for the next live
+        probe's turn or for gossip's suspicion."""
+        if not self.tls and node != self.node_id:
+            self._maybe_probe(node)
 
     def _peer_addr(self, node: str) -> tuple[str, int] | None:
         for mem in self.gossip.members():

@@ -64,6 +64,8 @@ class VoterControl:
         self._grew_at: float | None = None
         #: Seconds from the last member joining (in gossip) to the voter target, as this leader saw it.
         self.time_to_target: float | None = None
+        #: Gossip's member views as of its last event (None: ask again).
+        self._views: list[dict[str, Any]] | None = None
 
     def saw_alive(self, raft_ids: Iterable[int], now: float) -> None:
         """Count ``raft_ids`` as alive at ``now`` (a Raft configuration just loaded)."""
@@ -81,9 +83,15 @@ class VoterControl:
         self._soon_call = None
 
     def members(self) -> list[dict[str, Any]]:
+        """Gossip's member views (:meth:`GossipNode.member_views`), built again
+        only after a gossip event (:meth:`member_event`: a member joined,
+        changed state, address or metadata) -- not on every step twice a
+        second, each decoding every member's partition rates (issue 23)."""
         if self.control.membership is None:
             return []
-        return list(self.control.membership.member_views())
+        if self._views is None:
+            self._views = list(self.control.membership.member_views())
+        return list(self._views)
 
     def refresh(self, now: float) -> set[int]:
         """Peer addresses from gossip; the Raft ids of members up (this node included)."""
@@ -133,7 +141,9 @@ class VoterControl:
             self._soon_call = self.control.reactor.callLater(0, self.step)
 
     def member_event(self, ev: MemberEvent) -> None:
-        """Gossip saw a member change: the controller looks at once."""
+        """Gossip saw a member change: the member views are built again and
+        the controller looks at once."""
+        self._views = None
         if ev.kind in ("join", "alive") and self.control.driver is not None:
             st = self.strength()
             if st.voters < st.target:

@@ -49,6 +49,7 @@ from sprawl.gossip.membership import (
     Output,
 )
 from sprawl.interfaces import Clock, Delayed
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -181,11 +182,11 @@ class GossipNode(DatagramProtocol):
         self._persist()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = cast("IReactorTime", self.clock)
-        self._loop.start(self.tick_interval, now=False).addErrback(self._loop_failed, "tick")
+        start_in_phase(self._loop, self.tick_interval).addErrback(self._loop_failed, "tick")
         if self.load is not None:
             self._meta_loop = task.LoopingCall(self._refresh_load)
             self._meta_loop.clock = cast("IReactorTime", self.clock)
-            self._meta_loop.start(self.meta_interval, now=False).addErrback(self._loop_failed, "load")
+            start_in_phase(self._meta_loop, self.meta_interval).addErrback(self._loop_failed, "load")
         log.info(
             "gossip: node {node_id} at {host}:{port}, incarnation {incarnation}, seeds {seeds}",
             node_id=self.node_id,

@@ -92,6 +92,14 @@ def watch_faults(
         node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls, feature_gate=gate
     )
     watch.start()
+    channel = control.channel
+    previous = channel.on_unreachable
+
+    def unreachable(peer: str) -> None:
+        previous(peer)
+        watch.peer_lost(peer)  # a killed node's port refuses: probed now, not at its turn
+
+    channel.on_unreachable = unreachable
     info.watching_faults(watch.view, features)
     if metrics is not None:
         metrics.register(FaultCollector(watch))

@@ -40,6 +40,7 @@ from sprawl.pubsub.views import Views
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.remote_log import LocalRemoteLog
 from sprawl.storage.tiering import S3Tier
+from sprawl.ticks import start_in_phase
 from sprawl.topics import Topic
 
 
@@ -84,7 +85,7 @@ class Broker(Views):
 
     def start(self) -> None:
         """Start periodic work (leases, retention, budgets)."""
-        self._ticker.start(0.1, now=False)
+        start_in_phase(self._ticker, 0.1)
 
     def begin_stop(self) -> None:
         """Refuse new work from now on (the node is stopping); :meth:`stop` finishes."""

@@ -68,6 +68,7 @@ from sprawl.raft.messages import (
     Snapshot,
 )
 from sprawl.raft.node import Config, ProposalDropped, RaftNode, Ready, Role, split_early
+from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -136,6 +137,8 @@ class RaftDriver:
         #: change at once instead of at its next tick.
         self.on_advanced: list[Callable[[bool], None]] = []
         self._busy = False
+        #: When the last tick ran (reactor seconds).
+        self._last_tick: float | None = None
         self._loop: task.LoopingCall | None = None
         self._reads: dict[bytes, defer.Deferred[int]] = {}
         self._apply_waiters: list[tuple[int, defer.Deferred[None]]] = []
@@ -155,7 +158,7 @@ class RaftDriver:
         loop = task.LoopingCall(self.tick)
         loop.clock = cast("IReactorTime", self.reactor)  # (it uses only callLater and seconds)
         self._loop = loop
-        loop.start(self.tick_seconds, now=False).addErrback(self._crashed)
+        start_in_phase(loop, self.tick_seconds).addErrback(self._crashed)
         self.kick()
 
     def stop(self) -> None:
@@ -175,8 +178,12 @@ class RaftDriver:
     # -- inputs ----------------------------------------------------------------
 
     def tick(self) -> None:
-        """One logical clock tick."""
-        self.node.tick()
+        """One logical clock tick (``late`` when more than one and a half
+        periods passed since the last: see :meth:`RaftNode.tick`)."""
+        now = self.reactor.seconds()
+        late = self._last_tick is not None and now - self._last_tick > 1.5 * self.tick_seconds
+        self._last_tick = now
+        self.node.tick(late)
         self.kick()
 
     def step(self, m: Message) -> None:

@@ -93,6 +93,12 @@ class Config:
     id: int
     election_tick: int = 10
     heartbeat_tick: int = 1
+    #: A leader with nothing in flight (see :meth:`RaftNode.quiet`) heartbeats
+    #: only every this many ticks (issue 23: the idle cluster's CPU); 0: every
+    #: ``heartbeat_tick`` as when busy.  At most half of ``election_tick``, so
+    #: a follower hears at least two within its shortest election timeout and
+    #: CheckQuorum sees every live follower answer in each of its rounds.
+    idle_heartbeat_tick: int = 0
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
     max_apply_size: int | None = None
@@ -107,6 +113,11 @@ class Config:
             raise ValueError("node id must be non-zero")
         if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
+        if self.idle_heartbeat_tick and not (
+            self.heartbeat_tick <= self.idle_heartbeat_tick
+            and 2 * self.idle_heartbeat_tick <= self.election_tick
+        ):
+            raise ValueError("need heartbeat_tick <= idle_heartbeat_tick <= election_tick / 2")
         if self.max_inflight_msgs <= 0:
             raise ValueError("max_inflight_msgs must be positive")
 
@@ -234,10 +245,14 @@ class RaftNode:
 
     # --------------------------------------------------------- application
 
-    def tick(self) -> None:
-        """Advance the logical clock by one tick."""
+    def tick(self, late: bool = False) -> None:
+        """Advance the logical clock by one tick.  ``late``: the driver's
+        clock ran well past a tick since the last one (its process stalled or
+        was not scheduled) -- an idle leader then heartbeats on this tick as a
+        busy one does, so its followers, whose own ticks may have run on time,
+        do not wait ``idle_heartbeat_tick`` more of its ticks."""
         if self.role == Role.LEADER:
-            self._tick_heartbeat()
+            self._tick_heartbeat(late)
         else:
             self._tick_election()
 
@@ -527,7 +542,7 @@ class RaftNode:
             self.election_elapsed = 0
             self.step(Message(MT.HUP, frm=self.id))
 
-    def _tick_heartbeat(self) -> None:
+    def _tick_heartbeat(self, late: bool = False) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
         if self.election_elapsed >= self.cfg.election_tick:
@@ -542,9 +557,37 @@ class RaftNode:
                 pr.snapshot_elapsed += 1
                 if pr.snapshot_elapsed >= self.cfg.election_tick:
                     pr.become_probe()  # the snapshot was probably lost: try again
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+        every = self.cfg.heartbeat_tick
+        if self.cfg.idle_heartbeat_tick and not late and self.heartbeat_elapsed >= every and self.quiet():
+            every = self.cfg.idle_heartbeat_tick
+        if self.heartbeat_elapsed >= every:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat(b"")
+
+    def quiet(self) -> bool:
+        """(Leader) whether nothing is in flight: every entry committed, every
+        follower replicating normally with all of them acknowledged, no
+        learner (one is promoted once caught up: the application looks after
+        each Ready, and a heartbeat's is what comes next), no leadership
+        transfer and no read waiting.  Only then may heartbeats thin out to
+        ``idle_heartbeat_tick`` -- a follower to probe or catch up, an
+        unacknowledged append (lost on a broken connection: the heartbeat's
+        answer is what sends it again) or a read keep the heartbeat every
+        ``heartbeat_tick``."""
+        last = self.log.last_index()
+        if (
+            self.role != Role.LEADER
+            or self.log.committed != last
+            or self.learners
+            or self.lead_transferee != NONE
+            or self._pending_reads
+            or self._reads
+        ):
+            return False
+        for nid, pr in self.progress.items():
+            if nid != self.id and (pr.state != ProgressState.REPLICATE or pr.match != last or pr.inflights):
+                return False
+        return True
 
     def _check_quorum(self) -> None:
         active = {nid for nid, pr in self.progress.items() if pr.recent_active or nid == self.id}

@@ -3,7 +3,8 @@ partition leaders.  Pure.
 
 An idle leader sends nothing per partition (:attr:`sprawl.replication.replica.Replica.idle`),
 so the controller cannot count a partition's silence as it does for a
-partition with work under way.  Instead every node beats once per tick
+partition with work under way.  Instead every node beats once per tick (every
+other tick while it has nothing with work)
 (:class:`~sprawl.replication.messages.NodeBeat`), and any replication frame
 from a node counts as hearing it.  A node silent for ``timeout`` seconds,
 or one whose beat names a new ``boot`` (it restarted: it leads nothing it

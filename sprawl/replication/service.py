@@ -10,8 +10,9 @@ those that have work (issue 23): a replica or core that is idle
 :attr:`FailoverCore.idle <sprawl.replication.failover.FailoverCore.idle>`)
 is not ticked until an input gives it work again, so an idle node's tick
 costs nothing per partition.  Instead of per-partition beats from idle
-leaders, the node beats the controller once per tick
-(:class:`~sprawl.replication.messages.NodeBeat`), and every frame from a peer
+leaders, the node beats the controller once per tick -- every
+:data:`IDLE_BEAT_TICKS` ticks while it has nothing with work
+(:class:`~sprawl.replication.messages.NodeBeat`) --, and every frame from a peer
 counts as hearing it (:mod:`sprawl.replication.liveness`).
 
 Nodes known dead (:attr:`ReplicationService.dead`) -- gossip said dead or
@@ -86,6 +87,14 @@ DEAD_HINT_SECONDS = 10.0
 
 #: Late ticks in a row (this node stalled) that count no silences (see :meth:`ReplicationService.tick`).
 MAX_SKIPPED_JUDGEMENTS = 5
+#: While this node has no replica or core with work, it beats the controller
+#: every this many ticks (issue 23, idle34: half the frames of an idle
+#: cluster's beats); with work under way, after a stall or to a new
+#: controller, on every tick.  The controller's judgement is unchanged (a node
+#: silent for ``beat_timeout`` after it was last heard): a node killed is
+#: found as soon on average, give or take a tick (its last beat up to a tick
+#: earlier, the others' next beat up to a tick later).
+IDLE_BEAT_TICKS = 2
 
 #: Seconds between the controller's log lines of the longest gap it heard
 #: from each node (how close a live node came to the beat timeout, issue 23).
@@ -154,6 +163,10 @@ class ReplicationService:
         self.controller_of: Callable[[], str | None] = lambda: self._last_controller
         #: Where the node's beats go: the controller, or the last other one it knew.
         self._beat_to: str | None = None
+        #: Where the last beat went, idle ticks to wait before the next, beats sent.
+        self._beat_sent_to: str | None = None
+        self._beat_wait = 0
+        self.beats_sent = 0
         #: Nodes known dead, shared by every replica core here (:attr:`Replica.dead`).
         self.dead: set[str] = set()
         #: Until when each of them is dead on the controller's word (inf: gossip's).
@@ -309,8 +322,16 @@ class ReplicationService:
             # Also while this node does not know the controller, or believes
             # it is the controller itself (a deposed Raft leader that has not
             # heard yet): the last other controller it knew still hears it.
-            env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
-            self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+            # Idle, every IDLE_BEAT_TICKS ticks.
+            busy = bool(self._due or self._due_control) or late or not beats
+            if busy or self._beat_to != self._beat_sent_to or self._beat_wait <= 0:
+                env = Envelope("", 0, encode(NodeBeat(self.boot, len(self.replicas))))
+                self.channel.send(self._beat_to, REPLICATION, msgspec.msgpack.encode(env))
+                self.beats_sent += 1
+                self._beat_sent_to = self._beat_to
+                self._beat_wait = IDLE_BEAT_TICKS - 1
+            else:
+                self._beat_wait -= 1
         if self.controllers and now - self._gaps_reported >= GAP_REPORT_SECONDS:
             self._report_gaps(now)
         for phase, p in self.timeline.due(now):

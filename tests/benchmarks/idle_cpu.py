@@ -3,7 +3,8 @@
 
     PYTHONPATH=tests python -m benchmarks.scale --nodes 3 --topics 10000 --keep --data-dir D
     PYTHONPATH=tests python -m benchmarks.idle_cpu D/sprawl-scale-XXXX --nodes 3 \\
-        [--settle 60] [--seconds 60] [--rounds 2] [--profile DIR] [--cluster-gets 50] [--ready-bound 180]
+        [--settle 60] [--seconds 60] [--rounds 2] [--profile DIR] [--cluster-gets 50] [--ready-bound 180] \\
+        [--counts]
 
 Starts the nodes ``n0`` .. ``n{N-1}`` kept under the directory given
 (``benchmarks.scale --keep``; build once, measure many times: creating
@@ -16,7 +17,10 @@ job's load moves least), ``--rounds`` times, each node's CPU by thread beside
 it (``/proc/PID/task``) and the nodes whose scrub ran in the window.  With
 ``--ready-bound S`` it waits for one Raft leader with every node a voter,
 then at most ``S`` wall seconds for every ``/readyz``, and measures even if
-a node is still not ready (a replica that never catches up).  With ``--profile DIR`` it then
+a node is still not ready (a replica that never catches up).  With ``--counts`` each window
+also prints each node's peer frames sent and received, peer connects, gossip packets and GC
+CPU per second (``/metrics`` read just before and after it: the work a cut removes, which
+the machine's load does not move).  With ``--profile DIR`` it then
 records each node with py-spy (``--idle`` off, so only the samples where the
 node's threads run count) for ``--seconds`` more, all nodes at once, as
 speedscope JSON ``DIR/nK.json`` and a top-of-stack summary printed per node.
@@ -84,6 +88,41 @@ def thread_ticks(pid: int) -> dict[str, tuple[int, int]]:
         u, sy = out.get(name, (0, 0))
         out[name] = (u + int(fields[11]), sy + int(fields[12]))
     return out
+
+
+#: The counters ``--counts`` reads from each node's ``/metrics`` around a window.
+COUNTED = (
+    "sprawl_peer_frames_sent_total",
+    "sprawl_peer_frames_received_total",
+    "sprawl_peer_connects_total",
+    "sprawl_gossip_packets_sent_total",
+    "sprawl_gossip_packets_received_total",
+    "sprawl_gc_cpu_seconds_total",
+)
+
+
+def counters(cluster: NodeCluster) -> dict[str, dict[str, float]]:
+    """Each node's :data:`COUNTED` counters now (summed over their labels)."""
+    from harness.nodes import metrics_text
+
+    out: dict[str, dict[str, float]] = {}
+    for n in cluster.names:
+        got = dict.fromkeys(COUNTED, 0.0)
+        # (only these lines: a node of 10,000 partitions exposes many more)
+        for line in metrics_text(cluster.url(n), timeout=30.0).splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in got:
+                got[name] += float(line.rsplit(" ", 1)[1])
+        out[n] = got
+    return out
+
+
+def rates(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], seconds: float) -> Any:
+    """Per second between two :func:`counters` readings (``_total`` left off the names)."""
+    return {
+        n: {k.removesuffix("_total"): round((after[n][k] - before[n][k]) / seconds, 3) for k in COUNTED}
+        for n in after
+    }
 
 
 def agreed(cluster: NodeCluster) -> bool:
@@ -215,6 +254,12 @@ def main() -> None:
     ap.add_argument(
         "--cluster-gets", type=int, default=0, help="then time this many GET /v1/cluster per node"
     )
+    ap.add_argument(
+        "--counts",
+        action="store_true",
+        help="also print each node's peer frames, peer connects, gossip packets and GC CPU per second "
+        "over each window (from /metrics, read just before and after it)",
+    )
     ap.add_argument("--bound", type=float, default=300.0, help="give up waiting after this many seconds")
     ap.add_argument(
         "--ready-bound",
@@ -256,8 +301,12 @@ def main() -> None:
         for _ in range(a.rounds):
             scrub0 = scrub_state(cluster)
             threads: dict[str, Any] = {}
+            counts0 = counters(cluster) if a.counts else None
+            t0 = time.monotonic()
             cpu = measure(cluster, a.seconds, threads)
             row = {"idle_cpu": cpu, "seconds": a.seconds, "load": round(os.getloadavg()[0], 1)}
+            if counts0 is not None:
+                row["per_second"] = rates(counts0, counters(cluster), time.monotonic() - t0)
             row["leader"] = cluster.raft_leader()
             row["scrubbing"] = scrubbed(scrub0, scrub_state(cluster))
             row["threads_ms_per_s"] = threads

@@ -167,3 +167,61 @@ def test_a_round_reads_the_raft_voters_without_the_whole_raft_view() -> None:
     watch.control.driver = None  # type: ignore[attr-defined]
     obs = watch._raft()
     assert obs is not None and (obs.voters, obs.leader) == ((), None)
+
+
+class _ProbeReactor:
+    """A clock whose ``connectTCP`` records each probe and answers it a moment later."""
+
+    def __init__(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.callLater = self.clock.callLater
+        self.seconds = self.clock.seconds
+        self.probes: list[tuple[float, int]] = []
+        self.watch: FaultWatch | None = None
+
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30) -> None:
+        self.probes.append((self.clock.seconds(), port))
+        self.clock.callLater(0.01, factory.result, "answers")
+
+
+def _probing_watch(live: int) -> tuple[FaultWatch, _ProbeReactor]:
+    """A watch of ``live`` alive members whose rounds only probe (no observation)."""
+    from sprawl.cluster.diagnosis import MemberObs, Observation
+
+    reactor = _ProbeReactor()
+    members = [
+        SimpleNamespace(node_id=f"m{i}", meta={"peer": f"127.0.0.1:{7000 + i}"}, addr=("127.0.0.1", 0))
+        for i in range(live)
+    ]
+    gossip = SimpleNamespace(members=lambda: members, set_meta=lambda **kw: None)
+    watch = FaultWatch("me", reactor, None, None, None, gossip, (1, 1))  # type: ignore[arg-type]
+    obs = Observation("me", 0, tuple(MemberObs(m.node_id, "alive") for m in members))
+    watch.observe = lambda: obs  # type: ignore[method-assign]
+    watch.core.diagnose = lambda o: []  # type: ignore[method-assign]
+    return watch, reactor
+
+
+def test_live_members_are_probed_every_few_seconds_not_every_round() -> None:
+    """Idle rounds twice a second with two live members: each member's peer
+    port is probed once per :data:`LIVE_PROBE_EVERY` seconds (a TCP connection
+    on both nodes), not once a second -- 2 x 60 / 5 = 24 probes a minute, not
+    120; a member whose peer connection broke is probed at once."""
+    from sprawl.cluster.fault_watch import INTERVAL, LIVE_PROBE_EVERY
+
+    watch, reactor = _probing_watch(2)
+    for _ in range(int(60 / INTERVAL)):
+        watch.tick()
+        reactor.clock.advance(INTERVAL)
+    assert len(reactor.probes) == 2 * 60 / LIVE_PROBE_EVERY == 24
+    by_port: dict[int, list[float]] = {}
+    for at, port in reactor.probes:
+        by_port.setdefault(port, []).append(at)
+    assert all(b - a >= LIVE_PROBE_EVERY for times in by_port.values() for a, b in itertools.pairwise(times))
+    reactor.clock.advance(1.5)
+    before = len(reactor.probes)
+    watch.peer_lost("m1")
+    assert reactor.probes[before:] == [(reactor.clock.seconds(), 7001)]
+    watch.peer_lost("m1")  # (at most once per PROBE_EVERY)
+    assert len(reactor.probes) == before + 1

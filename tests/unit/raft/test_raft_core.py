@@ -755,6 +755,95 @@ def test_leader_stickiness_followers_ignore_votes_while_the_leader_is_live() -> 
     assert f.term == term + 1 and f.vote == 3
 
 
+# ================================================== idle heartbeats (issue 23)
+
+
+def heartbeats(seen: list[Message]) -> int:
+    """How many heartbeats ``seen`` holds."""
+    return sum(1 for m in seen if m.type == MT.HEARTBEAT)
+
+
+def tick_all(net: Net, n: int) -> list[Message]:
+    """Tick every node ``n`` times (the leader first), delivering what results."""
+    seen: list[Message] = []
+    for _ in range(n):
+        for nid in sorted(net.nodes):
+            seen += net.tick(nid)
+    return seen
+
+
+def test_an_idle_leader_heartbeats_every_idle_heartbeat_tick_and_keeps_its_followers() -> None:
+    """An idle leader (everything committed and acknowledged) heartbeats every
+    ``idle_heartbeat_tick`` ticks -- a third of the frames with 3 -- and no
+    follower's election timeout (10-19 ticks) fires: the term and the leader
+    stay over 300 ticks, CheckQuorum and PreVote on."""
+    counts = {}
+    for idle in (0, 3):
+        net = cluster(3, check_quorum=True, pre_vote=True, idle_heartbeat_tick=idle)
+        net.elect(1)
+        tick_all(net, 3)  # (the election's no-op entry committed and acknowledged)
+        assert net.nodes[1].quiet()
+        term = net.nodes[1].term
+        counts[idle] = heartbeats(tick_all(net, 300))
+        assert all(n.term == term and n.lead == 1 for n in net.nodes.values())
+        assert net.nodes[1].role == Role.LEADER
+    assert counts == {0: 600, 3: 200}
+
+
+def test_a_leader_with_an_unacknowledged_append_heartbeats_every_tick() -> None:
+    """An append a follower has not acknowledged (lost: its heartbeat answer is
+    what sends it again), an uncommitted entry, or a pending read keeps the
+    heartbeat every tick; once everything is acknowledged it thins out again."""
+    net = cluster(3, check_quorum=True, pre_vote=True, idle_heartbeat_tick=3)
+    net.elect(1)
+    tick_all(net, 3)
+    leader = net.nodes[1]
+    net.filter = lambda m: not (m.type == MT.APP and m.to == 2)  # 2 loses the append
+    net.propose(1, b"x")
+    assert not leader.quiet()
+    net.filter = lambda m: True
+    seen = net.tick(1)
+    assert heartbeats(seen) == 2  # the next tick, not the third
+    assert [e.data for e in net.applied[2] if e.data] == [b"x"]  # its answer sent the append again
+    assert leader.quiet()
+    assert heartbeats(net.tick(1, 2)) == 0
+    leader.read_index(b"r")
+    assert not leader.quiet()
+    net.deliver()
+    assert leader.quiet()
+    leader.learners.add(4)  # (a learner waits to be promoted once caught up)
+    assert not leader.quiet()
+
+
+def test_an_idle_leader_heartbeats_on_every_late_tick() -> None:
+    """A tick the driver marks late (its process stalled or was starved: the
+    followers' ticks may have run on time meanwhile) makes an idle leader
+    heartbeat at once, as a busy one would; on-time ticks then thin out
+    again."""
+    net = cluster(3, check_quorum=True, pre_vote=True, idle_heartbeat_tick=3)
+    net.elect(1)
+    tick_all(net, 3)
+    leader = net.nodes[1]
+    assert leader.quiet()
+    seen: list[Message] = []
+    for _ in range(6):
+        leader.tick(late=True)
+        seen += net.deliver()
+    assert heartbeats(seen) == 2 * 6
+    assert heartbeats(net.tick(1, 6)) == 2 * 2
+
+
+def test_idle_heartbeat_tick_must_fit_twice_in_the_election_timeout() -> None:
+    """``idle_heartbeat_tick`` above half the election timeout (a follower
+    could time out between two heartbeats) or below ``heartbeat_tick`` is
+    refused."""
+    with pytest.raises(ValueError):
+        make(1, idle_heartbeat_tick=ET // 2 + 1)
+    with pytest.raises(ValueError):
+        Config(1, election_tick=ET, heartbeat_tick=2, idle_heartbeat_tick=1).validate()
+    make(1, idle_heartbeat_tick=ET // 2)
+
+
 # ================================================== ReadIndex
 
 

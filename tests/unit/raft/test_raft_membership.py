@@ -52,9 +52,21 @@ class _Gossip:
     def __init__(self) -> None:
         self.views: list[dict[str, Any]] = []
         self.listeners: list[Any] = []
+        self.built = 0
 
     def member_views(self) -> list[dict[str, Any]]:
+        self.built += 1
         return self.views
+
+    def change(self, kind: str, views: list[dict[str, Any]]) -> None:
+        """The members change as gossip says it: the views, then an event."""
+        from types import SimpleNamespace
+
+        from sprawl.gossip.membership import MemberEvent
+
+        self.views = views
+        for listener in self.listeners:
+            listener(MemberEvent(kind, SimpleNamespace(node_id=views[0]["id"])))  # type: ignore[arg-type]
 
     def set_meta(self, **fields: Any) -> None:
         pass
@@ -171,13 +183,32 @@ async def test_our_own_id_and_misaddressed_messages_are_dropped(leader: Node) ->
 async def test_a_live_gossip_member_outside_the_configuration_is_heard(leader: Node) -> None:
     """A node gossip holds alive is heard although this node's configuration does
     not list it (a configuration that lags: the sender joined later)."""
-    leader.gossip.views = [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "alive"}]
+    leader.gossip.change("join", [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "alive"}])
     leader.control.voter_control.step()
     assert leader.control.wire.is_member(raft_id_of("newer"), "newer")
     assert not leader.control.wire.is_member(raft_id_of("stranger"), "stranger")
-    leader.gossip.views = [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "dead"}]
+    leader.gossip.change("dead", [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "dead"}])
     leader.control.voter_control.step()
     assert not leader.control.wire.is_member(raft_id_of("newer"), "newer")
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_steps_build_the_member_views_once_per_gossip_event(leader: Node) -> None:
+    """The voter control's steps (twice a second, and on every Raft apply)
+    read gossip's member views -- every member's partition rates decoded --
+    only again after a gossip event, not on each step (issue 23, idle34)."""
+    leader.gossip.change("join", [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "alive"}])
+    vc = leader.control.voter_control
+    vc.step()
+    built = leader.gossip.built
+    for _ in range(20):
+        vc.step()
+    assert leader.gossip.built == built
+    leader.gossip.change("suspect", [{"id": "newer", "peer": "127.0.0.1:9", "http": "", "state": "suspect"}])
+    vc.step()
+    vc.step()
+    assert leader.gossip.built == built + 1
+    assert [v["state"] for v in vc.members()] == ["suspect"]
 
 
 @pytest_twisted.ensureDeferred

@@ -114,19 +114,47 @@ def _service(partitions: int) -> tuple[ReplicationService, list[Any], dict[str, 
     return svc, sent, held
 
 
-def _tick_work(partitions: int) -> tuple[int, int]:
-    """(cores ticked, frames sent) by one tick of an idle node holding ``partitions``."""
+def _tick_work(partitions: int, ticks: int = 1) -> tuple[int, int]:
+    """(cores ticked, frames sent) by ``ticks`` ticks of an idle node holding ``partitions``."""
     svc, sent, _ = _service(partitions)
     svc.tick()  # cores just set are looked at once (and found idle)
     before, sent_before = svc.ticked, len(sent)
-    svc.tick()
+    for _ in range(ticks):
+        svc.reactor.advance(svc.tick_seconds)  # type: ignore[attr-defined]
+        svc.tick()
     return svc.ticked - before, len(sent) - sent_before
 
 
 def test_an_idle_tick_ticks_nothing_however_many_partitions() -> None:
-    """1,000 or 10,000 idle leaders and confirmed cores: a tick ticks none
-    and sends one frame (the node's beat)."""
-    assert _tick_work(1_000) == _tick_work(10_000) == (0, 1)
+    """1,000 or 10,000 idle leaders and confirmed cores: a tick ticks none,
+    and the node's beat (its only frame) goes every other tick: 10 frames in
+    20 ticks (issue 23, idle34: 20 before)."""
+    assert _tick_work(1_000, 20) == _tick_work(10_000, 20) == (0, 10)
+
+
+def test_a_node_with_work_beats_every_tick() -> None:
+    """A replica with work under way (a publish on one of 1,000 idle
+    leaders) and the beat goes on every tick again; a new controller gets
+    one at once."""
+    svc, sent, _held = _service(1_000)
+    svc.tick()
+    busy = SimpleNamespace(core=SimpleNamespace(idle=False), tick=lambda: None)
+    svc.replicas[("busy", 0)] = busy  # type: ignore[assignment]
+    svc._due.add(("busy", 0))  # (what a core's output with work does)
+    before = len(sent)
+    for _ in range(6):
+        svc.reactor.advance(svc.tick_seconds)  # type: ignore[attr-defined]
+        svc.tick()
+    assert sent[before:] == ["ctl"] * 6
+    busy.core.idle = True
+    for _ in range(4):
+        svc.reactor.advance(svc.tick_seconds)  # type: ignore[attr-defined]
+        svc.tick()
+    assert sent[before + 6 :] == ["ctl"] * 2  # idle: every other tick
+    svc.controller_of = lambda: "other"
+    svc.reactor.advance(svc.tick_seconds)  # type: ignore[attr-defined]
+    svc.tick()  # (an idle tick that would not beat "ctl")
+    assert sent[before + 8 :] == ["other"]
 
 
 def test_a_partition_with_work_is_ticked_until_it_is_idle_again() -> None:
@@ -218,12 +246,15 @@ def test_a_node_that_believes_it_is_the_controller_still_beats_the_last_other_on
     )
     now: list[str | None] = ["a"]
     svc.controller_of = lambda: now[0]
-    svc.tick()
+    for _ in range(2):
+        svc.tick()
     now[0] = "b"  # believes it leads Raft
-    svc.tick()
+    for _ in range(2):
+        svc.tick()
     now[0] = None  # knows no leader
-    svc.tick()
-    assert sent == ["a", "a", "a"]
+    for _ in range(2):
+        svc.tick()
+    assert sent == ["a", "a", "a"]  # (idle: every other tick)
 
 
 def test_a_restarted_follower_asks_its_silent_leader_until_an_append_answers() -> None:
@@ -365,15 +396,17 @@ def _dead_tick_work(partitions: int, how: str) -> tuple[int, int]:
     svc, sent, _ = _dead_service(partitions, how)
     svc.tick()  # replicas just added are looked at once (and found idle)
     before, sent_before = svc.ticked, len(sent)
-    svc.tick()
+    for _ in range(2):
+        svc.tick()
     return svc.ticked - before, len(sent) - sent_before
 
 
 def test_a_tick_does_nothing_for_leaders_whose_missing_follower_is_dead() -> None:
     """10,000 partitions whose new leader is here and whose third replica's
-    node is dead (gossip said so, or the controller's Assign did): one tick
-    ticks none of them and sends one frame (the node's beat) -- as with 1,000,
-    and as a node whose leaders' followers are all up."""
+    node is dead (gossip said so, or the controller's Assign did): two ticks
+    tick none of them and send one frame (the node's beat, every other tick
+    while idle) -- as with 1,000, and as a node whose leaders' followers are
+    all up."""
     for how in ("gossip", "assign"):
         assert _dead_tick_work(1_000, how) == _dead_tick_work(10_000, how) == (0, 1), how
 
