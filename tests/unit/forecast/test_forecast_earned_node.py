@@ -180,3 +180,26 @@ def test_a_surprise_takes_the_profiles_away_for_the_distrust() -> None:
     assert not fc.trusted(clock.seconds())
     assert feed.partition_profiles(clock.seconds()) is None
     assert feed.partition_forecasts(clock.seconds()) == {}
+
+
+def test_a_calm_cluster_computes_no_profiles() -> None:
+    """Idle CPU: while every rate and forecast together stays under the bound,
+    the controller reuses its last decision (``_quiet_again``) and asks for no
+    profiles: after the first decision none is computed however long it runs."""
+    gossip = Gossip({"a": {("t", 0): 2.0, ("t", 1): 1.0}, "b": {("t", 2): 1.0, ("t", 3): 1.0}})
+    clock = task.Clock()
+    clock.advance(1_000_000.0)
+    fc = TrafficForecaster(ForecastConfig(bucket=STEP, seasons=(), warmup=3), horizon=60.0)
+    feed = TrafficFeed(fc, clock, gossip, interval=STEP, earned=EarnedTrust(600.0, 600.0, profile_points=6))
+    plane = _plane(gossip, clock)
+    plane.controller.forecasts = feed.partition_forecasts
+    bind_earned_trust(plane.controller, feed)
+    for _ in range(6):
+        feed.tick()
+        clock.advance(STEP)
+    for _ in range(120):  # 10 minutes
+        feed.tick()
+        plane.controller.tick()
+        clock.advance(STEP)
+    assert plane.controller.balance_views_skipped >= 50
+    assert feed.profiles_computed <= 1
