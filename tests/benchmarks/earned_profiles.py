@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
+from functools import partial
 
 from sprawl.forecast.earned import earned_trust
 from sprawl.forecast.holtwinters import ForecastConfig
@@ -36,16 +38,18 @@ def _warm(n: int, rng: random.Random) -> tuple[TrafficForecaster, float]:
     t = 1_000_000.0 * 60
     for _step in range(30):  # 30 one-minute steps: warm (past the model's warm-up)
         for p in range(n):
-            fc.observe(t, partition_key(f"topic-{p % 64}", p), base[p] * (1 + rng.gauss(0, 0.05)), detect=False)
+            fc.observe(
+                t, partition_key(f"topic-{p % 64}", p), base[p] * (1 + rng.gauss(0, 0.05)), detect=False
+            )
         t += 60.0
     return fc, t
 
 
-def _cpu(fn: object, repeat: int) -> float:
+def _cpu(fn: Callable[[], object], repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.process_time()
-        fn()  # type: ignore[operator]
+        fn()
         best = min(best, time.process_time() - t0)
     return best
 
@@ -59,13 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     e = earned_trust(DAY)
     with open("/proc/loadavg") as f:
         print(f"load average: {f.read().split()[0]}")
-    print("| partitions | profiles (CPU ms) | rows | forecasts (CPU ms) | profiles' share of a core at 1/min |")
+    print(
+        "| partitions | profiles (CPU ms) | rows | forecasts (CPU ms) | profiles' share of a core at 1/min |"
+    )
     print("|---|---|---|---|---|")
     for n in a.partitions:
         fc, now = _warm(n, random.Random(n))
         rows = len(fc.partition_profiles(now, e.profile_horizon, e.profile_points))
-        prof = _cpu(lambda: fc.partition_profiles(now, e.profile_horizon, e.profile_points), a.repeat)
-        fore = _cpu(lambda: fc.partition_forecasts(now), a.repeat)
+        prof = _cpu(partial(fc.partition_profiles, now, e.profile_horizon, e.profile_points), a.repeat)
+        fore = _cpu(partial(fc.partition_forecasts, now), a.repeat)
         share = prof / e.profile_every
         print(f"| {n} | {prof * 1000:.1f} | {rows} | {fore * 1000:.1f} | {share * 100:.3f}% |")
     return 0

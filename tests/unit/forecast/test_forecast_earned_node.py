@@ -39,7 +39,8 @@ class Gossip:
                 "id": n,
                 "state": "alive",
                 "partition_rates": [
-                    {"topic": t, "partition": p, "msgs_s": m, "bytes_s": 0.0} for (t, p), m in sorted(r.items())
+                    {"topic": t, "partition": p, "msgs_s": m, "bytes_s": 0.0}
+                    for (t, p), m in sorted(r.items())
                 ],
             }
             for n, r in sorted(self.rates.items())
