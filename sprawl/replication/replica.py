@@ -178,6 +178,10 @@ class Replica:
         #: nothing yet); back to ``retry_ticks`` once an append or an Assign comes.
         self.ask_ticks = retry_ticks
         self.max_ask_ticks = max(retry_ticks, max_ask_ticks)
+        #: A follower with no leader, fenced past the placement: the leader
+        #: an ``Assign`` older than its promise named (see :meth:`_on_assign`).
+        #: Asked where a leader would be until one is heard.
+        self.placed_leader: str | None = None
         #: Whether a leader's every tick beats the controller for its partition
         #: (:class:`LeaderBeat`), as the release before node beats needs.  With
         #: node beats (the adapter clears it) the controller hears a leader's
@@ -212,8 +216,12 @@ class Replica:
         (:class:`NodeBeat`)."""
         if self.role != LEADER:
             # A follower waits for nothing, unless it has not caught up since
-            # it was built: then it asks its leader until an append answers.
-            return self.caught_up or self.leader is None or self.leader == self.id
+            # it was built: then it asks its leader (or, fenced past the
+            # placement with no leader, the leader the placement names) until
+            # an append answers.
+            if self.caught_up or self.leader == self.id:
+                return True
+            return self.leader is None and self.placed_leader is None
         if self.handoff is not None:
             return False
         end, hw, dead = self.cache.end, self.hw, self.dead
@@ -319,8 +327,17 @@ class Replica:
             # is in flight may not have been readable to send.
             return out.extend(self._handoff_ready())
         else:
-            f.next = max(f.match, min(m.end, f.next))
-            f.stalled_ticks = 0
+            rewound = max(f.match, min(m.end, f.next))
+            if rewound < f.next:
+                # What is sent again from there is a new wait.  A word that
+                # rewinds nothing (a follower that is not caught up says
+                # where it stands every few ticks) leaves the count alone:
+                # reset by every such word, an append in flight that was
+                # lost never counted as lost, and a follower whose refusals
+                # of the heartbeats fell in its range waited for it forever
+                # (stuck34: a restarted node "catching up" for good).
+                f.stalled_ticks = 0
+            f.next = rewound
         # A refusal (or a follower telling where it stands after an Assign:
         # one that restarted) gets an answer even with nothing to add: an idle
         # leader sends nothing unprompted, and the follower learns from it
@@ -417,6 +434,7 @@ class Replica:
             out.extend(self._step_down(m.epoch))
         self.epoch = m.epoch
         self.leader = src
+        self.placed_leader = None
         self.role = FOLLOWER
         self.unheard_ticks = 0
         self.ask_ticks = self.retry_ticks
@@ -504,6 +522,24 @@ class Replica:
                 # otherwise wait for a word that never comes.  Say so: the
                 # controller moves to a new epoch.
                 return Output(messages=[(src, Resign(m.epoch))])
+            if self.leader is None:
+                # A follower fenced past the placement with no leader (the
+                # failover that fenced it was never committed): it can never
+                # follow the placement's leader of this older epoch, and that
+                # leader -- unfenced, idle, its followers holding its log --
+                # sends nothing, so nothing else would ever move (issue 23,
+                # stuck34: replicas "catching up" forever after a restart).
+                # Tell it where this replica stands, as to its append: it
+                # steps down and resigns, and the controller fails the
+                # partition over.  Said again on ticks while not caught up
+                # (the word may be lost); a leader of a later epoch takes it
+                # as any refusal.
+                self.placed_leader = m.leader
+                self.unheard_ticks = 0
+                self.ask_ticks = self.retry_ticks
+                return Output(
+                    messages=[(m.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))]
+                )
             return Output()
         if m.leader == self.id:
             if self.role == LEADER and self.epoch == m.epoch:  # a repeat: just say so, to the asker
@@ -520,6 +556,7 @@ class Replica:
         out = self._step_down(m.epoch)
         self.epoch = m.epoch
         self.leader = m.leader
+        self.placed_leader = None
         self.replicas = tuple(m.replicas)
         self.unheard_ticks = 0
         self.ask_ticks = self.retry_ticks
@@ -547,7 +584,16 @@ class Replica:
         if isinstance(m, Append):
             return self._on_append(src, m)
         if isinstance(m, AppendResp):
-            return self._on_append_resp(src, m) if self.role == LEADER else Output()
+            if self.role == LEADER:
+                return self._on_append_resp(src, m)
+            if self.leader is None and 0 < self.led_epoch < m.epoch:
+                # A follower fenced past the epoch this replica last led still
+                # takes it for the placement's leader (see :meth:`_on_assign`):
+                # the controller did not hear that it stepped down (its
+                # ``Resign`` was lost, or it was never said: a restart).  Say
+                # it again; a controller that moved on ignores it.
+                return Output(messages=[(self.controller, Resign(self.led_epoch))])
+            return Output()
         if isinstance(m, Fence):
             return self._on_fence(src, m)
         if isinstance(m, Assign):
@@ -572,12 +618,11 @@ class Replica:
                 # unanswered word doubles the wait for the next (the leader may
                 # lead nothing yet: a whole cluster restarting).
                 self.unheard_ticks += 1
-                if self.unheard_ticks >= self.ask_ticks and self.leader is not None:
+                ask = self.leader if self.leader is not None else self.placed_leader
+                if self.unheard_ticks >= self.ask_ticks and ask is not None:
                     self.unheard_ticks = 0
                     self.ask_ticks = min(2 * self.ask_ticks, self.max_ask_ticks)
-                    out.messages.append(
-                        (self.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw))
-                    )
+                    out.messages.append((ask, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw)))
             return out
         if self.handoff is not None:
             to, left = self.handoff

@@ -19,7 +19,7 @@ Now the fenced leader answers ``Resign(epoch)`` and the core fails over at once.
 from __future__ import annotations
 
 from sprawl.replication.failover import ControlOutput, FailoverCore
-from sprawl.replication.messages import Assign, Fence, Message, Resign
+from sprawl.replication.messages import AppendResp, Assign, Fence, Message, Resign
 from sprawl.replication.replica import Output, Replica
 
 IDS = ("a", "b", "c")
@@ -74,11 +74,15 @@ def _fenced_by_an_uncommitted_move() -> dict[str, Replica]:
 
 def test_a_fenced_leader_answers_a_stale_assign_with_resign() -> None:
     """The replica's side: named leader of an epoch it promised away, it
-    resigns to the asker; a follower told of an old epoch stays silent."""
+    resigns to the asker; a follower told of an old epoch tells the leader
+    named where it stands (stuck34), which, no longer leading, resigns the
+    epoch it led again to its controller."""
     replicas = _fenced_by_an_uncommitted_move()
     assert replicas["a"].receive("b", Assign(1, "a", IDS)).messages == [("b", Resign(1))]
     assert not replicas["a"].is_leader
-    assert replicas["b"].receive("b", Assign(1, "a", IDS)).messages == []
+    said = replicas["b"].receive("b", Assign(1, "a", IDS)).messages
+    assert said == [("a", AppendResp(2, False, 1, 1))]
+    assert replicas["a"].receive("b", said[0][1]).messages == [("a", Resign(1))]
 
 
 def test_a_new_controller_moves_an_inherited_fenced_leader_at_once() -> None:
