@@ -39,6 +39,12 @@ class Append(msgspec.Struct, frozen=True, tag=True):
     #: reads from there once its list of them reaches that far).  Set by the
     #: adapter; the core does not look at it.
     log_start: int = 0
+    #: A heartbeat pushing a high watermark the moment it moved (issue 16,
+    #: quorum3): a follower that holds the leader's log answers it only with
+    #: its next answer -- to the next append, or to a heartbeat of the
+    #: leader's tick, which is not a push.  (A node of a version before it
+    #: ignores the field and answers, as before.)
+    push: bool = False
 
 
 class AppendResp(msgspec.Struct, frozen=True, tag=True):

@@ -15,13 +15,17 @@ allows: their ``Append`` leaves while they are written here (the core counts
 them only once stored).  After the leader's own write the core hears the new
 stored end; whenever the core's high watermark moves, the partition's
 visible high watermark follows (never past what this node has durable) and
-publishes waiting for ``acks=quorum`` are answered.
+publishes waiting for ``acks=quorum`` are answered -- at the core's high
+watermark: once any majority holds them on disk, the leader's own copy
+included or not (issue 16, quorum3; see :meth:`_advance_hw`).
 
 An output whose messages need no write (none but the high watermark's, no
 records or reset in them) is sent at once when nothing is queued or unsent
 before it (the leader's own records on their way to its disk do not count:
 their messages are out): the high watermark pushed to the followers the
-moment a majority holds the records leaves then instead of after that fsync.
+moment a majority holds the records leaves then instead of after that fsync,
+and before the publishes it covers are answered (the answers' work does not
+delay the followers' subscribers).
 
 A write whose only news is a higher high watermark is not a transaction of
 its own (issue 16): the watermark is stored with the replica state of the
@@ -165,7 +169,9 @@ class PartitionReplication:
         #: The core's high watermark as of the last issued batch (shown, capped at
         #: what is durable here, whenever a write of this partition becomes durable).
         self._issued_hw = 0
-        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+        #: Publishes (and duplicates' first copies) waiting for a majority:
+        #: (last offset, the epoch this replica led when it took them, Deferred).
+        self._waiters: list[tuple[int, int, defer.Deferred[None]]] = []
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
         self.on_records = on_records
@@ -208,9 +214,12 @@ class PartitionReplication:
         if timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("pub", first, last + 1)
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((last, d))
+        self._waiters.append((last, self.core.epoch, d))
         if self.on_hop is not None:
             d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
+        tl = timeline.TIMELINE
+        if tl is not None and tl.sampled(first, last + 1):
+            d.addCallback(_mark_acked, tl, first, last + 1)
         self._handle(out, records)
         return d.addCallback(lambda _: list(range(first, last + 1)))
 
@@ -223,12 +232,15 @@ class PartitionReplication:
         """Fires once ``offset`` is below the high watermark (a duplicate's
         first copy, answered only once committed); fails with
         :class:`NotLeader` if this replica stops leading first."""
-        if offset < self.log.high_watermark:
+        core = self.core
+        if offset < self.log.high_watermark or (
+            core.role == LEADER and self._pending_cuts == 0 and offset < core.hw
+        ):
             return defer.succeed(None)
         if self.core.role != LEADER:
             return defer.fail(NotLeader(self.core.leader, self.core.epoch))
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((offset, d))
+        self._waiters.append((offset, self.core.epoch, d))
         return d
 
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
@@ -329,17 +341,22 @@ class PartitionReplication:
         role (which decides how the write finds its records and whether its
         messages may leave before the write is durable) and its high
         watermark (the partition shows it once the output's writes are made)."""
-        cuts = self._note_output(out)
-        if not out.writes and not out.messages:
-            return
-        if (
+        now = bool(
             self.failed is None
             and not self._queued
             and not self._running
             and not self._unsent
             and self._pending_cuts == 0
+            and (out.writes or out.messages)
             and _needs_nothing(out)
-        ):
+        )
+        # With publishes waiting, the watermark is shown (and they are
+        # answered) only once the messages are out: see below.
+        later = now and bool(self._waiters)
+        cuts = self._note_output(out, show=not later)
+        if not out.writes and not out.messages:
+            return
+        if now:
             # Messages that need no write and nothing queued or unsent before
             # them leave now, as the chain would send them: while the chain is
             # idle (a dead node's failover gives each of thousands of
@@ -355,15 +372,23 @@ class PartitionReplication:
                 if timeline.TIMELINE is not None:
                     self._mark_sent(dst, m)
                 self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+            if later:
+                # Shown (and the publishes it covers answered) only once the
+                # messages are out: the high watermark's push to the followers
+                # no longer waits for the answers' work (issue 16, quorum3).
+                # (Only then: with nothing to answer the order is as it was --
+                # a failover's apply groups its commits as before.)
+                self._advance_hw(self.core.hw)
             return
         self._queued.append(_Queued(out, records, self.core.hw, self.core.role == LEADER, cuts))
         if not self._running and self.failed is None:
             self._drain()
 
-    def _note_output(self, out: Output) -> bool:
+    def _note_output(self, out: Output, show: bool = True) -> bool:
         """What every core output does first: wake the ticks, note the change,
-        count a cut, show the core's high watermark when no cut is queued.
-        Returns whether ``out`` cuts records (a truncation or reset)."""
+        count a cut, show the core's high watermark when no cut is queued
+        (unless not ``show``: the caller shows it once the output's messages
+        are sent).  Returns whether ``out`` cuts records (a truncation or reset)."""
         if self.wake is not None and not self.core.idle:
             self.wake((self.topic.name, self.partition))
         if self.changed is not None:
@@ -371,7 +396,7 @@ class PartitionReplication:
         cuts = any(w.truncate_to is not None or w.reset for w in out.writes)
         if cuts:
             self._pending_cuts += 1
-        if self._pending_cuts == 0:
+        if show and self._pending_cuts == 0:
             # Nothing queued drops records the core already dropped, so the
             # core's high watermark covers only records the log holds as the
             # core does: publishes waiting for it are answered now, not after
@@ -399,7 +424,7 @@ class PartitionReplication:
                 topic=self.topic.name,
                 partition=self.partition,
             )
-        for _off, d in self._waiters:
+        for _off, _epoch, d in self._waiters:
             if not d.called:
                 d.errback(f)
         self._waiters = []
@@ -741,14 +766,25 @@ class PartitionReplication:
                     break
                 self.on_hop("visible", now - arrivals.popleft()[1])
         if self._waiters:
+            # A publish is answered once a majority of the replicas holds it on
+            # disk -- any majority: the two followers' copies without this
+            # leader's own (Raft commits without the leader's fsync).  That is
+            # the core's high watermark while it leads the epoch that took the
+            # publish and no queued cut makes its log differ from this node's;
+            # the partition's visible high watermark (``hw``) stays capped at
+            # what this node has durable, so a record may be answered here a
+            # moment before it is readable here (issue 16, quorum3).
+            core = self.core
+            leading = core.role == LEADER and self._pending_cuts == 0
+            committed = max(hw, core.hw) if leading else hw
             keep, done, lost = [], [], []
-            for off, d in self._waiters:
-                if off < hw:
+            for off, epoch, d in self._waiters:
+                if off < hw or (off < committed and epoch == core.epoch):
                     done.append(d)
-                elif self.core.role != LEADER:
+                elif core.role != LEADER:
                     lost.append(d)
                 else:
-                    keep.append((off, d))
+                    keep.append((off, epoch, d))
             self._waiters = keep  # before any callback runs: a callback may publish again
             for d in done:
                 d.callback(None)
@@ -774,6 +810,12 @@ class _Queued:
     hw: int
     leader: bool
     cuts: bool
+
+
+def _mark_acked(result: Any, tl: Any, start: int, end: int) -> Any:
+    """The timeline: the publish of ``[start, end)`` is answered now (``acked``)."""
+    tl.mark("acked", start, end)
+    return result
 
 
 def _plain_append(w: Write) -> bool:

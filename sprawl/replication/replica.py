@@ -250,7 +250,7 @@ class Replica:
             self.stored_end = min(end, self.cache.end)
         return self._advance_hw()
 
-    def _send(self, fid: str, f: _Follower, heartbeat: bool = False) -> Output:
+    def _send(self, fid: str, f: _Follower, heartbeat: bool = False, push: bool = False) -> Output:
         cache = self.cache
         out = Output()
         if f.next < cache.log_start:
@@ -275,6 +275,7 @@ class Replica:
             runs=runs,
             hw=self.hw,
             reset=reset,
+            push=push and not count and not reset,
         )
         f.next = start + count
         if count:
@@ -374,9 +375,18 @@ class Replica:
         if n > self.hw and self.cache.epoch_at(n - 1) == self.epoch:
             self.hw = n
             out = Output(writes=[Write(hw=n)])
+            # A push past this epoch's control record (records published in
+            # it) is answered only with the follower's next answer: to the next
+            # append, or to the heartbeat the tick sends while the follower's
+            # high watermark is not known to be this one (after ``hw_limit``
+            # ticks without a word, see :meth:`tick`).  The epoch's first
+            # push is answered at once as before: a failover's thousands of
+            # new leaders go idle without a tick's heartbeat more each.
+            runs = self.cache.runs
+            push = bool(runs) and runs[-1][0] == self.epoch and n > runs[-1][1] + 1
             for fid, f in self.followers.items():  # followers learn the new hw promptly
                 if f.next >= self.cache.end and fid not in self.dead:
-                    out.extend(self._send(fid, f, heartbeat=True))
+                    out.extend(self._send(fid, f, heartbeat=True, push=push))
             return out
         return Output()
 
@@ -430,6 +440,21 @@ class Replica:
             return out
         if self.role == LEADER and m.epoch == self.epoch:
             raise SafetyError(f"{src} sent appends of epoch {m.epoch}, which {self.id} leads")
+        # A high watermark pushed by the leader this replica already follows,
+        # caught up: its answer would only tell the leader it was heard (see
+        # the end).  (The push may start before this replica's end: a publish
+        # answered at the watermark may send its next records before the push
+        # leaves.)
+        quiet = (
+            m.push
+            and m.count == 0
+            and not m.reset
+            and self.caught_up
+            and self.role != LEADER
+            and self.leader == src
+            and m.epoch == self.epoch == self.fenced_epoch
+            and m.start <= cache.end
+        )
         if m.epoch > self.fenced_epoch or self.role == LEADER:
             out.extend(self._step_down(m.epoch))
         self.epoch = m.epoch
@@ -501,6 +526,14 @@ class Replica:
             write.hw = new_hw
         if write.truncate_to is not None or write.count or write.hw is not None:
             out.writes.append(write)
+        if quiet and write.truncate_to is None:
+            # Not answered (issue 16, quorum3): at one publish at a time the
+            # leader pushes each new high watermark the moment a majority
+            # holds the records, and answering each push was a frame each way
+            # per message.  The leader learns this replica's high watermark
+            # from its next answer (to the next append, or to the tick's
+            # heartbeat, which the leader sends while it does not know it).
+            return out
         out.messages.append((src, AppendResp(self.fenced_epoch, True, batch_end, self.hw)))
         return out
 

@@ -36,8 +36,9 @@ feed); ``--lag N`` stops the SSE follower while the warm-up's last N messages ar
 
 ``--timeline EVERY`` turns on the nodes' timeline (:mod:`sprawl.storage.timeline`): every
 EVERY-th offset's events on each node (forward sent, leader took it, own write submitted /
-fsynced, append sent per follower, follower received / submitted / fsynced / answered, quorum,
-high watermark sent, follower's visible high watermark passed it) and every LMDB commit's
+fsynced, append sent per follower, follower received / submitted / fsynced / answered, the
+publish answered (``acked``: a majority holds it on disk), visible on the leader (``quorum``: its
+own copy durable too), high watermark sent, follower's visible high watermark passed it) and every LMDB commit's
 steps.  The nodes share ``time.time()``, so the script merges them per offset and prints the
 per-hop table (p50 / p99 / mean over the sampled offsets of the measured phase) and, per node,
 where the LMDB group commits' time went: waiting for the writer thread, the operations, the
@@ -229,21 +230,22 @@ def timeline_table(
             hop(f"{F}: write submitted -> fsynced", (F, "f_sub"), (F, "f_sync"), ev)
             hop(f"{F}: fsynced -> answer sent", (F, "f_sync"), (F, "f_ack"), ev)
         acks = [ev[(F, "f_ack")] for F in followers if (F, "f_ack") in ev]
-        if acks and (L, "quorum") in ev:
+        if acks and (L, "acked") in ev:
             ev[("*", "first_ack")] = min(acks)
-        hop("first follower answer sent -> leader quorum", ("*", "first_ack"), (L, "quorum"), ev)
-        hop("leader: took it -> quorum (publish answered)", (L, "pub"), (L, "quorum"), ev)
+        hop("first follower answer sent -> leader answers", ("*", "first_ack"), (L, "acked"), ev)
+        hop("leader: took it -> publish answered (a majority's disks)", (L, "pub"), (L, "acked"), ev)
+        hop("leader: took it -> visible on the leader (its own disk too)", (L, "pub"), (L, "quorum"), ev)
         for F in followers:
             hop(
-                f"leader: quorum -> high watermark sent to {F} (< 0: before own fsync)",
-                (L, "quorum"),
+                f"leader: answers -> high watermark sent to {F}",
+                (L, "acked"),
                 (L, f"hw>{F}"),
                 ev,
             )
             hop(f"{F}: high watermark sent -> visible", (L, f"hw>{F}"), (F, "f_hw"), ev)
             hop(f"{F}: received -> visible", (F, "f_recv"), (F, "f_hw"), ev)
         hop(
-            "leader quorum -> entry has the answer", (L, "quorum"), (entry, "fwd_back") if entry else None, ev
+            "leader answers -> entry has the answer", (L, "acked"), (entry, "fwd_back") if entry else None, ev
         )
         hop(
             "entry: forward round trip",

@@ -80,6 +80,48 @@ def test_leader_commits_on_a_majority_and_followers_learn_the_high_watermark() -
     assert e.value.leader == "a"
 
 
+def test_a_pushed_high_watermark_is_answered_with_the_next_answer_only() -> None:
+    """At one publish at a time the leader pushes each new high watermark to
+    the followers the moment a majority holds the records; a caught-up
+    follower learns it but does not answer the push (issue 16, quorum3: a
+    frame each way per message) -- except the epoch's first push (the control
+    record's: a failover's new leaders go idle without another round).  The
+    leader, not knowing the follower's high watermark, is not idle, and its
+    tick's heartbeat (not a push, after ``retry_ticks`` ticks) is answered;
+    then it is idle."""
+    reps = ("a", "b", "c")
+    nodes = {r: Replica(r, "ctrl") for r in reps}
+    a = nodes["a"]
+    ctrl: list[tuple[str, object]] = []
+    out = a.receive("ctrl", Assign(1, "a", reps))
+    for r in ("b", "c"):
+        out.extend(nodes[r].receive("ctrl", Assign(1, "a", reps)))
+    out.extend(a.stored(a.end))
+    _route(out, nodes, ctrl, drop=set())
+    assert a.hw == 1 and a.idle  # the control record's push was answered
+    _first, out = a.append(1)
+    out.extend(a.stored(a.end))
+    sent: list[tuple[str, str, object]] = []
+    queue = [("a", dst, m) for dst, m in out.messages]
+    while queue:
+        src, dst, m = queue.pop(0)
+        sent.append((src, dst, m))
+        res = nodes[dst].receive(src, m)  # type: ignore[arg-type]
+        queue.extend((dst, d, mm) for d, mm in res.messages if d != "ctrl")
+    pushes = [(d, m) for s, d, m in sent if isinstance(m, Append) and m.push]
+    assert sorted(d for d, _m in pushes) == ["b", "c"] and all(m.hw == 2 for _d, m in pushes)
+    assert nodes["b"].hw == nodes["c"].hw == 2  # learned from the push
+    answers = [m for s, d, m in sent if isinstance(m, AppendResp)]
+    assert len(answers) == 2 and all(m.hw == 1 for m in answers)  # the records' answers only
+    assert not a.idle
+    # The leader's tick asks with a heartbeat (not a push) once the push has
+    # gone unanswered for ``retry_ticks`` ticks (issue 23, failserve: a busy
+    # follower is not chased every tick); its answer makes the leader idle.
+    for _ in range(a.retry_ticks):
+        _route(a.tick(), nodes, ctrl, drop=set())
+    assert a.idle
+
+
 def _route(out: Output, nodes: dict[str, Replica], ctrl: list, drop: set[str]) -> None:
     queue = [("a", dst, m) for dst, m in out.messages]
     for _ in range(1000):

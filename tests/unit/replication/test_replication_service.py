@@ -29,7 +29,7 @@ from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
 from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
-from sprawl.replication.messages import Append
+from sprawl.replication.messages import Append, decode
 from sprawl.replication.replica import LEADER
 from sprawl.replication.replica_state import load_state
 from sprawl.replication.service import ReplicationService
@@ -660,8 +660,11 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     """The output chain is pipelined (issue 16): while the leader's own LMDB
     writer is held, publish after publish still reaches the followers, which
     store it -- the next publish's records do not wait for the previous one's
-    fsync on the leader -- but none is answered before the leader's own copy
-    is durable too; once its writer moves again all are, in order."""
+    fsync on the leader -- and, the two followers being a majority, each is
+    answered then (issue 16, quorum3: any majority's disks, the leader's own
+    copy not needed), while the leader shows none of them to its readers
+    before its own copy is durable; once its writer moves again it does, in
+    order."""
     await until(lambda: _leader(cluster) is not None, "a first leader")
     leader = _leader(cluster)
     assert leader is not None
@@ -669,19 +672,89 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     lg = leader.broker.topics["orders"].logs[0]
     followers = [cluster[n].broker.topics["orders"].logs[0] for n in IDS if cluster[n] is not leader]
+    # (the first publish may be answered before the leader's own copy is durable)
+    await until(lambda: lg.stored_end == lg.next_offset, "the leader's own copy")
+    held = threading.Event()
+    leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
+    try:
+        stored_before, visible_before = lg.stored_end, lg.high_watermark
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 4)]
+        for d in pending:
+            await bounded(d, WAIT)  # answered with the leader's disk still held
+        assert all(f.stored_end >= stored_before + 3 for f in followers)
+        assert lg.stored_end == stored_before
+        assert lg.high_watermark == visible_before  # not readable here before its own copy is
+    finally:
+        held.set()
+    await until(lambda: lg.high_watermark == lg.next_offset, "the leader shows its records")
+    assert lg.stored_end == lg.next_offset
+    assert _payloads(leader) == [b"m%d" % i for i in range(4)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_one_follower_away_the_leaders_own_copy_is_waited_for(
+    cluster: dict[str, Node],
+) -> None:
+    """With one follower gone, the leader and the other follower are the only
+    majority: a publish is answered only once the leader's own copy is
+    durable too, however soon the follower holds it (quorum3's early answer
+    counts disks, never the leader's memory)."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    away, other = [cluster[n] for n in IDS if cluster[n] is not leader]
+    await away.close()
+    lg = leader.broker.topics["orders"].logs[0]
+    follower = other.broker.topics["orders"].logs[0]
+    await until(lambda: lg.stored_end == lg.next_offset, "the leader's own copy")
     held = threading.Event()
     leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
     try:
         stored_before = lg.stored_end
-        pending = [rep.publish(_msgs(1, k)) for k in range(1, 4)]
-        await until(
-            lambda: all(f.stored_end == stored_before + 3 for f in followers), "the followers' copies"
-        )
-        assert lg.stored_end == stored_before
-        assert not any(d.called for d in pending)  # acks=quorum counts the leader's own copy
+        d = rep.publish(_msgs(1, 1))
+        await until(lambda: follower.stored_end >= stored_before + 1, "the follower's copy")
+        for _ in range(5):  # the follower's answer has time to arrive
+            await task.deferLater(the_reactor(), 0.02, lambda: None)
+        assert not d.called and lg.stored_end == stored_before
     finally:
         held.set()
-    for d in pending:
-        await bounded(d, WAIT)
-    assert lg.stored_end == lg.next_offset
-    assert _payloads(leader) == [b"m%d" % i for i in range(4)]
+    assert await bounded(d, WAIT) == [stored_before]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_high_watermark_is_pushed_before_the_publishes_it_covers_are_answered(
+    cluster: dict[str, Node],
+) -> None:
+    """The moment a majority holds a publish, the new high watermark leaves for
+    the followers first and the publish is answered after (issue 16, quorum3):
+    the followers' subscribers do not wait for the answers' work."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    events: list[tuple[str, int]] = []
+    real = rep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, Append) and m.push:
+            events.append(("push to " + dst, m.hw))
+        real(dst, env)
+
+    rep.send = send
+    try:
+        for k in range(1, 6):
+            d = rep.publish(_msgs(1, k))
+            end = rep.core.end
+            d.addCallback(lambda _r, end=end: events.append(("answered", end)))
+            await bounded(d, WAIT)
+    finally:
+        rep.send = real
+    for k in range(1, 6):
+        end = next(e for what, e in events if what == "answered" and e >= 1 + k)
+        i = events.index(("answered", end))
+        pushed = {what for what, hw in events[:i] if what.startswith("push") and hw >= end}
+        assert len(pushed) == 2, (end, events)
