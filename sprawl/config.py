@@ -371,6 +371,11 @@ class NodeConfig:
     forecast: bool = True
     #: Let the controller's balancer act on the forecasts too (needs ``forecast``).
     predictive_balance: bool = True
+    #: Predictive balancing with *earned trust* (needs ``predictive_balance``
+    #: and a season): no forecasts for one season after a surprise, the
+    #: partitions' one-season profiles to the balancer, ``predict_lasting``
+    #: (:mod:`sprawl.forecast.earned`; the simulator's ``--earned`` run).
+    earned_trust: bool = False
     #: Seconds between two samples of every rate.
     forecast_interval: float = 5.0
     #: Seconds per model step (and per seasonal bucket).
@@ -478,6 +483,13 @@ class NodeConfig:
             raise ConfigError("--forecast-horizon must be 0..7d")
         if not 1 <= self.forecast_max_series <= 1_000_000:
             raise ConfigError("--forecast-max-series must be 1..1000000")
+        if self.earned_trust and not (
+            self.forecast and self.predictive_balance and self.forecast_season_periods
+        ):
+            raise ConfigError(
+                "--earned-trust needs --forecast true, --predictive-balance true and a season "
+                "(--forecast-seasons daily, hourly or daily,hourly)"
+            )
         for period in self.forecast_season_periods:
             buckets = period / self.forecast_step
             if not 2 <= buckets <= MAX_SEASON_BUCKETS or buckets != int(buckets):

@@ -86,6 +86,7 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
     "body-min-rate": ("body_min_rate", parse_size),
     "forecast": ("forecast", parse_bool),
     "predictive-balance": ("predictive_balance", parse_bool),
+    "earned-trust": ("earned_trust", parse_bool),
     "forecast-interval": ("forecast_interval", parse_duration),
     "forecast-step": ("forecast_step", parse_duration),
     "forecast-horizon": ("forecast_horizon", parse_duration),
@@ -176,6 +177,11 @@ _DOCS = {
     "predictive-balance": (
         "Let the balancer move partitions predicted to run hot before they do (needs --forecast): "
         "true or false [default: true]."
+    ),
+    "earned-trust": (
+        "Predictive balancing only on forecasts that earned trust: none for one season after a surprise, "
+        "and a node sheds on a forecast only if predicted hot over half of the next season "
+        "(needs --predictive-balance and a season): true or false [default: false]."
     ),
     "forecast-interval": "How often every rate is sampled for the forecasts [default: 5s].",
     "forecast-step": "The forecast model's step and seasonal bucket [default: 1m].",

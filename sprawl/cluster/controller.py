@@ -28,7 +28,7 @@ over in the tick that notices it (the replication service's node liveness,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -92,6 +92,7 @@ class PartitionController:
         beat_timeout_ticks: int = 20,
         max_moves: int = 4,
         forecasts: Callable[[float], Mapping[tuple[str, int], float] | None] | None = None,
+        profiles: Callable[[float], Mapping[tuple[str, int], Sequence[float]] | None] | None = None,
         batch_commits: Callable[[], bool] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -125,6 +126,10 @@ class PartitionController:
         #: (:meth:`sprawl.forecast.feed.TrafficFeed.partition_forecasts`; None:
         #: the balancer acts on the present only).
         self.forecasts = forecasts
+        #: Each partition's predicted load over a longer horizon (earned trust:
+        #: :meth:`sprawl.forecast.feed.TrafficFeed.partition_profiles`, which
+        #: recomputes them at most once a minute); None: no profiles.
+        self.profiles = profiles
         #: Partitions to look at in the next step (see the module docstring).
         self._dirty: set[tuple[str, int]] = set()
         #: Partitions whose last look was inconclusive only because their
@@ -443,7 +448,8 @@ class PartitionController:
             return c is not None and not c.busy and c.leader_confirmed and k not in self._moving
 
         self.balance_views += 1
-        parts = partitions_from(self.control.metadata.placement, rates, movable, forecasts)
+        profiles = self.profiles(now) if self.profiles is not None else None
+        parts = partitions_from(self.control.metadata.placement, rates, movable, forecasts, profiles)
         in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
         decision = self.balancer.decide(now, parts, live, in_flight)
         rm = replica_move(

@@ -31,6 +31,7 @@ the ``predicted_*`` fields of ``GET /v1/topics/{topic}``, and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from sprawl.forecast.anomaly import DROP, LOG_CLOSE, LOG_OPEN, SILENT, SURGE, Anomaly
+from sprawl.forecast.earned import EarnedTrust
 from sprawl.forecast.holtwinters import Band
 from sprawl.forecast.traffic import NODE, PARTITION, Key, TrafficForecaster, topic_key
 from sprawl.gossip.load import rates_by_node
@@ -85,6 +87,7 @@ class TrafficFeed:
         counters: Counters | None = None,
         interval: float = 5.0,
         predictive: bool = True,
+        earned: EarnedTrust | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -95,6 +98,13 @@ class TrafficFeed:
         self.interval = interval
         #: Whether the controller gets the partitions' forecasts.
         self.predictive = predictive
+        #: Earned-trust balancing (``--earned-trust``): the controller also gets
+        #: the partitions' profiles (:meth:`partition_profiles`); None: off.
+        self.earned = earned
+        #: The profiles last computed, when (-inf: never), and how many times.
+        self._profiles: dict[tuple[str, int], tuple[float, ...]] = {}
+        self._profiled_at = -math.inf
+        self.profiles_computed = 0
         #: Samples taken (ticks).
         self.ticks = 0
         #: Each partition's leader at the last tick (from the gossip).
@@ -153,6 +163,21 @@ class TrafficFeed:
         if not self.predictive:
             return None
         return self.forecaster.partition_forecasts(now)
+
+    def partition_profiles(self, now: float) -> dict[tuple[str, int], tuple[float, ...]] | None:
+        """Each warm partition's predicted load over one season, for the
+        balancer with earned trust (:mod:`sprawl.forecast.earned`), recomputed
+        at most every ``profile_every`` seconds (not per decision, as the
+        simulator's ``--earned`` run); None while it is off or the forecaster
+        has none to give (distrusted after a surprise, or not warm yet)."""
+        e = self.earned
+        if not self.predictive or e is None:
+            return None
+        if now - self._profiled_at >= e.profile_every:
+            self._profiles = self.forecaster.partition_profiles(now, e.profile_horizon, e.profile_points)
+            self._profiled_at = now
+            self.profiles_computed += 1
+        return self._profiles or None
 
     # -- views ---------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from functools import partial
 
 from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
 from sprawl.forecast.budget import MoveBudget, ShadowReactive
+from sprawl.forecast.earned import earned_trust
 from sprawl.forecast.holtwinters import ForecastConfig
 from sprawl.forecast.traffic import TrafficForecaster, partition_key
 from sprawl.gossip.load import BYTES_PER_UNIT, encode_parts, parts_changed, rates_by_node, view_rates
@@ -146,11 +147,6 @@ class Result:
     hot_log: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
 
-#: :func:`earned`: a node sheds on a forecast only when predicted over the
-#: bound at half of its profile's points or more (``BalanceConfig.predict_lasting``).
-EARNED_LASTING = 0.5
-
-
 def season_seconds(trace: Trace) -> float:
     """The trace's (longest) season in seconds."""
     return trace.forecast.bucket * max(trace.forecast.seasons)
@@ -162,14 +158,18 @@ def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
     one season after a surprise (``distrust``), each partition's profile over
     one season (``profile_horizon``), and sheds on a forecast only a node
     predicted over the bound at :data:`EARNED_LASTING` of the profile's
-    points or more (``BalanceConfig.predict_lasting``)."""
+    points or more (``BalanceConfig.predict_lasting``); the values are
+    :func:`sprawl.forecast.earned.earned_trust`'s, a real node's with
+    ``--earned-trust``."""
     c = config or SimConfig()
-    season = season_seconds(trace)
+    e = earned_trust(season_seconds(trace))
     return replace(
         c,
-        profile_horizon=season,
-        distrust=season,
-        balance=replace(c.balance, predict_lasting=EARNED_LASTING),
+        profile_horizon=e.profile_horizon,
+        profile_points=e.profile_points,
+        profile_every=e.profile_every,
+        distrust=e.distrust,
+        balance=e.balance(c.balance),
     )
 
 

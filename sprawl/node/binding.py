@@ -12,6 +12,7 @@ from sprawl.gossip.udp import GossipNode
 from sprawl.peer.frames import FEATURES, MIN_PROTOCOL, PROTOCOL
 
 if TYPE_CHECKING:
+    from sprawl.cluster.controller import PartitionController
     from sprawl.cluster.dataplane import DataPlane
     from sprawl.cluster.fault_watch import FaultWatch
     from sprawl.cluster.features import FeatureGate
@@ -126,9 +127,12 @@ def make_traffic_feed(
     """The traffic forecaster and its feed (``--forecast``), or None when off:
     fed from the gossiped rates and this node's published and delivered
     counters (the ones the dashboard draws), read by the controller's balancer
-    with ``--predictive-balance``."""
+    with ``--predictive-balance`` (and, with ``--earned-trust``, the
+    forecaster distrusts for a season and the feed gives profiles:
+    :mod:`sprawl.forecast.earned`)."""
     if not c.forecast:
         return None
+    from sprawl.forecast.earned import earned_trust
     from sprawl.forecast.feed import DELIVERED, PUBLISHED, TrafficFeed
     from sprawl.forecast.holtwinters import ForecastConfig
     from sprawl.forecast.traffic import TrafficForecaster
@@ -138,7 +142,13 @@ def make_traffic_feed(
         bucket=c.forecast_step,
         seasons=tuple(round(period / c.forecast_step) for period in c.forecast_season_periods),
     )
-    forecaster = TrafficForecaster(model, max_series=c.forecast_max_series, horizon=c.forecast_horizon)
+    earned = earned_trust(max(c.forecast_season_periods)) if c.earned_trust else None
+    forecaster = TrafficForecaster(
+        model,
+        max_series=c.forecast_max_series,
+        horizon=c.forecast_horizon,
+        distrust=earned.distrust if earned is not None else 0.0,
+    )
     return TrafficFeed(
         forecaster,
         reactor,
@@ -149,7 +159,18 @@ def make_traffic_feed(
         },
         interval=c.forecast_interval,
         predictive=c.predictive_balance,
+        earned=earned,
     )
+
+
+def bind_earned_trust(controller: PartitionController, feed: TrafficFeed) -> None:
+    """With ``--earned-trust`` (the feed has :attr:`~sprawl.forecast.feed.TrafficFeed.earned`):
+    the controller's balancer gets the partitions' profiles and the
+    earned-trust balance values (:mod:`sprawl.forecast.earned`); otherwise nothing."""
+    if feed.earned is None:
+        return
+    controller.profiles = feed.partition_profiles
+    controller.balancer.config = feed.earned.balance(controller.balancer.config)
 
 
 def run_pipelines(

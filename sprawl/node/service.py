@@ -26,6 +26,7 @@ from sprawl.gossip.udp import GossipNode
 from sprawl.node.binding import (
     announce_http,
     bind_cluster_parts,
+    bind_earned_trust,
     make_traffic_feed,
     run_pipelines,
     watch_faults,
@@ -332,6 +333,8 @@ class NodeService(service.Service):
         # A peer's replication frames count as hearing it for Raft's CheckQuorum:
         # its Raft answers share the connection, queued behind them (issue 23).
         self.plane.service.on_heard = self.control.wire.peer_heard
+        if self.traffic is not None:
+            bind_earned_trust(self.plane.controller, self.traffic)
         bind_cluster_parts(links, self.control, self.plane, self.broker.integrity, self.scrubber)
         self.plane.start()
         advertise_ip = advertise

@@ -62,8 +62,8 @@ from typing import Any
 from sprawl.cluster.balance import BalanceConfig
 from sprawl.forecast import traces
 from sprawl.forecast.budget import ShadowReactive
+from sprawl.forecast.earned import EARNED_LASTING
 from sprawl.forecast.replay import (
-    EARNED_LASTING,
     Result,
     SimConfig,
     Trace,

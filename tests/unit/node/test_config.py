@@ -469,3 +469,23 @@ def test_forecast_options(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None
     ):
         with pytest.raises(usage.UsageError, match=named):
             parse(*bad)
+
+
+def test_earned_trust_option(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--earned-trust: off by default; the CLI, SPRAWL_EARNED_TRUST and a config
+    file turn it on; refused at start without a season or predictive balancing."""
+    assert parse().earned_trust is False
+    assert parse("--earned-trust", "true").earned_trust is True
+    clean_env.setenv("SPRAWL_EARNED_TRUST", "on")
+    assert parse().earned_trust is True
+    clean_env.delenv("SPRAWL_EARNED_TRUST")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"earned-trust": True}))
+    assert parse("--config", str(cfg)).earned_trust is True
+    for bad in (
+        ["--forecast-seasons", "none", "--forecast-step", "5s"],
+        ["--predictive-balance", "false"],
+        ["--forecast", "false"],
+    ):
+        with pytest.raises(usage.UsageError, match="--earned-trust needs"):
+            parse("--earned-trust", "true", *bad)

@@ -1,0 +1,58 @@
+"""The *earned trust* settings of predictive balancing (issue 18), in one place.
+
+Both the simulator's ``--earned`` run (:func:`sprawl.forecast.replay.earned`)
+and a real node with ``--earned-trust`` (:func:`sprawl.node.binding.make_traffic_feed`,
+:class:`sprawl.forecast.feed.TrafficFeed`) take their values from
+:func:`earned_trust`, so the two cannot drift apart: the forecaster gives the
+balancer no forecast for one season after a surprise
+(``TrafficForecaster(distrust=...)``), the balancer gets each partition's
+profile over one season, recomputed once a minute
+(:meth:`~sprawl.forecast.traffic.TrafficForecaster.partition_profiles`), and
+sheds on a forecast only a node predicted over the bound at half of its
+profile's points or more (``BalanceConfig.predict_lasting``).  Measured in
+docs/benchmarks.md, "Predictive balancing: earned trust (issue 18, planner6)".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sprawl.cluster.balance import BalanceConfig
+
+#: A node sheds on a forecast only when predicted over the bound at this share
+#: of its profile's points or more (``BalanceConfig.predict_lasting``).
+EARNED_LASTING = 0.5
+#: Points of each partition's profile.
+PROFILE_POINTS = 24
+#: Seconds between two computations of the profiles (not one per decision:
+#: they cost a forecast per point per partition).
+PROFILE_EVERY = 60.0
+
+__all__ = ["EARNED_LASTING", "PROFILE_EVERY", "PROFILE_POINTS", "EarnedTrust", "earned_trust"]
+
+
+@dataclass(frozen=True)
+class EarnedTrust:
+    """The earned-trust values for a model whose longest season is ``season`` seconds."""
+
+    #: ``TrafficForecaster(distrust=...)``: seconds without forecasts after a surprise.
+    distrust: float
+    #: Seconds each partition's profile covers.
+    profile_horizon: float
+    profile_points: int = PROFILE_POINTS
+    profile_every: float = PROFILE_EVERY
+    #: ``BalanceConfig.predict_lasting``.
+    lasting: float = EARNED_LASTING
+
+    def balance(self, config: BalanceConfig | None = None) -> BalanceConfig:
+        """``config`` (default: the defaults) with the earned-trust balancer values."""
+        return dataclasses.replace(config or BalanceConfig(), predict_lasting=self.lasting)
+
+
+def earned_trust(season: float) -> EarnedTrust:
+    """The earned-trust values for a model whose longest season is ``season`` seconds
+    (distrust and profiles over one season)."""
+    if season <= 0:
+        raise ValueError("earned trust needs a season (a model with none has nothing to earn)")
+    return EarnedTrust(distrust=season, profile_horizon=season)
