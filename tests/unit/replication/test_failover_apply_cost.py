@@ -63,8 +63,11 @@ async def test_a_failover_costs_the_same_frames_per_partition_and_few_commits(tm
     assert small_turns == {"a": 1, "c": 1} and big_turns == {"a": 5, "c": 5}
     for node in ("a", "c"):
         # Not one per partition (100, 1,000): a few per apply turn, how many depends
-        # on when the writer thread catches the turn's writes (3 per turn quiet, up
-        # to 25 in all under a load of 15, 7 for the small run's one turn -- a
-        # timing, not a count of partitions).
-        assert small_commits[node] <= 10 * small_turns[node] + 6
-        assert big_commits[node] <= 10 * big_turns[node] + 6
+        # on when the writer thread catches the turn's writes -- a timing, not a
+        # count of partitions: 3 per turn on one quiet machine, 11-13 per turn on
+        # another quiet one (57-67 in all for the big run's 5 turns, at every
+        # commit of 2026-12-05), up to 25 in all under a load of 15 on the first.
+        # The bound is a fifth of one commit per partition for the big run, so
+        # a commit per partition (or per few) still fails it.
+        assert small_commits[node] <= 20 * small_turns[node] + 6
+        assert big_commits[node] <= 20 * big_turns[node] + 6 < 1_000 // 5
