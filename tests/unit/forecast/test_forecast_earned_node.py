@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from twisted.internet import task
 
+from harness.rate_gossip import RateGossip, rate_plane
 from sprawl.cluster.balance import BalanceConfig, PartitionLoad
 from sprawl.cluster.dataplane import DataPlane
-from sprawl.cluster.metadata import Metadata
 from sprawl.config import NodeConfig
 from sprawl.forecast import traces
 from sprawl.forecast.earned import EarnedTrust, earned_trust
@@ -22,66 +22,19 @@ from sprawl.forecast.holtwinters import ForecastConfig
 from sprawl.forecast.replay import earned, season_seconds
 from sprawl.forecast.traffic import TrafficForecaster
 from sprawl.node.binding import bind_earned_trust, make_traffic_feed
-from sprawl.testing import FakeRPC
 
 STEP = 5.0
 
 
-class Gossip:
-    """member_views() of nodes leading partitions at given msgs/s (changed by the test)."""
-
-    def __init__(self, rates: dict[str, dict[tuple[str, int], float]]) -> None:
-        self.rates = rates
-
-    def member_views(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": n,
-                "state": "alive",
-                "partition_rates": [
-                    {"topic": t, "partition": p, "msgs_s": m, "bytes_s": 0.0}
-                    for (t, p), m in sorted(r.items())
-                ],
-            }
-            for n, r in sorted(self.rates.items())
-        ]
-
-    def live_member_ids(self) -> list[str]:
-        return sorted(self.rates)
-
-
 def _node_feed(c: NodeConfig) -> TrafficFeed:
-    feed = make_traffic_feed(c, task.Clock(), Gossip({}), SimpleNamespace())  # type: ignore[arg-type]
+    feed = make_traffic_feed(c, task.Clock(), RateGossip({}), SimpleNamespace())  # type: ignore[arg-type]
     assert feed is not None
     return feed
 
 
-def _plane(gossip: Gossip, clock: task.Clock) -> DataPlane:
-    """A controller (node ``a``, the Raft leader) over a topic of four
-    partitions replicated on a and b, with no forecasts wired yet."""
-    meta = Metadata()
-    for i, n in enumerate(["a", "b"]):
-        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
-    meta.topics["t"] = {"config": {"replication_factor": 2, "partitions": 4}}
-    leaders = {0: "a", 1: "a", 2: "b", 3: "b"}
-    meta.placement["t"] = [{"leader": leaders[p], "replicas": ["a", "b"], "epoch": 1} for p in range(4)]
-    control = SimpleNamespace(
-        metadata=meta,
-        leader_name="a",
-        dead_grace=30.0,
-        is_leader=True,
-        watch_topics=lambda listener: None,
-        is_foreign=lambda view: False,
-    )
-    return DataPlane(
-        "a",
-        SimpleNamespace(topics={}, notify=lambda t, p: None),  # type: ignore[arg-type]
-        control,  # type: ignore[arg-type]
-        SimpleNamespace(handlers={}),  # type: ignore[arg-type]
-        FakeRPC(),  # type: ignore[arg-type]
-        clock,
-        gossip,
-    )
+def _plane(gossip: RateGossip, clock: task.Clock) -> DataPlane:
+    """A controller over four partitions on a and b, with no forecasts wired yet."""
+    return rate_plane(gossip, clock)
 
 
 @pytest.mark.parametrize(("trace", "seasons"), [(traces.daily, "daily"), (traces.hourly, "hourly")])
@@ -101,7 +54,7 @@ def test_the_node_runs_the_simulators_earned_values(trace: Any, seasons: str) ->
         sim.profile_points,
         sim.profile_every,
     )
-    plane = _plane(Gossip({}), task.Clock())
+    plane = _plane(RateGossip({}), task.Clock())
     bind_earned_trust(plane.controller, feed)
     assert plane.balancer.config == sim.balance
     assert plane.balancer.config.predict_lasting > 0
@@ -113,7 +66,7 @@ def test_earned_trust_is_off_by_default_and_changes_nothing_then() -> None:
     feed = _node_feed(NodeConfig().validate())
     assert feed.earned is None and feed.forecaster.distrust == 0.0
     assert feed.partition_profiles(0.0) is None
-    plane = _plane(Gossip({}), task.Clock())
+    plane = _plane(RateGossip({}), task.Clock())
     bind_earned_trust(plane.controller, feed)
     assert plane.controller.profiles is None and plane.balancer.config == BalanceConfig()
 
@@ -125,7 +78,7 @@ def test_profiles_reach_the_balancer_recomputed_once_a_minute(on: bool) -> None:
     per ``profile_every`` (60 s), not once per decision (every 10 s); with
     the mode off the partitions carry none and none is computed."""
     rates = {"a": {("t", 0): 60.0, ("t", 1): 20.0}, "b": {("t", 2): 30.0, ("t", 3): 10.0}}
-    gossip = Gossip(rates)
+    gossip = RateGossip(rates)
     clock = task.Clock()
     clock.advance(1_000_000.0)
     fc = TrafficForecaster(ForecastConfig(bucket=STEP, seasons=(), warmup=3), horizon=60.0)
@@ -165,7 +118,7 @@ def test_a_surprise_takes_the_profiles_away_for_the_distrust() -> None:
     """After a surprise (a sudden surge) the forecaster distrusts itself: the
     feed gives the controller no profiles (and no forecasts) until it has
     earned trust again."""
-    gossip = Gossip({"a": {("t", 0): 60.0}, "b": {("t", 2): 30.0}})
+    gossip = RateGossip({"a": {("t", 0): 60.0}, "b": {("t", 2): 30.0}})
     clock = task.Clock()
     clock.advance(1_000_000.0)
     fc = TrafficForecaster(ForecastConfig(bucket=STEP, seasons=(), warmup=3), horizon=60.0, distrust=120.0)
@@ -187,7 +140,7 @@ def test_a_calm_cluster_computes_no_profiles() -> None:
     """Idle CPU: while every rate and forecast together stays under the bound,
     the controller reuses its last decision (``_quiet_again``) and asks for no
     profiles: after the first decision none is computed however long it runs."""
-    gossip = Gossip({"a": {("t", 0): 2.0, ("t", 1): 1.0}, "b": {("t", 2): 1.0, ("t", 3): 1.0}})
+    gossip = RateGossip({"a": {("t", 0): 2.0, ("t", 1): 1.0}, "b": {("t", 2): 1.0, ("t", 3): 1.0}})
     clock = task.Clock()
     clock.advance(1_000_000.0)
     fc = TrafficForecaster(ForecastConfig(bucket=STEP, seasons=(), warmup=3), horizon=60.0)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import task
 from twisted.logger import capturedLogs
 
+from harness.rate_gossip import RateGossip, rate_plane
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
 from sprawl.forecast.anomaly import LOG_CLOSE, LOG_OPEN
@@ -28,29 +29,6 @@ from sprawl.replication.messages import LeaderBeat
 from sprawl.testing import FakeRPC
 
 STEP = 5.0
-
-
-class Gossip:
-    """member_views() of nodes leading partitions at given msgs/s (changed by the test)."""
-
-    def __init__(self, rates: dict[str, dict[tuple[str, int], float]]) -> None:
-        self.rates = rates
-
-    def member_views(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": n,
-                "state": "alive",
-                "partition_rates": [
-                    {"topic": t, "partition": p, "msgs_s": m, "bytes_s": 0.0}
-                    for (t, p), m in sorted(r.items())
-                ],
-            }
-            for n, r in sorted(self.rates.items())
-        ]
-
-    def live_member_ids(self) -> list[str]:
-        return sorted(self.rates)
 
 
 class Counters:
@@ -67,7 +45,7 @@ class Counters:
 
 
 def _feed(
-    gossip: Gossip | None, counters: Counters | None = None, *, predictive: bool = True
+    gossip: RateGossip | None, counters: Counters | None = None, *, predictive: bool = True
 ) -> tuple[TrafficFeed, task.Clock]:
     clock = task.Clock()
     clock.advance(1_000_000.0)  # a wall-clock-like start: steps are floor(t / bucket)
@@ -85,7 +63,7 @@ def _run(clock: task.Clock, ticks: int, each: Any = None) -> None:
 
 def test_the_feed_samples_every_interval_on_the_clock_and_stops() -> None:
     """start() samples once per interval (nothing at once), stop() ends it."""
-    gossip = Gossip({"a": {("t", 0): 10.0}})
+    gossip = RateGossip({"a": {("t", 0): 10.0}})
     feed, clock = _feed(gossip)
     feed.start()
     assert feed.ticks == 0
@@ -100,7 +78,7 @@ def test_the_feed_samples_every_interval_on_the_clock_and_stops() -> None:
 def test_gossiped_rates_become_partition_node_and_topic_forecasts() -> None:
     """After warm-up every gossiped partition has a forecast for the balancer;
     None before, and None while predictive balancing is off."""
-    gossip = Gossip({"a": {("t", 0): 100.0, ("t", 1): 20.0}, "b": {("t", 2): 50.0}})
+    gossip = RateGossip({"a": {("t", 0): 100.0, ("t", 1): 20.0}, "b": {("t", 2): 50.0}})
     feed, clock = _feed(gossip)
     feed.start()
     assert feed.partition_forecasts(clock.seconds()) == {}
@@ -132,7 +110,7 @@ def test_gossiped_rates_become_partition_node_and_topic_forecasts() -> None:
 
 def test_a_partition_that_stops_being_gossiped_leaves_the_load_view() -> None:
     """A series not sampled for two intervals is no longer shown as present load."""
-    gossip = Gossip({"a": {("t", 0): 100.0, ("t", 1): 20.0}})
+    gossip = RateGossip({"a": {("t", 0): 100.0, ("t", 1): 20.0}})
     feed, clock = _feed(gossip)
     _run(clock, 6, feed.tick)
     del gossip.rates["a"][("t", 1)]
@@ -183,7 +161,7 @@ def test_dashboard_bands_and_topic_fields() -> None:
     """The dashboard gets, per warm topic, the band of its published rate now
     and a forecast ahead; a topic's description gets ``predicted_*`` fields."""
     counters = Counters()
-    gossip = Gossip({"a": {("orders", 0): 40.0, ("orders", 1): 60.0}})
+    gossip = RateGossip({"a": {("orders", 0): 40.0, ("orders", 1): 60.0}})
     feed, clock = _feed(gossip, counters)
     assert feed.dashboard_view(["orders"]) == {}
     _run(clock, 10, lambda: (counters.add(PUBLISHED, "orders", 100 * STEP), feed.tick()))
@@ -203,35 +181,10 @@ def test_dashboard_bands_and_topic_fields() -> None:
     assert loads[2] is None  # never gossiped
 
 
-def _plane(gossip: Gossip, feed: TrafficFeed | None, clock: task.Clock) -> DataPlane:
-    """A controller (node ``a``, the Raft leader) over a topic of four
-    partitions replicated on a and b, the feed's forecasts wired in as the node
-    wires them."""
-    meta = Metadata()
-    for i, n in enumerate(["a", "b"]):
-        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
-    meta.topics["t"] = {"config": {"replication_factor": 2, "partitions": 4}}
-    leaders = {0: "a", 1: "a", 2: "b", 3: "b"}
-    meta.placement["t"] = [{"leader": leaders[p], "replicas": ["a", "b"], "epoch": 1} for p in range(4)]
-    control = SimpleNamespace(
-        metadata=meta,
-        leader_name="a",
-        dead_grace=30.0,
-        is_leader=True,
-        watch_topics=lambda listener: None,
-        is_foreign=lambda view: False,
-    )
-    broker = SimpleNamespace(topics={}, notify=lambda t, p: None)
-    return DataPlane(
-        "a",
-        broker,  # type: ignore[arg-type]
-        control,  # type: ignore[arg-type]
-        SimpleNamespace(handlers={}),  # type: ignore[arg-type]
-        FakeRPC(),  # type: ignore[arg-type]
-        clock,
-        gossip,
-        forecasts=feed.partition_forecasts if feed is not None else None,
-    )
+def _plane(gossip: RateGossip, feed: TrafficFeed | None, clock: task.Clock) -> DataPlane:
+    """A controller over four partitions on a and b, the feed's forecasts
+    wired in as the node wires them."""
+    return rate_plane(gossip, clock, feed.partition_forecasts if feed is not None else None)
 
 
 @pytest.mark.parametrize("predictive", [True, False])
@@ -241,7 +194,7 @@ def test_the_controller_balances_on_the_feeds_forecasts(predictive: bool) -> Non
     partition's node predicted above its present load); with predictive
     balancing off it has no predicted figures at all."""
     rates = {"a": {("t", 0): 60.0, ("t", 1): 20.0}, "b": {("t", 2): 30.0, ("t", 3): 10.0}}
-    gossip = Gossip(rates)
+    gossip = RateGossip(rates)
     feed, clock = _feed(gossip, predictive=predictive)
     plane = _plane(gossip, feed, clock)
 
@@ -265,7 +218,7 @@ def test_the_controller_balances_on_the_feeds_forecasts(predictive: bool) -> Non
 
 def test_without_a_feed_the_controller_acts_on_the_present() -> None:
     """No forecasts wired (``--forecast false``): no predicted figures."""
-    gossip = Gossip({"a": {("t", 0): 60.0}, "b": {("t", 2): 30.0}})
+    gossip = RateGossip({"a": {("t", 0): 60.0}, "b": {("t", 2): 30.0}})
     clock = task.Clock()
     plane = _plane(gossip, None, clock)
     plane.controller.tick()
@@ -275,7 +228,7 @@ def test_without_a_feed_the_controller_acts_on_the_present() -> None:
 
 def test_a_failing_sample_is_logged_and_sampling_goes_on() -> None:
     """An exception while sampling is logged; the next interval samples again."""
-    gossip = Gossip({"a": {("t", 0): 10.0}})
+    gossip = RateGossip({"a": {("t", 0): 10.0}})
     feed, clock = _feed(gossip)
     broken = {"on": True}
     real = gossip.member_views
@@ -310,7 +263,7 @@ def test_a_node_predicted_to_run_hot_sheds_before_it_does(predictive: bool) -> N
         "b": {("t", 5): 5.0},
         "c": {("t", 6): 60.0},
     }
-    gossip = Gossip(rates)
+    gossip = RateGossip(rates)
     feed, clock = _feed(gossip, predictive=predictive)
     meta = Metadata()
     for i, n in enumerate(["a", "b", "c"]):
@@ -385,7 +338,7 @@ def test_a_node_predicted_to_run_hot_sheds_before_it_does(predictive: bool) -> N
 def test_any_gossiped_rates_give_views_that_encode_as_json(samples: list[dict[str, Any]]) -> None:
     """Whatever rates the members gossip (0, huge, jumping around), sampling
     never fails and every view encodes as strict JSON (no NaN, no infinity)."""
-    gossip = Gossip({})
+    gossip = RateGossip({})
     counters = Counters()
     feed, clock = _feed(gossip, counters)
     for rates in samples:
