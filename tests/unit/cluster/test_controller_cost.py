@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer, task
 
+from harness.placements import round_robin
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata
 from sprawl.errors import SprawlError
@@ -34,20 +35,7 @@ def _plane(
     all on ``leader``); ``propose`` takes its Raft proposals; the cluster
     features on are ``features`` (by default every node has the node beat)."""
     clock = task.Clock()
-    meta = Metadata()
-    for i, n in enumerate(NODES):
-        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
-    for i in range(partitions):
-        name = f"t{i:05d}"
-        meta.topics[name] = {
-            "config": {"partitions": 1, "replication_factor": 3},
-            "created_index": 1,
-            "groups": {},
-        }
-        reps = [NODES[(i + k) % 3] for k in range(3)]
-        if leader is not None:
-            reps = [leader, *(n for n in NODES if n != leader)]
-        meta.placement[name] = [{"replicas": reps, "leader": reps[0], "epoch": 1}]
+    meta = round_robin(partitions, NODES, leader)
     states = dict.fromkeys(NODES, "alive")
     membership = SimpleNamespace(
         member_views=lambda: [{"id": n, "state": st} for n, st in states.items()],

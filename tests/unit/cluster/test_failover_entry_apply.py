@@ -17,6 +17,7 @@ import pytest
 from test_cluster_control import Net, _node, _run_until
 from twisted.internet import defer, task
 
+from harness.placements import round_robin
 from sprawl.cluster.metadata import Metadata, encode_command
 from sprawl.cluster.metadata_apply import TOPICS_PER_TURN, MetadataApply
 from sprawl.raft.messages import Entry
@@ -26,19 +27,7 @@ NODES = ("a", "b", "c")
 
 def _metadata(partitions: int) -> Metadata:
     """``partitions`` single-partition topics on a, b, c, leaders round robin."""
-    meta = Metadata()
-    for i, n in enumerate(NODES):
-        meta.nodes[n] = {"raft_id": i + 1, "peer": "", "http": ""}
-    for i in range(partitions):
-        name = f"t{i:05d}"
-        meta.topics[name] = {
-            "config": {"partitions": 1, "replication_factor": 3},
-            "created_index": 1,
-            "groups": {},
-        }
-        reps = [NODES[(i + k) % 3] for k in range(3)]
-        meta.placement[name] = [{"replicas": reps, "leader": reps[0], "epoch": 1}]
-    return meta
+    return round_robin(partitions, NODES)
 
 
 def _b_fails_over(meta: Metadata) -> dict[str, Any]:
