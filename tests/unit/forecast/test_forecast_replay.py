@@ -16,8 +16,8 @@ from sprawl.forecast.replay import SimConfig, compare, earned, simulate, table
 
 RECORDED = DATA / "forecast_trace.csv"
 
-
-@pytest.mark.parametrize(
+#: The two traces short enough for every run: hourly, and the recorded one.
+_SHORT_TRACES = pytest.mark.parametrize(
     ("trace", "config"),
     [
         (lambda: traces.hourly(), SimConfig()),
@@ -25,6 +25,9 @@ RECORDED = DATA / "forecast_trace.csv"
     ],
     ids=["hourly", "recorded"],
 )
+
+
+@_SHORT_TRACES
 def test_predictive_beats_reactive(trace, config: SimConfig) -> None:  # type: ignore[no-untyped-def]
     """Fewer seconds with a node hot; no more moves, no more messages delayed."""
     ((reactive, predictive),) = compare([trace()], config)
@@ -66,14 +69,7 @@ def test_predictive_moves_no_more_than_reactive_on_the_day_long_traces(trace) ->
     assert predictive.moves <= reactive.moves, (predictive.moves_by_reason, reactive.moves_by_reason)
 
 
-@pytest.mark.parametrize(
-    ("trace", "config"),
-    [
-        (lambda: traces.hourly(), SimConfig()),
-        (lambda: traces.recorded(RECORDED, period=300.0, bucket=10.0), SimConfig(horizon=60.0)),
-    ],
-    ids=["hourly", "recorded"],
-)
+@_SHORT_TRACES
 def test_earned_trust_beats_reactive(trace, config: SimConfig) -> None:  # type: ignore[no-untyped-def]
     """The earned-trust combination (:func:`sprawl.forecast.replay.earned`):
     fewer seconds with a node hot, no more moves, no more messages delayed."""

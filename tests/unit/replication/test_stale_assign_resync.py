@@ -62,16 +62,22 @@ class _Net:
         raise AssertionError("the messages did not settle")
 
 
-def _stuck_after_restart() -> tuple[_Net, dict[str, Replica]]:
-    """``a`` leads epoch 1 and is idle; an uncommitted failover fenced ``b``
-    and ``c`` at epoch 2 (not ``a``); then ``b`` and ``c`` restarted from what
-    they stored (their log, the promise of epoch 2)."""
+def _led_by_a() -> tuple[dict[str, Replica], FailoverCore, _Net]:
+    """Three replicas, ``a`` assigned the leader of epoch 1, settled."""
     replicas = {r: Replica(r, CTRL) for r in IDS}
     core = FailoverCore(IDS, epoch=1, leader="a")
     net = _Net(replicas, core)
     for r in IDS:
         net.said(r, replicas[r].receive(CTRL, Assign(1, "a", IDS)).messages)
     net.settle()
+    return replicas, core, net
+
+
+def _stuck_after_restart() -> tuple[_Net, dict[str, Replica]]:
+    """``a`` leads epoch 1 and is idle; an uncommitted failover fenced ``b``
+    and ``c`` at epoch 2 (not ``a``); then ``b`` and ``c`` restarted from what
+    they stored (their log, the promise of epoch 2)."""
+    replicas, core, net = _led_by_a()
     assert core.leader_confirmed and core.idle
     assert replicas["a"].is_leader and replicas["a"].idle
     assert all(r.end == 1 and r.hw == 1 for r in replicas.values())
@@ -125,12 +131,7 @@ def test_a_caught_up_follower_says_it_once_and_is_not_ticked() -> None:
     """A follower that caught up since it was built, fenced past the
     placement (no restart), says where it stands on a stale Assign but
     stays idle: no tick per idle partition (issue 23)."""
-    replicas = {r: Replica(r, CTRL) for r in IDS}
-    core = FailoverCore(IDS, epoch=1, leader="a")
-    net = _Net(replicas, core)
-    for r in IDS:
-        net.said(r, replicas[r].receive(CTRL, Assign(1, "a", IDS)).messages)
-    net.settle()
+    replicas = _led_by_a()[0]
     b = replicas["b"]
     assert b.caught_up
     b.receive("old-ctrl", Fence(2))
