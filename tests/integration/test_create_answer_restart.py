@@ -36,7 +36,7 @@ def test_topics_answered_just_before_every_node_is_killed_are_there_after_restar
         c.kill(n)
     for n in c.names:
         c.restart(n)
-    assert poll_until(c.formed, BOUND) is not None, c.raft_views()
+    assert poll_until(c.formed, BOUND) is not None, (c.raft_views(), {n: c.get(n, "/readyz") for n in c.up()})
 
     def names_on(n: str) -> set[str]:
         status, body = c.get(n, "/v1/topics")
