@@ -201,6 +201,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 #: The reason a move off a node hot now carries (a metrics label).
@@ -1399,6 +1400,15 @@ class _Ahead:
         v = self.vec[key]
         self.node[src] = [x - y for x, y in zip(self.node[src], v, strict=True)]
         self.node[dst] = [x + y for x, y in zip(self.node[dst], v, strict=True)]
+
+
+#: What a ``profiles`` source (e.g.
+#: :meth:`sprawl.forecast.feed.TrafficFeed.partition_profiles`) answers while
+#: the profiles are being computed and none recent enough is at hand: the
+#: decision then acts on the present alone (no forecasts), since forecasts
+#: without their profiles would shed on the short horizon unchecked
+#: (``predict_lasting`` needs profiles).  Compared by identity.
+PROFILES_PENDING: Mapping[tuple[str, int], Sequence[float]] = MappingProxyType({})
 
 
 def partitions_from(

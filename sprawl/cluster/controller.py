@@ -35,7 +35,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.cluster.balance import BalanceConfig, Balancer, Move, partitions_from, replica_move
+from sprawl.cluster.balance import (
+    PROFILES_PENDING,
+    BalanceConfig,
+    Balancer,
+    Move,
+    partitions_from,
+    replica_move,
+)
 from sprawl.cluster.drain import UP, avoided, drained_nodes, handoff_target, placeable
 from sprawl.cluster.metadata import MAX_PARTITION_BATCH
 from sprawl.cluster.placement import replicas as rendezvous
@@ -128,8 +135,13 @@ class PartitionController:
         self.forecasts = forecasts
         #: Each partition's predicted load over a longer horizon (earned trust:
         #: :meth:`sprawl.forecast.feed.TrafficFeed.partition_profiles`, which
-        #: recomputes them at most once a minute); None: no profiles.
+        #: recomputes them at most once a minute, in slices over reactor turns);
+        #: None: no profiles; :data:`~sprawl.cluster.balance.PROFILES_PENDING`:
+        #: being computed, this decision acts on the present alone.
         self.profiles = profiles
+        #: Decisions made on the present alone because the profiles were being
+        #: computed (``profiles`` answered :data:`~sprawl.cluster.balance.PROFILES_PENDING`).
+        self.profiles_pending = 0
         #: Partitions to look at in the next step (see the module docstring).
         self._dirty: set[tuple[str, int]] = set()
         #: Partitions whose last look was inconclusive only because their
@@ -449,6 +461,9 @@ class PartitionController:
 
         self.balance_views += 1
         profiles = self.profiles(now) if self.profiles is not None else None
+        if profiles is PROFILES_PENDING:  # being computed: the present alone this time
+            forecasts = profiles = None
+            self.profiles_pending += 1
         parts = partitions_from(self.control.metadata.placement, rates, movable, forecasts, profiles)
         in_flight = sum(1 for c in ctl.values() if c.moving_to is not None)
         decision = self.balancer.decide(now, parts, live, in_flight)

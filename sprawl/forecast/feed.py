@@ -32,13 +32,14 @@ the ``predicted_*`` fields of ``GET /v1/topics/{topic}``, and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet import task
 from twisted.logger import Logger
 
+from sprawl.cluster.balance import PROFILES_PENDING
 from sprawl.forecast.anomaly import DROP, LOG_CLOSE, LOG_OPEN, SILENT, SURGE, Anomaly
 from sprawl.forecast.earned import EarnedTrust
 from sprawl.forecast.holtwinters import Band
@@ -46,7 +47,7 @@ from sprawl.forecast.traffic import NODE, PARTITION, Key, TrafficForecaster, top
 from sprawl.gossip.load import rates_by_node
 
 if TYPE_CHECKING:
-    from sprawl.interfaces import Clock, Members
+    from sprawl.interfaces import Clock, Delayed, Members
 
 log = Logger()
 
@@ -59,6 +60,10 @@ AHEAD_POINTS = 4
 PUBLISHED = "published"
 DELIVERED = "delivered"
 KINDS = (SURGE, DROP, SILENT)
+#: Partition series a profile pass forecasts per reactor turn (each ~60 us of
+#: CPU on a quiet machine at the node's default model: ~2 ms a slice;
+#: docs/benchmarks.md, "trust35").
+PROFILE_SLICE = 32
 
 #: The per-topic message counters of this node: kind -> topic -> total so far.
 Counters = Callable[[], Mapping[str, Mapping[str, float]]]
@@ -88,9 +93,10 @@ class TrafficFeed:
         interval: float = 5.0,
         predictive: bool = True,
         earned: EarnedTrust | None = None,
+        profile_slice: int = PROFILE_SLICE,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be > 0")
+        if interval <= 0 or profile_slice < 1:
+            raise ValueError("need interval > 0 and profile_slice >= 1")
         self.forecaster = forecaster
         self.clock = clock
         self.members = members
@@ -105,6 +111,17 @@ class TrafficFeed:
         self._profiles: dict[tuple[str, int], tuple[float, ...]] = {}
         self._profiled_at = -math.inf
         self.profiles_computed = 0
+        #: Partition series forecast per slice of a profile pass (one slice
+        #: per reactor turn: :meth:`partition_profiles`).
+        self.profile_slice = profile_slice
+        #: The pass under way: its time, its steps and what it has filled so far.
+        self._pass: tuple[float, Iterator[None], dict[tuple[str, int], tuple[float, ...]]] | None = None
+        self._next_slice: Delayed | None = None
+        #: The sizes (partition series) of the slices of the last pass, in order.
+        self.last_slices: list[int] = []
+        #: A sample due while a pass was under way (taken when it ends: its
+        #: series must not change under it).
+        self._tick_waiting = False
         #: Samples taken (ticks).
         self.ticks = 0
         #: Each partition's leader at the last tick (from the gossip).
@@ -124,12 +141,20 @@ class TrafficFeed:
         )
 
     def stop(self) -> None:
-        """Stop sampling (idempotent)."""
+        """Stop sampling and any profile pass under way (idempotent)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self._next_slice is not None and self._next_slice.active():
+            self._next_slice.cancel()
+        self._next_slice = None
+        self._pass = None
+        self._tick_waiting = False
 
     def _tick(self) -> None:
+        if self._pass is not None:  # the profiles' series must not change under the pass
+            self._tick_waiting = True
+            return
         try:
             self.tick()
         except Exception:  # one bad sample must not stop the forecasts for good
@@ -164,20 +189,69 @@ class TrafficFeed:
             return None
         return self.forecaster.partition_forecasts(now)
 
-    def partition_profiles(self, now: float) -> dict[tuple[str, int], tuple[float, ...]] | None:
+    def partition_profiles(self, now: float) -> Mapping[tuple[str, int], Sequence[float]] | None:
         """Each warm partition's predicted load over one season, for the
         balancer with earned trust (:mod:`sprawl.forecast.earned`), recomputed
         at most every ``profile_every`` seconds (not per decision, as the
         simulator's ``--earned`` run); None while it is off or the forecaster
-        has none to give (distrusted after a surprise, or not warm yet)."""
+        has none to give (distrusted after a surprise, or not warm yet).
+
+        The computation never holds the reactor for long: a pass forecasts
+        :attr:`profile_slice` partition series per reactor turn (the first
+        slice at once, each next one ``callLater(0)``), the feed's samples
+        waiting for its end (so its result is that of one pass at ``now``).
+        While a pass is under way the profiles of the last one are given if
+        there are some and they are under two ``profile_every`` old, else
+        :data:`~sprawl.cluster.balance.PROFILES_PENDING` (the controller's
+        decision then acts on the present alone: forecasts without profiles
+        would shed unchecked)."""
         e = self.earned
         if not self.predictive or e is None:
             return None
         if now - self._profiled_at >= e.profile_every:
-            self._profiles = self.forecaster.partition_profiles(now, e.profile_horizon, e.profile_points)
-            self._profiled_at = now
-            self.profiles_computed += 1
+            if self._pass is None:
+                out: dict[tuple[str, int], tuple[float, ...]] = {}
+                steps = self.forecaster.profile_steps(now, e.profile_horizon, e.profile_points, out)
+                self._pass = (now, steps, out)
+                self.last_slices = []
+                self._slice()
+            if self._pass is not None and (
+                not self._profiles or now - self._profiled_at >= 2 * e.profile_every
+            ):
+                return PROFILES_PENDING  # under way, and nothing recent enough to stand in
         return self._profiles or None
+
+    def _slice(self) -> None:
+        """One slice of the profile pass under way: :attr:`profile_slice`
+        partition series, then the next slice on the next reactor turn, or
+        the pass's end (its profiles kept, a sample that waited taken)."""
+        self._next_slice = None
+        if self._pass is None:
+            return
+        at, steps, out = self._pass
+        done = 0
+        try:
+            for _ in steps:
+                done += 1
+                if done >= self.profile_slice:
+                    break
+            else:
+                self.last_slices.append(done)
+                self._pass = None
+                self._profiles = out
+                self._profiled_at = at
+                self.profiles_computed += 1
+                if self._tick_waiting:
+                    self._tick_waiting = False
+                    self._tick()
+                return
+        except Exception:
+            log.failure("traffic forecast: a profile pass failed")
+            self._pass = None
+            self._tick_waiting = False
+            return
+        self.last_slices.append(done)
+        self._next_slice = self.clock.callLater(0, self._slice)
 
     # -- views ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from sprawl.forecast.anomaly import SILENT, SURGE, Anomaly, AnomalyConfig, AnomalyDetector
@@ -350,34 +350,59 @@ class TrafficForecaster:
         :class:`sprawl.cluster.balance.PartitionLoad`).  The model's own
         forecast, with the anchor of :meth:`predict` (the last sample's
         distance from the model) fading out linearly over twice
-        :attr:`horizon`: a surge under way is not assumed to last for hours."""
+        :attr:`horizon`: a surge under way is not assumed to last for hours.
+        One pass of :meth:`profile_steps`, run to its end."""
+        out: dict[tuple[str, int], tuple[float, ...]] = {}
+        for _ in self.profile_steps(now, horizon, points, out):
+            pass
+        return out
+
+    def profile_steps(
+        self, now: float, horizon: float, points: int, out: dict[tuple[str, int], tuple[float, ...]]
+    ) -> Iterator[None]:
+        """:meth:`partition_profiles` in steps: fills ``out`` and yields once
+        after each partition series it forecast, so a caller can spread the
+        pass over reactor turns in slices of so many series
+        (:class:`sprawl.forecast.feed.TrafficFeed`).  The series are those
+        tracked when the pass starts; run with no sample observed in between,
+        ``out`` ends as :meth:`partition_profiles` of ``now`` would give it."""
         if points < 1 or horizon <= 0:
             raise ValueError("need points >= 1 and horizon > 0")
+        return self._profile_steps(now, horizon, points, out)
+
+    def _profile_steps(
+        self, now: float, horizon: float, points: int, out: dict[tuple[str, int], tuple[float, ...]]
+    ) -> Iterator[None]:
+        if not self.trusted(now):
+            return
         times = [now + horizon * (i + 1) / points for i in range(points)]
         fade = 2 * self.horizon
-        out: dict[tuple[str, int], tuple[float, ...]] = {}
-        if not self.trusted(now):
-            return out
-        for key, tr in self._series.items():
-            if key[0] != PARTITION or tr.last is None:
-                continue
-            here = tr.series.forecast(now)
-            if here is None:
-                continue
-            shift = tr.last[1] - here.point
-            row = []
-            for t in times:
-                b = tr.series.forecast(t)
-                if b is None:
-                    break
-                w = max(0.0, 1.0 - (t - now) / fade) if fade > 0 else 0.0
-                row.append(max(0.0, b.point + shift * w))
-            else:
-                top = tr.surging(now, self.surge_guard) if self.surge_guard > 0 else None
-                out[(str(key[1]), int(key[2]))] = (
-                    tuple(row) if top is None else tuple(min(v, top) for v in row)
-                )
-        return out
+        weights = [max(0.0, 1.0 - (t - now) / fade) if fade > 0 else 0.0 for t in times]
+        tracked = [(key, tr) for key, tr in self._series.items() if key[0] == PARTITION]
+        for key, tr in tracked:
+            row = self._profile(tr, now, times, weights)
+            if row is not None:
+                out[(str(key[1]), int(key[2]))] = row
+            yield
+
+    def _profile(
+        self, tr: _Tracked, now: float, times: list[float], weights: list[float]
+    ) -> tuple[float, ...] | None:
+        """One series' profile (:meth:`partition_profiles`); None when not warm."""
+        if tr.last is None:
+            return None
+        here = tr.series.forecast(now)
+        if here is None:
+            return None
+        shift = tr.last[1] - here.point
+        row = []
+        for t, w in zip(times, weights, strict=True):
+            b = tr.series.forecast(t)
+            if b is None:
+                return None
+            row.append(max(0.0, b.point + shift * w))
+        top = tr.surging(now, self.surge_guard) if self.surge_guard > 0 else None
+        return tuple(row) if top is None else tuple(min(v, top) for v in row)
 
     def open_anomalies(self) -> list[Anomaly]:
         """Events still under way."""

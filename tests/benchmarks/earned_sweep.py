@@ -1,0 +1,152 @@
+"""How stable earned trust's wins are: the simulator's traces across seeds and
+``predict_lasting`` values (docs/benchmarks.md, "trust35").
+
+    PYTHONPATH=tests python -m benchmarks.earned_sweep [--traces hourly,recorded,daily,ramp,surges]
+        [--seeds 1,2,3] [--lasting 0.3,0.4,0.5,0.6,0.7] [--jobs N] [--out FILE]
+
+Each (trace, seed) runs the reactive balancer once and the earned-trust
+combination (:func:`sprawl.forecast.replay.earned`, the values of a node with
+``--earned-trust``) once per ``predict_lasting`` value; the synthetic traces
+take the seed (their noise, and the surges' times and partitions), the
+recorded trace has none (one run).  The simulator is seeded and runs no real
+time, so the figures do not depend on the machine's load.  Every run is
+appended to ``--out`` as one JSON line as it ends (a run already there is not
+run again: an interrupted sweep resumes), and the summary is printed at the
+end: per run, moves / seconds with a node hot / messages delayed, and
+whether it *wins* (fewer hot seconds, no more moves), *ties* (the same
+moves and hot seconds) or *loses* against the reactive run of its trace and
+seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from benchmarks.forecast_sim import RECORDED_CONFIG, RECORDED_PERIOD, TRACE
+from sprawl.forecast import traces
+from sprawl.forecast.replay import SimConfig, Trace, earned, simulate
+
+#: Each trace's default seed (:mod:`sprawl.forecast.traces`): the docs' tables ran these.
+DEFAULT_SEEDS = {"hourly": 1, "daily": 1, "ramp": 2, "surges": 3}
+
+
+def trace_of(name: str, seed: int) -> tuple[Trace, SimConfig]:
+    """The trace ``name`` with ``seed`` and its simulation settings (as ``forecast_sim``'s)."""
+    if name == "hourly":
+        return traces.hourly(seed=seed), SimConfig()
+    if name == "daily":
+        return traces.daily(seed=seed, days=2.0), SimConfig()
+    if name == "ramp":
+        return traces.ramp(seed=seed), SimConfig()
+    if name == "surges":
+        return traces.surges(seed=seed), SimConfig()
+    if name == "recorded":
+        return traces.recorded(TRACE, period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG
+    raise ValueError(f"no trace {name!r}")
+
+
+def run(name: str, seed: int, lasting: float | None) -> dict[str, Any]:
+    """One run: reactive (``lasting`` None) or earned trust with that ``predict_lasting``."""
+    tr, cfg = trace_of(name, seed)
+    t0 = time.process_time()
+    if lasting is None:
+        r = simulate(tr, False, cfg)
+    else:
+        c = earned(tr, cfg)
+        c = dataclasses.replace(c, balance=dataclasses.replace(c.balance, predict_lasting=lasting))
+        r = simulate(tr, True, c)
+    return {
+        "trace": name,
+        "seed": seed,
+        "lasting": lasting,
+        "hot": r.hot_seconds,
+        "node_hot": r.node_hot_seconds,
+        "moves": r.moves,
+        "delayed": round(r.delayed),
+        "mape": r.mape,
+        "cpu": round(time.process_time() - t0, 1),
+    }
+
+
+def verdict(run: dict[str, Any], reactive: dict[str, Any]) -> str:
+    """``win``, ``tie`` or ``loss`` (``>moves``, ``>hot``) against the reactive run."""
+    if run["moves"] > reactive["moves"]:
+        return "LOSS >moves"
+    if run["hot"] > reactive["hot"]:
+        return "LOSS >hot"
+    if run["hot"] < reactive["hot"]:
+        return "win"
+    return "tie" if run["moves"] == reactive["moves"] else "tie (fewer moves)"
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """The sweep's table (one line per run) and the verdicts by ``predict_lasting``."""
+    reactive = {(r["trace"], r["seed"]): r for r in rows if r["lasting"] is None}
+    out = [
+        "| trace | seed | predict_lasting | moves | s hot | node-s hot | delayed | reactive moves / s hot / delayed | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by: dict[float, list[str]] = {}
+    for r in sorted(
+        (r for r in rows if r["lasting"] is not None), key=lambda r: (r["trace"], r["seed"], r["lasting"])
+    ):
+        base = reactive.get((r["trace"], r["seed"]))
+        v = verdict(r, base) if base is not None else "?"
+        by.setdefault(r["lasting"], []).append(f"{r['trace']}/{r['seed']}: {v}")
+        ref = f"{base['moves']} / {base['hot']:.0f} / {base['delayed']}" if base is not None else "?"
+        out.append(
+            f"| {r['trace']} | {r['seed']} | {r['lasting']:g} | {r['moves']} | {r['hot']:.0f} | "
+            f"{r['node_hot']:.0f} | {r['delayed']} | {ref} | {v} |"
+        )
+    out.append("")
+    for lasting, vs in sorted(by.items()):
+        losses = [v for v in vs if "LOSS" in v]
+        out.append(f"predict_lasting {lasting:g}: {len(vs)} runs, {len(losses)} losses {losses}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--traces", default="hourly,recorded,daily,ramp,surges")
+    ap.add_argument("--seeds", default="", help="seeds of the synthetic traces (default: each trace's own)")
+    ap.add_argument("--lasting", default="0.3,0.4,0.5,0.6,0.7")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
+    ap.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
+    a = ap.parse_args(argv)
+    done: list[dict[str, Any]] = []
+    if a.out.exists():
+        done = [json.loads(line) for line in a.out.read_text().splitlines() if line.strip()]
+    if a.summary:
+        print(summary(done))
+        return 0
+    have = {(r["trace"], r["seed"], r["lasting"]) for r in done}
+    todo: list[tuple[str, int, float | None]] = []
+    for name in a.traces.split(","):
+        seeds = [0] if name == "recorded" else [int(s) for s in a.seeds.split(",") if s] or [DEFAULT_SEEDS[name]]
+        for seed in seeds:
+            for lasting in [None, *(float(x) for x in a.lasting.split(","))]:
+                if (name, seed, lasting) not in have:
+                    todo.append((name, seed, lasting))
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool, a.out.open("a") as f:
+        futures = {pool.submit(run, *t): t for t in todo}
+        for fut in as_completed(futures):
+            row = fut.result()
+            done.append(row)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print(summary(done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
