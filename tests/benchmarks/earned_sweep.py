@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--traces", default="hourly,recorded,daily,ramp,surges")
-    ap.add_argument("--seeds", default="", help="seeds of the synthetic traces (default: each trace's own)")
+    ap.add_argument(
+        "--seeds", default="", help="seeds of the synthetic traces (default, or 0: each trace's own)"
+    )
     ap.add_argument("--lasting", default="0.3,0.4,0.5,0.6,0.7")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
@@ -130,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     have = {(r["trace"], r["seed"], r["lasting"]) for r in done}
     todo: list[tuple[str, int, float | None]] = []
-    for name in a.traces.split(","):
-        seeds = [0] if name == "recorded" else [int(s) for s in a.seeds.split(",") if s] or [DEFAULT_SEEDS[name]]
-        for seed in seeds:
-            for lasting in [None, *(float(x) for x in a.lasting.split(","))]:
-                if (name, seed, lasting) not in have:
-                    todo.append((name, seed, lasting))
+    # by ``--lasting`` first (in its order), then seed, then trace: a sweep cut
+    # short has the first values on every trace and seed; a reactive run goes
+    # just before the first run that needs it
+    for lasting in (float(x) for x in a.lasting.split(",")):
+        for seed in [int(s) for s in a.seeds.split(",") if s] or [0]:
+            for name in a.traces.split(","):
+                s_ = 0 if name == "recorded" else (seed or DEFAULT_SEEDS[name])
+                for want in ((name, s_, None), (name, s_, lasting)):
+                    if want not in have and want not in todo:
+                        todo.append(want)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool, a.out.open("a") as f:
         futures = {pool.submit(run, *t): t for t in todo}
         for fut in as_completed(futures):
