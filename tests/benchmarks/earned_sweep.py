@@ -76,14 +76,16 @@ def run(name: str, seed: int, lasting: float | None) -> dict[str, Any]:
 
 
 def verdict(run: dict[str, Any], reactive: dict[str, Any]) -> str:
-    """``win``, ``tie`` or ``loss`` (``>moves``, ``>hot``) against the reactive run."""
+    """``win``, ``tie`` or ``loss`` (``>moves``, ``>hot``) against the reactive
+    run, marked ``+delayed`` when more messages were delayed by moves."""
+    more = " +delayed" if run["delayed"] > reactive["delayed"] else ""
     if run["moves"] > reactive["moves"]:
-        return "LOSS >moves"
+        return "LOSS >moves" + more
     if run["hot"] > reactive["hot"]:
-        return "LOSS >hot"
+        return "LOSS >hot" + more
     if run["hot"] < reactive["hot"]:
-        return "win"
-    return "tie" if run["moves"] == reactive["moves"] else "tie (fewer moves)"
+        return "win" + more
+    return ("tie" if run["moves"] == reactive["moves"] else "tie (fewer moves)") + more
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
     ap.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
+    ap.add_argument(
+        "--runs", default="", help="TRACE:SEED:LASTING,... to run first, in this order (LASTING - : reactive)"
+    )
     a = ap.parse_args(argv)
     done: list[dict[str, Any]] = []
     if a.out.exists():
@@ -132,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     have = {(r["trace"], r["seed"], r["lasting"]) for r in done}
     todo: list[tuple[str, int, float | None]] = []
+    for spec in filter(None, a.runs.split(",")):
+        name, seed_, value = spec.split(":")
+        for want in ((name, int(seed_), None), (name, int(seed_), None if value == "-" else float(value))):
+            if want not in have and want not in todo:
+                todo.append(want)
     # by ``--lasting`` first (in its order), then seed, then trace: a sweep cut
     # short has the first values on every trace and seed; a reactive run goes
     # just before the first run that needs it
