@@ -107,6 +107,41 @@ def test_earned_trust_wins_the_day_long_traces(trace) -> None:  # type: ignore[n
     not os.environ.get("SPRAWL_SIM_LONG"),
     reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
 )
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(
+            1,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="earned trust is hot 3x as long as reactive on the ramp trace of seed 1 (64,805 s "
+                "against 19,705; docs/benchmarks.md, trust35): its wins do not hold across seeds (known, open)",
+            ),
+        ),
+        pytest.param(
+            3,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="earned trust makes more moves than reactive on the ramp trace of seed 3 (30 against "
+                "25; docs/benchmarks.md, trust35): its wins do not hold across seeds (known, open)",
+            ),
+        ),
+    ],
+)
+def test_earned_trust_wins_the_ramp_of_other_seeds(seed: int) -> None:
+    """Issue 18's bar on other draws of the ramp trace (the noise of another
+    seed): less hot time and no more moves than the reactive balancer.
+    Strict: the day earned trust holds there, these tests say so."""
+    tr = traces.ramp(seed=seed)
+    ((reactive, predictive),) = compare([tr], earned(tr))
+    assert predictive.hot_seconds < reactive.hot_seconds
+    assert predictive.moves <= reactive.moves, (predictive.moves_by_reason, reactive.moves_by_reason)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SPRAWL_SIM_LONG"),
+    reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
+)
 def test_earned_trust_falls_back_to_reactive_on_surges() -> None:
     """On the surges trace the first surge (1.7 h in, as the forecasts warm up)
     withdraws the forecasts for a day, and the next ones keep them away: no
