@@ -10,7 +10,10 @@ profile over one season, recomputed once a minute
 (:meth:`~sprawl.forecast.traffic.TrafficForecaster.partition_profiles`), and
 sheds on a forecast only a node predicted over the bound at half of its
 profile's points or more (``BalanceConfig.predict_lasting``).  Measured in
-docs/benchmarks.md, "Predictive balancing: earned trust (issue 18, planner6)".
+docs/benchmarks.md, "Predictive balancing: earned trust (issue 18, planner6)",
+and across seeds and ``predict_lasting`` 0.3-0.7 in "Earned trust: profiles
+off the reactor, and how stable its wins are (issue 18, trust35)": not stable
+on the ramp trace, so off by default.
 """
 
 from __future__ import annotations
