@@ -237,21 +237,24 @@ class TrafficFeed:
                     break
             else:
                 self.last_slices.append(done)
-                self._pass = None
                 self._profiles = out
                 self._profiled_at = at
                 self.profiles_computed += 1
-                if self._tick_waiting:
-                    self._tick_waiting = False
-                    self._tick()
+                self._end_pass()
                 return
         except Exception:
             log.failure("traffic forecast: a profile pass failed")
-            self._pass = None
-            self._tick_waiting = False
+            self._end_pass()
             return
         self.last_slices.append(done)
         self._next_slice = self.clock.callLater(0, self._slice)
+
+    def _end_pass(self) -> None:
+        """No pass under way any more: the sample that waited for it is taken."""
+        self._pass = None
+        if self._tick_waiting:
+            self._tick_waiting = False
+            self._tick()
 
     # -- views ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ a pass is under way the controller gets the last profiles, or
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,7 +59,8 @@ def _turns(clock: task.Clock, feed: TrafficFeed, limit: int = 1000) -> int:
     turns = 0
     while feed._pass is not None:
         assert turns < limit, "the pass does not end"
-        (call,) = clock.getDelayedCalls()
+        (delayed,) = clock.getDelayedCalls()
+        call: Any = delayed
         assert call.getTime() == clock.seconds()  # callLater(0): the next turn
         clock.calls.remove(call)
         call.func(*call.args, **call.kw)
@@ -172,7 +174,7 @@ def test_a_pending_decision_acts_on_the_present_alone() -> None:
         seen.append(list(parts))
         return decide(now, parts, *a, **k)
 
-    plane.balancer.decide = spy  # type: ignore[method-assign]
+    plane.balancer.decide = spy  # type: ignore[method-assign,assignment]
     for _ in range(6):  # the model warms up
         feed.tick()
         clock.advance(STEP)
@@ -187,3 +189,22 @@ def test_a_pending_decision_acts_on_the_present_alone() -> None:
         clock.advance(0.1)
     assert plane.controller.profiles_pending == 1
     assert all(p.forecast is not None and p.profile is not None for p in seen[1])
+
+
+def test_a_pass_that_fails_ends_and_the_waiting_sample_is_taken() -> None:
+    """A pass whose forecast raises is logged and dropped (the next ask
+    starts another), and a sample that waited for it is taken then: a bad
+    series cannot stop the feed's sampling."""
+    feed, clock = _feed(10, slice_=1)
+
+    def broken(now: float, horizon: float, points: int, out: dict[Any, Any]) -> Iterator[None]:
+        yield
+        raise RuntimeError("a series that cannot be forecast")
+
+    feed.forecaster.profile_steps = broken  # type: ignore[method-assign,assignment]
+    assert feed.partition_profiles(clock.seconds()) is PROFILES_PENDING
+    feed._tick()  # the loop's tick, due mid-pass: it waits
+    assert feed.ticks == 0
+    _turns(clock, feed)
+    assert feed._pass is None and feed.profiles_computed == 0
+    assert feed.ticks == 1
