@@ -162,6 +162,45 @@ def node_report(
     )
 
 
+#: Per thread of a node: {tid: (cpu ns, run-queue wait ns, times it ran)} (``/proc/PID/task/*/schedstat``).
+Sched = dict[int, tuple[int, int, int]]
+
+
+def thread_sched(pid: int) -> Sched:
+    """Every thread of process ``pid``: CPU time, time spent runnable but waiting for a core,
+    and how many times it was put on a core (each wake-up is one) -- what a busy machine adds
+    to a thread hand-off or a wake-up after an fsync, which CPU seconds do not show."""
+    out: Sched = {}
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path, encoding="ascii") as f:
+                cpu, wait, runs = (int(x) for x in f.read().split()[:3])
+        except (OSError, ValueError):
+            continue
+        out[int(path.split("/")[4])] = (cpu, wait, runs)
+    return out
+
+
+def sched_report(pid: int, before: Sched, after: Sched, messages: int, commits: float) -> str:
+    """The phase's CPU, run-queue wait and wake-ups of a node's reactor thread (per message)
+    and of its other threads together (per LMDB commit: at steady state they are the LMDB
+    writer; the reader pool idles while the stream reads from memory)."""
+    per = max(messages, 1)
+    react = [b - a for a, b in zip(before.get(pid, (0, 0, 0)), after.get(pid, (0, 0, 0)), strict=True)]
+    rest = [0, 0, 0]
+    for tid, now in after.items():
+        if tid != pid:
+            was = before.get(tid, (0, 0, 0))
+            rest = [r + b - a for r, a, b in zip(rest, was, now, strict=True)]
+    c = max(commits, 1.0)
+    return (
+        f"reactor thread {react[0] / per / 1e3:.0f} us CPU, {react[1] / per / 1e3:.0f} us waiting for a core "
+        f"and {react[2] / per:.2f} wake-ups per message ({react[1] / max(react[2], 1) / 1e3:.0f} us each); "
+        f"other threads {rest[0] / c / 1e3:.0f} us CPU, {rest[1] / c / 1e3:.0f} us waiting for a core and "
+        f"{rest[2] / c:.2f} wake-ups per LMDB commit ({rest[1] / max(rest[2], 1) / 1e3:.0f} us each)"
+    )
+
+
 #: A merged timeline: {offset: {(node, event): seconds}} and {node: [commit steps]}.
 Events = dict[int, dict[tuple[str, str], float]]
 Commits = dict[str, list[tuple[float, ...]]]
@@ -449,8 +488,10 @@ def main() -> None:
                 cluster.nodes[sse_node].signal(signal.SIGCONT)
             if a.pause:
                 time.sleep(a.pause)
+            pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
+            sched_before = {pid: thread_sched(pid) for pid in pids}
             load = os.getloadavg()[0]
             since = time.time()
             r = run_bench(
@@ -466,12 +507,12 @@ def main() -> None:
                 )
             )
             until = time.time()
+            sched_after = {pid: thread_sched(pid) for pid in pids}
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
             replicas = cluster.placement().get(topic, {}).get("0", {}).get("replicas") or cluster.names
             url_names = {cluster.url(n): n for n in cluster.names}
-            pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
         finally:
             cluster.close()
         timeline = read_timeline(tl_base, pids) if a.timeline else None
@@ -500,6 +541,16 @@ def main() -> None:
     for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
         role = "leader" if name == leader else "follower" if name in replicas else "no replica"
         print(f"  {name} ({role}{', SSE' if name == sse_node else ''}): {node_report(b2, f2, r.published)}")
+    node_pid = {n: pid for pid, n in pids.items()}
+    for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
+        pid = node_pid.get(name)
+        if pid is not None:
+            commits = f2.get(("sprawl_lmdb_commits_total", ""), 0.0) - b2.get(
+                ("sprawl_lmdb_commits_total", ""), 0.0
+            )
+            print(
+                f"  {name} threads: {sched_report(pid, sched_before[pid], sched_after[pid], r.published, commits)}"
+            )
     lines, bad = delivery_report(r, url_names)
     print("\n".join(lines))
     if timeline is not None and leader is not None:
