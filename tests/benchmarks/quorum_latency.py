@@ -23,7 +23,11 @@ the phase): CPU (``process_cpu_seconds_total``), LMDB commits and their mean tim
 sent, and the hops of ``sprawl_replication_hop_seconds`` -- ``forward`` (an entry node's
 publish to the leader and back), ``quorum`` (the leader's append to a majority holding it),
 ``visible`` (a follower's receipt of records to its high watermark passing them, what the SSE
-subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  Under load
+subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  And per node, from
+``/proc/PID/task/*/schedstat`` over the same phase: the reactor thread's CPU, time spent
+runnable but waiting for a core, and wake-ups per message, and the other threads' (at steady
+state the LMDB writer) per LMDB commit -- on a machine whose cores the nodes share, what a
+thread hand-off or the wake-up after an fsync waits, which CPU seconds do not show.  Under load
 (other jobs on the machine) judge by these counts and hops, not the wall-clock latency.
 
 What the stream delivered is checked offset by offset (:mod:`sprawl.client.bench.offsets`):
