@@ -46,7 +46,7 @@ class LmdbGate:
         self.entered: Deferred[None] = Deferred()
         self.calls = 0
         self._orig = store._commit
-        store._commit = self._commit  # type: ignore[method-assign]
+        store._commit = self._commit  # type: ignore[method-assign,assignment]
 
     def _commit(self, ops: list[Any], *rest: Any) -> None:
         self.calls += 1
