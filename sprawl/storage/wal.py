@@ -5,11 +5,12 @@ store's ``open`` before any thread runs).  The frames' bytes are
 :mod:`sprawl.storage.wal_format`'s; how the store uses the log is in
 :mod:`sprawl.storage.lmdb` and docs/architecture.md ("The write-ahead log").
 
-Files: ``wal-<first seq, 16 hex digits>.log`` in one directory; frames in ``seq`` order,
-each segment's first frame carrying the ``seq`` of its name, ``seq`` +1 per frame across
-the files.  At :meth:`WriteAheadLog.recover` a torn tail (the last segment's last frame
-cut short, or failing its checksum with no sound frame after it) is cut off; any other
-damage raises :class:`WalDamaged`.
+Files: ``wal-<first seq, 16 hex digits>.log`` in one directory, each made at its full
+size and zero-filled (:data:`SEGMENT_BYTES`); frames in ``seq`` order from its start, the
+zeros after them, each segment's first frame carrying the ``seq`` of its name, ``seq`` +1
+per frame across the files.  At :meth:`WriteAheadLog.recover` a torn tail (the last
+segment's last frame cut short or failing its checksum, with no sound frame of a later
+seq after it) is zeroed; any other damage raises :class:`WalDamaged`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from sprawl.storage.wal_format import Frame, encode_frame, scan_frames
 
 log = Logger()
 
-#: A new segment once the current one holds this many bytes.
-SEGMENT_BYTES = 64 * 1024**2
+#: A segment's size: each is made this big, zero-filled, before its first frame, so an
+#: append overwrites blocks the file already has and its ``fdatasync`` writes the data
+#: alone -- appending to a growing file makes ext4 commit its journal too (the new
+#: size), a second synchronous write per ack.
+SEGMENT_BYTES = 8 * 1024**2
+_ZEROS = bytes(1024**2)
 
 _PREFIX, _SUFFIX = "wal-", ".log"
 
@@ -57,7 +62,9 @@ class WriteAheadLog:
         #: The seq the next append gets.
         self.next_seq = 1
         self._fd: int | None = None
+        #: Where the next frame goes in the current segment, and the segment's size.
         self._size = 0
+        self._capacity = 0
         self.appends = 0
         self.bytes_written = 0
         #: Set when an append failed part-way: no later frame may follow a torn one.
@@ -86,11 +93,12 @@ class WriteAheadLog:
         os.makedirs(self.path, exist_ok=True)
         firsts = self._list()
         ends: list[int] = []  # per segment, the seq after its last frame
+        stop = 0  # (the last segment's end of sound frames)
         for i, first in enumerate(firsts):
             fn = self._file(first)
             with open(fn, "rb") as f:
                 data = f.read()
-            scan = scan_frames(data)
+            scan = scan_frames(data, first)
             last = i == len(firsts) - 1
             if scan.problem is not None:
                 if not last or scan.next_sound:
@@ -99,16 +107,20 @@ class WriteAheadLog:
                         f"{fn}: the frame at byte {scan.stop} is damaged ({scan.problem}) and {after}"
                     )
                 log.warn(
-                    "write-ahead log {file}: cut a torn tail of {n} bytes at byte {at} ({why})",
+                    "write-ahead log {file}: cut a torn tail at byte {at} ({why}): zeroed to the end",
                     file=fn,
-                    n=len(data) - scan.stop,
                     at=scan.stop,
                     why=scan.problem,
                 )
                 with open(fn, "r+b") as f:
-                    f.truncate(scan.stop)
+                    f.seek(scan.stop)
+                    left = len(data) - scan.stop
+                    while left > 0:
+                        f.write(_ZEROS[: min(left, len(_ZEROS))])
+                        left -= len(_ZEROS)
                     f.flush()
                     os.fsync(f.fileno())
+            stop = scan.stop
             if ends and first != ends[-1]:
                 raise WalDamaged(
                     f"{fn}: the segment starts at seq {first}, the one before ends at {ends[-1] - 1}"
@@ -135,26 +147,38 @@ class WriteAheadLog:
             for fr in scan_frames(data).frames:
                 if fr.seq > applied:
                     yield fr
-        self._open_active(ends[-1] if ends else None)
-
-    def _open_active(self, end: int | None) -> None:
-        if self.segments and end == self.next_seq:
+        if self.segments and ends[-1] == self.next_seq:
             fn = self._file(self.segments[-1])
-            self._fd = os.open(fn, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._size = os.fstat(self._fd).st_size
+            self._fd = os.open(fn, os.O_RDWR)
+            self._size = stop
+            self._capacity = os.fstat(self._fd).st_size
         else:
-            self._roll()
+            self._roll(0)
 
-    def _roll(self) -> None:
+    def _roll(self, frame_bytes: int) -> None:
+        """Start a new segment at the next seq: made at its full size, zero-filled and
+        synced (its name too) before a frame in it is acked."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         first = self.next_seq
-        self._fd = os.open(self._file(first), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = max(self.segment_bytes, frame_bytes)
+        fn = self._file(first)
+        fd = os.open(fn, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            left = size
+            while left > 0:
+                left -= os.write(fd, _ZEROS[: min(left, len(_ZEROS))])
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         self._size = 0
+        self._capacity = size
         if not self.segments or self.segments[-1] != first:
             self.segments.append(first)
-        _fsync_dir(self.path)  # the new file's name is durable before a frame in it is acked
+        _fsync_dir(self.path)
 
     # -- appending -----------------------------------------------------------------
 
@@ -166,20 +190,22 @@ class WriteAheadLog:
             raise RuntimeError("the write-ahead log is not open")
         seq = self.next_seq
         frame = encode_frame(seq, body)
-        if self._size > 0 and self._size + len(frame) > self.segment_bytes:
-            self._roll()
+        if self._size + len(frame) > self._capacity:
+            self._roll(len(frame))
         fd = self._fd
         assert fd is not None
         try:
             view = memoryview(frame)
+            at = self._size
             while view:
-                n = os.write(fd, view)
+                n = os.pwrite(fd, view, at)
                 view = view[n:]
+                at += n
             os.fdatasync(fd)
         except OSError as e:
-            # A frame may be half written: cut it, or refuse every later append.
+            # A frame may be half written: zero it, or refuse every later append.
             try:
-                os.ftruncate(fd, self._size)
+                os.pwrite(fd, bytes(len(frame)), self._size)
                 os.fdatasync(fd)
             except OSError:
                 self.broken = e
@@ -206,8 +232,8 @@ class WriteAheadLog:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the segments on disk (the current one exactly, the others by stat)."""
-        total = self._size
+        """Bytes of the segments on disk (preallocated: their full sizes)."""
+        total = self._capacity
         for first in self.segments[:-1]:
             try:
                 total += os.stat(self._file(first)).st_size

@@ -150,16 +150,23 @@ class Frame:
 class FrameScan:
     """The sound frames at the start of some bytes, and where and why they stop.
 
-    ``problem`` is None when the frames end exactly at the end of the bytes; else
-    ``stop`` is the offset of the first frame that is cut short (``"short"``), too long
-    (``"length"``) or fails its checksum (``"checksum"``), and ``next_sound`` tells
-    whether a sound frame follows where that one claims to end (damage in the middle,
-    not a torn tail)."""
+    Segments are preallocated with zeros, so the frames end at the first all-zero
+    head (no frame has seq 0) when only zeros follow it: ``problem`` None, ``stop``
+    there.  Else ``stop`` is the offset of the first frame that is cut short
+    (``"short"``), too long (``"length"``), fails its checksum (``"checksum"``) or is a
+    zero head with data after it (``"zeros"``), and ``next_sound`` tells whether a
+    sound frame of a later seq is found after it (damage in the middle, not a torn
+    tail)."""
 
     frames: list[Frame]
     stop: int
     problem: str | None = None
     next_sound: bool = False
+
+
+_ZERO_HEAD = bytes(HEAD_BYTES)
+#: How many seqs past the last sound one a search for a later sound frame tries.
+SOUND_SEARCH = 16
 
 
 def _frame_at(data: bytes | memoryview, pos: int) -> tuple[str | None, int, int]:
@@ -178,17 +185,46 @@ def _frame_at(data: bytes | memoryview, pos: int) -> tuple[str | None, int, int]
     return None, seq, end
 
 
-def scan_frames(data: bytes) -> FrameScan:
-    """The sound frames from the start of ``data`` (see :class:`FrameScan`)."""
+def _sound_after(data: bytes, mv: memoryview, stop: int, last: int | None, claimed_end: int) -> bool:
+    """Whether a sound frame starts after ``stop``: where the damaged one claims to end,
+    or anywhere (found by its seq) with one of the :data:`SOUND_SEARCH` seqs after
+    ``last``."""
+    n = len(data)
+    if stop < claimed_end < n and _frame_at(mv, claimed_end)[0] is None:
+        return True
+    if last is None:
+        return False
+    for seq in range(last + 1, last + 1 + SOUND_SEARCH):
+        pat = _SEQ.pack(seq)
+        i = data.find(pat, stop + 1)
+        while i != -1:
+            at = i - 8
+            if at > stop and _frame_at(mv, at)[0] is None and HEAD.unpack_from(mv, at)[2] == seq:
+                return True
+            i = data.find(pat, i + 1)
+    return False
+
+
+def scan_frames(data: bytes, first_seq: int | None = None) -> FrameScan:
+    """The sound frames from the start of ``data`` (see :class:`FrameScan`);
+    ``first_seq``: the seq the first frame should carry (helps tell damage in the
+    middle from a torn tail)."""
     mv = memoryview(data)
     frames: list[Frame] = []
     pos = 0
     n = len(data)
+    problem: str | None
+    _seq = 0
     while pos < n:
-        problem, seq, end = _frame_at(mv, pos)
+        if mv[pos : pos + HEAD_BYTES] == _ZERO_HEAD[: n - pos]:
+            if data.count(0, pos) == n - pos:
+                return FrameScan(frames, pos)  # (the preallocated zeros)
+            problem, end = "zeros", pos
+        else:
+            problem, _seq, end = _frame_at(mv, pos)
         if problem is not None:
-            nxt = end < n and _frame_at(mv, end)[0] is None
-            return FrameScan(frames, pos, problem, nxt)
-        frames.append(Frame(seq, bytes(mv[pos + HEAD_BYTES : end]), pos, end))
+            last = frames[-1].seq if frames else (first_seq - 1 if first_seq is not None else None)
+            return FrameScan(frames, pos, problem, _sound_after(data, mv, pos, last, end))
+        frames.append(Frame(_seq, bytes(mv[pos + HEAD_BYTES : end]), pos, end))
         pos = end
     return FrameScan(frames, pos)

@@ -66,58 +66,81 @@ def test_append_recover_round_trip_and_segments_dropped_once_applied(tmp_path: P
     assert opened(tmp_path / "w", applied=10)[1] == [11]
 
 
+def frame_ends(fn: Path) -> list[int]:
+    """Where each sound frame of a segment ends."""
+    return [f.end for f in scan_frames(fn.read_bytes()).frames]
+
+
+def damage(fn: Path, at: int, data: bytes) -> None:
+    """Overwrite bytes of a segment in place."""
+    with open(fn, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
 def test_a_torn_tail_is_cut_and_appends_go_on(tmp_path: Path) -> None:
-    """The last frame cut short (a crash mid-write) is cut off at start; the frames
-    before it come back and the next append takes the lost frame's seq."""
-    wal, _ = opened(tmp_path / "w")
+    """The last frame half written (its end never reached the disk) is zeroed at start;
+    the frames before it come back and the next append takes the lost frame's seq."""
+    wal, _ = opened(tmp_path / "w", segment_bytes=4096)
     for i in range(1, 4):
         wal.append(body(i))
     wal.close()
     fn = tmp_path / "w" / segment_name(1)
-    size = fn.stat().st_size
-    with open(fn, "r+b") as f:
-        f.truncate(size - 5)
-    wal, seqs = opened(tmp_path / "w")
+    assert fn.stat().st_size == 4096  # preallocated
+    ends = frame_ends(fn)
+    damage(fn, ends[2] - 5, bytes(5))
+    wal, seqs = opened(tmp_path / "w", segment_bytes=4096)
     assert seqs == [1, 2] and wal.next_seq == 3
-    assert fn.stat().st_size == size - len(encode_frame(3, body(3)))
+    assert fn.read_bytes()[ends[1] :] == bytes(4096 - ends[1])
     assert wal.append(body(99)) == 3
     wal.close()
     assert opened(tmp_path / "w")[1] == [1, 2, 3]
+    # A segment cut short (a crash while it was being made) is an empty one.
+    wal, _ = opened(tmp_path / "v", segment_bytes=4096)
+    wal.close()
+    with open(tmp_path / "v" / segment_name(1), "r+b") as f:
+        f.truncate(7)
+    wal, seqs = opened(tmp_path / "v", segment_bytes=4096)
+    assert seqs == [] and wal.append(body(1)) == 1
+    wal.close()
+    assert opened(tmp_path / "v")[1] == [1]
 
 
 def test_a_bad_checksum_at_the_tail_is_cut_but_in_the_middle_refused(tmp_path: Path) -> None:
     """A last frame failing its checksum is a torn tail (cut); a damaged frame with a
-    sound one after it, or damage in a segment before the last, is WalDamaged: acked
+    sound one after it (even with a damaged length: found by its seq), a zeroed stretch
+    with frames after it, or damage in a segment before the last, is WalDamaged: acked
     writes may be in it, so the log never reads short past it."""
-    wal, _ = opened(tmp_path / "a")
+    wal, _ = opened(tmp_path / "a", segment_bytes=4096)
     for i in range(1, 4):
         wal.append(body(i))
     wal.close()
     fn = tmp_path / "a" / segment_name(1)
-    data = bytearray(fn.read_bytes())
-    data[-3] ^= 0xFF
-    fn.write_bytes(bytes(data))
+    damage(fn, frame_ends(fn)[2] - 3, b"\xff")
     assert opened(tmp_path / "a")[1] == [1, 2]
 
-    wal, _ = opened(tmp_path / "b")
-    for i in range(1, 4):
-        wal.append(body(i))
-    wal.close()
-    fn = tmp_path / "b" / segment_name(1)
-    data = bytearray(fn.read_bytes())
-    data[HEAD_BYTES + 3] ^= 0xFF  # inside frame 1's body
-    fn.write_bytes(bytes(data))
-    with pytest.raises(WalDamaged, match="sound frames follow"):
-        list(WriteAheadLog(str(tmp_path / "b")).recover(0))
+    for name, where, data in (
+        ("b", HEAD_BYTES + 3, b"\xff"),
+        ("c", 0, b"\xff\xff"),
+        ("d", 0, bytes(HEAD_BYTES)),
+    ):
+        wal, _ = opened(tmp_path / name, segment_bytes=4096)
+        for i in range(1, 4):
+            wal.append(body(i))
+        wal.close()
+        fn = tmp_path / name / segment_name(1)
+        damage(fn, where, data)  # inside frame 1's body / its length / its head zeroed
+        with pytest.raises(WalDamaged, match="sound frames follow"):
+            list(WriteAheadLog(str(tmp_path / name)).recover(0))
 
-    wal, _ = opened(tmp_path / "c", segment_bytes=100)
+    wal, _ = opened(tmp_path / "e", segment_bytes=100)
     for i in range(1, 5):
         wal.append(body(i))
     wal.close()
-    first = tmp_path / "c" / segment_name(1)
-    first.write_bytes(first.read_bytes()[:-2])
+    first = tmp_path / "e" / segment_name(1)
+    damage(first, frame_ends(first)[-1] - 2, b"\xff")
     with pytest.raises(WalDamaged, match="a later segment follows"):
-        list(WriteAheadLog(str(tmp_path / "c")).recover(0))
+        list(WriteAheadLog(str(tmp_path / "e")).recover(0))
 
 
 def test_a_missing_frame_or_segment_is_refused(tmp_path: Path) -> None:
@@ -213,8 +236,8 @@ def test_fuzz_the_body_decoder_raises_only_its_error(data: bytes) -> None:
 def test_fuzz_a_damaged_frame_stream_never_yields_a_changed_frame(
     bodies: list[bytes], data: st.DataObject
 ) -> None:
-    """Flip, cut or extend a stream of frames anywhere: the scan returns a prefix of
-    the original frames, unchanged, and says where and why it stopped."""
+    """Flip, cut or extend a stream of frames anywhere (zeros too): the scan returns a
+    prefix of the original frames, unchanged, and says where and why it stopped."""
     frames = [encode_frame(i + 1, b) for i, b in enumerate(bodies)]
     stream = b"".join(frames)
     how = data.draw(st.sampled_from(["flip", "cut", "junk"]))
@@ -230,7 +253,7 @@ def test_fuzz_a_damaged_frame_stream_never_yields_a_changed_frame(
     assert [(f.seq, f.body) for f in scan.frames] == [(i + 1, b) for i, b in enumerate(bodies)][
         : len(scan.frames)
     ]
-    if scan.problem is None:
-        assert scan.stop == len(damaged)
+    if scan.problem is None:  # the end, or only zeros after it (a preallocated segment)
+        assert damaged[scan.stop :] == bytes(len(damaged) - scan.stop)
     else:
         assert scan.stop == sum(len(f) for f in frames[: len(scan.frames)]) or how == "junk"
