@@ -46,7 +46,7 @@ from sprawl.interfaces import Clock
 from sprawl.log.record import CorruptRecord, Record, check_stored, storage_items
 from sprawl.storage import keys, timeline
 from sprawl.storage.verify import Scan, scan_records
-from sprawl.storage.wal import WriteAheadLog
+from sprawl.storage.wal import WriteAheadLog, segment_name
 from sprawl.storage.wal_format import decode_body, encode_body, loggable
 from sprawl.storage.writer_thread import WriterThread
 
@@ -235,9 +235,12 @@ class LmdbStore:
             self.wal = wal
         else:
             wal.close()
-            for name in os.listdir(self.wal_path):
-                os.unlink(os.path.join(self.wal_path, name))
-            os.rmdir(self.wal_path)
+            for first in wal.segments:
+                os.unlink(os.path.join(self.wal_path, segment_name(first)))
+            try:
+                os.rmdir(self.wal_path)
+            except OSError as e:  # (something else is in it: left alone)
+                log.warn("write-ahead log directory {path} not removed: {e}", path=self.wal_path, e=e)
 
     def _load_unchecked(self) -> None:
         """Know which records may predate checksums (see the module docstring):
