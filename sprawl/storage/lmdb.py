@@ -46,7 +46,7 @@ from sprawl.interfaces import Clock
 from sprawl.log.record import CorruptRecord, Record, check_stored, storage_items
 from sprawl.storage import keys, timeline
 from sprawl.storage.verify import Scan, scan_records
-from sprawl.storage.wal import WriteAheadLog, segment_name
+from sprawl.storage.wal import SEGMENT_BYTES, WriteAheadLog, segment_name
 from sprawl.storage.wal_format import decode_body, encode_body, loggable
 from sprawl.storage.writer_thread import WriterThread
 
@@ -116,12 +116,14 @@ class LmdbStore:
         map_size: int = 64 * 1024**3,
         on_commit: Callable[[float, int], None] | None = None,
         wal: bool = False,
+        wal_segment_bytes: int = SEGMENT_BYTES,
     ):
         self.path = path
         #: The write-ahead log's directory (replayed at open whenever it exists).
         self.wal_path = path + "-wal"
         #: Whether writes made with ``wal=True`` are acked after the log's fsync.
         self.wal_enabled = wal
+        self.wal_segment_bytes = wal_segment_bytes
         self.wal: WriteAheadLog | None = None
         self._wal_thread = WriterThread(reactor, "sprawl-wal")
         #: Writes waiting for the log, in order: (ops, waiter, bytes, weight, logged,
@@ -144,6 +146,7 @@ class LmdbStore:
         #: LMDB reads waiting for a frame to be applied: (seq, waiter).
         self._read_waits: list[tuple[int, Deferred[None]]] = []
         self._wal_drained: list[Deferred[None]] = []
+        self._releasing = False
         #: Bytes queued or in flight (log and LMDB) past which a write is not logged
         #: (the broker sets half its backpressure limit).
         self.wal_lag_bytes = TXN_BYTES
@@ -209,7 +212,7 @@ class LmdbStore:
             return
         raw = self.get("meta", WAL_APPLIED_KEY)
         applied = int.from_bytes(raw, "big") if raw else 0
-        wal = WriteAheadLog(self.wal_path)
+        wal = WriteAheadLog(self.wal_path, segment_bytes=self.wal_segment_bytes)
         ops: list[Op] = []
         nbytes = frames = 0
         for fr in wal.recover(applied):
@@ -439,10 +442,8 @@ class LmdbStore:
 
     def _wal_append(self, wal: WriteAheadLog, writes: list[list[Op]]) -> tuple[int, float, float, float]:
         """WAL thread: one frame for the writes, fsynced: its seq, and when the thread
-        began, had the frame encoded and had it synced (the opt-in timeline's marks).
-        The segments LMDB has applied are dropped first."""
+        began, had the frame encoded and had it synced (the opt-in timeline's marks)."""
         began = time.time()
-        wal.release(self.wal_applied)
         ops: list[Op] = []
         for w in writes:
             ops.extend(w)
@@ -474,12 +475,26 @@ class LmdbStore:
 
     def _frame_applied(self, _: object, seq: int) -> None:
         self.wal_applied = max(self.wal_applied, seq)
+        wal = self.wal
+        if wal is None or self._releasing:
+            return
+        segs = wal.segments
+        if len(segs) > 1 and segs[1] - 1 <= self.wal_applied:
+            # Segments LMDB holds wholly are dropped on the log's thread, between
+            # appends (not inside one: an unlink and a directory sync).
+            self._releasing = True
+            self._wal_thread.submit(wal.release, self.wal_applied).addBoth(self._released)
         waits = self._read_waits
         if waits:
             self._read_waits = [(s, d) for s, d in waits if s > self.wal_applied]
             for s, d in waits:
                 if s <= self.wal_applied:
                     d.callback(None)
+
+    def _released(self, result: object) -> None:
+        self._releasing = False
+        if isinstance(result, Failure):
+            log.failure("dropping applied write-ahead log segments failed", result)
 
     def _apply_failed(self, f: Failure) -> None:
         # The store is poisoned (``_flush``); the frames stay in the log for the next start.

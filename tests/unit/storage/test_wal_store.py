@@ -160,3 +160,25 @@ async def test_a_failed_append_fails_the_writes_and_poisons_the_store(store: Lmd
     later: list[Any] = []
     store.write(store.put_records(1, 0, recs(1, 1)), wal=True).addErrback(later.append)
     assert later
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_lmdb_holds_are_dropped_while_the_node_runs(tmp_path: Path) -> None:
+    """The log stays bounded: once LMDB has applied every frame of a segment, the
+    segment is deleted (between appends), the current one kept."""
+    path = str(tmp_path / "lmdb")
+    s = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True, wal_segment_bytes=4096)
+    s.open()
+    try:
+        for i in range(40):
+            await s.write(
+                s.put_records(2, 0, [Record(i, 0, 1, f"i{i}", None, {}, b"p" * 500, True)]), wal=True
+            )
+        await s.write([])  # (LMDB has applied every frame before this commits)
+        assert s.wal is not None and s.wal_applied == 40
+        await s.write(s.put_records(2, 0, recs(40, 1)), wal=True)  # (a release runs between appends)
+        await s.write([])
+        await until(lambda: len(list(Path(path + "-wal").iterdir())) <= 2, "the applied segments dropped")
+        assert [r.offset for r in s.read_records_sync(2, 0, 0, 100, 100)] == list(range(41))
+    finally:
+        await s.close()
