@@ -473,7 +473,7 @@ class WorkedCpu:
             return dense(*args)
 
         b.store.scan_sync = scan_sync  # type: ignore[method-assign]
-        b.integrity.dense = dense_  # type: ignore[method-assign]
+        b.integrity.dense = dense_  # type: ignore[method-assign,assignment]
 
     def spend(self, seconds: float) -> None:
         """Work of ``seconds`` of CPU done now."""
