@@ -512,6 +512,13 @@ class ReplicationService:
         since their last tick."""
         return len(self._due_control)
 
+    def replicas_due(self) -> AbstractSet[tuple[str, int]]:
+        """The partitions whose replica is ticked now (a read-only view): every
+        replica whose core is not idle -- a leader with a follower behind,
+        a follower catching up -- is among them (woken by its core's output;
+        some may have gone idle since their last tick)."""
+        return self._due
+
     def cores_due(self) -> AbstractSet[tuple[str, int]]:
         """The partitions whose controller core is ticked now (a read-only
         view): every core not idle is among them (some may have gone idle

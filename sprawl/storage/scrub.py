@@ -14,11 +14,18 @@ its progress and findings; metrics ``sprawl_scrub_*``.
 
 A pass costs CPU per partition as well as per byte (a reader call per group
 of partitions, the pass's list of them): at 10,000 idle partitions, each
-holding a control record, a pass took ~0.2-0.3 s of CPU, every minute
-(issue 23).  So the pause after a pass is at least the pass's own CPU time
-(the reactor's part and the reader threads', :data:`CPU_SHARE`) over
-:data:`CPU_SHARE`: the scrub takes at most that share of a core on average,
-however many partitions the node holds.
+holding a control record, a pass took ~0.17-0.3 s of CPU (issue 23).  So a
+pass is paced by its own cost as it goes: each slice (the pass's list, a
+group's reader call, a big partition's chunk) measures its CPU time -- the
+reactor's part with the reactor thread's clock, the reader's part with the
+reader thread's -- and the wait after it is that CPU time over
+:data:`CPU_SHARE`, or the slice's bytes over the rate when that is longer.
+Over any window the scrub then takes at most :data:`CPU_SHARE` of a core,
+give or take one slice (a group of ``group`` near-empty partitions is ~4 ms),
+however many partitions the node holds -- a 70 s window that held a whole
+pass got ~0.24 points of a core from it before, ~0.1 now (issue 23,
+scrub35).  A pass asked for by an operator (:meth:`Scrubber.run_now`,
+``sprawlctl verify --scrub``, who waits for it) goes at the byte rate only.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import ensureDeferred
@@ -42,8 +48,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: The most of a core the scrub takes on average: the pause after a pass is at
-#: least the pass's CPU time over this (1 ms of CPU per second).
+#: The most of a core a background pass takes over any window, give or take one
+#: slice: the wait after each slice is at least its CPU time over this (1 ms of
+#: CPU per second).
 CPU_SHARE = 0.001
 
 
@@ -76,6 +83,10 @@ class Scrubber:
         self.cpu_clock = cpu_clock
         #: CPU seconds the pass running (or the last one) took, and the pause after the last.
         self.pass_cpu = 0.0
+        #: CPU seconds of this pass not yet waited for (see :meth:`_pace`).
+        self._owed = 0.0
+        #: Whether the pass paces itself by its CPU (False for a pass an operator asked for).
+        self.paced = True
         self.last_pass_cpu: float | None = None
         self.last_pause: float | None = None
         self.passes = 0
@@ -123,6 +134,7 @@ class Scrubber:
         once done (``passes`` reaches it)."""
         if not self.enabled:
             raise ValueError("the scrub is off (--scrub-rate 0)")
+        self.paced = False
         if self._running:
             self._again = True
             return self.passes + 2
@@ -132,9 +144,9 @@ class Scrubber:
         return self.passes + 1
 
     def next_pause(self) -> float:
-        """Seconds from the end of a pass to the next: ``pause``, or longer when
-        the last pass's CPU time over :data:`CPU_SHARE` is longer."""
-        return max(self.pause, (self.last_pass_cpu or 0.0) / CPU_SHARE)
+        """Seconds from the end of a pass to the next: ``pause`` (the pass paced
+        its own CPU as it went)."""
+        return self.pause
 
     def view(self) -> dict[str, Any]:
         """The scrub's state for ``GET /v1/damage``."""
@@ -167,6 +179,8 @@ class Scrubber:
             self._running = False
             if not self._stopped:
                 again, self._again = self._again, False
+                if not again:
+                    self.paced = True
                 self.last_pause = 0.0 if again else self.next_pause()
                 self._call = self.clock.callLater(self.last_pause, self._run)
 
@@ -182,7 +196,7 @@ class Scrubber:
         started = self.clock.seconds()
         self.pass_started = started
         self.pass_done = self.pass_found = 0
-        self.pass_cpu = 0.0
+        self.pass_cpu = self._owed = 0.0
         parts = [(t, lg.partition) for t in list(b.topics.values()) for lg in t.logs]
         self.pass_bytes = sum(s.bytes for t, p in parts for s in t.logs[p].segments if s.remote is None)
         # Partitions are scanned a group at a time in one reader call (one thread hop
@@ -191,12 +205,16 @@ class Scrubber:
         # the hops); those the group's chunk did not reach lead the next group, and one
         # with more than a chunk left goes on alone.
         pending = deque((t, p, 0) for t, p in parts)
-        self.pass_cpu += self.cpu_clock() - cpu0
+        self._spent(self.cpu_clock() - cpu0)
+        await self._pace(0)
+        if self._stopped:
+            return
         for _ in range(1 << 40):
             if not pending:
                 break
             group = [pending.popleft() for _ in range(min(self.group, len(pending)))]
-            more, unreached = await self._group(group)
+            more, unreached, nbytes = await self._group(group)
+            await self._pace(nbytes)
             if self._stopped:
                 return
             pending.extendleft(reversed(unreached))
@@ -248,10 +266,11 @@ class Scrubber:
 
     async def _group(
         self, group: list[tuple[Topic, int, int]]
-    ) -> tuple[list[tuple[Topic, int, int]], list[tuple[Topic, int, int]]]:
+    ) -> tuple[list[tuple[Topic, int, int]], list[tuple[Topic, int, int]], int]:
         """The next chunk of each partition ``(topic, partition, from)`` of ``group``, in
         one reader call of at most ``chunk_bytes`` in all.  Returns the partitions with
-        more left (from where they stopped) and those the call did not reach."""
+        more left (from where they stopped), those the call did not reach and the
+        bytes read."""
         b = self.broker
         store = b.store
         cpu0 = self.cpu_clock()
@@ -261,13 +280,13 @@ class Scrubber:
             if r is not None:
                 items.append((t, p, r[0], r[1]))
         if not items:
-            self.pass_cpu += self.cpu_clock() - cpu0
-            return [], []
+            self._spent(self.cpu_clock() - cpu0)
+            return [], [], 0
         jobs = [
             (t.config.uid, p, pos, end, b.integrity.dense(t, t.logs[p], pos, end)) for t, p, pos, end in items
         ]
         self.position = (items[0][0].name, items[0][1], items[0][2])
-        self.pass_cpu += self.cpu_clock() - cpu0
+        self._spent(self.cpu_clock() - cpu0)
         results, reader_cpu = await store.call_reader(
             _scan_group, store.scan_sync, jobs, self.chunk_bytes, self.cpu_clock
         )
@@ -286,9 +305,8 @@ class Scrubber:
             total += nbytes
             if pos < nxt < end:
                 more.append((t, p, nxt))
-        self.pass_cpu += reader_cpu + self.cpu_clock() - cpu0
-        await self._sleep(max(total, 4096) / self.rate)
-        return more, unreached
+        self._spent(reader_cpu + self.cpu_clock() - cpu0)
+        return more, unreached, total
 
     async def _partition(self, t: Topic, p: int, start: int = 0) -> None:
         b = self.broker
@@ -296,32 +314,51 @@ class Scrubber:
         integrity = b.integrity
         pos = max(start, _lmdb_low(t.logs[p]))
         for _ in range(1 << 40):
+            cpu0 = self.cpu_clock()
             lg = t.logs[p]
             if t.deleted or b.stopping or self._stopped:
+                self._spent(self.cpu_clock() - cpu0)
                 return
             pos = max(pos, _lmdb_low(lg))
             end = lg.stored_end if t.config.durable else min(lg.stored_end, lg.hot_start)
             if pos >= end:
+                self._spent(self.cpu_clock() - cpu0)
                 return
             self.position = (t.name, p, pos)
             dense = integrity.dense(t, lg, pos, end)
-            try:
-                scan = await store.call_reader(
-                    partial(store.scan_sync, dense=dense, max_bytes=self.chunk_bytes, collect="none"),
-                    t.config.uid,
-                    p,
-                    pos,
-                    end,
-                )
-                nbytes, nxt = scan.nbytes, scan.next
-                if nxt <= pos:  # nothing more stored
-                    return
-            except DamagedRange as d:
-                self._note(t, p, d)
-                nbytes, nxt = d.nbytes, d.last + 1
+            self._spent(self.cpu_clock() - cpu0)
+            [(nbytes, nxt, damaged)], reader_cpu = await store.call_reader(
+                _scan_group,
+                store.scan_sync,
+                [(t.config.uid, p, pos, end, dense)],
+                self.chunk_bytes,
+                self.cpu_clock,
+            )
+            cpu0 = self.cpu_clock()
+            if damaged is not None:
+                self._note(t, p, damaged)
+            elif nxt <= pos:  # nothing more stored
+                self._spent(reader_cpu + self.cpu_clock() - cpu0)
+                return
             self._count(nbytes)
             pos = nxt
-            await self._sleep(max(nbytes, 4096) / self.rate)
+            self._spent(reader_cpu + self.cpu_clock() - cpu0)
+            await self._pace(nbytes)
+
+    def _spent(self, cpu: float) -> None:
+        """CPU seconds a slice of the pass took (on the reactor or a reader thread)."""
+        self.pass_cpu += cpu
+        self._owed += cpu
+
+    def _pace(self, nbytes: int) -> Any:
+        """The wait after a slice that read ``nbytes``: the bytes over the rate, or
+        the CPU spent since the last wait over :data:`CPU_SHARE` when longer (not for
+        a pass an operator asked for)."""
+        wait = max(nbytes, 4096) / self.rate
+        if self.paced:
+            wait = max(wait, self._owed / CPU_SHARE)
+        self._owed = 0.0
+        return self._sleep(wait)
 
     def _sleep(self, seconds: float) -> Any:
         from twisted.internet.interfaces import IReactorTime

@@ -105,6 +105,24 @@ def test_an_idle_round_looks_at_a_slice_of_the_replicas_not_all() -> None:
     assert _idle_round_looks(1_000) <= _idle_round_looks(10_000) == SLICE
 
 
+def test_a_led_replica_at_work_is_observed_in_the_next_round_not_its_slice() -> None:
+    """A led partition whose core is not idle (a follower behind, with no write
+    to its topic) is in the replication service's ticked set: the next idle
+    round observes it, wherever its turn in the slices is (issue 23, scrub35:
+    the slice shrank to :data:`SLICE` = 64 a round, so a turn comes every
+    ~78 s at 10,000 partitions) -- and looks at no more than the slice and it."""
+    watch, _topics, replicas, _touched = _watch(10_000)
+    due: set[tuple[str, int]] = set()
+    watch.plane.service.replicas_due = lambda: due  # type: ignore[union-attr]
+    _observed(watch)
+    _observed(watch)
+    replicas[("t07777", 0)].core.idle = False  # its follower c fell behind
+    due.add(("t07777", 0))  # (what the core's output does: the service ticks it)
+    before = watch.replicas_looked
+    assert [(o.topic, o.partition) for o in _observed(watch)] == [("t07777", 0)]
+    assert watch.replicas_looked - before == SLICE + 1
+
+
 def test_a_change_of_member_state_looks_at_every_replica_again() -> None:
     """A member's state changed (its partitions' verdicts may change): the
     next round walks every replica, then idle rounds take slices again."""
