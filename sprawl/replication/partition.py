@@ -74,6 +74,7 @@ from sprawl.replication.envelope import Envelope, pack_record, record_bytes
 from sprawl.replication.messages import (
     Append,
     AppendResp,
+    Assign,
     Fence,
     encode,
     slice_append,
@@ -193,6 +194,10 @@ class PartitionReplication:
         self._marked_hw: dict[str, int] = {}
         #: A batched fence's answer, sent once the batch is durable (:meth:`fence_ops`).
         self._fence_answers: list[tuple[str, Any]] = []
+        #: A batched leadership's messages, sent once the batch is durable
+        #: (:meth:`lead_ops`); None when no leadership batch holds this partition.
+        self._lead_messages: list[tuple[str, Any]] | None = None
+        self._lead_end = 0
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -301,11 +306,101 @@ class PartitionReplication:
         if self._queued and self.failed is None:
             self._drain()
 
+    def lead_ops(self, src: str, message: Assign) -> list[tuple[Any, ...]] | None:
+        """Take an ``Assign`` that makes this replica leader as one of a batch
+        (:func:`take_leaderships`, issue 23): the core becomes leader, its
+        control record joins the log in memory, and the ops that store the
+        record and the epoch's promise are returned, to be written with every
+        other new leader's of the batch in one write -- after which
+        :meth:`lead_written` sends its first appends.  Meanwhile the chain
+        counts as running (later outputs wait behind the promise, as on the
+        chain) and ticks do not count the appends as unanswered (they have
+        not left).  None when the Assign was taken the usual way instead (the
+        chain is at work, the topic is gone, or it did not make this replica
+        leader with a control record)."""
+        if (
+            self.failed is not None
+            or self._running
+            or self._queued
+            or self._unsent
+            or self._sending
+            or self._pending_cuts
+            or self.topic.deleted
+        ):
+            self.receive(src, message, [])
+            return None
+        self._sync_log_start()
+        out = self.core.receive(src, message)
+        if not _becomes_leader(out):
+            self._handle(out, [])
+            return None
+        w = out.writes[1]
+        b = self.broker
+        rec = Record(w.start, self.partition, b.now_ms(), None, None, None, b"", True, control=True)
+        try:
+            b.check_writable()
+            ops = b.stage_replicated(self.topic, self.partition, [rec])
+        except Exception:
+            self._crashed(Failure())
+            return None
+        ops.extend(self._state_ops())
+        self._note_output(out)
+        self._issued_hw = self.core.hw
+        self._running = True
+        self._lead_messages = out.messages
+        self._lead_end = w.start + 1
+        return ops
+
+    def lead_written(self, failure: Failure | None = None) -> None:
+        """The batch holding this partition's new leadership is durable (or
+        failed): its first appends leave, then whatever queued behind them."""
+        messages, self._lead_messages = self._lead_messages or [], None
+        self._running = False
+        if failure is not None:
+            self._crashed(failure)
+            return
+        if not self.topic.deleted:
+            self.broker.replicated_stored(self.topic, self.partition, self._lead_end)
+        for i, (dst, m) in enumerate(messages):
+            env = self._envelope_now(dst, m)
+            if env is None:
+                # Records not in the hot tail (cannot be, right after the
+                # control record was added; but never skipped): the chain
+                # sends the rest, in order.
+                self._queued.insert(0, _Queued(Output(messages=messages[i:]), [], self.core.hw, True, False))
+                break
+            self.send(dst, env)
+        if self._queued and self.failed is None:
+            self._drain()
+        if self.failed is None:
+            self._handle(self.core.stored(self.log.stored_end), [])
+            self._advance_hw(self._issued_hw)
+
+    def _envelope_now(self, dst: str, m: Any) -> Envelope | None:
+        """``m`` as one frame now, its records read from the hot tail; None
+        when it carries a reset or records not all there."""
+        if timeline.TIMELINE is not None:
+            self._mark_sent(dst, m)
+        if not isinstance(m, Append):
+            return Envelope(self.topic.name, self.partition, encode(m))
+        if m.reset:
+            return None
+        if not m.count:
+            return Envelope(self.topic.name, self.partition, encode(m))
+        lg = self.log
+        hs = lg.hot_start
+        if m.start < hs or m.start + m.count > lg.next_offset or m.count > 16:
+            return None
+        recs = [lg.hot[i] for i in range(m.start - hs, m.start + m.count - hs)]
+        return Envelope(self.topic.name, self.partition, encode(m), [pack_record(r) for r in recs])
+
     def tick(self) -> int:
         """Heartbeats and retransmission (leader), beats to the controller; a
         follower not caught up counts towards its next word to its leader
         (an empty output is not queued: a whole cluster restarting ticks
         thousands of such followers).  Returns the messages the tick made."""
+        if self._lead_messages is not None:
+            return 0  # a new leader whose first appends wait for the batch's write: nothing is in flight
         self._sync_log_start()
         out = self.core.tick()
         if out.writes or out.messages:
@@ -860,6 +955,54 @@ def take_fences(items: list[tuple[PartitionReplication, str, Fence]]) -> int:
         def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
             for r in rs:
                 r.fence_written(f)
+
+        store.write(all_ops).addCallbacks(written, failed)
+    return sum(len(rs) for _, _, rs in by_store.values())
+
+
+def _becomes_leader(out: Output) -> bool:
+    """The output of a replica becoming leader: the epoch's promise, then its
+    control record; messages without a reset (the first appends, the beat)."""
+    ws = out.writes
+    return (
+        len(ws) == 2
+        and _promise_only(ws[0])
+        and ws[0].led_epoch is not None
+        and ws[1].control
+        and ws[1].count == 1
+        and ws[1].truncate_to is None
+        and not ws[1].reset
+        and not any(isinstance(m, Append) and m.reset for _dst, m in out.messages)
+    )
+
+
+def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> int:
+    """The ``Assign`` s that make many partitions' replicas on this node
+    leader, taken at once (issue 23: a dead node's leaderships move to the
+    survivors by thousands in one Raft entry): each core becomes leader, and
+    the promises and control records of all of them are made durable in one
+    write per store -- not an output chain (two writes, a gather and a
+    coroutine) per partition -- then each sends its first appends.  A
+    replica whose chain is at work takes its Assign on the chain, in order.
+    Returns the leaderships batched."""
+    by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
+    for r, src, m in items:
+        ops = r.lead_ops(src, m)
+        if ops is None:
+            continue
+        store = r.broker.store
+        _, all_ops, rs = by_store.setdefault(id(store), (store, [], []))
+        all_ops.extend(ops)
+        rs.append(r)
+    for store, all_ops, rs in by_store.values():
+
+        def written(_: object, rs: list[PartitionReplication] = rs) -> None:
+            for r in rs:
+                r.lead_written()
+
+        def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
+            for r in rs:
+                r.lead_written(f)
 
         store.write(all_ops).addCallbacks(written, failed)
     return sum(len(rs) for _, _, rs in by_store.values())

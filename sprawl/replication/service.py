@@ -66,7 +66,7 @@ from sprawl.replication.messages import (
     decode,
     encode,
 )
-from sprawl.replication.partition import PartitionReplication, take_fences
+from sprawl.replication.partition import PartitionReplication, take_fences, take_leaderships
 from sprawl.replication.timeline import PhaseTimeline
 
 if TYPE_CHECKING:
@@ -202,6 +202,16 @@ class ReplicationService:
         #: Fences taken in a batch so far, and the batches (tests count them).
         self.fences_batched = 0
         self.fence_batches = 0
+        #: Assigns naming this node leader heard this reactor turn (from the
+        #: apply of a failover's entry, or the controller), taken together at
+        #: its end (:meth:`_take_leaderships`): (key, replica, source, Assign,
+        #: whether it led before).
+        self._leads: list[tuple[tuple[str, int], PartitionReplication, str, Assign, bool]] = []
+        self._lead_keys: set[tuple[str, int]] = set()
+        self._lead_call: Delayed | None = None
+        #: Leaderships taken in a batch so far, and the batches (tests count them).
+        self.leads_batched = 0
+        self.lead_batches = 0
         #: When the longest gaps heard were last logged (:meth:`_report_gaps`).
         self._gaps_reported = float("-inf")
         #: Called with the peer of every replication frame read (the composition
@@ -569,8 +579,7 @@ class ReplicationService:
             self.heard(peer, m.boot)  # about the node, no partition's
             return
         key = (env.topic, env.partition)
-        if key in self._fence_keys:
-            self._take_fences()  # the partition's fence first: its messages stay in order
+        self.flush(key)  # the partition's fence or leadership first: its messages stay in order
         if peer != self.node_id:
             if isinstance(m, Append):
                 why = append_flaw(m, [t[0] for t in env.records])
@@ -611,10 +620,48 @@ class ReplicationService:
             if self._fence_call is None:
                 self._fence_call = self.reactor.callLater(0, self._take_fences)
             return
+        if isinstance(m, Assign) and m.leader == self.node_id:
+            self.lead(key, r, peer, m)
+            return
         was_leader = r.core.is_leader
         r.receive(peer, m, [unpack_record(t, env.partition) for t in env.records])
         if isinstance(m, Assign):
             self.assigned(key, r, was_leader)
+
+    def flush(self, key: tuple[str, int]) -> None:
+        """Take the batched fences and leaderships now if one is the
+        partition's: anything else about it comes after them."""
+        if key in self._fence_keys:
+            self._take_fences()
+        if key in self._lead_keys:
+            self._take_leaderships()
+
+    def lead(self, key: tuple[str, int], r: PartitionReplication, src: str, m: Assign) -> None:
+        """An ``Assign`` naming this node the partition's leader: taken with the
+        turn's others at its end (:func:`take_leaderships`: a failover moves
+        thousands of leaderships here at once, one write for all their
+        promises and control records, issue 23)."""
+        if key in self._fence_keys:
+            self._take_fences()  # (its fence came first)
+        self._leads.append((key, r, src, m, r.core.is_leader))
+        self._lead_keys.add(key)
+        if self._lead_call is None:
+            self._lead_call = self.reactor.callLater(0, self._take_leaderships)
+
+    def _take_leaderships(self) -> None:
+        """Take the leaderships heard this turn together (:func:`take_leaderships`)."""
+        call, self._lead_call = self._lead_call, None
+        if call is not None and call.active():
+            call.cancel()
+        leads, self._leads = self._leads, []
+        self._lead_keys.clear()
+        live = [(key, r, was) for key, r, _src, _m, was in leads if self.replicas.get(key) is r]
+        items = [(r, src, m) for key, r, src, m, _was in leads if self.replicas.get(key) is r]
+        if items:
+            self.lead_batches += 1
+            self.leads_batched += take_leaderships(items)
+        for key, r, was in live:
+            self.assigned(key, r, was)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):
