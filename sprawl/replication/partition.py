@@ -194,10 +194,10 @@ class PartitionReplication:
         self._marked_hw: dict[str, int] = {}
         #: A batched fence's answer, sent once the batch is durable (:meth:`fence_ops`).
         self._fence_answers: list[tuple[str, Any]] = []
-        #: A batched leadership's messages, sent once the batch is durable
-        #: (:meth:`lead_ops`); None when no leadership batch holds this partition.
-        self._lead_messages: list[tuple[str, Any]] | None = None
-        self._lead_end = 0
+        #: A batched output (:meth:`lead_ops`, :meth:`follow_ops`) waiting for
+        #: its batch's write: its messages, the end of the records it stores,
+        #: whether it was the leader's; None when no batch holds this partition.
+        self._batched: tuple[list[tuple[str, Any]], int, bool] | None = None
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -306,19 +306,9 @@ class PartitionReplication:
         if self._queued and self.failed is None:
             self._drain()
 
-    def lead_ops(self, src: str, message: Assign) -> list[tuple[Any, ...]] | None:
-        """Take an ``Assign`` that makes this replica leader as one of a batch
-        (:func:`take_leaderships`, issue 23): the core becomes leader, its
-        control record joins the log in memory, and the ops that store the
-        record and the epoch's promise are returned, to be written with every
-        other new leader's of the batch in one write -- after which
-        :meth:`lead_written` sends its first appends.  Meanwhile the chain
-        counts as running (later outputs wait behind the promise, as on the
-        chain) and ticks do not count the appends as unanswered (they have
-        not left).  None when the Assign was taken the usual way instead (the
-        chain is at work, the topic is gone, or it did not make this replica
-        leader with a control record)."""
-        if (
+    def _chain_busy(self) -> bool:
+        """Whether the output chain is at work (or stopped): an input is then taken on it, in order."""
+        return bool(
             self.failed is not None
             or self._running
             or self._queued
@@ -326,7 +316,21 @@ class PartitionReplication:
             or self._sending
             or self._pending_cuts
             or self.topic.deleted
-        ):
+        )
+
+    def lead_ops(self, src: str, message: Assign) -> list[tuple[Any, ...]] | None:
+        """Take an ``Assign`` that makes this replica leader as one of a batch
+        (:func:`take_leaderships`, issue 23): the core becomes leader, its
+        control record joins the log in memory, and the ops that store the
+        record and the epoch's promise are returned, to be written with every
+        other new leader's of the batch in one write -- after which
+        :meth:`batch_written` sends its first appends.  Meanwhile the chain
+        counts as running (later outputs wait behind the promise, as on the
+        chain) and ticks do not count the appends as unanswered (they have
+        not left).  None when the Assign was taken the usual way instead (the
+        chain is at work, the topic is gone, or it did not make this replica
+        leader with a control record)."""
+        if self._chain_busy():
             self.receive(src, message, [])
             return None
         self._sync_log_start()
@@ -335,11 +339,44 @@ class PartitionReplication:
             self._handle(out, [])
             return None
         w = out.writes[1]
+        rec = Record(w.start, self.partition, self.broker.now_ms(), None, None, None, b"", True, control=True)
+        return self._stage(out, [rec], leader=True)
+
+    def follow_ops(self, src: str, message: Append, records: list[Record]) -> list[tuple[Any, ...]] | None:
+        """Take a new leader's first append (its control record) as one of a
+        batch (:func:`take_first_appends`, issue 23): as :meth:`lead_ops`,
+        the record joins the log in memory and the ops that store it with the
+        replica state are returned, written with the batch's others in one
+        write, after which :meth:`batch_written` answers.  None when it was
+        taken the usual way (the chain at work, or an output that is not one
+        plain write of the records)."""
+        if self._chain_busy():
+            self.receive(src, message, records)
+            return None
+        self._sync_log_start()
+        out = self.core.receive(src, message)
+        if not _plain_follow(out):
+            self._handle(out, records)
+            return None
+        recs: list[Record] = []
+        for w in out.writes:
+            if w.count:
+                recs = records[w.skip : w.skip + w.count]
+                if len(recs) != w.count or recs[0].offset != w.start:
+                    self._handle(out, records)  # (the chain raises: a bug, never an input)
+                    return None
+        ops = self._stage(out, recs, leader=False)
+        if ops is not None and recs and self.on_records is not None:
+            self.on_records(recs)
+        return ops
+
+    def _stage(self, out: Output, recs: list[Record], leader: bool) -> list[tuple[Any, ...]] | None:
+        """A batched output's writes made in memory now (``recs`` joining the
+        log); the ops that make them durable (records, then the replica state)."""
         b = self.broker
-        rec = Record(w.start, self.partition, b.now_ms(), None, None, None, b"", True, control=True)
         try:
             b.check_writable()
-            ops = b.stage_replicated(self.topic, self.partition, [rec])
+            ops = b.stage_replicated(self.topic, self.partition, recs) if recs else []
         except Exception:
             self._crashed(Failure())
             return None
@@ -347,33 +384,37 @@ class PartitionReplication:
         self._note_output(out)
         self._issued_hw = self.core.hw
         self._running = True
-        self._lead_messages = out.messages
-        self._lead_end = w.start + 1
+        self._batched = (out.messages, recs[-1].offset + 1 if recs else 0, leader)
         return ops
 
-    def lead_written(self, failure: Failure | None = None) -> None:
-        """The batch holding this partition's new leadership is durable (or
-        failed): its first appends leave, then whatever queued behind them."""
-        messages, self._lead_messages = self._lead_messages or [], None
+    def batch_written(self, failure: Failure | None = None) -> None:
+        """The batch holding this partition's output (:meth:`lead_ops`,
+        :meth:`follow_ops`) is durable (or failed): its messages leave, then
+        whatever queued behind them."""
+        if self._batched is None:
+            return
+        (messages, end, leader), self._batched = self._batched, None
         self._running = False
         if failure is not None:
             self._crashed(failure)
             return
-        if not self.topic.deleted:
-            self.broker.replicated_stored(self.topic, self.partition, self._lead_end)
+        if end and not self.topic.deleted:
+            self.broker.replicated_stored(self.topic, self.partition, end)
         for i, (dst, m) in enumerate(messages):
             env = self._envelope_now(dst, m)
             if env is None:
-                # Records not in the hot tail (cannot be, right after the
-                # control record was added; but never skipped): the chain
-                # sends the rest, in order.
-                self._queued.insert(0, _Queued(Output(messages=messages[i:]), [], self.core.hw, True, False))
+                # Records not in the hot tail (cannot be, right after they
+                # joined it; but never skipped): the chain sends the rest, in order.
+                self._queued.insert(
+                    0, _Queued(Output(messages=messages[i:]), [], self.core.hw, leader, False)
+                )
                 break
             self.send(dst, env)
         if self._queued and self.failed is None:
             self._drain()
         if self.failed is None:
-            self._handle(self.core.stored(self.log.stored_end), [])
+            if leader:
+                self._handle(self.core.stored(self.log.stored_end), [])
             self._advance_hw(self._issued_hw)
 
     def _envelope_now(self, dst: str, m: Any) -> Envelope | None:
@@ -399,7 +440,7 @@ class PartitionReplication:
         follower not caught up counts towards its next word to its leader
         (an empty output is not queued: a whole cluster restarting ticks
         thousands of such followers).  Returns the messages the tick made."""
-        if self._lead_messages is not None:
+        if self._batched is not None:
             return 0  # a new leader whose first appends wait for the batch's write: nothing is in flight
         self._sync_log_start()
         out = self.core.tick()
@@ -976,18 +1017,24 @@ def _becomes_leader(out: Output) -> bool:
     )
 
 
-def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> int:
-    """The ``Assign`` s that make many partitions' replicas on this node
-    leader, taken at once (issue 23: a dead node's leaderships move to the
-    survivors by thousands in one Raft entry): each core becomes leader, and
-    the promises and control records of all of them are made durable in one
-    write per store -- not an output chain (two writes, a gather and a
-    coroutine) per partition -- then each sends its first appends.  A
-    replica whose chain is at work takes its Assign on the chain, in order.
-    Returns the leaderships batched."""
+def _plain_follow(out: Output) -> bool:
+    """A follower's output that writes records (and the replica state) only:
+    no truncation, reset or control record of its own; no message that
+    carries records."""
+    return (
+        bool(out.writes)
+        and all(w.truncate_to is None and not w.reset and not w.control for w in out.writes)
+        and not any(isinstance(m, Append) for _dst, m in out.messages)
+    )
+
+
+def _write_batches(
+    staged: list[tuple[PartitionReplication, list[tuple[Any, ...]] | None]],
+) -> int:
+    """Write the staged outputs' ops in one write per store, then tell each
+    replica (:meth:`PartitionReplication.batch_written`).  Returns how many."""
     by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
-    for r, src, m in items:
-        ops = r.lead_ops(src, m)
+    for r, ops in staged:
         if ops is None:
             continue
         store = r.broker.store
@@ -998,14 +1045,36 @@ def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> i
 
         def written(_: object, rs: list[PartitionReplication] = rs) -> None:
             for r in rs:
-                r.lead_written()
+                r.batch_written()
 
         def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
             for r in rs:
-                r.lead_written(f)
+                r.batch_written(f)
 
         store.write(all_ops).addCallbacks(written, failed)
     return sum(len(rs) for _, _, rs in by_store.values())
+
+
+def take_first_appends(items: list[tuple[PartitionReplication, str, Append, list[Record]]]) -> int:
+    """New leaders' first appends (their control records) heard in one
+    reactor turn, taken at once (issue 23): each follower core takes its
+    append, the records and replica states of all of them are made durable
+    in one write per store, then each answer leaves.  A replica whose chain
+    is at work takes its append on the chain, in order.  Returns the appends
+    batched."""
+    return _write_batches([(r, r.follow_ops(src, m, recs)) for r, src, m, recs in items])
+
+
+def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> int:
+    """The ``Assign`` s that make many partitions' replicas on this node
+    leader, taken at once (issue 23: a dead node's leaderships move to the
+    survivors by thousands in one Raft entry): each core becomes leader, and
+    the promises and control records of all of them are made durable in one
+    write per store -- not an output chain (two writes, a gather and a
+    coroutine) per partition -- then each sends its first appends.  A
+    replica whose chain is at work takes its Assign on the chain, in order.
+    Returns the leaderships batched."""
+    return _write_batches([(r, r.lead_ops(src, m)) for r, src, m in items])
 
 
 def _hw_only(w: Write) -> bool:

@@ -66,12 +66,18 @@ from sprawl.replication.messages import (
     decode,
     encode,
 )
-from sprawl.replication.partition import PartitionReplication, take_fences, take_leaderships
+from sprawl.replication.partition import (
+    PartitionReplication,
+    take_fences,
+    take_first_appends,
+    take_leaderships,
+)
 from sprawl.replication.timeline import PhaseTimeline
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from sprawl.log.record import Record
     from sprawl.peer.tcp import PeerChannel
 
 log = Logger()
@@ -212,6 +218,14 @@ class ReplicationService:
         #: Leaderships taken in a batch so far, and the batches (tests count them).
         self.leads_batched = 0
         self.lead_batches = 0
+        #: New leaders' first appends (a control record) heard this reactor
+        #: turn, taken together at its end (:meth:`_take_first_appends`).
+        self._firsts: list[tuple[tuple[str, int], PartitionReplication, str, Append, list[Record]]] = []
+        self._first_keys: set[tuple[str, int]] = set()
+        self._first_call: Delayed | None = None
+        #: First appends taken in a batch so far, and the batches (tests count them).
+        self.firsts_batched = 0
+        self.first_batches = 0
         #: When the longest gaps heard were last logged (:meth:`_report_gaps`).
         self._gaps_reported = float("-inf")
         #: Called with the peer of every replication frame read (the composition
@@ -623,6 +637,14 @@ class ReplicationService:
         if isinstance(m, Assign) and m.leader == self.node_id:
             self.lead(key, r, peer, m)
             return
+        if isinstance(m, Append) and len(env.records) == 1 and env.records[0][7] and not m.reset:
+            # A new leader's first append (its control record): taken with
+            # the turn's others in one write, answered after it (issue 23).
+            self._firsts.append((key, r, peer, m, [unpack_record(env.records[0], env.partition)]))
+            self._first_keys.add(key)
+            if self._first_call is None:
+                self._first_call = self.reactor.callLater(0, self._take_first_appends)
+            return
         was_leader = r.core.is_leader
         r.receive(peer, m, [unpack_record(t, env.partition) for t in env.records])
         if isinstance(m, Assign):
@@ -635,14 +657,16 @@ class ReplicationService:
             self._take_fences()
         if key in self._lead_keys:
             self._take_leaderships()
+        if key in self._first_keys:
+            self._take_first_appends()
 
     def lead(self, key: tuple[str, int], r: PartitionReplication, src: str, m: Assign) -> None:
         """An ``Assign`` naming this node the partition's leader: taken with the
         turn's others at its end (:func:`take_leaderships`: a failover moves
         thousands of leaderships here at once, one write for all their
         promises and control records, issue 23)."""
-        if key in self._fence_keys:
-            self._take_fences()  # (its fence came first)
+        if key in self._fence_keys or key in self._first_keys:
+            self.flush(key)  # (they came first)
         self._leads.append((key, r, src, m, r.core.is_leader))
         self._lead_keys.add(key)
         if self._lead_call is None:
@@ -662,6 +686,18 @@ class ReplicationService:
             self.leads_batched += take_leaderships(items)
         for key, r, was in live:
             self.assigned(key, r, was)
+
+    def _take_first_appends(self) -> None:
+        """Take the first appends heard this turn together (:func:`take_first_appends`)."""
+        call, self._first_call = self._first_call, None
+        if call is not None and call.active():
+            call.cancel()
+        firsts, self._firsts = self._firsts, []
+        self._first_keys.clear()
+        items = [(r, peer, m, recs) for key, r, peer, m, recs in firsts if self.replicas.get(key) is r]
+        if items:
+            self.first_batches += 1
+            self.firsts_batched += take_first_appends(items)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):
