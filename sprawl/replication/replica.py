@@ -163,6 +163,16 @@ class Replica:
         #: among a node's replicas and wakes the leaders of a node that is
         #: removed from it.
         self.dead: Set[str] = frozenset()
+        #: Nodes that answered appends (of any partition) since the tick before
+        #: this one, shared by the adapter among a node's replicas: an answer
+        #: awaited from a follower there is not counted as lost in a tick --
+        #: the follower works through its inbound queue, in order, and ours is
+        #: in it (issue 23: after a failover each of thousands of new leaders
+        #: sent its append again one to three times while the follower's node
+        #: worked through the burst).  Counted again after ``max_ask_ticks``
+        #: without an answer whatever the node does (an append the follower
+        #: dropped, having no replica yet, is sent again then).
+        self.answering: Set[str] = frozenset()
         #: While handing off: (target replica, ticks left of the pause).
         self.handoff: tuple[str, int] | None = None
         #: Whether, as a follower, this replica has once held everything its
@@ -673,7 +683,8 @@ class Replica:
                 # partition, issue 23).  Unanswered for ``stall_limit`` ticks
                 # they count as lost and go again; each time again without an
                 # answer the wait doubles, up to ``max_ask_ticks``.
-                f.stalled_ticks += 1
+                if fid not in self.answering or f.idle_ticks >= self.max_ask_ticks:
+                    f.stalled_ticks += 1
                 if f.stalled_ticks >= f.stall_limit:
                     # Assume the last batch in flight was lost and send it
                     # again -- not everything past ``match``: a new leader
@@ -698,8 +709,10 @@ class Replica:
                 # and every heartbeat was read, answered and read again,
                 # lengthening the queues their first publishes waited in).
                 if f.sent_hw >= self.hw:
-                    if f.idle_ticks < f.hw_limit:
-                        continue
+                    if f.idle_ticks < f.hw_limit or (
+                        fid in self.answering and f.idle_ticks < self.max_ask_ticks
+                    ):
+                        continue  # (its node answers others: ours is in its queue, see :attr:`answering`)
                     f.hw_limit = min(2 * f.hw_limit, self.max_ask_ticks)
                 out.extend(self._send(fid, f, heartbeat=True))
         if self.tick_beats:

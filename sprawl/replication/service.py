@@ -53,6 +53,7 @@ from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
 from sprawl.replication.liveness import NodeLiveness
 from sprawl.replication.messages import (
     Append,
+    AppendResp,
     Assign,
     Fence,
     FenceResp,
@@ -175,6 +176,11 @@ class ReplicationService:
         self.beats_sent = 0
         #: Nodes known dead, shared by every replica core here (:attr:`Replica.dead`).
         self.dead: set[str] = set()
+        #: Nodes that answered appends since the tick before the last, shared
+        #: by every replica core here (:attr:`Replica.answering`), and those
+        #: heard answering since the last tick.
+        self.answering: set[str] = set()
+        self._answers_heard: set[str] = set()
         #: Until when each of them is dead on the controller's word (inf: gossip's).
         self._dead_until: dict[str, float] = {}
         #: Commit failures by code: when one was last logged, how many not since.
@@ -253,6 +259,7 @@ class ReplicationService:
         self.changed.add(key)
         replica.on_failed = self.broken.add
         replica.core.dead = self.dead
+        replica.core.answering = self.answering
         replica.on_hop = self.on_hop
         if not replica.core.idle:
             self._due.add(key)
@@ -303,6 +310,9 @@ class ReplicationService:
         self._judge_skipped = 0 if judge else self._judge_skipped + 1
         for node in [n for n, until in self._dead_until.items() if until <= now]:
             self.node_alive(node)  # the controller's hint lapsed (gossip never said dead)
+        self.answering.clear()
+        self.answering |= self._answers_heard
+        self._answers_heard.clear()
         beats = self.node_beats()
         done_r, done_c = self._tick_as_before() if not beats else (set(), set())
         sent = 0
@@ -637,6 +647,8 @@ class ReplicationService:
         if isinstance(m, Assign) and m.leader == self.node_id:
             self.lead(key, r, peer, m)
             return
+        if isinstance(m, AppendResp):
+            self._answers_heard.add(peer)
         if isinstance(m, Append) and len(env.records) == 1 and env.records[0][7] and not m.reset:
             # A new leader's first append (its control record): taken with
             # the turn's others in one write, answered after it (issue 23).
