@@ -477,6 +477,13 @@ class PartitionReplication:
         role (which decides how the write finds its records and whether its
         messages may leave before the write is durable) and its high
         watermark (the partition shows it once the output's writes are made)."""
+        if self._batched is not None and not out.writes and not self._queued and self.failed is None:
+            # Messages alone behind a batched output (the controller's Assign
+            # repeated to a new leader whose batch is not written yet: its
+            # answer): sent with the batch's, after them -- not a chain run.
+            self._note_output(out)
+            self._batched[0].extend(out.messages)
+            return
         now = bool(
             self.failed is None
             and not self._queued
@@ -704,7 +711,7 @@ class PartitionReplication:
             self._save_hw_later()
             return
         self.hw_saves += 1
-        self.broker.store.write(self._state_ops()).addErrback(self._hw_save_failed)
+        _save_together(self, self._state_ops())
 
     def _hw_save_failed(self, f: Failure) -> None:
         if self.failed is None:
@@ -999,6 +1006,36 @@ def take_fences(items: list[tuple[PartitionReplication, str, Fence]]) -> int:
 
         store.write(all_ops).addCallbacks(written, failed)
     return sum(len(rs) for _, _, rs in by_store.values())
+
+
+#: Replica states written for their high watermark alone, gathered per store
+#: until the end of the reactor turn (see :func:`_save_together`).
+_HW_SAVES: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
+
+
+def _save_together(r: PartitionReplication, ops: list[tuple[Any, ...]]) -> None:
+    """Write ``r``'s replica state for its high watermark with every other
+    partition's whose timer fired in this reactor turn, in one write (issue
+    23: a failover's thousands of new leaders and followers each saved its
+    first high watermark 0.1 s after it moved -- a write per partition)."""
+    store = r.broker.store
+    pending = _HW_SAVES.get(id(store))
+    if pending is None:
+        pending = _HW_SAVES[id(store)] = (store, [], [])
+        r.broker.clock.callLater(0, _write_saves, id(store))
+    pending[1].extend(ops)
+    pending[2].append(r)
+
+
+def _write_saves(key: int) -> None:
+    """Write one store's gathered high-watermark saves (:func:`_save_together`)."""
+    store, ops, rs = _HW_SAVES.pop(key)
+
+    def failed(f: Failure) -> None:
+        for r in rs:
+            r._hw_save_failed(f)
+
+    store.write(ops).addErrback(failed)
 
 
 def _becomes_leader(out: Output) -> bool:
