@@ -164,14 +164,18 @@ class Replica:
         #: removed from it.
         self.dead: Set[str] = frozenset()
         #: Nodes that answered appends (of any partition) since the tick before
-        #: this one, shared by the adapter among a node's replicas: an answer
-        #: awaited from a follower there is not counted as lost in a tick --
-        #: the follower works through its inbound queue, in order, and ours is
-        #: in it (issue 23: after a failover each of thousands of new leaders
-        #: sent its append again one to three times while the follower's node
-        #: worked through the burst).  Counted again after ``max_ask_ticks``
-        #: without an answer whatever the node does (an append the follower
-        #: dropped, having no replica yet, is sent again then).
+        #: this one, shared by the adapter among a node's replicas: in a new
+        #: epoch's first exchange (the follower has not said it holds a high
+        #: watermark past the epoch's control record), an answer awaited from
+        #: a follower there is not counted as lost in a tick -- the follower
+        #: works through its inbound queue, in order, and ours is in it (issue
+        #: 23: after a failover each of thousands of new leaders sent its
+        #: append again one to three times while the follower's node worked
+        #: through the burst).  Counted again after ``max_ask_ticks`` without
+        #: an answer whatever the node does (an append the follower dropped,
+        #: having no replica yet, is sent again then).  Past the first
+        #: exchange (a steady leader, a restarted follower catching up) the
+        #: waits are as before.
         self.answering: Set[str] = frozenset()
         #: While handing off: (target replica, ticks left of the pause).
         self.handoff: tuple[str, int] | None = None
@@ -671,10 +675,16 @@ class Replica:
             to, left = self.handoff
             self.handoff = (to, left - 1) if left > 1 else None  # the pause is bounded
             out.extend(self._handoff_ready())
+        runs = self.cache.runs
+        # The offset of this epoch's control record: a follower that has not
+        # said it holds a high watermark past it is still in the epoch's first
+        # exchange (see :attr:`answering`).
+        first = runs[-1][1] if runs and runs[-1][0] == self.epoch else -1
         for fid, f in self.followers.items():
             if fid in self.dead:
                 continue  # nothing to a dead node: its return wakes this leader
             f.idle_ticks += 1
+            queued = fid in self.answering and f.hw <= first and f.idle_ticks < self.max_ask_ticks
             if f.unanswered and f.next > f.match:
                 # Appends in flight: their answer is awaited, not chased with a
                 # heartbeat each tick (each would cost the follower a write
@@ -683,7 +693,7 @@ class Replica:
                 # partition, issue 23).  Unanswered for ``stall_limit`` ticks
                 # they count as lost and go again; each time again without an
                 # answer the wait doubles, up to ``max_ask_ticks``.
-                if fid not in self.answering or f.idle_ticks >= self.max_ask_ticks:
+                if not queued:
                     f.stalled_ticks += 1
                 if f.stalled_ticks >= f.stall_limit:
                     # Assume the last batch in flight was lost and send it
@@ -709,9 +719,7 @@ class Replica:
                 # and every heartbeat was read, answered and read again,
                 # lengthening the queues their first publishes waited in).
                 if f.sent_hw >= self.hw:
-                    if f.idle_ticks < f.hw_limit or (
-                        fid in self.answering and f.idle_ticks < self.max_ask_ticks
-                    ):
+                    if f.idle_ticks < f.hw_limit or queued:
                         continue  # (its node answers others: ours is in its queue, see :attr:`answering`)
                     f.hw_limit = min(2 * f.hw_limit, self.max_ask_ticks)
                 out.extend(self._send(fid, f, heartbeat=True))

@@ -132,6 +132,26 @@ def test_an_append_awaited_from_a_node_that_answers_others_is_not_sent_again() -
     assert [t for t in range(1, 10) if r2.tick().messages] == [3, 9]  # nobody answering: as before
 
 
+def test_past_the_first_exchange_a_lost_append_goes_again_as_before() -> None:
+    """The wait for a node that answers others holds only in a new epoch's
+    first exchange: once the follower said it holds a high watermark past
+    the control record (a steady leader, a restarted follower catching up),
+    an unanswered append goes again after ``retry_ticks`` as before, whatever
+    its node answers."""
+    from sprawl.replication.messages import Append, AppendResp
+
+    r = Replica("a", "ctrl", retry_ticks=3, max_ask_ticks=30)
+    r.tick_beats = False
+    r.receive("ctrl", _assign())
+    r.stored(1)
+    r.receive("b", AppendResp(1, True, 1, 0))  # b holds the control record: committed, pushed
+    r.receive("b", AppendResp(1, True, 1, 1))  # ... and the watermark past it
+    r.answering = {"b", "c"}
+    r.append(1)
+    to_b = [t for t in range(1, 5) if any(d == "b" and isinstance(m, Append) for d, m in r.tick().messages)]
+    assert to_b == [3], to_b
+
+
 def _assign() -> Any:
     from sprawl.replication.messages import Assign
 
