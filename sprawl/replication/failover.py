@@ -44,7 +44,6 @@ pause only delays the fencing; nothing above depends on it.
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from sprawl.replication.messages import (
@@ -136,7 +135,7 @@ class FailoverCore:
         """Replicas needed for a quorum."""
         return len(self.replicas) // 2 + 1
 
-    def tick(self, leader_heard: bool = False, answering: AbstractSet[str] = frozenset()) -> ControlOutput:
+    def tick(self, leader_heard: bool = False) -> ControlOutput:
         """One tick: start or retry a failover, or repeat an unconfirmed assignment.
 
         ``leader_heard``: the adapter heard the leader's node lately (its
@@ -146,13 +145,7 @@ class FailoverCore:
         late), and fails over only after ``stuck_ticks`` ticks without it (a
         partition stuck on a live node).  Without it (the node not heard, or
         an older node that never beats) ``beat_timeout_ticks`` of this
-        partition's silence fail it over, as before.
-
-        ``answering``: nodes that answered fences (of any partition) since the
-        tick before: an unanswered fence to one of them is not sent again
-        this time -- its node works through its queue, ours in it (issue 23:
-        thousands of fences at once).  The failover starts over after
-        ``3 * beat_timeout_ticks`` without a majority all the same."""
+        partition's silence fail it over, as before."""
         out = ControlOutput()
         if self.committing is not None:
             return out
@@ -177,9 +170,7 @@ class FailoverCore:
                 # node's thousands of fences at once, issue 23) is not chased
                 # with a fence -- a frame and an answer -- every few ticks.
                 f.retry_at, f.gap = f.ticks + 2 * f.gap, 2 * f.gap
-                out.messages.extend(
-                    (r, Fence(f.epoch)) for r in self.replicas if r not in f.answers and r not in answering
-                )
+                out.messages.extend((r, Fence(f.epoch)) for r in self.replicas if r not in f.answers)
             if f.ticks > self.beat_timeout_ticks * 3:
                 return self.start_failover(f.prefer)  # a majority stayed silent: try a later epoch
             return out

@@ -59,6 +59,10 @@ from sprawl.replication.messages import (
 LEADER = "leader"
 FOLLOWER = "follower"
 
+#: Ticks an answer awaited from a node that answers others is waited for
+#: before it counts towards a re-send again (see :attr:`Replica.answering`).
+ANSWERED_WAIT_TICKS = 10
+
 
 class SafetyError(AssertionError):
     """An invariant of replication would break (a bug, never an input error)."""
@@ -171,9 +175,10 @@ class Replica:
         #: works through its inbound queue, in order, and ours is in it (issue
         #: 23: after a failover each of thousands of new leaders sent its
         #: append again one to three times while the follower's node worked
-        #: through the burst).  Counted again after ``max_ask_ticks`` without
-        #: an answer whatever the node does (an append the follower dropped,
-        #: having no replica yet, is sent again then).  Past the first
+        #: through the burst).  Counted again after :data:`ANSWERED_WAIT_TICKS`
+        #: without an answer whatever the node does (an append the follower
+        #: dropped, having no replica yet, is sent again then: about a second
+        #: later than before).  Past the first
         #: exchange (a steady leader, a restarted follower catching up) the
         #: waits are as before.
         self.answering: Set[str] = frozenset()
@@ -684,7 +689,7 @@ class Replica:
             if fid in self.dead:
                 continue  # nothing to a dead node: its return wakes this leader
             f.idle_ticks += 1
-            queued = fid in self.answering and f.hw <= first and f.idle_ticks < self.max_ask_ticks
+            queued = fid in self.answering and f.hw <= first and f.idle_ticks < ANSWERED_WAIT_TICKS
             if f.unanswered and f.next > f.match:
                 # Appends in flight: their answer is awaited, not chased with a
                 # heartbeat each tick (each would cost the follower a write

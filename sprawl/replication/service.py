@@ -176,10 +176,9 @@ class ReplicationService:
         self.beats_sent = 0
         #: Nodes known dead, shared by every replica core here (:attr:`Replica.dead`).
         self.dead: set[str] = set()
-        #: Nodes that answered appends or fences since the tick before the
-        #: last, shared by every replica core here (:attr:`Replica.answering`;
-        #: the controller's cores get it on their ticks), and those heard
-        #: answering since the last tick.
+        #: Nodes that answered appends since the tick before the last, shared
+        #: by every replica core here (:attr:`Replica.answering`), and those
+        #: heard answering since the last tick.
         self.answering: set[str] = set()
         self._answers_heard: set[str] = set()
         #: Until when each of them is dead on the controller's word (inf: gossip's).
@@ -341,7 +340,7 @@ class ReplicationService:
             if key in done_c:
                 continue  # ticked already
             self.ticked += 1
-            self.run_control(key, c.tick(self._leader_heard(c), self.answering))
+            self.run_control(key, c.tick(self._leader_heard(c)))
         if self.controllers and judge:
             now = self.reactor.seconds()
             for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
@@ -624,8 +623,6 @@ class ReplicationService:
         if isinstance(m, Assign):
             for n in m.down:
                 self.node_dead(n)
-        if isinstance(m, FenceResp):
-            self._answers_heard.add(peer)
         c = self.controllers.get(key)
         if c is not None and isinstance(m, FenceResp | LeaderBeat | HandoffReady | Resign):
             confirmed = c.leader_confirmed
