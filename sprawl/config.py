@@ -288,6 +288,9 @@ class NodeConfig:
     cluster_key_file: str | None = field(default=None, repr=False)
     #: Allow a peer port beyond loopback without a key or CA (loudly logged).
     insecure_cluster: bool = False
+    #: Ack durable publishes after one fsync of the node's write-ahead log, LMDB
+    #: written after (``--wal``; docs/architecture.md, "The write-ahead log").
+    wal: bool = False
     replication_factor: int = 3
     memory_budget: int = 256 * 1000**2
     disk_budget: int = 4 * 1000**3

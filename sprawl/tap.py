@@ -221,6 +221,13 @@ class Options(usage.Options):
             "reached; see docs/operations.md).",
         ],
         [
+            "wal",
+            None,
+            "Ack durable publishes after one fsync of a write-ahead log of the node's own "
+            "(DATA_DIR/lmdb-wal), LMDB written after, off the ack's path (default: off; "
+            "env SPRAWL_WAL=1).",
+        ],
+        [
             "insecure-cluster",
             None,
             "Allow a --bind-addr beyond loopback without --cluster-key or --cluster-ca: anyone who "
@@ -309,6 +316,8 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
     values["force_new_cluster"] = bool(opts.get("force-new-cluster"))
     if opts.get("insecure-cluster") or environ.get("SPRAWL_INSECURE_CLUSTER") in ("1", "true", "yes"):
         values["insecure_cluster"] = True
+    if opts.get("wal") or environ.get("SPRAWL_WAL") in ("1", "true", "yes"):
+        values["wal"] = True
     return NodeConfig(**values).validate()
 
 

@@ -64,6 +64,9 @@ log = Logger()
 #: Seconds between a drained Raft leader's tries to hand its leadership over.
 RAFT_HAND_OFF_RETRY = 5.0
 
+#: Seconds between the log's descriptions of replicas still catching up after a start.
+CATCHING_UP_LOG_SECONDS = 10.0
+
 __all__ = ["DataPlane", "NotLeaderError"]
 
 
@@ -152,6 +155,9 @@ class DataPlane:
         self._loop: task.LoopingCall | None = None
         #: Set once every replica followed here had caught up (see :meth:`readiness`).
         self._caught_up_once = False
+        #: When the replicas still catching up are next described in the log
+        #: (:meth:`_describe_catching_up`; first ``CATCHING_UP_LOG_SECONDS`` after the start).
+        self._describe_behind_at: float | None = None
         #: When a drained Raft leader may try to hand its leadership over again.
         self._raft_hand_off_after = float("-inf")
         #: SSE / WebSocket reads of partitions held elsewhere: one long-poll
@@ -266,6 +272,43 @@ class DataPlane:
         more = f" and {len(behind) - 3} more" if len(behind) > 3 else ""
         return f"catching up: {len(behind)} partition replica(s) behind their leaders ({', '.join(behind[:3])}{more})"
 
+    def _describe_catching_up(self) -> None:
+        """While this node is not ready because replicas are catching up, say
+        in the log every ``CATCHING_UP_LOG_SECONDS`` where the first few stand
+        (their epoch, leader, log end and high watermark, whether they are
+        ticked): an operator -- or a test that waited in vain -- sees why."""
+        now = self.reactor.seconds()
+        if self._describe_behind_at is None:
+            self._describe_behind_at = now + CATCHING_UP_LOG_SECONDS
+            return
+        if now < self._describe_behind_at:
+            return
+        self._describe_behind_at = now + CATCHING_UP_LOG_SECONDS
+        behind = self.catching_up()
+        if not behind:
+            return
+        due = self.service.due()
+        for name in behind[:3]:
+            topic, _, p = name.rpartition("/")
+            key = (topic, int(p))
+            core = self.service.replicas[key].core
+            log.info(
+                "replication: {partition} still catching up: epoch {epoch} (fenced {fenced}, led {led}),"
+                " leader {leader} (placed {placed}), end {end}, high watermark {hw}, ticked {ticked},"
+                " unheard for {unheard} of {ask} ticks",
+                partition=name,
+                epoch=core.epoch,
+                fenced=core.fenced_epoch,
+                led=core.led_epoch,
+                leader=core.leader,
+                placed=core.placed_leader,
+                end=core.end,
+                hw=core.hw,
+                ticked=key in due,
+                unheard=core.unheard_ticks,
+                ask=core.ask_ticks,
+            )
+
     def stop(self) -> None:
         """Stop ticking."""
         if self._loop is not None and self._loop.running:
@@ -282,6 +325,8 @@ class DataPlane:
         self.groups.tick(self.reactor.seconds())
         self.repairs.tick()
         self._hand_off_raft_if_drained()
+        if not self._caught_up_once:
+            self._describe_catching_up()
         if len(self.service.changed) > len(self.service.replicas) + 4096:
             # Nobody asked for the summary for long (deleted topics' keys pile
             # up): judge everything on the next one instead.

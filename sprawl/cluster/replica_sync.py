@@ -81,6 +81,11 @@ class ReplicaSync:
         self._parts_seen: dict[str, int] = {}
         #: The controller every replica was last pointed at (see :meth:`follow_controller`).
         self._controller: str | None = None
+        #: Replicas dropped (this node left the partition's replicas) while
+        #: their outputs were still being written: this node taken back in
+        #: meanwhile takes the same replica back rather than one built from
+        #: the store, which lags it (see :meth:`_drop`).  Forgotten once settled.
+        self._parked: dict[tuple[str, int], PartitionReplication] = {}
 
     # -- the placement -----------------------------------------------------------------
 
@@ -133,7 +138,10 @@ class ReplicaSync:
         for key in [(name, p) for p in range(seen) if (name, p) in self.service.replicas]:
             r = self.service.replicas[key]
             if parts is None or t is None or r.topic is not t:
-                self._drop(key)
+                self._drop(key, park=False)
+        for key in [(name, p) for p in range(seen) if (name, p) in self._parked]:
+            if parts is None or t is None or self._parked[key].topic is not t:
+                del self._parked[key]  # the topic is gone (or is another one of that name)
         if parts is None:
             self._parts_seen.pop(name, None)
         else:
@@ -154,10 +162,12 @@ class ReplicaSync:
             if len(reps) <= 1 or self.node_id not in reps:
                 if key in self.service.replicas:
                     self._drop(key)
+                if reps == [self.node_id]:
+                    self._parked.pop(key, None)  # served alone from now: no replica to take back
                 if reps == [self.node_id] and lg.replicated:
                     self._alone(t, lg)
                 continue
-            existing = self.service.replicas.get(key)
+            existing = self.service.replicas.get(key) or self._take_parked(key, t)
             if existing is not None:
                 r = existing
             else:
@@ -197,6 +207,9 @@ class ReplicaSync:
         """Build again every replica whose adapter failed (its error is
         logged) from what this node stored: it rejoins as a follower."""
         # Those that said they failed (not a scan of every replica: issue 23).
+        if self._parked:
+            for key in [k for k, r in self._parked.items() if r.settled or r.failed is not None]:
+                del self._parked[key]
         said, self.service.broken = self.service.broken, set()
         broken = [k for k in said if (r := self.service.replicas.get(k)) is not None and r.failed is not None]
         for key in broken:
@@ -206,7 +219,7 @@ class ReplicaSync:
                 topic=key[0],
                 partition=key[1],
             )
-            self._drop(key)
+            self._drop(key, park=False)
         for name in {key[0] for key in broken}:
             self.sync_topic(name)
 
@@ -242,6 +255,27 @@ class ReplicaSync:
         d = self.broker.store.write([("d", "meta", keys.replica_state_key(t.config.uid, lg.partition))])
         d.addErrback(lambda f: log.warn("forgetting a replica state failed: {err}", err=str(f.value)))
 
-    def _drop(self, key: tuple[str, int]) -> None:
-        self.service.replicas.pop(key, None)
+    def _drop(self, key: tuple[str, int], park: bool = True) -> None:
+        """This node no longer serves the partition's replica.  A replica
+        whose outputs are still being written is parked (``park``): its
+        log's records are in memory before their write, with the replica
+        state (epoch runs, promise) that describes them, so a replica built
+        from the store now would see records of "epoch 0" and no high
+        watermark -- and refuse its leader's every append at the end the
+        leader knows it holds, catching up never (the readiness flake after
+        a whole-cluster restart: a node taken out of a partition's replicas
+        and back in within a moment).  Taken back in, the node takes the
+        parked replica back (:meth:`_take_parked`)."""
+        r = self.service.replicas.pop(key, None)
         self._assigned.pop(key, None)
+        if park and r is not None and r.failed is None and not r.settled:
+            self._parked[key] = r
+
+    def _take_parked(self, key: tuple[str, int], t: Topic) -> PartitionReplication | None:
+        """The replica parked for ``key`` (see :meth:`_drop`), served again, or None."""
+        r = self._parked.pop(key, None)
+        if r is None or r.topic is not t or r.failed is not None:
+            return None
+        r.core.controller = self.control.leader_name or r.core.controller
+        self.service.add(r)
+        return r

@@ -234,6 +234,7 @@ class NodeService(service.Service):
             reactor=self.reactor,
             map_size=map_size,
             on_commit=metrics.committed,
+            wal=c.wal,
         )
         self.store.open()
         tier = self._make_tier(metrics) if c.s3_endpoint and c.s3_bucket else None

@@ -9,6 +9,7 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -40,6 +41,38 @@ if TYPE_CHECKING:
 #: Failed attempts after which a sender that never connected and has nothing
 #: to send stops dialling (until a frame or a probe asks again).
 QUIET_AFTER = 8
+
+
+def can_send_now(transport: Any) -> bool:
+    """Whether bytes written to ``transport`` may go to its socket from this node's own
+    code rather than through the transport's buffer at the reactor's next poll (issue 16,
+    commit35: every peer frame of a replicated publish -- the forward, the append, the
+    follower's answer, the pushed high watermark, the forward's answer -- waited for a poll
+    round on its way out and cost an ``epoll_ctl`` pair).  Only a plain TCP connection
+    holding nothing unsent, open and not paused: TLS, a closing connection, a paused
+    producer or bytes already waiting for a full socket are left to the transport (the
+    HTTP side's ``send_first`` rule)."""
+    if type(transport) is not tcp.Client or transport.TLS:
+        return False
+    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
+        return False
+    return not (
+        transport.producerPaused or transport._tempDataLen or len(transport.dataBuffer) > transport.offset
+    )
+
+
+def send_now(transport: Any, chunks: list[bytes]) -> None:
+    """Write ``chunks`` to a ``transport`` that :func:`can_send_now` (in order): what its
+    socket takes at once, the rest through the transport as usual.  A failed send is left
+    to the transport too: the reactor finds the error on its own write and closes the
+    connection as it always does."""
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        sent = int(transport.socket.send(data))
+    except OSError:
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
 
 
 def no_delay(transport: Any) -> None:
@@ -190,6 +223,12 @@ class Sender:
         #: A probe asked for a connection (a sender with nothing to send otherwise
         #: stops dialling a peer that never answered: see :meth:`_retry`).
         self.wanted = False
+        #: Whether the sender wrote to its socket at once in this reactor turn, and the
+        #: frames it wrote after that in the turn, held for the turn's end on the
+        #: connection ``held_on`` (:meth:`_write`, :meth:`turn_over`).
+        self.wrote_now = False
+        self.held: list[bytes] = []
+        self.held_on: Outbound | None = None
 
     def send(self, kind: int, payload: bytes) -> bool:
         ch = self.channel
@@ -219,10 +258,44 @@ class Sender:
             chunks.append(p.frame(kind, payload))
             self.channel.stats.frames_sent += 1
             if len(chunks) >= 64:
-                t.writeSequence(chunks)
+                self._write(t, chunks)
                 chunks = []
         if chunks:
+            self._write(t, chunks)
+
+    def _write(self, t: Any, chunks: list[bytes]) -> None:
+        """Hand frames to the connection.  The sender's first write of a reactor turn goes
+        to the socket at once (:func:`send_now`); what it writes later in the same turn is
+        held and sent in one piece once the turn is over (:meth:`turn_over`), so a turn
+        that makes many frames for one peer (a failover's thousands, a backlog's) costs two
+        ``send`` calls, as the transport's buffer would have made it one -- neither asks the
+        reactor to watch the socket.  A connection that cannot take bytes directly
+        (:func:`can_send_now`) gets them through its transport as before."""
+        if self.held:
+            self.held.extend(chunks)
+        elif not can_send_now(t):
             t.writeSequence(chunks)
+        elif not self.wrote_now:
+            self.wrote_now = True
+            self.channel.wrote_now(self)
+            send_now(t, chunks)
+        else:
+            self.held = list(chunks)
+            self.held_on = self.proto
+
+    def turn_over(self) -> None:
+        """The reactor turn of the sender's first direct write is over: send what it held
+        since (on the connection that made those frames: a frame sealed for a connection
+        since lost is not sent on another), and let it write at once again."""
+        self.wrote_now = False
+        held, self.held = self.held, []
+        p, self.held_on = self.held_on, None
+        if held and p is not None and p is self.proto:
+            t: Any = p.transport
+            if can_send_now(t):
+                send_now(t, held)
+            else:
+                t.writeSequence(held)
 
     def _connect(self) -> None:
         if self.connecting or self.proto is not None or self.closed or self.retry is not None:
@@ -257,6 +330,8 @@ class Sender:
         was_ready = proto.ready
         if self.proto is proto:
             self.proto = None
+        if self.held_on is proto:
+            self.held, self.held_on = [], None  # (frames of a lost connection, as its buffer's)
         self.connecting = False
         if was_ready:
             self.failures = 0

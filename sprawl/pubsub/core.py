@@ -99,6 +99,9 @@ class BrokerCore:
         # unless --partition-backlog says otherwise.
         self.max_pending_bytes = config.memory_budget // 4
         self.partition_backlog = config.partition_backlog or max(64 * 1000, config.memory_budget // 4)
+        # With the write-ahead log on, writes past half of that not yet in LMDB wait
+        # for LMDB (see ``LmdbStore.write``).
+        store.wal_lag_bytes = self.max_pending_bytes // 2
         #: (topic uid, partition) → bytes appended and queued for LMDB, not yet committed.
         self.backlog: dict[tuple[int, int], int] = {}
         self._hot_added = 0

@@ -199,6 +199,15 @@ class PartitionReplication:
         #: whether it was the leader's; None when no batch holds this partition.
         self._batched: tuple[list[tuple[str, Any]], int, bool] | None = None
 
+    @property
+    def settled(self) -> bool:
+        """Whether every output of the core so far is written and sent: what
+        this node stored of the partition (its log and the replica state
+        written with it) is what the core holds, so a replica built again
+        from the store starts where this one stands.  Not while outputs wait:
+        the log in memory runs ahead of the replica state on disk."""
+        return not (self._queued or self._running or self._unsent or self._pending_cuts)
+
     # -- inputs ----------------------------------------------------------------------
 
     def publish(self, records: list[Record]) -> defer.Deferred[list[int]]:

@@ -46,6 +46,8 @@ from sprawl.interfaces import Clock
 from sprawl.log.record import CorruptRecord, Record, check_stored, storage_items
 from sprawl.storage import keys, timeline
 from sprawl.storage.verify import Scan, scan_records
+from sprawl.storage.wal import SEGMENT_BYTES, WriteAheadLog, segment_name
+from sprawl.storage.wal_format import decode_body, encode_body, loggable
 from sprawl.storage.writer_thread import WriterThread
 
 if TYPE_CHECKING:
@@ -68,6 +70,17 @@ DBS = ("meta", "records", "segments", "raft_log", "raft_meta")
 
 #: ``meta`` key: per partition, the offset below which records may predate checksums.
 UNCHECKED_KEY = b"node/unchecked"
+
+#: ``meta`` key: the seq of the last write-ahead-log frame LMDB holds (u64 big-endian),
+#: put by the transaction that applies it (docs/architecture.md, "The write-ahead log").
+WAL_APPLIED_KEY = b"node/wal_applied"
+
+_DB_INDEX = {name: i for i, name in enumerate(DBS)}
+
+
+def _applied_op(seq: int) -> Op:
+    return ("p", "meta", WAL_APPLIED_KEY, seq.to_bytes(8, "big"))
+
 
 #: The most of the queued writes' weight (:func:`write_weight`) one
 #: transaction takes when more is queued (a single larger write still
@@ -102,7 +115,41 @@ class LmdbStore:
         reactor: Clock,
         map_size: int = 64 * 1024**3,
         on_commit: Callable[[float, int], None] | None = None,
+        wal: bool = False,
+        wal_segment_bytes: int = SEGMENT_BYTES,
     ):
+        self.path = path
+        #: The write-ahead log's directory (replayed at open whenever it exists).
+        self.wal_path = path + "-wal"
+        #: Whether writes made with ``wal=True`` are acked after the log's fsync.
+        self.wal_enabled = wal
+        self.wal_segment_bytes = wal_segment_bytes
+        self.wal: WriteAheadLog | None = None
+        self._wal_thread = WriterThread(reactor, "sprawl-wal")
+        #: Writes waiting for the log, in order: (ops, waiter, bytes, weight, logged,
+        #: non-logged writes made before it).  A non-logged write waits here too while
+        #: a logged one is before it, so LMDB applies every write in the order made.
+        self._wal_queue: deque[tuple[list[Op], Deferred[None], int, int, bool, int]] = deque()
+        self._wal_scheduled = False
+        self._wal_in_flight = False
+        #: Synced frames' writes whose ack waits for a non-logged write made before
+        #: them to commit: (waiter, non-logged writes it waits for).
+        self._held: deque[tuple[Deferred[None], int]] = deque()
+        #: Non-logged writes made (while the log is on) and committed, in order.
+        self._direct_made = 0
+        self._direct_done = 0
+        #: The last frame synced (acked) and the last LMDB holds.
+        self.wal_synced = 0
+        self.wal_applied = 0
+        #: Partition key prefix → the last frame holding records of it.
+        self._wal_parts: dict[bytes, int] = {}
+        #: LMDB reads waiting for a frame to be applied: (seq, waiter).
+        self._read_waits: list[tuple[int, Deferred[None]]] = []
+        self._wal_drained: list[Deferred[None]] = []
+        self._releasing = False
+        #: Bytes queued or in flight (log and LMDB) past which a write is not logged
+        #: (the broker sets half its backpressure limit).
+        self.wal_lag_bytes = TXN_BYTES
         self.path = path
         self.reactor = reactor
         self.map_size = map_size
@@ -150,10 +197,53 @@ class LmdbStore:
         )
         for name in DBS:
             self.dbs[name] = self.env.open_db(name.encode())
+        self._recover_wal()
         self._load_unchecked()
         self._update_used()
         self._writer.start()
         self._readers.start()
+        if self.wal is not None:
+            self._wal_thread.start()
+
+    def _recover_wal(self) -> None:
+        """Apply the log's frames LMDB does not hold yet (before anything reads LMDB),
+        then keep the log open for appends (``wal=True``) or remove it."""
+        if not self.wal_enabled and not os.path.isdir(self.wal_path):
+            return
+        raw = self.get("meta", WAL_APPLIED_KEY)
+        applied = int.from_bytes(raw, "big") if raw else 0
+        wal = WriteAheadLog(self.wal_path, segment_bytes=self.wal_segment_bytes)
+        ops: list[Op] = []
+        nbytes = frames = 0
+        for fr in wal.recover(applied):
+            ops.extend(decode_body(fr.body, DBS))
+            ops.append(_applied_op(fr.seq))
+            nbytes += len(fr.body)
+            frames += 1
+            applied = fr.seq
+            if nbytes >= TXN_BYTES:
+                self._commit(ops)
+                ops, nbytes = [], 0
+        if ops:
+            self._commit(ops)
+        if frames:
+            log.info(
+                "write-ahead log: applied {n} frame(s) LMDB did not hold, up to seq {seq}",
+                n=frames,
+                seq=applied,
+            )
+        self.wal_synced = self.wal_applied = applied
+        wal.release(applied)
+        if self.wal_enabled:
+            self.wal = wal
+        else:
+            wal.close()
+            for first in wal.segments:
+                os.unlink(os.path.join(self.wal_path, segment_name(first)))
+            try:
+                os.rmdir(self.wal_path)
+            except OSError as e:  # (something else is in it: left alone)
+                log.warn("write-ahead log directory {path} not removed: {e}", path=self.wal_path, e=e)
 
     def _load_unchecked(self) -> None:
         """Know which records may predate checksums (see the module docstring):
@@ -185,13 +275,21 @@ class LmdbStore:
             if self._used_call is not None and self._used_call.active():
                 self._used_call.cancel()
             self._used_call = None
+            self._wal_thread.stop()
             self._writer.stop()
             self._readers.stop()
+            if self.wal is not None:
+                self.wal.close()
             if self.env is not None:
                 self.env.close()
                 self.env = None
             d.callback(None)
 
+        if self._wal_queue or self._wal_in_flight:
+            drained: Deferred[None] = Deferred()
+            self._wal_drained.append(drained)
+            drained.addCallback(lambda _: self.close())
+            return drained.addCallback(lambda _: None)
         if self._queue or self._in_flight:
             self._stopping = Deferred()
             self._stopping.addBoth(finish)
@@ -207,16 +305,220 @@ class LmdbStore:
         """Bytes queued for or in the current commit (for backpressure)."""
         return self._pending_bytes + self._in_flight_bytes
 
-    def write(self, ops: list[Op], nbytes: int = 0) -> Deferred[None]:
-        """Queue ``ops`` for the next group commit; fires once they are on disk."""
+    def write(self, ops: list[Op], nbytes: int = 0, *, wal: bool = False) -> Deferred[None]:
+        """Queue ``ops`` for the next group commit; fires once they are on disk.
+
+        ``wal=True`` (a message append) with the log on: fires once they are in a
+        write-ahead-log frame, fsynced, and every write made before them is on disk
+        too; LMDB gets them afterwards (docs/architecture.md, "The write-ahead log")."""
         if self.failed is not None:
             from twisted.internet.defer import fail
 
             return fail(self.failed)
         d: Deferred[None] = Deferred()
+        if self.wal is not None:
+            # (past ``wal_lag_bytes`` not yet in LMDB, a write waits for LMDB as without
+            # the log: the acks slow down with LMDB instead of running ahead into 429s)
+            logged = wal and self.pending_bytes <= self.wal_lag_bytes and loggable(ops)
+            self._pending_bytes += nbytes
+            if not logged:
+                self._direct_made += 1
+                d.addBoth(self._direct_committed)
+            if logged or self._wal_queue or self._wal_in_flight:
+                self._wal_queue.append((ops, d, nbytes, write_weight(ops, nbytes), logged, self._direct_made))
+                self._wal_schedule()
+                return d
+        else:
+            self._pending_bytes += nbytes
         self._queue.append((ops, d, nbytes, write_weight(ops, nbytes)))
-        self._pending_bytes += nbytes
         self._schedule()
+        return d
+
+    # -- the write-ahead log ---------------------------------------------------------
+
+    def _wal_schedule(self) -> None:
+        if not self._wal_scheduled and not self._wal_in_flight:
+            self._wal_scheduled = True
+            self.reactor.callLater(0, self._wal_flush)
+
+    def _wal_flush(self) -> None:
+        """Hand the non-logged writes at the queue's head to LMDB, and the logged
+        writes after them (whole, up to :data:`TXN_BYTES`) to the WAL thread as one frame."""
+        self._wal_scheduled = False
+        if self._wal_in_flight:
+            return
+        queue = self._wal_queue
+        if self.failed is not None and queue:
+            # (a failed commit poisoned the store: nothing more is acked)
+            err = self.failed
+            waiting = list(queue)
+            queue.clear()
+            self._pending_bytes -= sum(w[2] for w in waiting)
+            for w in waiting:
+                w[1].errback(err)
+        moved = False
+        while queue and not queue[0][4]:
+            w_ops, w_d, w_bytes, w_weight, _logged, _made = queue.popleft()
+            self._queue.append((w_ops, w_d, w_bytes, w_weight))
+            moved = True
+        if moved:
+            self._schedule()
+        if not queue:
+            self._wal_idle()
+            return
+        group: list[tuple[list[Op], Deferred[None], int, int, bool, int]] = []
+        weight = 0
+        while queue and queue[0][4] and (not group or weight + queue[0][3] <= TXN_BYTES):
+            w = queue.popleft()
+            group.append(w)
+            weight += w[3]
+        self._wal_in_flight = True
+        wal = self.wal
+        assert wal is not None
+        d = self._wal_thread.submit(self._wal_append, wal, [w[0] for w in group])
+        tl = timeline.TIMELINE
+        started = self.reactor.seconds()
+
+        def done(result: tuple[int, float, float, float]) -> None:
+            seq, began, body, synced = result
+            self._wal_in_flight = False
+            self.wal_synced = seq
+            if tl is not None:
+                tl.commit(started, began, body, synced, self.reactor.seconds(), sum(len(w[0]) for w in group))
+            last = len(group) - 1
+            held = self._held
+            ack: list[Deferred[None]] = []
+            for i, (w_ops, w_d, w_bytes, w_weight, _logged, made) in enumerate(group):
+                for op in w_ops:
+                    if op[0] == "m" and op[1] == "records" and op[2]:
+                        self._wal_parts[op[2][0][0][:8]] = seq
+                applied: Deferred[None] = Deferred()
+                if i == last:
+                    w_ops = [*w_ops, _applied_op(seq)]
+                    applied.addCallback(self._frame_applied, seq)
+                applied.addErrback(self._apply_failed)
+                self._queue.append((w_ops, applied, w_bytes, w_weight))
+                if held or made > self._direct_done:
+                    # (a non-logged write made before it is not on disk yet)
+                    held.append((w_d, made))
+                else:
+                    ack.append(w_d)
+            self._schedule()
+            self._firing = True
+            try:
+                for w_d in ack:
+                    w_d.callback(None)
+            finally:
+                self._firing = False
+                self._run_after()
+            self._wal_next()
+
+        def failed(f: Failure) -> None:
+            self._wal_in_flight = False
+            log.failure("write-ahead log append of {n} write(s) failed", f, n=len(group))
+            err = f.value if isinstance(f.value, Exception) else Exception(str(f.value))
+            self.failed = err
+            waiters = [w[1] for w in group] + [w[1] for w in self._wal_queue]
+            self._pending_bytes -= sum(w[2] for w in group) + sum(w[2] for w in self._wal_queue)
+            self._wal_queue.clear()
+            for w in waiters:
+                w.errback(err)
+            self._wake_readers(err)
+            self._wal_next()
+
+        d.addCallbacks(done, failed)
+
+    def _wal_next(self) -> None:
+        if self._wal_queue:
+            self._wal_schedule()
+        else:
+            self._wal_idle()
+
+    def _wal_idle(self) -> None:
+        if not self._wal_in_flight and not self._wal_queue:
+            drained, self._wal_drained = self._wal_drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _wal_append(self, wal: WriteAheadLog, writes: list[list[Op]]) -> tuple[int, float, float, float]:
+        """WAL thread: one frame for the writes, fsynced: its seq, and when the thread
+        began, had the frame encoded and had it synced (the opt-in timeline's marks)."""
+        began = time.time()
+        ops: list[Op] = []
+        for w in writes:
+            ops.extend(w)
+        body = encode_body(ops, _DB_INDEX)
+        encoded = time.time()
+        seq = wal.append(body)
+        return seq, began, encoded, time.time()
+
+    def _direct_committed(self, result: object) -> object:
+        """A non-logged write (made while the log is on) committed or failed: the
+        synced writes it held back may be acked now."""
+        self._direct_done += 1
+        held = self._held
+        if held:
+            outer = self._firing  # (fired by a commit's loop: its after-callbacks run once, after it)
+            self._firing = True
+            try:
+                while held and held[0][1] <= self._direct_done:
+                    w_d, _made = held.popleft()
+                    if isinstance(result, Failure):
+                        w_d.errback(result.value)
+                    else:
+                        w_d.callback(None)
+            finally:
+                if not outer:
+                    self._firing = False
+                    self._run_after()
+        return result
+
+    def _frame_applied(self, _: object, seq: int) -> None:
+        self.wal_applied = max(self.wal_applied, seq)
+        wal = self.wal
+        if wal is None or self._releasing:
+            return
+        segs = wal.segments
+        if len(segs) > 1 and segs[1] - 1 <= self.wal_applied:
+            # Segments LMDB holds wholly are dropped on the log's thread, between
+            # appends (not inside one: an unlink and a directory sync).
+            self._releasing = True
+            self._wal_thread.submit(wal.release, self.wal_applied).addBoth(self._released)
+        waits = self._read_waits
+        if waits:
+            self._read_waits = [(s, d) for s, d in waits if s > self.wal_applied]
+            for s, d in waits:
+                if s <= self.wal_applied:
+                    d.callback(None)
+
+    def _released(self, result: object) -> None:
+        self._releasing = False
+        if isinstance(result, Failure):
+            log.failure("dropping applied write-ahead log segments failed", result)
+
+    def _apply_failed(self, f: Failure) -> None:
+        # The store is poisoned (``_flush``); the frames stay in the log for the next start.
+        self._wake_readers(f.value if f.value is not None else Exception("LMDB commit failed"))
+
+    def _wake_readers(self, err: BaseException) -> None:
+        waits, self._read_waits = self._read_waits, []
+        for _s, d in waits:
+            d.errback(err)
+
+    def _lmdb_caught_up(self, prefix: bytes | None = None) -> Deferred[None] | None:
+        """None when LMDB holds every synced frame (of the partition with key
+        ``prefix``, or every frame); else a Deferred firing once it does."""
+        if self.wal is None:
+            return None
+        seq = self.wal_synced if prefix is None else self._wal_parts.get(prefix, 0)
+        if seq <= self.wal_applied:
+            return None
+        if self.failed is not None:
+            from twisted.internet.defer import fail
+
+            return fail(self.failed)
+        d: Deferred[None] = Deferred()
+        self._read_waits.append((seq, d))
         return d
 
     def put_records(self, uid: int, partition: int, records: list[Record]) -> list[Op]:
@@ -404,7 +706,14 @@ class LmdbStore:
     ) -> Deferred[list[Record]]:
         """Records ``[start, end)`` of one partition, at most ``limit`` (and,
         with ``max_bytes``, about that many bytes: the scan stops once it
-        holds them), on a reader thread, checked (see :meth:`read_records_sync`)."""
+        holds them), on a reader thread, checked (see :meth:`read_records_sync`).
+        With the write-ahead log on, first waits for LMDB to hold the partition's
+        acked records."""
+        wait = self._lmdb_caught_up(keys.partition_prefix(uid, partition))
+        if wait is not None:
+            return wait.addCallback(
+                lambda _: self.read_records(uid, partition, start, limit, end, dense, max_bytes)
+            )
         return deferToThreadPool(
             cast("IReactorFromThreads", self.reactor),
             self._readers,
@@ -468,7 +777,11 @@ class LmdbStore:
             )
 
     def call_reader(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Run a read-only function on the reader pool."""
+        """Run a read-only function on the reader pool (with the write-ahead log on,
+        once LMDB holds every write acked so far)."""
+        wait = self._lmdb_caught_up()
+        if wait is not None:
+            return wait.addCallback(lambda _: self.call_reader(fn, *args))
         return deferToThreadPool(cast("IReactorFromThreads", self.reactor), self._readers, fn, *args)
 
     def last_record_offset(self, uid: int, partition: int) -> int | None:

@@ -23,7 +23,11 @@ the phase): CPU (``process_cpu_seconds_total``), LMDB commits and their mean tim
 sent, and the hops of ``sprawl_replication_hop_seconds`` -- ``forward`` (an entry node's
 publish to the leader and back), ``quorum`` (the leader's append to a majority holding it),
 ``visible`` (a follower's receipt of records to its high watermark passing them, what the SSE
-subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  Under load
+subscriber on a follower waits) -- as count, mean and the p50/p99 bucket bounds.  And per node, from
+``/proc/PID/task/*/schedstat`` over the same phase: the reactor thread's CPU, time spent
+runnable but waiting for a core, and wake-ups per message, and the other threads' (at steady
+state the LMDB writer) per LMDB commit -- on a machine whose cores the nodes share, what a
+thread hand-off or the wake-up after an fsync waits, which CPU seconds do not show.  Under load
 (other jobs on the machine) judge by these counts and hops, not the wall-clock latency.
 
 What the stream delivered is checked offset by offset (:mod:`sprawl.client.bench.offsets`):
@@ -159,6 +163,45 @@ def node_report(
         f"CPU {cpu:.2f} s ({cpu / per * 1000:.2f} ms/msg), LMDB commits {commits / per:.2f}/msg "
         f"(mean {commit_ms:.2f} ms), peer frames sent {frames / per:.2f}/msg, GC CPU {gc_cpu:.1f} ms; "
         f"hops: forward {_hop(d, 'forward')}; quorum {_hop(d, 'quorum')}; visible {_hop(d, 'visible')}"
+    )
+
+
+#: Per thread of a node: {tid: (cpu ns, run-queue wait ns, times it ran)} (``/proc/PID/task/*/schedstat``).
+Sched = dict[int, tuple[int, int, int]]
+
+
+def thread_sched(pid: int) -> Sched:
+    """Every thread of process ``pid``: CPU time, time spent runnable but waiting for a core,
+    and how many times it was put on a core (each wake-up is one) -- what a busy machine adds
+    to a thread hand-off or a wake-up after an fsync, which CPU seconds do not show."""
+    out: Sched = {}
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path, encoding="ascii") as f:
+                cpu, wait, runs = (int(x) for x in f.read().split()[:3])
+        except (OSError, ValueError):
+            continue
+        out[int(path.split("/")[4])] = (cpu, wait, runs)
+    return out
+
+
+def sched_report(pid: int, before: Sched, after: Sched, messages: int, commits: float) -> str:
+    """The phase's CPU, run-queue wait and wake-ups of a node's reactor thread (per message)
+    and of its other threads together (per LMDB commit: at steady state they are the LMDB
+    writer; the reader pool idles while the stream reads from memory)."""
+    per = max(messages, 1)
+    react = [b - a for a, b in zip(before.get(pid, (0, 0, 0)), after.get(pid, (0, 0, 0)), strict=True)]
+    rest = [0, 0, 0]
+    for tid, now in after.items():
+        if tid != pid:
+            was = before.get(tid, (0, 0, 0))
+            rest = [r + b - a for r, a, b in zip(rest, was, now, strict=True)]
+    c = max(commits, 1.0)
+    return (
+        f"reactor thread {react[0] / per / 1e3:.0f} us CPU, {react[1] / per / 1e3:.0f} us waiting for a core "
+        f"and {react[2] / per:.2f} wake-ups per message ({react[1] / max(react[2], 1) / 1e3:.0f} us each); "
+        f"other threads {rest[0] / c / 1e3:.0f} us CPU, {rest[1] / c / 1e3:.0f} us waiting for a core and "
+        f"{rest[2] / c:.2f} wake-ups per LMDB commit ({rest[1] / max(rest[2], 1) / 1e3:.0f} us each)"
     )
 
 
@@ -449,8 +492,10 @@ def main() -> None:
                 cluster.nodes[sse_node].signal(signal.SIGCONT)
             if a.pause:
                 time.sleep(a.pause)
+            pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
+            sched_before = {pid: thread_sched(pid) for pid in pids}
             load = os.getloadavg()[0]
             since = time.time()
             r = run_bench(
@@ -466,12 +511,12 @@ def main() -> None:
                 )
             )
             until = time.time()
+            sched_after = {pid: thread_sched(pid) for pid in pids}
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
             replicas = cluster.placement().get(topic, {}).get("0", {}).get("replicas") or cluster.names
             url_names = {cluster.url(n): n for n in cluster.names}
-            pids = {p.proc.pid: n for n, p in cluster.nodes.items() if p.proc is not None}
         finally:
             cluster.close()
         timeline = read_timeline(tl_base, pids) if a.timeline else None
@@ -500,6 +545,16 @@ def main() -> None:
     for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
         role = "leader" if name == leader else "follower" if name in replicas else "no replica"
         print(f"  {name} ({role}{', SSE' if name == sse_node else ''}): {node_report(b2, f2, r.published)}")
+    node_pid = {n: pid for pid, n in pids.items()}
+    for name, b2, f2 in zip(cluster.names, counts_before, counts_after, strict=True):
+        pid = node_pid.get(name)
+        if pid is not None:
+            commits = f2.get(("sprawl_lmdb_commits_total", ""), 0.0) - b2.get(
+                ("sprawl_lmdb_commits_total", ""), 0.0
+            )
+            print(
+                f"  {name} threads: {sched_report(pid, sched_before[pid], sched_after[pid], r.published, commits)}"
+            )
     lines, bad = delivery_report(r, url_names)
     print("\n".join(lines))
     if timeline is not None and leader is not None:

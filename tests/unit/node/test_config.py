@@ -226,6 +226,14 @@ def test_env_for_every_kind_of_option(clean_env: pytest.MonkeyPatch) -> None:
     assert parse("--no-auto-create").auto_create_topics is False
 
 
+def test_the_write_ahead_log_is_off_unless_asked_for(clean_env: pytest.MonkeyPatch) -> None:
+    """``--wal`` or ``SPRAWL_WAL=1`` turn the node's write-ahead log on; it is off by default."""
+    assert parse().wal is False
+    assert parse("--wal").wal is True
+    clean_env.setenv("SPRAWL_WAL", "1")
+    assert parse().wal is True
+
+
 def test_minio_env(clean_env: pytest.MonkeyPatch) -> None:
     """The seed's MINIO_* variables configure S3 (scheme-less endpoint accepted);
     SPRAWL_S3_* and the CLI override them."""

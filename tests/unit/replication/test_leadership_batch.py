@@ -42,10 +42,10 @@ async def failover_work(path: Path, partitions: int, monkeypatch: pytest.MonkeyP
     counting = [False]
     write, drain, init = LmdbStore.write, PartitionReplication._drain, defer.Deferred.__init__
 
-    def counted_write(self: LmdbStore, ops: Any, nbytes: int = 0) -> Any:
+    def counted_write(self: LmdbStore, ops: Any, nbytes: int = 0, **kw: Any) -> Any:
         if counting[0]:
             writes[Path(self.path).parent.name] += 1
-        return write(self, ops, nbytes)
+        return write(self, ops, nbytes, **kw)
 
     def counted_drain(self: PartitionReplication) -> None:
         if counting[0]:

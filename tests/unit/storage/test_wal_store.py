@@ -1,0 +1,184 @@
+"""LmdbStore with the write-ahead log on (``wal=True``), the real reactor: a logged
+write is acked after the log's fsync and before LMDB's commit, LMDB applies every write
+in the order made, reads of LMDB wait for what was acked, and a log LMDB does not
+hold yet is applied at open."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from harness import the_reactor, until
+from sprawl.log.record import Record
+from sprawl.storage import keys
+from sprawl.storage.lmdb import DBS, WAL_APPLIED_KEY, LmdbStore
+from sprawl.storage.wal import WriteAheadLog
+from sprawl.storage.wal_format import encode_body
+
+
+def recs(start: int, n: int) -> list[Record]:
+    """``n`` small records at offsets ``start..``."""
+    return [
+        Record(i, 0, 1000 + i, f"id{i}", None, {}, f"m{i}".encode(), True) for i in range(start, start + n)
+    ]
+
+
+@pytest_twisted.async_yield_fixture
+async def store(tmp_path: Path) -> AsyncIterator[LmdbStore]:
+    """An open store with the log on; closed after the test."""
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=64 * 1024**2, wal=True)
+    s.open()
+    yield s
+    if s.env is not None:
+        await s.close()
+
+
+class LmdbGate:
+    """Holds the LMDB writer thread inside ``_commit`` until released (bounded wait)."""
+
+    def __init__(self, store: LmdbStore):
+        self.release = threading.Event()
+        self.entered: Deferred[None] = Deferred()
+        self.calls = 0
+        self._orig = store._commit
+        store._commit = self._commit  # type: ignore[method-assign,assignment]
+
+    def _commit(self, ops: list[Any], *rest: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            the_reactor().callFromThread(self.entered.callback, None)
+            assert self.release.wait(30), "gate never released"
+        self._orig(ops, *rest)
+
+
+def applied(store: LmdbStore) -> int:
+    """The frame seq LMDB says it holds."""
+    raw = store.get("meta", WAL_APPLIED_KEY)
+    return int.from_bytes(raw, "big") if raw else 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logged_write_is_acked_before_lmdb_commits_and_read_after(store: LmdbStore) -> None:
+    """With LMDB's commit held, a logged write is acked (its frame fsynced); a read of
+    LMDB waits until LMDB holds it and then returns it whole; the applied seq is stored."""
+    first = store.write(store.put_records(3, 0, recs(0, 2)), wal=True)
+    await first  # (LMDB free: applied in the background)
+    gate = LmdbGate(store)
+    acked = store.write(store.put_records(3, 0, recs(2, 3)), wal=True)
+    await gate.entered  # LMDB holds frame 1's commit or frame 2's: either way held
+    await acked
+    assert store.wal is not None and store.wal.appends == 2 and store.wal_synced == 2
+    read = store.read_records(3, 0, 0, 100, 100)
+    assert not read.called
+    gate.release.set()
+    got = await read
+    assert [r.offset for r in got] == [0, 1, 2, 3, 4]
+    assert store.wal_applied == 2 == applied(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_made_before_a_logged_one_holds_its_ack(store: LmdbStore) -> None:
+    """A non-logged write made first is on disk before a later logged write is acked
+    (a crash may not keep the later write and lose the earlier); and a non-logged
+    write made after a logged one is applied after it (a delete is never undone)."""
+    gate = LmdbGate(store)
+    key = keys.record_key(5, 0, 0)
+    direct = store.write([("p", "meta", b"k1", b"v1")])
+    await gate.entered
+    logged = store.write(store.put_records(5, 0, recs(0, 1)), wal=True)
+    after = store.write([("d", "records", key)])
+    await until(lambda: store.wal_synced == 1, "the frame's fsync")
+    assert not logged.called and not direct.called
+    gate.release.set()
+    await direct
+    await logged
+    await after
+    assert store.get("meta", b"k1") == b"v1"
+    assert store.get("records", key) is None  # the delete came after the put
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_lmdb_lacks_are_applied_at_open(tmp_path: Path) -> None:
+    """Frames past LMDB's applied seq (a crash between the ack and LMDB's commit) are
+    applied at open, before anything reads LMDB; a store opened without the log
+    applies them too and removes the log."""
+    path = str(tmp_path / "lmdb")
+    s = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True)
+    s.open()
+    await s.write(s.put_records(9, 0, recs(0, 2)), wal=True)
+    await s.close()
+    assert s.wal is not None
+    # Two frames the store appended but LMDB never applied, as a crash leaves them.
+    wal = WriteAheadLog(path + "-wal")
+    assert [f.seq for f in wal.recover(1)] == []
+    index = {n: i for i, n in enumerate(DBS)}
+    ops = LmdbStore.put_records(s, 9, 0, recs(2, 3))
+    wal.append(encode_body(ops, index))
+    wal.append(encode_body([("p", "meta", b"after", b"yes")], index))
+    wal.close()
+    s2 = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True)
+    s2.open()
+    try:
+        assert applied(s2) == 3 and s2.get("meta", b"after") == b"yes"
+        assert [r.offset for r in s2.read_records_sync(9, 0, 0, 100, 100)] == [0, 1, 2, 3, 4]
+        assert s2.last_record_offset(9, 0) == 4
+    finally:
+        await s2.close()
+    wal = WriteAheadLog(path + "-wal")
+    list(wal.recover(3))
+    wal.append(encode_body([("p", "meta", b"late", b"1")], index))
+    wal.close()
+    s3 = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2)  # the log off
+    s3.open()
+    try:
+        assert s3.get("meta", b"late") == b"1" and not Path(path + "-wal").exists()
+    finally:
+        await s3.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_append_fails_the_writes_and_poisons_the_store(store: LmdbStore) -> None:
+    """An append that fails (a full disk) acks nothing of its group and later writes
+    are refused, as after a failed commit."""
+    assert store.wal is not None
+
+    def broken(body: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    store.wal.append = broken  # type: ignore[method-assign]
+    d = store.write(store.put_records(1, 0, recs(0, 1)), wal=True)
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    await until(lambda: bool(failures), "the failed append")
+    assert failures[0].check(OSError)
+    assert store.failed is not None
+    later: list[Any] = []
+    store.write(store.put_records(1, 0, recs(1, 1)), wal=True).addErrback(later.append)
+    assert later
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_lmdb_holds_are_dropped_while_the_node_runs(tmp_path: Path) -> None:
+    """The log stays bounded: once LMDB has applied every frame of a segment, the
+    segment is deleted (between appends), the current one kept."""
+    path = str(tmp_path / "lmdb")
+    s = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True, wal_segment_bytes=4096)
+    s.open()
+    try:
+        for i in range(40):
+            await s.write(
+                s.put_records(2, 0, [Record(i, 0, 1, f"i{i}", None, {}, b"p" * 500, True)]), wal=True
+            )
+        await s.write([])  # (LMDB has applied every frame before this commits)
+        assert s.wal is not None and s.wal_applied == 40
+        await s.write(s.put_records(2, 0, recs(40, 1)), wal=True)  # (a release runs between appends)
+        await s.write([])
+        await until(lambda: len(list(Path(path + "-wal").iterdir())) <= 2, "the applied segments dropped")
+        assert [r.offset for r in s.read_records_sync(2, 0, 0, 100, 100)] == list(range(41))
+    finally:
+        await s.close()
