@@ -163,6 +163,18 @@ class ReplicaStore(BrokerStorage, Protocol):
         """Store a leader's batch at its offsets."""
         ...
 
+    def check_writable(self) -> None:
+        """Raise when nothing may be written now (storage failed or full)."""
+        ...
+
+    def stage_replicated(self, topic: Topic, partition: int, records: list[Record]) -> list[Op]:
+        """Add a leader's batch to the log in memory; the ops that store it."""
+        ...
+
+    def replicated_stored(self, topic: Topic, partition: int, end: int) -> None:
+        """Records staged with :meth:`stage_replicated` are durable up to ``end``."""
+        ...
+
     def truncate_partition(
         self, topic: Topic, partition: int, offset: int, extra_ops: Sequence[Op] = ()
     ) -> Deferred[None]:

@@ -184,10 +184,20 @@ class ReplicaSync:
                 self.service.add(r)
             if epoch > self._assigned.get(key, 0):
                 self._assigned[key] = epoch
-                was_leader = r.core.is_leader
-                r.receive(self.control.leader_name or leader, Assign(epoch, leader, tuple(reps)), [])
+                src = self.control.leader_name or leader
+                assign = Assign(epoch, leader, tuple(reps))
                 self.service.timeline.mark("applied", self.service.reactor.seconds())
-                self.service.assigned(key, r, was_leader)  # (the failover timeline)
+                if leader == self.node_id and existing is not None:
+                    # A replica that moves to leader (a failover's, a move's):
+                    # taken with the turn's other new leaderships in one write
+                    # (issue 23).  A new topic's replica leads at once: its
+                    # records join the topic's own write (create23).
+                    self.service.lead(key, r, src, assign)
+                else:
+                    self.service.flush(key)
+                    was_leader = r.core.is_leader
+                    r.receive(src, assign, [])
+                    self.service.assigned(key, r, was_leader)  # (the failover timeline)
             c = self.service.controllers.get(key)
             if c is not None:
                 sync_core(c, pl)

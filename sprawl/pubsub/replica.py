@@ -30,21 +30,37 @@ class ReplicaWrites(Catalog):
         ``extra_ops`` in the same transaction -- and fire once it is durable.
         ``ValueError`` if the records do not continue the log."""
         self.check_writable()
-        lg = topic.logs[partition]
-        cfg = topic.config
-        before = lg.hot_records_memory
-        changed = lg.append_at(records, self.now_ms())
         if not records:
             return succeed(None)
-        self.touched.touch(topic.name)
-        self.note_hot_added(lg.hot_records_memory - before)
-        ops: list[Op] = list(self.store.put_records(cfg.uid, partition, records))
-        ops.extend(self._segment_ops(cfg.uid, partition, changed))
+        ops = self.stage_replicated(topic, partition, records)
         ops.extend(extra_ops)
+        cfg = topic.config
         d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records))
         d.addCallback(self._committed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
         d.addErrback(self._commit_failed, cfg.name, [partition])
         return d
+
+    def stage_replicated(self, topic: Topic, partition: int, records: list[Record]) -> list[Op]:
+        """:meth:`append_replicated`'s first half, for a caller that stores
+        many partitions' records in one transaction (a failover's new
+        leaders' control records, issue 23): the records (at least one)
+        join the partition's log in memory now; returns the ops that store
+        them.  Write them (with :meth:`check_writable` first), then call
+        :meth:`replicated_stored` once they are durable.  ``ValueError`` if the
+        records do not continue the log."""
+        lg = topic.logs[partition]
+        cfg = topic.config
+        before = lg.hot_records_memory
+        changed = lg.append_at(records, self.now_ms())
+        self.touched.touch(topic.name)
+        self.note_hot_added(lg.hot_records_memory - before)
+        ops: list[Op] = list(self.store.put_records(cfg.uid, partition, records))
+        ops.extend(self._segment_ops(cfg.uid, partition, changed))
+        return ops
+
+    def replicated_stored(self, topic: Topic, partition: int, end: int) -> None:
+        """Records staged with :meth:`stage_replicated` are durable up to ``end``."""
+        self._committed(None, topic.config.name, {partition: end}, topic.config.uid)
 
     def truncate_partition(
         self, topic: Topic, partition: int, offset: int, extra_ops: Sequence[Op] = ()

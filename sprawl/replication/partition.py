@@ -74,6 +74,7 @@ from sprawl.replication.envelope import Envelope, pack_record, record_bytes
 from sprawl.replication.messages import (
     Append,
     AppendResp,
+    Assign,
     Fence,
     encode,
     slice_append,
@@ -193,6 +194,10 @@ class PartitionReplication:
         self._marked_hw: dict[str, int] = {}
         #: A batched fence's answer, sent once the batch is durable (:meth:`fence_ops`).
         self._fence_answers: list[tuple[str, Any]] = []
+        #: A batched output (:meth:`lead_ops`, :meth:`follow_ops`) waiting for
+        #: its batch's write: its messages, the end of the records it stores,
+        #: whether it was the leader's; None when no batch holds this partition.
+        self._batched: tuple[list[tuple[str, Any]], int, bool] | None = None
 
     @property
     def settled(self) -> bool:
@@ -310,11 +315,142 @@ class PartitionReplication:
         if self._queued and self.failed is None:
             self._drain()
 
+    def _chain_busy(self) -> bool:
+        """Whether the output chain is at work (or stopped): an input is then taken on it, in order."""
+        return bool(
+            self.failed is not None
+            or self._running
+            or self._queued
+            or self._unsent
+            or self._sending
+            or self._pending_cuts
+            or self.topic.deleted
+        )
+
+    def lead_ops(self, src: str, message: Assign) -> list[tuple[Any, ...]] | None:
+        """Take an ``Assign`` that makes this replica leader as one of a batch
+        (:func:`take_leaderships`, issue 23): the core becomes leader, its
+        control record joins the log in memory, and the ops that store the
+        record and the epoch's promise are returned, to be written with every
+        other new leader's of the batch in one write -- after which
+        :meth:`batch_written` sends its first appends.  Meanwhile the chain
+        counts as running (later outputs wait behind the promise, as on the
+        chain) and ticks do not count the appends as unanswered (they have
+        not left).  None when the Assign was taken the usual way instead (the
+        chain is at work, the topic is gone, or it did not make this replica
+        leader with a control record)."""
+        if self._chain_busy():
+            self.receive(src, message, [])
+            return None
+        self._sync_log_start()
+        out = self.core.receive(src, message)
+        if not _becomes_leader(out):
+            self._handle(out, [])
+            return None
+        w = out.writes[1]
+        rec = Record(w.start, self.partition, self.broker.now_ms(), None, None, None, b"", True, control=True)
+        return self._stage(out, [rec], leader=True)
+
+    def follow_ops(self, src: str, message: Append, records: list[Record]) -> list[tuple[Any, ...]] | None:
+        """Take a new leader's first append (its control record) as one of a
+        batch (:func:`take_first_appends`, issue 23): as :meth:`lead_ops`,
+        the record joins the log in memory and the ops that store it with the
+        replica state are returned, written with the batch's others in one
+        write, after which :meth:`batch_written` answers.  None when it was
+        taken the usual way (the chain at work, or an output that is not one
+        plain write of the records)."""
+        if self._chain_busy():
+            self.receive(src, message, records)
+            return None
+        self._sync_log_start()
+        out = self.core.receive(src, message)
+        if not _plain_follow(out):
+            self._handle(out, records)
+            return None
+        recs: list[Record] = []
+        for w in out.writes:
+            if w.count:
+                recs = records[w.skip : w.skip + w.count]
+                if len(recs) != w.count or recs[0].offset != w.start:
+                    self._handle(out, records)  # (the chain raises: a bug, never an input)
+                    return None
+        ops = self._stage(out, recs, leader=False)
+        if ops is not None and recs and self.on_records is not None:
+            self.on_records(recs)
+        return ops
+
+    def _stage(self, out: Output, recs: list[Record], leader: bool) -> list[tuple[Any, ...]] | None:
+        """A batched output's writes made in memory now (``recs`` joining the
+        log); the ops that make them durable (records, then the replica state)."""
+        b = self.broker
+        try:
+            b.check_writable()
+            ops = b.stage_replicated(self.topic, self.partition, recs) if recs else []
+        except Exception:
+            self._crashed(Failure())
+            return None
+        ops.extend(self._state_ops())
+        self._note_output(out)
+        self._issued_hw = self.core.hw
+        self._running = True
+        self._batched = (out.messages, recs[-1].offset + 1 if recs else 0, leader)
+        return ops
+
+    def batch_written(self, failure: Failure | None = None) -> None:
+        """The batch holding this partition's output (:meth:`lead_ops`,
+        :meth:`follow_ops`) is durable (or failed): its messages leave, then
+        whatever queued behind them."""
+        if self._batched is None:
+            return
+        (messages, end, leader), self._batched = self._batched, None
+        self._running = False
+        if failure is not None:
+            self._crashed(failure)
+            return
+        if end and not self.topic.deleted:
+            self.broker.replicated_stored(self.topic, self.partition, end)
+        for i, (dst, m) in enumerate(messages):
+            env = self._envelope_now(dst, m)
+            if env is None:
+                # Records not in the hot tail (cannot be, right after they
+                # joined it; but never skipped): the chain sends the rest, in order.
+                self._queued.insert(
+                    0, _Queued(Output(messages=messages[i:]), [], self.core.hw, leader, False)
+                )
+                break
+            self.send(dst, env)
+        if self._queued and self.failed is None:
+            self._drain()
+        if self.failed is None:
+            if leader:
+                self._handle(self.core.stored(self.log.stored_end), [])
+            self._advance_hw(self._issued_hw)
+
+    def _envelope_now(self, dst: str, m: Any) -> Envelope | None:
+        """``m`` as one frame now, its records read from the hot tail; None
+        when it carries a reset or records not all there."""
+        if timeline.TIMELINE is not None:
+            self._mark_sent(dst, m)
+        if not isinstance(m, Append):
+            return Envelope(self.topic.name, self.partition, encode(m))
+        if m.reset:
+            return None
+        if not m.count:
+            return Envelope(self.topic.name, self.partition, encode(m))
+        lg = self.log
+        hs = lg.hot_start
+        if m.start < hs or m.start + m.count > lg.next_offset or m.count > 16:
+            return None
+        recs = [lg.hot[i] for i in range(m.start - hs, m.start + m.count - hs)]
+        return Envelope(self.topic.name, self.partition, encode(m), [pack_record(r) for r in recs])
+
     def tick(self) -> int:
         """Heartbeats and retransmission (leader), beats to the controller; a
         follower not caught up counts towards its next word to its leader
         (an empty output is not queued: a whole cluster restarting ticks
         thousands of such followers).  Returns the messages the tick made."""
+        if self._batched is not None:
+            return 0  # a new leader whose first appends wait for the batch's write: nothing is in flight
         self._sync_log_start()
         out = self.core.tick()
         if out.writes or out.messages:
@@ -350,6 +486,13 @@ class PartitionReplication:
         role (which decides how the write finds its records and whether its
         messages may leave before the write is durable) and its high
         watermark (the partition shows it once the output's writes are made)."""
+        if self._batched is not None and not out.writes and not self._queued and self.failed is None:
+            # Messages alone behind a batched output (the controller's Assign
+            # repeated to a new leader whose batch is not written yet: its
+            # answer): sent with the batch's, after them -- not a chain run.
+            self._note_output(out)
+            self._batched[0].extend(out.messages)
+            return
         now = bool(
             self.failed is None
             and not self._queued
@@ -577,7 +720,7 @@ class PartitionReplication:
             self._save_hw_later()
             return
         self.hw_saves += 1
-        self.broker.store.write(self._state_ops()).addErrback(self._hw_save_failed)
+        _save_together(self, self._state_ops())
 
     def _hw_save_failed(self, f: Failure) -> None:
         if self.failed is None:
@@ -872,6 +1015,112 @@ def take_fences(items: list[tuple[PartitionReplication, str, Fence]]) -> int:
 
         store.write(all_ops).addCallbacks(written, failed)
     return sum(len(rs) for _, _, rs in by_store.values())
+
+
+#: Replica states written for their high watermark alone, gathered per store
+#: until the end of the reactor turn (see :func:`_save_together`).
+_HW_SAVES: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
+
+
+def _save_together(r: PartitionReplication, ops: list[tuple[Any, ...]]) -> None:
+    """Write ``r``'s replica state for its high watermark with every other
+    partition's whose timer fired in this reactor turn, in one write (issue
+    23: a failover's thousands of new leaders and followers each saved its
+    first high watermark 0.1 s after it moved -- a write per partition)."""
+    store = r.broker.store
+    pending = _HW_SAVES.get(id(store))
+    if pending is None:
+        pending = _HW_SAVES[id(store)] = (store, [], [])
+        r.broker.clock.callLater(0, _write_saves, id(store))
+    pending[1].extend(ops)
+    pending[2].append(r)
+
+
+def _write_saves(key: int) -> None:
+    """Write one store's gathered high-watermark saves (:func:`_save_together`)."""
+    store, ops, rs = _HW_SAVES.pop(key)
+
+    def failed(f: Failure) -> None:
+        for r in rs:
+            r._hw_save_failed(f)
+
+    store.write(ops).addErrback(failed)
+
+
+def _becomes_leader(out: Output) -> bool:
+    """The output of a replica becoming leader: the epoch's promise, then its
+    control record; messages without a reset (the first appends, the beat)."""
+    ws = out.writes
+    return (
+        len(ws) == 2
+        and _promise_only(ws[0])
+        and ws[0].led_epoch is not None
+        and ws[1].control
+        and ws[1].count == 1
+        and ws[1].truncate_to is None
+        and not ws[1].reset
+        and not any(isinstance(m, Append) and m.reset for _dst, m in out.messages)
+    )
+
+
+def _plain_follow(out: Output) -> bool:
+    """A follower's output that writes records (and the replica state) only:
+    no truncation, reset or control record of its own; no message that
+    carries records."""
+    return (
+        bool(out.writes)
+        and all(w.truncate_to is None and not w.reset and not w.control for w in out.writes)
+        and not any(isinstance(m, Append) for _dst, m in out.messages)
+    )
+
+
+def _write_batches(
+    staged: list[tuple[PartitionReplication, list[tuple[Any, ...]] | None]],
+) -> int:
+    """Write the staged outputs' ops in one write per store, then tell each
+    replica (:meth:`PartitionReplication.batch_written`).  Returns how many."""
+    by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
+    for r, ops in staged:
+        if ops is None:
+            continue
+        store = r.broker.store
+        _, all_ops, rs = by_store.setdefault(id(store), (store, [], []))
+        all_ops.extend(ops)
+        rs.append(r)
+    for store, all_ops, rs in by_store.values():
+
+        def written(_: object, rs: list[PartitionReplication] = rs) -> None:
+            for r in rs:
+                r.batch_written()
+
+        def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
+            for r in rs:
+                r.batch_written(f)
+
+        store.write(all_ops).addCallbacks(written, failed)
+    return sum(len(rs) for _, _, rs in by_store.values())
+
+
+def take_first_appends(items: list[tuple[PartitionReplication, str, Append, list[Record]]]) -> int:
+    """New leaders' first appends (their control records) heard in one
+    reactor turn, taken at once (issue 23): each follower core takes its
+    append, the records and replica states of all of them are made durable
+    in one write per store, then each answer leaves.  A replica whose chain
+    is at work takes its append on the chain, in order.  Returns the appends
+    batched."""
+    return _write_batches([(r, r.follow_ops(src, m, recs)) for r, src, m, recs in items])
+
+
+def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> int:
+    """The ``Assign`` s that make many partitions' replicas on this node
+    leader, taken at once (issue 23: a dead node's leaderships move to the
+    survivors by thousands in one Raft entry): each core becomes leader, and
+    the promises and control records of all of them are made durable in one
+    write per store -- not an output chain (two writes, a gather and a
+    coroutine) per partition -- then each sends its first appends.  A
+    replica whose chain is at work takes its Assign on the chain, in order.
+    Returns the leaderships batched."""
+    return _write_batches([(r, r.lead_ops(src, m)) for r, src, m in items])
 
 
 def _hw_only(w: Write) -> bool:

@@ -59,6 +59,10 @@ from sprawl.replication.messages import (
 LEADER = "leader"
 FOLLOWER = "follower"
 
+#: Ticks an answer awaited from a node that answers others is waited for
+#: before it counts towards a re-send again (see :attr:`Replica.answering`).
+ANSWERED_WAIT_TICKS = 10
+
 
 class SafetyError(AssertionError):
     """An invariant of replication would break (a bug, never an input error)."""
@@ -163,6 +167,21 @@ class Replica:
         #: among a node's replicas and wakes the leaders of a node that is
         #: removed from it.
         self.dead: Set[str] = frozenset()
+        #: Nodes that answered appends (of any partition) since the tick before
+        #: this one, shared by the adapter among a node's replicas: in a new
+        #: epoch's first exchange (the follower has not said it holds a high
+        #: watermark past the epoch's control record), an answer awaited from
+        #: a follower there is not counted as lost in a tick -- the follower
+        #: works through its inbound queue, in order, and ours is in it (issue
+        #: 23: after a failover each of thousands of new leaders sent its
+        #: append again one to three times while the follower's node worked
+        #: through the burst).  Counted again after :data:`ANSWERED_WAIT_TICKS`
+        #: without an answer whatever the node does (an append the follower
+        #: dropped, having no replica yet, is sent again then: about a second
+        #: later than before).  Past the first
+        #: exchange (a steady leader, a restarted follower catching up) the
+        #: waits are as before.
+        self.answering: Set[str] = frozenset()
         #: While handing off: (target replica, ticks left of the pause).
         self.handoff: tuple[str, int] | None = None
         #: Whether, as a follower, this replica has once held everything its
@@ -661,10 +680,16 @@ class Replica:
             to, left = self.handoff
             self.handoff = (to, left - 1) if left > 1 else None  # the pause is bounded
             out.extend(self._handoff_ready())
+        runs = self.cache.runs
+        # The offset of this epoch's control record: a follower that has not
+        # said it holds a high watermark past it is still in the epoch's first
+        # exchange (see :attr:`answering`).
+        first = runs[-1][1] if runs and runs[-1][0] == self.epoch else -1
         for fid, f in self.followers.items():
             if fid in self.dead:
                 continue  # nothing to a dead node: its return wakes this leader
             f.idle_ticks += 1
+            queued = fid in self.answering and f.hw <= first and f.idle_ticks < ANSWERED_WAIT_TICKS
             if f.unanswered and f.next > f.match:
                 # Appends in flight: their answer is awaited, not chased with a
                 # heartbeat each tick (each would cost the follower a write
@@ -673,7 +698,8 @@ class Replica:
                 # partition, issue 23).  Unanswered for ``stall_limit`` ticks
                 # they count as lost and go again; each time again without an
                 # answer the wait doubles, up to ``max_ask_ticks``.
-                f.stalled_ticks += 1
+                if not queued:
+                    f.stalled_ticks += 1
                 if f.stalled_ticks >= f.stall_limit:
                     # Assume the last batch in flight was lost and send it
                     # again -- not everything past ``match``: a new leader
@@ -698,8 +724,8 @@ class Replica:
                 # and every heartbeat was read, answered and read again,
                 # lengthening the queues their first publishes waited in).
                 if f.sent_hw >= self.hw:
-                    if f.idle_ticks < f.hw_limit:
-                        continue
+                    if f.idle_ticks < f.hw_limit or queued:
+                        continue  # (its node answers others: ours is in its queue, see :attr:`answering`)
                     f.hw_limit = min(2 * f.hw_limit, self.max_ask_ticks)
                 out.extend(self._send(fid, f, heartbeat=True))
         if self.tick_beats:

@@ -53,6 +53,7 @@ from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
 from sprawl.replication.liveness import NodeLiveness
 from sprawl.replication.messages import (
     Append,
+    AppendResp,
     Assign,
     Fence,
     FenceResp,
@@ -66,12 +67,18 @@ from sprawl.replication.messages import (
     decode,
     encode,
 )
-from sprawl.replication.partition import PartitionReplication, take_fences
+from sprawl.replication.partition import (
+    PartitionReplication,
+    take_fences,
+    take_first_appends,
+    take_leaderships,
+)
 from sprawl.replication.timeline import PhaseTimeline
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from sprawl.log.record import Record
     from sprawl.peer.tcp import PeerChannel
 
 log = Logger()
@@ -169,6 +176,11 @@ class ReplicationService:
         self.beats_sent = 0
         #: Nodes known dead, shared by every replica core here (:attr:`Replica.dead`).
         self.dead: set[str] = set()
+        #: Nodes that answered appends since the tick before the last, shared
+        #: by every replica core here (:attr:`Replica.answering`), and those
+        #: heard answering since the last tick.
+        self.answering: set[str] = set()
+        self._answers_heard: set[str] = set()
         #: Until when each of them is dead on the controller's word (inf: gossip's).
         self._dead_until: dict[str, float] = {}
         #: Commit failures by code: when one was last logged, how many not since.
@@ -202,6 +214,24 @@ class ReplicationService:
         #: Fences taken in a batch so far, and the batches (tests count them).
         self.fences_batched = 0
         self.fence_batches = 0
+        #: Assigns naming this node leader heard this reactor turn (from the
+        #: apply of a failover's entry, or the controller), taken together at
+        #: its end (:meth:`_take_leaderships`): (key, replica, source, Assign,
+        #: whether it led before).
+        self._leads: list[tuple[tuple[str, int], PartitionReplication, str, Assign, bool]] = []
+        self._lead_keys: set[tuple[str, int]] = set()
+        self._lead_call: Delayed | None = None
+        #: Leaderships taken in a batch so far, and the batches (tests count them).
+        self.leads_batched = 0
+        self.lead_batches = 0
+        #: New leaders' first appends (a control record) heard this reactor
+        #: turn, taken together at its end (:meth:`_take_first_appends`).
+        self._firsts: list[tuple[tuple[str, int], PartitionReplication, str, Append, list[Record]]] = []
+        self._first_keys: set[tuple[str, int]] = set()
+        self._first_call: Delayed | None = None
+        #: First appends taken in a batch so far, and the batches (tests count them).
+        self.firsts_batched = 0
+        self.first_batches = 0
         #: When the longest gaps heard were last logged (:meth:`_report_gaps`).
         self._gaps_reported = float("-inf")
         #: Called with the peer of every replication frame read (the composition
@@ -229,6 +259,7 @@ class ReplicationService:
         self.changed.add(key)
         replica.on_failed = self.broken.add
         replica.core.dead = self.dead
+        replica.core.answering = self.answering
         replica.on_hop = self.on_hop
         if not replica.core.idle:
             self._due.add(key)
@@ -279,6 +310,9 @@ class ReplicationService:
         self._judge_skipped = 0 if judge else self._judge_skipped + 1
         for node in [n for n, until in self._dead_until.items() if until <= now]:
             self.node_alive(node)  # the controller's hint lapsed (gossip never said dead)
+        self.answering.clear()
+        self.answering |= self._answers_heard
+        self._answers_heard.clear()
         beats = self.node_beats()
         done_r, done_c = self._tick_as_before() if not beats else (set(), set())
         sent = 0
@@ -581,8 +615,7 @@ class ReplicationService:
             self.heard(peer, m.boot)  # about the node, no partition's
             return
         key = (env.topic, env.partition)
-        if key in self._fence_keys:
-            self._take_fences()  # the partition's fence first: its messages stay in order
+        self.flush(key)  # the partition's fence or leadership first: its messages stay in order
         if peer != self.node_id:
             if isinstance(m, Append):
                 why = append_flaw(m, [t[0] for t in env.records])
@@ -623,10 +656,72 @@ class ReplicationService:
             if self._fence_call is None:
                 self._fence_call = self.reactor.callLater(0, self._take_fences)
             return
+        if isinstance(m, Assign) and m.leader == self.node_id:
+            self.lead(key, r, peer, m)
+            return
+        if isinstance(m, AppendResp):
+            self._answers_heard.add(peer)
+        if isinstance(m, Append) and len(env.records) == 1 and env.records[0][7] and not m.reset:
+            # A new leader's first append (its control record): taken with
+            # the turn's others in one write, answered after it (issue 23).
+            self._firsts.append((key, r, peer, m, [unpack_record(env.records[0], env.partition)]))
+            self._first_keys.add(key)
+            if self._first_call is None:
+                self._first_call = self.reactor.callLater(0, self._take_first_appends)
+            return
         was_leader = r.core.is_leader
         r.receive(peer, m, [unpack_record(t, env.partition) for t in env.records])
         if isinstance(m, Assign):
             self.assigned(key, r, was_leader)
+
+    def flush(self, key: tuple[str, int]) -> None:
+        """Take the batched fences and leaderships now if one is the
+        partition's: anything else about it comes after them."""
+        if key in self._fence_keys:
+            self._take_fences()
+        if key in self._lead_keys:
+            self._take_leaderships()
+        if key in self._first_keys:
+            self._take_first_appends()
+
+    def lead(self, key: tuple[str, int], r: PartitionReplication, src: str, m: Assign) -> None:
+        """An ``Assign`` naming this node the partition's leader: taken with the
+        turn's others at its end (:func:`take_leaderships`: a failover moves
+        thousands of leaderships here at once, one write for all their
+        promises and control records, issue 23)."""
+        if key in self._fence_keys or key in self._first_keys:
+            self.flush(key)  # (they came first)
+        self._leads.append((key, r, src, m, r.core.is_leader))
+        self._lead_keys.add(key)
+        if self._lead_call is None:
+            self._lead_call = self.reactor.callLater(0, self._take_leaderships)
+
+    def _take_leaderships(self) -> None:
+        """Take the leaderships heard this turn together (:func:`take_leaderships`)."""
+        call, self._lead_call = self._lead_call, None
+        if call is not None and call.active():
+            call.cancel()
+        leads, self._leads = self._leads, []
+        self._lead_keys.clear()
+        live = [(key, r, was) for key, r, _src, _m, was in leads if self.replicas.get(key) is r]
+        items = [(r, src, m) for key, r, src, m, _was in leads if self.replicas.get(key) is r]
+        if items:
+            self.lead_batches += 1
+            self.leads_batched += take_leaderships(items)
+        for key, r, was in live:
+            self.assigned(key, r, was)
+
+    def _take_first_appends(self) -> None:
+        """Take the first appends heard this turn together (:func:`take_first_appends`)."""
+        call, self._first_call = self._first_call, None
+        if call is not None and call.active():
+            call.cancel()
+        firsts, self._firsts = self._firsts, []
+        self._first_keys.clear()
+        items = [(r, peer, m, recs) for key, r, peer, m, recs in firsts if self.replicas.get(key) is r]
+        if items:
+            self.first_batches += 1
+            self.firsts_batched += take_first_appends(items)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):
