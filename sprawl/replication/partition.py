@@ -994,27 +994,9 @@ def take_fences(items: list[tuple[PartitionReplication, str, Fence]]) -> int:
     node's CPU for a dead node's thousands of fences -- then each answer is
     sent.  A replica whose chain is at work takes its fence on the chain, in
     order.  Returns the fences batched."""
-    by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
-    for r, src, m in items:
-        ops = r.fence_ops(src, m)
-        if ops is None:
-            continue
-        store = r.broker.store
-        _, all_ops, rs = by_store.setdefault(id(store), (store, [], []))
-        all_ops.extend(ops)
-        rs.append(r)
-    for store, all_ops, rs in by_store.values():
-
-        def written(_: object, rs: list[PartitionReplication] = rs) -> None:
-            for r in rs:
-                r.fence_written()
-
-        def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
-            for r in rs:
-                r.fence_written(f)
-
-        store.write(all_ops).addCallbacks(written, failed)
-    return sum(len(rs) for _, _, rs in by_store.values())
+    return _write_batches(
+        [(r, r.fence_ops(src, m)) for r, src, m in items], PartitionReplication.fence_written
+    )
 
 
 #: Replica states written for their high watermark alone, gathered per store
@@ -1076,9 +1058,12 @@ def _plain_follow(out: Output) -> bool:
 
 def _write_batches(
     staged: list[tuple[PartitionReplication, list[tuple[Any, ...]] | None]],
+    done: Callable[[PartitionReplication, Failure | None], None] = PartitionReplication.batch_written,
 ) -> int:
-    """Write the staged outputs' ops in one write per store, then tell each
-    replica (:meth:`PartitionReplication.batch_written`).  Returns how many."""
+    """Write the staged outputs' ops (None: the replica takes its part on its
+    chain instead) in one write per store, then tell each replica with
+    ``done`` (:meth:`PartitionReplication.batch_written`, or
+    :meth:`~PartitionReplication.fence_written` for fences).  Returns how many."""
     by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
     for r, ops in staged:
         if ops is None:
@@ -1091,11 +1076,11 @@ def _write_batches(
 
         def written(_: object, rs: list[PartitionReplication] = rs) -> None:
             for r in rs:
-                r.batch_written()
+                done(r, None)
 
         def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
             for r in rs:
-                r.batch_written(f)
+                done(r, f)
 
         store.write(all_ops).addCallbacks(written, failed)
     return sum(len(rs) for _, _, rs in by_store.values())
