@@ -287,7 +287,7 @@ class DataPlane:
         behind = self.catching_up()
         if not behind:
             return
-        due = self.service.due()
+        due = self.service.replicas_due()
         for name in behind[:3]:
             topic, _, p = name.rpartition("/")
             key = (topic, int(p))

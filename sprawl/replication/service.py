@@ -535,11 +535,6 @@ class ReplicationService:
         self._due_control.add(key)
         self._watched.update(core.replicas)
 
-    def due(self) -> AbstractSet[tuple[str, int]]:
-        """The replicas ticked now (a read-only view): every replica whose
-        core is not idle is among them (some may have gone idle since)."""
-        return self._due
-
     def cores_at_work(self) -> int:
         """Controller cores ticked now (not idle: a failover or move under way,
         or a leader not yet confirmed) -- at most; some may have gone idle
