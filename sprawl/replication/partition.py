@@ -281,15 +281,7 @@ class PartitionReplication:
         chain.  None when the fence was taken the usual way instead (the
         chain is at work, the topic is gone, or the fence needs more than a
         promise)."""
-        if (
-            self.failed is not None
-            or self._running
-            or self._queued
-            or self._unsent
-            or self._sending
-            or self._pending_cuts
-            or self.topic.deleted
-        ):
+        if self._chain_busy():
             self.receive(src, message, [])
             return None
         self._sync_log_start()
