@@ -278,12 +278,9 @@ class TrafficForecaster:
         return [now + h * (i + 1) / n for i in range(n)]
 
     def _peak(self, tr: _Tracked, now: float, times: list[float]) -> Band | None:
-        if tr.last is None:
+        shift = _anchor_shift(tr, now)
+        if shift is None:
             return None
-        here = tr.series.forecast(now)
-        if here is None:
-            return None
-        shift = tr.last[1] - here.point
         bands = [b for b in map(tr.series.forecast, times) if b is not None]
         if not bands:
             return None
@@ -393,12 +390,9 @@ class TrafficForecaster:
         self, tr: _Tracked, now: float, times: list[float], weights: list[float]
     ) -> tuple[float, ...] | None:
         """One series' profile (:meth:`partition_profiles`); None when not warm."""
-        if tr.last is None:
+        shift = _anchor_shift(tr, now)
+        if shift is None:
             return None
-        here = tr.series.forecast(now)
-        if here is None:
-            return None
-        shift = tr.last[1] - here.point
         row = []
         for t, w in zip(times, weights, strict=True):
             b = tr.series.forecast(t)
@@ -415,3 +409,15 @@ class TrafficForecaster:
     def memory_bytes(self) -> int:
         """Bytes the series' state takes (the models; keys and bookkeeping aside)."""
         return sum(series_bytes(tr.series) for tr in self._series.values())
+
+
+def _anchor_shift(tr: _Tracked, now: float) -> float | None:
+    """How far ``tr``'s last sample stands above its model's value now (what
+    a forecast anchored on the last sample adds), or None when the series has
+    no sample or is not warm yet."""
+    if tr.last is None:
+        return None
+    here = tr.series.forecast(now)
+    if here is None:
+        return None
+    return tr.last[1] - here.point
