@@ -42,16 +42,22 @@ if TYPE_CHECKING:
 #: to send stops dialling (until a frame or a probe asks again).
 QUIET_AFTER = 8
 
+#: Writes a sender hands to its socket at once in one reactor turn (:func:`can_send_now`);
+#: later ones in that turn wait in the transport for the reactor's next poll, as all did
+#: before, so a turn that queues thousands of frames for one peer (a failover's) still
+#: costs a few ``send`` calls, not one per frame.
+DIRECT_PER_TURN = 4
+
 
 def can_send_now(transport: Any) -> bool:
-    """Whether bytes written to ``transport`` may go to its socket from this node's own
-    code rather than through the transport's buffer at the reactor's next poll (issue 16,
-    commit35: every peer frame of a replicated publish -- the forward, the append, the
-    follower's answer, the pushed high watermark, the forward's answer -- waited for a poll
-    round on its way out and cost an ``epoll_ctl`` pair).  Only a plain TCP connection
-    holding nothing unsent, open and not paused: TLS, a closing connection, a paused
-    producer or bytes already waiting for a full socket are left to the transport (the
-    HTTP side's ``send_first`` rule)."""
+    """Whether bytes written to ``transport`` may go to its socket at once, in this
+    reactor turn, rather than at the reactor's next poll (issue 16, commit35: every
+    peer frame of a replicated publish -- the forward, the append, the follower's
+    answer, the pushed high watermark, the forward's answer -- waited for the rest of
+    the turn and a poll round on its way out, and cost an ``epoll_ctl`` pair).  Only a
+    plain TCP connection holding nothing unsent, open and not paused: TLS, a closing
+    connection, a paused producer or bytes already waiting for a full socket are left
+    to the transport (the HTTP side's ``send_first`` rule)."""
     if type(transport) is not tcp.Client or transport.TLS:
         return False
     if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
@@ -223,12 +229,9 @@ class Sender:
         #: A probe asked for a connection (a sender with nothing to send otherwise
         #: stops dialling a peer that never answered: see :meth:`_retry`).
         self.wanted = False
-        #: Whether the sender wrote to its socket at once in this reactor turn, and the
-        #: frames it wrote after that in the turn, held for the turn's end on the
-        #: connection ``held_on`` (:meth:`_write`, :meth:`turn_over`).
-        self.wrote_now = False
-        self.held: list[bytes] = []
-        self.held_on: Outbound | None = None
+        #: Writes handed to the socket at once in this reactor turn (:meth:`_write`;
+        #: the channel sets it back to 0 at the turn's end).
+        self.direct_writes = 0
 
     def send(self, kind: int, payload: bytes) -> bool:
         ch = self.channel
@@ -264,38 +267,16 @@ class Sender:
             self._write(t, chunks)
 
     def _write(self, t: Any, chunks: list[bytes]) -> None:
-        """Hand frames to the connection.  The sender's first write of a reactor turn goes
-        to the socket at once (:func:`send_now`); what it writes later in the same turn is
-        held and sent in one piece once the turn is over (:meth:`turn_over`), so a turn
-        that makes many frames for one peer (a failover's thousands, a backlog's) costs two
-        ``send`` calls, as the transport's buffer would have made it one -- neither asks the
-        reactor to watch the socket.  A connection that cannot take bytes directly
-        (:func:`can_send_now`) gets them through its transport as before."""
-        if self.held:
-            self.held.extend(chunks)
-        elif not can_send_now(t):
-            t.writeSequence(chunks)
-        elif not self.wrote_now:
-            self.wrote_now = True
-            self.channel.wrote_now(self)
+        """Hand frames to the connection: to its socket in this turn while the sender has
+        written fewer than :data:`DIRECT_PER_TURN` times in it (:func:`send_now`), else
+        through the transport's buffer, as at the reactor's next poll."""
+        if self.direct_writes < DIRECT_PER_TURN and can_send_now(t):
+            if self.direct_writes == 0:
+                self.channel.wrote_now(self)
+            self.direct_writes += 1
             send_now(t, chunks)
         else:
-            self.held = list(chunks)
-            self.held_on = self.proto
-
-    def turn_over(self) -> None:
-        """The reactor turn of the sender's first direct write is over: send what it held
-        since (on the connection that made those frames: a frame sealed for a connection
-        since lost is not sent on another), and let it write at once again."""
-        self.wrote_now = False
-        held, self.held = self.held, []
-        p, self.held_on = self.held_on, None
-        if held and p is not None and p is self.proto:
-            t: Any = p.transport
-            if can_send_now(t):
-                send_now(t, held)
-            else:
-                t.writeSequence(held)
+            t.writeSequence(chunks)
 
     def _connect(self) -> None:
         if self.connecting or self.proto is not None or self.closed or self.retry is not None:
@@ -330,8 +311,6 @@ class Sender:
         was_ready = proto.ready
         if self.proto is proto:
             self.proto = None
-        if self.held_on is proto:
-            self.held, self.held_on = [], None  # (frames of a lost connection, as its buffer's)
         self.connecting = False
         if was_ready:
             self.failures = 0

@@ -173,8 +173,8 @@ class PeerChannel:
 
     def wrote_now(self, sender: Sender) -> None:
         """``sender`` wrote to its socket at once for the first time in this reactor turn:
-        once the turn is over (the next round of timed calls) it sends what it held
-        since and may write at once again (:meth:`Sender.turn_over`)."""
+        once the turn is over (the next round of timed calls) it may again
+        (:data:`sprawl.peer.outbound.DIRECT_PER_TURN`)."""
         if not self._wrote_now:
             self.reactor.callLater(0, self._turn_over)
         self._wrote_now.append(sender)
@@ -182,7 +182,7 @@ class PeerChannel:
     def _turn_over(self) -> None:
         senders, self._wrote_now = self._wrote_now, []
         for s in senders:
-            s.turn_over()
+            s.direct_writes = 0
 
     def send(self, peer: str, kind: int, payload: bytes) -> bool:
         """Queue a frame for ``peer``; False when it was dropped (no address,
