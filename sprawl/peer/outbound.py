@@ -9,7 +9,6 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -41,44 +40,6 @@ if TYPE_CHECKING:
 #: Failed attempts after which a sender that never connected and has nothing
 #: to send stops dialling (until a frame or a probe asks again).
 QUIET_AFTER = 8
-
-#: Writes a sender hands to its socket at once in one reactor turn (:func:`can_send_now`);
-#: later ones in that turn wait in the transport for the reactor's next poll, as all did
-#: before, so a turn that queues thousands of frames for one peer (a failover's) still
-#: costs a few ``send`` calls, not one per frame.
-DIRECT_PER_TURN = 4
-
-
-def can_send_now(transport: Any) -> bool:
-    """Whether bytes written to ``transport`` may go to its socket at once, in this
-    reactor turn, rather than at the reactor's next poll (issue 16, commit35: every
-    peer frame of a replicated publish -- the forward, the append, the follower's
-    answer, the pushed high watermark, the forward's answer -- waited for the rest of
-    the turn and a poll round on its way out, and cost an ``epoll_ctl`` pair).  Only a
-    plain TCP connection holding nothing unsent, open and not paused: TLS, a closing
-    connection, a paused producer or bytes already waiting for a full socket are left
-    to the transport (the HTTP side's ``send_first`` rule)."""
-    if type(transport) is not tcp.Client or transport.TLS:
-        return False
-    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
-        return False
-    return not (
-        transport.producerPaused or transport._tempDataLen or len(transport.dataBuffer) > transport.offset
-    )
-
-
-def send_now(transport: Any, chunks: list[bytes]) -> None:
-    """Write ``chunks`` to a ``transport`` that :func:`can_send_now` (in order): what its
-    socket takes at once, the rest through the transport as usual.  A failed send is left
-    to the transport too: the reactor finds the error on its own write and closes the
-    connection as it always does."""
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    try:
-        sent = int(transport.socket.send(data))
-    except OSError:
-        sent = 0
-    if sent < len(data):
-        transport.write(data[sent:] if sent else data)
 
 
 def no_delay(transport: Any) -> None:
@@ -229,9 +190,6 @@ class Sender:
         #: A probe asked for a connection (a sender with nothing to send otherwise
         #: stops dialling a peer that never answered: see :meth:`_retry`).
         self.wanted = False
-        #: Writes handed to the socket at once in this reactor turn (:meth:`_write`;
-        #: the channel sets it back to 0 at the turn's end).
-        self.direct_writes = 0
 
     def send(self, kind: int, payload: bytes) -> bool:
         ch = self.channel
@@ -261,21 +219,9 @@ class Sender:
             chunks.append(p.frame(kind, payload))
             self.channel.stats.frames_sent += 1
             if len(chunks) >= 64:
-                self._write(t, chunks)
+                t.writeSequence(chunks)
                 chunks = []
         if chunks:
-            self._write(t, chunks)
-
-    def _write(self, t: Any, chunks: list[bytes]) -> None:
-        """Hand frames to the connection: to its socket in this turn while the sender has
-        written fewer than :data:`DIRECT_PER_TURN` times in it (:func:`send_now`), else
-        through the transport's buffer, as at the reactor's next poll."""
-        if self.direct_writes < DIRECT_PER_TURN and can_send_now(t):
-            if self.direct_writes == 0:
-                self.channel.wrote_now(self)
-            self.direct_writes += 1
-            send_now(t, chunks)
-        else:
             t.writeSequence(chunks)
 
     def _connect(self) -> None:

@@ -118,9 +118,6 @@ class PeerChannel:
         #: own word), with when it last happened.
         self.proven: dict[str, float] = {}
         self._warned_at = float("-inf")
-        #: Senders that wrote to their socket at once in this reactor turn, and the
-        #: call at the turn's end that lets them again (:meth:`wrote_now`).
-        self._wrote_now: list[Sender] = []
         self._warned = 0
         #: Version refusals logged: reason (with the address's port masked) -> when.
         self._version_logged: dict[str, float] = {}
@@ -170,19 +167,6 @@ class PeerChannel:
     def fits(self, kind: int, size: int) -> bool:
         """Whether a payload of ``size`` bytes of ``kind`` fits a frame peers take."""
         return size + self.frame_overhead - 4 <= self.limits.get(kind, MAX_FRAME)
-
-    def wrote_now(self, sender: Sender) -> None:
-        """``sender`` wrote to its socket at once for the first time in this reactor turn:
-        once the turn is over (the next round of timed calls) it may again
-        (:data:`sprawl.peer.outbound.DIRECT_PER_TURN`)."""
-        if not self._wrote_now:
-            self.reactor.callLater(0, self._turn_over)
-        self._wrote_now.append(sender)
-
-    def _turn_over(self) -> None:
-        senders, self._wrote_now = self._wrote_now, []
-        for s in senders:
-            s.direct_writes = 0
 
     def send(self, peer: str, kind: int, payload: bytes) -> bool:
         """Queue a frame for ``peer``; False when it was dropped (no address,
