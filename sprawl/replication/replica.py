@@ -362,7 +362,12 @@ class Replica:
             f.next = max(f.next, f.match)
             f.unanswered = f.unanswered and f.match < f.next
             out.extend(self._advance_hw())
-        elif f.unanswered and max(f.sent_from, self.cache.log_start) <= m.end < f.next:
+        elif (
+            f.unanswered
+            and max(f.sent_from, self.cache.log_start) <= m.end < f.next
+            and f.stall_limit <= self.retry_ticks
+            and src not in self.dead
+        ):
             # A word the follower sent before our last append reached it (its
             # answer to an Assign, or a restarted follower asking; a refusal
             # of an append always names an end below that append's start):
@@ -372,6 +377,16 @@ class Replica:
             # follower).  Were it lost, the stalled ticks send it again.  A
             # follower below our log start is answered (reset) at once: what
             # is in flight may not have been readable to send.
+            #
+            # Only while nothing sent to it has counted as lost yet: once an
+            # append went again unanswered (its node dropped them: it had no
+            # replica yet, a restart), or while its node is known dead (the
+            # ticks send it nothing), the follower's word is the first sign
+            # it can take them, and it is answered at once -- else it waited
+            # for the stall timer, doubled meanwhile up to ``max_ask_ticks``,
+            # its every ask unanswered (issue 23, restart36: followers
+            # "catching up" seconds after their replica was built, for as
+            # long as gossip called their node dead).
             return out.extend(self._handoff_ready())
         else:
             rewound = max(f.match, min(m.end, f.next))
