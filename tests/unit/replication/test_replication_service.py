@@ -29,7 +29,7 @@ from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
 from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
-from sprawl.replication.messages import Append, decode
+from sprawl.replication.messages import Append, AppendResp, decode
 from sprawl.replication.replica import LEADER
 from sprawl.replication.replica_state import load_state
 from sprawl.replication.service import ReplicationService
@@ -758,3 +758,49 @@ async def test_the_high_watermark_is_pushed_before_the_publishes_it_covers_are_a
         i = events.index(("answered", end))
         pushed = {what for what, hw in events[:i] if what.startswith("push") and hw >= end}
         assert len(pushed) == 2, (end, events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_answers_the_appends_one_commit_made_durable_once(
+    cluster: dict[str, Node],
+) -> None:
+    """A follower whose LMDB commit made several appends durable answers them with
+    one answer, the last (issue 16, quorum36): the leader takes it to the same
+    state -- the follower's match, the high watermark -- and moves and pushes its
+    high watermark once, not once per append."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    slow = next(cluster[n] for n in IDS if cluster[n] is not leader)
+    frep = slow.service.replicas[("orders", 0)]
+    flog = slow.broker.topics["orders"].logs[0]
+    await until(lambda: flog.stored_end == rep.core.end, "the follower's copy")
+    answers: list[int] = []
+    real = frep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, AppendResp) and m.ok:
+            answers.append(m.end)
+        real(dst, env)
+
+    frep.send = send
+    held = threading.Event()
+    slow.store._writer.submit(held.wait, WAIT)  # the follower's disk stalls
+    try:
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 6)]
+        for d in pending:
+            await bounded(d, WAIT)  # (the leader and the other follower are a majority)
+        end = rep.core.end
+        await until(lambda: flog.next_offset == end, "the appends on the stalled follower")
+        assert answers == []
+    finally:
+        held.set()
+    await until(lambda: rep.core.followers[slow.id].match == end, "the leader hears the follower")
+    frep.send = real
+    # Five appends, each its own write: the first commit takes what was queued when the
+    # disk stalled, the next the rest -- an answer per commit, the last one's end.
+    assert answers[-1] == end and len(answers) <= 2, answers
+    assert flog.stored_end == end and _payloads(slow) == [b"m%d" % i for i in range(6)]
