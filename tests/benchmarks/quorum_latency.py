@@ -435,7 +435,10 @@ def main() -> None:
     )
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between the warm-up and the run")
     ap.add_argument(
-        "--node-arg", action="append", default=[], help="an extra argument of every node (e.g. --node-arg=--wal)"
+        "--node-arg",
+        action="append",
+        default=[],
+        help="an extra argument of every node (e.g. --node-arg=--wal)",
     )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
