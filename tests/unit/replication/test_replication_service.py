@@ -804,3 +804,39 @@ async def test_a_follower_answers_the_appends_one_commit_made_durable_once(
     # disk stalled, the next the rest -- an answer per commit, the last one's end.
     assert answers[-1] == end and len(answers) <= 2, answers
     assert flog.stored_end == end and _payloads(slow) == [b"m%d" % i for i in range(6)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leader_hears_its_own_writes_one_commit_made_durable_once(
+    cluster: dict[str, Node],
+) -> None:
+    """A leader whose LMDB commit made several of its own writes durable tells its
+    core once (issue 16, quorum36): its high watermark moves, and is pushed to the
+    followers, once for them all, not once per write."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    lg = leader.broker.topics["orders"].logs[0]
+    await until(lambda: lg.stored_end == lg.next_offset, "the leader's own copy")
+    told: list[int] = []
+    real = rep.core.stored
+
+    def stored(end: int) -> Any:
+        told.append(end)
+        return real(end)
+
+    rep.core.stored = stored  # type: ignore[method-assign]
+    held = threading.Event()
+    leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
+    try:
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 6)]
+        for d in pending:
+            await bounded(d, WAIT)  # (the two followers are a majority)
+        assert told == []
+    finally:
+        held.set()
+    await until(lambda: lg.high_watermark == lg.next_offset, "the leader shows its records")
+    rep.core.stored = real  # type: ignore[method-assign]
+    assert told[-1] == lg.next_offset and len(told) <= 2, told
