@@ -840,3 +840,38 @@ async def test_a_leader_hears_its_own_writes_one_commit_made_durable_once(
     await until(lambda: lg.high_watermark == lg.next_offset, "the leader shows its records")
     rep.core.stored = real  # type: ignore[method-assign]
     assert told[-1] == lg.next_offset and len(told) <= 2, told
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leaders_publishes_of_one_turn_leave_as_one_append_per_follower(
+    cluster: dict[str, Node],
+) -> None:
+    """Publishes a leader takes in one reactor turn leave at the turn's end as one
+    append per follower, not one each (issue 16, quorum36), and are answered and
+    stored everywhere in order."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    appends: list[tuple[str, int, int]] = []
+    real = rep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, Append) and m.count:
+            appends.append((dst, m.start, m.count))
+        real(dst, env)
+
+    rep.send = send
+    try:
+        start = rep.core.end
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 6)]  # one turn
+        assert appends == []  # (sent at the turn's end)
+        for d in pending:
+            await bounded(d, WAIT)
+    finally:
+        rep.send = real
+    assert sorted(appends) == sorted((n, start, 5) for n in IDS if cluster[n] is not leader), appends
+    for n in IDS:
+        await until(lambda n=n: _payloads(cluster[n]) == [b"m%d" % i for i in range(6)], f"{n}'s copy")
