@@ -278,14 +278,22 @@ class Replica:
     def send_appends(self) -> Output:
         """Send the records taken with ``append(send=False)`` since the last call
         to every follower that was sent everything before them (one append
-        each); a follower sent them meanwhile, or behind, is not sent them again."""
+        each, or as many as ``max_batch`` takes); a follower sent them
+        meanwhile, or behind, is not sent them again."""
         held, self._held = self._held, None
         out = Output()
         if held is None or self.role != LEADER or held[0] != self.epoch:
             return out
+        end = self.cache.end
         for fid, f in self.followers.items():
             if f.next == held[1] and fid not in self.dead:
-                out.extend(self._send(fid, f))
+                # All of it, in appends of up to ``max_batch`` (as many as the
+                # publishes would have sent one each), within ``max_in_flight``.
+                for _ in range(end - f.next):
+                    before = f.next
+                    out.extend(self._send(fid, f))
+                    if f.next == before or f.next >= end:
+                        break
         return out
 
     def stored(self, end: int) -> Output:

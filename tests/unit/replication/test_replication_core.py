@@ -453,3 +453,23 @@ def test_records_taken_unsent_leave_as_one_append_per_follower() -> None:
     a.append(1, send=False)
     a.receive("b", AppendResp(2, False, 8, 7))  # a follower promised epoch 2
     assert not a.is_leader and a.send_appends().messages == []
+
+
+def test_more_records_taken_unsent_than_a_batch_leave_whole() -> None:
+    """Records taken unsent beyond ``max_batch`` all leave with
+    :meth:`Replica.send_appends`, in appends of ``max_batch`` (a fast turn's
+    publishes are not left to the answers' catch-up, one batch a round trip)."""
+    reps = ("a", "b", "c")
+    nodes = {r: Replica(r, "ctrl", max_batch=4) for r in reps}
+    a = nodes["a"]
+    ctrl: list[tuple[str, object]] = []
+    out = a.receive("ctrl", Assign(1, "a", reps))
+    for r in ("b", "c"):
+        out.extend(nodes[r].receive("ctrl", Assign(1, "a", reps)))
+    out.extend(a.stored(a.end))
+    _route(out, nodes, ctrl, drop=set())
+    for _ in range(5):
+        a.append(2, send=False)
+    out = a.send_appends()
+    sent = [(d, m.start, m.count) for d, m in out.messages if isinstance(m, Append)]
+    assert sorted(sent) == sorted((d, s, n) for d in ("b", "c") for s, n in ((1, 4), (5, 4), (9, 2)))
