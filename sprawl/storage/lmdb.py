@@ -489,8 +489,8 @@ class LmdbStore:
         if err is None:
             try:
                 self._commit(ops)
-            except Exception as e:
-                err = self._chain_broken = e
+            except BaseException as e:  # (anything: the reactor must hear of it)
+                err = self._chain_broken = e if isinstance(e, Exception) else Exception(repr(e))
         args = (seq, len(ops), time.time() - posted, nbytes, err)
         reactor = cast(Any, self.reactor)
         if err is not None:
