@@ -25,7 +25,24 @@ Rules (each has a unit test in ``tests/unit/cluster/test_balance.py``):
 * a partition that moved is not moved again for ``cooldown`` seconds;
 * a partition doing less than ``min_partition_load`` is never moved, nor one
   the controller marks not movable (a failover or replica move under way);
-* at most ``max_moves - in_flight`` moves per decision.
+* at most ``max_moves - in_flight`` moves per decision;
+* a *stuck* node -- hot for ``unstick_after`` decisions (30) with no single
+  move above that fits, over the bound by ``unstick_margin`` (a quarter) of
+  the band between the mean and the bound -- gets a *relief plan*
+  (reason :data:`PLANNED`): the shortest sequence of up to
+  ``unstick_moves`` (3) leadership moves, each to a replica of its partition,
+  that leaves it and every node the plan touches at or below ``upper``,
+  loads no other node above ``upper`` on the way, and lowers the sum of
+  squared node loads by more than ``min_partition_load`` squared; of those,
+  the least load moved (:func:`sprawl.cluster.relief.search`, a bounded
+  search over every such sequence).  With forecasts the node must still be
+  predicted hot and the plan must leave the nodes it touches at or below
+  the predicted bound (its benefit outlasts the moves).  The plan is made
+  over as many decisions as ``max_moves`` needs, each move checked again
+  before it is made (a move that no longer fits drops the rest), and takes
+  whole decisions while under way; :func:`replica_move` leaves its node
+  alone (:attr:`Decision.planned`).  Tests in
+  ``tests/unit/cluster/test_balance_relief.py``.
 
 Why there is no flapping: under a steady load the mean and ``upper`` do not
 change; a move takes load off a node above ``upper`` and never puts a node
@@ -151,8 +168,12 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   with one season's profiles and the forecaster's ``distrust`` is the
   *earned trust* combination (:func:`sprawl.forecast.replay.earned`).
 
-The no-flapping argument holds with all of them (the choices pick among the
-same improving moves, or skip one): a two-move plan lowers
+The no-flapping argument holds with all of them, and with the relief plans
+(the choices pick among the same improving moves, or skip one): a relief plan
+lowers ``sum(load^2)`` as a whole once done, every move of it lands on a node
+that stays at or below ``upper`` (or on the stuck node itself, a swap), and
+under a steady load each of its later moves passes its check again, so it is
+done before anything else moves; a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
 under a steady load each of its moves passes its check and it is done (its
@@ -210,7 +231,8 @@ from sprawl.cluster import relief
 OVERLOADED = "overloaded"
 #: The reason a move off a node predicted to run hot carries.
 PREDICTED = "predicted"
-#: The reason both moves of a two-move plan for a stuck hot node carry.
+#: The reason the moves of a plan for a stuck hot node carry (a relief plan,
+#: ``unstick_after``; the options ``chain_after`` and ``plan_after``).
 PLANNED = "planned"
 
 
