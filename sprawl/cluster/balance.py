@@ -364,6 +364,11 @@ class BalanceConfig:
     unstick_margin: float = 0.25
     #: Moves in a plan for a stuck node, the last one off it included.
     unstick_moves: int = 3
+    #: How far under the bound (a share of the band) a plan must leave every
+    #: node it touches: a plan spread over two decisions is checked again
+    #: before its last move, and a node left just under the bound fails that
+    #: check with the next sample's noise (its first moves then wasted).
+    unstick_slack: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -1187,6 +1192,7 @@ class Balancer:
                 predicted_upper=pupper,
                 depth=c.unstick_moves,
                 min_gain=c.min_partition_load**2,
+                slack=c.unstick_slack * band,
             )
             if plan is None:
                 d.held.append(f"{src}: stuck hot, no plan of {c.unstick_moves} moves or fewer relieves it")

@@ -13,7 +13,7 @@ leadership moves, each to a replica of its partition, so no data is copied)
 by trying every sequence in turn, shortest first.  A plan must:
 
 * end with the stuck node at or below the bound, every node it loads at or
-  below the bound (and at or below the *predicted* bound, on the predicted
+  below the bound (less a ``slack``) (and at or below the *predicted* bound, on the predicted
   loads, when forecasts are given: its benefit must last past the moves);
 * load no node above the bound at any step, but for the stuck node itself
   (a swap may hand it a smaller partition first);
@@ -74,6 +74,7 @@ def search(
     predicted_upper: float = 0.0,
     depth: int = 3,
     min_gain: float = 1.0,
+    slack: float = 0.0,
 ) -> Plan | None:
     """The plan for ``stuck`` (see the module docstring), or None.
 
@@ -81,7 +82,10 @@ def search(
     moved in this decision, not too small to move); ``loads``: every live
     node's present load (moves already made in this decision applied);
     ``predicted``: the nodes' predicted loads and their bound, when the
-    balancer has forecasts."""
+    balancer has forecasts; ``slack``: how far under ``upper`` the plan must
+    leave the nodes it touches (a plan made over two decisions is checked
+    again before its last move, and a node left just under the bound fails
+    that check with the next sample's noise)."""
     if stuck not in loads or loads[stuck] <= upper:
         return None
     nodes = dict(loads)
@@ -91,7 +95,21 @@ def search(
     best: tuple[tuple[float, float, float], Plan] | None = None
     for n in range(1, depth + 1):
         found: list[tuple[tuple[float, float, float], Plan]] = []
-        _walk(stuck, parts, nodes, pred, leader, upper, predicted_upper, n, [], 0.0, base, min_gain, found)
+        _walk(
+            stuck,
+            parts,
+            nodes,
+            pred,
+            leader,
+            (upper, slack),
+            predicted_upper,
+            n,
+            [],
+            0.0,
+            base,
+            min_gain,
+            found,
+        )
         if found:
             best = min(found, key=lambda x: x[0])
             break
@@ -104,7 +122,7 @@ def _walk(
     nodes: dict[str, float],
     pred: dict[str, float] | None,
     leader: dict[PartKey, str],
-    upper: float,
+    bound: tuple[float, float],
     pupper: float,
     left: int,
     path: list[tuple[Part, str, str]],
@@ -114,7 +132,9 @@ def _walk(
     found: list[tuple[tuple[float, float, float], Plan]],
 ) -> None:
     """Every plan of exactly ``left`` more moves after ``path`` (applied to
-    ``nodes``, ``pred`` and ``leader``, undone before returning)."""
+    ``nodes``, ``pred`` and ``leader``, undone before returning); ``bound``:
+    the hot bound and the slack a plan leaves under it."""
+    upper = bound[0]
     used = {p.key for p, _, _ in path}
     for p in parts:
         if p.key in used:
@@ -144,7 +164,7 @@ def _walk(
                     nodes,
                     pred,
                     leader,
-                    upper,
+                    bound,
                     pupper,
                     left - 1,
                     path,
@@ -154,7 +174,7 @@ def _walk(
                     found,
                 )
             else:
-                _judge(stuck, nodes, pred, upper, pupper, path, moved + p.load, base, min_gain, found)
+                _judge(stuck, nodes, pred, bound, pupper, path, moved + p.load, base, min_gain, found)
             path.pop()
             leader[p.key] = src
             if pred is not None:
@@ -168,7 +188,7 @@ def _judge(
     stuck: str,
     nodes: Mapping[str, float],
     pred: Mapping[str, float] | None,
-    upper: float,
+    bound: tuple[float, float],
     pupper: float,
     path: Sequence[tuple[Part, str, str]],
     moved: float,
@@ -178,7 +198,7 @@ def _judge(
 ) -> None:
     """Keep ``path`` if it is a plan (see the module docstring)."""
     touched = {n for _, s, d in path for n in (s, d)}
-    if any(nodes[n] > upper for n in touched):
+    if any(nodes[n] > bound[0] - bound[1] for n in touched):
         return
     if pred is not None and any(pred[n] > pupper for n in touched):
         return  # its benefit would not last: a node it loads is predicted hot
