@@ -145,9 +145,12 @@ def test_the_search_takes_the_fewest_moves_then_the_least_load_moved() -> None:
     assert plan is not None and plan.moves == ((("r", 0), "d", "c"), (("p", 1), "a", "d"))
     assert plan.moved == 230.0
     assert relief.search("a", two, loads, 175.0, depth=1) is None
-    # ``slack``: both plans leave a node at 170, 5 under the bound
+    # ``slack``: both two-move plans leave a node at 170, 5 under the bound;
+    # asked for more, it takes three moves (d left at 150)
     assert relief.search("a", two, loads, 175.0, slack=5.0) == plan
-    assert relief.search("a", two, loads, 175.0, slack=5.5) is None
+    wide = relief.search("a", two, loads, 175.0, slack=5.5)
+    assert wide is not None and [m[0] for m in wide.moves] == [("r", 0), ("r", 1), ("p", 1)]
+    assert relief.search("a", two, loads, 175.0, slack=5.5, depth=2) is None
 
 
 def test_replica_move_leaves_a_node_with_a_plan_under_way_alone() -> None:
