@@ -104,6 +104,7 @@ class FailoverCore:
         prefer_wait_ticks: int = 6,
         handoff_ticks: int = 10,
         stuck_ticks: int | None = None,
+        landing_ticks: int = 200,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -122,6 +123,13 @@ class FailoverCore:
         self.silent_ticks = 0
         self.fencing: _Fencing | None = None
         self.committing: Commit | None = None
+        #: Ticks waited since the pending choice's proposal timed out (None:
+        #: it did not): its entry may still be applied, so the core keeps
+        #: the choice (no new failover, no fence at a later epoch) until the
+        #: applied placement reaches its epoch (:func:`sync_core` clears it)
+        #: or ``landing_ticks`` pass.  See :meth:`committed`.
+        self.landing: int | None = None
+        self.landing_ticks = landing_ticks
         self.leader_confirmed = False
         self.hw = 0
         #: Every leader this core committed, by epoch (for checkers).
@@ -148,6 +156,10 @@ class FailoverCore:
         partition's silence fail it over, as before."""
         out = ControlOutput()
         if self.committing is not None:
+            if self.landing is not None:
+                self.landing += 1
+                if self.landing > self.landing_ticks:
+                    return self.committed(False)  # it never landed: a new failover
             return out
         if self.handing_off is not None:
             to, waited = self.handing_off
@@ -192,7 +204,7 @@ class FailoverCore:
         core's leader is watched through its node's beat instead (a silent
         node's partitions fail over in one controller step)."""
         if self.committing is not None:
-            return True
+            return self.landing is None  # (one that timed out is ticked: its wait is bounded)
         return self.leader is not None and self.leader_confirmed and not self.busy
 
     @property
@@ -292,9 +304,24 @@ class FailoverCore:
         self.committing = Commit(f.epoch, chosen, self.replicas)
         return ControlOutput(commit=self.committing)
 
-    def committed(self, ok: bool = True) -> ControlOutput:
-        """The pending choice is committed (or failed to be: retry later)."""
+    def committed(self, ok: bool = True, may_land: bool = False) -> ControlOutput:
+        """The pending choice is committed (or failed to be: retry later).
+
+        ``may_land``: it failed by a timeout -- the entry may still be
+        applied (Raft behind a backlog: a restarted 10,000-partition cluster's
+        failover entries).  The choice is then kept, and the core waits for
+        the applied placement to reach its epoch (:func:`sync_core`) for up
+        to ``landing_ticks`` ticks before it fails over anew.  Before, it
+        fenced the replicas again at once and proposed again: entries piled
+        up behind the backlog, and the one that landed late named a leader
+        its followers had since promised away (fenced past the placement),
+        which started yet another failover (issue 23, restart36: epochs
+        climbing to 5, followers "catching up" for minutes)."""
         c = self.committing
+        if not ok and may_land and c is not None and self.landing is None:
+            self.landing = 0
+            return ControlOutput()
+        self.landing = None
         self.committing = None
         if c is None:
             return ControlOutput()

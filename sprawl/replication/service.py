@@ -825,7 +825,8 @@ class ReplicationService:
                         topic=key[0],
                         partition=key[1],
                     )
-                self.run_control(key, c.committed(False))
+                # A timeout may still land: the core keeps its choice a while.
+                self.run_control(key, c.committed(False, may_land=code == "proposal_timeout"))
 
             self.commit(key[0], key[1], out.commit).addCallbacks(committed, failed)
 
