@@ -580,7 +580,8 @@ def test_appends_no_leader_sends_are_refused(m: Append, offsets: list[int]) -> N
 def test_a_commit_without_a_raft_leader_is_retried_quietly(code: str, level: str) -> None:
     """A failover's commit that fails because Raft is between leaders (a Raft
     hand-off on a graceful stop or drain) is retried in a later tick and logged
-    at info, a timed-out one at warn; any other failure stays critical (issue 24)."""
+    at info, a timed-out one at warn (and kept a while: it may still land,
+    restart36); any other failure stays critical (issue 24)."""
     from types import SimpleNamespace
 
     from twisted.internet import defer
@@ -598,7 +599,11 @@ def test_a_commit_without_a_raft_leader_is_retried_quietly(code: str, level: str
         svc.run_control(("t", 0), ControlOutput(commit=core.committing))
     levels = [e["log_level"].name for e in events if "committing the leader" in e.get("log_format", "")]
     assert levels == [level]
-    assert core.committing is None and core.leader is None  # a later tick starts again
+    if code == "proposal_timeout":
+        # It may still land: the choice is kept, bounded (restart36).
+        assert core.committing is not None and core.landing == 0 and core.leader == "a"
+    else:
+        assert core.committing is None and core.leader is None  # a later tick starts again
 
 
 def test_a_batch_of_failed_commits_is_logged_once_a_second() -> None:
