@@ -345,6 +345,9 @@ class PartitionController:
                     epoch=int(pl["epoch"]),
                     leader=str(pl["leader"]),
                     beat_timeout_ticks=self.beat_timeout_ticks,
+                    # Every replica's node applies the committed entry (its
+                    # replica sync tells the replica): no Assigns after it.
+                    assign_on_commit=False,
                 )
                 self.service.controllers[key] = c
             else:

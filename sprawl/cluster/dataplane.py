@@ -117,6 +117,8 @@ class DataPlane:
             # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it;
             # until then, the release before issue 23's ticks.
             node_beats=lambda: on("node-beat"),
+            # A burst's messages to a node as one frame once every node takes it.
+            batch_frames=lambda: on("repl-batch"),
         )
         metrics = getattr(broker, "metrics", None)  # (test fakes of the broker have none)
         if metrics is not None:

@@ -104,6 +104,7 @@ class FailoverCore:
         prefer_wait_ticks: int = 6,
         handoff_ticks: int = 10,
         stuck_ticks: int | None = None,
+        assign_on_commit: bool = True,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -129,6 +130,17 @@ class FailoverCore:
         #: Replicas that should not lead (stopping or drained): among replicas
         #: as up to date as the best, one outside this set is chosen.
         self.avoid: frozenset[str] = frozenset()
+        #: Whether a committed choice is told to its replicas (``Assign``).
+        #: Off where every replica's node applies the committed choice itself
+        #: (the Raft metadata, :mod:`sprawl.cluster.replica_sync`): the new
+        #: leader then says it leads on its own (issue 23: two frames and a
+        #: second confirmation per partition of a dead node's failover), and
+        #: an unconfirmed leader whose node is heard is asked again only
+        #: after ``beat_timeout_ticks`` (its word lost), see :meth:`tick`.
+        self.assign_on_commit = assign_on_commit
+        #: Ticks after a commit during which an unconfirmed leader whose node
+        #: is heard is not asked again (its node applies the choice).
+        self.assign_wait = 0
 
     @property
     def majority(self) -> int:
@@ -178,9 +190,15 @@ class FailoverCore:
         bound = self.stuck_ticks if leader_heard else self.beat_timeout_ticks
         if self.leader is None or self.silent_ticks > bound:
             return self.start_failover()
-        if not self.leader_confirmed and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks:
+        if (
+            not self.leader_confirmed
+            and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks
+            and not (leader_heard and self.silent_ticks <= self.assign_wait)
+        ):
             # Every ``retry_ticks`` ticks, not every tick: a new controller
-            # has thousands of leaders to confirm at once.
+            # has thousands of leaders to confirm at once.  Right after a
+            # commit not told (``assign_on_commit`` off), a leader whose node
+            # is heard is left to apply it for ``assign_wait`` ticks.
             out.messages.append((self.leader, Assign(self.epoch, self.leader, self.replicas)))
         return out
 
@@ -217,6 +235,7 @@ class FailoverCore:
             nxt, prefer=prefer if prefer in self.replicas else None, retry_at=gap, gap=gap
         )
         self.leader_confirmed = False
+        self.assign_wait = 0
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
 
     def move_leader(self, to: str) -> ControlOutput | None:
@@ -317,4 +336,9 @@ class FailoverCore:
             # leader's appends.
             return ControlOutput()
         self.leader_confirmed = False
+        if not self.assign_on_commit:
+            # Every replica's node applies the committed choice (the adapter
+            # says so): the leader says it leads once it took over.
+            self.assign_wait = self.beat_timeout_ticks
+            return ControlOutput()
         return ControlOutput(messages=[(r, Assign(c.epoch, c.leader, c.replicas)) for r in c.replicas])

@@ -37,8 +37,9 @@ proposal (``set_partition``); see docs/architecture.md, "Replication" and
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
 import msgspec
@@ -47,7 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.interfaces import Clock, Delayed, ReplicaStore
-from sprawl.peer.frames import REPLICATION
+from sprawl.peer.frames import BATCH_BYTES, REPLICATION, REPLICATION_BATCH
 from sprawl.replication.envelope import Envelope, unpack_record
 from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
 from sprawl.replication.liveness import NodeLiveness
@@ -122,6 +123,7 @@ class ReplicationService:
         accept: Callable[[str, tuple[str, int], Message], bool] | None = None,
         beat_timeout: float = 2.0,
         node_beats: Callable[[], bool] | None = None,
+        batch_frames: Callable[[], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.channel = channel
@@ -154,6 +156,16 @@ class ReplicationService:
         self.refused = 0
         self._refusals_logged: dict[str, float] = {}
         channel.handlers[REPLICATION] = self._frame
+        channel.handlers[REPLICATION_BATCH] = self._batch_frame
+        #: Whether every node takes a ``REPLICATION_BATCH`` frame (the ``repl-batch``
+        #: feature; on without a gate): while it is not, every message is a frame.
+        self.batch_frames: Callable[[], bool] = batch_frames or (lambda: True)
+        #: Messages held for one frame per node (:meth:`held`), and the depth of holds.
+        self._held: dict[str, list[bytes]] = {}
+        self._holds = 0
+        #: Frames sent and messages carried by them (tests count them).
+        self.batch_frames_sent = 0
+        self.batched_messages = 0
         self._loop: task.LoopingCall | None = None
         #: When :meth:`tick` last ran (a late tick means this node stalled).
         self._last_tick: float | None = None
@@ -283,10 +295,55 @@ class ReplicationService:
         def send(dst: str, env: Envelope) -> None:
             if dst == self.node_id:
                 self._deliver(self.node_id, env)
+            elif self._holds:
+                self._held.setdefault(dst, []).append(msgspec.msgpack.encode(env))
             else:
                 self.channel.send(dst, REPLICATION, msgspec.msgpack.encode(env))
 
         return send
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the replication messages sent to other nodes within it and
+        send them at its end as one ``REPLICATION_BATCH`` frame per node (a
+        burst of thousands of partitions' messages: a failover's fences,
+        answers and first appends, issue 23) -- each node's in the order
+        sent; a lone message as a plain frame.  Nested holds send at the
+        outermost's end.  While the ``repl-batch`` feature is not on, one
+        frame per message, sent then, as before."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds and self._held:
+                held, self._held = self._held, {}
+                batch = self.batch_frames()
+                for dst, payloads in held.items():
+                    self._send_held(dst, payloads, batch)
+
+    def _send_held(self, dst: str, payloads: list[bytes], batch: bool) -> None:
+        """Send one node's held messages: frames of at most
+        :data:`~sprawl.peer.frames.BATCH_BYTES` (always one message at least)."""
+        if not batch or len(payloads) == 1:
+            for p in payloads:
+                self.channel.send(dst, REPLICATION, p)
+            return
+        start, size = 0, 0
+        for i, p in enumerate(payloads):
+            if size and size + len(p) > BATCH_BYTES:
+                self._send_batch(dst, payloads[start:i])
+                start, size = i, 0
+            size += len(p) + 5
+        self._send_batch(dst, payloads[start:])
+
+    def _send_batch(self, dst: str, payloads: list[bytes]) -> None:
+        if len(payloads) == 1:
+            self.channel.send(dst, REPLICATION, payloads[0])
+            return
+        self.batch_frames_sent += 1
+        self.batched_messages += len(payloads)
+        self.channel.send(dst, REPLICATION_BATCH, msgspec.msgpack.encode(payloads))
 
     def tick(self) -> None:
         """Tick the replicas and controller cores that have work (the others
@@ -525,8 +582,9 @@ class ReplicationService:
                 n=len(lost),
                 node=node,
             )
-        for key in lost:
-            self.run_control(key, self.controllers[key].start_failover())
+        with self.held():  # (their fences: one frame per node)
+            for key in lost:
+                self.run_control(key, self.controllers[key].start_failover())
 
     def _core_set(self, key: tuple[str, int], core: FailoverCore) -> None:
         """A controller core was set: ticked until it is idle, its replicas watched."""
@@ -585,6 +643,27 @@ class ReplicationService:
             return
         self._deliver(peer, env)
 
+    def _batch_frame(self, peer: str, payload: bytes) -> None:
+        """A ``REPLICATION_BATCH`` frame: each message taken in order, as if
+        it came alone; what they make this node send back is held
+        (:meth:`held`) and leaves as one frame per node."""
+        self.heard(peer)
+        if self.on_heard is not None:
+            self.on_heard(peer)
+        try:
+            payloads = msgspec.msgpack.decode(payload, type=list[bytes])
+        except msgspec.DecodeError:
+            self.dropped += 1
+            return
+        with self.held():
+            for one in payloads:
+                try:
+                    env = msgspec.msgpack.decode(one, type=Envelope)
+                except msgspec.DecodeError:
+                    self.dropped += 1
+                    continue
+                self._deliver(peer, env)
+
     def _refuse(self, peer: str, key: tuple[str, int], why: str) -> None:
         self.refused += 1
         now = self.reactor.seconds()
@@ -627,7 +706,7 @@ class ReplicationService:
             self._last_controller = peer  # (accepted: from a Raft voter, in a cluster)
             if isinstance(m, Fence):
                 self.timeline.mark("fence_heard", self.reactor.seconds())
-        if isinstance(m, Assign):
+        if isinstance(m, Assign | Fence):
             for n in m.down:
                 self.node_dead(n)
         c = self.controllers.get(key)
@@ -702,7 +781,7 @@ class ReplicationService:
         items = [(r, src, m) for key, r, src, m, _was in leads if self.replicas.get(key) is r]
         if items:
             self.lead_batches += 1
-            self.leads_batched += take_leaderships(items)
+            self.leads_batched += take_leaderships(items, self.held)
         for key, r, was in live:
             self.assigned(key, r, was)
 
@@ -716,7 +795,7 @@ class ReplicationService:
         items = [(r, peer, m, recs) for key, r, peer, m, recs in firsts if self.replicas.get(key) is r]
         if items:
             self.first_batches += 1
-            self.firsts_batched += take_first_appends(items)
+            self.firsts_batched += take_first_appends(items, self.held)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):
@@ -729,19 +808,21 @@ class ReplicationService:
         items = [(r, peer, m) for key, r, peer, m in fences if self.replicas.get(key) is r]
         if items:
             self.fence_batches += 1
-            self.fences_batched += take_fences(items)
+            self.fences_batched += take_fences(items, self.held)
 
     def run_control(self, key: tuple[str, int], out: ControlOutput) -> None:
         """Carry out what a partition's failover core decided: send its messages,
         commit its choice (then tell the core how that went)."""
         send = self.sender(key)
+        core = self.controllers.get(key)
         for dst, m in out.messages:
             if self.liveness.is_silent(dst):
                 continue  # a silent node hears nothing (a restart of it reads the metadata)
             if isinstance(m, Fence):
                 self.timeline.mark("fence_sent", self.reactor.seconds())
-            if isinstance(m, Assign) and not m.down:
-                down = tuple(r for r in m.replicas if r in self.dead)
+            if isinstance(m, Assign | Fence) and not m.down and self.dead:
+                reps = m.replicas if isinstance(m, Assign) else core.replicas if core is not None else ()
+                down = tuple(r for r in reps if r in self.dead)
                 if down:
                     m = msgspec.structs.replace(m, down=down)
             send(dst, Envelope(key[0], key[1], encode(m)))
