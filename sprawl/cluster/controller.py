@@ -303,9 +303,10 @@ class PartitionController:
         moves = len(self._moving)
         todo, self._dirty = self._dirty, set()
         self._after_work -= todo
-        for key in todo:
-            self.visits += 1
-            moves = self._control_one(key, meta, states, live, eligible, now, moves)
+        with self.service.held():  # (a dead node's fences: one frame per node)
+            for key in todo:
+                self.visits += 1
+                moves = self._control_one(key, meta, states, live, eligible, now, moves)
         self._balance(now, live)
 
     def _control_one(
