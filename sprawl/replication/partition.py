@@ -1097,9 +1097,7 @@ def take_first_appends(
     in one write per store, then each answer leaves.  A replica whose chain
     is at work takes its append on the chain, in order.  Returns the appends
     batched."""
-    return _write_batches(
-        [(r, r.follow_ops(src, m, recs)) for r, src, m, recs in items], around=around
-    )
+    return _write_batches([(r, r.follow_ops(src, m, recs)) for r, src, m, recs in items], around=around)
 
 
 def take_leaderships(

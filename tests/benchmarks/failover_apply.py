@@ -82,7 +82,11 @@ class Net:
             if self.counting:
                 pair = f"{src}>{dst}"
                 self.by_pair[pair] = self.by_pair.get(pair, 0) + 1
-                many = msgspec.msgpack.decode(payload, type=list[bytes]) if kind == REPLICATION_BATCH else [payload]
+                many = (
+                    msgspec.msgpack.decode(payload, type=list[bytes])
+                    if kind == REPLICATION_BATCH
+                    else [payload]
+                )
                 for one in many:
                     env = msgspec.msgpack.decode(one, type=Envelope)
                     what = f"{pair} {type(decode(env.message)).__name__}"

@@ -34,7 +34,9 @@ def _messages(frames: list[tuple[str, int, bytes]]) -> list[tuple[str, Any]]:
     """(peer, message) of every message the frames carry, in order."""
     out = []
     for dst, kind, payload in frames:
-        for one in msgspec.msgpack.decode(payload, type=list[bytes]) if kind == REPLICATION_BATCH else [payload]:
+        for one in (
+            msgspec.msgpack.decode(payload, type=list[bytes]) if kind == REPLICATION_BATCH else [payload]
+        ):
             out.append((dst, decode(msgspec.msgpack.decode(one, type=Envelope).message)))
     return out
 

@@ -30,7 +30,9 @@ from sprawl.replication.service import ReplicationService
 def _service(node: str, batch: bool = True) -> tuple[ReplicationService, list[tuple[str, int, bytes]]]:
     """A service on a fake channel that records each frame (peer, kind, payload)."""
     frames: list[tuple[str, int, bytes]] = []
-    channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: frames.append((dst, kind, payload)))
+    channel = SimpleNamespace(
+        handlers={}, send=lambda dst, kind, payload: frames.append((dst, kind, payload))
+    )
     return ReplicationService(node, channel, task.Clock(), batch_frames=lambda: batch), frames  # type: ignore[arg-type]
 
 
@@ -38,7 +40,9 @@ def _fences(frames: list[tuple[str, int, bytes]]) -> list[tuple[str, int]]:
     """(peer, fence epoch) of every message in ``frames``, in order."""
     out = []
     for dst, kind, payload in frames:
-        for one in msgspec.msgpack.decode(payload, type=list[bytes]) if kind == REPLICATION_BATCH else [payload]:
+        for one in (
+            msgspec.msgpack.decode(payload, type=list[bytes]) if kind == REPLICATION_BATCH else [payload]
+        ):
             m = decode(msgspec.msgpack.decode(one, type=Envelope).message)
             assert isinstance(m, Fence)
             out.append((dst, m.epoch))
