@@ -59,6 +59,46 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(_seeds_line())
 
 
+#: What a failed test's report shows of each node log under its tmp_path (CI shows the
+#: report, not the files): the last lines at warn level or worse and the last lines of all,
+#: bounded in lines and bytes.
+LOG_TAIL_NOTABLE = 25
+LOG_TAIL_LAST = 12
+LOG_TAIL_FILES = 8
+LOG_LINE_CHARS = 300
+
+
+def _log_tail(path: Path) -> str:
+    """The notable and the last lines of one node log (access-log lines left out)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [
+        ln[:LOG_LINE_CHARS] for ln in lines if '"GET ' not in ln and '"PUT ' not in ln and '"POST ' not in ln
+    ]
+    notable = [ln for ln in lines if "#warn]" in ln or "#error]" in ln or "#critical]" in ln]
+    out = [f"-- {path.name}: last warnings and errors ({len(notable)} in all)", *notable[-LOG_TAIL_NOTABLE:]]
+    out += [f"-- {path.name}: last lines", *lines[-LOG_TAIL_LAST:]]
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that started real nodes gets their log tails in its report."""
+    outcome: Any = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    base = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(base, Path):
+        return
+    logs = sorted(base.rglob("*.log"))[:LOG_TAIL_FILES]
+    tails = [t for t in (_log_tail(p) for p in logs) if t]
+    if tails:
+        rep.sections.append(("node logs (tails)", "\n".join(tails)))
+
+
 class NodeFactory:
     """Starts nodes for one test and stops every one of them afterwards."""
 
