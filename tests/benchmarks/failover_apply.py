@@ -23,8 +23,9 @@ Printed: seconds (wall and CPU of this process, the LMDB writer threads
 included) until every partition is led by ``a`` with its control record
 committed (its high watermark covers it: a publish is answered as soon as
 the follower stores it), then until one publish to each partition with
-``acks=quorum`` is answered; the LMDB commits each node made, the frames
-sent and the reactor turns the apply took.  ``--profile FILE`` writes a
+``acks=quorum`` is answered; the LMDB commits each node made, the messages
+sent (by kind) and the frames carrying them (by node pair: a
+``REPLICATION_BATCH`` frame carries many), and the reactor turns the apply took.  ``--profile FILE`` writes a
 cProfile of the failover (``python -m pstats FILE``).
 """
 
