@@ -141,6 +141,9 @@ class FailoverCore:
         #: Ticks after a commit during which an unconfirmed leader whose node
         #: is heard is not asked again (its node applies the choice).
         self.assign_wait = 0
+        #: The (epoch, leader) being committed whose leader said it leads
+        #: before this core learnt the commit (see :meth:`receive`).
+        self.heard_early: tuple[int, str] | None = None
 
     @property
     def majority(self) -> int:
@@ -236,6 +239,7 @@ class FailoverCore:
         )
         self.leader_confirmed = False
         self.assign_wait = 0
+        self.heard_early = None
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
 
     def move_leader(self, to: str) -> ControlOutput | None:
@@ -263,9 +267,17 @@ class FailoverCore:
     def receive(self, src: str, m: Message) -> ControlOutput:
         """A replica's answer (fence) or a leader's heartbeat."""
         if isinstance(m, LeaderBeat):
+            c = self.committing
             if src == self.leader and m.epoch == self.epoch:
                 self.silent_ticks = 0
                 self.leader_confirmed = True
+                self.hw = max(self.hw, m.hw)
+            elif c is not None and src == c.leader and m.epoch == c.epoch:
+                # The chosen leader leads the epoch being committed already:
+                # its node applied the entry before this one did (a 10,000-
+                # partition entry is applied in slices on every node, issue
+                # 23).  Its word counts once the commit is answered.
+                self.heard_early = (c.epoch, c.leader)
                 self.hw = max(self.hw, m.hw)
             return ControlOutput()
         if isinstance(m, Resign):
@@ -315,6 +327,7 @@ class FailoverCore:
         """The pending choice is committed (or failed to be: retry later)."""
         c = self.committing
         self.committing = None
+        early, self.heard_early = self.heard_early, None
         if c is None:
             return ControlOutput()
         if not ok:
@@ -322,14 +335,18 @@ class FailoverCore:
             self.leader = None
             return ControlOutput()
         self.fencing = None
-        heard = self.leader_confirmed and (self.epoch, self.leader) == (c.epoch, c.leader)
+        heard = early == (c.epoch, c.leader) or (
+            self.leader_confirmed and (self.epoch, self.leader) == (c.epoch, c.leader)
+        )
         self.epoch, self.leader = c.epoch, c.leader
         self.history[c.epoch] = c.leader
         self.silent_ticks = 0
         if heard:
+            self.leader_confirmed = True
             # The committed entry was applied here before the commit was
-            # answered (the adapter brought this core to it), and the new
-            # leader, which applied it too, already said it leads this epoch:
+            # answered (the adapter brought this core to it), or the new
+            # leader's node applied it before this one, and the new leader
+            # already said it leads this epoch:
             # the Assigns would only be answered again (issue 23: two frames
             # and a confirmation per partition of a dead node's failover).
             # Followers learn the epoch from their node's apply and from the

@@ -832,8 +832,13 @@ class ReplicationService:
             self.timeline.mark("choice", self.reactor.seconds())
 
             def committed(_: object) -> None:
-                self.timeline.mark("choice_committed", self.reactor.seconds())
-                self.run_control(key, c.committed(True))
+                now = self.reactor.seconds()
+                self.timeline.mark("choice_committed", now)
+                was = c.leader_confirmed
+                out = c.committed(True)
+                if c.leader_confirmed and not was:
+                    self.timeline.mark("leader_confirmed", now)  # (its word came before the commit)
+                self.run_control(key, out)
 
             def failed(f: Failure) -> None:
                 code = getattr(f.value, "code", None)

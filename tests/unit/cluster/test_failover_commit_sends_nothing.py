@@ -116,3 +116,21 @@ def test_by_default_the_commit_is_told_to_every_replica() -> None:
     (the pure simulations) tells the replicas, as before."""
     c = _committed(assign_on_commit=True)
     assert sorted(dst for dst, m in c.committed(True).messages if isinstance(m, Assign)) == list(IDS)
+
+
+def test_a_leaders_word_before_this_node_applied_the_commit_confirms_it() -> None:
+    """The new leader's node applied the entry before the controller's node
+    did (each applies a 10,000-partition entry in slices): its beat for the
+    epoch being committed comes while the core still commits -- before, it
+    was dropped (another epoch than the core's), and the leader was asked
+    again only after the beat timeout.  It counts once the commit is
+    answered: confirmed, idle, nothing sent.  A beat of another epoch or
+    from another replica does not."""
+    c = _committed(assign_on_commit=False)
+    c.receive("b", LeaderBeat(2, 0, 11))
+    assert not c.leader_confirmed  # (the commit is not answered yet)
+    assert c.committed(True).messages == [] and c.leader_confirmed and c.idle
+    for beat in (("b", LeaderBeat(1, 0, 11)), ("c", LeaderBeat(2, 0, 11))):
+        d = _committed(assign_on_commit=False)
+        d.receive(*beat)
+        assert d.committed(True).messages == [] and not d.leader_confirmed and not d.idle
