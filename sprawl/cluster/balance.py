@@ -25,7 +25,24 @@ Rules (each has a unit test in ``tests/unit/cluster/test_balance.py``):
 * a partition that moved is not moved again for ``cooldown`` seconds;
 * a partition doing less than ``min_partition_load`` is never moved, nor one
   the controller marks not movable (a failover or replica move under way);
-* at most ``max_moves - in_flight`` moves per decision.
+* at most ``max_moves - in_flight`` moves per decision;
+* a *stuck* node -- hot for ``unstick_after`` decisions (30) with no single
+  move above that fits, over the bound by ``unstick_margin`` (a quarter) of
+  the band between the mean and the bound -- gets a *relief plan*
+  (reason :data:`PLANNED`): the shortest sequence of up to
+  ``unstick_moves`` (3) leadership moves, each to a replica of its partition,
+  that leaves it and every node the plan touches at or below ``upper``,
+  loads no other node above ``upper`` on the way, and lowers the sum of
+  squared node loads by more than ``min_partition_load`` squared; of those,
+  the least load moved (:func:`sprawl.cluster.relief.search`, a bounded
+  search over every such sequence).  With forecasts the node must still be
+  predicted hot and the plan must leave the nodes it touches at or below
+  the predicted bound (its benefit outlasts the moves).  The plan is made
+  over as many decisions as ``max_moves`` needs, each move checked again
+  before it is made (a move that no longer fits drops the rest), and takes
+  whole decisions while under way; :func:`replica_move` leaves its node
+  alone (:attr:`Decision.planned`).  Tests in
+  ``tests/unit/cluster/test_balance_relief.py``.
 
 Why there is no flapping: under a steady load the mean and ``upper`` do not
 change; a move takes load off a node above ``upper`` and never puts a node
@@ -151,8 +168,12 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   with one season's profiles and the forecaster's ``distrust`` is the
   *earned trust* combination (:func:`sprawl.forecast.replay.earned`).
 
-The no-flapping argument holds with all of them (the choices pick among the
-same improving moves, or skip one): a two-move plan lowers
+The no-flapping argument holds with all of them, and with the relief plans
+(the choices pick among the same improving moves, or skip one): a relief plan
+lowers ``sum(load^2)`` as a whole once done, every move of it lands on a node
+that stays at or below ``upper`` (or on the stuck node itself, a swap), and
+under a steady load each of its later moves passes its check again, so it is
+done before anything else moves; a two-move plan lowers
 ``sum(load^2)`` as a whole within one decision; a multi-decision plan lowers
 it as a whole once done, and since nothing else moves while it is under way,
 under a steady load each of its moves passes its check and it is done (its
@@ -204,11 +225,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from sprawl.cluster import relief
+
 #: The reason a move off a node hot now carries (a metrics label).
 OVERLOADED = "overloaded"
 #: The reason a move off a node predicted to run hot carries.
 PREDICTED = "predicted"
-#: The reason both moves of a two-move plan for a stuck hot node carry.
+#: The reason the moves of a plan for a stuck hot node carry (a relief plan,
+#: ``unstick_after``; the options ``chain_after`` and ``plan_after``).
 PLANNED = "planned"
 
 
@@ -325,6 +349,26 @@ class BalanceConfig:
     #: over the bound at this share or more of its profile's points (a lasting
     #: rise, not a node hovering at the bound; 0: any).
     predict_lasting: float = 0.0
+    #: A node hot for this many decisions in a row that no single move the
+    #: reactive rule may make relieves (*stuck*) gets the shortest plan of up to
+    #: ``unstick_moves`` leadership moves that relieves it
+    #: (:func:`sprawl.cluster.relief.search`, reason :data:`PLANNED`), made over
+    #: as many decisions as the move budget needs, each move checked again
+    #: before it is made (0: never).  With forecasts, only for a node still
+    #: predicted hot, and the plan must leave the nodes it loads at or below
+    #: the predicted bound too.  The reactive and the predictive balancer alike.
+    unstick_after: int = 30
+    #: How far over the bound (a share of the band between the mean and the
+    #: bound) a stuck node must be for a plan: a node hovering at the bound
+    #: is not stuck, its heat passes with the noise.
+    unstick_margin: float = 0.25
+    #: Moves in a plan for a stuck node, the last one off it included.
+    unstick_moves: int = 3
+    #: How far under the bound (a share of the band) a plan must leave every
+    #: node it touches: a plan spread over two decisions is checked again
+    #: before its last move, and a node left just under the bound fails that
+    #: check with the next sample's noise (its first moves then wasted).
+    unstick_slack: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -333,6 +377,8 @@ class BalanceConfig:
             raise ValueError("need cooldown >= 0, min_load >= 0, bytes_per_unit > 0")
         if self.plan_after < 0 or self.plan_moves < 2:
             raise ValueError("need plan_after >= 0, plan_moves >= 2")
+        if self.unstick_after < 0 or self.unstick_moves < 1 or self.unstick_margin < 0:
+            raise ValueError("need unstick_after >= 0, unstick_moves >= 1, unstick_margin >= 0")
         if (
             self.predict_replace not in ("", "cap", "same")
             or self.replace_within < 0
@@ -435,6 +481,9 @@ class Decision:
     #: Whether the move budget (``predict_allowance``) cut the moves this
     #: decision could make on a forecast.
     budgeted: bool = False
+    #: Stuck hot nodes with a plan under way (``unstick_after``, ``plan_after``):
+    #: :func:`replica_move` leaves them alone too.
+    planned: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``GET /v1/cluster`` (the ``predicted*`` fields only
@@ -500,6 +549,9 @@ class Balancer:
         #: The rest of a multi-decision plan (``plan_after``), in order, and its hot node.
         self._plan: list[Move] = []
         self._plan_src = ""
+        #: Whether the plan under way is a relief plan (``unstick_after``): its
+        #: room-making moves may go to any node that stays at or below the bound.
+        self._plan_relief = False
         #: node -> (until when its moves are pre-empted, the load predicted
         #: for it once the moves on a forecast were made) (``predict_replace``).
         self._preempted: dict[str, tuple[float, float]] = {}
@@ -622,6 +674,13 @@ class Balancer:
             budget -= len(shed)
             if shed:
                 self._streak[src] = 0
+        if c.unstick_after > 0 and not self._plan and budget > 0:
+            held = {m.src for m in d.moves} | passing | set(d.preempted) | set(d.skipped)
+            budget -= self._unstick(
+                parts, by_key, pload, loads, mean, upper, nodes, hot, held, now, budget, d
+            )
+            if self._plan:
+                budget = 0
         if c.predict and c.chain_after > 0 and any(p.forecast is not None for p in parts):
             stuck = {m.src for m in d.moves}
             for src in sorted(hot, key=lambda n: (-loads[n], n)):
@@ -641,6 +700,8 @@ class Balancer:
                 budget = allowed
                 d.budgeted = True
         pred = self._predict(parts, pload, loads, nodes, now, budget, d, calm) if c.predict else None
+        if self._plan:
+            d.planned.append(self._plan_src)
         for n in nodes:
             d.nodes[n] = NodeLoad(
                 load=measured[n],
@@ -996,8 +1057,8 @@ class Balancer:
                 and u >= c.min_partition_load
                 and mv.src in loads
                 and mv.dst in loads
-                and loads[mv.dst] + u <= upper
-                and (loads[mv.src] > upper if last else loads[mv.dst] < mean)
+                and (loads[mv.dst] + u <= upper or (self._plan_relief and mv.dst == self._plan_src))
+                and (loads[mv.src] > upper if last else self._plan_relief or loads[mv.dst] < mean)
             )
             if not ok:
                 d.held.append(
@@ -1059,9 +1120,87 @@ class Balancer:
                 continue
             plan = self._multi(src, by_leader, pload, loads, mean, upper, taken)
             if plan:
-                self._plan, self._plan_src = plan, src
+                self._plan, self._plan_src, self._plan_relief = plan, src, False
                 self._follow(by_key, pload, loads, mean, upper, now, budget, d)
                 return
+
+    def _unstick(
+        self,
+        parts: Sequence[PartitionLoad],
+        by_key: Mapping[tuple[str, int], PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        loads: dict[str, float],
+        mean: float,
+        upper: float,
+        nodes: Sequence[str],
+        hot: set[str],
+        held: set[str],
+        now: float,
+        budget: int,
+        d: Decision,
+    ) -> int:
+        """A relief plan (``unstick_after``) for the hottest stuck node that
+        has one, its first moves made now (as many as ``budget`` allows).
+        Returns the moves made.  A node is looked at once it has been hot
+        ``unstick_after`` decisions, then every ``persist`` decisions while it
+        stays hot (the search is not free: at most a few thousand sequences)."""
+        c = self.config
+        band = upper - mean
+        cands = [
+            n
+            for n in hot
+            if n not in held
+            and self._streak[n] >= c.unstick_after
+            and (self._streak[n] - c.unstick_after) % c.persist == 0
+            and loads[n] > upper + c.unstick_margin * band
+        ]
+        if not cands:
+            return 0
+        taken = {(m.topic, m.partition) for m in d.moves}
+        forecast = c.predict and any(p.forecast is not None for p in parts)
+        fc = {
+            p.key: pload[p.key]
+            if not forecast or p.forecast is None or not math.isfinite(p.forecast)
+            else max(0.0, p.forecast)
+            for p in parts
+        }
+        moved = {(m.topic, m.partition): m.dst for m in d.moves}
+        pred: dict[str, float] | None = None
+        pupper = 0.0
+        if forecast:
+            pred = dict.fromkeys(nodes, 0.0)
+            for p in parts:
+                ld = moved.get(p.key, p.leader)
+                if ld in pred:
+                    pred[ld] += fc[p.key]
+            pupper = sum(pred.values()) / len(nodes) * (1 + c.threshold) if nodes else 0.0
+        free = [
+            relief.Part(p.key, moved.get(p.key, p.leader), p.replicas, pload[p.key], fc[p.key])
+            for p in parts
+            if self._free(p, pload, taken)
+        ]
+        for src in sorted(cands, key=lambda n: (-loads[n], n)):
+            if pred is not None and pred[src] <= pupper:
+                d.held.append(f"{src}: stuck hot, predicted at or below the bound (no plan)")
+                continue
+            plan = relief.search(
+                src,
+                free,
+                loads,
+                upper,
+                predicted=pred,
+                predicted_upper=pupper,
+                depth=c.unstick_moves,
+                min_gain=c.min_partition_load**2,
+                slack=c.unstick_slack * band,
+            )
+            if plan is None:
+                d.held.append(f"{src}: stuck hot, no plan of {c.unstick_moves} moves or fewer relieves it")
+                continue
+            self._plan = [Move(k[0], k[1], s_, t_, PLANNED) for k, s_, t_ in plan.moves]
+            self._plan_src, self._plan_relief = src, True
+            return self._follow(by_key, pload, loads, mean, upper, now, budget, d)
+        return 0
 
     def _multi(
         self,
@@ -1484,7 +1623,12 @@ def replica_move(
     one per decision; ``recently_moved`` keeps a partition from moving again
     too soon.
     """
-    moved_from = {m.src for m in decision.moves} | set(decision.preempted) | set(decision.skipped)
+    moved_from = (
+        {m.src for m in decision.moves}
+        | set(decision.preempted)
+        | set(decision.skipped)
+        | set(decision.planned)
+    )
     hot = [
         n
         for n, v in decision.nodes.items()

@@ -289,7 +289,6 @@ class DataPlane:
         behind = self.catching_up()
         if not behind:
             return
-        due = self.service.replicas_due()
         for name in behind[:3]:
             topic, _, p = name.rpartition("/")
             key = (topic, int(p))
@@ -306,7 +305,7 @@ class DataPlane:
                 placed=core.placed_leader,
                 end=core.end,
                 hw=core.hw,
-                ticked=key in due,
+                ticked=self.service.is_ticked(key),
                 unheard=core.unheard_ticks,
                 ask=core.ask_ticks,
             )

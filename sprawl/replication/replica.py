@@ -246,6 +246,33 @@ class Replica:
         end, hw, dead = self.cache.end, self.hw, self.dead
         return all((f.match >= end and f.hw >= hw) or fid in dead for fid, f in self.followers.items())
 
+    @property
+    def quiet_ticks(self) -> int:
+        """How many of the next ticks would do nothing but count: a follower
+        not caught up (not :attr:`idle`) waits ``ask_ticks`` between its words
+        to its leader, and each tick in between only counts towards the next
+        (issue 23, idle36: after a restart of a 10,000-partition cluster
+        thousands of such followers were ticked ten times a second each, for
+        the seconds to minutes their leaders took to answer).  The adapter
+        may leave such a replica unticked for these ticks, then call
+        :meth:`skip_ticks` for them; 0 for a leader (its counts depend on
+        what each tick finds: :attr:`answering`)."""
+        if self.role == LEADER or self.idle:
+            return 0
+        if self.leader is None and self.placed_leader is None:
+            return 0
+        return max(0, self.ask_ticks - self.unheard_ticks - 1)
+
+    def skip_ticks(self, ticks: int) -> None:
+        """Count ``ticks`` ticks this follower was not ticked for (at most its
+        :attr:`quiet_ticks`: they would have only counted); a negative count
+        takes back ticks counted ahead that did not pass (the adapter counts a
+        follower's quiet ticks when it leaves it unticked, and takes back the
+        rest when an input wakes it early -- an input that reset the count
+        leaves it at 0).  Nothing for a leader."""
+        if self.role != LEADER:
+            self.unheard_ticks = max(0, self.unheard_ticks + ticks)
+
     # -- the leader's side -----------------------------------------------------------
 
     def append(self, count: int) -> tuple[int, Output]:

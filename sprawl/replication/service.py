@@ -131,6 +131,15 @@ class ReplicationService:
         self.tick_seconds = tick_seconds
         #: Replicas and controller cores with work for ticks (the others are idle).
         self._due: set[tuple[str, int]] = set()
+        #: Replicas not idle whose next ticks would only count (followers not
+        #: caught up between their words to their leader, :attr:`Replica.quiet_ticks
+        #: <sprawl.replication.replica.Replica.quiet_ticks>`): left out of
+        #: :attr:`_due` until the tick number here, or until an input wakes them.
+        self._parked: dict[tuple[str, int], int] = {}
+        #: Those keys by the tick that wakes them.
+        self._wake_at: dict[int, list[tuple[str, int]]] = {}
+        #: Ticks so far (what :attr:`_parked` counts in).
+        self._tick_no = 0
         #: Partitions whose replica was added here or produced an output (its
         #: role, a follower's position or its high watermark may have moved)
         #: since the data plane's summary last drained this set.
@@ -273,6 +282,7 @@ class ReplicationService:
         replica.core.dead = self.dead
         replica.core.answering = self.answering
         replica.on_hop = self.on_hop
+        self._parked.pop(key, None)  # (a replica built again: its own count)
         if not replica.core.idle:
             self._due.add(key)
 
@@ -373,18 +383,39 @@ class ReplicationService:
         beats = self.node_beats()
         done_r, done_c = self._tick_as_before() if not beats else (set(), set())
         sent = 0
+        self._tick_no += 1
+        for key in self._wake_at.pop(self._tick_no, ()):
+            if self._parked.get(key) == self._tick_no:
+                del self._parked[key]
+                self._due.add(key)
+        parked = self._parked
         for key in list(self._due):
             r = self.replicas.get(key)
             if r is None or r.core.idle:
                 self._due.discard(key)
+                parked.pop(key, None)
                 continue
             if key in done_r:
                 continue  # ticked already
+            wake = parked.pop(key, None)
+            if wake is not None:
+                # Woken by an input before its quiet ticks passed: take back
+                # those counted ahead that did not pass.
+                r.core.skip_ticks(self._tick_no - wake)
             self.ticked += 1
             r.core.tick_beats = not beats  # (a leader's beat per tick: for the release before)
             n = r.tick()
             if n:
                 sent += n
+            quiet = r.core.quiet_ticks
+            if quiet > 0:
+                # Its next ``quiet`` ticks would only count: counted now, and
+                # not ticked until the one after them (or an input wakes it).
+                r.core.skip_ticks(quiet)
+                self._due.discard(key)
+                wake = self._tick_no + quiet + 1
+                parked[key] = wake
+                self._wake_at.setdefault(wake, []).append(key)
         if sent and self._new_leads:
             # Messages the replicas' ticks made (re-sends, heartbeats) while new
             # leaders wait for their followers: the timeline's ``tick_sends``.
@@ -601,10 +632,16 @@ class ReplicationService:
 
     def replicas_due(self) -> AbstractSet[tuple[str, int]]:
         """The partitions whose replica is ticked now (a read-only view): every
-        replica whose core is not idle -- a leader with a follower behind,
-        a follower catching up -- is among them (woken by its core's output;
-        some may have gone idle since their last tick)."""
+        leader whose core is not idle -- a follower behind it -- is among them
+        (woken by its core's output; some may have gone idle since their last
+        tick), and every follower catching up except those between their words
+        to their leader (:meth:`is_ticked`)."""
         return self._due
+
+    def is_ticked(self, key: tuple[str, int]) -> bool:
+        """Whether the replica of ``key`` is ticked now or at a later tick (a
+        follower catching up, unticked until its next word to its leader)."""
+        return key in self._due or key in self._parked
 
     def cores_due(self) -> AbstractSet[tuple[str, int]]:
         """The partitions whose controller core is ticked now (a read-only

@@ -48,7 +48,7 @@ from sprawl.storage import keys, timeline
 from sprawl.storage.verify import Scan, scan_records
 from sprawl.storage.wal import SEGMENT_BYTES, WriteAheadLog, segment_name
 from sprawl.storage.wal_format import decode_body, encode_body, loggable
-from sprawl.storage.writer_thread import WriterThread
+from sprawl.storage.writer_thread import WriterThread, hand_back_quietly
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFromThreads
@@ -147,6 +147,13 @@ class LmdbStore:
         self._read_waits: list[tuple[int, Deferred[None]]] = []
         self._wal_drained: list[Deferred[None]] = []
         self._releasing = False
+        #: Synced frames whose LMDB apply the log's thread handed straight to the LMDB
+        #: writer (:meth:`_apply_chained`) and that have not come back yet; whether their
+        #: completion wakes the reactor (someone waits for LMDB); and, on the writer
+        #: thread, the failure after which it commits nothing more.
+        self._chained = 0
+        self._wake_applies = False
+        self._chain_broken: Exception | None = None
         #: Bytes queued or in flight (log and LMDB) past which a write is not logged
         #: (the broker sets half its backpressure limit).
         self.wal_lag_bytes = TXN_BYTES
@@ -290,9 +297,10 @@ class LmdbStore:
             self._wal_drained.append(drained)
             drained.addCallback(lambda _: self.close())
             return drained.addCallback(lambda _: None)
-        if self._queue or self._in_flight:
+        if self._queue or self._in_flight or self._chained:
             self._stopping = Deferred()
             self._stopping.addBoth(finish)
+            self._want_applies()
             self._schedule()
         else:
             finish()
@@ -375,7 +383,15 @@ class LmdbStore:
         self._wal_in_flight = True
         wal = self.wal
         assert wal is not None
-        d = self._wal_thread.submit(self._wal_append, wal, [w[0] for w in group])
+        # LMDB has every write made before this frame (nothing queued for it, none in a
+        # commit; earlier chained frames are ahead in the writer's queue): once synced, the
+        # log's thread hands the frame's apply straight to the LMDB writer -- no reactor
+        # turn between the sync and LMDB's commit, and no wake-up when LMDB is done.
+        chain = not self._queue and not self._in_flight
+        chained_bytes = sum(w[2] for w in group) if chain else -1
+        if chain:
+            self._chained += 1
+        d = self._wal_thread.submit(self._wal_append, wal, [w[0] for w in group], chained_bytes)
         tl = timeline.TIMELINE
         started = self.reactor.seconds()
 
@@ -392,18 +408,20 @@ class LmdbStore:
                 for op in w_ops:
                     if op[0] == "m" and op[1] == "records" and op[2]:
                         self._wal_parts[op[2][0][0][:8]] = seq
-                applied: Deferred[None] = Deferred()
-                if i == last:
-                    w_ops = [*w_ops, _applied_op(seq)]
-                    applied.addCallback(self._frame_applied, seq)
-                applied.addErrback(self._apply_failed)
-                self._queue.append((w_ops, applied, w_bytes, w_weight))
+                if not chain:
+                    applied: Deferred[None] = Deferred()
+                    if i == last:
+                        w_ops = [*w_ops, _applied_op(seq)]
+                        applied.addCallback(self._frame_applied, seq)
+                    applied.addErrback(self._apply_failed)
+                    self._queue.append((w_ops, applied, w_bytes, w_weight))
                 if held or made > self._direct_done:
                     # (a non-logged write made before it is not on disk yet)
                     held.append((w_d, made))
                 else:
                     ack.append(w_d)
-            self._schedule()
+            if not chain:
+                self._schedule()
             self._firing = True
             try:
                 for w_d in ack:
@@ -415,6 +433,8 @@ class LmdbStore:
 
         def failed(f: Failure) -> None:
             self._wal_in_flight = False
+            if chain:
+                self._chained -= 1  # (nothing was handed to the LMDB writer)
             log.failure("write-ahead log append of {n} write(s) failed", f, n=len(group))
             err = f.value if isinstance(f.value, Exception) else Exception(str(f.value))
             self.failed = err
@@ -440,9 +460,13 @@ class LmdbStore:
             for d in drained:
                 d.callback(None)
 
-    def _wal_append(self, wal: WriteAheadLog, writes: list[list[Op]]) -> tuple[int, float, float, float]:
+    def _wal_append(
+        self, wal: WriteAheadLog, writes: list[list[Op]], chained_bytes: int = -1
+    ) -> tuple[int, float, float, float]:
         """WAL thread: one frame for the writes, fsynced: its seq, and when the thread
-        began, had the frame encoded and had it synced (the opt-in timeline's marks)."""
+        began, had the frame encoded and had it synced (the opt-in timeline's marks).
+        With ``chained_bytes`` >= 0 the frame's LMDB apply (those bytes) is handed to the
+        LMDB writer from here, before the reactor hears of the sync."""
         began = time.time()
         ops: list[Op] = []
         for w in writes:
@@ -450,7 +474,70 @@ class LmdbStore:
         body = encode_body(ops, _DB_INDEX)
         encoded = time.time()
         seq = wal.append(body)
-        return seq, began, encoded, time.time()
+        synced = time.time()
+        if chained_bytes >= 0:
+            ops.append(_applied_op(seq))
+            self._writer.post(self._apply_chained, ops, seq, chained_bytes, synced)
+        return seq, began, encoded, synced
+
+    def _apply_chained(self, ops: list[Op], seq: int, nbytes: int, posted: float) -> None:
+        """LMDB writer thread: apply a synced frame the log's thread chained here
+        (:meth:`_wal_append`) and hand the result back -- with the reactor's next turn,
+        not waking it, unless someone waits for LMDB (:meth:`_want_applies`) or the
+        commit failed."""
+        err = self._chain_broken
+        if err is None:
+            try:
+                self._commit(ops)
+            except BaseException as e:  # (anything: the reactor must hear of it)
+                err = self._chain_broken = e if isinstance(e, Exception) else Exception(repr(e))
+        args = (seq, len(ops), time.time() - posted, nbytes, err)
+        reactor = cast(Any, self.reactor)
+        if err is not None:
+            reactor.callFromThread(self._chained_done, *args)
+            return
+        hand_back_quietly(reactor, self._chained_done, *args)
+        if self._wake_applies:  # (read after the hand-back: see _want_applies)
+            reactor.wakeUp()
+
+    def _chained_done(self, seq: int, nops: int, seconds: float, nbytes: int, err: Exception | None) -> None:
+        """A chained apply came back: as a commit's completion in :meth:`_flush`."""
+        self._chained -= 1
+        self._pending_bytes -= nbytes
+        if err is None:
+            self.commits += 1
+            self.committed_ops += nops
+            self.last_commit_seconds = seconds
+            if self._used_call is None:
+                self._used_call = self.reactor.callLater(USED_EVERY, self._measure_later)
+            self._frame_applied(None, seq)
+            if self.on_commit is not None:
+                self.on_commit(seconds, nops)
+        else:
+            log.failure("LMDB apply of write-ahead log frame {seq} failed", Failure(err), seq=seq)
+            if self.failed is None:
+                self.failed = err
+            waiting = list(self._queue)
+            self._queue.clear()
+            self._pending_bytes -= sum(w[2] for w in waiting)
+            for w in waiting:
+                w[1].errback(err)
+            self._wake_readers(err)
+        if not self._chained:
+            self._wake_applies = bool(self._read_waits) or self._stopping is not None
+            if self._stopping is not None and not self._in_flight and not self._queue:
+                stopping, self._stopping = self._stopping, None
+                stopping.callback(None)
+
+    def _want_applies(self) -> None:
+        """Someone waits for LMDB: chained applies wake the reactor from now on, and one
+        already handed back quietly runs in the reactor's next turn (the writer thread
+        reads :attr:`_wake_applies` after it hands back, so one of the two wakes it)."""
+        self._wake_applies = True
+        if self._chained:
+            wake = getattr(self.reactor, "wakeUp", None)
+            if wake is not None:
+                wake()
 
     def _direct_committed(self, result: object) -> object:
         """A non-logged write (made while the log is on) committed or failed: the
@@ -519,6 +606,7 @@ class LmdbStore:
             return fail(self.failed)
         d: Deferred[None] = Deferred()
         self._read_waits.append((seq, d))
+        self._want_applies()
         return d
 
     def put_records(self, uid: int, partition: int, records: list[Record]) -> list[Op]:
@@ -536,7 +624,7 @@ class LmdbStore:
             return
         queue = self._queue
         if not queue:
-            if self._stopping is not None:
+            if self._stopping is not None and not self._chained:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
             return
@@ -595,7 +683,7 @@ class LmdbStore:
                 self.on_commit(self.last_commit_seconds, len(ops))
             if self._queue:
                 self._schedule()
-            elif self._stopping is not None and not self._in_flight:
+            elif self._stopping is not None and not self._in_flight and not self._chained:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
 
@@ -637,6 +725,9 @@ class LmdbStore:
         """Writer thread: apply ``ops`` in one transaction (fsynced on commit)."""
         env = self.env
         assert env is not None
+        if self._chain_broken is not None:
+            # (a chained apply failed: nothing commits past the gap)
+            raise self._chain_broken
         dbs = self.dbs
         if times is not None:
             times.append(time.time())

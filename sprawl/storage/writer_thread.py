@@ -15,9 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None
+log = Logger()
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any] | None] | None
 
 
 class WriterThread:
@@ -50,6 +53,12 @@ class WriterThread:
         self._jobs.put((fn, args, d))
         return d
 
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the thread, in order with the submitted calls, from any
+        thread, with nothing handed back: ``fn`` hands back what it must itself (the
+        write-ahead log's thread chains a synced frame's LMDB apply here)."""
+        self._jobs.put((fn, args, None))
+
     def _run(self) -> None:
         get = self._jobs.get
         while True:
@@ -59,10 +68,31 @@ class WriterThread:
             self._one(*job)
             del job  # (its arguments and result are not kept until the next job)
 
-    def _one(self, fn: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any]) -> None:
+    def _one(self, fn: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any] | None) -> None:
+        if d is None:  # (posted: ``fn`` answers for itself)
+            try:
+                fn(*args)
+            except BaseException:
+                self.reactor.callFromThread(
+                    log.failure, "a call posted to {name} failed", Failure(), name=self.name
+                )
+            return
         try:
             result = fn(*args)
         except BaseException:
             self.reactor.callFromThread(d.errback, Failure())
         else:
             self.reactor.callFromThread(d.callback, result)
+
+
+def hand_back_quietly(reactor: Any, fn: Callable[..., Any], *args: Any) -> None:
+    """Queue ``fn(*args)`` for the reactor's next turn without waking it (no waker
+    write, no poll round of its own): ``callFromThread`` without the ``wakeUp``.  It
+    runs with whatever turn comes next (a read, a timer, another hand-back), so only a
+    result nobody waits for may go this way; a reactor without a thread-call queue
+    (not Twisted's ``ReactorBase``) is woken as usual."""
+    calls = getattr(reactor, "threadCallQueue", None)
+    if calls is None:
+        reactor.callFromThread(fn, *args)
+    else:
+        calls.append((fn, args, {}))

@@ -750,6 +750,9 @@ def main() -> None:
         default="all",
         help="fan: the 1 -> 1 and 1 -> 10 rows only; one: the 1 -> 1 row only; durable: the durable rows only",
     )
+    ap.add_argument(
+        "--node-arg", action="append", default=[], help="an extra argument of the Sprawl node (e.g. --wal)"
+    )
     a = ap.parse_args()
     n = a.messages // 10 if a.quick else a.messages
     wires = [w for w in a.wire.split(",") if w]
@@ -765,7 +768,7 @@ def main() -> None:
                     f"{name} not installed: skipped (apt-get install redis-server nats-server)",
                     file=sys.stderr,
                 )
-        node = NodeProcess(tmp / "sprawl").start()
+        node = NodeProcess(tmp / "sprawl", *a.node_arg).start()
         assert node.proc is not None
         pids = {"sprawl": node.proc.pid}
         for name, peer in (("redis", redis), ("nats", nats)):

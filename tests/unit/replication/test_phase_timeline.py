@@ -73,7 +73,7 @@ def test_what_the_ticks_send_while_new_leaders_wait_is_a_phase() -> None:
     clock = task.Clock()
     svc = ReplicationService("a", SimpleNamespace(handlers={}, send=lambda *a: None), clock)  # type: ignore[arg-type]
     svc.controller_of = lambda: None
-    rep = SimpleNamespace(core=SimpleNamespace(idle=False, tick_beats=False), tick=lambda: 2)
+    rep = SimpleNamespace(core=SimpleNamespace(idle=False, tick_beats=False, quiet_ticks=0), tick=lambda: 2)
     svc.replicas[("t", 0)] = rep  # type: ignore[assignment]
     svc._due.add(("t", 0))
     svc.tick()

@@ -19,8 +19,10 @@ from sprawl.replication.envelope import Envelope
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.liveness import NodeLiveness
 from sprawl.replication.messages import (
+    Append,
     AppendResp,
     Assign,
+    Fence,
     FenceResp,
     LeaderBeat,
     Message,
@@ -138,7 +140,7 @@ def test_a_node_with_work_beats_every_tick() -> None:
     one at once."""
     svc, sent, _held = _service(1_000)
     svc.tick()
-    busy = SimpleNamespace(core=SimpleNamespace(idle=False), tick=lambda: None)
+    busy = SimpleNamespace(core=SimpleNamespace(idle=False, quiet_ticks=0), tick=lambda: None)
     svc.replicas[("busy", 0)] = busy  # type: ignore[assignment]
     svc._due.add(("busy", 0))  # (what a core's output with work does)
     before = len(sent)
@@ -512,3 +514,105 @@ def test_a_follower_whose_leader_never_answers_asks_less_and_less_often() -> Non
     assert asked == [3, 9, 21, 45, 75, 105]
     b.receive("ctl", Assign(2, "c", IDS))  # a new leader: prompt again
     assert [t for t in range(1, 10) if b.tick().messages] == [3, 9]
+
+
+class _Follower:
+    """A follower replica on the service's node ("a") that restarted behind
+    its leader "b": its core has not caught up, and "b" does not answer (it
+    leads nothing yet).  Records each word the core says, by tick."""
+
+    def __init__(self, name: str, clock: task.Clock) -> None:
+        self.topic = SimpleNamespace(name=name)
+        self.partition = 0
+        self.clock = clock
+        self.core = Replica("a", "ctl")
+        self.core.receive("ctl", Assign(1, "b", IDS))  # its word on the Assign: unanswered
+        self.wake: Any = None
+        self.on_failed: Any = None
+        self.failed = None
+        self.words: list[float] = []
+
+    def tick(self) -> int:
+        out = self.core.tick()
+        self.words += [round(self.clock.seconds(), 1) for _dst, _m in out.messages]
+        return len(out.messages)
+
+    def receive(self, src: str, m: Message) -> None:
+        """An input, as the adapter hands it: a core output that leaves the
+        core with work wakes its ticks."""
+        self.core.receive(src, m)
+        if not self.core.idle:
+            self.wake((self.topic.name, 0))
+
+
+def _followers(partitions: int) -> tuple[ReplicationService, list[_Follower]]:
+    channel = SimpleNamespace(handlers={}, send=lambda dst, kind, payload: None)
+    svc = ReplicationService("a", channel, task.Clock())
+    svc.controller_of = lambda: "ctl"
+    held = [_Follower(f"t{i:05d}", svc.reactor) for i in range(partitions)]  # type: ignore[arg-type]
+    for h in held:
+        svc.add(h)  # type: ignore[arg-type]
+    return svc, held
+
+
+def _run(svc: ReplicationService, seconds: float) -> None:
+    for _ in range(round(seconds / svc.tick_seconds)):
+        svc.reactor.advance(svc.tick_seconds)  # type: ignore[attr-defined]
+        svc.tick()
+
+
+def _words_ticked_every_tick(seconds: float) -> list[float]:
+    """When a lone follower core like :class:`_Follower`'s speaks, ticked on every tick."""
+    clock = task.Clock()
+    f = _Follower("x", clock)
+    for _ in range(round(seconds / 0.1)):
+        clock.advance(0.1)
+        f.tick()
+    return f.words
+
+
+def test_followers_waiting_for_their_leader_are_ticked_only_when_they_speak() -> None:
+    """10,000 followers not caught up after a restart, their leader silent
+    (issue 23, idle36: thousands of them were in the ticked set of each node
+    for the seconds to minutes after a 10,000-partition cluster restarted,
+    ticked ten times a second each to count towards their next word): over
+    ten seconds each is ticked once per word it says -- not 100 times -- and
+    says its words on the same ticks as when ticked on every tick."""
+    svc, held = _followers(10_000)
+    _run(svc, 10.0)
+    assert held[0].words == held[-1].words == _words_ticked_every_tick(10.0)
+    assert len(held[0].words) == 5  # after 0.3, 0.9, 2.1, 4.5 and 7.5 s (the wait doubles up to 3 s)
+    assert svc.ticked <= 10_000 * (1 + 5)  # 1,000,000 before
+    before = svc.ticked
+    _run(svc, 1.0)
+    assert svc.ticked - before <= 10_000 * 1  # ~3,333: one word in 3 s each
+
+
+def test_a_follower_woken_early_keeps_its_count() -> None:
+    """An input that leaves a parked follower's count alone (a fence of the
+    epoch it promised already) wakes it, and it says its next word on the
+    same tick as before; an append from its
+    leader catches it up (idle: never ticked again); an Assign again (its
+    count starts over) moves the word as on a follower ticked every tick."""
+    svc, (fenced, caught, assigned) = _followers(3)
+    _run(svc, 1.0)  # words at 0.3 and 0.9 s; the next at 2.1
+    fenced.receive("ctl", Fence(1))
+    caught.receive("b", Append(epoch=1, start=0, prev_epoch=0, count=0, runs=(), hw=0))
+    assert caught.core.idle
+    assigned.receive("ctl", Assign(1, "b", IDS))  # (a repeat: the count starts over)
+    before = svc.ticked
+    _run(svc, 0.1)
+    assert svc.ticked - before == 2  # the woken: the fenced and the assigned, not the caught up
+    _run(svc, 9.9)
+    assert fenced.words == _words_ticked_every_tick(11.0) == [0.3, 0.9, 2.1, 4.5, 7.5, 10.5]
+    assert caught.words == [0.3, 0.9]
+    lone = task.Clock()
+    f = _Follower("x", lone)
+    for _ in range(10):
+        lone.advance(0.1)
+        f.tick()
+    f.core.receive("ctl", Assign(1, "b", IDS))
+    for _ in range(100):
+        lone.advance(0.1)
+        f.tick()
+    assert assigned.words == f.words

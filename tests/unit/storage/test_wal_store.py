@@ -182,3 +182,84 @@ async def test_segments_lmdb_holds_are_dropped_while_the_node_runs(tmp_path: Pat
         assert [r.offset for r in s.read_records_sync(2, 0, 0, 100, 100)] == list(range(41))
     finally:
         await s.close()
+
+
+class CountingReactor:
+    """The real reactor, counting the hand-backs that wake it (``callFromThread``) and
+    the bare wake-ups; everything else (``threadCallQueue`` included) is the reactor's."""
+
+    def __init__(self) -> None:
+        self.real = the_reactor()
+        self.from_thread = 0
+        self.wake_ups = 0
+
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        self.from_thread += 1
+        self.real.callFromThread(f, *args, **kw)
+
+    def wakeUp(self) -> None:
+        self.wake_ups += 1
+        self.real.wakeUp()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_wakes_the_reactor_once_and_lmdb_applies_it_without_a_turn(tmp_path: Path) -> None:
+    """Logged writes one at a time (nothing else queued for LMDB): each frame's sync
+    comes back to the reactor (one wake-up), its LMDB apply is handed from the log's
+    thread to the LMDB writer and comes back without waking the reactor; LMDB still
+    holds every frame, in order, and a read made meanwhile is woken."""
+    reactor = CountingReactor()
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=64 * 1024**2, wal=True)
+    s.open()
+    s._measure_later = lambda: None  # type: ignore[method-assign]  # (its hand-backs aside)
+    try:
+        for i in range(20):
+            await s.write(s.put_records(4, 0, recs(i, 1)), wal=True)
+        assert reactor.from_thread == 20 and reactor.wake_ups == 0  # (two per frame before)
+        await until(lambda: s.wal_applied == 20, "LMDB's applies")
+        assert applied(s) == 20 and s.commits == 20 and s.pending_bytes == 0
+        gate = LmdbGate(s)
+        await s.write(s.put_records(4, 0, recs(20, 1)), wal=True)
+        await gate.entered  # (frame 21's apply held on the LMDB writer)
+        read = s.read_records(4, 0, 0, 100, 100)
+        assert not read.called
+        gate.release.set()
+        got = await read  # (the waiting read made the apply's completion wake the reactor)
+        assert [r.offset for r in got] == list(range(21))
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_chained_apply_poisons_the_store_and_nothing_commits_after_it(
+    store: LmdbStore,
+) -> None:
+    """A frame's LMDB apply fails on the writer thread (the frame is synced: its write
+    stays acked and the log keeps it for the next start): the store refuses writes, and
+    a non-logged write made after the logged one is not committed past the gap."""
+    orig = store._commit
+    release = threading.Event()
+
+    def broken(ops: list[Any], *rest: Any) -> None:
+        if any(op[0] == "m" for op in ops):
+            # (held until the later write's commit is queued behind it on the writer)
+            assert release.wait(30), "never released"
+            raise OSError(5, "Input/output error")
+        orig(ops, *rest)
+
+    store._commit = broken  # type: ignore[method-assign,assignment]
+    logged = store.write(store.put_records(6, 0, recs(0, 1)), wal=True)
+    after = store.write([("p", "meta", b"after", b"1")])
+    failures: list[Any] = []
+    after.addErrback(failures.append)
+    await logged
+    await until(lambda: store._in_flight, "the later write's commit handed to the writer")
+    release.set()
+    await until(lambda: store.failed is not None and bool(failures), "the failed apply")
+    assert store.get("meta", b"after") is None
+    later: list[Any] = []
+    store.write([("p", "meta", b"later", b"1")]).addErrback(later.append)
+    assert later and store.get("meta", b"later") is None
