@@ -104,6 +104,10 @@ MAX_SKIPPED_JUDGEMENTS = 5
 #: earlier, the others' next beat up to a tick later).
 IDLE_BEAT_TICKS = 2
 
+#: A held replication message larger than this (it carries records) leaves as
+#: its own frame, not in a ``REPLICATION_BATCH`` (see :meth:`ReplicationService.held`).
+HELD_ALONE_BYTES = 4096
+
 #: Seconds between the controller's log lines of the longest gap it heard
 #: from each node (how close a live node came to the beat timeout, issue 23).
 GAP_REPORT_SECONDS = 60.0
@@ -333,19 +337,29 @@ class ReplicationService:
                     self._send_held(dst, payloads, batch)
 
     def _send_held(self, dst: str, payloads: list[bytes], batch: bool) -> None:
-        """Send one node's held messages: frames of at most
-        :data:`~sprawl.peer.frames.BATCH_BYTES` (always one message at least)."""
+        """Send one node's held messages, in order: the small ones together in
+        frames of at most :data:`~sprawl.peer.frames.BATCH_BYTES`, one that
+        carries records (over :data:`HELD_ALONE_BYTES`) as its own frame -- a
+        replica bounds its appends' bytes per frame (``batch_bytes``), and a
+        follower catching up gets them so."""
         if not batch or len(payloads) == 1:
             for p in payloads:
                 self.channel.send(dst, REPLICATION, p)
             return
         start, size = 0, 0
         for i, p in enumerate(payloads):
+            if len(p) > HELD_ALONE_BYTES:
+                if i > start:
+                    self._send_batch(dst, payloads[start:i])
+                self.channel.send(dst, REPLICATION, p)
+                start, size = i + 1, 0
+                continue
             if size and size + len(p) > BATCH_BYTES:
                 self._send_batch(dst, payloads[start:i])
                 start, size = i, 0
             size += len(p) + 5
-        self._send_batch(dst, payloads[start:])
+        if start < len(payloads):
+            self._send_batch(dst, payloads[start:])
 
     def _send_batch(self, dst: str, payloads: list[bytes]) -> None:
         if len(payloads) == 1:

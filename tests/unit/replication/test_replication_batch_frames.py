@@ -24,7 +24,7 @@ from harness import the_reactor
 from sprawl.peer.frames import BATCH_BYTES, REPLICATION, REPLICATION_BATCH
 from sprawl.replication.envelope import Envelope
 from sprawl.replication.messages import Fence, decode, encode
-from sprawl.replication.service import ReplicationService
+from sprawl.replication.service import HELD_ALONE_BYTES, ReplicationService
 
 
 def _service(node: str, batch: bool = True) -> tuple[ReplicationService, list[tuple[str, int, bytes]]]:
@@ -83,17 +83,35 @@ def test_without_the_feature_every_message_is_a_frame() -> None:
 
 def test_a_batch_frame_is_bounded_in_bytes() -> None:
     """Held messages past :data:`BATCH_BYTES` go in more than one frame, each
-    within the bound, none lost or reordered."""
+    within the bound, none lost or reordered; a message that carries records
+    (over :data:`HELD_ALONE_BYTES`) goes as its own frame, in its place --
+    a follower catching up gets its appends in frames of the replica's
+    ``batch_bytes``, not merged."""
     svc, frames = _service("a")
     send = svc.sender(("t", 0))
-    big = Envelope("t" * 200_000, 0, encode(Fence(1)))  # ~200 kB each
-    n = 2 * BATCH_BYTES // 200_000 + 3
+    small = Envelope("t" * 3_000, 0, encode(Fence(1)))  # ~3 kB each
+    n = 2 * BATCH_BYTES // 3_000 + 3
     with svc.held():
         for _ in range(n):
-            send("b", big)
+            send("b", small)
     assert len(frames) == 3
     assert all(len(p) <= BATCH_BYTES + 64 for _, _, p in frames)
     assert sum(len(msgspec.msgpack.decode(p, type=list[bytes])) for _, _, p in frames) == n
+    frames.clear()
+    big = Envelope("t" * 20_000, 0, encode(Fence(2)))
+    with svc.held():
+        for m in (small, small, big, small, big, big, small):
+            send("b", m)
+    assert [k for _, k, _ in frames] == [
+        REPLICATION_BATCH,
+        REPLICATION,
+        REPLICATION,
+        REPLICATION,
+        REPLICATION,
+        REPLICATION,
+    ]
+    assert [e for _, e in _fences(frames)] == [1, 1, 2, 1, 2, 2, 1]
+    assert max(len(p) for _, _, p in frames) < 20_000 + HELD_ALONE_BYTES
 
 
 def test_a_batch_frame_is_taken_message_by_message_and_answered_in_one() -> None:
