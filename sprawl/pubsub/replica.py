@@ -35,7 +35,10 @@ class ReplicaWrites(Catalog):
         ops = self.stage_replicated(topic, partition, records)
         ops.extend(extra_ops)
         cfg = topic.config
-        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records))
+        # Through the write-ahead log when it is on (``--wal``), as a one-node
+        # publish: durable -- and answered, or counted towards the high
+        # watermark -- after one fsync instead of LMDB's two (issue 16, quorum36).
+        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), wal=True)
         d.addCallback(self._committed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
         d.addErrback(self._commit_failed, cfg.name, [partition])
         return d

@@ -168,6 +168,13 @@ class PartitionReplication:
         #: Issued outputs whose messages wait to be sent, in order (see :meth:`_drain`).
         self._unsent: deque[_Step] = deque()
         self._sending = False
+        #: Whether :meth:`_after_commit` is due once the commit firing now has fired
+        #: every write's callbacks, and whether the leader's own records were
+        #: stored meanwhile (the core is told once for them all).
+        self._after_due = False
+        self._own_due = False
+        #: Whether the publishes of this turn are yet to be sent (:meth:`publish`).
+        self._appends_due = False
         #: The core's high watermark as of the last issued batch (shown, capped at
         #: what is durable here, whenever a write of this partition becomes durable).
         self._issued_hw = 0
@@ -217,7 +224,13 @@ class PartitionReplication:
         :class:`NotLeader` (with the leader hint) when this node does not lead."""
         if len(self._waiters) >= self.max_waiting:
             raise Overloaded("too many publishes waiting for replication; retry shortly", retry_after=1)
-        first, out = self.core.append(len(records))
+        # The records leave for the followers at the end of the reactor turn, with
+        # every other publish the turn took as one append per follower (issue 16,
+        # quorum36): the frames would leave at the next poll either way.
+        first, out = self.core.append(len(records), send=False)
+        if not self._appends_due:
+            self._appends_due = True
+            self.broker.store.reactor.callLater(0, self._send_appends)
         now = self.broker.now_ms()
         for i, r in enumerate(records):
             r.offset = first + i
@@ -237,6 +250,12 @@ class PartitionReplication:
             d.addCallback(_mark_acked, tl, first, last + 1)
         self._handle(out, records)
         return d.addCallback(lambda _: list(range(first, last + 1)))
+
+    def _send_appends(self) -> None:
+        """The turn's publishes leave for the followers (see :meth:`publish`)."""
+        self._appends_due = False
+        if self.failed is None:
+            self._handle(self.core.send_appends(), [])
 
     def _hop(self, result: Any, name: str, since: float) -> Any:
         if self.on_hop is not None:
@@ -639,37 +658,63 @@ class PartitionReplication:
 
     def _step_ready(self, _: object, step: _Step, stored_own: bool) -> None:
         step.ready = True
-        if self.failed is None:
-            self._own_stored(None, stored_own)  # what is durable here may show more
-        if not self._sending and self.failed is None:
-            defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
+        self._own_stored(None, stored_own)  # what is durable here may show more; then sent
 
     async def _send_ready(self) -> None:
         """Send the messages of the issued batches whose writes are durable, in
-        batch order, up to the first that still waits."""
+        batch order, up to the first that still waits -- but an answer to the
+        leader that a later one of the same ready batches supersedes
+        (:func:`_superseded_answers`)."""
         self._sending = True
         try:
             unsent = self._unsent
             for _ in range(1_000_000):
                 if not unsent or not unsent[0].ready or self.failed is not None:
                     return
-                step = unsent[0]
-                for q in step.batch:
-                    for dst, m in q.out.messages:
-                        await self._send(dst, m)
-                if unsent and unsent[0] is step:
-                    unsent.popleft()
+                ready: list[_Step] = []
+                for st in unsent:
+                    if not st.ready:
+                        break
+                    ready.append(st)
+                skip = _superseded_answers([m for st in ready for q in st.batch for m in q.out.messages])
+                for step in ready:
+                    for q in step.batch:
+                        for dst, m in q.out.messages:
+                            if id(m) not in skip:
+                                await self._send(dst, m)
+                    if unsent and unsent[0] is step:
+                        unsent.popleft()
+                    if self.failed is not None:
+                        return
         finally:
             self._sending = False
 
     def _own_stored(self, _: object, stored_own: bool) -> None:
-        """The leader's own records of a batch are durable: the core may move the
-        high watermark."""
+        """Writes of this partition are durable (``stored_own``: the leader's own
+        records among them): once the commit firing now has fired every write's
+        callbacks (at once outside a commit's), the core hears what is stored, the
+        partition shows what it may, and the batches ready are sent --
+        together: a follower whose commit held several appends answers once
+        (:meth:`_send_ready`), a leader whose commit held several of its own
+        writes moves its high watermark (and pushes it) once (issue 16, quorum36)."""
         if self.failed is not None:
             return
-        if stored_own:
+        self._own_due |= stored_own
+        if not self._after_due:
+            self._after_due = True
+            self.broker.store.after_callbacks(self._after_commit)
+
+    def _after_commit(self) -> None:
+        """See :meth:`_own_stored`."""
+        self._after_due = False
+        if self.failed is not None:
+            return
+        if self._own_due:
+            self._own_due = False
             self._handle(self.core.stored(self.log.stored_end), [])
         self._advance_hw(self._issued_hw)
+        if not self._sending and self.failed is None and self._unsent and self._unsent[0].ready:
+            defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
 
     def _state_ops(self, reset: Write | None = None) -> list[tuple[Any, ...]]:
         """The replica state as it stands, for the transaction of a write
@@ -955,6 +1000,33 @@ class _Queued:
     hw: int
     leader: bool
     cuts: bool
+
+
+def _superseded_answers(messages: list[tuple[str, Any]]) -> set[int]:
+    """The ids of the answers (``AppendResp``, ok) in ``messages`` whose next message
+    to the same node is an answer of the same epoch that says at least as much (an
+    end and a high watermark as high): the leader takes the later one alone to the
+    same state -- its match, its view of the follower's watermark, the high
+    watermark it moves -- so the earlier is not sent.  A follower's commit that
+    made several appends durable answers them once, not once each: at 1,000
+    publishes a second a commit holds ~3 appends, and each answer moved the
+    leader's high watermark and pushed it to every follower (issue 16, quorum36)."""
+    skip: set[int] = set()
+    after: dict[str, Any] = {}
+    for dst, m in reversed(messages):
+        nxt = after.get(dst)
+        if (
+            isinstance(m, AppendResp)
+            and m.ok
+            and isinstance(nxt, AppendResp)
+            and nxt.ok
+            and nxt.epoch == m.epoch
+            and nxt.end >= m.end
+            and nxt.hw >= m.hw
+        ):
+            skip.add(id(m))
+        after[dst] = m
+    return skip
 
 
 def _mark_acked(result: Any, tl: Any, start: int, end: int) -> Any:

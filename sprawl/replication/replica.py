@@ -209,6 +209,9 @@ class Replica:
         #: that is not idle for seconds (thousands of them after a failover)
         #: no longer beats ten times a second each (issue 23).
         self.tick_beats = True
+        #: (epoch, first offset) of the records taken with ``append(send=False)``
+        #: not yet sent by :meth:`send_appends`.
+        self._held: tuple[int, int] | None = None
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -275,9 +278,14 @@ class Replica:
 
     # -- the leader's side -----------------------------------------------------------
 
-    def append(self, count: int) -> tuple[int, Output]:
+    def append(self, count: int, send: bool = True) -> tuple[int, Output]:
         """Take ``count`` new records; returns their first offset and the work
-        (write them, send them on).  Raises :class:`NotLeader`."""
+        (write them, send them on).  Raises :class:`NotLeader`.
+
+        With ``send`` false the work is the write alone: the records go to the
+        followers with the next :meth:`send_appends` (an adapter taking several
+        publishes in one turn sends them as one append per follower), or
+        sooner with anything else that sends a follower what it lacks."""
         if self.role != LEADER:
             raise NotLeader(self.leader, self.epoch)
         if self.handoff is not None:
@@ -285,10 +293,35 @@ class Replica:
         first = self.cache.end
         self.cache.append(self.epoch, count)
         out = Output(writes=[Write(start=first, count=count, epoch=self.epoch)])
+        if not send:
+            if self._held is None or self._held[0] != self.epoch:
+                self._held = (self.epoch, first)
+            return first, out
         for fid, f in self.followers.items():
             if f.next == first and fid not in self.dead:
                 out.extend(self._send(fid, f))
         return first, out
+
+    def send_appends(self) -> Output:
+        """Send the records taken with ``append(send=False)`` since the last call
+        to every follower that was sent everything before them (one append
+        each, or as many as ``max_batch`` takes); a follower sent them
+        meanwhile, or behind, is not sent them again."""
+        held, self._held = self._held, None
+        out = Output()
+        if held is None or self.role != LEADER or held[0] != self.epoch:
+            return out
+        end = self.cache.end
+        for fid, f in self.followers.items():
+            if f.next == held[1] and fid not in self.dead:
+                # All of it, in appends of up to ``max_batch`` (as many as the
+                # publishes would have sent one each), within ``max_in_flight``.
+                for _ in range(end - f.next):
+                    before = f.next
+                    out.extend(self._send(fid, f))
+                    if f.next == before or f.next >= end:
+                        break
+        return out
 
     def stored(self, end: int) -> Output:
         """The adapter made this replica's own log durable up to ``end``."""

@@ -6,6 +6,7 @@
                                                          [--timeline EVERY]
                                                          [--nodes 3] [--sse last|leader|follower|no-replica]
                                                          [--lag N] [--slow F] [--pause S]
+                                                         [--node-arg=--wal ...]
 
 Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data dirs), creates
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
@@ -433,11 +434,17 @@ def main() -> None:
         "a follower that falls behind it",
     )
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between the warm-up and the run")
+    ap.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        help="an extra argument of every node (e.g. --node-arg=--wal)",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
         env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
-        cluster = NodeCluster(Path(tmp), a.nodes, prefix="q", env=env)
+        cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, prefix="q", env=env)
         try:
             cluster.start(FORM_BOUND)
             urls = [cluster.url(n) for n in cluster.names]

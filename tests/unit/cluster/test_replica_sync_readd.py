@@ -57,18 +57,18 @@ class _HeldWrites:
     def __init__(self, store: LmdbStore) -> None:
         self.store = store
         self.real = store.write
-        self.held: list[tuple[list[Any], int, defer.Deferred[None]]] = []
+        self.held: list[tuple[list[Any], int, bool, defer.Deferred[None]]] = []
         store.write = self.write  # type: ignore[method-assign]
 
-    def write(self, ops: list[Any], nbytes: int = 0) -> defer.Deferred[None]:
+    def write(self, ops: list[Any], nbytes: int = 0, *, wal: bool = False) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
-        self.held.append((ops, nbytes, d))
+        self.held.append((ops, nbytes, wal, d))
         return d
 
     def release(self) -> None:
         self.store.write = self.real  # type: ignore[method-assign]
-        for ops, nbytes, d in self.held:
-            self.real(ops, nbytes).chainDeferred(d)
+        for ops, nbytes, wal, d in self.held:
+            self.real(ops, nbytes, wal=wal).chainDeferred(d)
         self.held = []
 
 

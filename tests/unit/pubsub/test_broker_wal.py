@@ -13,6 +13,7 @@ from test_broker import T0, Node, WriterGate, msg, read_all, topic
 from twisted.internet.task import Clock
 
 from harness import until
+from sprawl.log.record import Record
 from sprawl.storage.lmdb import LmdbStore
 
 
@@ -95,3 +96,40 @@ async def test_an_evicted_tail_is_read_whole_once_lmdb_has_it(wal_nodes: Callabl
     finally:
         if not released:
             gate.open()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replicas_append_is_durable_once_the_log_is_synced(wal_nodes: Callable[..., WalNode]) -> None:
+    """A replica's append (a follower's copy of its leader's records, or a leader's own)
+    goes through the log: with every LMDB commit held it is durable -- its Deferred
+    fired, the partition's stored end past it -- once its frame is synced.  A
+    truncation made after it (a non-logged write) waits for LMDB and is applied after
+    it, so a restart finds the log as truncated, with the records before the cut."""
+    n = wal_nodes()
+    t = (await n.broker.put_topic("rep", {}))[0]
+    lg = t.logs[0]
+    lg.replicated = True
+    copies = [Record(i, 0, T0, f"id{i}", None, None, b"m%d" % i, True) for i in range(10)]
+    gate = WriterGate(n.store)
+    released = False
+    try:
+        done: list[Any] = []
+        n.broker.append_replicated(t, 0, copies).addBoth(done.append)
+        await until(lambda: bool(done), "the replica's append to be durable")
+        assert done == [None] and lg.stored_end == 10
+        assert n.store.wal_synced >= 1 and n.store.wal_applied < n.store.wal_synced
+        cut: list[Any] = []
+        n.broker.truncate_partition(t, 0, 7).addBoth(cut.append)
+        assert not cut  # (behind the logged append, which LMDB has not applied)
+        gate.open()
+        released = True
+        await until(lambda: bool(cut), "the truncation")
+        await n.synced()
+    finally:
+        if not released:
+            gate.open()
+    await n.close()
+    again = wal_nodes()
+    rt = again.broker.topics["rep"]
+    assert rt.logs[0].next_offset == 7
+    assert [r.payload for r in await read_all(again, rt)] == [b"m%d" % i for i in range(7)]

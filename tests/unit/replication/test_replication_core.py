@@ -413,3 +413,63 @@ def test_a_stale_or_foreign_ready_is_ignored() -> None:
     c.cancel_move()
     assert c.moving_to is None
     assert not c.busy
+
+
+def test_records_taken_unsent_leave_as_one_append_per_follower() -> None:
+    """``append(send=False)`` takes the records (their write) and sends nothing;
+    :meth:`Replica.send_appends` then sends everything taken since as one append
+    per follower (issue 16, quorum36: a turn's publishes), once -- a follower sent
+    them meanwhile (an answer's catch-up) is not sent them again, and a replica
+    that stopped leading the epoch sends nothing.  The records commit as ever."""
+    reps = ("a", "b", "c")
+    nodes = {r: Replica(r, "ctrl") for r in reps}
+    a = nodes["a"]
+    ctrl: list[tuple[str, object]] = []
+    out = a.receive("ctrl", Assign(1, "a", reps))
+    for r in ("b", "c"):
+        out.extend(nodes[r].receive("ctrl", Assign(1, "a", reps)))
+    out.extend(a.stored(a.end))
+    _route(out, nodes, ctrl, drop=set())
+    taken = Output()
+    for _ in range(3):
+        _first, o = a.append(2, send=False)
+        taken.extend(o)
+    assert taken.messages == [] and [w.count for w in taken.writes] == [2, 2, 2]
+    out = a.send_appends()
+    appends = [(d, m) for d, m in out.messages if isinstance(m, Append)]
+    assert sorted(d for d, _m in appends) == ["b", "c"]
+    assert all(m.start == 1 and m.count == 6 for _d, m in appends)
+    assert a.send_appends().messages == []  # once
+    out.extend(a.stored(a.end))
+    _route(out, nodes, ctrl, drop=set())
+    assert a.hw == 7 and nodes["b"].end == nodes["c"].end == 7
+    # Sent meanwhile (here: by the tick, the follower lacking them): not again.
+    a.append(1, send=False)
+    for _ in range(a.retry_ticks):
+        _route(a.tick(), nodes, ctrl, drop=set())
+    assert nodes["b"].end == 8
+    assert a.send_appends().messages == []
+    # Taken, then the epoch is lost: nothing is sent.
+    a.append(1, send=False)
+    a.receive("b", AppendResp(2, False, 8, 7))  # a follower promised epoch 2
+    assert not a.is_leader and a.send_appends().messages == []
+
+
+def test_more_records_taken_unsent_than_a_batch_leave_whole() -> None:
+    """Records taken unsent beyond ``max_batch`` all leave with
+    :meth:`Replica.send_appends`, in appends of ``max_batch`` (a fast turn's
+    publishes are not left to the answers' catch-up, one batch a round trip)."""
+    reps = ("a", "b", "c")
+    nodes = {r: Replica(r, "ctrl", max_batch=4) for r in reps}
+    a = nodes["a"]
+    ctrl: list[tuple[str, object]] = []
+    out = a.receive("ctrl", Assign(1, "a", reps))
+    for r in ("b", "c"):
+        out.extend(nodes[r].receive("ctrl", Assign(1, "a", reps)))
+    out.extend(a.stored(a.end))
+    _route(out, nodes, ctrl, drop=set())
+    for _ in range(5):
+        a.append(2, send=False)
+    out = a.send_appends()
+    sent = [(d, m.start, m.count) for d, m in out.messages if isinstance(m, Append)]
+    assert sorted(sent) == sorted((d, s, n) for d in ("b", "c") for s, n in ((1, 4), (5, 4), (9, 2)))

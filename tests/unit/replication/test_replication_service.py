@@ -29,8 +29,8 @@ from sprawl.log.record import Record
 from sprawl.peer.tcp import PeerChannel
 from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
-from sprawl.replication.messages import Append, decode
-from sprawl.replication.replica import LEADER
+from sprawl.replication.messages import Append, AppendResp, decode
+from sprawl.replication.replica import LEADER, Output
 from sprawl.replication.replica_state import load_state
 from sprawl.replication.service import ReplicationService
 from sprawl.storage.lmdb import LmdbStore
@@ -758,3 +758,126 @@ async def test_the_high_watermark_is_pushed_before_the_publishes_it_covers_are_a
         i = events.index(("answered", end))
         pushed = {what for what, hw in events[:i] if what.startswith("push") and hw >= end}
         assert len(pushed) == 2, (end, events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_answers_the_appends_one_commit_made_durable_once(
+    cluster: dict[str, Node],
+) -> None:
+    """A follower whose LMDB commit made several appends durable answers them with
+    one answer, the last (issue 16, quorum36): the leader takes it to the same
+    state -- the follower's match, the high watermark -- and moves and pushes its
+    high watermark once, not once per append."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    slow = next(cluster[n] for n in IDS if cluster[n] is not leader)
+    frep = slow.service.replicas[("orders", 0)]
+    flog = slow.broker.topics["orders"].logs[0]
+    await until(lambda: flog.stored_end == rep.core.end, "the follower's copy")
+    answers: list[int] = []
+    real = frep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, AppendResp) and m.ok:
+            answers.append(m.end)
+        real(dst, env)
+
+    frep.send = send
+    # (the leader's ticks would send the unanswered appends again under a slow
+    # machine's load, each answered too: not what is counted here)
+    rep.core.tick = Output  # type: ignore[method-assign]
+    held = threading.Event()
+    slow.store._writer.submit(held.wait, WAIT)  # the follower's disk stalls
+    try:
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 6)]
+        for d in pending:
+            await bounded(d, WAIT)  # (the leader and the other follower are a majority)
+        end = rep.core.end
+        await until(lambda: flog.next_offset == end, "the appends on the stalled follower")
+        assert answers == []
+    finally:
+        held.set()
+    await until(lambda: rep.core.followers[slow.id].match == end, "the leader hears the follower")
+    frep.send = real
+    del rep.core.tick
+    # Five appends, each its own write: the first commit takes what was queued when the
+    # disk stalled, the next the rest -- an answer per commit, the last one's end.
+    assert answers[-1] == end and len(answers) <= 2, answers
+    assert flog.stored_end == end and _payloads(slow) == [b"m%d" % i for i in range(6)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leader_hears_its_own_writes_one_commit_made_durable_once(
+    cluster: dict[str, Node],
+) -> None:
+    """A leader whose LMDB commit made several of its own writes durable tells its
+    core once (issue 16, quorum36): its high watermark moves, and is pushed to the
+    followers, once for them all, not once per write."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    lg = leader.broker.topics["orders"].logs[0]
+    await until(lambda: lg.stored_end == lg.next_offset, "the leader's own copy")
+    told: list[int] = []
+    real = rep.core.stored
+
+    def stored(end: int) -> Any:
+        told.append(end)
+        return real(end)
+
+    rep.core.stored = stored  # type: ignore[method-assign]
+    held = threading.Event()
+    leader.store._writer.submit(held.wait, WAIT)  # the leader's disk stalls
+    try:
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 6)]
+        for d in pending:
+            await bounded(d, WAIT)  # (the two followers are a majority)
+        assert told == []
+    finally:
+        held.set()
+    await until(lambda: lg.high_watermark == lg.next_offset, "the leader shows its records")
+    rep.core.stored = real  # type: ignore[method-assign]
+    assert told[-1] == lg.next_offset and len(told) <= 2, told
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leaders_publishes_of_one_turn_leave_as_one_append_per_follower(
+    cluster: dict[str, Node],
+) -> None:
+    """Publishes a leader takes in one reactor turn leave at the turn's end as one
+    append per follower, not one each (issue 16, quorum36), and are answered and
+    stored everywhere in order."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(1, 0)), WAIT)
+    appends: list[tuple[str, int, int]] = []
+    real = rep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, Append) and m.count:
+            appends.append((dst, m.start, m.count))
+        real(dst, env)
+
+    rep.send = send
+    rep.core.tick = Output  # type: ignore[method-assign]  # (no retransmission under load: not counted here)
+    try:
+        start = rep.core.end
+        pending = [rep.publish(_msgs(1, k)) for k in range(1, 6)]  # one turn
+        assert appends == []  # (sent at the turn's end)
+        for d in pending:
+            await bounded(d, WAIT)
+    finally:
+        rep.send = real
+        del rep.core.tick
+    assert sorted(appends) == sorted((n, start, 5) for n in IDS if cluster[n] is not leader), appends
+    for n in IDS:
+        await until(lambda n=n: _payloads(cluster[n]) == [b"m%d" % i for i in range(6)], f"{n}'s copy")
