@@ -303,9 +303,10 @@ class PartitionController:
         moves = len(self._moving)
         todo, self._dirty = self._dirty, set()
         self._after_work -= todo
-        for key in todo:
-            self.visits += 1
-            moves = self._control_one(key, meta, states, live, eligible, now, moves)
+        with self.service.held():  # (a dead node's fences: one frame per node)
+            for key in todo:
+                self.visits += 1
+                moves = self._control_one(key, meta, states, live, eligible, now, moves)
         self._balance(now, live)
 
     def _control_one(
@@ -345,6 +346,9 @@ class PartitionController:
                     epoch=int(pl["epoch"]),
                     leader=str(pl["leader"]),
                     beat_timeout_ticks=self.beat_timeout_ticks,
+                    # Every replica's node applies the committed entry (its
+                    # replica sync tells the replica): no Assigns after it.
+                    assign_on_commit=False,
                 )
                 self.service.controllers[key] = c
             else:

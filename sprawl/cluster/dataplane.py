@@ -117,6 +117,8 @@ class DataPlane:
             # Idle leaders go quiet (one NodeBeat per node) only once every node can hear it;
             # until then, the release before issue 23's ticks.
             node_beats=lambda: on("node-beat"),
+            # A burst's messages to a node as one frame once every node takes it.
+            batch_frames=lambda: on("repl-batch"),
         )
         metrics = getattr(broker, "metrics", None)  # (test fakes of the broker have none)
         if metrics is not None:
@@ -465,18 +467,30 @@ class DataPlane:
         factor, capped by the cluster's size -- every registered node,
         dead ones included (a node down does not make the topic need fewer
         copies), but not members of another cluster."""
-        meta = self.control.metadata
-        rf = int(meta.topics.get(topic, {}).get("config", {}).get("replication_factor", 1))
-        nodes = {n for n in meta.nodes if states.get(n) != "foreign"} | {self.node_id}
-        return max(1, min(rf, len(nodes)))
+        return self._wanted(topic, self._cluster_size(states))
+
+    def _cluster_size(self, states: dict[str, str]) -> int:
+        """Registered nodes not of another cluster, this one included."""
+        return len({n for n in self.control.metadata.nodes if states.get(n) != "foreign"} | {self.node_id})
+
+    def _wanted(self, topic: str, size: int) -> int:
+        """:meth:`wanted_replicas` for a cluster of ``size`` nodes (computed once per summary)."""
+        rf = int(self.control.metadata.topics.get(topic, {}).get("config", {}).get("replication_factor", 1))
+        return max(1, min(rf, size))
 
     def _full_strength(
-        self, topic: str, core: Replica, states: dict[str, str], partition: int | None = None
+        self,
+        topic: str,
+        core: Replica,
+        states: dict[str, str],
+        partition: int | None = None,
+        size: int | None = None,
     ) -> tuple[bool, int]:
         """Whether a partition this node leads is at full strength -- as many
         replicas as :meth:`wanted_replicas`, each up (by gossip), holding every
-        committed record and not reporting a damaged range -- and how many it wants."""
-        want = self.wanted_replicas(topic, states)
+        committed record and not reporting a damaged range -- and how many it
+        wants (``size``: the cluster's, when the caller computed it)."""
+        want = self._wanted(topic, self._cluster_size(states) if size is None else size)
         known = self.membership is not None
         damaged = self.repairs.damaged_replicas(topic, partition) if partition is not None else set()
         good = (self.node_id not in damaged) + sum(
@@ -521,8 +535,15 @@ class DataPlane:
         states = self.controller.member_states()
         basis = (meta, states, frozenset(meta.nodes))
         old = self._tally_basis
-        if old is None or old[0] is not meta or old[1] != states or old[2] != basis[2]:
+        if old is None or old[0] is not meta or old[2] != basis[2]:
             self.tally.mark_all()
+        elif old[1] != states:
+            # A member's state changed (a node went down mid-failover: alive,
+            # suspect, dead): only the verdicts of partitions led here depend
+            # on it -- whether their followers are up -- not all 20,000 keys
+            # of a 10,000-topic node (issue 23, apply36); a partition not led
+            # here is judged again on its own change.
+            self.tally.mark(self.tally.led_keys())
         self._tally_basis = basis
         changed = self.service.changed
         self.tally.mark(changed)
@@ -537,23 +558,28 @@ class DataPlane:
             keys.update((name, p) for name, parts in meta.placement.items() for p in range(len(parts)))
             return keys
 
+        size = self._cluster_size(states)
         self.tally.refresh(
-            lambda key: self._led_verdict(key, states),
+            lambda key: self._led_verdict(key, states, size),
             every,
             lambda name: len(meta.placement.get(name) or ()),
         )
         return self.tally.leading, self.tally.under_replicated
 
-    def _led_verdict(self, key: tuple[str, int], states: dict[str, str]) -> bool | None:
+    def _led_verdict(
+        self, key: tuple[str, int], states: dict[str, str], size: int | None = None
+    ) -> bool | None:
         """None when this node does not lead ``key`` (nor holds it alone),
         else whether it is under-replicated."""
         name, p = key
+        if size is None:
+            size = self._cluster_size(states)
         r = self.service.replicas.get(key)
         if r is not None and r.core.is_leader:
-            return not self._full_strength(name, r.core, states, p)[0]
+            return not self._full_strength(name, r.core, states, p, size)[0]
         parts = self.control.metadata.placement.get(name)
         if parts is not None and p < len(parts) and list(parts[p]["replicas"]) == [self.node_id]:
-            return self.wanted_replicas(name, states) > 1
+            return self._wanted(name, size) > 1
         return None
 
     def led_counts_walked(self) -> tuple[int, int]:

@@ -50,6 +50,10 @@ class LedTally:
         if not self._all:
             self._keys.update(keys)
 
+    def led_keys(self) -> list[Key]:
+        """The partitions led here, as last judged."""
+        return list(self._led)
+
     def mark_topic(self, name: str) -> None:
         """Topic ``name`` (its placement, configuration, or itself) changed."""
         if not self._all:

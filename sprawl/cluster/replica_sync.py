@@ -40,10 +40,12 @@ def sync_core(c: FailoverCore, pl: dict[str, Any]) -> None:
     """Bring a controller's failover core up to the applied placement ``pl``
     of its partition (a newer epoch, or a leader it had not learnt yet)."""
     epoch = int(pl["epoch"])
-    if c.committing is not None and c.landing is not None and epoch >= c.committing.epoch:
+    landed = c.committing is not None and c.landing is not None and epoch >= c.committing.epoch
+    early = c.heard_early
+    if landed:
         # The choice whose proposal timed out landed (or a later one did):
         # committed after all (see ``FailoverCore.committed``).
-        c.committing, c.landing = None, None
+        c.committing, c.landing, c.heard_early = None, None, None
     if epoch > c.epoch:
         c.cancel_move()  # a pending leadership hand-off is for an epoch gone by
     if epoch > c.epoch or (epoch == c.epoch and c.leader is None and c.committing is None):
@@ -56,6 +58,8 @@ def sync_core(c: FailoverCore, pl: dict[str, Any]) -> None:
         if c.committing is None:
             c.fencing = None
             c.silent_ticks = 0
+        if landed and early == (c.epoch, c.leader):
+            c.leader_confirmed = True  # its leader said it leads this epoch already
 
 
 class ReplicaSync:

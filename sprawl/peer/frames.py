@@ -67,6 +67,10 @@ REPLICATION = 6
 WELCOME = 7
 #: The acceptor's refusal of a hello, ``{code, message}``, sent before it closes.
 REFUSED = 8
+#: Many replication messages in one frame: a msgpack list of REPLICATION
+#: payloads, sent only once every node has ``repl-batch`` (an older node
+#: skips a kind it does not know).
+REPLICATION_BATCH = 9
 
 #: Largest frame a node accepts by default, of any kind (a Raft snapshot must fit).
 MAX_FRAME = 64 << 20
@@ -98,6 +102,10 @@ UNSTATED_PROTOCOL = 2
 #: ``set_partitions`` Raft command -- until every node can apply it, one ``set_partition``
 #: per partition.  ``pipeline-reject``: a pipeline's ``on_reject`` other than ``stall``
 #: (``skip``, ``dead-letter``), which a node of the release before could not apply.
+#: ``repl-batch``: a burst of replication messages to one node (a failover's fences, their
+#: answers, the new leaderships' first appends and theirs) goes as one
+#: ``REPLICATION_BATCH`` frame per node pair (issue 23) -- until every node has it, one
+#: ``REPLICATION`` frame per message.
 FEATURES: frozenset[str] = frozenset(
     {
         "disk-state-gossip",
@@ -108,6 +116,7 @@ FEATURES: frozenset[str] = frozenset(
         "peer-refusal",
         "pipelines",
         "pipeline-reject",
+        "repl-batch",
     }
 )
 #: At most this many features, of at most this many characters, are taken from a peer.
@@ -141,6 +150,7 @@ def frame_limits(max_body_bytes: int = 8 * 1000**2, max_frame: int = MAX_FRAME) 
         REQUEST: data,
         RESPONSE: data,
         REPLICATION: data,
+        REPLICATION_BATCH: data,
     }
 
 

@@ -105,6 +105,7 @@ class FailoverCore:
         handoff_ticks: int = 10,
         stuck_ticks: int | None = None,
         landing_ticks: int = 200,
+        assign_on_commit: bool = True,
     ) -> None:
         self.replicas = tuple(replicas)
         #: The committed epoch and its leader.
@@ -137,6 +138,20 @@ class FailoverCore:
         #: Replicas that should not lead (stopping or drained): among replicas
         #: as up to date as the best, one outside this set is chosen.
         self.avoid: frozenset[str] = frozenset()
+        #: Whether a committed choice is told to its replicas (``Assign``).
+        #: Off where every replica's node applies the committed choice itself
+        #: (the Raft metadata, :mod:`sprawl.cluster.replica_sync`): the new
+        #: leader then says it leads on its own (issue 23: two frames and a
+        #: second confirmation per partition of a dead node's failover), and
+        #: an unconfirmed leader whose node is heard is asked again only
+        #: after ``beat_timeout_ticks`` (its word lost), see :meth:`tick`.
+        self.assign_on_commit = assign_on_commit
+        #: Ticks after a commit during which an unconfirmed leader whose node
+        #: is heard is not asked again (its node applies the choice).
+        self.assign_wait = 0
+        #: The (epoch, leader) being committed whose leader said it leads
+        #: before this core learnt the commit (see :meth:`receive`).
+        self.heard_early: tuple[int, str] | None = None
 
     @property
     def majority(self) -> int:
@@ -190,9 +205,15 @@ class FailoverCore:
         bound = self.stuck_ticks if leader_heard else self.beat_timeout_ticks
         if self.leader is None or self.silent_ticks > bound:
             return self.start_failover()
-        if not self.leader_confirmed and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks:
+        if (
+            not self.leader_confirmed
+            and self.silent_ticks % self.retry_ticks == 1 % self.retry_ticks
+            and not (leader_heard and self.silent_ticks <= self.assign_wait)
+        ):
             # Every ``retry_ticks`` ticks, not every tick: a new controller
-            # has thousands of leaders to confirm at once.
+            # has thousands of leaders to confirm at once.  Right after a
+            # commit not told (``assign_on_commit`` off), a leader whose node
+            # is heard is left to apply it for ``assign_wait`` ticks.
             out.messages.append((self.leader, Assign(self.epoch, self.leader, self.replicas)))
         return out
 
@@ -229,6 +250,8 @@ class FailoverCore:
             nxt, prefer=prefer if prefer in self.replicas else None, retry_at=gap, gap=gap
         )
         self.leader_confirmed = False
+        self.assign_wait = 0
+        self.heard_early = None
         return ControlOutput(messages=[(r, Fence(nxt)) for r in self.replicas])
 
     def move_leader(self, to: str) -> ControlOutput | None:
@@ -256,9 +279,17 @@ class FailoverCore:
     def receive(self, src: str, m: Message) -> ControlOutput:
         """A replica's answer (fence) or a leader's heartbeat."""
         if isinstance(m, LeaderBeat):
+            c = self.committing
             if src == self.leader and m.epoch == self.epoch:
                 self.silent_ticks = 0
                 self.leader_confirmed = True
+                self.hw = max(self.hw, m.hw)
+            elif c is not None and src == c.leader and m.epoch == c.epoch:
+                # The chosen leader leads the epoch being committed already:
+                # its node applied the entry before this one did (a 10,000-
+                # partition entry is applied in slices on every node, issue
+                # 23).  Its word counts once the commit is answered.
+                self.heard_early = (c.epoch, c.leader)
                 self.hw = max(self.hw, m.hw)
             return ControlOutput()
         if isinstance(m, Resign):
@@ -323,6 +354,7 @@ class FailoverCore:
             return ControlOutput()
         self.landing = None
         self.committing = None
+        early, self.heard_early = self.heard_early, None
         if c is None:
             return ControlOutput()
         if not ok:
@@ -330,18 +362,27 @@ class FailoverCore:
             self.leader = None
             return ControlOutput()
         self.fencing = None
-        heard = self.leader_confirmed and (self.epoch, self.leader) == (c.epoch, c.leader)
+        heard = early == (c.epoch, c.leader) or (
+            self.leader_confirmed and (self.epoch, self.leader) == (c.epoch, c.leader)
+        )
         self.epoch, self.leader = c.epoch, c.leader
         self.history[c.epoch] = c.leader
         self.silent_ticks = 0
         if heard:
+            self.leader_confirmed = True
             # The committed entry was applied here before the commit was
-            # answered (the adapter brought this core to it), and the new
-            # leader, which applied it too, already said it leads this epoch:
+            # answered (the adapter brought this core to it), or the new
+            # leader's node applied it before this one, and the new leader
+            # already said it leads this epoch:
             # the Assigns would only be answered again (issue 23: two frames
             # and a confirmation per partition of a dead node's failover).
             # Followers learn the epoch from their node's apply and from the
             # leader's appends.
             return ControlOutput()
         self.leader_confirmed = False
+        if not self.assign_on_commit:
+            # Every replica's node applies the committed choice (the adapter
+            # says so): the leader says it leads once it took over.
+            self.assign_wait = self.beat_timeout_ticks
+            return ControlOutput()
         return ControlOutput(messages=[(r, Assign(c.epoch, c.leader, c.replicas)) for r in c.replicas])

@@ -66,6 +66,11 @@ class Fence(msgspec.Struct, frozen=True, tag=True):
     """Controller → replica: promise to refuse any leader older than ``epoch``."""
 
     epoch: int
+    #: Replicas the controller knows dead, as :attr:`Assign.down`: a failover
+    #: fences before anything else, so the survivors' new leaders know the
+    #: dead node before their first appends (no Assign follows a commit any
+    #: more: issue 23).  A node of a release before it ignores the field.
+    down: tuple[str, ...] = ()
 
 
 class FenceResp(msgspec.Struct, frozen=True, tag=True):

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -1050,16 +1051,20 @@ def _promise_only(w: Write) -> bool:
     return w.count == 0 and w.truncate_to is None and not w.reset and not w.control
 
 
-def take_fences(items: list[tuple[PartitionReplication, str, Fence]]) -> int:
+def take_fences(
+    items: list[tuple[PartitionReplication, str, Fence]],
+    around: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> int:
     """The controller's fences for many partitions of this node, taken at once
     (issue 23): each replica's core takes its fence, and the promises of all
     of them are made durable in one write per store -- not an output chain
     (a coroutine, a write and a gather) per partition, which was most of a
     node's CPU for a dead node's thousands of fences -- then each answer is
-    sent.  A replica whose chain is at work takes its fence on the chain, in
-    order.  Returns the fences batched."""
+    sent (all within ``around()``: the service holds them for one frame
+    per node).  A replica whose chain is at work takes its fence on the
+    chain, in order.  Returns the fences batched."""
     return _write_batches(
-        [(r, r.fence_ops(src, m)) for r, src, m in items], PartitionReplication.fence_written
+        [(r, r.fence_ops(src, m)) for r, src, m in items], PartitionReplication.fence_written, around
     )
 
 
@@ -1123,11 +1128,13 @@ def _plain_follow(out: Output) -> bool:
 def _write_batches(
     staged: list[tuple[PartitionReplication, list[tuple[Any, ...]] | None]],
     done: Callable[[PartitionReplication, Failure | None], None] = PartitionReplication.batch_written,
+    around: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> int:
     """Write the staged outputs' ops (None: the replica takes its part on its
     chain instead) in one write per store, then tell each replica with
     ``done`` (:meth:`PartitionReplication.batch_written`, or
-    :meth:`~PartitionReplication.fence_written` for fences).  Returns how many."""
+    :meth:`~PartitionReplication.fence_written` for fences), within
+    ``around()`` (what they send is held for one frame per node).  Returns how many."""
     by_store: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
     for r, ops in staged:
         if ops is None:
@@ -1139,28 +1146,36 @@ def _write_batches(
     for store, all_ops, rs in by_store.values():
 
         def written(_: object, rs: list[PartitionReplication] = rs) -> None:
-            for r in rs:
-                done(r, None)
+            with around():
+                for r in rs:
+                    done(r, None)
 
         def failed(f: Failure, rs: list[PartitionReplication] = rs) -> None:
-            for r in rs:
-                done(r, f)
+            with around():
+                for r in rs:
+                    done(r, f)
 
         store.write(all_ops).addCallbacks(written, failed)
     return sum(len(rs) for _, _, rs in by_store.values())
 
 
-def take_first_appends(items: list[tuple[PartitionReplication, str, Append, list[Record]]]) -> int:
+def take_first_appends(
+    items: list[tuple[PartitionReplication, str, Append, list[Record]]],
+    around: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> int:
     """New leaders' first appends (their control records) heard in one
     reactor turn, taken at once (issue 23): each follower core takes its
     append, the records and replica states of all of them are made durable
     in one write per store, then each answer leaves.  A replica whose chain
     is at work takes its append on the chain, in order.  Returns the appends
     batched."""
-    return _write_batches([(r, r.follow_ops(src, m, recs)) for r, src, m, recs in items])
+    return _write_batches([(r, r.follow_ops(src, m, recs)) for r, src, m, recs in items], around=around)
 
 
-def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> int:
+def take_leaderships(
+    items: list[tuple[PartitionReplication, str, Assign]],
+    around: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> int:
     """The ``Assign`` s that make many partitions' replicas on this node
     leader, taken at once (issue 23: a dead node's leaderships move to the
     survivors by thousands in one Raft entry): each core becomes leader, and
@@ -1169,7 +1184,7 @@ def take_leaderships(items: list[tuple[PartitionReplication, str, Assign]]) -> i
     coroutine) per partition -- then each sends its first appends.  A
     replica whose chain is at work takes its Assign on the chain, in order.
     Returns the leaderships batched."""
-    return _write_batches([(r, r.lead_ops(src, m)) for r, src, m in items])
+    return _write_batches([(r, r.lead_ops(src, m)) for r, src, m in items], around=around)
 
 
 def _hw_only(w: Write) -> bool:

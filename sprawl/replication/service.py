@@ -37,8 +37,9 @@ proposal (``set_partition``); see docs/architecture.md, "Replication" and
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
 import msgspec
@@ -47,7 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.interfaces import Clock, Delayed, ReplicaStore
-from sprawl.peer.frames import REPLICATION
+from sprawl.peer.frames import BATCH_BYTES, REPLICATION, REPLICATION_BATCH
 from sprawl.replication.envelope import Envelope, unpack_record
 from sprawl.replication.failover import Commit, ControlOutput, FailoverCore
 from sprawl.replication.liveness import NodeLiveness
@@ -103,6 +104,10 @@ MAX_SKIPPED_JUDGEMENTS = 5
 #: earlier, the others' next beat up to a tick later).
 IDLE_BEAT_TICKS = 2
 
+#: A held replication message larger than this (it carries records) leaves as
+#: its own frame, not in a ``REPLICATION_BATCH`` (see :meth:`ReplicationService.held`).
+HELD_ALONE_BYTES = 4096
+
 #: Seconds between the controller's log lines of the longest gap it heard
 #: from each node (how close a live node came to the beat timeout, issue 23).
 GAP_REPORT_SECONDS = 60.0
@@ -122,6 +127,7 @@ class ReplicationService:
         accept: Callable[[str, tuple[str, int], Message], bool] | None = None,
         beat_timeout: float = 2.0,
         node_beats: Callable[[], bool] | None = None,
+        batch_frames: Callable[[], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.channel = channel
@@ -163,6 +169,16 @@ class ReplicationService:
         self.refused = 0
         self._refusals_logged: dict[str, float] = {}
         channel.handlers[REPLICATION] = self._frame
+        channel.handlers[REPLICATION_BATCH] = self._batch_frame
+        #: Whether every node takes a ``REPLICATION_BATCH`` frame (the ``repl-batch``
+        #: feature; on without a gate): while it is not, every message is a frame.
+        self.batch_frames: Callable[[], bool] = batch_frames or (lambda: True)
+        #: Messages held for one frame per node (:meth:`held`), and the depth of holds.
+        self._held: dict[str, list[bytes]] = {}
+        self._holds = 0
+        #: Frames sent and messages carried by them (tests count them).
+        self.batch_frames_sent = 0
+        self.batched_messages = 0
         self._loop: task.LoopingCall | None = None
         #: When :meth:`tick` last ran (a late tick means this node stalled).
         self._last_tick: float | None = None
@@ -293,10 +309,65 @@ class ReplicationService:
         def send(dst: str, env: Envelope) -> None:
             if dst == self.node_id:
                 self._deliver(self.node_id, env)
+            elif self._holds:
+                self._held.setdefault(dst, []).append(msgspec.msgpack.encode(env))
             else:
                 self.channel.send(dst, REPLICATION, msgspec.msgpack.encode(env))
 
         return send
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the replication messages sent to other nodes within it and
+        send them at its end as one ``REPLICATION_BATCH`` frame per node (a
+        burst of thousands of partitions' messages: a failover's fences,
+        answers and first appends, issue 23) -- each node's in the order
+        sent; a lone message as a plain frame.  Nested holds send at the
+        outermost's end.  While the ``repl-batch`` feature is not on, one
+        frame per message, sent then, as before."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds and self._held:
+                held, self._held = self._held, {}
+                batch = self.batch_frames()
+                for dst, payloads in held.items():
+                    self._send_held(dst, payloads, batch)
+
+    def _send_held(self, dst: str, payloads: list[bytes], batch: bool) -> None:
+        """Send one node's held messages, in order: the small ones together in
+        frames of at most :data:`~sprawl.peer.frames.BATCH_BYTES`, one that
+        carries records (over :data:`HELD_ALONE_BYTES`) as its own frame -- a
+        replica bounds its appends' bytes per frame (``batch_bytes``), and a
+        follower catching up gets them so."""
+        if not batch or len(payloads) == 1:
+            for p in payloads:
+                self.channel.send(dst, REPLICATION, p)
+            return
+        start, size = 0, 0
+        for i, p in enumerate(payloads):
+            if len(p) > HELD_ALONE_BYTES:
+                if i > start:
+                    self._send_batch(dst, payloads[start:i])
+                self.channel.send(dst, REPLICATION, p)
+                start, size = i + 1, 0
+                continue
+            if size and size + len(p) > BATCH_BYTES:
+                self._send_batch(dst, payloads[start:i])
+                start, size = i, 0
+            size += len(p) + 5
+        if start < len(payloads):
+            self._send_batch(dst, payloads[start:])
+
+    def _send_batch(self, dst: str, payloads: list[bytes]) -> None:
+        if len(payloads) == 1:
+            self.channel.send(dst, REPLICATION, payloads[0])
+            return
+        self.batch_frames_sent += 1
+        self.batched_messages += len(payloads)
+        self.channel.send(dst, REPLICATION_BATCH, msgspec.msgpack.encode(payloads))
 
     def tick(self) -> None:
         """Tick the replicas and controller cores that have work (the others
@@ -556,8 +627,9 @@ class ReplicationService:
                 n=len(lost),
                 node=node,
             )
-        for key in lost:
-            self.run_control(key, self.controllers[key].start_failover())
+        with self.held():  # (their fences: one frame per node)
+            for key in lost:
+                self.run_control(key, self.controllers[key].start_failover())
 
     def _core_set(self, key: tuple[str, int], core: FailoverCore) -> None:
         """A controller core was set: ticked until it is idle, its replicas watched."""
@@ -622,6 +694,27 @@ class ReplicationService:
             return
         self._deliver(peer, env)
 
+    def _batch_frame(self, peer: str, payload: bytes) -> None:
+        """A ``REPLICATION_BATCH`` frame: each message taken in order, as if
+        it came alone; what they make this node send back is held
+        (:meth:`held`) and leaves as one frame per node."""
+        self.heard(peer)
+        if self.on_heard is not None:
+            self.on_heard(peer)
+        try:
+            payloads = msgspec.msgpack.decode(payload, type=list[bytes])
+        except msgspec.DecodeError:
+            self.dropped += 1
+            return
+        with self.held():
+            for one in payloads:
+                try:
+                    env = msgspec.msgpack.decode(one, type=Envelope)
+                except msgspec.DecodeError:
+                    self.dropped += 1
+                    continue
+                self._deliver(peer, env)
+
     def _refuse(self, peer: str, key: tuple[str, int], why: str) -> None:
         self.refused += 1
         now = self.reactor.seconds()
@@ -664,7 +757,7 @@ class ReplicationService:
             self._last_controller = peer  # (accepted: from a Raft voter, in a cluster)
             if isinstance(m, Fence):
                 self.timeline.mark("fence_heard", self.reactor.seconds())
-        if isinstance(m, Assign):
+        if isinstance(m, Assign | Fence):
             for n in m.down:
                 self.node_dead(n)
         c = self.controllers.get(key)
@@ -739,7 +832,7 @@ class ReplicationService:
         items = [(r, src, m) for key, r, src, m, _was in leads if self.replicas.get(key) is r]
         if items:
             self.lead_batches += 1
-            self.leads_batched += take_leaderships(items)
+            self.leads_batched += take_leaderships(items, self.held)
         for key, r, was in live:
             self.assigned(key, r, was)
 
@@ -753,7 +846,7 @@ class ReplicationService:
         items = [(r, peer, m, recs) for key, r, peer, m, recs in firsts if self.replicas.get(key) is r]
         if items:
             self.first_batches += 1
-            self.firsts_batched += take_first_appends(items)
+            self.firsts_batched += take_first_appends(items, self.held)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):
@@ -766,19 +859,21 @@ class ReplicationService:
         items = [(r, peer, m) for key, r, peer, m in fences if self.replicas.get(key) is r]
         if items:
             self.fence_batches += 1
-            self.fences_batched += take_fences(items)
+            self.fences_batched += take_fences(items, self.held)
 
     def run_control(self, key: tuple[str, int], out: ControlOutput) -> None:
         """Carry out what a partition's failover core decided: send its messages,
         commit its choice (then tell the core how that went)."""
         send = self.sender(key)
+        core = self.controllers.get(key)
         for dst, m in out.messages:
             if self.liveness.is_silent(dst):
                 continue  # a silent node hears nothing (a restart of it reads the metadata)
             if isinstance(m, Fence):
                 self.timeline.mark("fence_sent", self.reactor.seconds())
-            if isinstance(m, Assign) and not m.down:
-                down = tuple(r for r in m.replicas if r in self.dead)
+            if isinstance(m, Assign | Fence) and not m.down and self.dead:
+                reps = m.replicas if isinstance(m, Assign) else core.replicas if core is not None else ()
+                down = tuple(r for r in reps if r in self.dead)
                 if down:
                     m = msgspec.structs.replace(m, down=down)
             send(dst, Envelope(key[0], key[1], encode(m)))
@@ -788,8 +883,13 @@ class ReplicationService:
             self.timeline.mark("choice", self.reactor.seconds())
 
             def committed(_: object) -> None:
-                self.timeline.mark("choice_committed", self.reactor.seconds())
-                self.run_control(key, c.committed(True))
+                now = self.reactor.seconds()
+                self.timeline.mark("choice_committed", now)
+                was = c.leader_confirmed
+                out = c.committed(True)
+                if c.leader_confirmed and not was:
+                    self.timeline.mark("leader_confirmed", now)  # (its word came before the commit)
+                self.run_control(key, out)
 
             def failed(f: Failure) -> None:
                 code = getattr(f.value, "code", None)

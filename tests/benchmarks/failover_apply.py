@@ -23,8 +23,9 @@ Printed: seconds (wall and CPU of this process, the LMDB writer threads
 included) until every partition is led by ``a`` with its control record
 committed (its high watermark covers it: a publish is answered as soon as
 the follower stores it), then until one publish to each partition with
-``acks=quorum`` is answered; the LMDB commits each node made, the frames
-sent and the reactor turns the apply took.  ``--profile FILE`` writes a
+``acks=quorum`` is answered; the LMDB commits each node made, the messages
+sent (by kind) and the frames carrying them (by node pair: a
+``REPLICATION_BATCH`` frame carries many), and the reactor turns the apply took.  ``--profile FILE`` writes a
 cProfile of the failover (``python -m pstats FILE``).
 """
 
@@ -46,6 +47,7 @@ from sprawl.cluster.metadata_apply import TOPICS_PER_TURN
 from sprawl.cluster.replica_sync import ReplicaSync
 from sprawl.config import NodeConfig
 from sprawl.log.record import Record
+from sprawl.peer.frames import REPLICATION_BATCH
 from sprawl.pubsub import Broker
 from sprawl.replication.envelope import Envelope
 from sprawl.replication.failover import Commit, FailoverCore
@@ -66,8 +68,11 @@ class Net:
         self.reactor = reactor
         self.nodes: dict[str, Any] = {}
         self.frames = 0
-        #: Frames by (from, to, message kind), while :attr:`counting`.
+        #: Messages by (from, to, message kind), while :attr:`counting`
+        #: (a ``REPLICATION_BATCH`` frame carries many).
         self.by_kind: dict[str, int] = {}
+        #: Frames by (from, to), while :attr:`counting`.
+        self.by_pair: dict[str, int] = {}
         self.counting = False
 
     def channel(self, src: str) -> Any:
@@ -76,9 +81,17 @@ class Net:
         def send(dst: str, kind: int, payload: bytes) -> None:
             self.frames += 1
             if self.counting:
-                env = msgspec.msgpack.decode(payload, type=Envelope)
-                what = f"{src}>{dst} {type(decode(env.message)).__name__}"
-                self.by_kind[what] = self.by_kind.get(what, 0) + 1
+                pair = f"{src}>{dst}"
+                self.by_pair[pair] = self.by_pair.get(pair, 0) + 1
+                many = (
+                    msgspec.msgpack.decode(payload, type=list[bytes])
+                    if kind == REPLICATION_BATCH
+                    else [payload]
+                )
+                for one in many:
+                    env = msgspec.msgpack.decode(one, type=Envelope)
+                    what = f"{pair} {type(decode(env.message)).__name__}"
+                    self.by_kind[what] = self.by_kind.get(what, 0) + 1
             ch = self.nodes.get(dst)
             if ch is not None:
                 self.reactor.callLater(0, ch.handlers[kind], src, payload)
@@ -143,7 +156,8 @@ class Failover:
         # the controller's ticks while the set-up still runs (slow on a loaded machine).
         ctl.liveness.timeout = float("inf")
         for name in self.names:
-            c = FailoverCore(REPLICAS, epoch=1, leader=DEAD)
+            # As the controller makes them: every node applies the commit itself.
+            c = FailoverCore(REPLICAS, epoch=1, leader=DEAD, assign_on_commit=False)
             c.leader_confirmed = True
             ctl.controllers[(name, 0)] = c
         for node in self.nodes.values():
@@ -222,6 +236,7 @@ class Failover:
         leads (and gossip says so on both nodes about then)."""
         self.commits0 = {n: node.store.commits for n, node in self.nodes.items()}
         self.net.by_kind.clear()
+        self.net.by_pair.clear()
         self.net.counting = True
         for node in self.nodes.values():
             node.service.member_event("dead", DEAD)
@@ -253,6 +268,7 @@ class Failover:
         commits_led = self.commits()
         frames_led = self.net.frames - frames0
         frames_by = dict(sorted(self.net.by_kind.items()))
+        frames_pairs = dict(sorted(self.net.by_pair.items()))
         self.net.counting = False
         reps = self.nodes[LEADER].service.replicas
         records = [Record(-1, 0, 0, None, None, None, b"x", True) for _ in self.names]
@@ -270,6 +286,7 @@ class Failover:
             "commits_until_led": commits_led,
             "frames_until_led": frames_led,
             "frames_until_led_by_kind": frames_by,
+            "frames_until_led_by_pair": frames_pairs,
             "apply_turns": dict(self.apply_turns),
         }
 

@@ -153,25 +153,36 @@ def test_plans_and_profiles_cannot_make_it_flap(
     draws: list[list[tuple[float | None, list[float] | None]]],
 ) -> None:
     """Steady present loads, forecasts and profiles redrawn at random every
-    decision, the chain rule on: every decision's moves lower the sum of
-    squared present node loads, so no leader assignment comes back."""
+    decision, the chain rule on (and the relief plans, on by default): between
+    decisions with no plan under way the sum of squared present node loads
+    falls whenever anything moved, so no leader assignment comes back.  A
+    relief plan (``unstick_after``) may take more moves than one decision's
+    budget: it takes whole decisions, is not dropped under steady loads, and
+    lowers the sum as a whole (its first moves alone may raise it: a CI run
+    found such a plan, a swap onto the stuck node first, cut by the budget)."""
     leaders = {("t", i): (n if n in reps else reps[0]) for i, (n, _, reps) in enumerate(initial)}
     reps_of = {("t", i): reps for i, (_, _, reps) in enumerate(initial)}
     rate = {("t", i): u for i, (_, u, _) in enumerate(initial)}
     b = Balancer(BalanceConfig(min_load=10, cooldown=30.0, persist=1, chain_after=1))
     seen = {tuple(sorted(leaders.items()))}
+    last = squares(leaders, rate, NODES)
+    moved = False
     for step, draw in enumerate(draws):
-        before = squares(leaders, rate, NODES)
         d = b.decide(10.0 * step, drawn(leaders, reps_of, rate, draw), NODES)
         for m in d.moves:
             assert leaders[(m.topic, m.partition)] == m.src
             leaders[(m.topic, m.partition)] = m.dst
-        if d.moves:
-            after = squares(leaders, rate, NODES)
-            assert after < before, (d.moves, [(k, rate[k]) for k in leaders], before)
+        moved = moved or bool(d.moves)
+        if b.plan:
+            assert not any("plan dropped" in h for h in d.held)
+            continue
+        if moved:
+            now = squares(leaders, rate, NODES)
+            assert now < last, (d.moves, [(k, rate[k]) for k in leaders], last)
             state = tuple(sorted(leaders.items()))
             assert state not in seen
             seen.add(state)
+            last, moved = now, False
 
 
 def renamed(parts: list[PartitionLoad], prefix: str) -> list[PartitionLoad]:

@@ -141,6 +141,32 @@ def test_replication_frames_never_raise(data: bytes) -> None:
     assert svc.dropped + svc.refused <= 1
 
 
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        VALUES.map(packed),
+        st.lists(
+            st.one_of(
+                st.binary(max_size=80),
+                st.tuples(
+                    st.text(max_size=5), INTS, st.binary(max_size=80), st.lists(VALUES, max_size=3)
+                ).map(lambda t: packed(list(t))),
+            ),
+            max_size=6,
+        ).map(packed),
+    )
+)
+def test_replication_batch_frames_never_raise(data: bytes) -> None:
+    """Any bytes as a REPLICATION_BATCH frame (issue 23, apply36: a msgpack list of
+    REPLICATION payloads) are decoded, each message checked and dropped (counted)
+    on its own, without an exception -- and nothing of it is left held."""
+    ch = _Channel()
+    svc = ReplicationService("me", ch, _Clock())
+    svc._batch_frame("peer", data)
+    assert svc.dropped + svc.refused <= 6
+    assert not svc._held and not svc._holds
+
+
 @given(st.binary(max_size=200))
 def test_replication_messages_decode_or_raise_their_error(data: bytes) -> None:
     """A replication message is one of its types or msgspec's DecodeError."""
