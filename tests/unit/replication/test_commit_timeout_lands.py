@@ -70,3 +70,17 @@ def test_a_refused_choice_fails_over_at_once_as_before() -> None:
     c.committed(False)
     assert c.committing is None and c.landing is None
     assert sum(isinstance(m, Fence) for _d, m in c.tick().messages) == len(IDS)
+
+
+def test_a_landed_choice_whose_leader_spoke_first_is_confirmed() -> None:
+    """While the timed-out choice waits, its leader (whose node applied the
+    entry first) says it leads the epoch: once the entry lands here too the
+    leader counts as confirmed -- no Assign to ask it again."""
+    from sprawl.replication.messages import LeaderBeat
+
+    c = _chosen()
+    c.committed(False, may_land=True)
+    c.receive("b", LeaderBeat(2, 0, 6))
+    sync_core(c, {"epoch": 2, "leader": "b", "replicas": list(IDS)})
+    assert (c.epoch, c.leader, c.leader_confirmed) == (2, "b", True) and c.idle
+    assert all(c.tick().messages == [] for _ in range(3 * c.retry_ticks))
