@@ -129,16 +129,19 @@ def test_random_allowances_cannot_make_it_flap(
     choose: bool,
 ) -> None:
     """Steady present loads, forecasts (as flat paths) and allowances redrawn
-    at random every decision, ``predict_choose`` on or off: every move lowers
-    the sum of squared present node loads, so no assignment comes back."""
+    at random every decision, ``predict_choose`` on or off: between decisions
+    with no plan under way every decision that moved lowers the sum of squared
+    present node loads, so no assignment comes back (a relief plan, on by
+    default, lowers it as a whole: ``test_balance_relief``)."""
     leaders = {("t", i): n for i, (n, _) in enumerate(initial)}
     rate = {("t", i): u for i, (_, u) in enumerate(initial)}
     replicas = dict.fromkeys(leaders, tuple(NODES))
     b = Balancer(BalanceConfig(min_load=10, cooldown=30.0, persist=1, predict_choose=choose))
     seen = {tuple(sorted(leaders.items()))}
+    last = squares(leaders, rate, NODES)
+    moved = False
     moves = 0
     for step, (fc, allowance) in enumerate(zip(forecasts, allowances, strict=True)):
-        before = squares(leaders, rate, NODES)
         parts = [
             replace(p, path=None if p.forecast is None else (p.forecast,) * 3)
             for p in drawn(leaders, replicas, rate, [(f, None) for f in fc])
@@ -148,9 +151,15 @@ def test_random_allowances_cannot_make_it_flap(
         for m in d.moves:
             leaders[(m.topic, m.partition)] = m.dst
         moves += len(d.moves)
-        if d.moves:
-            assert squares(leaders, rate, NODES) < before
+        moved = moved or bool(d.moves)
+        if b.plan:  # a relief plan under way (see below)
+            assert not any("plan dropped" in h for h in d.held)
+            continue
+        if moved:
+            now = squares(leaders, rate, NODES)
+            assert now < last
             state = tuple(sorted(leaders.items()))
             assert state not in seen
             seen.add(state)
+            last, moved = now, False
     assert moves <= 3 * len(initial)

@@ -185,8 +185,10 @@ def test_random_paths_cannot_make_it_flap(
     initial: list[tuple[str, float]], drawn_paths: list[list[list[float] | None]], predict: bool, skip: int
 ) -> None:
     """Steady present loads, paths redrawn at random every decision, every
-    choice on (with or without moves on a forecast): every move lowers the sum
-    of squared present node loads, so no leader assignment comes back."""
+    choice on (with or without moves on a forecast): between decisions with no
+    plan under way every decision that moved lowers the sum of squared present
+    node loads, so no leader assignment comes back (a relief plan, on by
+    default, lowers it as a whole: ``test_balance_relief``)."""
     leaders = {("t", i): n for i, (n, _) in enumerate(initial)}
     rate = {("t", i): u for i, (_, u) in enumerate(initial)}
     replicas = dict.fromkeys(leaders, tuple(NODES))
@@ -202,8 +204,9 @@ def test_random_paths_cannot_make_it_flap(
         )
     )
     seen = {tuple(sorted(leaders.items()))}
+    last = squares(leaders, rate, NODES)
+    moved = False
     for step, row in enumerate(drawn_paths):
-        before = squares(leaders, rate, NODES)
         parts = drawn(leaders, replicas, rate, [(None if p is None else max(p), None) for p in row])
         parts = [
             replace(p, path=None if row[p.partition] is None else tuple(row[p.partition])) for p in parts
@@ -211,8 +214,14 @@ def test_random_paths_cannot_make_it_flap(
         d = b.decide(10.0 * step, parts, NODES)
         for m in d.moves:
             leaders[(m.topic, m.partition)] = m.dst
-        if d.moves:
-            assert squares(leaders, rate, NODES) < before, d.moves
+        moved = moved or bool(d.moves)
+        if b.plan:  # a relief plan under way (see the docstring)
+            assert not any("plan dropped" in h for h in d.held)
+            continue
+        if moved:
+            now = squares(leaders, rate, NODES)
+            assert now < last, d.moves
             state = tuple(sorted(leaders.items()))
             assert state not in seen
             seen.add(state)
+            last, moved = now, False

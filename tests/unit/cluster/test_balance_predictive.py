@@ -105,8 +105,10 @@ def test_random_forecasts_cannot_make_it_flap(
     initial: list[tuple[str, float]], forecasts: list[list[float | None]], replace_mode: str
 ) -> None:
     """Steady present loads, forecasts redrawn at random every decision (with
-    or without ``predict_replace``): every move lowers the sum of squared
-    present node loads, so no leader assignment comes back and the moves stop."""
+    or without ``predict_replace``): between decisions with no plan under way
+    every decision that moved lowers the sum of squared present node loads, so
+    no leader assignment comes back and the moves stop (a relief plan, on by
+    default, takes whole decisions and lowers it as a whole: ``test_balance_relief``)."""
     leaders = {("t", i): n for i, (n, _) in enumerate(initial)}
     rate = {("t", i): u for i, (_, u) in enumerate(initial)}
     replicas = dict.fromkeys(leaders, tuple(NODES))
@@ -116,19 +118,25 @@ def test_random_forecasts_cannot_make_it_flap(
         )
     )
     seen = {tuple(sorted(leaders.items()))}
+    last = squares(leaders, rate, NODES)
+    moved = False
     moves = 0
     for step, fc in enumerate(forecasts):
-        before = squares(leaders, rate, NODES)
         d = b.decide(10.0 * step, drawn(leaders, replicas, rate, [(f, None) for f in fc]), NODES)
         for m in d.moves:
             leaders[(m.topic, m.partition)] = m.dst
         moves += len(d.moves)
-        if d.moves:
-            after = squares(leaders, rate, NODES)
-            assert after < before, (d.moves, [(k, rate[k]) for k in leaders], before)
+        moved = moved or bool(d.moves)
+        if b.plan:  # a relief plan under way (see the docstring)
+            assert not any("plan dropped" in h for h in d.held)
+            continue
+        if moved:
+            now = squares(leaders, rate, NODES)
+            assert now < last, (d.moves, [(k, rate[k]) for k in leaders], last)
             state = tuple(sorted(leaders.items()))
             assert state not in seen  # never back to an earlier assignment
             seen.add(state)
+            last, moved = now, False
     assert moves <= 3 * len(initial)
 
 
