@@ -5,6 +5,7 @@ profiles, and the node loads whose sum of squares the no-flapping checks watch."
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sprawl.cluster.balance import PartitionLoad
 
@@ -52,3 +53,39 @@ def node_loads(
 def squares(leaders: Mapping[Key, str], rate: Mapping[Key, float], nodes: Iterable[str]) -> float:
     """The sum of squared node loads, which every move must lower."""
     return sum(v * v for v in node_loads(leaders, rate, nodes).values())
+
+
+class FlapCheck:
+    """The no-flapping property at plan level, over a steady placement whose
+    leaders each decision's moves change (:meth:`apply`): every move starts at
+    its partition's leader; between decisions with no plan under way
+    (``Balancer.plan`` empty: a relief or multi-decision plan takes whole
+    decisions and may raise the sum on its way) the sum of squared node loads
+    fell whenever anything moved, and no leader assignment comes back; a plan
+    is never dropped under steady loads."""
+
+    def __init__(self, leaders: dict[Key, str], rate: Mapping[Key, float], nodes: Sequence[str]) -> None:
+        self.leaders = leaders
+        self.rate = rate
+        self.nodes = nodes
+        self.seen = {tuple(sorted(leaders.items()))}
+        self.last = squares(leaders, rate, nodes)
+        self.moved = False
+
+    def apply(self, plan: Sequence[object], moves: Sequence[Any], held: Sequence[str]) -> None:
+        """One decision: its ``moves`` made, the balancer's ``plan`` left after it and its
+        ``held`` lines (``Decision.moves``, ``Balancer.plan``, ``Decision.held``)."""
+        for m in moves:
+            assert self.leaders[(m.topic, m.partition)] == m.src
+            self.leaders[(m.topic, m.partition)] = m.dst
+        self.moved = self.moved or bool(moves)
+        if plan:
+            assert not any("plan dropped" in h for h in held)
+            return
+        if self.moved:
+            now = squares(self.leaders, self.rate, self.nodes)
+            assert now < self.last, (moves, [(k, self.rate[k]) for k in self.leaders], self.last)
+            state = tuple(sorted(self.leaders.items()))
+            assert state not in self.seen  # never back to an earlier assignment
+            self.seen.add(state)
+            self.last, self.moved = now, False
