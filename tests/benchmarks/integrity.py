@@ -30,6 +30,11 @@ from harness import NodeProcess
 
 def main() -> None:
     """Run one benchmark and print msgs/s and node CPU µs per message."""
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if len(sys.argv) < 3:
+        sys.exit(f"usage: python -m benchmarks.integrity TREE TAG [sprawlctl bench options]\n{__doc__}")
     src, tag, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
     if not Path(sprawl.__file__).resolve().is_relative_to(Path(src).resolve()):
         sys.exit(f"sprawl comes from {sprawl.__file__}, not {src}: run with PYTHONPATH={src}:tests")

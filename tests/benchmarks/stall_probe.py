@@ -252,7 +252,15 @@ class StallProbe:
 
 
 def main() -> None:
+    """Run twistd with the probe: ``REPORT.json [--threshold-ms MS] -- TWISTD ARGS...``."""
     args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if "--" not in args or args.index("--") == 0:
+        sys.exit(
+            f"usage: python -m benchmarks.stall_probe REPORT.json [--threshold-ms 2] -- TWISTD ARGS...\n{__doc__}"
+        )
     split = args.index("--")
     mine, twistd = args[:split], args[split + 1 :]
     out = Path(mine[0])
