@@ -47,7 +47,8 @@ measured (the machine is shared: read the times beside it).
 
 Prints a Markdown table per cluster size; ``--plot DIR`` draws the curves as
 PNG files there (needs matplotlib: ``pip install .[bench]``), ``--json`` saves
-the figures.
+the figures, ``--replot FILE`` prints and draws (with ``--plot``) the rows of
+such a file without starting a node.
 
 Building 10,000 topics on 3 nodes takes minutes: ``--reuse DIR`` keeps the
 cluster's data dirs in ``DIR`` and, when ``DIR`` already holds them, starts
@@ -499,13 +500,18 @@ def failover_table(rows: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
     """Curves against the topic count, one line per cluster size: ms per
-    operation, idle CPU, KB per replica."""
+    operation, idle CPU, KB per replica, and the failover and restart times
+    at the counts they were measured at (``--failover-at``, ``--restart-each``;
+    by default the largest only)."""
     panels = [
         ("create_ms", "ms per topic create"),
         ("describe_ms", "ms per topic describe"),
+        ("list_ms", "ms per list page (100 topics)"),
         ("delete_ms", "ms per topic delete"),
         ("idle_cpu", "idle CPU, % of a core (busiest node)"),
         ("kb_per_replica", "memory per partition replica, KB"),
+        ("failover_s", "failover: a publish taken, s"),
+        ("restart_s", "restart of a node: serving, s"),
     ]
     panel_curves(
         rows,
@@ -528,6 +534,11 @@ def main() -> None:
     ap.add_argument("--bound", type=float, default=120.0, help="give up waiting after this many seconds")
     ap.add_argument("--plot", type=Path, help="write the curves (PNG) to this directory")
     ap.add_argument("--json", type=Path, help="save the figures to this file")
+    ap.add_argument(
+        "--replot",
+        type=Path,
+        help="start nothing: print the table and draw --plot from the rows an earlier --json run saved",
+    )
     ap.add_argument("--data-dir", type=Path, help="where the nodes' data dirs go (default: the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
     ap.add_argument("--restarts", type=int, default=1, help="restarts measured (their median is the figure)")
@@ -541,6 +552,12 @@ def main() -> None:
         help="measure the restart at every topic count, not only the last",
     )
     a = ap.parse_args()
+    if a.replot:
+        saved: list[dict[str, Any]] = json.loads(a.replot.read_text())
+        print(table(saved))
+        if a.plot:
+            plot(saved, a.plot)
+        return
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     counts = [int(x) for x in a.topics.split(",")]
     rows: list[dict[str, Any]] = []
