@@ -127,9 +127,12 @@ class Server:
         self.clock = task.Clock()
         self.clock.advance(T0)
         config = NodeConfig(data_dir=str(tmp_path)).validate()
-        # (the write-ahead log as the node's config says: on by default, as a real node's)
+        # (the write-ahead log as the node's config says: on by default, as a real node's;
+        # segments of 1 MiB, not 8: each node's first is zero-filled and fsynced at its start)
         lmdb = str(tmp_path / "lmdb")
-        self.store = LmdbStore(lmdb, reactor=the_reactor(), map_size=1 << 30, wal=config.wal)
+        self.store = LmdbStore(
+            lmdb, reactor=the_reactor(), map_size=1 << 30, wal=config.wal, wal_segment_bytes=1 << 20
+        )
         self.store.open()
         self.metrics = NodeMetrics()
         self.broker = Broker(config, self.store, self.clock, "node-a", self.metrics)
