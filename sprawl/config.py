@@ -289,8 +289,9 @@ class NodeConfig:
     #: Allow a peer port beyond loopback without a key or CA (loudly logged).
     insecure_cluster: bool = False
     #: Ack durable publishes after one fsync of the node's write-ahead log, LMDB
-    #: written after (``--wal``; docs/architecture.md, "The write-ahead log").
-    wal: bool = False
+    #: written after (on by default since issue 16's wal37; ``--no-wal`` /
+    #: ``SPRAWL_WAL=0`` turn it off; docs/architecture.md, "The write-ahead log").
+    wal: bool = True
     replication_factor: int = 3
     memory_budget: int = 256 * 1000**2
     disk_budget: int = 4 * 1000**3

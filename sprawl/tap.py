@@ -223,9 +223,15 @@ class Options(usage.Options):
         [
             "wal",
             None,
-            "Ack durable publishes after one fsync of a write-ahead log of the node's own "
-            "(DATA_DIR/lmdb-wal), LMDB written after, off the ack's path (default: off; "
-            "env SPRAWL_WAL=1).",
+            "Ack durable publishes to partitions this node holds alone after one fsync of a "
+            "write-ahead log of the node's own (DATA_DIR/lmdb-wal), LMDB written after, off the "
+            "ack's path (the default; env SPRAWL_WAL=1).",
+        ],
+        [
+            "no-wal",
+            None,
+            "No write-ahead log: ack durable publishes after LMDB's own commit (two synchronous "
+            'disk writes instead of one; env SPRAWL_WAL=0, config file "wal": false).',
         ],
         [
             "insecure-cluster",
@@ -316,9 +322,30 @@ def build_config(opts: dict[str, Any], environ: Any) -> NodeConfig:
     values["force_new_cluster"] = bool(opts.get("force-new-cluster"))
     if opts.get("insecure-cluster") or environ.get("SPRAWL_INSECURE_CLUSTER") in ("1", "true", "yes"):
         values["insecure_cluster"] = True
-    if opts.get("wal") or environ.get("SPRAWL_WAL") in ("1", "true", "yes"):
-        values["wal"] = True
+    wal = _switch(opts, environ, "wal", "SPRAWL_WAL")
+    if wal is not None:
+        values["wal"] = wal
     return NodeConfig(**values).validate()
+
+
+def _switch(opts: dict[str, Any], environ: Any, name: str, env_name: str) -> bool | None:
+    """A setting on by default with a ``--NAME`` / ``--no-NAME`` pair of flags and an
+    environment variable (``1``/``true``/``yes`` or ``0``/``false``/``no``): what the
+    command line or else the environment says, None when neither says (the config
+    file's value or the default stands)."""
+    on, off = bool(opts.get(name)), bool(opts.get("no-" + name))
+    if on and off:
+        raise ConfigError(f"--{name} and --no-{name} contradict each other")
+    if on or off:
+        return on
+    raw = environ.get(env_name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{env_name}={raw!r}: expected 1/true/yes or 0/false/no")
 
 
 def check_s3_at_start(c: NodeConfig) -> None:

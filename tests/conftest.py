@@ -93,7 +93,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     base = getattr(item, "funcargs", {}).get("tmp_path")
     if not isinstance(base, Path):
         return
-    logs = sorted(base.rglob("*.log"))[:LOG_TAIL_FILES]
+    # (not the write-ahead log's segments, ``lmdb-wal/wal-*.log``: 8 MiB of binary frames and zeros)
+    logs = sorted(p for p in base.rglob("*.log") if p.parent.name != "lmdb-wal")[:LOG_TAIL_FILES]
     tails = [t for t in (_log_tail(p) for p in logs) if t]
     if tails:
         rep.sections.append(("node logs (tails)", "\n".join(tails)))

@@ -226,12 +226,31 @@ def test_env_for_every_kind_of_option(clean_env: pytest.MonkeyPatch) -> None:
     assert parse("--no-auto-create").auto_create_topics is False
 
 
-def test_the_write_ahead_log_is_off_unless_asked_for(clean_env: pytest.MonkeyPatch) -> None:
-    """``--wal`` or ``SPRAWL_WAL=1`` turn the node's write-ahead log on; it is off by default."""
-    assert parse().wal is False
-    assert parse("--wal").wal is True
-    clean_env.setenv("SPRAWL_WAL", "1")
+def test_the_write_ahead_log_is_on_unless_turned_off(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The node's write-ahead log is on by default; ``--no-wal``, ``SPRAWL_WAL=0`` or the
+    config file's ``"wal": false`` turn it off, ``--wal`` / ``SPRAWL_WAL=1`` keep it on;
+    the command line beats the environment, which beats the file; both flags at once,
+    or a value of SPRAWL_WAL that is neither, are refused."""
+    assert NodeConfig().wal is True
     assert parse().wal is True
+    assert parse("--wal").wal is True
+    assert parse("--no-wal").wal is False
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"wal": False}))
+    assert parse("--config", str(cfg)).wal is False
+    clean_env.setenv("SPRAWL_WAL", "1")
+    assert parse("--config", str(cfg)).wal is True
+    assert parse("--no-wal").wal is False
+    for off in ("0", "false", "no", "NO"):
+        clean_env.setenv("SPRAWL_WAL", off)
+        assert parse().wal is False
+        assert parse("--wal").wal is True
+    clean_env.setenv("SPRAWL_WAL", "maybe")
+    with pytest.raises(usage.UsageError, match="SPRAWL_WAL"):
+        parse()
+    clean_env.delenv("SPRAWL_WAL")
+    with pytest.raises(usage.UsageError, match="contradict"):
+        parse("--wal", "--no-wal")
 
 
 def test_minio_env(clean_env: pytest.MonkeyPatch) -> None:
