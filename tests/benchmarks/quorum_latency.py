@@ -580,7 +580,7 @@ def main() -> None:
             )
     for name, path in sorted(profiled.items()):
         if path.exists():
-            sm = summary(path, top=20)
+            sm = summary(path, top=45)  # (the first ~15 are the reactor loop itself)
             print(f"  {name} py-spy: reactor thread busy {sm['busy_seconds']} s; inclusive %:")
             for fn, pct in sm["inclusive"]:
                 print(f"    {pct:5.1f}  {fn}")
