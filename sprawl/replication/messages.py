@@ -45,6 +45,14 @@ class Append(msgspec.Struct, frozen=True, tag=True):
     #: leader's tick, which is not a push.  (A node of a version before it
     #: ignores the field and answers, as before.)
     push: bool = False
+    #: The leader's own durable end when the leader and one follower make a
+    #: majority (three replicas or fewer), else -1 (issue 16, quorum37): a
+    #: follower that holds ``[0, n)`` as the leader does, with the record at
+    #: ``n - 1`` of this epoch, knows ``[0, min(stored, n))`` is on a majority's
+    #: disks once its own copy is -- the leader's and its own -- and takes that
+    #: as its high watermark without waiting for the leader to hear its answer
+    #: and push it.  (A node of a version before it ignores the field.)
+    stored: int = -1
 
 
 class AppendResp(msgspec.Struct, frozen=True, tag=True):

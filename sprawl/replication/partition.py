@@ -928,9 +928,12 @@ class PartitionReplication:
             if m.count:
                 tl.mark("app>" + dst, m.start, m.start + m.count)
             low = self._marked_hw.get(dst, 0)
-            if m.hw > low:
-                tl.mark("hw>" + dst, max(low, m.hw - 10_000), m.hw)
-                self._marked_hw[dst] = m.hw
+            # What the follower may take as its high watermark: the leader's, or
+            # its durable end up to what the follower holds (Append.stored).
+            hw = max(m.hw, min(m.stored, m.start + m.count))
+            if hw > low:
+                tl.mark("hw>" + dst, max(low, hw - 10_000), hw)
+                self._marked_hw[dst] = hw
         elif isinstance(m, AppendResp) and m.ok and m.end > self._marked_ack:
             tl.mark("f_ack", max(self._marked_ack, m.end - 10_000), m.end)
             self._marked_ack = m.end

@@ -126,6 +126,7 @@ class _Follower:
     stall_limit: int = 3  # ticks without an answer before what is in flight is sent again
     unanswered: bool = False  # records were sent that no answer has covered yet
     hw_limit: int = 3  # ticks without an answer before the high watermark sent is sent again
+    derives: int = 0  # the high watermark it can take from the leader's durable end we sent (Append.stored)
 
 
 class Replica:
@@ -324,10 +325,48 @@ class Replica:
         return out
 
     def stored(self, end: int) -> Output:
-        """The adapter made this replica's own log durable up to ``end``."""
+        """The adapter made this replica's own log durable up to ``end``.
+
+        A leader whose own copy and one follower's make a majority tells its
+        caught-up followers its durable end at once when that moves past what
+        they can take as committed (:attr:`Append.stored`, issue 16, quorum37):
+        each then shows the records once its own copy is durable, instead of
+        after its answer reached the leader and the leader's push came back."""
         if end > self.stored_end:
             self.stored_end = min(end, self.cache.end)
-        return self._advance_hw()
+        out = self._advance_hw()
+        if self.role != LEADER or self._stored_hint() < 0:
+            return out
+        # Past the epoch's first exchange only -- records past its control
+        # record, to a follower that said it holds a high watermark past it:
+        # a failover's new leaders send nothing more (their followers' queues
+        # are long then, and the answer carries the same news).
+        runs = self.cache.runs
+        if not runs or runs[-1][0] != self.epoch:
+            return out
+        first = runs[-1][1]
+        for fid, f in self.followers.items():
+            if fid not in self.dead and f.next >= self.cache.end and f.hw > first:
+                n = self._derivable(f.next)
+                if n > first + 1 and n > max(f.derives, f.sent_hw, self.hw):
+                    out.extend(self._send(fid, f, heartbeat=True, push=True))
+        return out
+
+    def _stored_hint(self) -> int:
+        """:attr:`Append.stored` for this leader's appends: its durable end when
+        it and one follower make a majority, else -1."""
+        if self.role != LEADER or len(self.replicas) // 2 + 1 > 2 or self.id not in self.replicas:
+            return -1
+        return self.stored_end
+
+    def _derivable(self, end: int) -> int:
+        """The high watermark a follower holding ``[0, end)`` takes from this
+        leader's durable end (0: none -- the record before it is not of this epoch)."""
+        hint = self._stored_hint()
+        n = min(hint, end)
+        if n <= 0 or self.cache.epoch_at(n - 1) != self.epoch:
+            return 0
+        return n
 
     def _send(self, fid: str, f: _Follower, heartbeat: bool = False, push: bool = False) -> Output:
         cache = self.cache
@@ -355,7 +394,10 @@ class Replica:
             hw=self.hw,
             reset=reset,
             push=push and not count and not reset,
+            stored=-1 if reset else self._stored_hint(),
         )
+        if not reset:
+            f.derives = max(f.derives, self._derivable(start + count))
         f.next = start + count
         if count:
             f.sent_from = start
@@ -480,6 +522,12 @@ class Replica:
             push = bool(runs) and runs[-1][0] == self.epoch and n > runs[-1][1] + 1
             for fid, f in self.followers.items():  # followers learn the new hw promptly
                 if f.next >= self.cache.end and fid not in self.dead:
+                    if push and f.derives >= n:
+                        # It holds the records and took this high watermark from
+                        # our durable end already (:meth:`stored`): as a push it
+                        # would be answered only with its next answer.
+                        f.sent_hw = max(f.sent_hw, n)
+                        continue
                     out.extend(self._send(fid, f, heartbeat=True, push=push))
             return out
         return Output()
@@ -615,6 +663,14 @@ class Replica:
         if batch_end >= m.hw:
             self.caught_up = True
         new_hw = max(self.hw, min(m.hw, batch_end))
+        if m.stored > new_hw:
+            # The leader's copy is durable to ``m.stored`` and ours, once our
+            # writes are (the adapter shows nothing past them), makes a
+            # majority with it (the leader sends it only then): records of
+            # this epoch below both are committed (issue 16, quorum37).
+            n = min(m.stored, batch_end)
+            if n > new_hw and cache.epoch_at(n - 1) == m.epoch:
+                new_hw = n
         if new_hw > self.hw:
             self.hw = new_hw
             write.hw = new_hw

@@ -6,7 +6,7 @@
                                                          [--timeline EVERY]
                                                          [--nodes 3] [--sse last|leader|follower|no-replica]
                                                          [--lag N] [--slow F] [--pause S]
-                                                         [--node-arg=--wal ...]
+                                                         [--node-arg=--wal ...] [--profile DIR]
 
 Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data dirs), creates
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
@@ -39,6 +39,9 @@ exits 1.  ``--sse`` picks the subscriber's node (``no-replica`` needs ``--nodes 
 feed); ``--lag N`` stops the SSE follower while the warm-up's last N messages are published,
 ``--slow F`` stops it F of every 100 ms during the warm-up: a follower behind at the open.
 
+``--profile DIR`` records every node with py-spy over the measured phase (speedscope files in
+DIR) and prints, per node, the reactor thread's busy frames (:func:`benchmarks.idle_cpu.summary`).
+
 ``--timeline EVERY`` turns on the nodes' timeline (:mod:`sprawl.storage.timeline`): every
 EVERY-th offset's events on each node (forward sent, leader took it, own write submitted /
 fsynced, append sent per follower, follower received / submitted / fsynced / answered, the
@@ -66,6 +69,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.cluster import FORM_BOUND, create_topic
+from benchmarks.idle_cpu import profile, summary
 from harness import NodeCluster
 from sprawl.client.bench import BenchConfig, BenchResult, run_bench
 
@@ -440,7 +444,9 @@ def main() -> None:
         default=[],
         help="an extra argument of every node (e.g. --node-arg=--wal)",
     )
+    ap.add_argument("--profile", type=Path, help="record every node with py-spy over the run into DIR")
     a = ap.parse_args()
+    profiled: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
         env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
@@ -505,6 +511,14 @@ def main() -> None:
             sched_before = {pid: thread_sched(pid) for pid in pids}
             load = os.getloadavg()[0]
             since = time.time()
+            spy = None
+            if a.profile is not None:
+                # Over most of the measured phase (py-spy takes a moment to attach).
+                spy = threading.Thread(
+                    target=lambda: profiled.update(profile(cluster, max(1.0, a.seconds * 0.8), a.profile)),
+                    daemon=True,
+                )
+                spy.start()
             r = run_bench(
                 BenchConfig(
                     urls=urls,
@@ -518,6 +532,8 @@ def main() -> None:
                 )
             )
             until = time.time()
+            if spy is not None:
+                spy.join()
             sched_after = {pid: thread_sched(pid) for pid in pids}
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
@@ -562,6 +578,13 @@ def main() -> None:
             print(
                 f"  {name} threads: {sched_report(pid, sched_before[pid], sched_after[pid], r.published, commits)}"
             )
+    for name, path in sorted(profiled.items()):
+        if path.exists():
+            sm = summary(path, top=45)  # (the first ~15 are the reactor loop itself)
+            print(f"  {name} py-spy: reactor thread busy {sm['busy_seconds']} s; inclusive %:")
+            for fn, pct in sm["inclusive"]:
+                print(f"    {pct:5.1f}  {fn}")
+            print("    self %: " + "; ".join(f"{fn} {pct}" for fn, pct in sm["self"][:12]))
     lines, bad = delivery_report(r, url_names)
     print("\n".join(lines))
     if timeline is not None and leader is not None:

@@ -109,7 +109,10 @@ def test_a_pushed_high_watermark_is_answered_with_the_next_answer_only() -> None
         res = nodes[dst].receive(src, m)  # type: ignore[arg-type]
         queue.extend((dst, d, mm) for d, mm in res.messages if d != "ctrl")
     pushes = [(d, m) for s, d, m in sent if isinstance(m, Append) and m.push]
-    assert sorted(d for d, _m in pushes) == ["b", "c"] and all(m.hw == 2 for _d, m in pushes)
+    # The leader's own copy was durable before any answer: the push is of its
+    # durable end (issue 16, quorum37), from which each follower takes the high
+    # watermark; the high watermark's own push, once the answers came, is not sent.
+    assert sorted(d for d, _m in pushes) == ["b", "c"] and all(m.stored == 2 for _d, m in pushes)
     assert nodes["b"].hw == nodes["c"].hw == 2  # learned from the push
     answers = [m for s, d, m in sent if isinstance(m, AppendResp)]
     assert len(answers) == 2 and all(m.hw == 1 for m in answers)  # the records' answers only
@@ -120,6 +123,96 @@ def test_a_pushed_high_watermark_is_answered_with_the_next_answer_only() -> None
     for _ in range(a.retry_ticks):
         _route(a.tick(), nodes, ctrl, drop=set())
     assert a.idle
+
+
+def _three(n: int = 3) -> dict[str, Replica]:
+    """A leader ``a`` of epoch 1 and its followers, every one holding the control record
+    and the high watermark past it (the leader idle)."""
+    reps = tuple("abcde"[:n])
+    nodes = {r: Replica(r, "ctrl") for r in reps}
+    a = nodes["a"]
+    out = a.receive("ctrl", Assign(1, "a", reps))
+    for r in reps[1:]:
+        out.extend(nodes[r].receive("ctrl", Assign(1, "a", reps)))
+    out.extend(a.stored(a.end))
+    _route(out, nodes, [], drop=set())
+    assert a.hw == 1 and a.idle
+    return nodes
+
+
+def _hand(nodes: dict[str, Replica], src: str, out: Output) -> list[tuple[str, str, object]]:
+    """Deliver ``out``'s messages (the controller's aside); returns the answers
+    they caused, undelivered, as (src, dst, message)."""
+    replies: list[tuple[str, str, object]] = []
+    for dst, m in out.messages:
+        if dst != "ctrl":
+            res = nodes[dst].receive(src, m)  # type: ignore[arg-type]
+            replies += [(dst, d, mm) for d, mm in res.messages if d != "ctrl"]
+    return replies
+
+
+def test_a_follower_takes_the_high_watermark_from_the_leaders_durable_end() -> None:
+    """Three replicas: the leader and one follower are a majority.  The
+    leader's own copy durable, it tells its followers its durable end (on
+    every append, and pushed when its write becomes durable); a follower
+    holding the records takes that as its high watermark (shown once its own
+    copy is durable: the adapter's cap) without waiting for its answer to
+    reach the leader and the leader's push to come back (issue 16, quorum37).
+    The leader's high watermark, moved by the answers after, is not pushed
+    again to followers that took it so: no frame more than before."""
+    nodes = _three()
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    _first, out = a.append(2)
+    assert [m.stored for _d, m in out.messages if isinstance(m, Append)] == [1, 1]  # (not yet durable)
+    answers = _hand(nodes, "a", out)  # the records reach the followers
+    assert b.hw == c.hw == 1 and len(answers) == 2
+    out = a.stored(a.end)  # the leader's own write is durable before any answer came
+    assert a.hw == 1
+    pushes = [m for _d, m in out.messages]
+    assert sorted(d for d, _m in out.messages) == ["b", "c"]
+    assert all(isinstance(m, Append) and m.push and m.stored == 3 and not m.count for m in pushes)
+    assert _hand(nodes, "a", out) == []  # pushes are not answered
+    assert b.hw == c.hw == 3  # committed: on the leader's disk and (once written) theirs
+    later: list[tuple[str, object]] = []
+    for s, _d, m in answers:  # now the answers reach the leader
+        res = a.receive(s, m)  # type: ignore[arg-type]
+        later += res.messages
+    assert a.hw == 3
+    assert later == []  # no push of the high watermark: both followers took it already
+    for _ in range(a.retry_ticks):  # the tick's heartbeat learns their high watermark
+        _route(a.tick(), nodes, [], drop=set())
+    assert a.idle
+
+
+def test_a_follower_waits_for_the_push_when_the_leaders_copy_is_no_majority_with_it() -> None:
+    """Five replicas: the leader and one follower are no majority, so the
+    leader sends no durable end (-1) and pushes nothing on its own write; a
+    follower learns the high watermark from the leader's push, as before."""
+    nodes = _three(5)
+    a = nodes["a"]
+    _first, out = a.append(1)
+    assert all(m.stored == -1 for _d, m in out.messages if isinstance(m, Append))
+    answers = _hand(nodes, "a", out)
+    assert a.stored(a.end).messages == []
+    assert all(nodes[r].hw == 1 for r in "bcde")
+    for s, _d, m in answers:
+        _route(a.receive(s, m), nodes, [], drop=set())  # type: ignore[arg-type]
+    assert a.hw == 2 and all(nodes[r].hw == 2 for r in "bcde")  # from the push
+
+
+def test_a_leaders_durable_end_commits_only_records_of_its_epoch() -> None:
+    """A follower takes the leader's durable end as its high watermark only up
+    to records of the leader's epoch (Raft's rule: older records commit with
+    a record of the current epoch); and never past what it holds."""
+    f = Replica("b", "ctrl")
+    f.receive("a", Append(1, 0, 0, 3, ((1, 0),), 0))
+    assert f.end == 3 and f.hw == 0
+    f.receive("c", Append(2, 3, 1, 0, ((1, 0),), 0, stored=3))  # a new leader; the record at 2 is of epoch 1
+    assert f.hw == 0
+    f.receive("c", Append(2, 3, 1, 2, ((2, 3),), 0, stored=4))
+    assert f.end == 5 and f.hw == 4  # the record at 3 is of epoch 2: [0, 4) committed
+    f.receive("c", Append(2, 5, 2, 0, (), 0, stored=9))
+    assert f.hw == 5  # not past what it holds
 
 
 def _route(out: Output, nodes: dict[str, Replica], ctrl: list, drop: set[str]) -> None:
