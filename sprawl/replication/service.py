@@ -604,6 +604,22 @@ class ReplicationService:
             n=woken,
         )
 
+    def node_refused(self, node: str, since: float) -> bool:
+        """As the controller: a connection to ``node``'s peer port, made at
+        ``since``, was refused -- no process listens there (killed, crashed;
+        the fault watch probes a peer as soon as the peer channel's
+        connection to it ends).  Unless something came from ``node`` after
+        ``since``, it is silent now and its leaderships fail over at once,
+        as after ``beat_timeout`` of silence (issue 23: a crashed node's
+        detection without the 2 s beat timeout; a host or network failure
+        still takes that).  True when they did."""
+        if not self.controllers or node == self.node_id or node not in self._watched:
+            return False
+        if self.liveness.heard_since(node, since) or not self.liveness.mark_silent(node):
+            return False
+        self._leader_lost(node, "its peer port refuses connections")
+        return True
+
     def _leader_lost(self, node: str, why: str) -> None:
         """As the controller: fail over every partition ``node`` leads (one
         pass over the cores, on this event only; those with a failover under
@@ -613,10 +629,11 @@ class ReplicationService:
             for key, c in self.controllers.items()
             if c.leader == node and c.fencing is None and c.committing is None
         ]
-        if why == "nothing heard from it":
+        silent = why != "it restarted"
+        if silent:
             self.node_dead(node)  # (its replicas hear it on the Assigns that follow)
         self.timeline.mark(
-            "found_silent" if why == "nothing heard from it" else "found_restarted",
+            "found_silent" if silent else "found_restarted",
             self.reactor.seconds(),
             len(lost),
         )
