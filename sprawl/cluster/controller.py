@@ -69,6 +69,9 @@ HANDOFF_BEAT_WITHIN = 1.0
 #: those partitions, and at 10,000 partitions its view took seconds of the
 #: controller's CPU in the middle of the failover (issue 23).
 BALANCE_WAITS_FOR_CORES = 64
+#: Gossip states between which a node's change of state concerns only the
+#: partitions it leads (see :meth:`PartitionController._control_partitions`).
+GOSSIP_LIVENESS = frozenset({"alive", "suspect", "dead"})
 #: While failover cores are still fencing (their choices are coming: a dead
 #: node's thousands of fence answers arrive over many reactor turns), the
 #: batch of choices waits for them -- rechecked every ``COMMIT_HOLD_STEP``
@@ -286,12 +289,25 @@ class PartitionController:
             self._dirty.update(self._by_node.get(n, ()))  # their partitions are looked at again
         self._avoid, self._drained = avoid, drained
         eligible = self.eligible_nodes(live, now)
-        if eligible != self._eligible or live != self._live:
+        if eligible != self._eligible:
             # Who may hold replicas changed: every partition may want others.
             self._dirty.update(self._indexed)
-            self._eligible, self._live = eligible, live
+        # (``live`` alone changing -- a node dead within the grace period, or
+        # back -- moves no settled partition: one whose step depends on it is
+        # unsettled, and looked at every step anyway; see :meth:`_unsettled`.)
+        self._eligible, self._live = eligible, live
         for n in {*states, *self._states}:
-            if states.get(n) != self._states.get(n):
+            was, now_st = self._states.get(n), states.get(n)
+            if now_st == was:
+                continue
+            if was in GOSSIP_LIVENESS and now_st in GOSSIP_LIVENESS:
+                # Suspect, dead or back within the grace period: only the
+                # partitions it leads may act on it (a dead leader fails
+                # over); the rest when the grace ends (the eligible nodes
+                # change).  Issue 23: 10,000 partitions looked at twice
+                # in the middle of a failover, on the controller's node.
+                self._dirty.update(self._led_by(n))
+            else:
                 self._dirty.update(self._by_node.get(n, ()))
         self._states = states
         if self._after_work:
@@ -308,6 +324,17 @@ class PartitionController:
                 self.visits += 1
                 moves = self._control_one(key, meta, states, live, eligible, now, moves)
         self._balance(now, live)
+
+    def _led_by(self, node: str) -> list[tuple[str, int]]:
+        """The partitions held by ``node`` that it leads by their failover
+        core, or that have no core (one pass over its partitions' cores)."""
+        cores = self.service.controllers
+        out = []
+        for key in self._by_node.get(node, ()):
+            c = cores.get(key)
+            if c is None or c.leader == node:
+                out.append(key)
+        return out
 
     def _control_one(
         self,

@@ -566,8 +566,19 @@ class FaultWatch:
         return None
 
     def probed(self, node: str, reach: str) -> None:
-        """A probe's result."""
+        """A probe's result.  A refused one, on the controller, fails over
+        the leaderships of ``node`` now unless it was heard since the probe
+        began (:meth:`~sprawl.replication.service.ReplicationService.node_refused`):
+        no process listens on its peer port, so waiting out the beat timeout
+        only keeps its partitions without a leader (issue 23)."""
         self._probing.discard(node)
+        if reach == "refused" and self.plane is not None:
+            since = self._probed_at.get(node, self.clock.seconds())
+            if self.plane.service.node_refused(node, since):
+                log.info(
+                    "fault watch: {node}'s peer port refuses connections; its leaderships fail over",
+                    node=node,
+                )
         old = self.reach.get(node, ("unknown", 0.0))[0]
         self.reach[node] = (reach, self.clock.seconds())
         if reach != old:

@@ -107,6 +107,19 @@ class NodeLiveness:
                 out.append(n)
         return out
 
+    def heard_since(self, node: str, t: float) -> bool:
+        """Whether anything came from ``node`` after time ``t``."""
+        return self._heard.get(node, float("-inf")) > t
+
+    def mark_silent(self, node: str) -> bool:
+        """Report ``node`` silent now, whatever its time since last heard (its
+        peer port refused a connection: no process listens there, issue 23);
+        False when it was reported silent already.  Heard again, it is not."""
+        if node in self._silent:
+            return False
+        self._silent.add(node)
+        return True
+
     def is_silent(self, node: str) -> bool:
         """Whether ``node`` was reported silent and not heard since."""
         return node in self._silent

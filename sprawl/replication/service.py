@@ -402,51 +402,55 @@ class ReplicationService:
             if self._parked.get(key) == self._tick_no:
                 del self._parked[key]
                 self._due.add(key)
-        parked = self._parked
-        for key in list(self._due):
-            r = self.replicas.get(key)
-            if r is None or r.core.idle:
-                self._due.discard(key)
-                parked.pop(key, None)
-                continue
-            if key in done_r:
-                continue  # ticked already
-            wake = parked.pop(key, None)
-            if wake is not None:
-                # Woken by an input before its quiet ticks passed: take back
-                # those counted ahead that did not pass.
-                r.core.skip_ticks(self._tick_no - wake)
-            self.ticked += 1
-            r.core.tick_beats = not beats  # (a leader's beat per tick: for the release before)
-            n = r.tick()
-            if n:
-                sent += n
-            quiet = r.core.quiet_ticks
-            if quiet > 0:
-                # Its next ``quiet`` ticks would only count: counted now, and
-                # not ticked until the one after them (or an input wakes it).
-                r.core.skip_ticks(quiet)
-                self._due.discard(key)
-                wake = self._tick_no + quiet + 1
-                parked[key] = wake
-                self._wake_at.setdefault(wake, []).append(key)
-        if sent and self._new_leads:
-            # Messages the replicas' ticks made (re-sends, heartbeats) while new
-            # leaders wait for their followers: the timeline's ``tick_sends``.
-            self.timeline.mark("tick_sends", now, sent)
-        for key in list(self._due_control):
-            c = self.controllers.get(key)
-            if c is None or c.idle:
-                self._due_control.discard(key)
-                continue
-            if key in done_c:
-                continue  # ticked already
-            self.ticked += 1
-            self.run_control(key, c.tick(self._leader_heard(c)))
-        if self.controllers and judge:
-            now = self.reactor.seconds()
-            for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
-                self._leader_lost(node, "nothing heard from it")
+        # The ticks' messages to other nodes leave as one frame per node (a
+        # failover's thousands of new leaders re-send and beat in the same
+        # tick: issue 23), as :meth:`held` does for the bursts of messages.
+        with self.held():
+            parked = self._parked
+            for key in list(self._due):
+                r = self.replicas.get(key)
+                if r is None or r.core.idle:
+                    self._due.discard(key)
+                    parked.pop(key, None)
+                    continue
+                if key in done_r:
+                    continue  # ticked already
+                wake = parked.pop(key, None)
+                if wake is not None:
+                    # Woken by an input before its quiet ticks passed: take back
+                    # those counted ahead that did not pass.
+                    r.core.skip_ticks(self._tick_no - wake)
+                self.ticked += 1
+                r.core.tick_beats = not beats  # (a leader's beat per tick: for the release before)
+                n = r.tick()
+                if n:
+                    sent += n
+                quiet = r.core.quiet_ticks
+                if quiet > 0:
+                    # Its next ``quiet`` ticks would only count: counted now, and
+                    # not ticked until the one after them (or an input wakes it).
+                    r.core.skip_ticks(quiet)
+                    self._due.discard(key)
+                    wake = self._tick_no + quiet + 1
+                    parked[key] = wake
+                    self._wake_at.setdefault(wake, []).append(key)
+            if sent and self._new_leads:
+                # Messages the replicas' ticks made (re-sends, heartbeats) while new
+                # leaders wait for their followers: the timeline's ``tick_sends``.
+                self.timeline.mark("tick_sends", now, sent)
+            for key in list(self._due_control):
+                c = self.controllers.get(key)
+                if c is None or c.idle:
+                    self._due_control.discard(key)
+                    continue
+                if key in done_c:
+                    continue  # ticked already
+                self.ticked += 1
+                self.run_control(key, c.tick(self._leader_heard(c)))
+            if self.controllers and judge:
+                now = self.reactor.seconds()
+                for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
+                    self._leader_lost(node, "nothing heard from it")
         for controller in (self.controller_of(), self._last_controller):
             if controller and controller != self.node_id:
                 # The controller as this node knows it; else the last node
@@ -604,6 +608,22 @@ class ReplicationService:
             n=woken,
         )
 
+    def node_refused(self, node: str, since: float) -> bool:
+        """As the controller: a connection to ``node``'s peer port, made at
+        ``since``, was refused -- no process listens there (killed, crashed;
+        the fault watch probes a peer as soon as the peer channel's
+        connection to it ends).  Unless something came from ``node`` after
+        ``since``, it is silent now and its leaderships fail over at once,
+        as after ``beat_timeout`` of silence (issue 23: a crashed node's
+        detection without the 2 s beat timeout; a host or network failure
+        still takes that).  True when they did."""
+        if not self.controllers or node == self.node_id or node not in self._watched:
+            return False
+        if self.liveness.heard_since(node, since) or not self.liveness.mark_silent(node):
+            return False
+        self._leader_lost(node, "its peer port refuses connections")
+        return True
+
     def _leader_lost(self, node: str, why: str) -> None:
         """As the controller: fail over every partition ``node`` leads (one
         pass over the cores, on this event only; those with a failover under
@@ -613,10 +633,11 @@ class ReplicationService:
             for key, c in self.controllers.items()
             if c.leader == node and c.fencing is None and c.committing is None
         ]
-        if why == "nothing heard from it":
+        silent = why != "it restarted"
+        if silent:
             self.node_dead(node)  # (its replicas hear it on the Assigns that follow)
         self.timeline.mark(
-            "found_silent" if why == "nothing heard from it" else "found_restarted",
+            "found_silent" if silent else "found_restarted",
             self.reactor.seconds(),
             len(lost),
         )

@@ -464,3 +464,59 @@ def test_small_forecasts_keep_an_idle_balancer_from_building_its_view() -> None:
     clock.advance(10.0)
     ctl.tick()
     assert ctl.balance_views == 3
+
+
+def test_gossip_saying_a_node_suspect_then_dead_looks_only_at_what_it_leads() -> None:
+    """Node b (a replica of every one of 10,000 partitions, leader of a
+    third) goes suspect, then dead by gossip: each step looks only at the
+    partitions b leads (the dead step fails them over) -- not at all 10,000,
+    as before (issue 23, failover37: a step over every partition in the
+    middle of the failover, on the controller's node).  When the dead grace
+    ends, every partition is looked at again and b's replicas are replaced."""
+    proposals: list[Any] = []
+
+    def propose(cmd: Any) -> defer.Deferred[Any]:
+        proposals.append(cmd)
+        return defer.Deferred()  # (never answered: the moves stay under way)
+
+    plane, states, clock = _plane(10_000, propose)
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    clock.advance(0.1)
+    ctl.tick()
+    led_by_b = sum(1 for i in range(10_000) if i % 3 == 1)
+    for state in ("suspect", "dead"):
+        states["b"] = state
+        before = ctl.visits
+        clock.advance(0.1)
+        ctl.tick()
+        assert ctl.visits - before == led_by_b, state
+    fencing = [k for k, c in plane.service.controllers.items() if c.fencing is not None]
+    assert len(fencing) == led_by_b
+    # An idle step meanwhile looks at nothing more than the cores at work.
+    before = ctl.visits
+    clock.advance(0.1)
+    ctl.tick()
+    assert ctl.visits - before == 0
+    # The grace ends: the eligible nodes change, every partition is looked at.
+    before = ctl.visits
+    clock.advance(ctl.control.dead_grace)
+    ctl.tick()
+    assert ctl.visits - before >= 10_000 - led_by_b
+    assert proposals  # (replica moves off b: the step's budget of them)
+
+
+def test_a_node_back_alive_within_the_grace_looks_only_at_what_it_leads() -> None:
+    """b dead by gossip and back alive before the grace ends: the step that
+    sees it back looks at the partitions whose core still names it leader
+    (their failover under way: the committed leader is b until the commit),
+    not at all 3,000 it holds."""
+    plane, states, clock = _plane(3_000)
+    ctl = plane.controller
+    _b_dies(plane, states, clock)
+    states["b"] = "alive"
+    before = ctl.visits
+    clock.advance(0.1)
+    ctl.tick()
+    assert ctl.visits - before == sum(1 for i in range(3_000) if i % 3 == 1)

@@ -143,5 +143,11 @@ def test_the_controller_counts_per_partition_silence_of_a_leader_that_never_beat
         svc.heard("c")
         svc.tick()
     assert all(c.fencing is not None for c in svc.controllers.values())
-    fences = [decode(msgspec.msgpack.decode(p, type=Envelope).message) for dst, p in sent]
+    payloads = []
+    for _dst, p in sent:  # (a tick's messages to a node leave as one batch frame)
+        try:
+            payloads += msgspec.msgpack.decode(p, type=list[bytes])
+        except msgspec.ValidationError:
+            payloads.append(p)
+    fences = [decode(msgspec.msgpack.decode(p, type=Envelope).message) for p in payloads]
     assert any(isinstance(m, Fence) for m in fences)

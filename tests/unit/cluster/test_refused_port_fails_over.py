@@ -1,0 +1,144 @@
+"""A node whose peer port refuses connections fails over at once (issue 23, failover37).
+
+A killed or crashed node's process no longer listens: the peer channel's
+connection to it ends, the fault watch probes its peer port at once
+(:meth:`~sprawl.cluster.fault_watch.FaultWatch.peer_lost`) and the
+connection is refused.  On the controller that refusal now fails over the
+node's leaderships in one step (:meth:`ReplicationService.node_refused`),
+without waiting out the 2 s beat timeout -- unless the node was heard after
+the probe began.  A node that answers, or one whose probe merely timed out
+(a host or network failure), is still judged by its beats."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+from twisted.internet import task
+
+from sprawl.cluster.fault_watch import FaultWatch
+from sprawl.replication.envelope import Envelope
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Fence, decode
+from sprawl.replication.service import ReplicationService
+
+IDS = ("a", "b", "c")
+
+
+def _controller(partitions: int) -> tuple[ReplicationService, task.Clock, list[tuple[str, Any]]]:
+    """Node "a" as the controller of ``partitions`` idle cores led by "b"
+    (confirmed, epoch 1) and as many led by "c"; every node heard."""
+    sent: list[tuple[str, Any]] = []
+    clock = task.Clock()
+
+    def send(dst: str, kind: Any, payload: bytes) -> None:
+        sent.append((dst, payload))
+
+    channel: Any = SimpleNamespace(handlers={}, send=send)
+    svc = ReplicationService("a", channel, clock)
+    svc.controller_of = lambda: "a"
+    for leader in ("b", "c"):
+        for i in range(partitions):
+            c = FailoverCore(IDS, epoch=1, leader=leader, assign_on_commit=False)
+            c.leader_confirmed = True
+            svc.controllers[(f"{leader}{i:05d}", 0)] = c
+    clock.advance(1.0)
+    svc.heard("b", 7)
+    svc.heard("c", 9)
+    svc.tick()
+    return svc, clock, sent
+
+
+def _messages(sent: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    out = []
+    for dst, payload in sent:
+        try:
+            many = msgspec.msgpack.decode(payload, type=list[bytes])
+        except msgspec.ValidationError:
+            many = [payload]
+        out += [(dst, decode(msgspec.msgpack.decode(p, type=Envelope).message)) for p in many]
+    return out
+
+
+def test_a_refused_port_fails_over_every_leadership_of_the_node_in_one_step() -> None:
+    """1,000 partitions led by "b": its port refused (probe began at the
+    clock's now, nothing heard since) -- every one of them fences at the
+    next epoch at once, no tick passing, the fences to "a" and "c" only (a
+    silent node hears nothing), in one frame to "c"; "c"'s are untouched."""
+    svc, clock, sent = _controller(1_000)
+    sent.clear()
+    assert svc.node_refused("b", clock.seconds())
+    led_b = [c for k, c in svc.controllers.items() if k[0].startswith("b")]
+    led_c = [c for k, c in svc.controllers.items() if k[0].startswith("c")]
+    assert all(c.fencing is not None and c.fencing.epoch == 2 for c in led_b)
+    assert all(c.fencing is None and c.idle for c in led_c)
+    assert svc.liveness.is_silent("b") and "b" in svc.dead
+    msgs = _messages(sent)
+    assert {dst for dst, _ in sent} == {"c"}  # (a's own fences are delivered here, not sent)
+    assert len(sent) == 1  # one frame
+    assert sum(isinstance(m, Fence) for _, m in msgs) == 1_000
+    assert svc.timeline.phases["found_silent"].n == 1_000
+    # Refused again (the next probe): nothing more.
+    assert not svc.node_refused("b", clock.seconds())
+
+
+def test_a_node_heard_after_the_probe_began_is_left_to_its_beats() -> None:
+    """A beat (or any frame) from the node after the probe began: the
+    refusal is stale (a restart listening again says so with its new boot);
+    nothing fails over until the beat timeout does it."""
+    svc, clock, _sent = _controller(10)
+    since = clock.seconds()
+    clock.advance(0.05)
+    svc.heard("b", 7)
+    assert not svc.node_refused("b", since)
+    assert not any(c.fencing for c in svc.controllers.values())
+    assert not svc.liveness.is_silent("b")
+    # ... and silent from then on: the beat timeout's judgement as before.
+    ticks = 0
+    while not any(c.fencing for c in svc.controllers.values()):
+        assert ticks < 2.0 / svc.tick_seconds + 3
+        clock.advance(svc.tick_seconds)
+        svc.heard("c", 9)
+        svc.tick()
+        ticks += 1
+    assert ticks >= 2.0 / svc.tick_seconds - 1
+
+
+def test_only_the_controller_acts_on_a_refusal() -> None:
+    """A node with no controller cores (not the controller), or a refusal of
+    a node it does not watch or of itself: nothing happens."""
+    clock = task.Clock()
+    channel: Any = SimpleNamespace(handlers={}, send=lambda *a: None)
+    svc = ReplicationService("a", channel, clock)
+    assert not svc.node_refused("b", 0.0)
+    svc2, clock2, _ = _controller(3)
+    assert not svc2.node_refused("a", clock2.seconds())
+    assert not svc2.node_refused("z", clock2.seconds())
+    assert not any(c.fencing for c in svc2.controllers.values())
+
+
+class _Plane:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.service = SimpleNamespace(node_refused=self._refused)
+
+    def _refused(self, node: str, since: float) -> bool:
+        self.calls.append((node, since))
+        return True
+
+
+def test_the_fault_watch_hands_a_refused_probe_to_the_controller(monkeypatch: Any) -> None:
+    """``probed(node, "refused")`` passes the probe's start to the service;
+    "answers", "silent" (SIGSTOP) and "unreachable" (a timeout) do not."""
+    clock = task.Clock()
+    plane = _Plane()
+    watch = FaultWatch("a", clock, None, None, plane, None, (1, 1))  # type: ignore[arg-type]
+    monkeypatch.setattr(FaultWatch, "tick", lambda self: None)
+    clock.advance(5.0)
+    watch._probed_at["b"] = 4.9
+    for reach in ("answers", "silent", "unreachable"):
+        watch.probed("b", reach)
+    assert plane.calls == []
+    watch.probed("b", "refused")
+    assert plane.calls == [("b", 4.9)]
