@@ -5,6 +5,8 @@ real ``twistd sprawl`` nodes on 127.0.0.1.
     PYTHONPATH=tests python -m benchmarks.create_cost [--nodes 3] [--topics 100,1000,10000]
                                                       [--batch 100] [--clients 8] [--table]
                                                       [--settle 2] [--idle 2]
+                                                      [--reuse DIR] [--py-spy DIR]
+                                                      [--node-arg=--wal ...]
 
 It grows a cluster (replication factor ``min(3, nodes)``) to each count of
 single-partition topics and, at each count, measures ``--batch`` operations
@@ -28,16 +30,27 @@ nodes in turn, ``--batch`` creates between them at once; wall ms per create
 store groups their writes into one commit).
 
 Prints one JSON line per count; ``--table`` adds a Markdown table of them.
+
+``--reuse DIR`` starts the nodes on the data dirs in ``DIR/N-nodes`` (a
+kept data set, e.g. one ``benchmarks.scale --reuse`` grew to 10,000 topics)
+and creates only the ``tNNNNN`` topics still missing; the dirs are left
+there (run on a *copy*: the run changes them).  ``--py-spy DIR`` samples the
+Raft leader and the answering node with ``py-spy record --format raw``
+during each count's creates (``DIR/create-COUNT-NODE.txt``: collapsed
+stacks, one line per stack with its sample count).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -128,15 +141,42 @@ def concurrent(cluster: NodeCluster, prefix: str, clients: int, each: int) -> tu
 
 
 def measured(
-    cluster: NodeCluster, n: int, run: Callable[[], float], idle: dict[str, float]
+    cluster: NodeCluster,
+    n: int,
+    run: Callable[[], float],
+    idle: dict[str, float],
+    spy: Callable[[], list[subprocess.Popen[bytes]]] | None = None,
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """Run ``run`` (``n`` operations; returns ms per operation) between two
-    snapshots: (ms per operation, each node's figures per operation)."""
+    snapshots: (ms per operation, each node's figures per operation); with
+    ``spy``, the samplers it starts run while ``run`` does."""
     before = snapshot(cluster)
+    samplers = spy() if spy is not None else []
     t0 = time.monotonic()
-    ms = run()
-    took = time.monotonic() - t0
+    try:
+        ms = run()
+    finally:
+        took = time.monotonic() - t0
+        for proc in samplers:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for proc in samplers:
+            proc.wait(timeout=60)
     return ms, per_create(before, snapshot(cluster), n, idle, took)
+
+
+def py_spy(cluster: NodeCluster, nodes: list[str], out: Path, label: str) -> list[subprocess.Popen[bytes]]:
+    """Start ``py-spy record`` (raw collapsed stacks, 200 samples a second,
+    idle frames left out) on each of ``nodes``, writing ``out/LABEL-NODE.txt``."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in dict.fromkeys(nodes):
+        proc = cluster.nodes[name].proc
+        assert proc is not None
+        cmd = ["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200"]
+        cmd += ["--output", str(out / f"{label}-{name}.txt")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # (py-spy attaches before the operations start)
+    return procs
 
 
 def summary(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -160,10 +200,12 @@ def measure_count(
     rng: random.Random,
     settle: float = 2.0,
     idle_seconds: float = 2.0,
+    spy_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Every figure at one count of topics (``t00000`` .. already made),
     after ``settle`` seconds and ``idle_seconds`` of measuring the nodes'
-    idle CPU (subtracted from the operations' CPU: ``cpu_ms_net``)."""
+    idle CPU (subtracted from the operations' CPU: ``cpu_ms_net``); with
+    ``spy_dir``, the creates are sampled by py-spy (:func:`py_spy`)."""
     time.sleep(settle)
     idle = idle_rates(cluster, idle_seconds)
     rf = min(3, len(cluster.names))
@@ -186,8 +228,12 @@ def measure_count(
         ),
         ("delete", lambda: timed(conn, "DELETE", [f"/v1/topics/{n}" for n in fresh], ok=(200, 204))),
     ]
+    leader = row["raft_leader"] or cluster.names[0]
     for kind, run in ops:
-        ms, per_node = measured(cluster, batch, run, idle)
+        spy = None
+        if spy_dir is not None and kind == "create":
+            spy = functools.partial(py_spy, cluster, [leader, cluster.names[0]], spy_dir, f"create-{count}")
+        ms, per_node = measured(cluster, batch, run, idle, spy)
         row[f"{kind}_ms"] = round(ms, 2)
         row[kind] = summary(per_node)
         row[f"{kind}_per_node"] = per_node
@@ -233,25 +279,34 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print a Markdown table at the end")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds of rest before each count's figures")
     ap.add_argument("--idle", type=float, default=2.0, help="seconds of idle CPU measured (and subtracted)")
+    ap.add_argument("--reuse", type=Path, help="start on the data dirs in DIR/N-nodes (a copy: they change)")
+    ap.add_argument("--py-spy", type=Path, dest="py_spy", help="sample the creates with py-spy into DIR")
+    ap.add_argument("--node-arg", action="append", default=[], help="an argument for every node (e.g. --wal)")
     a = ap.parse_args()
     rf = min(3, a.nodes)
     rng = random.Random(a.seed)
-    tmp = tempfile.mkdtemp(prefix="sprawl-create-")
-    cluster = NodeCluster(Path(tmp), a.nodes, startup_timeout=120)
+    if a.reuse is not None:
+        tmp = str(a.reuse / f"{a.nodes}-nodes")
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="sprawl-create-")
+    cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, startup_timeout=120)
     rows: list[dict[str, Any]] = []
     try:
-        cluster.start()
+        cluster.start(form_bound=120)
         conn = Conn(cluster.nodes[cluster.names[0]].http_port)
+        existing = set(cluster.placement(cluster.names[0]))
         made = 0
         for count in (int(x) for x in a.topics.split(",")):
-            create(conn, [f"t{i:05d}" for i in range(made, count)], rf)
+            create(conn, [f"t{i:05d}" for i in range(made, count) if f"t{i:05d}" not in existing], rf)
             made = count
-            row = measure_count(cluster, conn, count, a.batch, a.clients, rng, a.settle, a.idle)
+            row = measure_count(cluster, conn, count, a.batch, a.clients, rng, a.settle, a.idle, a.py_spy)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         cluster.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if a.reuse is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if a.table and rows:
         print(table(rows, a.clients))
 
