@@ -100,12 +100,13 @@ fcs = st.one_of(st.none(), st.floats(min_value=0, max_value=2000, allow_nan=Fals
     st.lists(st.tuples(st.sampled_from(NODES), loads), min_size=2, max_size=9),
     st.lists(st.lists(fcs, min_size=9, max_size=9), min_size=60, max_size=60),
     st.sampled_from(["", "cap", "same"]),
+    st.sampled_from([0.0, 100.0]),
 )
 def test_random_forecasts_cannot_make_it_flap(
-    initial: list[tuple[str, float]], forecasts: list[list[float | None]], replace_mode: str
+    initial: list[tuple[str, float]], forecasts: list[list[float | None]], replace_mode: str, again: float
 ) -> None:
     """Steady present loads, forecasts redrawn at random every decision (with
-    or without ``predict_replace``): between decisions with no plan under way
+    or without ``predict_replace``, ``predict_again``): between decisions with no plan under way
     every decision that moved lowers the sum of squared present node loads, so
     no leader assignment comes back and the moves stop (a relief plan, on by
     default, takes whole decisions and lowers it as a whole: ``test_balance_relief``)."""
@@ -114,7 +115,12 @@ def test_random_forecasts_cannot_make_it_flap(
     replicas = dict.fromkeys(leaders, tuple(NODES))
     b = Balancer(
         BalanceConfig(
-            min_load=10, cooldown=30.0, persist=1, predict_replace=replace_mode, replace_within=60.0
+            min_load=10,
+            cooldown=30.0,
+            persist=1,
+            predict_replace=replace_mode,
+            replace_within=60.0,
+            predict_again=again,
         )
     )
     check = FlapCheck(leaders, rate, NODES)
@@ -137,6 +143,32 @@ def test_a_moved_partition_waits_predict_cooldown_before_moving_on_a_forecast() 
     assert d is not None and d.moves == []
     _, d = decide_n(b, rising(), 5, t0=5000.0)
     assert d is not None and [m.reason for m in d.moves] == [PREDICTED]
+
+
+def test_predict_again_allows_one_move_on_a_forecast_per_partition_per_season() -> None:
+    """``predict_again``: once t/0 moved on a forecast it does not move on one
+    again for that many seconds, though ``predict_cooldown`` has passed (the
+    same situation at 5,000 s moves it without the option); after it, it may."""
+    day = 86400.0
+    b = Balancer(BalanceConfig(min_load=100, cooldown=300.0, predict_cooldown=3600.0, predict_again=day))
+    _, d = decide_n(b, rising(), 5)
+    assert d is not None and [m.reason for m in d.moves] == [PREDICTED]
+    _, d = decide_n(b, rising(), 5, t0=5000.0)
+    assert d is not None and d.moves == []
+    assert any("no quiet partition" in h for h in d.held)
+    _, d = decide_n(b, rising(), 5, t0=day + 100.0)
+    assert d is not None and [m.reason for m in d.moves] == [PREDICTED]
+
+
+def test_predict_again_does_not_hold_a_reactive_move() -> None:
+    """A partition moved on a forecast still moves when its node is hot now
+    (``predict_again`` holds only moves on a forecast)."""
+    b = Balancer(BalanceConfig(min_load=100, cooldown=300.0, predict_cooldown=3600.0, predict_again=86400.0))
+    _, d = decide_n(b, rising(), 5)
+    assert d is not None and [(m.topic, m.partition, m.reason) for m in d.moves] == [("t", 0, PREDICTED)]
+    hot = [replace(p, msgs_s=200.0, forecast=200.0) if p.key == ("t", 0) else p for p in rising()]
+    _, d = decide_n(b, hot, 5, t0=1000.0)
+    assert d is not None and [(m.topic, m.partition, m.reason) for m in d.moves] == [("t", 0, OVERLOADED)]
 
 
 def test_predict_margin_needs_the_forecast_clearly_over_the_bound() -> None:
