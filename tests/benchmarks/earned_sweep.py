@@ -2,20 +2,25 @@
 ``predict_lasting`` values (docs/benchmarks.md, "trust35").
 
     PYTHONPATH=tests python -m benchmarks.earned_sweep [--traces hourly,recorded,daily,ramp,surges]
-        [--seeds 1,2,3] [--lasting 0.3,0.4,0.5,0.6,0.7] [--jobs N] [--out FILE]
+        [--seeds 1,2,3] [--lasting 0.3,0.4,0.5,0.6,0.7] [--plain] [--again season]
+        [--jobs N] [--out FILE]
 
 Each (trace, seed) runs the reactive balancer once and the earned-trust
 combination (:func:`sprawl.forecast.replay.earned`, the values of a node with
-``--earned-trust``) once per ``predict_lasting`` value; the synthetic traces
+``--earned-trust``) once per ``predict_lasting`` value (and, with
+``--plain``, the plain predictive balancer once: the defaults with
+forecasts, ``benchmarks.forecast_sim``'s "predictive" row; ``--again``
+sets ``BalanceConfig.predict_again`` on the earned runs: seconds, or
+``season`` for the trace's season); the synthetic traces
 take the seed (their noise, and the surges' times and partitions), the
 recorded trace has none (one run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
 appended to ``--out`` as one JSON line as it ends (a run already there is not
 run again: an interrupted sweep resumes), and the summary is printed at the
 end: per run, moves / seconds with a node hot / messages delayed, and
-whether it *wins* (fewer hot seconds, no more moves), *ties* (the same
-moves and hot seconds) or *loses* against the reactive run of its trace and
-seed.
+whether it *wins* (fewer hot seconds, no more moves, no more messages
+delayed: issue 18's bar), *ties* (the same moves and hot seconds) or *loses*
+against the reactive run of its trace and seed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 from benchmarks.forecast_sim import RECORDED_CONFIG, RECORDED_PERIOD, TRACE
 from sprawl.forecast import traces
-from sprawl.forecast.replay import SimConfig, Trace, earned, simulate
+from sprawl.forecast.replay import SimConfig, Trace, earned, season_seconds, simulate
 
 #: Each trace's default seed (:mod:`sprawl.forecast.traces`): the docs' tables ran these.
 DEFAULT_SEEDS = {"hourly": 1, "daily": 1, "ramp": 2, "surges": 3}
@@ -52,23 +57,43 @@ def trace_of(name: str, seed: int) -> tuple[Trace, SimConfig]:
     raise ValueError(f"no trace {name!r}")
 
 
-def run(name: str, seed: int, lasting: float | None) -> dict[str, Any]:
-    """One run: reactive (``lasting`` None) or earned trust with that ``predict_lasting``."""
+#: ``run``'s ``lasting`` for the plain predictive balancer (no earned trust).
+PLAIN = -1.0
+
+
+def mode_of(row: dict[str, Any]) -> str:
+    """``reactive``, ``predictive`` (plain) or ``earned`` (rows of older sweeps have no ``mode``)."""
+    return str(row.get("mode") or ("reactive" if row["lasting"] is None else "earned"))
+
+
+def run(name: str, seed: int, lasting: float | None, again: str = "") -> dict[str, Any]:
+    """One run: reactive (``lasting`` None), the plain predictive balancer
+    (:data:`PLAIN`) or earned trust with that ``predict_lasting`` (and
+    ``predict_again``: ``again`` seconds, ``season``, or "" for off)."""
     tr, cfg = trace_of(name, seed)
     t0 = time.process_time()
+    mode = "reactive" if lasting is None else "predictive" if lasting == PLAIN else "earned"
     if lasting is None:
         r = simulate(tr, False, cfg)
+    elif lasting == PLAIN:
+        r = simulate(tr, True, cfg)
     else:
         c = earned(tr, cfg)
-        c = dataclasses.replace(c, balance=dataclasses.replace(c.balance, predict_lasting=lasting))
+        seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
+        c = dataclasses.replace(
+            c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
+        )
         r = simulate(tr, True, c)
     return {
         "trace": name,
         "seed": seed,
+        "mode": mode,
         "lasting": lasting,
+        **({"again": again} if again and mode == "earned" else {}),
         "hot": r.hot_seconds,
         "node_hot": r.node_hot_seconds,
         "moves": r.moves,
+        "predicted": r.moves_by_reason.get("predicted", 0),
         "delayed": round(r.delayed),
         "mape": r.mape,
         "cpu": round(time.process_time() - t0, 1),
@@ -76,16 +101,15 @@ def run(name: str, seed: int, lasting: float | None) -> dict[str, Any]:
 
 
 def verdict(run: dict[str, Any], reactive: dict[str, Any]) -> str:
-    """``win``, ``tie`` or ``loss`` (``>moves``, ``>hot``) against the reactive
-    run, marked ``+delayed`` when more messages were delayed by moves."""
-    more = " +delayed" if run["delayed"] > reactive["delayed"] else ""
-    if run["moves"] > reactive["moves"]:
-        return "LOSS >moves" + more
-    if run["hot"] > reactive["hot"]:
-        return "LOSS >hot" + more
+    """``win`` (less hot time, no more moves, no more messages delayed), ``tie``
+    (the same hot time, no more moves or delayed) or ``LOSS`` (``>moves``,
+    ``>hot``, ``>delayed``) against the reactive run."""
+    worse = [f">{what}" for what in ("moves", "hot", "delayed") if run[what] > reactive[what]]
+    if worse:
+        return "LOSS " + " ".join(worse)
     if run["hot"] < reactive["hot"]:
-        return "win" + more
-    return ("tie" if run["moves"] == reactive["moves"] else "tie (fewer moves)") + more
+        return "win"
+    return "tie" if run["moves"] == reactive["moves"] else "tie (fewer moves)"
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -95,22 +119,24 @@ def summary(rows: list[dict[str, Any]]) -> str:
         "| trace | seed | predict_lasting | moves | s hot | node-s hot | delayed | reactive moves / s hot / delayed | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    by: dict[float, list[str]] = {}
+    by: dict[str, list[str]] = {}
     for r in sorted(
         (r for r in rows if r["lasting"] is not None), key=lambda r: (r["trace"], r["seed"], r["lasting"])
     ):
         base = reactive.get((r["trace"], r["seed"]))
         v = verdict(r, base) if base is not None else "?"
-        by.setdefault(r["lasting"], []).append(f"{r['trace']}/{r['seed']}: {v}")
+        label = "plain predictive" if mode_of(r) == "predictive" else f"predict_lasting {r['lasting']:g}"
+        by.setdefault(label, []).append(f"{r['trace']}/{r['seed']}: {v}")
         ref = f"{base['moves']} / {base['hot']:.0f} / {base['delayed']}" if base is not None else "?"
         out.append(
-            f"| {r['trace']} | {r['seed']} | {r['lasting']:g} | {r['moves']} | {r['hot']:.0f} | "
+            f"| {r['trace']} | {r['seed']} | {label.split()[-1]} | {r['moves']} | {r['hot']:.0f} | "
             f"{r['node_hot']:.0f} | {r['delayed']} | {ref} | {v} |"
         )
     out.append("")
-    for lasting, vs in sorted(by.items()):
+    for label, vs in sorted(by.items()):
         losses = [v for v in vs if "LOSS" in v]
-        out.append(f"predict_lasting {lasting:g}: {len(vs)} runs, {len(losses)} losses {losses}")
+        wins = sum(1 for v in vs if v.endswith(": win"))
+        out.append(f"{label}: {len(vs)} runs, {wins} wins, {len(losses)} losses {losses}")
     return "\n".join(out)
 
 
@@ -122,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", default="", help="seeds of the synthetic traces (default, or 0: each trace's own)"
     )
     ap.add_argument("--lasting", default="0.3,0.4,0.5,0.6,0.7")
+    ap.add_argument("--plain", action="store_true", help="also run the plain predictive balancer")
+    ap.add_argument("--again", default="", help="predict_again of the earned runs: seconds or 'season'")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
     ap.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
@@ -145,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     # by ``--lasting`` first (in its order), then seed, then trace: a sweep cut
     # short has the first values on every trace and seed; a reactive run goes
     # just before the first run that needs it
-    for lasting in (float(x) for x in a.lasting.split(",")):
+    for lasting in [*(float(x) for x in a.lasting.split(",") if x), *([PLAIN] if a.plain else [])]:
         for seed in [int(s) for s in a.seeds.split(",") if s] or [0]:
             for name in a.traces.split(","):
                 s_ = 0 if name == "recorded" else (seed or DEFAULT_SEEDS[name])
@@ -153,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     if want not in have and want not in todo:
                         todo.append(want)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool, a.out.open("a") as f:
-        futures = {pool.submit(run, *t): t for t in todo}
+        futures = {pool.submit(run, *t, a.again if t[2] not in (None, PLAIN) else ""): t for t in todo}
         for fut in as_completed(futures):
             row = fut.result()
             done.append(row)
