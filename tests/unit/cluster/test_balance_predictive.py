@@ -166,7 +166,13 @@ def test_predict_again_does_not_hold_a_reactive_move() -> None:
     b = Balancer(BalanceConfig(min_load=100, cooldown=300.0, predict_cooldown=3600.0, predict_again=86400.0))
     _, d = decide_n(b, rising(), 5)
     assert d is not None and [(m.topic, m.partition, m.reason) for m in d.moves] == [("t", 0, PREDICTED)]
-    hot = [replace(p, msgs_s=200.0, forecast=200.0) if p.key == ("t", 0) else p for p in rising()]
+    # later a is hot now: t/0 100 + t/1 60 against a bound of 125 (mean 100); b at 10 takes t/0
+    hot = [
+        part("t", 0, "a", 100, forecast=100),
+        part("t", 1, "a", 60, forecast=60),
+        part("u", 0, "b", 10, forecast=10),
+        *(part("v", i, n, 110, forecast=110) for i, n in enumerate("cde")),
+    ]
     _, d = decide_n(b, hot, 5, t0=1000.0)
     assert d is not None and [(m.topic, m.partition, m.reason) for m in d.moves] == [("t", 0, OVERLOADED)]
 
