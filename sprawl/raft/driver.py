@@ -5,10 +5,7 @@ waiting callers; the core owns the protocol and the storage owns the disk.
 Each Ready is handled strictly in the order Raft's safety needs:
 
 1. **persist** the snapshot, entries and hard state in one LMDB transaction
-   on the storage writer thread (:meth:`LmdbRaftStorage.save_ready`) -- or,
-   with the store's write-ahead log on, in one fsynced frame of that log,
-   which LMDB applies afterwards in order (one sync instead of an LMDB
-   commit's two; as durable: a frame LMDB lacks is applied at open);
+   on the storage writer thread (:meth:`LmdbRaftStorage.save_ready`);
 2. **send** the messages (only now: a vote or an append acknowledgement must
    never leave before what it promises is on disk);
 3. **apply** a received snapshot, then the committed entries in order (in
@@ -282,7 +279,7 @@ class RaftDriver:
                         # instead of costing an fsync of its own first.
                         saving = self.storage.save_ready(rd)
                     else:
-                        await self.storage.save_ready(rd, logged=True)
+                        await self.storage.save_ready(rd)
                         # (a leader counts its own copy towards the quorum from now)
                         self.node.persisted(rd)
                     if rd.hard_state is not None:

@@ -11,11 +11,6 @@ checksummed (:mod:`sprawl.raft.codec`).
 Writes go through the store's single writer thread and group commit, so they
 are fsynced before their Deferred fires; the driver handles a Ready as
 ``await storage.save_ready(rd)`` -> send messages -> apply -> ``advance``.
-With the store's write-ahead log on (``--wal``), a Ready's save goes through
-the log (``logged``): it fires once its frame is fsynced -- one sync, where an
-LMDB commit is two -- and LMDB applies it afterwards, in the order the writes
-were made; a frame LMDB lacks is applied when the store opens, before this
-storage reads it, so what fired is as durable as an LMDB commit (issue 23).
 The reads the core makes are served from an in-memory copy that is updated
 only when a write's commit has fired, so the core never sees state that is not
 yet durable.  (The whole uncompacted log is kept in memory: this storage is
@@ -272,17 +267,10 @@ class LmdbRaftStorage:
     # -- writes (the driver's) ----------------------------------------------------
 
     def save(
-        self,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        snapshot: Snapshot | None,
-        logged: bool = False,
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
     ) -> Deferred[None]:
         """Persist one Ready's snapshot, entries and hard state in a single
-        transaction; fires once they are on disk (and visible to reads).
-        ``logged``: through the store's write-ahead log when it is on (one
-        fsync of a frame; see the module docstring) -- a snapshot or a
-        truncated suffix, which a frame cannot carry, goes to LMDB as always."""
+        transaction; fires once they are on disk (and visible to reads)."""
         ops: list[Op] = []
         applies: list[_Apply] = []
         if snapshot is not None:
@@ -290,11 +278,11 @@ class LmdbRaftStorage:
         self._plan_append(entries, ops, applies)
         if hard_state is not None:
             self._plan_hard_state(hard_state, ops, applies)
-        return self._submit(ops, applies, logged)
+        return self._submit(ops, applies)
 
-    def save_ready(self, rd: Ready, logged: bool = False) -> Deferred[None]:
+    def save_ready(self, rd: Ready) -> Deferred[None]:
         """:meth:`save` what ``rd`` asks to persist (before sending its messages)."""
-        return self.save(rd.hard_state, rd.entries, rd.snapshot, logged)
+        return self.save(rd.hard_state, rd.entries, rd.snapshot)
 
     def set_hard_state(self, hs: HardState) -> Deferred[None]:
         """Persist the hard state."""
@@ -385,10 +373,9 @@ class LmdbRaftStorage:
         self._p_snapshot = snap
         self._p_dummy = self._p_last = index
 
-    def _submit(self, ops: list[Op], applies: list[_Apply], logged: bool = False) -> Deferred[None]:
+    def _submit(self, ops: list[Op], applies: list[_Apply]) -> Deferred[None]:
         """Queue ``ops`` (even none: the Deferred then still fires in order
-        after every earlier write; ``logged``: through the write-ahead log when
-        the store has one); replay ``applies`` once they are durable."""
+        after every earlier write); replay ``applies`` once they are durable."""
         if self.failed is not None:
             return fail(self.failed)
         nbytes = sum(len(op[3]) for op in ops if op[0] == "p")
@@ -404,6 +391,6 @@ class LmdbRaftStorage:
                 log.failure("Raft storage write failed; storage is now read-only", f)
             return f
 
-        d = self.store.write(ops, nbytes, wal=logged and bool(ops))
+        d = self.store.write(ops, nbytes)
         d.addCallbacks(committed, failed)
         return d

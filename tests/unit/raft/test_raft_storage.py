@@ -11,9 +11,7 @@ lost tail -- is refused loudly on open.  The codec is fuzzed with hypothesis.
 from __future__ import annotations
 
 import random
-import shutil
 import struct
-import threading
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -300,62 +298,6 @@ async def test_save_is_one_transaction(stores: Stores) -> None:
     await s.save(HardState(2, 1, 6), ents(6, 8, term=2), snap)
     assert store.commits == commits + 1
     assert (s.snapshot(), s.first_index(), s.last_index(), s.hard_state) == (snap, 6, 7, HardState(2, 1, 6))
-
-
-class LmdbHeld:
-    """Holds the store's LMDB writer thread before its next commit until
-    released (bounded wait): what is acked meanwhile came from the log."""
-
-    def __init__(self, store: LmdbStore) -> None:
-        self.release = threading.Event()
-        self.calls = 0
-        self._orig = store._commit
-        store._commit = self._commit  # type: ignore[method-assign,assignment]
-
-    def _commit(self, ops: list[Any], *rest: Any) -> None:
-        self.calls += 1
-        assert self.release.wait(30), "LMDB never released"
-        self._orig(ops, *rest)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_logged_save_is_durable_at_its_frames_fsync_and_recovered_from_it(tmp_path: Path) -> None:
-    """With the store's write-ahead log on, a Ready's save (``logged``) fires
-    once its frame is fsynced -- while LMDB has not committed it -- and only
-    then do the reads show it; a crash at that moment (the data dir as it is
-    then, copied) loses nothing: the frame is applied to LMDB at open, before
-    the Raft storage reads its log and hard state.  Without ``logged`` the
-    same store commits to LMDB as before (no frame)."""
-    path = tmp_path / "lmdb"
-    store = LmdbStore(str(path), reactor=the_reactor(), map_size=64 * 1024**2, wal=True)
-    store.open()
-    crashed: LmdbStore | None = None
-    try:
-        s = await LmdbRaftStorage.open(store, CS)
-        await s.save(HardState(1, 1, 1), ents(2, 4), None)  # not logged: an LMDB commit
-        assert store.wal is not None and store.wal.appends == 0
-        held = LmdbHeld(store)
-        d = s.save(HardState(2, 3, 3), ents(4, 7, term=2), None, logged=True)
-        assert s.last_index() == 3, "nothing shown before its frame is synced"
-        await d
-        assert store.wal.appends == 1 and store.wal_synced == 1
-        assert (s.last_index(), s.hard_state) == (6, HardState(2, 3, 3))
-        assert store.get("raft_meta", codec.HARD_STATE_KEY) != codec.encode_hard_state(HardState(2, 3, 3))
-        # The crash: the data dir as the fsynced frame left it, LMDB without it.
-        shutil.copytree(path, tmp_path / "crash" / "lmdb")
-        shutil.copytree(str(path) + "-wal", str(tmp_path / "crash" / "lmdb") + "-wal")
-        held.release.set()
-        crashed = LmdbStore(
-            str(tmp_path / "crash" / "lmdb"), reactor=the_reactor(), map_size=64 * 1024**2, wal=True
-        )
-        crashed.open()
-        r = LmdbRaftStorage(crashed)
-        assert (r.last_index(), r.hard_state) == (6, HardState(2, 3, 3))
-        assert r.entries(2, 7) == [*ents(2, 4), *ents(4, 7, term=2)]
-    finally:
-        if crashed is not None:
-            await crashed.close()
-        await store.close()
 
 
 def drive(node: RaftNode) -> Any:
