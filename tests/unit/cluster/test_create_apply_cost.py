@@ -14,14 +14,14 @@ counted whatever its shape), and the Raft snapshot is held to its size.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest_twisted
 
 from harness import the_reactor
+from harness.lines import lines_run
 from sprawl.cluster.dataplane import DataPlane
 from sprawl.cluster.metadata import Metadata, encode_command
 from sprawl.cluster.metadata_apply import MetadataApply
@@ -33,28 +33,6 @@ from sprawl.testing import FakeRPC
 
 SPRAWL_DIR = str(Path(sys.modules[Metadata.__module__].__file__ or "").parent.parent)
 NODES = ("a", "b", "c")
-
-
-def lines_run(fn: Callable[[], Any]) -> int:
-    """Python lines executed in ``sprawl/`` while ``fn`` runs."""
-    count = 0
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame: FrameType, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename.startswith(SPRAWL_DIR) else None
-
-    previous = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 class Node:
@@ -113,8 +91,8 @@ async def cost_of_a_create(path: Path, idle: int) -> tuple[int, int]:
             node.create(f"t{i:05d}", i % 3)
         await node.store.write([])  # (every idle topic's records on disk)
         node.plane.controller.tick()  # (the controller has looked at what the idle ones changed)
-        led = lines_run(lambda: node.create("new-led-here", 0))
-        followed = lines_run(lambda: node.create("new-led-by-b", 1))
+        led = lines_run(lambda: node.create("new-led-here", 0), SPRAWL_DIR)
+        followed = lines_run(lambda: node.create("new-led-by-b", 1), SPRAWL_DIR)
         await node.store.write([])
         return led, followed
     finally:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
+from harness.lines import lines_run
 from sprawl.gossip import GossipConfig, Membership
 from sprawl.gossip.messages import STATE_ALIVE, Ack, Dead, MemberState, Ping, PushPull
 from sprawl.gossip.wire import decode_packet, encode_packet
@@ -27,28 +25,6 @@ GOSSIP_DIR = str(Path(sys.modules[Membership.__module__].__file__ or "").parent)
 #: Anti-entropy (O(members) by design, every 30 s or more) kept out of the window.
 CFG = GossipConfig(push_pull_interval=10_000.0, reconnect_interval=10_000.0)
 TICK = 0.1
-
-
-def lines_run(fn: Callable[[], Any]) -> int:
-    """Python lines executed in sprawl/gossip while ``fn`` runs."""
-    count = 0
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame: FrameType, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename.startswith(GOSSIP_DIR) else None
-
-    previous = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 def steady_node(n: int) -> Membership:
@@ -86,7 +62,7 @@ def period_work(n: int) -> tuple[int, Membership]:
     m = steady_node(n)
     t = 300.0
     m.receive(("10.0.0.2", 7000), encode_packet([Dead(0, "n0001", "n0002")]), t)
-    work = lines_run(lambda: run(m, t, 20.0))
+    work = lines_run(lambda: run(m, t, 20.0), GOSSIP_DIR)
     return work, m
 
 
