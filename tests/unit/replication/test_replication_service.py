@@ -290,8 +290,11 @@ async def test_the_hops_of_a_publish_are_timed_on_the_leader_and_the_followers(
     for nid in IDS:
         assert all(0 <= s <= took for _h, s in hops[nid])
         if nid != leader.id:
-            # one per append received (a publish's records may come in one or more)
-            assert {h for h, _s in hops[nid]} == {"visible"} and len(hops[nid]) >= 3, hops[nid]
+            # One per append with records received: a publish's records may
+            # come in one or more, and a follower behind gets the records of
+            # several publishes in one append (seen in CI: two for three), so
+            # the count is at least one, not one per publish.
+            assert {h for h, _s in hops[nid]} == {"visible"} and len(hops[nid]) >= 1, hops[nid]
 
 
 @pytest_twisted.ensureDeferred
