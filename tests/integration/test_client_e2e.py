@@ -37,8 +37,14 @@ def ctl(url: str, *args: str) -> Result:
 
 
 def stored_bytes(node: NodeProcess) -> bytes:
-    """What the node's LMDB file holds now."""
-    return (node.data_dir / "lmdb" / "data.mdb").read_bytes()
+    """What the node's disk holds now: its LMDB file and its write-ahead log's
+    segments (on by default: an acked publish is in the log at its ack, and in
+    LMDB's file only once the writer has applied it, a moment later)."""
+    parts = [(node.data_dir / "lmdb" / "data.mdb").read_bytes()]
+    wal = node.data_dir / "lmdb-wal"
+    if wal.is_dir():
+        parts.extend(p.read_bytes() for p in sorted(wal.glob("*.log")))
+    return b"".join(parts)
 
 
 def test_ctl_encrypt_and_decrypt(node: NodeProcess, tmp_path: Path) -> None:
