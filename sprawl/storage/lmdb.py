@@ -152,6 +152,10 @@ class LmdbStore:
         #: completion wakes the reactor (someone waits for LMDB); and, on the writer
         #: thread, the failure after which it commits nothing more.
         self._chained = 0
+        #: Synced frames handed to the LMDB writer, waiting for it (it takes every one
+        #: queued into one transaction), and whether a job to take them is queued there.
+        self._chain_queue: deque[tuple[list[Op], int, int, float]] = deque()
+        self._chain_posted = False
         self._wake_applies = False
         self._chain_broken: Exception | None = None
         #: Bytes queued or in flight (log and LMDB) past which a write is not logged
@@ -477,21 +481,37 @@ class LmdbStore:
         synced = time.time()
         if chained_bytes >= 0:
             ops.append(_applied_op(seq))
-            self._writer.post(self._apply_chained, ops, seq, chained_bytes, synced)
+            self._chain_queue.append((ops, seq, chained_bytes, synced))
+            if not self._chain_posted:
+                self._chain_posted = True
+                self._writer.post(self._apply_chained)
         return seq, began, encoded, synced
 
-    def _apply_chained(self, ops: list[Op], seq: int, nbytes: int, posted: float) -> None:
-        """LMDB writer thread: apply a synced frame the log's thread chained here
-        (:meth:`_wal_append`) and hand the result back -- with the reactor's next turn,
-        not waking it, unless someone waits for LMDB (:meth:`_want_applies`) or the
-        commit failed."""
+    def _apply_chained(self) -> None:
+        """LMDB writer thread: apply every synced frame the log's thread chained here
+        (:meth:`_wal_append`) in one transaction -- the frames synced while LMDB's last
+        commit ran share its next, so a slow disk costs fewer LMDB syncs, not a growing
+        queue of one-frame commits (bounded: past ``wal_lag_bytes`` not yet in LMDB a write
+        is not logged) -- and hand the result back: with the reactor's next turn, not
+        waking it, unless someone waits for LMDB (:meth:`_want_applies`) or the commit
+        failed."""
+        self._chain_posted = False  # (before taking: a frame queued after this posts anew)
+        queue = self._chain_queue
+        frames = []
+        while queue:
+            frames.append(queue.popleft())
+        if not frames:
+            return
+        ops = frames[0][0] if len(frames) == 1 else [op for f in frames for op in f[0]]
+        seq = frames[-1][1]
+        nbytes = sum(f[2] for f in frames)
         err = self._chain_broken
         if err is None:
             try:
                 self._commit(ops)
             except BaseException as e:  # (anything: the reactor must hear of it)
                 err = self._chain_broken = e if isinstance(e, Exception) else Exception(repr(e))
-        args = (seq, len(ops), time.time() - posted, nbytes, err)
+        args = (seq, len(ops), time.time() - frames[0][3], nbytes, err, len(frames))
         reactor = cast(Any, self.reactor)
         if err is not None:
             reactor.callFromThread(self._chained_done, *args)
@@ -500,9 +520,12 @@ class LmdbStore:
         if self._wake_applies:  # (read after the hand-back: see _want_applies)
             reactor.wakeUp()
 
-    def _chained_done(self, seq: int, nops: int, seconds: float, nbytes: int, err: Exception | None) -> None:
-        """A chained apply came back: as a commit's completion in :meth:`_flush`."""
-        self._chained -= 1
+    def _chained_done(
+        self, seq: int, nops: int, seconds: float, nbytes: int, err: Exception | None, frames: int = 1
+    ) -> None:
+        """A chained apply (of ``frames`` frames, up to ``seq``) came back: as a commit's
+        completion in :meth:`_flush`."""
+        self._chained -= frames
         self._pending_bytes -= nbytes
         if err is None:
             self.commits += 1
