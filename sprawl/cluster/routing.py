@@ -20,6 +20,18 @@ even when the first attempt was written: this node named every message first,
 and the leader (old or new) answers a repeated id with its first copy's
 offset.  Reads are served locally by any replica (below its high watermark:
 only committed records) and forwarded otherwise.
+
+An ``acks=quorum`` publish an entry node forwards while it follows the
+partition is answered from its own replica when that is sooner than the
+leader's answer (issue 16, quorum38): the records, named here, are looked
+for as this node's replica shows them -- below its high watermark, so on
+its own disk and, by the replication rules, on a majority's -- and their
+offsets there are the answer.  Only on a publish's first attempt, whose
+ids no copy can have yet (a retry's may meet a first copy: the leader says
+``duplicates`` then), and only for messages this node named (a client's id
+may be a duplicate of an earlier publish).  Otherwise, and whenever the
+leader answers first (or fails: the publish is retried as before), the
+leader's answer is the answer.
 """
 
 from __future__ import annotations
@@ -99,6 +111,10 @@ class Router:
         self.retried = 0
         #: Publishes waiting to retry, by topic: woken when its placement changes.
         self._placement_waiters: dict[str, list[defer.Deferred[bool]]] = {}
+        #: Forwarded publishes looked for in this node's replicas, by partition
+        #: (:meth:`_when_shown`); and how many were answered so (tests count them).
+        self._shown: dict[tuple[str, int], _Shown] = {}
+        self.answered_here = 0
         rpc.register("publish", self._rpc_publish)
         rpc.register("fetch", self._rpc_fetch)
 
@@ -175,7 +191,7 @@ class Router:
             if not 0 <= p < len(t.logs):
                 raise NotFound(f"topic {topic.name!r} has no partition {p}", code="partition_not_found")
             try:
-                return await self._publish_once(t, p, records, acks, hops, deadline, named)
+                return await self._publish_once(t, p, records, acks, hops, deadline, named, _attempt == 0)
             except SprawlError as e:
                 if e.code not in _RETRYABLE:
                     raise
@@ -234,9 +250,12 @@ class Router:
         hops: int,
         deadline: float,
         named: set[str],
+        first: bool = False,
     ) -> PublishResult:
         """One attempt at the partition's leader (``named``: the ids this
-        cluster gave messages that came without one)."""
+        cluster gave messages that came without one; ``first``: the publish's
+        first attempt, which this node's replica may answer -- see the module
+        docstring)."""
         name = t.name
         if self.sync.is_local(name, p):
             pl0 = self.sync.placement(name, p)
@@ -273,17 +292,32 @@ class Router:
             "named": [x.id for x in records if x.id in named],
         }
         timeout = max(0.1, min(self.forward_timeout, deadline - self.reactor.seconds()))
+        here: defer.Deferred[list[int]] | None = None
+        if (
+            first
+            and acks == "quorum"
+            and r is not None
+            and not r.core.is_leader
+            and records
+            and all(x.id in named for x in records)
+        ):
+            here, forget = self._when_shown(t, p, [str(x.id) for x in records])
         sent = self.reactor.seconds()
-        answer = await self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
-        metrics = getattr(self.broker, "metrics", None)  # (test fakes of the broker have none)
-        if metrics is not None:
-            metrics.hop("forward", self.reactor.seconds() - sent)
-        tl = timeline.TIMELINE
-        if tl is not None and answer["offsets"]:
-            first, last = min(answer["offsets"]), max(answer["offsets"]) + 1
-            if tl.sampled(first, last):
-                tl.mark_at("fwd_sent", sent, first, last)
-                tl.mark("fwd_back", first, last)
+        called = self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        if here is None:
+            answer = await called
+        else:
+            try:
+                which, got = await _first_of(called, here)
+            finally:
+                forget()
+            if which == "here":
+                self.answered_here += 1
+                self._forward_timed(sent, got)
+                n = len(records)
+                return PublishResult(list(got), [str(x.id) for x in records], [p] * n, [False] * n, "quorum")
+            answer = got
+        self._forward_timed(sent, answer["offsets"])
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),
@@ -291,6 +325,71 @@ class Router:
             list(answer["duplicates"]),
             str(answer["stored"]),
         )
+
+    def _forward_timed(self, sent: float, offsets: list[int]) -> None:
+        """A forwarded publish sent at ``sent`` is answered now (the metrics' hop, the timeline)."""
+        metrics = getattr(self.broker, "metrics", None)  # (test fakes of the broker have none)
+        if metrics is not None:
+            metrics.hop("forward", self.reactor.seconds() - sent)
+        tl = timeline.TIMELINE
+        if tl is not None and offsets:
+            first, last = min(offsets), max(offsets) + 1
+            if tl.sampled(first, last):
+                tl.mark_at("fwd_sent", sent, first, last)
+                tl.mark("fwd_back", first, last)
+
+    def _when_shown(self, t: Topic, p: int, ids: list[str]) -> tuple[defer.Deferred[list[int]], Any]:
+        """A Deferred firing with the offsets of the records ``ids`` (each once,
+        in order) once this node's replica of ``t``/``p`` shows every one of them
+        -- its high watermark passes them: on its own disk and a majority's --
+        and a function that stops looking (call it either way)."""
+        key = (t.name, p)
+        lg = t.logs[p]
+        shown = self._shown.get(key)
+        if shown is None or shown.log is not lg:
+            if shown is not None:
+                shown.unwatch()  # (the topic was made again)
+            shown = _Shown(lg)
+            shown.unwatch = self.broker.watch(t.name, p, lambda: self._look(key))
+            self._shown[key] = shown
+        want = _Wanted(ids)
+        for i in ids:
+            shown.waiting[i] = want
+
+        def forget() -> None:
+            for i in ids:
+                if shown.waiting.get(i) is want:
+                    del shown.waiting[i]
+            if not shown.waiting and self._shown.get(key) is shown:
+                del self._shown[key]
+                shown.unwatch()
+
+        return want.d, forget
+
+    def _look(self, key: tuple[str, int]) -> None:
+        """The replica's high watermark moved: the records it passed, looked for."""
+        shown = self._shown.get(key)
+        if shown is None:
+            return
+        lg = shown.log
+        hw = min(lg.high_watermark, lg.next_offset)
+        hs = lg.hot_start
+        start = max(shown.pos, hs)
+        shown.pos = max(shown.pos, hw)
+        if start >= hw:
+            return
+        waiting = shown.waiting
+        done: list[_Wanted] = []
+        hot = lg.hot
+        for i in range(start - hs, hw - hs):
+            rec = hot[i]
+            want = waiting.pop(rec.id, None) if rec.id is not None else None
+            if want is not None and not rec.control:
+                want.offsets[rec.id] = rec.offset  # type: ignore[index]
+                if len(want.offsets) == len(want.ids):
+                    done.append(want)
+        for want in done:
+            want.d.callback([want.offsets[i] for i in want.ids])
 
     async def _until_leader(self, r: PartitionReplication, seconds: float) -> None:
         """Wait until the replica leads, at most ``seconds`` (checked every 5 ms)."""
@@ -523,3 +622,44 @@ class Router:
         unwatch = self.broker.watch(name, p, fire)
         timer = self.reactor.callLater(max(seconds, 0.0), fire)
         return d
+
+
+class _Wanted:
+    """A forwarded publish's records looked for in this node's replica (:meth:`Router._when_shown`)."""
+
+    __slots__ = ("d", "ids", "offsets")
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.offsets: dict[str, int] = {}
+        self.d: defer.Deferred[list[int]] = defer.Deferred()
+
+
+class _Shown:
+    """One partition's forwarded publishes looked for in this node's replica:
+    ``waiting`` by record id, ``pos`` the high watermark looked at so far."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.pos: int = log.high_watermark
+        self.waiting: dict[str, _Wanted] = {}
+        self.unwatch: Any = lambda: None
+
+
+def _first_of(called: defer.Deferred[Any], here: defer.Deferred[Any]) -> defer.Deferred[tuple[str, Any]]:
+    """Fires with ``("leader", answer)`` or ``("here", offsets)``, whichever comes
+    first, or fails as ``called`` does when it fails first; what comes after is
+    dropped (a late failure of ``called`` included)."""
+    out: defer.Deferred[tuple[str, Any]] = defer.Deferred()
+
+    def won(result: Any, which: str) -> None:
+        if not out.called:
+            out.callback((which, result))
+
+    def failed(f: Failure) -> None:
+        if not out.called:
+            out.errback(f)
+
+    called.addCallbacks(won, failed, callbackArgs=("leader",))
+    here.addCallback(won, "here")
+    return out

@@ -110,6 +110,8 @@ _REPORTED = (
     "sprawl_lmdb_commits_total",
     "sprawl_lmdb_commit_duration_seconds_sum",
     "sprawl_lmdb_commit_duration_seconds_count",
+    "sprawl_lmdb_commit_ops_sum",
+    "sprawl_lmdb_commit_ops_count",
     "sprawl_peer_frames_sent_total",
     "sprawl_replication_hop_seconds_bucket",
     "sprawl_replication_hop_seconds_sum",
@@ -162,11 +164,13 @@ def node_report(
     commit_ms = (
         d.get(("sprawl_lmdb_commit_duration_seconds_sum", ""), 0.0) / ncommit * 1000 if ncommit else 0.0
     )
+    nops = d.get(("sprawl_lmdb_commit_ops_count", ""), 0.0)
+    ops = d.get(("sprawl_lmdb_commit_ops_sum", ""), 0.0) / nops if nops else 0.0
     frames = d.get(("sprawl_peer_frames_sent_total", ""), 0.0)
     gc_cpu = sum(v for (name, _l), v in d.items() if name == "sprawl_gc_cpu_seconds_total") * 1000
     return (
         f"CPU {cpu:.2f} s ({cpu / per * 1000:.2f} ms/msg), LMDB commits {commits / per:.2f}/msg "
-        f"(mean {commit_ms:.2f} ms), peer frames sent {frames / per:.2f}/msg, GC CPU {gc_cpu:.1f} ms; "
+        f"(mean {commit_ms:.2f} ms, {ops:.1f} ops), peer frames sent {frames / per:.2f}/msg, GC CPU {gc_cpu:.1f} ms; "
         f"hops: forward {_hop(d, 'forward')}; quorum {_hop(d, 'quorum')}; visible {_hop(d, 'visible')}"
     )
 

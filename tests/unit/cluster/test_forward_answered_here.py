@@ -1,0 +1,186 @@
+"""An entry node that follows a partition answers an ``acks=quorum`` publish it
+forwarded from its own replica, once that replica shows the records (issue 16,
+quorum38) -- and only when that says exactly what the leader's answer would:
+the publish's first attempt, ids this node named, records found below its own
+high watermark (on its disk and a majority's).  Off the happy path (the leader
+dies between, a record cut before it was shown, a client's id) the leader's
+answer, or the retry's, is the answer, and nothing is left watching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import defer, task
+
+from sprawl.cluster.routing import Router
+from sprawl.log.partition import PartitionLog
+from sprawl.log.record import Record
+from sprawl.pubsub import PublishResult
+from sprawl.testing import FakeRPC
+
+
+class _Entry:
+    """A follower entry node's router: its replica's log of ``t``/0, a fake broker
+    whose watchers the log's moves notify, and the leader's RPC answers held."""
+
+    def __init__(self) -> None:
+        self.clock = task.Clock()
+        self.log = PartitionLog("t", 0, leader="L", replicas=["L", "a", "b"])
+        self.log.replicated = True
+        self.topic = SimpleNamespace(
+            name="t",
+            logs=[self.log],
+            partition_for=lambda key: 0,
+            config=SimpleNamespace(max_message_bytes=1 << 20),
+        )
+        self.watchers: dict[tuple[str, int], set[Callable[[], None]]] = {}
+        ids = iter(range(1_000_000))
+        broker = SimpleNamespace(
+            topics={"t": self.topic},
+            check_message_sizes=lambda records, limit: None,
+            new_message_id=lambda: f"named-{next(ids)}",
+            watch=self._watch,
+            metrics=None,
+        )
+        self.leader = "L"
+        core = SimpleNamespace(is_leader=False, fenced_epoch=1)
+        sync = SimpleNamespace(
+            is_local=lambda name, p: False,
+            service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}),
+            placement=lambda name, p: {"leader": self.leader, "replicas": ["L", "a", "b"], "epoch": 1},
+        )
+        #: The leader's answers, one Deferred per call, in order.
+        self.answers: list[defer.Deferred[Any]] = []
+
+        def answer(peer: str, method: str, body: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.answers.append(d)
+            return d
+
+        self.rpc = FakeRPC(answer)
+        self.router = Router("a", broker, sync, self.rpc, self.clock)  # type: ignore[arg-type]
+
+    def _watch(self, name: str, p: int, fn: Callable[[], None]) -> Callable[[], None]:
+        fns = self.watchers.setdefault((name, p), set())
+        fns.add(fn)
+        return lambda: fns.discard(fn)
+
+    def watching(self) -> int:
+        return sum(len(s) for s in self.watchers.values())
+
+    def publish(self, *ids: str | None) -> defer.Deferred[PublishResult]:
+        recs = [Record(-1, 0, 0, i, None, None, b"m", True) for i in ids]
+        return self.router.publish(self.topic, recs, "quorum")  # type: ignore[arg-type]
+
+    def forwarded_ids(self, call: int = -1) -> list[str]:
+        return [r[3] for r in self.rpc.calls[call][2]["records"]]
+
+    def replicate(self, *ids: str) -> int:
+        """The leader's append reaches this replica and is durable here (not shown yet)."""
+        start = self.log.next_offset
+        self.log.append_at([Record(start + k, 0, 1, i, None, None, b"m", True) for k, i in enumerate(ids)], 1)
+        self.log.stored(self.log.next_offset)
+        return start
+
+    def show(self, end: int) -> None:
+        """The replica's high watermark passes ``end`` (a majority holds it)."""
+        if self.log.advance_high_watermark(end):
+            for fn in list(self.watchers.get(("t", 0), ())):
+                fn()
+
+
+def test_a_forwarded_publish_is_answered_from_the_entry_nodes_replica_once_it_shows_it() -> None:
+    """The records named here are answered with their offsets in this replica
+    once its high watermark passes every one of them -- not before, and not
+    waiting for the leader's answer, which is dropped when it comes."""
+    e = _Entry()
+    d = e.publish(None, None)
+    ours = e.forwarded_ids()
+    assert len(ours) == 2 and not d.called
+    e.replicate("someone-else")
+    first = e.replicate(*ours)
+    e.show(first + 1)  # (the first of the two only)
+    assert not d.called
+    e.show(first + 2)
+    assert d.called, "not answered from the replica"
+    res = d.result
+    assert res.offsets == [first, first + 1] and res.ids == ours
+    assert res.duplicates == [False, False] and res.stored == "quorum" and res.partitions == [0, 0]
+    assert e.router.answered_here == 1 and e.watching() == 0 and e.router._shown == {}
+    e.answers[0].callback(
+        {"offsets": [first, first + 1], "ids": ours, "duplicates": [False] * 2, "stored": "quorum"}
+    )
+    e.answers[0].addErrback(lambda f: None)  # (nothing failed)
+
+
+def test_the_leader_dying_between_leaves_the_answer_to_the_retry() -> None:
+    """The record reached this replica, durable here, but the leader died before a
+    majority was known: its call fails and the publish is retried at the next
+    leader.  The retry may meet the first copy (the next leader answers it as a
+    duplicate at its offset), so it is not answered from the replica -- even once
+    the replica shows the record -- but with the next leader's answer."""
+    e = _Entry()
+    d = e.publish(None)
+    ours = e.forwarded_ids()
+    at = e.replicate(*ours)
+    e.leader = "a2"
+    e.answers[0].errback(_unreachable())
+    assert not d.called and e.watching() == 0
+    e.clock.advance(0.05)  # (the retry's backoff)
+    assert e.rpc.peers == ["L", "a2"] and e.forwarded_ids() == ours
+    e.show(at + 1)  # the next leader committed the first copy
+    assert not d.called, "a retry was answered from the replica"
+    e.answers[1].callback({"offsets": [at], "ids": ours, "duplicates": [True], "stored": "quorum"})
+    assert d.called and d.result.offsets == [at] and d.result.duplicates == [True]
+    assert e.router.answered_here == 0 and e.watching() == 0
+
+
+def test_a_record_cut_before_it_was_shown_is_not_taken_for_the_answer() -> None:
+    """Only records below the replica's high watermark count: a copy of ours that
+    was cut (an old epoch's uncommitted suffix) and replaced is never the answer."""
+    e = _Entry()
+    d = e.publish(None)
+    ours = e.forwarded_ids()
+    before = e.replicate("earlier")
+    at = e.replicate(*ours)
+    e.show(before + 1)  # (the record before ours: ours is durable here, not shown)
+    assert not d.called
+    e.log.truncate(at)  # a new leader's log differs there
+    e.replicate("theirs")
+    e.show(at + 1)
+    assert not d.called
+    e.answers[0].callback({"offsets": [at + 5], "ids": ours, "duplicates": [False], "stored": "quorum"})
+    assert d.called and d.result.offsets == [at + 5]
+    assert e.router.answered_here == 0 and e.watching() == 0
+
+
+def test_a_clients_own_id_is_answered_by_the_leader() -> None:
+    """A message with the client's id may repeat an earlier publish (the leader
+    answers it as a duplicate at the first copy's offset): the replica showing a
+    record with that id is not the answer."""
+    e = _Entry()
+    d = e.publish("client-1")
+    at = e.replicate("client-1")
+    e.show(at + 1)
+    assert not d.called and e.watching() == 0
+    e.answers[0].callback({"offsets": [0], "ids": ["client-1"], "duplicates": [True], "stored": "quorum"})
+    assert d.called and d.result.duplicates == [True] and d.result.offsets == [0]
+
+
+def test_the_leaders_answer_first_is_the_answer_and_stops_the_look() -> None:
+    """When the leader answers before the replica shows the records, its answer is
+    the answer and the replica's watch ends."""
+    e = _Entry()
+    d = e.publish(None)
+    ours = e.forwarded_ids()
+    assert e.watching() == 1
+    e.answers[0].callback({"offsets": [7], "ids": ours, "duplicates": [False], "stored": "quorum"})
+    assert d.called and d.result.offsets == [7] and e.watching() == 0
+
+
+def _unreachable() -> Exception:
+    from sprawl.errors import Unavailable
+
+    return Unavailable("the peer went away", code="peer_unreachable")
