@@ -173,6 +173,21 @@ def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
     )
 
 
+#: Hot decisions before a shed the forecast confirms (:func:`early`): at once.
+EARLY_SHED = 1
+
+
+def early(trace: Trace, config: SimConfig | None = None) -> SimConfig:
+    """``config`` with the *early shed* rule: no move on a forecast of its
+    own (``BalanceConfig.predict`` off), but a node hot now sheds at its first
+    hot decision instead of after ``persist`` when the forecast confirms the
+    heat lasts (``BalanceConfig.early_shed``): the reactive balancer's own
+    moves, made sooner.  ``trace`` is unused (the rule needs no season)."""
+    del trace
+    c = config or SimConfig()
+    return replace(c, balance=replace(c.balance, predict=False, early_shed=EARLY_SHED))
+
+
 def _units(r: tuple[float, float]) -> float:
     return r[0] + r[1] / BYTES_PER_UNIT
 
@@ -294,6 +309,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 or bal.choose_partition
                 or bal.shed_skip
                 or bal.predict_choose
+                or bal.early_shed
             ):
                 paths = fc.partition_paths(now)
                 forecasts = {k: max(v) for k, v in paths.items()}
