@@ -111,6 +111,12 @@ class SimConfig:
     #: 20% rule per shadow node; ``"exact"`` the true rates through that rule
     #: (the reactive run's own view: only a simulator has it).
     shadow_feed: str = "view"
+    #: Seconds before the controller's first decision (then one every
+    #: ``BalanceConfig.interval``): the phase of its decision clock against
+    #: the gossip's steps.  Not a tuning: the same rule at another phase, the
+    #: measure of how much a run's outcome turns on when its moves fall
+    #: (docs/benchmarks.md, trust38).
+    decision_offset: float = 0.0
 
 
 @dataclass
@@ -294,7 +300,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                     made[k] = b.point
             if made:
                 pending[i + horizon_steps] = made
-        if not balancer.due(now):
+        if now < c.decision_offset or not balancer.due(now):
             continue
         allowance = None
         if shadow is not None:
