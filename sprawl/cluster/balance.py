@@ -177,6 +177,20 @@ unit test in ``tests/unit/cluster/test_balance_plan.py``):
   others (docs/benchmarks.md, forecast37): not part of it.  It only
   withholds moves.  Tests in ``tests/unit/cluster/test_balance_predictive.py``.
 
+* ``early_shed`` (with paths; ``predict`` may be off): a node hot now sheds
+  after that many hot decisions instead of ``persist`` when the forecast
+  says its heat lasts -- over the predicted bound by ``early_margin`` of the
+  band at each of the first ``early_points`` points of the partitions' paths.
+  The shed is the reactive rule's own (:meth:`Balancer._shed`: the same
+  partitions to the same targets, the streak reset after it), made sooner,
+  with the reason :data:`PREDICTED`: issue 18's "a forecast move only as an
+  early version of the reactive move it replaces" in its narrowest form.
+  Measured in docs/benchmarks.md (trust38): moving the same move 20 s
+  earlier changes which 5-second sample the gossip's 20% rule holds in the
+  view, and the runs part from there; it wins some draws and loses others,
+  as the reactive rule against itself with its clock shifted by 5 s does.
+  Tests in ``tests/unit/forecast/test_forecast_early_shed.py``.
+
 The no-flapping argument holds with all of them, and with the relief plans
 (the choices pick among the same improving moves, or skip one): a relief plan
 lowers ``sum(load^2)`` as a whole once done, every move of it lands on a node
@@ -383,6 +397,19 @@ class BalanceConfig:
     #: forecast per partition per that many seconds (measured at a season with
     #: earned trust: docs/benchmarks.md, forecast37).
     predict_again: float = 0.0
+    #: A node hot now sheds once it has been hot this many decisions instead
+    #: of ``persist`` when the forecast confirms its heat lasts: along the
+    #: partitions' paths (:attr:`PartitionLoad.path`, the present load where a
+    #: partition has none) it stays over the predicted bound by
+    #: ``early_margin`` of the band at each of the first ``early_points``
+    #: points (0: all).  The shed is the reactive rule's own (:meth:`_shed`:
+    #: the same partitions to the same targets, the node's streak reset after
+    #: it), only sooner, with the reason :data:`PREDICTED`: the forecast
+    #: stands in for the hysteresis and adds no move of its own (0: never).
+    #: Works with ``predict`` off (no move on a forecast but these).
+    early_shed: int = 0
+    early_margin: float = 0.25
+    early_points: int = 0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -393,6 +420,8 @@ class BalanceConfig:
             raise ValueError("need plan_after >= 0, plan_moves >= 2")
         if self.predict_again < 0:
             raise ValueError("need predict_again >= 0")
+        if self.early_shed < 0 or self.early_margin < 0 or self.early_points < 0:
+            raise ValueError("need early_shed >= 0, early_margin >= 0, early_points >= 0")
         if self.unstick_after < 0 or self.unstick_moves < 1 or self.unstick_margin < 0:
             raise ValueError("need unstick_after >= 0, unstick_moves >= 1, unstick_margin >= 0")
         if (
@@ -668,8 +697,10 @@ class Balancer:
             if self._plan:
                 budget = 0  # a plan under way takes the whole decision
         guide = self._guide(parts, pload, d, nodes)
+        confirmed = self._confirmed(parts, pload, nodes, hot) if c.early_shed > 0 else set()
         for src in sorted(hot, key=lambda n: (-loads[n], n)):
-            if self._streak[src] < c.persist:
+            early = src in confirmed and c.early_shed <= self._streak[src] < c.persist
+            if self._streak[src] < c.persist and not early:
                 d.held.append(f"{src}: hot for {self._streak[src]}/{c.persist} decisions")
                 continue
             if src in passing:
@@ -689,7 +720,19 @@ class Balancer:
             if budget <= 0:
                 d.held.append(f"{src}: move budget used ({c.max_moves} per decision, {in_flight} in flight)")
                 continue
-            shed = self._shed(src, by_leader.get(src, []), pload, loads, mean, upper, now, budget, d, guide)
+            shed = self._shed(
+                src,
+                by_leader.get(src, []),
+                pload,
+                loads,
+                mean,
+                upper,
+                now,
+                budget,
+                d,
+                guide,
+                PREDICTED if early else OVERLOADED,
+            )
             budget -= len(shed)
             if shed:
                 self._streak[src] = 0
@@ -753,6 +796,45 @@ class Balancer:
             return None
         moved = {(m.topic, m.partition): m.dst for m in d.moves}
         return _Ahead.along(parts, pload, moved, nodes, c.threshold)
+
+    def _confirmed(
+        self,
+        parts: Sequence[PartitionLoad],
+        pload: Mapping[tuple[str, int], float],
+        nodes: Sequence[str],
+        hot: set[str],
+    ) -> set[str]:
+        """The hot nodes whose heat the forecast says lasts (``early_shed``):
+        over the predicted bound by ``early_margin`` of the band at each of
+        the first ``early_points`` points of the partitions' paths (a
+        partition without a path: its present load at every point).  None
+        without paths."""
+        c = self.config
+        width = max((len(p.path) for p in parts if p.path), default=0)
+        if width == 0 or not hot:
+            return set()
+        rows = {n: [0.0] * width for n in nodes}
+        for p in parts:
+            row = rows.get(p.leader)
+            if row is None:
+                continue
+            u = pload[p.key]
+            path = p.path if p.path and len(p.path) == width else (u,) * width
+            for i, x in enumerate(path):
+                row[i] += max(0.0, x) if math.isfinite(x) else u
+        points = range(min(width, c.early_points) if c.early_points else width)
+        out = set()
+        for n in sorted(hot):
+            ok = True
+            for i in points:
+                mean = sum(rows[m][i] for m in nodes) / len(nodes)
+                bound = mean * (1 + c.threshold)
+                if rows[n][i] <= bound + c.early_margin * (bound - mean) or rows[n][i] < c.min_load:
+                    ok = False
+                    break
+            if ok:
+                out.add(n)
+        return out
 
     def _passing(
         self, parts: Sequence[PartitionLoad], pload: Mapping[tuple[str, int], float], nodes: Sequence[str]
@@ -1375,12 +1457,14 @@ class Balancer:
         budget: int,
         d: Decision,
         guide: _Ahead | None = None,
+        reason: str = OVERLOADED,
     ) -> list[Move]:
         """The reactive moves off ``src``: its largest partitions first, each to
         the least loaded replica below the mean that stays at or below
         ``upper``, until ``src`` is at or below it.  With ``guide`` (the
         forecast-guided choices on), ``choose_partition`` and ``choose_target``
-        pick among the same moves by the forecast instead."""
+        pick among the same moves by the forecast instead.  ``reason``: the
+        moves' (:data:`PREDICTED` for an early shed, ``early_shed``)."""
         c = self.config
         out: list[Move] = []
         cooling = busy = 0
@@ -1422,7 +1506,7 @@ class Balancer:
             else:
                 dst = min(ts, key=lambda r: (loads[r], r))
             cands.remove(p)
-            mv = Move(p.topic, p.partition, src, dst, OVERLOADED)
+            mv = Move(p.topic, p.partition, src, dst, reason)
             self._record(mv, pload[p.key], loads, now, d)
             if guide is not None:
                 guide.move(p.key, src, dst)

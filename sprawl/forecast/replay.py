@@ -111,6 +111,12 @@ class SimConfig:
     #: 20% rule per shadow node; ``"exact"`` the true rates through that rule
     #: (the reactive run's own view: only a simulator has it).
     shadow_feed: str = "view"
+    #: Seconds before the controller's first decision (then one every
+    #: ``BalanceConfig.interval``): the phase of its decision clock against
+    #: the gossip's steps.  Not a tuning: the same rule at another phase, the
+    #: measure of how much a run's outcome turns on when its moves fall
+    #: (docs/benchmarks.md, trust38).
+    decision_offset: float = 0.0
 
 
 @dataclass
@@ -171,6 +177,21 @@ def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
         distrust=e.distrust,
         balance=e.balance(c.balance),
     )
+
+
+#: Hot decisions before a shed the forecast confirms (:func:`early`): at once.
+EARLY_SHED = 1
+
+
+def early(trace: Trace, config: SimConfig | None = None) -> SimConfig:
+    """``config`` with the *early shed* rule: no move on a forecast of its
+    own (``BalanceConfig.predict`` off), but a node hot now sheds at its first
+    hot decision instead of after ``persist`` when the forecast confirms the
+    heat lasts (``BalanceConfig.early_shed``): the reactive balancer's own
+    moves, made sooner.  ``trace`` is unused (the rule needs no season)."""
+    del trace
+    c = config or SimConfig()
+    return replace(c, balance=replace(c.balance, predict=False, early_shed=EARLY_SHED))
 
 
 def _units(r: tuple[float, float]) -> float:
@@ -279,7 +300,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                     made[k] = b.point
             if made:
                 pending[i + horizon_steps] = made
-        if not balancer.due(now):
+        if now < c.decision_offset or not balancer.due(now):
             continue
         allowance = None
         if shadow is not None:
@@ -294,6 +315,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 or bal.choose_partition
                 or bal.shed_skip
                 or bal.predict_choose
+                or bal.early_shed
             ):
                 paths = fc.partition_paths(now)
                 forecasts = {k: max(v) for k, v in paths.items()}

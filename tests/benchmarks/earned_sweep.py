@@ -3,7 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.earned_sweep [--traces hourly,recorded,daily,ramp,surges]
         [--seeds 1,2,3] [--lasting 0.3,0.4,0.5,0.6,0.7] [--plain] [--again season]
-        [--jobs N] [--out FILE]
+        [--early] [--offset S] [--jobs N] [--out FILE]
 
 Each (trace, seed) runs the reactive balancer once and the earned-trust
 combination (:func:`sprawl.forecast.replay.earned`, the values of a node with
@@ -11,7 +11,11 @@ combination (:func:`sprawl.forecast.replay.earned`, the values of a node with
 ``--plain``, the plain predictive balancer once: the defaults with
 forecasts, ``benchmarks.forecast_sim``'s "predictive" row; ``--again``
 sets ``BalanceConfig.predict_again`` on the earned runs: seconds, or
-``season`` for the trace's season); the synthetic traces
+``season`` for the trace's season; ``--early`` also runs the early shed,
+:func:`sprawl.forecast.replay.early`, once; ``--offset S`` runs every run
+with the controller's first decision S seconds in,
+``SimConfig.decision_offset``: the same rules at another phase of the
+decision clock, docs/benchmarks.md trust38); the synthetic traces
 take the seed (their noise, and the surges' times and partitions), the
 recorded trace has none (one run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
@@ -36,7 +40,7 @@ from typing import Any
 
 from benchmarks.forecast_sim import RECORDED_CONFIG, RECORDED_PERIOD, TRACE
 from sprawl.forecast import traces
-from sprawl.forecast.replay import SimConfig, Trace, earned, season_seconds, simulate
+from sprawl.forecast.replay import SimConfig, Trace, early, earned, season_seconds, simulate
 
 #: Each trace's default seed (:mod:`sprawl.forecast.traces`): the docs' tables ran these.
 DEFAULT_SEEDS = {"hourly": 1, "daily": 1, "ramp": 2, "surges": 3}
@@ -59,6 +63,8 @@ def trace_of(name: str, seed: int) -> tuple[Trace, SimConfig]:
 
 #: ``run``'s ``lasting`` for the plain predictive balancer (no earned trust).
 PLAIN = -1.0
+#: ``run``'s ``lasting`` for the early shed (:func:`sprawl.forecast.replay.early`).
+EARLY = -2.0
 
 
 def mode_of(row: dict[str, Any]) -> str:
@@ -66,17 +72,30 @@ def mode_of(row: dict[str, Any]) -> str:
     return str(row.get("mode") or ("reactive" if row["lasting"] is None else "earned"))
 
 
-def run(name: str, seed: int, lasting: float | None, again: str = "") -> dict[str, Any]:
+def _label(row: dict[str, Any]) -> str:
+    mode = mode_of(row)
+    if mode == "predictive":
+        return "plain predictive"
+    if mode == "early":
+        return "early shed"
+    return f"predict_lasting {row['lasting']:g}"
+
+
+def run(name: str, seed: int, lasting: float | None, again: str = "", offset: float = 0.0) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
-    (:data:`PLAIN`) or earned trust with that ``predict_lasting`` (and
-    ``predict_again``: ``again`` seconds, ``season``, or "" for off)."""
+    (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
+    ``predict_lasting`` (and ``predict_again``: ``again`` seconds, ``season``,
+    or "" for off); the first decision ``offset`` seconds in."""
     tr, cfg = trace_of(name, seed)
+    cfg = dataclasses.replace(cfg, decision_offset=offset)
     t0 = time.process_time()
-    mode = "reactive" if lasting is None else "predictive" if lasting == PLAIN else "earned"
+    mode = {None: "reactive", PLAIN: "predictive", EARLY: "early"}.get(lasting, "earned")
     if lasting is None:
         r = simulate(tr, False, cfg)
     elif lasting == PLAIN:
         r = simulate(tr, True, cfg)
+    elif lasting == EARLY:
+        r = simulate(tr, True, early(tr, cfg))
     else:
         c = earned(tr, cfg)
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
@@ -90,6 +109,7 @@ def run(name: str, seed: int, lasting: float | None, again: str = "") -> dict[st
         "mode": mode,
         "lasting": lasting,
         **({"again": again} if again and mode == "earned" else {}),
+        **({"offset": offset} if offset else {}),
         "hot": r.hot_seconds,
         "node_hot": r.node_hot_seconds,
         "moves": r.moves,
@@ -125,7 +145,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
     ):
         base = reactive.get((r["trace"], r["seed"]))
         v = verdict(r, base) if base is not None else "?"
-        label = "plain predictive" if mode_of(r) == "predictive" else f"predict_lasting {r['lasting']:g}"
+        label = _label(r)
         by.setdefault(label, []).append(f"{r['trace']}/{r['seed']}: {v}")
         ref = f"{base['moves']} / {base['hot']:.0f} / {base['delayed']}" if base is not None else "?"
         out.append(
@@ -150,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lasting", default="0.3,0.4,0.5,0.6,0.7")
     ap.add_argument("--plain", action="store_true", help="also run the plain predictive balancer")
     ap.add_argument("--again", default="", help="predict_again of the earned runs: seconds or 'season'")
+    ap.add_argument("--early", action="store_true", help="also run the early shed (replay.early)")
+    ap.add_argument("--offset", type=float, default=0.0, help="seconds before the first decision")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
     ap.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
@@ -173,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     # by ``--lasting`` first (in its order), then seed, then trace: a sweep cut
     # short has the first values on every trace and seed; a reactive run goes
     # just before the first run that needs it
-    for lasting in [*(float(x) for x in a.lasting.split(",") if x), *([PLAIN] if a.plain else [])]:
+    lastings = [*(float(x) for x in a.lasting.split(",") if x), *([PLAIN] if a.plain else [])]
+    for lasting in [*lastings, *([EARLY] if a.early else [])]:
         for seed in [int(s) for s in a.seeds.split(",") if s] or [0]:
             for name in a.traces.split(","):
                 s_ = 0 if name == "recorded" else (seed or DEFAULT_SEEDS[name])
@@ -181,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                     if want not in have and want not in todo:
                         todo.append(want)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool, a.out.open("a") as f:
-        futures = {pool.submit(run, *t, a.again if t[2] not in (None, PLAIN) else ""): t for t in todo}
+        futures = {
+            pool.submit(run, *t, a.again if t[2] not in (None, PLAIN, EARLY) else "", a.offset): t
+            for t in todo
+        }
         for fut in as_completed(futures):
             row = fut.result()
             done.append(row)

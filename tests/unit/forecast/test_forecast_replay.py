@@ -166,3 +166,16 @@ def test_recorded_trace_reads_the_file() -> None:
     """The recorded CSV gives the cluster's three nodes and its ten partitions."""
     tr = traces.recorded(RECORDED, period=300.0, bucket=10.0)
     assert len(tr.replicas) == 10 and len(tr.nodes) == 3 and tr.seconds >= 800
+
+
+def test_decision_offset_shifts_the_decision_clock() -> None:
+    """``SimConfig.decision_offset``: the same reactive rule with its first
+    decision 5 s in decides at 5, 15, 25 ... s (every move at an odd multiple
+    of 5 s), and the runs differ from there (docs/benchmarks.md, trust38:
+    the view holds the sample of the step a move landed in)."""
+    tr = traces.recorded(RECORDED, period=300.0, bucket=10.0)
+    a = simulate(tr, False, SimConfig(horizon=60.0))
+    b = simulate(tr, False, SimConfig(horizon=60.0, decision_offset=5.0))
+    assert a.log and b.log
+    assert all(t % 10 == 0 for t, _ in a.log) and all(t % 10 == 5 for t, _ in b.log)
+    assert (b.moves, b.hot_seconds) != (a.moves, a.hot_seconds)
