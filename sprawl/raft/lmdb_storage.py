@@ -23,6 +23,17 @@ Argument errors (a gap in appended entries, compacting beyond the log) raise
 immediately, as in ``MemoryStorage``; I/O errors errback the Deferred and poison
 this storage (as they poison the store).
 
+A snapshot of at least :data:`SNAPSHOT_FILE_BYTES` (the cluster metadata of
+thousands of topics: 2.2 MB at 10,000) is not an LMDB value: its record goes
+to a file in :attr:`LmdbRaftStorage.snapshot_dir`, written and fsynced on the
+writer thread inside the transaction that stores a
+:class:`~sprawl.raft.codec.SnapshotFile` naming it (issue 23, create38).  As an
+LMDB value, every snapshot freed the pages of the one before: LMDB's free
+list held a snapshot's worth of pages, and every later commit wrote that list
+again -- the pages each topic creation wrote grew with the topic count.  The
+files LMDB no longer names are deleted once the commit naming the new one is
+durable (and at open).
+
 On open the state is verified -- every record's checksum and framing, the
 log's contiguity and term order, the snapshot and the commit index against the
 log -- and anything amiss raises :class:`~sprawl.raft.codec.RaftStorageCorrupt`
@@ -31,6 +42,7 @@ naming the record and index.  Nothing is ever truncated or repaired silently.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +61,13 @@ log = Logger()
 
 LOG_DB = "raft_log"
 META_DB = "raft_meta"
+
+#: A snapshot whose data is at least this big is kept in a file, not in LMDB (see the
+#: module docstring); smaller ones (a cluster of a few hundred topics) stay LMDB values.
+SNAPSHOT_FILE_BYTES = 64 * 1024
+#: Names of the snapshot files (``snapshot-INDEX-TERM-TOKEN.raft``), in :attr:`LmdbRaftStorage.snapshot_dir`.
+SNAPSHOT_PREFIX = "snapshot-"
+SNAPSHOT_SUFFIX = ".raft"
 
 _Apply = Callable[[], None]
 
@@ -85,7 +104,13 @@ class LmdbRaftStorage:
         """Recover (and verify) the state in an open ``store``; raises
         :class:`RaftStorageCorrupt` if any of it fails verification."""
         self.store = store
+        #: Where snapshots too big for LMDB are kept (beside the LMDB directory).
+        self.snapshot_dir = store.path + "-raft"
+        #: The snapshot file LMDB names now (durably), and those written for commits not yet done.
+        self._snapshot_file: str | None = None
+        self._files_pending: set[str] = set()
         self._cache = self._load()
+        self._drop_snapshot_files()
         self._p_dummy = self._cache.first_index() - 1
         self._p_last = self._cache.last_index()
         self._p_snapshot = self._cache.snapshot()
@@ -191,7 +216,7 @@ class LmdbRaftStorage:
             except CodecError as e:
                 raise _corrupt("hard_state", None, str(e)) from None
             try:
-                snap = codec.decode_snapshot(raw_snap) if raw_snap is not None else Snapshot()
+                snap = self._read_snapshot(raw_snap) if raw_snap is not None else Snapshot()
             except CodecError as e:
                 raise _corrupt("snapshot", None, str(e)) from None
             ents = self._scan_log(txn.cursor(db=dbs[LOG_DB]))
@@ -211,6 +236,47 @@ class LmdbRaftStorage:
                 "log", last + 1, f"hard state commits {hs.commit} beyond last index {last} (tail lost)"
             )
         return _Cache.restore(hs, snap, [Entry(ents[0].term, dummy), *ents[1:]])
+
+    def _read_snapshot(self, raw: bytes) -> Snapshot:
+        """The snapshot a ``snapshot`` record holds or names (:class:`CodecError` when it
+        or its file does not check out)."""
+        if not codec.is_snapshot_file(raw):
+            return codec.decode_snapshot(raw)
+        ref = codec.decode_snapshot_file(raw)
+        path = os.path.join(self.snapshot_dir, ref.name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(ref.length + 1)
+        except OSError as e:
+            raise CodecError(f"snapshot file {ref.name}: {e.strerror or e}") from None
+        if len(data) != ref.length:
+            raise CodecError(f"snapshot file {ref.name}: {len(data)} bytes, {ref.length} written")
+        if codec.crc(data) != ref.crc:
+            raise CodecError(f"snapshot file {ref.name}: checksum mismatch")
+        snap = codec.decode_snapshot(data)
+        if snap.meta != ref.meta:
+            raise CodecError(
+                f"snapshot file {ref.name} holds index {snap.meta.index}, named for {ref.meta.index}"
+            )
+        self._snapshot_file = ref.name
+        return snap
+
+    def _drop_snapshot_files(self, keep: set[str] | None = None) -> None:
+        """Delete the snapshot files LMDB does not name (durably) and no queued write
+        is for (``keep``: more to keep)."""
+        try:
+            names = os.listdir(self.snapshot_dir)
+        except FileNotFoundError:
+            return
+        keep = {*(keep or ()), *self._files_pending, *(n + ".tmp" for n in self._files_pending)}
+        if self._snapshot_file is not None:
+            keep.add(self._snapshot_file)
+        for name in names:
+            if name.startswith(SNAPSHOT_PREFIX) and name not in keep:
+                try:
+                    os.unlink(os.path.join(self.snapshot_dir, name))
+                except OSError as e:
+                    log.warn("could not delete the old Raft snapshot file {name}: {e}", name=name, e=e)
 
     @staticmethod
     def _scan_log(cur: Any) -> list[Entry]:
@@ -316,7 +382,7 @@ class LmdbRaftStorage:
             if index > self._p_last:
                 raise UnavailableError(index)
             snap = Snapshot(SnapshotMeta(index, self._cache.term(index), conf_state), data)
-            ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+            self._plan_snapshot_record(snap, ops, applies)
             applies.append(lambda: self._cache.set_snapshot(snap))
             self._p_snapshot = snap
         result = self._p_snapshot
@@ -366,12 +432,57 @@ class LmdbRaftStorage:
         if snap.meta.index <= self._p_snapshot.meta.index:
             return
         index, term = snap.meta.index, snap.meta.term
-        ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+        self._plan_snapshot_record(snap, ops, applies)
         ops.append(("r", LOG_DB, codec.log_key(0), codec.LOG_KEY_END))
         ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
         applies.append(lambda: self._cache.apply_snapshot(snap))
         self._p_snapshot = snap
         self._p_dummy = self._p_last = index
+
+    def _plan_snapshot_record(self, snap: Snapshot, ops: list[Op], applies: list[_Apply]) -> None:
+        """The ``snapshot`` record of ``snap``: the snapshot itself, or -- at least
+        :data:`SNAPSHOT_FILE_BYTES` of data -- a file written (fsynced, renamed in
+        place, its directory fsynced) on the writer thread inside the transaction
+        that stores the record naming it; the files named before are deleted
+        once that transaction is durable."""
+        if len(snap.data) < SNAPSHOT_FILE_BYTES:
+            ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+
+            def inline() -> None:
+                self._snapshot_file = None
+                self._drop_snapshot_files()
+
+            applies.append(inline)
+            return
+        name = f"{SNAPSHOT_PREFIX}{snap.meta.index}-{snap.meta.term}-{os.urandom(4).hex()}{SNAPSHOT_SUFFIX}"
+        self._files_pending.add(name)
+        directory = self.snapshot_dir
+
+        def write(env: Any, txn: Any, db: Any) -> None:
+            record = codec.encode_snapshot(snap)
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, name)
+            with open(path + ".tmp", "wb") as f:
+                f.write(record)
+                f.flush()
+                os.fdatasync(f.fileno())
+            os.replace(path + ".tmp", path)
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            ref = codec.SnapshotFile(snap.meta, name, len(record), codec.crc(record))
+            txn.put(codec.SNAPSHOT_KEY, codec.encode_snapshot_file(ref), db=db)
+
+        ops.append(("x", META_DB, write))
+
+        def written() -> None:
+            self._files_pending.discard(name)
+            self._snapshot_file = name
+            self._drop_snapshot_files()
+
+        applies.append(written)
 
     def _submit(self, ops: list[Op], applies: list[_Apply]) -> Deferred[None]:
         """Queue ``ops`` (even none: the Deferred then still fires in order
