@@ -30,9 +30,10 @@ writer thread inside the transaction that stores a
 :class:`~sprawl.raft.codec.SnapshotFile` naming it (issue 23, create38).  As an
 LMDB value, every snapshot freed the pages of the one before: LMDB's free
 list held a snapshot's worth of pages, and every later commit wrote that list
-again -- the pages each topic creation wrote grew with the topic count.  The
-files LMDB no longer names are deleted once the commit naming the new one is
-durable (and at open).
+again -- the pages each topic creation wrote grew with the topic count.  Once
+the commit naming a new file is durable, the files named by neither it nor
+the record before it are deleted (the one before stays for a hot backup's
+``mdb_copy`` begun before the switch; at open only the file named is kept).
 
 On open the state is verified -- every record's checksum and framing, the
 log's contiguity and term order, the snapshot and the commit index against the
@@ -106,8 +107,11 @@ class LmdbRaftStorage:
         self.store = store
         #: Where snapshots too big for LMDB are kept (beside the LMDB directory).
         self.snapshot_dir = store.path + "-raft"
-        #: The snapshot file LMDB names now (durably), and those written for commits not yet done.
+        #: The snapshot file LMDB names now (durably), the one it named before (kept too:
+        #: a hot backup's ``mdb_copy`` may have begun before the switch), and those written
+        #: for commits not yet done.
         self._snapshot_file: str | None = None
+        self._previous_file: str | None = None
         self._files_pending: set[str] = set()
         self._cache = self._load()
         self._drop_snapshot_files()
@@ -269,8 +273,7 @@ class LmdbRaftStorage:
         except FileNotFoundError:
             return
         keep = {*(keep or ()), *self._files_pending, *(n + ".tmp" for n in self._files_pending)}
-        if self._snapshot_file is not None:
-            keep.add(self._snapshot_file)
+        keep.update(n for n in (self._snapshot_file, self._previous_file) if n is not None)
         for name in names:
             if name.startswith(SNAPSHOT_PREFIX) and name not in keep:
                 try:
@@ -449,7 +452,7 @@ class LmdbRaftStorage:
             ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
 
             def inline() -> None:
-                self._snapshot_file = None
+                self._previous_file, self._snapshot_file = self._snapshot_file, None
                 self._drop_snapshot_files()
 
             applies.append(inline)
@@ -479,7 +482,7 @@ class LmdbRaftStorage:
 
         def written() -> None:
             self._files_pending.discard(name)
-            self._snapshot_file = name
+            self._previous_file, self._snapshot_file = self._snapshot_file, name
             self._drop_snapshot_files()
 
         applies.append(written)

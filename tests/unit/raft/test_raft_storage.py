@@ -681,6 +681,7 @@ async def with_big_snapshots(stores: Stores) -> str:
     await s.create_snapshot(12, CS, BIG + b"12")
     assert len(snapshot_files(stores)) == 1
     await s.create_snapshot(15, CS, BIG + b"15")
+    assert len(snapshot_files(stores)) == 2  # (the one before kept: a hot backup may name it)
     await s.compact(15)
     await store.close()
     return stores.path
@@ -689,10 +690,11 @@ async def with_big_snapshots(stores: Stores) -> str:
 @pytest_twisted.ensureDeferred
 async def test_a_big_snapshot_is_a_file_and_survives_a_restart(stores: Stores) -> None:
     """A snapshot of at least SNAPSHOT_FILE_BYTES is kept in one file (the one
-    before it deleted once the new one's record is durable), LMDB holding only
-    the record naming it -- and a restart reads it back whole."""
+    before the last deleted once the new one's record is durable; at open, all
+    but the one named), LMDB holding only the record naming it -- and a
+    restart reads it back whole."""
     await with_big_snapshots(stores)
-    assert len(snapshot_files(stores)) == 1
+    assert len(snapshot_files(stores)) == 2
     env = lmdb.open(stores.path, max_dbs=16, readonly=True, lock=False)
     try:
         with env.begin(db=env.open_db(b"raft_meta")) as txn:
@@ -704,10 +706,10 @@ async def test_a_big_snapshot_is_a_file_and_survives_a_restart(stores: Stores) -
     s = await LmdbRaftStorage.open(store)
     assert s.snapshot() == Snapshot(SnapshotMeta(15, 1, CS), BIG + b"15")
     assert (s.first_index(), s.last_index()) == (16, 19)
+    assert [n[:14] for n in snapshot_files(stores)] == ["snapshot-15-1-"]
     # A leader's snapshot received later replaces it (and its file) the same way.
     await s.apply_snapshot(Snapshot(SnapshotMeta(30, 2, CS), BIG + b"30"))
-    (name,) = snapshot_files(stores)
-    assert name.startswith("snapshot-30-2-")
+    assert [n[:14] for n in snapshot_files(stores)] == ["snapshot-15-1-", "snapshot-30-2-"]
     await store.close()
     s = await LmdbRaftStorage.open(stores.open())
     assert s.snapshot().data == BIG + b"30" and s.last_index() == 30
@@ -723,10 +725,12 @@ async def test_a_small_snapshot_after_a_big_one_leaves_no_file(stores: Stores) -
     s = await LmdbRaftStorage.open(store)
     assert len(snapshot_files(stores)) == 1  # (the stray one deleted)
     await s.apply_snapshot(Snapshot(SnapshotMeta(40, 2, CS), b"small again"))
+    assert len(snapshot_files(stores)) == 1  # (the one named before, for a hot backup)
+    await s.apply_snapshot(Snapshot(SnapshotMeta(41, 2, CS), b"small once more"))
     assert snapshot_files(stores) == []
     await store.close()
     s = await LmdbRaftStorage.open(stores.open())
-    assert s.snapshot().data == b"small again"
+    assert s.snapshot().data == b"small once more"
 
 
 @pytest_twisted.ensureDeferred
@@ -734,7 +738,8 @@ async def test_a_damaged_or_missing_snapshot_file_is_refused(stores: Stores) -> 
     """The file a snapshot record names is checked on open: a flipped byte, a
     torn file, a missing one -- each refused, naming the snapshot."""
     await with_big_snapshots(stores)
-    (name,) = snapshot_files(stores)
+    name = snapshot_files(stores)[-1]
+    assert name.startswith("snapshot-15-")
     path = Path(stores.path + "-raft", name)
     good = path.read_bytes()
     flipped = bytearray(good)
