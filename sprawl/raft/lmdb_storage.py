@@ -336,10 +336,16 @@ class LmdbRaftStorage:
     # -- writes (the driver's) ----------------------------------------------------
 
     def save(
-        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        urgent: bool = True,
     ) -> Deferred[None]:
         """Persist one Ready's snapshot, entries and hard state in a single
-        transaction; fires once they are on disk (and visible to reads)."""
+        transaction; fires once they are on disk (and visible to reads).
+        ``urgent`` (someone waits for it: see :meth:`LmdbStore.hold`) ends the
+        store's hold; a Ready that persists only the commit index is not."""
         ops: list[Op] = []
         applies: list[_Apply] = []
         if snapshot is not None:
@@ -347,11 +353,11 @@ class LmdbRaftStorage:
         self._plan_append(entries, ops, applies)
         if hard_state is not None:
             self._plan_hard_state(hard_state, ops, applies)
-        return self._submit(ops, applies)
+        return self._submit(ops, applies, urgent)
 
-    def save_ready(self, rd: Ready) -> Deferred[None]:
+    def save_ready(self, rd: Ready, urgent: bool = True) -> Deferred[None]:
         """:meth:`save` what ``rd`` asks to persist (before sending its messages)."""
-        return self.save(rd.hard_state, rd.entries, rd.snapshot)
+        return self.save(rd.hard_state, rd.entries, rd.snapshot, urgent)
 
     def set_hard_state(self, hs: HardState) -> Deferred[None]:
         """Persist the hard state."""
@@ -389,7 +395,7 @@ class LmdbRaftStorage:
             applies.append(lambda: self._cache.set_snapshot(snap))
             self._p_snapshot = snap
         result = self._p_snapshot
-        return self._submit(ops, applies).addCallback(lambda _: result)
+        return self._submit(ops, applies, urgent=False).addCallback(lambda _: result)
 
     def compact(self, index: int) -> Deferred[None]:
         """Delete the entries up to and including ``index``, keeping a dummy
@@ -406,7 +412,7 @@ class LmdbRaftStorage:
             ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
             applies.append(lambda: self._cache.compact(index))
             self._p_dummy = index
-        return self._submit(ops, applies)
+        return self._submit(ops, applies, urgent=False)
 
     # -- planning: ops for the writer, replays for the cache once committed --------
 
@@ -487,9 +493,10 @@ class LmdbRaftStorage:
 
         applies.append(written)
 
-    def _submit(self, ops: list[Op], applies: list[_Apply]) -> Deferred[None]:
+    def _submit(self, ops: list[Op], applies: list[_Apply], urgent: bool = True) -> Deferred[None]:
         """Queue ``ops`` (even none: the Deferred then still fires in order
-        after every earlier write); replay ``applies`` once they are durable."""
+        after every earlier write); replay ``applies`` once they are durable.
+        ``urgent``: see :meth:`save`."""
         if self.failed is not None:
             return fail(self.failed)
         nbytes = sum(len(op[3]) for op in ops if op[0] == "p")
@@ -505,6 +512,6 @@ class LmdbRaftStorage:
                 log.failure("Raft storage write failed; storage is now read-only", f)
             return f
 
-        d = self.store.write(ops, nbytes)
+        d = self.store.write(ops, nbytes, urgent=urgent)
         d.addCallbacks(committed, failed)
         return d
