@@ -32,6 +32,10 @@ log = Logger()
 #: Topics of a ``set_partitions`` batch whose placement is followed per reactor turn.
 TOPICS_PER_TURN = 200
 
+#: Seconds the writes of a create or delete applied here wait for this node's next Raft
+#: append to commit with (:meth:`LmdbStore.hold <sprawl.storage.lmdb.LmdbStore.hold>`).
+HOLD_SECONDS = 0.005
+
 #: Commands whose proposer is answered once they are applied in memory here
 #: (the broker's change made, its write queued) rather than once that write is
 #: durable: the Raft entry already is (see :meth:`MetadataApply.apply`).
@@ -71,6 +75,12 @@ class MetadataApply:
         result = self.control.metadata.apply(e.index, cmd)
         if cmd.get("op") == "put_node" and "error" not in result:
             self.control.names[int(cmd["raft_id"])] = cmd["node_id"]
+        if cmd.get("op") in ANSWERED_AT_APPLY and "error" not in result:
+            # What this create or delete writes here (the broker's record, the
+            # replicas', the commit index) joins this node's next Raft append --
+            # the client's next create -- instead of a commit of its own in that
+            # append's way (issue 23, create38).
+            self.broker.store.hold(HOLD_SECONDS)
         d = self._materialise(cmd) if "error" not in result else defer.succeed(None)
         if "error" not in result and cmd.get("op") == "put_topic":
             # The broker made the change in memory already (its write is

@@ -15,7 +15,8 @@ bytes (a property the tests fuzz).
 Key layout: the ``raft_log`` database is keyed by the entry index as 8 bytes
 big-endian (so LMDB's byte order is index order); ``raft_meta`` holds
 :data:`HARD_STATE_KEY`, :data:`SNAPSHOT_KEY` (the snapshot carries the
-configuration as of its index) and :data:`CLUSTER_ID_KEY` (which cluster this
+configuration as of its index -- or, for a big one, a :class:`SnapshotFile`
+record naming the file beside LMDB that holds it) and :data:`CLUSTER_ID_KEY` (which cluster this
 Raft state belongs to: 8 bytes big-endian, non-zero).  The lowest key of ``raft_log`` is the "dummy"
 entry at the compaction point (index and term only), as ``MemoryStorage``'s
 ``_ents[0]``.
@@ -29,13 +30,14 @@ from typing import TypeVar
 
 import msgspec
 
-from sprawl.raft.messages import Entry, HardState, Snapshot
+from sprawl.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
 
 #: Record kinds (the first byte of every record).
 KIND_ENTRY = 0x45  # "E"
 KIND_HARD_STATE = 0x48  # "H"
 KIND_SNAPSHOT = 0x53  # "S"
 KIND_CLUSTER_ID = 0x43  # "C"
+KIND_SNAPSHOT_FILE = 0x46  # "F": a snapshot whose record is in a file beside LMDB
 
 #: The only record format version so far.
 VERSION = 1
@@ -55,12 +57,25 @@ CLUSTER_ID_KEY = b"cluster_id"
 #: A key above every ``raft_log`` key (the open end of a range delete).
 LOG_KEY_END = b"\xff" * (_INDEX.size + 1)
 
-T = TypeVar("T", Entry, HardState, Snapshot)
+
+class SnapshotFile(msgspec.Struct, frozen=True, array_like=True):
+    """Where a snapshot too big to keep in LMDB is: the file ``name`` (in the
+    storage's snapshot directory) holding its :func:`encode_snapshot` record,
+    ``length`` bytes long, ``crc`` its CRC32; ``meta`` says what it covers."""
+
+    meta: SnapshotMeta
+    name: str
+    length: int
+    crc: int
+
+
+T = TypeVar("T", Entry, HardState, Snapshot, SnapshotFile)
 
 _decoders: dict[type, msgspec.msgpack.Decoder] = {  # type: ignore[type-arg]
     Entry: msgspec.msgpack.Decoder(Entry),
     HardState: msgspec.msgpack.Decoder(HardState),
     Snapshot: msgspec.msgpack.Decoder(Snapshot),
+    SnapshotFile: msgspec.msgpack.Decoder(SnapshotFile),
 }
 
 
@@ -175,6 +190,31 @@ def decode_snapshot(data: bytes) -> Snapshot:
     snap = _decode(KIND_SNAPSHOT, Snapshot, data)
     _check_non_negative("snapshot", snap.meta.index, snap.meta.term)
     return snap
+
+
+def encode_snapshot_file(ref: SnapshotFile) -> bytes:
+    """Where a snapshot's record is (a file) as a checksummed record."""
+    return _frame(KIND_SNAPSHOT_FILE, msgspec.msgpack.encode(ref))
+
+
+def decode_snapshot_file(data: bytes) -> SnapshotFile:
+    """Inverse of :func:`encode_snapshot_file`."""
+    ref = _decode(KIND_SNAPSHOT_FILE, SnapshotFile, data)
+    _check_non_negative("snapshot file", ref.meta.index, ref.meta.term, ref.length, ref.crc)
+    if not ref.name or "/" in ref.name or ref.name.startswith("."):
+        raise CodecError(f"bad snapshot file name {ref.name[:80]!r}")
+    return ref
+
+
+def is_snapshot_file(data: bytes) -> bool:
+    """Whether a stored ``snapshot`` record names a file (:func:`encode_snapshot_file`)
+    rather than holding the snapshot (:func:`encode_snapshot`)."""
+    return bool(data) and data[0] == KIND_SNAPSHOT_FILE
+
+
+def crc(data: bytes) -> int:
+    """The CRC32 a :class:`SnapshotFile` records of its file."""
+    return zlib.crc32(data)
 
 
 def encode_cluster_id(cluster_id: int) -> bytes:

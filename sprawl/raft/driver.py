@@ -277,7 +277,7 @@ class RaftDriver:
                         # writes -- the storage writer commits in order, so
                         # whatever the application made durable has it too --
                         # instead of costing an fsync of its own first.
-                        saving = self.storage.save_ready(rd)
+                        saving = self.storage.save_ready(rd, urgent=False)
                     else:
                         await self.storage.save_ready(rd)
                         # (a leader counts its own copy towards the quorum from now)

@@ -23,6 +23,18 @@ Argument errors (a gap in appended entries, compacting beyond the log) raise
 immediately, as in ``MemoryStorage``; I/O errors errback the Deferred and poison
 this storage (as they poison the store).
 
+A snapshot of at least :data:`SNAPSHOT_FILE_BYTES` (the cluster metadata of
+thousands of topics: 2.2 MB at 10,000) is not an LMDB value: its record goes
+to a file in :attr:`LmdbRaftStorage.snapshot_dir`, written and fsynced on the
+writer thread inside the transaction that stores a
+:class:`~sprawl.raft.codec.SnapshotFile` naming it (issue 23, create38).  As an
+LMDB value, every snapshot freed the pages of the one before: LMDB's free
+list held a snapshot's worth of pages, and every later commit wrote that list
+again -- the pages each topic creation wrote grew with the topic count.  Once
+the commit naming a new file is durable, the files named by neither it nor
+the record before it are deleted (the one before stays for a hot backup's
+``mdb_copy`` begun before the switch; at open only the file named is kept).
+
 On open the state is verified -- every record's checksum and framing, the
 log's contiguity and term order, the snapshot and the commit index against the
 log -- and anything amiss raises :class:`~sprawl.raft.codec.RaftStorageCorrupt`
@@ -31,6 +43,7 @@ naming the record and index.  Nothing is ever truncated or repaired silently.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +62,13 @@ log = Logger()
 
 LOG_DB = "raft_log"
 META_DB = "raft_meta"
+
+#: A snapshot whose data is at least this big is kept in a file, not in LMDB (see the
+#: module docstring); smaller ones (a cluster of a few hundred topics) stay LMDB values.
+SNAPSHOT_FILE_BYTES = 64 * 1024
+#: Names of the snapshot files (``snapshot-INDEX-TERM-TOKEN.raft``), in :attr:`LmdbRaftStorage.snapshot_dir`.
+SNAPSHOT_PREFIX = "snapshot-"
+SNAPSHOT_SUFFIX = ".raft"
 
 _Apply = Callable[[], None]
 
@@ -85,7 +105,16 @@ class LmdbRaftStorage:
         """Recover (and verify) the state in an open ``store``; raises
         :class:`RaftStorageCorrupt` if any of it fails verification."""
         self.store = store
+        #: Where snapshots too big for LMDB are kept (beside the LMDB directory).
+        self.snapshot_dir = store.path + "-raft"
+        #: The snapshot file LMDB names now (durably), the one it named before (kept too:
+        #: a hot backup's ``mdb_copy`` may have begun before the switch), and those written
+        #: for commits not yet done.
+        self._snapshot_file: str | None = None
+        self._previous_file: str | None = None
+        self._files_pending: set[str] = set()
         self._cache = self._load()
+        self._drop_snapshot_files()
         self._p_dummy = self._cache.first_index() - 1
         self._p_last = self._cache.last_index()
         self._p_snapshot = self._cache.snapshot()
@@ -191,7 +220,7 @@ class LmdbRaftStorage:
             except CodecError as e:
                 raise _corrupt("hard_state", None, str(e)) from None
             try:
-                snap = codec.decode_snapshot(raw_snap) if raw_snap is not None else Snapshot()
+                snap = self._read_snapshot(raw_snap) if raw_snap is not None else Snapshot()
             except CodecError as e:
                 raise _corrupt("snapshot", None, str(e)) from None
             ents = self._scan_log(txn.cursor(db=dbs[LOG_DB]))
@@ -211,6 +240,46 @@ class LmdbRaftStorage:
                 "log", last + 1, f"hard state commits {hs.commit} beyond last index {last} (tail lost)"
             )
         return _Cache.restore(hs, snap, [Entry(ents[0].term, dummy), *ents[1:]])
+
+    def _read_snapshot(self, raw: bytes) -> Snapshot:
+        """The snapshot a ``snapshot`` record holds or names (:class:`CodecError` when it
+        or its file does not check out)."""
+        if not codec.is_snapshot_file(raw):
+            return codec.decode_snapshot(raw)
+        ref = codec.decode_snapshot_file(raw)
+        path = os.path.join(self.snapshot_dir, ref.name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(ref.length + 1)
+        except OSError as e:
+            raise CodecError(f"snapshot file {ref.name}: {e.strerror or e}") from None
+        if len(data) != ref.length:
+            raise CodecError(f"snapshot file {ref.name}: {len(data)} bytes, {ref.length} written")
+        if codec.crc(data) != ref.crc:
+            raise CodecError(f"snapshot file {ref.name}: checksum mismatch")
+        snap = codec.decode_snapshot(data)
+        if snap.meta != ref.meta:
+            raise CodecError(
+                f"snapshot file {ref.name} holds index {snap.meta.index}, named for {ref.meta.index}"
+            )
+        self._snapshot_file = ref.name
+        return snap
+
+    def _drop_snapshot_files(self, keep: set[str] | None = None) -> None:
+        """Delete the snapshot files LMDB does not name (durably) and no queued write
+        is for (``keep``: more to keep)."""
+        try:
+            names = os.listdir(self.snapshot_dir)
+        except FileNotFoundError:
+            return
+        keep = {*(keep or ()), *self._files_pending, *(n + ".tmp" for n in self._files_pending)}
+        keep.update(n for n in (self._snapshot_file, self._previous_file) if n is not None)
+        for name in names:
+            if name.startswith(SNAPSHOT_PREFIX) and name not in keep:
+                try:
+                    os.unlink(os.path.join(self.snapshot_dir, name))
+                except OSError as e:
+                    log.warn("could not delete the old Raft snapshot file {name}: {e}", name=name, e=e)
 
     @staticmethod
     def _scan_log(cur: Any) -> list[Entry]:
@@ -267,10 +336,16 @@ class LmdbRaftStorage:
     # -- writes (the driver's) ----------------------------------------------------
 
     def save(
-        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        urgent: bool = True,
     ) -> Deferred[None]:
         """Persist one Ready's snapshot, entries and hard state in a single
-        transaction; fires once they are on disk (and visible to reads)."""
+        transaction; fires once they are on disk (and visible to reads).
+        ``urgent`` (someone waits for it: see :meth:`LmdbStore.hold`) ends the
+        store's hold; a Ready that persists only the commit index is not."""
         ops: list[Op] = []
         applies: list[_Apply] = []
         if snapshot is not None:
@@ -278,11 +353,11 @@ class LmdbRaftStorage:
         self._plan_append(entries, ops, applies)
         if hard_state is not None:
             self._plan_hard_state(hard_state, ops, applies)
-        return self._submit(ops, applies)
+        return self._submit(ops, applies, urgent)
 
-    def save_ready(self, rd: Ready) -> Deferred[None]:
+    def save_ready(self, rd: Ready, urgent: bool = True) -> Deferred[None]:
         """:meth:`save` what ``rd`` asks to persist (before sending its messages)."""
-        return self.save(rd.hard_state, rd.entries, rd.snapshot)
+        return self.save(rd.hard_state, rd.entries, rd.snapshot, urgent)
 
     def set_hard_state(self, hs: HardState) -> Deferred[None]:
         """Persist the hard state."""
@@ -316,11 +391,11 @@ class LmdbRaftStorage:
             if index > self._p_last:
                 raise UnavailableError(index)
             snap = Snapshot(SnapshotMeta(index, self._cache.term(index), conf_state), data)
-            ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+            self._plan_snapshot_record(snap, ops, applies)
             applies.append(lambda: self._cache.set_snapshot(snap))
             self._p_snapshot = snap
         result = self._p_snapshot
-        return self._submit(ops, applies).addCallback(lambda _: result)
+        return self._submit(ops, applies, urgent=False).addCallback(lambda _: result)
 
     def compact(self, index: int) -> Deferred[None]:
         """Delete the entries up to and including ``index``, keeping a dummy
@@ -337,7 +412,7 @@ class LmdbRaftStorage:
             ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
             applies.append(lambda: self._cache.compact(index))
             self._p_dummy = index
-        return self._submit(ops, applies)
+        return self._submit(ops, applies, urgent=False)
 
     # -- planning: ops for the writer, replays for the cache once committed --------
 
@@ -366,16 +441,62 @@ class LmdbRaftStorage:
         if snap.meta.index <= self._p_snapshot.meta.index:
             return
         index, term = snap.meta.index, snap.meta.term
-        ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+        self._plan_snapshot_record(snap, ops, applies)
         ops.append(("r", LOG_DB, codec.log_key(0), codec.LOG_KEY_END))
         ops.append(("p", LOG_DB, codec.log_key(index), codec.encode_entry(Entry(term, index))))
         applies.append(lambda: self._cache.apply_snapshot(snap))
         self._p_snapshot = snap
         self._p_dummy = self._p_last = index
 
-    def _submit(self, ops: list[Op], applies: list[_Apply]) -> Deferred[None]:
+    def _plan_snapshot_record(self, snap: Snapshot, ops: list[Op], applies: list[_Apply]) -> None:
+        """The ``snapshot`` record of ``snap``: the snapshot itself, or -- at least
+        :data:`SNAPSHOT_FILE_BYTES` of data -- a file written (fsynced, renamed in
+        place, its directory fsynced) on the writer thread inside the transaction
+        that stores the record naming it; the files named before are deleted
+        once that transaction is durable."""
+        if len(snap.data) < SNAPSHOT_FILE_BYTES:
+            ops.append(("p", META_DB, codec.SNAPSHOT_KEY, codec.encode_snapshot(snap)))
+
+            def inline() -> None:
+                self._previous_file, self._snapshot_file = self._snapshot_file, None
+                self._drop_snapshot_files()
+
+            applies.append(inline)
+            return
+        name = f"{SNAPSHOT_PREFIX}{snap.meta.index}-{snap.meta.term}-{os.urandom(4).hex()}{SNAPSHOT_SUFFIX}"
+        self._files_pending.add(name)
+        directory = self.snapshot_dir
+
+        def write(env: Any, txn: Any, db: Any) -> None:
+            record = codec.encode_snapshot(snap)
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, name)
+            with open(path + ".tmp", "wb") as f:
+                f.write(record)
+                f.flush()
+                os.fdatasync(f.fileno())
+            os.replace(path + ".tmp", path)
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            ref = codec.SnapshotFile(snap.meta, name, len(record), codec.crc(record))
+            txn.put(codec.SNAPSHOT_KEY, codec.encode_snapshot_file(ref), db=db)
+
+        ops.append(("x", META_DB, write))
+
+        def written() -> None:
+            self._files_pending.discard(name)
+            self._previous_file, self._snapshot_file = self._snapshot_file, name
+            self._drop_snapshot_files()
+
+        applies.append(written)
+
+    def _submit(self, ops: list[Op], applies: list[_Apply], urgent: bool = True) -> Deferred[None]:
         """Queue ``ops`` (even none: the Deferred then still fires in order
-        after every earlier write); replay ``applies`` once they are durable."""
+        after every earlier write); replay ``applies`` once they are durable.
+        ``urgent``: see :meth:`save`."""
         if self.failed is not None:
             return fail(self.failed)
         nbytes = sum(len(op[3]) for op in ops if op[0] == "p")
@@ -391,6 +512,6 @@ class LmdbRaftStorage:
                 log.failure("Raft storage write failed; storage is now read-only", f)
             return f
 
-        d = self.store.write(ops, nbytes)
+        d = self.store.write(ops, nbytes, urgent=urgent)
         d.addCallbacks(committed, failed)
         return d

@@ -191,6 +191,11 @@ class LmdbStore:
         self._after: list[Callable[[], None]] = []
         #: (topic uid, partition) → the offset below which records may lack a checksum.
         self.unchecked: dict[tuple[int, int], int] = {}
+        #: While set (:meth:`hold`), queued writes wait for an urgent one or for this call.
+        self._hold_call: Any = None
+        #: Holds begun, and how many of them an urgent write ended (the rest timed out).
+        self.holds = 0
+        self.holds_joined = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -281,6 +286,7 @@ class LmdbStore:
     def close(self) -> Deferred[None]:
         """Commit what is queued, stop the threads, close the environment."""
         d: Deferred[None] = Deferred()
+        self._release_hold()
 
         def finish(_: object = None) -> None:
             if self._used_call is not None and self._used_call.active():
@@ -317,16 +323,23 @@ class LmdbStore:
         """Bytes queued for or in the current commit (for backpressure)."""
         return self._pending_bytes + self._in_flight_bytes
 
-    def write(self, ops: list[Op], nbytes: int = 0, *, wal: bool = False) -> Deferred[None]:
+    def write(
+        self, ops: list[Op], nbytes: int = 0, *, wal: bool = False, urgent: bool = False
+    ) -> Deferred[None]:
         """Queue ``ops`` for the next group commit; fires once they are on disk.
 
         ``wal=True`` (a message append) with the log on: fires once they are in a
         write-ahead-log frame, fsynced, and every write made before them is on disk
-        too; LMDB gets them afterwards (docs/architecture.md, "The write-ahead log")."""
+        too; LMDB gets them afterwards (docs/architecture.md, "The write-ahead log").
+        ``urgent=True`` (a Raft append someone waits for) ends a :meth:`hold`: the
+        writes held commit with it, in one transaction."""
         if self.failed is not None:
             from twisted.internet.defer import fail
 
             return fail(self.failed)
+        if urgent and self._hold_call is not None:
+            self.holds_joined += 1
+            self._release_hold()
         d: Deferred[None] = Deferred()
         if self.wal is not None:
             # (past ``wal_lag_bytes`` not yet in LMDB, a write waits for LMDB as without
@@ -555,8 +568,11 @@ class LmdbStore:
     def _want_applies(self) -> None:
         """Someone waits for LMDB: chained applies wake the reactor from now on, and one
         already handed back quietly runs in the reactor's next turn (the writer thread
-        reads :attr:`_wake_applies` after it hands back, so one of the two wakes it)."""
+        reads :attr:`_wake_applies` after it hands back, so one of the two wakes it).
+        A :meth:`hold` ends: a reader does not wait for it."""
         self._wake_applies = True
+        if self._hold_call is not None:
+            self._release_hold()
         if self._chained:
             wake = getattr(self.reactor, "wakeUp", None)
             if wake is not None:
@@ -636,6 +652,29 @@ class LmdbStore:
         """Ops storing ``records`` of one partition."""
         return [("m", "records", storage_items(uid, partition, records))]
 
+    def hold(self, seconds: float) -> None:
+        """Let the writes queued from now wait up to ``seconds`` before they are
+        committed -- until an ``urgent`` write comes, which they then join in one
+        transaction (issue 23, create38).  A topic's create or delete applied here
+        queues its writes (the broker's record, the new replica's state and
+        control record, the commit index) right when the proposer is answered,
+        and the client's next create follows at once: its Raft append, the one
+        write a create waits for on each node, waited for their commit (two
+        synchronous disk writes) before its own.  Held, they join that append's
+        commit.  Nothing is acked earlier or differently: every write still fires
+        once its commit is on disk, in the order made; a held one at most
+        ``seconds`` later.  A read waiting for LMDB ends the hold."""
+        if self._hold_call is None and self._stopping is None and self.env is not None:
+            self.holds += 1
+            self._hold_call = self.reactor.callLater(seconds, self._release_hold)
+
+    def _release_hold(self) -> None:
+        call, self._hold_call = self._hold_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._queue:
+            self._schedule()
+
     def _schedule(self) -> None:
         if not self._scheduled and not self._in_flight:
             self._scheduled = True
@@ -643,7 +682,7 @@ class LmdbStore:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._in_flight:
+        if self._in_flight or self._hold_call is not None:
             return
         queue = self._queue
         if not queue:

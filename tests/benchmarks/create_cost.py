@@ -5,7 +5,7 @@ real ``twistd sprawl`` nodes on 127.0.0.1.
     PYTHONPATH=tests python -m benchmarks.create_cost [--nodes 3] [--topics 100,1000,10000]
                                                       [--batch 100] [--clients 8] [--table]
                                                       [--settle 2] [--idle 2]
-                                                      [--reuse DIR] [--py-spy DIR]
+                                                      [--reuse DIR] [--py-spy DIR] [--strace DIR]
                                                       [--node-arg=--wal ...]
 
 It grows a cluster (replication factor ``min(3, nodes)``) to each count of
@@ -37,7 +37,13 @@ and creates only the ``tNNNNN`` topics still missing; the dirs are left
 there (run on a *copy*: the run changes them).  ``--py-spy DIR`` samples the
 Raft leader and the answering node with ``py-spy record --format raw``
 during each count's creates (``DIR/create-COUNT-NODE.txt``: collapsed
-stacks, one line per stack with its sample count).
+stacks, one line per stack with its sample count); ``--py-spy-all`` samples
+every node.  ``--strace DIR`` traces every node's writes, syncs and sends
+during each count's creates (``strace -f``: wall times under it mean
+nothing, the counts are exact) and adds ``syscalls_per_create`` to the row:
+per node, fsyncs (``fdatasync``/``fsync``), bytes written to LMDB's
+``data.mdb`` and to the write-ahead log, and socket writes (peer frames and
+HTTP answers, each a hop).
 """
 
 from __future__ import annotations
@@ -179,6 +185,64 @@ def py_spy(cluster: NodeCluster, nodes: list[str], out: Path, label: str) -> lis
     return procs
 
 
+#: The system calls ``--strace`` traces: the disk's writes and syncs, the sockets' sends.
+TRACED = "pwrite64,pwritev,pwritev2,write,writev,fdatasync,fsync,sendmsg,sendto"
+_OFFSET = re.compile(r",\s*(\d+)\)\s+=")
+_CALL = re.compile(r"^(?:[\d.]+ )?(\w+)\((\d+)(?:<([^>]*)>)?.*\)\s+=\s+(-?\d+)")
+
+
+def straces(cluster: NodeCluster, out: Path, label: str) -> list[subprocess.Popen[bytes]]:
+    """Start ``strace -ff -y`` of :data:`TRACED` on every node, writing
+    ``out/LABEL-NODE.strace.TID`` (one file per thread: no call split by another's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in cluster.names:
+        proc = cluster.nodes[name].proc
+        assert proc is not None
+        cmd = ["strace", "-ff", "-y", "-qq", "-ttt", "-T", "-e", f"trace={TRACED}", "-p", str(proc.pid)]
+        cmd += ["-o", str(out / f"{label}-{name}.strace")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # (attached before the operations start)
+    return procs
+
+
+def syscall_counts(path: Path, n: int) -> dict[str, float]:
+    """Per operation, from one node's trace (``path``: its files' prefix):
+    ``fsyncs``, ``lmdb_meta_syncs`` (LMDB's meta page writes, each synchronous), ``lmdb_kb`` (bytes written to ``data.mdb``), ``wal_kb`` (to the
+    write-ahead log), ``socket_writes``."""
+    fsyncs = lmdb = wal = sends = metas = 0
+    lines = [
+        x
+        for f in sorted(path.parent.glob(path.name + ".*"))
+        for x in f.read_text(errors="replace").splitlines()
+    ]
+    for line in lines:
+        m = _CALL.match(line)
+        if m is None:
+            continue
+        call, target, ret = m.group(1), m.group(3) or "", int(m.group(4))
+        if call in ("fdatasync", "fsync"):
+            fsyncs += 1
+        elif ret <= 0:
+            continue
+        elif target.endswith("data.mdb"):
+            lmdb += ret
+            off = _OFFSET.search(line)
+            if call == "pwrite64" and off is not None and int(off.group(1)) < 8192:
+                metas += 1  # (LMDB's meta page: written on its O_DSYNC descriptor, a sync)
+        elif ".log" in target and "-wal/" in target:
+            wal += ret
+        elif target.startswith(("socket:", "TCP", "UDP", "UNIX")) or call in ("sendmsg", "sendto"):
+            sends += 1
+    return {
+        "fsyncs": round(fsyncs / n, 2),
+        "lmdb_meta_syncs": round(metas / n, 2),
+        "lmdb_kb": round(lmdb / n / 1024, 1),
+        "wal_kb": round(wal / n / 1024, 1),
+        "socket_writes": round(sends / n, 2),
+    }
+
+
 def summary(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
     """Commits per operation (mean of the nodes, and the most of one node)
     and CPU ms per operation (all nodes together)."""
@@ -201,6 +265,8 @@ def measure_count(
     settle: float = 2.0,
     idle_seconds: float = 2.0,
     spy_dir: Path | None = None,
+    spy_all: bool = False,
+    strace_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Every figure at one count of topics (``t00000`` .. already made),
     after ``settle`` seconds and ``idle_seconds`` of measuring the nodes'
@@ -229,11 +295,18 @@ def measure_count(
         ("delete", lambda: timed(conn, "DELETE", [f"/v1/topics/{n}" for n in fresh], ok=(200, 204))),
     ]
     leader = row["raft_leader"] or cluster.names[0]
+    spied = list(cluster.names) if spy_all else [leader, cluster.names[0]]
     for kind, run in ops:
         spy = None
         if spy_dir is not None and kind == "create":
-            spy = functools.partial(py_spy, cluster, [leader, cluster.names[0]], spy_dir, f"create-{count}")
+            spy = functools.partial(py_spy, cluster, spied, spy_dir, f"create-{count}")
+        elif strace_dir is not None and kind == "create":
+            spy = functools.partial(straces, cluster, strace_dir, f"create-{count}")
         ms, per_node = measured(cluster, batch, run, idle, spy)
+        if spy is not None and strace_dir is not None and spy_dir is None:
+            row["syscalls_per_create"] = {
+                n: syscall_counts(strace_dir / f"create-{count}-{n}.strace", batch) for n in cluster.names
+            }
         row[f"{kind}_ms"] = round(ms, 2)
         row[kind] = summary(per_node)
         row[f"{kind}_per_node"] = per_node
@@ -281,6 +354,8 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=2.0, help="seconds of idle CPU measured (and subtracted)")
     ap.add_argument("--reuse", type=Path, help="start on the data dirs in DIR/N-nodes (a copy: they change)")
     ap.add_argument("--py-spy", type=Path, dest="py_spy", help="sample the creates with py-spy into DIR")
+    ap.add_argument("--py-spy-all", action="store_true", help="with --py-spy: sample every node")
+    ap.add_argument("--strace", type=Path, help="trace the creates' writes, syncs and sends into DIR")
     ap.add_argument("--node-arg", action="append", default=[], help="an argument for every node (e.g. --wal)")
     a = ap.parse_args()
     rf = min(3, a.nodes)
@@ -300,7 +375,19 @@ def main() -> None:
         for count in (int(x) for x in a.topics.split(",")):
             create(conn, [f"t{i:05d}" for i in range(made, count) if f"t{i:05d}" not in existing], rf)
             made = count
-            row = measure_count(cluster, conn, count, a.batch, a.clients, rng, a.settle, a.idle, a.py_spy)
+            row = measure_count(
+                cluster,
+                conn,
+                count,
+                a.batch,
+                a.clients,
+                rng,
+                a.settle,
+                a.idle,
+                a.py_spy,
+                a.py_spy_all,
+                a.strace,
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

@@ -42,7 +42,7 @@ class MemRaftStorage(MemoryStorage):
         super().__init__(conf)
         self.cluster_id = cluster_id
 
-    def save_ready(self, rd: Ready) -> defer.Deferred[None]:
+    def save_ready(self, rd: Ready, urgent: bool = True) -> defer.Deferred[None]:
         if rd.snapshot is not None:
             self.apply_snapshot(rd.snapshot)
         self.append(rd.entries)

@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from harness import the_reactor
 from sprawl.raft import codec
 from sprawl.raft.codec import CodecError, RaftStorageCorrupt
-from sprawl.raft.lmdb_storage import LmdbRaftStorage
+from sprawl.raft.lmdb_storage import SNAPSHOT_FILE_BYTES, LmdbRaftStorage
 from sprawl.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from sprawl.raft.node import Config, RaftNode, Role
 from sprawl.raft.storage import CompactedError, MemoryStorage, UnavailableError
@@ -658,3 +658,98 @@ def test_codec_cluster_id() -> None:
     zero = codec._frame(codec.KIND_CLUSTER_ID, b"\0" * 8)
     with pytest.raises(CodecError, match="cluster id 0"):
         codec.decode_cluster_id(zero)
+
+
+# -- a big snapshot is a file beside LMDB (issue 23, create38) ----------------------
+
+BIG = bytes(range(256)) * (SNAPSHOT_FILE_BYTES // 256 + 1)
+
+
+def snapshot_files(stores: Stores) -> list[str]:
+    """The snapshot files beside the store, by name."""
+    d = Path(stores.path + "-raft")
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+async def with_big_snapshots(stores: Stores) -> str:
+    """A closed store whose log 2..19 was snapshotted at 9 (small data), then at
+    12 and at 15 (:data:`BIG` data each time, the second one last)."""
+    store = stores.open()
+    s = await LmdbRaftStorage.open(store, CS)
+    await s.save(HardState(1, 1, 19), ents(2, 20), None)
+    await s.create_snapshot(9, CS, b"small")
+    await s.create_snapshot(12, CS, BIG + b"12")
+    assert len(snapshot_files(stores)) == 1
+    await s.create_snapshot(15, CS, BIG + b"15")
+    assert len(snapshot_files(stores)) == 2  # (the one before kept: a hot backup may name it)
+    await s.compact(15)
+    await store.close()
+    return stores.path
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_snapshot_is_a_file_and_survives_a_restart(stores: Stores) -> None:
+    """A snapshot of at least SNAPSHOT_FILE_BYTES is kept in one file (the one
+    before the last deleted once the new one's record is durable; at open, all
+    but the one named), LMDB holding only the record naming it -- and a
+    restart reads it back whole."""
+    await with_big_snapshots(stores)
+    assert len(snapshot_files(stores)) == 2
+    env = lmdb.open(stores.path, max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin(db=env.open_db(b"raft_meta")) as txn:
+            raw = bytes(txn.get(codec.SNAPSHOT_KEY))
+    finally:
+        env.close()
+    assert codec.is_snapshot_file(raw) and len(raw) < 200
+    store = stores.open()
+    s = await LmdbRaftStorage.open(store)
+    assert s.snapshot() == Snapshot(SnapshotMeta(15, 1, CS), BIG + b"15")
+    assert (s.first_index(), s.last_index()) == (16, 19)
+    assert [n[:14] for n in snapshot_files(stores)] == ["snapshot-15-1-"]
+    # A leader's snapshot received later replaces it (and its file) the same way.
+    await s.apply_snapshot(Snapshot(SnapshotMeta(30, 2, CS), BIG + b"30"))
+    assert [n[:14] for n in snapshot_files(stores)] == ["snapshot-15-1-", "snapshot-30-2-"]
+    await store.close()
+    s = await LmdbRaftStorage.open(stores.open())
+    assert s.snapshot().data == BIG + b"30" and s.last_index() == 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_snapshot_after_a_big_one_leaves_no_file(stores: Stores) -> None:
+    """A snapshot under the size stays an LMDB value, and the file of the big
+    one it replaces goes (and a file no record names is deleted at open)."""
+    await with_big_snapshots(stores)
+    Path(stores.path + "-raft", "snapshot-99-1-00000000.raft.tmp").write_bytes(b"half written")
+    store = stores.open()
+    s = await LmdbRaftStorage.open(store)
+    assert len(snapshot_files(stores)) == 1  # (the stray one deleted)
+    await s.apply_snapshot(Snapshot(SnapshotMeta(40, 2, CS), b"small again"))
+    assert len(snapshot_files(stores)) == 1  # (the one named before, for a hot backup)
+    await s.apply_snapshot(Snapshot(SnapshotMeta(41, 2, CS), b"small once more"))
+    assert snapshot_files(stores) == []
+    await store.close()
+    s = await LmdbRaftStorage.open(stores.open())
+    assert s.snapshot().data == b"small once more"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_damaged_or_missing_snapshot_file_is_refused(stores: Stores) -> None:
+    """The file a snapshot record names is checked on open: a flipped byte, a
+    torn file, a missing one -- each refused, naming the snapshot."""
+    await with_big_snapshots(stores)
+    name = snapshot_files(stores)[-1]
+    assert name.startswith("snapshot-15-")
+    path = Path(stores.path + "-raft", name)
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    await expect_corrupt(stores, "snapshot", None, "checksum")
+    path.write_bytes(good[:-10])
+    await expect_corrupt(stores, "snapshot", None, f"{len(good) - 10} bytes")
+    path.unlink()
+    await expect_corrupt(stores, "snapshot", None, "No such file")
+    path.write_bytes(good)
+    s = await LmdbRaftStorage.open(stores.open())
+    assert s.snapshot().meta.index == 15

@@ -362,3 +362,48 @@ async def test_used_bytes_counts_live_data(store: LmdbStore) -> None:
     await store.write([("r", "records", keys.topic_prefix(1), keys.topic_prefix(2))])
     await store.measure_used()
     assert store.used_bytes < empty + 100_000
+
+
+async def _turns(n: int) -> None:
+    """Let the reactor run ``n`` turns (a write's flush is scheduled for the next)."""
+    for _ in range(n):
+        await deferLater(the_reactor(), 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_writes_commit_with_the_next_urgent_one(store: LmdbStore) -> None:
+    """Writes queued during a hold wait (unacked, uncommitted) for the next
+    urgent write and commit with it in one transaction, in the order made
+    (issue 23, create38: a create's applied writes join the next Raft append)."""
+    store.hold(60.0)
+    held = [store.write(store.put_records(1, 0, recs(i, 1))) for i in range(3)]
+    await _turns(5)
+    assert store.commits == 0 and not any(d.called for d in held)
+    urgent = store.write([("p", "meta", b"raft", b"append")], urgent=True)
+    await DeferredList([*held, urgent], fireOnOneErrback=True)
+    assert store.commits == 1 and store.committed_ops == 4
+    assert (store.holds, store.holds_joined) == (1, 1)
+    assert len(store.read_records_sync(1, 0, 0, 10, 10)) == 3
+    # Without a hold, a write commits at once as before.
+    await store.write(store.put_records(1, 0, recs(3, 1)))
+    assert store.commits == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hold_ends_by_itself_and_for_a_reader(store: LmdbStore) -> None:
+    """Held writes commit when the hold's time is up, or when a reader waits
+    for LMDB (a reader never waits for a hold), or at close."""
+    store.hold(0.0)
+    await store.write(store.put_records(1, 0, recs(0, 1)))  # (fires once the hold ran out)
+    assert store.commits == 1 and store.holds_joined == 0
+    store.hold(60.0)
+    d = store.write(store.put_records(1, 0, recs(1, 1)))
+    await _turns(3)
+    assert not d.called
+    store._want_applies()
+    await d
+    assert store.commits == 2
+    store.hold(60.0)
+    d = store.write(store.put_records(1, 0, recs(2, 1)))
+    await store.close()
+    assert d.called and store.commits == 3
