@@ -574,6 +574,10 @@ class FaultWatch:
         self._probing.discard(node)
         if reach == "refused" and self.plane is not None:
             since = self._probed_at.get(node, self.clock.seconds())
+            # Remembered on every node: one that becomes the controller soon
+            # after (the kill cost the old one its Raft leadership) fails the
+            # node over at its first judgement, not a beat timeout later.
+            self.plane.service.liveness.refused(node, since)
             if self.plane.service.node_refused(node, since):
                 log.info(
                     "fault watch: {node}'s peer port refuses connections; its leaderships fail over",
