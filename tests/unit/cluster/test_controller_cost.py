@@ -444,6 +444,50 @@ def test_the_balancer_waits_while_a_dead_nodes_leaderships_move() -> None:
     assert ctl.balance_views + ctl.balance_views_skipped == decided + 1 and ctl.balance_waited == waited + 1
 
 
+def test_the_balancer_waits_while_the_failover_entry_is_in_flight() -> None:
+    """A failover's cores waiting for their ``set_partitions`` entry count as
+    idle (no tick moves them): while the proposal is in flight -- the
+    controller's node applies it in slices for a second or more at 10,000
+    -- a decision that falls due is put off all the same (fail38: the view
+    was built in the middle of that apply); once answered and the new leaders
+    confirmed, the next step decides."""
+    pending: list[defer.Deferred[dict[str, Any]]] = []
+    meta_box: list[Metadata] = []
+    proposed: list[dict[str, Any]] = []
+
+    def propose(cmd: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        proposed.append(cmd)
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        pending.append(d)
+        return d
+
+    plane, states, clock = _plane(300, propose=propose, leader="b", features=("node-beat", "epoch-batch"))
+    meta_box.append(plane.control.metadata)
+    _b_dies(plane, states, clock)
+    for key, c in plane.service.controllers.items():
+        assert c.fencing is not None
+        for node in ("a", "c"):
+            plane.service._deliver(
+                node, Envelope(key[0], key[1], encode(FenceResp(c.fencing.epoch, True, 1, 0)))
+            )
+    clock.advance(0)  # the batch is proposed; its answer waits
+    assert len(pending) == 1
+    plane.service.tick()
+    assert plane.service.cores_at_work() == 0  # (committing: idle)
+    ctl = plane.controller
+    decided, waited = ctl.balance_views + ctl.balance_views_skipped, ctl.balance_waited
+    clock.advance(10.0)
+    ctl.tick()
+    assert (ctl.balance_views + ctl.balance_views_skipped, ctl.balance_waited) == (decided, waited + 1)
+    pending[0].callback(meta_box[0].apply(2, proposed[0]))
+    _confirm_all(plane)
+    plane.service.tick()
+    assert plane.service.cores_at_work() == 0
+    clock.advance(10.0)
+    ctl.tick()
+    assert ctl.balance_views + ctl.balance_views_skipped == decided + 1 and ctl.balance_waited == waited + 1
+
+
 def test_small_forecasts_keep_an_idle_balancer_from_building_its_view() -> None:
     """Predictive balancing on (the default): the forecaster keeps a series
     for every partition it once saw traffic on and predicts a little load
