@@ -98,14 +98,17 @@ GATE_FRESH = 0.5
 SLICE = 64
 #: While a failover is at work on this node -- the replication service took a
 #: batch of fences, leaderships or new leaders' first appends since the last
-#: look, or a peer's port refused less than :data:`HOLD_MIN` seconds ago (the
-#: fences are on their way) -- a round waits, for at most :data:`HOLD_MAX`
+#: look, marked a failover phase (:mod:`sprawl.replication.timeline`) within
+#: :data:`HOLD_QUIET` seconds, or a peer's port refused less than
+#: :data:`HOLD_MIN` seconds ago (the fences are on their way) -- a round
+#: waits, for at most :data:`HOLD_MAX`
 #: seconds: with a node of interest a round walks every partition with a
 #: replica on it (10,000: a third of a second of the reactor), and run in the
 #: middle of the failover it held the fences' frame or their answers behind it
 #: (issue 23, fail38).  The diagnosis names the dead node's partitions once
 #: the failover has moved them (or after :data:`HOLD_MAX`).
 HOLD_MIN = 0.5
+HOLD_QUIET = 1.0
 HOLD_MAX = 5.0
 
 
@@ -318,13 +321,17 @@ class FaultWatch:
 
     def _failover_at_work(self, now: float) -> bool:
         """Whether a failover is at work on this node (see :data:`HOLD_MAX`):
-        a peer's port refused within :data:`HOLD_MIN`, or the replication
-        service took a batch of fences, leaderships or first appends since
-        the last look."""
+        a peer's port refused within :data:`HOLD_MIN`, the replication
+        service marked a failover phase within :data:`HOLD_QUIET` (the
+        phases between two batches: the answers awaited, the choices, the
+        Raft round), or it took a batch of fences, leaderships or first
+        appends since the last look."""
         svc = getattr(self.plane, "service", None) if self.plane is not None else None
         work = tuple(int(getattr(svc, k, 0)) for k in ("fence_batches", "lead_batches", "first_batches"))
         seen, self._work_seen = self._work_seen, work
-        return now - self._refused_at < HOLD_MIN or (bool(seen) and work != seen)
+        phases = getattr(getattr(svc, "timeline", None), "phases", None) or {}
+        marked = max((p.last for p in phases.values()), default=float("-inf"))
+        return now - self._refused_at < HOLD_MIN or now - marked < HOLD_QUIET or (bool(seen) and work != seen)
 
     def _latch(self) -> None:
         """As the Raft leader: latch the features every node has had for

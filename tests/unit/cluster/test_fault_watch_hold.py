@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from sprawl.cluster.fault_watch import HOLD_MAX, HOLD_MIN, INTERVAL, FaultWatch
+from sprawl.cluster.fault_watch import HOLD_MAX, HOLD_MIN, HOLD_QUIET, INTERVAL, FaultWatch
+from sprawl.replication.timeline import PhaseTimeline
 
 
 def _watch() -> tuple[FaultWatch, Clock, Any, list[float]]:
@@ -73,6 +74,24 @@ def test_a_refusal_holds_the_next_round_for_hold_min() -> None:
     watch.tick()
     assert len(rounds) == before
     clock.advance(HOLD_MIN)
+    watch.tick()
+    assert len(rounds) == before + 1
+
+
+def test_a_failover_phase_marked_lately_holds_the_round() -> None:
+    """Between two batches (the fences answered, the choices and the Raft
+    round still to come) the service marks failover phases: a round within
+    :data:`HOLD_QUIET` of the last mark waits; one after it runs."""
+    watch, clock, service, rounds = _watch()
+    service.timeline = PhaseTimeline()
+    watch.tick()
+    clock.advance(INTERVAL)
+    before = len(rounds)
+    service.timeline.mark("fence_answered", clock.seconds())
+    clock.advance(HOLD_QUIET / 2)
+    watch.tick()
+    assert len(rounds) == before
+    clock.advance(HOLD_QUIET)
     watch.tick()
     assert len(rounds) == before + 1
 
