@@ -96,6 +96,20 @@ GATE_FRESH = 0.5
 #: ``replicas / SLICE`` rounds (issue 23, scrub35: 256 before, a quarter of
 #: every idle node's fault-watch time at 10,000 partitions).
 SLICE = 64
+#: While a failover is at work on this node -- the replication service took a
+#: batch of fences, leaderships or new leaders' first appends since the last
+#: look, marked a failover phase (:mod:`sprawl.replication.timeline`) within
+#: :data:`HOLD_QUIET` seconds, or a peer's port refused less than
+#: :data:`HOLD_MIN` seconds ago (the fences are on their way) -- a round
+#: waits, for at most :data:`HOLD_MAX`
+#: seconds: with a node of interest a round walks every partition with a
+#: replica on it (10,000: a third of a second of the reactor), and run in the
+#: middle of the failover it held the fences' frame or their answers behind it
+#: (issue 23, fail38).  The diagnosis names the dead node's partitions once
+#: the failover has moved them (or after :data:`HOLD_MAX`).
+HOLD_MIN = 0.5
+HOLD_QUIET = 1.0
+HOLD_MAX = 5.0
 
 
 class _Probe(protocol.Protocol):
@@ -227,6 +241,13 @@ class FaultWatch:
         self._loop: LoopingCall | None = None
         #: No round before this time (the CPU share, see :meth:`tick`).
         self._next_round = 0.0
+        #: The replication service's failover batches as last seen, when a
+        #: round was first held (None: none is), when a port last refused,
+        #: and the rounds held (see :data:`HOLD_MAX`).
+        self._work_seen: tuple[int, ...] = ()
+        self._held_since: float | None = None
+        self._refused_at = float("-inf")
+        self.rounds_held = 0
         #: The cluster feature gate now (:func:`sprawl.cluster.features.cluster_gate`), from
         #: the composition root: ``feature_gate().on(NAME)`` before using a new feature.
         #: Worked out at most once per :data:`GATE_FRESH` seconds: the replication
@@ -258,8 +279,16 @@ class FaultWatch:
         unless the last round was so long that running now would take more
         than :data:`CPU_SHARE` of the reactor (many partitions, most of them
         in trouble): then the next round waits."""
-        if self.clock.seconds() < self._next_round:
+        now = self.clock.seconds()
+        if now < self._next_round:
             return
+        if self._failover_at_work(now):
+            if self._held_since is None:
+                self._held_since = now
+            if now - self._held_since < HOLD_MAX:
+                self.rounds_held += 1
+                return
+        self._held_since = None
         started = time.perf_counter()
         try:
             obs = self.observe()
@@ -289,6 +318,20 @@ class FaultWatch:
             self._disk_over = over
             self.gossip.set_meta(disk_over=over)
         self._latch()
+
+    def _failover_at_work(self, now: float) -> bool:
+        """Whether a failover is at work on this node (see :data:`HOLD_MAX`):
+        a peer's port refused within :data:`HOLD_MIN`, the replication
+        service marked a failover phase within :data:`HOLD_QUIET` (the
+        phases between two batches: the answers awaited, the choices, the
+        Raft round), or it took a batch of fences, leaderships or first
+        appends since the last look."""
+        svc = getattr(self.plane, "service", None) if self.plane is not None else None
+        work = tuple(int(getattr(svc, k, 0)) for k in ("fence_batches", "lead_batches", "first_batches"))
+        seen, self._work_seen = self._work_seen, work
+        phases = getattr(getattr(svc, "timeline", None), "phases", None) or {}
+        marked = max((p.last for p in phases.values()), default=float("-inf"))
+        return now - self._refused_at < HOLD_MIN or now - marked < HOLD_QUIET or (bool(seen) and work != seen)
 
     def _latch(self) -> None:
         """As the Raft leader: latch the features every node has had for
@@ -572,8 +615,14 @@ class FaultWatch:
         no process listens on its peer port, so waiting out the beat timeout
         only keeps its partitions without a leader (issue 23)."""
         self._probing.discard(node)
+        if reach == "refused":
+            self._refused_at = self.clock.seconds()
         if reach == "refused" and self.plane is not None:
             since = self._probed_at.get(node, self.clock.seconds())
+            # Remembered on every node: one that becomes the controller soon
+            # after (the kill cost the old one its Raft leadership) fails the
+            # node over at its first judgement, not a beat timeout later.
+            self.plane.service.liveness.refused(node, since)
             if self.plane.service.node_refused(node, since):
                 log.info(
                     "fault watch: {node}'s peer port refuses connections; its leaderships fail over",

@@ -101,6 +101,9 @@ def watch_faults(
         watch.peer_lost(peer)  # a killed node's port refuses: probed now, not at its turn
 
     channel.on_unreachable = unreachable
+    # A connection the peer opened here ended (its process killed: every
+    # socket of it closes): probed now as well.
+    channel.on_inbound_lost = watch.peer_lost
     info.watching_faults(watch.view, features)
     if metrics is not None:
         metrics.register(FaultCollector(watch))

@@ -202,7 +202,16 @@ class Inbound(Protocol):
         self.transport.loseConnection()  # (after the REFUSED frame is written)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._closed = True
+        closed_here, self._closed = self._closed, True
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self.channel.inbound_conns.discard(self)
+        if self.peer is not None and not closed_here and not self.channel.closing:
+            # The peer's end closed (a kill closes every socket of it): its
+            # owner probes the peer's port now (``on_inbound_lost``), as when
+            # an outbound connection to it ends -- an inbound-only peer was
+            # otherwise probed only at its live-probe turn (issue 23).
+            try:
+                self.channel.on_inbound_lost(self.peer)
+            except Exception:
+                log.failure("the peer channel's on_inbound_lost failed (from {peer})", peer=self.peer)

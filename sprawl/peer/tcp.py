@@ -131,6 +131,13 @@ class PeerChannel:
         self.latched_features = latched_features
         #: Called with a peer's node id when its connection fails or ends.
         self.on_unreachable: Callable[[str], None] = lambda peer: None
+        #: Called with a peer's node id when a connection it opened to this
+        #: node (past its hello) ends other than by this node closing it: a
+        #: killed peer's sockets close, so this node probes its port at once
+        #: even when it has no connection of its own to it (issue 23).
+        self.on_inbound_lost: Callable[[str], None] = lambda peer: None
+        #: Set by :meth:`close` (its own connections ending are no news).
+        self.closing = False
         #: Called with a peer's node id the first time a handshake reached it.
         self.on_proven: Callable[[str], None] = lambda peer: None
 
@@ -241,6 +248,7 @@ class PeerChannel:
 
     def close(self) -> defer.Deferred[None]:
         """Close every connection and stop reconnecting."""
+        self.closing = True
         for s in self.senders.values():
             s.close()
         for p in list(self.inbound_conns):

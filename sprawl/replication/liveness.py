@@ -23,6 +23,16 @@ blames no one, however many come back to back, and a node really silent is
 found as soon as another node's frame is read after the timeout.  (A
 controller that hears no node at all fails over nothing: it could commit
 nothing without a majority anyway, and gossip still says who is dead.)
+
+A node whose peer port refused a connection (no process listens there: it
+was killed) is silent at once (:meth:`NodeLiveness.mark_silent`).  Every
+node remembers such a refusal (:meth:`NodeLiveness.refused`), controller or
+not, for ``timeout`` seconds or until it hears the node again: a node that
+becomes the controller within that time (the kill cost the old one its
+Raft leadership) reports the refused node silent at its first judgement
+instead of giving it a whole ``timeout`` from its election (issue 23,
+failover37's run 4).  Past ``timeout`` the refusal says no more than the
+beats' silence would.
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ class NodeLiveness:
         #: :meth:`take_gaps`: what a shorter ``timeout`` would have called
         #: silent (measured, issue 23).
         self.gaps: dict[str, float] = {}
+        #: Nodes whose peer port refused a connection made at this time, not
+        #: heard since (see :meth:`refused`).
+        self._refused: dict[str, float] = {}
 
     def reset(self, now: float) -> None:
         """This node became the controller: every node gets a whole timeout
@@ -62,6 +75,8 @@ class NodeLiveness:
         self._heard[node] = now
         self._latest = max(self._latest, now)
         self._silent.discard(node)
+        if self._refused:
+            self._refused.pop(node, None)
         if boot is None:
             return False
         self._beat_at[node] = now
@@ -99,6 +114,13 @@ class NodeLiveness:
         for n in nodes:
             if n in self._silent:
                 continue
+            at = self._refused.get(n) if self._refused else None
+            if at is not None:
+                if now - at <= self.timeout:
+                    self._silent.add(n)  # its port refused lately, nothing heard since
+                    out.append(n)
+                    continue
+                del self._refused[n]  # (past the timeout the beats' silence says as much)
             quiet = upto - max(self._heard.get(n, self._since), self._since)
             if quiet > self.gaps.get(n, 0.0):
                 self.gaps[n] = quiet
@@ -110,6 +132,15 @@ class NodeLiveness:
     def heard_since(self, node: str, t: float) -> bool:
         """Whether anything came from ``node`` after time ``t``."""
         return self._heard.get(node, float("-inf")) > t
+
+    def refused(self, node: str, since: float) -> None:
+        """A connection to ``node``'s peer port, made at ``since``, was refused
+        (on any node, the controller or not): unless ``node`` was heard
+        after ``since``, :meth:`newly_silent` reports it silent for the
+        next ``timeout`` seconds, whatever it heard before (see the module
+        docstring); hearing it forgets the refusal."""
+        if not self.heard_since(node, since):
+            self._refused[node] = since
 
     def mark_silent(self, node: str) -> bool:
         """Report ``node`` silent now, whatever its time since last heard (its

@@ -118,10 +118,76 @@ def test_only_the_controller_acts_on_a_refusal() -> None:
     assert not any(c.fencing for c in svc2.controllers.values())
 
 
+def _became_controller(svc: ReplicationService, clock: task.Clock, partitions: int) -> None:
+    """``svc``'s node becomes the controller now: ``partitions`` idle cores
+    led by "b" and as many by "c" (confirmed, epoch 1), as the controller's
+    first step builds them (the first core set gives every node a whole beat
+    timeout from now)."""
+    for leader in ("b", "c"):
+        for i in range(partitions):
+            c = FailoverCore(IDS, epoch=1, leader=leader, assign_on_commit=False)
+            c.leader_confirmed = True
+            svc.controllers[(f"{leader}{i:05d}", 0)] = c
+    svc.controller_of = lambda: svc.node_id
+
+
+def _node_not_controller() -> tuple[ReplicationService, task.Clock]:
+    """Node "a", not the controller (no cores), having heard "b" and "c" beat."""
+    clock = task.Clock()
+    channel: Any = SimpleNamespace(handlers={}, send=lambda *a: None)
+    svc = ReplicationService("a", channel, clock)
+    svc.controller_of = lambda: "c"
+    clock.advance(1.0)
+    svc.heard("b", 7)
+    svc.heard("c", 9)
+    return svc, clock
+
+
+def test_a_refusal_heard_before_becoming_the_controller_fails_over_at_its_first_tick() -> None:
+    """Node "a" is not the controller when "b"'s port refuses (its fault watch
+    records the refusal); 0.3 s later it becomes the controller: its first
+    tick fails over every partition "b" leads -- not a beat timeout (2 s)
+    after its election, as before (failover37's run 4)."""
+    svc, clock = _node_not_controller()
+    since = clock.seconds()
+    svc.liveness.refused("b", since)
+    assert not svc.node_refused("b", since)  # (not the controller: nothing yet)
+    clock.advance(0.3)
+    _became_controller(svc, clock, 100)
+    svc.heard("c", 9)
+    svc.tick()
+    fencing = {k[0][0] for k, c in svc.controllers.items() if c.fencing is not None}
+    assert fencing == {"b"}
+    assert sum(1 for c in svc.controllers.values() if c.fencing is not None) == 100
+
+
+def test_a_refusal_is_forgotten_once_the_node_is_heard_or_the_timeout_passed() -> None:
+    """Heard after the refusal (a restart listening again), or elected more
+    than the beat timeout after it: the new controller judges "b" by its
+    beats alone, a whole timeout from its election."""
+    for heard in (True, False):
+        svc, clock = _node_not_controller()
+        svc.liveness.refused("b", clock.seconds())
+        clock.advance(0.2 if heard else svc.liveness.timeout + 0.5)
+        if heard:
+            svc.heard("b", 8)
+        _became_controller(svc, clock, 10)
+        ticks = 0
+        while not any(c.fencing for c in svc.controllers.values()):
+            assert ticks < svc.liveness.timeout / svc.tick_seconds + 5
+            svc.heard("c", 9)
+            svc.tick()
+            clock.advance(svc.tick_seconds)
+            ticks += 1
+        assert ticks >= svc.liveness.timeout / svc.tick_seconds - 1
+
+
 class _Plane:
     def __init__(self) -> None:
         self.calls: list[tuple[str, float]] = []
-        self.service = SimpleNamespace(node_refused=self._refused)
+        self.refusals: list[tuple[str, float]] = []
+        liveness = SimpleNamespace(refused=lambda node, since: self.refusals.append((node, since)))
+        self.service = SimpleNamespace(node_refused=self._refused, liveness=liveness)
 
     def _refused(self, node: str, since: float) -> bool:
         self.calls.append((node, since))
@@ -129,8 +195,10 @@ class _Plane:
 
 
 def test_the_fault_watch_hands_a_refused_probe_to_the_controller(monkeypatch: Any) -> None:
-    """``probed(node, "refused")`` passes the probe's start to the service;
-    "answers", "silent" (SIGSTOP) and "unreachable" (a timeout) do not."""
+    """``probed(node, "refused")`` passes the probe's start to the service
+    and records the refusal in its liveness (on every node: one elected
+    controller later uses it); "answers", "silent" (SIGSTOP) and
+    "unreachable" (a timeout) do neither."""
     clock = task.Clock()
     plane = _Plane()
     watch = FaultWatch("a", clock, None, None, plane, None, (1, 1))  # type: ignore[arg-type]
@@ -139,6 +207,6 @@ def test_the_fault_watch_hands_a_refused_probe_to_the_controller(monkeypatch: An
     watch._probed_at["b"] = 4.9
     for reach in ("answers", "silent", "unreachable"):
         watch.probed("b", reach)
-    assert plane.calls == []
+    assert plane.calls == [] and plane.refusals == []
     watch.probed("b", "refused")
-    assert plane.calls == [("b", 4.9)]
+    assert plane.calls == [("b", 4.9)] and plane.refusals == [("b", 4.9)]
