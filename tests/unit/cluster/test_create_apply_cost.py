@@ -110,4 +110,9 @@ async def test_applying_a_create_costs_the_same_with_10000_idle_partitions(tmp_p
     few = await cost_of_a_create(tmp_path / "few", 3)
     many = await cost_of_a_create(tmp_path / "many", 10_000)
     print(f"lines per create, led here / led by b: 3 idle {few}, 10,000 idle {many}")
-    assert many == few
+    # The same to within a few lines: whether the store's writer thread has handed a
+    # commit back yet when the create runs (a branch or two of the store's queue) is
+    # timing, seen as 982 against 985 lines at load 13.  Work per idle partition would
+    # add thousands of lines here.
+    assert abs(many[0] - few[0]) <= 12, (few, many)
+    assert abs(many[1] - few[1]) <= 12, (few, many)
