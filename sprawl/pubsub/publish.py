@@ -199,7 +199,9 @@ class Publishing(MemoryBudget):
                         if timeline.READ_AT:
                             tl.mark_at("read", timeline.READ_AT, recs[0].offset, recs[-1].offset + 1)
                         tl.mark("pub", recs[0].offset, recs[-1].offset + 1)
-                d = self.store.write(ops, nbytes, wal=True)
+                # (urgent: a client waits for it -- it ends a metadata apply's hold,
+                # LmdbStore.hold, rather than wait behind it)
+                d = self.store.write(ops, nbytes, wal=True, urgent=True)
                 d.addBoth(self._release_backlog, uid, sizes)
                 d.addCallback(
                     self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid

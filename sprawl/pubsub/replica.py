@@ -39,7 +39,9 @@ class ReplicaWrites(Catalog):
         # towards the high watermark -- at LMDB's commit.  quorum36 logged it; on
         # the 3-node path that cost each node's threads ~200 us more CPU a message
         # (more wake-ups per commit) for no latency won (issue 16, wal37).
-        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records))
+        # (urgent: an ack or the high watermark waits for it -- it ends a metadata
+        # apply's hold, LmdbStore.hold, rather than wait behind it)
+        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), urgent=True)
         d.addCallback(self._committed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
         d.addErrback(self._commit_failed, cfg.name, [partition])
         return d

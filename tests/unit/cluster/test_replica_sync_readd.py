@@ -60,7 +60,9 @@ class _HeldWrites:
         self.held: list[tuple[list[Any], int, bool, defer.Deferred[None]]] = []
         store.write = self.write  # type: ignore[method-assign]
 
-    def write(self, ops: list[Any], nbytes: int = 0, *, wal: bool = False) -> defer.Deferred[None]:
+    def write(
+        self, ops: list[Any], nbytes: int = 0, *, wal: bool = False, urgent: bool = False
+    ) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         self.held.append((ops, nbytes, wal, d))
         return d

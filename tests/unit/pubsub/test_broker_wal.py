@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest_twisted
 from test_broker import T0, Node, WriterGate, msg, read_all, topic
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from harness import until
@@ -135,3 +136,32 @@ async def test_a_replicas_append_stays_on_lmdbs_commit(wal_nodes: Callable[..., 
     rt = again.broker.topics["rep"]
     assert rt.logs[0].next_offset == 7
     assert [r.payload for r in await read_all(again, rt)] == [b"m%d" % i for i in range(7)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_metadata_hold_holds_no_publish_and_no_replicas_append(
+    wal_nodes: Callable[..., WalNode],
+) -> None:
+    """A create's hold (``LmdbStore.hold``: its writes wait up to the hold for the
+    node's next Raft append, issue 23) never holds a client's message: a publish (the
+    log's frame waits for every LMDB write made before it) and a replica's append
+    (durable at LMDB's commit) are urgent -- each ends the hold, and the held write
+    commits with or before it.  With them not urgent, both wait out the minute."""
+    n = wal_nodes()
+    t = await topic(n, "w")
+    rt = (await n.broker.put_topic("rep", {}))[0]
+    rt.logs[0].replicated = True
+    await n.synced()
+
+    n.store.hold(60.0)
+    held = n.store.write([("p", "meta", b"held-1", b"x")])
+    published = defer.ensureDeferred(n.broker.publish(t, [msg("a")], "leader"))
+    await until(lambda: published.called and held.called, "the publish through a hold", timeout=5.0)
+    assert (await published).offsets == [0]
+
+    n.store.hold(60.0)
+    held = n.store.write([("p", "meta", b"held-2", b"x")])
+    copies = [Record(i, 0, T0, f"id{i}", None, None, b"m%d" % i, True) for i in range(3)]
+    appended = n.broker.append_replicated(rt, 0, copies)
+    await until(lambda: appended.called and held.called, "the replica's append through a hold", timeout=5.0)
+    assert n.store.holds == 2 and n.store.holds_joined == 2
