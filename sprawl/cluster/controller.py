@@ -394,12 +394,16 @@ class PartitionController:
                 self._hand_off(key, c, reps, now)
             elif (
                 c.leader is not None
-                and states.get(c.leader) == "dead"
+                and (states.get(c.leader) == "dead" or self.service.liveness.is_silent(c.leader))
                 and c.fencing is None
                 and c.committing is None
             ):
+                # Dead by gossip, or found silent already (its port refused, or its
+                # beats stopped) before this leadership of it was applied here: the
+                # one-time failover of its leaderships did not include this one
+                # (a move committed just before the kill, applied just after).
                 log.info(
-                    "controller: leader {leader} of {topic}/{partition} is dead by gossip; failing over",
+                    "controller: leader {leader} of {topic}/{partition} is dead or silent; failing over",
                     leader=c.leader,
                     topic=name,
                     partition=p,

@@ -576,3 +576,29 @@ def test_a_node_back_alive_within_the_grace_looks_only_at_what_it_leads() -> Non
     clock.advance(0.1)
     ctl.tick()
     assert ctl.visits - before == sum(1 for i in range(3_000) if i % 3 == 1)
+
+
+def test_a_leadership_applied_after_its_node_was_found_silent_fails_over() -> None:
+    """Node b's port refused while b led nothing (its failover pass found no
+    leadership); then a leadership of b committed before its death is applied:
+    the step that looks at that partition fails it over at once -- not after
+    the partition's own beat timeout (the twelfth round's 1-partition run: a
+    move landed 0.02 s after the refusal, and the failover waited 2 s)."""
+    plane, states, clock = _plane(3, leader="a")
+    ctl = plane.controller
+    ctl.tick()
+    _confirm_all(plane)
+    clock.advance(0.1)
+    ctl.tick()
+    assert plane.service.node_refused("b", clock.seconds() - 0.01)
+    assert not any(c.fencing is not None for c in plane.service.controllers.values())
+    # The move's entry (b leads t00001 at epoch 2) is applied after the refusal.
+    meta = plane.control.metadata
+    meta.placement["t00001"] = [{"replicas": ["b", "a", "c"], "leader": "b", "epoch": 2}]
+    ctl.topic_changed("t00001")  # (what the metadata apply tells the controller)
+    clock.advance(0.1)
+    ctl.tick()
+    c = plane.service.controllers[("t00001", 0)]
+    assert (c.epoch, c.leader) == (2, "b")
+    assert c.fencing is not None or c.committing is not None, "b's new leadership was not failed over"
+    assert states["b"] == "alive"  # (gossip has not said it: the refusal did)
