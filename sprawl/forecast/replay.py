@@ -5,8 +5,10 @@ over time, synthetic (:mod:`sprawl.forecast.traces`) or recorded from a real
 cluster -- through the same cores the controller runs:
 
 * every ``step`` seconds (5: the gossip's sampling period) each node
-  re-gossips the rates of the partitions it leads as the real node does
-  (:func:`sprawl.gossip.load.encode_parts`, only when a rate moved by more
+  re-gossips the rates of the partitions it leads as the real node does:
+  through the node's :class:`sprawl.gossip.load.RateWindow` (time constant
+  ``SimConfig.rate_window``, 0 by default: the last sample), encoded by
+  :func:`sprawl.gossip.load.encode_parts`, only when a rate moved by more
   than 20% and the floors, :func:`sprawl.gossip.load.parts_changed`, or its
   leaderships changed), and the controller's view is built from that with
   :func:`sprawl.gossip.load.rates_by_node` and
@@ -54,7 +56,16 @@ from sprawl.forecast.budget import MoveBudget, ShadowReactive
 from sprawl.forecast.earned import earned_trust
 from sprawl.forecast.holtwinters import ForecastConfig
 from sprawl.forecast.traffic import TrafficForecaster, partition_key
-from sprawl.gossip.load import BYTES_PER_UNIT, encode_parts, parts_changed, rates_by_node, view_rates
+from sprawl.gossip.load import (
+    BYTES_PER_UNIT,
+    PART_TOTAL_JUMP,
+    RATE_WINDOW,
+    RateWindow,
+    encode_parts,
+    parts_changed,
+    rates_by_node,
+    view_rates,
+)
 
 PartKey = tuple[str, int]
 #: (msgs/s, bytes/s) of every partition at time t.
@@ -117,6 +128,16 @@ class SimConfig:
     #: measure of how much a run's outcome turns on when its moves fall
     #: (docs/benchmarks.md, trust38).
     decision_offset: float = 0.0
+    #: Time constant (seconds) of the rates each node gossips
+    #: (:class:`sprawl.gossip.load.RateWindow`, the real node's
+    #: :data:`~sprawl.gossip.load.RATE_WINDOW`); 0 (the default): the last 5-s
+    #: sample alone.  60 measured worse: docs/benchmarks.md, trust38b.
+    rate_window: float = RATE_WINDOW
+    #: A node re-gossips when its partitions' summed rate moved by more than
+    #: this share (:func:`sprawl.gossip.load.parts_changed`'s ``total``, the
+    #: real node's :data:`~sprawl.gossip.load.PART_TOTAL_JUMP`); 0 (the
+    #: default): the 20 % per-partition rule alone.
+    regossip_total: float = PART_TOTAL_JUMP
 
 
 @dataclass
@@ -151,6 +172,9 @@ class Result:
     budget_expired: int = 0
     #: (time, hot nodes) of every step with a node hot.
     hot_log: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+    #: Times a node re-gossiped its partition rates (the real node's
+    #: metadata updates for them: the gossip's cost).
+    regossips: int = 0
 
 
 def season_seconds(trace: Trace) -> float:
@@ -213,6 +237,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
     moving: dict[PartKey, tuple[str, float]] = {}
     gossiped: dict[str, list[object]] = {n: [] for n in nodes}
     gossiped_led: dict[str, frozenset[PartKey]] = {n: frozenset() for n in nodes}
+    windows = {n: RateWindow(c.rate_window) for n in nodes}
     balancer = Balancer(c.balance)
     bal = c.balance
     fc = (
@@ -271,10 +296,11 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
         views = []
         for n in nodes:
             led = frozenset(k for k, ld in leader.items() if ld == n)
-            mine = {k: rates.get(k, (0.0, 0.0)) for k in led}
+            mine = windows[n].update({k: rates.get(k, (0.0, 0.0)) for k in led}, c.step)
             new = encode_parts(mine)
-            if led != gossiped_led[n] or parts_changed(gossiped[n], new):
+            if led != gossiped_led[n] or parts_changed(gossiped[n], new, c.regossip_total):
                 gossiped[n], gossiped_led[n] = new, led
+                res.regossips += 1
             views.append({"id": n, "state": "alive", "partition_rates": view_rates(gossiped[n])})
         if shadow is not None:
             if c.shadow_feed == "exact":

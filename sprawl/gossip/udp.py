@@ -34,7 +34,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprawl.gossip.incarnation_file import load_incarnation, save_incarnation
-from sprawl.gossip.load import PARTS_BUDGET, LoadSample, encode_parts, load_changed, rates_between, view_rates
+from sprawl.gossip.load import (
+    PARTS_BUDGET,
+    RATE_WINDOW,
+    LoadSample,
+    RateWindow,
+    encode_parts,
+    load_changed,
+    rates_between,
+    view_rates,
+)
 from sprawl.gossip.membership import (
     ALIVE,
     DEAD,
@@ -118,6 +127,7 @@ class GossipNode(DatagramProtocol):
         leave_grace: float = LEAVE_GRACE,
         join_backoff: tuple[float, float] = JOIN_BACKOFF,
         save: Callable[[str, int], defer.Deferred[None]] | None = None,
+        rate_window: float = RATE_WINDOW,
     ):
         config.validate()
         self.node_id = node_id
@@ -160,6 +170,9 @@ class GossipNode(DatagramProtocol):
         self._load_meta: dict[str, Any] | None = None
         self._last_load: tuple[float, int] | None = None
         self._last_parts: dict[tuple[str, int], tuple[int, int]] = {}
+        #: The partition rates gossiped: windowed over ``rate_window`` seconds
+        #: (:class:`sprawl.gossip.load.RateWindow`; 0: the last sample alone).
+        self._rates = RateWindow(rate_window)
         self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
@@ -420,6 +433,8 @@ class GossipNode(DatagramProtocol):
             if self._last_load is not None and now > self._last_load[0]:
                 rates = rates_between(self._last_parts, s.partitions, now - self._last_load[0])
             self._last_parts = dict(s.partitions)
+        if self._last_load is not None and now > self._last_load[0]:
+            rates = self._rates.update(rates, now - self._last_load[0])
         self._last_load = (now, s.published_total)
         out: dict[str, Any] = {
             "led": int(s.partitions_led),

@@ -3,7 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.earned_sweep [--traces hourly,recorded,daily,ramp,surges]
         [--seeds 1,2,3] [--lasting 0.3,0.4,0.5,0.6,0.7] [--plain] [--again season]
-        [--early] [--offset S] [--jobs N] [--out FILE]
+        [--early] [--offset S] [--window W] [--total T] [--jobs N] [--out FILE]
 
 Each (trace, seed) runs the reactive balancer once and the earned-trust
 combination (:func:`sprawl.forecast.replay.earned`, the values of a node with
@@ -15,7 +15,10 @@ sets ``BalanceConfig.predict_again`` on the earned runs: seconds, or
 :func:`sprawl.forecast.replay.early`, once; ``--offset S`` runs every run
 with the controller's first decision S seconds in,
 ``SimConfig.decision_offset``: the same rules at another phase of the
-decision clock, docs/benchmarks.md trust38); the synthetic traces
+decision clock, docs/benchmarks.md trust38; ``--window W`` windows the
+gossiped rates over W seconds, ``SimConfig.rate_window``, 0 the last
+sample alone, and ``--total T`` re-gossips them on a change of T of their
+sum, ``SimConfig.regossip_total``, 0 not: trust38b); the synthetic traces
 take the seed (their noise, and the surges' times and partitions), the
 recorded trace has none (one run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
@@ -81,13 +84,28 @@ def _label(row: dict[str, Any]) -> str:
     return f"predict_lasting {row['lasting']:g}"
 
 
-def run(name: str, seed: int, lasting: float | None, again: str = "", offset: float = 0.0) -> dict[str, Any]:
+def run(
+    name: str,
+    seed: int,
+    lasting: float | None,
+    again: str = "",
+    offset: float = 0.0,
+    window: float | None = None,
+    total: float | None = None,
+) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
     ``predict_lasting`` (and ``predict_again``: ``again`` seconds, ``season``,
-    or "" for off); the first decision ``offset`` seconds in."""
+    or "" for off); the first decision ``offset`` seconds in; the gossiped
+    rates windowed over ``window`` seconds (None: ``SimConfig.rate_window``)
+    and re-gossiped on a ``total`` change of their sum (None:
+    ``SimConfig.regossip_total``)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
+    if window is not None:
+        cfg = dataclasses.replace(cfg, rate_window=window)
+    if total is not None:
+        cfg = dataclasses.replace(cfg, regossip_total=total)
     t0 = time.process_time()
     mode = {None: "reactive", PLAIN: "predictive", EARLY: "early"}.get(lasting, "earned")
     if lasting is None:
@@ -110,11 +128,14 @@ def run(name: str, seed: int, lasting: float | None, again: str = "", offset: fl
         "lasting": lasting,
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
+        "window": cfg.rate_window,
+        "total": cfg.regossip_total,
         "hot": r.hot_seconds,
         "node_hot": r.node_hot_seconds,
         "moves": r.moves,
         "predicted": r.moves_by_reason.get("predicted", 0),
         "delayed": round(r.delayed),
+        "regossips": r.regossips,
         "mape": r.mape,
         "cpu": round(time.process_time() - t0, 1),
     }
@@ -172,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--again", default="", help="predict_again of the earned runs: seconds or 'season'")
     ap.add_argument("--early", action="store_true", help="also run the early shed (replay.early)")
     ap.add_argument("--offset", type=float, default=0.0, help="seconds before the first decision")
+    ap.add_argument(
+        "--window", type=float, default=None, help="SimConfig.rate_window (0: the last sample alone)"
+    )
+    ap.add_argument(
+        "--total", type=float, default=None, help="SimConfig.regossip_total (0: the 20%% rule alone)"
+    )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
     ap.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
@@ -205,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                         todo.append(want)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool, a.out.open("a") as f:
         futures = {
-            pool.submit(run, *t, a.again if t[2] not in (None, PLAIN, EARLY) else "", a.offset): t
+            pool.submit(
+                run, *t, a.again if t[2] not in (None, PLAIN, EARLY) else "", a.offset, a.window, a.total
+            ): t
             for t in todo
         }
         for fut in as_completed(futures):

@@ -664,3 +664,40 @@ def test_member_states_are_the_views_that_say_the_cluster_without_copies(tmp_pat
         assert copies[0] == 3
     finally:
         Member.copy = real  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("window", [60.0, 0.0])
+def test_a_one_sample_spike_is_not_gossiped_with_the_windowed_rate(tmp_path: Path, window: float) -> None:
+    """With ``rate_window`` (off by default) the node gossips its partitions'
+    windowed rates (:class:`sprawl.gossip.load.RateWindow`): one 5-s sample 40 % over a
+    steady 200 msgs/s moves the gossiped rate by a twelfth of that, under
+    the re-gossip rule's 20 %, so no metadata update follows it and the view
+    keeps ~200 (trust38b).  With ``rate_window=0`` (the last sample alone)
+    the spike is gossiped, and again when it ends."""
+    clock = task.Clock()
+    count = [0, 0]
+    last = [0.0]
+
+    def load() -> LoadSample:
+        t = clock.seconds()
+        rate = 280.0 if 100.0 < t <= 105.0 else 200.0
+        count[0] += round(rate * (t - last[0]))
+        count[1] += round(100 * rate * (t - last[0]))
+        last[0] = t
+        return LoadSample(partitions_led=1, partitions={("t", 0): (count[0], count[1])})
+
+    g = make(tmp_path, clock, 0, load=load, rate_window=window)
+    g.makeConnection(FakeDatagramTransport())
+    g.start(addr(0))
+    while clock.seconds() < 100.0:
+        clock.advance(1.0)
+    before = g.adapter_stats["meta_updates"]
+    for _ in range(20):
+        clock.advance(1.0)
+    (rate,) = g.member_views()[0]["partition_rates"]
+    if window:
+        assert g.adapter_stats["meta_updates"] == before
+        assert rate["msgs_s"] == pytest.approx(200.0, abs=10)
+    else:
+        assert g.adapter_stats["meta_updates"] == before + 2
+    g.stop()
