@@ -282,6 +282,11 @@ class FaultWatch:
         now = self.clock.seconds()
         if now < self._next_round:
             return
+        # The disk state first: a look at two numbers, gossiped whatever holds the
+        # round (a full disk is news the other nodes act on at once).
+        b = self.broker
+        if b is not None and self.gossip is not None:
+            self._gossip_disk(DiskObs(int(b.store.used_bytes), int(b.disk_hard_limit)))
         if self._failover_at_work(now):
             if self._held_since is None:
                 self._held_since = now
@@ -313,11 +318,15 @@ class FaultWatch:
             if node not in known:
                 del self.reach[node]
                 self._probed_at.pop(node, None)
-        over = obs.disk is not None and obs.disk.used > obs.disk.limit
+        self._gossip_disk(obs.disk)
+        self._latch()
+
+    def _gossip_disk(self, disk: DiskObs | None) -> None:
+        """Gossip whether this node's LMDB is past its disk budget, when that changed."""
+        over = disk is not None and disk.used > disk.limit
         if over != self._disk_over and self.gossip is not None:
             self._disk_over = over
             self.gossip.set_meta(disk_over=over)
-        self._latch()
 
     def _failover_at_work(self, now: float) -> bool:
         """Whether a failover is at work on this node (see :data:`HOLD_MAX`):

@@ -189,12 +189,21 @@ def test_disk_budget_exceeded_is_named_by_every_node(cluster: Callable[..., Node
     c = cluster(per_node=lambda name: ["--disk-budget", "10MB"] if name == "n2" else [])
     create_topic(c)
     t0 = None
+
+    def named_on_n2() -> bool:
+        status, body = http_json(c.url("n2") + "/v1/cluster/faults")
+        return status == 200 and any(f["code"] == "disk_budget_exceeded" for f in body["faults"])
+
     for _ in range(20):  # 20 x 2 MB at most; the budget is 10 MB
         assert publish(c.url("n0"), n=4, size=500_000) in (200, 507)
-        status, body = http_json(c.url("n2") + "/v1/cluster/faults")
-        if status == 200 and any(f["code"] == "disk_budget_exceeded" for f in body["faults"]):
+        if named_on_n2():
             t0 = time.monotonic()
             break
+    if t0 is None:
+        # The fault watch's round may be held for a few seconds after the topic's
+        # leaderships were taken (a failover's rule, issue 23): the diagnosis follows.
+        if poll_until(named_on_n2, 30.0) is not None:
+            t0 = time.monotonic()
     assert t0 is not None, "n2's LMDB never passed its 10 MB budget"
     fault = wait_named([c.url("n0")], "disk_budget_exceeded", "n2")  # from n0: gossiped
     assert set(fault["partitions"]) == set(all_parts()) and "--disk-budget" in fault["next_step"]
