@@ -7,21 +7,10 @@ wait bounded, everything closed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest_twisted
 
 from harness import PeerNet, bounded, link_peers, until
 from sprawl.peer.frames import RAFT
-
-
-@pytest_twisted.async_yield_fixture
-async def net() -> AsyncIterator[PeerNet]:
-    n = PeerNet()
-    try:
-        yield n
-    finally:
-        await n.close()
 
 
 @pytest_twisted.ensureDeferred

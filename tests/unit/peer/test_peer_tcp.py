@@ -4,7 +4,6 @@ two :class:`PeerChannel` s, OS-chosen ports, every wait bounded, everything clos
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,6 @@ from sprawl.peer.tcp import PeerChannel
 KEY = b"cluster-key-0123456789abcdef0123"
 OTHER_KEY = b"another-key-0123456789abcdef0123"
 UNKNOWN_KIND = 99
-
-
-@pytest_twisted.async_yield_fixture
-async def net() -> AsyncIterator[PeerNet]:
-    n = PeerNet()
-    try:
-        yield n
-    finally:
-        await n.close()
 
 
 @pytest_twisted.ensureDeferred
