@@ -438,6 +438,7 @@ class ReplicationService:
                 # Messages the replicas' ticks made (re-sends, heartbeats) while new
                 # leaders wait for their followers: the timeline's ``tick_sends``.
                 self.timeline.mark("tick_sends", now, sent)
+            heard = self._nodes_heard() if self._due_control else frozenset()
             for key in list(self._due_control):
                 c = self.controllers.get(key)
                 if c is None or c.idle:
@@ -446,7 +447,7 @@ class ReplicationService:
                 if key in done_c:
                     continue  # ticked already
                 self.ticked += 1
-                self.run_control(key, c.tick(self._leader_heard(c)))
+                self.run_control(key, c.tick(self._leader_heard(c), heard))
             if self.controllers and judge:
                 now = self.reactor.seconds()
                 for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
@@ -536,6 +537,17 @@ class ReplicationService:
         if lead is None:
             return False
         return lead == self.node_id or (self.liveness.beats(lead) and not self.liveness.is_silent(lead))
+
+    def _nodes_heard(self) -> frozenset[str]:
+        """The watched nodes heard lately -- this node, and every node that
+        beats and is not silent: a fence one of them has not answered yet is
+        in its queue, not lost (:meth:`FailoverCore.tick
+        <sprawl.replication.failover.FailoverCore.tick>`'s ``heard``).  One
+        pass over the watched nodes (a handful), once per tick."""
+        lv = self.liveness
+        return frozenset(
+            n for n in self._watched if n == self.node_id or (lv.beats(n) and not lv.is_silent(n))
+        )
 
     def _tick_as_before(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
         """What the release before ``node-beat`` ticks: every leader replica
