@@ -136,7 +136,8 @@ class ReplicationService:
         #: Replicas and controller cores with work for ticks (the others are idle).
         self._due: set[tuple[str, int]] = set()
         #: Replicas not idle whose next ticks would only count (followers not
-        #: caught up between their words to their leader, :attr:`Replica.quiet_ticks
+        #: caught up between their words to their leader, leaders awaiting
+        #: their followers' answers, :attr:`Replica.quiet_ticks
         #: <sprawl.replication.replica.Replica.quiet_ticks>`): left out of
         #: :attr:`_due` until the tick number here, or until an input wakes them.
         self._parked: dict[tuple[str, int], int] = {}
@@ -405,6 +406,7 @@ class ReplicationService:
         # The ticks' messages to other nodes leave as one frame per node (a
         # failover's thousands of new leaders re-send and beat in the same
         # tick: issue 23), as :meth:`held` does for the bursts of messages.
+        ticked = self.ticked
         with self.held():
             parked = self._parked
             for key in list(self._due):
@@ -426,18 +428,25 @@ class ReplicationService:
                 if n:
                     sent += n
                 quiet = r.core.quiet_ticks
-                if quiet > 0:
+                if quiet > 0 and not r.holds_sends:
                     # Its next ``quiet`` ticks would only count: counted now, and
                     # not ticked until the one after them (or an input wakes it).
+                    # A follower between its words to its leader; a leader whose
+                    # followers' answers are awaited (a failover's new leaders
+                    # waiting for their busy follower, issue 23, fail39).
                     r.core.skip_ticks(quiet)
                     self._due.discard(key)
                     wake = self._tick_no + quiet + 1
                     parked[key] = wake
                     self._wake_at.setdefault(wake, []).append(key)
-            if sent and self._new_leads:
+            if self._new_leads:
                 # Messages the replicas' ticks made (re-sends, heartbeats) while new
-                # leaders wait for their followers: the timeline's ``tick_sends``.
-                self.timeline.mark("tick_sends", now, sent)
+                # leaders wait for their followers: the timeline's ``tick_sends``;
+                # and the replicas ticked meanwhile (``tick_replicas``).
+                if sent:
+                    self.timeline.mark("tick_sends", now, sent)
+                if self.ticked > ticked:
+                    self.timeline.mark("tick_replicas", now, self.ticked - ticked)
             heard = self._nodes_heard() if self._due_control else frozenset()
             for key in list(self._due_control):
                 c = self.controllers.get(key)
