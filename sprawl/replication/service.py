@@ -821,7 +821,13 @@ class ReplicationService:
             self._fences.append((key, r, peer, m))
             self._fence_keys.add(key)
             if self._fence_call is None:
-                self._fence_call = self.reactor.callLater(0, self._take_fences)
+                # The controller's own fences wait one reactor turn more: the
+                # frame of the same fences to the other replicas' nodes, queued
+                # on their connections now, is written in the reactor's I/O
+                # before them, not after this node took its own thousands
+                # (issue 23, fail39: timers run before the reactor writes).
+                later = self._fences_after_io if peer == self.node_id else self._take_fences
+                self._fence_call = self.reactor.callLater(0, later)
             return
         if isinstance(m, Assign) and m.leader == self.node_id:
             self.lead(key, r, peer, m)
@@ -889,6 +895,12 @@ class ReplicationService:
         if items:
             self.first_batches += 1
             self.firsts_batched += take_first_appends(items, self.held)
+
+    def _fences_after_io(self) -> None:
+        """The first of the two turns the controller's own fences wait
+        (:meth:`_deliver`): a call made in a turn's timers runs in the next
+        turn's, after the reactor's I/O between them."""
+        self._fence_call = self.reactor.callLater(0, self._take_fences)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):
