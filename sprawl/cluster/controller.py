@@ -81,14 +81,6 @@ GOSSIP_LIVENESS = frozenset({"alive", "suspect", "dead"})
 #: another, waiting for it, for the rest.
 COMMIT_HOLD_STEP = 0.05
 COMMIT_HOLD_MAX = 1.0
-#: How much one new leadership of the controller's own node counts when a
-#: dead node's leaderships are spread (:class:`~sprawl.replication.failover.LeaderSpread`):
-#: with two survivors as up to date, the controller's node takes a quarter
-#: of them and the other three quarters.  The controller's node applies the
-#: same entry as every node and also confirms every new leader and steps
-#: over every moved partition: with half of 5,000 it led them over 2.3 s,
-#: the other survivor over 0.6 s (issue 23, fail39).
-CONTROLLER_LEADER_WEIGHT = 3
 
 
 class PartitionController:
@@ -198,11 +190,10 @@ class PartitionController:
         #: ``set_partitions`` proposals made (tests count them).
         self.batch_proposals = 0
         #: The new leaderships chosen per node in the failovers under way,
-        #: shared by every core: a dead node's partitions are split over the
-        #: replicas as up to date as the best (issue 23), this node's weighed
-        #: :data:`CONTROLLER_LEADER_WEIGHT` times; counted anew once no
-        #: core's choice is still to come (see :meth:`_control_partitions`).
-        self.spread = LeaderSpread({node_id: CONTROLLER_LEADER_WEIGHT})
+        #: shared by every core: a dead node's partitions are split evenly
+        #: over the replicas as up to date as the best (issue 23); counted
+        #: anew once no core's choice is still to come (see :meth:`_control_partitions`).
+        self.spread = LeaderSpread()
         listeners = getattr(membership, "listeners", None)
         if isinstance(listeners, list):
             listeners.append(self._member_event)

@@ -75,25 +75,11 @@ class LeaderSpread:
     :attr:`FailoverCore.avoid` and before the placement's (rendezvous) order,
     so the choice is deterministic given the order of the answers.  A
     deliberate move (a preferred replica) is not spread and not counted.
-    The owner calls :meth:`reset` once no failover's choice is still to come.
+    The owner calls :meth:`reset` once no failover's choice is still to come."""
 
-    ``weights``: how much one new leadership of a node counts (1 unless
-    given): the choice takes the node whose weighted count would be lowest
-    after it, so a node of weight 3 takes a quarter of two nodes' share.  The
-    controller gives its own node more (issue 23, fail39: it applies the
-    same entry as every node and also confirms every new leader and steps
-    over every moved partition, and with half the new leaderships it took
-    2.3 s to lead them where the other survivor took 0.6 s)."""
-
-    def __init__(self, weights: dict[str, int] | None = None) -> None:
+    def __init__(self) -> None:
         #: New leaderships chosen per node since the last :meth:`reset`.
         self.counts: dict[str, int] = {}
-        #: How much one new leadership of each node counts (default 1).
-        self.weights: dict[str, int] = dict(weights or {})
-
-    def load_after(self, node: str) -> int:
-        """``node``'s weighted count were it chosen once more (the choice takes the lowest)."""
-        return (self.counts.get(node, 0) + 1) * self.weights.get(node, 1)
 
     def took(self, node: str) -> None:
         """``node`` was chosen to lead one more partition."""
@@ -102,11 +88,6 @@ class LeaderSpread:
     def reset(self) -> None:
         """The failovers under way are all chosen: start counting anew."""
         self.counts.clear()
-
-
-def _no_load(node: str) -> int:
-    """Without a :class:`LeaderSpread` every node weighs the same (the placement's order decides)."""
-    return 0
 
 
 @dataclass
@@ -393,8 +374,8 @@ class FailoverCore:
         assert f is not None and self.committing is None
         rank = {r: i for i, r in enumerate(self.replicas)}
         spread = self.spread if f.prefer is None else None
-        load = spread.load_after if spread is not None else _no_load
-        best = max(f.answers, key=lambda r: (*f.answers[r], r not in self.avoid, -load(r), -rank[r]))
+        taken = spread.counts if spread is not None else {}
+        best = max(f.answers, key=lambda r: (*f.answers[r], r not in self.avoid, -taken.get(r, 0), -rank[r]))
         chosen = best
         if f.prefer is not None:
             if f.prefer in f.answers:

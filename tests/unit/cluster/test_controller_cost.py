@@ -183,12 +183,12 @@ def test_a_dead_nodes_10000_leaderships_move_in_one_raft_proposal() -> None:
     assert len(proposed[0]["items"]) == 10_000
     assert plane.controller.batch_proposals == 1
     meta = plane.control.metadata
-    # (a and c were as up to date: the controller, a, takes a quarter of b's leaderships)
+    # (a and c were as up to date: the controller splits b's leaderships evenly)
     assert all(pl[0]["leader"] in ("a", "c") and pl[0]["epoch"] == 2 for pl in meta.placement.values())
     cores = plane.service.controllers
     assert all(c.leader == meta.placement[k[0]][0]["leader"] for k, c in cores.items())
     assert all(c.epoch == 2 and not c.busy for c in cores.values())
-    assert _leaders(cores.values()) == {"a": 2_500, "c": 7_500}
+    assert _leaders(cores.values()) == {"a": 5_000, "c": 5_000}
 
 
 def test_without_the_feature_each_failover_is_its_own_proposal() -> None:
@@ -198,7 +198,7 @@ def test_without_the_feature_each_failover_is_its_own_proposal() -> None:
     assert [c["op"] for c in proposed] == ["set_partition"] * 300
     assert plane.controller.batch_proposals == 0
     cores = plane.service.controllers.values()
-    assert all(c.epoch == 2 for c in cores) and _leaders(cores) == {"a": 75, "c": 225}
+    assert all(c.epoch == 2 for c in cores) and _leaders(cores) == {"a": 150, "c": 150}
 
 
 def test_choices_made_while_a_batch_is_in_flight_go_together_in_the_next() -> None:

@@ -68,7 +68,7 @@ def test_fence_answers_over_many_turns_commit_in_one_entry() -> None:
     assert plane.controller.batch_proposals == 1
     cores = plane.service.controllers.values()
     assert all(c.epoch == 2 and not c.busy for c in cores)
-    assert _leaders(cores) == {"a": 750, "c": 2_250}  # (a and c were alike: a quarter to a, the controller)
+    assert _leaders(cores) == {"a": 1_500, "c": 1_500}  # (split evenly: a and c were alike)
 
 
 def test_held_choices_go_when_the_answers_stall_or_the_hold_runs_out() -> None:

@@ -108,27 +108,3 @@ def test_reset_counts_anew() -> None:
     spread.reset()
     assert spread.counts == {}
     assert _fail_over(spread, 1, orders=[("b", "c", "a")]) == ["c"]
-
-
-def test_a_node_weighed_three_times_takes_a_quarter_within_one() -> None:
-    """The controller's node a weighs 3: of b's 10,000 partitions a takes
-    2,500 and c 7,500, and after every choice a's count times 3 is within 3
-    of c's (the choice takes the lower weighted count after it); a node
-    not weighed counts 1, so the even split is unchanged without weights."""
-    spread = LeaderSpread({"a": 3})
-    chosen = _fail_over(spread, 10_000, orders=[("b", "a", "c")])
-    assert spread.counts == {"a": 2_500, "c": 7_500}
-    running = {"a": 0, "c": 0}
-    for leader in chosen:
-        running[leader] += 1
-        assert abs(3 * running["a"] - running["c"]) <= 3
-    assert _fail_over(LeaderSpread({"a": 3}), 4, orders=[("b", "a", "c")]) == ["c", "c", "a", "c"]
-    assert LeaderSpread().load_after("a") == 1
-
-
-def test_a_weighed_node_still_leads_when_it_alone_is_up_to_date() -> None:
-    """The weight only breaks ties: a, weighed 3, is the only replica with
-    b's last record, and leads all 1,000."""
-    spread = LeaderSpread({"a": 3})
-    chosen = _fail_over(spread, 1_000, ends={"a": 10, "c": 9})
-    assert set(chosen) == {"a"}
