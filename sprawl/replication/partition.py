@@ -208,6 +208,13 @@ class PartitionReplication:
         self._batched: tuple[list[tuple[str, Any]], int, bool] | None = None
 
     @property
+    def holds_sends(self) -> bool:
+        """Whether a batched output waits for its batch's write: its messages
+        (a new leader's first appends) are not sent yet, and a tick does
+        nothing meanwhile (see :meth:`tick`)."""
+        return self._batched is not None
+
+    @property
     def settled(self) -> bool:
         """Whether every output of the core so far is written and sent: what
         this node stored of the partition (its log and the replica state

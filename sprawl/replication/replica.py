@@ -213,6 +213,9 @@ class Replica:
         #: (epoch, first offset) of the records taken with ``append(send=False)``
         #: not yet sent by :meth:`send_appends`.
         self._held: tuple[int, int] | None = None
+        #: A leader's ticks counted ahead per follower by :meth:`skip_ticks`
+        #: (idle, stalled), taken back when an input wakes it early.
+        self._ahead: dict[str, tuple[int, int]] = {}
         if hw > self.cache.end:
             raise SafetyError(f"high watermark {hw} beyond the log end {self.cache.end}")
 
@@ -259,23 +262,88 @@ class Replica:
         thousands of such followers were ticked ten times a second each, for
         the seconds to minutes their leaders took to answer).  The adapter
         may leave such a replica unticked for these ticks, then call
-        :meth:`skip_ticks` for them; 0 for a leader (its counts depend on
-        what each tick finds: :attr:`answering`)."""
-        if self.role == LEADER or self.idle:
+        :meth:`skip_ticks` for them.
+
+        A leader not handing off and not beating per tick is quiet while
+        every follower on a live node only waits (issue 23, fail39: a
+        failover's thousands of new leaders were walked every tick for the
+        seconds their busy follower took to answer the first append): an
+        append in flight until its ``stall_limit`` -- or, its follower's node
+        answering others (:attr:`answering`, as this tick found it), until
+        :data:`ANSWERED_WAIT_TICKS` --, a high watermark sent until its
+        ``hw_limit``.  One follower to send to now, or no follower waiting
+        (idle), makes it 0."""
+        if self.role == LEADER:
+            return self._leader_quiet_ticks()
+        if self.idle:
             return 0
         if self.leader is None and self.placed_leader is None:
             return 0
         return max(0, self.ask_ticks - self.unheard_ticks - 1)
 
+    def _leader_quiet_ticks(self) -> int:
+        """:attr:`quiet_ticks` of a leader (see there)."""
+        if self.handoff is not None or self.tick_beats:
+            return 0
+        quiet: int | None = None
+        end, hw = self.cache.end, self.hw
+        for fid, f in self.followers.items():
+            if fid in self.dead:
+                continue
+            if f.unanswered and f.next > f.match:
+                if self._queued_next(fid, f):
+                    n = ANSWERED_WAIT_TICKS - f.idle_ticks - 1
+                else:
+                    n = f.stall_limit - f.stalled_ticks - 1
+            elif f.match < end:
+                return 0
+            elif f.hw < hw:
+                if f.sent_hw < hw:
+                    return 0
+                n = f.hw_limit - f.idle_ticks - 1
+            else:
+                continue  # (it holds everything: nothing to wait for)
+            if n <= 0:
+                return 0
+            quiet = n if quiet is None else min(quiet, n)
+        return quiet or 0
+
+    def _queued_next(self, fid: str, f: _Follower) -> bool:
+        """Whether the next tick counts ``fid``'s append in flight as queued
+        behind its node's other answers (not towards a re-send: see :meth:`tick`)."""
+        runs = self.cache.runs
+        first = runs[-1][1] if runs and runs[-1][0] == self.epoch else -1
+        return fid in self.answering and f.hw <= first and f.idle_ticks + 1 < ANSWERED_WAIT_TICKS
+
     def skip_ticks(self, ticks: int) -> None:
-        """Count ``ticks`` ticks this follower was not ticked for (at most its
+        """Count ``ticks`` ticks this replica was not ticked for (at most its
         :attr:`quiet_ticks`: they would have only counted); a negative count
         takes back ticks counted ahead that did not pass (the adapter counts a
-        follower's quiet ticks when it leaves it unticked, and takes back the
+        replica's quiet ticks when it leaves it unticked, and takes back the
         rest when an input wakes it early -- an input that reset the count
-        leaves it at 0).  Nothing for a leader."""
+        leaves it at 0).  A leader counts them for every follower on a live
+        node, each as its next tick would (an append in flight counted as
+        stalled unless queued, as :attr:`answering` is now)."""
         if self.role != LEADER:
             self.unheard_ticks = max(0, self.unheard_ticks + ticks)
+            return
+        if ticks < 0:
+            back, self._ahead = self._ahead, {}
+            for fid, (idle, stalled) in back.items():
+                f = self.followers.get(fid)
+                if f is not None:
+                    took = min(-ticks, idle)
+                    f.idle_ticks = max(0, f.idle_ticks - took)
+                    f.stalled_ticks = max(0, f.stalled_ticks - min(-ticks, stalled))
+            return
+        self._ahead = {}
+        for fid, f in self.followers.items():
+            if fid in self.dead:
+                continue
+            stalled = ticks if f.unanswered and f.next > f.match and not self._queued_next(fid, f) else 0
+            f.idle_ticks += ticks
+            f.stalled_ticks += stalled
+            self._ahead[fid] = (ticks, stalled)
 
     # -- the leader's side -----------------------------------------------------------
 

@@ -136,7 +136,8 @@ class ReplicationService:
         #: Replicas and controller cores with work for ticks (the others are idle).
         self._due: set[tuple[str, int]] = set()
         #: Replicas not idle whose next ticks would only count (followers not
-        #: caught up between their words to their leader, :attr:`Replica.quiet_ticks
+        #: caught up between their words to their leader, leaders awaiting
+        #: their followers' answers, :attr:`Replica.quiet_ticks
         #: <sprawl.replication.replica.Replica.quiet_ticks>`): left out of
         #: :attr:`_due` until the tick number here, or until an input wakes them.
         self._parked: dict[tuple[str, int], int] = {}
@@ -405,6 +406,7 @@ class ReplicationService:
         # The ticks' messages to other nodes leave as one frame per node (a
         # failover's thousands of new leaders re-send and beat in the same
         # tick: issue 23), as :meth:`held` does for the bursts of messages.
+        ticked = self.ticked
         with self.held():
             parked = self._parked
             for key in list(self._due):
@@ -426,18 +428,26 @@ class ReplicationService:
                 if n:
                     sent += n
                 quiet = r.core.quiet_ticks
-                if quiet > 0:
+                if quiet > 0 and not r.holds_sends:
                     # Its next ``quiet`` ticks would only count: counted now, and
                     # not ticked until the one after them (or an input wakes it).
+                    # A follower between its words to its leader; a leader whose
+                    # followers' answers are awaited (a failover's new leaders
+                    # waiting for their busy follower, issue 23, fail39).
                     r.core.skip_ticks(quiet)
                     self._due.discard(key)
                     wake = self._tick_no + quiet + 1
                     parked[key] = wake
                     self._wake_at.setdefault(wake, []).append(key)
-            if sent and self._new_leads:
+            if self._new_leads:
                 # Messages the replicas' ticks made (re-sends, heartbeats) while new
-                # leaders wait for their followers: the timeline's ``tick_sends``.
-                self.timeline.mark("tick_sends", now, sent)
+                # leaders wait for their followers: the timeline's ``tick_sends``;
+                # and the replicas ticked meanwhile (``tick_replicas``).
+                if sent:
+                    self.timeline.mark("tick_sends", now, sent)
+                if self.ticked > ticked:
+                    self.timeline.mark("tick_replicas", now, self.ticked - ticked)
+            heard = self._nodes_heard() if self._due_control else frozenset()
             for key in list(self._due_control):
                 c = self.controllers.get(key)
                 if c is None or c.idle:
@@ -446,7 +456,7 @@ class ReplicationService:
                 if key in done_c:
                     continue  # ticked already
                 self.ticked += 1
-                self.run_control(key, c.tick(self._leader_heard(c)))
+                self.run_control(key, c.tick(self._leader_heard(c), heard))
             if self.controllers and judge:
                 now = self.reactor.seconds()
                 for node in self.liveness.newly_silent(self._watched - {self.node_id}, now):
@@ -536,6 +546,17 @@ class ReplicationService:
         if lead is None:
             return False
         return lead == self.node_id or (self.liveness.beats(lead) and not self.liveness.is_silent(lead))
+
+    def _nodes_heard(self) -> frozenset[str]:
+        """The watched nodes heard lately -- this node, and every node that
+        beats and is not silent: a fence one of them has not answered yet is
+        in its queue, not lost (:meth:`FailoverCore.tick
+        <sprawl.replication.failover.FailoverCore.tick>`'s ``heard``).  One
+        pass over the watched nodes (a handful), once per tick."""
+        lv = self.liveness
+        return frozenset(
+            n for n in self._watched if n == self.node_id or (lv.beats(n) and not lv.is_silent(n))
+        )
 
     def _tick_as_before(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
         """What the release before ``node-beat`` ticks: every leader replica
@@ -800,7 +821,13 @@ class ReplicationService:
             self._fences.append((key, r, peer, m))
             self._fence_keys.add(key)
             if self._fence_call is None:
-                self._fence_call = self.reactor.callLater(0, self._take_fences)
+                # The controller's own fences wait one reactor turn more: the
+                # frame of the same fences to the other replicas' nodes, queued
+                # on their connections now, is written in the reactor's I/O
+                # before them, not after this node took its own thousands
+                # (issue 23, fail39: timers run before the reactor writes).
+                later = self._fences_after_io if peer == self.node_id else self._take_fences
+                self._fence_call = self.reactor.callLater(0, later)
             return
         if isinstance(m, Assign) and m.leader == self.node_id:
             self.lead(key, r, peer, m)
@@ -868,6 +895,12 @@ class ReplicationService:
         if items:
             self.first_batches += 1
             self.firsts_batched += take_first_appends(items, self.held)
+
+    def _fences_after_io(self) -> None:
+        """The first of the two turns the controller's own fences wait
+        (:meth:`_deliver`): a call made in a turn's timers runs in the next
+        turn's, after the reactor's I/O between them."""
+        self._fence_call = self.reactor.callLater(0, self._take_fences)
 
     def _take_fences(self) -> None:
         """Take the fences heard this turn together (:func:`take_fences`):

@@ -78,6 +78,8 @@ def _assign(cores: dict[str, Replica], epoch: int) -> Replica:
 class Held:
     """What the service needs of a partition's replica: its core, and ticks counted."""
 
+    holds_sends = False  # (no batched output waits for a write)
+
     def __init__(self, name: str, cores: dict[str, Replica]) -> None:
         self.topic = SimpleNamespace(name=name)
         self.partition = 0
@@ -520,6 +522,8 @@ class _Follower:
     """A follower replica on the service's node ("a") that restarted behind
     its leader "b": its core has not caught up, and "b" does not answer (it
     leads nothing yet).  Records each word the core says, by tick."""
+
+    holds_sends = False  # (no batched output waits for a write)
 
     def __init__(self, name: str, clock: task.Clock) -> None:
         self.topic = SimpleNamespace(name=name)
