@@ -66,6 +66,7 @@ from typing import Any
 
 from benchmarks.scale import Conn, cpu_seconds, create, timed
 from harness import NodeCluster
+from harness.nodes import node_pythonpath
 
 _COUNT = re.compile(r"^sprawl_lmdb_commit_duration_seconds_count (\S+)", re.M)
 _SUM = re.compile(r"^sprawl_lmdb_commit_duration_seconds_sum (\S+)", re.M)
@@ -80,14 +81,32 @@ def commits(cluster: NodeCluster, node: str) -> tuple[float, float]:
     return float(count.group(1)), float(total.group(1))
 
 
-def snapshot(cluster: NodeCluster) -> dict[str, tuple[float, float, float]]:
-    """Per node: (commits, commit seconds, CPU seconds) so far."""
-    out = {}
+def cpu_split(pid: int) -> tuple[float, float, float]:
+    """A process's CPU seconds so far: (the main thread's user, its system,
+    the other threads' user + system)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main_u = main_s = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # (a thread that ended meanwhile)
+        u, s = int(fields[11]) / tick, int(fields[12]) / tick
+        if task.name == str(pid):
+            main_u, main_s = u, s
+        else:
+            others += u + s
+    return main_u, main_s, others
+
+
+def snapshot(cluster: NodeCluster) -> dict[str, tuple[float, ...]]:
+    """Per node: (commits, commit seconds, CPU seconds, and :func:`cpu_split`) so far."""
+    out: dict[str, tuple[float, ...]] = {}
     for n in cluster.names:
         proc = cluster.nodes[n].proc
         assert proc is not None
         c, s = commits(cluster, n)
-        out[n] = (c, s, cpu_seconds(proc.pid))
+        out[n] = (c, s, cpu_seconds(proc.pid), *cpu_split(proc.pid))
     return out
 
 
@@ -109,6 +128,8 @@ def per_create(
             "commits": round((after[node][0] - before[node][0]) / n, 2),
             "commit_ms": round((after[node][1] - before[node][1]) * 1000 / n, 1),
             "cpu_ms": round(cpu * 1000 / n, 2),
+            # (the reactor thread's user / system CPU, and the other threads')
+            "cpu_split_ms": [round((after[node][i] - before[node][i]) * 1000 / n, 2) for i in (3, 4, 5)],
         }
         if idle is not None:
             row["cpu_ms_net"] = round(max(0.0, cpu - idle[node] * seconds) * 1000 / n, 2)
@@ -170,15 +191,18 @@ def measured(
     return ms, per_create(before, snapshot(cluster), n, idle, took)
 
 
-def py_spy(cluster: NodeCluster, nodes: list[str], out: Path, label: str) -> list[subprocess.Popen[bytes]]:
-    """Start ``py-spy record`` (raw collapsed stacks, 200 samples a second,
-    idle frames left out) on each of ``nodes``, writing ``out/LABEL-NODE.txt``."""
+def py_spy(
+    cluster: NodeCluster, nodes: list[str], out: Path, label: str, rate: int = 200, idle: bool = False
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``py-spy record`` (raw collapsed stacks, ``rate`` samples a second,
+    idle frames left out unless ``idle``) on each of ``nodes``, writing ``out/LABEL-NODE.txt``."""
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     for name in dict.fromkeys(nodes):
         proc = cluster.nodes[name].proc
         assert proc is not None
-        cmd = ["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200"]
+        cmd = ["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", str(rate)]
+        cmd += ["--idle"] if idle else []
         cmd += ["--output", str(out / f"{label}-{name}.txt")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # (py-spy attaches before the operations start)
@@ -243,6 +267,55 @@ def syscall_counts(path: Path, n: int) -> dict[str, float]:
     }
 
 
+#: The line probe (``--lines``): a ``sitecustomize`` a node loads when its directory is on its path.
+LINE_PROBE = Path(__file__).resolve().parent.parent / "harness" / "line_probe"
+
+
+def lines_counted(
+    cluster: NodeCluster, out: Path, run: Callable[[], object], n: int, label: str
+) -> dict[str, Any]:
+    """Run ``run`` (``n`` operations) with every node's line probe counting
+    (SIGUSR1 .. SIGUSR2): per node, Python lines per operation (all, and in
+    ``sprawl/``) and the 15 functions that ran the most lines per operation."""
+    pids = {name: cluster.nodes[name].proc.pid for name in cluster.names}  # type: ignore[union-attr]
+    for pid in pids.values():
+        p = out / f"lines-{pid}.json"
+        if p.exists():
+            p.unlink()
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(0.2)  # (each node's handler runs in its next reactor turn)
+    try:
+        run()
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGUSR2)
+    result: dict[str, Any] = {}
+    for name, pid in pids.items():
+        p = out / f"lines-{pid}.json"
+        deadline = time.monotonic() + 30
+        while not p.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = json.loads(p.read_text())
+        top = sorted(got["funcs"].items(), key=lambda kv: -kv[1])[:15]
+        result[name] = {
+            "lines": round(got["total"] / n, 1),
+            "sprawl_lines": round(got["sprawl"] / n, 1),
+            "store": {k: round(v / n, 2) for k, v in got.get("store", {}).items()},
+            "top": {k.split("/sprawl/")[-1].split("/site-packages/")[-1]: round(v / n, 1) for k, v in top},
+        }
+        (out / f"lines-{name}-{label}.json").write_text(json.dumps(got))
+    return result
+
+
+def counted_run(
+    row: dict[str, Any], cluster: NodeCluster, out: Path, run: Callable[[], float], n: int
+) -> float:
+    """``run()`` with the nodes' lines counted into ``row["lines_per_create"]``."""
+    ms: list[float] = []
+    row["lines_per_create"] = lines_counted(cluster, out, lambda: ms.append(run()), n, str(row["topics"]))
+    return ms[0]
+
+
 def summary(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
     """Commits per operation (mean of the nodes, and the most of one node)
     and CPU ms per operation (all nodes together)."""
@@ -267,6 +340,9 @@ def measure_count(
     spy_dir: Path | None = None,
     spy_all: bool = False,
     strace_dir: Path | None = None,
+    spy_rate: int = 200,
+    spy_idle: bool = False,
+    lines_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Every figure at one count of topics (``t00000`` .. already made),
     after ``settle`` seconds and ``idle_seconds`` of measuring the nodes'
@@ -299,9 +375,11 @@ def measure_count(
     for kind, run in ops:
         spy = None
         if spy_dir is not None and kind == "create":
-            spy = functools.partial(py_spy, cluster, spied, spy_dir, f"create-{count}")
+            spy = functools.partial(py_spy, cluster, spied, spy_dir, f"create-{count}", spy_rate, spy_idle)
         elif strace_dir is not None and kind == "create":
             spy = functools.partial(straces, cluster, strace_dir, f"create-{count}")
+        if lines_dir is not None and kind == "create":
+            run = functools.partial(counted_run, row, cluster, lines_dir, run, batch)
         ms, per_node = measured(cluster, batch, run, idle, spy)
         if spy is not None and strace_dir is not None and spy_dir is None:
             row["syscalls_per_create"] = {
@@ -356,6 +434,9 @@ def main() -> None:
     ap.add_argument("--py-spy", type=Path, dest="py_spy", help="sample the creates with py-spy into DIR")
     ap.add_argument("--py-spy-all", action="store_true", help="with --py-spy: sample every node")
     ap.add_argument("--strace", type=Path, help="trace the creates' writes, syncs and sends into DIR")
+    ap.add_argument("--spy-rate", type=int, default=200, help="with --py-spy: samples a second")
+    ap.add_argument("--spy-idle", action="store_true", help="with --py-spy: idle frames too")
+    ap.add_argument("--lines", type=Path, help="count each node's Python lines per create (files into DIR)")
     ap.add_argument("--node-arg", action="append", default=[], help="an argument for every node (e.g. --wal)")
     a = ap.parse_args()
     rf = min(3, a.nodes)
@@ -365,7 +446,11 @@ def main() -> None:
         Path(tmp).mkdir(parents=True, exist_ok=True)
     else:
         tmp = tempfile.mkdtemp(prefix="sprawl-create-")
-    cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, startup_timeout=120)
+    env = None
+    if a.lines is not None:
+        a.lines.mkdir(parents=True, exist_ok=True)
+        env = {"PYTHONPATH": f"{LINE_PROBE}{os.pathsep}{node_pythonpath()}", "LINE_PROBE_OUT": str(a.lines)}
+    cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, startup_timeout=120, env=env)
     rows: list[dict[str, Any]] = []
     try:
         cluster.start(form_bound=120)
@@ -387,6 +472,9 @@ def main() -> None:
                 a.py_spy,
                 a.py_spy_all,
                 a.strace,
+                a.spy_rate,
+                a.spy_idle,
+                a.lines,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
