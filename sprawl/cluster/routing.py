@@ -32,6 +32,18 @@ ids no copy can have yet (a retry's may meet a first copy: the leader says
 may be a duplicate of an earlier publish).  Otherwise, and whenever the
 leader answers first (or fails: the publish is retried as before), the
 leader's answer is the answer.
+
+Such a forward asks the leader not to answer a success this node's replica
+will show anyway (``quiet``, issue 16, cpu39): a leader that committed the
+records while the entry node's copy was durable among them (its follower's
+acknowledged end passes them: that node shows them as soon as it learns the
+high watermark, which the leader sends it) sends no answer frame -- a third
+of the leader's frames at one message a publish.  Every other outcome is
+answered as before: an error, duplicates, or records the entry's copy did not
+hold yet when they were committed.  The entry node cancels the call once its
+replica answered; were the high watermark's news lost, the call's timeout
+retries the publish, which the leader answers as the duplicate it is.  An
+older leader ignores ``quiet`` and answers; its answer is dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from sprawl.errors import BadRequest, NotFound, SprawlError, Unavailable
 from sprawl.interfaces import Clock, Delayed
 from sprawl.log.record import Record, pack_record, unpack_record
 from sprawl.peer.frames import BATCH_BYTES
+from sprawl.peer.rpc import NO_ANSWER
 from sprawl.pubsub import PublishResult
 from sprawl.replication.partition import PartitionReplication
 from sprawl.replication.replica import NotLeader
@@ -152,6 +165,13 @@ class Router:
         else:
             for i, r in enumerate(records):
                 groups.setdefault(topic.partition_for(r.key), []).append(i)
+        if len(groups) == 1:
+            # One partition (the common case: a batch without keys): its answer
+            # is the publish's, in the records' order -- no gathering.
+            ((p, _idx),) = groups.items()
+            return defer.ensureDeferred(
+                self._publish_partition(topic, p, records, acks, 0, named)
+            ).addCallback(_in_partition, p)
         ds = [
             defer.ensureDeferred(self._publish_partition(topic, p, [records[i] for i in idx], acks, 0, named))
             for p, idx in groups.items()
@@ -302,6 +322,7 @@ class Router:
             and all(x.id in named for x in records)
         ):
             here, forget = self._when_shown(t, p, [str(x.id) for x in records])
+            body["quiet"] = True  # no answer to a success this replica shows (see the module docstring)
         sent = self.reactor.seconds()
         called = self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
         if here is None:
@@ -312,6 +333,7 @@ class Router:
             finally:
                 forget()
             if which == "here":
+                called.cancel()  # the call is done: forgotten, its timer stopped
                 self.answered_here += 1
                 self._forward_timed(sent, got)
                 n = len(records)
@@ -475,6 +497,7 @@ class Router:
         records = [unpack_record(x) for x in body["records"]]
         self.broker.check_message_sizes(records, t.config.max_message_bytes)
         named = {str(x) for x in body.get("named") or ()}
+        quiet = bool(body.get("quiet"))
         for rec in records:
             rec.offset, rec.partition, rec.timestamp = -1, p, 0
 
@@ -482,6 +505,8 @@ class Router:
             res = await self._publish_once(
                 t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout, named
             )
+            if quiet and self._shown_there(caller, name, p, res):
+                return NO_ANSWER  # type: ignore[no-any-return]
             return {
                 "offsets": res.offsets,
                 "ids": res.ids,
@@ -496,6 +521,21 @@ class Router:
             return f
 
         return defer.ensureDeferred(run()).addErrback(not_leader)
+
+    def _shown_there(self, caller: str, name: str, p: int, res: PublishResult) -> bool:
+        """Whether ``caller``, a follower of ``name``/``p`` this node leads, held
+        every record of the committed publish ``res`` durably when it was
+        committed (its acknowledged end passes them): its replica shows them
+        once it learns the high watermark, so a ``quiet`` forward needs no
+        answer (see the module docstring).  Not for duplicates (a first copy's
+        offset is the leader's to say) nor for anything but ``quorum``."""
+        if res.stored != "quorum" or not res.offsets or any(res.duplicates):
+            return False
+        r = self.sync.service.replicas.get((name, p))
+        if r is None or not r.core.is_leader or caller in r.core.dead:
+            return False
+        f = r.core.followers.get(caller)
+        return f is not None and f.match > max(res.offsets)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -644,6 +684,13 @@ class _Shown:
         self.pos: int = log.high_watermark
         self.waiting: dict[str, _Wanted] = {}
         self.unwatch: Any = lambda: None
+
+
+def _in_partition(res: PublishResult, p: int) -> PublishResult:
+    """``res`` with every record's partition ``p`` (what the publish routed them to)."""
+    if any(x != p for x in res.partitions):
+        res.partitions = [p] * len(res.partitions)
+    return res
 
 
 def _first_of(called: defer.Deferred[Any], here: defer.Deferred[Any]) -> defer.Deferred[tuple[str, Any]]:

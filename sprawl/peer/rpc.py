@@ -38,6 +38,19 @@ log = Logger()
 Handler = Callable[[str, Any, int], Any]
 
 
+class _NoAnswer:
+    """The type of :data:`NO_ANSWER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_ANSWER"
+
+
+#: What a handler returns (or fires with) to send no answer (see the module docstring).
+NO_ANSWER: Any = _NoAnswer()
+
+
 class RemoteError(SprawlError):
     """The peer answered with an error (its status, code and message)."""
 
@@ -118,7 +131,8 @@ class PeerRPC:
         if len(self._pending) >= self.max_pending:
             return defer.fail(Overloaded("too many calls to peers in flight", retry_after=1))
         rid = next(self._ids)
-        d: defer.Deferred[Any] = defer.Deferred()
+        # Cancelled, the call is forgotten: its timer stops, a late answer is dropped.
+        d: defer.Deferred[Any] = defer.Deferred(lambda _: self._forget(rid))
         payload = msgspec.msgpack.encode(_Request(rid, method, hops, body))
         if not self.channel.fits(REQUEST, len(payload)):
             return defer.fail(
@@ -132,6 +146,11 @@ class PeerRPC:
         timer = self.reactor.callLater(timeout if timeout is not None else self.timeout, self._expire, rid)
         self._pending[rid] = (peer, d, timer)
         return d
+
+    def _forget(self, rid: int) -> None:
+        entry = self._pending.pop(rid, None)
+        if entry is not None and entry[2].active():
+            entry[2].cancel()
 
     def _expire(self, rid: int) -> None:
         entry = self._pending.pop(rid, None)
@@ -222,7 +241,8 @@ class PeerRPC:
         d.addBoth(served)
 
         def ok(body: Any) -> None:
-            self._answer(peer, req.id, True, body)
+            if body is not NO_ANSWER:
+                self._answer(peer, req.id, True, body)
 
         def failed(f: Failure) -> None:
             e = f.value

@@ -659,13 +659,61 @@ class PartitionReplication:
             # (a control record is such a write: the core hears it stored then)
             _gather(writes).addCallbacks(self._step_ready, self._crashed, callbackArgs=(step, stored_own))
         elif not self._sending:
-            defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
+            self._send_soon()
         if own:
             _gather(own).addCallbacks(self._own_stored, self._crashed, callbackArgs=(stored_own,))
 
     def _step_ready(self, _: object, step: _Step, stored_own: bool) -> None:
         step.ready = True
         self._own_stored(None, stored_own)  # what is durable here may show more; then sent
+
+    def _send_soon(self) -> None:
+        """Send the ready batches' messages (:meth:`_send_ready`): at once, without
+        a coroutine, when none of them carries records or a reset -- a follower's
+        answers, a leader's high watermarks, what :meth:`_send` sends without a
+        read (issue 16, cpu39: the coroutine was a fifth of a follower's lines a
+        message) --, else through :meth:`_send_ready`."""
+        try:
+            if self._send_plain():
+                return
+        except Exception:
+            self._crashed(Failure())
+            return
+        defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
+
+    def _send_plain(self) -> bool:
+        """:meth:`_send_ready` for ready batches whose messages need no read (see
+        :meth:`_send_soon`), in the same order with the same answers left out;
+        False, nothing sent, when one of them carries records or a reset."""
+        unsent = self._unsent
+        ready: list[_Step] = []
+        for st in unsent:
+            if not st.ready:
+                break
+            ready.append(st)
+        messages = [m for st in ready for q in st.batch for m in q.out.messages]
+        for _dst, m in messages:
+            if isinstance(m, Append) and (m.count or m.reset):
+                return False
+        skip = _superseded_answers(messages)
+        self._sending = True
+        try:
+            for step in ready:
+                for q in step.batch:
+                    for dst, m in q.out.messages:
+                        if id(m) not in skip:
+                            if timeline.TIMELINE is not None:
+                                self._mark_sent(dst, m)
+                            self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+                if unsent and unsent[0] is step:
+                    unsent.popleft()
+                if self.failed is not None:
+                    return True
+        finally:
+            self._sending = False
+        if unsent and unsent[0].ready:
+            self._send_soon()  # made ready while these were sent (the loop of _send_ready)
+        return True
 
     async def _send_ready(self) -> None:
         """Send the messages of the issued batches whose writes are durable, in
@@ -721,7 +769,7 @@ class PartitionReplication:
             self._handle(self.core.stored(self.log.stored_end), [])
         self._advance_hw(self._issued_hw)
         if not self._sending and self.failed is None and self._unsent and self._unsent[0].ready:
-            defer.ensureDeferred(self._send_ready()).addErrback(self._crashed)
+            self._send_soon()
 
     def _state_ops(self, reset: Write | None = None) -> list[tuple[Any, ...]]:
         """The replica state as it stands, for the transaction of a write
@@ -1212,6 +1260,13 @@ def _needs_nothing(out: Output) -> bool:
 
 
 def _gather(ds: list[defer.Deferred[Any]]) -> defer.Deferred[Any]:
+    """One Deferred for the writes ``ds`` (at least one): fires once every one
+    has, fails with the first failure.  A lone write is itself (one a message
+    at one publish at a time: no ``DeferredList`` -- whose firing alone runs
+    a hundred lines of Python -- on every node's path, issue 16, cpu39);
+    its callers' callbacks take no result."""
+    if len(ds) == 1:
+        return ds[0]
     d = defer.gatherResults(ds, consumeErrors=True)
     return d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
 
