@@ -20,7 +20,9 @@ with the controller's first decision S seconds in,
 decision clock, docs/benchmarks.md trust38; ``--window W`` windows the
 gossiped rates over W seconds, ``SimConfig.rate_window``, 0 the last
 sample alone, and ``--total T`` re-gossips them on a change of T of their
-sum, ``SimConfig.regossip_total``, 0 not: trust38b); the synthetic traces
+sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
+gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
+trust39); the synthetic traces
 take the seed (their noise, and the surges' times and partitions), the
 recorded trace has none (one run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
@@ -103,6 +105,7 @@ def run(
     offset: float = 0.0,
     window: float | None = None,
     total: float | None = None,
+    per_partition: bool = False,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -110,7 +113,8 @@ def run(
     or "" for off); the first decision ``offset`` seconds in; the gossiped
     rates windowed over ``window`` seconds (None: ``SimConfig.rate_window``)
     and re-gossiped on a ``total`` change of their sum (None:
-    ``SimConfig.regossip_total``)."""
+    ``SimConfig.regossip_total``); ``per_partition``: earned trust's
+    distrust per partition (``SimConfig.distrust_partition``, trust39)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -126,7 +130,7 @@ def run(
     elif lasting == EARLY:
         r = simulate(tr, True, early(tr, cfg))
     else:
-        c = earned(tr, cfg)
+        c = dataclasses.replace(earned(tr, cfg), distrust_partition=per_partition)
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
             c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
@@ -139,6 +143,7 @@ def run(
         "lasting": lasting,
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
+        **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -210,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--total", type=float, default=None, help="SimConfig.regossip_total (0: the 20%% rule alone)"
     )
+    ap.add_argument(
+        "--per-partition",
+        action="store_true",
+        help="earned runs distrust per partition (SimConfig.distrust_partition)",
+    )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument(
         "--out",
@@ -263,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=a.jobs) as pool, out.open("a") as f:
         futures = {
             pool.submit(
-                run, *t, a.again if t[2] not in (None, PLAIN, EARLY) else "", a.offset, a.window, a.total
+                run,
+                *t,
+                a.again if t[2] not in (None, PLAIN, EARLY) else "",
+                a.offset,
+                a.window,
+                a.total,
+                a.per_partition,
             ): t
             for t in todo
         }
