@@ -110,6 +110,9 @@ class SimConfig:
     #: ``TrafficForecaster(distrust=...)`` of the predictive run: seconds
     #: after a surprise during which the balancer gets no forecast.
     distrust: float = 0.0
+    #: ``TrafficForecaster(distrust_partition=...)``: the distrust withholds
+    #: only the surprised partition's forecast (an option, off: trust39).
+    distrust_partition: bool = False
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
     #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
@@ -248,6 +251,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             surge_guard=c.surge_guard,
             surge_jump=c.surge_jump,
             distrust=c.distrust,
+            distrust_partition=c.distrust_partition,
         )
         if predictive
         else None

@@ -75,7 +75,7 @@ def key_name(key: Key) -> str:
 
 
 class _Tracked:
-    __slots__ = ("detector", "last", "seen", "series", "surge")
+    __slots__ = ("detector", "last", "seen", "series", "surge", "surprised", "surprising")
 
     def __init__(self, key: Key, config: ForecastConfig, anomaly: AnomalyConfig) -> None:
         self.series = Series(config)
@@ -85,6 +85,10 @@ class _Tracked:
         self.seen = 0.0
         #: The last surge: (its start, the top of the interval expected then).
         self.surge: tuple[float, float] | None = None
+        #: The last sample of this series' last surprise (-inf: never), and
+        #: whether that surprise's event is still open (``distrust_partition``).
+        self.surprised = -math.inf
+        self.surprising = False
 
     def surging(self, now: float, guard: float) -> float | None:
         """The expected top while a surge that began less than ``guard``
@@ -109,6 +113,7 @@ class TrafficForecaster:
         surge_guard: float = 0.0,
         surge_jump: float = SUDDEN,
         distrust: float = 0.0,
+        distrust_partition: bool = False,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -138,6 +143,12 @@ class TrafficForecaster:
         #: rule alone).  Cluster-wide, not per partition: one move on a
         #: forecast anywhere changes every later decision.  0: off.
         self.distrust = distrust
+        #: Distrust per partition instead (an option, off; docs/benchmarks.md
+        #: trust39): a surprise withholds only *that* partition's forecast, for
+        #: :attr:`distrust` seconds after the surprise's event closed (so its
+        #: season's echo a season later is withheld too); the other
+        #: partitions, whose models were not wrong, keep theirs.
+        self.distrust_partition = distrust_partition
         #: When the last surprise opened (-inf: never).
         self.surprised_at = -math.inf
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
@@ -174,6 +185,10 @@ class TrafficForecaster:
                 and (ev.kind == SILENT or (ev.kind == SURGE and ev.observed >= SUDDEN * ev.expected.high))
             ):
                 self.surprised_at = max(self.surprised_at, now)
+                tr.surprising = True
+        if tr.surprising:
+            tr.surprised = now
+            tr.surprising = tr.detector.open is not None
         tr.last = (now, value)
         held = (self.hold_seasons and tr.detector.unusual) or (
             self.surge_guard > 0 and tr.surging(now, self.surge_guard) is not None
@@ -297,8 +312,13 @@ class TrafficForecaster:
 
     def trusted(self, now: float) -> bool:
         """Whether the balancer may act on the forecasts now: no surprise in
-        the last :attr:`distrust` seconds (always, with it off)."""
-        return self.distrust <= 0 or now - self.surprised_at >= self.distrust
+        the last :attr:`distrust` seconds (always, with it off or
+        :attr:`distrust_partition`: then per partition, :meth:`_trusts`)."""
+        return self.distrust <= 0 or self.distrust_partition or now - self.surprised_at >= self.distrust
+
+    def _trusts(self, tr: _Tracked, now: float) -> bool:
+        """Whether ``tr``'s forecast reaches the balancer (:attr:`distrust_partition`)."""
+        return not self.distrust_partition or self.distrust <= 0 or now - tr.surprised >= self.distrust
 
     def partition_paths(
         self, now: float, horizon: float | None = None, points: int = 6
@@ -314,7 +334,7 @@ class TrafficForecaster:
         if not self.trusted(now):
             return out
         for key, tr in self._series.items():
-            if key[0] != PARTITION or tr.last is None:
+            if key[0] != PARTITION or tr.last is None or not self._trusts(tr, now):
                 continue
             here = tr.series.forecast(now)
             if here is None:
@@ -379,7 +399,7 @@ class TrafficForecaster:
             if key[0] != PARTITION:
                 continue
             tr = self._series.get(key)
-            if tr is None:  # dropped since the pass began (a deleted topic)
+            if tr is None or not self._trusts(tr, now):  # None: dropped since the pass began
                 continue
             row = self._profile(tr, now, times, weights)
             if row is not None:

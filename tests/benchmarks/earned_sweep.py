@@ -4,6 +4,8 @@
     PYTHONPATH=tests python -m benchmarks.earned_sweep [--traces hourly,recorded,daily,ramp,surges]
         [--seeds 1,2,3] [--lasting 0.3,0.4,0.5,0.6,0.7] [--plain] [--again season]
         [--early] [--offset S] [--window W] [--total T] [--jobs N] [--out FILE]
+    PYTHONPATH=tests python -m benchmarks.earned_sweep --paired [--rule earned|early]
+        --out FILE [--out FILE ...]
 
 Each (trace, seed) runs the reactive balancer once and the earned-trust
 combination (:func:`sprawl.forecast.replay.earned`, the values of a node with
@@ -18,7 +20,9 @@ with the controller's first decision S seconds in,
 decision clock, docs/benchmarks.md trust38; ``--window W`` windows the
 gossiped rates over W seconds, ``SimConfig.rate_window``, 0 the last
 sample alone, and ``--total T`` re-gossips them on a change of T of their
-sum, ``SimConfig.regossip_total``, 0 not: trust38b); the synthetic traces
+sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
+gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
+trust39); the synthetic traces
 take the seed (their noise, and the surges' times and partitions), the
 recorded trace has none (one run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
@@ -28,6 +32,14 @@ end: per run, moves / seconds with a node hot / messages delayed, and
 whether it *wins* (fewer hot seconds, no more moves, no more messages
 delayed: issue 18's bar), *ties* (the same moves and hot seconds) or *loses*
 against the reactive run of its trace and seed.
+
+``--paired`` runs nothing: it reads every ``--out`` file given (e.g. one per
+``--offset``) and prints the paired judgement over all their draws
+(:mod:`benchmarks.paired`, docs/benchmarks.md trust39): per (trace, seed,
+phase) the reactive run against ``--rule`` (earned trust by default), the
+sums of hot seconds, moves and messages delayed per family and over all, a
+sign test and a seeded 95 % bootstrap interval on each summed difference,
+and the yardstick: the reactive rule against itself with its clock 5 s later.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from benchmarks import paired
 from benchmarks.forecast_sim import RECORDED_CONFIG, RECORDED_PERIOD, TRACE
 from sprawl.forecast import traces
 from sprawl.forecast.replay import SimConfig, Trace, early, earned, season_seconds, simulate
@@ -92,6 +105,7 @@ def run(
     offset: float = 0.0,
     window: float | None = None,
     total: float | None = None,
+    per_partition: bool = False,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -99,7 +113,8 @@ def run(
     or "" for off); the first decision ``offset`` seconds in; the gossiped
     rates windowed over ``window`` seconds (None: ``SimConfig.rate_window``)
     and re-gossiped on a ``total`` change of their sum (None:
-    ``SimConfig.regossip_total``)."""
+    ``SimConfig.regossip_total``); ``per_partition``: earned trust's
+    distrust per partition (``SimConfig.distrust_partition``, trust39)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -115,7 +130,7 @@ def run(
     elif lasting == EARLY:
         r = simulate(tr, True, early(tr, cfg))
     else:
-        c = earned(tr, cfg)
+        c = dataclasses.replace(earned(tr, cfg), distrust_partition=per_partition)
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
             c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
@@ -128,6 +143,7 @@ def run(
         "lasting": lasting,
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
+        **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -199,16 +215,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--total", type=float, default=None, help="SimConfig.regossip_total (0: the 20%% rule alone)"
     )
+    ap.add_argument(
+        "--per-partition",
+        action="store_true",
+        help="earned runs distrust per partition (SimConfig.distrust_partition)",
+    )
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("earned_sweep.jsonl"))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        help="the rows' file (default earned_sweep.jsonl); --paired: several",
+    )
     ap.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="print the paired judgement (benchmarks.paired) of every --out file and exit",
+    )
+    ap.add_argument("--rule", default="earned", help="--paired: the rule judged (earned or early)")
     ap.add_argument(
         "--runs", default="", help="TRACE:SEED:LASTING,... to run first, in this order (LASTING - : reactive)"
     )
     a = ap.parse_args(argv)
+    outs: list[Path] = a.out or [Path("earned_sweep.jsonl")]
+    if a.paired:
+        rows = [json.loads(line) for p in outs for line in p.read_text().splitlines() if line.strip()]
+        print(paired.report(rows, a.rule))
+        return 0
+    if len(outs) > 1:
+        ap.error("one --out file to run into (several only with --paired)")
+    out = outs[0]
     done: list[dict[str, Any]] = []
-    if a.out.exists():
-        done = [json.loads(line) for line in a.out.read_text().splitlines() if line.strip()]
+    if out.exists():
+        done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     if a.summary:
         print(summary(done))
         return 0
@@ -230,10 +270,16 @@ def main(argv: list[str] | None = None) -> int:
                 for want in ((name, s_, None), (name, s_, lasting)):
                     if want not in have and want not in todo:
                         todo.append(want)
-    with ProcessPoolExecutor(max_workers=a.jobs) as pool, a.out.open("a") as f:
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool, out.open("a") as f:
         futures = {
             pool.submit(
-                run, *t, a.again if t[2] not in (None, PLAIN, EARLY) else "", a.offset, a.window, a.total
+                run,
+                *t,
+                a.again if t[2] not in (None, PLAIN, EARLY) else "",
+                a.offset,
+                a.window,
+                a.total,
+                a.per_partition,
             ): t
             for t in todo
         }

@@ -10,8 +10,11 @@ import os
 
 import pytest
 
+from benchmarks import paired
+from benchmarks.earned_sweep import run
 from harness.paths import DATA
 from sprawl.forecast import traces
+from sprawl.forecast.earned import EARNED_LASTING
 from sprawl.forecast.replay import SimConfig, compare, earned, simulate, table
 
 RECORDED = DATA / "forecast_trace.csv"
@@ -179,3 +182,83 @@ def test_decision_offset_shifts_the_decision_clock() -> None:
     assert a.log and b.log
     assert all(t % 10 == 0 for t, _ in a.log) and all(t % 10 == 5 for t, _ in b.log)
     assert (b.moves, b.hot_seconds) != (a.moves, a.hot_seconds)
+
+
+#: The bar over draws (docs/benchmarks.md, trust39): a family is a synthetic
+#: trace's seeds 1-8 at both phases of the controller's decision clock (0 and
+#: +5 s: decisions every 10 s on 5-s gossip steps), 16 draws, each run by the
+#: reactive balancer and by earned trust; earned trust must be less hot in sum
+#: with the bootstrap interval of the difference wholly below zero, and make
+#: no more moves and delay no more messages in sum (``paired.Aggregate.wins``).
+#: Per draw no rule can be held to it: the reactive balancer, its clock shifted
+#: 5 s, "loses" 18 of 22 draws to itself (trust38).
+FAMILY_SEEDS = tuple(range(1, 9))
+PHASES = (0.0, 5.0)
+
+
+def family_pairs(trace: str, seeds: tuple[int, ...], phases: tuple[float, ...] = PHASES) -> list[paired.Pair]:
+    """Reactive against earned trust on every (seed, phase) of ``trace``: the
+    same runs as ``earned_sweep --traces TRACE --seeds ... --lasting 0.5
+    [--offset 5]`` (:func:`benchmarks.earned_sweep.run`)."""
+    rows = [
+        run(trace, seed, lasting, "", phase)
+        for seed in seeds
+        for phase in phases
+        for lasting in (None, EARNED_LASTING)
+    ]
+    return paired.pairs(rows)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SPRAWL_SIM_LONG"),
+    reason="16 draws of a day-long trace, 2-12 minutes a family: run by tox -e sim (SPRAWL_SIM_LONG=1)",
+)
+@pytest.mark.parametrize(
+    ("trace", "seeds"),
+    [
+        pytest.param("hourly", FAMILY_SEEDS, id="hourly"),
+        pytest.param("ramp", FAMILY_SEEDS, id="ramp"),
+        pytest.param("daily", FAMILY_SEEDS, id="daily"),
+        pytest.param(
+            "surges",
+            FAMILY_SEEDS,
+            id="surges",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a tie in sum, not a win: 107,710 s hot against 109,285 (-1 %, interval -11,380..+8,550 "
+                "across zero), moves 630 against 637, delayed 115,367 against 117,597; 4 of 16 draws are the "
+                "reactive run move for move (the distrust gate), the others differ by 0-5 forecast moves and the "
+                "chaos they set off (docs/benchmarks.md, trust39)",
+            ),
+        ),
+        pytest.param(
+            "recorded",
+            (0,),
+            id="recorded",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the recorded trace has no seed: 2 draws (the two clock phases), and at +5 s earned "
+                "trust ties the reactive run on hot time (250 s each), so the bootstrap interval's top is 0, "
+                "not below it; in sum it is less hot (530 s against 665), with fewer moves (12 against 13) "
+                "and fewer messages delayed (docs/benchmarks.md, trust39)",
+            ),
+        ),
+    ],
+)
+def test_earned_trust_wins_the_paired_aggregate_of_each_family(trace: str, seeds: tuple[int, ...]) -> None:
+    """Issue 18's bar over draws, per family: over seeds 1-8 at both clock
+    phases, earned trust keeps nodes hot for less time in sum (interval clear
+    of zero), with no more moves and no more messages delayed in sum."""
+    ps = family_pairs(trace, seeds)
+    g = paired.aggregate(ps, trace)
+    assert g.n == 2 * len(seeds), g.line()
+    assert g.wins(), g.line() + "\n" + paired.table(ps)
+
+
+def test_earned_trust_wins_the_paired_aggregate_of_hourly_seeds_1_and_2() -> None:
+    """The same statistic at CI size: the hourly trace (the cheapest family that
+    holds), seeds 1 and 2 at both clock phases, 4 draws (~15 s of CPU)."""
+    ps = family_pairs("hourly", (1, 2))
+    g = paired.aggregate(ps, "hourly 1-2")
+    assert g.n == 4, g.line()
+    assert g.wins(), g.line() + "\n" + paired.table(ps)

@@ -75,3 +75,27 @@ def test_a_rise_a_little_out_of_the_interval_keeps_the_trust() -> None:
     assert sum(fc.anomalies_total.values()) > opened  # it is an anomaly
     assert fc.trusted(t) and fc.surprised_at == -math.inf
     assert set(fc.partition_forecasts(t)) == {("t", 0), ("t", 1)}
+
+
+def test_distrust_per_partition_withholds_only_the_surprised_partition() -> None:
+    """``distrust_partition=True`` (an option, off; docs/benchmarks.md trust39):
+    a 4x surge on partition 0 withholds partition 0's forecast (paths,
+    forecasts, profiles) but not partition 1's, for ``distrust`` seconds
+    after the surge's event *closed* (not after it opened): still withheld
+    290 s after the close, back 300 s after it."""
+    fc = TrafficForecaster(CFG, horizon=30.0, distrust=300.0, distrust_partition=True)
+    t = 0.0
+    t = run(fc, t, 1800.0, {})
+    began = t
+    t = run(fc, t, 120.0, {0: 4.0})
+    assert fc.trusted(t)
+    assert set(fc.partition_forecasts(t)) == {("t", 1)} and set(fc.partition_paths(t)) == {("t", 1)}
+    assert set(fc.partition_profiles(t, 600.0)) == {("t", 1)}
+    t = run(fc, t, 90.0, {})  # the surge is over (its event closed once the model took it in)
+    tr = fc._series[partition_key("t", 0)]
+    assert not tr.surprising and began + 60.0 < tr.surprised < t  # from the close, not the open
+    closed = tr.surprised
+    t = run(fc, t, closed + 290.0 - t, {})
+    assert set(fc.partition_forecasts(t)) == {("t", 1)}
+    t = run(fc, t, closed + 300.0 - t, {})
+    assert set(fc.partition_forecasts(t)) == {("t", 0), ("t", 1)}
