@@ -288,6 +288,10 @@ class DataPlane:
         self._describe_behind_at = now + CATCHING_UP_LOG_SECONDS
         behind = self.catching_up()
         if not behind:
+            # Caught up, as :meth:`readiness` would find: no more walks over
+            # every replica every few seconds (issue 23, idle39: ~2 ms of CPU
+            # a second at 10,000 on a node whose ``/readyz`` nobody asks).
+            self._caught_up_once = True
             return
         for name in behind[:3]:
             topic, _, p = name.rpartition("/")

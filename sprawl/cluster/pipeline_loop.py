@@ -130,7 +130,12 @@ class PipelineLoop:
             self.sync()
         except Exception:
             log.failure("the pipeline loop's pass failed")
-        self._call = self.clock.callLater(self.interval, self._pass)
+        # At the next multiple of the interval on the clock: in the reactor turn
+        # of the node's other periodic loops (sprawl/ticks.py), not a wake-up of
+        # its own twice a second (issue 23, idle39).
+        now = self.clock.seconds()
+        wait = self.interval - now % self.interval if self.interval > 0 else 0.0
+        self._call = self.clock.callLater(wait, self._pass)
 
     # -- one pass ----------------------------------------------------------------------
 

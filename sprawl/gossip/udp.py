@@ -3,8 +3,9 @@
 :class:`GossipNode` is a ``DatagramProtocol`` that owns one
 :class:`~sprawl.gossip.membership.Membership` and everything the pure core
 does not: the socket (it sends every datagram the core returns and feeds it
-every datagram received), the clock (a ``LoopingCall`` ticks the core every
-0.1 s on an injected ``IReactorTime``), the seeds (joined with capped
+every datagram received), the clock (the core is ticked at its next
+deadline -- :meth:`Membership.next_deadline`, on the 0.1 s grid the node's
+other loops tick on -- on an injected ``IReactorTime``), the seeds (joined with capped
 exponential backoff until one answers, and afterwards retried while any seed
 is not a live member, so a healed partition re-merges), the incarnation
 number (kept in ``DATA_DIR/gossip.json``, written atomically whenever it
@@ -22,6 +23,7 @@ that import Twisted.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -65,8 +67,12 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: How often the core is ticked (it does only what is due).
+#: The grid the core's ticks fall on (seconds): each tick is armed for the
+#: first multiple of it at or after the core's next deadline, so it fires in
+#: the reactor turn of the node's other 0.1 s loops (:mod:`sprawl.ticks`).
 TICK_INTERVAL = 0.1
+#: The longest wait between two ticks (seconds), whatever the deadline says.
+MAX_TICK_WAIT = 1.0
 #: How often load figures are sampled for the metadata.
 META_INTERVAL = 5.0
 #: How long the leave is gossiped before the socket closes on stop.
@@ -162,7 +168,12 @@ class GossipNode(DatagramProtocol):
         #: Listeners of member events (called with each :class:`MemberEvent`).
         self.listeners: list[Callable[[MemberEvent], None]] = []
         self._saved_incarnation: int | None = None
-        self._loop: task.LoopingCall | None = None
+        #: The core's next tick (armed at its next deadline: :meth:`_schedule`).
+        self._tick_call: Delayed | None = None
+        #: When :attr:`_tick_call` fires (clock seconds).
+        self._tick_at = 0.0
+        #: Ticks run (an idle node's count: issue 23).
+        self.ticks = 0
         self._meta_loop: task.LoopingCall | None = None
         self._join_call: Delayed | None = None
         self._backoff = join_backoff[0]
@@ -174,6 +185,8 @@ class GossipNode(DatagramProtocol):
         #: (:class:`sprawl.gossip.load.RateWindow`; 0: the last sample alone).
         self._rates = RateWindow(rate_window)
         self._stopping = False
+        self._ticking_stopped = False
+        self._in_tick = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -193,9 +206,7 @@ class GossipNode(DatagramProtocol):
             self._load_meta = load
         self.membership = Membership(self.node_id, advertise, meta, self.config, self.rng, now, incarnation)
         self._persist()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = cast("IReactorTime", self.clock)
-        start_in_phase(self._loop, self.tick_interval).addErrback(self._loop_failed, "tick")
+        self._schedule()
         if self.load is not None:
             self._meta_loop = task.LoopingCall(self._refresh_load)
             self._meta_loop.clock = cast("IReactorTime", self.clock)
@@ -229,10 +240,12 @@ class GossipNode(DatagramProtocol):
         if m is not None and not m.left:
             self._apply(m.leave(self.clock.seconds()))
             log.info("gossip: left the cluster (incarnation {incarnation})", incarnation=m.incarnation)
-            if self.leave_grace > 0 and self._loop is not None and self._loop.running:
+            if self.leave_grace > 0 and not self._ticking_stopped:
                 await task.deferLater(cast("IReactorTime", self.clock), self.leave_grace, lambda: None)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+        self._ticking_stopped = True
         port: Any = self.transport
         if port is not None and hasattr(port, "stopListening"):
             await defer.maybeDeferred(port.stopListening)
@@ -243,13 +256,49 @@ class GossipNode(DatagramProtocol):
     # ----------------------------------------------------------- core calls
 
     def _tick(self) -> None:
+        self._tick_call = None
         m = self.membership
-        if m is None:
+        if m is None or self._ticking_stopped:
             return
+        self.ticks += 1
+        self._in_tick = True
         try:
             self._apply(m.tick(self.clock.seconds()))
         except Exception:  # a bug must not silently end failure detection
             log.failure("gossip tick failed")
+        finally:
+            self._in_tick = False
+        self._schedule(ticked=True)
+
+    def _schedule(self, ticked: bool = False) -> None:
+        """Arm the core's next tick: at the first multiple of ``tick_interval``
+        at or after its next deadline (the reactor turn of the node's other
+        loops), at most :data:`MAX_TICK_WAIT` from now -- sooner than the one
+        armed if an input brought the deadline forward.  An idle member
+        ticks when a probe, its timeout or a gossip round is due (a few times
+        a second), not ten times a second (issue 23).  The core does only
+        what is due on any tick, so a tick too early costs nothing but the
+        call; none is ever later than the grid point after the deadline, as
+        when the core was ticked every ``tick_interval``.  After a tick
+        (``ticked``) the next one is on a later grid point."""
+        m = self.membership
+        if m is None or self._ticking_stopped or self._in_tick:
+            return  # (a tick arms the next one when it is done)
+        now = self.clock.seconds()
+        step = self.tick_interval
+        due = min(max(m.next_deadline(), now), now + MAX_TICK_WAIT)
+        at = math.ceil(due / step) * step if step > 0 else due
+        if at < due:  # (rounding)
+            at += step
+        if ticked and at <= now:
+            at = (math.floor(now / step) + 1) * step if step > 0 else now + MAX_TICK_WAIT
+        call = self._tick_call
+        if call is not None and call.active():
+            if self._tick_at <= at:
+                return
+            call.cancel()
+        self._tick_at = at
+        self._tick_call = self.clock.callLater(max(0.0, at - now), self._tick)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """Feed one datagram to the core (which never raises on bad input)."""
@@ -268,6 +317,7 @@ class GossipNode(DatagramProtocol):
                 del self._held[:dropped]
                 self.adapter_stats["dropped_send_failed"] += dropped
         self._persist()
+        self._schedule()  # (an input may bring a deadline forward)
         for ev in out.events:
             self._log_event(ev)
             for listener in self.listeners:
@@ -411,6 +461,7 @@ class GossipNode(DatagramProtocol):
             return
         self.adapter_stats["meta_updates"] += 1
         self._persist()
+        self._schedule()  # (the new metadata is gossiped at the next round)
 
     def _sample_load(self, now: float) -> dict[str, Any] | None:
         if self.load is None:

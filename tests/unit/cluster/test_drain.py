@@ -378,6 +378,44 @@ def test_readiness_waits_for_the_followed_replicas_then_never_flaps() -> None:
     assert plane.readiness() is None
 
 
+def test_a_node_nobody_asks_stops_walking_its_replicas_once_they_caught_up() -> None:
+    """Issue 23 (idle39): while not ready, the plane describes the replicas
+    still catching up every ``CATCHING_UP_LOG_SECONDS`` -- a walk over every
+    replica.  Once a walk finds none behind, the node counts as caught up (as
+    ``/readyz`` would find) and walks no more, even if nobody asks
+    ``/readyz``: a minute of ticks after that walks nothing."""
+    from sprawl.cluster.dataplane import CATCHING_UP_LOG_SECONDS
+
+    plane, _ = _plane({"a": "alive", "b": "alive", "c": "alive"})
+    core = SimpleNamespace(is_leader=False, caught_up=False, epoch=2, fenced_epoch=2, led_epoch=0)
+    core.__dict__.update(leader="b", placed_leader="b", end=0, hw=0, unheard_ticks=0, ask_ticks=30)
+    plane.service.replicas[("t", 0)] = SimpleNamespace(core=core)  # type: ignore[assignment]
+    walks = []
+    walk = plane.catching_up
+
+    def counted() -> list[str]:
+        walks.append(plane.reactor.seconds())
+        return walk()
+
+    plane.catching_up = counted  # type: ignore[method-assign]
+    clock = plane.reactor
+    plane._describe_catching_up()  # (the first call sets the first due time)
+    for _ in range(2):
+        clock.advance(CATCHING_UP_LOG_SECONDS)  # type: ignore[attr-defined]
+        plane._describe_catching_up()
+    assert len(walks) == 2  # behind: described each time
+    core.caught_up = True
+    clock.advance(CATCHING_UP_LOG_SECONDS)  # type: ignore[attr-defined]
+    plane._describe_catching_up()
+    assert len(walks) == 3
+    for _ in range(600):  # a minute of the plane's ticks
+        clock.advance(0.1)  # type: ignore[attr-defined]
+        if not plane._caught_up_once:
+            plane._describe_catching_up()
+    assert len(walks) == 3  # (a walk every 10 s before: 9)
+    assert plane.readiness() is None and len(walks) == 3
+
+
 def test_a_stopping_node_with_nobody_to_hand_over_to_does_not_wait() -> None:
     """The last node of a cluster stopping leads a partition no follower is
     caught up on: the drain ends at once (not after its bound); with a caught-up

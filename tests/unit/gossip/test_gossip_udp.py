@@ -701,3 +701,44 @@ def test_a_one_sample_spike_is_not_gossiped_with_the_windowed_rate(tmp_path: Pat
     else:
         assert g.adapter_stats["meta_updates"] == before + 2
     g.stop()
+
+
+def test_an_idle_member_is_ticked_when_something_is_due_not_every_tenth(tmp_path: Path) -> None:
+    """Issue 23 (idle39): the core is ticked at its next deadline (a probe,
+    its timeout, a gossip round), on the 0.1 s grid of the node's other
+    loops -- not ten times a second.  Over a minute of a settled 3-node
+    cluster (every probe answered; the clock moved in 10 ms steps, so no
+    grid is imposed by the test) each node ticks a few times a second, its
+    probes go out once a probe period as before, and nobody is suspected."""
+    clock, net, nodes = cluster(tmp_path, 3)
+    before = [g.ticks for g in nodes]
+    probes = [g.stats["probes_sent"] for g in nodes]
+    for _ in range(6000):  # 60 s
+        clock.advance(0.01)
+        net.pump()
+    ticks = [g.ticks - b for g, b in zip(nodes, before, strict=True)]
+    # (every 0.1 s before: 600 a node)
+    assert all(t <= 60 * 3 for t in ticks), ticks
+    sent = [g.stats["probes_sent"] - p for g, p in zip(nodes, probes, strict=True)]
+    assert all(50 <= s <= 62 for s in sent), sent  # one per 1 s probe period (56 before)
+    assert all(sum(m.state == "alive" for m in g.members()) == 3 for g in nodes)
+    # Each tick falls on the 0.1 s grid (the reactor turn of the other loops).
+    at = nodes[0]._tick_at
+    assert nodes[0]._tick_call is not None and abs(at / 0.1 - round(at / 0.1)) < 1e-6
+
+
+def test_an_input_brings_the_next_tick_forward(tmp_path: Path) -> None:
+    """A change that makes work due sooner than the armed tick (here new
+    metadata, gossiped at the next gossip round) re-arms the tick for it: the
+    update reaches the other members within a few gossip rounds."""
+    clock, net, nodes = cluster(tmp_path, 3)
+    net.run(5.0)
+    nodes[2].set_meta(http="http://127.0.0.1:9999")
+    for _ in range(100):  # at most 1 s
+        clock.advance(0.01)
+        net.pump()
+        views = [{v["id"]: v["http"] for v in g.member_views()} for g in nodes[:2]]
+        if all(v["n2"] == "http://127.0.0.1:9999" for v in views):
+            break
+    else:
+        raise AssertionError("the new metadata did not spread within 1 s")

@@ -217,3 +217,23 @@ async def test_a_stall_and_the_skipped_records_are_shown_and_counted(node: Node)
     assert 'sprawl_pipeline_skipped_total{pipeline="big"} 1.0' in text
     assert sum(loop.lag("big").values()) == 0
     assert len(await _target(node)) == 3  # n 0, 2, 4 (the big one skipped)
+
+
+def test_the_passes_fall_on_the_interval_grid_with_the_other_loops() -> None:
+    """Issue 23 (idle39): a loop started at any moment passes at the multiples
+    of its interval on the clock -- the reactor turns of the node's other
+    periodic loops (``sprawl.ticks``) -- not at its own phase: no wake-up of
+    its own twice a second.  As often as before: one pass per interval."""
+    clock = Clock()
+    clock.advance(1000.37)
+    passes: list[float] = []
+    loop = PipelineLoop(None, lambda: passes.append(clock.seconds()) or {}, clock)  # type: ignore[arg-type]
+    loop.start()
+    for _ in range(1000):  # 10 s in 10 ms steps
+        clock.advance(0.01)
+    loop.stop()
+    assert passes[0] == 1000.37  # (the first at once, as before)
+    later = passes[1:]
+    # Each within a step of a multiple of 0.5 s (1000.87, 1001.37, ... before).
+    assert all(abs(t - round(t / 0.5) * 0.5) < 0.011 for t in later), later[:4]
+    assert len(later) == 20
