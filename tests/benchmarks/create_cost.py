@@ -279,11 +279,17 @@ def lines_counted(
     ``sprawl/``) and the 15 functions that ran the most lines per operation."""
     pids = {name: cluster.nodes[name].proc.pid for name in cluster.names}  # type: ignore[union-attr]
     for pid in pids.values():
-        p = out / f"lines-{pid}.json"
-        if p.exists():
-            p.unlink()
+        for p in (out / f"lines-{pid}.json", out / f"lines-{pid}.started"):
+            if p.exists():
+                p.unlink()
         os.kill(pid, signal.SIGUSR1)
-    time.sleep(0.2)  # (each node's handler runs in its next reactor turn)
+    for pid in pids.values():  # each node's handler runs when its main thread next runs Python
+        started = out / f"lines-{pid}.started"
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not started.exists():
+            raise SystemExit(f"node {pid} did not start counting within 30 s (is LINE_PROBE_OUT set?)")
     try:
         run()
     finally:

@@ -76,6 +76,9 @@ def _start(signum: int, frame: Any) -> None:
     _called.clear()
     _on = True
     sys.settrace(_calls)
+    assert OUT is not None
+    with open(os.path.join(OUT, f"lines-{os.getpid()}.started"), "w"):
+        pass  # (the benchmark waits for this, not for a fixed time)
 
 
 def _stop(signum: int, frame: Any) -> None:
