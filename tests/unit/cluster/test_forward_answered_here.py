@@ -8,49 +8,21 @@ answer, or the retry's, is the answer, and nothing is left watching."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, task
 
-from sprawl.cluster.routing import Router
-from sprawl.log.partition import PartitionLog
+from harness.entry_router import FollowerEntry
 from sprawl.log.record import Record
 from sprawl.pubsub import PublishResult
 from sprawl.testing import FakeRPC
 
 
-class _Entry:
+class _Entry(FollowerEntry):
     """A follower entry node's router: its replica's log of ``t``/0, a fake broker
     whose watchers the log's moves notify, and the leader's RPC answers held."""
 
     def __init__(self) -> None:
-        self.clock = task.Clock()
-        self.log = PartitionLog("t", 0, leader="L", replicas=["L", "a", "b"])
-        self.log.replicated = True
-        self.topic = SimpleNamespace(
-            name="t",
-            logs=[self.log],
-            partition_for=lambda key: 0,
-            config=SimpleNamespace(max_message_bytes=1 << 20),
-        )
-        self.watchers: dict[tuple[str, int], set[Callable[[], None]]] = {}
-        ids = iter(range(1_000_000))
-        broker = SimpleNamespace(
-            topics={"t": self.topic},
-            check_message_sizes=lambda records, limit: None,
-            new_message_id=lambda: f"named-{next(ids)}",
-            watch=self._watch,
-            metrics=None,
-        )
-        self.leader = "L"
-        core = SimpleNamespace(is_leader=False, fenced_epoch=1)
-        sync = SimpleNamespace(
-            is_local=lambda name, p: False,
-            service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}),
-            placement=lambda name, p: {"leader": self.leader, "replicas": ["L", "a", "b"], "epoch": 1},
-        )
         #: The leader's answers, one Deferred per call, in order.
         self.answers: list[defer.Deferred[Any]] = []
 
@@ -59,16 +31,7 @@ class _Entry:
             self.answers.append(d)
             return d
 
-        self.rpc = FakeRPC(answer)
-        self.router = Router("a", broker, sync, self.rpc, self.clock)  # type: ignore[arg-type]
-
-    def _watch(self, name: str, p: int, fn: Callable[[], None]) -> Callable[[], None]:
-        fns = self.watchers.setdefault((name, p), set())
-        fns.add(fn)
-        return lambda: fns.discard(fn)
-
-    def watching(self) -> int:
-        return sum(len(s) for s in self.watchers.values())
+        super().__init__(FakeRPC(answer), task.Clock())
 
     def publish(self, *ids: str | None) -> defer.Deferred[PublishResult]:
         recs = [Record(-1, 0, 0, i, None, None, b"m", True) for i in ids]
@@ -76,19 +39,6 @@ class _Entry:
 
     def forwarded_ids(self, call: int = -1) -> list[str]:
         return [r[3] for r in self.rpc.calls[call][2]["records"]]
-
-    def replicate(self, *ids: str) -> int:
-        """The leader's append reaches this replica and is durable here (not shown yet)."""
-        start = self.log.next_offset
-        self.log.append_at([Record(start + k, 0, 1, i, None, None, b"m", True) for k, i in enumerate(ids)], 1)
-        self.log.stored(self.log.next_offset)
-        return start
-
-    def show(self, end: int) -> None:
-        """The replica's high watermark passes ``end`` (a majority holds it)."""
-        if self.log.advance_high_watermark(end):
-            for fn in list(self.watchers.get(("t", 0), ())):
-                fn()
 
 
 def test_a_forwarded_publish_is_answered_from_the_entry_nodes_replica_once_it_shows_it() -> None:

@@ -10,16 +10,15 @@ call once its replica answered: no call, no timer left.  Counted: the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 from twisted.internet import defer, task
 
+from harness.entry_router import FollowerEntry
 from sprawl.cluster.routing import Router
 from sprawl.errors import Unavailable
-from sprawl.log.partition import PartitionLog
 from sprawl.log.record import Record, pack_record
 from sprawl.peer.frames import REQUEST, RESPONSE
 from sprawl.peer.rpc import PeerRPC, _Request, _Response
@@ -128,57 +127,24 @@ def test_every_other_outcome_is_answered() -> None:
     assert [x["offsets"] for x in lead.answers("b")] == [[14]]
 
 
-class _Entry:
+class _Entry(FollowerEntry):
     """A follower entry node's router on a real :class:`PeerRPC` (the leader's
     answers never come): its replica of ``t``/0 and the watchers its moves notify."""
 
     def __init__(self) -> None:
-        self.clock = task.Clock()
+        clock = task.Clock()
         self.frames: list[tuple[str, int, bytes]] = []
-        self.rpc = PeerRPC(_channel(self.frames), self.clock)
-        self.log = PartitionLog("t", 0, leader="L", replicas=["L", "a", "b"])
-        self.log.replicated = True
-        self.topic = SimpleNamespace(
-            name="t",
-            logs=[self.log],
-            partition_for=lambda key: 0,
-            config=SimpleNamespace(max_message_bytes=1 << 20),
-        )
-        self.watchers: dict[tuple[str, int], set[Callable[[], None]]] = {}
-        ids = iter(range(1_000_000))
-        broker = SimpleNamespace(
-            topics={"t": self.topic},
-            check_message_sizes=lambda records, limit: None,
-            new_message_id=lambda: f"named-{next(ids)}",
-            watch=self._watch,
-            metrics=None,
-        )
-        core = SimpleNamespace(is_leader=False, fenced_epoch=1)
-        sync = SimpleNamespace(
-            is_local=lambda name, p: False,
-            service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}),
-            placement=lambda name, p: {"leader": "L", "replicas": ["L", "a", "b"], "epoch": 1},
-        )
-        self.router = Router("a", broker, sync, self.rpc, self.clock)  # type: ignore[arg-type]
-
-    def _watch(self, name: str, p: int, fn: Callable[[], None]) -> Callable[[], None]:
-        fns = self.watchers.setdefault((name, p), set())
-        fns.add(fn)
-        return lambda: fns.discard(fn)
+        super().__init__(PeerRPC(_channel(self.frames), clock), clock)
 
     def sent_ids(self) -> list[str]:
         req = msgspec.msgpack.decode(self.frames[-1][2], type=_Request)
         assert req.body["quiet"] is True
         return [r[3] for r in req.body["records"]]
 
-    def show(self, *ids: str) -> None:
+    def show_ids(self, *ids: str) -> None:
         """The leader's append of ``ids`` is durable here and the high watermark passes it."""
-        start = self.log.next_offset
-        self.log.append_at([Record(start + k, 0, 1, i, None, None, b"m", True) for k, i in enumerate(ids)], 1)
-        self.log.stored(self.log.next_offset)
-        if self.log.advance_high_watermark(self.log.next_offset):
-            for fn in list(self.watchers.get(("t", 0), ())):
-                fn()
+        self.replicate(*ids)
+        self.show(self.log.next_offset)
 
 
 def test_the_entry_forgets_its_quiet_call_once_its_replica_answered() -> None:
@@ -189,7 +155,7 @@ def test_the_entry_forgets_its_quiet_call_once_its_replica_answered() -> None:
     results = []
     for _ in range(5):
         d = e.router.publish(e.topic, [Record(-1, 0, 0, None, None, None, b"m", True)], "quorum")  # type: ignore[arg-type]
-        e.show(*e.sent_ids())
+        e.show_ids(*e.sent_ids())
         assert d.called
         results.append(d.result)
     assert [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
@@ -218,6 +184,6 @@ def test_a_one_partition_publish_is_not_gathered(monkeypatch: Any) -> None:
     monkeypatch.setattr(defer, "gatherResults", counting)
     recs = [Record(-1, 0, 0, None, None, None, b"m", True) for _ in range(3)]
     d = e.router.publish(e.topic, recs, "quorum")  # type: ignore[arg-type]
-    e.show(*e.sent_ids())
+    e.show_ids(*e.sent_ids())
     assert d.called and gathered == []
     assert d.result.offsets == [0, 1, 2] and d.result.partitions == [0, 0, 0]
