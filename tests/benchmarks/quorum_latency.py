@@ -3,6 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.quorum_latency [--warmup 200000] [--rate 1000]
                                                          [--seconds 20] [--wire json|lean]
+                                                         [--publish http|ws]
                                                          [--timeline EVERY]
                                                          [--nodes 3] [--sse last|leader|follower|no-replica]
                                                          [--lag N] [--slow F] [--pause S]
@@ -12,7 +13,9 @@ Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
 messages (batches of 100, 16 publishers, ``acks=quorum``), then publishes single messages at
 ``--rate`` msg/s from ``--publishers`` connections spread over the three nodes while one SSE
-subscriber reads on the third (:mod:`sprawl.client.bench`), and prints the end-to-end p50/p99
+subscriber reads on the third (:mod:`sprawl.client.bench`; ``--publish ws``: each publisher a
+publish-only WebSocket sending one msgpack publish frame per message, each waiting for its
+answer as a POST does -- the warm-up stays on HTTP), and prints the end-to-end p50/p99
 with every node's garbage-collection pauses during that phase, read from
 ``sprawl_gc_pause_seconds`` on ``/metrics`` before and after it (collections per generation,
 their total time, how many took over 10 ms, and -- ``sprawl_gc_cpu_seconds`` -- their CPU
@@ -437,6 +440,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--publishers", type=int, default=8)
     ap.add_argument("--wire", choices=["json", "lean"], default="json")
+    ap.add_argument(
+        "--publish",
+        choices=["http", "ws"],
+        default="http",
+        help="the measured phase's publish wire: http (a POST per message, the default) or ws (a "
+        "msgpack frame per message on a publish-only WebSocket per publisher)",
+    )
     ap.add_argument("--timeline", type=int, default=0, metavar="EVERY", help="trace every EVERY-th offset")
     ap.add_argument(
         "--nodes",
@@ -566,6 +576,7 @@ def main() -> None:
                     publishers=a.publishers,
                     subscribers=1,
                     rate=a.rate,
+                    publish=a.publish,
                     **common,  # type: ignore[arg-type]
                 )
             )
@@ -585,7 +596,7 @@ def main() -> None:
     print(
         f"{a.nodes} nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
         f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on {sse_node} "
-        f"(wire {a.wire}; load average {load:.1f}):"
+        f"(wire {a.wire}, publish wire {a.publish}; load average {load:.1f}):"
     )
     if e2e is not None:
         print(
@@ -596,7 +607,7 @@ def main() -> None:
     if r.publish_latency_ms is not None:
         pl = r.publish_latency_ms
         print(
-            f"  publish requests: p50 {pl.p50:.2f} ms, p99 {pl.p99:.2f} ms, max {pl.max:.1f} ms; "
+            f"  publish requests ({a.publish}, send -> its ack): p50 {pl.p50:.2f} ms, p99 {pl.p99:.2f} ms, max {pl.max:.1f} ms; "
             f"{r.throttled} answered 429 (each retried after its Retry-After, the send time kept)"
         )
     for w in r.warnings:
