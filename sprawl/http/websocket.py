@@ -417,34 +417,43 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             d = defer.fail()
 
         def ok(res: PublishResult) -> None:
-            at = 0
-            for recs, _, ref, _ in held:
-                n = len(recs)
-                part = PublishResult(
-                    res.offsets[at : at + n],
-                    res.ids[at : at + n],
-                    res.partitions[at : at + n],
-                    res.duplicates[at : at + n],
-                    res.stored,
-                )
-                at += n
-                self._reply({"published": publish_answer(part, acks)}, ref)
+            try:
+                if len(held) == 1:  # (a lone frame: the whole result is its own)
+                    self._reply({"published": publish_answer(res, acks)}, held[0][2])
+                    return
+                at = 0
+                for recs, _, ref, _ in held:
+                    n = len(recs)
+                    part = PublishResult(
+                        res.offsets[at : at + n],
+                        res.ids[at : at + n],
+                        res.partitions[at : at + n],
+                        res.duplicates[at : at + n],
+                        res.stored,
+                    )
+                    at += n
+                    self._reply({"published": publish_answer(part, acks)}, ref)
+            finally:
+                settled()
 
         def failed(f: Failure) -> None:
-            if isinstance(f.value, SprawlError):
-                for h in held:
-                    self._error(f.value, h[2])
-            else:
-                log.failure("websocket publish failed", f)
-                for h in held:
-                    self._error(SprawlError("internal error; see the node's log"), h[2])
+            try:
+                if isinstance(f.value, SprawlError):
+                    for h in held:
+                        self._error(f.value, h[2])
+                else:
+                    log.failure("websocket publish failed", f)
+                    for h in held:
+                        self._error(SprawlError("internal error; see the node's log"), h[2])
+            finally:
+                settled()
 
-        def settled(_: object) -> None:
+        def settled() -> None:
             for h in held:
                 self._inflight(-1, -h[3])
 
+        # (one callback pair, each settling the frames' room after their answers)
         d.addCallbacks(ok, failed)
-        d.addBoth(settled)
 
     def _check_room(self, size: int) -> None:
         """Refuse a publish frame beyond the socket's hard in-flight bounds."""

@@ -20,6 +20,7 @@ from harness.inproc_ws import WS as WS
 from harness.inproc_ws import WSClient
 from harness.inproc_ws import ws as ws
 from sprawl.client.aiows import client_frame
+from sprawl.http import websocket
 from sprawl.http.websocket import SprawlWSProtocol, lean_frames
 
 _pack = msgspec.msgpack.Encoder().encode
@@ -51,11 +52,15 @@ async def test_lean_publish_frames_bypass_autobahns_frame_reader_and_writer(
     stored at its offset and answered (a JSON text frame the client reads, with its ref)
     without autobahn's ``processData`` reading it or its ``sendMessage`` writing the answer
     (ten of each before: every frame through autobahn's reader, every answer through its
-    writer and the debug-log formatting of each send)."""
+    writer and the debug-log formatting of each send), and a lone frame's answer is the
+    publish's result as it is (before, a slice of it was built for each)."""
     await ws.server.publish("lean", ["first"])
     c = await ws.connect("/v1/topics/lean/ws?feed=none")
     reads = counted(monkeypatch, "processData")
     writes = counted(monkeypatch, "sendMessage")
+    sliced: list[int] = []
+    real_result = websocket.PublishResult
+    monkeypatch.setattr(websocket, "PublishResult", lambda *a: sliced.append(1) or real_result(*a))
     for i in range(10):
         c.sendMessage(
             _pack({"publish": {"messages": [{"payload": f"m{i}"}], "acks": "leader"}, "ref": i}),
@@ -66,6 +71,7 @@ async def test_lean_publish_frames_bypass_autobahns_frame_reader_and_writer(
     assert [got[i]["published"]["offsets"] for i in range(10)] == [[1 + i] for i in range(10)]
     assert all(got[i]["published"]["stored"] == "lmdb" for i in range(10)), got[0]
     assert (len(reads), len(writes)) == (0, 0)
+    assert not sliced  # (a lone frame's answer is the whole result: no slice of it built)
     _, body = await ws.server.request("GET", "/v1/topics/lean/messages?from=0&limit=100")
     assert [m["payload"] for m in json.loads(body)["messages"]] == ["first", *(f"m{i}" for i in range(10))]
 
