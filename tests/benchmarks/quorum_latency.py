@@ -73,8 +73,9 @@ from pathlib import Path
 
 from benchmarks.cluster import FORM_BOUND, create_topic
 from benchmarks.idle_cpu import profile, summary
+from benchmarks.latency_profile import LINE_PROBE, probe_start, probe_stop
 from harness import NodeCluster
-from harness.nodes import partition_views
+from harness.nodes import node_pythonpath, partition_views
 from sprawl.client.bench import BenchConfig, BenchResult, run_bench
 from sprawl.client.blocking import Client
 
@@ -485,12 +486,23 @@ def main() -> None:
         help="an extra argument of every node (e.g. --node-arg=--wal)",
     )
     ap.add_argument("--profile", type=Path, help="record every node with py-spy over the run into DIR")
+    ap.add_argument(
+        "--lines",
+        type=Path,
+        default=None,
+        help="count the Python lines every node's reactor thread runs over the measured phase "
+        "(tests/harness/line_probe; its files in DIR) and print them per message, per node",
+    )
     a = ap.parse_args()
     profiled: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
-        env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
-        cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, prefix="q", env=env)
+        env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else {}
+        if a.lines is not None:
+            a.lines.mkdir(parents=True, exist_ok=True)
+            env["PYTHONPATH"] = f"{LINE_PROBE}{os.pathsep}{node_pythonpath()}"
+            env["LINE_PROBE_OUT"] = str(a.lines)
+        cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, prefix="q", env=env or None)
         try:
             cluster.start(FORM_BOUND)
             urls = [cluster.url(n) for n in cluster.names]
@@ -557,6 +569,9 @@ def main() -> None:
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             sched_before = {pid: thread_sched(pid) for pid in pids}
+            if a.lines is not None:
+                for counting in pids:
+                    probe_start(counting, a.lines)
             load = os.getloadavg()[0]
             since = time.time()
             spy = None
@@ -581,6 +596,11 @@ def main() -> None:
                 )
             )
             until = time.time()
+            counted = (
+                {n: probe_stop(p, a.lines, r.published) for p, n in pids.items()}
+                if a.lines is not None
+                else {}
+            )
             if spy is not None:
                 spy.join()
             sched_after = {pid: thread_sched(pid) for pid in pids}
@@ -627,6 +647,8 @@ def main() -> None:
             print(
                 f"  {name} threads: {sched_report(pid, sched_before[pid], sched_after[pid], r.published, commits)}"
             )
+    for name, text in sorted(counted.items()):
+        print(f"  {name} {text}".replace("\n", "\n    "))
     for name, path in sorted(profiled.items()):
         if path.exists():
             sm = summary(path, top=45)  # (the first ~15 are the reactor loop itself)
