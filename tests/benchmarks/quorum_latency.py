@@ -487,6 +487,13 @@ def main() -> None:
     )
     ap.add_argument("--profile", type=Path, help="record every node with py-spy over the run into DIR")
     ap.add_argument(
+        "--node-tree",
+        type=Path,
+        default=None,
+        help="run the nodes from the sprawl package under this source tree (e.g. a frozen copy of "
+        "main), the client from this one: an A/B of the nodes with the same benchmark client",
+    )
+    ap.add_argument(
         "--lines",
         type=Path,
         default=None,
@@ -498,9 +505,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
         env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else {}
+        tree = str(a.node_tree.resolve()) if a.node_tree is not None else node_pythonpath()
+        if a.node_tree is not None:
+            env["PYTHONPATH"] = tree
         if a.lines is not None:
             a.lines.mkdir(parents=True, exist_ok=True)
-            env["PYTHONPATH"] = f"{LINE_PROBE}{os.pathsep}{node_pythonpath()}"
+            env["PYTHONPATH"] = f"{LINE_PROBE}{os.pathsep}{tree}"
             env["LINE_PROBE_OUT"] = str(a.lines)
         cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, prefix="q", env=env or None)
         try:
