@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from sprawl.http.codec import JSON, encode, render_error
-from sprawl.http.server import send_now
+from sprawl.http.server import BoundedRequest, send_now
 from sprawl.metrics import NodeMetrics
 
 log = Logger(namespace="sprawl.http.api")
@@ -157,7 +157,11 @@ class _Gone:
         self.request = request
         self.gone = False
         self.answering: Deferred[Any] | None = None
-        request.notifyFinish().addCallbacks(self._finished, self._lost)
+        if isinstance(request, BoundedRequest):
+            # (the node's requests: told of a lost connection without a Deferred of their own)
+            request.on_lost = self._lost
+        else:
+            request.notifyFinish().addCallbacks(self._finished, self._lost)
 
     def _finished(self, _: object) -> None:
         self.gone = True
@@ -179,12 +183,17 @@ class _Gone:
         if isinstance(r, bytes):
             request.write(r)
         if not self.gone:
+            self.gone = True
+            if isinstance(request, BoundedRequest):
+                request.on_lost = None
             request.finish()
             if channel is not None:
                 send_now(channel.transport)  # the answer leaves in this turn
 
     def _failed(self, f: Failure) -> None:
         self.answering = None
+        if isinstance(self.request, BoundedRequest):
+            self.request.on_lost = None
         if self.gone:
             if not f.check(CancelledError):
                 log.failure("unhandled error processing a request", f)

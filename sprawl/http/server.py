@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
@@ -46,6 +47,13 @@ class BoundedRequest(Request):
     metrics: NodeMetrics | None = None
     _oversize = False
     _received = 0
+    #: Called with the reason when the connection is lost before the request is answered,
+    #: ahead of every ``notifyFinish`` watcher and with the request already marked
+    #: disconnected, as the first such watcher would be: the hot routes' answer
+    #: (:class:`sprawl.http.hot._Gone`) watches the connection this way, without a
+    #: ``Deferred`` per request (issue 16, lat40).  Cleared once it is called, or by its
+    #: owner once the request is finished.
+    on_lost: Callable[[Failure], None] | None = None
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         # Form bodies are message payloads here, never request arguments: no
@@ -61,6 +69,16 @@ class BoundedRequest(Request):
         flush = getattr(channel, "flush_head", None)
         if flush is not None:
             flush()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """As twisted.web's, with :attr:`on_lost` told first."""
+        watch = self.on_lost
+        if watch is not None:
+            self.on_lost = None
+            self._disconnected = True
+            self.channel = None  # type: ignore[assignment]  # (as twisted.web does)
+            watch(reason)
+        super().connectionLost(reason)
 
     def send_now(self) -> None:
         """Send what this request's connection holds now, in this reactor turn

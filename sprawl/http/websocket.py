@@ -45,6 +45,16 @@ as JSON, as before.  The upgrade answer names the frames the node reads in
 :data:`FRAMES_HEADER` (``json, msgpack``), so a client sends msgpack frames only
 to a node that reads them.
 
+The lean wire both ways (issue 16, lat40): a read that is nothing but whole, masked,
+unfragmented binary frames each holding a msgpack map -- the lean publish frames -- is
+unmasked and read here (:func:`lean_frames`) and goes straight to :meth:`onMessage`;
+autobahn reads every other read as before (text frames and their UTF-8 check, control
+frames, fragments, a frame split over reads, anything over the frame limit, every
+protocol error).  And an answer frame is written here as one unmasked text frame, sent at
+once when nothing waits before it (:func:`sprawl.http.server.send_first`): no autobahn
+``sendMessage``, whose every send formats a debug log line's arguments (~190 Python lines
+a frame) and leaves the bytes for the reactor's next poll round.
+
 The msgpack publish frames one read of the socket brings (a pipelining client's
 burst) are published as one batch -- one append, one storage write, one stream
 event -- and each is answered with its own part of the result (its offsets,
@@ -76,7 +86,8 @@ from sprawl.delivery.streams import StreamRegistry
 from sprawl.errors import BadRequest, PayloadTooLarge, SprawlError
 from sprawl.http.codec import ack_ids, encode, parse_message, publish_answer
 from sprawl.http.lean_wire import PACK_MAP_START, parse_msgpack, parse_pack_frame
-from sprawl.http.ws_feeds import CLOSE_SLOW_CONSUMER, GroupFeed, Pull, WSStream
+from sprawl.http.server import send_first
+from sprawl.http.ws_feeds import CLOSE_SLOW_CONSUMER, GroupFeed, Pull, WSStream, text_frame
 from sprawl.interfaces import Clock, MessagePlane
 from sprawl.log.record import DEFAULT_READ_BYTES, Record
 from sprawl.metrics import NodeMetrics
@@ -101,8 +112,50 @@ MAX_INFLIGHT_PUBLISHES = 256
 #: Bytes of publish frames in flight beyond which a frame is refused (one frame always fits).
 MAX_INFLIGHT_PUBLISH_BYTES = 64 * 1000**2
 MAX_ACK_IDS = 10_000
+#: The longest frame :func:`lean_frames` reads when the socket sets no frame limit.
+MAX_LEAN_FRAME = 65535
 #: The upgrade answer's header naming the publish frames the node reads.
 FRAMES_HEADER = "Sprawl-Publish-Frames"
+
+
+def lean_frames(data: bytes, max_bytes: int) -> list[bytes] | None:
+    """The payloads of ``data`` when it is nothing but whole lean publish frames from a
+    client -- each final (no fragments), binary, without reserved bits, masked, at most
+    ``max_bytes`` long with its length in the shortest form, its payload starting with a
+    msgpack map -- unmasked, in order; else None (autobahn reads ``data`` as it always did).
+    Pure: no state, no I/O."""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < 6 or data[pos] != 0x82:
+            return None
+        b1 = data[pos + 1]
+        if not b1 & 0x80:
+            return None
+        n = b1 & 0x7F
+        at = pos + 2
+        if n == 126:
+            if end - at < 2:
+                return None
+            n = (data[at] << 8) | data[at + 1]
+            if n < 126:
+                return None
+            at += 2
+        elif n == 127:
+            return None  # (64 KiB and more: autobahn's)
+        if n == 0 or n > max_bytes or end - at < 4 + n:
+            return None
+        key = data[at : at + 4]
+        body = data[at + 4 : at + 4 + n]
+        stream = key * (n // 4 + 1)
+        payload = (int.from_bytes(body, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(
+            n, "little"
+        )
+        if payload[0] not in PACK_MAP_START:
+            return None
+        out.append(payload)
+        pos = at + 4 + n
+    return out or None
 
 
 @dataclass
@@ -225,6 +278,14 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             return
         if ref is not None:
             body["ref"] = ref
+        if self.can_write_raw() and not self.send_queue:
+            # One ready-made text frame, sent at once when nothing waits before it
+            # (the rest, if the socket took less, through the transport as usual).
+            frame = text_frame(encode(body))
+            sent = send_first(self.transport, frame)
+            if sent < len(frame):
+                self.transport.write(frame[sent:] if sent else frame)
+            return
         self.sendMessage(encode(body), isBinary=False)
 
     def _error(self, e: SprawlError, ref: Any) -> None:
@@ -235,11 +296,25 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         self._reply(body, ref)
 
     def dataReceived(self, data: bytes) -> None:
-        """Read frames as autobahn does; then publish the msgpack publish frames they held
-        (:meth:`_hold`)."""
+        """Read frames as autobahn does -- or, when the read is nothing but lean publish
+        frames and autobahn holds no part of a frame, read them here (:func:`lean_frames`)
+        -- then publish the msgpack publish frames they held (:meth:`_hold`)."""
         self._reading = True
         try:
-            super().dataReceived(data)
+            payloads = None
+            if (
+                self.state == WebSocketServerProtocol.STATE_OPEN
+                and not self.data
+                and self.current_frame is None
+                and not self.inside_message
+                and self._perMessageCompress is None
+            ):
+                payloads = lean_frames(data, self.maxFramePayloadSize or MAX_LEAN_FRAME)
+            if payloads is None:
+                super().dataReceived(data)
+            else:
+                for payload in payloads:
+                    self.onMessage(payload, True)
         finally:
             self._reading = False
             self._release()
@@ -342,34 +417,43 @@ class SprawlWSProtocol(WebSocketServerProtocol):
             d = defer.fail()
 
         def ok(res: PublishResult) -> None:
-            at = 0
-            for recs, _, ref, _ in held:
-                n = len(recs)
-                part = PublishResult(
-                    res.offsets[at : at + n],
-                    res.ids[at : at + n],
-                    res.partitions[at : at + n],
-                    res.duplicates[at : at + n],
-                    res.stored,
-                )
-                at += n
-                self._reply({"published": publish_answer(part, acks)}, ref)
+            try:
+                if len(held) == 1:  # (a lone frame: the whole result is its own)
+                    self._reply({"published": publish_answer(res, acks)}, held[0][2])
+                    return
+                at = 0
+                for recs, _, ref, _ in held:
+                    n = len(recs)
+                    part = PublishResult(
+                        res.offsets[at : at + n],
+                        res.ids[at : at + n],
+                        res.partitions[at : at + n],
+                        res.duplicates[at : at + n],
+                        res.stored,
+                    )
+                    at += n
+                    self._reply({"published": publish_answer(part, acks)}, ref)
+            finally:
+                settled()
 
         def failed(f: Failure) -> None:
-            if isinstance(f.value, SprawlError):
-                for h in held:
-                    self._error(f.value, h[2])
-            else:
-                log.failure("websocket publish failed", f)
-                for h in held:
-                    self._error(SprawlError("internal error; see the node's log"), h[2])
+            try:
+                if isinstance(f.value, SprawlError):
+                    for h in held:
+                        self._error(f.value, h[2])
+                else:
+                    log.failure("websocket publish failed", f)
+                    for h in held:
+                        self._error(SprawlError("internal error; see the node's log"), h[2])
+            finally:
+                settled()
 
-        def settled(_: object) -> None:
+        def settled() -> None:
             for h in held:
                 self._inflight(-1, -h[3])
 
+        # (one callback pair, each settling the frames' room after their answers)
         d.addCallbacks(ok, failed)
-        d.addBoth(settled)
 
     def _check_room(self, size: int) -> None:
         """Refuse a publish frame beyond the socket's hard in-flight bounds."""

@@ -274,12 +274,18 @@ def by_thread(pid: int, before: dict[int, float], after: dict[int, float], messa
 
 
 def run_latency(
-    url: str, rate: float, seconds: float, connections: int, trace: Path | None = None
+    url: str,
+    rate: float,
+    seconds: float,
+    connections: int,
+    trace: Path | None = None,
+    publish: str = "http",
 ) -> tuple[float, float, str]:
-    """One run of benchmarks.latency: (p50 ms, p99 ms, its output)."""
+    """One run of benchmarks.latency (``publish``: its ``--publish`` wire): (p50 ms, p99 ms,
+    its output)."""
     done = subprocess.run(
         [sys.executable, str(HERE / "latency.py"), "--url", url, "--rate", str(rate)]
-        + ["--seconds", str(seconds), "--connections", str(connections)]
+        + ["--seconds", str(seconds), "--connections", str(connections), "--publish", publish]
         + (["--trace", str(trace)] if trace is not None else []),
         capture_output=True,
         text=True,
@@ -293,13 +299,13 @@ def run_latency(
     return float(m.group(1)), float(m.group(2)), out
 
 
-def closed_loop(url: str, n: int, size: int = 100) -> tuple[float, float, str]:
+def closed_loop(url: str, n: int, size: int = 100, publish: str = "http") -> tuple[float, float, str]:
     """``n`` single-message publishes (``acks=leader``) one after the other on one keep-alive
-    connection, each sent when the last was answered, while an SSE subscriber (a thread of
+    connection (``publish="ws"``: one msgpack publish frame each on a publish-only
+    WebSocket), each sent when the last was answered, while an SSE subscriber (a thread of
     this process) reads the topic: no backlog can form however slow the machine, so the
     node's CPU per message is the publish path's own.  (p50, p99 of the round trip in ms,
     a summary line)."""
-    import json
     import socket
     import threading
     import urllib.parse
@@ -330,9 +336,67 @@ def closed_loop(url: str, n: int, size: int = 100) -> tuple[float, float, str]:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    pad = "x" * size
+    rtt: list[float] = []
+    if publish == "ws":
+        rtt = _closed_ws(host, port, topic, n, pad)
+    else:
+        rtt = _closed_http(host, port, topic, n, pad)
+    reader.join(30)
+    sub.close()
+    rtt.sort()
+    p50, p99 = rtt[len(rtt) // 2], rtt[min(len(rtt) - 1, int(0.99 * len(rtt)))]
+    return (
+        p50,
+        p99,
+        f"closed loop ({publish}): {n} publishes, {seen[0]} delivered, "
+        f"round trip p50 {p50:.2f} ms p99 {p99:.2f} ms",
+    )
+
+
+def _closed_ws(host: str, port: int, topic: str, n: int, pad: str) -> list[float]:
+    """The closed loop's publishes as WebSocket msgpack frames: round trips in ms."""
+    import socket
+
+    from benchmarks.latency import REF, ws_open, ws_template
+    from sprawl.client.aiows import FrameReader, client_frame
+
+    pub, rest = ws_open(host, port, topic)
+    pub.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = FrameReader()
+    reader.feed(rest)
+    frame, at_stamp, at_ref = ws_template("leader", pad[19:])
+    w0, w1, w2 = frame[:at_stamp], frame[at_stamp + 19 : at_ref], frame[at_ref + 10 :]
+    key = os.urandom(4)
+    rtt: list[float] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        pub.sendall(client_frame(b"%s%019d%s%010d%s" % (w0, time.time_ns(), w1, i, w2), 2, key))
+        got = None
+        while got is None:
+            data = pub.recv(65536)
+            if not data:
+                raise RuntimeError("the publish socket closed")
+            for op, payload in reader.feed(data):
+                if op == 9:
+                    pub.sendall(client_frame(payload, 10, key))
+                elif op == 1:
+                    got = payload
+        rtt.append((time.perf_counter() - t0) * 1000)
+        m = REF.search(got)
+        if not got.startswith(b'{"published"') or m is None or int(m.group(1)) != i:
+            raise RuntimeError(got[:200].decode(errors="replace"))
+    pub.close()
+    return rtt
+
+
+def _closed_http(host: str, port: int, topic: str, n: int, pad: str) -> list[float]:
+    """The closed loop's publishes as HTTP POSTs: round trips in ms."""
+    import json
+    import socket
+
     pub = socket.create_connection((host, port), timeout=60)
     pub.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    pad = "x" * size
     rtt: list[float] = []
     for _ in range(n):
         body = json.dumps({"messages": [{"payload": pad}], "acks": "leader"}).encode()
@@ -352,16 +416,53 @@ def closed_loop(url: str, n: int, size: int = 100) -> tuple[float, float, str]:
         rtt.append((time.perf_counter() - t0) * 1000)
         if not buf.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(buf[:200].decode(errors="replace"))
-    reader.join(30)
     pub.close()
-    sub.close()
-    rtt.sort()
-    p50, p99 = rtt[len(rtt) // 2], rtt[min(len(rtt) - 1, int(0.99 * len(rtt)))]
-    return (
-        p50,
-        p99,
-        f"closed loop: {n} publishes, {seen[0]} delivered, round trip p50 {p50:.2f} ms p99 {p99:.2f} ms",
-    )
+    return rtt
+
+
+#: The line probe (``--lines``): a ``sitecustomize`` a node loads when its directory is on its path.
+LINE_PROBE = HERE.parent / "harness" / "line_probe"
+
+
+def probe_start(pid: int, out: Path) -> None:
+    """Start the node's line probe (SIGUSR1) and wait until it says it counts."""
+    import signal
+
+    for f in (out / f"lines-{pid}.json", out / f"lines-{pid}.started"):
+        if f.exists():
+            f.unlink()
+    os.kill(pid, signal.SIGUSR1)
+    started = out / f"lines-{pid}.started"
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not started.exists():
+        raise SystemExit(f"node {pid} did not start counting lines within 30 s")
+
+
+def probe_stop(pid: int, out: Path, messages: float) -> str:
+    """Stop the node's line probe (SIGUSR2): the reactor thread's Python lines per message
+    (all, and in ``sprawl/``) and the functions that ran the most of them."""
+    import json
+    import signal
+
+    os.kill(pid, signal.SIGUSR2)
+    f = out / f"lines-{pid}.json"
+    deadline = time.monotonic() + 30
+    while not f.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = json.loads(f.read_text())
+    per = max(1.0, messages)
+    top = sorted(got["funcs"].items(), key=lambda kv: -kv[1])[:20]
+    calls = sum(got.get("calls", {}).values())
+    lines = [
+        f"reactor thread: {got['total'] / per:.0f} Python lines per message ({got['sprawl'] / per:.0f} in "
+        f"sprawl/), {calls / per:.0f} calls; the top functions (lines per message):"
+    ]
+    for k, v in top:
+        short = k.split("/sprawl/")[-1].split("/site-packages/")[-1]
+        lines.append(f"  {v / per:7.1f}  {short}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -372,6 +473,20 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument(
         "--closed", type=int, default=0, help="N publishes one after the other instead of a steady rate"
+    )
+    ap.add_argument(
+        "--publish",
+        default="http",
+        help="the publish wire: http (one POST per message, the default), ws (one msgpack frame per "
+        "message on a publish-only WebSocket), or both as http,ws (or ws,http): each repeat runs each "
+        "wire in that order, each on a fresh node, and the medians are printed side by side",
+    )
+    ap.add_argument(
+        "--lines",
+        type=Path,
+        default=None,
+        help="count the Python lines the node's reactor thread runs over the measured phase "
+        "(tests/harness/line_probe; its files in this directory) and print them per message",
     )
     ap.add_argument(
         "--cprofile",
@@ -395,13 +510,16 @@ def main() -> None:
         help="every N-th offset's hops (the node's SPRAWL_TIMELINE and the client's trace), printed per run",
     )
     a = ap.parse_args()
+    wires = [w.strip() for w in a.publish.split(",") if w.strip()]
+    if not wires or any(w not in ("http", "ws") for w in wires):
+        raise SystemExit("--publish takes http, ws, or both (http,ws)")
     plain = harness.nodes.twistd_command
-    p50s: list[float] = []
-    p99s: list[float] = []
-    cpus: list[float] = []
-    nets: list[float] = []
-    for i in range(a.repeat):
-        profile = a.profile is not None and i == 0
+    p50s: dict[str, list[float]] = {w: [] for w in wires}
+    p99s: dict[str, list[float]] = {w: [] for w in wires}
+    cpus: dict[str, list[float]] = {w: [] for w in wires}
+    runs = [(i, w) for i in range(a.repeat) for w in wires]
+    for i, wire in runs:
+        profile = a.profile is not None and i == 0 and wire == wires[0]
         if a.stalls is not None:
 
             def with_probe(out: Path = a.stalls) -> list[str]:
@@ -428,28 +546,37 @@ def main() -> None:
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             tl_base = Path(tmp) / "timeline"
-            env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
+            env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else {}
+            if a.lines is not None:
+                a.lines.mkdir(parents=True, exist_ok=True)
+                env["PYTHONPATH"] = f"{LINE_PROBE}{os.pathsep}{harness.nodes.node_pythonpath()}"
+                env["LINE_PROBE_OUT"] = str(a.lines)
             trace = Path(tmp) / "trace" if a.timeline and not a.closed else None
             tracing = bool(a.timeline)
-            node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg, env=env).start()
+            node: Any = NodeProcess(Path(tmp) / "n", *a.node_arg, env=env or None).start()
             try:
                 i0 = sum(cpu_seconds(node.proc.pid))
                 time.sleep(a.idle)
+                idle = (sum(cpu_seconds(node.proc.pid)) - i0) / a.idle if a.idle else 0.0
+                hist0 = histograms(node.url)
+                if a.lines is not None:
+                    probe_start(node.proc.pid, a.lines)
                 u0, s0 = cpu_seconds(node.proc.pid)
                 threads0 = thread_cpu(node.proc.pid)
-                idle = (u0 + s0 - i0) / a.idle if a.idle else 0.0
-                hist0 = histograms(node.url)
                 t0 = time.monotonic()
                 if a.closed:
-                    p50, p99, line = closed_loop(node.url, a.closed)
+                    p50, p99, line = closed_loop(node.url, a.closed, publish=wire)
                     print(line, flush=True)
                 else:
-                    p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections, trace)
+                    p50, p99, _ = run_latency(node.url, a.rate, a.seconds, a.connections, trace, wire)
                 took = time.monotonic() - t0
-                print(tails(hist0, histograms(node.url)), flush=True)
                 messages = a.closed or a.rate * a.seconds
+                counted = probe_stop(node.proc.pid, a.lines, messages) if a.lines is not None else ""
+                print(tails(hist0, histograms(node.url)), flush=True)
                 u1, s1 = cpu_seconds(node.proc.pid)
                 print(by_thread(node.proc.pid, threads0, thread_cpu(node.proc.pid), messages), flush=True)
+                if counted:
+                    print(counted, flush=True)
                 if profile:
                     node.proc.wait(SPY_MARGIN + 30)
                 user, system = (
@@ -463,8 +590,9 @@ def main() -> None:
             if tracing:
                 print(hop_table(tl_base, trace), flush=True)
         tag = " (under py-spy: not a figure)" if profile else ""
+        tag += " (lines counted: not a figure)" if a.lines is not None else ""
         print(
-            f"run {i + 1}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, load {load:.1f}, "
+            f"run {i + 1} ({wire}): p50 {p50:.2f} ms, p99 {p99:.2f} ms, load {load:.1f}, "
             f"node CPU {cpu:.0f} us/message (user {user:.0f}, system {system:.0f}; "
             f"{net:.0f} beyond the idle node's {idle * 100:.1f} %){tag}",
             flush=True,
@@ -475,14 +603,17 @@ def main() -> None:
             assert a.profile is not None
             print(summarize(a.profile, int(messages)), flush=True)
         else:
-            p50s.append(p50)
-            p99s.append(p99)
-            cpus.append(cpu)
-            nets.append(net)
-    if p50s:
-        print(
-            f"median of {len(p50s)}: p50 {statistics.median(p50s):.2f} ms, p99 {statistics.median(p99s):.2f} ms"
-        )
+            p50s[wire].append(p50)
+            p99s[wire].append(p99)
+            cpus[wire].append(cpu)
+    medians = [
+        f"{w}: p50 {statistics.median(p50s[w]):.2f} ms, p99 {statistics.median(p99s[w]):.2f} ms, "
+        f"node CPU {statistics.median(cpus[w]):.0f} us/message"
+        for w in wires
+        if p50s[w]
+    ]
+    if medians:
+        print(f"median of {a.repeat}: " + "; ".join(medians))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
     PYTHONPATH=tests python -m benchmarks.quorum_latency [--warmup 200000] [--rate 1000]
                                                          [--seconds 20] [--wire json|lean]
+                                                         [--publish http|ws]
                                                          [--timeline EVERY]
                                                          [--nodes 3] [--sse last|leader|follower|no-replica]
                                                          [--lag N] [--slow F] [--pause S]
@@ -12,7 +13,9 @@ Starts three ``twistd sprawl`` nodes on 127.0.0.1 (ports from the OS, fresh data
 one durable topic of one partition with three replicas, warms the heap with ``--warmup``
 messages (batches of 100, 16 publishers, ``acks=quorum``), then publishes single messages at
 ``--rate`` msg/s from ``--publishers`` connections spread over the three nodes while one SSE
-subscriber reads on the third (:mod:`sprawl.client.bench`), and prints the end-to-end p50/p99
+subscriber reads on the third (:mod:`sprawl.client.bench`; ``--publish ws``: each publisher a
+publish-only WebSocket sending one msgpack publish frame per message, each waiting for its
+answer as a POST does -- the warm-up stays on HTTP), and prints the end-to-end p50/p99
 with every node's garbage-collection pauses during that phase, read from
 ``sprawl_gc_pause_seconds`` on ``/metrics`` before and after it (collections per generation,
 their total time, how many took over 10 ms, and -- ``sprawl_gc_cpu_seconds`` -- their CPU
@@ -70,8 +73,9 @@ from pathlib import Path
 
 from benchmarks.cluster import FORM_BOUND, create_topic
 from benchmarks.idle_cpu import profile, summary
+from benchmarks.latency_profile import LINE_PROBE, probe_start, probe_stop
 from harness import NodeCluster
-from harness.nodes import partition_views
+from harness.nodes import node_pythonpath, partition_views
 from sprawl.client.bench import BenchConfig, BenchResult, run_bench
 from sprawl.client.blocking import Client
 
@@ -437,6 +441,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--publishers", type=int, default=8)
     ap.add_argument("--wire", choices=["json", "lean"], default="json")
+    ap.add_argument(
+        "--publish",
+        choices=["http", "ws"],
+        default="http",
+        help="the measured phase's publish wire: http (a POST per message, the default) or ws (a "
+        "msgpack frame per message on a publish-only WebSocket per publisher)",
+    )
     ap.add_argument("--timeline", type=int, default=0, metavar="EVERY", help="trace every EVERY-th offset")
     ap.add_argument(
         "--nodes",
@@ -475,12 +486,33 @@ def main() -> None:
         help="an extra argument of every node (e.g. --node-arg=--wal)",
     )
     ap.add_argument("--profile", type=Path, help="record every node with py-spy over the run into DIR")
+    ap.add_argument(
+        "--node-tree",
+        type=Path,
+        default=None,
+        help="run the nodes from the sprawl package under this source tree (e.g. a frozen copy of "
+        "main), the client from this one: an A/B of the nodes with the same benchmark client",
+    )
+    ap.add_argument(
+        "--lines",
+        type=Path,
+        default=None,
+        help="count the Python lines every node's reactor thread runs over the measured phase "
+        "(tests/harness/line_probe; its files in DIR) and print them per message, per node",
+    )
     a = ap.parse_args()
     profiled: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="sprawl-quorum-") as tmp:
         tl_base = os.path.join(tmp, "timeline")
-        env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else None
-        cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, prefix="q", env=env)
+        env = {"SPRAWL_TIMELINE": f"{tl_base}:{a.timeline}"} if a.timeline else {}
+        tree = str(a.node_tree.resolve()) if a.node_tree is not None else node_pythonpath()
+        if a.node_tree is not None:
+            env["PYTHONPATH"] = tree
+        if a.lines is not None:
+            a.lines.mkdir(parents=True, exist_ok=True)
+            env["PYTHONPATH"] = f"{LINE_PROBE}{os.pathsep}{tree}"
+            env["LINE_PROBE_OUT"] = str(a.lines)
+        cluster = NodeCluster(Path(tmp), a.nodes, *a.node_arg, prefix="q", env=env or None)
         try:
             cluster.start(FORM_BOUND)
             urls = [cluster.url(n) for n in cluster.names]
@@ -547,6 +579,9 @@ def main() -> None:
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             sched_before = {pid: thread_sched(pid) for pid in pids}
+            if a.lines is not None:
+                for counting in pids:
+                    probe_start(counting, a.lines)
             load = os.getloadavg()[0]
             since = time.time()
             spy = None
@@ -566,10 +601,16 @@ def main() -> None:
                     publishers=a.publishers,
                     subscribers=1,
                     rate=a.rate,
+                    publish=a.publish,
                     **common,  # type: ignore[arg-type]
                 )
             )
             until = time.time()
+            counted = (
+                {n: probe_stop(p, a.lines, r.published) for p, n in pids.items()}
+                if a.lines is not None
+                else {}
+            )
             if spy is not None:
                 spy.join()
             sched_after = {pid: thread_sched(pid) for pid in pids}
@@ -585,7 +626,7 @@ def main() -> None:
     print(
         f"{a.nodes} nodes, RF=3, acks=quorum, 1 partition, {a.warmup:,} messages of warm-up, {a.rate:,.0f} msg/s "
         f"for {a.seconds:g} s from {a.publishers} connections over the nodes, SSE on {sse_node} "
-        f"(wire {a.wire}; load average {load:.1f}):"
+        f"(wire {a.wire}, publish wire {a.publish}; load average {load:.1f}):"
     )
     if e2e is not None:
         print(
@@ -596,7 +637,7 @@ def main() -> None:
     if r.publish_latency_ms is not None:
         pl = r.publish_latency_ms
         print(
-            f"  publish requests: p50 {pl.p50:.2f} ms, p99 {pl.p99:.2f} ms, max {pl.max:.1f} ms; "
+            f"  publish requests ({a.publish}, send -> its ack): p50 {pl.p50:.2f} ms, p99 {pl.p99:.2f} ms, max {pl.max:.1f} ms; "
             f"{r.throttled} answered 429 (each retried after its Retry-After, the send time kept)"
         )
     for w in r.warnings:
@@ -616,6 +657,8 @@ def main() -> None:
             print(
                 f"  {name} threads: {sched_report(pid, sched_before[pid], sched_after[pid], r.published, commits)}"
             )
+    for name, text in sorted(counted.items()):
+        print(f"  {name} {text}".replace("\n", "\n    "))
     for name, path in sorted(profiled.items()):
         if path.exists():
             sm = summary(path, top=45)  # (the first ~15 are the reactor loop itself)

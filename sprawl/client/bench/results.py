@@ -63,6 +63,10 @@ class BenchConfig:
     #: and ``?format=batch`` streams, :mod:`sprawl.client.wire`) or ``ndjson`` (msgpack
     #: bodies and ``?format=ndjson`` streams).
     wire: str = "json"
+    #: How publishes go: ``http`` (one ``POST .../messages`` a batch, the default) or ``ws``
+    #: (one binary msgpack publish frame a batch on a publish-only WebSocket per publisher,
+    #: :mod:`sprawl.client.aiows`; each waits for its answer, as a POST does).
+    publish: str = "http"
 
     def validate(self) -> None:
         """Raise :class:`BenchError` when a field is out of range."""
@@ -86,6 +90,8 @@ class BenchConfig:
             raise BenchError(f"--storage must be one of {', '.join(_STORAGE)}")
         if self.wire not in ("json", "lean", "ndjson"):
             raise BenchError("--wire must be json, lean or ndjson")
+        if self.publish not in ("http", "ws"):
+            raise BenchError("--publish must be http or ws")
 
 
 @dataclass

@@ -99,6 +99,55 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
 
 #: Consecutive 429 answers to one publish before the run fails (each waits Retry-After).
 MAX_THROTTLED_RETRIES = 50
+#: Error codes of a WebSocket publish's answer that ask for it again later (as a 429 does).
+_WS_RETRY = ("backpressure", "overloaded", "too_many_in_flight")
+
+
+async def _ws_publisher(url: str, topic: str, state: _PublishState) -> None:
+    """A publisher on its own publish-only WebSocket (:mod:`sprawl.client.aiows`): one binary
+    msgpack publish frame a batch, each sent once the last was answered -- as
+    :func:`_publisher` sends its POSTs -- and timed from its send to its answer."""
+    from sprawl.client.aiows import open_publisher
+
+    config = state.config
+    pub = await open_publisher(
+        url, topic, window=1, timeout=config.timeout, token=config.token, cacert=config.cacert
+    )
+    pad = "x" * (config.size - TS_DIGITS)
+    interval = config.batch / config.rate if config.rate > 0 else 0.0
+    try:
+        while True:
+            index, n = state.take()
+            if n == 0:
+                return
+            if interval:
+                delay = state.start_mono + index * interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            one = {"payload": f"{time.time_ns():019d}{pad}"}
+            refusals = 0
+            while True:
+                t0 = time.perf_counter_ns()
+                fut = await pub.publish([one] * n, config.acks)
+                try:
+                    await fut
+                except ClientError as exc:
+                    state.latencies_us.append((time.perf_counter_ns() - t0) // 1000)
+                    state.requests += 1
+                    if not str(exc).startswith(_WS_RETRY):
+                        raise BenchError(f"publish failed: {exc}") from None
+                    state.throttled += 1
+                    refusals += 1
+                    if refusals > MAX_THROTTLED_RETRIES:
+                        raise BenchError(f"publish refused {refusals} times in a row: {exc}") from None
+                    await asyncio.sleep(0.1)
+                    continue
+                state.latencies_us.append((time.perf_counter_ns() - t0) // 1000)
+                state.requests += 1
+                break
+            state.published += n
+    finally:
+        pub.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,10 +279,11 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
             views_at_open = await _partition_views(config, endpoints, topic)
 
         state = _PublishState(config)
-        clients = [
-            HttpClient(endpoints[i % len(endpoints)], config.timeout, config.token, config.cacert)
-            for i in range(config.publishers)
-        ]
+        if config.publish == "http":
+            clients = [
+                HttpClient(endpoints[i % len(endpoints)], config.timeout, config.token, config.cacert)
+                for i in range(config.publishers)
+            ]
         delivery_target = config.messages * config.subscribers
 
         def report_progress() -> None:
@@ -247,7 +297,13 @@ async def _run(config: BenchConfig, progress: ProgressCallback | None) -> BenchR
 
         start_ns = time.time_ns()
         state.start_mono = time.monotonic()
-        tasks = [asyncio.ensure_future(_publisher(c, topic, state)) for c in clients]
+        if config.publish == "ws":
+            tasks = [
+                asyncio.ensure_future(_ws_publisher(endpoints[i % len(endpoints)].url, topic, state))
+                for i in range(config.publishers)
+            ]
+        else:
+            tasks = [asyncio.ensure_future(_publisher(c, topic, state)) for c in clients]
         publishing = asyncio.gather(*tasks)
         try:
             while not publishing.done():

@@ -234,6 +234,7 @@ def test_payload_and_config_validation() -> None:
         {"storage": "x"},
         {"rate": -1},
         {"wire": "xml"},
+        {"publish": "grpc"},
     ):
         with pytest.raises(BenchError):
             BenchConfig(**bad).validate()  # type: ignore[arg-type]
@@ -345,6 +346,18 @@ def test_run_bench_reads_the_subscriber_child_while_publishing(
     r = run_bench(BenchConfig(urls=[sprawl_node.url], messages=40, batch=1, publishers=1, rate=40.0))
     assert r.delivered == 40 and r.duplicates == 0
     assert len(reads) >= 3  # one a loop turn (0.2 s) of the ~1 s of publishing
+
+
+@pytest.mark.integration
+def test_bench_publishes_on_the_websocket_and_times_each_ack(sprawl_node: Any) -> None:
+    """``publish="ws"`` (quorum_latency --publish ws): 60 one-message msgpack frames from two
+    publish sockets at a steady rate, each answered (one request each, timed) and delivered
+    once to the SSE subscriber."""
+    r = run_bench(
+        BenchConfig(urls=[sprawl_node.url], messages=60, batch=1, publishers=2, rate=120.0, publish="ws")
+    )
+    assert r.published == 60 and r.publish_requests == 60 and r.publish_latency_ms is not None
+    assert r.delivered == 60 and r.duplicates == 0 and r.e2e_latency_ms is not None
 
 
 @pytest.mark.integration

@@ -392,6 +392,8 @@ def _fuzz_protocol() -> tuple[Any, list[bytes], FakeBroker]:
 
     proto = SprawlWSProtocol()
     proto.factory = _Factory()  # type: ignore[assignment]
+    # (no transport: not open, so its answers go through sendMessage, captured here)
+    proto.state = SprawlWSProtocol.STATE_CONNECTING
     sent: list[bytes] = []
     proto.sendMessage = lambda payload, isBinary=False: sent.append(payload)  # type: ignore[method-assign]
     return proto, sent, broker
