@@ -21,6 +21,7 @@ from harness.inproc_ws import WSClient
 from harness.inproc_ws import ws as ws
 from sprawl.client.aiows import client_frame
 from sprawl.http import websocket
+from sprawl.http.lean_wire import PACK_MAP_START
 from sprawl.http.websocket import SprawlWSProtocol, lean_frames
 
 _pack = msgspec.msgpack.Encoder().encode
@@ -132,3 +133,31 @@ def test_lean_frames_leaves_every_other_read_to_autobahn(frame: bytes) -> None:
     """Text, unmasked, fragmented, reserved-bit, non-map, long and control frames, and a frame
     over the socket's limit: None (autobahn reads them, and answers or closes as it does)."""
     assert lean_frames(frame, 100) is None
+
+
+@st.composite
+def _reads(draw: st.DrawFn) -> bytes:
+    """Any bytes, or whole lean frames with one byte changed and the end maybe cut."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=400))
+    data = bytearray(
+        b"".join(client_frame(p, 2, draw(st.binary(min_size=4, max_size=4))) for p in draw(_maps))
+    )
+    at = draw(st.integers(min_value=0, max_value=len(data) - 1))
+    data[at] = draw(st.integers(min_value=0, max_value=255))
+    return bytes(data[: draw(st.integers(min_value=0, max_value=len(data)))] if draw(st.booleans()) else data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_reads(), st.integers(min_value=1, max_value=400))
+def test_lean_frames_never_raises_and_takes_only_whole_frames_within_the_limit(
+    data: bytes, limit: int
+) -> None:
+    """Any bytes a stranger sends: no exception, and what is taken is whole frames,
+    each a msgpack map within the limit, which framed again (masked with a zero key,
+    i.e. as sent) are the read exactly -- else the read is autobahn's."""
+    got = lean_frames(data, limit)
+    if got is None:
+        return
+    assert got and all(0 < len(p) <= limit and p[0] in PACK_MAP_START for p in got)
+    assert sum(len(client_frame(p, 2, b"\x00" * 4)) for p in got) == len(data)
