@@ -43,7 +43,11 @@ during each count's creates (``strace -f``: wall times under it mean
 nothing, the counts are exact) and adds ``syscalls_per_create`` to the row:
 per node, fsyncs (``fdatasync``/``fsync``), bytes written to LMDB's
 ``data.mdb`` and to the write-ahead log, and socket writes (peer frames and
-HTTP answers, each a hop).
+HTTP answers, each a hop).  ``--spy-native`` adds C frames to py-spy's stacks.
+Each node's row also has ``gc_ms`` (the garbage collector's CPU per
+operation, and by generation with the collections run: ``gc_ms_by_gen``,
+``gc_runs_by_gen``) and ``holds`` / ``holds_joined`` (the LMDB store's holds
+begun per operation, and those an urgent write ended), from ``/metrics``.
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ _SUM = re.compile(r"^sprawl_lmdb_commit_duration_seconds_sum (\S+)", re.M)
 _HOLDS = re.compile(r"^sprawl_lmdb_holds_total (\S+)", re.M)
 _JOINED = re.compile(r"^sprawl_lmdb_holds_joined_total (\S+)", re.M)
 _GC = re.compile(r'^sprawl_gc_cpu_seconds_total\{generation="(\d)"\} (\S+)', re.M)
+_GC_RUNS = re.compile(r'^sprawl_gc_pause_seconds_count\{generation="(\d)"\} (\S+)', re.M)
+
+
+#: Each node's garbage collector at its last read: CPU seconds of generations 0, 1, 2,
+#: then collections of each (:func:`commits` keeps them; :func:`snapshot` takes them).
+_GC_SEEN: dict[str, list[float]] = {}
 
 
 def commits(cluster: NodeCluster, node: str) -> tuple[float, float, float, float, float]:
@@ -83,6 +93,9 @@ def commits(cluster: NodeCluster, node: str) -> tuple[float, float, float, float
     count, total = _COUNT.search(text), _SUM.search(text)
     assert count is not None and total is not None, "no LMDB commit histogram in /metrics"
     gc_cpu = sum(float(m.group(2)) for m in _GC.finditer(text))
+    gc_by_gen = {m.group(1): float(m.group(2)) for m in _GC.finditer(text)}
+    runs = {m.group(1): float(m.group(2)) for m in _GC_RUNS.finditer(text)}
+    _GC_SEEN[node] = [gc_by_gen.get(g, 0.0) for g in "012"] + [runs.get(g, 0.0) for g in "012"]
     holds, joined = _HOLDS.search(text), _JOINED.search(text)
     return (
         float(count.group(1)),
@@ -117,8 +130,9 @@ def snapshot(cluster: NodeCluster, closing: bool = False) -> dict[str, tuple[flo
 
     A window's opening snapshot reads ``/metrics`` before the CPU, its
     ``closing`` one after: rendering ``/metrics`` costs a node CPU that grows
-    with its partitions (~0.2 s of it at 10,400 topics), which must not count
-    as the window's (it was ~1 ms per create of a 200-create batch there)."""
+    with its partitions (0.5-0.67 s of it for 5 MB of text at 10,400 topics),
+    which must not count as the window's (2.5-3.3 ms per create of a 200-create
+    batch there, on every node)."""
     out: dict[str, tuple[float, ...]] = {}
     for n in cluster.names:
         proc = cluster.nodes[n].proc
@@ -129,7 +143,7 @@ def snapshot(cluster: NodeCluster, closing: bool = False) -> dict[str, tuple[flo
         else:
             c, s, gc_cpu, holds, joined = commits(cluster, n)
             cpu = (cpu_seconds(proc.pid), *cpu_split(proc.pid))
-        out[n] = (c, s, *cpu, gc_cpu, holds, joined)
+        out[n] = (c, s, *cpu, gc_cpu, holds, joined, *_GC_SEEN.get(n, [0.0] * 6))
     return out
 
 
@@ -155,6 +169,9 @@ def per_create(
             "cpu_split_ms": [round((after[node][i] - before[node][i]) * 1000 / n, 2) for i in (3, 4, 5)],
             # (of it, the garbage collector's, on the reactor thread)
             "gc_ms": round((after[node][6] - before[node][6]) * 1000 / n, 3),
+            # (by generation 0 / 1 / 2: CPU ms and collections, per operation)
+            "gc_ms_by_gen": [round((after[node][i] - before[node][i]) * 1000 / n, 3) for i in (9, 10, 11)],
+            "gc_runs_by_gen": [round((after[node][i] - before[node][i]) / n, 3) for i in (12, 13, 14)],
             # (the store's holds begun per operation, and of them those an urgent write ended)
             "holds": round((after[node][7] - before[node][7]) / n, 2),
             "holds_joined": round((after[node][8] - before[node][8]) / n, 2),
