@@ -421,6 +421,20 @@ class _StateCollector:
         commits = CounterMetricFamily("sprawl_lmdb_commits", "LMDB write transactions committed (fsynced)")
         commits.add_metric([], store.commits)
         yield commits
+        holds = CounterMetricFamily(
+            "sprawl_lmdb_holds",
+            "Holds begun: a topic create or delete applied here let its writes wait for the next "
+            "urgent write (a Raft append) to commit with",
+        )
+        holds.add_metric([], getattr(store, "holds", 0))
+        yield holds
+        joined = CounterMetricFamily(
+            "sprawl_lmdb_holds_joined",
+            "Holds an urgent write ended (its held writes committed with it; the rest ran out and "
+            "committed alone)",
+        )
+        joined.add_metric([], getattr(store, "holds_joined", 0))
+        yield joined
         integrity = getattr(broker, "integrity", None)
         if integrity is not None:
             ranges = GaugeMetricFamily(

@@ -256,92 +256,147 @@ class RaftDriver:
         if self._busy or self._stopped or self.failed is not None or not self.node.has_ready():
             return
         self._busy = True
-        defer.ensureDeferred(self._run()).addErrback(self._crashed)
+        self._run()
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
+        """Handle Readies in turn until none is pending (or the driver stops).
+
+        Plain calls, not a coroutine (issue 23, create40): a Ready is handled
+        at once to its end unless it must wait -- for the write of its
+        entries, term or vote, or for a snapshot's install -- and only then
+        does the rest of it (and the next Readies) run from that Deferred's
+        callback.  The usual Ready of a proposal (the commit index and the
+        entry to apply) waits for nothing, so the reactor turn that steps a
+        message handles it without a coroutine and its Deferreds per kick."""
         try:
             while self.node.has_ready() and not self._stopped:
-                rd = self.node.ready()
-                started = time.perf_counter()
-                if rd.soft_state is not None:
-                    self._soft_state_changed()
-                saving: defer.Deferred[None] | None = None
-                early, late = split_early(rd, self._term_vote)
-                for m in early:
-                    self.send(m)
-                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                    if self._commit_only(rd):
-                        # Only the commit index moved: nothing sent or applied
-                        # depends on it being on disk (it is volatile state in
-                        # Raft), so it is written with the application's own
-                        # writes -- the storage writer commits in order, so
-                        # whatever the application made durable has it too --
-                        # instead of costing an fsync of its own first.
-                        saving = self.storage.save_ready(rd, urgent=False)
-                    else:
-                        await self.storage.save_ready(rd)
-                        # (a leader counts its own copy towards the quorum from now)
-                        self.node.persisted(rd)
-                    if rd.hard_state is not None:
-                        self._term_vote = (rd.hard_state.term, rd.hard_state.vote)
-                for m in late:
-                    self.send(m)
-                    if m.type == MessageType.SNAP:
-                        self.node.report_snapshot(m.to, True)
-                if rd.snapshot is not None:
-                    try:
-                        await defer.maybeDeferred(self.restore, rd.snapshot)
-                    except Exception:
-                        # (peers' snapshots are checked before they are stepped;
-                        # whatever still fails here must not stop Raft)
-                        log.failure(
-                            "installing the snapshot at index {index} failed", index=rd.snapshot.meta.index
-                        )
-                    self.applied = max(self.applied, rd.snapshot.meta.index)
-                    self.stats.snapshots_installed += 1
-                # Entries are applied in order without waiting for each one's
-                # durable side effects (the storage writer commits them in
-                # order, grouped).
-                side_effects: list[defer.Deferred[Any]] = []
-                for e in rd.committed_entries:
-                    if e.index <= self.applied:
-                        continue
-                    if e.type == EntryType.CONF_CHANGE:
-                        try:
-                            cc = ConfChange.decode(e.data)
-                        except (ValueError, msgspec.DecodeError):
-                            log.error(
-                                "raft entry {index} is not a configuration change; skipped", index=e.index
-                            )
-                        else:
-                            self.node.apply_conf_change(cc)
-                    elif e.data:
-                        side_effects.append(defer.maybeDeferred(self.apply, e))
-                    self.applied = e.index
-                    self._applied(e.index)
-                if saving is not None:
-                    side_effects.append(saving)
-                if side_effects:
-                    # Not awaited (issue 23, create23): the next Ready's work
-                    # -- a proposal's append, its messages -- no longer waits
-                    # behind this one's durable writes.  Nothing Raft sends
-                    # or keeps depends on them, and the single storage writer
-                    # commits them before anything queued later (the next
-                    # append, a snapshot of this state); a failed write still
-                    # stops the driver.
-                    defer.gatherResults(side_effects, consumeErrors=True).addErrback(self._crashed)
-                for rs in rd.read_states:
-                    d = self._reads.pop(rs.request_ctx, None)
-                    if d is not None:
-                        self._answer_read(d, rs.index)
-                self.node.advance(rd)
-                for fn in self.on_advanced:
-                    fn(bool(rd.committed_entries))
-                self.stats.readies += 1
-                self.stats.ready_seconds_total += time.perf_counter() - started
-                self._maybe_snapshot()
-        finally:
-            self._busy = False
+                waiting = self._handle(self.node.ready())
+                if waiting is not None:
+                    # (resumed by the callback, which may run at once: return now)
+                    waiting.addErrback(self._stopped_by)
+                    return
+        except Exception:
+            self._stopped_by(Failure())
+            return
+        self._busy = False
+
+    def _stopped_by(self, f: Failure) -> None:
+        """The Ready loop raised: the driver stops (as :meth:`_crashed`)."""
+        self._busy = False
+        self._crashed(f)
+
+    def _handle(self, rd: Ready) -> defer.Deferred[None] | None:
+        """Handle ``rd`` (persist, send, apply, advance: see the module
+        docstring); None once done, or a Deferred that fires once the rest of
+        it -- and the loop (:meth:`_run`) -- ran after the write it waits for."""
+        started = time.perf_counter()
+        if rd.soft_state is not None:
+            self._soft_state_changed()
+        saving: defer.Deferred[None] | None = None
+        early, late = split_early(rd, self._term_vote)
+        for m in early:
+            self.send(m)
+        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            if self._commit_only(rd):
+                # Only the commit index moved: nothing sent or applied
+                # depends on it being on disk (it is volatile state in
+                # Raft), so it is written with the application's own
+                # writes -- the storage writer commits in order, so
+                # whatever the application made durable has it too --
+                # instead of costing an fsync of its own first.
+                saving = self.storage.save_ready(rd, urgent=False)
+            else:
+                d = self.storage.save_ready(rd)
+                return d.addCallback(self._written, rd, late, started)
+        return self._sent(rd, late, saving, started)
+
+    def _written(self, _: object, rd: Ready, late: list[Message], started: float) -> None:
+        """``rd``'s write is on disk: the rest of it, then the loop."""
+        # (a leader counts its own copy towards the quorum from now)
+        self.node.persisted(rd)
+        waiting = self._sent(rd, late, None, started)
+        if waiting is None:
+            self._run()
+        else:
+            waiting.addCallback(lambda _: self._run()).addErrback(self._stopped_by)
+
+    def _sent(
+        self, rd: Ready, late: list[Message], saving: defer.Deferred[None] | None, started: float
+    ) -> defer.Deferred[None] | None:
+        """``rd`` past its write: the messages that waited for it, then (once
+        a snapshot in it is installed) its entries applied and the core advanced."""
+        if rd.hard_state is not None:
+            self._term_vote = (rd.hard_state.term, rd.hard_state.vote)
+        for m in late:
+            self.send(m)
+            if m.type == MessageType.SNAP:
+                self.node.report_snapshot(m.to, True)
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+
+            def installed(result: object) -> None:
+                if isinstance(result, Failure):
+                    # (peers' snapshots are checked before they are stepped;
+                    # whatever still fails here must not stop Raft)
+                    log.failure(
+                        "installing the snapshot at index {index} failed", result, index=snap.meta.index
+                    )
+                self.applied = max(self.applied, snap.meta.index)
+                self.stats.snapshots_installed += 1
+                self._applied_and_advanced(rd, saving, started)
+
+            return defer.maybeDeferred(self.restore, snap).addBoth(installed)
+        self._applied_and_advanced(rd, saving, started)
+        return None
+
+    def _applied_and_advanced(self, rd: Ready, saving: defer.Deferred[None] | None, started: float) -> None:
+        """Apply ``rd``'s committed entries, answer its reads, advance the core."""
+        # Entries are applied in order without waiting for each one's
+        # durable side effects (the storage writer commits them in
+        # order, grouped).  Not awaited (issue 23, create23): the next
+        # Ready's work -- a proposal's append, its messages -- no longer
+        # waits behind this one's durable writes.  Nothing Raft sends or
+        # keeps depends on them, and the single storage writer commits
+        # them before anything queued later (the next append, a snapshot
+        # of this state); a failed write still stops the driver.
+        for e in rd.committed_entries:
+            if e.index <= self.applied:
+                continue
+            if e.type == EntryType.CONF_CHANGE:
+                try:
+                    cc = ConfChange.decode(e.data)
+                except (ValueError, msgspec.DecodeError):
+                    log.error("raft entry {index} is not a configuration change; skipped", index=e.index)
+                else:
+                    self.node.apply_conf_change(cc)
+            elif e.data:
+                try:
+                    effect = self.apply(e)
+                except Exception:
+                    self._side_effect_failed(Failure())
+                else:
+                    if isinstance(effect, defer.Deferred):
+                        effect.addErrback(self._side_effect_failed)
+            self.applied = e.index
+            self._applied(e.index)
+        if saving is not None:
+            saving.addErrback(self._side_effect_failed)
+        for rs in rd.read_states:
+            d = self._reads.pop(rs.request_ctx, None)
+            if d is not None:
+                self._answer_read(d, rs.index)
+        self.node.advance(rd)
+        for fn in self.on_advanced:
+            fn(bool(rd.committed_entries))
+        self.stats.readies += 1
+        self.stats.ready_seconds_total += time.perf_counter() - started
+        self._maybe_snapshot()
+
+    def _side_effect_failed(self, f: Failure) -> None:
+        """An applied entry's durable side effect (or the commit index's
+        write) failed: the driver stops, once."""
+        if self.failed is None:
+            self._crashed(f)
 
     def _commit_only(self, rd: Ready) -> bool:
         """Whether ``rd`` asks to persist nothing but a new commit index (no

@@ -43,7 +43,11 @@ during each count's creates (``strace -f``: wall times under it mean
 nothing, the counts are exact) and adds ``syscalls_per_create`` to the row:
 per node, fsyncs (``fdatasync``/``fsync``), bytes written to LMDB's
 ``data.mdb`` and to the write-ahead log, and socket writes (peer frames and
-HTTP answers, each a hop).
+HTTP answers, each a hop).  ``--spy-native`` adds C frames to py-spy's stacks.
+Each node's row also has ``gc_ms`` (the garbage collector's CPU per
+operation, and by generation with the collections run: ``gc_ms_by_gen``,
+``gc_runs_by_gen``) and ``holds`` / ``holds_joined`` (the LMDB store's holds
+begun per operation, and those an urgent write ended), from ``/metrics``.
 """
 
 from __future__ import annotations
@@ -70,15 +74,36 @@ from harness.nodes import node_pythonpath
 
 _COUNT = re.compile(r"^sprawl_lmdb_commit_duration_seconds_count (\S+)", re.M)
 _SUM = re.compile(r"^sprawl_lmdb_commit_duration_seconds_sum (\S+)", re.M)
+_HOLDS = re.compile(r"^sprawl_lmdb_holds_total (\S+)", re.M)
+_JOINED = re.compile(r"^sprawl_lmdb_holds_joined_total (\S+)", re.M)
+_GC = re.compile(r'^sprawl_gc_cpu_seconds_total\{generation="(\d)"\} (\S+)', re.M)
+_GC_RUNS = re.compile(r'^sprawl_gc_pause_seconds_count\{generation="(\d)"\} (\S+)', re.M)
 
 
-def commits(cluster: NodeCluster, node: str) -> tuple[float, float]:
-    """(LMDB commits so far, their seconds) of ``node``."""
+#: Each node's garbage collector at its last read: CPU seconds of generations 0, 1, 2,
+#: then collections of each (:func:`commits` keeps them; :func:`snapshot` takes them).
+_GC_SEEN: dict[str, list[float]] = {}
+
+
+def commits(cluster: NodeCluster, node: str) -> tuple[float, float, float, float, float]:
+    """(LMDB commits so far, their seconds, the garbage collector's CPU seconds
+    of every generation, the store's holds begun and holds joined) of ``node``."""
     _, body = Conn(cluster.nodes[node].http_port).call("GET", "/metrics")
     text = body.decode()
     count, total = _COUNT.search(text), _SUM.search(text)
     assert count is not None and total is not None, "no LMDB commit histogram in /metrics"
-    return float(count.group(1)), float(total.group(1))
+    gc_cpu = sum(float(m.group(2)) for m in _GC.finditer(text))
+    gc_by_gen = {m.group(1): float(m.group(2)) for m in _GC.finditer(text)}
+    runs = {m.group(1): float(m.group(2)) for m in _GC_RUNS.finditer(text)}
+    _GC_SEEN[node] = [gc_by_gen.get(g, 0.0) for g in "012"] + [runs.get(g, 0.0) for g in "012"]
+    holds, joined = _HOLDS.search(text), _JOINED.search(text)
+    return (
+        float(count.group(1)),
+        float(total.group(1)),
+        gc_cpu,
+        float(holds.group(1)) if holds else 0.0,
+        float(joined.group(1)) if joined else 0.0,
+    )
 
 
 def cpu_split(pid: int) -> tuple[float, float, float]:
@@ -99,14 +124,26 @@ def cpu_split(pid: int) -> tuple[float, float, float]:
     return main_u, main_s, others
 
 
-def snapshot(cluster: NodeCluster) -> dict[str, tuple[float, ...]]:
-    """Per node: (commits, commit seconds, CPU seconds, and :func:`cpu_split`) so far."""
+def snapshot(cluster: NodeCluster, closing: bool = False) -> dict[str, tuple[float, ...]]:
+    """Per node: (commits, commit seconds, CPU seconds, :func:`cpu_split`, the
+    garbage collector's CPU seconds, holds begun, holds joined) so far.
+
+    A window's opening snapshot reads ``/metrics`` before the CPU, its
+    ``closing`` one after: rendering ``/metrics`` costs a node CPU that grows
+    with its partitions (0.5-0.67 s of it for 5 MB of text at 10,400 topics),
+    which must not count as the window's (2.5-3.3 ms per create of a 200-create
+    batch there, on every node)."""
     out: dict[str, tuple[float, ...]] = {}
     for n in cluster.names:
         proc = cluster.nodes[n].proc
         assert proc is not None
-        c, s = commits(cluster, n)
-        out[n] = (c, s, cpu_seconds(proc.pid), *cpu_split(proc.pid))
+        if closing:
+            cpu = (cpu_seconds(proc.pid), *cpu_split(proc.pid))
+            c, s, gc_cpu, holds, joined = commits(cluster, n)
+        else:
+            c, s, gc_cpu, holds, joined = commits(cluster, n)
+            cpu = (cpu_seconds(proc.pid), *cpu_split(proc.pid))
+        out[n] = (c, s, *cpu, gc_cpu, holds, joined, *_GC_SEEN.get(n, [0.0] * 6))
     return out
 
 
@@ -130,6 +167,14 @@ def per_create(
             "cpu_ms": round(cpu * 1000 / n, 2),
             # (the reactor thread's user / system CPU, and the other threads')
             "cpu_split_ms": [round((after[node][i] - before[node][i]) * 1000 / n, 2) for i in (3, 4, 5)],
+            # (of it, the garbage collector's, on the reactor thread)
+            "gc_ms": round((after[node][6] - before[node][6]) * 1000 / n, 3),
+            # (by generation 0 / 1 / 2: CPU ms and collections, per operation)
+            "gc_ms_by_gen": [round((after[node][i] - before[node][i]) * 1000 / n, 3) for i in (9, 10, 11)],
+            "gc_runs_by_gen": [round((after[node][i] - before[node][i]) / n, 3) for i in (12, 13, 14)],
+            # (the store's holds begun per operation, and of them those an urgent write ended)
+            "holds": round((after[node][7] - before[node][7]) / n, 2),
+            "holds_joined": round((after[node][8] - before[node][8]) / n, 2),
         }
         if idle is not None:
             row["cpu_ms_net"] = round(max(0.0, cpu - idle[node] * seconds) * 1000 / n, 2)
@@ -142,7 +187,7 @@ def idle_rates(cluster: NodeCluster, seconds: float) -> dict[str, float]:
     before = snapshot(cluster)
     t0 = time.monotonic()
     time.sleep(seconds)
-    after = snapshot(cluster)
+    after = snapshot(cluster, closing=True)
     took = time.monotonic() - t0
     return {n: (after[n][2] - before[n][2]) / took for n in before}
 
@@ -188,14 +233,21 @@ def measured(
             proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         for proc in samplers:
             proc.wait(timeout=60)
-    return ms, per_create(before, snapshot(cluster), n, idle, took)
+    return ms, per_create(before, snapshot(cluster, closing=True), n, idle, took)
 
 
 def py_spy(
-    cluster: NodeCluster, nodes: list[str], out: Path, label: str, rate: int = 200, idle: bool = False
+    cluster: NodeCluster,
+    nodes: list[str],
+    out: Path,
+    label: str,
+    rate: int = 200,
+    idle: bool = False,
+    native: bool = False,
 ) -> list[subprocess.Popen[bytes]]:
     """Start ``py-spy record`` (raw collapsed stacks, ``rate`` samples a second,
-    idle frames left out unless ``idle``) on each of ``nodes``, writing ``out/LABEL-NODE.txt``."""
+    idle frames left out unless ``idle``, C frames too with ``native``) on each
+    of ``nodes``, writing ``out/LABEL-NODE.txt``."""
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     for name in dict.fromkeys(nodes):
@@ -203,6 +255,7 @@ def py_spy(
         assert proc is not None
         cmd = ["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", str(rate)]
         cmd += ["--idle"] if idle else []
+        cmd += ["--native"] if native else []
         cmd += ["--output", str(out / f"{label}-{name}.txt")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # (py-spy attaches before the operations start)
@@ -349,6 +402,7 @@ def measure_count(
     spy_rate: int = 200,
     spy_idle: bool = False,
     lines_dir: Path | None = None,
+    spy_native: bool = False,
 ) -> dict[str, Any]:
     """Every figure at one count of topics (``t00000`` .. already made),
     after ``settle`` seconds and ``idle_seconds`` of measuring the nodes'
@@ -381,7 +435,9 @@ def measure_count(
     for kind, run in ops:
         spy = None
         if spy_dir is not None and kind == "create":
-            spy = functools.partial(py_spy, cluster, spied, spy_dir, f"create-{count}", spy_rate, spy_idle)
+            spy = functools.partial(
+                py_spy, cluster, spied, spy_dir, f"create-{count}", spy_rate, spy_idle, spy_native
+            )
         elif strace_dir is not None and kind == "create":
             spy = functools.partial(straces, cluster, strace_dir, f"create-{count}")
         if lines_dir is not None and kind == "create":
@@ -400,7 +456,9 @@ def measure_count(
     conc_ms, errors = concurrent(cluster, f"c{count:05d}", clients, each)
     took = time.monotonic() - t0
     row[f"concurrent_{clients}_ms"] = round(conc_ms, 2)
-    row["concurrent"] = summary(per_create(before, snapshot(cluster), clients * each, idle, took))
+    row["concurrent"] = summary(
+        per_create(before, snapshot(cluster, closing=True), clients * each, idle, took)
+    )
     row["errors"] = errors[:3]
     row["load_avg"] = os.getloadavg()[0]
     return row
@@ -442,6 +500,7 @@ def main() -> None:
     ap.add_argument("--strace", type=Path, help="trace the creates' writes, syncs and sends into DIR")
     ap.add_argument("--spy-rate", type=int, default=200, help="with --py-spy: samples a second")
     ap.add_argument("--spy-idle", action="store_true", help="with --py-spy: idle frames too")
+    ap.add_argument("--spy-native", action="store_true", help="with --py-spy: C frames too")
     ap.add_argument("--lines", type=Path, help="count each node's Python lines per create (files into DIR)")
     ap.add_argument("--node-arg", action="append", default=[], help="an argument for every node (e.g. --wal)")
     a = ap.parse_args()
@@ -481,6 +540,7 @@ def main() -> None:
                 a.spy_rate,
                 a.spy_idle,
                 a.lines,
+                a.spy_native,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
