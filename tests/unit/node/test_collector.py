@@ -110,6 +110,7 @@ def test_a_slow_full_collection_is_followed_by_one_freeze_at_most_every_period()
         lambda delay, fn: scheduled.append(fn),
         min_cpu=0.002,
         every=60.0,
+        first_every=60.0,
         clock=lambda: now[0],
         cpu_clock=lambda: cpu[0],
         freeze=lambda: freezes.append(now[0]),
@@ -135,6 +136,32 @@ def test_a_slow_full_collection_is_followed_by_one_freeze_at_most_every_period()
     collection(2, 0.007)
     scheduled.pop()()  # type: ignore[operator]
     assert freezes == [0.0, 61.0]
+
+
+def test_the_period_between_freezes_starts_short_and_doubles() -> None:
+    """A restarted node's first minute: slow full collections every second
+    freeze at 0, 5, 15, 35 and 75 s (the period 5 s, doubling to the 60 s
+    bar), then every 60 s -- not once a minute from the start, which left a
+    10,000-partition node's catch-up objects to every full collection of its
+    first minute (issue 23, create40)."""
+    now, cpu = [0.0], [0.0]
+    freezes: list[float] = []
+    hook = FreezeAfterSlowCollections(
+        lambda delay, fn: fn(),
+        min_cpu=0.002,
+        every=60.0,
+        first_every=5.0,
+        clock=lambda: now[0],
+        cpu_clock=lambda: cpu[0],
+        freeze=lambda: freezes.append(now[0]),
+    )
+    for second in range(200):
+        now[0] = float(second)
+        hook("start", {"generation": 2})
+        cpu[0] += 0.01
+        hook("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    assert freezes == [0.0, 5.0, 15.0, 35.0, 75.0, 135.0, 195.0]
+    assert hook.frozen == 7 and hook.period == 60.0
 
 
 def test_a_frozen_container_is_not_walked_by_the_next_full_collections() -> None:
