@@ -416,44 +416,37 @@ class SprawlWSProtocol(WebSocketServerProtocol):
         except Exception:
             d = defer.fail()
 
-        def ok(res: PublishResult) -> None:
+        def done(res: PublishResult | Failure) -> None:
             try:
-                if len(held) == 1:  # (a lone frame: the whole result is its own)
+                if isinstance(res, Failure):
+                    if isinstance(res.value, SprawlError):
+                        for h in held:
+                            self._error(res.value, h[2])
+                    else:
+                        log.failure("websocket publish failed", res)
+                        for h in held:
+                            self._error(SprawlError("internal error; see the node's log"), h[2])
+                elif len(held) == 1:  # (a lone frame: the whole result is its own)
                     self._reply({"published": publish_answer(res, acks)}, held[0][2])
-                    return
-                at = 0
-                for recs, _, ref, _ in held:
-                    n = len(recs)
-                    part = PublishResult(
-                        res.offsets[at : at + n],
-                        res.ids[at : at + n],
-                        res.partitions[at : at + n],
-                        res.duplicates[at : at + n],
-                        res.stored,
-                    )
-                    at += n
-                    self._reply({"published": publish_answer(part, acks)}, ref)
-            finally:
-                settled()
-
-        def failed(f: Failure) -> None:
-            try:
-                if isinstance(f.value, SprawlError):
-                    for h in held:
-                        self._error(f.value, h[2])
                 else:
-                    log.failure("websocket publish failed", f)
-                    for h in held:
-                        self._error(SprawlError("internal error; see the node's log"), h[2])
+                    at = 0
+                    for recs, _, ref, _ in held:
+                        n = len(recs)
+                        part = PublishResult(
+                            res.offsets[at : at + n],
+                            res.ids[at : at + n],
+                            res.partitions[at : at + n],
+                            res.duplicates[at : at + n],
+                            res.stored,
+                        )
+                        at += n
+                        self._reply({"published": publish_answer(part, acks)}, ref)
             finally:
-                settled()
+                for h in held:  # (the frames' room, settled after their answers)
+                    self._inflight(-1, -h[3])
 
-        def settled() -> None:
-            for h in held:
-                self._inflight(-1, -h[3])
-
-        # (one callback pair, each settling the frames' room after their answers)
-        d.addCallbacks(ok, failed)
+        # (one link -- addBoth, cheaper to add than a callback pair -- answering either way)
+        d.addBoth(done)
 
     def _check_room(self, size: int) -> None:
         """Refuse a publish frame beyond the socket's hard in-flight bounds."""

@@ -264,8 +264,8 @@ class Catalog(Publishing):
         ]
         for lg in t.logs:
             self.notify(name, lg.partition)
-            for _off, w in self._stored_waiters.pop((name, lg.partition), []):
-                w.errback(NotFound(f"topic {name!r} was deleted", code="topic_not_found"))
+            for w in self._stored_waiters.pop((name, lg.partition), []):
+                w[1].errback(NotFound(f"topic {name!r} was deleted", code="topic_not_found"))
         d = self.store.write(ops)
         if remote:
             d.addCallback(lambda _: self._delete_remote(remote))

@@ -82,7 +82,8 @@ class BrokerCore:
         self.watchers = PartitionWatchers(clock)
         #: Topics written to, for the periodic jobs that look only at what changed.
         self.touched = Touched()
-        self._stored_waiters: dict[tuple[str, int], list[tuple[int, Deferred[None]]]] = {}
+        #: (name, partition) -> (offset, Deferred, what it fires with) of :meth:`wait_stored`.
+        self._stored_waiters: dict[tuple[str, int], list[tuple[int, Deferred[Any], Any]]] = {}
         #: Partitions stored by the commit firing now, not yet settled (:meth:`_committed`):
         #: whether their stored end moved.
         self._unsettled: dict[tuple[str, int], bool] = {}
@@ -253,33 +254,48 @@ class BrokerCore:
                 # callbacks run synchronously and may wait again (a waiter
                 # appended meanwhile was lost) or delete the topic (which
                 # fails the waiters still listed: one fired already).
-                done = [w for off, w in waiters if off < end]
-                self._stored_waiters[(name, p)] = [(off, w) for off, w in waiters if off >= end]
-                for w in done:
-                    w.callback(None)
+                done = [w for w in waiters if w[0] < end]
+                self._stored_waiters[(name, p)] = [w for w in waiters if w[0] >= end]
+                for _off, d, value in done:
+                    d.callback(value)
+
+    def _committed_or_failed(
+        self, result: object, name: str, ends: dict[int, int], uid: int | None = None
+    ) -> None:
+        """A write of records is done (one ``addBoth`` link, not a callback and an
+        errback): :meth:`_committed`, or :meth:`_commit_failed` when it failed --
+        or when :meth:`_committed` itself raised, as a separate errback would have
+        seen it."""
+        if isinstance(result, Failure):
+            self._commit_failed(result, name, list(ends))
+            return
+        try:
+            self._committed(None, name, ends, uid)
+        except Exception:
+            self._commit_failed(Failure(), name, list(ends))
 
     def _commit_failed(self, f: Failure, name: str, partitions: list[int]) -> None:
         err = Unavailable(f"storage failed: {f.value}", code="storage_failed")
         for key, waiters in list(self._stored_waiters.items()):
             self._stored_waiters[key] = []  # settled before any fires (see _committed)
-            for _off, w in waiters:
-                w.errback(err)
+            for w in waiters:
+                w[1].errback(err)
 
     def _storage_error(self, f: Failure) -> Any:
         if f.check(Unavailable, NotFound):
             return f
         raise Unavailable(f"storage failed: {f.value}", code="storage_failed")
 
-    def wait_stored(self, name: str, partition: int, offset: int) -> Deferred[None]:
-        """Fires once ``offset`` of the partition is fsynced."""
+    def wait_stored(self, name: str, partition: int, offset: int, value: Any = None) -> Deferred[Any]:
+        """Fires (with ``value``) once ``offset`` of the partition is fsynced."""
         t = self.topics.get(name)
         if t is None:
-            return succeed(None)
+            return succeed(value)
         lg = t.logs[partition]
         if offset < lg.stored_end:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._stored_waiters.setdefault((name, partition), []).append((offset, d))
+            return succeed(value)
+        d: Deferred[Any] = Deferred()
+        self._stored_waiters.setdefault((name, partition), []).append((offset, d, value))
         return d
 
 

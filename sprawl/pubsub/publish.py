@@ -202,21 +202,11 @@ class Publishing(MemoryBudget):
                 # (urgent: a client waits for it -- it ends a metadata apply's hold,
                 # LmdbStore.hold, rather than wait behind it)
                 d = self.store.write(ops, nbytes, wal=True, urgent=True)
-                d.addBoth(self._release_backlog, uid, sizes)
-                d.addCallback(
-                    self._committed, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid
+                # (one link, not three: the backlog is released either way, then
+                # the commit is settled or its waiters failed)
+                d.addBoth(
+                    self._written, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid, sizes
                 )
-                d.addErrback(self._commit_failed, name, list(by_part))
-            if acks != "none":
-                # Wait for every offset in the answer (duplicates too) to be stored.
-                high: dict[int, int] = {}
-                if fast:  # one partition, the offsets in order
-                    high[parts[0]] = offsets[-1]
-                else:
-                    for p, o in zip(parts, offsets, strict=False):
-                        high[p] = max(high.get(p, -1), o)
-                for p, o in high.items():
-                    waits.append(self.wait_stored(name, p, o))
         else:
             for p in by_part:
                 self.notify(name, p)
@@ -225,10 +215,20 @@ class Publishing(MemoryBudget):
         else:
             stored = "lmdb" if cfg.durable else "memory"
         result = PublishResult(offsets, [r.id or "" for r in records], parts, dup, stored)
+        if cfg.durable and acks != "none":
+            # Wait for every offset in the answer (duplicates too) to be stored.
+            if fast:  # one partition, the offsets in order: its waiter fires with the result
+                return self.wait_stored(name, parts[0], offsets[-1], result)
+            high: dict[int, int] = {}
+            for p, o in zip(parts, offsets, strict=False):
+                high[p] = max(high.get(p, -1), o)
+            if len(high) == 1:  # (one partition): no DeferredList on the way
+                for p, o in high.items():
+                    return self.wait_stored(name, p, o, result)
+            for p, o in high.items():
+                waits.append(self.wait_stored(name, p, o))
         if not waits:
             return succeed(result)
-        if len(waits) == 1:  # the common case (one partition): no DeferredList on the way
-            return waits[0].addCallback(lambda _: result)
         dl: Deferred[Any] = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
         dl.addCallback(lambda _: result)
         dl.addErrback(first_failure)
@@ -249,7 +249,15 @@ class Publishing(MemoryBudget):
                     code="backpressure",
                 )
 
-    def _release_backlog(self, result: Any, uid: int, sizes: dict[int, int]) -> Any:
+    def _written(
+        self, result: object, name: str, ends: dict[int, int], uid: int, sizes: dict[int, int]
+    ) -> None:
+        """A publish's write is done: its backlog released, then the partitions'
+        stored ends moved (:meth:`_committed`), or every waiter failed if it failed."""
+        self._release_backlog(uid, sizes)
+        self._committed_or_failed(result, name, ends, uid)
+
+    def _release_backlog(self, uid: int, sizes: dict[int, int]) -> None:
         backlog = self.backlog
         for p, size in sizes.items():
             left = backlog.get((uid, p), 0) - size
@@ -257,7 +265,6 @@ class Publishing(MemoryBudget):
                 backlog[(uid, p)] = left
             else:
                 backlog.pop((uid, p), None)
-        return result
 
 
 def _too_large(r: Record, max_bytes: int) -> PayloadTooLarge:

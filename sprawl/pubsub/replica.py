@@ -42,8 +42,7 @@ class ReplicaWrites(Catalog):
         # (urgent: an ack or the high watermark waits for it -- it ends a metadata
         # apply's hold, LmdbStore.hold, rather than wait behind it)
         d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), urgent=True)
-        d.addCallback(self._committed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
-        d.addErrback(self._commit_failed, cfg.name, [partition])
+        d.addBoth(self._committed_or_failed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
         return d
 
     def stage_replicated(self, topic: Topic, partition: int, records: list[Record]) -> list[Op]:

@@ -31,7 +31,10 @@ class EpochCache:
             return self.base_epoch
         if offset < self.log_start or offset >= self.end:
             return -1
-        starts = [s for _, s in self.runs]
+        runs = self.runs
+        if runs and offset >= runs[-1][1]:
+            return runs[-1][0]  # (the last run: most asks, several a replicated message)
+        starts = [s for _, s in runs]
         i = bisect.bisect_right(starts, offset) - 1
         return self.runs[i][0] if i >= 0 else -1
 

@@ -179,8 +179,13 @@ class PartitionReplication:
         #: what is durable here, whenever a write of this partition becomes durable).
         self._issued_hw = 0
         #: Publishes (and duplicates' first copies) waiting for a majority:
-        #: (last offset, the epoch this replica led when it took them, Deferred).
-        self._waiters: list[tuple[int, int, defer.Deferred[None]]] = []
+        #: (last offset, the epoch this replica led when it took them, Deferred,
+        #: what it fires with: a publish's offsets).
+        self._waiters: list[tuple[int, int, defer.Deferred[Any], Any]] = []
+        #: The lowest offset in :attr:`_waiters` (:data:`_NONE_WAITING` when none):
+        #: while leading, a high watermark below it answers nothing, and
+        #: :meth:`_advance_hw` -- called several times a message -- does not walk them.
+        self._waiters_low = _NONE_WAITING
         self.failed: Failure | None = None
         #: Called with the records a follower's write stored (group checkpoints ride in them).
         self.on_records = on_records
@@ -248,15 +253,18 @@ class PartitionReplication:
         last = first + len(records) - 1
         if timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("pub", first, last + 1)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((last, self.core.epoch, d))
+        d: defer.Deferred[list[int]] = defer.Deferred()
+        # (the waiter fires with the offsets: no callback link to make them)
+        self._waiters.append((last, self.core.epoch, d, list(range(first, last + 1))))
+        if last < self._waiters_low:
+            self._waiters_low = last
         if self.on_hop is not None:
             d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
         tl = timeline.TIMELINE
         if tl is not None and tl.sampled(first, last + 1):
             d.addCallback(_mark_acked, tl, first, last + 1)
         self._handle(out, records)
-        return d.addCallback(lambda _: list(range(first, last + 1)))
+        return d
 
     def _send_appends(self) -> None:
         """The turn's publishes leave for the followers (see :meth:`publish`)."""
@@ -281,7 +289,9 @@ class PartitionReplication:
         if self.core.role != LEADER:
             return defer.fail(NotLeader(self.core.leader, self.core.epoch))
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((offset, self.core.epoch, d))
+        self._waiters.append((offset, self.core.epoch, d, None))
+        if offset < self._waiters_low:
+            self._waiters_low = offset
         return d
 
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
@@ -595,10 +605,11 @@ class PartitionReplication:
                 topic=self.topic.name,
                 partition=self.partition,
             )
-        for _off, _epoch, d in self._waiters:
+        for _off, _epoch, d, _value in self._waiters:
             if not d.called:
                 d.errback(f)
         self._waiters = []
+        self._waiters_low = _NONE_WAITING
         if self.on_failed is not None:
             self.on_failed((self.topic.name, self.partition))
 
@@ -1025,19 +1036,30 @@ class PartitionReplication:
             core = self.core
             leading = core.role == LEADER and self._pending_cuts == 0
             committed = max(hw, core.hw) if leading else hw
+            if self._waiters_low >= committed and core.role == LEADER:
+                return  # (no waiter is below either watermark: none answered, none lost)
             keep, done, lost = [], [], []
-            for off, epoch, d in self._waiters:
-                if off < hw or (off < committed and epoch == core.epoch):
-                    done.append(d)
+            low = _NONE_WAITING
+            for w in self._waiters:
+                off = w[0]
+                if off < hw or (off < committed and w[1] == core.epoch):
+                    done.append(w)
                 elif core.role != LEADER:
-                    lost.append(d)
+                    lost.append(w[2])
                 else:
-                    keep.append((off, epoch, d))
+                    keep.append(w)
+                    if off < low:
+                        low = off
             self._waiters = keep  # before any callback runs: a callback may publish again
-            for d in done:
-                d.callback(None)
+            self._waiters_low = low
+            for w in done:
+                w[2].callback(w[3])
             for d in lost:
                 d.errback(NotLeader(self.core.leader, self.core.epoch))
+
+
+#: :attr:`PartitionReplication._waiters_low` with no publish waiting.
+_NONE_WAITING = 1 << 62
 
 
 @dataclass

@@ -161,3 +161,36 @@ def test_lean_frames_never_raises_and_takes_only_whole_frames_within_the_limit(
         return
     assert got and all(0 < len(p) <= limit and p[0] in PACK_MAP_START for p in got)
     assert sum(len(client_frame(p, 2, b"\x00" * 4)) for p in got) == len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_publishs_answer_is_one_addboth_link(ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lean publish frame's answer hangs on its publish's Deferred by one ``addBoth``
+    (answer or error, then the frame's room settled), not an ``addCallbacks`` pair: 12
+    lines of Twisted a call against 4 (issue 16, lat40b).  Counted: the links the
+    node's socket code adds, ten frames; each still answered at its offset."""
+    import sys
+
+    from twisted.internet.defer import Deferred
+
+    await ws.server.publish("links", ["first"])
+    c = await ws.connect("/v1/topics/links/ws?feed=none")
+    added: list[str] = []
+    for name in ("addCallbacks", "addBoth"):
+        real = getattr(Deferred, name)
+
+        def counted(self: Any, *a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            if sys._getframe(1).f_code.co_filename == websocket.__file__:
+                added.append(_name)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(Deferred, name, counted)
+    for i in range(10):
+        c.sendMessage(
+            _pack({"publish": {"messages": [{"payload": f"m{i}"}], "acks": "leader"}, "ref": i}),
+            isBinary=True,
+        )
+        await c.when(lambda i=i: i in answers(c))
+    got = answers(c)
+    assert [got[i]["published"]["offsets"] for i in range(10)] == [[1 + i] for i in range(10)]
+    assert added == ["addBoth"] * 10, added

@@ -756,6 +756,7 @@ async def test_storage_failure_fails_publishes_cleanly(nodes: Callable[..., Node
         n.broker.publish(t, [msg("refused")], "quorum")
     assert t.logs[0].high_watermark == 2
     assert [r.payload for r in await read_all(n, t)] == [b"ok0", b"ok1"]
+    assert n.broker.backlog == {}  # (released with the failed write)
     n.broker.tick()  # periodic work must not blow up on a failed store
     await n.close()
     n2 = nodes()
@@ -940,3 +941,52 @@ async def test_a_reset_without_the_s3_tier_deletes_nothing_in_s3(nodes: Callable
     again = nodes()
     rl = again.broker.topics["rep"].logs[0]
     assert (rl.log_start, rl.next_offset, rl.segments) == (20, 20, [])
+
+
+# -- the links a publish adds to Deferreds (issue 16, lat40b) ------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_and_a_replicated_append_add_one_link_each(
+    nodes: Callable[..., Node], monkeypatch: Any
+) -> None:
+    """A durable one-partition publish (acks=leader) adds one link (``addBoth``) to
+    its write -- the backlog's release, the stored end and a failed commit's waiters
+    all in it -- and its answer is what the stored-end waiter fires with: one link in
+    all, where there were four (``addBoth``, ``addCallback`` and ``addErrback`` on
+    the write, a callback making the answer); a follower's append one, not two.
+    Counted, each a run of ``_runCallbacks`` a message on the reactor.  The
+    answers, the high watermark and the backlog are as before."""
+    from twisted.internet.defer import Deferred
+
+    n = nodes()
+    t = await topic(n, "links")
+    r = await topic(n, "replicated")
+    links: list[str] = []
+    for name in ("addCallbacks", "addCallback", "addErrback", "addBoth"):
+        real = getattr(Deferred, name)
+
+        def counted(self: Any, *a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            links.append(_name)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(Deferred, name, counted)
+    made: list[int] = []
+    for i in range(10):
+        before = len(links)
+        d = n.broker.publish(t, [msg(f"m{i}")], "leader")
+        made.append(len(links) - before)
+        res = await d
+        assert isinstance(res, PublishResult) and res.offsets == [i] and res.stored == "lmdb"
+        assert t.logs[0].high_watermark == i + 1
+    assert made == [1] * 10, made
+    assert n.broker.backlog == {}
+    appended: list[int] = []
+    for o in range(5):
+        before = len(links)
+        rec = Record(o, 0, 1000 + o, f"id{o}", None, None, b"x" * 10, True)
+        d2 = n.broker.append_replicated(r, 0, [rec])
+        appended.append(len(links) - before)
+        await d2
+        assert r.logs[0].stored_end == o + 1
+    assert appended == [1] * 5, appended

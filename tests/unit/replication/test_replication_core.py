@@ -38,6 +38,29 @@ def test_epoch_cache_answers_epochs_and_epoch_ends() -> None:
         c.append(2, 1)  # epochs never go back
 
 
+def test_the_last_runs_epoch_costs_the_same_however_many_runs_came_before() -> None:
+    """The epoch of an offset in the last run -- what a leader asks several times a
+    replicated message (an append's previous epoch, its derivable high watermark, the
+    high watermark's own check) -- is answered without building the list of every
+    run's start: the same Python lines with 50 runs before it as with none (issue 16,
+    lat40b); offsets in earlier runs are answered as before."""
+    from harness.lines import lines_run
+    from sprawl.replication import epochs
+
+    def cache(runs: int) -> EpochCache:
+        c = EpochCache()
+        for e in range(1, runs + 1):
+            c.append(e, 3)
+        return c
+
+    one, many = cache(1), cache(51)
+    assert many.epoch_at(many.end - 1) == 51 and one.epoch_at(one.end - 1) == 1
+    assert [many.epoch_at(o) for o in (0, 2, 3, 149, 150)] == [1, 1, 2, 50, 51]
+    cost_one = lines_run(lambda: one.epoch_at(one.end - 1), epochs.__file__)
+    cost_many = lines_run(lambda: many.epoch_at(many.end - 1), epochs.__file__)
+    assert cost_many == cost_one, (cost_one, cost_many)
+
+
 def test_epoch_cache_advances_its_start_past_retention() -> None:
     """Retention moving the log start keeps the epochs of what is left and
     records the epoch just before the new start as the base epoch; the

@@ -207,6 +207,72 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_watermark_that_answers_nothing_does_not_walk_the_waiting_publishes(
+    cluster: dict[str, Node],
+) -> None:
+    """A leader shows its high watermark several times a message (every output
+    and stored write: ~5 calls a message at 1,000 msg/s); with no waiting publish
+    at or below it, that costs the same with 40 publishes waiting as with one
+    (counted: Python lines in the adapter) and answers none -- without the lowest
+    waiting offset kept, each call walked every waiting publish (issue 16, lat40b)."""
+    from harness.lines import lines_run
+    from sprawl.replication import partition as adapter
+
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish(_msgs(2, 0)), WAIT)  # acked while the followers are there
+    for nid in IDS:
+        if cluster[nid] is not leader:
+            await cluster[nid].close()
+    waiting = [rep.publish(_msgs(1, 2))]
+
+    def shown() -> int:
+        return lines_run(lambda: [rep._advance_hw(rep.core.hw) for _ in range(10)], adapter.__file__)
+
+    one = shown()
+    waiting += [rep.publish(_msgs(1, 3 + i)) for i in range(39)]
+    forty = shown()
+    assert rep.core.role == LEADER and len(rep._waiters) == 40
+    assert forty == one, (one, forty)
+    assert not any(d.called for d in waiting), "answered without a majority"
+    for d in waiting:
+        d.addErrback(lambda _: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_quorum_publish_is_answered_with_its_offsets_without_a_callback_link(
+    cluster: dict[str, Node], monkeypatch: Any
+) -> None:
+    """A leader's publish fires with its offsets from the waiter itself: no callback
+    is added to its Deferred to make them (one a publish before: a run of
+    ``_runCallbacks`` on the leader's reactor a message, issue 16, lat40b)."""
+    from twisted.internet.defer import Deferred
+
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    rep = leader.service.replicas[("orders", 0)]
+    rep.on_hop = None
+    added: list[str] = []
+    real = Deferred.addCallback
+
+    def counted(self: Any, fn: Any, *a: Any, **kw: Any) -> Any:
+        added.append(getattr(fn, "__qualname__", ""))
+        return real(self, fn, *a, **kw)
+
+    monkeypatch.setattr(Deferred, "addCallback", counted)
+    got = []
+    for i in range(5):
+        d = rep.publish(_msgs(2, 2 * i))
+        assert not [q for q in added if q.startswith("PartitionReplication.publish")], added
+        got.append(await bounded(d, WAIT))
+    first = got[0][0]  # (after the epoch's control record)
+    assert got == [[first + 2 * i, first + 2 * i + 1] for i in range(5)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], tmp_path: Path) -> None:
     """The replica state is stored with the records: a follower restarted on
     its data dir comes back with its epoch runs, its fence promise and a high
