@@ -243,7 +243,7 @@ speak its types, and the rate figures already live apart
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -410,6 +410,12 @@ class BalanceConfig:
     early_shed: int = 0
     early_margin: float = 0.25
     early_points: int = 0
+    #: No move on a forecast off or onto a node leading a partition whose
+    #: forecast is distrusted (:attr:`PartitionLoad.distrusted`).
+    distrust_nodes: bool = False
+    #: While some partition's forecast is distrusted, a partition moved on a
+    #: forecast does not move on a forecast again for this many seconds (0: off).
+    distrust_again: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -460,6 +466,9 @@ class PartitionLoad:
     #: (:meth:`sprawl.forecast.traffic.TrafficForecaster.partition_paths`):
     #: what ``predict_replace`` replays the reactive rule on.
     path: tuple[float, ...] | None = None
+    #: Its forecast withheld after a surprise (``TrafficForecaster.distrusted``):
+    #: no move on a forecast off or onto its leader.
+    distrusted: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -672,7 +681,9 @@ class Balancer:
         upper = mean * (1 + c.threshold)
         self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
         self._last_move = {k: t for k, t in self._last_move.items() if now - t < c.predict_cooldown}
-        self._last_predicted = {k: t for k, t in self._last_predicted.items() if now - t < c.predict_again}
+        self._last_predicted = {
+            k: t for k, t in self._last_predicted.items() if now - t < max(c.predict_again, c.distrust_again)
+        }
         self._preempted = {
             n: v for n, v in self._preempted.items() if v[0] > now and loads.get(n, 0.0) <= v[1]
         }
@@ -890,6 +901,10 @@ class Balancer:
         for n in nodes:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
+        wary = {p.leader for p in parts if p.distrusted} if c.distrust_nodes else set()
+        again = c.predict_again
+        if c.distrust_again > 0 and any(p.distrusted for p in parts):
+            again = max(again, c.distrust_again)
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
         guide = (
             self._guide(parts, pload, d, nodes)
@@ -909,6 +924,9 @@ class Balancer:
         for src in sorted(phot, key=lambda n: (-pred[n], n)):
             if src in shed_now:
                 continue  # shed reactively in this decision already
+            if src in wary:
+                d.held.append(f"{src}: predicted hot, leads a partition whose forecast is distrusted")
+                continue
             if src in self._preempted:
                 d.held.append(f"{src}: predicted hot, its moves pre-empted by earlier moves on a forecast")
                 continue
@@ -941,7 +959,7 @@ class Balancer:
                 u, f = pload[p.key], fc[p.key]
                 if not p.movable or p.key in self._last_move or p.key in moved:
                     return []
-                if p.key in self._last_predicted:
+                if now - self._last_predicted.get(p.key, -math.inf) < again:
                     return []  # moved on a forecast within ``predict_again``
                 if u <= 0 or u < c.min_partition_load or u > f:
                     return []  # not a quiet moment for it
@@ -950,6 +968,7 @@ class Balancer:
                     for r in p.replicas
                     if r != src
                     and r in loads
+                    and r not in wary
                     and loads[r] < mean
                     and loads[r] + u <= roomy
                     and loads[src] - loads[r] - u >= c.min_partition_load
@@ -966,7 +985,7 @@ class Balancer:
                 moved[p.key] = dst
                 pred[src] -= f
                 pred[dst] += f
-                if c.predict_again > 0:
+                if c.predict_again > 0 or c.distrust_again > 0:
                     self._last_predicted[p.key] = now
                 self._record(Move(p.topic, p.partition, src, dst, PREDICTED), u, loads, now, d)
 
@@ -1664,6 +1683,7 @@ def partitions_from(
     forecasts: Mapping[tuple[str, int], float] | None = None,
     profiles: Mapping[tuple[str, int], Sequence[float]] | None = None,
     paths: Mapping[tuple[str, int], Sequence[float]] | None = None,
+    distrusted: Collection[tuple[str, int]] = (),
 ) -> list[PartitionLoad]:
     """The balancer's view from the applied placement (``metadata.placement``:
     topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
@@ -1700,6 +1720,7 @@ def partitions_from(
                     forecast=None if forecasts is None else forecasts.get(key),
                     profile=None if profiles is None or key not in profiles else tuple(profiles[key]),
                     path=None if paths is None or key not in paths else tuple(paths[key]),
+                    distrusted=key in distrusted,
                 )
             )
     return out

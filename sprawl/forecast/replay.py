@@ -113,6 +113,11 @@ class SimConfig:
     #: ``TrafficForecaster(distrust_partition=...)``: the distrust withholds
     #: only the surprised partition's forecast (an option, off: trust39).
     distrust_partition: bool = False
+    #: ``TrafficForecaster(gate_open=...)``: with ``distrust_partition``, no
+    #: forecast at all while a surprise is open and this many seconds after.
+    gate_open: float | None = None
+    #: ``TrafficForecaster(distrust_profiles=...)``.
+    distrust_profiles: bool = True
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
     #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
@@ -252,6 +257,8 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             surge_jump=c.surge_jump,
             distrust=c.distrust,
             distrust_partition=c.distrust_partition,
+            gate_open=c.gate_open,
+            distrust_profiles=c.distrust_profiles,
         )
         if predictive
         else None
@@ -362,7 +369,13 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 for p in range(count)
             ]
         parts = partitions_from(
-            placement, rates_by_node(views), lambda k: k not in moving, forecasts, profiles or None, paths
+            placement,
+            rates_by_node(views),
+            lambda k: k not in moving,
+            forecasts,
+            profiles or None,
+            paths,
+            fc.distrusted(now) if fc is not None and c.distrust_partition else (),
         )
         d = balancer.decide(now, parts, nodes, len(moving), allowance)
         made_before = res.moves

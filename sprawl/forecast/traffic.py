@@ -114,6 +114,8 @@ class TrafficForecaster:
         surge_jump: float = SUDDEN,
         distrust: float = 0.0,
         distrust_partition: bool = False,
+        gate_open: float | None = None,
+        distrust_profiles: bool = True,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -149,8 +151,18 @@ class TrafficForecaster:
         #: season's echo a season later is withheld too); the other
         #: partitions, whose models were not wrong, keep theirs.
         self.distrust_partition = distrust_partition
+        #: With :attr:`distrust_partition`: while any partition's surprise is
+        #: open, and for this many seconds after it closed, no forecast at all
+        #: (the cluster-wide gate for the surprise's own length).  None: off.
+        self.gate_open = gate_open
+        #: With :attr:`distrust_partition`: whether the distrust withholds the
+        #: partition's profile too (:meth:`partition_profiles`), or only its
+        #: short forecasts (:meth:`partition_paths`).
+        self.distrust_profiles = distrust_profiles
         #: When the last surprise opened (-inf: never).
         self.surprised_at = -math.inf
+        #: The last sample of any partition's open (or just closed) surprise.
+        self.surprise_seen = -math.inf
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
         #: Events, oldest first (open ones included, updated in place).
         self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
@@ -188,6 +200,7 @@ class TrafficForecaster:
                 tr.surprising = True
         if tr.surprising:
             tr.surprised = now
+            self.surprise_seen = max(self.surprise_seen, now)
             tr.surprising = tr.detector.open is not None
         tr.last = (now, value)
         held = (self.hold_seasons and tr.detector.unusual) or (
@@ -314,7 +327,27 @@ class TrafficForecaster:
         """Whether the balancer may act on the forecasts now: no surprise in
         the last :attr:`distrust` seconds (always, with it off or
         :attr:`distrust_partition`: then per partition, :meth:`_trusts`)."""
+        if self.distrust <= 0:
+            return True
+        if self.distrust_partition:
+            return self.gate_open is None or now - self.surprise_seen > self.gate_open
+        return now - self.surprised_at >= self.distrust
+
+    def _profiles_trusted(self, now: float) -> bool:
+        """:meth:`trusted` but for :attr:`gate_open`, which withholds only the
+        short forecasts: the profiles stay current, so the forecasts come
+        back with them (forecasts without profiles shed unchecked)."""
         return self.distrust <= 0 or self.distrust_partition or now - self.surprised_at >= self.distrust
+
+    def distrusted(self, now: float) -> set[tuple[str, int]]:
+        """The partitions whose forecasts are withheld now (:attr:`distrust_partition`)."""
+        if not self.distrust_partition or self.distrust <= 0:
+            return set()
+        return {
+            (str(k[1]), int(k[2]))
+            for k, tr in self._series.items()
+            if k[0] == PARTITION and now - tr.surprised < self.distrust
+        }
 
     def _trusts(self, tr: _Tracked, now: float) -> bool:
         """Whether ``tr``'s forecast reaches the balancer (:attr:`distrust_partition`)."""
@@ -390,7 +423,7 @@ class TrafficForecaster:
     def _profile_steps(
         self, now: float, horizon: float, points: int, out: dict[tuple[str, int], tuple[float, ...]]
     ) -> Iterator[None]:
-        if not self.trusted(now):
+        if not self._profiles_trusted(now):
             return
         times = [now + horizon * (i + 1) / points for i in range(points)]
         fade = 2 * self.horizon
@@ -399,7 +432,7 @@ class TrafficForecaster:
             if key[0] != PARTITION:
                 continue
             tr = self._series.get(key)
-            if tr is None or not self._trusts(tr, now):  # None: dropped since the pass began
+            if tr is None or (self.distrust_profiles and not self._trusts(tr, now)):  # None: dropped
                 continue
             row = self._profile(tr, now, times, weights)
             if row is not None:
