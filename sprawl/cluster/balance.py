@@ -243,7 +243,7 @@ speak its types, and the rate figures already live apart
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -410,12 +410,12 @@ class BalanceConfig:
     early_shed: int = 0
     early_margin: float = 0.25
     early_points: int = 0
-    #: No move on a forecast off or onto a node leading a partition whose
-    #: forecast is distrusted (:attr:`PartitionLoad.distrusted`).
-    distrust_nodes: bool = False
-    #: While some partition's forecast is distrusted, a partition moved on a
-    #: forecast does not move on a forecast again for this many seconds (0: off).
-    distrust_again: float = 0.0
+    #: A node hot now that leads a partition whose forecast is under half its
+    #: present load (a sudden surge the forecaster takes as passing:
+    #: ``TrafficForecaster(surge_pass=...)``) does not shed while its forecast
+    #: load is at or below the forecast bound: no move into the surge and
+    #: back at its end.  Nodes without such a partition are not affected.
+    surge_veto: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -466,9 +466,6 @@ class PartitionLoad:
     #: (:meth:`sprawl.forecast.traffic.TrafficForecaster.partition_paths`):
     #: what ``predict_replace`` replays the reactive rule on.
     path: tuple[float, ...] | None = None
-    #: Its forecast withheld after a surprise (``TrafficForecaster.distrusted``):
-    #: no move on a forecast off or onto its leader.
-    distrusted: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -681,9 +678,7 @@ class Balancer:
         upper = mean * (1 + c.threshold)
         self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
         self._last_move = {k: t for k, t in self._last_move.items() if now - t < c.predict_cooldown}
-        self._last_predicted = {
-            k: t for k, t in self._last_predicted.items() if now - t < max(c.predict_again, c.distrust_again)
-        }
+        self._last_predicted = {k: t for k, t in self._last_predicted.items() if now - t < c.predict_again}
         self._preempted = {
             n: v for n, v in self._preempted.items() if v[0] > now and loads.get(n, 0.0) <= v[1]
         }
@@ -702,6 +697,13 @@ class Balancer:
         for p in parts:
             by_leader.setdefault(p.leader, []).append(p)
         passing = self._passing(parts, pload, nodes) if c.predict and c.predict_veto else set()
+        if c.predict and c.surge_veto and not c.predict_veto:
+            surging = {
+                p.leader
+                for p in parts
+                if p.forecast is not None and math.isfinite(p.forecast) and 2 * p.forecast < pload[p.key]
+            }
+            passing = self._passing(parts, pload, nodes) & surging if surging else set()
         by_key = {p.key: p for p in parts}
         if self._plan:
             budget -= self._follow(by_key, pload, loads, mean, upper, now, budget, d)
@@ -901,10 +903,6 @@ class Balancer:
         for n in nodes:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
-        wary = {p.leader for p in parts if p.distrusted} if c.distrust_nodes else set()
-        again = c.predict_again
-        if c.distrust_again > 0 and any(p.distrusted for p in parts):
-            again = max(again, c.distrust_again)
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
         guide = (
             self._guide(parts, pload, d, nodes)
@@ -924,9 +922,6 @@ class Balancer:
         for src in sorted(phot, key=lambda n: (-pred[n], n)):
             if src in shed_now:
                 continue  # shed reactively in this decision already
-            if src in wary:
-                d.held.append(f"{src}: predicted hot, leads a partition whose forecast is distrusted")
-                continue
             if src in self._preempted:
                 d.held.append(f"{src}: predicted hot, its moves pre-empted by earlier moves on a forecast")
                 continue
@@ -959,7 +954,7 @@ class Balancer:
                 u, f = pload[p.key], fc[p.key]
                 if not p.movable or p.key in self._last_move or p.key in moved:
                     return []
-                if now - self._last_predicted.get(p.key, -math.inf) < again:
+                if p.key in self._last_predicted:
                     return []  # moved on a forecast within ``predict_again``
                 if u <= 0 or u < c.min_partition_load or u > f:
                     return []  # not a quiet moment for it
@@ -968,7 +963,6 @@ class Balancer:
                     for r in p.replicas
                     if r != src
                     and r in loads
-                    and r not in wary
                     and loads[r] < mean
                     and loads[r] + u <= roomy
                     and loads[src] - loads[r] - u >= c.min_partition_load
@@ -985,7 +979,7 @@ class Balancer:
                 moved[p.key] = dst
                 pred[src] -= f
                 pred[dst] += f
-                if c.predict_again > 0 or c.distrust_again > 0:
+                if c.predict_again > 0:
                     self._last_predicted[p.key] = now
                 self._record(Move(p.topic, p.partition, src, dst, PREDICTED), u, loads, now, d)
 
@@ -1683,7 +1677,6 @@ def partitions_from(
     forecasts: Mapping[tuple[str, int], float] | None = None,
     profiles: Mapping[tuple[str, int], Sequence[float]] | None = None,
     paths: Mapping[tuple[str, int], Sequence[float]] | None = None,
-    distrusted: Collection[tuple[str, int]] = (),
 ) -> list[PartitionLoad]:
     """The balancer's view from the applied placement (``metadata.placement``:
     topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
@@ -1720,7 +1713,6 @@ def partitions_from(
                     forecast=None if forecasts is None else forecasts.get(key),
                     profile=None if profiles is None or key not in profiles else tuple(profiles[key]),
                     path=None if paths is None or key not in paths else tuple(paths[key]),
-                    distrusted=key in distrusted,
                 )
             )
     return out

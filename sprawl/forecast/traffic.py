@@ -114,8 +114,8 @@ class TrafficForecaster:
         surge_jump: float = SUDDEN,
         distrust: float = 0.0,
         distrust_partition: bool = False,
-        gate_open: float | None = None,
         distrust_profiles: bool = True,
+        surge_pass: bool = False,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -145,24 +145,33 @@ class TrafficForecaster:
         #: rule alone).  Cluster-wide, not per partition: one move on a
         #: forecast anywhere changes every later decision.  0: off.
         self.distrust = distrust
-        #: Distrust per partition instead (an option, off; docs/benchmarks.md
-        #: trust39): a surprise withholds only *that* partition's forecast, for
-        #: :attr:`distrust` seconds after the surprise's event closed (so its
-        #: season's echo a season later is withheld too); the other
-        #: partitions, whose models were not wrong, keep theirs.
+        #: Distrust per partition instead (earned trust's value since trust40,
+        #: docs/benchmarks.md; off here): a surprise withholds only *that*
+        #: partition's forecast, for :attr:`distrust` seconds after the
+        #: surprise's event closed (so its season's echo a season later is
+        #: withheld too); the other partitions, whose models were not wrong,
+        #: keep theirs.
         self.distrust_partition = distrust_partition
-        #: With :attr:`distrust_partition`: while any partition's surprise is
-        #: open, and for this many seconds after it closed, no forecast at all
-        #: (the cluster-wide gate for the surprise's own length).  None: off.
-        self.gate_open = gate_open
         #: With :attr:`distrust_partition`: whether the distrust withholds the
-        #: partition's profile too (:meth:`partition_profiles`), or only its
-        #: short forecasts (:meth:`partition_paths`).
+        #: partition's profile too (:meth:`partition_profiles`; trust39's form)
+        #: or only its short forecasts (:meth:`partition_paths`,
+        #: :meth:`partition_forecasts`: earned trust's value, trust40).  A
+        #: profile is the model's own forecast over the season (no anchor on
+        #: the last sample past twice :attr:`horizon`): its seasonal shape.
+        #: Withheld, the balancer takes the partition's present load as its
+        #: load at every point of the season instead -- its cycle flattened
+        #: for a whole season, a surge under way taken to last it -- and moves
+        #: on that picture (docs/benchmarks.md, trust40).
         self.distrust_profiles = distrust_profiles
+        #: With :attr:`distrust_partition`: while a partition's sudden surge
+        #: (a surprise) is open and its rate still above the top of the
+        #: interval expected when it began, :meth:`partition_paths` gives it
+        #: that top at every point -- the surge taken as passing -- instead
+        #: of nothing (``BalanceConfig.surge_veto`` then holds its node's
+        #: reactive shed: no move into a surge and back out at its end).
+        self.surge_pass = surge_pass
         #: When the last surprise opened (-inf: never).
         self.surprised_at = -math.inf
-        #: The last sample of any partition's open (or just closed) surprise.
-        self.surprise_seen = -math.inf
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
         #: Events, oldest first (open ones included, updated in place).
         self.anomalies: deque[Anomaly] = deque(maxlen=max_anomalies)
@@ -200,7 +209,6 @@ class TrafficForecaster:
                 tr.surprising = True
         if tr.surprising:
             tr.surprised = now
-            self.surprise_seen = max(self.surprise_seen, now)
             tr.surprising = tr.detector.open is not None
         tr.last = (now, value)
         held = (self.hold_seasons and tr.detector.unusual) or (
@@ -327,27 +335,15 @@ class TrafficForecaster:
         """Whether the balancer may act on the forecasts now: no surprise in
         the last :attr:`distrust` seconds (always, with it off or
         :attr:`distrust_partition`: then per partition, :meth:`_trusts`)."""
-        if self.distrust <= 0:
-            return True
-        if self.distrust_partition:
-            return self.gate_open is None or now - self.surprise_seen > self.gate_open
-        return now - self.surprised_at >= self.distrust
-
-    def _profiles_trusted(self, now: float) -> bool:
-        """:meth:`trusted` but for :attr:`gate_open`, which withholds only the
-        short forecasts: the profiles stay current, so the forecasts come
-        back with them (forecasts without profiles shed unchecked)."""
         return self.distrust <= 0 or self.distrust_partition or now - self.surprised_at >= self.distrust
 
-    def distrusted(self, now: float) -> set[tuple[str, int]]:
-        """The partitions whose forecasts are withheld now (:attr:`distrust_partition`)."""
-        if not self.distrust_partition or self.distrust <= 0:
-            return set()
-        return {
-            (str(k[1]), int(k[2]))
-            for k, tr in self._series.items()
-            if k[0] == PARTITION and now - tr.surprised < self.distrust
-        }
+    def _passing(self, tr: _Tracked) -> float | None:
+        """The top of the interval expected when ``tr``'s open sudden surge
+        began, while its rate is still above it (:attr:`surge_pass`); else None."""
+        ev = tr.detector.open
+        if ev is None or ev.kind != SURGE or tr.surge is None or tr.surge[0] != ev.start or tr.last is None:
+            return None
+        return tr.surge[1] if tr.last[1] > tr.surge[1] else None
 
     def _trusts(self, tr: _Tracked, now: float) -> bool:
         """Whether ``tr``'s forecast reaches the balancer (:attr:`distrust_partition`)."""
@@ -367,7 +363,12 @@ class TrafficForecaster:
         if not self.trusted(now):
             return out
         for key, tr in self._series.items():
-            if key[0] != PARTITION or tr.last is None or not self._trusts(tr, now):
+            if key[0] != PARTITION or tr.last is None:
+                continue
+            if not self._trusts(tr, now):
+                top = self._passing(tr) if self.surge_pass else None
+                if top is not None and tr.series.forecast(now) is not None:
+                    out[(str(key[1]), int(key[2]))] = (top,) * len(times)
                 continue
             here = tr.series.forecast(now)
             if here is None:
@@ -423,7 +424,7 @@ class TrafficForecaster:
     def _profile_steps(
         self, now: float, horizon: float, points: int, out: dict[tuple[str, int], tuple[float, ...]]
     ) -> Iterator[None]:
-        if not self._profiles_trusted(now):
+        if not self.trusted(now):
             return
         times = [now + horizon * (i + 1) / points for i in range(points)]
         fade = 2 * self.horizon
@@ -432,7 +433,9 @@ class TrafficForecaster:
             if key[0] != PARTITION:
                 continue
             tr = self._series.get(key)
-            if tr is None or (self.distrust_profiles and not self._trusts(tr, now)):  # None: dropped
+            if tr is None:  # dropped since the pass began
+                continue
+            if self.distrust_profiles and not self._trusts(tr, now):
                 continue
             row = self._profile(tr, now, times, weights)
             if row is not None:

@@ -21,11 +21,13 @@ decision clock, docs/benchmarks.md trust38; ``--window W`` windows the
 gossiped rates over W seconds, ``SimConfig.rate_window``, 0 the last
 sample alone, and ``--total T`` re-gossips them on a change of T of their
 sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
-gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
-trust39; ``--variant`` the experiments of trust40, :func:`_variant`); the
-synthetic traces take the seed (their noise, and the surges' times and
-partitions), the recorded trace has none: its draws are its recordings
-(``benchmarks.forecast_sim.RECORDINGS``, seed = index, every one run).  The simulator is seeded and runs no real
+gives trust39's distrust per partition, withholding the profiles too,
+``--cluster-wide`` the cluster-wide gate of earned trust before trust40:
+earned trust distrusts per partition and keeps the profiles since
+trust40); the synthetic traces take the seed (their noise, and the surges'
+times and partitions), the recorded trace has none: its draws are its
+recordings (``benchmarks.forecast_sim.RECORDINGS``, seed = index, every one
+run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
 appended to ``--out`` as one JSON line as it ends (a run already there is not
 run again: an interrupted sweep resumes), and the summary is printed at the
@@ -107,7 +109,7 @@ def run(
     window: float | None = None,
     total: float | None = None,
     per_partition: bool = False,
-    variant: str = "",
+    cluster_wide: bool = False,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -116,7 +118,9 @@ def run(
     rates windowed over ``window`` seconds (None: ``SimConfig.rate_window``)
     and re-gossiped on a ``total`` change of their sum (None:
     ``SimConfig.regossip_total``); ``per_partition``: earned trust's
-    distrust per partition (``SimConfig.distrust_partition``, trust39)."""
+    distrust per partition withholding the profiles too (trust39's form,
+    ``SimConfig.distrust_profiles``); ``cluster_wide``: the cluster-wide gate
+    (earned trust before trust40: ``SimConfig.distrust_partition`` off)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -132,8 +136,11 @@ def run(
     elif lasting == EARLY:
         r = simulate(tr, True, early(tr, cfg))
     else:
-        c = dataclasses.replace(earned(tr, cfg), distrust_partition=per_partition)
-        c = _variant(c, variant)
+        c = earned(tr, cfg)
+        if cluster_wide:
+            c = dataclasses.replace(c, distrust_partition=False)
+        elif per_partition:
+            c = dataclasses.replace(c, distrust_partition=True, distrust_profiles=True)
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
             c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
@@ -147,7 +154,7 @@ def run(
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
         **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
-        **({"variant": variant} if variant and mode == "earned" else {}),
+        **({"distrust": "cluster"} if cluster_wide and mode == "earned" else {}),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -159,26 +166,6 @@ def run(
         "mape": r.mape,
         "cpu": round(time.process_time() - t0, 1),
     }
-
-
-def _variant(c: SimConfig, variant: str) -> SimConfig:
-    """``c`` with the experiment ``variant`` (trust40): ``open:S`` (``SimConfig.gate_open``),
-    ``nodes`` (``BalanceConfig.distrust_nodes``), ``again:S|season``
-    (``BalanceConfig.distrust_again``), joined by ``+``."""
-    for v in filter(None, variant.split("+")):
-        name, _, arg = v.partition(":")
-        if name == "open":
-            c = dataclasses.replace(c, gate_open=float(arg))
-        elif name == "profiles":
-            c = dataclasses.replace(c, distrust_profiles=False)
-        elif name == "nodes":
-            c = dataclasses.replace(c, balance=dataclasses.replace(c.balance, distrust_nodes=True))
-        elif name == "again":
-            again = c.distrust if arg == "season" else float(arg)
-            c = dataclasses.replace(c, balance=dataclasses.replace(c.balance, distrust_again=again))
-        else:
-            raise ValueError(f"no variant {v!r}")
-    return c
 
 
 def verdict(run: dict[str, Any], reactive: dict[str, Any]) -> str:
@@ -242,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--per-partition",
         action="store_true",
-        help="earned runs distrust per partition (SimConfig.distrust_partition)",
+        help="earned runs distrust per partition withholding the profiles too (trust39's form)",
     )
-    ap.add_argument("--variant", default="", help="experiment variant of the earned runs (trust40)")
+    ap.add_argument(
+        "--cluster-wide",
+        action="store_true",
+        help="earned runs with the cluster-wide distrust gate (earned trust before trust40)",
+    )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument(
         "--out",
@@ -306,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.window,
                 a.total,
                 a.per_partition,
-                a.variant,
+                a.cluster_wide,
             ): t
             for t in todo
         }
