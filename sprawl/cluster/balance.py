@@ -410,12 +410,6 @@ class BalanceConfig:
     early_shed: int = 0
     early_margin: float = 0.25
     early_points: int = 0
-    #: A node hot now that leads a partition whose forecast is under half its
-    #: present load (a sudden surge the forecaster takes as passing:
-    #: ``TrafficForecaster(surge_pass=...)``) does not shed while its forecast
-    #: load is at or below the forecast bound: no move into the surge and
-    #: back at its end.  Nodes without such a partition are not affected.
-    surge_veto: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -697,13 +691,6 @@ class Balancer:
         for p in parts:
             by_leader.setdefault(p.leader, []).append(p)
         passing = self._passing(parts, pload, nodes) if c.predict and c.predict_veto else set()
-        if c.predict and c.surge_veto and not c.predict_veto:
-            surging = {
-                p.leader
-                for p in parts
-                if p.forecast is not None and math.isfinite(p.forecast) and 2 * p.forecast < pload[p.key]
-            }
-            passing = self._passing(parts, pload, nodes) & surging if surging else set()
         by_key = {p.key: p for p in parts}
         if self._plan:
             budget -= self._follow(by_key, pload, loads, mean, upper, now, budget, d)

@@ -4,10 +4,8 @@ Both the simulator's ``--earned`` run (:func:`sprawl.forecast.replay.earned`)
 and a real node with ``--earned-trust`` (:func:`sprawl.node.binding.make_traffic_feed`,
 :class:`sprawl.forecast.feed.TrafficFeed`) take their values from
 :func:`earned_trust`, so the two cannot drift apart: the forecaster gives the
-balancer no forecast of a partition for one season after a surprise on
-that partition (``TrafficForecaster(distrust=..., distrust_partition=True)``;
-its profile still reaches the balancer: ``distrust_profiles=False``), the
-balancer gets each partition's
+balancer no forecast for one season after a surprise
+(``TrafficForecaster(distrust=...)``), the balancer gets each partition's
 profile over one season, recomputed once a minute
 (:meth:`~sprawl.forecast.traffic.TrafficForecaster.partition_profiles`), and
 sheds on a forecast only a node predicted over the bound at half of its
@@ -15,10 +13,7 @@ profile's points or more (``BalanceConfig.predict_lasting``).  Measured in
 docs/benchmarks.md, "Predictive balancing: earned trust (issue 18, planner6)",
 and across seeds and ``predict_lasting`` 0.3-0.7 in "Earned trust: profiles
 off the reactor, and how stable its wins are (issue 18, trust35)": not stable
-on the ramp trace, so off by default.  Judged per family over many draws in
-"The forecast judged per family over many draws (issue 18, trust39)"; the
-distrust per partition, keeping the profiles, since "Distrust per partition
-without extra moves (issue 18, trust40)".
+on the ramp trace, so off by default.
 """
 
 from __future__ import annotations
@@ -52,27 +47,10 @@ class EarnedTrust:
     profile_every: float = PROFILE_EVERY
     #: ``BalanceConfig.predict_lasting``.
     lasting: float = EARNED_LASTING
-    #: ``TrafficForecaster(distrust_partition=...)``: a surprise withholds only
-    #: the surprised partition's forecasts, not every partition's (the
-    #: cluster-wide gate tied the reactive rule on the surges family; per
-    #: partition it is 65 % less hot there: docs/benchmarks.md trust39, trust40).
-    distrust_partition: bool = True
-    #: ``TrafficForecaster(distrust_profiles=...)``: whether that distrust
-    #: withholds the partition's profile too (trust39's form: the present load
-    #: stands in for it at every point, and the surges family makes 14 more
-    #: moves in sum than the reactive rule) or only its short forecasts
-    #: (trust40: the profile, the model's seasonal shape, still reaches the
-    #: balancer).
-    distrust_profiles: bool = False
-    #: ``TrafficForecaster(surge_pass=...)`` and ``BalanceConfig.surge_veto``:
-    #: a sudden surge under way is taken as passing, its node does not shed.
-    surge_pass: bool = True
 
     def balance(self, config: BalanceConfig | None = None) -> BalanceConfig:
         """``config`` (default: the defaults) with the earned-trust balancer values."""
-        return dataclasses.replace(
-            config or BalanceConfig(), predict_lasting=self.lasting, surge_veto=self.surge_pass
-        )
+        return dataclasses.replace(config or BalanceConfig(), predict_lasting=self.lasting)
 
 
 def earned_trust(season: float) -> EarnedTrust:

@@ -111,15 +111,12 @@ class SimConfig:
     #: after a surprise during which the balancer gets no forecast.
     distrust: float = 0.0
     #: ``TrafficForecaster(distrust_partition=...)``: the distrust withholds
-    #: only the surprised partition's forecast (trust39; :func:`earned` sets
-    #: it, the value of :class:`sprawl.forecast.earned.EarnedTrust`).
+    #: only the surprised partition's forecast (an option, off: trust39).
     distrust_partition: bool = False
     #: ``TrafficForecaster(distrust_profiles=...)``: with ``distrust_partition``,
-    #: the distrust withholds the partition's profile too (trust39's form),
-    #: not only its short forecasts (:func:`earned`: not, trust40).
+    #: the distrust withholds the partition's profile too (trust39's form, the
+    #: default), not only its short forecasts (an option, trust40).
     distrust_profiles: bool = True
-    #: ``TrafficForecaster(surge_pass=...)``.
-    surge_pass: bool = False
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
     #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
@@ -194,10 +191,8 @@ def season_seconds(trace: Trace) -> float:
 
 def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
     """``config`` with the *earned trust* combination (docs/benchmarks.md,
-    "Predictive balancing", ninth session): the balancer gets no forecast of a
-    partition for one season after a surprise on it (``distrust``,
-    ``distrust_partition``; its profile kept: ``distrust_profiles`` off,
-    trust40), each partition's profile over
+    "Predictive balancing", ninth session): the balancer gets no forecast for
+    one season after a surprise (``distrust``), each partition's profile over
     one season (``profile_horizon``), and sheds on a forecast only a node
     predicted over the bound at :data:`EARNED_LASTING` of the profile's
     points or more (``BalanceConfig.predict_lasting``); the values are
@@ -211,9 +206,6 @@ def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
         profile_points=e.profile_points,
         profile_every=e.profile_every,
         distrust=e.distrust,
-        distrust_partition=e.distrust_partition,
-        distrust_profiles=e.distrust_profiles,
-        surge_pass=e.surge_pass,
         balance=e.balance(c.balance),
     )
 
@@ -265,7 +257,6 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             distrust=c.distrust,
             distrust_partition=c.distrust_partition,
             distrust_profiles=c.distrust_profiles,
-            surge_pass=c.surge_pass,
         )
         if predictive
         else None

@@ -119,26 +119,16 @@ def ramp(seed: int = 2, days: float = 2.0, start: float = 30 * HOUR, length: flo
     return Trace("ramp", NODES, _replicas(keys, leaders), days * DAY, rates, ForecastConfig(seasons=(DAILY,)))
 
 
-def surge_events(
-    seed: int = 3, days: float = 2.0, per_day: int = 6
-) -> list[tuple[float, float, PartKey, float]]:
-    """The surges and silences of :func:`surges` with these arguments: (start,
-    end, partition, factor: 4 a surge, 0 a producer gone silent), in the
-    order drawn."""
-    keys = sorted(_zones(DAY, seed, days, "surges").replicas)
+def surges(seed: int = 3, days: float = 2.0, per_day: int = 6) -> Trace:
+    """A daily cycle with unannounced surges and silences."""
+    base = _zones(DAY, seed, days, "surges")
+    keys = sorted(base.replicas)
     rng = random.Random(seed)
     events: list[tuple[float, float, PartKey, float]] = []
     for _ in range(int(per_day * days)):
         t0 = rng.uniform(0, days * DAY)
         factor = 4.0 if rng.random() < 0.8 else 0.0
         events.append((t0, t0 + rng.uniform(300, 1200), rng.choice(keys), factor))
-    return events
-
-
-def surges(seed: int = 3, days: float = 2.0, per_day: int = 6) -> Trace:
-    """A daily cycle with unannounced surges and silences (:func:`surge_events`)."""
-    base = _zones(DAY, seed, days, "surges")
-    events = surge_events(seed, days, per_day)
 
     def rates(t: float) -> dict[PartKey, tuple[float, float]]:
         out = base.rates(t)

@@ -115,7 +115,6 @@ class TrafficForecaster:
         distrust: float = 0.0,
         distrust_partition: bool = False,
         distrust_profiles: bool = True,
-        surge_pass: bool = False,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -145,17 +144,16 @@ class TrafficForecaster:
         #: rule alone).  Cluster-wide, not per partition: one move on a
         #: forecast anywhere changes every later decision.  0: off.
         self.distrust = distrust
-        #: Distrust per partition instead (earned trust's value since trust40,
-        #: docs/benchmarks.md; off here): a surprise withholds only *that*
-        #: partition's forecast, for :attr:`distrust` seconds after the
-        #: surprise's event closed (so its season's echo a season later is
-        #: withheld too); the other partitions, whose models were not wrong,
-        #: keep theirs.
+        #: Distrust per partition instead (an option, off; docs/benchmarks.md
+        #: trust39): a surprise withholds only *that* partition's forecast, for
+        #: :attr:`distrust` seconds after the surprise's event closed (so its
+        #: season's echo a season later is withheld too); the other
+        #: partitions, whose models were not wrong, keep theirs.
         self.distrust_partition = distrust_partition
         #: With :attr:`distrust_partition`: whether the distrust withholds the
-        #: partition's profile too (:meth:`partition_profiles`; trust39's form)
-        #: or only its short forecasts (:meth:`partition_paths`,
-        #: :meth:`partition_forecasts`: earned trust's value, trust40).  A
+        #: partition's profile too (:meth:`partition_profiles`; trust39's form,
+        #: the default) or only its short forecasts (:meth:`partition_paths`,
+        #: :meth:`partition_forecasts`; an option, trust40).  A
         #: profile is the model's own forecast over the season (no anchor on
         #: the last sample past twice :attr:`horizon`): its seasonal shape.
         #: Withheld, the balancer takes the partition's present load as its
@@ -163,13 +161,6 @@ class TrafficForecaster:
         #: for a whole season, a surge under way taken to last it -- and moves
         #: on that picture (docs/benchmarks.md, trust40).
         self.distrust_profiles = distrust_profiles
-        #: With :attr:`distrust_partition`: while a partition's sudden surge
-        #: (a surprise) is open and its rate still above the top of the
-        #: interval expected when it began, :meth:`partition_paths` gives it
-        #: that top at every point -- the surge taken as passing -- instead
-        #: of nothing (``BalanceConfig.surge_veto`` then holds its node's
-        #: reactive shed: no move into a surge and back out at its end).
-        self.surge_pass = surge_pass
         #: When the last surprise opened (-inf: never).
         self.surprised_at = -math.inf
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
@@ -337,14 +328,6 @@ class TrafficForecaster:
         :attr:`distrust_partition`: then per partition, :meth:`_trusts`)."""
         return self.distrust <= 0 or self.distrust_partition or now - self.surprised_at >= self.distrust
 
-    def _passing(self, tr: _Tracked) -> float | None:
-        """The top of the interval expected when ``tr``'s open sudden surge
-        began, while its rate is still above it (:attr:`surge_pass`); else None."""
-        ev = tr.detector.open
-        if ev is None or ev.kind != SURGE or tr.surge is None or tr.surge[0] != ev.start or tr.last is None:
-            return None
-        return tr.surge[1] if tr.last[1] > tr.surge[1] else None
-
     def _trusts(self, tr: _Tracked, now: float) -> bool:
         """Whether ``tr``'s forecast reaches the balancer (:attr:`distrust_partition`)."""
         return not self.distrust_partition or self.distrust <= 0 or now - tr.surprised >= self.distrust
@@ -363,12 +346,7 @@ class TrafficForecaster:
         if not self.trusted(now):
             return out
         for key, tr in self._series.items():
-            if key[0] != PARTITION or tr.last is None:
-                continue
-            if not self._trusts(tr, now):
-                top = self._passing(tr) if self.surge_pass else None
-                if top is not None and tr.series.forecast(now) is not None:
-                    out[(str(key[1]), int(key[2]))] = (top,) * len(times)
+            if key[0] != PARTITION or tr.last is None or not self._trusts(tr, now):
                 continue
             here = tr.series.forecast(now)
             if here is None:

@@ -131,8 +131,8 @@ def make_traffic_feed(
     fed from the gossiped rates and this node's published and delivered
     counters (the ones the dashboard draws), read by the controller's balancer
     with ``--predictive-balance`` (and, with ``--earned-trust``, the
-    forecaster distrusts a surprised partition's forecasts for a season and
-    the feed gives profiles: :mod:`sprawl.forecast.earned`)."""
+    forecaster distrusts for a season and the feed gives profiles:
+    :mod:`sprawl.forecast.earned`)."""
     if not c.forecast:
         return None
     from sprawl.forecast.earned import earned_trust
@@ -151,9 +151,6 @@ def make_traffic_feed(
         max_series=c.forecast_max_series,
         horizon=c.forecast_horizon,
         distrust=earned.distrust if earned is not None else 0.0,
-        distrust_partition=earned is not None and earned.distrust_partition,
-        distrust_profiles=earned is None or earned.distrust_profiles,
-        surge_pass=earned is not None and earned.surge_pass,
     )
     return TrafficFeed(
         forecaster,

@@ -21,10 +21,9 @@ decision clock, docs/benchmarks.md trust38; ``--window W`` windows the
 gossiped rates over W seconds, ``SimConfig.rate_window``, 0 the last
 sample alone, and ``--total T`` re-gossips them on a change of T of their
 sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
-gives trust39's distrust per partition, withholding the profiles too,
-``--cluster-wide`` the cluster-wide gate of earned trust before trust40:
-earned trust distrusts per partition and keeps the profiles since
-trust40); the synthetic traces take the seed (their noise, and the surges'
+gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
+trust39, and ``--keep-profiles`` with it keeps the surprised partition's
+profile, ``SimConfig.distrust_profiles`` off: trust40); the synthetic traces take the seed (their noise, and the surges'
 times and partitions), the recorded trace has none: its draws are its
 recordings (``benchmarks.forecast_sim.RECORDINGS``, seed = index, every one
 run).  The simulator is seeded and runs no real
@@ -109,7 +108,7 @@ def run(
     window: float | None = None,
     total: float | None = None,
     per_partition: bool = False,
-    cluster_wide: bool = False,
+    keep_profiles: bool = False,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -118,9 +117,9 @@ def run(
     rates windowed over ``window`` seconds (None: ``SimConfig.rate_window``)
     and re-gossiped on a ``total`` change of their sum (None:
     ``SimConfig.regossip_total``); ``per_partition``: earned trust's
-    distrust per partition withholding the profiles too (trust39's form,
-    ``SimConfig.distrust_profiles``); ``cluster_wide``: the cluster-wide gate
-    (earned trust before trust40: ``SimConfig.distrust_partition`` off)."""
+    distrust per partition (``SimConfig.distrust_partition``, trust39), and
+    ``keep_profiles`` with it: the surprised partition's profile still given
+    (``SimConfig.distrust_profiles`` off, trust40)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -136,11 +135,9 @@ def run(
     elif lasting == EARLY:
         r = simulate(tr, True, early(tr, cfg))
     else:
-        c = earned(tr, cfg)
-        if cluster_wide:
-            c = dataclasses.replace(c, distrust_partition=False)
-        elif per_partition:
-            c = dataclasses.replace(c, distrust_partition=True, distrust_profiles=True)
+        c = dataclasses.replace(
+            earned(tr, cfg), distrust_partition=per_partition, distrust_profiles=not keep_profiles
+        )
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
             c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
@@ -154,7 +151,7 @@ def run(
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
         **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
-        **({"distrust": "cluster"} if cluster_wide and mode == "earned" else {}),
+        **({"keep_profiles": True} if per_partition and keep_profiles and mode == "earned" else {}),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -229,12 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--per-partition",
         action="store_true",
-        help="earned runs distrust per partition withholding the profiles too (trust39's form)",
+        help="earned runs distrust per partition (SimConfig.distrust_partition)",
     )
     ap.add_argument(
-        "--cluster-wide",
+        "--keep-profiles",
         action="store_true",
-        help="earned runs with the cluster-wide distrust gate (earned trust before trust40)",
+        help="with --per-partition: the surprised partition's profile still given (trust40)",
     )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument(
@@ -297,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.window,
                 a.total,
                 a.per_partition,
-                a.cluster_wide,
+                a.keep_profiles,
             ): t
             for t in todo
         }

@@ -41,17 +41,13 @@ def _plane(gossip: RateGossip, clock: task.Clock) -> DataPlane:
 def test_the_node_runs_the_simulators_earned_values(trace: Any, seasons: str) -> None:
     """A node with ``--earned-trust`` builds its forecaster, feed and balancer
     with exactly the values of :func:`sprawl.forecast.replay.earned` for a
-    trace of the same season: distrust (per partition, the profiles kept),
-    profile horizon, points and period, and the whole balance config (from
-    the same defaults)."""
+    trace of the same season: distrust, profile horizon, points and period,
+    and the whole balance config (from the same defaults)."""
     tr = trace()
     sim = earned(tr)
     feed = _node_feed(NodeConfig(earned_trust=True, forecast_seasons=seasons).validate())
     assert season_seconds(tr) == max(NodeConfig(forecast_seasons=seasons).forecast_season_periods)
     assert feed.forecaster.distrust == sim.distrust > 0
-    # distrust per partition, the profiles kept (trust40)
-    assert feed.forecaster.distrust_partition is sim.distrust_partition is True
-    assert feed.forecaster.distrust_profiles is sim.distrust_profiles is False
     assert feed.earned == earned_trust(season_seconds(tr))
     assert (feed.earned.profile_horizon, feed.earned.profile_points, feed.earned.profile_every) == (
         sim.profile_horizon,
@@ -69,7 +65,6 @@ def test_earned_trust_is_off_by_default_and_changes_nothing_then() -> None:
     """Without the option: no distrust, no profiles, the default balance config."""
     feed = _node_feed(NodeConfig().validate())
     assert feed.earned is None and feed.forecaster.distrust == 0.0
-    assert not feed.forecaster.distrust_partition and feed.forecaster.distrust_profiles
     assert feed.partition_profiles(0.0) is None
     plane = _plane(RateGossip({}), task.Clock())
     bind_earned_trust(plane.controller, feed)
@@ -139,39 +134,6 @@ def test_a_surprise_takes_the_profiles_away_for_the_distrust() -> None:
     assert not fc.trusted(clock.seconds())
     assert feed.partition_profiles(clock.seconds()) is None
     assert feed.partition_forecasts(clock.seconds()) == {}
-
-
-def test_with_earned_trusts_values_a_surprise_withholds_only_its_partitions_forecast() -> None:
-    """The forecaster built with :class:`EarnedTrust`'s values (distrust per
-    partition, the profiles kept, as ``make_traffic_feed`` builds it): after
-    a surprise on partition 0 the controller still gets partition 2's
-    forecast, not partition 0's, and both partitions' profiles."""
-    trust = EarnedTrust(120.0, 120.0, profile_points=4)
-    gossip = RateGossip({"a": {("t", 0): 60.0}, "b": {("t", 2): 30.0}})
-    clock = task.Clock()
-    clock.advance(1_000_000.0)
-    fc = TrafficForecaster(
-        ForecastConfig(bucket=STEP, seasons=(), warmup=3),
-        horizon=60.0,
-        distrust=trust.distrust,
-        distrust_partition=trust.distrust_partition,
-        distrust_profiles=trust.distrust_profiles,
-    )
-    feed = TrafficFeed(fc, clock, gossip, interval=STEP, earned=trust)
-    for _ in range(8):
-        feed.tick()
-        clock.advance(STEP)
-    gossip.rates["a"][("t", 0)] = 6000.0  # far past the top of its interval
-    for _ in range(12):
-        feed.tick()
-        clock.advance(STEP)
-    now = clock.seconds()
-    assert fc.trusted(now)
-    assert set(feed.partition_forecasts(now) or {}) == {("t", 2)}
-    clock.advance(trust.profile_every)
-    feed.partition_profiles(clock.seconds())  # the pass runs in slices, callLater(0)
-    clock.advance(0)
-    assert set(feed.partition_profiles(clock.seconds()) or {}) == {("t", 0), ("t", 2)}
 
 
 def test_a_calm_cluster_computes_no_profiles() -> None:

@@ -7,7 +7,6 @@ deterministic and report the forecast's MAPE."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import pytest
 
@@ -148,24 +147,15 @@ def test_earned_trust_wins_the_ramp_of_other_seeds(seed: int) -> None:
     not os.environ.get("SPRAWL_SIM_LONG"),
     reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
 )
-def test_earned_trust_keeps_the_unsurprised_partitions_forecasts_on_surges() -> None:
-    """On the surges trace (seed 3) the first surprise comes 1.7 h in; with
-    the cluster-wide gate that withdrew every forecast for a day and the next
-    surprises kept them away, so earned trust was the reactive run move for
-    move (trust39).  Distrusting per partition (trust40) only the surprised
-    partitions lose their short forecasts: earned trust keeps moving on the
-    others' forecasts after the first surprise, and the trace's daily cycle
-    costs less than half the reactive run's hot time (docs/benchmarks.md,
-    trust40).  The cluster-wide gate is kept as the contrast."""
+def test_earned_trust_falls_back_to_reactive_on_surges() -> None:
+    """On the surges trace the first surge (1.7 h in, as the forecasts warm up)
+    withdraws the forecasts for a day, and the next ones keep them away: no
+    move on a forecast, the reactive run move for move (a tie, not a win:
+    docs/benchmarks.md says why)."""
     tr = traces.surges()
-    first = min(t0 for t0, _, _, _ in traces.surge_events(3))
     ((reactive, predictive),) = compare([tr], earned(tr))
-    after = [t for t, mv in predictive.log if mv.reason == "predicted" and t > first]
-    assert after, predictive.moves_by_reason
-    assert predictive.hot_seconds < reactive.hot_seconds / 2
-    gate = simulate(tr, True, replace(earned(tr), distrust_partition=False))
-    assert gate.moves_by_reason.get("predicted", 0) == 0
-    assert gate.log == reactive.log and gate.hot_seconds == reactive.hot_seconds
+    assert predictive.moves_by_reason.get("predicted", 0) == 0
+    assert predictive.log == reactive.log and predictive.hot_seconds == reactive.hot_seconds
 
 
 def test_runs_are_deterministic() -> None:
@@ -229,7 +219,19 @@ def family_pairs(trace: str, seeds: tuple[int, ...], phases: tuple[float, ...] =
         pytest.param("hourly", FAMILY_SEEDS, id="hourly"),
         pytest.param("ramp", FAMILY_SEEDS, id="ramp"),
         pytest.param("daily", FAMILY_SEEDS, id="daily"),
-        pytest.param("surges", FAMILY_SEEDS, id="surges"),
+        pytest.param(
+            "surges",
+            FAMILY_SEEDS,
+            id="surges",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a tie in sum, not a win: 107,710 s hot against 109,285 (-1 %, interval -11,380..+8,550 "
+                "across zero), moves 630 against 637, delayed 115,367 against 117,597; 4 of 16 draws are the "
+                "reactive run move for move (the distrust gate), the others differ by 0-5 forecast moves and the "
+                "chaos they set off (docs/benchmarks.md, trust39); distrust per partition is 65-67 % less hot but "
+                "makes 9-14 more moves in sum in every form that keeps that win (trust39, trust40)",
+            ),
+        ),
         # recorded: test_earned_trust_wins_the_paired_aggregate_of_the_recordings (every run)
     ],
 )
@@ -253,10 +255,12 @@ def test_earned_trust_wins_the_paired_aggregate_of_hourly_seeds_1_and_2() -> Non
 
 
 def test_earned_trust_wins_the_paired_aggregate_of_the_recordings() -> None:
-    """The recorded family (every run: 15 minutes of trace, well under a
-    second of CPU a run): the recorded trace has no seed, its draws are its
-    recordings (``benchmarks.forecast_sim.RECORDINGS``, two since trust40) at
-    both clock phases, 4 draws."""
+    """The recorded family, every run (15 minutes of trace: well under a second
+    of CPU a run): the recorded trace has no seed, its draws are its
+    recordings (``benchmarks.forecast_sim.RECORDINGS``: two since trust40,
+    made by ``benchmarks.forecast_record`` with the same schedule) at both
+    clock phases, 4 draws.  With the first recording alone (2 draws, one a
+    tie) no interval could be clear of zero (trust39)."""
     ps = family_pairs("recorded", (0, 1))
     g = paired.aggregate(ps, "recorded")
     assert g.n == 4, g.line()
