@@ -113,6 +113,10 @@ class SimConfig:
     #: ``TrafficForecaster(distrust_partition=...)``: the distrust withholds
     #: only the surprised partition's forecast (an option, off: trust39).
     distrust_partition: bool = False
+    #: ``TrafficForecaster(distrust_profiles=...)``: with ``distrust_partition``,
+    #: the distrust withholds the partition's profile too (trust39's form, the
+    #: default), not only its short forecasts (an option, trust40).
+    distrust_profiles: bool = True
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
     #: :class:`~sprawl.forecast.budget.MoveBudget` has more than ``budget_reserve``
@@ -252,6 +256,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
             surge_jump=c.surge_jump,
             distrust=c.distrust,
             distrust_partition=c.distrust_partition,
+            distrust_profiles=c.distrust_profiles,
         )
         if predictive
         else None

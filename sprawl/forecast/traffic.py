@@ -114,6 +114,7 @@ class TrafficForecaster:
         surge_jump: float = SUDDEN,
         distrust: float = 0.0,
         distrust_partition: bool = False,
+        distrust_profiles: bool = True,
     ) -> None:
         if max_series < 1 or max_anomalies < 1 or horizon < 0:
             raise ValueError("need max_series >= 1, max_anomalies >= 1, horizon >= 0")
@@ -149,6 +150,17 @@ class TrafficForecaster:
         #: season's echo a season later is withheld too); the other
         #: partitions, whose models were not wrong, keep theirs.
         self.distrust_partition = distrust_partition
+        #: With :attr:`distrust_partition`: whether the distrust withholds the
+        #: partition's profile too (:meth:`partition_profiles`; trust39's form,
+        #: the default) or only its short forecasts (:meth:`partition_paths`,
+        #: :meth:`partition_forecasts`; an option, trust40).  A
+        #: profile is the model's own forecast over the season (no anchor on
+        #: the last sample past twice :attr:`horizon`): its seasonal shape.
+        #: Withheld, the balancer takes the partition's present load as its
+        #: load at every point of the season instead -- its cycle flattened
+        #: for a whole season, a surge under way taken to last it -- and moves
+        #: on that picture (docs/benchmarks.md, trust40).
+        self.distrust_profiles = distrust_profiles
         #: When the last surprise opened (-inf: never).
         self.surprised_at = -math.inf
         self._series: OrderedDict[Key, _Tracked] = OrderedDict()
@@ -399,7 +411,9 @@ class TrafficForecaster:
             if key[0] != PARTITION:
                 continue
             tr = self._series.get(key)
-            if tr is None or not self._trusts(tr, now):  # None: dropped since the pass began
+            if tr is None:  # dropped since the pass began
+                continue
+            if self.distrust_profiles and not self._trusts(tr, now):
                 continue
             row = self._profile(tr, now, times, weights)
             if row is not None:

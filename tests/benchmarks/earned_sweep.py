@@ -22,9 +22,11 @@ gossiped rates over W seconds, ``SimConfig.rate_window``, 0 the last
 sample alone, and ``--total T`` re-gossips them on a change of T of their
 sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
 gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
-trust39); the synthetic traces
-take the seed (their noise, and the surges' times and partitions), the
-recorded trace has none (one run).  The simulator is seeded and runs no real
+trust39, and ``--keep-profiles`` with it keeps the surprised partition's
+profile, ``SimConfig.distrust_profiles`` off: trust40); the synthetic traces take the seed (their noise, and the surges'
+times and partitions), the recorded trace has none: its draws are its
+recordings (``benchmarks.forecast_sim.RECORDINGS``, seed = index, every one
+run).  The simulator is seeded and runs no real
 time, so the figures do not depend on the machine's load.  Every run is
 appended to ``--out`` as one JSON line as it ends (a run already there is not
 run again: an interrupted sweep resumes), and the summary is printed at the
@@ -54,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import paired
-from benchmarks.forecast_sim import RECORDED_CONFIG, RECORDED_PERIOD, TRACE
+from benchmarks.forecast_sim import RECORDED_CONFIG, RECORDED_PERIOD, RECORDINGS
 from sprawl.forecast import traces
 from sprawl.forecast.replay import SimConfig, Trace, early, earned, season_seconds, simulate
 
@@ -73,7 +75,7 @@ def trace_of(name: str, seed: int) -> tuple[Trace, SimConfig]:
     if name == "surges":
         return traces.surges(seed=seed), SimConfig()
     if name == "recorded":
-        return traces.recorded(TRACE, period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG
+        return traces.recorded(RECORDINGS[seed], period=RECORDED_PERIOD, bucket=10.0), RECORDED_CONFIG
     raise ValueError(f"no trace {name!r}")
 
 
@@ -106,6 +108,7 @@ def run(
     window: float | None = None,
     total: float | None = None,
     per_partition: bool = False,
+    keep_profiles: bool = False,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -114,7 +117,9 @@ def run(
     rates windowed over ``window`` seconds (None: ``SimConfig.rate_window``)
     and re-gossiped on a ``total`` change of their sum (None:
     ``SimConfig.regossip_total``); ``per_partition``: earned trust's
-    distrust per partition (``SimConfig.distrust_partition``, trust39)."""
+    distrust per partition (``SimConfig.distrust_partition``, trust39), and
+    ``keep_profiles`` with it: the surprised partition's profile still given
+    (``SimConfig.distrust_profiles`` off, trust40)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -130,7 +135,9 @@ def run(
     elif lasting == EARLY:
         r = simulate(tr, True, early(tr, cfg))
     else:
-        c = dataclasses.replace(earned(tr, cfg), distrust_partition=per_partition)
+        c = dataclasses.replace(
+            earned(tr, cfg), distrust_partition=per_partition, distrust_profiles=not keep_profiles
+        )
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
             c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
@@ -144,6 +151,7 @@ def run(
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
         **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
+        **({"keep_profiles": True} if per_partition and keep_profiles and mode == "earned" else {}),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -220,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="earned runs distrust per partition (SimConfig.distrust_partition)",
     )
+    ap.add_argument(
+        "--keep-profiles",
+        action="store_true",
+        help="with --per-partition: the surprised partition's profile still given (trust40)",
+    )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument(
         "--out",
@@ -266,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     for lasting in [*lastings, *([EARLY] if a.early else [])]:
         for seed in [int(s) for s in a.seeds.split(",") if s] or [0]:
             for name in a.traces.split(","):
-                s_ = 0 if name == "recorded" else (seed or DEFAULT_SEEDS[name])
-                for want in ((name, s_, None), (name, s_, lasting)):
-                    if want not in have and want not in todo:
-                        todo.append(want)
+                # the recorded trace's draws are its recordings (every one, whatever the seeds)
+                for s_ in range(len(RECORDINGS)) if name == "recorded" else [seed or DEFAULT_SEEDS[name]]:
+                    for want in ((name, s_, None), (name, s_, lasting)):
+                        if want not in have and want not in todo:
+                            todo.append(want)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool, out.open("a") as f:
         futures = {
             pool.submit(
@@ -280,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.window,
                 a.total,
                 a.per_partition,
+                a.keep_profiles,
             ): t
             for t in todo
         }

@@ -25,7 +25,10 @@ schedule: bench start-up gaps, batching and the gossip's 20% change rule are
 in them.  ``PYTHONPATH=tests python -m benchmarks.forecast_sim --trace FILE`` replays the file.
 
 ``tests/data/forecast_trace.csv`` was recorded with ``--seconds 900
---cycle 300`` (2026-12-05, 15 minutes, 1,781 rows, 56 KB).
+--cycle 300`` (2026-12-05, 15 minutes, 1,781 rows, 56 KB), and
+``tests/data/forecast_trace_1.csv`` with the same arguments (2026-12-06,
+1,748 rows: the recorded family's second draw, ``benchmarks.forecast_sim.RECORDINGS``;
+docs/benchmarks.md, trust40).
 """
 
 from __future__ import annotations

@@ -74,6 +74,12 @@ from sprawl.forecast.replay import (
 )
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "forecast_trace.csv"
+#: Every recording of ``benchmarks.forecast_record`` (``--seconds 900 --cycle
+#: 300``, the same schedule): the recorded family's draws, by index (the
+#: "seed" of ``earned_sweep``'s recorded runs).  The first is :data:`TRACE`
+#: (2026-12-05); the second was recorded by trust40 (2026-12-06, load 2.7-7.8 on
+#: the shared 2-core host), the cluster's own noise its only difference.
+RECORDINGS = (TRACE, TRACE.with_name("forecast_trace_1.csv"))
 
 #: How the recorded trace is read and simulated (see the module docstring).
 RECORDED_PERIOD = 300.0

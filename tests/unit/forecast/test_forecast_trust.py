@@ -6,6 +6,7 @@ do not cost the trust."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from sprawl.forecast.holtwinters import ForecastConfig
@@ -99,3 +100,32 @@ def test_distrust_per_partition_withholds_only_the_surprised_partition() -> None
     assert set(fc.partition_forecasts(t)) == {("t", 1)}
     t = run(fc, t, closed + 300.0 - t, {})
     assert set(fc.partition_forecasts(t)) == {("t", 0), ("t", 1)}
+
+
+def test_distrust_per_partition_keeps_the_surprised_partitions_profile() -> None:
+    """Earned trust's form since trust40 (``distrust_profiles=False``): after
+    a 4x surge on partition 0 its short forecasts (paths, forecasts) stay
+    withheld for the distrust, but its profile reaches the balancer: the
+    model's seasonal shape, the hump partition 1 has too (withheld, the
+    balancer would take the partition's present load as its load at every
+    point of the season: its cycle flattened).  With ``distrust_profiles``
+    (trust39's form) the profile is withheld too."""
+    for keep in (True, False):
+        fc = TrafficForecaster(
+            CFG, horizon=30.0, distrust=300.0, distrust_partition=True, distrust_profiles=not keep
+        )
+        t = run(fc, 0.0, 1800.0, {})
+        t = run(fc, t, 120.0, {0: 4.0})
+        t = run(fc, t, 120.0, {})  # the surge is over; the distrust is not
+        assert set(fc.partition_paths(t)) == {("t", 1)}
+        assert set(fc.partition_forecasts(t)) == {("t", 1)}
+        profiles = fc.partition_profiles(t, 600.0, points=6)
+        if not keep:
+            assert set(profiles) == {("t", 1)}
+            continue
+        assert set(profiles) == {("t", 0), ("t", 1)}
+        # the hump over the season (not flat at the present load), rising and
+        # falling where partition 1's does (its level still low after the surge)
+        ours, other = profiles[("t", 0)], profiles[("t", 1)]
+        assert max(ours) - min(ours) > 100.0
+        assert [b > a for a, b in itertools.pairwise(ours)] == [b > a for a, b in itertools.pairwise(other)]
