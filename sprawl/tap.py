@@ -181,7 +181,8 @@ _DOCS = {
     "earned-trust": (
         "Predictive balancing only on forecasts that earned trust: none for one season after a surprise, "
         "and a node sheds on a forecast only if predicted hot over half of the next season "
-        "(needs --predictive-balance and a season): true or false [default: false]."
+        "(needs --predictive-balance and a season): true or false [default: on whenever predictive "
+        "balancing has a season]."
     ),
     "forecast-interval": "How often every rate is sampled for the forecasts [default: 5s].",
     "forecast-step": "The forecast model's step and seasonal bucket [default: 1m].",

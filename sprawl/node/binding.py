@@ -145,7 +145,7 @@ def make_traffic_feed(
         bucket=c.forecast_step,
         seasons=tuple(round(period / c.forecast_step) for period in c.forecast_season_periods),
     )
-    earned = earned_trust(max(c.forecast_season_periods)) if c.earned_trust else None
+    earned = earned_trust(max(c.forecast_season_periods)) if c.earned_trust_on else None
     forecaster = TrafficForecaster(
         model,
         max_series=c.forecast_max_series,

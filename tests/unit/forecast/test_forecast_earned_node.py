@@ -61,9 +61,21 @@ def test_the_node_runs_the_simulators_earned_values(trace: Any, seasons: str) ->
     assert plane.controller.profiles == feed.partition_profiles
 
 
-def test_earned_trust_is_off_by_default_and_changes_nothing_then() -> None:
-    """Without the option: no distrust, no profiles, the default balance config."""
+def test_earned_trust_is_on_by_default() -> None:
+    """A node's defaults (predictive balancing, the daily season) run earned
+    trust: the rule that meets the simulation's bar where the plain
+    predictive rule makes more moves than the reactive one (issue 18)."""
     feed = _node_feed(NodeConfig().validate())
+    assert feed.earned is not None and feed.forecaster.distrust == 86400.0
+    plane = _plane(RateGossip({}), task.Clock())
+    bind_earned_trust(plane.controller, feed)
+    assert plane.controller.profiles == feed.partition_profiles
+    assert plane.balancer.config.predict_lasting > 0
+
+
+def test_earned_trust_off_changes_nothing() -> None:
+    """With ``--earned-trust false``: no distrust, no profiles, the default balance config."""
+    feed = _node_feed(NodeConfig(earned_trust=False).validate())
     assert feed.earned is None and feed.forecaster.distrust == 0.0
     assert feed.partition_profiles(0.0) is None
     plane = _plane(RateGossip({}), task.Clock())

@@ -499,9 +499,18 @@ def test_forecast_options(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 
 def test_earned_trust_option(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """--earned-trust: off by default; the CLI, SPRAWL_EARNED_TRUST and a config
-    file turn it on; refused at start without a season or predictive balancing."""
-    assert parse().earned_trust is False
+    """--earned-trust: by default on whenever predictive balancing has a season
+    (and off without one, not refused); the CLI, SPRAWL_EARNED_TRUST and a config
+    file set it; ``true`` is refused at start without a season or predictive
+    balancing; ``false`` turns it off."""
+    assert parse().earned_trust is None and parse().earned_trust_on is True
+    assert parse("--earned-trust", "false").earned_trust_on is False
+    for without in (
+        ["--forecast-seasons", "none", "--forecast-step", "5s"],
+        ["--predictive-balance", "false"],
+        ["--forecast", "false"],
+    ):
+        assert parse(*without).earned_trust_on is False
     assert parse("--earned-trust", "true").earned_trust is True
     clean_env.setenv("SPRAWL_EARNED_TRUST", "on")
     assert parse().earned_trust is True
