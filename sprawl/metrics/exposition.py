@@ -66,12 +66,16 @@ def header(name: str, doc: str) -> str:
 _HEADERS = tuple(header(n, d) for n, d in PARTITION_FAMILIES)
 _GROUP_HEADERS = tuple(header(n, d) for n, d in GROUP_FAMILIES)
 _COLUMNS = tuple(itemgetter(i) for i in range(len(PARTITION_FAMILIES)))
+_NAMES = tuple(n for n, _ in PARTITION_FAMILIES)
+_TIER = "sprawl_partition_tier_bytes"
 
 
 def partition_lines(
     topic: str, partition: int, hw: int, start: int, end: int, hot: int, segments: Any
 ) -> tuple[str, ...]:
-    """The lines of one partition, one string per family of :data:`PARTITION_FAMILIES`."""
+    """The lines of one partition, one string per family of :data:`PARTITION_FAMILIES`, each
+    without the family's name in front of its first line (the render puts it there: a
+    10,000-partition node keeps 10,000 strings a family, 35 characters fewer each)."""
     lmdb = s3 = 0
     for s in segments:
         if s.remote is None:
@@ -81,15 +85,15 @@ def partition_lines(
     p = escape_label_value(str(partition))
     t = escape_label_value(topic)
     labels = f'{{partition="{p}",topic="{t}"}} '
-    tier = f'sprawl_partition_tier_bytes{{partition="{p}",tier='
+    tier = f'{{partition="{p}",tier='
     return (
-        f"sprawl_partition_high_watermark{labels}{floatToGoString(hw)}\n",
-        f"sprawl_partition_log_start_offset{labels}{floatToGoString(start)}\n",
-        f"sprawl_partition_log_end_offset{labels}{floatToGoString(end)}\n",
-        f"sprawl_partition_replication_lag_messages{labels}{floatToGoString(max(0, end - hw))}\n",
+        f"{labels}{floatToGoString(hw)}\n",
+        f"{labels}{floatToGoString(start)}\n",
+        f"{labels}{floatToGoString(end)}\n",
+        f"{labels}{floatToGoString(max(0, end - hw))}\n",
         f'{tier}"memory",topic="{t}"}} {floatToGoString(hot)}\n'
-        f'{tier}"lmdb",topic="{t}"}} {floatToGoString(lmdb)}\n'
-        f'{tier}"s3",topic="{t}"}} {floatToGoString(s3)}\n',
+        f'{_TIER}{tier}"lmdb",topic="{t}"}} {floatToGoString(lmdb)}\n'
+        f'{_TIER}{tier}"s3",topic="{t}"}} {floatToGoString(s3)}\n',
     )
 
 
@@ -150,9 +154,11 @@ class PartitionExposition:
         self.built += built
         self.hot_bytes = hot_total
         out: list[str] = []
-        for head, column in zip(_HEADERS, _COLUMNS, strict=True):
+        for head, name, column in zip(_HEADERS, _NAMES, _COLUMNS, strict=True):
             out.append(head)
-            out.append("".join(map(column, rows)))
+            if rows:  # (each kept line lacks its family's name: joined in, C's work)
+                out.append(name)
+                out.append(name.join(map(column, rows)))
         out.append(_GROUP_HEADERS[0])
         out.append("".join(lag))
         out.append(_GROUP_HEADERS[1])
