@@ -316,7 +316,7 @@ class NodeMetrics:
             rest = generate_latest(self.registry)
         finally:
             state.written = False
-        return rest + partitions.encode("utf-8")
+        return rest + partitions
 
     def scrape(self, accept_encoding: bytes | str | None = None) -> tuple[bytes, bytes | None]:
         """``GET /metrics``'s body and its ``Content-Encoding`` (None: as is): gzipped
@@ -362,11 +362,11 @@ class _StateCollector:
     def describe(self) -> list:
         return []
 
-    def partition_text(self) -> str:
-        """The per-partition and per-group families as text ("" without a broker)."""
+    def partition_text(self) -> bytes:
+        """The per-partition and per-group families as UTF-8 text (b"" without a broker)."""
         broker = self.metrics.broker
         if broker is None:
-            return ""
+            return b""
         return self.exposition.render(broker.topics.values())
 
     def collect(self) -> Any:

@@ -109,12 +109,20 @@ class PartitionExposition:
         self.built = 0
         #: The hot tail bytes of every partition, summed by the last :meth:`render`.
         self.hot_bytes = 0
+        #: The last render's partition families, encoded, and its partitions in order
+        #: (``id(log)``): a render that builds no line and meets the same partitions in the
+        #: same order sends these again (no join, no encoding: 5.5 MB at 10,000 partitions).
+        self._text = b""
+        self._order: list[int] = []
+        #: Renders that sent the last partition families again (for tests and benchmarks).
+        self.reused = 0
 
-    def render(self, topics: Iterable[Topic]) -> str:
-        """The text of :data:`PARTITION_FAMILIES` and :data:`GROUP_FAMILIES` for ``topics``."""
+    def render(self, topics: Iterable[Topic]) -> bytes:
+        """The text of :data:`PARTITION_FAMILIES` and :data:`GROUP_FAMILIES` for ``topics``, UTF-8."""
         kept = self._kept
         fresh: dict[int, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
         rows: list[tuple[str, ...]] = []
+        order: list[int] = []
         lag: list[str] = []
         leased: list[str] = []
         hot_total = 0
@@ -141,8 +149,10 @@ class PartitionExposition:
                 else:
                     lines = partition_lines(name, lg.partition, key[2], key[3], key[4], hot, segs)
                     built += 1
-                fresh[id(lg)] = (key, lines)
+                ident = id(lg)
+                fresh[ident] = (key, lines)
                 rows.append(lines)
+                order.append(ident)
             if t.groups:
                 hws = t.high_watermarks()
                 labels = escape_label_value(name)
@@ -153,17 +163,21 @@ class PartitionExposition:
         self._kept = fresh
         self.built += built
         self.hot_bytes = hot_total
-        out: list[str] = []
-        for head, name, column in zip(_HEADERS, _NAMES, _COLUMNS, strict=True):
-            out.append(head)
-            if rows:  # (each kept line lacks its family's name: joined in, C's work)
-                out.append(name)
-                out.append(name.join(map(column, rows)))
-        out.append(_GROUP_HEADERS[0])
-        out.append("".join(lag))
-        out.append(_GROUP_HEADERS[1])
-        out.append("".join(leased))
-        return "".join(out)
+        if built == 0 and order == self._order and self._text:
+            # (no line built, the same logs in the same order: the same lines, as sent last time)
+            text = self._text
+            self.reused += 1
+        else:
+            out: list[str] = []
+            for head, name, column in zip(_HEADERS, _NAMES, _COLUMNS, strict=True):
+                out.append(head)
+                if rows:  # (each kept line lacks its family's name: joined in, C's work)
+                    out.append(name)
+                    out.append(name.join(map(column, rows)))
+            text = self._text = "".join(out).encode("utf-8")
+            self._order = order
+        groups = [_GROUP_HEADERS[0], *lag, _GROUP_HEADERS[1], *leased]
+        return b"".join((text, "".join(groups).encode("utf-8")))
 
 
 #: The gzip level of a compressed scrape: level 1 packs a 10,000-partition node's 5.5 MB to

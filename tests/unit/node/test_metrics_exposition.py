@@ -155,14 +155,33 @@ def test_a_scrape_costs_no_prometheus_client_call_per_partition(monkeypatch: pyt
     assert built == 200
     first = m.render()
     assert m._state.exposition.built == built  # nothing changed: nothing built
+    assert m._state.exposition.reused == 1  # ... and the families sent as they were
     lg = m.broker.topics["t7"].logs[0]  # type: ignore[union-attr]
     lg.next_offset += 1
     second = m.render()
     assert m._state.exposition.built == built + 1
+    assert m._state.exposition.reused == 1
     assert (
         first != second
         and 'sprawl_partition_log_end_offset{partition="0",topic="t7"} 21.0' in second.decode()
     )
+
+
+def test_a_deleted_topic_goes_though_no_line_was_built() -> None:
+    """Deleting a topic builds no line, but the families are written again without it; a
+    topic created again under its name (the same figures) is written where it now is."""
+    topics = [topic(f"t{i}") for i in range(3)]
+    b = broker(topics)
+    kept = PartitionExposition()
+    kept.render(b.topics.values())
+    gone = b.topics.pop("t1")
+    text = kept.render(b.topics.values()).decode()
+    assert 'topic="t1"' not in text and 'topic="t2"' in text and kept.reused == 0
+    b.topics["t1"] = gone
+    assert kept.render(b.topics.values()) == PartitionExposition().render(b.topics.values())
+    assert kept.reused == 0
+    assert kept.render(b.topics.values()) == PartitionExposition().render(b.topics.values())
+    assert kept.reused == 1
 
 
 def rec(size: int) -> Record:
@@ -228,7 +247,7 @@ def test_a_segment_moved_to_s3_moves_its_bytes() -> None:
     lg.follow_remote(lg.log_start, [remote(s.base, s.last, s.bytes)])
     after = kept.render([t])
     assert after == PartitionExposition().render([t]) != before
-    assert f'tier="s3",topic="t"}} {float(s.bytes)}' in after
+    assert f'tier="s3",topic="t"}} {float(s.bytes)}' in after.decode()
 
 
 @pytest.mark.parametrize(
