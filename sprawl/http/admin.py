@@ -164,9 +164,15 @@ class AdminRoutes:
         return answer
 
     def metrics_text(self, request: Request) -> object:
-        """``GET /metrics``: the Prometheus text format."""
+        """``GET /metrics``: the Prometheus text format, gzipped if the scraper takes gzip."""
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return self.metrics.render() if self.metrics is not None else b""
+        if self.metrics is None:
+            return b""
+        body, encoding = self.metrics.scrape(request.getHeader(b"accept-encoding"))
+        request.setHeader(b"vary", b"Accept-Encoding")
+        if encoding is not None:
+            request.setHeader(b"content-encoding", encoding)
+        return body
 
     # -- dashboard ------------------------------------------------------------------------
 

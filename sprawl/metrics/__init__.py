@@ -12,6 +12,7 @@ and registered with :meth:`NodeMetrics.register` once the parts exist.
 
 from __future__ import annotations
 
+import gzip
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sprawl.metrics.cells import CounterFamily, HistogramCell, HistogramFamily
+from sprawl.metrics.exposition import GZIP_LEVEL, PartitionExposition, accepts_gzip
 
 if TYPE_CHECKING:
     from sprawl.delivery.streams import StreamRegistry
@@ -199,7 +201,8 @@ class NodeMetrics:
             ["generation"],
             registry=r,
         )
-        r.register(_StateCollector(self))
+        self._state = _StateCollector(self)
+        r.register(self._state)
         self._commit_seconds: HistogramCell = self.lmdb_commit_duration.cell
         self._commit_ops: HistogramCell = self.lmdb_commit_ops.cell
 
@@ -299,8 +302,30 @@ class NodeMetrics:
                 del family.children[labels]
 
     def render(self) -> bytes:
-        """Prometheus text exposition format 0.0.4."""
-        return generate_latest(self.registry)
+        """Prometheus text exposition format 0.0.4.
+
+        The per-partition and per-group families are written by the state collector's
+        :class:`~sprawl.metrics.exposition.PartitionExposition` (after the rest, each
+        partition's lines kept while its figures stand); the rest by prometheus_client.
+        The same series, labels and values as ``generate_latest(self.registry)``, which
+        still writes everything through prometheus_client."""
+        state = self._state
+        partitions = state.partition_text()
+        state.written = True
+        try:
+            rest = generate_latest(self.registry)
+        finally:
+            state.written = False
+        return rest + partitions
+
+    def scrape(self, accept_encoding: bytes | str | None = None) -> tuple[bytes, bytes | None]:
+        """``GET /metrics``'s body and its ``Content-Encoding`` (None: as is): gzipped
+        (:data:`~sprawl.metrics.exposition.GZIP_LEVEL`) when ``accept_encoding`` takes
+        gzip, as Prometheus's scrapes do -- 5.5 MB at 10,000 partitions, 315 kB gzipped."""
+        body = self.render()
+        if accepts_gzip(accept_encoding):
+            return gzip.compress(body, GZIP_LEVEL, mtime=0), b"gzip"
+        return body, None
 
 
 #: The most labelled children :func:`_children` keeps (beyond it, looked up each time).
@@ -327,14 +352,34 @@ class _StateCollector:
 
     def __init__(self, metrics: NodeMetrics):
         self.metrics = metrics
+        #: Writes the per-partition and per-group families for :meth:`NodeMetrics.render`.
+        self.exposition = PartitionExposition()
+        #: Set by :meth:`NodeMetrics.render` while it runs: those families were written
+        #: by :meth:`partition_text` already (and the hot bytes summed), so
+        #: :meth:`collect` leaves them out.
+        self.written = False
 
     def describe(self) -> list:
         return []
+
+    def partition_text(self) -> bytes:
+        """The per-partition and per-group families as UTF-8 text (b"" without a broker)."""
+        broker = self.metrics.broker
+        if broker is None:
+            return b""
+        return self.exposition.render(broker.topics.values())
 
     def collect(self) -> Any:
         broker = self.metrics.broker
         if broker is None:
             return
+        if not self.written:
+            yield from self._partition_families(broker)
+        yield from self._node_families(broker)
+
+    def _partition_families(self, broker: Broker) -> Any:
+        """The per-partition and per-group families through prometheus_client (the
+        reference :class:`PartitionExposition` is tested against)."""
         hw = GaugeMetricFamily(
             "sprawl_partition_high_watermark",
             "First offset consumers cannot see yet",
@@ -388,6 +433,9 @@ class _StateCollector:
         yield tier
         yield lag
         yield inflight
+
+    def _node_families(self, broker: Broker) -> Any:
+        """The node's own gauges and counters read from the broker and its store."""
         topics = GaugeMetricFamily("sprawl_topics", "Topics on this node")
         topics.add_metric([], len(broker.topics))
         yield topics
@@ -399,7 +447,10 @@ class _StateCollector:
         budget.add_metric([], broker.config.disk_budget)
         yield budget
         mem = GaugeMetricFamily("sprawl_memory_hot_bytes", "Bytes held in hot tails in memory")
-        mem.add_metric([], sum(lg.hot_bytes for t in broker.topics.values() for lg in t.logs))
+        if self.written:  # (summed by the exposition's pass over the partitions)
+            mem.add_metric([], self.exposition.hot_bytes)
+        else:
+            mem.add_metric([], sum(lg.hot_bytes for t in broker.topics.values() for lg in t.logs))
         yield mem
         mbudget = GaugeMetricFamily("sprawl_memory_budget_bytes", "The --memory-budget")
         mbudget.add_metric([], broker.config.memory_budget)
