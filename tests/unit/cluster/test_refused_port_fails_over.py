@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from twisted.internet import task
 
+from sprawl.cluster import fault_watch
 from sprawl.cluster.fault_watch import FaultWatch
 from sprawl.replication.envelope import Envelope
 from sprawl.replication.failover import FailoverCore
@@ -210,3 +211,79 @@ def test_the_fault_watch_hands_a_refused_probe_to_the_controller(monkeypatch: An
     assert plane.calls == [] and plane.refusals == []
     watch.probed("b", "refused")
     assert plane.calls == [("b", 4.9)] and plane.refusals == [("b", 4.9)]
+
+
+def test_a_probe_reset_before_a_word_is_made_again_at_once(monkeypatch: Any) -> None:
+    """A killed process's listening socket still completes connections while
+    the kernel frees its memory, then resets them: the probe made at the
+    peer connection's loss is closed before the peer says anything. It is
+    made again :data:`QUICK_REPROBE` later (not a second later), at most
+    :data:`QUICK_PROBES` times per lost connection -- and the refusal of the
+    re-probe fails the node over. A probe that timed out, or that answered,
+    is not repeated early."""
+    clock = task.Clock()
+    plane = _Plane()
+    watch = FaultWatch("a", clock, None, None, plane, None, (1, 1))  # type: ignore[arg-type]
+    monkeypatch.setattr(FaultWatch, "tick", lambda self: None)
+    probes: list[tuple[str, float]] = []
+
+    def probe(self: FaultWatch, node: str, every: float = 1.0) -> None:
+        now = clock.seconds()
+        if node in self._probing or now - self._probed_at.get(node, -1e9) < every:
+            return
+        self._probed_at[node] = now
+        self._probing.add(node)
+        probes.append((node, now))
+
+    monkeypatch.setattr(FaultWatch, "_maybe_probe", probe)
+    clock.advance(5.0)
+    watch.peer_lost("b")
+    assert probes == [("b", 5.0)]
+    watch.probed("b", "silent", closed=True)  # reset while the process dies
+    clock.advance(fault_watch.QUICK_REPROBE)
+    assert probes[-1] == ("b", 5.0 + fault_watch.QUICK_REPROBE)
+    watch.probed("b", "refused")
+    assert plane.calls == [("b", 5.0 + fault_watch.QUICK_REPROBE)]
+
+    # bounded: a node that keeps closing probes gets QUICK_PROBES quick ones per loss
+    probes.clear()
+    watch.peer_lost("c")
+    for _ in range(fault_watch.QUICK_PROBES + 2):
+        watch.probed("c", "silent", closed=True)
+        clock.advance(fault_watch.QUICK_REPROBE)
+    assert len(probes) == 1 + fault_watch.QUICK_PROBES
+    clock.advance(2.0)
+    watch.peer_lost("c")  # a new loss: quick probes again
+    watch.probed("c", "silent", closed=True)
+    clock.advance(fault_watch.QUICK_REPROBE)
+    assert len(probes) == 3 + fault_watch.QUICK_PROBES
+
+    # a timed-out probe (closed=False) and an answer are not repeated early
+    probes.clear()
+    clock.advance(2.0)
+    watch.peer_lost("d")
+    watch.probed("d", "silent")
+    watch.probed("d", "answers")
+    clock.advance(0.5)
+    assert probes == [("d", clock.seconds() - 0.5)]
+    watch.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_probe_tells_a_reset_from_a_timeout() -> None:
+    """``_Probe``: a connection lost before its timer ran is ``closed``; one
+    whose timer ran (a stopped process that accepts and says nothing) is not."""
+    clock = task.Clock()
+    got: list[tuple[str, bool]] = []
+    done = SimpleNamespace(clock=clock, result=lambda reach, closed=False: got.append((reach, closed)))
+    reset = fault_watch._Probe(done)
+    reset.transport = SimpleNamespace(abortConnection=lambda: None)
+    reset.connectionMade()
+    reset.connectionLost()
+    slow = fault_watch._Probe(done)
+    slow.transport = SimpleNamespace(abortConnection=lambda: slow.connectionLost())
+    slow.connectionMade()
+    clock.advance(fault_watch.PROBE_TIMEOUT)
+    assert got[0] == ("silent", True)
+    assert got[1] == ("silent", False)
+    assert clock.getDelayedCalls() == []
