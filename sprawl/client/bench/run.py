@@ -55,6 +55,17 @@ class _PublishState:
         self.next_batch += 1
         return index, n
 
+    async def take_paced(self) -> int:
+        """Claim the next batch and wait for its turn at ``config.rate``: its size (0
+        when all work is claimed)."""
+        index, n = self.take()
+        rate = self.config.rate
+        if n and rate > 0:
+            delay = self.start_mono + index * self.config.batch / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return n
+
 
 async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> None:
     config = state.config
@@ -63,15 +74,10 @@ async def _publisher(client: HttpClient, topic: str, state: _PublishState) -> No
     head = b'{"acks":"%s","messages":[' % config.acks.encode()
     lean = config.wire != "json"
     text_pad = pad.decode()
-    interval = config.batch / config.rate if config.rate > 0 else 0.0
     while True:
-        index, n = state.take()
+        n = await state.take_paced()
         if n == 0:
             return
-        if interval:
-            delay = state.start_mono + index * interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
         if lean:
             one = {"payload": f"{time.time_ns():019d}{text_pad}"}
             request = client.build("POST", path, wire.encode_publish([one] * n, config.acks), MSGPACK)
@@ -114,16 +120,11 @@ async def _ws_publisher(url: str, topic: str, state: _PublishState) -> None:
         url, topic, window=1, timeout=config.timeout, token=config.token, cacert=config.cacert
     )
     pad = "x" * (config.size - TS_DIGITS)
-    interval = config.batch / config.rate if config.rate > 0 else 0.0
     try:
         while True:
-            index, n = state.take()
+            n = await state.take_paced()
             if n == 0:
                 return
-            if interval:
-                delay = state.start_mono + index * interval - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
             one = {"payload": f"{time.time_ns():019d}{pad}"}
             refusals = 0
             while True:
