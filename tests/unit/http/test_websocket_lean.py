@@ -45,6 +45,20 @@ def counted(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     return calls
 
 
+async def _publish_ten(c: WSClient) -> dict[Any, dict[str, Any]]:
+    """Ten lone msgpack publish frames, each after the last was answered (offsets 1-10
+    after the topic's first message); the answers by ref."""
+    for i in range(10):
+        c.sendMessage(
+            _pack({"publish": {"messages": [{"payload": f"m{i}"}], "acks": "leader"}, "ref": i}),
+            isBinary=True,
+        )
+        await c.when(lambda i=i: i in answers(c))
+    got = answers(c)
+    assert [got[i]["published"]["offsets"] for i in range(10)] == [[1 + i] for i in range(10)]
+    return got
+
+
 @pytest_twisted.ensureDeferred
 async def test_lean_publish_frames_bypass_autobahns_frame_reader_and_writer(
     ws: WS, monkeypatch: pytest.MonkeyPatch
@@ -62,14 +76,7 @@ async def test_lean_publish_frames_bypass_autobahns_frame_reader_and_writer(
     sliced: list[int] = []
     real_result = websocket.PublishResult
     monkeypatch.setattr(websocket, "PublishResult", lambda *a: sliced.append(1) or real_result(*a))
-    for i in range(10):
-        c.sendMessage(
-            _pack({"publish": {"messages": [{"payload": f"m{i}"}], "acks": "leader"}, "ref": i}),
-            isBinary=True,
-        )
-        await c.when(lambda i=i: i in answers(c))
-    got = answers(c)
-    assert [got[i]["published"]["offsets"] for i in range(10)] == [[1 + i] for i in range(10)]
+    got = await _publish_ten(c)
     assert all(got[i]["published"]["stored"] == "lmdb" for i in range(10)), got[0]
     assert (len(reads), len(writes)) == (0, 0)
     assert not sliced  # (a lone frame's answer is the whole result: no slice of it built)
@@ -185,12 +192,5 @@ async def test_a_held_publishs_answer_is_one_addboth_link(ws: WS, monkeypatch: p
             return _real(self, *a, **kw)
 
         monkeypatch.setattr(Deferred, name, counted)
-    for i in range(10):
-        c.sendMessage(
-            _pack({"publish": {"messages": [{"payload": f"m{i}"}], "acks": "leader"}, "ref": i}),
-            isBinary=True,
-        )
-        await c.when(lambda i=i: i in answers(c))
-    got = answers(c)
-    assert [got[i]["published"]["offsets"] for i in range(10)] == [[1 + i] for i in range(10)]
+    got = await _publish_ten(c)
     assert added == ["addBoth"] * 10, added
