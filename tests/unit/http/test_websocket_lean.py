@@ -192,5 +192,5 @@ async def test_a_held_publishs_answer_is_one_addboth_link(ws: WS, monkeypatch: p
             return _real(self, *a, **kw)
 
         monkeypatch.setattr(Deferred, name, counted)
-    got = await _publish_ten(c)
+    await _publish_ten(c)
     assert added == ["addBoth"] * 10, added
