@@ -531,6 +531,21 @@ class Replica:
             # "catching up" seconds after their replica was built, for as
             # long as gossip called their node dead).
             return out.extend(self._handoff_ready())
+        elif f.unanswered and f.next > f.match and m.end >= f.next:
+            # The follower names an end at or past everything sent to it while
+            # records are in flight unanswered: either their answers are lost,
+            # or what it holds there is not ours (a node killed just after it
+            # was placed leader of new topics restarts, leads their epoch 1
+            # from a Raft snapshot -- a control record at offset 0 -- and then
+            # follows the failover's leader, whose first append to it was
+            # dropped).  A heartbeat from ``next`` would only be refused
+            # (naming an end in the range in flight, not answered above), and
+            # each such answer restarted the wait of a node that answers
+            # others (:attr:`answering`): the re-send never came and the node
+            # was "catching up" for good (flaky40).  What is in flight goes
+            # again now, as the stall timer would send it.
+            f.next = max(f.match, f.sent_from)
+            f.stalled_ticks = 0
         else:
             rewound = max(f.match, min(m.end, f.next))
             if rewound < f.next:

@@ -21,7 +21,7 @@ dead: otherwise the follower is answered at once."""
 from __future__ import annotations
 
 from sprawl.replication.messages import Append, AppendResp, Assign, Message
-from sprawl.replication.replica import Replica
+from sprawl.replication.replica import ANSWERED_WAIT_TICKS, Replica
 
 REPS = ("a", "b", "c")
 CTRL = "ctrl"
@@ -119,3 +119,41 @@ def test_the_first_exchange_still_waits_for_the_append_on_its_way() -> None:
     a.stored(a.end)
     sent = _deliver({"a": a, "c": c}, [("a", d, m) for d, m in first])
     assert c.caught_up and a.followers["c"].match == 1 and sent >= 2
+
+
+def test_a_follower_that_led_an_older_epoch_is_caught_up_while_its_node_answers_others() -> None:
+    """flaky40: a node killed just after it was placed leader of new topics
+    restarts, builds their replicas from a Raft snapshot that still names it
+    leader of epoch 1 (it writes epoch 1's control record at offset 0) and
+    then follows the failover's leader of epoch 2, whose first append to it
+    was dropped (no replica yet).  Its word names end 1 (past the lost
+    append's start: a heartbeat from there is sent); that heartbeat is
+    refused (offset 0 is of epoch 1 here), naming end 0 -- in the range of
+    the append still counted in flight, so not answered.  Its node answers
+    others (``answering``): the leader waits ``ANSWERED_WAIT_TICKS`` since it
+    last sent it anything before it counts towards the re-send.  Before, the
+    heartbeat answering each of the follower's words (every 3 ticks) started
+    that wait again: the re-send never came, and the node was "catching up"
+    for good.  Now a word naming an end at or past everything sent while
+    records are in flight is answered with those records again: the
+    follower truncates epoch 1's record and is caught up by that answer."""
+    a, b = Replica("a", CTRL), Replica("b", CTRL)
+    nodes: dict[str, Replica] = {"a": a, "b": b}
+    b.receive(CTRL, Assign(2, "a", REPS))
+    first = a.receive(CTRL, Assign(2, "a", REPS)).messages
+    _deliver(nodes, [("a", d, m) for d, m in first])  # the one to c: dropped, no replica yet
+    a.stored(a.end)
+    a.answering = frozenset({"c"})  # c's node answers other partitions' appends
+    c = Replica("c", CTRL)
+    nodes["c"] = c
+    c.receive(CTRL, Assign(1, "c", REPS))  # the snapshot's placement: it leads epoch 1
+    assert c.is_leader and c.end == 1
+    word = c.receive(CTRL, Assign(2, "a", REPS)).messages
+    assert word == [("a", AppendResp(2, False, 1, 0))]
+    _deliver(nodes, [("c", d, m) for d, m in word])
+    assert c.caught_up, "not caught up by the answer to its word"
+    assert c.end == 1 and c.cache.epoch_at(0) == 2 and c.hw == 1
+    assert a.followers["c"].match == 1 and not a.followers["c"].unanswered
+    for _ in range(3 * ANSWERED_WAIT_TICKS):  # and the leader goes quiet
+        _deliver(nodes, [("a", d, m) for d, m in a.tick().messages])
+    assert a.idle
