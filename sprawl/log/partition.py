@@ -88,6 +88,13 @@ class PartitionLog:
         #: below what this replica's remote front reaches yet (a hole it
         #: answers with an error, never skips); None once covered.
         self.floor: int | None = None
+        #: Bumped by every change of this log that can move a figure of it on
+        #: ``/metrics`` (offsets, the high watermark, hot tail bytes, the
+        #: segments' bytes and tiers: append, truncate, reset, eviction,
+        #: retention, following the remote tier): the exposition keeps a
+        #: partition's lines while it stands (issue 23, tidy41).  A new
+        #: method that changes any of those bumps it too.
+        self.changes = 0
 
     # -- writing -----------------------------------------------------------
 
@@ -130,6 +137,7 @@ class PartitionLog:
             self.appended_total += len(records)
             if not self.durable and not self.replicated:
                 self.high_watermark = off
+            self.changes += 1
             return [seg]
         for r in records:
             off = self.next_offset
@@ -155,6 +163,7 @@ class PartitionLog:
         self.appended_total += len(records)
         if not self.durable and not self.replicated:
             self.high_watermark = self.next_offset
+        self.changes += 1
         return changed
 
     def append_at(self, records: list[Record], now_ms: int) -> list[Segment]:
@@ -212,6 +221,7 @@ class PartitionLog:
             changed.append(seg)
         self.next_offset = offset
         self.stored_end = min(self.stored_end, offset)
+        self.changes += 1
         return removed, changed
 
     def reset(self, start: int) -> list[Segment]:
@@ -234,6 +244,7 @@ class PartitionLog:
         self.hot_bytes = 0
         self.hot_records_memory = 0
         self.log_start = self.next_offset = self.stored_end = self.high_watermark = start
+        self.changes += 1
         return removed
 
     def follow_remote(
@@ -304,6 +315,8 @@ class PartitionLog:
             or len(new_prefix) != len(prefix)
             or log_start != self.log_start
         )
+        if out.changed:
+            self.changes += 1
         self.segments = segs
         self.log_start = log_start
         self.follows_remote = True
@@ -338,6 +351,7 @@ class PartitionLog:
         self.stored_end = min(end, self.next_offset)
         if self.durable and not self.replicated and self.stored_end > self.high_watermark:
             self.high_watermark = self.stored_end
+            self.changes += 1
             return True
         return False
 
@@ -349,6 +363,7 @@ class PartitionLog:
         if hw <= self.high_watermark:
             return False
         self.high_watermark = hw
+        self.changes += 1
         return True
 
     # -- reading -----------------------------------------------------------
@@ -402,6 +417,7 @@ class PartitionLog:
             r = hot.popleft()
             self.hot_bytes -= r.size
             self._left(r)
+            self.changes += 1
         return before - self.hot_memory
 
     # -- retention -----------------------------------------------------------
@@ -414,6 +430,7 @@ class PartitionLog:
         if count <= 0:
             return []
         gone, self.segments = self.segments[:count], self.segments[count:]
+        self.changes += 1
         new_start = self.segments[0].base if self.segments else self.next_offset
         self.log_start = max(self.log_start, new_start)
         if not self.segments:
