@@ -246,7 +246,7 @@ class NodeService(service.Service):
         self.broker.recover()
         self.broker.bound_process = True  # this node owns its process: the budget bounds its RssAnon
         self.broker.start()
-        metrics.register(MemoryCollector(self.broker))
+        metrics.register(MemoryCollector(self.broker, walked=metrics.walked_pools))
         from sprawl.storage.scrub import Scrubber
 
         self.scrubber = Scrubber(self.broker, self.reactor, c.scrub_rate)

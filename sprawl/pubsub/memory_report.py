@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,11 +69,13 @@ def release_free_memory() -> bool:
     return True
 
 
-def memory_status(budget: MemoryBudget) -> dict[str, Any]:
-    """The budget, what counts against it (each pool and their sum), the
-    process's resident memory and its idle baseline; ``warning`` when the
-    process is past its baseline plus :data:`RSS_WARN_FACTOR` times the budget."""
-    pools = budget.memory_pools()
+def memory_status(budget: MemoryBudget, pools: dict[str, int] | None = None) -> dict[str, Any]:
+    """The budget, what counts against it (each pool and their sum: ``pools`` if
+    given, else counted now), the process's resident memory and its idle baseline;
+    ``warning`` when the process is past its baseline plus :data:`RSS_WARN_FACTOR`
+    times the budget."""
+    if pools is None:
+        pools = budget.memory_pools()
     proc = process_memory()
     return {
         "budget": budget.config.memory_budget,
@@ -108,16 +110,38 @@ class MemoryCollector:
     their sum (``sprawl_memory_used_bytes``), and the process's anonymous
     resident memory and its idle baseline beside them."""
 
-    def __init__(self, budget: MemoryBudget):
+    def __init__(
+        self, budget: MemoryBudget, walked: Callable[[], tuple[int, int, int] | None] | None = None
+    ) -> None:
         self.budget = budget
+        #: The pools ``(hot records, encodings, dedup)`` the scrape's own walk over the
+        #: partitions summed, or None (e.g. :meth:`sprawl.metrics.NodeMetrics.walked_pools`):
+        #: then no second walk over every partition (issue 23, tidy41).
+        self.walked = walked
 
     def describe(self) -> list[Any]:
         """No fixed description: the families are built at each scrape."""
         return []
 
+    def _walked_pools(self) -> dict[str, int] | None:
+        """The pools as :meth:`~sprawl.pubsub.memory.MemoryBudget.memory_pools` names them,
+        from :attr:`walked` (None: none walked)."""
+        walked = self.walked() if self.walked is not None else None
+        if walked is None:
+            return None
+        from sprawl.pubsub.memory import PENDING_MEMORY_FACTOR
+
+        records, encodings, dedup = walked
+        return {
+            "hot_records": records,
+            "encodings": encodings,
+            "dedup": dedup,
+            "pending_writes": self.budget.store.pending_bytes * PENDING_MEMORY_FACTOR,
+        }
+
     def collect(self) -> Iterator[Any]:
         """The pools, their sum, RssAnon and the baseline."""
-        st = memory_status(self.budget)
+        st = memory_status(self.budget, self._walked_pools())
         pool = GaugeMetricFamily(
             "sprawl_memory_pool_bytes",
             "Bytes each pool of message data takes (counted against --memory-budget)",

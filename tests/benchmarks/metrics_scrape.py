@@ -6,7 +6,8 @@
 A node's metrics (:class:`~sprawl.metrics.NodeMetrics`) watch a broker-shaped object
 holding N single-partition topics made of the real parts (:class:`~sprawl.topics.Topic`,
 :class:`~sprawl.log.partition.PartitionLog` with an LMDB segment and a remote one) -- no
-reactor, no store: the render reads only those.  Each row: this thread's CPU
+reactor, no store: the render reads only those; the node's memory collector is registered
+as the node registers it.  Each row: this thread's CPU
 (``time.thread_time``, the minimum of ``--repeat`` renders: other jobs' load hardly moves
 it) and wall time of a render after every partition changed (``changed``), of one with
 nothing changed since the last (``same``), and of one with 1 % changed (``1%``); the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gzip
+import inspect
 import json
 import time
 from types import SimpleNamespace
@@ -29,6 +31,8 @@ from sprawl.log.dedup import DedupWindow
 from sprawl.log.partition import PartitionLog
 from sprawl.log.segments import RemoteObject, Segment
 from sprawl.metrics import NodeMetrics
+from sprawl.pubsub.memory import MemoryBudget
+from sprawl.pubsub.memory_report import MemoryCollector
 from sprawl.topics import Topic, TopicConfig
 
 
@@ -44,13 +48,25 @@ def broker_of(partitions: int) -> Any:
         lg.hot_bytes = 300 * (i % 11)
         topics[name] = Topic(TopicConfig(name, i), [lg], DedupWindow(60_000))
     store = SimpleNamespace(used_bytes=1 << 30, pending_bytes=0, commits=12345, holds=3, holds_joined=2)
-    return SimpleNamespace(
+    broker = SimpleNamespace(
         topics=topics,
         store=store,
         config=SimpleNamespace(disk_budget=1 << 40, memory_budget=1 << 30),
         deduplicated_total=7,
         new_topics=SimpleNamespace(count=lambda: 0),
+        memory_baseline=None,
     )
+    broker.memory_pools = lambda: MemoryBudget.memory_pools(broker)  # type: ignore[arg-type]
+    return broker
+
+
+def with_memory(m: NodeMetrics, broker: Any) -> None:
+    """Register the node's memory collector on ``m`` as the node does (with the pools the
+    render walked, where the tree has them: tidy41)."""
+    if "walked" in inspect.signature(MemoryCollector).parameters:
+        m.register(MemoryCollector(broker, walked=m.walked_pools))
+    else:
+        m.register(MemoryCollector(broker))
 
 
 def touch(broker: Any, every: int) -> None:
@@ -63,6 +79,7 @@ def touch(broker: Any, every: int) -> None:
                 lg.stored_end += 1
                 lg.segments[-1].last += 1
                 lg.segments[-1].bytes += 100
+                lg.changes = getattr(lg, "changes", 0) + 1  # (as the log's own methods do)
 
 
 def timed(f: Any, repeat: int, before: Any = None) -> tuple[float, float, Any]:
@@ -79,16 +96,42 @@ def timed(f: Any, repeat: int, before: Any = None) -> tuple[float, float, Any]:
     return cpu, wall, out
 
 
+def steps_of(m: NodeMetrics, broker: Any, repeat: int) -> float | None:
+    """The CPU ms of the longest step of a render in steps (``PartitionExposition.steps``,
+    tidy41) after every partition changed, the best of ``repeat``; None where the tree has
+    no such render (main before tidy41)."""
+    exp = m._state.exposition
+    if not hasattr(exp, "steps"):
+        return None
+    best = float("inf")
+    for _ in range(repeat):
+        touch(broker, 1)
+        steps = exp.steps(broker.topics.values())
+        longest = 0.0
+        while True:
+            c0 = time.thread_time()
+            try:
+                next(steps)
+            except StopIteration:
+                longest = max(longest, time.thread_time() - c0)
+                break
+            longest = max(longest, time.thread_time() - c0)
+        best = min(best, longest)
+    return round(best * 1000, 2)
+
+
 def row(partitions: int, repeat: int) -> dict[str, Any]:
     """One row of the table for ``partitions``."""
     m = NodeMetrics()
     broker = broker_of(partitions)
     m.watch_state(broker)  # type: ignore[arg-type]
+    with_memory(m, broker)
     m.render()
     cpu_changed, wall_changed, text = timed(m.render, repeat, lambda: touch(broker, 1))
     m.render()
     cpu_same, wall_same, _ = timed(m.render, repeat)
     cpu_1pc, _, _ = timed(m.render, repeat, lambda: touch(broker, 100))
+    longest_step = steps_of(m, broker, repeat)
     cpu_gz, _, packed = timed(lambda: gzip.compress(text, 1), repeat)
     cpu_gz6, _, packed6 = timed(lambda: gzip.compress(text, 6), repeat)
     return {
@@ -98,6 +141,7 @@ def row(partitions: int, repeat: int) -> dict[str, Any]:
         "cpu_ms_same": round(cpu_same, 2),
         "wall_ms_same": round(wall_same, 2),
         "cpu_ms_1pc": round(cpu_1pc, 2),
+        "longest_step_cpu_ms_changed": longest_step,
         "bytes": len(text),
         "gzip_bytes": len(packed),
         "gzip_cpu_ms": round(cpu_gz, 2),
