@@ -29,6 +29,7 @@ lacking a latched one.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -106,6 +107,10 @@ GATE_FRESH = 0.5
 #: ``replicas / SLICE`` rounds (issue 23, scrub35: 256 before, a quarter of
 #: every idle node's fault-watch time at 10,000 partitions).
 SLICE = 64
+#: A table of partitions without a leader past this many bytes while it holds at most
+#: :data:`SMALL_KEYS` topics is rebuilt (a failover's burst gone, issue 23, tidy41).
+SMALL_BYTES = 8192
+SMALL_KEYS = 64
 #: While a failover is at work on this node -- the replication service took a
 #: batch of fences, leaderships or new leaders' first appends since the last
 #: look, marked a failover phase (:mod:`sprawl.replication.timeline`) within
@@ -223,7 +228,9 @@ class FaultWatch:
         if broker is not None:  # (a test may watch without one)
             self._changed = broker.touched.subscribe()
             self._changed.update(broker.topics)
-        self._leaderless: set[tuple[str, int]] = set()
+        #: Topic → its partitions without a leader as last seen (a topic changed is
+        #: looked at again whole: deleted, re-placed, or made again with fewer partitions).
+        self._leaderless: dict[str, tuple[int, ...]] = {}
         #: Led partitions observed last round (looked at again until in sync),
         #: the replicas in the order the slices take them and where the next
         #: slice starts, and what a walk over every replica depends on (the
@@ -567,23 +574,29 @@ class FaultWatch:
                 )
             )
         self._led_seen = led_seen
+        leaderless = self._leaderless
         for name in changed:
+            leaderless.pop(name, None)
             t = topics.get(name)
-            if t is None:
-                self._leaderless = {k for k in self._leaderless if k[0] != name}
-                continue
-            for p, lg in enumerate(t.logs):
-                if lg.replicas and not lg.leader:
-                    self._leaderless.add((name, p))
-                else:
-                    self._leaderless.discard((name, p))
-        changed.clear()
+            if t is not None:
+                ps = tuple(p for p, lg in enumerate(t.logs) if lg.replicas and not lg.leader)
+                if ps:
+                    leaderless[name] = ps
+        if len(leaderless) <= SMALL_KEYS and sys.getsizeof(leaderless) > SMALL_BYTES:
+            # (a dict keeps its table as keys go, and a walk over it walks the table: after
+            # a failover left 10,000 partitions leaderless, every later round walked it)
+            leaderless = self._leaderless = dict(leaderless.items())
+        changed.clear()  # (clear() gives a set its small table back)
         if interest:
             # A node of interest: every partition with a replica on it.
             seen = (((name, p), lg) for name, t in topics.items() for p, lg in enumerate(t.logs))
         else:
             seen = (
-                ((name, p), topics[name].logs[p]) for name, p in sorted(self._leaderless) if name in topics
+                ((name, p), topics[name].logs[p])
+                for name in sorted(leaderless)
+                if name in topics
+                for p in leaderless[name]
+                if p < len(topics[name].logs)
             )
         for (name, p), lg in seen:
             reps = lg.replicas
