@@ -27,6 +27,8 @@ below it need of it is a Protocol in :mod:`sprawl.interfaces`.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
@@ -162,6 +164,10 @@ class Broker(Views):
                 t.recent.expire(now)
             if not len(t.dedup) and not len(t.recent):
                 self._holding_ids.discard(name)
+        if len(self._holding_ids) <= 64 and sys.getsizeof(self._holding_ids) > 8192:
+            # (a set keeps its table as names go, and the sorted walk above walks it: the
+            # start touches every topic, so 10,000 names' table walked each second for good)
+            self._holding_ids = set(self._holding_ids)
         self._checkpoint_ephemeral(topics=[t for t in topics if not t.config.durable])
 
     def _check_memory(self, now_s: float) -> None:

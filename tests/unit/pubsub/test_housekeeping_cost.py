@@ -10,6 +10,7 @@ announced."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,30 @@ def test_the_group_checkpoints_walk_no_list_of_every_topic(make: Any) -> None:
     routes.tick(clock.seconds())
     assert WalkCounted.walks == 1
     assert [t.name for t in broker.grouped_topics()] == ["t00042"]
+
+
+def test_the_topics_holding_ids_leave_once_their_windows_empty_or_they_go(make: Any) -> None:
+    """The start touches every topic (10,000 names into the set of topics whose dedup
+    windows hold ids), ids published to 1,000 of them expire, then they are deleted:
+    after each, the set is empty and its table a small one again (a set keeps its table
+    as names go, and the once-a-second walk walked it for good: 524 kB, tidy41)."""
+    broker, clock, _counted = make(10_000, dedup_window=5.0)
+
+    def seconds(n: int) -> set[str]:
+        for _ in range(n):
+            clock.advance(1.0)
+            broker.tick()
+        return broker._holding_ids
+
+    def published() -> set[str]:
+        for i in range(1_000):
+            broker.publish(broker.topics[f"t{i:05d}"], [rec(i)], acks="none")
+        return seconds(1)
+
+    assert not seconds(2) and sys.getsizeof(broker._holding_ids) < 1024
+    assert len(published()) == 1_000
+    assert not seconds(8) and sys.getsizeof(broker._holding_ids) < 1024  # (past the window)
+    assert len(published()) == 1_000
+    for i in range(1_000):
+        broker.topics.pop(f"t{i:05d}").deleted = True
+    assert not seconds(1) and sys.getsizeof(broker._holding_ids) < 1024
