@@ -125,6 +125,30 @@ def rates(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]
     }
 
 
+def start_kept(cluster: NodeCluster, bound: float, ready_bound: float) -> None:
+    """Start a kept cluster's nodes -- ``n0`` first, the others seeded from it --, wait at most
+    ``bound`` seconds for one Raft leader with every node a voter (else ``SystemExit``), then at
+    most ``ready_bound`` wall seconds for every ``/readyz``; the nodes still not ready are
+    printed (a replica that never catches up), not waited for."""
+    t0 = time.monotonic()
+    first, rest = cluster.names[0], cluster.names[1:]
+    cluster._launch(first, None)
+    for n in rest:
+        cluster._launch(n, f"127.0.0.1:{cluster.nodes[first].peer_port}")
+    if poll_until(lambda: agreed(cluster), bound, step=1.0) is None:
+        raise SystemExit(f"no Raft leader with every node a voter within {bound}s")
+    print(json.dumps({"leader_s": round(time.monotonic() - t0, 1)}), flush=True)
+    ready_by = time.monotonic() + ready_bound
+    while time.monotonic() < ready_by:  # (wall seconds, not stretched by the load)
+        if all(cluster.get(n, "/readyz", timeout=5)[0] == 200 for n in cluster.names):
+            break
+        time.sleep(2.0)
+    answers = {n: cluster.get(n, "/readyz", timeout=5) for n in cluster.names}
+    unready = {n: body for n, (status, body) in answers.items() if status != 200}
+    if unready:
+        print(json.dumps({"not_ready": unready}), flush=True)
+
+
 def agreed(cluster: NodeCluster) -> bool:
     """Every node names the same Raft leader and sees all of them as voters
     (readiness not asked: see ``--ready-bound``)."""
@@ -277,22 +301,7 @@ def main() -> None:
             if poll_until(lambda: cluster.formed(), a.bound) is None:
                 raise SystemExit(f"the cluster did not form within {a.bound}s")
         else:
-            first, rest = cluster.names[0], cluster.names[1:]
-            cluster._launch(first, None)
-            for n in rest:
-                cluster._launch(n, f"127.0.0.1:{cluster.nodes[first].peer_port}")
-            if poll_until(lambda: agreed(cluster), a.bound, step=1.0) is None:
-                raise SystemExit(f"no Raft leader with every node a voter within {a.bound}s")
-            print(json.dumps({"leader_s": round(time.monotonic() - t0, 1)}), flush=True)
-            ready_by = time.monotonic() + a.ready_bound
-            while time.monotonic() < ready_by:  # (wall seconds, not stretched by the load)
-                if all(cluster.get(n, "/readyz", timeout=5)[0] == 200 for n in cluster.names):
-                    break
-                time.sleep(2.0)
-            answers = {n: cluster.get(n, "/readyz", timeout=5) for n in cluster.names}
-            unready = {n: body for n, (status, body) in answers.items() if status != 200}
-            if unready:
-                print(json.dumps({"not_ready": unready}), flush=True)
+            start_kept(cluster, a.bound, a.ready_bound)
         print(json.dumps({"formed_s": round(time.monotonic() - t0, 1)}), flush=True)
         if a.topics:
             made = fill(cluster, a.topics, min(3, a.nodes), a.bound)

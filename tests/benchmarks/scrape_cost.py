@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.idle_cpu import agreed
+from benchmarks.idle_cpu import start_kept
 from benchmarks.scale import cpu_seconds
-from harness import NodeCluster, poll_until
+from harness import NodeCluster
 
 
 class Prober(threading.Thread):
@@ -100,20 +100,10 @@ def main() -> None:
     cluster = NodeCluster(a.base, a.nodes, startup_timeout=a.bound)
     try:
         t0 = time.monotonic()
-        first, rest = cluster.names[0], cluster.names[1:]
-        cluster._launch(first, None)
-        for n in rest:
-            cluster._launch(n, f"127.0.0.1:{cluster.nodes[first].peer_port}")
-        if poll_until(lambda: agreed(cluster), a.bound, step=1.0) is None:
-            raise SystemExit(f"no Raft leader with every node a voter within {a.bound}s")
-        ready_by = time.monotonic() + a.ready_bound
-        while time.monotonic() < ready_by:
-            if all(cluster.get(n, "/readyz", timeout=5)[0] == 200 for n in cluster.names):
-                break
-            time.sleep(2.0)
+        start_kept(cluster, a.bound, a.ready_bound)
         print(json.dumps({"formed_s": round(time.monotonic() - t0, 1)}), flush=True)
         time.sleep(a.settle)
-        node = cluster.nodes[first]
+        node = cluster.nodes[cluster.names[0]]
         pid = node.proc.pid  # type: ignore[union-attr]
         port = node.http_port
         c0, w0 = cpu_seconds(pid), time.monotonic()
@@ -126,11 +116,15 @@ def main() -> None:
             json.dumps({"idle_ms_per_s": round(idle, 1), "healthz_max_ms_no_scrape": quiet_stall}), flush=True
         )
         rows: dict[str, list[dict[str, Any]]] = {"gzip": [], "plain": []}
-        for _ in range(a.scrapes):
+        for i in range(a.scrapes):
             for kind in ("gzip", "plain"):
                 r = scrape(port, pid, idle, kind == "gzip")
                 rows[kind].append(r)
-                print(json.dumps({"kind": kind, **r, "load": round(os.getloadavg()[0], 2)}), flush=True)
+                first_one = i == 0 and kind == "gzip"  # (every partition's lines built)
+                print(
+                    json.dumps({"kind": kind, "first": first_one, **r, "load": round(os.getloadavg()[0], 2)}),
+                    flush=True,
+                )
                 time.sleep(1.0)
         for kind, rs in rows.items():
             print(
