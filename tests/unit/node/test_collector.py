@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -99,18 +100,18 @@ def test_the_node_s_switch_interval_replaces_cpython_s_default() -> None:
         sys.setswitchinterval(before)
 
 
-def test_a_slow_full_collection_is_followed_by_one_freeze_at_most_every_period() -> None:
-    """Only a full collection over the CPU bar schedules a freeze -- outside
-    the collection, once until it ran -- and another comes only a period
-    later; young collections never do."""
-    now, cpu = [0.0], [0.0]
-    scheduled: list[object] = []
-    freezes: list[float] = []
+def _timed_hook(
+    now: list[float], freezes: list[float], later: Any, first_every: float
+) -> tuple[FreezeAfterSlowCollections, Callable[[int, float], None]]:
+    """A freeze hook (a 2 ms CPU bar, a 60 s period) on the clock ``now[0]``, its freezes
+    noted in ``freezes``, and a function that runs a collection of a generation taking
+    that many CPU seconds through it."""
+    cpu = [0.0]
     hook = FreezeAfterSlowCollections(
-        lambda delay, fn: scheduled.append(fn),
+        later,
         min_cpu=0.002,
         every=60.0,
-        first_every=60.0,
+        first_every=first_every,
         clock=lambda: now[0],
         cpu_clock=lambda: cpu[0],
         freeze=lambda: freezes.append(now[0]),
@@ -120,6 +121,18 @@ def test_a_slow_full_collection_is_followed_by_one_freeze_at_most_every_period()
         hook("start", {"generation": generation})
         cpu[0] += cpu_seconds
         hook("stop", {"generation": generation, "collected": 0, "uncollectable": 0})
+
+    return hook, collection
+
+
+def test_a_slow_full_collection_is_followed_by_one_freeze_at_most_every_period() -> None:
+    """Only a full collection over the CPU bar schedules a freeze -- outside
+    the collection, once until it ran -- and another comes only a period
+    later; young collections never do."""
+    now: list[float] = [0.0]
+    scheduled: list[object] = []
+    freezes: list[float] = []
+    hook, collection = _timed_hook(now, freezes, lambda delay, fn: scheduled.append(fn), first_every=60.0)
 
     collection(0, 0.05)  # young: never
     collection(2, 0.001)  # cheap: no
@@ -144,22 +157,12 @@ def test_the_period_between_freezes_starts_short_and_doubles() -> None:
     bar), then every 60 s -- not once a minute from the start, which left a
     10,000-partition node's catch-up objects to every full collection of its
     first minute (issue 23, create40)."""
-    now, cpu = [0.0], [0.0]
+    now: list[float] = [0.0]
     freezes: list[float] = []
-    hook = FreezeAfterSlowCollections(
-        lambda delay, fn: fn(),
-        min_cpu=0.002,
-        every=60.0,
-        first_every=5.0,
-        clock=lambda: now[0],
-        cpu_clock=lambda: cpu[0],
-        freeze=lambda: freezes.append(now[0]),
-    )
+    hook, collection = _timed_hook(now, freezes, lambda delay, fn: fn(), first_every=5.0)
     for second in range(200):
         now[0] = float(second)
-        hook("start", {"generation": 2})
-        cpu[0] += 0.01
-        hook("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+        collection(2, 0.01)
     assert freezes == [0.0, 5.0, 15.0, 35.0, 75.0, 135.0, 195.0]
     assert hook.frozen == 7 and hook.period == 60.0
 

@@ -107,6 +107,23 @@ def _leader(nodes: dict[str, Node]) -> Node | None:
     return ls[0] if len(ls) == 1 else None
 
 
+async def _first_leader(cluster: dict[str, Node]) -> Node:
+    """The partition's leader, once there is one."""
+    await until(lambda: _leader(cluster) is not None, "a first leader")
+    leader = _leader(cluster)
+    assert leader is not None
+    return leader
+
+
+async def _alone(cluster: dict[str, Node], leader: Node, rep: Any) -> None:
+    """Two messages acked (by a quorum) while the followers are there, then both followers'
+    nodes closed: ``leader``'s replica ``rep`` is left with no quorum."""
+    await bounded(rep.publish(_msgs(2, 0)), WAIT)
+    for nid in IDS:
+        if cluster[nid] is not leader:
+            await cluster[nid].close()
+
+
 def _msgs(n: int, start: int) -> list[Record]:
     return [Record(-1, 0, 0, None, None, None, b"m%d" % i, True) for i in range(start, start + n)]
 
@@ -121,9 +138,7 @@ async def test_quorum_publishes_survive_the_leader(cluster: dict[str, Node]) -> 
     """Acked publishes are on every follower; after the leader's node goes
     away a new leader takes publishes and holds every acked record at its
     acknowledged offset, in order (a control record marks each new epoch)."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    first = _leader(cluster)
-    assert first is not None
+    first = await _first_leader(cluster)
     acked: dict[bytes, int] = {}
     for k in range(4):
         batch = _msgs(5, 5 * k)
@@ -166,14 +181,9 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
     """With both followers gone the leader still writes locally but never
     answers an acks=quorum publish: nothing is acknowledged that a majority
     does not hold."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
-    await bounded(rep.publish(_msgs(2, 0)), WAIT)  # acked while the followers are there
-    for nid in IDS:
-        if cluster[nid] is not leader:
-            await cluster[nid].close()
+    await _alone(cluster, leader, rep)
     rep.max_waiting = 1
     d = rep.publish(_msgs(3, 2))
     with pytest.raises(Overloaded):  # bounded: a second waiting publish is refused, not queued
@@ -218,14 +228,9 @@ async def test_a_watermark_that_answers_nothing_does_not_walk_the_waiting_publis
     from harness.lines import lines_run
     from sprawl.replication import partition as adapter
 
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
-    await bounded(rep.publish(_msgs(2, 0)), WAIT)  # acked while the followers are there
-    for nid in IDS:
-        if cluster[nid] is not leader:
-            await cluster[nid].close()
+    await _alone(cluster, leader, rep)
     waiting = [rep.publish(_msgs(1, 2))]
 
     def shown() -> int:
@@ -250,9 +255,7 @@ async def test_a_quorum_publish_is_answered_with_its_offsets_without_a_callback_
     ``_runCallbacks`` on the leader's reactor a message, issue 16, lat40b)."""
     from twisted.internet.defer import Deferred
 
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     rep.on_hop = None
     added: list[str] = []
@@ -278,9 +281,7 @@ async def test_a_restarted_replica_keeps_its_promises(cluster: dict[str, Node], 
     its data dir comes back with its epoch runs, its fence promise and a high
     watermark no higher than what was committed, and still refuses a leader
     of an older epoch."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     await bounded(leader.service.replicas[("orders", 0)].publish(_msgs(5, 0)), WAIT)
     follower = next(cluster[nid] for nid in IDS if cluster[nid] is not leader)
     before = follower.service.replicas[("orders", 0)].core
@@ -309,9 +310,7 @@ async def test_a_high_watermark_alone_costs_no_commit_of_its_own(cluster: dict[s
     records, with the replica state), not a second time when the high
     watermark moves -- the next write carries it; once nothing follows, it
     is stored on its own, so a restart finds the last one (issue 16)."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     replicas = [cluster[nid] for nid in IDS]
@@ -344,9 +343,7 @@ async def test_the_hops_of_a_publish_are_timed_on_the_leader_and_the_followers(
     """``quorum`` on the leader (one per publish: its append until a majority
     holds it) and ``visible`` on each follower (records received until its
     high watermark passes them), each as long as its node saw it take."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     hops: dict[str, list[tuple[str, float]]] = {nid: [] for nid in IDS}
     for nid in IDS:
         cluster[nid].service.replicas[("orders", 0)].on_hop = lambda h, s, nid=nid: hops[nid].append((h, s))
@@ -379,9 +376,7 @@ async def test_followers_learn_the_high_watermark_while_the_leader_still_writes(
     is reported durable -- which is held back here until they have."""
     from twisted.internet import defer
 
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     followers = [cluster[nid] for nid in IDS if cluster[nid] is not leader]
@@ -432,9 +427,7 @@ async def test_a_follower_behind_the_leaders_log_start_is_reset(
     leader's log start and catches up, holding exactly the leader's records
     from there on; restarted again, it comes back with that log and an epoch
     cache that starts there (the base epoch is the leader's)."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(5, 0)), WAIT)
     follower = next(cluster[nid] for nid in IDS if cluster[nid] is not leader)
@@ -573,9 +566,7 @@ async def test_a_lagging_follower_catches_up_in_frames_of_bounded_bytes(cluster:
     """With batch_bytes far below what a follower lacks, the leader sends each
     Append in several frames (each at least one record, none much over the
     budget) and the follower that was away ends up with every record."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    first = _leader(cluster)
-    assert first is not None
+    first = await _first_leader(cluster)
     for n in cluster.values():
         for r in n.service.replicas.values():
             r.batch_bytes = 20_000
@@ -718,9 +709,7 @@ async def test_every_replica_output_marks_its_partition_changed(cluster: dict[st
     replica made an output: a publish on the leader and the followers' appends,
     and a new leader after a failover -- not an idle one."""
     key = ("orders", 0)
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    first = _leader(cluster)
-    assert first is not None
+    first = await _first_leader(cluster)
     replicas = [cluster[nid] for nid in IDS]
     for n in replicas:
         n.service.changed.clear()
@@ -746,9 +735,7 @@ async def test_a_leader_sends_the_next_records_before_its_own_write_is_durable(
     copy not needed), while the leader shows none of them to its readers
     before its own copy is durable; once its writer moves again it does, in
     order."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     lg = leader.broker.topics["orders"].logs[0]
@@ -780,9 +767,7 @@ async def test_with_one_follower_away_the_leaders_own_copy_is_waited_for(
     majority: a publish is answered only once the leader's own copy is
     durable too, however soon the follower holds it (quorum3's early answer
     counts disks, never the leader's memory)."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     away, other = [cluster[n] for n in IDS if cluster[n] is not leader]
@@ -811,9 +796,7 @@ async def test_the_high_watermark_is_pushed_before_the_publishes_it_covers_are_a
     """The moment a majority holds a publish, the new high watermark leaves for
     the followers first and the publish is answered after (issue 16, quorum3):
     the followers' subscribers do not wait for the answers' work."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     events: list[tuple[str, int]] = []
@@ -851,9 +834,7 @@ async def test_a_follower_answers_the_appends_one_commit_made_durable_once(
     one answer, the last (issue 16, quorum36): the leader takes it to the same
     state -- the follower's match, the high watermark -- and moves and pushes its
     high watermark once, not once per append."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     slow = next(cluster[n] for n in IDS if cluster[n] is not leader)
@@ -900,9 +881,7 @@ async def test_a_leader_hears_its_own_writes_one_commit_made_durable_once(
     """A leader whose LMDB commit made several of its own writes durable tells its
     core once (issue 16, quorum36): its high watermark moves, and is pushed to the
     followers, once for them all, not once per write."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     lg = leader.broker.topics["orders"].logs[0]
@@ -936,9 +915,7 @@ async def test_a_leaders_publishes_of_one_turn_leave_as_one_append_per_follower(
     """Publishes a leader takes in one reactor turn leave at the turn's end as one
     append per follower, not one each (issue 16, quorum36), and are answered and
     stored everywhere in order."""
-    await until(lambda: _leader(cluster) is not None, "a first leader")
-    leader = _leader(cluster)
-    assert leader is not None
+    leader = await _first_leader(cluster)
     rep = leader.service.replicas[("orders", 0)]
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     appends: list[tuple[str, int, int]] = []
