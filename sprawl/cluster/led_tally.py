@@ -75,27 +75,37 @@ class LedTally:
         judge: Callable[[Key], bool | None],
         every: Callable[[], Iterable[Key]],
         partitions: Callable[[str], int],
-    ) -> None:
+        limit: int | None = None,
+    ) -> bool:
         """Judge what was marked: ``judge(key)`` is None when the partition is
         not led here, else whether it is under-replicated; ``every()`` lists
         every partition that may be led here (for :meth:`mark_all`);
         ``partitions(name)`` is how many partitions topic ``name`` has now
-        (0: none, or deleted)."""
+        (0: none, or deleted).  With ``limit``, at most that many are judged
+        and the rest stay pending (the counts are partial meanwhile: a
+        caller on the reactor judges a start's 10,000 partitions over several
+        turns, tidy41); True once nothing is pending."""
         if self._all:
             self._all = False
             self._led.clear()
             self._by_topic.clear()
             self._under = 0
-            keys: set[Key] = set(every())
-        else:
-            keys, self._keys = self._keys, set()
-            topics, self._topics = self._topics, set()
-            for name in topics:
-                # Its partitions now, and those led here before (a topic deleted, or shrunk).
-                keys.update((name, p) for p in range(partitions(name)))
-                keys.update((name, p) for p in self._by_topic.get(name, ()))
-        for key in keys:
+            self._keys = set(every())
+        keys = self._keys
+        topics, self._topics = self._topics, set()
+        for name in topics:
+            # Its partitions now, and those led here before (a topic deleted, or shrunk).
+            keys.update((name, p) for p in range(partitions(name)))
+            keys.update((name, p) for p in self._by_topic.get(name, ()))
+        if limit is None or len(keys) <= limit:
+            self._keys = set()  # (a new table: the judged keys' would stay as large)
+            for key in keys:
+                self._set(key, judge(key))
+            return True
+        for _ in range(limit):
+            key = keys.pop()
             self._set(key, judge(key))
+        return False
 
     def _set(self, key: Key, verdict: bool | None) -> None:
         self.judged += 1

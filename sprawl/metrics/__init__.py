@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gzip
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -205,6 +205,9 @@ class NodeMetrics:
         )
         self._state = _StateCollector(self)
         r.register(self._state)
+        #: Collectors with work to do in steps before they collect (``steps()``, a
+        #: generator: each ``next()`` one reactor turn's worth), run by :meth:`scrape_in_steps`.
+        self._stepped: list[Any] = []
         self._commit_seconds: HistogramCell = self.lmdb_commit_duration.cell
         self._commit_ops: HistogramCell = self.lmdb_commit_ops.cell
 
@@ -224,6 +227,8 @@ class NodeMetrics:
         :class:`DataPlaneCollector`)."""
         for c in collectors:
             self.registry.register(c)
+            if hasattr(c, "steps"):
+                self._stepped.append(c)
 
     # The hot-path updates below touch the cells directly (no lock, no argument checks, one
     # Python call each): they run on the reactor thread only (see :mod:`sprawl.metrics.cells`).
@@ -345,12 +350,14 @@ class NodeMetrics:
         ``slice_size`` partitions built (``clock.callLater(0, ...)``; see
         :meth:`~sprawl.metrics.exposition.PartitionExposition.steps`): no scrape holds the
         reactor for every partition's lines at once -- the first one after a start built
-        10,000 partitions' in one turn, 185-775 ms (issue 23, tidy41).  The rest (the other
+        10,000 partitions' in one turn, 185-775 ms (issue 23, tidy41) --, then the registered
+        collectors' own steps, each a turn (the data plane's led partitions judged again,
+        :meth:`~sprawl.metrics.cluster.DataPlaneCollector.steps`).  The rest (the
         collectors, the join, gzip) is one turn, the last."""
         broker = self.broker
         if broker is None:
             return succeed(self.scrape(accept_encoding))
-        steps = self._state.exposition.steps(broker.topics.values(), slice_size)
+        steps = self._steps(broker, slice_size)
         done: Deferred[tuple[bytes, bytes | None]] = Deferred()
 
         def step() -> None:
@@ -369,6 +376,15 @@ class NodeMetrics:
 
         step()
         return done
+
+    def _steps(self, broker: Broker, slice_size: int) -> Generator[None, None, bytes]:
+        """The partition families in steps, then the steps of the collectors that have some
+        (:attr:`_stepped`); returns the partition families' text."""
+        text = yield from self._state.exposition.steps(broker.topics.values(), slice_size)
+        for c in self._stepped:
+            for _ in c.steps():
+                yield
+        return text
 
 
 def _packed(body: bytes, accept_encoding: bytes | str | None) -> tuple[bytes, bytes | None]:

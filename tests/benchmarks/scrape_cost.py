@@ -13,7 +13,8 @@ without, one a second.  For each: the node's CPU milliseconds (``/proc/PID/stat`
 scrape, less the idle rate over its wall time), the bytes on the wire, and the longest
 ``GET /healthz`` answer of a prober asking one after the other meanwhile (a render holds the
 reactor: the prober's longest wait is the stall a scrape causes).  The prober's longest wait
-over as long a window without a scrape is printed beside it.  The nodes are stopped at the end.
+over as long a window without a scrape is printed beside it.  ``--py-spy FILE`` records
+``n0`` over the first scrape (raw stacks, 250 Hz).  The nodes are stopped at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +35,8 @@ from typing import Any
 from benchmarks.idle_cpu import start_kept
 from benchmarks.scale import cpu_seconds
 from harness import NodeCluster
+
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 
 
 class Prober(threading.Thread):
@@ -95,6 +100,9 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of the idle CPU baseline")
     ap.add_argument("--bound", type=float, default=300.0)
     ap.add_argument("--ready-bound", type=float, default=180.0)
+    ap.add_argument(
+        "--py-spy", type=Path, help="record n0 with py-spy over the first scrape (raw stacks) here"
+    )
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = NodeCluster(a.base, a.nodes, startup_timeout=a.bound)
@@ -116,6 +124,16 @@ def main() -> None:
             json.dumps({"idle_ms_per_s": round(idle, 1), "healthz_max_ms_no_scrape": quiet_stall}), flush=True
         )
         rows: dict[str, list[dict[str, Any]]] = {"gzip": [], "plain": []}
+        spy = None
+        if a.py_spy:
+            # (py-spy over the first scrape: what holds the reactor while every line is built)
+            spy = subprocess.Popen(
+                [PY_SPY, "record", "--pid", str(pid), "--rate", "250", "--duration", "3", "--format", "raw"]
+                + ["--output", str(a.py_spy), "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
         for i in range(a.scrapes):
             for kind in ("gzip", "plain"):
                 r = scrape(port, pid, idle, kind == "gzip")
@@ -126,6 +144,9 @@ def main() -> None:
                     flush=True,
                 )
                 time.sleep(1.0)
+                if spy is not None:
+                    spy.wait(60)
+                    spy = None
         for kind, rs in rows.items():
             print(
                 json.dumps(
