@@ -94,6 +94,13 @@ log = Logger(namespace="sprawl.replication.service")
 #: written on its own (see the module docstring).
 HW_SAVE_SECONDS = 0.1
 
+#: The leader epoch of a partition's first placement (the metadata's
+#: ``put_topic`` places new partitions -- a new topic's, or those added to one
+#: -- at epoch 1; every later placement, ``set_partition(s)``, has a later
+#: epoch): a follower with an empty log assigned it derives the leader's
+#: control record at offset 0 (``Replica.first_epoch``).
+FIRST_EPOCH = 1
+
 
 class PartitionReplication:
     """One replicated partition on this node (see the module docstring)."""
@@ -145,6 +152,7 @@ class PartitionReplication:
             led_epoch=led,
             hw=hw,
             max_batch=max_batch,
+            first_epoch=FIRST_EPOCH,
         )
         # Recovery made everything stored visible; only what is committed is.
         lg.high_watermark = min(lg.high_watermark, hw)
@@ -393,7 +401,9 @@ class PartitionReplication:
             return None
         self._sync_log_start()
         out = self.core.receive(src, message)
-        if not _plain_follow(out):
+        if not _plain_follow(out) or not any(w.count for w in out.writes):
+            # (nothing to write but the high watermark -- the record was
+            # derived, create41: the chain answers at once, the watermark lazily)
             self._handle(out, records)
             return None
         recs: list[Record] = []
@@ -861,7 +871,10 @@ class PartitionReplication:
             recs = records[w.skip : w.skip + w.count]
         if len(recs) != w.count or recs[0].offset != w.start:
             raise AssertionError(f"write of {w.count} at {w.start} without its records")
-        ds.append(b.append_replicated(t, p, recs, self._state_ops()))
+        # An epoch's control record is no ack's: it joins a metadata apply's
+        # held writes (a new topic's, issue 23, create41) rather than end the
+        # hold -- a commit of its own on every node a create.
+        ds.append(b.append_replicated(t, p, recs, self._state_ops(), urgent=not w.control))
         if not leader:
             # A follower knows the ids of what it holds: as the next leader it
             # answers a publish retried through the failover with the first
