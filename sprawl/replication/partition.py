@@ -817,10 +817,11 @@ class PartitionReplication:
 
     def _save_hw_later(self) -> None:
         """The core's high watermark moved: store it with the next write, or
-        on its own after :data:`HW_SAVE_SECONDS`."""
+        on its own within :data:`HW_SAVE_SECONDS` -- with every other
+        partition's of this store due by then, in one write (:func:`_save_due`)."""
         self._hw_unsaved = True
         if self._hw_timer is None:
-            self._hw_timer = self.broker.clock.callLater(HW_SAVE_SECONDS, self._save_hw)
+            self._hw_timer = _hw_due(self)
 
     def _save_hw(self) -> None:
         """Write the replica state for its high watermark, unless a write
@@ -1159,6 +1160,36 @@ def take_fences(
     return _write_batches(
         [(r, r.fence_ops(src, m)) for r, src, m in items], PartitionReplication.fence_written, around
     )
+
+
+#: Partitions of a store whose high watermark waits to be saved, and the one
+#: timer that saves them (see :func:`_hw_due`).
+_HW_DUE: dict[int, tuple[Any, list[PartitionReplication]]] = {}
+
+
+def _hw_due(r: PartitionReplication) -> Any:
+    """Count ``r``'s high watermark among its store's due: saved (unless a
+    write carried it meanwhile) when the store's timer fires, at most
+    :data:`HW_SAVE_SECONDS` from now -- the timer runs from the first
+    partition due, and every partition due by then is saved with it in one
+    write (issue 23, create41: a new partition's first high watermark moves
+    on every replica one exchange after its create, and each partition's own
+    timer was a commit of its own per node at one create every few ms).
+    Returns the timer (the partition's ``_hw_timer``)."""
+    key = id(r.broker.store)
+    due = _HW_DUE.get(key)
+    if due is None:
+        call = r.broker.clock.callLater(HW_SAVE_SECONDS, _save_due, key)
+        due = _HW_DUE[key] = (call, [])
+    due[1].append(r)
+    return due[0]
+
+
+def _save_due(key: int) -> None:
+    """The store's high-watermark timer fired: save every partition due."""
+    _call, rs = _HW_DUE.pop(key)
+    for r in rs:
+        r._save_hw()
 
 
 #: Replica states written for their high watermark alone, gathered per store

@@ -33,6 +33,7 @@ from sprawl.pubsub import Broker
 from sprawl.raft.messages import Entry
 from sprawl.replication.envelope import Envelope, pack_record
 from sprawl.replication.messages import Append, AppendResp, decode, encode
+from sprawl.replication.partition import HW_SAVE_SECONDS
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.testing import FakeRPC
@@ -190,6 +191,53 @@ async def test_a_follower_of_a_new_partition_writes_its_leaders_control_record_w
     assert here.replication_sent() == [("b", AppendResp(1, True, 1, stored))]
     assert here.store.commits == commits + 1, "the leader's first append cost a commit"
     assert here.plane.service.replicas[("t", 0)].log.stored_end == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_partitions_first_high_watermarks_are_saved_together(here: Here) -> None:
+    """Four new partitions led here: each one's high watermark moves to 1 as
+    its follower b answers the first append, the answers 50 ms apart.  The
+    watermark is saved lazily (no write carries it), and every partition due
+    is saved in ONE write within ``HW_SAVE_SECONDS`` of the first -- not one
+    write (a commit of its own) per partition, each its own 0.1 s after it
+    moved: at one create every few ms that was ~0.4 of a commit per create on
+    every node (issue 23, create41)."""
+    n = 4
+    cmd = {"op": "put_topic", "name": "t", "config": {"partitions": n}, "placement": [list(NODES)] * n}
+    await here.apply.apply(here.entry(cmd))
+    reps = [here.plane.service.replicas[("t", p)] for p in range(n)]
+    await here.turns(lambda: all(r.core.stored_end == 1 for r in reps))
+    uid = here.broker.topics["t"].config.uid
+    saves: list[int] = []
+    write = here.store.write
+
+    def counting(ops: list[Any], *a: Any, **kw: Any) -> Any:
+        states = sum(1 for op in ops if op[1] == "meta" and op[2].startswith(b"repl/"))
+        if states:
+            saves.append(states)
+        return write(ops, *a, **kw)
+
+    here.store.write = counting  # type: ignore[method-assign]
+
+    def answer(p: int) -> None:
+        env = Envelope("t", p, encode(AppendResp(1, True, 1, 0)))
+        here.channel.handlers[REPLICATION]("b", msgspec.msgpack.encode(env))
+
+    def saved_hw(p: int) -> int:
+        raw = here.store.get("meta", keys.replica_state_key(uid, p))
+        return int(msgspec.json.decode(raw)["hw"]) if raw is not None else -1
+
+    answer(0)
+    assert reps[0].core.hw == 1
+    here.clock.advance(HW_SAVE_SECONDS / 2)
+    for p in range(1, n):
+        answer(p)
+    assert all(r.core.hw == 1 for r in reps)
+    here.clock.advance(HW_SAVE_SECONDS / 2)
+    here.clock.advance(0)  # (the saves of one turn are written together at its end)
+    assert saves == [n], "one write for every partition due"
+    await here.store.write([])
+    assert [saved_hw(p) for p in range(n)] == [1] * n
 
 
 @pytest_twisted.ensureDeferred
