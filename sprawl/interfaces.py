@@ -158,9 +158,15 @@ class ReplicaStore(BrokerStorage, Protocol):
         ...
 
     def append_replicated(
-        self, topic: Topic, partition: int, records: list[Record], extra_ops: Sequence[Op] = ()
+        self,
+        topic: Topic,
+        partition: int,
+        records: list[Record],
+        extra_ops: Sequence[Op] = (),
+        urgent: bool = True,
     ) -> Deferred[None]:
-        """Store a leader's batch at its offsets."""
+        """Store a leader's batch at its offsets (``urgent``: someone waits for
+        it -- it ends the store's hold, ``LmdbStore.hold``)."""
         ...
 
     def check_writable(self) -> None:

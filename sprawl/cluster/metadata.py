@@ -319,7 +319,12 @@ class Metadata:
 
     @staticmethod
     def _placements(lo: int, hi: int, proposed: Any) -> list[dict[str, Any]]:
-        """Placement records of partitions ``lo..hi-1`` (epoch 1), validated."""
+        """Placement records of partitions ``lo..hi-1`` (epoch 1), validated.
+
+        Epoch 1 is a partition's first (``replication.partition.FIRST_EPOCH``):
+        every later placement of it has a later epoch, so its leader in epoch 1
+        leads an empty log, and its followers derive that leader's control
+        record at offset 0 (issue 23, create41)."""
         if not isinstance(proposed, list):
             raise TypeError("placement must be a list")
         out = []

@@ -24,11 +24,18 @@ class ReplicaWrites(Catalog):
     """Writes that replication and the S3 tier drive."""
 
     def append_replicated(
-        self, topic: Topic, partition: int, records: list[Record], extra_ops: Sequence[Op] = ()
+        self,
+        topic: Topic,
+        partition: int,
+        records: list[Record],
+        extra_ops: Sequence[Op] = (),
+        urgent: bool = True,
     ) -> Deferred[None]:
         """Store a leader's batch at its offsets (a follower's write) -- with
         ``extra_ops`` in the same transaction -- and fire once it is durable.
-        ``ValueError`` if the records do not continue the log."""
+        ``ValueError`` if the records do not continue the log.  ``urgent``
+        false: no ack waits for it (an epoch's control record, issue 23,
+        create41) -- it joins a metadata apply's hold instead of ending it."""
         self.check_writable()
         if not records:
             return succeed(None)
@@ -41,7 +48,7 @@ class ReplicaWrites(Catalog):
         # (more wake-ups per commit) for no latency won (issue 16, wal37).
         # (urgent: an ack or the high watermark waits for it -- it ends a metadata
         # apply's hold, LmdbStore.hold, rather than wait behind it)
-        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), urgent=True)
+        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), urgent=urgent)
         d.addBoth(self._committed_or_failed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
         return d
 

@@ -94,6 +94,13 @@ log = Logger(namespace="sprawl.replication.service")
 #: written on its own (see the module docstring).
 HW_SAVE_SECONDS = 0.1
 
+#: The leader epoch of a partition's first placement (the metadata's
+#: ``put_topic`` places new partitions -- a new topic's, or those added to one
+#: -- at epoch 1; every later placement, ``set_partition(s)``, has a later
+#: epoch): a follower with an empty log assigned it derives the leader's
+#: control record at offset 0 (``Replica.first_epoch``).
+FIRST_EPOCH = 1
+
 
 class PartitionReplication:
     """One replicated partition on this node (see the module docstring)."""
@@ -145,6 +152,7 @@ class PartitionReplication:
             led_epoch=led,
             hw=hw,
             max_batch=max_batch,
+            first_epoch=FIRST_EPOCH,
         )
         # Recovery made everything stored visible; only what is committed is.
         lg.high_watermark = min(lg.high_watermark, hw)
@@ -393,7 +401,9 @@ class PartitionReplication:
             return None
         self._sync_log_start()
         out = self.core.receive(src, message)
-        if not _plain_follow(out):
+        if not _plain_follow(out) or not any(w.count for w in out.writes):
+            # (nothing to write but the high watermark -- the record was
+            # derived, create41: the chain answers at once, the watermark lazily)
             self._handle(out, records)
             return None
         recs: list[Record] = []
@@ -807,10 +817,11 @@ class PartitionReplication:
 
     def _save_hw_later(self) -> None:
         """The core's high watermark moved: store it with the next write, or
-        on its own after :data:`HW_SAVE_SECONDS`."""
+        on its own within :data:`HW_SAVE_SECONDS` -- with every other
+        partition's of this store due by then, in one write (:func:`_save_due`)."""
         self._hw_unsaved = True
         if self._hw_timer is None:
-            self._hw_timer = self.broker.clock.callLater(HW_SAVE_SECONDS, self._save_hw)
+            self._hw_timer = _hw_due(self)
 
     def _save_hw(self) -> None:
         """Write the replica state for its high watermark, unless a write
@@ -861,7 +872,10 @@ class PartitionReplication:
             recs = records[w.skip : w.skip + w.count]
         if len(recs) != w.count or recs[0].offset != w.start:
             raise AssertionError(f"write of {w.count} at {w.start} without its records")
-        ds.append(b.append_replicated(t, p, recs, self._state_ops()))
+        # An epoch's control record is no ack's: it joins a metadata apply's
+        # held writes (a new topic's, issue 23, create41) rather than end the
+        # hold -- a commit of its own on every node a create.
+        ds.append(b.append_replicated(t, p, recs, self._state_ops(), urgent=not w.control))
         if not leader:
             # A follower knows the ids of what it holds: as the next leader it
             # answers a publish retried through the failover with the first
@@ -1146,6 +1160,36 @@ def take_fences(
     return _write_batches(
         [(r, r.fence_ops(src, m)) for r, src, m in items], PartitionReplication.fence_written, around
     )
+
+
+#: Partitions of a store whose high watermark waits to be saved, and the one
+#: timer that saves them (see :func:`_hw_due`).
+_HW_DUE: dict[int, tuple[Any, list[PartitionReplication]]] = {}
+
+
+def _hw_due(r: PartitionReplication) -> Any:
+    """Count ``r``'s high watermark among its store's due: saved (unless a
+    write carried it meanwhile) when the store's timer fires, at most
+    :data:`HW_SAVE_SECONDS` from now -- the timer runs from the first
+    partition due, and every partition due by then is saved with it in one
+    write (issue 23, create41: a new partition's first high watermark moves
+    on every replica one exchange after its create, and each partition's own
+    timer was a commit of its own per node at one create every few ms).
+    Returns the timer (the partition's ``_hw_timer``)."""
+    key = id(r.broker.store)
+    due = _HW_DUE.get(key)
+    if due is None:
+        call = r.broker.clock.callLater(HW_SAVE_SECONDS, _save_due, key)
+        due = _HW_DUE[key] = (call, [])
+    due[1].append(r)
+    return due[0]
+
+
+def _save_due(key: int) -> None:
+    """The store's high-watermark timer fired: save every partition due."""
+    _call, rs = _HW_DUE.pop(key)
+    for r in rs:
+        r._save_hw()
 
 
 #: Replica states written for their high watermark alone, gathered per store

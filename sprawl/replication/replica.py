@@ -145,6 +145,7 @@ class Replica:
         max_in_flight: int = 4096,
         retry_ticks: int = 3,
         max_ask_ticks: int = 30,
+        first_epoch: int = 0,
     ) -> None:
         self.id = node_id
         self.controller = controller
@@ -198,6 +199,13 @@ class Replica:
         #: nothing yet); back to ``retry_ticks`` once an append or an Assign comes.
         self.ask_ticks = retry_ticks
         self.max_ask_ticks = max(retry_ticks, max_ask_ticks)
+        #: The epoch of a partition's first placement (0: none known).  Its
+        #: leader starts the partition's log: it leads with an empty log, so
+        #: its control record is the record at offset 0.  A follower with an
+        #: empty log and no promise yet, assigned that epoch, takes that
+        #: record as its own at once (:meth:`_derive_first`) instead of
+        #: waiting for the leader's append to write it (issue 23, create41).
+        self.first_epoch = first_epoch
         #: A follower with no leader, fenced past the placement: the leader
         #: an ``Assign`` older than its promise named (see :meth:`_on_assign`).
         #: Asked where a leader would be until one is heard.
@@ -819,6 +827,7 @@ class Replica:
         if self.role == LEADER and self.epoch == m.epoch:
             raise SafetyError(f"{m.leader} assigned epoch {m.epoch}, which {self.id} leads")
         repeat = (self.epoch, self.leader, self.replicas) == (m.epoch, m.leader, tuple(m.replicas))
+        derive = self._derives_first(m.epoch)
         out = self._step_down(m.epoch)
         self.epoch = m.epoch
         self.leader = m.leader
@@ -826,6 +835,10 @@ class Replica:
         self.replicas = tuple(m.replicas)
         self.unheard_ticks = 0
         self.ask_ticks = self.retry_ticks
+        if derive:
+            # The new leader sends its appends unasked (it starts the log):
+            # no word of where this replica stands is needed.
+            return self._derive_first(out)
         if repeat or self.caught_up:
             # Only a replica that has not caught up since it was built (a
             # restart) says where it stands: a new leader (each epoch's)
@@ -841,6 +854,43 @@ class Replica:
         # watermark restored lower than it had said) would wait for the next
         # publish to hear the watermark again.
         out.messages.append((m.leader, AppendResp(self.fenced_epoch, False, self.cache.end, self.hw)))
+        return out
+
+    def _derives_first(self, epoch: int) -> bool:
+        """Whether an ``Assign`` of ``epoch`` to another leader lets this
+        replica derive the epoch's first record (:meth:`_derive_first`): the
+        partition's first epoch, and a replica that holds nothing and has
+        promised nothing -- so no leader has written to it, and it never led."""
+        c = self.cache
+        return (
+            epoch == self.first_epoch > 0
+            and self.role != LEADER
+            and self.fenced_epoch == 0
+            and self.led_epoch == 0
+            and self.hw == 0
+            and c.end == 0
+            and c.log_start == 0
+            and not c.runs
+        )
+
+    def _derive_first(self, out: Output) -> Output:
+        """Take the first epoch's control record at offset 0 as the leader
+        writes it (issue 23, create41).  The leader of a partition's first
+        epoch leads an empty log -- no leader came before it, and every later
+        placement has a later epoch -- so the first record it writes, and
+        sends every follower, is its control record at offset 0 of that
+        epoch (:meth:`_become_leader`); a replica that holds nothing holds no
+        other record there.  Written here (one write with the epoch's promise)
+        it joins the transaction that applies the placement on this node, and
+        the leader's first append finds it held: nothing to write, only to
+        answer (once this write is durable, as every answer).  The record is
+        not committed by being derived: the high watermark still moves only
+        when a majority holds it on disk and the leader says so."""
+        self.cache.append(self.epoch, 1)
+        self.stored_end = self.cache.end
+        write = Write(start=0, count=1, epoch=self.epoch, control=True, fenced_epoch=self.fenced_epoch)
+        out.writes = [w for w in out.writes if not _promise_only(w)]
+        out.writes.append(write)
         return out
 
     # -- inputs ----------------------------------------------------------------------
@@ -945,6 +995,11 @@ class Replica:
         if self.tick_beats:
             out.messages.append((self.controller, LeaderBeat(self.epoch, self.hw, self.cache.end)))
         return out
+
+
+def _promise_only(w: Write) -> bool:
+    """A write of the replica state alone (no records, truncation or reset)."""
+    return w.count == 0 and w.truncate_to is None and not w.reset and not w.control
 
 
 def _epoch_in(runs: tuple[tuple[int, int], ...], offset: int) -> int:

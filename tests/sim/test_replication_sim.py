@@ -127,6 +127,11 @@ class Node:
             hw=disk.setdefault("hw", 0),
             max_batch=4,
             retry_ticks=3,
+            # Every schedule's first epoch leads an empty log: a replica with
+            # nothing and no promise, assigned it, derives its control record
+            # (issue 23, create41) -- one that missed the first fence, or every
+            # follower of a placed partition (``placed``).
+            first_epoch=1,
         )
         world.check_hw(nid, self.core.hw)  # what a restart restores is not below what it had
         self.pending: list[tuple[str, int, int]] = []  # (id, epoch, offset) published here
@@ -238,7 +243,10 @@ class Node:
                 )
             if w.control:
                 log.append((w.epoch, f"ctl-{w.epoch}", True))
-                wrote_own = True
+                if self.core.role == LEADER:
+                    wrote_own = True
+                else:  # derived from the placement (create41): durable before any message, as a follower's
+                    self.world.count("derived")
             elif payloads is not None and self.core.role != LEADER:
                 for pid, ctl in payloads[w.skip : w.skip + w.count]:
                     log.append((self.core.cache.epoch_at(len(log) + d["log_start"]), pid, ctl))
@@ -341,8 +349,14 @@ def check_agreement(nodes: list[Node]) -> None:
                     raise SafetyViolation(f"{a.id} and {b.id} differ at committed offset {o}: {ra} vs {rb}")
 
 
-def run_schedule(seed: int, n_replicas: int, steps: int, lazy_leader_disk: bool = False) -> dict[str, int]:
-    """One seeded schedule; raises SafetyViolation on a broken invariant."""
+def run_schedule(
+    seed: int, n_replicas: int, steps: int, lazy_leader_disk: bool = False, placed: bool = False
+) -> dict[str, int]:
+    """One seeded schedule; raises SafetyViolation on a broken invariant.
+    ``placed``: the partition starts as a created topic's does -- epoch 1 and
+    its leader committed, every replica told by its own apply of the placement
+    (an ``Assign`` each, no fence), so every follower derives the leader's
+    first record."""
     rng = random.Random(seed)
     sim = Simulator(
         seed,
@@ -356,8 +370,11 @@ def run_schedule(seed: int, n_replicas: int, steps: int, lazy_leader_disk: bool 
     for nid in ids:
         sim.disk[nid] = {}
         sim.add_node(nid, Node(nid, sim.disk[nid], world))
-    sim.disk[CTRL] = {}
+    sim.disk[CTRL] = {"epoch": 1, "leader": ids[0]} if placed else {}
     sim.add_node(CTRL, Controller(ids, sim.disk[CTRL], world))
+    if placed:
+        for nid in ids:
+            sim.call(nid, lambda n, now: n.receive(CTRL, _pack(Assign(1, ids[0], ids)), now))
     n_pub = 0
 
     def nodes() -> list[Node]:
@@ -508,6 +525,23 @@ def test_three_replica_schedules_with_a_lazy_leader_disk() -> None:
     if ONE_SEED is None:
         for what in ("acked", "crashes", "failovers", "lost_unsynced"):
             assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
+
+
+def test_three_replica_schedules_of_a_placed_partition() -> None:
+    """The same from a created topic's start: every follower derives the
+    first epoch's control record from the placement (issue 23, create41)
+    instead of receiving it -- and every acknowledged record survives."""
+    seeds = schedule_seeds(90_000, 150)
+    totals = run_schedules(
+        seeds,
+        lambda seed: run_schedule(seed, 3, 40, placed=True),
+        "pytest tests/sim/test_replication_sim.py -k placed_partition",
+    )
+    print(f"placed: {len(seeds)} schedules: {totals}")
+    if ONE_SEED is None:
+        for what in ("acked", "crashes", "failovers"):
+            assert totals.get(what, 0) > len(seeds) // 10, f"too few {what}: {totals}"
+        assert totals.get("derived", 0) >= len(seeds), f"too few derived: {totals}"
 
 
 def test_five_replica_schedules() -> None:

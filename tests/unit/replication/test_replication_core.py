@@ -589,3 +589,52 @@ def test_more_records_taken_unsent_than_a_batch_leave_whole() -> None:
     out = a.send_appends()
     sent = [(d, m.start, m.count) for d, m in out.messages if isinstance(m, Append)]
     assert sorted(sent) == sorted((d, s, n) for d in ("b", "c") for s, n in ((1, 4), (5, 4), (9, 2)))
+
+
+def test_a_new_partitions_follower_derives_the_first_control_record_and_its_leaders_append_writes_nothing() -> (
+    None
+):
+    """A partition's first epoch: its leader leads an empty log, so its first
+    record is its control record at offset 0.  A follower with nothing and no
+    promise, assigned that epoch, writes that record itself with the promise
+    (one write, no word to the leader); the leader's first append then finds
+    it held -- answered with no write -- and the high watermark moves only once
+    a majority holds it and the leader says so (issue 23, create41)."""
+    reps = ("a", "b", "c")
+    nodes = {r: Replica(r, "ctrl", first_epoch=1) for r in reps}
+    lead = nodes["a"].receive("ctrl", Assign(1, "a", reps))
+    out = nodes["b"].receive("ctrl", Assign(1, "a", reps))
+    assert [(w.start, w.count, w.epoch, w.control, w.fenced_epoch) for w in out.writes] == [
+        (0, 1, 1, True, 1)
+    ]
+    assert out.messages == [] and nodes["b"].end == 1 and nodes["b"].hw == 0
+    first = [m for dst, m in lead.messages if dst == "b"]
+    assert len(first) == 1 and isinstance(first[0], Append) and (first[0].start, first[0].count) == (0, 1)
+    answer = nodes["b"].receive("a", first[0])
+    assert answer.writes == [] and answer.messages == [("a", AppendResp(1, True, 1, 0))]
+    nodes["a"].stored(nodes["a"].end)
+    assert nodes["a"].hw == 0  # not committed by being derived ...
+    nodes["a"].receive("b", answer.messages[0][1])
+    assert nodes["a"].hw == 1  # ... but once a majority holds it on disk, as any record
+
+
+@pytest.mark.parametrize(
+    ("replica", "epoch"),
+    [
+        (Replica("b", "ctrl", first_epoch=1), 2),  # not the partition's first epoch
+        (Replica("b", "ctrl", first_epoch=1, fenced_epoch=1), 1),  # promised it (a restarted follower)
+        (Replica("b", "ctrl", cache=EpochCache(runs=[(0, 0)], end=3), first_epoch=1), 1),  # holds records
+        (
+            Replica("b", "ctrl", cache=EpochCache(log_start=5, end=5), first_epoch=1),
+            1,
+        ),  # its log starts later
+        (Replica("b", "ctrl"), 1),  # no first epoch known (the simulation's old default, a test's)
+    ],
+)
+def test_a_follower_that_holds_or_promised_anything_derives_nothing(replica: Replica, epoch: int) -> None:
+    """Only an empty, unpromised replica assigned the first epoch derives: any
+    other writes no record on an Assign (and a restarted one says where it
+    stands, as before)."""
+    out = replica.receive("ctrl", Assign(epoch, "a", ("a", "b", "c")))
+    assert not any(w.count for w in out.writes)
+    assert replica.end == replica.cache.log_start + (3 if replica.cache.runs else 0)
