@@ -77,6 +77,11 @@ WAL_APPLIED_KEY = b"node/wal_applied"
 
 _DB_INDEX = {name: i for i, name in enumerate(DBS)}
 
+#: A write waiting for the log: (ops, waiter, bytes, weight, logged, non-logged writes
+#: made before it).
+_WalWrite = tuple[list[Op], Deferred[None], int, int, bool, int]
+_NO_FRAME: tuple[list[_WalWrite], bool, float] = ([], False, 0.0)
+
 
 def _applied_op(seq: int) -> Op:
     return ("p", "meta", WAL_APPLIED_KEY, seq.to_bytes(8, "big"))
@@ -129,9 +134,12 @@ class LmdbStore:
         #: Writes waiting for the log, in order: (ops, waiter, bytes, weight, logged,
         #: non-logged writes made before it).  A non-logged write waits here too while
         #: a logged one is before it, so LMDB applies every write in the order made.
-        self._wal_queue: deque[tuple[list[Op], Deferred[None], int, int, bool, int]] = deque()
+        self._wal_queue: deque[_WalWrite] = deque()
         self._wal_scheduled = False
         self._wal_in_flight = False
+        #: The frame in flight on the log's thread: its writes, whether its LMDB apply is
+        #: chained, and when it was handed over.
+        self._wal_frame: tuple[list[_WalWrite], bool, float] = _NO_FRAME
         #: Synced frames' writes whose ack waits for a non-logged write made before
         #: them to commit: (waiter, non-logged writes it waits for).
         self._held: deque[tuple[Deferred[None], int]] = deque()
@@ -351,7 +359,15 @@ class LmdbStore:
                 d.addBoth(self._direct_committed)
             if logged or self._wal_queue or self._wal_in_flight:
                 self._wal_queue.append((ops, d, nbytes, write_weight(ops, nbytes), logged, self._direct_made))
-                self._wal_schedule()
+                if not self._wal_scheduled and not self._wal_in_flight:
+                    # No frame in flight and none scheduled: nothing to group this write
+                    # with (the writes one read brings are already one write), so it goes
+                    # to the log's thread now -- no DelayedCall and reactor turn of its own
+                    # (lat41).  A write made while a frame is in flight waits for it
+                    # (:meth:`_wal_next`), so the grouping under load is as before.
+                    self._wal_flush()
+                else:
+                    self._wal_schedule()
                 return d
         else:
             self._pending_bytes += nbytes
@@ -391,7 +407,7 @@ class LmdbStore:
         if not queue:
             self._wal_idle()
             return
-        group: list[tuple[list[Op], Deferred[None], int, int, bool, int]] = []
+        group: list[_WalWrite] = []
         weight = 0
         while queue and queue[0][4] and (not group or weight + queue[0][3] <= TXN_BYTES):
             w = queue.popleft()
@@ -408,62 +424,68 @@ class LmdbStore:
         chained_bytes = sum(w[2] for w in group) if chain else -1
         if chain:
             self._chained += 1
-        d = self._wal_thread.submit(self._wal_append, wal, [w[0] for w in group], chained_bytes)
+        self._wal_frame = (group, chain, self.reactor.seconds())
+        # (the thread's answer is a plain call, :meth:`_wal_answered`: no Deferred)
+        self._wal_thread.call(self._wal_append, self._wal_answered, wal, [w[0] for w in group], chained_bytes)
+
+    def _wal_answered(self, result: tuple[int, float, float, float] | None, f: Failure | None) -> None:
+        """The log's thread is done with the frame in flight: synced (``result``) or
+        failed (``f``)."""
+        group, chain, started = self._wal_frame
+        self._wal_frame = _NO_FRAME
+        if f is not None or result is None:
+            self._wal_failed(group, chain, f if f is not None else Failure(Exception("no result")))
+            return
+        seq, began, body, synced = result
+        self._wal_in_flight = False
+        self.wal_synced = seq
         tl = timeline.TIMELINE
-        started = self.reactor.seconds()
-
-        def done(result: tuple[int, float, float, float]) -> None:
-            seq, began, body, synced = result
-            self._wal_in_flight = False
-            self.wal_synced = seq
-            if tl is not None:
-                tl.commit(started, began, body, synced, self.reactor.seconds(), sum(len(w[0]) for w in group))
-            last = len(group) - 1
-            held = self._held
-            ack: list[Deferred[None]] = []
-            for i, (w_ops, w_d, w_bytes, w_weight, _logged, made) in enumerate(group):
-                for op in w_ops:
-                    if op[0] == "m" and op[1] == "records" and op[2]:
-                        self._wal_parts[op[2][0][0][:8]] = seq
-                if not chain:
-                    applied: Deferred[None] = Deferred()
-                    if i == last:
-                        w_ops = [*w_ops, _applied_op(seq)]
-                        applied.addCallback(self._frame_applied, seq)
-                    applied.addErrback(self._apply_failed)
-                    self._queue.append((w_ops, applied, w_bytes, w_weight))
-                if held or made > self._direct_done:
-                    # (a non-logged write made before it is not on disk yet)
-                    held.append((w_d, made))
-                else:
-                    ack.append(w_d)
+        if tl is not None:
+            tl.commit(started, began, body, synced, self.reactor.seconds(), sum(len(w[0]) for w in group))
+        last = len(group) - 1
+        held = self._held
+        ack: list[Deferred[None]] = []
+        for i, (w_ops, w_d, w_bytes, w_weight, _logged, made) in enumerate(group):
+            for op in w_ops:
+                if op[0] == "m" and op[1] == "records" and op[2]:
+                    self._wal_parts[op[2][0][0][:8]] = seq
             if not chain:
-                self._schedule()
-            self._firing = True
-            try:
-                for w_d in ack:
-                    w_d.callback(None)
-            finally:
-                self._firing = False
-                self._run_after()
-            self._wal_next()
+                applied: Deferred[None] = Deferred()
+                if i == last:
+                    w_ops = [*w_ops, _applied_op(seq)]
+                    applied.addCallback(self._frame_applied, seq)
+                applied.addErrback(self._apply_failed)
+                self._queue.append((w_ops, applied, w_bytes, w_weight))
+            if held or made > self._direct_done:
+                # (a non-logged write made before it is not on disk yet)
+                held.append((w_d, made))
+            else:
+                ack.append(w_d)
+        if not chain:
+            self._schedule()
+        self._firing = True
+        try:
+            for w_d in ack:
+                w_d.callback(None)
+        finally:
+            self._firing = False
+            self._run_after()
+        self._wal_next()
 
-        def failed(f: Failure) -> None:
-            self._wal_in_flight = False
-            if chain:
-                self._chained -= 1  # (nothing was handed to the LMDB writer)
-            log.failure("write-ahead log append of {n} write(s) failed", f, n=len(group))
-            err = f.value if isinstance(f.value, Exception) else Exception(str(f.value))
-            self.failed = err
-            waiters = [w[1] for w in group] + [w[1] for w in self._wal_queue]
-            self._pending_bytes -= sum(w[2] for w in group) + sum(w[2] for w in self._wal_queue)
-            self._wal_queue.clear()
-            for w in waiters:
-                w.errback(err)
-            self._wake_readers(err)
-            self._wal_next()
-
-        d.addCallbacks(done, failed)
+    def _wal_failed(self, group: list[_WalWrite], chain: bool, f: Failure) -> None:
+        self._wal_in_flight = False
+        if chain:
+            self._chained -= 1  # (nothing was handed to the LMDB writer)
+        log.failure("write-ahead log append of {n} write(s) failed", f, n=len(group))
+        err = f.value if isinstance(f.value, Exception) else Exception(str(f.value))
+        self.failed = err
+        waiters = [w[1] for w in group] + [w[1] for w in self._wal_queue]
+        self._pending_bytes -= sum(w[2] for w in group) + sum(w[2] for w in self._wal_queue)
+        self._wal_queue.clear()
+        for w in waiters:
+            w.errback(err)
+        self._wake_readers(err)
+        self._wal_next()
 
     def _wal_next(self) -> None:
         if self._wal_queue:
