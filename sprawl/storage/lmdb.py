@@ -77,9 +77,45 @@ WAL_APPLIED_KEY = b"node/wal_applied"
 
 _DB_INDEX = {name: i for i, name in enumerate(DBS)}
 
+
+class Then:
+    """A write's waiter as a plain call (:meth:`LmdbStore.write_then`): where the store
+    fires a write's Deferred it calls ``fn(None, *args)`` -- or ``fn(failure, *args)``
+    -- instead: no Deferred made, linked and run for it (issue 16, lat41).  What ``fn``
+    raises is logged, never passed to the writes acked after it."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+
+    def callback(self, result: None) -> None:
+        """The write is where its ack says."""
+        try:
+            self.fn(None, *self.args)
+        except Exception:
+            log.failure("a write's completion call failed")
+
+    def errback(self, err: Failure | BaseException | None = None) -> None:
+        """The write failed with ``err``."""
+        f = (
+            err
+            if isinstance(err, Failure)
+            else Failure(err if err is not None else Exception("write failed"))
+        )
+        try:
+            self.fn(f, *self.args)
+        except Exception:
+            log.failure("a write's failure call failed")
+
+
+#: What a write's completion fires: its Deferred (:meth:`LmdbStore.write`) or a plain call.
+Waiter = Deferred[None] | Then
+
 #: A write waiting for the log: (ops, waiter, bytes, weight, logged, non-logged writes
 #: made before it).
-_WalWrite = tuple[list[Op], Deferred[None], int, int, bool, int]
+_WalWrite = tuple[list[Op], Waiter, int, int, bool, int]
 _NO_FRAME: tuple[list[_WalWrite], bool, float] = ([], False, 0.0)
 
 
@@ -142,7 +178,7 @@ class LmdbStore:
         self._wal_frame: tuple[list[_WalWrite], bool, float] = _NO_FRAME
         #: Synced frames' writes whose ack waits for a non-logged write made before
         #: them to commit: (waiter, non-logged writes it waits for).
-        self._held: deque[tuple[Deferred[None], int]] = deque()
+        self._held: deque[tuple[Waiter, int]] = deque()
         #: Non-logged writes made (while the log is on) and committed, in order.
         self._direct_made = 0
         self._direct_done = 0
@@ -177,7 +213,7 @@ class LmdbStore:
         self._writer = WriterThread(reactor, "sprawl-lmdb-writer")
         self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
         #: Writes queued for the next commits: (ops, waiter, bytes, weight), in order.
-        self._queue: deque[tuple[list[Op], Deferred[None], int, int]] = deque()
+        self._queue: deque[tuple[list[Op], Waiter, int, int]] = deque()
         self._pending_bytes = 0
         self._scheduled = False
         self._in_flight = False
@@ -341,14 +377,33 @@ class LmdbStore:
         too; LMDB gets them afterwards (docs/architecture.md, "The write-ahead log").
         ``urgent=True`` (a Raft append someone waits for) ends a :meth:`hold`: the
         writes held commit with it, in one transaction."""
-        if self.failed is not None:
-            from twisted.internet.defer import fail
+        d: Deferred[None] = Deferred()
+        self._write(ops, nbytes, d, wal, urgent)
+        return d
 
-            return fail(self.failed)
+    def write_then(
+        self,
+        ops: list[Op],
+        nbytes: int,
+        fn: Callable[..., object],
+        *args: Any,
+        wal: bool = False,
+        urgent: bool = False,
+    ) -> None:
+        """:meth:`write`, answered by a plain call instead of a Deferred: ``fn(None,
+        *args)`` when the Deferred would fire -- exactly then: once the write is on disk
+        (``wal=True``: in a fsynced frame, every write made before it on disk too) --
+        or ``fn(failure, *args)`` when it would fail (at once if the store failed
+        already).  The publish path's write, one a message (issue 16, lat41)."""
+        self._write(ops, nbytes, Then(fn, args), wal, urgent)
+
+    def _write(self, ops: list[Op], nbytes: int, waiter: Waiter, wal: bool, urgent: bool) -> None:
+        if self.failed is not None:
+            waiter.errback(self.failed)
+            return
         if urgent and self._hold_call is not None:
             self.holds_joined += 1
             self._release_hold()
-        d: Deferred[None] = Deferred()
         if self.wal is not None:
             # (past ``wal_lag_bytes`` not yet in LMDB, a write waits for LMDB as without
             # the log: the acks slow down with LMDB instead of running ahead into 429s)
@@ -356,9 +411,14 @@ class LmdbStore:
             self._pending_bytes += nbytes
             if not logged:
                 self._direct_made += 1
-                d.addBoth(self._direct_committed)
+                if isinstance(waiter, Deferred):
+                    waiter.addBoth(self._direct_committed)
+                else:
+                    waiter = Then(self._direct_then, (waiter,))
             if logged or self._wal_queue or self._wal_in_flight:
-                self._wal_queue.append((ops, d, nbytes, write_weight(ops, nbytes), logged, self._direct_made))
+                self._wal_queue.append(
+                    (ops, waiter, nbytes, write_weight(ops, nbytes), logged, self._direct_made)
+                )
                 if not self._wal_scheduled and not self._wal_in_flight:
                     # No frame in flight and none scheduled: nothing to group this write
                     # with (the writes one read brings are already one write), so it goes
@@ -368,12 +428,19 @@ class LmdbStore:
                     self._wal_flush()
                 else:
                     self._wal_schedule()
-                return d
+                return
         else:
             self._pending_bytes += nbytes
-        self._queue.append((ops, d, nbytes, write_weight(ops, nbytes)))
+        self._queue.append((ops, waiter, nbytes, write_weight(ops, nbytes)))
         self._schedule()
-        return d
+
+    def _direct_then(self, result: Failure | None, then: Then) -> None:
+        """A non-logged :meth:`write_then`: as :meth:`_direct_committed`, then its call."""
+        self._direct_committed(result)
+        if result is None:
+            then.callback(None)
+        else:
+            then.errback(result)
 
     # -- the write-ahead log ---------------------------------------------------------
 
@@ -444,7 +511,7 @@ class LmdbStore:
             tl.commit(started, began, body, synced, self.reactor.seconds(), sum(len(w[0]) for w in group))
         last = len(group) - 1
         held = self._held
-        ack: list[Deferred[None]] = []
+        ack: list[Waiter] = []
         for i, (w_ops, w_d, w_bytes, w_weight, _logged, made) in enumerate(group):
             for op in w_ops:
                 if op[0] == "m" and op[1] == "records" and op[2]:
@@ -714,7 +781,7 @@ class LmdbStore:
             return
         # Whole writes, in order, up to TXN_BYTES of weight (at least one).
         ops: list[Op] = []
-        waiters: list[Deferred[None]] = []
+        waiters: list[Waiter] = []
         nbytes = weight = 0
         while queue and (not waiters or weight + queue[0][3] <= TXN_BYTES):
             w_ops, w_d, w_bytes, w_weight = queue.popleft()

@@ -375,3 +375,46 @@ async def test_writes_made_while_a_frame_is_in_flight_share_the_next_frame(store
     assert store.wal is not None and store.wal.appends == 2 and store.wal_synced == 2
     await until(lambda: store.wal_applied == 2, "LMDB's applies")
     assert [r.offset for r in store.read_records_sync(8, 0, 0, 100, 100)] == list(range(6))
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_then_is_called_where_the_writes_deferred_would_fire(store: LmdbStore) -> None:
+    """``write_then``: the call comes once the frame is fsynced (not before: the log's
+    thread held), in the order made; a non-logged one once LMDB holds it; a call that
+    raises does not keep the writes acked after it from their calls; a failed store
+    answers with the failure at once."""
+    gate = threading.Event()
+    entered: Deferred[None] = Deferred()
+    appended = store._wal_append
+    calls: list[tuple[object, str, int]] = []
+
+    def append(*args: Any) -> Any:
+        if not entered.called:
+            the_reactor().callFromThread(entered.callback, None)
+            assert gate.wait(30), "gate never released"
+        return appended(*args)
+
+    def then(result: object, tag: str) -> None:
+        calls.append((result, tag, store.wal_synced))
+        if tag == "raises":
+            raise RuntimeError("a caller's bug")
+
+    store._wal_append = append  # type: ignore[method-assign]
+    store.write_then(store.put_records(9, 0, recs(0, 1)), 0, then, "first", wal=True)
+    await entered
+    store.write_then(store.put_records(9, 0, recs(1, 1)), 0, then, "raises", wal=True)
+    store.write_then(store.put_records(9, 0, recs(2, 1)), 0, then, "after", wal=True)
+    assert calls == []  # (the frame is not synced yet)
+    gate.set()
+    await until(lambda: len(calls) == 3, "the calls")
+    assert [(r, tag) for r, tag, _ in calls] == [(None, "first"), (None, "raises"), (None, "after")]
+    assert [seq for _, _, seq in calls] == [1, 2, 2]  # (each after its own frame's sync)
+    direct: list[object] = []
+    store.write_then([("p", "meta", b"d1", b"1")], 0, lambda r: direct.append((r, store.get("meta", b"d1"))))
+    await until(lambda: bool(direct), "the non-logged write's call")
+    assert direct == [(None, b"1")]
+    store.failed = OSError(5, "Input/output error")
+    failed: list[Any] = []
+    store.write_then(store.put_records(9, 0, recs(3, 1)), 0, failed.append, wal=True)
+    assert len(failed) == 1 and failed[0].check(OSError)
+    store.failed = None
