@@ -512,11 +512,11 @@ class Router:
         with no coroutine on the way; a retryable failure goes on to
         :meth:`_publish_partition`'s retries as its first attempt's would.  None
         when this node does not lead it (the coroutine's path then)."""
+        r = self.sync.service.replicas.get((topic.name, p))
+        if r is None or not r.core.is_leader:  # (first: an entry node that follows pays one look)
+            return None
         t = self.broker.topics.get(topic.name)
         if t is None or not 0 <= p < len(t.logs) or self.sync.is_local(t.name, p):
-            return None
-        r = self.sync.service.replicas.get((t.name, p))
-        if r is None or not r.core.is_leader:
             return None
         deadline = self.reactor.seconds() + self.route_timeout
         try:
