@@ -298,14 +298,11 @@ class TimerCountingReactor(CountingReactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lone_logged_write_goes_to_the_log_at_once_and_comes_back_without_a_deferred(
-    tmp_path: Path,
-) -> None:
-    """Logged writes one at a time (no frame in flight, none scheduled): each goes to the
-    log's thread from ``write`` itself -- no ``callLater(0)`` and reactor turn of its own
-    (20 without) -- and the thread's answer is a plain call, not a Deferred made by
-    ``submit`` (20 without); each is still acked only once its frame is fsynced, one
-    frame a write, and LMDB holds them all, in order."""
+async def test_a_frames_sync_comes_back_without_a_deferred(tmp_path: Path) -> None:
+    """Logged writes one at a time: the log thread's answer is a plain call, not a
+    Deferred made by ``submit`` (20 on main); the hand-over is still one ``callLater(0)``
+    a frame (every write of a poll round shares it); each write is acked only once its
+    frame is fsynced, one frame a write, and LMDB holds them all, in order."""
     reactor = TimerCountingReactor()
     s = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=64 * 1024**2, wal=True)
     s.open()
@@ -330,10 +327,10 @@ async def test_a_lone_logged_write_goes_to_the_log_at_once_and_comes_back_withou
     try:
         for i in range(20):
             d = s.write(s.put_records(4, 0, recs(i, 1)), wal=True)
-            assert s._wal_in_flight and not s._wal_scheduled  # (handed over by write itself)
+            assert s._wal_scheduled and not s._wal_in_flight  # (handed over at the turn's end)
             await d
             assert synced[-1] == s.wal_synced == i + 1  # (acked after its frame's sync)
-        assert reactor.timed == 0 and submitted[0] == 0
+        assert submitted[0] == 0 and reactor.timed == 20
         assert s.wal is not None and s.wal.appends == 20
         await until(lambda: s.wal_applied == 20, "LMDB's applies")
         assert [r.offset for r in s.read_records_sync(4, 0, 0, 100, 100)] == list(range(20))
