@@ -201,11 +201,18 @@ class Publishing(MemoryBudget):
                         tl.mark("pub", recs[0].offset, recs[-1].offset + 1)
                 # (urgent: a client waits for it -- it ends a metadata apply's hold,
                 # LmdbStore.hold, rather than wait behind it)
-                d = self.store.write(ops, nbytes, wal=True, urgent=True)
-                # (one link, not three: the backlog is released either way, then
-                # the commit is settled or its waiters failed)
-                d.addBoth(
-                    self._written, name, {p: recs[-1].offset + 1 for p, recs in by_part.items()}, uid, sizes
+                # (a plain call, no Deferred: the backlog is released either way, then
+                # the commit is settled or its waiters failed -- once it is fsynced)
+                self.store.write_then(
+                    ops,
+                    nbytes,
+                    self._written,
+                    name,
+                    {p: recs[-1].offset + 1 for p, recs in by_part.items()},
+                    uid,
+                    sizes,
+                    wal=True,
+                    urgent=True,
                 )
         else:
             for p in by_part:

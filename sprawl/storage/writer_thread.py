@@ -20,7 +20,10 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any] | None] | None
+#: (fn, args, answer): ``answer`` is a Deferred (:meth:`WriterThread.submit`), a plain
+#: callable (:meth:`WriterThread.call`) or None (:meth:`WriterThread.post`); None stops.
+_Then = Callable[[Any, Failure | None], None]
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any] | _Then | None] | None
 
 
 class WriterThread:
@@ -53,6 +56,13 @@ class WriterThread:
         self._jobs.put((fn, args, d))
         return d
 
+    def call(self, fn: Callable[..., Any], then: _Then, *args: Any) -> None:
+        """Run ``fn(*args)`` on the thread; ``then(result, None)`` -- or ``then(None,
+        failure)`` -- is called on the reactor (``callFromThread``), a plain call: no
+        Deferred made, chained and fired for it (the write-ahead log's frame, once per
+        publish at one message in flight; docs/benchmarks.md, lat41)."""
+        self._jobs.put((fn, args, then))
+
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the thread, in order with the submitted calls, from any
         thread, with nothing handed back: ``fn`` hands back what it must itself (the
@@ -68,7 +78,12 @@ class WriterThread:
             self._one(*job)
             del job  # (its arguments and result are not kept until the next job)
 
-    def _one(self, fn: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any] | None) -> None:
+    def _one(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        d: Deferred[Any] | _Then | None,
+    ) -> None:
         if d is None:  # (posted: ``fn`` answers for itself)
             try:
                 fn(*args)
@@ -76,6 +91,14 @@ class WriterThread:
                 self.reactor.callFromThread(
                     log.failure, "a call posted to {name} failed", Failure(), name=self.name
                 )
+            return
+        if not isinstance(d, Deferred):  # (``call``: a plain call back)
+            try:
+                result = fn(*args)
+            except BaseException:
+                self.reactor.callFromThread(d, None, Failure())
+            else:
+                self.reactor.callFromThread(d, result, None)
             return
         try:
             result = fn(*args)

@@ -223,6 +223,11 @@ def histograms(url: str) -> dict[str, dict[float, float]]:
     return out
 
 
+def commit_count(hist: dict[str, dict[float, float]]) -> float:
+    """LMDB commits so far (the commit histogram's count)."""
+    return hist.get(TAILS[0], {}).get(float("inf"), 0.0)
+
+
 def tails(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> str:
     """How many of the run's LMDB commits (submit to completion on the reactor: the thread
     hand-offs included) and collections took longer than each bucket bound."""
@@ -236,6 +241,31 @@ def tails(before: dict[str, dict[float, float]], after: dict[str, dict[float, fl
             over.append(f"> {bound * 1000:g} ms {n:.0f}")
         out.append(f"{name}: {total:.0f} in the run; " + ", ".join(over))
     return "\n".join(out)
+
+
+def wal_frames(data_dir: Path) -> int:
+    """Write-ahead-log frames (one ``fdatasync`` each) the node has applied to LMDB so far:
+    the seq LMDB holds (``node/wal_applied``; the node's LMDB read from this process, read
+    only), once it holds still for 0.1 s (the last frames' applies follow their acks)."""
+    import lmdb
+
+    from sprawl.storage.lmdb import DBS, WAL_APPLIED_KEY
+
+    env = lmdb.open(str(data_dir / "lmdb"), readonly=True, max_dbs=len(DBS) + 2, lock=True)
+    try:
+        meta = env.open_db(b"meta", create=False)
+        last = -1
+        for _ in range(50):
+            with env.begin(db=meta) as txn:
+                raw = txn.get(WAL_APPLIED_KEY)
+            seq = int.from_bytes(raw, "big") if raw else 0
+            if seq == last:
+                return seq
+            last = seq
+            time.sleep(0.1)
+        return last
+    finally:
+        env.close()
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -559,6 +589,7 @@ def main() -> None:
                 time.sleep(a.idle)
                 idle = (sum(cpu_seconds(node.proc.pid)) - i0) / a.idle if a.idle else 0.0
                 hist0 = histograms(node.url)
+                frames0 = wal_frames(Path(tmp) / "n")
                 if a.lines is not None:
                     probe_start(node.proc.pid, a.lines)
                 u0, s0 = cpu_seconds(node.proc.pid)
@@ -572,9 +603,20 @@ def main() -> None:
                 took = time.monotonic() - t0
                 messages = a.closed or a.rate * a.seconds
                 counted = probe_stop(node.proc.pid, a.lines, messages) if a.lines is not None else ""
-                print(tails(hist0, histograms(node.url)), flush=True)
+                hist1 = histograms(node.url)
+                print(tails(hist0, hist1), flush=True)
+
                 u1, s1 = cpu_seconds(node.proc.pid)
                 print(by_thread(node.proc.pid, threads0, thread_cpu(node.proc.pid), messages), flush=True)
+                # (after the CPU figures: the count waits for LMDB's last applies)
+                frames = wal_frames(Path(tmp) / "n") - frames0
+                commits = commit_count(hist1) - commit_count(hist0)
+                print(
+                    f"write-ahead-log frames (fsyncs) {frames} in the run: {frames / messages:.2f} a message, "
+                    f"{frames / took:.0f} a second; LMDB commits {commits:.0f}: {commits / messages:.2f} "
+                    "a message",
+                    flush=True,
+                )
                 if counted:
                     print(counted, flush=True)
                 if profile:

@@ -50,16 +50,20 @@ class _Leader:
         core = SimpleNamespace(is_leader=True, dead=frozenset(), followers=self.followers)
         topic = SimpleNamespace(name="t", logs=[object()], config=SimpleNamespace(max_message_bytes=1 << 20))
         broker = SimpleNamespace(topics={"t": topic}, check_message_sizes=lambda records, limit: None)
-        sync = SimpleNamespace(service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}))
+        sync = SimpleNamespace(
+            is_local=lambda name, p: False,
+            service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}),
+        )
         self.router = Router("L", broker, sync, self.rpc, self.clock)  # type: ignore[arg-type]
         self.committed: list[defer.Deferred[PublishResult]] = []
 
-        async def publish_once(*args: Any, **kw: Any) -> PublishResult:
+        def publish_replicated(*args: Any, **kw: Any) -> defer.Deferred[PublishResult]:
             d: defer.Deferred[PublishResult] = defer.Deferred()
             self.committed.append(d)
-            return await d
+            return d
 
-        self.router._publish_once = publish_once  # type: ignore[method-assign]
+        # (the leading replica's publish: answered when the test commits it)
+        self.router._publish_replicated = publish_replicated  # type: ignore[method-assign]
         self.rid = 0
 
     def forward(self, caller: str, *ids: str, quiet: bool = True) -> None:

@@ -947,14 +947,14 @@ async def test_a_reset_without_the_s3_tier_deletes_nothing_in_s3(nodes: Callable
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_publish_and_a_replicated_append_add_one_link_each(
+async def test_a_publish_adds_no_link_and_a_replicated_append_one(
     nodes: Callable[..., Node], monkeypatch: Any
 ) -> None:
-    """A durable one-partition publish (acks=leader) adds one link (``addBoth``) to
-    its write -- the backlog's release, the stored end and a failed commit's waiters
-    all in it -- and its answer is what the stored-end waiter fires with: one link in
-    all, where there were four (``addBoth``, ``addCallback`` and ``addErrback`` on
-    the write, a callback making the answer); a follower's append one, not two.
+    """A durable one-partition publish (acks=leader) adds no link: its write is
+    answered by a plain call (``LmdbStore.write_then``, lat41; one ``addBoth`` before,
+    four before lat40b) -- the backlog's release, the stored end and a failed
+    commit's waiters all in it -- and its answer is what the stored-end waiter fires
+    with; a follower's append one link, not two.
     Counted, each a run of ``_runCallbacks`` a message on the reactor.  The
     answers, the high watermark and the backlog are as before."""
     from twisted.internet.defer import Deferred
@@ -979,7 +979,7 @@ async def test_a_publish_and_a_replicated_append_add_one_link_each(
         res = await d
         assert isinstance(res, PublishResult) and res.offsets == [i] and res.stored == "lmdb"
         assert t.logs[0].high_watermark == i + 1
-    assert made == [1] * 10, made
+    assert made == [0] * 10, made
     assert n.broker.backlog == {}
     appended: list[int] = []
     for o in range(5):

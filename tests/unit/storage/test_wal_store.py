@@ -282,3 +282,136 @@ async def test_a_failed_chained_apply_poisons_the_store_and_nothing_commits_afte
     later: list[Any] = []
     store.write([("p", "meta", b"later", b"1")]).addErrback(later.append)
     assert later and store.get("meta", b"later") is None
+
+
+class TimerCountingReactor(CountingReactor):
+    """:class:`CountingReactor`, counting the calls made for the reactor's next turn too
+    (``callLater(0, ...)``; the store's later measure of its use aside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed = 0
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        self.timed += delay == 0
+        return self.real.callLater(delay, f, *args, **kw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frames_sync_comes_back_without_a_deferred(tmp_path: Path) -> None:
+    """Logged writes one at a time: the log thread's answer is a plain call, not a
+    Deferred made by ``submit`` (20 on main); the hand-over is still one ``callLater(0)``
+    a frame (every write of a poll round shares it); each write is acked only once its
+    frame is fsynced, one frame a write, and LMDB holds them all, in order."""
+    reactor = TimerCountingReactor()
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=reactor, map_size=64 * 1024**2, wal=True)
+    s.open()
+    s._measure_later = lambda: None  # type: ignore[method-assign]  # (its hand-backs aside)
+    submitted = [0]
+    submit = s._wal_thread.submit
+
+    def counted(*args: Any) -> Deferred[Any]:
+        submitted[0] += 1
+        return submit(*args)
+
+    s._wal_thread.submit = counted  # type: ignore[method-assign]
+    appended = s._wal_append
+    synced: list[int] = []
+
+    def append(*args: Any) -> Any:
+        out = appended(*args)
+        synced.append(out[0])  # (on the log's thread, once the frame's fsync returned)
+        return out
+
+    s._wal_append = append  # type: ignore[method-assign]
+    try:
+        for i in range(20):
+            d = s.write(s.put_records(4, 0, recs(i, 1)), wal=True)
+            assert s._wal_scheduled and not s._wal_in_flight  # (handed over at the turn's end)
+            await d
+            assert synced[-1] == s.wal_synced == i + 1  # (acked after its frame's sync)
+        assert submitted[0] == 0 and reactor.timed == 20
+        assert s.wal is not None and s.wal.appends == 20
+        await until(lambda: s.wal_applied == 20, "LMDB's applies")
+        assert [r.offset for r in s.read_records_sync(4, 0, 0, 100, 100)] == list(range(20))
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_made_while_a_frame_is_in_flight_share_the_next_frame(store: LmdbStore) -> None:
+    """The grouping under load is kept: the first write goes alone, the writes made while
+    its frame is on the log's thread wait for it and then go as one frame; every write is
+    acked after its own frame's fsync, in the order made."""
+    gate = threading.Event()
+    entered: Deferred[None] = Deferred()
+    appended = store._wal_append
+    calls = [0]
+
+    def append(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            the_reactor().callFromThread(entered.callback, None)
+            assert gate.wait(30), "gate never released"
+        return appended(*args)
+
+    store._wal_append = append  # type: ignore[method-assign]
+    acked: list[int] = []
+    first = store.write(store.put_records(8, 0, recs(0, 1)), wal=True)
+    first.addCallback(lambda _: acked.append(0))
+    await entered
+    rest = [store.write(store.put_records(8, 0, recs(i, 1)), wal=True) for i in range(1, 6)]
+    for i, d in enumerate(rest, 1):
+        d.addCallback(lambda _, i=i: acked.append(i))
+    assert not acked and store.wal_synced == 0
+    gate.set()
+    await first
+    for d in rest:
+        await d
+    assert acked == [0, 1, 2, 3, 4, 5]
+    assert store.wal is not None and store.wal.appends == 2 and store.wal_synced == 2
+    await until(lambda: store.wal_applied == 2, "LMDB's applies")
+    assert [r.offset for r in store.read_records_sync(8, 0, 0, 100, 100)] == list(range(6))
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_then_is_called_where_the_writes_deferred_would_fire(store: LmdbStore) -> None:
+    """``write_then``: the call comes once the frame is fsynced (not before: the log's
+    thread held), in the order made; a non-logged one once LMDB holds it; a call that
+    raises does not keep the writes acked after it from their calls; a failed store
+    answers with the failure at once."""
+    gate = threading.Event()
+    entered: Deferred[None] = Deferred()
+    appended = store._wal_append
+    calls: list[tuple[object, str, int]] = []
+
+    def append(*args: Any) -> Any:
+        if not entered.called:
+            the_reactor().callFromThread(entered.callback, None)
+            assert gate.wait(30), "gate never released"
+        return appended(*args)
+
+    def then(result: object, tag: str) -> None:
+        calls.append((result, tag, store.wal_synced))
+        if tag == "raises":
+            raise RuntimeError("a caller's bug")
+
+    store._wal_append = append  # type: ignore[method-assign]
+    store.write_then(store.put_records(9, 0, recs(0, 1)), 0, then, "first", wal=True)
+    await entered
+    store.write_then(store.put_records(9, 0, recs(1, 1)), 0, then, "raises", wal=True)
+    store.write_then(store.put_records(9, 0, recs(2, 1)), 0, then, "after", wal=True)
+    assert calls == []  # (the frame is not synced yet)
+    gate.set()
+    await until(lambda: len(calls) == 3, "the calls")
+    assert [(r, tag) for r, tag, _ in calls] == [(None, "first"), (None, "raises"), (None, "after")]
+    assert [seq for _, _, seq in calls] == [1, 2, 2]  # (each after its own frame's sync)
+    direct: list[object] = []
+    store.write_then([("p", "meta", b"d1", b"1")], 0, lambda r: direct.append((r, store.get("meta", b"d1"))))
+    await until(lambda: bool(direct), "the non-logged write's call")
+    assert direct == [(None, b"1")]
+    store.failed = OSError(5, "Input/output error")
+    failed: list[Any] = []
+    store.write_then(store.put_records(9, 0, recs(3, 1)), 0, failed.append, wal=True)
+    assert len(failed) == 1 and failed[0].check(OSError)
+    store.failed = None

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 
 from harness import bounded, the_reactor
 from sprawl.storage.writer_thread import WriterThread
@@ -67,3 +68,34 @@ def test_stop_finishes_the_queued_calls_first() -> None:
     w.stop()
     assert ran == [0, 1, 2, 3, 4]
     w.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_answers_with_a_plain_call_on_the_reactor_in_order() -> None:
+    """``call``: each result -- or failure -- comes back as ``then(result, failure)`` on the
+    reactor thread, in the order submitted, with ``submit``'s jobs in between kept in order."""
+    w = WriterThread(the_reactor(), "t-writer")
+    w.start()
+    got: list[tuple[object, object, str]] = []
+    done: Deferred[None] = Deferred()
+
+    def then(result: object, f: Failure | None) -> None:
+        got.append((result, f.value.args[0] if f is not None else None, threading.current_thread().name))
+        if len(got) == 4:
+            done.callback(None)
+
+    def boom() -> None:
+        raise ValueError("no")
+
+    try:
+        w.call(lambda: 1, then)
+        w.call(boom, then)
+        mid = w.submit(lambda: "submitted")
+        w.call(lambda x: x * 2, then, 21)
+        w.call(lambda: None, then)
+        await bounded(done)
+        assert await bounded(mid) == "submitted"
+    finally:
+        w.stop()
+    main = threading.main_thread().name
+    assert got == [(1, None, main), (None, "no", main), (42, None, main), (None, None, main)]
