@@ -410,19 +410,6 @@ class BalanceConfig:
     early_shed: int = 0
     early_margin: float = 0.25
     early_points: int = 0
-    #: While some partition's forecast is distrusted
-    #: (:attr:`PartitionLoad.distrusted`: a surprise withheld it), a node sheds
-    #: on the forecast only when predicted over the bound at this share or
-    #: more of its profile's points, instead of ``predict_lasting`` (0: off):
-    #: fewer, more lasting moves on a forecast after a surprise (trust41).
-    distrust_lasting: float = 0.0
-    #: No move on a forecast off or onto a node leading a partition whose
-    #: surprise is under way (:attr:`PartitionLoad.surprise_open`: inside its
-    #: surge or silence; trust41).
-    surge_nodes: bool = False
-    #: While some partition's forecast is distrusted, ``predict_again`` is at
-    #: least this many seconds (0: off; trust41).
-    distrust_again: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.persist < 1 or self.max_moves < 0:
@@ -473,12 +460,6 @@ class PartitionLoad:
     #: (:meth:`sprawl.forecast.traffic.TrafficForecaster.partition_paths`):
     #: what ``predict_replace`` replays the reactive rule on.
     path: tuple[float, ...] | None = None
-    #: Its short forecast withheld after a surprise
-    #: (:meth:`sprawl.forecast.traffic.TrafficForecaster.distrusted`), and
-    #: whether that surprise is still under way: what ``distrust_lasting`` and
-    #: ``surge_nodes`` read.
-    distrusted: bool = False
-    surprise_open: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -691,8 +672,7 @@ class Balancer:
         upper = mean * (1 + c.threshold)
         self._moved = {k: v for k, v in self._moved.items() if now - v[0] < c.cooldown}
         self._last_move = {k: t for k, t in self._last_move.items() if now - t < c.predict_cooldown}
-        keep = max(c.predict_again, c.distrust_again)
-        self._last_predicted = {k: t for k, t in self._last_predicted.items() if now - t < keep}
+        self._last_predicted = {k: t for k, t in self._last_predicted.items() if now - t < c.predict_again}
         self._preempted = {
             n: v for n, v in self._preempted.items() if v[0] > now and loads.get(n, 0.0) <= v[1]
         }
@@ -910,13 +890,6 @@ class Balancer:
         for n in nodes:
             self._pstreak[n] = self._pstreak.get(n, 0) + 1 if n in phot else 0
         mean = d.mean
-        lasting = c.predict_lasting
-        if c.distrust_lasting > 0 and any(p.distrusted for p in parts):
-            lasting = c.distrust_lasting
-        wary = {moved.get(p.key, p.leader) for p in parts if p.surprise_open} if c.surge_nodes else set()
-        again = c.predict_again
-        if c.distrust_again > 0 and any(p.distrusted for p in parts):
-            again = max(again, c.distrust_again)
         ahead = _Ahead.of(parts, fc, moved, nodes, c.threshold)
         guide = (
             self._guide(parts, pload, d, nodes)
@@ -938,9 +911,6 @@ class Balancer:
                 continue  # shed reactively in this decision already
             if src in self._preempted:
                 d.held.append(f"{src}: predicted hot, its moves pre-empted by earlier moves on a forecast")
-                continue
-            if src in wary:
-                d.held.append(f"{src}: predicted hot, leads a partition whose surprise is under way")
                 continue
             need = c.predict_persist or c.persist
             if self._pstreak[src] < need:
@@ -971,7 +941,7 @@ class Balancer:
                 u, f = pload[p.key], fc[p.key]
                 if not p.movable or p.key in self._last_move or p.key in moved:
                     return []
-                if now - self._last_predicted.get(p.key, -math.inf) < again:
+                if p.key in self._last_predicted:
                     return []  # moved on a forecast within ``predict_again``
                 if u <= 0 or u < c.min_partition_load or u > f:
                     return []  # not a quiet moment for it
@@ -980,7 +950,6 @@ class Balancer:
                     for r in p.replicas
                     if r != src
                     and r in loads
-                    and r not in wary
                     and loads[r] < mean
                     and loads[r] + u <= roomy
                     and loads[src] - loads[r] - u >= c.min_partition_load
@@ -997,7 +966,7 @@ class Balancer:
                 moved[p.key] = dst
                 pred[src] -= f
                 pred[dst] += f
-                if c.predict_again > 0 or c.distrust_again > 0:
+                if c.predict_again > 0:
                     self._last_predicted[p.key] = now
                 self._record(Move(p.topic, p.partition, src, dst, PREDICTED), u, loads, now, d)
 
@@ -1048,8 +1017,10 @@ class Balancer:
                         ),
                     )
                     left -= 1
-            elif lasting > 0 and not ahead.lasting(src, lasting):
-                d.held.append(f"{src}: predicted hot, over the bound at less than {lasting:g} of its profile")
+            elif c.predict_lasting > 0 and not ahead.lasting(src, c.predict_lasting):
+                d.held.append(
+                    f"{src}: predicted hot, over the bound at less than {c.predict_lasting:g} of its profile"
+                )
                 continue
             else:
                 # over the long horizon: only a move that lowers the predicted
@@ -1693,7 +1664,6 @@ def partitions_from(
     forecasts: Mapping[tuple[str, int], float] | None = None,
     profiles: Mapping[tuple[str, int], Sequence[float]] | None = None,
     paths: Mapping[tuple[str, int], Sequence[float]] | None = None,
-    distrusted: Mapping[tuple[str, int], bool] | None = None,
 ) -> list[PartitionLoad]:
     """The balancer's view from the applied placement (``metadata.placement``:
     topic -> list of ``{"leader", "replicas", ...}``) and the gossiped rates
@@ -1707,10 +1677,7 @@ def partitions_from(
     :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_profiles`)
     their predicted load over a longer horizon, ``paths`` (e.g.
     :meth:`sprawl.forecast.traffic.TrafficForecaster.partition_paths`) over
-    the forecast's horizon, ``distrusted`` (e.g.
-    :meth:`sprawl.forecast.traffic.TrafficForecaster.distrusted`) the
-    partitions whose forecasts a surprise withholds, each with whether the
-    surprise is under way."""
+    the forecast's horizon."""
     out: list[PartitionLoad] = []
     for topic, parts in placement.items():
         for p, pl in enumerate(parts):
@@ -1733,8 +1700,6 @@ def partitions_from(
                     forecast=None if forecasts is None else forecasts.get(key),
                     profile=None if profiles is None or key not in profiles else tuple(profiles[key]),
                     path=None if paths is None or key not in paths else tuple(paths[key]),
-                    distrusted=distrusted is not None and key in distrusted,
-                    surprise_open=distrusted is not None and distrusted.get(key, False),
                 )
             )
     return out

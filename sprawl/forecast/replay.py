@@ -367,13 +367,7 @@ def simulate(trace: Trace, predictive: bool, config: SimConfig | None = None) ->
                 for p in range(count)
             ]
         parts = partitions_from(
-            placement,
-            rates_by_node(views),
-            lambda k: k not in moving,
-            forecasts,
-            profiles or None,
-            paths,
-            fc.distrusted(now) if fc is not None else None,
+            placement, rates_by_node(views), lambda k: k not in moving, forecasts, profiles or None, paths
         )
         d = balancer.decide(now, parts, nodes, len(moving), allowance)
         made_before = res.moves

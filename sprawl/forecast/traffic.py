@@ -328,19 +328,6 @@ class TrafficForecaster:
         :attr:`distrust_partition`: then per partition, :meth:`_trusts`)."""
         return self.distrust <= 0 or self.distrust_partition or now - self.surprised_at >= self.distrust
 
-    def distrusted(self, now: float) -> dict[tuple[str, int], bool]:
-        """The partitions whose short forecasts are withheld now
-        (:attr:`distrust_partition`; empty without it), each with whether its
-        surprise is still under way (the surge or silence not over yet): what
-        :func:`sprawl.cluster.balance.partitions_from` takes as ``distrusted``."""
-        if not self.distrust_partition or self.distrust <= 0:
-            return {}
-        return {
-            (str(k[1]), int(k[2])): tr.surprising
-            for k, tr in self._series.items()
-            if k[0] == PARTITION and not self._trusts(tr, now)
-        }
-
     def _trusts(self, tr: _Tracked, now: float) -> bool:
         """Whether ``tr``'s forecast reaches the balancer (:attr:`distrust_partition`)."""
         return not self.distrust_partition or self.distrust <= 0 or now - tr.surprised >= self.distrust

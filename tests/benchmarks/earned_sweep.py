@@ -109,9 +109,6 @@ def run(
     total: float | None = None,
     per_partition: bool = False,
     keep_profiles: bool = False,
-    distrust_lasting: float = 0.0,
-    surge_nodes: bool = False,
-    distrust_again: float = 0.0,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -122,9 +119,7 @@ def run(
     ``SimConfig.regossip_total``); ``per_partition``: earned trust's
     distrust per partition (``SimConfig.distrust_partition``, trust39), and
     ``keep_profiles`` with it: the surprised partition's profile still given
-    (``SimConfig.distrust_profiles`` off, trust40); ``distrust_lasting``,
-    ``surge_nodes`` and ``distrust_again``: those ``BalanceConfig`` values of
-    the earned runs (trust41's experiments)."""
+    (``SimConfig.distrust_profiles`` off, trust40)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -145,15 +140,7 @@ def run(
         )
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
-            c,
-            balance=dataclasses.replace(
-                c.balance,
-                predict_lasting=lasting,
-                predict_again=seconds,
-                distrust_lasting=distrust_lasting,
-                surge_nodes=surge_nodes,
-                distrust_again=distrust_again,
-            ),
+            c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
         )
         r = simulate(tr, True, c)
     return {
@@ -165,9 +152,6 @@ def run(
         **({"offset": offset} if offset else {}),
         **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
         **({"keep_profiles": True} if per_partition and keep_profiles and mode == "earned" else {}),
-        **({"distrust_lasting": distrust_lasting} if distrust_lasting and mode == "earned" else {}),
-        **({"surge_nodes": True} if surge_nodes and mode == "earned" else {}),
-        **({"distrust_again": distrust_again} if distrust_again and mode == "earned" else {}),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -249,13 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --per-partition: the surprised partition's profile still given (trust40)",
     )
-    ap.add_argument(
-        "--distrust-lasting", type=float, default=0.0, help="BalanceConfig.distrust_lasting (trust41)"
-    )
-    ap.add_argument("--surge-nodes", action="store_true", help="BalanceConfig.surge_nodes (trust41)")
-    ap.add_argument(
-        "--distrust-again", type=float, default=0.0, help="BalanceConfig.distrust_again (trust41)"
-    )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument(
         "--out",
@@ -318,9 +295,6 @@ def main(argv: list[str] | None = None) -> int:
                 a.total,
                 a.per_partition,
                 a.keep_profiles,
-                a.distrust_lasting,
-                a.surge_nodes,
-                a.distrust_again,
             ): t
             for t in todo
         }
