@@ -229,7 +229,9 @@ def family_pairs(trace: str, seeds: tuple[int, ...], phases: tuple[float, ...] =
                 "across zero), moves 630 against 637, delayed 115,367 against 117,597; 4 of 16 draws are the "
                 "reactive run move for move (the distrust gate), the others differ by 0-5 forecast moves and the "
                 "chaos they set off (docs/benchmarks.md, trust39); distrust per partition is 65-67 % less hot but "
-                "makes 9-14 more moves in sum in every form that keeps that win (trust39, trust40)",
+                "makes 9-14 more moves in sum in every form that keeps that win (trust39, trust40); adding one move on a "
+                "forecast per partition per 12 h makes 635 (met) but loses daily (110 moves against 95 on 4 draws), "
+                "and gated on distrust 641; a higher predict_lasting while distrusted makes more (trust41)",
             ),
         ),
         # recorded: test_earned_trust_wins_the_paired_aggregate_of_the_recordings (every run)
