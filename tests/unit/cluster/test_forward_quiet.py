@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from twisted.internet import defer, task
 
+from harness.counting import count_calls
 from harness.entry_router import FollowerEntry
 from sprawl.cluster.routing import Router
 from sprawl.errors import Unavailable
@@ -178,14 +179,7 @@ def test_a_one_partition_publish_is_not_gathered(monkeypatch: Any) -> None:
     (nor the combining of its one result) a message -- 280 lines of Python
     to send a forwarded message without it, 221 with it."""
     e = _Entry()
-    gathered: list[int] = []
-    real = defer.gatherResults
-
-    def counting(*args: Any, **kw: Any) -> Any:
-        gathered.append(1)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(defer, "gatherResults", counting)
+    gathered = count_calls(monkeypatch, defer, "gatherResults")
     recs = [Record(-1, 0, 0, None, None, None, b"m", True) for _ in range(3)]
     d = e.router.publish(e.topic, recs, "quorum")  # type: ignore[arg-type]
     e.show_ids(*e.sent_ids())

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from twisted.internet import defer, task
 
+from harness.counting import count_calls
 from sprawl.cluster.routing import Router
 from sprawl.errors import Overloaded
 from sprawl.log.record import Record, pack_record
@@ -151,20 +152,12 @@ def answered(d: defer.Deferred[PublishResult]) -> list[PublishResult]:
 
 
 @pytest.fixture
-def coroutines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def coroutines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Counts ``defer.ensureDeferred`` calls (the router's coroutines)."""
-    made: list[int] = []
-    real = defer.ensureDeferred
-
-    def counting(*args: Any, **kw: Any) -> Any:
-        made.append(1)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(defer, "ensureDeferred", counting)
-    return made
+    return count_calls(monkeypatch, defer, "ensureDeferred")
 
 
-def test_a_leaders_quorum_publishes_run_no_coroutine(coroutines: list[int]) -> None:
+def test_a_leaders_quorum_publishes_run_no_coroutine(coroutines: list[str]) -> None:
     """Ten publishes taken here and ten forwarded: no coroutine (one each without the
     change), each answered only once its quorum waiter fired, with its offsets."""
     lead = _Leader()
@@ -188,7 +181,7 @@ def test_a_leaders_quorum_publishes_run_no_coroutine(coroutines: list[int]) -> N
     assert all(x["stored"] == "quorum" and x["duplicates"] == [False] for x in got)
 
 
-def test_a_duplicate_is_answered_once_its_first_copy_is_committed(coroutines: list[int]) -> None:
+def test_a_duplicate_is_answered_once_its_first_copy_is_committed(coroutines: list[str]) -> None:
     """A client id seen before: answered with the first copy's offset, as a duplicate,
     only once that offset is committed (as before); no coroutine."""
     lead = _Leader()
@@ -207,7 +200,7 @@ def test_a_duplicate_is_answered_once_its_first_copy_is_committed(coroutines: li
 
 
 @pytest.mark.parametrize("when", ["at once", "while waiting"])
-def test_a_lost_leadership_is_retried_as_before(coroutines: list[int], when: str) -> None:
+def test_a_lost_leadership_is_retried_as_before(coroutines: list[str], when: str) -> None:
     """The replica refuses (``NotLeader``) at once or fails its waiter later: the publish
     is retried (after its backoff) as the coroutine's first attempt was, and answered
     by the next attempt -- the records' ids seen again, as the duplicates they are."""

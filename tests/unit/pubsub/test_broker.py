@@ -15,6 +15,7 @@ from twisted.internet.defer import DeferredList, DeferredQueue
 from twisted.internet.task import Clock
 
 from harness import the_reactor
+from harness.counting import count_calls
 from sprawl.config import NodeConfig
 from sprawl.errors import BadRequest, InsufficientStorage, Unavailable
 from sprawl.log.record import Record
@@ -964,13 +965,7 @@ async def test_a_publish_adds_no_link_and_a_replicated_append_one(
     r = await topic(n, "replicated")
     links: list[str] = []
     for name in ("addCallbacks", "addCallback", "addErrback", "addBoth"):
-        real = getattr(Deferred, name)
-
-        def counted(self: Any, *a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
-            links.append(_name)
-            return _real(self, *a, **kw)
-
-        monkeypatch.setattr(Deferred, name, counted)
+        count_calls(monkeypatch, Deferred, name, links)
     made: list[int] = []
     for i in range(10):
         before = len(links)
