@@ -311,6 +311,11 @@ class MessagePlane(Protocol):
         """The partitions' figures for ``GET /v1/cluster`` (None: nothing to add)."""
         ...
 
+    def summary_ready(self) -> Deferred[None]:
+        """Fires once :meth:`summary` can answer without a long reactor turn (what it
+        keeps judged again in slices across turns first)."""
+        ...
+
 
 class MemberList(Protocol):
     """The gossip membership as the API shows it (:class:`sprawl.gossip.udp.GossipService`)."""

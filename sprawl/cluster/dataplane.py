@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.cluster.controller import PartitionController
 from sprawl.cluster.drain import drained_nodes
@@ -49,6 +50,10 @@ from sprawl.replication.messages import Message
 from sprawl.replication.replica import Replica
 from sprawl.replication.service import ReplicationService
 from sprawl.ticks import start_in_phase
+
+#: The most led partitions judged again a reactor turn by :meth:`DataPlane.summary_ready`
+#: and the metrics scrape's steps (tidy41: ~100 ms at 10,000 in one turn otherwise).
+LED_SLICE = 2000
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -177,6 +182,8 @@ class DataPlane:
         control.watch_topics(self.tally.mark_topic)
         self._tally_basis: tuple[Any, dict[str, str], frozenset[str]] | None = None
         self._tally_damaged: set[tuple[str, int]] = set()
+        #: Who waits for :meth:`summary_ready` (one slice a reactor turn for all).
+        self._summary_waiters: list[defer.Deferred[None]] = []
 
     @property
     def forward_timeout(self) -> float:
@@ -531,6 +538,41 @@ class DataPlane:
             **self.feeds.view(),
             **self.repairs.view(),
         }
+
+    def summary_ready(self) -> defer.Deferred[None]:
+        """Fires once :meth:`summary` finds nothing left to judge: after a start or a
+        snapshot every led partition is judged again (~100 ms of one reactor turn at
+        10,000 on a loaded host), so ``GET /v1/cluster`` judges :data:`LED_SLICE` a
+        turn first, as the metrics scrape does, instead of all in its own turn.
+        Every request waiting shares the same slices."""
+        if not self._summary_waiters and self.refresh_led_slice():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._summary_waiters.append(d)
+        if len(self._summary_waiters) == 1:
+            self.reactor.callLater(0, self._summary_step)
+        return d
+
+    def refresh_led_slice(self) -> bool:
+        """:meth:`refresh_led` of at most :data:`LED_SLICE` partitions (one reactor
+        turn's share); True once nothing is left to judge."""
+        return self.refresh_led(LED_SLICE)
+
+    def _summary_step(self) -> None:
+        try:
+            done = self.refresh_led_slice()
+        except Exception:
+            waiters, self._summary_waiters = self._summary_waiters, []
+            failure = Failure()
+            for d in waiters:
+                d.errback(failure)
+            return
+        if not done:
+            self.reactor.callLater(0, self._summary_step)
+            return
+        waiters, self._summary_waiters = self._summary_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def led_counts(self) -> tuple[int, int]:
         """(partitions led here or held alone, of them under-replicated), as

@@ -165,3 +165,7 @@ class LocalDataPlane:
     def summary(self) -> dict[str, Any] | None:
         """Nothing to add to ``GET /v1/cluster``."""
         return None
+
+    def summary_ready(self) -> Deferred[None]:
+        """Nothing to judge first: fired."""
+        return succeed(None)

@@ -48,10 +48,13 @@ class AdminRoutes:
     # -- cluster -------------------------------------------------------------------------
 
     def cluster(self, request: Request) -> object:
-        """``GET /v1/cluster``."""
+        """``GET /v1/cluster`` (its partition counts judged in slices first:
+        :meth:`~sprawl.interfaces.MessagePlane.summary_ready`)."""
         if linearizable(request):
-            return self.control.linearizable().addCallback(lambda _: self.status.cluster())
-        return self.status.cluster()
+            d = self.control.linearizable().addCallback(lambda _: self.status.plane.summary_ready())
+        else:
+            d = self.status.plane.summary_ready()
+        return d.addCallback(lambda _: self.status.cluster())
 
     def placement(self, request: Request) -> object:
         """``GET /v1/cluster/placement``."""

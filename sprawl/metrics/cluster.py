@@ -209,10 +209,6 @@ class BalanceCollector:
         yield ratio
 
 
-#: The most led partitions :meth:`DataPlaneCollector.steps` judges a reactor turn.
-LED_SLICE = 2000
-
-
 class DataPlaneCollector:
     """The data plane's figures at scrape time: remote feeds, partitions led
     and under-replicated, publishes forwarded and retried, failovers
@@ -226,11 +222,12 @@ class DataPlaneCollector:
 
     def steps(self) -> Iterator[None]:
         """Before a scrape in steps (:meth:`sprawl.metrics.NodeMetrics.scrape_in_steps`)
-        collects: the led partitions judged again, :data:`LED_SLICE` a reactor turn -- after
-        a start or a snapshot every one is (~100 ms of one turn at 10,000 on a loaded host,
-        the largest part of the first scrape's stall once the lines were built in slices,
-        tidy41); :meth:`collect` then finds nothing left to judge."""
-        while not self.plane.refresh_led(LED_SLICE):
+        collects: the led partitions judged again, a slice a reactor turn
+        (:meth:`DataPlane.refresh_led_slice`) -- after a start or a snapshot every one
+        is (~100 ms of one turn at 10,000 on a loaded host, the largest part of the
+        first scrape's stall once the lines were built in slices, tidy41);
+        :meth:`collect` then finds nothing left to judge."""
+        while not self.plane.refresh_led_slice():
             yield
 
     def collect(self) -> Any:

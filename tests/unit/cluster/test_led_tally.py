@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import task
 
-from sprawl.cluster.dataplane import DataPlane
+from sprawl.cluster.dataplane import LED_SLICE, DataPlane
 from sprawl.cluster.led_tally import LedTally
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.repair import REPORT_TTL
@@ -215,3 +215,34 @@ def test_a_limited_refresh_judges_a_start_over_several_calls() -> None:
     while not t.refresh(led.get, lambda: list(led), lambda name: 50, limit=20):
         pass
     assert (t.leading, t.under_replicated) == (50, 24) and t.pending == 0
+
+
+def test_the_cluster_answer_judges_a_start_a_slice_a_reactor_turn() -> None:
+    """``GET /v1/cluster`` waits for :meth:`DataPlane.summary_ready`: after a start
+    (5,000 partitions to judge) it judges :data:`LED_SLICE` a step, each step a
+    reactor turn of its own (a ``callLater(0)``), not all in the request's turn;
+    requests waiting meanwhile share the steps, and once every partition is judged
+    the next one is answered at once."""
+    plane, _watchers, _states, clock = _plane(5_000)
+    want = plane.led_counts_walked()
+    steps: list[int] = []
+    real = plane.refresh_led_slice
+
+    def counted() -> bool:
+        before = plane.tally.judged
+        done = real()
+        steps.append(plane.tally.judged - before)
+        return done
+
+    plane.refresh_led_slice = counted  # type: ignore[method-assign]
+    first, second = plane.summary_ready(), plane.summary_ready()
+    fired: list[int] = []
+    first.addCallback(lambda _: fired.append(1))
+    second.addCallback(lambda _: fired.append(2))
+    assert steps == [LED_SLICE] and not fired and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert steps == [LED_SLICE, LED_SLICE, 1_001] and fired == [1, 2]
+    assert _counts(plane) == want and _judged(plane) == 0
+    done: list[object] = []
+    plane.summary_ready().addCallback(done.append)
+    assert done == [None] and not clock.getDelayedCalls()
