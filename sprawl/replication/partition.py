@@ -690,10 +690,11 @@ class PartitionReplication:
 
     def _send_soon(self) -> None:
         """Send the ready batches' messages (:meth:`_send_ready`): at once, without
-        a coroutine, when none of them carries records or a reset -- a follower's
-        answers, a leader's high watermarks, what :meth:`_send` sends without a
-        read (issue 16, cpu39: the coroutine was a fifth of a follower's lines a
-        message) --, else through :meth:`_send_ready`."""
+        a coroutine, when none of them carries a reset or records to be read -- a
+        follower's answers, a leader's high watermarks, what :meth:`_send` sends
+        without a read (issue 16, cpu39: the coroutine was a fifth of a follower's
+        lines a message), and a leader's appends of records still in the hot tail
+        that fit one frame (qlead42) --, else through :meth:`_send_ready`."""
         try:
             if self._send_plain():
                 return
@@ -704,8 +705,9 @@ class PartitionReplication:
 
     def _send_plain(self) -> bool:
         """:meth:`_send_ready` for ready batches whose messages need no read (see
-        :meth:`_send_soon`), in the same order with the same answers left out;
-        False, nothing sent, when one of them carries records or a reset."""
+        :meth:`_send_soon`), in the same order with the same answers left out, an
+        append's records taken from the hot tail (:meth:`_hot_records`); False,
+        nothing sent, when one of them carries a reset or records to be read."""
         unsent = self._unsent
         ready: list[_Step] = []
         for st in unsent:
@@ -713,9 +715,13 @@ class PartitionReplication:
                 break
             ready.append(st)
         messages = [m for st in ready for q in st.batch for m in q.out.messages]
+        carried: dict[int, list[Record]] = {}
         for _dst, m in messages:
             if isinstance(m, Append) and (m.count or m.reset):
-                return False
+                recs = self._hot_records(m)
+                if recs is None:
+                    return False
+                carried[id(m)] = recs
         skip = _superseded_answers(messages)
         self._sending = True
         try:
@@ -725,7 +731,15 @@ class PartitionReplication:
                         if id(m) not in skip:
                             if timeline.TIMELINE is not None:
                                 self._mark_sent(dst, m)
-                            self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+                            recs = carried.get(id(m))
+                            self.send(
+                                dst,
+                                Envelope(self.topic.name, self.partition, encode(m))
+                                if recs is None
+                                else Envelope(
+                                    self.topic.name, self.partition, encode(m), [pack_record(r) for r in recs]
+                                ),
+                            )
                 if unsent and unsent[0] is step:
                     unsent.popleft()
                 if self.failed is not None:
@@ -735,6 +749,26 @@ class PartitionReplication:
         if unsent and unsent[0].ready:
             self._send_soon()  # made ready while these were sent (the loop of _send_ready)
         return True
+
+    def _hot_records(self, m: Append) -> list[Record] | None:
+        """The records an append ``m`` carries, when :meth:`_send` would send it as
+        one frame read from the hot tail: no reset, every record in the tail, and
+        within ``batch_bytes`` (or a lone record).  None otherwise: the coroutine
+        reads and slices it.  A leader's new records at one publish a turn are
+        always there (issue 16, qlead42: the coroutine, its read and its Deferreds
+        were ~80 lines of Python an append on the leader)."""
+        if m.reset:
+            return None
+        lg = self.log
+        hs = lg.hot_start
+        end = m.start + m.count
+        if m.start < hs or end > lg.next_offset:
+            return None
+        hot = lg.hot
+        recs = [hot[i] for i in range(m.start - hs, end - hs)]
+        if len(recs) > 1 and sum(record_bytes(r) for r in recs) > self.batch_bytes:
+            return None
+        return recs
 
     async def _send_ready(self) -> None:
         """Send the messages of the issued batches whose writes are durable, in
