@@ -170,6 +170,8 @@ class Router:
             # is the publish's, in the records' order -- no gathering.
             ((p, _idx),) = groups.items()
             here = self._publish_leading(topic, p, records, acks, named)
+            if here is None:
+                here = self._forward_first(topic, p, records, acks, named)
             if here is not None:
                 return here.addCallback(_in_partition, p)
             return defer.ensureDeferred(
@@ -319,6 +321,26 @@ class Router:
             raise Unavailable(f"partition {name}/{p} is between leaders", code="no_leader")
         if hops >= self.rpc.max_hops:
             raise NotLeaderError(f"this node does not lead {name}/{p}", leader)
+        res = await self._forward(t, p, records, acks, hops, deadline, named, first, r, leader)
+        return res
+
+    def _forward(
+        self,
+        t: Topic,
+        p: int,
+        records: list[Record],
+        acks: str,
+        hops: int,
+        deadline: float,
+        named: set[str],
+        first: bool,
+        r: PartitionReplication | None,
+        leader: str,
+    ) -> defer.Deferred[PublishResult]:
+        """Forward one attempt to ``leader`` (a plain Deferred chain): its answer,
+        or -- a ``quiet`` first attempt while this node's replica ``r`` follows --
+        this replica's, whichever comes first (see the module docstring)."""
+        name = t.name
         self.forwarded += 1
         body = {
             "topic": name,
@@ -341,28 +363,75 @@ class Router:
             body["quiet"] = True  # no answer to a success this replica shows (see the module docstring)
         sent = self.reactor.seconds()
         called = self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        n = len(records)
         if here is None:
-            answer = await called
-        else:
-            try:
-                which, got = await _first_of(called, here)
-            finally:
-                forget()
+            return called.addCallback(self._forward_answered, sent, n, p)
+
+        def chosen(got: tuple[str, Any]) -> PublishResult:
+            which, value = got
             if which == "here":
                 called.cancel()  # the call is done: forgotten, its timer stopped
                 self.answered_here += 1
-                self._forward_timed(sent, got)
-                n = len(records)
-                return PublishResult(list(got), [str(x.id) for x in records], [p] * n, [False] * n, "quorum")
-            answer = got
+                self._forward_timed(sent, value)
+                return PublishResult(
+                    list(value), [str(x.id) for x in records], [p] * n, [False] * n, "quorum"
+                )
+            return self._forward_answered(value, sent, n, p)
+
+        def forgotten(result: Any) -> Any:
+            forget()
+            return result
+
+        return _first_of(called, here).addBoth(forgotten).addCallback(chosen)
+
+    def _forward_answered(self, answer: Any, sent: float, n: int, p: int) -> PublishResult:
+        """The leader's answer to a forward sent at ``sent`` of ``n`` records to ``p``."""
         self._forward_timed(sent, answer["offsets"])
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),
-            [p] * len(records),
+            [p] * n,
             list(answer["duplicates"]),
             str(answer["stored"]),
         )
+
+    def _forward_first(
+        self, topic: Topic, p: int, records: list[Record], acks: str, named: set[str]
+    ) -> defer.Deferred[PublishResult] | None:
+        """A publish's first attempt forwarded to the partition's leader without a
+        coroutine (:meth:`_forward`; issue 16, qlead42: the entry node's
+        ``_publish_partition`` and ``_publish_once`` coroutines were ~50 lines of
+        Python a forward), when this node knows the topic, does not lead the
+        partition and is not about to (the placement names another node), and
+        the placement does not keep it local; a retryable failure goes on to
+        :meth:`_publish_partition`'s retries as that first attempt's failure,
+        as :meth:`_publish_leading`'s does.  None otherwise (the coroutine's path)."""
+        name = topic.name
+        t = self.broker.topics.get(name)
+        if t is None or not 0 <= p < len(t.logs) or self.rpc.max_hops <= 0 or self.sync.is_local(name, p):
+            return None
+        r = self.sync.service.replicas.get((name, p))
+        if r is not None and r.core.is_leader:
+            return None
+        pl = self.sync.placement(name, p)
+        leader = str(pl["leader"]) if pl else ""
+        if not leader or leader == self.node_id:
+            return None
+        deadline = self.reactor.seconds() + self.route_timeout
+        try:
+            d = self._forward(t, p, records, acks, 0, deadline, named, True, r, leader)
+        except Exception:
+            d = defer.fail()
+
+        def retry(f: Failure) -> Any:
+            e = f.value
+            if isinstance(e, NotLeader) or (isinstance(e, SprawlError) and e.code in _RETRYABLE):
+                return defer.ensureDeferred(
+                    self._publish_partition(topic, p, records, acks, 0, named, deadline, e)
+                )
+            return f
+
+        return d.addErrback(retry)
 
     def _forward_timed(self, sent: float, offsets: list[int]) -> None:
         """A forwarded publish sent at ``sent`` is answered now (the metrics' hop, the timeline)."""
