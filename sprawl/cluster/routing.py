@@ -540,7 +540,16 @@ class Router:
                     continue
                 seen[rec.id] = i
             fresh.append(rec)
-        d = r.publish(fresh) if fresh else defer.succeed([])
+        # Every record named (the entry node names those that came without an id):
+        # the waiter fires with the answer itself, no ``_answer`` link (issue 16,
+        # qlead42); its offsets are filled in below, before any answer (a publish
+        # is never committed in the call that takes it).
+        quorum = acks == "quorum" and bool(fresh) and not hits and all(x.id is not None for x in fresh)
+        if quorum:
+            result = PublishResult(offsets, [str(x.id) for x in records], [r.partition] * n, dups, "quorum")
+            d = r.publish(fresh, result)
+        else:
+            d = r.publish(fresh) if fresh else defer.succeed([])
         for rec in fresh:
             if rec.id in seen:
                 (recent if rec.id in named else dedup).remember(rec.id, r.partition, rec.offset, now)
@@ -555,6 +564,8 @@ class Router:
         b.deduplicated_total += n - len(fresh)
         if b.metrics is not None:
             b.metrics.published(t.name, len(fresh), size)
+        if quorum:
+            return d
         ids = [x.id or "" for x in records]
         for i, rec in enumerate(records):
             if dups[i] and rec.id is None:

@@ -188,8 +188,10 @@ class PartitionReplication:
         self._issued_hw = 0
         #: Publishes (and duplicates' first copies) waiting for a majority:
         #: (last offset, the epoch this replica led when it took them, Deferred,
-        #: what it fires with: a publish's offsets).
-        self._waiters: list[tuple[int, int, defer.Deferred[Any], Any]] = []
+        #: what it fires with: a publish's offsets or its caller's value, and
+        #: when it was taken for the ``quorum`` hop -- timed as it is answered,
+        #: not by a callback link: issue 16, qlead42 -- or None).
+        self._waiters: list[tuple[int, int, defer.Deferred[Any], Any, float | None]] = []
         #: The lowest offset in :attr:`_waiters` (:data:`_NONE_WAITING` when none):
         #: while leading, a high watermark below it answers nothing, and
         #: :meth:`_advance_hw` -- called several times a message -- does not walk them.
@@ -238,9 +240,10 @@ class PartitionReplication:
 
     # -- inputs ----------------------------------------------------------------------
 
-    def publish(self, records: list[Record]) -> defer.Deferred[list[int]]:
-        """Append ``records`` as leader; fires with their offsets once a
-        majority of the replicas stored them (acks=quorum).  Raises
+    def publish(self, records: list[Record], value: Any = None) -> defer.Deferred[Any]:
+        """Append ``records`` as leader; fires with their offsets (or ``value``,
+        when given: the caller's answer, with no callback link to make it) once
+        a majority of the replicas stored them (acks=quorum).  Raises
         :class:`NotLeader` (with the leader hint) when this node does not lead."""
         if len(self._waiters) >= self.max_waiting:
             raise Overloaded("too many publishes waiting for replication; retry shortly", retry_after=1)
@@ -261,13 +264,15 @@ class PartitionReplication:
         last = first + len(records) - 1
         if timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("pub", first, last + 1)
-        d: defer.Deferred[list[int]] = defer.Deferred()
-        # (the waiter fires with the offsets: no callback link to make them)
-        self._waiters.append((last, self.core.epoch, d, list(range(first, last + 1))))
+        d: defer.Deferred[Any] = defer.Deferred()
+        # (the waiter fires with the offsets, or the caller's value, and times
+        # the quorum hop itself: no callback link for either)
+        since = self.broker.clock.seconds() if self.on_hop is not None else None
+        self._waiters.append(
+            (last, self.core.epoch, d, list(range(first, last + 1)) if value is None else value, since)
+        )
         if last < self._waiters_low:
             self._waiters_low = last
-        if self.on_hop is not None:
-            d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
         tl = timeline.TIMELINE
         if tl is not None and tl.sampled(first, last + 1):
             d.addCallback(_mark_acked, tl, first, last + 1)
@@ -279,11 +284,6 @@ class PartitionReplication:
         self._appends_due = False
         if self.failed is None:
             self._handle(self.core.send_appends(), [])
-
-    def _hop(self, result: Any, name: str, since: float) -> Any:
-        if self.on_hop is not None:
-            self.on_hop(name, self.broker.clock.seconds() - since)
-        return result
 
     def wait_committed(self, offset: int) -> defer.Deferred[None]:
         """Fires once ``offset`` is below the high watermark (a duplicate's
@@ -297,7 +297,7 @@ class PartitionReplication:
         if self.core.role != LEADER:
             return defer.fail(NotLeader(self.core.leader, self.core.epoch))
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((offset, self.core.epoch, d, None))
+        self._waiters.append((offset, self.core.epoch, d, None, None))
         if offset < self._waiters_low:
             self._waiters_low = offset
         return d
@@ -615,7 +615,7 @@ class PartitionReplication:
                 topic=self.topic.name,
                 partition=self.partition,
             )
-        for _off, _epoch, d, _value in self._waiters:
+        for _off, _epoch, d, _value, _since in self._waiters:
             if not d.called:
                 d.errback(f)
         self._waiters = []
@@ -1100,7 +1100,11 @@ class PartitionReplication:
                         low = off
             self._waiters = keep  # before any callback runs: a callback may publish again
             self._waiters_low = low
+            on_hop = self.on_hop
+            now = self.broker.clock.seconds() if on_hop is not None and done else 0.0
             for w in done:
+                if on_hop is not None and w[4] is not None:
+                    on_hop("quorum", now - w[4])
                 w[2].callback(w[3])
             for d in lost:
                 d.errback(NotLeader(self.core.leader, self.core.epoch))

@@ -157,3 +157,26 @@ async def test_an_append_over_a_frames_bytes_is_read_and_sliced_as_before(
     assert sent and max(k for _d, _s, _c, k in sent) <= 3
     for n in IDS:
         await _until(lambda n=n: len(_payloads(nodes[n])) == 6, f"{n}'s copy")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_quorum_hop_is_timed_without_a_callback_link(
+    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the hops timed (``on_hop``, as every node's metrics do), a publish adds
+    no callback to its waiter (one, ``_hop``, without the change) and each
+    publish's ``quorum`` hop is timed once, when it is answered."""
+    from twisted.internet.defer import Deferred
+
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    hops: list[tuple[str, float]] = []
+    rep.on_hop = lambda name, seconds: hops.append((name, seconds))
+    links = count_calls(monkeypatch, Deferred, "addCallback")
+    for i in range(5):
+        d = rep.publish([Record(-1, 0, 0, None, None, None, b"m%d" % i, True)])
+        assert links == []
+        await bounded(d, WAIT)
+        links.clear()
+    quorum = [s for name, s in hops if name == "quorum"]
+    assert len(quorum) == 5 and all(0 <= s < WAIT for s in quorum)
