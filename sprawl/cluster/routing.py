@@ -655,7 +655,7 @@ class Router:
                 d = self._publish_replicated(t, r, records, acks, named)
             except Exception:
                 d = defer.fail()
-            return d.addCallback(answer).addErrback(not_leader)
+            return d.addCallbacks(answer, not_leader)  # (one link: ``answer`` raises nothing)
 
         async def run() -> dict[str, Any]:
             res = await self._publish_once(

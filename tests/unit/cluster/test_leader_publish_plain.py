@@ -260,3 +260,26 @@ def test_a_leaders_quorum_publish_is_answered_without_an_answer_link(monkeypatch
     assert [r.duplicates for r in results] == [[False, True, False]] * 5
     assert all(r.ids[:2] == [f"c{k}"] * 2 and r.ids[2].startswith("named-") for k, r in enumerate(results))
     assert [x["offsets"] for x in lead.answers("a")] == [[3 * k + 2] for k in range(5)]
+
+
+def test_a_forwarded_publish_costs_the_leader_two_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward the leader takes runs two callback links besides its waiter's own
+    (issue 16, qlead42): the router's answer-or-refusal and the peer RPC's
+    answer, which also ends the request's serving -- four without the change
+    (``served`` and the answer, the answer and the refusal, each a link)."""
+    from twisted.internet.defer import Deferred
+
+    lead = _Leader()
+    links: list[str] = []
+    for add in ("addCallbacks", "addCallback", "addErrback", "addBoth"):
+        count_calls(monkeypatch, Deferred, add, links)
+    for k in range(10):
+        lead.forward("a", f"fw{k}")
+        lead.replica.commit()
+    assert len(links) == 20
+    assert [x["offsets"] for x in lead.answers("a")] == [[k] for k in range(10)]
+    assert lead.rpc._serving == {}
+    lead.forward("a", "fw-refused")
+    lead.replica.waiting.pop(0)[0].errback(NotLeader("b", 2))
+    (refused,) = lead.answers("a")[10:]
+    assert refused["code"] == "not_leader" and lead.rpc._serving == {}
