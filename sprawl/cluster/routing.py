@@ -48,6 +48,7 @@ older leader ignores ``quiet`` and answers; its answer is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
@@ -170,10 +171,11 @@ class Router:
             # is the publish's, in the records' order -- no gathering.
             ((p, _idx),) = groups.items()
             here = self._publish_leading(topic, p, records, acks, named)
-            if here is None:
-                here = self._forward_first(topic, p, records, acks, named)
             if here is not None:
                 return here.addCallback(_in_partition, p)
+            here = self._forward_first(topic, p, records, acks, named)
+            if here is not None:
+                return here  # (every answer of it names ``p``: no link to say so)
             return defer.ensureDeferred(
                 self._publish_partition(topic, p, records, acks, 0, named)
             ).addCallback(_in_partition, p)
@@ -336,10 +338,12 @@ class Router:
         first: bool,
         r: PartitionReplication | None,
         leader: str,
+        retry: Callable[[Failure], Any] | None = None,
     ) -> defer.Deferred[PublishResult]:
-        """Forward one attempt to ``leader`` (a plain Deferred chain): its answer,
-        or -- a ``quiet`` first attempt while this node's replica ``r`` follows --
-        this replica's, whichever comes first (see the module docstring)."""
+        """Forward one attempt to ``leader`` (a plain Deferred): its answer, or --
+        a ``quiet`` first attempt while this node's replica ``r`` follows -- this
+        replica's, whichever comes first (see the module docstring).  A failure
+        goes to ``retry`` when given (what it returns is the outcome)."""
         name = t.name
         self.forwarded += 1
         body = {
@@ -365,24 +369,50 @@ class Router:
         called = self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
         n = len(records)
         if here is None:
-            return called.addCallback(self._forward_answered, sent, n, p)
+            if retry is None:
+                return called.addCallback(self._forward_answered, sent, n, p)
+            return called.addCallbacks(self._forward_answered, retry, callbackArgs=(sent, n, p))
+        # The leader's answer or this replica's, whichever comes first; what comes
+        # after is dropped (a late failure of the call, its cancel, included).  One
+        # Deferred, no links of its own (issue 16, qlead42).
+        out: defer.Deferred[PublishResult] = defer.Deferred()
+        done = [False]
 
-        def chosen(got: tuple[str, Any]) -> PublishResult:
-            which, value = got
+        def won(value: Any, which: str) -> None:
+            if done[0]:
+                return
+            done[0] = True
+            forget()
             if which == "here":
                 called.cancel()  # the call is done: forgotten, its timer stopped
                 self.answered_here += 1
                 self._forward_timed(sent, value)
-                return PublishResult(
-                    list(value), [str(x.id) for x in records], [p] * n, [False] * n, "quorum"
-                )
-            return self._forward_answered(value, sent, n, p)
+                res = PublishResult(list(value), [str(x.id) for x in records], [p] * n, [False] * n, "quorum")
+            else:
+                try:
+                    res = self._forward_answered(value, sent, n, p)
+                except Exception:
+                    out.errback()
+                    return
+            out.callback(res)
 
-        def forgotten(result: Any) -> Any:
+        def failed(f: Failure) -> None:
+            if done[0]:
+                return
+            done[0] = True
             forget()
-            return result
+            if retry is None:
+                out.errback(f)
+                return
+            again = retry(f)
+            if isinstance(again, defer.Deferred):
+                again.chainDeferred(out)
+            else:
+                out.errback(again)
 
-        return _first_of(called, here).addBoth(forgotten).addCallback(chosen)
+        called.addCallbacks(won, failed, callbackArgs=("leader",))
+        here.addCallback(won, "here")
+        return out
 
     def _forward_answered(self, answer: Any, sent: float, n: int, p: int) -> PublishResult:
         """The leader's answer to a forward sent at ``sent`` of ``n`` records to ``p``."""
@@ -418,20 +448,19 @@ class Router:
         if not leader or leader == self.node_id:
             return None
         deadline = self.reactor.seconds() + self.route_timeout
-        try:
-            d = self._forward(t, p, records, acks, 0, deadline, named, True, r, leader)
-        except Exception:
-            d = defer.fail()
 
         def retry(f: Failure) -> Any:
             e = f.value
             if isinstance(e, NotLeader) or (isinstance(e, SprawlError) and e.code in _RETRYABLE):
                 return defer.ensureDeferred(
                     self._publish_partition(topic, p, records, acks, 0, named, deadline, e)
-                )
+                ).addCallback(_in_partition, p)
             return f
 
-        return d.addErrback(retry)
+        try:
+            return self._forward(t, p, records, acks, 0, deadline, named, True, r, leader, retry)
+        except Exception:
+            return defer.fail().addErrback(retry)
 
     def _forward_timed(self, sent: float, offsets: list[int]) -> None:
         """A forwarded publish sent at ``sent`` is answered now (the metrics' hop, the timeline)."""
@@ -839,22 +868,3 @@ def _in_partition(res: PublishResult, p: int) -> PublishResult:
     if any(x != p for x in res.partitions):
         res.partitions = [p] * len(res.partitions)
     return res
-
-
-def _first_of(called: defer.Deferred[Any], here: defer.Deferred[Any]) -> defer.Deferred[tuple[str, Any]]:
-    """Fires with ``("leader", answer)`` or ``("here", offsets)``, whichever comes
-    first, or fails as ``called`` does when it fails first; what comes after is
-    dropped (a late failure of ``called`` included)."""
-    out: defer.Deferred[tuple[str, Any]] = defer.Deferred()
-
-    def won(result: Any, which: str) -> None:
-        if not out.called:
-            out.callback((which, result))
-
-    def failed(f: Failure) -> None:
-        if not out.called:
-            out.errback(f)
-
-    called.addCallbacks(won, failed, callbackArgs=("leader",))
-    here.addCallback(won, "here")
-    return out

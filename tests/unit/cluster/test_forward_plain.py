@@ -117,3 +117,22 @@ def test_an_error_that_is_not_retried_fails_the_publish() -> None:
     e.answer(False, {"code": "payload_too_large", "message": "no", "status": 413})
     assert len(d) == 1 and d[0].value.code == "payload_too_large"
     assert e.router._shown == {} and e.clock.getDelayedCalls() == []
+
+
+def test_a_quiet_forward_costs_the_entry_two_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of the leader's answer and this replica's is one Deferred with a
+    link on each side and none of its own (six links a forward with the chain of
+    ``_first_of``, the forget, the choice, the retry and the partition named; the
+    test's own link to read the outcome makes a third)."""
+    from twisted.internet.defer import Deferred
+
+    e = _Entry()
+    links: list[str] = []
+    for add in ("addCallbacks", "addCallback", "addErrback", "addBoth"):
+        count_calls(monkeypatch, Deferred, add, links)
+    for _ in range(5):
+        d = e.publish()
+        e.replicate(*[r[3] for r in e.request().body["records"]])
+        e.show(e.log.next_offset)
+        assert len(d) == 1
+    assert len(links) == 15
