@@ -40,7 +40,9 @@ acknowledged end passes them: that node shows them as soon as it learns the
 high watermark, which the leader sends it) sends no answer frame -- a third
 of the leader's frames at one message a publish.  Every other outcome is
 answered as before: an error, duplicates, or records the entry's copy did not
-hold yet when they were committed.  The entry node cancels the call once its
+hold yet when they were committed and does not acknowledge within
+:data:`QUIET_WAIT` (the leader waits that long for it: issue 16, qlead42).
+The entry node cancels the call once its
 replica answered; were the high watermark's news lost, the call's timeout
 retries the publish, which the leader answers as the duplicate it is.  An
 older leader ignores ``quiet`` and answers; its answer is dropped.
@@ -85,6 +87,12 @@ _RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "st
 #: the Raft commit by one message).
 ASSIGN_WAIT = 0.25
 
+#: Seconds a leader waits for a quiet forward's entry node to hold the records
+#: before it answers (:attr:`Router.quiet_wait`): an entry's own commit follows
+#: the other follower's by a few milliseconds; a slow or stuck one costs its
+#: publishes this much at most.
+QUIET_WAIT = 0.05
+
 #: What a publish answer's ``stored`` can say, the weakest promise first.
 _WEAKEST_FIRST = ("pending", "memory", "lmdb", "quorum")
 
@@ -121,6 +129,10 @@ class Router:
         self.reactor = reactor
         self.route_timeout = route_timeout
         self.forward_timeout = forward_timeout
+        #: Seconds a leader waits, for a ``quiet`` forward committed before the
+        #: entry node's copy was durable, for that copy before it answers (none
+        #: once the copy is: the entry shows it); 0: answered at once.
+        self.quiet_wait = QUIET_WAIT
         self.forwarded = 0
         self.retried = 0
         #: Publishes waiting to retry, by topic: woken when its placement changes.
@@ -661,15 +673,19 @@ class Router:
         for rec in records:
             rec.offset, rec.partition, rec.timestamp = -1, p, 0
 
-        def answer(res: PublishResult) -> dict[str, Any]:
-            if quiet and self._shown_there(caller, name, p, res):
-                return NO_ANSWER  # type: ignore[no-any-return]
-            return {
-                "offsets": res.offsets,
-                "ids": res.ids,
-                "duplicates": res.duplicates,
-                "stored": res.stored,
-            }
+        def answer(res: PublishResult) -> Any:
+            if quiet:
+                there = self._quiet_there(caller, name, p, res)
+                if there is not None:
+                    end = max(res.offsets) + 1
+                    if there.core.followers[caller].match >= end:
+                        return NO_ANSWER
+                    if self.quiet_wait > 0:
+                        # Committed before the entry's copy was durable (the other
+                        # follower made the majority): left unanswered too once it
+                        # is, within ``quiet_wait`` (issue 16, qlead42).
+                        return there.when_held(caller, end, self.quiet_wait).addCallback(_held_answer, res)
+            return _answer_body(res)
 
         def not_leader(f: Failure) -> Failure:
             e = f.value
@@ -690,24 +706,27 @@ class Router:
             res = await self._publish_once(
                 t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout, named
             )
-            return answer(res)
+            got = answer(res)
+            if isinstance(got, defer.Deferred):
+                got = await got
+            return got  # type: ignore[no-any-return]
 
         return defer.ensureDeferred(run()).addErrback(not_leader)
 
-    def _shown_there(self, caller: str, name: str, p: int, res: PublishResult) -> bool:
-        """Whether ``caller``, a follower of ``name``/``p`` this node leads, held
-        every record of the committed publish ``res`` durably when it was
-        committed (its acknowledged end passes them): its replica shows them
-        once it learns the high watermark, so a ``quiet`` forward needs no
-        answer (see the module docstring).  Not for duplicates (a first copy's
-        offset is the leader's to say) nor for anything but ``quorum``."""
+    def _quiet_there(self, caller: str, name: str, p: int, res: PublishResult) -> PartitionReplication | None:
+        """The replica of ``name``/``p`` this node leads when ``caller`` is one of
+        its live followers and ``res`` a committed publish a ``quiet`` forward
+        may leave unanswered once the caller holds every record of it durably
+        (its acknowledged end passes them): its replica shows them once it
+        learns the high watermark (see the module docstring).  None for
+        duplicates (a first copy's offset is the leader's to say), for anything
+        but ``quorum``, and when this node does not lead: answered."""
         if res.stored != "quorum" or not res.offsets or any(res.duplicates):
-            return False
+            return None
         r = self.sync.service.replicas.get((name, p))
-        if r is None or not r.core.is_leader or caller in r.core.dead:
-            return False
-        f = r.core.followers.get(caller)
-        return f is not None and f.match > max(res.offsets)
+        if r is None or not r.core.is_leader or caller in r.core.dead or caller not in r.core.followers:
+            return None
+        return r
 
     # -- reading ---------------------------------------------------------------------
 
@@ -856,6 +875,16 @@ class _Shown:
         self.pos: int = log.high_watermark
         self.waiting: dict[str, _Wanted] = {}
         self.unwatch: Any = lambda: None
+
+
+def _answer_body(res: PublishResult) -> dict[str, Any]:
+    """A forwarded publish's answer (the ``publish`` peer RPC's body)."""
+    return {"offsets": res.offsets, "ids": res.ids, "duplicates": res.duplicates, "stored": res.stored}
+
+
+def _held_answer(held: bool, res: PublishResult) -> Any:
+    """A quiet forward's answer once its entry's copy is durable (``held``: none) or not."""
+    return NO_ANSWER if held else _answer_body(res)
 
 
 def _answer(_: object, result: PublishResult) -> PublishResult:

@@ -215,6 +215,11 @@ class PartitionReplication:
         #: as answered (``f_ack``) and as sent in a high watermark per follower.
         self._marked_ack = 0
         self._marked_hw: dict[str, int] = {}
+        #: Waits for a follower's acknowledged end (:meth:`when_held`): (follower,
+        #: end, when it gives up, the follower's entry it waits on, Deferred), by deadline.
+        self._held_waits: deque[tuple[str, int, float, Any, defer.Deferred[bool]]] = deque()
+        self._held_timer: Any = None
+        self._held_timer_due = 0.0
         #: A batched fence's answer, sent once the batch is durable (:meth:`fence_ops`).
         self._fence_answers: list[tuple[str, Any]] = []
         #: A batched output (:meth:`lead_ops`, :meth:`follow_ops`) waiting for
@@ -302,6 +307,63 @@ class PartitionReplication:
             self._waiters_low = offset
         return d
 
+    def when_held(self, follower: str, end: int, seconds: float) -> defer.Deferred[bool]:
+        """As leader: fires True once ``follower`` has acknowledged holding this
+        replica's log up to ``end`` (its acknowledged end passes it), False after
+        ``seconds`` (or at once) when it has not, or this replica stops leading
+        meanwhile, or ``follower`` is not one of its live followers.  Checked as
+        the followers' answers come in; one timer for all the waits (issue 16,
+        qlead42: a quiet forward committed before its entry node's copy was
+        durable is left unanswered once that copy is -- the entry shows it)."""
+        core = self.core
+        f = core.followers.get(follower) if core.role == LEADER and self.failed is None else None
+        if f is None or follower in core.dead:
+            return defer.succeed(False)
+        if f.match >= end:
+            return defer.succeed(True)
+        d: defer.Deferred[bool] = defer.Deferred()
+        due = self.broker.clock.seconds() + seconds
+        self._held_waits.append((follower, end, due, f, d))
+        timer = self._held_timer
+        if timer is None or (timer.active() and due < self._held_timer_due):
+            if timer is not None:
+                timer.cancel()  # (a shorter wait than the one the timer is for)
+            self._held_timer = self.broker.store.reactor.callLater(seconds, self._held_due)
+            self._held_timer_due = due
+        return d
+
+    def _check_held(self, expire: bool = False) -> None:
+        """Fire the waits of :meth:`when_held` that are settled (``expire``: and those due)."""
+        core = self.core
+        leading = core.role == LEADER and self.failed is None
+        now = self.broker.clock.seconds() if expire else 0.0
+        keep: deque[tuple[str, int, float, Any, defer.Deferred[bool]]] = deque()
+        fire: list[tuple[defer.Deferred[bool], bool]] = []
+        for w in self._held_waits:
+            fid, end, due, f, d = w
+            now_f = core.followers.get(fid) if leading else None
+            if now_f is not None and now_f is f and fid not in core.dead:
+                if now_f.match >= end:
+                    fire.append((d, True))
+                    continue
+                if not expire or now < due:
+                    keep.append(w)
+                    continue
+            fire.append((d, False))
+        self._held_waits = keep  # (before any callback runs: one may wait again)
+        for d, held in fire:
+            d.callback(held)
+
+    def _held_due(self) -> None:
+        self._held_timer = None
+        self._check_held(expire=True)
+        if self._held_waits:
+            due = min(w[2] for w in self._held_waits)
+            self._held_timer = self.broker.store.reactor.callLater(
+                max(0.0, due - self.broker.clock.seconds()), self._held_due
+            )
+            self._held_timer_due = due
+
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
         """A replication message from a peer (the leader, a follower or the controller)."""
         self._sync_log_start()
@@ -316,6 +378,8 @@ class PartitionReplication:
         if records and timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("f_recv", records[0].offset, records[-1].offset + 1)
         self._handle(self.core.receive(src, message), records)
+        if self._held_waits:
+            self._check_held()
 
     def fence_ops(self, src: str, message: Fence) -> list[tuple[Any, ...]] | None:
         """Take the controller's fence as one of a batch (:func:`take_fences`):
@@ -620,6 +684,8 @@ class PartitionReplication:
                 d.errback(f)
         self._waiters = []
         self._waiters_low = _NONE_WAITING
+        if self._held_waits:
+            self._check_held()  # (none is held now: each fires False)
         if self.on_failed is not None:
             self.on_failed((self.topic.name, self.partition))
 

@@ -180,3 +180,28 @@ async def test_the_quorum_hop_is_timed_without_a_callback_link(
         links.clear()
     quorum = [s for name, s in hops if name == "quorum"]
     assert len(quorum) == 5 and all(0 <= s < WAIT for s in quorum)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leader_waits_for_a_followers_copy_within_a_bound(nodes: dict[str, _Node]) -> None:
+    """``when_held``: True once the follower acknowledged the records (at once when
+    it has), False when it does not within the bound -- a follower cut off, the
+    publish committed by the leader and the other follower -- with no wait left."""
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m0", True)]), WAIT)
+    followers = [n for n in IDS if nodes[n] is not leader]
+    d = rep.publish([Record(-1, 0, 0, None, None, None, b"m1", True)])
+    end = rep.core.end
+    held = rep.when_held(followers[0], end, WAIT)
+    assert not held.called
+    await bounded(d, WAIT)
+    assert await bounded(held, WAIT) is True
+    assert (await bounded(rep.when_held(followers[0], end, WAIT), WAIT)) is True
+    cut = nodes[followers[1]]
+    leader.channel.addresses.pop(cut.id)  # nothing reaches it now
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m2", True)]), WAIT)
+    waited = rep.when_held(cut.id, rep.core.end, 0.05)
+    assert await bounded(waited, WAIT) is False
+    assert not rep._held_waits and rep.when_held("nobody", 1, WAIT).result is False
+    leader.channel.addresses[cut.id] = ("127.0.0.1", cut.port.getHost().port)
