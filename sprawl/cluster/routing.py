@@ -40,7 +40,9 @@ acknowledged end passes them: that node shows them as soon as it learns the
 high watermark, which the leader sends it) sends no answer frame -- a third
 of the leader's frames at one message a publish.  Every other outcome is
 answered as before: an error, duplicates, or records the entry's copy did not
-hold yet when they were committed.  The entry node cancels the call once its
+hold yet when they were committed and does not acknowledge within
+:data:`QUIET_WAIT` (the leader waits that long for it: issue 16, qlead42).
+The entry node cancels the call once its
 replica answered; were the high watermark's news lost, the call's timeout
 retries the publish, which the leader answers as the duplicate it is.  An
 older leader ignores ``quiet`` and answers; its answer is dropped.
@@ -48,6 +50,7 @@ older leader ignores ``quiet`` and answers; its answer is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, task
@@ -83,6 +86,12 @@ _RETRYABLE = {"not_leader", "no_leader", "peer_unreachable", "peer_timeout", "st
 #: applied placement already gives it (the controller's assignment follows
 #: the Raft commit by one message).
 ASSIGN_WAIT = 0.25
+
+#: Seconds a leader waits for a quiet forward's entry node to hold the records
+#: before it answers (:attr:`Router.quiet_wait`): an entry's own commit follows
+#: the other follower's by a few milliseconds; a slow or stuck one costs its
+#: publishes this much at most.
+QUIET_WAIT = 0.05
 
 #: What a publish answer's ``stored`` can say, the weakest promise first.
 _WEAKEST_FIRST = ("pending", "memory", "lmdb", "quorum")
@@ -120,6 +129,10 @@ class Router:
         self.reactor = reactor
         self.route_timeout = route_timeout
         self.forward_timeout = forward_timeout
+        #: Seconds a leader waits, for a ``quiet`` forward committed before the
+        #: entry node's copy was durable, for that copy before it answers (none
+        #: once the copy is: the entry shows it); 0: answered at once.
+        self.quiet_wait = QUIET_WAIT
         self.forwarded = 0
         self.retried = 0
         #: Publishes waiting to retry, by topic: woken when its placement changes.
@@ -172,6 +185,9 @@ class Router:
             here = self._publish_leading(topic, p, records, acks, named)
             if here is not None:
                 return here.addCallback(_in_partition, p)
+            here = self._forward_first(topic, p, records, acks, named)
+            if here is not None:
+                return here  # (every answer of it names ``p``: no link to say so)
             return defer.ensureDeferred(
                 self._publish_partition(topic, p, records, acks, 0, named)
             ).addCallback(_in_partition, p)
@@ -319,6 +335,28 @@ class Router:
             raise Unavailable(f"partition {name}/{p} is between leaders", code="no_leader")
         if hops >= self.rpc.max_hops:
             raise NotLeaderError(f"this node does not lead {name}/{p}", leader)
+        res = await self._forward(t, p, records, acks, hops, deadline, named, first, r, leader)
+        return res
+
+    def _forward(
+        self,
+        t: Topic,
+        p: int,
+        records: list[Record],
+        acks: str,
+        hops: int,
+        deadline: float,
+        named: set[str],
+        first: bool,
+        r: PartitionReplication | None,
+        leader: str,
+        retry: Callable[[Failure], Any] | None = None,
+    ) -> defer.Deferred[PublishResult]:
+        """Forward one attempt to ``leader`` (a plain Deferred): its answer, or --
+        a ``quiet`` first attempt while this node's replica ``r`` follows -- this
+        replica's, whichever comes first (see the module docstring).  A failure
+        goes to ``retry`` when given (what it returns is the outcome)."""
+        name = t.name
         self.forwarded += 1
         body = {
             "topic": name,
@@ -341,28 +379,100 @@ class Router:
             body["quiet"] = True  # no answer to a success this replica shows (see the module docstring)
         sent = self.reactor.seconds()
         called = self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        n = len(records)
         if here is None:
-            answer = await called
-        else:
-            try:
-                which, got = await _first_of(called, here)
-            finally:
-                forget()
+            if retry is None:
+                return called.addCallback(self._forward_answered, sent, n, p)
+            return called.addCallbacks(self._forward_answered, retry, callbackArgs=(sent, n, p))
+        # The leader's answer or this replica's, whichever comes first; what comes
+        # after is dropped (a late failure of the call, its cancel, included).  One
+        # Deferred, no links of its own (issue 16, qlead42).
+        out: defer.Deferred[PublishResult] = defer.Deferred()
+        done = [False]
+
+        def won(value: Any, which: str) -> None:
+            if done[0]:
+                return
+            done[0] = True
+            forget()
             if which == "here":
                 called.cancel()  # the call is done: forgotten, its timer stopped
                 self.answered_here += 1
-                self._forward_timed(sent, got)
-                n = len(records)
-                return PublishResult(list(got), [str(x.id) for x in records], [p] * n, [False] * n, "quorum")
-            answer = got
+                self._forward_timed(sent, value)
+                res = PublishResult(list(value), [str(x.id) for x in records], [p] * n, [False] * n, "quorum")
+            else:
+                try:
+                    res = self._forward_answered(value, sent, n, p)
+                except Exception:
+                    out.errback()
+                    return
+            out.callback(res)
+
+        def failed(f: Failure) -> None:
+            if done[0]:
+                return
+            done[0] = True
+            forget()
+            if retry is None:
+                out.errback(f)
+                return
+            again = retry(f)
+            if isinstance(again, defer.Deferred):
+                again.chainDeferred(out)
+            else:
+                out.errback(again)
+
+        called.addCallbacks(won, failed, callbackArgs=("leader",))
+        here.addCallback(won, "here")
+        return out
+
+    def _forward_answered(self, answer: Any, sent: float, n: int, p: int) -> PublishResult:
+        """The leader's answer to a forward sent at ``sent`` of ``n`` records to ``p``."""
         self._forward_timed(sent, answer["offsets"])
         return PublishResult(
             list(answer["offsets"]),
             list(answer["ids"]),
-            [p] * len(records),
+            [p] * n,
             list(answer["duplicates"]),
             str(answer["stored"]),
         )
+
+    def _forward_first(
+        self, topic: Topic, p: int, records: list[Record], acks: str, named: set[str]
+    ) -> defer.Deferred[PublishResult] | None:
+        """A publish's first attempt forwarded to the partition's leader without a
+        coroutine (:meth:`_forward`; issue 16, qlead42: the entry node's
+        ``_publish_partition`` and ``_publish_once`` coroutines were ~50 lines of
+        Python a forward), when this node knows the topic, does not lead the
+        partition and is not about to (the placement names another node), and
+        the placement does not keep it local; a retryable failure goes on to
+        :meth:`_publish_partition`'s retries as that first attempt's failure,
+        as :meth:`_publish_leading`'s does.  None otherwise (the coroutine's path)."""
+        name = topic.name
+        t = self.broker.topics.get(name)
+        if t is None or not 0 <= p < len(t.logs) or self.rpc.max_hops <= 0 or self.sync.is_local(name, p):
+            return None
+        r = self.sync.service.replicas.get((name, p))
+        if r is not None and r.core.is_leader:
+            return None
+        pl = self.sync.placement(name, p)
+        leader = str(pl["leader"]) if pl else ""
+        if not leader or leader == self.node_id:
+            return None
+        deadline = self.reactor.seconds() + self.route_timeout
+
+        def retry(f: Failure) -> Any:
+            e = f.value
+            if isinstance(e, NotLeader) or (isinstance(e, SprawlError) and e.code in _RETRYABLE):
+                return defer.ensureDeferred(
+                    self._publish_partition(topic, p, records, acks, 0, named, deadline, e)
+                ).addCallback(_in_partition, p)
+            return f
+
+        try:
+            return self._forward(t, p, records, acks, 0, deadline, named, True, r, leader, retry)
+        except Exception:
+            return defer.fail().addErrback(retry)
 
     def _forward_timed(self, sent: float, offsets: list[int]) -> None:
         """A forwarded publish sent at ``sent`` is answered now (the metrics' hop, the timeline)."""
@@ -471,7 +581,16 @@ class Router:
                     continue
                 seen[rec.id] = i
             fresh.append(rec)
-        d = r.publish(fresh) if fresh else defer.succeed([])
+        # Every record named (the entry node names those that came without an id):
+        # the waiter fires with the answer itself, no ``_answer`` link (issue 16,
+        # qlead42); its offsets are filled in below, before any answer (a publish
+        # is never committed in the call that takes it).
+        quorum = acks == "quorum" and bool(fresh) and not hits and all(x.id is not None for x in fresh)
+        if quorum:
+            result = PublishResult(offsets, [str(x.id) for x in records], [r.partition] * n, dups, "quorum")
+            d = r.publish(fresh, result)
+        else:
+            d = r.publish(fresh) if fresh else defer.succeed([])
         for rec in fresh:
             if rec.id in seen:
                 (recent if rec.id in named else dedup).remember(rec.id, r.partition, rec.offset, now)
@@ -486,6 +605,8 @@ class Router:
         b.deduplicated_total += n - len(fresh)
         if b.metrics is not None:
             b.metrics.published(t.name, len(fresh), size)
+        if quorum:
+            return d
         ids = [x.id or "" for x in records]
         for i, rec in enumerate(records):
             if dups[i] and rec.id is None:
@@ -552,15 +673,19 @@ class Router:
         for rec in records:
             rec.offset, rec.partition, rec.timestamp = -1, p, 0
 
-        def answer(res: PublishResult) -> dict[str, Any]:
-            if quiet and self._shown_there(caller, name, p, res):
-                return NO_ANSWER  # type: ignore[no-any-return]
-            return {
-                "offsets": res.offsets,
-                "ids": res.ids,
-                "duplicates": res.duplicates,
-                "stored": res.stored,
-            }
+        def answer(res: PublishResult) -> Any:
+            if quiet:
+                there = self._quiet_there(caller, name, p, res)
+                if there is not None:
+                    end = max(res.offsets) + 1
+                    if there.core.followers[caller].match >= end:
+                        return NO_ANSWER
+                    if self.quiet_wait > 0:
+                        # Committed before the entry's copy was durable (the other
+                        # follower made the majority): left unanswered too once it
+                        # is, within ``quiet_wait`` (issue 16, qlead42).
+                        return there.when_held(caller, end, self.quiet_wait).addCallback(_held_answer, res)
+            return _answer_body(res)
 
         def not_leader(f: Failure) -> Failure:
             e = f.value
@@ -575,30 +700,33 @@ class Router:
                 d = self._publish_replicated(t, r, records, acks, named)
             except Exception:
                 d = defer.fail()
-            return d.addCallback(answer).addErrback(not_leader)
+            return d.addCallbacks(answer, not_leader)  # (one link: ``answer`` raises nothing)
 
         async def run() -> dict[str, Any]:
             res = await self._publish_once(
                 t, p, records, acks, hops, self.reactor.seconds() + self.route_timeout, named
             )
-            return answer(res)
+            got = answer(res)
+            if isinstance(got, defer.Deferred):
+                got = await got
+            return got  # type: ignore[no-any-return]
 
         return defer.ensureDeferred(run()).addErrback(not_leader)
 
-    def _shown_there(self, caller: str, name: str, p: int, res: PublishResult) -> bool:
-        """Whether ``caller``, a follower of ``name``/``p`` this node leads, held
-        every record of the committed publish ``res`` durably when it was
-        committed (its acknowledged end passes them): its replica shows them
-        once it learns the high watermark, so a ``quiet`` forward needs no
-        answer (see the module docstring).  Not for duplicates (a first copy's
-        offset is the leader's to say) nor for anything but ``quorum``."""
+    def _quiet_there(self, caller: str, name: str, p: int, res: PublishResult) -> PartitionReplication | None:
+        """The replica of ``name``/``p`` this node leads when ``caller`` is one of
+        its live followers and ``res`` a committed publish a ``quiet`` forward
+        may leave unanswered once the caller holds every record of it durably
+        (its acknowledged end passes them): its replica shows them once it
+        learns the high watermark (see the module docstring).  None for
+        duplicates (a first copy's offset is the leader's to say), for anything
+        but ``quorum``, and when this node does not lead: answered."""
         if res.stored != "quorum" or not res.offsets or any(res.duplicates):
-            return False
+            return None
         r = self.sync.service.replicas.get((name, p))
-        if r is None or not r.core.is_leader or caller in r.core.dead:
-            return False
-        f = r.core.followers.get(caller)
-        return f is not None and f.match > max(res.offsets)
+        if r is None or not r.core.is_leader or caller in r.core.dead or caller not in r.core.followers:
+            return None
+        return r
 
     # -- reading ---------------------------------------------------------------------
 
@@ -749,6 +877,16 @@ class _Shown:
         self.unwatch: Any = lambda: None
 
 
+def _answer_body(res: PublishResult) -> dict[str, Any]:
+    """A forwarded publish's answer (the ``publish`` peer RPC's body)."""
+    return {"offsets": res.offsets, "ids": res.ids, "duplicates": res.duplicates, "stored": res.stored}
+
+
+def _held_answer(held: bool, res: PublishResult) -> Any:
+    """A quiet forward's answer once its entry's copy is durable (``held``: none) or not."""
+    return NO_ANSWER if held else _answer_body(res)
+
+
 def _answer(_: object, result: PublishResult) -> PublishResult:
     """A leader publish's answer, once what it waits for fired."""
     return result
@@ -759,22 +897,3 @@ def _in_partition(res: PublishResult, p: int) -> PublishResult:
     if any(x != p for x in res.partitions):
         res.partitions = [p] * len(res.partitions)
     return res
-
-
-def _first_of(called: defer.Deferred[Any], here: defer.Deferred[Any]) -> defer.Deferred[tuple[str, Any]]:
-    """Fires with ``("leader", answer)`` or ``("here", offsets)``, whichever comes
-    first, or fails as ``called`` does when it fails first; what comes after is
-    dropped (a late failure of ``called`` included)."""
-    out: defer.Deferred[tuple[str, Any]] = defer.Deferred()
-
-    def won(result: Any, which: str) -> None:
-        if not out.called:
-            out.callback((which, result))
-
-    def failed(f: Failure) -> None:
-        if not out.called:
-            out.errback(f)
-
-    called.addCallbacks(won, failed, callbackArgs=("leader",))
-    here.addCallback(won, "here")
-    return out

@@ -229,30 +229,36 @@ class PeerRPC:
             return
         self._serving[peer] = serving + 1
         d = defer.maybeDeferred(handler, peer, req.body, req.hops)
+        # One link (issue 16, qlead42: a forwarded publish's answer ran a link more
+        # on the leader, ``served`` before the answer): the request is no longer
+        # being served once it is answered either way.
+        d.addCallbacks(
+            self._served_ok,
+            self._served_failed,
+            callbackArgs=(peer, req.id),
+            errbackArgs=(peer, req.id, req.method),
+        )
 
-        def served(result: Any) -> Any:
-            left = self._serving.get(peer, 1) - 1
-            if left > 0:
-                self._serving[peer] = left
-            else:
-                self._serving.pop(peer, None)
-            return result
+    def _served(self, peer: str) -> None:
+        left = self._serving.get(peer, 1) - 1
+        if left > 0:
+            self._serving[peer] = left
+        else:
+            self._serving.pop(peer, None)
 
-        d.addBoth(served)
+    def _served_ok(self, body: Any, peer: str, rid: int) -> None:
+        self._served(peer)
+        if body is not NO_ANSWER:
+            self._answer(peer, rid, True, body)
 
-        def ok(body: Any) -> None:
-            if body is not NO_ANSWER:
-                self._answer(peer, req.id, True, body)
-
-        def failed(f: Failure) -> None:
-            e = f.value
-            if isinstance(e, SprawlError):
-                self._answer(peer, req.id, False, _err(e.status, e.code, e.message))
-            else:
-                log.failure("peer method {method} failed", f, method=req.method)
-                self._answer(peer, req.id, False, _err(500, "internal_error", "the peer failed to answer"))
-
-        d.addCallbacks(ok, failed)
+    def _served_failed(self, f: Failure, peer: str, rid: int, method: str) -> None:
+        self._served(peer)
+        e = f.value
+        if isinstance(e, SprawlError):
+            self._answer(peer, rid, False, _err(e.status, e.code, e.message))
+        else:
+            log.failure("peer method {method} failed", f, method=method)
+            self._answer(peer, rid, False, _err(500, "internal_error", "the peer failed to answer"))
 
     def _answer(self, peer: str, rid: int, ok: bool, body: Any) -> None:
         try:

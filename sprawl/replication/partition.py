@@ -188,8 +188,10 @@ class PartitionReplication:
         self._issued_hw = 0
         #: Publishes (and duplicates' first copies) waiting for a majority:
         #: (last offset, the epoch this replica led when it took them, Deferred,
-        #: what it fires with: a publish's offsets).
-        self._waiters: list[tuple[int, int, defer.Deferred[Any], Any]] = []
+        #: what it fires with: a publish's offsets or its caller's value, and
+        #: when it was taken for the ``quorum`` hop -- timed as it is answered,
+        #: not by a callback link: issue 16, qlead42 -- or None).
+        self._waiters: list[tuple[int, int, defer.Deferred[Any], Any, float | None]] = []
         #: The lowest offset in :attr:`_waiters` (:data:`_NONE_WAITING` when none):
         #: while leading, a high watermark below it answers nothing, and
         #: :meth:`_advance_hw` -- called several times a message -- does not walk them.
@@ -213,6 +215,11 @@ class PartitionReplication:
         #: as answered (``f_ack``) and as sent in a high watermark per follower.
         self._marked_ack = 0
         self._marked_hw: dict[str, int] = {}
+        #: Waits for a follower's acknowledged end (:meth:`when_held`): (follower,
+        #: end, when it gives up, the follower's entry it waits on, Deferred), by deadline.
+        self._held_waits: deque[tuple[str, int, float, Any, defer.Deferred[bool]]] = deque()
+        self._held_timer: Any = None
+        self._held_timer_due = 0.0
         #: A batched fence's answer, sent once the batch is durable (:meth:`fence_ops`).
         self._fence_answers: list[tuple[str, Any]] = []
         #: A batched output (:meth:`lead_ops`, :meth:`follow_ops`) waiting for
@@ -238,9 +245,10 @@ class PartitionReplication:
 
     # -- inputs ----------------------------------------------------------------------
 
-    def publish(self, records: list[Record]) -> defer.Deferred[list[int]]:
-        """Append ``records`` as leader; fires with their offsets once a
-        majority of the replicas stored them (acks=quorum).  Raises
+    def publish(self, records: list[Record], value: Any = None) -> defer.Deferred[Any]:
+        """Append ``records`` as leader; fires with their offsets (or ``value``,
+        when given: the caller's answer, with no callback link to make it) once
+        a majority of the replicas stored them (acks=quorum).  Raises
         :class:`NotLeader` (with the leader hint) when this node does not lead."""
         if len(self._waiters) >= self.max_waiting:
             raise Overloaded("too many publishes waiting for replication; retry shortly", retry_after=1)
@@ -261,13 +269,15 @@ class PartitionReplication:
         last = first + len(records) - 1
         if timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("pub", first, last + 1)
-        d: defer.Deferred[list[int]] = defer.Deferred()
-        # (the waiter fires with the offsets: no callback link to make them)
-        self._waiters.append((last, self.core.epoch, d, list(range(first, last + 1))))
+        d: defer.Deferred[Any] = defer.Deferred()
+        # (the waiter fires with the offsets, or the caller's value, and times
+        # the quorum hop itself: no callback link for either)
+        since = self.broker.clock.seconds() if self.on_hop is not None else None
+        self._waiters.append(
+            (last, self.core.epoch, d, list(range(first, last + 1)) if value is None else value, since)
+        )
         if last < self._waiters_low:
             self._waiters_low = last
-        if self.on_hop is not None:
-            d.addCallback(self._hop, "quorum", self.broker.clock.seconds())
         tl = timeline.TIMELINE
         if tl is not None and tl.sampled(first, last + 1):
             d.addCallback(_mark_acked, tl, first, last + 1)
@@ -279,11 +289,6 @@ class PartitionReplication:
         self._appends_due = False
         if self.failed is None:
             self._handle(self.core.send_appends(), [])
-
-    def _hop(self, result: Any, name: str, since: float) -> Any:
-        if self.on_hop is not None:
-            self.on_hop(name, self.broker.clock.seconds() - since)
-        return result
 
     def wait_committed(self, offset: int) -> defer.Deferred[None]:
         """Fires once ``offset`` is below the high watermark (a duplicate's
@@ -297,10 +302,67 @@ class PartitionReplication:
         if self.core.role != LEADER:
             return defer.fail(NotLeader(self.core.leader, self.core.epoch))
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((offset, self.core.epoch, d, None))
+        self._waiters.append((offset, self.core.epoch, d, None, None))
         if offset < self._waiters_low:
             self._waiters_low = offset
         return d
+
+    def when_held(self, follower: str, end: int, seconds: float) -> defer.Deferred[bool]:
+        """As leader: fires True once ``follower`` has acknowledged holding this
+        replica's log up to ``end`` (its acknowledged end passes it), False after
+        ``seconds`` (or at once) when it has not, or this replica stops leading
+        meanwhile, or ``follower`` is not one of its live followers.  Checked as
+        the followers' answers come in; one timer for all the waits (issue 16,
+        qlead42: a quiet forward committed before its entry node's copy was
+        durable is left unanswered once that copy is -- the entry shows it)."""
+        core = self.core
+        f = core.followers.get(follower) if core.role == LEADER and self.failed is None else None
+        if f is None or follower in core.dead:
+            return defer.succeed(False)
+        if f.match >= end:
+            return defer.succeed(True)
+        d: defer.Deferred[bool] = defer.Deferred()
+        due = self.broker.clock.seconds() + seconds
+        self._held_waits.append((follower, end, due, f, d))
+        timer = self._held_timer
+        if timer is None or (timer.active() and due < self._held_timer_due):
+            if timer is not None:
+                timer.cancel()  # (a shorter wait than the one the timer is for)
+            self._held_timer = self.broker.store.reactor.callLater(seconds, self._held_due)
+            self._held_timer_due = due
+        return d
+
+    def _check_held(self, expire: bool = False) -> None:
+        """Fire the waits of :meth:`when_held` that are settled (``expire``: and those due)."""
+        core = self.core
+        leading = core.role == LEADER and self.failed is None
+        now = self.broker.clock.seconds() if expire else 0.0
+        keep: deque[tuple[str, int, float, Any, defer.Deferred[bool]]] = deque()
+        fire: list[tuple[defer.Deferred[bool], bool]] = []
+        for w in self._held_waits:
+            fid, end, due, f, d = w
+            now_f = core.followers.get(fid) if leading else None
+            if now_f is not None and now_f is f and fid not in core.dead:
+                if now_f.match >= end:
+                    fire.append((d, True))
+                    continue
+                if not expire or now < due:
+                    keep.append(w)
+                    continue
+            fire.append((d, False))
+        self._held_waits = keep  # (before any callback runs: one may wait again)
+        for d, held in fire:
+            d.callback(held)
+
+    def _held_due(self) -> None:
+        self._held_timer = None
+        self._check_held(expire=True)
+        if self._held_waits:
+            due = min(w[2] for w in self._held_waits)
+            self._held_timer = self.broker.store.reactor.callLater(
+                max(0.0, due - self.broker.clock.seconds()), self._held_due
+            )
+            self._held_timer_due = due
 
     def receive(self, src: str, message: Any, records: list[Record]) -> None:
         """A replication message from a peer (the leader, a follower or the controller)."""
@@ -316,6 +378,8 @@ class PartitionReplication:
         if records and timeline.TIMELINE is not None:
             timeline.TIMELINE.mark("f_recv", records[0].offset, records[-1].offset + 1)
         self._handle(self.core.receive(src, message), records)
+        if self._held_waits:
+            self._check_held()
 
     def fence_ops(self, src: str, message: Fence) -> list[tuple[Any, ...]] | None:
         """Take the controller's fence as one of a batch (:func:`take_fences`):
@@ -615,11 +679,13 @@ class PartitionReplication:
                 topic=self.topic.name,
                 partition=self.partition,
             )
-        for _off, _epoch, d, _value in self._waiters:
+        for _off, _epoch, d, _value, _since in self._waiters:
             if not d.called:
                 d.errback(f)
         self._waiters = []
         self._waiters_low = _NONE_WAITING
+        if self._held_waits:
+            self._check_held()  # (none is held now: each fires False)
         if self.on_failed is not None:
             self.on_failed((self.topic.name, self.partition))
 
@@ -690,10 +756,11 @@ class PartitionReplication:
 
     def _send_soon(self) -> None:
         """Send the ready batches' messages (:meth:`_send_ready`): at once, without
-        a coroutine, when none of them carries records or a reset -- a follower's
-        answers, a leader's high watermarks, what :meth:`_send` sends without a
-        read (issue 16, cpu39: the coroutine was a fifth of a follower's lines a
-        message) --, else through :meth:`_send_ready`."""
+        a coroutine, when none of them carries a reset or records to be read -- a
+        follower's answers, a leader's high watermarks, what :meth:`_send` sends
+        without a read (issue 16, cpu39: the coroutine was a fifth of a follower's
+        lines a message), and a leader's appends of records still in the hot tail
+        that fit one frame (qlead42) --, else through :meth:`_send_ready`."""
         try:
             if self._send_plain():
                 return
@@ -704,8 +771,9 @@ class PartitionReplication:
 
     def _send_plain(self) -> bool:
         """:meth:`_send_ready` for ready batches whose messages need no read (see
-        :meth:`_send_soon`), in the same order with the same answers left out;
-        False, nothing sent, when one of them carries records or a reset."""
+        :meth:`_send_soon`), in the same order with the same answers left out, an
+        append's records taken from the hot tail (:meth:`_hot_records`); False,
+        nothing sent, when one of them carries a reset or records to be read."""
         unsent = self._unsent
         ready: list[_Step] = []
         for st in unsent:
@@ -713,9 +781,13 @@ class PartitionReplication:
                 break
             ready.append(st)
         messages = [m for st in ready for q in st.batch for m in q.out.messages]
+        carried: dict[int, list[Record]] = {}
         for _dst, m in messages:
             if isinstance(m, Append) and (m.count or m.reset):
-                return False
+                recs = self._hot_records(m)
+                if recs is None:
+                    return False
+                carried[id(m)] = recs
         skip = _superseded_answers(messages)
         self._sending = True
         try:
@@ -725,7 +797,15 @@ class PartitionReplication:
                         if id(m) not in skip:
                             if timeline.TIMELINE is not None:
                                 self._mark_sent(dst, m)
-                            self.send(dst, Envelope(self.topic.name, self.partition, encode(m)))
+                            recs = carried.get(id(m))
+                            self.send(
+                                dst,
+                                Envelope(self.topic.name, self.partition, encode(m))
+                                if recs is None
+                                else Envelope(
+                                    self.topic.name, self.partition, encode(m), [pack_record(r) for r in recs]
+                                ),
+                            )
                 if unsent and unsent[0] is step:
                     unsent.popleft()
                 if self.failed is not None:
@@ -735,6 +815,26 @@ class PartitionReplication:
         if unsent and unsent[0].ready:
             self._send_soon()  # made ready while these were sent (the loop of _send_ready)
         return True
+
+    def _hot_records(self, m: Append) -> list[Record] | None:
+        """The records an append ``m`` carries, when :meth:`_send` would send it as
+        one frame read from the hot tail: no reset, every record in the tail, and
+        within ``batch_bytes`` (or a lone record).  None otherwise: the coroutine
+        reads and slices it.  A leader's new records at one publish a turn are
+        always there (issue 16, qlead42: the coroutine, its read and its Deferreds
+        were ~80 lines of Python an append on the leader)."""
+        if m.reset:
+            return None
+        lg = self.log
+        hs = lg.hot_start
+        end = m.start + m.count
+        if m.start < hs or end > lg.next_offset:
+            return None
+        hot = lg.hot
+        recs = [hot[i] for i in range(m.start - hs, end - hs)]
+        if len(recs) > 1 and sum(record_bytes(r) for r in recs) > self.batch_bytes:
+            return None
+        return recs
 
     async def _send_ready(self) -> None:
         """Send the messages of the issued batches whose writes are durable, in
@@ -1066,7 +1166,11 @@ class PartitionReplication:
                         low = off
             self._waiters = keep  # before any callback runs: a callback may publish again
             self._waiters_low = low
+            on_hop = self.on_hop
+            now = self.broker.clock.seconds() if on_hop is not None and done else 0.0
             for w in done:
+                if on_hop is not None and w[4] is not None:
+                    on_hop("quorum", now - w[4])
                 w[2].callback(w[3])
             for d in lost:
                 d.errback(NotLeader(self.core.leader, self.core.epoch))

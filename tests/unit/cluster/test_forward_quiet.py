@@ -49,11 +49,19 @@ class _Leader:
         self.rpc = PeerRPC(self.channel, self.clock)
         self.followers = {"a": SimpleNamespace(match=0), "b": SimpleNamespace(match=0)}
         core = SimpleNamespace(is_leader=True, dead=frozenset(), followers=self.followers)
+        #: The leader's waits for an entry's copy (follower, end, Deferred): the test fires them.
+        self.held: list[tuple[str, int, defer.Deferred[bool]]] = []
+
+        def when_held(follower: str, end: int, seconds: float) -> defer.Deferred[bool]:
+            d: defer.Deferred[bool] = defer.Deferred()
+            self.held.append((follower, end, d))
+            return d
+
         topic = SimpleNamespace(name="t", logs=[object()], config=SimpleNamespace(max_message_bytes=1 << 20))
         broker = SimpleNamespace(topics={"t": topic}, check_message_sizes=lambda records, limit: None)
         sync = SimpleNamespace(
             is_local=lambda name, p: False,
-            service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core)}),
+            service=SimpleNamespace(replicas={("t", 0): SimpleNamespace(core=core, when_held=when_held)}),
         )
         self.router = Router("L", broker, sync, self.rpc, self.clock)  # type: ignore[arg-type]
         self.committed: list[defer.Deferred[PublishResult]] = []
@@ -115,6 +123,8 @@ def test_every_other_outcome_is_answered() -> None:
     lead.forward("a", "n0", "n1")
     lead.followers["a"].match = 11  # holds 10, not 11
     lead.committed[-1].callback(_committed(10, 2))
+    assert lead.answers("a") == [] and [h[:2] for h in lead.held] == [("a", 12)]
+    lead.held.pop()[2].callback(False)  # (not held within the wait: answered)
     lead.forward("a", "n2")
     lead.followers["a"].match = 13
     lead.committed[-1].callback(_committed(12, 1, dups=True))
@@ -123,13 +133,40 @@ def test_every_other_outcome_is_answered() -> None:
     lead.committed[-1].callback(_committed(13, 1))
     lead.forward("b", "n4")  # b's copy is not known to hold it
     lead.committed[-1].callback(_committed(14, 1))
+    lead.held.pop()[2].callback(False)
     lead.forward("a", "n5")
     lead.committed[-1].errback(Unavailable("between leaders", code="no_leader"))
+    assert lead.held == []
     got = lead.answers("a")
     assert [x["offsets"] for x in got[:3]] == [[10, 11], [12], [13]]
     assert got[1]["duplicates"] == [True]
     assert got[3]["code"] == "no_leader"
     assert [x["offsets"] for x in lead.answers("b")] == [[14]]
+
+
+def test_a_quiet_forward_committed_before_the_entry_held_it_is_left_unanswered_once_it_does() -> None:
+    """Committed by the other follower's copy, before the entry's was durable: the
+    leader waits (at most ``quiet_wait``) for the entry's copy and sends nothing
+    once it is held (issue 16, qlead42: an answer frame each without the wait);
+    not held in time, it answers; with ``quiet_wait`` 0 it answers at once."""
+    lead = _Leader()
+    for k in range(10):
+        lead.forward("a", f"n{k}")
+        lead.followers["a"].match = 100 + k  # durable up to the record before
+        lead.committed[-1].callback(_committed(100 + k, 1))
+        ((who, end, d),) = lead.held
+        assert (who, end) == ("a", 100 + k + 1)
+        lead.held.clear()
+        d.callback(True)
+    assert lead.frames == []
+    lead.forward("a", "late")
+    lead.committed[-1].callback(_committed(200, 1))
+    lead.held.pop()[2].callback(False)
+    assert [x["offsets"] for x in lead.answers("a")] == [[200]]
+    lead.router.quiet_wait = 0
+    lead.forward("a", "now")
+    lead.committed[-1].callback(_committed(201, 1))
+    assert lead.held == [] and [x["offsets"] for x in lead.answers("a")] == [[200], [201]]
 
 
 class _Entry(FollowerEntry):

@@ -46,11 +46,11 @@ class _Replica:
         self.partition = 0
         self.core = SimpleNamespace(is_leader=True, dead=frozenset(), followers={}, fenced_epoch=1)
         self.next = 0
-        self.waiting: list[tuple[defer.Deferred[list[int]], list[int]]] = []
+        self.waiting: list[tuple[defer.Deferred[Any], Any]] = []
         self.committed: list[tuple[int, defer.Deferred[None]]] = []
         self.refuse: Exception | None = None
 
-    def publish(self, records: list[Record]) -> defer.Deferred[list[int]]:
+    def publish(self, records: list[Record], value: Any = None) -> defer.Deferred[Any]:
         if self.refuse is not None:
             e, self.refuse = self.refuse, None
             raise e
@@ -59,8 +59,8 @@ class _Replica:
             r.offset, r.partition = self.next, 0
             offsets.append(self.next)
             self.next += 1
-        d: defer.Deferred[list[int]] = defer.Deferred()
-        self.waiting.append((d, offsets))
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((d, offsets if value is None else value))
         return d
 
     def commit(self) -> None:
@@ -237,3 +237,49 @@ def test_a_refusal_that_is_not_retried_fails_the_publish_and_the_forward() -> No
     lead.forward("a", "fw0")
     ((got,),) = [lead.answers("a")]
     assert got["code"] == Overloaded("x").code
+
+
+def test_a_leaders_quorum_publish_is_answered_without_an_answer_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quorum waiter fires with the publish's answer itself (issue 16, qlead42):
+    no ``_answer`` callback link a publish (one each, taken or forwarded, without
+    the change), and the answers are those the link made -- offsets filled in
+    after the append, the ids the entry node gave, duplicates of one batch."""
+    from sprawl.cluster import routing
+
+    links = count_calls(monkeypatch, routing, "_answer")
+    lead = _Leader()
+    results = []
+    for k in range(5):
+        d = lead.publish(f"c{k}", f"c{k}", None)
+        lead.replica.commit()
+        results.extend(answered(d))
+        lead.forward("a", f"fw{k}")
+        lead.replica.commit()
+    assert links == []
+    assert [r.offsets for r in results] == [[3 * k, 3 * k, 3 * k + 1] for k in range(5)]
+    assert [r.duplicates for r in results] == [[False, True, False]] * 5
+    assert all(r.ids[:2] == [f"c{k}"] * 2 and r.ids[2].startswith("named-") for k, r in enumerate(results))
+    assert [x["offsets"] for x in lead.answers("a")] == [[3 * k + 2] for k in range(5)]
+
+
+def test_a_forwarded_publish_costs_the_leader_two_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward the leader takes runs two callback links besides its waiter's own
+    (issue 16, qlead42): the router's answer-or-refusal and the peer RPC's
+    answer, which also ends the request's serving -- four without the change
+    (``served`` and the answer, the answer and the refusal, each a link)."""
+    from twisted.internet.defer import Deferred
+
+    lead = _Leader()
+    links: list[str] = []
+    for add in ("addCallbacks", "addCallback", "addErrback", "addBoth"):
+        count_calls(monkeypatch, Deferred, add, links)
+    for k in range(10):
+        lead.forward("a", f"fw{k}")
+        lead.replica.commit()
+    assert len(links) == 20
+    assert [x["offsets"] for x in lead.answers("a")] == [[k] for k in range(10)]
+    assert lead.rpc._serving == {}
+    lead.forward("a", "fw-refused")
+    lead.replica.waiting.pop(0)[0].errback(NotLeader("b", 2))
+    (refused,) = lead.answers("a")[10:]
+    assert refused["code"] == "not_leader" and lead.rpc._serving == {}

@@ -1,0 +1,207 @@
+"""A leader's appends leave without a coroutine when their records are in the
+hot tail (issue 16, qlead42): at one publish a turn every append carries
+records the leader took a moment ago, and the coroutine that reads them
+(``_send_ready`` -> ``_send`` -> ``_records_bounded`` -> ``_records``, with
+``ensureDeferred`` and its Deferreds) was ~80 lines of Python an append on
+the leader's reactor.  Counted, not timed: the coroutine sends the leader's
+publishes make.  Records that would not go as one frame read from the tail
+(over ``batch_bytes``) still go through it, sliced as before."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+
+from harness import WAIT, bounded, the_reactor
+from harness.counting import count_calls
+from sprawl.config import NodeConfig
+from sprawl.log.record import Record
+from sprawl.peer.tcp import PeerChannel
+from sprawl.pubsub import Broker
+from sprawl.replication.failover import FailoverCore
+from sprawl.replication.messages import Append, decode
+from sprawl.replication.partition import PartitionReplication
+from sprawl.replication.replica import LEADER
+from sprawl.replication.service import ReplicationService
+from sprawl.storage.lmdb import LmdbStore
+
+IDS = ("r0", "r1", "r2")
+CONTROLLER = "ctl"
+
+
+class _Node:
+    def __init__(self, nid: str, path: Path) -> None:
+        reactor = the_reactor()
+        self.id = nid
+        self.store: Any = None
+        self.broker: Any = None
+        if nid != CONTROLLER:
+            self.store = LmdbStore(str(path / nid / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
+            self.store.open()
+            self.broker = Broker(NodeConfig(data_dir=str(path / nid)), self.store, reactor, nid)
+            self.broker.recover()
+        self.channel = PeerChannel(nid, reactor, random.Random(1), backoff_base=0.01, backoff_max=0.05)
+        self.port = reactor.listenTCP(0, self.channel.server_factory(), interface="127.0.0.1")
+        self.service = ReplicationService(nid, self.channel, reactor, tick_seconds=0.02)
+
+    async def close(self) -> None:
+        self.service.stop()
+        await self.channel.close()
+        await self.port.stopListening()
+        if self.broker is not None:
+            await self.broker.stop()
+            await self.store.close()
+
+
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(the_reactor(), 0.01, lambda: None)
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, _Node]]:
+    ns = {nid: _Node(nid, tmp_path) for nid in (*IDS, CONTROLLER)}
+    try:
+        for a in ns.values():
+            for b in ns.values():
+                if a is not b:
+                    a.channel.set_address(b.id, "127.0.0.1", b.port.getHost().port)
+        for nid in IDS:
+            await ns[nid].broker.put_topic("orders", {})
+            ns[nid].service.replica("orders", 0, ns[nid].broker, CONTROLLER)
+        ns[CONTROLLER].service.controllers[("orders", 0)] = FailoverCore(IDS, beat_timeout_ticks=10)
+        for n in ns.values():
+            n.service.start()
+        yield ns
+    finally:
+        for n in ns.values():
+            await n.close()
+
+
+async def _leader(ns: dict[str, _Node]) -> _Node:
+    def leaders() -> list[_Node]:
+        return [ns[i] for i in IDS if ns[i].service.replicas[("orders", 0)].core.role == LEADER]
+
+    await _until(lambda: len(leaders()) == 1, "a leader")
+    return leaders()[0]
+
+
+def _payloads(node: _Node) -> list[bytes]:
+    return [r.payload for r in node.broker.topics["orders"].logs[0].hot if not r.control]
+
+
+def _appends(rep: PartitionReplication) -> list[tuple[str, int, int, int]]:
+    """Records-carrying appends ``rep`` sends from now on: (to, start, count, records in the frame)."""
+    sent: list[tuple[str, int, int, int]] = []
+    real = rep.send
+
+    def send(dst: str, env: Any) -> None:
+        m = decode(env.message)
+        if isinstance(m, Append) and m.count:
+            sent.append((dst, m.start, m.count, len(env.records)))
+        real(dst, env)
+
+    rep.send = send  # type: ignore[method-assign]
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leaders_appends_of_records_in_the_hot_tail_take_no_coroutine(
+    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten publishes one at a time: each goes to both followers as one append
+    carrying its record, answered, with no coroutine send (ten or more without
+    the change), and both followers hold them all, in order."""
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m0", True)]), WAIT)
+    sent = _appends(rep)
+    coroutine = count_calls(monkeypatch, PartitionReplication, "_send_ready")
+    for i in range(1, 11):
+        start = rep.core.end
+        got = await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m%d" % i, True)]), WAIT)
+        assert got == [start]
+    assert coroutine == []
+    followers = [n for n in IDS if nodes[n] is not leader]
+    assert sorted({(d, c, k) for d, _s, c, k in sent}) == [(f, 1, 1) for f in followers]
+    assert len(sent) == 20
+    for n in IDS:
+        await _until(lambda n=n: _payloads(nodes[n]) == [b"m%d" % i for i in range(11)], f"{n}'s copy")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_append_over_a_frames_bytes_is_read_and_sliced_as_before(
+    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five records of 6,000 bytes with ``batch_bytes`` 20,000: not one frame, so the
+    coroutine sends them, in frames of at most three records each (as before)."""
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m0", True)]), WAIT)
+    rep.batch_bytes = 20_000
+    sent = _appends(rep)
+    coroutine = count_calls(monkeypatch, PartitionReplication, "_send_ready")
+    big = [Record(-1, 0, 0, None, None, None, b"%d" % i + b"x" * 6000, True) for i in range(5)]
+    await bounded(rep.publish(big), WAIT)
+    assert coroutine
+    assert sent and max(k for _d, _s, _c, k in sent) <= 3
+    for n in IDS:
+        await _until(lambda n=n: len(_payloads(nodes[n])) == 6, f"{n}'s copy")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_quorum_hop_is_timed_without_a_callback_link(
+    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the hops timed (``on_hop``, as every node's metrics do), a publish adds
+    no callback to its waiter (one, ``_hop``, without the change) and each
+    publish's ``quorum`` hop is timed once, when it is answered."""
+    from twisted.internet.defer import Deferred
+
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    hops: list[tuple[str, float]] = []
+    rep.on_hop = lambda name, seconds: hops.append((name, seconds))
+    links = count_calls(monkeypatch, Deferred, "addCallback")
+    for i in range(5):
+        d = rep.publish([Record(-1, 0, 0, None, None, None, b"m%d" % i, True)])
+        assert links == []
+        await bounded(d, WAIT)
+        links.clear()
+    quorum = [s for name, s in hops if name == "quorum"]
+    assert len(quorum) == 5 and all(0 <= s < WAIT for s in quorum)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leader_waits_for_a_followers_copy_within_a_bound(nodes: dict[str, _Node]) -> None:
+    """``when_held``: True once the follower acknowledged the records (at once when
+    it has), False when it does not within the bound -- a follower cut off, the
+    publish committed by the leader and the other follower -- with no wait left."""
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m0", True)]), WAIT)
+    followers = [n for n in IDS if nodes[n] is not leader]
+    d = rep.publish([Record(-1, 0, 0, None, None, None, b"m1", True)])
+    end = rep.core.end
+    held = rep.when_held(followers[0], end, WAIT)
+    assert not held.called
+    await bounded(d, WAIT)
+    assert await bounded(held, WAIT) is True
+    assert (await bounded(rep.when_held(followers[0], end, WAIT), WAIT)) is True
+    cut = nodes[followers[1]]
+    leader.channel.addresses.pop(cut.id)  # nothing reaches it now
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m2", True)]), WAIT)
+    waited = rep.when_held(cut.id, rep.core.end, 0.05)
+    assert await bounded(waited, WAIT) is False
+    assert not rep._held_waits and rep.when_held("nobody", 1, WAIT).result is False
+    leader.channel.addresses[cut.id] = ("127.0.0.1", cut.port.getHost().port)
