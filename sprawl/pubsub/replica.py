@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.log.manifest import Manifest, RemoteObject, RemoteState, encode_manifest
 from sprawl.log.record import Record
@@ -48,9 +49,33 @@ class ReplicaWrites(Catalog):
         # (more wake-ups per commit) for no latency won (issue 16, wal37).
         # (urgent: an ack or the high watermark waits for it -- it ends a metadata
         # apply's hold, LmdbStore.hold, rather than wait behind it)
-        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), urgent=urgent)
-        d.addBoth(self._committed_or_failed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
+        # (answered by a plain call, LmdbStore.write_then: the stored end moves, then the
+        # Deferred the replica waits on fires -- no link on the store's side, issue 16,
+        # qfollow42)
+        d: Deferred[None] = Deferred()
+        self.store.write_then(
+            ops,
+            sum(r.size for r in records),
+            self._replicated_written,
+            d,
+            cfg.name,
+            {partition: records[-1].offset + 1},
+            cfg.uid,
+            urgent=urgent,
+        )
         return d
+
+    def _replicated_written(
+        self, result: Failure | None, d: Deferred[None], name: str, ends: dict[int, int], uid: int
+    ) -> None:
+        """A replicated append's write is done: the stored end moved (or the stored-end
+        waiters failed), then ``d`` fires -- or fails: a follower whose write failed
+        must not answer as if it held the records (the replica's chain stops)."""
+        self._committed_or_failed(result, name, ends, uid)
+        if result is None:
+            d.callback(None)
+        else:
+            d.errback(result)
 
     def stage_replicated(self, topic: Topic, partition: int, records: list[Record]) -> list[Op]:
         """:meth:`append_replicated`'s first half, for a caller that stores
