@@ -3,7 +3,7 @@ the shared remote segments a partition's log follows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -64,6 +64,39 @@ class ReplicaWrites(Catalog):
             urgent=urgent,
         )
         return d
+
+    def append_replicated_then(
+        self,
+        topic: Topic,
+        partition: int,
+        records: list[Record],
+        extra_ops: Sequence[Op],
+        then: Callable[[Failure | None], object],
+        urgent: bool = True,
+    ) -> None:
+        """:meth:`append_replicated` answered by a plain call: ``then(None)`` once the
+        records are durable (the stored end moved first), ``then(failure)`` if the write
+        failed -- where :meth:`append_replicated`'s Deferred would fire or fail, without
+        the Deferred (a follower's lone append, issue 16, qfollow42).  ``ValueError`` (at
+        once) if the records do not continue the log; at least one record."""
+        self.check_writable()
+        ops = self.stage_replicated(topic, partition, records)
+        ops.extend(extra_ops)
+        cfg = topic.config
+        n = sum(r.size for r in records)
+        end = {partition: records[-1].offset + 1}
+        self.store.write_then(ops, n, self._replicated_then, then, cfg.name, end, cfg.uid, urgent=urgent)
+
+    def _replicated_then(
+        self,
+        result: Failure | None,
+        then: Callable[[Failure | None], object],
+        name: str,
+        ends: dict[int, int],
+        uid: int,
+    ) -> None:
+        self._committed_or_failed(result, name, ends, uid)
+        then(result)
 
     def _replicated_written(
         self, result: Failure | None, d: Deferred[None], name: str, ends: dict[int, int], uid: int
