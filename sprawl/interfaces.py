@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
     from sprawl.cluster.metadata import Metadata
     from sprawl.cluster.voters import Strength
@@ -167,6 +168,19 @@ class ReplicaStore(BrokerStorage, Protocol):
     ) -> Deferred[None]:
         """Store a leader's batch at its offsets (``urgent``: someone waits for
         it -- it ends the store's hold, ``LmdbStore.hold``)."""
+        ...
+
+    def append_replicated_then(
+        self,
+        topic: Topic,
+        partition: int,
+        records: list[Record],
+        extra_ops: Sequence[Op],
+        then: Callable[[Failure | None], object],
+        urgent: bool = True,
+    ) -> None:
+        """:meth:`append_replicated`, answered by ``then(None)`` once durable or
+        ``then(failure)``: no Deferred."""
         ...
 
     def check_writable(self) -> None:

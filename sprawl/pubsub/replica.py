@@ -3,11 +3,12 @@ the shared remote segments a partition's log follows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sprawl.log.manifest import Manifest, RemoteObject, RemoteState, encode_manifest
 from sprawl.log.record import Record
@@ -48,9 +49,66 @@ class ReplicaWrites(Catalog):
         # (more wake-ups per commit) for no latency won (issue 16, wal37).
         # (urgent: an ack or the high watermark waits for it -- it ends a metadata
         # apply's hold, LmdbStore.hold, rather than wait behind it)
-        d: Deferred[Any] = self.store.write(ops, sum(r.size for r in records), urgent=urgent)
-        d.addBoth(self._committed_or_failed, cfg.name, {partition: records[-1].offset + 1}, cfg.uid)
+        # (answered by a plain call, LmdbStore.write_then: the stored end moves, then the
+        # Deferred the replica waits on fires -- no link on the store's side, issue 16,
+        # qfollow42)
+        d: Deferred[None] = Deferred()
+        self.store.write_then(
+            ops,
+            sum(r.size for r in records),
+            self._replicated_written,
+            d,
+            cfg.name,
+            {partition: records[-1].offset + 1},
+            cfg.uid,
+            urgent=urgent,
+        )
         return d
+
+    def append_replicated_then(
+        self,
+        topic: Topic,
+        partition: int,
+        records: list[Record],
+        extra_ops: Sequence[Op],
+        then: Callable[[Failure | None], object],
+        urgent: bool = True,
+    ) -> None:
+        """:meth:`append_replicated` answered by a plain call: ``then(None)`` once the
+        records are durable (the stored end moved first), ``then(failure)`` if the write
+        failed -- where :meth:`append_replicated`'s Deferred would fire or fail, without
+        the Deferred (a follower's lone append, issue 16, qfollow42).  ``ValueError`` (at
+        once) if the records do not continue the log; at least one record."""
+        self.check_writable()
+        ops = self.stage_replicated(topic, partition, records)
+        ops.extend(extra_ops)
+        cfg = topic.config
+        n = sum(r.size for r in records)
+        end = {partition: records[-1].offset + 1}
+        self.store.write_then(ops, n, self._replicated_then, then, cfg.name, end, cfg.uid, urgent=urgent)
+
+    def _replicated_then(
+        self,
+        result: Failure | None,
+        then: Callable[[Failure | None], object],
+        name: str,
+        ends: dict[int, int],
+        uid: int,
+    ) -> None:
+        self._committed_or_failed(result, name, ends, uid)
+        then(result)
+
+    def _replicated_written(
+        self, result: Failure | None, d: Deferred[None], name: str, ends: dict[int, int], uid: int
+    ) -> None:
+        """A replicated append's write is done: the stored end moved (or the stored-end
+        waiters failed), then ``d`` fires -- or fails: a follower whose write failed
+        must not answer as if it held the records (the replica's chain stops)."""
+        self._committed_or_failed(result, name, ends, uid)
+        if result is None:
+            d.callback(None)
+        else:
+            d.errback(result)
 
     def stage_replicated(self, topic: Topic, partition: int, records: list[Record]) -> list[Op]:
         """:meth:`append_replicated`'s first half, for a caller that stores

@@ -714,6 +714,14 @@ class PartitionReplication:
             self._running = False
 
     def _issue(self, batch: list[_Queued]) -> None:
+        if (
+            len(batch) == 1
+            and timeline.TIMELINE is None
+            and not self.topic.deleted
+            and _lone_follower_append(batch[0])
+        ):
+            self._issue_lone(batch[0])
+            return
         own: list[defer.Deferred[Any]] = []
         writes: list[defer.Deferred[Any]] = []
         stored_own = False  # records written as leader (new ones or a control record)
@@ -749,6 +757,28 @@ class PartitionReplication:
             self._send_soon()
         if own:
             _gather(own).addCallbacks(self._own_stored, self._crashed, callbackArgs=(stored_own,))
+
+    def _issue_lone(self, q: _Queued) -> None:
+        """:meth:`_issue` for a follower's lone output whose one write appends records
+        (:func:`_lone_follower_append`): the same steps in the same order, the write
+        answered by a plain call (:meth:`_lone_stored`) instead of a Deferred and its
+        link -- one of each a replicated message on every follower (issue 16, qfollow42)."""
+        step = _Step([q], ready=False)
+        for w in q.out.writes:
+            if _hw_only(w):
+                self._save_hw_later()  # carried by the next write (see the module docstring)
+            else:
+                self._write(w, q.records, False, lambda f: self._lone_stored(f, step))
+        hw = self._issued_hw = q.hw
+        self._advance_hw(hw)
+        self._unsent.append(step)
+
+    def _lone_stored(self, f: Failure | None, step: _Step) -> None:
+        """The write of :meth:`_issue_lone` is durable (``f`` None) or failed."""
+        if f is None:
+            self._step_ready(None, step, False)
+        else:
+            self._crashed(f)
 
     def _step_ready(self, _: object, step: _Step, stored_own: bool) -> None:
         step.ready = True
@@ -941,9 +971,17 @@ class PartitionReplication:
         if self.failed is None:
             self._crashed(f)
 
-    def _write(self, w: Write, records: list[Record], leader: bool) -> defer.Deferred[Any] | None:
+    def _write(
+        self,
+        w: Write,
+        records: list[Record],
+        leader: bool,
+        then: Callable[[Failure | None], object] | None = None,
+    ) -> defer.Deferred[Any] | None:
         """Issue one write (memory now, LMDB queued) of an output the core made
-        as leader (``leader``) or follower; returns its durability Deferred."""
+        as leader (``leader``) or follower; returns its durability Deferred --
+        or, with ``then`` (a plain append, :meth:`_issue_lone`), None: ``then``
+        is called when the Deferred would fire or fail."""
         b, t, p = self.broker, self.topic, self.partition
         if t.deleted:
             return None  # the topic was deleted meanwhile: its storage is gone, write nothing
@@ -975,7 +1013,10 @@ class PartitionReplication:
         # An epoch's control record is no ack's: it joins a metadata apply's
         # held writes (a new topic's, issue 23, create41) rather than end the
         # hold -- a commit of its own on every node a create.
-        ds.append(b.append_replicated(t, p, recs, self._state_ops(), urgent=not w.control))
+        if then is None:
+            ds.append(b.append_replicated(t, p, recs, self._state_ops(), urgent=not w.control))
+        else:
+            b.append_replicated_then(t, p, recs, self._state_ops(), then, urgent=not w.control)
         if not leader:
             # A follower knows the ids of what it holds: as the next leader it
             # answers a publish retried through the failover with the first
@@ -1413,6 +1454,21 @@ def take_leaderships(
     replica whose chain is at work takes its Assign on the chain, in order.
     Returns the leaderships batched."""
     return _write_batches([(r, r.lead_ops(src, m)) for r, src, m in items], around=around)
+
+
+def _lone_follower_append(q: _Queued) -> bool:
+    """A follower's output whose one write (high watermarks' aside) appends new
+    records and nothing else: :meth:`PartitionReplication._issue_lone` issues it."""
+    if q.leader or q.cuts:
+        return False
+    n = 0
+    for w in q.out.writes:
+        if _hw_only(w):
+            continue
+        if not (w.count and _plain_append(w)):
+            return False
+        n += 1
+    return n == 1
 
 
 def _hw_only(w: Write) -> bool:

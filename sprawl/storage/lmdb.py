@@ -789,9 +789,11 @@ class LmdbStore:
         self._pending_bytes -= nbytes
         started = self.reactor.seconds()
         tl = timeline.TIMELINE
-        d = self._writer.submit(self._commit if tl is None else self._commit_timed, ops)
 
-        def done(result: object) -> None:
+        def done(result: object, f: Failure | None) -> None:
+            if f is not None:
+                log.failure("LMDB commit of {n} ops failed", f, n=len(ops))
+                result = f.value
             self._in_flight = False
             self._in_flight_bytes = 0
             self.commits += 1
@@ -833,11 +835,10 @@ class LmdbStore:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
 
-        def failed(f: Failure) -> None:
-            log.failure("LMDB commit of {n} ops failed", f, n=len(ops))
-            done(f.value)
-
-        d.addCallbacks(done, failed)
+        # (the writer's answer is a plain call: no Deferred made, linked and fired for
+        # it -- one a commit, a follower's one a replicated append; lat41 did the same
+        # for the write-ahead log's frame)
+        self._writer.call(self._commit if tl is None else self._commit_timed, done, ops)
 
     def after_callbacks(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` once every write of the commit now firing its callbacks has

@@ -52,13 +52,17 @@ class _Control:
 
 
 class _HeldWrites:
-    """The store's writes held back (queued, not on disk) until released."""
+    """The store's writes held back (queued, not on disk) until released: those
+    answered by a Deferred (``write``) and by a plain call (``write_then``, a
+    replicated append's), made in the order held."""
 
     def __init__(self, store: LmdbStore) -> None:
         self.store = store
         self.real = store.write
-        self.held: list[tuple[list[Any], int, bool, defer.Deferred[None]]] = []
+        self.real_then = store.write_then
+        self.held: list[tuple[list[Any], int, bool, defer.Deferred[None] | tuple[Any, ...]]] = []
         store.write = self.write  # type: ignore[method-assign]
+        store.write_then = self.write_then  # type: ignore[method-assign]
 
     def write(
         self, ops: list[Any], nbytes: int = 0, *, wal: bool = False, urgent: bool = False
@@ -67,10 +71,19 @@ class _HeldWrites:
         self.held.append((ops, nbytes, wal, d))
         return d
 
+    def write_then(
+        self, ops: list[Any], nbytes: int, fn: Any, *args: Any, wal: bool = False, urgent: bool = False
+    ) -> None:
+        self.held.append((ops, nbytes, wal, (fn, *args)))
+
     def release(self) -> None:
         self.store.write = self.real  # type: ignore[method-assign]
+        self.store.write_then = self.real_then  # type: ignore[method-assign]
         for ops, nbytes, wal, d in self.held:
-            self.real(ops, nbytes, wal=wal).chainDeferred(d)
+            if isinstance(d, defer.Deferred):
+                self.real(ops, nbytes, wal=wal).chainDeferred(d)
+            else:
+                self.real_then(ops, nbytes, *d, wal=wal)
         self.held = []
 
 

@@ -955,7 +955,8 @@ async def test_a_publish_adds_no_link_and_a_replicated_append_one(
     answered by a plain call (``LmdbStore.write_then``, lat41; one ``addBoth`` before,
     four before lat40b) -- the backlog's release, the stored end and a failed
     commit's waiters all in it -- and its answer is what the stored-end waiter fires
-    with; a follower's append one link, not two.
+    with; a follower's append none either (its write answered by a plain call too,
+    qfollow42; one link before, two before lat40b).
     Counted, each a run of ``_runCallbacks`` a message on the reactor.  The
     answers, the high watermark and the backlog are as before."""
     from twisted.internet.defer import Deferred
@@ -984,4 +985,28 @@ async def test_a_publish_adds_no_link_and_a_replicated_append_one(
         appended.append(len(links) - before)
         await d2
         assert r.logs[0].stored_end == o + 1
-    assert appended == [1] * 5, appended
+    assert appended == [0] * 5, appended
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replicated_append_whose_write_fails_fails(
+    nodes: Callable[..., Node], monkeypatch: Any
+) -> None:
+    """A follower's append whose LMDB commit fails: the Deferred its replica waits on
+    fails (the replica's chain stops, no answer claims the records) and the stored
+    end stays; the stored-end waiters fail as before.  Before qfollow42 the failure
+    was swallowed (the Deferred fired with None)."""
+    n = nodes()
+    r = await topic(n, "replfail")
+    waiting = n.broker.wait_stored("replfail", 0, 0, "v")
+
+    def broken(ops: list[Any], *rest: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(n.store, "_commit", broken)
+    rec = Record(0, 0, 1000, "id0", None, None, b"x" * 10, True)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await n.broker.append_replicated(r, 0, [rec])
+    assert r.logs[0].stored_end == 0
+    with pytest.raises(Exception, match="storage failed"):
+        await waiting

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 
 from harness import the_reactor, until
+from harness.counting import count_calls
 from sprawl.log.record import Record
 from sprawl.storage import keys
 from sprawl.storage.lmdb import TXN_BYTES, LmdbStore, StorageFull, write_weight
@@ -407,3 +408,39 @@ async def test_a_hold_ends_by_itself_and_for_a_reader(store: LmdbStore) -> None:
     d = store.write(store.put_records(1, 0, recs(2, 1)))
     await store.close()
     assert d.called and store.commits == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_comes_back_without_a_deferred(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes one at a time (a follower's appends at one message per commit): the LMDB
+    writer's answer is a plain call (``WriterThread.call``), not a Deferred made by
+    ``submit`` and linked to the commit's completion (20 on main); each write still
+    fires only once its own commit returned on the writer thread (fsynced), one
+    commit a write, in order (issue 16, qfollow42)."""
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=64 * 1024**2)
+    s.open()
+    monkeypatch.setattr(s, "_measure_later", lambda: None)  # (the use measure's submit aside)
+    submitted = count_calls(monkeypatch, s._writer, "submit")
+    called = count_calls(monkeypatch, s._writer, "call")
+    real = s._commit
+    committed: list[int] = []
+
+    def commit(ops: list[Any], *rest: Any) -> None:
+        real(ops, *rest)
+        committed.append(len(committed))  # (on the writer thread, once the commit returned)
+
+    monkeypatch.setattr(s, "_commit", commit)
+    try:
+        for i in range(20):
+            seen: list[int] = []
+            d = s.write(s.put_records(5, 0, recs(i, 1)))
+            d.addCallback(lambda _, seen=seen: seen.append(len(committed)))
+            assert not d.called
+            await d
+            assert seen == [i + 1]  # (fired after its own commit, not before)
+        assert len(submitted) == 0 and len(called) == 20 and s.commits == 20
+        assert [r.offset for r in s.read_records_sync(5, 0, 0, 100, 100)] == list(range(20))
+    finally:
+        await s.close()
