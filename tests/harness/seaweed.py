@@ -85,6 +85,28 @@ class SeaweedProcess:
     #: before ``weed`` binds it seconds later, and ``weed`` then exits.
     START_ATTEMPTS = 4
 
+    #: Seconds a restart waits for its ports to be free again: while the server is
+    #: down a client's outgoing connection can take one of them as its ephemeral
+    #: port (it is in the OS's ephemeral range), and a socket of it in TIME_WAIT
+    #: holds it for up to a minute; ``weed`` would exit on binding it
+    #: (``bind: address already in use``: a CI run of the S3-outage test).
+    REBIND_WAIT = 90.0
+
+    def _taken(self) -> list[str]:
+        """The names of our ports that cannot be bound now as ``weed`` binds them
+        (a listener with ``SO_REUSEADDR``, as Go's are)."""
+        import socket
+
+        taken = []
+        for name, port in self.ports.items():
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    taken.append(f"{name}={port}")
+        return taken
+
     def start(self) -> SeaweedProcess:
         """Start the server and wait (bounded) until its S3 API answers and can store an object.
 
@@ -92,8 +114,9 @@ class SeaweedProcess:
         because one of them was taken meanwhile, tries again with fresh ports
         (at most :attr:`START_ATTEMPTS` times).  A restart (after
         :meth:`stop`) keeps the data dir and every port, so clients
-        configured with :attr:`endpoint` reach it again; it retries on the
-        same ports.  The error names the last probe failure and the tail of
+        configured with :attr:`endpoint` reach it again; it waits (bounded:
+        :attr:`REBIND_WAIT`) until none of them is bound elsewhere, and retries
+        on the same ports.  The error names the last probe failure and the tail of
         ``weed``'s log.
         """
         weed = weed_binary()
@@ -105,6 +128,10 @@ class SeaweedProcess:
         for _attempt in range(self.START_ATTEMPTS):
             if fresh:
                 self.ports = {n: free_port() for n in self.PORT_NAMES}
+            elif poll_until(lambda: not self._taken(), self.REBIND_WAIT, step=0.25) is None:
+                # (a port of ours still bound elsewhere: weed would exit at once)
+                why = f"ports {self._taken()} still bound after {self.REBIND_WAIT}s (load-scaled)"
+                continue
             why = self._start_once(weed)
             if not why:
                 return self

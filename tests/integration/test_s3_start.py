@@ -282,3 +282,32 @@ async def test_bucket_watch_probes_off_the_reactor_one_at_a_time(seaweed: Seawee
     finally:
         watch.stop()
         client.stop()
+
+
+def test_a_restart_waits_for_a_port_bound_elsewhere_meanwhile(own_seaweed: SeaweedProcess) -> None:
+    """A restart keeps every port; one taken while the server was down (a client's
+    outgoing connection picks its ephemeral port from the range those ports came
+    from, and holds it into TIME_WAIT) makes ``weed`` exit on binding it.  The
+    restart waits (bounded) until the port is free rather than starting a server
+    that dies: held past the bound, it fails naming the port, and no ``weed`` runs;
+    released, the next restart serves the objects stored before."""
+    import socket
+
+    client = own_seaweed.client()
+    client.create_bucket(Bucket="kept")
+    client.put_object(Bucket="kept", Key="k", Body=b"before")
+    own_seaweed.stop()
+    filer = own_seaweed.ports["filer"]
+    holder = socket.socket()  # (no SO_REUSEADDR, like a connecting socket)
+    try:
+        holder.bind(("127.0.0.1", filer))
+        assert own_seaweed._taken() == [f"filer={filer}"]
+        own_seaweed.REBIND_WAIT = 0.5  # type: ignore[misc]
+        with pytest.raises(RuntimeError, match=f"filer={filer}"):
+            own_seaweed.start()
+        assert own_seaweed.proc is None
+    finally:
+        holder.close()
+    assert own_seaweed._taken() == []
+    own_seaweed.start()
+    assert own_seaweed.client().get_object(Bucket="kept", Key="k")["Body"].read() == b"before"
