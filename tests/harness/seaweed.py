@@ -85,11 +85,12 @@ class SeaweedProcess:
     #: before ``weed`` binds it seconds later, and ``weed`` then exits.
     START_ATTEMPTS = 4
 
-    #: Seconds a restart waits for its ports to be free again: while the server is
-    #: down a client's outgoing connection can take one of them as its ephemeral
-    #: port (it is in the OS's ephemeral range), and a socket of it in TIME_WAIT
-    #: holds it for up to a minute; ``weed`` would exit on binding it
-    #: (``bind: address already in use``: a CI run of the S3-outage test).
+    #: Seconds a restart waits for its S3 port to be free again.  While the server
+    #: is down a client's outgoing connection can take any of its ports as its
+    #: ephemeral port (they came from the OS's ephemeral range), and a socket of
+    #: it in TIME_WAIT holds it for up to a minute; ``weed`` exits on binding it
+    #: (``bind: address already in use``: a CI run of the S3-outage test, the
+    #: filer's port).  The other ports are asked of the OS anew instead.
     REBIND_WAIT = 90.0
 
     def _taken(self) -> list[str]:
@@ -104,7 +105,7 @@ class SeaweedProcess:
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
-                    taken.append(f"{name}={port}")
+                    taken.append(name)
         return taken
 
     def start(self) -> SeaweedProcess:
@@ -114,8 +115,9 @@ class SeaweedProcess:
         because one of them was taken meanwhile, tries again with fresh ports
         (at most :attr:`START_ATTEMPTS` times).  A restart (after
         :meth:`stop`) keeps the data dir and every port, so clients
-        configured with :attr:`endpoint` reach it again; it waits (bounded:
-        :attr:`REBIND_WAIT`) until none of them is bound elsewhere, and retries
+        configured with :attr:`endpoint` reach it again -- but for a port bound
+        elsewhere meanwhile: the S3 port it waits for (bounded:
+        :attr:`REBIND_WAIT`), any other is asked of the OS anew -- and retries
         on the same ports.  The error names the last probe failure and the tail of
         ``weed``'s log.
         """
@@ -128,10 +130,15 @@ class SeaweedProcess:
         for _attempt in range(self.START_ATTEMPTS):
             if fresh:
                 self.ports = {n: free_port() for n in self.PORT_NAMES}
-            elif poll_until(lambda: not self._taken(), self.REBIND_WAIT, step=0.25) is None:
-                # (a port of ours still bound elsewhere: weed would exit at once)
-                why = f"ports {self._taken()} still bound after {self.REBIND_WAIT}s (load-scaled)"
-                continue
+            else:
+                # (a port of ours bound elsewhere meanwhile: weed would exit at once.
+                # Only the S3 port is the clients' to keep; the others are asked anew.)
+                for taken in self._taken():
+                    if taken != "s3":
+                        self.ports[taken] = free_port()
+                if poll_until(lambda: not self._taken(), self.REBIND_WAIT, step=0.25) is None:
+                    why = f"port s3={self.s3_port} still bound after {self.REBIND_WAIT}s (load-scaled)"
+                    continue
             why = self._start_once(weed)
             if not why:
                 return self

@@ -284,30 +284,43 @@ async def test_bucket_watch_probes_off_the_reactor_one_at_a_time(seaweed: Seawee
         client.stop()
 
 
-def test_a_restart_waits_for_a_port_bound_elsewhere_meanwhile(own_seaweed: SeaweedProcess) -> None:
-    """A restart keeps every port; one taken while the server was down (a client's
-    outgoing connection picks its ephemeral port from the range those ports came
-    from, and holds it into TIME_WAIT) makes ``weed`` exit on binding it.  The
-    restart waits (bounded) until the port is free rather than starting a server
-    that dies: held past the bound, it fails naming the port, and no ``weed`` runs;
-    released, the next restart serves the objects stored before."""
+def test_a_restart_moves_off_a_port_bound_elsewhere_meanwhile(own_seaweed: SeaweedProcess) -> None:
+    """A restart keeps the S3 port; any of its ports may be taken while the server
+    is down (a client's outgoing connection picks its ephemeral port from the range
+    those came from, and holds it into TIME_WAIT), and ``weed`` exits on binding
+    one.  An inner port taken (the filer's) is asked anew: the restart serves the
+    objects stored before.  The S3 port taken, the restart waits (bounded) rather
+    than start a server that dies: held past the bound, it fails naming the port
+    with no ``weed`` running; released, the next restart serves them."""
     import socket
 
     client = own_seaweed.client()
     client.create_bucket(Bucket="kept")
     client.put_object(Bucket="kept", Key="k", Body=b"before")
-    own_seaweed.stop()
-    filer = own_seaweed.ports["filer"]
-    holder = socket.socket()  # (no SO_REUSEADDR, like a connecting socket)
-    try:
-        holder.bind(("127.0.0.1", filer))
-        assert own_seaweed._taken() == [f"filer={filer}"]
-        own_seaweed.REBIND_WAIT = 0.5  # type: ignore[misc]
-        with pytest.raises(RuntimeError, match=f"filer={filer}"):
+    s3_port = own_seaweed.s3_port
+    for name in ("filer", "s3"):
+        own_seaweed.stop()
+        port = own_seaweed.ports[name]
+        holder = socket.socket()
+        try:
+            # (a listener: bound whatever the TIME_WAIT sockets the stopped server
+            # left on the port, and one weed's own bind cannot share)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("127.0.0.1", port))
+            holder.listen(1)
+            assert own_seaweed._taken() == [name]
+            if name == "filer":
+                own_seaweed.start()
+                assert own_seaweed.ports["filer"] != port and own_seaweed.s3_port == s3_port
+            else:
+                own_seaweed.REBIND_WAIT = 0.5  # type: ignore[misc]
+                with pytest.raises(RuntimeError, match=f"s3={s3_port} still bound"):
+                    own_seaweed.start()
+                assert own_seaweed.proc is None
+        finally:
+            holder.close()
+        if name == "s3":
+            assert own_seaweed._taken() == []
             own_seaweed.start()
-        assert own_seaweed.proc is None
-    finally:
-        holder.close()
-    assert own_seaweed._taken() == []
-    own_seaweed.start()
-    assert own_seaweed.client().get_object(Bucket="kept", Key="k")["Body"].read() == b"before"
+        assert own_seaweed.s3_port == s3_port
+        assert own_seaweed.client().get_object(Bucket="kept", Key="k")["Body"].read() == b"before"
