@@ -16,12 +16,21 @@ object per run, as its ``--out`` files hold them) and gives, per family
 * a seeded bootstrap interval on each summed difference (resampling the
   pairs, :func:`bootstrap_interval`).
 
-The bar (:meth:`Aggregate.wins`): the second rule's summed hot time lower
-with the interval of the difference wholly below zero, and its summed moves
-and messages delayed not higher.  ``earned_sweep --paired --out A --out B``
-prints the report (:func:`report`); the day-long tests of
-``tests/unit/forecast/test_forecast_replay.py`` assert :meth:`Aggregate.wins`
-per family.  Pure: no clock, no randomness but the seeded bootstrap's.
+Two bars, both printed on every line (:meth:`Aggregate.line`):
+
+* the strict rule (:meth:`Aggregate.wins`, trust39): the second rule's summed
+  hot time lower with the interval of the difference wholly below zero, and
+  its summed moves and messages delayed not higher;
+* issue 18's bar since trust42 (:meth:`Aggregate.holds`), "without losing on
+  moves" judged as non-inferiority: hot time as above, messages delayed not
+  higher in sum, and the summed moves at most :data:`MOVES_MARGIN` of the
+  baseline's above it with the interval of the difference not wholly above
+  zero.
+
+``earned_sweep --paired --out A --out B`` prints the report (:func:`report`);
+the day-long tests of ``tests/unit/forecast/test_forecast_replay.py`` assert
+:meth:`Aggregate.holds` per family (and :meth:`Aggregate.wins` where it is
+met).  Pure: no clock, no randomness but the seeded bootstrap's.
 """
 
 from __future__ import annotations
@@ -38,6 +47,17 @@ MEASURES = ("hot", "moves", "delayed")
 #: The bootstrap's resamples and seed (trust38b's: 10,000, seed 38).
 RESAMPLES = 10_000
 SEED = 38
+#: The non-inferiority margin on moves (:meth:`Aggregate.holds`): the second
+#: rule's summed moves may exceed the baseline's by at most this share of the
+#: baseline's sum.  Why a margin, not "not higher": the summed moves of a
+#: family move by about +-10 with anything that shifts when moves fall (four
+#: rounds of levers on surges landed between 635 and 651 against the reactive
+#: 637, trust38-41), their bootstrap interval is about +-60 on 16 draws, and
+#: the reactive rule against itself with its clock shifted 5 s differs by +21
+#: moves on 8 draws (trust42): a test of equality on the sum decides by the
+#: draw, not by the rule.  2 % is below that yardstick (the lead's choice,
+#: made before the data it judges: issue 18, trust42).
+MOVES_MARGIN = 0.02
 
 Row = dict[str, Any]
 
@@ -165,12 +185,43 @@ class Aggregate:
         return self.sum_b[what] - self.sum_a[what]
 
     def wins(self) -> bool:
-        """The bar: ``b``'s hot time lower, the interval of the difference wholly
-        below zero; its moves and messages delayed not higher in sum."""
+        """The strict rule (trust39): ``b``'s hot time lower, the interval of the
+        difference wholly below zero; its moves and messages delayed not higher
+        in sum."""
         return self.n > 0 and self.interval["hot"][1] < 0 and self.d("moves") <= 0 and self.d("delayed") <= 0
 
+    def misses(self) -> list[str]:
+        """Why :meth:`holds` fails: one phrase per clause missed (empty: it holds)."""
+        if self.n == 0:
+            return ["no pairs"]
+        out = []
+        if self.interval["hot"][1] >= 0:
+            out.append("hot interval not below zero")
+        if self.d("delayed") > 0:
+            out.append("more delayed")
+        if self.d("moves") > MOVES_MARGIN * self.sum_a["moves"]:
+            out.append(f"moves over +{100 * MOVES_MARGIN:g} %")
+        if self.interval["moves"][0] > 0:
+            out.append("moves interval above zero")
+        return out
+
+    def holds(self) -> bool:
+        """Issue 18's bar as non-inferiority (trust42): ``b``'s hot time lower
+        with the interval of the difference wholly below zero (as :meth:`wins`);
+        its messages delayed -- the user-visible cost of moves -- not higher in
+        sum (as :meth:`wins`); and on moves not *worse*, rather than not higher:
+        the summed difference at most :data:`MOVES_MARGIN` of ``a``'s summed
+        moves, and its interval not wholly above zero.  Why not "not higher"
+        (:meth:`wins`): the summed moves turn on the draw by more than any
+        rule's effect on them (:data:`MOVES_MARGIN`), so equality on them is a
+        coin the draw tosses; a rule that makes clearly more moves (over the
+        margin, or an interval clear of zero) still fails."""
+        return not self.misses()
+
     def line(self) -> str:
-        """One line: the sums, differences, intervals, the sign test."""
+        """One line: the sums, differences, intervals, the sign test, and both
+        verdicts: the strict rule's (:meth:`wins`) and non-inferiority's
+        (:meth:`holds`, with what it misses)."""
         parts = []
         for what in MEASURES:
             lo, hi = self.interval[what]
@@ -182,7 +233,8 @@ class Aggregate:
             f"{self.label}: n={self.n}; "
             + "; ".join(parts)
             + f"; hot lower on {self.lower}, higher on {self.higher}, equal on {self.equal}, "
-            f"sign test p={self.p:.3f}; {'WINS' if self.wins() else 'does not win'}"
+            f"sign test p={self.p:.3f}; strict: {'WINS' if self.wins() else 'does not win'}; "
+            f"non-inferiority: {'HOLDS' if self.holds() else 'does not hold (' + ', '.join(self.misses()) + ')'}"
         )
 
 

@@ -109,11 +109,15 @@ def test_the_yardstick_pairs_a_rule_with_itself_at_the_other_phase() -> None:
     assert "mean |log(hot +shift / hot 0)| 0.405 (x1.50)" in paired.spread([p])
 
 
-def _agg(diffs: list[tuple[float, int, float]]) -> paired.Aggregate:
-    """An aggregate of pairs whose ``b - a`` are ``diffs`` (hot, moves, delayed)."""
+def _agg(diffs: list[tuple[float, int, float]], moves: int = 20) -> paired.Aggregate:
+    """An aggregate of pairs whose ``b - a`` are ``diffs`` (hot, moves, delayed),
+    the baseline making ``moves`` moves in each."""
     rows = []
     for i, (dh, dm, dd) in enumerate(diffs):
-        rows += [row("t", i, "reactive", 1000, 20, 500), row("t", i, "earned", 1000 + dh, 20 + dm, 500 + dd)]
+        rows += [
+            row("t", i, "reactive", 1000, moves, 500),
+            row("t", i, "earned", 1000 + dh, moves + dm, 500 + dd),
+        ]
     return paired.aggregate(paired.pairs(rows), "t")
 
 
@@ -138,6 +142,52 @@ def test_the_bar_is_less_hot_clear_of_zero_and_no_more_moves_or_delayed_in_sum()
     tie = _agg([(0.0, 0, 0.0), (0.0, 0, 0.0)])
     assert tie.equal == 2 and tie.p == 1.0 and not tie.wins()
     assert not paired.aggregate([], "none").wins()
+
+
+def test_non_inferiority_holds_with_a_few_more_moves_within_the_margin() -> None:
+    """``Aggregate.holds``: hot time lower clear of zero and messages delayed not
+    higher, as the strict rule; but one more move in 100 (within
+    ``MOVES_MARGIN``, 2 %, its interval across zero) still holds, where the
+    strict rule (``wins``) fails; both verdicts are printed."""
+    assert paired.MOVES_MARGIN == 0.02
+    # 5 draws of 20 moves each: the margin is 2 moves
+    g = _agg([(-100.0, 2, -10.0), (-50.0, -2, 0.0), (-80.0, 1, -5.0), (-20.0, 0, 0.0), (-40.0, 0, 0.0)])
+    assert g.d("moves") == 1 and g.sum_a["moves"] == 100
+    assert g.interval["moves"][0] < 0 < g.interval["moves"][1]
+    assert g.holds() and not g.wins() and g.misses() == []
+    assert "strict: does not win; non-inferiority: HOLDS" in g.line()
+    # exactly at the margin: holds
+    assert _agg(
+        [(-100.0, 2, 0.0), (-50.0, 0, 0.0), (-80.0, 0, 0.0), (-20.0, 0, 0.0), (-40.0, 0, 0.0)]
+    ).holds()
+    # what the strict rule passes, non-inferiority passes too
+    w = _agg([(-100.0, -1, -10.0), (-50.0, 1, 5.0), (-80.0, 0, -5.0), (-20.0, 0, 0.0)])
+    assert w.wins() and w.holds() and "strict: WINS; non-inferiority: HOLDS" in w.line()
+
+
+def test_non_inferiority_fails_each_way() -> None:
+    """Each clause of ``Aggregate.holds`` can fail it alone: moves over the
+    margin (3 more in 100, interval across zero); moves within the margin but
+    their interval wholly above zero (one more on each of 5 draws of 100
+    moves: +1 %, every resample +5); more messages delayed in sum; hot time
+    lower in sum but its interval across zero; no pairs."""
+    base = [(-100.0, 0, 0.0), (-50.0, 0, 0.0), (-80.0, 0, 0.0), (-20.0, 0, 0.0), (-40.0, 0, 0.0)]
+    over = _agg([(-100.0, 3, 0.0), (-50.0, -1, 0.0), (-80.0, 1, 0.0), (-20.0, 0, 0.0), (-40.0, 0, 0.0)])
+    assert over.d("moves") == 3 and over.interval["moves"][0] < 0
+    assert not over.holds() and over.misses() == ["moves over +2 %"]
+    assert "non-inferiority: does not hold (moves over +2 %)" in over.line()
+    above = _agg([(dh, 1, dd) for dh, _, dd in base], moves=100)
+    assert above.d("moves") == 5 <= paired.MOVES_MARGIN * above.sum_a["moves"]
+    assert above.interval["moves"] == (5.0, 5.0)
+    assert not above.holds() and above.misses() == ["moves interval above zero"]
+    delayed = _agg([*base[:-1], (-40.0, 0, 1.0)])
+    assert not delayed.holds() and delayed.misses() == ["more delayed"]
+    crossing = _agg([(-100.0, 0, 0.0), (-100.0, 0, 0.0), (-100.0, 0, 0.0), (250.0, 0, 0.0)])
+    assert crossing.d("hot") < 0 and not crossing.holds()
+    assert crossing.misses() == ["hot interval not below zero"]
+    tie = _agg([(0.0, 0, 0.0), (0.0, 0, 0.0)])
+    assert not tie.holds() and tie.misses() == ["hot interval not below zero"]
+    assert not paired.aggregate([], "none").holds()
 
 
 def test_families_and_all() -> None:

@@ -188,8 +188,11 @@ def test_decision_offset_shifts_the_decision_clock() -> None:
 #: trace's seeds 1-8 at both phases of the controller's decision clock (0 and
 #: +5 s: decisions every 10 s on 5-s gossip steps), 16 draws, each run by the
 #: reactive balancer and by earned trust; earned trust must be less hot in sum
-#: with the bootstrap interval of the difference wholly below zero, and make
-#: no more moves and delay no more messages in sum (``paired.Aggregate.wins``).
+#: with the bootstrap interval of the difference wholly below zero, delay no
+#: more messages in sum, and make no more moves than the reactive run within
+#: the non-inferiority margin (``paired.Aggregate.holds``: at most +2 % in
+#: sum, the interval not wholly above zero; trust42) -- and, where it is met,
+#: the strict rule's none more at all (``paired.Aggregate.wins``, trust39).
 #: Per draw no rule can be held to it: the reactive balancer, its clock shifted
 #: 5 s, "loses" 18 of 22 draws to itself (trust38).
 FAMILY_SEEDS = tuple(range(1, 9))
@@ -225,13 +228,13 @@ def family_pairs(trace: str, seeds: tuple[int, ...], phases: tuple[float, ...] =
             id="surges",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="a tie in sum, not a win: 107,710 s hot against 109,285 (-1 %, interval -11,380..+8,550 "
-                "across zero), moves 630 against 637, delayed 115,367 against 117,597; 4 of 16 draws are the "
-                "reactive run move for move (the distrust gate), the others differ by 0-5 forecast moves and the "
-                "chaos they set off (docs/benchmarks.md, trust39); distrust per partition is 65-67 % less hot but "
-                "makes 9-14 more moves in sum in every form that keeps that win (trust39, trust40); adding one move on a "
-                "forecast per partition per 12 h makes 635 (met) but loses daily (110 moves against 95 on 4 draws), "
-                "and gated on distrust 641; a higher predict_lasting while distrusted makes more (trust41)",
+                reason="a tie in sum, not a win, under either bar: 107,710 s hot against 109,285 (-1 %, interval "
+                "-11,380..+8,550 across zero), moves 630 against 637, delayed 115,367 against 117,597; 4 of 16 "
+                "draws are the reactive run move for move (the distrust gate), the others differ by 0-5 forecast "
+                "moves and the chaos they set off (docs/benchmarks.md, trust39). Distrust per partition with the "
+                "profile kept is 64-67 % less hot and holds the non-inferiority bar on seeds 1-8 (+9 moves, "
+                "+1.4 %) but not on seeds 1-16: 1,355 moves against 1,327 (+28, +2.1 %, over the 2 % margin; "
+                "interval -49..+98) (trust40, trust42)",
             ),
         ),
         # recorded: test_earned_trust_wins_the_paired_aggregate_of_the_recordings (every run)
@@ -240,10 +243,13 @@ def family_pairs(trace: str, seeds: tuple[int, ...], phases: tuple[float, ...] =
 def test_earned_trust_wins_the_paired_aggregate_of_each_family(trace: str, seeds: tuple[int, ...]) -> None:
     """Issue 18's bar over draws, per family: over seeds 1-8 at both clock
     phases, earned trust keeps nodes hot for less time in sum (interval clear
-    of zero), with no more moves and no more messages delayed in sum."""
+    of zero) and delays no more messages in sum, with no more moves than the
+    non-inferiority margin allows (``holds``) and, on these families, none
+    more at all (``wins``, the strict rule)."""
     ps = family_pairs(trace, seeds)
     g = paired.aggregate(ps, trace)
     assert g.n == 2 * len(seeds), g.line()
+    assert g.holds(), g.line() + "\n" + paired.table(ps)
     assert g.wins(), g.line() + "\n" + paired.table(ps)
 
 
@@ -253,7 +259,7 @@ def test_earned_trust_wins_the_paired_aggregate_of_hourly_seeds_1_and_2() -> Non
     ps = family_pairs("hourly", (1, 2))
     g = paired.aggregate(ps, "hourly 1-2")
     assert g.n == 4, g.line()
-    assert g.wins(), g.line() + "\n" + paired.table(ps)
+    assert g.wins() and g.holds(), g.line() + "\n" + paired.table(ps)
 
 
 def test_earned_trust_wins_the_paired_aggregate_of_the_recordings() -> None:
@@ -266,4 +272,4 @@ def test_earned_trust_wins_the_paired_aggregate_of_the_recordings() -> None:
     ps = family_pairs("recorded", (0, 1))
     g = paired.aggregate(ps, "recorded")
     assert g.n == 4, g.line()
-    assert g.wins(), g.line() + "\n" + paired.table(ps)
+    assert g.wins() and g.holds(), g.line() + "\n" + paired.table(ps)
