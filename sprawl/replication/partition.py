@@ -55,6 +55,7 @@ The replica state it stores with its writes: :mod:`sprawl.replication.replica_st
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -948,10 +949,10 @@ class PartitionReplication:
     def _save_hw_later(self) -> None:
         """The core's high watermark moved: store it with the next write, or
         on its own within :data:`HW_SAVE_SECONDS` -- with every other
-        partition's of this store due by then, in one write (:func:`_save_due`)."""
+        partition's of this store due by then, in one write (:class:`_HighWatermarkSaves`)."""
         self._hw_unsaved = True
         if self._hw_timer is None:
-            self._hw_timer = _hw_due(self)
+            self._hw_timer = _saves_of(self).due(self)
 
     def _save_hw(self) -> None:
         """Write the replica state for its high watermark, unless a write
@@ -965,7 +966,7 @@ class PartitionReplication:
             self._save_hw_later()
             return
         self.hw_saves += 1
-        _save_together(self, self._state_ops())
+        _saves_of(self).save(self, self._state_ops())
 
     def _hw_save_failed(self, f: Failure) -> None:
         if self.failed is None:
@@ -1307,64 +1308,81 @@ def take_fences(
     )
 
 
-#: Partitions of a store whose high watermark waits to be saved, and the one
-#: timer that saves them (see :func:`_hw_due`).
-_HW_DUE: dict[int, tuple[Any, list[PartitionReplication]]] = {}
+class _HighWatermarkSaves:
+    """One store's high watermarks saved on their own: the partitions due and the
+    one timer that saves them (:meth:`due`), and the states gathered for one
+    write at the end of the reactor turn (:meth:`save`).  One per store
+    (:func:`_saves_of`), kept while the store lives."""
 
+    def __init__(self, store: Any, clock: Any) -> None:
+        #: The store, weakly (the table of saves is keyed by it: a strong one here
+        #: would keep every store alive).
+        self.store = weakref.ref(store)
+        self.clock = clock
+        #: The timer of :meth:`due` and the partitions it saves (None: none due).
+        self._timer: Any = None
+        self._due: list[PartitionReplication] = []
+        #: The states gathered by :meth:`save` (None: no write scheduled).
+        self._ops: list[tuple[Any, ...]] | None = None
+        self._saving: list[PartitionReplication] = []
 
-def _hw_due(r: PartitionReplication) -> Any:
-    """Count ``r``'s high watermark among its store's due: saved (unless a
-    write carried it meanwhile) when the store's timer fires, at most
-    :data:`HW_SAVE_SECONDS` from now -- the timer runs from the first
-    partition due, and every partition due by then is saved with it in one
-    write (issue 23, create41: a new partition's first high watermark moves
-    on every replica one exchange after its create, and each partition's own
-    timer was a commit of its own per node at one create every few ms).
-    Returns the timer (the partition's ``_hw_timer``)."""
-    key = id(r.broker.store)
-    due = _HW_DUE.get(key)
-    if due is None:
-        call = r.broker.clock.callLater(HW_SAVE_SECONDS, _save_due, key)
-        due = _HW_DUE[key] = (call, [])
-    due[1].append(r)
-    return due[0]
+    def due(self, r: PartitionReplication) -> Any:
+        """Count ``r``'s high watermark among the store's due: saved (unless a
+        write carried it meanwhile) when the store's timer fires, at most
+        :data:`HW_SAVE_SECONDS` from now -- the timer runs from the first
+        partition due, and every partition due by then is saved with it in one
+        write (issue 23, create41: a new partition's first high watermark moves
+        on every replica one exchange after its create, and each partition's own
+        timer was a commit of its own per node at one create every few ms).
+        Returns the timer (the partition's ``_hw_timer``)."""
+        if self._timer is None:
+            self._timer = self.clock.callLater(HW_SAVE_SECONDS, self._save_due)
+        self._due.append(r)
+        return self._timer
 
-
-def _save_due(key: int) -> None:
-    """The store's high-watermark timer fired: save every partition due."""
-    _call, rs = _HW_DUE.pop(key)
-    for r in rs:
-        r._save_hw()
-
-
-#: Replica states written for their high watermark alone, gathered per store
-#: until the end of the reactor turn (see :func:`_save_together`).
-_HW_SAVES: dict[int, tuple[Any, list[tuple[Any, ...]], list[PartitionReplication]]] = {}
-
-
-def _save_together(r: PartitionReplication, ops: list[tuple[Any, ...]]) -> None:
-    """Write ``r``'s replica state for its high watermark with every other
-    partition's whose timer fired in this reactor turn, in one write (issue
-    23: a failover's thousands of new leaders and followers each saved its
-    first high watermark 0.1 s after it moved -- a write per partition)."""
-    store = r.broker.store
-    pending = _HW_SAVES.get(id(store))
-    if pending is None:
-        pending = _HW_SAVES[id(store)] = (store, [], [])
-        r.broker.clock.callLater(0, _write_saves, id(store))
-    pending[1].extend(ops)
-    pending[2].append(r)
-
-
-def _write_saves(key: int) -> None:
-    """Write one store's gathered high-watermark saves (:func:`_save_together`)."""
-    store, ops, rs = _HW_SAVES.pop(key)
-
-    def failed(f: Failure) -> None:
+    def _save_due(self) -> None:
+        """The store's high-watermark timer fired: save every partition due."""
+        rs, self._due, self._timer = self._due, [], None
         for r in rs:
-            r._hw_save_failed(f)
+            r._save_hw()
 
-    store.write(ops).addErrback(failed)
+    def save(self, r: PartitionReplication, ops: list[tuple[Any, ...]]) -> None:
+        """Write ``r``'s replica state for its high watermark with every other
+        partition's whose timer fired in this reactor turn, in one write (issue
+        23: a failover's thousands of new leaders and followers each saved its
+        first high watermark 0.1 s after it moved -- a write per partition)."""
+        if self._ops is None:
+            self._ops = []
+            self.clock.callLater(0, self._write)
+        self._ops.extend(ops)
+        self._saving.append(r)
+
+    def _write(self) -> None:
+        """Write the gathered saves (:meth:`save`)."""
+        ops, rs = self._ops or [], self._saving
+        self._ops, self._saving = None, []
+
+        def failed(f: Failure) -> None:
+            for r in rs:
+                r._hw_save_failed(f)
+
+        store = self.store()
+        if store is not None:  # (else gone, and its partitions with it)
+            store.write(ops).addErrback(failed)
+
+
+#: Each store's :class:`_HighWatermarkSaves` (by the store itself, not its ``id``:
+#: gone with it).
+_SAVES: weakref.WeakKeyDictionary[Any, _HighWatermarkSaves] = weakref.WeakKeyDictionary()
+
+
+def _saves_of(r: PartitionReplication) -> _HighWatermarkSaves:
+    """The high-watermark saves of ``r``'s store (made on first use)."""
+    store = r.broker.store
+    saves = _SAVES.get(store)
+    if saves is None:
+        saves = _SAVES[store] = _HighWatermarkSaves(store, r.broker.clock)
+    return saves
 
 
 def _becomes_leader(out: Output) -> bool:
