@@ -80,12 +80,15 @@ def test_a_failed_save_is_told_to_every_partition_in_it() -> None:
 def test_the_saves_go_with_their_store() -> None:
     """Kept by the store object itself: a store dropped takes its saves with it,
     so a later store (perhaps at the same address) starts with none."""
+    import weakref
+
     clock = task.Clock()
     store = _Store()
     p = _Partition(store, clock, "x")
-    _saves_of(p)  # type: ignore[arg-type]
-    assert store in partition._SAVES
-    before = len(partition._SAVES)
-    del p, store
+    saves = _saves_of(p)  # type: ignore[arg-type]
+    assert partition._SAVES[store] is saves
+    gone = weakref.ref(store)
+    del p, store, saves
     gc.collect()
-    assert len(partition._SAVES) == before - 1
+    assert gone() is None  # (the saves do not keep their store alive)
+    assert all(v.store() is not None for v in partition._SAVES.values())
