@@ -15,10 +15,10 @@ majority of replicas.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from sprawl.log.hot_tail import HotTail
 from sprawl.log.manifest import RemoteObject
 from sprawl.log.record import HotAccount, Record, join_hot
 from sprawl.log.segments import Segment
@@ -69,7 +69,9 @@ class PartitionLog:
         self.segments: list[Segment] = segments or []
         self.segment_bytes = segment_bytes
         self.segment_age_ms = segment_age_ms
-        self.hot: deque[Record] = deque()
+        #: The newest records (:class:`~sprawl.log.hot_tail.HotTail`: kept where a
+        #: collection need not walk them one by one).
+        self.hot: HotTail[Record] = HotTail()
         self.hot_bytes = 0
         #: Memory the hot tail's records take (:attr:`Record.memory`), their
         #: cached encodings aside (those are in :attr:`account`).
