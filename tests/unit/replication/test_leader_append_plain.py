@@ -9,94 +9,37 @@ publishes make.  Records that would not go as one frame read from the tail
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
 
-from harness import WAIT, bounded, the_reactor
+from harness import WAIT, bounded, until
 from harness.counting import count_calls
-from sprawl.config import NodeConfig
+from harness.replication_nodes import IDS, Node, replicated_orders
 from sprawl.log.record import Record
-from sprawl.peer.tcp import PeerChannel
-from sprawl.pubsub import Broker
-from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Append, decode
 from sprawl.replication.partition import PartitionReplication
 from sprawl.replication.replica import LEADER
-from sprawl.replication.service import ReplicationService
-from sprawl.storage.lmdb import LmdbStore
-
-IDS = ("r0", "r1", "r2")
-CONTROLLER = "ctl"
-
-
-class _Node:
-    def __init__(self, nid: str, path: Path) -> None:
-        reactor = the_reactor()
-        self.id = nid
-        self.store: Any = None
-        self.broker: Any = None
-        if nid != CONTROLLER:
-            self.store = LmdbStore(str(path / nid / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
-            self.store.open()
-            self.broker = Broker(NodeConfig(data_dir=str(path / nid)), self.store, reactor, nid)
-            self.broker.recover()
-        self.channel = PeerChannel(nid, reactor, random.Random(1), backoff_base=0.01, backoff_max=0.05)
-        self.port = reactor.listenTCP(0, self.channel.server_factory(), interface="127.0.0.1")
-        self.service = ReplicationService(nid, self.channel, reactor, tick_seconds=0.02)
-
-    async def close(self) -> None:
-        self.service.stop()
-        await self.channel.close()
-        await self.port.stopListening()
-        if self.broker is not None:
-            await self.broker.stop()
-            await self.store.close()
-
-
-async def _until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(the_reactor(), 0.01, lambda: None)
 
 
 @pytest_twisted.async_yield_fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, _Node]]:
-    ns = {nid: _Node(nid, tmp_path) for nid in (*IDS, CONTROLLER)}
-    try:
-        for a in ns.values():
-            for b in ns.values():
-                if a is not b:
-                    a.channel.set_address(b.id, "127.0.0.1", b.port.getHost().port)
-        for nid in IDS:
-            await ns[nid].broker.put_topic("orders", {})
-            ns[nid].service.replica("orders", 0, ns[nid].broker, CONTROLLER)
-        ns[CONTROLLER].service.controllers[("orders", 0)] = FailoverCore(IDS, beat_timeout_ticks=10)
-        for n in ns.values():
-            n.service.start()
+async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
+    async with replicated_orders(tmp_path) as ns:
         yield ns
-    finally:
-        for n in ns.values():
-            await n.close()
 
 
-async def _leader(ns: dict[str, _Node]) -> _Node:
-    def leaders() -> list[_Node]:
+async def _leader(ns: dict[str, Node]) -> Node:
+    def leaders() -> list[Node]:
         return [ns[i] for i in IDS if ns[i].service.replicas[("orders", 0)].core.role == LEADER]
 
-    await _until(lambda: len(leaders()) == 1, "a leader")
+    await until(lambda: len(leaders()) == 1, "a leader")
     return leaders()[0]
 
 
-def _payloads(node: _Node) -> list[bytes]:
+def _payloads(node: Node) -> list[bytes]:
     return [r.payload for r in node.broker.topics["orders"].logs[0].hot if not r.control]
 
 
@@ -117,7 +60,7 @@ def _appends(rep: PartitionReplication) -> list[tuple[str, int, int, int]]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_leaders_appends_of_records_in_the_hot_tail_take_no_coroutine(
-    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ten publishes one at a time: each goes to both followers as one append
     carrying its record, answered, with no coroutine send (ten or more without
@@ -136,12 +79,12 @@ async def test_a_leaders_appends_of_records_in_the_hot_tail_take_no_coroutine(
     assert sorted({(d, c, k) for d, _s, c, k in sent}) == [(f, 1, 1) for f in followers]
     assert len(sent) == 20
     for n in IDS:
-        await _until(lambda n=n: _payloads(nodes[n]) == [b"m%d" % i for i in range(11)], f"{n}'s copy")
+        await until(lambda n=n: _payloads(nodes[n]) == [b"m%d" % i for i in range(11)], f"{n}'s copy")
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_append_over_a_frames_bytes_is_read_and_sliced_as_before(
-    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Five records of 6,000 bytes with ``batch_bytes`` 20,000: not one frame, so the
     coroutine sends them, in frames of at most three records each (as before)."""
@@ -156,12 +99,12 @@ async def test_an_append_over_a_frames_bytes_is_read_and_sliced_as_before(
     assert coroutine
     assert sent and max(k for _d, _s, _c, k in sent) <= 3
     for n in IDS:
-        await _until(lambda n=n: len(_payloads(nodes[n])) == 6, f"{n}'s copy")
+        await until(lambda n=n: len(_payloads(nodes[n])) == 6, f"{n}'s copy")
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_quorum_hop_is_timed_without_a_callback_link(
-    nodes: dict[str, _Node], monkeypatch: pytest.MonkeyPatch
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the hops timed (``on_hop``, as every node's metrics do), a publish adds
     no callback to its waiter (one, ``_hop``, without the change) and each
@@ -183,7 +126,7 @@ async def test_the_quorum_hop_is_timed_without_a_callback_link(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_leader_waits_for_a_followers_copy_within_a_bound(nodes: dict[str, _Node]) -> None:
+async def test_a_leader_waits_for_a_followers_copy_within_a_bound(nodes: dict[str, Node]) -> None:
     """``when_held``: True once the follower acknowledged the records (at once when
     it has), False when it does not within the bound -- a follower cut off, the
     publish committed by the leader and the other follower -- with no wait left."""

@@ -10,10 +10,9 @@ place, in order."""
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,80 +21,21 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from harness import WAIT, bounded, the_reactor
-from sprawl.config import NodeConfig
+from harness import WAIT, bounded, the_reactor, until
+from harness.replication_nodes import CONTROLLER, IDS, Node, replicated_orders
 from sprawl.errors import Overloaded
 from sprawl.log.record import Record
-from sprawl.peer.tcp import PeerChannel
-from sprawl.pubsub import Broker
 from sprawl.replication.failover import FailoverCore
 from sprawl.replication.messages import Append, AppendResp, decode
 from sprawl.replication.replica import LEADER, Output
 from sprawl.replication.replica_state import load_state
 from sprawl.replication.service import ReplicationService
-from sprawl.storage.lmdb import LmdbStore
-
-IDS = ("r0", "r1", "r2")
-CONTROLLER = "ctl"  # a node of its own: killing a replica never kills the controller
-
-
-class Node:
-    """A broker (none for the controller), its peer channel and replication service."""
-
-    def __init__(self, nid: str, path: Path) -> None:
-        reactor = the_reactor()
-        self.id = nid
-        self.store: Any = None
-        self.broker: Any = None
-        if nid != CONTROLLER:
-            self.store = LmdbStore(str(path / nid / "lmdb"), reactor=reactor, map_size=64 * 1024**2)
-            self.store.open()
-            self.broker = Broker(NodeConfig(data_dir=str(path / nid)), self.store, reactor, nid)
-            self.broker.recover()
-        self.channel = PeerChannel(nid, reactor, random.Random(1), backoff_base=0.01, backoff_max=0.05)
-        self.port = reactor.listenTCP(0, self.channel.server_factory(), interface="127.0.0.1")
-        self.service = ReplicationService(nid, self.channel, reactor, tick_seconds=0.02)
-        self.alive = True
-
-    async def close(self) -> None:
-        if not self.alive:
-            return
-        self.alive = False
-        self.service.stop()
-        await self.channel.close()
-        await self.port.stopListening()
-        if self.broker is not None:
-            await self.broker.stop()
-            await self.store.close()
-
-
-async def until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(the_reactor(), 0.01, lambda: None)
 
 
 @pytest_twisted.async_yield_fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
-    nodes = {nid: Node(nid, tmp_path) for nid in (*IDS, CONTROLLER)}
-    try:
-        for a in nodes.values():
-            for b in nodes.values():
-                if a is not b:
-                    a.channel.set_address(b.id, "127.0.0.1", b.port.getHost().port)
-        for nid in IDS:
-            n = nodes[nid]
-            await n.broker.put_topic("orders", {})
-            n.service.replica("orders", 0, n.broker, CONTROLLER)
-        nodes[CONTROLLER].service.controllers[("orders", 0)] = FailoverCore(IDS, beat_timeout_ticks=10)
-        for n in nodes.values():
-            n.service.start()
+    async with replicated_orders(tmp_path) as nodes:
         yield nodes
-    finally:
-        for n in nodes.values():
-            await n.close()
 
 
 def _leader(nodes: dict[str, Node]) -> Node | None:
