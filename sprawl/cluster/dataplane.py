@@ -54,6 +54,8 @@ from sprawl.ticks import start_in_phase
 #: The most led partitions judged again a reactor turn by :meth:`DataPlane.summary_ready`
 #: and the metrics scrape's steps (tidy41: ~100 ms at 10,000 in one turn otherwise).
 LED_SLICE = 2000
+#: The most reactor turns :meth:`DataPlane.summary_ready` takes (40,000 partitions).
+SUMMARY_STEPS = 20
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -550,7 +552,7 @@ class DataPlane:
         d: defer.Deferred[None] = defer.Deferred()
         self._summary_waiters.append(d)
         if len(self._summary_waiters) == 1:
-            self.reactor.callLater(0, self._summary_step)
+            self.reactor.callLater(0, self._summary_step, SUMMARY_STEPS)
         return d
 
     def refresh_led_slice(self) -> bool:
@@ -558,7 +560,7 @@ class DataPlane:
         turn's share); True once nothing is left to judge."""
         return self.refresh_led(LED_SLICE)
 
-    def _summary_step(self) -> None:
+    def _summary_step(self, left: int) -> None:
         try:
             done = self.refresh_led_slice()
         except Exception:
@@ -567,8 +569,10 @@ class DataPlane:
             for d in waiters:
                 d.errback(failure)
             return
-        if not done:
-            self.reactor.callLater(0, self._summary_step)
+        if not done and left > 1:
+            # (bounded: under changes faster than a slice a turn the waiters are
+            # answered after ``SUMMARY_STEPS`` turns, and ``summary`` judges the rest)
+            self.reactor.callLater(0, self._summary_step, left - 1)
             return
         waiters, self._summary_waiters = self._summary_waiters, []
         for d in waiters:

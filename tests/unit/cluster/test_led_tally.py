@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from twisted.internet import task
 
 from sprawl.cluster.dataplane import LED_SLICE, DataPlane
@@ -246,3 +247,20 @@ def test_the_cluster_answer_judges_a_start_a_slice_a_reactor_turn() -> None:
     done: list[object] = []
     plane.summary_ready().addCallback(done.append)
     assert done == [None] and not clock.getDelayedCalls()
+
+
+def test_the_cluster_answer_waits_a_bounded_number_of_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under changes faster than a slice a turn the answer must still come: after
+    ``SUMMARY_STEPS`` turns the waiters are answered, and the summary judges what
+    is left itself (here one step: 4,000 of 5,001 judged in slices, the rest by
+    the summary, with the counts a full walk finds)."""
+    from sprawl.cluster import dataplane
+
+    monkeypatch.setattr(dataplane, "SUMMARY_STEPS", 1)
+    plane, _watchers, _states, clock = _plane(5_000)
+    want = plane.led_counts_walked()
+    fired: list[object] = []
+    plane.summary_ready().addCallback(fired.append)
+    clock.advance(0)
+    assert fired == [None] and plane.tally.judged == 2 * LED_SLICE
+    assert _counts(plane) == want and plane.tally.judged == 5_001
