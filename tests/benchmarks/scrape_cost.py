@@ -47,6 +47,8 @@ class Prober(threading.Thread):
         self.port = port
         self.waits: list[float] = []
         self.done = threading.Event()
+        #: Set once the first ``/healthz`` is answered: the prober is asking.
+        self.asking = threading.Event()
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -56,6 +58,7 @@ class Prober(threading.Thread):
             conn.request("GET", "/healthz")
             conn.getresponse().read()
             self.waits.append(time.perf_counter() - t0)
+            self.asking.set()
         conn.close()
 
     def stop(self) -> float:
@@ -69,7 +72,8 @@ def scrape(port: int, pid: int, idle_ms_per_s: float, gzip: bool) -> dict[str, A
     """One scrape of ``/metrics`` with a prober beside it."""
     prober = Prober(port)
     prober.start()
-    time.sleep(0.2)  # (the prober's connection is up and asking)
+    if not prober.asking.wait(30):
+        raise SystemExit("the /healthz prober had no answer within 30 s")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Accept-Encoding": "gzip"} if gzip else {}
     c0, w0 = cpu_seconds(pid), time.perf_counter()
