@@ -357,6 +357,42 @@ async def test_failed_commit_poisons_the_store(store: LmdbStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_commit_the_writer_thread_took_itself_fails_as_any_commit(
+    store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes the writer thread took after a commit (issue 16, wthread43) fail with
+    their commit and so do the ones queued behind them; the commit before is acked, the
+    store is poisoned, nothing is counted as pending, and the thread takes nothing past
+    the failure."""
+    monkeypatch.setattr(store, "_measure_later", lambda: None)
+    jobs = writer_jobs(monkeypatch, store)
+    gate = Gate(store)
+    boom = RuntimeError("disk on fire")
+    orig = gate._orig
+
+    def second_fails(ops: list[Any]) -> None:
+        if gate.calls == 2:
+            raise boom
+        orig(ops)
+
+    gate._orig = second_fails
+    first = store.write(store.put_records(1, 0, recs(0, 1)), 10)
+    await gate.entered
+    taken = store.write(store.put_records(1, 0, recs(1, 1)), 10)
+    queued: list[Deferred[None]] = []
+    taken.addErrback(lambda f: queued.append(store.write(store.put_records(1, 0, recs(2, 1)), 10)) or f)
+    gate.release.set()
+    await first
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await taken
+    assert jobs == ["post"] and gate.calls == 2
+    assert store.failed is boom and store.pending_bytes == 0 and not store._in_flight
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await queued[0]
+    assert [r.offset for r in store.read_records_sync(1, 0, 0, 100, 100)] == [0]
+
+
+@pytest_twisted.ensureDeferred
 async def test_map_full_is_storage_full(tmp_path: Path) -> None:
     """Filling the LMDB map fails the batch with StorageFull and writes nothing of it."""
     s = LmdbStore(str(tmp_path / "small"), reactor=the_reactor(), map_size=256 * 1024)
