@@ -48,7 +48,7 @@ from sprawl.storage import keys, timeline
 from sprawl.storage.verify import Scan, scan_records
 from sprawl.storage.wal import SEGMENT_BYTES, WriteAheadLog, segment_name
 from sprawl.storage.wal_format import decode_body, encode_body, loggable
-from sprawl.storage.writer_thread import WriterThread, hand_back_quietly
+from sprawl.storage.writer_thread import WriterThread, hand_back_quietly, os_named_thread
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFromThreads
@@ -212,6 +212,7 @@ class LmdbStore:
         self.dbs: dict[str, Any] = {}
         self._writer = WriterThread(reactor, "sprawl-lmdb-writer")
         self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
+        self._readers.threadFactory = os_named_thread("sprawl-lmdb-rd")  # (as the OS shows it)
         #: Writes queued for the next commits: (ops, waiter, bytes, weight), in order.
         self._queue: deque[tuple[list[Op], Waiter, int, int]] = deque()
         self._pending_bytes = 0

@@ -49,6 +49,18 @@ def name_os_thread(name: str) -> None:
         pass
 
 
+def os_named_thread(os_name: str) -> type[threading.Thread]:
+    """A ``threading.Thread`` class whose threads take ``os_name`` where the OS shows it
+    (:func:`name_os_thread`) when they start -- a thread pool's ``threadFactory``."""
+
+    class _Named(threading.Thread):
+        def run(self) -> None:
+            name_os_thread(os_name)
+            super().run()
+
+    return _Named
+
+
 class WriterThread:
     """One named thread running submitted calls in order (see the module docstring)."""
 
