@@ -9,7 +9,10 @@ job; here a ``queue.SimpleQueue`` (C) carries jobs to one thread and
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +27,38 @@ log = Logger()
 #: callable (:meth:`WriterThread.call`) or None (:meth:`WriterThread.post`); None stops.
 _Then = Callable[[Any, Failure | None], None]
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any] | _Then | None] | None
+
+
+_PR_SET_NAME = 15
+_prctl: Any = None
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` (its first 15 bytes) where the OS shows it --
+    ``/proc/PID/task/TID/comm``, ``top -H``, ``perf`` -- so a node's threads can be told
+    apart from outside (``benchmarks.thread_table``); Python 3.11 names only its own
+    ``Thread`` object.  Linux only; elsewhere, or if ``prctl`` fails, nothing happens."""
+    global _prctl
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if _prctl is None:
+            _prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+        _prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def os_named_thread(os_name: str) -> type[threading.Thread]:
+    """A ``threading.Thread`` class whose threads take ``os_name`` where the OS shows it
+    (:func:`name_os_thread`) when they start -- a thread pool's ``threadFactory``."""
+
+    class _Named(threading.Thread):
+        def run(self) -> None:
+            name_os_thread(os_name)
+            super().run()
+
+    return _Named
 
 
 class WriterThread:
@@ -49,6 +84,10 @@ class WriterThread:
             self._jobs.put(None)
             thread.join()
 
+    def has_jobs(self) -> bool:
+        """Whether calls are queued for the thread (from the thread itself: others wait)."""
+        return not self._jobs.empty()
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``fn(*args)`` on the thread; the Deferred fires on the reactor with its
         result (or its failure)."""
@@ -70,6 +109,7 @@ class WriterThread:
         self._jobs.put((fn, args, None))
 
     def _run(self) -> None:
+        name_os_thread(self.name)
         get = self._jobs.get
         while True:
             job = get()

@@ -71,6 +71,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks import thread_table
 from benchmarks.cluster import FORM_BOUND, create_topic
 from benchmarks.idle_cpu import profile, summary
 from benchmarks.latency_profile import LINE_PROBE, probe_start, probe_stop
@@ -487,6 +488,13 @@ def main() -> None:
     )
     ap.add_argument("--profile", type=Path, help="record every node with py-spy over the run into DIR")
     ap.add_argument(
+        "--threads",
+        action="store_true",
+        help="print every node's threads by name over the measured phase: CPU per message, "
+        "wake-ups and voluntary / involuntary context switches per LMDB commit "
+        "(benchmarks.thread_table)",
+    )
+    ap.add_argument(
         "--node-tree",
         type=Path,
         default=None,
@@ -579,6 +587,7 @@ def main() -> None:
             before = [gc_pauses(u) for u in urls]
             counts_before = [scrape(u) for u in urls]
             sched_before = {pid: thread_sched(pid) for pid in pids}
+            named_before = {pid: thread_table.snapshot(pid) for pid in pids}
             if a.lines is not None:
                 for counting in pids:
                     probe_start(counting, a.lines)
@@ -614,6 +623,7 @@ def main() -> None:
             if spy is not None:
                 spy.join()
             sched_after = {pid: thread_sched(pid) for pid in pids}
+            named_after = {pid: thread_table.snapshot(pid) for pid in pids}
             after = [gc_pauses(u) for u in urls]
             counts_after = [scrape(u) for u in urls]
             leader = cluster.partition_leaders(topic).get(0)
@@ -657,6 +667,9 @@ def main() -> None:
             print(
                 f"  {name} threads: {sched_report(pid, sched_before[pid], sched_after[pid], r.published, commits)}"
             )
+            if a.threads:
+                for line in thread_table.table(named_before[pid], named_after[pid], r.published, commits):
+                    print(f"    {line}")
     for name, text in sorted(counted.items()):
         print(f"  {name} {text}".replace("\n", "\n    "))
     for name, path in sorted(profiled.items()):

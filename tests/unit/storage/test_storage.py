@@ -153,6 +153,68 @@ async def test_the_next_commit_starts_before_the_callbacks_of_the_last(store: Lm
     assert store.commits == 2
 
 
+def writer_jobs(monkeypatch: pytest.MonkeyPatch, store: LmdbStore) -> list[str]:
+    """Every job handed to the store's LMDB writer thread from now on, by how."""
+    jobs: list[str] = []
+    for how in ("submit", "call", "post"):
+        count_calls(monkeypatch, store._writer, how, jobs)
+    return jobs
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_writer_thread_takes_the_writes_queued_during_its_commit_itself(
+    store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits that follow each other are one job of the writer thread: after a commit it
+    hands that commit back and takes the writes queued meanwhile itself -- no sleep on
+    its job queue, no reactor turn and no second wake-up between them (issue 16,
+    wthread43: two of the LMDB writer's ~8 wake-ups a commit on the 3-node path).  Each
+    write still fires after its own commit, in order, with the commit's failure-free
+    result; the first commit's writes fire before the second commit is done."""
+    monkeypatch.setattr(store, "_measure_later", lambda: None)  # (the use measure's job aside)
+    jobs = writer_jobs(monkeypatch, store)
+    gate = Gate(store)
+    first = store.write(store.put_records(1, 0, recs(0, 1)))
+    await gate.entered
+    later = [store.write(store.put_records(1, 0, recs(i, 1))) for i in range(1, 4)]
+    order: list[str] = []
+    first.addCallback(lambda _: order.append(f"first fired after {store.commits} commit(s)"))
+    later[-1].addCallback(lambda _: order.append(f"later fired after {store.commits} commit(s)"))
+    gate.release.set()
+    await DeferredList([first, *later], fireOnOneErrback=True)
+    assert store.commits == 2 and gate.calls == 2
+    assert jobs == ["post"], "the second commit was a job of its own"
+    assert order == ["first fired after 1 commit(s)", "later fired after 2 commit(s)"]
+    assert not store._in_flight and store.pending_bytes == 0
+    assert [r.offset for r in store.read_records_sync(1, 0, 0, 100, 100)] == list(range(4))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_queued_before_the_writes_runs_before_their_commit(
+    store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread takes queued writes itself only when no other job waits for it:
+    a job posted before the writes were queued (a write-ahead-log frame's apply) runs
+    before their commit, as when each commit was a job of its own."""
+    monkeypatch.setattr(store, "_measure_later", lambda: None)
+    gate = Gate(store)
+    ran: list[str] = []
+    real = gate._orig
+
+    def commit(ops: list[Any]) -> None:
+        real(ops)
+        ran.append("commit")
+
+    gate._orig = commit
+    first = store.write(store.put_records(1, 0, recs(0, 1)))
+    await gate.entered
+    store._writer.post(ran.append, "posted job")
+    later = store.write(store.put_records(1, 0, recs(1, 1)))
+    gate.release.set()
+    await DeferredList([first, later], fireOnOneErrback=True)
+    assert ran == ["commit", "posted job", "commit"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_after_callbacks_runs_once_every_write_of_the_commit_has_fired(store: LmdbStore) -> None:
     """``after_callbacks`` asked for from a write's callback runs once all the writes
@@ -295,6 +357,42 @@ async def test_failed_commit_poisons_the_store(store: LmdbStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_commit_the_writer_thread_took_itself_fails_as_any_commit(
+    store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes the writer thread took after a commit (issue 16, wthread43) fail with
+    their commit and so do the ones queued behind them; the commit before is acked, the
+    store is poisoned, nothing is counted as pending, and the thread takes nothing past
+    the failure."""
+    monkeypatch.setattr(store, "_measure_later", lambda: None)
+    jobs = writer_jobs(monkeypatch, store)
+    gate = Gate(store)
+    boom = RuntimeError("disk on fire")
+    orig = gate._orig
+
+    def second_fails(ops: list[Any]) -> None:
+        if gate.calls == 2:
+            raise boom
+        orig(ops)
+
+    gate._orig = second_fails
+    first = store.write(store.put_records(1, 0, recs(0, 1)), 10)
+    await gate.entered
+    taken = store.write(store.put_records(1, 0, recs(1, 1)), 10)
+    queued: list[Deferred[None]] = []
+    taken.addErrback(lambda f: queued.append(store.write(store.put_records(1, 0, recs(2, 1)), 10)) or f)
+    gate.release.set()
+    await first
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await taken
+    assert jobs == ["post"] and gate.calls == 2
+    assert store.failed is boom and store.pending_bytes == 0 and not store._in_flight
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await queued[0]
+    assert [r.offset for r in store.read_records_sync(1, 0, 0, 100, 100)] == [0]
+
+
+@pytest_twisted.ensureDeferred
 async def test_map_full_is_storage_full(tmp_path: Path) -> None:
     """Filling the LMDB map fails the batch with StorageFull and writes nothing of it."""
     s = LmdbStore(str(tmp_path / "small"), reactor=the_reactor(), map_size=256 * 1024)
@@ -415,15 +513,16 @@ async def test_a_commit_comes_back_without_a_deferred(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes one at a time (a follower's appends at one message per commit): the LMDB
-    writer's answer is a plain call (``WriterThread.call``), not a Deferred made by
-    ``submit`` and linked to the commit's completion (20 on main); each write still
+    writer's answer is a plain call (the commit is ``WriterThread.post``-ed and hands itself
+    back, wthread43), not a Deferred made by ``submit`` and linked to the commit's
+    completion (20 before qfollow42); each write still
     fires only once its own commit returned on the writer thread (fsynced), one
     commit a write, in order (issue 16, qfollow42)."""
     s = LmdbStore(str(tmp_path / "lmdb"), reactor=the_reactor(), map_size=64 * 1024**2)
     s.open()
     monkeypatch.setattr(s, "_measure_later", lambda: None)  # (the use measure's submit aside)
     submitted = count_calls(monkeypatch, s._writer, "submit")
-    called = count_calls(monkeypatch, s._writer, "call")
+    posted = count_calls(monkeypatch, s._writer, "post")
     real = s._commit
     committed: list[int] = []
 
@@ -440,7 +539,7 @@ async def test_a_commit_comes_back_without_a_deferred(
             assert not d.called
             await d
             assert seen == [i + 1]  # (fired after its own commit, not before)
-        assert len(submitted) == 0 and len(called) == 20 and s.commits == 20
+        assert len(submitted) == 0 and len(posted) == 20 and s.commits == 20
         assert [r.offset for r in s.read_records_sync(5, 0, 0, 100, 100)] == list(range(20))
     finally:
         await s.close()

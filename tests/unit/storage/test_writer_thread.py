@@ -4,6 +4,7 @@ finishes what was queued."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
 from harness import bounded, the_reactor
-from sprawl.storage.writer_thread import WriterThread
+from sprawl.storage.writer_thread import WriterThread, os_named_thread
 
 
 @pytest_twisted.ensureDeferred
@@ -99,3 +100,38 @@ async def test_call_answers_with_a_plain_call_on_the_reactor_in_order() -> None:
         w.stop()
     main = threading.main_thread().name
     assert got == [(1, None, main), (None, "no", main), (42, None, main), (None, None, main)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc: Linux")
+@pytest_twisted.ensureDeferred
+async def test_the_thread_carries_its_name_where_the_os_shows_it() -> None:
+    """``/proc/PID/task/TID/comm`` (``top -H``, ``perf``, ``benchmarks.thread_table``)
+    names the thread as it was named, cut to the OS's 15 bytes (Python 3.11 names only
+    its ``Thread`` object: the thread showed the process's name, like every other)."""
+    w = WriterThread(the_reactor(), "sprawl-lmdb-writer")
+    w.start()
+
+    def comm() -> str:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", encoding="utf-8") as f:
+            return f.read().strip()
+
+    try:
+        assert await bounded(w.submit(comm)) == "sprawl-lmdb-wri"
+    finally:
+        w.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc: Linux")
+def test_a_pool_thread_made_by_the_factory_carries_its_os_name() -> None:
+    """``os_named_thread`` (the LMDB reader pool's ``threadFactory``): the thread names
+    itself for the OS before it runs its target."""
+    seen: list[str] = []
+
+    def read() -> None:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", encoding="utf-8") as f:
+            seen.append(f.read().strip())
+
+    t = os_named_thread("sprawl-lmdb-rd")(target=read, name="PoolThread-x-1")
+    t.start()
+    t.join(10)
+    assert seen == ["sprawl-lmdb-rd"] and t.name == "PoolThread-x-1"
