@@ -366,3 +366,26 @@ async def test_a_peer_too_new_is_refused_and_told_why(net: PeerNet, monkeypatch:
     assert any("peer a speaks peer protocol" in x and "too new for this node" in x for x in lines), lines
     assert net.got["b"] == [] and not a.connected("b")
     assert b.stats.handshake_failures >= 1 and a.stats.handshake_failures >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_to_an_idle_connected_peer_skips_the_queue(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, with nothing queued, a frame goes to the transport as it is
+    sent -- no pass through the sender's queue (``Sender._flush``: one a frame
+    without the change; issue 16, qpath43) -- and the frames arrive in order."""
+    from harness.counting import count_calls
+    from sprawl.peer.outbound import Sender
+
+    a, b = net.channel("a"), net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"first")
+    await until(lambda: a.connected("b") and len(net.got["b"]) == 1, "the first frame at b")
+    flushes = count_calls(monkeypatch, Sender, "_flush")
+    for i in range(10):
+        assert a.send("b", RAFT, b"m%d" % i)
+    assert flushes == []
+    await until(lambda: len(net.got["b"]) == 11, "11 frames at b")
+    assert net.got["b"] == [("a", b"first")] + [("a", b"m%d" % i) for i in range(10)]
+    assert a.stats.frames_sent == 11
