@@ -389,3 +389,35 @@ async def test_a_frame_to_an_idle_connected_peer_skips_the_queue(
     await until(lambda: len(net.got["b"]) == 11, "11 frames at b")
     assert net.got["b"] == [("a", b"first")] + [("a", b"m%d" % i) for i in range(10)]
     assert a.stats.frames_sent == 11
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_to_an_idle_connected_peer_is_in_the_socket_when_send_returns(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, a frame sent while the transport holds nothing is in the
+    socket when ``send`` returns: the reactor is never asked to watch the socket
+    (``startWriting``: one a frame without the change; issue 16, qpath43).  Frames
+    the socket does not take at once (4 MiB ones, over its buffer) go through the
+    transport's buffer as before; every frame arrives whole, in order."""
+    from harness.counting import count_calls
+
+    a, b = net.channel("a"), net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"first")
+    await until(lambda: a.connected("b") and len(net.got["b"]) == 1, "the first frame at b")
+    proto = a.senders["b"].proto
+    assert proto is not None
+    t = proto.transport
+    watched = count_calls(monkeypatch, t, "startWriting")
+    for i in range(10):
+        assert a.send("b", RAFT, b"m%d" % i)
+        assert not t._tempDataLen and len(t.dataBuffer) == t.offset  # (nothing left behind)
+    assert watched == []
+    big = [bytes([i]) * (4 << 20) for i in range(3)]
+    for payload in big:
+        assert a.send("b", RAFT, payload)
+    assert a.send("b", RAFT, b"last")
+    assert watched  # (the rest of the big frames waited in the transport)
+    await until(lambda: len(net.got["b"]) == 15, "15 frames at b")
+    assert net.got["b"] == [("a", p) for p in [b"first"] + [b"m%d" % i for i in range(10)] + big + [b"last"]]
