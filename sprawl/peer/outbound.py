@@ -6,6 +6,7 @@ challenge, check the welcome, write the queue as the kernel takes it).
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,17 @@ if TYPE_CHECKING:
 #: Failed attempts after which a sender that never connected and has nothing
 #: to send stops dialling (until a frame or a probe asks again).
 QUIET_AFTER = 8
+
+#: Frames a sender hands straight to its socket (:func:`send_at_once`) within
+#: :data:`DIRECT_WINDOW` seconds; later ones in the window go through the
+#: transport's buffer, and with it every frame after them in the same reactor
+#: turn (a direct send needs an empty buffer): a turn that sends a peer
+#: thousands of frames costs a few ``send`` calls more, not thousands.
+DIRECT_PER_WINDOW = 4
+DIRECT_WINDOW = 0.001
+
+#: The clock of the direct sends' window (a test may replace it).
+_clock = time.monotonic
 
 
 def no_delay(transport: Any) -> None:
@@ -213,6 +225,10 @@ class Sender:
         #: A probe asked for a connection (a sender with nothing to send otherwise
         #: stops dialling a peer that never answered: see :meth:`_retry`).
         self.wanted = False
+        #: Frames sent straight to the socket (:func:`send_at_once`) in the window
+        #: that began at ``_direct_since`` (:data:`DIRECT_PER_WINDOW`).
+        self._direct = 0
+        self._direct_since = float("-inf")
 
     def send(self, kind: int, payload: bytes) -> bool:
         ch = self.channel
@@ -228,7 +244,16 @@ class Sender:
             # path (~4 a message on the leader; issue 16, qpath43).
             t = p.transport
             data = p.frame(kind, payload)
-            sent = send_at_once(t, data)
+            sent = 0
+            now = _clock()
+            if now - self._direct_since >= DIRECT_WINDOW:
+                self._direct_since, self._direct = now, 0
+            if self._direct < DIRECT_PER_WINDOW:
+                # (at most DIRECT_PER_WINDOW a window: a turn that sends a peer
+                # many frames -- thousands of partitions' under load -- sends the
+                # rest from the transport's buffer, a few send calls, as before)
+                sent = send_at_once(t, data)
+                self._direct += sent > 0
             if sent < len(data):
                 t.write(data[sent:] if sent else data)
             ch.stats.frames_sent += 1

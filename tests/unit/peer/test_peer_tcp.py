@@ -401,7 +401,10 @@ async def test_a_frame_to_an_idle_connected_peer_is_in_the_socket_when_send_retu
     the socket does not take at once (4 MiB ones, over its buffer) go through the
     transport's buffer as before; every frame arrives whole, in order."""
     from harness.counting import count_calls
+    from sprawl.peer import outbound
 
+    clock = [1000.0]
+    monkeypatch.setattr(outbound, "_clock", lambda: clock[0])
     a, b = net.channel("a"), net.channel("b")
     link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"first")
@@ -411,6 +414,7 @@ async def test_a_frame_to_an_idle_connected_peer_is_in_the_socket_when_send_retu
     t = proto.transport
     watched = count_calls(monkeypatch, t, "startWriting")
     for i in range(10):
+        clock[0] += 1.0  # (each its own window: see the next test for a burst)
         assert a.send("b", RAFT, b"m%d" % i)
         assert not t._tempDataLen and len(t.dataBuffer) == t.offset  # (nothing left behind)
     assert watched == []
@@ -421,3 +425,43 @@ async def test_a_frame_to_an_idle_connected_peer_is_in_the_socket_when_send_retu
     assert watched  # (the rest of the big frames waited in the transport)
     await until(lambda: len(net.got["b"]) == 15, "15 frames at b")
     assert net.got["b"] == [("a", p) for p in [b"first"] + [b"m%d" % i for i in range(10)] + big + [b"last"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_of_many_frames_to_one_peer_sends_few_at_once(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hundred frames to one peer in one turn (a burst of many partitions'): the
+    first ``DIRECT_PER_WINDOW`` go to the socket at once, the rest through the
+    transport's buffer (a hundred direct sends without the cap); once the window
+    has passed a frame goes at once again; all arrive, in order."""
+    from sprawl.peer import outbound
+
+    clock = [1000.0]
+    monkeypatch.setattr(outbound, "_clock", lambda: clock[0])
+    real = outbound.send_at_once
+    direct: list[int] = []
+
+    def counted(t: Any, data: bytes) -> int:
+        n = real(t, data)
+        if n:
+            direct.append(n)
+        return n
+
+    monkeypatch.setattr(outbound, "send_at_once", counted)
+    a, b = net.channel("a"), net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"first")
+    await until(lambda: a.connected("b") and len(net.got["b"]) == 1, "the first frame at b")
+    clock[0] += 1.0
+    direct.clear()
+    burst = [b"b%d" % i for i in range(100)]
+    for p in burst:
+        assert a.send("b", RAFT, p)
+    assert len(direct) == outbound.DIRECT_PER_WINDOW == 4
+    await until(lambda: len(net.got["b"]) == 101, "the burst at b")
+    clock[0] += 1.0
+    assert a.send("b", RAFT, b"later")
+    assert len(direct) == 5
+    await until(lambda: len(net.got["b"]) == 102, "the later frame at b")
+    assert net.got["b"] == [("a", p) for p in [b"first", *burst, b"later"]]
