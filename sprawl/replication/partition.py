@@ -731,6 +731,13 @@ class PartitionReplication:
                 if _hw_only(w):
                     self._save_hw_later()  # carried by the next write (see the module docstring)
                     continue
+                if q.leader and w.count and _plain_append(w) and timeline.TIMELINE is None:
+                    # The leader's own new records, answered by a plain call (the
+                    # Deferred, its link and its firing were one of each a publish on
+                    # the leader; issue 16, qpath43): see ``own`` below.
+                    self._write(w, q.records, True, self._own_written)
+                    stored_own = True
+                    continue
                 d = self._write(w, q.records, q.leader)
                 stored_own |= q.leader and w.count > 0
                 if d is not None and w.count and timeline.TIMELINE is not None:
@@ -773,6 +780,15 @@ class PartitionReplication:
         hw = self._issued_hw = q.hw
         self._advance_hw(hw)
         self._unsent.append(step)
+
+    def _own_written(self, f: Failure | None) -> None:
+        """A write of the leader's own new records (:meth:`_issue`) is durable (``f``
+        None: :meth:`_own_stored`, as the gathered ``own`` writes' link calls it) or
+        failed (:meth:`_crashed`)."""
+        if f is None:
+            self._own_stored(None, True)
+        else:
+            self._crashed(f)
 
     def _lone_stored(self, f: Failure | None, step: _Step) -> None:
         """The write of :meth:`_issue_lone` is durable (``f`` None) or failed."""

@@ -366,3 +366,102 @@ async def test_a_peer_too_new_is_refused_and_told_why(net: PeerNet, monkeypatch:
     assert any("peer a speaks peer protocol" in x and "too new for this node" in x for x in lines), lines
     assert net.got["b"] == [] and not a.connected("b")
     assert b.stats.handshake_failures >= 1 and a.stats.handshake_failures >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_to_an_idle_connected_peer_skips_the_queue(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, with nothing queued, a frame goes to the transport as it is
+    sent -- no pass through the sender's queue (``Sender._flush``: one a frame
+    without the change; issue 16, qpath43) -- and the frames arrive in order."""
+    from harness.counting import count_calls
+    from sprawl.peer.outbound import Sender
+
+    a, b = net.channel("a"), net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"first")
+    await until(lambda: a.connected("b") and len(net.got["b"]) == 1, "the first frame at b")
+    flushes = count_calls(monkeypatch, Sender, "_flush")
+    for i in range(10):
+        assert a.send("b", RAFT, b"m%d" % i)
+    assert flushes == []
+    await until(lambda: len(net.got["b"]) == 11, "11 frames at b")
+    assert net.got["b"] == [("a", b"first")] + [("a", b"m%d" % i) for i in range(10)]
+    assert a.stats.frames_sent == 11
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_to_an_idle_connected_peer_is_in_the_socket_when_send_returns(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, a frame sent while the transport holds nothing is in the
+    socket when ``send`` returns: the reactor is never asked to watch the socket
+    (``startWriting``: one a frame without the change; issue 16, qpath43).  Frames
+    the socket does not take at once (4 MiB ones, over its buffer) go through the
+    transport's buffer as before; every frame arrives whole, in order."""
+    from harness.counting import count_calls
+    from sprawl.peer import outbound
+
+    clock = [1000.0]
+    monkeypatch.setattr(outbound, "_clock", lambda: clock[0])
+    a, b = net.channel("a"), net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"first")
+    await until(lambda: a.connected("b") and len(net.got["b"]) == 1, "the first frame at b")
+    proto = a.senders["b"].proto
+    assert proto is not None
+    t = proto.transport
+    watched = count_calls(monkeypatch, t, "startWriting")
+    for i in range(10):
+        clock[0] += 1.0  # (each its own window: see the next test for a burst)
+        assert a.send("b", RAFT, b"m%d" % i)
+        assert not t._tempDataLen and len(t.dataBuffer) == t.offset  # (nothing left behind)
+    assert watched == []
+    big = [bytes([i]) * (4 << 20) for i in range(3)]
+    for payload in big:
+        assert a.send("b", RAFT, payload)
+    assert a.send("b", RAFT, b"last")
+    assert watched  # (the rest of the big frames waited in the transport)
+    await until(lambda: len(net.got["b"]) == 15, "15 frames at b")
+    assert net.got["b"] == [("a", p) for p in [b"first"] + [b"m%d" % i for i in range(10)] + big + [b"last"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_of_many_frames_to_one_peer_sends_few_at_once(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hundred frames to one peer in one turn (a burst of many partitions'): the
+    first ``DIRECT_PER_WINDOW`` go to the socket at once, the rest through the
+    transport's buffer (a hundred direct sends without the cap); once the window
+    has passed a frame goes at once again; all arrive, in order."""
+    from sprawl.peer import outbound
+
+    clock = [1000.0]
+    monkeypatch.setattr(outbound, "_clock", lambda: clock[0])
+    real = outbound.send_at_once
+    direct: list[int] = []
+
+    def counted(t: Any, data: bytes) -> int:
+        n = real(t, data)
+        if n:
+            direct.append(n)
+        return n
+
+    monkeypatch.setattr(outbound, "send_at_once", counted)
+    a, b = net.channel("a"), net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"first")
+    await until(lambda: a.connected("b") and len(net.got["b"]) == 1, "the first frame at b")
+    clock[0] += 1.0
+    direct.clear()
+    burst = [b"b%d" % i for i in range(100)]
+    for p in burst:
+        assert a.send("b", RAFT, p)
+    assert len(direct) == outbound.DIRECT_PER_WINDOW == 4
+    await until(lambda: len(net.got["b"]) == 101, "the burst at b")
+    clock[0] += 1.0
+    assert a.send("b", RAFT, b"later")
+    assert len(direct) == 5
+    await until(lambda: len(net.got["b"]) == 102, "the later frame at b")
+    assert net.got["b"] == [("a", p) for p in [b"first", *burst, b"later"]]

@@ -148,3 +148,39 @@ async def test_a_leader_waits_for_a_followers_copy_within_a_bound(nodes: dict[st
     assert await bounded(waited, WAIT) is False
     assert not rep._held_waits and rep.when_held("nobody", 1, WAIT).result is False
     leader.channel.addresses[cut.id] = ("127.0.0.1", cut.port.getHost().port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leaders_own_write_is_answered_by_a_plain_call(
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten publishes one at a time: the leader's own write of each is answered by a
+    plain call (``append_replicated_then``; issue 16, qpath43) -- no Deferred write
+    (``append_replicated``, ten without the change) and no link on one.  And it still
+    counts: with one follower cut off, three more publishes are each answered only
+    through the leader's own durable copy (with the other follower's), and the
+    leader's core hears its log durable to its end."""
+    from twisted.internet.defer import Deferred
+
+    from sprawl.pubsub.replica import ReplicaWrites
+
+    leader = await _leader(nodes)
+    rep = leader.service.replicas[("orders", 0)]
+    await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m0", True)]), WAIT)
+    deferred_writes = count_calls(monkeypatch, ReplicaWrites, "append_replicated")
+    links = count_calls(monkeypatch, Deferred, "addCallbacks")
+    for i in range(1, 11):
+        await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m%d" % i, True)]), WAIT)
+    assert deferred_writes == [] and links == []
+    cut = nodes[next(n for n in IDS if nodes[n] is not leader)]
+    leader.channel.addresses.pop(cut.id)  # nothing reaches it now
+    try:
+        for i in range(11, 14):
+            start = rep.core.end
+            got = await bounded(rep.publish([Record(-1, 0, 0, None, None, None, b"m%d" % i, True)]), WAIT)
+            assert got == [start]
+        assert (
+            rep.core.stored_end == rep.core.end == rep.log.stored_end == 15
+        )  # (the epoch's control record too)
+    finally:
+        leader.channel.addresses[cut.id] = ("127.0.0.1", cut.port.getHost().port)

@@ -321,13 +321,15 @@ async def test_followers_learn_the_high_watermark_while_the_leader_still_writes(
     await bounded(rep.publish(_msgs(1, 0)), WAIT)
     followers = [cluster[nid] for nid in IDS if cluster[nid] is not leader]
     gate: defer.Deferred[None] = defer.Deferred()
-    real = leader.broker.append_replicated
+    # (the leader's own write is answered by a plain call, append_replicated_then:
+    # its answer is held until the gate opens)
+    real = leader.broker.append_replicated_then
 
-    def held(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        d = real(*args, **kwargs)
-        return defer.gatherResults([d, gate]).addCallback(lambda results: results[0])
+    def held(*args: Any, **kwargs: Any) -> None:
+        *rest, then = args
+        real(*rest, lambda f: gate.addCallback(lambda _: then(f)), **kwargs)
 
-    leader.broker.append_replicated = held
+    leader.broker.append_replicated_then = held
     try:
         d = rep.publish(_msgs(1, 1))
         end = rep.core.end
@@ -337,7 +339,7 @@ async def test_followers_learn_the_high_watermark_while_the_leader_still_writes(
         )
         assert not gate.called and rep.core.stored_end < end  # the leader's own write still "in flight"
     finally:
-        leader.broker.append_replicated = real
+        leader.broker.append_replicated_then = real
         gate.callback(None)
     assert await bounded(d, WAIT) == [end - 1]
 
