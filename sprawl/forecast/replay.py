@@ -112,12 +112,12 @@ class SimConfig:
     distrust: float = 0.0
     #: ``TrafficForecaster(distrust_partition=...)``: the distrust withholds
     #: only the surprised partition's forecast (trust39; the forecaster's
-    #: default is off, earned trust's value on since trust42: :func:`earned`).
+    #: default is off, earned trust's value on since trust43: :func:`earned`).
     distrust_partition: bool = False
     #: ``TrafficForecaster(distrust_profiles=...)``: with ``distrust_partition``,
     #: the distrust withholds the partition's profile too (trust39's form, the
     #: forecaster's default), not only its short forecasts (trust40; earned
-    #: trust's value since trust42).
+    #: trust's value since trust43).
     distrust_profiles: bool = True
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
@@ -196,7 +196,7 @@ def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
     "Predictive balancing", ninth session): the balancer gets no short
     forecast of a partition for one season after its surprise (``distrust``,
     per partition, the profile kept: ``distrust_partition``,
-    ``distrust_profiles``; trust42), each partition's profile over
+    ``distrust_profiles``; trust43), each partition's profile over
     one season (``profile_horizon``), and sheds on a forecast only a node
     predicted over the bound at :data:`EARNED_LASTING` of the profile's
     points or more (``BalanceConfig.predict_lasting``); the values are

@@ -145,8 +145,8 @@ class TrafficForecaster:
         #: move on a forecast anywhere changes every later decision.  0: off.
         self.distrust = distrust
         #: Distrust per partition instead (off here; earned trust's value
-        #: since trust42, :class:`sprawl.forecast.earned.EarnedTrust`;
-        #: docs/benchmarks.md trust39-trust42): a surprise withholds only
+        #: since trust43, :class:`sprawl.forecast.earned.EarnedTrust`;
+        #: docs/benchmarks.md trust39-trust43): a surprise withholds only
         #: *that* partition's forecast, for
         #: :attr:`distrust` seconds after the surprise's event closed (so its
         #: season's echo a season later is withheld too); the other
@@ -156,7 +156,7 @@ class TrafficForecaster:
         #: partition's profile too (:meth:`partition_profiles`; trust39's form,
         #: the default here) or only its short forecasts (:meth:`partition_paths`,
         #: :meth:`partition_forecasts`; trust40, earned trust's value since
-        #: trust42).  A
+        #: trust43).  A
         #: profile is the model's own forecast over the season (no anchor on
         #: the last sample past twice :attr:`horizon`): its seasonal shape.
         #: Withheld, the balancer takes the partition's present load as its

@@ -24,8 +24,8 @@ sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
 gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
 trust39, and ``--keep-profiles`` with it keeps the surprised partition's
 profile, ``SimConfig.distrust_profiles`` off: trust40 -- both earned trust's
-values since trust42, so these two flags change nothing now;
-``--cluster-wide`` runs earned trust's distrust as it was until trust42, one
+values since trust43, so these two flags change nothing now;
+``--cluster-wide`` runs earned trust's distrust as it was until trust43, one
 surprise withholding every forecast, and ``--withhold-profiles`` trust39's
 per-partition form, the surprised partition's profile withheld too); the
 synthetic traces take the seed (their noise, and the surges'
@@ -126,9 +126,9 @@ def run(
     ``keep_profiles`` with it: the surprised partition's profile still given
     (``SimConfig.distrust_profiles`` off, trust40); None (the default):
     earned trust's own values (:class:`sprawl.forecast.earned.EarnedTrust`:
-    both on since trust42).  An earned row says which it ran
+    both on since trust43).  An earned row says which it ran
     (``distrust_partition``, ``keep_profiles``; rows of sweeps before
-    trust42 carry them only when on)."""
+    trust43 carry them only when on)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_const",
         const=False,
         dest="per_partition",
-        help="earned runs distrust cluster-wide (earned trust until trust42)",
+        help="earned runs distrust cluster-wide (earned trust until trust43)",
     )
     ap.add_argument(
         "--keep-profiles",

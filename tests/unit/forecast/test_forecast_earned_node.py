@@ -42,7 +42,7 @@ def test_the_node_runs_the_simulators_earned_values(trace: Any, seasons: str) ->
     """A node with ``--earned-trust`` builds its forecaster, feed and balancer
     with exactly the values of :func:`sprawl.forecast.replay.earned` for a
     trace of the same season: distrust (per partition, the surprised
-    partition's profile kept: trust42), profile horizon, points and period,
+    partition's profile kept: trust43), profile horizon, points and period,
     and the whole balance config (from the same defaults)."""
     tr = trace()
     sim = earned(tr)
