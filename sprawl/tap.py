@@ -179,7 +179,8 @@ _DOCS = {
         "true or false [default: true]."
     ),
     "earned-trust": (
-        "Predictive balancing only on forecasts that earned trust: none for one season after a surprise, "
+        "Predictive balancing only on forecasts that earned trust: none of a partition's short forecasts "
+        "for one season after a surprise on it, "
         "and a node sheds on a forecast only if predicted hot over half of the next season "
         "(needs --predictive-balance and a season): true or false [default: on whenever predictive "
         "balancing has a season]."

@@ -111,11 +111,13 @@ class SimConfig:
     #: after a surprise during which the balancer gets no forecast.
     distrust: float = 0.0
     #: ``TrafficForecaster(distrust_partition=...)``: the distrust withholds
-    #: only the surprised partition's forecast (an option, off: trust39).
+    #: only the surprised partition's forecast (trust39; the forecaster's
+    #: default is off, earned trust's value on since trust43: :func:`earned`).
     distrust_partition: bool = False
     #: ``TrafficForecaster(distrust_profiles=...)``: with ``distrust_partition``,
     #: the distrust withholds the partition's profile too (trust39's form, the
-    #: default), not only its short forecasts (an option, trust40).
+    #: forecaster's default), not only its short forecasts (trust40; earned
+    #: trust's value since trust43).
     distrust_profiles: bool = True
     #: Run the reactive balancer in shadow (:class:`~sprawl.forecast.budget.ShadowReactive`)
     #: and, in the predictive run, make moves on a forecast only while its
@@ -191,8 +193,10 @@ def season_seconds(trace: Trace) -> float:
 
 def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
     """``config`` with the *earned trust* combination (docs/benchmarks.md,
-    "Predictive balancing", ninth session): the balancer gets no forecast for
-    one season after a surprise (``distrust``), each partition's profile over
+    "Predictive balancing", ninth session): the balancer gets no short
+    forecast of a partition for one season after its surprise (``distrust``,
+    per partition, the profile kept: ``distrust_partition``,
+    ``distrust_profiles``; trust43), each partition's profile over
     one season (``profile_horizon``), and sheds on a forecast only a node
     predicted over the bound at :data:`EARNED_LASTING` of the profile's
     points or more (``BalanceConfig.predict_lasting``); the values are
@@ -206,6 +210,8 @@ def earned(trace: Trace, config: SimConfig | None = None) -> SimConfig:
         profile_points=e.profile_points,
         profile_every=e.profile_every,
         distrust=e.distrust,
+        distrust_partition=e.distrust_partition,
+        distrust_profiles=e.distrust_profiles,
         balance=e.balance(c.balance),
     )
 

@@ -141,19 +141,22 @@ class TrafficForecaster:
         #: top of its interval or more, or a producer gone silent), the
         #: balancer gets no forecast at all (:meth:`partition_paths` and
         #: :meth:`partition_forecasts` return nothing, so it runs the reactive
-        #: rule alone).  Cluster-wide, not per partition: one move on a
-        #: forecast anywhere changes every later decision.  0: off.
+        #: rule alone).  Cluster-wide unless :attr:`distrust_partition`: one
+        #: move on a forecast anywhere changes every later decision.  0: off.
         self.distrust = distrust
-        #: Distrust per partition instead (an option, off; docs/benchmarks.md
-        #: trust39): a surprise withholds only *that* partition's forecast, for
+        #: Distrust per partition instead (off here; earned trust's value
+        #: since trust43, :class:`sprawl.forecast.earned.EarnedTrust`;
+        #: docs/benchmarks.md trust39-trust43): a surprise withholds only
+        #: *that* partition's forecast, for
         #: :attr:`distrust` seconds after the surprise's event closed (so its
         #: season's echo a season later is withheld too); the other
         #: partitions, whose models were not wrong, keep theirs.
         self.distrust_partition = distrust_partition
         #: With :attr:`distrust_partition`: whether the distrust withholds the
         #: partition's profile too (:meth:`partition_profiles`; trust39's form,
-        #: the default) or only its short forecasts (:meth:`partition_paths`,
-        #: :meth:`partition_forecasts`; an option, trust40).  A
+        #: the default here) or only its short forecasts (:meth:`partition_paths`,
+        #: :meth:`partition_forecasts`; trust40, earned trust's value since
+        #: trust43).  A
         #: profile is the model's own forecast over the season (no anchor on
         #: the last sample past twice :attr:`horizon`): its seasonal shape.
         #: Withheld, the balancer takes the partition's present load as its

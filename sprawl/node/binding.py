@@ -131,7 +131,8 @@ def make_traffic_feed(
     fed from the gossiped rates and this node's published and delivered
     counters (the ones the dashboard draws), read by the controller's balancer
     with ``--predictive-balance`` (and, with ``--earned-trust``, the
-    forecaster distrusts for a season and the feed gives profiles:
+    forecaster distrusts a surprised partition's short forecasts for a season
+    and the feed gives profiles:
     :mod:`sprawl.forecast.earned`)."""
     if not c.forecast:
         return None
@@ -151,6 +152,8 @@ def make_traffic_feed(
         max_series=c.forecast_max_series,
         horizon=c.forecast_horizon,
         distrust=earned.distrust if earned is not None else 0.0,
+        distrust_partition=earned.distrust_partition if earned is not None else False,
+        distrust_profiles=earned.distrust_profiles if earned is not None else True,
     )
     return TrafficFeed(
         forecaster,

@@ -23,7 +23,12 @@ sample alone, and ``--total T`` re-gossips them on a change of T of their
 sum, ``SimConfig.regossip_total``, 0 not: trust38b; ``--per-partition``
 gives earned trust's distrust per partition, ``SimConfig.distrust_partition``:
 trust39, and ``--keep-profiles`` with it keeps the surprised partition's
-profile, ``SimConfig.distrust_profiles`` off: trust40); the synthetic traces take the seed (their noise, and the surges'
+profile, ``SimConfig.distrust_profiles`` off: trust40 -- both earned trust's
+values since trust43, so these two flags change nothing now;
+``--cluster-wide`` runs earned trust's distrust as it was until trust43, one
+surprise withholding every forecast, and ``--withhold-profiles`` trust39's
+per-partition form, the surprised partition's profile withheld too); the
+synthetic traces take the seed (their noise, and the surges'
 times and partitions), the recorded trace has none: its draws are its
 recordings (``benchmarks.forecast_sim.RECORDINGS``, seed = index, every one
 run).  The simulator is seeded and runs no real
@@ -107,8 +112,8 @@ def run(
     offset: float = 0.0,
     window: float | None = None,
     total: float | None = None,
-    per_partition: bool = False,
-    keep_profiles: bool = False,
+    per_partition: bool | None = None,
+    keep_profiles: bool | None = None,
 ) -> dict[str, Any]:
     """One run: reactive (``lasting`` None), the plain predictive balancer
     (:data:`PLAIN`), the early shed (:data:`EARLY`) or earned trust with that
@@ -119,7 +124,11 @@ def run(
     ``SimConfig.regossip_total``); ``per_partition``: earned trust's
     distrust per partition (``SimConfig.distrust_partition``, trust39), and
     ``keep_profiles`` with it: the surprised partition's profile still given
-    (``SimConfig.distrust_profiles`` off, trust40)."""
+    (``SimConfig.distrust_profiles`` off, trust40); None (the default):
+    earned trust's own values (:class:`sprawl.forecast.earned.EarnedTrust`:
+    both on since trust43).  An earned row says which it ran
+    (``distrust_partition``, ``keep_profiles``; rows of sweeps before
+    trust43 carry them only when on)."""
     tr, cfg = trace_of(name, seed)
     cfg = dataclasses.replace(cfg, decision_offset=offset)
     if window is not None:
@@ -128,6 +137,7 @@ def run(
         cfg = dataclasses.replace(cfg, regossip_total=total)
     t0 = time.process_time()
     mode = {None: "reactive", PLAIN: "predictive", EARLY: "early"}.get(lasting, "earned")
+    c = cfg
     if lasting is None:
         r = simulate(tr, False, cfg)
     elif lasting == PLAIN:
@@ -135,9 +145,11 @@ def run(
     elif lasting == EARLY:
         r = simulate(tr, True, early(tr, cfg))
     else:
-        c = dataclasses.replace(
-            earned(tr, cfg), distrust_partition=per_partition, distrust_profiles=not keep_profiles
-        )
+        c = earned(tr, cfg)
+        if per_partition is not None:
+            c = dataclasses.replace(c, distrust_partition=per_partition)
+        if keep_profiles is not None:
+            c = dataclasses.replace(c, distrust_profiles=not keep_profiles)
         seconds = season_seconds(tr) if again == "season" else float(again or 0.0)
         c = dataclasses.replace(
             c, balance=dataclasses.replace(c.balance, predict_lasting=lasting, predict_again=seconds)
@@ -150,8 +162,14 @@ def run(
         "lasting": lasting,
         **({"again": again} if again and mode == "earned" else {}),
         **({"offset": offset} if offset else {}),
-        **({"distrust_partition": True} if per_partition and mode == "earned" else {}),
-        **({"keep_profiles": True} if per_partition and keep_profiles and mode == "earned" else {}),
+        **(
+            {
+                "distrust_partition": c.distrust_partition,
+                "keep_profiles": c.distrust_partition and not c.distrust_profiles,
+            }
+            if mode == "earned"
+            else {}
+        ),
         "window": cfg.rate_window,
         "total": cfg.regossip_total,
         "hot": r.hot_seconds,
@@ -225,13 +243,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--per-partition",
-        action="store_true",
-        help="earned runs distrust per partition (SimConfig.distrust_partition)",
+        action="store_const",
+        const=True,
+        dest="per_partition",
+        help="earned runs distrust per partition (SimConfig.distrust_partition; earned trust's value)",
+    )
+    ap.add_argument(
+        "--cluster-wide",
+        action="store_const",
+        const=False,
+        dest="per_partition",
+        help="earned runs distrust cluster-wide (earned trust until trust43)",
     )
     ap.add_argument(
         "--keep-profiles",
-        action="store_true",
-        help="with --per-partition: the surprised partition's profile still given (trust40)",
+        action="store_const",
+        const=True,
+        dest="keep_profiles",
+        help="the surprised partition's profile still given (trust40; earned trust's value)",
+    )
+    ap.add_argument(
+        "--withhold-profiles",
+        action="store_const",
+        const=False,
+        dest="keep_profiles",
+        help="the surprised partition's profile withheld too (trust39's per-partition form)",
     )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument(

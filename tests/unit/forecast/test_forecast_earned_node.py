@@ -41,13 +41,16 @@ def _plane(gossip: RateGossip, clock: task.Clock) -> DataPlane:
 def test_the_node_runs_the_simulators_earned_values(trace: Any, seasons: str) -> None:
     """A node with ``--earned-trust`` builds its forecaster, feed and balancer
     with exactly the values of :func:`sprawl.forecast.replay.earned` for a
-    trace of the same season: distrust, profile horizon, points and period,
+    trace of the same season: distrust (per partition, the surprised
+    partition's profile kept: trust43), profile horizon, points and period,
     and the whole balance config (from the same defaults)."""
     tr = trace()
     sim = earned(tr)
     feed = _node_feed(NodeConfig(earned_trust=True, forecast_seasons=seasons).validate())
     assert season_seconds(tr) == max(NodeConfig(forecast_seasons=seasons).forecast_season_periods)
     assert feed.forecaster.distrust == sim.distrust > 0
+    assert feed.forecaster.distrust_partition is sim.distrust_partition is True
+    assert feed.forecaster.distrust_profiles is sim.distrust_profiles is False
     assert feed.earned == earned_trust(season_seconds(tr))
     assert (feed.earned.profile_horizon, feed.earned.profile_points, feed.earned.profile_every) == (
         sim.profile_horizon,
@@ -77,6 +80,7 @@ def test_earned_trust_off_changes_nothing() -> None:
     """With ``--earned-trust false``: no distrust, no profiles, the default balance config."""
     feed = _node_feed(NodeConfig(earned_trust=False).validate())
     assert feed.earned is None and feed.forecaster.distrust == 0.0
+    assert not feed.forecaster.distrust_partition
     assert feed.partition_profiles(0.0) is None
     plane = _plane(RateGossip({}), task.Clock())
     bind_earned_trust(plane.controller, feed)

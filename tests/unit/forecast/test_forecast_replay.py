@@ -7,6 +7,7 @@ deterministic and report the forecast's MAPE."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -147,15 +148,24 @@ def test_earned_trust_wins_the_ramp_of_other_seeds(seed: int) -> None:
     not os.environ.get("SPRAWL_SIM_LONG"),
     reason="day-long traces, 1-2 minutes each: run by tox -e sim (SPRAWL_SIM_LONG=1)",
 )
-def test_earned_trust_falls_back_to_reactive_on_surges() -> None:
-    """On the surges trace the first surge (1.7 h in, as the forecasts warm up)
-    withdraws the forecasts for a day, and the next ones keep them away: no
-    move on a forecast, the reactive run move for move (a tie, not a win:
-    docs/benchmarks.md says why)."""
+def test_earned_trust_acts_on_surges_distrusting_the_surprised_partitions_alone() -> None:
+    """On the surges trace earned trust no longer falls back to the reactive
+    run: since trust43 a surprise withholds only the surprised partition's
+    short forecasts (its profile kept), so the other partitions' forecasts
+    keep moving partitions ahead of the daily cycle -- moves on a forecast,
+    and under half the reactive run's hot time (2,125 s against 4,605).  Its
+    moves are not held to the reactive run's on one draw (36 against 31):
+    the reactive rule against itself 5 s later differs by up to 29 moves on
+    one surges draw (trust42); the family test judges them over 64 draws.
+    With the cluster-wide gate (earned trust until trust43) the first surge
+    withdrew every forecast for a day: no move on a forecast, the reactive
+    run move for move (a tie)."""
     tr = traces.surges()
     ((reactive, predictive),) = compare([tr], earned(tr))
-    assert predictive.moves_by_reason.get("predicted", 0) == 0
-    assert predictive.log == reactive.log and predictive.hot_seconds == reactive.hot_seconds
+    assert predictive.moves_by_reason.get("predicted", 0) > 0
+    assert predictive.hot_seconds < reactive.hot_seconds / 2, (predictive.hot_seconds, reactive.hot_seconds)
+    cluster_wide = simulate(tr, True, replace(earned(tr), distrust_partition=False))
+    assert cluster_wide.moves_by_reason.get("predicted", 0) == 0 and cluster_wide.log == reactive.log
 
 
 def test_runs_are_deterministic() -> None:
@@ -184,18 +194,28 @@ def test_decision_offset_shifts_the_decision_clock() -> None:
     assert (b.moves, b.hot_seconds) != (a.moves, a.hot_seconds)
 
 
-#: The bar over draws (docs/benchmarks.md, trust39): a family is a synthetic
-#: trace's seeds 1-8 at both phases of the controller's decision clock (0 and
-#: +5 s: decisions every 10 s on 5-s gossip steps), 16 draws, each run by the
-#: reactive balancer and by earned trust; earned trust must be less hot in sum
-#: with the bootstrap interval of the difference wholly below zero, delay no
-#: more messages in sum, and make no more moves than the reactive run within
-#: the non-inferiority margin (``paired.Aggregate.holds``: at most +2 % in
-#: sum, the interval not wholly above zero; trust42) -- and, where it is met,
-#: the strict rule's none more at all (``paired.Aggregate.wins``, trust39).
-#: Per draw no rule can be held to it: the reactive balancer, its clock shifted
-#: 5 s, "loses" 18 of 22 draws to itself (trust38).
+#: The bar over draws (docs/benchmarks.md, trust39, trust42, trust43): a family is a
+#: synthetic trace's seeds 1-8 at both phases of the controller's decision
+#: clock (0 and +5 s: decisions every 10 s on 5-s gossip steps), 16 draws,
+#: each run by the reactive balancer and by earned trust; earned trust must be
+#: less hot in sum with the bootstrap interval of the difference wholly below
+#: zero, delay no more messages in sum, and make no more moves than the
+#: reactive run within the non-inferiority margin (``paired.Aggregate.holds``:
+#: at most +2 % in sum, the interval not wholly above zero); where it makes
+#: none more at all, the strict rule too (``paired.Aggregate.wins``).  Per draw
+#: no rule can be held to it: the reactive balancer, its clock shifted 5 s,
+#: "loses" 18 of 22 draws to itself (trust38).
 FAMILY_SEEDS = tuple(range(1, 9))
+#: Surges are judged on seeds 1-32, 64 draws, and on the fresh seeds 17-32
+#: alone: the lead's pre-registered confirmatory look (trust43).  Its summed
+#: moves are the noisiest of the families (the reactive rule against itself
+#: 5 s later: +2.9 % on seeds 1-16, -5.1 % on seeds 17-32); seeds 1-16 alone
+#: (trust42) miss the margin by 1.5 moves (+28, +2.1 %), which is why the
+#: verdict was taken again on 32 draws no run had seen, to pass together with
+#: the pooled 64.
+SURGES_SEEDS = tuple(range(1, 33))
+#: The confirmatory sample within :data:`SURGES_SEEDS` (trust43).
+SURGES_FRESH_SEEDS = tuple(range(17, 33))
 PHASES = (0.0, 5.0)
 
 
@@ -214,43 +234,40 @@ def family_pairs(trace: str, seeds: tuple[int, ...], phases: tuple[float, ...] =
 
 @pytest.mark.skipif(
     not os.environ.get("SPRAWL_SIM_LONG"),
-    reason="16 draws of a day-long trace, 2-12 minutes a family: run by tox -e sim (SPRAWL_SIM_LONG=1)",
+    reason="16-64 draws of a day-long trace, 2-50 minutes a family: run by tox -e sim (SPRAWL_SIM_LONG=1)",
 )
 @pytest.mark.parametrize(
-    ("trace", "seeds"),
+    ("trace", "seeds", "strict"),
     [
-        pytest.param("hourly", FAMILY_SEEDS, id="hourly"),
-        pytest.param("ramp", FAMILY_SEEDS, id="ramp"),
-        pytest.param("daily", FAMILY_SEEDS, id="daily"),
-        pytest.param(
-            "surges",
-            FAMILY_SEEDS,
-            id="surges",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a tie in sum, not a win, under either bar: 107,710 s hot against 109,285 (-1 %, interval "
-                "-11,380..+8,550 across zero), moves 630 against 637, delayed 115,367 against 117,597; 4 of 16 "
-                "draws are the reactive run move for move (the distrust gate), the others differ by 0-5 forecast "
-                "moves and the chaos they set off (docs/benchmarks.md, trust39). Distrust per partition with the "
-                "profile kept is 64-67 % less hot and holds the non-inferiority bar on seeds 1-8 (+9 moves, "
-                "+1.4 %) but not on seeds 1-16: 1,355 moves against 1,327 (+28, +2.1 %, over the 2 % margin; "
-                "interval -49..+98) (trust40, trust42)",
-            ),
-        ),
+        pytest.param("hourly", FAMILY_SEEDS, True, id="hourly"),
+        pytest.param("ramp", FAMILY_SEEDS, True, id="ramp"),
+        pytest.param("daily", FAMILY_SEEDS, True, id="daily"),
+        # surges: holds on 64 draws (2,667 moves against 2,639, +1.1 %, margin 52.8; hot -61 %) and on the
+        # fresh 32 (1,312 against 1,312; hot -57 %), but not strictly on 64 (+28 moves): trust43
+        pytest.param("surges", SURGES_SEEDS, False, id="surges"),
         # recorded: test_earned_trust_wins_the_paired_aggregate_of_the_recordings (every run)
     ],
 )
-def test_earned_trust_wins_the_paired_aggregate_of_each_family(trace: str, seeds: tuple[int, ...]) -> None:
-    """Issue 18's bar over draws, per family: over seeds 1-8 at both clock
-    phases, earned trust keeps nodes hot for less time in sum (interval clear
-    of zero) and delays no more messages in sum, with no more moves than the
-    non-inferiority margin allows (``holds``) and, on these families, none
-    more at all (``wins``, the strict rule)."""
+def test_earned_trust_wins_the_paired_aggregate_of_each_family(
+    trace: str, seeds: tuple[int, ...], strict: bool
+) -> None:
+    """Issue 18's bar over draws, per family (``paired.Aggregate.holds``): over
+    the family's seeds at both clock phases, earned trust keeps nodes hot for
+    less time in sum (interval clear of zero), delays no more messages in sum,
+    and makes no more moves than the margin allows; on the families where it
+    makes none more at all, the strict rule as well (``wins``).  Surges: the
+    lead's pre-registered condition (trust43), ``holds`` over seeds 1-32 and
+    over the fresh seeds 17-32 alone (~50 minutes of CPU)."""
     ps = family_pairs(trace, seeds)
     g = paired.aggregate(ps, trace)
     assert g.n == 2 * len(seeds), g.line()
     assert g.holds(), g.line() + "\n" + paired.table(ps)
-    assert g.wins(), g.line() + "\n" + paired.table(ps)
+    if strict:
+        assert g.wins(), g.line() + "\n" + paired.table(ps)
+    if trace == "surges":
+        fresh = [p for p in ps if p.seed in SURGES_FRESH_SEEDS]
+        f = paired.aggregate(fresh, "surges 17-32")
+        assert f.n == 2 * len(SURGES_FRESH_SEEDS) and f.holds(), f.line()
 
 
 def test_earned_trust_wins_the_paired_aggregate_of_hourly_seeds_1_and_2() -> None:
