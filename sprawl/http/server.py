@@ -35,6 +35,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from sprawl.direct_send import send_first
 from sprawl.http.lean_http import HotRequest, parse_hot
 from sprawl.metrics import NodeMetrics
 from sprawl.storage import timeline
@@ -143,27 +144,6 @@ def send_now(transport: Any) -> None:
     if not transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
         return
     transport.doWrite()
-
-
-def send_first(transport: Any, data: bytes) -> int:
-    """Hand ``data`` to a plain TCP connection's socket at once, when nothing is waiting
-    before it in the transport's buffer: how many bytes the socket took (0: none; the
-    caller gives the rest to ``transport.write`` as usual).  A write so sent never passes
-    through the transport's buffer, so it costs no ``epoll_ctl`` pair (start writing,
-    stop writing) and no reactor round (issue 16, lean1).  Anything unusual is left to
-    the transport, as :func:`send_now` leaves it: TLS, a closing or half-closed connection,
-    a paused producer, bytes already buffered, a full socket, or a failed send (the
-    reactor finds the error again on its own write and closes as it always does)."""
-    if type(transport) is not tcp.Server or transport.TLS or type(data) is not bytes:
-        return 0
-    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
-        return 0
-    if transport.producerPaused or transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
-        return 0
-    try:
-        return int(transport.socket.send(data))
-    except OSError:
-        return 0
 
 
 class _HostCache:

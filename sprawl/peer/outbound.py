@@ -10,12 +10,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprawl.direct_send import send_first
 from sprawl.interfaces import Delayed
 from sprawl.peer.frames import (
     CHALLENGE,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 #: to send stops dialling (until a frame or a probe asks again).
 QUIET_AFTER = 8
 
-#: Frames a sender hands straight to its socket (:func:`send_at_once`) within
+#: Frames a sender hands straight to its socket (:func:`send_first`) within
 #: :data:`DIRECT_WINDOW` seconds; later ones in the window go through the
 #: transport's buffer, and with it every frame after them in the same reactor
 #: turn (a direct send needs an empty buffer): a turn that sends a peer
@@ -60,28 +60,6 @@ def no_delay(transport: Any) -> None:
     t = getattr(transport, "transport", None) if not hasattr(transport, "setTcpNoDelay") else transport
     if t is not None and hasattr(t, "setTcpNoDelay"):
         t.setTcpNoDelay(True)
-
-
-def send_at_once(transport: Any, data: bytes) -> int:
-    """Hand a frame's bytes to a plain TCP connection's socket at once, when nothing
-    waits before them in the transport's buffer: how many bytes the socket took (0:
-    none; the caller writes the rest to the transport as usual).  Such a write never
-    passes through the transport's buffer: no ``epoll_ctl`` pair (start writing, stop
-    writing), no reactor poll round and ~90 lines of the reactor's Python a frame
-    (issue 16, qpath43; the HTTP answers' ``send_first`` rule).  Anything unusual is
-    left to the transport: TLS, a closing connection, a paused producer, bytes
-    already buffered, a full socket, or a failed send (the reactor meets the error
-    again on its own write and closes as it always does)."""
-    if type(transport) is not tcp.Client or transport.TLS:
-        return 0
-    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
-        return 0
-    if transport.producerPaused or transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
-        return 0
-    try:
-        return int(transport.socket.send(data))
-    except OSError:
-        return 0
 
 
 @implementer(IPushProducer)
@@ -225,7 +203,7 @@ class Sender:
         #: A probe asked for a connection (a sender with nothing to send otherwise
         #: stops dialling a peer that never answered: see :meth:`_retry`).
         self.wanted = False
-        #: Frames sent straight to the socket (:func:`send_at_once`) in the window
+        #: Frames sent straight to the socket (:func:`send_first`) in the window
         #: that began at ``_direct_since`` (:data:`DIRECT_PER_WINDOW`).
         self._direct = 0
         self._direct_since = float("-inf")
@@ -252,7 +230,7 @@ class Sender:
                 # (at most DIRECT_PER_WINDOW a window: a turn that sends a peer
                 # many frames -- thousands of partitions' under load -- sends the
                 # rest from the transport's buffer, a few send calls, as before)
-                sent = send_at_once(t, data)
+                sent = send_first(t, data)
                 self._direct += sent > 0
             if sent < len(data):
                 t.write(data[sent:] if sent else data)

@@ -439,7 +439,7 @@ async def test_a_turn_of_many_frames_to_one_peer_sends_few_at_once(
 
     clock = [1000.0]
     monkeypatch.setattr(outbound, "_clock", lambda: clock[0])
-    real = outbound.send_at_once
+    real = outbound.send_first
     direct: list[int] = []
 
     def counted(t: Any, data: bytes) -> int:
@@ -448,7 +448,7 @@ async def test_a_turn_of_many_frames_to_one_peer_sends_few_at_once(
             direct.append(n)
         return n
 
-    monkeypatch.setattr(outbound, "send_at_once", counted)
+    monkeypatch.setattr(outbound, "send_first", counted)
     a, b = net.channel("a"), net.channel("b")
     link_peers(a, b, net.listen(b))
     assert a.send("b", RAFT, b"first")
