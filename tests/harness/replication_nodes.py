@@ -43,15 +43,21 @@ class Node:
 
     async def close(self) -> None:
         """Stop the service, the channel, the listener, the broker and its store (once)."""
-        if not self.alive:
-            return
-        self.alive = False
-        self.service.stop()
-        await self.channel.close()
-        await self.port.stopListening()
-        if self.broker is not None:
-            await self.broker.stop()
-            await self.store.close()
+        if self.alive:
+            self.alive = False
+            await stop_parts(self)
+
+
+async def stop_parts(node: Any) -> None:
+    """Stop a test node's replication service, peer channel, listener and -- when it
+    has one -- broker and store, in that order (the nodes here and the shared-tier
+    tests' nodes, which hold the same parts)."""
+    node.service.stop()
+    await node.channel.close()
+    await node.port.stopListening()
+    if node.broker is not None:
+        await node.broker.stop()
+        await node.store.close()
 
 
 @asynccontextmanager

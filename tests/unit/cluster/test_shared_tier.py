@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
 from harness import WAIT, bounded, the_reactor
+from harness.replication_nodes import stop_parts
 from sprawl.cluster.metadata import Metadata
 from sprawl.cluster.shared_tier import ClusterRemoteLog
 from sprawl.config import NodeConfig
@@ -157,12 +158,7 @@ class Node:
             return
         self.alive = False
         self.control.log.members.pop(self.id, None)
-        self.service.stop()
-        await self.channel.close()
-        await self.port.stopListening()
-        if self.broker is not None:
-            await self.broker.stop()
-            await self.store.close()
+        await stop_parts(self)
 
     def log(self) -> Any:
         return self.broker.topics[TOPIC].logs[0]
