@@ -73,7 +73,7 @@ def test_forwards_answered_here_run_no_coroutine(coroutines: list[str]) -> None:
         results.extend(d)
     assert [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
     assert all(r.stored == "quorum" and r.partitions == [0] for r in results)
-    assert e.rpc._pending == {} and e.clock.getDelayedCalls() == []
+    assert e.rpc._pending == {} and e.no_timer_left()
     assert e.router.answered_here == 5 and e.router._shown == {} and e.watching() == 0
     assert coroutines == []
 
@@ -88,7 +88,7 @@ def test_forwards_answered_by_the_leader_run_no_coroutine(coroutines: list[str])
         e.answer(True, {"offsets": [40 + k], "ids": ids, "duplicates": [k == 3], "stored": "quorum"})
         (res,) = d
         assert (res.offsets, res.ids, res.duplicates) == ([40 + k], ids, [k == 3])
-    assert e.router._shown == {} and e.watching() == 0 and e.clock.getDelayedCalls() == []
+    assert e.router._shown == {} and e.watching() == 0 and e.no_timer_left()
     assert coroutines == []
 
 
@@ -116,7 +116,7 @@ def test_an_error_that_is_not_retried_fails_the_publish() -> None:
     d = e.publish()
     e.answer(False, {"code": "payload_too_large", "message": "no", "status": 413})
     assert len(d) == 1 and d[0].value.code == "payload_too_large"
-    assert e.router._shown == {} and e.clock.getDelayedCalls() == []
+    assert e.router._shown == {} and e.no_timer_left()
 
 
 def test_a_quiet_forward_costs_the_entry_two_links(monkeypatch: pytest.MonkeyPatch) -> None:
