@@ -136,3 +136,30 @@ def test_a_quiet_forward_costs_the_entry_two_links(monkeypatch: pytest.MonkeyPat
         e.show(e.log.next_offset)
         assert len(d) == 1
     assert len(links) == 15
+
+
+def test_a_forward_answered_here_forgets_its_call_without_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five quiet forwards answered from the replica: each call to the leader is
+    forgotten (``PeerRPC.drop``) without failing its Deferred -- no cancel and no
+    Failure built (five of each without the change: the cancel's
+    ``CancelledError``, traceback included, for a Deferred nothing waited on);
+    the leader's late answers are dropped, and nothing fires at the deadlines."""
+    from twisted.python import failure
+
+    e = _Entry()
+    cancels = count_calls(monkeypatch, defer.Deferred, "cancel")
+    failures = count_calls(monkeypatch, failure.Failure, "__init__")
+    results, ids = [], []
+    for _ in range(5):
+        d = e.publish()
+        req = e.request()
+        ids.append(req.id)
+        e.replicate(*[r[3] for r in req.body["records"]])
+        e.show(e.log.next_offset)
+        results.extend(d)
+    assert [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
+    assert cancels == [] and failures == []
+    for rid in ids:
+        e.rpc._on_response(e.leader, msgspec.msgpack.encode(_Response(rid, True, {"offsets": [9]})))
+    assert e.rpc.dropped == 5 and [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
+    assert e.no_timer_left() and failures == []
