@@ -71,3 +71,15 @@ def test_a_call_that_raises_is_logged_and_the_rest_run() -> None:
 def test_one_queue_a_clock() -> None:
     a, b = task.Clock(), task.Clock()
     assert turn_end(a) is turn_end(a) and turn_end(a) is not turn_end(b)
+
+
+def test_due_says_whether_a_call_is_armed_for_this_turn() -> None:
+    """``due``: what a caller alone in most turns (a follower's store) reads to
+    join an armed call, or make its own timed call -- no queue -- when none is."""
+    clock = task.Clock()
+    te = TurnEnd(clock)
+    assert te.due is False
+    te.soon(lambda: None)
+    assert te.due is True
+    clock.advance(0)
+    assert te.due is False and clock.getDelayedCalls() == []
