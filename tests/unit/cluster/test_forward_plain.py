@@ -163,3 +163,24 @@ def test_a_forward_answered_here_forgets_its_call_without_a_failure(monkeypatch:
         e.rpc._on_response(e.leader, msgspec.msgpack.encode(_Response(rid, True, {"offsets": [9]})))
     assert e.rpc.dropped == 5 and [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
     assert e.no_timer_left() and failures == []
+
+
+def test_a_quiet_forward_the_leader_does_not_answer_times_out_and_is_retried() -> None:
+    """The leader never answers a quiet forward and the entry's replica never
+    shows its records: the call still fails at ``forward_timeout`` (the RPC's
+    one deadline timer, issue 16, turn44) -- not before -- and the publish is
+    retried, not quiet, and answered by the leader's answer to the retry."""
+    e = _Entry()
+    d = e.publish()
+    first = e.request()
+    assert first.body["quiet"] is True
+    e.clock.advance(e.router.forward_timeout - 0.001)
+    assert d == [] and len(e.frames) == 1
+    e.clock.advance(0.001)  # (the deadline: the call fails, the retries begin)
+    e.clock.advance(0.05)  # (the retry's backoff)
+    again = e.request()
+    assert len(e.frames) == 2 and again.id != first.id and "quiet" not in again.body
+    assert again.body["records"] == first.body["records"] and e.router.retried == 1
+    ids = [r[3] for r in again.body["records"]]
+    e.answer(True, {"offsets": [3], "ids": ids, "duplicates": [False], "stored": "quorum"})
+    assert [r.offsets for r in d] == [[3]] and e.rpc._pending == {}
