@@ -96,6 +96,8 @@ class FakeRPC:
         self.handlers: dict[str, Any] = {}
         self.calls: list[tuple[str, str, Any]] = []
         self.down: set[str] = set()
+        #: The calls forgotten (:meth:`drop`), by id.
+        self.dropped: list[int] = []
 
     @property
     def peers(self) -> list[str]:
@@ -114,6 +116,15 @@ class FakeRPC:
         if peer in self.down:
             return defer.fail(Unavailable(f"peer {peer} cannot be reached now", code="peer_unreachable"))
         return defer.maybeDeferred(self.answer or (lambda *a: None), peer, method, body)
+
+    def start(self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float = 0) -> Any:
+        """As :meth:`call`, with the call's id (its place in ``calls``, from 1) for :meth:`drop`."""
+        d = self.call(peer, method, body, hops=hops, timeout=timeout)
+        return d, len(self.calls)
+
+    def drop(self, rid: int) -> None:
+        """Forget the call ``rid`` (recorded in ``dropped``)."""
+        self.dropped.append(rid)
 
 
 class FakeBroker:

@@ -42,7 +42,7 @@ of the leader's frames at one message a publish.  Every other outcome is
 answered as before: an error, duplicates, or records the entry's copy did not
 hold yet when they were committed and does not acknowledge within
 :data:`QUIET_WAIT` (the leader waits that long for it: issue 16, qlead42).
-The entry node cancels the call once its
+The entry node forgets the call once its
 replica answered; were the high watermark's news lost, the call's timeout
 retries the publish, which the leader answers as the duplicate it is.  An
 older leader ignores ``quiet`` and answers; its answer is dropped.
@@ -184,7 +184,7 @@ class Router:
             ((p, _idx),) = groups.items()
             here = self._publish_leading(topic, p, records, acks, named)
             if here is not None:
-                return here.addCallback(_in_partition, p)
+                return here  # (every answer of it names ``p``: no link to say so)
             here = self._forward_first(topic, p, records, acks, named)
             if here is not None:
                 return here  # (every answer of it names ``p``: no link to say so)
@@ -378,15 +378,15 @@ class Router:
             here, forget = self._when_shown(t, p, [str(x.id) for x in records])
             body["quiet"] = True  # no answer to a success this replica shows (see the module docstring)
         sent = self.reactor.seconds()
-        called = self.rpc.call(leader, "publish", body, hops=hops + 1, timeout=timeout)
+        called, rid = self.rpc.start(leader, "publish", body, hops=hops + 1, timeout=timeout)
         n = len(records)
         if here is None:
             if retry is None:
                 return called.addCallback(self._forward_answered, sent, n, p)
             return called.addCallbacks(self._forward_answered, retry, callbackArgs=(sent, n, p))
         # The leader's answer or this replica's, whichever comes first; what comes
-        # after is dropped (a late failure of the call, its cancel, included).  One
-        # Deferred, no links of its own (issue 16, qlead42).
+        # after is dropped (a late failure of the call included).  One Deferred, no
+        # links of its own (issue 16, qlead42).
         out: defer.Deferred[PublishResult] = defer.Deferred()
         done = [False]
 
@@ -396,7 +396,10 @@ class Router:
             done[0] = True
             forget()
             if which == "here":
-                called.cancel()  # the call is done: forgotten, its timer stopped
+                # The call is done: forgotten without failing its Deferred (a
+                # cancel's Failure, ~22 lines a forward; issue 16, turn44) -- it
+                # never fires, and nothing refers to it once dropped.
+                self.rpc.drop(rid)
                 self.answered_here += 1
                 self._forward_timed(sent, value)
                 res = PublishResult(list(value), [str(x.id) for x in records], [p] * n, [False] * n, "quorum")
@@ -640,19 +643,22 @@ class Router:
         if t is None or not 0 <= p < len(t.logs) or self.sync.is_local(t.name, p):
             return None
         deadline = self.reactor.seconds() + self.route_timeout
+        # (what it answers names ``p`` for every record: ``_publish_replicated``'s
+        # answers name the replica's partition, the retries are named so here --
+        # no ``_in_partition`` link a publish on the leader; issue 16, turn44)
         try:
             d = self._publish_replicated(t, r, records, acks, named)
         except Exception as e:  # (a refusal: retried, or raised, by the loop as its own)
             return defer.ensureDeferred(
                 self._publish_partition(topic, p, records, acks, 0, named, deadline, e)
-            )
+            ).addCallback(_in_partition, p)
 
         def retry(f: Failure) -> Any:
             e = f.value
             if isinstance(e, NotLeader) or (isinstance(e, SprawlError) and e.code in _RETRYABLE):
                 return defer.ensureDeferred(
                     self._publish_partition(topic, p, records, acks, 0, named, deadline, e)
-                )
+                ).addCallback(_in_partition, p)
             return f
 
         return d.addErrback(retry)

@@ -7,6 +7,9 @@ own connection to the caller (connections are one-way).  Bodies are anything
 msgpack carries.  Every call has a deadline; calls to a peer whose connection
 fails are failed at once; the number of calls waiting is bounded; a request
 that has been forwarded ``max_hops`` times is refused (routing loops end).
+The deadlines share one timer, armed for the earliest (issue 16, turn44: a
+timer a call, cancelled once answered, was a timed call built, pushed on the
+reactor's heap and cancelled there for every forwarded publish).
 
 Requests are taken only from peers :attr:`PeerRPC.allow` admits (the node's
 cluster members), and a method registered with a body type gets its body
@@ -18,6 +21,7 @@ answer (and logged) -- the handlers bound what they return.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -103,7 +107,16 @@ class PeerRPC:
         #: Answers replaced by an error because they would not fit a frame.
         self.oversized_answers = 0
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[str, defer.Deferred[Any], Any]] = {}
+        #: The calls in flight: their peer, Deferred and deadline, by id.
+        self._pending: dict[int, tuple[str, defer.Deferred[Any], float]] = {}
+        #: (deadline, id) of the calls, a heap; an answered call's entry stays
+        #: until it reaches the top or the heap is rebuilt (:meth:`start`).
+        self._deadlines: list[tuple[float, int]] = []
+        #: The one timer of the deadlines, and the time it is armed for.
+        self._timer: Any = None
+        self._timer_due = 0.0
+        #: Timers asked of the reactor for the deadlines (tests count them).
+        self.timers = 0
         self.dropped = 0
         channel.handlers[REQUEST] = self._on_request
         channel.handlers[RESPONSE] = self._on_response
@@ -127,42 +140,83 @@ class PeerRPC:
         self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float | None = None
     ) -> defer.Deferred[Any]:
         """Call ``method`` on ``peer``; fires with its answer's body, or fails
-        with :class:`RemoteError`, or 503 ``peer_unreachable`` / ``peer_timeout``."""
-        if len(self._pending) >= self.max_pending:
-            return defer.fail(Overloaded("too many calls to peers in flight", retry_after=1))
+        with :class:`RemoteError`, or 503 ``peer_unreachable`` / ``peer_timeout``.
+        Cancelled, the call is forgotten (a late answer is dropped)."""
+        return self.start(peer, method, body, hops=hops, timeout=timeout)[0]
+
+    def start(
+        self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float | None = None
+    ) -> tuple[defer.Deferred[Any], int]:
+        """As :meth:`call`, with the call's id for :meth:`drop` (0 when the call
+        failed at once)."""
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            return defer.fail(Overloaded("too many calls to peers in flight", retry_after=1)), 0
         rid = next(self._ids)
-        # Cancelled, the call is forgotten: its timer stops, a late answer is dropped.
+        # Cancelled, the call is forgotten: a late answer is dropped.
         d: defer.Deferred[Any] = defer.Deferred(lambda _: self._forget(rid))
         payload = msgspec.msgpack.encode(_Request(rid, method, hops, body))
         if not self.channel.fits(REQUEST, len(payload)):
-            return defer.fail(
-                PayloadTooLarge(
-                    f"a {method} request of {len(payload)} bytes is too large for the peer channel",
-                    code="request_too_large",
-                )
+            too_large = PayloadTooLarge(
+                f"a {method} request of {len(payload)} bytes is too large for the peer channel",
+                code="request_too_large",
             )
+            return defer.fail(too_large), 0
         if not self.channel.send(peer, REQUEST, payload):
-            return defer.fail(Unavailable(f"peer {peer} cannot be reached now", code="peer_unreachable"))
-        timer = self.reactor.callLater(timeout if timeout is not None else self.timeout, self._expire, rid)
-        self._pending[rid] = (peer, d, timer)
-        return d
+            return defer.fail(Unavailable(f"peer {peer} cannot be reached now", code="peer_unreachable")), 0
+        due = self.reactor.seconds() + (timeout if timeout is not None else self.timeout)
+        pending[rid] = (peer, d, due)
+        deadlines = self._deadlines
+        if len(deadlines) > 64 and len(deadlines) > 2 * len(pending):
+            # (mostly answered calls' entries: rebuilt from the calls in flight)
+            deadlines = self._deadlines = [(e[2], i) for i, e in pending.items()]
+            heapq.heapify(deadlines)
+        else:
+            heapq.heappush(deadlines, (due, rid))
+        if self._timer is None or due < self._timer_due:
+            self._arm(due)
+        return d, rid
+
+    def drop(self, rid: int) -> None:
+        """Forget the call ``rid`` (from :meth:`start`) without firing its
+        Deferred: the caller has its outcome from elsewhere and waits no more
+        (issue 16, turn44: a cancel built a ``CancelledError`` Failure, traceback
+        included, to fail a Deferred nothing waited on).  A late answer is
+        dropped; its deadline passes without a word."""
+        self._pending.pop(rid, None)
 
     def _forget(self, rid: int) -> None:
-        entry = self._pending.pop(rid, None)
-        if entry is not None and entry[2].active():
-            entry[2].cancel()
+        self._pending.pop(rid, None)
 
-    def _expire(self, rid: int) -> None:
-        entry = self._pending.pop(rid, None)
-        if entry is not None:
-            entry[1].errback(Unavailable(f"peer {entry[0]} did not answer in time", code="peer_timeout"))
+    def _arm(self, due: float) -> None:
+        """(Re)arm the deadlines' timer for ``due``."""
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.timers += 1
+        self._timer_due = due
+        self._timer = self.reactor.callLater(max(0.0, due - self.reactor.seconds()), self._expire_due)
+
+    def _expire_due(self) -> None:
+        """The deadlines' timer fired: fail the calls due, arm it for the next one in flight."""
+        self._timer = None
+        # (fired for its time: what is due by then is due, whatever the float sums gave)
+        now = max(self.reactor.seconds(), self._timer_due)
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines and deadlines[0][0] <= now:
+            entry = pending.pop(heapq.heappop(deadlines)[1], None)
+            if entry is not None:
+                entry[1].errback(Unavailable(f"peer {entry[0]} did not answer in time", code="peer_timeout"))
+        deadlines = self._deadlines  # (a call an errback above made may have rebuilt it)
+        while deadlines and deadlines[0][1] not in pending:
+            heapq.heappop(deadlines)
+        if deadlines and (self._timer is None or deadlines[0][0] < self._timer_due):
+            self._arm(deadlines[0][0])
 
     def _fail_peer(self, peer: str) -> None:
-        for rid, (p, d, timer) in list(self._pending.items()):
+        for rid, (p, d, _due) in list(self._pending.items()):
             if p == peer:
                 del self._pending[rid]
-                if timer.active():
-                    timer.cancel()
                 d.errback(Unavailable(f"connection to peer {peer} failed", code="peer_unreachable"))
 
     def _on_response(self, peer: str, payload: bytes) -> None:
@@ -176,8 +230,6 @@ class PeerRPC:
             self.dropped += 1  # late (timed out), or not ours
             return
         del self._pending[r.id]
-        if entry[2].active():
-            entry[2].cancel()
         if r.ok:
             entry[1].callback(r.body)
             return
@@ -281,10 +333,12 @@ class PeerRPC:
 
     def close(self) -> None:
         """Fail every call in flight (the node is stopping)."""
-        for rid, (_p, d, timer) in list(self._pending.items()):
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._deadlines = []
+        for rid, (_p, d, _due) in list(self._pending.items()):
             del self._pending[rid]
-            if timer.active():
-                timer.cancel()
             d.errback(Unavailable("node is stopping", code="stopping"))
 
 

@@ -84,6 +84,7 @@ from sprawl.replication.messages import (
 from sprawl.replication.replica import LEADER, NotLeader, Output, Replica, Write
 from sprawl.replication.replica_state import dump_state, load_state
 from sprawl.storage import keys, timeline
+from sprawl.turn_end import TurnEnd, turn_end
 
 if TYPE_CHECKING:
     from sprawl.topics import Topic
@@ -182,8 +183,10 @@ class PartitionReplication:
         #: stored meanwhile (the core is told once for them all).
         self._after_due = False
         self._own_due = False
-        #: Whether the publishes of this turn are yet to be sent (:meth:`publish`).
+        #: Whether the publishes of this turn are yet to be sent (:meth:`publish`),
+        #: and the reactor's end-of-turn queue they are sent from (on first use).
         self._appends_due = False
+        self._turn_end: TurnEnd | None = None
         #: The core's high watermark as of the last issued batch (shown, capped at
         #: what is durable here, whenever a write of this partition becomes durable).
         self._issued_hw = 0
@@ -255,11 +258,15 @@ class PartitionReplication:
             raise Overloaded("too many publishes waiting for replication; retry shortly", retry_after=1)
         # The records leave for the followers at the end of the reactor turn, with
         # every other publish the turn took as one append per follower (issue 16,
-        # quorum36): the frames would leave at the next poll either way.
+        # quorum36): the frames would leave at the next poll either way.  Queued
+        # with the turn's other end-of-turn calls, behind one timed call (turn44).
         first, out = self.core.append(len(records), send=False)
         if not self._appends_due:
             self._appends_due = True
-            self.broker.store.reactor.callLater(0, self._send_appends)
+            te = self._turn_end
+            if te is None:
+                te = self._turn_end = turn_end(self.broker.store.reactor)
+            te.soon(self._send_appends)
         now = self.broker.now_ms()
         for i, r in enumerate(records):
             r.offset = first + i

@@ -59,6 +59,15 @@ class FollowerEntry:
         fns.add(fn)
         return lambda: fns.discard(fn)
 
+    def no_timer_left(self) -> bool:
+        """No call waits and no timer is left once the RPC's deadlines' timer
+        -- armed for a call answered since, which does not disarm it (one
+        timer for every call: issue 16, turn44) -- fires, to nothing."""
+        if self.rpc._pending:
+            return False
+        self.clock.advance(self.rpc.timeout)
+        return self.clock.getDelayedCalls() == []
+
     def watching(self) -> int:
         """How many watchers the router keeps on the replica."""
         return sum(len(s) for s in self.watchers.values())

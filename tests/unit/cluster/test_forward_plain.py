@@ -73,7 +73,7 @@ def test_forwards_answered_here_run_no_coroutine(coroutines: list[str]) -> None:
         results.extend(d)
     assert [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
     assert all(r.stored == "quorum" and r.partitions == [0] for r in results)
-    assert e.rpc._pending == {} and e.clock.getDelayedCalls() == []
+    assert e.rpc._pending == {} and e.no_timer_left()
     assert e.router.answered_here == 5 and e.router._shown == {} and e.watching() == 0
     assert coroutines == []
 
@@ -88,7 +88,7 @@ def test_forwards_answered_by_the_leader_run_no_coroutine(coroutines: list[str])
         e.answer(True, {"offsets": [40 + k], "ids": ids, "duplicates": [k == 3], "stored": "quorum"})
         (res,) = d
         assert (res.offsets, res.ids, res.duplicates) == ([40 + k], ids, [k == 3])
-    assert e.router._shown == {} and e.watching() == 0 and e.clock.getDelayedCalls() == []
+    assert e.router._shown == {} and e.watching() == 0 and e.no_timer_left()
     assert coroutines == []
 
 
@@ -116,7 +116,7 @@ def test_an_error_that_is_not_retried_fails_the_publish() -> None:
     d = e.publish()
     e.answer(False, {"code": "payload_too_large", "message": "no", "status": 413})
     assert len(d) == 1 and d[0].value.code == "payload_too_large"
-    assert e.router._shown == {} and e.clock.getDelayedCalls() == []
+    assert e.router._shown == {} and e.no_timer_left()
 
 
 def test_a_quiet_forward_costs_the_entry_two_links(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,3 +136,51 @@ def test_a_quiet_forward_costs_the_entry_two_links(monkeypatch: pytest.MonkeyPat
         e.show(e.log.next_offset)
         assert len(d) == 1
     assert len(links) == 15
+
+
+def test_a_forward_answered_here_forgets_its_call_without_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five quiet forwards answered from the replica: each call to the leader is
+    forgotten (``PeerRPC.drop``) without failing its Deferred -- no cancel and no
+    Failure built (five of each without the change: the cancel's
+    ``CancelledError``, traceback included, for a Deferred nothing waited on);
+    the leader's late answers are dropped, and nothing fires at the deadlines."""
+    from twisted.python import failure
+
+    e = _Entry()
+    cancels = count_calls(monkeypatch, defer.Deferred, "cancel")
+    failures = count_calls(monkeypatch, failure.Failure, "__init__")
+    results, ids = [], []
+    for _ in range(5):
+        d = e.publish()
+        req = e.request()
+        ids.append(req.id)
+        e.replicate(*[r[3] for r in req.body["records"]])
+        e.show(e.log.next_offset)
+        results.extend(d)
+    assert [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
+    assert cancels == [] and failures == []
+    for rid in ids:
+        e.rpc._on_response(e.leader, msgspec.msgpack.encode(_Response(rid, True, {"offsets": [9]})))
+    assert e.rpc.dropped == 5 and [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
+    assert e.no_timer_left() and failures == []
+
+
+def test_a_quiet_forward_the_leader_does_not_answer_times_out_and_is_retried() -> None:
+    """The leader never answers a quiet forward and the entry's replica never
+    shows its records: the call still fails at ``forward_timeout`` (the RPC's
+    one deadline timer, issue 16, turn44) -- not before -- and the publish is
+    retried, not quiet, and answered by the leader's answer to the retry."""
+    e = _Entry()
+    d = e.publish()
+    first = e.request()
+    assert first.body["quiet"] is True
+    e.clock.advance(e.router.forward_timeout - 0.001)
+    assert d == [] and len(e.frames) == 1
+    e.clock.advance(0.001)  # (the deadline: the call fails, the retries begin)
+    e.clock.advance(0.05)  # (the retry's backoff)
+    again = e.request()
+    assert len(e.frames) == 2 and again.id != first.id and "quiet" not in again.body
+    assert again.body["records"] == first.body["records"] and e.router.retried == 1
+    ids = [r[3] for r in again.body["records"]]
+    e.answer(True, {"offsets": [3], "ids": ids, "duplicates": [False], "stored": "quorum"})
+    assert [r.offsets for r in d] == [[3]] and e.rpc._pending == {}

@@ -203,7 +203,7 @@ def test_the_entry_forgets_its_quiet_call_once_its_replica_answered() -> None:
     assert [r.offsets for r in results] == [[0], [1], [2], [3], [4]]
     assert all(r.stored == "quorum" and r.partitions == [0] for r in results)
     assert e.rpc._pending == {}
-    assert e.clock.getDelayedCalls() == []
+    assert e.no_timer_left()
     assert e.router.answered_here == 5 and e.router._shown == {}
     late = _Response(1, True, {"offsets": [0], "ids": ["x"], "duplicates": [False], "stored": "quorum"})
     e.rpc._on_response("L", msgspec.msgpack.encode(late))

@@ -283,3 +283,27 @@ def test_a_forwarded_publish_costs_the_leader_two_links(monkeypatch: pytest.Monk
     lead.replica.waiting.pop(0)[0].errback(NotLeader("b", 2))
     (refused,) = lead.answers("a")[10:]
     assert refused["code"] == "not_leader" and lead.rpc._serving == {}
+
+
+def test_a_leaders_own_publish_names_its_partition_without_a_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish this node leads is answered with its partition named by the
+    replica's answer itself: no ``_in_partition`` link (issue 16, turn44; one a
+    publish without the change); a publish retried through a lost leadership
+    is still named so, by the retry's link."""
+    from sprawl.cluster import routing
+
+    links = count_calls(monkeypatch, routing, "_in_partition")
+    lead = _Leader()
+    results = []
+    for _ in range(5):
+        d = lead.publish(None, None)
+        lead.replica.commit()
+        results.extend(answered(d))
+    assert links == []
+    assert [r.offsets for r in results] == [[2 * k, 2 * k + 1] for k in range(5)]
+    assert all(r.partitions == [0, 0] for r in results)
+    lead.replica.refuse = NotLeader("b", 2)
+    got = answered(lead.publish(None))
+    lead.clock.advance(0.05)  # (the retry's backoff)
+    lead.replica.commit()
+    assert got and got[0].partitions == [0] and links == ["_in_partition"]
