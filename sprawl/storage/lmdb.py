@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -77,14 +76,6 @@ UNCHECKED_KEY = b"node/unchecked"
 WAL_APPLIED_KEY = b"node/wal_applied"
 
 _DB_INDEX = {name: i for i, name in enumerate(DBS)}
-
-#: Seconds the LMDB writer lets synced write-ahead-log frames gather before it applies
-#: them in one commit (counted from the first frame's sync; off the ack's path): fewer
-#: LMDB commits -- each an ``fdatasync`` competing with the log's on the same disk --
-#: and fewer wake-ups of the writer thread.  Cut short whenever something waits for
-#: LMDB (a read, a non-logged write, a stop: :meth:`LmdbStore._want_applies`), and
-#: bounded in bytes too (``wal_lag_bytes``: past it a write is not logged).
-APPLY_GATHER = 0.003
 
 
 class Then:
@@ -225,10 +216,6 @@ class LmdbStore:
         self._chain_posted = False
         self._wake_applies = False
         self._chain_broken: Exception | None = None
-        #: :data:`APPLY_GATHER` for this store, and what ends a gather early (set by the
-        #: reactor when something waits for LMDB or a non-logged write is posted).
-        self.apply_gather = APPLY_GATHER
-        self._apply_now = threading.Event()
         #: Bytes queued or in flight (log and LMDB) past which a write is not logged
         #: (the broker sets half its backpressure limit).
         self.wal_lag_bytes = TXN_BYTES
@@ -632,18 +619,9 @@ class LmdbStore:
         queue of one-frame commits (bounded: past ``wal_lag_bytes`` not yet in LMDB a write
         is not logged) -- and hand the result back: with the reactor's next turn, not
         waking it, unless someone waits for LMDB (:meth:`_want_applies`) or the commit
-        failed.  The frames first gather up to :attr:`apply_gather` after the first one's
-        sync (issue 16, lazy44), unless something waits for LMDB or another job waits for
-        this thread."""
-        queue = self._chain_queue
-        if self.apply_gather > 0 and queue:
-            # (gather: cleared before the checks, set by the reactor after its flags --
-            # a wait begun after a reader or a write came ends at once)
-            self._apply_now.clear()
-            wait = queue[0][3] + self.apply_gather - time.time()
-            if wait > 0 and not self._wake_applies and not self._writer.has_jobs():
-                self._apply_now.wait(wait)
+        failed."""
         self._chain_posted = False  # (before taking: a frame queued after this posts anew)
+        queue = self._chain_queue
         frames = []
         while queue:
             frames.append(queue.popleft())
@@ -705,7 +683,6 @@ class LmdbStore:
         reads :attr:`_wake_applies` after it hands back, so one of the two wakes it).
         A :meth:`hold` ends: a reader does not wait for it."""
         self._wake_applies = True
-        self._apply_now.set()
         if self._hold_call is not None:
             self._release_hold()
         if self._chained:
@@ -838,7 +815,6 @@ class LmdbStore:
         self._pending_bytes -= nbytes
         # (posted: the writer thread answers each commit itself, :meth:`_commit_run`)
         self._writer.post(self._commit_run, ops, waiters, nbytes, self.reactor.seconds(), direct)
-        self._apply_now.set()
 
     @staticmethod
     def _take(

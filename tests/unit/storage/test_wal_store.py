@@ -512,35 +512,3 @@ async def test_a_segment_is_released_only_once_lmdb_holds_its_frames_durably(tmp
         if gate is not None:
             gate.release.set()
         await s.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_synced_frames_gather_into_one_commit_and_a_read_does_not_wait_for_it(tmp_path: Path) -> None:
-    """Synced frames wait up to ``apply_gather`` for more before LMDB applies them, in
-    one commit (off the ack's path: each write is acked at its frame's sync); a read of
-    LMDB, a non-logged write or a stop ends the wait at once."""
-    path = str(tmp_path / "lmdb")
-    s = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True)
-    s.open()
-    try:
-        s.apply_gather = 2.0
-        commits = s.commits
-        for i in range(5):
-            await s.write(s.put_records(8, 0, recs(i, 1)), wal=True)  # (acked at the sync)
-        assert s.wal_synced == 5
-        await until(lambda: s.wal_applied == 5, "the frames applied", timeout=20.0)
-        assert s.commits == commits + 1, "the frames were not applied in one commit"
-        s.apply_gather = 3600.0
-        await s.write(s.put_records(8, 0, recs(5, 1)), wal=True)
-        read = s.read_records(8, 0, 0, 100, 100)  # (waits for LMDB: not for the hour)
-        await until(lambda: read.called, "the read", timeout=10.0)
-        assert [r.offset for r in read.result] == list(range(6))
-        await s.write(s.put_records(8, 0, recs(6, 1)), wal=True)
-        direct = s.write([("p", "meta", b"direct", b"1")])  # (a non-logged write ends the wait)
-        await until(lambda: direct.called, "the non-logged write", timeout=10.0)
-        assert s.wal_applied == 7
-        await s.write(s.put_records(8, 0, recs(7, 1)), wal=True)
-    finally:
-        closed = s.close()  # (a stop ends the wait)
-        await until(lambda: closed.called, "the stop", timeout=10.0)
-    assert s.wal_applied == 8
