@@ -225,9 +225,9 @@ class Options(usage.Options):
         [
             "wal",
             None,
-            "Ack durable appends (a single node's publishes, a replicated partition's copies) "
-            "after one fsync of a write-ahead log of the node's own (DATA_DIR/lmdb-wal), LMDB "
-            "written after, off the ack's path (the default; env SPRAWL_WAL=1).",
+            "Ack durable publishes to partitions this node holds alone after one fsync of a "
+            "write-ahead log of the node's own (DATA_DIR/lmdb-wal), LMDB written after, off the "
+            "ack's path (the default; env SPRAWL_WAL=1).",
         ],
         [
             "no-wal",

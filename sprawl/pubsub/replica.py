@@ -33,8 +33,7 @@ class ReplicaWrites(Catalog):
         urgent: bool = True,
     ) -> Deferred[None]:
         """Store a leader's batch at its offsets (a follower's write) -- with
-        ``extra_ops`` in the same transaction -- and fire once it is durable (with the
-        write-ahead log on: once its frame is fdatasynced).
+        ``extra_ops`` in the same transaction -- and fire once it is durable.
         ``ValueError`` if the records do not continue the log.  ``urgent``
         false: no ack waits for it (an epoch's control record, issue 23,
         create41) -- it joins a metadata apply's hold instead of ending it."""
@@ -44,15 +43,10 @@ class ReplicaWrites(Catalog):
         ops = self.stage_replicated(topic, partition, records)
         ops.extend(extra_ops)
         cfg = topic.config
-        # Through the write-ahead log when it is on: durable -- and answered, or
-        # counted towards the high watermark -- once its frame is fdatasynced, the
-        # replica state in ``extra_ops`` with it; LMDB applies the frame afterwards,
-        # off the ack's path.  quorum36 logged it and wal37 took it back (LMDB still
-        # synced twice per commit); with the log on LMDB's meta page is no longer
-        # synced per commit, so a group costs two syncs, one on the ack's path
-        # (issue 16, lazy44; docs/architecture.md, "The write-ahead log").  Not
-        # ``urgent`` (an epoch's control record, no ack waits): not logged, it joins a
-        # metadata apply's hold as before.
+        # Not through the write-ahead log: durable -- and answered, or counted
+        # towards the high watermark -- at LMDB's commit.  quorum36 logged it; on
+        # the 3-node path that cost each node's threads ~200 us more CPU a message
+        # (more wake-ups per commit) for no latency won (issue 16, wal37).
         # (urgent: an ack or the high watermark waits for it -- it ends a metadata
         # apply's hold, LmdbStore.hold, rather than wait behind it)
         # (answered by a plain call, LmdbStore.write_then: the stored end moves, then the
@@ -67,7 +61,6 @@ class ReplicaWrites(Catalog):
             cfg.name,
             {partition: records[-1].offset + 1},
             cfg.uid,
-            wal=urgent,
             urgent=urgent,
         )
         return d
@@ -92,9 +85,7 @@ class ReplicaWrites(Catalog):
         cfg = topic.config
         n = sum(r.size for r in records)
         end = {partition: records[-1].offset + 1}
-        self.store.write_then(
-            ops, n, self._replicated_then, then, cfg.name, end, cfg.uid, wal=urgent, urgent=urgent
-        )
+        self.store.write_then(ops, n, self._replicated_then, then, cfg.name, end, cfg.uid, urgent=urgent)
 
     def _replicated_then(
         self,
