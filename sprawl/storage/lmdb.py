@@ -185,20 +185,6 @@ class LmdbStore:
         #: The last frame synced (acked) and the last LMDB holds.
         self.wal_synced = 0
         self.wal_applied = 0
-        #: The last frame LMDB holds durably: applied by a commit whose meta page is on
-        #: disk.  With the log on LMDB is opened ``metasync=False`` (a commit's meta page
-        #: is written without a sync of its own), so the frames of LMDB's newest commit
-        #: are durable only once a later commit's ``fdatasync`` (same file, same writer
-        #: thread, after it) or an explicit ``env.sync(True)`` has run: a segment is
-        #: released up to this seq, never up to :attr:`wal_applied`.  Set on the writer
-        #: thread (:meth:`_commit`), read on the reactor after the commit's hand-back.
-        self.wal_durable = 0
-        #: Writer thread: the frame seq LMDB's newest commit holds.
-        self._lmdb_applied = 0
-        #: Whether LMDB syncs each commit's meta page itself (the log off).
-        self._metasync = not wal
-        #: Explicit ``env.sync(True)`` calls after commits holding non-logged writes.
-        self.meta_syncs = 0
         #: Partition key prefix → the last frame holding records of it.
         self._wal_parts: dict[bytes, int] = {}
         #: LMDB reads waiting for a frame to be applied: (seq, waiter).
@@ -228,9 +214,7 @@ class LmdbStore:
         self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
         self._readers.threadFactory = os_named_thread("sprawl-lmdb-rd")  # (as the OS shows it)
         #: Writes queued for the next commits: (ops, waiter, bytes, weight), in order.
-        #: ``direct``: a write not made through the log while the log is on -- its commit
-        #: syncs LMDB's meta page before its waiter fires (:meth:`_sync_meta`).
-        self._queue: deque[tuple[list[Op], Waiter, int, int, bool]] = deque()
+        self._queue: deque[tuple[list[Op], Waiter, int, int]] = deque()
         self._pending_bytes = 0
         self._scheduled = False
         self._in_flight = False
@@ -268,11 +252,7 @@ class LmdbStore:
             map_size=self.map_size,
             max_dbs=len(DBS) + 2,
             sync=True,
-            # (the log on: a commit's meta page without a sync of its own -- only LMDB's
-            # last commit can be undone by a power loss, and the log still holds its
-            # frames; every commit holding a non-logged write is synced explicitly before
-            # its waiters fire, :meth:`_commit`)
-            metasync=self._metasync,
+            metasync=True,
             readahead=False,
             max_readers=64,
         )
@@ -293,7 +273,6 @@ class LmdbStore:
             return
         raw = self.get("meta", WAL_APPLIED_KEY)
         applied = int.from_bytes(raw, "big") if raw else 0
-        self._lmdb_applied = self.wal_durable = applied
         wal = WriteAheadLog(self.wal_path, segment_bytes=self.wal_segment_bytes)
         ops: list[Op] = []
         nbytes = frames = 0
@@ -308,7 +287,6 @@ class LmdbStore:
                 ops, nbytes = [], 0
         if ops:
             self._commit(ops)
-        self._sync_meta()  # (LMDB's last commit durable before a segment is released)
         if frames:
             log.info(
                 "write-ahead log: applied {n} frame(s) LMDB did not hold, up to seq {seq}",
@@ -345,7 +323,6 @@ class LmdbStore:
             )
         # At open, before the writer thread exists: nothing else writes yet.
         self._commit([("p", "meta", UNCHECKED_KEY, encode_unchecked(self.unchecked))])
-        self._sync_meta()
 
     def unchecked_below(self, uid: int, partition: int) -> int:
         """Records of the partition below this offset may lack a checksum."""
@@ -366,10 +343,6 @@ class LmdbStore:
             if self.wal is not None:
                 self.wal.close()
             if self.env is not None:
-                if not self._metasync:
-                    # (a clean stop leaves LMDB's last commit durable too)
-                    self.env.sync(True)
-                    self.wal_durable = self._lmdb_applied
                 self.env.close()
                 self.env = None
             d.callback(None)
@@ -454,7 +427,7 @@ class LmdbStore:
                 return
         else:
             self._pending_bytes += nbytes
-        self._queue.append((ops, waiter, nbytes, write_weight(ops, nbytes), self.wal is not None))
+        self._queue.append((ops, waiter, nbytes, write_weight(ops, nbytes)))
         self._schedule()
 
     def _direct_then(self, result: Failure | None, then: Then) -> None:
@@ -490,7 +463,7 @@ class LmdbStore:
         moved = False
         while queue and not queue[0][4]:
             w_ops, w_d, w_bytes, w_weight, _logged, _made = queue.popleft()
-            self._queue.append((w_ops, w_d, w_bytes, w_weight, True))
+            self._queue.append((w_ops, w_d, w_bytes, w_weight))
             moved = True
         if moved:
             self._schedule()
@@ -545,7 +518,7 @@ class LmdbStore:
                     w_ops = [*w_ops, _applied_op(seq)]
                     applied.addCallback(self._frame_applied, seq)
                 applied.addErrback(self._apply_failed)
-                self._queue.append((w_ops, applied, w_bytes, w_weight, False))
+                self._queue.append((w_ops, applied, w_bytes, w_weight))
             if held or made > self._direct_done:
                 # (a non-logged write made before it is not on disk yet)
                 held.append((w_d, made))
@@ -713,28 +686,21 @@ class LmdbStore:
 
     def _frame_applied(self, _: object, seq: int) -> None:
         self.wal_applied = max(self.wal_applied, seq)
-        self._maybe_release()
+        wal = self.wal
+        if wal is None or self._releasing:
+            return
+        segs = wal.segments
+        if len(segs) > 1 and segs[1] - 1 <= self.wal_applied:
+            # Segments LMDB holds wholly are dropped on the log's thread, between
+            # appends (not inside one: an unlink and a directory sync).
+            self._releasing = True
+            self._wal_thread.submit(wal.release, self.wal_applied).addBoth(self._released)
         waits = self._read_waits
         if waits:
             self._read_waits = [(s, d) for s, d in waits if s > self.wal_applied]
             for s, d in waits:
                 if s <= self.wal_applied:
                     d.callback(None)
-
-    def _maybe_release(self) -> None:
-        """Drop the segments LMDB holds wholly *and durably* (:attr:`wal_durable`, not
-        :attr:`wal_applied`: LMDB's newest commit may be undone by a power loss, and the
-        log must still hold its frames then)."""
-        wal = self.wal
-        if wal is None or self._releasing:
-            return
-        segs = wal.segments
-        durable = self.wal_durable
-        if len(segs) > 1 and segs[1] - 1 <= durable:
-            # Segments LMDB holds wholly are dropped on the log's thread, between
-            # appends (not inside one: an unlink and a directory sync).
-            self._releasing = True
-            self._wal_thread.submit(wal.release, durable).addBoth(self._released)
 
     def _released(self, result: object) -> None:
         self._releasing = False
@@ -809,38 +775,32 @@ class LmdbStore:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
             return
-        ops, waiters, nbytes, direct = self._take(queue, len(queue))
+        ops, waiters, nbytes = self._take(queue, len(queue))
         self._in_flight = True
         self._in_flight_bytes = nbytes
         self._pending_bytes -= nbytes
         # (posted: the writer thread answers each commit itself, :meth:`_commit_run`)
-        self._writer.post(self._commit_run, ops, waiters, nbytes, self.reactor.seconds(), direct)
+        self._writer.post(self._commit_run, ops, waiters, nbytes, self.reactor.seconds())
 
     @staticmethod
     def _take(
-        queue: deque[tuple[list[Op], Waiter, int, int, bool]], most: int
-    ) -> tuple[list[Op], list[Waiter], int, bool]:
+        queue: deque[tuple[list[Op], Waiter, int, int]], most: int
+    ) -> tuple[list[Op], list[Waiter], int]:
         """The queue's first whole writes -- at most ``most`` of them, at least one --
-        up to :data:`TXN_BYTES` of weight: their ops, waiters and bytes, and whether one
-        of them is a non-logged write made while the log is on (its commit syncs the
-        meta page, :meth:`_sync_meta`)."""
+        up to :data:`TXN_BYTES` of weight: their ops, waiters and bytes."""
         ops: list[Op] = []
         waiters: list[Waiter] = []
         nbytes = weight = 0
-        direct = False
         while most > 0 and queue and (not waiters or weight + queue[0][3] <= TXN_BYTES):
-            w_ops, w_d, w_bytes, w_weight, w_direct = queue.popleft()
+            w_ops, w_d, w_bytes, w_weight = queue.popleft()
             ops.extend(w_ops)
             waiters.append(w_d)
             nbytes += w_bytes
             weight += w_weight
-            direct = direct or w_direct
             most -= 1
-        return ops, waiters, nbytes, direct
+        return ops, waiters, nbytes
 
-    def _commit_run(
-        self, ops: list[Op], waiters: list[Waiter], nbytes: int, started: float, direct: bool = False
-    ) -> None:
+    def _commit_run(self, ops: list[Op], waiters: list[Waiter], nbytes: int, started: float) -> None:
         """Writer thread: commit ``ops``, hand the commit back to the reactor
         (:meth:`_committed`) and -- while writes queued meanwhile wait for the next
         commit and no other job waits for the thread -- take them and commit them too,
@@ -869,10 +829,6 @@ class LmdbStore:
                     self._commit(ops)
                 else:
                     result = self._commit_timed(ops)
-                if direct:
-                    # (a write not made through the log: what its waiter is told --
-                    # on disk -- must survive a power loss, LMDB's meta page too)
-                    self._sync_meta()
             except BaseException:
                 f = Failure()
             seen = len(queue)
@@ -885,7 +841,7 @@ class LmdbStore:
             ):
                 nxt = self._take(queue, seen)
                 call(self._committed, ops, waiters, nbytes, started, result, f, nxt[2])
-                ops, waiters, nbytes, direct = nxt
+                ops, waiters, nbytes = nxt
                 started = self.reactor.seconds()
                 continue
             call(self._committed, ops, waiters, nbytes, started, result, f, -1)
@@ -921,8 +877,6 @@ class LmdbStore:
             tl.commit(started, began, body, synced, self.reactor.seconds(), len(ops))
         if self._used_call is None and not isinstance(result, Exception):
             self._used_call = self.reactor.callLater(USED_EVERY, self._measure_later)
-        if self.wal is not None:
-            self._maybe_release()  # (this commit made the frames before it durable)
         if isinstance(result, Exception):
             # A failed commit poisons the store: later batches must not
             # commit past a gap, so everything queued fails too and the
@@ -992,7 +946,6 @@ class LmdbStore:
         dbs = self.dbs
         if times is not None:
             times.append(time.time())
-        seq = b""
         try:
             with env.begin(write=True) as txn:
                 for op in ops:
@@ -1001,8 +954,6 @@ class LmdbStore:
                         txn.cursor(db=dbs[op[1]]).putmulti(op[2])
                     elif kind == "p":
                         txn.put(op[2], op[3], db=dbs[op[1]])
-                        if op[2] == WAL_APPLIED_KEY:
-                            seq = op[3]
                     elif kind == "d":
                         txn.delete(op[2], db=dbs[op[1]])
                     elif kind == "r":
@@ -1013,23 +964,6 @@ class LmdbStore:
                     times.append(time.time())
         except lmdb.MapFullError:
             raise StorageFull("LMDB map is full") from None
-        if seq:
-            # This commit put something, so it ``fdatasync``ed the data file after the
-            # meta page of the commit before it was written there: every frame that one
-            # held is durable now; this commit's own frames once a later sync runs.
-            self.wal_durable = self._lmdb_applied
-            self._lmdb_applied = int.from_bytes(seq, "big")
-
-    def _sync_meta(self) -> None:
-        """Writer thread (or open/close): make LMDB's last commit durable, its meta page
-        included -- ``env.sync(True)`` when LMDB is opened ``metasync=False`` (the log
-        on); every frame LMDB holds is then durable (:attr:`wal_durable`)."""
-        env = self.env
-        assert env is not None
-        if not self._metasync:
-            env.sync(True)
-            self.meta_syncs += 1
-        self.wal_durable = self._lmdb_applied
 
     @staticmethod
     def _delete_range(txn: Any, db: Any, start: bytes, end: bytes) -> None:

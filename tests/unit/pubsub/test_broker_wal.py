@@ -103,12 +103,10 @@ async def test_an_evicted_tail_is_read_whole_once_lmdb_has_it(wal_nodes: Callabl
 async def test_a_replicas_append_stays_on_lmdbs_commit(wal_nodes: Callable[..., WalNode]) -> None:
     """A replica's append (a follower's copy of its leader's records, or a leader's own)
     does not go through the log even with the log on (issue 16, wal37: on the 3-node
-    path the log cost each node's threads ~200 us more CPU a message; lazy44 measured
-    it again with LMDB's meta page unsynced: +55-60 us, p50 +0.55-0.9 ms): it is
-    durable when LMDB's commit is -- its meta page synced too -- so with LMDB's commits
-    held its Deferred has not fired, and no frame is written for it.  A truncation
-    made after it is applied after it, so a restart finds the log as truncated, with
-    the records before the cut."""
+    path the log cost each node's threads ~200 us more CPU a message): it is durable
+    when LMDB's commit is -- with LMDB's commits held its Deferred has not fired, and
+    no frame is written for it.  A truncation made after it is applied after it, so a
+    restart finds the log as truncated, with the records before the cut."""
     n = wal_nodes()
     t = (await n.broker.put_topic("rep", {}))[0]
     lg = t.logs[0]
