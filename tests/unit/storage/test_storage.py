@@ -543,3 +543,36 @@ async def test_a_commit_comes_back_without_a_deferred(
         assert [r.offset for r in s.read_records_sync(5, 0, 0, 100, 100)] == list(range(20))
     finally:
         await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_joins_the_calls_held_for_the_turns_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write made in a turn whose end already holds a call (a leader's appends to its
+    followers, queued by ``publish``) hands its commit over with that call -- no timed
+    call of its own; a write alone in its turn (a follower's) asks the reactor itself,
+    without the queue. Both are committed and fire, in order (issue 16, turn44)."""
+    from sprawl.turn_end import turn_end
+
+    r = the_reactor()
+    s = LmdbStore(str(tmp_path / "lmdb"), reactor=r, map_size=64 * 1024**2)
+    s.open()
+    monkeypatch.setattr(s, "_measure_later", lambda: None)  # (the use measure's timer aside)
+    timers = count_calls(monkeypatch, r, "callLater")
+    ran: list[str] = []
+    try:
+        q = turn_end(r)
+        q.soon(ran.append, "appends")  # (the leader's appends, held for the turn's end)
+        armed = len(timers)
+        d = s.write(s.put_records(5, 0, recs(0, 1)))
+        assert len(timers) == armed  # (joined the held call: no timed call of its own)
+        await d
+        assert ran == ["appends"]
+        before = len(timers)
+        d = s.write(s.put_records(5, 0, recs(1, 1)))  # (alone in its turn)
+        assert len(timers) == before + 1 and not q.due
+        await d
+        assert [x.offset for x in s.read_records_sync(5, 0, 0, 100, 100)] == [0, 1]
+    finally:
+        await s.close()
