@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from harness import the_reactor, until
 from sprawl.log.record import Record
 from sprawl.storage import keys
-from sprawl.storage.lmdb import DBS, WAL_APPLIED_KEY, LmdbStore
-from sprawl.storage.wal import WriteAheadLog
+from sprawl.storage.lmdb import DBS, RLOG_APPLIED_KEY, WAL_APPLIED_KEY, LmdbStore
+from sprawl.storage.wal import WriteAheadLog, segment_name
 from sprawl.storage.wal_format import encode_body
 
 
@@ -415,3 +415,176 @@ async def test_write_then_is_called_where_the_writes_deferred_would_fire(store: 
     store.write_then(store.put_records(9, 0, recs(3, 1)), 0, failed.append, wal=True)
     assert len(failed) == 1 and failed[0].check(OSError)
     store.failed = None
+
+
+class SyncRecorder:
+    """The store's LMDB environment, recording each ``sync`` call (from any thread) in
+    ``events``; everything else is the environment's."""
+
+    def __init__(self, env: Any, events: list[str]) -> None:
+        self.real = env
+        self.events = events
+
+    def sync(self, force: bool = False) -> None:
+        self.real.sync(force)
+        self.events.append("sync")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lmdb_syncs_its_meta_page_itself_only_with_the_log_off(tmp_path: Path) -> None:
+    """With the log on LMDB is opened ``metasync=False`` (issue 16, lazy44); with
+    ``--no-wal`` it keeps ``metasync=True`` and nothing changes."""
+    on = LmdbStore(str(tmp_path / "on"), reactor=the_reactor(), map_size=64 * 1024**2, wal=True)
+    off = LmdbStore(str(tmp_path / "off"), reactor=the_reactor(), map_size=64 * 1024**2)
+    on.open()
+    off.open()
+    try:
+        assert on.env is not None and off.env is not None
+        assert on.env.flags()["metasync"] is False
+        assert off.env.flags()["metasync"] is True
+    finally:
+        await on.close()
+        await off.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_non_logged_writes_waiter_fires_only_after_the_meta_sync(store: LmdbStore) -> None:
+    """LMDB's meta page is not synced per commit with the log on, so a write not made
+    through the log (a group's offsets, a fence, a truncation, Raft...) is synced
+    explicitly -- ``env.sync(True)`` -- before its waiter is told it is on disk, by
+    ``write`` and ``write_then`` alike; a logged write's apply is not (its frame is
+    in the log), and a clean stop syncs."""
+    events: list[str] = []
+    store.env = SyncRecorder(store.env, events)
+    for i in range(3):
+        await store.write(store.put_records(4, 0, recs(i, 1)), wal=True)
+    await until(lambda: store.wal_applied == 3, "the frames applied")
+    assert events == [], "a logged write's apply synced LMDB's meta page"
+    d = store.write([("p", "meta", b"group/offset", b"7")])
+    d.addCallback(lambda _: events.append("fired"))
+    await d
+    assert events == ["sync", "fired"]
+    assert store.wal_durable == 3  # (the sync made every frame LMDB holds durable)
+    got: list[Any] = []
+    store.write_then([("d", "meta", b"group/offset")], 0, lambda f: got.append((f, list(events))))
+    await until(lambda: bool(got), "the plain call")
+    assert got == [(None, ["sync", "fired", "sync"])]
+    await store.write(store.put_records(4, 0, recs(3, 1)), wal=True)
+    await until(lambda: store.wal_applied == 4, "the frame applied")
+    assert store.wal_durable == 3 and events.count("sync") == 2
+    await store.close()
+    assert events.count("sync") == 3 and store.wal_durable == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_segment_is_released_only_once_lmdb_holds_its_frames_durably(tmp_path: Path) -> None:
+    """A log segment is deleted once every frame in it is applied by a commit whose
+    meta page is durable -- a later commit synced after it -- not merely applied: a
+    power loss may undo LMDB's newest commit (``metasync=False``) and the log must
+    still hold its frames then.  (Each frame here fills a segment of its own.)"""
+    path = str(tmp_path / "lmdb")
+    s = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True, wal_segment_bytes=64)
+    s.open()
+    seg = Path(path + "-wal")
+    gate: LmdbGate | None = None
+    try:
+        for i in range(2):
+            await s.write(s.put_records(6, 0, recs(i, 1)), wal=True)
+            await until(lambda n=i + 1: s.wal_applied == n, "the frame applied")
+        await until(lambda: not (seg / segment_name(1)).exists(), "segment 1 released")
+        assert s.wal_applied == 2 and s.wal_durable == 1
+        gate = LmdbGate(s)
+        await s.write(s.put_records(6, 0, recs(2, 1)), wal=True)  # (frame 3: a new segment)
+        await gate.entered  # (its apply held: frame 2 is applied, not durable)
+        assert s.wal is not None and s.wal.segments == [2, 3]
+        s._maybe_release()
+        await until(lambda: not s._releasing, "a release round")
+        assert (seg / segment_name(2)).exists(), "a segment LMDB holds but not durably was released"
+        gate.release.set()
+        await until(lambda: s.wal_applied == 3, "frame 3 applied")
+        assert s.wal_durable == 2
+        await until(lambda: not (seg / segment_name(2)).exists(), "segment 2 released")
+        assert (seg / segment_name(3)).exists()
+    finally:
+        if gate is not None:
+            gate.release.set()
+        await s.close()
+
+
+def r_applied(store: LmdbStore) -> int:
+    """The rlog frame seq LMDB says it holds."""
+    raw = store.get("meta", RLOG_APPLIED_KEY)
+    return int.from_bytes(raw, "big") if raw else 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_write_is_acked_after_its_rlog_frames_sync_and_before_lmdbs_commit(
+    store: LmdbStore,
+) -> None:
+    """A replicated partition's append (``replica=True``, the log on) is made durable by
+    the LMDB writer thread itself (issue 16, inwriter44): one frame of its own log,
+    fdatasynced, and the waiter fires then -- while that thread is still held inside
+    the LMDB commit of the same ops; no frame of the other log's thread; LMDB then holds
+    the records and the frame's seq (its applied key), in that commit."""
+    assert store.rlog is not None
+    appends: list[int] = []
+    orig = store.rlog.append
+
+    def append(body: bytes) -> int:
+        seq = orig(body)
+        appends.append(seq)
+        return seq
+
+    store.rlog.append = append  # type: ignore[method-assign]
+    gate = LmdbGate(store)
+    try:
+        fired: list[Any] = []
+        store.write_then(store.put_records(8, 0, recs(0, 3)), 30, fired.append, replica=True, urgent=True)
+        await gate.entered  # (the writer is inside LMDB's commit of those ops)
+        await until(lambda: bool(fired), "the replica write's ack")
+        assert fired == [None] and appends == [1], "acked before its frame's sync"
+        assert store.read_records_sync(8, 0, 0, 10, 3) == [] and r_applied(store) == 0
+        assert store.wal_synced == 0  # (nothing on the log thread's log)
+        reading = store.read_records(8, 0, 0, 10, 3)  # (waits for LMDB: it is not there yet)
+    finally:
+        gate.release.set()
+    assert [r.offset for r in await reading] == [0, 1, 2]
+    await until(lambda: r_applied(store) == 1, "the frame applied")
+    assert store.rlog_frames == 1 and store.commits >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_rlog_segment_is_released_only_below_the_durable_point(tmp_path: Path) -> None:
+    """The writer's own log drops a segment only once LMDB holds every frame of it
+    durably -- a later commit's ``fdatasync`` after it -- not merely applied: with frame
+    3's commit held, frame 2 is applied but its commit's meta page is not synced, and
+    its segment stays.  (Each frame fills a segment of its own here.)"""
+    path = str(tmp_path / "lmdb")
+    s = LmdbStore(path, reactor=the_reactor(), map_size=64 * 1024**2, wal=True, wal_segment_bytes=64)
+    s.open()
+    seg = Path(path + "-wal-r")
+    gate: LmdbGate | None = None
+    try:
+        for i in range(2):
+            await s.write(s.put_records(6, 0, recs(i, 1)), replica=True)
+            await until(lambda n=i + 1: r_applied(s) == n, "the frame applied")
+        assert s.rlog is not None and s.rlog.segments == [2]
+        assert s.rlog_durable == 1 and (seg / segment_name(2)).exists()
+        gate = LmdbGate(s)
+        await s.write(s.put_records(6, 0, recs(2, 1)), replica=True)  # (acked: frame 3 synced)
+        await gate.entered  # (its commit held: frame 2 applied, not durable)
+        assert s.rlog.segments == [2, 3]
+        s._rlog_release()  # (what the writer would do here)
+        assert (seg / segment_name(2)).exists(), "a segment LMDB holds but not durably was released"
+        gate.release.set()
+        await until(lambda: r_applied(s) == 3, "frame 3 applied")
+        await until(lambda: not (seg / segment_name(2)).exists(), "segment 2 released")
+        assert s.rlog_durable == 2 and (seg / segment_name(3)).exists()
+    finally:
+        if gate is not None:
+            gate.release.set()
+        await s.close()
+    assert s.rlog_durable == 3  # (a clean stop syncs)
