@@ -542,10 +542,16 @@ async def test_a_replica_write_is_acked_after_its_rlog_frames_sync_and_before_lm
     gate = LmdbGate(store)
     try:
         fired: list[Any] = []
-        store.write_then(store.put_records(8, 0, recs(0, 3)), 30, fired.append, replica=True, urgent=True)
+        store.write_then(
+            store.put_records(8, 0, recs(0, 3)),
+            30,
+            lambda f: fired.append((f, list(appends))),  # (the frames synced when it fires)
+            replica=True,
+            urgent=True,
+        )
         await gate.entered  # (the writer is inside LMDB's commit of those ops)
         await until(lambda: bool(fired), "the replica write's ack")
-        assert fired == [None] and appends == [1], "acked before its frame's sync"
+        assert fired == [(None, [1])], "acked before its frame's sync"
         assert store.read_records_sync(8, 0, 0, 10, 3) == [] and r_applied(store) == 0
         assert store.wal_synced == 0  # (nothing on the log thread's log)
         reading = store.read_records(8, 0, 0, 10, 3)  # (waits for LMDB: it is not there yet)
