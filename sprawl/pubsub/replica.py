@@ -43,15 +43,10 @@ class ReplicaWrites(Catalog):
         ops = self.stage_replicated(topic, partition, records)
         ops.extend(extra_ops)
         cfg = topic.config
-        # Not through the write-ahead log's thread (quorum36 logged it there; the
-        # extra thread hop cost each node's threads ~60-200 us more CPU a message for
-        # no latency won, issue 16, wal37 and lazy44): with the log on, the LMDB
-        # writer thread itself puts the group in a frame of its own log, fdatasyncs it
-        # and hands the acks back -- durable, and answered or counted towards the high
-        # watermark, there -- then commits it to LMDB off the ack's path (``replica``,
-        # LmdbStore._rlog_run; issue 16, inwriter44).  With ``--no-wal``: at LMDB's
-        # commit.  Not ``urgent`` (no ack waits): as before, on LMDB's commit, joining
-        # a metadata apply's hold.
+        # Not through the write-ahead log: durable -- and answered, or counted
+        # towards the high watermark -- at LMDB's commit.  quorum36 logged it; on
+        # the 3-node path that cost each node's threads ~200 us more CPU a message
+        # (more wake-ups per commit) for no latency won (issue 16, wal37).
         # (urgent: an ack or the high watermark waits for it -- it ends a metadata
         # apply's hold, LmdbStore.hold, rather than wait behind it)
         # (answered by a plain call, LmdbStore.write_then: the stored end moves, then the
@@ -67,7 +62,6 @@ class ReplicaWrites(Catalog):
             {partition: records[-1].offset + 1},
             cfg.uid,
             urgent=urgent,
-            replica=urgent,
         )
         return d
 
@@ -91,9 +85,7 @@ class ReplicaWrites(Catalog):
         cfg = topic.config
         n = sum(r.size for r in records)
         end = {partition: records[-1].offset + 1}
-        self.store.write_then(
-            ops, n, self._replicated_then, then, cfg.name, end, cfg.uid, urgent=urgent, replica=urgent
-        )
+        self.store.write_then(ops, n, self._replicated_then, then, cfg.name, end, cfg.uid, urgent=urgent)
 
     def _replicated_then(
         self,

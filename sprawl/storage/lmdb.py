@@ -76,16 +76,6 @@ UNCHECKED_KEY = b"node/unchecked"
 #: put by the transaction that applies it (docs/architecture.md, "The write-ahead log").
 WAL_APPLIED_KEY = b"node/wal_applied"
 
-#: ``meta`` key: the seq of the last frame of the LMDB writer's own log (a replicated
-#: partition's appends, :attr:`LmdbStore.rlog`) LMDB holds, put by the transaction that
-#: applies it (docs/architecture.md, "The write-ahead log").
-RLOG_APPLIED_KEY = b"node/wal_r_applied"
-
-#: A queued LMDB write's kind: a logged frame's apply (already durable in a log), a
-#: write made without a log (with the log on: its commit syncs LMDB's meta page before
-#: its waiter fires), a write logged by the LMDB writer itself (:attr:`LmdbStore.rlog`).
-APPLY, DIRECT, RLOGGED = 0, 1, 2
-
 _DB_INDEX = {name: i for i, name in enumerate(DBS)}
 
 
@@ -125,13 +115,13 @@ class Then:
 Waiter = Deferred[None] | Then
 
 #: A write waiting for the log: (ops, waiter, bytes, weight, logged, non-logged writes
-#: made before it, its kind once it goes to LMDB's queue).
-_WalWrite = tuple[list[Op], Waiter, int, int, bool, int, int]
+#: made before it).
+_WalWrite = tuple[list[Op], Waiter, int, int, bool, int]
 _NO_FRAME: tuple[list[_WalWrite], bool, float] = ([], False, 0.0)
 
 
-def _applied_op(seq: int, key: bytes = WAL_APPLIED_KEY) -> Op:
-    return ("p", "meta", key, seq.to_bytes(8, "big"))
+def _applied_op(seq: int) -> Op:
+    return ("p", "meta", WAL_APPLIED_KEY, seq.to_bytes(8, "big"))
 
 
 #: The most of the queued writes' weight (:func:`write_weight`) one
@@ -196,40 +186,6 @@ class LmdbStore:
         #: The last frame synced (acked) and the last LMDB holds.
         self.wal_synced = 0
         self.wal_applied = 0
-        #: The last frame LMDB holds durably: applied by a commit whose meta page is on
-        #: disk.  With the log on LMDB is opened ``metasync=False`` (a commit's meta page
-        #: is written without a sync of its own), so the frames of LMDB's newest commit
-        #: are durable only once a later commit's ``fdatasync`` (same file, same writer
-        #: thread, after it) or an explicit ``env.sync(True)`` has run: a segment is
-        #: released up to this seq, never up to :attr:`wal_applied`.  Set on the writer
-        #: thread (:meth:`_commit`), read on the reactor after the commit's hand-back.
-        self.wal_durable = 0
-        #: Writer thread: the frame seq LMDB's newest commit holds.
-        self._lmdb_applied = 0
-        #: Whether LMDB syncs each commit's meta page itself (the log off).
-        self._metasync = not wal
-        #: Explicit ``env.sync(True)`` calls after commits holding non-logged writes.
-        self.meta_syncs = 0
-        #: The LMDB writer's own log (``path + "-wal-r"``, the log on): a replicated
-        #: partition's appends (:meth:`write` with ``replica=True``) are made durable by
-        #: the writer thread itself -- one frame a commit run, fdatasynced, the acks handed
-        #: back, then the same ops committed to LMDB (:meth:`_commit_run`).  Only that
-        #: thread appends to it (and ``open``/``close``, when the thread is not running).
-        self.rlog_path = path + "-wal-r"
-        self.rlog: WriteAheadLog | None = None
-        #: Writer thread: the rlog frame LMDB's newest commit holds, and the last one LMDB
-        #: holds durably (segments are released up to it, on that thread).
-        self._lmdb_r_applied = 0
-        self.rlog_durable = 0
-        #: Reactor: rlog frames acked, and applied to LMDB (handed back quietly).
-        self._r_acked = 0
-        self._r_done = 0
-        #: Partition key prefix → the rlog run (``_r_acked`` count) holding records of it.
-        self._r_parts: dict[bytes, int] = {}
-        #: LMDB reads waiting for an rlog run to be applied: (run, waiter).
-        self._r_waits: list[tuple[int, Deferred[None]]] = []
-        #: rlog frames written (one per commit run of replicated appends).
-        self.rlog_frames = 0
         #: Partition key prefix → the last frame holding records of it.
         self._wal_parts: dict[bytes, int] = {}
         #: LMDB reads waiting for a frame to be applied: (seq, waiter).
@@ -262,10 +218,7 @@ class LmdbStore:
         self._readers = ThreadPool(minthreads=1, maxthreads=2, name="sprawl-lmdb-reader")
         self._readers.threadFactory = os_named_thread("sprawl-lmdb-rd")  # (as the OS shows it)
         #: Writes queued for the next commits: (ops, waiter, bytes, weight), in order.
-        #: The kind (:data:`APPLY`, :data:`DIRECT`, :data:`RLOGGED`): a :data:`DIRECT`
-        #: write's commit syncs LMDB's meta page before its waiter fires
-        #: (:meth:`_sync_meta`); :data:`RLOGGED` writes commit apart (:meth:`_rlog_run`).
-        self._queue: deque[tuple[list[Op], Waiter, int, int, int]] = deque()
+        self._queue: deque[tuple[list[Op], Waiter, int, int]] = deque()
         self._pending_bytes = 0
         self._scheduled = False
         self._in_flight = False
@@ -303,18 +256,13 @@ class LmdbStore:
             map_size=self.map_size,
             max_dbs=len(DBS) + 2,
             sync=True,
-            # (the log on: a commit's meta page without a sync of its own -- only LMDB's
-            # last commit can be undone by a power loss, and the log still holds its
-            # frames; every commit holding a non-logged write is synced explicitly before
-            # its waiters fire, :meth:`_commit`)
-            metasync=self._metasync,
+            metasync=True,
             readahead=False,
             max_readers=64,
         )
         for name in DBS:
             self.dbs[name] = self.env.open_db(name.encode())
         self._recover_wal()
-        self._recover_rlog()
         self._load_unchecked()
         self._update_used()
         self._writer.start()
@@ -325,36 +273,16 @@ class LmdbStore:
     def _recover_wal(self) -> None:
         """Apply the log's frames LMDB does not hold yet (before anything reads LMDB),
         then keep the log open for appends (``wal=True``) or remove it."""
-        wal, applied = self._replay(self.wal_path, WAL_APPLIED_KEY)
-        if wal is not None:
-            self.wal_synced = self.wal_applied = applied
-            self.wal = wal
-
-    def _recover_rlog(self) -> None:
-        """The same for the LMDB writer's own log (:attr:`rlog`), after the other log: a
-        partition's records are written through one of the two only (a replicated
-        partition's through this one), and a frame of this log is applied right after
-        its sync, before anything else commits."""
-        rlog, _applied = self._replay(self.rlog_path, RLOG_APPLIED_KEY)
-        self.rlog = rlog
-
-    def _replay(self, path: str, key: bytes) -> tuple[WriteAheadLog | None, int]:
-        """Apply the frames of the log in ``path`` past LMDB's ``key`` (the last applied
-        seq) and sync LMDB; the log open for appends (``wal=True``) or removed."""
-        if not self.wal_enabled and not os.path.isdir(path):
-            return None, 0
-        raw = self.get("meta", key)
+        if not self.wal_enabled and not os.path.isdir(self.wal_path):
+            return
+        raw = self.get("meta", WAL_APPLIED_KEY)
         applied = int.from_bytes(raw, "big") if raw else 0
-        if key == WAL_APPLIED_KEY:
-            self._lmdb_applied = self.wal_durable = applied
-        else:
-            self._lmdb_r_applied = self.rlog_durable = applied
-        wal = WriteAheadLog(path, segment_bytes=self.wal_segment_bytes)
+        wal = WriteAheadLog(self.wal_path, segment_bytes=self.wal_segment_bytes)
         ops: list[Op] = []
         nbytes = frames = 0
         for fr in wal.recover(applied):
             ops.extend(decode_body(fr.body, DBS))
-            ops.append(_applied_op(fr.seq, key))
+            ops.append(_applied_op(fr.seq))
             nbytes += len(fr.body)
             frames += 1
             applied = fr.seq
@@ -363,25 +291,24 @@ class LmdbStore:
                 ops, nbytes = [], 0
         if ops:
             self._commit(ops)
-        self._sync_meta()  # (LMDB's last commit durable before a segment is released)
         if frames:
             log.info(
-                "write-ahead log {path}: applied {n} frame(s) LMDB did not hold, up to seq {seq}",
-                path=path,
+                "write-ahead log: applied {n} frame(s) LMDB did not hold, up to seq {seq}",
                 n=frames,
                 seq=applied,
             )
+        self.wal_synced = self.wal_applied = applied
         wal.release(applied)
         if self.wal_enabled:
-            return wal, applied
-        wal.close()
-        for first in wal.segments:
-            os.unlink(os.path.join(path, segment_name(first)))
-        try:
-            os.rmdir(path)
-        except OSError as e:  # (something else is in it: left alone)
-            log.warn("write-ahead log directory {path} not removed: {e}", path=path, e=e)
-        return None, applied
+            self.wal = wal
+        else:
+            wal.close()
+            for first in wal.segments:
+                os.unlink(os.path.join(self.wal_path, segment_name(first)))
+            try:
+                os.rmdir(self.wal_path)
+            except OSError as e:  # (something else is in it: left alone)
+                log.warn("write-ahead log directory {path} not removed: {e}", path=self.wal_path, e=e)
 
     def _load_unchecked(self) -> None:
         """Know which records may predate checksums (see the module docstring):
@@ -400,7 +327,6 @@ class LmdbStore:
             )
         # At open, before the writer thread exists: nothing else writes yet.
         self._commit([("p", "meta", UNCHECKED_KEY, encode_unchecked(self.unchecked))])
-        self._sync_meta()
 
     def unchecked_below(self, uid: int, partition: int) -> int:
         """Records of the partition below this offset may lack a checksum."""
@@ -420,14 +346,7 @@ class LmdbStore:
             self._readers.stop()
             if self.wal is not None:
                 self.wal.close()
-            if self.rlog is not None:
-                self.rlog.close()  # (the writer thread, its only appender, has ended)
             if self.env is not None:
-                if not self._metasync:
-                    # (a clean stop leaves LMDB's last commit durable too)
-                    self.env.sync(True)
-                    self.wal_durable = self._lmdb_applied
-                    self.rlog_durable = self._lmdb_r_applied
                 self.env.close()
                 self.env = None
             d.callback(None)
@@ -454,13 +373,7 @@ class LmdbStore:
         return self._pending_bytes + self._in_flight_bytes
 
     def write(
-        self,
-        ops: list[Op],
-        nbytes: int = 0,
-        *,
-        wal: bool = False,
-        urgent: bool = False,
-        replica: bool = False,
+        self, ops: list[Op], nbytes: int = 0, *, wal: bool = False, urgent: bool = False
     ) -> Deferred[None]:
         """Queue ``ops`` for the next group commit; fires once they are on disk.
 
@@ -468,12 +381,9 @@ class LmdbStore:
         write-ahead-log frame, fsynced, and every write made before them is on disk
         too; LMDB gets them afterwards (docs/architecture.md, "The write-ahead log").
         ``urgent=True`` (a Raft append someone waits for) ends a :meth:`hold`: the
-        writes held commit with it, in one transaction.  ``replica=True`` (a replicated
-        partition's append) with the log on: fires once the LMDB writer thread has put
-        them in a frame of its own log (:attr:`rlog`) and fdatasynced it -- before LMDB
-        commits them, on the same thread, right after."""
+        writes held commit with it, in one transaction."""
         d: Deferred[None] = Deferred()
-        self._write(ops, nbytes, d, wal, urgent, replica)
+        self._write(ops, nbytes, d, wal, urgent)
         return d
 
     def write_then(
@@ -484,18 +394,15 @@ class LmdbStore:
         *args: Any,
         wal: bool = False,
         urgent: bool = False,
-        replica: bool = False,
     ) -> None:
         """:meth:`write`, answered by a plain call instead of a Deferred: ``fn(None,
         *args)`` when the Deferred would fire -- exactly then: once the write is on disk
         (``wal=True``: in a fsynced frame, every write made before it on disk too) --
         or ``fn(failure, *args)`` when it would fail (at once if the store failed
         already).  The publish path's write, one a message (issue 16, lat41)."""
-        self._write(ops, nbytes, Then(fn, args), wal, urgent, replica)
+        self._write(ops, nbytes, Then(fn, args), wal, urgent)
 
-    def _write(
-        self, ops: list[Op], nbytes: int, waiter: Waiter, wal: bool, urgent: bool, replica: bool = False
-    ) -> None:
+    def _write(self, ops: list[Op], nbytes: int, waiter: Waiter, wal: bool, urgent: bool) -> None:
         if self.failed is not None:
             waiter.errback(self.failed)
             return
@@ -506,8 +413,6 @@ class LmdbStore:
             # (past ``wal_lag_bytes`` not yet in LMDB, a write waits for LMDB as without
             # the log: the acks slow down with LMDB instead of running ahead into 429s)
             logged = wal and self.pending_bytes <= self.wal_lag_bytes and loggable(ops)
-            # (the writer's own log: no lag -- LMDB applies its frame right after the sync)
-            kind = RLOGGED if replica and self.rlog is not None and loggable(ops) else DIRECT
             self._pending_bytes += nbytes
             if not logged:
                 self._direct_made += 1
@@ -517,17 +422,16 @@ class LmdbStore:
                     waiter = Then(self._direct_then, (waiter,))
             if logged or self._wal_queue or self._wal_in_flight:
                 self._wal_queue.append(
-                    (ops, waiter, nbytes, write_weight(ops, nbytes), logged, self._direct_made, kind)
+                    (ops, waiter, nbytes, write_weight(ops, nbytes), logged, self._direct_made)
                 )
                 # (scheduled, not handed over at once: every write of this poll round
                 # shares the frame -- lat41 measured handing a lone write over from here,
                 # and a 4-connection HTTP client at 1,000 msg/s fell behind with it)
                 self._wal_schedule()
                 return
-            self._queue.append((ops, waiter, nbytes, write_weight(ops, nbytes), kind))
         else:
             self._pending_bytes += nbytes
-            self._queue.append((ops, waiter, nbytes, write_weight(ops, nbytes), APPLY))
+        self._queue.append((ops, waiter, nbytes, write_weight(ops, nbytes)))
         self._schedule()
 
     def _direct_then(self, result: Failure | None, then: Then) -> None:
@@ -562,8 +466,8 @@ class LmdbStore:
                 w[1].errback(err)
         moved = False
         while queue and not queue[0][4]:
-            w_ops, w_d, w_bytes, w_weight, _logged, _made, w_kind = queue.popleft()
-            self._queue.append((w_ops, w_d, w_bytes, w_weight, w_kind))
+            w_ops, w_d, w_bytes, w_weight, _logged, _made = queue.popleft()
+            self._queue.append((w_ops, w_d, w_bytes, w_weight))
             moved = True
         if moved:
             self._schedule()
@@ -608,7 +512,7 @@ class LmdbStore:
         last = len(group) - 1
         held = self._held
         ack: list[Waiter] = []
-        for i, (w_ops, w_d, w_bytes, w_weight, _logged, made, _kind) in enumerate(group):
+        for i, (w_ops, w_d, w_bytes, w_weight, _logged, made) in enumerate(group):
             for op in w_ops:
                 if op[0] == "m" and op[1] == "records" and op[2]:
                     self._wal_parts[op[2][0][0][:8]] = seq
@@ -618,7 +522,7 @@ class LmdbStore:
                     w_ops = [*w_ops, _applied_op(seq)]
                     applied.addCallback(self._frame_applied, seq)
                 applied.addErrback(self._apply_failed)
-                self._queue.append((w_ops, applied, w_bytes, w_weight, APPLY))
+                self._queue.append((w_ops, applied, w_bytes, w_weight))
             if held or made > self._direct_done:
                 # (a non-logged write made before it is not on disk yet)
                 held.append((w_d, made))
@@ -745,7 +649,7 @@ class LmdbStore:
                 w[1].errback(err)
             self._wake_readers(err)
         if not self._chained:
-            self._wake_applies = bool(self._read_waits or self._r_waits) or self._stopping is not None
+            self._wake_applies = bool(self._read_waits) or self._stopping is not None
             if self._stopping is not None and not self._in_flight and not self._queue:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
@@ -758,7 +662,7 @@ class LmdbStore:
         self._wake_applies = True
         if self._hold_call is not None:
             self._release_hold()
-        if self._chained or self._r_done < self._r_acked:
+        if self._chained:
             wake = getattr(self.reactor, "wakeUp", None)
             if wake is not None:
                 wake()
@@ -786,28 +690,21 @@ class LmdbStore:
 
     def _frame_applied(self, _: object, seq: int) -> None:
         self.wal_applied = max(self.wal_applied, seq)
-        self._maybe_release()
+        wal = self.wal
+        if wal is None or self._releasing:
+            return
+        segs = wal.segments
+        if len(segs) > 1 and segs[1] - 1 <= self.wal_applied:
+            # Segments LMDB holds wholly are dropped on the log's thread, between
+            # appends (not inside one: an unlink and a directory sync).
+            self._releasing = True
+            self._wal_thread.submit(wal.release, self.wal_applied).addBoth(self._released)
         waits = self._read_waits
         if waits:
             self._read_waits = [(s, d) for s, d in waits if s > self.wal_applied]
             for s, d in waits:
                 if s <= self.wal_applied:
                     d.callback(None)
-
-    def _maybe_release(self) -> None:
-        """Drop the segments LMDB holds wholly *and durably* (:attr:`wal_durable`, not
-        :attr:`wal_applied`: LMDB's newest commit may be undone by a power loss, and the
-        log must still hold its frames then)."""
-        wal = self.wal
-        if wal is None or self._releasing:
-            return
-        segs = wal.segments
-        durable = self.wal_durable
-        if len(segs) > 1 and segs[1] - 1 <= durable:
-            # Segments LMDB holds wholly are dropped on the log's thread, between
-            # appends (not inside one: an unlink and a directory sync).
-            self._releasing = True
-            self._wal_thread.submit(wal.release, durable).addBoth(self._released)
 
     def _released(self, result: object) -> None:
         self._releasing = False
@@ -820,8 +717,7 @@ class LmdbStore:
 
     def _wake_readers(self, err: BaseException) -> None:
         waits, self._read_waits = self._read_waits, []
-        rwaits, self._r_waits = self._r_waits, []
-        for _s, d in waits + rwaits:
+        for _s, d in waits:
             d.errback(err)
 
     def _lmdb_caught_up(self, prefix: bytes | None = None) -> Deferred[None] | None:
@@ -829,18 +725,6 @@ class LmdbStore:
         ``prefix``, or every frame); else a Deferred firing once it does."""
         if self.wal is None:
             return None
-        if self._r_done < self._r_acked:
-            # (an rlog frame acked and not in LMDB yet: LMDB applies it next)
-            run = self._r_acked if prefix is None else self._r_parts.get(prefix, 0)
-            if run > self._r_done:
-                if self.failed is not None:
-                    from twisted.internet.defer import fail
-
-                    return fail(self.failed)
-                rd: Deferred[None] = Deferred()
-                self._r_waits.append((run, rd))
-                self._want_applies()
-                return rd
         seq = self.wal_synced if prefix is None else self._wal_parts.get(prefix, 0)
         if seq <= self.wal_applied:
             return None
@@ -902,51 +786,32 @@ class LmdbStore:
                 stopping, self._stopping = self._stopping, None
                 stopping.callback(None)
             return
-        ops, waiters, nbytes, direct, rlogged = self._take(queue, len(queue))
+        ops, waiters, nbytes = self._take(queue, len(queue))
         self._in_flight = True
         self._in_flight_bytes = nbytes
         self._pending_bytes -= nbytes
         # (posted: the writer thread answers each commit itself, :meth:`_commit_run`)
-        self._writer.post(self._commit_run, ops, waiters, nbytes, self.reactor.seconds(), direct, rlogged)
+        self._writer.post(self._commit_run, ops, waiters, nbytes, self.reactor.seconds())
 
     @staticmethod
     def _take(
-        queue: deque[tuple[list[Op], Waiter, int, int, int]], most: int
-    ) -> tuple[list[Op], list[Waiter], int, bool, bool]:
+        queue: deque[tuple[list[Op], Waiter, int, int]], most: int
+    ) -> tuple[list[Op], list[Waiter], int]:
         """The queue's first whole writes -- at most ``most`` of them, at least one --
-        up to :data:`TXN_BYTES` of weight, all of them :data:`RLOGGED` or none: their
-        ops, waiters and bytes, whether one of them is a non-logged write made while the
-        log is on (its commit syncs the meta page, :meth:`_sync_meta`), and whether they
-        are the writer's own log's (:meth:`_commit_run`)."""
+        up to :data:`TXN_BYTES` of weight: their ops, waiters and bytes."""
         ops: list[Op] = []
         waiters: list[Waiter] = []
         nbytes = weight = 0
-        direct = False
-        rlogged = queue[0][4] == RLOGGED
-        while (
-            most > 0
-            and queue
-            and (queue[0][4] == RLOGGED) == rlogged
-            and (not waiters or weight + queue[0][3] <= TXN_BYTES)
-        ):
-            w_ops, w_d, w_bytes, w_weight, w_kind = queue.popleft()
+        while most > 0 and queue and (not waiters or weight + queue[0][3] <= TXN_BYTES):
+            w_ops, w_d, w_bytes, w_weight = queue.popleft()
             ops.extend(w_ops)
             waiters.append(w_d)
             nbytes += w_bytes
             weight += w_weight
-            direct = direct or w_kind == DIRECT
             most -= 1
-        return ops, waiters, nbytes, direct, rlogged
+        return ops, waiters, nbytes
 
-    def _commit_run(
-        self,
-        ops: list[Op],
-        waiters: list[Waiter],
-        nbytes: int,
-        started: float,
-        direct: bool = False,
-        rlogged: bool = False,
-    ) -> None:
+    def _commit_run(self, ops: list[Op], waiters: list[Waiter], nbytes: int, started: float) -> None:
         """Writer thread: commit ``ops``, hand the commit back to the reactor
         (:meth:`_committed`) and -- while writes queued meanwhile wait for the next
         commit and no other job waits for the thread -- take them and commit them too,
@@ -963,18 +828,11 @@ class LmdbStore:
         While a commit runs, the reactor only appends to :attr:`_queue` (``_flush``
         waits for ``_in_flight``), so this thread is its only taker; it takes only the
         writes it saw before finding the job queue empty, so a job posted before them
-        (a write-ahead-log frame's apply, :meth:`_apply_chained`) still runs first.
-
-        ``rlogged`` (a replicated partition's appends, the log on): :meth:`_rlog_run`
-        makes them durable in this thread's own log and acks them before LMDB commits
-        them; the thread then takes nothing more itself (the reactor queues the next)."""
+        (a write-ahead-log frame's apply, :meth:`_apply_chained`) still runs first."""
         tl = timeline.TIMELINE
         queue = self._queue
         call = cast(Any, self.reactor).callFromThread
         while True:
-            if rlogged:
-                self._rlog_run(ops, waiters, nbytes, started)
-                return
             result: object = None
             f: Failure | None = None
             try:
@@ -982,10 +840,6 @@ class LmdbStore:
                     self._commit(ops)
                 else:
                     result = self._commit_timed(ops)
-                if direct:
-                    # (a write not made through the log: what its waiter is told --
-                    # on disk -- must survive a power loss, LMDB's meta page too)
-                    self._sync_meta()
             except BaseException:
                 f = Failure()
             seen = len(queue)
@@ -998,139 +852,11 @@ class LmdbStore:
             ):
                 nxt = self._take(queue, seen)
                 call(self._committed, ops, waiters, nbytes, started, result, f, nxt[2])
-                ops, waiters, nbytes, direct, rlogged = nxt
+                ops, waiters, nbytes = nxt
                 started = self.reactor.seconds()
                 continue
             call(self._committed, ops, waiters, nbytes, started, result, f, -1)
             return
-
-    def _rlog_run(self, ops: list[Op], waiters: list[Waiter], nbytes: int, started: float) -> None:
-        """Writer thread: a replicated partition's appends, made durable by this thread
-        alone -- one frame of its own log (:attr:`rlog`), fdatasynced; the acks handed
-        back at once (:meth:`_rlog_synced`: a follower answers, a leader counts its own
-        copy); then the same ops committed to LMDB with the frame's seq
-        (:data:`RLOG_APPLIED_KEY`) in that transaction -- LMDB's one ``fdatasync``
-        (``metasync=False``) off the ack's path -- and that handed back with the
-        reactor's next turn, not waking it (:meth:`_rlog_applied`) unless a read waits.
-
-        Order: the frame is applied here, right after its sync, before this thread
-        commits anything else, so LMDB holds the writes in the order made and at most
-        this thread's newest frame is ever in the log and not in LMDB."""
-        reactor = cast(Any, self.reactor)
-        rlog = self.rlog
-        assert rlog is not None
-        # The LMDB transaction is filled before the frame's sync and only committed after
-        # the acks are handed back: what this thread does while the reactor runs the
-        # acks is LMDB's commit, which does not hold the GIL (issue 16, inwriter44).
-        seq = rlog.next_seq
-        prepared = None
-        try:
-            if self._chain_broken is not None:
-                raise self._chain_broken
-            body = encode_body(ops, _DB_INDEX)
-            prepared = self._prepare([*ops, _applied_op(seq, RLOG_APPLIED_KEY)])
-            got = rlog.append(body)
-            assert got == seq, (got, seq)
-        except BaseException:
-            if prepared is not None:
-                prepared[0].abort()
-            reactor.callFromThread(self._committed, ops, waiters, nbytes, started, None, Failure(), -1)
-            return
-        reactor.callFromThread(self._rlog_synced, ops, waiters)
-        began = time.time()
-        err: Exception | None = None
-        try:
-            self._commit(ops, None, prepared)
-        except BaseException as e:  # (the frame is in the log: the next start applies it)
-            err = self._chain_broken = e if isinstance(e, Exception) else Exception(repr(e))
-        if err is None:
-            try:
-                self._rlog_release()
-            except OSError:
-                reactor.callFromThread(log.failure, "dropping applied rlog segments failed", Failure())
-        args = (seq, len(ops) + 1, time.time() - began, err)
-        if err is not None:
-            reactor.callFromThread(self._rlog_applied, *args)
-            return
-        hand_back_quietly(reactor, self._rlog_applied, *args)
-        if self._wake_applies:  # (read after the hand-back: see _want_applies)
-            reactor.wakeUp()
-
-    def _rlog_release(self) -> None:
-        """Writer thread (the rlog's only appender): drop the rlog's segments whose every
-        frame LMDB holds *durably* (:attr:`rlog_durable`: applied by a commit a later
-        ``fdatasync`` or ``env.sync`` followed -- LMDB's newest commit may be undone by a
-        power loss, ``metasync=False``, and the log must still hold its frames then)."""
-        rlog = self.rlog
-        if rlog is None:
-            return
-        durable = self.rlog_durable
-        segs = rlog.segments
-        if len(segs) > 1 and segs[1] - 1 <= durable:
-            rlog.release(durable)
-
-    def _rlog_synced(self, ops: list[Op], waiters: list[Waiter]) -> None:
-        """An rlog frame is synced: its writes are durable -- acked now, before LMDB
-        commits them; the next writes queued go to the writer thread (they run there
-        after this frame's LMDB commit)."""
-        self._in_flight = False
-        self._in_flight_bytes = 0
-        self._r_acked += 1
-        run = self._r_acked
-        parts = self._r_parts
-        for op in ops:
-            if op[0] == "m" and op[1] == "records" and op[2]:
-                parts[op[2][0][0][:8]] = run
-        self.rlog_frames += 1
-        if self._queue:
-            self._flush()
-        self._firing = True
-        try:
-            for w in waiters:
-                w.callback(None)
-        finally:
-            self._firing = False
-            self._run_after()
-        if self._queue:
-            self._schedule()
-        elif self._stopping is not None and not self._in_flight and not self._chained:
-            stopping, self._stopping = self._stopping, None
-            stopping.callback(None)
-
-    def _rlog_applied(self, seq: int, nops: int, seconds: float, err: Exception | None) -> None:
-        """An rlog frame's LMDB commit came back (quietly, with the reactor's next turn)."""
-        self._r_done += 1
-        if err is not None:
-            log.failure("LMDB apply of rlog frame {seq} failed", Failure(err), seq=seq)
-            if self.failed is None:
-                self.failed = err
-            waiting = list(self._queue)
-            self._queue.clear()
-            self._pending_bytes -= sum(w[2] for w in waiting)
-            for w in waiting:
-                w[1].errback(err)
-            self._wake_readers(err)
-            return
-        if self.env is None:
-            return  # (closed meanwhile)
-        self.commits += 1
-        self.committed_ops += nops
-        self.last_commit_seconds = seconds
-        if self._used_call is None:
-            self._used_call = self.reactor.callLater(USED_EVERY, self._measure_later)
-        if self.wal is not None:
-            self._maybe_release()  # (this commit made the frames before it durable)
-        waits = self._r_waits
-        if waits:
-            done = self._r_done
-            self._r_waits = [(r, d) for r, d in waits if r > done]
-            for r, d in waits:
-                if r <= done:
-                    d.callback(None)
-        if not self._chained and self._r_done >= self._r_acked:
-            self._wake_applies = bool(self._read_waits or self._r_waits) or self._stopping is not None
-        if self.on_commit is not None:
-            self.on_commit(seconds, nops)
 
     def _committed(
         self,
@@ -1162,8 +888,6 @@ class LmdbStore:
             tl.commit(started, began, body, synced, self.reactor.seconds(), len(ops))
         if self._used_call is None and not isinstance(result, Exception):
             self._used_call = self.reactor.callLater(USED_EVERY, self._measure_later)
-        if self.wal is not None:
-            self._maybe_release()  # (this commit made the frames before it durable)
         if isinstance(result, Exception):
             # A failed commit poisons the store: later batches must not
             # commit past a gap, so everything queued fails too and the
@@ -1223,102 +947,34 @@ class LmdbStore:
         times.append(time.time())
         return times
 
-    def _commit(
-        self,
-        ops: list[Op],
-        times: list[float] | None = None,
-        prepared: tuple[Any, bytes, bytes] | None = None,
-    ) -> None:
-        """Writer thread: apply ``ops`` in one transaction (fsynced on commit).
-        ``prepared``: (a write transaction :meth:`_prepare` applied ``ops`` in, and the
-        applied seqs it put) -- only committed here (:meth:`_rlog_run`)."""
+    def _commit(self, ops: list[Op], times: list[float] | None = None) -> None:
+        """Writer thread: apply ``ops`` in one transaction (fsynced on commit)."""
         env = self.env
         assert env is not None
         if self._chain_broken is not None:
             # (a chained apply failed: nothing commits past the gap)
-            if prepared is not None:
-                prepared[0].abort()
             raise self._chain_broken
+        dbs = self.dbs
         if times is not None:
             times.append(time.time())
         try:
-            if prepared is None:
-                with env.begin(write=True) as txn:
-                    seq, rseq = self._apply(txn, ops)
-                    if times is not None:
-                        times.append(time.time())
-            else:
-                txn, seq, rseq = prepared
-                try:
-                    txn.commit()
-                except BaseException:
-                    txn.abort()
-                    raise
+            with env.begin(write=True) as txn:
+                for op in ops:
+                    kind = op[0]
+                    if kind == "m":
+                        txn.cursor(db=dbs[op[1]]).putmulti(op[2])
+                    elif kind == "p":
+                        txn.put(op[2], op[3], db=dbs[op[1]])
+                    elif kind == "d":
+                        txn.delete(op[2], db=dbs[op[1]])
+                    elif kind == "r":
+                        self._delete_range(txn, dbs[op[1]], op[2], op[3])
+                    elif kind == "x":
+                        op[2](env, txn, dbs[op[1]])
+                if times is not None:
+                    times.append(time.time())
         except lmdb.MapFullError:
             raise StorageFull("LMDB map is full") from None
-        if seq or rseq:
-            # This commit put something, so it ``fdatasync``ed the data file after the
-            # meta page of the commit before it was written there: every frame that one
-            # held is durable now; this commit's own frames once a later sync runs.
-            self.wal_durable = self._lmdb_applied
-            self.rlog_durable = self._lmdb_r_applied
-            if seq:
-                self._lmdb_applied = int.from_bytes(seq, "big")
-            if rseq:
-                self._lmdb_r_applied = int.from_bytes(rseq, "big")
-
-    def _apply(self, txn: Any, ops: list[Op]) -> tuple[bytes, bytes]:
-        """Writer thread: ``ops`` done in ``txn``; the applied seqs (of the log thread's
-        log, of the writer's own) they put, or ``b""``."""
-        env = self.env
-        dbs = self.dbs
-        seq = rseq = b""
-        for op in ops:
-            kind = op[0]
-            if kind == "m":
-                txn.cursor(db=dbs[op[1]]).putmulti(op[2])
-            elif kind == "p":
-                txn.put(op[2], op[3], db=dbs[op[1]])
-                if op[1] == "meta":
-                    if op[2] == WAL_APPLIED_KEY:
-                        seq = op[3]
-                    elif op[2] == RLOG_APPLIED_KEY:
-                        rseq = op[3]
-            elif kind == "d":
-                txn.delete(op[2], db=dbs[op[1]])
-            elif kind == "r":
-                self._delete_range(txn, dbs[op[1]], op[2], op[3])
-            elif kind == "x":
-                op[2](env, txn, dbs[op[1]])
-        return seq, rseq
-
-    def _prepare(self, ops: list[Op]) -> tuple[Any, bytes, bytes]:
-        """Writer thread: a write transaction with ``ops`` done in it, not committed
-        (:meth:`_commit` with ``prepared``); aborted if one fails."""
-        env = self.env
-        assert env is not None
-        txn = env.begin(write=True)
-        try:
-            seq, rseq = self._apply(txn, ops)
-        except lmdb.MapFullError:
-            txn.abort()
-            raise StorageFull("LMDB map is full") from None
-        except BaseException:
-            txn.abort()
-            raise
-        return txn, seq, rseq
-
-    def _sync_meta(self) -> None:
-        """Writer thread (or open/close): make LMDB's last commit durable, its meta page
-        included -- ``env.sync(True)`` when LMDB is opened ``metasync=False`` (the log
-        on); every frame LMDB holds is then durable (:attr:`wal_durable`)."""
-        env = self.env
-        assert env is not None
-        if not self._metasync:
-            env.sync(True)
-            self.meta_syncs += 1
-        self.wal_durable = self._lmdb_applied
-        self.rlog_durable = self._lmdb_r_applied
 
     @staticmethod
     def _delete_range(txn: Any, db: Any, start: bytes, end: bytes) -> None:

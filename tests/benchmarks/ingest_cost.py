@@ -83,7 +83,7 @@ def main() -> None:
                 broker.publish(topic, records, acks)
                 # Take the queued write back out (kept for the commit step) and empty the
                 # hot tail, so nothing grows from run to run.
-                ops, _d, _n, _w, _kind = store._queue.pop()
+                ops, _d, _n, _w = store._queue.pop()
                 store._pending_bytes = 0
                 broker.backlog.clear()
                 if len(writes) < a.commit:

@@ -108,11 +108,11 @@ class WriterGate:
         self._orig = store._commit
         store._commit = self._commit  # type: ignore[method-assign]
 
-    def _commit(self, ops: list[Any], *rest: Any) -> None:
+    def _commit(self, ops: list[Any]) -> None:
         if not self._passthrough:
             the_reactor().callFromThread(self.entered.put, None)
             assert self._go.acquire(timeout=30), "commit never released"
-        self._orig(ops, *rest)
+        self._orig(ops)
 
     def release(self) -> None:
         """Let one held commit go."""

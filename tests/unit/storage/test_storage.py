@@ -52,12 +52,12 @@ class Gate:
         self._orig = store._commit
         store._commit = self._commit  # type: ignore[method-assign]
 
-    def _commit(self, ops: list[Any], *rest: Any) -> None:
+    def _commit(self, ops: list[Any]) -> None:
         self.calls += 1
         if self.calls == 1:
             the_reactor().callFromThread(self.entered.callback, None)
             assert self.release.wait(30), "gate never released"
-        self._orig(ops, *rest)
+        self._orig(ops)
 
 
 @pytest_twisted.ensureDeferred
