@@ -118,9 +118,10 @@ class FakeRPC:
         return defer.maybeDeferred(self.answer or (lambda *a: None), peer, method, body)
 
     def start(self, peer: str, method: str, body: Any, *, hops: int = 0, timeout: float = 0) -> Any:
-        """As :meth:`call`, with the call's id (its place in ``calls``, from 1) for :meth:`drop`."""
+        """As :meth:`call`, with the call's id (its place in ``calls``, from 1) for :meth:`drop`
+        -- 0 when the call failed at once (an unreachable peer), as :meth:`PeerRPC.start`'s."""
         d = self.call(peer, method, body, hops=hops, timeout=timeout)
-        return d, len(self.calls)
+        return d, 0 if peer in self.down else len(self.calls)
 
     def drop(self, rid: int) -> None:
         """Forget the call ``rid`` (recorded in ``dropped``)."""

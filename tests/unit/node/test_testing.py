@@ -68,7 +68,8 @@ def test_bounds_stretch_with_the_load_and_stay_bounded(monkeypatch: pytest.Monke
 def test_the_shared_fakes_keep_their_seams_contracts() -> None:
     """sprawl.testing's fakes fail the way the real seams do: a request refuses a write after
     its finish and a finish with its producer still registered; the fake RPC records every
-    call and fails an unreachable peer with ``peer_unreachable``; the fake broker's watchers
+    call and fails an unreachable peer with ``peer_unreachable`` (and ``start`` gives such
+    a call the id 0, as ``PeerRPC.start`` does); the fake broker's watchers
     are woken until they stop."""
     from sprawl.errors import Unavailable
     from sprawl.testing import FakeBroker, FakeRequest, FakeRPC
@@ -94,6 +95,14 @@ def test_the_shared_fakes_keep_their_seams_contracts() -> None:
     assert got[0] == {"peer": "b", "x": 1}
     assert isinstance(got[1], Unavailable) and got[1].code == "peer_unreachable"
     assert rpc.peers == ["b", "dead"]
+    # (start: the call with its id for drop -- 0 when it failed at once, as PeerRPC's)
+    d, rid = rpc.start("b", "fetch", {"x": 2})
+    d.addCallback(got.append)
+    d_dead, rid_dead = rpc.start("dead", "fetch", {})
+    d_dead.addErrback(lambda f: got.append(f.value.code))
+    assert rid == 3 and rid_dead == 0 and got[2:] == [{"peer": "b", "x": 2}, "peer_unreachable"]
+    rpc.drop(rid)
+    assert rpc.dropped == [3]
 
     broker = FakeBroker("t", partitions=2)
     woken: list[int] = []
