@@ -180,6 +180,14 @@ class _Gone:
         self.answering = None
         request = self.request
         channel = getattr(request, "channel", None)  # (gone once a request is finished)
+        if request.finished:
+            # The handler finished it (a stream ends itself: its error event or a
+            # slow reader cut off): a second finish is twisted.web's "finish called
+            # twice" warning, and a write after it is lost.
+            self.gone = True
+            if isinstance(request, BoundedRequest):
+                request.on_lost = None
+            return
         if isinstance(r, bytes):
             request.write(r)
         if not self.gone:
