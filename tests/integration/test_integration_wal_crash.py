@@ -5,6 +5,8 @@ acked place -- the frames LMDB did not hold yet are applied at the restart."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import lmdb
@@ -18,10 +20,28 @@ pytestmark = pytest.mark.integration
 
 PUBLISHERS = 4
 BATCH = 20
-#: Kill rounds at most: a CI run had 6 rounds whose kills all found LMDB holding
-#: every frame (LMDB's apply follows the log closely since its commit answers by a
-#: plain call, qfollow42); each round is ~2 s.
-ROUNDS = 16
+#: Kill rounds at the publishers' own pace: LMDB's apply follows the log closely
+#: (its commit answers by a plain call, qfollow42), so such a kill finds every frame
+#: in LMDB more often than not -- 16 rounds of it did, under a busy core on a slow
+#: machine (stop 45).  After these, one round holds LMDB's writes (below), which
+#: leaves frames to replay every time.
+ROUNDS = 3
+
+
+@contextmanager
+def _lmdb_writes_held(data_dir: Path) -> Iterator[None]:
+    """Hold the node's LMDB writer lock from this process (a write transaction of
+    our own, never committed): the node's next apply waits for it.  LMDB's writer
+    lock is shared across the processes of one environment."""
+    env = lmdb.open(str(data_dir / "lmdb"), max_dbs=8, map_size=64 * 1024**3)
+    try:
+        txn = env.begin(write=True)
+        try:
+            yield
+        finally:
+            txn.abort()
+    finally:
+        env.close()
 
 
 def _publisher(
@@ -82,13 +102,18 @@ def test_sigkill_mid_stream_keeps_every_acked_message_once(sprawl_nodes, args):
     started with ``--wal``) SIGKILLed mid-stream: after the restart every acked message
     reads back at its acked offset, no offset or id twice, offsets dense; in at least
     one round the kill left acked frames LMDB did not hold (the log's replay was what
-    kept them) -- on a node without the log that never happens, and the test fails."""
+    kept them) -- on a node without the log that never happens, and the test fails.
+    The last round, if it comes to it, holds LMDB's writer lock from the test
+    mid-stream: publishes sent after that are logged and acked, their applies wait,
+    and the kill leaves them to the replay."""
     node = sprawl_nodes(*args, name="n")
     all_acked: list[tuple[str, int]] = []
     replayed_rounds = 0
-    # (a kill leaves unapplied frames by chance -- LMDB applies each frame right
-    # behind the log -- so up to ROUNDS rounds; the first that does ends the test)
-    for _round in range(ROUNDS):
+    # (a kill at the publishers' pace leaves unapplied frames by chance -- LMDB
+    # applies each frame right behind the log -- so up to ROUNDS rounds; the first
+    # that does ends the test, and if none did, a last round holds LMDB's writes)
+    for round_no in range(ROUNDS + 1):
+        held = ExitStack()
         stop = threading.Event()
         acked: list[tuple[str, int]] = []
         progress = threading.Condition()
@@ -100,9 +125,23 @@ def test_sigkill_mid_stream_keeps_every_acked_message_once(sprawl_nodes, args):
             t.start()
         with progress:
             progress.wait_for(lambda: len(acked) >= 2000, timeout=60)  # noqa: B023 (bounded; acked is this round's)
-        assert len(acked) > 0, "no publish was acked"
-        node.kill()
-        stop.set()
+        try:
+            assert len(acked) > 0, "no publish was acked"
+            if round_no == ROUNDS:
+                # With LMDB's writes held, frames are still logged and acked (up to
+                # the log's lag allowance, 4 MB) and their applies wait.  A publisher
+                # has one request in flight: once more than a request each has been
+                # acked since the hold began, one was sent after it -- logged, acked
+                # and not in LMDB, so the kill leaves it to the replay.
+                held.enter_context(_lmdb_writes_held(node.data_dir))
+                n = len(acked) + PUBLISHERS * BATCH
+                with progress:
+                    more = progress.wait_for(lambda: len(acked) > n, timeout=30)  # noqa: B023
+                assert more, "no publish was acked while LMDB's writes were held"
+            node.kill()
+        finally:
+            stop.set()
+            held.close()  # (after the kill: the node never applied this round's frames)
         for t in threads:
             t.join(30)
         all_acked.extend(acked)
