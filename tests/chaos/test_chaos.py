@@ -563,6 +563,18 @@ def read_partition(cluster: NodeCluster, node: str, topic: str, partition: int) 
     raise AssertionError("unbounded read")
 
 
+def log_start(cluster: NodeCluster, node: str, topic: str, partition: int) -> int:
+    """The first offset ``node`` holds of one partition now (its ``low``)."""
+    status, body = cluster.get(node, f"/v1/topics/{topic}", timeout=30)
+    assert status == 200, f"{node} {topic}: {status} {body}"
+    return int(body["partition_details"][partition]["low"])
+
+
+def want_offsets(acked: dict[tuple[str, int], dict[int, str]], topic: str, partition: int) -> list[int]:
+    """The acked offsets of one partition, in order."""
+    return sorted(acked.get((topic, partition), {}))
+
+
 def check_node(
     cluster: NodeCluster,
     node: str,
@@ -575,7 +587,8 @@ def check_node(
     every other node at its offset (``logs`` gathers them); every acked
     (partition, offset) holds exactly the acked id -- from the start of the
     log, except where retention ran (there from the first offset the node
-    serves, noted in ``lows``).  Returns the acked messages checked."""
+    serves, noted in ``lows``, less what the node's log start after the read
+    covers and it did not serve).  Returns the acked messages checked."""
     checked = 0
     acked = ledger.by_partition()
     for topic, parts in TOPICS.items():
@@ -597,13 +610,25 @@ def check_node(
             assert not differ, (
                 f"{node} {topic}/{p}: replicas disagree at {len(differ)} offsets, first {differ[:5]}"
             )
-            start = 0
+            start = moved = 0
             if topic == RETAINED and offsets:
                 start = offsets[0]
                 lows.setdefault((topic, p), []).append(start)
+                # Retention may move the log start while the pages are read: a page asked
+                # from below the new start is answered from it.  What the node's log start
+                # after the read covers may be gone; what it still served is checked.
+                moved = log_start(cluster, node, topic, p)
+                gone = [o for o in want_offsets(acked, topic, p) if start <= o < moved and o not in served]
+                if gone:
+                    print(
+                        f"{node} {topic}/{p}: retention moved the log start to {moved} during the read; "
+                        f"{len(gone)} acked offsets from {gone[0]} were deleted before their page"
+                    )
             want = acked.get((topic, p), {})
             missing = [
-                (o, mid) for o, mid in sorted(want.items()) if o >= start and served.get(o, ("",))[0] != mid
+                (o, mid)
+                for o, mid in sorted(want.items())
+                if o >= start and (o >= moved or o in served) and served.get(o, ("",))[0] != mid
             ]
             assert not missing, (
                 f"{node} {topic}/{p}: {len(missing)} acked messages missing or different, "
