@@ -1076,7 +1076,10 @@ class PartitionReplication:
             except DamagedRange as d:
                 # This copy is damaged there: noted (and repaired from another
                 # replica); until then the range is not sent -- never skipped.
-                self.broker.integrity.note(self.topic, self.partition, d)
+                # (Records that retention or the S3 tier took meanwhile are not
+                # damage: the core resends from where the log is now.)
+                if not self.broker.integrity.raced(self.topic, self.partition, d):
+                    self.broker.integrity.note(self.topic, self.partition, d)
                 recs = []
             if not recs or recs[0].offset != pos or recs[-1].offset != pos + len(recs) - 1:
                 # Not readable now (retention or the S3 tier raced the send):

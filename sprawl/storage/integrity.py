@@ -198,15 +198,24 @@ class Integrity:
         assert isinstance(d, DamagedRange)
         b = self.broker
         topic, partition = r.topic, r.partition
-        lg = topic.logs[partition]
         if b.topics.get(topic.name) is not topic:
             raise NotFound(f"topic {topic.name!r} was deleted", code="topic_not_found")
-        raced = d.tier == "lmdb" and (
-            d.first < lg.log_start or _remote_at(lg, d.first) or d.first >= lg.stored_end
-        )
-        if raced and r.attempt < MAX_READ_ATTEMPTS:
+        if self.raced(topic, partition, d) and r.attempt < MAX_READ_ATTEMPTS:
             return r.retry()
         return self.meet(self.note(topic, partition, d), r)
+
+    def raced(self, topic: Topic, partition: int, d: DamagedRange) -> bool:
+        """Whether a read of LMDB that found ``d`` raced a change of the log
+        rather than met damage: the offsets left LMDB meanwhile (retention or
+        a reset moved the log start past them, the S3 tier holds them now, a
+        truncation cut them, the topic was deleted) -- each is made in memory
+        before its LMDB write, so it shows here once the read is back."""
+        if self.broker.topics.get(topic.name) is not topic:
+            return True
+        lg = topic.logs[partition]
+        return d.tier == "lmdb" and (
+            d.first < lg.log_start or _remote_at(lg, d.first) or d.first >= lg.stored_end
+        )
 
     def meet(self, e: DamageEntry, r: _Read) -> Deferred[Any]:
         """A read met the damaged range ``e``: in a cluster, repair it from a

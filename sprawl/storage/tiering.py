@@ -384,6 +384,19 @@ class S3Tier(TierReads, TierUpkeep):
         st.busy = False
 
     def _spill_failed(self, f: Failure, t: Topic, lg: PartitionLog, seg: Segment | None) -> None:
+        if isinstance(f.value, DamagedRange) and seg is not None and _taken(t, lg, seg, f.value):
+            # Not damage: retention, the shared segments or a topic delete took
+            # the segment while its records were read for the upload (they drop
+            # it here first, then delete it from LMDB).  Nothing is left to upload.
+            log.info(
+                "S3 upload of {topic}/{partition} segment {base}-{last} dropped: the segment was "
+                "deleted (retention or the shared segments) while it was read",
+                topic=t.name,
+                partition=lg.partition,
+                base=seg.base,
+                last=seg.last,
+            )
+            return
         if isinstance(f.value, DamagedRange) and self.on_damage is not None:
             # The local copy is damaged: it is not uploaded (the range is
             # repaired or skipped first) and stays in LMDB.
@@ -516,3 +529,11 @@ class S3Tier(TierReads, TierUpkeep):
             raise S3Failure(f"verify {key}: ETag {h['etag']} is not the MD5 {md5_hex}")
         if h["metadata"].get("sha256") != sha:
             raise S3Failure(f"verify {key}: sha256 metadata does not match")
+
+
+def _taken(t: Topic, lg: PartitionLog, seg: Segment, d: DamagedRange) -> bool:
+    """Whether records an upload's read found missing were deleted, not damaged:
+    the segment left the log on the reactor (retention, the shared segments, a
+    truncation, a topic delete -- each drops it there before its LMDB write) or
+    the missing offsets are below the log start now."""
+    return t.deleted or not any(s is seg for s in lg.segments) or d.first < lg.log_start

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from harness import bounded, the_reactor
@@ -252,6 +252,45 @@ async def test_retention_and_topic_delete_remove_remote_objects(env: Any) -> Non
     assert t.logs[0].log_start == t.logs[0].segments[0].base
     await bounded(n.broker.delete_topic("t"))
     assert not any(k.endswith(".seg") for k in s3.objects)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_segment_retention_deletes_while_it_is_read_for_upload_is_not_damage(env: Any) -> None:
+    """Retention deletes the segment an upload has chosen, between the choice and the read of its
+    records (the chaos run of stop 45 logged it as DAMAGED, noted it and asked the replicas for a
+    repair): the upload is dropped quietly -- no damage noted, no failure counted, the tier ``ok``."""
+    make, s3, _clock = env
+    n = make()
+    t = await fill(n, "t", 60, retention_bytes=3000)
+    first = t.logs[0].segments[0]
+    real = n.store.call_reader
+    gate: Deferred[None] = Deferred()
+
+    def later(fn: Any, *args: Any) -> Deferred[Any]:
+        return gate.addCallback(lambda _: real(fn, *args))
+
+    n.store.call_reader = later  # type: ignore[method-assign]
+    assert n.broker.tier_tick() >= 1 and n.tier.in_flight == 1  # the first segment, chosen
+    assert n.broker.apply_retention() >= 1
+    await bounded(n.store.write([]))
+    assert not any(s is first for s in t.logs[0].segments)
+    assert lmdb_offsets(n, t)[0] > first.last  # its records left LMDB before the read
+    n.store.call_reader = real  # type: ignore[method-assign]
+    gate.callback(None)
+    for _ in range(100):
+        if not n.tier.in_flight:
+            break
+        await bounded(n.store.write([]))
+    assert n.tier.in_flight == 0
+    assert n.broker.integrity.found == {"lmdb": 0, "s3": 0}
+    assert n.broker.integrity.map.entries((t.config.uid, 0)) == []
+    assert n.tier.failures == 0 and n.tier.partition_status(t.config.uid, 0)["status"] == "ok"
+    assert not any(k.endswith(".seg") for k in s3.objects)
+    for _ in range(4):  # the next sealed segments move as usual
+        recs = [Record(-1, 0, 0, None, None, None, b"late" * 25, True) for _ in range(10)]
+        await bounded(n.broker.publish(t, recs, "leader"))
+    assert await spill_all(n) >= 1
+    assert n.tier.failures == 0 and n.broker.integrity.found == {"lmdb": 0, "s3": 0}
 
 
 @pytest_twisted.ensureDeferred
