@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from harness import bounded, the_reactor
 from sprawl.config import NodeConfig
@@ -25,7 +26,7 @@ from sprawl.pubsub import Broker
 from sprawl.storage import keys
 from sprawl.storage.lmdb import LmdbStore
 from sprawl.storage.tier_reads import TierReadError
-from sprawl.storage.tiering import TICK_SLICE, S3Tier
+from sprawl.storage.tiering import ERROR_AFTER, TICK_SLICE, S3Tier
 from sprawl.testing import MemoryS3
 from sprawl.topics import Topic
 
@@ -155,6 +156,24 @@ async def test_nothing_leaves_lmdb_when_verification_fails(env: Any) -> None:
     assert await spill_all(n) >= 1
     assert n.tier.partition_status(t.config.uid, 0)["status"] == "ok"
     assert [r.offset for r in await read_all(n, t)] == list(range(60))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partitions_first_failed_uploads_are_warnings_then_errors(env: Any) -> None:
+    """The first ``ERROR_AFTER - 1`` consecutive failed uploads of a partition are logged as
+    warnings (a failover's are retried and pass), the next as errors; every one is counted."""
+    make, s3, clock = env
+    n = make()
+    await fill(n, "t", 60)
+    s3.lie_about_size = True
+    levels: list[str] = []
+    for _ in range(ERROR_AFTER + 1):
+        with capturedLogs() as events:
+            assert await spill_all(n) == 0
+        levels += [e["log_level"].name for e in events if "S3 upload of" in e.get("log_format", "")]
+        clock.advance(60)  # past the backoff
+    assert levels == ["warn"] * (ERROR_AFTER - 1) + ["error"] * 2, levels
+    assert n.tier.failures == ERROR_AFTER + 1
 
 
 @pytest_twisted.ensureDeferred
