@@ -261,6 +261,11 @@ class NodeService(service.Service):
                 addr=c.bind_addr,
                 port=c.bind_port,
             )
+        log.info(
+            "peer plane on {addr}: {how}",
+            addr=c.bind_addr,
+            how=peer_plane_protection(c.cluster_key is not None, bool(c.cluster_ca)),
+        )
         advertise = c.advertise_addr or (c.bind_addr if c.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
         self.gossip = self._make_gossip(node_id)
         if c.cluster_ca:
@@ -563,3 +568,14 @@ class NodeService(service.Service):
         if self.s3_client is not None:
             self.s3_client.stop()
         log.info("sprawl node stopped cleanly")
+
+
+def peer_plane_protection(keyed: bool, ca: bool) -> str:
+    """How gossip and the peer channel are protected, as the start-up line says it."""
+    if keyed and ca:
+        return "cluster key (gossip and every peer frame tagged) and cluster CA (TLS, node certificates)"
+    if keyed:
+        return "cluster key (gossip and every peer frame tagged)"
+    if ca:
+        return "cluster CA (TLS, node certificates); gossip is not authenticated"
+    return "no cluster key or CA (open to whoever reaches the port)"

@@ -55,8 +55,12 @@ meanwhile) -- the stale-leader case the SIGSTOP faults are for.
 printed) for the schedule of faults and everything the publishers send --
 rerun with it to replay the same schedule and payloads (timing on real
 processes still varies), ``SPRAWL_CHAOS_FAULTS`` = ``all`` (default),
-``kill``, ``stop`` or ``none``, ``SPRAWL_CHAOS_S3=0`` for LMDB only (no
-SeaweedFS needed), ``SPRAWL_CHAOS_PARTITIONS=2000`` for that many idle
+``kill``, ``stop`` or ``none`` (with the S3 tier, ``all`` also stops the
+S3 server -- SIGSTOP, 1-4 s, then SIGCONT -- as one of its faults),
+``SPRAWL_CHAOS_S3=0`` for LMDB only (no SeaweedFS needed),
+``SPRAWL_CHAOS_KEY=0`` for an open peer plane (by default the nodes share a
+cluster key, as every cluster beyond loopback must: each peer frame and
+gossip packet is tagged and checked), ``SPRAWL_CHAOS_PARTITIONS=2000`` for that many idle
 partitions (3 replicas each) besides the six busy ones: they fail over with
 every fault and must each have a live leader afterwards.
 """
@@ -76,6 +80,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,6 +92,7 @@ from harness import (
     first_success,
     http_json,
     key_for_partition,
+    make_key_file,
     metrics_text,
     partition_views,
     poll_until,
@@ -103,6 +109,8 @@ CHAOS_SECONDS = float(os.environ.get("SPRAWL_CHAOS_SECONDS", "35"))
 FAULTS = os.environ.get("SPRAWL_CHAOS_FAULTS", "all")
 #: The S3 tier on (SeaweedFS, small segments, spilled at once); ``SPRAWL_CHAOS_S3=0`` turns it off.
 S3 = os.environ.get("SPRAWL_CHAOS_S3", "1") != "0"
+#: The nodes share a cluster key (the production setting beyond loopback); ``SPRAWL_CHAOS_KEY=0``: none.
+KEYED = os.environ.get("SPRAWL_CHAOS_KEY", "1") != "0"
 #: Topic name -> partitions.
 TOPICS = {"chaos-a": 3, "chaos-b": 2, "chaos-c": 1}
 #: Idle partitions beside them (``SPRAWL_CHAOS_PARTITIONS``, default none): topics
@@ -153,11 +161,14 @@ FAILOVER_BOUND = 10.0
 
 
 @pytest.fixture
-def tier(request: pytest.FixtureRequest) -> tuple[list[str], dict[str, str]]:
-    """Node arguments and environment of the chaos cluster: small segments,
-    and with :data:`S3` the S3 tier on a SeaweedFS of this session (a prefix
-    of this test's own), spilled as soon as a segment is sealed."""
+def tier(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """Node arguments and environment of the chaos cluster: small segments, a
+    cluster key (:data:`KEYED`), and with :data:`S3` the S3 tier on a
+    SeaweedFS of this session (a prefix of this test's own), spilled as soon
+    as a segment is sealed."""
     args = ["--segment-bytes", SEGMENT_BYTES]
+    if KEYED:
+        args += ["--cluster-key-file", make_key_file(tmp_path / "cluster.key")]
     if not S3:
         return args, {}
     server: SeaweedProcess = request.getfixturevalue("seaweed")
@@ -802,10 +813,17 @@ def utc() -> str:
     return time.strftime("%H:%M:%S", time.gmtime())
 
 
-def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[str]) -> None:
+def chaos(
+    cluster: NodeCluster,
+    rng: random.Random,
+    seconds: float,
+    log: list[str],
+    s3: SeaweedProcess | None = None,
+) -> None:
     """Faults one at a time until ``seconds`` passed: kill -9 (a random node, a
-    partition leader, or the Raft leader) then restart, or SIGSTOP then SIGCONT;
-    after each, the cluster is formed again (bounded) before the next."""
+    partition leader, or the Raft leader) then restart, or SIGSTOP then SIGCONT
+    (a node, or -- ``s3`` given, under ``all`` -- the S3 server); after each,
+    the cluster is formed again (bounded) before the next."""
     pace = threading.Event()
     end = time.monotonic() + seconds
     for _ in range(10_000):
@@ -816,10 +834,21 @@ def chaos(cluster: NodeCluster, rng: random.Random, seconds: float, log: list[st
             "none": ["idle"],
             "stop": ["stop"],
             "kill": ["kill", "kill-partition-leader", "kill-raft-leader"],
-            "all": ["kill", "kill-partition-leader", "kill-raft-leader", "stop"],
+            "all": ["kill", "kill-partition-leader", "kill-raft-leader", "stop"]
+            + (["stop-s3"] if s3 is not None else []),
         }
         kind = rng.choice(kinds[FAULTS])
         if kind == "idle":
+            continue
+        if kind == "stop-s3":
+            assert s3 is not None
+            hold = rng.uniform(1.0, 4.0)
+            log.append(f"{utc()} stop-s3 for {hold:.1f} s")
+            s3.pause()
+            try:
+                pace.wait(hold)
+            finally:
+                s3.resume()
             continue
         victim = rng.choice(cluster.names)
         if kind == "kill-raft-leader":
@@ -857,7 +886,7 @@ def s3_segments(cluster: NodeCluster) -> int:
 
 
 def test_acked_messages_survive_kills_and_stops(
-    cluster_factory: Any, tier: tuple[list[str], dict[str, str]]
+    cluster_factory: Any, tier: tuple[list[str], dict[str, str]], request: pytest.FixtureRequest
 ) -> None:
     """The envelope of the module docstring: 5 nodes, RF=3, S3 tier, payloads
     up to the size limit, publishers resending ids, a consumer group and an
@@ -868,11 +897,16 @@ def test_acked_messages_survive_kills_and_stops(
     seed = int(os.environ.get("SPRAWL_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(
         f"\nchaos seed {seed} (SPRAWL_CHAOS_SEED={seed} replays the schedule and the payloads); "
-        f"{CHAOS_SECONDS:g} s, faults={FAULTS}, S3 tier {'on' if S3 else 'off'}"
+        f"{CHAOS_SECONDS:g} s, faults={FAULTS}, S3 tier {'on' if S3 else 'off'}, "
+        f"cluster key {'on' if KEYED else 'off'}"
     )
     rng = random.Random(seed)
     args, env = tier
+    s3: SeaweedProcess | None = request.getfixturevalue("seaweed") if S3 else None
     cluster = cluster_factory(5, "c", *args, env=env)
+    if KEYED:  # each node says at start how its peer plane is protected
+        unkeyed = [n for n in cluster.names if ": cluster key (" not in cluster.nodes[n].log_text()]
+        assert not unkeyed, f"nodes without the cluster key: {unkeyed}"
     create_topics(cluster, TOPICS, {RETAINED: {"retention_bytes": RETENTION_BYTES}})
     declare_pipeline(cluster)
     idle = idle_topics(IDLE_PARTITIONS)
@@ -939,7 +973,7 @@ def test_acked_messages_survive_kills_and_stops(
         t.start()
     print(f"{utc()} publishers and consumers started")
     try:
-        run_and_check(cluster, rng, ledger, group, stream, publishers, consumers, stop, stop_consumers)
+        run_and_check(cluster, rng, ledger, group, stream, publishers, consumers, stop, stop_consumers, s3)
         if idle:
             # The idle partitions came through every fault: each led by a node that is up.
             took = poll_until(lambda: all_placed(cluster, idle), FORM_BOUND)
@@ -961,11 +995,12 @@ def run_and_check(
     consumers: list[threading.Thread],
     stop: threading.Event,
     stop_consumers: threading.Event,
+    s3: SeaweedProcess | None,
 ) -> None:
     """The faults while the threads run, then every check of the module docstring."""
     log: list[str] = []
     try:
-        chaos(cluster, rng, CHAOS_SECONDS, log)
+        chaos(cluster, rng, CHAOS_SECONDS, log, s3)
     finally:
         stop.set()
         for t in publishers:

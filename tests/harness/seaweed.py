@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,16 @@ class SeaweedProcess:
         lines = text.splitlines()
         fatal = [ln for ln in lines if ln.startswith("F") or "address already in use" in ln]
         return " | ".join((fatal or lines)[-3:])[:2000]
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its sockets and answers nothing (an S3 outage)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Terminate (SIGKILL after 2 s) and reap.
