@@ -12,6 +12,7 @@ from twisted.logger import ILogObserver, Logger
 
 from harness import NodeProcess
 from sprawl.log_observers import LoggingMultiService, json_observer
+from sprawl.node.service import peer_plane_protection
 from sprawl.tap import build_config
 
 
@@ -62,3 +63,17 @@ def test_real_node_logs_json_lines(tmp_path: Path) -> None:
     assert "sprawl node stopped cleanly" in texts
     serving = next(e for e in events if "serving HTTP on" in e["text"])
     assert serving["log_namespace"] == "sprawl.tap" and serving["http"].startswith("http://127.0.0.1:")
+    plane = [e for e in events if e.get("log_format") == "peer plane on {addr}: {how}"]
+    assert [(e["addr"], e["how"]) for e in plane] == [("127.0.0.1", peer_plane_protection(False, False))]
+
+
+def test_the_start_line_names_how_the_peer_plane_is_protected() -> None:
+    """Each of the four settings (key, CA, both, neither) has its own words; an open
+    peer plane says so, and only a key is said to tag gossip."""
+    said = {(k, ca): peer_plane_protection(k, ca) for k in (False, True) for ca in (False, True)}
+    assert len(set(said.values())) == 4
+    assert said[(False, False)].startswith("no cluster key or CA")
+    assert said[(True, False)].startswith("cluster key") and "CA" not in said[(True, False)]
+    assert "gossip is not authenticated" in said[(False, True)]
+    assert "cluster key" in said[(True, True)] and "cluster CA" in said[(True, True)]
+    assert all("gossip" in said[(True, ca)] and "tagged" in said[(True, ca)] for ca in (False, True))
