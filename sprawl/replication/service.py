@@ -968,7 +968,7 @@ class ReplicationService:
 
             def failed(f: Failure) -> None:
                 code = getattr(f.value, "code", None)
-                quiet = code in TRANSIENT_COMMIT_ERRORS or code == "proposal_timeout"
+                quiet = code in TRANSIENT_COMMIT_ERRORS or code in ("proposal_timeout", "stale_epoch")
                 # A batch of thousands of choices fails as one: log once a second.
                 more = self._unlogged(str(code)) if quiet else 0
                 if more is None:
@@ -989,6 +989,19 @@ class ReplicationService:
                     log.warn(
                         "committing the leader of {topic}/{partition} timed out; retrying "
                         "({more} more not logged since the last)",
+                        topic=key[0],
+                        partition=key[1],
+                        more=more,
+                    )
+                elif code == "stale_epoch":
+                    # Fencing at work: another choice of this epoch or a later
+                    # one was committed first -- this node's controller was
+                    # deposed with its proposal in flight (a Raft leader
+                    # change), or the proposal was applied twice.  The core
+                    # follows the applied placement.
+                    log.warn(
+                        "committing the leader of {topic}/{partition} was refused: a choice of its "
+                        "epoch or a later one was committed first ({more} more not logged since the last)",
                         topic=key[0],
                         partition=key[1],
                         more=more,
