@@ -117,6 +117,7 @@ class BrokerCore:
         self.integrity = Integrity(self)
         if tier is not None:
             tier.on_damage = self.integrity.note
+            tier.raced = self.integrity.raced
         self._last_spill = 0.0
         #: Hot-tail bytes over every partition when the budget was last
         #: enforced, and when (far below the budget, it waits a second).

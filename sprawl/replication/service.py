@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from sprawl.interfaces import Clock, Delayed, ReplicaStore
@@ -85,10 +85,35 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: Error codes of a commit that failed because Raft has no leader to take it
-#: now (an election, or a Raft hand-off on a graceful stop or drain): the
-#: failover core tries again in a later tick, logged at info (issue 24).
-TRANSIENT_COMMIT_ERRORS = frozenset({"no_leader", "stopping"})
+_WAIT = (
+    LogLevel.info,
+    "committing the leader of {topic}/{partition} must wait ({code}); retrying "
+    "({more} more not logged since the last)",
+)
+
+#: Failover commits that fail in the course of things, by error code, and how
+#: they are logged (at most once a second a code: a batch of thousands of
+#: choices fails as one); any other failure is critical.
+#: ``no_leader``, ``stopping``: Raft has no leader to take it now (an election,
+#: a Raft hand-off on a graceful stop or drain); the core retries in a later
+#: tick (issue 24).  ``proposal_timeout``: it may still land (restart36).
+#: ``stale_epoch``: the metadata's fencing -- a choice of this epoch or a later
+#: one was committed first (this node's controller deposed with its proposal
+#: in flight, stop 46's chaos run).
+EXPECTED_COMMIT_FAILURES: dict[str, tuple[LogLevel, str]] = {
+    "no_leader": _WAIT,
+    "stopping": _WAIT,
+    "proposal_timeout": (
+        LogLevel.warn,
+        "committing the leader of {topic}/{partition} timed out; retrying "
+        "({more} more not logged since the last)",
+    ),
+    "stale_epoch": (
+        LogLevel.warn,
+        "committing the leader of {topic}/{partition} was refused: a choice of its epoch or a "
+        "later one was committed first ({more} more not logged since the last)",
+    ),
+}
 
 #: Seconds a node stays known dead on the controller's word alone (gossip's
 #: ``dead`` or ``left`` holds until gossip or the node itself says otherwise).
@@ -968,51 +993,19 @@ class ReplicationService:
 
             def failed(f: Failure) -> None:
                 code = getattr(f.value, "code", None)
-                quiet = code in TRANSIENT_COMMIT_ERRORS or code in ("proposal_timeout", "stale_epoch")
-                # A batch of thousands of choices fails as one: log once a second.
-                more = self._unlogged(str(code)) if quiet else 0
-                if more is None:
-                    pass
-                elif code in TRANSIENT_COMMIT_ERRORS:
-                    # Raft is between leaders (a Raft hand-off on a graceful
-                    # stop or drain, an election): the core retries in a later
-                    # tick; nothing is wrong.
-                    log.info(
-                        "committing the leader of {topic}/{partition} must wait ({code}); retrying "
-                        "({more} more not logged since the last)",
-                        topic=key[0],
-                        partition=key[1],
-                        code=code,
-                        more=more,
-                    )
-                elif code == "proposal_timeout":
-                    log.warn(
-                        "committing the leader of {topic}/{partition} timed out; retrying "
-                        "({more} more not logged since the last)",
-                        topic=key[0],
-                        partition=key[1],
-                        more=more,
-                    )
-                elif code == "stale_epoch":
-                    # Fencing at work: another choice of this epoch or a later
-                    # one was committed first -- this node's controller was
-                    # deposed with its proposal in flight (a Raft leader
-                    # change), or the proposal was applied twice.  The core
-                    # follows the applied placement.
-                    log.warn(
-                        "committing the leader of {topic}/{partition} was refused: a choice of its "
-                        "epoch or a later one was committed first ({more} more not logged since the last)",
-                        topic=key[0],
-                        partition=key[1],
-                        more=more,
-                    )
-                else:
+                expected = EXPECTED_COMMIT_FAILURES.get(str(code))
+                if expected is None:
                     log.failure(
                         "committing the leader of {topic}/{partition} failed",
                         f,
                         topic=key[0],
                         partition=key[1],
                     )
+                else:
+                    more = self._unlogged(str(code))
+                    if more is not None:
+                        level, fmt = expected
+                        log.emit(level, fmt, topic=key[0], partition=key[1], code=code, more=more)
                 # A timeout may still land: the core keeps its choice a while.
                 self.run_control(key, c.committed(False, may_land=code == "proposal_timeout"))
 

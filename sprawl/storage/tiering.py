@@ -141,6 +141,9 @@ class S3Tier(TierReads, TierUpkeep):
         #: ``(topic, partition, DamagedRange)``: damage met reading a segment
         #: from LMDB to upload it (the broker's integrity notes it).
         self.on_damage: Callable[[Topic, int, DamagedRange], object] | None = None
+        #: ``(topic, partition, DamagedRange)``: whether such a read raced a change
+        #: of the log rather than met damage (the broker's ``Integrity.raced``).
+        self.raced: Callable[[Topic, int, DamagedRange], bool] | None = None
         #: Objects fetched again after a checksum mismatch.
         self.refetches = 0
         #: Seconds an object no shared list names must have existed before
@@ -392,7 +395,7 @@ class S3Tier(TierReads, TierUpkeep):
         st.busy = False
 
     def _spill_failed(self, f: Failure, t: Topic, lg: PartitionLog, seg: Segment | None) -> None:
-        if isinstance(f.value, DamagedRange) and seg is not None and _taken(t, lg, seg, f.value):
+        if isinstance(f.value, DamagedRange) and seg is not None and self._taken(t, lg, seg, f.value):
             # Not damage: retention, the shared segments or a topic delete took
             # the segment while its records were read for the upload (they drop
             # it here first, then delete it from LMDB).  Nothing is left to upload.
@@ -429,6 +432,15 @@ class S3Tier(TierReads, TierUpkeep):
             n=st.failures,
             error=st.last_error,
         )
+
+    def _taken(self, t: Topic, lg: PartitionLog, seg: Segment, d: DamagedRange) -> bool:
+        """Whether records an upload's read found missing were deleted, not damaged:
+        the segment left the log on the reactor (retention, the shared segments, a
+        truncation, a topic delete -- each drops it there before its LMDB write), or
+        the read raced such a change as any read may (:attr:`raced`)."""
+        if t.deleted or not any(s is seg for s in lg.segments):
+            return True
+        return self.raced is not None and self.raced(t, lg.partition, d)
 
     async def _spill(
         self, t: Topic, lg: PartitionLog, seg: Segment, reason: str, epoch: int, remote_log: RemoteLog
@@ -539,11 +551,3 @@ class S3Tier(TierReads, TierUpkeep):
             raise S3Failure(f"verify {key}: ETag {h['etag']} is not the MD5 {md5_hex}")
         if h["metadata"].get("sha256") != sha:
             raise S3Failure(f"verify {key}: sha256 metadata does not match")
-
-
-def _taken(t: Topic, lg: PartitionLog, seg: Segment, d: DamagedRange) -> bool:
-    """Whether records an upload's read found missing were deleted, not damaged:
-    the segment left the log on the reactor (retention, the shared segments, a
-    truncation, a topic delete -- each drops it there before its LMDB write) or
-    the missing offsets are below the log start now."""
-    return t.deleted or not any(s is seg for s in lg.segments) or d.first < lg.log_start
