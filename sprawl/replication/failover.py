@@ -402,6 +402,19 @@ class FailoverCore:
         which started yet another failover (issue 23, restart36: epochs
         climbing to 5, followers "catching up" for minutes)."""
         c = self.committing
+        if not ok and c is not None and self.epoch >= c.epoch and self.leader is not None:
+            # The applied placement reached this choice's epoch while it was
+            # being committed (:func:`sync_core` brought the core to it): the
+            # choice was refused because a choice of this epoch or a later
+            # one -- another controller's, made before this one took over --
+            # is committed already.  That placement is followed: its leader is
+            # asked to confirm, as after any commit.  Before, the core forgot
+            # its leader and failed over at the next tick, a new epoch for a
+            # partition whose leader was fine (a chaos run's ``stale_epoch``).
+            self.committing, self.landing, self.fencing = None, None, None
+            self.heard_early = None
+            self.silent_ticks = 0
+            return ControlOutput()
         if not ok and may_land and c is not None and self.landing is None:
             self.landing = 0
             return ControlOutput()
