@@ -67,8 +67,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprawl.errors import Overloaded
-from sprawl.interfaces import ReplicaStore
+from sprawl.errors import Overloaded, Unavailable
+from sprawl.interfaces import Clock, ReplicaStore
 from sprawl.log.damage import DamagedRange
 from sprawl.log.record import Record
 from sprawl.peer.frames import BATCH_BYTES
@@ -103,6 +103,11 @@ HW_SAVE_SECONDS = 0.1
 #: control record at offset 0 (``Replica.first_epoch``).
 FIRST_EPOCH = 1
 
+#: Seconds a publish waits for a majority of the replicas before it is
+#: answered 503 ``quorum_timeout``: past a failover's few seconds, under the
+#: clients' own 10 s timeout.
+QUORUM_TIMEOUT = 8.0
+
 
 class PartitionReplication:
     """One replicated partition on this node (see the module docstring)."""
@@ -118,6 +123,7 @@ class PartitionReplication:
         *,
         max_batch: int = 512,
         max_waiting: int = 10_000,
+        quorum_timeout: float = QUORUM_TIMEOUT,
         committed_if_new: bool = False,
         batch_bytes: int = BATCH_BYTES,
         on_records: Callable[[list[Record]], None] | None = None,
@@ -128,6 +134,15 @@ class PartitionReplication:
         #: Publishes waiting for a majority at most (then 429): a leader cut
         #: off from its followers must not queue publishes without bound.
         self.max_waiting = max_waiting
+        #: Seconds a publish waits for a majority before it is answered 503
+        #: ``quorum_timeout`` (see :meth:`_quorum_due`).
+        self.quorum_timeout = quorum_timeout
+        #: The clock of that timeout and of the waits' start (the broker's: the
+        #: reactor, or a test's ``task.Clock``).
+        self.quorum_clock: Clock = broker.clock
+        self._quorum_timer: Any = None
+        #: Publishes answered ``quorum_timeout`` (tests and the log count them).
+        self.quorum_timeouts = 0
         self.topic = topic
         self.partition = partition
         self.send = send
@@ -193,8 +208,8 @@ class PartitionReplication:
         #: Publishes (and duplicates' first copies) waiting for a majority:
         #: (last offset, the epoch this replica led when it took them, Deferred,
         #: what it fires with: a publish's offsets or its caller's value, and
-        #: when it was taken for the ``quorum`` hop -- timed as it is answered,
-        #: not by a callback link: issue 16, qlead42 -- or None).
+        #: when it was taken: for the ``quorum`` hop -- timed as it is answered,
+        #: not by a callback link: issue 16, qlead42 -- and its timeout).
         self._waiters: list[tuple[int, int, defer.Deferred[Any], Any, float | None]] = []
         #: The lowest offset in :attr:`_waiters` (:data:`_NONE_WAITING` when none):
         #: while leading, a high watermark below it answers nothing, and
@@ -280,12 +295,14 @@ class PartitionReplication:
         d: defer.Deferred[Any] = defer.Deferred()
         # (the waiter fires with the offsets, or the caller's value, and times
         # the quorum hop itself: no callback link for either)
-        since = self.broker.clock.seconds() if self.on_hop is not None else None
+        since = self.quorum_clock.seconds()
         self._waiters.append(
             (last, self.core.epoch, d, list(range(first, last + 1)) if value is None else value, since)
         )
         if last < self._waiters_low:
             self._waiters_low = last
+        if self._quorum_timer is None:
+            self._quorum_timer = self.quorum_clock.callLater(self.quorum_timeout, self._quorum_due)
         tl = timeline.TIMELINE
         if tl is not None and tl.sampled(first, last + 1):
             d.addCallback(_mark_acked, tl, first, last + 1)
@@ -310,10 +327,62 @@ class PartitionReplication:
         if self.core.role != LEADER:
             return defer.fail(NotLeader(self.core.leader, self.core.epoch))
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((offset, self.core.epoch, d, None, None))
+        self._waiters.append((offset, self.core.epoch, d, None, self.quorum_clock.seconds()))
         if offset < self._waiters_low:
             self._waiters_low = offset
+        if self._quorum_timer is None:
+            self._quorum_timer = self.quorum_clock.callLater(self.quorum_timeout, self._quorum_due)
         return d
+
+    def _quorum_due(self) -> None:
+        """Answer 503 ``quorum_timeout`` the publishes that waited
+        :attr:`quorum_timeout` seconds for a majority: a leader cut off from
+        its followers (a network partition: the majority failed over without
+        it, and it cannot hear the new epoch) commits nothing, and its
+        clients must hear so within a bound -- before, they waited until
+        their own timeout, or until the partition healed.  The records may
+        still be committed (the followers may only be slow): the answer says
+        to publish again with the same ids, which answers a committed copy's
+        offset.  One timer per partition while publishes wait, re-armed for
+        the oldest one: no timer per publish."""
+        self._quorum_timer = None
+        if not self._waiters:
+            return
+        now = self.quorum_clock.seconds()
+        limit = now - self.quorum_timeout
+        expired = [w for w in self._waiters if w[4] is not None and w[4] <= limit]
+        if expired:
+            gone = {id(w[2]) for w in expired}
+            self._waiters = [w for w in self._waiters if id(w[2]) not in gone]
+            self._waiters_low = min((w[0] for w in self._waiters), default=_NONE_WAITING)
+            self.quorum_timeouts += len(expired)
+            log.warn(
+                "replication of {topic}/{partition}: {n} publishes not stored on a majority of the "
+                "replicas {replicas} within {seconds} s, answered quorum_timeout (end {end}, high "
+                "watermark {hw})",
+                topic=self.topic.name,
+                partition=self.partition,
+                n=len(expired),
+                replicas=list(self.core.replicas),
+                seconds=self.quorum_timeout,
+                end=self.core.cache.end,
+                hw=self.core.hw,
+            )
+            for w in expired:
+                if not w[2].called:
+                    w[2].errback(
+                        Unavailable(
+                            f"not stored on a majority of the replicas of {self.topic.name}/{self.partition} "
+                            f"within {self.quorum_timeout:g} s (its leader cannot reach them); it may still be "
+                            "committed: publish again with the same ids",
+                            code="quorum_timeout",
+                        )
+                    )
+        if self._waiters and self._quorum_timer is None:
+            oldest = min(w[4] for w in self._waiters if w[4] is not None)
+            self._quorum_timer = self.quorum_clock.callLater(
+                max(0.0, oldest + self.quorum_timeout - now), self._quorum_due
+            )
 
     def when_held(self, follower: str, end: int, seconds: float) -> defer.Deferred[bool]:
         """As leader: fires True once ``follower`` has acknowledged holding this

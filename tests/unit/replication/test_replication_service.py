@@ -157,6 +157,44 @@ async def test_no_quorum_no_ack(cluster: dict[str, Node]) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_publish_no_majority_stores_is_answered_quorum_timeout(cluster: dict[str, Node]) -> None:
+    """With both followers gone (a leader cut off by a network partition) a
+    waiting acks=quorum publish is answered 503 ``quorum_timeout`` once it
+    waited ``quorum_timeout`` seconds on the replica's clock -- not before,
+    and a later publish gets its own whole wait (one timer, re-armed for the
+    oldest).  Nothing is acknowledged.  Before, it waited until the partition
+    healed: its client heard nothing."""
+    from sprawl.errors import Unavailable
+
+    leader = await _first_leader(cluster)
+    rep = leader.service.replicas[("orders", 0)]
+    await _alone(cluster, leader, rep)
+    clock = task.Clock()
+    if rep._quorum_timer is not None:  # (armed on the reactor by the publishes before)
+        rep._quorum_timer.cancel()
+        rep._quorum_timer = None
+    rep.quorum_clock = clock
+    lg = leader.broker.topics["orders"].logs[0]
+    hw = lg.high_watermark
+    first: list[Any] = []
+    second: list[Any] = []
+    rep.publish(_msgs(3, 2)).addBoth(first.append)
+    clock.advance(5.0)
+    rep.publish(_msgs(1, 5)).addBoth(second.append)
+    clock.advance(rep.quorum_timeout - 5.0 - 0.1)
+    assert first == [] and second == []
+    clock.advance(0.2)
+    assert len(first) == 1 and second == []
+    e = first[0].value
+    assert isinstance(e, Unavailable) and (e.code, e.status) == ("quorum_timeout", 503), e
+    assert "publish again with the same ids" in str(e)
+    clock.advance(5.0)
+    assert len(second) == 1 and second[0].value.code == "quorum_timeout"
+    assert rep.quorum_timeouts == 2 and not rep._waiters and rep._quorum_timer is None
+    assert lg.high_watermark == hw  # nothing was committed
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_watermark_that_answers_nothing_does_not_walk_the_waiting_publishes(
     cluster: dict[str, Node],
 ) -> None:
