@@ -591,10 +591,25 @@ class PeerReactor(Clock, Protocol):
     """The reactor as the peer channel uses it: time, and outbound TCP or TLS
     connections (``IReactorTCP``/``IReactorSSL``)."""
 
-    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30) -> Any:
-        """Connect to ``host:port`` with ``factory``."""
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> Any:
+        """Connect to ``host:port`` with ``factory`` (from ``bindAddress`` when given)."""
         ...
 
-    def connectSSL(self, host: str, port: int, factory: Any, contextFactory: Any, timeout: float = 30) -> Any:
-        """Connect over TLS with ``contextFactory``'s options."""
+    def connectSSL(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        contextFactory: Any,
+        timeout: float = 30,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> Any:
+        """Connect over TLS with ``contextFactory``'s options (from ``bindAddress`` when given)."""
         ...

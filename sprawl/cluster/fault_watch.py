@@ -218,6 +218,9 @@ class FaultWatch:
         self.node_id = node_id
         self.clock = reactor
         self.reactor = reactor
+        #: The local address probes leave from (the peer channel's
+        #: :attr:`~sprawl.peer.tcp.PeerChannel.source`), or None.
+        self.source: str | None = None
         self.broker = broker
         self.control = control
         self.plane = plane
@@ -629,7 +632,8 @@ class FaultWatch:
         self._probed_at[node] = now
         self._probing.add(node)
         try:
-            self.reactor.connectTCP(addr[0], addr[1], _ProbeFactory(self, node), timeout=PROBE_TIMEOUT)
+            kw: dict[str, Any] = {} if self.source is None else {"bindAddress": (self.source, 0)}
+            self.reactor.connectTCP(addr[0], addr[1], _ProbeFactory(self, node), timeout=PROBE_TIMEOUT, **kw)
         except Exception:
             self._probing.discard(node)
 

@@ -92,8 +92,9 @@ def watch_faults(
     watch = FaultWatch(
         node_id, reactor, broker, control, plane, gossip, (MIN_PROTOCOL, PROTOCOL), tls=tls, feature_gate=gate
     )
-    watch.start()
     channel = control.channel
+    watch.source = channel.source  # (probes leave from where the peer channel's connections do)
+    watch.start()
     previous = channel.on_unreachable
 
     def unreachable(peer: str) -> None:

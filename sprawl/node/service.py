@@ -282,6 +282,7 @@ class NodeService(service.Service):
             c.cluster_key,
             limits=frame_limits(c.max_body_bytes),
             latched_features=self._latched_features,
+            source=None if c.bind_addr in ("0.0.0.0", "::") else c.bind_addr,
             **peer_tls(c),
         )
         bind = c.bind_addr.replace(":", chr(92) + ":")

@@ -272,10 +272,14 @@ class Sender:
         self.connecting = True
         ch = self.channel
         ch.stats.connects += 1
+        # (``bindAddress`` only when set: the reactor fakes of the tests take none)
+        kw: dict[str, Any] = {} if ch.source is None else {"bindAddress": (ch.source, 0)}
         if ch.client_tls is not None:
-            ch.reactor.connectSSL(addr[0], addr[1], OutboundFactory(self), ch.client_tls(addr[0]), timeout=5)
+            ch.reactor.connectSSL(
+                addr[0], addr[1], OutboundFactory(self), ch.client_tls(addr[0]), timeout=5, **kw
+            )
         else:
-            ch.reactor.connectTCP(addr[0], addr[1], OutboundFactory(self), timeout=5)
+            ch.reactor.connectTCP(addr[0], addr[1], OutboundFactory(self), timeout=5, **kw)
 
     def on_connected(self, proto: Outbound) -> None:
         self.connecting = False

@@ -90,8 +90,15 @@ class PeerChannel:
         client_tls: Callable[[str], CertificateOptions] | None = None,
         peer_names: Callable[[Any], set[str]] | None = None,
         latched_features: Callable[[], Collection[str]] = lambda: (),
+        source: str | None = None,
     ) -> None:
         self.node_id = node_id
+        #: The local address this node's connections to its peers leave from
+        #: (the peer port's bind address when it names one interface), or None
+        #: for the OS's choice.  A node bound to one address of a multi-homed
+        #: host talks to its peers from it, as it listens on it: a firewall
+        #: rule between two nodes' addresses covers both directions.
+        self.source = source
         self.reactor = reactor
         self.rng = rng
         self.key = key

@@ -15,7 +15,7 @@ from harness.waits import poll_until
 
 
 class NodeCluster:
-    """``n`` real ``twistd sprawl`` nodes on 127.0.0.1 forming one cluster, handled by name.
+    """``n`` real ``twistd sprawl`` nodes on loopback forming one cluster, handled by name.
 
     The first node founds the cluster; the others are seeded from it.  Nodes
     can be killed (SIGKILL), restarted on their own data dir (same node id,
@@ -35,14 +35,19 @@ class NodeCluster:
         startup_timeout: float = 30.0,
         per_node: Callable[[str], list[str]] | None = None,
         env: dict[str, str] | None = None,
+        hosts: list[str] | None = None,
     ) -> None:
         self.base = Path(base)
         self.names = [f"{prefix}{i}" for i in range(n)]
+        #: Each node's loopback address (default 127.0.0.1 for all; distinct
+        #: ones let :mod:`harness.netcut` cut nodes apart).
+        self.hosts = dict(zip(self.names, hosts or ["127.0.0.1"] * n, strict=True))
         self.extra = list(extra)
         #: Arguments of one node only (its own certificate, ...), after ``extra``.
         self.per_node = per_node
         self.nodes = {
-            nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout, env=env) for nm in self.names
+            nm: NodeProcess(self.base / nm, startup_timeout=startup_timeout, env=env, host=self.hosts[nm])
+            for nm in self.names
         }
         self.down: set[str] = set(self.names)  # not running (never started, or killed)
         self.paused: set[str] = set()  # SIGSTOPped
@@ -61,7 +66,7 @@ class NodeCluster:
 
         first = self.names[0]
         self._launch(first, None)
-        seeds = f"127.0.0.1:{self.nodes[first].peer_port}"
+        seeds = f"{self.hosts[first]}:{self.nodes[first].peer_port}"
         rest = self.names[1:]
         if rest:
             with ThreadPoolExecutor(len(rest)) as pool:
@@ -116,7 +121,7 @@ class NodeCluster:
         """
         node = self.nodes[name]
         assert name in self.down, f"{name} is running"
-        seeds = ",".join(f"127.0.0.1:{self.nodes[o].peer_port}" for o in self.up() if o != name)
+        seeds = ",".join(f"{self.hosts[o]}:{self.nodes[o].peer_port}" for o in self.up() if o != name)
         old = (node.http_port, node.peer_port)
         if same_ports and old[0] and old[1]:
             try:

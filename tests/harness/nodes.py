@@ -84,7 +84,7 @@ def node_pythonpath() -> str:
 
 
 class NodeProcess:
-    """A real ``twistd -n sprawl`` process on 127.0.0.1."""
+    """A real ``twistd -n sprawl`` process on 127.0.0.1 (or another loopback ``host``)."""
 
     def __init__(
         self,
@@ -93,8 +93,13 @@ class NodeProcess:
         startup_timeout: float = 30.0,
         loopback_peer: bool = True,
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.data_dir = Path(data_dir)
+        #: The loopback address the node's HTTP and peer ports listen on (and its
+        #: peer connections leave from): one per node lets a test cut two nodes
+        #: apart (:mod:`harness.netcut`).
+        self.host = host
         self.args = list(args)
         #: Pass ``--bind-addr 127.0.0.1`` (False: leave the peer address to the node's default).
         self.loopback_peer = loopback_peer
@@ -110,7 +115,7 @@ class NodeProcess:
     @property
     def url(self) -> str:
         """The node's HTTP base URL."""
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def start(self) -> NodeProcess:
         """Start the process and wait (bounded) until it serves HTTP."""
@@ -126,10 +131,10 @@ class NodeProcess:
             "--data-dir",
             str(self.data_dir),
             "--http-addr",
-            "127.0.0.1",
+            self.host,
             "--http-port",
             "0",
-            *(["--bind-addr", "127.0.0.1"] if self.loopback_peer else []),
+            *(["--bind-addr", self.host] if self.loopback_peer else []),
             "--bind-port",
             "0",
             *self.args,

@@ -198,10 +198,20 @@ class _ProbeReactor:
         self.callLater = self.clock.callLater
         self.seconds = self.clock.seconds
         self.probes: list[tuple[float, int]] = []
+        #: Each probe's local address (``bindAddress``), None when the OS chooses.
+        self.sources: list[tuple[str, int] | None] = []
         self.watch: FaultWatch | None = None
 
-    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30) -> None:
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> None:
         self.probes.append((self.clock.seconds(), port))
+        self.sources.append(bindAddress)
         self.clock.callLater(0.01, factory.result, "answers")
 
 
@@ -244,6 +254,20 @@ def test_live_members_are_probed_every_few_seconds_not_every_round() -> None:
     assert reactor.probes[before:] == [(reactor.clock.seconds(), 7001)]
     watch.peer_lost("m1")  # (at most once per PROBE_EVERY)
     assert len(reactor.probes) == before + 1
+
+
+def test_probes_leave_from_the_peer_channels_source_address() -> None:
+    """A node bound to one address probes its peers from it, as its peer
+    channel connects from it (``FaultWatch.source``, set from the channel's):
+    a partition between two nodes' addresses cuts the probes too, so a
+    probe cannot find alive a node the peer channel cannot reach.  Without
+    a source the OS chooses, as before."""
+    watch, reactor = _probing_watch(1)
+    watch.peer_lost("m0")
+    watch.source = "127.31.7.2"
+    reactor.clock.advance(60)
+    watch.peer_lost("m0")
+    assert reactor.sources == [None, ("127.31.7.2", 0)]
 
 
 def test_the_leaderless_partitions_leave_with_their_leaders_and_topics() -> None:

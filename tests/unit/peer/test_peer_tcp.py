@@ -465,3 +465,19 @@ async def test_a_turn_of_many_frames_to_one_peer_sends_few_at_once(
     assert len(direct) == 5
     await until(lambda: len(net.got["b"]) == 102, "the later frame at b")
     assert net.got["b"] == [("a", p) for p in [b"first", *burst, b"later"]]
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.31.7.2"], ids=["default", "bind-address"])
+@pytest_twisted.ensureDeferred
+async def test_connections_leave_from_the_source_address(net: PeerNet, source: str) -> None:
+    """A channel given a ``source`` (the node's ``--bind-addr`` when it names
+    one address) connects to its peers from it: the acceptor sees that
+    address, so a firewall rule -- or the partition tests' ``tc`` filter --
+    between two nodes' addresses covers both directions.  Without one the
+    OS picks (127.0.0.1 on loopback)."""
+    a = net.channel("a", source=None if source == "127.0.0.1" else source)
+    b = net.channel("b")
+    link_peers(a, b, net.listen(b))
+    assert a.send("b", RAFT, b"x")
+    await until(lambda: net.got["b"] != [] and bool(b.inbound_conns), "the frame at b")
+    assert {c.transport.getPeer().host for c in b.inbound_conns} == {source}

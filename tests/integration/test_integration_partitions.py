@@ -1,0 +1,281 @@
+"""Integration: network partitions between live ``twistd sprawl`` processes.
+
+The chaos test kills, stops and restarts nodes; a node that is up but cut off
+from some of the others -- the partition Jepsen made famous -- needs more
+than signals.  Here every node listens on its own 127.x address and talks to
+its peers from it, and :mod:`harness.netcut` drops the packets between two
+addresses in the kernel (``tc`` on ``lo``; root), so TCP segments and gossip
+datagrams vanish while the test's own requests (from 127.0.0.1) reach every
+node.  Three nodes, one partition with three replicas, ``acks=quorum``:
+
+- **The leader cut off from both followers** (a minority of one).  A writer
+  publishing through a majority node keeps getting acks once the majority
+  has failed the partition over; the old leader acks none of the publishes
+  sent to it during the cut, and answers each 503 ``quorum_timeout`` within
+  its bound (``QUORUM_TIMEOUT``); after the heal it follows the new leader, every
+  node holds the same log, every acked message is at its acked offset, and
+  nothing the old leader wrote alone during the cut survives anywhere (its
+  suffix was truncated, not merged).
+- **One pair cut, the third node reaching both** (the leader and one
+  follower).  The writer through the third node keeps getting acks (a
+  majority -- the leader and the third -- still replicates); gossip's
+  indirect probes through the third node keep every member from being
+  declared dead by it; after the heal the logs agree and nothing acked is
+  lost.
+
+Bounds are load-scaled (``harness.waits.scaled``); each wait is for the
+condition it needs.  The cut is held while the test watches what it must
+watch (a fault schedule, like the chaos test's), never to let something
+happen.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import NodeCluster, http_json, poll_until
+from harness.netcut import LoopbackCuts, loopback_hosts, missing_tools
+from harness.nodes import require_tools
+from harness.waits import scaled
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "cut"
+#: Bound on a failover after the cut (beat timeout 2 s, fencing, a Raft commit), scaled.
+FAILOVER_BOUND = 30.0
+#: Bound on the old leader catching up after the heal, scaled.
+HEAL_BOUND = 60.0
+#: How long a pair stays cut while the test watches gossip (over SWIM's
+#: suspicion timeout for three members: probes every 0.2-1 s, suspicion
+#: a few probe rounds).
+PAIR_HOLD = 8.0
+
+
+@pytest.fixture
+def cuts() -> Iterator[LoopbackCuts]:
+    """``lo``'s packet filter, healed and removed after the test (root and tc, or skipped)."""
+    require_tools(missing_tools(), "Debian's iproute2 for tc, and root")
+    with LoopbackCuts() as c:
+        yield c
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, cuts: LoopbackCuts) -> Iterator[NodeCluster]:
+    """Three nodes on three 127.x addresses, one topic of one partition, RF 3."""
+    c = NodeCluster(tmp_path, 3, hosts=loopback_hosts(3))
+    try:
+        c.start()
+        status, body = http_json(
+            c.url("n0") + f"/v1/topics/{TOPIC}", "PUT", {"partitions": 1, "replication_factor": 3}, timeout=30
+        )
+        assert status in (200, 201), body
+        # Every replica is in place once a quorum publish is acked.
+        assert poll_until(lambda: _publish(c, "n0", "warm-0")[0] == 200, scaled(30.0)) is not None
+        yield c
+    finally:
+        c.close()
+
+
+def _publish(cluster: NodeCluster, node: str, mid: str, timeout: float = 5.0) -> tuple[int, Any]:
+    return http_json(
+        cluster.url(node) + f"/v1/topics/{TOPIC}/messages",
+        "POST",
+        {"messages": [{"payload": mid, "id": mid}], "acks": "quorum"},
+        timeout=timeout,
+    )
+
+
+def _placement(cluster: NodeCluster, via: str) -> dict[str, Any]:
+    """Partition 0's placement as ``via`` applied it ({} when it does not answer)."""
+    topics = cluster.placement(via)
+    return dict((topics.get(TOPIC) or {}).get("0") or {})
+
+
+class Writer(threading.Thread):
+    """Publishes ``w-N`` through one node, one at a time, until stopped (at
+    most ``limit``): what was acked at which offset, and what was refused."""
+
+    def __init__(self, cluster: NodeCluster, via: str, limit: int = 20_000) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.via, self.limit = cluster, via, limit
+        self.acked: dict[str, int] = {}
+        self.refused = 0
+        self.stop_ = threading.Event()
+
+    def run(self) -> None:
+        for i in range(self.limit):
+            if self.stop_.is_set():
+                return
+            mid = f"w-{i}"
+            status, body = _publish(self.cluster, self.via, mid)
+            if status == 200:
+                self.acked[mid] = int(body["offsets"][0])
+            else:
+                self.refused += 1
+
+    def acks(self) -> int:
+        """Acks so far."""
+        return len(self.acked)
+
+    def stop(self) -> None:
+        """Stop and join (bounded: one publish's timeout)."""
+        self.stop_.set()
+        self.join(30)
+        assert not self.is_alive()
+
+
+def _read(cluster: NodeCluster, node: str) -> list[tuple[int, str]]:
+    """Partition 0 as ``node`` serves it: [(offset, id)]."""
+    out: list[tuple[int, str]] = []
+    cursor: int | str = "earliest"
+    for _ in range(10_000):
+        status, body = cluster.get(
+            node, f"/v1/topics/{TOPIC}/messages?partition=0&from={cursor}&limit=500", 30
+        )
+        assert status == 200, f"{node}: {status} {body}"
+        out += [(int(m["offset"]), str(m["id"])) for m in body["messages"]]
+        nxt = body["next"]
+        if not body["messages"] and (nxt is None or nxt >= body["high_watermark"]):
+            return out
+        cursor = nxt
+    raise AssertionError("unbounded read")
+
+
+def _ends(cluster: NodeCluster) -> dict[str, int]:
+    """Each node's high watermark of partition 0 (-1 when it does not answer)."""
+    out = {}
+    for n in cluster.names:
+        status, body = cluster.get(n, f"/v1/topics/{TOPIC}", 10)
+        out[n] = int(body["partition_details"][0]["high_watermark"]) if status == 200 else -1
+    return out
+
+
+def _healed(cluster: NodeCluster) -> bool:
+    """Every node applied the same leader and epoch, and every replica holds as much as the leader."""
+    views = [_placement(cluster, n) for n in cluster.names]
+    if not all(views) or len({(v["leader"], v["epoch"]) for v in views}) != 1:
+        return False
+    ends = _ends(cluster)
+    return min(ends.values()) >= 0 and len(set(ends.values())) == 1
+
+
+def _check_logs(cluster: NodeCluster, writer: Writer, never: set[str]) -> None:
+    """Every node serves the same log; every acked id at its acked offset;
+    no id twice; none of ``never`` anywhere."""
+    logs = {n: _read(cluster, n) for n in cluster.names}
+    first = logs[cluster.names[0]]
+    for n, log in logs.items():
+        assert log == first, (
+            f"{n} disagrees with {cluster.names[0]}: {len(log)} against {len(first)} messages"
+        )
+    ids = [mid for _, mid in first]
+    assert len(ids) == len(set(ids)), "an id is stored twice"
+    at = dict((mid, o) for o, mid in first)
+    wrong = {mid: (o, at.get(mid)) for mid, o in writer.acked.items() if at.get(mid) != o}
+    assert not wrong, (
+        f"{len(wrong)} acked messages missing or moved (acked, served): {list(wrong.items())[:5]}"
+    )
+    survived = never & set(ids)
+    assert not survived, f"messages no majority acked survived the heal: {sorted(survived)}"
+
+
+def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
+    cluster: NodeCluster, cuts: LoopbackCuts
+) -> None:
+    """The leader alone on its side: the majority fails over and goes on;
+    the old leader acks nothing; after the heal it follows and its lone
+    writes are gone (see the module docstring)."""
+    before = _placement(cluster, "n0")
+    old, epoch = str(before["leader"]), int(before["epoch"])
+    others = [n for n in cluster.names if n != old]
+    writer = Writer(cluster, others[0])
+    writer.start()
+    try:
+        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+        cuts.isolate(cluster.hosts[old], [cluster.hosts[o] for o in others])
+        cluster.note(f"cut {old} off from {others}")
+        at_cut = writer.acks()
+        # Publishes to the cut-off leader: none is acked, and each is answered
+        # 503 quorum_timeout within the leader's bound (8 s), under the
+        # client's own timeout (before: no answer at all until the heal).
+        lone = [f"lone-{i}" for i in range(3)]
+        with ThreadPoolExecutor(len(lone)) as pool:
+            answers = list(pool.map(lambda mid: _publish(cluster, old, mid, timeout=scaled(20.0)), lone))
+        cluster.note(f"the cut-off leader answered {answers}")
+        assert all(status != 200 for status, _ in answers), (
+            f"the cut-off leader acked a quorum publish: {answers}"
+        )
+        codes = [(status, (body or {}).get("error", {}).get("code")) for status, body in answers]
+        assert codes == [(503, "quorum_timeout")] * len(lone), answers
+
+        def failed_over() -> bool:
+            now = _placement(cluster, others[0])
+            return bool(now) and int(now["epoch"]) > epoch and now["leader"] in others
+
+        assert poll_until(failed_over, scaled(FAILOVER_BOUND)) is not None, (
+            f"no failover on the majority side: {_placement(cluster, others[0])}"
+        )
+        after = writer.acks()
+        assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None, (
+            f"the majority took no publishes after its failover ({writer.refused} refused)"
+        )
+        assert writer.acks() > at_cut
+        assert cuts.dropped() > 0, "the cut dropped no packet"
+        cuts.heal_all()
+        cluster.note("healed")
+        assert poll_until(lambda: writer.acks() >= after + 40, scaled(FAILOVER_BOUND)) is not None
+    finally:
+        writer.stop()
+    assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, (
+        f"the old leader did not rejoin: {[_placement(cluster, n) for n in cluster.names]} {_ends(cluster)}"
+    )
+    _check_logs(cluster, writer, set(lone))
+
+
+def test_one_pair_cut_while_the_third_node_reaches_both(cluster: NodeCluster, cuts: LoopbackCuts) -> None:
+    """The leader and one follower cut apart, the third node reaching both:
+    publishes through the third node go on, its gossip declares nobody
+    dead, and after the heal the logs agree (see the module docstring)."""
+    pl = _placement(cluster, "n0")
+    leader = str(pl["leader"])
+    follower, third = [n for n in cluster.names if n != leader]
+    writer = Writer(cluster, third)
+    writer.start()
+    dead_seen: list[Any] = []
+    try:
+        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+        cuts.cut(cluster.hosts[leader], cluster.hosts[follower])
+        cluster.note(f"cut {leader} from {follower}; {third} reaches both")
+        at_cut = writer.acks()
+        t0 = time.monotonic()
+
+        def watched() -> bool:
+            """The third node's gossip, looked at through the cut's length."""
+            members = cluster.cluster_view(third).get("members", [])
+            dead_seen.extend(m for m in members if m.get("state") == "dead")
+            return time.monotonic() - t0 >= PAIR_HOLD
+
+        assert poll_until(watched, PAIR_HOLD + 10.0, step=0.2) is not None
+        assert not dead_seen, f"{third}, which reaches every node, declared a member dead: {dead_seen[:3]}"
+        assert poll_until(lambda: writer.acks() >= at_cut + 20, scaled(FAILOVER_BOUND)) is not None, (
+            f"publishes through {third} stopped during the cut ({writer.refused} refused)"
+        )
+        assert cuts.dropped() > 0, "the cut dropped no packet"
+        cuts.heal_all()
+        cluster.note("healed")
+        after = writer.acks()
+        assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None
+    finally:
+        writer.stop()
+    assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, (
+        f"the replicas did not agree after the heal: {[_placement(cluster, n) for n in cluster.names]} "
+        f"{_ends(cluster)}"
+    )
+    _check_logs(cluster, writer, set())
