@@ -17,7 +17,7 @@ node.  Three nodes, one partition with three replicas, ``acks=quorum``:
   nothing the old leader wrote alone during the cut survives anywhere (its
   suffix was truncated, not merged).
 - **One pair cut, the third node reaching both** (the leader and one
-  follower).  The writer through the third node keeps getting acks (a
+  follower; or the controller and the leader).  The writer through the third node keeps getting acks (a
   majority -- the leader and the third -- still replicates); gossip's
   indirect probes through the third node keep every member from being
   declared dead by it; after the heal the logs agree and nothing acked is
@@ -239,20 +239,34 @@ def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
     _check_logs(cluster, writer, set(lone))
 
 
-def test_one_pair_cut_while_the_third_node_reaches_both(cluster: NodeCluster, cuts: LoopbackCuts) -> None:
-    """The leader and one follower cut apart, the third node reaching both:
-    publishes through the third node go on, its gossip declares nobody
-    dead, and after the heal the logs agree (see the module docstring)."""
-    pl = _placement(cluster, "n0")
-    leader = str(pl["leader"])
-    follower, third = [n for n in cluster.names if n != leader]
+@pytest.mark.parametrize("pair", ["leader-follower", "controller-leader"])
+def test_one_pair_cut_while_the_third_node_reaches_both(
+    cluster: NodeCluster, cuts: LoopbackCuts, pair: str
+) -> None:
+    """Two nodes cut apart, the third reaching both -- the partition's leader
+    and a follower, or the controller (the Raft leader) and the partition's
+    leader (when one node is both: the controller and a follower): publishes
+    through the third node go on, its gossip declares nobody dead, and after
+    the heal the logs agree (see the module docstring).  Cut from the
+    controller, the partition's leader may be failed over by it (the
+    controller reaches a majority of the replicas); it is fenced then, and
+    nothing it takes commits."""
+    leader = str(_placement(cluster, "n0")["leader"])
+    if pair == "leader-follower":
+        a = leader
+        b = next(n for n in cluster.names if n != leader)
+    else:
+        a = cluster.raft_leader() or ""
+        assert a in cluster.names
+        b = leader if leader != a else next(n for n in cluster.names if n != a)
+    third = next(n for n in cluster.names if n not in (a, b))
     writer = Writer(cluster, third)
     writer.start()
     dead_seen: list[Any] = []
     try:
         assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
-        cuts.cut(cluster.hosts[leader], cluster.hosts[follower])
-        cluster.note(f"cut {leader} from {follower}; {third} reaches both")
+        cuts.cut(cluster.hosts[a], cluster.hosts[b])
+        cluster.note(f"cut {a} from {b} ({pair}); {third} reaches both")
         at_cut = writer.acks()
         t0 = time.monotonic()
 
@@ -278,4 +292,69 @@ def test_one_pair_cut_while_the_third_node_reaches_both(cluster: NodeCluster, cu
         f"the replicas did not agree after the heal: {[_placement(cluster, n) for n in cluster.names]} "
         f"{_ends(cluster)}"
     )
+    _check_logs(cluster, writer, set())
+
+
+def test_the_raft_leader_cut_off_steps_down_and_the_majority_goes_on(
+    cluster: NodeCluster, cuts: LoopbackCuts
+) -> None:
+    """The Raft leader (the controller) cut off from both other nodes: the
+    majority elects a new one and takes a topic creation and publishes; the
+    cut-off node stops calling itself leader (CheckQuorum) and refuses a
+    topic creation with a 503 instead of taking it; after the heal there is
+    one Raft leader, the node that was cut off has the topic created without
+    it, and the partition's logs agree with nothing acked lost."""
+    old = cluster.raft_leader()
+    assert old is not None
+    others = [n for n in cluster.names if n != old]
+    writer = Writer(cluster, others[0])
+    writer.start()
+    try:
+        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+        cuts.isolate(cluster.hosts[old], [cluster.hosts[o] for o in others])
+        cluster.note(f"cut the Raft leader {old} off from {others}")
+
+        def majority_elected() -> bool:
+            views = [cluster.cluster_view(o).get("raft", {}) for o in others]
+            return (
+                all(v.get("leader") in others for v in views) and len({v.get("leader") for v in views}) == 1
+            )
+
+        assert poll_until(majority_elected, scaled(FAILOVER_BOUND)) is not None, (
+            f"the majority elected no Raft leader: {[cluster.cluster_view(o).get('raft') for o in others]}"
+        )
+        assert poll_until(lambda: cluster.cluster_view(old).get("raft", {}).get("role") != "leader",
+                          scaled(FAILOVER_BOUND)) is not None, (
+            f"{old}, cut off from a majority, still says it leads: {cluster.cluster_view(old).get('raft')}"
+        )  # fmt: skip
+        status, body = http_json(
+            cluster.url(others[1]) + "/v1/topics/made-apart", "PUT", {"partitions": 1}, timeout=scaled(20.0)
+        )
+        assert status in (200, 201), (status, body)
+        status, body = http_json(
+            cluster.url(old) + "/v1/topics/made-alone", "PUT", {"partitions": 1}, timeout=scaled(30.0)
+        )
+        cluster.note(f"a creation on the cut-off node answered {status} {body}")
+        assert status == 503 and body["error"]["code"], (status, body)
+        after = writer.acks()
+        assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None, (
+            f"the majority took no publishes while {old} was cut off ({writer.refused} refused)"
+        )
+        assert cuts.dropped() > 0, "the cut dropped no packet"
+        cuts.heal_all()
+        cluster.note("healed")
+    finally:
+        writer.stop()
+
+    def one_leader() -> bool:
+        leaders = {cluster.cluster_view(n).get("raft", {}).get("leader") for n in cluster.names}
+        return len(leaders) == 1 and leaders.pop() in cluster.names
+
+    assert poll_until(one_leader, scaled(HEAL_BOUND)) is not None, cluster.raft_views()
+    assert (
+        poll_until(lambda: cluster.get(old, "/v1/topics/made-apart")[0] == 200, scaled(HEAL_BOUND))
+        is not None
+    )
+    assert cluster.get(old, "/v1/topics/made-alone")[0] == 404  # (refused, so never made)
+    assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, _ends(cluster)
     _check_logs(cluster, writer, set())
