@@ -48,7 +48,10 @@ and every partition has 3 replicas on distinct nodes, so 2 of each replica
 set remain (a majority of 3 is 2): every quorum-acked record is on at least
 one surviving replica, and a leader can always be elected.  A stopped node is
 not dead: when it continues it may still believe it leads (its peers moved on
-meanwhile) -- the stale-leader case the SIGSTOP faults are for.
+meanwhile) -- the stale-leader case the SIGSTOP faults are for.  A node cut
+off from the others is the same case with its process running (it keeps
+taking publishes, which it cannot commit); a pair cut apart leaves every
+node connected to a majority.
 
 **Sizes and replay.**  ``SPRAWL_CHAOS_SECONDS`` of chaos (default 35 s;
 ``tox -e chaos`` runs 600 s), ``SPRAWL_CHAOS_SEED`` (default: random,
@@ -56,7 +59,10 @@ printed) for the schedule of faults and everything the publishers send --
 rerun with it to replay the same schedule and payloads (timing on real
 processes still varies), ``SPRAWL_CHAOS_FAULTS`` = ``all`` (default),
 ``kill``, ``stop`` or ``none`` (with the S3 tier, ``all`` also stops the
-S3 server -- SIGSTOP, 1-4 s, then SIGCONT -- as one of its faults),
+S3 server -- SIGSTOP, 1-4 s, then SIGCONT -- as one of its faults; as root
+with iproute2's ``tc``, ``all`` also cuts the network for 1-4 s: one node
+from all the others, or one pair of nodes apart, each node on its own
+loopback address -- ``SPRAWL_CHAOS_CUTS=0`` leaves them out),
 ``SPRAWL_CHAOS_S3=0`` for LMDB only (no SeaweedFS needed),
 ``SPRAWL_CHAOS_KEY=0`` for an open peer plane (by default the nodes share a
 cluster key, as every cluster beyond loopback must: each peer frame and
@@ -98,6 +104,7 @@ from harness import (
     poll_until,
     scaled,
 )
+from harness.netcut import LoopbackCuts, loopback_hosts, missing_tools
 from sprawl.pubsub.pipelines import derived_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
@@ -105,6 +112,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
 REPLICATION_FACTOR = 3
 #: Seconds of faults (the publishers and consumers run the whole time).
 CHAOS_SECONDS = float(os.environ.get("SPRAWL_CHAOS_SECONDS", "35"))
+#: Network partitions among the ``all`` faults (``SPRAWL_CHAOS_CUTS=0``: none); they
+#: need root and ``tc`` (:mod:`harness.netcut`), else the run goes without and says so.
+CUTS = os.environ.get("SPRAWL_CHAOS_CUTS", "1") not in ("", "0")
 #: ``none`` (no faults: harness check), ``stop`` (SIGSTOP/SIGCONT only), ``kill`` (kill -9 only) or ``all``.
 FAULTS = os.environ.get("SPRAWL_CHAOS_FAULTS", "all")
 #: The S3 tier on (SeaweedFS, small segments, spilled at once); ``SPRAWL_CHAOS_S3=0`` turns it off.
@@ -819,11 +829,14 @@ def chaos(
     seconds: float,
     log: list[str],
     s3: SeaweedProcess | None = None,
+    cuts: LoopbackCuts | None = None,
 ) -> None:
     """Faults one at a time until ``seconds`` passed: kill -9 (a random node, a
     partition leader, or the Raft leader) then restart, or SIGSTOP then SIGCONT
-    (a node, or -- ``s3`` given, under ``all`` -- the S3 server); after each,
-    the cluster is formed again (bounded) before the next."""
+    (a node, or -- ``s3`` given, under ``all`` -- the S3 server), or -- ``cuts``
+    given, under ``all`` -- a network partition: one node cut off from all the
+    others, or one pair of nodes cut apart, then healed; after each, the
+    cluster is formed again (bounded) before the next."""
     pace = threading.Event()
     end = time.monotonic() + seconds
     for _ in range(10_000):
@@ -835,7 +848,8 @@ def chaos(
             "stop": ["stop"],
             "kill": ["kill", "kill-partition-leader", "kill-raft-leader"],
             "all": ["kill", "kill-partition-leader", "kill-raft-leader", "stop"]
-            + (["stop-s3"] if s3 is not None else []),
+            + (["stop-s3"] if s3 is not None else [])
+            + (["cut-node", "cut-pair"] if cuts is not None else []),
         }
         kind = rng.choice(kinds[FAULTS])
         if kind == "idle":
@@ -849,6 +863,26 @@ def chaos(
                 pace.wait(hold)
             finally:
                 s3.resume()
+            continue
+        if kind in ("cut-node", "cut-pair"):
+            assert cuts is not None
+            hold = rng.uniform(1.0, 4.0)
+            if kind == "cut-node":
+                victim = rng.choice(cluster.names)
+                others = [n for n in cluster.names if n != victim]
+                log.append(f"{utc()} cut-node {victim} for {hold:.1f} s")
+                cuts.isolate(cluster.hosts[victim], [cluster.hosts[o] for o in others])
+            else:
+                a, b = rng.sample(cluster.names, 2)
+                log.append(f"{utc()} cut-pair {a} {b} for {hold:.1f} s")
+                cuts.cut(cluster.hosts[a], cluster.hosts[b])
+            try:
+                pace.wait(hold)
+            finally:
+                cuts.heal_all()
+            took = poll_until(cluster.formed, FORM_BOUND, step=0.2)
+            assert took is not None, f"not formed again after {log[-1]}: {cluster.raft_views()}"
+            log[-1] += f", formed again {took:.1f} s after"
             continue
         victim = rng.choice(cluster.names)
         if kind == "kill-raft-leader":
@@ -903,7 +937,16 @@ def test_acked_messages_survive_kills_and_stops(
     rng = random.Random(seed)
     args, env = tier
     s3: SeaweedProcess | None = request.getfixturevalue("seaweed") if S3 else None
-    cluster = cluster_factory(5, "c", *args, env=env)
+    cuts: LoopbackCuts | None = None
+    if CUTS and FAULTS == "all":
+        lacking = missing_tools()
+        if lacking:
+            print(f"no network partitions among the faults: they need {', '.join(lacking)}")
+        else:
+            cuts = LoopbackCuts().open()
+            request.addfinalizer(cuts.close)
+    # Each node on its own loopback address, so that a pair can be cut apart.
+    cluster = cluster_factory(5, "c", *args, env=env, hosts=loopback_hosts(5, rng))
     if KEYED:  # each node says at start how its peer plane is protected
         unkeyed = [n for n in cluster.names if ": cluster key (" not in cluster.nodes[n].log_text()]
         assert not unkeyed, f"nodes without the cluster key: {unkeyed}"
@@ -973,7 +1016,9 @@ def test_acked_messages_survive_kills_and_stops(
         t.start()
     print(f"{utc()} publishers and consumers started")
     try:
-        run_and_check(cluster, rng, ledger, group, stream, publishers, consumers, stop, stop_consumers, s3)
+        run_and_check(
+            cluster, rng, ledger, group, stream, publishers, consumers, stop, stop_consumers, s3, cuts
+        )
         if idle:
             # The idle partitions came through every fault: each led by a node that is up.
             took = poll_until(lambda: all_placed(cluster, idle), FORM_BOUND)
@@ -996,11 +1041,12 @@ def run_and_check(
     stop: threading.Event,
     stop_consumers: threading.Event,
     s3: SeaweedProcess | None,
+    cuts: LoopbackCuts | None = None,
 ) -> None:
     """The faults while the threads run, then every check of the module docstring."""
     log: list[str] = []
     try:
-        chaos(cluster, rng, CHAOS_SECONDS, log, s3)
+        chaos(cluster, rng, CHAOS_SECONDS, log, s3, cuts)
     finally:
         stop.set()
         for t in publishers:
