@@ -485,16 +485,16 @@ def stream_consumer(cluster: NodeCluster, topic: str, out: Consumed, stop: threa
         if stop.is_set():
             return
         node = names[i % len(names)]
-        port = cluster.nodes[node].http_port
+        host, port = cluster.hosts[node], cluster.nodes[node].http_port
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+            sock = socket.create_connection((host, port), timeout=2)
         except OSError:
             out.failures["connect"] += 1
             pause.wait(0.1)
             continue
         try:
             resume = ",".join(f"{p}:{o}" for p, o in sorted(last.items()))
-            head = [f"GET /v1/topics/{topic}/stream?from=earliest HTTP/1.0", "Host: 127.0.0.1"]
+            head = [f"GET /v1/topics/{topic}/stream?from=earliest HTTP/1.0", f"Host: {host}"]
             head += ["Accept: text/event-stream"] + ([f"Last-Event-ID: {resume}"] if resume else [])
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
             sock.settimeout(0.2)
