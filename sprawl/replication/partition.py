@@ -1306,7 +1306,9 @@ class PartitionReplication:
             on_hop = self.on_hop
             now = self.broker.clock.seconds() if on_hop is not None and done else 0.0
             for w in done:
-                if on_hop is not None and w[4] is not None:
+                if on_hop is not None and w[3] is not None and w[4] is not None:
+                    # (a publish's append; not a duplicate's wait for its first
+                    # copy, :meth:`wait_committed`, whose value is None)
                     on_hop("quorum", now - w[4])
                 w[2].callback(w[3])
             for d in lost:
