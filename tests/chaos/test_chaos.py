@@ -61,7 +61,8 @@ processes still varies), ``SPRAWL_CHAOS_FAULTS`` = ``all`` (default),
 ``kill``, ``stop`` or ``none`` (with the S3 tier, ``all`` also stops the
 S3 server -- SIGSTOP, 1-4 s, then SIGCONT -- as one of its faults; as root
 with iproute2's ``tc``, ``all`` also cuts the network for 1-4 s: one node
-from all the others, or one pair of nodes apart, each node on its own
+from all the others, one pair of nodes apart, or one way -- what one node
+sends is lost while it hears the others -- each node on its own
 loopback address -- ``SPRAWL_CHAOS_CUTS=0`` leaves them out),
 ``SPRAWL_CHAOS_S3=0`` for LMDB only (no SeaweedFS needed),
 ``SPRAWL_CHAOS_KEY=0`` for an open peer plane (by default the nodes share a
@@ -835,8 +836,9 @@ def chaos(
     partition leader, or the Raft leader) then restart, or SIGSTOP then SIGCONT
     (a node, or -- ``s3`` given, under ``all`` -- the S3 server), or -- ``cuts``
     given, under ``all`` -- a network partition: one node cut off from all the
-    others, or one pair of nodes cut apart, then healed; after each, the
-    cluster is formed again (bounded) before the next."""
+    others, one pair of nodes cut apart, or everything one node sends lost
+    (it still hears the others), then healed; after each, the cluster is
+    formed again (bounded) before the next."""
     pace = threading.Event()
     end = time.monotonic() + seconds
     for _ in range(10_000):
@@ -849,7 +851,7 @@ def chaos(
             "kill": ["kill", "kill-partition-leader", "kill-raft-leader"],
             "all": ["kill", "kill-partition-leader", "kill-raft-leader", "stop"]
             + (["stop-s3"] if s3 is not None else [])
-            + (["cut-node", "cut-pair"] if cuts is not None else []),
+            + (["cut-node", "cut-pair", "cut-oneway"] if cuts is not None else []),
         }
         kind = rng.choice(kinds[FAULTS])
         if kind == "idle":
@@ -864,10 +866,16 @@ def chaos(
             finally:
                 s3.resume()
             continue
-        if kind in ("cut-node", "cut-pair"):
+        if kind in ("cut-node", "cut-pair", "cut-oneway"):
             assert cuts is not None
             hold = rng.uniform(1.0, 4.0)
-            if kind == "cut-node":
+            if kind == "cut-oneway":
+                victim = rng.choice(cluster.names)
+                log.append(f"{utc()} cut-oneway {victim} (what it sends is lost) for {hold:.1f} s")
+                for o in cluster.names:
+                    if o != victim:
+                        cuts.cut_oneway(cluster.hosts[victim], cluster.hosts[o])
+            elif kind == "cut-node":
                 victim = rng.choice(cluster.names)
                 others = [n for n in cluster.names if n != victim]
                 log.append(f"{utc()} cut-node {victim} for {hold:.1f} s")

@@ -59,6 +59,8 @@ class LoopbackCuts:
         self.dev = dev
         #: The filters in place: (a, b) -> the two filter priorities that drop a->b and b->a.
         self.cuts: dict[tuple[str, str], tuple[int, int]] = {}
+        #: The one-way drops in place: (src, dst) -> the filter's priority.
+        self.oneway: dict[tuple[str, str], int] = {}
         self._next_pref = 10
         self._lock: IO[str] | None = None
 
@@ -110,6 +112,22 @@ class LoopbackCuts:
             )  # fmt: skip
         self.cuts[key] = prefs
 
+    def cut_oneway(self, src: str, dst: str) -> None:
+        """Drop what ``src`` sends ``dst`` only (an asymmetric partition: ``dst``
+        still reaches ``src``; TCP needs both ways, so only datagrams and the
+        inbound half of an open connection get through)."""
+        key = (src, dst)
+        if key in self.oneway:
+            return
+        pref = self._next_pref
+        self._next_pref += 1
+        self._tc(
+            "filter", "add", "dev", self.dev, "parent", "1:", "protocol", "ip", "pref", str(pref),
+            "u32", "match", "ip", "src", f"{src}/32", "match", "ip", "dst", f"{dst}/32",
+            "flowid", "1:2",
+        )  # fmt: skip
+        self.oneway[key] = pref
+
     def isolate(self, node: str, others: list[str]) -> None:
         """Cut ``node`` from each of ``others``."""
         for o in others:
@@ -122,9 +140,12 @@ class LoopbackCuts:
             self._tc("filter", "del", "dev", self.dev, "parent", "1:", "pref", str(pref))
 
     def heal_all(self) -> None:
-        """Heal every cut."""
+        """Heal every cut, both ways and one way."""
         for a, b in list(self.cuts):
             self.heal(a, b)
+        for key, pref in list(self.oneway.items()):
+            del self.oneway[key]
+            self._tc("filter", "del", "dev", self.dev, "parent", "1:", "pref", str(pref))
 
     def dropped(self) -> int:
         """Packets the filters dropped so far (from ``tc -s``): a cut that
@@ -144,6 +165,7 @@ class LoopbackCuts:
         try:
             if self._lock is not None:
                 self.cuts.clear()
+                self.oneway.clear()
                 self._tc("qdisc", "del", "dev", self.dev, "root", check=False)
         finally:
             if self._lock is not None:

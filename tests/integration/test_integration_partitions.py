@@ -358,3 +358,54 @@ def test_the_raft_leader_cut_off_steps_down_and_the_majority_goes_on(
     assert cluster.get(old, "/v1/topics/made-alone")[0] == 404  # (refused, so never made)
     assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, _ends(cluster)
     _check_logs(cluster, writer, set())
+
+
+def test_a_leader_whose_packets_are_lost_one_way(cluster: NodeCluster, cuts: LoopbackCuts) -> None:
+    """An asymmetric partition: everything the partition's leader sends the
+    other two is lost, while theirs reach it (gossip's datagrams arrive; TCP,
+    which needs both ways, fails both ways).  The majority fails over and
+    goes on; after the heal gossip says every member is alive again on every
+    node, the old leader follows, and the logs agree with nothing acked
+    lost."""
+    before = _placement(cluster, "n0")
+    old, epoch = str(before["leader"]), int(before["epoch"])
+    others = [n for n in cluster.names if n != old]
+    writer = Writer(cluster, others[0])
+    writer.start()
+    try:
+        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+        for o in others:
+            cuts.cut_oneway(cluster.hosts[old], cluster.hosts[o])
+        cluster.note(f"what {old} sends {others} is lost")
+
+        def failed_over() -> bool:
+            now = _placement(cluster, others[0])
+            return bool(now) and int(now["epoch"]) > epoch and now["leader"] in others
+
+        assert poll_until(failed_over, scaled(FAILOVER_BOUND)) is not None, _placement(cluster, others[0])
+        after = writer.acks()
+        assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None, (
+            f"the majority took no publishes after its failover ({writer.refused} refused)"
+        )
+        views = {
+            n: [m.get("state") for m in cluster.cluster_view(n).get("members", [])] for n in cluster.names
+        }
+        cluster.note(f"gossip during the cut: {views}")
+        assert cuts.dropped() > 0, "the cut dropped no packet"
+        cuts.heal_all()
+        cluster.note("healed")
+    finally:
+        writer.stop()
+
+    def all_alive() -> bool:
+        for n in cluster.names:
+            members = cluster.cluster_view(n).get("members", [])
+            if len(members) != len(cluster.names) or any(m.get("state") != "alive" for m in members):
+                return False
+        return True
+
+    assert poll_until(all_alive, scaled(HEAL_BOUND)) is not None, {
+        n: cluster.cluster_view(n).get("members") for n in cluster.names
+    }
+    assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, _ends(cluster)
+    _check_logs(cluster, writer, set())
