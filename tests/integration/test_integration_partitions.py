@@ -45,7 +45,9 @@ from harness.netcut import LoopbackCuts, loopback_hosts, missing_tools
 from harness.nodes import require_tools
 from harness.waits import scaled
 
-pytestmark = pytest.mark.integration
+# (with the chaos test, the other holder of ``lo``'s filter, on one xdist
+# worker: one waits for the other's lock without holding up a second worker)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
 
 TOPIC = "cut"
 #: Bound on a failover after the cut (beat timeout 2 s, fencing, a Raft commit), scaled.
