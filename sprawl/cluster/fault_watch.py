@@ -59,6 +59,7 @@ from sprawl.cluster.features import (
     to_latch,
 )
 from sprawl.peer.frames import PeerVersion, VersionRefused, check_protocol
+from sprawl.peer.outbound import is_self_connection, source_binding
 from sprawl.ticks import start_in_phase
 
 if TYPE_CHECKING:
@@ -137,6 +138,11 @@ class _Probe(protocol.Protocol):
         self.timer: Any = None
 
     def connectionMade(self) -> None:
+        if is_self_connection(self.transport):
+            # (a dead node's port taken as this probe's own: nobody listens there)
+            self.done.result("refused")
+            self.transport.abortConnection()
+            return
         self.timer = self.done.clock.callLater(PROBE_TIMEOUT, self._silent)
 
     def _silent(self) -> None:
@@ -632,7 +638,7 @@ class FaultWatch:
         self._probed_at[node] = now
         self._probing.add(node)
         try:
-            kw: dict[str, Any] = {} if self.source is None else {"bindAddress": (self.source, 0)}
+            kw = source_binding(self.source, addr[0])
             self.reactor.connectTCP(addr[0], addr[1], _ProbeFactory(self, node), timeout=PROBE_TIMEOUT, **kw)
         except Exception:
             self._probing.discard(node)

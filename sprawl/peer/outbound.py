@@ -62,6 +62,29 @@ def no_delay(transport: Any) -> None:
         t.setTcpNoDelay(True)
 
 
+def source_binding(source: str | None, host: str) -> dict[str, Any]:
+    """``connectTCP``'s ``bindAddress`` argument for a connection to ``host``
+    that must leave from ``source`` (none when ``source`` is None, or is
+    ``host`` itself: the OS takes that address anyway, and binding the port
+    first would let the kernel hand out a dead peer's odd-numbered port on
+    the same address -- ``bind`` takes odd ports, ``connect`` even ones --
+    and open a connection to itself)."""
+    if source is None or source == host:
+        return {}
+    return {"bindAddress": (source, 0)}
+
+
+def is_self_connection(transport: Any) -> bool:
+    """Whether ``transport``'s two ends are one address and port (a TCP
+    connection to itself)."""
+    t: Any = transport if hasattr(transport, "getHost") else getattr(transport, "transport", None)
+    try:
+        here, there = t.getHost(), t.getPeer()
+        return (here.host, here.port) == (there.host, there.port)
+    except Exception:
+        return False
+
+
 @implementer(IPushProducer)
 class Outbound(Protocol):
     """A connection this node opened to ``sender.peer``: answers the challenge,
@@ -83,6 +106,13 @@ class Outbound(Protocol):
 
     def connectionMade(self) -> None:
         t: Any = self.transport
+        if is_self_connection(t):
+            # A TCP "simultaneous open" with itself: a dead peer's port on this
+            # host taken as this connection's own local port.  Nothing would
+            # ever answer; it is a refusal.
+            self.sender.channel.stats.handshake_failures += 1
+            t.abortConnection()
+            return
         no_delay(t)
         t.registerProducer(self, True)
         ch = self.sender.channel
@@ -272,8 +302,7 @@ class Sender:
         self.connecting = True
         ch = self.channel
         ch.stats.connects += 1
-        # (``bindAddress`` only when set: the reactor fakes of the tests take none)
-        kw: dict[str, Any] = {} if ch.source is None else {"bindAddress": (ch.source, 0)}
+        kw = source_binding(ch.source, addr[0])
         if ch.client_tls is not None:
             ch.reactor.connectSSL(
                 addr[0], addr[1], OutboundFactory(self), ch.client_tls(addr[0]), timeout=5, **kw

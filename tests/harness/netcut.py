@@ -92,7 +92,12 @@ class LoopbackCuts:
         # nothing (``pfifo limit 0``): what a filter sends there is dropped.
         # (This host's kernel has htb, pfifo and u32, but no ``prio`` qdisc
         # and no ``gact`` action, so no ``action drop``.)
-        self._tc("qdisc", "replace", "dev", self.dev, "root", "handle", "1:", "htb", "default", "0")
+        # (the direct queue longer than ``lo``'s own 1,000: the other tests'
+        # loopback traffic meanwhile is never dropped by it in a burst)
+        self._tc(
+            "qdisc", "replace", "dev", self.dev, "root", "handle", "1:", "htb", "default", "0",
+            "direct_qlen", "100000",
+        )  # fmt: skip
         self._tc("class", "add", "dev", self.dev, "parent", "1:", "classid", "1:2", "htb", "rate", "8bit")
         self._tc("qdisc", "add", "dev", self.dev, "parent", "1:2", "handle", "20:", "pfifo", "limit", "0")
         return self

@@ -481,3 +481,42 @@ async def test_connections_leave_from_the_source_address(net: PeerNet, source: s
     assert a.send("b", RAFT, b"x")
     await until(lambda: net.got["b"] != [] and bool(b.inbound_conns), "the frame at b")
     assert {c.transport.getPeer().host for c in b.inbound_conns} == {source}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_to_itself_is_dropped_at_once(net: PeerNet) -> None:
+    """A TCP connection whose two ends are one address and port (a "simultaneous
+    open" with itself: a dead peer's port on this host handed out as the
+    connection's own local port) is dropped as it opens and counted as a
+    failed handshake -- not held until the handshake timeout (nothing would
+    ever answer it) -- and the sender goes on as after a refusal."""
+    import socket
+
+    from sprawl.peer.outbound import OutboundFactory, Sender
+
+    a = net.channel("a")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # (a free port, as a killed peer's is)
+    a.set_address("dead", "127.0.0.1", port)
+    sender = Sender(a, "dead")
+    lost: list[Any] = []
+    sender._lost = lost.append  # type: ignore[method-assign]
+    the_reactor().connectTCP(
+        "127.0.0.1", port, OutboundFactory(sender), timeout=5, bindAddress=("127.0.0.1", port)
+    )
+    await until(lambda: bool(lost), "the connection to itself dropped", timeout=scaled(2.0))
+    assert a.stats.handshake_failures == 1 and sender.proto is None
+
+
+def test_a_source_is_bound_only_when_it_is_not_the_peers_own_address() -> None:
+    """``source_binding``: no ``bindAddress`` without a source, or when the peer
+    listens on the source address itself (the OS takes it anyway, and a port
+    bound first may be a dead peer's: a connection to itself); else the
+    source with a port the OS picks."""
+    from sprawl.peer.outbound import source_binding
+
+    assert source_binding(None, "10.0.0.2") == {}
+    assert source_binding("127.0.0.1", "127.0.0.1") == {}
+    assert source_binding("10.0.0.1", "10.0.0.2") == {"bindAddress": ("10.0.0.1", 0)}
