@@ -356,18 +356,22 @@ class PartitionReplication:
             self._waiters = [w for w in self._waiters if id(w[2]) not in gone]
             self._waiters_low = min((w[0] for w in self._waiters), default=_NONE_WAITING)
             self.quorum_timeouts += len(expired)
-            log.warn(
-                "replication of {topic}/{partition}: {n} publishes not stored on a majority of the "
-                "replicas {replicas} within {seconds} s, answered quorum_timeout (end {end}, high "
-                "watermark {hw})",
-                topic=self.topic.name,
-                partition=self.partition,
-                n=len(expired),
-                replicas=list(self.core.replicas),
-                seconds=self.quorum_timeout,
-                end=self.core.cache.end,
-                hw=self.core.hw,
-            )
+            more = _QUORUM_LOG.unlogged(now)
+            if more is not None:
+                # (one line a second for the node: a node cut off leads thousands)
+                log.warn(
+                    "replication of {topic}/{partition}: {n} publishes not stored on a majority of the "
+                    "replicas {replicas} within {seconds} s, answered quorum_timeout (end {end}, high "
+                    "watermark {hw}; {more} more partitions timed out since the last line)",
+                    topic=self.topic.name,
+                    partition=self.partition,
+                    n=len(expired),
+                    replicas=list(self.core.replicas),
+                    seconds=self.quorum_timeout,
+                    end=self.core.cache.end,
+                    hw=self.core.hw,
+                    more=more,
+                )
             for w in expired:
                 if not w[2].called:
                     w[2].errback(
@@ -379,7 +383,7 @@ class PartitionReplication:
                         )
                     )
         if self._waiters and self._quorum_timer is None:
-            oldest = min(w[4] for w in self._waiters if w[4] is not None)
+            oldest = min((w[4] for w in self._waiters if w[4] is not None), default=now)
             self._quorum_timer = self.quorum_clock.callLater(
                 max(0.0, oldest + self.quorum_timeout - now), self._quorum_due
             )
@@ -1317,6 +1321,27 @@ class PartitionReplication:
 
 #: :attr:`PartitionReplication._waiters_low` with no publish waiting.
 _NONE_WAITING = 1 << 62
+
+
+class _OncePerSecond:
+    """A log line at most once a second for the whole node, counting the rest."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+        self.skipped = 0
+
+    def unlogged(self, now: float) -> int | None:
+        """None when a line went out less than a second ago (counted); else how
+        many were not logged since the last one."""
+        if now - self.last < 1.0:
+            self.skipped += 1
+            return None
+        self.last, more, self.skipped = now, self.skipped, 0
+        return more
+
+
+#: The ``quorum_timeout`` lines of every partition of the node.
+_QUORUM_LOG = _OncePerSecond()
 
 
 @dataclass

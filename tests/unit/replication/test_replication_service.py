@@ -194,6 +194,17 @@ async def test_a_publish_no_majority_stores_is_answered_quorum_timeout(cluster: 
     assert lg.high_watermark == hw  # nothing was committed
 
 
+def test_quorum_timeout_lines_are_one_a_second_for_the_node() -> None:
+    """A node cut off leads thousands of partitions, each timing its publishes
+    out: one warning line a second for the node, the next one saying how many
+    were not logged."""
+    from sprawl.replication.partition import _OncePerSecond
+
+    lines = _OncePerSecond()
+    said = [lines.unlogged(t / 10) for t in range(25)]  # every 0.1 s for 2.4 s
+    assert [(i, m) for i, m in enumerate(said) if m is not None] == [(0, 0), (10, 9), (20, 9)]
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_watermark_that_answers_nothing_does_not_walk_the_waiting_publishes(
     cluster: dict[str, Node],
