@@ -103,9 +103,10 @@ def _placement(cluster: NodeCluster, via: str) -> dict[str, Any]:
 
 class Writer(threading.Thread):
     """Publishes ``w-N`` through one node, one at a time, until stopped (at
-    most ``limit``): what was acked at which offset, and what was refused."""
+    most ``limit``, far more than any scenario's time allows): what was acked
+    at which offset, and what was refused."""
 
-    def __init__(self, cluster: NodeCluster, via: str, limit: int = 20_000) -> None:
+    def __init__(self, cluster: NodeCluster, via: str, limit: int = 1_000_000) -> None:
         super().__init__(daemon=True)
         self.cluster, self.via, self.limit = cluster, via, limit
         self.acked: dict[str, int] = {}
