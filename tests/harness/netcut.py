@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import IO
 
@@ -73,10 +74,8 @@ class LoopbackCuts:
     def open(self) -> LoopbackCuts:
         """Take the host's lock (bounded) and put the ``prio`` qdisc on ``lo``."""
         lock = LOCK_PATH.open("a")
-        import time
-
         deadline = time.monotonic() + 600
-        while True:
+        for _ in range(100_000):
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -86,6 +85,9 @@ class LoopbackCuts:
                     raise RuntimeError(f"{LOCK_PATH} stayed locked for 600 s") from None
                 # (another holder: a bounded wait on the lock itself, not a sleep)
                 _wait_for_lock(lock, 1.0)
+        else:
+            lock.close()
+            raise RuntimeError(f"{LOCK_PATH} could not be taken")
         self._lock = lock
         # An htb root whose unclassified packets go straight through (``default
         # 0``: its direct queue, unshaped), and one class whose queue holds
