@@ -109,15 +109,7 @@ class LoopbackCuts:
         key = (min(a, b), max(a, b))
         if key in self.cuts:
             return
-        prefs = (self._next_pref, self._next_pref + 1)
-        self._next_pref += 2
-        for pref, (src, dst) in zip(prefs, ((a, b), (b, a)), strict=True):
-            self._tc(
-                "filter", "add", "dev", self.dev, "parent", "1:", "protocol", "ip", "pref", str(pref),
-                "u32", "match", "ip", "src", f"{src}/32", "match", "ip", "dst", f"{dst}/32",
-                "flowid", "1:2",
-            )  # fmt: skip
-        self.cuts[key] = prefs
+        self.cuts[key] = (self._drop(a, b), self._drop(b, a))
 
     def cut_oneway(self, src: str, dst: str) -> None:
         """Drop what ``src`` sends ``dst`` only (an asymmetric partition: ``dst``
@@ -126,6 +118,11 @@ class LoopbackCuts:
         key = (src, dst)
         if key in self.oneway:
             return
+        self.oneway[key] = self._drop(src, dst)
+
+    def _drop(self, src: str, dst: str) -> int:
+        """One filter sending what ``src`` sends ``dst`` to the class that holds
+        nothing; its priority (to delete it by)."""
         pref = self._next_pref
         self._next_pref += 1
         self._tc(
@@ -133,7 +130,7 @@ class LoopbackCuts:
             "u32", "match", "ip", "src", f"{src}/32", "match", "ip", "dst", f"{dst}/32",
             "flowid", "1:2",
         )  # fmt: skip
-        self.oneway[key] = pref
+        return pref
 
     def isolate(self, node: str, others: list[str]) -> None:
         """Cut ``node`` from each of ``others``."""

@@ -170,6 +170,25 @@ def _healed(cluster: NodeCluster) -> bool:
     return min(ends.values()) >= 0 and len(set(ends.values())) == 1
 
 
+def _majority_fails_over(cluster: NodeCluster, writer: Writer, others: list[str], epoch: int) -> int:
+    """Wait until ``others`` (the majority side) placed partition 0 past
+    ``epoch`` on one of them, and ``writer`` (through one of them) got 20 acks
+    more after that; the acks it had when the failover showed."""
+
+    def failed_over() -> bool:
+        now = _placement(cluster, others[0])
+        return bool(now) and int(now["epoch"]) > epoch and now["leader"] in others
+
+    assert poll_until(failed_over, scaled(FAILOVER_BOUND)) is not None, (
+        f"no failover on the majority side: {_placement(cluster, others[0])}"
+    )
+    after = writer.acks()
+    assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None, (
+        f"the majority took no publishes after its failover ({writer.refused} refused)"
+    )
+    return after
+
+
 def _check_logs(cluster: NodeCluster, writer: Writer, never: set[str]) -> None:
     """Every node serves the same log; every acked id at its acked offset;
     no id twice; none of ``never`` anywhere."""
@@ -230,17 +249,7 @@ def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
             assert (status, (body or {}).get("stored")) == (200, "lmdb"), (status, body)
             lone.append(mid)
 
-        def failed_over() -> bool:
-            now = _placement(cluster, others[0])
-            return bool(now) and int(now["epoch"]) > epoch and now["leader"] in others
-
-        assert poll_until(failed_over, scaled(FAILOVER_BOUND)) is not None, (
-            f"no failover on the majority side: {_placement(cluster, others[0])}"
-        )
-        after = writer.acks()
-        assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None, (
-            f"the majority took no publishes after its failover ({writer.refused} refused)"
-        )
+        after = _majority_fails_over(cluster, writer, others, epoch)
         assert writer.acks() > at_cut
         assert cuts.dropped() > 0, "the cut dropped no packet"
         cuts.heal_all()
@@ -393,15 +402,7 @@ def test_a_leader_whose_packets_are_lost_one_way(cluster: NodeCluster, cuts: Loo
             cuts.cut_oneway(cluster.hosts[old], cluster.hosts[o])
         cluster.note(f"what {old} sends {others} is lost")
 
-        def failed_over() -> bool:
-            now = _placement(cluster, others[0])
-            return bool(now) and int(now["epoch"]) > epoch and now["leader"] in others
-
-        assert poll_until(failed_over, scaled(FAILOVER_BOUND)) is not None, _placement(cluster, others[0])
-        after = writer.acks()
-        assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None, (
-            f"the majority took no publishes after its failover ({writer.refused} refused)"
-        )
+        _majority_fails_over(cluster, writer, others, epoch)
         views = {
             n: [m.get("state") for m in cluster.cluster_view(n).get("members", [])] for n in cluster.names
         }
