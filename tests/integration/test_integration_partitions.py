@@ -113,6 +113,17 @@ class Writer(threading.Thread):
         self.refused = 0
         self.stop_ = threading.Event()
 
+    def __enter__(self) -> Writer:
+        """Start, and wait until 20 publishes are acked (stopped again if not)."""
+        self.start()
+        if poll_until(lambda: self.acks() >= 20, scaled(30.0)) is None:
+            self.stop()
+            raise AssertionError(f"no acks before the cut ({self.refused} refused)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def run(self) -> None:
         for i in range(self.limit):
             if self.stop_.is_set():
@@ -133,6 +144,13 @@ class Writer(threading.Thread):
         self.stop_.set()
         self.join(30)
         assert not self.is_alive()
+
+
+def _leader_and_others(cluster: NodeCluster) -> tuple[str, int, list[str]]:
+    """Partition 0's leader and epoch (as n0 applied them), and the other nodes."""
+    pl = _placement(cluster, "n0")
+    leader = str(pl["leader"])
+    return leader, int(pl["epoch"]), [n for n in cluster.names if n != leader]
 
 
 def _read(cluster: NodeCluster, node: str) -> list[tuple[int, str]]:
@@ -215,13 +233,8 @@ def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
     """The leader alone on its side: the majority fails over and goes on;
     the old leader acks nothing; after the heal it follows and its lone
     writes are gone (see the module docstring)."""
-    before = _placement(cluster, "n0")
-    old, epoch = str(before["leader"]), int(before["epoch"])
-    others = [n for n in cluster.names if n != old]
-    writer = Writer(cluster, others[0])
-    writer.start()
-    try:
-        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+    old, epoch, others = _leader_and_others(cluster)
+    with Writer(cluster, others[0]) as writer:
         cuts.isolate(cluster.hosts[old], [cluster.hosts[o] for o in others])
         cluster.note(f"cut {old} off from {others}")
         at_cut = writer.acks()
@@ -255,8 +268,6 @@ def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
         cuts.heal_all()
         cluster.note("healed")
         assert poll_until(lambda: writer.acks() >= after + 40, scaled(FAILOVER_BOUND)) is not None
-    finally:
-        writer.stop()
     assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, (
         f"the old leader did not rejoin: {[_placement(cluster, n) for n in cluster.names]} {_ends(cluster)}"
     )
@@ -284,11 +295,8 @@ def test_one_pair_cut_while_the_third_node_reaches_both(
         assert a in cluster.names
         b = leader if leader != a else next(n for n in cluster.names if n != a)
     third = next(n for n in cluster.names if n not in (a, b))
-    writer = Writer(cluster, third)
-    writer.start()
     dead_seen: list[Any] = []
-    try:
-        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+    with Writer(cluster, third) as writer:
         cuts.cut(cluster.hosts[a], cluster.hosts[b])
         cluster.note(f"cut {a} from {b} ({pair}); {third} reaches both")
         at_cut = writer.acks()
@@ -310,8 +318,6 @@ def test_one_pair_cut_while_the_third_node_reaches_both(
         cluster.note("healed")
         after = writer.acks()
         assert poll_until(lambda: writer.acks() >= after + 20, scaled(FAILOVER_BOUND)) is not None
-    finally:
-        writer.stop()
     assert poll_until(lambda: _healed(cluster), scaled(HEAL_BOUND)) is not None, (
         f"the replicas did not agree after the heal: {[_placement(cluster, n) for n in cluster.names]} "
         f"{_ends(cluster)}"
@@ -331,10 +337,7 @@ def test_the_raft_leader_cut_off_steps_down_and_the_majority_goes_on(
     old = cluster.raft_leader()
     assert old is not None
     others = [n for n in cluster.names if n != old]
-    writer = Writer(cluster, others[0])
-    writer.start()
-    try:
-        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+    with Writer(cluster, others[0]) as writer:
         cuts.isolate(cluster.hosts[old], [cluster.hosts[o] for o in others])
         cluster.note(f"cut the Raft leader {old} off from {others}")
 
@@ -367,8 +370,6 @@ def test_the_raft_leader_cut_off_steps_down_and_the_majority_goes_on(
         assert cuts.dropped() > 0, "the cut dropped no packet"
         cuts.heal_all()
         cluster.note("healed")
-    finally:
-        writer.stop()
 
     def one_leader() -> bool:
         leaders = {cluster.cluster_view(n).get("raft", {}).get("leader") for n in cluster.names}
@@ -391,13 +392,8 @@ def test_a_leader_whose_packets_are_lost_one_way(cluster: NodeCluster, cuts: Loo
     goes on; after the heal gossip says every member is alive again on every
     node, the old leader follows, and the logs agree with nothing acked
     lost."""
-    before = _placement(cluster, "n0")
-    old, epoch = str(before["leader"]), int(before["epoch"])
-    others = [n for n in cluster.names if n != old]
-    writer = Writer(cluster, others[0])
-    writer.start()
-    try:
-        assert poll_until(lambda: writer.acks() >= 20, scaled(30.0)) is not None, "no acks before the cut"
+    old, epoch, others = _leader_and_others(cluster)
+    with Writer(cluster, others[0]) as writer:
         for o in others:
             cuts.cut_oneway(cluster.hosts[old], cluster.hosts[o])
         cluster.note(f"what {old} sends {others} is lost")
@@ -410,8 +406,6 @@ def test_a_leader_whose_packets_are_lost_one_way(cluster: NodeCluster, cuts: Loo
         assert cuts.dropped() > 0, "the cut dropped no packet"
         cuts.heal_all()
         cluster.note("healed")
-    finally:
-        writer.stop()
 
     def all_alive() -> bool:
         for n in cluster.names:
