@@ -46,11 +46,11 @@ async def _probe(watch: FaultWatch, node: str) -> str:
 async def test_refused_silent_and_answering_ports(monkeypatch: Any) -> None:
     monkeypatch.setattr(fault_watch, "PROBE_TIMEOUT", 0.3)
     monkeypatch.setattr(FaultWatch, "tick", lambda self: None)  # (no observation: only the probe)
-    # nothing listens: a port taken and released
+    # nothing listens: a port held bound (so no other socket can take it) but not listening,
+    # which the kernel refuses; a port merely released could be handed to the next bind(0)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     closed = s.getsockname()[1]
-    s.close()
     # accepts (the kernel's backlog) but never reads or writes: a stopped process
     mute = socket.socket()
     mute.bind(("127.0.0.1", 0))
@@ -77,5 +77,6 @@ async def test_refused_silent_and_answering_ports(monkeypatch: Any) -> None:
         w._maybe_probe("up")
         assert w._probed_at == before
     finally:
+        s.close()
         mute.close()
         await port.stopListening()
