@@ -32,7 +32,6 @@ happen.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ from typing import Any
 import pytest
 
 from harness import NodeCluster, http_json, poll_until
+from harness.acked import AckedWriter, check_logs, publish
 from harness.netcut import LoopbackCuts, loopback_hosts, missing_tools
 from harness.nodes import require_tools
 from harness.waits import scaled
@@ -87,12 +87,7 @@ def cluster(tmp_path: Path, cuts: LoopbackCuts) -> Iterator[NodeCluster]:
 
 
 def _publish(cluster: NodeCluster, node: str, mid: str, timeout: float = 5.0) -> tuple[int, Any]:
-    return http_json(
-        cluster.url(node) + f"/v1/topics/{TOPIC}/messages",
-        "POST",
-        {"messages": [{"payload": mid, "id": mid}], "acks": "quorum"},
-        timeout=timeout,
-    )
+    return publish(cluster, node, TOPIC, mid, timeout)
 
 
 def _placement(cluster: NodeCluster, via: str) -> dict[str, Any]:
@@ -101,49 +96,9 @@ def _placement(cluster: NodeCluster, via: str) -> dict[str, Any]:
     return dict((topics.get(TOPIC) or {}).get("0") or {})
 
 
-class Writer(threading.Thread):
-    """Publishes ``w-N`` through one node, one at a time, until stopped (at
-    most ``limit``, far more than any scenario's time allows): what was acked
-    at which offset, and what was refused."""
-
-    def __init__(self, cluster: NodeCluster, via: str, limit: int = 1_000_000) -> None:
-        super().__init__(daemon=True)
-        self.cluster, self.via, self.limit = cluster, via, limit
-        self.acked: dict[str, int] = {}
-        self.refused = 0
-        self.stop_ = threading.Event()
-
-    def __enter__(self) -> Writer:
-        """Start, and wait until 20 publishes are acked (stopped again if not)."""
-        self.start()
-        if poll_until(lambda: self.acks() >= 20, scaled(30.0)) is None:
-            self.stop()
-            raise AssertionError(f"no acks before the cut ({self.refused} refused)")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def run(self) -> None:
-        for i in range(self.limit):
-            if self.stop_.is_set():
-                return
-            mid = f"w-{i}"
-            status, body = _publish(self.cluster, self.via, mid)
-            if status == 200:
-                self.acked[mid] = int(body["offsets"][0])
-            else:
-                self.refused += 1
-
-    def acks(self) -> int:
-        """Acks so far."""
-        return len(self.acked)
-
-    def stop(self) -> None:
-        """Stop and join (bounded: one publish's timeout)."""
-        self.stop_.set()
-        self.join(30)
-        assert not self.is_alive()
+def _writer(cluster: NodeCluster, via: str) -> AckedWriter:
+    """The scenario's writer: ``w-N`` to the topic through ``via``."""
+    return AckedWriter(cluster, via, TOPIC)
 
 
 def _leader_and_others(cluster: NodeCluster) -> tuple[str, int, list[str]]:
@@ -151,23 +106,6 @@ def _leader_and_others(cluster: NodeCluster) -> tuple[str, int, list[str]]:
     pl = _placement(cluster, "n0")
     leader = str(pl["leader"])
     return leader, int(pl["epoch"]), [n for n in cluster.names if n != leader]
-
-
-def _read(cluster: NodeCluster, node: str) -> list[tuple[int, str]]:
-    """Partition 0 as ``node`` serves it: [(offset, id)]."""
-    out: list[tuple[int, str]] = []
-    cursor: int | str = "earliest"
-    for _ in range(10_000):
-        status, body = cluster.get(
-            node, f"/v1/topics/{TOPIC}/messages?partition=0&from={cursor}&limit=500", 30
-        )
-        assert status == 200, f"{node}: {status} {body}"
-        out += [(int(m["offset"]), str(m["id"])) for m in body["messages"]]
-        nxt = body["next"]
-        if not body["messages"] and (nxt is None or nxt >= body["high_watermark"]):
-            return out
-        cursor = nxt
-    raise AssertionError("unbounded read")
 
 
 def _ends(cluster: NodeCluster) -> dict[str, int]:
@@ -188,7 +126,7 @@ def _healed(cluster: NodeCluster) -> bool:
     return min(ends.values()) >= 0 and len(set(ends.values())) == 1
 
 
-def _majority_fails_over(cluster: NodeCluster, writer: Writer, others: list[str], epoch: int) -> int:
+def _majority_fails_over(cluster: NodeCluster, writer: AckedWriter, others: list[str], epoch: int) -> int:
     """Wait until ``others`` (the majority side) placed partition 0 past
     ``epoch`` on one of them, and ``writer`` (through one of them) got 20 acks
     more after that; the acks it had when the failover showed."""
@@ -207,24 +145,10 @@ def _majority_fails_over(cluster: NodeCluster, writer: Writer, others: list[str]
     return after
 
 
-def _check_logs(cluster: NodeCluster, writer: Writer, never: set[str]) -> None:
+def _check_logs(cluster: NodeCluster, writer: AckedWriter, never: set[str]) -> None:
     """Every node serves the same log; every acked id at its acked offset;
     no id twice; none of ``never`` anywhere."""
-    logs = {n: _read(cluster, n) for n in cluster.names}
-    first = logs[cluster.names[0]]
-    for n, log in logs.items():
-        assert log == first, (
-            f"{n} disagrees with {cluster.names[0]}: {len(log)} against {len(first)} messages"
-        )
-    ids = [mid for _, mid in first]
-    assert len(ids) == len(set(ids)), "an id is stored twice"
-    at = dict((mid, o) for o, mid in first)
-    wrong = {mid: (o, at.get(mid)) for mid, o in writer.acked.items() if at.get(mid) != o}
-    assert not wrong, (
-        f"{len(wrong)} acked messages missing or moved (acked, served): {list(wrong.items())[:5]}"
-    )
-    survived = never & set(ids)
-    assert not survived, f"messages no majority acked survived the heal: {sorted(survived)}"
+    check_logs(cluster, TOPIC, writer.acked, never)
 
 
 def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
@@ -234,7 +158,7 @@ def test_a_leader_cut_off_from_both_followers_loses_nothing_acked(
     the old leader acks nothing; after the heal it follows and its lone
     writes are gone (see the module docstring)."""
     old, epoch, others = _leader_and_others(cluster)
-    with Writer(cluster, others[0]) as writer:
+    with _writer(cluster, others[0]) as writer:
         cuts.isolate(cluster.hosts[old], [cluster.hosts[o] for o in others])
         cluster.note(f"cut {old} off from {others}")
         at_cut = writer.acks()
@@ -296,7 +220,7 @@ def test_one_pair_cut_while_the_third_node_reaches_both(
         b = leader if leader != a else next(n for n in cluster.names if n != a)
     third = next(n for n in cluster.names if n not in (a, b))
     dead_seen: list[Any] = []
-    with Writer(cluster, third) as writer:
+    with _writer(cluster, third) as writer:
         cuts.cut(cluster.hosts[a], cluster.hosts[b])
         cluster.note(f"cut {a} from {b} ({pair}); {third} reaches both")
         at_cut = writer.acks()
@@ -337,7 +261,7 @@ def test_the_raft_leader_cut_off_steps_down_and_the_majority_goes_on(
     old = cluster.raft_leader()
     assert old is not None
     others = [n for n in cluster.names if n != old]
-    with Writer(cluster, others[0]) as writer:
+    with _writer(cluster, others[0]) as writer:
         cuts.isolate(cluster.hosts[old], [cluster.hosts[o] for o in others])
         cluster.note(f"cut the Raft leader {old} off from {others}")
 
@@ -393,7 +317,7 @@ def test_a_leader_whose_packets_are_lost_one_way(cluster: NodeCluster, cuts: Loo
     node, the old leader follows, and the logs agree with nothing acked
     lost."""
     old, epoch, others = _leader_and_others(cluster)
-    with Writer(cluster, others[0]) as writer:
+    with _writer(cluster, others[0]) as writer:
         for o in others:
             cuts.cut_oneway(cluster.hosts[old], cluster.hosts[o])
         cluster.note(f"what {old} sends {others} is lost")
