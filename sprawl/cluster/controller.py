@@ -647,12 +647,14 @@ class PartitionController:
         One step at a time, never below the replicas that hold the data:
 
         * replicas dead past the grace period are dropped and the set is
-          filled up again (from the goal's order);
+          filled up again (from the goal's order, a node gossip suspects
+          last);
         * a set smaller than the goal grows;
         * a load move (:func:`sprawl.cluster.balance.replica_move`) sets its own
           goal in the placement, used instead while all its nodes are eligible;
         * a set the goal differs from first gains the goal's missing node
-          (one more replica than the goal), and only once every replica of
+          (one more replica than the goal; not while gossip suspects that
+          node), and only once every replica of
           the goal holds every committed record does it lose one that is not
           in the goal -- after the leadership moved, if it was the leader.
         """
@@ -675,9 +677,16 @@ class PartitionController:
             ideal = list(goal)[:target]  # a load move's target (while all of it is up)
         else:
             ideal = rendezvous(name, p, eligible, target)
+        suspect = {n for n in live if self._states.get(n) == "suspect"}
         if gone or len(keep) < target:
+            # Filling up: a node gossip suspects (maybe cut off, about to be
+            # declared dead) only when no other will do -- a replica placed
+            # there could not catch up, and would be replaced again once its
+            # grace ran out.  The set then differs from the goal, and moves
+            # to it (the steps below) once the suspect node is alive again.
             out = list(keep)
-            for n in [*ideal, *rendezvous(name, p, live, len(live))]:
+            order = [*ideal, *rendezvous(name, p, live, len(live))]
+            for n in sorted(order, key=lambda n: n in suspect):
                 if len(out) >= target:
                     break
                 if n not in out and n in live:
@@ -686,7 +695,8 @@ class PartitionController:
         if set(keep) == set(ideal):
             return None
         if len(keep) <= target:
-            add = next((n for n in ideal if n not in keep and n in live), None)
+            # (a move towards the goal waits while its node is suspect)
+            add = next((n for n in ideal if n not in keep and n in live and n not in suspect), None)
             return [*keep, add] if add is not None else None
         extra = [r for r in keep if r not in ideal]
         if not extra or c is None or c.leader is None:

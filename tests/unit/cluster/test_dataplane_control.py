@@ -88,3 +88,39 @@ def test_a_goal_with_a_node_gone_falls_back_to_rendezvous() -> None:
         "t", 0, ["a", "b", "c"], 3, ["a", "b", "c"], 0.0, c, ["x", "b", "c"]
     )
     assert got is None  # rendezvous over a, b, c is the current set
+
+
+def test_a_dead_replica_is_replaced_by_a_node_gossip_does_not_suspect() -> None:
+    """A replica dead past the grace is replaced from the goal's order, but a
+    node gossip suspects (in a long network partition: cut off too, and about
+    to be declared dead) comes last -- a replica placed there could not catch
+    up.  The move towards the goal waits while its node is suspect, and goes
+    on once it is alive again."""
+    plane, _ = _plane(["a", "b", "c", "d"])
+    ctl = plane.controller
+    ctl._dead_since["c"] = -100.0  # dead past the 30 s grace at t=0
+    live = ["a", "b", "d"]
+    c = _confirmed("a", ("a", "b", "c"))
+    # With every live node alive, the fill-up takes the goal's order: d (the only other).
+    assert ctl.wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c) == ["a", "b", "d"]
+    # Add e; find the partition whose goal prefers d over e, then suspect d.
+    plane.control.metadata.nodes["e"] = {"raft_id": 5, "peer": "", "http": ""}
+    live = ["a", "b", "d", "e"]
+    first = ctl.wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c)
+    assert first is not None and first[:2] == ["a", "b"]
+    chosen = first[2]
+    other = "e" if chosen == "d" else "d"
+    ctl._states = {chosen: "suspect"}
+    assert ctl.wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c) == ["a", "b", other]
+    # Both suspect: a suspect node is still better than a set short of replicas.
+    ctl._states = {"d": "suspect", "e": "suspect"}
+    assert ctl.wanted_replicas("t", 0, ["a", "b", "c"], 3, live, 0.0, c) == ["a", "b", chosen]
+    # The set [a, b, other] is not the goal: the step towards it waits while
+    # its node is suspect, and adds it once it is alive.
+    ctl._dead_since.clear()
+    c2 = _confirmed("a", ("a", "b", other))
+    ctl._states = {chosen: "suspect"}
+    # (the goal over a, b, d, e holds ``chosen``: it came before ``other`` in its order)
+    assert ctl.wanted_replicas("t", 0, ["a", "b", other], 3, live, 0.0, c2) is None
+    ctl._states = {chosen: "alive"}
+    assert ctl.wanted_replicas("t", 0, ["a", "b", other], 3, live, 0.0, c2) == ["a", "b", other, chosen]
