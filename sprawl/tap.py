@@ -365,9 +365,13 @@ def check_s3_at_start(c: NodeConfig) -> None:
 
 def makeService(options: Options) -> Any:
     """The ``twistd sprawl`` service (after the start-time checks)."""
+    from twisted.internet import reactor
+
     from sprawl.log_observers import LoggingMultiService
+    from sprawl.node.clock import install_steady_clock
 
     config: NodeConfig = options["node_config"]
+    install_steady_clock(reactor)  # (before any timer: a step of the system clock back freezes none)
     if config.s3_endpoint and config.s3_bucket:
         check_s3_at_start(config)
     top = LoggingMultiService(config.log_format)
