@@ -126,6 +126,8 @@ class DataPlane:
             node_beats=lambda: on("node-beat"),
             # A burst's messages to a node as one frame once every node takes it.
             batch_frames=lambda: on("repl-batch"),
+            # A node whose store failed beats no more: its leaderships fail over.
+            storage_failed=lambda: getattr(getattr(broker, "store", None), "failed", None) is not None,
         )
         metrics = getattr(broker, "metrics", None)  # (test fakes of the broker have none)
         if metrics is not None:

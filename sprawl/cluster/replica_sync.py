@@ -219,6 +219,10 @@ class ReplicaSync:
             for key in [k for k, r in self._parked.items() if r.settled or r.failed is not None]:
                 del self._parked[key]
         said, self.service.broken = self.service.broken, set()
+        if said and self.service.storage_failed():
+            # (a replica built again would fail at its first write: the store
+            # refuses every write until a restart; see ReplicationService.storage_failed)
+            return
         broken = [k for k in said if (r := self.service.replicas.get(k)) is not None and r.failed is not None]
         for key in broken:
             self.rebuilt += 1

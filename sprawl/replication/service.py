@@ -172,6 +172,7 @@ class ReplicationService:
         beat_timeout: float = 2.0,
         node_beats: Callable[[], bool] | None = None,
         batch_frames: Callable[[], bool] | None = None,
+        storage_failed: Callable[[], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.channel = channel
@@ -268,6 +269,15 @@ class ReplicationService:
         #: the controller every core whose leader never sent a NodeBeat counts
         #: its partition's silence as before; the idle path only when on.
         self.node_beats: Callable[[], bool] = node_beats or (lambda: True)
+        #: Whether this node's store failed (a full disk, a disk error: the
+        #: broker refuses every write until a restart).  Such a node beats
+        #: no more: the controller finds it silent and fails every
+        #: leadership it holds over to replicas that can write, instead of
+        #: its partitions answering 503 ``storage_failed`` until an operator
+        #: comes.  Its replicas, failed at their first write, are not built
+        #: again, and answer no fence: it is chosen to lead nothing.
+        self.storage_failed: Callable[[], bool] = storage_failed or (lambda: False)
+        self._storage_failure_logged = False
         #: Times the hops of replicated publishes (``quorum`` on a leader, ``visible``
         #: on a follower; the node's metrics), given to every replica added.
         self.on_hop: Callable[[str, float], None] | None = None
@@ -514,7 +524,15 @@ class ReplicationService:
                 # not heard of its successor yet hears of it from its Assigns).
                 self._beat_to = controller
                 break
-        if self._beat_to is not None:
+        if self._beat_to is not None and self.storage_failed():
+            if not self._storage_failure_logged:
+                self._storage_failure_logged = True
+                log.critical(
+                    "this node's storage failed: it beats the controller no more, so every partition "
+                    "it leads fails over to a replica that can write; free the disk (or fix it) and "
+                    "restart the node"
+                )
+        elif self._beat_to is not None:
             # Also while this node does not know the controller, or believes
             # it is the controller itself (a deposed Raft leader that has not
             # heard yet): the last other controller it knew still hears it.

@@ -6,6 +6,9 @@ the filesystem, or it is smaller than the budget: the node's data directory
 is on a small ``tmpfs`` (mounted by the test as root, unmounted after), the
 test fills it with a file of its own, and publishes go on.
 
+One node alone, and the leader of a partition of three replicas (its
+twin, below: the partition must fail over to a replica that can write).
+
 What must hold (docs/operations.md, "Publishes answer 503 storage_failed"):
 
 - no publish is acked that is not stored: each answer is 200 or a clear
@@ -158,3 +161,80 @@ def test_a_full_disk_acks_nothing_it_did_not_store_and_loses_nothing(small_disk:
         assert status == 200, body
     finally:
         node.kill()
+
+
+@pytest.fixture
+def small_disks(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path/c/n0..n2`` each on its own ``TMPFS_MB`` MB tmpfs, unmounted after the test."""
+    require_tools(_missing(), "util-linux's mount, and root")
+    base = tmp_path / "c"
+    mounted: list[Path] = []
+    try:
+        for i in range(3):
+            where = base / f"n{i}"
+            where.mkdir(parents=True)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(where)], check=True
+            )
+            mounted.append(where)
+        yield base
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_the_leaders_full_disk_fails_its_partition_over_and_loses_nothing(small_disks: Path) -> None:
+    """Three nodes, each on its own small disk; the partition's leader's disk
+    fills under a writer through another node: the partition fails over to a
+    replica that can write and the writer is acked again; after the disk is
+    freed and the node restarted, it catches up and every node serves every
+    acked message at its offset."""
+    from harness import NodeCluster, poll_until
+    from harness.acked import AckedWriter, check_logs
+    from harness.waits import scaled
+
+    c = NodeCluster(small_disks, 3, "--disk-budget", "1GB")
+    try:
+        c.start()
+        status, body = http_json(
+            c.url("n0") + f"/v1/topics/{TOPIC}", "PUT", {"partitions": 1, "replication_factor": 3}, timeout=30
+        )
+        assert status in (200, 201), body
+        leader = None
+
+        def placed() -> bool:
+            nonlocal leader
+            pl = (c.placement("n0").get(TOPIC) or {}).get("0") or {}
+            leader = pl.get("leader") or None
+            return leader is not None
+
+        assert poll_until(placed, scaled(30.0)) is not None
+        assert leader is not None
+        via = next(n for n in c.names if n != leader)
+        with AckedWriter(c, via, TOPIC) as writer:
+            filler = _fill(small_disks / leader)
+            c.note(f"filled {leader}'s disk")
+
+            def failed_over() -> bool:
+                pl = (c.placement(via).get(TOPIC) or {}).get("0") or {}
+                return pl.get("leader") not in (None, leader)
+
+            assert poll_until(failed_over, scaled(60.0)) is not None, (
+                f"{leader}, its disk full, still leads: {c.placement(via).get(TOPIC)}; {writer.refused} refused"
+            )
+            after = writer.acks()
+            assert poll_until(lambda: writer.acks() >= after + 20, scaled(30.0)) is not None, (
+                f"no publishes after the failover ({writer.refused} refused)"
+            )
+            assert http_json(c.url(leader) + "/healthz")[0] == 200
+            c.note(f"failed over from {leader}: {c.placement(via).get(TOPIC)}")
+        # The operator frees the disk and restarts the node.
+        filler.unlink()
+        c.kill(leader)
+        c.restart(leader)
+        assert poll_until(lambda: not c.replication_problems([TOPIC]), scaled(60.0)) is not None, (
+            c.replication_problems([TOPIC])
+        )
+        check_logs(c, TOPIC, writer.acked)
+    finally:
+        c.close()

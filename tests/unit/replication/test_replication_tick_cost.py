@@ -644,3 +644,29 @@ def test_the_due_sets_shrink_back_once_a_burst_of_work_is_done() -> None:
     assert sys.getsizeof(due_control) <= COMPACT_BYTES
     held["t00042"].wake(("t00042", 0))  # the replicas' bound add still reaches it
     assert ("t00042", 0) in svc._due
+
+
+def test_a_node_whose_store_failed_beats_no_more_and_says_so_once() -> None:
+    """Once this node's store failed (a full disk: every write refused until
+    a restart), its ticks send the controller no beat -- the controller
+    finds it silent and fails its leaderships over to replicas that can
+    write -- and it logs why once."""
+    from twisted.logger import globalLogPublisher
+
+    svc, sent, _ = _service(10)
+    failed = [False]
+    svc.storage_failed = lambda: failed[0]
+    svc.tick()
+    assert sent == ["ctl"]
+    failed[0] = True
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(10):
+            svc.reactor.advance(svc.tick_seconds)  # type: ignore[attr-defined]
+            svc.tick()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert sent == ["ctl"]
+    said = [e for e in events if "storage failed" in e.get("log_format", "")]
+    assert len(said) == 1 and said[0]["log_level"].name == "critical"
