@@ -239,9 +239,10 @@ class ClusterControl(MetadataSeam):
                 d.errback(Unavailable("node is stopping", code="stopping"))
 
     async def hand_off(self, timeout: float = 3.0) -> str | None:
-        """Before a graceful stop: if this node leads, hand leadership to the
-        most caught-up live voter (Raft's TimeoutNow) and wait, bounded, for it
-        to take over, so the cluster does not sit out an election timeout.
+        """Before a graceful stop (or when drained, or its store failed): if
+        this node leads, hand leadership to the most caught-up live voter
+        (Raft's TimeoutNow) and wait, bounded, for it to take over, so the
+        cluster does not sit out an election timeout.
         Returns the new leader's name, or None (not leading, alone, or the
         transfer did not finish in time -- the stop goes on either way)."""
         drv = self.driver
@@ -285,7 +286,7 @@ class ClusterControl(MetadataSeam):
                 "raft: leadership hand-off to {target} did not finish in time", target=self.name_of(target)
             )
             return None
-        log.info("raft: handed leadership to {leader} before stopping", leader=self.leader_name)
+        log.info("raft: handed the leadership to {leader}", leader=self.leader_name)
         return self.leader_name
 
     def leader_known(self) -> defer.Deferred[None]:

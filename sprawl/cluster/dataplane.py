@@ -350,20 +350,23 @@ class DataPlane:
             self.tally.mark_all()
 
     def _hand_off_raft_if_drained(self) -> None:
-        """A drained node that leads Raft hands the leadership (and with it
-        the controller) to a caught-up voter -- at most one try every
+        """A drained node that leads Raft -- or one whose store failed (a
+        full disk: it could not write the next Raft entry either, and would
+        lead until it had to) -- hands the leadership (and with it the
+        controller) to a caught-up voter, at most one try every
         :data:`RAFT_HAND_OFF_RETRY` seconds."""
         hand_off = getattr(self.control, "hand_off", None)
         now = self.reactor.seconds()
-        if (
-            hand_off is None
-            or not self.control.is_leader
-            or self.node_id not in drained_nodes(self.control.metadata)
-            or now < self._raft_hand_off_after
-        ):
+        if hand_off is None or not self.control.is_leader or now < self._raft_hand_off_after:
+            return
+        failed = self.service.storage_failed()
+        if not failed and self.node_id not in drained_nodes(self.control.metadata):
             return
         self._raft_hand_off_after = now + RAFT_HAND_OFF_RETRY
-        log.info("raft: this node is drained; handing the Raft leadership over")
+        if failed:
+            log.warn("raft: this node's storage failed; handing the Raft leadership over")
+        else:
+            log.info("raft: this node is drained; handing the Raft leadership over")
         defer.ensureDeferred(hand_off()).addErrback(lambda f: log.failure("Raft hand-off failed", f))
 
     # -- the parts' seams --------------------------------------------------------------

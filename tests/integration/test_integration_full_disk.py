@@ -6,8 +6,9 @@ the filesystem, or it is smaller than the budget: the node's data directory
 is on a small ``tmpfs`` (mounted by the test as root, unmounted after), the
 test fills it with a file of its own, and publishes go on.
 
-One node alone, and the leader of a partition of three replicas (its
-twin, below: the partition must fail over to a replica that can write).
+One node alone; and in a cluster of three, the partition's leader or the
+Raft leader (the twins below: what it led must move to nodes that can
+write).
 
 What must hold (docs/operations.md, "Publishes answer 503 storage_failed"):
 
@@ -183,12 +184,14 @@ def small_disks(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_the_leaders_full_disk_fails_its_partition_over_and_loses_nothing(small_disks: Path) -> None:
-    """Three nodes, each on its own small disk; the partition's leader's disk
-    fills under a writer through another node: the partition fails over to a
-    replica that can write and the writer is acked again; after the disk is
-    freed and the node restarted, it catches up and every node serves every
-    acked message at its offset."""
+@pytest.mark.parametrize("whose", ["partition-leader", "raft-leader"])
+def test_a_leaders_full_disk_fails_over_and_loses_nothing(small_disks: Path, whose: str) -> None:
+    """Three nodes, each on its own small disk; the disk of the partition's
+    leader -- or of the Raft leader, the controller -- fills under a writer
+    through another node: the partition (and Raft) fail over to nodes that
+    can write, the writer is acked again and a topic can be created; after
+    the disk is freed and the node restarted, it catches up and every node
+    serves every acked message at its offset."""
     from harness import NodeCluster, poll_until
     from harness.acked import AckedWriter, check_logs
     from harness.waits import scaled
@@ -200,38 +203,42 @@ def test_the_leaders_full_disk_fails_its_partition_over_and_loses_nothing(small_
             c.url("n0") + f"/v1/topics/{TOPIC}", "PUT", {"partitions": 1, "replication_factor": 3}, timeout=30
         )
         assert status in (200, 201), body
-        leader = None
 
-        def placed() -> bool:
-            nonlocal leader
-            pl = (c.placement("n0").get(TOPIC) or {}).get("0") or {}
-            leader = pl.get("leader") or None
-            return leader is not None
+        def leader_of(via: str) -> str | None:
+            pl = (c.placement(via).get(TOPIC) or {}).get("0") or {}
+            return pl.get("leader") or None
 
-        assert poll_until(placed, scaled(30.0)) is not None
-        assert leader is not None
-        via = next(n for n in c.names if n != leader)
+        assert poll_until(lambda: leader_of("n0") is not None, scaled(30.0)) is not None
+        victim = leader_of("n0") if whose == "partition-leader" else c.raft_leader()
+        assert victim is not None
+        via = next(n for n in c.names if n != victim)
         with AckedWriter(c, via, TOPIC) as writer:
-            filler = _fill(small_disks / leader)
-            c.note(f"filled {leader}'s disk")
+            filler = _fill(small_disks / victim)
+            c.note(f"filled {victim}'s disk ({whose}; the partition's leader {leader_of(via)})")
 
-            def failed_over() -> bool:
-                pl = (c.placement(via).get(TOPIC) or {}).get("0") or {}
-                return pl.get("leader") not in (None, leader)
+            def moved() -> bool:
+                raft = [c.cluster_view(n).get("raft", {}).get("leader") for n in c.names if n != victim]
+                return leader_of(via) not in (None, victim) and all(r not in (None, victim) for r in raft)
 
-            assert poll_until(failed_over, scaled(60.0)) is not None, (
-                f"{leader}, its disk full, still leads: {c.placement(via).get(TOPIC)}; {writer.refused} refused"
+            assert poll_until(moved, scaled(60.0)) is not None, (
+                f"{victim}, its disk full, still leads: {c.placement(via).get(TOPIC)}, {c.raft_views()}; "
+                f"{writer.refused} refused"
             )
             after = writer.acks()
             assert poll_until(lambda: writer.acks() >= after + 20, scaled(30.0)) is not None, (
                 f"no publishes after the failover ({writer.refused} refused)"
             )
-            assert http_json(c.url(leader) + "/healthz")[0] == 200
-            c.note(f"failed over from {leader}: {c.placement(via).get(TOPIC)}")
+            status, body = http_json(
+                c.url(via) + "/v1/topics/made-meanwhile", "PUT", {}, timeout=scaled(20.0)
+            )
+            assert status in (200, 201), (status, body)
+            assert http_json(c.url(victim) + "/healthz")[0] == 200
+            c.note(f"moved off {victim}: {c.placement(via).get(TOPIC)}, Raft {c.raft_leader()}")
         # The operator frees the disk and restarts the node.
         filler.unlink()
-        c.kill(leader)
-        c.restart(leader)
+        c.kill(victim)
+        c.restart(victim)
+        assert poll_until(c.formed, scaled(60.0)) is not None, c.raft_views()
         assert poll_until(lambda: not c.replication_problems([TOPIC]), scaled(60.0)) is not None, (
             c.replication_problems([TOPIC])
         )

@@ -206,6 +206,6 @@ def test_a_stopping_leader_hands_leadership_over(sprawl_nodes: Any) -> None:
     views = [_raft(s) for s in survivors]
     new = {v.get("leader") for v in views}
     assert len(new) == 1 and leader_name not in new and "" not in new, views
-    assert "handed leadership to" in leader.log_path.read_text()
+    assert "handed the leadership to" in leader.log_path.read_text()
     status, body = _put(survivors[0], "/v1/topics/after-hand-off", {})
     assert status == 201, body
