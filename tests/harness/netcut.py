@@ -26,6 +26,8 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -44,6 +46,17 @@ def missing_tools() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root (CAP_NET_ADMIN)")
     return missing
+
+
+@contextmanager
+def required_cuts() -> Iterator[LoopbackCuts]:
+    """``lo``'s packet filter for one test, healed and removed after it; the
+    test is skipped (failed under CI) without root and tc."""
+    from harness.nodes import require_tools
+
+    require_tools(missing_tools(), "Debian's iproute2 for tc, and root")
+    with LoopbackCuts() as c:
+        yield c
 
 
 def loopback_hosts(n: int, rng: random.Random | None = None) -> list[str]:

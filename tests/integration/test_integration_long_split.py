@@ -37,8 +37,7 @@ import pytest
 
 from harness import NodeCluster, http_json, poll_until
 from harness.acked import AckedWriter, check_logs
-from harness.netcut import LoopbackCuts, loopback_hosts, missing_tools
-from harness.nodes import require_tools
+from harness.netcut import LoopbackCuts, loopback_hosts, required_cuts
 from harness.waits import scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
@@ -57,8 +56,7 @@ HEAL_BOUND = 90.0
 @pytest.fixture
 def cuts() -> Iterator[LoopbackCuts]:
     """``lo``'s packet filter, healed and removed after the test (root and tc, or skipped)."""
-    require_tools(missing_tools(), "Debian's iproute2 for tc, and root")
-    with LoopbackCuts() as c:
+    with required_cuts() as c:
         yield c
 
 

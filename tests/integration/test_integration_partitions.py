@@ -42,8 +42,7 @@ import pytest
 
 from harness import NodeCluster, http_json, poll_until
 from harness.acked import AckedWriter, check_logs, publish
-from harness.netcut import LoopbackCuts, loopback_hosts, missing_tools
-from harness.nodes import require_tools
+from harness.netcut import LoopbackCuts, loopback_hosts, required_cuts
 from harness.waits import scaled
 
 # (with the chaos test, the other holder of ``lo``'s filter, on one xdist
@@ -64,8 +63,7 @@ PAIR_HOLD = 8.0
 @pytest.fixture
 def cuts() -> Iterator[LoopbackCuts]:
     """``lo``'s packet filter, healed and removed after the test (root and tc, or skipped)."""
-    require_tools(missing_tools(), "Debian's iproute2 for tc, and root")
-    with LoopbackCuts() as c:
+    with required_cuts() as c:
         yield c
 
 
