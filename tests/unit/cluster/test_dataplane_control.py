@@ -124,3 +124,24 @@ def test_a_dead_replica_is_replaced_by_a_node_gossip_does_not_suspect() -> None:
     assert ctl.wanted_replicas("t", 0, ["a", "b", other], 3, live, 0.0, c2) is None
     ctl._states = {chosen: "alive"}
     assert ctl.wanted_replicas("t", 0, ["a", "b", other], 3, live, 0.0, c2) == ["a", "b", other, chosen]
+
+
+def test_a_raft_leader_whose_store_failed_hands_raft_over() -> None:
+    """The node leading Raft hands the leadership over (at most once every
+    retry period) when its store failed -- it could not write the next Raft
+    entry -- as a drained one does; a healthy undrained leader keeps it."""
+    plane, clock = _plane(["a", "b", "c", "d"])
+    calls: list[float] = []
+
+    async def hand_off() -> None:
+        calls.append(clock.seconds())
+
+    plane.control.hand_off = hand_off  # type: ignore[attr-defined]
+    failed = [False]
+    plane.service.storage_failed = lambda: failed[0]
+    plane._hand_off_raft_if_drained()
+    assert calls == []
+    failed[0] = True
+    plane._hand_off_raft_if_drained()
+    plane._hand_off_raft_if_drained()  # (within the retry period: not again)
+    assert calls == [0.0]
